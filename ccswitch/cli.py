@@ -1,0 +1,68 @@
+"""`ccswitch` command line: check, env (and later report, activate)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .rules import RulesError, load_rules, parse_rules, default_rules_text, resolve_rules_path
+
+
+def _check(args: argparse.Namespace) -> int:
+    path = Path(args.rules) if args.rules else resolve_rules_path(None, Path.cwd(), Path.home())
+    try:
+        if path is None:
+            rules = parse_rules(default_rules_text(), "<built-in default>")
+            where = "the built-in default (no rules.yaml found)"
+        else:
+            if not path.exists():
+                print(f"{path}: no such file", file=sys.stderr)
+                return 1
+            rules = load_rules(path)
+            where = str(path)
+    except RulesError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    routes = ", ".join(f"{name}: {len(rules.routes.for_route(name))}" for name in ("claude", "codex", "chat"))
+    print(f"{where}: OK ({len(rules.upstreams)} upstreams; routes {routes})")
+    return 0
+
+
+def _env(args: argparse.Namespace) -> int:
+    from .clienv import env_lines
+    confdir = Path(args.confdir).expanduser()
+    print(env_lines(confdir=confdir, port=args.port, reverse=args.reverse, codex_toml=args.codex_toml,
+                    bundle_dir=Path(args.bundle_dir).expanduser() if args.bundle_dir else confdir))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ccswitch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser("check", help="validate a rules file; print every problem")
+    check.add_argument("rules", nargs="?", help="path of rules.yaml (default: as mitmdump would find it)")
+    check.set_defaults(func=_check)
+
+    env = sub.add_parser("env", help="print eval-able exports for Claude Code and Codex CLI")
+    env.add_argument("--reverse", action="store_true", help="base-URL (reverse mode) variables instead of a proxy")
+    env.add_argument("--port", type=int, default=None, help="the proxy's port (default 8080; 8082 with --reverse)")
+    env.add_argument("--codex-toml", action="store_true", help="print a Codex model_providers block instead")
+    env.add_argument("--confdir", default="~/.mitmproxy", help="mitmproxy's confdir (where its CA lives)")
+    env.add_argument("--bundle-dir", default=None, help="where to write the CA bundle (default: confdir)")
+    env.set_defaults(func=_env)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "port", 0) is None:
+        args.port = 8082 if args.reverse else 8080
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

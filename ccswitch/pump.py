@@ -1,0 +1,153 @@
+"""The stream half of an attempt: hold back the opening events, commit on the
+first content event, then pump every event to the client as it arrives.
+
+Before the commit an error is invisible to the client (the dialer fails over).
+After it, a failure ends the stream with the client protocol's error event and
+still counts against the upstream: never a silent truncation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import httpx
+
+from . import protocols
+from .jobs import Job, marks
+from .outcome import Failure, Streamed, in_stream_status, network_failure
+from .protocols import Kind
+from .rules import Upstream
+from .sse import SSEError, SSEParser
+from .translate import scrub
+from .upstream import OutgoingRequest
+
+log = logging.getLogger("ccswitch.pump")
+
+
+class Pump:
+    def __init__(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
+                 response: httpx.Response, sink, headers: list[tuple[str, str]]) -> None:
+        self.job, self.upstream, self.outgoing = job, upstream, outgoing
+        self.response, self.sink, self.headers = response, sink, headers
+        self.stream = translation.stream(job.request, upstream)
+        self.parser = SSEParser()
+        self.held: list[bytes] = []
+        self.committed = False
+        self.terminal = False
+        self.error: tuple[str, int] | None = None   # (message, status it stands for)
+
+    async def run(self) -> Failure | Streamed:
+        rules = self.job.rules
+        hold_until = time.monotonic() + rules.failover.hold_back
+        if rules.failover.hold_back <= 0:
+            await self._commit()
+        chunks = self.response.aiter_bytes().__aiter__()
+        ended = "stream ended before its terminal event"
+        pending: asyncio.Future | None = None
+        try:
+            while True:
+                wait = rules.timeouts.idle
+                if not self.committed:
+                    wait = min(wait, max(0.0, hold_until - time.monotonic()))
+                # never cancel a read on a timer: that would close the body iterator
+                pending = pending or asyncio.ensure_future(chunks.__anext__())
+                done, _ = await asyncio.wait({pending}, timeout=wait)
+                if not done:
+                    if not self.committed and time.monotonic() >= hold_until - 0.0005:
+                        await self._commit()        # held long enough: stream what we have
+                        continue
+                    ended = "idle timeout"
+                    break
+                read, pending = pending, None
+                try:
+                    chunk = read.result()
+                except StopAsyncIteration:
+                    break
+                except (httpx.TransportError, OSError) as exc:
+                    ended = network_failure(self.upstream.name, exc, "switch", "idle").reason
+                    break
+                try:
+                    events = self.parser.feed(chunk)
+                except SSEError as exc:
+                    ended = str(exc)
+                    break
+                for event in events:
+                    if await self._handle(event):
+                        return await self._finish()
+        finally:
+            if pending is not None:
+                pending.cancel()
+        if not self.terminal:
+            for event in self.parser.flush():
+                if await self._handle(event):
+                    return await self._finish()
+        if self.terminal:
+            return await self._finish()
+        return await self._fail(ended)
+
+    async def _handle(self, event) -> bool:
+        """Pass one event on; True when the stream is over (terminal or error)."""
+        kind = protocols.classify_event(self.upstream.protocol, event)
+        if kind is Kind.ERROR:
+            self.error = (protocols.stream_error_message(event), in_stream_status(event.json()))
+        elif kind is Kind.TERMINAL:
+            self.terminal = True
+        out = scrub(self.stream.feed(event), self.outgoing.secrets)
+        if self.committed:
+            if out:
+                await self.sink.write(out)
+        else:
+            if out:
+                self.held.append(out)
+            if kind is Kind.CONTENT:
+                await self._commit()
+        return kind in (Kind.ERROR, Kind.TERMINAL)
+
+    async def _commit(self) -> None:
+        self.committed = True
+        job = self.job
+        job.upstream, job.status = self.upstream.name, self.response.status_code
+        job.ttfb_ms = job.elapsed_ms()
+        await self.sink.start(self.response.status_code, self.headers + marks(job), None)
+        for piece in self.held:
+            await self.sink.write(piece)
+        self.held.clear()
+
+    async def _finish(self) -> Failure | Streamed:
+        if self.error is not None:
+            message, status = self.error
+            action = self.job.rules.failover.action_for(status)
+            if not self.committed and action != "pass":
+                # before the commit an in-stream error is just another failed attempt
+                body = b"".join(self.held) + self._flush_translation()
+                return Failure(self.upstream.name, self.response.status_code, f"stream error: {message}",
+                               action, self.headers, body, translated=True)
+            if not self.committed:
+                await self._commit()
+            await self._end(self._flush_translation())
+            self.job.error = f"stream error: {message}"
+            # a `pass` error is the client's own (e.g. invalid request): no failure counted
+            return Streamed(self.upstream.name, ok=None if action == "pass" else False, reason=self.job.error)
+        if not self.committed:
+            await self._commit()
+        await self._end(self._flush_translation())
+        return Streamed(self.upstream.name, ok=True)
+
+    async def _fail(self, reason: str) -> Failure | Streamed:
+        if not self.committed:
+            return Failure(self.upstream.name, None, reason, self.job.rules.failover.on_network_error,
+                           client_status=504 if "timeout" in reason else 502)
+        message = f"upstream {self.upstream.name}: {reason}"
+        await self._end(protocols.stream_error_event(self.job.request.client_protocol, message))
+        self.job.error = reason
+        return Streamed(self.upstream.name, ok=False, reason=reason)
+
+    def _flush_translation(self) -> bytes:
+        return scrub(self.stream.finish(), self.outgoing.secrets)
+
+    async def _end(self, tail: bytes) -> None:
+        if tail:
+            await self.sink.write(tail)
+        await self.sink.end()

@@ -1,0 +1,153 @@
+"""A small HTTP/1.1 server on loopback that mitmproxy sends routed flows to.
+
+mitmproxy can only stream a response body that comes from a server connection,
+so the request hook points each routed flow here, tagged with a one-time job
+token; this server hands the job to the dialer and writes back whatever the
+dialer streams.  When mitmproxy drops the connection (the client went away) the
+dialer's task is cancelled at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import h11
+
+from .jobs import Job
+
+log = logging.getLogger("ccswitch.relay")
+
+JOB_HEADER = "x-ccswitch-job"
+_READ = 64 * 1024
+
+
+class ClientGone(ConnectionError):
+    pass
+
+
+class H11Sink:
+    def __init__(self, conn: h11.Connection, writer: asyncio.StreamWriter) -> None:
+        self.conn, self.writer = conn, writer
+
+    async def _send(self, event) -> None:
+        data = self.conn.send(event)
+        if self.writer.is_closing():
+            raise ClientGone("the proxy closed the relay connection")
+        self.writer.write(data)
+        try:
+            await self.writer.drain()
+        except (ConnectionError, OSError) as exc:
+            raise ClientGone(str(exc)) from exc
+
+    async def start(self, status: int, headers: list[tuple[str, str]], length: int | None) -> None:
+        head = [(k, v) for k, v in headers if k.lower() not in ("content-length", "transfer-encoding")]
+        if length is not None:
+            head.append(("content-length", str(length)))
+        else:
+            head.append(("transfer-encoding", "chunked"))
+        await self._send(h11.Response(status_code=status, headers=head))
+
+    async def write(self, data: bytes) -> None:
+        if data:
+            await self._send(h11.Data(data=data))
+
+    async def end(self) -> None:
+        await self._send(h11.EndOfMessage())
+
+
+class Relay:
+    def __init__(self, run_job) -> None:
+        self._run_job = run_job          # async (job, sink) -> None
+        self._jobs: dict[str, Job] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.debug("relay listening on 127.0.0.1:%d", self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def register(self, job: Job) -> None:
+        self._jobs[job.token] = job
+
+    def forget(self, job: Job) -> None:
+        self._jobs.pop(job.token, None)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1024 * 1024)
+        leftover = b""
+        try:
+            while True:
+                request = await self._read_request(conn, reader, leftover)
+                if request is None:
+                    return
+                leftover = await self._answer(conn, reader, writer, request)
+                if leftover is None or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+        except (h11.RemoteProtocolError, ConnectionError, OSError) as exc:
+            log.debug("relay connection ended: %s", exc)
+        finally:
+            writer.close()
+
+    @staticmethod
+    async def _read_request(conn: h11.Connection, reader, leftover: bytes) -> h11.Request | None:
+        if leftover:
+            conn.receive_data(leftover)
+        request = None
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await reader.read(_READ)
+                conn.receive_data(data)
+                if not data and request is None:
+                    return None
+                continue
+            if isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.EndOfMessage):
+                return request
+            elif isinstance(event, h11.ConnectionClosed):
+                return None
+
+    async def _answer(self, conn, reader, writer, request: h11.Request) -> bytes | None:
+        """Run the job; returns bytes read ahead of the next request, None to close."""
+        token = next((v.decode() for k, v in request.headers if k == JOB_HEADER.encode()), "")
+        job = self._jobs.pop(token, None)
+        sink = H11Sink(conn, writer)
+        if job is None:
+            body = b'{"error":"unknown or expired ccswitch job"}'
+            await sink.start(403, [("content-type", "application/json")], len(body))
+            await sink.write(body)
+            await sink.end()
+            return b""
+        task = asyncio.ensure_future(self._run_job(job, sink))
+        watcher = asyncio.ensure_future(reader.read(_READ))
+        try:
+            done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if watcher in done and not watcher.exception() and watcher.result() == b"":
+                task.cancel()           # the client is gone: stop the upstream request now
+                job.error = "client_closed"
+                await asyncio.gather(task, return_exceptions=True)
+                return None
+            await asyncio.gather(task, return_exceptions=True)
+        finally:
+            if not task.done():
+                task.cancel()
+        exc = task.exception() if not task.cancelled() else None
+        if isinstance(exc, ClientGone):
+            job.error = "client_closed"
+            return None
+        if exc is not None:
+            log.error("job for flow %s failed: %s", job.flow_id, exc, exc_info=exc)
+            return None
+        if watcher.done():
+            return watcher.result() if not watcher.exception() else None
+        watcher.cancel()
+        return b""

@@ -1,0 +1,101 @@
+"""Which route a request belongs to, and which upstreams may serve it, in order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from .calendar import schedule_block
+from .health import HealthBoard
+from .rules import Rules, Upstream
+
+_PATHS = {
+    "/v1/messages": ("claude", "messages"),
+    "/v1/messages/count_tokens": ("claude", "count_tokens"),
+    "/v1/responses": ("codex", "responses"),
+    "/responses": ("codex", "responses"),
+    "/backend-api/codex/responses": ("codex", "responses"),
+    "/openai/responses": ("codex", "responses"),
+    "/v1/chat/completions": ("chat", "chat"),
+}
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    route: str      # claude | codex | chat
+    endpoint: str   # messages | count_tokens | responses | chat | websocket
+
+
+def classify(method: str, path: str, websocket_upgrade: bool = False) -> RouteMatch | None:
+    """Route by path on any host; only POSTs (and Codex's WebSocket upgrade) are routed."""
+    bare = path.split("?", 1)[0]
+    if len(bare) > 1:
+        bare = bare.rstrip("/")
+    hit = _PATHS.get(bare)
+    if hit is None:
+        return None
+    route, endpoint = hit
+    if method == "POST":
+        return RouteMatch(route, endpoint)
+    if method == "GET" and websocket_upgrade and route == "codex":
+        return RouteMatch(route, "websocket")
+    return None
+
+
+@dataclass
+class Plan:
+    candidates: list[Upstream] = field(default_factory=list)
+    blocked: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
+
+    def why_none(self, route: str) -> str:
+        if not self.blocked:
+            return f"no upstream is configured for the {route} route"
+        reasons = "; ".join(f"{name} is {why}" for name, why in self.blocked)
+        return f"no upstream available for the {route} route: {reasons}"
+
+
+def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: datetime) -> Plan:
+    """Candidates in route order: enabled, in schedule, admitting the model, not cooling.
+
+    If every otherwise-available upstream is cooling, the one that recovers first
+    is tried anyway: a route never goes dark on its own.  An upstream being
+    probed after its cooldown serves one request at a time.
+    """
+    result = Plan()
+    cooling: list[tuple[float, Upstream]] = []
+    for name in rules.routes.for_route(route):
+        upstream = rules.upstream(name)
+        why = _unavailable(upstream, model, health, now)
+        if why is not None:
+            result.blocked.append((name, why))
+            continue
+        until = health.cooling_until(name)
+        if until is not None:
+            cooling.append((until, upstream))
+            result.blocked.append((name, "cooling down"))
+        elif health.busy_probing(name):
+            result.blocked.append((name, "being probed after its cooldown"))
+        else:
+            result.candidates.append(upstream)
+    if not result.candidates and cooling:
+        result.candidates.append(min(cooling, key=lambda pair: pair[0])[1])
+    preferred = health.preferred_name()
+    if preferred:
+        for i, upstream in enumerate(result.candidates):
+            if upstream.name == preferred:
+                result.candidates.insert(0, result.candidates.pop(i))
+                break
+    return result
+
+
+def _unavailable(upstream: Upstream, model: str | None, health: HealthBoard, now: datetime) -> str | None:
+    if not upstream.enabled:
+        return "disabled"
+    if health.get(upstream.name).disabled:
+        return "disabled by ccswitch.disable"
+    block = schedule_block(upstream, now)
+    if block:
+        return block
+    if model is not None and not upstream.admits_model(model):
+        return f"not serving model {model!r}"
+    return None

@@ -1,0 +1,129 @@
+"""Incremental Server-Sent Events parser.
+
+Upstream bodies arrive in arbitrary chunks: an event, a line, even a CRLF pair
+can be split across reads.  The parser keeps the raw bytes of every event so the
+proxy can forward exactly what the upstream sent while still understanding it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+_MAX_PENDING = 16 * 1024 * 1024  # one event larger than this is not SSE we can trust
+
+
+class SSEError(ValueError):
+    pass
+
+
+@dataclass(slots=True)
+class Event:
+    event: str = "message"
+    data: str = ""
+    raw: bytes = b""
+    _json: Any = field(default=None, repr=False)
+    _parsed: bool = field(default=False, repr=False)
+
+    def json(self) -> Any:
+        """The data field as JSON, or None when it is not JSON (e.g. `[DONE]`)."""
+        if not self._parsed:
+            self._parsed = True
+            try:
+                self._json = json.loads(self.data) if self.data else None
+            except ValueError:
+                self._json = None
+        return self._json
+
+    @property
+    def type(self) -> str:
+        """The event's type: the JSON `type` field if present, else the `event:` name.
+
+        Anthropic and Responses streams carry the type in both places; some relays
+        drop the `event:` line, so the JSON wins.
+        """
+        body = self.json()
+        if isinstance(body, dict) and isinstance(body.get("type"), str):
+            return body["type"]
+        return self.event
+
+
+def _split_block(block: bytes) -> tuple[str, str] | None:
+    name = "message"
+    data_lines: list[str] = []
+    seen_field = False
+    for line in block.decode("utf-8", errors="replace").splitlines():
+        if not line or line.startswith(":"):
+            continue
+        key, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        seen_field = True
+        if key == "event":
+            name = value
+        elif key == "data":
+            data_lines.append(value)
+    if not seen_field:
+        return None
+    return name, "\n".join(data_lines)
+
+
+class SSEParser:
+    """Feed bytes, get complete events.  Comment-only blocks are reported as
+    events with `event == ""` so their raw bytes can still be forwarded."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        self._buf += chunk
+        events: list[Event] = []
+        while True:
+            end, sep_len = _find_boundary(self._buf)
+            if end < 0:
+                break
+            raw = bytes(self._buf[: end + sep_len])
+            del self._buf[: end + sep_len]
+            parsed = _split_block(raw[:end])
+            if parsed is None:
+                events.append(Event(event="", raw=raw))
+            else:
+                events.append(Event(event=parsed[0], data=parsed[1], raw=raw))
+        if len(self._buf) > _MAX_PENDING:
+            raise SSEError("an SSE event exceeded 16 MiB without ending")
+        return events
+
+    def flush(self) -> list[Event]:
+        """End of body: whatever is left is a final event without its blank line."""
+        if not self._buf.strip():
+            rest, self._buf = bytes(self._buf), bytearray()
+            return [Event(event="", raw=rest)] if rest else []
+        raw = bytes(self._buf)
+        self._buf.clear()
+        parsed = _split_block(raw)
+        if parsed is None:
+            return [Event(event="", raw=raw)]
+        return [Event(event=parsed[0], data=parsed[1], raw=raw)]
+
+    @property
+    def pending(self) -> bytes:
+        return bytes(self._buf)
+
+
+def _find_boundary(buf: bytearray) -> tuple[int, int]:
+    """Position of the first blank line (LF LF, CRLF CRLF, CR CR, mixed)."""
+    best, best_len = -1, 0
+    for sep in (b"\n\n", b"\r\n\r\n", b"\r\r", b"\n\r\n", b"\r\n\n"):
+        i = buf.find(sep)
+        if i >= 0 and (best < 0 or i < best):
+            best, best_len = i, len(sep)
+    return best, best_len
+
+
+def format_event(data: Any, event: str | None = None) -> bytes:
+    """One SSE event; `data` is JSON-encoded unless it is already a string."""
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    head = f"event: {event}\n" if event else ""
+    lines = "".join(f"data: {line}\n" for line in text.split("\n"))
+    return (head + lines + "\n").encode()

@@ -1,0 +1,97 @@
+"""The seam between the client's protocol and the upstream's.
+
+The dialer asks `translation_for(client, upstream)` and uses the result for every
+body that crosses: the request, a whole response, an error, each stream event.
+Same protocol on both sides is a pass-through that only checks and scrubs; the
+chat route's conversions plug in here (`ccswitch.convert`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import protocols
+from .outcome import Reply, json_or_none
+from .rules import Upstream
+from .sse import Event
+from .upstream import ClientRequest, RenderError
+
+
+class StreamPassthrough:
+    """Forward each upstream event's bytes as they came."""
+
+    def feed(self, event: Event) -> bytes:
+        return event.raw
+
+    def finish(self) -> bytes:
+        return b""
+
+
+class Passthrough:
+    """Client and upstream speak the same protocol."""
+
+    def request(self, req: ClientRequest, upstream: Upstream) -> dict[str, Any] | None:
+        return None  # keep the client's body; only the model is renamed
+
+    def scrub(self, body: bytes, secrets: list[str]) -> bytes:
+        return scrub(body, secrets)
+
+    def check_body(self, req: ClientRequest, upstream: Upstream, body: bytes, is_sse: bool) -> str | None:
+        """Why a 2xx body is not a real answer, or None if it is."""
+        if req.stream and not is_sse:
+            parsed = json_or_none(body)
+            if isinstance(parsed, dict) and parsed.get("error"):
+                return "error JSON under a 2xx status"
+            return "a non-SSE body for a streamed request"
+        if is_sse:
+            return "an SSE body for a non-streamed request"
+        parsed = json_or_none(body)
+        if parsed is None:
+            return "a 2xx body that is not JSON"
+        if not protocols.body_matches_protocol(upstream.protocol, req.endpoint, parsed):
+            return "a 2xx body that is not a " + upstream.protocol + " response"
+        return None
+
+    def reply(self, req: ClientRequest, upstream: Upstream, status: int,
+              headers: list[tuple[str, str]], body: bytes) -> Reply:
+        return Reply(upstream.name, status, headers, body, translated=True)
+
+    def error_reply(self, req: ClientRequest, reply: Reply) -> Reply:
+        return reply
+
+    def stream(self, req: ClientRequest, upstream: Upstream) -> StreamPassthrough:
+        return StreamPassthrough()
+
+
+_PASSTHROUGH = Passthrough()
+
+
+def translation_for(client_protocol: str, upstream_protocol: str):
+    if client_protocol == upstream_protocol:
+        return _PASSTHROUGH
+    try:
+        from .convert import translation as converted
+    except ImportError:
+        converted = None
+    if converted is not None:
+        found = converted(client_protocol, upstream_protocol)
+        if found is not None:
+            return found
+    return _Unsupported(client_protocol, upstream_protocol)
+
+
+class _Unsupported(Passthrough):
+    def __init__(self, client_protocol: str, upstream_protocol: str) -> None:
+        self.pair = (client_protocol, upstream_protocol)
+
+    def request(self, req: ClientRequest, upstream: Upstream) -> dict[str, Any] | None:
+        raise RenderError(f"cannot convert a {self.pair[0]} request for {upstream.name} "
+                          f"({self.pair[1]})")
+
+
+def scrub(body: bytes, secrets: list[str]) -> bytes:
+    """Replace any upstream key text an upstream echoed back (e.g. in an error)."""
+    for secret in secrets:
+        if len(secret) >= 8 and secret.encode() in body:
+            body = body.replace(secret.encode(), b"[redacted]")
+    return body

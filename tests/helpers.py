@@ -1,0 +1,70 @@
+"""Small builders shared by the unit and addon tests."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+from ccswitch import protocols
+from ccswitch.jobs import Job
+from ccswitch.routing import classify
+from ccswitch.rules import Rules, parse_rules
+from ccswitch.upstream import ClientRequest
+
+KEY_A = "sk-ant-test-upstreamA-0123456789"
+KEY_B = "sk-ant-test-upstreamB-9876543210"
+CLIENT_KEY = "sk-ant-test-client-should-not-leak"
+
+
+def rules_for(*upstreams: tuple[str, str, str], routes: dict | None = None, extra: str = "") -> Rules:
+    """upstreams: (name, protocol, base_url); keys KEY_A, KEY_B... by position."""
+    keys = [KEY_A, KEY_B, KEY_A + "c", KEY_B + "d"]
+    lines = ["upstreams:"]
+    for i, (name, protocol, base_url) in enumerate(upstreams):
+        lines.append(f"  - {{name: {name}, protocol: {protocol}, base_url: '{base_url}', api_key: '{keys[i]}'}}")
+    if routes is None:
+        names = [u[0] for u in upstreams]
+        routes = {"claude": names}
+    lines.append("routes: " + json.dumps(routes))
+    return parse_rules("\n".join(lines) + "\n" + textwrap.dedent(extra))
+
+
+def make_job(rules: Rules, path: str = "/v1/messages", body: dict | None = None,
+             headers: list[tuple[str, str]] | None = None, host: str = "api.anthropic.com") -> Job:
+    match = classify("POST", path)
+    body = body if body is not None else {"model": "claude-x", "max_tokens": 10, "stream": True,
+                                          "messages": [{"role": "user", "content": "hi"}]}
+    raw = json.dumps(body).encode()
+    headers = headers if headers is not None else [
+        ("x-api-key", CLIENT_KEY), ("anthropic-version", "2023-06-01"),
+        ("anthropic-beta", "fine-grained-tool-streaming-2025-05-14"), ("content-type", "application/json")]
+    req = ClientRequest(route=match.route, endpoint=match.endpoint, method="POST",
+                        url=f"https://{host}{path}", headers=headers, body=raw, json=body,
+                        model=body.get("model"), stream=body.get("stream") is True,
+                        client_protocol=protocols.CLIENT_PROTOCOL[match.route])
+    candidates = [rules.upstream(n) for n in rules.routes.for_route(match.route)]
+    return Job(request=req, rules=rules, candidates=candidates)
+
+
+class MemorySink:
+    def __init__(self):
+        self.status = None
+        self.headers = None
+        self.length = None
+        self.chunks: list[bytes] = []
+        self.ended = False
+
+    async def start(self, status, headers, length):
+        assert self.status is None, "response started twice"
+        self.status, self.headers, self.length = status, dict(headers), length
+
+    async def write(self, data):
+        assert self.status is not None and not self.ended
+        self.chunks.append(data)
+
+    async def end(self):
+        self.ended = True
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.chunks)

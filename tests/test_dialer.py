@@ -1,0 +1,197 @@
+"""The attempt loop against loopback mock upstreams (no mitmproxy involved)."""
+
+import json
+
+import pytest
+
+from ccswitch.dialer import Dialer
+from ccswitch.health import HealthBoard
+from ccswitch.sse import SSEParser
+from helpers import CLIENT_KEY, KEY_A, KEY_B, MemorySink, make_job, rules_for
+from mock_upstream import (MockUpstream, cut_after, error_event_after, error_json_200, hang_before_headers,
+                           html_200, stall_after, status)
+
+FAST = """
+timeouts: {connect: 2s, first_byte: 500ms, total: 2s, idle: 500ms}
+failover: {retry_backoff: 10ms, hold_back: 2s}
+"""
+
+
+def two(mock_a, mock_b, extra=FAST, **kw):
+    return rules_for(("a", "anthropic", mock_a.base_url), ("b", "anthropic", mock_b.base_url), extra=extra, **kw)
+
+
+async def run(rules, health=None, **job_kw):
+    health = health or HealthBoard()
+    dialer = Dialer(health, loopback_only=True)
+    job = make_job(rules, **job_kw)
+    sink = MemorySink()
+    try:
+        await dialer.run(job, sink)
+    finally:
+        await dialer.aclose()
+    return job, sink, health
+
+
+def event_types(body: bytes):
+    return [e.type for e in SSEParser().feed(body)]
+
+
+def text_of(body: bytes) -> str:
+    return "".join(e.json()["delta"].get("text", "") for e in SSEParser().feed(body)
+                   if e.type == "content_block_delta")
+
+
+async def test_stream_swaps_key_model_and_keeps_client_headers(mock_a, mock_b):
+    rules = rules_for(("a", "anthropic", mock_a.base_url + "/api"), extra="""
+upstreams:
+""".replace("upstreams:\n", ""))
+    job, sink, _ = await run(rules)
+    assert sink.status == 200 and sink.ended
+    assert sink.headers["x-ccswitch-upstream"] == "a" and sink.headers["x-ccswitch-attempts"] == "1"
+    assert event_types(sink.body)[-1] == "message_stop"
+    seen = mock_a.last()
+    assert seen.path == "/api/v1/messages"
+    assert seen.headers["x-api-key"] == KEY_A
+    assert seen.headers["anthropic-beta"] == "fine-grained-tool-streaming-2025-05-14"
+    assert CLIENT_KEY not in json.dumps(seen.headers)
+    assert job.status == 200 and job.upstream == "a" and job.error is None
+
+
+async def test_model_rename(mock_a):
+    from ccswitch.rules import parse_rules
+    rules = parse_rules(f"""
+upstreams:
+  - name: a
+    protocol: anthropic
+    base_url: {mock_a.base_url}
+    api_key: {KEY_A}
+    models: {{"claude-x": "renamed-exact", "*": "fallback"}}
+routes: {{claude: [a]}}
+""")
+    job, sink, _ = await run(rules)
+    assert mock_a.last().json["model"] == "renamed-exact" and job.upstream_model == "renamed-exact"
+
+
+@pytest.mark.parametrize("behaviour", [status(529), status(503), status(429), status(401),
+                                       hang_before_headers(3), error_event_after(1), cut_after(1),
+                                       html_200(), error_json_200()],
+                         ids=["529", "503", "429", "401", "hang", "error-event", "cut", "html", "errjson"])
+async def test_fails_over_invisibly_before_content(mock_a, mock_b, behaviour):
+    mock_a.script(behaviour)
+    job, sink, health = await run(two(mock_a, mock_b))
+    assert sink.status == 200
+    assert sink.headers["x-ccswitch-upstream"] == "b" and sink.headers["x-ccswitch-attempts"] == "2"
+    types = event_types(sink.body)
+    assert types[0] == "message_start" and types[-1] == "message_stop"
+    assert types.count("message_start") == 1          # nothing of A's reached the client
+    assert text_of(sink.body) == "Hello from mock B"
+    assert health.get("a").failures == 1 and health.get("b").failures == 0
+    assert mock_b.last().headers["x-api-key"] == KEY_B
+
+
+async def test_refused_connection_fails_over(mock_b):
+    dead = f"http://127.0.0.1:{MockUpstream.closed_port()}"
+    rules = rules_for(("a", "anthropic", dead), ("b", "anthropic", mock_b.base_url), extra=FAST)
+    job, sink, health = await run(rules)
+    assert sink.headers["x-ccswitch-upstream"] == "b"
+    assert job.attempts[0].error == "connection refused"
+
+
+async def test_non_stream_failover(mock_a, mock_b):
+    mock_a.script(status(500))
+    body = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    job, sink, _ = await run(two(mock_a, mock_b), body=body)
+    assert sink.status == 200 and json.loads(sink.body)["type"] == "message"
+    assert sink.length == len(sink.body)
+
+
+async def test_after_commit_a_cut_ends_with_an_error_event_and_counts(mock_a, mock_b):
+    mock_a.script(cut_after(4))
+    job, sink, health = await run(two(mock_a, mock_b))
+    types = event_types(sink.body)
+    assert sink.headers["x-ccswitch-upstream"] == "a"
+    assert "content_block_delta" in types and types[-1] == "error"   # never a silent truncation
+    assert health.get("a").failures == 1 and len(mock_b.requests) == 0
+
+
+async def test_after_commit_an_idle_stall_ends_with_an_error_event(mock_a, mock_b):
+    mock_a.script(stall_after(4, 3))
+    job, sink, health = await run(two(mock_a, mock_b))
+    assert event_types(sink.body)[-1] == "error" and "idle timeout" in job.error
+
+
+async def test_hold_back_commits_after_its_time_without_content(mock_a, mock_b):
+    mock_a.script(stall_after(1, 0.6))   # message_start, then silence longer than hold_back
+    extra = FAST.replace("hold_back: 2s", "hold_back: 200ms").replace("idle: 500ms", "idle: 2s")
+    job, sink, _ = await run(two(mock_a, mock_b, extra=extra))
+    assert sink.headers["x-ccswitch-upstream"] == "a" and job.ttfb_ms < 550
+    assert event_types(sink.body)[-1] == "message_stop"
+
+
+async def test_every_attempt_fails_client_gets_last_status_and_body(mock_a, mock_b):
+    mock_a.script(status(503))
+    mock_b.script(status(529))
+    job, sink, health = await run(two(mock_a, mock_b))
+    assert sink.status == 529 and json.loads(sink.body)["error"]["type"] == "overloaded_error"
+    assert sink.headers["x-ccswitch-attempts"] == "2" and sink.headers["x-ccswitch-upstream"] == "b"
+
+
+async def test_last_failure_network_gives_502_and_timeout_504(mock_a):
+    dead = f"http://127.0.0.1:{MockUpstream.closed_port()}"
+    rules = rules_for(("a", "anthropic", dead), extra=FAST)
+    _, sink, _ = await run(rules)
+    assert sink.status == 502 and json.loads(sink.body)["type"] == "error"
+    mock_a.script(hang_before_headers(3))
+    _, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
+    assert sink.status == 504
+
+
+async def test_pass_status_is_returned_without_counting(mock_a, mock_b):
+    mock_a.script(status(400))
+    job, sink, health = await run(two(mock_a, mock_b))
+    assert sink.status == 400 and len(mock_b.requests) == 0
+    assert health.get("a").failures == 0
+
+
+async def test_retry_same_upstream_then_switch(mock_a, mock_b):
+    mock_a.script(status(408), status(408), status(408))
+    job, sink, _ = await run(two(mock_a, mock_b))
+    assert [a.upstream for a in job.attempts] == ["a", "a", "a", "b"]
+    assert sink.headers["x-ccswitch-upstream"] == "b"
+
+
+async def test_max_attempts_caps_everything(mock_a, mock_b):
+    mock_a.script(status(408), status(408), status(408))
+    extra = FAST + "\n" if False else FAST.replace("failover: {", "failover: {max_attempts: 2, ")
+    job, sink, _ = await run(two(mock_a, mock_b, extra=extra))
+    assert len(job.attempts) == 2 and sink.status == 408
+
+
+async def test_count_tokens_404_is_not_a_failure(mock_a, mock_b):
+    mock_a.script(status(404))
+    body = {"model": "claude-x", "messages": [{"role": "user", "content": "hi"}]}
+    job, sink, health = await run(two(mock_a, mock_b), path="/v1/messages/count_tokens", body=body)
+    assert sink.status == 200 and "input_tokens" in json.loads(sink.body)
+    assert health.get("a").failures == 0
+    assert mock_b.last().path == "/v1/messages/count_tokens"
+
+
+async def test_upstream_echoing_its_key_is_redacted(mock_a):
+    mock_a.script(status(401, body={"type": "error", "error": {"type": "authentication_error",
+                                                               "message": f"invalid x-api-key {KEY_A}"}}))
+    _, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
+    assert KEY_A.encode() not in sink.body and b"[redacted]" in sink.body
+
+
+async def test_threshold_cools_down_and_cooling_upstream_is_skipped(mock_a, mock_b):
+    from datetime import datetime
+    from ccswitch.routing import plan
+    health = HealthBoard()
+    rules = two(mock_a, mock_b, extra=FAST.replace("failover: {", "failover: {threshold: 2, "))
+    for _ in range(2):
+        mock_a.script(status(503))
+        await run(rules, health=health)
+    assert health.cooling_until("a") is not None
+    chosen = plan(rules, "claude", "claude-x", health, datetime.now(rules.tz))
+    assert [u.name for u in chosen.candidates] == ["b"]

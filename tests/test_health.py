@@ -1,0 +1,86 @@
+from ccswitch.health import HealthBoard
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def board():
+    clock = Clock()
+    return HealthBoard(clock), clock
+
+
+def fail(b, name="a", threshold=3, cooldown=60, at_least=0.0):
+    b.record_failure(name, "HTTP 503", threshold=threshold, cooldown=cooldown, at_least=at_least)
+
+
+def test_cooldown_starts_at_threshold_and_ends_on_time():
+    b, clock = board()
+    fail(b)
+    fail(b)
+    assert b.cooling_until("a") is None
+    fail(b)
+    assert b.cooling_until("a") == 1060.0
+    clock.now = 1059.9
+    assert b.cooling_until("a") is not None
+    clock.now = 1060.0
+    assert b.cooling_until("a") is None
+    assert b.needs_probe("a")
+
+
+def test_failed_probe_goes_straight_back_success_resets():
+    b, clock = board()
+    for _ in range(3):
+        fail(b)
+    clock.now += 61
+    assert b.cooling_until("a") is None
+    fail(b)  # the probe fails: one failure is enough now
+    assert b.cooling_until("a") == clock.now + 60
+    clock.now += 61
+    b.record_success("a")
+    assert not b.needs_probe("a") and b.get("a").failures == 0
+    fail(b)
+    assert b.cooling_until("a") is None  # counting starts again from zero
+
+
+def test_success_resets_count_and_other_upstreams_are_independent():
+    b, _ = board()
+    fail(b)
+    fail(b)
+    b.record_success("a")
+    fail(b)
+    fail(b)
+    fail(b, "b")
+    assert b.cooling_until("a") is None and b.get("a").failures == 2 and b.get("b").failures == 1
+
+
+def test_429_cooldown_lasts_at_least_retry_after():
+    b, clock = board()
+    fail(b, threshold=1, cooldown=10, at_least=120)
+    assert b.cooling_until("a") == clock.now + 120
+
+
+def test_sync_keeps_state_for_same_identity_and_resets_changed_ones():
+    b, _ = board()
+    b.sync({"a": ("u1", "k", "anthropic"), "b": ("u2", "k", "anthropic"), "c": ("u3", "k", "anthropic")})
+    for name in "abc":
+        for _ in range(3):
+            fail(b, name)
+    b.set_disabled("a", True)
+    b.sync({"a": ("u1", "k", "anthropic"), "b": ("u2", "k2", "anthropic")})
+    assert b.cooling_until("a") is not None        # same identity: health survives
+    assert not b.get("a").disabled                   # manual switches end with a reload
+    assert b.cooling_until("b") is None and b.get("b").failures == 0  # new key: reset
+    assert "c" not in b._state
+
+
+def test_preferred_expires():
+    b, clock = board()
+    b.preferred = ("a", clock.now + 60)
+    assert b.preferred_name() == "a"
+    clock.now += 61
+    assert b.preferred_name() is None

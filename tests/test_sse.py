@@ -1,0 +1,74 @@
+import random
+
+import pytest
+
+from ccswitch.sse import SSEError, SSEParser, format_event
+
+STREAM = (
+    b"event: message_start\ndata: {\"type\":\"message_start\"}\n\n"
+    b": a comment keeps proxies awake\n\n"
+    b"event: content_block_delta\r\ndata: {\"type\":\"content_block_delta\",\r\ndata: \"x\":1}\r\n\r\n"
+    b"data: [DONE]\n\n"
+)
+
+
+def parse_all(chunks):
+    parser = SSEParser()
+    events = []
+    for chunk in chunks:
+        events.extend(parser.feed(chunk))
+    events.extend(parser.flush())
+    return events
+
+
+def summary(events):
+    return [(e.event, e.data, e.raw) for e in events]
+
+
+def test_parses_events_comments_and_crlf():
+    events = parse_all([STREAM])
+    assert [e.event for e in events] == ["message_start", "", "content_block_delta", "message"]
+    assert events[0].json() == {"type": "message_start"}
+    assert events[2].data == '{"type":"content_block_delta",\n"x":1}'
+    assert events[3].data == "[DONE]" and events[3].json() is None
+    assert b"".join(e.raw for e in events) == STREAM  # raw bytes survive for pass-through
+
+
+@pytest.mark.parametrize("cut", range(1, len(STREAM)))
+def test_every_split_point_gives_the_same_events(cut):
+    assert summary(parse_all([STREAM[:cut], STREAM[cut:]])) == summary(parse_all([STREAM]))
+
+
+def test_random_multi_splits():
+    rng = random.Random(7)
+    whole = summary(parse_all([STREAM * 20]))
+    data = STREAM * 20
+    for _ in range(200):
+        cuts = sorted(rng.sample(range(1, len(data)), rng.randint(2, 30)))
+        pieces = [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]
+        assert summary(parse_all(pieces)) == whole
+
+
+def test_type_prefers_json_over_event_line():
+    (event,) = parse_all([b'data: {"type":"response.completed"}\n\n'])
+    assert event.event == "message" and event.type == "response.completed"
+
+
+def test_flush_returns_an_unterminated_final_event():
+    parser = SSEParser()
+    assert parser.feed(b"event: message_stop\ndata: {}") == []
+    (event,) = parser.flush()
+    assert event.event == "message_stop"
+
+
+def test_oversized_event_is_an_error():
+    parser = SSEParser()
+    with pytest.raises(SSEError):
+        parser.feed(b"data: " + b"x" * (17 * 1024 * 1024))
+
+
+def test_format_event_round_trips():
+    raw = format_event({"a": "b\nc"}, "error") + format_event("line1\nline2")
+    events = parse_all([raw])
+    assert events[0].event == "error" and events[0].json() == {"a": "b\nc"}
+    assert events[1].data == "line1\nline2"
