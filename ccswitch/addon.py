@@ -24,6 +24,9 @@ from .rulesfile import RulesFile
 from .upstream import CREDENTIAL_HEADERS, REDACTED, ClientRequest, client_credential, upstream_url
 
 log = logging.getLogger("ccswitch")
+# httpx logs every upstream request at INFO; the flow list already shows them
+logging.getLogger("httpx").setLevel(logging.WARNING)
+logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
 class Gateway:
@@ -48,14 +51,21 @@ def _is_loopback(host: str) -> bool:
 
 
 class ListenSafety:
-    """Loopback by default, lazy upstream connections, no open relay on a network."""
+    """Loopback by default, lazy upstream connections, no open relay on a network.
+
+    mitmproxy may bind its servers before a script is loaded, so setting
+    `listen_host` alone is not enough: `running` rebinds any server that ended up
+    on every interface, and until then `client_connected` turns away any peer that
+    is not on loopback.
+    """
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.own_loopback = False   # True when the user gave no listen host
 
     def configure(self, updated) -> None:
         if "listen_host" in updated and not ctx.options.listen_host:
-            # before the servers start: no window in which we listen on every interface
+            self.own_loopback = True
             ctx.options.update(listen_host="127.0.0.1")
             log.info("ccswitch: listening on 127.0.0.1 (pass --listen-host to change)")
         if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
@@ -63,6 +73,24 @@ class ListenSafety:
             log.info("ccswitch: connection_strategy forced to lazy (the original host may be unreachable)")
         if updated & {"listen_host", "mode", "proxyauth", "ccswitch_rules"}:
             self.check_exposure()
+
+    def running(self) -> None:
+        if not self.own_loopback:
+            return
+        specs, changed = [], False
+        for spec in ctx.options.mode:
+            mode = mode_specs.ProxyMode.parse(spec)
+            port = mode.listen_port(ctx.options.listen_port)
+            if mode.custom_listen_host is None and port is not None:
+                head = spec.rpartition("@")[0] if "@" in spec else spec
+                spec, changed = f"{head}@127.0.0.1:{port}", True
+            specs.append(spec)
+        if changed:
+            ctx.options.update(mode=specs)
+
+    def client_connected(self, client) -> None:
+        if self.own_loopback and client.peername and not _is_loopback(str(client.peername[0])):
+            client.error = "ccswitch listens on loopback only"
 
     def check_exposure(self) -> None:
         exposed = []

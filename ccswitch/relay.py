@@ -15,6 +15,7 @@ import logging
 import h11
 
 from .jobs import Job
+from .protocols import error_json
 
 log = logging.getLogger("ccswitch.relay")
 
@@ -29,6 +30,7 @@ class ClientGone(ConnectionError):
 class H11Sink:
     def __init__(self, conn: h11.Connection, writer: asyncio.StreamWriter) -> None:
         self.conn, self.writer = conn, writer
+        self.started = False
 
     async def _send(self, event) -> None:
         data = self.conn.send(event)
@@ -46,6 +48,7 @@ class H11Sink:
             head.append(("content-length", str(length)))
         else:
             head.append(("transfer-encoding", "chunked"))
+        self.started = True
         await self._send(h11.Response(status_code=status, headers=head))
 
     async def write(self, data: bytes) -> None:
@@ -145,9 +148,18 @@ class Relay:
             job.error = "client_closed"
             return None
         if exc is not None:
-            log.error("job for flow %s failed: %s", job.flow_id, exc, exc_info=exc)
+            log.error("ccswitch: request %s failed inside the gateway: %r", job.flow_id, exc, exc_info=exc)
+            if not sink.started:
+                body = error_json(job.request.client_protocol, 500, f"ccswitch internal error: {type(exc).__name__}")
+                job.status, job.error = 500, f"internal error: {type(exc).__name__}"
+                await sink.start(500, [("content-type", "application/json")], len(body))
+                await sink.write(body)
+                await sink.end()
+                return b""
             return None
-        if watcher.done():
-            return watcher.result() if not watcher.exception() else None
-        watcher.cancel()
-        return b""
+        if not watcher.done():
+            watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)  # let the read really end
+        if watcher.cancelled() or watcher.exception():
+            return b"" if watcher.cancelled() else None
+        return watcher.result() or None

@@ -1,0 +1,636 @@
+"""rules.yaml: pydantic models, ${VAR} expansion, durations, load + validate (contract §3).
+
+Pure module: no mitmproxy, no HTTP. Secrets (api_key, header values, client_keys) never
+appear in an error message or a repr.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import fnmatch
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Mapping
+from datetime import datetime, tzinfo
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr,
+                      ValidationError, ValidationInfo, field_validator, model_validator)
+
+Action = Literal["switch", "retry", "pass"]
+Protocol = Literal["anthropic", "openai-responses", "openai-chat"]
+AuthMode = Literal["x-api-key", "bearer", "client"]
+ROUTE_PROTOCOLS: dict[str, frozenset[str]] = {
+    "claude": frozenset({"anthropic"}),
+    "codex": frozenset({"openai-responses"}),
+    "chat": frozenset({"anthropic", "openai-responses", "openai-chat"}),
+}
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+PRICE_KEYS = ("input", "output", "cache_write", "cache_write_1h", "cache_read")
+DEFAULT_ON_STATUS: dict[str, str] = {
+    "400": "pass", "401": "switch", "403": "switch", "408": "retry",
+    "429": "switch", "4xx": "pass", "5xx": "switch",
+}
+_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+_HHMM_RE = re.compile(r"^(\d{1,2}):(\d{2})$")
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?$")
+_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_STATUS_KEY_RE = re.compile(r"^(?:[1-5]\d\d|[1-5]xx)$")
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_ENV_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
+
+
+class RulesError(Exception):
+    """Invalid rules. ``problems``: every problem as ``FILE: field.path: message``."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def parse_duration(value: Any) -> float:
+    """``500ms``, ``30s``, ``10m``, ``2h`` or a bare number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("duration must be a number of seconds or like 500ms, 30s, 10m, 2h")
+    if isinstance(value, (int, float)):
+        if value != value or value < 0:
+            raise ValueError("duration must not be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value.strip())
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+        if value.strip().startswith("-"):
+            raise ValueError("duration must not be negative")
+    raise ValueError("duration must be a number of seconds or like 500ms, 30s, 10m, 2h")
+
+
+def parse_hhmm(text: Any, *, allow_24: bool = False) -> int:
+    """``"HH:MM"`` -> minutes after midnight (``24:00`` only with allow_24)."""
+    m = _HHMM_RE.match(text.strip()) if isinstance(text, str) else None
+    if m:
+        h, mi = int(m.group(1)), int(m.group(2))
+        if (h < 24 and mi < 60) or (allow_24 and h == 24 and mi == 0):
+            return h * 60 + mi
+    raise ValueError(f"time must be HH:MM between 00:00 and {'24:00' if allow_24 else '23:59'}")
+
+
+def format_hhmm(minute: int) -> str:
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+PriceKey = Literal["input", "output", "cache_write", "cache_write_1h", "cache_read"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HourWindow(_Model):
+    """A local-time window [start, end); start > end wraps midnight."""
+    start_minute: int = Field(ge=0, le=1439)
+    end_minute: int = Field(ge=0, le=1440)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            start, sep, end = data.partition("-")
+            try:
+                if not sep:
+                    raise ValueError('must look like "09:00-18:00"')
+                data = {"start_minute": parse_hhmm(start), "end_minute": parse_hhmm(end, allow_24=True)}
+            except ValueError as e:
+                raise ValueError(f"hours window {data!r}: {e}") from None
+        elif not isinstance(data, (dict, HourWindow)):
+            raise ValueError('hours window must look like "09:00-18:00"')
+        return data
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> HourWindow:
+        if self.start_minute == self.end_minute:
+            raise ValueError("hours window start and end must differ")
+        return self
+
+    @property
+    def wraps(self) -> bool:
+        return self.end_minute < self.start_minute
+
+    def __str__(self) -> str:
+        return f"{format_hhmm(self.start_minute)}-{format_hhmm(self.end_minute)}"
+
+
+def _status_key(v: str) -> str:
+    v = v.strip().lower()
+    if not _STATUS_KEY_RE.match(v):
+        raise ValueError('status key must be a code 100-599 or a class "1xx".."5xx"')
+    return v
+
+
+class Failover(_Model):
+    threshold: int = Field(default=3, ge=1)
+    cooldown: Duration = 600.0
+    max_attempts: int = Field(default=4, ge=1)
+    hold_back: Duration = 2.0
+    on_status: dict[Annotated[str, AfterValidator(_status_key)], Action] = Field(
+        default_factory=lambda: dict(DEFAULT_ON_STATUS))
+    on_network_error: Action = "switch"
+    retry_backoff: Duration = 1.0
+
+    @field_validator("on_status", mode="after")
+    @classmethod
+    def _merge_defaults(cls, v: dict[str, str]) -> dict[str, str]:
+        return {**DEFAULT_ON_STATUS, **v}
+
+    def action_for(self, status: int) -> Action:
+        """Exact code beats its class; 1xx/2xx/3xx with no entry pass, others switch."""
+        action = self.on_status.get(str(status)) or self.on_status.get(f"{status // 100}xx")
+        if action:
+            return action  # type: ignore[return-value]
+        return "pass" if 100 <= status < 400 else "switch"
+
+
+class Timeouts(_Model):
+    connect: PositiveDuration = 10.0
+    first_byte: PositiveDuration = 60.0
+    total: PositiveDuration = 600.0
+    idle: PositiveDuration = 300.0
+
+
+def _parse_days(value: Any) -> Any:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        return value
+    days: set[int] = set()
+    for item in value:
+        if isinstance(item, int) and not isinstance(item, bool) and 0 <= item <= 6:
+            days.add(item)
+            continue
+        text = item.strip().lower() if isinstance(item, str) else ""
+        first, sep, last = text.partition("-")
+        ends = [_weekday(first), _weekday(last) if sep else _weekday(first)]
+        if None in ends:
+            raise ValueError(f"unknown weekday {item!r} (use mon..sun, or a range like mon-fri)")
+        a, b = ends
+        days.update((a + i) % 7 for i in range((b - a) % 7 + 1))
+    if not days:
+        raise ValueError("days must not be empty (use enabled: false to switch an upstream off)")
+    return frozenset(days)
+
+
+_FULL_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _weekday(text: str) -> int | None:
+    for names in (WEEKDAYS, _FULL_WEEKDAYS):
+        if text in names:
+            return names.index(text)
+    return None
+
+
+def _header_name(v: str) -> str:
+    if not _HEADER_NAME_RE.match(v):
+        raise ValueError("invalid header name")
+    return v
+
+
+def _header_value(v: Any) -> Any:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = str(v)
+    if isinstance(v, str) and ("\r" in v or "\n" in v or "\0" in v):
+        raise ValueError("header value must not contain line breaks")
+    return v
+
+
+def _activate_time(v: Any) -> str:
+    return format_hhmm(parse_hhmm(v))
+
+
+class Upstream(_Model):
+    name: Annotated[str, Field(pattern=_NAME_RE.pattern)]
+    protocol: Protocol
+    base_url: str
+    api_key: SecretStr | None = None
+    auth: AuthMode = "bearer"
+    enabled: bool = True
+    days: Annotated[frozenset[int], BeforeValidator(_parse_days)] = frozenset(range(7))
+    hours: tuple[HourWindow, ...] = ()
+    models: dict[str, str] = Field(default_factory=dict)
+    only_models: tuple[str, ...] = ()
+    headers: dict[Annotated[str, AfterValidator(_header_name)],
+                  Annotated[str, BeforeValidator(_header_value)]] = Field(default_factory=dict)
+    activate_at: tuple[Annotated[str, BeforeValidator(_activate_time)], ...] = ()
+    activation_model: str | None = None
+    price_multiplier: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_auth(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "auth" not in data and data.get("protocol") == "anthropic":
+            data = {**data, "auth": "x-api-key"}
+        return data
+
+    @field_validator("days", mode="after")
+    @classmethod
+    def _check_days(cls, v: frozenset[int]) -> frozenset[int]:
+        if not v or any(not 0 <= d <= 6 for d in v):
+            raise ValueError("days must be a non-empty list of mon..sun")
+        return v
+
+    @field_validator("base_url", mode="after")
+    @classmethod
+    def _check_base_url(cls, v: str) -> str:
+        v = v.strip()
+        if v == "original":
+            return v
+        msg = "must be 'original' or an http(s) URL like https://host[:port][/prefix]"
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError(msg) from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(msg)
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not contain credentials; use api_key")
+        if parts.query or parts.fragment:
+            raise ValueError("must not contain a query string or fragment")
+        return v.rstrip("/")
+
+    def map_model(self, model: str) -> str:
+        """Exact key, then the first matching glob, then "*"; no match -> unchanged."""
+        if model in self.models:
+            return self.models[model]
+        for pattern, target in self.models.items():
+            if pattern != "*" and fnmatch.fnmatchcase(model, pattern):
+                return target
+        return self.models.get("*", model)
+
+    def admits_model(self, model: str) -> bool:
+        return not self.only_models or any(fnmatch.fnmatchcase(model, p) for p in self.only_models)
+
+    def fingerprint(self) -> tuple:
+        """Changes when base_url, api_key or protocol changes (the key only as a digest)."""
+        key = self.api_key.get_secret_value() if self.api_key is not None else None
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest() if key is not None else None
+        return (self.base_url, digest, self.protocol)
+
+
+class Routes(_Model):
+    claude: tuple[str, ...] = ()
+    codex: tuple[str, ...] = ()
+    chat: tuple[str, ...] = ()
+
+    def for_route(self, route: str) -> tuple[str, ...]:
+        if route not in ROUTE_PROTOCOLS:
+            raise KeyError(route)
+        return getattr(self, route)
+
+
+def _host(v: str) -> str:
+    v = v.strip().lower().rstrip(".")
+    if not v or any(c in v for c in "/: \t@"):
+        raise ValueError("must be a host name like api.anthropic.com")
+    return v
+
+
+def _client_key(v: SecretStr) -> SecretStr:
+    if not v.get_secret_value():
+        raise ValueError("client key must not be empty")
+    return v
+
+
+class Rules(_Model):
+    version: Literal[1] = 1
+    timezone: str | None = None
+    usage_db: Path = Field(default_factory=lambda: Path("~/.ccswitch/usage.db").expanduser())
+    client_keys: tuple[Annotated[SecretStr, AfterValidator(_client_key)], ...] = ()
+    intercept: tuple[Annotated[str, AfterValidator(_host)], ...] = (
+        "api.anthropic.com", "api.openai.com", "chatgpt.com")
+    failover: Failover = Field(default_factory=Failover)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    upstreams: tuple[Upstream, ...] = ()
+    routes: Routes = Field(default_factory=Routes)
+    prices: dict[str, dict[PriceKey, Annotated[float, Field(ge=0)]]] = Field(default_factory=dict)
+    source: Path | None = None
+
+    @field_validator("timezone", mode="after")
+    @classmethod
+    def _check_tz(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {v!r} (use an IANA name like Europe/Berlin)") from None
+        return v
+
+    @field_validator("usage_db", mode="after")
+    @classmethod
+    def _resolve_db(cls, v: Path, info: ValidationInfo) -> Path:
+        v = v.expanduser()
+        base = (info.context or {}).get("base_dir")
+        return v if v.is_absolute() or base is None else Path(base) / v
+
+    @property
+    def tz(self) -> tzinfo:
+        if self.timezone:
+            return ZoneInfo(self.timezone)
+        return datetime.now().astimezone().tzinfo  # type: ignore[return-value]
+
+    def upstream(self, name: str) -> Upstream:
+        for up in self.upstreams:
+            if up.name == name:
+                return up
+        raise KeyError(name)
+
+    def client_key_ok(self, presented: str | None) -> bool:
+        """True if `presented` equals a client key (constant time); True if none are configured."""
+        if not self.client_keys:
+            return True
+        given = (presented or "").encode("utf-8", "surrogatepass")
+        ok = False
+        for key in self.client_keys:
+            ok |= hmac.compare_digest(given, key.get_secret_value().encode("utf-8", "surrogatepass"))
+        return ok and presented is not None
+
+
+# --------------------------------------------------------------------------- loading
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2-ish scalars (no sexagesimal 06:00, no yes/no booleans); notes duplicate keys."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.duplicates: list[tuple[int, str]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else []:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            if key_node.value in seen:
+                self.duplicates.append((key_node.start_mark.line + 1, key_node.value))
+            seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if not tag.endswith((":bool", ":int", ":float"))]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0x[0-9a-fA-F]+)$"),
+                              list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*|[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+)|[-+]?\.(?:inf|Inf|INF)"
+               r"|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+_Loader.add_constructor("tag:yaml.org,2002:int",
+                        lambda loader, node: int(node.value, 16 if "x" in node.value else 10))
+
+
+def _str_keys(obj: Any) -> Any:
+    """Every mapping key in rules.yaml is a string (``400: pass`` means "400")."""
+    if isinstance(obj, dict):
+        return {(k if isinstance(k, str) else str(k).lower() if isinstance(k, bool) else str(k)): _str_keys(v)
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_str_keys(v) for v in obj]
+    return obj
+
+
+def _expand(text: str, env: Mapping[str, str]) -> tuple[str, list[str], bool]:
+    """-> (expanded, missing variable names, malformed)."""
+    missing: list[str] = []
+    malformed = False
+
+    def sub(m: re.Match) -> str:
+        nonlocal malformed
+        if m.group(0) == "$${":
+            return "${"
+        if m.group(1) is None:
+            malformed = True
+            return ""
+        if m.group(1) not in env:
+            missing.append(m.group(1))
+            return ""
+        return env[m.group(1)]
+
+    return _ENV_RE.sub(sub, text), missing, malformed
+
+
+def _expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[str, str]], set[str]]:
+    """Expand ${VAR} in api_key and header values, in place. -> (problems, paths with problems)."""
+    problems: list[tuple[str, str]] = []
+    ups = data.get("upstreams")
+    for i, up in enumerate(ups if isinstance(ups, list) else []):
+        if not isinstance(up, dict):
+            continue
+        enabled = up.get("enabled", True) is not False
+        fields: list[tuple[str, dict, str]] = []
+        if isinstance(up.get("api_key"), str):
+            fields.append((f"upstreams[{i}].api_key", up, "api_key"))
+        if isinstance(up.get("headers"), dict):
+            fields += [(f"upstreams[{i}].headers.{k}", up["headers"], k)
+                       for k, v in up["headers"].items() if isinstance(v, str)]
+        for path, holder, key in fields:
+            value, missing, malformed = _expand(holder[key], env)
+            if malformed:
+                problems.append((path, "malformed ${...} reference (use ${NAME}, or $${ for a literal ${)"))
+            elif not missing:
+                holder[key] = value
+                continue
+            if enabled:
+                problems += [(path, f"environment variable {n} is not set") for n in missing]
+            if key == "api_key":
+                holder[key] = None
+            else:
+                del holder[key]
+    return problems, {p for p, _ in problems}
+
+
+_FIELD_NAMES = sorted({f for m in (Rules, Failover, Timeouts, Upstream, Routes) for f in m.model_fields} - {"source"})
+_PLAIN_MESSAGES = {
+    "missing": "required", "model_type": "must be a mapping", "dict_type": "must be a mapping",
+    "tuple_type": "must be a list", "list_type": "must be a list", "frozen_set_type": "must be a list",
+    "string_type": "must be a string", "int_type": "must be an integer", "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer", "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false", "float_type": "must be a number", "float_parsing": "must be a number",
+    "path_type": "must be a path", "string_pattern_mismatch": "may contain only letters, digits, '.', '_', '-'",
+}
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if part == "[key]":
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        key = str(err["loc"][-1]) if err["loc"] else ""
+        close = difflib.get_close_matches(key, _FIELD_NAMES, n=1, cutoff=0.75)
+        return "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+    if kind in _PLAIN_MESSAGES:
+        return _PLAIN_MESSAGES[kind]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg.replace("Input should be", "must be")  # pydantic messages never carry the input
+
+
+def _cross_check(data: dict, ups: list[Upstream | None]) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    raw_ups = data.get("upstreams") if isinstance(data.get("upstreams"), list) else []
+    names: dict[str, str] = {}  # name -> protocol (or "")
+    for i, raw in enumerate(raw_ups):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if isinstance(name, str):
+            if name in names:
+                problems.append((f"upstreams[{i}].name", f"duplicate upstream name {name!r}"))
+            else:
+                names[name] = raw.get("protocol") if isinstance(raw.get("protocol"), str) else ""
+    keys = data.get("client_keys")
+    has_client_keys = isinstance(keys, list) and len(keys) > 0
+    for i, up in enumerate(ups):
+        if up is None:
+            continue
+        p = f"upstreams[{i}]"
+        if up.auth == "client" and has_client_keys:
+            problems.append((f"{p}.auth", "auth: client cannot be used with client_keys "
+                                          "(client keys are never forwarded)"))
+        if up.base_url == "original" and up.auth != "client":
+            problems.append((f"{p}.base_url", "base_url: original requires auth: client"))
+        if up.activate_at and up.auth == "client":
+            problems.append((f"{p}.activate_at", "activate_at cannot be used with auth: client "
+                                                 "(there is no key to probe with)"))
+        if up.enabled and up.auth != "client" and (up.api_key is None or not up.api_key.get_secret_value()):
+            problems.append((f"{p}.api_key", f"required with auth: {up.auth}"))
+    routes = data.get("routes")
+    for route, allowed in ROUTE_PROTOCOLS.items():
+        listed = routes.get(route) if isinstance(routes, dict) else None
+        seen: set[str] = set()
+        for j, name in enumerate(listed if isinstance(listed, list) else []):
+            path = f"routes.{route}[{j}]"
+            if not isinstance(name, str):
+                continue
+            if name not in names:
+                problems.append((path, f"unknown upstream {name!r}"))
+            elif name in seen:
+                problems.append((path, f"upstream {name!r} is listed twice"))
+            elif names[name] in ROUTE_PROTOCOLS["chat"] and names[name] not in allowed:
+                only = " or ".join(sorted(allowed))
+                problems.append((path, f"upstream {name!r} speaks {names[name]}; "
+                                       f"the {route} route takes only {only} upstreams"))
+            seen.add(name)
+    return problems
+
+
+def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path | None,
+           source_path: Path | None) -> Rules:
+    env = os.environ if env is None else env
+    where = lambda path, msg: f"{source}: {path}: {msg}" if path else f"{source}: {msg}"  # noqa: E731
+    loader = _Loader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        pos = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RulesError([where(pos, " ".join(x for x in (e.context, e.problem) if x) or "invalid YAML")]) from None
+    except yaml.YAMLError as e:
+        raise RulesError([where("", f"invalid YAML ({type(e).__name__})")]) from None
+    finally:
+        loader.dispose()
+    problems = [where(f"line {line}", f"duplicate key {key!r}") for line, key in loader.duplicates]
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RulesError(problems + [where("", "the rules must be a mapping (key: value lines)")])
+    data = _str_keys(copy.deepcopy(data))
+    if "source" in data:
+        problems.append(where("source", "unknown key"))
+        del data["source"]
+    env_problems, env_paths = _expand_upstreams(data, env)
+    problems += [where(p, m) for p, m in env_problems]
+    ctx = {"base_dir": base_dir if base_dir is not None else Path.cwd()}
+    rules: Rules | None = None
+    try:
+        rules = Rules.model_validate({**data, "source": source_path}, context=ctx)
+        ups: list[Upstream | None] = list(rules.upstreams)
+    except ValidationError as e:
+        problems += [where(_format_loc(err["loc"]), _message(err)) for err in e.errors(include_url=False)]
+        ups = []
+        for raw in data.get("upstreams") if isinstance(data.get("upstreams"), list) else []:
+            try:
+                ups.append(Upstream.model_validate(raw, context=ctx))
+            except ValidationError:
+                ups.append(None)
+    problems += [where(p, m) for p, m in _cross_check(data, ups) if p not in env_paths]
+    if problems or rules is None:
+        raise RulesError(list(dict.fromkeys(problems)))
+    return rules
+
+
+def parse_rules(text: str, source: str = "<rules>", env: Mapping[str, str] | None = None,
+                base_dir: Path | None = None, source_path: Path | None = None) -> Rules:
+    """Validate rules text. Raises RulesError listing every problem. Relative usage_db
+    paths resolve against base_dir (default: the current directory)."""
+    return _parse(text, source, env, base_dir, source_path)
+
+
+def load_rules(path: str | Path, env: Mapping[str, str] | None = None) -> Rules:
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RulesError([f"{path}: cannot read ({e.strerror or type(e).__name__})"]) from None
+    return _parse(text, str(path), env, path.resolve().parent, path)
+
+
+def resolve_rules_path(option_value: str | None, cwd: Path, home: Path) -> Path | None:
+    """Explicit option; else ./rules.yaml; else ~/.ccswitch/rules.yaml; else None (built-in)."""
+    if option_value:
+        if option_value == "~" or option_value.startswith("~/"):
+            p = home / option_value[2:]
+        else:
+            p = Path(option_value)
+        return p if p.is_absolute() else cwd / p
+    for candidate in (cwd / "rules.yaml", home / ".ccswitch" / "rules.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+DEFAULT_RULES_TEXT = """\
+# ccswitch built-in default rules (same meaning as the shipped rules.yaml):
+# the official APIs, with the client's own credentials.
+version: 1
+intercept: [api.anthropic.com, api.openai.com, chatgpt.com]
+upstreams:
+  - {name: anthropic-official, protocol: anthropic, base_url: "https://api.anthropic.com", auth: client}
+  - {name: openai-official, protocol: openai-responses, base_url: "https://api.openai.com/v1", auth: client}
+  - {name: chatgpt-codex, protocol: openai-responses, base_url: "https://chatgpt.com/backend-api/codex",
+     auth: client}
+  - {name: codex-original, protocol: openai-responses, base_url: original, auth: client}
+routes:
+  claude: [anthropic-official]
+  codex: [codex-original]
+  chat: []
+"""
+
+
+def default_rules_text() -> str:
+    return DEFAULT_RULES_TEXT
