@@ -140,6 +140,10 @@ class Router:
     def load(self, loader) -> None:
         loader.add_option("ccswitch_loopback_only", bool, False,
                           "Refuse upstreams that are not loopback addresses (a guard for tests).")
+        loader.add_option("ccswitch_offline", bool, False,
+                          "The intercepted hosts are unreachable (relays only): answer their "
+                          "unrouted requests (e.g. Claude Code's settings calls) with 404 at once "
+                          "instead of a 502 that clients retry for many seconds.")
 
     async def running(self) -> None:
         self.dialer = Dialer(self.gateway.health, loopback_only=ctx.options.ccswitch_loopback_only)
@@ -162,11 +166,10 @@ class Router:
         if flow.response or flow.error or not flow.live or self.relay is None:
             return
         match = self._match(flow)
-        if match is None:
-            return
         rules = self.gateway.rules
-        if not rules.routes.for_route(match.route):
-            return  # a route with no upstreams is not ours
+        if match is None or not rules.routes.for_route(match.route):
+            self._unrouted(flow)  # a route with no upstreams is not ours either
+            return
         client_protocol = protocols.CLIENT_PROTOCOL[match.route]
         headers = list(flow.request.headers.items(multi=True))
         if rules.client_keys and not rules.client_key_ok(client_credential(headers)):
@@ -224,6 +227,11 @@ class Router:
         if flow.request.pretty_host.lower() in self.gateway.rules.intercept:
             return match
         return None
+
+    def _unrouted(self, flow: http.HTTPFlow) -> None:
+        if ctx.options.ccswitch_offline and flow.request.pretty_host.lower() in self.gateway.rules.intercept:
+            protocol = protocols.ANTHROPIC if "anthropic" in flow.request.pretty_host else protocols.CHAT
+            self._answer(flow, _error_response(protocol, 404, "ccswitch is offline: this host is not reachable"))
 
     @staticmethod
     def _answer(flow: http.HTTPFlow, response: http.Response) -> None:

@@ -32,7 +32,6 @@ ROUTE_PROTOCOLS: dict[str, frozenset[str]] = {
     "chat": frozenset({"anthropic", "openai-responses", "openai-chat"}),
 }
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-PRICE_KEYS = ("input", "output", "cache_write", "cache_write_1h", "cache_read")
 DEFAULT_ON_STATUS: dict[str, str] = {
     "400": "pass", "401": "switch", "403": "switch", "408": "retry",
     "429": "switch", "4xx": "pass", "5xx": "switch",
@@ -56,18 +55,15 @@ class RulesError(Exception):
 
 def parse_duration(value: Any) -> float:
     """``500ms``, ``30s``, ``10m``, ``2h`` or a bare number of seconds -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError("duration must be a number of seconds or like 500ms, 30s, 10m, 2h")
-    if isinstance(value, (int, float)):
-        if value != value or value < 0:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+        if value < 0:
             raise ValueError("duration must not be negative")
         return float(value)
-    if isinstance(value, str):
-        m = _DURATION_RE.match(value.strip())
-        if m:
-            return float(m.group(1)) * _UNITS[m.group(2)]
-        if value.strip().startswith("-"):
-            raise ValueError("duration must not be negative")
+    m = _DURATION_RE.match(value.strip()) if isinstance(value, str) else None
+    if m:
+        return float(m.group(1)) * _UNITS[m.group(2)]
+    if isinstance(value, str) and value.strip().startswith("-"):
+        raise ValueError("duration must not be negative")
     raise ValueError("duration must be a number of seconds or like 500ms, 30s, 10m, 2h")
 
 
@@ -238,13 +234,6 @@ class Upstream(_Model):
         if isinstance(data, dict) and "auth" not in data and data.get("protocol") == "anthropic":
             data = {**data, "auth": "x-api-key"}
         return data
-
-    @field_validator("days", mode="after")
-    @classmethod
-    def _check_days(cls, v: frozenset[int]) -> frozenset[int]:
-        if not v or any(not 0 <= d <= 6 for d in v):
-            raise ValueError("days must be a non-empty list of mon..sun")
-        return v
 
     @field_validator("base_url", mode="after")
     @classmethod
@@ -482,6 +471,8 @@ def _message(err: Mapping[str, Any]) -> str:
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
         key = str(err["loc"][-1]) if err["loc"] else ""
+        if key in _FIELD_NAMES:
+            return "unknown key here (it belongs to another section)"
         close = difflib.get_close_matches(key, _FIELD_NAMES, n=1, cutoff=0.75)
         return "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
     if kind in _PLAIN_MESSAGES:

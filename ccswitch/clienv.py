@@ -1,0 +1,174 @@
+"""`ccswitch env`: the shell exports (or Codex TOML) that point Claude Code and Codex CLI at ccswitch.
+
+Two ways in, both checked against the real CLIs (Claude Code 2.1.x, Codex CLI 0.169):
+
+* regular proxy: ``HTTPS_PROXY`` plus trust in mitmproxy's CA. Claude Code (Bun) reads the CA from
+  ``NODE_EXTRA_CA_CERTS`` (which *adds* to its built-in roots). Codex reads ``CODEX_CA_CERTIFICATE``
+  (then ``SSL_CERT_FILE``), which *replaces* the roots, so it gets a bundle of the system CAs plus
+  mitmproxy's CA -- other tools that honour ``SSL_CERT_FILE`` keep working too.
+* reverse mode: plain-HTTP base URLs on loopback, no CA at all. Codex 0.169 ignores the
+  ``OPENAI_BASE_URL`` environment variable, so it needs a provider block (``--codex-toml``) or
+  ``-c openai_base_url=...``; the variable is still exported for OpenAI-SDK tools.
+
+Everything here is pure text except :func:`write_ca_bundle`, which writes one file (only when its
+content would change).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import tempfile
+from pathlib import Path
+
+CA_FILE = "mitmproxy-ca-cert.pem"           # what mitmproxy writes into its confdir on first start
+BUNDLE_FILE = "ccswitch-ca-bundle.pem"       # system CAs + mitmproxy CA, for SSL_CERT_FILE / CODEX_CA_CERTIFICATE
+SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")   # fallback when certifi is not importable
+LOOPBACK = "127.0.0.1"
+NO_PROXY = "localhost,127.0.0.1,::1"
+PROVIDER = "ccswitch"
+OFFICIAL_OPENAI = "https://api.openai.com/v1"
+
+
+def mitmproxy_ca(confdir: Path) -> Path:
+    """The mitmproxy CA certificate (PEM) inside ``confdir``."""
+    return Path(confdir).expanduser() / CA_FILE
+
+
+def system_ca_file() -> Path | None:
+    """The system CA bundle: certifi's if importable, else the Debian/Ubuntu bundle, else None."""
+    try:
+        import certifi
+    except ImportError:
+        certifi = None
+    if certifi is not None:
+        path = Path(certifi.where())
+        if path.is_file():
+            return path
+    return SYSTEM_BUNDLE if SYSTEM_BUNDLE.is_file() else None
+
+
+def write_ca_bundle(confdir: Path, bundle_dir: Path, *, system_ca: Path | None = None) -> Path:
+    """Write ``bundle_dir/ccswitch-ca-bundle.pem`` = system CAs + the mitmproxy CA; return its path.
+
+    Idempotent: the file is rewritten (atomically) only when its content would change, e.g. after
+    mitmproxy generated a new CA. ``system_ca`` overrides :func:`system_ca_file` (tests use it).
+    Raises FileNotFoundError when the mitmproxy CA does not exist yet.
+    """
+    ca = mitmproxy_ca(confdir)
+    ca_pem = ca.read_bytes()                 # FileNotFoundError if mitmdump never ran
+    system = system_ca if system_ca is not None else system_ca_file()
+    parts = []
+    if system is not None and Path(system).is_file():
+        parts.append(Path(system).read_bytes())
+    parts.append(b"# mitmproxy CA (" + str(ca).encode() + b"), added by ccswitch\n" + ca_pem)
+    content = b"".join(p if p.endswith(b"\n") else p + b"\n" for p in parts)
+
+    bundle_dir = Path(bundle_dir).expanduser()
+    bundle = bundle_dir / BUNDLE_FILE
+    try:
+        if bundle.read_bytes() == content:
+            return bundle
+    except OSError:
+        pass
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=bundle_dir, prefix=".ccswitch-ca-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(content)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, bundle)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return bundle
+
+
+def _export(name: str, value: str | Path) -> str:
+    return f"export {name}={shlex.quote(str(value))}"
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)                 # a JSON string is a valid TOML basic string
+
+
+def codex_toml_block(base_url: str) -> str:
+    """A Codex ``config.toml`` snippet selecting a ``ccswitch`` Responses provider at ``base_url``.
+
+    ``supports_websockets = false`` keeps Codex on HTTPS POST /responses (no WebSocket attempt at
+    all); ``env_key`` is what makes Codex send ``Authorization: Bearer $OPENAI_API_KEY`` -- without a
+    key source Codex 0.169 sends no credentials at all.
+    """
+    inline = (f'{{name={_toml_str(PROVIDER)},base_url={_toml_str(base_url)},wire_api="responses",'
+              f'env_key="OPENAI_API_KEY",supports_websockets=false}}')
+    return "\n".join([
+        "# Codex CLI provider for ccswitch: put this in $CODEX_HOME/config.toml (default ~/.codex/config.toml).",
+        "# The top-level key must stay above the first [table] of the file.",
+        f"# One-off instead: codex -c {shlex.quote('model_providers.' + PROVIDER + '=' + inline)}"
+        f" -c model_provider={PROVIDER}",
+        f"model_provider = {_toml_str(PROVIDER)}",
+        "",
+        f"[model_providers.{PROVIDER}]",
+        f"name = {_toml_str(PROVIDER)}",
+        f"base_url = {_toml_str(base_url)}",
+        'wire_api = "responses"',
+        'env_key = "OPENAI_API_KEY"',
+        "supports_websockets = false",
+    ])
+
+
+def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bundle_dir: Path,
+              host: str = LOOPBACK, system_ca: Path | None = None) -> str:
+    """The text `ccswitch env` prints: eval-able ``export`` lines and ``#`` comments, or Codex TOML.
+
+    * proxy (default): HTTPS_PROXY, NO_PROXY, NODE_EXTRA_CA_CERTS (mitmproxy CA), SSL_CERT_FILE and
+      CODEX_CA_CERTIFICATE (the bundle, written by :func:`write_ca_bundle`). A CA that does not
+      exist yet gives a ``# run mitmdump once to create ...`` hint instead of the CA variables.
+    * ``reverse``: ANTHROPIC_BASE_URL=http://HOST:PORT and OPENAI_BASE_URL=http://HOST:PORT/v1.
+    * ``codex_toml``: a ``[model_providers.ccswitch]`` block (base_url is the reverse listener with
+      ``reverse``, else the official URL reached through the proxy exports).
+    """
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise ValueError(f"port must be 1..65535, not {port!r}")
+    origin = f"http://{host}:{port}"
+
+    if codex_toml:
+        if reverse:
+            return codex_toml_block(f"{origin}/v1")
+        return "\n".join([
+            f"# Codex reaches {OFFICIAL_OPENAI} through the proxy: also eval \"$(ccswitch env --port {port})\".",
+            codex_toml_block(OFFICIAL_OPENAI),
+        ])
+
+    if reverse:
+        return "\n".join([
+            f"# ccswitch reverse listener at {origin} (plain HTTP on loopback: no proxy, no CA)",
+            _export("ANTHROPIC_BASE_URL", origin),
+            _export("OPENAI_BASE_URL", f"{origin}/v1"),
+            _export("NO_PROXY", NO_PROXY),
+            _export("no_proxy", NO_PROXY),
+            "# Codex CLI ignores OPENAI_BASE_URL: see `ccswitch env --reverse --codex-toml`"
+            f" (or: codex -c openai_base_url={shlex.quote(origin + '/v1')})",
+        ])
+
+    lines = [
+        f"# ccswitch as HTTPS proxy at {origin} (Claude Code, Codex CLI)",
+        _export("HTTPS_PROXY", origin),
+        _export("https_proxy", origin),
+        _export("NO_PROXY", NO_PROXY),
+        _export("no_proxy", NO_PROXY),
+    ]
+    ca = mitmproxy_ca(confdir)
+    if not ca.is_file():
+        lines.append(f"# run mitmdump once to create {shlex.quote(str(ca))} (the mitmproxy CA),"
+                     " then run `ccswitch env` again for NODE_EXTRA_CA_CERTS, SSL_CERT_FILE and CODEX_CA_CERTIFICATE")
+        return "\n".join(lines)
+    system = system_ca if system_ca is not None else system_ca_file()
+    bundle = write_ca_bundle(confdir, bundle_dir, system_ca=system)
+    lines.append(_export("NODE_EXTRA_CA_CERTS", ca))
+    if system is None:
+        lines.append("# no system CA bundle found (certifi or /etc/ssl/certs): the bundle holds only the mitmproxy CA")
+    lines.append(_export("SSL_CERT_FILE", bundle))
+    lines.append(_export("CODEX_CA_CERTIFICATE", bundle))
+    return "\n".join(lines)

@@ -1,0 +1,161 @@
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from ccswitch import clienv
+from ccswitch.clienv import env_lines, write_ca_bundle
+
+MITM_PEM = b"-----BEGIN CERTIFICATE-----\nMITMCA\n-----END CERTIFICATE-----\n"
+SYS_PEM = b"-----BEGIN CERTIFICATE-----\nSYSTEMROOT\n-----END CERTIFICATE-----"   # no final newline on purpose
+
+
+@pytest.fixture
+def confdir(tmp_path):
+    d = tmp_path / "mitm conf"              # a space, so quoting matters
+    d.mkdir()
+    (d / "mitmproxy-ca-cert.pem").write_bytes(MITM_PEM)
+    return d
+
+
+@pytest.fixture
+def system_ca(tmp_path):
+    p = tmp_path / "system.pem"
+    p.write_bytes(SYS_PEM)
+    return p
+
+
+def exports(text):
+    """Parse `export NAME=value` lines the way a POSIX shell would."""
+    out = {}
+    for line in text.splitlines():
+        assert line == "" or line.startswith("#") or line.startswith("export "), line
+        if line.startswith("export "):
+            name, _, value = line[len("export "):].partition("=")
+            out[name] = " ".join(shlex.split(value))
+    return out
+
+
+def shell_env(text):
+    """eval the text in a real shell and return the resulting environment."""
+    sh = shutil.which("sh")
+    if sh is None:
+        pytest.skip("no sh")
+    env = {"PATH": os.environ.get("PATH", "")}
+    res = subprocess.run([sh, "-c", 'eval "$CCSW_TEXT" && env -0'], env={**env, "CCSW_TEXT": text},
+                         capture_output=True, check=True)
+    return dict(item.split("=", 1) for item in res.stdout.decode().split("\0") if "=" in item)
+
+
+def test_proxy_exports_and_bundle(confdir, system_ca, tmp_path):
+    bundle_dir = tmp_path / "bundles"
+    text = env_lines(confdir=confdir, port=8080, reverse=False, codex_toml=False, bundle_dir=bundle_dir,
+                     system_ca=system_ca)
+    ex = exports(text)
+    bundle = bundle_dir / "ccswitch-ca-bundle.pem"
+    assert ex["HTTPS_PROXY"] == "http://127.0.0.1:8080"
+    assert ex["NO_PROXY"].split(",")[:2] == ["localhost", "127.0.0.1"]
+    assert ex["NODE_EXTRA_CA_CERTS"] == str(confdir / "mitmproxy-ca-cert.pem")
+    assert ex["SSL_CERT_FILE"] == ex["CODEX_CA_CERTIFICATE"] == str(bundle)
+    assert "ANTHROPIC_BASE_URL" not in ex and "OPENAI_BASE_URL" not in ex
+    data = bundle.read_bytes()
+    assert data.startswith(SYS_PEM + b"\n") and data.endswith(MITM_PEM)
+
+
+def test_proxy_text_evals_in_a_shell(confdir, system_ca, tmp_path):
+    text = env_lines(confdir=confdir, port=18080, reverse=False, codex_toml=False, bundle_dir=confdir,
+                     system_ca=system_ca)
+    env = shell_env(text)
+    assert env["HTTPS_PROXY"] == "http://127.0.0.1:18080"
+    assert env["NODE_EXTRA_CA_CERTS"] == str(confdir / "mitmproxy-ca-cert.pem")   # path with a space survived
+    assert env["CODEX_CA_CERTIFICATE"] == str(confdir / "ccswitch-ca-bundle.pem")
+
+
+def test_bundle_is_idempotent_and_follows_a_new_ca(confdir, system_ca, tmp_path):
+    b1 = write_ca_bundle(confdir, tmp_path / "b", system_ca=system_ca)
+    os.utime(b1, (1_000_000, 1_000_000))
+    b2 = write_ca_bundle(confdir, tmp_path / "b", system_ca=system_ca)
+    assert b1 == b2 and b2.stat().st_mtime == 1_000_000          # unchanged content: not rewritten
+    (confdir / "mitmproxy-ca-cert.pem").write_bytes(MITM_PEM.replace(b"MITMCA", b"NEWCA"))
+    b3 = write_ca_bundle(confdir, tmp_path / "b", system_ca=system_ca)
+    assert b"NEWCA" in b3.read_bytes() and b"MITMCA" not in b3.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["ccswitch-ca-bundle.pem"]   # no temp files left
+
+
+def test_bundle_without_ca_raises(tmp_path, system_ca):
+    with pytest.raises(FileNotFoundError):
+        write_ca_bundle(tmp_path / "nothing", tmp_path / "b", system_ca=system_ca)
+    assert not (tmp_path / "b").exists()
+
+
+def test_missing_ca_gives_hint_and_stays_evalable(tmp_path, system_ca):
+    confdir = tmp_path / "fresh"
+    text = env_lines(confdir=confdir, port=8080, reverse=False, codex_toml=False, bundle_dir=confdir,
+                     system_ca=system_ca)
+    assert "# run mitmdump once to create" in text and str(confdir / "mitmproxy-ca-cert.pem") in text
+    ex = exports(text)
+    assert ex["HTTPS_PROXY"] == "http://127.0.0.1:8080"
+    assert not {"NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "CODEX_CA_CERTIFICATE"} & set(ex)
+    assert not confdir.exists()
+    assert shell_env(text)["HTTPS_PROXY"] == "http://127.0.0.1:8080"
+
+
+def test_reverse_mode_needs_no_ca(tmp_path):
+    text = env_lines(confdir=tmp_path / "none", port=8082, reverse=True, codex_toml=False,
+                     bundle_dir=tmp_path / "none")
+    ex = exports(text)
+    assert ex["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:8082"
+    assert ex["OPENAI_BASE_URL"] == "http://127.0.0.1:8082/v1"
+    assert not {"HTTPS_PROXY", "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "CODEX_CA_CERTIFICATE"} & set(ex)
+    assert "run mitmdump" not in text
+    assert not (tmp_path / "none").exists()
+    assert shell_env(text)["OPENAI_BASE_URL"] == "http://127.0.0.1:8082/v1"
+
+
+@pytest.mark.parametrize("reverse, base_url", [(True, "http://127.0.0.1:8082/v1"),
+                                               (False, "https://api.openai.com/v1")])
+def test_codex_toml(tmp_path, reverse, base_url):
+    text = env_lines(confdir=tmp_path, port=8082, reverse=reverse, codex_toml=True, bundle_dir=tmp_path)
+    assert "export " not in text
+    doc = tomllib.loads(text)
+    assert doc["model_provider"] == "ccswitch"
+    assert doc["model_providers"]["ccswitch"] == {
+        "name": "ccswitch", "base_url": base_url, "wire_api": "responses",
+        "env_key": "OPENAI_API_KEY", "supports_websockets": False,
+    }
+
+
+def test_codex_toml_one_liner_is_valid_toml(tmp_path):
+    text = env_lines(confdir=tmp_path, port=9000, reverse=True, codex_toml=True, bundle_dir=tmp_path)
+    line = next(l for l in text.splitlines() if l.startswith("# One-off"))
+    words = shlex.split(line[1:])
+    key, _, value = words[words.index("-c") + 1].partition("=")
+    assert key == "model_providers.ccswitch"
+    assert tomllib.loads(f"x = {value}")["x"]["base_url"] == "http://127.0.0.1:9000/v1"
+
+
+@pytest.mark.parametrize("port", [0, 65536, -1, True])
+def test_bad_port(tmp_path, port):
+    with pytest.raises(ValueError):
+        env_lines(confdir=tmp_path, port=port, reverse=True, codex_toml=False, bundle_dir=tmp_path)
+
+
+def test_system_ca_fallback(monkeypatch, tmp_path):
+    fake = tmp_path / "ca-certificates.crt"
+    fake.write_bytes(SYS_PEM)
+    monkeypatch.setattr(clienv, "SYSTEM_BUNDLE", fake)
+    monkeypatch.setitem(sys.modules, "certifi", None)          # import certifi -> ImportError
+    assert clienv.system_ca_file() == fake
+    monkeypatch.setattr(clienv, "SYSTEM_BUNDLE", tmp_path / "absent.crt")
+    assert clienv.system_ca_file() is None
+
+
+def test_no_system_ca_still_writes_bundle(monkeypatch, confdir, tmp_path):
+    monkeypatch.setattr(clienv, "system_ca_file", lambda: None)
+    text = env_lines(confdir=confdir, port=8080, reverse=False, codex_toml=False, bundle_dir=tmp_path)
+    assert "no system CA bundle found" in text
+    assert (tmp_path / "ccswitch-ca-bundle.pem").read_bytes().endswith(MITM_PEM)
