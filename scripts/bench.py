@@ -65,7 +65,7 @@ upstreams:
   - {{name: bench, protocol: anthropic, base_url: 'http://127.0.0.1:{mock_port}', api_key: 'sk-bench-not-a-real-key'}}
 routes: {{claude: [bench]}}
 """)
-    return Proxy(rules, workdir, extra_args=("--set", "flow_detail=0", "--set", "termlog_verbosity=warn")).start()
+    return Proxy(rules, workdir, extra_args=("--set", "flow_detail=0")).start()
 
 
 def _wait_port(port: int, timeout: float = 20) -> None:
