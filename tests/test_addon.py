@@ -219,3 +219,17 @@ def test_hot_reload_keeps_last_good_rules(tmp_path, caplog):
     assert not gw.rules_file.reload_if_changed()
     assert gw.rules.routes.claude == ("a", "late") and "keeping the last good" in caplog.text
     assert KEY_A not in caplog.text
+
+
+def test_compressed_client_body_is_decoded_and_sent_plain(router):
+    import gzip
+    from ccswitch.upstream import render
+    flow = messages_flow()
+    flow.request.headers["content-encoding"] = "gzip"
+    flow.request.raw_content = gzip.compress(json.dumps({"model": "m", "stream": True, "messages": []}).encode())
+    router.request(flow)
+    job = router.jobs[flow.id]
+    assert job.request.json["model"] == "m"
+    out = render(job.candidates[0], job.request)
+    assert json.loads(out.body)["model"] == "m"
+    assert "content-encoding" not in dict(out.headers)

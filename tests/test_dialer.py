@@ -195,3 +195,61 @@ async def test_threshold_cools_down_and_cooling_upstream_is_skipped(mock_a, mock
     assert health.cooling_until("a") is not None
     chosen = plan(rules, "claude", "claude-x", health, datetime.now(rules.tz))
     assert [u.name for u in chosen.candidates] == ["b"]
+
+
+async def test_compressed_upstream_stream_reaches_the_client_decoded():
+    import gzip
+    import httpx
+    import mock_payloads as P
+    sse = b"".join(P.sse(e) for e in P.anthropic_events(P.Reply("m", P.split("zipped hello"))))
+
+    def handler(request):
+        return httpx.Response(200, content=gzip.compress(sse),
+                              headers={"content-encoding": "gzip", "content-type": "text/event-stream"})
+
+    rules = rules_for(("a", "anthropic", "http://127.0.0.1:9"), extra=FAST)
+    dialer = Dialer(HealthBoard(), client=httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+    job, sink = make_job(rules), MemorySink()
+    await dialer.run(job, sink)
+    assert "content-encoding" not in sink.headers
+    assert sink.body == sse and text_of(sink.body) == "zipped hello"
+
+
+async def test_upstream_tls_is_verified(tmp_path, mock_b):
+    """A self-signed upstream certificate is a TLS failure, and failover moves on."""
+    import asyncio
+    import datetime
+    import ssl
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                       serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+
+    async def serve(reader, writer):
+        await reader.read(1)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        rules = rules_for(("a", "anthropic", f"https://localhost:{port}"), ("b", "anthropic", mock_b.base_url),
+                          extra=FAST)
+        job, sink, health = await run(rules)
+    finally:
+        server.close()
+    assert job.attempts[0].error == "TLS error"
+    assert sink.headers["x-ccswitch-upstream"] == "b"
