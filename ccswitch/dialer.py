@@ -60,6 +60,9 @@ class Dialer:
         try:
             while index < len(job.candidates) and len(job.attempts) < failover.max_attempts:
                 upstream = job.candidates[index]
+                if self.health.busy_probing(upstream.name) and index + 1 < len(job.candidates):
+                    index += 1   # another request is probing it after its cooldown: one at a time
+                    continue
                 result = await self._attempt(job, upstream, sink)
                 if isinstance(result, Streamed):
                     return

@@ -24,7 +24,7 @@ class UpstreamHealth:
     probing: bool = False      # after a cooldown, one request at a time tests the upstream
     was_cooling: bool = False  # a cooldown started and its end is not yet logged
     fingerprint: tuple | None = None
-    disabled: bool = False     # ccswitch.disable, until the next reload
+    switched: bool | None = None  # ccswitch.enable / disable until the next reload; None = the rules'
     last_error: str | None = None
 
 
@@ -50,7 +50,7 @@ class HealthBoard:
                 log.info("upstream %s changed its base_url, key or protocol: health reset", name)
             else:
                 state.fingerprint = fp
-                state.disabled = False
+                state.switched = None
 
     # ------------------------------------------------------------------ queries
 
@@ -119,5 +119,9 @@ class HealthBoard:
         fp = self.get(name).fingerprint
         self._state[name] = UpstreamHealth(fingerprint=fp)
 
-    def set_disabled(self, name: str, disabled: bool) -> None:
-        self.get(name).disabled = disabled
+    def switch(self, name: str, enabled: bool) -> None:
+        self.get(name).switched = enabled
+
+    def enabled(self, name: str, by_rules: bool) -> bool:
+        state = self._state.get(name)
+        return by_rules if state is None or state.switched is None else state.switched

@@ -89,10 +89,8 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
 
 
 def _unavailable(upstream: Upstream, model: str | None, health: HealthBoard, now: datetime) -> str | None:
-    if not upstream.enabled:
-        return "disabled"
-    if health.get(upstream.name).disabled:
-        return "disabled by ccswitch.disable"
+    if not health.enabled(upstream.name, upstream.enabled):
+        return "disabled" if not upstream.enabled else "disabled by ccswitch.disable"
     block = schedule_block(upstream, now)
     if block:
         return block

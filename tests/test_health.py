@@ -70,10 +70,10 @@ def test_sync_keeps_state_for_same_identity_and_resets_changed_ones():
     for name in "abc":
         for _ in range(3):
             fail(b, name)
-    b.set_disabled("a", True)
+    b.switch("a", False)
     b.sync({"a": ("u1", "k", "anthropic"), "b": ("u2", "k2", "anthropic")})
     assert b.cooling_until("a") is not None        # same identity: health survives
-    assert not b.get("a").disabled                   # manual switches end with a reload
+    assert b.enabled("a", True)                      # manual switches end with a reload
     assert b.cooling_until("b") is None and b.get("b").failures == 0  # new key: reset
     assert "c" not in b._state
 
