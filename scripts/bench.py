@@ -32,19 +32,24 @@ from proxy_process import MITMDUMP, Proxy, free_port  # noqa: E402
 MOCK_SERVER = """
 import sys, time
 sys.path.insert(0, {tests!r})
-from mock_upstream import MockUpstream, slow_stream
+from mock_upstream import MockUpstream, slow_stream, status
 m = MockUpstream("bench")
 m.default = slow_stream({events}, {interval})
 m.start()
-print(m.port, flush=True)
+failing = MockUpstream("failing")
+failing.default = status(503)
+failing.start()
+print(m.port, failing.port, flush=True)
 time.sleep(3600)
 """
 
 
-def start_mock(events: int, interval: float) -> tuple[subprocess.Popen, int]:
+def start_mock(events: int, interval: float) -> tuple[subprocess.Popen, int, int]:
+    """A streaming mock and one that answers 503 at once, in their own process."""
     code = MOCK_SERVER.format(tests=str(REPO / "tests"), events=events, interval=interval)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    return proc, int(proc.stdout.readline())
+    ok_port, failing_port = proc.stdout.readline().split()
+    return proc, int(ok_port), int(failing_port)
 
 
 def start_bare(mock_port: int, workdir: Path) -> tuple[subprocess.Popen, str]:
@@ -58,12 +63,16 @@ def start_bare(mock_port: int, workdir: Path) -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-def start_ccswitch(mock_port: int, workdir: Path) -> Proxy:
+def start_ccswitch(mock_port: int, failing_port: int, workdir: Path) -> Proxy:
+    """Model `failover-*` meets the failing upstream first; every other model goes straight on."""
     rules = workdir / "rules.yaml"
     rules.write_text(f"""
+failover: {{threshold: 1000000}}
 upstreams:
-  - {{name: bench, protocol: anthropic, base_url: 'http://127.0.0.1:{mock_port}', api_key: 'sk-bench-not-a-real-key'}}
-routes: {{claude: [bench]}}
+  - {{name: failing, protocol: anthropic, base_url: 'http://127.0.0.1:{failing_port}', api_key: 'sk-bench-fake-1',
+     only_models: ["failover-*"]}}
+  - {{name: bench, protocol: anthropic, base_url: 'http://127.0.0.1:{mock_port}', api_key: 'sk-bench-fake-2'}}
+routes: {{claude: [failing, bench]}}
 """)
     return Proxy(rules, workdir, extra_args=("--set", "flow_detail=0")).start()
 
@@ -83,11 +92,12 @@ BODY = {"model": "claude-bench", "max_tokens": 64, "messages": [{"role": "user",
 HEADERS = {"x-api-key": "sk-client-bench", "anthropic-version": "2023-06-01"}
 
 
-def measure_stream(client: httpx.Client, base: str) -> tuple[float, float]:
+def measure_stream(client: httpx.Client, base: str, model: str = BODY["model"]) -> tuple[float, float]:
     """(time to first content event, total) in ms for one streamed request."""
     start = time.perf_counter()
     first = None
-    with client.stream("POST", base + "/v1/messages", json={**BODY, "stream": True}, headers=HEADERS) as r:
+    body = {**BODY, "stream": True, "model": model}
+    with client.stream("POST", base + "/v1/messages", json=body, headers=HEADERS) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if first is None and line.startswith("data:") and '"content_block_delta"' in line:
@@ -107,6 +117,18 @@ def measure_plain(client: httpx.Client, base: str) -> float:
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def run_failover(base: str, requests: int) -> dict[str, list[float]]:
+    """ccswitch alone: the happy path beside a failover from an instant 503, interleaved."""
+    out: dict[str, list[float]] = {"happy": [], "failover": []}
+    with httpx.Client(timeout=60, trust_env=False) as client:
+        for _ in range(5):
+            measure_stream(client, base, "failover-bench")
+        for _ in range(requests):
+            out["happy"].append(measure_stream(client, base)[0])
+            out["failover"].append(measure_stream(client, base, "failover-bench")[0])
+    return out
 
 
 def run(targets: dict[str, str], requests: int) -> dict[str, dict[str, list[float]]]:
@@ -146,12 +168,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        mock, mock_port = start_mock(args.events, args.interval)
+        mock, mock_port, failing_port = start_mock(args.events, args.interval)
         bare, bare_url = start_bare(mock_port, workdir)
-        proxy = start_ccswitch(mock_port, workdir)
+        proxy = start_ccswitch(mock_port, failing_port, workdir)
         try:
             results = run({"direct": f"http://127.0.0.1:{mock_port}", "bare mitmdump": bare_url,
                            "ccswitch": proxy.reverse_url}, args.requests)
+            failover = run_failover(proxy.reverse_url, args.requests)
         finally:
             proxy.stop()
             bare.terminate()
@@ -160,6 +183,10 @@ def main() -> None:
     print(report(results))
     delta = pct(results["ccswitch"]["ttfc"], 0.5) - pct(results["bare mitmdump"]["ttfc"], 0.5)
     print(f"ccswitch adds {delta:.2f} ms to the p50 first content event over bare mitmdump")
+    print("ccswitch first content event, happy path vs failover from an instant 503 (same run):")
+    for q, name in ((0.5, "p50"), (0.99, "p99")):
+        happy, over = pct(failover["happy"], q), pct(failover["failover"], q)
+        print(f"  {name}: happy {happy:.2f} ms, failover {over:.2f} ms (+{over - happy:.2f} ms)")
 
 
 if __name__ == "__main__":

@@ -253,3 +253,28 @@ async def test_upstream_tls_is_verified(tmp_path, mock_b):
         server.close()
     assert job.attempts[0].error == "TLS error"
     assert sink.headers["x-ccswitch-upstream"] == "b"
+
+
+@pytest.mark.parametrize("behaviour", [status(503), hang_before_headers(3), cut_after(1), html_200(),
+                                       error_json_200(), stall_after(1, 3)],
+                         ids=["503", "hang", "cut", "html", "errjson", "stall"])
+async def test_non_stream_fails_over_on_every_kind_of_failure(mock_a, mock_b, behaviour):
+    mock_a.script(behaviour)
+    body = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    job, sink, health = await run(two(mock_a, mock_b), body=body)
+    assert sink.status == 200 and json.loads(sink.body)["content"][0]["text"] == "Hello from mock B"
+    assert health.get("a").failures == 1 and sink.headers["x-ccswitch-attempts"] == "2"
+
+
+async def test_in_stream_invalid_request_error_is_passed_not_failed_over(mock_a, mock_b):
+    mock_a.script(error_event_after(1))
+    import mock_payloads
+    original = mock_payloads.error_body
+    mock_payloads.error_body = lambda protocol, code: {"type": "error", "error": {
+        "type": "invalid_request_error", "message": "prompt is too long"}}
+    try:
+        job, sink, health = await run(two(mock_a, mock_b))
+    finally:
+        mock_payloads.error_body = original
+    assert sink.headers["x-ccswitch-upstream"] == "a" and event_types(sink.body)[-1] == "error"
+    assert health.get("a").failures == 0 and not mock_b.requests
