@@ -5,12 +5,11 @@ moves data between them and the flows."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 from datetime import datetime
 
-from mitmproxy import command, ctx, exceptions, http, tls
+from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
 from . import protocols
@@ -21,8 +20,9 @@ from .relay import JOB_HEADER, Relay
 from .routing import RouteMatch, classify, plan
 from .rules import Rules, RulesError
 from .rulesfile import RulesFile
-from .status import status_text
-from .upstream import CREDENTIAL_HEADERS, REDACTED, ClientRequest, client_credential, upstream_url
+from .translate import translation_for
+from .upstream import (CREDENTIAL_HEADERS, REDACTED, ClientRequest, RenderError, client_credential,
+                       upstream_url)
 
 log = logging.getLogger("ccswitch")
 # httpx logs every upstream request at INFO; the flow list already shows them
@@ -40,88 +40,6 @@ class Gateway:
     @property
     def rules(self) -> Rules:
         return self.rules_file.rules
-
-
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class ListenSafety:
-    """Loopback by default, lazy upstream connections, no open relay on a network.
-
-    mitmproxy may bind its servers before a script is loaded, so setting
-    `listen_host` alone is not enough: `running` rebinds any server that ended up
-    on every interface, and until then `client_connected` turns away any peer that
-    is not on loopback.
-    """
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.own_loopback = False   # True when the user gave no listen host
-
-    def configure(self, updated) -> None:
-        if "listen_host" in updated and not ctx.options.listen_host:
-            self.own_loopback = True
-            ctx.options.update(listen_host="127.0.0.1")
-            log.info("ccswitch: listening on 127.0.0.1 (pass --listen-host to change)")
-        if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
-            ctx.options.update(connection_strategy="lazy")
-            log.info("ccswitch: connection_strategy forced to lazy (the original host may be unreachable)")
-        if updated & {"listen_host", "mode", "proxyauth", "ccswitch_rules"}:
-            self.check_exposure()
-
-    def running(self) -> None:
-        if not self.own_loopback:
-            return
-        specs, changed = [], False
-        for spec in ctx.options.mode:
-            mode = mode_specs.ProxyMode.parse(spec)
-            port = mode.listen_port(ctx.options.listen_port)
-            if mode.custom_listen_host is None and port is not None:
-                head = spec.rpartition("@")[0] if "@" in spec else spec
-                spec, changed = f"{head}@127.0.0.1:{port}", True
-            specs.append(spec)
-        if changed:
-            ctx.options.update(mode=specs)
-
-    def client_connected(self, client) -> None:
-        if self.own_loopback and client.peername and not _is_loopback(str(client.peername[0])):
-            client.error = "ccswitch listens on loopback only"
-
-    def check_exposure(self) -> None:
-        exposed = []
-        for spec in ctx.options.mode:
-            try:
-                mode = mode_specs.ProxyMode.parse(spec)
-            except ValueError:
-                continue
-            host = mode.listen_host(ctx.options.listen_host)
-            if not _is_loopback(host):
-                exposed.append(f"{spec} on {host or 'all interfaces'}")
-        if exposed and not self.gateway.rules.client_keys and not ctx.options.proxyauth:
-            raise exceptions.OptionsError(
-                "ccswitch refuses to listen beyond loopback (" + "; ".join(exposed) + ") without "
-                "client_keys in rules.yaml or mitmproxy's --proxyauth")
-
-
-class InterceptScope:
-    """In regular (HTTPS_PROXY) mode decrypt only the `intercept` hosts."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-
-    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
-        context = data.context
-        if not isinstance(context.client.proxy_mode, mode_specs.RegularMode):
-            return
-        host = data.client_hello.sni or (context.server.address[0] if context.server.address else "")
-        if host.lower() not in self.gateway.rules.intercept:
-            data.ignore_connection = True
 
 
 def _error_response(protocol: str, status: int, message: str, extra: dict | None = None) -> http.Response:
@@ -198,6 +116,10 @@ class Router:
                             url=flow.request.url, headers=headers,
                             body=flow.request.get_content(strict=False) or b"", json=body, model=model,
                             stream=body.get("stream") is True, client_protocol=client_protocol)
+        problem = _unconvertible(req, chosen.candidates, rules)
+        if problem:
+            self._answer(flow, _error_response(client_protocol, 400, problem))
+            return
         job = Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow.id)
         self.jobs[flow.id] = job
         self.relay.register(job)
@@ -260,6 +182,20 @@ class Router:
             attempts=[a.describe() for a in job.attempts], error=job.error)
 
 
+def _unconvertible(req: ClientRequest, candidates, rules: Rules) -> str | None:
+    """Validate a body against every protocol it may be converted to, before any upstream call."""
+    seen = set()
+    for upstream in candidates:
+        if upstream.protocol in seen or upstream.protocol == req.client_protocol:
+            continue
+        seen.add(upstream.protocol)
+        try:
+            translation_for(req.client_protocol, upstream.protocol).request(req, upstream, rules)
+        except RenderError as exc:
+            return str(exc)
+    return None
+
+
 def _redact_credentials(headers: http.Headers) -> None:
     for name in CREDENTIAL_HEADERS:
         if name in headers:
@@ -316,62 +252,10 @@ class RulesWatcher:
                 self.gateway.health.sync(self.gateway.rules_file.fingerprints())
 
 
-class Commands:
-    """`ccswitch.status`, `.use`, `.reset`, `.enable`, `.disable`: live, in memory."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-
-    def _upstream(self, name: str):
-        try:
-            return self.gateway.rules.upstream(name)
-        except KeyError:
-            known = ", ".join(u.name for u in self.gateway.rules.upstreams)
-            raise exceptions.CommandError(f"no upstream named {name!r} (known: {known})") from None
-
-    @command.command("ccswitch.status")
-    def status(self) -> str:
-        """Each upstream's state: available, cooling down, outside its hours, failures."""
-        rules = self.gateway.rules
-        return status_text(rules, self.gateway.health, datetime.now(rules.tz))
-
-    @command.command("ccswitch.use")
-    def use(self, name: str, minutes: int = 30) -> str:
-        """Prefer one upstream for its routes for a while (default 30 minutes)."""
-        self._upstream(name)
-        health = self.gateway.health
-        health.preferred = (name, health.clock() + minutes * 60)
-        log.info("ccswitch: preferring %s for %d minutes", name, minutes)
-        return f"preferring {name} for {minutes} minutes"
-
-    @command.command("ccswitch.reset")
-    def reset(self, name: str) -> str:
-        """Clear an upstream's failures and cooldown."""
-        self._upstream(name)
-        self.gateway.health.reset(name)
-        log.info("ccswitch: %s reset", name)
-        return f"{name}: failures and cooldown cleared"
-
-    @command.command("ccswitch.enable")
-    def enable(self, name: str) -> str:
-        """Switch an upstream on until the next reload."""
-        upstream = self._upstream(name)
-        if upstream.auth != "client" and upstream.api_key is None:
-            raise exceptions.CommandError(f"{name} has no api_key (its environment variable is not set)")
-        self.gateway.health.switch(name, True)
-        log.info("ccswitch: %s enabled until the next reload", name)
-        return f"{name} enabled until the next reload"
-
-    @command.command("ccswitch.disable")
-    def disable(self, name: str) -> str:
-        """Switch an upstream off until the next reload."""
-        self._upstream(name)
-        self.gateway.health.switch(name, False)
-        log.info("ccswitch: %s disabled until the next reload", name)
-        return f"{name} disabled until the next reload"
-
-
 def make_addons() -> list:
+    from .commands import Commands
+    from .safety import InterceptScope, ListenSafety
+
     gateway = Gateway()
     return [RulesWatcher(gateway), ListenSafety(gateway), InterceptScope(gateway), Router(gateway),
             Commands(gateway)]

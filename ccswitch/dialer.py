@@ -106,7 +106,7 @@ class Dialer:
             self.health.begin_probe(upstream.name)
         try:
             translation = translation_for(job.request.client_protocol, upstream.protocol)
-            outgoing = render(upstream, job.request, translation.request(job.request, upstream))
+            outgoing = render(upstream, job.request, translation.request(job.request, upstream, job.rules))
             job.upstream_model = outgoing.upstream_model
             result = await self._send_and_judge(job, upstream, outgoing, translation, sink, attempt)
         except RenderError as exc:

@@ -173,14 +173,17 @@ def in_stream_status(event_json: object) -> int:
     }.get(kind, 500)
 
 
-def is_loopback_host(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_loopback_host(url: str) -> bool:
+    return is_loopback(urlsplit(url).hostname or "")
 
 
 def json_or_none(body: bytes) -> object:

@@ -310,6 +310,9 @@ class Rules(_Model):
     upstreams: tuple[Upstream, ...] = ()
     routes: Routes = Field(default_factory=Routes)
     prices: dict[str, dict[PriceKey, Annotated[float, Field(ge=0)]]] = Field(default_factory=dict)
+    # chat route: max_tokens sent to an Anthropic upstream when the client gave none,
+    # by upstream model (exact name or glob; "*" = any other); overrides the built-in table
+    max_tokens: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
     source: Path | None = None
 
     @field_validator("timezone", mode="after")

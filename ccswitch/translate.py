@@ -30,7 +30,7 @@ class StreamPassthrough:
 class Passthrough:
     """Client and upstream speak the same protocol."""
 
-    def request(self, req: ClientRequest, upstream: Upstream) -> dict[str, Any] | None:
+    def request(self, req: ClientRequest, upstream: Upstream, rules=None) -> dict[str, Any] | None:
         return None  # keep the client's body; only the model is renamed
 
     def scrub(self, body: bytes, secrets: list[str]) -> bytes:
@@ -84,7 +84,7 @@ class _Unsupported(Passthrough):
     def __init__(self, client_protocol: str, upstream_protocol: str) -> None:
         self.pair = (client_protocol, upstream_protocol)
 
-    def request(self, req: ClientRequest, upstream: Upstream) -> dict[str, Any] | None:
+    def request(self, req: ClientRequest, upstream: Upstream, rules=None) -> dict[str, Any] | None:
         raise RenderError(f"cannot convert a {self.pair[0]} request for {upstream.name} "
                           f"({self.pair[1]})")
 

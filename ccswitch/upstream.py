@@ -83,10 +83,12 @@ def _endpoint_for(protocol: str, endpoint: str) -> str:
 def render(upstream: Upstream, req: ClientRequest, body: dict[str, Any] | None = None) -> OutgoingRequest:
     """`body` is the (possibly converted) JSON to send; None keeps the client's body."""
     payload = req.json if body is None else body
-    upstream_model = req.model
+    # a conversion may name the model itself (e.g. without a `-thinking` suffix)
+    model = payload.get("model") if body is not None and isinstance(payload.get("model"), str) else req.model
+    upstream_model = model
     content = req.body
-    if payload is not None and req.model is not None:
-        upstream_model = upstream.map_model(req.model)
+    if payload is not None and model is not None:
+        upstream_model = upstream.map_model(model)
         if upstream_model != payload.get("model") or body is not None:
             payload = {**payload, "model": upstream_model}
             content = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()

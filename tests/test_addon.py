@@ -8,7 +8,8 @@ from mitmproxy.addons import proxyauth, proxyserver
 from mitmproxy.proxy import mode_specs
 from mitmproxy.test import taddons, tflow, tutils
 
-from ccswitch.addon import Gateway, InterceptScope, ListenSafety, Router, RulesWatcher
+from ccswitch.addon import Gateway, Router, RulesWatcher
+from ccswitch.safety import InterceptScope, ListenSafety
 from ccswitch.relay import JOB_HEADER, Relay
 from helpers import CLIENT_KEY, KEY_A
 

@@ -6,7 +6,8 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
-from ccswitch.addon import Commands, Gateway
+from ccswitch.addon import Gateway
+from ccswitch.commands import Commands
 from ccswitch.routing import plan
 from helpers import KEY_A
 

@@ -1,0 +1,19 @@
+"""Conversions for the chat route: an OpenAI Chat Completions client served by an
+Anthropic Messages or OpenAI Responses upstream (`translation(client, upstream)`)."""
+
+from __future__ import annotations
+
+from ..protocols import ANTHROPIC, CHAT, RESPONSES
+
+
+def translation(client_protocol: str, upstream_protocol: str):
+    """The translation object for a pair, or None when there is none."""
+    if client_protocol != CHAT:
+        return None
+    if upstream_protocol == ANTHROPIC:
+        from .anthropic import ChatToAnthropic
+        return ChatToAnthropic()
+    if upstream_protocol == RESPONSES:
+        from .responses import ChatToResponses
+        return ChatToResponses()
+    return None
