@@ -5,9 +5,10 @@ moves data between them and the flows."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import json
 import logging
-from datetime import datetime
+from datetime import datetime, timezone
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
@@ -21,6 +22,8 @@ from .routing import RouteMatch, classify, plan
 from .rules import Rules, RulesError
 from .rulesfile import RulesFile
 from .translate import translation_for
+from .usage.ledger import Ledger
+from .usage.record import attempt_rows, own_answer_row, request_row
 from .upstream import (CREDENTIAL_HEADERS, REDACTED, ClientRequest, RenderError, client_credential,
                        upstream_url)
 
@@ -31,15 +34,39 @@ logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
 class Gateway:
-    """State shared by the addon classes: the rules in force and the health board."""
+    """State shared by the addon classes: the rules in force, the health board, the ledger."""
 
     def __init__(self) -> None:
         self.rules_file = RulesFile()
         self.health = HealthBoard()
+        self.ledger: Ledger | None = None
 
     @property
     def rules(self) -> Rules:
         return self.rules_file.rules
+
+    def open_ledger(self, enabled: bool) -> None:
+        """(Re)open the ledger at the rules' `usage_db`; a moved database gets a new writer."""
+        path = self.rules.usage_db if enabled else None
+        old = self.ledger
+        if old is not None and old.path == path:
+            return
+        self.ledger = Ledger(path).start() if path is not None else None
+        if old is not None:  # flush the old one without holding up the event loop
+            threading.Thread(target=old.close, name="ccswitch-ledger-close", daemon=True).start()
+        if path is not None:
+            log.info("ccswitch: usage ledger at %s", path)
+
+    def record_job(self, job: Job) -> None:
+        if self.ledger is not None:
+            self.ledger.add("requests", request_row(job))
+            for row in attempt_rows(job):
+                self.ledger.add("attempts", row)
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
+            self.ledger = None
 
 
 def _error_response(protocol: str, status: int, message: str, extra: dict | None = None) -> http.Response:
@@ -59,6 +86,8 @@ class Router:
     def load(self, loader) -> None:
         loader.add_option("ccswitch_loopback_only", bool, False,
                           "Refuse upstreams that are not loopback addresses (a guard for tests).")
+        loader.add_option("ccswitch_ledger", bool, True,
+                          "Record every routed request's usage in the rules' usage_db (SQLite).")
         loader.add_option("ccswitch_offline", bool, False,
                           "The intercepted hosts are unreachable (relays only): answer their "
                           "unrouted requests (e.g. Claude Code's settings calls) with 404 at once "
@@ -66,7 +95,7 @@ class Router:
 
     async def running(self) -> None:
         self.dialer = Dialer(self.gateway.health, loopback_only=ctx.options.ccswitch_loopback_only)
-        self.relay = Relay(self.dialer.run)
+        self.relay = Relay(self.dialer.run, on_done=self.gateway.record_job)
         await self.relay.start()
 
     async def done(self) -> None:
@@ -74,10 +103,13 @@ class Router:
             await self.relay.stop()
         if self.dialer:
             await self.dialer.aclose()
+        self.gateway.close()
 
     def configure(self, updated) -> None:
         if "ccswitch_loopback_only" in updated and self.dialer:
             self.dialer.loopback_only = ctx.options.ccswitch_loopback_only
+        if "ccswitch_ledger" in updated:
+            self.gateway.open_ledger(ctx.options.ccswitch_ledger)
 
     # ------------------------------------------------------------------ hooks
 
@@ -89,37 +121,40 @@ class Router:
         if match is None or not rules.routes.for_route(match.route):
             self._unrouted(flow)  # a route with no upstreams is not ours either
             return
+        started = datetime.now(timezone.utc)
         client_protocol = protocols.CLIENT_PROTOCOL[match.route]
+
+        def refuse(status: int, message: str, body: dict | None = None, extra: dict | None = None) -> None:
+            self._answer(flow, _error_response(client_protocol, status, message, extra))
+            if self.gateway.ledger is not None:
+                model = (body or {}).get("model")
+                self.gateway.ledger.add("requests", own_answer_row(
+                    request_id=flow.id, started_at=started, route=match.route, endpoint=match.endpoint,
+                    model=model if isinstance(model, str) else None, stream=bool((body or {}).get("stream")),
+                    status=status, error=message[:500],
+                    latency_ms=int((datetime.now(timezone.utc) - started).total_seconds() * 1000)))
+
         headers = list(flow.request.headers.items(multi=True))
         if rules.client_keys and not rules.client_key_ok(client_credential(headers)):
-            self._answer(flow, _error_response(client_protocol, 401, "missing or invalid ccswitch client key"))
-            return
+            return refuse(401, "missing or invalid ccswitch client key")
         if match.endpoint == "websocket":
-            self._answer(flow, _error_response(
-                client_protocol, 426, "ccswitch serves Responses over HTTPS, not WebSocket"))
-            return
+            return refuse(426, "ccswitch serves Responses over HTTPS, not WebSocket")
         body, problem = _parse_body(flow.request.get_content(strict=False) or b"")
         if problem:
-            self._answer(flow, _error_response(client_protocol, 400, problem))
-            return
+            return refuse(400, problem)
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            self._answer(flow, _error_response(client_protocol, 400, "the request body names no model"))
-            return
-        now = datetime.now(rules.tz)
-        chosen = plan(rules, match.route, model, self.gateway.health, now)
+            return refuse(400, "the request body names no model", body)
+        chosen = plan(rules, match.route, model, self.gateway.health, datetime.now(rules.tz))
         if not chosen.candidates:
-            self._answer(flow, _error_response(client_protocol, 503, chosen.why_none(match.route),
-                                               {"retry-after": "30"}))
-            return
+            return refuse(503, chosen.why_none(match.route), body, {"retry-after": "30"})
         req = ClientRequest(route=match.route, endpoint=match.endpoint, method="POST",
                             url=flow.request.url, headers=headers,
                             body=flow.request.get_content(strict=False) or b"", json=body, model=model,
                             stream=body.get("stream") is True, client_protocol=client_protocol)
         problem = _unconvertible(req, chosen.candidates, rules)
         if problem:
-            self._answer(flow, _error_response(client_protocol, 400, problem))
-            return
+            return refuse(400, problem, body)
         job = Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow.id)
         self.jobs[flow.id] = job
         self.relay.register(job)
@@ -168,8 +203,10 @@ class Router:
             if flow.request.pretty_host.lower() in self.gateway.rules.intercept:
                 _redact_credentials(flow.request.headers)  # passed through: sent already, hide now
             return
-        if self.relay:
-            self.relay.forget(job)
+        if self.relay and self.relay.forget(job):
+            # mitmproxy never delivered it to the relay (e.g. the client left at once)
+            job.error = flow.error.msg if flow.error else "not dispatched"
+            self.gateway.record_job(job)
         flow.request.headers.pop(JOB_HEADER, None)
         if job.upstream:
             upstream = job.rules.upstream(job.upstream)
@@ -250,6 +287,8 @@ class RulesWatcher:
             await asyncio.sleep(1.0)
             if self.gateway.rules_file.reload_if_changed():
                 self.gateway.health.sync(self.gateway.rules_file.fingerprints())
+                if self.gateway.ledger is not None:
+                    self.gateway.open_ledger(True)
 
 
 def make_addons() -> list:

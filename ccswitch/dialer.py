@@ -24,6 +24,7 @@ from .pump import Pump
 from .rules import Upstream
 from .translate import translation_for
 from .upstream import OutgoingRequest, RenderError, render
+from .usage.extract import usage_of_body
 
 log = logging.getLogger("ccswitch.dialer")
 
@@ -159,24 +160,26 @@ class Dialer:
                                    "first_byte" if job.request.stream else "total")
         attempt.status = response.status_code
         try:
-            return await self._judge(job, upstream, outgoing, translation, response, sink, deadline)
+            return await self._judge(job, upstream, outgoing, translation, response, sink, deadline, attempt)
         finally:
             await response.aclose()
 
     async def _judge(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
-                     response: httpx.Response, sink: Sink, deadline: float) -> Reply | Failure | Streamed:
+                     response: httpx.Response, sink: Sink, deadline: float,
+                     attempt: Attempt) -> Reply | Failure | Streamed:
         status = response.status_code
         headers = response_headers(response.headers)
         is_sse = "text/event-stream" in response.headers.get("content-type", "")
         failover = job.rules.failover
         if 200 <= status < 300 and job.request.stream and is_sse:
-            pump = Pump(job, upstream, outgoing, translation, response, sink, headers)
+            pump = Pump(job, upstream, outgoing, translation, response, sink, headers, attempt)
             return await pump.run()
         try:
             body = await asyncio.wait_for(_read_capped(response), max(0.001, deadline - time.monotonic()))
         except (httpx.TransportError, asyncio.TimeoutError, OSError) as exc:
             return network_failure(upstream.name, exc, failover.on_network_error, "total")
         body = translation.scrub(body, outgoing.secrets)
+        attempt.usage = usage_of_body(upstream.protocol, body, is_sse)
         if 200 <= status < 300:
             problem = translation.check_body(job.request, upstream, body, is_sse)
             if problem:

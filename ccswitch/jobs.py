@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 
 from .rules import Rules, Upstream
 from .upstream import ClientRequest
+from .usage.extract import Usage
 
 
 @dataclass
@@ -23,7 +24,7 @@ class Attempt:
     status: int | None = None
     error: str | None = None
     ms: int = 0
-    usage: dict | None = None
+    usage: Usage | None = None      # what the upstream reported, even for a failed attempt
 
     def describe(self) -> str:
         what = str(self.status) if self.status is not None else "-"
@@ -47,7 +48,6 @@ class Job:
     upstream_model: str | None = None
     status: int | None = None            # what the client got
     error: str | None = None
-    usage: dict | None = None
     ttfb_ms: int | None = None
     latency_ms: int | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)

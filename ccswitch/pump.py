@@ -15,21 +15,23 @@ import time
 import httpx
 
 from . import protocols
-from .jobs import Job, marks
+from .jobs import Attempt, Job, marks
 from .outcome import Failure, Streamed, in_stream_status, network_failure
 from .protocols import Kind
 from .rules import Upstream
 from .sse import SSEError, SSEParser
 from .translate import scrub
 from .upstream import OutgoingRequest
+from .usage.extract import UsageTap
 
 log = logging.getLogger("ccswitch.pump")
 
 
 class Pump:
     def __init__(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
-                 response: httpx.Response, sink, headers: list[tuple[str, str]]) -> None:
-        self.job, self.upstream, self.outgoing = job, upstream, outgoing
+                 response: httpx.Response, sink, headers: list[tuple[str, str]], attempt: Attempt) -> None:
+        self.job, self.upstream, self.outgoing, self.attempt = job, upstream, outgoing, attempt
+        self.tap = UsageTap(upstream.protocol)
         self.response, self.sink, self.headers = response, sink, headers
         self.stream = translation.stream(job.request, upstream)
         self.parser = SSEParser()
@@ -79,6 +81,7 @@ class Pump:
         finally:
             if pending is not None:
                 pending.cancel()
+            self.attempt.usage = self.tap.usage   # kept even when the client went away
         if not self.terminal:
             for event in self.parser.flush():
                 if await self._handle(event):
@@ -89,6 +92,7 @@ class Pump:
 
     async def _handle(self, event) -> bool:
         """Pass one event on; True when the stream is over (terminal or error)."""
+        self.tap.feed(event)
         kind = protocols.classify_event(self.upstream.protocol, event)
         if kind is Kind.ERROR:
             self.error = (protocols.stream_error_message(event), in_stream_status(event.json()))

@@ -60,8 +60,9 @@ class H11Sink:
 
 
 class Relay:
-    def __init__(self, run_job) -> None:
+    def __init__(self, run_job, on_done=None) -> None:
         self._run_job = run_job          # async (job, sink) -> None
+        self._on_done = on_done          # (job) -> None, once per job the relay ran
         self._jobs: dict[str, Job] = {}
         self._server: asyncio.AbstractServer | None = None
         self.port = 0
@@ -79,8 +80,9 @@ class Relay:
     def register(self, job: Job) -> None:
         self._jobs[job.token] = job
 
-    def forget(self, job: Job) -> None:
-        self._jobs.pop(job.token, None)
+    def forget(self, job: Job) -> bool:
+        """Drop a job; True if it was still waiting (never reached the relay)."""
+        return self._jobs.pop(job.token, None) is not None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1024 * 1024)
@@ -130,6 +132,13 @@ class Relay:
             await sink.write(body)
             await sink.end()
             return b""
+        try:
+            return await self._run(job, conn, reader, sink)
+        finally:
+            if self._on_done is not None:
+                self._on_done(job)
+
+    async def _run(self, job: Job, conn, reader, sink: H11Sink) -> bytes | None:
         task = asyncio.ensure_future(self._run_job(job, sink))
         watcher = asyncio.ensure_future(reader.read(_READ))
         try:

@@ -37,12 +37,17 @@ class Proxy:
             "--mode", f"regular@{self.regular_port}",
             "--mode", f"reverse:{reverse_target}@{self.reverse_port}", *extra_args,
         ]
-        self.env = {**os.environ, **(env or {})}
+        # HOME in the work dir: the default usage_db (~/.ccswitch/usage.db) stays in the test's folder
+        self.env = {**os.environ, "HOME": str(workdir), **(env or {})}
         self.proc: subprocess.Popen | None = None
 
     @property
     def ca_cert(self) -> Path:
         return self.confdir / "mitmproxy-ca-cert.pem"
+
+    @property
+    def usage_db(self) -> Path:
+        return self.workdir / ".ccswitch" / "usage.db"
 
     @property
     def proxy_url(self) -> str:

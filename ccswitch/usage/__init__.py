@@ -1,0 +1,1 @@
+"""Usage: extraction per protocol, the SQLite ledger and its schema."""

@@ -1,0 +1,128 @@
+"""The SQLite ledger never blocks or breaks the proxy, and loses nothing it can keep."""
+
+import logging
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from ccswitch.usage.ledger import Ledger
+from ccswitch.usage.schema import VERSION, connect
+
+
+def row(i: int) -> dict:
+    return {"request_id": f"r{i}", "ts": "2026-11-25T10:00:00.000+00:00", "route": "claude",
+            "endpoint": "messages", "upstream": "a", "model": "m", "status": 200, "stream": 1, "attempts": 1,
+            "input_tokens": i, "output_tokens": 1, "cache_creation_tokens": 0, "cache_creation_1h_tokens": 0,
+            "cache_read_tokens": 0, "reasoning_tokens": 0}
+
+
+def count(path) -> int:
+    return sqlite3.connect(path).execute("SELECT count(*), sum(input_tokens) FROM requests").fetchone()[0]
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_rows_are_written_in_batches_with_schema_version(tmp_path):
+    path = tmp_path / "sub" / "usage.db"
+    ledger = Ledger(path).start()
+    for i in range(1000):
+        ledger.add("requests", row(i))
+    ledger.close()
+    assert count(path) == 1000
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_add_never_blocks_while_the_database_is_locked(tmp_path, caplog):
+    path = tmp_path / "usage.db"
+    connect(str(path)).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    ledger = Ledger(path, busy_timeout=0.05).start()
+    started = time.perf_counter()
+    for i in range(100):
+        ledger.add("requests", row(i))
+    assert time.perf_counter() - started < 0.05          # the proxy side only queues
+    assert wait_for(lambda: "cannot write the usage ledger" in caplog.text)
+    assert ledger.pending == 100
+    holder.execute("ROLLBACK")
+    assert wait_for(lambda: ledger.pending == 0)
+    ledger.close()
+    assert count(path) == 100
+    assert caplog.text.count("cannot write the usage ledger") == 1    # logged once, not per retry
+
+
+def _make_read_only(path) -> bool:
+    return subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+
+
+def test_read_only_database_keeps_rows_in_memory_and_retries(tmp_path, caplog):
+    path = tmp_path / "usage.db"
+    connect(str(path)).close()
+    made_read_only = _make_read_only(path)
+    if not made_read_only:            # no chattr: a directory where the file should be is unwritable too
+        path.unlink()
+        path.mkdir()
+    try:
+        ledger = Ledger(path).start()
+        for i in range(10):
+            ledger.add("requests", row(i))
+        assert wait_for(lambda: "cannot write the usage ledger" in caplog.text)
+        assert ledger.pending == 10
+    finally:
+        if made_read_only:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        else:
+            path.rmdir()
+    assert wait_for(lambda: ledger.pending == 0, timeout=20)
+    ledger.close()
+    assert count(path) == 10 and "writable again" in caplog.text
+
+
+def test_buffer_is_bounded_and_drops_oldest(tmp_path, caplog):
+    path = tmp_path / "usage.db"
+    path.mkdir()    # unwritable for now
+    ledger = Ledger(path, max_pending=5).start()
+    with caplog.at_level(logging.ERROR):
+        for i in range(8):
+            ledger.add("requests", row(i))
+    assert ledger.pending == 5 and ledger.dropped == 3 and "buffer full" in caplog.text
+    ledger.close(timeout=0.5)
+
+
+def test_pending_rows_are_flushed_on_close(tmp_path):
+    path = tmp_path / "usage.db"
+    ledger = Ledger(path, interval=60).start()
+    for i in range(50):
+        ledger.add("requests", row(i))
+    ledger.close()
+    assert count(path) == 50
+
+
+def test_a_row_the_database_rejects_does_not_block_the_others(tmp_path, caplog):
+    path = tmp_path / "usage.db"
+    ledger = Ledger(path).start()
+    bad = row(1)
+    bad["input_tokens"] = None      # NOT NULL
+    ledger.add("requests", row(0))
+    ledger.add("requests", bad)
+    ledger.add("requests", row(2))
+    ledger.close()
+    assert count(path) == 2 and ledger.dropped == 1
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "usage.db"
+    sqlite3.connect(path).execute(f"PRAGMA user_version = {VERSION + 1}")
+    with pytest.raises(RuntimeError, match="newer"):
+        connect(str(path))

@@ -1,0 +1,86 @@
+"""Usage extraction per protocol, including the classic bugs peers shipped."""
+
+from ccswitch.sse import SSEParser, format_event
+from ccswitch.usage.extract import UsageTap, from_body, usage_of_body
+
+
+def feed(protocol, events):
+    tap = UsageTap(protocol)
+    for event in SSEParser().feed(b"".join(events)):
+        tap.feed(event)
+    return tap.usage
+
+
+def test_anthropic_stream_input_known_only_from_message_start_and_deltas_overwrite():
+    usage = feed("anthropic", [
+        format_event({"type": "message_start", "message": {"usage": {
+            "input_tokens": 20, "cache_creation_input_tokens": 300, "cache_read_input_tokens": 4000,
+            "output_tokens": 1, "cache_creation": {"ephemeral_1h_input_tokens": 100}}}}, "message_start"),
+        format_event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x"}}),
+        format_event({"type": "message_delta", "delta": {"stop_reason": None}, "usage": {"output_tokens": 10}}),
+        format_event({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 31}}),
+        format_event({"type": "message_stop"}, "message_stop"),
+    ])
+    # input comes from message_start although message_delta never repeats it (the seed read 0)
+    assert usage.input_tokens == 20
+    # cumulative output: overwrite (31), never add (42)
+    assert usage.output_tokens == 31
+    # cache tokens counted once, not again inside input
+    assert (usage.cache_creation_tokens, usage.cache_read_tokens, usage.cache_creation_1h_tokens) == (300, 4000, 100)
+
+
+def test_anthropic_message_delta_may_repeat_full_totals():
+    usage = feed("anthropic", [
+        format_event({"type": "message_start", "message": {"usage": {"input_tokens": 5, "output_tokens": 1}}}),
+        format_event({"type": "message_delta", "usage": {"input_tokens": 5, "cache_read_input_tokens": 7,
+                                                        "output_tokens": 9}}),
+    ])
+    assert (usage.input_tokens, usage.cache_read_tokens, usage.output_tokens) == (5, 7, 9)
+
+
+def test_responses_cached_tokens_are_a_subset_of_input():
+    usage = feed("openai-responses", [
+        format_event({"type": "response.created", "response": {"usage": None}}),
+        format_event({"type": "response.completed", "response": {"usage": {
+            "input_tokens": 900, "input_tokens_details": {"cached_tokens": 768},
+            "output_tokens": 120, "output_tokens_details": {"reasoning_tokens": 64}, "total_tokens": 1020}}}),
+    ])
+    assert (usage.input_tokens, usage.cache_read_tokens, usage.output_tokens, usage.reasoning_tokens) == \
+        (132, 768, 120, 64)
+    assert usage.input_tokens + usage.cache_read_tokens + usage.cache_creation_tokens == 900
+
+
+def test_responses_incomplete_and_failed_report_usage_too():
+    for kind in ("response.incomplete", "response.failed"):
+        usage = feed("openai-responses", [format_event({"type": kind, "response": {"usage": {
+            "input_tokens": 10, "output_tokens": 3}}})])
+        assert (usage.input_tokens, usage.output_tokens) == (10, 3)
+
+
+def test_chat_final_usage_chunk_and_body():
+    usage = feed("openai-chat", [
+        format_event({"choices": [{"delta": {"content": "hi"}}], "usage": None}),
+        format_event({"choices": [], "usage": {"prompt_tokens": 135, "completion_tokens": 8,
+                                                "prompt_tokens_details": {"cached_tokens": 100,
+                                                                          "cache_write_tokens": 10}}}),
+        b"data: [DONE]\n\n",
+    ])
+    assert (usage.input_tokens, usage.cache_read_tokens, usage.cache_creation_tokens, usage.output_tokens) == \
+        (25, 100, 10, 8)
+    body = from_body("openai-chat", {"usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+    assert (body.input_tokens, body.output_tokens) == (3, 2)
+
+
+def test_bodies_and_garbage():
+    assert from_body("anthropic", {"usage": {"input_tokens": 4, "output_tokens": 2}}).output_tokens == 2
+    assert from_body("anthropic", {"type": "error"}) is None
+    assert usage_of_body("anthropic", b"<html>", False) is None
+    assert feed("anthropic", [b"data: not json\n\n"]) is None
+    weird = from_body("openai-chat", {"usage": {"prompt_tokens": "many", "completion_tokens": -3}})
+    assert (weird.input_tokens, weird.output_tokens) == (0, 0)
+
+
+def test_columns_keep_the_raw_usage_for_audit():
+    usage = from_body("anthropic", {"usage": {"input_tokens": 4, "output_tokens": 2}})
+    cols = usage.columns()
+    assert cols["raw_usage"] == '{"input_tokens":4,"output_tokens":2}' and "raw" not in cols
