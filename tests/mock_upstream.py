@@ -236,6 +236,7 @@ class MockUpstream:
 
 
 class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024   # the default backlog of 5 refuses bursts of concurrent connects
     daemon_threads = True
 
     def __init__(self, mock: MockUpstream):

@@ -103,3 +103,53 @@ async def test_client_disconnect_cancels_upstream_and_counts_nothing():
         assert job.error == "client_closed"
         assert health.get("a").failures == 0 and len(job.attempts) == 1
         assert job.latency_ms < 2000   # 200 events x 20 ms would take 4 s: the upstream was cut at once
+
+
+def ledger(proxy, sql, *args):
+    import sqlite3
+    conn = sqlite3.connect(proxy.usage_db)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def wait_rows(proxy, expected, sql="SELECT count(*) FROM requests"):
+    import time
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proxy.usage_db.exists() and ledger(proxy, sql)[0][0] >= expected:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"ledger has {ledger(proxy, sql)[0][0]} rows, expected {expected}")
+
+
+def test_two_hundred_concurrent_requests_give_two_hundred_rows(tmp_path):
+    with MockUpstream("A") as a:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(f"""
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{a.base_url}', api_key: '{KEY_A}'}}
+routes: {{claude: [a]}}
+""")
+        with Proxy(rules, tmp_path) as proxy:
+            with httpx.Client(timeout=60, limits=httpx.Limits(max_connections=200)) as client, \
+                    ThreadPoolExecutor(64) as pool:
+                results = list(pool.map(lambda _: stream_text(client, proxy.reverse_url), range(200)))
+            assert all(r[1] == "Hello from mock A" for r in results)
+            wait_rows(proxy, 200)
+            rows = ledger(proxy, "SELECT count(*), count(DISTINCT request_id), sum(input_tokens), "
+                                 "sum(cache_read_tokens), min(stream), max(attempts) FROM requests")
+            assert rows == [(200, 200, 200 * 25, 200 * 100, 1, 1)]
+
+
+def test_failovers_leave_attempt_rows(world):
+    proxy, a, b, _ = world
+    # the module's proxy was stopped by the saved-flows test: its ledger is complete on disk
+    rows = ledger(proxy, "SELECT attempts, upstream, status, error FROM requests WHERE attempts > 1")
+    assert len(rows) >= 51 and all(r[:3] == (2, "b", 200) for r in rows)
+    attempts = ledger(proxy, "SELECT n, upstream, status FROM attempts WHERE request_id IN "
+                             "(SELECT request_id FROM requests WHERE attempts > 1) ORDER BY request_id, n")
+    assert len(attempts) == 2 * len(rows)
+    assert {(n, u) for n, u, _ in attempts} == {(1, "a"), (2, "b")}
+    assert {s for n, u, s in attempts if n == 1} <= {503, 529}
