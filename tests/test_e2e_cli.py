@@ -131,3 +131,19 @@ def test_codex_prints_the_backups_answer_when_the_first_refuses(world, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "Hello from mock B" in done.stdout
     assert_only_upstream_key(b, KEY_B)
+
+
+def test_ledger_rows_after_real_cli_runs(world):
+    import sqlite3
+    proxy = world[0]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        rows = sqlite3.connect(proxy.usage_db).execute(
+            "SELECT route, upstream, status, attempts, output_tokens FROM requests").fetchall()
+        if {"claude", "codex"} <= {r[0] for r in rows}:
+            break
+        time.sleep(0.1)
+    assert {("claude", "claude-a"), ("claude", "claude-b"), ("codex", "codex-a"), ("codex", "codex-b")} <= \
+        {(r[0], r[1]) for r in rows}
+    assert all(r[2] == 200 and r[4] > 0 for r in rows if r[1])
+    assert any(r[3] == 2 for r in rows if r[1] == "claude-b")      # the failover run

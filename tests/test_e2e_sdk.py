@@ -153,3 +153,29 @@ def test_other_paths_pass_untouched(world):
     # the reverse target is api.anthropic.com, which the loopback guard refuses: 502 from mitmproxy,
     # and nothing reached our upstreams
     assert r.status_code == 502 and a.requests == []
+
+
+def test_ledger_has_a_row_for_every_routed_request(world):
+    """Runs last in this module: every SDK request above left exactly one row."""
+    import sqlite3
+    import time
+    proxy, a, b = world
+    deadline = time.monotonic() + 10
+    conn = sqlite3.connect(proxy.usage_db)
+    routed = own = 0
+    while time.monotonic() < deadline:
+        routed = conn.execute("SELECT count(*) FROM requests WHERE upstream IS NOT NULL").fetchone()[0]
+        own = conn.execute("SELECT count(*) FROM requests WHERE upstream IS NULL").fetchone()[0]
+        if routed >= 1 and own >= 2:
+            break
+        time.sleep(0.1)
+    by_route = dict(conn.execute("SELECT route, count(*) FROM requests WHERE upstream IS NOT NULL GROUP BY route"))
+    assert set(by_route) == {"claude", "codex", "chat"}
+    # Anthropic maps 1:1; OpenAI input is total minus cached (mock: 125 in, 100 cached)
+    assert conn.execute("SELECT DISTINCT input_tokens, cache_read_tokens FROM requests "
+                        "WHERE upstream IS NOT NULL").fetchall() == [(25, 100)]
+    own_rows = conn.execute("SELECT status, attempts, error FROM requests WHERE upstream IS NULL").fetchall()
+    assert {s for s, _, _ in own_rows} == {400} and all(n == 0 for _, n, _ in own_rows)
+    assert routed >= 1
+    for secret in (KEY_A, KEY_B, CLIENT_KEY):
+        assert secret.encode() not in proxy.usage_db.read_bytes()
