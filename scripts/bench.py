@@ -62,8 +62,9 @@ def start_bare(mock_port: int, workdir: Path) -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-def start_ccswitch(mock_port: int, failing_port: int, workdir: Path) -> Proxy:
+def start_ccswitch(mock_port: int, failing_port: int, workdir: Path, *extra: str) -> Proxy:
     """Model `failover-*` meets the failing upstream first; every other model goes straight on."""
+    workdir.mkdir(parents=True, exist_ok=True)
     rules = workdir / "rules.yaml"
     rules.write_text(f"""
 failover: {{threshold: 1000000}}
@@ -73,7 +74,7 @@ upstreams:
   - {{name: bench, protocol: anthropic, base_url: 'http://127.0.0.1:{mock_port}', api_key: 'sk-bench-fake-2'}}
 routes: {{claude: [failing, bench]}}
 """)
-    return Proxy(rules, workdir, extra_args=("--set", "flow_detail=0")).start()
+    return Proxy(rules, workdir, extra_args=("--set", "flow_detail=0", *extra)).start()
 
 
 def _wait_port(port: int, timeout: float = 20) -> None:
@@ -130,6 +131,22 @@ def run_failover(base: str, requests: int) -> dict[str, list[float]]:
     return out
 
 
+def ledger_rows_per_second(rows: int = 50_000) -> float:
+    """How fast the writer thread drains a burst of request rows into SQLite."""
+    from ccswitch.usage.ledger import Ledger
+    row = {"request_id": "r", "ts": "2026-11-25T10:00:00.000+00:00", "route": "claude", "endpoint": "messages",
+           "upstream": "a", "model": "m", "status": 200, "stream": 1, "attempts": 1, "input_tokens": 10,
+           "output_tokens": 5, "cache_creation_tokens": 0, "cache_creation_1h_tokens": 0, "cache_read_tokens": 0,
+           "reasoning_tokens": 0, "raw_usage": '{"input_tokens":10,"output_tokens":5}'}
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = Ledger(Path(tmp) / "usage.db").start()
+        start = time.perf_counter()
+        for _ in range(rows):
+            ledger.add("requests", row)
+        ledger.close()
+        return rows / (time.perf_counter() - start)
+
+
 def run(targets: dict[str, str], requests: int) -> dict[str, dict[str, list[float]]]:
     results: dict[str, dict[str, list[float]]] = {name: {"ttfc": [], "stream_total": [], "plain": []}
                                                   for name in targets}
@@ -169,19 +186,23 @@ def main() -> None:
         workdir = Path(tmp)
         mock, mock_port, failing_port = start_mock(args.events, args.interval)
         bare, bare_url = start_bare(mock_port, workdir)
-        proxy = start_ccswitch(mock_port, failing_port, workdir)
+        proxy = start_ccswitch(mock_port, failing_port, workdir / "ccswitch")
+        no_ledger = start_ccswitch(mock_port, failing_port, workdir / "no-ledger", "--set", "ccswitch_ledger=false")
         try:
             results = run({"direct": f"http://127.0.0.1:{mock_port}", "bare mitmdump": bare_url,
-                           "ccswitch": proxy.reverse_url}, args.requests)
+                           "ccswitch": proxy.reverse_url, "ccswitch, ledger off": no_ledger.reverse_url},
+                          args.requests)
             failover = run_failover(proxy.reverse_url, args.requests)
         finally:
             proxy.stop()
+            no_ledger.stop()
             bare.terminate()
             mock.terminate()
     print(f"{args.requests} requests per target, {args.events} events {args.interval * 1000:.0f} ms apart")
     print(report(results))
     delta = pct(results["ccswitch"]["ttfc"], 0.5) - pct(results["bare mitmdump"]["ttfc"], 0.5)
     print(f"ccswitch adds {delta:.2f} ms to the p50 first content event over bare mitmdump")
+    print(f"ledger writer: {ledger_rows_per_second():,.0f} rows/s sustained (one thread, WAL, batches of 500)")
     print("ccswitch first content event, happy path vs failover from an instant 503 (same run):")
     for q, name in ((0.5, "p50"), (0.99, "p99")):
         happy, over = pct(failover["happy"], q), pct(failover["failover"], q)
