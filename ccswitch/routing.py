@@ -20,6 +20,10 @@ _PATHS = {
 }
 
 
+#: chat clients ask for thinking with a model-name suffix (the original gateway's convention)
+THINKING_SUFFIX = "-thinking"
+
+
 @dataclass(frozen=True)
 class RouteMatch:
     route: str      # claude | codex | chat
@@ -94,6 +98,7 @@ def _unavailable(upstream: Upstream, model: str | None, health: HealthBoard, now
     block = schedule_block(upstream, now)
     if block:
         return block
-    if model is not None and not upstream.admits_model(model):
+    if model is not None and not upstream.admits_model(model) \
+            and not (model.endswith(THINKING_SUFFIX) and upstream.admits_model(model[:-len(THINKING_SUFFIX)])):
         return f"not serving model {model!r}"
     return None

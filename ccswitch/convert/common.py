@@ -16,7 +16,7 @@ from typing import Any
 from ..outcome import Reply, json_or_none
 from ..protocols import body_matches_protocol
 from ..sse import Event, format_event
-from ..translate import scrub  # noqa: F401  (re-exported for converters)
+from ..translate import scrub
 from ..upstream import ClientRequest
 
 DONE = b"data: [DONE]\n\n"
@@ -111,6 +111,9 @@ class ChatTranslation:
     """
 
     protocol = ""
+
+    def scrub(self, body: bytes, secrets: list[str]) -> bytes:
+        return scrub(body, secrets)
 
     def request(self, req: ClientRequest, upstream, rules=None) -> dict[str, Any]:
         return self.convert_request(req.json or {}, req, upstream, rules)
