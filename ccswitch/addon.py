@@ -292,9 +292,10 @@ class RulesWatcher:
 
 
 def make_addons() -> list:
+    from .activator import Activator
     from .commands import Commands
     from .safety import InterceptScope, ListenSafety
 
     gateway = Gateway()
     return [RulesWatcher(gateway), ListenSafety(gateway), InterceptScope(gateway), Router(gateway),
-            Commands(gateway)]
+            Commands(gateway), Activator(gateway)]

@@ -82,7 +82,7 @@ def _exists(wall: datetime, tz: tzinfo) -> bool:
     return _utc(aware).astimezone(tz).replace(tzinfo=None, fold=0) == wall
 
 
-def _fire_instant(day: date, minute: int, tz: tzinfo) -> datetime:
+def fire_instant(day: date, minute: int, tz: tzinfo) -> datetime:
     """The instant HH:MM fires on `day`: the first occurrence of a repeated time; for a time
     skipped by a DST jump, the next minute that exists."""
     wall = datetime.combine(day, time(minute // 60, minute % 60))
@@ -110,7 +110,7 @@ def next_activation(times: Sequence[str], days: frozenset[int], after: datetime)
         if day.weekday() not in days:
             continue
         for minute in minutes:
-            cand = _fire_instant(day, minute, tz)
+            cand = fire_instant(day, minute, tz)
             if _utc(cand) > after_utc and (best is None or _utc(cand) < _utc(best)):
                 best = cand
         if best is not None and offset >= 1:

@@ -154,6 +154,12 @@ class Failover(_Model):
         return "pass" if 100 <= status < 400 else "switch"
 
 
+class Activation(_Model):
+    retries: int = Field(default=20, ge=0)    # further tries the same day after a failed probe
+    retry_interval: Duration = 60.0
+    grace: Duration = 900.0                   # starting this late after a missed time still fires once
+
+
 class Timeouts(_Model):
     connect: PositiveDuration = 10.0
     first_byte: PositiveDuration = 60.0
@@ -307,6 +313,7 @@ class Rules(_Model):
         "api.anthropic.com", "api.openai.com", "chatgpt.com")
     failover: Failover = Field(default_factory=Failover)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    activation: Activation = Field(default_factory=Activation)
     upstreams: tuple[Upstream, ...] = ()
     routes: Routes = Field(default_factory=Routes)
     prices: dict[str, dict[PriceKey, Annotated[float, Field(ge=0)]]] = Field(default_factory=dict)

@@ -1,0 +1,135 @@
+"""mitmproxy glue for activation probes: the loop, the command, the records."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Callable
+
+import httpx
+from mitmproxy import command, exceptions
+
+from .activation import ProbeResult, Schedule, Slot, send_probe
+from .calendar import fire_instant
+from .outcome import is_loopback_host
+from .rules import Rules, Upstream, parse_hhmm
+
+if TYPE_CHECKING:
+    from .addon import Gateway
+
+log = logging.getLogger("ccswitch.activation")
+
+
+class Activator:
+    """Fires each upstream's `activate_at` probes; `ccswitch.activate NAME` fires one now."""
+
+    def __init__(self, gateway: Gateway, clock: Callable[[], datetime] | None = None) -> None:
+        self.gateway = gateway
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.schedule = Schedule()
+        self.client: httpx.AsyncClient | None = None
+        self.loopback_only = False
+        self._task: asyncio.Task | None = None
+        self._probes: set[asyncio.Task] = set()
+
+    def running(self) -> None:
+        from mitmproxy import ctx
+        self.loopback_only = ctx.options.ccswitch_loopback_only
+        self.client = httpx.AsyncClient(trust_env=False)
+        rules = self.gateway.rules
+        seed_from_ledger(self.schedule, rules, self.now(rules))
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def done(self) -> None:
+        if self._task:
+            self._task.cancel()
+        for task in list(self._probes):
+            task.cancel()
+        if self.client:
+            await self.client.aclose()
+
+    def now(self, rules: Rules) -> datetime:
+        return self.clock().astimezone(rules.tz)
+
+    async def _loop(self) -> None:
+        while True:
+            self.tick()
+            await asyncio.sleep(1.0)
+
+    def tick(self) -> list[asyncio.Task]:
+        """Start every probe that is due now (reads the current rules: reloads reschedule)."""
+        rules = self.gateway.rules
+        now = self.now(rules)
+        self.schedule.forget_before(now.date() - timedelta(days=1))
+        health = self.gateway.health
+        started = []
+        for upstream, slot in self.schedule.due(rules, now, lambda u: health.enabled(u.name, u.enabled)):
+            self.schedule.started(slot)
+            started.append(self._spawn(upstream, slot))
+        return started
+
+    def _spawn(self, upstream: Upstream, slot: Slot | None) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(self._probe(upstream, slot))
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+        return task
+
+    async def _probe(self, upstream: Upstream, slot: Slot | None) -> ProbeResult:
+        result = await send_probe(self.client, upstream,
+                                  allow_url=is_loopback_host if self.loopback_only else None)
+        rules = self.gateway.rules
+        if slot is not None:
+            self.schedule.finished(slot, result.ok, self.now(rules), rules.activation.retry_interval)
+        if self.gateway.ledger is not None:
+            self.gateway.ledger.add("activations", result.row())
+        if result.ok:
+            self.gateway.health.record_success(upstream.name)   # a good probe ends a cooldown early
+            log.info("ccswitch: activation probe for %s ok (%d ms)", upstream.name, result.latency_ms)
+        else:
+            log.warning("ccswitch: activation probe for %s failed: %s", upstream.name, result.error)
+        return result
+
+    @command.command("ccswitch.activate")
+    def activate(self, name: str) -> str:
+        """Send NAME's activation probe now; the result goes to the event log and the ledger."""
+        try:
+            upstream = self.gateway.rules.upstream(name)
+        except KeyError:
+            raise exceptions.CommandError(f"no upstream named {name!r}") from None
+        if upstream.auth == "client":
+            raise exceptions.CommandError(f"{name} uses the client's credentials: nothing to activate with")
+        self._spawn(upstream, None)
+        return f"activation probe for {name} sent; the result goes to the event log"
+
+
+def seed_from_ledger(schedule: Schedule, rules: Rules, now: datetime) -> None:
+    """After a restart, slots that already fired today (per the ledger) do not fire again."""
+    path = rules.usage_db
+    if not path.exists():
+        return
+    since = (now - timedelta(days=2)).astimezone(timezone.utc).isoformat()
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+        try:
+            rows = conn.execute("SELECT upstream, ts FROM activations WHERE ok = 1 AND ts >= ?", (since,)).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        log.warning("ccswitch: could not read past activations from %s: %s", path, exc)
+        return
+    names = {u.name: u for u in rules.upstreams}
+    for name, ts in rows:
+        upstream = names.get(name)
+        if upstream is None or not upstream.activate_at:
+            continue
+        when = datetime.fromisoformat(ts).astimezone(now.tzinfo)
+        latest = None
+        for day in (when.date() - timedelta(days=1), when.date()):
+            for at in upstream.activate_at:
+                instant = fire_instant(day, parse_hhmm(at), now.tzinfo)
+                if instant <= when and (latest is None or instant > latest[0]):
+                    latest = (instant, Slot(name, day, at))
+        if latest:
+            schedule.mark_done(latest[1])
