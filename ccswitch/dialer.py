@@ -182,8 +182,9 @@ class Dialer:
         attempt.usage = usage_of_body(upstream.protocol, body, is_sse)
         if 200 <= status < 300:
             problem = translation.check_body(job.request, upstream, body, is_sse)
-            if problem:
-                return Failure(upstream.name, status, problem, failover.on_network_error, headers, body)
+            if problem:   # a 2xx that is not an answer: if it is the last word, the client gets a 502
+                return Failure(upstream.name, status, problem, failover.on_network_error, headers, body,
+                               client_status=502)
             return translation.reply(job.request, upstream, status, headers, body)
         if job.request.endpoint == "count_tokens" and status in (404, 405, 501):
             return Failure(upstream.name, status, "count_tokens not supported", "switch", headers, body,

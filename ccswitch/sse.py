@@ -8,6 +8,7 @@ proxy can forward exactly what the upstream sent while still understanding it.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,38 +70,49 @@ def _split_block(block: bytes) -> tuple[str, str] | None:
     return name, "\n".join(data_lines)
 
 
+_BOUNDARY = re.compile(rb"\r\n\r\n|\n\r\n|\r\n\n|\n\n|\r\r")
+
+
 class SSEParser:
     """Feed bytes, get complete events.  Comment-only blocks are reported as
     events with `event == ""` so their raw bytes can still be forwarded."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._scanned = 0   # bytes of _buf known to hold no boundary (so each byte is searched once)
 
     def feed(self, chunk: bytes) -> list[Event]:
         self._buf += chunk
         events: list[Event] = []
+        start = 0
+        # a separator may straddle the old end: look back 3 bytes
+        pos = max(0, self._scanned - 3)
         while True:
-            end, sep_len = _find_boundary(self._buf)
-            if end < 0:
+            match = _BOUNDARY.search(self._buf, pos)
+            if match is None:
                 break
-            raw = bytes(self._buf[: end + sep_len])
-            del self._buf[: end + sep_len]
-            parsed = _split_block(raw[:end])
+            end = match.end()
+            raw = bytes(self._buf[start:end])
+            parsed = _split_block(raw[: match.start() - start])
             if parsed is None:
                 events.append(Event(event="", raw=raw))
             else:
                 events.append(Event(event=parsed[0], data=parsed[1], raw=raw))
+            start = pos = end
+        if start:
+            del self._buf[:start]
+        self._scanned = len(self._buf)
         if len(self._buf) > _MAX_PENDING:
             raise SSEError("an SSE event exceeded 16 MiB without ending")
         return events
 
     def flush(self) -> list[Event]:
         """End of body: whatever is left is a final event without its blank line."""
-        if not self._buf.strip():
-            rest, self._buf = bytes(self._buf), bytearray()
-            return [Event(event="", raw=rest)] if rest else []
         raw = bytes(self._buf)
         self._buf.clear()
+        self._scanned = 0
+        if not raw.strip():
+            return [Event(event="", raw=raw)] if raw else []
         parsed = _split_block(raw)
         if parsed is None:
             return [Event(event="", raw=raw)]
@@ -109,16 +121,6 @@ class SSEParser:
     @property
     def pending(self) -> bytes:
         return bytes(self._buf)
-
-
-def _find_boundary(buf: bytearray) -> tuple[int, int]:
-    """Position of the first blank line (LF LF, CRLF CRLF, CR CR, mixed)."""
-    best, best_len = -1, 0
-    for sep in (b"\n\n", b"\r\n\r\n", b"\r\r", b"\n\r\n", b"\r\n\n"):
-        i = buf.find(sep)
-        if i >= 0 and (best < 0 or i < best):
-            best, best_len = i, len(sep)
-    return best, best_len
 
 
 def format_event(data: Any, event: str | None = None) -> bytes:

@@ -1,5 +1,6 @@
 """Chat Completions client <-> OpenAI Responses upstream (conversion spec §2-§7). Pure: no sockets."""
 
+import copy
 import json
 import random
 import re
@@ -234,7 +235,8 @@ def test_wiring():
     tr, plain, streamed = ChatToResponses(), creq({"model": "m", "messages": HI}), creq({"stream": True})
     assert (tr.upstream_streams(plain, API), tr.upstream_streams(streamed, API)) == (False, True)
     assert tr.upstream_streams(plain, CODEX) is True
-    assert Upstream(name="x", protocol=RESPONSES, base_url="https://h/backend-api/codexx").base_url
+    assert tr.upstream_streams(plain, Upstream(name="x", protocol=RESPONSES,
+                                               base_url="https://h/backend-api/codexx")) is False
     assert tr.upstream_streams(plain, Upstream(name="x", protocol=RESPONSES, base_url="https://h/codex")) is False
 
 
@@ -320,6 +322,7 @@ def test_codex_non_stream_client_aggregates_the_completed_response():
     tr, req = ChatToResponses(), creq({"model": "gpt-5", "messages": HI})
     assert tr.check_body(req, CODEX, RECORDED, True) is None
     status, body, _ = reply(RECORDED, up=CODEX)
+    assert status == 200
     ChatCompletion.model_validate(body)
     message = body["choices"][0]["message"]
     assert message["content"] == "Checking Paris (Île-de-France) and Tōkyō 🌤…"
@@ -496,16 +499,55 @@ def test_recorded_stream_validates_and_accumulates_in_the_sdk():
 
 # ---------------------------------------------------------------- chunk boundaries
 
-def normalized(out_chunks):
-    return json.dumps(norm(out_chunks))
+CHUNK_HEAD = re.compile(rb'"id":"chatcmpl-[0-9a-f]{24}","object":"chat\.completion\.chunk","created":\d+,')
 
 
-WHOLE = normalized(run(RECORDED))
+def new_stream():
+    return ChatToResponses().stream(creq({"model": "gpt-x", "stream": True,
+                                          "stream_options": {"include_usage": True}}), API)
+
+
+def client_bytes(pieces):
+    """The converter's output for an upstream body arriving in `pieces`, random id/created removed."""
+    stream, parser, out = new_stream(), SSEParser(), []
+    for piece in pieces:
+        out += [stream.feed(e) for e in parser.feed(piece)]
+    out += [stream.feed(e) for e in parser.flush()]
+    return CHUNK_HEAD.sub(b"", b"".join(out) + stream.finish())
+
+
+def state(stream):
+    return {**{k: v for k, v in vars(stream).items() if k != "writer"}, **vars(stream.writer)}
+
+
+WHOLE = client_bytes([RECORDED])
 
 
 def test_every_two_piece_split_gives_the_same_client_stream():
-    for cut in range(1, len(RECORDED)):
-        assert normalized(run(RECORDED, pieces=[RECORDED[:cut], RECORDED[cut:]])) == WHOLE, cut
+    """Every byte offset.  A complete event leaves the parser empty, so a run whose body is cut
+    inside event j is the whole-body run up to j, event j's bytes in two pieces, then the
+    whole-body run after j.  The middle part is replayed from a copy of the converter as it was
+    before event j; its output and the converter's state after it must match the uncut run."""
+    assert WHOLE.count(b"data: ") == 20 and WHOLE.endswith(b"data: [DONE]\n\n")
+    stream, parser, start, outs, checked = new_stream(), SSEParser(), 0, [], 0
+    for event in parser.feed(RECORDED):
+        before, out = copy.deepcopy(stream), stream.feed(event)
+        end, outs = start + len(event.raw), outs + [out]
+        for cut in range(start + 1, end):
+            replay, pieces = copy.deepcopy(before), SSEParser()
+            got = [replay.feed(e) for e in pieces.feed(RECORDED[start:cut]) + pieces.feed(RECORDED[cut:end])]
+            assert (b"".join(got), pieces.pending, state(replay)) == (out, b"", state(stream)), cut
+            checked += 1
+        start = end
+    assert start == len(RECORDED) and checked == len(RECORDED) - len(outs)
+    assert CHUNK_HEAD.sub(b"", b"".join(outs) + stream.finish()) == WHOLE
+
+
+def test_two_piece_splits_through_the_whole_pipeline():
+    boundaries = [m.start() for m in re.finditer(rb"\n\n", RECORDED)]
+    cuts = sorted({c for b in boundaries for c in range(b - 2, b + 4)} | set(range(1, len(RECORDED), 97)))
+    for cut in cuts:
+        assert client_bytes([RECORDED[:cut], RECORDED[cut:]]) == WHOLE, cut
 
 
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
@@ -514,5 +556,4 @@ def test_random_multi_splits(newline):
     rng = random.Random(11)
     for _ in range(300):
         cuts = sorted(rng.sample(range(1, len(data)), rng.randint(2, 60)))
-        pieces = [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]
-        assert normalized(run(data, pieces=pieces)) == WHOLE
+        assert client_bytes([data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]) == WHOLE
