@@ -63,12 +63,42 @@ class Passthrough:
         return StreamPassthrough()
 
 
+class _DropUsageChunk(StreamPassthrough):
+    """The client did not ask for the usage chunk we asked the upstream for: leave it out."""
+
+    def feed(self, event: Event) -> bytes:
+        body = event.json() if event.event else None
+        if isinstance(body, dict) and body.get("choices") == [] and body.get("usage"):
+            return b""
+        return event.raw
+
+
+class ChatPassthrough(Passthrough):
+    """Chat client, Chat upstream: only the model is renamed, but usage must always be known,
+    so a stream always asks for the final usage chunk and drops it if the client did not."""
+
+    def request(self, req: ClientRequest, upstream: Upstream, rules=None) -> dict[str, Any] | None:
+        body = req.json or {}
+        if not req.stream or _wants_usage(body):
+            return None
+        return {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+
+    def stream(self, req: ClientRequest, upstream: Upstream) -> StreamPassthrough:
+        return StreamPassthrough() if _wants_usage(req.json or {}) else _DropUsageChunk()
+
+
+def _wants_usage(body: dict) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
 _PASSTHROUGH = Passthrough()
+_CHAT_PASSTHROUGH = ChatPassthrough()
 
 
 def translation_for(client_protocol: str, upstream_protocol: str):
     if client_protocol == upstream_protocol:
-        return _PASSTHROUGH
+        return _CHAT_PASSTHROUGH if client_protocol == protocols.CHAT else _PASSTHROUGH
     try:
         from .convert import translation as converted
     except ImportError:

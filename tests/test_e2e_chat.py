@@ -26,7 +26,9 @@ upstreams:
   - {{name: anth, protocol: anthropic, base_url: '{a.base_url}', api_key: '{KEY_A}', only_models: ["claude-*"]}}
   - {{name: resp, protocol: openai-responses, base_url: '{b.base_url}/v1', api_key: '{KEY_B}',
      only_models: ["gpt-*", "claude-*"]}}
-routes: {{chat: [anth, resp]}}
+  - {{name: codex-backend, protocol: openai-responses, base_url: '{b.base_url}/backend-api/codex',
+     api_key: '{KEY_B}', only_models: ["codex-*"]}}
+routes: {{chat: [anth, resp, codex-backend]}}
 """)
         with Proxy(rules, tmp) as proxy:
             yield proxy, a, b
@@ -117,3 +119,12 @@ def test_upstream_error_is_converted_to_openai_format(world, client):
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="claude-x", **ask())
     assert err.value.body["type"] == "invalid_request_error"
+
+
+def test_codex_backend_streams_upstream_and_is_aggregated_for_a_plain_client(world, client):
+    proxy, _, b = world
+    done = client.chat.completions.create(model="codex-mini", max_tokens=50, **ask())
+    assert done.choices[0].message.content == "Hello from mock B" and done.choices[0].finish_reason == "stop"
+    sent = b.last()
+    assert sent.path == "/backend-api/codex/responses"
+    assert sent.json["stream"] is True and sent.json["store"] is False and "max_output_tokens" not in sent.json

@@ -133,6 +133,16 @@ def test_openai_chat_passthrough(world, reverse):
     assert_key_swapped(b, KEY_B)
 
 
+def test_chat_passthrough_always_learns_usage_but_only_shows_it_when_asked(world):
+    proxy, _, b = world
+    client = openai_client(proxy, reverse=True)
+    chunks = list(client.chat.completions.create(model="gpt-x", messages=[{"role": "user", "content": "hi"}],
+                                                 stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from mock B"
+    assert all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
+    assert b.last().json["stream_options"] == {"include_usage": True}   # asked upstream regardless
+
+
 def test_errors_in_client_format(world):
     proxy, a, _ = world
     client = anthropic_client(proxy, reverse=True)
