@@ -39,6 +39,55 @@ def _env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .report import run
+    return run(args)
+
+
+def _activate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import httpx
+
+    from .activation import send_probe
+    from .usage.ledger import Ledger
+    rules = _load_for_command(args.rules)
+    if rules is None:
+        return 1
+    try:
+        upstream = rules.upstream(args.name)
+    except KeyError:
+        print(f"no upstream named {args.name!r} (known: {', '.join(u.name for u in rules.upstreams)})",
+              file=sys.stderr)
+        return 1
+    if upstream.auth == "client":
+        print(f"{args.name} uses the client's credentials: nothing to activate with", file=sys.stderr)
+        return 1
+
+    async def probe():
+        async with httpx.AsyncClient(trust_env=False) as client:
+            return await send_probe(client, upstream)
+
+    result = asyncio.run(probe())
+    ledger = Ledger(rules.usage_db).start()
+    ledger.add("activations", result.row())
+    ledger.close()
+    verdict = "ok" if result.ok else f"failed: {result.error}"
+    print(f"{upstream.name}: activation {verdict} (status {result.status}, {result.latency_ms} ms)")
+    return 0 if result.ok else 1
+
+
+def _load_for_command(path_arg: str | None):
+    path = Path(path_arg) if path_arg else resolve_rules_path(None, Path.cwd(), Path.home())
+    try:
+        if path is None:
+            return parse_rules(default_rules_text(), "<built-in default>")
+        return load_rules(path)
+    except (RulesError, OSError) as exc:
+        print(str(exc), file=sys.stderr)
+        return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccswitch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--confdir", default="~/.mitmproxy", help="mitmproxy's confdir (where its CA lives)")
     env.add_argument("--bundle-dir", default=None, help="where to write the CA bundle (default: confdir)")
     env.set_defaults(func=_env)
+
+    activate = sub.add_parser("activate", help="send an upstream's activation probe now")
+    activate.add_argument("name", help="the upstream's name in the rules")
+    activate.add_argument("--rules", help="path of rules.yaml (default: as mitmdump would find it)")
+    activate.set_defaults(func=_activate)
+
+    from .report import add_arguments as report_arguments
+    report = sub.add_parser("report", help="daily usage, cost, failovers and errors; charts and report.html with --out")
+    report_arguments(report)
+    report.set_defaults(func=_report)
     return parser
 
 

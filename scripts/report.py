@@ -1,0 +1,15 @@
+#!/usr/bin/env python3
+"""The `ccswitch report` command, runnable from a checkout without installing ccswitch:
+
+    python scripts/report.py [--rules PATH] [--db PATH] [--days N | --since D --until D]
+                             [--by model|upstream|route] [--json] [--out DIR]
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ccswitch.report import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:], prog="scripts/report.py"))
