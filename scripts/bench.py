@@ -147,6 +147,30 @@ def ledger_rows_per_second(rows: int = 50_000) -> float:
         return rows / (time.perf_counter() - start)
 
 
+def converter_events_per_second(protocol: str, events: int = 20_000) -> float:
+    """One core: parse an upstream SSE stream and convert it to Chat chunks, in 4 KiB reads."""
+    import mock_payloads as P
+    from ccswitch.convert import translation
+    from ccswitch.rules import parse_rules
+    from ccswitch.sse import SSEParser
+    from ccswitch.upstream import ClientRequest
+    reply = P.Reply("bench-model", [f"tok{i} " for i in range(events)])
+    stream = P.anthropic_events(reply) if protocol == "anthropic" else P.responses_events(reply)
+    raw = b"".join(P.sse(e) for e in stream)
+    upstream = parse_rules(f"upstreams: [{{name: u, protocol: {protocol}, base_url: 'http://x', "
+                           "api_key: 'sk-bench-0000'}]").upstreams[0]
+    body = {"model": "bench-model", "stream": True, "stream_options": {"include_usage": True}, "messages": []}
+    req = ClientRequest("chat", "chat", "POST", "", [], b"", body, "bench-model", True, "openai-chat")
+    converter, parser = translation("openai-chat", protocol).stream(req, upstream), SSEParser()
+    start = time.perf_counter()
+    out = 0
+    for i in range(0, len(raw), 4096):
+        for event in parser.feed(raw[i:i + 4096]):
+            out += len(converter.feed(event))
+    out += len(converter.finish())
+    return len(stream) / (time.perf_counter() - start)
+
+
 def run(targets: dict[str, str], requests: int) -> dict[str, dict[str, list[float]]]:
     results: dict[str, dict[str, list[float]]] = {name: {"ttfc": [], "stream_total": [], "plain": []}
                                                   for name in targets}
@@ -202,6 +226,8 @@ def main() -> None:
     print(report(results))
     delta = pct(results["ccswitch"]["ttfc"], 0.5) - pct(results["bare mitmdump"]["ttfc"], 0.5)
     print(f"ccswitch adds {delta:.2f} ms to the p50 first content event over bare mitmdump")
+    for protocol, label in (("anthropic", "Anthropic -> Chat"), ("openai-responses", "Responses -> Chat")):
+        print(f"converter {label}: {converter_events_per_second(protocol):,.0f} SSE events/s on one core")
     print(f"ledger writer: {ledger_rows_per_second():,.0f} rows/s sustained (one thread, WAL, batches of 500)")
     print("ccswitch first content event, happy path vs failover from an instant 503 (same run):")
     for q, name in ((0.5, "p50"), (0.99, "p99")):

@@ -212,3 +212,23 @@ upstreams:
         assert mock.last().path == "/v1/responses"
         missing = subprocess.run([str(cli), "activate", "nope", "--rules", str(path)], capture_output=True, text=True)
         assert missing.returncode == 1 and "no upstream named 'nope'" in missing.stderr
+
+
+def test_a_restart_does_not_fire_a_slot_the_ledger_says_already_fired(tmp_path):
+    from ccswitch.activator import seed_from_ledger
+    from ccswitch.usage.ledger import Ledger
+    r = parse_rules(f"""
+timezone: {TZ}
+usage_db: {tmp_path / 'usage.db'}
+upstreams:
+  - {{name: relay, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: 'sk-relay-000000000',
+     activate_at: ["06:00"]}}
+""")
+    ledger = Ledger(r.usage_db).start()
+    ledger.add("activations", {"ts": at(2026, 11, 25, 6, 0, 2).astimezone(ZoneInfo("UTC")).isoformat(),
+                               "upstream": "relay", "status": 200, "ok": 1, "error": None, "latency_ms": 5})
+    ledger.close()
+    restarted = Schedule()
+    seed_from_ledger(restarted, r, at(2026, 11, 25, 6, 10))
+    assert restarted.due(r, at(2026, 11, 25, 6, 10)) == []            # inside grace, but it already fired
+    assert Schedule().due(r, at(2026, 11, 25, 6, 10)) != []           # without the ledger it would fire
