@@ -17,7 +17,7 @@ from . import protocols
 from .dialer import Dialer
 from .health import HealthBoard
 from .jobs import Job
-from .relay import JOB_HEADER, Relay
+from .relay import JOB_HEADER, BufferSink, Relay
 from .routing import RouteMatch, classify, plan
 from .rules import Rules, RulesError
 from .rulesfile import RulesFile
@@ -113,7 +113,7 @@ class Router:
 
     # ------------------------------------------------------------------ hooks
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or self.relay is None:
             return
         match = self._match(flow)
@@ -157,11 +157,39 @@ class Router:
             return refuse(400, problem, body)
         job = Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow.id)
         self.jobs[flow.id] = job
-        self.relay.register(job)
         flow.metadata["ccswitch"] = {"route": match.route, "endpoint": match.endpoint, "model": model}
         _redact_credentials(flow.request.headers)
+        if not req.stream:
+            # nothing to stream: answer from this hook, without the relay hop
+            await self._run_inline(flow, job)
+            return
+        self.relay.register(job)
         flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.relay.port
         flow.request.headers[JOB_HEADER] = job.token
+
+    async def _run_inline(self, flow: http.HTTPFlow, job: Job) -> None:
+        sink = BufferSink()
+        task = asyncio.ensure_future(self.dialer.run(job, sink))
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.1)
+                if flow.client_conn.timestamp_end is not None and not task.done():
+                    task.cancel()   # the client went away: cancel the upstream request now
+                    job.error = "client_closed"
+                    await asyncio.gather(task, return_exceptions=True)
+                    flow.response = http.Response.make(499, b"", {})
+                    return
+            exc = task.exception()
+            if exc is not None:
+                log.error("ccswitch: request %s failed inside the gateway: %r", flow.id, exc, exc_info=exc)
+                job.status, job.error = 500, f"internal error: {type(exc).__name__}"
+                flow.response = _error_response(job.request.client_protocol, 500,
+                                                f"ccswitch internal error: {type(exc).__name__}")
+                return
+            headers = http.Headers([(k.encode(), v.encode("utf-8", "surrogateescape")) for k, v in sink.headers])
+            flow.response = http.Response.make(sink.status, sink.body, headers)
+        finally:
+            self.gateway.record_job(job)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.id in self.jobs and "text/event-stream" in flow.response.headers.get("content-type", ""):

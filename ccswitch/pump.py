@@ -38,6 +38,7 @@ class Pump:
         self.held: list[bytes] = []
         self.committed = False
         self.terminal = False
+        self.content_seen = False
         self.error: tuple[str, int] | None = None   # (message, status it stands for)
 
     async def run(self) -> Failure | Streamed:
@@ -75,39 +76,51 @@ class Pump:
                 except SSEError as exc:
                     ended = str(exc)
                     break
-                for event in events:
-                    if await self._handle(event):
-                        return await self._finish()
+                over = self._take(events)
+                await self._flush()       # one write per upstream read, not one per event
+                if over:
+                    return await self._finish()
         finally:
             if pending is not None:
                 pending.cancel()
             self.attempt.usage = self.tap.usage   # kept even when the client went away
         if not self.terminal:
-            for event in self.parser.flush():
-                if await self._handle(event):
-                    return await self._finish()
+            over = self._take(self.parser.flush())
+            await self._flush()
+            if over:
+                return await self._finish()
         if self.terminal:
             return await self._finish()
         return await self._fail(ended)
 
-    async def _handle(self, event) -> bool:
-        """Pass one event on; True when the stream is over (terminal or error)."""
-        self.tap.feed(event)
-        kind = protocols.classify_event(self.upstream.protocol, event)
-        if kind is Kind.ERROR:
-            self.error = (protocols.stream_error_message(event), in_stream_status(event.json()))
-        elif kind is Kind.TERMINAL:
-            self.terminal = True
-        out = scrub(self.stream.feed(event), self.outgoing.secrets)
-        if self.committed:
+    def _take(self, events) -> bool:
+        """Judge and translate a batch of events into `held`; True when the stream is over."""
+        for event in events:
+            self.tap.feed(event)
+            kind = protocols.classify_event(self.upstream.protocol, event)
+            if kind is Kind.ERROR:
+                self.error = (protocols.stream_error_message(event), in_stream_status(event.json()))
+            elif kind is Kind.TERMINAL:
+                self.terminal = True
+            elif kind is Kind.CONTENT:
+                self.content_seen = True
+            out = self.stream.feed(event)
             if out:
-                await self.sink.write(out)
-        else:
-            if out:
-                self.held.append(out)
-            if kind is Kind.CONTENT:
+                self.held.append(scrub(out, self.outgoing.secrets))
+            if kind in (Kind.ERROR, Kind.TERMINAL):
+                return True
+        return False
+
+    async def _flush(self) -> None:
+        """Commit on the first content event; once committed, pass on whatever is held."""
+        if not self.committed:
+            if self.content_seen and self.error is None:
                 await self._commit()
-        return kind in (Kind.ERROR, Kind.TERMINAL)
+            return
+        if self.held:
+            data = b"".join(self.held)
+            self.held.clear()
+            await self.sink.write(data)
 
     async def _commit(self) -> None:
         self.committed = True
@@ -115,9 +128,10 @@ class Pump:
         job.upstream, job.status = self.upstream.name, self.response.status_code
         job.ttfb_ms = job.elapsed_ms()
         await self.sink.start(self.response.status_code, self.headers + marks(job), None)
-        for piece in self.held:
-            await self.sink.write(piece)
-        self.held.clear()
+        if self.held:
+            data = b"".join(self.held)
+            self.held.clear()
+            await self.sink.write(data)
 
     async def _finish(self) -> Failure | Streamed:
         if self.error is not None:

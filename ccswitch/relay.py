@@ -59,6 +59,29 @@ class H11Sink:
         await self._send(h11.EndOfMessage())
 
 
+class BufferSink:
+    """Collects a whole response (for requests answered without the relay)."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.chunks: list[bytes] = []
+
+    async def start(self, status: int, headers: list[tuple[str, str]], length: int | None) -> None:
+        self.status = status
+        self.headers = [(k, v) for k, v in headers if k.lower() not in ("content-length", "transfer-encoding")]
+
+    async def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    async def end(self) -> None:
+        pass
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
+
+
 class Relay:
     def __init__(self, run_job, on_done=None) -> None:
         self._run_job = run_job          # async (job, sink) -> None

@@ -1,20 +1,23 @@
 #!/usr/bin/env python3
-"""Side-by-side latency benchmark: direct vs bare mitmdump vs ccswitch, one run.
+"""ccswitch's benchmark: one command, one run, every target side by side.
 
-Everything runs on loopback: a mock upstream in its own process, a bare
-`mitmdump` in reverse mode (`stream_large_bodies=1`, so it streams too) and
-ccswitch's `mitmdump -s addon.py` in reverse mode, all pointing at the same mock.
-Prints p50/p99 of time to the first content event and of total latency for a
-streamed request, and of total latency for a small non-streamed request, with
-each figure's ratio to bare mitmdump.
+All on loopback, against the same fast mock upstream (keep-alive, TCP_NODELAY,
+its own process): direct; a bare `mitmdump` in reverse mode (no addon,
+`stream_large_bodies=1` so it streams too); ccswitch in reverse mode; ccswitch
+through HTTPS_PROXY (CONNECT + TLS interception); LiteLLM's proxy is listed when
+installed.  Prints each figure with its ratio to bare mitmdump, then in-process
+figures (converter and ledger throughput).
 
-    python scripts/bench.py [--requests 200] [--events 20] [--interval 0.005]
+    python scripts/bench.py            # about 3 minutes on 2 cores
+    python scripts/bench.py --quick    # a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import asyncio
+import importlib.util
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -32,20 +35,37 @@ MOCK_SERVER = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from mock_upstream import MockUpstream, slow_stream, status
-m = MockUpstream("bench")
-m.default = slow_stream({events}, {interval})
-m.start()
+ok = MockUpstream("bench", text="ok")
+ok.record = False
+ok.by_model = {{"stream-paced": slow_stream(20, 0.005), "stream-flood": slow_stream({flood}, 0)}}
+ok.start()
 failing = MockUpstream("failing")
+failing.record = False
 failing.default = status(503)
 failing.start()
-print(m.port, failing.port, flush=True)
+print(ok.port, failing.port, flush=True)
 time.sleep(3600)
 """
+HEADERS = {"x-api-key": "sk-client-bench", "anthropic-version": "2023-06-01"}
+BASE_BODY = {"max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
 
 
-def start_mock(events: int, interval: float) -> tuple[subprocess.Popen, int, int]:
-    """A streaming mock and one that answers 503 at once, in their own process."""
-    code = MOCK_SERVER.format(tests=str(REPO / "tests"), events=events, interval=interval)
+class Target:
+    def __init__(self, name: str, base: str, pid: int | None = None, proxy: str | None = None,
+                 verify: ssl.SSLContext | bool = True) -> None:
+        self.name, self.base, self.pid, self.proxy, self.verify = name, base, pid, proxy, verify
+
+    def client(self, **kw) -> httpx.Client:
+        return httpx.Client(timeout=60, trust_env=False, proxy=self.proxy, verify=self.verify, **kw)
+
+    def async_client(self, **kw) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=60, trust_env=False, proxy=self.proxy, verify=self.verify, **kw)
+
+
+# ---------------------------------------------------------------------- processes
+
+def start_mock(flood: int) -> tuple[subprocess.Popen, int, int]:
+    code = MOCK_SERVER.format(tests=str(REPO / "tests"), flood=flood)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     ok_port, failing_port = proc.stdout.readline().split()
     return proc, int(ok_port), int(failing_port)
@@ -58,8 +78,14 @@ def start_bare(mock_port: int, workdir: Path) -> tuple[subprocess.Popen, str]:
                              "--set", "stream_large_bodies=1", "--set", f"confdir={workdir / 'bare-conf'}",
                              "--set", "termlog_verbosity=error", "--set", "flow_detail=0"],
                             stdout=log, stderr=subprocess.STDOUT)
-    _wait_port(port)
-    return proc, f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+            return proc, f"http://127.0.0.1:{port}"
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError("bare mitmdump did not start")
 
 
 def start_ccswitch(mock_port: int, failing_port: int, workdir: Path, *extra: str) -> Proxy:
@@ -77,41 +103,66 @@ routes: {{claude: [failing, bench]}}
     return Proxy(rules, workdir, extra_args=("--set", "flow_detail=0", *extra)).start()
 
 
-def _wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
+def litellm_available() -> bool:
+    return importlib.util.find_spec("litellm") is not None
 
 
-BODY = {"model": "claude-bench", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
-HEADERS = {"x-api-key": "sk-client-bench", "anthropic-version": "2023-06-01"}
+# ---------------------------------------------------------------------- measurements
 
-
-def measure_stream(client: httpx.Client, base: str, model: str = BODY["model"]) -> tuple[float, float]:
-    """(time to first content event, total) in ms for one streamed request."""
+def post_plain(client: httpx.Client, target: Target, model: str = "small") -> float:
     start = time.perf_counter()
-    first = None
-    body = {**BODY, "stream": True, "model": model}
-    with client.stream("POST", base + "/v1/messages", json=body, headers=HEADERS) as r:
+    r = client.post(target.base + "/v1/messages", json={**BASE_BODY, "model": model}, headers=HEADERS)
+    r.raise_for_status()
+    return (time.perf_counter() - start) * 1000
+
+
+def post_stream(client: httpx.Client, target: Target, model: str) -> tuple[float, float, int]:
+    """(ms to the first content event, ms in all, content events)."""
+    start = time.perf_counter()
+    first, events = None, 0
+    with client.stream("POST", target.base + "/v1/messages", json={**BASE_BODY, "model": model, "stream": True},
+                       headers=HEADERS) as r:
         r.raise_for_status()
         for line in r.iter_lines():
-            if first is None and line.startswith("data:") and '"content_block_delta"' in line:
-                first = time.perf_counter()
+            if line.startswith("data:") and '"content_block_delta"' in line:
+                events += 1
+                if first is None:
+                    first = time.perf_counter()
     end = time.perf_counter()
-    return (first - start) * 1000, (end - start) * 1000
+    return (first - start) * 1000, (end - start) * 1000, events
 
 
-def measure_plain(client: httpx.Client, base: str) -> float:
-    start = time.perf_counter()
-    r = client.post(base + "/v1/messages", json=BODY, headers=HEADERS)
-    r.raise_for_status()
-    json.loads(r.content)
-    return (time.perf_counter() - start) * 1000
+async def _throughput(target: Target, concurrency: int, seconds: float) -> float:
+    done = 0
+    deadline = time.perf_counter() + seconds
+    async with target.async_client(limits=httpx.Limits(max_connections=concurrency)) as client:
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                r = await client.post(target.base + "/v1/messages", json={**BASE_BODY, "model": "small"},
+                                      headers=HEADERS)
+                r.raise_for_status()
+                done += 1
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done / (time.perf_counter() - start)
+
+
+def throughput(target: Target, concurrency: int, seconds: float) -> float:
+    return asyncio.run(_throughput(target, concurrency, seconds))
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    import os
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -119,120 +170,125 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def run_failover(base: str, requests: int) -> dict[str, list[float]]:
-    """ccswitch alone: the happy path beside a failover from an instant 503, interleaved."""
-    out: dict[str, list[float]] = {"happy": [], "failover": []}
-    with httpx.Client(timeout=60, trust_env=False) as client:
-        for _ in range(5):
-            measure_stream(client, base, "failover-bench")
-        for _ in range(requests):
-            out["happy"].append(measure_stream(client, base)[0])
-            out["failover"].append(measure_stream(client, base, "failover-bench")[0])
-    return out
+# ---------------------------------------------------------------------- the run
+
+def measure(targets: list[Target], args) -> dict[str, dict[str, float]]:
+    figures: dict[str, dict[str, float]] = {t.name: {} for t in targets}
+    clients = {t.name: t.client() for t in targets}
+    for t in targets:                                    # warm connections, caches, imports
+        for _ in range(20):
+            post_plain(clients[t.name], t)
+            post_stream(clients[t.name], t, "stream-paced")
+    plain = {t.name: [] for t in targets}
+    ttfc = {t.name: [] for t in targets}
+    for _ in range(args.requests):                       # interleaved: drift hits every target alike
+        for t in targets:
+            plain[t.name].append(post_plain(clients[t.name], t))
+            ttfc[t.name].append(post_stream(clients[t.name], t, "stream-paced")[0])
+    for t in targets:
+        f = figures[t.name]
+        f["latency p50 (ms)"], f["latency p99 (ms)"] = pct(plain[t.name], 0.5), pct(plain[t.name], 0.99)
+        f["first content p50 (ms)"], f["first content p99 (ms)"] = pct(ttfc[t.name], 0.5), pct(ttfc[t.name], 0.99)
+        _, total, events = post_stream(clients[t.name], t, "stream-flood")
+        f["streamed events/s"] = events / (total / 1000)
+        for c in (1, 16, 64):
+            f[f"throughput c={c} (req/s)"] = throughput(t, c, args.seconds)
+    for t in targets:
+        if t.name.startswith("ccswitch"):
+            fo = [post_stream(clients[t.name], t, "failover-x")[0] for _ in range(args.requests // 2)]
+            figures[t.name]["failover first content p50 (ms)"] = pct(fo, 0.5)
+    for t in targets:                                    # memory and CPU of the proxy processes
+        if t.pid is None:
+            continue
+        client, f = clients[t.name], figures[t.name]
+        total = args.memory_requests
+        for _ in range(total // 10):
+            post_plain(client, t)
+        f["RSS after 1k-scale (MB)"] = rss_kb(t.pid) / 1024
+        cpu0 = cpu_seconds(t.pid)
+        for _ in range(total - total // 10):
+            post_plain(client, t)
+        f["RSS after 10k-scale (MB)"] = rss_kb(t.pid) / 1024
+        f["CPU s / 1000 requests"] = (cpu_seconds(t.pid) - cpu0) / ((total - total // 10) / 1000)
+        f["RSS growth (%)"] = 100 * (f["RSS after 10k-scale (MB)"] / f["RSS after 1k-scale (MB)"] - 1)
+    for c in clients.values():
+        c.close()
+    return figures
 
 
-def ledger_rows_per_second(rows: int = 50_000) -> float:
-    """How fast the writer thread drains a burst of request rows into SQLite."""
-    from ccswitch.usage.ledger import Ledger
-    row = {"request_id": "r", "ts": "2026-11-25T10:00:00.000+00:00", "route": "claude", "endpoint": "messages",
-           "upstream": "a", "model": "m", "status": 200, "stream": 1, "attempts": 1, "input_tokens": 10,
-           "output_tokens": 5, "cache_creation_tokens": 0, "cache_creation_1h_tokens": 0, "cache_read_tokens": 0,
-           "reasoning_tokens": 0, "raw_usage": '{"input_tokens":10,"output_tokens":5}'}
-    with tempfile.TemporaryDirectory() as tmp:
-        ledger = Ledger(Path(tmp) / "usage.db").start()
-        start = time.perf_counter()
-        for _ in range(rows):
-            ledger.add("requests", row)
-        ledger.close()
-        return rows / (time.perf_counter() - start)
+def table(figures: dict[str, dict[str, float]], baseline: str = "bare mitmdump") -> str:
+    names = list(figures)
+    metrics = list(dict.fromkeys(m for f in figures.values() for m in f))
+    rows = [("figure", *names, *(f"{n} / bare" for n in names if n.startswith("ccswitch")))]
+    for m in metrics:
+        cells = [f"{figures[n][m]:,.2f}" if m in figures[n] else "-" for n in names]
+        ratios = []
+        for n in names:
+            if n.startswith("ccswitch"):
+                base, value = figures[baseline].get(m), figures[n].get(m)
+                ratios.append(f"{value / base:.2f}x" if base and value is not None else "-")
+        rows.append((m, *cells, *ratios))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in rows)
 
 
-def converter_events_per_second(protocol: str, events: int = 20_000) -> float:
-    """One core: parse an upstream SSE stream and convert it to Chat chunks, in 4 KiB reads."""
-    import mock_payloads as P
-    from ccswitch.convert import translation
-    from ccswitch.rules import parse_rules
-    from ccswitch.sse import SSEParser
-    from ccswitch.upstream import ClientRequest
-    reply = P.Reply("bench-model", [f"tok{i} " for i in range(events)])
-    stream = P.anthropic_events(reply) if protocol == "anthropic" else P.responses_events(reply)
-    raw = b"".join(P.sse(e) for e in stream)
-    upstream = parse_rules(f"upstreams: [{{name: u, protocol: {protocol}, base_url: 'http://x', "
-                           "api_key: 'sk-bench-0000'}]").upstreams[0]
-    body = {"model": "bench-model", "stream": True, "stream_options": {"include_usage": True}, "messages": []}
-    req = ClientRequest("chat", "chat", "POST", "", [], b"", body, "bench-model", True, "openai-chat")
-    converter, parser = translation("openai-chat", protocol).stream(req, upstream), SSEParser()
-    start = time.perf_counter()
-    out = 0
-    for i in range(0, len(raw), 4096):
-        for event in parser.feed(raw[i:i + 4096]):
-            out += len(converter.feed(event))
-    out += len(converter.finish())
-    return len(stream) / (time.perf_counter() - start)
+def verdicts(figures: dict[str, dict[str, float]]) -> list[str]:
+    bare, cc = figures["bare mitmdump"], figures["ccswitch reverse"]
+    checks = [
+        ("added p50 latency <= 2x bare", cc["latency p50 (ms)"] <= 2 * bare["latency p50 (ms)"]),
+        ("first content p50 <= bare + 3 ms", cc["first content p50 (ms)"] <= bare["first content p50 (ms)"] + 3),
+        ("throughput c=16 >= 0.7x bare",
+         cc["throughput c=16 (req/s)"] >= 0.7 * bare["throughput c=16 (req/s)"]),
+        ("RSS growth 1k -> 10k < 10%", cc["RSS growth (%)"] < 10),
+    ]
+    return [f"  {'met   ' if ok else 'MISSED'} {name}" for name, ok in checks]
 
 
-def run(targets: dict[str, str], requests: int) -> dict[str, dict[str, list[float]]]:
-    results: dict[str, dict[str, list[float]]] = {name: {"ttfc": [], "stream_total": [], "plain": []}
-                                                  for name in targets}
-    clients = {name: httpx.Client(timeout=60, trust_env=False) for name in targets}
-    for name, base in targets.items():       # warm up connections and caches
-        for _ in range(5):
-            measure_stream(clients[name], base)
-            measure_plain(clients[name], base)
-    for _ in range(requests):                # interleave so drift hits every target alike
-        for name, base in targets.items():
-            ttfc, total = measure_stream(clients[name], base)
-            results[name]["ttfc"].append(ttfc)
-            results[name]["stream_total"].append(total)
-            results[name]["plain"].append(measure_plain(clients[name], base))
-    return results
-
-
-def report(results: dict[str, dict[str, list[float]]]) -> str:
-    rows = [("figure", *results.keys(), "ccswitch / bare")]
-    for metric, label in (("ttfc", "stream: first content event"), ("stream_total", "stream: total"),
-                          ("plain", "non-stream: total")):
-        for q, qname in ((0.5, "p50"), (0.99, "p99")):
-            values = {name: pct(r[metric], q) for name, r in results.items()}
-            ratio = values["ccswitch"] / values["bare mitmdump"]
-            rows.append((f"{label} {qname} (ms)", *(f"{v:.2f}" for v in values.values()), f"{ratio:.2f}x"))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows)
+def in_process_figures() -> list[str]:
+    from bench_inprocess import converter_events_per_second, ledger_rows_per_second
+    lines = [f"converter {label}: {converter_events_per_second(p):,.0f} SSE events/s on one core"
+             for p, label in (("anthropic", "Anthropic -> Chat"), ("openai-responses", "Responses -> Chat"))]
+    lines.append(f"ledger writer: {ledger_rows_per_second():,.0f} rows/s (one thread, WAL, batches of 500)")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--events", type=int, default=20, help="content events per streamed reply")
-    parser.add_argument("--interval", type=float, default=0.005, help="seconds between streamed events")
+    parser.add_argument("--requests", type=int, default=200, help="latency samples per target")
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each throughput run")
+    parser.add_argument("--memory-requests", type=int, default=10_000, help="requests for the RSS/CPU figures")
+    parser.add_argument("--flood", type=int, default=5000, help="events in the streamed-throughput reply")
+    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     args = parser.parse_args()
+    if args.quick:
+        args.requests, args.seconds, args.memory_requests, args.flood = 20, 0.5, 500, 500
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        mock, mock_port, failing_port = start_mock(args.events, args.interval)
+        mock, mock_port, failing_port = start_mock(args.flood)
         bare, bare_url = start_bare(mock_port, workdir)
         proxy = start_ccswitch(mock_port, failing_port, workdir / "ccswitch")
-        no_ledger = start_ccswitch(mock_port, failing_port, workdir / "no-ledger", "--set", "ccswitch_ledger=false")
         try:
-            results = run({"direct": f"http://127.0.0.1:{mock_port}", "bare mitmdump": bare_url,
-                           "ccswitch": proxy.reverse_url, "ccswitch, ledger off": no_ledger.reverse_url},
-                          args.requests)
-            failover = run_failover(proxy.reverse_url, args.requests)
+            trust = ssl.create_default_context(cafile=str(proxy.ca_cert))
+            targets = [
+                Target("direct", f"http://127.0.0.1:{mock_port}"),
+                Target("bare mitmdump", bare_url, bare.pid),
+                Target("ccswitch reverse", proxy.reverse_url, proxy.proc.pid),
+                Target("ccswitch HTTPS_PROXY", "https://api.anthropic.com", None, proxy.proxy_url, trust),
+            ]
+            started = time.time()
+            figures = measure(targets, args)
         finally:
             proxy.stop()
-            no_ledger.stop()
             bare.terminate()
             mock.terminate()
-    print(f"{args.requests} requests per target, {args.events} events {args.interval * 1000:.0f} ms apart")
-    print(report(results))
-    delta = pct(results["ccswitch"]["ttfc"], 0.5) - pct(results["bare mitmdump"]["ttfc"], 0.5)
-    print(f"ccswitch adds {delta:.2f} ms to the p50 first content event over bare mitmdump")
-    for protocol, label in (("anthropic", "Anthropic -> Chat"), ("openai-responses", "Responses -> Chat")):
-        print(f"converter {label}: {converter_events_per_second(protocol):,.0f} SSE events/s on one core")
-    print(f"ledger writer: {ledger_rows_per_second():,.0f} rows/s sustained (one thread, WAL, batches of 500)")
-    print("ccswitch first content event, happy path vs failover from an instant 503 (same run):")
-    for q, name in ((0.5, "p50"), (0.99, "p99")):
-        happy, over = pct(failover["happy"], q), pct(failover["failover"], q)
-        print(f"  {name}: happy {happy:.2f} ms, failover {over:.2f} ms (+{over - happy:.2f} ms)")
+    print(f"ccswitch benchmark, {time.strftime('%Y-%m-%d')}, {args.requests} latency samples per target, "
+          f"{args.memory_requests} requests for memory/CPU ({time.time() - started:.0f} s)")
+    print(table(figures))
+    print("LiteLLM proxy: " + ("installed but not wired into this run" if litellm_available() else "not installed"))
+    print("targets (ccswitch reverse vs bare mitmdump, same run):")
+    print("\n".join(verdicts(figures)))
+    print("\n".join(in_process_figures()))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ Behaviours (`Behaviour` dataclass; build them with these factories):
 For non-streaming requests: stall_after waits between headers and body, cut_after
 sends half the body then closes, error_event_after answers 500 + error JSON,
 slow_stream waits n*interval then answers.
-`up.script(*bs)` queues behaviours, one per known-endpoint request; then `up.default`.
+`up.script(*bs)` queues behaviours, one per known-endpoint request; then `up.by_model[model]`,
+then `up.default`. `up.record = False` keeps no request log (long benchmark or soak runs).
 `MockUpstream.closed_port()` gives a loopback port nobody listens on (refused tests).
 
 Recorded (`up.requests`, thread-safe list): method, path (no query), query (dict),
@@ -147,6 +148,8 @@ class MockUpstream:
         self.name, self.text, self.tool = name, text, tool
         self.usage = {**P.DEFAULT_USAGE, **(usage or {})}
         self.default: Behaviour = ok()
+        self.by_model: dict[str, Behaviour] = {}   # behaviour per request model, after the script
+        self.record = True                          # False: keep no request log (benchmarks, soak)
         self.requests: list[Recorded] = []
         self._queue: deque[Behaviour] = deque()
         self._lock = threading.Lock()
@@ -208,12 +211,16 @@ class MockUpstream:
             return [r.path for r in self.requests]
 
     def _record(self, rec: Recorded) -> None:
+        if not self.record:
+            return
         with self._lock:
             self.requests.append(rec)
 
-    def _next(self) -> Behaviour:
+    def _next(self, model: Any = None) -> Behaviour:
         with self._lock:
-            return self._queue.popleft() if self._queue else self.default
+            if self._queue:
+                return self._queue.popleft()
+            return self.by_model.get(model, self.default) if isinstance(model, str) else self.default
 
     def _reply(self, js: Any, beh: Behaviour) -> P.Reply:
         model = js.get("model") if isinstance(js, dict) else None
@@ -337,7 +344,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if proto is None:
                 return self._send(404, {"error": {"type": "not_found_error", "message": f"Not found: {url.path}"}})
-            self._respond(mock, proto, js, mock._next())
+            self._respond(mock, proto, js, mock._next(js.get("model") if isinstance(js, dict) else None))
         except OSError:  # client went away
             self.close_connection = True
 

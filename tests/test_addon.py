@@ -53,9 +53,9 @@ def messages_flow(body=None, key=CLIENT_KEY, host="api.anthropic.com", path="/v1
     return flow
 
 
-def test_routed_flow_goes_to_the_relay_with_credentials_redacted(router):
+async def test_routed_flow_goes_to_the_relay_with_credentials_redacted(router):
     flow = messages_flow()
-    router.request(flow)
+    await router.request(flow)
     assert flow.response is None
     assert (flow.request.scheme, flow.request.host, flow.request.port) == ("http", "127.0.0.1", 4242)
     assert flow.request.headers["x-api-key"] == "<redacted>" and flow.request.headers["cookie"] == "<redacted>"
@@ -65,18 +65,18 @@ def test_routed_flow_goes_to_the_relay_with_credentials_redacted(router):
     assert [u.name for u in job.candidates] == ["a"]
 
 
-def test_wrong_client_key_is_401_in_client_format_and_nothing_forwarded(router):
+async def test_wrong_client_key_is_401_in_client_format_and_nothing_forwarded(router):
     flow = messages_flow(key="sk-wrong")
-    router.request(flow)
+    await router.request(flow)
     assert flow.response.status_code == 401
     assert json.loads(flow.response.content)["error"]["type"] == "authentication_error"
     assert flow.id not in router.jobs and flow.request.host == "api.anthropic.com"
     assert flow.request.headers["x-api-key"] == "<redacted>"
 
 
-def test_missing_client_key_on_chat_path_is_openai_format(router, gateway):
+async def test_missing_client_key_on_chat_path_is_openai_format(router, gateway):
     flow = messages_flow(key=None, path="/v1/chat/completions")
-    router.request(flow)  # the chat route has no upstreams: not ours, untouched
+    await router.request(flow)  # the chat route has no upstreams: not ours, untouched
     assert flow.response is None and flow.request.host == "api.anthropic.com"
 
 
@@ -84,49 +84,49 @@ def test_missing_client_key_on_chat_path_is_openai_format(router, gateway):
     (b"{nope", "not valid JSON"), (b"[1,2]", "JSON object"), (b"", "no body"),
     (b'{"messages": []}', "names no model"), (b"\xff\xfe", "not"),
 ])
-def test_bad_bodies_are_400_in_client_format(router, body, message):
+async def test_bad_bodies_are_400_in_client_format(router, body, message):
     flow = messages_flow()
     flow.request.content = body
-    router.request(flow)
+    await router.request(flow)
     assert flow.response.status_code == 400
     error = json.loads(flow.response.content)
     assert error["type"] == "error" and message in error["error"]["message"]
 
 
-def test_deeply_nested_json_is_400_not_a_crash(router):
+async def test_deeply_nested_json_is_400_not_a_crash(router):
     flow = messages_flow()
     flow.request.content = b'{"model":"m","x":' + b"[" * 100000 + b"]" * 100000 + b"}"
-    router.request(flow)
+    await router.request(flow)
     assert flow.response.status_code == 400
 
 
-def test_no_available_upstream_is_503_naming_why(gateway):
+async def test_no_available_upstream_is_503_naming_why(gateway):
     gateway.rules_file.rules = gateway.rules.model_copy(
         update={"routes": gateway.rules.routes.model_copy(update={"claude": ("late",)})})
     r = Router(gateway)
     r.relay = Relay(None)
     with taddons.context(r):
         flow = messages_flow()
-        r.request(flow)
+        await r.request(flow)
     assert flow.response.status_code == 503 and flow.response.headers["retry-after"]
     message = json.loads(flow.response.content)["error"]["message"]
     assert "late" in message and "hours" in message
 
 
-def test_unrouted_paths_methods_and_hosts_pass_untouched(router):
+async def test_unrouted_paths_methods_and_hosts_pass_untouched(router):
     for flow in (messages_flow(path="/v1/models", method="GET"), messages_flow(method="GET"),
                  messages_flow(host="example.com"), messages_flow(path="/v1/responses")):
-        router.request(flow)
+        await router.request(flow)
         assert flow.response is None and flow.request.port == 443 and flow.id not in router.jobs
 
 
-def test_reverse_mode_routes_any_host(router):
+async def test_reverse_mode_routes_any_host(router):
     flow = messages_flow(host="example.com", mode="reverse:https://example.com")
-    router.request(flow)
+    await router.request(flow)
     assert flow.id in router.jobs
 
 
-def test_codex_websocket_upgrade_is_answered_at_once(gateway):
+async def test_codex_websocket_upgrade_is_answered_at_once(gateway):
     gateway.rules_file.rules = gateway.rules.model_copy(
         update={"routes": gateway.rules.routes.model_copy(update={"codex": ("a",)})})
     r = Router(gateway)
@@ -135,13 +135,13 @@ def test_codex_websocket_upgrade_is_answered_at_once(gateway):
         flow = messages_flow(path="/v1/responses", method="GET", host="api.openai.com")
         flow.request.headers["upgrade"] = "websocket"
         flow.request.headers["connection"] = "Upgrade"
-        r.request(flow)
+        await r.request(flow)
     assert flow.response is not None and flow.response.status_code >= 400
 
 
-def test_finish_writes_comment_display_url_and_forgets_the_job(router):
+async def test_finish_writes_comment_display_url_and_forgets_the_job(router):
     flow = messages_flow()
-    router.request(flow)
+    await router.request(flow)
     job = router.jobs[flow.id]
     from ccswitch.jobs import Attempt
     job.attempts = [Attempt("a", 503, "HTTP 503", 12), Attempt("a", 200, None, 30)]
@@ -154,9 +154,9 @@ def test_finish_writes_comment_display_url_and_forgets_the_job(router):
     assert KEY_A not in json.dumps(flow.get_state(), default=str)
 
 
-def test_passthrough_flows_on_intercepted_hosts_are_redacted_once_sent(router):
+async def test_passthrough_flows_on_intercepted_hosts_are_redacted_once_sent(router):
     flow = messages_flow(path="/api/claude_code/settings", method="GET")
-    router.request(flow)
+    await router.request(flow)
     assert flow.request.headers["x-api-key"] == CLIENT_KEY   # still needed to reach the host
     flow.response = tutils.tresp()
     router.response(flow)
@@ -222,13 +222,13 @@ def test_hot_reload_keeps_last_good_rules(tmp_path, caplog):
     assert KEY_A not in caplog.text
 
 
-def test_compressed_client_body_is_decoded_and_sent_plain(router):
+async def test_compressed_client_body_is_decoded_and_sent_plain(router):
     import gzip
     from ccswitch.upstream import render
     flow = messages_flow()
     flow.request.headers["content-encoding"] = "gzip"
     flow.request.raw_content = gzip.compress(json.dumps({"model": "m", "stream": True, "messages": []}).encode())
-    router.request(flow)
+    await router.request(flow)
     job = router.jobs[flow.id]
     assert job.request.json["model"] == "m"
     out = render(job.candidates[0], job.request)

@@ -153,3 +153,28 @@ def test_failovers_leave_attempt_rows(world):
     assert len(attempts) == 2 * len(rows)
     assert {(n, u) for n, u, _ in attempts} == {(1, "a"), (2, "b")}
     assert {s for n, u, s in attempts if n == 1} <= {503, 529}
+
+
+def test_non_streamed_client_that_leaves_cancels_the_upstream_and_counts_nothing(tmp_path):
+    from mock_upstream import hang_before_headers
+    with MockUpstream("A") as a:
+        a.default = hang_before_headers(5)
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(f"""
+failover: {{threshold: 1}}
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{a.base_url}', api_key: '{KEY_A}'}}
+routes: {{claude: [a]}}
+""")
+        with Proxy(rules, tmp_path) as proxy:
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(proxy.reverse_url + "/v1/messages", json={**BODY, "stream": False},
+                           headers={"x-api-key": CLIENT_KEY}, timeout=0.5)
+            wait_rows(proxy, 1)
+            ((status, error, latency),) = ledger(proxy, "SELECT status, error, latency_ms FROM requests")
+            assert error == "client_closed" and latency < 1500
+            a.default = type(a.default)()
+            # no failure was counted: with threshold 1 a counted failure would have cooled `a` down
+            r = httpx.post(proxy.reverse_url + "/v1/messages", json={**BODY, "stream": False},
+                           headers={"x-api-key": CLIENT_KEY}, timeout=5)
+            assert r.status_code == 200 and r.headers["x-ccswitch-attempts"] == "1"

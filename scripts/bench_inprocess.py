@@ -1,0 +1,51 @@
+"""In-process throughput figures for scripts/bench.py: the chat converters and the ledger writer."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "tests"), str(REPO)]
+
+
+def converter_events_per_second(protocol: str, events: int = 20_000) -> float:
+    """One core: parse an upstream SSE stream and convert it to Chat chunks, in 4 KiB reads."""
+    import mock_payloads as P
+    from ccswitch.convert import translation
+    from ccswitch.rules import parse_rules
+    from ccswitch.sse import SSEParser
+    from ccswitch.upstream import ClientRequest
+    reply = P.Reply("bench-model", [f"tok{i} " for i in range(events)])
+    stream = P.anthropic_events(reply) if protocol == "anthropic" else P.responses_events(reply)
+    raw = b"".join(P.sse(e) for e in stream)
+    upstream = parse_rules(f"upstreams: [{{name: u, protocol: {protocol}, base_url: 'http://x', "
+                           "api_key: 'sk-bench-0000'}]").upstreams[0]
+    body = {"model": "bench-model", "stream": True, "stream_options": {"include_usage": True}, "messages": []}
+    req = ClientRequest("chat", "chat", "POST", "", [], b"", body, "bench-model", True, "openai-chat")
+    converter, parser = translation("openai-chat", protocol).stream(req, upstream), SSEParser()
+    start = time.perf_counter()
+    out = 0
+    for i in range(0, len(raw), 4096):
+        for event in parser.feed(raw[i:i + 4096]):
+            out += len(converter.feed(event))
+    out += len(converter.finish())
+    return len(stream) / (time.perf_counter() - start)
+
+
+def ledger_rows_per_second(rows: int = 50_000) -> float:
+    """How fast the writer thread drains a burst of request rows into SQLite."""
+    from ccswitch.usage.ledger import Ledger
+    row = {"request_id": "r", "ts": "2026-11-25T10:00:00.000+00:00", "route": "claude", "endpoint": "messages",
+           "upstream": "a", "model": "m", "status": 200, "stream": 1, "attempts": 1, "input_tokens": 10,
+           "output_tokens": 5, "cache_creation_tokens": 0, "cache_creation_1h_tokens": 0, "cache_read_tokens": 0,
+           "reasoning_tokens": 0, "raw_usage": '{"input_tokens":10,"output_tokens":5}'}
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = Ledger(Path(tmp) / "usage.db").start()
+        start = time.perf_counter()
+        for _ in range(rows):
+            ledger.add("requests", row)
+        ledger.close()
+        return rows / (time.perf_counter() - start)
