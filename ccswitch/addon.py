@@ -86,6 +86,9 @@ class Router:
     def load(self, loader) -> None:
         loader.add_option("ccswitch_loopback_only", bool, False,
                           "Refuse upstreams that are not loopback addresses (a guard for tests).")
+        loader.add_option("ccswitch_max_body", int, 32 * 1024 * 1024,
+                          "Largest request body (bytes) ccswitch routes; larger ones get a 413 "
+                          "in the client's API format (Anthropic's own limit is 32 MB).")
         loader.add_option("ccswitch_ledger", bool, True,
                           "Record every routed request's usage in the rules' usage_db (SQLite).")
         loader.add_option("ccswitch_offline", bool, False,
@@ -139,7 +142,13 @@ class Router:
             return refuse(401, "missing or invalid ccswitch client key")
         if match.endpoint == "websocket":
             return refuse(426, "ccswitch serves Responses over HTTPS, not WebSocket")
-        body, problem = _parse_body(flow.request.get_content(strict=False) or b"")
+        refusal = _header_problem(headers) or _body_problem(flow.request, ctx.options.ccswitch_max_body)
+        if refusal:
+            return refuse(*refusal)
+        raw = flow.request.get_content(strict=False) or b""
+        if len(raw) > ctx.options.ccswitch_max_body:   # a small compressed body can inflate a lot
+            return refuse(413, f"request body too large once decoded ({len(raw)} bytes)")
+        body, problem = _parse_body(raw)
         if problem:
             return refuse(400, problem)
         model = body.get("model")
@@ -149,8 +158,7 @@ class Router:
         if not chosen.candidates:
             return refuse(503, chosen.why_none(match.route), body, {"retry-after": "30"})
         req = ClientRequest(route=match.route, endpoint=match.endpoint, method="POST",
-                            url=flow.request.url, headers=headers,
-                            body=flow.request.get_content(strict=False) or b"", json=body, model=model,
+                            url=flow.request.url, headers=headers, body=raw, json=body, model=model,
                             stream=body.get("stream") is True, client_protocol=client_protocol)
         problem = _unconvertible(req, chosen.candidates, rules)
         if problem:
@@ -265,6 +273,31 @@ def _redact_credentials(headers: http.Headers) -> None:
     for name in CREDENTIAL_HEADERS:
         if name in headers:
             headers[name] = REDACTED
+
+
+_MAX_HEADER_BYTES = 64 * 1024
+
+
+def _header_problem(headers: list[tuple[str, str]]) -> tuple[int, str] | None:
+    """Headers no upstream should see: control characters, or far too many bytes."""
+    size = 0
+    for name, value in headers:
+        size += len(name) + len(value)
+        if any(c in value or c in name for c in "\r\n\0"):
+            return 400, f"header {name[:64]!r} contains a line break or NUL"
+    if size > _MAX_HEADER_BYTES:
+        return 431, f"request headers too large ({size} bytes; the limit is {_MAX_HEADER_BYTES})"
+    return None
+
+
+def _body_problem(request: http.Request, max_body: int) -> tuple[int, str] | None:
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+        return 415, f"content-type must be application/json, not {ctype[:100]!r}"
+    size = len(request.raw_content or b"")
+    if size > max_body:
+        return 413, f"request body too large ({size} bytes; the limit is {max_body})"
+    return None
 
 
 def _parse_body(raw: bytes) -> tuple[dict, str | None]:
