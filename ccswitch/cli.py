@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .rules import RulesError, load_rules, parse_rules, default_rules_text, resolve_rules_path
+from .rules import RulesError
+from .rules_load import load_rules, parse_rules, default_rules_text, resolve_rules_path
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -11,7 +11,8 @@ import logging
 import hashlib
 from pathlib import Path
 
-from .rules import Rules, RulesError, load_rules, parse_rules, default_rules_text, resolve_rules_path
+from .rules import Rules, RulesError
+from .rules_load import load_rules, parse_rules, default_rules_text, resolve_rules_path
 
 log = logging.getLogger("ccswitch.rules")
 

@@ -15,7 +15,7 @@ def converter_events_per_second(protocol: str, events: int = 20_000) -> float:
     """One core: parse an upstream SSE stream and convert it to Chat chunks, in 4 KiB reads."""
     import mock_payloads as P
     from ccswitch.convert import translation
-    from ccswitch.rules import parse_rules
+    from ccswitch.rules_load import parse_rules
     from ccswitch.sse import SSEParser
     from ccswitch.upstream import ClientRequest
     reply = P.Reply("bench-model", [f"tok{i} " for i in range(events)])

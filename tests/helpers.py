@@ -8,7 +8,8 @@ import textwrap
 from ccswitch import protocols
 from ccswitch.jobs import Job
 from ccswitch.routing import classify
-from ccswitch.rules import Rules, parse_rules
+from ccswitch.rules import Rules
+from ccswitch.rules_load import parse_rules
 from ccswitch.upstream import ClientRequest
 
 KEY_A = "sk-ant-test-upstreamA-0123456789"

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from ccswitch.activation import Schedule, has_content, probe_body, send_probe
-from ccswitch.rules import parse_rules
+from ccswitch.rules_load import parse_rules
 
 TZ = "Europe/Berlin"
 

@@ -4,7 +4,6 @@ format, nothing crashes, nothing reaches an upstream, and no key leaks anywhere.
 import gzip
 import json
 import socket
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path

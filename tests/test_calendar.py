@@ -8,7 +8,8 @@ import pytest
 
 from ccswitch.calendar import (WEEKDAYS, describe_next, format_days, in_window, local_now,
                                next_activation, schedule_block)
-from ccswitch.rules import HourWindow, Upstream, parse_rules
+from ccswitch.rules import HourWindow, Upstream
+from ccswitch.rules_load import parse_rules
 
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")

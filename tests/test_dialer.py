@@ -59,7 +59,7 @@ upstreams:
 
 
 async def test_model_rename(mock_a):
-    from ccswitch.rules import parse_rules
+    from ccswitch.rules_load import parse_rules
     rules = parse_rules(f"""
 upstreams:
   - name: a

@@ -7,7 +7,7 @@ import pytest
 
 from ccswitch import prices
 from ccswitch.prices import BUILTIN, PRICES_AS_OF, Price, cost, normalize, price_for
-from ccswitch.rules import parse_rules
+from ccswitch.rules_load import parse_rules
 
 
 def test_as_of_is_a_date():

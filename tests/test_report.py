@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ccswitch import cli, report
-from ccswitch.rules import parse_rules
+from ccswitch.rules_load import parse_rules
 from ccswitch.usage.schema import connect
 
 ROOT = Path(__file__).resolve().parent.parent

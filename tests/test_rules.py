@@ -9,8 +9,8 @@ import pytest
 from pydantic import SecretStr
 
 from ccswitch.rules import (DEFAULT_ON_STATUS, ROUTE_PROTOCOLS, Failover, HourWindow, Routes, Rules,
-                            RulesError, Timeouts, Upstream, default_rules_text, load_rules,
-                            parse_duration, parse_rules, resolve_rules_path)
+                            RulesError, Timeouts, Upstream, parse_duration)
+from ccswitch.rules_load import default_rules_text, load_rules, parse_rules, resolve_rules_path
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "sk-test-VERY-SECRET-0123456789"
