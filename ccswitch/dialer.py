@@ -82,6 +82,8 @@ class Dialer:
             if last is None:
                 await self._deliver_own_error(job, sink, 503, "no upstream could be tried")
             else:
+                if isinstance(last, Failure):
+                    job.error = last.reason   # even when the last word is a 200 carrying an error event
                 reply = last.as_reply(job.request.client_protocol)
                 await self._deliver(job, self._by_name(job, last.upstream), reply, sink)
         except asyncio.CancelledError:
@@ -149,7 +151,10 @@ class Dialer:
                                   rules.failover.on_network_error)
         request = self.client.build_request(
             outgoing.method, outgoing.url, headers=outgoing.headers, content=outgoing.body,
-            timeout=httpx.Timeout(connect=timeouts.connect, read=timeouts.idle,
+            # reads are bounded by our own timers (first_byte / total / the pump's idle), never by a
+            # shorter per-read limit here
+            timeout=httpx.Timeout(connect=timeouts.connect,
+                                  read=max(timeouts.first_byte, timeouts.total, timeouts.idle),
                                   write=timeouts.connect, pool=timeouts.connect))
         wait = timeouts.first_byte if job.request.stream else timeouts.total
         deadline = time.monotonic() + wait

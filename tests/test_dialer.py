@@ -278,3 +278,18 @@ async def test_in_stream_invalid_request_error_is_passed_not_failed_over(mock_a,
         mock_payloads.error_body = original
     assert sink.headers["x-ccswitch-upstream"] == "a" and event_types(sink.body)[-1] == "error"
     assert health.get("a").failures == 0 and not mock_b.requests
+
+
+async def test_a_failed_last_stream_is_recorded_as_an_error_even_under_200(mock_a):
+    mock_a.script(error_event_after(1))
+    job, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
+    assert sink.status == 200 and event_types(sink.body)[-1] == "error"
+    assert job.error and "stream error" in job.error
+
+
+async def test_non_stream_waits_total_not_idle(mock_a):
+    mock_a.script(hang_before_headers(1.0))
+    extra = "timeouts: {connect: 2s, first_byte: 500ms, total: 3s, idle: 300ms}"
+    body = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    job, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=extra), body=body)
+    assert sink.status == 200 and job.attempts[0].ms >= 900
