@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import enum
 import json
-import time
-import uuid
 from typing import Any
 
 from .sse import Event, format_event
@@ -146,11 +144,3 @@ def stream_error_event(protocol: str, message: str, kind: str = "api_error") -> 
                              "sequence_number": 0}, "error")
     return format_event({"error": {"message": message, "type": "server_error", "param": None,
                                    "code": kind}})
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:24]}"
-
-
-def now_epoch() -> int:
-    return int(time.time())

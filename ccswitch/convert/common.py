@@ -15,7 +15,7 @@ from typing import Any
 
 from ..outcome import Reply, json_or_none
 from ..protocols import body_matches_protocol
-from ..sse import Event, format_event
+from ..sse import format_event
 from ..translate import scrub
 from ..upstream import ClientRequest
 
@@ -86,21 +86,6 @@ def openai_error_from(body: bytes, status: int) -> dict[str, Any]:
                           "param": err.get("param"), "code": err.get("code") or kind}}
     text = body.decode("utf-8", "replace")[:500] if body else f"upstream answered HTTP {status}"
     return {"error": {"message": text, "type": "api_error", "param": None, "code": None}}
-
-
-def stream_error_message(event: Event) -> tuple[str, str]:
-    """(message, type) of an upstream in-stream error event."""
-    body = event.json() if event.data else None
-    err = None
-    if isinstance(body, dict):
-        err = body.get("error")
-        if err is None and isinstance(body.get("response"), dict):
-            err = body["response"].get("error")
-        if err is None and body.get("type") == "error":
-            err = body
-    if isinstance(err, dict):
-        return str(err.get("message", "upstream error")), str(err.get("type") or err.get("code") or "api_error")
-    return "upstream stream error", "api_error"
 
 
 class ChatTranslation:
