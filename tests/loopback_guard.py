@@ -11,6 +11,8 @@ import logging
 log = logging.getLogger("loopback_guard")
 
 
+# deliberately independent of ccswitch's own loopback check: a safety net must not share the
+# code it guards
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
