@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import zlib
 import json
 import logging
 from datetime import datetime, timezone
@@ -82,6 +83,7 @@ class Router:
         self.dialer: Dialer | None = None
         self.relay: Relay | None = None
         self.jobs: dict[str, Job] = {}   # flow id -> job, while the flow is live
+        self.inline: set[asyncio.Task] = set()   # dialer runs for non-streamed requests
 
     def load(self, loader) -> None:
         loader.add_option("ccswitch_loopback_only", bool, False,
@@ -102,11 +104,15 @@ class Router:
         await self.relay.start()
 
     async def done(self) -> None:
+        # end the requests in flight first, so each leaves its usage row, then flush the ledger
+        for task in list(self.inline):
+            task.cancel()
+        await asyncio.gather(*self.inline, return_exceptions=True)
         if self.relay:
             await self.relay.stop()
         if self.dialer:
             await self.dialer.aclose()
-        self.gateway.close()
+        await asyncio.to_thread(self.gateway.close)
 
     def configure(self, updated) -> None:
         if "ccswitch_loopback_only" in updated and self.dialer:
@@ -141,13 +147,13 @@ class Router:
         if rules.client_keys and not rules.client_key_ok(client_credential(headers)):
             return refuse(401, "missing or invalid ccswitch client key")
         if match.endpoint == "websocket":
-            return refuse(426, "ccswitch serves Responses over HTTPS, not WebSocket")
+            return refuse(426, "ccswitch serves Responses over HTTPS, not WebSocket", {"stream": True})
         refusal = _header_problem(headers) or _body_problem(flow.request, ctx.options.ccswitch_max_body)
         if refusal:
             return refuse(*refusal)
-        raw = flow.request.get_content(strict=False) or b""
-        if len(raw) > ctx.options.ccswitch_max_body:   # a small compressed body can inflate a lot
-            return refuse(413, f"request body too large once decoded ({len(raw)} bytes)")
+        raw = _decoded_body(flow.request, ctx.options.ccswitch_max_body)
+        if raw is None:   # a small compressed body can inflate a lot: never inflate past the limit
+            return refuse(413, f"request body too large once decoded (over {ctx.options.ccswitch_max_body} bytes)")
         body, problem = _parse_body(raw)
         if problem:
             return refuse(400, problem)
@@ -178,6 +184,8 @@ class Router:
     async def _run_inline(self, flow: http.HTTPFlow, job: Job) -> None:
         sink = BufferSink()
         task = asyncio.ensure_future(self.dialer.run(job, sink))
+        self.inline.add(task)
+        task.add_done_callback(self.inline.discard)
         try:
             while not task.done():
                 await asyncio.wait({task}, timeout=0.1)
@@ -298,6 +306,26 @@ def _body_problem(request: http.Request, max_body: int) -> tuple[int, str] | Non
     if size > max_body:
         return 413, f"request body too large ({size} bytes; the limit is {max_body})"
     return None
+
+
+def _decoded_body(request: http.Request, limit: int) -> bytes | None:
+    """The request body decoded, or None when it would exceed `limit` bytes decoded.
+
+    gzip and deflate are inflated incrementally with a cap (a 32 MB bomb must not become
+    32 GB in memory); other encodings fall back to mitmproxy's decoder and a size check.
+    """
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    raw = request.raw_content or b""
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        wbits = 16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS
+        try:
+            inflater = zlib.decompressobj(wbits)
+            out = inflater.decompress(raw, limit + 1)
+        except zlib.error:
+            return request.get_content(strict=False) or b""   # let the JSON parser report it
+        return None if len(out) > limit or inflater.unconsumed_tail else out
+    decoded = request.get_content(strict=False) or b""
+    return None if len(decoded) > limit else decoded
 
 
 def _parse_body(raw: bytes) -> tuple[dict, str | None]:

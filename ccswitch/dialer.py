@@ -164,6 +164,7 @@ class Dialer:
             return network_failure(upstream.name, exc, rules.failover.on_network_error,
                                    "first_byte" if job.request.stream else "total")
         attempt.status = response.status_code
+        self.health.end_probe(upstream.name)   # it answered: others may use it while this one streams
         try:
             return await self._judge(job, upstream, outgoing, translation, response, sink, deadline, attempt)
         finally:

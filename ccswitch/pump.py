@@ -99,7 +99,8 @@ class Pump:
             self.tap.feed(event)
             kind = protocols.classify_event(self.upstream.protocol, event)
             if kind is Kind.ERROR:
-                self.error = (protocols.stream_error_message(event), in_stream_status(event.json()))
+                message = scrub(protocols.stream_error_message(event).encode(), self.outgoing.secrets)
+                self.error = (message.decode("utf-8", "replace"), in_stream_status(event.json()))
             elif kind is Kind.TERMINAL:
                 self.terminal = True
             elif kind is Kind.CONTENT:

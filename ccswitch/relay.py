@@ -15,7 +15,7 @@ import logging
 import h11
 
 from .jobs import Job
-from .protocols import error_json
+from .protocols import error_json, stream_error_event
 
 log = logging.getLogger("ccswitch.relay")
 
@@ -31,6 +31,7 @@ class H11Sink:
     def __init__(self, conn: h11.Connection, writer: asyncio.StreamWriter) -> None:
         self.conn, self.writer = conn, writer
         self.started = False
+        self.broken = False
 
     async def _send(self, event) -> None:
         data = self.conn.send(event)
@@ -88,6 +89,7 @@ class Relay:
         self._on_done = on_done          # (job) -> None, once per job the relay ran
         self._jobs: dict[str, Job] = {}
         self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task] = set()
         self.port = 0
 
     async def start(self) -> None:
@@ -96,9 +98,13 @@ class Relay:
         log.debug("relay listening on 127.0.0.1:%d", self.port)
 
     async def stop(self) -> None:
+        """Stop listening and end the jobs in flight (each still leaves its usage row)."""
         if self._server is not None:
             self._server.close()
             self._server = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def register(self, job: Job) -> None:
         self._jobs[job.token] = job
@@ -155,43 +161,65 @@ class Relay:
             await sink.write(body)
             await sink.end()
             return b""
+        return await self._run(job, reader, sink)
+
+    async def _job(self, job: Job, sink: H11Sink) -> None:
+        """One job, start to usage row: the row is reported however the job ends."""
         try:
-            return await self._run(job, conn, reader, sink)
+            await self._run_job(job, sink)
+        except ClientGone:
+            job.error = "client_closed"
+            sink.broken = True
+        except Exception as exc:  # a bug of ours: tell the client in its own format, then record it
+            await self._internal_error(job, sink, exc)
         finally:
             if self._on_done is not None:
                 self._on_done(job)
 
-    async def _run(self, job: Job, conn, reader, sink: H11Sink) -> bytes | None:
-        task = asyncio.ensure_future(self._run_job(job, sink))
-        watcher = asyncio.ensure_future(reader.read(_READ))
+    async def _run(self, job: Job, reader, sink: H11Sink) -> bytes | None:
+        task = asyncio.ensure_future(self._job(job, sink))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        ahead = b""   # bytes mitmproxy sent early (it does not pipeline, but be safe)
         try:
-            done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if watcher in done and not watcher.exception() and watcher.result() == b"":
-                task.cancel()           # the client is gone: stop the upstream request now
-                job.error = "client_closed"
-                await asyncio.gather(task, return_exceptions=True)
-                return None
-            await asyncio.gather(task, return_exceptions=True)
+            while not task.done():
+                watcher = asyncio.ensure_future(reader.read(_READ))
+                await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if task.done():
+                    if not watcher.done():
+                        watcher.cancel()
+                    await asyncio.gather(watcher, return_exceptions=True)   # let the read really end
+                    if not watcher.cancelled() and not watcher.exception():
+                        if watcher.result() == b"":
+                            return None
+                        ahead += watcher.result()
+                    break
+                data = None if watcher.exception() else watcher.result()
+                if not data:          # EOF or reset: the client is gone, stop the upstream request now
+                    task.cancel()
+                    job.error = "client_closed"
+                    await asyncio.gather(task, return_exceptions=True)
+                    return None
+                ahead += data
         finally:
             if not task.done():
                 task.cancel()
-        exc = task.exception() if not task.cancelled() else None
-        if isinstance(exc, ClientGone):
-            job.error = "client_closed"
-            return None
-        if exc is not None:
-            log.error("ccswitch: request %s failed inside the gateway: %r", job.flow_id, exc, exc_info=exc)
+        return None if sink.broken or task.cancelled() else ahead
+
+    @staticmethod
+    async def _internal_error(job: Job, sink: H11Sink, exc: BaseException) -> None:
+        """A bug inside the gateway: an error in the client's format, never a silent cut."""
+        log.error("ccswitch: request %s failed inside the gateway: %r", job.flow_id, exc, exc_info=exc)
+        message = f"ccswitch internal error: {type(exc).__name__}"
+        job.error = f"internal error: {type(exc).__name__}"
+        try:
             if not sink.started:
-                body = error_json(job.request.client_protocol, 500, f"ccswitch internal error: {type(exc).__name__}")
-                job.status, job.error = 500, f"internal error: {type(exc).__name__}"
+                job.status = 500
+                body = error_json(job.request.client_protocol, 500, message)
                 await sink.start(500, [("content-type", "application/json")], len(body))
                 await sink.write(body)
-                await sink.end()
-                return b""
-            return None
-        if not watcher.done():
-            watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)  # let the read really end
-        if watcher.cancelled() or watcher.exception():
-            return b"" if watcher.cancelled() else None
-        return watcher.result() or None
+            else:
+                await sink.write(stream_error_event(job.request.client_protocol, message))
+            await sink.end()
+        except (ClientGone, h11.LocalProtocolError):
+            sink.broken = True

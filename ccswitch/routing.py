@@ -78,6 +78,7 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
             cooling.append((until, upstream))
             result.blocked.append((name, "cooling down"))
         elif health.busy_probing(name):
+            cooling.append((0.0, upstream))   # tried anyway if nothing else is left
             result.blocked.append((name, "being probed after its cooldown"))
         else:
             result.candidates.append(upstream)

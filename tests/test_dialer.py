@@ -293,3 +293,73 @@ async def test_non_stream_waits_total_not_idle(mock_a):
     body = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
     job, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=extra), body=body)
     assert sink.status == 200 and job.attempts[0].ms >= 900
+
+
+async def test_in_stream_error_text_is_scrubbed_before_it_is_recorded(mock_a, mock_b):
+    import mock_payloads
+    original = mock_payloads.error_body
+    mock_payloads.error_body = lambda protocol, code: {"type": "error", "error": {
+        "type": "authentication_error", "message": f"bad key {KEY_A}"}}
+    try:
+        mock_a.script(error_event_after(1))
+        job, sink, _ = await run(two(mock_a, mock_b))
+    finally:
+        mock_payloads.error_body = original
+    recorded = json.dumps([a.describe() for a in job.attempts]) + str(job.error) + job.comment()
+    assert KEY_A not in recorded and "[redacted]" in recorded
+
+
+def test_an_upstream_being_probed_is_still_tried_when_nothing_else_is_left():
+    from datetime import datetime
+    from ccswitch.routing import plan
+    rules = rules_for(("a", "anthropic", "http://127.0.0.1:9"))
+    health = HealthBoard()
+    health.begin_probe("a")
+    assert [u.name for u in plan(rules, "claude", "m", health, datetime.now(rules.tz)).candidates] == ["a"]
+
+
+async def test_a_gateway_bug_mid_stream_ends_with_an_error_event_not_a_cut(mock_a):
+    import asyncio
+    from ccswitch.relay import JOB_HEADER, Relay
+
+    class Exploding:
+        def __init__(self):
+            self.n = 0
+
+        def feed(self, event):
+            self.n += 1
+            if self.n > 3:
+                raise KeyError("boom")
+            return event.raw
+
+        def finish(self):
+            return b""
+
+    from ccswitch import translate
+    dialer = Dialer(HealthBoard(), loopback_only=True)
+    recorded = []
+    relay = Relay(dialer.run, on_done=recorded.append)
+    await relay.start()
+    job = make_job(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
+    relay.register(job)
+    original = translate.Passthrough.stream
+    translate.Passthrough.stream = lambda self, req, upstream: Exploding()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        body = json.dumps(job.request.json).encode()
+        writer.write(b"POST /v1/messages HTTP/1.1\r\nhost: x\r\n" + f"{JOB_HEADER}: {job.token}\r\n".encode()
+                     + f"content-length: {len(body)}\r\n\r\n".encode() + body)
+        await writer.drain()
+        out = b""
+        while not out.endswith(b"0\r\n\r\n"):
+            chunk = await asyncio.wait_for(reader.read(65536), 5)
+            if not chunk:
+                break
+            out += chunk
+        writer.close()
+    finally:
+        translate.Passthrough.stream = original
+        await relay.stop()
+        await dialer.aclose()
+    assert b"event: error" in out and b"internal error" in out and out.endswith(b"0\r\n\r\n")
+    assert recorded == [job] and job.error == "internal error: KeyError"

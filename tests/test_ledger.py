@@ -126,3 +126,28 @@ def test_newer_schema_is_refused(tmp_path):
     sqlite3.connect(path).execute(f"PRAGMA user_version = {VERSION + 1}")
     with pytest.raises(RuntimeError, match="newer"):
         connect(str(path))
+
+
+def test_rows_written_one_by_one_are_not_written_again_after_a_lock(tmp_path, monkeypatch):
+    """A rejected row forces one-by-one writes; a lock half way must not duplicate rows."""
+    path = tmp_path / "usage.db"
+    ledger = Ledger(path, interval=60, busy_timeout=0.05)
+    bad = row(1)
+    bad["input_tokens"] = None
+    for r in (row(0), bad, row(2), row(3)):
+        ledger.add("requests", r)
+    calls = {"n": 0}
+    real_write = Ledger._write
+
+    def flaky(self, rows):
+        calls["n"] += 1
+        if calls["n"] == 5:        # batch, then rows 0, 1(bad), 2 one by one: the 5th call (row 3) hits a lock
+            raise sqlite3.OperationalError("database is locked")
+        return real_write(self, rows)
+
+    monkeypatch.setattr(Ledger, "_write", flaky)
+    ledger.start()
+    ledger.close()
+    conn = sqlite3.connect(path)
+    ids = [r[0] for r in conn.execute("SELECT request_id FROM requests ORDER BY id")]
+    assert ids == ["r0", "r2", "r3"] and ledger.dropped == 1

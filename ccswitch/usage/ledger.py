@@ -117,7 +117,7 @@ class Ledger:
                 continue
             backoff = 0.5
             with self._cond:
-                for _ in rows:
+                for _ in rows:      # empty after a one-by-one pass, which took its rows already
                     self._pending.popleft()
             self.written += len(rows)
             if self._failing:
@@ -146,13 +146,17 @@ class Ledger:
             raise
 
     def _write_one_by_one(self, rows: list[tuple[str, tuple]]) -> list[tuple[str, tuple]]:
+        """Each row in its own transaction; rows done are taken off the queue at once, so a
+        later failure (e.g. the database locked) never makes them be written twice."""
         for table, values in rows:
             try:
                 self._write([(table, values)])
             except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError) as exc:
                 self.dropped += 1
                 log.error("ccswitch: dropped a %s row the database rejects: %s", table, exc)
-        return rows
+            with self._cond:
+                self._pending.popleft()
+        return []
 
     def _report(self, exc: BaseException) -> None:
         text = f"{type(exc).__name__}: {exc}"
