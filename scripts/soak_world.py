@@ -29,7 +29,7 @@ from mock_upstream import (  # noqa: E402
     status,
 )
 
-CLIENT_KEY = "sk-soak-client-key-0123456789"
+CLIENT_KEY = "fake-soak-client-key-0123456789"
 UPSTREAM_KEY = "sk-soak-upstream-{name}-0123456789"
 NAMES = ("a", "b", "c")
 TIMEOUTS = "{connect: 1s, first_byte: 1s, idle: 1s, total: 3s}"

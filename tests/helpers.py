@@ -12,9 +12,9 @@ from ccswitch.rules import Rules
 from ccswitch.rules_load import parse_rules
 from ccswitch.upstream import ClientRequest
 
-KEY_A = "sk-ant-test-upstreamA-0123456789"
-KEY_B = "sk-ant-test-upstreamB-9876543210"
-CLIENT_KEY = "sk-ant-test-client-should-not-leak"
+KEY_A = "fake-upstream-key-A-0123456789"
+KEY_B = "fake-upstream-key-B-9876543210"
+CLIENT_KEY = "fake-client-key-should-not-leak"
 
 
 def rules_for(*upstreams: tuple[str, str, str], routes: dict | None = None, extra: str = "") -> Rules:

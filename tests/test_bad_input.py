@@ -16,8 +16,8 @@ from proxy_process import Proxy
 from mock_upstream import MockUpstream, status
 
 # distinctive fake keys: the secrets scan looks for them everywhere afterwards
-UPSTREAM_KEY = "sk-ant-FAKEUPSTREAMKEY-7f3a9c1e5b"
-CHAT_KEY = "sk-FAKECHATUPSTREAM-2d8e4f6a1c"
+UPSTREAM_KEY = "fake-ant-UPSTREAMKEY-7f3a9c1e5b"
+CHAT_KEY = "fake-CHATUPSTREAM-2d8e4f6a1c"
 CLIENT_KEY = "ccsw-FAKECLIENTKEY-9b1d3f5e7a"
 SECRETS = (UPSTREAM_KEY, CHAT_KEY, CLIENT_KEY)
 GOOD = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}

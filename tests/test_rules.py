@@ -13,7 +13,7 @@ from ccswitch.rules import (DEFAULT_ON_STATUS, ROUTE_PROTOCOLS, Failover, HourWi
 from ccswitch.rules_load import default_rules_text, load_rules, parse_rules, resolve_rules_path
 
 REPO = Path(__file__).resolve().parent.parent
-SECRET = "sk-test-VERY-SECRET-0123456789"
+SECRET = "fake-test-VERY-SECRET-0123456789"
 
 
 def parse(text: str, env: dict | None = None, **kw) -> Rules:
