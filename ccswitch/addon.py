@@ -166,10 +166,10 @@ class Router:
         req = ClientRequest(route=match.route, endpoint=match.endpoint, method="POST",
                             url=flow.request.url, headers=headers, body=raw, json=body, model=model,
                             stream=body.get("stream") is True, client_protocol=client_protocol)
-        problem = _unconvertible(req, chosen.candidates, rules)
+        converted, problem = _convert_for_candidates(req, chosen.candidates, rules)
         if problem:
             return refuse(400, problem, body)
-        job = Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow.id)
+        job = Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow.id, converted=converted)
         self.jobs[flow.id] = job
         flow.metadata["ccswitch"] = {"route": match.route, "endpoint": match.endpoint, "model": model}
         _redact_credentials(flow.request.headers)
@@ -263,18 +263,20 @@ class Router:
             attempts=[a.describe() for a in job.attempts], error=job.error)
 
 
-def _unconvertible(req: ClientRequest, candidates, rules: Rules) -> str | None:
-    """Validate a body against every protocol it may be converted to, before any upstream call."""
-    seen = set()
+def _convert_for_candidates(req: ClientRequest, candidates, rules: Rules) -> tuple[dict, str | None]:
+    """Convert the body for each candidate of another protocol before any upstream call: a body
+    that cannot be converted is the client's 400, and the dialer reuses what was converted."""
+    converted: dict[str, dict] = {}
     for upstream in candidates:
-        if upstream.protocol in seen or upstream.protocol == req.client_protocol:
+        if upstream.protocol == req.client_protocol:
             continue
-        seen.add(upstream.protocol)
         try:
-            translation_for(req.client_protocol, upstream.protocol).request(req, upstream, rules)
+            body = translation_for(req.client_protocol, upstream.protocol).request(req, upstream, rules)
         except RenderError as exc:
-            return str(exc)
-    return None
+            return converted, str(exc)
+        if body is not None:
+            converted[upstream.name] = body
+    return converted, None
 
 
 def _redact_credentials(headers: http.Headers) -> None:

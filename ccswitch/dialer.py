@@ -109,7 +109,10 @@ class Dialer:
             self.health.begin_probe(upstream.name)
         try:
             translation = translation_for(job.request.client_protocol, upstream.protocol)
-            outgoing = render(upstream, job.request, translation.request(job.request, upstream, job.rules))
+            body = job.converted.get(upstream.name)
+            if body is None:
+                body = translation.request(job.request, upstream, job.rules)
+            outgoing = render(upstream, job.request, body)
             job.upstream_model = outgoing.upstream_model
             result = await self._send_and_judge(job, upstream, outgoing, translation, sink, attempt)
         except RenderError as exc:
@@ -208,22 +211,21 @@ class Dialer:
             reply = translation.error_reply(job.request, reply)
         job.upstream, job.status = reply.upstream, reply.status
         job.error = job.error or (None if 200 <= reply.status < 300 else reply.reason)
-        headers = reply.headers + marks(job)
-        job.ttfb_ms = job.elapsed_ms()
-        await sink.start(reply.status, headers, len(reply.body))
-        if reply.body:
-            await sink.write(reply.body)
-        await sink.end()
+        await _answer(job, sink, reply.status, reply.headers + marks(job), reply.body)
 
     async def _deliver_own_error(self, job: Job, sink: Sink, status: int, message: str) -> None:
-        body = protocols.error_json(job.request.client_protocol, status, message)
         job.status, job.error = status, message
-        job.ttfb_ms = job.elapsed_ms()
-        await sink.start(status, [("content-type", "application/json"), ("retry-after", "10")],
-                         len(body))
-        await sink.write(body)
-        await sink.end()
+        await _answer(job, sink, status, [("content-type", "application/json"), ("retry-after", "10")],
+                      protocols.error_json(job.request.client_protocol, status, message))
 
+
+async def _answer(job: Job, sink: Sink, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+    """A whole response in one go."""
+    job.ttfb_ms = job.elapsed_ms()
+    await sink.start(status, headers, len(body))
+    if body:
+        await sink.write(body)
+    await sink.end()
 
 
 async def _read_capped(response: httpx.Response) -> bytes:

@@ -39,6 +39,7 @@ class Job:
     rules: Rules
     candidates: list[Upstream]
     flow_id: str = ""
+    converted: dict[str, dict] = field(default_factory=dict)   # upstream name -> body converted for it
     token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     started: float = field(default_factory=time.monotonic)
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
