@@ -157,9 +157,7 @@ def cooldown_floor(failure: Failure) -> float:
 
 def in_stream_status(event_json: object) -> int:
     """The HTTP status an in-stream error event stands for, so `on_status` can judge it."""
-    err = event_json.get("error") if isinstance(event_json, dict) else None
-    if err is None and isinstance(event_json, dict) and isinstance(event_json.get("response"), dict):
-        err = event_json["response"].get("error")
+    err = protocols.error_object(event_json)
     kind = ""
     if isinstance(err, dict):
         kind = str(err.get("type") or err.get("code") or "")

@@ -81,13 +81,21 @@ def _classify_chat(event: Event) -> Kind:
     return Kind.OPENING
 
 
+def error_object(body: Any) -> Any:
+    """The `error` of an error event: top level (Anthropic, Chat) or under `response` (Responses)."""
+    if not isinstance(body, dict):
+        return None
+    err = body.get("error")
+    if err is None and isinstance(body.get("response"), dict):
+        err = body["response"].get("error")
+    return err
+
+
 def stream_error_message(event: Event) -> str:
     """A short text for an in-stream error event, for logs and the attempt list."""
     body = event.json()
     if isinstance(body, dict):
-        err = body.get("error")
-        if err is None and isinstance(body.get("response"), dict):
-            err = body["response"].get("error")
+        err = error_object(body)
         if isinstance(err, dict):
             return str(err.get("type") or err.get("code") or "error") + ": " + str(err.get("message", ""))[:200]
         if isinstance(body.get("message"), str):
