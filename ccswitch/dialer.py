@@ -2,7 +2,7 @@
 answer, fail over or retry, and stream the winner to the client as it arrives.
 
 mitmproxy cannot re-send a flow or time out an upstream, so this module owns
-connections (one pooled httpx client, verified TLS), timeouts and the pump.
+connections (one pooled `http1.UpstreamClient`, verified TLS), timeouts and the pump.
 It writes to a `Sink` (the loopback relay's response) and never touches flows.
 """
 
@@ -13,9 +13,7 @@ import logging
 import time
 from typing import Protocol
 
-import httpx
-
-from . import protocols
+from . import http1, protocols
 from .health import HealthBoard
 from .jobs import Attempt, Job, marks
 from .outcome import (Failure, NetworkFailure, Reply, Streamed, cooldown_floor, is_loopback_host,
@@ -39,13 +37,10 @@ class Sink(Protocol):
 
 class Dialer:
     def __init__(self, health: HealthBoard, *, loopback_only: bool = False,
-                 client: httpx.AsyncClient | None = None) -> None:
+                 client: http1.UpstreamClient | None = None) -> None:
         self.health = health
         self.loopback_only = loopback_only
-        self.client = client or httpx.AsyncClient(
-            trust_env=False, follow_redirects=False,
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200,
-                                keepalive_expiry=60))
+        self.client = client or http1.UpstreamClient()
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -152,18 +147,13 @@ class Dialer:
         if self.loopback_only and not is_loopback_host(outgoing.url):
             return NetworkFailure(upstream.name, "refused: not a loopback address (test guard)",
                                   rules.failover.on_network_error)
-        request = self.client.build_request(
-            outgoing.method, outgoing.url, headers=outgoing.headers, content=outgoing.body,
-            # reads are bounded by our own timers (first_byte / total / the pump's idle), never by a
-            # shorter per-read limit here
-            timeout=httpx.Timeout(connect=timeouts.connect,
-                                  read=max(timeouts.first_byte, timeouts.total, timeouts.idle),
-                                  write=timeouts.connect, pool=timeouts.connect))
         wait = timeouts.first_byte if job.request.stream else timeouts.total
         deadline = time.monotonic() + wait
         try:
-            response = await asyncio.wait_for(self.client.send(request, stream=True), wait)
-        except (httpx.TransportError, asyncio.TimeoutError, OSError) as exc:
+            response = await asyncio.wait_for(
+                self.client.send(outgoing.method, outgoing.url, outgoing.headers, outgoing.body,
+                                 connect_timeout=timeouts.connect), wait)
+        except (http1.TransportError, asyncio.TimeoutError, OSError) as exc:
             return network_failure(upstream.name, exc, rules.failover.on_network_error,
                                    "first_byte" if job.request.stream else "total")
         attempt.status = response.status_code
@@ -174,18 +164,18 @@ class Dialer:
             await response.aclose()
 
     async def _judge(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
-                     response: httpx.Response, sink: Sink, deadline: float,
+                     response: http1.Response, sink: Sink, deadline: float,
                      attempt: Attempt) -> Reply | Failure | Streamed:
         status = response.status_code
         headers = response_headers(response.headers)
-        is_sse = "text/event-stream" in response.headers.get("content-type", "")
+        is_sse = "text/event-stream" in (response.header("content-type") or "")
         failover = job.rules.failover
         if 200 <= status < 300 and job.request.stream and is_sse:
             pump = Pump(job, upstream, outgoing, translation, response, sink, headers, attempt)
             return await pump.run()
         try:
-            body = await asyncio.wait_for(_read_capped(response), max(0.001, deadline - time.monotonic()))
-        except (httpx.TransportError, asyncio.TimeoutError, OSError) as exc:
+            body = await asyncio.wait_for(response.aread(), max(0.001, deadline - time.monotonic()))
+        except (http1.TransportError, asyncio.TimeoutError, OSError) as exc:
             return network_failure(upstream.name, exc, failover.on_network_error, "total")
         body = translation.scrub(body, outgoing.secrets)
         attempt.usage = usage_of_body(upstream.protocol, body, is_sse)
@@ -227,12 +217,3 @@ async def _answer(job: Job, sink: Sink, status: int, headers: list[tuple[str, st
         await sink.write(body)
     await sink.end()
 
-
-async def _read_capped(response: httpx.Response) -> bytes:
-    chunks, size = [], 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > 256 * 1024 * 1024:
-            raise httpx.ReadError("upstream body over 256 MiB")
-    return b"".join(chunks)

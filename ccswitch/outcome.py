@@ -12,9 +12,7 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
-import httpx
-
-from . import protocols
+from . import http1, protocols
 
 _DROP_RESPONSE_HEADERS = frozenset({
     "connection", "keep-alive", "proxy-connection", "transfer-encoding", "content-length",
@@ -71,10 +69,10 @@ def NetworkFailure(upstream: str, reason: str, action: str, timeout: bool = Fals
 
 def network_failure(upstream: str, exc: BaseException, action: str, phase: str) -> Failure:
     """Classify a transport exception: refused, reset, DNS, TLS, or which timeout."""
-    if isinstance(exc, (asyncio.TimeoutError, httpx.ReadTimeout, httpx.WriteTimeout)):
-        return NetworkFailure(upstream, f"{phase} timeout", action, timeout=True)
-    if isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
+    if isinstance(exc, http1.ConnectTimeout):
         return NetworkFailure(upstream, "connect timeout", action, timeout=True)
+    if isinstance(exc, asyncio.TimeoutError):
+        return NetworkFailure(upstream, f"{phase} timeout", action, timeout=True)
     chain = _causes(exc)
     text = " ".join(str(e) for e in chain)
     if any(isinstance(e, ssl.SSLError) for e in chain) or "CERTIFICATE" in text.upper():
@@ -86,7 +84,7 @@ def network_failure(upstream: str, exc: BaseException, action: str, phase: str) 
         reason = "connection reset"
     elif "name" in text.lower() and ("resolution" in text.lower() or "known" in text.lower()):
         reason = "DNS error"
-    elif isinstance(exc, httpx.RemoteProtocolError):
+    elif isinstance(exc, http1.RemoteProtocolError):
         reason = "connection closed"
     else:
         reason = type(exc).__name__
@@ -102,9 +100,9 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return chain
 
 
-def response_headers(headers: httpx.Headers) -> list[tuple[str, str]]:
+def response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Upstream response headers fit to pass on (bodies reach the client decoded)."""
-    return [(k, v) for k, v in headers.multi_items() if k.lower() not in _DROP_RESPONSE_HEADERS]
+    return [(k, v) for k, v in headers if k.lower() not in _DROP_RESPONSE_HEADERS]
 
 
 def _header(headers: list[tuple[str, str]], name: str) -> str | None:

@@ -12,9 +12,7 @@ import asyncio
 import logging
 import time
 
-import httpx
-
-from . import protocols
+from . import http1, protocols
 from .jobs import Attempt, Job, marks
 from .outcome import Failure, Streamed, in_stream_status, network_failure
 from .protocols import Kind
@@ -29,7 +27,7 @@ log = logging.getLogger("ccswitch.pump")
 
 class Pump:
     def __init__(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
-                 response: httpx.Response, sink, headers: list[tuple[str, str]], attempt: Attempt) -> None:
+                 response: http1.Response, sink, headers: list[tuple[str, str]], attempt: Attempt) -> None:
         self.job, self.upstream, self.outgoing, self.attempt = job, upstream, outgoing, attempt
         self.tap = UsageTap(upstream.protocol)
         self.response, self.sink, self.headers = response, sink, headers
@@ -68,7 +66,7 @@ class Pump:
                     chunk = read.result()
                 except StopAsyncIteration:
                     break
-                except (httpx.TransportError, OSError) as exc:
+                except (http1.TransportError, OSError) as exc:
                     ended = network_failure(self.upstream.name, exc, "switch", "idle").reason
                     break
                 try:

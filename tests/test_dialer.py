@@ -198,19 +198,29 @@ async def test_threshold_cools_down_and_cooling_upstream_is_skipped(mock_a, mock
 
 
 async def test_compressed_upstream_stream_reaches_the_client_decoded():
+    import asyncio
     import gzip
-    import httpx
     import mock_payloads as P
     sse = b"".join(P.sse(e) for e in P.anthropic_events(P.Reply("m", P.split("zipped hello"))))
+    zipped = gzip.compress(sse)
 
-    def handler(request):
-        return httpx.Response(200, content=gzip.compress(sse),
-                              headers={"content-encoding": "gzip", "content-type": "text/event-stream"})
+    async def serve(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-encoding: gzip\r\n"
+                     b"content-length: %d\r\n\r\n" % len(zipped) + zipped)
+        await writer.drain()
+        writer.close()
 
-    rules = rules_for(("a", "anthropic", "http://127.0.0.1:9"), extra=FAST)
-    dialer = Dialer(HealthBoard(), client=httpx.AsyncClient(transport=httpx.MockTransport(handler)))
-    job, sink = make_job(rules), MemorySink()
-    await dialer.run(job, sink)
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        rules = rules_for(("a", "anthropic", f"http://127.0.0.1:{port}"), extra=FAST)
+        dialer = Dialer(HealthBoard())
+        job, sink = make_job(rules), MemorySink()
+        await dialer.run(job, sink)
+        await dialer.aclose()
+    finally:
+        server.close()
     assert "content-encoding" not in sink.headers
     assert sink.body == sse and text_of(sink.body) == "zipped hello"
 

@@ -1,0 +1,320 @@
+"""The upstream HTTP/1.1 client: pooling, framing, decoding, flow control and the
+errors the dialer classifies, against raw loopback servers that misbehave on cue."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+from contextlib import asynccontextmanager
+
+import pytest
+
+from ccswitch import http1
+from ccswitch.outcome import network_failure
+
+
+class RawServer:
+    """Answers each request on a connection with the next scripted reply: a callable
+    `(writer, request_head, body) -> awaitable` that writes whatever bytes it likes."""
+
+    def __init__(self, *replies) -> None:
+        self.replies = list(replies)
+        self.connections = 0
+        self.requests: list[tuple[bytes, bytes]] = []
+        self.server: asyncio.Server | None = None
+        self.url = ""
+        self._handlers: dict[asyncio.Task, asyncio.StreamWriter] = {}
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._handlers[asyncio.current_task()] = writer
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                body = await reader.readexactly(length)
+                self.requests.append((head, body))
+                reply = self.replies.pop(0) if self.replies else ok(b"default")
+                if await reply(writer, head, body) == "close":
+                    return
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> RawServer:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+        for writer in self._handlers.values():
+            writer.transport.abort()                 # handlers see the close and return
+        await asyncio.wait_for(asyncio.gather(*self._handlers, return_exceptions=True), 5)
+
+
+def ok(body: bytes, *headers: str):
+    async def reply(writer, head, request_body):
+        extra = "".join(f"{h}\r\n" for h in headers)
+        writer.write(f"HTTP/1.1 200 OK\r\ncontent-length: {len(body)}\r\n{extra}\r\n".encode() + body)
+        await writer.drain()
+    return reply
+
+
+def then_close(reply):
+    async def wrapped(writer, head, body):
+        await reply(writer, head, body)
+        return "close"
+    return wrapped
+
+
+async def hang_up(writer, head, body):
+    return "close"
+
+
+async def reset(writer, head, body):
+    writer.transport.abort()
+    return "close"
+
+
+@asynccontextmanager
+async def client(**kw):
+    c = http1.UpstreamClient(**kw)
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+async def get_body(c: http1.UpstreamClient, url: str, body: bytes = b"{}", **kw) -> tuple[int, bytes]:
+    response = await c.send("POST", url + "/v1/x?beta=true", [("content-type", "application/json")], body, **kw)
+    return response.status_code, await response.aread()
+
+
+# ---------------------------------------------------------------------- framing and pooling
+
+async def test_request_framing_host_length_encoding_and_the_clients_headers():
+    async with RawServer() as server, client() as c:
+        assert await get_body(c, server.url, b'{"a": 1}') == (200, b"default")
+        response = await c.send("GET", server.url + "/models", [("x-api-key", "k")])
+        await response.aread()
+    head, body = server.requests[0]
+    port = server.url.rsplit(":", 1)[1]
+    assert head.startswith(b"POST /v1/x?beta=true HTTP/1.1\r\n")
+    assert f"host: 127.0.0.1:{port}".encode() in head and b"content-length: 8" in head
+    assert b"accept-encoding: gzip, deflate" in head and b"content-type: application/json" in head
+    assert body == b'{"a": 1}'
+    assert b"content-length" not in server.requests[1][0] and b"x-api-key: k" in server.requests[1][0]
+
+
+async def test_keep_alive_reuses_one_connection():
+    async with RawServer() as server, client() as c:
+        for _ in range(5):
+            assert await get_body(c, server.url) == (200, b"default")
+    assert server.connections == 1 and len(server.requests) == 5
+
+
+async def test_connection_close_and_unread_bodies_are_not_reused():
+    async with RawServer(ok(b"a", "connection: close")) as server, client() as c:
+        await get_body(c, server.url)
+        response = await c.send("POST", server.url + "/", [], b"{}")
+        await response.aclose()                      # body never read: the connection cannot be reused
+        await get_body(c, server.url)
+    assert server.connections == 3
+
+
+async def test_idle_connections_expire():
+    async with RawServer() as server, client(keepalive_expiry=0.0) as c:
+        await get_body(c, server.url)
+        await asyncio.sleep(0.01)
+        await get_body(c, server.url)
+    assert server.connections == 2
+
+
+async def test_a_kept_alive_connection_the_upstream_closed_is_replaced_transparently():
+    async with RawServer(then_close(ok(b"first")), ok(b"second")) as server, client() as c:
+        assert await get_body(c, server.url) == (200, b"first")
+        await asyncio.sleep(0.05)                    # the close has reached us: skipped at checkout
+        assert await get_body(c, server.url) == (200, b"second")
+    assert server.connections == 2
+
+
+async def test_a_reused_connection_dropped_before_any_answer_is_retried_once_on_a_fresh_one():
+    """The race a pool cannot see: the upstream closes a kept-alive connection as our request
+    goes out.  Nothing was answered, so the request is sent again on a new connection."""
+    async with RawServer(ok(b"first"), hang_up, ok(b"again")) as server, client() as c:
+        await get_body(c, server.url)
+        assert await get_body(c, server.url) == (200, b"again")
+    assert server.connections == 2 and len(server.requests) == 3
+
+
+async def test_a_fresh_connection_dropped_before_the_answer_is_an_error_not_a_retry():
+    async with RawServer(hang_up, ok(b"never")) as server, client() as c:
+        with pytest.raises(http1.RemoteProtocolError) as caught:
+            await get_body(c, server.url)
+    assert len(server.requests) == 1
+    assert network_failure("u", caught.value, "switch", "first_byte").reason == "connection closed"
+
+
+async def test_informational_responses_are_skipped():
+    async def continue_then_ok(writer, head, body):
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await ok(b"real")(writer, head, body)
+    async with RawServer(continue_then_ok) as server, client() as c:
+        assert await get_body(c, server.url) == (200, b"real")
+
+
+# ---------------------------------------------------------------------- bodies
+
+async def test_a_chunked_body_is_yielded_as_it_arrives():
+    gate = asyncio.Event()
+
+    async def chunked(writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: text/event-stream\r\n\r\n"
+                     b"5\r\nfirst\r\n")
+        await writer.drain()
+        await gate.wait()
+        writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
+        await writer.drain()
+
+    async with RawServer(chunked) as server, client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        assert response.header("Content-Type") == "text/event-stream"
+        chunks = response.aiter_bytes()
+        assert await asyncio.wait_for(chunks.__anext__(), 2) == b"first"   # before the rest exists
+        gate.set()
+        assert [chunk async for chunk in chunks] == [b"second"]
+        await get_body(c, server.url)                # read to its end: the connection went back
+    assert server.connections == 1
+
+
+def raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+@pytest.mark.parametrize("encoding,pack", [("gzip", gzip.compress), ("deflate", zlib.compress),
+                                           ("deflate", raw_deflate)],
+                         ids=["gzip", "zlib-deflate", "raw-deflate"])
+async def test_compressed_bodies_arrive_decoded(encoding, pack):
+    plain = b"data: " + b"x" * 5000 + b"\n\n"
+    async with RawServer(ok(pack(plain), f"content-encoding: {encoding}")) as server, client() as c:
+        assert await get_body(c, server.url) == (200, plain)
+
+
+async def test_corrupt_and_unsupported_encodings_are_transport_errors():
+    async with RawServer(ok(b"not gzip at all", "content-encoding: gzip"),
+                         ok(b"??", "content-encoding: br")) as server, client() as c:
+        with pytest.raises(http1.ReadError, match="corrupt gzip"):
+            await get_body(c, server.url)
+        with pytest.raises(http1.RemoteProtocolError, match="unsupported content-encoding 'br'"):
+            await get_body(c, server.url)
+
+
+async def test_a_fast_upstream_is_paused_for_a_slow_reader_and_nothing_is_lost():
+    big = bytes(range(256)) * 16 * 1024                  # 4 MiB
+    async with RawServer(ok(big)) as server, client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        connection = response._connection
+        await asyncio.sleep(0.2)                     # let the upstream fill our buffer
+        assert connection._read_paused and connection._buffered < 2 * 1024 * 1024
+        assert await response.aread() == big
+
+
+async def test_a_body_over_the_limit_is_refused():
+    async with RawServer(ok(b"y" * 1000)) as server, client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        with pytest.raises(http1.ReadError, match="over 100 bytes"):
+            await response.aread(limit=100)
+        await response.aclose()
+
+
+# ---------------------------------------------------------------------- failures the dialer classifies
+
+async def test_reset_mid_body_is_a_read_error_classified_as_reset():
+    async def half_then_reset(writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.transport.abort()
+        return "close"
+
+    async with RawServer(half_then_reset) as server, client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        with pytest.raises(http1.TransportError) as caught:
+            await response.aread()
+    assert network_failure("u", caught.value, "switch", "idle").reason in ("connection reset", "connection closed")
+
+
+async def test_refused_and_unresolvable_hosts_are_connect_errors():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]                    # bound, never listening: refused
+        async with client() as c:
+            with pytest.raises(http1.ConnectError) as refused:
+                await get_body(c, f"http://127.0.0.1:{port}")
+            with pytest.raises(http1.ConnectError) as unknown:
+                await get_body(c, "http://no-such-host.invalid")
+    assert network_failure("u", refused.value, "switch", "first_byte").reason == "connection refused"
+    assert network_failure("u", unknown.value, "switch", "first_byte").reason == "DNS error"
+
+
+async def test_a_slow_connect_is_a_connect_timeout(monkeypatch):
+    loop = asyncio.get_running_loop()
+
+    async def slow(*args, **kw):
+        await asyncio.sleep(5)
+    monkeypatch.setattr(loop, "create_connection", slow)
+    async with client() as c:
+        with pytest.raises(http1.ConnectTimeout) as caught:
+            await get_body(c, "http://127.0.0.1:9", connect_timeout=0.05)
+    assert network_failure("u", caught.value, "switch", "first_byte").reason == "connect timeout"
+
+
+async def test_a_cancelled_request_closes_its_connection():
+    async def slow(writer, head, body):
+        await asyncio.sleep(1)
+        await ok(b"late")(writer, head, body)
+
+    async with RawServer(slow) as server, client() as c:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(get_body(c, server.url), 0.05)
+        assert not c._open and not any(c._idle.values())
+        assert await get_body(c, server.url) == (200, b"default")
+    assert server.connections == 2
+
+
+async def test_an_idle_connection_that_talks_is_not_trusted_again():
+    async def ok_then_babble(writer, head, body):
+        await ok(b"one")(writer, head, body)
+        await asyncio.sleep(0.02)
+        writer.write(b"HTTP/1.1 200 OK\r\n")          # unsolicited bytes on an idle connection
+        await writer.drain()
+
+    async with RawServer(ok_then_babble) as server, client() as c:
+        await get_body(c, server.url)
+        await asyncio.sleep(0.1)
+        assert await get_body(c, server.url) == (200, b"default")
+    assert server.connections == 2
+
+
+async def test_invalid_header_values_are_refused_before_anything_is_sent():
+    async with RawServer() as server, client() as c:
+        with pytest.raises(http1.TransportError, match="cannot send"):
+            await c.send("POST", server.url, [("x-bad", "a\r\nb")], b"{}")
+    assert server.requests == []
+
+
+def test_urls_split_into_origin_target_and_host():
+    assert http1.split_url("https://api.example.com/v1/messages?beta=true") == (
+        ("https", "api.example.com", 443), "/v1/messages?beta=true", "api.example.com")
+    assert http1.split_url("http://[::1]:8080") == (("http", "::1", 8080), "/", "[::1]:8080")
+    with pytest.raises(ValueError):
+        http1.split_url("ftp://example.com/")
