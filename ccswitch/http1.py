@@ -159,7 +159,8 @@ class _Connection(asyncio.Protocol):
             if self._eof and self._write_paused:
                 raise WriteError("connection closed while sending the request")
 
-    async def next_event(self):
+    def poll_event(self):
+        """The next h11 event if it can be had without waiting, else h11.NEED_DATA."""
         while True:
             try:
                 event = self.h11.next_event()
@@ -179,11 +180,16 @@ class _Connection(asyncio.Protocol):
                 self._eof_fed = True
                 self.h11.receive_data(b"")
             else:
-                self._waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
+                return h11.NEED_DATA
+
+    async def next_event(self):
+        while (event := self.poll_event()) is h11.NEED_DATA:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return event
 
     def _broken(self, message: str) -> TransportError:
         if isinstance(self._lost, OSError):   # a reset rather than an orderly close
@@ -320,6 +326,7 @@ class Response:
         self.headers: list[tuple[str, str]] = [(k.decode("latin-1"), v.decode("latin-1"))
                                                for k, v in head.headers]
         self._done = False
+        self._deferred: TransportError | None = None
         encoding = (self.header("content-encoding") or "identity").strip().lower()
         self._decoder = None if encoding == "identity" else _Inflater(encoding)
 
@@ -335,18 +342,32 @@ class Response:
         return self
 
     async def __anext__(self) -> bytes:
+        """Everything received so far, in one piece: a burst of small chunks (one per SSE
+        event, typically) costs the pump and the client one write, not one each."""
         while not self._done:
+            if self._deferred is not None:
+                error, self._deferred = self._deferred, None
+                raise error
+            parts = []
             event = await self._connection.next_event()
-            if isinstance(event, h11.Data):
-                data = self._decoder.feed(event.data) if self._decoder else bytes(event.data)
-                if data:
-                    return data
-            elif isinstance(event, h11.EndOfMessage):
-                tail = self._decoder.flush() if self._decoder else b""
-                self._done = True
-                self._client._release(self._connection)
-                if tail:
-                    return tail
+            while event is not h11.NEED_DATA:
+                if isinstance(event, h11.Data):
+                    parts.append(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    self._done = True
+                    self._client._release(self._connection)
+                    break
+                try:
+                    event = self._connection.poll_event()
+                except TransportError as exc:   # hand over what arrived before the failure first
+                    self._deferred = exc
+                    break
+            raw = parts[0] if len(parts) == 1 else b"".join(parts)
+            data = self._decoder.feed(raw) if self._decoder else raw
+            if self._done and self._decoder:
+                data += self._decoder.flush()
+            if data:
+                return data
         raise StopAsyncIteration
 
     async def aread(self, limit: int = 256 * 1024 * 1024) -> bytes:

@@ -54,7 +54,8 @@ class Pump:
                     wait = min(wait, max(0.0, hold_until - time.monotonic()))
                 # never cancel a read on a timer: that would close the body iterator
                 pending = pending or asyncio.ensure_future(chunks.__anext__())
-                done, _ = await asyncio.wait({pending}, timeout=wait)
+                # an eager task is often done already (the bytes were buffered): no wait needed
+                done = {pending} if pending.done() else (await asyncio.wait({pending}, timeout=wait))[0]
                 if not done:
                     if not self.committed and time.monotonic() >= hold_until - 0.0005:
                         await self._commit()        # held long enough: stream what we have

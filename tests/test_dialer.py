@@ -346,6 +346,8 @@ async def test_a_gateway_bug_mid_stream_ends_with_an_error_event_not_a_cut(mock_
             return b""
 
     from ccswitch import translate
+    from mock_upstream import slow_stream
+    mock_a.script(slow_stream(8, 0.03))   # paced, so the bug strikes after the first content went out
     dialer = Dialer(HealthBoard(), loopback_only=True)
     recorded = []
     relay = Relay(dialer.run, on_done=recorded.append)

@@ -194,6 +194,36 @@ async def test_a_chunked_body_is_yielded_as_it_arrives():
     assert server.connections == 1
 
 
+async def test_a_burst_of_small_chunks_is_read_in_one_piece():
+    """One SSE event per chunk is how upstreams write; what is already here goes on as one write."""
+    events = [b"data: %d\n\n" % i for i in range(50)]
+
+    async def burst(writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                     + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n")
+        await writer.drain()
+
+    async with RawServer(burst) as server, client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        await asyncio.sleep(0.1)
+        assert [chunk async for chunk in response.aiter_bytes()] == [b"".join(events)]
+
+
+async def test_what_arrived_before_a_broken_chunk_is_handed_over_before_the_error():
+    async def broken(writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\nzz\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)
+
+    async with RawServer(broken) as server, client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        await asyncio.sleep(0.1)
+        chunks = response.aiter_bytes()
+        assert await chunks.__anext__() == b"first"
+        with pytest.raises(http1.RemoteProtocolError):
+            await chunks.__anext__()
+
+
 def raw_deflate(data: bytes) -> bytes:
     packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
     return packer.compress(data) + packer.flush()
