@@ -195,8 +195,12 @@ def measure(targets: list[Target], args) -> dict[str, dict[str, float]]:
             f[f"throughput c={c} (req/s)"] = throughput(t, c, args.seconds)
     for t in targets:
         if t.name.startswith("ccswitch"):
-            fo = [post_stream(clients[t.name], t, "failover-x")[0] for _ in range(args.requests // 2)]
-            figures[t.name]["failover first content p50 (ms)"] = pct(fo, 0.5)
+            plain_first, failover_first = [], []
+            for _ in range(args.requests // 2):           # the same reply, with and without a 503 first
+                plain_first.append(post_stream(clients[t.name], t, "plain-x")[0])
+                failover_first.append(post_stream(clients[t.name], t, "failover-x")[0])
+            figures[t.name]["same reply, no failover, first content p50 (ms)"] = pct(plain_first, 0.5)
+            figures[t.name]["failover first content p50 (ms)"] = pct(failover_first, 0.5)
     for t in targets:                                    # memory and CPU of the proxy processes
         if t.pid is None:
             continue
@@ -266,9 +270,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         mock, mock_port, failing_port = start_mock(args.flood)
-        bare, bare_url = start_bare(mock_port, workdir)
-        proxy = start_ccswitch(mock_port, failing_port, workdir / "ccswitch")
+        bare = proxy = None
         try:
+            bare, bare_url = start_bare(mock_port, workdir)
+            proxy = start_ccswitch(mock_port, failing_port, workdir / "ccswitch")
             trust = ssl.create_default_context(cafile=str(proxy.ca_cert))
             targets = [
                 Target("direct", f"http://127.0.0.1:{mock_port}"),
@@ -278,9 +283,11 @@ def main() -> None:
             ]
             started = time.time()
             figures = measure(targets, args)
-        finally:
-            proxy.stop()
-            bare.terminate()
+        finally:                                         # never leave a mock or a proxy behind
+            if proxy is not None:
+                proxy.stop()
+            if bare is not None:
+                bare.terminate()
             mock.terminate()
     print(f"ccswitch benchmark, {time.strftime('%Y-%m-%d')}, {args.requests} latency samples per target, "
           f"{args.memory_requests} requests for memory/CPU ({time.time() - started:.0f} s)")

@@ -342,6 +342,40 @@ async def test_invalid_header_values_are_refused_before_anything_is_sent():
     assert server.requests == []
 
 
+async def test_tls_upstreams_are_verified_and_kept_alive(tmp_path):
+    import ssl
+    from helpers import localhost_tls_server_context
+    server_context, cert = localhost_tls_server_context(tmp_path)
+    served = []
+
+    async def serve(reader, writer):
+        served.append(writer)
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecret")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_context)
+    url = f"https://localhost:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with client() as c:                    # the default trust store: a self-signed cert fails
+            with pytest.raises(http1.ConnectError) as caught:
+                await c.send("GET", url, [])
+        assert network_failure("u", caught.value, "switch", "first_byte").reason == "TLS error"
+        trusting = ssl.create_default_context(cafile=str(cert))
+        async with client(ssl_context=trusting) as c:
+            for _ in range(3):
+                response = await c.send("GET", url + "/x", [])
+                assert await response.aread() == b"secret"
+        assert len(served) == 1                      # three requests, one kept-alive connection
+    finally:
+        for writer in served:
+            writer.transport.abort()
+        server.close()
+
+
 def test_urls_split_into_origin_target_and_host():
     assert http1.split_url("https://api.example.com/v1/messages?beta=true") == (
         ("https", "api.example.com", 443), "/v1/messages?beta=true", "api.example.com")
