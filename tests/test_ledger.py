@@ -151,3 +151,51 @@ def test_rows_written_one_by_one_are_not_written_again_after_a_lock(tmp_path, mo
     conn = sqlite3.connect(path)
     ids = [r[0] for r in conn.execute("SELECT request_id FROM requests ORDER BY id")]
     assert ids == ["r0", "r2", "r3"] and ledger.dropped == 1
+
+
+def test_a_full_buffer_while_a_batch_is_being_written_drops_the_oldest_not_the_batch(tmp_path, monkeypatch):
+    """The writer holds a batch while the proxy keeps adding past the bound: when the write
+    fails, the batch goes back to the front, and exactly the oldest rows are dropped."""
+    import threading
+    path = tmp_path / "usage.db"
+    ledger = Ledger(path, max_pending=4, batch=2, linger=0, busy_timeout=0.05)
+    in_write, release = threading.Event(), threading.Event()
+    calls = {"n": 0}
+    real_write = Ledger._write
+
+    def slow_then_locked(self, rows):
+        calls["n"] += 1
+        if calls["n"] == 1:        # holds rows r0, r1
+            in_write.set()
+            release.wait(5)
+            raise sqlite3.OperationalError("database is locked")
+        return real_write(self, rows)
+
+    monkeypatch.setattr(Ledger, "_write", slow_then_locked)
+    monkeypatch.setattr(Ledger, "_sleep", lambda self, seconds: None)
+    ledger.add("requests", row(0))
+    ledger.add("requests", row(1))
+    ledger.start()
+    assert in_write.wait(5)
+    for i in range(2, 7):          # r2..r6 queued while r0, r1 are in hand: the queue drops r2
+        ledger.add("requests", row(i))
+    assert ledger.pending == 6 and ledger.dropped == 1
+    release.set()
+    ledger.close()
+    ids = [r[0] for r in sqlite3.connect(path).execute("SELECT request_id FROM requests ORDER BY id")]
+    # given back: r0 r1 r3 r4 r5 r6 -> over the bound of 4 by 2 -> r0, r1 (the oldest) dropped
+    assert ids == ["r3", "r4", "r5", "r6"] and ledger.dropped == 3 and ledger.pending == 0
+
+
+def test_a_burst_of_rows_is_committed_in_few_transactions(tmp_path, monkeypatch):
+    path = tmp_path / "usage.db"
+    batches = []
+    real_write = Ledger._write
+    monkeypatch.setattr(Ledger, "_write", lambda self, rows: (batches.append(len(rows)), real_write(self, rows)))
+    ledger = Ledger(path, linger=0.2).start()
+    for i in range(20):            # one row every few milliseconds, as a busy proxy adds them
+        ledger.add("requests", row(i))
+        time.sleep(0.003)
+    assert wait_for(lambda: sum(batches) == 20)
+    ledger.close()
+    assert count(path) == 20 and len(batches) <= 3

@@ -4,7 +4,8 @@ The proxy only appends to an in-memory queue.  A daemon thread drains it in
 batched transactions (WAL).  When the database is locked, read-only, missing
 or full, the thread logs the problem once, keeps the rows in memory (up to a
 bound, oldest dropped first and counted) and retries with backoff; whatever is
-pending is flushed on shutdown.
+pending is flushed on shutdown.  Rows linger a few milliseconds so that a busy
+proxy commits many in one transaction instead of one each.
 """
 
 from __future__ import annotations
@@ -37,17 +38,20 @@ _INSERT = {
     for table, cols in (("requests", REQUEST_COLUMNS), ("attempts", ATTEMPT_COLUMNS),
                         ("activations", ACTIVATION_COLUMNS))
 }
+_ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
 _COLUMNS = {"requests": REQUEST_COLUMNS, "attempts": ATTEMPT_COLUMNS, "activations": ACTIVATION_COLUMNS}
 
 
 class Ledger:
     def __init__(self, path: Path | str, *, max_pending: int = 100_000, batch: int = 500,
-                 interval: float = 0.2, busy_timeout: float = 5.0) -> None:
+                 interval: float = 0.2, linger: float = 0.05, busy_timeout: float = 5.0) -> None:
         self.path = Path(path)
         self.busy_timeout = busy_timeout
         self.max_pending = max_pending
         self.batch = batch
         self.interval = interval
+        self.linger = linger
+        self._in_hand = 0                   # rows taken by the writer, not yet written
         self._pending: collections.deque[tuple[str, tuple]] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -74,7 +78,8 @@ class Ledger:
                 if self.dropped == 1 or self.dropped % 1000 == 0:
                     log.error("ccswitch: usage ledger buffer full; %d row(s) dropped so far", self.dropped)
             self._pending.append((table, values))
-            self._cond.notify()
+            if len(self._pending) in (1, self.batch):   # woken when work appears or a batch is full
+                self._cond.notify()
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush what is pending (as far as the database allows) and stop the thread."""
@@ -83,12 +88,12 @@ class Ledger:
             self._cond.notify()
         if self._thread:
             self._thread.join(timeout)
-        if self._pending:
-            log.error("ccswitch: %d usage row(s) could not be written to %s", len(self._pending), self.path)
+        if self.pending:
+            log.error("ccswitch: %d usage row(s) could not be written to %s", self.pending, self.path)
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + self._in_hand
 
     # ------------------------------------------------------------------ writer thread
 
@@ -98,16 +103,16 @@ class Ledger:
             with self._cond:
                 if not self._pending and not self._closing:
                     self._cond.wait(self.interval)
+                if self._pending and len(self._pending) < self.batch and not self._closing:
+                    self._cond.wait(self.linger)   # let a burst gather into one transaction
                 if not self._pending and self._closing:
                     break
-                rows = [self._pending[i] for i in range(min(self.batch, len(self._pending)))]
+                rows = [self._pending.popleft() for _ in range(min(self.batch, len(self._pending)))]
+                self._in_hand = len(rows)
             if not rows:
                 continue
             try:
-                try:
-                    self._write(rows)
-                except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
-                    rows = self._write_one_by_one(rows)   # a bad row must not block the good ones
+                self._write_batch(rows)
             except (sqlite3.Error, OSError) as exc:
                 self._report(exc)
                 if self._closing and backoff > 2:
@@ -115,16 +120,48 @@ class Ledger:
                 self._sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
+            finally:
+                self._in_hand = 0
             backoff = 0.5
-            with self._cond:
-                for _ in rows:      # empty after a one-by-one pass, which took its rows already
-                    self._pending.popleft()
-            self.written += len(rows)
             if self._failing:
                 log.warning("ccswitch: usage ledger %s is writable again", self.path)
                 self._failing = None
         if self._conn is not None:
             self._conn.close()
+
+    def _write_batch(self, rows: list[tuple[str, tuple]]) -> None:
+        """Write the rows, or give back (to the front of the queue) those not written and raise."""
+        try:
+            self._write(rows)
+            self.written += len(rows)
+            return
+        except _ROW_ERRORS:
+            pass                        # a bad row must not block the good ones: one by one
+        except BaseException:
+            self._give_back(rows)
+            raise
+        for i, (table, values) in enumerate(rows):
+            try:
+                self._write([(table, values)])
+            except _ROW_ERRORS as exc:
+                self.dropped += 1
+                log.error("ccswitch: dropped a %s row the database rejects: %s", table, exc)
+            except BaseException:
+                self._give_back(rows[i:])
+                raise
+            else:
+                self.written += 1
+
+    def _give_back(self, rows: list[tuple[str, tuple]]) -> None:
+        with self._cond:
+            self._pending.extendleft(reversed(rows))
+            self._in_hand = 0
+            over = len(self._pending) - self.max_pending
+            for _ in range(max(0, over)):   # full while these were in hand: the oldest go
+                self._pending.popleft()
+            if over > 0:
+                self.dropped += over
+                log.error("ccswitch: usage ledger buffer full; %d row(s) dropped so far", self.dropped)
 
     def _write(self, rows: list[tuple[str, tuple]]) -> None:
         if self._conn is None:
@@ -144,19 +181,6 @@ class Ledger:
             except sqlite3.Error as exc:
                 log.debug("closing the ledger connection failed too: %s", exc)
             raise
-
-    def _write_one_by_one(self, rows: list[tuple[str, tuple]]) -> list[tuple[str, tuple]]:
-        """Each row in its own transaction; rows done are taken off the queue at once, so a
-        later failure (e.g. the database locked) never makes them be written twice."""
-        for table, values in rows:
-            try:
-                self._write([(table, values)])
-            except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError) as exc:
-                self.dropped += 1
-                log.error("ccswitch: dropped a %s row the database rejects: %s", table, exc)
-            with self._cond:
-                self._pending.popleft()
-        return []
 
     def _report(self, exc: BaseException) -> None:
         text = f"{type(exc).__name__}: {exc}"
