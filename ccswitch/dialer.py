@@ -184,7 +184,16 @@ class Dialer:
             if problem:   # a 2xx that is not an answer: if it is the last word, the client gets a 502
                 return Failure(upstream.name, status, problem, failover.on_network_error, headers, body,
                                client_status=502)
-            return translation.reply(job.request, upstream, status, headers, body)
+            reply = translation.reply(job.request, upstream, status, headers, body)
+            if 200 <= reply.status < 300:
+                return reply
+            # a 2xx that held a failure (an aggregated stream ending in an error event) is judged
+            # by the status that failure stands for, like any other answer
+            action = failover.action_for(reply.status)
+            if action == "pass":
+                return reply
+            return Failure(upstream.name, reply.status, reply.reason or f"HTTP {reply.status}", action,
+                           reply.headers, reply.body, translated=True)
         if job.request.endpoint == "count_tokens" and status in (404, 405, 501):
             return Failure(upstream.name, status, "count_tokens not supported", "switch", headers, body,
                            counts=False)

@@ -357,3 +357,35 @@ async def test_a_gateway_bug_mid_stream_ends_with_an_error_event_not_a_cut(mock_
         await dialer.aclose()
     assert b"event: error" in out and b"internal error" in out and out.endswith(b"0\r\n\r\n")
     assert recorded == [job] and job.error == "internal error: KeyError"
+
+
+@pytest.mark.parametrize("failure", [error_event_after(1), cut_after(1)], ids=["error-event", "cut"])
+async def test_an_aggregated_codex_backend_failure_fails_over_for_a_plain_client(mock_a, mock_b, failure):
+    """The Codex backend always streams; for a non-streamed chat client ccswitch aggregates the
+    stream.  A stream that fails inside a 200 is a failed attempt like any other, not the answer."""
+    mock_a.script(failure)
+    rules = rules_for(("codex", "openai-responses", mock_a.base_url + "/backend-api/codex"),
+                      ("b", "anthropic", mock_b.base_url), routes={"chat": ["codex", "b"]}, extra=FAST)
+    body = {"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]}
+    job, sink, health = await run(rules, path="/v1/chat/completions", body=body)
+    assert mock_a.last().json["stream"] is True
+    assert sink.status == 200, sink.body
+    assert json.loads(sink.body)["choices"][0]["message"]["content"] == "Hello from mock B"
+    assert [a.upstream for a in job.attempts] == ["codex", "b"] and health.get("codex").failures == 1
+
+
+async def test_an_aggregated_codex_backend_client_error_is_passed_not_failed_over(mock_a, mock_b, monkeypatch):
+    import mock_payloads as P
+
+    def context_too_long(protocol, reply, seq):
+        resp = P.responses_object(reply, "failed", [], usage=False,
+                                  error={"code": "context_length_exceeded", "message": "context too long"})
+        return "response.failed", {"type": "response.failed", "sequence_number": seq, "response": resp}
+    monkeypatch.setattr(P, "error_event", context_too_long)
+    mock_a.script(error_event_after(1))
+    rules = rules_for(("codex", "openai-responses", mock_a.base_url + "/backend-api/codex"),
+                      ("b", "anthropic", mock_b.base_url), routes={"chat": ["codex", "b"]}, extra=FAST)
+    body = {"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]}
+    job, sink, health = await run(rules, path="/v1/chat/completions", body=body)
+    assert sink.status == 400 and "context too long" in json.loads(sink.body)["error"]["message"]
+    assert not mock_b.requests and health.get("codex").failures == 0
