@@ -8,6 +8,7 @@ loop and records each probe in the ledger's `activations` table.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -15,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Callable
 
-import httpx
 
+from . import http1
 from .calendar import fire_instant
 from .outcome import json_or_none
 from .protocols import ANTHROPIC, RESPONSES
@@ -161,7 +162,7 @@ def has_content(protocol: str, body: bytes, is_sse: bool) -> bool:
     return bool(parsed.get("choices"))
 
 
-async def send_probe(client: httpx.AsyncClient, upstream: Upstream, timeout: float = 60.0,
+async def send_probe(client: http1.UpstreamClient, upstream: Upstream, timeout: float = 60.0,
                      allow_url: Callable[[str], bool] | None = None) -> ProbeResult:
     body = probe_body(upstream)
     endpoint = {ANTHROPIC: "messages", RESPONSES: "responses"}.get(upstream.protocol, "chat")
@@ -176,13 +177,18 @@ async def send_probe(client: httpx.AsyncClient, upstream: Upstream, timeout: flo
     if allow_url is not None and not allow_url(out.url):
         return ProbeResult(upstream.name, False, None, "refused: not a loopback address (test guard)", 0, ts)
     try:
-        response = await client.post(out.url, headers=out.headers, content=json.dumps(sent).encode(),
-                                     timeout=timeout)
-        status = response.status_code
-        is_sse = "text/event-stream" in response.headers.get("content-type", "")
-        ok = 200 <= status < 300 and has_content(upstream.protocol, response.content, is_sse)
+        async with asyncio.timeout(timeout):
+            response = await client.send("POST", out.url, out.headers, json.dumps(sent).encode(),
+                                         connect_timeout=min(timeout, 30.0))
+            try:
+                status = response.status_code
+                content = await response.aread()
+            finally:
+                await response.aclose()
+        is_sse = "text/event-stream" in (response.header("content-type") or "")
+        ok = 200 <= status < 300 and has_content(upstream.protocol, content, is_sse)
         if not ok:
             error = f"HTTP {status}" if not 200 <= status < 300 else "a 2xx without content"
-    except (httpx.HTTPError, OSError) as exc:
-        error = type(exc).__name__
+    except (http1.TransportError, TimeoutError, OSError) as exc:
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return ProbeResult(upstream.name, ok, status, error, int((time.monotonic() - started) * 1000), ts)

@@ -8,9 +8,9 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Callable
 
-import httpx
 from mitmproxy import command, exceptions
 
+from . import http1
 from .activation import ProbeResult, Schedule, Slot, send_probe
 from .calendar import fire_instant
 from .outcome import is_loopback_host
@@ -29,7 +29,7 @@ class Activator:
         self.gateway = gateway
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.schedule = Schedule()
-        self.client: httpx.AsyncClient | None = None
+        self.client: http1.UpstreamClient | None = None
         self.loopback_only = False
         self._task: asyncio.Task | None = None
         self._probes: set[asyncio.Task] = set()
@@ -37,7 +37,7 @@ class Activator:
     def running(self) -> None:
         from mitmproxy import ctx
         self.loopback_only = ctx.options.ccswitch_loopback_only
-        self.client = httpx.AsyncClient(trust_env=False)
+        self.client = http1.UpstreamClient()
         rules = self.gateway.rules
         seed_from_ledger(self.schedule, rules, self.now(rules))
         self._task = asyncio.get_running_loop().create_task(self._loop())

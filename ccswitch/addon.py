@@ -29,9 +29,6 @@ from .upstream import (CREDENTIAL_HEADERS, REDACTED, ClientRequest, RenderError,
                        upstream_url)
 
 log = logging.getLogger("ccswitch")
-# httpx logs every upstream request at INFO; the flow list already shows them
-logging.getLogger("httpx").setLevel(logging.WARNING)
-logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
 class Gateway:

@@ -48,9 +48,8 @@ def _report(args: argparse.Namespace) -> int:
 def _activate(args: argparse.Namespace) -> int:
     import asyncio
 
-    import httpx
-
     from .activation import send_probe
+    from .http1 import UpstreamClient
     from .usage.ledger import Ledger
     rules = _load_for_command(args.rules)
     if rules is None:
@@ -66,8 +65,11 @@ def _activate(args: argparse.Namespace) -> int:
         return 1
 
     async def probe():
-        async with httpx.AsyncClient(trust_env=False) as client:
+        client = UpstreamClient()
+        try:
             return await send_probe(client, upstream)
+        finally:
+            await client.aclose()
 
     result = asyncio.run(probe())
     ledger = Ledger(rules.usage_db).start()

@@ -4,7 +4,6 @@ import json
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import httpx
 
 from ccswitch.activation import Schedule, has_content, probe_body, send_probe
 from ccswitch.rules_load import parse_rules
@@ -111,26 +110,29 @@ upstreams:
 
 
 async def test_send_probe_success_failure_and_activation_model_not_renamed():
-    seen = []
+    from ccswitch.http1 import UpstreamClient
+    from mock_upstream import MockUpstream, hang_before_headers, status
 
-    def handler(request):
-        seen.append(json.loads(request.content))
-        if len(seen) == 1:
-            return httpx.Response(200, json={"type": "message", "content": [{"type": "text", "text": "ok"}]})
-        return httpx.Response(529, json={"type": "error"})
-
-    r = parse_rules("""
+    with MockUpstream("relay") as mock:
+        r = parse_rules(f"""
 upstreams:
-  - {name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: 'sk-aaaaaaaaaaaa',
-     activation_model: claude-haiku-4-5, models: {"*": "other"}}
+  - {{name: a, protocol: anthropic, base_url: '{mock.base_url}', api_key: 'sk-aaaaaaaaaaaa',
+     activation_model: claude-haiku-4-5, models: {{"*": "other"}}}}
 """)
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        ok = await send_probe(client, r.upstreams[0])
-        bad = await send_probe(client, r.upstreams[0])
-        refused = await send_probe(client, r.upstreams[0], allow_url=lambda url: False)
+        client = UpstreamClient()
+        try:
+            ok = await send_probe(client, r.upstreams[0])
+            mock.script(status(529), hang_before_headers(2))
+            bad = await send_probe(client, r.upstreams[0])
+            slow = await send_probe(client, r.upstreams[0], timeout=0.2)
+            refused = await send_probe(client, r.upstreams[0], allow_url=lambda url: False)
+        finally:
+            await client.aclose()
+        seen = [rec.json for rec in mock.requests]
     assert ok.ok and ok.status == 200 and seen[0]["model"] == "claude-haiku-4-5"
     assert not bad.ok and bad.error == "HTTP 529"
-    assert not refused.ok and "loopback" in refused.error and len(seen) == 2
+    assert not slow.ok and slow.error == "TimeoutError" and slow.status is None
+    assert not refused.ok and "loopback" in refused.error and len(seen) == 3
     assert set(ok.row()) == {"ts", "upstream", "status", "ok", "error", "latency_ms"}
 
 
@@ -146,6 +148,7 @@ async def test_activator_probes_on_time_records_and_ends_a_cooldown(tmp_path):
     import sqlite3
 
     from ccswitch.activator import Activator
+    from ccswitch.http1 import UpstreamClient
     from ccswitch.addon import Gateway
     from mock_upstream import MockUpstream, status
 
@@ -164,7 +167,7 @@ routes: {{claude: [relay]}}
         gateway.open_ledger(True)
         now = [at(2026, 11, 25, 5, 59)]
         activator = Activator(gateway, clock=lambda: now[0])
-        activator.client = httpx.AsyncClient(trust_env=False)
+        activator.client = UpstreamClient()
         for _ in range(3):
             gateway.health.record_failure("relay", "HTTP 529", threshold=3, cooldown=600)
         assert gateway.health.cooling_until("relay") is not None
