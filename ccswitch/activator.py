@@ -37,10 +37,16 @@ class Activator:
     def running(self) -> None:
         from mitmproxy import ctx
         self.loopback_only = ctx.options.ccswitch_loopback_only
-        self.client = http1.UpstreamClient()
+        from .addon import upstream_tls
+        self.client = http1.UpstreamClient(ssl_context=upstream_tls())
         rules = self.gateway.rules
         seed_from_ledger(self.schedule, rules, self.now(rules))
         self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    def configure(self, updated) -> None:
+        from .addon import UPSTREAM_TLS_OPTIONS, upstream_tls
+        if self.client is not None and updated & UPSTREAM_TLS_OPTIONS:
+            self.client.ssl_context = upstream_tls()
 
     async def done(self) -> None:
         if self._task:

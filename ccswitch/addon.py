@@ -5,16 +5,17 @@ moves data between them and the flows."""
 from __future__ import annotations
 
 import asyncio
-import threading
-import zlib
 import json
 import logging
+import ssl
+import threading
+import zlib
 from datetime import datetime, timezone
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
-from . import protocols
+from . import http1, protocols
 from .dialer import Dialer
 from .health import HealthBoard
 from .jobs import Job
@@ -29,6 +30,19 @@ from .upstream import (CREDENTIAL_HEADERS, REDACTED, ClientRequest, RenderError,
                        upstream_url)
 
 log = logging.getLogger("ccswitch")
+
+
+UPSTREAM_TLS_OPTIONS = {"ssl_insecure", "ssl_verify_upstream_trusted_ca", "ssl_verify_upstream_trusted_confdir"}
+
+
+def upstream_tls() -> ssl.SSLContext:
+    """TLS for ccswitch's own upstream connections, from mitmproxy's upstream TLS options."""
+    options = ctx.options
+    try:
+        return http1.ssl_context_for(insecure=options.ssl_insecure, ca_file=options.ssl_verify_upstream_trusted_ca,
+                                     ca_dir=options.ssl_verify_upstream_trusted_confdir)
+    except (OSError, ssl.SSLError) as exc:
+        raise exceptions.OptionsError(f"ccswitch: cannot load the upstream CA: {exc}") from exc
 
 
 class Gateway:
@@ -96,7 +110,8 @@ class Router:
                           "instead of a 502 that clients retry for many seconds.")
 
     async def running(self) -> None:
-        self.dialer = Dialer(self.gateway.health, loopback_only=ctx.options.ccswitch_loopback_only)
+        self.dialer = Dialer(self.gateway.health, loopback_only=ctx.options.ccswitch_loopback_only,
+                             client=http1.UpstreamClient(ssl_context=upstream_tls()))
         self.relay = Relay(self.dialer.run, on_done=self.gateway.record_job)
         await self.relay.start()
 
@@ -112,6 +127,10 @@ class Router:
         await asyncio.to_thread(self.gateway.close)
 
     def configure(self, updated) -> None:
+        if updated & UPSTREAM_TLS_OPTIONS:
+            context = upstream_tls()   # checked now, so a bad CA file is refused at once
+            if self.dialer:
+                self.dialer.client.ssl_context = context
         if "ccswitch_loopback_only" in updated and self.dialer:
             self.dialer.loopback_only = ctx.options.ccswitch_loopback_only
         if "ccswitch_ledger" in updated:

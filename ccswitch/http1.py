@@ -54,8 +54,17 @@ class RemoteProtocolError(TransportError):
     """The upstream closed early or spoke something other than HTTP/1.1."""
 
 
-def default_ssl_context() -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=certifi.where())
+def ssl_context_for(*, insecure: bool = False, ca_file: str | None = None,
+                    ca_dir: str | None = None) -> ssl.SSLContext:
+    """As mitmproxy verifies its own upstreams: certifi's roots unless a CA file or directory is
+    given (its `ssl_verify_upstream_trusted_ca` / `_confdir`); `insecure` verifies nothing."""
+    if ca_file or ca_dir:
+        context = ssl.create_default_context(cafile=ca_file or None, capath=ca_dir or None)
+    else:
+        context = ssl.create_default_context(cafile=certifi.where())
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     context.set_alpn_protocols(["http/1.1"])
     return context
 
@@ -202,7 +211,7 @@ class _Connection(asyncio.Protocol):
 class UpstreamClient:
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None, max_idle_per_origin: int = 100,
                  keepalive_expiry: float = 60.0) -> None:
-        self._ssl_context = ssl_context
+        self.ssl_context = ssl_context      # None: ssl_context_for() on the first https upstream
         self.max_idle_per_origin = max_idle_per_origin
         self.keepalive_expiry = keepalive_expiry
         self._idle: dict[Origin, list[_Connection]] = {}
@@ -268,9 +277,9 @@ class UpstreamClient:
         scheme, host, port = origin
         context = None
         if scheme == "https":
-            if self._ssl_context is None:
-                self._ssl_context = default_ssl_context()
-            context = self._ssl_context
+            if self.ssl_context is None:
+                self.ssl_context = ssl_context_for()
+            context = self.ssl_context
         loop = asyncio.get_running_loop()
         # no happy_eyeballs_delay: its staggered race trips an assertion under mitmproxy's eager
         # task factory on Python 3.12 (CPython gh-124309); addresses are tried in turn instead

@@ -234,3 +234,18 @@ async def test_compressed_client_body_is_decoded_and_sent_plain(router):
     out = render(job.candidates[0], job.request)
     assert json.loads(out.body)["model"] == "m"
     assert "content-encoding" not in dict(out.headers)
+
+
+def test_upstream_tls_follows_mitmproxys_options(gateway, tmp_path):
+    import ssl
+    from ccswitch.dialer import Dialer
+    from ccswitch.http1 import UpstreamClient
+    router = Router(gateway)
+    router.dialer = Dialer(gateway.health, client=UpstreamClient())
+    with taddons.context(router) as tctx:
+        tctx.configure(router, ssl_insecure=True)
+        assert router.dialer.client.ssl_context.verify_mode == ssl.CERT_NONE
+        tctx.configure(router, ssl_insecure=False)
+        assert router.dialer.client.ssl_context.verify_mode == ssl.CERT_REQUIRED
+        with pytest.raises(exceptions.OptionsError, match="upstream CA"):
+            tctx.configure(router, ssl_verify_upstream_trusted_ca=str(tmp_path / "missing.pem"))

@@ -376,6 +376,35 @@ async def test_tls_upstreams_are_verified_and_kept_alive(tmp_path):
         server.close()
 
 
+async def test_mitmproxys_upstream_tls_options_have_their_meaning(tmp_path):
+    """`ssl_insecure` and `ssl_verify_upstream_trusted_ca` as mitmproxy applies them to its own
+    upstreams: a self-signed relay is reachable with either, and with neither it is refused."""
+    import ssl
+    from helpers import localhost_tls_server_context
+    server_context, cert = localhost_tls_server_context(tmp_path)
+
+    async def serve(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_context)
+    url = f"https://localhost:{server.sockets[0].getsockname()[1]}"
+    try:
+        for context in (http1.ssl_context_for(insecure=True), http1.ssl_context_for(ca_file=str(cert)),
+                        http1.ssl_context_for(ca_dir=None, ca_file=str(cert), insecure=False)):
+            async with client(ssl_context=context) as c:
+                assert await (await c.send("GET", url, [])).aread() == b"ok"
+        async with client(ssl_context=http1.ssl_context_for()) as c:
+            with pytest.raises(http1.ConnectError):
+                await c.send("GET", url, [])
+        with pytest.raises((OSError, ssl.SSLError)):
+            http1.ssl_context_for(ca_file=str(tmp_path / "missing.pem"))
+    finally:
+        server.close()
+
+
 def test_urls_split_into_origin_target_and_host():
     assert http1.split_url("https://api.example.com/v1/messages?beta=true") == (
         ("https", "api.example.com", 443), "/v1/messages?beta=true", "api.example.com")
