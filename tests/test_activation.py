@@ -1,6 +1,5 @@
 """Activation probes: the schedule with an injectable clock (no sleeps), the probe itself."""
 
-import json
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from ..outcome import json_or_none
 from ..upstream import ClientRequest
-from .anthropic_request import JSON_TOOL, build, json_tool_mode, upstream_model
+from .anthropic_request import JSON_TOOL, build
+from .models import json_tool_mode, upstream_model
 from .anthropic_stream import AnthropicChatStream, finish_reason, usage_from
 from .common import ChatTranslation, completion, include_usage
 

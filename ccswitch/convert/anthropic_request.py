@@ -6,7 +6,6 @@ Anything that cannot be expressed raises `RenderError` (the client gets a 400).
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import logging
@@ -14,88 +13,22 @@ import re
 from typing import Any
 
 from ..upstream import ClientRequest, RenderError
+from .models import adaptive_thinking, default_max_tokens, split_model, structured_outputs
 
 log = logging.getLogger("ccswitch.convert")
 
-THINKING_SUFFIX = "-thinking"
 JSON_TOOL = "json_tool_call"      # forced tool carrying response_format on older models (§1.5)
 NOOP_TOOL = "ccswitch_noop"       # stands in when history has tool turns but the client sent no tools
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _DATA_URL = re.compile(r"^data:(?P<mime>[^;,]*)(?P<params>(?:;[^;,]*)*),(?P<data>.*)$", re.DOTALL)
 _ID_OK = re.compile(r"^[A-Za-z0-9_-]+$")
 _EMAIL_OR_PHONE = re.compile(r"@|^\+?[\d\s().-]{7,}$")
-_VERSION = re.compile(r"(opus|sonnet|haiku|mythos|fable)-(\d)(?:-(\d))?(?!\d)")
 _EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 _BUDGET = {"minimal": 1024, "low": 1024, "medium": 2048, "high": 4096, "xhigh": 8192, "max": 16384}
 _ADAPTIVE_EFFORT = {"minimal": "low", "low": "low", "medium": "medium", "high": "high",
                     "xhigh": "xhigh", "max": "max"}
 _THINKING_TYPES = ("thinking", "redacted_thinking")
 
-#: max_tokens sent when the client names none, by upstream model (first match wins;
-#: `rules.max_tokens` overrides).  16384 fits every Claude 4.x output cap and stays under
-#: ~21k, above which a non-streamed request risks Anthropic's 10-minute limit; Claude 3
-#: models cap at 4096/8192; unknown (non-Claude) models behind an Anthropic-compatible API
-#: get a conservative 8192.
-DEFAULT_MAX_TOKENS: dict[str, int] = {
-    "claude-3-7-*": 16384, "claude-3-5-*": 8192, "claude-3-*": 4096, "claude-*": 16384, "*": 8192,
-}
-
-
-# ----------------------------------------------------------------------------- models
-
-def split_model(model: str) -> tuple[str, bool]:
-    """(model without a `-thinking` suffix, whether it had one)."""
-    if model.endswith(THINKING_SUFFIX) and len(model) > len(THINKING_SUFFIX):
-        return model[: -len(THINKING_SUFFIX)], True
-    return model, False
-
-
-def upstream_model(req: ClientRequest, upstream) -> str:
-    """The model name the upstream will see (suffix stripped, then mapped)."""
-    model = req.model or (req.json or {}).get("model") or ""
-    return upstream.map_model(split_model(model)[0])
-
-
-def _version(model: str) -> tuple[str, tuple[int, int]] | None:
-    m = _VERSION.search(model.lower())
-    if m:
-        return m[1], (int(m[2]), int(m[3] or 0))
-    if "mythos" in model or "fable" in model:
-        return "mythos", (5, 0)
-    return None
-
-
-def adaptive_thinking(model: str) -> bool:
-    """Claude 4.6 and later take `thinking:{type:adaptive}` + effort (4.7+ reject `enabled`)."""
-    found = _version(model)
-    return found is not None and found[1] >= (4, 6)
-
-
-def structured_outputs(model: str) -> bool:
-    """Models with `output_config.format` (Opus 4.1, Claude 4.5 and later)."""
-    found = _version(model)
-    return found is not None and (found[1] >= (4, 5) or found == ("opus", (4, 1)))
-
-
-def json_tool_mode(body: dict[str, Any], model: str) -> bool:
-    """Whether response_format travels as the forced `json_tool_call` tool."""
-    fmt = body.get("response_format")
-    return isinstance(fmt, dict) and fmt.get("type") == "json_schema" and not structured_outputs(model)
-
-
-def _lookup(table: dict[str, int], model: str) -> int | None:
-    """Exact key, then the first matching glob, then "*"."""
-    if model in table:
-        return table[model]
-    for pattern, value in table.items():
-        if pattern != "*" and fnmatch.fnmatchcase(model, pattern):
-            return value
-    return table.get("*")
-
-
-def default_max_tokens(model: str, rules) -> int:
-    configured = _lookup(dict(getattr(rules, "max_tokens", None) or {}), model)
-    return configured if configured is not None else _lookup(DEFAULT_MAX_TOKENS, model) or 8192
 
 
 # ----------------------------------------------------------------------------- content

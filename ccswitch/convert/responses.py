@@ -17,7 +17,8 @@ from ..protocols import RESPONSES
 from ..sse import SSEParser
 from ..upstream import ClientRequest
 from .common import ChatTranslation, _json_headers, completion, include_usage
-from .responses_request import build_request, is_codex_backend, split_model
+from .models import split_model
+from .responses_request import build_request, is_codex_backend
 from .responses_stream import (
     FAILED,
     TERMINAL,

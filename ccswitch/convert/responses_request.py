@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..upstream import RenderError
-
-THINKING_SUFFIX = "-thinking"
+from .models import split_model
 
 #: what the ChatGPT Codex backend accepts (openai/codex `ResponsesApiRequest`); it answers
 #: 400 "Unsupported parameter" to anything else (temperature, max_output_tokens, metadata…)
@@ -23,13 +22,6 @@ _EMPTY_SCHEMA = {"type": "object", "properties": {}}
 def is_codex_backend(upstream) -> bool:
     """The ChatGPT Codex backend (`…/backend-api/codex`): stream-only, store=false, strict fields."""
     return str(getattr(upstream, "base_url", "") or "").rstrip("/").endswith("/backend-api/codex")
-
-
-def split_model(model: Any) -> tuple[Any, bool]:
-    """(`model` without a `-thinking` suffix, whether the suffix was there) — spec §1.6."""
-    if isinstance(model, str) and model.endswith(THINKING_SUFFIX) and len(model) > len(THINKING_SUFFIX):
-        return model[: -len(THINKING_SUFFIX)], True
-    return model, False
 
 
 def build_request(body: dict[str, Any], *, stream: bool, codex: bool = False) -> dict[str, Any]:
