@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-import zlib
 from collections.abc import AsyncIterator
 from functools import lru_cache
 from urllib.parse import urlsplit
@@ -22,7 +21,8 @@ from urllib.parse import urlsplit
 import certifi
 import h11
 
-ACCEPT_ENCODING = "gzip, deflate"
+from .inflate import ACCEPT_ENCODING, DecodeError, Inflater
+
 _READ_HIGH_WATER = 256 * 1024         # buffered, unparsed bytes before the socket is paused
 _MAX_HEADER_BYTES = 64 * 1024
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
@@ -89,6 +89,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, origin: Origin) -> None:
         self.origin = origin
+        self.tls: ssl.SSLContext | None = None
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEADER_BYTES)
         self.transport: asyncio.Transport | None = None
         self.in_use = False
@@ -150,13 +151,22 @@ class _Connection(asyncio.Protocol):
     # ---------------------------------------------------------------- used by the client
 
     def usable(self, idle_cutoff: float) -> bool:
-        return (not self._eof and not self._chunks and self.idle_since >= idle_cutoff
+        return (not self._eof and self.clean() and self.idle_since >= idle_cutoff
                 and self.h11.our_state is h11.IDLE and not self.transport.is_closing())
 
-    def close(self) -> None:
+    def clean(self) -> bool:
+        """No bytes beyond the last response, neither ours nor inside h11: else the next
+        request on this connection would read them as its answer."""
+        return not self._chunks and not self.h11.trailing_data[0]
+
+    def close(self, *, abort: bool = False) -> None:
+        """`abort` for a connection left mid-message: no TLS goodbye to wait for."""
         self._eof = True
         if self.transport is not None:
-            self.transport.close()
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     async def send(self, data: bytes) -> None:
         if self._eof:
@@ -186,6 +196,8 @@ class _Connection(asyncio.Protocol):
                     self.transport.resume_reading()
                 self.h11.receive_data(data)
             elif self._eof and not self._eof_fed:
+                if isinstance(self._lost, Exception):   # a reset is not the end of a body
+                    raise self._broken("connection lost")
                 self._eof_fed = True
                 self.h11.receive_data(b"")
             else:
@@ -211,17 +223,32 @@ class _Connection(asyncio.Protocol):
 class UpstreamClient:
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None, max_idle_per_origin: int = 100,
                  keepalive_expiry: float = 60.0) -> None:
-        self.ssl_context = ssl_context      # None: ssl_context_for() on the first https upstream
+        self._ssl_context = ssl_context     # None: ssl_context_for() on the first https upstream
         self.max_idle_per_origin = max_idle_per_origin
         self.keepalive_expiry = keepalive_expiry
         self._idle: dict[Origin, list[_Connection]] = {}
         self._open: set[_Connection] = set()
 
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self._ssl_context
+
+    @ssl_context.setter
+    def ssl_context(self, context: ssl.SSLContext | None) -> None:
+        """New TLS settings apply at once: connections made under the old ones are not reused."""
+        self._ssl_context = context
+        for idle in self._idle.values():
+            for connection in [c for c in idle if c.tls is not None]:
+                idle.remove(connection)
+                self._discard(connection)
+
     async def send(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes = b"", *,
                    connect_timeout: float = 10.0) -> Response:
         """Send a request and return once the response headers are in; the body is read
-        from the response.  A kept-alive connection the upstream had already closed is
-        replaced once, transparently (nothing of the request reached the upstream)."""
+        from the response.  When a kept-alive connection drops before any answer (the upstream
+        closed it as the request went out), the request is sent once more on a new connection,
+        as browsers and urllib3 do.  An upstream that took the request and then dropped the
+        connection without a byte may see it twice; the dialer's own retries are bounded apart."""
         origin, target, host = split_url(url)
         names = {name.lower() for name, _ in headers}
         extra = [("host", host)]
@@ -234,7 +261,7 @@ class UpstreamClient:
         except h11.LocalProtocolError as exc:
             raise TransportError(f"cannot send this request: {exc}") from exc
         for fresh_retry in (False, True):
-            connection = await self._checkout(origin, connect_timeout)
+            connection = await self._checkout(origin, connect_timeout, fresh=fresh_retry)
             try:
                 wire = connection.h11.send(request)
                 if body:
@@ -260,15 +287,15 @@ class UpstreamClient:
 
     # ---------------------------------------------------------------- the pool
 
-    async def _checkout(self, origin: Origin, timeout: float) -> _Connection:
+    async def _checkout(self, origin: Origin, timeout: float, *, fresh: bool = False) -> _Connection:
         idle = self._idle.get(origin)
         cutoff = time.monotonic() - self.keepalive_expiry
-        while idle:
+        while idle and not fresh:
             connection = idle.pop()
             if connection.usable(cutoff):
                 connection.reused, connection.received_any, connection.in_use = True, False, True
                 return connection
-            self._discard(connection)
+            self._discard(connection, abort=False)
         connection = await self._connect(origin, timeout)
         connection.in_use = True
         return connection
@@ -277,9 +304,9 @@ class UpstreamClient:
         scheme, host, port = origin
         context = None
         if scheme == "https":
-            if self.ssl_context is None:
-                self.ssl_context = ssl_context_for()
-            context = self.ssl_context
+            if self._ssl_context is None:
+                self._ssl_context = ssl_context_for()
+            context = self._ssl_context
         loop = asyncio.get_running_loop()
         # no happy_eyeballs_delay: its staggered race trips an assertion under mitmproxy's eager
         # task factory on Python 3.12 (CPython gh-124309); addresses are tried in turn instead
@@ -295,24 +322,27 @@ class UpstreamClient:
             raise ConnectError(f"{type(first).__name__}: {first}") from first
         except OSError as exc:            # DNS, TLS, or the one address refused
             raise ConnectError(f"{type(exc).__name__}: {exc}") from exc
+        connection.tls = context
         self._open.add(connection)
         return connection
 
     def _release(self, connection: _Connection) -> None:
         """A response read to its end: keep the connection if both sides allow it."""
         connection.in_use = False
-        if connection.h11.our_state is h11.DONE and connection.h11.their_state is h11.DONE:
+        reusable = (connection.h11.our_state is h11.DONE and connection.h11.their_state is h11.DONE
+                    and connection.clean() and connection.tls is self._ssl_context)
+        if reusable:
             connection.h11.start_next_cycle()
             idle = self._idle.setdefault(connection.origin, [])
             if len(idle) < self.max_idle_per_origin:
                 connection.idle_since = time.monotonic()
                 idle.append(connection)
                 return
-        self._discard(connection)
+        self._discard(connection, abort=False)
 
-    def _discard(self, connection: _Connection) -> None:
+    def _discard(self, connection: _Connection, *, abort: bool = True) -> None:
         connection.in_use = False
-        connection.close()
+        connection.close(abort=abort)
         self._open.discard(connection)
 
 
@@ -337,7 +367,10 @@ class Response:
         self._done = False
         self._deferred: TransportError | None = None
         encoding = (self.header("content-encoding") or "identity").strip().lower()
-        self._decoder = None if encoding == "identity" else _Inflater(encoding)
+        try:
+            self._decoder = None if encoding == "identity" else Inflater(encoding)
+        except DecodeError as exc:
+            raise RemoteProtocolError(str(exc)) from exc
 
     def header(self, name: str) -> str | None:
         """The first value of a header (names compared case-insensitively)."""
@@ -372,9 +405,12 @@ class Response:
                     self._deferred = exc
                     break
             raw = parts[0] if len(parts) == 1 else b"".join(parts)
-            data = self._decoder.feed(raw) if self._decoder else raw
-            if self._done and self._decoder:
-                data += self._decoder.flush()
+            try:
+                data = self._decoder.feed(raw) if self._decoder else raw
+                if self._done and self._decoder:
+                    data += self._decoder.flush()
+            except DecodeError as exc:
+                raise ReadError(str(exc)) from exc
             if data:
                 return data
         raise StopAsyncIteration
@@ -393,27 +429,3 @@ class Response:
         if not self._done:
             self._done = True
             self._client._discard(self._connection)
-
-
-class _Inflater:
-    def __init__(self, encoding: str) -> None:
-        if encoding not in ("gzip", "x-gzip", "deflate"):
-            raise RemoteProtocolError(f"unsupported content-encoding {encoding!r} (asked for {ACCEPT_ENCODING})")
-        self.encoding = encoding
-        self._z = zlib.decompressobj(zlib.MAX_WBITS | 16 if "gzip" in encoding else zlib.MAX_WBITS)
-        self._first = True
-
-    def feed(self, data: bytes) -> bytes:
-        try:
-            out = self._z.decompress(data)
-        except zlib.error as exc:
-            if not (self._first and self.encoding == "deflate"):
-                raise ReadError(f"corrupt {self.encoding} body: {exc}") from exc
-            self._z = zlib.decompressobj(-zlib.MAX_WBITS)   # some servers send raw deflate
-            self._first = False
-            out = self.feed(data)
-        self._first = False
-        return out
-
-    def flush(self) -> bytes:
-        return self._z.flush()

@@ -81,6 +81,8 @@ class Pump:
                     return await self._finish()
         finally:
             if pending is not None:
+                if pending.done() and not pending.cancelled():
+                    pending.exception()   # read, so asyncio does not log it as never retrieved
                 pending.cancel()
             self.attempt.usage = self.tap.usage   # kept even when the client went away
         if not self.terminal:

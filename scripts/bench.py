@@ -5,10 +5,12 @@ All on loopback, against the same fast mock upstream (keep-alive, TCP_NODELAY,
 its own process): direct; a bare `mitmdump` in reverse mode (no addon,
 `stream_large_bodies=1` so it streams too); ccswitch in reverse mode; ccswitch
 through HTTPS_PROXY (CONNECT + TLS interception); LiteLLM's proxy is listed when
-installed.  Prints each figure with its ratio to bare mitmdump, then in-process
-figures (converter and ledger throughput).
+installed (`--litellm PATH`, or a `litellm` on PATH; it is best kept in a venv of its
+own: `python -m venv /tmp/litellm && /tmp/litellm/bin/pip install 'litellm[proxy]'`).
+Prints each figure with its ratio to bare mitmdump, then in-process figures
+(converter and ledger throughput).
 
-    python scripts/bench.py            # about 3 minutes on 2 cores
+    python scripts/bench.py            # about 4 minutes on 2 cores
     python scripts/bench.py --quick    # a smoke run
 """
 
@@ -16,7 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
+import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -103,8 +106,41 @@ routes: {{claude: [failing, bench]}}
     return Proxy(rules, workdir, extra_args=("--set", "flow_detail=0", *extra)).start()
 
 
-def litellm_available() -> bool:
-    return importlib.util.find_spec("litellm") is not None
+def find_litellm(given: str | None) -> str | None:
+    if given:
+        return given
+    beside = Path(sys.executable).parent / "litellm"
+    return str(beside) if beside.exists() else shutil.which("litellm")
+
+
+def start_litellm(executable: str, mock_port: int, workdir: Path) -> tuple[subprocess.Popen, str, str]:
+    """LiteLLM's proxy in front of the same mock, as an Anthropic provider; (process, URL, version)."""
+    port = free_port()
+    config = workdir / "litellm.yaml"
+    config.write_text(f"""
+model_list:
+  - model_name: "*"
+    litellm_params: {{model: "anthropic/*", api_base: "http://127.0.0.1:{mock_port}", api_key: "sk-bench-fake-3"}}
+""")
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True",   # no fetch from the internet
+           "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true", "NO_PROXY": "*"}
+    log = open(workdir / "litellm.log", "wb")
+    proc = subprocess.Popen([executable, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    version = subprocess.run([str(Path(executable).parent / "python"), "-c",
+                              "import importlib.metadata as m; print(m.version('litellm'))"],
+                             capture_output=True, text=True).stdout.strip() or "?"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"LiteLLM exited; see {workdir / 'litellm.log'}")
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/health/liveliness", timeout=1)
+            return proc, f"http://127.0.0.1:{port}", version
+        except httpx.HTTPError:
+            time.sleep(0.25)
+    proc.terminate()
+    raise RuntimeError("LiteLLM did not start within 120 s")
 
 
 # ---------------------------------------------------------------------- measurements
@@ -264,13 +300,16 @@ def main() -> None:
     parser.add_argument("--memory-requests", type=int, default=10_000, help="requests for the RSS/CPU figures")
     parser.add_argument("--flood", type=int, default=5000, help="events in the streamed-throughput reply")
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
+    parser.add_argument("--litellm", help="LiteLLM's `litellm` executable (default: beside this Python, "
+                                          "else on PATH; absent: not compared)")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.seconds, args.memory_requests, args.flood = 20, 0.5, 500, 500
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         mock, mock_port, failing_port = start_mock(args.flood)
-        bare = proxy = None
+        bare = proxy = litellm = None
+        litellm_exe, litellm_note = find_litellm(args.litellm), "not installed"
         try:
             bare, bare_url = start_bare(mock_port, workdir)
             proxy = start_ccswitch(mock_port, failing_port, workdir / "ccswitch")
@@ -281,18 +320,23 @@ def main() -> None:
                 Target("ccswitch reverse", proxy.reverse_url, proxy.proc.pid),
                 Target("ccswitch HTTPS_PROXY", "https://api.anthropic.com", None, proxy.proxy_url, trust),
             ]
+            if litellm_exe:
+                litellm, litellm_url, version = start_litellm(litellm_exe, mock_port, workdir)
+                targets.append(Target("LiteLLM proxy", litellm_url, litellm.pid))
+                litellm_note = f"LiteLLM {version} ({litellm_exe}), Anthropic provider, same mock"
             started = time.time()
             figures = measure(targets, args)
         finally:                                         # never leave a mock or a proxy behind
             if proxy is not None:
                 proxy.stop()
-            if bare is not None:
-                bare.terminate()
+            for process in (bare, litellm):
+                if process is not None:
+                    process.terminate()
             mock.terminate()
     print(f"ccswitch benchmark, {time.strftime('%Y-%m-%d')}, {args.requests} latency samples per target, "
           f"{args.memory_requests} requests for memory/CPU ({time.time() - started:.0f} s)")
     print(table(figures))
-    print("LiteLLM proxy: " + ("installed but not wired into this run" if litellm_available() else "not installed"))
+    print(f"LiteLLM proxy: {litellm_note}")
     print("targets (ccswitch reverse vs bare mitmdump, same run):")
     print("\n".join(verdicts(figures)))
     print("\n".join(in_process_figures()))

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from ccswitch import http1
+from ccswitch import http1, inflate
 from ccswitch.outcome import network_failure
 
 
@@ -162,6 +162,38 @@ async def test_a_fresh_connection_dropped_before_the_answer_is_an_error_not_a_re
     assert network_failure("u", caught.value, "switch", "first_byte").reason == "connection closed"
 
 
+async def test_bytes_beyond_a_response_make_its_connection_unusable():
+    """A reply longer than its Content-Length (or a stray second reply) must never be read as
+    the next request's answer."""
+    async def with_stray(writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst"
+                     b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nSTALE")
+        await writer.drain()
+
+    async with RawServer(with_stray, ok(b"second")) as server, client() as c:
+        assert await get_body(c, server.url) == (200, b"first")
+        assert await get_body(c, server.url) == (200, b"second")
+    assert server.connections == 2
+
+
+async def test_the_retry_after_a_dropped_kept_alive_connection_uses_a_new_one():
+    """Several pooled connections may all be dead; the one retry must not take another of them."""
+    served_before = set()
+
+    async def once_per_connection(writer, head, body):     # a connection's second request is dropped
+        if writer in served_before:
+            return "close"
+        served_before.add(writer)
+        await ok(b"fresh")(writer, head, body)
+
+    async with RawServer(*[once_per_connection] * 5) as server, client() as c:
+        first = await c.send("POST", server.url, [], b"{}")
+        second = await c.send("POST", server.url, [], b"{}")    # two connections, both pooled
+        assert (await first.aread(), await second.aread()) == (b"fresh", b"fresh")
+        assert await get_body(c, server.url) == (200, b"fresh")
+    assert server.connections == 3
+
+
 async def test_informational_responses_are_skipped():
     async def continue_then_ok(writer, head, body):
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -247,6 +279,18 @@ async def test_corrupt_and_unsupported_encodings_are_transport_errors():
             await get_body(c, server.url)
 
 
+async def test_truncated_and_oversized_compressed_bodies_are_errors_and_empty_ones_are_not(monkeypatch):
+    packed = gzip.compress(b"z" * 100_000)
+    async with RawServer(ok(packed[:-20], "content-encoding: gzip"), ok(packed, "content-encoding: gzip"),
+                         ok(b"", "content-encoding: gzip")) as server, client() as c:
+        with pytest.raises(http1.ReadError, match="truncated gzip"):
+            await get_body(c, server.url)
+        monkeypatch.setattr(inflate, "_MAX_DECODED", 50_000)
+        with pytest.raises(http1.ReadError, match="inflates past 50000"):
+            await get_body(c, server.url)
+        assert await get_body(c, server.url) == (200, b"")
+
+
 async def test_a_fast_upstream_is_paused_for_a_slow_reader_and_nothing_is_lost():
     big = bytes(range(256)) * 16 * 1024                  # 4 MiB
     async with RawServer(ok(big)) as server, client() as c:
@@ -280,6 +324,26 @@ async def test_reset_mid_body_is_a_read_error_classified_as_reset():
         with pytest.raises(http1.TransportError) as caught:
             await response.aread()
     assert network_failure("u", caught.value, "switch", "idle").reason in ("connection reset", "connection closed")
+
+
+async def test_a_reset_while_reading_until_close_is_an_error_not_the_end_of_the_body():
+    import socket
+    import struct
+
+    async def until_close_then_reset(writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: partial\n\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        writer.transport.abort()
+        return "close"
+
+    async with RawServer(until_close_then_reset) as server, client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        with pytest.raises(http1.ReadError) as caught:
+            await response.aread()
+    assert network_failure("u", caught.value, "switch", "idle").reason == "connection reset"
 
 
 async def test_refused_and_unresolvable_hosts_are_connect_errors():
@@ -402,6 +466,37 @@ async def test_mitmproxys_upstream_tls_options_have_their_meaning(tmp_path):
         with pytest.raises((OSError, ssl.SSLError)):
             http1.ssl_context_for(ca_file=str(tmp_path / "missing.pem"))
     finally:
+        server.close()
+
+
+async def test_new_tls_settings_are_not_served_by_connections_made_under_the_old_ones(tmp_path):
+    from helpers import localhost_tls_server_context
+    server_context, cert = localhost_tls_server_context(tmp_path)
+    served = []
+
+    async def serve(reader, writer):
+        served.append(writer)
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_context)
+    url = f"https://localhost:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with client(ssl_context=http1.ssl_context_for(insecure=True)) as c:
+            assert await (await c.send("GET", url, [])).aread() == b"ok"
+            in_flight = await c.send("GET", url, [])          # made under the old settings too
+            c.ssl_context = http1.ssl_context_for()           # verify again: self-signed is refused
+            assert await in_flight.aread() == b"ok"           # finishes, but is not pooled
+            with pytest.raises(http1.ConnectError):
+                await c.send("GET", url, [])
+            assert not any(c._idle.values())
+    finally:
+        for writer in served:
+            writer.transport.abort()
         server.close()
 
 

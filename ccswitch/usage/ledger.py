@@ -144,7 +144,8 @@ class Ledger:
             try:
                 self._write([(table, values)])
             except _ROW_ERRORS as exc:
-                self.dropped += 1
+                with self._cond:
+                    self.dropped += 1
                 log.error("ccswitch: dropped a %s row the database rejects: %s", table, exc)
             except BaseException:
                 self._give_back(rows[i:])
