@@ -330,7 +330,7 @@ class UpstreamClient:
         """A response read to its end: keep the connection if both sides allow it."""
         connection.in_use = False
         reusable = (connection.h11.our_state is h11.DONE and connection.h11.their_state is h11.DONE
-                    and connection.clean() and connection.tls is self._ssl_context)
+                    and connection.clean() and connection.tls in (None, self._ssl_context))
         if reusable:
             connection.h11.start_next_cycle()
             idle = self._idle.setdefault(connection.origin, [])

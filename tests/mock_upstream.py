@@ -188,6 +188,11 @@ class MockUpstream:
         self.stop()
 
     # scripting and recording
+    @property
+    def connections_accepted(self) -> int:
+        """TCP connections accepted so far (keep-alive shows as fewer than requests)."""
+        return self._server.accepted
+
     def script(self, *behaviours: Behaviour) -> MockUpstream:
         with self._lock:
             self._queue.extend(behaviours)
@@ -249,6 +254,7 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, mock: MockUpstream):
         self.mock = mock
         self.conns: set[socket.socket] = set()
+        self.accepted = 0
         super().__init__(("127.0.0.1", 0), _Handler)
 
     def get_request(self):
@@ -256,6 +262,7 @@ class _Server(ThreadingHTTPServer):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.mock._lock:
             self.conns.add(sock)
+            self.accepted += 1
         return sock, addr
 
     def handle_error(self, request, client_address) -> None:

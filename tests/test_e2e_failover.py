@@ -59,6 +59,18 @@ def test_fifty_concurrent_failovers_lose_nothing(world):
     assert len([r for r in a.requests if r.protocol]) == 50 and len([r for r in b.requests if r.protocol]) == 50
 
 
+def test_upstream_connections_are_kept_alive(world):
+    proxy, a, _, _ = world
+    before = a.connections_accepted
+    with httpx.Client(timeout=30) as client:
+        for _ in range(10):
+            assert stream_text(client, proxy.reverse_url)[1] == "Hello from mock A"
+            r = client.post(proxy.reverse_url + "/v1/messages", json={**BODY, "stream": False},
+                            headers={"x-api-key": CLIENT_KEY})
+            assert r.status_code == 200
+    assert a.connections_accepted - before <= 2   # twenty requests, one kept-alive connection
+
+
 def test_saved_flows_and_log_hold_no_key(world):
     proxy, a, b, flows = world
     a.script(status(529))

@@ -113,8 +113,11 @@ async def test_request_framing_host_length_encoding_and_the_clients_headers():
     assert b"content-length" not in server.requests[1][0] and b"x-api-key: k" in server.requests[1][0]
 
 
-async def test_keep_alive_reuses_one_connection():
-    async with RawServer() as server, client() as c:
+@pytest.mark.parametrize("tls", [None, "verified"], ids=["no-tls-context", "with-a-tls-context"])
+async def test_keep_alive_reuses_one_connection(tls):
+    """(A client given TLS settings, as the proxy's is, keeps plain-HTTP connections alive too.)"""
+    context = http1.ssl_context_for() if tls else None
+    async with RawServer() as server, client(ssl_context=context) as c:
         for _ in range(5):
             assert await get_body(c, server.url) == (200, b"default")
     assert server.connections == 1 and len(server.requests) == 5
