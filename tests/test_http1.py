@@ -314,39 +314,31 @@ async def test_a_body_over_the_limit_is_refused():
 
 # ---------------------------------------------------------------------- failures the dialer classifies
 
-async def test_reset_mid_body_is_a_read_error_classified_as_reset():
-    async def half_then_reset(writer, head, body):
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
-        await writer.drain()
-        await asyncio.sleep(0.05)
-        writer.transport.abort()
-        return "close"
-
-    async with RawServer(half_then_reset) as server, client() as c:
-        response = await c.send("POST", server.url, [], b"{}")
-        with pytest.raises(http1.TransportError) as caught:
-            await response.aread()
-    assert network_failure("u", caught.value, "switch", "idle").reason in ("connection reset", "connection closed")
-
-
-async def test_a_reset_while_reading_until_close_is_an_error_not_the_end_of_the_body():
+@pytest.mark.parametrize("head,rst,reason", [
+    (b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n", True, "connection reset"),
+    (b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n", False, "connection closed"),
+    # no framing: the body ends when the connection does, so only a reset tells a cut from the end
+    (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n", True, "connection reset"),
+], ids=["length-reset", "length-closed", "until-close-reset"])
+async def test_a_body_cut_short_is_an_error_classified_by_how(head, rst, reason):
     import socket
     import struct
 
-    async def until_close_then_reset(writer, head, body):
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: partial\n\n")
+    async def part_then_cut(writer, _head, _body):
+        writer.write(head + b"data: partial\n\n")
         await writer.drain()
         await asyncio.sleep(0.05)
-        sock = writer.transport.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        if rst:
+            sock = writer.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()
         return "close"
 
-    async with RawServer(until_close_then_reset) as server, client() as c:
+    async with RawServer(part_then_cut) as server, client() as c:
         response = await c.send("POST", server.url, [], b"{}")
-        with pytest.raises(http1.ReadError) as caught:
+        with pytest.raises(http1.TransportError) as caught:
             await response.aread()
-    assert network_failure("u", caught.value, "switch", "idle").reason == "connection reset"
+    assert network_failure("u", caught.value, "switch", "idle").reason == reason
 
 
 async def test_refused_and_unresolvable_hosts_are_connect_errors():
@@ -409,86 +401,63 @@ async def test_invalid_header_values_are_refused_before_anything_is_sent():
     assert server.requests == []
 
 
-async def test_tls_upstreams_are_verified_and_kept_alive(tmp_path):
-    import ssl
+@asynccontextmanager
+async def tls_server(directory, body: bytes):
+    """A keep-alive HTTPS server for `localhost` with a self-signed certificate:
+    (URL, certificate path, the connections it served)."""
     from helpers import localhost_tls_server_context
-    server_context, cert = localhost_tls_server_context(tmp_path)
+    context, cert = localhost_tls_server_context(directory)
     served = []
 
     async def serve(reader, writer):
         served.append(writer)
         try:
             while await reader.readuntil(b"\r\n\r\n"):
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecret")
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_context)
-    url = f"https://localhost:{server.sockets[0].getsockname()[1]}"
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
     try:
-        async with client() as c:                    # the default trust store: a self-signed cert fails
-            with pytest.raises(http1.ConnectError) as caught:
-                await c.send("GET", url, [])
-        assert network_failure("u", caught.value, "switch", "first_byte").reason == "TLS error"
-        trusting = ssl.create_default_context(cafile=str(cert))
-        async with client(ssl_context=trusting) as c:
-            for _ in range(3):
-                response = await c.send("GET", url + "/x", [])
-                assert await response.aread() == b"secret"
-        assert len(served) == 1                      # three requests, one kept-alive connection
+        yield f"https://localhost:{server.sockets[0].getsockname()[1]}", cert, served
     finally:
         for writer in served:
             writer.transport.abort()
         server.close()
 
 
+async def test_tls_upstreams_are_verified_and_kept_alive(tmp_path):
+    import ssl
+    async with tls_server(tmp_path, b"secret") as (url, cert, served):
+        async with client() as c:                    # the default trust store: a self-signed cert fails
+            with pytest.raises(http1.ConnectError) as caught:
+                await c.send("GET", url, [])
+        assert network_failure("u", caught.value, "switch", "first_byte").reason == "TLS error"
+        async with client(ssl_context=ssl.create_default_context(cafile=str(cert))) as c:
+            for _ in range(3):
+                response = await c.send("GET", url + "/x", [])
+                assert await response.aread() == b"secret"
+        assert len(served) == 1                      # three requests, one kept-alive connection
+
+
 async def test_mitmproxys_upstream_tls_options_have_their_meaning(tmp_path):
     """`ssl_insecure` and `ssl_verify_upstream_trusted_ca` as mitmproxy applies them to its own
     upstreams: a self-signed relay is reachable with either, and with neither it is refused."""
     import ssl
-    from helpers import localhost_tls_server_context
-    server_context, cert = localhost_tls_server_context(tmp_path)
-
-    async def serve(reader, writer):
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_context)
-    url = f"https://localhost:{server.sockets[0].getsockname()[1]}"
-    try:
-        for context in (http1.ssl_context_for(insecure=True), http1.ssl_context_for(ca_file=str(cert)),
-                        http1.ssl_context_for(ca_dir=None, ca_file=str(cert), insecure=False)):
+    async with tls_server(tmp_path, b"ok") as (url, cert, _):
+        for context in (http1.ssl_context_for(insecure=True), http1.ssl_context_for(ca_file=str(cert))):
             async with client(ssl_context=context) as c:
                 assert await (await c.send("GET", url, [])).aread() == b"ok"
         async with client(ssl_context=http1.ssl_context_for()) as c:
             with pytest.raises(http1.ConnectError):
                 await c.send("GET", url, [])
-        with pytest.raises((OSError, ssl.SSLError)):
-            http1.ssl_context_for(ca_file=str(tmp_path / "missing.pem"))
-    finally:
-        server.close()
+    with pytest.raises((OSError, ssl.SSLError)):
+        http1.ssl_context_for(ca_file=str(tmp_path / "missing.pem"))
 
 
 async def test_new_tls_settings_are_not_served_by_connections_made_under_the_old_ones(tmp_path):
-    from helpers import localhost_tls_server_context
-    server_context, cert = localhost_tls_server_context(tmp_path)
-    served = []
-
-    async def serve(reader, writer):
-        served.append(writer)
-        try:
-            while await reader.readuntil(b"\r\n\r\n"):
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_context)
-    url = f"https://localhost:{server.sockets[0].getsockname()[1]}"
-    try:
+    async with tls_server(tmp_path, b"ok") as (url, _, _):
         async with client(ssl_context=http1.ssl_context_for(insecure=True)) as c:
             assert await (await c.send("GET", url, [])).aread() == b"ok"
             in_flight = await c.send("GET", url, [])          # made under the old settings too
@@ -497,10 +466,6 @@ async def test_new_tls_settings_are_not_served_by_connections_made_under_the_old
             with pytest.raises(http1.ConnectError):
                 await c.send("GET", url, [])
             assert not any(c._idle.values())
-    finally:
-        for writer in served:
-            writer.transport.abort()
-        server.close()
 
 
 def test_urls_split_into_origin_target_and_host():
