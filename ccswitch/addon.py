@@ -9,7 +9,6 @@ import json
 import logging
 import ssl
 import threading
-import zlib
 from datetime import datetime, timezone
 
 from mitmproxy import ctx, exceptions, http
@@ -18,8 +17,9 @@ from mitmproxy.proxy import mode_specs
 from . import http1, protocols
 from .dialer import Dialer
 from .health import HealthBoard
+from .inflate import INFLATABLE, DecodeError, Inflater, TooLarge
 from .jobs import Job
-from .relay import JOB_HEADER, BufferSink, Relay
+from .relay import JOB_HEADER, BufferSink, Relay, run_guarded
 from .routing import RouteMatch, classify, plan
 from .rules import Rules, RulesError
 from .rulesfile import RulesFile
@@ -199,7 +199,7 @@ class Router:
 
     async def _run_inline(self, flow: http.HTTPFlow, job: Job) -> None:
         sink = BufferSink()
-        task = asyncio.ensure_future(self.dialer.run(job, sink))
+        task = asyncio.ensure_future(run_guarded(self.dialer.run, job, sink))
         self.inline.add(task)
         task.add_done_callback(self.inline.discard)
         try:
@@ -211,13 +211,6 @@ class Router:
                     await asyncio.gather(task, return_exceptions=True)
                     flow.response = http.Response.make(499, b"", {})
                     return
-            exc = task.exception()
-            if exc is not None:
-                log.error("ccswitch: request %s failed inside the gateway: %r", flow.id, exc, exc_info=exc)
-                job.status, job.error = 500, f"internal error: {type(exc).__name__}"
-                flow.response = _error_response(job.request.client_protocol, 500,
-                                                f"ccswitch internal error: {type(exc).__name__}")
-                return
             headers = http.Headers([(k.encode(), v.encode("utf-8", "surrogateescape")) for k, v in sink.headers])
             flow.response = http.Response.make(sink.status, sink.body, headers)
         finally:
@@ -333,15 +326,14 @@ def _decoded_body(request: http.Request, limit: int) -> bytes | None:
     32 GB in memory); other encodings fall back to mitmproxy's decoder and a size check.
     """
     encoding = request.headers.get("content-encoding", "").strip().lower()
-    raw = request.raw_content or b""
-    if encoding in ("gzip", "x-gzip", "deflate"):
-        wbits = 16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS
+    if encoding in INFLATABLE:
+        inflater = Inflater(encoding, limit)
         try:
-            inflater = zlib.decompressobj(wbits)
-            out = inflater.decompress(raw, limit + 1)
-        except zlib.error:
+            return inflater.feed(request.raw_content or b"") + inflater.flush()
+        except TooLarge:
+            return None
+        except DecodeError:
             return request.get_content(strict=False) or b""   # let the JSON parser report it
-        return None if len(out) > limit or inflater.unconsumed_tail else out
     decoded = request.get_content(strict=False) or b""
     return None if len(decoded) > limit else decoded
 

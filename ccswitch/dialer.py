@@ -19,6 +19,7 @@ from .jobs import Attempt, Job, marks
 from .outcome import (Failure, NetworkFailure, Reply, Streamed, cooldown_floor, is_loopback_host,
                       network_failure, response_headers, retry_delay)
 from .pump import Pump
+from .relay import send_whole
 from .rules import Upstream
 from .translate import translation_for
 from .upstream import OutgoingRequest, RenderError, render
@@ -219,10 +220,6 @@ class Dialer:
 
 
 async def _answer(job: Job, sink: Sink, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-    """A whole response in one go."""
     job.ttfb_ms = job.elapsed_ms()
-    await sink.start(status, headers, len(body))
-    if body:
-        await sink.write(body)
-    await sink.end()
+    await send_whole(sink, status, headers, body)
 

@@ -8,18 +8,26 @@ ACCEPT_ENCODING = "gzip, deflate"
 _MAX_DECODED = 256 * 1024 * 1024      # a compressed body may not inflate past this
 
 
+INFLATABLE = frozenset({"gzip", "x-gzip", "deflate"})
+
+
 class DecodeError(ValueError):
     pass
 
 
+class TooLarge(DecodeError):
+    pass
+
+
 class Inflater:
-    def __init__(self, encoding: str) -> None:
-        if encoding not in ("gzip", "x-gzip", "deflate"):
+    def __init__(self, encoding: str, limit: int | None = None) -> None:
+        if encoding not in INFLATABLE:
             raise DecodeError(f"unsupported content-encoding {encoding!r} (asked for {ACCEPT_ENCODING})")
         self.encoding = encoding
         self._z = zlib.decompressobj(zlib.MAX_WBITS | 16 if "gzip" in encoding else zlib.MAX_WBITS)
         self._first = True
         self._total = 0
+        self.limit = _MAX_DECODED if limit is None else limit
 
     def feed(self, data: bytes) -> bytes:
         if not data:
@@ -41,8 +49,8 @@ class Inflater:
         while data:
             piece = self._z.decompress(data, 1 << 20)
             self._total += len(piece)
-            if self._total > _MAX_DECODED:
-                raise DecodeError(f"{self.encoding} body inflates past {_MAX_DECODED} bytes")
+            if self._total > self.limit:
+                raise TooLarge(f"{self.encoding} body inflates past {self.limit} bytes")
             pieces.append(piece)
             data = self._z.unconsumed_tail
         return b"".join(pieces)

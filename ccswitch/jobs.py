@@ -45,7 +45,6 @@ class Job:
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     attempts: list[Attempt] = field(default_factory=list)
     upstream: str | None = None          # the one whose response the client got
-    upstream_url: str | None = None      # for display on the flow (no credentials)
     upstream_model: str | None = None
     status: int | None = None            # what the client got
     error: str | None = None

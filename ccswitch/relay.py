@@ -63,6 +63,9 @@ class H11Sink:
 class BufferSink:
     """Collects a whole response (for requests answered without the relay)."""
 
+    started = False      # nothing reaches the client before the end: a later start replaces all
+    broken = False
+
     def __init__(self) -> None:
         self.status = 0
         self.headers: list[tuple[str, str]] = []
@@ -71,6 +74,7 @@ class BufferSink:
     async def start(self, status: int, headers: list[tuple[str, str]], length: int | None) -> None:
         self.status = status
         self.headers = [(k, v) for k, v in headers if k.lower() not in ("content-length", "transfer-encoding")]
+        self.chunks = []
 
     async def write(self, data: bytes) -> None:
         self.chunks.append(data)
@@ -81,6 +85,40 @@ class BufferSink:
     @property
     def body(self) -> bytes:
         return b"".join(self.chunks)
+
+
+async def send_whole(sink, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+    """A whole response in one go."""
+    await sink.start(status, headers, len(body))
+    if body:
+        await sink.write(body)
+    await sink.end()
+
+
+async def run_guarded(run_job, job: Job, sink) -> None:
+    """Run a job; a bug of ours ends in an error in the client's format, never a silent cut."""
+    try:
+        await run_job(job, sink)
+    except ClientGone:
+        raise
+    except Exception as exc:
+        await _internal_error(job, sink, exc)
+
+
+async def _internal_error(job: Job, sink, exc: BaseException) -> None:
+    log.error("ccswitch: request %s failed inside the gateway: %r", job.flow_id, exc, exc_info=exc)
+    message = f"ccswitch internal error: {type(exc).__name__}"
+    job.error = f"internal error: {type(exc).__name__}"
+    try:
+        if not sink.started:
+            job.status = 500
+            await send_whole(sink, 500, [("content-type", "application/json")],
+                             error_json(job.request.client_protocol, 500, message))
+        else:
+            await sink.write(stream_error_event(job.request.client_protocol, message))
+            await sink.end()
+    except (ClientGone, h11.LocalProtocolError):
+        sink.broken = True
 
 
 class Relay:
@@ -156,22 +194,18 @@ class Relay:
         job = self._jobs.pop(token, None)
         sink = H11Sink(conn, writer)
         if job is None:
-            body = b'{"error":"unknown or expired ccswitch job"}'
-            await sink.start(403, [("content-type", "application/json")], len(body))
-            await sink.write(body)
-            await sink.end()
+            await send_whole(sink, 403, [("content-type", "application/json")],
+                             b'{"error":"unknown or expired ccswitch job"}')
             return b""
         return await self._run(job, reader, sink)
 
     async def _job(self, job: Job, sink: H11Sink) -> None:
         """One job, start to usage row: the row is reported however the job ends."""
         try:
-            await self._run_job(job, sink)
+            await run_guarded(self._run_job, job, sink)
         except ClientGone:
             job.error = "client_closed"
             sink.broken = True
-        except Exception as exc:  # a bug of ours: tell the client in its own format, then record it
-            await self._internal_error(job, sink, exc)
         finally:
             if self._on_done is not None:
                 self._on_done(job)
@@ -205,21 +239,3 @@ class Relay:
             if not task.done():
                 task.cancel()
         return None if sink.broken or task.cancelled() else ahead
-
-    @staticmethod
-    async def _internal_error(job: Job, sink: H11Sink, exc: BaseException) -> None:
-        """A bug inside the gateway: an error in the client's format, never a silent cut."""
-        log.error("ccswitch: request %s failed inside the gateway: %r", job.flow_id, exc, exc_info=exc)
-        message = f"ccswitch internal error: {type(exc).__name__}"
-        job.error = f"internal error: {type(exc).__name__}"
-        try:
-            if not sink.started:
-                job.status = 500
-                body = error_json(job.request.client_protocol, 500, message)
-                await sink.start(500, [("content-type", "application/json")], len(body))
-                await sink.write(body)
-            else:
-                await sink.write(stream_error_event(job.request.client_protocol, message))
-            await sink.end()
-        except (ClientGone, h11.LocalProtocolError):
-            sink.broken = True

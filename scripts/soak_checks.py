@@ -142,15 +142,10 @@ def _check_anthropic_stream(res: Result, events: list[tuple[str | None, str]]) -
     if "error" in names:
         i = names.index("error")
         err = parsed[i][1]
-        if i != len(parsed) - 1:
-            res.detail = f"events after the error event: {names[i:]}"
-        elif not (err.get("type") == "error" and isinstance(err.get("error"), dict)
-                  and isinstance(err["error"].get("message"), str)):
-            res.detail = f"malformed error event {err!r}"
-        elif not want.startswith(text):
-            res.detail = f"text before the error {text!r} is not a prefix of {want!r}"
-        else:
-            res.outcome = "error_event"
+        well_formed = (err.get("type") == "error" and isinstance(err.get("error"), dict)
+                       and isinstance(err["error"].get("message"), str))
+        _judge_error_end(res, i != len(parsed) - 1 and f"events after the error event: {names[i:]}",
+                         not well_formed and f"malformed error event {err!r}", text, want)
         return
     if names[-1] != "message_stop":
         res.detail = f"stream ended without message_stop or an error event (truncated): ...{names[-4:]}"
@@ -159,6 +154,20 @@ def _check_anthropic_stream(res: Result, events: list[tuple[str | None, str]]) -
         res.detail = f"incomplete stream: {names}, text {text!r} (wanted {want!r})"
         return
     res.outcome = "ok"
+
+
+def _judge_error_end(res: Result, trailing: str | bool, malformed: str | bool, text: str, want: str) -> None:
+    """A stream that ends in an error event must end there, carry a message, and follow a
+    prefix of the answer; `trailing` / `malformed` are the details when it does not."""
+    if trailing:
+        res.detail = trailing
+    elif malformed:
+        res.detail = malformed
+    elif not want.startswith(text):
+        res.detail = f"text before the error {text!r} is not a prefix of {want!r}"
+    else:
+        res.outcome = "error_event"
+
 
 def _check_chat_stream(res: Result, events: list[tuple[str | None, str]]) -> None:
     want = expected_text(res.upstream or "?", res.model)
@@ -184,14 +193,9 @@ def _check_chat_stream(res: Result, events: list[tuple[str | None, str]]) -> Non
             return
         if "error" in chunk:
             err = chunk["error"]
-            if i != len(datas) - 1:
-                res.detail = f"data after the error chunk: {datas[i + 1:][:3]}"
-            elif not (isinstance(err, dict) and isinstance(err.get("message"), str)):
-                res.detail = f"malformed chat error chunk {chunk!r}"
-            elif not want.startswith(text):
-                res.detail = f"text before the error {text!r} is not a prefix of {want!r}"
-            else:
-                res.outcome = "error_event"
+            well_formed = isinstance(err, dict) and isinstance(err.get("message"), str)
+            _judge_error_end(res, i != len(datas) - 1 and f"data after the error chunk: {datas[i + 1:][:3]}",
+                             not well_formed and f"malformed chat error chunk {chunk!r}", text, want)
             return
         if chunk.get("object") != "chat.completion.chunk":
             res.detail = f"not a chat.completion.chunk: {data[:200]!r}"

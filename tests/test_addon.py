@@ -41,6 +41,15 @@ def router(gateway):
         yield r
 
 
+def router_with_routes(gateway, **routes) -> Router:
+    """A router over the fixture's rules with some routes replaced."""
+    gateway.rules_file.rules = gateway.rules.model_copy(
+        update={"routes": gateway.rules.routes.model_copy(update=routes)})
+    r = Router(gateway)
+    r.relay = Relay(None)
+    return r
+
+
 def messages_flow(body=None, key=CLIENT_KEY, host="api.anthropic.com", path="/v1/messages", method="POST",
                   mode="regular"):
     content = json.dumps(body if body is not None else {"model": "m", "stream": True, "messages": []}).encode()
@@ -101,10 +110,7 @@ async def test_deeply_nested_json_is_400_not_a_crash(router):
 
 
 async def test_no_available_upstream_is_503_naming_why(gateway):
-    gateway.rules_file.rules = gateway.rules.model_copy(
-        update={"routes": gateway.rules.routes.model_copy(update={"claude": ("late",)})})
-    r = Router(gateway)
-    r.relay = Relay(None)
+    r = router_with_routes(gateway, claude=("late",))
     with taddons.context(r):
         flow = messages_flow()
         await r.request(flow)
@@ -127,10 +133,7 @@ async def test_reverse_mode_routes_any_host(router):
 
 
 async def test_codex_websocket_upgrade_is_answered_at_once(gateway):
-    gateway.rules_file.rules = gateway.rules.model_copy(
-        update={"routes": gateway.rules.routes.model_copy(update={"codex": ("a",)})})
-    r = Router(gateway)
-    r.relay = Relay(None)
+    r = router_with_routes(gateway, codex=("a",))
     with taddons.context(r):
         flow = messages_flow(path="/v1/responses", method="GET", host="api.openai.com")
         flow.request.headers["upgrade"] = "websocket"
@@ -249,3 +252,17 @@ def test_upstream_tls_follows_mitmproxys_options(gateway, tmp_path):
         assert router.dialer.client.ssl_context.verify_mode == ssl.CERT_REQUIRED
         with pytest.raises(exceptions.OptionsError, match="upstream CA"):
             tctx.configure(router, ssl_verify_upstream_trusted_ca=str(tmp_path / "missing.pem"))
+
+
+async def test_a_gateway_bug_on_a_non_streamed_request_is_a_500_in_client_format_and_recorded(router, gateway):
+    class Exploding:
+        async def run(self, job, sink):
+            raise KeyError("boom")
+    recorded = []
+    router.dialer = Exploding()
+    gateway.record_job = recorded.append
+    flow = messages_flow({"model": "m", "messages": []})
+    await router.request(flow)
+    assert flow.response.status_code == 500
+    assert json.loads(flow.response.content)["error"]["message"] == "ccswitch internal error: KeyError"
+    assert [job.error for job in recorded] == ["internal error: KeyError"] and recorded[0].status == 500
