@@ -19,6 +19,7 @@ from typing import Callable
 
 from . import http1
 from .calendar import fire_instant
+from .convert.responses_request import is_codex_backend
 from .outcome import json_or_none
 from .protocols import ANTHROPIC, RESPONSES
 from .rules import Rules, Upstream, parse_hhmm
@@ -129,17 +130,13 @@ def probe_model(upstream: Upstream) -> str:
     return mapped if mapped != default else next(iter(upstream.models.values()), default)
 
 
-def _is_codex_backend(upstream: Upstream) -> bool:
-    return upstream.base_url.rstrip("/").endswith("/backend-api/codex")
-
-
 def probe_body(upstream: Upstream) -> dict:
     """The smallest sensible request in the upstream's protocol."""
     model = probe_model(upstream)
     if upstream.protocol == ANTHROPIC:
         return {"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": _PROMPT}]}
     if upstream.protocol == RESPONSES:
-        if _is_codex_backend(upstream):   # streams only, refuses max_output_tokens
+        if is_codex_backend(upstream):   # streams only, refuses max_output_tokens
             return {"model": model, "instructions": "Answer briefly.", "store": False, "stream": True,
                     "input": [{"type": "message", "role": "user",
                                "content": [{"type": "input_text", "text": _PROMPT}]}]}

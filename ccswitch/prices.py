@@ -37,9 +37,6 @@ class Price:
     cache_write_1h: float
     cache_read: float
 
-    def as_dict(self) -> dict[str, float]:
-        return {k: getattr(self, k) for k in PRICE_KEYS}
-
 
 def anthropic(inp: float, out: float, cache_read: float | None = None) -> Price:
     return Price(inp, out, round(inp * 1.25, 6), round(inp * 2, 6),

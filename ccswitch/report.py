@@ -21,9 +21,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from .report_data import DIMENSIONS, Report, Totals, build_report, fmt_tokens, report_zone
-# unused here; re-exported because they used to be defined in this file
-from .report_data import NO_MODEL as NO_MODEL, NO_UPSTREAM as NO_UPSTREAM
-from .report_data import Activation as Activation, tz_label as tz_label
 from .rules import Rules, RulesError
 from .rules_load import default_rules_text, load_rules, parse_rules, resolve_rules_path
 from .usage.schema import connect

@@ -6,7 +6,8 @@ from collections.abc import Iterable
 from html import escape
 from pathlib import Path
 
-from .report import ACTIVATION_COLUMNS, COLUMNS, DIMENSIONS, Report, _sorted_groups, activation_rows, row_cells
+from .report import (ACTIVATION_COLUMNS, COLUMNS, DIMENSIONS, Report, _sorted_groups, activation_rows, fmt_cost,
+                     fmt_hit, row_cells)
 
 CHART_ALT = {
     "tokens.png": "Tokens per day by type (input, cache write, cache read, output)",
@@ -74,8 +75,8 @@ def render_html(report: Report, charts: list[Path]) -> str:
          f"&middot; prices as of {escape(report.prices_as_of)} (list price &times; each upstream's "
          "price_multiplier)</p>"),
         '<div class="cards">',
-        _card(row_cells(t)[6], "cost (USD)"), _card(str(t.requests), "requests"),
-        _card(row_cells(t)[5], "cache hit"), _card(str(t.failovers), "failovers"), _card(str(t.errors), "errors"),
+        _card(fmt_cost(t), "cost (USD)"), _card(str(t.requests), "requests"),
+        _card(fmt_hit(t), "cache hit"), _card(str(t.failovers), "failovers"), _card(str(t.errors), "errors"),
         "</div>",
     ]
     if report.notes:

@@ -16,7 +16,8 @@ import hmac
 import re
 from datetime import datetime, tzinfo
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -42,6 +43,19 @@ _DURATION_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?$")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _STATUS_KEY_RE = re.compile(r"^(?:[1-5]\d\d|[1-5]xx)$")
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+T = TypeVar("T")
+
+
+def glob_lookup(table: Mapping[str, T], key: str) -> T | None:
+    """Exact key, then the first matching glob (in the table's order), then "*"."""
+    if key in table:
+        return table[key]
+    for pattern, value in table.items():
+        if pattern != "*" and fnmatch.fnmatchcase(key, pattern):
+            return value
+    return table.get("*")
 
 
 class RulesError(Exception):
@@ -261,13 +275,9 @@ class Upstream(_Model):
         return v.rstrip("/")
 
     def map_model(self, model: str) -> str:
-        """Exact key, then the first matching glob, then "*"; no match -> unchanged."""
-        if model in self.models:
-            return self.models[model]
-        for pattern, target in self.models.items():
-            if pattern != "*" and fnmatch.fnmatchcase(model, pattern):
-                return target
-        return self.models.get("*", model)
+        """The `models` entry for `model` (see `glob_lookup`); no match -> unchanged."""
+        target = glob_lookup(self.models, model)
+        return model if target is None else target
 
     def admits_model(self, model: str) -> bool:
         return not self.only_models or any(fnmatch.fnmatchcase(model, p) for p in self.only_models)

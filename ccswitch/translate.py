@@ -79,15 +79,16 @@ class ChatPassthrough(Passthrough):
 
     def request(self, req: ClientRequest, upstream: Upstream, rules=None) -> dict[str, Any] | None:
         body = req.json or {}
-        if not req.stream or _wants_usage(body):
+        if not req.stream or wants_usage(body):
             return None
         return {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
 
     def stream(self, req: ClientRequest, upstream: Upstream) -> StreamPassthrough:
-        return StreamPassthrough() if _wants_usage(req.json or {}) else _DropUsageChunk()
+        return StreamPassthrough() if wants_usage(req.json or {}) else _DropUsageChunk()
 
 
-def _wants_usage(body: dict) -> bool:
+def wants_usage(body: dict) -> bool:
+    """Whether a Chat client asked for the final usage chunk (`stream_options.include_usage`)."""
     options = body.get("stream_options")
     return isinstance(options, dict) and bool(options.get("include_usage"))
 
@@ -99,15 +100,8 @@ _CHAT_PASSTHROUGH = ChatPassthrough()
 def translation_for(client_protocol: str, upstream_protocol: str):
     if client_protocol == upstream_protocol:
         return _CHAT_PASSTHROUGH if client_protocol == protocols.CHAT else _PASSTHROUGH
-    try:
-        from .convert import translation as converted
-    except ImportError:
-        converted = None
-    if converted is not None:
-        found = converted(client_protocol, upstream_protocol)
-        if found is not None:
-            return found
-    return _Unsupported(client_protocol, upstream_protocol)
+    from .convert import translation   # (imported here: convert builds on this module)
+    return translation(client_protocol, upstream_protocol) or _Unsupported(client_protocol, upstream_protocol)
 
 
 class _Unsupported(Passthrough):

@@ -3,11 +3,14 @@ Anthropic Messages or OpenAI Responses upstream (`translation(client, upstream)`
 
 from __future__ import annotations
 
+from functools import cache
+
 from ..protocols import ANTHROPIC, CHAT, RESPONSES
 
 
+@cache
 def translation(client_protocol: str, upstream_protocol: str):
-    """The translation object for a pair, or None when there is none."""
+    """The translation for a pair (stateless, so one each), or None when there is none."""
     if client_protocol != CHAT:
         return None
     if upstream_protocol == ANTHROPIC:

@@ -18,7 +18,7 @@ from ..upstream import ClientRequest
 from .anthropic_request import JSON_TOOL, build
 from .models import json_tool_mode, upstream_model
 from .anthropic_stream import AnthropicChatStream, finish_reason, usage_from
-from .common import ChatTranslation, completion, include_usage
+from .common import ChatTranslation, chat_id, completion, include_usage
 
 __all__ = ["ChatToAnthropic"]
 
@@ -64,11 +64,9 @@ class ChatToAnthropic(ChatTranslation):
             out["reasoning_content"] = "".join(thoughts)
         if blocks:
             out["thinking_blocks"] = blocks
-        msg_id = message.get("id")
         return completion(message.get("model") or upstream_model(req, upstream), out,
                           finish_reason(message.get("stop_reason"), len(calls)),
-                          usage_from(message.get("usage")),
-                          "chatcmpl-" + msg_id if isinstance(msg_id, str) and msg_id else None)
+                          usage_from(message.get("usage")), chat_id(message.get("id")))
 
     def stream(self, req: ClientRequest, upstream) -> AnthropicChatStream:
         return AnthropicChatStream(upstream_model(req, upstream), include_usage(req), _json_tool(req, upstream))

@@ -55,7 +55,6 @@ class AnthropicChatStream:
         self.usage: dict[str, Any] = {}
         self.stop_reason: Any = None
         self.started = False
-        self.done = False
 
     # ------------------------------------------------------------------ output
     def _chunk(self, delta: dict[str, Any]) -> bytes:
@@ -71,7 +70,7 @@ class AnthropicChatStream:
 
     # ------------------------------------------------------------------ input
     def feed(self, event: Event) -> bytes:
-        if self.done or not event.event:
+        if self.writer.finished or not event.event:
             return b""
         data = event.json()
         if not isinstance(data, dict):
@@ -81,13 +80,11 @@ class AnthropicChatStream:
 
     def finish(self) -> bytes:
         """End of the upstream body: a stream without message_stop is an error, never a clean end."""
-        if self.done:
+        if self.writer.finished:
             return b""
-        self.done = True
         return self.writer.error("upstream stream ended before message_stop", "api_error")
 
     def _on_error(self, data: dict[str, Any]) -> bytes:
-        self.done = True
         err = data.get("error") if isinstance(data.get("error"), dict) else {}
         return self.writer.error(str(err.get("message") or "upstream stream error"),
                                  str(err.get("type") or "api_error"))
@@ -184,6 +181,5 @@ class AnthropicChatStream:
         return b""
 
     def _on_message_stop(self, data: dict[str, Any]) -> bytes:
-        self.done = True
         out = b"" if self.started else self._role()
         return out + self.writer.finish(finish_reason(self.stop_reason, self.tools), usage_from(self.usage))

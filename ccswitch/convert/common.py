@@ -16,7 +16,7 @@ from typing import Any
 from ..outcome import Reply, json_or_none
 from ..protocols import body_matches_protocol
 from ..sse import format_event
-from ..translate import scrub
+from ..translate import scrub, wants_usage
 from ..upstream import ClientRequest
 
 DONE = b"data: [DONE]\n\n"
@@ -65,7 +65,7 @@ class ChunkWriter:
     def error(self, message: str, kind: str = "api_error", code: str | None = None) -> bytes:
         """A mid-stream error: one `data: {"error": …}` line; no finish chunk, no [DONE]."""
         self.finished = True
-        return format_event({"error": {"message": message, "type": kind, "param": None, "code": code or kind}})
+        return format_event(openai_error(message, kind, code))
 
 
 def completion(model: str, message: dict[str, Any], finish_reason: str, usage: dict[str, Any],
@@ -74,6 +74,15 @@ def completion(model: str, message: dict[str, Any], finish_reason: str, usage: d
             "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
             "usage": usage}
+
+
+def openai_error(message: str, kind: str = "api_error", code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": code or kind}}
+
+
+def chat_id(upstream_id: Any) -> str | None:
+    """The chat completion id for an upstream message/response id (None: make one up)."""
+    return f"chatcmpl-{upstream_id}" if isinstance(upstream_id, str) and upstream_id else None
 
 
 def openai_error_from(body: bytes, status: int) -> dict[str, Any]:
@@ -109,8 +118,7 @@ class ChatTranslation:
         if is_sse:
             return "an SSE body for a non-streamed request"
         parsed = json_or_none(body)
-        if not body_matches_protocol(self.protocol, req.endpoint if req.endpoint == "count_tokens" else "x",
-                                     parsed):
+        if not body_matches_protocol(self.protocol, req.endpoint, parsed):
             return f"a 2xx body that is not a {self.protocol} response"
         return None
 
@@ -148,5 +156,4 @@ def _json_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def include_usage(req: ClientRequest) -> bool:
-    options = (req.json or {}).get("stream_options") or {}
-    return bool(isinstance(options, dict) and options.get("include_usage"))
+    return wants_usage(req.json or {})

@@ -3,11 +3,11 @@ can take (adaptive thinking, structured outputs, default max_tokens)."""
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from typing import Any
 
 from ..routing import THINKING_SUFFIX
+from ..rules import glob_lookup
 from ..upstream import ClientRequest
 
 _VERSION = re.compile(r"(opus|sonnet|haiku|mythos|fable)-(\d)(?:-(\d))?(?!\d)")
@@ -62,16 +62,6 @@ def json_tool_mode(body: dict[str, Any], model: str) -> bool:
     return isinstance(fmt, dict) and fmt.get("type") == "json_schema" and not structured_outputs(model)
 
 
-def _lookup(table: dict[str, int], model: str) -> int | None:
-    """Exact key, then the first matching glob, then "*"."""
-    if model in table:
-        return table[model]
-    for pattern, value in table.items():
-        if pattern != "*" and fnmatch.fnmatchcase(model, pattern):
-            return value
-    return table.get("*")
-
-
 def default_max_tokens(model: str, rules) -> int:
-    configured = _lookup(dict(getattr(rules, "max_tokens", None) or {}), model)
-    return configured if configured is not None else _lookup(DEFAULT_MAX_TOKENS, model) or 8192
+    configured = glob_lookup(dict(getattr(rules, "max_tokens", None) or {}), model)
+    return configured if configured is not None else glob_lookup(DEFAULT_MAX_TOKENS, model) or 8192

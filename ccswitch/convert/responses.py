@@ -16,7 +16,7 @@ from ..outcome import Reply, in_stream_status, json_or_none
 from ..protocols import RESPONSES
 from ..sse import SSEParser
 from ..upstream import ClientRequest
-from .common import ChatTranslation, _json_headers, completion, include_usage
+from .common import ChatTranslation, _json_headers, chat_id, completion, include_usage, openai_error
 from .models import split_model
 from .responses_request import build_request, is_codex_backend
 from .responses_stream import (
@@ -40,7 +40,7 @@ class UpstreamFailed(Exception):
         self.status = status or in_stream_status({"error": {"type": kind, "code": code}})
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": None, "code": self.code or self.kind}}
+        return openai_error(self.message, self.kind, self.code)
 
 
 class ChatToResponses(ChatTranslation):
@@ -124,7 +124,7 @@ def completion_from_response(response: dict[str, Any], model: str) -> dict[str, 
                                        "arguments": args if isinstance(args, str) and args else "{}"}})
     message = chat_message("".join(text), "".join(refusal), "\n\n".join(reasoning), calls)
     return completion(response.get("model") or model, message, finish_reason(response, bool(calls)),
-                      response_usage(response.get("usage")), _chat_id(response.get("id")))
+                      response_usage(response.get("usage")), chat_id(response.get("id")))
 
 
 def aggregate(body: bytes, model: str) -> dict[str, Any]:
@@ -149,11 +149,7 @@ def aggregate(body: bytes, model: str) -> dict[str, Any]:
     got = fold(deltas)
     message = chat_message(got["text"], got["refusal"], got["reasoning"], got["tool_calls"])
     reason, usage = stream.outcome
-    return completion(final.get("model") or stream.writer.model, message, reason, usage, _chat_id(final.get("id")))
-
-
-def _chat_id(response_id: Any) -> str | None:
-    return f"chatcmpl-{response_id}" if isinstance(response_id, str) and response_id else None
+    return completion(final.get("model") or stream.writer.model, message, reason, usage, chat_id(final.get("id")))
 
 
 def _is_sse(body: bytes) -> bool:

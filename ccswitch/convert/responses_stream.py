@@ -67,7 +67,6 @@ class ResponsesStream:
         self.by_output: dict[int, int] = {}      # output_index -> k (for items without an id)
         self.streamed: set[int] = set()          # k that already sent (some) arguments
         self.reasoning_part: tuple | None = None
-        self.reasoning_items: list[dict[str, Any]] = []   # encrypted reasoning, for a round-trip
         self.outcome: tuple[str, dict[str, Any]] | None = None   # (finish_reason, usage)
         self.failure: tuple[str, str, str | None] | None = None  # (message, type, code)
 
@@ -150,9 +149,6 @@ class ResponsesStream:
                 return self._full_args(k, item.get("arguments"))
             k = self._new_call(item, data.get("output_index"))   # its `added` never came
             return [self._header(k, item)] + self._full_args(k, item.get("arguments"))
-        if kind == "response.output_item.done" and item.get("type") == "reasoning" \
-                and item.get("encrypted_content"):   # this copy is complete; the `added` one may not be
-            self.reasoning_items.append(item)
         return []
 
     def _reasoning(self, kind: str, data: dict[str, Any]) -> list[dict[str, Any]]:
