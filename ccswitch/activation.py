@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Callable
+from typing import Callable, Iterator
 
 
 from . import http1
@@ -23,7 +23,7 @@ from .convert.responses_request import is_codex_backend
 from .outcome import json_or_none
 from .protocols import ANTHROPIC, RESPONSES
 from .rules import Rules, Upstream, parse_hhmm
-from .sse import SSEParser
+from .sse import parse_all
 from .upstream import ClientRequest, render
 
 log = logging.getLogger("ccswitch.activation")
@@ -48,6 +48,13 @@ class SlotState:
     next_try: datetime | None = None
 
 
+def slot_instants(upstream: Upstream, days, tz) -> Iterator[tuple[datetime, Slot]]:
+    """Each of the upstream's `activate_at` times on each of `days`: (when it fires, its slot)."""
+    for day in days:
+        for at in upstream.activate_at:
+            yield fire_instant(day, parse_hhmm(at), tz), Slot(upstream.name, day, at)
+
+
 @dataclass
 class Schedule:
     """Which slots fired, failed or wait for a retry; in memory, seeded from the ledger."""
@@ -65,22 +72,19 @@ class Schedule:
         for upstream in rules.upstreams:
             if not upstream.activate_at or not enabled(upstream):
                 continue
-            for day in (now.date() - timedelta(days=1), now.date()):   # a probe retrying past midnight
-                if day.weekday() not in upstream.days:
+            days = [d for d in (now.date() - timedelta(days=1), now.date())   # a retry past midnight
+                    if d.weekday() in upstream.days]
+            for instant, slot in slot_instants(upstream, days, now.tzinfo):
+                if _utc(instant) > _utc(now):
                     continue
-                for at in upstream.activate_at:
-                    instant = fire_instant(day, parse_hhmm(at), now.tzinfo)
-                    if _utc(instant) > _utc(now):
-                        continue
-                    slot = Slot(upstream.name, day, at)
-                    state = self.slots.get(slot)
-                    if state is None:
-                        if _utc(now) - _utc(instant) > timedelta(seconds=settings.grace):
-                            continue            # missed by more than the grace window
-                        out.append((upstream, slot))
-                    elif not state.done and state.tries <= settings.retries and state.next_try \
-                            and _utc(now) >= _utc(state.next_try):
-                        out.append((upstream, slot))
+                state = self.slots.get(slot)
+                if state is None:
+                    if _utc(now) - _utc(instant) > timedelta(seconds=settings.grace):
+                        continue            # missed by more than the grace window
+                    out.append((upstream, slot))
+                elif not state.done and state.tries <= settings.retries and state.next_try \
+                        and _utc(now) >= _utc(state.next_try):
+                    out.append((upstream, slot))
         return out
 
     def started(self, slot: Slot) -> None:
@@ -147,7 +151,7 @@ def probe_body(upstream: Upstream) -> dict:
 def has_content(protocol: str, body: bytes, is_sse: bool) -> bool:
     """A 2xx that really answered: text or output, not an empty shell or an error."""
     if is_sse:
-        events = SSEParser().feed(body + b"\n\n")
+        events = parse_all(body)
         return any(e.type.endswith(".delta") or e.type == "content_block_delta" for e in events)
     parsed = json_or_none(body)
     if not isinstance(parsed, dict) or parsed.get("error"):

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Callable
 from mitmproxy import command, exceptions
 
 from . import http1
-from .activation import ProbeResult, Schedule, Slot, send_probe
-from .calendar import fire_instant
+from .activation import ProbeResult, Schedule, Slot, send_probe, slot_instants
+from .usage.schema import connect
 from .outcome import is_loopback_host
-from .rules import Rules, Upstream, parse_hhmm
+from .rules import Rules, Upstream
 
 if TYPE_CHECKING:
     from .addon import Gateway
@@ -117,7 +117,7 @@ def seed_from_ledger(schedule: Schedule, rules: Rules, now: datetime) -> None:
         return
     since = (now - timedelta(days=2)).astimezone(timezone.utc).isoformat()
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+        conn = connect(str(path), readonly=True, timeout=1)
         try:
             rows = conn.execute("SELECT upstream, ts FROM activations WHERE ok = 1 AND ts >= ?", (since,)).fetchall()
         finally:
@@ -131,11 +131,8 @@ def seed_from_ledger(schedule: Schedule, rules: Rules, now: datetime) -> None:
         if upstream is None or not upstream.activate_at:
             continue
         when = datetime.fromisoformat(ts).astimezone(now.tzinfo)
-        latest = None
-        for day in (when.date() - timedelta(days=1), when.date()):
-            for at in upstream.activate_at:
-                instant = fire_instant(day, parse_hhmm(at), now.tzinfo)
-                if instant <= when and (latest is None or instant > latest[0]):
-                    latest = (instant, Slot(name, day, at))
-        if latest:
-            schedule.mark_done(latest[1])
+        fired = [(instant, slot) for instant, slot in
+                 slot_instants(upstream, (when.date() - timedelta(days=1), when.date()), now.tzinfo)
+                 if instant <= when]
+        if fired:   # the latest slot at or before the recorded probe
+            schedule.mark_done(max(fired, key=lambda pair: pair[0])[1])

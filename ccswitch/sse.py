@@ -129,3 +129,9 @@ def format_event(data: Any, event: str | None = None) -> bytes:
     head = f"event: {event}\n" if event else ""
     lines = "".join(f"data: {line}\n" for line in text.split("\n"))
     return (head + lines + "\n").encode()
+
+
+def parse_all(body: bytes) -> list[Event]:
+    """Every event of a whole SSE body, the last one even without its blank line."""
+    parser = SSEParser()
+    return parser.feed(body) + parser.flush()

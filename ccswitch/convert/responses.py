@@ -14,7 +14,7 @@ from typing import Any
 
 from ..outcome import Reply, in_stream_status, json_or_none
 from ..protocols import RESPONSES
-from ..sse import SSEParser
+from ..sse import parse_all
 from ..upstream import ClientRequest
 from .common import ChatTranslation, _json_headers, chat_id, completion, include_usage, openai_error
 from .models import split_model
@@ -130,11 +130,10 @@ def completion_from_response(response: dict[str, Any], model: str) -> dict[str, 
 def aggregate(body: bytes, model: str) -> dict[str, Any]:
     """A whole Responses SSE body as one chat.completion: the terminal event's response
     object when it lists the output, else what the deltas accumulated."""
-    parser = SSEParser()
     stream = ResponsesStream(model, include_usage=False)
     deltas: list[dict[str, Any]] = []
     final: dict[str, Any] = {}
-    for event in parser.feed(body) + parser.flush():
+    for event in parse_all(body):
         deltas.extend(stream.step(event))
         if event.event and event.type in TERMINAL and isinstance((event.json() or {}).get("response"), dict):
             final = event.json()["response"]
@@ -159,5 +158,4 @@ def _is_sse(body: bytes) -> bool:
 
 def _has_end(body: bytes) -> bool:
     """Whether an SSE body reached a terminal or error event (otherwise it was cut short)."""
-    parser = SSEParser()
-    return any(e.event and e.type in TERMINAL | FAILED for e in parser.feed(body) + parser.flush())
+    return any(e.event and e.type in TERMINAL | FAILED for e in parse_all(body))

@@ -121,10 +121,9 @@ class UsageTap:
 def usage_of_body(protocol: str, body: bytes, is_sse: bool) -> Usage | None:
     """Usage of a whole response: a JSON body, or an SSE body read to its end."""
     if is_sse:
-        from ..sse import SSEParser
+        from ..sse import parse_all
         tap = UsageTap(protocol)
-        parser = SSEParser()
-        for event in parser.feed(body) + parser.flush():
+        for event in parse_all(body):
             tap.feed(event)
         return tap.usage
     try:
