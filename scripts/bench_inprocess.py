@@ -14,10 +14,11 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 def converter_events_per_second(protocol: str, events: int = 20_000) -> float:
     """One core: parse an upstream SSE stream and convert it to Chat chunks, in 4 KiB reads."""
     import mock_payloads as P
-    from ccswitch.convert import translation
-    from ccswitch.rules_load import parse_rules
-    from ccswitch.sse import SSEParser
-    from ccswitch.upstream import ClientRequest
+
+    from ccswitch.config.load import parse_rules
+    from ccswitch.translate import translation_for
+    from ccswitch.wire.exchange import ClientRequest
+    from ccswitch.wire.sse import SSEParser
     reply = P.Reply("bench-model", [f"tok{i} " for i in range(events)])
     stream = P.anthropic_events(reply) if protocol == "anthropic" else P.responses_events(reply)
     raw = b"".join(P.sse(e) for e in stream)
@@ -25,7 +26,7 @@ def converter_events_per_second(protocol: str, events: int = 20_000) -> float:
                            "api_key: 'sk-bench-0000'}]").upstreams[0]
     body = {"model": "bench-model", "stream": True, "stream_options": {"include_usage": True}, "messages": []}
     req = ClientRequest("chat", "chat", "POST", "", [], b"", body, "bench-model", True, "openai-chat")
-    converter, parser = translation("openai-chat", protocol).stream(req, upstream), SSEParser()
+    converter, parser = translation_for("openai-chat", protocol).stream(req, upstream), SSEParser()
     start = time.perf_counter()
     out = 0
     for i in range(0, len(raw), 4096):
@@ -37,7 +38,7 @@ def converter_events_per_second(protocol: str, events: int = 20_000) -> float:
 
 def ledger_rows_per_second(rows: int = 50_000) -> float:
     """How fast the writer thread drains a burst of request rows into SQLite."""
-    from ccswitch.usage.ledger import Ledger
+    from ccswitch.ledger.writer import Ledger
     row = {"request_id": "r", "ts": "2026-11-25T10:00:00.000+00:00", "route": "claude", "endpoint": "messages",
            "upstream": "a", "model": "m", "status": 200, "stream": 1, "attempts": 1, "input_tokens": 10,
            "output_tokens": 5, "cache_creation_tokens": 0, "cache_creation_1h_tokens": 0, "cache_read_tokens": 0,

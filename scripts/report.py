@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ccswitch.report import main
+from ccswitch.cli.report import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], prog="scripts/report.py"))

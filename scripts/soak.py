@@ -56,11 +56,29 @@ for _p in (str(REPO / "tests"), str(REPO), str(REPO / "scripts")):
         sys.path.insert(0, _p)
 
 from proxy_process import Proxy  # noqa: E402
-from soak_checks import Report, Result, audit_attempts, audit_coverage, audit_ledger, audit_log, audit_responses, audit_rss, do_request  # noqa: E402
-from soak_world import Controller, LogWatcher, MARGIN, MAX_ATTEMPT_S, NAMES, REQUEST_KINDS, REQUEST_WEIGHTS, RssSampler, RulesWriter, SoakUpstream  # noqa: E402
-
-
-
+from soak_checks import (  # noqa: E402
+    Report,
+    Result,
+    audit_attempts,
+    audit_coverage,
+    audit_ledger,
+    audit_log,
+    audit_responses,
+    audit_rss,
+    do_request,
+)
+from soak_world import (  # noqa: E402
+    MARGIN,
+    MAX_ATTEMPT_S,
+    NAMES,
+    REQUEST_KINDS,
+    REQUEST_WEIGHTS,
+    Controller,
+    LogWatcher,
+    RssSampler,
+    RulesWriter,
+    SoakUpstream,
+)
 
 
 class Clients:

@@ -22,9 +22,6 @@ for _p in (str(REPO / "tests"), str(REPO), str(REPO / "scripts")):
 from soak_world import CLIENT_KEY, LOG_PROBLEMS, MARGIN, MID_STREAM, NAMES, ROUTE_OF, SoakUpstream, expected_text  # noqa: E402
 
 
-
-
-
 @dataclass
 class Result:
     n: int

@@ -12,7 +12,6 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parent.parent
 for _p in (str(REPO / "tests"), str(REPO)):
     if _p not in sys.path:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import textwrap
 
-from ccswitch import protocols
-from ccswitch.jobs import Job
-from ccswitch.routing import classify
-from ccswitch.rules import Rules
-from ccswitch.rules_load import parse_rules
-from ccswitch.upstream import ClientRequest
+from ccswitch.config.load import parse_rules
+from ccswitch.config.models import Rules
+from ccswitch.dial.job import Job
+from ccswitch.routing.classify import classify
+from ccswitch.vocab import CLIENT_PROTOCOL
+from ccswitch.wire.exchange import ClientRequest
 
 KEY_A = "fake-upstream-key-A-0123456789"
 KEY_B = "fake-upstream-key-B-9876543210"
@@ -42,7 +42,7 @@ def make_job(rules: Rules, path: str = "/v1/messages", body: dict | None = None,
     req = ClientRequest(route=match.route, endpoint=match.endpoint, method="POST",
                         url=f"https://{host}{path}", headers=headers, body=raw, json=body,
                         model=body.get("model"), stream=body.get("stream") is True,
-                        client_protocol=protocols.CLIENT_PROTOCOL[match.route])
+                        client_protocol=CLIENT_PROTOCOL[match.route])
     candidates = [rules.upstream(n) for n in rules.routes.for_route(match.route)]
     return Job(request=req, rules=rules, candidates=candidates)
 
@@ -75,6 +75,7 @@ def localhost_tls_server_context(directory):
     """(server SSLContext, path of its self-signed certificate) for `localhost`."""
     import datetime
     import ssl
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -82,7 +83,7 @@ def localhost_tls_server_context(directory):
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)

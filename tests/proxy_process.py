@@ -57,7 +57,7 @@ class Proxy:
     def reverse_url(self) -> str:
         return f"http://127.0.0.1:{self.reverse_port}"
 
-    def start(self, timeout: float = 20.0) -> "Proxy":
+    def start(self, timeout: float = 20.0) -> Proxy:
         self.log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.args, cwd=self.workdir, stdout=self.log_file,
                                      stderr=subprocess.STDOUT, env=self.env)
@@ -85,7 +85,7 @@ class Proxy:
         if getattr(self, "log_file", None):
             self.log_file.close()
 
-    def __enter__(self) -> "Proxy":
+    def __enter__(self) -> Proxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:

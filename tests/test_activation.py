@@ -3,9 +3,8 @@
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-
-from ccswitch.activation import Schedule, has_content, probe_body, send_probe
-from ccswitch.rules_load import parse_rules
+from ccswitch.activation.probe import Schedule, has_content, probe_body, send_probe
+from ccswitch.config.load import parse_rules
 
 TZ = "Europe/Berlin"
 
@@ -109,8 +108,9 @@ upstreams:
 
 
 async def test_send_probe_success_failure_and_activation_model_not_renamed():
-    from ccswitch.http1 import UpstreamClient
     from mock_upstream import MockUpstream, hang_before_headers, status
+
+    from ccswitch.net.http1 import UpstreamClient
 
     with MockUpstream("relay") as mock:
         r = parse_rules(f"""
@@ -146,10 +146,11 @@ async def test_activator_probes_on_time_records_and_ends_a_cooldown(tmp_path):
     import asyncio
     import sqlite3
 
-    from ccswitch.activator import Activator
-    from ccswitch.http1 import UpstreamClient
-    from ccswitch.addon import Gateway
     from mock_upstream import MockUpstream, status
+
+    from ccswitch.mitm.activator import Activator
+    from ccswitch.mitm.gateway import Gateway
+    from ccswitch.net.http1 import UpstreamClient
 
     with MockUpstream("relay") as mock:
         path = tmp_path / "rules.yaml"
@@ -217,8 +218,8 @@ upstreams:
 
 
 def test_a_restart_does_not_fire_a_slot_the_ledger_says_already_fired(tmp_path):
-    from ccswitch.activator import seed_from_ledger
-    from ccswitch.usage.ledger import Ledger
+    from ccswitch.ledger.writer import Ledger
+    from ccswitch.mitm.activator import seed_from_ledger
     r = parse_rules(f"""
 timezone: {TZ}
 usage_db: {tmp_path / 'usage.db'}

@@ -3,15 +3,17 @@
 import json
 
 import pytest
+from helpers import CLIENT_KEY, KEY_A
 from mitmproxy import exceptions
 from mitmproxy.addons import proxyauth, proxyserver
 from mitmproxy.proxy import mode_specs
 from mitmproxy.test import taddons, tflow, tutils
 
-from ccswitch.addon import Gateway, Router, RulesWatcher
-from ccswitch.safety import InterceptScope, ListenSafety
-from ccswitch.relay import JOB_HEADER, Relay
-from helpers import CLIENT_KEY, KEY_A
+from ccswitch.dial.relay import JOB_HEADER, Relay
+from ccswitch.mitm.gateway import Gateway
+from ccswitch.mitm.router import Router
+from ccswitch.mitm.rules_watcher import RulesWatcher
+from ccswitch.mitm.safety import InterceptScope, ListenSafety
 
 RULES = f"""
 client_keys: ["{CLIENT_KEY}"]
@@ -37,7 +39,6 @@ def router(gateway):
     r.relay = Relay(None)
     r.relay.port = 4242
     with taddons.context(r) as tctx:
-        tctx.options  # options come from the context
         yield r
 
 
@@ -146,7 +147,7 @@ async def test_finish_writes_comment_display_url_and_forgets_the_job(router):
     flow = messages_flow()
     await router.request(flow)
     job = router.jobs[flow.id]
-    from ccswitch.jobs import Attempt
+    from ccswitch.dial.job import Attempt
     job.attempts = [Attempt("a", 503, "HTTP 503", 12), Attempt("a", 200, None, 30)]
     job.upstream = "a"
     flow.response = tutils.tresp()
@@ -227,7 +228,8 @@ def test_hot_reload_keeps_last_good_rules(tmp_path, caplog):
 
 async def test_compressed_client_body_is_decoded_and_sent_plain(router):
     import gzip
-    from ccswitch.upstream import render
+
+    from ccswitch.dial.render import render
     flow = messages_flow()
     flow.request.headers["content-encoding"] = "gzip"
     flow.request.raw_content = gzip.compress(json.dumps({"model": "m", "stream": True, "messages": []}).encode())
@@ -241,8 +243,9 @@ async def test_compressed_client_body_is_decoded_and_sent_plain(router):
 
 def test_upstream_tls_follows_mitmproxys_options(gateway, tmp_path):
     import ssl
-    from ccswitch.dialer import Dialer
-    from ccswitch.http1 import UpstreamClient
+
+    from ccswitch.dial.dialer import Dialer
+    from ccswitch.net.http1 import UpstreamClient
     router = Router(gateway)
     router.dialer = Dialer(gateway.health, client=UpstreamClient())
     with taddons.context(router) as tctx:

@@ -11,9 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 from mitmproxy import io
-
-from proxy_process import Proxy
 from mock_upstream import MockUpstream, status
+from proxy_process import Proxy
 
 # distinctive fake keys: the secrets scan looks for them everywhere afterwards
 UPSTREAM_KEY = "fake-ant-UPSTREAMKEY-7f3a9c1e5b"

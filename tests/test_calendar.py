@@ -1,17 +1,24 @@
 """ccswitch.calendar: days/hours windows, time zones, activation times across DST."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from ccswitch.calendar import (WEEKDAYS, describe_next, format_days, in_window, local_now,
-                               next_activation, schedule_block)
-from ccswitch.rules import HourWindow, Upstream
-from ccswitch.rules_load import parse_rules
+from ccswitch.config.load import parse_rules
+from ccswitch.config.models import HourWindow, Upstream
+from ccswitch.config.schedule import (
+    WEEKDAYS,
+    describe_next,
+    format_days,
+    in_window,
+    local_now,
+    next_activation,
+    schedule_block,
+)
 
-UTC = timezone.utc
+UTC = UTC
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
 SHANGHAI = ZoneInfo("Asia/Shanghai")

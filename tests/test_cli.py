@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parent.parent
 CCSWITCH = Path(sys.executable).with_name("ccswitch")
 

@@ -7,8 +7,8 @@ import tomllib
 
 import pytest
 
-from ccswitch import clienv
-from ccswitch.clienv import env_lines, write_ca_bundle
+from ccswitch.cli import env as clienv
+from ccswitch.cli.env import env_lines, write_ca_bundle
 
 MITM_PEM = b"-----BEGIN CERTIFICATE-----\nMITMCA\n-----END CERTIFICATE-----\n"
 SYS_PEM = b"-----BEGIN CERTIFICATE-----\nSYSTEMROOT\n-----END CERTIFICATE-----"   # no final newline on purpose
@@ -131,7 +131,7 @@ def test_codex_toml(tmp_path, reverse, base_url):
 
 def test_codex_toml_one_liner_is_valid_toml(tmp_path):
     text = env_lines(confdir=tmp_path, port=9000, reverse=True, codex_toml=True, bundle_dir=tmp_path)
-    line = next(l for l in text.splitlines() if l.startswith("# One-off"))
+    line = next(x for x in text.splitlines() if x.startswith("# One-off"))
     words = shlex.split(line[1:])
     key, _, value = words[words.index("-c") + 1].partition("=")
     assert key == "model_providers.ccswitch"

@@ -3,13 +3,13 @@
 from datetime import datetime
 
 import pytest
+from helpers import KEY_A
 from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
-from ccswitch.addon import Gateway
-from ccswitch.commands import Commands
-from ccswitch.routing import plan
-from helpers import KEY_A
+from ccswitch.mitm.commands import Commands
+from ccswitch.mitm.gateway import Gateway
+from ccswitch.routing.plan import plan
 
 RULES = f"""
 upstreams:

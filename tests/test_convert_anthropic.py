@@ -16,13 +16,13 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import TypeAdapter
 
-from ccswitch.convert import translation
-from ccswitch.convert.anthropic import ChatToAnthropic
-from ccswitch.convert.anthropic_request import NOOP_TOOL, tool_id
-from ccswitch.outcome import Reply
-from ccswitch.rules import Rules, Upstream
-from ccswitch.sse import Event, SSEParser, format_event
-from ccswitch.upstream import ClientRequest, RenderError, render
+from ccswitch.config.models import Rules, Upstream
+from ccswitch.dial.render import render
+from ccswitch.translate import translation_for
+from ccswitch.translate.chat.anthropic import ChatToAnthropic
+from ccswitch.translate.chat.anthropic_request import NOOP_TOOL, tool_id
+from ccswitch.wire.exchange import ClientRequest, RenderError, Reply
+from ccswitch.wire.sse import Event, SSEParser, format_event
 
 FIXTURE = Path(__file__).parent / "fixtures" / "anthropic" / "thinking_text_two_tools.sse"
 UP = Upstream(name="anth", protocol="anthropic", base_url="https://anthropic.example",
@@ -67,7 +67,7 @@ def text(t, **kw):
 # ============================================================ §1.1 system / developer
 
 def test_translation_registry_and_minimal_body():
-    assert isinstance(translation("openai-chat", "anthropic"), ChatToAnthropic)
+    assert isinstance(translation_for("openai-chat", "anthropic"), ChatToAnthropic)
     out = chat(user(), max_tokens=100, stream=True, stream_options={"include_usage": True})
     assert out == {"model": "claude-sonnet-4-5", "max_tokens": 100,
                    "messages": [{"role": "user", "content": [text("hi")]}], "stream": True}

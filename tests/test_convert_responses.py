@@ -10,17 +10,17 @@ import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from ccswitch.convert import translation
-from ccswitch.convert.responses import ChatToResponses
-from ccswitch.outcome import Reply
-from ccswitch.protocols import CHAT, RESPONSES
-from ccswitch.rules import Upstream
-from ccswitch.sse import SSEParser, format_event
-from ccswitch.upstream import ClientRequest, RenderError, render
+from ccswitch.config.models import Upstream
+from ccswitch.dial.render import render
+from ccswitch.translate import translation_for
+from ccswitch.translate.chat.responses import ChatToResponses
+from ccswitch.vocab import Protocol
+from ccswitch.wire.exchange import ClientRequest, RenderError, Reply
+from ccswitch.wire.sse import SSEParser, format_event
 
 RECORDED = (Path(__file__).parent / "fixtures/responses/reasoning_text_two_calls.sse").read_bytes()
-API = Upstream(name="resp", protocol=RESPONSES, base_url="https://api.openai.com/v1", api_key="sk-test-key-1")
-CODEX = Upstream(name="codex", protocol=RESPONSES, base_url="https://chatgpt.com/backend-api/codex/",
+API = Upstream(name="resp", protocol=Protocol.RESPONSES, base_url="https://api.openai.com/v1", api_key="sk-test-key-1")
+CODEX = Upstream(name="codex", protocol=Protocol.RESPONSES, base_url="https://chatgpt.com/backend-api/codex/",
                  api_key="sk-test-key-2", models={"gpt-5": "gpt-5-codex"})
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
                                             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
@@ -31,7 +31,7 @@ HI = [{"role": "user", "content": "hi"}]
 def creq(body):
     return ClientRequest(route="chat", endpoint="chat", method="POST", url="http://127.0.0.1/v1/chat/completions",
                          headers=[], body=json.dumps(body).encode(), json=body, model=body.get("model"),
-                         stream=bool(body.get("stream")), client_protocol=CHAT)
+                         stream=bool(body.get("stream")), client_protocol=Protocol.CHAT)
 
 
 def convert(up=API, **body):
@@ -231,13 +231,13 @@ def test_requests_that_cannot_be_converted(extra, message):
 
 
 def test_wiring():
-    assert isinstance(translation(CHAT, RESPONSES), ChatToResponses)
+    assert isinstance(translation_for(Protocol.CHAT, Protocol.RESPONSES), ChatToResponses)
     tr, plain, streamed = ChatToResponses(), creq({"model": "m", "messages": HI}), creq({"stream": True})
     assert (tr.upstream_streams(plain, API), tr.upstream_streams(streamed, API)) == (False, True)
     assert tr.upstream_streams(plain, CODEX) is True
-    assert tr.upstream_streams(plain, Upstream(name="x", protocol=RESPONSES,
+    assert tr.upstream_streams(plain, Upstream(name="x", protocol=Protocol.RESPONSES,
                                                base_url="https://h/backend-api/codexx")) is False
-    assert tr.upstream_streams(plain, Upstream(name="x", protocol=RESPONSES, base_url="https://h/codex")) is False
+    assert tr.upstream_streams(plain, Upstream(name="x", protocol=Protocol.RESPONSES, base_url="https://h/codex")) is False
 
 
 # ---------------------------------------------------------------- non-stream (§3.2-§3.4)

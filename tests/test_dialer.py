@@ -3,13 +3,21 @@
 import json
 
 import pytest
-
-from ccswitch.dialer import Dialer
-from ccswitch.health import HealthBoard
-from ccswitch.sse import SSEParser
 from helpers import CLIENT_KEY, KEY_A, KEY_B, MemorySink, make_job, rules_for
-from mock_upstream import (MockUpstream, cut_after, error_event_after, error_json_200, hang_before_headers,
-                           html_200, stall_after, status)
+from mock_upstream import (
+    MockUpstream,
+    cut_after,
+    error_event_after,
+    error_json_200,
+    hang_before_headers,
+    html_200,
+    stall_after,
+    status,
+)
+
+from ccswitch.dial.dialer import Dialer
+from ccswitch.routing.health import HealthBoard
+from ccswitch.wire.sse import SSEParser
 
 FAST = """
 timeouts: {connect: 2s, first_byte: 500ms, total: 2s, idle: 500ms}
@@ -59,7 +67,7 @@ upstreams:
 
 
 async def test_model_rename(mock_a):
-    from ccswitch.rules_load import parse_rules
+    from ccswitch.config.load import parse_rules
     rules = parse_rules(f"""
 upstreams:
   - name: a
@@ -186,7 +194,8 @@ async def test_upstream_echoing_its_key_is_redacted(mock_a):
 
 async def test_threshold_cools_down_and_cooling_upstream_is_skipped(mock_a, mock_b):
     from datetime import datetime
-    from ccswitch.routing import plan
+
+    from ccswitch.routing.plan import plan
     health = HealthBoard()
     rules = two(mock_a, mock_b, extra=FAST.replace("failover: {", "failover: {threshold: 2, "))
     for _ in range(2):
@@ -200,6 +209,7 @@ async def test_threshold_cools_down_and_cooling_upstream_is_skipped(mock_a, mock
 async def test_compressed_upstream_stream_reaches_the_client_decoded():
     import asyncio
     import gzip
+
     import mock_payloads as P
     sse = b"".join(P.sse(e) for e in P.anthropic_events(P.Reply("m", P.split("zipped hello"))))
     zipped = gzip.compress(sse)
@@ -228,6 +238,7 @@ async def test_compressed_upstream_stream_reaches_the_client_decoded():
 async def test_upstream_tls_is_verified(tmp_path, mock_b):
     """A self-signed upstream certificate is a TLS failure, and failover moves on."""
     import asyncio
+
     from helpers import localhost_tls_server_context
     ctx, _ = localhost_tls_server_context(tmp_path)
 
@@ -303,7 +314,8 @@ async def test_in_stream_error_text_is_scrubbed_before_it_is_recorded(mock_a, mo
 
 def test_an_upstream_being_probed_is_still_tried_when_nothing_else_is_left():
     from datetime import datetime
-    from ccswitch.routing import plan
+
+    from ccswitch.routing.plan import plan
     rules = rules_for(("a", "anthropic", "http://127.0.0.1:9"))
     health = HealthBoard()
     health.begin_probe("a")
@@ -312,7 +324,8 @@ def test_an_upstream_being_probed_is_still_tried_when_nothing_else_is_left():
 
 async def test_a_gateway_bug_mid_stream_ends_with_an_error_event_not_a_cut(mock_a):
     import asyncio
-    from ccswitch.relay import JOB_HEADER, Relay
+
+    from ccswitch.dial.relay import JOB_HEADER, Relay
 
     class Exploding:
         def __init__(self):
@@ -327,8 +340,9 @@ async def test_a_gateway_bug_mid_stream_ends_with_an_error_event_not_a_cut(mock_
         def finish(self):
             return b""
 
-    from ccswitch import translate
     from mock_upstream import slow_stream
+
+    from ccswitch.translate import base as translate
     mock_a.script(slow_stream(8, 0.03))   # paced, so the bug strikes after the first content went out
     dialer = Dialer(HealthBoard(), loopback_only=True)
     recorded = []

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from ccswitch.clienv import write_ca_bundle
 from helpers import CLIENT_KEY, KEY_A, KEY_B
 from mock_upstream import MockUpstream, status
 from proxy_process import Proxy
+
+from ccswitch.cli.env import write_ca_bundle
 
 BIN = Path(__file__).parent / "clients" / "node_modules" / ".bin"
 CLAUDE, CODEX = BIN / "claude", BIN / "codex"

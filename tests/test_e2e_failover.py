@@ -6,14 +6,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from mitmproxy import io
-
-from ccswitch.dialer import Dialer
-from ccswitch.health import HealthBoard
-from ccswitch.relay import JOB_HEADER, Relay
 from helpers import CLIENT_KEY, KEY_A, KEY_B, make_job, rules_for
+from mitmproxy import io
 from mock_upstream import MockUpstream, slow_stream, status
 from proxy_process import Proxy
+
+from ccswitch.dial.dialer import Dialer
+from ccswitch.dial.relay import JOB_HEADER, Relay
+from ccswitch.routing.health import HealthBoard
 
 BODY = {"model": "claude-x", "max_tokens": 10, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 

@@ -7,7 +7,6 @@ import anthropic
 import httpx
 import openai
 import pytest
-
 from helpers import CLIENT_KEY, KEY_A, KEY_B
 from mock_upstream import MockUpstream, status
 from proxy_process import Proxy

@@ -1,4 +1,4 @@
-from ccswitch.health import HealthBoard
+from ccswitch.routing.health import HealthBoard
 
 
 class Clock:

@@ -10,8 +10,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from ccswitch import http1, inflate
-from ccswitch.outcome import network_failure
+from ccswitch.dial.outcome import network_failure
+from ccswitch.net import http1, inflate
 
 
 class RawServer:

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from ccswitch.usage.ledger import Ledger
-from ccswitch.usage.schema import VERSION, connect
+from ccswitch.ledger.schema import VERSION, connect
+from ccswitch.ledger.writer import Ledger
 
 
 def row(i: int) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -10,9 +11,18 @@ import anthropic
 import httpx
 import openai
 import pytest
-
-from mock_upstream import (MockUpstream, cut_after, error_event_after, error_json_200, hang_before_headers,
-                           html_200, ok, slow_stream, stall_after, status)
+from mock_upstream import (
+    MockUpstream,
+    cut_after,
+    error_event_after,
+    error_json_200,
+    hang_before_headers,
+    html_200,
+    ok,
+    slow_stream,
+    stall_after,
+    status,
+)
 
 MSG = [{"role": "user", "content": "hi"}]
 TOOL = ("Bash", {"command": "echo hi", "description": "say hi"})
@@ -197,8 +207,12 @@ def test_stop_is_prompt_while_hanging():
     m = MockUpstream().start()
     m.default = hang_before_headers(30)
     errors = []
-    th = threading.Thread(target=lambda: errors.append(
-        pytest.raises(httpx.HTTPError, httpx.post, m.base_url + "/v1/messages", json=ANTHROPIC_BODY, timeout=5)))
+
+    def call() -> None:
+        with pytest.raises(httpx.HTTPError) as raised:
+            httpx.post(m.base_url + "/v1/messages", json=ANTHROPIC_BODY, timeout=5)
+        errors.append(raised)
+    th = threading.Thread(target=call)
     th.start()
     while not m.requests:
         time.sleep(0.01)
@@ -216,7 +230,7 @@ def test_stall_after(up):
             if line.startswith("event:"):
                 stamps.append(time.monotonic())
     assert len(stamps) == len(sse_events(httpx.post(up.base_url + "/v1/messages", json=ANTHROPIC_BODY)))
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
     assert gaps[1] >= 0.2 and max(gaps[:1] + gaps[2:]) < 0.15
 
 

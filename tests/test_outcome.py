@@ -1,6 +1,6 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-from ccswitch.outcome import Failure, cooldown_floor, in_stream_status, retry_after_seconds, retry_delay
+from ccswitch.dial.outcome import Failure, cooldown_floor, in_stream_status, retry_after_seconds, retry_delay
 
 
 def test_retry_delay_doubles_and_honours_retry_after_capped():
@@ -8,13 +8,13 @@ def test_retry_delay_doubles_and_honours_retry_after_capped():
     assert retry_delay([("Retry-After", "7")], 1.0, 1) == 7.0
     assert retry_delay([("retry-after", "120")], 1.0, 1) == 30.0
     assert retry_delay([("retry-after-ms", "250")], 1.0, 1) == 0.25
-    when = (datetime.now(timezone.utc) + timedelta(seconds=20)).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    when = (datetime.now(UTC) + timedelta(seconds=20)).strftime("%a, %d %b %Y %H:%M:%S GMT")
     assert 15 < retry_after_seconds([("retry-after", when)]) <= 20
     assert retry_after_seconds([("retry-after", "soon")]) is None
 
 
 def test_429_cooldown_floor_from_retry_after_or_anthropic_reset():
-    reset = (datetime.now(timezone.utc) + timedelta(seconds=300)).isoformat().replace("+00:00", "Z")
+    reset = (datetime.now(UTC) + timedelta(seconds=300)).isoformat().replace("+00:00", "Z")
     f = Failure("a", 429, "HTTP 429", "switch",
                 [("retry-after", "60"), ("anthropic-ratelimit-tokens-reset", reset)])
     assert 290 < cooldown_floor(f) <= 300

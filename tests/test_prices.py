@@ -5,9 +5,9 @@ from datetime import date
 
 import pytest
 
-from ccswitch import prices
-from ccswitch.prices import BUILTIN, PRICES_AS_OF, Price, cost, normalize, price_for
-from ccswitch.rules_load import parse_rules
+from ccswitch.config.load import parse_rules
+from ccswitch.report import prices
+from ccswitch.report.prices import BUILTIN, PRICES_AS_OF, Price, cost, normalize, price_for
 
 
 def test_as_of_is_a_date():

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from ccswitch import cli, report
-from ccswitch.rules_load import parse_rules
-from ccswitch.usage.schema import connect
+from ccswitch.cli import app as cli
+from ccswitch.cli import report as report_cli
+from ccswitch.config.load import parse_rules
+from ccswitch.ledger.schema import connect
+from ccswitch.report import text as report
+from ccswitch.report.data import Report, build_report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,11 +113,11 @@ def small_db(tmp_path: Path) -> Path:
     return path
 
 
-def _small(small_db: Path, extra: str = "", by: str | None = None) -> report.Report:
+def _small(small_db: Path, extra: str = "", by: str | None = None) -> Report:
     rules = parse_rules(RULES + extra, env={"RELAY_A_KEY_FOR_TEST": "x"})
     conn = connect(str(small_db), readonly=True)
     try:
-        return report.build_report(conn, rules, date(2026, 3, 1), date(2026, 3, 2), by, db_path=str(small_db))
+        return build_report(conn, rules, date(2026, 3, 1), date(2026, 3, 2), by, db_path=str(small_db))
     finally:
         conn.close()
 
@@ -174,7 +177,7 @@ def test_table_text(small_db):
 
 
 def test_main_json(small_db, tmp_path, capsys):
-    rc = report.main(["--rules", str(write_rules(tmp_path)), "--db", str(small_db),
+    rc = report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(small_db),
                       "--since", "2026-03-01", "--until", "2026-03-02", "--json", "--by", "route"])
     assert rc == 0
     data = json.loads(capsys.readouterr().out)
@@ -189,7 +192,7 @@ def test_main_json(small_db, tmp_path, capsys):
 
 
 def test_days_option_counts_back_from_until(small_db, tmp_path, capsys):
-    rc = report.main(["--rules", str(write_rules(tmp_path)), "--db", str(small_db), "--until", "2026-03-02",
+    rc = report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(small_db), "--until", "2026-03-02",
                       "--days", "1", "--json"])
     assert rc == 0
     data = json.loads(capsys.readouterr().out)
@@ -198,7 +201,7 @@ def test_days_option_counts_back_from_until(small_db, tmp_path, capsys):
 
 def test_missing_database(tmp_path, capsys):
     db = tmp_path / "nope.db"
-    rc = report.main(["--rules", str(write_rules(tmp_path)), "--db", str(db)])
+    rc = report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(db)])
     assert rc == 1
     err = capsys.readouterr().err
     assert err.strip() == f"no usage database at {db} (ccswitch writes one once it has routed a request)"
@@ -213,7 +216,7 @@ def test_empty_database(tmp_path, capsys, kind):
     else:
         db.write_bytes(b"")
     out = tmp_path / "out"
-    rc = report.main(["--rules", str(write_rules(tmp_path)), "--db", str(db), "--since", "2026-03-01",
+    rc = report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(db), "--since", "2026-03-01",
                       "--until", "2026-03-02", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
@@ -224,16 +227,16 @@ def test_empty_database(tmp_path, capsys, kind):
 def test_not_a_database(tmp_path, capsys):
     db = tmp_path / "usage.db"
     db.write_text("hello, this is not sqlite" * 100)
-    rc = report.main(["--rules", str(write_rules(tmp_path)), "--db", str(db)])
+    rc = report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(db)])
     assert rc == 1 and "cannot read usage database" in capsys.readouterr().err
 
 
 def test_bad_rules_and_dates(tmp_path, capsys):
-    assert report.main(["--rules", str(tmp_path / "missing.yaml"), "--db", str(tmp_path / "x.db")]) == 1
+    assert report_cli.main(["--rules", str(tmp_path / "missing.yaml"), "--db", str(tmp_path / "x.db")]) == 1
     assert "no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        report.main(["--since", "March 1"])
-    assert report.main(["--rules", str(write_rules(tmp_path)), "--since", "2026-03-05", "--until", "2026-03-01"]) == 1
+        report_cli.main(["--since", "March 1"])
+    assert report_cli.main(["--rules", str(write_rules(tmp_path)), "--since", "2026-03-05", "--until", "2026-03-01"]) == 1
 
 
 def test_ccswitch_cli_report(small_db, tmp_path, capsys):
@@ -245,7 +248,7 @@ def test_ccswitch_cli_report(small_db, tmp_path, capsys):
 def test_rules_usage_db_is_the_default(small_db, tmp_path, capsys):
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES + f"usage_db: {small_db.name}\n")
-    rc = report.main(["--rules", str(rules), "--since", "2026-03-01", "--until", "2026-03-02", "--json"])
+    rc = report_cli.main(["--rules", str(rules), "--since", "2026-03-01", "--until", "2026-03-02", "--json"])
     assert rc == 0 and json.loads(capsys.readouterr().out)["database"] == str(small_db)
 
 
@@ -319,7 +322,7 @@ def big(tmp_path_factory) -> dict:
             "--until", str(END)]
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert report.main([*argv, "--out", str(out)]) == 0
+        assert report_cli.main([*argv, "--out", str(out)]) == 0
     return {"db": db, "out": out, "argv": argv, "text": buf.getvalue()}
 
 
@@ -354,7 +357,7 @@ def test_60_days_html_and_table(big):
 
 def test_60_days_json_is_consistent(big, capsys):
     db = big["db"]
-    rc = report.main([*big["argv"], "--json", "--by", "model"])
+    rc = report_cli.main([*big["argv"], "--json", "--by", "model"])
     assert rc == 0
     data = json.loads(capsys.readouterr().out)
     assert len(data["days"]) == 60
@@ -393,7 +396,7 @@ def test_no_rules_timezone_uses_system_zone_with_dst(tmp_path, monkeypatch):
     try:
         rules = parse_rules(RULES.replace("timezone: Asia/Shanghai\n", ""), env={"RELAY_A_KEY_FOR_TEST": "x"})
         conn = connect(str(path), readonly=True)
-        r = report.build_report(conn, rules, date(2026, 3, 8), date(2026, 3, 9))
+        r = build_report(conn, rules, date(2026, 3, 8), date(2026, 3, 9))
         conn.close()
         assert r.daily[date(2026, 3, 9)].requests == 1 and r.daily[date(2026, 3, 8)].requests == 0
         assert r.tz_name.startswith("local time, UTC-0")

@@ -8,9 +8,19 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from ccswitch.rules import (DEFAULT_ON_STATUS, ROUTE_PROTOCOLS, Failover, HourWindow, Routes, Rules,
-                            RulesError, Timeouts, Upstream, parse_duration)
-from ccswitch.rules_load import default_rules_text, load_rules, parse_rules, resolve_rules_path
+from ccswitch.config.load import default_rules_text, load_rules, parse_rules, resolve_rules_path
+from ccswitch.config.models import (
+    DEFAULT_ON_STATUS,
+    ROUTE_PROTOCOLS,
+    Failover,
+    HourWindow,
+    Routes,
+    Rules,
+    RulesError,
+    Timeouts,
+    Upstream,
+    parse_duration,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "fake-test-VERY-SECRET-0123456789"

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from ccswitch.sse import SSEError, SSEParser, format_event
+from ccswitch.wire.sse import SSEError, SSEParser, format_event
 
 STREAM = (
     b"event: message_start\ndata: {\"type\":\"message_start\"}\n\n"

@@ -1,7 +1,7 @@
 """Usage extraction per protocol, including the classic bugs peers shipped."""
 
-from ccswitch.sse import SSEParser, format_event
-from ccswitch.usage.extract import UsageTap, from_body, usage_of_body
+from ccswitch.wire.sse import SSEParser, format_event
+from ccswitch.wire.usage import UsageTap, from_body, usage_of_body
 
 
 def feed(protocol, events):

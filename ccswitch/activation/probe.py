@@ -1,0 +1,194 @@
+"""Daily activation probes: one tiny real request at each `activate_at` time.
+
+Relays and subscription plans start their billing window on first use; a probe
+at a fixed local time opens it when the user wants.  The schedule is pure
+(`due`, given a clock); sending is one small async function; the addon runs the
+loop and records each probe in the ledger's `activations` table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+from ccswitch.config.models import Rules, Upstream, parse_hhmm
+from ccswitch.config.schedule import fire_instant
+from ccswitch.dial.render import render
+from ccswitch.net import http1
+from ccswitch.translate.chat.responses_request import is_codex_backend
+from ccswitch.vocab import Protocol
+from ccswitch.wire.exchange import ClientRequest, json_or_none
+from ccswitch.wire.sse import parse_all
+
+log = logging.getLogger("ccswitch.activation")
+
+_DEFAULT_MODEL = {Protocol.ANTHROPIC: "claude-haiku-4-5", Protocol.RESPONSES: "gpt-5-mini", "openai-chat": "gpt-5-mini"}
+_PROMPT = "Reply with the single word: ok"
+
+
+# ---------------------------------------------------------------------- the schedule
+
+@dataclass(frozen=True)
+class Slot:
+    upstream: str
+    day: date          # the local day the time belongs to
+    at: str            # "HH:MM" as written in the rules
+
+
+@dataclass
+class SlotState:
+    tries: int = 0
+    done: bool = False
+    next_try: datetime | None = None
+
+
+def slot_instants(upstream: Upstream, days, tz) -> Iterator[tuple[datetime, Slot]]:
+    """Each of the upstream's `activate_at` times on each of `days`: (when it fires, its slot)."""
+    for day in days:
+        for at in upstream.activate_at:
+            yield fire_instant(day, parse_hhmm(at), tz), Slot(upstream.name, day, at)
+
+
+@dataclass
+class Schedule:
+    """Which slots fired, failed or wait for a retry; in memory, seeded from the ledger."""
+    slots: dict[Slot, SlotState] = field(default_factory=dict)
+
+    def due(self, rules: Rules, now: datetime, enabled=lambda u: u.enabled) -> list[tuple[Upstream, Slot]]:
+        """Slots to probe at `now` (aware, in the rules' time zone).
+
+        A slot fires once at its time; if ccswitch was not running then, it fires late
+        only within the grace window; after a failure it retries every retry_interval,
+        at most `retries` more times that day.
+        """
+        out = []
+        settings = rules.activation
+        for upstream in rules.upstreams:
+            if not upstream.activate_at or not enabled(upstream):
+                continue
+            days = [d for d in (now.date() - timedelta(days=1), now.date())   # a retry past midnight
+                    if d.weekday() in upstream.days]
+            for instant, slot in slot_instants(upstream, days, now.tzinfo):
+                if _utc(instant) > _utc(now):
+                    continue
+                state = self.slots.get(slot)
+                if state is None:
+                    if _utc(now) - _utc(instant) > timedelta(seconds=settings.grace):
+                        continue            # missed by more than the grace window
+                    out.append((upstream, slot))
+                elif not state.done and state.tries <= settings.retries and state.next_try \
+                        and _utc(now) >= _utc(state.next_try):
+                    out.append((upstream, slot))
+        return out
+
+    def started(self, slot: Slot) -> None:
+        state = self.slots.setdefault(slot, SlotState())
+        state.tries += 1
+        state.next_try = None
+
+    def finished(self, slot: Slot, ok: bool, now: datetime, retry_interval: float) -> None:
+        state = self.slots.setdefault(slot, SlotState())
+        state.done = ok
+        state.next_try = None if ok else now + timedelta(seconds=retry_interval)
+
+    def mark_done(self, slot: Slot) -> None:
+        self.slots[slot] = SlotState(tries=1, done=True)
+
+    def forget_before(self, day: date) -> None:
+        for slot in [s for s in self.slots if s.day < day]:
+            del self.slots[slot]
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
+
+
+# ---------------------------------------------------------------------- the probe
+
+@dataclass
+class ProbeResult:
+    upstream: str
+    ok: bool
+    status: int | None
+    error: str | None
+    latency_ms: int
+    ts: datetime
+
+    def row(self) -> dict:
+        return {"ts": self.ts.astimezone(UTC).isoformat(timespec="milliseconds"),
+                "upstream": self.upstream, "status": self.status, "ok": int(self.ok), "error": self.error,
+                "latency_ms": self.latency_ms}
+
+
+def probe_model(upstream: Upstream) -> str:
+    if upstream.activation_model:
+        return upstream.activation_model
+    default = _DEFAULT_MODEL[upstream.protocol]
+    mapped = upstream.map_model(default)
+    return mapped if mapped != default else next(iter(upstream.models.values()), default)
+
+
+def probe_body(upstream: Upstream) -> dict:
+    """The smallest sensible request in the upstream's protocol."""
+    model = probe_model(upstream)
+    if upstream.protocol == Protocol.ANTHROPIC:
+        return {"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": _PROMPT}]}
+    if upstream.protocol == Protocol.RESPONSES:
+        if is_codex_backend(upstream):   # streams only, refuses max_output_tokens
+            return {"model": model, "instructions": "Answer briefly.", "store": False, "stream": True,
+                    "input": [{"type": "message", "role": "user",
+                               "content": [{"type": "input_text", "text": _PROMPT}]}]}
+        return {"model": model, "input": _PROMPT, "max_output_tokens": 16, "store": False}
+    return {"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": _PROMPT}]}
+
+
+def has_content(protocol: str, body: bytes, is_sse: bool) -> bool:
+    """A 2xx that really answered: text or output, not an empty shell or an error."""
+    if is_sse:
+        events = parse_all(body)
+        return any(e.type.endswith(".delta") or e.type == "content_block_delta" for e in events)
+    parsed = json_or_none(body)
+    if not isinstance(parsed, dict) or parsed.get("error"):
+        return False
+    if protocol == Protocol.ANTHROPIC:
+        return bool(parsed.get("content"))
+    if protocol == Protocol.RESPONSES:
+        return bool(parsed.get("output"))
+    return bool(parsed.get("choices"))
+
+
+async def send_probe(client: http1.UpstreamClient, upstream: Upstream, timeout: float = 60.0,
+                     allow_url: Callable[[str], bool] | None = None) -> ProbeResult:
+    body = probe_body(upstream)
+    endpoint = {Protocol.ANTHROPIC: "messages", Protocol.RESPONSES: "responses"}.get(upstream.protocol, "chat")
+    req = ClientRequest(route="", endpoint=endpoint, method="POST", url="", headers=[],
+                        body=json.dumps(body).encode(), json=body, model=body["model"],
+                        stream=bool(body.get("stream")), client_protocol=upstream.protocol)
+    out = render(upstream, req)
+    sent = json.loads(out.body)
+    sent["model"] = body["model"]       # activation_model is sent as written, never renamed
+    started, ts = time.monotonic(), datetime.now(UTC)
+    status, error, ok = None, None, False
+    if allow_url is not None and not allow_url(out.url):
+        return ProbeResult(upstream.name, False, None, "refused: not a loopback address (test guard)", 0, ts)
+    try:
+        async with asyncio.timeout(timeout):
+            response = await client.send("POST", out.url, out.headers, json.dumps(sent).encode(),
+                                         connect_timeout=min(timeout, 30.0))
+            try:
+                status = response.status_code
+                content = await response.aread()
+            finally:
+                await response.aclose()
+        is_sse = "text/event-stream" in (response.header("content-type") or "")
+        ok = 200 <= status < 300 and has_content(upstream.protocol, content, is_sse)
+        if not ok:
+            error = f"HTTP {status}" if not 200 <= status < 300 else "a 2xx without content"
+    except (http1.TransportError, TimeoutError, OSError) as exc:
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return ProbeResult(upstream.name, ok, status, error, int((time.monotonic() - started) * 1000), ts)

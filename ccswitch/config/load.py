@@ -1,0 +1,299 @@
+"""Reading rules.yaml: YAML -> ``${VAR}`` expansion -> pydantic validation -> cross-checks.
+
+This file owns turning rules *text* into a ``Rules`` (models in rules.py): a YAML loader with
+YAML 1.2-ish scalars that notes duplicate keys, ``${VAR}`` expansion in api_key and header
+values, pydantic errors rewritten as ``FILE: field.path: message``, checks that span fields
+(duplicate names, auth/base_url combinations, routes), and where rules.yaml is looked for.
+Public: ``parse_rules``, ``load_rules``, ``resolve_rules_path``, ``default_rules_text`` (all
+also importable from ccswitch.rules). Every problem is collected into one ``RulesError``;
+secrets never appear in a message.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ccswitch.config.models import ROUTE_PROTOCOLS, Failover, Routes, Rules, RulesError, Timeouts, Upstream
+
+_ENV_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2-ish scalars (no sexagesimal 06:00, no yes/no booleans); notes duplicate keys."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.duplicates: list[tuple[int, str]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else []:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            if key_node.value in seen:
+                self.duplicates.append((key_node.start_mark.line + 1, key_node.value))
+            seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if not tag.endswith((":bool", ":int", ":float"))]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0x[0-9a-fA-F]+)$"),
+                              list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*|[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+)|[-+]?\.(?:inf|Inf|INF)"
+               r"|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+_Loader.add_constructor("tag:yaml.org,2002:int",
+                        lambda loader, node: int(node.value, 16 if "x" in node.value else 10))
+
+
+def _str_keys(obj: Any) -> Any:
+    """Every mapping key in rules.yaml is a string (``400: pass`` means "400")."""
+    if isinstance(obj, dict):
+        return {(k if isinstance(k, str) else str(k).lower() if isinstance(k, bool) else str(k)): _str_keys(v)
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_str_keys(v) for v in obj]
+    return obj
+
+
+def _expand(text: str, env: Mapping[str, str]) -> tuple[str, list[str], bool]:
+    """-> (expanded, missing variable names, malformed)."""
+    missing: list[str] = []
+    malformed = False
+
+    def sub(m: re.Match) -> str:
+        nonlocal malformed
+        if m.group(0) == "$${":
+            return "${"
+        if m.group(1) is None:
+            malformed = True
+            return ""
+        if m.group(1) not in env:
+            missing.append(m.group(1))
+            return ""
+        return env[m.group(1)]
+
+    return _ENV_RE.sub(sub, text), missing, malformed
+
+
+def _expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[str, str]], set[str]]:
+    """Expand ${VAR} in api_key and header values, in place. -> (problems, paths with problems)."""
+    problems: list[tuple[str, str]] = []
+    ups = data.get("upstreams")
+    for i, up in enumerate(ups if isinstance(ups, list) else []):
+        if not isinstance(up, dict):
+            continue
+        enabled = up.get("enabled", True) is not False
+        fields: list[tuple[str, dict, str]] = []
+        if isinstance(up.get("api_key"), str):
+            fields.append((f"upstreams[{i}].api_key", up, "api_key"))
+        if isinstance(up.get("headers"), dict):
+            fields += [(f"upstreams[{i}].headers.{k}", up["headers"], k)
+                       for k, v in up["headers"].items() if isinstance(v, str)]
+        for path, holder, key in fields:
+            value, missing, malformed = _expand(holder[key], env)
+            if malformed:
+                problems.append((path, "malformed ${...} reference (use ${NAME}, or $${ for a literal ${)"))
+            elif not missing:
+                holder[key] = value
+                continue
+            if enabled:
+                problems += [(path, f"environment variable {n} is not set") for n in missing]
+            if key == "api_key":
+                holder[key] = None
+            else:
+                del holder[key]
+    return problems, {p for p, _ in problems}
+
+
+_FIELD_NAMES = sorted({f for m in (Rules, Failover, Timeouts, Upstream, Routes) for f in m.model_fields} - {"source"})
+_PLAIN_MESSAGES = {
+    "missing": "required", "model_type": "must be a mapping", "dict_type": "must be a mapping",
+    "tuple_type": "must be a list", "list_type": "must be a list", "frozen_set_type": "must be a list",
+    "string_type": "must be a string", "int_type": "must be an integer", "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer", "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false", "float_type": "must be a number", "float_parsing": "must be a number",
+    "path_type": "must be a path", "string_pattern_mismatch": "may contain only letters, digits, '.', '_', '-'",
+}
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if part == "[key]":
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        key = str(err["loc"][-1]) if err["loc"] else ""
+        if key in _FIELD_NAMES:
+            return "unknown key here (it belongs to another section)"
+        close = difflib.get_close_matches(key, _FIELD_NAMES, n=1, cutoff=0.75)
+        return "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+    if kind in _PLAIN_MESSAGES:
+        return _PLAIN_MESSAGES[kind]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg.replace("Input should be", "must be")  # pydantic messages never carry the input
+
+
+def _cross_check(data: dict, ups: list[Upstream | None]) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    raw_ups = data.get("upstreams") if isinstance(data.get("upstreams"), list) else []
+    names: dict[str, str] = {}  # name -> protocol (or "")
+    for i, raw in enumerate(raw_ups):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if isinstance(name, str):
+            if name in names:
+                problems.append((f"upstreams[{i}].name", f"duplicate upstream name {name!r}"))
+            else:
+                names[name] = raw.get("protocol") if isinstance(raw.get("protocol"), str) else ""
+    keys = data.get("client_keys")
+    has_client_keys = isinstance(keys, list) and len(keys) > 0
+    for i, up in enumerate(ups):
+        if up is None:
+            continue
+        p = f"upstreams[{i}]"
+        if up.auth == "client" and has_client_keys:
+            problems.append((f"{p}.auth", "auth: client cannot be used with client_keys "
+                                          "(client keys are never forwarded)"))
+        if up.base_url == "original" and up.auth != "client":
+            problems.append((f"{p}.base_url", "base_url: original requires auth: client"))
+        if up.activate_at and up.auth == "client":
+            problems.append((f"{p}.activate_at", "activate_at cannot be used with auth: client "
+                                                 "(there is no key to probe with)"))
+        if up.enabled and up.auth != "client" and (up.api_key is None or not up.api_key.get_secret_value()):
+            problems.append((f"{p}.api_key", f"required with auth: {up.auth}"))
+    routes = data.get("routes")
+    for route, allowed in ROUTE_PROTOCOLS.items():
+        listed = routes.get(route) if isinstance(routes, dict) else None
+        seen: set[str] = set()
+        for j, name in enumerate(listed if isinstance(listed, list) else []):
+            path = f"routes.{route}[{j}]"
+            if not isinstance(name, str):
+                continue
+            if name not in names:
+                problems.append((path, f"unknown upstream {name!r}"))
+            elif name in seen:
+                problems.append((path, f"upstream {name!r} is listed twice"))
+            elif names[name] in ROUTE_PROTOCOLS["chat"] and names[name] not in allowed:
+                only = " or ".join(sorted(allowed))
+                problems.append((path, f"upstream {name!r} speaks {names[name]}; "
+                                       f"the {route} route takes only {only} upstreams"))
+            seen.add(name)
+    return problems
+
+
+def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path | None,
+           source_path: Path | None) -> Rules:
+    env = os.environ if env is None else env
+    where = lambda path, msg: f"{source}: {path}: {msg}" if path else f"{source}: {msg}"
+    loader = _Loader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        pos = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RulesError([where(pos, " ".join(x for x in (e.context, e.problem) if x) or "invalid YAML")]) from None
+    except yaml.YAMLError as e:
+        raise RulesError([where("", f"invalid YAML ({type(e).__name__})")]) from None
+    finally:
+        loader.dispose()
+    problems = [where(f"line {line}", f"duplicate key {key!r}") for line, key in loader.duplicates]
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RulesError(problems + [where("", "the rules must be a mapping (key: value lines)")])
+    data = _str_keys(copy.deepcopy(data))
+    if "source" in data:
+        problems.append(where("source", "unknown key"))
+        del data["source"]
+    env_problems, env_paths = _expand_upstreams(data, env)
+    problems += [where(p, m) for p, m in env_problems]
+    ctx = {"base_dir": base_dir if base_dir is not None else Path.cwd()}
+    rules: Rules | None = None
+    try:
+        rules = Rules.model_validate({**data, "source": source_path}, context=ctx)
+        ups: list[Upstream | None] = list(rules.upstreams)
+    except ValidationError as e:
+        problems += [where(_format_loc(err["loc"]), _message(err)) for err in e.errors(include_url=False)]
+        ups = []
+        for raw in data.get("upstreams") if isinstance(data.get("upstreams"), list) else []:
+            try:
+                ups.append(Upstream.model_validate(raw, context=ctx))
+            except ValidationError:
+                ups.append(None)
+    problems += [where(p, m) for p, m in _cross_check(data, ups) if p not in env_paths]
+    if problems or rules is None:
+        raise RulesError(list(dict.fromkeys(problems)))
+    return rules
+
+
+def parse_rules(text: str, source: str = "<rules>", env: Mapping[str, str] | None = None,
+                base_dir: Path | None = None, source_path: Path | None = None) -> Rules:
+    """Validate rules text. Raises RulesError listing every problem. Relative usage_db
+    paths resolve against base_dir (default: the current directory)."""
+    return _parse(text, source, env, base_dir, source_path)
+
+
+def load_rules(path: str | Path, env: Mapping[str, str] | None = None) -> Rules:
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RulesError([f"{path}: cannot read ({e.strerror or type(e).__name__})"]) from None
+    return _parse(text, str(path), env, path.resolve().parent, path)
+
+
+def resolve_rules_path(option_value: str | None, cwd: Path, home: Path) -> Path | None:
+    """Explicit option; else ./rules.yaml; else ~/.ccswitch/rules.yaml; else None (built-in)."""
+    if option_value:
+        if option_value == "~" or option_value.startswith("~/"):
+            p = home / option_value[2:]
+        else:
+            p = Path(option_value)
+        return p if p.is_absolute() else cwd / p
+    for candidate in (cwd / "rules.yaml", home / ".ccswitch" / "rules.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+DEFAULT_RULES_TEXT = """\
+# ccswitch built-in default rules (same meaning as the shipped rules.yaml):
+# the official APIs, with the client's own credentials.
+version: 1
+intercept: [api.anthropic.com, api.openai.com, chatgpt.com]
+upstreams:
+  - {name: anthropic-official, protocol: anthropic, base_url: "https://api.anthropic.com", auth: client}
+  - {name: openai-official, protocol: openai-responses, base_url: "https://api.openai.com/v1", auth: client}
+  - {name: chatgpt-codex, protocol: openai-responses, base_url: "https://chatgpt.com/backend-api/codex",
+     auth: client}
+  - {name: codex-original, protocol: openai-responses, base_url: original, auth: client}
+routes:
+  claude: [anthropic-official]
+  codex: [codex-original]
+  chat: []
+"""
+
+
+def default_rules_text() -> str:
+    return DEFAULT_RULES_TEXT

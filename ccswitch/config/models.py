@@ -1,0 +1,380 @@
+"""rules.yaml data model: pydantic models and the small value parsers they use (contract §3).
+
+This file owns what valid rules *are*: ``Rules`` and its parts (``Upstream``, ``Routes``,
+``Failover``, ``Timeouts``, ``Activation``, ``HourWindow``), durations, ``HH:MM`` times,
+weekdays, status keys and ``RulesError``. Reading rules text (YAML, ``${VAR}``, readable
+field-path errors, cross-checks, the built-in default) lives in rules_load.py.
+
+Pure module: no mitmproxy, no HTTP. Secrets (api_key, header values, client_keys) never
+appear in an error message or a repr.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping
+from datetime import datetime, tzinfo
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+Action = Literal["switch", "retry", "pass"]
+Protocol = Literal["anthropic", "openai-responses", "openai-chat"]
+AuthMode = Literal["x-api-key", "bearer", "client"]
+ROUTE_PROTOCOLS: dict[str, frozenset[str]] = {
+    "claude": frozenset({"anthropic"}),
+    "codex": frozenset({"openai-responses"}),
+    "chat": frozenset({"anthropic", "openai-responses", "openai-chat"}),
+}
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DEFAULT_ON_STATUS: dict[str, str] = {
+    "400": "pass", "401": "switch", "403": "switch", "408": "retry",
+    "429": "switch", "4xx": "pass", "5xx": "switch",
+}
+_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+_HHMM_RE = re.compile(r"^(\d{1,2}):(\d{2})$")
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?$")
+_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_STATUS_KEY_RE = re.compile(r"^(?:[1-5]\d\d|[1-5]xx)$")
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+T = TypeVar("T")
+
+
+def glob_lookup(table: Mapping[str, T], key: str) -> T | None:
+    """Exact key, then the first matching glob (in the table's order), then "*"."""
+    if key in table:
+        return table[key]
+    for pattern, value in table.items():
+        if pattern != "*" and fnmatch.fnmatchcase(key, pattern):
+            return value
+    return table.get("*")
+
+
+class RulesError(Exception):
+    """Invalid rules. ``problems``: every problem as ``FILE: field.path: message``."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def parse_duration(value: Any) -> float:
+    """``500ms``, ``30s``, ``10m``, ``2h`` or a bare number of seconds -> seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+        if value < 0:
+            raise ValueError("duration must not be negative")
+        return float(value)
+    m = _DURATION_RE.match(value.strip()) if isinstance(value, str) else None
+    if m:
+        return float(m.group(1)) * _UNITS[m.group(2)]
+    if isinstance(value, str) and value.strip().startswith("-"):
+        raise ValueError("duration must not be negative")
+    raise ValueError("duration must be a number of seconds or like 500ms, 30s, 10m, 2h")
+
+
+def parse_hhmm(text: Any, *, allow_24: bool = False) -> int:
+    """``"HH:MM"`` -> minutes after midnight (``24:00`` only with allow_24)."""
+    m = _HHMM_RE.match(text.strip()) if isinstance(text, str) else None
+    if m:
+        h, mi = int(m.group(1)), int(m.group(2))
+        if (h < 24 and mi < 60) or (allow_24 and h == 24 and mi == 0):
+            return h * 60 + mi
+    raise ValueError(f"time must be HH:MM between 00:00 and {'24:00' if allow_24 else '23:59'}")
+
+
+def format_hhmm(minute: int) -> str:
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+PriceKey = Literal["input", "output", "cache_write", "cache_write_1h", "cache_read"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HourWindow(_Model):
+    """A local-time window [start, end); start > end wraps midnight."""
+    start_minute: int = Field(ge=0, le=1439)
+    end_minute: int = Field(ge=0, le=1440)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            start, sep, end = data.partition("-")
+            try:
+                if not sep:
+                    raise ValueError('must look like "09:00-18:00"')
+                data = {"start_minute": parse_hhmm(start), "end_minute": parse_hhmm(end, allow_24=True)}
+            except ValueError as e:
+                raise ValueError(f"hours window {data!r}: {e}") from None
+        elif not isinstance(data, (dict, HourWindow)):
+            raise ValueError('hours window must look like "09:00-18:00"')
+        return data
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> HourWindow:
+        if self.start_minute == self.end_minute:
+            raise ValueError("hours window start and end must differ")
+        return self
+
+    @property
+    def wraps(self) -> bool:
+        return self.end_minute < self.start_minute
+
+    def __str__(self) -> str:
+        return f"{format_hhmm(self.start_minute)}-{format_hhmm(self.end_minute)}"
+
+
+def _status_key(v: str) -> str:
+    v = v.strip().lower()
+    if not _STATUS_KEY_RE.match(v):
+        raise ValueError('status key must be a code 100-599 or a class "1xx".."5xx"')
+    return v
+
+
+class Failover(_Model):
+    threshold: int = Field(default=3, ge=1)
+    cooldown: Duration = 600.0
+    max_attempts: int = Field(default=4, ge=1)
+    hold_back: Duration = 2.0
+    on_status: dict[Annotated[str, AfterValidator(_status_key)], Action] = Field(
+        default_factory=lambda: dict(DEFAULT_ON_STATUS))
+    on_network_error: Action = "switch"
+    retry_backoff: Duration = 1.0
+
+    @field_validator("on_status", mode="after")
+    @classmethod
+    def _merge_defaults(cls, v: dict[str, str]) -> dict[str, str]:
+        return {**DEFAULT_ON_STATUS, **v}
+
+    def action_for(self, status: int) -> Action:
+        """Exact code beats its class; 1xx/2xx/3xx with no entry pass, others switch."""
+        action = self.on_status.get(str(status)) or self.on_status.get(f"{status // 100}xx")
+        if action:
+            return action  # type: ignore[return-value]
+        return "pass" if 100 <= status < 400 else "switch"
+
+
+class Activation(_Model):
+    retries: int = Field(default=20, ge=0)    # further tries the same day after a failed probe
+    retry_interval: Duration = 60.0
+    grace: Duration = 900.0                   # starting this late after a missed time still fires once
+
+
+class Timeouts(_Model):
+    connect: PositiveDuration = 10.0
+    first_byte: PositiveDuration = 60.0
+    total: PositiveDuration = 600.0
+    idle: PositiveDuration = 300.0
+
+
+def _parse_days(value: Any) -> Any:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        return value
+    days: set[int] = set()
+    for item in value:
+        if isinstance(item, int) and not isinstance(item, bool) and 0 <= item <= 6:
+            days.add(item)
+            continue
+        text = item.strip().lower() if isinstance(item, str) else ""
+        first, sep, last = text.partition("-")
+        ends = [_weekday(first), _weekday(last) if sep else _weekday(first)]
+        if None in ends:
+            raise ValueError(f"unknown weekday {item!r} (use mon..sun, or a range like mon-fri)")
+        a, b = ends
+        days.update((a + i) % 7 for i in range((b - a) % 7 + 1))
+    if not days:
+        raise ValueError("days must not be empty (use enabled: false to switch an upstream off)")
+    return frozenset(days)
+
+
+_FULL_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _weekday(text: str) -> int | None:
+    for names in (WEEKDAYS, _FULL_WEEKDAYS):
+        if text in names:
+            return names.index(text)
+    return None
+
+
+def _header_name(v: str) -> str:
+    if not _HEADER_NAME_RE.match(v):
+        raise ValueError("invalid header name")
+    return v
+
+
+def _header_value(v: Any) -> Any:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = str(v)
+    if isinstance(v, str) and ("\r" in v or "\n" in v or "\0" in v):
+        raise ValueError("header value must not contain line breaks")
+    return v
+
+
+def _activate_time(v: Any) -> str:
+    return format_hhmm(parse_hhmm(v))
+
+
+class Upstream(_Model):
+    name: Annotated[str, Field(pattern=_NAME_RE.pattern)]
+    protocol: Protocol
+    base_url: str
+    api_key: SecretStr | None = None
+    auth: AuthMode = "bearer"
+    enabled: bool = True
+    days: Annotated[frozenset[int], BeforeValidator(_parse_days)] = frozenset(range(7))
+    hours: tuple[HourWindow, ...] = ()
+    models: dict[str, str] = Field(default_factory=dict)
+    only_models: tuple[str, ...] = ()
+    headers: dict[Annotated[str, AfterValidator(_header_name)],
+                  Annotated[str, BeforeValidator(_header_value)]] = Field(default_factory=dict)
+    activate_at: tuple[Annotated[str, BeforeValidator(_activate_time)], ...] = ()
+    activation_model: str | None = None
+    price_multiplier: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_auth(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "auth" not in data and data.get("protocol") == "anthropic":
+            data = {**data, "auth": "x-api-key"}
+        return data
+
+    @field_validator("base_url", mode="after")
+    @classmethod
+    def _check_base_url(cls, v: str) -> str:
+        v = v.strip()
+        if v == "original":
+            return v
+        msg = "must be 'original' or an http(s) URL like https://host[:port][/prefix]"
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError(msg) from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(msg)
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not contain credentials; use api_key")
+        if parts.query or parts.fragment:
+            raise ValueError("must not contain a query string or fragment")
+        return v.rstrip("/")
+
+    def map_model(self, model: str) -> str:
+        """The `models` entry for `model` (see `glob_lookup`); no match -> unchanged."""
+        target = glob_lookup(self.models, model)
+        return model if target is None else target
+
+    def admits_model(self, model: str) -> bool:
+        return not self.only_models or any(fnmatch.fnmatchcase(model, p) for p in self.only_models)
+
+    def fingerprint(self) -> tuple:
+        """Changes when base_url, api_key or protocol changes (the key only as a digest)."""
+        key = self.api_key.get_secret_value() if self.api_key is not None else None
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest() if key is not None else None
+        return (self.base_url, digest, self.protocol)
+
+
+class Routes(_Model):
+    claude: tuple[str, ...] = ()
+    codex: tuple[str, ...] = ()
+    chat: tuple[str, ...] = ()
+
+    def for_route(self, route: str) -> tuple[str, ...]:
+        if route not in ROUTE_PROTOCOLS:
+            raise KeyError(route)
+        return getattr(self, route)
+
+
+def _host(v: str) -> str:
+    v = v.strip().lower().rstrip(".")
+    if not v or any(c in v for c in "/: \t@"):
+        raise ValueError("must be a host name like api.anthropic.com")
+    return v
+
+
+def _client_key(v: SecretStr) -> SecretStr:
+    if not v.get_secret_value():
+        raise ValueError("client key must not be empty")
+    return v
+
+
+class Rules(_Model):
+    version: Literal[1] = 1
+    timezone: str | None = None
+    usage_db: Path = Field(default_factory=lambda: Path("~/.ccswitch/usage.db").expanduser())
+    client_keys: tuple[Annotated[SecretStr, AfterValidator(_client_key)], ...] = ()
+    intercept: tuple[Annotated[str, AfterValidator(_host)], ...] = (
+        "api.anthropic.com", "api.openai.com", "chatgpt.com")
+    failover: Failover = Field(default_factory=Failover)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    activation: Activation = Field(default_factory=Activation)
+    upstreams: tuple[Upstream, ...] = ()
+    routes: Routes = Field(default_factory=Routes)
+    prices: dict[str, dict[PriceKey, Annotated[float, Field(ge=0)]]] = Field(default_factory=dict)
+    # chat route: max_tokens sent to an Anthropic upstream when the client gave none,
+    # by upstream model (exact name or glob; "*" = any other); overrides the built-in table
+    max_tokens: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    source: Path | None = None
+
+    @field_validator("timezone", mode="after")
+    @classmethod
+    def _check_tz(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {v!r} (use an IANA name like Europe/Berlin)") from None
+        return v
+
+    @field_validator("usage_db", mode="after")
+    @classmethod
+    def _resolve_db(cls, v: Path, info: ValidationInfo) -> Path:
+        v = v.expanduser()
+        base = (info.context or {}).get("base_dir")
+        return v if v.is_absolute() or base is None else Path(base) / v
+
+    @property
+    def tz(self) -> tzinfo:
+        if self.timezone:
+            return ZoneInfo(self.timezone)
+        return datetime.now().astimezone().tzinfo  # type: ignore[return-value]
+
+    def upstream(self, name: str) -> Upstream:
+        for up in self.upstreams:
+            if up.name == name:
+                return up
+        raise KeyError(name)
+
+    def client_key_ok(self, presented: str | None) -> bool:
+        """True if `presented` equals a client key (constant time); True if none are configured."""
+        if not self.client_keys:
+            return True
+        given = (presented or "").encode("utf-8", "surrogatepass")
+        ok = False
+        for key in self.client_keys:
+            ok |= hmac.compare_digest(given, key.get_secret_value().encode("utf-8", "surrogatepass"))
+        return ok and presented is not None

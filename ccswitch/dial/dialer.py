@@ -1,0 +1,235 @@
+"""The attempt loop: send a client request to its candidates in order, judge each
+answer, fail over or retry, and stream the winner to the client as it arrives.
+
+mitmproxy cannot re-send a flow or time out an upstream, so this module owns
+connections (one pooled `http1.UpstreamClient`, verified TLS), timeouts and the pump.
+It writes to a `Sink` (the loopback relay's response) and never touches flows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Protocol
+
+from ccswitch.config.models import Upstream
+from ccswitch.dial.job import Attempt, Job, marks
+from ccswitch.dial.outcome import (
+    Failure,
+    NetworkFailure,
+    Streamed,
+    cooldown_floor,
+    network_failure,
+    response_headers,
+    retry_delay,
+)
+from ccswitch.dial.pump import Pump
+from ccswitch.dial.relay import send_whole
+from ccswitch.dial.render import OutgoingRequest, render
+from ccswitch.net import http1
+from ccswitch.net.addresses import is_loopback_host
+from ccswitch.routing.health import HealthBoard
+from ccswitch.translate import translation_for
+from ccswitch.wire import protocols
+from ccswitch.wire.exchange import RenderError, Reply
+from ccswitch.wire.usage import usage_of_body
+
+log = logging.getLogger("ccswitch.dialer")
+
+_MAX_RETRIES_SAME_UPSTREAM = 2
+
+
+class Sink(Protocol):
+    async def start(self, status: int, headers: list[tuple[str, str]], length: int | None) -> None: ...
+    async def write(self, data: bytes) -> None: ...
+    async def end(self) -> None: ...
+
+
+class Dialer:
+    def __init__(self, health: HealthBoard, *, loopback_only: bool = False,
+                 client: http1.UpstreamClient | None = None) -> None:
+        self.health = health
+        self.loopback_only = loopback_only
+        self.client = client or http1.UpstreamClient()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self, job: Job, sink: Sink) -> None:
+        """Serve one job; always leaves the sink answered (or the task cancelled)."""
+        failover = job.rules.failover
+        last: Reply | Failure | None = None
+        retries: dict[str, int] = {}
+        index = 0
+        try:
+            while index < len(job.candidates) and len(job.attempts) < failover.max_attempts:
+                upstream = job.candidates[index]
+                if self.health.busy_probing(upstream.name) and index + 1 < len(job.candidates):
+                    index += 1   # another request is probing it after its cooldown: one at a time
+                    continue
+                result = await self._attempt(job, upstream, sink)
+                if isinstance(result, Streamed):
+                    return
+                last = result
+                if isinstance(result, Reply):
+                    await self._deliver(job, upstream, result, sink)
+                    return
+                action = result.action
+                if action == "retry" and retries.get(upstream.name, 0) < _MAX_RETRIES_SAME_UPSTREAM \
+                        and len(job.attempts) < failover.max_attempts:
+                    retries[upstream.name] = retries.get(upstream.name, 0) + 1
+                    await asyncio.sleep(retry_delay(result.headers, failover.retry_backoff,
+                                                    retries[upstream.name]))
+                    continue
+                index += 1
+            if last is None:
+                await self._deliver_own_error(job, sink, 503, "no upstream could be tried")
+            else:
+                if isinstance(last, Failure):
+                    job.error = last.reason   # even when the last word is a 200 carrying an error event
+                reply = last.as_reply(job.request.client_protocol)
+                await self._deliver(job, self._by_name(job, last.upstream), reply, sink)
+        except asyncio.CancelledError:
+            job.error = "client_closed"
+            raise
+        finally:
+            job.latency_ms = job.elapsed_ms()
+            job.done.set()
+
+    @staticmethod
+    def _by_name(job: Job, name: str) -> Upstream:
+        return next(u for u in job.candidates if u.name == name)
+
+    # ------------------------------------------------------------------ one attempt
+
+    async def _attempt(self, job: Job, upstream: Upstream, sink: Sink) -> Reply | Failure | Streamed:
+        """Streamed when the attempt was committed to the client; otherwise what came back."""
+        attempt = Attempt(upstream.name)
+        job.attempts.append(attempt)
+        began = time.monotonic()
+        probing = self.health.needs_probe(upstream.name)
+        if probing:
+            self.health.begin_probe(upstream.name)
+        try:
+            translation = translation_for(job.request.client_protocol, upstream.protocol)
+            body = job.converted.get(upstream.name)
+            if body is None:
+                body = translation.request(job.request, upstream, job.rules)
+            outgoing = render(upstream, job.request, body)
+            job.upstream_model = outgoing.upstream_model
+            result = await self._send_and_judge(job, upstream, outgoing, translation, sink, attempt)
+        except RenderError as exc:
+            result = Reply(upstream.name, 400, [("content-type", "application/json")],
+                           protocols.error_json(job.request.client_protocol, 400, str(exc)))
+        except asyncio.CancelledError:
+            attempt.error = "client_closed"
+            raise
+        finally:
+            attempt.ms = int((time.monotonic() - began) * 1000)
+            if probing:
+                self.health.end_probe(upstream.name)
+        failover = job.rules.failover
+        if isinstance(result, Failure):
+            attempt.status, attempt.error = result.status, result.reason
+            if result.counts:
+                self.health.record_failure(upstream.name, result.reason, threshold=failover.threshold,
+                                           cooldown=failover.cooldown, at_least=cooldown_floor(result))
+        elif isinstance(result, Streamed):
+            attempt.error = result.reason
+            if result.ok:
+                self.health.record_success(upstream.name)
+            elif result.ok is False:
+                self.health.record_failure(upstream.name, result.reason or "stream failed",
+                                           threshold=failover.threshold, cooldown=failover.cooldown)
+        elif 200 <= result.status < 300:
+            attempt.status = result.status
+            self.health.record_success(upstream.name)
+        else:
+            attempt.status = result.status
+        return result
+
+    async def _send_and_judge(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest,
+                              translation, sink: Sink, attempt: Attempt) -> Reply | Failure | Streamed:
+        rules = job.rules
+        timeouts = rules.timeouts
+        if self.loopback_only and not is_loopback_host(outgoing.url):
+            return NetworkFailure(upstream.name, "refused: not a loopback address (test guard)",
+                                  rules.failover.on_network_error)
+        wait = timeouts.first_byte if job.request.stream else timeouts.total
+        deadline = time.monotonic() + wait
+        try:
+            response = await asyncio.wait_for(
+                self.client.send(outgoing.method, outgoing.url, outgoing.headers, outgoing.body,
+                                 connect_timeout=timeouts.connect), wait)
+        except (TimeoutError, http1.TransportError, OSError) as exc:
+            return network_failure(upstream.name, exc, rules.failover.on_network_error,
+                                   "first_byte" if job.request.stream else "total")
+        attempt.status = response.status_code
+        self.health.end_probe(upstream.name)   # it answered: others may use it while this one streams
+        try:
+            return await self._judge(job, upstream, outgoing, translation, response, sink, deadline, attempt)
+        finally:
+            await response.aclose()
+
+    async def _judge(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
+                     response: http1.Response, sink: Sink, deadline: float,
+                     attempt: Attempt) -> Reply | Failure | Streamed:
+        status = response.status_code
+        headers = response_headers(response.headers)
+        is_sse = "text/event-stream" in (response.header("content-type") or "")
+        failover = job.rules.failover
+        if 200 <= status < 300 and job.request.stream and is_sse:
+            pump = Pump(job, upstream, outgoing, translation, response, sink, headers, attempt)
+            return await pump.run()
+        try:
+            body = await asyncio.wait_for(response.aread(), max(0.001, deadline - time.monotonic()))
+        except (TimeoutError, http1.TransportError, OSError) as exc:
+            return network_failure(upstream.name, exc, failover.on_network_error, "total")
+        body = translation.scrub(body, outgoing.secrets)
+        attempt.usage = usage_of_body(upstream.protocol, body, is_sse)
+        if 200 <= status < 300:
+            problem = translation.check_body(job.request, upstream, body, is_sse)
+            if problem:   # a 2xx that is not an answer: if it is the last word, the client gets a 502
+                return Failure(upstream.name, status, problem, failover.on_network_error, headers, body,
+                               client_status=502)
+            reply = translation.reply(job.request, upstream, status, headers, body)
+            if 200 <= reply.status < 300:
+                return reply
+            # a 2xx that held a failure (an aggregated stream ending in an error event) is judged
+            # by the status that failure stands for, like any other answer
+            action = failover.action_for(reply.status)
+            if action == "pass":
+                return reply
+            return Failure(upstream.name, reply.status, reply.reason or f"HTTP {reply.status}", action,
+                           reply.headers, reply.body, translated=True)
+        if job.request.endpoint == "count_tokens" and status in (404, 405, 501):
+            return Failure(upstream.name, status, "count_tokens not supported", "switch", headers, body,
+                           counts=False)
+        action = failover.action_for(status)
+        if action == "pass":
+            return Reply(upstream.name, status, headers, body)
+        return Failure(upstream.name, status, f"HTTP {status}", action, headers, body)
+
+    # ------------------------------------------------------------------ answers
+
+    async def _deliver(self, job: Job, upstream: Upstream, reply: Reply, sink: Sink) -> None:
+        translation = translation_for(job.request.client_protocol, upstream.protocol)
+        if reply.translated is False and not 200 <= reply.status < 300:
+            reply = translation.error_reply(job.request, reply)
+        job.upstream, job.status = reply.upstream, reply.status
+        job.error = job.error or (None if 200 <= reply.status < 300 else reply.reason)
+        await _answer(job, sink, reply.status, reply.headers + marks(job), reply.body)
+
+    async def _deliver_own_error(self, job: Job, sink: Sink, status: int, message: str) -> None:
+        job.status, job.error = status, message
+        await _answer(job, sink, status, [("content-type", "application/json"), ("retry-after", "10")],
+                      protocols.error_json(job.request.client_protocol, status, message))
+
+
+async def _answer(job: Job, sink: Sink, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+    job.ttfb_ms = job.elapsed_ms()
+    await send_whole(sink, status, headers, body)
+

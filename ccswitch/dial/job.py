@@ -1,0 +1,69 @@
+"""The record of one routed client request as it moves through the dialer.
+
+Plain data: the addon creates a Job in its request hook, the dialer fills in the
+attempts and the outcome, the addon and the ledger read it afterwards.  Live
+objects (keys, sockets) never go on the mitmproxy flow; they stay here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from ccswitch.config.models import Rules, Upstream
+from ccswitch.wire.exchange import ClientRequest
+from ccswitch.wire.usage import Usage
+
+
+@dataclass
+class Attempt:
+    upstream: str
+    status: int | None = None
+    error: str | None = None
+    ms: int = 0
+    usage: Usage | None = None      # what the upstream reported, even for a failed attempt
+
+    def describe(self) -> str:
+        what = str(self.status) if self.status is not None else "-"
+        if self.error:
+            what = f"{what} {self.error}" if self.status is not None else self.error
+        return f"{self.upstream}: {what} ({self.ms} ms)"
+
+
+@dataclass
+class Job:
+    request: ClientRequest
+    rules: Rules
+    candidates: list[Upstream]
+    flow_id: str = ""
+    converted: dict[str, dict] = field(default_factory=dict)   # upstream name -> body converted for it
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    started: float = field(default_factory=time.monotonic)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    attempts: list[Attempt] = field(default_factory=list)
+    upstream: str | None = None          # the one whose response the client got
+    upstream_model: str | None = None
+    status: int | None = None            # what the client got
+    error: str | None = None
+    ttfb_ms: int | None = None
+    latency_ms: int | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def elapsed_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
+
+    @property
+    def failed_over(self) -> bool:
+        return len(self.attempts) > 1
+
+    def comment(self) -> str:
+        return "ccswitch: " + " | ".join(a.describe() for a in self.attempts) if self.attempts else ""
+
+
+def marks(job: Job) -> list[tuple[str, str]]:
+    """The headers every routed response carries."""
+    return [("x-ccswitch-upstream", job.upstream or ""),
+            ("x-ccswitch-attempts", str(len(job.attempts)))]

@@ -1,0 +1,159 @@
+"""What one upstream attempt produced, and the small pure judgements about it
+(headers to pass on, how long to wait before a retry, how long to cool down)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+from ccswitch.net import http1
+from ccswitch.wire import protocols
+from ccswitch.wire.exchange import Reply
+
+_DROP_RESPONSE_HEADERS = frozenset({
+    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "content-length",
+    "content-encoding", "trailer", "upgrade", "te",
+})
+MAX_RETRY_AFTER = 30.0
+
+
+@dataclass
+class Failure:
+    """An attempt that did not serve the client; `action` says what to do next."""
+    upstream: str
+    status: int | None
+    reason: str
+    action: str                      # switch | retry
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    counts: bool = True              # counts against the upstream's health
+    translated: bool = False
+    client_status: int | None = None  # what the client gets if this is the last word
+
+    def as_reply(self, client_protocol: str) -> Reply:
+        if self.status is None or self.client_status is not None:
+            status = self.client_status or 502
+            body = protocols.error_json(client_protocol, status, f"upstream {self.upstream}: {self.reason}")
+            return Reply(self.upstream, status, [("content-type", "application/json")], body,
+                         translated=True, reason=self.reason)
+        return Reply(self.upstream, self.status, self.headers, self.body, self.translated, self.reason)
+
+
+@dataclass
+class Streamed:
+    """The attempt was committed and streamed to the client; `ok` if it ended properly,
+    None if it ended with an error the rules `pass` (neither a failure nor a success)."""
+    upstream: str
+    ok: bool | None
+    reason: str | None = None
+
+
+def NetworkFailure(upstream: str, reason: str, action: str, timeout: bool = False) -> Failure:
+    return Failure(upstream, None, reason, action, client_status=504 if timeout else 502)
+
+
+def network_failure(upstream: str, exc: BaseException, action: str, phase: str) -> Failure:
+    """Classify a transport exception: refused, reset, DNS, TLS, or which timeout."""
+    if isinstance(exc, http1.ConnectTimeout):
+        return NetworkFailure(upstream, "connect timeout", action, timeout=True)
+    if isinstance(exc, asyncio.TimeoutError):
+        return NetworkFailure(upstream, f"{phase} timeout", action, timeout=True)
+    chain = _causes(exc)
+    text = " ".join(str(e) for e in chain)
+    if any(isinstance(e, ssl.SSLError) for e in chain) or "CERTIFICATE" in text.upper():
+        reason = "TLS error"
+    elif any(isinstance(e, ConnectionRefusedError) for e in chain) or "refused" in text.lower() \
+            or "All connection attempts failed" in text:
+        reason = "connection refused"
+    elif any(isinstance(e, ConnectionResetError) for e in chain):
+        reason = "connection reset"
+    elif "name" in text.lower() and ("resolution" in text.lower() or "known" in text.lower()):
+        reason = "DNS error"
+    elif isinstance(exc, http1.RemoteProtocolError):
+        reason = "connection closed"
+    else:
+        reason = type(exc).__name__
+    return NetworkFailure(upstream, reason, action)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Upstream response headers fit to pass on (bodies reach the client decoded)."""
+    return [(k, v) for k, v in headers if k.lower() not in _DROP_RESPONSE_HEADERS]
+
+
+def _header(headers: list[tuple[str, str]], name: str) -> str | None:
+    return next((v for k, v in headers if k.lower() == name), None)
+
+
+def retry_after_seconds(headers: list[tuple[str, str]]) -> float | None:
+    """`retry-after-ms`, `retry-after` (seconds or an HTTP date), else None."""
+    value = _header(headers, "retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = _header(headers, "retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def retry_delay(headers: list[tuple[str, str]], backoff: float, retry_number: int) -> float:
+    """`retry` waits the backoff, doubling; a Retry-After is honoured up to 30 s."""
+    told = retry_after_seconds(headers)
+    if told is not None:
+        return min(told, MAX_RETRY_AFTER)
+    return min(backoff * (2 ** (retry_number - 1)), MAX_RETRY_AFTER)
+
+
+def cooldown_floor(failure: Failure) -> float:
+    """A 429 cools down at least until the upstream said it resets."""
+    if failure.status != 429:
+        return 0.0
+    told = retry_after_seconds(failure.headers) or 0.0
+    for name, value in failure.headers:
+        if name.lower().startswith("anthropic-ratelimit-") and name.lower().endswith("-reset"):
+            try:
+                when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            told = max(told, (when - datetime.now(UTC)).total_seconds())
+    return told
+
+
+def in_stream_status(event_json: object) -> int:
+    """The HTTP status an in-stream error event stands for, so `on_status` can judge it."""
+    err = protocols.error_object(event_json)
+    kind = ""
+    if isinstance(err, dict):
+        kind = str(err.get("type") or err.get("code") or "")
+    elif isinstance(event_json, dict):
+        kind = str(event_json.get("code") or "")
+    return {
+        "overloaded_error": 529, "rate_limit_error": 429, "rate_limit_exceeded": 429,
+        "invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
+        "not_found_error": 404, "request_too_large": 413, "insufficient_quota": 429,
+        "server_is_overloaded": 529, "context_length_exceeded": 400,
+    }.get(kind, 500)
+
+

@@ -1,0 +1,174 @@
+"""The stream half of an attempt: hold back the opening events, commit on the
+first content event, then pump every event to the client as it arrives.
+
+Before the commit an error is invisible to the client (the dialer fails over).
+After it, a failure ends the stream with the client protocol's error event and
+still counts against the upstream: never a silent truncation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from ccswitch.config.models import Upstream
+from ccswitch.dial.job import Attempt, Job, marks
+from ccswitch.dial.outcome import Failure, Streamed, in_stream_status, network_failure
+from ccswitch.dial.render import OutgoingRequest
+from ccswitch.net import http1
+from ccswitch.wire import protocols
+from ccswitch.wire.protocols import Kind
+from ccswitch.wire.redact import scrub
+from ccswitch.wire.sse import SSEError, SSEParser
+from ccswitch.wire.usage import UsageTap
+
+log = logging.getLogger("ccswitch.pump")
+
+
+class Pump:
+    def __init__(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
+                 response: http1.Response, sink, headers: list[tuple[str, str]], attempt: Attempt) -> None:
+        self.job, self.upstream, self.outgoing, self.attempt = job, upstream, outgoing, attempt
+        self.tap = UsageTap(upstream.protocol)
+        self.response, self.sink, self.headers = response, sink, headers
+        self.stream = translation.stream(job.request, upstream)
+        self.parser = SSEParser()
+        self.held: list[bytes] = []
+        self.committed = False
+        self.terminal = False
+        self.content_seen = False
+        self.error: tuple[str, int] | None = None   # (message, status it stands for)
+
+    async def run(self) -> Failure | Streamed:
+        rules = self.job.rules
+        hold_until = time.monotonic() + rules.failover.hold_back
+        if rules.failover.hold_back <= 0:
+            await self._commit()
+        chunks = self.response.aiter_bytes().__aiter__()
+        ended = "stream ended before its terminal event"
+        pending: asyncio.Future | None = None
+        try:
+            while True:
+                wait = rules.timeouts.idle
+                if not self.committed:
+                    wait = min(wait, max(0.0, hold_until - time.monotonic()))
+                # never cancel a read on a timer: that would close the body iterator
+                pending = pending or asyncio.ensure_future(chunks.__anext__())
+                # an eager task is often done already (the bytes were buffered): no wait needed
+                done = {pending} if pending.done() else (await asyncio.wait({pending}, timeout=wait))[0]
+                if not done:
+                    if not self.committed and time.monotonic() >= hold_until - 0.0005:
+                        await self._commit()        # held long enough: stream what we have
+                        continue
+                    ended = "idle timeout"
+                    break
+                read, pending = pending, None
+                try:
+                    chunk = read.result()
+                except StopAsyncIteration:
+                    break
+                except (http1.TransportError, OSError) as exc:
+                    ended = network_failure(self.upstream.name, exc, "switch", "idle").reason
+                    break
+                try:
+                    events = self.parser.feed(chunk)
+                except SSEError as exc:
+                    ended = str(exc)
+                    break
+                over = self._take(events)
+                await self._flush()       # one write per upstream read, not one per event
+                if over:
+                    return await self._finish()
+        finally:
+            if pending is not None:
+                if pending.done() and not pending.cancelled():
+                    pending.exception()   # read, so asyncio does not log it as never retrieved
+                pending.cancel()
+            self.attempt.usage = self.tap.usage   # kept even when the client went away
+        if not self.terminal:
+            over = self._take(self.parser.flush())
+            await self._flush()
+            if over:
+                return await self._finish()
+        if self.terminal:
+            return await self._finish()
+        return await self._fail(ended)
+
+    def _take(self, events) -> bool:
+        """Judge and translate a batch of events into `held`; True when the stream is over."""
+        for event in events:
+            self.tap.feed(event)
+            kind = protocols.classify_event(self.upstream.protocol, event)
+            if kind is Kind.ERROR:
+                message = scrub(protocols.stream_error_message(event).encode(), self.outgoing.secrets)
+                self.error = (message.decode("utf-8", "replace"), in_stream_status(event.json()))
+            elif kind is Kind.TERMINAL:
+                self.terminal = True
+            elif kind is Kind.CONTENT:
+                self.content_seen = True
+            out = self.stream.feed(event)
+            if out:
+                self.held.append(scrub(out, self.outgoing.secrets))
+            if kind in (Kind.ERROR, Kind.TERMINAL):
+                return True
+        return False
+
+    async def _flush(self) -> None:
+        """Commit on the first content event; once committed, pass on whatever is held."""
+        if not self.committed:
+            if self.content_seen and self.error is None:
+                await self._commit()
+            return
+        if self.held:
+            data = b"".join(self.held)
+            self.held.clear()
+            await self.sink.write(data)
+
+    async def _commit(self) -> None:
+        self.committed = True
+        job = self.job
+        job.upstream, job.status = self.upstream.name, self.response.status_code
+        job.ttfb_ms = job.elapsed_ms()
+        await self.sink.start(self.response.status_code, self.headers + marks(job), None)
+        if self.held:
+            data = b"".join(self.held)
+            self.held.clear()
+            await self.sink.write(data)
+
+    async def _finish(self) -> Failure | Streamed:
+        if self.error is not None:
+            message, status = self.error
+            action = self.job.rules.failover.action_for(status)
+            if not self.committed and action != "pass":
+                # before the commit an in-stream error is just another failed attempt
+                body = b"".join(self.held) + self._flush_translation()
+                return Failure(self.upstream.name, self.response.status_code, f"stream error: {message}",
+                               action, self.headers, body, translated=True)
+            if not self.committed:
+                await self._commit()
+            await self._end(self._flush_translation())
+            self.job.error = f"stream error: {message}"
+            # a `pass` error is the client's own (e.g. invalid request): no failure counted
+            return Streamed(self.upstream.name, ok=None if action == "pass" else False, reason=self.job.error)
+        if not self.committed:
+            await self._commit()
+        await self._end(self._flush_translation())
+        return Streamed(self.upstream.name, ok=True)
+
+    async def _fail(self, reason: str) -> Failure | Streamed:
+        if not self.committed:
+            return Failure(self.upstream.name, None, reason, self.job.rules.failover.on_network_error,
+                           client_status=504 if "timeout" in reason else 502)
+        message = f"upstream {self.upstream.name}: {reason}"
+        await self._end(protocols.stream_error_event(self.job.request.client_protocol, message))
+        self.job.error = reason
+        return Streamed(self.upstream.name, ok=False, reason=reason)
+
+    def _flush_translation(self) -> bytes:
+        return scrub(self.stream.finish(), self.outgoing.secrets)
+
+    async def _end(self, tail: bytes) -> None:
+        if tail:
+            await self.sink.write(tail)
+        await self.sink.end()

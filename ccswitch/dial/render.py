@@ -1,0 +1,96 @@
+"""Render one client request for one upstream: URL, credentials, model, headers
+as a single unit.  Pure: the same inputs always give the same request."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ccswitch.config.models import Upstream
+from ccswitch.vocab import Protocol
+from ccswitch.wire.exchange import ClientRequest, RenderError
+from ccswitch.wire.redact import CREDENTIAL_HEADERS
+
+_HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+    "upgrade", "host", "content-length", "accept-encoding", "content-encoding",
+})
+_OURS = "x-ccswitch-"
+_SUFFIX = {
+    (Protocol.ANTHROPIC, "messages"): "/v1/messages",
+    (Protocol.ANTHROPIC, "count_tokens"): "/v1/messages/count_tokens",
+    (Protocol.RESPONSES, "responses"): "/responses",
+    (Protocol.CHAT, "chat"): "/chat/completions",
+}
+
+
+@dataclass
+class OutgoingRequest:
+    method: str
+    url: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    upstream_model: str | None
+    secrets: list[str] = field(default_factory=list)  # text to scrub from whatever comes back
+
+
+def upstream_url(upstream: Upstream, req: ClientRequest) -> str:
+    if upstream.base_url == "original":
+        return req.url
+    suffix = _SUFFIX.get((upstream.protocol, _endpoint_for(upstream.protocol, req.endpoint)))
+    if suffix is None:
+        raise RenderError(f"{upstream.name} ({upstream.protocol}) has no {req.endpoint} endpoint")
+    url = upstream.base_url + suffix
+    return f"{url}?{req.query}" if req.query else url
+
+
+def _endpoint_for(protocol: str, endpoint: str) -> str:
+    if endpoint == "count_tokens":
+        return endpoint
+    return {Protocol.ANTHROPIC: "messages", Protocol.RESPONSES: "responses", Protocol.CHAT: "chat"}[protocol]
+
+
+def render(upstream: Upstream, req: ClientRequest, body: dict[str, Any] | None = None) -> OutgoingRequest:
+    """`body` is the (possibly converted) JSON to send; None keeps the client's body."""
+    payload = req.json if body is None else body
+    # a conversion may name the model itself (e.g. without a `-thinking` suffix)
+    model = payload.get("model") if body is not None and isinstance(payload.get("model"), str) else req.model
+    upstream_model = model
+    content = req.body
+    if payload is not None and model is not None:
+        upstream_model = upstream.map_model(model)
+        if upstream_model != payload.get("model") or body is not None:
+            payload = {**payload, "model": upstream_model}
+            content = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    headers = _headers(upstream, req)
+    if upstream.protocol == Protocol.ANTHROPIC and not any(k == "anthropic-version" for k, _ in headers):
+        headers.append(("anthropic-version", "2023-06-01"))
+    if content:
+        headers = [(k, v) for k, v in headers if k != "content-type"]
+        headers.append(("content-type", "application/json"))
+    secrets = [upstream.api_key.get_secret_value()] if upstream.api_key else []
+    return OutgoingRequest(req.method, upstream_url(upstream, req), headers, content, upstream_model, secrets)
+
+
+def _headers(upstream: Upstream, req: ClientRequest) -> list[tuple[str, str]]:
+    keep_credentials = upstream.auth == "client"
+    out: list[tuple[str, str]] = []
+    for name, value in req.headers:
+        low = name.lower()
+        if low in _HOP_BY_HOP or low.startswith(_OURS):
+            continue
+        if low in CREDENTIAL_HEADERS and (not keep_credentials or low == "proxy-authorization"):
+            continue
+        out.append((low, value))
+    key = upstream.api_key.get_secret_value() if upstream.api_key else None
+    if upstream.auth == "x-api-key" and key:
+        out.append(("x-api-key", key))
+    elif upstream.auth == "bearer" and key:
+        out.append(("authorization", f"Bearer {key}"))
+    overrides = {k.lower(): v for k, v in upstream.headers.items()}
+    out = [(k, v) for k, v in out if k not in overrides]
+    out.extend(overrides.items())
+    return out
+
+

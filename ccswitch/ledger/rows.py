@@ -1,0 +1,45 @@
+"""Ledger rows from a finished job (or from an answer ccswitch gave itself)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from ccswitch.dial.job import Job
+from ccswitch.wire.usage import Usage
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def request_row(job: Job) -> dict[str, Any]:
+    req = job.request
+    final = job.attempts[-1] if job.attempts and job.upstream else None
+    usage = (final.usage if final else None) or Usage()
+    protocol = next((u.protocol for u in job.candidates if u.name == job.upstream), None)
+    return {
+        "request_id": job.token, "ts": _iso(job.started_at), "route": req.route, "endpoint": req.endpoint,
+        "upstream": job.upstream, "upstream_protocol": protocol, "model": req.model,
+        "upstream_model": job.upstream_model if job.upstream else None, "status": job.status,
+        "stream": int(req.stream), "attempts": len(job.attempts), "latency_ms": job.latency_ms,
+        "ttfb_ms": job.ttfb_ms, "error": job.error, **usage.columns(),
+    }
+
+
+def attempt_rows(job: Job) -> list[dict[str, Any]]:
+    rows = []
+    for n, attempt in enumerate(job.attempts, 1):
+        usage = (attempt.usage or Usage()).columns()
+        usage.pop("cache_creation_1h_tokens")
+        rows.append({"request_id": job.token, "ts": _iso(job.started_at), "n": n, "upstream": attempt.upstream,
+                     "status": attempt.status, "error": attempt.error, "ms": attempt.ms, **usage})
+    return rows
+
+
+def own_answer_row(*, request_id: str, started_at: datetime, route: str, endpoint: str, model: str | None,
+                   stream: bool, status: int, error: str, latency_ms: int) -> dict[str, Any]:
+    """A request ccswitch answered itself: no upstream, no attempts."""
+    return {"request_id": request_id, "ts": _iso(started_at), "route": route, "endpoint": endpoint,
+            "upstream": None, "model": model, "status": status, "stream": int(stream), "attempts": 0,
+            "latency_ms": latency_ms, "ttfb_ms": latency_ms, "error": error, **Usage().columns()}

@@ -1,0 +1,21 @@
+"""The mitmproxy glue: the only package that imports mitmproxy.
+
+`make_addons()` builds ccswitch's addons around one shared `Gateway` (the rules in force,
+the health board, the ledger); `addon.py` at the top of the checkout and the packaged
+entry hand that list to mitmproxy.
+"""
+
+from __future__ import annotations
+
+from ccswitch.mitm.activator import Activator
+from ccswitch.mitm.commands import Commands
+from ccswitch.mitm.gateway import Gateway
+from ccswitch.mitm.router import Router
+from ccswitch.mitm.rules_watcher import RulesWatcher
+from ccswitch.mitm.safety import InterceptScope, ListenSafety
+
+
+def make_addons() -> list:
+    gateway = Gateway()
+    return [RulesWatcher(gateway), ListenSafety(gateway), InterceptScope(gateway), Router(gateway),
+            Commands(gateway), Activator(gateway)]

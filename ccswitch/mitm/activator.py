@@ -1,0 +1,134 @@
+"""mitmproxy glue for activation probes: the loop, the command, the records."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from mitmproxy import command, exceptions
+
+from ccswitch.activation.probe import ProbeResult, Schedule, Slot, send_probe, slot_instants
+from ccswitch.config.models import Rules, Upstream
+from ccswitch.ledger.schema import connect
+from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
+from ccswitch.net import http1
+from ccswitch.net.addresses import is_loopback_host
+
+log = logging.getLogger("ccswitch.activation")
+
+
+class Activator:
+    """Fires each upstream's `activate_at` probes; `ccswitch.activate NAME` fires one now."""
+
+    def __init__(self, gateway: Gateway, clock: Callable[[], datetime] | None = None) -> None:
+        self.gateway = gateway
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.schedule = Schedule()
+        self.client: http1.UpstreamClient | None = None
+        self.loopback_only = False
+        self._task: asyncio.Task | None = None
+        self._probes: set[asyncio.Task] = set()
+
+    def running(self) -> None:
+        from mitmproxy import ctx
+        self.loopback_only = ctx.options.ccswitch_loopback_only
+        self.client = http1.UpstreamClient(ssl_context=upstream_tls())
+        rules = self.gateway.rules
+        seed_from_ledger(self.schedule, rules, self.now(rules))
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    def configure(self, updated) -> None:
+        if self.client is not None and updated & UPSTREAM_TLS_OPTIONS:
+            self.client.ssl_context = upstream_tls()
+
+    async def done(self) -> None:
+        if self._task:
+            self._task.cancel()
+        for task in list(self._probes):
+            task.cancel()
+        if self.client:
+            await self.client.aclose()
+
+    def now(self, rules: Rules) -> datetime:
+        return self.clock().astimezone(rules.tz)
+
+    async def _loop(self) -> None:
+        while True:
+            self.tick()
+            await asyncio.sleep(1.0)
+
+    def tick(self) -> list[asyncio.Task]:
+        """Start every probe that is due now (reads the current rules: reloads reschedule)."""
+        rules = self.gateway.rules
+        now = self.now(rules)
+        self.schedule.forget_before(now.date() - timedelta(days=1))
+        health = self.gateway.health
+        started = []
+        for upstream, slot in self.schedule.due(rules, now, lambda u: health.enabled(u.name, u.enabled)):
+            self.schedule.started(slot)
+            started.append(self._spawn(upstream, slot))
+        return started
+
+    def _spawn(self, upstream: Upstream, slot: Slot | None) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(self._probe(upstream, slot))
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+        return task
+
+    async def _probe(self, upstream: Upstream, slot: Slot | None) -> ProbeResult:
+        result = await send_probe(self.client, upstream,
+                                  allow_url=is_loopback_host if self.loopback_only else None)
+        rules = self.gateway.rules
+        if slot is not None:
+            self.schedule.finished(slot, result.ok, self.now(rules), rules.activation.retry_interval)
+        if self.gateway.ledger is not None:
+            self.gateway.ledger.add("activations", result.row())
+        if result.ok:
+            self.gateway.health.record_success(upstream.name)   # a good probe ends a cooldown early
+            log.info("ccswitch: activation probe for %s ok (%d ms)", upstream.name, result.latency_ms)
+        else:
+            log.warning("ccswitch: activation probe for %s failed: %s", upstream.name, result.error)
+        return result
+
+    @command.command("ccswitch.activate")
+    def activate(self, name: str) -> str:
+        """Send NAME's activation probe now; the result goes to the event log and the ledger."""
+        try:
+            upstream = self.gateway.rules.upstream(name)
+        except KeyError:
+            raise exceptions.CommandError(f"no upstream named {name!r}") from None
+        if upstream.auth == "client":
+            raise exceptions.CommandError(f"{name} uses the client's credentials: nothing to activate with")
+        self._spawn(upstream, None)
+        return f"activation probe for {name} sent; the result goes to the event log"
+
+
+def seed_from_ledger(schedule: Schedule, rules: Rules, now: datetime) -> None:
+    """After a restart, slots that already fired today (per the ledger) do not fire again."""
+    path = rules.usage_db
+    if not path.exists():
+        return
+    since = (now - timedelta(days=2)).astimezone(UTC).isoformat()
+    try:
+        conn = connect(str(path), readonly=True, timeout=1)
+        try:
+            rows = conn.execute("SELECT upstream, ts FROM activations WHERE ok = 1 AND ts >= ?", (since,)).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        log.warning("ccswitch: could not read past activations from %s: %s", path, exc)
+        return
+    names = {u.name: u for u in rules.upstreams}
+    for name, ts in rows:
+        upstream = names.get(name)
+        if upstream is None or not upstream.activate_at:
+            continue
+        when = datetime.fromisoformat(ts).astimezone(now.tzinfo)
+        fired = [(instant, slot) for instant, slot in
+                 slot_instants(upstream, (when.date() - timedelta(days=1), when.date()), now.tzinfo)
+                 if instant <= when]
+        if fired:   # the latest slot at or before the recorded probe
+            schedule.mark_done(max(fired, key=lambda pair: pair[0])[1])

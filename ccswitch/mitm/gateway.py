@@ -1,0 +1,68 @@
+"""The state ccswitch's addons share: the rules in force, the health board, the ledger;
+and the TLS settings of ccswitch's own upstream connections, taken from mitmproxy's options."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+
+from mitmproxy import ctx, exceptions
+
+from ccswitch.config.models import Rules
+from ccswitch.config.watch import RulesFile
+from ccswitch.dial.job import Job
+from ccswitch.ledger.rows import attempt_rows, request_row
+from ccswitch.ledger.writer import Ledger
+from ccswitch.net import http1
+from ccswitch.routing.health import HealthBoard
+
+log = logging.getLogger("ccswitch")
+
+UPSTREAM_TLS_OPTIONS = {"ssl_insecure", "ssl_verify_upstream_trusted_ca", "ssl_verify_upstream_trusted_confdir"}
+
+
+def upstream_tls() -> ssl.SSLContext:
+    """TLS for ccswitch's own upstream connections, from mitmproxy's upstream TLS options."""
+    options = ctx.options
+    try:
+        return http1.ssl_context_for(insecure=options.ssl_insecure, ca_file=options.ssl_verify_upstream_trusted_ca,
+                                     ca_dir=options.ssl_verify_upstream_trusted_confdir)
+    except (OSError, ssl.SSLError) as exc:
+        raise exceptions.OptionsError(f"ccswitch: cannot load the upstream CA: {exc}") from exc
+
+
+class Gateway:
+    """State shared by the addon classes: the rules in force, the health board, the ledger."""
+
+    def __init__(self) -> None:
+        self.rules_file = RulesFile()
+        self.health = HealthBoard()
+        self.ledger: Ledger | None = None
+
+    @property
+    def rules(self) -> Rules:
+        return self.rules_file.rules
+
+    def open_ledger(self, enabled: bool) -> None:
+        """(Re)open the ledger at the rules' `usage_db`; a moved database gets a new writer."""
+        path = self.rules.usage_db if enabled else None
+        old = self.ledger
+        if old is not None and old.path == path:
+            return
+        self.ledger = Ledger(path).start() if path is not None else None
+        if old is not None:  # flush the old one without holding up the event loop
+            threading.Thread(target=old.close, name="ccswitch-ledger-close", daemon=True).start()
+        if path is not None:
+            log.info("ccswitch: usage ledger at %s", path)
+
+    def record_job(self, job: Job) -> None:
+        if self.ledger is not None:
+            self.ledger.add("requests", request_row(job))
+            for row in attempt_rows(job):
+                self.ledger.add("attempts", row)
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
+            self.ledger = None

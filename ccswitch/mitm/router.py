@@ -1,0 +1,307 @@
+"""mitmproxy glue: options, hooks, commands.  Thin by design: every decision is
+made by the pure modules (rules, routing, upstream, dialer); this file only
+moves data between them and the flows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import UTC, datetime
+
+from mitmproxy import ctx, http
+from mitmproxy.proxy import mode_specs
+
+from ccswitch.config.models import Rules
+from ccswitch.dial.dialer import Dialer
+from ccswitch.dial.job import Job
+from ccswitch.dial.relay import JOB_HEADER, BufferSink, Relay, run_guarded
+from ccswitch.dial.render import upstream_url
+from ccswitch.ledger.rows import own_answer_row
+from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
+from ccswitch.net import http1
+from ccswitch.net.inflate import INFLATABLE, DecodeError, Inflater, TooLarge
+from ccswitch.routing.classify import RouteMatch, classify
+from ccswitch.routing.plan import plan
+from ccswitch.translate import translation_for
+from ccswitch.vocab import CLIENT_PROTOCOL, Protocol
+from ccswitch.wire import protocols
+from ccswitch.wire.exchange import ClientRequest, RenderError
+from ccswitch.wire.redact import CREDENTIAL_HEADERS, REDACTED, client_credential
+
+log = logging.getLogger("ccswitch")
+
+
+def _error_response(protocol: str, status: int, message: str, extra: dict | None = None) -> http.Response:
+    headers = {"content-type": "application/json", **(extra or {})}
+    return http.Response.make(status, protocols.error_json(protocol, status, message), headers)
+
+
+class Router:
+    """Hand routed flows to the dialer through the loopback relay."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.dialer: Dialer | None = None
+        self.relay: Relay | None = None
+        self.jobs: dict[str, Job] = {}   # flow id -> job, while the flow is live
+        self.inline: set[asyncio.Task] = set()   # dialer runs for non-streamed requests
+
+    def load(self, loader) -> None:
+        loader.add_option("ccswitch_loopback_only", bool, False,
+                          "Refuse upstreams that are not loopback addresses (a guard for tests).")
+        loader.add_option("ccswitch_max_body", int, 32 * 1024 * 1024,
+                          "Largest request body (bytes) ccswitch routes; larger ones get a 413 "
+                          "in the client's API format (Anthropic's own limit is 32 MB).")
+        loader.add_option("ccswitch_ledger", bool, True,
+                          "Record every routed request's usage in the rules' usage_db (SQLite).")
+        loader.add_option("ccswitch_offline", bool, False,
+                          "The intercepted hosts are unreachable (relays only): answer their "
+                          "unrouted requests (e.g. Claude Code's settings calls) with 404 at once "
+                          "instead of a 502 that clients retry for many seconds.")
+
+    async def running(self) -> None:
+        self.dialer = Dialer(self.gateway.health, loopback_only=ctx.options.ccswitch_loopback_only,
+                             client=http1.UpstreamClient(ssl_context=upstream_tls()))
+        self.relay = Relay(self.dialer.run, on_done=self.gateway.record_job)
+        await self.relay.start()
+
+    async def done(self) -> None:
+        # end the requests in flight first, so each leaves its usage row, then flush the ledger
+        for task in list(self.inline):
+            task.cancel()
+        await asyncio.gather(*self.inline, return_exceptions=True)
+        if self.relay:
+            await self.relay.stop()
+        if self.dialer:
+            await self.dialer.aclose()
+        await asyncio.to_thread(self.gateway.close)
+
+    def configure(self, updated) -> None:
+        if updated & UPSTREAM_TLS_OPTIONS:
+            context = upstream_tls()   # checked now, so a bad CA file is refused at once
+            if self.dialer:
+                self.dialer.client.ssl_context = context
+        if "ccswitch_loopback_only" in updated and self.dialer:
+            self.dialer.loopback_only = ctx.options.ccswitch_loopback_only
+        if "ccswitch_ledger" in updated:
+            self.gateway.open_ledger(ctx.options.ccswitch_ledger)
+
+    # ------------------------------------------------------------------ hooks
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live or self.relay is None:
+            return
+        match = self._match(flow)
+        rules = self.gateway.rules
+        if match is None or not rules.routes.for_route(match.route):
+            self._unrouted(flow)  # a route with no upstreams is not ours either
+            return
+        started = datetime.now(UTC)
+        client_protocol = CLIENT_PROTOCOL[match.route]
+
+        def refuse(status: int, message: str, body: dict | None = None, extra: dict | None = None) -> None:
+            self._answer(flow, _error_response(client_protocol, status, message, extra))
+            if self.gateway.ledger is not None:
+                model = (body or {}).get("model")
+                self.gateway.ledger.add("requests", own_answer_row(
+                    request_id=flow.id, started_at=started, route=match.route, endpoint=match.endpoint,
+                    model=model if isinstance(model, str) else None, stream=bool((body or {}).get("stream")),
+                    status=status, error=message[:500],
+                    latency_ms=int((datetime.now(UTC) - started).total_seconds() * 1000)))
+
+        headers = list(flow.request.headers.items(multi=True))
+        if rules.client_keys and not rules.client_key_ok(client_credential(headers)):
+            return refuse(401, "missing or invalid ccswitch client key")
+        if match.endpoint == "websocket":
+            return refuse(426, "ccswitch serves Responses over HTTPS, not WebSocket", {"stream": True})
+        refusal = _header_problem(headers) or _body_problem(flow.request, ctx.options.ccswitch_max_body)
+        if refusal:
+            return refuse(*refusal)
+        raw = _decoded_body(flow.request, ctx.options.ccswitch_max_body)
+        if raw is None:   # a small compressed body can inflate a lot: never inflate past the limit
+            return refuse(413, f"request body too large once decoded (over {ctx.options.ccswitch_max_body} bytes)")
+        body, problem = _parse_body(raw)
+        if problem:
+            return refuse(400, problem)
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return refuse(400, "the request body names no model", body)
+        chosen = plan(rules, match.route, model, self.gateway.health, datetime.now(rules.tz))
+        if not chosen.candidates:
+            return refuse(503, chosen.why_none(match.route), body, {"retry-after": "30"})
+        req = ClientRequest(route=match.route, endpoint=match.endpoint, method="POST",
+                            url=flow.request.url, headers=headers, body=raw, json=body, model=model,
+                            stream=body.get("stream") is True, client_protocol=client_protocol)
+        converted, problem = _convert_for_candidates(req, chosen.candidates, rules)
+        if problem:
+            return refuse(400, problem, body)
+        job = Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow.id, converted=converted)
+        self.jobs[flow.id] = job
+        flow.metadata["ccswitch"] = {"route": match.route, "endpoint": match.endpoint, "model": model}
+        _redact_credentials(flow.request.headers)
+        if not req.stream:
+            # nothing to stream: answer from this hook, without the relay hop
+            await self._run_inline(flow, job)
+            return
+        self.relay.register(job)
+        flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.relay.port
+        flow.request.headers[JOB_HEADER] = job.token
+
+    async def _run_inline(self, flow: http.HTTPFlow, job: Job) -> None:
+        sink = BufferSink()
+        task = asyncio.ensure_future(run_guarded(self.dialer.run, job, sink))
+        self.inline.add(task)
+        task.add_done_callback(self.inline.discard)
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.1)
+                if flow.client_conn.timestamp_end is not None and not task.done():
+                    task.cancel()   # the client went away: cancel the upstream request now
+                    job.error = "client_closed"
+                    await asyncio.gather(task, return_exceptions=True)
+                    flow.response = http.Response.make(499, b"", {})
+                    return
+            headers = http.Headers([(k.encode(), v.encode("utf-8", "surrogateescape")) for k, v in sink.headers])
+            flow.response = http.Response.make(sink.status, sink.body, headers)
+        finally:
+            self.gateway.record_job(job)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.id in self.jobs and "text/event-stream" in flow.response.headers.get("content-type", ""):
+            flow.response.stream = True
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _match(self, flow: http.HTTPFlow) -> RouteMatch | None:
+        upgrade = flow.request.headers.get("upgrade", "").lower() == "websocket"
+        match = classify(flow.request.method, flow.request.path, upgrade)
+        if match is None:
+            return None
+        if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
+            return match
+        if flow.request.pretty_host.lower() in self.gateway.rules.intercept:
+            return match
+        return None
+
+    def _unrouted(self, flow: http.HTTPFlow) -> None:
+        if ctx.options.ccswitch_offline and flow.request.pretty_host.lower() in self.gateway.rules.intercept:
+            protocol = Protocol.ANTHROPIC if "anthropic" in flow.request.pretty_host else Protocol.CHAT
+            self._answer(flow, _error_response(protocol, 404, "ccswitch is offline: this host is not reachable"))
+
+    @staticmethod
+    def _answer(flow: http.HTTPFlow, response: http.Response) -> None:
+        _redact_credentials(flow.request.headers)
+        flow.response = response
+        flow.comment = f"ccswitch: answered {response.status_code} itself"
+
+    def _finish(self, flow: http.HTTPFlow) -> None:
+        job = self.jobs.pop(flow.id, None)
+        if job is None:
+            if flow.request.pretty_host.lower() in self.gateway.rules.intercept:
+                _redact_credentials(flow.request.headers)  # passed through: sent already, hide now
+            return
+        if self.relay and self.relay.forget(job):
+            # mitmproxy never delivered it to the relay (e.g. the client left at once)
+            job.error = flow.error.msg if flow.error else "not dispatched"
+            self.gateway.record_job(job)
+        flow.request.headers.pop(JOB_HEADER, None)
+        if job.upstream:
+            upstream = job.rules.upstream(job.upstream)
+            flow.request.url = upstream_url(upstream, job.request)
+        flow.comment = job.comment()
+        if job.failed_over:
+            flow.marked = ":warning:"
+        flow.metadata["ccswitch"].update(
+            upstream=job.upstream, upstream_model=job.upstream_model,
+            attempts=[a.describe() for a in job.attempts], error=job.error)
+
+
+def _convert_for_candidates(req: ClientRequest, candidates, rules: Rules) -> tuple[dict, str | None]:
+    """Convert the body for each candidate of another protocol before any upstream call: a body
+    that cannot be converted is the client's 400, and the dialer reuses what was converted."""
+    converted: dict[str, dict] = {}
+    for upstream in candidates:
+        if upstream.protocol == req.client_protocol:
+            continue
+        try:
+            body = translation_for(req.client_protocol, upstream.protocol).request(req, upstream, rules)
+        except RenderError as exc:
+            return converted, str(exc)
+        if body is not None:
+            converted[upstream.name] = body
+    return converted, None
+
+
+def _redact_credentials(headers: http.Headers) -> None:
+    for name in CREDENTIAL_HEADERS:
+        if name in headers:
+            headers[name] = REDACTED
+
+
+_MAX_HEADER_BYTES = 64 * 1024
+
+
+def _header_problem(headers: list[tuple[str, str]]) -> tuple[int, str] | None:
+    """Headers no upstream should see: control characters, or far too many bytes."""
+    size = 0
+    for name, value in headers:
+        size += len(name) + len(value)
+        if any(c in value or c in name for c in "\r\n\0"):
+            return 400, f"header {name[:64]!r} contains a line break or NUL"
+    if size > _MAX_HEADER_BYTES:
+        return 431, f"request headers too large ({size} bytes; the limit is {_MAX_HEADER_BYTES})"
+    return None
+
+
+def _body_problem(request: http.Request, max_body: int) -> tuple[int, str] | None:
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+        return 415, f"content-type must be application/json, not {ctype[:100]!r}"
+    size = len(request.raw_content or b"")
+    if size > max_body:
+        return 413, f"request body too large ({size} bytes; the limit is {max_body})"
+    return None
+
+
+def _decoded_body(request: http.Request, limit: int) -> bytes | None:
+    """The request body decoded, or None when it would exceed `limit` bytes decoded.
+
+    gzip and deflate are inflated incrementally with a cap (a 32 MB bomb must not become
+    32 GB in memory); other encodings fall back to mitmproxy's decoder and a size check.
+    """
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in INFLATABLE:
+        inflater = Inflater(encoding, limit)
+        try:
+            return inflater.feed(request.raw_content or b"") + inflater.flush()
+        except TooLarge:
+            return None
+        except DecodeError:
+            return request.get_content(strict=False) or b""   # let the JSON parser report it
+    decoded = request.get_content(strict=False) or b""
+    return None if len(decoded) > limit else decoded
+
+
+def _parse_body(raw: bytes) -> tuple[dict, str | None]:
+    if not raw:
+        return {}, "the request has no body"
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError:
+        return {}, "the request body is not UTF-8 JSON"
+    except ValueError as exc:
+        return {}, f"the request body is not valid JSON ({exc})"
+    except RecursionError:
+        return {}, "the request body is nested too deeply"
+    if not isinstance(body, dict):
+        return {}, "the request body must be a JSON object"
+    return body, None
+
+

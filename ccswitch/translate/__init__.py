@@ -1,0 +1,32 @@
+"""Translation between the client's protocol and the upstream's.
+
+The dialer asks `translation_for(client, upstream)` and uses the result (a `Translation`)
+for every body that crosses: the request, a whole response, an error, each stream event.
+Same protocol on both sides is a pass-through that only checks and scrubs; the chat
+route's conversions (`translate.chat`) serve a Chat Completions client from an Anthropic
+Messages or OpenAI Responses upstream.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from ccswitch.translate.base import ChatPassthrough, Passthrough, Translation, Unsupported
+from ccswitch.translate.chat.anthropic import ChatToAnthropic
+from ccswitch.translate.chat.responses import ChatToResponses
+from ccswitch.vocab import Protocol
+
+_PASSTHROUGH = Passthrough()
+_CHAT_PASSTHROUGH = ChatPassthrough()
+
+
+@cache
+def translation_for(client_protocol: str, upstream_protocol: str) -> Translation:
+    """The translation for a pair (stateless, so one instance each)."""
+    if client_protocol == upstream_protocol:
+        return _CHAT_PASSTHROUGH if client_protocol == Protocol.CHAT else _PASSTHROUGH
+    if client_protocol == Protocol.CHAT and upstream_protocol == Protocol.ANTHROPIC:
+        return ChatToAnthropic()
+    if client_protocol == Protocol.CHAT and upstream_protocol == Protocol.RESPONSES:
+        return ChatToResponses()
+    return Unsupported(client_protocol, upstream_protocol)

@@ -1,0 +1,140 @@
+"""The translation interface, and the pass-throughs for client and upstream of one protocol.
+
+Same protocol on both sides only checks and scrubs; the chat route's conversions
+(`translate.chat`) implement the same interface.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ccswitch.config.models import Upstream
+from ccswitch.wire import protocols
+from ccswitch.wire.exchange import ClientRequest, RenderError, Reply, json_or_none
+from ccswitch.wire.redact import scrub
+from ccswitch.wire.sse import Event
+
+
+class StreamTranslation(Protocol):
+    """Turns each upstream stream event into the bytes the client gets (maybe none)."""
+
+    def feed(self, event: Event) -> bytes: ...
+
+    def finish(self) -> bytes:
+        """What is still owed to the client when the upstream stream has ended."""
+        ...
+
+
+class Translation(Protocol):
+    """Everything the dialer asks of a protocol pair, for every body that crosses."""
+
+    def request(self, req: ClientRequest, upstream: Upstream, rules=None) -> dict[str, Any] | None:
+        """The body for this upstream, or None to send the client's own (model renamed).
+        Raises RenderError when the request cannot be expressed for it."""
+        ...
+
+    def scrub(self, body: bytes, secrets: list[str]) -> bytes: ...
+
+    def check_body(self, req: ClientRequest, upstream: Upstream, body: bytes, is_sse: bool) -> str | None:
+        """Why a 2xx body is not a real answer, or None if it is."""
+        ...
+
+    def reply(self, req: ClientRequest, upstream: Upstream, status: int,
+              headers: list[tuple[str, str]], body: bytes) -> Reply:
+        """A whole 2xx answer in the client's protocol."""
+        ...
+
+    def error_reply(self, req: ClientRequest, reply: Reply) -> Reply:
+        """An upstream's error answer in the client's protocol."""
+        ...
+
+    def stream(self, req: ClientRequest, upstream: Upstream) -> StreamTranslation: ...
+
+
+class StreamPassthrough:
+    """Forward each upstream event's bytes as they came."""
+
+    def feed(self, event: Event) -> bytes:
+        return event.raw
+
+    def finish(self) -> bytes:
+        return b""
+
+
+class Passthrough:
+    """Client and upstream speak the same protocol."""
+
+    def request(self, req: ClientRequest, upstream: Upstream, rules=None) -> dict[str, Any] | None:
+        return None  # keep the client's body; only the model is renamed
+
+    def scrub(self, body: bytes, secrets: list[str]) -> bytes:
+        return scrub(body, secrets)
+
+    def check_body(self, req: ClientRequest, upstream: Upstream, body: bytes, is_sse: bool) -> str | None:
+        """Why a 2xx body is not a real answer, or None if it is."""
+        if req.stream and not is_sse:
+            parsed = json_or_none(body)
+            if isinstance(parsed, dict) and parsed.get("error"):
+                return "error JSON under a 2xx status"
+            return "a non-SSE body for a streamed request"
+        if is_sse:
+            return "an SSE body for a non-streamed request"
+        parsed = json_or_none(body)
+        if parsed is None:
+            return "a 2xx body that is not JSON"
+        if not protocols.body_matches_protocol(upstream.protocol, req.endpoint, parsed):
+            return "a 2xx body that is not a " + upstream.protocol + " response"
+        return None
+
+    def reply(self, req: ClientRequest, upstream: Upstream, status: int,
+              headers: list[tuple[str, str]], body: bytes) -> Reply:
+        return Reply(upstream.name, status, headers, body, translated=True)
+
+    def error_reply(self, req: ClientRequest, reply: Reply) -> Reply:
+        return reply
+
+    def stream(self, req: ClientRequest, upstream: Upstream) -> StreamPassthrough:
+        return StreamPassthrough()
+
+
+class _DropUsageChunk(StreamPassthrough):
+    """The client did not ask for the usage chunk we asked the upstream for: leave it out."""
+
+    def feed(self, event: Event) -> bytes:
+        body = event.json() if event.event else None
+        if isinstance(body, dict) and body.get("choices") == [] and body.get("usage"):
+            return b""
+        return event.raw
+
+
+class ChatPassthrough(Passthrough):
+    """Chat client, Chat upstream: only the model is renamed, but usage must always be known,
+    so a stream always asks for the final usage chunk and drops it if the client did not."""
+
+    def request(self, req: ClientRequest, upstream: Upstream, rules=None) -> dict[str, Any] | None:
+        body = req.json or {}
+        if not req.stream or wants_usage(body):
+            return None
+        return {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+
+    def stream(self, req: ClientRequest, upstream: Upstream) -> StreamPassthrough:
+        return StreamPassthrough() if wants_usage(req.json or {}) else _DropUsageChunk()
+
+
+def wants_usage(body: dict) -> bool:
+    """Whether a Chat client asked for the final usage chunk (`stream_options.include_usage`)."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+class Unsupported(Passthrough):
+    """A pair no translation exists for: every request is refused as unrenderable."""
+
+    def __init__(self, client_protocol: str, upstream_protocol: str) -> None:
+        self.pair = (client_protocol, upstream_protocol)
+
+    def request(self, req: ClientRequest, upstream: Upstream, rules=None) -> dict[str, Any] | None:
+        raise RenderError(f"cannot convert a {self.pair[0]} request for {upstream.name} "
+                          f"({self.pair[1]})")
+
+

@@ -1,0 +1,159 @@
+"""What every conversion *to* an OpenAI Chat Completions client shares: the
+chunk writer, the usage shape, the error shape, the translation skeleton.
+
+Conversions plug into the dialer through the interface of
+`ccswitch.translate.Passthrough` (request / check_body / reply / error_reply /
+stream); `ChatTranslation` below implements the protocol-independent parts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from ccswitch.translate.base import wants_usage
+from ccswitch.wire.exchange import ClientRequest, Reply, json_or_none
+from ccswitch.wire.protocols import body_matches_protocol
+from ccswitch.wire.redact import scrub
+from ccswitch.wire.sse import format_event
+
+DONE = b"data: [DONE]\n\n"
+
+
+def chat_usage(prompt: int, completion: int, cached: int = 0, cache_write: int = 0,
+               reasoning: int = 0) -> dict[str, Any]:
+    """OpenAI usage: `prompt_tokens` is the whole prompt; cached tokens are a subset."""
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                             "total_tokens": prompt + completion,
+                             "prompt_tokens_details": {"cached_tokens": cached}}
+    if cache_write:
+        usage["prompt_tokens_details"]["cache_write_tokens"] = cache_write
+    if reasoning:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return usage
+
+
+class ChunkWriter:
+    """Writes `chat.completion.chunk` events with one id/created/model."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.id = "chatcmpl-" + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        self.model = model
+        self.include_usage = include_usage
+        self.finished = False
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        body: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                                "model": self.model,
+                                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+        if self.include_usage:
+            body["usage"] = None
+        return format_event(body)
+
+    def finish(self, finish_reason: str, usage: dict[str, Any] | None) -> bytes:
+        """The one finish chunk, the usage chunk if asked for, then [DONE]."""
+        self.finished = True
+        out = self.chunk({}, finish_reason)
+        if self.include_usage:
+            out += format_event({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                                 "model": self.model, "choices": [], "usage": usage or chat_usage(0, 0)})
+        return out + DONE
+
+    def error(self, message: str, kind: str = "api_error", code: str | None = None) -> bytes:
+        """A mid-stream error: one `data: {"error": …}` line; no finish chunk, no [DONE]."""
+        self.finished = True
+        return format_event(openai_error(message, kind, code))
+
+
+def completion(model: str, message: dict[str, Any], finish_reason: str, usage: dict[str, Any],
+               response_id: str | None = None) -> dict[str, Any]:
+    return {"id": response_id or "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion",
+            "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
+            "usage": usage}
+
+
+def openai_error(message: str, kind: str = "api_error", code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": code or kind}}
+
+
+def chat_id(upstream_id: Any) -> str | None:
+    """The chat completion id for an upstream message/response id (None: make one up)."""
+    return f"chatcmpl-{upstream_id}" if isinstance(upstream_id, str) and upstream_id else None
+
+
+def openai_error_from(body: bytes, status: int) -> dict[str, Any]:
+    """Any upstream error body (Anthropic or OpenAI shaped) as an OpenAI error."""
+    parsed = json_or_none(body)
+    err = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(err, dict):
+        kind = err.get("type") or err.get("code") or "api_error"
+        return {"error": {"message": str(err.get("message", "")), "type": kind,
+                          "param": err.get("param"), "code": err.get("code") or kind}}
+    text = body.decode("utf-8", "replace")[:500] if body else f"upstream answered HTTP {status}"
+    return {"error": {"message": text, "type": "api_error", "param": None, "code": None}}
+
+
+class ChatTranslation:
+    """The protocol-independent half of a Chat-client conversion.
+
+    Subclasses set `protocol` and implement `convert_request(body, req, upstream, rules)`,
+    `convert_response(body_json, req)` and `stream_converter(req)`.
+    """
+
+    protocol = ""
+
+    def scrub(self, body: bytes, secrets: list[str]) -> bytes:
+        return scrub(body, secrets)
+
+    def request(self, req: ClientRequest, upstream, rules=None) -> dict[str, Any]:
+        return self.convert_request(req.json or {}, req, upstream, rules)
+
+    def check_body(self, req: ClientRequest, upstream, body: bytes, is_sse: bool) -> str | None:
+        if self.upstream_streams(req, upstream):
+            return None if is_sse else "a non-SSE body for a streamed request"
+        if is_sse:
+            return "an SSE body for a non-streamed request"
+        parsed = json_or_none(body)
+        if not body_matches_protocol(self.protocol, req.endpoint, parsed):
+            return f"a 2xx body that is not a {self.protocol} response"
+        return None
+
+    def upstream_streams(self, req: ClientRequest, upstream) -> bool:
+        """Whether the upstream is asked to stream (some always must, e.g. Codex's backend)."""
+        return req.stream
+
+    def reply(self, req: ClientRequest, upstream, status: int, headers: list[tuple[str, str]],
+              body: bytes) -> Reply:
+        converted = self.convert_response(body, req, upstream)
+        out = json.dumps(converted, ensure_ascii=False).encode()
+        return Reply(upstream.name, status, _json_headers(headers), out, translated=True)
+
+    def error_reply(self, req: ClientRequest, reply: Reply) -> Reply:
+        status = 503 if reply.status == 529 else reply.status
+        body = json.dumps(openai_error_from(reply.body, reply.status)).encode()
+        return Reply(reply.upstream, status, _json_headers(reply.headers), body, translated=True,
+                     reason=reply.reason)
+
+    # subclasses ---------------------------------------------------------------
+    def convert_request(self, body: dict[str, Any], req: ClientRequest, upstream, rules) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def convert_response(self, body: bytes, req: ClientRequest, upstream) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def stream(self, req: ClientRequest, upstream):
+        raise NotImplementedError
+
+
+def _json_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    kept = [(k, v) for k, v in headers if k.lower() in ("retry-after", "retry-after-ms", "request-id",
+                                                         "x-request-id")]
+    return kept + [("content-type", "application/json")]
+
+
+def include_usage(req: ClientRequest) -> bool:
+    return wants_usage(req.json or {})

@@ -1,0 +1,67 @@
+"""Model names: the `-thinking` suffix every converter honours, and what a Claude model
+can take (adaptive thinking, structured outputs, default max_tokens)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ccswitch.config.models import glob_lookup
+from ccswitch.routing.plan import THINKING_SUFFIX
+from ccswitch.wire.exchange import ClientRequest
+
+_VERSION = re.compile(r"(opus|sonnet|haiku|mythos|fable)-(\d)(?:-(\d))?(?!\d)")
+
+#: max_tokens sent when the client names none, by upstream model (first match wins;
+#: `rules.max_tokens` overrides).  16384 fits every Claude 4.x output cap and stays under
+#: ~21k, above which a non-streamed request risks Anthropic's 10-minute limit; Claude 3
+#: models cap at 4096/8192; unknown (non-Claude) models behind an Anthropic-compatible API
+#: get a conservative 8192.
+DEFAULT_MAX_TOKENS: dict[str, int] = {
+    "claude-3-7-*": 16384, "claude-3-5-*": 8192, "claude-3-*": 4096, "claude-*": 16384, "*": 8192,
+}
+
+
+def split_model(model: Any) -> tuple[Any, bool]:
+    """(`model` without a `-thinking` suffix, whether the suffix was there) — spec §1.6."""
+    if isinstance(model, str) and model.endswith(THINKING_SUFFIX) and len(model) > len(THINKING_SUFFIX):
+        return model[: -len(THINKING_SUFFIX)], True
+    return model, False
+
+
+def upstream_model(req: ClientRequest, upstream) -> str:
+    """The model name the upstream will see (suffix stripped, then mapped)."""
+    model = req.model or (req.json or {}).get("model") or ""
+    return upstream.map_model(split_model(model)[0])
+
+
+def _version(model: str) -> tuple[str, tuple[int, int]] | None:
+    m = _VERSION.search(model.lower())
+    if m:
+        return m[1], (int(m[2]), int(m[3] or 0))
+    if "mythos" in model or "fable" in model:
+        return "mythos", (5, 0)
+    return None
+
+
+def adaptive_thinking(model: str) -> bool:
+    """Claude 4.6 and later take `thinking:{type:adaptive}` + effort (4.7+ reject `enabled`)."""
+    found = _version(model)
+    return found is not None and found[1] >= (4, 6)
+
+
+def structured_outputs(model: str) -> bool:
+    """Models with `output_config.format` (Opus 4.1, Claude 4.5 and later)."""
+    found = _version(model)
+    return found is not None and (found[1] >= (4, 5) or found == ("opus", (4, 1)))
+
+
+def json_tool_mode(body: dict[str, Any], model: str) -> bool:
+    """Whether response_format travels as the forced `json_tool_call` tool."""
+    fmt = body.get("response_format")
+    return isinstance(fmt, dict) and fmt.get("type") == "json_schema" and not structured_outputs(model)
+
+
+def default_max_tokens(model: str, rules) -> int:
+    configured = glob_lookup(dict(getattr(rules, "max_tokens", None) or {}), model)
+    return configured if configured is not None else glob_lookup(DEFAULT_MAX_TOKENS, model) or 8192

@@ -1,0 +1,168 @@
+"""The chat route on an OpenAI Responses upstream: Chat Completions request ->
+Responses request, Responses answer (JSON or SSE) -> Chat Completions answer.
+
+Request: `responses_request.build_request` (spec §2, §6).  Non-stream answers:
+`completion_from_response` (§3.2-§3.4).  Streams: `responses_stream.ResponsesStream`
+(§4.2).  The ChatGPT Codex backend only streams, so a non-stream client is served
+by aggregating the upstream SSE body (`aggregate`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ccswitch.dial.outcome import in_stream_status
+from ccswitch.translate.chat.common import (
+    ChatTranslation,
+    _json_headers,
+    chat_id,
+    completion,
+    include_usage,
+    openai_error,
+)
+from ccswitch.translate.chat.models import split_model
+from ccswitch.translate.chat.responses_request import build_request, is_codex_backend
+from ccswitch.translate.chat.responses_stream import (
+    FAILED,
+    TERMINAL,
+    ResponsesStream,
+    failure_of,
+    finish_reason,
+    fold,
+    response_usage,
+)
+from ccswitch.vocab import Protocol
+from ccswitch.wire.exchange import ClientRequest, Reply, json_or_none
+from ccswitch.wire.sse import parse_all
+
+
+class UpstreamFailed(Exception):
+    """A 2xx upstream answer that is really a failure (failed response, error event, cut stream)."""
+
+    def __init__(self, message: str, kind: str = "api_error", code: str | None = None,
+                 status: int | None = None) -> None:
+        super().__init__(message)
+        self.message, self.kind, self.code = message, kind, code
+        self.status = status or in_stream_status({"error": {"type": kind, "code": code}})
+
+    def body(self) -> dict[str, Any]:
+        return openai_error(self.message, self.kind, self.code)
+
+
+class ChatToResponses(ChatTranslation):
+    protocol = Protocol.RESPONSES
+
+    def convert_request(self, body: dict[str, Any], req: ClientRequest, upstream, rules=None) -> dict[str, Any]:
+        return build_request(body, stream=self.upstream_streams(req, upstream), codex=is_codex_backend(upstream))
+
+    def upstream_streams(self, req: ClientRequest, upstream) -> bool:
+        """The Codex backend requires `stream: true` even for a non-stream client."""
+        return bool(req.stream) or is_codex_backend(upstream)
+
+    def check_body(self, req: ClientRequest, upstream, body: bytes, is_sse: bool) -> str | None:
+        problem = super().check_body(req, upstream, body, is_sse)
+        if problem is None and is_sse and not req.stream and not _has_end(body):
+            return "stream ended before its terminal event"
+        return problem
+
+    def reply(self, req: ClientRequest, upstream, status: int, headers: list[tuple[str, str]],
+              body: bytes) -> Reply:
+        try:
+            return super().reply(req, upstream, status, headers, body)
+        except UpstreamFailed as exc:
+            return Reply(upstream.name, exc.status, _json_headers(headers), json.dumps(exc.body()).encode(),
+                         translated=True, reason=f"stream error: {exc.message}")
+
+    def convert_response(self, body: bytes, req: ClientRequest, upstream) -> dict[str, Any]:
+        """A chat.completion from a Responses object, or from a whole Responses SSE body."""
+        if _is_sse(body):
+            return aggregate(body, client_model(req))
+        parsed = json_or_none(body)
+        if not isinstance(parsed, dict):
+            raise UpstreamFailed("the upstream answered a body that is not JSON", status=502)
+        return completion_from_response(parsed, client_model(req))
+
+    def stream(self, req: ClientRequest, upstream) -> ResponsesStream:
+        return ResponsesStream(client_model(req), include_usage(req))
+
+
+def client_model(req: ClientRequest) -> str:
+    model = (req.json or {}).get("model") or req.model
+    return split_model(model)[0] if isinstance(model, str) else ""
+
+
+def chat_message(text: str, refusal: str, reasoning: str, tool_calls: list[dict[str, Any]]) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant",
+                               "content": text or (None if tool_calls or refusal else ""),
+                               "refusal": refusal or None}
+    if reasoning:
+        message["reasoning_content"] = reasoning     # de-facto extension (litellm, new-api)
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return message
+
+
+def completion_from_response(response: dict[str, Any], model: str) -> dict[str, Any]:
+    """§3.2: walk `output[]` in order into exactly one choice."""
+    if response.get("status") in ("failed", "cancelled"):
+        raise UpstreamFailed(*failure_of({"response": response}))
+    text, refusal, reasoning, calls = [], [], [], []
+    for item in response.get("output") or ():
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        if kind == "reasoning":
+            parts = [s.get("text") for s in item.get("summary") or () if isinstance(s, dict) and s.get("text")]
+            if not parts:   # raw reasoning text (open-weight models) when there is no summary
+                parts = [c.get("text") for c in item.get("content") or ()
+                         if isinstance(c, dict) and c.get("type") == "reasoning_text" and c.get("text")]
+            reasoning.extend(parts)
+        elif kind == "message":     # every message item, commentary phase included
+            for part in item.get("content") or ():
+                if isinstance(part, dict) and part.get("type") == "output_text":
+                    text.append(part.get("text") or "")
+                elif isinstance(part, dict) and part.get("type") == "refusal":
+                    refusal.append(part.get("refusal") or "")
+        elif kind == "function_call":
+            args = item.get("arguments")
+            calls.append({"id": item.get("call_id") or item.get("id"), "type": "function",
+                          "function": {"name": item.get("name") or "",
+                                       "arguments": args if isinstance(args, str) and args else "{}"}})
+    message = chat_message("".join(text), "".join(refusal), "\n\n".join(reasoning), calls)
+    return completion(response.get("model") or model, message, finish_reason(response, bool(calls)),
+                      response_usage(response.get("usage")), chat_id(response.get("id")))
+
+
+def aggregate(body: bytes, model: str) -> dict[str, Any]:
+    """A whole Responses SSE body as one chat.completion: the terminal event's response
+    object when it lists the output, else what the deltas accumulated."""
+    stream = ResponsesStream(model, include_usage=False)
+    deltas: list[dict[str, Any]] = []
+    final: dict[str, Any] = {}
+    for event in parse_all(body):
+        deltas.extend(stream.step(event))
+        if event.event and event.type in TERMINAL and isinstance((event.json() or {}).get("response"), dict):
+            final = event.json()["response"]
+        if stream.ended:
+            break
+    if stream.failure is not None:
+        raise UpstreamFailed(*stream.failure)
+    if stream.outcome is None:
+        raise UpstreamFailed("upstream stream ended before its terminal event", status=502)
+    if final.get("output"):
+        return completion_from_response(final, model)
+    got = fold(deltas)
+    message = chat_message(got["text"], got["refusal"], got["reasoning"], got["tool_calls"])
+    reason, usage = stream.outcome
+    return completion(final.get("model") or stream.writer.model, message, reason, usage, chat_id(final.get("id")))
+
+
+def _is_sse(body: bytes) -> bool:
+    head = body.lstrip()[:6]
+    return head.startswith((b"event:", b"data:", b":"))
+
+
+def _has_end(body: bytes) -> bool:
+    """Whether an SSE body reached a terminal or error event (otherwise it was cut short)."""
+    return any(e.event and e.type in TERMINAL | FAILED for e in parse_all(body))

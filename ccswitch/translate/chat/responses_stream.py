@@ -1,0 +1,224 @@
+"""OpenAI Responses SSE events -> Chat Completions chunks (conversion spec §4.2, §5).
+
+`ResponsesStream` is stateful and per request.  `step(event)` turns one upstream
+event into Chat deltas and records how the stream ended; `feed(event)` writes
+those as `chat.completion.chunk` bytes.  The non-stream aggregation of a
+stream-only upstream (the Codex backend) reuses `step` and folds the deltas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ccswitch.translate.chat.common import ChunkWriter, chat_usage
+from ccswitch.wire.sse import Event
+
+TERMINAL = frozenset({"response.completed", "response.incomplete", "response.done"})
+FAILED = frozenset({"response.failed", "error"})
+
+
+def response_usage(usage: Any) -> dict[str, Any]:
+    """Responses usage -> Chat usage; cached tokens are already part of input_tokens (§3.4)."""
+    if not isinstance(usage, dict):
+        return chat_usage(0, 0)
+    details_in = usage.get("input_tokens_details") or {}
+    details_out = usage.get("output_tokens_details") or {}
+    out = chat_usage(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0),
+                     cached=int(details_in.get("cached_tokens") or 0),
+                     cache_write=int(details_in.get("cache_write_tokens") or 0),
+                     reasoning=int(details_out.get("reasoning_tokens") or 0))
+    if isinstance(usage.get("total_tokens"), int):
+        out["total_tokens"] = usage["total_tokens"]
+    return out
+
+
+def finish_reason(response: dict[str, Any], any_tool_call: bool, incomplete: bool = False) -> str:
+    """§3.3: `length` (or `content_filter`) wins over `tool_calls`; never an unknown value."""
+    if incomplete or response.get("status") == "incomplete":
+        reason = (response.get("incomplete_details") or {}).get("reason")
+        return "content_filter" if reason == "content_filter" else "length"
+    return "tool_calls" if any_tool_call else "stop"
+
+
+def failure_of(data: Any) -> tuple[str, str, str | None]:
+    """(message, type, code) of a `response.failed` / `error` event or a failed response."""
+    err: Any = None
+    if isinstance(data, dict):
+        err = data.get("error")
+        if not isinstance(err, dict) and isinstance(data.get("response"), dict):
+            err = data["response"].get("error")
+        if not isinstance(err, dict) and (data.get("type") == "error" or "message" in data):
+            err = data
+    if not isinstance(err, dict):
+        return "upstream response failed", "api_error", None
+    code = err.get("code") if isinstance(err.get("code"), str) else None
+    kind = err.get("type") if isinstance(err.get("type"), str) and err.get("type") != "error" else None
+    return str(err.get("message") or "upstream response failed"), kind or code or "api_error", code
+
+
+class ResponsesStream:
+    """One request's Responses stream -> Chat chunks."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.writer = ChunkWriter(model, include_usage)
+        self.started = False
+        self.n_calls = 0
+        self.calls: dict[str, int] = {}          # function_call item id -> dense tool index k
+        self.by_output: dict[int, int] = {}      # output_index -> k (for items without an id)
+        self.streamed: set[int] = set()          # k that already sent (some) arguments
+        self.reasoning_part: tuple | None = None
+        self.outcome: tuple[str, dict[str, Any]] | None = None   # (finish_reason, usage)
+        self.failure: tuple[str, str, str | None] | None = None  # (message, type, code)
+
+    # ------------------------------------------------------------------ bytes
+    def feed(self, event: Event) -> bytes:
+        if self.writer.finished:
+            return b""
+        out = b"".join(self.writer.chunk(delta) for delta in self.step(event))
+        if self.failure is not None:
+            return out + self.writer.error(*self.failure)
+        if self.outcome is not None:
+            return out + self.writer.finish(*self.outcome)
+        return out
+
+    def finish(self) -> bytes:
+        """End of the upstream body: without a terminal event the client must see an error."""
+        if self.writer.finished:
+            return b""
+        return self.writer.error("upstream stream ended before its terminal event", "api_error",
+                                 "stream_truncated")
+
+    @property
+    def ended(self) -> bool:
+        return self.outcome is not None or self.failure is not None
+
+    # ------------------------------------------------------------------ deltas
+    def step(self, event: Event) -> list[dict[str, Any]]:
+        """The Chat deltas for one upstream event (the role delta included when due)."""
+        if not event.event or self.ended:
+            return []
+        data = event.json()
+        if not isinstance(data, dict):
+            return []
+        kind = event.type
+        if kind == "response.created":
+            response = data.get("response") or {}
+            if not self.started and isinstance(response.get("model"), str):
+                self.writer.model = response["model"]
+            return self._start()
+        if kind in FAILED:
+            self.failure = failure_of(data)
+            return []
+        if kind in TERMINAL:
+            return self._terminal(kind, data.get("response") or {})
+        deltas = self._content(kind, data)
+        return self._start() + deltas if deltas else []
+
+    def _start(self) -> list[dict[str, Any]]:
+        if self.started:
+            return []
+        self.started = True
+        return [{"role": "assistant", "content": ""}]
+
+    def _content(self, kind: str, data: dict[str, Any]) -> list[dict[str, Any]]:
+        if kind == "response.output_text.delta":
+            return [{"content": data["delta"]}] if data.get("delta") else []
+        if kind == "response.refusal.delta":
+            return [{"refusal": data["delta"]}] if data.get("delta") else []
+        if kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
+            return self._reasoning(kind, data)
+        item = data.get("item") if isinstance(data.get("item"), dict) else {}
+        if kind == "response.output_item.added" and item.get("type") == "function_call":
+            k = self._new_call(item, data.get("output_index"))
+            if not item.get("arguments"):
+                return [self._header(k, item)]
+            self.streamed.add(k)                 # arguments already present on `added`
+            return [self._header(k, item), self._args(k, item["arguments"])]
+        if kind == "response.function_call_arguments.delta":
+            k = self._lookup(data.get("item_id"), data.get("output_index"))
+            if k is None or not data.get("delta"):
+                return []
+            self.streamed.add(k)
+            return [self._args(k, data["delta"])]
+        if kind == "response.function_call_arguments.done":
+            k = self._lookup(data.get("item_id"), data.get("output_index"))
+            return [] if k is None else self._full_args(k, data.get("arguments"))
+        if kind == "response.output_item.done" and item.get("type") == "function_call":
+            k = self._lookup(item.get("id"), data.get("output_index"))
+            if k is not None:
+                return self._full_args(k, item.get("arguments"))
+            k = self._new_call(item, data.get("output_index"))   # its `added` never came
+            return [self._header(k, item)] + self._full_args(k, item.get("arguments"))
+        return []
+
+    def _reasoning(self, kind: str, data: dict[str, Any]) -> list[dict[str, Any]]:
+        text = data.get("delta")
+        if not text:
+            return []
+        index = data.get("summary_index") if kind.endswith("summary_text.delta") else data.get("content_index")
+        part = (data.get("item_id"), kind, index)
+        if self.reasoning_part is not None and part != self.reasoning_part:
+            text = "\n\n" + text                 # a new summary part (never a new choice)
+        self.reasoning_part = part
+        return [{"reasoning_content": text}]
+
+    def _new_call(self, item: dict[str, Any], output_index: Any) -> int:
+        """The next dense tool index, mapped from the item id (and output index)."""
+        k, self.n_calls = self.n_calls, self.n_calls + 1
+        if isinstance(item.get("id"), str):
+            self.calls[item["id"]] = k
+        if isinstance(output_index, int):
+            self.by_output[output_index] = k
+        return k
+
+    @staticmethod
+    def _header(k: int, item: dict[str, Any]) -> dict[str, Any]:
+        return {"tool_calls": [{"index": k, "id": item.get("call_id") or item.get("id"), "type": "function",
+                                "function": {"name": item.get("name") or "", "arguments": ""}}]}
+
+    def _lookup(self, item_id: Any, output_index: Any) -> int | None:
+        """Argument events are routed by item id (never call_id), else by output index."""
+        if isinstance(item_id, str) and item_id in self.calls:
+            return self.calls[item_id]
+        if isinstance(output_index, int):
+            return self.by_output.get(output_index)
+        return None
+
+    def _full_args(self, k: int | None, arguments: Any) -> list[dict[str, Any]]:
+        """`.done`: the whole arguments, once, only if no delta carried them."""
+        if k is None or k in self.streamed:
+            return []
+        self.streamed.add(k)
+        return [self._args(k, arguments if isinstance(arguments, str) and arguments else "{}")]
+
+    @staticmethod
+    def _args(k: int, text: str) -> dict[str, Any]:
+        return {"tool_calls": [{"index": k, "function": {"arguments": text}}]}
+
+    def _terminal(self, kind: str, response: dict[str, Any]) -> list[dict[str, Any]]:
+        if response.get("status") in ("failed", "cancelled"):
+            self.failure = failure_of({"response": response})
+            return []
+        reason = finish_reason(response, self.n_calls > 0, kind == "response.incomplete")
+        self.outcome = (reason, response_usage(response.get("usage")))
+        return self._start()
+
+
+def fold(deltas: list[dict[str, Any]]) -> dict[str, Any]:
+    """Chat deltas -> (text, refusal, reasoning, tool_calls), the way the SDK accumulates them."""
+    text, refusal, reasoning = [], [], []
+    calls: dict[int, dict[str, Any]] = {}
+    for delta in deltas:
+        text.append(delta.get("content") or "")
+        refusal.append(delta.get("refusal") or "")
+        reasoning.append(delta.get("reasoning_content") or "")
+        for piece in delta.get("tool_calls") or ():
+            call = calls.setdefault(piece["index"], {"id": None, "type": "function",
+                                                     "function": {"name": "", "arguments": ""}})
+            if piece.get("id"):
+                call["id"] = piece["id"]
+            fn = piece.get("function") or {}
+            call["function"]["name"] += fn.get("name") or ""
+            call["function"]["arguments"] += fn.get("arguments") or ""
+    return {"text": "".join(text), "refusal": "".join(refusal), "reasoning": "".join(reasoning),
+            "tool_calls": [calls[k] for k in sorted(calls)]}

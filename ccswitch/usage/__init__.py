@@ -1,1 +1,0 @@
-"""Usage: extraction per protocol, the SQLite ledger and its schema."""

@@ -1,0 +1,52 @@
+"""The client request as captured by the proxy, and a whole reply, as plain data that
+the translations, the dialer and the probes pass around."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from ccswitch.vocab import Protocol
+
+
+@dataclass
+class ClientRequest:
+    """What the client sent, captured before the flow is handed to the dialer."""
+    route: str
+    endpoint: str
+    method: str
+    url: str                                  # the original URL, query included
+    headers: list[tuple[str, str]]            # as sent, credentials included
+    body: bytes
+    json: dict[str, Any] | None = None
+    model: str | None = None
+    stream: bool = False
+    client_protocol: str = Protocol.ANTHROPIC
+
+    @property
+    def query(self) -> str:
+        return urlsplit(self.url).query
+
+
+class RenderError(ValueError):
+    """The client request cannot be expressed for this upstream."""
+
+
+@dataclass
+class Reply:
+    """A complete answer for the client (success, `pass` status, or the last failure)."""
+    upstream: str | None
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    translated: bool = False   # already in the client's protocol
+    reason: str | None = None
+
+
+def json_or_none(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None

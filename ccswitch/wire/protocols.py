@@ -1,0 +1,148 @@
+"""What the three wire protocols mean: which route speaks which, which SSE
+events open, carry content, end or break a stream, what a well-formed body looks
+like, and how each one spells an error.  One table per protocol, no I/O."""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any
+
+from ccswitch.vocab import Protocol
+from ccswitch.wire.sse import Event, format_event
+
+
+class Kind(enum.Enum):
+    OPENING = "opening"    # may be held back before committing to an attempt
+    CONTENT = "content"    # the first one commits the attempt
+    TERMINAL = "terminal"  # the stream ended as the protocol says it should
+    ERROR = "error"        # the upstream reported a failure inside the stream
+    OTHER = "other"
+
+
+_ANTHROPIC = {
+    "message_start": Kind.OPENING,
+    "ping": Kind.OPENING,
+    "content_block_start": Kind.CONTENT,
+    "content_block_delta": Kind.CONTENT,
+    "content_block_stop": Kind.OTHER,
+    "message_delta": Kind.OTHER,
+    "message_stop": Kind.TERMINAL,
+    "error": Kind.ERROR,
+}
+
+_RESPONSES = {
+    "response.created": Kind.OPENING,
+    "response.in_progress": Kind.OPENING,
+    "response.queued": Kind.OPENING,
+    "response.output_item.added": Kind.CONTENT,
+    "response.completed": Kind.TERMINAL,
+    "response.incomplete": Kind.TERMINAL,
+    "response.done": Kind.TERMINAL,
+    "response.failed": Kind.ERROR,
+    "error": Kind.ERROR,
+}
+
+
+def classify_event(protocol: str, event: Event) -> Kind:
+    if not event.event:  # a comment block
+        return Kind.OTHER
+    if protocol == Protocol.CHAT:
+        return _classify_chat(event)
+    kind_of = _ANTHROPIC if protocol == Protocol.ANTHROPIC else _RESPONSES
+    name = event.type
+    kind = kind_of.get(name)
+    if kind is not None:
+        return kind
+    if protocol == Protocol.RESPONSES and name.endswith(".delta"):
+        return Kind.CONTENT
+    return Kind.OTHER
+
+
+def _classify_chat(event: Event) -> Kind:
+    if event.data.strip() == "[DONE]":
+        return Kind.TERMINAL
+    body = event.json()
+    if not isinstance(body, dict):
+        return Kind.OTHER
+    if "error" in body:
+        return Kind.ERROR
+    for choice in body.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content") \
+                or delta.get("refusal") or choice.get("finish_reason"):
+            return Kind.CONTENT
+    return Kind.OPENING
+
+
+def error_object(body: Any) -> Any:
+    """The `error` of an error event: top level (Anthropic, Chat) or under `response` (Responses)."""
+    if not isinstance(body, dict):
+        return None
+    err = body.get("error")
+    if err is None and isinstance(body.get("response"), dict):
+        err = body["response"].get("error")
+    return err
+
+
+def stream_error_message(event: Event) -> str:
+    """A short text for an in-stream error event, for logs and the attempt list."""
+    body = event.json()
+    if isinstance(body, dict):
+        err = error_object(body)
+        if isinstance(err, dict):
+            return str(err.get("type") or err.get("code") or "error") + ": " + str(err.get("message", ""))[:200]
+        if isinstance(body.get("message"), str):
+            return body["message"][:200]
+    return event.data[:200] or event.type
+
+
+def body_matches_protocol(protocol: str, endpoint: str, body: Any) -> bool:
+    """Is a 2xx JSON body what the protocol promises (not an error dressed as 200)?"""
+    if not isinstance(body, dict) or ("error" in body and body.get("error")):
+        return False
+    if endpoint == "count_tokens":
+        return isinstance(body.get("input_tokens"), int)
+    if protocol == Protocol.ANTHROPIC:
+        return body.get("type") == "message"
+    if protocol == Protocol.RESPONSES:
+        return body.get("object") == "response" or isinstance(body.get("output"), list)
+    return isinstance(body.get("choices"), list)
+
+
+# ---------------------------------------------------------------- error bodies
+
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+    500: "api_error", 502: "api_error", 503: "overloaded_error", 504: "api_error",
+    529: "overloaded_error",
+}
+_OPENAI_ERROR_TYPES = {
+    400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
+    404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error",
+}
+
+
+def error_body(protocol: str, status: int, message: str, code: str | None = None) -> dict:
+    """The error JSON a client of `protocol` understands."""
+    if protocol == Protocol.ANTHROPIC:
+        return {"type": "error", "error": {"type": _ANTHROPIC_ERROR_TYPES.get(status, "api_error"),
+                                           "message": message}}
+    kind = _OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def error_json(protocol: str, status: int, message: str, code: str | None = None) -> bytes:
+    return json.dumps(error_body(protocol, status, message, code)).encode()
+
+
+def stream_error_event(protocol: str, message: str, kind: str = "api_error") -> bytes:
+    """The event that ends a committed stream whose upstream failed: never a silent cut."""
+    if protocol == Protocol.ANTHROPIC:
+        return format_event({"type": "error", "error": {"type": kind, "message": message}}, "error")
+    if protocol == Protocol.RESPONSES:
+        return format_event({"type": "error", "code": kind, "message": message, "param": None,
+                             "sequence_number": 0}, "error")
+    return format_event({"error": {"message": message, "type": "server_error", "param": None,
+                                   "code": kind}})

@@ -1,0 +1,32 @@
+"""What is secret on the wire: the credential headers, the key a client presents, and
+upstream key text an upstream echoes back (scrubbed before anything reaches a client or a log)."""
+
+from __future__ import annotations
+
+#: headers that carry a client's identity; never forwarded unless `auth: client`
+CREDENTIAL_HEADERS = frozenset({
+    "authorization", "x-api-key", "cookie", "proxy-authorization",
+    "chatgpt-account-id", "openai-organization", "openai-project",
+})
+
+
+REDACTED = "<redacted>"
+
+
+def client_credential(headers: list[tuple[str, str]]) -> str | None:
+    """The key a client presented (x-api-key, or a Bearer token)."""
+    for name, value in headers:
+        low = name.lower()
+        if low == "x-api-key":
+            return value.strip()
+        if low == "authorization" and value[:7].lower() == "bearer ":
+            return value[7:].strip()
+    return None
+
+
+def scrub(body: bytes, secrets: list[str]) -> bytes:
+    """Replace any upstream key text an upstream echoed back (e.g. in an error)."""
+    for secret in secrets:
+        if len(secret) >= 8 and secret.encode() in body:
+            body = body.replace(secret.encode(), b"[redacted]")
+    return body

@@ -1,0 +1,132 @@
+"""Token usage from each protocol's bodies and streams, in one convention.
+
+`input_tokens` counts prompt tokens neither read from nor written to cache, so
+input + cache_creation + cache_read is always the whole prompt:
+* Anthropic already reports it that way (1:1);
+* OpenAI's `cached_tokens` / `cache_write_tokens` are subsets of its input and
+  are subtracted.
+Streams report usage cumulatively (Anthropic's `message_delta` repeats totals):
+later numbers overwrite earlier ones, they are never added.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ccswitch.vocab import Protocol
+from ccswitch.wire.sse import Event
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cache_creation_1h_tokens: int = 0   # a subset of cache_creation_tokens
+    cache_read_tokens: int = 0
+    reasoning_tokens: int = 0
+    raw: dict | None = None
+
+    def columns(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["raw_usage"] = json.dumps(out.pop("raw"), separators=(",", ":")) if self.raw else None
+        return out
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def from_anthropic(usage: dict) -> Usage:
+    creation = usage.get("cache_creation")
+    one_hour = _int(creation.get("ephemeral_1h_input_tokens")) if isinstance(creation, dict) else 0
+    details = usage.get("output_tokens_details") or {}
+    return Usage(input_tokens=_int(usage.get("input_tokens")), output_tokens=_int(usage.get("output_tokens")),
+                 cache_creation_tokens=_int(usage.get("cache_creation_input_tokens")),
+                 cache_creation_1h_tokens=one_hour,
+                 cache_read_tokens=_int(usage.get("cache_read_input_tokens")),
+                 reasoning_tokens=_int(details.get("thinking_tokens") if isinstance(details, dict) else 0),
+                 raw=usage)
+
+
+def _openai(total_in: int, output: int, in_details: Any, out_details: Any, raw: dict) -> Usage:
+    in_details = in_details if isinstance(in_details, dict) else {}
+    out_details = out_details if isinstance(out_details, dict) else {}
+    cached = _int(in_details.get("cached_tokens"))
+    written = _int(in_details.get("cache_write_tokens") or in_details.get("cache_creation_tokens"))
+    return Usage(input_tokens=max(0, total_in - cached - written), output_tokens=output,
+                 cache_creation_tokens=written, cache_read_tokens=cached,
+                 reasoning_tokens=_int(out_details.get("reasoning_tokens")), raw=raw)
+
+
+def from_responses(usage: dict) -> Usage:
+    return _openai(_int(usage.get("input_tokens")), _int(usage.get("output_tokens")),
+                   usage.get("input_tokens_details"), usage.get("output_tokens_details"), usage)
+
+
+def from_chat(usage: dict) -> Usage:
+    return _openai(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")),
+                   usage.get("prompt_tokens_details"), usage.get("completion_tokens_details"), usage)
+
+
+_FROM = {Protocol.ANTHROPIC: from_anthropic, Protocol.RESPONSES: from_responses, Protocol.CHAT: from_chat}
+
+
+def from_body(protocol: str, body: Any) -> Usage | None:
+    """Usage of a whole (non-streamed) response body of `protocol`."""
+    if not isinstance(body, dict):
+        return None
+    usage = body.get("usage")
+    if protocol == Protocol.RESPONSES and usage is None and isinstance(body.get("response"), dict):
+        usage = body["response"].get("usage")
+    return _FROM[protocol](usage) if isinstance(usage, dict) else None
+
+
+class UsageTap:
+    """Watches one upstream stream's events and keeps the latest usage seen."""
+
+    def __init__(self, protocol: str) -> None:
+        self.protocol = protocol
+        self._raw: dict | None = None
+
+    def feed(self, event: Event) -> None:
+        if not event.event:
+            return
+        body = event.json()
+        if not isinstance(body, dict):
+            return
+        if self.protocol == Protocol.ANTHROPIC:
+            kind = body.get("type")
+            if kind == "message_start" and isinstance(body.get("message"), dict):
+                usage = body["message"].get("usage")
+                if isinstance(usage, dict):
+                    self._raw = dict(usage)
+            elif kind == "message_delta" and isinstance(body.get("usage"), dict):
+                # cumulative totals: overwrite field by field, keep what only message_start said
+                self._raw = {**(self._raw or {}), **{k: v for k, v in body["usage"].items() if v is not None}}
+        elif self.protocol == Protocol.RESPONSES:
+            response = body.get("response")
+            if isinstance(response, dict) and isinstance(response.get("usage"), dict):
+                self._raw = response["usage"]
+        elif isinstance(body.get("usage"), dict):
+            self._raw = body["usage"]
+
+    @property
+    def usage(self) -> Usage | None:
+        return _FROM[self.protocol](self._raw) if self._raw is not None else None
+
+
+def usage_of_body(protocol: str, body: bytes, is_sse: bool) -> Usage | None:
+    """Usage of a whole response: a JSON body, or an SSE body read to its end."""
+    if is_sse:
+        from ccswitch.wire.sse import parse_all
+        tap = UsageTap(protocol)
+        for event in parse_all(body):
+            tap.feed(event)
+        return tap.usage
+    try:
+        return from_body(protocol, json.loads(body))
+    except ValueError:
+        return None
