@@ -32,12 +32,12 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
-from proxy_process import MITMDUMP, Proxy, free_port  # noqa: E402
+from tests.support.proxy_process import MITMDUMP, Proxy, free_port  # noqa: E402
 
 MOCK_SERVER = """
 import sys, time
 sys.path.insert(0, {tests!r})
-from mock_upstream import MockUpstream, slow_stream, status
+from tests.support.mock_upstream import MockUpstream, slow_stream, status
 ok = MockUpstream("bench", text="ok")
 ok.record = False
 ok.by_model = {{"stream-paced": slow_stream(20, 0.005), "stream-flood": slow_stream({flood}, 0)}}

@@ -13,12 +13,11 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
 def converter_events_per_second(protocol: str, events: int = 20_000) -> float:
     """One core: parse an upstream SSE stream and convert it to Chat chunks, in 4 KiB reads."""
-    import mock_payloads as P
-
     from ccswitch.config.load import parse_rules
     from ccswitch.translate import translation_for
     from ccswitch.wire.exchange import ClientRequest
     from ccswitch.wire.sse import SSEParser
+    from tests.support import mock_payloads as P
     reply = P.Reply("bench-model", [f"tok{i} " for i in range(events)])
     stream = P.anthropic_events(reply) if protocol == "anthropic" else P.responses_events(reply)
     raw = b"".join(P.sse(e) for e in stream)

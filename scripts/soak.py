@@ -55,7 +55,6 @@ for _p in (str(REPO / "tests"), str(REPO), str(REPO / "scripts")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from proxy_process import Proxy  # noqa: E402
 from soak_checks import (  # noqa: E402
     Report,
     Result,
@@ -79,6 +78,8 @@ from soak_world import (  # noqa: E402
     RulesWriter,
     SoakUpstream,
 )
+
+from tests.support.proxy_process import Proxy  # noqa: E402
 
 
 class Clients:

@@ -17,7 +17,7 @@ for _p in (str(REPO / "tests"), str(REPO)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from mock_upstream import (  # noqa: E402
+from tests.support.mock_upstream import (  # noqa: E402
     Behaviour,
     MockUpstream,
     cut_after,

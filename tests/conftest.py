@@ -1,13 +1,6 @@
-import sys
-from pathlib import Path
-
 import pytest
 
-TESTS = Path(__file__).parent
-sys.path.insert(0, str(TESTS))
-sys.path.insert(0, str(TESTS.parent))
-
-from mock_upstream import MockUpstream  # noqa: E402
+from tests.support.mock_upstream import MockUpstream
 
 
 @pytest.fixture

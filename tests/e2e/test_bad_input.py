@@ -1,0 +1,168 @@
+"""Bad input through the real proxy: each gets a clear error in the client's API
+format, nothing crashes, nothing reaches an upstream, and no key leaks anywhere."""
+
+import gzip
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from mitmproxy import io
+
+from tests.support.mock_upstream import MockUpstream, status
+from tests.support.proxy_process import Proxy
+
+# distinctive fake keys: the secrets scan looks for them everywhere afterwards
+UPSTREAM_KEY = "fake-ant-UPSTREAMKEY-7f3a9c1e5b"
+CHAT_KEY = "fake-CHATUPSTREAM-2d8e4f6a1c"
+CLIENT_KEY = "ccsw-FAKECLIENTKEY-9b1d3f5e7a"
+SECRETS = (UPSTREAM_KEY, CHAT_KEY, CLIENT_KEY)
+GOOD = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad")
+    with MockUpstream("A") as a:
+        rules = tmp / "rules.yaml"
+        rules.write_text(f"""
+client_keys: ["{CLIENT_KEY}"]
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{a.base_url}', api_key: '{UPSTREAM_KEY}'}}
+  - {{name: c, protocol: openai-chat, base_url: '{a.base_url}/v1', api_key: '{CHAT_KEY}'}}
+routes: {{claude: [a], chat: [a]}}
+""")
+        proxy = Proxy(rules, tmp, extra_args=("-w", str(tmp / "flows.mitm")))
+        with proxy:
+            yield proxy, a, tmp
+
+
+@pytest.fixture(autouse=True)
+def clean(world):
+    world[1].clear()
+
+
+def post(proxy, path="/v1/messages", content=None, headers=None, key=CLIENT_KEY):
+    h = {"content-type": "application/json", **({"x-api-key": key} if key else {}), **(headers or {})}
+    return httpx.post(proxy.reverse_url + path, content=content if content is not None else json.dumps(GOOD),
+                      headers=h, timeout=30)
+
+
+def raw_request(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(data)
+        s.settimeout(10)
+        out = b""
+        while b"\r\n\r\n" not in out or len(out.split(b"\r\n\r\n", 1)[1]) < 20:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+def anthropic_error(r: httpx.Response, status: int, needle: str):
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["type"] == "error" and needle in body["error"]["message"], body
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"{not json", "not valid JSON"),
+    (b"\xff\xfe\x00garbage", "not"),
+    (b'{"model":"m","x":' + b"[" * 50000 + b"]" * 50000 + b"}", "nested too deeply"),
+    (b"[]", "JSON object"),
+    (json.dumps({"max_tokens": 5, "messages": []}).encode(), "names no model"),
+])
+def test_bad_bodies(world, content, needle):
+    proxy, a, _ = world
+    anthropic_error(post(proxy, content=content), 400, needle)
+    assert not [r for r in a.requests if r.protocol]
+
+
+def test_wrong_content_type(world):
+    proxy, a, _ = world
+    anthropic_error(post(proxy, headers={"content-type": "text/plain"}), 415, "content-type")
+
+
+def test_fifty_megabyte_body(world):
+    proxy, a, _ = world
+    big = json.dumps({**GOOD, "pad": "x" * (50 * 1024 * 1024)}).encode()
+    anthropic_error(post(proxy, content=big), 413, "too large")
+
+
+def test_gzip_bomb_is_judged_by_its_decoded_size(world):
+    proxy, _, _ = world
+    bomb = gzip.compress(json.dumps({**GOOD, "pad": "0" * (40 * 1024 * 1024)}).encode())
+    assert len(bomb) < 1024 * 1024
+    anthropic_error(post(proxy, content=bomb, headers={"content-encoding": "gzip"}), 413, "decoded")
+
+
+def test_bad_and_missing_client_keys(world):
+    proxy, a, _ = world
+    anthropic_error(post(proxy, key="sk-wrong"), 401, "client key")
+    anthropic_error(post(proxy, key=None), 401, "client key")
+    r = post(proxy, path="/v1/chat/completions", key="sk-wrong",
+             content=json.dumps({"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]}))
+    assert r.status_code == 401 and "client key" in r.json()["error"]["message"]   # OpenAI format
+
+
+def test_cr_lf_in_a_header_value_is_refused_not_blamed_on_the_upstream(world):
+    proxy, a, _ = world
+    body = json.dumps(GOOD).encode()
+    out = raw_request(proxy.reverse_port, b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: " +
+                      CLIENT_KEY.encode() + b"\r\nX-Bad: a\rb\r\ncontent-type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    head, _, payload = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"line break" in payload
+    r = post(proxy)                     # the upstream was not put into cooldown by it
+    assert r.status_code == 200 and r.headers["x-ccswitch-attempts"] == "1"
+
+
+def test_oversized_headers(world):
+    proxy, a, _ = world
+    r = post(proxy, headers={f"x-pad-{i}": "v" * 1000 for i in range(100)})
+    anthropic_error(r, 431, "headers too large")
+
+
+def test_unknown_paths_pass_untouched(world):
+    proxy, a, _ = world
+    r = httpx.get(proxy.reverse_url + "/v1/unknown", headers={"x-api-key": CLIENT_KEY})
+    assert r.status_code == 502 and not a.requests     # went to the original host (refused by the guard)
+
+
+def test_upstream_echoing_its_key_never_reaches_the_client(world):
+    proxy, a, _ = world
+    a.script(status(401, body={"type": "error", "error": {"type": "authentication_error",
+                                                          "message": f"invalid key {UPSTREAM_KEY}"}}))
+    r = post(proxy)
+    assert r.status_code == 401 and UPSTREAM_KEY not in r.text and "[redacted]" in r.text
+
+
+def test_zz_secrets_appear_nowhere(world):
+    """Runs last: logs, the ledger, a report, saved flows and error bodies hold no key."""
+    proxy, a, tmp = world
+    assert post(proxy).status_code == 200
+    proxy.stop()
+    places = {"mitmdump log": proxy.log().encode()}
+    for path in proxy.usage_db.parent.glob("usage.db*"):
+        places[path.name] = path.read_bytes()
+    with open(tmp / "flows.mitm", "rb") as f:
+        flows = list(io.FlowReader(f).stream())
+    places["saved flows"] = json.dumps([fl.get_state() for fl in flows], default=repr).encode()
+    places["saved flows file"] = (tmp / "flows.mitm").read_bytes()
+    out = tmp / "report"
+    done = subprocess.run([str(Path(sys.executable).with_name("ccswitch")), "report", "--db", str(proxy.usage_db),
+                           "--rules", str(proxy.rules_path), "--out", str(out)], capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    places["report stdout"] = done.stdout + done.stderr
+    for path in out.iterdir():
+        places[f"report {path.name}"] = path.read_bytes()
+    assert len(flows) >= 10 and any(p.startswith("report ") for p in places)
+    for where, data in places.items():
+        for secret in SECRETS:
+            assert secret.encode() not in data, f"{secret} found in {where}"
+    assert b"Traceback" not in places["mitmdump log"]

@@ -1,0 +1,88 @@
+"""mitmproxy commands ccswitch.status / use / reset / enable / disable."""
+
+from datetime import datetime
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import taddons
+
+from ccswitch.mitm.commands import Commands
+from ccswitch.mitm.gateway import Gateway
+from ccswitch.routing.plan import plan
+from tests.support.helpers import KEY_A
+
+RULES = f"""
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}
+  - {{name: b, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}', enabled: false}}
+  - {{name: night, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}',
+     hours: ["03:00-03:01"], activate_at: ["06:00"]}}
+routes: {{claude: [a, b, night]}}
+"""
+
+
+@pytest.fixture
+def setup(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES)
+    gateway = Gateway()
+    gateway.rules_file.open(str(path))
+    commands = Commands(gateway)
+    with taddons.context(commands) as tctx:
+        yield gateway, commands, tctx
+
+
+def names(gateway):
+    rules = gateway.rules
+    return [u.name for u in plan(rules, "claude", "m", gateway.health, datetime.now(rules.tz)).candidates]
+
+
+def test_status_lists_every_state_without_keys(setup):
+    gateway, commands, tctx = setup
+    for _ in range(3):
+        gateway.health.record_failure("a", "HTTP 529", threshold=3, cooldown=600)
+    text = tctx.command(commands.status)
+    assert "a [anthropic; routes: claude]" in text and "cooling down until" in text
+    assert "failures 3" in text and "last error: HTTP 529" in text
+    assert "b [anthropic" in text and "disabled" in text
+    assert "outside its hours (03:00-03:01)" in text or datetime.now().strftime("%H:%M") == "03:00"
+    assert "next activation" in text
+    assert KEY_A not in text
+
+
+def test_disable_enable_and_reset(setup):
+    gateway, commands, tctx = setup
+    assert names(gateway) == ["a"]
+    tctx.command(commands.enable, "b")
+    assert names(gateway) == ["a", "b"]
+    tctx.command(commands.disable, "a")
+    assert names(gateway) == ["b"]
+    for _ in range(3):
+        gateway.health.record_failure("b", "HTTP 503", threshold=3, cooldown=600)
+    tctx.command(commands.reset, "b")
+    assert gateway.health.cooling_until("b") is None and gateway.health.get("b").failures == 0
+    gateway.health.sync(gateway.rules_file.fingerprints())    # a reload ends manual switches
+    assert names(gateway) == ["a"]
+
+
+def test_use_prefers_an_upstream_for_a_while(setup):
+    gateway, commands, tctx = setup
+    tctx.command(commands.enable, "b")
+    tctx.command(commands.use, "b", 1)
+    assert names(gateway) == ["b", "a"]
+    gateway.health.preferred = ("b", gateway.health.clock() - 1)
+    assert names(gateway) == ["a", "b"]
+
+
+def test_unknown_upstream_is_a_clear_command_error(setup):
+    _, commands, tctx = setup
+    with pytest.raises(exceptions.CommandError, match="no upstream named 'zzz'"):
+        tctx.command(commands.reset, "zzz")
+
+
+def test_all_cooling_route_still_tries_the_one_that_recovers_first(setup):
+    gateway, commands, tctx = setup
+    tctx.command(commands.enable, "b")
+    gateway.health.record_failure("a", "x", threshold=1, cooldown=600)
+    gateway.health.record_failure("b", "x", threshold=1, cooldown=60)
+    assert names(gateway) == ["b"]

@@ -1,0 +1,271 @@
+"""The mitmproxy glue, driven with mitmproxy's own test helpers (no sockets)."""
+
+import json
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.addons import proxyauth, proxyserver
+from mitmproxy.proxy import mode_specs
+from mitmproxy.test import taddons, tflow, tutils
+
+from ccswitch.dial.relay import JOB_HEADER, Relay
+from ccswitch.mitm.gateway import Gateway
+from ccswitch.mitm.router import Router
+from ccswitch.mitm.rules_watcher import RulesWatcher
+from ccswitch.mitm.safety import InterceptScope, ListenSafety
+from tests.support.helpers import CLIENT_KEY, KEY_A
+
+RULES = f"""
+client_keys: ["{CLIENT_KEY}"]
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}
+  - {{name: late, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}', hours: ["03:00-03:01"]}}
+routes: {{claude: [a], codex: []}}
+"""
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES)
+    gw = Gateway()
+    gw.rules_file.open(str(path))
+    return gw
+
+
+@pytest.fixture
+def router(gateway):
+    r = Router(gateway)
+    r.relay = Relay(None)
+    r.relay.port = 4242
+    with taddons.context(r):
+        yield r
+
+
+def router_with_routes(gateway, **routes) -> Router:
+    """A router over the fixture's rules with some routes replaced."""
+    gateway.rules_file.rules = gateway.rules.model_copy(
+        update={"routes": gateway.rules.routes.model_copy(update=routes)})
+    r = Router(gateway)
+    r.relay = Relay(None)
+    return r
+
+
+def messages_flow(body=None, key=CLIENT_KEY, host="api.anthropic.com", path="/v1/messages", method="POST",
+                  mode="regular"):
+    content = json.dumps(body if body is not None else {"model": "m", "stream": True, "messages": []}).encode()
+    headers = [(b"x-api-key", key.encode()), (b"content-type", b"application/json"),
+               (b"cookie", b"session=secret")] if key else [(b"content-type", b"application/json")]
+    req = tutils.treq(method=method.encode(), scheme=b"https", host=host, port=443, path=path.encode(),
+                      headers=tuple(headers), content=content)
+    flow = tflow.tflow(req=req)
+    flow.client_conn.proxy_mode = mode_specs.ProxyMode.parse(mode)
+    return flow
+
+
+async def test_routed_flow_goes_to_the_relay_with_credentials_redacted(router):
+    flow = messages_flow()
+    await router.request(flow)
+    assert flow.response is None
+    assert (flow.request.scheme, flow.request.host, flow.request.port) == ("http", "127.0.0.1", 4242)
+    assert flow.request.headers["x-api-key"] == "<redacted>" and flow.request.headers["cookie"] == "<redacted>"
+    job = router.jobs[flow.id]
+    assert flow.request.headers[JOB_HEADER] == job.token
+    assert ("x-api-key", CLIENT_KEY) in job.request.headers   # kept for auth: client, off the flow
+    assert [u.name for u in job.candidates] == ["a"]
+
+
+async def test_wrong_client_key_is_401_in_client_format_and_nothing_forwarded(router):
+    flow = messages_flow(key="sk-wrong")
+    await router.request(flow)
+    assert flow.response.status_code == 401
+    assert json.loads(flow.response.content)["error"]["type"] == "authentication_error"
+    assert flow.id not in router.jobs and flow.request.host == "api.anthropic.com"
+    assert flow.request.headers["x-api-key"] == "<redacted>"
+
+
+async def test_missing_client_key_on_chat_path_is_openai_format(router, gateway):
+    flow = messages_flow(key=None, path="/v1/chat/completions")
+    await router.request(flow)  # the chat route has no upstreams: not ours, untouched
+    assert flow.response is None and flow.request.host == "api.anthropic.com"
+
+
+@pytest.mark.parametrize("body,message", [
+    (b"{nope", "not valid JSON"), (b"[1,2]", "JSON object"), (b"", "no body"),
+    (b'{"messages": []}', "names no model"), (b"\xff\xfe", "not"),
+])
+async def test_bad_bodies_are_400_in_client_format(router, body, message):
+    flow = messages_flow()
+    flow.request.content = body
+    await router.request(flow)
+    assert flow.response.status_code == 400
+    error = json.loads(flow.response.content)
+    assert error["type"] == "error" and message in error["error"]["message"]
+
+
+async def test_deeply_nested_json_is_400_not_a_crash(router):
+    flow = messages_flow()
+    flow.request.content = b'{"model":"m","x":' + b"[" * 100000 + b"]" * 100000 + b"}"
+    await router.request(flow)
+    assert flow.response.status_code == 400
+
+
+async def test_no_available_upstream_is_503_naming_why(gateway):
+    r = router_with_routes(gateway, claude=("late",))
+    with taddons.context(r):
+        flow = messages_flow()
+        await r.request(flow)
+    assert flow.response.status_code == 503 and flow.response.headers["retry-after"]
+    message = json.loads(flow.response.content)["error"]["message"]
+    assert "late" in message and "hours" in message
+
+
+async def test_unrouted_paths_methods_and_hosts_pass_untouched(router):
+    for flow in (messages_flow(path="/v1/models", method="GET"), messages_flow(method="GET"),
+                 messages_flow(host="example.com"), messages_flow(path="/v1/responses")):
+        await router.request(flow)
+        assert flow.response is None and flow.request.port == 443 and flow.id not in router.jobs
+
+
+async def test_reverse_mode_routes_any_host(router):
+    flow = messages_flow(host="example.com", mode="reverse:https://example.com")
+    await router.request(flow)
+    assert flow.id in router.jobs
+
+
+async def test_codex_websocket_upgrade_is_answered_at_once(gateway):
+    r = router_with_routes(gateway, codex=("a",))
+    with taddons.context(r):
+        flow = messages_flow(path="/v1/responses", method="GET", host="api.openai.com")
+        flow.request.headers["upgrade"] = "websocket"
+        flow.request.headers["connection"] = "Upgrade"
+        await r.request(flow)
+    assert flow.response is not None and flow.response.status_code >= 400
+
+
+async def test_finish_writes_comment_display_url_and_forgets_the_job(router):
+    flow = messages_flow()
+    await router.request(flow)
+    job = router.jobs[flow.id]
+    from ccswitch.dial.job import Attempt
+    job.attempts = [Attempt("a", 503, "HTTP 503", 12), Attempt("a", 200, None, 30)]
+    job.upstream = "a"
+    flow.response = tutils.tresp()
+    router.response(flow)
+    assert flow.id not in router.jobs and JOB_HEADER not in flow.request.headers
+    assert flow.request.url == "http://127.0.0.1:9/v1/messages"
+    assert "a: 503 HTTP 503 (12 ms)" in flow.comment and flow.marked
+    assert KEY_A not in json.dumps(flow.get_state(), default=str)
+
+
+async def test_passthrough_flows_on_intercepted_hosts_are_redacted_once_sent(router):
+    flow = messages_flow(path="/api/claude_code/settings", method="GET")
+    await router.request(flow)
+    assert flow.request.headers["x-api-key"] == CLIENT_KEY   # still needed to reach the host
+    flow.response = tutils.tresp()
+    router.response(flow)
+    assert flow.request.headers["x-api-key"] == "<redacted>"
+
+
+def test_intercept_scope_ignores_other_hosts(gateway):
+    scope = InterceptScope(gateway)
+
+    class Hello:
+        def __init__(self, sni):
+            self.sni = sni
+
+    class Data:
+        def __init__(self, sni, mode="regular"):
+            self.client_hello = Hello(sni)
+            self.ignore_connection = False
+            conn = tflow.tclient_conn()
+            conn.proxy_mode = mode_specs.ProxyMode.parse(mode)
+            self.context = type("C", (), {"client": conn, "server": tflow.tserver_conn()})()
+
+    for sni, ignored in (("api.anthropic.com", False), ("github.com", True), ("API.OPENAI.COM", False)):
+        data = Data(sni)
+        scope.tls_clienthello(data)
+        assert data.ignore_connection is ignored
+    data = Data("github.com", mode="reverse:https://api.anthropic.com")
+    scope.tls_clienthello(data)
+    assert not data.ignore_connection
+
+
+def test_listen_safety_forces_lazy_and_refuses_open_listener(gateway):
+    safety = ListenSafety(gateway)
+    gateway.rules_file.rules = gateway.rules.model_copy(update={"client_keys": ()})
+    with taddons.context(proxyserver.Proxyserver(), proxyauth.ProxyAuth(), safety) as tctx:
+        tctx.configure(safety, connection_strategy="eager", listen_host="")
+        assert tctx.options.connection_strategy == "lazy"
+        assert tctx.options.listen_host == "127.0.0.1"
+        with pytest.raises(exceptions.OptionsError, match="beyond loopback"):
+            tctx.configure(safety, listen_host="0.0.0.0")
+        tctx.configure(safety, listen_host="0.0.0.0", proxyauth="user:pass")  # with proxy auth it may
+
+
+def test_rules_watcher_rejects_invalid_rules_at_start(tmp_path):
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("upstreams:\n  - {name: a, protocol: nope, base_url: 'http://x'}\n")
+    watcher = RulesWatcher(Gateway())
+    with taddons.context(watcher) as tctx:
+        with pytest.raises(exceptions.OptionsError) as err:
+            tctx.configure(watcher, ccswitch_rules=str(bad))
+    assert "upstreams[0].protocol" in str(err.value) and str(bad) in str(err.value)
+
+
+def test_hot_reload_keeps_last_good_rules(tmp_path, caplog):
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES)
+    gw = Gateway()
+    gw.rules_file.open(str(path))
+    path.write_text(RULES.replace("routes: {claude: [a], codex: []}", "routes: {claude: [a, late]}"))
+    assert gw.rules_file.reload_if_changed() and gw.rules.routes.claude == ("a", "late")
+    path.write_text("upstreams: [oops")
+    assert not gw.rules_file.reload_if_changed()
+    assert gw.rules.routes.claude == ("a", "late") and "keeping the last good" in caplog.text
+    assert KEY_A not in caplog.text
+
+
+async def test_compressed_client_body_is_decoded_and_sent_plain(router):
+    import gzip
+
+    from ccswitch.dial.render import render
+    flow = messages_flow()
+    flow.request.headers["content-encoding"] = "gzip"
+    flow.request.raw_content = gzip.compress(json.dumps({"model": "m", "stream": True, "messages": []}).encode())
+    await router.request(flow)
+    job = router.jobs[flow.id]
+    assert job.request.json["model"] == "m"
+    out = render(job.candidates[0], job.request)
+    assert json.loads(out.body)["model"] == "m"
+    assert "content-encoding" not in dict(out.headers)
+
+
+def test_upstream_tls_follows_mitmproxys_options(gateway, tmp_path):
+    import ssl
+
+    from ccswitch.dial.dialer import Dialer
+    from ccswitch.net.http1 import UpstreamClient
+    router = Router(gateway)
+    router.dialer = Dialer(gateway.health, client=UpstreamClient())
+    with taddons.context(router) as tctx:
+        tctx.configure(router, ssl_insecure=True)
+        assert router.dialer.client.ssl_context.verify_mode == ssl.CERT_NONE
+        tctx.configure(router, ssl_insecure=False)
+        assert router.dialer.client.ssl_context.verify_mode == ssl.CERT_REQUIRED
+        with pytest.raises(exceptions.OptionsError, match="upstream CA"):
+            tctx.configure(router, ssl_verify_upstream_trusted_ca=str(tmp_path / "missing.pem"))
+
+
+async def test_a_gateway_bug_on_a_non_streamed_request_is_a_500_in_client_format_and_recorded(router, gateway):
+    class Exploding:
+        async def run(self, job, sink):
+            raise KeyError("boom")
+    recorded = []
+    router.dialer = Exploding()
+    gateway.record_job = recorded.append
+    flow = messages_flow({"model": "m", "messages": []})
+    await router.request(flow)
+    assert flow.response.status_code == 500
+    assert json.loads(flow.response.content)["error"]["message"] == "ccswitch internal error: KeyError"
+    assert [job.error for job in recorded] == ["internal error: KeyError"] and recorded[0].status == 500

@@ -1,0 +1,420 @@
+"""Scriptable loopback mock LLM upstream (standard library only).
+
+    with MockUpstream("A") as up:                 # binds 127.0.0.1:<random>
+        up.script(status(529), ok())              # 1st call -> 529, 2nd -> OK, then up.default
+        ... point a client or the proxy at up.base_url ...
+        assert up.last().json["model"] == "m" and up.paths() == ["/v1/messages", ...]
+
+Protocols, chosen by the request path suffix (any prefix such as /api or /openai/v1 works):
+    POST .../v1/messages               Anthropic Messages
+    POST .../v1/messages/count_tokens  -> {"input_tokens": N}
+    POST .../responses                 OpenAI Responses
+    POST .../chat/completions          OpenAI Chat Completions
+Anything else (any method) -> 404 JSON; it is recorded but consumes no behaviour.
+A request streams (chunked SSE, one flush per event) when its JSON body has
+"stream": true (or, for a non-JSON body, when it Accepts text/event-stream).
+Chat sends a final usage chunk when stream_options.include_usage is true.
+
+Reply: text `up.text` (default "Hello from mock <name>", split into 4 deltas), or a
+tool call when `up.tool = (name, args_dict)` (Anthropic tool_use block / Responses
+function_call item / Chat tool_calls). Model = the request's "model". Usage numbers:
+`up.usage` (see mock_payloads.DEFAULT_USAGE and its docstring for the OpenAI mapping).
+
+Behaviours (`Behaviour` dataclass; build them with these factories):
+    ok(text=None, tool=None)        normal reply, optionally overriding text / tool
+    status(code, body=None, headers=None, retry_after=None)
+                                    HTTP error; default body = the protocol's error JSON
+    hang_before_headers(seconds)    wait, then reply normally (stop() interrupts it)
+    stall_after(n_events, seconds)  send n SSE events, go silent for `seconds`, then finish
+    error_event_after(n_events)     n events, then Anthropic `event: error` / Responses
+                                    `response.failed` / Chat `{"error":..}`; body ends cleanly
+    cut_after(n_events)             n events, then close the socket mid chunked body
+    html_200()                      200 text/html page
+    error_json_200()                200 application/json carrying the protocol's error JSON
+    slow_stream(n_events, interval) n content deltas ("tok0 tok1 ..."), `interval` s apart
+For non-streaming requests: stall_after waits between headers and body, cut_after
+sends half the body then closes, error_event_after answers 500 + error JSON,
+slow_stream waits n*interval then answers.
+`up.script(*bs)` queues behaviours, one per known-endpoint request; then `up.by_model[model]`,
+then `up.default`. `up.record = False` keeps no request log (long benchmark or soak runs).
+`MockUpstream.closed_port()` gives a loopback port nobody listens on (refused tests).
+
+Recorded (`up.requests`, thread-safe list): method, path (no query), query (dict),
+headers (lower-cased dict), body (bytes), json (parsed or None), time, protocol
+("anthropic" | "count_tokens" | "responses" | "chat" | None). Helpers: last(),
+clear(), paths().
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+try:
+    from . import mock_payloads as P
+except ImportError:  # imported as a top-level module (tests dir on sys.path)
+    from tests.support import mock_payloads as P
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    kind: str = "ok"
+    code: int = 200
+    body: Any = None
+    headers: dict | None = None
+    seconds: float = 0.0
+    n_events: int = 0
+    interval: float = 0.0
+    text: str | None = None
+    tool: tuple[str, dict] | None = None
+
+
+def ok(text: str | None = None, tool: tuple[str, dict] | None = None) -> Behaviour:
+    return Behaviour("ok", text=text, tool=tool)
+
+
+def status(code: int, body: Any = None, headers: dict | None = None, retry_after: float | None = None) -> Behaviour:
+    headers = dict(headers or {})
+    if retry_after is not None:
+        headers["retry-after"] = str(retry_after)
+    return Behaviour("status", code=code, body=body, headers=headers)
+
+
+def hang_before_headers(seconds: float) -> Behaviour:
+    return Behaviour("hang", seconds=seconds)
+
+
+def stall_after(n_events: int, seconds: float) -> Behaviour:
+    return Behaviour("stall", n_events=n_events, seconds=seconds)
+
+
+def error_event_after(n_events: int) -> Behaviour:
+    return Behaviour("error_event", n_events=n_events)
+
+
+def cut_after(n_events: int) -> Behaviour:
+    return Behaviour("cut", n_events=n_events)
+
+
+def html_200() -> Behaviour:
+    return Behaviour("html")
+
+
+def error_json_200() -> Behaviour:
+    return Behaviour("error_json_200")
+
+
+def slow_stream(n_events: int, interval: float) -> Behaviour:
+    return Behaviour("slow", n_events=n_events, interval=interval)
+
+
+HTML_PAGE = b"<!DOCTYPE html><html><head><title>Welcome</title></head><body><h1>It works!</h1></body></html>"
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    json: Any
+    time: float = field(default_factory=time.time)
+    protocol: str | None = None
+
+
+def _protocol(method: str, path: str) -> str | None:
+    if method != "POST":
+        return None
+    path = path.rstrip("/")
+    for suffix, proto in (("/v1/messages/count_tokens", "count_tokens"), ("/v1/messages", "anthropic"),
+                          ("/responses", "responses"), ("/chat/completions", "chat")):
+        if path.endswith(suffix):
+            return proto
+    return None
+
+
+class MockUpstream:
+    def __init__(self, name: str = "mock", *, text: str | None = None,
+                 tool: tuple[str, dict] | None = None, usage: dict | None = None):
+        self.name, self.text, self.tool = name, text, tool
+        self.usage = {**P.DEFAULT_USAGE, **(usage or {})}
+        self.default: Behaviour = ok()
+        self.by_model: dict[str, Behaviour] = {}   # behaviour per request model, after the script
+        self.record = True                          # False: keep no request log (benchmarks, soak)
+        self.requests: list[Recorded] = []
+        self._queue: deque[Behaviour] = deque()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server = _Server(self)
+        self.port: int = self._server.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._thread: threading.Thread | None = None
+
+    # lifecycle
+    def start(self) -> MockUpstream:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
+                                            name=f"mock-upstream-{self.name}", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=2)
+        self._server.server_close()
+        with self._lock:
+            conns = list(self._server.conns)
+        for conn in conns:  # wake handlers blocked on keep-alive reads
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def __enter__(self) -> MockUpstream:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # scripting and recording
+    @property
+    def connections_accepted(self) -> int:
+        """TCP connections accepted so far (keep-alive shows as fewer than requests)."""
+        return self._server.accepted
+
+    def script(self, *behaviours: Behaviour) -> MockUpstream:
+        with self._lock:
+            self._queue.extend(behaviours)
+        return self
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def last(self) -> Recorded:
+        with self._lock:
+            return self.requests[-1]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self._queue.clear()
+
+    def paths(self) -> list[str]:
+        with self._lock:
+            return [r.path for r in self.requests]
+
+    def _record(self, rec: Recorded) -> None:
+        if not self.record:
+            return
+        with self._lock:
+            self.requests.append(rec)
+
+    def _next(self, model: Any = None) -> Behaviour:
+        with self._lock:
+            if self._queue:
+                return self._queue.popleft()
+            return self.by_model.get(model, self.default) if isinstance(model, str) else self.default
+
+    def _reply(self, js: Any, beh: Behaviour) -> P.Reply:
+        model = js.get("model") if isinstance(js, dict) else None
+        if beh.kind == "slow":
+            deltas = [f"tok{i} " for i in range(beh.n_events)]
+        else:
+            text = beh.text if beh.text is not None else self.text
+            deltas = P.split(f"Hello from mock {self.name}" if text is None else text)
+        usage = dict(self.usage)
+        if usage.get("output_tokens") is None:
+            usage["output_tokens"] = max(1, len("".join(deltas).split()))
+        return P.Reply(model=model or "mock-model", deltas=deltas, tool=beh.tool or self.tool, **usage)
+
+    @staticmethod
+    def closed_port() -> int:
+        """A loopback port with nothing listening (connections are refused)."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024   # the default backlog of 5 refuses bursts of concurrent connects
+    daemon_threads = True
+
+    def __init__(self, mock: MockUpstream):
+        self.mock = mock
+        self.conns: set[socket.socket] = set()
+        self.accepted = 0
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.mock._lock:
+            self.conns.add(sock)
+            self.accepted += 1
+        return sock, addr
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):  # peers resetting connections is routine here
+            super().handle_error(request, client_address)
+
+    def shutdown_request(self, request):
+        with self.mock._lock:
+            self.conns.discard(request)
+        super().shutdown_request(request)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "mock-upstream/1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def __getattr__(self, name: str):  # do_GET, do_POST, do_HEAD, ... all go to _handle
+        if name.startswith("do_"):
+            return self._handle
+        raise AttributeError(name)
+
+    # ------------------------------------------------------------ plumbing
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            out = b""
+            while (size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)):
+                out += self.rfile.read(size)
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            return out
+        n = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def _head(self, code: int, ctype: str, length: int | None = None, extra: dict | None = None) -> None:
+        self.send_response(code)
+        self.send_header("content-type", ctype)
+        self.send_header("request-id" if self._proto in ("anthropic", "count_tokens") else "x-request-id",
+                         P._id("req_"))
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        if length is None:
+            self.send_header("transfer-encoding", "chunked")
+            self.send_header("cache-control", "no-cache")
+        else:
+            self.send_header("content-length", str(length))
+        self.end_headers()
+
+    def _send(self, code: int, body: Any, ctype: str = "application/json", extra: dict | None = None) -> None:
+        if not isinstance(body, bytes):
+            body = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        self._head(code, ctype, len(body), extra)
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def _abort(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep; True if the mock is stopping (the caller should abort)."""
+        return self.server.mock._stopping.wait(seconds)
+
+    # ------------------------------------------------------------ dispatch
+    def _handle(self) -> None:
+        mock = self.server.mock
+        url = urlsplit(self.path)
+        body = self._read_body()
+        try:
+            js = json.loads(body) if body else None
+        except ValueError:
+            js = None
+        self._proto = proto = _protocol(self.command, url.path)
+        mock._record(Recorded(self.command, url.path, dict(parse_qsl(url.query, keep_blank_values=True)),
+                              {k.lower(): v for k, v in self.headers.items()}, body, js, time.time(), proto))
+        try:
+            if proto is None:
+                return self._send(404, {"error": {"type": "not_found_error", "message": f"Not found: {url.path}"}})
+            self._respond(mock, proto, js, mock._next(js.get("model") if isinstance(js, dict) else None))
+        except OSError:  # client went away
+            self.close_connection = True
+
+    def _respond(self, mock: MockUpstream, proto: str, js: Any, beh: Behaviour) -> None:
+        if beh.kind == "hang" and self._wait(beh.seconds):
+            return self._abort()
+        if beh.kind == "status":
+            body = P.error_body(proto, beh.code) if beh.body is None else beh.body
+            ctype = "application/json" if isinstance(body, (dict, list)) else "text/plain"
+            return self._send(beh.code, body, ctype, beh.headers)
+        if beh.kind == "html":
+            return self._send(200, HTML_PAGE, "text/html; charset=utf-8")
+        if beh.kind == "error_json_200":
+            return self._send(200, P.error_body(proto, 500 if proto in ("responses", "chat") else 529))
+        reply = mock._reply(js, beh)
+        if isinstance(js, dict):
+            stream = bool(js.get("stream"))
+        else:
+            stream = "text/event-stream" in self.headers.get("accept", "")
+        if proto == "count_tokens" or not stream:
+            return self._respond_json(proto, reply, beh)
+        if proto == "anthropic":
+            events = P.anthropic_events(reply)
+        elif proto == "responses":
+            events = P.responses_events(reply)
+        else:
+            opts = js.get("stream_options") if isinstance(js, dict) else None
+            events = P.chat_events(reply, bool(isinstance(opts, dict) and opts.get("include_usage")))
+        self._stream(proto, reply, beh, events)
+
+    def _respond_json(self, proto: str, reply: P.Reply, beh: Behaviour) -> None:
+        if beh.kind == "error_event":
+            return self._send(500, P.error_body(proto, 500))
+        if beh.kind == "slow" and self._wait(beh.n_events * beh.interval):
+            return self._abort()
+        payload = {"anthropic": P.anthropic_message, "responses": P.responses_object,
+                   "chat": P.chat_completion}.get(proto, lambda r: {"input_tokens": r.input_tokens})(reply)
+        data = json.dumps(payload).encode()
+        if beh.kind not in ("stall", "cut"):
+            return self._send(200, data)
+        self._head(200, "application/json", len(data))
+        if beh.kind == "cut":
+            self.wfile.write(data[: len(data) // 2])
+            return self._abort()
+        if self._wait(beh.seconds):
+            return self._abort()
+        self.wfile.write(data)
+
+    def _stream(self, proto: str, reply: P.Reply, beh: Behaviour, events: list[P.Event]) -> None:
+        self._head(200, "text/event-stream; charset=utf-8")
+        for i, event in enumerate(events):
+            if i == beh.n_events:
+                if beh.kind == "cut":
+                    return self._abort()
+                if beh.kind == "error_event":
+                    self._chunk(P.sse(P.error_event(proto, reply, i)))
+                    break
+                if beh.kind == "stall" and self._wait(beh.seconds):
+                    return self._abort()
+            if beh.kind == "slow" and P.is_delta(event) and self._wait(beh.interval):
+                return self._abort()
+            self._chunk(P.sse(event))
+        else:
+            if beh.kind == "cut":  # n_events >= number of events: cut before the terminator
+                return self._abort()
+        self.wfile.write(b"0\r\n\r\n")

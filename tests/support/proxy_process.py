@@ -1,0 +1,93 @@
+"""Run the real `mitmdump -s addon.py` as a subprocess for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.support import REPO
+
+MITMDUMP = Path(sys.executable).with_name("mitmdump")
+GUARD = Path(__file__).resolve().parent / "loopback_guard.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proxy:
+    """mitmdump with ccswitch, a regular (HTTPS_PROXY) and a reverse listener."""
+
+    def __init__(self, rules_path: Path, workdir: Path, *, reverse_target: str = "https://api.anthropic.com",
+                 extra_args: tuple[str, ...] = (), env: dict | None = None) -> None:
+        self.rules_path, self.workdir = rules_path, workdir
+        self.confdir = workdir / "mitmproxy-conf"
+        self.regular_port, self.reverse_port = free_port(), free_port()
+        self.log_path = workdir / "mitmdump.log"
+        self.args = [
+            str(MITMDUMP), "-s", str(REPO / "addon.py"), "-s", str(GUARD),
+            "--set", f"ccswitch_rules={rules_path}", "--set", f"confdir={self.confdir}",
+            "--set", "ccswitch_loopback_only=true", "--set", "termlog_verbosity=info",
+            "--mode", f"regular@{self.regular_port}",
+            "--mode", f"reverse:{reverse_target}@{self.reverse_port}", *extra_args,
+        ]
+        # HOME in the work dir: the default usage_db (~/.ccswitch/usage.db) stays in the test's folder
+        self.env = {**os.environ, "HOME": str(workdir), **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.confdir / "mitmproxy-ca-cert.pem"
+
+    @property
+    def usage_db(self) -> Path:
+        return self.workdir / ".ccswitch" / "usage.db"
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.regular_port}"
+
+    @property
+    def reverse_url(self) -> str:
+        return f"http://127.0.0.1:{self.reverse_port}"
+
+    def start(self, timeout: float = 20.0) -> Proxy:
+        self.log_file = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.args, cwd=self.workdir, stdout=self.log_file,
+                                     stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + timeout
+        want = {f"127.0.0.1:{self.regular_port}", f"127.0.0.1:{self.reverse_port}"}
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mitmdump exited {self.proc.returncode}:\n{self.log()}")
+            text = self.log()
+            if all(re.search(rf"listening at {re.escape(w)}\b", text) for w in want) and self.ca_cert.exists():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError("mitmdump did not start:\n" + self.log())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if getattr(self, "log_file", None):
+            self.log_file.close()
+
+    def __enter__(self) -> Proxy:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

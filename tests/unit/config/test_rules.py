@@ -1,0 +1,570 @@
+"""ccswitch.rules: parsing, validation, field paths, ${VAR}, secrets, model mapping."""
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from ccswitch.config.load import default_rules_text, load_rules, parse_rules, resolve_rules_path
+from ccswitch.config.models import (
+    DEFAULT_ON_STATUS,
+    ROUTE_PROTOCOLS,
+    Failover,
+    HourWindow,
+    Routes,
+    Rules,
+    RulesError,
+    Timeouts,
+    Upstream,
+    parse_duration,
+)
+from tests.support import REPO
+
+SECRET = "fake-test-VERY-SECRET-0123456789"
+
+
+def parse(text: str, env: dict | None = None, **kw) -> Rules:
+    return parse_rules(textwrap.dedent(text), source="r.yaml", env=env or {}, **kw)
+
+
+def problems(text: str, env: dict | None = None, **kw) -> list[str]:
+    with pytest.raises(RulesError) as exc:
+        parse(text, env, **kw)
+    assert str(exc.value) == "\n".join(exc.value.problems)
+    return exc.value.problems
+
+
+def relay(name="relay", protocol="anthropic", extra="", key=f"api_key: {SECRET}"):
+    return (f"  - name: {name}\n    protocol: {protocol}\n    base_url: https://relay.example.com/v1\n"
+            f"    {key}\n" + "".join(f"    {line}\n" for line in extra.splitlines() if line))
+
+
+# ----------------------------------------------------------------------------- durations
+
+@pytest.mark.parametrize("value,seconds", [
+    ("500ms", 0.5), ("30s", 30.0), ("10m", 600.0), ("2h", 7200.0), (5, 5.0), (2.5, 2.5),
+    ("45", 45.0), ("1.5s", 1.5), (" 3m ", 180.0), ("0", 0.0), (0, 0.0), ("250 ms", 0.25)])
+def test_parse_duration(value, seconds):
+    assert parse_duration(value) == seconds
+    assert isinstance(parse_duration(value), float)
+
+
+@pytest.mark.parametrize("value", ["-1s", -1, -0.5, "10x", "", "s", "1d", "ten", None, True, [1], "1h30m"])
+def test_parse_duration_rejects(value):
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+# ----------------------------------------------------------------------------- defaults
+
+def test_empty_file_is_all_defaults(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for text in ("", "# only a comment\n", "version: 1\n"):
+        r = parse(text)
+        assert r.version == 1 and r.timezone is None and r.client_keys == ()
+        assert r.intercept == ("api.anthropic.com", "api.openai.com", "chatgpt.com")
+        assert r.upstreams == () and r.routes == Routes() and r.prices == {}
+        assert r.usage_db == tmp_path / ".ccswitch" / "usage.db"
+        assert r.failover == Failover() and r.timeouts == Timeouts()
+        assert r.source is None
+
+
+def test_failover_and_timeout_defaults():
+    f, t = Failover(), Timeouts()
+    assert (f.threshold, f.cooldown, f.max_attempts, f.hold_back) == (3, 600.0, 4, 2.0)
+    assert (f.on_network_error, f.retry_backoff) == ("switch", 1.0)
+    assert f.on_status == {"400": "pass", "401": "switch", "403": "switch", "408": "retry",
+                           "429": "switch", "4xx": "pass", "5xx": "switch"}
+    assert (t.connect, t.first_byte, t.total, t.idle) == (10.0, 60.0, 600.0, 300.0)
+
+
+def test_durations_in_failover_and_timeouts():
+    r = parse("""
+        failover: {cooldown: 2h, hold_back: 500ms, retry_backoff: 3, threshold: 5, max_attempts: 2}
+        timeouts: {connect: 1.5s, first_byte: "90", total: 10m, idle: 45s}
+        """)
+    assert (r.failover.cooldown, r.failover.hold_back, r.failover.retry_backoff) == (7200.0, 0.5, 3.0)
+    assert (r.failover.threshold, r.failover.max_attempts) == (5, 2)
+    assert (r.timeouts.connect, r.timeouts.first_byte, r.timeouts.total, r.timeouts.idle) == (1.5, 90.0, 600.0, 45.0)
+
+
+def test_on_status_merges_over_defaults_and_action_for():
+    r = parse("""
+        failover:
+          on_status: {"500": retry, 404: switch, "4XX": switch, "2xx": switch}
+        """)
+    f = r.failover
+    assert f.on_status["400"] == "pass" and f.on_status["429"] == "switch"  # defaults kept
+    assert f.on_status["4xx"] == "switch" and f.on_status["404"] == "switch"
+    assert f.action_for(500) == "retry"       # exact code beats class
+    assert f.action_for(503) == "switch"      # class
+    assert f.action_for(400) == "pass"        # default exact beats user class
+    assert f.action_for(418) == "switch"      # user class
+    assert f.action_for(408) == "retry"
+    assert f.action_for(200) == "switch"      # user entry for 2xx
+    assert Failover().action_for(200) == "pass" and Failover().action_for(302) == "pass"
+    assert Failover().action_for(529) == "switch" and Failover().action_for(422) == "pass"
+    assert Failover().action_for(101) == "pass"
+
+
+# ----------------------------------------------------------------------------- errors & paths
+
+def test_unknown_keys_everywhere_with_paths():
+    p = problems("""
+        verison: 1
+        failover: {hold_bak: 2s}
+        timeouts: {conect: 1s}
+        upstreams:
+          - {name: a, protocol: anthropic, base_url: "https://x.example", api_key: k, colour: red}
+        routes: {claude: [a], other: []}
+        """)
+    assert "r.yaml: verison: unknown key (did you mean 'version'?)" in p
+    assert "r.yaml: failover.hold_bak: unknown key (did you mean 'hold_back'?)" in p
+    assert "r.yaml: timeouts.conect: unknown key (did you mean 'connect'?)" in p
+    assert "r.yaml: upstreams[0].colour: unknown key" in p
+    assert "r.yaml: routes.other: unknown key" in p
+    assert len(p) == 5
+
+
+def test_key_from_another_section():
+    assert problems("hours: ['09:00-18:00']\n") == ["r.yaml: hours: unknown key here (it belongs to another section)"]
+
+
+def test_source_key_is_not_accepted_from_yaml():
+    assert problems("source: /etc/passwd\n") == ["r.yaml: source: unknown key"]
+
+
+def test_yaml_syntax_error_has_line_and_column():
+    p = problems("version: 1\nupstreams:\n  - name: a\n   protocol: [\n")
+    assert len(p) == 1
+    assert re.match(r"^r\.yaml: line \d+, column \d+: ", p[0]), p
+
+
+def test_yaml_error_never_echoes_the_line():
+    p = problems(f"upstreams:\n  - api_key: {SECRET}\n   bad: [\n")
+    assert SECRET not in "\n".join(p)
+
+
+def test_top_level_must_be_mapping():
+    assert problems("- a\n- b\n") == ["r.yaml: the rules must be a mapping (key: value lines)"]
+
+
+def test_duplicate_keys_reported():
+    p = problems("version: 1\ntimezone: UTC\ntimezone: Europe/Berlin\n")
+    assert p == ["r.yaml: line 3: duplicate key 'timezone'"]
+
+
+def test_bad_types_and_values_paths():
+    p = problems("""
+        version: 2
+        timezone: Mars/Olympus_Mons
+        client_keys: "just-one"
+        intercept: ["https://api.anthropic.com/"]
+        failover:
+          threshold: 0
+          max_attempts: many
+          cooldown: -5
+          on_status: {600: pass, "6xx": pass, "4xx": maybe, abc: pass}
+          on_network_error: explode
+        timeouts: {connect: 0, idle: 5x}
+        routes: {claude: official}
+        prices: {m: {input: 3, outptu: 4, output: -1}}
+        """)
+    expect = [
+        "r.yaml: version: must be 1",
+        "r.yaml: timezone: unknown time zone 'Mars/Olympus_Mons' (use an IANA name like Europe/Berlin)",
+        "r.yaml: client_keys: must be a list",
+        "r.yaml: intercept[0]: must be a host name like api.anthropic.com",
+        "r.yaml: failover.threshold: must be greater than or equal to 1",
+        "r.yaml: failover.max_attempts: must be an integer",
+        "r.yaml: failover.cooldown: duration must not be negative",
+        'r.yaml: failover.on_status.600: status key must be a code 100-599 or a class "1xx".."5xx"',
+        'r.yaml: failover.on_status.6xx: status key must be a code 100-599 or a class "1xx".."5xx"',
+        "r.yaml: failover.on_status.4xx: must be 'switch', 'retry' or 'pass'",
+        'r.yaml: failover.on_status.abc: status key must be a code 100-599 or a class "1xx".."5xx"',
+        "r.yaml: failover.on_network_error: must be 'switch', 'retry' or 'pass'",
+        "r.yaml: timeouts.connect: must be greater than 0",
+        "r.yaml: timeouts.idle: duration must be a number of seconds or like 500ms, 30s, 10m, 2h",
+        "r.yaml: routes.claude: must be a list",
+        "r.yaml: prices.m.outptu: must be 'input', 'output', 'cache_write', 'cache_write_1h' or 'cache_read'",
+        "r.yaml: prices.m.output: must be greater than or equal to 0",
+    ]
+    assert sorted(p) == sorted(expect)
+
+
+def test_upstream_field_errors_paths():
+    p = problems("upstreams:\n" + relay("ok") + """\
+  - name: "bad name"
+    protocol: gemini
+    base_url: ftp://x.example
+    api_key: k
+    auth: cookie
+    enabled: maybe
+    days: [mon, funday]
+    hours: ["25:00-18:00", "09:00-09:00", "nine"]
+    models: [a]
+    only_models: "claude-*"
+    headers: {"bad header": x, "x-ok": "a\\nb"}
+    activate_at: ["7:5", "24:00"]
+    price_multiplier: -1
+""")
+    expect = {
+        "upstreams[1].name": "may contain only letters, digits, '.', '_', '-'",
+        "upstreams[1].protocol": "must be 'anthropic', 'openai-responses' or 'openai-chat'",
+        "upstreams[1].base_url": "must be 'original' or an http(s) URL like https://host[:port][/prefix]",
+        "upstreams[1].auth": "must be 'x-api-key', 'bearer' or 'client'",
+        "upstreams[1].enabled": "must be true or false",
+        "upstreams[1].days": "unknown weekday 'funday' (use mon..sun, or a range like mon-fri)",
+        "upstreams[1].hours[0]": "hours window '25:00-18:00': time must be HH:MM between 00:00 and 23:59",
+        "upstreams[1].hours[1]": "hours window start and end must differ",
+        "upstreams[1].hours[2]": "hours window 'nine': must look like \"09:00-18:00\"",
+        "upstreams[1].models": "must be a mapping",
+        "upstreams[1].only_models": "must be a list",
+        "upstreams[1].headers.bad header": "invalid header name",
+        "upstreams[1].headers.x-ok": "header value must not contain line breaks",
+        "upstreams[1].activate_at[0]": "time must be HH:MM between 00:00 and 23:59",
+        "upstreams[1].activate_at[1]": "time must be HH:MM between 00:00 and 23:59",
+        "upstreams[1].price_multiplier": "must be greater than or equal to 0",
+    }
+    assert sorted(p) == sorted(f"r.yaml: {k}: {v}" for k, v in expect.items())
+
+
+def test_missing_required_upstream_fields():
+    p = problems("upstreams:\n  - {name: a}\n")
+    assert sorted(p) == ["r.yaml: upstreams[0].base_url: required", "r.yaml: upstreams[0].protocol: required"]
+
+
+@pytest.mark.parametrize("url,ok", [
+    ("https://relay.example.com", "https://relay.example.com"),
+    ("https://relay.example.com/openai/v1/", "https://relay.example.com/openai/v1"),
+    ("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
+    ("https://[::1]:8443/x", "https://[::1]:8443/x"),
+    ("relay.example.com", None), ("https://", None), ("https://x.example:99999", None),
+    ("https://x.example/?a=1", None), ("https://x.example/#f", None), ("ws://x.example", None),
+    ("https://user:pw@x.example", None),
+])
+def test_base_url(url, ok):
+    text = f"upstreams:\n  - {{name: a, protocol: openai-chat, base_url: '{url}', api_key: k}}\n"
+    if ok:
+        assert parse(text).upstreams[0].base_url == ok
+    else:
+        p = problems(text)
+        assert len(p) == 1 and p[0].startswith("r.yaml: upstreams[0].base_url: ")
+        assert "pw" not in p[0]
+
+
+# ----------------------------------------------------------------------------- cross checks
+
+def test_unique_upstream_names():
+    p = problems("upstreams:\n" + relay("a") + relay("b") + relay("a"))
+    assert p == ["r.yaml: upstreams[2].name: duplicate upstream name 'a'"]
+
+
+def test_route_unknown_upstream_and_duplicates():
+    p = problems("upstreams:\n" + relay("a") + "routes:\n  claude: [a, ghost, a]\n")
+    assert p == ["r.yaml: routes.claude[1]: unknown upstream 'ghost'",
+                 "r.yaml: routes.claude[2]: upstream 'a' is listed twice"]
+
+
+def test_route_protocol_compatibility():
+    text = ("upstreams:\n" + relay("x", "openai-chat") + relay("r", "openai-responses") + relay("an")
+            + "routes:\n  claude: [an, x]\n  codex: [r, an]\n  chat: [x, r, an]\n")
+    assert problems(text) == [
+        "r.yaml: routes.claude[1]: upstream 'x' speaks openai-chat; the claude route takes only anthropic upstreams",
+        "r.yaml: routes.codex[1]: upstream 'an' speaks anthropic; "
+        "the codex route takes only openai-responses upstreams",
+    ]
+    assert ROUTE_PROTOCOLS["chat"] == {"anthropic", "openai-responses", "openai-chat"}
+
+
+def test_route_check_runs_even_when_an_upstream_is_invalid():
+    # upstream b is invalid (bad base_url) but its name exists: no 'unknown upstream' noise
+    text = ("upstreams:\n" + relay("a") + "  - {name: b, protocol: anthropic, base_url: nope, api_key: k}\n"
+            + "routes:\n  claude: [a, b, c]\n")
+    assert problems(text) == [
+        "r.yaml: upstreams[1].base_url: must be 'original' or an http(s) URL like https://host[:port][/prefix]",
+        "r.yaml: routes.claude[2]: unknown upstream 'c'",
+    ]
+
+
+def test_auth_client_with_client_keys():
+    text = f"client_keys: [{SECRET}]\nupstreams:\n" + relay("a", extra="auth: client", key="")
+    assert problems(text) == ["r.yaml: upstreams[0].auth: auth: client cannot be used with client_keys "
+                              "(client keys are never forwarded)"]
+
+
+def test_base_url_original_only_with_auth_client():
+    p = problems("upstreams:\n  - {name: o, protocol: openai-responses, base_url: original, api_key: k}\n")
+    assert p == ["r.yaml: upstreams[0].base_url: base_url: original requires auth: client"]
+    r = parse("upstreams:\n  - {name: o, protocol: openai-responses, base_url: original, auth: client}\n")
+    assert r.upstreams[0].base_url == "original" and r.upstreams[0].api_key is None
+
+
+def test_activate_at_not_with_auth_client():
+    p = problems("upstreams:\n" + relay("a", extra="auth: client\nactivate_at: ['06:00']", key=""))
+    assert p == ["r.yaml: upstreams[0].activate_at: activate_at cannot be used with auth: client "
+                 "(there is no key to probe with)"]
+
+
+def test_api_key_required_unless_client_or_disabled():
+    assert problems("upstreams:\n" + relay("a", key="")) == [
+        "r.yaml: upstreams[0].api_key: required with auth: x-api-key"]
+    assert problems("upstreams:\n" + relay("a", "openai-chat", key="api_key: ''")) == [
+        "r.yaml: upstreams[0].api_key: required with auth: bearer"]
+    assert problems("upstreams:\n" + relay("a", key="api_key: ${EMPTY}"), env={"EMPTY": ""}) == [
+        "r.yaml: upstreams[0].api_key: required with auth: x-api-key"]
+    assert parse("upstreams:\n" + relay("a", key="enabled: false")).upstreams[0].api_key is None
+    assert parse("upstreams:\n" + relay("a", key="auth: client")).upstreams[0].auth == "client"
+
+
+def test_all_problems_collected_at_once():
+    text = ("timezone: Nowhere/Land\nupstreams:\n" + relay("a", key="api_key: ${NOPE}")
+            + relay("a", "openai-chat") + "routes:\n  claude: [ghost]\n  codex: [a]\n")
+    p = problems(text)
+    assert len(p) == 5, p
+    assert any("timezone" in x for x in p) and any("environment variable NOPE" in x for x in p)
+    assert any("duplicate upstream name" in x for x in p) and any("ghost" in x for x in p)
+    assert any(x.startswith("r.yaml: routes.codex[0]: upstream 'a' speaks anthropic") for x in p)
+
+
+# ----------------------------------------------------------------------------- env & secrets
+
+def test_env_expansion_in_api_key_and_headers():
+    text = "upstreams:\n" + relay("a", key="api_key: ${KEY_A}", extra=(
+        "headers: {x-user: '${USER_A}-${ZONE}', x-lit: 'cost $${NOT_A_VAR}', x-num: 7}"))
+    r = parse(text, env={"KEY_A": SECRET, "USER_A": "bob", "ZONE": "eu"})
+    up = r.upstreams[0]
+    assert up.api_key.get_secret_value() == SECRET
+    assert up.headers == {"x-user": "bob-eu", "x-lit": "cost ${NOT_A_VAR}", "x-num": "7"}
+
+
+def test_env_not_expanded_elsewhere():
+    r = parse("upstreams:\n" + relay("a", extra="activation_model: '${M}'"), env={"M": "x"})
+    assert r.upstreams[0].activation_model == "${M}"
+
+
+def test_missing_env_var_enabled_upstream_is_error():
+    text = "upstreams:\n" + relay("ok") + relay("b", key="api_key: pre-${RELAY_B_KEY}",
+                                                  extra="headers: {x-t: '${TOKEN_X}'}")
+    assert problems(text) == [
+        "r.yaml: upstreams[1].api_key: environment variable RELAY_B_KEY is not set",
+        "r.yaml: upstreams[1].headers.x-t: environment variable TOKEN_X is not set",
+    ]
+
+
+def test_missing_env_var_disabled_upstream_is_fine():
+    text = "upstreams:\n" + relay("b", key="api_key: ${RELAY_B_KEY}",
+                                  extra="enabled: false\nheaders: {x-t: '${TOKEN_X}', x-k: kept}")
+    up = parse(text).upstreams[0]
+    assert up.enabled is False and up.api_key is None and up.headers == {"x-k": "kept"}
+
+
+def test_malformed_env_reference():
+    p = problems("upstreams:\n" + relay("a", key="api_key: ${BROKEN KEY}"))
+    assert p == ["r.yaml: upstreams[0].api_key: malformed ${...} reference (use ${NAME}, or $${ for a literal ${)"]
+
+
+def test_environment_defaults_to_os_environ(monkeypatch):
+    monkeypatch.setenv("CCSWITCH_TEST_KEY", SECRET)
+    r = parse_rules("upstreams:\n" + relay("a", key="api_key: ${CCSWITCH_TEST_KEY}"))
+    assert r.upstreams[0].api_key.get_secret_value() == SECRET
+
+
+def test_secrets_never_in_errors_or_repr():
+    text = (f"client_keys: ['{SECRET}-client']\nupstreams:\n"
+            + relay("a", extra=f"headers: {{x-secret: '{SECRET}-hdr', 'bad name': '{SECRET}-h2'}}\nbogus: 1")
+            + relay("b", "openai-chat", key="api_key: ${ENV_SECRET}", extra="auth: client")
+            + f"  - {{name: c, protocol: anthropic, base_url: nope, api_key: {{nested: '{SECRET}'}}}}\n")
+    with pytest.raises(RulesError) as exc:
+        parse(text, env={"ENV_SECRET": SECRET})
+    blob = str(exc.value) + repr(exc.value) + repr(exc.value.problems)
+    assert SECRET not in blob
+    assert "upstreams[2].api_key: must be a string" in blob
+    good = parse(f"client_keys: ['{SECRET}-client']\nupstreams:\n"
+                 + relay("a", extra=f"headers: {{x-s: '{SECRET[:4]}'}}"))
+    assert SECRET not in repr(good) and SECRET not in str(good) and SECRET not in repr(good.upstreams[0])
+    assert SECRET not in str(good.upstreams[0].fingerprint())
+
+
+def test_fingerprint_changes_with_key_url_protocol():
+    base = dict(name="a", protocol="anthropic", base_url="https://x.example", api_key="k1")
+    fp = Upstream(**base).fingerprint()
+    assert Upstream(**base).fingerprint() == fp
+    assert Upstream(**{**base, "enabled": False, "days": ["mon"]}).fingerprint() == fp
+    assert Upstream(**{**base, "api_key": "k2"}).fingerprint() != fp
+    assert Upstream(**{**base, "base_url": "https://y.example"}).fingerprint() != fp
+    assert Upstream(**{**base, "protocol": "openai-chat"}).fingerprint() != fp
+    assert Upstream(**{**base, "api_key": None}).fingerprint() != fp
+
+
+def test_client_key_ok():
+    r = parse(f"client_keys: ['{SECRET}', other-key]\n")
+    assert all(isinstance(k, SecretStr) for k in r.client_keys)
+    assert r.client_key_ok(SECRET) and r.client_key_ok("other-key")
+    assert not r.client_key_ok(SECRET[:-1]) and not r.client_key_ok("") and not r.client_key_ok(None)
+    assert not r.client_key_ok(SECRET + "x") and not r.client_key_ok("ключ")
+    assert parse("").client_key_ok(None) is True  # no keys configured: nothing to check
+    assert problems("client_keys: ['']\n") == ["r.yaml: client_keys[0]: client key must not be empty"]
+
+
+# ----------------------------------------------------------------------------- upstream fields
+
+def test_upstream_defaults_and_auth_by_protocol():
+    r = parse("upstreams:\n" + relay("an") + relay("oc", "openai-chat") + relay("orr", "openai-responses"))
+    an, oc, orr = r.upstreams
+    assert (an.auth, oc.auth, orr.auth) == ("x-api-key", "bearer", "bearer")
+    assert an.enabled is True and an.days == frozenset(range(7)) and an.hours == ()
+    assert an.models == {} and an.only_models == () and an.headers == {} and an.activate_at == ()
+    assert an.activation_model is None and an.price_multiplier == 1.0
+    assert r.upstream("oc") is oc
+    with pytest.raises(KeyError):
+        r.upstream("nope")
+
+
+def test_days_hours_activate_at_parsing():
+    r = parse("upstreams:\n" + relay("a", extra=(
+        "days: [Mon, TUE, wednesday, sat-sun]\n"
+        "hours: ['09:00-18:00', '22:00-02:00', '00:00-24:00', '9:30-10:00']\n"
+        "activate_at: [06:00, '7:05']\nprice_multiplier: 0.25")))
+    up = r.upstreams[0]
+    assert up.days == frozenset({0, 1, 2, 5, 6})
+    assert [(w.start_minute, w.end_minute) for w in up.hours] == [(540, 1080), (1320, 120), (0, 1440), (570, 600)]
+    assert [str(w) for w in up.hours] == ["09:00-18:00", "22:00-02:00", "00:00-24:00", "09:30-10:00"]
+    assert up.hours[1].wraps and not up.hours[0].wraps and not up.hours[2].wraps
+    assert up.activate_at == ("06:00", "07:05")
+    assert up.price_multiplier == 0.25
+    assert parse("upstreams:\n" + relay("a", extra="days: fri-mon")).upstreams[0].days == frozenset({4, 5, 6, 0})
+    assert problems("upstreams:\n" + relay("a", extra="days: []")) == [
+        "r.yaml: upstreams[0].days: days must not be empty (use enabled: false to switch an upstream off)"]
+    assert HourWindow.model_validate("22:00-24:00").end_minute == 1440
+    with pytest.raises(ValueError):
+        HourWindow.model_validate("24:00-02:00")
+
+
+def test_map_model_precedence():
+    up = Upstream(name="a", protocol="anthropic", base_url="https://x.example", api_key="k", models={
+        "*": "catch-all", "claude-*": "glob-claude", "claude-haiku-*": "glob-haiku",
+        "claude-haiku-4-5": "exact-haiku", "gpt-?o": "glob-q"})
+    assert up.map_model("claude-haiku-4-5") == "exact-haiku"      # exact beats every glob
+    assert up.map_model("claude-haiku-3") == "glob-claude"        # first matching glob in order
+    assert up.map_model("claude-opus-4") == "glob-claude"
+    assert up.map_model("gpt-4o") == "glob-q"
+    assert up.map_model("CLAUDE-opus") == "catch-all"             # globs are case-sensitive
+    assert up.map_model("anything") == "catch-all"                # "*" is used last
+    plain = Upstream(name="b", protocol="anthropic", base_url="https://x.example", models={"a": "b"})
+    assert plain.map_model("zzz") == "zzz" and plain.map_model("a") == "b"
+
+
+def test_admits_model():
+    up = Upstream(name="a", protocol="anthropic", base_url="https://x.example",
+                  only_models=["claude-haiku-*", "exact-one"])
+    assert up.admits_model("claude-haiku-4-5") and up.admits_model("exact-one")
+    assert not up.admits_model("claude-sonnet-4-5") and not up.admits_model("Claude-haiku-4-5")
+    assert Upstream(name="b", protocol="anthropic", base_url="https://x.example").admits_model("any")
+
+
+def test_routes_for_route():
+    r = Routes(claude=["a", "b"], chat=["c"])
+    assert r.for_route("claude") == ("a", "b") and r.for_route("codex") == () and r.for_route("chat") == ("c",)
+    with pytest.raises(KeyError):
+        r.for_route("gemini")
+
+
+def test_intercept_lowercased_and_prices():
+    r = parse("intercept: [API.Example.COM, relay.example.net.]\n"
+              "prices: {claude-sonnet-4-5: {input: 3, output: 15, cache_read: 0.3}}\n")
+    assert r.intercept == ("api.example.com", "relay.example.net")
+    assert r.prices == {"claude-sonnet-4-5": {"input": 3.0, "output": 15.0, "cache_read": 0.3}}
+
+
+def test_timezone_and_tz_property():
+    r = parse("timezone: Asia/Shanghai\n")
+    assert r.timezone == "Asia/Shanghai" and str(r.tz) == "Asia/Shanghai"
+    assert parse("").tz is not None
+
+
+def test_usage_db_resolution(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    base = tmp_path / "cfg"
+    assert parse("usage_db: data/u.db\n", base_dir=base).usage_db == base / "data" / "u.db"
+    assert parse("usage_db: ~/x.db\n", base_dir=base).usage_db == tmp_path / "home" / "x.db"
+    assert parse("usage_db: /abs/u.db\n", base_dir=base).usage_db == Path("/abs/u.db")
+    f = base / "rules.yaml"
+    base.mkdir()
+    f.write_text("usage_db: u.db\n")
+    r = load_rules(f, env={})
+    assert r.usage_db == base.resolve() / "u.db" and r.source == f
+
+
+def test_yaml_12_scalars():
+    r = parse("upstreams:\n" + relay("on", extra="activate_at: [06:00, 23:59]\nenabled: yes")
+              + "routes: {claude: [on]}\n")
+    assert r.upstreams[0].name == "on" and r.routes.claude == ("on",)
+    assert r.upstreams[0].activate_at == ("06:00", "23:59") and r.upstreams[0].enabled is True
+
+
+# ----------------------------------------------------------------------------- files
+
+def test_load_rules_reports_file_name(tmp_path):
+    f = tmp_path / "my.yaml"
+    f.write_text("routes: {claude: [ghost]}\n")
+    with pytest.raises(RulesError) as exc:
+        load_rules(f, env={})
+    assert exc.value.problems == [f"{f}: routes.claude[0]: unknown upstream 'ghost'"]
+    with pytest.raises(RulesError) as exc:
+        load_rules(tmp_path / "missing.yaml")
+    assert str(exc.value).startswith(f"{tmp_path / 'missing.yaml'}: cannot read")
+
+
+def test_resolve_rules_path(tmp_path):
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    cwd.mkdir()
+    (home / ".ccswitch").mkdir(parents=True)
+    assert resolve_rules_path(None, cwd, home) is None
+    assert resolve_rules_path("", cwd, home) is None
+    (home / ".ccswitch" / "rules.yaml").write_text("")
+    assert resolve_rules_path(None, cwd, home) == home / ".ccswitch" / "rules.yaml"
+    (cwd / "rules.yaml").write_text("")
+    assert resolve_rules_path(None, cwd, home) == cwd / "rules.yaml"
+    assert resolve_rules_path("other.yaml", cwd, home) == cwd / "other.yaml"  # explicit, even if absent
+    assert resolve_rules_path("/etc/r.yaml", cwd, home) == Path("/etc/r.yaml")
+    assert resolve_rules_path("~/r.yaml", cwd, home) == home / "r.yaml"
+
+
+def _uncomment_examples(text: str) -> str:
+    out = []
+    for line in text.splitlines():
+        m = re.match(r'^(\s*)# (\s*)(- name:.*|("[\w.*-]+"|[a-z][\w.*-]*):(\s.*)?)$', line)
+        out.append(f"{m.group(1)}{m.group(2)}{m.group(3)}" if m and "client_keys" not in line else line)
+    return "\n".join(out) + "\n"
+
+
+def test_shipped_rules_validate_and_equal_builtin_default():
+    shipped = load_rules(REPO / "rules.yaml", env={})
+    builtin = parse_rules(default_rules_text(), env={})
+    assert shipped.model_copy(update={"source": None}) == builtin
+    assert shipped.source == REPO / "rules.yaml"
+    assert [u.name for u in builtin.upstreams] == ["anthropic-official", "openai-official",
+                                                   "chatgpt-codex", "codex-original"]
+    assert all(u.auth == "client" and u.api_key is None for u in builtin.upstreams)
+    assert builtin.routes == Routes(claude=["anthropic-official"], codex=["codex-original"], chat=[])
+    assert builtin.upstream("codex-original").base_url == "original"
+    assert builtin.upstream("chatgpt-codex").base_url == "https://chatgpt.com/backend-api/codex"
+
+
+def test_shipped_rules_commented_examples_are_valid():
+    text = _uncomment_examples((REPO / "rules.yaml").read_text())
+    assert "${RELAY_A_KEY}" in text and "\n  - name: relay-a" in text and "\nfailover:" in text
+    with pytest.raises(RulesError) as exc:
+        parse_rules(text, env={})
+    assert "upstreams[4].api_key: environment variable RELAY_A_KEY is not set" in str(exc.value)
+    r = parse_rules(text, env={"RELAY_A_KEY": "a", "RELAY_A_USER": "u", "RELAY_B_KEY": "b"})
+    a = r.upstream("relay-a")
+    assert a.days == frozenset(range(5)) and [str(h) for h in a.hours] == ["09:00-18:00", "22:00-02:00"]
+    assert a.activate_at == ("06:00",) and a.map_model("claude-haiku-3") == "claude-haiku-4-5"
+    assert r.failover == Failover() and r.timeouts == Timeouts() and r.timezone == "Asia/Shanghai"
+    assert set(DEFAULT_ON_STATUS) <= set(r.failover.on_status)
+    assert r.upstream("relay-b").protocol == "openai-chat"

@@ -1,0 +1,404 @@
+"""The attempt loop against loopback mock upstreams (no mitmproxy involved)."""
+
+import json
+
+import pytest
+
+from ccswitch.dial.dialer import Dialer
+from ccswitch.routing.health import HealthBoard
+from ccswitch.wire.sse import SSEParser
+from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B, MemorySink, make_job, rules_for
+from tests.support.mock_upstream import (
+    MockUpstream,
+    cut_after,
+    error_event_after,
+    error_json_200,
+    hang_before_headers,
+    html_200,
+    stall_after,
+    status,
+)
+
+FAST = """
+timeouts: {connect: 2s, first_byte: 500ms, total: 2s, idle: 500ms}
+failover: {retry_backoff: 10ms, hold_back: 2s}
+"""
+
+
+def two(mock_a, mock_b, extra=FAST, **kw):
+    return rules_for(("a", "anthropic", mock_a.base_url), ("b", "anthropic", mock_b.base_url), extra=extra, **kw)
+
+
+async def run(rules, health=None, **job_kw):
+    health = health or HealthBoard()
+    dialer = Dialer(health, loopback_only=True)
+    job = make_job(rules, **job_kw)
+    sink = MemorySink()
+    try:
+        await dialer.run(job, sink)
+    finally:
+        await dialer.aclose()
+    return job, sink, health
+
+
+def event_types(body: bytes):
+    return [e.type for e in SSEParser().feed(body)]
+
+
+def text_of(body: bytes) -> str:
+    return "".join(e.json()["delta"].get("text", "") for e in SSEParser().feed(body)
+                   if e.type == "content_block_delta")
+
+
+async def test_stream_swaps_key_model_and_keeps_client_headers(mock_a, mock_b):
+    rules = rules_for(("a", "anthropic", mock_a.base_url + "/api"), extra="""
+upstreams:
+""".replace("upstreams:\n", ""))
+    job, sink, _ = await run(rules)
+    assert sink.status == 200 and sink.ended
+    assert sink.headers["x-ccswitch-upstream"] == "a" and sink.headers["x-ccswitch-attempts"] == "1"
+    assert event_types(sink.body)[-1] == "message_stop"
+    seen = mock_a.last()
+    assert seen.path == "/api/v1/messages"
+    assert seen.headers["x-api-key"] == KEY_A
+    assert seen.headers["anthropic-beta"] == "fine-grained-tool-streaming-2025-05-14"
+    assert CLIENT_KEY not in json.dumps(seen.headers)
+    assert job.status == 200 and job.upstream == "a" and job.error is None
+
+
+async def test_model_rename(mock_a):
+    from ccswitch.config.load import parse_rules
+    rules = parse_rules(f"""
+upstreams:
+  - name: a
+    protocol: anthropic
+    base_url: {mock_a.base_url}
+    api_key: {KEY_A}
+    models: {{"claude-x": "renamed-exact", "*": "fallback"}}
+routes: {{claude: [a]}}
+""")
+    job, sink, _ = await run(rules)
+    assert mock_a.last().json["model"] == "renamed-exact" and job.upstream_model == "renamed-exact"
+
+
+@pytest.mark.parametrize("behaviour", [status(529), status(503), status(429), status(401),
+                                       hang_before_headers(3), error_event_after(1), cut_after(1),
+                                       html_200(), error_json_200()],
+                         ids=["529", "503", "429", "401", "hang", "error-event", "cut", "html", "errjson"])
+async def test_fails_over_invisibly_before_content(mock_a, mock_b, behaviour):
+    mock_a.script(behaviour)
+    job, sink, health = await run(two(mock_a, mock_b))
+    assert sink.status == 200
+    assert sink.headers["x-ccswitch-upstream"] == "b" and sink.headers["x-ccswitch-attempts"] == "2"
+    types = event_types(sink.body)
+    assert types[0] == "message_start" and types[-1] == "message_stop"
+    assert types.count("message_start") == 1          # nothing of A's reached the client
+    assert text_of(sink.body) == "Hello from mock B"
+    assert health.get("a").failures == 1 and health.get("b").failures == 0
+    assert mock_b.last().headers["x-api-key"] == KEY_B
+
+
+async def test_refused_connection_fails_over(mock_b):
+    dead = f"http://127.0.0.1:{MockUpstream.closed_port()}"
+    rules = rules_for(("a", "anthropic", dead), ("b", "anthropic", mock_b.base_url), extra=FAST)
+    job, sink, health = await run(rules)
+    assert sink.headers["x-ccswitch-upstream"] == "b"
+    assert job.attempts[0].error == "connection refused"
+
+
+async def test_non_stream_failover(mock_a, mock_b):
+    mock_a.script(status(500))
+    body = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    job, sink, _ = await run(two(mock_a, mock_b), body=body)
+    assert sink.status == 200 and json.loads(sink.body)["type"] == "message"
+    assert sink.length == len(sink.body)
+
+
+async def test_after_commit_a_cut_ends_with_an_error_event_and_counts(mock_a, mock_b):
+    mock_a.script(cut_after(4))
+    job, sink, health = await run(two(mock_a, mock_b))
+    types = event_types(sink.body)
+    assert sink.headers["x-ccswitch-upstream"] == "a"
+    assert "content_block_delta" in types and types[-1] == "error"   # never a silent truncation
+    assert health.get("a").failures == 1 and len(mock_b.requests) == 0
+
+
+async def test_after_commit_an_idle_stall_ends_with_an_error_event(mock_a, mock_b):
+    mock_a.script(stall_after(4, 3))
+    job, sink, health = await run(two(mock_a, mock_b))
+    assert event_types(sink.body)[-1] == "error" and "idle timeout" in job.error
+
+
+async def test_hold_back_commits_after_its_time_without_content(mock_a, mock_b):
+    mock_a.script(stall_after(1, 0.6))   # message_start, then silence longer than hold_back
+    extra = FAST.replace("hold_back: 2s", "hold_back: 200ms").replace("idle: 500ms", "idle: 2s")
+    job, sink, _ = await run(two(mock_a, mock_b, extra=extra))
+    assert sink.headers["x-ccswitch-upstream"] == "a" and job.ttfb_ms < 550
+    assert event_types(sink.body)[-1] == "message_stop"
+
+
+async def test_every_attempt_fails_client_gets_last_status_and_body(mock_a, mock_b):
+    mock_a.script(status(503))
+    mock_b.script(status(529))
+    job, sink, health = await run(two(mock_a, mock_b))
+    assert sink.status == 529 and json.loads(sink.body)["error"]["type"] == "overloaded_error"
+    assert sink.headers["x-ccswitch-attempts"] == "2" and sink.headers["x-ccswitch-upstream"] == "b"
+
+
+async def test_last_failure_network_gives_502_and_timeout_504(mock_a):
+    dead = f"http://127.0.0.1:{MockUpstream.closed_port()}"
+    rules = rules_for(("a", "anthropic", dead), extra=FAST)
+    _, sink, _ = await run(rules)
+    assert sink.status == 502 and json.loads(sink.body)["type"] == "error"
+    mock_a.script(hang_before_headers(3))
+    _, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
+    assert sink.status == 504
+
+
+async def test_pass_status_is_returned_without_counting(mock_a, mock_b):
+    mock_a.script(status(400))
+    job, sink, health = await run(two(mock_a, mock_b))
+    assert sink.status == 400 and len(mock_b.requests) == 0
+    assert health.get("a").failures == 0
+
+
+async def test_retry_same_upstream_then_switch(mock_a, mock_b):
+    mock_a.script(status(408), status(408), status(408))
+    job, sink, _ = await run(two(mock_a, mock_b))
+    assert [a.upstream for a in job.attempts] == ["a", "a", "a", "b"]
+    assert sink.headers["x-ccswitch-upstream"] == "b"
+
+
+async def test_max_attempts_caps_everything(mock_a, mock_b):
+    mock_a.script(status(408), status(408), status(408))
+    extra = FAST + "\n" if False else FAST.replace("failover: {", "failover: {max_attempts: 2, ")
+    job, sink, _ = await run(two(mock_a, mock_b, extra=extra))
+    assert len(job.attempts) == 2 and sink.status == 408
+
+
+async def test_count_tokens_404_is_not_a_failure(mock_a, mock_b):
+    mock_a.script(status(404))
+    body = {"model": "claude-x", "messages": [{"role": "user", "content": "hi"}]}
+    job, sink, health = await run(two(mock_a, mock_b), path="/v1/messages/count_tokens", body=body)
+    assert sink.status == 200 and "input_tokens" in json.loads(sink.body)
+    assert health.get("a").failures == 0
+    assert mock_b.last().path == "/v1/messages/count_tokens"
+
+
+async def test_upstream_echoing_its_key_is_redacted(mock_a):
+    mock_a.script(status(401, body={"type": "error", "error": {"type": "authentication_error",
+                                                               "message": f"invalid x-api-key {KEY_A}"}}))
+    _, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
+    assert KEY_A.encode() not in sink.body and b"[redacted]" in sink.body
+
+
+async def test_threshold_cools_down_and_cooling_upstream_is_skipped(mock_a, mock_b):
+    from datetime import datetime
+
+    from ccswitch.routing.plan import plan
+    health = HealthBoard()
+    rules = two(mock_a, mock_b, extra=FAST.replace("failover: {", "failover: {threshold: 2, "))
+    for _ in range(2):
+        mock_a.script(status(503))
+        await run(rules, health=health)
+    assert health.cooling_until("a") is not None
+    chosen = plan(rules, "claude", "claude-x", health, datetime.now(rules.tz))
+    assert [u.name for u in chosen.candidates] == ["b"]
+
+
+async def test_compressed_upstream_stream_reaches_the_client_decoded():
+    import asyncio
+    import gzip
+
+    from tests.support import mock_payloads as P
+    sse = b"".join(P.sse(e) for e in P.anthropic_events(P.Reply("m", P.split("zipped hello"))))
+    zipped = gzip.compress(sse)
+
+    async def serve(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-encoding: gzip\r\n"
+                     b"content-length: %d\r\n\r\n" % len(zipped) + zipped)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        rules = rules_for(("a", "anthropic", f"http://127.0.0.1:{port}"), extra=FAST)
+        dialer = Dialer(HealthBoard())
+        job, sink = make_job(rules), MemorySink()
+        await dialer.run(job, sink)
+        await dialer.aclose()
+    finally:
+        server.close()
+    assert "content-encoding" not in sink.headers
+    assert sink.body == sse and text_of(sink.body) == "zipped hello"
+
+
+async def test_upstream_tls_is_verified(tmp_path, mock_b):
+    """A self-signed upstream certificate is a TLS failure, and failover moves on."""
+    import asyncio
+
+    from tests.support.helpers import localhost_tls_server_context
+    ctx, _ = localhost_tls_server_context(tmp_path)
+
+    async def serve(reader, writer):
+        await reader.read(1)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        rules = rules_for(("a", "anthropic", f"https://localhost:{port}"), ("b", "anthropic", mock_b.base_url),
+                          extra=FAST)
+        job, sink, health = await run(rules)
+    finally:
+        server.close()
+    assert job.attempts[0].error == "TLS error"
+    assert sink.headers["x-ccswitch-upstream"] == "b"
+
+
+@pytest.mark.parametrize("behaviour", [status(503), hang_before_headers(3), cut_after(1), html_200(),
+                                       error_json_200(), stall_after(1, 3)],
+                         ids=["503", "hang", "cut", "html", "errjson", "stall"])
+async def test_non_stream_fails_over_on_every_kind_of_failure(mock_a, mock_b, behaviour):
+    mock_a.script(behaviour)
+    body = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    job, sink, health = await run(two(mock_a, mock_b), body=body)
+    assert sink.status == 200 and json.loads(sink.body)["content"][0]["text"] == "Hello from mock B"
+    assert health.get("a").failures == 1 and sink.headers["x-ccswitch-attempts"] == "2"
+
+
+async def test_in_stream_invalid_request_error_is_passed_not_failed_over(mock_a, mock_b):
+    mock_a.script(error_event_after(1))
+    from tests.support import mock_payloads
+    original = mock_payloads.error_body
+    mock_payloads.error_body = lambda protocol, code: {"type": "error", "error": {
+        "type": "invalid_request_error", "message": "prompt is too long"}}
+    try:
+        job, sink, health = await run(two(mock_a, mock_b))
+    finally:
+        mock_payloads.error_body = original
+    assert sink.headers["x-ccswitch-upstream"] == "a" and event_types(sink.body)[-1] == "error"
+    assert health.get("a").failures == 0 and not mock_b.requests
+
+
+async def test_a_failed_last_stream_is_recorded_as_an_error_even_under_200(mock_a):
+    mock_a.script(error_event_after(1))
+    job, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
+    assert sink.status == 200 and event_types(sink.body)[-1] == "error"
+    assert job.error and "stream error" in job.error
+
+
+async def test_non_stream_waits_total_not_idle(mock_a):
+    mock_a.script(hang_before_headers(1.0))
+    extra = "timeouts: {connect: 2s, first_byte: 500ms, total: 3s, idle: 300ms}"
+    body = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    job, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=extra), body=body)
+    assert sink.status == 200 and job.attempts[0].ms >= 900
+
+
+async def test_in_stream_error_text_is_scrubbed_before_it_is_recorded(mock_a, mock_b):
+    from tests.support import mock_payloads
+    original = mock_payloads.error_body
+    mock_payloads.error_body = lambda protocol, code: {"type": "error", "error": {
+        "type": "authentication_error", "message": f"bad key {KEY_A}"}}
+    try:
+        mock_a.script(error_event_after(1))
+        job, sink, _ = await run(two(mock_a, mock_b))
+    finally:
+        mock_payloads.error_body = original
+    recorded = json.dumps([a.describe() for a in job.attempts]) + str(job.error) + job.comment()
+    assert KEY_A not in recorded and "[redacted]" in recorded
+
+
+def test_an_upstream_being_probed_is_still_tried_when_nothing_else_is_left():
+    from datetime import datetime
+
+    from ccswitch.routing.plan import plan
+    rules = rules_for(("a", "anthropic", "http://127.0.0.1:9"))
+    health = HealthBoard()
+    health.begin_probe("a")
+    assert [u.name for u in plan(rules, "claude", "m", health, datetime.now(rules.tz)).candidates] == ["a"]
+
+
+async def test_a_gateway_bug_mid_stream_ends_with_an_error_event_not_a_cut(mock_a):
+    import asyncio
+
+    from ccswitch.dial.relay import JOB_HEADER, Relay
+
+    class Exploding:
+        def __init__(self):
+            self.n = 0
+
+        def feed(self, event):
+            self.n += 1
+            if self.n > 3:
+                raise KeyError("boom")
+            return event.raw
+
+        def finish(self):
+            return b""
+
+    from ccswitch.translate import base as translate
+    from tests.support.mock_upstream import slow_stream
+    mock_a.script(slow_stream(8, 0.03))   # paced, so the bug strikes after the first content went out
+    dialer = Dialer(HealthBoard(), loopback_only=True)
+    recorded = []
+    relay = Relay(dialer.run, on_done=recorded.append)
+    await relay.start()
+    job = make_job(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
+    relay.register(job)
+    original = translate.Passthrough.stream
+    translate.Passthrough.stream = lambda self, req, upstream: Exploding()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        body = json.dumps(job.request.json).encode()
+        writer.write(b"POST /v1/messages HTTP/1.1\r\nhost: x\r\n" + f"{JOB_HEADER}: {job.token}\r\n".encode()
+                     + f"content-length: {len(body)}\r\n\r\n".encode() + body)
+        await writer.drain()
+        out = b""
+        while not out.endswith(b"0\r\n\r\n"):
+            chunk = await asyncio.wait_for(reader.read(65536), 5)
+            if not chunk:
+                break
+            out += chunk
+        writer.close()
+    finally:
+        translate.Passthrough.stream = original
+        await relay.stop()
+        await dialer.aclose()
+    assert b"event: error" in out and b"internal error" in out and out.endswith(b"0\r\n\r\n")
+    assert recorded == [job] and job.error == "internal error: KeyError"
+
+
+@pytest.mark.parametrize("failure", [error_event_after(1), cut_after(1)], ids=["error-event", "cut"])
+async def test_an_aggregated_codex_backend_failure_fails_over_for_a_plain_client(mock_a, mock_b, failure):
+    """The Codex backend always streams; for a non-streamed chat client ccswitch aggregates the
+    stream.  A stream that fails inside a 200 is a failed attempt like any other, not the answer."""
+    mock_a.script(failure)
+    rules = rules_for(("codex", "openai-responses", mock_a.base_url + "/backend-api/codex"),
+                      ("b", "anthropic", mock_b.base_url), routes={"chat": ["codex", "b"]}, extra=FAST)
+    body = {"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]}
+    job, sink, health = await run(rules, path="/v1/chat/completions", body=body)
+    assert mock_a.last().json["stream"] is True
+    assert sink.status == 200, sink.body
+    assert json.loads(sink.body)["choices"][0]["message"]["content"] == "Hello from mock B"
+    assert [a.upstream for a in job.attempts] == ["codex", "b"] and health.get("codex").failures == 1
+
+
+async def test_an_aggregated_codex_backend_client_error_is_passed_not_failed_over(mock_a, mock_b, monkeypatch):
+    from tests.support import mock_payloads as P
+
+    def context_too_long(protocol, reply, seq):
+        resp = P.responses_object(reply, "failed", [], usage=False,
+                                  error={"code": "context_length_exceeded", "message": "context too long"})
+        return "response.failed", {"type": "response.failed", "sequence_number": seq, "response": resp}
+    monkeypatch.setattr(P, "error_event", context_too_long)
+    mock_a.script(error_event_after(1))
+    rules = rules_for(("codex", "openai-responses", mock_a.base_url + "/backend-api/codex"),
+                      ("b", "anthropic", mock_b.base_url), routes={"chat": ["codex", "b"]}, extra=FAST)
+    body = {"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]}
+    job, sink, health = await run(rules, path="/v1/chat/completions", body=body)
+    assert sink.status == 400 and "context too long" in json.loads(sink.body)["error"]["message"]
+    assert not mock_b.requests and health.get("codex").failures == 0

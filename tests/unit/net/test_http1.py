@@ -1,0 +1,476 @@
+"""The upstream HTTP/1.1 client: pooling, framing, decoding, flow control and the
+errors the dialer classifies, against raw loopback servers that misbehave on cue."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+from contextlib import asynccontextmanager
+
+import pytest
+
+from ccswitch.dial.outcome import network_failure
+from ccswitch.net import http1, inflate
+
+
+class RawServer:
+    """Answers each request on a connection with the next scripted reply: a callable
+    `(writer, request_head, body) -> awaitable` that writes whatever bytes it likes."""
+
+    def __init__(self, *replies) -> None:
+        self.replies = list(replies)
+        self.connections = 0
+        self.requests: list[tuple[bytes, bytes]] = []
+        self.server: asyncio.Server | None = None
+        self.url = ""
+        self._handlers: dict[asyncio.Task, asyncio.StreamWriter] = {}
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._handlers[asyncio.current_task()] = writer
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                body = await reader.readexactly(length)
+                self.requests.append((head, body))
+                reply = self.replies.pop(0) if self.replies else ok(b"default")
+                if await reply(writer, head, body) == "close":
+                    return
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> RawServer:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+        for writer in self._handlers.values():
+            writer.transport.abort()                 # handlers see the close and return
+        await asyncio.wait_for(asyncio.gather(*self._handlers, return_exceptions=True), 5)
+
+
+def ok(body: bytes, *headers: str):
+    async def reply(writer, head, request_body):
+        extra = "".join(f"{h}\r\n" for h in headers)
+        writer.write(f"HTTP/1.1 200 OK\r\ncontent-length: {len(body)}\r\n{extra}\r\n".encode() + body)
+        await writer.drain()
+    return reply
+
+
+def then_close(reply):
+    async def wrapped(writer, head, body):
+        await reply(writer, head, body)
+        return "close"
+    return wrapped
+
+
+async def hang_up(writer, head, body):
+    return "close"
+
+
+async def reset(writer, head, body):
+    writer.transport.abort()
+    return "close"
+
+
+@asynccontextmanager
+async def client(**kw):
+    c = http1.UpstreamClient(**kw)
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+async def get_body(c: http1.UpstreamClient, url: str, body: bytes = b"{}", **kw) -> tuple[int, bytes]:
+    response = await c.send("POST", url + "/v1/x?beta=true", [("content-type", "application/json")], body, **kw)
+    return response.status_code, await response.aread()
+
+
+# ---------------------------------------------------------------------- framing and pooling
+
+async def test_request_framing_host_length_encoding_and_the_clients_headers():
+    async with RawServer() as server, client() as c:
+        assert await get_body(c, server.url, b'{"a": 1}') == (200, b"default")
+        response = await c.send("GET", server.url + "/models", [("x-api-key", "k")])
+        await response.aread()
+    head, body = server.requests[0]
+    port = server.url.rsplit(":", 1)[1]
+    assert head.startswith(b"POST /v1/x?beta=true HTTP/1.1\r\n")
+    assert f"host: 127.0.0.1:{port}".encode() in head and b"content-length: 8" in head
+    assert b"accept-encoding: gzip, deflate" in head and b"content-type: application/json" in head
+    assert body == b'{"a": 1}'
+    assert b"content-length" not in server.requests[1][0] and b"x-api-key: k" in server.requests[1][0]
+
+
+@pytest.mark.parametrize("tls", [None, "verified"], ids=["no-tls-context", "with-a-tls-context"])
+async def test_keep_alive_reuses_one_connection(tls):
+    """(A client given TLS settings, as the proxy's is, keeps plain-HTTP connections alive too.)"""
+    context = http1.ssl_context_for() if tls else None
+    async with RawServer() as server, client(ssl_context=context) as c:
+        for _ in range(5):
+            assert await get_body(c, server.url) == (200, b"default")
+    assert server.connections == 1 and len(server.requests) == 5
+
+
+async def test_connection_close_and_unread_bodies_are_not_reused():
+    async with RawServer(ok(b"a", "connection: close")) as server, client() as c:
+        await get_body(c, server.url)
+        response = await c.send("POST", server.url + "/", [], b"{}")
+        await response.aclose()                      # body never read: the connection cannot be reused
+        await get_body(c, server.url)
+    assert server.connections == 3
+
+
+async def test_idle_connections_expire():
+    async with RawServer() as server, client(keepalive_expiry=0.0) as c:
+        await get_body(c, server.url)
+        await asyncio.sleep(0.01)
+        await get_body(c, server.url)
+    assert server.connections == 2
+
+
+async def test_a_kept_alive_connection_the_upstream_closed_is_replaced_transparently():
+    async with RawServer(then_close(ok(b"first")), ok(b"second")) as server, client() as c:
+        assert await get_body(c, server.url) == (200, b"first")
+        await asyncio.sleep(0.05)                    # the close has reached us: skipped at checkout
+        assert await get_body(c, server.url) == (200, b"second")
+    assert server.connections == 2
+
+
+async def test_a_reused_connection_dropped_before_any_answer_is_retried_once_on_a_fresh_one():
+    """The race a pool cannot see: the upstream closes a kept-alive connection as our request
+    goes out.  Nothing was answered, so the request is sent again on a new connection."""
+    async with RawServer(ok(b"first"), hang_up, ok(b"again")) as server, client() as c:
+        await get_body(c, server.url)
+        assert await get_body(c, server.url) == (200, b"again")
+    assert server.connections == 2 and len(server.requests) == 3
+
+
+async def test_a_fresh_connection_dropped_before_the_answer_is_an_error_not_a_retry():
+    async with RawServer(hang_up, ok(b"never")) as server, client() as c:
+        with pytest.raises(http1.RemoteProtocolError) as caught:
+            await get_body(c, server.url)
+    assert len(server.requests) == 1
+    assert network_failure("u", caught.value, "switch", "first_byte").reason == "connection closed"
+
+
+async def test_bytes_beyond_a_response_make_its_connection_unusable():
+    """A reply longer than its Content-Length (or a stray second reply) must never be read as
+    the next request's answer."""
+    async def with_stray(writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst"
+                     b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nSTALE")
+        await writer.drain()
+
+    async with RawServer(with_stray, ok(b"second")) as server, client() as c:
+        assert await get_body(c, server.url) == (200, b"first")
+        assert await get_body(c, server.url) == (200, b"second")
+    assert server.connections == 2
+
+
+async def test_the_retry_after_a_dropped_kept_alive_connection_uses_a_new_one():
+    """Several pooled connections may all be dead; the one retry must not take another of them."""
+    served_before = set()
+
+    async def once_per_connection(writer, head, body):     # a connection's second request is dropped
+        if writer in served_before:
+            return "close"
+        served_before.add(writer)
+        await ok(b"fresh")(writer, head, body)
+
+    async with RawServer(*[once_per_connection] * 5) as server, client() as c:
+        first = await c.send("POST", server.url, [], b"{}")
+        second = await c.send("POST", server.url, [], b"{}")    # two connections, both pooled
+        assert (await first.aread(), await second.aread()) == (b"fresh", b"fresh")
+        assert await get_body(c, server.url) == (200, b"fresh")
+    assert server.connections == 3
+
+
+async def test_informational_responses_are_skipped():
+    async def continue_then_ok(writer, head, body):
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await ok(b"real")(writer, head, body)
+    async with RawServer(continue_then_ok) as server, client() as c:
+        assert await get_body(c, server.url) == (200, b"real")
+
+
+# ---------------------------------------------------------------------- bodies
+
+async def test_a_chunked_body_is_yielded_as_it_arrives():
+    gate = asyncio.Event()
+
+    async def chunked(writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: text/event-stream\r\n\r\n"
+                     b"5\r\nfirst\r\n")
+        await writer.drain()
+        await gate.wait()
+        writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
+        await writer.drain()
+
+    async with RawServer(chunked) as server, client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        assert response.header("Content-Type") == "text/event-stream"
+        chunks = response.aiter_bytes()
+        assert await asyncio.wait_for(chunks.__anext__(), 2) == b"first"   # before the rest exists
+        gate.set()
+        assert [chunk async for chunk in chunks] == [b"second"]
+        await get_body(c, server.url)                # read to its end: the connection went back
+    assert server.connections == 1
+
+
+async def test_a_burst_of_small_chunks_is_read_in_one_piece():
+    """One SSE event per chunk is how upstreams write; what is already here goes on as one write."""
+    events = [b"data: %d\n\n" % i for i in range(50)]
+
+    async def burst(writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                     + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n")
+        await writer.drain()
+
+    async with RawServer(burst) as server, client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        await asyncio.sleep(0.1)
+        assert [chunk async for chunk in response.aiter_bytes()] == [b"".join(events)]
+
+
+async def test_what_arrived_before_a_broken_chunk_is_handed_over_before_the_error():
+    async def broken(writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\nzz\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)
+
+    async with RawServer(broken) as server, client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        await asyncio.sleep(0.1)
+        chunks = response.aiter_bytes()
+        assert await chunks.__anext__() == b"first"
+        with pytest.raises(http1.RemoteProtocolError):
+            await chunks.__anext__()
+
+
+def raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+@pytest.mark.parametrize("encoding,pack", [("gzip", gzip.compress), ("deflate", zlib.compress),
+                                           ("deflate", raw_deflate)],
+                         ids=["gzip", "zlib-deflate", "raw-deflate"])
+async def test_compressed_bodies_arrive_decoded(encoding, pack):
+    plain = b"data: " + b"x" * 5000 + b"\n\n"
+    async with RawServer(ok(pack(plain), f"content-encoding: {encoding}")) as server, client() as c:
+        assert await get_body(c, server.url) == (200, plain)
+
+
+async def test_corrupt_and_unsupported_encodings_are_transport_errors():
+    async with RawServer(ok(b"not gzip at all", "content-encoding: gzip"),
+                         ok(b"??", "content-encoding: br")) as server, client() as c:
+        with pytest.raises(http1.ReadError, match="corrupt gzip"):
+            await get_body(c, server.url)
+        with pytest.raises(http1.RemoteProtocolError, match="unsupported content-encoding 'br'"):
+            await get_body(c, server.url)
+
+
+async def test_truncated_and_oversized_compressed_bodies_are_errors_and_empty_ones_are_not(monkeypatch):
+    packed = gzip.compress(b"z" * 100_000)
+    async with RawServer(ok(packed[:-20], "content-encoding: gzip"), ok(packed, "content-encoding: gzip"),
+                         ok(b"", "content-encoding: gzip")) as server, client() as c:
+        with pytest.raises(http1.ReadError, match="truncated gzip"):
+            await get_body(c, server.url)
+        monkeypatch.setattr(inflate, "_MAX_DECODED", 50_000)
+        with pytest.raises(http1.ReadError, match="inflates past 50000"):
+            await get_body(c, server.url)
+        assert await get_body(c, server.url) == (200, b"")
+
+
+async def test_a_fast_upstream_is_paused_for_a_slow_reader_and_nothing_is_lost():
+    big = bytes(range(256)) * 16 * 1024                  # 4 MiB
+    async with RawServer(ok(big)) as server, client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        connection = response._connection
+        await asyncio.sleep(0.2)                     # let the upstream fill our buffer
+        assert connection._read_paused and connection._buffered < 2 * 1024 * 1024
+        assert await response.aread() == big
+
+
+async def test_a_body_over_the_limit_is_refused():
+    async with RawServer(ok(b"y" * 1000)) as server, client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        with pytest.raises(http1.ReadError, match="over 100 bytes"):
+            await response.aread(limit=100)
+        await response.aclose()
+
+
+# ---------------------------------------------------------------------- failures the dialer classifies
+
+@pytest.mark.parametrize("head,rst,reason", [
+    (b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n", True, "connection reset"),
+    (b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n", False, "connection closed"),
+    # no framing: the body ends when the connection does, so only a reset tells a cut from the end
+    (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n", True, "connection reset"),
+], ids=["length-reset", "length-closed", "until-close-reset"])
+async def test_a_body_cut_short_is_an_error_classified_by_how(head, rst, reason):
+    import socket
+    import struct
+
+    async def part_then_cut(writer, _head, _body):
+        writer.write(head + b"data: partial\n\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        if rst:
+            sock = writer.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+        return "close"
+
+    async with RawServer(part_then_cut) as server, client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        with pytest.raises(http1.TransportError) as caught:
+            await response.aread()
+    assert network_failure("u", caught.value, "switch", "idle").reason == reason
+
+
+async def test_refused_and_unresolvable_hosts_are_connect_errors():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]                    # bound, never listening: refused
+        async with client() as c:
+            with pytest.raises(http1.ConnectError) as refused:
+                await get_body(c, f"http://127.0.0.1:{port}")
+            with pytest.raises(http1.ConnectError) as unknown:
+                await get_body(c, "http://no-such-host.invalid")
+    assert network_failure("u", refused.value, "switch", "first_byte").reason == "connection refused"
+    assert network_failure("u", unknown.value, "switch", "first_byte").reason == "DNS error"
+
+
+async def test_a_slow_connect_is_a_connect_timeout(monkeypatch):
+    loop = asyncio.get_running_loop()
+
+    async def slow(*args, **kw):
+        await asyncio.sleep(5)
+    monkeypatch.setattr(loop, "create_connection", slow)
+    async with client() as c:
+        with pytest.raises(http1.ConnectTimeout) as caught:
+            await get_body(c, "http://127.0.0.1:9", connect_timeout=0.05)
+    assert network_failure("u", caught.value, "switch", "first_byte").reason == "connect timeout"
+
+
+async def test_a_cancelled_request_closes_its_connection():
+    async def slow(writer, head, body):
+        await asyncio.sleep(1)
+        await ok(b"late")(writer, head, body)
+
+    async with RawServer(slow) as server, client() as c:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(get_body(c, server.url), 0.05)
+        assert not c._open and not any(c._idle.values())
+        assert await get_body(c, server.url) == (200, b"default")
+    assert server.connections == 2
+
+
+async def test_an_idle_connection_that_talks_is_not_trusted_again():
+    async def ok_then_babble(writer, head, body):
+        await ok(b"one")(writer, head, body)
+        await asyncio.sleep(0.02)
+        writer.write(b"HTTP/1.1 200 OK\r\n")          # unsolicited bytes on an idle connection
+        await writer.drain()
+
+    async with RawServer(ok_then_babble) as server, client() as c:
+        await get_body(c, server.url)
+        await asyncio.sleep(0.1)
+        assert await get_body(c, server.url) == (200, b"default")
+    assert server.connections == 2
+
+
+async def test_invalid_header_values_are_refused_before_anything_is_sent():
+    async with RawServer() as server, client() as c:
+        with pytest.raises(http1.TransportError, match="cannot send"):
+            await c.send("POST", server.url, [("x-bad", "a\r\nb")], b"{}")
+    assert server.requests == []
+
+
+@asynccontextmanager
+async def tls_server(directory, body: bytes):
+    """A keep-alive HTTPS server for `localhost` with a self-signed certificate:
+    (URL, certificate path, the connections it served)."""
+    from tests.support.helpers import localhost_tls_server_context
+    context, cert = localhost_tls_server_context(directory)
+    served = []
+
+    async def serve(reader, writer):
+        served.append(writer)
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    try:
+        yield f"https://localhost:{server.sockets[0].getsockname()[1]}", cert, served
+    finally:
+        for writer in served:
+            writer.transport.abort()
+        server.close()
+
+
+async def test_tls_upstreams_are_verified_and_kept_alive(tmp_path):
+    import ssl
+    async with tls_server(tmp_path, b"secret") as (url, cert, served):
+        async with client() as c:                    # the default trust store: a self-signed cert fails
+            with pytest.raises(http1.ConnectError) as caught:
+                await c.send("GET", url, [])
+        assert network_failure("u", caught.value, "switch", "first_byte").reason == "TLS error"
+        async with client(ssl_context=ssl.create_default_context(cafile=str(cert))) as c:
+            for _ in range(3):
+                response = await c.send("GET", url + "/x", [])
+                assert await response.aread() == b"secret"
+        assert len(served) == 1                      # three requests, one kept-alive connection
+
+
+async def test_mitmproxys_upstream_tls_options_have_their_meaning(tmp_path):
+    """`ssl_insecure` and `ssl_verify_upstream_trusted_ca` as mitmproxy applies them to its own
+    upstreams: a self-signed relay is reachable with either, and with neither it is refused."""
+    import ssl
+    async with tls_server(tmp_path, b"ok") as (url, cert, _):
+        for context in (http1.ssl_context_for(insecure=True), http1.ssl_context_for(ca_file=str(cert))):
+            async with client(ssl_context=context) as c:
+                assert await (await c.send("GET", url, [])).aread() == b"ok"
+        async with client(ssl_context=http1.ssl_context_for()) as c:
+            with pytest.raises(http1.ConnectError):
+                await c.send("GET", url, [])
+    with pytest.raises((OSError, ssl.SSLError)):
+        http1.ssl_context_for(ca_file=str(tmp_path / "missing.pem"))
+
+
+async def test_new_tls_settings_are_not_served_by_connections_made_under_the_old_ones(tmp_path):
+    async with tls_server(tmp_path, b"ok") as (url, _, _):
+        async with client(ssl_context=http1.ssl_context_for(insecure=True)) as c:
+            assert await (await c.send("GET", url, [])).aread() == b"ok"
+            in_flight = await c.send("GET", url, [])          # made under the old settings too
+            c.ssl_context = http1.ssl_context_for()           # verify again: self-signed is refused
+            assert await in_flight.aread() == b"ok"           # finishes, but is not pooled
+            with pytest.raises(http1.ConnectError):
+                await c.send("GET", url, [])
+            assert not any(c._idle.values())
+
+
+def test_urls_split_into_origin_target_and_host():
+    assert http1.split_url("https://api.example.com/v1/messages?beta=true") == (
+        ("https", "api.example.com", 443), "/v1/messages?beta=true", "api.example.com")
+    assert http1.split_url("http://[::1]:8080") == (("http", "::1", 8080), "/", "[::1]:8080")
+    with pytest.raises(ValueError):
+        http1.split_url("ftp://example.com/")

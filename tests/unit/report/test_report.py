@@ -1,0 +1,404 @@
+"""`ccswitch report`: totals, cost, time-zone days, JSON, charts, HTML, messages."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import random
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from ccswitch.cli import app as cli
+from ccswitch.cli import report as report_cli
+from ccswitch.config.load import parse_rules
+from ccswitch.ledger.schema import connect
+from ccswitch.report import text as report
+from ccswitch.report.data import Report, build_report
+from tests.support import REPO as ROOT
+
+RULES = """\
+timezone: Asia/Shanghai
+upstreams:
+  - {name: anthropic-official, protocol: anthropic, base_url: "https://api.anthropic.com", auth: client}
+  - {name: relay-a, protocol: anthropic, base_url: "https://relay-a.example.com", api_key: "${RELAY_A_KEY_FOR_TEST}",
+     price_multiplier: 0.3}
+  - {name: openai-official, protocol: openai-responses, base_url: "https://api.openai.com/v1", auth: client}
+  - {name: relay-b, protocol: openai-chat, base_url: "https://relay-b.example.com/v1", api_key: k, price_multiplier: 0.5}
+routes: {claude: [relay-a, anthropic-official], codex: [openai-official], chat: [relay-b]}
+"""
+
+REQ_COLS = ("request_id", "ts", "route", "endpoint", "upstream", "model", "upstream_model", "status", "stream",
+            "attempts", "input_tokens", "output_tokens", "cache_creation_tokens", "cache_creation_1h_tokens",
+            "cache_read_tokens", "reasoning_tokens", "latency_ms", "ttfb_ms", "error")
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def insert_request(conn, n: int = 0, **row) -> None:
+    row.setdefault("request_id", f"r{n}-{row['ts']}")
+    defaults = {"route": "claude", "endpoint": "messages", "upstream": None, "model": None, "upstream_model": None,
+                "status": 200, "stream": 1, "attempts": 1, "input_tokens": 0, "output_tokens": 0,
+                "cache_creation_tokens": 0, "cache_creation_1h_tokens": 0, "cache_read_tokens": 0,
+                "reasoning_tokens": 0, "latency_ms": 1000, "ttfb_ms": 300, "error": None}
+    values = [row.get(c, defaults.get(c)) for c in REQ_COLS]
+    conn.execute(f"INSERT INTO requests ({', '.join(REQ_COLS)}) VALUES ({', '.join('?' * len(REQ_COLS))})", values)
+    for i in range(1, (row.get("attempts") or 0) + 1):
+        last = i == row.get("attempts")
+        conn.execute("INSERT INTO attempts (request_id, ts, n, upstream, status, error, ms) VALUES (?,?,?,?,?,?,?)",
+                     (row["request_id"], row["ts"], i, row.get("upstream") or "relay-a",
+                      row.get("status", 200) if last else 529, None if last else "overloaded", 500))
+
+
+def insert_activation(conn, ts: str, upstream: str, ok: bool, status: int | None = 200, error: str | None = None):
+    conn.execute("INSERT INTO activations (ts, upstream, status, ok, error, latency_ms) VALUES (?,?,?,?,?,?)",
+                 (ts, upstream, status, int(ok), error, 800))
+
+
+def write_rules(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES + extra)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _no_relay_key(monkeypatch):
+    # the report needs no secrets: an unset ${VAR} in rules.yaml must not stop it
+    monkeypatch.delenv("RELAY_A_KEY_FOR_TEST", raising=False)
+
+
+# --------------------------------------------------------------------------- small, hand-computed database
+
+@pytest.fixture
+def small_db(tmp_path: Path) -> Path:
+    path = tmp_path / "usage.db"
+    conn = connect(str(path))
+    rows = [
+        # 10:00 on Mar 1 in Shanghai; relay-a (x0.3); 1h writes are part of the 10000 written
+        dict(ts="2026-03-01T02:00:00.000+00:00", upstream="relay-a", model="claude-sonnet-4-5",
+             upstream_model="claude-sonnet-4-5-20250929", attempts=2, input_tokens=1000, output_tokens=2000,
+             cache_creation_tokens=10000, cache_creation_1h_tokens=4000, cache_read_tokens=100000,
+             reasoning_tokens=500),
+        # 23:30 UTC on Feb 28 is 07:30 on Mar 1 in Shanghai
+        dict(ts="2026-02-28T23:30:00.000+00:00", upstream="anthropic-official", model="claude-opus-4-5",
+             input_tokens=2000, output_tokens=1000),
+        # 23:30 UTC on Mar 1 is Mar 2 in Shanghai
+        dict(ts="2026-03-01T23:30:00.000+00:00", route="codex", endpoint="responses", upstream="openai-official",
+             model="gpt-5-codex", input_tokens=10000, output_tokens=500, cache_read_tokens=90000),
+        dict(ts="2026-03-02T03:00:00.000+00:00", upstream="relay-a", model="claude-sonnet-4-5", status=529,
+             attempts=3, error="overloaded"),
+        dict(ts="2026-03-02T04:00:00.000+00:00", upstream=None, model="claude-sonnet-4-5", status=503, attempts=0,
+             error="no upstream available"),
+        dict(ts="2026-03-02T05:00:00.000+00:00", route="chat", endpoint="chat", upstream="relay-b",
+             model="mystery-1", input_tokens=100, output_tokens=50),
+        # count_tokens: left out everywhere
+        dict(ts="2026-03-01T03:00:00.000+00:00", endpoint="count_tokens", upstream="relay-a",
+             model="claude-sonnet-4-5", input_tokens=5000, status=500, error="x", attempts=2),
+        # outside the two local days
+        dict(ts="2026-02-28T15:59:00.000+00:00", upstream="relay-a", model="claude-opus-4-5", input_tokens=7),
+        dict(ts="2026-03-02T16:00:00.000+00:00", upstream="relay-a", model="claude-opus-4-5", input_tokens=7),
+    ]
+    for i, row in enumerate(rows):
+        insert_request(conn, i, **row)
+    insert_activation(conn, "2026-02-28T22:00:00.000+00:00", "relay-a", False, 401, "unauthorized")
+    insert_activation(conn, "2026-03-01T22:00:00.000+00:00", "relay-a", True)
+    insert_activation(conn, "2026-03-02T22:00:00.000+00:00", "relay-a", False, 500, "late")  # Mar 3 local
+    conn.close()
+    return path
+
+
+def _small(small_db: Path, extra: str = "", by: str | None = None) -> Report:
+    rules = parse_rules(RULES + extra, env={"RELAY_A_KEY_FOR_TEST": "x"})
+    conn = connect(str(small_db), readonly=True)
+    try:
+        return build_report(conn, rules, date(2026, 3, 1), date(2026, 3, 2), by, db_path=str(small_db))
+    finally:
+        conn.close()
+
+
+def test_small_totals_and_cost(small_db):
+    r = _small(small_db)
+    d1, d2 = r.daily[date(2026, 3, 1)], r.daily[date(2026, 3, 2)]
+    assert (d1.requests, d1.input, d1.output, d1.cache_write, d1.cache_write_1h, d1.cache_read) == \
+        (2, 3000, 3000, 10000, 4000, 100000)
+    assert (d1.failovers, d1.errors, d1.reasoning) == (1, 0, 500)
+    # sonnet 4.5 via relay-a: (1000*3 + 2000*15 + 6000*3.75 + 4000*6 + 100000*0.3)/1e6 * 0.3
+    # opus 4.5 at list price: (2000*5 + 1000*25)/1e6
+    assert d1.cost == pytest.approx(0.1095 * 0.3 + 0.035, abs=1e-12)
+    assert d1.cache_hit == pytest.approx(100000 / 113000)
+    assert (d2.requests, d2.input, d2.output, d2.cache_read, d2.failovers, d2.errors) == (4, 10100, 550, 90000, 1, 2)
+    assert d2.cost == pytest.approx((10000 * 1.25 + 500 * 10 + 90000 * 0.125) / 1e6, abs=1e-12)
+    assert d2.unpriced_tokens == 150 and r.unpriced == {"mystery-1": 150}
+    assert r.total.requests == 6 and r.total.cost == pytest.approx(0.03285 + 0.035 + 0.02875, abs=1e-12)
+    assert r.count_tokens == 1
+    assert r.summary["upstream"]["(ccswitch)"].errors == 1
+    assert r.summary["upstream"]["relay-a"].cost == pytest.approx(0.03285, abs=1e-12)
+    assert set(r.summary["route"]) == {"claude", "codex", "chat"}
+    assert set(r.summary["model"]) == {"claude-sonnet-4-5-20250929", "claude-opus-4-5", "gpt-5-codex",
+                                       "claude-sonnet-4-5", "mystery-1"}
+    [a] = r.activations
+    assert (a.upstream, a.ok, a.failed, a.last_ok) == ("relay-a", 1, 1, True)
+    assert a.last_probe.strftime("%Y-%m-%d %H:%M") == "2026-03-02 06:00"
+    assert any("count_tokens" in n for n in r.notes) and any("mystery-1" in n for n in r.notes)
+    assert any("relay-a x0.3" in n for n in r.notes)
+
+
+def test_small_overrides_and_multipliers(small_db):
+    r = _small(small_db, "prices:\n  claude-opus-4-5: {output: 20}\n  'mystery-*': {input: 1, output: 2}\n")
+    d1, d2 = r.daily[date(2026, 3, 1)], r.daily[date(2026, 3, 2)]
+    assert d1.cost == pytest.approx(0.03285 + (2000 * 5 + 1000 * 20) / 1e6, abs=1e-12)
+    assert d2.cost == pytest.approx(0.02875 + (100 * 1 + 50 * 2) / 1e6 * 0.5, abs=1e-12)
+    assert d2.unpriced_tokens == 0 and r.unpriced == {}
+
+
+def test_small_by_upstream_groups(small_db):
+    r = _small(small_db, by="upstream")
+    g = r.groups(date(2026, 3, 2))
+    assert set(g) == {"openai-official", "relay-a", "(ccswitch)", "relay-b"}
+    assert (g["relay-a"].requests, g["relay-a"].failovers, g["relay-a"].errors) == (1, 1, 1)
+    text = report.render_table(r)
+    assert "  relay-b" in text and "Total" in text and "By upstream:" in text
+
+
+def test_table_text(small_db):
+    text = report.render_table(_small(small_db))
+    assert "2026-03-01 Sun" in text and "2026-03-02 Mon" in text
+    assert "$0.07" in text                     # Mar 1 cost: 0.06785
+    assert "$0.03+?" in text                   # Mar 2: priced part, plus unpriced tokens
+    assert "88.5%" in text                     # Mar 1 cache hit
+    assert "Asia/Shanghai" in text and "Activation probes:" in text and "unauthorized" not in text
+    assert "note: 1 count_tokens request(s)" in text
+
+
+def test_main_json(small_db, tmp_path, capsys):
+    rc = report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(small_db),
+                      "--since", "2026-03-01", "--until", "2026-03-02", "--json", "--by", "route"])
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [d["day"] for d in data["days"]] == ["2026-03-01", "2026-03-02"]
+    assert data["timezone"] == "Asia/Shanghai" and data["by"] == "route"
+    assert data["totals"]["requests"] == 6 and data["totals"]["cost_usd"] == pytest.approx(0.0966)
+    assert data["days"][1]["groups"]["chat"]["unpriced_tokens"] == 150
+    assert data["days"][0]["cache_write_1h_tokens"] == 4000
+    assert data["summary"]["upstream"]["relay-a"]["failovers"] == 2
+    assert data["activations"][0]["ok"] == 1 and data["count_tokens_requests"] == 1
+    assert data["unpriced_models"] == {"mystery-1": 150}
+
+
+def test_days_option_counts_back_from_until(small_db, tmp_path, capsys):
+    rc = report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(small_db), "--until", "2026-03-02",
+                      "--days", "1", "--json"])
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["since"] == "2026-03-02" and data["totals"]["requests"] == 4
+
+
+def test_missing_database(tmp_path, capsys):
+    db = tmp_path / "nope.db"
+    rc = report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(db)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert err.strip() == f"no usage database at {db} (ccswitch writes one once it has routed a request)"
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("kind", ["migrated", "zero-bytes"])
+def test_empty_database(tmp_path, capsys, kind):
+    db = tmp_path / "usage.db"
+    if kind == "migrated":
+        connect(str(db)).close()
+    else:
+        db.write_bytes(b"")
+    out = tmp_path / "out"
+    rc = report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(db), "--since", "2026-03-01",
+                      "--until", "2026-03-02", "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"no requests between 2026-03-01 and 2026-03-02 (Asia/Shanghai) in {db}")
+    assert not out.exists()
+
+
+def test_not_a_database(tmp_path, capsys):
+    db = tmp_path / "usage.db"
+    db.write_text("hello, this is not sqlite" * 100)
+    rc = report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(db)])
+    assert rc == 1 and "cannot read usage database" in capsys.readouterr().err
+
+
+def test_bad_rules_and_dates(tmp_path, capsys):
+    assert report_cli.main(["--rules", str(tmp_path / "missing.yaml"), "--db", str(tmp_path / "x.db")]) == 1
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        report_cli.main(["--since", "March 1"])
+    assert report_cli.main(["--rules", str(write_rules(tmp_path)), "--since", "2026-03-05", "--until", "2026-03-01"]) == 1
+
+
+def test_ccswitch_cli_report(small_db, tmp_path, capsys):
+    rc = cli.main(["report", "--rules", str(write_rules(tmp_path)), "--db", str(small_db),
+                   "--since", "2026-03-01", "--until", "2026-03-02"])
+    assert rc == 0 and "Total" in capsys.readouterr().out
+
+
+def test_rules_usage_db_is_the_default(small_db, tmp_path, capsys):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES + f"usage_db: {small_db.name}\n")
+    rc = report_cli.main(["--rules", str(rules), "--since", "2026-03-01", "--until", "2026-03-02", "--json"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["database"] == str(small_db)
+
+
+# --------------------------------------------------------------------------- synthetic 60 days
+
+END = date(2026, 10, 31)
+MODELS = {
+    "relay-a": ("claude", "messages", ["claude-sonnet-4-5-20250929", "claude-opus-4-5", "claude-haiku-4-5"]),
+    "anthropic-official": ("claude", "messages", ["claude-sonnet-4-5-20250929", "claude-opus-4-1"]),
+    "openai-official": ("codex", "responses", ["gpt-5-codex", "gpt-5.1-codex-mini"]),
+    "relay-b": ("chat", "chat", ["gpt-4.1", "mystery-model-x"]),
+}
+
+
+def make_60_day_db(path: Path, end: date = END, days: int = 60, seed: int = 7) -> Path:
+    rnd = random.Random(seed)
+    conn = connect(str(path))
+    conn.execute("BEGIN")
+    shanghai = timezone(timedelta(hours=8))
+    n = 0
+    for i in range(days):
+        day = end - timedelta(days=days - 1 - i)
+        weekend = day.weekday() >= 5
+        count = rnd.randint(8, 20) if weekend else rnd.randint(40, 90)
+        for _ in range(count):
+            n += 1
+            start = datetime(day.year, day.month, day.day, tzinfo=shanghai) + timedelta(seconds=rnd.randint(0, 86399))
+            upstream = rnd.choices(list(MODELS), weights=[5 if i < 35 else 2, 2 if i < 35 else 5, 3, 1])[0]
+            route, endpoint, models = MODELS[upstream]
+            model = rnd.choice(models)
+            if rnd.random() < 0.08 and route == "claude":
+                insert_request(conn, n, ts=_iso(start), route=route, endpoint="count_tokens", upstream=upstream,
+                               model=model, input_tokens=rnd.randint(1000, 50000))
+                continue
+            row = dict(ts=_iso(start), route=route, endpoint=endpoint, upstream=upstream, model=model.split("-2025")[0],
+                       upstream_model=model, attempts=1)
+            fail = rnd.random()
+            if fail < 0.03:
+                row.update(status=rnd.choice([500, 529, 429]), error="upstream failed", attempts=rnd.randint(1, 4))
+            elif fail < 0.05:
+                row.update(upstream=None, upstream_model=None, status=503, error="no upstream available", attempts=0)
+            else:
+                if rnd.random() < 0.1:
+                    row["attempts"] = 2
+                prompt = rnd.randint(5_000, 150_000)
+                hit = min(0.97, max(0.0, rnd.gauss(0.55 + 0.35 * i / days, 0.15)))
+                read = int(prompt * hit)
+                write = int((prompt - read) * rnd.uniform(0.3, 0.9))
+                row.update(input_tokens=prompt - read - write, cache_read_tokens=read, cache_creation_tokens=write,
+                           cache_creation_1h_tokens=int(write * rnd.choice([0, 0, 0.5, 1])),
+                           output_tokens=rnd.randint(200, 8000), reasoning_tokens=rnd.randint(0, 500))
+                if rnd.random() < 0.01:
+                    row.update(error="client_closed", status=200)
+            insert_request(conn, n, **row)
+        for upstream in ("relay-a", "relay-b"):
+            probe = datetime(day.year, day.month, day.day, 6, 0, tzinfo=shanghai)
+            ok = rnd.random() > 0.15
+            insert_activation(conn, _iso(probe), upstream, ok, 200 if ok else 401, None if ok else "unauthorized")
+    conn.execute("COMMIT")
+    conn.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory) -> dict:
+    """The 60-day report, run once: {db, out, argv, text}."""
+    tmp = tmp_path_factory.mktemp("big")
+    db = make_60_day_db(tmp / "usage.db")
+    out = tmp / "out"
+    argv = ["--rules", str(write_rules(tmp)), "--db", str(db), "--since", str(END - timedelta(days=59)),
+            "--until", str(END)]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert report_cli.main([*argv, "--out", str(out)]) == 0
+    return {"db": db, "out": out, "argv": argv, "text": buf.getvalue()}
+
+
+def test_60_days_charts_are_real_pngs(big):
+    import matplotlib.image as mpimg
+
+    out = big["out"]
+    for name in ("tokens.png", "cost.png", "requests.png", "cache_hit.png"):
+        path = out / name
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert len(data) > 10_000, name
+        img = mpimg.imread(path)
+        assert img.shape[1] == 1100 and img.shape[0] >= 495, name          # 10 in x 110 dpi
+        rgb = img[..., :3]
+        assert rgb.std() > 0.05, name                                       # not a blank canvas
+        colors = {tuple(p) for p in (rgb[::7, ::7] * 255).astype(int).reshape(-1, 3)}
+        assert len(colors) > 20, name                                       # bars, lines, text
+
+
+def test_60_days_html_and_table(big):
+    text, out = big["text"], big["out"]
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4
+    for name in ("tokens.png", "cost.png", "requests.png", "cache_hit.png"):
+        assert f'title="{name}"' in html
+    assert "<table>" in html and "Activation probes" in html and "relay-a" in html and "Total" in html
+    assert "mystery-model-x" in html              # unpriced model named in a note
+    assert "<script" not in html
+    assert "Total" in text and "By upstream:" in text and "wrote 4 chart(s)" in text
+
+
+def test_60_days_json_is_consistent(big, capsys):
+    db = big["db"]
+    rc = report_cli.main([*big["argv"], "--json", "--by", "model"])
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["days"]) == 60
+    assert sum(d["requests"] for d in data["days"]) == data["totals"]["requests"]
+    assert sum(d["cost_usd"] for d in data["days"]) == pytest.approx(data["totals"]["cost_usd"], abs=1e-4)
+    for d in data["days"]:
+        assert sum(g["requests"] for g in d["groups"].values()) == d["requests"]
+    conn = connect(str(db), readonly=True)
+    want = conn.execute("SELECT count(*) FROM requests WHERE endpoint != 'count_tokens'").fetchone()[0]
+    counted = conn.execute("SELECT count(*) FROM requests WHERE endpoint = 'count_tokens'").fetchone()[0]
+    conn.close()
+    assert data["totals"]["requests"] == want and data["count_tokens_requests"] == counted
+    assert data["totals"]["unpriced_tokens"] > 0 and "mystery-model-x" in data["unpriced_models"]
+    assert data["summary"]["upstream"]["(ccswitch)"]["errors"] == data["summary"]["upstream"]["(ccswitch)"]["requests"]
+    assert {a["upstream"] for a in data["activations"]} == {"relay-a", "relay-b"}
+
+
+def test_scripts_report_runs_without_install(big, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), *big["argv"], "--out", str(tmp_path / "o"),
+                           "--by", "upstream"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "relay-a" in proc.stdout and (tmp_path / "o" / "report.html").exists()
+
+
+def test_no_rules_timezone_uses_system_zone_with_dst(tmp_path, monkeypatch):
+    import time
+    path = tmp_path / "usage.db"
+    conn = connect(str(path))
+    # 04:30 UTC on Mar 9 2026 is 00:30 EDT (DST began Mar 8): Mar 9 in New York, whatever today's offset
+    insert_request(conn, 1, ts="2026-03-09T04:30:00.000+00:00", upstream="relay-a", model="claude-haiku-4-5",
+                   input_tokens=10)
+    conn.close()
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        rules = parse_rules(RULES.replace("timezone: Asia/Shanghai\n", ""), env={"RELAY_A_KEY_FOR_TEST": "x"})
+        conn = connect(str(path), readonly=True)
+        r = build_report(conn, rules, date(2026, 3, 8), date(2026, 3, 9))
+        conn.close()
+        assert r.daily[date(2026, 3, 9)].requests == 1 and r.daily[date(2026, 3, 8)].requests == 0
+        assert r.tz_name.startswith("local time, UTC-0")
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

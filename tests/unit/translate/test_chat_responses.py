@@ -1,0 +1,559 @@
+"""Chat Completions client <-> OpenAI Responses upstream (conversion spec §2-§7). Pure: no sockets."""
+
+import copy
+import json
+import random
+import re
+
+import pytest
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from ccswitch.config.models import Upstream
+from ccswitch.dial.render import render
+from ccswitch.translate import translation_for
+from ccswitch.translate.chat.responses import ChatToResponses
+from ccswitch.vocab import Protocol
+from ccswitch.wire.exchange import ClientRequest, RenderError, Reply
+from ccswitch.wire.sse import SSEParser, format_event
+from tests.support import FIXTURES
+
+RECORDED = (FIXTURES / "responses/reasoning_text_two_calls.sse").read_bytes()
+API = Upstream(name="resp", protocol=Protocol.RESPONSES, base_url="https://api.openai.com/v1", api_key="sk-test-key-1")
+CODEX = Upstream(name="codex", protocol=Protocol.RESPONSES, base_url="https://chatgpt.com/backend-api/codex/",
+                 api_key="sk-test-key-2", models={"gpt-5": "gpt-5-codex"})
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+TIME = {"type": "function", "function": {"name": "get_time", "strict": True}}
+HI = [{"role": "user", "content": "hi"}]
+
+
+def creq(body):
+    return ClientRequest(route="chat", endpoint="chat", method="POST", url="http://127.0.0.1/v1/chat/completions",
+                         headers=[], body=json.dumps(body).encode(), json=body, model=body.get("model"),
+                         stream=bool(body.get("stream")), client_protocol=Protocol.CHAT)
+
+
+def convert(up=API, **body):
+    return ChatToResponses().request(creq({"model": "gpt-5", "messages": HI, **body}), up)
+
+
+def sse(*events):
+    return b"".join(format_event({"type": kind, **data}, kind) for kind, data in events)
+
+
+def parse(data, pieces=None):
+    parser, events = SSEParser(), []
+    for piece in pieces or [data]:
+        events += parser.feed(piece)
+    return events + parser.flush()
+
+
+def run(upstream_bytes, body=None, pieces=None):
+    """Feed an upstream SSE body through the converter; returns the client's chunk bodies."""
+    stream = ChatToResponses().stream(creq(body or {"model": "gpt-x", "messages": HI, "stream": True}), API)
+    out = b"".join(stream.feed(e) for e in parse(upstream_bytes, pieces)) + stream.finish()
+    return [e.data if e.data == "[DONE]" else e.json() for e in parse(out)]
+
+
+def norm(chunks):
+    return [c if c == "[DONE]" or "error" in c else {**c, "id": "X", "created": 0} for c in chunks]
+
+
+def deltas(chunks):
+    return [c["choices"][0]["delta"] if c != "[DONE]" and c.get("choices") else c for c in chunks]
+
+
+def created(model="gpt-x"):
+    return ("response.created", {"response": {"id": "resp_1", "model": model, "status": "in_progress"}})
+
+
+def text_delta(text):
+    return ("response.output_text.delta", {"item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": text})
+
+
+def completed(status="completed", reason=None, usage=None):
+    return (f"response.{status}", {"response": {"status": status, "usage": usage,
+                                                "incomplete_details": {"reason": reason} if reason else None}})
+
+
+# ---------------------------------------------------------------- request (§2, §6, §7)
+
+def test_golden_request_conversation():
+    body = {"model": "gpt-5-thinking", "messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "developer", "content": [{"type": "text", "text": "Use tools."}]},
+        {"role": "system", "content": "  "},
+        {"role": "user", "content": [{"type": "text", "text": "Weather?"},
+                                     {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}},
+                                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA",
+                                                                         "detail": "low"}},
+                                     {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBE",
+                                                               "filename": "a.pdf"}}]},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_A", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
+            {"id": "call_B", "type": "function", "function": {"name": "get_time", "arguments": ""}}]},
+        {"role": "tool", "tool_call_id": "call_A", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "call_B", "content": [{"type": "text", "text": "12:00"},
+                                                                {"type": "text", "text": " CET"}]},
+        {"role": "system", "content": "Answer in French."},
+        {"role": "assistant", "content": [{"type": "text", "text": "Il fait beau."}]},
+        {"role": "user", "content": "Merci", "name": "bob"}],
+        "tools": [WEATHER, TIME], "tool_choice": "auto", "parallel_tool_calls": False,
+        "max_completion_tokens": 500, "max_tokens": 100, "temperature": 0.2, "top_p": 0.9, "stop": ["END"],
+        "seed": 1, "logit_bias": {"1": 2}, "presence_penalty": 0.1, "frequency_penalty": 0.1, "n": 1,
+        "stream": True, "stream_options": {"include_usage": True}, "user": "u-1", "prompt_cache_key": "pc",
+        "metadata": {"a": "b"}, "response_format": {"type": "json_schema", "json_schema": {
+            "name": "answer", "schema": {"type": "object"}, "strict": True}}}
+    assert ChatToResponses().request(creq(body), API) == {
+        "model": "gpt-5",
+        "instructions": "You are terse.\n\nUse tools.",
+        "input": [
+            {"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": "Weather?"},
+                {"type": "input_image", "image_url": "https://x.test/a.png", "detail": "auto"},
+                {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "low"},
+                {"type": "input_file", "file_data": "data:application/pdf;base64,JVBE", "filename": "a.pdf"}]},
+            {"type": "function_call", "call_id": "call_A", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+            {"type": "function_call", "call_id": "call_B", "name": "get_time", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "call_A", "output": "sunny"},
+            {"type": "function_call_output", "call_id": "call_B", "output": "12:00 CET"},
+            {"type": "message", "role": "developer", "content": "Answer in French."},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Il fait beau."}]},
+            {"type": "message", "role": "user", "content": "Merci"}],
+        "tools": [{"type": "function", "name": "get_weather", "description": "Weather for a city",
+                   "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}, "strict": False},
+                  {"type": "function", "name": "get_time", "parameters": {"type": "object", "properties": {}},
+                   "strict": True}],
+        "tool_choice": "auto", "parallel_tool_calls": False, "max_output_tokens": 500,
+        "reasoning": {"effort": "high", "summary": "auto"},
+        "text": {"format": {"type": "json_schema", "name": "answer", "schema": {"type": "object"}, "strict": True}},
+        "metadata": {"a": "b"}, "prompt_cache_key": "pc", "safety_identifier": "u-1",
+        "store": False, "stream": True, "include": ["reasoning.encrypted_content"]}
+
+
+def test_codex_backend_request_keeps_only_what_it_accepts():
+    req = creq({"model": "gpt-5", "messages": HI, "max_tokens": 99, "temperature": 0.3, "metadata": {"a": 1},
+                "reasoning_effort": "low", "logprobs": True, "top_logprobs": 2, "user": "u", "tools": [WEATHER]})
+    body = ChatToResponses().request(req, CODEX)
+    assert body == {"model": "gpt-5", "instructions": "", "input": [{"type": "message", "role": "user",
+                                                                     "content": "hi"}],
+                    "tools": [{"type": "function", "name": "get_weather", "description": "Weather for a city",
+                               "parameters": WEATHER["function"]["parameters"], "strict": False}],
+                    "reasoning": {"effort": "low", "summary": "auto"}, "store": False, "stream": True,
+                    "include": ["reasoning.encrypted_content"]}
+    out = render(CODEX, req, body)       # the dialer's next step: URL and model mapping
+    assert out.url == "https://chatgpt.com/backend-api/codex/responses"
+    assert json.loads(out.body)["model"] == "gpt-5-codex" and out.upstream_model == "gpt-5-codex"
+
+
+def test_thinking_suffix_is_stripped_before_the_model_mapping():
+    req = creq({"model": "gpt-5-thinking", "messages": HI, "reasoning_effort": "minimal", "temperature": 1})
+    body = ChatToResponses().request(req, CODEX)
+    assert body["reasoning"] == {"effort": "minimal", "summary": "auto"} and "temperature" not in body
+    assert json.loads(render(CODEX, req, body).body)["model"] == "gpt-5-codex"
+    assert convert(model="o3-thinking")["reasoning"]["effort"] == "high"
+    assert "reasoning" not in convert(model="-thinking") and convert(model="-thinking")["model"] == "-thinking"
+
+
+@pytest.mark.parametrize("extra,expected", [
+    ({}, {}),
+    ({"temperature": 0.5, "top_p": 0.8}, {"temperature": 0.5, "top_p": 0.8}),
+    ({"reasoning_effort": "medium", "temperature": 0.5, "top_p": 0.8},
+     {"reasoning": {"effort": "medium", "summary": "auto"}, "include": ["reasoning.encrypted_content"]}),
+    ({"reasoning_effort": "none", "temperature": 0.5}, {"reasoning": {"effort": "none"}, "temperature": 0.5}),
+    ({"max_tokens": 5}, {"max_output_tokens": 16}),
+    ({"max_tokens": 300}, {"max_output_tokens": 300}),
+    ({"logprobs": True, "top_logprobs": 3}, {"include": ["message.output_text.logprobs"], "top_logprobs": 3}),
+    ({"response_format": {"type": "json_object"}, "verbosity": "low"},
+     {"text": {"format": {"type": "json_object"}, "verbosity": "low"}}),
+    ({"response_format": {"type": "text"}}, {"text": {"format": {"type": "text"}}}),
+    ({"user": "u", "safety_identifier": "s", "service_tier": "flex"}, {"safety_identifier": "s",
+                                                                       "service_tier": "flex"}),
+    ({"stop": "x", "seed": 3, "presence_penalty": 1, "stream_options": {"include_usage": True},
+      "prediction": {"type": "content", "content": "x"}}, {}),
+])
+def test_parameters(extra, expected):
+    base = {"model": "gpt-5", "input": [{"type": "message", "role": "user", "content": "hi"}],
+            "store": False, "stream": False}
+    body = convert(**extra)
+    assert body == {**base, **expected}
+
+
+@pytest.mark.parametrize("choice,expected", [
+    ("auto", "auto"), ("none", "none"), ("required", "required"),
+    ({"type": "function", "function": {"name": "get_weather"}}, {"type": "function", "name": "get_weather"}),
+    ({"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [
+        {"type": "function", "function": {"name": "get_weather"}}]}},
+     {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "get_weather"}]}),
+])
+def test_tool_choice(choice, expected):
+    body = convert(tools=[WEATHER], tool_choice=choice, parallel_tool_calls=True)
+    assert body["tool_choice"] == expected and body["parallel_tool_calls"] is True
+    assert body["tools"][0]["name"] == "get_weather"        # "none" keeps the tools
+
+
+def test_assistant_history_is_output_text_and_calls_carry_no_item_id():
+    body = convert(messages=HI + [
+        {"role": "assistant", "content": None, "refusal": "I can't.", "tool_calls": [
+            {"id": "functions.Bash:0", "type": "function", "function": {"name": "Bash", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "functions.Bash:0", "content": "ok"},
+        {"role": "assistant", "content": [{"type": "text", "text": "A"}, {"type": "refusal", "refusal": "B"}]},
+        {"role": "assistant", "content": ""}])
+    assert body["input"][1:] == [
+        {"type": "message", "role": "assistant", "content": [{"type": "refusal", "refusal": "I can't."}]},
+        {"type": "function_call", "call_id": "functions.Bash:0", "name": "Bash", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "functions.Bash:0", "output": "ok"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "A"},
+                                                             {"type": "refusal", "refusal": "B"}]}]
+    assert "input_text" not in json.dumps(body["input"][1:]) and '"id"' not in json.dumps(body["input"])
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"n": 2}, "n > 1"),
+    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x"}}]}]}, "audio"),
+    ({"modalities": ["text", "audio"]}, "audio"),
+    ({"tools": [{"type": "custom", "custom": {"name": "x"}}]}, "tool type 'custom'"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "custom", "custom": {"name": "x"}}}, "tool_choice"),
+    ({"web_search_options": {}}, "web_search_options"),
+    ({"functions": [{"name": "f"}]}, "legacy"),
+    ({"messages": []}, "non-empty"),
+    ({"messages": [{"role": "function", "name": "f", "content": "x"}]}, "role 'function'"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "tool_call_id"),
+    ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {}}]}]},
+     "function name"),
+    ({"max_completion_tokens": 0}, "positive"),
+    ({"response_format": {"type": "grammar"}}, "response_format"),
+])
+def test_requests_that_cannot_be_converted(extra, message):
+    with pytest.raises(RenderError, match=message):
+        convert(**extra)
+
+
+def test_wiring():
+    assert isinstance(translation_for(Protocol.CHAT, Protocol.RESPONSES), ChatToResponses)
+    tr, plain, streamed = ChatToResponses(), creq({"model": "m", "messages": HI}), creq({"stream": True})
+    assert (tr.upstream_streams(plain, API), tr.upstream_streams(streamed, API)) == (False, True)
+    assert tr.upstream_streams(plain, CODEX) is True
+    assert tr.upstream_streams(plain, Upstream(name="x", protocol=Protocol.RESPONSES,
+                                               base_url="https://h/backend-api/codexx")) is False
+    assert tr.upstream_streams(plain, Upstream(name="x", protocol=Protocol.RESPONSES, base_url="https://h/codex")) is False
+
+
+# ---------------------------------------------------------------- non-stream (§3.2-§3.4)
+
+USAGE = {"input_tokens": 900, "input_tokens_details": {"cached_tokens": 768, "cache_write_tokens": 10},
+         "output_tokens": 120, "output_tokens_details": {"reasoning_tokens": 64}, "total_tokens": 1020}
+CHAT_USAGE = {"prompt_tokens": 900, "completion_tokens": 120, "total_tokens": 1020,
+              "prompt_tokens_details": {"cached_tokens": 768, "cache_write_tokens": 10},
+              "completion_tokens_details": {"reasoning_tokens": 64}}
+OUTPUT = [
+    {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Two lookups"},
+                                                    {"type": "summary_text", "text": "then answer"}]},
+    {"type": "message", "id": "msg_1", "phase": "commentary", "content": [{"type": "output_text", "text": "Let me "}]},
+    {"type": "message", "id": "msg_2", "content": [{"type": "output_text", "text": "check."}]},
+    {"type": "function_call", "id": "fc_1", "call_id": "call_A", "name": "get_weather", "arguments": '{"city":"P"}'},
+    {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+    {"type": "function_call", "id": "fc_2", "call_id": "call_B", "name": "get_time", "arguments": ""}]
+
+
+def reply(body_bytes, body=None, up=API):
+    out = ChatToResponses().reply(creq(body or {"model": "gpt-x", "messages": HI}), up, 200,
+                                  [("content-type", "x"), ("x-request-id", "r1")], body_bytes)
+    return out.status, json.loads(out.body), out
+
+
+def test_non_stream_tool_calls_reasoning_usage():
+    status, body, out = reply(json.dumps({"id": "resp_1", "object": "response", "model": "gpt-x-2025",
+                                          "status": "completed", "output": OUTPUT, "usage": USAGE}).encode())
+    assert status == 200 and out.translated and ("x-request-id", "r1") in out.headers
+    ChatCompletion.model_validate(body)
+    assert body["id"] == "chatcmpl-resp_1" and body["model"] == "gpt-x-2025" and len(body["choices"]) == 1
+    assert body["choices"][0] == {"index": 0, "finish_reason": "tool_calls", "logprobs": None, "message": {
+        "role": "assistant", "content": "Let me check.", "refusal": None,
+        "reasoning_content": "Two lookups\n\nthen answer",
+        "tool_calls": [{"id": "call_A", "type": "function", "function": {"name": "get_weather",
+                                                                         "arguments": '{"city":"P"}'}},
+                       {"id": "call_B", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]}}
+    assert body["usage"] == CHAT_USAGE
+
+
+@pytest.mark.parametrize("status,details,output,finish", [
+    ("completed", None, [OUTPUT[2]], "stop"),
+    ("incomplete", {"reason": "max_output_tokens"}, OUTPUT, "length"),     # length wins over tool_calls
+    ("incomplete", {"reason": "content_filter"}, [OUTPUT[2]], "content_filter"),
+    ("incomplete", {"reason": "something_new"}, [], "length"),
+])
+def test_non_stream_finish_reasons(status, details, output, finish):
+    _, body, _ = reply(json.dumps({"status": status, "incomplete_details": details, "output": output}).encode())
+    assert body["choices"][0]["finish_reason"] == finish and body["usage"]["total_tokens"] == 0
+    ChatCompletion.model_validate(body)
+
+
+def test_non_stream_refusal_and_empty():
+    refusal = {"type": "message", "content": [{"type": "refusal", "refusal": "No."}]}
+    _, body, _ = reply(json.dumps({"status": "completed", "output": [refusal]}).encode())
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": None, "refusal": "No."}
+    _, body, _ = reply(json.dumps({"status": "completed", "output": []}).encode(), {"model": "m-thinking"})
+    assert body["choices"][0]["message"]["content"] == "" and body["model"] == "m"
+
+
+def test_non_stream_failed_response_becomes_an_openai_error():
+    failed = {"object": "response", "status": "failed", "output": [],
+              "error": {"code": "rate_limit_exceeded", "message": "slow down"}}
+    status, body, out = reply(json.dumps(failed).encode())
+    assert status == 429 and body == {"error": {"message": "slow down", "type": "rate_limit_exceeded",
+                                                "param": None, "code": "rate_limit_exceeded"}}
+    assert out.reason == "stream error: slow down"
+
+
+def test_error_statuses_use_the_openai_shape():
+    upstream = Reply("resp", 529, [("retry-after", "3")],
+                     b'{"error":{"message":"busy","type":"server_error","param":null,"code":"overloaded"}}')
+    out = ChatToResponses().error_reply(creq({}), upstream)
+    assert out.status == 503 and ("retry-after", "3") in out.headers
+    assert json.loads(out.body)["error"] == {"message": "busy", "type": "server_error", "param": None,
+                                             "code": "overloaded"}
+
+
+# ---------------------------------------------------------------- codex backend: aggregate the SSE body
+
+def test_codex_non_stream_client_aggregates_the_completed_response():
+    tr, req = ChatToResponses(), creq({"model": "gpt-5", "messages": HI})
+    assert tr.check_body(req, CODEX, RECORDED, True) is None
+    status, body, _ = reply(RECORDED, up=CODEX)
+    assert status == 200
+    ChatCompletion.model_validate(body)
+    message = body["choices"][0]["message"]
+    assert message["content"] == "Checking Paris (Île-de-France) and Tōkyō 🌤…"
+    assert message["reasoning_content"] == "**Planning lookups**\n\nThe user wants Paris, Tōkyō.\n\n" \
+                                           "**Calling tools** – both at once 🌤"
+    assert [(c["id"], c["function"]["arguments"]) for c in message["tool_calls"]] == [
+        ("call_Wx1PqRsT2uVw3XyZ", '{"city":"Paris"}'), ("call_Tm9AbCdE8fGh7IjK", '{"tz":"Asia/Tokyo"}')]
+    assert body["choices"][0]["finish_reason"] == "tool_calls" and body["usage"]["prompt_tokens"] == 1834
+    assert body["usage"]["prompt_tokens_details"]["cached_tokens"] == 1536
+
+
+def test_codex_aggregation_falls_back_to_the_deltas_when_output_is_empty():
+    stripped = re.sub(rb'("type":"response\.completed".*"output":)\[.*\](,"parallel_tool_calls")', rb"\1[]\2",
+                      RECORDED)
+    assert stripped != RECORDED
+    from_deltas = reply(stripped, up=CODEX)[1]
+    from_output = reply(RECORDED, up=CODEX)[1]
+    assert from_deltas["choices"] == from_output["choices"] and from_deltas["usage"] == from_output["usage"]
+
+
+def test_codex_aggregation_of_failures():
+    tr, req = ChatToResponses(), creq({"model": "gpt-5", "messages": HI})
+    cut = RECORDED[: RECORDED.index(b"event: response.completed")]
+    assert tr.check_body(req, CODEX, cut, True) == "stream ended before its terminal event"
+    assert tr.check_body(req, CODEX, b'{"object":"response","output":[]}', False) is not None
+    assert tr.check_body(req, API, RECORDED, True) is not None         # API upstream was asked for JSON
+    failed = cut + sse(("response.failed", {"response": {"status": "failed", "error": {
+        "code": "server_error", "message": "boom"}}}))
+    assert tr.check_body(req, CODEX, failed, True) is None             # a real answer: an error
+    status, body, _ = reply(failed, up=CODEX)
+    assert status == 500 and body["error"]["message"] == "boom" and body["error"]["code"] == "server_error"
+    status, body, _ = reply(cut, up=CODEX)
+    assert status == 502 and "terminal event" in body["error"]["message"]
+
+
+# ---------------------------------------------------------------- streaming (§4.2, §5)
+
+SPEC_EXAMPLE = sse(
+    created(),
+    ("response.output_item.added", {"output_index": 0, "item": {"type": "reasoning", "id": "rs_1", "summary": []}}),
+    ("response.reasoning_summary_text.delta", {"item_id": "rs_1", "summary_index": 0, "delta": "Need two lookups"}),
+    ("response.output_item.done", {"output_index": 0, "item": {"type": "reasoning", "id": "rs_1",
+                                                               "encrypted_content": "gAAA"}}),
+    ("response.output_item.added", {"output_index": 1, "item": {"type": "function_call", "id": "fc_1",
+                                    "call_id": "call_A", "name": "get_weather", "arguments": ""}}),
+    ("response.function_call_arguments.delta", {"item_id": "fc_1", "output_index": 1, "delta": '{"city":"Paris"}'}),
+    ("response.output_item.done", {"output_index": 1, "item": {"type": "function_call", "id": "fc_1",
+                                   "call_id": "call_A", "name": "get_weather", "arguments": '{"city":"Paris"}',
+                                   "status": "completed"}}),
+    ("response.output_item.added", {"output_index": 2, "item": {"type": "function_call", "id": "fc_2",
+                                    "call_id": "call_B", "name": "get_time", "arguments": ""}}),
+    ("response.function_call_arguments.delta", {"item_id": "fc_2", "output_index": 2, "delta": "{}"}),
+    completed(usage={k: v for k, v in USAGE.items() if k != "input_tokens_details"} | {
+        "input_tokens_details": {"cached_tokens": 768}}))
+
+
+def test_spec_example_two_parallel_calls():
+    chunks = run(SPEC_EXAMPLE, {"model": "gpt-x", "messages": HI, "stream": True,
+                                "stream_options": {"include_usage": True}})
+    head = {"id": "X", "object": "chat.completion.chunk", "created": 0, "model": "gpt-x"}
+
+    def chunk(delta, finish=None):
+        return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], "usage": None}
+
+    def call(k, args, call_id=None, name=None):
+        fn = {"name": name, "arguments": args} if name else {"arguments": args}
+        return {"tool_calls": [{"index": k, **({"id": call_id, "type": "function"} if name else {}),
+                                "function": fn}]}
+    assert norm(chunks) == [
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"reasoning_content": "Need two lookups"}),
+        chunk(call(0, "", "call_A", "get_weather")),
+        chunk(call(0, '{"city":"Paris"}')),
+        chunk(call(1, "", "call_B", "get_time")),
+        chunk(call(1, "{}")),
+        chunk({}, "tool_calls"),
+        {**head, "choices": [], "usage": {"prompt_tokens": 900, "completion_tokens": 120, "total_tokens": 1020,
+                                          "prompt_tokens_details": {"cached_tokens": 768},
+                                          "completion_tokens_details": {"reasoning_tokens": 64}}},
+        "[DONE]"]
+
+
+def test_text_stream_without_usage():
+    chunks = run(sse(created(), ("response.in_progress", {}), text_delta("Hel"), text_delta(""), text_delta("lo"),
+                     ("response.output_text.done", {"text": "Hello"}), completed(usage=USAGE)))
+    assert deltas(chunks) == [{"role": "assistant", "content": ""}, {"content": "Hel"}, {"content": "lo"}, {},
+                              "[DONE]"]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop" and "usage" not in chunks[-2]
+    assert len({c["id"] for c in chunks[:-1]}) == 1
+
+
+def test_arguments_only_on_done_are_sent_once_and_deltas_route_by_item_id():
+    added = [("response.output_item.added", {"output_index": i, "item": {
+        "type": "function_call", "id": f"fc_{i}", "call_id": f"call_{i}", "name": "f", "arguments": ""}})
+        for i in (3, 5)]
+    chunks = run(sse(created(), *added,
+                     ("response.function_call_arguments.delta", {"item_id": "fc_5", "output_index": 3,
+                                                                 "delta": '{"b":'}),   # item_id wins
+                     ("response.function_call_arguments.done", {"item_id": "fc_3", "arguments": '{"a":1}'}),
+                     ("response.output_item.done", {"output_index": 3, "item": {
+                         "type": "function_call", "id": "fc_3", "arguments": '{"a":1}'}}),
+                     ("response.function_call_arguments.delta", {"item_id": "fc_5", "delta": "2}"}),
+                     ("response.function_call_arguments.done", {"item_id": "fc_5", "arguments": '{"b":2}'}),
+                     ("response.output_item.done", {"output_index": 7, "item": {  # `added` never came
+                         "type": "function_call", "id": "fc_7", "call_id": "call_7", "name": "g", "arguments": ""}}),
+                     completed()))
+    calls = [d["tool_calls"][0] for d in deltas(chunks) if isinstance(d, dict) and "tool_calls" in d]
+    assert [(c["index"], c.get("id"), c["function"]["arguments"]) for c in calls] == [
+        (0, "call_3", ""), (1, "call_5", ""), (1, None, '{"b":'), (0, None, '{"a":1}'), (1, None, "2}"),
+        (2, "call_7", ""), (2, None, "{}")]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_reasoning_parts_refusal_and_lazy_role():
+    def summary(i, text, item="rs_1"):
+        return ("response.reasoning_summary_text.delta", {"item_id": item, "summary_index": i, "delta": text})
+    chunks = run(sse(summary(0, "a"), summary(0, "b"), summary(1, "c"), summary(0, "d", "rs_2"),
+                     ("response.reasoning_text.delta", {"item_id": "rs_3", "content_index": 0, "delta": "e"}),
+                     ("response.refusal.delta", {"item_id": "m", "delta": "No"}), completed()))
+    assert deltas(chunks)[:-2] == [{"role": "assistant", "content": ""}, {"reasoning_content": "a"},
+                                   {"reasoning_content": "b"}, {"reasoning_content": "\n\nc"},
+                                   {"reasoning_content": "\n\nd"}, {"reasoning_content": "\n\ne"}, {"refusal": "No"}]
+    assert {c["choices"][0]["index"] for c in chunks[:-1]} == {0} and chunks[0]["model"] == "gpt-x"
+
+
+@pytest.mark.parametrize("reason,finish", [("max_output_tokens", "length"), ("content_filter", "content_filter")])
+def test_incomplete(reason, finish):
+    added = ("response.output_item.added", {"output_index": 0, "item": {"type": "function_call", "id": "fc",
+                                                                        "call_id": "c", "name": "f"}})
+    chunks = run(sse(created(), added, completed("incomplete", reason)))
+    assert chunks[-2]["choices"][0]["finish_reason"] == finish and chunks[-1] == "[DONE]"
+
+
+@pytest.mark.parametrize("event,error", [
+    (("response.failed", {"response": {"status": "failed", "error": {"code": "server_error", "message": "boom"}}}),
+     {"message": "boom", "type": "server_error", "param": None, "code": "server_error"}),
+    (("error", {"code": "rate_limit_exceeded", "message": "slow down", "param": None}),
+     {"message": "slow down", "type": "rate_limit_exceeded", "param": None, "code": "rate_limit_exceeded"}),
+    (("response.done", {"response": {"status": "cancelled"}}),
+     {"message": "upstream response failed", "type": "api_error", "param": None, "code": "api_error"}),
+])
+def test_in_stream_errors_end_the_stream(event, error):
+    stream = ChatToResponses().stream(creq({"model": "m", "stream": True}), API)
+    events = parse(sse(created(), text_delta("Hi"), event, text_delta("more"), completed()))
+    out = [stream.feed(e) for e in events]
+    assert out[3:] == [b"", b""] and stream.finish() == b""
+    chunks = [e.json() for e in parse(b"".join(out))]
+    assert chunks[-1] == {"error": error} and not any(c.get("choices", [{}])[0].get("finish_reason")
+                                                      for c in chunks[:-1])
+
+
+def test_eof_without_terminal_event_is_an_error_and_comments_are_ignored():
+    chunks = run(b": keep-alive\n\n" + sse(created(), text_delta("Hi")))
+    assert deltas(chunks[:2]) == [{"role": "assistant", "content": ""}, {"content": "Hi"}]
+    assert chunks[2]["error"]["code"] == "stream_truncated" and len(chunks) == 3
+
+
+def test_recorded_stream_validates_and_accumulates_in_the_sdk():
+    chunks = run(RECORDED, {"model": "gpt-5", "messages": HI, "stream": True, "tools": [WEATHER, TIME],
+                            "stream_options": {"include_usage": True}})
+    assert chunks[-1] == "[DONE]"
+    state = ChatCompletionStreamState()
+    for chunk in chunks[:-1]:
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    final = state.get_final_completion()
+    message = final.choices[0].message
+    assert message.content == "Checking Paris (Île-de-France) and Tōkyō 🌤…"
+    assert [(c.id, c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls] == [
+        ("call_Wx1PqRsT2uVw3XyZ", "get_weather", {"city": "Paris"}),
+        ("call_Tm9AbCdE8fGh7IjK", "get_time", {"tz": "Asia/Tokyo"})]
+    assert final.choices[0].finish_reason == "tool_calls" and final.usage.total_tokens == 2121
+    assert final.model == "gpt-5-2025-08-07"
+
+
+# ---------------------------------------------------------------- chunk boundaries
+
+CHUNK_HEAD = re.compile(rb'"id":"chatcmpl-[0-9a-f]{24}","object":"chat\.completion\.chunk","created":\d+,')
+
+
+def new_stream():
+    return ChatToResponses().stream(creq({"model": "gpt-x", "stream": True,
+                                          "stream_options": {"include_usage": True}}), API)
+
+
+def client_bytes(pieces):
+    """The converter's output for an upstream body arriving in `pieces`, random id/created removed."""
+    stream, parser, out = new_stream(), SSEParser(), []
+    for piece in pieces:
+        out += [stream.feed(e) for e in parser.feed(piece)]
+    out += [stream.feed(e) for e in parser.flush()]
+    return CHUNK_HEAD.sub(b"", b"".join(out) + stream.finish())
+
+
+def state(stream):
+    return {**{k: v for k, v in vars(stream).items() if k != "writer"}, **vars(stream.writer)}
+
+
+WHOLE = client_bytes([RECORDED])
+
+
+def test_every_two_piece_split_gives_the_same_client_stream():
+    """Every byte offset.  A complete event leaves the parser empty, so a run whose body is cut
+    inside event j is the whole-body run up to j, event j's bytes in two pieces, then the
+    whole-body run after j.  The middle part is replayed from a copy of the converter as it was
+    before event j; its output and the converter's state after it must match the uncut run."""
+    assert WHOLE.count(b"data: ") == 20 and WHOLE.endswith(b"data: [DONE]\n\n")
+    stream, parser, start, outs, checked = new_stream(), SSEParser(), 0, [], 0
+    for event in parser.feed(RECORDED):
+        before, out = copy.deepcopy(stream), stream.feed(event)
+        end, outs = start + len(event.raw), outs + [out]
+        for cut in range(start + 1, end):
+            replay, pieces = copy.deepcopy(before), SSEParser()
+            got = [replay.feed(e) for e in pieces.feed(RECORDED[start:cut]) + pieces.feed(RECORDED[cut:end])]
+            assert (b"".join(got), pieces.pending, state(replay)) == (out, b"", state(stream)), cut
+            checked += 1
+        start = end
+    assert start == len(RECORDED) and checked == len(RECORDED) - len(outs)
+    assert CHUNK_HEAD.sub(b"", b"".join(outs) + stream.finish()) == WHOLE
+
+
+def test_two_piece_splits_through_the_whole_pipeline():
+    boundaries = [m.start() for m in re.finditer(rb"\n\n", RECORDED)]
+    cuts = sorted({c for b in boundaries for c in range(b - 2, b + 4)} | set(range(1, len(RECORDED), 97)))
+    for cut in cuts:
+        assert client_bytes([RECORDED[:cut], RECORDED[cut:]]) == WHOLE, cut
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_random_multi_splits(newline):
+    data = RECORDED.replace(b"\n", newline)
+    rng = random.Random(11)
+    for _ in range(300):
+        cuts = sorted(rng.sample(range(1, len(data)), rng.randint(2, 60)))
+        assert client_bytes([data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]) == WHOLE
