@@ -14,11 +14,11 @@ import time
 
 from ccswitch.config.models import Upstream
 from ccswitch.dial.job import Attempt, Job, marks
-from ccswitch.dial.outcome import Failure, Streamed, in_stream_status, network_failure
+from ccswitch.dial.outcome import Failure, Streamed, network_failure
 from ccswitch.dial.render import OutgoingRequest
 from ccswitch.net import http1
 from ccswitch.wire import protocols
-from ccswitch.wire.protocols import Kind
+from ccswitch.wire.protocols import Kind, in_stream_status
 from ccswitch.wire.redact import scrub
 from ccswitch.wire.sse import SSEError, SSEParser
 from ccswitch.wire.usage import UsageTap

@@ -146,3 +146,19 @@ def stream_error_event(protocol: str, message: str, kind: str = "api_error") -> 
                              "sequence_number": 0}, "error")
     return format_event({"error": {"message": message, "type": "server_error", "param": None,
                                    "code": kind}})
+
+
+def in_stream_status(event_json: object) -> int:
+    """The HTTP status an in-stream error event stands for, so `on_status` can judge it."""
+    err = error_object(event_json)
+    kind = ""
+    if isinstance(err, dict):
+        kind = str(err.get("type") or err.get("code") or "")
+    elif isinstance(event_json, dict):
+        kind = str(event_json.get("code") or "")
+    return {
+        "overloaded_error": 529, "rate_limit_error": 429, "rate_limit_exceeded": 429,
+        "invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
+        "not_found_error": 404, "request_too_large": 413, "insufficient_quota": 429,
+        "server_is_overloaded": 529, "context_length_exceeded": 400,
+    }.get(kind, 500)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ccswitch.dial.outcome import in_stream_status
 from ccswitch.translate.chat.common import (
     ChatTranslation,
     _json_headers,
@@ -34,6 +33,7 @@ from ccswitch.translate.chat.responses_stream import (
 )
 from ccswitch.vocab import Protocol
 from ccswitch.wire.exchange import ClientRequest, Reply, json_or_none
+from ccswitch.wire.protocols import in_stream_status
 from ccswitch.wire.sse import parse_all
 
 

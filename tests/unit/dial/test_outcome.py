@@ -1,6 +1,7 @@
 from datetime import UTC, datetime, timedelta
 
-from ccswitch.dial.outcome import Failure, cooldown_floor, in_stream_status, retry_after_seconds, retry_delay
+from ccswitch.dial.outcome import Failure, cooldown_floor, retry_after_seconds, retry_delay
+from ccswitch.wire.protocols import in_stream_status
 
 
 def test_retry_delay_doubles_and_honours_retry_after_capped():
