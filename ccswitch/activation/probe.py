@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+from ccswitch.clock import ms_since, utc_now
 from ccswitch.config.models import Rules, Upstream, parse_hhmm
 from ccswitch.config.schedule import fire_instant
 from ccswitch.dial.render import render
@@ -172,7 +173,7 @@ async def send_probe(client: http1.UpstreamClient, upstream: Upstream, timeout: 
     out = render(upstream, req)
     sent = json.loads(out.body)
     sent["model"] = body["model"]       # activation_model is sent as written, never renamed
-    started, ts = time.monotonic(), datetime.now(UTC)
+    started, ts = time.monotonic(), utc_now()
     status, error, ok = None, None, False
     if allow_url is not None and not allow_url(out.url):
         return ProbeResult(upstream.name, False, None, "refused: not a loopback address (test guard)", 0, ts)
@@ -191,4 +192,4 @@ async def send_probe(client: http1.UpstreamClient, upstream: Upstream, timeout: 
             error = f"HTTP {status}" if not 200 <= status < 300 else "a 2xx without content"
     except (http1.TransportError, TimeoutError, OSError) as exc:
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return ProbeResult(upstream.name, ok, status, error, int((time.monotonic() - started) * 1000), ts)
+    return ProbeResult(upstream.name, ok, status, error, ms_since(started), ts)

@@ -1,4 +1,4 @@
-"""`ccswitch` command line: check, env (and later report, activate)."""
+"""`ccswitch` command line: check, env, report, activate."""
 
 from __future__ import annotations
 
@@ -6,28 +6,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from ccswitch.config.load import default_rules_text, load_rules, parse_rules, resolve_rules_path
+from ccswitch.config.load import find_rules
 from ccswitch.config.models import RulesError
+from ccswitch.vocab import Route
 
 
 def _check(args: argparse.Namespace) -> int:
-    path = Path(args.rules) if args.rules else resolve_rules_path(None, Path.cwd(), Path.home())
     try:
-        if path is None:
-            rules = parse_rules(default_rules_text(), "<built-in default>")
-            where = "the built-in default (no rules.yaml found)"
-        else:
-            if not path.exists():
-                print(f"{path}: no such file", file=sys.stderr)
-                return 1
-            rules = load_rules(path)
-            where = str(path)
+        rules, path = find_rules(args.rules)
     except RulesError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return 1
-    routes = ", ".join(f"{name}: {len(rules.routes.for_route(name))}" for name in ("claude", "codex", "chat"))
+    where = str(path) if path else "the built-in default (no rules.yaml found)"
+    routes = ", ".join(f"{route}: {len(rules.routes.for_route(route))}" for route in Route)
     print(f"{where}: OK ({len(rules.upstreams)} upstreams; routes {routes})")
     return 0
 
@@ -81,12 +74,9 @@ def _activate(args: argparse.Namespace) -> int:
 
 
 def _load_for_command(path_arg: str | None):
-    path = Path(path_arg) if path_arg else resolve_rules_path(None, Path.cwd(), Path.home())
     try:
-        if path is None:
-            return parse_rules(default_rules_text(), "<built-in default>")
-        return load_rules(path)
-    except (RulesError, OSError) as exc:
+        return find_rules(path_arg)[0]
+    except RulesError as exc:
         print(str(exc), file=sys.stderr)
         return None
 

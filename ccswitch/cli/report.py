@@ -8,10 +8,11 @@ import os
 import sqlite3
 import sys
 from collections.abc import Iterator, Mapping
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
-from ccswitch.config.load import default_rules_text, load_rules, parse_rules, resolve_rules_path
+from ccswitch.clock import utc_now
+from ccswitch.config.load import find_rules
 from ccswitch.config.models import Rules, RulesError
 from ccswitch.ledger.schema import connect
 from ccswitch.report.data import DIMENSIONS, build_report, report_zone
@@ -63,12 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load_rules(option: str | None) -> Rules:
-    path = resolve_rules_path(option, Path.cwd(), Path.home())
-    if path is None:
-        return parse_rules(default_rules_text(), "<built-in default>")
-    if not path.exists():
-        raise RulesError([f"{path}: no such file"])
-    return load_rules(path, env=_AnyEnv())
+    return find_rules(option, env=_AnyEnv())[0]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         return 1
     tz = report_zone(rules)
-    today = datetime.now(UTC).astimezone(tz).date()
+    today = utc_now().astimezone(tz).date()
     until = args.until or today
     since = args.since or (until - timedelta(days=args.days - 1))
     if since > until:

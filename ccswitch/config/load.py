@@ -1,11 +1,11 @@
 """Reading rules.yaml: YAML -> ``${VAR}`` expansion -> pydantic validation -> cross-checks.
 
-This file owns turning rules *text* into a ``Rules`` (models in rules.py): a YAML loader with
+This file owns turning rules *text* into a ``Rules`` (models in config.models): a YAML loader with
 YAML 1.2-ish scalars that notes duplicate keys, ``${VAR}`` expansion in api_key and header
 values, pydantic errors rewritten as ``FILE: field.path: message``, checks that span fields
 (duplicate names, auth/base_url combinations, routes), and where rules.yaml is looked for.
-Public: ``parse_rules``, ``load_rules``, ``resolve_rules_path``, ``default_rules_text`` (all
-also importable from ccswitch.rules). Every problem is collected into one ``RulesError``;
+Public: ``find_rules`` (what every command and the proxy load), ``parse_rules``, ``load_rules``,
+``resolve_rules_path``, ``default_rules_text``. Every problem is collected into one ``RulesError``;
 secrets never appear in a message.
 """
 from __future__ import annotations
@@ -261,6 +261,23 @@ def load_rules(path: str | Path, env: Mapping[str, str] | None = None) -> Rules:
     except (OSError, UnicodeDecodeError) as e:
         raise RulesError([f"{path}: cannot read ({e.strerror or type(e).__name__})"]) from None
     return _parse(text, str(path), env, path.resolve().parent, path)
+
+
+BUILT_IN = "<built-in default>"
+
+
+def find_rules(option_value: str | None, env: Mapping[str, str] | None = None,
+               cwd: Path | None = None, home: Path | None = None) -> tuple[Rules, Path | None]:
+    """The rules every command and the proxy use, and their file (None = the built-in default).
+
+    A named file must exist; without a name, ./rules.yaml, then ~/.ccswitch/rules.yaml, then
+    the built-in default.  Raises RulesError for a missing or invalid file."""
+    path = resolve_rules_path(option_value, cwd or Path.cwd(), home or Path.home())
+    if path is None:
+        return parse_rules(default_rules_text(), BUILT_IN, env), None
+    if not path.exists():
+        raise RulesError([f"{path}: no such file"])
+    return load_rules(path, env), path
 
 
 def resolve_rules_path(option_value: str | None, cwd: Path, home: Path) -> Path | None:

@@ -1,4 +1,4 @@
-"""rules.yaml data model: pydantic models and the small value parsers they use (contract §3).
+"""rules.yaml data model: pydantic models and the small value parsers they use.
 
 This file owns what valid rules *are*: ``Rules`` and its parts (``Upstream``, ``Routes``,
 ``Failover``, ``Timeouts``, ``Activation``, ``HourWindow``), durations, ``HH:MM`` times,
@@ -33,13 +33,13 @@ from pydantic import (
     model_validator,
 )
 
-Action = Literal["switch", "retry", "pass"]
-Protocol = Literal["anthropic", "openai-responses", "openai-chat"]
+from ccswitch.vocab import Action, Protocol, Route
+
 AuthMode = Literal["x-api-key", "bearer", "client"]
 ROUTE_PROTOCOLS: dict[str, frozenset[str]] = {
-    "claude": frozenset({"anthropic"}),
-    "codex": frozenset({"openai-responses"}),
-    "chat": frozenset({"anthropic", "openai-responses", "openai-chat"}),
+    Route.CLAUDE: frozenset({Protocol.ANTHROPIC}),
+    Route.CODEX: frozenset({Protocol.RESPONSES}),
+    Route.CHAT: frozenset(Protocol),
 }
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 DEFAULT_ON_STATUS: dict[str, str] = {

@@ -1,4 +1,4 @@
-"""Days, hours, time zone and activation times, given a clock (contract §3).
+"""Days, hours, time zone and activation times, given a clock.
 
 Pure: every function takes the time it needs; nothing here reads the wall clock unless
 `local_now` is called without a clock.

@@ -11,7 +11,7 @@ import hashlib
 import logging
 from pathlib import Path
 
-from ccswitch.config.load import default_rules_text, load_rules, parse_rules, resolve_rules_path
+from ccswitch.config.load import BUILT_IN, default_rules_text, find_rules, load_rules, parse_rules, resolve_rules_path
 from ccswitch.config.models import Rules, RulesError
 
 log = logging.getLogger("ccswitch.rules")
@@ -20,7 +20,7 @@ log = logging.getLogger("ccswitch.rules")
 class RulesFile:
     def __init__(self) -> None:
         self.path: Path | None = None
-        self.rules: Rules = parse_rules(default_rules_text(), "<built-in default>")
+        self.rules: Rules = parse_rules(default_rules_text(), BUILT_IN)
         self._signature: bytes | None = None
 
     def open(self, option_value: str | None) -> None:
@@ -28,7 +28,7 @@ class RulesFile:
         path = resolve_rules_path(option_value, Path.cwd(), Path.home())
         if path is None:
             self.path, self._signature = None, None
-            self.rules = parse_rules(default_rules_text(), "<built-in default>")
+            self.rules = find_rules(None)[0]
             log.info("ccswitch: no rules.yaml found; using the built-in default "
                      "(official upstreams, the client's own credentials)")
             return

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
+from ccswitch.clock import ms_since
 from ccswitch.config.models import Upstream
-from ccswitch.dial.job import Attempt, Job, marks
+from ccswitch.dial.job import CLIENT_CLOSED, Attempt, Job, marks
 from ccswitch.dial.outcome import (
     Failure,
     NetworkFailure,
@@ -28,9 +30,9 @@ from ccswitch.dial.pump import Pump
 from ccswitch.dial.relay import send_whole
 from ccswitch.dial.render import OutgoingRequest, render
 from ccswitch.net import http1
-from ccswitch.net.addresses import is_loopback_host
 from ccswitch.routing.health import HealthBoard
 from ccswitch.translate import translation_for
+from ccswitch.vocab import Action, Endpoint
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import RenderError, Reply
 from ccswitch.wire.usage import usage_of_body
@@ -47,10 +49,10 @@ class Sink(Protocol):
 
 
 class Dialer:
-    def __init__(self, health: HealthBoard, *, loopback_only: bool = False,
+    def __init__(self, health: HealthBoard, *, allow_url: Callable[[str], bool] = lambda url: True,
                  client: http1.UpstreamClient | None = None) -> None:
         self.health = health
-        self.loopback_only = loopback_only
+        self.allow_url = allow_url      # a guard tests install: False refuses the upstream unsent
         self.client = client or http1.UpstreamClient()
 
     async def aclose(self) -> None:
@@ -78,7 +80,7 @@ class Dialer:
                     await self._deliver(job, upstream, result, sink)
                     return
                 action = result.action
-                if action == "retry" and retries.get(upstream.name, 0) < _MAX_RETRIES_SAME_UPSTREAM \
+                if action == Action.RETRY and retries.get(upstream.name, 0) < _MAX_RETRIES_SAME_UPSTREAM \
                         and len(job.attempts) < failover.max_attempts:
                     retries[upstream.name] = retries.get(upstream.name, 0) + 1
                     await asyncio.sleep(retry_delay(result.headers, failover.retry_backoff,
@@ -93,7 +95,7 @@ class Dialer:
                 reply = last.as_reply(job.request.client_protocol)
                 await self._deliver(job, self._by_name(job, last.upstream), reply, sink)
         except asyncio.CancelledError:
-            job.error = "client_closed"
+            job.client_left()
             raise
         finally:
             job.latency_ms = job.elapsed_ms()
@@ -125,10 +127,10 @@ class Dialer:
             result = Reply(upstream.name, 400, [("content-type", "application/json")],
                            protocols.error_json(job.request.client_protocol, 400, str(exc)))
         except asyncio.CancelledError:
-            attempt.error = "client_closed"
+            attempt.error = CLIENT_CLOSED
             raise
         finally:
-            attempt.ms = int((time.monotonic() - began) * 1000)
+            attempt.ms = ms_since(began)
             if probing:
                 self.health.end_probe(upstream.name)
         failover = job.rules.failover
@@ -155,8 +157,8 @@ class Dialer:
                               translation, sink: Sink, attempt: Attempt) -> Reply | Failure | Streamed:
         rules = job.rules
         timeouts = rules.timeouts
-        if self.loopback_only and not is_loopback_host(outgoing.url):
-            return NetworkFailure(upstream.name, "refused: not a loopback address (test guard)",
+        if not self.allow_url(outgoing.url):
+            return NetworkFailure(upstream.name, "refused by the URL guard",
                                   rules.failover.on_network_error)
         wait = timeouts.first_byte if job.request.stream else timeouts.total
         deadline = time.monotonic() + wait
@@ -201,15 +203,15 @@ class Dialer:
             # a 2xx that held a failure (an aggregated stream ending in an error event) is judged
             # by the status that failure stands for, like any other answer
             action = failover.action_for(reply.status)
-            if action == "pass":
+            if action == Action.PASS:
                 return reply
             return Failure(upstream.name, reply.status, reply.reason or f"HTTP {reply.status}", action,
                            reply.headers, reply.body, translated=True)
-        if job.request.endpoint == "count_tokens" and status in (404, 405, 501):
-            return Failure(upstream.name, status, "count_tokens not supported", "switch", headers, body,
+        if job.request.endpoint == Endpoint.COUNT_TOKENS and status in (404, 405, 501):
+            return Failure(upstream.name, status, "count_tokens not supported", Action.SWITCH, headers, body,
                            counts=False)
         action = failover.action_for(status)
-        if action == "pass":
+        if action == Action.PASS:
             return Reply(upstream.name, status, headers, body)
         return Failure(upstream.name, status, f"HTTP {status}", action, headers, body)
 

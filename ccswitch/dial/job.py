@@ -11,11 +11,15 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
+from ccswitch.clock import ms_since, utc_now
 from ccswitch.config.models import Rules, Upstream
 from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.usage import Usage
+
+#: the error recorded when the client went away: no failure is counted against anyone
+CLIENT_CLOSED = "client_closed"
 
 
 @dataclass
@@ -42,7 +46,7 @@ class Job:
     converted: dict[str, dict] = field(default_factory=dict)   # upstream name -> body converted for it
     token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     started: float = field(default_factory=time.monotonic)
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started_at: datetime = field(default_factory=lambda: utc_now())
     attempts: list[Attempt] = field(default_factory=list)
     upstream: str | None = None          # the one whose response the client got
     upstream_model: str | None = None
@@ -52,8 +56,11 @@ class Job:
     latency_ms: int | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def client_left(self) -> None:
+        self.error = CLIENT_CLOSED
+
     def elapsed_ms(self) -> int:
-        return int((time.monotonic() - self.started) * 1000)
+        return ms_since(self.started)
 
     @property
     def failed_over(self) -> bool:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 
+from ccswitch.clock import utc_now
 from ccswitch.net import http1
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import Reply
@@ -115,7 +116,7 @@ def retry_after_seconds(headers: list[tuple[str, str]]) -> float | None:
             when = parsedate_to_datetime(value)
         except (TypeError, ValueError):
             return None
-        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+        return max(0.0, (when - utc_now()).total_seconds())
 
 
 def retry_delay(headers: list[tuple[str, str]], backoff: float, retry_number: int) -> float:
@@ -137,7 +138,7 @@ def cooldown_floor(failure: Failure) -> float:
                 when = datetime.fromisoformat(value.replace("Z", "+00:00"))
             except ValueError:
                 continue
-            told = max(told, (when - datetime.now(UTC)).total_seconds())
+            told = max(told, (when - utc_now()).total_seconds())
     return told
 
 

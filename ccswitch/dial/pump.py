@@ -17,6 +17,7 @@ from ccswitch.dial.job import Attempt, Job, marks
 from ccswitch.dial.outcome import Failure, Streamed, network_failure
 from ccswitch.dial.render import OutgoingRequest
 from ccswitch.net import http1
+from ccswitch.vocab import Action
 from ccswitch.wire import protocols
 from ccswitch.wire.protocols import Kind, in_stream_status
 from ccswitch.wire.redact import scrub
@@ -69,7 +70,7 @@ class Pump:
                 except StopAsyncIteration:
                     break
                 except (http1.TransportError, OSError) as exc:
-                    ended = network_failure(self.upstream.name, exc, "switch", "idle").reason
+                    ended = network_failure(self.upstream.name, exc, Action.SWITCH, "idle").reason
                     break
                 try:
                     events = self.parser.feed(chunk)
@@ -140,7 +141,7 @@ class Pump:
         if self.error is not None:
             message, status = self.error
             action = self.job.rules.failover.action_for(status)
-            if not self.committed and action != "pass":
+            if not self.committed and action != Action.PASS:
                 # before the commit an in-stream error is just another failed attempt
                 body = b"".join(self.held) + self._flush_translation()
                 return Failure(self.upstream.name, self.response.status_code, f"stream error: {message}",
@@ -150,7 +151,7 @@ class Pump:
             await self._end(self._flush_translation())
             self.job.error = f"stream error: {message}"
             # a `pass` error is the client's own (e.g. invalid request): no failure counted
-            return Streamed(self.upstream.name, ok=None if action == "pass" else False, reason=self.job.error)
+            return Streamed(self.upstream.name, ok=None if action == Action.PASS else False, reason=self.job.error)
         if not self.committed:
             await self._commit()
         await self._end(self._flush_translation())

@@ -204,7 +204,7 @@ class Relay:
         try:
             await run_guarded(self._run_job, job, sink)
         except ClientGone:
-            job.error = "client_closed"
+            job.client_left()
             sink.broken = True
         finally:
             if self._on_done is not None:
@@ -231,7 +231,7 @@ class Relay:
                 data = None if watcher.exception() else watcher.result()
                 if not data:          # EOF or reset: the client is gone, stop the upstream request now
                     task.cancel()
-                    job.error = "client_closed"
+                    job.client_left()
                     await asyncio.gather(task, return_exceptions=True)
                     return None
                 ahead += data

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ccswitch.config.models import Upstream
-from ccswitch.vocab import Protocol
+from ccswitch.vocab import Endpoint, Protocol
 from ccswitch.wire.exchange import ClientRequest, RenderError
 from ccswitch.wire.redact import CREDENTIAL_HEADERS
 
@@ -18,10 +18,10 @@ _HOP_BY_HOP = frozenset({
 })
 _OURS = "x-ccswitch-"
 _SUFFIX = {
-    (Protocol.ANTHROPIC, "messages"): "/v1/messages",
-    (Protocol.ANTHROPIC, "count_tokens"): "/v1/messages/count_tokens",
-    (Protocol.RESPONSES, "responses"): "/responses",
-    (Protocol.CHAT, "chat"): "/chat/completions",
+    (Protocol.ANTHROPIC, Endpoint.MESSAGES): "/v1/messages",
+    (Protocol.ANTHROPIC, Endpoint.COUNT_TOKENS): "/v1/messages/count_tokens",
+    (Protocol.RESPONSES, Endpoint.RESPONSES): "/responses",
+    (Protocol.CHAT, Endpoint.CHAT): "/chat/completions",
 }
 
 
@@ -46,9 +46,9 @@ def upstream_url(upstream: Upstream, req: ClientRequest) -> str:
 
 
 def _endpoint_for(protocol: str, endpoint: str) -> str:
-    if endpoint == "count_tokens":
+    if endpoint == Endpoint.COUNT_TOKENS:
         return endpoint
-    return {Protocol.ANTHROPIC: "messages", Protocol.RESPONSES: "responses", Protocol.CHAT: "chat"}[protocol]
+    return {Protocol.ANTHROPIC: Endpoint.MESSAGES, Protocol.RESPONSES: Endpoint.RESPONSES, Protocol.CHAT: Endpoint.CHAT}[protocol]
 
 
 def render(upstream: Upstream, req: ClientRequest, body: dict[str, Any] | None = None) -> OutgoingRequest:

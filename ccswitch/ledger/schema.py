@@ -2,7 +2,7 @@
 
 Each migration takes the schema from version N-1 to N; opening a database runs
 the missing ones in order inside one transaction.  Columns named in the
-contract (interface.md §5) are never renamed or dropped.
+ledger reference (docs/ledger.md) are never renamed or dropped.
 """
 
 from __future__ import annotations

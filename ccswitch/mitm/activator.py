@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 from mitmproxy import command, exceptions
 
 from ccswitch.activation.probe import ProbeResult, Schedule, Slot, send_probe, slot_instants
+from ccswitch.clock import utc_now
 from ccswitch.config.models import Rules, Upstream
 from ccswitch.ledger.schema import connect
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.net import http1
-from ccswitch.net.addresses import is_loopback_host
 
 log = logging.getLogger("ccswitch.activation")
 
@@ -25,16 +25,13 @@ class Activator:
 
     def __init__(self, gateway: Gateway, clock: Callable[[], datetime] | None = None) -> None:
         self.gateway = gateway
-        self.clock = clock or (lambda: datetime.now(UTC))
+        self.clock = clock or (lambda: utc_now())
         self.schedule = Schedule()
         self.client: http1.UpstreamClient | None = None
-        self.loopback_only = False
         self._task: asyncio.Task | None = None
         self._probes: set[asyncio.Task] = set()
 
     def running(self) -> None:
-        from mitmproxy import ctx
-        self.loopback_only = ctx.options.ccswitch_loopback_only
         self.client = http1.UpstreamClient(ssl_context=upstream_tls())
         rules = self.gateway.rules
         seed_from_ledger(self.schedule, rules, self.now(rules))
@@ -79,8 +76,7 @@ class Activator:
         return task
 
     async def _probe(self, upstream: Upstream, slot: Slot | None) -> ProbeResult:
-        result = await send_probe(self.client, upstream,
-                                  allow_url=is_loopback_host if self.loopback_only else None)
+        result = await send_probe(self.client, upstream, allow_url=self.gateway.allow_url)
         rules = self.gateway.rules
         if slot is not None:
             self.schedule.finished(slot, result.ok, self.now(rules), rules.activation.retry_interval)

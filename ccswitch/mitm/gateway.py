@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+from collections.abc import Callable
 
 from mitmproxy import ctx, exceptions
 
@@ -39,6 +40,9 @@ class Gateway:
         self.rules_file = RulesFile()
         self.health = HealthBoard()
         self.ledger: Ledger | None = None
+        # every upstream URL ccswitch itself dials is asked here first; tests install a
+        # loopback-only guard (tests/support/loopback_guard.py), production allows all
+        self.allow_url: Callable[[str], bool] = lambda url: True
 
     @property
     def rules(self) -> Rules:

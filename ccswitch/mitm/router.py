@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 
 from mitmproxy import ctx, http
 from mitmproxy.proxy import mode_specs
 
+from ccswitch.clock import utc_now
 from ccswitch.config.models import Rules
 from ccswitch.dial.dialer import Dialer
 from ccswitch.dial.job import Job
@@ -24,7 +25,7 @@ from ccswitch.net.inflate import INFLATABLE, DecodeError, Inflater, TooLarge
 from ccswitch.routing.classify import RouteMatch, classify
 from ccswitch.routing.plan import plan
 from ccswitch.translate import translation_for
-from ccswitch.vocab import CLIENT_PROTOCOL, Protocol
+from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint, Protocol
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import ClientRequest, RenderError
 from ccswitch.wire.redact import CREDENTIAL_HEADERS, REDACTED, client_credential
@@ -48,8 +49,6 @@ class Router:
         self.inline: set[asyncio.Task] = set()   # dialer runs for non-streamed requests
 
     def load(self, loader) -> None:
-        loader.add_option("ccswitch_loopback_only", bool, False,
-                          "Refuse upstreams that are not loopback addresses (a guard for tests).")
         loader.add_option("ccswitch_max_body", int, 32 * 1024 * 1024,
                           "Largest request body (bytes) ccswitch routes; larger ones get a 413 "
                           "in the client's API format (Anthropic's own limit is 32 MB).")
@@ -61,7 +60,7 @@ class Router:
                           "instead of a 502 that clients retry for many seconds.")
 
     async def running(self) -> None:
-        self.dialer = Dialer(self.gateway.health, loopback_only=ctx.options.ccswitch_loopback_only,
+        self.dialer = Dialer(self.gateway.health, allow_url=lambda url: self.gateway.allow_url(url),
                              client=http1.UpstreamClient(ssl_context=upstream_tls()))
         self.relay = Relay(self.dialer.run, on_done=self.gateway.record_job)
         await self.relay.start()
@@ -82,8 +81,6 @@ class Router:
             context = upstream_tls()   # checked now, so a bad CA file is refused at once
             if self.dialer:
                 self.dialer.client.ssl_context = context
-        if "ccswitch_loopback_only" in updated and self.dialer:
-            self.dialer.loopback_only = ctx.options.ccswitch_loopback_only
         if "ccswitch_ledger" in updated:
             self.gateway.open_ledger(ctx.options.ccswitch_ledger)
 
@@ -97,7 +94,7 @@ class Router:
         if match is None or not rules.routes.for_route(match.route):
             self._unrouted(flow)  # a route with no upstreams is not ours either
             return
-        started = datetime.now(UTC)
+        started = utc_now()
         client_protocol = CLIENT_PROTOCOL[match.route]
 
         def refuse(status: int, message: str, body: dict | None = None, extra: dict | None = None) -> None:
@@ -108,12 +105,12 @@ class Router:
                     request_id=flow.id, started_at=started, route=match.route, endpoint=match.endpoint,
                     model=model if isinstance(model, str) else None, stream=bool((body or {}).get("stream")),
                     status=status, error=message[:500],
-                    latency_ms=int((datetime.now(UTC) - started).total_seconds() * 1000)))
+                    latency_ms=int((utc_now() - started).total_seconds() * 1000)))
 
         headers = list(flow.request.headers.items(multi=True))
         if rules.client_keys and not rules.client_key_ok(client_credential(headers)):
             return refuse(401, "missing or invalid ccswitch client key")
-        if match.endpoint == "websocket":
+        if match.endpoint == Endpoint.WEBSOCKET:
             return refuse(426, "ccswitch serves Responses over HTTPS, not WebSocket", {"stream": True})
         refusal = _header_problem(headers) or _body_problem(flow.request, ctx.options.ccswitch_max_body)
         if refusal:
@@ -158,7 +155,7 @@ class Router:
                 await asyncio.wait({task}, timeout=0.1)
                 if flow.client_conn.timestamp_end is not None and not task.done():
                     task.cancel()   # the client went away: cancel the upstream request now
-                    job.error = "client_closed"
+                    job.client_left()
                     await asyncio.gather(task, return_exceptions=True)
                     flow.response = http.Response.make(499, b"", {})
                     return

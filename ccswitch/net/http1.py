@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -220,10 +220,21 @@ class _Connection(asyncio.Protocol):
         return RemoteProtocolError(message)
 
 
+async def open_tcp(protocol_factory: Callable[[], asyncio.Protocol], host: str, port: int,
+                   context: ssl.SSLContext | None) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
+    """A real socket (TLS when `context` is given); the default of `UpstreamClient(connect=)`."""
+    loop = asyncio.get_running_loop()
+    # no happy_eyeballs_delay: its staggered race trips an assertion under mitmproxy's eager
+    # task factory on Python 3.12 (CPython gh-124309); addresses are tried in turn instead
+    return await loop.create_connection(protocol_factory, host, port, ssl=context,
+                                        server_hostname=host if context else None, all_errors=True)
+
+
 class UpstreamClient:
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None, max_idle_per_origin: int = 100,
-                 keepalive_expiry: float = 60.0) -> None:
+                 keepalive_expiry: float = 60.0, connect: Callable[..., Awaitable[tuple]] = open_tcp) -> None:
         self._ssl_context = ssl_context     # None: ssl_context_for() on the first https upstream
+        self._open_transport = connect      # a seam: tests may hand over an in-memory transport
         self.max_idle_per_origin = max_idle_per_origin
         self.keepalive_expiry = keepalive_expiry
         self._idle: dict[Origin, list[_Connection]] = {}
@@ -307,14 +318,9 @@ class UpstreamClient:
             if self._ssl_context is None:
                 self._ssl_context = ssl_context_for()
             context = self._ssl_context
-        loop = asyncio.get_running_loop()
-        # no happy_eyeballs_delay: its staggered race trips an assertion under mitmproxy's eager
-        # task factory on Python 3.12 (CPython gh-124309); addresses are tried in turn instead
         try:
             async with asyncio.timeout(timeout):
-                _, connection = await loop.create_connection(
-                    lambda: _Connection(origin), host, port, ssl=context,
-                    server_hostname=host if context else None, all_errors=True)
+                _, connection = await self._open_transport(lambda: _Connection(origin), host, port, context)
         except TimeoutError as exc:
             raise ConnectTimeout(f"connecting to {host}:{port} timed out") from exc
         except ExceptionGroup as group:   # every address failed: report the first

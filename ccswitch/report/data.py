@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
+from ccswitch.clock import utc_now
 from ccswitch.config.models import Rules
 from ccswitch.report import prices
 
@@ -240,7 +241,7 @@ def _activations(conn: sqlite3.Connection, tables: set[str], since: date, until:
 def tz_label(rules: Rules, tz: tzinfo | None) -> str:
     if rules.timezone:
         return rules.timezone
-    offset = datetime.now(UTC).astimezone(tz).utcoffset() or timedelta(0)
+    offset = utc_now().astimezone(tz).utcoffset() or timedelta(0)
     sign = "-" if offset < timedelta(0) else "+"
     minutes = abs(int(offset.total_seconds())) // 60
     return f"local time, UTC{sign}{minutes // 60:02d}:{minutes % 60:02d}"

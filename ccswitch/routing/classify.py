@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ccswitch.vocab import Endpoint, Route
+
 _PATHS = {
-    "/v1/messages": ("claude", "messages"),
-    "/v1/messages/count_tokens": ("claude", "count_tokens"),
-    "/v1/responses": ("codex", "responses"),
-    "/responses": ("codex", "responses"),
-    "/backend-api/codex/responses": ("codex", "responses"),
-    "/openai/responses": ("codex", "responses"),
-    "/v1/chat/completions": ("chat", "chat"),
+    "/v1/messages": (Route.CLAUDE, Endpoint.MESSAGES),
+    "/v1/messages/count_tokens": (Route.CLAUDE, Endpoint.COUNT_TOKENS),
+    "/v1/responses": (Route.CODEX, Endpoint.RESPONSES),
+    "/responses": (Route.CODEX, Endpoint.RESPONSES),
+    "/backend-api/codex/responses": (Route.CODEX, Endpoint.RESPONSES),
+    "/openai/responses": (Route.CODEX, Endpoint.RESPONSES),
+    "/v1/chat/completions": (Route.CHAT, Endpoint.CHAT),
 }
 
 
@@ -32,6 +34,6 @@ def classify(method: str, path: str, websocket_upgrade: bool = False) -> RouteMa
     route, endpoint = hit
     if method == "POST":
         return RouteMatch(route, endpoint)
-    if method == "GET" and websocket_upgrade and route == "codex":
-        return RouteMatch(route, "websocket")
+    if method == "GET" and websocket_upgrade and route == Route.CODEX:
+        return RouteMatch(route, Endpoint.WEBSOCKET)
     return None

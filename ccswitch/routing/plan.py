@@ -36,7 +36,7 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
     cooling: list[tuple[float, Upstream]] = []
     for name in rules.routes.for_route(route):
         upstream = rules.upstream(name)
-        why = _unavailable(upstream, model, health, now)
+        why = off_reason(upstream, health, now, model)
         if why is not None:
             result.blocked.append((name, why))
             continue
@@ -60,7 +60,9 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
     return result
 
 
-def _unavailable(upstream: Upstream, model: str | None, health: HealthBoard, now: datetime) -> str | None:
+def off_reason(upstream: Upstream, health: HealthBoard, now: datetime, model: str | None = None) -> str | None:
+    """Why an upstream takes no request now, health aside (switched off, outside its days or
+    hours, not serving the model), or None.  Routing and `ccswitch.status` both ask here."""
     if not health.enabled(upstream.name, upstream.enabled):
         return "disabled" if not upstream.enabled else "disabled by ccswitch.disable"
     block = schedule_block(upstream, now)

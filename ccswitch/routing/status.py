@@ -5,28 +5,28 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from ccswitch.config.models import Rules, Upstream
-from ccswitch.config.schedule import describe_next, schedule_block
+from ccswitch.config.schedule import describe_next
 from ccswitch.routing.health import HealthBoard
+from ccswitch.routing.plan import off_reason
+from ccswitch.vocab import Route
 
 
 def upstream_state(upstream: Upstream, health: HealthBoard, now: datetime) -> str:
     """available / cooling down until … / outside its days or hours / disabled."""
-    if not health.enabled(upstream.name, upstream.enabled):
-        return "disabled" if not upstream.enabled else "disabled (ccswitch.disable)"
+    reason = off_reason(upstream, health, now)
+    if reason:
+        return reason
     until = health.cooling_until(upstream.name)
     if until is not None:
         left = until - health.clock()
         return f"cooling down until {(now + timedelta(seconds=left)):%H:%M:%S} ({left:.0f}s left)"
-    block = schedule_block(upstream, now)
-    if block:
-        return block
     if health.busy_probing(upstream.name):
         return "available (being probed after its cooldown)"
     return "available"
 
 
 def status_text(rules: Rules, health: HealthBoard, now: datetime) -> str:
-    routes = {name: [r for r in ("claude", "codex", "chat") if name in rules.routes.for_route(r)]
+    routes = {name: [r for r in Route if name in rules.routes.for_route(r)]
               for name in (u.name for u in rules.upstreams)}
     preferred = health.preferred_name()
     lines = [f"ccswitch at {now:%Y-%m-%d %H:%M:%S %Z}" + (f"; preferring {preferred}" if preferred else "")]

@@ -12,6 +12,7 @@ from ccswitch.dial.dialer import Dialer
 from ccswitch.dial.relay import JOB_HEADER, Relay
 from ccswitch.routing.health import HealthBoard
 from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B, make_job, rules_for
+from tests.support.loopback_guard import loopback_url
 from tests.support.mock_upstream import MockUpstream, slow_stream, status
 from tests.support.proxy_process import Proxy
 
@@ -93,7 +94,7 @@ async def test_client_disconnect_cancels_upstream_and_counts_nothing():
     with MockUpstream("slow") as slow:
         slow.default = slow_stream(200, 0.02)
         health = HealthBoard()
-        dialer = Dialer(health, loopback_only=True)
+        dialer = Dialer(health, allow_url=loopback_url)
         relay = Relay(dialer.run)
         await relay.start()
         job = make_job(rules_for(("a", "anthropic", slow.base_url)))

@@ -34,7 +34,7 @@ class Proxy:
         self.args = [
             str(MITMDUMP), "-s", str(REPO / "addon.py"), "-s", str(GUARD),
             "--set", f"ccswitch_rules={rules_path}", "--set", f"confdir={self.confdir}",
-            "--set", "ccswitch_loopback_only=true", "--set", "termlog_verbosity=info",
+            "--set", "termlog_verbosity=info",
             "--mode", f"regular@{self.regular_port}",
             "--mode", f"reverse:{reverse_target}@{self.reverse_port}", *extra_args,
         ]

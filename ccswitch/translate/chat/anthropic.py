@@ -1,4 +1,4 @@
-"""The chat route over an Anthropic Messages upstream (conversion spec §1, §3, §4.1, §5).
+"""The chat route over an Anthropic Messages upstream.
 
     request:   Chat Completions body  -> Messages body      (anthropic_request.build)
     reply:     Messages JSON          -> chat.completion    (convert_response)

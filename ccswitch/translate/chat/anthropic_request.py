@@ -1,4 +1,4 @@
-"""Chat Completions request -> Anthropic Messages request (conversion spec §1).
+"""Chat Completions request -> Anthropic Messages request.
 
 Pure: the same client body, upstream and rules always give the same Anthropic body.
 Anything that cannot be expressed raises `RenderError` (the client gets a 400).
@@ -17,7 +17,7 @@ from ccswitch.wire.exchange import ClientRequest, RenderError
 
 log = logging.getLogger("ccswitch.convert")
 
-JSON_TOOL = "json_tool_call"      # forced tool carrying response_format on older models (§1.5)
+JSON_TOOL = "json_tool_call"      # forced tool carrying response_format on older models
 NOOP_TOOL = "ccswitch_noop"       # stands in when history has tool turns but the client sent no tools
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _DATA_URL = re.compile(r"^data:(?P<mime>[^;,]*)(?P<params>(?:;[^;,]*)*),(?P<data>.*)$", re.DOTALL)
@@ -228,7 +228,7 @@ def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _tool_choice(body: dict[str, Any], tools: list[dict[str, Any]]) -> tuple[dict | None, list]:
-    """(Anthropic tool_choice or None, tools possibly filtered by allowed_tools) — §1.3 table."""
+    """(Anthropic tool_choice or None, tools possibly filtered by allowed_tools), as OpenAI's tool_choice maps onto Anthropic's."""
     choice = body.get("tool_choice")
     names = {t["name"] for t in tools}
     if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
@@ -318,7 +318,7 @@ def build(body: dict[str, Any], req: ClientRequest, upstream, rules) -> dict[str
                   "input_schema": {"type": "object", "properties": {}}}]
         choice = {"type": "none"}
 
-    # ---- thinking (§1.6)
+    # ---- thinking
     effort = body.get("reasoning_effort")
     if effort is None and suffixed:
         effort = "high"

@@ -1,5 +1,5 @@
-"""Anthropic Messages SSE -> Chat Completions chunks, one event at a time (spec §4.1),
-plus the finish-reason and usage mappings shared with the non-stream reply (§3.3, §3.4)."""
+"""Anthropic Messages SSE -> Chat Completions chunks, one event at a time,
+plus the finish-reason and usage mappings shared with the non-stream reply."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """What every conversion *to* an OpenAI Chat Completions client shares: the
 chunk writer, the usage shape, the error shape, the translation skeleton.
 
-Conversions plug into the dialer through the interface of
-`ccswitch.translate.Passthrough` (request / check_body / reply / error_reply /
-stream); `ChatTranslation` below implements the protocol-independent parts.
+Conversions plug into the dialer as a `translate.base.Translation` (request / scrub /
+check_body / reply / error_reply / stream); `ChatTranslation` below implements the
+protocol-independent parts.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class ChatTranslation:
     """The protocol-independent half of a Chat-client conversion.
 
     Subclasses set `protocol` and implement `convert_request(body, req, upstream, rules)`,
-    `convert_response(body_json, req)` and `stream_converter(req)`.
+    `convert_response(body, req, upstream)` and `stream(req, upstream)`.
     """
 
     protocol = ""

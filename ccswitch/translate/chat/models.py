@@ -23,7 +23,7 @@ DEFAULT_MAX_TOKENS: dict[str, int] = {
 
 
 def split_model(model: Any) -> tuple[Any, bool]:
-    """(`model` without a `-thinking` suffix, whether the suffix was there) — spec §1.6."""
+    """(`model` without a `-thinking` suffix, whether the suffix was there)."""
     if isinstance(model, str) and model.endswith(THINKING_SUFFIX) and len(model) > len(THINKING_SUFFIX):
         return model[: -len(THINKING_SUFFIX)], True
     return model, False

@@ -1,10 +1,9 @@
 """The chat route on an OpenAI Responses upstream: Chat Completions request ->
 Responses request, Responses answer (JSON or SSE) -> Chat Completions answer.
 
-Request: `responses_request.build_request` (spec §2, §6).  Non-stream answers:
-`completion_from_response` (§3.2-§3.4).  Streams: `responses_stream.ResponsesStream`
-(§4.2).  The ChatGPT Codex backend only streams, so a non-stream client is served
-by aggregating the upstream SSE body (`aggregate`).
+Request: `responses_request.build_request`.  Non-stream answers:
+`completion_from_response`.  Streams: `responses_stream.ResponsesStream`.  The ChatGPT
+Codex backend only streams, so a non-stream client is served by aggregating the upstream SSE body (`aggregate`).
 """
 
 from __future__ import annotations
@@ -104,7 +103,7 @@ def chat_message(text: str, refusal: str, reasoning: str, tool_calls: list[dict[
 
 
 def completion_from_response(response: dict[str, Any], model: str) -> dict[str, Any]:
-    """§3.2: walk `output[]` in order into exactly one choice."""
+    """Walk `output[]` in order into exactly one choice."""
     if response.get("status") in ("failed", "cancelled"):
         raise UpstreamFailed(*failure_of({"response": response}))
     text, refusal, reasoning, calls = [], [], [], []

@@ -1,4 +1,4 @@
-"""Chat Completions request -> OpenAI Responses request (conversion spec §2, §6).
+"""Chat Completions request -> OpenAI Responses request.
 
 Pure functions over dicts.  A request that cannot be expressed raises
 `RenderError` (the client gets a 400 in the OpenAI format).
@@ -74,7 +74,7 @@ def build_request(body: dict[str, Any], *, stream: bool, codex: bool = False) ->
             out[key] = body[key]
     if body.get("user") is not None and "safety_identifier" not in out:
         out["safety_identifier"] = body["user"]
-    out["store"] = False                         # stateless gateway (spec §6)
+    out["store"] = False                         # stateless: ccswitch keeps no server-side conversation
     out["stream"] = stream
     if include:
         out["include"] = include
@@ -197,7 +197,7 @@ def _assistant_items(msg: dict[str, Any], where: str) -> list[dict[str, Any]]:
         text = _text_of(content, where)
     if msg.get("refusal"):
         refusals.append(str(msg["refusal"]))
-    # assistant history is output_text, never input_text (spec §2, §7.10)
+    # assistant history is output_text, never input_text
     parts = ([{"type": "output_text", "text": text}] if text else []) + \
         [{"type": "refusal", "refusal": r} for r in refusals if r]
     items: list[dict[str, Any]] = [{"type": "message", "role": "assistant", "content": parts}] if parts else []
@@ -208,7 +208,7 @@ def _assistant_items(msg: dict[str, Any], where: str) -> list[dict[str, Any]]:
         if not call.get("id") or not fn.get("name"):
             raise RenderError(f"{where}.tool_calls[{j}] needs an id and a function name")
         args = fn.get("arguments")
-        # no `id`: an input item id must be an `fc_` id that exists server-side (spec §2, §7.11)
+        # no `id`: an input item id must be an `fc_` id that exists server-side
         items.append({"type": "function_call", "call_id": call["id"], "name": fn["name"],
                       "arguments": args if isinstance(args, str) and args else "{}"})
     return items

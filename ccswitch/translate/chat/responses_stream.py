@@ -1,4 +1,4 @@
-"""OpenAI Responses SSE events -> Chat Completions chunks (conversion spec §4.2, §5).
+"""OpenAI Responses SSE events -> Chat Completions chunks.
 
 `ResponsesStream` is stateful and per request.  `step(event)` turns one upstream
 event into Chat deltas and records how the stream ended; `feed(event)` writes
@@ -18,7 +18,7 @@ FAILED = frozenset({"response.failed", "error"})
 
 
 def response_usage(usage: Any) -> dict[str, Any]:
-    """Responses usage -> Chat usage; cached tokens are already part of input_tokens (§3.4)."""
+    """Responses usage -> Chat usage; cached tokens are already part of input_tokens."""
     if not isinstance(usage, dict):
         return chat_usage(0, 0)
     details_in = usage.get("input_tokens_details") or {}
@@ -33,7 +33,7 @@ def response_usage(usage: Any) -> dict[str, Any]:
 
 
 def finish_reason(response: dict[str, Any], any_tool_call: bool, incomplete: bool = False) -> str:
-    """§3.3: `length` (or `content_filter`) wins over `tool_calls`; never an unknown value."""
+    """`length` (or `content_filter`) wins over `tool_calls`; never an unknown value."""
     if incomplete or response.get("status") == "incomplete":
         reason = (response.get("incomplete_details") or {}).get("reason")
         return "content_filter" if reason == "content_filter" else "length"

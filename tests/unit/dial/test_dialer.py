@@ -8,6 +8,7 @@ from ccswitch.dial.dialer import Dialer
 from ccswitch.routing.health import HealthBoard
 from ccswitch.wire.sse import SSEParser
 from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B, MemorySink, make_job, rules_for
+from tests.support.loopback_guard import loopback_url
 from tests.support.mock_upstream import (
     MockUpstream,
     cut_after,
@@ -31,7 +32,7 @@ def two(mock_a, mock_b, extra=FAST, **kw):
 
 async def run(rules, health=None, **job_kw):
     health = health or HealthBoard()
-    dialer = Dialer(health, loopback_only=True)
+    dialer = Dialer(health, allow_url=loopback_url)
     job = make_job(rules, **job_kw)
     sink = MemorySink()
     try:
@@ -343,7 +344,7 @@ async def test_a_gateway_bug_mid_stream_ends_with_an_error_event_not_a_cut(mock_
     from ccswitch.translate import base as translate
     from tests.support.mock_upstream import slow_stream
     mock_a.script(slow_stream(8, 0.03))   # paced, so the bug strikes after the first content went out
-    dialer = Dialer(HealthBoard(), loopback_only=True)
+    dialer = Dialer(HealthBoard(), allow_url=loopback_url)
     recorded = []
     relay = Relay(dialer.run, on_done=recorded.append)
     await relay.start()
@@ -402,3 +403,30 @@ async def test_an_aggregated_codex_backend_client_error_is_passed_not_failed_ove
     job, sink, health = await run(rules, path="/v1/chat/completions", body=body)
     assert sink.status == 400 and "context too long" in json.loads(sink.body)["error"]["message"]
     assert not mock_b.requests and health.get("codex").failures == 0
+
+
+async def test_the_dialer_runs_over_the_clients_connect_seam_without_sockets():
+    """The upstream client's `connect` seam: a whole attempt against an in-memory upstream
+    (its host is never resolved), the request rendered for it and the answer judged."""
+    from ccswitch.net import http1
+    from tests.support.memory_upstream import MemoryUpstream
+
+    answer = json.dumps({"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+                         "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+                         "usage": {"input_tokens": 3, "output_tokens": 1}}).encode()
+    upstream = MemoryUpstream(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+                              + str(len(answer)).encode() + b"\r\n\r\n" + answer)
+    dialer = Dialer(HealthBoard(), client=http1.UpstreamClient(connect=upstream))
+    job = make_job(rules_for(("a", "anthropic", "http://upstream.invalid:8000/api"), extra=FAST),
+                   body={"model": "claude-x", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+    sink = MemorySink()
+    try:
+        await dialer.run(job, sink)
+    finally:
+        await dialer.aclose()
+    assert upstream.dialed == [("upstream.invalid", 8000)]
+    sent = bytes(upstream.transports[0].sent)
+    assert sent.startswith(b"POST /api/v1/messages HTTP/1.1") and KEY_A.encode() in sent
+    assert CLIENT_KEY.encode() not in sent
+    assert sink.status == 200 and json.loads(sink.body)["content"][0]["text"] == "hi"
+    assert job.upstream == "a" and job.status == 200 and job.attempts[0].usage.output_tokens == 1
