@@ -21,7 +21,9 @@ function_call item / Chat tool_calls). Model = the request's "model". Usage numb
 `up.usage` (see mock_payloads.DEFAULT_USAGE and its docstring for the OpenAI mapping).
 
 Behaviours (`Behaviour` dataclass; build them with these factories):
-    ok(text=None, tool=None)        normal reply, optionally overriding text / tool
+    ok(text=None, tool=None, headers=None)
+                                    normal reply, optionally overriding text / tool, with extra
+                                    response headers (str values go out latin-1, as http.server does)
     status(code, body=None, headers=None, retry_after=None)
                                     HTTP error; default body = the protocol's error JSON
     hang_before_headers(seconds)    wait, then reply normally (stop() interrupts it)
@@ -29,11 +31,14 @@ Behaviours (`Behaviour` dataclass; build them with these factories):
     error_event_after(n_events)     n events, then Anthropic `event: error` / Responses
                                     `response.failed` / Chat `{"error":..}`; body ends cleanly
     cut_after(n_events)             n events, then close the socket mid chunked body
+    cut_mid_event(n_events)         n events, then the first half of the next one, then close
+    huge_event(n_events, size)      n events, then event n with a `padding` member of `size` bytes
+                                    (one line), then the rest as usual
     html_200()                      200 text/html page
     error_json_200()                200 application/json carrying the protocol's error JSON
     slow_stream(n_events, interval) n content deltas ("tok0 tok1 ..."), `interval` s apart
 For non-streaming requests: stall_after waits between headers and body, cut_after
-sends half the body then closes, error_event_after answers 500 + error JSON,
+(and cut_mid_event) sends half the body then closes, huge_event replies normally, error_event_after answers 500 + error JSON,
 slow_stream waits n*interval then answers.
 `up.script(*bs)` queues behaviours, one per known-endpoint request; then `up.by_model[model]`,
 then `up.default`. `up.record = False` keeps no request log (long benchmark or soak runs).
@@ -73,12 +78,13 @@ class Behaviour:
     seconds: float = 0.0
     n_events: int = 0
     interval: float = 0.0
+    size: int = 0
     text: str | None = None
     tool: tuple[str, dict] | None = None
 
 
-def ok(text: str | None = None, tool: tuple[str, dict] | None = None) -> Behaviour:
-    return Behaviour("ok", text=text, tool=tool)
+def ok(text: str | None = None, tool: tuple[str, dict] | None = None, headers: dict | None = None) -> Behaviour:
+    return Behaviour("ok", text=text, tool=tool, headers=headers)
 
 
 def status(code: int, body: Any = None, headers: dict | None = None, retry_after: float | None = None) -> Behaviour:
@@ -102,6 +108,14 @@ def error_event_after(n_events: int) -> Behaviour:
 
 def cut_after(n_events: int) -> Behaviour:
     return Behaviour("cut", n_events=n_events)
+
+
+def cut_mid_event(n_events: int) -> Behaviour:
+    return Behaviour("cut_mid_event", n_events=n_events)
+
+
+def huge_event(n_events: int, size: int) -> Behaviour:
+    return Behaviour("huge_event", n_events=n_events, size=size)
 
 
 def html_200() -> Behaviour:
@@ -390,10 +404,10 @@ class _Handler(BaseHTTPRequestHandler):
         payload = {"anthropic": P.anthropic_message, "responses": P.responses_object,
                    "chat": P.chat_completion}.get(proto, lambda r: {"input_tokens": r.input_tokens})(reply)
         data = json.dumps(payload).encode()
-        if beh.kind not in ("stall", "cut"):
-            return self._send(200, data)
+        if beh.kind not in ("stall", "cut", "cut_mid_event"):
+            return self._send(200, data, extra=beh.headers)
         self._head(200, "application/json", len(data))
-        if beh.kind == "cut":
+        if beh.kind in ("cut", "cut_mid_event"):
             self.wfile.write(data[: len(data) // 2])
             return self._abort()
         if self._wait(beh.seconds):
@@ -401,11 +415,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _stream(self, proto: str, reply: P.Reply, beh: Behaviour, events: list[P.Event]) -> None:
-        self._head(200, "text/event-stream; charset=utf-8")
+        self._head(200, "text/event-stream; charset=utf-8", extra=beh.headers)
         for i, event in enumerate(events):
             if i == beh.n_events:
                 if beh.kind == "cut":
                     return self._abort()
+                if beh.kind == "cut_mid_event":
+                    data = P.sse(event)
+                    self._chunk(data[: len(data) // 2])
+                    return self._abort()
+                if beh.kind == "huge_event" and isinstance(event[1], dict):
+                    event = (event[0], dict(event[1], padding="x" * beh.size))
                 if beh.kind == "error_event":
                     self._chunk(P.sse(P.error_event(proto, reply, i)))
                     break
