@@ -21,7 +21,7 @@ from .outcome import (Failure, NetworkFailure, Reply, Streamed, cooldown_floor, 
 from .pump import Pump
 from .relay import send_whole
 from .rules import Upstream
-from .translate import translation_for
+from .translate import scrub_headers, translation_for
 from .upstream import OutgoingRequest, RenderError, render
 from .usage.extract import usage_of_body
 
@@ -168,7 +168,7 @@ class Dialer:
                      response: http1.Response, sink: Sink, deadline: float,
                      attempt: Attempt) -> Reply | Failure | Streamed:
         status = response.status_code
-        headers = response_headers(response.headers)
+        headers = scrub_headers(response_headers(response.headers), outgoing.secrets)
         is_sse = "text/event-stream" in (response.header("content-type") or "")
         failover = job.rules.failover
         if 200 <= status < 300 and job.request.stream and is_sse:

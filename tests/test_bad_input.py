@@ -13,7 +13,7 @@ import pytest
 from mitmproxy import io
 
 from proxy_process import Proxy
-from mock_upstream import MockUpstream, status
+from mock_upstream import MockUpstream, ok, status
 
 # distinctive fake keys: the secrets scan looks for them everywhere afterwards
 UPSTREAM_KEY = "fake-ant-UPSTREAMKEY-7f3a9c1e5b"
@@ -140,6 +140,20 @@ def test_upstream_echoing_its_key_never_reaches_the_client(world):
                                                           "message": f"invalid key {UPSTREAM_KEY}"}}))
     r = post(proxy)
     assert r.status_code == 401 and UPSTREAM_KEY not in r.text and "[redacted]" in r.text
+
+
+@pytest.mark.parametrize("behaviour", [ok, lambda headers: status(400, headers=headers)], ids=["ok", "error"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_upstream_echoing_its_key_in_a_header_never_reaches_the_client(world, stream, behaviour):
+    """Nor the log or the saved flows: test_zz_secrets_appear_nowhere looks there afterwards."""
+    proxy, a, _ = world
+    a.script(behaviour(headers={"x-echo": f"key={UPSTREAM_KEY}; ok"}))
+    with httpx.stream("POST", proxy.reverse_url + "/v1/messages", json={**GOOD, "stream": stream}, timeout=30,
+                      headers={"x-api-key": CLIENT_KEY}) as r:
+        body = r.read()
+    assert a.requests and r.headers["x-echo"] == "key=[redacted]; ok"
+    assert UPSTREAM_KEY.encode() not in b"".join(k + v for k, v in r.headers.raw) + body
+    assert UPSTREAM_KEY not in proxy.log()
 
 
 def test_zz_secrets_appear_nowhere(world):

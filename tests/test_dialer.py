@@ -184,6 +184,13 @@ async def test_upstream_echoing_its_key_is_redacted(mock_a):
     assert KEY_A.encode() not in sink.body and b"[redacted]" in sink.body
 
 
+async def test_upstream_echoing_its_key_in_headers_is_redacted(mock_a):
+    mock_a.script(status(401, headers={"x-echo": f"Bearer {KEY_A}", f"x-{KEY_A}": "1", "x-other": "kept"}))
+    _, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
+    assert sink.status == 401 and KEY_A.lower() not in json.dumps(sink.headers).lower()
+    assert sink.headers["x-echo"] == "Bearer [redacted]" and sink.headers["x-other"] == "kept"
+
+
 async def test_threshold_cools_down_and_cooling_upstream_is_skipped(mock_a, mock_b):
     from datetime import datetime
     from ccswitch.routing import plan
