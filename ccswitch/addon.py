@@ -322,8 +322,8 @@ def _body_problem(request: http.Request, max_body: int) -> tuple[int, str] | Non
 def _decoded_body(request: http.Request, limit: int) -> bytes | None:
     """The request body decoded, or None when it would exceed `limit` bytes decoded.
 
-    gzip and deflate are inflated incrementally with a cap (a 32 MB bomb must not become
-    32 GB in memory); other encodings fall back to mitmproxy's decoder and a size check.
+    gzip, deflate, br and zstd are inflated incrementally with a cap (a 32 MB bomb must not
+    become 32 GB in memory); other encodings fall back to mitmproxy's decoder and a size check.
     """
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding in INFLATABLE:

@@ -4,7 +4,7 @@ Why not httpx: on the proxy's hot path httpx + httpcore cost about 3.5 ms of CPU
 small request under concurrency (every checkout polls each idle pooled socket through
 anyio), which held ccswitch to under half of bare mitmdump's throughput.  This client
 does only what the dialer needs: keep-alive pooling per origin, verified TLS,
-Content-Length request bodies, gzip/deflate response decoding, read flow control, and
+Content-Length request bodies, gzip/deflate/br/zstd response decoding, read flow control, and
 errors the dialer can classify.  Read deadlines belong to the dialer (first_byte, total,
 idle), so nothing here times out a read.
 """
@@ -48,6 +48,10 @@ class ReadError(TransportError):
 
 class WriteError(TransportError):
     pass
+
+
+class UndecodableBody(ReadError):
+    """The body's content-encoding is one we cannot decode, or the encoded body is broken."""
 
 
 class RemoteProtocolError(TransportError):
@@ -370,7 +374,7 @@ class Response:
         try:
             self._decoder = None if encoding == "identity" else Inflater(encoding)
         except DecodeError as exc:
-            raise RemoteProtocolError(str(exc)) from exc
+            raise UndecodableBody(str(exc)) from exc
 
     def header(self, name: str) -> str | None:
         """The first value of a header (names compared case-insensitively)."""
@@ -410,7 +414,7 @@ class Response:
                 if self._done and self._decoder:
                     data += self._decoder.flush()
             except DecodeError as exc:
-                raise ReadError(str(exc)) from exc
+                raise UndecodableBody(str(exc)) from exc
             if data:
                 return data
         raise StopAsyncIteration

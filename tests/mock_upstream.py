@@ -1,4 +1,4 @@
-"""Scriptable loopback mock LLM upstream (standard library only).
+"""Scriptable loopback mock LLM upstream (standard library, plus brotli and zstd for `encoded`).
 
     with MockUpstream("A") as up:                 # binds 127.0.0.1:<random>
         up.script(status(529), ok())              # 1st call -> 529, 2nd -> OK, then up.default
@@ -37,6 +37,8 @@ Behaviours (`Behaviour` dataclass; build them with these factories):
     html_200()                      200 text/html page
     error_json_200()                200 application/json carrying the protocol's error JSON
     slow_stream(n_events, interval) n content deltas ("tok0 tok1 ..."), `interval` s apart
+    encoded(encoding, text=None)    normal reply, its body compressed (gzip | deflate | br | zstd)
+                                    whatever the request accepted; a stream is flushed per event
 For non-streaming requests: stall_after waits between headers and body, cut_after
 (and cut_mid_event) sends half the body then closes, huge_event replies normally, error_event_after answers 500 + error JSON,
 slow_stream waits n*interval then answers.
@@ -57,11 +59,19 @@ import socket
 import sys
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+import brotli
+
+try:
+    from compression import zstd          # Python 3.14+
+except ImportError:
+    from backports import zstd
 
 try:
     from . import mock_payloads as P
@@ -81,6 +91,7 @@ class Behaviour:
     size: int = 0
     text: str | None = None
     tool: tuple[str, dict] | None = None
+    encoding: str | None = None     # content-encoding of the reply's body
 
 
 def ok(text: str | None = None, tool: tuple[str, dict] | None = None, headers: dict | None = None) -> Behaviour:
@@ -128,6 +139,43 @@ def error_json_200() -> Behaviour:
 
 def slow_stream(n_events: int, interval: float) -> Behaviour:
     return Behaviour("slow", n_events=n_events, interval=interval)
+
+
+def encoded(encoding: str, text: str | None = None) -> Behaviour:
+    return Behaviour("ok", text=text, encoding=encoding)
+
+
+class StreamPacker:
+    """Compresses a body as a server does: `part` flushes after each piece (an SSE event),
+    `end` finishes the stream."""
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        if encoding == "br":
+            self._c = brotli.Compressor(quality=5)
+        elif encoding == "zstd":
+            self._c = zstd.ZstdCompressor()
+        elif encoding in ("gzip", "deflate"):
+            self._c = zlib.compressobj(wbits=zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS)
+        else:
+            raise ValueError(f"no packer for {encoding!r}")
+
+    def part(self, data: bytes) -> bytes:
+        if self.encoding == "br":
+            return self._c.process(data) + self._c.flush()
+        if self.encoding == "zstd":
+            return self._c.compress(data, zstd.ZstdCompressor.FLUSH_BLOCK)
+        return self._c.compress(data) + self._c.flush(zlib.Z_SYNC_FLUSH)
+
+    def end(self) -> bytes:
+        if self.encoding == "br":
+            return self._c.finish()
+        if self.encoding == "zstd":
+            return self._c.flush(zstd.ZstdCompressor.FLUSH_FRAME)
+        return self._c.flush()
+
+    def whole(self, data: bytes) -> bytes:
+        return self.part(data) + self.end()
 
 
 HTML_PAGE = b"<!DOCTYPE html><html><head><title>Welcome</title></head><body><h1>It works!</h1></body></html>"
@@ -404,6 +452,9 @@ class _Handler(BaseHTTPRequestHandler):
         payload = {"anthropic": P.anthropic_message, "responses": P.responses_object,
                    "chat": P.chat_completion}.get(proto, lambda r: {"input_tokens": r.input_tokens})(reply)
         data = json.dumps(payload).encode()
+        if beh.encoding:
+            return self._send(200, StreamPacker(beh.encoding).whole(data),
+                              extra={"content-encoding": beh.encoding})
         if beh.kind not in ("stall", "cut", "cut_mid_event"):
             return self._send(200, data, extra=beh.headers)
         self._head(200, "application/json", len(data))
@@ -415,6 +466,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _stream(self, proto: str, reply: P.Reply, beh: Behaviour, events: list[P.Event]) -> None:
+        if beh.encoding:
+            return self._stream_encoded(events, StreamPacker(beh.encoding))
         self._head(200, "text/event-stream; charset=utf-8", extra=beh.headers)
         for i, event in enumerate(events):
             if i == beh.n_events:
@@ -437,4 +490,12 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             if beh.kind == "cut":  # n_events >= number of events: cut before the terminator
                 return self._abort()
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _stream_encoded(self, events: list[P.Event], packer: StreamPacker) -> None:
+        self._head(200, "text/event-stream; charset=utf-8", extra={"content-encoding": packer.encoding})
+        for event in events:
+            self._chunk(packer.part(P.sse(event)))
+        if tail := packer.end():        # (an empty chunk would end the body early)
+            self._chunk(tail)
         self.wfile.write(b"0\r\n\r\n")

@@ -239,6 +239,28 @@ async def test_compressed_client_body_is_decoded_and_sent_plain(router):
     assert "content-encoding" not in dict(out.headers)
 
 
+@pytest.mark.parametrize("encoding", ["br", "zstd"])
+def test_a_br_or_zstd_client_body_is_inflated_within_the_limit(encoding):
+    """As gzip: decoded in bounded slices, so a small bomb never becomes its whole size in memory."""
+    import tracemalloc
+    from ccswitch.addon import _decoded_body
+    from mock_upstream import StreamPacker
+    plain = json.dumps({"model": "m", "messages": []}).encode()
+    request = messages_flow().request
+    request.headers["content-encoding"] = encoding
+    request.raw_content = StreamPacker(encoding).whole(plain)
+    assert _decoded_body(request, 1 << 20) == plain
+    packer, limit = StreamPacker(encoding), 4 << 20
+    request.raw_content = b"".join(packer.part(bytes(1 << 20)) for _ in range(64)) + packer.end()
+    tracemalloc.start()
+    try:
+        assert _decoded_body(request, limit) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * limit + len(request.raw_content), f"{peak} bytes allocated on the way"
+
+
 def test_upstream_tls_follows_mitmproxys_options(gateway, tmp_path):
     import ssl
     from ccswitch.dialer import Dialer
