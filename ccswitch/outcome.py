@@ -189,3 +189,14 @@ def json_or_none(body: bytes) -> object:
         return json.loads(body)
     except ValueError:
         return None
+
+
+def not_json_kind(body: bytes) -> str:
+    """What a body that `json_or_none` refused is, for a failure reason: bad bytes or bad JSON."""
+    try:
+        json.loads(body)
+    except UnicodeDecodeError:
+        return "not UTF-8"
+    except ValueError:
+        pass
+    return "not JSON"

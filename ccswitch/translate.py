@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import protocols
-from .outcome import Reply, json_or_none
+from .outcome import Reply, json_or_none, not_json_kind
 from .rules import Upstream
 from .sse import Event
 from .upstream import ClientRequest, RenderError
@@ -47,7 +47,7 @@ class Passthrough:
             return "an SSE body for a non-streamed request"
         parsed = json_or_none(body)
         if parsed is None:
-            return "a 2xx body that is not JSON"
+            return f"a 2xx body that is {not_json_kind(body)}"
         if not protocols.body_matches_protocol(upstream.protocol, req.endpoint, parsed):
             return "a 2xx body that is not a " + upstream.protocol + " response"
         return None

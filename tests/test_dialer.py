@@ -90,6 +90,19 @@ async def test_fails_over_invisibly_before_content(mock_a, mock_b, behaviour):
     assert mock_b.last().headers["x-api-key"] == KEY_B
 
 
+LATIN1_JSON = b'{"type": "message", "role": "assistant", "content": [{"type": "text", "text": "caf\xe9"}]}'
+
+
+@pytest.mark.parametrize("path,route", [("/v1/messages", "claude"), ("/v1/chat/completions", "chat")],
+                         ids=["passthrough", "converted"])
+async def test_a_2xx_body_that_is_not_utf8_is_named_so(mock_a, mock_b, path, route):
+    mock_a.script(status(200, body=LATIN1_JSON, headers={"content-type": "application/json"}))
+    body = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    job, sink, _ = await run(two(mock_a, mock_b, routes={route: ["a", "b"]}), path=path, body=body)
+    assert sink.status == 200 and sink.headers["x-ccswitch-upstream"] == "b"
+    assert job.attempts[0].error == "a 2xx body that is not UTF-8"
+
+
 async def test_refused_connection_fails_over(mock_b):
     dead = f"http://127.0.0.1:{MockUpstream.closed_port()}"
     rules = rules_for(("a", "anthropic", dead), ("b", "anthropic", mock_b.base_url), extra=FAST)

@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any
 
-from ..outcome import Reply, json_or_none
+from ..outcome import Reply, json_or_none, not_json_kind
 from ..protocols import body_matches_protocol
 from ..sse import format_event
 from ..translate import scrub, wants_usage
@@ -118,6 +118,8 @@ class ChatTranslation:
         if is_sse:
             return "an SSE body for a non-streamed request"
         parsed = json_or_none(body)
+        if parsed is None:
+            return f"a 2xx body that is {not_json_kind(body)}"
         if not body_matches_protocol(self.protocol, req.endpoint, parsed):
             return f"a 2xx body that is not a {self.protocol} response"
         return None
