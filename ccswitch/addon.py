@@ -22,7 +22,7 @@ from .jobs import Job
 from .relay import JOB_HEADER, BufferSink, Relay, run_guarded
 from .routing import RouteMatch, classify, plan
 from .rules import Rules, RulesError
-from .rulesfile import RulesFile
+from .rulesfile import SETTLE, RulesFile
 from .translate import translation_for
 from .usage.ledger import Ledger
 from .usage.record import attempt_rows, own_answer_row, request_row
@@ -382,9 +382,11 @@ class RulesWatcher:
             self._task.cancel()
 
     async def _watch(self) -> None:
+        rules_file = self.gateway.rules_file
         while True:
-            await asyncio.sleep(1.0)
-            if self.gateway.rules_file.reload_if_changed():
+            # a change just seen is read again soon: applied only once it stays the same
+            await asyncio.sleep(SETTLE if rules_file.pending else 1.0)
+            if rules_file.reload_if_changed():
                 self.gateway.health.sync(self.gateway.rules_file.fingerprints())
                 if self.gateway.ledger is not None:
                     self.gateway.open_ledger(True)
@@ -393,8 +395,9 @@ class RulesWatcher:
 def make_addons() -> list:
     from .activator import Activator
     from .commands import Commands
-    from .safety import InterceptScope, ListenSafety
+    from .safety import ClientKeyGate, InterceptScope, ListenSafety
 
     gateway = Gateway()
+    # the gate follows the router: it sees only the flows the router let pass untouched
     return [RulesWatcher(gateway), ListenSafety(gateway), InterceptScope(gateway), Router(gateway),
-            Commands(gateway), Activator(gateway)]
+            ClientKeyGate(gateway), Commands(gateway), Activator(gateway)]

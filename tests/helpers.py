@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 
 from ccswitch import protocols
 from ccswitch.jobs import Job
 from ccswitch.routing import classify
 from ccswitch.rules import Rules
 from ccswitch.rules_load import parse_rules
+from ccswitch.rulesfile import SETTLE
 from ccswitch.upstream import ClientRequest
 
 KEY_A = "fake-upstream-key-A-0123456789"
@@ -95,3 +97,10 @@ def localhost_tls_server_context(directory):
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_path, key_path)
     return context, cert_path
+
+
+def reload_settled(rules_file) -> bool:
+    """Reload as the watcher does after a change: one read, another once it has had time to settle."""
+    rules_file.reload_if_changed()
+    time.sleep(SETTLE)
+    return rules_file.reload_if_changed()

@@ -11,7 +11,7 @@ from mitmproxy.test import taddons, tflow, tutils
 from ccswitch.addon import Gateway, Router, RulesWatcher
 from ccswitch.safety import InterceptScope, ListenSafety
 from ccswitch.relay import JOB_HEADER, Relay
-from helpers import CLIENT_KEY, KEY_A
+from helpers import CLIENT_KEY, KEY_A, reload_settled
 
 RULES = f"""
 client_keys: ["{CLIENT_KEY}"]
@@ -218,9 +218,9 @@ def test_hot_reload_keeps_last_good_rules(tmp_path, caplog):
     gw = Gateway()
     gw.rules_file.open(str(path))
     path.write_text(RULES.replace("routes: {claude: [a], codex: []}", "routes: {claude: [a, late]}"))
-    assert gw.rules_file.reload_if_changed() and gw.rules.routes.claude == ("a", "late")
+    assert reload_settled(gw.rules_file) and gw.rules.routes.claude == ("a", "late")
     path.write_text("upstreams: [oops")
-    assert not gw.rules_file.reload_if_changed()
+    assert not reload_settled(gw.rules_file)
     assert gw.rules.routes.claude == ("a", "late") and "keeping the last good" in caplog.text
     assert KEY_A not in caplog.text
 
