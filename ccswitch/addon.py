@@ -16,6 +16,7 @@ from mitmproxy.proxy import mode_specs
 
 from . import http1, protocols
 from .dialer import Dialer
+from .headers import from_wire, to_wire
 from .health import HealthBoard
 from .inflate import INFLATABLE, DecodeError, Inflater, TooLarge
 from .jobs import Job
@@ -159,7 +160,7 @@ class Router:
                     status=status, error=message[:500],
                     latency_ms=int((datetime.now(timezone.utc) - started).total_seconds() * 1000)))
 
-        headers = list(flow.request.headers.items(multi=True))
+        headers = from_wire(flow.request.headers.fields)   # the bytes as received
         if rules.client_keys and not rules.client_key_ok(client_credential(headers)):
             return refuse(401, "missing or invalid ccswitch client key")
         if match.endpoint == "websocket":
@@ -211,7 +212,7 @@ class Router:
                     await asyncio.gather(task, return_exceptions=True)
                     flow.response = http.Response.make(499, b"", {})
                     return
-            headers = http.Headers([(k.encode(), v.encode("utf-8", "surrogateescape")) for k, v in sink.headers])
+            headers = http.Headers(to_wire(sink.headers))
             flow.response = http.Response.make(sink.status, sink.body, headers)
         finally:
             self.gateway.record_job(job)

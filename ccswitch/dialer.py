@@ -112,8 +112,8 @@ class Dialer:
             job.upstream_model = outgoing.upstream_model
             result = await self._send_and_judge(job, upstream, outgoing, translation, sink, attempt)
         except RenderError as exc:
-            result = Reply(upstream.name, 400, [("content-type", "application/json")],
-                           protocols.error_json(job.request.client_protocol, 400, str(exc)))
+            # not the upstream's doing, and the next one may take the request as it is
+            result = Failure(upstream.name, None, str(exc), "switch", counts=False, client_status=exc.status)
         except asyncio.CancelledError:
             attempt.error = "client_closed"
             raise

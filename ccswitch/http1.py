@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import certifi
 import h11
 
+from .headers import from_wire, to_wire
 from .inflate import ACCEPT_ENCODING, DecodeError, Inflater
 
 _READ_HIGH_WATER = 256 * 1024         # buffered, unparsed bytes before the socket is paused
@@ -252,7 +253,8 @@ class UpstreamClient:
         from the response.  When a kept-alive connection drops before any answer (the upstream
         closed it as the request went out), the request is sent once more on a new connection,
         as browsers and urllib3 do.  An upstream that took the request and then dropped the
-        connection without a byte may see it twice; the dialer's own retries are bounded apart."""
+        connection without a byte may see it twice; the dialer's own retries are bounded apart.
+        Header values are text of one character per byte (`ccswitch.headers`)."""
         origin, target, host = split_url(url)
         names = {name.lower() for name, _ in headers}
         extra = [("host", host)]
@@ -261,7 +263,7 @@ class UpstreamClient:
         if body or method.upper() not in _BODYLESS_METHODS:
             extra.append(("content-length", str(len(body))))
         try:
-            request = h11.Request(method=method, target=target, headers=extra + list(headers))
+            request = h11.Request(method=method, target=target, headers=to_wire(extra + list(headers)))
         except h11.LocalProtocolError as exc:
             raise TransportError(f"cannot send this request: {exc}") from exc
         for fresh_retry in (False, True):
@@ -366,8 +368,7 @@ class Response:
     def __init__(self, client: UpstreamClient, connection: _Connection, head: h11.Response) -> None:
         self._client, self._connection = client, connection
         self.status_code: int = head.status_code
-        self.headers: list[tuple[str, str]] = [(k.decode("latin-1"), v.decode("latin-1"))
-                                               for k, v in head.headers]
+        self.headers: list[tuple[str, str]] = from_wire(head.headers)
         self._done = False
         self._deferred: TransportError | None = None
         encoding = (self.header("content-encoding") or "identity").strip().lower()

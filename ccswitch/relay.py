@@ -14,6 +14,7 @@ import logging
 
 import h11
 
+from .headers import to_wire
 from .jobs import Job
 from .protocols import error_json, stream_error_event
 
@@ -50,7 +51,7 @@ class H11Sink:
         else:
             head.append(("transfer-encoding", "chunked"))
         self.started = True
-        await self._send(h11.Response(status_code=status, headers=head))
+        await self._send(h11.Response(status_code=status, headers=to_wire(head)))
 
     async def write(self, data: bytes) -> None:
         if data:

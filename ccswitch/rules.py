@@ -24,6 +24,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr,
                       ValidationInfo, field_validator, model_validator)
 
+from .headers import sendable
+
 Action = Literal["switch", "retry", "pass"]
 Protocol = Literal["anthropic", "openai-responses", "openai-chat"]
 AuthMode = Literal["x-api-key", "bearer", "client"]
@@ -223,6 +225,8 @@ def _header_value(v: Any) -> Any:
         v = str(v)
     if isinstance(v, str) and ("\r" in v or "\n" in v or "\0" in v):
         raise ValueError("header value must not contain line breaks")
+    if isinstance(v, str) and not sendable(v):
+        raise ValueError("must be latin-1 text: a header cannot carry a character beyond U+00FF")
     return v
 
 
@@ -253,6 +257,14 @@ class Upstream(_Model):
         if isinstance(data, dict) and "auth" not in data and data.get("protocol") == "anthropic":
             data = {**data, "auth": "x-api-key"}
         return data
+
+    @field_validator("api_key", mode="after")
+    @classmethod
+    def _check_api_key(cls, v: SecretStr | None) -> SecretStr | None:
+        # it is sent as a header: a pasted key with a typographic dash or a line break cannot be
+        if v is not None:
+            _header_value(v.get_secret_value())
+        return v
 
     @field_validator("base_url", mode="after")
     @classmethod

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from .headers import sendable
 from .protocols import ANTHROPIC, CHAT, RESPONSES
 from .rules import Upstream
 
@@ -61,7 +62,12 @@ class OutgoingRequest:
 
 
 class RenderError(ValueError):
-    """The client request cannot be expressed for this upstream."""
+    """The client request cannot be expressed for this upstream (another one may take it).
+    `status` is what the client gets when no upstream could."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def upstream_url(upstream: Upstream, req: ClientRequest) -> str:
@@ -120,6 +126,11 @@ def _headers(upstream: Upstream, req: ClientRequest) -> list[tuple[str, str]]:
     overrides = {k.lower(): v for k, v in upstream.headers.items()}
     out = [(k, v) for k, v in out if k not in overrides]
     out.extend(overrides.items())
+    for name, value in out:
+        # client headers always are (they are held as their bytes); a pasted key may not be
+        if not sendable(value):
+            raise RenderError(f"upstream {upstream.name}: the {name} header it sends has a character "
+                              "beyond latin-1, which HTTP cannot carry (check its api_key and headers)", 500)
     return out
 
 
