@@ -125,7 +125,9 @@ class ListenSafety:
     def refuse_unprotected(self, rules: Rules) -> str | None:
         """Veto new rules that would leave a listener beyond loopback open."""
         found = self._unprotected(rules)
-        return "they would leave a listener beyond loopback without authentication: " + "; ".join(found) if found else None
+        if not found:
+            return None
+        return "they would leave a listener beyond loopback without authentication: " + "; ".join(found)
 
     def _unprotected(self, rules: Rules) -> list[str]:
         # an empty listen host is ours to make loopback (`configure`, `running`)
@@ -157,11 +159,9 @@ class ClientKeyGate:
         if isinstance(client.proxy_mode, mode_specs.ReverseMode) and beyond_loopback(
                 client, ctx.options.listen_host or "127.0.0.1"):
             presented = client_credential(list(flow.request.headers.items(multi=True)))
-            if not rules.client_keys or not rules.client_key_ok(presented):
+            if not rules.client_keys or not rules.client_key_ok(presented):   # no keys: nobody passes
                 flow.response = _refusal(flow.request, 401, "missing or invalid ccswitch client key")
                 flow.comment = "ccswitch: answered 401 itself"
-                _drop_client_keys(flow.request.headers, rules)
-                return
         _drop_client_keys(flow.request.headers, rules)
 
 
