@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.proxy import mode_specs
 
-from . import protocols
+from . import headers as wire, protocols
 from .outcome import is_loopback
 from .routing import classify
 from .rules import Rules
@@ -158,7 +158,7 @@ class ClientKeyGate:
         client = flow.client_conn
         if isinstance(client.proxy_mode, mode_specs.ReverseMode) and beyond_loopback(
                 client, ctx.options.listen_host or "127.0.0.1"):
-            presented = client_credential(list(flow.request.headers.items(multi=True)))
+            presented = client_credential(wire.from_wire(flow.request.headers.fields))   # as the router reads it
             if not rules.client_keys or not rules.client_key_ok(presented):   # no keys: nobody passes
                 flow.response = _refusal(flow.request, 401, "missing or invalid ccswitch client key")
                 flow.comment = "ccswitch: answered 401 itself"
@@ -168,9 +168,9 @@ class ClientKeyGate:
 def _drop_client_keys(headers: http.Headers, rules: Rules) -> None:
     if not rules.client_keys:
         return
-    for name in ("x-api-key", "authorization"):
-        if any(rules.client_key_ok(client_credential([(name, value)])) for value in headers.get_all(name)):
-            del headers[name]
+    for name, value in wire.from_wire(headers.fields):
+        if name.lower() in ("x-api-key", "authorization") and rules.client_key_ok(client_credential([(name, value)])):
+            headers.pop(name, None)
 
 
 def _refusal(request: http.Request, status: int, message: str) -> http.Response:
