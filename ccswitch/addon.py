@@ -20,10 +20,11 @@ from .headers import from_wire, to_wire
 from .health import HealthBoard
 from .inflate import INFLATABLE, DecodeError, Inflater, TooLarge
 from .jobs import Job
-from .relay import JOB_HEADER, BufferSink, Relay, run_guarded
+from .relay import JOB_HEADER, BufferSink, Relay, run_guarded, start_now
 from .routing import RouteMatch, classify, plan
 from .rules import Rules, RulesError
 from .rulesfile import SETTLE, RulesFile
+from .shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_proxy_connections
 from .translate import translation_for
 from .usage.ledger import Ledger
 from .usage.record import attempt_rows, own_answer_row, request_row
@@ -96,6 +97,7 @@ class Router:
         self.relay: Relay | None = None
         self.jobs: dict[str, Job] = {}   # flow id -> job, while the flow is live
         self.inline: set[asyncio.Task] = set()   # dialer runs for non-streamed requests
+        self.shutdown = Shutdown()
 
     def load(self, loader) -> None:
         loader.add_option("ccswitch_loopback_only", bool, False,
@@ -109,25 +111,44 @@ class Router:
                           "The intercepted hosts are unreachable (relays only): answer their "
                           "unrouted requests (e.g. Claude Code's settings calls) with 404 at once "
                           "instead of a 502 that clients retry for many seconds.")
+        loader.add_option("ccswitch_shutdown_grace", int, 8,
+                          "Seconds that requests in flight get to finish when the proxy shuts down "
+                          "(SIGTERM, Ctrl-C); new ones get a 503 meanwhile. Past it, streams end with "
+                          "their protocol's error event and other requests get a 503. Keep it below "
+                          "your supervisor's kill timeout (docker stop: 10 s).")
 
     async def running(self) -> None:
         self.dialer = Dialer(self.gateway.health, loopback_only=ctx.options.ccswitch_loopback_only,
                              client=http1.UpstreamClient(ssl_context=upstream_tls()))
-        self.relay = Relay(self.dialer.run, on_done=self.gateway.record_job)
+        self.relay = Relay(self.dialer.run, on_done=self.gateway.record_job, shutdown=self.shutdown)
         await self.relay.start()
 
     async def done(self) -> None:
-        # end the requests in flight first, so each leaves its usage row, then flush the ledger
-        for task in list(self.inline):
-            task.cancel()
-        await asyncio.gather(*self.inline, return_exceptions=True)
+        # mitmproxy awaits this while it still accepts connections: the requests in flight end
+        # here, each with an answer and its usage row, before the listeners and the ledger close
+        await self.shutdown.drain(self._in_flight, ctx.options.ccswitch_shutdown_grace, self._cut)
+        proxyserver = ctx.master.addons.get("proxyserver")
+        if proxyserver is not None:
+            await close_proxy_connections(proxyserver)
         if self.relay:
             await self.relay.stop()
         if self.dialer:
             await self.dialer.aclose()
         await asyncio.to_thread(self.gateway.close)
 
+    def _in_flight(self) -> int:
+        # a job leaves `jobs` when its flow ends, its task a moment before or after
+        return max(len(self.jobs), len(self.inline) + (self.relay.running if self.relay else 0))
+
+    def _cut(self) -> None:
+        for task in list(self.inline):
+            task.cancel()
+        if self.relay:
+            self.relay.cut()
+
     def configure(self, updated) -> None:
+        if "ccswitch_shutdown_grace" in updated and ctx.options.ccswitch_shutdown_grace < 0:
+            raise exceptions.OptionsError("ccswitch_shutdown_grace must be 0 or more seconds")
         if updated & UPSTREAM_TLS_OPTIONS:
             context = upstream_tls()   # checked now, so a bad CA file is refused at once
             if self.dialer:
@@ -177,6 +198,8 @@ class Router:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return refuse(400, "the request body names no model", body)
+        if self.shutdown.draining:   # those in flight finish; new ones are for the next process
+            return refuse(503, SHUTTING_DOWN, body, {"retry-after": RETRY_AFTER, "connection": "close"})
         chosen = plan(rules, match.route, model, self.gateway.health, datetime.now(rules.tz))
         if not chosen.candidates:
             return refuse(503, chosen.why_none(match.route), body, {"retry-after": "30"})
@@ -200,7 +223,7 @@ class Router:
 
     async def _run_inline(self, flow: http.HTTPFlow, job: Job) -> None:
         sink = BufferSink()
-        task = asyncio.ensure_future(run_guarded(self.dialer.run, job, sink))
+        task = start_now(run_guarded(self.dialer.run, job, sink, self.shutdown))
         self.inline.add(task)
         task.add_done_callback(self.inline.discard)
         try:

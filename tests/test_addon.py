@@ -288,3 +288,39 @@ async def test_a_gateway_bug_on_a_non_streamed_request_is_a_500_in_client_format
     assert flow.response.status_code == 500
     assert json.loads(flow.response.content)["error"]["message"] == "ccswitch internal error: KeyError"
     assert [job.error for job in recorded] == ["internal error: KeyError"] and recorded[0].status == 500
+
+
+async def test_while_shutting_down_a_new_routed_request_is_a_503_with_retry_after_and_a_row(router, gateway):
+    rows = []
+    gateway.ledger = type("Rows", (), {"add": lambda self, table, row: rows.append((table, row))})()
+    router.shutdown.draining = True
+    flow = messages_flow({"model": "m", "stream": True, "messages": []})
+    await router.request(flow)
+    assert flow.response.status_code == 503
+    assert (flow.response.headers["retry-after"], flow.response.headers["connection"]) == ("10", "close")
+    assert json.loads(flow.response.content)["error"] == {"type": "overloaded_error",
+                                                          "message": "ccswitch is shutting down"}
+    assert flow.id not in router.jobs and flow.request.host == "api.anthropic.com"   # not sent anywhere
+    [(table, row)] = rows
+    assert (table, row["model"], row["stream"], row["status"]) == ("requests", "m", 1, 503)
+
+
+async def test_a_non_streamed_request_cut_by_shutdown_is_a_503_in_client_format_and_recorded(router, gateway):
+    import asyncio
+
+    class Endless:
+        async def run(self, job, sink):
+            await asyncio.Event().wait()
+    recorded = []
+    router.dialer = Endless()
+    gateway.record_job = recorded.append
+    flow = messages_flow({"model": "m", "messages": []})
+    hook = asyncio.ensure_future(router.request(flow))
+    while not router.inline:
+        await asyncio.sleep(0)
+    router.shutdown.cutting = True   # the grace period is over
+    router._cut()
+    await asyncio.wait_for(hook, 2)
+    assert flow.response.status_code == 503 and flow.response.headers["retry-after"] == "10"
+    assert "ccswitch is shutting down" in json.loads(flow.response.content)["error"]["message"]
+    assert [(job.status, job.error) for job in recorded] == [(503, "shutdown: not finished within the grace period")]
