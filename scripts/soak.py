@@ -10,10 +10,12 @@ Completions (converted onto the Anthropic upstreams):
   5xx / 429 / refuse (base_url moved to a closed port) / hang (before headers or
   mid-stream) / mid-stream cut / in-stream error event, always keeping one upstream
   ok (apart from short, rare outages of all three);
-* rules.yaml is rewritten every 2-4 s, valid (route order, threshold, cooldown,
-  hold_back, max_attempts) or invalid (bad YAML, unknown key, unknown upstream, bad
-  duration, bad type, duplicate name, wrong protocol in a route); each edit must be
-  acknowledged in the proxy's log ("rules reloaded" / "invalid edit of the rules").
+* rules.yaml is rewritten every 1.5-3 s, each round of four edits in a random order:
+  valid (route order, threshold, cooldown, hold_back, max_attempts), invalid (bad YAML,
+  unknown key, unknown upstream, bad duration, bad type, duplicate name, wrong protocol
+  in a route), written in place (truncated, a valid prefix without routes, a pause,
+  then the rest) and emptied; each edit must be acknowledged in the proxy's log ("rules
+  reloaded" / "invalid edit of the rules" / "is empty").
 
 Afterwards (the proxy stopped, so the ledger is flushed) it asserts:
 
@@ -26,6 +28,8 @@ Afterwards (the proxy stopped, so the ledger is flushed) it asserts:
   request, and a success after its last possible failure: so not cooling down) got a
   complete answer - failover within max_attempts always reached it;
 * exactly one ledger row per request, agreeing with what the client saw;
+* one reload per complete valid edit: no prefix and no empty file was ever applied
+  (requests sent meanwhile are held to every check above);
 * no exception in the proxy's log; the proxy's RSS did not grow more than 30%
   between the end of warm-up and the end.
 
@@ -62,6 +66,7 @@ from soak_checks import (  # noqa: E402
     audit_coverage,
     audit_ledger,
     audit_log,
+    audit_reloads,
     audit_responses,
     audit_rss,
     do_request,
@@ -198,6 +203,7 @@ def run(args: argparse.Namespace, out=None) -> Report:
     covered, _ = audit_coverage(results, mocks, controller.refuse_end_acks if controller else {},
                                 max_attempt_s, report)
     invalid_logged = audit_log(proxy.log(), report)
+    audit_reloads(log.count("reloaded"), writer.valid, log.count("empty"), writer.empty, report)
     warmup = min(max(5.0, 0.2 * args.duration), 60.0)
     audit_rss(sampler.samples if sampler else [], warmup, args.rss_growth, report)
 
@@ -216,7 +222,8 @@ def run(args: argparse.Namespace, out=None) -> Report:
     by_outcome = ", ".join(f"{k} {outcomes.get(k, 0)}" for k in ("ok", "error_json", "error_event", "violation"))
     histogram = ", ".join(f"{k}x {v}" for k, v in sorted(attempts_hist.items()))
     report.stats.update(requests=n, outcomes=dict(outcomes), covered=covered, failovers=failovers,
-                        elapsed=elapsed, flips=flips, valid_edits=writer.valid, invalid_edits=writer.invalid)
+                        elapsed=elapsed, flips=flips, valid_edits=writer.valid, invalid_edits=writer.invalid,
+                        partial_edits=writer.partial, empty_edits=writer.empty)
     report.lines[:0] = [
         f"requests      {n} in {elapsed:.0f} s ({n / max(args.duration, 1):.0f}/s while sending); {by_kind}",
         f"outcomes      {by_outcome}",
@@ -226,7 +233,8 @@ def run(args: argparse.Namespace, out=None) -> Report:
         f"longest       attempt {facts['max_attempt_ms']} ms, request {longest:.1f} s",
         (f"flips         {', '.join(f'{k} {v}' for k, v in flips.items())}; "
          f"outages of all three {controller.outages if controller else 0}"),
-        (f"rules edits   {writer.valid} valid, {writer.invalid} invalid ({invalid_logged} logged as invalid), "
+        (f"rules edits   {writer.valid} valid ({writer.partial} written in place, paused after a valid "
+         f"prefix), {writer.invalid} invalid ({invalid_logged} logged as invalid), {writer.empty} emptied, "
          f"{len(writer.unacked)} not acknowledged"),
         f"ledger        {len(facts['rows'])} of {n} requests with exactly one row",
     ]

@@ -399,6 +399,15 @@ def audit_log(text: str, report: Report) -> int:
             report.fail("exception in the proxy log", line.strip()[:300])
     return invalid
 
+def audit_reloads(reloads: int, valid_edits: int, empties: int, empty_edits: int, report: Report) -> None:
+    """One reload per complete valid edit and one notice per emptied file: neither the prefix
+    of a file written in place nor an empty file was ever applied."""
+    if reloads != valid_edits:
+        report.fail("rules reloads", f"{reloads} reloads logged for {valid_edits} valid edits "
+                                     "(a partly written or empty file was applied?)")
+    if empties != empty_edits:
+        report.fail("rules reloads", f"{empties} empty files noticed for {empty_edits} emptied")
+
 def audit_rss(samples: list[tuple[float, int]], warmup: float, max_growth: float, report: Report) -> None:
     if len(samples) < 2:
         report.fail("memory", "too few RSS samples")

@@ -17,6 +17,7 @@ for _p in (str(REPO / "tests"), str(REPO)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+from ccswitch.config.watch import SETTLE  # noqa: E402
 from tests.support.mock_upstream import (  # noqa: E402
     Behaviour,
     MockUpstream,
@@ -56,7 +57,12 @@ INVALID_RULES = (
     ("wrong protocol in a route", ("{upstreams}\n  - {name: x, protocol: openai-chat, base_url: "
                                    "'http://127.0.0.1:9/v1', api_key: x}\nroutes: {claude: [a, x], chat: [a]}")),
 )
-RELOAD_LINES = {"reloaded": "ccswitch: rules reloaded from", "invalid": "invalid edit of the rules"}
+RELOAD_LINES = {"reloaded": "ccswitch: rules reloaded from", "invalid": "invalid edit of the rules",
+                "empty": "is empty; keeping the last good rules"}
+#: where a file written in place may pause: each prefix is valid rules, none is the whole
+PARTIAL_CUTS = ("failover:", "upstreams:", "routes:")
+#: the order of live rule edits is shuffled within each round of these
+EDIT_ROUND = ("valid", "partial", "invalid", "empty")
 def expected_text(upstream: str, model: str) -> str:
     return f"{upstream} answers {model}"
 
@@ -114,6 +120,7 @@ class RulesWriter:
         self.lock = threading.Lock()            # one edit at a time, each acknowledged before the next
         self.writes = 0
         self.valid = self.invalid = 0
+        self.partial = self.empty = 0          # partial edits are valid ones too, once complete
         self.unacked: list[str] = []
         self.params = {"threshold": 2, "cooldown": "2s", "hold_back": "300ms", "max_attempts": 4,
                        "claude": list(NAMES), "chat": list(NAMES)}
@@ -156,6 +163,33 @@ class RulesWriter:
             self.valid += 1
             return self._write_and_wait(self.text(), "reloaded")
 
+    def write_partial(self) -> float:
+        """Valid rules written in place: a valid prefix, a pause shorter than the proxy's settling
+        time, then the rest.  Only the whole may ever be applied."""
+        with self.lock:
+            self.valid += 1
+            self.partial += 1
+            self.params.update(claude=self.rng.sample(NAMES, 3), chat=self.rng.sample(NAMES, 3))
+            text = self.text()
+            cut = text.index(self.rng.choice(PARTIAL_CUTS))
+            before = self.log.count("reloaded")
+            self.writes += 1
+            with open(self.path, "w") as f:       # truncates: for a moment the file is empty
+                f.write(text[:cut])
+                f.flush()
+                time.sleep(self.rng.uniform(0.05, 0.3) * SETTLE)
+                f.write(text[cut:])
+            return self._wait(before, "reloaded", "partial")
+
+    def write_empty(self) -> float:
+        """Truncate the file, as an editor or a crashed writer may leave it; the rules stay."""
+        with self.lock:
+            self.empty += 1
+            before = self.log.count("empty")
+            self.writes += 1
+            self.path.write_text("")
+            return self._wait(before, "empty", "empty")
+
     def write_invalid(self) -> float:
         with self.lock:
             what, template = self.rng.choice(INVALID_RULES)
@@ -171,6 +205,9 @@ class RulesWriter:
     def _write_and_wait(self, text: str, ack: str, what: str = "valid") -> float:
         before = self.log.count(ack)
         self._write(text)
+        return self._wait(before, ack, what)
+
+    def _wait(self, before: int, ack: str, what: str) -> float:
         acked = self.log.wait(ack, before + 1, timeout=5.0)
         if acked is None:
             self.unacked.append(f"edit {self.writes} ({what}) not acknowledged in the log within 5 s")
@@ -257,14 +294,21 @@ class Controller(threading.Thread):
 
     def _edit_rules(self) -> None:
         rng = random.Random(self.rng.random())
+        kinds: list[str] = []
         try:
-            while not self.stop_event.wait(rng.uniform(2.0, 4.0)):
-                if rng.random() < 0.3:
+            while not self.stop_event.wait(rng.uniform(1.5, 3.0)):
+                if not kinds:
+                    kinds = rng.sample(EDIT_ROUND, len(EDIT_ROUND))   # every kind in every round
+                kind = kinds.pop()
+                if kind == "invalid":
                     self.writer.write_invalid()
-                    self.note("rules: invalid edit acknowledged")
+                elif kind == "empty":
+                    self.writer.write_empty()
+                elif kind == "partial":
+                    self.writer.write_partial()
                 else:
                     self.writer.write_valid(shuffle=True)
-                    self.note(f"rules: valid edit acknowledged {self.writer.params}")
+                self.note(f"rules: {kind} edit acknowledged {self.writer.params}")
         except BaseException as exc:
             self.error = exc
 

@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from ccswitch.vocab import Action, Protocol, Route
+from ccswitch.wire.headers import sendable
 
 AuthMode = Literal["x-api-key", "bearer", "client"]
 ROUTE_PROTOCOLS: dict[str, frozenset[str]] = {
@@ -232,6 +233,8 @@ def _header_value(v: Any) -> Any:
         v = str(v)
     if isinstance(v, str) and ("\r" in v or "\n" in v or "\0" in v):
         raise ValueError("header value must not contain line breaks")
+    if isinstance(v, str) and not sendable(v):
+        raise ValueError("must be latin-1 text: a header cannot carry a character beyond U+00FF")
     return v
 
 
@@ -262,6 +265,14 @@ class Upstream(_Model):
         if isinstance(data, dict) and "auth" not in data and data.get("protocol") == "anthropic":
             data = {**data, "auth": "x-api-key"}
         return data
+
+    @field_validator("api_key", mode="after")
+    @classmethod
+    def _check_api_key(cls, v: SecretStr | None) -> SecretStr | None:
+        # it is sent as a header: a pasted key with a typographic dash or a line break cannot be
+        if v is not None:
+            _header_value(v.get_secret_value())
+        return v
 
     @field_validator("base_url", mode="after")
     @classmethod

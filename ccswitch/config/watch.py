@@ -3,12 +3,19 @@
 A reload builds a whole new validated `Rules` and swaps one reference; requests
 in flight keep the snapshot they started with.  An invalid edit is logged and
 the last good rules stay in force.
+
+A file being written in place passes through states that are valid rules (a prefix
+that ends after a block) or empty (just truncated): a change is applied only once
+two reads at least `SETTLE` seconds apart found the same bytes, and an empty file
+never is.  Vetoes (e.g. the listener's exposure rule) may refuse new rules.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ccswitch.config.load import BUILT_IN, default_rules_text, find_rules, load_rules, parse_rules, resolve_rules_path
@@ -16,15 +23,56 @@ from ccswitch.config.models import Rules, RulesError
 
 log = logging.getLogger("ccswitch.rules")
 
+#: seconds the file's content must stay the same before a change is applied
+SETTLE = 0.15
+
+#: a check on new rules before they replace the old ones: a reason to refuse them, or None
+Veto = Callable[[Rules], "str | None"]
+
+
+class Settling:
+    """Whether changed content has been seen unchanged by two reads `quiet` seconds apart."""
+
+    def __init__(self, quiet: float = SETTLE, clock: Callable[[], float] = time.monotonic) -> None:
+        self.quiet, self.clock = quiet, clock
+        self._seen: bytes | None = None      # the signature first read at `_since`
+        self._since: float | None = None     # None: no change is waiting
+
+    @property
+    def pending(self) -> bool:
+        return self._since is not None
+
+    def settled(self, signature: bytes | None) -> bool:
+        """Record a read of changed content; True once it has stayed the same for `quiet` seconds."""
+        now = self.clock()
+        if self._since is None or signature != self._seen:
+            self._seen, self._since = signature, now
+            return False
+        if now - self._since < self.quiet:
+            return False
+        self.forget()
+        return True
+
+    def forget(self) -> None:
+        self._seen, self._since = None, None
+
 
 class RulesFile:
-    def __init__(self) -> None:
+    def __init__(self, settle: float = SETTLE, clock: Callable[[], float] = time.monotonic) -> None:
         self.path: Path | None = None
         self.rules: Rules = parse_rules(default_rules_text(), BUILT_IN)
+        self.vetoes: list[Veto] = []
         self._signature: bytes | None = None
+        self._settling = Settling(settle, clock)
+
+    @property
+    def pending(self) -> bool:
+        """A change was seen and waits to prove stable: look again after `SETTLE` seconds."""
+        return self._settling.pending
 
     def open(self, option_value: str | None) -> None:
         """Load at start-up or when the option changes; raises RulesError if invalid."""
+        self._settling.forget()
         path = resolve_rules_path(option_value, Path.cwd(), Path.home())
         if path is None:
             self.path, self._signature = None, None
@@ -32,7 +80,7 @@ class RulesFile:
             log.info("ccswitch: no rules.yaml found; using the built-in default "
                      "(official upstreams, the client's own credentials)")
             return
-        signature = _signature(path)
+        signature = _signature(_read(path))
         self.rules = load_rules(path)
         self.path, self._signature = path, signature
         log.info("ccswitch: rules loaded from %s (%d upstreams)", path, len(self.rules.upstreams))
@@ -41,18 +89,31 @@ class RulesFile:
         """True if new rules took effect."""
         if self.path is None:
             return False
-        signature = _signature(self.path)
+        content = _read(self.path)
+        signature = _signature(content)
         if signature == self._signature:
+            self._settling.forget()   # changed and changed back: nothing to apply
             return False
-        self._signature = signature
-        if signature is None:
+        if not self._settling.settled(signature):
+            return False
+        self._signature = signature   # each outcome below is logged once per content
+        if content is None:
             log.error("ccswitch: rules file %s disappeared; keeping the last good rules", self.path)
             return False
+        if _is_empty(content):
+            log.error("ccswitch: rules file %s is empty; keeping the last good rules", self.path)
+            return False
         try:
-            self.rules = load_rules(self.path)
+            rules = _parse(content, self.path)
         except RulesError as exc:
             log.error("ccswitch: invalid edit of the rules, keeping the last good ones:\n%s", exc)
             return False
+        for veto in self.vetoes:
+            reason = veto(rules)
+            if reason:
+                log.error("ccswitch: rules edit refused, keeping the last good ones: %s", reason)
+                return False
+        self.rules = rules
         log.info("ccswitch: rules reloaded from %s", self.path)
         return True
 
@@ -60,9 +121,27 @@ class RulesFile:
         return {u.name: u.fingerprint() for u in self.rules.upstreams}
 
 
-def _signature(path: Path) -> bytes | None:
-    """A digest of the content: edits within one mtime tick are still seen."""
+def _read(path: Path) -> bytes | None:
     try:
-        return hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
+        return path.read_bytes()
     except OSError:
         return None
+
+
+def _signature(content: bytes | None) -> bytes | None:
+    """A digest of the content: edits within one mtime tick are still seen."""
+    return None if content is None else hashlib.blake2b(content, digest_size=16).digest()
+
+
+def _is_empty(content: bytes) -> bool:
+    """Nothing but blank lines and comments: a truncated file, not rules."""
+    return all(not line.strip() or line.lstrip().startswith(b"#") for line in content.splitlines())
+
+
+def _parse(content: bytes, path: Path) -> Rules:
+    """The rules in `content` as read from `path` (what was checked is what is applied)."""
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RulesError([f"{path}: cannot read (not UTF-8)"]) from None
+    return parse_rules(text, str(path), base_dir=path.resolve().parent, source_path=path)

@@ -35,6 +35,7 @@ from ccswitch.translate import translation_for
 from ccswitch.vocab import Action, Endpoint
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import RenderError, Reply
+from ccswitch.wire.redact import scrub_headers
 from ccswitch.wire.usage import usage_of_body
 
 log = logging.getLogger("ccswitch.dialer")
@@ -124,8 +125,8 @@ class Dialer:
             job.upstream_model = outgoing.upstream_model
             result = await self._send_and_judge(job, upstream, outgoing, translation, sink, attempt)
         except RenderError as exc:
-            result = Reply(upstream.name, 400, [("content-type", "application/json")],
-                           protocols.error_json(job.request.client_protocol, 400, str(exc)))
+            # not the upstream's doing, and the next one may take the request as it is
+            result = Failure(upstream.name, None, str(exc), "switch", counts=False, client_status=exc.status)
         except asyncio.CancelledError:
             attempt.error = CLIENT_CLOSED
             raise
@@ -180,7 +181,7 @@ class Dialer:
                      response: http1.Response, sink: Sink, deadline: float,
                      attempt: Attempt) -> Reply | Failure | Streamed:
         status = response.status_code
-        headers = response_headers(response.headers)
+        headers = scrub_headers(response_headers(response.headers), outgoing.secrets)
         is_sse = "text/event-stream" in (response.header("content-type") or "")
         failover = job.rules.failover
         if 200 <= status < 300 and job.request.stream and is_sse:

@@ -62,6 +62,8 @@ def network_failure(upstream: str, exc: BaseException, action: str, phase: str) 
         return NetworkFailure(upstream, "connect timeout", action, timeout=True)
     if isinstance(exc, asyncio.TimeoutError):
         return NetworkFailure(upstream, f"{phase} timeout", action, timeout=True)
+    if isinstance(exc, http1.UndecodableBody):   # it says which encoding and what is wrong with it
+        return NetworkFailure(upstream, str(exc), action)
     chain = _causes(exc)
     text = " ".join(str(e) for e in chain)
     if any(isinstance(e, ssl.SSLError) for e in chain) or "CERTIFICATE" in text.upper():

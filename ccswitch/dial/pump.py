@@ -48,6 +48,7 @@ class Pump:
             await self._commit()
         chunks = self.response.aiter_bytes().__aiter__()
         ended = "stream ended before its terminal event"
+        ended_cleanly = False
         pending: asyncio.Future | None = None
         try:
             while True:
@@ -68,6 +69,7 @@ class Pump:
                 try:
                     chunk = read.result()
                 except StopAsyncIteration:
+                    ended_cleanly = True
                     break
                 except (http1.TransportError, OSError) as exc:
                     ended = network_failure(self.upstream.name, exc, Action.SWITCH, "idle").reason
@@ -87,8 +89,10 @@ class Pump:
                     pending.exception()   # read, so asyncio does not log it as never retrieved
                 pending.cancel()
             self.attempt.usage = self.tap.usage   # kept even when the client went away
-        if not self.terminal:
-            over = self._take(self.parser.flush())
+        # after a cut, a timeout or an oversized event the unfinished event is dropped, never
+        # passed on: the client's SSE parser would glue our error event onto it
+        if not self.terminal and ended_cleanly:
+            over = self._take(self.parser.end())
             await self._flush()
             if over:
                 return await self._finish()

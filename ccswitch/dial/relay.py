@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from http import HTTPStatus
 
 import h11
 
 from ccswitch.dial.job import Job
+from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown
+from ccswitch.wire.headers import to_wire
 from ccswitch.wire.protocols import error_json, stream_error_event
 
 log = logging.getLogger("ccswitch.relay")
@@ -50,7 +53,7 @@ class H11Sink:
         else:
             head.append(("transfer-encoding", "chunked"))
         self.started = True
-        await self._send(h11.Response(status_code=status, headers=head))
+        await self._send(h11.Response(status_code=status, headers=to_wire(head), reason=reason_phrase(status)))
 
     async def write(self, data: bytes) -> None:
         if data:
@@ -58,6 +61,14 @@ class H11Sink:
 
     async def end(self) -> None:
         await self._send(h11.EndOfMessage())
+
+
+def reason_phrase(status: int) -> bytes:
+    """The standard reason phrase (clients and logs show "HTTP/1.1 200 OK", not "200 ")."""
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
 
 
 class BufferSink:
@@ -95,25 +106,55 @@ async def send_whole(sink, status: int, headers: list[tuple[str, str]], body: by
     await sink.end()
 
 
-async def run_guarded(run_job, job: Job, sink) -> None:
-    """Run a job; a bug of ours ends in an error in the client's format, never a silent cut."""
+def start_now(coro) -> asyncio.Task:
+    """A task that is already inside `coro` (started eagerly, as under mitmproxy): a cancellation
+    always lands inside its try blocks, so a job cut by the shutdown still answers and is recorded."""
+    return asyncio.eager_task_factory(asyncio.get_running_loop(), coro)
+
+
+async def run_guarded(run_job, job: Job, sink, shutdown: Shutdown | None = None) -> None:
+    """Run a job; a bug of ours ends in an error in the client's format, never a silent cut,
+    and so does a job that the shutdown cuts (or that arrives once it is cutting)."""
+    def cut() -> bool:
+        return shutdown is not None and shutdown.cutting
     try:
+        if cut():
+            await _shutdown_error(job, sink)
+            return
         await run_job(job, sink)
     except ClientGone:
         raise
+    except asyncio.CancelledError:
+        if not cut():
+            raise
+        await _shutdown_error(job, sink)
     except Exception as exc:
         await _internal_error(job, sink, exc)
 
 
 async def _internal_error(job: Job, sink, exc: BaseException) -> None:
     log.error("ccswitch: request %s failed inside the gateway: %r", job.flow_id, exc, exc_info=exc)
-    message = f"ccswitch internal error: {type(exc).__name__}"
     job.error = f"internal error: {type(exc).__name__}"
+    await _end_with_error(job, sink, 500, f"ccswitch internal error: {type(exc).__name__}")
+
+
+async def _shutdown_error(job: Job, sink) -> None:
+    job.error = "shutdown: not finished within the grace period"
+    if job.attempts and job.attempts[-1].error == "client_closed":
+        job.attempts[-1].error = "shutdown"   # the dialer takes every cancellation for a client gone
+    await _end_with_error(job, sink, 503, f"{SHUTTING_DOWN}; the request did not finish in time",
+                          [("retry-after", RETRY_AFTER)])
+    job.latency_ms = job.elapsed_ms()
+
+
+async def _end_with_error(job: Job, sink, status: int, message: str,
+                          headers: tuple[tuple[str, str], ...] = ()) -> None:
+    """An error answer in the client's protocol, or the stream's error event once it started."""
     try:
         if not sink.started:
-            job.status = 500
-            await send_whole(sink, 500, [("content-type", "application/json")],
-                             error_json(job.request.client_protocol, 500, message))
+            job.status = status
+            await send_whole(sink, status, [("content-type", "application/json"), *headers],
+                             error_json(job.request.client_protocol, status, message))
         else:
             await sink.write(stream_error_event(job.request.client_protocol, message))
             await sink.end()
@@ -122,12 +163,14 @@ async def _internal_error(job: Job, sink, exc: BaseException) -> None:
 
 
 class Relay:
-    def __init__(self, run_job, on_done=None) -> None:
+    def __init__(self, run_job, on_done=None, shutdown: Shutdown | None = None) -> None:
         self._run_job = run_job          # async (job, sink) -> None
         self._on_done = on_done          # (job) -> None, once per job the relay ran
+        self.shutdown = shutdown or Shutdown()
         self._jobs: dict[str, Job] = {}
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._connections: dict[asyncio.Task, asyncio.StreamWriter] = {}
         self.port = 0
 
     async def start(self) -> None:
@@ -135,14 +178,29 @@ class Relay:
         self.port = self._server.sockets[0].getsockname()[1]
         log.debug("relay listening on 127.0.0.1:%d", self.port)
 
+    @property
+    def running(self) -> int:
+        """Jobs being served now."""
+        return len(self._tasks)
+
+    def cut(self) -> None:
+        """Cancel the jobs being served; with the shutdown cutting, each ends in its protocol."""
+        for task in list(self._tasks):
+            task.cancel()
+
     async def stop(self) -> None:
-        """Stop listening and end the jobs in flight (each still leaves its usage row)."""
+        """Stop listening, cut the jobs still served (each leaves its usage row), close the connections."""
         if self._server is not None:
             self._server.close()
             self._server = None
-        for task in list(self._tasks):
-            task.cancel()
+        self.shutdown.cutting = True
+        self.cut()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # idle keep-alive connections too: a connection task still open when the event loop
+        # stops is cancelled, and Python 3.12.1 logs that as an exception
+        for writer in list(self._connections.values()):
+            writer.close()
+        await asyncio.gather(*self._connections, return_exceptions=True)
 
     def register(self, job: Job) -> None:
         self._jobs[job.token] = job
@@ -154,6 +212,8 @@ class Relay:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1024 * 1024)
         leftover = b""
+        me = asyncio.current_task()
+        self._connections[me] = writer
         try:
             while True:
                 request = await self._read_request(conn, reader, leftover)
@@ -166,6 +226,7 @@ class Relay:
         except (h11.RemoteProtocolError, ConnectionError, OSError) as exc:
             log.debug("relay connection ended: %s", exc)
         finally:
+            self._connections.pop(me, None)
             writer.close()
 
     @staticmethod
@@ -202,7 +263,7 @@ class Relay:
     async def _job(self, job: Job, sink: H11Sink) -> None:
         """One job, start to usage row: the row is reported however the job ends."""
         try:
-            await run_guarded(self._run_job, job, sink)
+            await run_guarded(self._run_job, job, sink, self.shutdown)
         except ClientGone:
             job.client_left()
             sink.broken = True
@@ -211,7 +272,7 @@ class Relay:
                 self._on_done(job)
 
     async def _run(self, job: Job, reader, sink: H11Sink) -> bytes | None:
-        task = asyncio.ensure_future(self._job(job, sink))
+        task = start_now(self._job(job, sink))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         ahead = b""   # bytes mitmproxy sent early (it does not pipeline, but be safe)

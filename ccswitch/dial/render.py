@@ -10,6 +10,7 @@ from typing import Any
 from ccswitch.config.models import Upstream
 from ccswitch.vocab import Endpoint, Protocol
 from ccswitch.wire.exchange import ClientRequest, RenderError
+from ccswitch.wire.headers import sendable
 from ccswitch.wire.redact import CREDENTIAL_HEADERS
 
 _HOP_BY_HOP = frozenset({
@@ -91,6 +92,11 @@ def _headers(upstream: Upstream, req: ClientRequest) -> list[tuple[str, str]]:
     overrides = {k.lower(): v for k, v in upstream.headers.items()}
     out = [(k, v) for k, v in out if k not in overrides]
     out.extend(overrides.items())
+    for name, value in out:
+        # client headers always are (they are held as their bytes); a pasted key may not be
+        if not sendable(value):
+            raise RenderError(f"upstream {upstream.name}: the {name} header it sends has a character "
+                              "beyond latin-1, which HTTP cannot carry (check its api_key and headers)", 500)
     return out
 
 

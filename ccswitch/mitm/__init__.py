@@ -12,10 +12,11 @@ from ccswitch.mitm.commands import Commands
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.router import Router
 from ccswitch.mitm.rules_watcher import RulesWatcher
-from ccswitch.mitm.safety import InterceptScope, ListenSafety
+from ccswitch.mitm.safety import ClientKeyGate, InterceptScope, ListenSafety
 
 
 def make_addons() -> list:
     gateway = Gateway()
+    # the gate follows the router: it sees only the flows the router let pass untouched
     return [RulesWatcher(gateway), ListenSafety(gateway), InterceptScope(gateway), Router(gateway),
-            Commands(gateway), Activator(gateway)]
+            ClientKeyGate(gateway), Commands(gateway), Activator(gateway)]

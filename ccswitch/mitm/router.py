@@ -9,15 +9,16 @@ import json
 import logging
 from datetime import datetime
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
 from ccswitch.clock import utc_now
 from ccswitch.config.models import Rules
 from ccswitch.dial.dialer import Dialer
 from ccswitch.dial.job import Job
-from ccswitch.dial.relay import JOB_HEADER, BufferSink, Relay, run_guarded
+from ccswitch.dial.relay import JOB_HEADER, BufferSink, Relay, run_guarded, start_now
 from ccswitch.dial.render import upstream_url
+from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_proxy_connections
 from ccswitch.ledger.rows import own_answer_row
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.net import http1
@@ -28,6 +29,7 @@ from ccswitch.translate import translation_for
 from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint, Protocol
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import ClientRequest, RenderError
+from ccswitch.wire.headers import from_wire, to_wire
 from ccswitch.wire.redact import CREDENTIAL_HEADERS, REDACTED, client_credential
 
 log = logging.getLogger("ccswitch")
@@ -47,6 +49,7 @@ class Router:
         self.relay: Relay | None = None
         self.jobs: dict[str, Job] = {}   # flow id -> job, while the flow is live
         self.inline: set[asyncio.Task] = set()   # dialer runs for non-streamed requests
+        self.shutdown = Shutdown()
 
     def load(self, loader) -> None:
         loader.add_option("ccswitch_max_body", int, 32 * 1024 * 1024,
@@ -58,25 +61,44 @@ class Router:
                           "The intercepted hosts are unreachable (relays only): answer their "
                           "unrouted requests (e.g. Claude Code's settings calls) with 404 at once "
                           "instead of a 502 that clients retry for many seconds.")
+        loader.add_option("ccswitch_shutdown_grace", int, 8,
+                          "Seconds that requests in flight get to finish when the proxy shuts down "
+                          "(SIGTERM, Ctrl-C); new ones get a 503 meanwhile. Past it, streams end with "
+                          "their protocol's error event and other requests get a 503. Keep it below "
+                          "your supervisor's kill timeout (docker stop: 10 s).")
 
     async def running(self) -> None:
         self.dialer = Dialer(self.gateway.health, allow_url=lambda url: self.gateway.allow_url(url),
                              client=http1.UpstreamClient(ssl_context=upstream_tls()))
-        self.relay = Relay(self.dialer.run, on_done=self.gateway.record_job)
+        self.relay = Relay(self.dialer.run, on_done=self.gateway.record_job, shutdown=self.shutdown)
         await self.relay.start()
 
     async def done(self) -> None:
-        # end the requests in flight first, so each leaves its usage row, then flush the ledger
-        for task in list(self.inline):
-            task.cancel()
-        await asyncio.gather(*self.inline, return_exceptions=True)
+        # mitmproxy awaits this while it still accepts connections: the requests in flight end
+        # here, each with an answer and its usage row, before the listeners and the ledger close
+        await self.shutdown.drain(self._in_flight, ctx.options.ccswitch_shutdown_grace, self._cut)
+        proxyserver = ctx.master.addons.get("proxyserver")
+        if proxyserver is not None:
+            await close_proxy_connections(proxyserver)
         if self.relay:
             await self.relay.stop()
         if self.dialer:
             await self.dialer.aclose()
         await asyncio.to_thread(self.gateway.close)
 
+    def _in_flight(self) -> int:
+        # a job leaves `jobs` when its flow ends, its task a moment before or after
+        return max(len(self.jobs), len(self.inline) + (self.relay.running if self.relay else 0))
+
+    def _cut(self) -> None:
+        for task in list(self.inline):
+            task.cancel()
+        if self.relay:
+            self.relay.cut()
+
     def configure(self, updated) -> None:
+        if "ccswitch_shutdown_grace" in updated and ctx.options.ccswitch_shutdown_grace < 0:
+            raise exceptions.OptionsError("ccswitch_shutdown_grace must be 0 or more seconds")
         if updated & UPSTREAM_TLS_OPTIONS:
             context = upstream_tls()   # checked now, so a bad CA file is refused at once
             if self.dialer:
@@ -107,7 +129,7 @@ class Router:
                     status=status, error=message[:500],
                     latency_ms=int((utc_now() - started).total_seconds() * 1000)))
 
-        headers = list(flow.request.headers.items(multi=True))
+        headers = from_wire(flow.request.headers.fields)   # the bytes as received
         if rules.client_keys and not rules.client_key_ok(client_credential(headers)):
             return refuse(401, "missing or invalid ccswitch client key")
         if match.endpoint == Endpoint.WEBSOCKET:
@@ -124,6 +146,8 @@ class Router:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return refuse(400, "the request body names no model", body)
+        if self.shutdown.draining:   # those in flight finish; new ones are for the next process
+            return refuse(503, SHUTTING_DOWN, body, {"retry-after": RETRY_AFTER, "connection": "close"})
         chosen = plan(rules, match.route, model, self.gateway.health, datetime.now(rules.tz))
         if not chosen.candidates:
             return refuse(503, chosen.why_none(match.route), body, {"retry-after": "30"})
@@ -147,7 +171,7 @@ class Router:
 
     async def _run_inline(self, flow: http.HTTPFlow, job: Job) -> None:
         sink = BufferSink()
-        task = asyncio.ensure_future(run_guarded(self.dialer.run, job, sink))
+        task = start_now(run_guarded(self.dialer.run, job, sink, self.shutdown))
         self.inline.add(task)
         task.add_done_callback(self.inline.discard)
         try:
@@ -159,7 +183,7 @@ class Router:
                     await asyncio.gather(task, return_exceptions=True)
                     flow.response = http.Response.make(499, b"", {})
                     return
-            headers = http.Headers([(k.encode(), v.encode("utf-8", "surrogateescape")) for k, v in sink.headers])
+            headers = http.Headers(to_wire(sink.headers))
             flow.response = http.Response.make(sink.status, sink.body, headers)
         finally:
             self.gateway.record_job(job)
@@ -270,8 +294,8 @@ def _body_problem(request: http.Request, max_body: int) -> tuple[int, str] | Non
 def _decoded_body(request: http.Request, limit: int) -> bytes | None:
     """The request body decoded, or None when it would exceed `limit` bytes decoded.
 
-    gzip and deflate are inflated incrementally with a cap (a 32 MB bomb must not become
-    32 GB in memory); other encodings fall back to mitmproxy's decoder and a size check.
+    gzip, deflate, br and zstd are inflated incrementally with a cap (a 32 MB bomb must not
+    become 32 GB in memory); other encodings fall back to mitmproxy's decoder and a size check.
     """
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding in INFLATABLE:

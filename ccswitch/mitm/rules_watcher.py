@@ -7,6 +7,7 @@ import asyncio
 from mitmproxy import ctx, exceptions
 
 from ccswitch.config.models import RulesError
+from ccswitch.config.watch import SETTLE
 from ccswitch.mitm.gateway import Gateway
 
 
@@ -38,9 +39,11 @@ class RulesWatcher:
             self._task.cancel()
 
     async def _watch(self) -> None:
+        rules_file = self.gateway.rules_file
         while True:
-            await asyncio.sleep(1.0)
-            if self.gateway.rules_file.reload_if_changed():
+            # a change just seen is read again soon: applied only once it stays the same
+            await asyncio.sleep(SETTLE if rules_file.pending else 1.0)
+            if rules_file.reload_if_changed():
                 self.gateway.health.sync(self.gateway.rules_file.fingerprints())
                 if self.gateway.ledger is not None:
                     self.gateway.open_ledger(True)

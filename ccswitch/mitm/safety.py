@@ -1,16 +1,66 @@
-"""Where ccswitch listens and what it decrypts."""
+"""Where ccswitch listens, who may use it, and what it decrypts."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from mitmproxy import ctx, exceptions, tls
+from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.proxy import mode_specs
 
+from ccswitch.config.models import Rules
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.net.addresses import is_loopback
+from ccswitch.routing.classify import classify
+from ccswitch.wire import headers as wire
+from ccswitch.wire import protocols
+from ccswitch.wire.redact import client_credential
+
+if TYPE_CHECKING:
+    from ccswitch.mitm.gateway import Gateway
 
 log = logging.getLogger("ccswitch")
+
+_PROXYAUTH_HOW = ("mitmproxy's proxy authentication: add --proxyauth USER:PASS (or --proxyauth @HTPASSWD_FILE) "
+                  "and give clients HTTPS_PROXY=http://USER:PASS@HOST:PORT (client_keys cannot protect it: "
+                  "a CONNECT carries no API key)")
+_CLIENT_KEYS_HOW = ("client_keys in rules.yaml (every request on it, routed or not, must then carry one "
+                    "as x-api-key or Authorization: Bearer)")
+
+
+def missing_guard(mode: mode_specs.ProxyMode, client_keys: bool, proxyauth: bool) -> str | None:
+    """What a listener of `mode` beyond loopback needs to authenticate every client and lacks, or None."""
+    if isinstance(mode, (mode_specs.LocalMode, mode_specs.TunMode, mode_specs.WireGuardMode)):
+        return None   # no listener others can reach, or peers that hold WireGuard keys
+    if isinstance(mode, mode_specs.ReverseMode) and mode.scheme in ("http", "https"):
+        return None if client_keys else _CLIENT_KEYS_HOW
+    if isinstance(mode, (mode_specs.RegularMode, mode_specs.UpstreamMode, mode_specs.Socks5Mode)):
+        return None if proxyauth else _PROXYAUTH_HOW
+    return "a way to authenticate its clients, which ccswitch has not for this mode: listen on loopback"
+
+
+def unprotected_listeners(specs: Iterable[str], default_host: str, client_keys: bool, proxyauth: bool) -> list[str]:
+    """The listeners beyond loopback that would let a client in unauthenticated, and what each needs."""
+    found = []
+    for spec in specs:
+        try:
+            mode = mode_specs.ProxyMode.parse(spec)
+        except ValueError:
+            continue   # mitmproxy itself refuses a bad spec
+        host = mode.listen_host(default_host)
+        if is_loopback(host):
+            continue
+        need = missing_guard(mode, client_keys, proxyauth)
+        if need:
+            found.append(f"{spec} on {host or 'all interfaces'} needs {need}")
+    return found
+
+
+def beyond_loopback(client, default_host: str) -> bool:
+    """The client came from another machine, or over a listener that others can reach."""
+    peer = str(client.peername[0]) if client.peername else ""
+    return not is_loopback(peer) or not is_loopback(client.proxy_mode.listen_host(default_host))
 
 
 class ListenSafety:
@@ -19,14 +69,25 @@ class ListenSafety:
     mitmproxy may bind its servers before a script is loaded, so setting
     `listen_host` alone is not enough: `running` rebinds any server that ended up
     on every interface, and until then `client_connected` turns away any peer that
-    is not on loopback.
+    is not on loopback.  Beyond loopback every listener must authenticate every
+    client: at start-up, on every option change and on every rules reload (a veto).
     """
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.own_loopback = False   # True when the user gave no listen host
+        gateway.rules_file.vetoes.append(self.refuse_unprotected)
 
     def configure(self, updated) -> None:
+        # checked before this method updates options itself: a refusal raised inside a nested
+        # update makes mitmproxy roll back to the same options and configure again, without end
+        if updated & {"listen_host", "mode", "proxyauth", "ccswitch_rules"}:
+            self.check_exposure()
+        if "proxyauth" in updated and ctx.options.proxyauth and self._reverse_specs():
+            log.warning("ccswitch: mitmproxy's proxyauth also asks every request on %s for "
+                        "'Authorization: Basic': API clients that send a Bearer token or only x-api-key get "
+                        "its 401 there; protect reverse listeners with client_keys and run them in a "
+                        "mitmdump without --proxyauth", ", ".join(self._reverse_specs()))
         if "listen_host" in updated and not ctx.options.listen_host:
             self.own_loopback = True
             ctx.options.update(listen_host="127.0.0.1")
@@ -34,8 +95,6 @@ class ListenSafety:
         if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
             ctx.options.update(connection_strategy="lazy")
             log.info("ccswitch: connection_strategy forced to lazy (the original host may be unreachable)")
-        if updated & {"listen_host", "mode", "proxyauth", "ccswitch_rules"}:
-            self.check_exposure()
 
     def running(self) -> None:
         if not self.own_loopback:
@@ -52,23 +111,81 @@ class ListenSafety:
             ctx.options.update(mode=specs)
 
     def client_connected(self, client) -> None:
-        if self.own_loopback and client.peername and not is_loopback(str(client.peername[0])):
-            client.error = "ccswitch listens on loopback only"
+        if not client.peername or is_loopback(str(client.peername[0])):
+            return
+        if self.own_loopback and client.proxy_mode.custom_listen_host is None:
+            client.error = "ccswitch listens on loopback only"   # a server bound before the rebind
+        elif missing_guard(client.proxy_mode, bool(self.gateway.rules.client_keys), bool(ctx.options.proxyauth)):
+            client.error = "ccswitch serves clients beyond loopback only with authentication"
 
     def check_exposure(self) -> None:
-        exposed = []
-        for spec in ctx.options.mode:
-            try:
-                mode = mode_specs.ProxyMode.parse(spec)
-            except ValueError:
-                continue
-            host = mode.listen_host(ctx.options.listen_host)
-            if not is_loopback(host):
-                exposed.append(f"{spec} on {host or 'all interfaces'}")
-        if exposed and not self.gateway.rules.client_keys and not ctx.options.proxyauth:
+        found = self._unprotected(self.gateway.rules)
+        if found:
             raise exceptions.OptionsError(
-                "ccswitch refuses to listen beyond loopback (" + "; ".join(exposed) + ") without "
-                "client_keys in rules.yaml or mitmproxy's --proxyauth")
+                "ccswitch refuses to listen beyond loopback without authentication: " + "; ".join(found))
+
+    def refuse_unprotected(self, rules: Rules) -> str | None:
+        """Veto new rules that would leave a listener beyond loopback open."""
+        found = self._unprotected(rules)
+        if not found:
+            return None
+        return "they would leave a listener beyond loopback without authentication: " + "; ".join(found)
+
+    def _unprotected(self, rules: Rules) -> list[str]:
+        # an empty listen host is ours to make loopback (`configure`, `running`)
+        return unprotected_listeners(ctx.options.mode, ctx.options.listen_host or "127.0.0.1",
+                                     bool(rules.client_keys), bool(ctx.options.proxyauth))
+
+    @staticmethod
+    def _reverse_specs() -> list[str]:
+        return [spec for spec in ctx.options.mode if spec.lower().startswith("reverse:")]
+
+
+class ClientKeyGate:
+    """Client keys on the requests ccswitch does not route (the router checks its own).
+
+    On a reverse listener reachable from beyond loopback, or from a peer beyond it, a
+    request that passes through to the target needs a client key just like a routed one;
+    and a client key is never passed on, in any mode.  Runs after the router: a flow it
+    routed or answered is left alone.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or "ccswitch" in flow.metadata:
+            return
+        rules = self.gateway.rules
+        client = flow.client_conn
+        if isinstance(client.proxy_mode, mode_specs.ReverseMode) and beyond_loopback(
+                client, ctx.options.listen_host or "127.0.0.1"):
+            presented = client_credential(wire.from_wire(flow.request.headers.fields))   # as the router reads it
+            if not rules.client_keys or not rules.client_key_ok(presented):   # no keys: nobody passes
+                flow.response = _refusal(flow.request, 401, "missing or invalid ccswitch client key")
+                flow.comment = "ccswitch: answered 401 itself"
+        _drop_client_keys(flow.request.headers, rules)
+
+
+def _drop_client_keys(headers: http.Headers, rules: Rules) -> None:
+    if not rules.client_keys:
+        return
+    for name, value in wire.from_wire(headers.fields):
+        if name.lower() in ("x-api-key", "authorization") and rules.client_key_ok(client_credential([(name, value)])):
+            headers.pop(name, None)
+
+
+def _refusal(request: http.Request, status: int, message: str) -> http.Response:
+    """An error in the API the client most likely speaks."""
+    match = classify("POST", request.path)
+    if match is not None:
+        protocol = protocols.CLIENT_PROTOCOL[match.route]
+    elif "anthropic-version" in request.headers or "anthropic" in request.pretty_host:
+        protocol = protocols.ANTHROPIC
+    else:
+        protocol = protocols.CHAT
+    return http.Response.make(status, protocols.error_json(protocol, status, message),
+                              {"content-type": "application/json"})
 
 
 class InterceptScope:

@@ -4,7 +4,7 @@ Why not httpx: on the proxy's hot path httpx + httpcore cost about 3.5 ms of CPU
 small request under concurrency (every checkout polls each idle pooled socket through
 anyio), which held ccswitch to under half of bare mitmdump's throughput.  This client
 does only what the dialer needs: keep-alive pooling per origin, verified TLS,
-Content-Length request bodies, gzip/deflate response decoding, read flow control, and
+Content-Length request bodies, gzip/deflate/br/zstd response decoding, read flow control, and
 errors the dialer can classify.  Read deadlines belong to the dialer (first_byte, total,
 idle), so nothing here times out a read.
 """
@@ -22,6 +22,7 @@ import certifi
 import h11
 
 from ccswitch.net.inflate import ACCEPT_ENCODING, DecodeError, Inflater
+from ccswitch.wire.headers import from_wire, to_wire
 
 _READ_HIGH_WATER = 256 * 1024         # buffered, unparsed bytes before the socket is paused
 _MAX_HEADER_BYTES = 64 * 1024
@@ -48,6 +49,10 @@ class ReadError(TransportError):
 
 class WriteError(TransportError):
     pass
+
+
+class UndecodableBody(ReadError):
+    """The body's content-encoding is one we cannot decode, or the encoded body is broken."""
 
 
 class RemoteProtocolError(TransportError):
@@ -259,7 +264,8 @@ class UpstreamClient:
         from the response.  When a kept-alive connection drops before any answer (the upstream
         closed it as the request went out), the request is sent once more on a new connection,
         as browsers and urllib3 do.  An upstream that took the request and then dropped the
-        connection without a byte may see it twice; the dialer's own retries are bounded apart."""
+        connection without a byte may see it twice; the dialer's own retries are bounded apart.
+        Header values are text of one character per byte (`ccswitch.headers`)."""
         origin, target, host = split_url(url)
         names = {name.lower() for name, _ in headers}
         extra = [("host", host)]
@@ -268,7 +274,7 @@ class UpstreamClient:
         if body or method.upper() not in _BODYLESS_METHODS:
             extra.append(("content-length", str(len(body))))
         try:
-            request = h11.Request(method=method, target=target, headers=extra + list(headers))
+            request = h11.Request(method=method, target=target, headers=to_wire(extra + list(headers)))
         except h11.LocalProtocolError as exc:
             raise TransportError(f"cannot send this request: {exc}") from exc
         for fresh_retry in (False, True):
@@ -368,15 +374,14 @@ class Response:
     def __init__(self, client: UpstreamClient, connection: _Connection, head: h11.Response) -> None:
         self._client, self._connection = client, connection
         self.status_code: int = head.status_code
-        self.headers: list[tuple[str, str]] = [(k.decode("latin-1"), v.decode("latin-1"))
-                                               for k, v in head.headers]
+        self.headers: list[tuple[str, str]] = from_wire(head.headers)
         self._done = False
         self._deferred: TransportError | None = None
         encoding = (self.header("content-encoding") or "identity").strip().lower()
         try:
             self._decoder = None if encoding == "identity" else Inflater(encoding)
         except DecodeError as exc:
-            raise RemoteProtocolError(str(exc)) from exc
+            raise UndecodableBody(str(exc)) from exc
 
     def header(self, name: str) -> str | None:
         """The first value of a header (names compared case-insensitively)."""
@@ -416,7 +421,7 @@ class Response:
                 if self._done and self._decoder:
                     data += self._decoder.flush()
             except DecodeError as exc:
-                raise ReadError(str(exc)) from exc
+                raise UndecodableBody(str(exc)) from exc
             if data:
                 return data
         raise StopAsyncIteration

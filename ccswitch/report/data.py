@@ -26,6 +26,7 @@ from ccswitch.report import prices
 DIMENSIONS = ("model", "upstream", "route")
 NO_UPSTREAM = "(ccswitch)"      # requests ccswitch answered itself
 NO_MODEL = "(no model)"
+UNPRICED_SHOWN = 5              # unpriced models named in the report's note; the rest are counted
 
 
 @dataclass
@@ -194,8 +195,8 @@ def build_report(conn: sqlite3.Connection, rules: Rules, since: date, until: dat
     if count_tokens:
         notes.append(f"{count_tokens} count_tokens request(s) left out of every figure")
     if unpriced:
-        listed = ", ".join(f"{m} ({fmt_tokens(n)} tokens)" for m, n in sorted(unpriced.items(), key=lambda kv: -kv[1]))
-        notes.append(f"no price for: {listed}; their cost shows as '?' (add them under prices: in rules.yaml)")
+        notes.append(f"no price for: {_unpriced_list(unpriced)}; their cost shows as '?' "
+                     "(add them under prices: in rules.yaml)")
     if unknown_upstreams:
         notes.append("upstream(s) not in the rules, priced at list price: " + ", ".join(sorted(unknown_upstreams)))
     priced_mult = {name: m for name, m in mult.items() if m != 1.0 and name in summary["upstream"]}
@@ -208,6 +209,16 @@ def build_report(conn: sqlite3.Connection, rules: Rules, since: date, until: dat
         summary={dim: dict(v) for dim, v in summary.items()}, total=total,
         activations=_activations(conn, tables, since, until, tz), unpriced=dict(unpriced),
         count_tokens=count_tokens, notes=notes)
+
+
+def _unpriced_list(unpriced: dict[str, int], shown: int = UNPRICED_SHOWN) -> str:
+    """The models with the most unpriced tokens, then how many more (every one is in the JSON)."""
+    ranked = sorted(unpriced.items(), key=lambda kv: (-kv[1], kv[0]))
+    listed = ", ".join(f"{m} ({fmt_tokens(n)} tokens)" for m, n in ranked[:shown])
+    rest = ranked[shown:]
+    if rest:
+        listed += f" and {len(rest)} more ({fmt_tokens(sum(n for _, n in rest))} tokens)"
+    return listed
 
 
 def report_zone(rules: Rules) -> tzinfo | None:

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from ccswitch.config.models import Upstream
 from ccswitch.wire import protocols
-from ccswitch.wire.exchange import ClientRequest, RenderError, Reply, json_or_none
+from ccswitch.wire.exchange import ClientRequest, RenderError, Reply, json_or_none, not_json_kind
 from ccswitch.wire.redact import scrub
 from ccswitch.wire.sse import Event
 
@@ -81,7 +81,7 @@ class Passthrough:
             return "an SSE body for a non-streamed request"
         parsed = json_or_none(body)
         if parsed is None:
-            return "a 2xx body that is not JSON"
+            return f"a 2xx body that is {not_json_kind(body)}"
         if not protocols.body_matches_protocol(upstream.protocol, req.endpoint, parsed):
             return "a 2xx body that is not a " + upstream.protocol + " response"
         return None

@@ -31,7 +31,12 @@ class ClientRequest:
 
 
 class RenderError(ValueError):
-    """The client request cannot be expressed for this upstream."""
+    """The client request cannot be expressed for this upstream (another one may take it).
+    `status` is what the client gets when no upstream could."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -50,3 +55,14 @@ def json_or_none(body: bytes) -> object:
         return json.loads(body)
     except ValueError:
         return None
+
+
+def not_json_kind(body: bytes) -> str:
+    """What a body that `json_or_none` refused is, for a failure reason: bad bytes or bad JSON."""
+    try:
+        json.loads(body)
+    except UnicodeDecodeError:
+        return "not UTF-8"
+    except ValueError:
+        pass
+    return "not JSON"

@@ -24,9 +24,28 @@ def client_credential(headers: list[tuple[str, str]]) -> str | None:
     return None
 
 
+_SHORTEST_SECRET = 8   # shorter text is too likely to occur by chance to be worth replacing
+
+
 def scrub(body: bytes, secrets: list[str]) -> bytes:
     """Replace any upstream key text an upstream echoed back (e.g. in an error)."""
     for secret in secrets:
-        if len(secret) >= 8 and secret.encode() in body:
+        if len(secret) >= _SHORTEST_SECRET and secret.encode() in body:
             body = body.replace(secret.encode(), b"[redacted]")
     return body
+
+
+def scrub_headers(headers: list[tuple[str, str]], secrets: list[str]) -> list[tuple[str, str]]:
+    """`scrub` for response headers.  A header whose name holds key text is dropped: a name
+    cannot carry the `[redacted]` mark."""
+    secrets = [s for s in secrets if len(s) >= _SHORTEST_SECRET]
+    if not secrets:
+        return headers
+    kept = []
+    for name, value in headers:
+        if any(s.lower() in name.lower() for s in secrets):
+            continue
+        for secret in secrets:
+            value = value.replace(secret, "[redacted]")
+        kept.append((name, value))
+    return kept

@@ -118,6 +118,16 @@ class SSEParser:
             return [Event(event="", raw=raw)]
         return [Event(event=parsed[0], data=parsed[1], raw=raw)]
 
+    def end(self) -> list[Event]:
+        """A stream's clean end.  Its unterminated final event is kept only when whole (its data is
+        JSON, or OpenAI's `[DONE]`) and then given its blank line: whatever is passed on is complete
+        events.  A fragment is dropped, so an error event sent after it stays a separate event."""
+        whole = []
+        for event in self.flush():
+            if event.event and (event.data == "[DONE]" or event.json() is not None):
+                whole.append(Event(event.event, event.data, event.raw.rstrip(b"\r\n") + b"\n\n"))
+        return whole
+
     @property
     def pending(self) -> bytes:
         return bytes(self._buf)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from mitmproxy import io
 
-from tests.support.mock_upstream import MockUpstream, status
+from tests.support.mock_upstream import MockUpstream, ok, status
 from tests.support.proxy_process import Proxy
 
 # distinctive fake keys: the secrets scan looks for them everywhere afterwards
@@ -31,7 +31,8 @@ def world(tmp_path_factory):
         rules.write_text(f"""
 client_keys: ["{CLIENT_KEY}"]
 upstreams:
-  - {{name: a, protocol: anthropic, base_url: '{a.base_url}', api_key: '{UPSTREAM_KEY}'}}
+  - {{name: a, protocol: anthropic, base_url: '{a.base_url}', api_key: '{UPSTREAM_KEY}',
+     headers: {{x-relay-user: "José"}}}}
   - {{name: c, protocol: openai-chat, base_url: '{a.base_url}/v1', api_key: '{CHAT_KEY}'}}
 routes: {{claude: [a], chat: [a]}}
 """)
@@ -140,6 +141,37 @@ def test_upstream_echoing_its_key_never_reaches_the_client(world):
                                                           "message": f"invalid key {UPSTREAM_KEY}"}}))
     r = post(proxy)
     assert r.status_code == 401 and UPSTREAM_KEY not in r.text and "[redacted]" in r.text
+
+
+@pytest.mark.parametrize("behaviour", [ok, lambda headers: status(400, headers=headers)], ids=["ok", "error"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_upstream_echoing_its_key_in_a_header_never_reaches_the_client(world, stream, behaviour):
+    """Nor the log or the saved flows: test_zz_secrets_appear_nowhere looks there afterwards."""
+    proxy, a, _ = world
+    a.script(behaviour(headers={"x-echo": f"key={UPSTREAM_KEY}; ok"}))
+    with httpx.stream("POST", proxy.reverse_url + "/v1/messages", json={**GOOD, "stream": stream}, timeout=30,
+                      headers={"x-api-key": CLIENT_KEY}) as r:
+        body = r.read()
+    assert a.requests and r.headers["x-echo"] == "key=[redacted]; ok"
+    assert UPSTREAM_KEY.encode() not in b"".join(k + v for k, v in r.headers.raw) + body
+    assert UPSTREAM_KEY not in proxy.log()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_non_ascii_header_bytes_cross_the_proxy_as_they_are(world, stream):
+    """Client headers reach the upstream, and upstream headers the client, byte for byte;
+    a rules header goes out in latin-1 (the only text a header line can carry)."""
+    proxy, a, _ = world
+    a.script(ok(headers={"x-note": "caf\xc3\xa9 \xe9t\xe9"}))   # sent as latin-1: UTF-8 then latin-1 bytes
+    sent = {"x-user": "café".encode(), "x-latin": "café".encode("latin-1"), "x-api-key": CLIENT_KEY.encode()}
+    with httpx.stream("POST", proxy.reverse_url + "/v1/messages", json={**GOOD, "stream": stream}, timeout=30,
+                      headers=sent) as r:
+        r.read()
+    assert r.status_code == 200, r.text
+    seen = {k: v.encode("latin-1") for k, v in a.last().headers.items()}   # http.server reads latin-1
+    assert seen["x-user"] == "café".encode() and seen["x-latin"] == "café".encode("latin-1")
+    assert seen["x-relay-user"] == "José".encode("latin-1")
+    assert (b"x-note", b"caf\xc3\xa9 \xe9t\xe9") in r.headers.raw
 
 
 def test_zz_secrets_appear_nowhere(world):

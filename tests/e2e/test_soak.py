@@ -1,4 +1,5 @@
-"""The soak test, short: 5 clients for 20 s against flipping upstreams and live rule edits.
+"""The soak test, short: 5 clients for 20 s against flipping upstreams and live rule edits
+(atomic, in place with a pause after a valid prefix, invalid, emptied).
 
 scripts/soak.py does the work and the audit (well-formed answers, failover whenever an
 upstream was healthy, one ledger row per request, a clean log, bounded memory); this
@@ -33,4 +34,5 @@ def test_short_soak_holds_every_invariant(tmp_path):
     assert stats["requests"] >= 200
     assert sum(stats["flips"].values()) >= 5
     assert stats["valid_edits"] >= 2
+    assert stats["partial_edits"] >= 1 and stats["empty_edits"] >= 1   # in-place writes and empty files
     assert stats["covered"] >= 0.1 * stats["requests"]

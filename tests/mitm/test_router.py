@@ -13,7 +13,7 @@ from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.router import Router
 from ccswitch.mitm.rules_watcher import RulesWatcher
 from ccswitch.mitm.safety import InterceptScope, ListenSafety
-from tests.support.helpers import CLIENT_KEY, KEY_A
+from tests.support.helpers import CLIENT_KEY, KEY_A, reload_settled
 
 RULES = f"""
 client_keys: ["{CLIENT_KEY}"]
@@ -219,9 +219,9 @@ def test_hot_reload_keeps_last_good_rules(tmp_path, caplog):
     gw = Gateway()
     gw.rules_file.open(str(path))
     path.write_text(RULES.replace("routes: {claude: [a], codex: []}", "routes: {claude: [a, late]}"))
-    assert gw.rules_file.reload_if_changed() and gw.rules.routes.claude == ("a", "late")
+    assert reload_settled(gw.rules_file) and gw.rules.routes.claude == ("a", "late")
     path.write_text("upstreams: [oops")
-    assert not gw.rules_file.reload_if_changed()
+    assert not reload_settled(gw.rules_file)
     assert gw.rules.routes.claude == ("a", "late") and "keeping the last good" in caplog.text
     assert KEY_A not in caplog.text
 
@@ -239,6 +239,29 @@ async def test_compressed_client_body_is_decoded_and_sent_plain(router):
     out = render(job.candidates[0], job.request)
     assert json.loads(out.body)["model"] == "m"
     assert "content-encoding" not in dict(out.headers)
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd"])
+def test_a_br_or_zstd_client_body_is_inflated_within_the_limit(encoding):
+    """As gzip: decoded in bounded slices, so a small bomb never becomes its whole size in memory."""
+    import tracemalloc
+
+    from ccswitch.addon import _decoded_body
+    from tests.support.mock_upstream import StreamPacker
+    plain = json.dumps({"model": "m", "messages": []}).encode()
+    request = messages_flow().request
+    request.headers["content-encoding"] = encoding
+    request.raw_content = StreamPacker(encoding).whole(plain)
+    assert _decoded_body(request, 1 << 20) == plain
+    packer, limit = StreamPacker(encoding), 4 << 20
+    request.raw_content = b"".join(packer.part(bytes(1 << 20)) for _ in range(64)) + packer.end()
+    tracemalloc.start()
+    try:
+        assert _decoded_body(request, limit) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * limit + len(request.raw_content), f"{peak} bytes allocated on the way"
 
 
 def test_upstream_tls_follows_mitmproxys_options(gateway, tmp_path):
@@ -269,3 +292,39 @@ async def test_a_gateway_bug_on_a_non_streamed_request_is_a_500_in_client_format
     assert flow.response.status_code == 500
     assert json.loads(flow.response.content)["error"]["message"] == "ccswitch internal error: KeyError"
     assert [job.error for job in recorded] == ["internal error: KeyError"] and recorded[0].status == 500
+
+
+async def test_while_shutting_down_a_new_routed_request_is_a_503_with_retry_after_and_a_row(router, gateway):
+    rows = []
+    gateway.ledger = type("Rows", (), {"add": lambda self, table, row: rows.append((table, row))})()
+    router.shutdown.draining = True
+    flow = messages_flow({"model": "m", "stream": True, "messages": []})
+    await router.request(flow)
+    assert flow.response.status_code == 503
+    assert (flow.response.headers["retry-after"], flow.response.headers["connection"]) == ("10", "close")
+    assert json.loads(flow.response.content)["error"] == {"type": "overloaded_error",
+                                                          "message": "ccswitch is shutting down"}
+    assert flow.id not in router.jobs and flow.request.host == "api.anthropic.com"   # not sent anywhere
+    [(table, row)] = rows
+    assert (table, row["model"], row["stream"], row["status"]) == ("requests", "m", 1, 503)
+
+
+async def test_a_non_streamed_request_cut_by_shutdown_is_a_503_in_client_format_and_recorded(router, gateway):
+    import asyncio
+
+    class Endless:
+        async def run(self, job, sink):
+            await asyncio.Event().wait()
+    recorded = []
+    router.dialer = Endless()
+    gateway.record_job = recorded.append
+    flow = messages_flow({"model": "m", "messages": []})
+    hook = asyncio.ensure_future(router.request(flow))
+    while not router.inline:
+        await asyncio.sleep(0)
+    router.shutdown.cutting = True   # the grace period is over
+    router._cut()
+    await asyncio.wait_for(hook, 2)
+    assert flow.response.status_code == 503 and flow.response.headers["retry-after"] == "10"
+    assert "ccswitch is shutting down" in json.loads(flow.response.content)["error"]["message"]
+    assert [(job.status, job.error) for job in recorded] == [(503, "shutdown: not finished within the grace period")]

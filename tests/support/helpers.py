@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 
 from ccswitch.config.load import parse_rules
 from ccswitch.config.models import Rules
+from ccswitch.config.watch import SETTLE
 from ccswitch.dial.job import Job
 from ccswitch.routing.classify import classify
 from ccswitch.vocab import CLIENT_PROTOCOL
@@ -96,3 +98,10 @@ def localhost_tls_server_context(directory):
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_path, key_path)
     return context, cert_path
+
+
+def reload_settled(rules_file) -> bool:
+    """Reload as the watcher does after a change: one read, another once it has had time to settle."""
+    rules_file.reload_if_changed()
+    time.sleep(SETTLE)
+    return rules_file.reload_if_changed()

@@ -1,4 +1,4 @@
-"""Scriptable loopback mock LLM upstream (standard library only).
+"""Scriptable loopback mock LLM upstream (standard library, plus brotli and zstd for `encoded`).
 
     with MockUpstream("A") as up:                 # binds 127.0.0.1:<random>
         up.script(status(529), ok())              # 1st call -> 529, 2nd -> OK, then up.default
@@ -21,7 +21,9 @@ function_call item / Chat tool_calls). Model = the request's "model". Usage numb
 `up.usage` (see mock_payloads.DEFAULT_USAGE and its docstring for the OpenAI mapping).
 
 Behaviours (`Behaviour` dataclass; build them with these factories):
-    ok(text=None, tool=None)        normal reply, optionally overriding text / tool
+    ok(text=None, tool=None, headers=None)
+                                    normal reply, optionally overriding text / tool, with extra
+                                    response headers (str values go out latin-1, as http.server does)
     status(code, body=None, headers=None, retry_after=None)
                                     HTTP error; default body = the protocol's error JSON
     hang_before_headers(seconds)    wait, then reply normally (stop() interrupts it)
@@ -29,11 +31,16 @@ Behaviours (`Behaviour` dataclass; build them with these factories):
     error_event_after(n_events)     n events, then Anthropic `event: error` / Responses
                                     `response.failed` / Chat `{"error":..}`; body ends cleanly
     cut_after(n_events)             n events, then close the socket mid chunked body
+    cut_mid_event(n_events)         n events, then the first half of the next one, then close
+    huge_event(n_events, size)      n events, then event n with a `padding` member of `size` bytes
+                                    (one line), then the rest as usual
     html_200()                      200 text/html page
     error_json_200()                200 application/json carrying the protocol's error JSON
     slow_stream(n_events, interval) n content deltas ("tok0 tok1 ..."), `interval` s apart
+    encoded(encoding, text=None)    normal reply, its body compressed (gzip | deflate | br | zstd)
+                                    whatever the request accepted; a stream is flushed per event
 For non-streaming requests: stall_after waits between headers and body, cut_after
-sends half the body then closes, error_event_after answers 500 + error JSON,
+(and cut_mid_event) sends half the body then closes, huge_event replies normally, error_event_after answers 500 + error JSON,
 slow_stream waits n*interval then answers.
 `up.script(*bs)` queues behaviours, one per known-endpoint request; then `up.by_model[model]`,
 then `up.default`. `up.record = False` keeps no request log (long benchmark or soak runs).
@@ -52,11 +59,19 @@ import socket
 import sys
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+import brotli
+
+try:
+    from compression import zstd  # Python 3.14+
+except ImportError:
+    from backports import zstd
 
 try:
     from . import mock_payloads as P
@@ -73,12 +88,14 @@ class Behaviour:
     seconds: float = 0.0
     n_events: int = 0
     interval: float = 0.0
+    size: int = 0
     text: str | None = None
     tool: tuple[str, dict] | None = None
+    encoding: str | None = None     # content-encoding of the reply's body
 
 
-def ok(text: str | None = None, tool: tuple[str, dict] | None = None) -> Behaviour:
-    return Behaviour("ok", text=text, tool=tool)
+def ok(text: str | None = None, tool: tuple[str, dict] | None = None, headers: dict | None = None) -> Behaviour:
+    return Behaviour("ok", text=text, tool=tool, headers=headers)
 
 
 def status(code: int, body: Any = None, headers: dict | None = None, retry_after: float | None = None) -> Behaviour:
@@ -104,6 +121,14 @@ def cut_after(n_events: int) -> Behaviour:
     return Behaviour("cut", n_events=n_events)
 
 
+def cut_mid_event(n_events: int) -> Behaviour:
+    return Behaviour("cut_mid_event", n_events=n_events)
+
+
+def huge_event(n_events: int, size: int) -> Behaviour:
+    return Behaviour("huge_event", n_events=n_events, size=size)
+
+
 def html_200() -> Behaviour:
     return Behaviour("html")
 
@@ -114,6 +139,43 @@ def error_json_200() -> Behaviour:
 
 def slow_stream(n_events: int, interval: float) -> Behaviour:
     return Behaviour("slow", n_events=n_events, interval=interval)
+
+
+def encoded(encoding: str, text: str | None = None) -> Behaviour:
+    return Behaviour("ok", text=text, encoding=encoding)
+
+
+class StreamPacker:
+    """Compresses a body as a server does: `part` flushes after each piece (an SSE event),
+    `end` finishes the stream."""
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        if encoding == "br":
+            self._c = brotli.Compressor(quality=5)
+        elif encoding == "zstd":
+            self._c = zstd.ZstdCompressor()
+        elif encoding in ("gzip", "deflate"):
+            self._c = zlib.compressobj(wbits=zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS)
+        else:
+            raise ValueError(f"no packer for {encoding!r}")
+
+    def part(self, data: bytes) -> bytes:
+        if self.encoding == "br":
+            return self._c.process(data) + self._c.flush()
+        if self.encoding == "zstd":
+            return self._c.compress(data, zstd.ZstdCompressor.FLUSH_BLOCK)
+        return self._c.compress(data) + self._c.flush(zlib.Z_SYNC_FLUSH)
+
+    def end(self) -> bytes:
+        if self.encoding == "br":
+            return self._c.finish()
+        if self.encoding == "zstd":
+            return self._c.flush(zstd.ZstdCompressor.FLUSH_FRAME)
+        return self._c.flush()
+
+    def whole(self, data: bytes) -> bytes:
+        return self.part(data) + self.end()
 
 
 HTML_PAGE = b"<!DOCTYPE html><html><head><title>Welcome</title></head><body><h1>It works!</h1></body></html>"
@@ -390,10 +452,13 @@ class _Handler(BaseHTTPRequestHandler):
         payload = {"anthropic": P.anthropic_message, "responses": P.responses_object,
                    "chat": P.chat_completion}.get(proto, lambda r: {"input_tokens": r.input_tokens})(reply)
         data = json.dumps(payload).encode()
-        if beh.kind not in ("stall", "cut"):
-            return self._send(200, data)
+        if beh.encoding:
+            return self._send(200, StreamPacker(beh.encoding).whole(data),
+                              extra={"content-encoding": beh.encoding})
+        if beh.kind not in ("stall", "cut", "cut_mid_event"):
+            return self._send(200, data, extra=beh.headers)
         self._head(200, "application/json", len(data))
-        if beh.kind == "cut":
+        if beh.kind in ("cut", "cut_mid_event"):
             self.wfile.write(data[: len(data) // 2])
             return self._abort()
         if self._wait(beh.seconds):
@@ -401,11 +466,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _stream(self, proto: str, reply: P.Reply, beh: Behaviour, events: list[P.Event]) -> None:
-        self._head(200, "text/event-stream; charset=utf-8")
+        if beh.encoding:
+            return self._stream_encoded(events, StreamPacker(beh.encoding))
+        self._head(200, "text/event-stream; charset=utf-8", extra=beh.headers)
         for i, event in enumerate(events):
             if i == beh.n_events:
                 if beh.kind == "cut":
                     return self._abort()
+                if beh.kind == "cut_mid_event":
+                    data = P.sse(event)
+                    self._chunk(data[: len(data) // 2])
+                    return self._abort()
+                if beh.kind == "huge_event" and isinstance(event[1], dict):
+                    event = (event[0], dict(event[1], padding="x" * beh.size))
                 if beh.kind == "error_event":
                     self._chunk(P.sse(P.error_event(proto, reply, i)))
                     break
@@ -417,4 +490,12 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             if beh.kind == "cut":  # n_events >= number of events: cut before the terminator
                 return self._abort()
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _stream_encoded(self, events: list[P.Event], packer: StreamPacker) -> None:
+        self._head(200, "text/event-stream; charset=utf-8", extra={"content-encoding": packer.encoding})
+        for event in events:
+            self._chunk(packer.part(P.sse(event)))
+        if tail := packer.end():        # (an empty chunk would end the body early)
+            self._chunk(tail)
         self.wfile.write(b"0\r\n\r\n")

@@ -80,7 +80,7 @@ class Proxy:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(30)   # requests in flight get ccswitch_shutdown_grace to finish
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         if getattr(self, "log_file", None):

@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from ccswitch.translate.base import wants_usage
-from ccswitch.wire.exchange import ClientRequest, Reply, json_or_none
+from ccswitch.wire.exchange import ClientRequest, Reply, json_or_none, not_json_kind
 from ccswitch.wire.protocols import body_matches_protocol
 from ccswitch.wire.redact import scrub
 from ccswitch.wire.sse import format_event
@@ -118,6 +118,8 @@ class ChatTranslation:
         if is_sse:
             return "an SSE body for a non-streamed request"
         parsed = json_or_none(body)
+        if parsed is None:
+            return f"a 2xx body that is {not_json_kind(body)}"
         if not body_matches_protocol(self.protocol, req.endpoint, parsed):
             return f"a 2xx body that is not a {self.protocol} response"
         return None

@@ -38,6 +38,19 @@ failover: {cooldown: soon}
     assert "sk-literal-0000" not in err
 
 
+def test_check_refuses_a_header_beyond_latin1(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("""
+upstreams:
+  - {name: a, protocol: anthropic, base_url: 'https://a.example', api_key: k, headers: {x-relay-user: "日本"}}
+routes: {claude: [a]}
+""", encoding="utf-8")
+    done = cli("check", str(rules))
+    assert done.returncode == 1 and "upstreams[0].headers.x-relay-user: must be latin-1 text" in done.stderr
+    rules.write_text(rules.read_text(encoding="utf-8").replace("日本", "José"), encoding="utf-8")
+    assert cli("check", str(rules)).returncode == 0
+
+
 def test_check_missing_file(tmp_path):
     done = cli("check", str(tmp_path / "nope.yaml"))
     assert done.returncode == 1 and "no such file" in done.stderr

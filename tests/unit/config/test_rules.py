@@ -341,6 +341,17 @@ def test_env_expansion_in_api_key_and_headers():
     assert up.headers == {"x-user": "bob-eu", "x-lit": "cost ${NOT_A_VAR}", "x-num": "7"}
 
 
+def test_header_values_and_keys_must_be_latin1_text():
+    """They go out as one byte per character: José can, 日本 or a pasted em dash cannot."""
+    up = parse("upstreams:\n" + relay("a", extra="headers: {x-relay-user: José}")).upstreams[0]
+    assert up.headers == {"x-relay-user": "José"}
+    text = "upstreams:\n" + relay("a", key="api_key: ${KEY_A}", extra="headers: {x-ok: José, x-relay-user: '日本'}")
+    p = problems(text, env={"KEY_A": SECRET + "\u2014"})
+    assert p == [f"r.yaml: upstreams[0].{field}: must be latin-1 text: a header cannot carry a character "
+                 "beyond U+00FF" for field in ("api_key", "headers.x-relay-user")]
+    assert SECRET not in "".join(p)
+
+
 def test_env_not_expanded_elsewhere():
     r = parse("upstreams:\n" + relay("a", extra="activation_model: '${M}'"), env={"M": "x"})
     assert r.upstreams[0].activation_model == "${M}"

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from pydantic import SecretStr
 
 from ccswitch.dial.dialer import Dialer
 from ccswitch.routing.health import HealthBoard
@@ -99,6 +100,19 @@ async def test_fails_over_invisibly_before_content(mock_a, mock_b, behaviour):
     assert mock_b.last().headers["x-api-key"] == KEY_B
 
 
+LATIN1_JSON = b'{"type": "message", "role": "assistant", "content": [{"type": "text", "text": "caf\xe9"}]}'
+
+
+@pytest.mark.parametrize("path,route", [("/v1/messages", "claude"), ("/v1/chat/completions", "chat")],
+                         ids=["passthrough", "converted"])
+async def test_a_2xx_body_that_is_not_utf8_is_named_so(mock_a, mock_b, path, route):
+    mock_a.script(status(200, body=LATIN1_JSON, headers={"content-type": "application/json"}))
+    body = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    job, sink, _ = await run(two(mock_a, mock_b, routes={route: ["a", "b"]}), path=path, body=body)
+    assert sink.status == 200 and sink.headers["x-ccswitch-upstream"] == "b"
+    assert job.attempts[0].error == "a 2xx body that is not UTF-8"
+
+
 async def test_refused_connection_fails_over(mock_b):
     dead = f"http://127.0.0.1:{MockUpstream.closed_port()}"
     rules = rules_for(("a", "anthropic", dead), ("b", "anthropic", mock_b.base_url), extra=FAST)
@@ -191,6 +205,47 @@ async def test_upstream_echoing_its_key_is_redacted(mock_a):
                                                                "message": f"invalid x-api-key {KEY_A}"}}))
     _, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
     assert KEY_A.encode() not in sink.body and b"[redacted]" in sink.body
+
+
+async def test_upstream_echoing_its_key_in_headers_is_redacted(mock_a):
+    mock_a.script(status(401, headers={"x-echo": f"Bearer {KEY_A}", f"x-{KEY_A}": "1", "x-other": "kept"}))
+    _, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
+    assert sink.status == 401 and KEY_A.lower() not in json.dumps(sink.headers).lower()
+    assert sink.headers["x-echo"] == "Bearer [redacted]" and sink.headers["x-other"] == "kept"
+
+
+def unsendable(job, index=0):
+    """Give one candidate a key that cannot be rendered (the rules loader refuses such a key;
+    a RenderError of any kind takes the same path)."""
+    bad = job.candidates[index].model_copy(update={"api_key": SecretStr(KEY_A + "\u2014")})
+    job.candidates[index] = bad
+
+
+async def test_an_upstream_that_cannot_render_the_request_fails_over_to_the_next(mock_a, mock_b):
+    health = HealthBoard()
+    dialer = Dialer(health, loopback_only=True)
+    job, sink = make_job(two(mock_a, mock_b)), MemorySink()
+    unsendable(job)
+    try:
+        await dialer.run(job, sink)
+    finally:
+        await dialer.aclose()
+    assert sink.status == 200 and job.upstream == "b" and event_types(sink.body)[-1] == "message_stop"
+    assert not mock_a.requests and health.get("a").failures == 0
+    assert "beyond latin-1" in job.attempts[0].error and KEY_A not in job.attempts[0].error
+
+
+async def test_when_no_upstream_can_render_the_request_the_client_gets_the_reason(mock_a):
+    dialer = Dialer(HealthBoard(), loopback_only=True)
+    job, sink = make_job(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST)), MemorySink()
+    unsendable(job)
+    try:
+        await dialer.run(job, sink)
+    finally:
+        await dialer.aclose()
+    error = json.loads(sink.body)["error"]
+    assert sink.status == 500 and "x-api-key header" in error["message"] and KEY_A not in sink.body.decode()
+    assert not mock_a.requests
 
 
 async def test_threshold_cools_down_and_cooling_upstream_is_skipped(mock_a, mock_b):

@@ -1,6 +1,7 @@
 from datetime import UTC, datetime, timedelta
 
 from ccswitch.dial.outcome import Failure, cooldown_floor, retry_after_seconds, retry_delay
+from ccswitch.wire.exchange import not_json_kind
 from ccswitch.wire.protocols import in_stream_status
 
 
@@ -28,3 +29,8 @@ def test_in_stream_errors_map_to_statuses():
                              "response": {"error": {"code": "rate_limit_exceeded"}}}) == 429
     assert in_stream_status({"type": "error", "code": "invalid_request_error"}) == 400
     assert in_stream_status({"weird": True}) == 500
+
+
+def test_a_body_that_is_not_json_says_whether_its_bytes_or_its_syntax_are_at_fault():
+    assert not_json_kind(b'{"text": "caf\xe9"}') == "not UTF-8"
+    assert not_json_kind(b"<html>It works!</html>") == "not JSON"

@@ -8,10 +8,12 @@ import gzip
 import zlib
 from contextlib import asynccontextmanager
 
+import brotli
 import pytest
 
 from ccswitch.dial.outcome import network_failure
 from ccswitch.net import http1, inflate
+from ccswitch.net.inflate import zstd
 
 
 class RawServer:
@@ -264,29 +266,47 @@ def raw_deflate(data: bytes) -> bytes:
     return packer.compress(data) + packer.flush()
 
 
+def two_zstd_frames(data: bytes) -> bytes:
+    half = len(data) // 2
+    return zstd.compress(data[:half]) + zstd.compress(data[half:])
+
+
+PACKERS = {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress, "zstd": zstd.compress}
+
+
 @pytest.mark.parametrize("encoding,pack", [("gzip", gzip.compress), ("deflate", zlib.compress),
-                                           ("deflate", raw_deflate)],
-                         ids=["gzip", "zlib-deflate", "raw-deflate"])
+                                           ("deflate", raw_deflate), ("br", brotli.compress),
+                                           ("zstd", zstd.compress), ("zstd", two_zstd_frames)],
+                         ids=["gzip", "zlib-deflate", "raw-deflate", "br", "zstd", "zstd-two-frames"])
 async def test_compressed_bodies_arrive_decoded(encoding, pack):
     plain = b"data: " + b"x" * 5000 + b"\n\n"
     async with RawServer(ok(pack(plain), f"content-encoding: {encoding}")) as server, client() as c:
         assert await get_body(c, server.url) == (200, plain)
 
 
-async def test_corrupt_and_unsupported_encodings_are_transport_errors():
-    async with RawServer(ok(b"not gzip at all", "content-encoding: gzip"),
-                         ok(b"??", "content-encoding: br")) as server, client() as c:
-        with pytest.raises(http1.ReadError, match="corrupt gzip"):
+@pytest.mark.parametrize("encoding", ["gzip", "br", "zstd"])
+async def test_corrupt_encodings_are_named_transport_errors(encoding):
+    async with RawServer(ok(b"not compressed at all", f"content-encoding: {encoding}")) as server, \
+            client() as c:
+        with pytest.raises(http1.UndecodableBody, match=f"corrupt {encoding} body") as caught:
             await get_body(c, server.url)
-        with pytest.raises(http1.RemoteProtocolError, match="unsupported content-encoding 'br'"):
-            await get_body(c, server.url)
+    assert network_failure("u", caught.value, "switch", "total").reason.startswith(f"corrupt {encoding} body")
 
 
-async def test_truncated_and_oversized_compressed_bodies_are_errors_and_empty_ones_are_not(monkeypatch):
-    packed = gzip.compress(b"z" * 100_000)
-    async with RawServer(ok(packed[:-20], "content-encoding: gzip"), ok(packed, "content-encoding: gzip"),
-                         ok(b"", "content-encoding: gzip")) as server, client() as c:
-        with pytest.raises(http1.ReadError, match="truncated gzip"):
+async def test_an_unsupported_encoding_is_named_not_called_a_closed_connection():
+    async with RawServer(ok(b"??", "content-encoding: compress")) as server, client() as c:
+        with pytest.raises(http1.UndecodableBody, match="unsupported content-encoding 'compress'") as caught:
+            await get_body(c, server.url)
+    reason = network_failure("u", caught.value, "switch", "first_byte").reason
+    assert reason.startswith("unsupported content-encoding 'compress'")
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "zstd"])
+async def test_truncated_and_oversized_compressed_bodies_are_errors_and_empty_ones_are_not(encoding, monkeypatch):
+    packed = PACKERS[encoding](b"z" * 100_000)
+    header = f"content-encoding: {encoding}"
+    async with RawServer(ok(packed[:-3], header), ok(packed, header), ok(b"", header)) as server, client() as c:
+        with pytest.raises(http1.ReadError, match=f"truncated {encoding}"):
             await get_body(c, server.url)
         monkeypatch.setattr(inflate, "_MAX_DECODED", 50_000)
         with pytest.raises(http1.ReadError, match="inflates past 50000"):

@@ -156,6 +156,22 @@ def test_small_overrides_and_multipliers(small_db):
     assert d2.unpriced_tokens == 0 and r.unpriced == {}
 
 
+def test_many_unpriced_models_are_named_up_to_a_few_then_counted(small_db):
+    conn = connect(str(small_db))
+    for i in range(12):       # mystery-1 (150 tokens) is already there: 13 unpriced models in all
+        insert_request(conn, 100 + i, ts="2026-03-02T06:00:00.000+00:00", upstream="relay-b", route="chat",
+                       endpoint="chat", model=f"unknown-{i:02}", input_tokens=1000 * (i + 1))
+    conn.close()
+    r = _small(small_db)
+    [note] = [n for n in r.notes if n.startswith("no price for:")]
+    assert len(r.unpriced) == 13                  # the JSON keeps every one
+    named = [f"unknown-{i:02}" for i in range(11, 6, -1)]      # the five with the most tokens, in order
+    assert note.index(named[0]) < note.index(named[4]) and all(m in note for m in named)
+    assert "unknown-06" not in note and "mystery-1" not in note
+    rest = sum(1000 * (i + 1) for i in range(7)) + 150
+    assert f"and 8 more ({report.fmt_tokens(rest)} tokens)" in note
+
+
 def test_small_by_upstream_groups(small_db):
     r = _small(small_db, by="upstream")
     g = r.groups(date(2026, 3, 2))

@@ -61,6 +61,23 @@ def test_flush_returns_an_unterminated_final_event():
     assert event.event == "message_stop"
 
 
+def test_end_completes_a_whole_unterminated_final_event():
+    parser = SSEParser()
+    assert parser.feed(b"event: message_stop\ndata: {}\n") == []
+    (event,) = parser.end()
+    assert event.event == "message_stop" and event.raw == b"event: message_stop\ndata: {}\n\n"
+    parser.feed(b"data: [DONE]")
+    assert [e.raw for e in parser.end()] == [b"data: [DONE]\n\n"]
+
+
+@pytest.mark.parametrize("fragment", [b'event: content_block_delta\ndata: {"type":"content_block_del',
+                                      b": keep-alive", b"event: ping\n"])
+def test_end_drops_a_fragment(fragment):
+    parser = SSEParser()
+    assert parser.feed(b"data: {}\n\n" + fragment)[0].raw == b"data: {}\n\n"
+    assert parser.end() == [] and parser.pending == b""
+
+
 def test_oversized_event_is_an_error():
     parser = SSEParser()
     with pytest.raises(SSEError):

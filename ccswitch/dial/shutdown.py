@@ -1,0 +1,75 @@
+"""Graceful shutdown: what happens between mitmproxy's `done` hook and the end of the process.
+
+mitmproxy stops nothing itself on SIGTERM: it awaits each addon's `done` in turn while its
+listeners still accept and its hooks still run, then `asyncio.run` cancels whatever is left
+(and Python 3.12.1 logs every cancelled connection task as "Exception in callback ...
+CancelledError").  So the router drains inside its `done`:
+
+1. `draining`: new routed requests are answered 503 (with retry-after) in their API's format;
+2. the requests in flight get a grace period to finish;
+3. `cutting`: those still running are cancelled, and each ends in its protocol (a 503, or the
+   stream's error event) with its usage row;
+4. mitmproxy's listeners and connections are closed, so nothing new arrives and no
+   connection task is left for the event loop to cancel; then the ledger is flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("ccswitch")
+
+SHUTTING_DOWN = "ccswitch is shutting down"
+RETRY_AFTER = "10"          # seconds: about the time a restart takes
+ENDING_WAIT = 3.0           # how long the endings of cut requests get to reach their clients
+_POLL = 0.02
+
+
+class Shutdown:
+    """The proxy's shutdown as the request paths see it."""
+
+    def __init__(self) -> None:
+        self.draining = False    # new routed requests are refused
+        self.cutting = False     # the grace period is over: what still runs is cancelled and ended
+
+    async def drain(self, in_flight: Callable[[], int], grace: float, cut: Callable[[], None]) -> None:
+        """Refuse new requests, give those in flight `grace` seconds, then `cut` the rest and
+        give their endings a moment to reach the clients."""
+        self.draining = True
+        if in_flight():
+            log.info("ccswitch: shutting down; waiting up to %g s for %d request(s) in flight", grace, in_flight())
+        if await wait_until(lambda: not in_flight(), grace):
+            return
+        log.warning("ccswitch: %d request(s) still in flight after %g s; ending them", in_flight(), grace)
+        self.cutting = True
+        cut()
+        if not await wait_until(lambda: not in_flight(), ENDING_WAIT):
+            log.warning("ccswitch: %d request(s) did not end within %g s of being cut", in_flight(), ENDING_WAIT)
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll `condition` until it holds (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(_POLL)
+    return True
+
+
+async def close_proxy_connections(proxyserver, timeout: float = ENDING_WAIT) -> None:
+    """Stop mitmproxy's listeners and end its client connections, idle keep-alive ones included.
+
+    Ending a connection the way mitmproxy's own inactivity timeout does (cancelling the client
+    transport's handler) lets its task finish normally instead of being cancelled at exit.
+    """
+    await proxyserver.servers.update([])
+    for handler in list(proxyserver.connections.values()):
+        transport = handler.transports.get(handler.client)
+        if transport is not None and transport.handler is not None:
+            transport.handler.cancel(SHUTTING_DOWN)
+    if not await wait_until(lambda: not proxyserver.connections, timeout):
+        log.warning("ccswitch: %d client connection(s) still open at shutdown", len(proxyserver.connections))

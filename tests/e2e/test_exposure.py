@@ -1,0 +1,111 @@
+"""Listening beyond loopback through the real proxy: nothing passes without authentication.
+
+The proxy listens on 0.0.0.0 here, but the tests only ever connect through 127.0.0.1 (a
+listener others could reach is what makes the checks apply; peers from elsewhere are
+simulated in test_safety.py)."""
+
+import re
+import time
+
+import httpx
+import pytest
+
+from tests.support.helpers import CLIENT_KEY, KEY_A
+from tests.support.mock_upstream import MockUpstream
+from tests.support.proxy_process import Proxy, free_port
+
+GOOD = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def rules_text(base_url: str, keys: bool = True) -> str:
+    head = f'client_keys: ["{CLIENT_KEY}"]\n' if keys else ""
+    return head + f"""upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{base_url}', api_key: '{KEY_A}'}}
+routes: {{claude: [a]}}
+"""
+
+
+def refusal(tmp_path, rules: str, *mode_args: str) -> str:
+    """The log of a proxy that must refuse to start."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(rules)
+    proxy = Proxy(path, tmp_path, extra_args=mode_args)
+    try:
+        with pytest.raises(RuntimeError, match="mitmdump exited"):
+            proxy.start()
+    finally:
+        proxy.stop()
+    return proxy.log()
+
+
+def test_a_regular_listener_beyond_loopback_without_proxyauth_refuses_to_start_saying_how(tmp_path):
+    log = refusal(tmp_path, rules_text("http://127.0.0.1:9"), "--mode", f"regular@0.0.0.0:{free_port()}")
+    assert log.count("ccswitch refuses to listen beyond loopback") == 1
+    assert "--proxyauth USER:PASS" in log and "HTTPS_PROXY=http://USER:PASS@" in log
+
+
+def test_a_reverse_listener_beyond_loopback_without_client_keys_refuses_once(tmp_path):
+    port = free_port()
+    log = refusal(tmp_path, rules_text("http://127.0.0.1:9", keys=False),
+                  "--mode", f"reverse:http://127.0.0.1:9@0.0.0.0:{port}")
+    assert log.count("ccswitch refuses to listen beyond loopback") == 1, log[-2000:]
+    assert "needs client_keys" in log and "recursion" not in log
+    assert len(log.splitlines()) < 40
+
+
+def wait_for(proxy: Proxy, text: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in proxy.log():
+        assert time.monotonic() < deadline, f"{text!r} not logged:\n{proxy.log()[-3000:]}"
+        time.sleep(0.05)
+
+
+def test_a_reverse_listener_beyond_loopback_asks_every_request_for_a_client_key(tmp_path):
+    port = free_port()
+    with MockUpstream("target") as target:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(rules_text(target.base_url))
+        with Proxy(rules, tmp_path, extra_args=("--mode", f"reverse:{target.base_url}@0.0.0.0:{port}")) as proxy:
+            assert re.search(rf"listening at \*:{port}\b|listening at 0\.0\.0\.0:{port}\b", proxy.log())
+            url = f"http://127.0.0.1:{port}"
+            with httpx.Client(timeout=30, trust_env=False) as client:
+                keyless = client.get(url + "/admin/secret")
+                assert keyless.status_code == 401
+                assert keyless.json()["error"]["message"] == "missing or invalid ccswitch client key"
+                wrong = client.get(url + "/admin/secret", headers={"authorization": "Bearer sk-guess"})
+                assert wrong.status_code == 401 and target.paths() == []   # nothing reached the target
+                routed = client.post(url + "/v1/messages", json=GOOD)
+                assert routed.status_code == 401 and routed.json()["type"] == "error"
+
+                keyed = client.get(url + "/admin/secret", headers={"x-api-key": CLIENT_KEY, "x-trace": "t1"})
+                assert keyed.status_code == 404 and target.paths() == ["/admin/secret"]  # the target's answer
+                seen = target.last().headers
+                assert seen["x-trace"] == "t1" and "x-api-key" not in seen and CLIENT_KEY not in str(seen)
+                target.clear()
+                routed = client.post(url + "/v1/messages", json=GOOD, headers={"x-api-key": CLIENT_KEY})
+                assert routed.status_code == 200 and target.last().headers["x-api-key"] == KEY_A
+
+                # a reload that drops client_keys would open the listener: refused, keys still asked for
+                rules.write_text(rules_text(target.base_url, keys=False))
+                wait_for(proxy, "rules edit refused")
+                assert client.get(url + "/admin/secret").status_code == 401
+            assert "needs client_keys" in proxy.log() and CLIENT_KEY not in proxy.log()
+
+
+def test_a_regular_listener_beyond_loopback_with_proxyauth_asks_for_it(tmp_path):
+    port = free_port()
+    with MockUpstream("site") as site:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(rules_text(site.base_url))
+        args = ("--mode", f"regular@0.0.0.0:{port}", "--proxyauth", "user:secret-pass")
+        with Proxy(rules, tmp_path, extra_args=args):
+            anonymous = f"http://127.0.0.1:{port}"
+            with httpx.Client(proxy=anonymous, timeout=30, trust_env=False) as client:
+                assert client.get(site.base_url + "/internal/admin").status_code == 407
+                assert client.post(site.base_url + "/v1/messages", json=GOOD,
+                                   headers={"x-api-key": CLIENT_KEY}).status_code == 407
+            assert site.paths() == []
+            with httpx.Client(proxy=f"http://user:secret-pass@127.0.0.1:{port}", timeout=30,
+                              trust_env=False) as client:
+                assert client.get(site.base_url + "/internal/admin").status_code == 404   # the site's own
+            assert site.paths() == ["/internal/admin"]

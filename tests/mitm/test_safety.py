@@ -1,0 +1,214 @@
+"""Listening beyond loopback: every client authenticated, at start-up, per peer, per request, per reload."""
+
+import json
+import logging
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.addons import proxyauth, proxyserver
+from mitmproxy.proxy import mode_specs
+from mitmproxy.test import taddons, tflow, tutils
+
+from ccswitch.config.watch import RulesFile
+from ccswitch.mitm.gateway import Gateway
+from ccswitch.mitm.safety import ClientKeyGate, ListenSafety, unprotected_listeners
+from tests.support.helpers import CLIENT_KEY, KEY_A, reload_settled
+
+RULES = f"""
+client_keys: ["{CLIENT_KEY}"]
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}
+routes: {{claude: [a]}}
+"""
+NO_KEYS = RULES.replace(f'client_keys: ["{CLIENT_KEY}"]\n', "")
+REVERSE_OPEN = "reverse:http://127.0.0.1:9@0.0.0.0:8082"
+REMOTE = ("192.0.2.7", 40000)   # TEST-NET-1: only ever a simulated peer address
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES)
+    gw = Gateway()
+    gw.rules_file.open(str(path))
+    return gw
+
+
+@pytest.fixture
+def safety_ctx(gateway):
+    safety = ListenSafety(gateway)
+    with taddons.context(proxyserver.Proxyserver(), proxyauth.ProxyAuth(), safety) as tctx:
+        yield safety, tctx
+
+
+def without_keys(gateway):
+    gateway.rules_file.rules = gateway.rules.model_copy(update={"client_keys": ()})
+
+
+@pytest.mark.parametrize("spec,host,keys,auth,needs", [
+    ("regular", "0.0.0.0", True, False, "--proxyauth"),         # client keys cannot guard a CONNECT
+    ("regular", "0.0.0.0", True, True, None),
+    ("regular@0.0.0.0:8080", "127.0.0.1", False, False, "--proxyauth"),
+    ("socks5", "::", False, False, "--proxyauth"),
+    ("reverse:https://api.anthropic.com", "0.0.0.0", False, True, "client_keys"),   # proxyauth is not it
+    ("reverse:https://api.anthropic.com", "0.0.0.0", True, False, None),
+    ("reverse:tcp://127.0.0.1:22@0.0.0.0:2222", "127.0.0.1", True, True, "listen on loopback"),
+    ("regular", "127.0.0.1", False, False, None),
+    ("reverse:https://api.anthropic.com@localhost:8082", "0.0.0.0", False, False, None),
+    ("wireguard", "0.0.0.0", False, False, None),
+])
+def test_which_listeners_beyond_loopback_are_unprotected(spec, host, keys, auth, needs):
+    found = unprotected_listeners([spec], host, keys, auth)
+    if needs is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and needs in found[0] and spec in found[0]
+
+
+def test_a_regular_listener_beyond_loopback_needs_proxyauth_even_with_client_keys(safety_ctx):
+    safety, tctx = safety_ctx
+    with pytest.raises(exceptions.OptionsError, match="--proxyauth USER:PASS"):
+        tctx.configure(safety, listen_host="0.0.0.0")
+    tctx.configure(safety, listen_host="0.0.0.0", proxyauth="user:pass")
+
+
+def test_an_open_reverse_listener_is_refused_once_not_by_recursion(safety_ctx, gateway, caplog):
+    safety, tctx = safety_ctx
+    without_keys(gateway)
+    # the listen host is ccswitch's to set here: the refusal must come before that nested update,
+    # or mitmproxy's rollback configures the same options again and again
+    with pytest.raises(exceptions.OptionsError, match="needs client_keys"):
+        tctx.configure(safety, mode=[REVERSE_OPEN], listen_host="")
+    assert "recursion" not in caplog.text and "Addon error" not in caplog.text
+    with pytest.raises(exceptions.OptionsError, match="needs client_keys"):
+        tctx.configure(safety, mode=[REVERSE_OPEN], proxyauth="user:pass")
+
+
+def client(mode: str, peer=REMOTE):
+    conn = tflow.tclient_conn()
+    conn.peername = peer
+    conn.proxy_mode = mode_specs.ProxyMode.parse(mode)
+    return conn
+
+
+def test_peers_beyond_loopback_are_checked_whatever_the_listen_host_came_from(safety_ctx, gateway):
+    safety, tctx = safety_ctx
+    tctx.configure(safety, listen_host="127.0.0.1")   # given by the user: not ccswitch's own loopback
+    assert not safety.own_loopback
+    regular = client("regular")       # yet a peer from elsewhere got in (a server bound otherwise)
+    safety.client_connected(regular)
+    assert regular.error
+    reverse = client("reverse:https://api.anthropic.com")
+    safety.client_connected(reverse)
+    assert not reverse.error          # client keys: every request will be asked for one
+    without_keys(gateway)
+    reverse = client("reverse:https://api.anthropic.com")
+    safety.client_connected(reverse)
+    assert reverse.error
+    local = client("regular", peer=("127.0.0.1", 5000))
+    safety.client_connected(local)
+    assert not local.error
+    tctx.configure(safety, proxyauth="user:pass")
+    regular = client("regular")
+    safety.client_connected(regular)
+    assert not regular.error          # mitmproxy's proxyauth asks it for credentials
+
+
+def test_own_loopback_refuses_remote_peers_only_on_the_listeners_it_rebinds(safety_ctx):
+    safety, tctx = safety_ctx
+    tctx.configure(safety, listen_host="")
+    assert safety.own_loopback
+    early = client("regular")         # bound on every interface before the script loaded
+    safety.client_connected(early)
+    assert early.error == "ccswitch listens on loopback only"
+    declared = client("reverse:https://api.anthropic.com@0.0.0.0:8082")
+    safety.client_connected(declared)   # the user asked for it, and it has client keys
+    assert not declared.error
+
+
+def test_a_reload_that_would_leave_an_exposed_listener_open_is_refused(tmp_path, caplog):
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES)
+    gateway = Gateway()
+    gateway.rules_file.open(str(path))
+    safety = ListenSafety(gateway)
+    with taddons.context(proxyserver.Proxyserver(), proxyauth.ProxyAuth(), safety) as tctx:
+        tctx.configure(safety, mode=[REVERSE_OPEN])
+        path.write_text(NO_KEYS)
+        assert not reload_settled(gateway.rules_file)
+        assert [k.get_secret_value() for k in gateway.rules.client_keys] == [CLIENT_KEY]
+        assert "rules edit refused" in caplog.text and "needs client_keys" in caplog.text
+        tctx.configure(safety, mode=["reverse:http://127.0.0.1:9@127.0.0.1:8082"])
+        path.write_text(NO_KEYS + "\n# now on loopback\n")
+        assert reload_settled(gateway.rules_file) and not gateway.rules.client_keys
+    assert CLIENT_KEY not in caplog.text
+
+
+def test_a_rules_file_without_a_safety_addon_has_no_vetoes():
+    assert RulesFile().vetoes == []
+
+
+def flow_on(mode: str, *, peer=REMOTE, path="/admin/secret", method="GET", headers=(), host="127.0.0.1"):
+    req = tutils.treq(method=method.encode(), scheme=b"http", host=host, port=19001, path=path.encode(),
+                      headers=tuple((k.encode(), v.encode()) for k, v in headers), content=b"")
+    flow = tflow.tflow(req=req)
+    flow.client_conn.peername = peer
+    flow.client_conn.proxy_mode = mode_specs.ProxyMode.parse(mode)
+    return flow
+
+
+@pytest.fixture
+def gate(gateway):
+    gate = ClientKeyGate(gateway)
+    with taddons.context(gate) as tctx:
+        tctx.configure(gate, listen_host="127.0.0.1")
+        yield gate
+
+
+@pytest.mark.parametrize("mode,peer", [
+    ("reverse:http://127.0.0.1:19001", REMOTE),                      # a remote peer, whatever the listener
+    ("reverse:http://127.0.0.1:19001@0.0.0.0:8082", ("127.0.0.1", 5000)),   # an exposed listener, any peer
+])
+def test_unrouted_requests_beyond_loopback_need_a_client_key(gate, mode, peer):
+    flow = flow_on(mode, peer=peer)
+    gate.request(flow)
+    assert flow.response.status_code == 401
+    assert json.loads(flow.response.content)["error"]["message"] == "missing or invalid ccswitch client key"
+    anthropic = flow_on(mode, peer=peer, path="/v1/models", headers=[("x-api-key", "sk-wrong"),
+                                                                      ("anthropic-version", "2023-06-01")])
+    gate.request(anthropic)
+    body = json.loads(anthropic.response.content)
+    assert anthropic.response.status_code == 401 and body["type"] == "error"   # in the Anthropic format
+    keyed = flow_on(mode, peer=peer, headers=[("authorization", f"Bearer {CLIENT_KEY}"), ("x-trace", "1")])
+    gate.request(keyed)
+    assert keyed.response is None
+    assert "authorization" not in keyed.request.headers and keyed.request.headers["x-trace"] == "1"
+
+
+def test_a_client_key_is_never_passed_on_even_on_loopback(gate):
+    local = flow_on("reverse:http://127.0.0.1:19001", peer=("127.0.0.1", 5000))
+    gate.request(local)
+    assert local.response is None     # loopback: unrouted requests pass as before
+    passthrough = flow_on("regular", peer=("127.0.0.1", 5000), host="api.anthropic.com",
+                          headers=[("x-api-key", CLIENT_KEY), ("authorization", "Bearer sk-their-own")])
+    gate.request(passthrough)
+    assert passthrough.response is None and "x-api-key" not in passthrough.request.headers
+    assert passthrough.request.headers["authorization"] == "Bearer sk-their-own"   # not ours: kept
+
+
+def test_the_gate_leaves_routed_and_answered_flows_to_the_router(gate):
+    routed = flow_on("reverse:http://127.0.0.1:19001", path="/v1/messages", method="POST")
+    routed.metadata["ccswitch"] = {"route": "claude"}
+    gate.request(routed)
+    assert routed.response is None
+    answered = flow_on("reverse:http://127.0.0.1:19001")
+    answered.response = tutils.tresp(status_code=503)
+    gate.request(answered)
+    assert answered.response.status_code == 503
+
+
+def test_proxyauth_beside_a_reverse_listener_is_warned_about(safety_ctx, caplog):
+    safety, tctx = safety_ctx
+    caplog.set_level(logging.WARNING, logger="ccswitch")
+    tctx.configure(safety, mode=["regular", "reverse:https://api.anthropic.com@8082"], proxyauth="user:pass")
+    assert "Authorization: Basic" in caplog.text

@@ -1,0 +1,120 @@
+"""Reloading rules.yaml: only content that stayed the same across two reads, never an empty file."""
+
+import logging
+
+import pytest
+
+from ccswitch.config.watch import RulesFile, Settling
+from tests.support.helpers import CLIENT_KEY, KEY_A
+
+FULL = f"""\
+client_keys: ['{CLIENT_KEY}']
+intercept: [api.anthropic.com]
+usage_db: ./ledger.db
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}
+  - {{name: b, protocol: anthropic, base_url: 'http://127.0.0.1:10', api_key: '{KEY_A}'}}
+routes: {{claude: [a, b]}}
+"""
+EDITED = FULL.replace("routes: {claude: [a, b]}", "routes: {claude: [b, a]}")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def world(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(FULL)
+    clock = Clock()
+    rules_file = RulesFile(settle=0.25, clock=clock)
+    rules_file.open(str(path))
+    return path, clock, rules_file
+
+
+def test_settling_needs_the_same_content_on_two_reads_the_quiet_time_apart():
+    clock = Clock()
+    settling = Settling(quiet=0.25, clock=clock)
+    assert not settling.settled(b"x") and settling.pending      # first sight
+    clock.advance(0.125)
+    assert not settling.settled(b"x")                             # too soon
+    clock.advance(0.125)
+    assert settling.settled(b"x") and not settling.pending        # the same, 0.25 s later
+    assert not settling.settled(b"y")
+    clock.advance(0.5)
+    assert not settling.settled(b"z")                             # changed meanwhile: starts again
+    clock.advance(0.25)
+    assert settling.settled(b"z")
+    assert not settling.settled(None)                             # a missing file settles like any content
+    clock.advance(0.25)
+    assert settling.settled(None)
+
+
+def test_a_change_is_applied_once_it_stayed_the_same(world):
+    path, clock, rules_file = world
+    path.write_text(EDITED)
+    assert not rules_file.reload_if_changed() and rules_file.pending
+    assert rules_file.rules.routes.claude == ("a", "b")
+    clock.advance(0.25)
+    assert rules_file.reload_if_changed() and rules_file.rules.routes.claude == ("b", "a")
+    assert not rules_file.pending
+    clock.advance(0.25)
+    assert not rules_file.reload_if_changed() and not rules_file.pending   # nothing new
+
+
+def test_a_valid_prefix_of_a_file_written_in_place_is_never_applied(world, caplog):
+    caplog.set_level(logging.INFO, logger="ccswitch")
+    path, clock, rules_file = world
+    prefix = EDITED[:EDITED.index("routes:")]        # ends after the upstreams block: valid rules
+    path.write_text(prefix)
+    assert not rules_file.reload_if_changed()
+    clock.advance(0.25)
+    path.write_text(EDITED)                           # the writer finished within the quiet time
+    assert not rules_file.reload_if_changed()
+    assert rules_file.rules.routes.claude == ("a", "b")
+    clock.advance(0.25)
+    assert rules_file.reload_if_changed() and rules_file.rules.routes.claude == ("b", "a")
+    assert caplog.text.count("rules reloaded") == 1
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n", "# being rewritten\n"])
+def test_an_empty_file_is_never_applied(world, caplog, content):
+    path, clock, rules_file = world
+    before = rules_file.rules
+    path.write_text(content)
+    for _ in range(3):
+        assert not rules_file.reload_if_changed()
+        clock.advance(0.5)
+    assert rules_file.rules is before
+    assert [k.get_secret_value() for k in rules_file.rules.client_keys] == [CLIENT_KEY]
+    assert set(rules_file.rules.intercept) == {"api.anthropic.com"}
+    assert rules_file.rules.usage_db == path.parent / "ledger.db"
+    assert caplog.text.count("is empty; keeping the last good rules") == 1   # logged once
+    path.write_text(EDITED)
+    assert not rules_file.reload_if_changed()
+    clock.advance(0.25)
+    assert rules_file.reload_if_changed() and rules_file.rules.routes.claude == ("b", "a")
+
+
+def test_a_veto_keeps_the_last_good_rules(world, caplog):
+    path, clock, rules_file = world
+    seen = []
+    rules_file.vetoes.append(lambda rules: seen.append(rules) or (None if rules.client_keys else "no client keys"))
+    path.write_text(EDITED.replace(f"client_keys: ['{CLIENT_KEY}']\n", ""))
+    assert not rules_file.reload_if_changed()
+    clock.advance(0.25)
+    assert not rules_file.reload_if_changed()
+    assert len(seen) == 1 and rules_file.rules.client_keys and rules_file.rules.routes.claude == ("a", "b")
+    assert "rules edit refused, keeping the last good ones: no client keys" in caplog.text
+    path.write_text(EDITED)
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
+    assert rules_file.reload_if_changed() and rules_file.rules.routes.claude == ("b", "a")

@@ -1,0 +1,163 @@
+"""The loopback relay on its own: its status line, and how the shutdown ends its jobs."""
+
+import asyncio
+import json
+
+import h11
+import pytest
+
+from ccswitch.dial.relay import JOB_HEADER, Relay, send_whole
+from tests.support.helpers import make_job, rules_for
+
+SSE = [("content-type", "text/event-stream")]
+
+
+class Exchange:
+    """A raw HTTP/1.1 client of the relay (what mitmproxy is to it)."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.conn = h11.Connection(h11.CLIENT)
+        self.response: h11.Response | None = None
+        self.body = b""
+
+    async def send(self, token: str) -> "Exchange":
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.relay.port)
+        self.writer.write(self.conn.send(h11.Request(method="POST", target="/v1/messages", headers=[
+            ("host", "relay"), (JOB_HEADER, token), ("content-length", "0")])))
+        self.writer.write(self.conn.send(h11.EndOfMessage()))
+        await self.writer.drain()
+        return self
+
+    async def read_until(self, wanted) -> None:
+        """Read events until `wanted(self)` holds or the answer ends."""
+        while not wanted(self):
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                self.conn.receive_data(await asyncio.wait_for(self.reader.read(65536), 5))
+            elif isinstance(event, h11.Response):
+                self.response = event
+            elif isinstance(event, h11.Data):
+                self.body += event.data
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                return
+
+    async def read_all(self) -> None:
+        await self.read_until(lambda _: False)
+
+    def header(self, name: str) -> str | None:
+        return next((v.decode() for k, v in self.response.headers if k == name.encode()), None)
+
+
+async def soon(condition) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture
+async def served():
+    """Starts relays: `await served(run_job, recorded)` serves jobs with `run_job` and appends
+    each finished job to `recorded`; every relay is stopped after the test."""
+    relays = []
+
+    async def make(run_job, recorded):
+        relay = Relay(run_job, on_done=recorded.append)
+        await relay.start()
+        relays.append(relay)
+        return relay
+    yield make
+    for relay in relays:
+        await relay.stop()
+
+
+def new_job():
+    return make_job(rules_for(("a", "anthropic", "http://127.0.0.1:9")))
+
+
+@pytest.mark.parametrize("status,line", [(200, b"200 OK"), (429, b"429 Too Many Requests"), (599, b"599 ")])
+async def test_the_status_line_names_the_standard_reason(served, status, line):
+    async def answer(job, sink):
+        await sink.start(status, SSE, None)
+        await sink.end()
+    relay = await served(answer, [])
+    job = new_job()
+    relay.register(job)
+    exchange = await Exchange(relay).send(job.token)
+    raw = await asyncio.wait_for(exchange.reader.readuntil(b"\r\n"), 5)
+    assert raw == b"HTTP/1.1 " + line + b"\r\n"
+
+
+async def test_a_stream_cut_by_the_shutdown_ends_with_its_error_event_and_is_recorded(served):
+    async def endless(job, sink):
+        job.status = 200
+        await sink.start(200, SSE, None)
+        await sink.write(b"event: ping\ndata: {}\n\n")
+        await asyncio.Event().wait()
+    recorded = []
+    relay = await served(endless, recorded)
+    job = new_job()
+    relay.register(job)
+    exchange = await Exchange(relay).send(job.token)
+    await exchange.read_until(lambda e: b"ping" in e.body)
+    relay.shutdown.cutting = True
+    relay.cut()
+    await exchange.read_all()
+    assert exchange.response.status_code == 200
+    assert exchange.body.startswith(b"event: ping") and exchange.body.endswith(b"\n\n")
+    error = exchange.body.split(b"event: error\ndata: ")[1]
+    assert "ccswitch is shutting down" in json.loads(error)["error"]["message"]
+    await soon(lambda: recorded)
+    assert recorded == [job] and (job.status, job.error) == (200, "shutdown: not finished within the grace period")
+
+
+async def test_a_job_cut_before_it_answered_is_a_503_in_its_format(served):
+    started = asyncio.Event()
+
+    async def waiting(job, sink):
+        started.set()
+        await asyncio.Event().wait()
+    recorded = []
+    relay = await served(waiting, recorded)
+    job = new_job()
+    relay.register(job)
+    exchange = await Exchange(relay).send(job.token)
+    await asyncio.wait_for(started.wait(), 5)
+    relay.shutdown.cutting = True
+    relay.cut()
+    await exchange.read_all()
+    assert (exchange.response.status_code, exchange.header("retry-after")) == (503, "10")
+    assert json.loads(exchange.body)["type"] == "error"
+    await soon(lambda: recorded)
+    assert recorded == [job] and job.status == 503 and job.latency_ms is not None
+
+
+async def test_a_job_that_arrives_once_the_shutdown_is_cutting_is_answered_at_once(served):
+    ran = []
+
+    async def never(job, sink):
+        ran.append(job)
+    recorded = []
+    relay = await served(never, recorded)
+    relay.shutdown.cutting = True
+    job = new_job()
+    relay.register(job)
+    exchange = await Exchange(relay).send(job.token)
+    await exchange.read_all()
+    await soon(lambda: recorded)
+    assert exchange.response.status_code == 503 and not ran and recorded == [job]
+
+
+async def test_stop_closes_idle_keep_alive_connections(served):
+    async def answer(job, sink):
+        await send_whole(sink, 200, [("content-type", "application/json")], b"{}")
+    relay = await served(answer, [])
+    job = new_job()
+    relay.register(job)
+    exchange = await Exchange(relay).send(job.token)
+    await exchange.read_all()
+    assert exchange.body == b"{}"    # the connection stays open for the next request
+    await asyncio.wait_for(relay.stop(), 5)
+    assert await asyncio.wait_for(exchange.reader.read(), 5) == b""

@@ -1,0 +1,60 @@
+"""The bounded, incremental body decoder on its own: every encoding streams event by event,
+a bomb is stopped before it is allocated, and a zstd frame may not ask for a huge window."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import brotli
+import pytest
+
+from ccswitch.net.inflate import DecodeError, Inflater, TooLarge, zstd
+from tests.support.mock_upstream import StreamPacker
+
+EVENTS = [b"event: delta\ndata: {\"text\": \"part %d\"}\n\n" % i for i in range(5)]
+ENCODINGS = ["gzip", "deflate", "br", "zstd"]
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_each_flushed_event_comes_out_as_soon_as_it_arrives(encoding):
+    packer, inflater = StreamPacker(encoding), Inflater(encoding)
+    for event in EVENTS:
+        assert inflater.feed(packer.part(event)) == event
+    assert inflater.feed(packer.end()) + inflater.flush() == b""
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_a_bomb_is_stopped_before_it_is_allocated(encoding):
+    packer = StreamPacker(encoding)
+    zeros = bytes(1 << 20)
+    bomb = b"".join(packer.part(zeros) for _ in range(96)) + packer.end()   # 96 MiB of zeros
+    assert len(bomb) < 1 << 20
+    limit = 4 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(TooLarge, match=f"{encoding} body inflates past {limit}"):
+            Inflater(encoding, limit).feed(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * limit + len(bomb), f"{peak} bytes allocated on the way"
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_a_stream_cut_short_is_truncated_not_ended(encoding):
+    packer, inflater = StreamPacker(encoding), Inflater(encoding)
+    assert inflater.feed(packer.part(EVENTS[0])) == EVENTS[0]    # no end of stream follows
+    with pytest.raises(DecodeError, match=f"truncated {encoding} body"):
+        inflater.flush()
+
+
+def test_zstd_frames_that_need_a_window_over_8_mib_are_refused():
+    """RFC 9659 caps the zstd content coding's window at 8 MiB; the library alone would allow 128."""
+    wide = zstd.compress(bytes(range(256)) * 65536, options={zstd.CompressionParameter.window_log: 26})
+    with pytest.raises(DecodeError, match=r"corrupt zstd body.*memory"):
+        Inflater("zstd").feed(wide)
+
+
+def test_data_after_the_end_of_a_br_stream_is_corrupt():
+    with pytest.raises(DecodeError, match="corrupt br body"):
+        Inflater("br").feed(brotli.compress(b"{}") + b"trailing")
