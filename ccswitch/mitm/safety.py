@@ -13,6 +13,7 @@ from ccswitch.config.models import Rules
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.net.addresses import is_loopback
 from ccswitch.routing.classify import classify
+from ccswitch.vocab import Protocol
 from ccswitch.wire import headers as wire
 from ccswitch.wire import protocols
 from ccswitch.wire.redact import client_credential
@@ -181,9 +182,9 @@ def _refusal(request: http.Request, status: int, message: str) -> http.Response:
     if match is not None:
         protocol = protocols.CLIENT_PROTOCOL[match.route]
     elif "anthropic-version" in request.headers or "anthropic" in request.pretty_host:
-        protocol = protocols.ANTHROPIC
+        protocol = Protocol.ANTHROPIC
     else:
-        protocol = protocols.CHAT
+        protocol = Protocol.CHAT
     return http.Response.make(status, protocols.error_json(protocol, status, message),
                               {"content-type": "application/json"})
 

@@ -6,8 +6,8 @@ import json
 
 import httpx
 import pytest
-from test_e2e_failover import ledger, wait_rows
 
+from tests.e2e.test_failover import ledger, wait_rows
 from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B
 from tests.support.mock_upstream import MockUpstream, StreamPacker, encoded, ok
 from tests.support.proxy_process import Proxy

@@ -246,7 +246,7 @@ def test_a_br_or_zstd_client_body_is_inflated_within_the_limit(encoding):
     """As gzip: decoded in bounded slices, so a small bomb never becomes its whole size in memory."""
     import tracemalloc
 
-    from ccswitch.addon import _decoded_body
+    from ccswitch.mitm.router import _decoded_body
     from tests.support.mock_upstream import StreamPacker
     plain = json.dumps({"model": "m", "messages": []}).encode()
     request = messages_flow().request

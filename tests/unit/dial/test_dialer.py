@@ -223,7 +223,7 @@ def unsendable(job, index=0):
 
 async def test_an_upstream_that_cannot_render_the_request_fails_over_to_the_next(mock_a, mock_b):
     health = HealthBoard()
-    dialer = Dialer(health, loopback_only=True)
+    dialer = Dialer(health, allow_url=loopback_url)
     job, sink = make_job(two(mock_a, mock_b)), MemorySink()
     unsendable(job)
     try:
@@ -236,7 +236,7 @@ async def test_an_upstream_that_cannot_render_the_request_fails_over_to_the_next
 
 
 async def test_when_no_upstream_can_render_the_request_the_client_gets_the_reason(mock_a):
-    dialer = Dialer(HealthBoard(), loopback_only=True)
+    dialer = Dialer(HealthBoard(), allow_url=loopback_url)
     job, sink = make_job(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST)), MemorySink()
     unsendable(job)
     try:
