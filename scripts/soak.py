@@ -17,7 +17,8 @@ Completions (converted onto the Anthropic upstreams):
   then the rest) and emptied; each edit must be acknowledged in the proxy's log ("rules
   reloaded" / "invalid edit of the rules" / "is empty").
 
-Afterwards (the proxy stopped, so the ledger is flushed) it asserts:
+At the end the proxy gets SIGTERM while the clients still send (--grace sets its
+ccswitch_shutdown_grace); they stop once it has exited.  Then (the ledger flushed) it asserts:
 
 * every response is complete and well formed: the right JSON shape and text, a
   stream ending with its terminal event, or an error in the client's format; a
@@ -31,7 +32,11 @@ Afterwards (the proxy stopped, so the ledger is flushed) it asserts:
 * one reload per complete valid edit: no prefix and no empty file was ever applied
   (requests sent meanwhile are held to every check above);
 * no exception in the proxy's log; the proxy's RSS did not grow more than 30%
-  between the end of warm-up and the end.
+  between the end of warm-up and the end;
+* shutdown under load: the proxy exits by itself; requests in flight finish or are ended
+  in their API's format (a 503, or the stream's error event), later ones get a 503 or
+  find the proxy gone - never a malformed answer (no `HTTP/1.1 0`, no mitmproxy 502
+  page) - and every answer, each 200 included, has its ledger row.
 
     python scripts/soak.py                           # 8 clients, 1 minute
     python scripts/soak.py --clients 8 --minutes 2 --seed 1
@@ -45,6 +50,8 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -69,6 +76,7 @@ from soak_checks import (  # noqa: E402
     audit_reloads,
     audit_responses,
     audit_rss,
+    audit_shutdown,
     do_request,
 )
 from soak_world import (  # noqa: E402
@@ -115,6 +123,8 @@ class Clients:
                 do_request(client, self.base, res, rng)
                 with self._lock:
                     self.results.append(res)
+                if res.by_shutdown or res.outcome == "no_answer":
+                    return   # the proxy is stopping or gone (or broken, which the audit reports)
                 if self.think:
                     time.sleep(rng.uniform(0, self.think))
 
@@ -131,6 +141,20 @@ class Clients:
     def stop(self) -> None:
         self._stop.set()
 
+def stop_under_load(proxy: Proxy, grace: int, report: Report) -> tuple[float, float]:
+    """SIGTERM the proxy while the clients still send; (when, as monotonic time; seconds to exit)."""
+    signalled = time.monotonic()
+    proxy.proc.send_signal(signal.SIGTERM)
+    bound = grace + 15
+    try:
+        code = proxy.proc.wait(bound)
+    except subprocess.TimeoutExpired:
+        report.fail("shutdown", f"the proxy was still running {bound} s after SIGTERM")
+    else:
+        if code != 0:
+            report.fail("shutdown", f"the proxy exited with {code} after SIGTERM")
+    return signalled, time.monotonic() - signalled
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (at most 64)")
@@ -142,6 +166,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--outage", type=float, default=0.05,
                         help="chance per flip of a short outage of every upstream")
     parser.add_argument("--rss-growth", type=float, default=0.30, help="largest RSS growth after warm-up")
+    parser.add_argument("--grace", type=int, default=2,
+                        help="the proxy's ccswitch_shutdown_grace (s) for the SIGTERM at the end")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the rules, log and ledger here")
     args = parser.parse_args(argv)
     seconds = args.seconds if args.seconds is not None else args.minutes * 60
@@ -160,26 +186,31 @@ def run(args: argparse.Namespace, out=None) -> Report:
     rng = random.Random(args.seed)
     mocks = {n: SoakUpstream(n, args.seed * 100 + i).start() for i, n in enumerate(NAMES)}
     rules_path = workdir / "rules.yaml"
-    proxy = Proxy(rules_path, workdir, extra_args=("--set", "flow_detail=0"))
+    proxy = Proxy(rules_path, workdir, extra_args=("--set", "flow_detail=0",
+                                                   "--set", f"ccswitch_shutdown_grace={args.grace}"))
     log = LogWatcher(proxy.log_path)
     writer = RulesWriter(rules_path, mocks, log, random.Random(args.seed + 1))
     writer.first()
     started = time.monotonic()
     controller = clients = sampler = None
+    signalled = exit_s = None
     try:
         proxy.start()
         sampler = RssSampler(proxy.proc.pid, every=1.0 if args.duration <= 60 else 2.0)
         sampler.start()
         controller = Controller(mocks, writer, rng, outage_p=args.outage)
-        clients = Clients(proxy.reverse_url, args.clients, args.seed, time.monotonic() + args.duration,
-                          args.max_requests, think=args.think)
+        clients = Clients(proxy.reverse_url, args.clients, args.seed,
+                          time.monotonic() + args.duration + args.grace + 60, args.max_requests, think=args.think)
         out(f"ccswitch soak: {args.clients} clients, {args.duration:.0f} s, seed {args.seed}, work dir {workdir}")
         controller.start()
         clients.start()
-        if not clients.join(args.duration + 60):
-            report.fail("clients", "still running 60 s after the end")
-            clients.stop()
-            clients.join(30)
+        clients.join(args.duration)      # they keep sending: the proxy is stopped under load
+        controller.stop()
+        sampler.stop_event.set()
+        signalled, exit_s = stop_under_load(proxy, args.grace, report)
+        clients.stop()
+        if not clients.join(60):
+            report.fail("clients", "still running 60 s after the proxy stopped")
     finally:
         if controller is not None:
             controller.stop()
@@ -196,7 +227,7 @@ def run(args: argparse.Namespace, out=None) -> Report:
         report.fail("controller", f"failed: {controller.error!r}")
     for text in writer.unacked:
         report.fail("rules edit not picked up", text)
-    audit_responses(results, report)
+    audit_responses(results, report, signalled)
     facts = audit_ledger(results, proxy.usage_db, report)
     audit_attempts(results, mocks, facts["rows"], report)
     max_attempt_s = max(MAX_ATTEMPT_S, facts["max_attempt_ms"] / 1000 + MARGIN)
@@ -206,6 +237,7 @@ def run(args: argparse.Namespace, out=None) -> Report:
     audit_reloads(log.count("reloaded"), writer.valid, log.count("empty"), writer.empty, report)
     warmup = min(max(5.0, 0.2 * args.duration), 60.0)
     audit_rss(sampler.samples if sampler else [], warmup, args.rss_growth, report)
+    shutdown = audit_shutdown(results, signalled, report) if signalled is not None else {}
 
     if results and covered < 0.1 * len(results):
         report.fail("too little to assert", f"only {covered} of {len(results)} requests had a provably "
@@ -223,7 +255,7 @@ def run(args: argparse.Namespace, out=None) -> Report:
     histogram = ", ".join(f"{k}x {v}" for k, v in sorted(attempts_hist.items()))
     report.stats.update(requests=n, outcomes=dict(outcomes), covered=covered, failovers=failovers,
                         elapsed=elapsed, flips=flips, valid_edits=writer.valid, invalid_edits=writer.invalid,
-                        partial_edits=writer.partial, empty_edits=writer.empty)
+                        partial_edits=writer.partial, empty_edits=writer.empty, shutdown=shutdown)
     report.lines[:0] = [
         f"requests      {n} in {elapsed:.0f} s ({n / max(args.duration, 1):.0f}/s while sending); {by_kind}",
         f"outcomes      {by_outcome}",
@@ -238,6 +270,12 @@ def run(args: argparse.Namespace, out=None) -> Report:
          f"{len(writer.unacked)} not acknowledged"),
         f"ledger        {len(facts['rows'])} of {n} requests with exactly one row",
     ]
+    if shutdown:
+        report.lines.append(
+            f"shutdown      SIGTERM with {shutdown['in_flight']} requests in flight: {shutdown['finished']} "
+            f"finished, {shutdown['cut']} ended by the shutdown; {shutdown['after']} sent after it: "
+            f"{shutdown['refused']} got its 503, {shutdown['gone']} found the proxy gone; "
+            f"exited in {exit_s:.1f} s (grace {args.grace} s)")
     if controller is not None:
         (workdir / "controller.log").write_text("\n".join(controller.trace) + "\n")
     if args.workdir is None and report.ok:

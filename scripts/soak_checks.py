@@ -21,6 +21,8 @@ for _p in (str(REPO / "tests"), str(REPO), str(REPO / "scripts")):
 
 from soak_world import CLIENT_KEY, LOG_PROBLEMS, MARGIN, MID_STREAM, NAMES, ROUTE_OF, SoakUpstream, expected_text  # noqa: E402
 
+from ccswitch.shutdown import SHUTTING_DOWN  # noqa: E402
+
 
 @dataclass
 class Result:
@@ -30,10 +32,16 @@ class Result:
     t0: float
     t1: float = 0.0
     status: int | None = None
-    outcome: str = "violation"       # ok | error_json | error_event | violation
+    outcome: str = "violation"       # ok | error_json | error_event | no_answer | violation
     upstream: str | None = None      # x-ccswitch-upstream
     attempts: int | None = None      # x-ccswitch-attempts
     detail: str = ""
+    error: str = ""                  # the message of an error answer or error event
+
+    @property
+    def by_shutdown(self) -> bool:
+        """The proxy's shutdown answered: refused it (503) or cut it past the grace period."""
+        return SHUTTING_DOWN in self.error
 
 def _body(kind: str, model: str, rng: random.Random) -> tuple[str, dict, dict]:
     messages = [{"role": "user", "content": f"soak request {model}"}]
@@ -74,7 +82,7 @@ def _error_json(res: Result, raw: bytes, chat: bool) -> None:
         good = (isinstance(js, dict) and js.get("type") == "error" and isinstance(js.get("error"), dict)
                 and isinstance(js["error"].get("message"), str) and isinstance(js["error"].get("type"), str))
     if good:
-        res.outcome = "error_json"
+        res.outcome, res.error = "error_json", js["error"]["message"]
     else:
         res.detail = f"{res.status} error body not in the client's format: {raw[:200]!r}"
 
@@ -141,6 +149,7 @@ def _check_anthropic_stream(res: Result, events: list[tuple[str | None, str]]) -
         err = parsed[i][1]
         well_formed = (err.get("type") == "error" and isinstance(err.get("error"), dict)
                        and isinstance(err["error"].get("message"), str))
+        res.error = err["error"]["message"] if well_formed else ""
         _judge_error_end(res, i != len(parsed) - 1 and f"events after the error event: {names[i:]}",
                          not well_formed and f"malformed error event {err!r}", text, want)
         return
@@ -191,6 +200,7 @@ def _check_chat_stream(res: Result, events: list[tuple[str | None, str]]) -> Non
         if "error" in chunk:
             err = chunk["error"]
             well_formed = isinstance(err, dict) and isinstance(err.get("message"), str)
+            res.error = err["message"] if well_formed else ""
             _judge_error_end(res, i != len(datas) - 1 and f"data after the error chunk: {datas[i + 1:][:3]}",
                              not well_formed and f"malformed chat error chunk {chunk!r}", text, want)
             return
@@ -201,6 +211,13 @@ def _check_chat_stream(res: Result, events: list[tuple[str | None, str]]) -> Non
             text += (choice.get("delta") or {}).get("content") or ""
             finished = finished or bool(choice.get("finish_reason"))
     res.detail = f"chat stream ended without [DONE] or an error chunk (truncated), text {text!r}"
+
+def _no_answer(exc: httpx.HTTPError) -> bool:
+    """Refused, or closed or reset before any answer: what a proxy that is gone does (not a
+    malformed answer, such as a status line without a status)."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ReadError, httpx.WriteError)):
+        return True
+    return isinstance(exc, httpx.RemoteProtocolError) and "without sending a response" in str(exc)
 
 def do_request(client: httpx.Client, base: str, res: Result, rng: random.Random) -> Result:
     path, body, headers = _body(res.kind, res.model, rng)
@@ -229,7 +246,8 @@ def do_request(client: httpx.Client, base: str, res: Result, rng: random.Random)
             else:
                 _check_json(res, r.read())
     except httpx.HTTPError as exc:
-        res.outcome, res.detail = "violation", f"transport error: {type(exc).__name__}: {exc}"
+        res.outcome = "no_answer" if res.status is None and _no_answer(exc) else "violation"
+        res.detail = f"transport error: {type(exc).__name__}: {exc}"
     res.t1 = time.monotonic()
     return res
 
@@ -265,10 +283,14 @@ def _describe(res: Result) -> str:
     return (f"#{res.n} {res.kind} {res.model} status={res.status} upstream={res.upstream} "
             f"attempts={res.attempts} {res.t1 - res.t0:.2f}s")
 
-def audit_responses(results: list[Result], report: Report) -> None:
+def audit_responses(results: list[Result], report: Report, signalled: float | None = None) -> None:
+    """Every answer well formed; no answer at all only for a request sent after the proxy was
+    signalled to stop (at monotonic time `signalled`), once its listener closed."""
     for res in results:
         if res.outcome == "violation":
             report.fail("malformed response", f"{_describe(res)}: {res.detail}")
+        elif res.outcome == "no_answer" and (signalled is None or res.t0 < signalled):
+            report.fail("no answer", f"{_describe(res)}: {res.detail}")
 
 def audit_ledger(results: list[Result], db: Path, report: Report) -> dict:
     """Exactly one row per request, agreeing with what the client saw; returns ledger facts."""
@@ -286,14 +308,18 @@ def audit_ledger(results: list[Result], db: Path, report: Report) -> dict:
     for row in rows:
         by_model[row[0]].append(row)
     sent = {res.model for res in results}
-    if len(rows) != len(results):
-        report.fail("ledger", f"{len(rows)} request rows for {len(results)} requests")
+    # a request the proxy never answered may or may not have reached its ledger
+    unanswered = sum(1 for res in results if res.outcome == "no_answer" and res.model not in by_model)
+    if len(rows) != len(results) - unanswered:
+        report.fail("ledger", f"{len(rows)} request rows for {len(results) - unanswered} requests")
     strangers = [m for m in by_model if m not in sent]
     if strangers:
         report.fail("ledger", f"rows for requests never sent: {strangers[:5]}")
     single = {}
     for res in results:
         found = by_model.get(res.model, [])
+        if res.outcome == "no_answer" and len(found) <= 1:
+            continue
         if len(found) != 1:
             report.fail("ledger", f"{len(found)} rows for {_describe(res)}")
             continue
@@ -333,6 +359,8 @@ def audit_attempts(results: list[Result], mocks: dict[str, SoakUpstream], ledger
         if row is not None and len(got) > row[6]:
             report.fail("ledger attempts", f"{len(got)} upstream requests but {row[6]} attempts recorded: "
                                      f"{_describe(res)} {got}")
+        if res.by_shutdown or res.outcome == "no_answer":
+            continue   # cut or refused by the proxy's shutdown: see audit_shutdown
         if oks and (len(oks) > 1 or res.outcome != "ok" or res.upstream != oks[0]):
                 report.fail("ok answer lost", f"upstream {oks} answered ok but the client got {res.outcome} "
                                          f"from {res.upstream}: {_describe(res)} {got} {res.detail}")
@@ -380,6 +408,8 @@ def audit_coverage(results: list[Result], mocks: dict[str, SoakUpstream], refuse
 
     covered = failed = 0
     for res in results:
+        if res.by_shutdown or res.outcome == "no_answer":
+            continue   # the proxy was stopping: see audit_shutdown
         if any(healthy(u, res.t0, res.t1) for u in NAMES):
             covered += 1
             if res.outcome not in ("ok", "error_event"):   # error events: see audit_attempts
@@ -387,6 +417,22 @@ def audit_coverage(results: list[Result], mocks: dict[str, SoakUpstream], refuse
                 report.fail("no failover to a healthy upstream", "an upstream was healthy throughout but the client got "
                                          f"{res.outcome}: {_describe(res)} {res.detail}")
     return covered, failed
+
+def audit_shutdown(results: list[Result], signalled: float, report: Report) -> dict:
+    """SIGTERM under load: requests in flight finished or were ended by the shutdown in their
+    API's format; later ones were refused with a 503 or found the proxy gone.  (Formats, rows -
+    so every 200 has its row - and the log are audited with the rest.)  Returns the counts."""
+    in_flight = [r for r in results if r.t0 < signalled < r.t1]
+    after = [r for r in results if r.t0 >= signalled]
+    for res in results:
+        if res.by_shutdown and res.t1 < signalled:
+            report.fail("shutdown", f"answered 'shutting down' before the signal: {_describe(res)}")
+        if res.by_shutdown and res.outcome == "error_json" and res.status != 503:
+            report.fail("shutdown", f"refused or cut with {res.status}, not 503: {_describe(res)}")
+    return {"in_flight": len(in_flight), "finished": sum(1 for r in in_flight if not r.by_shutdown),
+            "cut": sum(1 for r in in_flight if r.by_shutdown), "after": len(after),
+            "refused": sum(1 for r in after if r.by_shutdown),
+            "gone": sum(1 for r in after if r.outcome == "no_answer")}
 
 def audit_log(text: str, report: Report) -> int:
     """Exceptions in the proxy's log; returns how many invalid-edit errors it holds (expected)."""

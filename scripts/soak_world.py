@@ -45,7 +45,8 @@ ROUTE_OF = {"msg-stream": ("claude", "messages", 1), "msg": ("claude", "messages
             "chat-stream": ("chat", "chat", 1), "chat": ("chat", "chat", 0),
             "count": ("claude", "count_tokens", 0)}
 LOG_PROBLEMS = re.compile(r"Traceback|Unhandled error|Error logged|failed inside the gateway|"
-                          r"Task exception was never retrieved|Exception in callback|addon error", re.IGNORECASE)
+                          r"Task exception was never retrieved|Exception in callback|CancelledError|addon error",
+                          re.IGNORECASE)
 INVALID_RULES = (
     ("bad YAML", "upstreams: [\n  - {name: a, protocol: anthropic\nroutes: {claude: [a"),
     ("unknown key", "failover: {threshold: 2, cooldwn: 2s}\n{upstreams}\n{routes}"),

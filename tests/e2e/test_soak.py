@@ -1,9 +1,10 @@
 """The soak test, short: 5 clients for 20 s against flipping upstreams and live rule edits
-(atomic, in place with a pause after a valid prefix, invalid, emptied).
+(atomic, in place with a pause after a valid prefix, invalid, emptied), then SIGTERM to the
+proxy while they still send.
 
 scripts/soak.py does the work and the audit (well-formed answers, failover whenever an
-upstream was healthy, one ledger row per request, a clean log, bounded memory); this
-runs it in-process and fails with its report.  About 25 s.
+upstream was healthy, one ledger row per request, a clean log, bounded memory, a clean
+shutdown under load); this runs it in-process and fails with its report.  About 28 s.
 """
 
 import importlib.util
@@ -36,3 +37,4 @@ def test_short_soak_holds_every_invariant(tmp_path):
     assert stats["valid_edits"] >= 2
     assert stats["partial_edits"] >= 1 and stats["empty_edits"] >= 1   # in-place writes and empty files
     assert stats["covered"] >= 0.1 * stats["requests"]
+    assert stats["shutdown"]["in_flight"] >= 1   # the proxy was stopped under load
