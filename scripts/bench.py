@@ -30,13 +30,13 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "tests"), str(REPO)]
+sys.path.insert(0, str(REPO))
 
 from tests.support.proxy_process import MITMDUMP, Proxy, free_port  # noqa: E402
 
 MOCK_SERVER = """
 import sys, time
-sys.path.insert(0, {tests!r})
+sys.path.insert(0, {repo!r})
 from tests.support.mock_upstream import MockUpstream, slow_stream, status
 ok = MockUpstream("bench", text="ok")
 ok.record = False
@@ -68,7 +68,7 @@ class Target:
 # ---------------------------------------------------------------------- processes
 
 def start_mock(flood: int) -> tuple[subprocess.Popen, int, int]:
-    code = MOCK_SERVER.format(tests=str(REPO / "tests"), flood=flood)
+    code = MOCK_SERVER.format(repo=str(REPO), flood=flood)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     ok_port, failing_port = proc.stdout.readline().split()
     return proc, int(ok_port), int(failing_port)

@@ -62,7 +62,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-for _p in (str(REPO / "tests"), str(REPO), str(REPO / "scripts")):
+for _p in (str(REPO), str(REPO / "scripts")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 

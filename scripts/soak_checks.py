@@ -15,13 +15,13 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-for _p in (str(REPO / "tests"), str(REPO), str(REPO / "scripts")):
+for _p in (str(REPO), str(REPO / "scripts")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
 from soak_world import CLIENT_KEY, LOG_PROBLEMS, MARGIN, MID_STREAM, NAMES, ROUTE_OF, SoakUpstream, expected_text  # noqa: E402
 
-from ccswitch.shutdown import SHUTTING_DOWN  # noqa: E402
+from ccswitch.dial.shutdown import SHUTTING_DOWN  # noqa: E402
 
 
 @dataclass

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-for _p in (str(REPO / "tests"), str(REPO)):
+for _p in (str(REPO),):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
