@@ -115,17 +115,15 @@ def start_now(coro) -> asyncio.Task:
 async def run_guarded(run_job, job: Job, sink, shutdown: Shutdown | None = None) -> None:
     """Run a job; a bug of ours ends in an error in the client's format, never a silent cut,
     and so does a job that the shutdown cuts (or that arrives once it is cutting)."""
-    def cut() -> bool:
-        return shutdown is not None and shutdown.cutting
     try:
-        if cut():
+        if shutdown is not None and shutdown.cutting:   # it arrived after the grace period
             await _shutdown_error(job, sink)
             return
         await run_job(job, sink)
     except ClientGone:
         raise
     except asyncio.CancelledError:
-        if not cut():
+        if shutdown is None or not shutdown.cutting:
             raise
         await _shutdown_error(job, sink)
     except Exception as exc:
@@ -143,7 +141,7 @@ async def _shutdown_error(job: Job, sink) -> None:
     if job.attempts and job.attempts[-1].error == "client_closed":
         job.attempts[-1].error = "shutdown"   # the dialer takes every cancellation for a client gone
     await _end_with_error(job, sink, 503, f"{SHUTTING_DOWN}; the request did not finish in time",
-                          [("retry-after", RETRY_AFTER)])
+                          (("retry-after", RETRY_AFTER),))
     job.latency_ms = job.elapsed_ms()
 
 
