@@ -44,8 +44,18 @@ _MAX_RETRIES_SAME_UPSTREAM = 2
 
 
 class Sink(Protocol):
-    async def start(self, status: int, headers: list[tuple[str, str]], length: int | None) -> None: ...
+    """Where an answer goes: the relay's HTTP/1.1 connection back to mitmproxy, or a buffer
+    for an answer given from the request hook."""
+
+    started: bool    # something reached the client: an error can no longer replace the answer
+    broken: bool     # the client end is gone: nothing more can be written
+
+    async def start(self, status: int, headers: list[tuple[str, str]], length: int | None) -> None:
+        """The status line and headers; `length` None means a stream (chunked)."""
+        ...
+
     async def write(self, data: bytes) -> None: ...
+
     async def end(self) -> None: ...
 
 

@@ -1,4 +1,4 @@
-"""Which route a request belongs to, and which upstreams may serve it, in order."""
+"""Which upstreams may serve a request, in which order, and why an upstream is off now."""
 
 from __future__ import annotations
 
