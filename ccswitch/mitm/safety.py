@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.proxy import mode_specs
 
 from ccswitch.config.models import Rules
+from ccswitch.mitm.flows import answer, error_response, likely_protocol
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.net.addresses import is_loopback
-from ccswitch.routing.classify import classify
-from ccswitch.vocab import Protocol
 from ccswitch.wire import headers as wire
-from ccswitch.wire import protocols
 from ccswitch.wire.redact import client_credential
-
-if TYPE_CHECKING:
-    from ccswitch.mitm.gateway import Gateway
 
 log = logging.getLogger("ccswitch")
 
@@ -163,8 +157,8 @@ class ClientKeyGate:
                 client, ctx.options.listen_host or "127.0.0.1"):
             presented = client_credential(wire.from_wire(flow.request.headers.fields))   # as the router reads it
             if not rules.client_keys or not rules.client_key_ok(presented):   # no keys: nobody passes
-                flow.response = _refusal(flow.request, 401, "missing or invalid ccswitch client key")
-                flow.comment = "ccswitch: answered 401 itself"
+                answer(flow, error_response(likely_protocol(flow.request), 401, "missing or invalid ccswitch client key"))
+                return
         _drop_client_keys(flow.request.headers, rules)
 
 
@@ -174,19 +168,6 @@ def _drop_client_keys(headers: http.Headers, rules: Rules) -> None:
     for name, value in wire.from_wire(headers.fields):
         if name.lower() in ("x-api-key", "authorization") and rules.client_key_ok(client_credential([(name, value)])):
             headers.pop(name, None)
-
-
-def _refusal(request: http.Request, status: int, message: str) -> http.Response:
-    """An error in the API the client most likely speaks."""
-    match = classify("POST", request.path)
-    if match is not None:
-        protocol = protocols.CLIENT_PROTOCOL[match.route]
-    elif "anthropic-version" in request.headers or "anthropic" in request.pretty_host:
-        protocol = Protocol.ANTHROPIC
-    else:
-        protocol = Protocol.CHAT
-    return http.Response.make(status, protocols.error_json(protocol, status, message),
-                              {"content-type": "application/json"})
 
 
 class InterceptScope:

@@ -26,15 +26,6 @@ REMOTE = ("192.0.2.7", 40000)   # TEST-NET-1: only ever a simulated peer address
 
 
 @pytest.fixture
-def gateway(tmp_path):
-    path = tmp_path / "rules.yaml"
-    path.write_text(RULES)
-    gw = Gateway()
-    gw.rules_file.open(str(path))
-    return gw
-
-
-@pytest.fixture
 def safety_ctx(gateway):
     safety = ListenSafety(gateway)
     with taddons.context(proxyserver.Proxyserver(), proxyauth.ProxyAuth(), safety) as tctx:
@@ -212,3 +203,13 @@ def test_proxyauth_beside_a_reverse_listener_is_warned_about(safety_ctx, caplog)
     caplog.set_level(logging.WARNING, logger="ccswitch")
     tctx.configure(safety, mode=["regular", "reverse:https://api.anthropic.com@8082"], proxyauth="user:pass")
     assert "Authorization: Basic" in caplog.text
+
+
+def test_an_api_path_of_a_route_with_no_upstreams_is_refused_in_that_routes_format(gate):
+    """Such a request passes the router untouched (its route is empty), so the gate must refuse it:
+    in the format of the API its path names."""
+    flow = flow_on("reverse:http://127.0.0.1:19001@0.0.0.0:8082", path="/v1/responses", method="POST")
+    gate.request(flow)
+    body = json.loads(flow.response.content)
+    assert flow.response.status_code == 401 and body["error"]["message"] == "missing or invalid ccswitch client key"
+    assert "type" not in body   # OpenAI's shape, not Anthropic's {"type": "error", ...}
