@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ccswitch.config.load import BUILT_IN, default_rules_text, find_rules, load_rules, parse_rules, resolve_rules_path
+from ccswitch.config.load import BUILT_IN, default_rules_text, parse_rules, resolve_rules_path
 from ccswitch.config.models import Rules, RulesError
 
 log = logging.getLogger("ccswitch.rules")
@@ -76,13 +76,16 @@ class RulesFile:
         path = resolve_rules_path(option_value, Path.cwd(), Path.home())
         if path is None:
             self.path, self._signature = None, None
-            self.rules = find_rules(None)[0]
+            self.rules = parse_rules(default_rules_text(), BUILT_IN)
             log.info("ccswitch: no rules.yaml found; using the built-in default "
                      "(official upstreams, the client's own credentials)")
             return
-        signature = _signature(_read(path))
-        self.rules = load_rules(path)
-        self.path, self._signature = path, signature
+        try:
+            content = path.read_bytes()
+        except OSError as exc:
+            raise RulesError([f"{path}: cannot read ({exc.strerror or type(exc).__name__})"]) from None
+        self.rules = _parse(content, path)   # the bytes read once: what is checked is what is applied
+        self.path, self._signature = path, _signature(content)
         log.info("ccswitch: rules loaded from %s (%d upstreams)", path, len(self.rules.upstreams))
 
     def reload_if_changed(self) -> bool:

@@ -136,7 +136,7 @@ class Dialer:
             result = await self._send_and_judge(job, upstream, outgoing, translation, sink, attempt)
         except RenderError as exc:
             # not the upstream's doing, and the next one may take the request as it is
-            result = Failure(upstream.name, None, str(exc), "switch", counts=False, client_status=exc.status)
+            result = Failure(upstream.name, None, str(exc), Action.SWITCH, counts=False, client_status=exc.status)
         except asyncio.CancelledError:
             attempt.error = CLIENT_CLOSED
             raise

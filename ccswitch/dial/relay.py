@@ -15,7 +15,7 @@ from http import HTTPStatus
 
 import h11
 
-from ccswitch.dial.job import Job
+from ccswitch.dial.job import CLIENT_CLOSED, Job
 from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown
 from ccswitch.wire.headers import to_wire
 from ccswitch.wire.protocols import error_json, stream_error_event
@@ -138,7 +138,7 @@ async def _internal_error(job: Job, sink, exc: BaseException) -> None:
 
 async def _shutdown_error(job: Job, sink) -> None:
     job.error = "shutdown: not finished within the grace period"
-    if job.attempts and job.attempts[-1].error == "client_closed":
+    if job.attempts and job.attempts[-1].error == CLIENT_CLOSED:
         job.attempts[-1].error = "shutdown"   # the dialer takes every cancellation for a client gone
     await _end_with_error(job, sink, 503, f"{SHUTTING_DOWN}; the request did not finish in time",
                           (("retry-after", RETRY_AFTER),))

@@ -1,11 +1,10 @@
-"""mitmproxy glue: options, hooks, commands.  Thin by design: every decision is
-made by the pure modules (rules, routing, upstream, dialer); this file only
-moves data between them and the flows."""
+"""The request path's mitmproxy glue: admission, routing and hand-over of each flow, its
+record at the end, and the drain at shutdown.  Thin by design: every decision is made
+below (routing, translate, dial); this file only moves data between them and the flows."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from datetime import datetime
 
@@ -20,24 +19,19 @@ from ccswitch.dial.relay import JOB_HEADER, BufferSink, Relay, run_guarded, star
 from ccswitch.dial.render import upstream_url
 from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_proxy_connections
 from ccswitch.ledger.rows import own_answer_row
+from ccswitch.mitm.flows import answer, error_response, likely_protocol, redact_credentials
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.net import http1
-from ccswitch.net.inflate import INFLATABLE, DecodeError, Inflater, TooLarge
+from ccswitch.routing.admission import body_problem, decoded_body, header_problem, parse_body
 from ccswitch.routing.classify import RouteMatch, classify
 from ccswitch.routing.plan import plan
 from ccswitch.translate import translation_for
-from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint, Protocol
-from ccswitch.wire import protocols
+from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint
 from ccswitch.wire.exchange import ClientRequest, RenderError
 from ccswitch.wire.headers import from_wire, to_wire
-from ccswitch.wire.redact import CREDENTIAL_HEADERS, REDACTED, client_credential
+from ccswitch.wire.redact import client_credential
 
 log = logging.getLogger("ccswitch")
-
-
-def _error_response(protocol: str, status: int, message: str, extra: dict | None = None) -> http.Response:
-    headers = {"content-type": "application/json", **(extra or {})}
-    return http.Response.make(status, protocols.error_json(protocol, status, message), headers)
 
 
 class Router:
@@ -120,7 +114,7 @@ class Router:
         client_protocol = CLIENT_PROTOCOL[match.route]
 
         def refuse(status: int, message: str, body: dict | None = None, extra: dict | None = None) -> None:
-            self._answer(flow, _error_response(client_protocol, status, message, extra))
+            answer(flow, error_response(client_protocol, status, message, extra))
             if self.gateway.ledger is not None:
                 model = (body or {}).get("model")
                 self.gateway.ledger.add("requests", own_answer_row(
@@ -134,13 +128,15 @@ class Router:
             return refuse(401, "missing or invalid ccswitch client key")
         if match.endpoint == Endpoint.WEBSOCKET:
             return refuse(426, "ccswitch serves Responses over HTTPS, not WebSocket", {"stream": True})
-        refusal = _header_problem(headers) or _body_problem(flow.request, ctx.options.ccswitch_max_body)
+        max_body = ctx.options.ccswitch_max_body
+        raw = flow.request.raw_content or b""
+        refusal = header_problem(headers) or body_problem(flow.request.headers.get("content-type", ""), len(raw), max_body)
         if refusal:
             return refuse(*refusal)
-        raw = _decoded_body(flow.request, ctx.options.ccswitch_max_body)
+        raw = decoded_body(flow.request.headers.get("content-encoding", ""), raw, max_body)
         if raw is None:   # a small compressed body can inflate a lot: never inflate past the limit
-            return refuse(413, f"request body too large once decoded (over {ctx.options.ccswitch_max_body} bytes)")
-        body, problem = _parse_body(raw)
+            return refuse(413, f"request body too large once decoded (over {max_body} bytes)")
+        body, problem = parse_body(raw)
         if problem:
             return refuse(400, problem)
         model = body.get("model")
@@ -160,7 +156,7 @@ class Router:
         job = Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow.id, converted=converted)
         self.jobs[flow.id] = job
         flow.metadata["ccswitch"] = {"route": match.route, "endpoint": match.endpoint, "model": model}
-        _redact_credentials(flow.request.headers)
+        redact_credentials(flow.request.headers)
         if not req.stream:
             # nothing to stream: answer from this hook, without the relay hop
             await self._run_inline(flow, job)
@@ -213,20 +209,14 @@ class Router:
 
     def _unrouted(self, flow: http.HTTPFlow) -> None:
         if ctx.options.ccswitch_offline and flow.request.pretty_host.lower() in self.gateway.rules.intercept:
-            protocol = Protocol.ANTHROPIC if "anthropic" in flow.request.pretty_host else Protocol.CHAT
-            self._answer(flow, _error_response(protocol, 404, "ccswitch is offline: this host is not reachable"))
-
-    @staticmethod
-    def _answer(flow: http.HTTPFlow, response: http.Response) -> None:
-        _redact_credentials(flow.request.headers)
-        flow.response = response
-        flow.comment = f"ccswitch: answered {response.status_code} itself"
+            answer(flow, error_response(likely_protocol(flow.request), 404,
+                                        "ccswitch is offline: this host is not reachable"))
 
     def _finish(self, flow: http.HTTPFlow) -> None:
         job = self.jobs.pop(flow.id, None)
         if job is None:
             if flow.request.pretty_host.lower() in self.gateway.rules.intercept:
-                _redact_credentials(flow.request.headers)  # passed through: sent already, hide now
+                redact_credentials(flow.request.headers)  # passed through: sent already, hide now
             return
         if self.relay and self.relay.forget(job):
             # mitmproxy never delivered it to the relay (e.g. the client left at once)
@@ -258,71 +248,3 @@ def _convert_for_candidates(req: ClientRequest, candidates, rules: Rules) -> tup
         if body is not None:
             converted[upstream.name] = body
     return converted, None
-
-
-def _redact_credentials(headers: http.Headers) -> None:
-    for name in CREDENTIAL_HEADERS:
-        if name in headers:
-            headers[name] = REDACTED
-
-
-_MAX_HEADER_BYTES = 64 * 1024
-
-
-def _header_problem(headers: list[tuple[str, str]]) -> tuple[int, str] | None:
-    """Headers no upstream should see: control characters, or far too many bytes."""
-    size = 0
-    for name, value in headers:
-        size += len(name) + len(value)
-        if any(c in value or c in name for c in "\r\n\0"):
-            return 400, f"header {name[:64]!r} contains a line break or NUL"
-    if size > _MAX_HEADER_BYTES:
-        return 431, f"request headers too large ({size} bytes; the limit is {_MAX_HEADER_BYTES})"
-    return None
-
-
-def _body_problem(request: http.Request, max_body: int) -> tuple[int, str] | None:
-    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
-        return 415, f"content-type must be application/json, not {ctype[:100]!r}"
-    size = len(request.raw_content or b"")
-    if size > max_body:
-        return 413, f"request body too large ({size} bytes; the limit is {max_body})"
-    return None
-
-
-def _decoded_body(request: http.Request, limit: int) -> bytes | None:
-    """The request body decoded, or None when it would exceed `limit` bytes decoded.
-
-    gzip, deflate, br and zstd are inflated incrementally with a cap (a 32 MB bomb must not
-    become 32 GB in memory); other encodings fall back to mitmproxy's decoder and a size check.
-    """
-    encoding = request.headers.get("content-encoding", "").strip().lower()
-    if encoding in INFLATABLE:
-        inflater = Inflater(encoding, limit)
-        try:
-            return inflater.feed(request.raw_content or b"") + inflater.flush()
-        except TooLarge:
-            return None
-        except DecodeError:
-            return request.get_content(strict=False) or b""   # let the JSON parser report it
-    decoded = request.get_content(strict=False) or b""
-    return None if len(decoded) > limit else decoded
-
-
-def _parse_body(raw: bytes) -> tuple[dict, str | None]:
-    if not raw:
-        return {}, "the request has no body"
-    try:
-        body = json.loads(raw)
-    except UnicodeDecodeError:
-        return {}, "the request body is not UTF-8 JSON"
-    except ValueError as exc:
-        return {}, f"the request body is not valid JSON ({exc})"
-    except RecursionError:
-        return {}, "the request body is nested too deeply"
-    if not isinstance(body, dict):
-        return {}, "the request body must be a JSON object"
-    return body, None
-
-

@@ -7,7 +7,6 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
 from ccswitch.mitm.commands import Commands
-from ccswitch.mitm.gateway import Gateway
 from ccswitch.routing.plan import plan
 from tests.support.helpers import KEY_A
 
@@ -22,11 +21,7 @@ routes: {{claude: [a, b, night]}}
 
 
 @pytest.fixture
-def setup(tmp_path):
-    path = tmp_path / "rules.yaml"
-    path.write_text(RULES)
-    gateway = Gateway()
-    gateway.rules_file.open(str(path))
+def setup(gateway):
     commands = Commands(gateway)
     with taddons.context(commands) as tctx:
         yield gateway, commands, tctx

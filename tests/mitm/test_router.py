@@ -25,15 +25,6 @@ routes: {{claude: [a], codex: []}}
 
 
 @pytest.fixture
-def gateway(tmp_path):
-    path = tmp_path / "rules.yaml"
-    path.write_text(RULES)
-    gw = Gateway()
-    gw.rules_file.open(str(path))
-    return gw
-
-
-@pytest.fixture
 def router(gateway):
     r = Router(gateway)
     r.relay = Relay(None)
@@ -239,29 +230,6 @@ async def test_compressed_client_body_is_decoded_and_sent_plain(router):
     out = render(job.candidates[0], job.request)
     assert json.loads(out.body)["model"] == "m"
     assert "content-encoding" not in dict(out.headers)
-
-
-@pytest.mark.parametrize("encoding", ["br", "zstd"])
-def test_a_br_or_zstd_client_body_is_inflated_within_the_limit(encoding):
-    """As gzip: decoded in bounded slices, so a small bomb never becomes its whole size in memory."""
-    import tracemalloc
-
-    from ccswitch.mitm.router import _decoded_body
-    from tests.support.mock_upstream import StreamPacker
-    plain = json.dumps({"model": "m", "messages": []}).encode()
-    request = messages_flow().request
-    request.headers["content-encoding"] = encoding
-    request.raw_content = StreamPacker(encoding).whole(plain)
-    assert _decoded_body(request, 1 << 20) == plain
-    packer, limit = StreamPacker(encoding), 4 << 20
-    request.raw_content = b"".join(packer.part(bytes(1 << 20)) for _ in range(64)) + packer.end()
-    tracemalloc.start()
-    try:
-        assert _decoded_body(request, limit) is None
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 3 * limit + len(request.raw_content), f"{peak} bytes allocated on the way"
 
 
 def test_upstream_tls_follows_mitmproxys_options(gateway, tmp_path):

@@ -1,0 +1,68 @@
+"""Whether a client request can be routed at all: its headers, content type, size, encoding
+and JSON body, judged before any upstream is chosen.  Each check gives the status and the
+message ccswitch answers with, or None."""
+
+from __future__ import annotations
+
+import json
+
+from ccswitch.net.inflate import INFLATABLE, DecodeError, Inflater, TooLarge
+
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def header_problem(headers: list[tuple[str, str]]) -> tuple[int, str] | None:
+    """Headers no upstream should see: control characters, or far too many bytes."""
+    size = 0
+    for name, value in headers:
+        size += len(name) + len(value)
+        if any(c in value or c in name for c in "\r\n\0"):
+            return 400, f"header {name[:64]!r} contains a line break or NUL"
+    if size > MAX_HEADER_BYTES:
+        return 431, f"request headers too large ({size} bytes; the limit is {MAX_HEADER_BYTES})"
+    return None
+
+
+def body_problem(content_type: str, size: int, max_body: int) -> tuple[int, str] | None:
+    ctype = content_type.split(";", 1)[0].strip().lower()
+    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+        return 415, f"content-type must be application/json, not {ctype[:100]!r}"
+    if size > max_body:
+        return 413, f"request body too large ({size} bytes; the limit is {max_body})"
+    return None
+
+
+def decoded_body(content_encoding: str, raw: bytes, limit: int) -> bytes | None:
+    """The request body decoded, or None when it would exceed `limit` bytes decoded.
+
+    gzip, deflate, br and zstd are inflated incrementally with a cap (a 32 MB bomb must not
+    become 32 GB in memory); a body that does not decode is passed on as it is, for the JSON
+    parser to name; any other encoding (identity) is the body itself.
+    """
+    encoding = content_encoding.strip().lower()
+    if encoding in INFLATABLE:
+        inflater = Inflater(encoding, limit)
+        try:
+            return inflater.feed(raw) + inflater.flush()
+        except TooLarge:
+            return None
+        except DecodeError:
+            return raw
+    return None if len(raw) > limit else raw
+
+
+def parse_body(raw: bytes) -> tuple[dict, str | None]:
+    """The body as a JSON object, or the reason it is not one."""
+    if not raw:
+        return {}, "the request has no body"
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError:
+        return {}, "the request body is not UTF-8 JSON"
+    except ValueError as exc:
+        return {}, f"the request body is not valid JSON ({exc})"
+    except RecursionError:
+        return {}, "the request body is nested too deeply"
+    if not isinstance(body, dict):
+        return {}, "the request body must be a JSON object"
+    return body, None
