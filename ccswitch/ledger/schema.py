@@ -1,8 +1,11 @@
 """The usage database schema, versioned with `PRAGMA user_version`.
 
-Each migration takes the schema from version N-1 to N; opening a database runs
-the missing ones in order inside one transaction.  Columns named in the
-ledger reference (docs/ledger.md) are never renamed or dropped.
+Each migration takes the schema from version N-1 to N; opening a database for
+writing runs the missing ones in order, each in its own write transaction that
+first looks at the version again (two processes opening an old file at once
+migrate it once).  Columns named in the ledger reference (docs/ledger.md) are
+never renamed or dropped.  A read-only connection does not migrate: readers ask
+``columns(conn, table)`` for what an older file has.
 """
 
 from __future__ import annotations
@@ -65,19 +68,57 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX activations_ts ON activations (ts);
     """,
+    # 2: session affinity
+    """
+    ALTER TABLE requests ADD COLUMN session TEXT;     -- the client's session key, NULL without one
+    ALTER TABLE requests ADD COLUMN affinity TEXT;    -- new | kept | moved, NULL without a session
+    -- one session's requests in time order; partial: requests without a session are not indexed
+    CREATE INDEX requests_session ON requests (session, ts) WHERE session IS NOT NULL;
+    """,
 ]
 
 VERSION = len(MIGRATIONS)
 
 
+def _version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def _statements(script: str) -> list[str]:
+    """A migration's statements, one by one (executescript would commit the open transaction)."""
+    out, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                out.append(pending.strip())
+            pending = ""
+    return out
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema to VERSION; returns the version found before."""
-    found = conn.execute("PRAGMA user_version").fetchone()[0]
+    found = _version(conn)
     if found > VERSION:
         raise RuntimeError(f"usage database schema {found} is newer than this ccswitch ({VERSION})")
     for number in range(found + 1, VERSION + 1):
-        conn.executescript("BEGIN;" + MIGRATIONS[number - 1] + f"; PRAGMA user_version = {number}; COMMIT;")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if _version(conn) < number:      # another process may have migrated while we waited
+                for statement in _statements(MIGRATIONS[number - 1]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:          # some errors (a full disk) have rolled it back already
+                conn.execute("ROLLBACK")
+            raise
     return found
+
+
+def columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    """The columns ``table`` has (none if it does not exist): what an older, unmigrated file holds."""
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
 def connect(path: str, *, readonly: bool = False, timeout: float = 5.0) -> sqlite3.Connection:
