@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--days", type=_positive, default=30, metavar="N", help="days up to --until (default 30)")
     p.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="first day (days are local to the rules' time zone)")
     p.add_argument("--until", type=_day, metavar="YYYY-MM-DD", help="last day (default today)")
-    p.add_argument("--by", choices=DIMENSIONS, help="split each day by model, upstream or route")
+    p.add_argument("--by", choices=DIMENSIONS, help="split each day by model, upstream, route or session")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--out", metavar="DIR", help="write PNG charts and report.html into this directory")
 

@@ -8,7 +8,9 @@ here, at report time, from the billed model (``upstream_model``, else ``model``)
 ``count_tokens`` requests are left out of every figure (only a note counts them).
 A failover is a request that took more than one upstream attempt; an error is a request
 with an ``error`` or a status >= 400. Cache-hit % = cache_read / (input + cache_write +
-cache_read), i.e. the share of the whole prompt that was read from cache.
+cache_read), i.e. the share of the whole prompt that was read from cache. A move is a request
+whose session (affinity) was bound to one upstream and got its answer from another
+(``affinity = 'moved'``). A database older than the session columns reads as "no session".
 """
 from __future__ import annotations
 
@@ -21,11 +23,14 @@ from zoneinfo import ZoneInfo
 
 from ccswitch.clock import utc_now
 from ccswitch.config.models import Rules
+from ccswitch.ledger.schema import columns
 from ccswitch.report import prices
 
-DIMENSIONS = ("model", "upstream", "route")
+DIMENSIONS = ("model", "upstream", "route", "session")
+SUMMARISED = ("model", "upstream", "route")     # always summarised; sessions only when grouped by them
 NO_UPSTREAM = "(ccswitch)"      # requests ccswitch answered itself
 NO_MODEL = "(no model)"
+NO_SESSION = "(no session)"
 UNPRICED_SHOWN = 5              # unpriced models named in the report's note; the rest are counted
 
 
@@ -40,6 +45,7 @@ class Totals:
     reasoning: int = 0              # part of output
     failovers: int = 0
     errors: int = 0
+    moved: int = 0                  # requests that moved their session to another upstream
     cost: float = 0.0               # USD, priced tokens only
     unpriced_tokens: int = 0        # tokens of models with no known price (not in cost)
 
@@ -66,7 +72,7 @@ class Totals:
             "cache_read_tokens": self.cache_read, "reasoning_tokens": self.reasoning,
             "cache_hit": None if self.cache_hit is None else round(self.cache_hit, 6),
             "cost_usd": round(self.cost, 6), "unpriced_tokens": self.unpriced_tokens,
-            "failovers": self.failovers, "errors": self.errors,
+            "failovers": self.failovers, "errors": self.errors, "moved": self.moved,
         }
 
 
@@ -105,6 +111,25 @@ class Report:
     def groups(self, day: date) -> dict[str, Totals]:
         return self.daily_groups[self.by].get(day, {}) if self.by else {}
 
+    @property
+    def summarised(self) -> tuple[str, ...]:
+        """The dimensions summarised in the output: sessions only when grouped by them (there are many)."""
+        return SUMMARISED + (("session",) if self.by == "session" else ())
+
+    def sessions(self, day: date | None = None) -> int:
+        """Distinct sessions of a day (None: of the whole period)."""
+        groups = self.summary["session"] if day is None else self.daily_groups["session"].get(day, {})
+        return sum(1 for label in groups if label != NO_SESSION)
+
+    def hit_upstreams(self) -> list[str]:
+        """Upstreams that saw prompt tokens in the period, busiest first: the per-upstream cache-hit view."""
+        return [label for label, t in sorted_groups(self.summary["upstream"]) if t.prompt]
+
+    def hit_by_upstream(self, day: date) -> dict[str, float | None]:
+        """Cache-hit ratio of each of ``hit_upstreams()`` on ``day`` (None: no prompt that day)."""
+        groups = self.daily_groups["upstream"].get(day, {})
+        return {label: groups[label].cache_hit if label in groups else None for label in self.hit_upstreams()}
+
 
 # --------------------------------------------------------------------------- queries
 
@@ -123,15 +148,24 @@ def _rows(conn: sqlite3.Connection, sql: str, since: date, until: date) -> Itera
 
 
 _REQUESTS_SQL = """
-SELECT substr(ts, 1, 16) AS minute, route, upstream, COALESCE(NULLIF(upstream_model, ''), model),
+SELECT substr(ts, 1, 16) AS minute, route, upstream, COALESCE(NULLIF(upstream_model, ''), model), {session},
        endpoint = 'count_tokens', count(*),
        sum(input_tokens), sum(output_tokens), sum(cache_creation_tokens),
        sum(min(cache_creation_1h_tokens, cache_creation_tokens)), sum(cache_read_tokens),
-       sum(reasoning_tokens), sum(attempts > 1), sum(error IS NOT NULL OR coalesce(status, 0) >= 400)
+       sum(reasoning_tokens), sum(attempts > 1), sum(error IS NOT NULL OR coalesce(status, 0) >= 400),
+       {moved}
 FROM requests
 WHERE ts >= ? AND ts < ?
-GROUP BY 1, 2, 3, 4, 5
+GROUP BY 1, 2, 3, 4, 5, 6
 """
+
+
+def _requests_sql(conn: sqlite3.Connection) -> str:
+    """The query for the columns this file has: a database older than session affinity
+    (read-only, so not migrated) reads as requests without a session."""
+    has = columns(conn, "requests")
+    return _REQUESTS_SQL.format(session="session" if "session" in has else "NULL",
+                                moved="sum(affinity = 'moved')" if "affinity" in has else "0")
 
 _ACTIVATIONS_SQL = """
 SELECT ts, upstream, ok, status, error FROM activations
@@ -152,19 +186,20 @@ def build_report(conn: sqlite3.Connection, rules: Rules, since: date, until: dat
     tz = tz if tz is not None else report_zone(rules)
     days = [since + timedelta(days=i) for i in range((until - since).days + 1)]
     tables = _tables(conn)
-    buckets: dict[tuple[date, str, str | None, str | None], Totals] = defaultdict(Totals)
+    buckets: dict[tuple[date, str, str | None, str | None, str | None], Totals] = defaultdict(Totals)
     count_tokens = 0
     if "requests" in tables:
-        for (minute, route, upstream, model, is_count, n, inp, out, cw, cw1h, cr, reas, fo, err) in \
-                _rows(conn, _REQUESTS_SQL, since, until):
+        for (minute, route, upstream, model, session, is_count, n, inp, out, cw, cw1h, cr, reas, fo, err, moved) in \
+                _rows(conn, _requests_sql(conn), since, until):
             day = _parse_utc(minute).astimezone(tz).date()
             if not since <= day <= until:
                 continue
             if is_count:
                 count_tokens += n
                 continue
-            t = buckets[(day, route, upstream, model)]
-            t.add(Totals(n, inp or 0, out or 0, cw or 0, cw1h or 0, cr or 0, reas or 0, fo or 0, err or 0))
+            t = buckets[(day, route, upstream, model, session)]
+            t.add(Totals(n, inp or 0, out or 0, cw or 0, cw1h or 0, cr or 0, reas or 0, fo or 0, err or 0,
+                         moved or 0))
 
     mult = _multipliers(rules)
     unknown_upstreams: set[str] = set()
@@ -173,7 +208,8 @@ def build_report(conn: sqlite3.Connection, rules: Rules, since: date, until: dat
     daily_groups: dict[str, dict[date, dict[str, Totals]]] = {dim: defaultdict(lambda: defaultdict(Totals)) for dim in DIMENSIONS}
     summary: dict[str, dict[str, Totals]] = {dim: defaultdict(Totals) for dim in DIMENSIONS}
     total = Totals()
-    for (day, route, upstream, model), t in sorted(buckets.items(), key=lambda kv: (kv[0][0], *(x or "" for x in kv[0][1:]))):
+    ordered = sorted(buckets.items(), key=lambda kv: (kv[0][0], *(x or "" for x in kv[0][1:])))
+    for (day, route, upstream, model, session), t in ordered:
         if upstream is not None and upstream not in mult:
             unknown_upstreams.add(upstream)
         usd = prices.cost(model, t.input, t.output, t.cache_write, t.cache_write_1h, t.cache_read,
@@ -184,7 +220,8 @@ def build_report(conn: sqlite3.Connection, rules: Rules, since: date, until: dat
                 unpriced[model or NO_MODEL] += t.tokens
         else:
             t.cost = usd
-        labels = {"model": model or NO_MODEL, "upstream": upstream or NO_UPSTREAM, "route": route}
+        labels = {"model": model or NO_MODEL, "upstream": upstream or NO_UPSTREAM, "route": route,
+                  "session": session or NO_SESSION}
         for dim in DIMENSIONS:
             daily_groups[dim][day][labels[dim]].add(t)
             summary[dim][labels[dim]].add(t)

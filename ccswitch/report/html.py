@@ -6,16 +6,16 @@ from collections.abc import Iterable
 from html import escape
 from pathlib import Path
 
-from ccswitch.report.data import sorted_groups
+from ccswitch.report.data import Report, sorted_groups
 from ccswitch.report.text import (
     ACTIVATION_COLUMNS,
     COLUMNS,
-    DIMENSIONS,
-    Report,
     activation_rows,
     fmt_cost,
     fmt_hit,
+    hit_rows,
     row_cells,
+    short_label,
 )
 
 CHART_ALT = {
@@ -63,7 +63,7 @@ def _daily_rows(report: Report) -> list[tuple[str, list[str]]]:
         if not t.requests:
             continue
         rows.append(("", [day.strftime("%Y-%m-%d %a"), *row_cells(t)]))
-        rows += [("group", [label, *row_cells(g)]) for label, g in sorted_groups(report.groups(day))]
+        rows += [("group", [short_label(label), *row_cells(g)]) for label, g in sorted_groups(report.groups(day))]
     rows.append(("total", ["Total", *row_cells(report.total)]))
     return rows
 
@@ -86,6 +86,7 @@ def render_html(report: Report, charts: list[Path]) -> str:
         '<div class="cards">',
         _card(fmt_cost(t), "cost (USD)"), _card(str(t.requests), "requests"),
         _card(fmt_hit(t), "cache hit"), _card(str(t.failovers), "failovers"), _card(str(t.errors), "errors"),
+        _card(str(report.sessions()), "sessions"), _card(str(t.moved), "moved (session left its upstream)"),
         "</div>",
     ]
     if report.notes:
@@ -99,17 +100,21 @@ def render_html(report: Report, charts: list[Path]) -> str:
     by = f", split by {report.by}" if report.by else ""
     parts.append(f"<h2>Per day{escape(by)}</h2>")
     parts.append(_table(["Day", *COLUMNS], _daily_rows(report)))
-    for dim in DIMENSIONS:
+    for dim in report.summarised:
         parts.append(f"<h2>By {escape(dim)}</h2>")
         parts.append(_table([dim.capitalize(), *COLUMNS],
-                            [("", [label, *row_cells(g)]) for label, g in sorted_groups(report.summary[dim])]))
+                            [("", [short_label(label), *row_cells(g)]) for label, g in sorted_groups(report.summary[dim])]))
+    if report.hit_upstreams():
+        parts.append("<h2>Cache hit per day and upstream</h2>")
+        parts.append(_table(["Day", *report.hit_upstreams()], [("", [day, *cells]) for day, cells in hit_rows(report)]))
     parts.append("<h2>Activation probes</h2>")
     if report.activations:
         parts.append(_table(ACTIVATION_COLUMNS, [("", r) for r in activation_rows(report)], left_cols=3))
     else:
         parts.append("<p>No activation probes in this period.</p>")
     parts.append(f'<p class="meta">Cache write includes 1-hour writes ({escape(str(t.cache_write_1h))} tokens in this '
-                 "period). Cache hit = cache read / (input + cache write + cache read). count_tokens requests are "
+                 "period). Cache hit = cache read / (input + cache write + cache read). Moved = requests whose "
+                 "session was bound to another upstream than the one that answered. count_tokens requests are "
                  "not counted.</p>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -11,7 +11,9 @@ Pieces: ``build_report(conn, rules, since, until, by)`` (report_data.py: queries
 """
 from __future__ import annotations
 
-from ccswitch.report.data import DIMENSIONS, Report, Totals, fmt_tokens, sorted_groups
+from ccswitch.report.data import Report, Totals, fmt_tokens, sorted_groups
+
+LABEL_WIDTH = 40        # longer labels (session keys can be long) are shortened in the table, kept whole in JSON
 
 # --------------------------------------------------------------------------- text output
 
@@ -23,19 +25,33 @@ def fmt_cost(t: Totals) -> str:
 
 
 def fmt_hit(t: Totals) -> str:
-    return "-" if t.cache_hit is None else f"{t.cache_hit * 100:.1f}%"
+    return fmt_ratio(t.cache_hit)
 
 
-COLUMNS = ("Requests", "Input", "Output", "Cache write", "Cache read", "Hit %", "Cost USD", "Failovers", "Errors")
+def fmt_ratio(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio * 100:.1f}%"
+
+
+def short_label(label: str, width: int = LABEL_WIDTH) -> str:
+    """Head and tail of a long label: session keys differ at the end (a UUID) as often as at the start."""
+    if len(label) <= width:
+        return label
+    tail = (width - 1) // 2
+    return label[:width - 1 - tail] + "…" + label[-tail:]
+
+
+COLUMNS = ("Requests", "Input", "Output", "Cache write", "Cache read", "Hit %", "Cost USD", "Failovers", "Errors",
+           "Moved")
 
 
 def row_cells(t: Totals) -> list[str]:
     return [str(t.requests), fmt_tokens(t.input), fmt_tokens(t.output), fmt_tokens(t.cache_write),
-            fmt_tokens(t.cache_read), fmt_hit(t), fmt_cost(t), str(t.failovers), str(t.errors)]
+            fmt_tokens(t.cache_read), fmt_hit(t), fmt_cost(t), str(t.failovers), str(t.errors), str(t.moved)]
 
 
-def _grid(head: str, rows: list[tuple[str, list[str]]], rules_before: set[int] = frozenset()) -> list[str]:
-    cols = [head, *COLUMNS]
+def _grid(head: str, rows: list[tuple[str, list[str]]], rules_before: set[int] = frozenset(),
+          columns: tuple[str, ...] = COLUMNS) -> list[str]:
+    cols = [head, *columns]
     widths = [max(len(c), *(len(r[0]) if i == 0 else len(r[1][i - 1]) for r in rows)) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     sep = "  ".join("-" * w for w in widths)
@@ -57,15 +73,22 @@ def render_table(report: Report) -> str:
             continue
         rows.append((day.strftime("%Y-%m-%d %a"), row_cells(t)))
         for label, g in sorted_groups(report.groups(day)):
-            rows.append(("  " + label, row_cells(g)))
+            rows.append(("  " + short_label(label), row_cells(g)))
     idle = sum(1 for d in report.days if not report.daily[d].requests)
     rows.append(("Total", row_cells(report.total)))
     out += _grid("Day", rows, {len(rows) - 1})
     if idle:
         out.append(f"({idle} day(s) without requests not shown)")
+    if report.sessions():
+        out.append(f"{report.sessions()} session(s) in the period; Moved = requests answered by another "
+                   "upstream than the one their session was bound to")
     dim = report.by or "upstream"
     out += ["", f"By {dim}:"]
-    out += _grid(dim.capitalize(), [(label, row_cells(t)) for label, t in sorted_groups(report.summary[dim])])
+    out += _grid(dim.capitalize(),
+                 [(short_label(label), row_cells(t)) for label, t in sorted_groups(report.summary[dim])])
+    if report.by != "upstream" and report.hit_upstreams():   # with --by upstream the day rows show it
+        out += ["", "Cache hit % per day and upstream:"]
+        out += hit_lines(report)
     if report.activations:
         out += ["", "Activation probes:"]
         out += activation_lines(report)
@@ -82,6 +105,16 @@ def activation_rows(report: Report) -> list[list[str]]:
 ACTIVATION_COLUMNS = ("Upstream", "Last probe", "Last result", "OK", "Failed")
 
 
+def hit_rows(report: Report) -> list[tuple[str, list[str]]]:
+    """Days with requests, each with the cache-hit % of every upstream that saw prompt tokens."""
+    return [(day.strftime("%Y-%m-%d %a"), [fmt_ratio(r) for r in report.hit_by_upstream(day).values()])
+            for day in report.days if report.daily[day].requests]
+
+
+def hit_lines(report: Report) -> list[str]:
+    return _grid("Day", hit_rows(report), columns=tuple(report.hit_upstreams()))
+
+
 def activation_lines(report: Report) -> list[str]:
     rows = [list(ACTIVATION_COLUMNS), *activation_rows(report)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(ACTIVATION_COLUMNS))]
@@ -94,10 +127,14 @@ def report_json(report: Report) -> dict:
         "since": report.since.isoformat(), "until": report.until.isoformat(), "timezone": report.tz_name,
         "database": report.db_path, "prices_as_of": report.prices_as_of, "by": report.by,
         "totals": report.total.to_dict(),
-        "days": [{"day": d.isoformat(), **report.daily[d].to_dict(),
+        "sessions": report.sessions(),
+        "days": [{"day": d.isoformat(), **report.daily[d].to_dict(), "sessions": report.sessions(d),
+                  "cache_hit_by_upstream": {k: None if v is None else round(v, 6)
+                                            for k, v in report.hit_by_upstream(d).items()},
                   **({"groups": {k: v.to_dict() for k, v in sorted_groups(report.groups(d))}} if report.by else {})}
                  for d in report.days],
-        "summary": {dim: {k: v.to_dict() for k, v in sorted_groups(report.summary[dim])} for dim in DIMENSIONS},
+        "summary": {dim: {k: v.to_dict() for k, v in sorted_groups(report.summary[dim])}
+                    for dim in report.summarised},
         "activations": [{"upstream": a.upstream, "last_probe": a.last_probe.isoformat(), "last_ok": a.last_ok,
                          "last_error": a.last_error, "ok": a.ok, "failed": a.failed} for a in report.activations],
         "unpriced_models": report.unpriced, "count_tokens_requests": report.count_tokens, "notes": report.notes,
