@@ -33,11 +33,12 @@ def fmt_ratio(ratio: float | None) -> str:
 
 
 def short_label(label: str, width: int = LABEL_WIDTH) -> str:
-    """Head and tail of a long label: session keys differ at the end (a UUID) as often as at the start."""
+    """Head and tail of a long label: session keys differ at the end (a UUID) as often as at the start.
+    ASCII dots, so a terminal without UTF-8 prints it too."""
     if len(label) <= width:
         return label
-    tail = (width - 1) // 2
-    return label[:width - 1 - tail] + "…" + label[-tail:]
+    tail = (width - 3) // 2
+    return label[:width - 3 - tail] + "..." + label[-tail:]
 
 
 COLUMNS = ("Requests", "Input", "Output", "Cache write", "Cache read", "Hit %", "Cost USD", "Failovers", "Errors",
