@@ -31,6 +31,13 @@ class Protocol(StrEnum):
     CHAT = "openai-chat"
 
 
+class Strategy(StrEnum):
+    """How a route orders its available upstreams."""
+    PRIORITY = "priority"
+    WEIGHTED = "weighted"
+    QUOTA = "quota"
+
+
 class Action(StrEnum):
     """What to do after an upstream status or network error."""
     SWITCH = "switch"

@@ -185,9 +185,12 @@ def _cross_check(data: dict, ups: list[Upstream | None]) -> list[tuple[str, str]
     routes = data.get("routes")
     for route, allowed in ROUTE_PROTOCOLS.items():
         listed = routes.get(route) if isinstance(routes, dict) else None
+        prefix = f"routes.{route}"
+        if isinstance(listed, dict):   # the mapping form: {upstreams: [...], strategy, sticky}
+            listed, prefix = listed.get("upstreams"), f"routes.{route}.upstreams"
         seen: set[str] = set()
         for j, name in enumerate(listed if isinstance(listed, list) else []):
-            path = f"routes.{route}[{j}]"
+            path = f"{prefix}[{j}]"
             if not isinstance(name, str):
                 continue
             if name not in names:

@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from ccswitch.vocab import Action, Protocol, Route
+from ccswitch.vocab import Action, Protocol, Route, Strategy
 from ccswitch.wire.headers import sendable
 
 AuthMode = Literal["x-api-key", "bearer", "client"]
@@ -163,6 +163,7 @@ class Failover(_Model):
         default_factory=lambda: dict(DEFAULT_ON_STATUS))
     on_network_error: Action = "switch"
     retry_backoff: Duration = 1.0
+    drain_at: float = Field(default=0.95, gt=0, le=1)   # utilization at which an upstream counts as full
 
     @field_validator("on_status", mode="after")
     @classmethod
@@ -258,6 +259,7 @@ class Upstream(_Model):
     activate_at: tuple[Annotated[str, BeforeValidator(_activate_time)], ...] = ()
     activation_model: str | None = None
     price_multiplier: float = Field(default=1.0, ge=0)
+    weight: float = Field(default=1.0, gt=0)   # the `weighted` strategy's share
 
     @model_validator(mode="before")
     @classmethod
@@ -309,15 +311,40 @@ class Upstream(_Model):
         return (self.base_url, digest, self.protocol)
 
 
-class Routes(_Model):
-    claude: tuple[str, ...] = ()
-    codex: tuple[str, ...] = ()
-    chat: tuple[str, ...] = ()
+def parse_sticky(value: Any) -> float:
+    """`off` (or 0) disables session affinity; otherwise an idle time like `1h`."""
+    if value is False or (isinstance(value, str) and value.strip().lower() == "off"):
+        return 0.0
+    return parse_duration(value)
 
-    def for_route(self, route: str) -> tuple[str, ...]:
+
+def _route_form(value: Any) -> Any:
+    """The list form of a route is its upstreams in priority order."""
+    if isinstance(value, (list, tuple)):
+        return {"upstreams": value}
+    if isinstance(value, (dict, RouteSpec)):
+        return value
+    raise ValueError("must be a list of upstream names, or a mapping with upstreams, strategy and sticky")
+
+
+class RouteSpec(_Model):
+    upstreams: tuple[str, ...] = ()
+    strategy: Strategy = Strategy.PRIORITY
+    sticky: Annotated[float, BeforeValidator(parse_sticky), Field(ge=0)] = 3600.0   # 0: off
+
+
+class Routes(_Model):
+    claude: Annotated[RouteSpec, BeforeValidator(_route_form)] = RouteSpec()
+    codex: Annotated[RouteSpec, BeforeValidator(_route_form)] = RouteSpec()
+    chat: Annotated[RouteSpec, BeforeValidator(_route_form)] = RouteSpec()
+
+    def spec(self, route: str) -> RouteSpec:
         if route not in ROUTE_PROTOCOLS:
             raise KeyError(route)
         return getattr(self, route)
+
+    def for_route(self, route: str) -> tuple[str, ...]:
+        return self.spec(route).upstreams
 
 
 def _host(v: str) -> str:

@@ -188,7 +188,7 @@ def test_bad_types_and_values_paths():
         "r.yaml: failover.on_network_error: must be 'switch', 'retry' or 'pass'",
         "r.yaml: timeouts.connect: must be greater than 0",
         "r.yaml: timeouts.idle: duration must be a number of seconds or like 500ms, 30s, 10m, 2h",
-        "r.yaml: routes.claude: must be a list",
+        "r.yaml: routes.claude: must be a list of upstream names, or a mapping with upstreams, strategy and sticky",
         "r.yaml: prices.m.outptu: must be 'input', 'output', 'cache_write', 'cache_write_1h' or 'cache_read'",
         "r.yaml: prices.m.output: must be greater than or equal to 0",
     ]
@@ -513,7 +513,7 @@ def test_usage_db_resolution(tmp_path, monkeypatch):
 def test_yaml_12_scalars():
     r = parse("upstreams:\n" + relay("on", extra="activate_at: [06:00, 23:59]\nenabled: yes")
               + "routes: {claude: [on]}\n")
-    assert r.upstreams[0].name == "on" and r.routes.claude == ("on",)
+    assert r.upstreams[0].name == "on" and r.routes.for_route("claude") == ("on",)
     assert r.upstreams[0].activate_at == ("06:00", "23:59") and r.upstreams[0].enabled is True
 
 

@@ -62,9 +62,9 @@ def test_a_change_is_applied_once_it_stayed_the_same(world):
     path, clock, rules_file = world
     path.write_text(EDITED)
     assert not rules_file.reload_if_changed() and rules_file.pending
-    assert rules_file.rules.routes.claude == ("a", "b")
+    assert rules_file.rules.routes.for_route("claude") == ("a", "b")
     clock.advance(0.25)
-    assert rules_file.reload_if_changed() and rules_file.rules.routes.claude == ("b", "a")
+    assert rules_file.reload_if_changed() and rules_file.rules.routes.for_route("claude") == ("b", "a")
     assert not rules_file.pending
     clock.advance(0.25)
     assert not rules_file.reload_if_changed() and not rules_file.pending   # nothing new
@@ -79,9 +79,9 @@ def test_a_valid_prefix_of_a_file_written_in_place_is_never_applied(world, caplo
     clock.advance(0.25)
     path.write_text(EDITED)                           # the writer finished within the quiet time
     assert not rules_file.reload_if_changed()
-    assert rules_file.rules.routes.claude == ("a", "b")
+    assert rules_file.rules.routes.for_route("claude") == ("a", "b")
     clock.advance(0.25)
-    assert rules_file.reload_if_changed() and rules_file.rules.routes.claude == ("b", "a")
+    assert rules_file.reload_if_changed() and rules_file.rules.routes.for_route("claude") == ("b", "a")
     assert caplog.text.count("rules reloaded") == 1
 
 
@@ -101,7 +101,7 @@ def test_an_empty_file_is_never_applied(world, caplog, content):
     path.write_text(EDITED)
     assert not rules_file.reload_if_changed()
     clock.advance(0.25)
-    assert rules_file.reload_if_changed() and rules_file.rules.routes.claude == ("b", "a")
+    assert rules_file.reload_if_changed() and rules_file.rules.routes.for_route("claude") == ("b", "a")
 
 
 def test_a_veto_keeps_the_last_good_rules(world, caplog):
@@ -112,9 +112,9 @@ def test_a_veto_keeps_the_last_good_rules(world, caplog):
     assert not rules_file.reload_if_changed()
     clock.advance(0.25)
     assert not rules_file.reload_if_changed()
-    assert len(seen) == 1 and rules_file.rules.client_keys and rules_file.rules.routes.claude == ("a", "b")
+    assert len(seen) == 1 and rules_file.rules.client_keys and rules_file.rules.routes.for_route("claude") == ("a", "b")
     assert "rules edit refused, keeping the last good ones: no client keys" in caplog.text
     path.write_text(EDITED)
     rules_file.reload_if_changed()
     clock.advance(0.25)
-    assert rules_file.reload_if_changed() and rules_file.rules.routes.claude == ("b", "a")
+    assert rules_file.reload_if_changed() and rules_file.rules.routes.for_route("claude") == ("b", "a")
