@@ -26,6 +26,7 @@ class UpstreamHealth:
     fingerprint: tuple | None = None
     switched: bool | None = None  # ccswitch.enable / disable until the next reload; None = the rules'
     last_error: str | None = None
+    rate_limited: bool = False  # the cooldown lasts until a reset the upstream itself reported
 
 
 class HealthBoard:
@@ -98,6 +99,7 @@ class HealthBoard:
         state.cooling_until = 0.0
         state.was_cooling = False
         state.last_error = None
+        state.rate_limited = False
 
     def record_failure(self, name: str, reason: str, *, threshold: int, cooldown: float,
                        at_least: float = 0.0) -> None:
@@ -112,8 +114,21 @@ class HealthBoard:
             length = max(cooldown, at_least)
             state.cooling_until = now + length
             state.was_cooling = True
+            state.rate_limited = False
             log.warning("upstream %s: cooldown for %.0fs after %d consecutive failure(s) (last: %s)",
                         name, length, state.failures, reason)
+
+    def record_rate_limit(self, name: str, reason: str, *, seconds: float, reset_known: bool) -> None:
+        """A 429 (or an in-stream rate-limit error): cool down at once, for as long as the
+        upstream said (`reset_known`) or for the configured cooldown."""
+        state = self.get(name)
+        state.failures += 1
+        state.last_error = reason
+        state.cooling_until = self.clock() + max(0.0, seconds)
+        state.was_cooling = True
+        state.rate_limited = reset_known
+        log.warning("upstream %s: rate limited, cooling down for %.0fs%s (%s)", name, seconds,
+                    " (until the reset it reported)" if reset_known else "", reason)
 
     def reset(self, name: str) -> None:
         fp = self.get(name).fingerprint

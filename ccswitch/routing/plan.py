@@ -1,13 +1,22 @@
-"""Which upstreams may serve a request, in which order, and why an upstream is off now."""
+"""Which upstreams may serve a request, in which order, and why an upstream is off now.
+
+Availability first (switched on, in schedule, admitting the model, not cooling, not full),
+then the route's strategy orders what is left, then affinity: a session's bound upstream
+goes first while it is available.  `ccswitch.use` beats both.
+"""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ccswitch.config.models import Rules, Upstream
+from ccswitch.config.models import RouteSpec, Rules, Upstream
 from ccswitch.config.schedule import schedule_block
+from ccswitch.routing.affinity import SessionBindings, session_fraction
 from ccswitch.routing.health import HealthBoard
+from ccswitch.routing.quota import QuotaBoard
+from ccswitch.vocab import Strategy
 
 #: chat clients ask for thinking with a model-name suffix (the original gateway's convention)
 THINKING_SUFFIX = "-thinking"
@@ -17,6 +26,11 @@ THINKING_SUFFIX = "-thinking"
 class Plan:
     candidates: list[Upstream] = field(default_factory=list)
     blocked: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
+    why_first: str = ""                 # why the first candidate leads (for the flow comment)
+    bound_to: str | None = None         # the upstream the request's session was bound to
+    #: seconds until the soonest reset when every upstream is full or cooling after a 429 that
+    #: named its reset: ccswitch then answers 429 itself instead of calling any of them
+    limited_for: float | None = None
 
     def why_none(self, route: str) -> str:
         if not self.blocked:
@@ -25,39 +39,104 @@ class Plan:
         return f"no upstream available for the {route} route: {reasons}"
 
 
-def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: datetime) -> Plan:
-    """Candidates in route order: enabled, in schedule, admitting the model, not cooling.
+def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: datetime, *,
+         quota: QuotaBoard | None = None, sessions: SessionBindings | None = None,
+         session: str | None = None) -> Plan:
+    """The candidates for one request, in the order they are tried.
 
-    If every otherwise-available upstream is cooling, the one that recovers first
-    is tried anyway: a route never goes dark on its own.  An upstream being
-    probed after its cooldown serves one request at a time.
+    If every otherwise-available upstream is cooling, the one that recovers first is tried
+    anyway (a route never goes dark on its own) — unless each is full or cooling after a 429
+    with a known reset: then `limited_for` says how long until the first one is back.  An
+    upstream being probed after its cooldown serves one request at a time.
     """
+    spec = rules.routes.spec(route)
     result = Plan()
     cooling: list[tuple[float, Upstream]] = []
-    for name in rules.routes.for_route(route):
+    limited: list[float] = []     # seconds until each rate-limited upstream is back
+    unknown_wait = False          # something is cooling without a known reset
+    for name in spec.upstreams:
         upstream = rules.upstream(name)
         why = off_reason(upstream, health, now, model)
         if why is not None:
             result.blocked.append((name, why))
             continue
         until = health.cooling_until(name)
+        full = quota.full(name, rules.failover.drain_at) if quota is not None else None
         if until is not None:
             cooling.append((until, upstream))
             result.blocked.append((name, "cooling down"))
+            left = until - health.clock()
+            if health.get(name).rate_limited:
+                limited.append(left)
+            else:
+                unknown_wait = True
+        elif full is not None:
+            result.blocked.append((name, _full_text(full, quota, rules)))
+            if full.resets_at is not None:
+                limited.append(full.resets_at - quota.clock())
+            else:
+                unknown_wait = True
         elif health.busy_probing(name):
             cooling.append((0.0, upstream))   # tried anyway if nothing else is left
             result.blocked.append((name, "being probed after its cooldown"))
+            unknown_wait = True
         else:
             result.candidates.append(upstream)
-    if not result.candidates and cooling:
-        result.candidates.append(min(cooling, key=lambda pair: pair[0])[1])
+    if not result.candidates:
+        if limited and not unknown_wait:
+            result.limited_for = max(0.0, min(limited))
+            return result
+        if cooling:
+            result.candidates.append(min(cooling, key=lambda pair: pair[0])[1])
+            result.why_first = "recovers first"
+            return result
+        return result
+    result.why_first = _order(result.candidates, spec, quota, session)
+    if session is not None and sessions is not None and spec.sticky > 0:
+        result.bound_to = sessions.bound(route, session)
+        if _to_front(result.candidates, result.bound_to):
+            result.why_first = "kept session"
     preferred = health.preferred_name()
-    if preferred:
-        for i, upstream in enumerate(result.candidates):
-            if upstream.name == preferred:
-                result.candidates.insert(0, result.candidates.pop(i))
-                break
+    if preferred and _to_front(result.candidates, preferred):
+        result.why_first = "ccswitch.use"
     return result
+
+
+def _order(candidates: list[Upstream], spec: RouteSpec, quota: QuotaBoard | None, session: str | None) -> str:
+    """Order the candidates in place by the route's strategy; why the first one leads."""
+    if spec.strategy == Strategy.WEIGHTED and len(candidates) > 1:
+        # a session always draws the same number: its first pick never flaps
+        draw = session_fraction(session) if session is not None else random.random()
+        total = sum(u.weight for u in candidates)
+        point, pick = draw * total, candidates[-1]
+        for upstream in candidates:
+            point -= upstream.weight
+            if point < 0:
+                pick = upstream
+                break
+        _to_front(candidates, pick.name)
+        return f"weighted pick ({pick.weight:g} of {total:g})"
+    if spec.strategy == Strategy.QUOTA and quota is not None:
+        known = {u.name: quota.utilization(u.name) for u in candidates}
+        candidates.sort(key=lambda u: known[u.name][0] if known[u.name] else 0.0)   # stable: ties keep route order
+        first = known[candidates[0].name]
+        return f"least utilized {first[0]:.2f}" if first else "least utilized (unknown)"
+    return "route order"
+
+
+def _to_front(candidates: list[Upstream], name: str | None) -> bool:
+    for i, upstream in enumerate(candidates):
+        if upstream.name == name:
+            candidates.insert(0, candidates.pop(i))
+            return True
+    return False
+
+
+def _full_text(window, quota: QuotaBoard, rules: Rules) -> str:
+    if window.resets_at is None:
+        return f"full ({window.name} window)"
+    reset = datetime.fromtimestamp(window.resets_at, rules.tz)
+    return f"full until {reset:%H:%M} ({window.name} window)"
 
 
 def off_reason(upstream: Upstream, health: HealthBoard, now: datetime, model: str | None = None) -> str | None:

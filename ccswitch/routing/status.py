@@ -6,8 +6,10 @@ from datetime import datetime, timedelta
 
 from ccswitch.config.models import Rules, Upstream
 from ccswitch.config.schedule import describe_next
+from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.plan import off_reason
+from ccswitch.routing.quota import QuotaBoard
 from ccswitch.vocab import Route
 
 
@@ -25,10 +27,23 @@ def upstream_state(upstream: Upstream, health: HealthBoard, now: datetime) -> st
     return "available"
 
 
-def status_text(rules: Rules, health: HealthBoard, now: datetime) -> str:
+def quota_text(quota: QuotaBoard, name: str, drain_at: float, tz) -> str | None:
+    """`utilization 0.42 (5h window, resets 14:00)`, with `full` when it is; None if unknown."""
+    known = quota.utilization(name)
+    if known is None:
+        return None
+    value, window = known
+    reset = f", resets {datetime.fromtimestamp(window.resets_at, tz):%H:%M}" if window.resets_at else ""
+    full = quota.full(name, drain_at)
+    return f"utilization {value:.2f} ({window.name} window{reset})" + ("; full" if full is not None else "")
+
+
+def status_text(rules: Rules, health: HealthBoard, now: datetime, quota: QuotaBoard | None = None,
+                sessions: SessionBindings | None = None) -> str:
     routes = {name: [r for r in Route if name in rules.routes.for_route(r)]
               for name in (u.name for u in rules.upstreams)}
     preferred = health.preferred_name()
+    bound = sessions.count_by_upstream() if sessions is not None else {}
     lines = [f"ccswitch at {now:%Y-%m-%d %H:%M:%S %Z}" + (f"; preferring {preferred}" if preferred else "")]
     for upstream in rules.upstreams:
         state = health.get(upstream.name)
@@ -36,6 +51,11 @@ def status_text(rules: Rules, health: HealthBoard, now: datetime) -> str:
                  upstream_state(upstream, health, now), f"failures {state.failures}"]
         if state.last_error:
             parts.append(f"last error: {state.last_error}")
+        usage = quota_text(quota, upstream.name, rules.failover.drain_at, now.tzinfo) if quota else None
+        if usage:
+            parts.append(usage)
+        if bound.get(upstream.name):
+            parts.append(f"{bound[upstream.name]} session(s) bound")
         if upstream.activate_at:
             parts.append(f"next activation {describe_next(upstream.activate_at, upstream.days, now)}")
         lines.append("  " + "; ".join(parts))

@@ -1,0 +1,105 @@
+"""Session affinity: a conversation's requests go to the upstream that holds its prompt cache.
+
+A client's session key comes from its headers or body (Claude Code and Codex CLI send one);
+a session is bound to an upstream after that upstream answered it with a 2xx, and the
+binding lasts while the session keeps coming back within the route's `sticky` idle time.
+Bindings are kept per route and by upstream name, so they survive a rules reload.
+Everything runs on one event loop: no locks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: headers that name a session, first present wins (ours, Claude Code's, Codex CLI's)
+SESSION_HEADERS = ("x-ccswitch-session", "x-claude-code-session-id", "session-id", "session_id")
+_MAX_KEY = 200          # a longer key is cut: it is stored in every ledger row
+_PURGE_EVERY = 1024     # binds between sweeps of expired bindings
+
+
+def session_key(headers: Iterable[tuple[str, str]], body: Mapping[str, Any] | None) -> str | None:
+    """The request's session key: the first of the session headers, else the body's
+    `prompt_cache_key`, else its `metadata.user_id`; None when there is none."""
+    found: dict[str, str] = {}
+    for name, value in headers:
+        low = name.lower()
+        if low in SESSION_HEADERS and low not in found and value.strip():
+            found[low] = value.strip()
+    for name in SESSION_HEADERS:
+        if name in found:
+            return found[name][:_MAX_KEY]
+    body = body or {}
+    key = body.get("prompt_cache_key")
+    if isinstance(key, str) and key.strip():
+        return key.strip()[:_MAX_KEY]
+    metadata = body.get("metadata")
+    user = metadata.get("user_id") if isinstance(metadata, dict) else None
+    if isinstance(user, str) and user.strip():
+        return user.strip()[:_MAX_KEY]
+    return None
+
+
+def session_fraction(key: str) -> float:
+    """A stable number in [0, 1) for a session: the same on every instance and every run, so a
+    weighted pick never flaps for one session."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest) / 2**64
+
+
+@dataclass
+class Binding:
+    upstream: str
+    last_used: float
+    ttl: float
+
+
+class SessionBindings:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._bindings: dict[tuple[str, str], Binding] = {}
+        self._binds = 0
+
+    def bound(self, route: str, key: str) -> str | None:
+        """The upstream this session is bound to, while it has not been idle past its TTL."""
+        binding = self._bindings.get((route, key))
+        if binding is None:
+            return None
+        if self.clock() - binding.last_used > binding.ttl:
+            del self._bindings[(route, key)]
+            return None
+        return binding.upstream
+
+    def bind(self, route: str, key: str, upstream: str, ttl: float) -> None:
+        """After a 2xx from `upstream`: (re)bind the session there and restart its idle time."""
+        if ttl <= 0:
+            return
+        self._bindings[(route, key)] = Binding(upstream, self.clock(), ttl)
+        self._binds += 1
+        if self._binds % _PURGE_EVERY == 0:
+            self._purge()
+
+    def sync(self, names: Iterable[str]) -> None:
+        """After a reload: bindings to upstreams that keep their name stay; others go."""
+        keep = set(names)
+        for key in [k for k, b in self._bindings.items() if b.upstream not in keep]:
+            del self._bindings[key]
+
+    def count_by_upstream(self) -> dict[str, int]:
+        """Live bindings per upstream (for `ccswitch.status`)."""
+        self._purge()
+        counts: dict[str, int] = {}
+        for binding in self._bindings.values():
+            counts[binding.upstream] = counts.get(binding.upstream, 0) + 1
+        return counts
+
+    def __len__(self) -> int:
+        return len(self._bindings)
+
+    def _purge(self) -> None:
+        now = self.clock()
+        for key in [k for k, b in self._bindings.items() if now - b.last_used > b.ttl]:
+            del self._bindings[key]

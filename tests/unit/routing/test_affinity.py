@@ -1,0 +1,75 @@
+"""Session keys and bindings (pure, with an injected clock)."""
+
+from ccswitch.routing.affinity import SessionBindings, session_fraction, session_key
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_session_key_takes_the_first_present_source_in_order():
+    body = {"prompt_cache_key": "pck", "metadata": {"user_id": "user_x_session_y"}}
+    assert session_key([("Session_ID", "codex-1"), ("X-Claude-Code-Session-Id", "cc-1")], body) == "cc-1"
+    assert session_key([("x-ccswitch-session", "mine"), ("x-claude-code-session-id", "cc-1")], body) == "mine"
+    assert session_key([("session-id", "codex-2")], body) == "codex-2"
+    assert session_key([("session_id", "codex-3")], body) == "codex-3"
+    assert session_key([("session-id", "   ")], body) == "pck"            # blank headers do not count
+    assert session_key([], {"metadata": {"user_id": "user_x_session_y"}}) == "user_x_session_y"
+    assert session_key([], {"metadata": "not a mapping", "prompt_cache_key": 7}) is None
+    assert session_key([], None) is None
+    assert len(session_key([("session-id", "s" * 1000)], None)) == 200   # stored in every ledger row
+
+
+def test_a_binding_lasts_while_the_session_comes_back_within_its_ttl():
+    clock = Clock()
+    bindings = SessionBindings(clock)
+    assert bindings.bound("claude", "s1") is None
+    bindings.bind("claude", "s1", "a", ttl=60)
+    clock.now += 59
+    assert bindings.bound("claude", "s1") == "a"
+    bindings.bind("claude", "s1", "a", ttl=60)      # another 2xx restarts the idle time
+    clock.now += 59
+    assert bindings.bound("claude", "s1") == "a"
+    clock.now += 2
+    assert bindings.bound("claude", "s1") is None     # idle past the TTL: free to fail back
+    assert bindings.bound("codex", "s1") is None      # bindings are per route
+
+
+def test_a_failover_moves_the_binding_and_sticky_off_binds_nothing():
+    bindings = SessionBindings(Clock())
+    bindings.bind("claude", "s1", "a", ttl=60)
+    bindings.bind("claude", "s1", "b", ttl=60)
+    assert bindings.bound("claude", "s1") == "b"
+    bindings.bind("claude", "s2", "a", ttl=0)
+    assert bindings.bound("claude", "s2") is None and len(bindings) == 1
+
+
+def test_bindings_survive_a_reload_for_upstreams_that_keep_their_name():
+    bindings = SessionBindings(Clock())
+    bindings.bind("claude", "s1", "a", ttl=60)
+    bindings.bind("claude", "s2", "gone", ttl=60)
+    bindings.sync(["a", "b"])
+    assert bindings.bound("claude", "s1") == "a" and bindings.bound("claude", "s2") is None
+    assert bindings.count_by_upstream() == {"a": 1}
+
+
+def test_expired_bindings_are_swept_so_memory_stays_bounded():
+    clock = Clock()
+    bindings = SessionBindings(clock)
+    for i in range(3000):
+        bindings.bind("claude", f"s{i}", "a", ttl=10)
+        clock.now += 0.01
+    assert len(bindings) < 3000          # sweeps ran while binding
+    clock.now += 100
+    assert bindings.count_by_upstream() == {} and len(bindings) == 0
+
+
+def test_the_weighted_draw_of_a_session_is_stable_and_spread():
+    assert session_fraction("abc") == session_fraction("abc")
+    draws = [session_fraction(f"session-{i}") for i in range(2000)]
+    assert all(0 <= d < 1 for d in draws)
+    assert 0.45 < sum(d < 0.5 for d in draws) / len(draws) < 0.55

@@ -1,0 +1,121 @@
+"""Candidate order: availability, the route's strategy, session affinity, own 429s (pure)."""
+
+from collections import Counter
+from datetime import datetime
+
+from ccswitch.config.load import parse_rules
+from ccswitch.routing.affinity import SessionBindings
+from ccswitch.routing.health import HealthBoard
+from ccswitch.routing.plan import plan
+from ccswitch.routing.quota import QuotaBoard
+
+
+class Clock:
+    def __init__(self, now=1_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def rules_with(route: str, weights=(1, 1, 1)) -> object:
+    ups = "\n".join(f"  - {{name: {n}, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k-{n}-0000000, "
+                    f"weight: {w}}}" for n, w in zip("abc", weights, strict=True))
+    return parse_rules(f"timezone: UTC\nupstreams:\n{ups}\nroutes:\n  claude: {route}\n")
+
+
+NOW = datetime(2026, 12, 2, 12, 0)
+
+
+def names(p):
+    return [u.name for u in p.candidates]
+
+
+def utilization(quota: QuotaBoard, name: str, value: float, reset_in: float = 3600) -> None:
+    quota.record(name, [("anthropic-ratelimit-unified-5h-utilization", str(value)),
+                        ("anthropic-ratelimit-unified-5h-reset", str(int(quota.clock() + reset_in)))])
+
+
+def test_the_list_form_is_priority_with_sticky_on():
+    rules = rules_with("[a, b, c]")
+    spec = rules.routes.spec("claude")
+    assert spec.strategy == "priority" and spec.sticky == 3600 and spec.upstreams == ("a", "b", "c")
+    p = plan(rules, "claude", "m", HealthBoard(), NOW)
+    assert names(p) == ["a", "b", "c"] and p.why_first == "route order"
+
+
+def test_quota_orders_by_known_utilization_and_unknown_counts_as_zero():
+    rules = rules_with("{upstreams: [a, b, c], strategy: quota}")
+    quota = QuotaBoard(Clock())
+    utilization(quota, "a", 0.6)
+    utilization(quota, "b", 0.31)
+    p = plan(rules, "claude", "m", HealthBoard(), NOW, quota=quota)
+    assert names(p) == ["c", "b", "a"] and p.why_first == "least utilized (unknown)"
+    utilization(quota, "c", 0.5)
+    p = plan(rules, "claude", "m", HealthBoard(), NOW, quota=quota)
+    assert names(p) == ["b", "c", "a"] and p.why_first == "least utilized 0.31"
+
+
+def test_a_full_upstream_is_skipped_under_every_strategy_until_its_window_resets():
+    clock = Clock()
+    quota = QuotaBoard(clock)
+    utilization(quota, "a", 0.97, reset_in=600)
+    for route in ("[a, b, c]", "{upstreams: [a, b, c], strategy: weighted}", "{upstreams: [a, b, c], strategy: quota}"):
+        p = plan(rules_with(route, weights=(100, 1, 1)), "claude", "m", HealthBoard(), NOW, quota=quota)
+        assert "a" not in names(p)
+        assert ("a", "full until 12:10 (5h window)") in [(n, w.replace(
+            datetime.fromtimestamp(clock.now + 600).strftime("%H:%M"), "12:10")) for n, w in p.blocked]
+    clock.now += 601
+    assert "a" in names(plan(rules_with("[a, b, c]"), "claude", "m", HealthBoard(), NOW, quota=quota))
+
+
+def test_when_everything_is_full_or_rate_limited_with_a_known_reset_ccswitch_answers_429():
+    clock = Clock()
+    quota, health = QuotaBoard(clock), HealthBoard(clock)
+    rules = rules_with("[a, b, c]")
+    utilization(quota, "a", 0.99, reset_in=900)
+    utilization(quota, "b", 1.0, reset_in=300)
+    health.record_rate_limit("c", "HTTP 429", seconds=120, reset_known=True)
+    p = plan(rules, "claude", "m", health, NOW, quota=quota)
+    assert p.candidates == [] and p.limited_for == 120
+    health.record_rate_limit("c", "HTTP 429", seconds=600, reset_known=False)   # no reset reported
+    p = plan(rules, "claude", "m", health, NOW, quota=quota)
+    assert p.limited_for is None and names(p) == ["c"] and p.why_first == "recovers first"   # never dark
+
+
+def test_weighted_picks_in_proportion_and_a_session_always_draws_the_same():
+    rules = rules_with("{upstreams: [a, b, c], strategy: weighted}", weights=(6, 3, 1))
+    firsts = Counter(names(plan(rules, "claude", "m", HealthBoard(), NOW, session=f"s{i}"))[0] for i in range(3000))
+    assert 0.55 < firsts["a"] / 3000 < 0.65 and 0.25 < firsts["b"] / 3000 < 0.35 and 0.07 < firsts["c"] / 3000 < 0.13
+    picks = {names(plan(rules, "claude", "m", HealthBoard(), NOW, session="one"))[0] for _ in range(50)}
+    assert len(picks) == 1
+    p = plan(rules, "claude", "m", HealthBoard(), NOW, session="one")
+    rest = [n for n in "abc" if n != names(p)[0]]
+    assert names(p)[1:] == rest and p.why_first.startswith("weighted pick")   # the rest in route order
+
+
+def test_a_bound_session_goes_first_while_its_upstream_is_available_and_not_full():
+    clock = Clock()
+    quota, sessions = QuotaBoard(clock), SessionBindings(clock)
+    rules = rules_with("{upstreams: [a, b, c], strategy: quota}")
+    sessions.bind("claude", "s1", "c", ttl=3600)
+    utilization(quota, "c", 0.9)           # the most used, but it holds the session's cache
+    p = plan(rules, "claude", "m", HealthBoard(), NOW, quota=quota, sessions=sessions, session="s1")
+    assert names(p)[0] == "c" and p.why_first == "kept session" and p.bound_to == "c"
+    utilization(quota, "c", 0.96)          # full: the session moves on (and is bound anew after a 2xx)
+    p = plan(rules, "claude", "m", HealthBoard(), NOW, quota=quota, sessions=sessions, session="s1")
+    assert names(p)[0] == "a" and p.bound_to == "c"
+    other = plan(rules, "claude", "m", HealthBoard(), NOW, quota=quota, sessions=sessions, session="s2")
+    assert other.bound_to is None
+
+
+def test_sticky_off_ignores_bindings_and_ccswitch_use_beats_them():
+    clock = Clock()
+    sessions, health = SessionBindings(clock), HealthBoard(clock)
+    sessions.bind("claude", "s1", "b", ttl=3600)
+    off = plan(rules_with("{upstreams: [a, b, c], sticky: off}"), "claude", "m", health, NOW,
+               sessions=sessions, session="s1")
+    assert names(off)[0] == "a" and off.bound_to is None
+    health.preferred = ("c", clock.now + 60)
+    used = plan(rules_with("[a, b, c]"), "claude", "m", health, NOW, sessions=sessions, session="s1")
+    assert names(used)[0] == "c" and used.why_first == "ccswitch.use"
