@@ -21,7 +21,6 @@ from ccswitch.dial.outcome import (
     Failure,
     NetworkFailure,
     Streamed,
-    cooldown_floor,
     network_failure,
     response_headers,
     retry_delay,
@@ -30,7 +29,9 @@ from ccswitch.dial.pump import Pump
 from ccswitch.dial.relay import send_whole
 from ccswitch.dial.render import OutgoingRequest, render
 from ccswitch.net import http1
+from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.health import HealthBoard
+from ccswitch.routing.quota import QuotaBoard, rejection_reset
 from ccswitch.translate import translation_for
 from ccswitch.vocab import Action, Endpoint
 from ccswitch.wire import protocols
@@ -61,8 +62,11 @@ class Sink(Protocol):
 
 class Dialer:
     def __init__(self, health: HealthBoard, *, allow_url: Callable[[str], bool] = lambda url: True,
-                 client: http1.UpstreamClient | None = None) -> None:
+                 client: http1.UpstreamClient | None = None, quota: QuotaBoard | None = None,
+                 sessions: SessionBindings | None = None) -> None:
         self.health = health
+        self.quota = quota or QuotaBoard()           # what each upstream's rate-limit headers said
+        self.sessions = sessions or SessionBindings()
         self.allow_url = allow_url      # a guard tests install: False refuses the upstream unsent
         self.client = client or http1.UpstreamClient()
 
@@ -147,22 +151,46 @@ class Dialer:
         failover = job.rules.failover
         if isinstance(result, Failure):
             attempt.status, attempt.error = result.status, result.reason
-            if result.counts:
+            if result.counts and result.rate_limited:
+                self._rate_limited(upstream.name, result.reason, result.headers, failover.cooldown)
+            elif result.counts:
                 self.health.record_failure(upstream.name, result.reason, threshold=failover.threshold,
-                                           cooldown=failover.cooldown, at_least=cooldown_floor(result))
+                                           cooldown=failover.cooldown)
         elif isinstance(result, Streamed):
             attempt.error = result.reason
             if result.ok:
-                self.health.record_success(upstream.name)
+                self._served(job, upstream)
+            elif result.rate_limited:
+                self._rate_limited(upstream.name, result.reason or "rate limited", [], failover.cooldown)
             elif result.ok is False:
                 self.health.record_failure(upstream.name, result.reason or "stream failed",
                                            threshold=failover.threshold, cooldown=failover.cooldown)
         elif 200 <= result.status < 300:
             attempt.status = result.status
-            self.health.record_success(upstream.name)
+            self._served(job, upstream)
         else:
             attempt.status = result.status
         return result
+
+    def _served(self, job: Job, upstream: Upstream) -> None:
+        """A 2xx: the upstream is healthy, and the request's session is bound to it."""
+        self.health.record_success(upstream.name)
+        if job.session is not None:
+            route = job.request.route
+            self.sessions.bind(route, job.session, upstream.name, job.rules.routes.spec(route).sticky)
+
+    def _rate_limited(self, name: str, reason: str, headers: list[tuple[str, str]], cooldown: float) -> None:
+        """Cool down at once: until the reset of the window that rejected, when it was reported
+        (here or in the rate-limit headers last seen), else for the configured cooldown."""
+        now = self.quota.clock()
+        reset = rejection_reset(headers, now) if headers else None
+        if reset is None:
+            full = self.quota.full(name, 1.0)
+            reset = full.resets_at if full is not None else None
+        if reset is not None and reset > now:
+            self.health.record_rate_limit(name, reason, seconds=reset - now, reset_known=True)
+        else:
+            self.health.record_rate_limit(name, reason, seconds=cooldown, reset_known=False)
 
     async def _send_and_judge(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest,
                               translation, sink: Sink, attempt: Attempt) -> Reply | Failure | Streamed:
@@ -181,6 +209,7 @@ class Dialer:
             return network_failure(upstream.name, exc, rules.failover.on_network_error,
                                    "first_byte" if job.request.stream else "total")
         attempt.status = response.status_code
+        self.quota.record(upstream.name, response.headers)
         self.health.end_probe(upstream.name)   # it answered: others may use it while this one streams
         try:
             return await self._judge(job, upstream, outgoing, translation, response, sink, deadline, attempt)

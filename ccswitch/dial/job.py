@@ -54,6 +54,10 @@ class Job:
     error: str | None = None
     ttfb_ms: int | None = None
     latency_ms: int | None = None
+    session: str | None = None           # the client's session key (affinity), if it sent one
+    bound_to: str | None = None          # the upstream that session was bound to when the request came
+    why_first: str = ""                  # why the first candidate came first (for the flow comment)
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (upstream, why) left out by the plan
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def client_left(self) -> None:
@@ -63,11 +67,29 @@ class Job:
         return ms_since(self.started)
 
     @property
+    def affinity(self) -> str | None:
+        """new / kept / moved: what this request did to its session's binding (None: no session)."""
+        if self.session is None:
+            return None
+        if self.bound_to is None:
+            return "new"
+        return "moved" if self.upstream is not None and self.upstream != self.bound_to else "kept"
+
+    @property
     def failed_over(self) -> bool:
         return len(self.attempts) > 1
 
     def comment(self) -> str:
-        return "ccswitch: " + " | ".join(a.describe() for a in self.attempts) if self.attempts else ""
+        """What a person inspecting the flow in mitmweb should see: each attempt, why the first
+        upstream was chosen, and which were left out and why."""
+        if not self.attempts:
+            return ""
+        parts = [" | ".join(a.describe() for a in self.attempts)]
+        if self.why_first and self.candidates:
+            parts.append(f"{self.candidates[0].name} first: {self.why_first}")
+        if self.skipped:
+            parts.append("skipped " + ", ".join(f"{name} ({why})" for name, why in self.skipped))
+        return "ccswitch: " + "; ".join(parts)
 
 
 def marks(job: Job) -> list[tuple[str, str]]:

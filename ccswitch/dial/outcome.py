@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass, field
-from datetime import datetime
 from email.utils import parsedate_to_datetime
 
 from ccswitch.clock import utc_now
@@ -33,6 +32,11 @@ class Failure:
     counts: bool = True              # counts against the upstream's health
     translated: bool = False
     client_status: int | None = None  # what the client gets if this is the last word
+    stands_for: int | None = None     # the status an in-stream error stands for (under a 200)
+
+    @property
+    def rate_limited(self) -> bool:
+        return 429 in (self.status, self.stands_for)
 
     def as_reply(self, client_protocol: str) -> Reply:
         if self.status is None or self.client_status is not None:
@@ -50,6 +54,7 @@ class Streamed:
     upstream: str
     ok: bool | None
     reason: str | None = None
+    rate_limited: bool = False       # it ended with a rate-limit error event
 
 
 def NetworkFailure(upstream: str, reason: str, action: str, timeout: bool = False) -> Failure:
@@ -127,20 +132,5 @@ def retry_delay(headers: list[tuple[str, str]], backoff: float, retry_number: in
     if told is not None:
         return min(told, MAX_RETRY_AFTER)
     return min(backoff * (2 ** (retry_number - 1)), MAX_RETRY_AFTER)
-
-
-def cooldown_floor(failure: Failure) -> float:
-    """A 429 cools down at least until the upstream said it resets."""
-    if failure.status != 429:
-        return 0.0
-    told = retry_after_seconds(failure.headers) or 0.0
-    for name, value in failure.headers:
-        if name.lower().startswith("anthropic-ratelimit-") and name.lower().endswith("-reset"):
-            try:
-                when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                continue
-            told = max(told, (when - utc_now()).total_seconds())
-    return told
 
 

@@ -149,13 +149,14 @@ class Pump:
                 # before the commit an in-stream error is just another failed attempt
                 body = b"".join(self.held) + self._flush_translation()
                 return Failure(self.upstream.name, self.response.status_code, f"stream error: {message}",
-                               action, self.headers, body, translated=True)
+                               action, self.headers, body, translated=True, stands_for=status)
             if not self.committed:
                 await self._commit()
             await self._end(self._flush_translation())
             self.job.error = f"stream error: {message}"
             # a `pass` error is the client's own (e.g. invalid request): no failure counted
-            return Streamed(self.upstream.name, ok=None if action == Action.PASS else False, reason=self.job.error)
+            return Streamed(self.upstream.name, ok=None if action == Action.PASS else False, reason=self.job.error,
+                            rate_limited=status == 429)
         if not self.committed:
             await self._commit()
         await self._end(self._flush_translation())

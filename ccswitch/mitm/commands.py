@@ -30,7 +30,8 @@ class Commands:
     def status(self) -> str:
         """Each upstream's state: available, cooling down, outside its hours, failures."""
         rules = self.gateway.rules
-        return status_text(rules, self.gateway.health, datetime.now(rules.tz))
+        gateway = self.gateway
+        return status_text(rules, gateway.health, datetime.now(rules.tz), gateway.quota, gateway.sessions)
 
     @command.command("ccswitch.use")
     def use(self, name: str, minutes: int = 30) -> str:
@@ -46,6 +47,7 @@ class Commands:
         """Clear an upstream's failures and cooldown."""
         self._upstream(name)
         self.gateway.health.reset(name)
+        self.gateway.quota.forget(name)
         log.info("ccswitch: %s reset", name)
         return f"{name}: failures and cooldown cleared"
 

@@ -16,7 +16,9 @@ from ccswitch.dial.job import Job
 from ccswitch.ledger.rows import attempt_rows, request_row
 from ccswitch.ledger.writer import Ledger
 from ccswitch.net import http1
+from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.health import HealthBoard
+from ccswitch.routing.quota import QuotaBoard
 
 log = logging.getLogger("ccswitch")
 
@@ -34,11 +36,14 @@ def upstream_tls() -> ssl.SSLContext:
 
 
 class Gateway:
-    """State shared by the addon classes: the rules in force, the health board, the ledger."""
+    """State shared by the addon classes: the rules in force, what is known of each upstream
+    (health, rate-limit windows, the sessions bound to it), the ledger."""
 
     def __init__(self) -> None:
         self.rules_file = RulesFile()
         self.health = HealthBoard()
+        self.quota = QuotaBoard()
+        self.sessions = SessionBindings()
         self.ledger: Ledger | None = None
         # every upstream URL ccswitch itself dials is asked here first; tests install a
         # loopback-only guard (tests/support/loopback_guard.py), production allows all
@@ -47,6 +52,13 @@ class Gateway:
     @property
     def rules(self) -> Rules:
         return self.rules_file.rules
+
+    def sync_upstreams(self) -> None:
+        """After the rules were (re)loaded: what is known of upstreams that keep their name stays."""
+        self.health.sync(self.rules_file.fingerprints())
+        names = [u.name for u in self.rules.upstreams]
+        self.quota.sync(names)
+        self.sessions.sync(names)
 
     def open_ledger(self, enabled: bool) -> None:
         """(Re)open the ledger at the rules' `usage_db`; a moved database gets a new writer."""

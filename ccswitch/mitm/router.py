@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from datetime import datetime
 
 from mitmproxy import ctx, exceptions, http
@@ -23,10 +24,11 @@ from ccswitch.mitm.flows import answer, error_response, likely_protocol, redact_
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.net import http1
 from ccswitch.routing.admission import body_problem, decoded_body, header_problem, parse_body
+from ccswitch.routing.affinity import session_key
 from ccswitch.routing.classify import RouteMatch, classify
 from ccswitch.routing.plan import plan
 from ccswitch.translate import translation_for
-from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint
+from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint, Protocol
 from ccswitch.wire.exchange import ClientRequest, RenderError
 from ccswitch.wire.headers import from_wire, to_wire
 from ccswitch.wire.redact import client_credential
@@ -62,8 +64,10 @@ class Router:
                           "your supervisor's kill timeout (docker stop: 10 s).")
 
     async def running(self) -> None:
-        self.dialer = Dialer(self.gateway.health, allow_url=lambda url: self.gateway.allow_url(url),
-                             client=http1.UpstreamClient(ssl_context=upstream_tls()))
+        gateway = self.gateway
+        self.dialer = Dialer(gateway.health, allow_url=lambda url: gateway.allow_url(url),
+                             client=http1.UpstreamClient(ssl_context=upstream_tls()),
+                             quota=gateway.quota, sessions=gateway.sessions)
         self.relay = Relay(self.dialer.run, on_done=self.gateway.record_job, shutdown=self.shutdown)
         await self.relay.start()
 
@@ -113,6 +117,8 @@ class Router:
         started = utc_now()
         client_protocol = CLIENT_PROTOCOL[match.route]
 
+        session: str | None = None
+
         def refuse(status: int, message: str, body: dict | None = None, extra: dict | None = None) -> None:
             answer(flow, error_response(client_protocol, status, message, extra))
             if self.gateway.ledger is not None:
@@ -121,7 +127,7 @@ class Router:
                     request_id=flow.id, started_at=started, route=match.route, endpoint=match.endpoint,
                     model=model if isinstance(model, str) else None, stream=bool((body or {}).get("stream")),
                     status=status, error=message[:500],
-                    latency_ms=int((utc_now() - started).total_seconds() * 1000)))
+                    latency_ms=int((utc_now() - started).total_seconds() * 1000), session=session))
 
         headers = from_wire(flow.request.headers.fields)   # the bytes as received
         if rules.client_keys and not rules.client_key_ok(client_credential(headers)):
@@ -144,7 +150,13 @@ class Router:
             return refuse(400, "the request body names no model", body)
         if self.shutdown.draining:   # those in flight finish; new ones are for the next process
             return refuse(503, SHUTTING_DOWN, body, {"retry-after": RETRY_AFTER, "connection": "close"})
-        chosen = plan(rules, match.route, model, self.gateway.health, datetime.now(rules.tz))
+        session = session_key(headers, body)
+        gateway = self.gateway
+        chosen = plan(rules, match.route, model, gateway.health, datetime.now(rules.tz),
+                      quota=gateway.quota, sessions=gateway.sessions, session=session)
+        if chosen.limited_for is not None:   # every upstream is rate limited until a known reset
+            return refuse(429, chosen.why_none(match.route), body,
+                          rate_limit_headers(client_protocol, chosen.limited_for, gateway.quota.clock()))
         if not chosen.candidates:
             return refuse(503, chosen.why_none(match.route), body, {"retry-after": "30"})
         req = ClientRequest(route=match.route, endpoint=match.endpoint, method="POST",
@@ -153,7 +165,9 @@ class Router:
         converted, problem = _convert_for_candidates(req, chosen.candidates, rules)
         if problem:
             return refuse(400, problem, body)
-        job = Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow.id, converted=converted)
+        job = Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow.id, converted=converted,
+                  session=session, bound_to=chosen.bound_to, why_first=chosen.why_first,
+                  skipped=chosen.blocked)
         self.jobs[flow.id] = job
         flow.metadata["ccswitch"] = {"route": match.route, "endpoint": match.endpoint, "model": model}
         redact_credentials(flow.request.headers)
@@ -232,6 +246,17 @@ class Router:
         flow.metadata["ccswitch"].update(
             upstream=job.upstream, upstream_model=job.upstream_model,
             attempts=[a.describe() for a in job.attempts], error=job.error)
+
+
+def rate_limit_headers(protocol: str, seconds: float, now: float) -> dict[str, str]:
+    """What ccswitch's own 429 tells a client: when to come back, and to an Anthropic client
+    the unified headers Claude Code turns into its usual limit message."""
+    wait = max(1, math.ceil(seconds))
+    headers = {"retry-after": str(wait)}
+    if protocol == Protocol.ANTHROPIC:
+        headers["anthropic-ratelimit-unified-status"] = "rejected"
+        headers["anthropic-ratelimit-unified-reset"] = str(int(now + wait))
+    return headers
 
 
 def _convert_for_candidates(req: ClientRequest, candidates, rules: Rules) -> tuple[dict, str | None]:

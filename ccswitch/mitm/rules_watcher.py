@@ -29,7 +29,7 @@ class RulesWatcher:
                 self.gateway.rules_file.open(ctx.options.ccswitch_rules or None)
             except RulesError as exc:
                 raise exceptions.OptionsError(f"invalid ccswitch rules:\n{exc}") from None
-            self.gateway.health.sync(self.gateway.rules_file.fingerprints())
+            self.gateway.sync_upstreams()
 
     def running(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._watch())
@@ -44,6 +44,6 @@ class RulesWatcher:
             # a change just seen is read again soon: applied only once it stays the same
             await asyncio.sleep(SETTLE if rules_file.pending else 1.0)
             if rules_file.reload_if_changed():
-                self.gateway.health.sync(self.gateway.rules_file.fingerprints())
+                self.gateway.sync_upstreams()
                 if self.gateway.ledger is not None:
                     self.gateway.open_ledger(True)

@@ -8,6 +8,7 @@ from mitmproxy.addons import proxyauth, proxyserver
 from mitmproxy.proxy import mode_specs
 from mitmproxy.test import taddons, tflow, tutils
 
+from ccswitch.config.models import Routes
 from ccswitch.dial.relay import JOB_HEADER, Relay
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.router import Router
@@ -36,7 +37,7 @@ def router(gateway):
 def router_with_routes(gateway, **routes) -> Router:
     """A router over the fixture's rules with some routes replaced."""
     gateway.rules_file.rules = gateway.rules.model_copy(
-        update={"routes": gateway.rules.routes.model_copy(update=routes)})
+        update={"routes": Routes(**{**gateway.rules.routes.model_dump(), **routes})})
     r = Router(gateway)
     r.relay = Relay(None)
     return r
@@ -210,10 +211,10 @@ def test_hot_reload_keeps_last_good_rules(tmp_path, caplog):
     gw = Gateway()
     gw.rules_file.open(str(path))
     path.write_text(RULES.replace("routes: {claude: [a], codex: []}", "routes: {claude: [a, late]}"))
-    assert reload_settled(gw.rules_file) and gw.rules.routes.claude == ("a", "late")
+    assert reload_settled(gw.rules_file) and gw.rules.routes.for_route("claude") == ("a", "late")
     path.write_text("upstreams: [oops")
     assert not reload_settled(gw.rules_file)
-    assert gw.rules.routes.claude == ("a", "late") and "keeping the last good" in caplog.text
+    assert gw.rules.routes.for_route("claude") == ("a", "late") and "keeping the last good" in caplog.text
     assert KEY_A not in caplog.text
 
 

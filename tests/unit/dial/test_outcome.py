@@ -1,6 +1,6 @@
 from datetime import UTC, datetime, timedelta
 
-from ccswitch.dial.outcome import Failure, cooldown_floor, retry_after_seconds, retry_delay
+from ccswitch.dial.outcome import retry_after_seconds, retry_delay
 from ccswitch.wire.exchange import not_json_kind
 from ccswitch.wire.protocols import in_stream_status
 
@@ -13,14 +13,6 @@ def test_retry_delay_doubles_and_honours_retry_after_capped():
     when = (datetime.now(UTC) + timedelta(seconds=20)).strftime("%a, %d %b %Y %H:%M:%S GMT")
     assert 15 < retry_after_seconds([("retry-after", when)]) <= 20
     assert retry_after_seconds([("retry-after", "soon")]) is None
-
-
-def test_429_cooldown_floor_from_retry_after_or_anthropic_reset():
-    reset = (datetime.now(UTC) + timedelta(seconds=300)).isoformat().replace("+00:00", "Z")
-    f = Failure("a", 429, "HTTP 429", "switch",
-                [("retry-after", "60"), ("anthropic-ratelimit-tokens-reset", reset)])
-    assert 290 < cooldown_floor(f) <= 300
-    assert cooldown_floor(Failure("a", 503, "x", "switch", [("retry-after", "60")])) == 0.0
 
 
 def test_in_stream_errors_map_to_statuses():

@@ -1,0 +1,122 @@
+"""The dialer's part in quota and affinity: what it learns from rate-limit headers, how a 429
+cools an upstream, and sessions bound after a 2xx (loopback mocks, no mitmproxy)."""
+
+import asyncio
+import time
+from datetime import datetime
+
+from ccswitch.dial.dialer import Dialer
+from ccswitch.routing.affinity import SessionBindings
+from ccswitch.routing.health import HealthBoard
+from ccswitch.routing.plan import plan
+from ccswitch.routing.quota import QuotaBoard
+from tests.support.helpers import MemorySink, make_job, rules_for
+from tests.support.loopback_guard import loopback_url
+from tests.support.mock_upstream import ok, status
+
+FAST = """
+timeouts: {connect: 2s, first_byte: 2s, total: 2s, idle: 2s}
+failover: {retry_backoff: 10ms, hold_back: 2s, threshold: 3, cooldown: 10m}
+"""
+
+
+def two(mock_a, mock_b, route="[a, b]"):
+    rules = rules_for(("a", "anthropic", mock_a.base_url), ("b", "anthropic", mock_b.base_url), extra=FAST)
+    if route != "[a, b]":
+        from ccswitch.config.load import parse_rules
+        text = "\n".join(f"  - {{name: {n}, protocol: anthropic, base_url: '{m.base_url}', api_key: k-{n}-00000000}}"
+                         for n, m in (("a", mock_a), ("b", mock_b)))
+        rules = parse_rules(f"upstreams:\n{text}\nroutes:\n  claude: {route}\n{FAST}")
+    return rules
+
+
+def dialer() -> Dialer:
+    return Dialer(HealthBoard(), allow_url=loopback_url, quota=QuotaBoard(), sessions=SessionBindings())
+
+
+async def serve(d: Dialer, rules, session=None, bound_to=None):
+    job = make_job(rules)
+    job.session, job.bound_to = session, bound_to
+    sink = MemorySink()
+    await d.run(job, sink)
+    return job, sink
+
+
+async def test_a_429_cools_at_once_until_the_rejecting_windows_reset_not_the_latest(mock_a, mock_b):
+    now = time.time()
+    mock_a.script(status(429, headers={
+        "anthropic-ratelimit-unified-status": "rejected",
+        "anthropic-ratelimit-unified-5h-utilization": "1.0", "anthropic-ratelimit-unified-5h-status": "rejected",
+        "anthropic-ratelimit-unified-5h-reset": str(int(now + 120)),
+        "anthropic-ratelimit-unified-7d-utilization": "0.4", "anthropic-ratelimit-unified-7d-reset": str(int(now + 5 * 86400)),
+        "anthropic-ratelimit-unified-reset": str(int(now + 120))}))
+    d = dialer()
+    try:
+        job, sink = await serve(d, two(mock_a, mock_b))
+    finally:
+        await d.aclose()
+    assert sink.status == 200 and job.upstream == "b"            # failed over at once
+    state = d.health.get("a")
+    left = d.health.cooling_until("a") - d.health.clock()
+    assert state.rate_limited and 100 < left <= 121              # threshold 3 did not wait; 5h, not 7d
+    assert d.quota.full("a", 0.95).name == "5h"
+
+
+async def test_a_429_without_a_reset_cools_for_the_configured_cooldown(mock_a, mock_b):
+    mock_a.script(status(429))
+    d = dialer()
+    try:
+        await serve(d, two(mock_a, mock_b))
+    finally:
+        await d.aclose()
+    left = d.health.cooling_until("a") - d.health.clock()
+    assert not d.health.get("a").rate_limited and 590 < left <= 600
+
+
+async def test_every_answer_teaches_utilization(mock_a, mock_b):
+    mock_a.script(ok(headers={"x-ratelimit-limit-requests": "100", "x-ratelimit-remaining-requests": "25",
+                              "x-ratelimit-reset-requests": "6m0s"}))
+    d = dialer()
+    try:
+        await serve(d, two(mock_a, mock_b))
+    finally:
+        await d.aclose()
+    value, window = d.quota.utilization("a")
+    assert value == 0.75 and window.name == "requests" and 350 < window.resets_at - time.time() <= 360
+
+
+async def test_a_session_is_bound_after_a_2xx_and_moved_by_a_failover(mock_a, mock_b):
+    d = dialer()
+    rules = two(mock_a, mock_b)
+    try:
+        job, _ = await serve(d, rules, session="s1")
+        assert job.upstream == "a" and job.affinity == "new" and d.sessions.bound("claude", "s1") == "a"
+        mock_a.script(status(503))
+        job, _ = await serve(d, rules, session="s1", bound_to="a")
+        assert job.upstream == "b" and job.affinity == "moved" and d.sessions.bound("claude", "s1") == "b"
+        mock_a.script(status(400))                                  # a `pass` status: no 2xx, no binding
+        job, _ = await serve(d, rules, session="s2")
+        assert job.status == 400 and d.sessions.bound("claude", "s2") is None
+    finally:
+        await d.aclose()
+
+
+async def test_concurrent_requests_of_one_session_never_flap_under_weighted(mock_a, mock_b):
+    rules = two(mock_a, mock_b, route="{upstreams: [a, b], strategy: weighted}")
+    d = dialer()
+
+    async def one(session):
+        chosen = plan(rules, "claude", "claude-x", d.health, datetime.now(), quota=d.quota,
+                      sessions=d.sessions, session=session)
+        job = make_job(rules)
+        job.candidates, job.session, job.bound_to = chosen.candidates, session, chosen.bound_to
+        await d.run(job, MemorySink())
+        return job.upstream
+
+    try:
+        for session in ("alpha", "beta", "gamma", "delta"):
+            served = await asyncio.gather(*(one(session) for _ in range(12)))
+            assert len(set(served)) == 1, served
+            assert d.sessions.bound("claude", session) == served[0]
+    finally:
+        await d.aclose()
