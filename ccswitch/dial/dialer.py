@@ -65,8 +65,9 @@ class Dialer:
                  client: http1.UpstreamClient | None = None, quota: QuotaBoard | None = None,
                  sessions: SessionBindings | None = None) -> None:
         self.health = health
-        self.quota = quota or QuotaBoard()           # what each upstream's rate-limit headers said
-        self.sessions = sessions or SessionBindings()
+        # (`is None`, not `or`: an empty board is falsy)
+        self.quota = QuotaBoard() if quota is None else quota    # what each upstream's rate-limit headers said
+        self.sessions = SessionBindings() if sessions is None else sessions
         self.allow_url = allow_url      # a guard tests install: False refuses the upstream unsent
         self.client = client or http1.UpstreamClient()
 
