@@ -45,6 +45,22 @@ def test_status_lists_every_state_without_keys(setup):
     assert KEY_A not in text
 
 
+def test_status_shows_utilization_its_window_reset_full_and_bound_sessions(setup):
+    import time
+    gateway, commands, tctx = setup
+    reset = time.time() + 3600
+    gateway.quota.record("a", [("anthropic-ratelimit-unified-5h-utilization", "0.97"),
+                               ("anthropic-ratelimit-unified-5h-reset", str(int(reset)))])
+    gateway.sessions.bind("claude", "s1", "a", ttl=3600)
+    gateway.sessions.bind("claude", "s2", "a", ttl=3600)
+    text = tctx.command(commands.status)
+    line = next(x for x in text.splitlines() if x.strip().startswith("a ["))
+    at = datetime.fromtimestamp(reset, gateway.rules.tz).strftime("%H:%M")
+    assert f"utilization 0.97 (5h window, resets {at}); full" in line and "2 session(s) bound" in line
+    tctx.command(commands.reset, "a")          # a reset forgets what the windows said too
+    assert "utilization" not in tctx.command(commands.status)
+
+
 def test_disable_enable_and_reset(setup):
     gateway, commands, tctx = setup
     assert names(gateway) == ["a"]
