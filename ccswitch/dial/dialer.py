@@ -268,8 +268,8 @@ class Dialer:
 
     async def _deliver_own_error(self, job: Job, sink: Sink, status: int, message: str) -> None:
         job.status, job.error = status, message
-        await _answer(job, sink, status, [("content-type", "application/json"), ("retry-after", "10")],
-                      protocols.error_json(job.request.client_protocol, status, message))
+        headers, body = protocols.own_error(job.request.client_protocol, status, message, (("retry-after", "10"),))
+        await _answer(job, sink, status, headers, body)
 
 
 async def _answer(job: Job, sink: Sink, status: int, headers: list[tuple[str, str]], body: bytes) -> None:

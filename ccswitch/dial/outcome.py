@@ -41,9 +41,8 @@ class Failure:
     def as_reply(self, client_protocol: str) -> Reply:
         if self.status is None or self.client_status is not None:
             status = self.client_status or 502
-            body = protocols.error_json(client_protocol, status, f"upstream {self.upstream}: {self.reason}")
-            return Reply(self.upstream, status, [("content-type", "application/json")], body,
-                         translated=True, reason=self.reason)
+            headers, body = protocols.own_error(client_protocol, status, f"upstream {self.upstream}: {self.reason}")
+            return Reply(self.upstream, status, headers, body, translated=True, reason=self.reason)
         return Reply(self.upstream, self.status, self.headers, self.body, self.translated, self.reason)
 
 

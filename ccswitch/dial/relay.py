@@ -18,7 +18,7 @@ import h11
 from ccswitch.dial.job import CLIENT_CLOSED, Job
 from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown
 from ccswitch.wire.headers import to_wire
-from ccswitch.wire.protocols import error_json, stream_error_event
+from ccswitch.wire.protocols import own_error, stream_error_event
 
 log = logging.getLogger("ccswitch.relay")
 
@@ -151,8 +151,7 @@ async def _end_with_error(job: Job, sink, status: int, message: str,
     try:
         if not sink.started:
             job.status = status
-            await send_whole(sink, status, [("content-type", "application/json"), *headers],
-                             error_json(job.request.client_protocol, status, message))
+            await send_whole(sink, status, *own_error(job.request.client_protocol, status, message, headers))
         else:
             await sink.write(stream_error_event(job.request.client_protocol, message))
             await sink.end()

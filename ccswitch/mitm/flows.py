@@ -8,12 +8,13 @@ from mitmproxy import http
 from ccswitch.routing.classify import classify
 from ccswitch.vocab import CLIENT_PROTOCOL, Protocol
 from ccswitch.wire import protocols
+from ccswitch.wire.headers import to_wire
 from ccswitch.wire.redact import CREDENTIAL_HEADERS, REDACTED
 
 
 def error_response(protocol: str, status: int, message: str, extra: dict | None = None) -> http.Response:
-    headers = {"content-type": "application/json", **(extra or {})}
-    return http.Response.make(status, protocols.error_json(protocol, status, message), headers)
+    headers, body = protocols.own_error(protocol, status, message, tuple((extra or {}).items()))
+    return http.Response.make(status, body, http.Headers(to_wire(headers)))
 
 
 def likely_protocol(request: http.Request) -> Protocol:

@@ -137,6 +137,35 @@ def error_json(protocol: str, status: int, message: str, code: str | None = None
     return json.dumps(error_body(protocol, status, message, code)).encode()
 
 
+#: a client that waits longer than this is better told at once (the SDKs wait at most about a minute)
+RETRY_WAIT_WORTH_IT = 60.0
+
+
+def should_retry(status: int, retry_after: float | None = None) -> bool:
+    """Whether a client should retry one of ccswitch's own answers.  The official SDKs (and so
+    Claude Code and Codex) obey `x-should-retry`: a wrong key or a bad body is said once, not
+    after minutes of retries; a busy or briefly unavailable route is worth another try."""
+    if status == 429:
+        return retry_after is None or retry_after <= RETRY_WAIT_WORTH_IT
+    if status in (408, 409):
+        return True
+    return not 400 <= status < 500
+
+
+def own_error(protocol: str, status: int, message: str,
+              headers: tuple[tuple[str, str], ...] = ()) -> tuple[list[tuple[str, str]], bytes]:
+    """An answer ccswitch gives itself: its headers (with `x-should-retry`) and the error body in
+    the client's protocol."""
+    wait = next((v for k, v in headers if k.lower() == "retry-after"), None)
+    try:
+        seconds = float(wait) if wait is not None else None
+    except ValueError:
+        seconds = None
+    retry = "true" if should_retry(status, seconds) else "false"
+    return ([("content-type", "application/json"), ("x-should-retry", retry), *headers],
+            error_json(protocol, status, message))
+
+
 def stream_error_event(protocol: str, message: str, kind: str = "api_error") -> bytes:
     """The event that ends a committed stream whose upstream failed: never a silent cut."""
     if protocol == Protocol.ANTHROPIC:

@@ -1,0 +1,31 @@
+"""ccswitch's own answers tell the SDKs whether to retry (`x-should-retry`)."""
+
+import json
+
+import pytest
+
+from ccswitch.wire.protocols import own_error, should_retry
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 415, 426, 431])
+def test_the_clients_own_mistakes_are_not_worth_a_retry(status):
+    assert should_retry(status) is False
+
+
+@pytest.mark.parametrize("status", [408, 500, 502, 503, 504, 529])
+def test_a_busy_or_briefly_unreachable_route_is(status):
+    assert should_retry(status) is True
+
+
+def test_a_429_is_worth_a_retry_only_when_the_wait_is_short():
+    assert should_retry(429) is True and should_retry(429, 30) is True
+    assert should_retry(429, 61) is False        # e.g. a 5-hour window: say it now
+
+
+def test_own_error_carries_the_header_content_type_and_the_body_in_the_clients_protocol():
+    headers, body = own_error("anthropic", 429, "slow down", (("retry-after", "3600"),))
+    assert ("x-should-retry", "false") in headers and ("retry-after", "3600") in headers
+    assert ("content-type", "application/json") in headers
+    assert json.loads(body) == {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
+    headers, _ = own_error("openai-chat", 503, "no upstream", (("retry-after", "bad"),))
+    assert ("x-should-retry", "true") in headers
