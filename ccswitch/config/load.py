@@ -2,8 +2,8 @@
 
 This file owns turning rules *text* into a ``Rules`` (models in config.models): a YAML loader with
 YAML 1.2-ish scalars that notes duplicate keys, ``${VAR}`` expansion in api_key and header
-values, pydantic errors rewritten as ``FILE: field.path: message``, checks that span fields
-(duplicate names, auth/base_url combinations, routes), and where rules.yaml is looked for.
+values, pydantic errors rewritten as ``FILE: field.path: message`` (upstreams named by name, see
+config.crosscheck, which also holds the checks that span fields), and where rules.yaml is looked for.
 Public: ``find_rules`` (what every command and the proxy load), ``parse_rules``, ``load_rules``,
 ``resolve_rules_path``, ``default_rules_text``. Every problem is collected into one ``RulesError``;
 secrets never appear in a message.
@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ccswitch.config.models import ROUTE_PROTOCOLS, Failover, Routes, Rules, RulesError, Timeouts, Upstream
+from ccswitch.config.crosscheck import cross_check, label_path, upstream_labels
+from ccswitch.config.models import Failover, Routes, Rules, RulesError, Timeouts, Upstream
 
 _ENV_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
 
@@ -111,7 +112,8 @@ def _expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[st
                 holder[key] = value
                 continue
             if enabled:
-                problems += [(path, f"environment variable {n} is not set") for n in missing]
+                problems += [(path, f"environment variable {n} is not set (set it where ccswitch runs, "
+                                    "or set enabled: false)") for n in missing]
             if key == "api_key":
                 holder[key] = None
             else:
@@ -155,60 +157,14 @@ def _message(err: Mapping[str, Any]) -> str:
     return msg.replace("Input should be", "must be")  # pydantic messages never carry the input
 
 
-def _cross_check(data: dict, ups: list[Upstream | None]) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
-    raw_ups = data.get("upstreams") if isinstance(data.get("upstreams"), list) else []
-    names: dict[str, str] = {}  # name -> protocol (or "")
-    for i, raw in enumerate(raw_ups):
-        name = raw.get("name") if isinstance(raw, dict) else None
-        if isinstance(name, str):
-            if name in names:
-                problems.append((f"upstreams[{i}].name", f"duplicate upstream name {name!r}"))
-            else:
-                names[name] = raw.get("protocol") if isinstance(raw.get("protocol"), str) else ""
-    keys = data.get("client_keys")
-    has_client_keys = isinstance(keys, list) and len(keys) > 0
-    for i, up in enumerate(ups):
-        if up is None:
-            continue
-        p = f"upstreams[{i}]"
-        if up.auth == "client" and has_client_keys:
-            problems.append((f"{p}.auth", "auth: client cannot be used with client_keys "
-                                          "(client keys are never forwarded)"))
-        if up.base_url == "original" and up.auth != "client":
-            problems.append((f"{p}.base_url", "base_url: original requires auth: client"))
-        if up.activate_at and up.auth == "client":
-            problems.append((f"{p}.activate_at", "activate_at cannot be used with auth: client "
-                                                 "(there is no key to probe with)"))
-        if up.enabled and up.auth != "client" and (up.api_key is None or not up.api_key.get_secret_value()):
-            problems.append((f"{p}.api_key", f"required with auth: {up.auth}"))
-    routes = data.get("routes")
-    for route, allowed in ROUTE_PROTOCOLS.items():
-        listed = routes.get(route) if isinstance(routes, dict) else None
-        prefix = f"routes.{route}"
-        if isinstance(listed, dict):   # the mapping form: {upstreams: [...], strategy, sticky}
-            listed, prefix = listed.get("upstreams"), f"routes.{route}.upstreams"
-        seen: set[str] = set()
-        for j, name in enumerate(listed if isinstance(listed, list) else []):
-            path = f"{prefix}[{j}]"
-            if not isinstance(name, str):
-                continue
-            if name not in names:
-                problems.append((path, f"unknown upstream {name!r}"))
-            elif name in seen:
-                problems.append((path, f"upstream {name!r} is listed twice"))
-            elif names[name] in ROUTE_PROTOCOLS["chat"] and names[name] not in allowed:
-                only = " or ".join(sorted(allowed))
-                problems.append((path, f"upstream {name!r} speaks {names[name]}; "
-                                       f"the {route} route takes only {only} upstreams"))
-            seen.add(name)
-    return problems
-
-
 def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path | None,
            source_path: Path | None) -> Rules:
     env = os.environ if env is None else env
-    where = lambda path, msg: f"{source}: {path}: {msg}" if path else f"{source}: {msg}"
+    labels: dict[int, str] = {}   # filled once the data is known: upstreams by name, not position
+
+    def where(path: str, msg: str) -> str:
+        return f"{source}: {label_path(path, labels)}: {msg}" if path else f"{source}: {msg}"
+
     loader = _Loader(text)
     try:
         data = loader.get_single_data()
@@ -226,6 +182,7 @@ def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path
     if not isinstance(data, dict):
         raise RulesError(problems + [where("", "the rules must be a mapping (key: value lines)")])
     data = _str_keys(copy.deepcopy(data))
+    labels.update(upstream_labels(data))
     if "source" in data:
         problems.append(where("source", "unknown key"))
         del data["source"]
@@ -244,7 +201,7 @@ def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path
                 ups.append(Upstream.model_validate(raw, context=ctx))
             except ValidationError:
                 ups.append(None)
-    problems += [where(p, m) for p, m in _cross_check(data, ups) if p not in env_paths]
+    problems += [where(p, m) for p, m in cross_check(data, ups) if p not in env_paths]
     if problems or rules is None:
         raise RulesError(list(dict.fromkeys(problems)))
     return rules

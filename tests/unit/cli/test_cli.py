@@ -32,8 +32,8 @@ failover: {cooldown: soon}
     done = cli("check", str(bad))
     assert done.returncode == 1
     err = done.stderr
-    for fragment in ("upstreams[0].base_url", "upstreams[0].api_key", "CCSWITCH_TEST_UNSET_VAR",
-                     "upstreams[1].colour", "routes.claude", "ghost", "failover.cooldown", str(bad)):
+    for fragment in ("upstreams[a].base_url", "upstreams[a].api_key", "CCSWITCH_TEST_UNSET_VAR",
+                     "upstreams[b].colour", "routes.claude", "ghost", "failover.cooldown", str(bad)):
         assert fragment in err, fragment
     assert "sk-literal-0000" not in err
 
@@ -46,7 +46,7 @@ upstreams:
 routes: {claude: [a]}
 """, encoding="utf-8")
     done = cli("check", str(rules))
-    assert done.returncode == 1 and "upstreams[0].headers.x-relay-user: must be latin-1 text" in done.stderr
+    assert done.returncode == 1 and "upstreams[a].headers.x-relay-user: must be latin-1 text" in done.stderr
     rules.write_text(rules.read_text(encoding="utf-8").replace("日本", "José"), encoding="utf-8")
     assert cli("check", str(rules)).returncode == 0
 

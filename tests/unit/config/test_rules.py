@@ -124,7 +124,7 @@ def test_unknown_keys_everywhere_with_paths():
     assert "r.yaml: verison: unknown key (did you mean 'version'?)" in p
     assert "r.yaml: failover.hold_bak: unknown key (did you mean 'hold_back'?)" in p
     assert "r.yaml: timeouts.conect: unknown key (did you mean 'connect'?)" in p
-    assert "r.yaml: upstreams[0].colour: unknown key" in p
+    assert "r.yaml: upstreams[a].colour: unknown key" in p
     assert "r.yaml: routes.other: unknown key" in p
     assert len(p) == 5
 
@@ -196,6 +196,7 @@ def test_bad_types_and_values_paths():
 
 
 def test_upstream_field_errors_paths():
+    # "bad name" is not a usable name, so the upstream is named by its position
     p = problems("upstreams:\n" + relay("ok") + """\
   - name: "bad name"
     protocol: gemini
@@ -234,7 +235,9 @@ def test_upstream_field_errors_paths():
 
 def test_missing_required_upstream_fields():
     p = problems("upstreams:\n  - {name: a}\n")
-    assert sorted(p) == ["r.yaml: upstreams[0].base_url: required", "r.yaml: upstreams[0].protocol: required"]
+    assert sorted(p) == ["r.yaml: upstreams[a].base_url: required", "r.yaml: upstreams[a].protocol: required"]
+    p = problems("upstreams:\n  - {protocol: anthropic, base_url: 'https://x.example', api_key: k}\n")
+    assert p == ["r.yaml: upstreams[0].name: required"]
 
 
 @pytest.mark.parametrize("url,ok", [
@@ -252,7 +255,7 @@ def test_base_url(url, ok):
         assert parse(text).upstreams[0].base_url == ok
     else:
         p = problems(text)
-        assert len(p) == 1 and p[0].startswith("r.yaml: upstreams[0].base_url: ")
+        assert len(p) == 1 and p[0].startswith("r.yaml: upstreams[a].base_url: ")
         assert "pw" not in p[0]
 
 
@@ -260,22 +263,30 @@ def test_base_url(url, ok):
 
 def test_unique_upstream_names():
     p = problems("upstreams:\n" + relay("a") + relay("b") + relay("a"))
-    assert p == ["r.yaml: upstreams[2].name: duplicate upstream name 'a'"]
+    # a shared name identifies neither upstream: both are named by position
+    assert p == ["r.yaml: upstreams[2].name: duplicate upstream name 'a' (also upstreams[0]): "
+                 "give each upstream its own name"]
 
 
 def test_route_unknown_upstream_and_duplicates():
     p = problems("upstreams:\n" + relay("a") + "routes:\n  claude: [a, ghost, a]\n")
-    assert p == ["r.yaml: routes.claude[1]: unknown upstream 'ghost'",
-                 "r.yaml: routes.claude[2]: upstream 'a' is listed twice"]
+    assert p == ["r.yaml: routes.claude[1]: unknown upstream 'ghost' (the upstreams are: a)",
+                 "r.yaml: routes.claude[2]: upstream 'a' is listed twice (a route tries each upstream once)"]
+    p = problems("upstreams:\n" + relay("relay-a") + relay("night") + "routes:\n  claude: [rlay-a, zz]\n")
+    assert p == ["r.yaml: routes.claude[0]: unknown upstream 'rlay-a' (did you mean 'relay-a'?)",
+                 "r.yaml: routes.claude[1]: unknown upstream 'zz' (the upstreams are: relay-a, night)"]
+    assert problems("routes:\n  claude: [x]\n") == [
+        "r.yaml: routes.claude[0]: unknown upstream 'x' (no upstream is defined: add it under upstreams)"]
 
 
 def test_route_protocol_compatibility():
     text = ("upstreams:\n" + relay("x", "openai-chat") + relay("r", "openai-responses") + relay("an")
             + "routes:\n  claude: [an, x]\n  codex: [r, an]\n  chat: [x, r, an]\n")
     assert problems(text) == [
-        "r.yaml: routes.claude[1]: upstream 'x' speaks openai-chat; the claude route takes only anthropic upstreams",
+        "r.yaml: routes.claude[1]: upstream 'x' speaks openai-chat; the claude route takes only anthropic upstreams"
+        " (the chat route takes any)",
         "r.yaml: routes.codex[1]: upstream 'an' speaks anthropic; "
-        "the codex route takes only openai-responses upstreams",
+        "the codex route takes only openai-responses upstreams (the chat route takes any)",
     ]
     assert ROUTE_PROTOCOLS["chat"] == {"anthropic", "openai-responses", "openai-chat"}
 
@@ -285,37 +296,62 @@ def test_route_check_runs_even_when_an_upstream_is_invalid():
     text = ("upstreams:\n" + relay("a") + "  - {name: b, protocol: anthropic, base_url: nope, api_key: k}\n"
             + "routes:\n  claude: [a, b, c]\n")
     assert problems(text) == [
-        "r.yaml: upstreams[1].base_url: must be 'original' or an http(s) URL like https://host[:port][/prefix]",
-        "r.yaml: routes.claude[2]: unknown upstream 'c'",
+        "r.yaml: upstreams[b].base_url: must be 'original' or an http(s) URL like https://host[:port][/prefix]",
+        "r.yaml: routes.claude[2]: unknown upstream 'c' (the upstreams are: a, b)",
     ]
 
 
-def test_auth_client_with_client_keys():
-    text = f"client_keys: [{SECRET}]\nupstreams:\n" + relay("a", extra="auth: client", key="")
-    assert problems(text) == ["r.yaml: upstreams[0].auth: auth: client cannot be used with client_keys "
-                              "(client keys are never forwarded)"]
+def test_auth_client_with_client_keys_in_a_route():
+    text = (f"client_keys: [{SECRET}]\nupstreams:\n" + relay("a", extra="auth: client", key="")
+            + relay("o", "openai-chat", extra="auth: client", key="") + "routes:\n  claude: [a]\n  chat: [a, o]\n")
+    assert problems(text) == [
+        "r.yaml: upstreams[a].auth: auth: client cannot be used with client_keys: client keys are never forwarded, "
+        "so a would reach its upstream without credentials. Give it an api_key (auth: x-api-key), "
+        "or take it out of routes.claude and routes.chat",
+        "r.yaml: upstreams[o].auth: auth: client cannot be used with client_keys: client keys are never forwarded, "
+        "so o would reach its upstream without credentials. Give it an api_key (auth: bearer), "
+        "or take it out of routes.chat"]
+    # disabled is not enough while it is in a route: ccswitch.enable can switch it on
+    disabled = text.replace("auth: client", "auth: client\n    enabled: false", 1)
+    assert problems(disabled)[0].endswith("(enabled: false is not enough: ccswitch.enable can switch it on)")
+    mapping_form = (f"client_keys: [{SECRET}]\nupstreams:\n" + relay("a", extra="auth: client", key="")
+                    + "routes:\n  claude: {upstreams: [a], strategy: priority}\n")
+    assert problems(mapping_form)[0].startswith("r.yaml: upstreams[a].auth: ")
+
+
+def test_auth_client_in_no_route_is_fine_beside_client_keys():
+    """An upstream no route lists is never dialled, so it cannot carry a client key anywhere:
+    client_keys can be added to the shipped rules without deleting the official upstreams."""
+    text = (f"client_keys: [{SECRET}]\nupstreams:\n" + relay("official", extra="auth: client", key="")
+            + relay("relay-a") + "routes:\n  claude: [relay-a]\n")
+    assert parse(text).upstream("official").auth == "client"
+    shipped = (REPO / "rules.yaml").read_text().replace('# client_keys: ["change-me"]', 'client_keys: ["change-me"]')
+    shipped = shipped.replace("claude: [anthropic-official]", "claude: []").replace("codex: [codex-original]", "codex: []")
+    assert parse_rules(shipped, env={}).client_keys
 
 
 def test_base_url_original_only_with_auth_client():
     p = problems("upstreams:\n  - {name: o, protocol: openai-responses, base_url: original, api_key: k}\n")
-    assert p == ["r.yaml: upstreams[0].base_url: base_url: original requires auth: client"]
+    assert p == ["r.yaml: upstreams[o].base_url: base_url: original requires auth: client (keep the client's "
+                 "own credentials), or give the upstream's URL"]
     r = parse("upstreams:\n  - {name: o, protocol: openai-responses, base_url: original, auth: client}\n")
     assert r.upstreams[0].base_url == "original" and r.upstreams[0].api_key is None
 
 
 def test_activate_at_not_with_auth_client():
     p = problems("upstreams:\n" + relay("a", extra="auth: client\nactivate_at: ['06:00']", key=""))
-    assert p == ["r.yaml: upstreams[0].activate_at: activate_at cannot be used with auth: client "
-                 "(there is no key to probe with)"]
+    assert p == ["r.yaml: upstreams[a].activate_at: activate_at cannot be used with auth: client "
+                 "(there is no key to probe with): remove activate_at, or give the upstream an api_key"]
 
 
 def test_api_key_required_unless_client_or_disabled():
+    how = ": give the upstream an api_key (e.g. ${VAR} from the environment), or set enabled: false"
     assert problems("upstreams:\n" + relay("a", key="")) == [
-        "r.yaml: upstreams[0].api_key: required with auth: x-api-key"]
+        "r.yaml: upstreams[a].api_key: required with auth: x-api-key" + how]
     assert problems("upstreams:\n" + relay("a", "openai-chat", key="api_key: ''")) == [
-        "r.yaml: upstreams[0].api_key: required with auth: bearer"]
+        "r.yaml: upstreams[a].api_key: required with auth: bearer" + how]
     assert problems("upstreams:\n" + relay("a", key="api_key: ${EMPTY}"), env={"EMPTY": ""}) == [
-        "r.yaml: upstreams[0].api_key: required with auth: x-api-key"]
+        "r.yaml: upstreams[a].api_key: required with auth: x-api-key" + how]
     assert parse("upstreams:\n" + relay("a", key="enabled: false")).upstreams[0].api_key is None
     assert parse("upstreams:\n" + relay("a", key="auth: client")).upstreams[0].auth == "client"
 
@@ -347,7 +383,7 @@ def test_header_values_and_keys_must_be_latin1_text():
     assert up.headers == {"x-relay-user": "José"}
     text = "upstreams:\n" + relay("a", key="api_key: ${KEY_A}", extra="headers: {x-ok: José, x-relay-user: '日本'}")
     p = problems(text, env={"KEY_A": SECRET + "\u2014"})
-    assert p == [f"r.yaml: upstreams[0].{field}: must be latin-1 text: a header cannot carry a character "
+    assert p == [f"r.yaml: upstreams[a].{field}: must be latin-1 text: a header cannot carry a character "
                  "beyond U+00FF" for field in ("api_key", "headers.x-relay-user")]
     assert SECRET not in "".join(p)
 
@@ -361,8 +397,10 @@ def test_missing_env_var_enabled_upstream_is_error():
     text = "upstreams:\n" + relay("ok") + relay("b", key="api_key: pre-${RELAY_B_KEY}",
                                                   extra="headers: {x-t: '${TOKEN_X}'}")
     assert problems(text) == [
-        "r.yaml: upstreams[1].api_key: environment variable RELAY_B_KEY is not set",
-        "r.yaml: upstreams[1].headers.x-t: environment variable TOKEN_X is not set",
+        "r.yaml: upstreams[b].api_key: environment variable RELAY_B_KEY is not set "
+        "(set it where ccswitch runs, or set enabled: false)",
+        "r.yaml: upstreams[b].headers.x-t: environment variable TOKEN_X is not set "
+        "(set it where ccswitch runs, or set enabled: false)",
     ]
 
 
@@ -375,7 +413,7 @@ def test_missing_env_var_disabled_upstream_is_fine():
 
 def test_malformed_env_reference():
     p = problems("upstreams:\n" + relay("a", key="api_key: ${BROKEN KEY}"))
-    assert p == ["r.yaml: upstreams[0].api_key: malformed ${...} reference (use ${NAME}, or $${ for a literal ${)"]
+    assert p == ["r.yaml: upstreams[a].api_key: malformed ${...} reference (use ${NAME}, or $${ for a literal ${)"]
 
 
 def test_environment_defaults_to_os_environ(monkeypatch):
@@ -393,7 +431,7 @@ def test_secrets_never_in_errors_or_repr():
         parse(text, env={"ENV_SECRET": SECRET})
     blob = str(exc.value) + repr(exc.value) + repr(exc.value.problems)
     assert SECRET not in blob
-    assert "upstreams[2].api_key: must be a string" in blob
+    assert "upstreams[c].api_key: must be a string" in blob
     good = parse(f"client_keys: ['{SECRET}-client']\nupstreams:\n"
                  + relay("a", extra=f"headers: {{x-s: '{SECRET[:4]}'}}"))
     assert SECRET not in repr(good) and SECRET not in str(good) and SECRET not in repr(good.upstreams[0])
@@ -449,7 +487,7 @@ def test_days_hours_activate_at_parsing():
     assert up.price_multiplier == 0.25
     assert parse("upstreams:\n" + relay("a", extra="days: fri-mon")).upstreams[0].days == frozenset({4, 5, 6, 0})
     assert problems("upstreams:\n" + relay("a", extra="days: []")) == [
-        "r.yaml: upstreams[0].days: days must not be empty (use enabled: false to switch an upstream off)"]
+        "r.yaml: upstreams[a].days: days must not be empty (use enabled: false to switch an upstream off)"]
     assert HourWindow.model_validate("22:00-24:00").end_minute == 1440
     with pytest.raises(ValueError):
         HourWindow.model_validate("24:00-02:00")
@@ -524,7 +562,8 @@ def test_load_rules_reports_file_name(tmp_path):
     f.write_text("routes: {claude: [ghost]}\n")
     with pytest.raises(RulesError) as exc:
         load_rules(f, env={})
-    assert exc.value.problems == [f"{f}: routes.claude[0]: unknown upstream 'ghost'"]
+    assert exc.value.problems == [f"{f}: routes.claude[0]: unknown upstream 'ghost' "
+                                  "(no upstream is defined: add it under upstreams)"]
     with pytest.raises(RulesError) as exc:
         load_rules(tmp_path / "missing.yaml")
     assert str(exc.value).startswith(f"{tmp_path / 'missing.yaml'}: cannot read")
@@ -571,7 +610,7 @@ def test_shipped_rules_commented_examples_are_valid():
     assert "${RELAY_A_KEY}" in text and "\n  - name: relay-a" in text and "\nfailover:" in text
     with pytest.raises(RulesError) as exc:
         parse_rules(text, env={})
-    assert "upstreams[4].api_key: environment variable RELAY_A_KEY is not set" in str(exc.value)
+    assert "upstreams[relay-a].api_key: environment variable RELAY_A_KEY is not set" in str(exc.value)
     r = parse_rules(text, env={"RELAY_A_KEY": "a", "RELAY_A_USER": "u", "RELAY_B_KEY": "b"})
     a = r.upstream("relay-a")
     assert a.days == frozenset(range(5)) and [str(h) for h in a.hours] == ["09:00-18:00", "22:00-02:00"]
@@ -579,3 +618,18 @@ def test_shipped_rules_commented_examples_are_valid():
     assert r.failover == Failover() and r.timeouts == Timeouts() and r.timezone == "Asia/Shanghai"
     assert set(DEFAULT_ON_STATUS) <= set(r.failover.on_status)
     assert r.upstream("relay-b").protocol == "openai-chat"
+
+
+def test_upstreams_are_named_by_name_in_every_kind_of_problem():
+    """Pydantic errors, ${VAR} problems and cross-checks alike; a name made of digits would read
+    as a position, so such an upstream keeps its position."""
+    text = ("upstreams:\n" + relay('"7"', extra="days: [funday]")
+            + relay("relay-a", key="api_key: ${NOPE}", extra="hours: ['nine']\nactivate_at: ['06:00']\nauth: client"))
+    assert problems(text) == [
+        "r.yaml: upstreams[relay-a].api_key: environment variable NOPE is not set "
+        "(set it where ccswitch runs, or set enabled: false)",
+        "r.yaml: upstreams[0].days: unknown weekday 'funday' (use mon..sun, or a range like mon-fri)",
+        "r.yaml: upstreams[relay-a].hours[0]: hours window 'nine': must look like \"09:00-18:00\"",
+    ]
+    p = problems("upstreams:\n" + relay("relay-a", extra="activate_at: ['06:00']\nauth: client"))
+    assert p[0].startswith("r.yaml: upstreams[relay-a].activate_at: ")
