@@ -29,8 +29,9 @@ The model (every number below is an option or a constant here, none is measured)
   is refreshed on use, as Anthropic's default cache), and writes the rest.  A turn on another
   upstream, or after 5 idle minutes, pays a full write.
 * Price (relative list prices): input 1, cache write 1.25, cache read 0.1, output 5 (Sonnet's
-  $15 against $3).  "cost" is the sum in millions of these units; "cost/turn" is the cost per
-  served turn relative to the first row, so rows that served fewer turns are comparable.
+  $15 against $3).  "cost" is the sum in millions of these units; "rel cost" is the cost per
+  prompt token served, relative to the first row, so that rows which lost different turns (a
+  late turn has a long prompt) still compare on what routing did to caching.
 * Upstreams: three keys `max-1..3`, route order max-1, max-2, max-3, weight 1 each.  Each has
   a 5-hour window that opens at its first request after the previous one ended, with a budget
   of `--budget` million cost units (the unit above: the plan's real accounting is not public),
@@ -54,7 +55,7 @@ Columns: requests (client requests, retries included), client 429s, upstream 429
 answered 429), cache hit rate = cache_read / (input + cache_write + cache_read), cache writes
 (M tokens), moved sessions (served by more than one key; with sticky off ccswitch's ledger would
 not call them `moved`: without a binding there is nothing to move from), turns lost, share of
-turns per key, cost, cost/turn.
+turns per key, cost, rel cost.
 """
 
 from __future__ import annotations
@@ -184,6 +185,7 @@ class SimUpstream:
         self.window_end: float | None = None
         self.used = 0.0
         self.accrued_to = 0.0
+        self.rejected_in: list[float] = []     # the window (by its end) of each 429 answered
 
     def _advance(self, now: float) -> None:
         if self.window_end is not None:
@@ -199,6 +201,8 @@ class SimUpstream:
         status = 429 if self.used >= self.budget else 200
         if status == 200:
             self.used += cost
+        else:
+            self.rejected_in.append(self.window_end)
         used = self.used / self.budget
         word = "rejected" if status == 429 else "allowed_warning" if used >= 0.8 else "allowed"
         reset = str(int(self.window_end))
@@ -273,10 +277,15 @@ class Tally:
         return self.own_429 + self.passed_429
 
     @property
+    def prompt_tokens(self) -> int:
+        return self.usage.input + self.usage.cache_write + self.usage.cache_read
+
+    @property
     def hit_rate(self) -> float:
-        u = self.usage
-        total = u.input + u.cache_write + u.cache_read
-        return u.cache_read / total if total else 0.0
+        return self.usage.cache_read / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    def cost_per_prompt_token(self) -> float:
+        return self.usage.cost() / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
 # --------------------------------------------------------------------------- the simulation
@@ -398,23 +407,28 @@ class Simulation:
 def simulate(strategy: str, sticky: str, *, seed: int = 7, sessions: int = 160, hours: float = 24.0,
              budget: float = 16.0, outside: float = 0.1, patience: float = 3600.0) -> Tally:
     """One row: the workload drawn from `seed`, served under one strategy and sticky setting."""
-    plans = workload(random.Random(seed), sessions, hours)
-    rules = parse_rules(rules_text(strategy, sticky), "<simulation>")
-    return Simulation(rules, plans, Tally(strategy, sticky), seed=seed, budget=budget * 1e6,
+    return simulation(strategy, sticky, seed=seed, sessions=sessions, hours=hours, budget=budget,
                       outside=outside, patience=patience).run()
 
 
+def simulation(strategy: str, sticky: str, *, seed: int, sessions: int, hours: float, budget: float,
+               outside: float, patience: float) -> Simulation:
+    plans = workload(random.Random(seed), sessions, hours)
+    rules = parse_rules(rules_text(strategy, sticky), "<simulation>")
+    return Simulation(rules, plans, Tally(strategy, sticky), seed=seed, budget=budget * 1e6,
+                      outside=outside, patience=patience)
+
+
 def table(rows: list[Tally]) -> str:
-    base = rows[0].usage.cost() / max(1, rows[0].served)
+    base = rows[0].cost_per_prompt_token() or 1.0
     header = ("strategy", "sticky", "requests", "client 429", "upstream 429", "hit rate", "writes Mtok",
-              "moved sess", "turns lost", "turns % max-1/2/3", "cost M", "cost/turn")
+              "moved sess", "turns lost", "turns % max-1/2/3", "cost M", "rel cost")
     lines = [header]
     for t in rows:
         shares = "/".join(f"{100 * t.by_key[k] / max(1, t.served):.0f}" for k in KEYS)
-        per_turn = t.usage.cost() / max(1, t.served)
         lines.append((t.strategy, t.sticky, str(t.requests), str(t.client_429), str(t.upstream_429),
                       f"{100 * t.hit_rate:.1f}%", f"{t.usage.cache_write / 1e6:.1f}", str(t.moved_sessions),
-                      str(t.turns_lost), shares, f"{t.usage.cost() / 1e6:.1f}", f"{per_turn / base:.2f}"))
+                      str(t.turns_lost), shares, f"{t.usage.cost() / 1e6:.1f}", f"{t.cost_per_prompt_token() / base:.2f}"))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.rjust(w) if i > 1 else cell.ljust(w) for i, (cell, w) in
                                enumerate(zip(line, widths, strict=True))).rstrip() for line in lines)
