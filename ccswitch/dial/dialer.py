@@ -137,7 +137,7 @@ class Dialer:
             if body is None:
                 body = translation.request(job.request, upstream, job.rules)
             outgoing = render(upstream, job.request, body)
-            job.upstream_model = outgoing.upstream_model
+            job.upstream_model, job.sent_body = outgoing.upstream_model, outgoing.body
             result = await self._send_and_judge(job, upstream, outgoing, translation, sink, attempt)
         except RenderError as exc:
             # not the upstream's doing, and the next one may take the request as it is

@@ -32,7 +32,7 @@ class Attempt:
 
     def describe(self) -> str:
         what = str(self.status) if self.status is not None else "-"
-        if self.error:
+        if self.error and self.error != f"HTTP {self.status}":   # not "529 HTTP 529"
             what = f"{what} {self.error}" if self.status is not None else self.error
         return f"{self.upstream}: {what} ({self.ms} ms)"
 
@@ -58,6 +58,7 @@ class Job:
     bound_to: str | None = None          # the upstream that session was bound to when the request came
     why_first: str = ""                  # why the first candidate came first (for the flow comment)
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (upstream, why) left out by the plan
+    sent_body: bytes | None = None       # the body the last attempt sent (model renamed, maybe converted)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def client_left(self) -> None:
@@ -85,6 +86,9 @@ class Job:
         if not self.attempts:
             return ""
         parts = [" | ".join(a.describe() for a in self.attempts)]
+        final = next((u for u in self.candidates if u.name == self.upstream), None)
+        if final is not None and final.protocol != self.request.client_protocol:
+            parts.append(f"{self.request.route} → {final.protocol}")   # a converted request
         if self.why_first and self.candidates:
             parts.append(f"{self.candidates[0].name} first: {self.why_first}")
         if self.skipped:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 from mitmproxy import command, exceptions
 
@@ -27,20 +28,39 @@ class Commands:
             raise exceptions.CommandError(f"no upstream named {name!r} (known: {known})") from None
 
     @command.command("ccswitch.status")
-    def status(self) -> str:
-        """Each upstream's state: available, cooling down, outside its hours, failures."""
+    def status(self) -> Sequence[str]:
+        """Each upstream's state, one line each: available, cooling down, full, outside its
+        hours, failures, utilization, bound sessions.  The lines also go to the event log."""
         rules = self.gateway.rules
         gateway = self.gateway
-        return status_text(rules, gateway.health, datetime.now(rules.tz), gateway.quota, gateway.sessions)
+        lines = status_text(rules, gateway.health, datetime.now(rules.tz), gateway.quota,
+                            gateway.sessions).splitlines()
+        for line in lines:      # mitmweb's event log shows them as lines; its command bar as a list
+            log.info("%s", line)
+        return lines
 
     @command.command("ccswitch.use")
     def use(self, name: str, minutes: int = 30) -> str:
-        """Prefer one upstream for its routes for a while (default 30 minutes)."""
+        """Prefer one upstream for its routes for a while (default 30 minutes; 0 ends it)."""
         self._upstream(name)
         health = self.gateway.health
+        if minutes <= 0:
+            return self.unuse()
         health.preferred = (name, health.clock() + minutes * 60)
-        log.info("ccswitch: preferring %s for %d minutes", name, minutes)
-        return f"preferring {name} for {minutes} minutes"
+        until = datetime.now(self.gateway.rules.tz) + timedelta(minutes=minutes)
+        log.info("ccswitch: preferring %s for %d minutes (until %s)", name, minutes, f"{until:%H:%M}")
+        return f"preferring {name} for {minutes} minutes, until {until:%H:%M} (ccswitch.unuse ends it)"
+
+    @command.command("ccswitch.unuse")
+    def unuse(self) -> str:
+        """End the preference set with ccswitch.use."""
+        health = self.gateway.health
+        name = health.preferred_name()
+        health.preferred = None
+        if name is None:
+            return "no upstream was preferred"
+        log.info("ccswitch: no longer preferring %s", name)
+        return f"no longer preferring {name}"
 
     @command.command("ccswitch.reset")
     def reset(self, name: str) -> str:

@@ -57,6 +57,9 @@ class Router:
                           "The intercepted hosts are unreachable (relays only): answer their "
                           "unrouted requests (e.g. Claude Code's settings calls) with 404 at once "
                           "instead of a 502 that clients retry for many seconds.")
+        loader.add_option("ccswitch_keep_stream", int, 1024 * 1024,
+                          "Bytes of each streamed answer kept on the flow, so mitmweb and `-w` files "
+                          "show what was streamed (0: none).")
         loader.add_option("ccswitch_shutdown_grace", int, 8,
                           "Seconds that requests in flight get to finish when the proxy shuts down "
                           "(SIGTERM, Ctrl-C); new ones get a 503 meanwhile. Past it, streams end with "
@@ -133,7 +136,10 @@ class Router:
         if rules.client_keys and not rules.client_key_ok(client_credential(headers)):
             return refuse(401, "missing or invalid ccswitch client key")
         if match.endpoint == Endpoint.WEBSOCKET:
-            return refuse(426, "ccswitch serves Responses over HTTPS, not WebSocket", {"stream": True})
+            # Codex falls back to HTTPS at once: not an error, and no request to record
+            answer(flow, error_response(client_protocol, 426, "ccswitch serves Responses over HTTPS, not WebSocket"))
+            flow.comment = "ccswitch: WebSocket declined (426): Codex goes on over HTTPS"
+            return
         max_body = ctx.options.ccswitch_max_body
         raw = flow.request.raw_content or b""
         refusal = header_problem(headers) or body_problem(flow.request.headers.get("content-type", ""), len(raw), max_body)
@@ -200,7 +206,8 @@ class Router:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.id in self.jobs and "text/event-stream" in flow.response.headers.get("content-type", ""):
-            flow.response.stream = True
+            keep = ctx.options.ccswitch_keep_stream
+            flow.response.stream = StreamCopy(keep) if keep > 0 else True
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)
@@ -243,9 +250,41 @@ class Router:
         flow.comment = job.comment()
         if job.failed_over:
             flow.marked = ":warning:"
-        flow.metadata["ccswitch"].update(
-            upstream=job.upstream, upstream_model=job.upstream_model,
-            attempts=[a.describe() for a in job.attempts], error=job.error)
+            log.info("ccswitch: %s %s failed over: %s", job.request.route, job.request.model,
+                     " → ".join(a.describe() for a in job.attempts))
+        meta = flow.metadata["ccswitch"]
+        meta.update(upstream=job.upstream, upstream_model=job.upstream_model,
+                    attempts=[a.describe() for a in job.attempts], error=job.error)
+        if job.sent_body is not None and job.sent_body != flow.request.raw_content:
+            # the request tab shows what the upstream got; the client's own body stays in the metadata
+            meta["client_body"] = flow.request.get_text(strict=False)
+            flow.request.headers.pop("content-encoding", None)
+            flow.request.content = job.sent_body
+        if isinstance(flow.response and flow.response.stream, StreamCopy):
+            flow.response.stream.keep_on(flow.response)
+
+
+class StreamCopy:
+    """mitmproxy's stream callable: passes each chunk on untouched and keeps the first `limit`
+    bytes, set on the flow at the end (a streamed flow otherwise shows "Content is missing")."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.kept = bytearray()
+        self.total = 0
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if len(self.kept) < self.limit:
+            self.kept += chunk[: self.limit - len(self.kept)]
+        self.total += len(chunk)
+        return chunk
+
+    def keep_on(self, response: http.Response) -> None:
+        response.stream = False
+        response.headers.pop("content-encoding", None)
+        response.content = bytes(self.kept)
+        if self.total > len(self.kept):
+            response.headers["x-ccswitch-kept"] = f"first {len(self.kept)} of {self.total} bytes"
 
 
 def rate_limit_headers(protocol: str, seconds: float, now: float) -> dict[str, str]:

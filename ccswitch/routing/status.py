@@ -44,7 +44,11 @@ def status_text(rules: Rules, health: HealthBoard, now: datetime, quota: QuotaBo
               for name in (u.name for u in rules.upstreams)}
     preferred = health.preferred_name()
     bound = sessions.count_by_upstream() if sessions is not None else {}
-    lines = [f"ccswitch at {now:%Y-%m-%d %H:%M:%S %Z}" + (f"; preferring {preferred}" if preferred else "")]
+    head = f"ccswitch at {now:%Y-%m-%d %H:%M:%S %Z}"
+    if preferred:
+        left = health.preferred[1] - health.clock()
+        head += f"; preferring {preferred} for {left / 60:.0f} more minute(s)"
+    lines = [head]
     for upstream in rules.upstreams:
         state = health.get(upstream.name)
         parts = [f"{upstream.name} [{upstream.protocol}; routes: {', '.join(routes[upstream.name]) or '-'}]",

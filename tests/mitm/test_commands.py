@@ -36,7 +36,7 @@ def test_status_lists_every_state_without_keys(setup):
     gateway, commands, tctx = setup
     for _ in range(3):
         gateway.health.record_failure("a", "HTTP 529", threshold=3, cooldown=600)
-    text = tctx.command(commands.status)
+    text = "\n".join(tctx.command(commands.status))
     assert "a [anthropic; routes: claude]" in text and "cooling down until" in text
     assert "failures 3" in text and "last error: HTTP 529" in text
     assert "b [anthropic" in text and "disabled" in text
@@ -53,12 +53,12 @@ def test_status_shows_utilization_its_window_reset_full_and_bound_sessions(setup
                                ("anthropic-ratelimit-unified-5h-reset", str(int(reset)))])
     gateway.sessions.bind("claude", "s1", "a", ttl=3600)
     gateway.sessions.bind("claude", "s2", "a", ttl=3600)
-    text = tctx.command(commands.status)
+    text = "\n".join(tctx.command(commands.status))
     line = next(x for x in text.splitlines() if x.strip().startswith("a ["))
     at = datetime.fromtimestamp(reset, gateway.rules.tz).strftime("%H:%M")
     assert f"utilization 0.97 (5h window, resets {at}); full" in line and "2 session(s) bound" in line
     tctx.command(commands.reset, "a")          # a reset forgets what the windows said too
-    assert "utilization" not in tctx.command(commands.status)
+    assert "utilization" not in "\n".join(tctx.command(commands.status))
 
 
 def test_disable_enable_and_reset(setup):
@@ -97,3 +97,16 @@ def test_all_cooling_route_still_tries_the_one_that_recovers_first(setup):
     gateway.health.record_failure("a", "x", threshold=1, cooldown=600)
     gateway.health.record_failure("b", "x", threshold=1, cooldown=60)
     assert names(gateway) == ["b"]
+
+
+def test_use_says_until_when_status_shows_the_time_left_and_unuse_ends_it(setup):
+    gateway, commands, tctx = setup
+    said = tctx.command(commands.use, "a", "20")
+    assert said.startswith("preferring a for 20 minutes, until ") and "ccswitch.unuse" in said
+    head = tctx.command(commands.status)[0]
+    assert "preferring a for 20 more minute(s)" in head
+    assert tctx.command(commands.unuse) == "no longer preferring a"
+    assert gateway.health.preferred_name() is None and "preferring" not in tctx.command(commands.status)[0]
+    assert tctx.command(commands.unuse) == "no upstream was preferred"
+    tctx.command(commands.use, "a", "5")
+    assert tctx.command(commands.use, "a", "0") == "no longer preferring a"
