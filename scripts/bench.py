@@ -7,8 +7,12 @@ its own process): direct; a bare `mitmdump` in reverse mode (no addon,
 through HTTPS_PROXY (CONNECT + TLS interception); LiteLLM's proxy is listed when
 installed (`--litellm PATH`, or a `litellm` on PATH; it is best kept in a venv of its
 own: `python -m venv /tmp/litellm && /tmp/litellm/bin/pip install 'litellm[proxy]'`).
-Prints each figure with its ratio to bare mitmdump, then in-process figures
-(converter and ledger throughput).
+Prints each figure with its ratio to bare mitmdump; then the routing pair
+(scripts/bench_routing.py): small non-streamed latency through ccswitch with a
+`strategy: quota, sticky: 1h` route and 50 cycling sessions against ccswitch with a
+plain priority route and none, interleaved, against the same mock answering with
+rate-limit headers, with their ratio; then in-process figures (converter and
+ledger throughput).
 
     python scripts/bench.py            # about 4 minutes on 2 cores
     python scripts/bench.py --quick    # a smoke run
@@ -32,12 +36,14 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from scripts import bench_routing  # noqa: E402
 from tests.support.proxy_process import MITMDUMP, Proxy, free_port  # noqa: E402
 
 MOCK_SERVER = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from tests.support.mock_upstream import MockUpstream, slow_stream, status
+from tests.support.mock_upstream import MockUpstream, ok as answer, slow_stream, status
+from scripts.bench_routing import UTILIZATION, rate_limit_headers
 ok = MockUpstream("bench", text="ok")
 ok.record = False
 ok.by_model = {{"stream-paced": slow_stream(20, 0.005), "stream-flood": slow_stream({flood}, 0)}}
@@ -46,7 +52,13 @@ failing = MockUpstream("failing")
 failing.record = False
 failing.default = status(503)
 failing.start()
-print(ok.port, failing.port, flush=True)
+limited = {{}}
+for name, used in UTILIZATION.items():    # the routing pair's upstreams: answers carry rate-limit headers
+    limited[name] = MockUpstream(name, text="ok")
+    limited[name].record = False
+    limited[name].default = answer(headers=rate_limit_headers(used, time.time()))
+    limited[name].start()
+print(ok.port, failing.port, *(f"{{n}}={{m.port}}" for n, m in limited.items()), flush=True)
 time.sleep(3600)
 """
 HEADERS = {"x-api-key": "sk-client-bench", "anthropic-version": "2023-06-01"}
@@ -67,11 +79,13 @@ class Target:
 
 # ---------------------------------------------------------------------- processes
 
-def start_mock(flood: int) -> tuple[subprocess.Popen, int, int]:
+def start_mock(flood: int) -> tuple[subprocess.Popen, int, int, dict[str, int]]:
+    """(process, the bench port, the failing port, the routing pair's ports by upstream name)."""
     code = MOCK_SERVER.format(repo=str(REPO), flood=flood)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    ok_port, failing_port = proc.stdout.readline().split()
-    return proc, int(ok_port), int(failing_port)
+    ok_port, failing_port, *limited = proc.stdout.readline().split()
+    pair_ports = {name: int(port) for name, port in (item.split("=") for item in limited)}
+    return proc, int(ok_port), int(failing_port), pair_ports
 
 
 def start_bare(mock_port: int, workdir: Path) -> tuple[subprocess.Popen, str]:
@@ -256,17 +270,18 @@ def measure(targets: list[Target], args) -> dict[str, dict[str, float]]:
     return figures
 
 
-def table(figures: dict[str, dict[str, float]], baseline: str = "bare mitmdump") -> str:
+def table(figures: dict[str, dict[str, float]], baseline: str = "bare mitmdump", short: str = "bare") -> str:
+    """One column per target, then each ccswitch target (other than the baseline) over the baseline."""
     names = list(figures)
     metrics = list(dict.fromkeys(m for f in figures.values() for m in f))
-    rows = [("figure", *names, *(f"{n} / bare" for n in names if n.startswith("ccswitch")))]
+    compared = [n for n in names if n.startswith("ccswitch") and n != baseline]
+    rows = [("figure", *names, *(f"{n} / {short}" for n in compared))]
     for m in metrics:
         cells = [f"{figures[n][m]:,.2f}" if m in figures[n] else "-" for n in names]
         ratios = []
-        for n in names:
-            if n.startswith("ccswitch"):
-                base, value = figures[baseline].get(m), figures[n].get(m)
-                ratios.append(f"{value / base:.2f}x" if base and value is not None else "-")
+        for n in compared:
+            base, value = figures[baseline].get(m), figures[n].get(m)
+            ratios.append(f"{value / base:.2f}x" if base and value is not None else "-")
         rows.append((m, *cells, *ratios))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
@@ -285,6 +300,11 @@ def verdicts(figures: dict[str, dict[str, float]]) -> list[str]:
     return [f"  {'met   ' if ok else 'MISSED'} {name}" for name, ok in checks]
 
 
+def routing_figures(ms: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    return {name: {"latency p50 (ms)": pct(values, 0.5), "latency p99 (ms)": pct(values, 0.99)}
+            for name, values in ms.items()}
+
+
 def in_process_figures() -> list[str]:
     from bench_inprocess import converter_events_per_second, ledger_rows_per_second
     lines = [f"converter {label}: {converter_events_per_second(p):,.0f} SSE events/s on one core"
@@ -298,6 +318,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="latency samples per target")
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each throughput run")
     parser.add_argument("--memory-requests", type=int, default=10_000, help="requests for the RSS/CPU figures")
+    parser.add_argument("--routing-requests", type=int, default=1000,
+                        help="latency samples per side of the routing pair (quota+sticky vs priority)")
     parser.add_argument("--flood", type=int, default=5000, help="events in the streamed-throughput reply")
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     parser.add_argument("--litellm", help="LiteLLM's `litellm` executable (default: beside this Python, "
@@ -305,14 +327,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.requests, args.seconds, args.memory_requests, args.flood = 20, 0.5, 500, 500
+        args.routing_requests = 200
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        mock, mock_port, failing_port = start_mock(args.flood)
+        mock, mock_port, failing_port, pair_ports = start_mock(args.flood)
         bare = proxy = litellm = None
+        pair: tuple[Proxy, ...] = ()
         litellm_exe, litellm_note = find_litellm(args.litellm), "not installed"
         try:
             bare, bare_url = start_bare(mock_port, workdir)
             proxy = start_ccswitch(mock_port, failing_port, workdir / "ccswitch")
+            pair = bench_routing.start_pair(pair_ports, workdir)
             trust = ssl.create_default_context(cafile=str(proxy.ca_cert))
             targets = [
                 Target("direct", f"http://127.0.0.1:{mock_port}"),
@@ -326,19 +351,27 @@ def main() -> None:
                 litellm_note = f"LiteLLM {version} ({litellm_exe}), Anthropic provider, same mock"
             started = time.time()
             figures = measure(targets, args)
+            pair_samples = bench_routing.sample_pair(pair[0].reverse_url, pair[1].reverse_url,
+                                                     args.routing_requests, HEADERS, {**BASE_BODY, "model": "small"})
         finally:                                         # never leave a mock or a proxy behind
-            if proxy is not None:
-                proxy.stop()
+            for process in (proxy, *pair):
+                if process is not None:
+                    process.stop()
             for process in (bare, litellm):
                 if process is not None:
                     process.terminate()
             mock.terminate()
+        affinity = bench_routing.session_affinity(pair[1].usage_db)   # written out by the stop above
     print(f"ccswitch benchmark, {time.strftime('%Y-%m-%d')}, {args.requests} latency samples per target, "
           f"{args.memory_requests} requests for memory/CPU ({time.time() - started:.0f} s)")
     print(table(figures))
     print(f"LiteLLM proxy: {litellm_note}")
     print("targets (ccswitch reverse vs bare mitmdump, same run):")
     print("\n".join(verdicts(figures)))
+    print(f"routing decision, {args.routing_requests} interleaved samples per side, same run "
+          f"(two ccswitch reverse processes, the same mock answering with rate-limit headers):")
+    print(table(routing_figures(pair_samples.ms), baseline=bench_routing.PRIORITY, short="priority"))
+    print("\n".join(bench_routing.describe(pair_samples.served, affinity)))
     print("\n".join(in_process_figures()))
 
 
