@@ -5,8 +5,8 @@ YAML 1.2-ish scalars that notes duplicate keys, ``${VAR}`` expansion in api_key 
 values, pydantic errors rewritten as ``FILE: field.path: message`` (upstreams named by name, see
 config.crosscheck, which also holds the checks that span fields), and where rules.yaml is looked for.
 Public: ``find_rules`` (what every command and the proxy load), ``parse_rules``, ``load_rules``,
-``resolve_rules_path``, ``default_rules_text``. Every problem is collected into one ``RulesError``;
-secrets never appear in a message.
+``resolve_rules_path``, ``rules_origin``, ``default_rules_text``, ``example_rules_text``. Every
+problem is collected into one ``RulesError``; secrets never appear in a message.
 """
 from __future__ import annotations
 
@@ -121,6 +121,25 @@ def _expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[st
     return problems, {p for p, _ in problems}
 
 
+def _expand_keys_and_hooks(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[str, str]], set[str]]:
+    """Expand ${VAR} in client keys (`key` of the mapping form) and notify URLs, in place."""
+    problems: list[tuple[str, str]] = []
+    places: list[tuple[str, dict, str]] = []
+    for section, field in (("client_keys", "key"), ("notify", "url")):
+        items = data.get(section)
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            if isinstance(item, dict) and isinstance(item.get(field), str):
+                places.append((f"{section}[{i}].{field}", item, field))
+    for path, holder, key in places:
+        value, missing, malformed = _expand(holder[key], env)
+        if malformed:
+            problems.append((path, "malformed ${...} reference (use ${NAME}, or $${ for a literal ${)"))
+        problems += [(path, f"environment variable {n} is not set (set it where ccswitch runs)") for n in missing]
+        if not malformed and not missing:
+            holder[key] = value
+    return problems, {p for p, _ in problems}
+
+
 _FIELD_NAMES = sorted({f for m in (Rules, Failover, Timeouts, Upstream, Routes) for f in m.model_fields} - {"source"})
 _PLAIN_MESSAGES = {
     "missing": "required", "model_type": "must be a mapping", "dict_type": "must be a mapping",
@@ -187,6 +206,8 @@ def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path
         problems.append(where("source", "unknown key"))
         del data["source"]
     env_problems, env_paths = _expand_upstreams(data, env)
+    more_problems, more_paths = _expand_keys_and_hooks(data, env)
+    env_problems, env_paths = env_problems + more_problems, env_paths | more_paths
     problems += [where(p, m) for p, m in env_problems]
     ctx = {"base_dir": base_dir if base_dir is not None else Path.cwd()}
     rules: Rules | None = None
@@ -240,6 +261,26 @@ def find_rules(option_value: str | None, env: Mapping[str, str] | None = None,
     return load_rules(path, env), path
 
 
+def rules_origin(option_value: str | None, path: Path | None, cwd: Path | None = None,
+                 home: Path | None = None) -> str:
+    """Which rules are in use and why, for the line every command prints.
+
+    The lookup order is the contract's; this says plainly when a ``./rules.yaml`` of the current
+    directory (a checkout's tracked example, say) wins over ``~/.ccswitch/rules.yaml``."""
+    cwd, home = cwd or Path.cwd(), home or Path.home()
+    personal = home / ".ccswitch" / "rules.yaml"
+    if path is None:
+        return (f"the built-in default (official upstreams, the client's own credentials): there is no "
+                f"./rules.yaml here and no {personal}; `ccswitch init` writes one")
+    if option_value:
+        return f"{path} (as named)"
+    if path == cwd / "rules.yaml":
+        shadowed = f"; {personal} is not used" if personal.is_file() else ""
+        return (f"{path} (./rules.yaml in the current directory comes first{shadowed}; "
+                "name a file with --rules to use another)")
+    return f"{path} (~/.ccswitch/rules.yaml; there is no ./rules.yaml here)"
+
+
 def resolve_rules_path(option_value: str | None, cwd: Path, home: Path) -> Path | None:
     """Explicit option; else ./rules.yaml; else ~/.ccswitch/rules.yaml; else None (built-in)."""
     if option_value:
@@ -274,3 +315,11 @@ routes:
 
 def default_rules_text() -> str:
     return DEFAULT_RULES_TEXT
+
+
+EXAMPLE_RULES = "example-rules.yaml"   # package data of ccswitch.config; the repository's rules.yaml equals it
+
+
+def example_rules_text() -> str:
+    """The shipped, commented example rules (what `ccswitch init` writes)."""
+    return (Path(__file__).with_name(EXAMPLE_RULES)).read_text(encoding="utf-8")

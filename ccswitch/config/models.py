@@ -260,6 +260,7 @@ class Upstream(_Model):
     activation_model: str | None = None
     price_multiplier: float = Field(default=1.0, ge=0)
     weight: float = Field(default=1.0, gt=0)   # the `weighted` strategy's share
+    budget: Budget | None = None               # USD per day / month; over it the upstream is skipped
 
     @model_validator(mode="before")
     @classmethod
@@ -354,17 +355,61 @@ def _host(v: str) -> str:
     return v
 
 
-def _client_key(v: SecretStr) -> SecretStr:
-    if not v.get_secret_value():
-        raise ValueError("client key must not be empty")
-    return v
+class Budget(_Model):
+    """USD per calendar day / month in the rules' time zone, at the report's prices."""
+    daily: float | None = Field(default=None, gt=0)
+    monthly: float | None = Field(default=None, gt=0)
+
+
+class ClientKey(_Model):
+    """A key clients present to ccswitch: its name (for the ledger and reports) and budget."""
+    name: Annotated[str, Field(pattern=_NAME_RE.pattern)]
+    key: SecretStr
+    budget: Budget | None = None
+
+    @field_validator("key", mode="after")
+    @classmethod
+    def _not_empty(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value():
+            raise ValueError("client key must not be empty")
+        return v
+
+    def get_secret_value(self) -> str:
+        return self.key.get_secret_value()
+
+
+def _client_key_forms(value: Any) -> Any:
+    """The plain list form names its keys by position: key-1, key-2, …"""
+    if not isinstance(value, (list, tuple)):
+        return value
+    return [{"name": f"key-{i}", "key": v} if isinstance(v, (str, SecretStr)) else v
+            for i, v in enumerate(value, 1)]
+
+
+NotifyEvent = Literal["cooldown", "recovered", "full", "budget", "exhausted", "activation_failed"]
+NOTIFY_EVENTS: tuple[str, ...] = ("cooldown", "recovered", "full", "budget", "exhausted", "activation_failed")
+
+
+class NotifyHook(_Model):
+    url: SecretStr                                     # webhook URLs often carry a token
+    format: Literal["json", "slack", "discord", "text"] = "json"
+    events: tuple[NotifyEvent, ...] = NOTIFY_EVENTS
+    timeout: PositiveDuration = 5.0
+
+    @field_validator("url", mode="after")
+    @classmethod
+    def _http_url(cls, v: SecretStr) -> SecretStr:
+        parts = urlsplit(v.get_secret_value())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        return v
 
 
 class Rules(_Model):
     version: Literal[1] = 1
     timezone: str | None = None
     usage_db: Path = Field(default_factory=lambda: Path("~/.ccswitch/usage.db").expanduser())
-    client_keys: tuple[Annotated[SecretStr, AfterValidator(_client_key)], ...] = ()
+    client_keys: Annotated[tuple[ClientKey, ...], BeforeValidator(_client_key_forms)] = ()
     intercept: tuple[Annotated[str, AfterValidator(_host)], ...] = (
         "api.anthropic.com", "api.openai.com", "chatgpt.com")
     failover: Failover = Field(default_factory=Failover)
@@ -376,6 +421,7 @@ class Rules(_Model):
     # chat route: max_tokens sent to an Anthropic upstream when the client gave none,
     # by upstream model (exact name or glob; "*" = any other); overrides the built-in table
     max_tokens: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    notify: tuple[NotifyHook, ...] = ()
     source: Path | None = None
 
     @field_validator("timezone", mode="after")
@@ -409,10 +455,13 @@ class Rules(_Model):
 
     def client_key_ok(self, presented: str | None) -> bool:
         """True if `presented` equals a client key (constant time); True if none are configured."""
-        if not self.client_keys:
-            return True
+        return not self.client_keys or self.client_named(presented) is not None
+
+    def client_named(self, presented: str | None) -> ClientKey | None:
+        """The client key `presented` equals, compared in constant time with every key."""
         given = (presented or "").encode("utf-8", "surrogatepass")
-        ok = False
-        for key in self.client_keys:
-            ok |= hmac.compare_digest(given, key.get_secret_value().encode("utf-8", "surrogatepass"))
-        return ok and presented is not None
+        found = None
+        for client in self.client_keys:
+            if hmac.compare_digest(given, client.get_secret_value().encode("utf-8", "surrogatepass")):
+                found = client
+        return found if presented is not None else None
