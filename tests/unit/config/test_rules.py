@@ -451,12 +451,12 @@ def test_fingerprint_changes_with_key_url_protocol():
 
 def test_client_key_ok():
     r = parse(f"client_keys: ['{SECRET}', other-key]\n")
-    assert all(isinstance(k, SecretStr) for k in r.client_keys)
+    assert all(isinstance(k.key, SecretStr) for k in r.client_keys) and [k.name for k in r.client_keys] == ["key-1", "key-2"]
     assert r.client_key_ok(SECRET) and r.client_key_ok("other-key")
     assert not r.client_key_ok(SECRET[:-1]) and not r.client_key_ok("") and not r.client_key_ok(None)
     assert not r.client_key_ok(SECRET + "x") and not r.client_key_ok("ключ")
     assert parse("").client_key_ok(None) is True  # no keys configured: nothing to check
-    assert problems("client_keys: ['']\n") == ["r.yaml: client_keys[0]: client key must not be empty"]
+    assert problems("client_keys: ['']\n") == ["r.yaml: client_keys[0].key: client key must not be empty"]
 
 
 # ----------------------------------------------------------------------------- upstream fields
