@@ -1,0 +1,48 @@
+"""What happens to upstreams and routes that someone may want to hear about: a cooldown, a
+recovery, a full window, a budget crossed, a route answered by ccswitch itself, failed
+activations.  Emitting is synchronous and cheap (the request path emits); listeners such as
+the webhook notifier queue what they need and do their work elsewhere."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+log = logging.getLogger("ccswitch.events")
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str                        # cooldown | recovered | full | budget | exhausted | activation_failed
+    upstream: str | None             # None for a client key's budget or a route-wide event
+    reason: str                      # a sentence for people; never key text
+    route: str | None = None
+    until: datetime | None = None    # when the condition ends, when known (UTC)
+    #: what makes two events the same occurrence (e.g. one cooldown, one window, one budget period):
+    #: listeners de-duplicate on (kind, upstream, episode)
+    episode: str = ""
+    ts: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+Listener = Callable[[Event], None]
+
+
+class Events:
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def emit(self, event: Event) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:   # a listener's bug must never fail the request that emitted
+                log.exception("ccswitch: an event listener failed on %s", event.kind)
