@@ -1,0 +1,244 @@
+"""What ccswitch has served since it started, kept in memory for the live page and the metrics.
+
+`LiveBoard.note` takes each finished request as its ledger rows (`ledger.rows.request_row` and
+`attempt_rows`, or `own_answer_row` for an answer ccswitch gave itself), so the page, the metrics
+and the ledger read one record.  Noting a request only adds to counters and a short deque; the
+page and the metrics are computed when someone asks for them (`live_status`, `metrics`).
+
+Today's totals follow the report's definitions (`report.data`): cost at the report's prices
+(billed model, `price_multiplier`), a failover is a request with more than one attempt, an
+error is a request with an error or a status >= 400, `count_tokens` requests are left out.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, date, datetime, tzinfo
+from typing import Any
+
+from ccswitch.config.models import Rules
+from ccswitch.dial.job import CLIENT_CLOSED
+from ccswitch.report import prices
+from ccswitch.vocab import Endpoint
+
+RECENT = 50   # requests the page lists
+
+#: token kinds, each with the ledger column it is read from
+TOKEN_KINDS = {"input": "input_tokens", "output": "output_tokens", "cache_creation": "cache_creation_tokens",
+               "cache_read": "cache_read_tokens", "reasoning": "reasoning_tokens"}
+
+# LLM calls last from a fraction of a second (count_tokens, an own answer) to many minutes
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+TTFB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+
+
+@dataclass
+class Histogram:
+    """A Prometheus-style histogram: counts per upper bound (the last one is +Inf), sum, count."""
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    sum: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1   # le: a value on a bound is in it
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, observations <= it) for each bound and +Inf, as Prometheus exposes them."""
+        out, running = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += n
+            out.append((bound, running))
+        return out
+
+
+@dataclass
+class DayTotals:
+    requests: int = 0
+    input: int = 0
+    output: int = 0
+    cache_creation: int = 0
+    cache_read: int = 0
+    reasoning: int = 0        # part of output
+    cost_usd: float = 0.0     # priced tokens only
+    unpriced_tokens: int = 0  # tokens of models with no known price (not in cost)
+    failovers: int = 0
+    errors: int = 0
+    count_tokens: int = 0     # count_tokens requests, left out of every other figure
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["cost_usd"] = round(self.cost_usd, 6)
+        return out
+
+
+@dataclass(frozen=True)
+class Served:
+    """One finished request as the page lists it."""
+    at: datetime              # UTC
+    route: str
+    endpoint: str
+    model: str | None         # what the client asked for
+    upstream_model: str | None
+    upstream: str | None      # None: ccswitch answered itself
+    attempts: tuple[tuple[str, str], ...]   # (upstream, status or error kind) per attempt
+    status: int | None
+    error: str | None
+    stream: bool
+    tokens: Mapping[str, int]
+    cost_usd: float | None
+    latency_ms: int | None
+    ttfb_ms: int | None
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _parse_ts(text: Any) -> datetime:
+    try:
+        moment = datetime.fromisoformat(str(text))
+    except ValueError:
+        return datetime.now(UTC)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def attempt_outcome(status: int | None, error: str | None) -> str:
+    """A small fixed vocabulary for an attempt's end: ok, http_<status>, stream_error (a 2xx
+    that ended with an error event), network (no status), client_closed."""
+    if error == CLIENT_CLOSED:
+        return CLIENT_CLOSED
+    if status is None:
+        return "network"
+    if 200 <= status < 300:
+        return "stream_error" if error else "ok"
+    return f"http_{status}"
+
+
+def status_label(status: int | None, error: str | None) -> str:
+    """The status a client got, as a label: the code, else client_closed or none."""
+    if status:
+        return str(status)
+    return CLIENT_CLOSED if error == CLIENT_CLOSED else "none"
+
+
+def is_error(status: int | None, error: str | None) -> bool:
+    return error is not None or (status or 0) >= 400
+
+
+def request_cost(row: Mapping[str, Any], rules: Rules) -> float | None:
+    """USD of one request at the report's prices, None if its model has no known price."""
+    model = row.get("upstream_model") or row.get("model")
+    multiplier = 1.0
+    for upstream in rules.upstreams:
+        if upstream.name == row.get("upstream"):
+            multiplier = upstream.price_multiplier
+    return prices.cost(model, _int(row.get("input_tokens")), _int(row.get("output_tokens")),
+                       _int(row.get("cache_creation_tokens")), _int(row.get("cache_creation_1h_tokens")),
+                       _int(row.get("cache_read_tokens")), multiplier, rules.prices)
+
+
+class LiveBoard:
+    """Counters since ccswitch started, today's totals, and the last `RECENT` requests."""
+
+    def __init__(self, clock: Callable[[], float] = time.time, recent: int = RECENT) -> None:
+        self.clock = clock
+        self.started = clock()
+        self.requests: Counter[tuple[str, str, str]] = Counter()     # (route, upstream, status)
+        self.failovers = 0
+        self.attempts: Counter[tuple[str, str]] = Counter()          # (upstream, outcome)
+        self.tokens: Counter[tuple[str, str]] = Counter()            # (upstream, kind)
+        self.cost: Counter[str] = Counter()                          # upstream -> USD (priced only)
+        self.unpriced: Counter[str] = Counter()                      # upstream -> tokens without a price
+        self.duration: dict[tuple[str, str], Histogram] = {}         # (route, upstream)
+        self.ttfb: dict[tuple[str, str], Histogram] = {}
+        self.recent: deque[Served] = deque(maxlen=recent)
+        self.day: date | None = None
+        self.today = DayTotals()
+
+    def note(self, row: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]], rules: Rules) -> None:
+        """Count one finished request (its ledger rows; `rules`: the rules it ran under, for prices)."""
+        upstream = row.get("upstream") or ""
+        route = str(row.get("route") or "")
+        status, error = row.get("status"), row.get("error")
+        self.requests[(route, upstream, status_label(status, error))] += 1
+        failed_over = len(attempts) > 1
+        self.failovers += failed_over
+        for attempt in attempts:
+            self.attempts[(str(attempt.get("upstream")), attempt_outcome(attempt.get("status"), attempt.get("error")))] += 1
+        tokens = {kind: _int(row.get(column)) for kind, column in TOKEN_KINDS.items()}
+        for kind, n in tokens.items():
+            if n:
+                self.tokens[(upstream, kind)] += n
+        usd = request_cost(row, rules)
+        billed = tokens["input"] + tokens["output"] + tokens["cache_creation"] + tokens["cache_read"]
+        if usd is not None:
+            self.cost[upstream] += usd
+        elif billed:
+            self.unpriced[upstream] += billed
+        if isinstance(row.get("latency_ms"), int):
+            self._histogram(self.duration, DURATION_BUCKETS, route, upstream).observe(row["latency_ms"] / 1000)
+        if isinstance(row.get("ttfb_ms"), int):
+            self._histogram(self.ttfb, TTFB_BUCKETS, route, upstream).observe(row["ttfb_ms"] / 1000)
+        at = _parse_ts(row.get("ts"))
+        self.recent.append(Served(
+            at=at, route=route, endpoint=str(row.get("endpoint") or ""), model=row.get("model"),
+            upstream_model=row.get("upstream_model"), upstream=upstream or None,
+            attempts=tuple((str(a.get("upstream")), str(a["status"]) if a.get("status") else
+                            attempt_outcome(None, a.get("error"))) for a in attempts),
+            status=status, error=error, stream=bool(row.get("stream")), tokens=tokens, cost_usd=usd,
+            latency_ms=row.get("latency_ms"), ttfb_ms=row.get("ttfb_ms")))
+        self._add_to_today(at.astimezone(rules.tz).date(), row, tokens, usd, billed, failed_over,
+                           is_error(status, error))
+
+    def totals(self, today: date) -> DayTotals:
+        """Today's totals (empty once the day has turned and nothing came since)."""
+        return self.today if self.day == today else DayTotals()
+
+    def since(self, tz: tzinfo) -> datetime:
+        """When today's totals begin: local midnight, or ccswitch's start if that was later."""
+        start = datetime.fromtimestamp(self.started, tz)
+        midnight = datetime.fromtimestamp(self.clock(), tz).replace(hour=0, minute=0, second=0, microsecond=0)
+        return max(start, midnight)
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _histogram(table: dict, bounds: tuple[float, ...], route: str, upstream: str) -> Histogram:
+        found = table.get((route, upstream))
+        if found is None:
+            found = table[(route, upstream)] = Histogram(bounds)
+        return found
+
+    def _add_to_today(self, day: date, row: Mapping[str, Any], tokens: Mapping[str, int], usd: float | None,
+                      billed: int, failed_over: bool, error: bool) -> None:
+        if self.day is None or day > self.day:
+            self.day, self.today = day, DayTotals()
+        elif day < self.day:
+            return   # a request that began before midnight and ended after it: yesterday's
+        totals = self.today
+        if row.get("endpoint") == Endpoint.COUNT_TOKENS:
+            totals.count_tokens += 1
+            return
+        totals.requests += 1
+        totals.input += tokens["input"]
+        totals.output += tokens["output"]
+        totals.cache_creation += tokens["cache_creation"]
+        totals.cache_read += tokens["cache_read"]
+        totals.reasoning += tokens["reasoning"]
+        if usd is not None:
+            totals.cost_usd += usd
+        else:
+            totals.unpriced_tokens += billed
+        totals.failovers += failed_over
+        totals.errors += error

@@ -1,0 +1,151 @@
+"""The live page's data, `/_ccswitch/status.json`: each upstream's state now, the last requests
+and today's totals.  Computed when asked for, from the `LiveBoard` and the boards routing keeps.
+
+No key text: only names, counts and states leave here, and error texts (which an upstream may
+have filled with what it was sent) are scrubbed of every configured key first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from ccswitch.config.models import Rules
+from ccswitch.config.schedule import schedule_block
+from ccswitch.report.live import LiveBoard, Served
+from ccswitch.routing.affinity import SessionBindings
+from ccswitch.routing.health import HealthBoard
+from ccswitch.routing.quota import QuotaBoard
+from ccswitch.vocab import Route
+from ccswitch.wire.redact import scrub
+
+#: an upstream's state, worst first: the page colours and the metrics' state label use these
+STATES = ("disabled", "outside_hours", "cooling", "full", "available")
+MAX_TEXT = 300   # longest error or model text shown
+
+
+@dataclass(frozen=True)
+class UpstreamView:
+    name: str
+    protocol: str
+    routes: tuple[str, ...]
+    state: str                      # one of STATES
+    detail: str                     # the state in words
+    until: datetime | None          # when a cooldown or a full window ends (local time)
+    failures: int
+    last_error: str | None
+    utilization: float | None       # the highest live window's, 0..1
+    window: str | None
+    resets_at: datetime | None      # that window's reset (local time)
+    sessions: int                   # sessions bound to it
+    preferred: bool                 # chosen by ccswitch.use
+
+    @property
+    def up(self) -> bool:
+        return self.state == "available"
+
+
+def rule_secrets(rules: Rules) -> list[str]:
+    """Every key text the rules hold: upstream keys and client keys."""
+    found = [u.api_key.get_secret_value() for u in rules.upstreams if u.api_key is not None]
+    return found + [key.get_secret_value() for key in rules.client_keys]
+
+
+def clean_text(text: str | None, secrets: list[str]) -> str | None:
+    if text is None:
+        return None
+    return scrub(str(text)[:MAX_TEXT * 4].encode("utf-8", "replace"), secrets).decode("utf-8", "replace")[:MAX_TEXT]
+
+
+def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, sessions: SessionBindings,
+                   now: datetime) -> list[UpstreamView]:
+    """Each upstream's state at `now` (aware, in the rules' time zone), in the rules' order."""
+    secrets = rule_secrets(rules)
+    preferred = health.preferred_name()
+    bound = sessions.count_by_upstream()
+    views = []
+    for upstream in rules.upstreams:
+        name = upstream.name
+        state, detail, until = _state(upstream, rules, health, quota, now)
+        known = quota.utilization(name)
+        value, window = known if known is not None else (None, None)
+        resets_at = None
+        if window is not None and window.resets_at is not None:
+            resets_at = now + timedelta(seconds=window.resets_at - quota.clock())
+        views.append(UpstreamView(
+            name=name, protocol=str(upstream.protocol),
+            routes=tuple(str(r) for r in Route if name in rules.routes.for_route(r)),
+            state=state, detail=detail, until=until, failures=health.get(name).failures,
+            last_error=clean_text(health.get(name).last_error, secrets), utilization=value,
+            window=window.name if window is not None else None, resets_at=resets_at,
+            sessions=bound.get(name, 0), preferred=name == preferred))
+    return views
+
+
+def _state(upstream, rules: Rules, health: HealthBoard, quota: QuotaBoard,
+           now: datetime) -> tuple[str, str, datetime | None]:
+    if not health.enabled(upstream.name, upstream.enabled):
+        return "disabled", "disabled" if not upstream.enabled else "disabled by ccswitch.disable", None
+    block = schedule_block(upstream, now)
+    if block:
+        return "outside_hours", block, None
+    cooling = health.cooling_until(upstream.name)
+    if cooling is not None:
+        until = now + timedelta(seconds=cooling - health.clock())
+        return "cooling", f"cooling down until {until:%H:%M:%S}", until
+    full = quota.full_until(upstream.name, rules.failover.drain_at)
+    if full is not None:
+        until = now + timedelta(seconds=full - quota.clock())
+        window = quota.full(upstream.name, rules.failover.drain_at)
+        return "full", f"full until {until:%H:%M:%S}" + (f" ({window.name} window)" if window else ""), until
+    if health.busy_probing(upstream.name):
+        return "available", "available (being probed after its cooldown)", None
+    return "available", "available", None
+
+
+def live_status(board: LiveBoard, views: list[UpstreamView], rules: Rules, now: datetime) -> dict[str, Any]:
+    """The whole page as data: `now` aware in the rules' time zone."""
+    secrets = rule_secrets(rules)
+    tz = now.tzinfo
+    since = board.since(tz)
+    return {
+        "now": now.isoformat(timespec="seconds"), "time": f"{now:%H:%M:%S}", "timezone": now.strftime("%Z"),
+        "started": datetime.fromtimestamp(board.started, tz).isoformat(timespec="seconds"),
+        "preferring": next((v.name for v in views if v.preferred), None),
+        "upstreams": [_view_dict(v, now) for v in views],
+        "today": {"date": now.date().isoformat(), "since": f"{since:%H:%M}",
+                  **board.totals(now.date()).to_dict()},
+        "recent": [_served_dict(s, tz, secrets) for s in reversed(board.recent)],
+    }
+
+
+def _local(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="seconds") if moment is not None else None
+
+
+def _view_dict(view: UpstreamView, now: datetime) -> dict[str, Any]:
+    return {
+        "name": view.name, "protocol": view.protocol, "routes": list(view.routes), "state": view.state,
+        "detail": view.detail, "up": view.up, "until": _local(view.until),
+        "seconds_left": None if view.until is None else max(0, round((view.until - now).total_seconds())),
+        "failures": view.failures, "last_error": view.last_error,
+        "utilization": None if view.utilization is None else round(view.utilization, 4),
+        "window": view.window, "resets_at": _local(view.resets_at),
+        "resets": f"{view.resets_at:%H:%M}" if view.resets_at is not None else None,
+        "sessions": view.sessions, "preferred": view.preferred,
+    }
+
+
+def _served_dict(served: Served, tz, secrets: list[str]) -> dict[str, Any]:
+    at = served.at.astimezone(tz)
+    return {
+        "ts": at.isoformat(timespec="milliseconds"), "time": f"{at:%H:%M:%S}", "route": served.route,
+        "endpoint": served.endpoint, "model": clean_text(served.model, secrets),
+        "upstream_model": clean_text(served.upstream_model, secrets), "upstream": served.upstream,
+        "attempts": [{"upstream": up, "result": result} for up, result in served.attempts],
+        "status": served.status, "error": clean_text(served.error, secrets), "stream": served.stream,
+        "tokens": dict(served.tokens),
+        "cost_usd": None if served.cost_usd is None else round(served.cost_usd, 6),
+        "ms": served.latency_ms, "ttfb_ms": served.ttfb_ms,
+    }

@@ -1,0 +1,246 @@
+"""The live page's data: counters from ledger rows, today's totals, upstream states, status.json."""
+
+import json
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from ccswitch.config.load import parse_rules
+from ccswitch.dial.job import CLIENT_CLOSED, Attempt
+from ccswitch.ledger.rows import attempt_rows, own_answer_row, request_row
+from ccswitch.report import prices
+from ccswitch.report.live import DURATION_BUCKETS, Histogram, LiveBoard, attempt_outcome
+from ccswitch.report.live_status import live_status, upstream_views
+from ccswitch.routing.affinity import SessionBindings
+from ccswitch.routing.health import HealthBoard
+from ccswitch.routing.quota import QuotaBoard
+from ccswitch.wire.usage import Usage
+from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B, make_job, rules_for
+
+TZ = "Europe/Berlin"
+# 2026-12-02 10:00 in Berlin
+NOON_ISH = datetime(2026, 12, 2, 9, 0, tzinfo=UTC).timestamp()
+
+
+def rules(extra: str = ""):
+    return rules_for(("a", "anthropic", "http://127.0.0.1:9"), ("b", "anthropic", "http://127.0.0.1:9"),
+                     extra=f"timezone: {TZ}\nclient_keys: ['{CLIENT_KEY}']\n" + extra)
+
+
+def finished(rules_, *attempts: Attempt, model="claude-sonnet-4-5", upstream_model=None, at=None,
+             path="/v1/messages", latency=1500, ttfb=300):
+    """A job as the dialer leaves it: attempts made, the last one answered the client."""
+    job = make_job(rules_, path=path, body={"model": model, "max_tokens": 5, "stream": True, "messages": []})
+    job.attempts = list(attempts)
+    last = attempts[-1] if attempts else None
+    job.upstream = last.upstream if last else None
+    job.upstream_model = upstream_model or model
+    job.status = last.status if last else None
+    job.error = last.error if last else None
+    job.latency_ms, job.ttfb_ms = latency, ttfb
+    if at is not None:
+        job.started_at = at
+    return job
+
+
+def note(board, rules_, job):
+    board.note(request_row(job), attempt_rows(job), rules_)
+
+
+USAGE = Usage(input_tokens=1000, output_tokens=200, cache_creation_tokens=3000, cache_creation_1h_tokens=0,
+              cache_read_tokens=50_000, reasoning_tokens=40)
+
+
+def test_a_failed_over_request_counts_once_with_both_attempts_its_tokens_and_cost():
+    r = rules()
+    board = LiveBoard(clock=lambda: NOON_ISH)
+    note(board, r, finished(r, Attempt("a", 529, "HTTP 529", 120), Attempt("b", 200, None, 1400, USAGE)))
+    assert board.requests == {("claude", "b", "200"): 1}
+    assert board.failovers == 1
+    assert board.attempts == {("a", "http_529"): 1, ("b", "ok"): 1}
+    assert board.tokens == {("b", "input"): 1000, ("b", "output"): 200, ("b", "cache_creation"): 3000,
+                            ("b", "cache_read"): 50_000, ("b", "reasoning"): 40}
+    expected = prices.cost("claude-sonnet-4-5", 1000, 200, 3000, 0, 50_000)
+    assert expected and board.cost["b"] == pytest.approx(expected)
+    hist = board.duration[("claude", "b")]
+    assert hist.count == 1 and hist.sum == pytest.approx(1.5)
+    assert board.ttfb[("claude", "b")].sum == pytest.approx(0.3)
+
+
+def test_cost_uses_the_billed_model_and_the_upstreams_price_multiplier_and_counts_unpriced_tokens():
+    r = rules_for(("a", "anthropic", "http://127.0.0.1:9"), extra="timezone: UTC\n")
+    r = r.model_copy(update={"upstreams": (r.upstreams[0].model_copy(update={"price_multiplier": 0.5}),)})
+    board = LiveBoard(clock=lambda: NOON_ISH)
+    note(board, r, finished(r, Attempt("a", 200, None, 10, USAGE), model="claude-x",
+                            upstream_model="claude-haiku-4-5"))
+    assert board.cost["a"] == pytest.approx(prices.cost("claude-haiku-4-5", 1000, 200, 3000, 0, 50_000) * 0.5)
+    note(board, r, finished(r, Attempt("a", 200, None, 10, USAGE), model="no-such-model-7"))
+    assert board.unpriced["a"] == 1000 + 200 + 3000 + 50_000
+    today = board.totals(datetime.fromtimestamp(NOON_ISH, UTC).date())
+    assert today.requests == 2 and today.unpriced_tokens == 54_200 and today.cost_usd == pytest.approx(board.cost["a"])
+
+
+def test_an_own_answer_counts_with_no_upstream_no_attempts_and_as_an_error():
+    r = rules()
+    board = LiveBoard(clock=lambda: NOON_ISH)
+    row = own_answer_row(request_id="f1", started_at=datetime.fromtimestamp(NOON_ISH, UTC), route="claude",
+                         endpoint="messages", model="m", stream=True, status=401,
+                         error="missing or invalid ccswitch client key", latency_ms=1)
+    board.note(row, [], r)
+    assert board.requests == {("claude", "", "401"): 1} and board.attempts == {} and board.failovers == 0
+    assert board.totals(datetime.fromtimestamp(NOON_ISH, ZoneInfo(TZ)).date()).errors == 1
+    assert board.duration[("claude", "")].count == 1
+
+
+@pytest.mark.parametrize("status,error,outcome", [
+    (200, None, "ok"), (200, "overloaded_error: busy", "stream_error"), (529, "HTTP 529", "http_529"),
+    (None, "connect timed out", "network"), (None, CLIENT_CLOSED, "client_closed"), (200, CLIENT_CLOSED, "client_closed"),
+])
+def test_attempt_outcomes_are_a_small_vocabulary(status, error, outcome):
+    assert attempt_outcome(status, error) == outcome
+
+
+def test_a_request_whose_client_left_has_status_client_closed():
+    r = rules()
+    board = LiveBoard(clock=lambda: NOON_ISH)
+    job = finished(r, Attempt("a", None, CLIENT_CLOSED, 50))
+    job.upstream, job.status = None, None
+    note(board, r, job)
+    assert board.requests == {("claude", "", "client_closed"): 1}
+
+
+def test_todays_totals_follow_the_report_and_turn_over_at_local_midnight():
+    r = rules()
+    now = [NOON_ISH]
+    board = LiveBoard(clock=lambda: now[0])
+    berlin = ZoneInfo(TZ)
+    day = datetime.fromtimestamp(NOON_ISH, berlin).date()
+    note(board, r, finished(r, Attempt("a", 529, "HTTP 529", 5), Attempt("b", 200, None, 10, USAGE)))
+    note(board, r, finished(r, Attempt("a", 500, "HTTP 500", 5)))
+    note(board, r, finished(r, Attempt("a", 200, None, 5, Usage(input_tokens=7)), path="/v1/messages/count_tokens"))
+    today = board.totals(day)
+    assert (today.requests, today.failovers, today.errors, today.count_tokens) == (2, 1, 1, 1)
+    assert (today.input, today.output, today.cache_creation, today.cache_read, today.reasoning) == (1000, 200, 3000, 50_000, 40)
+    # the next local day: yesterday's totals are not today's
+    tomorrow = datetime(2026, 12, 3, 0, 0, 30, tzinfo=berlin)
+    assert board.totals(tomorrow.date()).requests == 0
+    note(board, r, finished(r, Attempt("a", 200, None, 5, USAGE), at=tomorrow.astimezone(UTC)))
+    # a request that began before midnight and finished after it stays yesterday's
+    note(board, r, finished(r, Attempt("a", 200, None, 5, USAGE), at=tomorrow.astimezone(UTC) - timedelta(minutes=2)))
+    assert board.totals(tomorrow.date()).requests == 1 and board.totals(day).requests == 0
+    # counters since start keep everything
+    assert sum(board.requests.values()) == 5
+
+
+def test_today_begins_at_start_or_midnight_whichever_is_later():
+    board = LiveBoard(clock=lambda: NOON_ISH)
+    berlin = ZoneInfo(TZ)
+    assert board.since(berlin) == datetime.fromtimestamp(NOON_ISH, berlin)
+    board.started = NOON_ISH - 86400
+    assert board.since(berlin) == datetime(2026, 12, 2, tzinfo=berlin)
+
+
+def test_the_histogram_counts_a_value_on_a_bound_in_that_bucket_and_is_cumulative():
+    hist = Histogram(DURATION_BUCKETS)
+    for value in (0.1, 0.2, 5.0, 700.0):
+        hist.observe(value)
+    cumulative = dict(hist.cumulative())
+    assert cumulative[0.1] == 1 and cumulative[0.25] == 2 and cumulative[5.0] == 3 and cumulative[600.0] == 3
+    assert cumulative[float("inf")] == 4 == hist.count
+    assert [n for _, n in hist.cumulative()] == sorted(n for _, n in hist.cumulative())
+
+
+def test_only_the_last_fifty_requests_are_kept():
+    r = rules()
+    board = LiveBoard(clock=lambda: NOON_ISH)
+    for i in range(60):
+        note(board, r, finished(r, Attempt("a", 200, None, i), latency=i))
+    assert len(board.recent) == 50 and board.recent[0].latency_ms == 10 and board.recent[-1].latency_ms == 59
+
+
+# ---------------------------------------------------------------- upstream states and status.json
+
+class Clock:
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def boards():
+    wall = Clock(NOON_ISH)
+    return HealthBoard(clock=wall), QuotaBoard(clock=wall), SessionBindings(clock=wall), wall
+
+
+STATES_RULES = f"""
+timezone: {TZ}
+failover: {{threshold: 1, cooldown: 90}}
+upstreams:
+  - {{name: ok, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}
+  - {{name: cool, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}
+  - {{name: full, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}
+  - {{name: off, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}
+  - {{name: night, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}', hours: ["03:00-04:00"]}}
+routes: {{claude: [ok, cool, full, off], chat: [night]}}
+"""
+
+
+def test_upstream_states_name_each_reason_and_when_it_ends():
+    r = parse_rules(STATES_RULES)
+    health, quota, sessions, wall = boards()
+    now = datetime.fromtimestamp(wall(), ZoneInfo(TZ))
+    health.record_failure("cool", "HTTP 529", threshold=1, cooldown=90)
+    quota.record("full", [("anthropic-ratelimit-unified-5h-utilization", "0.97"),
+                          ("anthropic-ratelimit-unified-5h-reset", str(int(wall() + 1800)))])
+    quota.record("ok", [("anthropic-ratelimit-unified-5h-utilization", "0.42"),
+                        ("anthropic-ratelimit-unified-5h-reset", str(int(wall() + 3600)))])
+    health.switch("off", False)
+    sessions.bind("claude", "s1", "ok", 3600)
+    sessions.bind("claude", "s2", "ok", 3600)
+    views = {v.name: v for v in upstream_views(r, health, quota, sessions, now)}
+    assert views["ok"].state == "available" and views["ok"].up and views["ok"].sessions == 2
+    assert views["ok"].utilization == pytest.approx(0.42) and views["ok"].window == "5h"
+    assert views["ok"].resets_at == now + timedelta(seconds=3600)
+    assert views["cool"].state == "cooling" and views["cool"].until == now + timedelta(seconds=90)
+    assert views["cool"].last_error == "HTTP 529" and views["cool"].failures == 1 and not views["cool"].up
+    assert views["full"].state == "full" and views["full"].until == now + timedelta(seconds=1800)
+    assert "full until" in views["full"].detail and "5h window" in views["full"].detail
+    assert views["off"].state == "disabled" and views["off"].detail == "disabled by ccswitch.disable"
+    assert views["night"].state == "outside_hours" and "outside its hours" in views["night"].detail
+    assert views["night"].routes == ("chat",) and views["ok"].routes == ("claude",)
+
+
+def test_status_json_has_the_page_and_no_key_text_even_when_an_upstream_echoed_one():
+    r = rules()
+    health, quota, sessions, wall = boards()
+    board = LiveBoard(clock=wall)
+    leaked = f"HTTP 401: invalid x-api-key {KEY_B} (client {CLIENT_KEY})"
+    health.record_failure("a", leaked, threshold=5, cooldown=60)
+    note(board, r, finished(r, Attempt("a", 401, leaked, 30), Attempt("b", 200, None, 900, USAGE),
+                            model="claude-sonnet-4-5", upstream_model="claude-sonnet-4-5-20250929"))
+    now = datetime.fromtimestamp(wall(), ZoneInfo(TZ))
+    status = live_status(board, upstream_views(r, health, quota, sessions, now), r, now)
+    text = json.dumps(status)
+    assert KEY_A not in text and KEY_B not in text and CLIENT_KEY not in text and "[redacted]" in text
+    assert status["time"] == "10:00:00" and status["today"]["since"] == "10:00"
+    assert [u["name"] for u in status["upstreams"]] == ["a", "b"]
+    assert status["upstreams"][0]["failures"] == 1 and "[redacted]" in status["upstreams"][0]["last_error"]
+    (req,) = status["recent"]
+    assert req["model"] == "claude-sonnet-4-5" and req["upstream_model"] == "claude-sonnet-4-5-20250929"
+    assert req["attempts"] == [{"upstream": "a", "result": "401"}, {"upstream": "b", "result": "200"}]
+    assert req["upstream"] == "b" and req["status"] == 200 and req["ms"] == 1500 and req["ttfb_ms"] == 300
+    assert req["tokens"] == {"input": 1000, "output": 200, "cache_creation": 3000, "cache_read": 50_000,
+                             "reasoning": 40}
+    assert req["cost_usd"] == pytest.approx(prices.cost("claude-sonnet-4-5-20250929", 1000, 200, 3000, 0, 50_000))
+    assert status["today"]["requests"] == 1 and status["today"]["failovers"] == 1
+
+
+def test_the_newest_request_comes_first():
+    r = rules()
+    board = LiveBoard(clock=lambda: NOON_ISH)
+    for latency in (1, 2, 3):
+        note(board, r, finished(r, Attempt("a", 200, None, 1), latency=latency))
+    now = datetime.fromtimestamp(NOON_ISH, ZoneInfo(TZ))
+    assert [q["ms"] for q in live_status(board, [], r, now)["recent"]] == [3, 2, 1]
