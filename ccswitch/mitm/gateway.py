@@ -16,7 +16,9 @@ from ccswitch.dial.job import Job
 from ccswitch.ledger.rows import attempt_rows, request_row
 from ccswitch.ledger.writer import Ledger
 from ccswitch.net import http1
+from ccswitch.report.live import LiveBoard
 from ccswitch.routing.affinity import SessionBindings
+from ccswitch.routing.events import Events
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.quota import QuotaBoard
 
@@ -44,7 +46,9 @@ class Gateway:
         self.health = HealthBoard()
         self.quota = QuotaBoard()
         self.sessions = SessionBindings()
+        self.events = Events()         # cooldowns, recoveries, full windows, budgets: for the notifier
         self.ledger: Ledger | None = None
+        self.live = LiveBoard()   # counters and the last requests since start, for the live page
         # every upstream URL ccswitch itself dials is asked here first; tests install a
         # loopback-only guard (tests/support/loopback_guard.py), production allows all
         self.allow_url: Callable[[str], bool] = lambda url: True
@@ -73,10 +77,25 @@ class Gateway:
             log.info("ccswitch: usage ledger at %s", path)
 
     def record_job(self, job: Job) -> None:
+        """Every finished routed request passes here: into the ledger and the live counters."""
+        row, attempts = request_row(job), attempt_rows(job)
         if self.ledger is not None:
-            self.ledger.add("requests", request_row(job))
-            for row in attempt_rows(job):
-                self.ledger.add("attempts", row)
+            self.ledger.add("requests", row)
+            for attempt in attempts:
+                self.ledger.add("attempts", attempt)
+        self._note_live(row, attempts, job.rules)
+
+    def record_own_answer(self, row: dict) -> None:
+        """A request ccswitch answered itself (`ledger.rows.own_answer_row`): ledger and live counters."""
+        if self.ledger is not None:
+            self.ledger.add("requests", row)
+        self._note_live(row, [], self.rules)
+
+    def _note_live(self, row: dict, attempts: list[dict], rules: Rules) -> None:
+        try:
+            self.live.note(row, attempts, rules)
+        except Exception:   # the page's counters must never cost a request its record or answer
+            log.exception("ccswitch: could not count a request for the live page")
 
     def close(self) -> None:
         if self.ledger is not None:
