@@ -1,4 +1,7 @@
-"""`ccswitch` command line: check, env, report, activate."""
+"""`ccswitch` command line: init, check, env, run, report, activate.
+
+Every command that reads rules says on stderr which file it uses and why (stdout may be eval'ed
+or parsed); the lookup order is the contract's: ./rules.yaml, ~/.ccswitch/rules.yaml, built-in."""
 
 from __future__ import annotations
 
@@ -6,14 +9,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from ccswitch.config.load import find_rules
+from ccswitch.cli.rules_file import AnyEnv, find_announced, load_for_command
 from ccswitch.config.models import RulesError
 from ccswitch.vocab import Route
 
 
 def _check(args: argparse.Namespace) -> int:
     try:
-        rules, path = find_rules(args.rules)
+        rules, path = find_announced(args.rules)
     except RulesError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -27,9 +30,34 @@ def _check(args: argparse.Namespace) -> int:
 
 def _env(args: argparse.Namespace) -> int:
     from ccswitch.cli.env import env_lines
+    # the clients' shell need not hold the relays' ${VAR} keys: env reads only routes, auth and client_keys
+    rules = load_for_command(args.rules, env=AnyEnv())
+    if rules is None:
+        return 1
     confdir = Path(args.confdir).expanduser()
     print(env_lines(confdir=confdir, port=args.port, reverse=args.reverse, codex_toml=args.codex_toml,
-                    bundle_dir=Path(args.bundle_dir).expanduser() if args.bundle_dir else confdir))
+                    bundle_dir=Path(args.bundle_dir).expanduser() if args.bundle_dir else confdir, rules=rules))
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    from ccswitch.cli.init import write_example_rules
+    home = Path.home()
+    try:
+        path = write_example_rules(home)
+    except FileExistsError as exc:
+        print(f"{exc.filename} already exists; ccswitch init never overwrites it (edit it, or move it "
+              "away and run ccswitch init again)", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cannot write {exc.filename or home / '.ccswitch'}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(path)
+    print(f"wrote the example rules to {path}: edit it, then `ccswitch check`", file=sys.stderr)
+    local = Path.cwd() / "rules.yaml"
+    if local.is_file():
+        print(f"note: {local} comes first while you run ccswitch in {local.parent}; "
+              f"use --rules {path} (mitmdump: --set ccswitch_rules={path}) there", file=sys.stderr)
     return 0
 
 
@@ -44,7 +72,7 @@ def _activate(args: argparse.Namespace) -> int:
     from ccswitch.activation.probe import send_probe
     from ccswitch.ledger.writer import Ledger
     from ccswitch.net.http1 import UpstreamClient
-    rules = _load_for_command(args.rules)
+    rules = load_for_command(args.rules)
     if rules is None:
         return 1
     try:
@@ -73,17 +101,15 @@ def _activate(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def _load_for_command(path_arg: str | None):
-    try:
-        return find_rules(path_arg)[0]
-    except RulesError as exc:
-        print(str(exc), file=sys.stderr)
-        return None
+
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccswitch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    init = sub.add_parser("init", help="write ~/.ccswitch/rules.yaml from the shipped example (never overwrites)")
+    init.set_defaults(func=_init)
 
     check = sub.add_parser("check", help="validate a rules file; print every problem")
     check.add_argument("rules", nargs="?", help="path of rules.yaml (default: as mitmdump would find it)")
@@ -95,7 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--codex-toml", action="store_true", help="print a Codex model_providers block instead")
     env.add_argument("--confdir", default="~/.mitmproxy", help="mitmproxy's confdir (where its CA lives)")
     env.add_argument("--bundle-dir", default=None, help="where to write the CA bundle (default: confdir)")
+    env.add_argument("--rules", metavar="PATH",
+                     help="rules.yaml deciding the clients' API keys (default: as mitmdump would find it)")
     env.set_defaults(func=_env)
+
+    # parsed by ccswitch.cli.run itself (every argument goes to mitmdump); listed here for --help
+    sub.add_parser("run", add_help=False, help="run mitmdump with ccswitch (--web: mitmweb); other arguments go to it")
 
     activate = sub.add_parser("activate", help="send an upstream's activation probe now")
     activate.add_argument("name", help="the upstream's name in the rules")
@@ -110,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:
+        from ccswitch.cli.run import run
+        return run(argv[1:])
     args = build_parser().parse_args(argv)
     if getattr(args, "port", 0) is None:
         args.port = 8082 if args.reverse else 8080

@@ -10,6 +10,10 @@ Two ways in, both checked against the real CLIs (Claude Code 2.1.x, Codex CLI 0.
   ``OPENAI_BASE_URL`` environment variable, so it needs a provider block (``--codex-toml``) or
   ``-c openai_base_url=...``; the variable is still exported for OpenAI-SDK tools.
 
+With the rules, it also gives each client an API key when the upstreams hold the real ones
+(:func:`client_key_lines`): a fresh Claude Code with no key and no login says "Not logged in"
+before it sends anything.
+
 Everything here is pure text except :func:`write_ca_bundle`, which writes one file (only when its
 content would change).
 """
@@ -22,6 +26,9 @@ import shlex
 import tempfile
 from pathlib import Path
 
+from ccswitch.config.models import Rules
+from ccswitch.vocab import Route
+
 CA_FILE = "mitmproxy-ca-cert.pem"           # what mitmproxy writes into its confdir on first start
 BUNDLE_FILE = "ccswitch-ca-bundle.pem"       # system CAs + mitmproxy CA, for SSL_CERT_FILE / CODEX_CA_CERTIFICATE
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")   # fallback when certifi is not importable
@@ -29,6 +36,15 @@ LOOPBACK = "127.0.0.1"
 NO_PROXY = "localhost,127.0.0.1,::1"
 PROVIDER = "ccswitch"
 OFFICIAL_OPENAI = "https://api.openai.com/v1"
+# what a client sends when ccswitch has no client_keys: visibly not a key, dropped before any upstream
+PLACEHOLDER_KEY = "ccswitch-placeholder-not-a-real-key"
+# each client's key variable and the routes its requests take: Claude Code -> claude; Codex CLI
+# (built-in provider) -> codex; OpenAI SDKs, and Codex through the `--codex-toml` provider -> chat, codex
+KEY_VARIABLES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("ANTHROPIC_API_KEY", (Route.CLAUDE,), "Claude Code"),
+    ("CODEX_API_KEY", (Route.CODEX,), "Codex CLI"),
+    ("OPENAI_API_KEY", (Route.CHAT, Route.CODEX), "OpenAI-SDK tools and Codex's ccswitch provider"),
+)
 
 
 def mitmproxy_ca(confdir: Path) -> Path:
@@ -118,8 +134,45 @@ def codex_toml_block(base_url: str) -> str:
     ])
 
 
+def client_key_lines(rules: Rules) -> list[str]:
+    """``export`` lines giving clients a key ccswitch accepts, where the upstreams hold the real keys.
+
+    A variable is exported when one of its routes lists upstreams and none of those routes has an
+    ``auth: client`` upstream (that one needs the client's own key or login, which a placeholder
+    would override). Its value is the first of ``client_keys``, else :data:`PLACEHOLDER_KEY`
+    (ccswitch drops client credentials before an upstream with its own key). An upstream's key is
+    never printed.
+    """
+    lines: list[str] = []
+    for variable, routes, clients in KEY_VARIABLES:
+        used = [route for route in routes if rules.routes.for_route(route)]
+        if not used:
+            continue
+        own = [f"{name} ({route})" for route in used for name in rules.routes.for_route(route)
+               if _auth(rules, name) == "client"]
+        if own:
+            lines.append(f"# {variable} left as it is: the client's own key or login is needed by "
+                         f"auth: client upstream(s) {', '.join(own)}")
+            continue
+        if rules.client_keys:
+            lines.append(f"# {variable}: your ccswitch client key (client_keys[0]) for {clients}")
+            lines.append(_export(variable, rules.client_keys[0].get_secret_value()))
+        else:
+            lines.append(f"# {variable}: a placeholder for {clients} (the {'/'.join(used)} route's upstreams "
+                         "hold the real keys)")
+            lines.append(_export(variable, PLACEHOLDER_KEY))
+    return lines
+
+
+def _auth(rules: Rules, name: str) -> str | None:
+    try:
+        return rules.upstream(name).auth
+    except KeyError:          # validated rules name only known upstreams; stay total anyway
+        return None
+
+
 def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bundle_dir: Path,
-              host: str = LOOPBACK, system_ca: Path | None = None) -> str:
+              host: str = LOOPBACK, system_ca: Path | None = None, rules: Rules | None = None) -> str:
     """The text `ccswitch env` prints: eval-able ``export`` lines and ``#`` comments, or Codex TOML.
 
     * proxy (default): HTTPS_PROXY, NO_PROXY, NODE_EXTRA_CA_CERTS (mitmproxy CA), SSL_CERT_FILE and
@@ -128,6 +181,8 @@ def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bund
     * ``reverse``: ANTHROPIC_BASE_URL=http://HOST:PORT and OPENAI_BASE_URL=http://HOST:PORT/v1.
     * ``codex_toml``: a ``[model_providers.ccswitch]`` block (base_url is the reverse listener with
       ``reverse``, else the official URL reached through the proxy exports).
+
+    With ``rules``, the exports (not the TOML) end with :func:`client_key_lines`.
     """
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise ValueError(f"port must be 1..65535, not {port!r}")
@@ -141,6 +196,7 @@ def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bund
             codex_toml_block(OFFICIAL_OPENAI),
         ])
 
+    keys = client_key_lines(rules) if rules is not None else []
     if reverse:
         return "\n".join([
             f"# ccswitch reverse listener at {origin} (plain HTTP on loopback: no proxy, no CA)",
@@ -150,6 +206,7 @@ def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bund
             _export("no_proxy", NO_PROXY),
             "# Codex CLI ignores OPENAI_BASE_URL: see `ccswitch env --reverse --codex-toml`"
             f" (or: codex -c openai_base_url={shlex.quote(origin + '/v1')})",
+            *keys,
         ])
 
     lines = [
@@ -163,7 +220,7 @@ def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bund
     if not ca.is_file():
         lines.append(f"# run mitmdump once to create {shlex.quote(str(ca))} (the mitmproxy CA),"
                      " then run `ccswitch env` again for NODE_EXTRA_CA_CERTS, SSL_CERT_FILE and CODEX_CA_CERTIFICATE")
-        return "\n".join(lines)
+        return "\n".join(lines + keys)
     system = system_ca if system_ca is not None else system_ca_file()
     bundle = write_ca_bundle(confdir, bundle_dir, system_ca=system)
     lines.append(_export("NODE_EXTRA_CA_CERTS", ca))
@@ -171,4 +228,4 @@ def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bund
         lines.append("# no system CA bundle found (certifi or /etc/ssl/certs): the bundle holds only the mitmproxy CA")
     lines.append(_export("SSL_CERT_FILE", bundle))
     lines.append(_export("CODEX_CA_CERTIFICATE", bundle))
-    return "\n".join(lines)
+    return "\n".join(lines + keys)

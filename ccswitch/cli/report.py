@@ -11,8 +11,8 @@ from collections.abc import Iterator, Mapping
 from datetime import date, timedelta
 from pathlib import Path
 
+from ccswitch.cli.rules_file import find_announced
 from ccswitch.clock import utc_now
-from ccswitch.config.load import find_rules
 from ccswitch.config.models import Rules, RulesError
 from ccswitch.ledger.schema import connect
 from ccswitch.report.data import DIMENSIONS, build_report, report_zone
@@ -64,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load_rules(option: str | None) -> Rules:
-    return find_rules(option, env=_AnyEnv())[0]
+    return find_announced(option, env=_AnyEnv())[0]     # says on stderr which file: stdout may be --json
 
 
 def run(args: argparse.Namespace) -> int:

@@ -273,12 +273,23 @@ def rules_origin(option_value: str | None, path: Path | None, cwd: Path | None =
         return (f"the built-in default (official upstreams, the client's own credentials): there is no "
                 f"./rules.yaml here and no {personal}; `ccswitch init` writes one")
     if option_value:
-        return f"{path} (as named)"
-    if path == cwd / "rules.yaml":
-        shadowed = f"; {personal} is not used" if personal.is_file() else ""
-        return (f"{path} (./rules.yaml in the current directory comes first{shadowed}; "
-                "name a file with --rules to use another)")
-    return f"{path} (~/.ccswitch/rules.yaml; there is no ./rules.yaml here)"
+        why = "as named"
+    elif path == cwd / "rules.yaml":
+        why = ("found as ./rules.yaml in the current directory, which comes before ~/.ccswitch/rules.yaml"
+               + (f"; {personal} is not used" if personal.is_file() else "")
+               + "; name a file to use another")
+    else:
+        why = "~/.ccswitch/rules.yaml; there is no ./rules.yaml here"
+    if _is_example(path):
+        why += "; it is the shipped example, unchanged"
+    return f"{path} ({why})"
+
+
+def _is_example(path: Path) -> bool:
+    try:
+        return path.read_text(encoding="utf-8") == example_rules_text()
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def resolve_rules_path(option_value: str | None, cwd: Path, home: Path) -> Path | None:

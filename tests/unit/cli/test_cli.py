@@ -69,3 +69,84 @@ def test_env_prints_evalable_exports(tmp_path):
     assert Path(codex_ca).read_text().count("BEGIN CERTIFICATE") >= 2   # system CAs + mitmproxy's
     done = cli("env", "--reverse", "--confdir", str(conf))
     assert "ANTHROPIC_BASE_URL=http://127.0.0.1:8082" in done.stdout
+
+
+def home_env(tmp_path) -> dict:
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return {"HOME": str(home)}
+
+
+def test_init_writes_the_shipped_example_once(tmp_path):
+    env = home_env(tmp_path)
+    elsewhere = tmp_path / "work"
+    elsewhere.mkdir()
+    done = cli("init", cwd=elsewhere, env=env)
+    target = tmp_path / "home" / ".ccswitch" / "rules.yaml"
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(target)
+    assert target.read_text() == (REPO / "rules.yaml").read_text()
+    assert target.stat().st_mode & 0o077 == 0                        # an api_key may be written into it
+    assert "note:" not in done.stderr                                # no ./rules.yaml here to shadow it
+    # from now on, commands run outside a checkout use it, and say so
+    check = cli("check", cwd=elsewhere, env=env)
+    assert check.returncode == 0 and f"ccswitch: rules from {target} (~/.ccswitch/rules.yaml" in check.stderr
+    assert "the shipped example, unchanged" in check.stderr
+    target.write_text("# mine\n")
+    again = cli("init", cwd=elsewhere, env=env)
+    assert again.returncode == 1 and again.stdout == ""
+    assert f"{target} already exists; ccswitch init never overwrites it" in again.stderr
+    assert target.read_text() == "# mine\n"
+
+
+def test_init_warns_that_a_local_rules_yaml_comes_first(tmp_path):
+    done = cli("init", cwd=REPO, env=home_env(tmp_path))
+    assert done.returncode == 0
+    assert f"note: {REPO / 'rules.yaml'} comes first while you run ccswitch in {REPO}" in done.stderr
+
+
+def test_every_command_says_which_rules_it_uses(tmp_path):
+    env = home_env(tmp_path)
+    personal = tmp_path / "home" / ".ccswitch" / "rules.yaml"
+    personal.parent.mkdir()
+    personal.write_text("usage_db: u.db\n")
+    check = cli("check", cwd=REPO, env=env)
+    assert (f"ccswitch: rules from {REPO / 'rules.yaml'} (found as ./rules.yaml in the current directory, which "
+            f"comes before ~/.ccswitch/rules.yaml; {personal} is not used") in check.stderr
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    env_cmd = cli("env", cwd=bare, env=home_env(bare))
+    assert env_cmd.returncode == 0 and "ccswitch: rules from the built-in default" in env_cmd.stderr
+    assert "rules from" not in env_cmd.stdout                        # stdout is eval'ed
+    report = cli("report", "--json", "--rules", str(personal), cwd=bare, env=env)
+    assert f"ccswitch: rules from {personal} (as named)" in report.stderr and "rules from" not in report.stdout
+    activate = cli("activate", "nobody", cwd=tmp_path, env=env)
+    assert activate.returncode == 1 and f"ccswitch: rules from {personal} (~/.ccswitch/rules.yaml" in activate.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routes: {claude: [ghost]}\n")
+    failed = cli("check", str(bad), env=env)
+    assert failed.returncode == 1 and f"ccswitch: rules from {bad} (as named)" in failed.stderr
+
+
+def test_env_gives_claude_code_the_client_key_of_the_rules(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("""
+client_keys: [ck-local-0001]
+upstreams:
+  - {name: a, protocol: anthropic, base_url: 'https://a.example', api_key: '${CCSWITCH_TEST_UNSET_VAR}'}
+routes: {claude: [a]}
+""")
+    # the clients' shell need not hold the relays' keys
+    done = cli("env", "--reverse", "--rules", str(rules), env=home_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    shell = subprocess.run(["sh", "-c", done.stdout + '\necho "$ANTHROPIC_API_KEY|${CODEX_API_KEY-unset}"'],
+                           capture_output=True, text=True)
+    assert shell.stdout.strip() == "ck-local-0001|unset"
+    missing = cli("env", "--rules", str(tmp_path / "nope.yaml"), env=home_env(tmp_path))
+    assert missing.returncode == 1 and missing.stdout == "" and "no such file" in missing.stderr
+
+
+def test_run_help_is_ccswitchs_and_run_is_listed():
+    done = cli("run", "--help")
+    assert done.returncode == 0 and done.stdout.startswith("usage: ccswitch run [--web] [ARGS...]")
+    assert "run" in cli("--help").stdout

@@ -159,3 +159,65 @@ def test_no_system_ca_still_writes_bundle(monkeypatch, confdir, tmp_path):
     text = env_lines(confdir=confdir, port=8080, reverse=False, codex_toml=False, bundle_dir=tmp_path)
     assert "no system CA bundle found" in text
     assert (tmp_path / "ccswitch-ca-bundle.pem").read_bytes().endswith(MITM_PEM)
+
+
+# ----------------------------------------------------------------------------- the clients' API keys
+
+RELAYS = """
+upstreams:
+  - {name: relay-a, protocol: anthropic, base_url: 'https://a.example', api_key: '${RELAY_A_KEY}'}
+  - {name: relay-r, protocol: openai-responses, base_url: 'https://r.example/v1', api_key: sk-upstream-r-0000}
+  - {name: relay-c, protocol: openai-chat, base_url: 'https://c.example/v1', api_key: sk-upstream-c-0000}
+  - {name: official, protocol: anthropic, base_url: 'https://api.anthropic.com', auth: client}
+  - {name: openai-official, protocol: openai-chat, base_url: 'https://api.openai.com/v1', auth: client}
+"""
+
+
+def rules_of(routes: str, client_keys: str = ""):
+    from ccswitch.config.load import parse_rules
+    return parse_rules(client_keys + RELAYS + routes, env={"RELAY_A_KEY": "sk-upstream-a-0000"})
+
+
+def test_relays_holding_the_keys_get_a_placeholder_for_every_client(tmp_path):
+    rules = rules_of("routes: {claude: [relay-a], codex: [relay-r], chat: [relay-c, relay-a]}\n")
+    text = env_lines(confdir=tmp_path, port=8080, reverse=False, codex_toml=False, bundle_dir=tmp_path, rules=rules)
+    env = shell_env(text)
+    assert env["ANTHROPIC_API_KEY"] == env["CODEX_API_KEY"] == env["OPENAI_API_KEY"] == clienv.PLACEHOLDER_KEY
+    assert "placeholder" in clienv.PLACEHOLDER_KEY and not clienv.PLACEHOLDER_KEY.startswith("sk-")
+    assert "sk-upstream" not in text                               # an upstream's key is never printed
+
+
+def test_client_keys_are_what_clients_present(tmp_path):
+    rules = rules_of("routes: {claude: [relay-a], codex: [relay-r]}\n", "client_keys: ['ck one', ck-two]\n")
+    text = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=False, bundle_dir=tmp_path, rules=rules)
+    env = shell_env(text)
+    assert env["ANTHROPIC_API_KEY"] == env["CODEX_API_KEY"] == env["OPENAI_API_KEY"] == "ck one"   # the first
+    assert env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:8082"
+    assert "sk-upstream" not in text and "ck-two" not in text
+
+
+def test_a_route_with_an_auth_client_upstream_keeps_the_clients_own_key(tmp_path):
+    rules = rules_of("routes: {claude: [relay-a, official], codex: [relay-r], chat: [openai-official]}\n")
+    lines = clienv.client_key_lines(rules)
+    ex = exports("\n".join(lines))
+    # Codex's own variable is free; OPENAI_API_KEY serves the chat route too, whose upstream needs the user's key
+    assert ex == {"CODEX_API_KEY": clienv.PLACEHOLDER_KEY}
+    assert any(line.startswith("# ANTHROPIC_API_KEY left as it is") and "official (claude)" in line for line in lines)
+    assert any(line.startswith("# OPENAI_API_KEY left as it is") and "openai-official (chat)" in line for line in lines)
+
+
+def test_empty_routes_export_no_key_and_shipped_rules_none(tmp_path):
+    from ccswitch.config.load import default_rules_text, parse_rules
+    assert clienv.client_key_lines(rules_of("routes: {claude: [relay-a]}\n")) == [
+        "# ANTHROPIC_API_KEY: a placeholder for Claude Code (the claude route's upstreams hold the real keys)",
+        f"export ANTHROPIC_API_KEY={clienv.PLACEHOLDER_KEY}"]
+    assert exports("\n".join(clienv.client_key_lines(parse_rules(default_rules_text(), env={})))) == {}
+
+
+def test_keys_follow_the_exports_even_without_a_ca_and_never_go_into_toml(tmp_path):
+    rules = rules_of("routes: {claude: [relay-a]}\n")
+    text = env_lines(confdir=tmp_path / "fresh", port=8080, reverse=False, codex_toml=False,
+                     bundle_dir=tmp_path, rules=rules)
+    assert "# run mitmdump once" in text and exports(text)["ANTHROPIC_API_KEY"] == clienv.PLACEHOLDER_KEY
+    toml = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=True, bundle_dir=tmp_path, rules=rules)
+    assert "export" not in toml and "ANTHROPIC_API_KEY" not in toml

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from ccswitch.config.load import default_rules_text, load_rules, parse_rules, resolve_rules_path
+from ccswitch.config.load import (
+    default_rules_text,
+    example_rules_text,
+    load_rules,
+    parse_rules,
+    resolve_rules_path,
+    rules_origin,
+)
 from ccswitch.config.models import (
     DEFAULT_ON_STATUS,
     ROUTE_PROTOCOLS,
@@ -633,3 +640,26 @@ def test_upstreams_are_named_by_name_in_every_kind_of_problem():
     ]
     p = problems("upstreams:\n" + relay("relay-a", extra="activate_at: ['06:00']\nauth: client"))
     assert p[0].startswith("r.yaml: upstreams[relay-a].activate_at: ")
+
+
+def test_packaged_example_is_the_shipped_rules_yaml():
+    """`ccswitch init` writes the packaged copy; the checkout's rules.yaml must say the same."""
+    assert example_rules_text() == (REPO / "rules.yaml").read_text(encoding="utf-8")
+    assert "[options.package_data]\n" in (REPO / "setup.cfg").read_text()
+
+
+def test_rules_origin_says_which_file_and_why(tmp_path):
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    (home / ".ccswitch").mkdir(parents=True)
+    cwd.mkdir()
+    personal, local = home / ".ccswitch" / "rules.yaml", cwd / "rules.yaml"
+    assert rules_origin(None, None, cwd, home).startswith("the built-in default (official upstreams, the client's "
+                                                          f"own credentials): there is no ./rules.yaml here and no "
+                                                          f"{personal}; `ccswitch init` writes one")
+    personal.write_text("version: 1\n")
+    assert rules_origin(None, personal, cwd, home) == f"{personal} (~/.ccswitch/rules.yaml; there is no ./rules.yaml here)"
+    local.write_text(example_rules_text())
+    assert rules_origin(None, local, cwd, home) == (
+        f"{local} (found as ./rules.yaml in the current directory, which comes before ~/.ccswitch/rules.yaml; "
+        f"{personal} is not used; name a file to use another; it is the shipped example, unchanged)")
+    assert rules_origin("x.yaml", cwd / "x.yaml", cwd, home) == f"{cwd / 'x.yaml'} (as named)"

@@ -1,0 +1,83 @@
+"""`ccswitch run [--web] [ARGS...]`: mitmdump (or mitmweb) with the addon entry shipped in the package.
+
+Installed without a checkout (``pip install .``, pipx) there is no ``addon.py`` to give to
+``mitmdump -s``; the package carries the same entry as ``ccswitch/mitm/entry.py``. The process
+is *replaced* (``os.execv``), so a supervisor's SIGTERM or a Ctrl-C reaches mitmdump itself
+and ccswitch's graceful shutdown runs, with no wrapper in between.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+USAGE = """\
+usage: ccswitch run [--web] [ARGS...]
+
+Run mitmdump with ccswitch (mitmweb with --web, which must come first); every other argument
+goes to mitmdump / mitmweb unchanged, e.g.
+
+  ccswitch run --mode regular@8080 --mode reverse:https://api.anthropic.com@8082
+  ccswitch run --set ccswitch_rules=~/.ccswitch/rules.yaml
+  ccswitch run --web --set web_port=8090
+
+`ccswitch run -- --help` shows mitmdump's own options."""
+
+
+def entry_path() -> Path:
+    """The addon entry inside the installed package (what ``mitmdump -s`` loads)."""
+    return Path(__file__).resolve().parent.parent / "mitm" / "entry.py"
+
+
+def mitm_program(web: bool, python: str | None = None) -> Path | None:
+    """mitmdump / mitmweb beside the Python running ccswitch (same venv), else on PATH, else None.
+
+    ``python`` is not resolved: a venv's ``bin/python`` is a symlink to the system interpreter,
+    while its mitmdump sits next to the link."""
+    name = "mitmweb" if web else "mitmdump"
+    beside = Path(python or sys.executable).with_name(name)
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which(name)
+    return Path(found) if found else None
+
+
+def split_args(args: list[str]) -> tuple[bool, list[str]] | None:
+    """-> (web, arguments for mitmproxy); None when ccswitch's own help was asked for."""
+    web = bool(args) and args[0] == "--web"
+    rest = args[1:] if web else list(args)
+    if rest[:1] in (["-h"], ["--help"]):
+        return None
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    return web, rest
+
+
+def mitm_argv(program: Path, rest: list[str]) -> list[str]:
+    return [str(program), "-s", str(entry_path()), *rest]
+
+
+def run(args: list[str]) -> int:
+    """Replace this process with mitmdump / mitmweb; returns only on an error (or for help)."""
+    split = split_args(args)
+    if split is None:
+        print(USAGE)
+        return 0
+    web, rest = split
+    program = mitm_program(web)
+    if program is None:
+        name = "mitmweb" if web else "mitmdump"
+        print(f"ccswitch run: {name} not found beside {sys.executable} nor on PATH "
+              "(it comes with mitmproxy, which ccswitch installs)", file=sys.stderr)
+        return 127
+    argv = mitm_argv(program, rest)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(argv[0], argv)
+    except OSError as exc:
+        print(f"ccswitch run: cannot start {argv[0]}: {exc.strerror or exc}", file=sys.stderr)
+        return 126
+    return 0   # not reached: execv does not return

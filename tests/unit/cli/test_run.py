@@ -1,0 +1,75 @@
+"""`ccswitch run`: which program, which entry, which arguments (the process replacement is e2e)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ccswitch.cli import run as runmod
+from tests.support import REPO
+
+
+def test_the_entry_ships_inside_the_package_and_builds_the_addons():
+    entry = runmod.entry_path()
+    assert entry == REPO / "ccswitch" / "mitm" / "entry.py" and entry.is_file()
+    assert "addons = make_addons()" in entry.read_text()
+    # loaded as mitmproxy loads a script: by path, as a module of its own
+    probe = subprocess.run([sys.executable, "-c", (
+        "import importlib.util, sys; spec = importlib.util.spec_from_file_location('s', sys.argv[1]); "
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+        "print(sorted(type(a).__name__ for a in m.addons))"), str(entry)],
+        capture_output=True, text=True, cwd="/", timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    assert "Router" in probe.stdout
+
+
+@pytest.mark.parametrize("args, expect", [
+    ([], (False, [])),
+    (["--web"], (True, [])),
+    (["--mode", "regular@8080"], (False, ["--mode", "regular@8080"])),
+    (["--web", "--set", "web_port=9"], (True, ["--set", "web_port=9"])),
+    (["--", "--help"], (False, ["--help"])),
+    (["--web", "--", "--web"], (True, ["--web"])),
+    (["-q", "--web"], (False, ["-q", "--web"])),          # --web counts only first
+    (["--help"], None), (["-h"], None), (["--web", "--help"], None),
+])
+def test_split_args(args, expect):
+    assert runmod.split_args(args) == expect
+
+
+def test_mitm_argv_puts_the_entry_first():
+    argv = runmod.mitm_argv(Path("/v/bin/mitmdump"), ["--mode", "regular@1"])
+    assert argv == ["/v/bin/mitmdump", "-s", str(runmod.entry_path()), "--mode", "regular@1"]
+
+
+def test_mitm_program_beside_python_even_through_a_symlink(tmp_path, monkeypatch):
+    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").symlink_to(sys.executable)          # as a venv's bin/python is
+    for name in ("mitmdump", "mitmweb"):
+        (venv_bin / name).write_text("#!/bin/sh\n")
+        (venv_bin / name).chmod(0o755)
+    monkeypatch.setenv("PATH", "")
+    assert runmod.mitm_program(False, str(venv_bin / "python")) == venv_bin / "mitmdump"
+    assert runmod.mitm_program(True, str(venv_bin / "python")) == venv_bin / "mitmweb"
+    (venv_bin / "mitmweb").unlink()
+    assert runmod.mitm_program(True, str(venv_bin / "python")) is None
+    on_path = tmp_path / "path"
+    on_path.mkdir()
+    (on_path / "mitmweb").write_text("#!/bin/sh\n")
+    (on_path / "mitmweb").chmod(0o755)
+    monkeypatch.setenv("PATH", str(on_path))
+    assert runmod.mitm_program(True, str(venv_bin / "python")) == on_path / "mitmweb"
+
+
+def test_missing_program_is_a_message_not_a_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runmod, "mitm_program", lambda web, python=None: None)
+    assert runmod.run(["--web"]) == 127
+    assert "mitmweb not found beside" in capsys.readouterr().err
+
+
+def test_the_installed_mitmdump_is_found():
+    assert runmod.mitm_program(False) == Path(sys.executable).with_name("mitmdump")
+    assert os.access(runmod.mitm_program(False), os.X_OK)
