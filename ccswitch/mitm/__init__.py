@@ -10,6 +10,7 @@ from __future__ import annotations
 from ccswitch.mitm.activator import Activator
 from ccswitch.mitm.commands import Commands
 from ccswitch.mitm.gateway import Gateway
+from ccswitch.mitm.live_page import LivePage
 from ccswitch.mitm.router import Router
 from ccswitch.mitm.rules_watcher import RulesWatcher
 from ccswitch.mitm.safety import ClientKeyGate, InterceptScope, ListenSafety
@@ -17,6 +18,7 @@ from ccswitch.mitm.safety import ClientKeyGate, InterceptScope, ListenSafety
 
 def make_addons() -> list:
     gateway = Gateway()
-    # the gate follows the router: it sees only the flows the router let pass untouched
-    return [RulesWatcher(gateway), ListenSafety(gateway), InterceptScope(gateway), Router(gateway),
-            ClientKeyGate(gateway), Commands(gateway), Activator(gateway)]
+    # the live page answers its own paths before the router and the gate see them; the gate
+    # follows the router: it sees only the flows the router let pass untouched
+    return [RulesWatcher(gateway), ListenSafety(gateway), InterceptScope(gateway), LivePage(gateway),
+            Router(gateway), ClientKeyGate(gateway), Commands(gateway), Activator(gateway)]

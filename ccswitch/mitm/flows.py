@@ -11,6 +11,9 @@ from ccswitch.wire import protocols
 from ccswitch.wire.headers import to_wire
 from ccswitch.wire.redact import CREDENTIAL_HEADERS, REDACTED
 
+#: the host whose every path the proxy answers itself with the live page (as mitmproxy does `mitm.it`)
+LIVE_HOST = "ccswitch"
+
 
 def error_response(protocol: str, status: int, message: str, extra: dict | None = None) -> http.Response:
     headers, body = protocols.own_error(protocol, status, message, tuple((extra or {}).items()))

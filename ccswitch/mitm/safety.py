@@ -9,7 +9,7 @@ from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.proxy import mode_specs
 
 from ccswitch.config.models import Rules
-from ccswitch.mitm.flows import answer, error_response, likely_protocol
+from ccswitch.mitm.flows import LIVE_HOST, answer, error_response, likely_protocol
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.net.addresses import is_loopback
 from ccswitch.wire import headers as wire
@@ -171,7 +171,8 @@ def _drop_client_keys(headers: http.Headers, rules: Rules) -> None:
 
 
 class InterceptScope:
-    """In regular (HTTPS_PROXY) mode decrypt only the `intercept` hosts."""
+    """In regular (HTTPS_PROXY) mode decrypt only the `intercept` hosts (and `https://ccswitch`,
+    the live page, which the proxy answers itself)."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -181,5 +182,6 @@ class InterceptScope:
         if not isinstance(context.client.proxy_mode, mode_specs.RegularMode):
             return
         host = data.client_hello.sni or (context.server.address[0] if context.server.address else "")
-        if host.lower() not in self.gateway.rules.intercept:
+        host = host.lower()
+        if host not in self.gateway.rules.intercept and host != LIVE_HOST:
             data.ignore_connection = True

@@ -1,0 +1,126 @@
+"""The live page, its JSON and its Prometheus metrics, served by the proxy itself — like
+mitmproxy's `mitm.it`: under `/_ccswitch/` on a reverse listener, and for the host `ccswitch`
+(any path) through the regular proxy.  Such a request is answered here, before the router and
+the client-key gate see it: it is never routed, never forwarded and never recorded.
+
+Access follows the proxy's rules: with `client_keys` every request needs one (x-api-key,
+Bearer, or `?key=` for a browser); without them, a reverse listener serves loopback only
+(other listeners beyond loopback already authenticate their clients: see `safety`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from urllib.parse import unquote
+
+from mitmproxy import ctx, http
+from mitmproxy.proxy import mode_specs
+
+from ccswitch.mitm.flows import LIVE_HOST, answer, redact_credentials
+from ccswitch.mitm.gateway import Gateway
+from ccswitch.mitm.safety import beyond_loopback
+from ccswitch.report.live_html import CONTENT_SECURITY_POLICY, page_html
+from ccswitch.report.live_status import live_status, upstream_views
+from ccswitch.report.metrics import CONTENT_TYPE as METRICS_TYPE
+from ccswitch.report.metrics import metrics_text
+from ccswitch.wire import headers as wire
+from ccswitch.wire.redact import REDACTED, client_credential
+
+log = logging.getLogger("ccswitch")
+
+PREFIX = "/_ccswitch"
+KEY_PARAM = "key"
+_COMMON = {"cache-control": "no-store", "x-content-type-options": "nosniff", "referrer-policy": "no-referrer"}
+
+
+def live_path(flow: http.HTTPFlow) -> str | None:
+    """The page path a flow asks for (`/_ccswitch/...`), or None when it is not for the live page."""
+    path = unquote(flow.request.path.split("?", 1)[0])
+    if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
+        if path == PREFIX or path.startswith(PREFIX + "/"):
+            return path
+        return None
+    if flow.request.pretty_host.lower().rstrip(".") == LIVE_HOST:
+        return path
+    return None
+
+
+class LivePage:
+    """Answer the live page's requests from the gateway's boards."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        path = live_path(flow)
+        if path is None:
+            return
+        allowed = self._allowed(flow)
+        self._hide_key(flow)
+        if not allowed:
+            return answer(flow, _text(401, "this page needs a ccswitch client key: send it as x-api-key or "
+                                            "Authorization: Bearer, or open /_ccswitch/?key=YOUR_CLIENT_KEY\n"))
+        if flow.request.method not in ("GET", "HEAD"):
+            return answer(flow, _text(405, "only GET\n", {"allow": "GET, HEAD"}))
+        answer(flow, self._serve(path))
+        if flow.request.method == "HEAD":
+            flow.response.content = b""
+
+    def _allowed(self, flow: http.HTTPFlow) -> bool:
+        rules = self.gateway.rules
+        if rules.client_keys:
+            presented = client_credential(wire.from_wire(flow.request.headers.fields))
+            if presented is None:
+                presented = flow.request.query.get(KEY_PARAM)
+            return rules.client_key_ok(presented)
+        client = flow.client_conn
+        # as the client-key gate: without keys nobody beyond loopback passes a reverse listener
+        return not (isinstance(client.proxy_mode, mode_specs.ReverseMode)
+                    and beyond_loopback(client, ctx.options.listen_host or "127.0.0.1"))
+
+    @staticmethod
+    def _hide_key(flow: http.HTTPFlow) -> None:
+        """No key text stays on the flow (mitmweb, `mitmdump -w`, the console line)."""
+        redact_credentials(flow.request.headers)
+        if KEY_PARAM in flow.request.query:
+            flow.request.query[KEY_PARAM] = REDACTED
+
+    def _serve(self, path: str) -> http.Response:
+        if path in (PREFIX, PREFIX + "/", "/"):
+            return self._page()
+        if path == PREFIX + "/status.json":
+            return http.Response.make(200, _json(self._status()), {"content-type": "application/json", **_COMMON})
+        if path == PREFIX + "/metrics":
+            return http.Response.make(200, self._metrics().encode(), {"content-type": METRICS_TYPE, **_COMMON})
+        return _text(404, "not a ccswitch page: try /_ccswitch/, /_ccswitch/status.json or /_ccswitch/metrics\n")
+
+    def _page(self) -> http.Response:
+        return http.Response.make(200, page_html(self._status()).encode(), {
+            "content-type": "text/html; charset=utf-8", "content-security-policy": CONTENT_SECURITY_POLICY,
+            "x-frame-options": "DENY", **_COMMON})
+
+    def _views(self, now: datetime):
+        gateway = self.gateway
+        return upstream_views(gateway.rules, gateway.health, gateway.quota, gateway.sessions, now)
+
+    def _status(self) -> dict:
+        rules = self.gateway.rules
+        now = datetime.now(rules.tz)
+        return live_status(self.gateway.live, self._views(now), rules, now)
+
+    def _metrics(self) -> str:
+        now = datetime.now(self.gateway.rules.tz)
+        return metrics_text(self.gateway.live, self._views(now))
+
+
+def _json(data: dict) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _text(status: int, message: str, extra: dict | None = None) -> http.Response:
+    return http.Response.make(status, message.encode(), {"content-type": "text/plain; charset=utf-8",
+                                                          **_COMMON, **(extra or {})})
