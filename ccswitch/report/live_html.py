@@ -39,10 +39,12 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
  vertical-align:middle;overflow:hidden}
 .bar i{display:block;height:100%;background:var(--ok)} .bar i.high{background:var(--cool)}
 .bar i.over{background:var(--err)}
-.cards{display:flex;flex-wrap:wrap;gap:.6rem}
-.card{border:1px solid var(--line);border-radius:6px;padding:.4rem .8rem;min-width:7.5rem}
+.cards{display:flex;flex-wrap:wrap;gap:.5rem}
+.card{border:1px solid var(--line);border-radius:6px;padding:.35rem .7rem;min-width:6.4rem}
 .card b{display:block;font-size:1.15rem;font-variant-numeric:tabular-nums} .card span{color:var(--muted);font-size:.8rem}
-.clip{max-width:22rem;overflow:hidden;text-overflow:ellipsis}
+.clip{max-width:16rem;overflow:hidden;text-overflow:ellipsis} .wide{overflow-x:auto}
+#requests{font-size:13px} #requests td,#requests th{padding:.25rem .4rem}
+#requests .clip{max-width:14rem} #requests .model{max-width:21rem}
 .err{color:var(--err)} .dim{color:var(--muted)}
 footer{margin:1.5rem 0;font-size:.8rem}
 a{color:inherit}
@@ -66,6 +68,8 @@ SCRIPT = r"""
     : v >= 1e4 ? (v / 1e3).toFixed(1) + "k" : v.toLocaleString("en-US");
   const usd = (v) => v === null || v === undefined ? "?" : v === 0 ? "$0.00"
     : "$" + (v >= 0.01 ? v.toFixed(2) : v.toFixed(4));
+  const left = (s) => s === null ? dash : s >= 3600 ? Math.floor(s / 3600) + " h " + Math.floor(s % 3600 / 60) + " min"
+    : s >= 60 ? Math.floor(s / 60) + " min " + (s % 60) + " s" : s + " s";
   const dur = (v) => v === null || v === undefined ? dash : v >= 10000 ? (v / 1000).toFixed(1) + " s" : v + " ms";
   function fill(tbody, rows) { tbody.replaceChildren(...rows); }
 
@@ -75,7 +79,7 @@ SCRIPT = r"""
     const state = el("td"); state.append(el("span", u.state.replace("_", " "), "badge s-" + u.state));
     if (u.detail !== u.state) state.append(" ", el("span", u.detail, "dim"));
     tr.append(state);
-    tr.append(el("td", u.seconds_left === null ? dash : u.seconds_left + " s", "n"));
+    tr.append(el("td", left(u.seconds_left), "n"));
     const util = el("td");
     if (u.utilization === null) util.append(el("span", "unknown", "dim"));
     else {
@@ -98,8 +102,8 @@ SCRIPT = r"""
     const path = r.attempts.map((a) => a.upstream + " " + a.result).join(" \u2192 ");
     const bad = r.error || (r.status || 0) >= 400;
     tr.append(el("td", r.time, null, r.ts), el("td", r.route + (r.endpoint === "count_tokens" ? " (count)" : "")),
-      el("td", model || dash, "clip", model), el("td", r.upstream || "ccswitch", r.upstream ? "" : "dim"),
-      el("td", r.attempts.length, "n", path), el("td", path || dash, "clip dim", path),
+      el("td", model || dash, "clip model", model), el("td", r.upstream || "ccswitch", r.upstream ? "" : "dim"),
+      attempts(r.attempts.length, path),
       el("td", r.status === null ? dash : r.status, "n" + (bad ? " err" : "")),
       el("td", tok(r.tokens.input), "n"), el("td", tok(r.tokens.output), "n"),
       el("td", tok(r.tokens.cache_creation), "n"), el("td", tok(r.tokens.cache_read), "n"),
@@ -108,13 +112,19 @@ SCRIPT = r"""
     return tr;
   }
 
+  function attempts(count, path) {
+    const td = el("td", null, "clip", path);
+    td.append(el("b", count), " ", el("span", path || dash, "dim"));
+    return td;
+  }
+
   function card(label, value, title) {
     const c = el("div", null, "card", title); c.append(el("b", value), el("span", label)); return c;
   }
 
   function render(d) {
     $("now").textContent = d.time + " " + d.timezone;
-    $("started").textContent = d.started.replace("T", " ");
+    $("started").textContent = d.started.slice(0, 19).replace("T", " ");
     $("preferring").textContent = d.preferring ? "preferring " + d.preferring : "";
     fill($("upstreams"), d.upstreams.map(upstreamRow));
     const t = d.today;
@@ -130,7 +140,7 @@ SCRIPT = r"""
     const rows = d.recent.map(requestRow);
     if (!rows.length) {
       const tr = el("tr"), td = el("td", "no requests yet", "dim");
-      td.colSpan = 15; tr.append(td); rows.push(tr);
+      td.colSpan = 14; tr.append(td); rows.push(tr);
     }
     fill($("recent"), rows);
   }
@@ -141,21 +151,24 @@ SCRIPT = r"""
     try {
       const r = await fetch("/_ccswitch/status.json", {headers, cache: "no-store"});
       if (!r.ok) throw new Error("HTTP " + r.status);
-      render(await r.json());
-      live.textContent = "live, every 2 s"; live.className = "muted";
+      const data = await r.json();
+      render(data);
+      live.textContent = "live, every 2 s (updated " + data.time + ")"; live.className = "muted";
     } catch (e) {
       live.textContent = "not updating (" + e.message + ")"; live.className = "stale";
     }
   }
 
-  render(JSON.parse($("initial").textContent));
+  const first = JSON.parse($("initial").textContent);
+  render(first);
+  $("live").textContent = "as of " + first.time + ", refreshing every 2 s";
   setInterval(refresh, __REFRESH_MS__);
 })();
 """.replace("__REFRESH_MS__", str(REFRESH_MS))
 
 BODY = """<body>
 <header><h1>ccswitch</h1><span id="now" class="muted"></span><span id="preferring"></span>
-<span id="live" class="muted">live, every 2 s</span></header>
+<span id="live" class="muted"></span></header>
 <noscript><p>This page needs JavaScript; the same data is at /_ccswitch/status.json.</p></noscript>
 <h2>Upstreams</h2>
 <table><thead><tr><th>upstream</th><th>state</th><th class="n">left</th><th>utilization</th>
@@ -164,10 +177,11 @@ BODY = """<body>
 <h2>Today <span id="since" class="muted"></span></h2>
 <div class="cards" id="today"></div>
 <h2>Last 50 requests</h2>
-<table><thead><tr><th>time</th><th>route</th><th>model (client \u2192 upstream)</th><th>upstream</th>
-<th class="n">attempts</th><th>path</th><th class="n">status</th><th class="n">in</th><th class="n">out</th>
+<div class="wide"><table id="requests"><thead><tr><th>time</th><th>route</th>
+<th>model (client \u2192 upstream)</th><th>upstream</th>
+<th>attempts</th><th class="n">status</th><th class="n">in</th><th class="n">out</th>
 <th class="n">cache w</th><th class="n">cache r</th><th class="n">ttfb</th><th class="n">total</th>
-<th class="n">cost</th><th>error</th></tr></thead><tbody id="recent"></tbody></table>
+<th class="n">cost</th><th>error</th></tr></thead><tbody id="recent"></tbody></table></div>
 <footer class="muted">ccswitch since <span id="started"></span> \u00b7 the same data:
 <a href="/_ccswitch/status.json">status.json</a> \u00b7 Prometheus: <a href="/_ccswitch/metrics">metrics</a>
 (with client keys, these need the key too)</footer>

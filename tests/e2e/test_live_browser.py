@@ -1,0 +1,127 @@
+"""The live page in a real browser (headless Chromium) through the real mitmdump: the script
+renders the upstreams and the requests and refreshes from status.json with the key of the URL."""
+
+import os
+import re
+import shutil
+import time
+from html.parser import HTMLParser
+
+import httpx
+import pytest
+
+from tests.support import browser
+from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B
+from tests.support.mock_upstream import MockUpstream, ok, status
+from tests.support.proxy_process import Proxy
+
+if browser.missing() and os.environ.get("CI"):
+    raise RuntimeError(browser.missing() + ": .ci/run must install it")
+pytestmark = pytest.mark.skipif(browser.missing() is not None, reason=browser.missing() or "")
+
+SCREENSHOT_KEEP = os.environ.get("CCSWITCH_SCREENSHOT")   # a path: keep a copy of the screenshot to look at
+
+
+class Rows(HTMLParser):
+    """The rendered tables: each <tr>'s class, data-upstream and cell texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict] = []
+        self.ids: dict[str, str] = {}
+        self._cell: list[str] | None = None
+        self._id: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "tr":
+            self.rows.append({"class": attrs.get("class"), "upstream": attrs.get("data-upstream"), "cells": []})
+        elif tag == "td" and self.rows:
+            self._cell = []
+        if attrs.get("id"):
+            self._id = attrs["id"]
+            self.ids.setdefault(self._id, "")
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            self.rows[-1]["cells"].append("".join(self._cell).strip())
+            self._cell = None
+        if tag in ("span", "h2", "script"):
+            self._id = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._id:
+            self.ids[self._id] += data
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("live-browser")
+    quota = {"anthropic-ratelimit-unified-5h-utilization": "0.42",
+             "anthropic-ratelimit-unified-5h-reset": str(int(time.time() + 3 * 3600))}
+    with MockUpstream("A") as a, MockUpstream("B") as b, MockUpstream("target") as target:
+        a.default = status(529)
+        b.default = ok(headers=quota)
+        rules = tmp / "rules.yaml"
+        rules.write_text(f"""client_keys: ["{CLIENT_KEY}"]
+failover: {{threshold: 1, cooldown: 300}}
+upstreams:
+  - {{name: relay-a, protocol: anthropic, base_url: '{a.base_url}', api_key: '{KEY_A}'}}
+  - {{name: relay-b, protocol: anthropic, base_url: '{b.base_url}', api_key: '{KEY_B}',
+      models: {{claude-sonnet-4-5: claude-sonnet-4-5-20250929}}}}
+  - {{name: night-relay, protocol: anthropic, base_url: '{b.base_url}', api_key: '{KEY_B}', hours: ["03:00-03:01"]}}
+routes: {{claude: [relay-a, relay-b, night-relay]}}
+""")
+        with Proxy(rules, tmp, reverse_target=target.base_url) as running:
+            with httpx.Client(timeout=30, trust_env=False) as client:
+                for n in range(4):
+                    body = {"model": "claude-sonnet-4-5", "max_tokens": 10, "stream": n % 2 == 0,
+                            "messages": [{"role": "user", "content": "hi"}]}
+                    headers = {"x-api-key": CLIENT_KEY, "x-ccswitch-session": f"session-{n % 2}"}
+                    r = client.post(running.reverse_url + "/v1/messages", json=body, headers=headers)
+                    assert r.status_code == 200
+            yield running, target
+
+
+def test_the_page_renders_upstreams_and_requests_and_refreshes_with_the_key(proxy, tmp_path):
+    running, target = proxy
+    url = f"{running.reverse_url}/_ccswitch/?key={CLIENT_KEY}"
+    dom = browser.dump_dom(url, tmp_path / "profile")
+    parsed = Rows()
+    parsed.feed(dom)
+    upstreams = {r["upstream"]: r["cells"] for r in parsed.rows if r["class"] == "upstream"}
+    assert list(upstreams) == ["relay-a", "relay-b", "night-relay"]
+    assert upstreams["relay-a"][1].startswith("cooling") and "529" in upstreams["relay-a"][6]
+    assert upstreams["relay-b"][1] == "available" and upstreams["relay-b"][3].startswith("42%")
+    assert upstreams["relay-b"][4] == "2" and upstreams["relay-a"][4] == "0"   # sessions bound
+    assert upstreams["night-relay"][1].startswith("outside hours")
+    requests = [r["cells"] for r in parsed.rows if r["class"] == "request"]
+    assert len(requests) == 4
+    newest, oldest = requests[0], requests[-1]
+    assert oldest[2] == "claude-sonnet-4-5 \u2192 claude-sonnet-4-5-20250929" and oldest[3] == "relay-b"
+    assert oldest[4] == "2 relay-a 529 \u2192 relay-b 200" and oldest[5] == "200"
+    assert newest[4] == "1 relay-b 200" and newest[5] == "200"
+    # the refresh ran (status.json with the key as a header) and rendered
+    assert parsed.ids["live"].startswith("live, every 2 s (updated "), parsed.ids["live"]
+    assert "requests" in dom and CLIENT_KEY not in dom and KEY_A not in dom and KEY_B not in dom
+    assert target.paths() == []   # no favicon or anything else went past the proxy
+    log = running.log()
+    assert re.search(r"GET http://127\.0\.0\.1:\d+/_ccswitch/status\.json", log), log[-2000:]
+
+
+def test_a_wrong_key_gets_the_401_text_not_the_page(proxy, tmp_path):
+    running, _ = proxy
+    dom = browser.dump_dom(f"{running.reverse_url}/_ccswitch/?key=sk-wrong", tmp_path / "profile", budget_ms=500)
+    assert "needs a ccswitch client key" in dom and 'id="upstreams"' not in dom
+
+
+def test_a_screenshot_of_the_page(proxy, tmp_path):
+    running, _ = proxy
+    shot = browser.screenshot(f"{running.reverse_url}/_ccswitch/?key={CLIENT_KEY}", tmp_path / "profile",
+                              tmp_path / "live.png")
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000   # a rendered page, not a blank one
+    if SCREENSHOT_KEEP:
+        shutil.copy(shot, SCREENSHOT_KEEP)
