@@ -54,6 +54,7 @@ class Job:
     error: str | None = None
     ttfb_ms: int | None = None
     latency_ms: int | None = None
+    client: str | None = None            # the name of the client key it presented, with client keys
     session: str | None = None           # the client's session key (affinity), if it sent one
     bound_to: str | None = None          # the upstream that session was bound to when the request came
     why_first: str = ""                  # why the first candidate came first (for the flow comment)

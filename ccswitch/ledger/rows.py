@@ -24,6 +24,7 @@ def request_row(job: Job) -> dict[str, Any]:
         "upstream_model": job.upstream_model if job.upstream else None, "status": job.status,
         "stream": int(req.stream), "attempts": len(job.attempts), "latency_ms": job.latency_ms,
         "ttfb_ms": job.ttfb_ms, "error": job.error, "session": job.session, "affinity": job.affinity,
+        "client": job.client,
         **usage.columns(),
     }
 
@@ -40,10 +41,10 @@ def attempt_rows(job: Job) -> list[dict[str, Any]]:
 
 def own_answer_row(*, request_id: str, started_at: datetime, route: str, endpoint: str, model: str | None,
                    stream: bool, status: int, error: str, latency_ms: int, session: str | None = None,
-                   affinity: str | None = None) -> dict[str, Any]:
+                   affinity: str | None = None, client: str | None = None) -> dict[str, Any]:
     """A request ccswitch answered itself: no upstream, no attempts.  No upstream served it, so
     its session's binding did not change: ``affinity`` stays NULL unless the caller knows better."""
     return {"request_id": request_id, "ts": _iso(started_at), "route": route, "endpoint": endpoint,
             "upstream": None, "model": model, "status": status, "stream": int(stream), "attempts": 0,
             "latency_ms": latency_ms, "ttfb_ms": latency_ms, "error": error, "session": session,
-            "affinity": affinity if session is not None else None, **Usage().columns()}
+            "affinity": affinity if session is not None else None, "client": client, **Usage().columns()}

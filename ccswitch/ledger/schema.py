@@ -75,6 +75,10 @@ MIGRATIONS: list[str] = [
     -- one session's requests in time order; partial: requests without a session are not indexed
     CREATE INDEX requests_session ON requests (session, ts) WHERE session IS NOT NULL;
     """,
+    # 3: named client keys
+    """
+    ALTER TABLE requests ADD COLUMN client TEXT;      -- the client key's name, NULL without client keys
+    """,
 ]
 
 VERSION = len(MIGRATIONS)

@@ -25,7 +25,7 @@ REQUEST_COLUMNS = (
     "request_id", "ts", "route", "endpoint", "upstream", "upstream_protocol", "model", "upstream_model",
     "status", "stream", "attempts", "input_tokens", "output_tokens", "cache_creation_tokens",
     "cache_creation_1h_tokens", "cache_read_tokens", "reasoning_tokens", "latency_ms", "ttfb_ms", "error",
-    "raw_usage", "session", "affinity",
+    "raw_usage", "session", "affinity", "client",
 )
 ATTEMPT_COLUMNS = (
     "request_id", "ts", "n", "upstream", "status", "error", "ms", "input_tokens", "output_tokens",

@@ -34,7 +34,7 @@ class Commands:
         rules = self.gateway.rules
         gateway = self.gateway
         lines = status_text(rules, gateway.health, datetime.now(rules.tz), gateway.quota,
-                            gateway.sessions).splitlines()
+                            gateway.sessions, gateway.spend).splitlines()
         for line in lines:      # mitmweb's event log shows them as lines; its command bar as a list
             log.info("%s", line)
         return lines

@@ -10,14 +10,18 @@ from collections.abc import Callable
 
 from mitmproxy import ctx, exceptions
 
+from ccswitch.clock import utc_now
 from ccswitch.config.models import Rules
 from ccswitch.config.watch import RulesFile
 from ccswitch.dial.job import Job
 from ccswitch.ledger.rows import attempt_rows, request_row
 from ccswitch.ledger.writer import Ledger
 from ccswitch.net import http1
+from ccswitch.report.data import Pricer
 from ccswitch.report.live import LiveBoard
+from ccswitch.report.spend import ledger_spend, row_cost
 from ccswitch.routing.affinity import SessionBindings
+from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard, period_start
 from ccswitch.routing.events import Events
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.quota import QuotaBoard
@@ -47,6 +51,8 @@ class Gateway:
         self.quota = QuotaBoard()
         self.sessions = SessionBindings()
         self.events = Events()         # cooldowns, recoveries, full windows, budgets: for the notifier
+        self.spend = SpendBoard(events=self.events)
+        self._pricer: tuple[Rules, Pricer] | None = None
         self.ledger: Ledger | None = None
         self.live = LiveBoard()   # counters and the last requests since start, for the live page
         # every upstream URL ccswitch itself dials is asked here first; tests install a
@@ -63,6 +69,26 @@ class Gateway:
         names = [u.name for u in self.rules.upstreams]
         self.quota.sync(names)
         self.sessions.sync(names)
+        self.spend.configure(self.rules)
+
+    def load_spend(self) -> None:
+        """This month's spend as the ledger holds it (the day's is part of it), once at start-up."""
+        if self.ledger is None:
+            return
+        rules = self.rules
+        found = ledger_spend(self.ledger.path, rules, period_start("monthly", utc_now(), rules.tz))
+        for ts, upstream, client, usd in found.rows:
+            self.spend.add(UPSTREAM, upstream, usd, ts, quiet=True)
+            self.spend.add(CLIENT, client, usd, ts, quiet=True)
+        if found.unpriced:
+            log.warning("ccswitch: no price is known for %s: budgets count their requests as $0 "
+                        "(add them under prices: in rules.yaml)", ", ".join(sorted(found.unpriced)))
+
+    def cost(self, row: dict, rules: Rules) -> float:
+        """USD of one `requests` row at the report's prices (0 for a model without one)."""
+        if self._pricer is None or self._pricer[0] is not rules:
+            self._pricer = (rules, Pricer(rules))
+        return row_cost(self._pricer[1], row) or 0.0
 
     def open_ledger(self, enabled: bool) -> None:
         """(Re)open the ledger at the rules' `usage_db`; a moved database gets a new writer."""
@@ -83,6 +109,10 @@ class Gateway:
             self.ledger.add("requests", row)
             for attempt in attempts:
                 self.ledger.add("attempts", attempt)
+        if job.upstream is not None:
+            usd = self.cost(row, job.rules)
+            self.spend.add(UPSTREAM, job.upstream, usd, job.started_at)
+            self.spend.add(CLIENT, job.client, usd, job.started_at)
         self._note_live(row, attempts, job.rules)
 
     def record_own_answer(self, row: dict) -> None:

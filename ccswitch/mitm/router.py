@@ -25,6 +25,7 @@ from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.net import http1
 from ccswitch.routing.admission import body_problem, decoded_body, header_problem, parse_body
 from ccswitch.routing.affinity import session_key
+from ccswitch.routing.budget import CLIENT
 from ccswitch.routing.classify import RouteMatch, classify
 from ccswitch.routing.plan import plan
 from ccswitch.translate import translation_for
@@ -72,6 +73,8 @@ class Router:
                              client=http1.UpstreamClient(ssl_context=upstream_tls()),
                              quota=gateway.quota, sessions=gateway.sessions)
         self.relay = Relay(self.dialer.run, on_done=self.gateway.record_job, shutdown=self.shutdown)
+        # the spend so far this month, before the first request is taken (the relay starts next)
+        await asyncio.to_thread(gateway.load_spend)
         await self.relay.start()
 
     async def done(self) -> None:
@@ -118,23 +121,31 @@ class Router:
             self._unrouted(flow)  # a route with no upstreams is not ours either
             return
         started = utc_now()
+        gateway = self.gateway
         client_protocol = CLIENT_PROTOCOL[match.route]
-
         session: str | None = None
+        client_name: str | None = None
 
         def refuse(status: int, message: str, body: dict | None = None, extra: dict | None = None) -> None:
             answer(flow, error_response(client_protocol, status, message, extra))
-            if self.gateway.ledger is not None:
-                model = (body or {}).get("model")
-                self.gateway.ledger.add("requests", own_answer_row(
-                    request_id=flow.id, started_at=started, route=match.route, endpoint=match.endpoint,
-                    model=model if isinstance(model, str) else None, stream=bool((body or {}).get("stream")),
-                    status=status, error=message[:500],
-                    latency_ms=int((utc_now() - started).total_seconds() * 1000), session=session))
+            model = (body or {}).get("model")
+            gateway.record_own_answer(own_answer_row(
+                request_id=flow.id, started_at=started, route=match.route, endpoint=match.endpoint,
+                model=model if isinstance(model, str) else None, stream=bool((body or {}).get("stream")),
+                status=status, error=message[:500],
+                latency_ms=int((utc_now() - started).total_seconds() * 1000), session=session, client=client_name))
 
         headers = from_wire(flow.request.headers.fields)   # the bytes as received
-        if rules.client_keys and not rules.client_key_ok(client_credential(headers)):
+        client = rules.client_named(client_credential(headers)) if rules.client_keys else None
+        if rules.client_keys and client is None:
             return refuse(401, "missing or invalid ccswitch client key")
+        client_name = client.name if client is not None else None
+        overrun = gateway.spend.over(CLIENT, client_name) if client_name is not None else None
+        if overrun is not None:     # nothing is sent upstream until the budget's next period
+            wait = (overrun.until - gateway.spend.clock()).total_seconds()
+            return refuse(429, overrun.describe(f"client key {client_name}") + "; it resets at "
+                          f"{overrun.until.astimezone(rules.tz):%Y-%m-%d %H:%M}", None,
+                          {"retry-after": str(max(1, math.ceil(wait)))})
         if match.endpoint == Endpoint.WEBSOCKET:
             # Codex falls back to HTTPS at once: not an error, and no request to record
             answer(flow, error_response(client_protocol, 426, "ccswitch serves Responses over HTTPS, not WebSocket"))
@@ -157,9 +168,8 @@ class Router:
         if self.shutdown.draining:   # those in flight finish; new ones are for the next process
             return refuse(503, SHUTTING_DOWN, body, {"retry-after": RETRY_AFTER, "connection": "close"})
         session = session_key(headers, body)
-        gateway = self.gateway
         chosen = plan(rules, match.route, model, gateway.health, datetime.now(rules.tz),
-                      quota=gateway.quota, sessions=gateway.sessions, session=session)
+                      quota=gateway.quota, sessions=gateway.sessions, session=session, spend=gateway.spend)
         if chosen.limited_for is not None:   # every upstream is rate limited until a known reset
             return refuse(429, chosen.why_none(match.route), body,
                           rate_limit_headers(client_protocol, chosen.limited_for, gateway.quota.clock()))
@@ -172,7 +182,7 @@ class Router:
         if problem:
             return refuse(400, problem, body)
         job = Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow.id, converted=converted,
-                  session=session, bound_to=chosen.bound_to, why_first=chosen.why_first,
+                  client=client_name, session=session, bound_to=chosen.bound_to, why_first=chosen.why_first,
                   skipped=chosen.blocked)
         self.jobs[flow.id] = job
         flow.metadata["ccswitch"] = {"route": match.route, "endpoint": match.endpoint, "model": model}

@@ -1,9 +1,10 @@
 """What ``ccswitch report`` reports: the ``Report`` data model and ``build_report``, which
-reads the usage database and prices it. Rendering and the command line are in report.py.
+reads the usage database and prices it. Rendering is in text.py, charts.py and html.py.
 
 Days are days in the rules' time zone; prices come from the built-in table (prices.py),
 rules.yaml ``prices:`` overrides and each upstream's ``price_multiplier``. Cost is computed
-here, at report time, from the billed model (``upstream_model``, else ``model``).
+here, at report time, from the billed model (``upstream_model``, else ``model``); requests are
+grouped by the model the client named, with what it was sent upstream as beside it.
 
 ``count_tokens`` requests are left out of every figure (only a note counts them).
 A failover is a request that took more than one upstream attempt; an error is a request
@@ -11,69 +12,46 @@ with an ``error`` or a status >= 400. Cache-hit % = cache_read / (input + cache_
 cache_read), i.e. the share of the whole prompt that was read from cache. A move is a request
 whose session (affinity) was bound to one upstream and got its answer from another
 (``affinity = 'moved'``). A database older than the session columns reads as "no session".
+
+Views beside the days: the hours of one day (``hours_day``), weeks or months (``period``),
+5-hour blocks of the claude route (``blocks``, see timeline.py) and latency / time to first
+byte (latency.py).
 """
 from __future__ import annotations
 
 import sqlite3
+from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
 from ccswitch.clock import utc_now
 from ccswitch.config.models import Rules
 from ccswitch.ledger.schema import columns
-from ccswitch.report import prices
+from ccswitch.report import prices, timeline
+from ccswitch.report.latency import LatencyStats, Timing, Timings, stats
+from ccswitch.report.totals import (
+    DIMENSIONS,
+    NO_MODEL,
+    NO_SESSION,
+    NO_UPSTREAM,
+    BlockSpan,
+    Span,
+    Totals,
+    UsageRow,
+    sorted_groups,
+)
+from ccswitch.vocab import Route
 
-DIMENSIONS = ("model", "upstream", "route", "session")
+__all__ = ["DIMENSIONS", "NO_MODEL", "NO_SESSION", "NO_UPSTREAM", "Activation", "BlockSpan", "Report", "Span", "Totals",
+           "build_report", "fmt_tokens", "report_zone", "sorted_groups", "tz_label"]
+
 SUMMARISED = ("model", "upstream", "route")     # always summarised; sessions only when grouped by them
-NO_UPSTREAM = "(ccswitch)"      # requests ccswitch answered itself
-NO_MODEL = "(no model)"
-NO_SESSION = "(no session)"
 UNPRICED_SHOWN = 5              # unpriced models named in the report's note; the rest are counted
-
-
-@dataclass
-class Totals:
-    requests: int = 0
-    input: int = 0
-    output: int = 0
-    cache_write: int = 0            # every cache-creation token (5-minute and 1-hour)
-    cache_write_1h: int = 0         # the 1-hour part of cache_write
-    cache_read: int = 0
-    reasoning: int = 0              # part of output
-    failovers: int = 0
-    errors: int = 0
-    moved: int = 0                  # requests that moved their session to another upstream
-    cost: float = 0.0               # USD, priced tokens only
-    unpriced_tokens: int = 0        # tokens of models with no known price (not in cost)
-
-    @property
-    def prompt(self) -> int:
-        return self.input + self.cache_write + self.cache_read
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt + self.output
-
-    @property
-    def cache_hit(self) -> float | None:
-        return self.cache_read / self.prompt if self.prompt else None
-
-    def add(self, other: Totals) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-    def to_dict(self) -> dict:
-        return {
-            "requests": self.requests, "input_tokens": self.input, "output_tokens": self.output,
-            "cache_write_tokens": self.cache_write, "cache_write_1h_tokens": self.cache_write_1h,
-            "cache_read_tokens": self.cache_read, "reasoning_tokens": self.reasoning,
-            "cache_hit": None if self.cache_hit is None else round(self.cache_hit, 6),
-            "cost_usd": round(self.cost, 6), "unpriced_tokens": self.unpriced_tokens,
-            "failovers": self.failovers, "errors": self.errors, "moved": self.moved,
-        }
+BLOCKS_ROUTE = Route.CLAUDE     # subscription blocks are Claude Code's
+BLOCKS_LOOKBACK_DAYS = 3        # blocks chain from request to request: read this far before the period
 
 
 @dataclass
@@ -94,22 +72,41 @@ class Report:
     by: str | None
     db_path: str
     days: list[date]                                            # every day, since..until
-    daily: dict[date, Totals]
-    daily_groups: dict[str, dict[date, dict[str, Totals]]]      # dimension -> day -> label -> totals
-    summary: dict[str, dict[str, Totals]]                       # dimension -> label -> totals
-    total: Totals
+    by_day: dict[date, Span]                                    # every day of ``days``
+    whole: Span                                                 # the whole period
+    tz: tzinfo | None = None
+    period: str = "day"                                         # the main table's rows: day, week or month
+    hours: list[Span] | None = None                             # the hours of one day (--hours)
+    blocks: list[BlockSpan] | None = None                       # 5-hour blocks (--blocks)
+    blocks_upstream: str | None = None                          # blocks of this upstream's answers only
+    timings: Timings = field(default_factory=lambda: Timings([]))
+    now: datetime = field(default_factory=utc_now)
     activations: list[Activation] = field(default_factory=list)
     unpriced: dict[str, int] = field(default_factory=dict)      # model -> tokens without a price
     count_tokens: int = 0
     notes: list[str] = field(default_factory=list)
     prices_as_of: str = prices.PRICES_AS_OF
 
+    # ---- the period and its days
+    @property
+    def total(self) -> Totals:
+        return self.whole.total
+
+    @property
+    def summary(self) -> dict[str, dict[str, Totals]]:
+        """dimension -> label -> totals over the whole period."""
+        return self.whole.groups
+
+    @property
+    def daily(self) -> dict[date, Totals]:
+        return {d: self.by_day[d].total for d in self.days}
+
     @property
     def empty(self) -> bool:
         return self.total.requests == 0
 
     def groups(self, day: date) -> dict[str, Totals]:
-        return self.daily_groups[self.by].get(day, {}) if self.by else {}
+        return self.by_day[day].groups[self.by] if self.by else {}
 
     @property
     def summarised(self) -> tuple[str, ...]:
@@ -118,8 +115,7 @@ class Report:
 
     def sessions(self, day: date | None = None) -> int:
         """Distinct sessions of a day (None: of the whole period)."""
-        groups = self.summary["session"] if day is None else self.daily_groups["session"].get(day, {})
-        return sum(1 for label in groups if label != NO_SESSION)
+        return (self.whole if day is None else self.by_day[day]).sessions()
 
     def hit_upstreams(self) -> list[str]:
         """Upstreams that saw prompt tokens in the period, busiest first: the per-upstream cache-hit view."""
@@ -127,8 +123,49 @@ class Report:
 
     def hit_by_upstream(self, day: date) -> dict[str, float | None]:
         """Cache-hit ratio of each of ``hit_upstreams()`` on ``day`` (None: no prompt that day)."""
-        groups = self.daily_groups["upstream"].get(day, {})
+        groups = self.by_day[day].groups["upstream"]
         return {label: groups[label].cache_hit if label in groups else None for label in self.hit_upstreams()}
+
+    # ---- the main table's rows
+    @property
+    def view(self) -> str:
+        return "hour" if self.hours is not None else self.period
+
+    def rows(self) -> list[Span]:
+        """The spans the main table and the charts show: the hours of the day with --hours, else the
+        days, weeks or months of the period (every one, idle ones included)."""
+        if self.hours is not None:
+            return self.hours
+        if self.period == "day":
+            return [self.by_day[d] for d in self.days]
+        out = []
+        for first, days in timeline.periods(self.days, self.period):
+            span = Span(self.by_day[days[0]].start, self.by_day[days[-1]].end,
+                        _period_label(first, days, self.period))
+            for day in days:
+                span.merge(self.by_day[day])
+            out.append(span)
+        return out
+
+    # ---- latency
+    def latency(self, span: Span | None = None) -> LatencyStats:
+        """p50 / p95 of the successful requests in ``span`` (None: the whole period)."""
+        return stats(self.timings.overall() if span is None else self.timings.between(span.start, span.end))
+
+    def latency_by_upstream(self, span: Span | None = None) -> dict[str, LatencyStats]:
+        timings = self.timings.overall() if span is None else self.timings.between(span.start, span.end)
+        return Timings.by_upstream(timings)
+
+
+def _period_label(first: date, days: list[date], period: str) -> str:
+    """'2026-W10 03-02..03-08' (the days of the week the report covers), '2026-03', or '2026-03 05..31' for
+    a month the report covers part of."""
+    label = timeline.period_label(first, period)
+    if period == "week":
+        return f"{label} {days[0]:%m-%d}..{days[-1]:%m-%d}"
+    if days[0] != first or days[-1] != timeline.period_end(first, period):
+        return f"{label} {days[0]:%d}..{days[-1]:%d}"
+    return label
 
 
 # --------------------------------------------------------------------------- queries
@@ -142,13 +179,14 @@ def _tables(conn: sqlite3.Connection) -> set[str]:
     return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
-def _rows(conn: sqlite3.Connection, sql: str, since: date, until: date) -> Iterator[tuple]:
+def _rows(conn: sqlite3.Connection, sql: str, since: date, until: date, before: int = 1) -> Iterator[tuple]:
     # UTC ISO text sorts by time: widen by a day each side (time zones), filter local days later
-    yield from conn.execute(sql, ((since - timedelta(days=1)).isoformat(), (until + timedelta(days=2)).isoformat()))
+    yield from conn.execute(sql, ((since - timedelta(days=before)).isoformat(),
+                                  (until + timedelta(days=2)).isoformat()))
 
 
 _REQUESTS_SQL = """
-SELECT substr(ts, 1, 16) AS minute, route, upstream, COALESCE(NULLIF(upstream_model, ''), model), {session},
+SELECT substr(ts, 1, 16) AS minute, route, upstream, model, NULLIF(upstream_model, ''), {session},
        endpoint = 'count_tokens', count(*),
        sum(input_tokens), sum(output_tokens), sum(cache_creation_tokens),
        sum(min(cache_creation_1h_tokens, cache_creation_tokens)), sum(cache_read_tokens),
@@ -156,7 +194,15 @@ SELECT substr(ts, 1, 16) AS minute, route, upstream, COALESCE(NULLIF(upstream_mo
        {moved}
 FROM requests
 WHERE ts >= ? AND ts < ?
-GROUP BY 1, 2, 3, 4, 5, 6
+GROUP BY 1, 2, 3, 4, 5, 6, 7
+ORDER BY 1
+"""
+
+# successful answers only (see latency.py)
+_TIMINGS_SQL = """
+SELECT ts, upstream, latency_ms, ttfb_ms FROM requests
+WHERE ts >= ? AND ts < ? AND endpoint != 'count_tokens' AND upstream IS NOT NULL AND error IS NULL
+  AND coalesce(status, 0) BETWEEN 100 AND 399 AND latency_ms IS NOT NULL
 """
 
 
@@ -173,60 +219,97 @@ WHERE ts >= ? AND ts < ? ORDER BY ts
 """
 
 
-def _multipliers(rules: Rules) -> dict[str, float]:
-    return {up.name: up.price_multiplier for up in rules.upstreams}
+class Pricer:
+    """Prices rows: one price look-up per billed model, each upstream's multiplier."""
+
+    def __init__(self, rules: Rules):
+        self.multipliers = {up.name: up.price_multiplier for up in rules.upstreams}
+        self.overrides = rules.prices
+        self._prices: dict[str | None, prices.Price | None] = {}
+
+    def cost(self, model: str | None, upstream: str | None, t: Totals) -> float | None:
+        if model not in self._prices:
+            self._prices[model] = prices.price_for(model, self.overrides)
+        price = self._prices[model]
+        if price is None:
+            return None
+        return prices.cost_at(price, t.input, t.output, t.cache_write, t.cache_write_1h, t.cache_read,
+                              self.multipliers.get(upstream or "", 1.0))
+
+
+def _usage_rows(conn: sqlite3.Connection, since: date, until: date, tz: tzinfo | None, pricer: Pricer,
+                before: int) -> Iterator[tuple[UsageRow, bool]]:
+    """Priced rows in time order, each with whether it is a count_tokens row."""
+    for (minute, route, upstream, model, sent, session, is_count, n, inp, out, cw, cw1h, cr, reas, fo, err,
+         moved) in _rows(conn, _requests_sql(conn), since, until, before):
+        moment = _parse_utc(minute)
+        t = Totals(n, inp or 0, out or 0, cw or 0, cw1h or 0, cr or 0, reas or 0, fo or 0, err or 0, moved or 0)
+        usd = pricer.cost(sent or model, upstream, t)
+        if usd is None:
+            t.unpriced_tokens = t.tokens
+        else:
+            t.cost = usd
+        yield UsageRow(moment, timeline.local(moment, tz).date(), route, upstream, model, sent, session, t), \
+            bool(is_count)
+
+
+def _timings(conn: sqlite3.Connection, since: date, until: date, tz: tzinfo | None) -> Timings:
+    out = []
+    for ts, upstream, latency_ms, ttfb_ms in _rows(conn, _TIMINGS_SQL, since, until):
+        moment = _parse_utc(ts)
+        if since <= timeline.local(moment, tz).date() <= until:
+            out.append(Timing(moment, upstream, int(latency_ms), None if ttfb_ms is None else int(ttfb_ms)))
+    return Timings(out)
 
 
 def build_report(conn: sqlite3.Connection, rules: Rules, since: date, until: date,
-                 by: str | None = None, *, tz: tzinfo | None = None, db_path: str = "") -> Report:
+                 by: str | None = None, *, tz: tzinfo | None = None, db_path: str = "",
+                 period: str = "day", hours_day: date | None = None, blocks: bool = False,
+                 blocks_upstream: str | None = None, now: datetime | None = None) -> Report:
     """Read requests and activations between ``since`` and ``until`` (inclusive local days).
-    ``tz``: default the rules' time zone, else the system's (DST-aware)."""
+    ``tz``: default the rules' time zone, else the system's (DST-aware). ``period``: the main
+    table's rows (day, week, month); ``hours_day``: split that day (one of the period's) by hour
+    instead; ``blocks``: also the 5-hour blocks of the claude route (of ``blocks_upstream``'s
+    answers only, when given) that overlap the period, active or not at ``now``."""
     if by is not None and by not in DIMENSIONS:
         raise ValueError(f"by must be one of {DIMENSIONS}")
+    if period not in timeline.PERIODS:
+        raise ValueError(f"period must be one of {timeline.PERIODS}")
+    if hours_day is not None and not since <= hours_day <= until:
+        raise ValueError("hours_day must be a day of the period")
     tz = tz if tz is not None else report_zone(rules)
+    now = now or utc_now()
     days = [since + timedelta(days=i) for i in range((until - since).days + 1)]
+    by_day = {d: Span(*timeline.day_bounds(d, tz), d.isoformat()) for d in days}
+    whole = Span(by_day[since].start, by_day[until].end, f"{since}..{until}")
+    hour_starts = timeline.day_hours(hours_day, tz) if hours_day else []
+    hours = [Span(s, s + timeline.HOUR, label) for s, label in zip(hour_starts, timeline.hour_labels(hour_starts, tz))]
     tables = _tables(conn)
-    buckets: dict[tuple[date, str, str | None, str | None, str | None], Totals] = defaultdict(Totals)
+    pricer = Pricer(rules)
     count_tokens = 0
-    if "requests" in tables:
-        for (minute, route, upstream, model, session, is_count, n, inp, out, cw, cw1h, cr, reas, fo, err, moved) in \
-                _rows(conn, _requests_sql(conn), since, until):
-            day = _parse_utc(minute).astimezone(tz).date()
-            if not since <= day <= until:
-                continue
-            if is_count:
-                count_tokens += n
-                continue
-            t = buckets[(day, route, upstream, model, session)]
-            t.add(Totals(n, inp or 0, out or 0, cw or 0, cw1h or 0, cr or 0, reas or 0, fo or 0, err or 0,
-                         moved or 0))
-
-    mult = _multipliers(rules)
-    unknown_upstreams: set[str] = set()
     unpriced: dict[str, int] = defaultdict(int)
-    daily: dict[date, Totals] = {d: Totals() for d in days}
-    daily_groups: dict[str, dict[date, dict[str, Totals]]] = {dim: defaultdict(lambda: defaultdict(Totals)) for dim in DIMENSIONS}
-    summary: dict[str, dict[str, Totals]] = {dim: defaultdict(Totals) for dim in DIMENSIONS}
-    total = Totals()
-    ordered = sorted(buckets.items(), key=lambda kv: (kv[0][0], *(x or "" for x in kv[0][1:])))
-    for (day, route, upstream, model, session), t in ordered:
-        if upstream is not None and upstream not in mult:
-            unknown_upstreams.add(upstream)
-        usd = prices.cost(model, t.input, t.output, t.cache_write, t.cache_write_1h, t.cache_read,
-                          mult.get(upstream or "", 1.0), rules.prices)
-        if usd is None:
-            if t.tokens:
-                t.unpriced_tokens = t.tokens
-                unpriced[model or NO_MODEL] += t.tokens
-        else:
-            t.cost = usd
-        labels = {"model": model or NO_MODEL, "upstream": upstream or NO_UPSTREAM, "route": route,
-                  "session": session or NO_SESSION}
-        for dim in DIMENSIONS:
-            daily_groups[dim][day][labels[dim]].add(t)
-            summary[dim][labels[dim]].add(t)
-        daily[day].add(t)
-        total.add(t)
+    unknown_upstreams: set[str] = set()
+    block_events: list[tuple[datetime, UsageRow]] = []
+    if "requests" in tables:
+        before = BLOCKS_LOOKBACK_DAYS if blocks else 1
+        for row, is_count in _usage_rows(conn, since, until, tz, pricer, before):
+            in_period = since <= row.day <= until
+            if is_count:
+                count_tokens += in_period
+                continue
+            if blocks and row.route == BLOCKS_ROUTE and row.upstream is not None \
+                    and blocks_upstream in (None, row.upstream):
+                block_events.append((row.minute, row))
+            if not in_period:
+                continue
+            by_day[row.day].add(row)
+            whole.add(row)
+            if hours and row.day == hours_day:
+                hours[bisect_right(hour_starts, row.minute) - 1].add(row)
+            if row.totals.unpriced_tokens:
+                unpriced[row.model or NO_MODEL] += row.totals.unpriced_tokens
+            if row.upstream is not None and row.upstream not in pricer.multipliers:
+                unknown_upstreams.add(row.upstream)
 
     notes = []
     if count_tokens:
@@ -236,16 +319,31 @@ def build_report(conn: sqlite3.Connection, rules: Rules, since: date, until: dat
                      "(add them under prices: in rules.yaml)")
     if unknown_upstreams:
         notes.append("upstream(s) not in the rules, priced at list price: " + ", ".join(sorted(unknown_upstreams)))
-    priced_mult = {name: m for name, m in mult.items() if m != 1.0 and name in summary["upstream"]}
+    priced_mult = {name: m for name, m in pricer.multipliers.items() if m != 1.0 and name in whole.groups["upstream"]}
     if priced_mult:
         notes.append("price multipliers: " + ", ".join(f"{n} x{m:g}" for n, m in sorted(priced_mult.items())))
 
     return Report(
-        since=since, until=until, tz_name=tz_label(rules, tz), by=by, db_path=db_path, days=days,
-        daily=daily, daily_groups={dim: {d: dict(g) for d, g in v.items()} for dim, v in daily_groups.items()},
-        summary={dim: dict(v) for dim, v in summary.items()}, total=total,
+        since=since, until=until, tz_name=tz_label(rules, tz), by=by, db_path=db_path, days=days, by_day=by_day,
+        whole=whole, tz=tz, period=period, hours=hours if hours_day else None,
+        blocks=_blocks(block_events, whole, tz) if blocks else None, blocks_upstream=blocks_upstream,
+        timings=_timings(conn, since, until, tz) if "requests" in tables else Timings([]), now=now,
         activations=_activations(conn, tables, since, until, tz), unpriced=dict(unpriced),
         count_tokens=count_tokens, notes=notes)
+
+
+def _blocks(events: list[tuple[datetime, UsageRow]], whole: Span, tz: tzinfo | None) -> list[BlockSpan]:
+    """The 5-hour blocks that overlap the period, each whole (also the part outside the period)."""
+    out = []
+    for block in timeline.five_hour_blocks(events):
+        if block.end <= whole.start or block.start >= whole.end:
+            continue
+        span = BlockSpan(block.start, block.end, timeline.local(block.start, tz).strftime("%Y-%m-%d %H:%M"),
+                         first=block.first, last=block.last)
+        for row in block.items:
+            span.add(row)
+        out.append(span)
+    return out
 
 
 def _unpriced_list(unpriced: dict[str, int], shown: int = UNPRICED_SHOWN) -> str:
@@ -303,7 +401,3 @@ def fmt_tokens(n: int) -> str:
         if n >= div:
             return f"{n / div:.{1 if unit == 'K' else 2}f}{unit}"
     return str(n)  # pragma: no cover
-
-
-def sorted_groups(groups: Mapping[str, Totals]) -> list[tuple[str, Totals]]:
-    return sorted(groups.items(), key=lambda kv: (-kv[1].cost, -kv[1].tokens, -kv[1].requests, kv[0]))

@@ -14,6 +14,7 @@ from datetime import datetime
 from ccswitch.config.models import RouteSpec, Rules, Upstream
 from ccswitch.config.schedule import schedule_block
 from ccswitch.routing.affinity import SessionBindings, session_fraction
+from ccswitch.routing.budget import UPSTREAM, SpendBoard
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.quota import QuotaBoard
 from ccswitch.vocab import Strategy
@@ -41,7 +42,7 @@ class Plan:
 
 def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: datetime, *,
          quota: QuotaBoard | None = None, sessions: SessionBindings | None = None,
-         session: str | None = None) -> Plan:
+         session: str | None = None, spend: SpendBoard | None = None) -> Plan:
     """The candidates for one request, in the order they are tried.
 
     If every otherwise-available upstream is cooling, the one that recovers first is tried
@@ -62,7 +63,12 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
             continue
         until = health.cooling_until(name)
         full = quota.full(name, rules.failover.drain_at) if quota is not None else None
-        if until is not None:
+        overrun = spend.over(UPSTREAM, name) if spend is not None else None
+        if overrun is not None:     # like a full upstream: skipped until its next period
+            result.blocked.append((name, f"over its {overrun.kind} budget (${overrun.limit:.2f}) until "
+                                         f"{overrun.until.astimezone(rules.tz):%Y-%m-%d %H:%M}"))
+            limited.append((overrun.until - spend.clock()).total_seconds())
+        elif until is not None:
             cooling.append((until, upstream))
             result.blocked.append((name, "cooling down"))
             left = until - health.clock()
@@ -72,6 +78,7 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
                 unknown_wait = True
         elif full is not None:
             result.blocked.append((name, _full_text(full, quota, rules)))
+            cooling.append((float("inf"), upstream))   # tried last, if nothing else is left
             if full.resets_at is not None:
                 limited.append(full.resets_at - quota.clock())
             else:

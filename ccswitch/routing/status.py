@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from ccswitch.config.models import Rules, Upstream
 from ccswitch.config.schedule import describe_next
 from ccswitch.routing.affinity import SessionBindings
+from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.plan import off_reason
 from ccswitch.routing.quota import QuotaBoard
@@ -39,7 +40,7 @@ def quota_text(quota: QuotaBoard, name: str, drain_at: float, tz) -> str | None:
 
 
 def status_text(rules: Rules, health: HealthBoard, now: datetime, quota: QuotaBoard | None = None,
-                sessions: SessionBindings | None = None) -> str:
+                sessions: SessionBindings | None = None, spend: SpendBoard | None = None) -> str:
     routes = {name: [r for r in Route if name in rules.routes.for_route(r)]
               for name in (u.name for u in rules.upstreams)}
     preferred = health.preferred_name()
@@ -60,7 +61,13 @@ def status_text(rules: Rules, health: HealthBoard, now: datetime, quota: QuotaBo
             parts.append(usage)
         if bound.get(upstream.name):
             parts.append(f"{bound[upstream.name]} session(s) bound")
+        if spend is not None:
+            parts += [f"budget {line}" for line in spend.report(UPSTREAM, upstream.name)]
         if upstream.activate_at:
             parts.append(f"next activation {describe_next(upstream.activate_at, upstream.days, now)}")
         lines.append("  " + "; ".join(parts))
+    for client in rules.client_keys:
+        budgets = spend.report(CLIENT, client.name) if spend is not None else []
+        if budgets:
+            lines.append(f"  client key {client.name}: budget " + "; ".join(budgets))
     return "\n".join(lines)

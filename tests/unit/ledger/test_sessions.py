@@ -41,7 +41,7 @@ def test_a_version_1_database_keeps_every_row_and_gains_the_session_columns(tmp_
     assert len(before["requests"]) == V1_ROWS
 
     conn = schema.connect(str(path))
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.VERSION
     assert {"session", "affinity"} <= schema.columns(conn, "requests")
     after = {t: dump(conn, t) for t in before}
     # the old columns come first, in their order; the new ones are NULL on old rows
@@ -67,7 +67,7 @@ def test_the_writer_adds_session_rows_to_a_migrated_version_1_file(tmp_path):
 def test_a_migration_another_process_finished_meanwhile_is_not_run_again(tmp_path, monkeypatch):
     path = tmp_path / "usage.db"
     make_v1_database(path)
-    schema.connect(str(path)).close()                  # "the other process": now at version 2
+    schema.connect(str(path)).close()                  # "the other process": now at the latest version
     real = schema._version
     calls = []
 
@@ -77,20 +77,21 @@ def test_a_migration_another_process_finished_meanwhile_is_not_run_again(tmp_pat
 
     monkeypatch.setattr(schema, "_version", stale_then_real)
     conn = schema.connect(str(path))                   # ALTER TABLE twice would raise "duplicate column"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2 and len(calls) >= 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.VERSION and len(calls) >= 2
     assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == V1_ROWS
 
 
 def test_a_failed_migration_leaves_the_file_as_it_was(tmp_path, monkeypatch):
     path = tmp_path / "usage.db"
     make_v1_database(path)
+    latest = schema.VERSION
     monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, "ALTER TABLE requests ADD COLUMN x INT; NOT SQL;"])
-    monkeypatch.setattr(schema, "VERSION", 3)
+    monkeypatch.setattr(schema, "VERSION", latest + 1)
     with pytest.raises(sqlite3.OperationalError, match="syntax error"):
         schema.connect(str(path))
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2        # migration 2 committed on its own
-    assert "x" not in schema.columns(conn, "requests")                  # migration 3 rolled back whole
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == latest   # each migration committed on its own
+    assert "x" not in schema.columns(conn, "requests")                  # the failing one rolled back whole
 
 
 def test_a_read_only_connection_does_not_migrate(tmp_path):

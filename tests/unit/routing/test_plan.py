@@ -119,3 +119,13 @@ def test_sticky_off_ignores_bindings_and_ccswitch_use_beats_them():
     health.preferred = ("c", clock.now + 60)
     used = plan(rules_with("[a, b, c]"), "claude", "m", health, NOW, sessions=sessions, session="s1")
     assert names(used)[0] == "c" and used.why_first == "ccswitch.use"
+
+
+def test_a_route_of_full_upstreams_without_a_known_reset_does_not_go_dark():
+    clock = Clock()
+    quota = QuotaBoard(clock)
+    quota.record("a", [("anthropic-ratelimit-unified-status", "rejected")])       # full, no reset
+    utilization(quota, "b", 0.97)
+    utilization(quota, "c", 0.99)
+    p = plan(rules_with("[a, b, c]"), "claude", "m", HealthBoard(clock), NOW, quota=quota)
+    assert p.limited_for is None and len(p.candidates) == 1 and p.why_first == "recovers first"

@@ -1,0 +1,135 @@
+"""Spend against budgets: per upstream and per client key, per calendar day and month in the
+rules' time zone.  Amounts come in as requests are recorded (and from the ledger at start-up);
+checking a budget is a dictionary look-up, never a database query.  Crossing 80 % and 100 %
+of a budget is announced once per period on the event bus."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+
+from ccswitch.config.models import Budget, Rules
+from ccswitch.routing.events import Event, Events
+
+UPSTREAM, CLIENT = "upstream", "client"
+PERIODS = ("daily", "monthly")
+_WARN_AT = 0.8
+
+
+def period_start(kind: str, moment: datetime, tz: tzinfo) -> datetime:
+    """The local start of the day or month `moment` falls in (an aware datetime in `tz`)."""
+    local = moment.astimezone(tz)
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    start = day if kind == "daily" else day.replace(day=1)
+    return start.replace(tzinfo=None).replace(tzinfo=tz)   # the zone's own offset on that date (DST)
+
+
+def period_end(kind: str, moment: datetime, tz: tzinfo) -> datetime:
+    start = period_start(kind, moment, tz)
+    if kind == "daily":
+        naive = start.replace(tzinfo=None) + timedelta(days=1)
+    else:
+        naive = (start.replace(tzinfo=None, day=28) + timedelta(days=4)).replace(day=1)
+    return naive.replace(tzinfo=tz)
+
+
+@dataclass(frozen=True)
+class Overrun:
+    kind: str            # daily | monthly
+    limit: float
+    spent: float
+    until: datetime      # when the next period starts (aware, UTC)
+
+    def describe(self, who: str) -> str:
+        period = "today" if self.kind == "daily" else "this month"
+        return f"{who} has spent ${self.spent:.2f} of its {self.kind} budget of ${self.limit:.2f} {period}"
+
+
+class SpendBoard:
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 events: Events | None = None) -> None:
+        self.clock = clock
+        self.events = events
+        self.tz: tzinfo = UTC
+        self._budgets: dict[tuple[str, str], Budget] = {}
+        # (who kind, name, period kind) -> (period start, spend in it); only the current period is kept
+        self._spent: dict[tuple[str, str, str], tuple[datetime, float]] = {}
+        self._told: set[tuple[str, str, str, datetime, float]] = set()   # budget events already emitted
+
+    def configure(self, rules: Rules) -> None:
+        """Take the rules' budgets and time zone (at start-up and on every reload)."""
+        self.tz = rules.tz
+        self._budgets = {(UPSTREAM, u.name): u.budget for u in rules.upstreams if u.budget}
+        self._budgets.update({(CLIENT, c.name): c.budget for c in rules.client_keys if c.budget})
+
+    def add(self, who: str, name: str | None, usd: float, at: datetime | None = None, *, quiet: bool = False) -> None:
+        """Count `usd` spent by an upstream or a client key at `at` (default now); `quiet` (the
+        start-up load) marks budgets already crossed as told instead of announcing them again."""
+        if name is None or usd <= 0:
+            return
+        at = at or self.clock()
+        for kind in PERIODS:
+            start = period_start(kind, at, self.tz)
+            key = (who, name, kind)
+            held = self._spent.get(key)
+            if held is None or held[0] < start:
+                held = (start, 0.0)
+            elif held[0] > start:
+                continue              # an old row (start-up load out of order): not this period
+            self._spent[key] = (start, held[1] + usd)
+            self._announce(who, name, kind, start, quiet)
+
+    def spent(self, who: str, name: str, kind: str) -> float:
+        held = self._spent.get((who, name, kind))
+        if held is None or held[0] != period_start(kind, self.clock(), self.tz):
+            return 0.0
+        return held[1]
+
+    def over(self, who: str, name: str) -> Overrun | None:
+        """The first budget of `name` that its spend reached, or None (also with no budget)."""
+        budget = self._budgets.get((who, name))
+        if budget is None:
+            return None
+        now = self.clock()
+        for kind in PERIODS:
+            limit = getattr(budget, kind)
+            spent = self.spent(who, name, kind)
+            if limit is not None and spent >= limit:
+                return Overrun(kind, limit, spent, period_end(kind, now, self.tz).astimezone(UTC))
+        return None
+
+    def report(self, who: str, name: str) -> list[str]:
+        """`$1.20 of $5.00 today (until 00:00)` for each budget `name` has (for ccswitch.status)."""
+        budget = self._budgets.get((who, name))
+        if budget is None:
+            return []
+        now, out = self.clock(), []
+        for kind in PERIODS:
+            limit = getattr(budget, kind)
+            if limit is not None:
+                end = period_end(kind, now, self.tz)
+                period = "today" if kind == "daily" else "this month"
+                when = f"{end:%H:%M}" if kind == "daily" else f"{end:%Y-%m-%d}"
+                out.append(f"${self.spent(who, name, kind):.2f} of ${limit:.2f} {period} (until {when})")
+        return out
+
+    def _announce(self, who: str, name: str, kind: str, start: datetime, quiet: bool) -> None:
+        budget = self._budgets.get((who, name))
+        limit = getattr(budget, kind) if budget else None
+        if limit is None or self.events is None:
+            return
+        spent = self._spent[(who, name, kind)][1]
+        for share in (_WARN_AT, 1.0):
+            mark = (who, name, kind, start, share)
+            if spent >= limit * share and mark not in self._told:
+                self._told.add(mark)
+                self._told = {m for m in self._told if m[3] >= start or m[2] != kind}   # forget past periods
+                if quiet:
+                    continue
+                what = "reached" if share >= 1.0 else f"{share:.0%} of"
+                self.events.emit(Event(
+                    kind="budget", upstream=name if who == UPSTREAM else None,
+                    reason=f"{who} {name} {what} its {kind} budget (${spent:.2f} of ${limit:.2f})",
+                    until=period_end(kind, start, self.tz).astimezone(UTC),
+                    episode=f"{who}:{name}:{kind}:{start.isoformat()}:{share}"))

@@ -1,0 +1,93 @@
+"""Budget arithmetic with an injected clock, across day and month boundaries in the rules' zone."""
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from ccswitch.config.load import parse_rules
+from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard, period_end, period_start
+from ccswitch.routing.events import Events
+
+TZ = ZoneInfo("Asia/Shanghai")          # UTC+8: a local midnight is 16:00 UTC the day before
+RULES = parse_rules("""
+timezone: Asia/Shanghai
+client_keys:
+  - {name: alice, key: alice-key-000000, budget: {daily: 20}}
+  - {name: bob, key: bob-key-00000000}
+upstreams:
+  - {name: relay-a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k-relay-a-0000, budget: {daily: 5, monthly: 12}}
+""")
+
+
+class Clock:
+    def __init__(self, when: datetime):
+        self.now = when
+
+    def __call__(self):
+        return self.now
+
+
+def board(when: datetime):
+    clock, events = Clock(when), Events()
+    seen = []
+    events.subscribe(seen.append)
+    spend = SpendBoard(clock, events)
+    spend.configure(RULES)
+    return spend, clock, seen
+
+
+def test_periods_are_local_days_and_months():
+    moment = datetime(2026, 1, 31, 17, 30, tzinfo=UTC)          # 2026-02-01 01:30 in Shanghai
+    assert period_start("daily", moment, TZ) == datetime(2026, 2, 1, tzinfo=TZ)
+    assert period_start("monthly", moment, TZ) == datetime(2026, 2, 1, tzinfo=TZ)
+    assert period_end("daily", moment, TZ) == datetime(2026, 2, 2, tzinfo=TZ)
+    assert period_end("monthly", datetime(2026, 12, 15, tzinfo=TZ), TZ) == datetime(2027, 1, 1, tzinfo=TZ)
+    berlin = ZoneInfo("Europe/Berlin")                            # DST starts 2026-03-29
+    assert period_end("daily", datetime(2026, 3, 29, 12, tzinfo=berlin), berlin).utcoffset().seconds == 7200
+
+
+def test_an_upstream_over_its_daily_budget_until_local_midnight_then_the_month_holds():
+    spend, clock, seen = board(datetime(2026, 3, 10, 15, 0, tzinfo=UTC))    # 23:00 local
+    spend.add(UPSTREAM, "relay-a", 3.0)
+    assert spend.over(UPSTREAM, "relay-a") is None
+    spend.add(UPSTREAM, "relay-a", 2.5)
+    over = spend.over(UPSTREAM, "relay-a")
+    assert over.kind == "daily" and over.spent == 5.5 and over.until == datetime(2026, 3, 10, 16, 0, tzinfo=UTC)
+    clock.now = datetime(2026, 3, 10, 16, 0, tzinfo=UTC)                   # local midnight: a new day
+    assert spend.over(UPSTREAM, "relay-a") is None and spend.spent(UPSTREAM, "relay-a", "monthly") == 5.5
+    spend.add(UPSTREAM, "relay-a", 4.0)
+    spend.add(UPSTREAM, "relay-a", 3.0)                                      # 12.5 this month
+    over = spend.over(UPSTREAM, "relay-a")
+    assert over.kind == "daily"                                              # the day's 7.0 is over 5 too
+    clock.now = datetime(2026, 3, 11, 16, 0, tzinfo=UTC)
+    over = spend.over(UPSTREAM, "relay-a")
+    assert over.kind == "monthly" and over.until == datetime(2026, 3, 31, 16, 0, tzinfo=UTC)   # April 1 local
+    clock.now = datetime(2026, 3, 31, 16, 0, tzinfo=UTC)
+    assert spend.over(UPSTREAM, "relay-a") is None
+
+
+def test_budget_events_at_80_and_100_percent_once_per_period():
+    spend, clock, seen = board(datetime(2026, 3, 10, 2, 0, tzinfo=UTC))
+    spend.add(CLIENT, "alice", 15.0)
+    spend.add(CLIENT, "alice", 1.0)                         # 80 %
+    spend.add(CLIENT, "alice", 0.5)
+    spend.add(CLIENT, "alice", 5.0)                         # 100 %
+    spend.add(CLIENT, "alice", 5.0)
+    spend.add(CLIENT, "bob", 500.0)                         # no budget: nothing
+    assert [e.reason for e in seen] == ["client alice 80% of its daily budget ($16.00 of $20.00)",
+                                        "client alice reached its daily budget ($21.50 of $20.00)"]
+    assert all(e.kind == "budget" and e.upstream is None for e in seen)
+    assert seen[1].until == datetime(2026, 3, 10, 16, 0, tzinfo=UTC)
+    clock.now = datetime(2026, 3, 10, 16, 30, tzinfo=UTC)   # the next local day: told again
+    spend.add(CLIENT, "alice", 17.0)
+    assert len(seen) == 3 and "80%" in seen[2].reason
+
+
+def test_a_restart_keeps_the_days_spend_from_the_ledgers_rows():
+    spend, clock, _ = board(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))
+    spend.add(UPSTREAM, "relay-a", 9.0, at=datetime(2026, 3, 9, 10, tzinfo=UTC))       # the day before
+    spend.add(UPSTREAM, "relay-a", 1.0, at=datetime(2026, 3, 9, 15, 59, tzinfo=UTC))   # 23:59 local, the day before
+    for hour, usd in ((1, 2.0), (9, 1.5)):                                              # 09:00 and 17:00 local
+        spend.add(UPSTREAM, "relay-a", usd, at=datetime(2026, 3, 10, hour, tzinfo=UTC))
+    assert spend.spent(UPSTREAM, "relay-a", "daily") == 3.5
+    assert spend.report(UPSTREAM, "relay-a") == ["$3.50 of $5.00 today (until 00:00)",
+                                                 "$13.50 of $12.00 this month (until 2026-04-01)"]
