@@ -1,0 +1,136 @@
+"""Events in, webhook POSTs out, and nothing in between that a request waits for.
+
+`Notifier.offer` is an event-bus listener: it runs inside `Events.emit` on the request path,
+so it only filters (does any hook want this kind?), de-duplicates (is this occurrence news?)
+and queues.  Each hook has its own lane — a bounded queue and one worker task — so a hook that
+hangs or fails delays only its own notifications; a full lane drops its oldest event (an
+outage's first notifications matter more than its latest)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from ccswitch.config.models import NotifyHook, Rules
+from ccswitch.notify.dedupe import Deduper
+from ccswitch.notify.payload import clean
+from ccswitch.notify.webhook import WebhookPoster, hook_host
+from ccswitch.report.live_status import rule_secrets
+from ccswitch.routing.events import Event
+
+log = logging.getLogger("ccswitch.notify")
+
+Deliver = Callable[[NotifyHook, Event], Awaitable[object]]
+
+
+class Lane:
+    """One hook's queue and its worker: events are posted one after another, in order."""
+
+    def __init__(self, hook: NotifyHook, deliver: Deliver, capacity: int) -> None:
+        self.hook = hook
+        self.capacity = capacity
+        self.queue: deque[Event] = deque()
+        self.busy = False
+        self.dropped = 0              # events dropped since the lane last ran empty
+        self._deliver = deliver
+        self._wake = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"ccswitch-notify-{hook_host(hook)}")
+
+    @property
+    def idle(self) -> bool:
+        return not self.queue and not self.busy
+
+    def push(self, event: Event) -> None:
+        if len(self.queue) >= self.capacity:
+            self.queue.popleft()
+            self.dropped += 1
+            if self.dropped == 1:     # one line per backlog, not one per dropped event
+                log.warning("ccswitch: notifications to %s are backed up (%d queued): dropping the "
+                            "oldest until it catches up", hook_host(self.hook), self.capacity)
+        self.queue.append(event)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            while not self.queue:
+                if self.dropped:
+                    log.warning("ccswitch: notifications to %s caught up; %d were dropped",
+                                hook_host(self.hook), self.dropped)
+                    self.dropped = 0
+                self._wake.clear()
+                await self._wake.wait()
+            event = self.queue.popleft()
+            self.busy = True
+            try:
+                await self._deliver(self.hook, event)
+            except Exception:   # a bug here must not end the lane: later events still go out
+                log.exception("ccswitch: posting a %s notification to %s failed", event.kind, hook_host(self.hook))
+            finally:
+                self.busy = False
+
+
+class Notifier:
+    """Posts the events the rules' `notify` hooks ask for, once per occurrence."""
+
+    def __init__(self, rules: Callable[[], Rules], poster: WebhookPoster, *, capacity: int = 100,
+                 dedupe: Deduper | None = None) -> None:
+        self._rules = rules
+        self.poster = poster
+        self.capacity = capacity
+        self.dedupe = Deduper() if dedupe is None else dedupe
+        self.lanes: dict[NotifyHook, Lane] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: int | None = None
+        self._hooks: tuple[NotifyHook, ...] = ()
+
+    def start(self) -> None:
+        """Bind to the running event loop: lanes run there, and events emitted on another thread go there."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+
+    def offer(self, event: Event) -> None:
+        """The bus listener: cheap, never blocks, never raises into the emitter."""
+        if self._loop is None or self._loop.is_closed():
+            return
+        if threading.get_ident() != self._thread:   # e.g. a budget crossed as the ledger thread writes
+            self._loop.call_soon_threadsafe(self.offer, event)
+            return
+        rules = self._rules()
+        if rules.notify is not self._hooks:
+            self._forget_removed(rules.notify)
+        hooks = [hook for hook in rules.notify if event.kind in hook.events]
+        if not hooks or not self.dedupe.first(event):
+            return
+        event = clean(event, rule_secrets(rules))   # the keys in force when it happened
+        for hook in hooks:
+            lane = self.lanes.get(hook)
+            if lane is None:
+                lane = self.lanes[hook] = Lane(hook, self._deliver, self.capacity)
+            lane.push(event)
+
+    async def _deliver(self, hook: NotifyHook, event: Event) -> None:
+        await self.poster.deliver(hook, event, rule_secrets(self._rules()))
+
+    def _forget_removed(self, hooks: tuple[NotifyHook, ...]) -> None:
+        """After a reload: a hook no longer configured keeps its lane only until it ran empty."""
+        self._hooks = hooks
+        for hook, lane in list(self.lanes.items()):
+            if hook not in hooks and lane.idle:
+                lane.task.cancel()
+                del self.lanes[hook]
+
+    async def aclose(self, grace: float = 2.0) -> None:
+        """Give queued notifications `grace` seconds to go out, then stop every lane."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                while any(not lane.idle for lane in self.lanes.values()):
+                    await asyncio.sleep(0.05)
+        for lane in self.lanes.values():
+            lane.task.cancel()
+        await asyncio.gather(*(lane.task for lane in self.lanes.values()), return_exceptions=True)
+        self.lanes.clear()
+        self._loop = None

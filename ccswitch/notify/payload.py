@@ -1,0 +1,66 @@
+"""What one hook receives for one event, per its `format`:
+
+* `json`    — ``{"event", "upstream", "route", "reason", "until", "ts"}`` (ISO times, `until` may be null)
+* `slack`   — ``{"text": <summary>}`` (an incoming-webhook message)
+* `discord` — ``{"content": <summary>}`` (a webhook message; Discord takes at most 2000 characters)
+* `text`    — the summary as text/plain
+
+Every text field is scrubbed of the rules' key text first: the reasons are ccswitch's own
+sentences, but some quote what an upstream answered."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from ccswitch.routing.events import Event
+from ccswitch.wire.redact import scrub
+
+TEST_EVENT = "test"          # the kind `ccswitch notify-test` sends; every hook gets it
+_MAX_REASON = 1000
+_DISCORD_LIMIT = 2000
+
+
+def clean(event: Event, secrets: list[str]) -> Event:
+    """The event with key text replaced in every text field, the reason cut to a sane length."""
+    def scrubbed(text: str | None) -> str | None:
+        if text is None:
+            return None
+        return scrub(text.encode("utf-8", "replace"), secrets).decode("utf-8", "replace")
+    reason = scrubbed(event.reason[:_MAX_REASON * 2]) or ""
+    return replace(event, upstream=scrubbed(event.upstream), route=scrubbed(event.route),
+                   reason=reason[:_MAX_REASON])
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def as_json(event: Event) -> dict:
+    return {"event": event.kind, "upstream": event.upstream, "route": event.route,
+            "reason": event.reason, "until": _iso(event.until), "ts": _iso(event.ts)}
+
+
+def summary(event: Event) -> str:
+    """One line for people: `ccswitch cooldown: relay-a (route claude): <reason> (until 18:10:05 UTC)`."""
+    subject = event.upstream or (f"route {event.route}" if event.route else "")
+    if event.upstream and event.route:
+        subject += f" (route {event.route})"
+    head = f"ccswitch {event.kind}" + (f": {subject}" if subject else "")
+    until = "" if event.until is None else f" (until {event.until.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC)"
+    return f"{head}: {event.reason}{until}"
+
+
+def render(event: Event, fmt: str, secrets: list[str]) -> tuple[str, bytes]:
+    """(content type, body) of the POST for a hook of format `fmt`."""
+    event = clean(event, secrets)
+    if fmt == "text":
+        return "text/plain; charset=utf-8", summary(event).encode()
+    if fmt == "slack":
+        document: dict = {"text": summary(event)}
+    elif fmt == "discord":
+        document = {"content": summary(event)[:_DISCORD_LIMIT]}
+    else:
+        document = as_json(event)
+    return "application/json", json.dumps(document, ensure_ascii=False).encode()

@@ -1,0 +1,134 @@
+"""Posting one event to one hook: a single POST bounded by the hook's timeout (`post_once`),
+the same with the retry policy (`deliver`), and a test event to every hook (`send_test`).
+
+A hook URL often carries a token in its path or query (Slack, Discord): only its host ever
+reaches a log line or a result."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from ccswitch.config.models import NotifyHook, Rules
+from ccswitch.net import http1
+from ccswitch.notify.payload import TEST_EVENT, render
+from ccswitch.notify.retry import RetryPolicy, delivered
+from ccswitch.report.live_status import rule_secrets
+from ccswitch.routing.events import Event
+
+log = logging.getLogger("ccswitch.notify")
+
+_MAX_ANSWER = 64 * 1024    # a hook's answer is read (so the connection can be kept), not used
+
+
+def hook_host(hook: NotifyHook) -> str:
+    """host[:port] of the hook's URL: what logs and results name it by."""
+    parts = urlsplit(hook.url.get_secret_value())
+    host = parts.hostname or "?"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{host}:{port}" if port else host
+
+
+@dataclass(frozen=True)
+class Delivery:
+    host: str
+    status: int | None            # None: no answer (network error, timeout, refused)
+    error: str | None = None      # why there was no answer
+    attempts: int = 1
+    headers: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return delivered(self.status)
+
+    @property
+    def outcome(self) -> str:
+        """`ok (HTTP 200)`, `failed (HTTP 500)`, `failed (no answer within 5s)`, with the tries."""
+        tries = f" after {self.attempts} tries" if self.attempts > 1 else ""
+        if self.ok:
+            return f"ok (HTTP {self.status}){tries}"
+        said = f"HTTP {self.status}" if self.status is not None else self.error or "no answer"
+        return f"failed ({said}){tries}"
+
+    def describe(self) -> str:
+        return f"{self.host}: {self.outcome}"
+
+
+def _safe(text: str, url: str) -> str:
+    """An error text without the URL's path and query (where tokens live)."""
+    parts = urlsplit(url)
+    for secret in (url, parts.path + (f"?{parts.query}" if parts.query else ""), parts.query):
+        if len(secret) > 1:
+            text = text.replace(secret, "<hook url>")
+    return text
+
+
+class WebhookPoster:
+    """POSTs through ccswitch's own HTTP client, asking `allow_url` first like the dialer."""
+
+    def __init__(self, client: http1.UpstreamClient, *, allow_url: Callable[[str], bool] = lambda url: True,
+                 policy: RetryPolicy | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.client = client
+        self.allow_url = allow_url
+        self.policy = RetryPolicy() if policy is None else policy
+        self.sleep = sleep
+
+    async def post_once(self, hook: NotifyHook, content_type: str, body: bytes) -> Delivery:
+        url, host = hook.url.get_secret_value(), hook_host(hook)
+        if not self.allow_url(url):
+            return Delivery(host, None, "refused by the URL guard")
+        headers = [("content-type", content_type), ("user-agent", "ccswitch")]
+        try:
+            async with asyncio.timeout(hook.timeout):
+                response = await self.client.send("POST", url, headers, body, connect_timeout=hook.timeout)
+                try:
+                    await response.aread(_MAX_ANSWER)
+                except (http1.TransportError, OSError):
+                    pass   # the status is the answer; a body cut short only costs the connection
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            return Delivery(host, None, f"no answer within {hook.timeout:g}s")
+        except (http1.TransportError, OSError, ValueError) as exc:
+            return Delivery(host, None, _safe(f"{type(exc).__name__}: {exc}", url))
+        return Delivery(host, response.status_code, headers=tuple(response.headers))
+
+    async def deliver(self, hook: NotifyHook, event: Event, secrets: list[str]) -> Delivery:
+        """Post with retries; never raises (a hook is someone else's server)."""
+        content_type, body = render(event, hook.format, secrets)
+        attempt = 0
+        while True:
+            attempt += 1
+            result = await self.post_once(hook, content_type, body)
+            wait = self.policy.wait_before(attempt, result.status, list(result.headers))
+            if wait is None:
+                result = Delivery(result.host, result.status, result.error, attempt)
+                if not result.ok:
+                    log.warning("ccswitch: notification %s%s to %s failed: %s", event.kind,
+                                f" ({event.upstream})" if event.upstream else "", result.host, result.outcome)
+                return result
+            await self.sleep(wait)
+
+
+def sample_event() -> Event:
+    return Event(kind=TEST_EVENT, upstream=None,
+                 reason="a test notification: this hook receives ccswitch's events")
+
+
+async def send_test(poster: WebhookPoster, rules: Rules) -> list[Delivery]:
+    """One test event to every hook at once, each tried once: its result, as it is now."""
+    secrets = rule_secrets(rules)
+    event = sample_event()
+
+    async def one(hook: NotifyHook) -> Delivery:
+        content_type, body = render(event, hook.format, secrets)
+        return await poster.post_once(hook, content_type, body)
+
+    return list(await asyncio.gather(*(one(hook) for hook in rules.notify)))

@@ -1,0 +1,180 @@
+"""The queues between the event bus and the hooks: filtering, de-duplication, one lane per
+hook, the bounded queue, and that offering never waits."""
+
+import asyncio
+import logging
+import threading
+import time
+
+from ccswitch.config.load import parse_rules
+from ccswitch.notify.notifier import Notifier
+from ccswitch.routing.events import Event, Events
+from tests.support.helpers import KEY_A
+
+SLOW, FAST = "http://127.0.0.1:9/slow", "http://127.0.0.1:8/fast"
+
+
+class FakePoster:
+    """Records deliveries; a hook whose URL contains 'slow' waits until released."""
+
+    def __init__(self):
+        self.delivered: list[tuple[str, Event, list[str]]] = []
+        self.release = asyncio.Event()
+
+    async def deliver(self, hook, event, secrets):
+        url = hook.url.get_secret_value()
+        if "slow" in url:
+            await self.release.wait()
+        self.delivered.append((url, event, secrets))
+
+    def kinds(self, url):
+        return [e.kind for u, e, _ in self.delivered if u == url]
+
+
+def rules(text: str | None = None):
+    return parse_rules(text or f"""
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:1', api_key: '{KEY_A}'}}
+notify:
+  - {{url: '{FAST}'}}
+  - {{url: '{SLOW}', events: [cooldown]}}
+""")
+
+
+def event(kind="cooldown", episode="1", reason="down") -> Event:
+    return Event(kind=kind, upstream="a", reason=reason, episode=episode)
+
+
+async def settle():
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def started(notifier_rules, **kw) -> tuple[Notifier, FakePoster]:
+    poster = FakePoster()
+    notifier = Notifier(lambda: notifier_rules, poster, **kw)
+    notifier.start()
+    return notifier, poster
+
+
+async def test_each_occurrence_goes_once_to_each_hook_that_wants_its_kind():
+    notifier, poster = await started(rules())
+    for _ in range(50):
+        notifier.offer(event())
+    notifier.offer(event(kind="recovered"))
+    notifier.offer(event(episode="2"))
+    poster.release.set()
+    await settle()
+    assert poster.kinds(FAST) == ["cooldown", "recovered", "cooldown"]
+    assert poster.kinds(SLOW) == ["cooldown", "cooldown"]
+    await notifier.aclose()
+
+
+async def test_a_stuck_hook_delays_neither_the_emitter_nor_the_other_hooks():
+    notifier, poster = await started(rules(), capacity=1000)
+    bus = Events()
+    bus.subscribe(notifier.offer)
+    began = time.perf_counter()
+    for n in range(200):
+        bus.emit(event(episode=str(n)))
+    assert time.perf_counter() - began < 0.5      # emitting only queues
+    await settle()
+    assert len(poster.kinds(FAST)) == 200 and poster.kinds(SLOW) == []
+    await notifier.aclose(grace=0.05)
+
+
+async def test_a_full_lane_drops_its_oldest_events_with_one_log_line(caplog):
+    caplog.set_level(logging.WARNING, "ccswitch.notify")
+    notifier, poster = await started(rules(f"notify: [{{url: '{SLOW}'}}]"), capacity=3)
+    notifier.offer(event(episode="0"))
+    await settle()          # the lane took episode 0 and waits on the hook
+    for n in range(1, 10):
+        notifier.offer(event(episode=str(n)))
+    [lane] = notifier.lanes.values()
+    assert [e.episode for e in lane.queue] == ["7", "8", "9"]
+    assert caplog.text.count("backed up") == 1
+    poster.release.set()
+    await settle()
+    assert [e.episode for u, e, _ in poster.delivered if u == SLOW] == ["0", "7", "8", "9"]
+    assert "caught up; 6 were dropped" in caplog.text
+    await notifier.aclose()
+
+
+async def test_events_no_hook_wants_are_not_remembered():
+    notifier, poster = await started(rules(f"notify: [{{url: '{FAST}', events: [full]}}]"))
+    notifier.offer(event())
+    assert len(notifier.dedupe) == 0 and notifier.lanes == {}
+    await notifier.aclose()
+
+
+async def test_key_text_is_scrubbed_before_the_event_is_queued():
+    notifier, poster = await started(rules())
+    notifier.offer(event(reason=f"HTTP 401 invalid key {KEY_A}"))
+    await settle()
+    [(_, sent, secrets)] = [d for d in poster.delivered if d[0] == FAST]
+    assert KEY_A not in sent.reason and "[redacted]" in sent.reason
+    assert KEY_A in secrets                       # and the sender scrubs again with the rules in force
+    poster.release.set()
+    await notifier.aclose()
+
+
+async def test_an_event_emitted_on_another_thread_is_handed_to_the_loop():
+    notifier, poster = await started(rules())
+    thread = threading.Thread(target=notifier.offer, args=(event(kind="budget"),))
+    thread.start()
+    thread.join()
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+        if poster.delivered:
+            break
+    assert poster.kinds(FAST) == ["budget"]
+    await notifier.aclose()
+
+
+async def test_a_failing_delivery_does_not_end_its_lane(caplog):
+    class Broken(FakePoster):
+        async def deliver(self, hook, event, secrets):
+            if event.episode == "1":
+                raise RuntimeError("bug")
+            await super().deliver(hook, event, secrets)
+    poster = Broken()
+    notifier = Notifier(lambda: rules(f"notify: [{{url: '{FAST}'}}]"), poster)
+    notifier.start()
+    notifier.offer(event(episode="1"))
+    notifier.offer(event(episode="2"))
+    await settle()
+    assert [e.episode for _, e, _ in poster.delivered] == ["2"]
+    assert "posting a cooldown notification to 127.0.0.1:8 failed" in caplog.text
+    await notifier.aclose()
+
+
+async def test_a_removed_hook_loses_its_lane_once_idle():
+    current = {"rules": rules()}
+    poster = FakePoster()
+    poster.release.set()
+    notifier = Notifier(lambda: current["rules"], poster)
+    notifier.start()
+    notifier.offer(event())
+    await settle()
+    assert len(notifier.lanes) == 2
+    current["rules"] = rules(f"notify: [{{url: '{FAST}'}}]")
+    notifier.offer(event(episode="2"))
+    assert [h.url.get_secret_value() for h in notifier.lanes] == [FAST]
+    await notifier.aclose()
+
+
+async def test_close_waits_briefly_for_queued_events_then_stops():
+    notifier, poster = await started(rules())
+    notifier.offer(event())
+    began = time.monotonic()
+    await notifier.aclose(grace=0.2)             # the slow hook never finishes
+    assert 0.15 <= time.monotonic() - began < 1.0
+    assert poster.kinds(FAST) == ["cooldown"] and notifier.lanes == {}
+    notifier.offer(event(episode="9"))           # after close: ignored, no error
+    assert notifier.lanes == {}
+
+
+def test_offering_before_start_is_ignored():
+    notifier = Notifier(rules, FakePoster())
+    notifier.offer(event())
+    assert notifier.lanes == {}

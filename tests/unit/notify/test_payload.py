@@ -1,0 +1,63 @@
+import json
+from datetime import UTC, datetime, timedelta, timezone
+
+from ccswitch.notify.payload import as_json, render, summary
+from ccswitch.routing.events import Event
+
+KEY = "sk-ant-api03-SECRETSECRETSECRET"
+CLIENT_KEY = "team-client-key-123456"
+TS = datetime(2026, 12, 2, 18, 0, 5, tzinfo=UTC)
+UNTIL = datetime(2026, 12, 2, 20, 10, 5, tzinfo=timezone(timedelta(hours=2)))   # 18:10:05 UTC
+
+
+def cooldown() -> Event:
+    return Event(kind="cooldown", upstream="relay-a", route="claude", until=UNTIL, episode="1",
+                 reason="cooling down for 600s after 3 consecutive failure(s) (last: HTTP 503)", ts=TS)
+
+
+def test_json_body_has_exactly_the_contract_fields_with_iso_times():
+    content_type, body = render(cooldown(), "json", [])
+    assert content_type == "application/json"
+    assert json.loads(body) == {
+        "event": "cooldown", "upstream": "relay-a", "route": "claude",
+        "reason": "cooling down for 600s after 3 consecutive failure(s) (last: HTTP 503)",
+        "until": "2026-12-02T18:10:05+00:00", "ts": "2026-12-02T18:00:05+00:00"}
+
+
+def test_json_until_is_null_when_the_end_is_unknown():
+    event = Event(kind="exhausted", upstream=None, route="codex", reason="no upstream available", ts=TS)
+    assert as_json(event)["until"] is None and as_json(event)["upstream"] is None
+
+
+def test_slack_discord_and_text_carry_one_summary_line():
+    line = "ccswitch cooldown: relay-a (route claude): cooling down for 600s after 3 consecutive " \
+           "failure(s) (last: HTTP 503) (until 2026-12-02 18:10:05 UTC)"
+    assert summary(cooldown()) == line
+    assert json.loads(render(cooldown(), "slack", [])[1]) == {"text": line}
+    assert json.loads(render(cooldown(), "discord", [])[1]) == {"content": line}
+    assert render(cooldown(), "text", []) == ("text/plain; charset=utf-8", line.encode())
+
+
+def test_summary_names_a_route_alone_and_a_bare_event():
+    assert summary(Event(kind="exhausted", upstream=None, route="chat", reason="r", ts=TS)) == \
+        "ccswitch exhausted: route chat: r"
+    assert summary(Event(kind="test", upstream=None, reason="hello", ts=TS)) == "ccswitch test: hello"
+
+
+def test_discord_content_stays_within_its_limit():
+    event = Event(kind="cooldown", upstream="a", reason="x" * 5000, ts=TS)
+    assert len(json.loads(render(event, "discord", [])[1])["content"]) <= 2000
+
+
+def test_no_key_text_reaches_any_format():
+    event = Event(kind="cooldown", upstream="relay-a", route="claude", ts=TS,
+                  reason=f"HTTP 401: invalid x-api-key {KEY}; client {CLIENT_KEY}")
+    for fmt in ("json", "slack", "discord", "text"):
+        body = render(event, fmt, [KEY, CLIENT_KEY])[1].decode()
+        assert KEY not in body and CLIENT_KEY not in body, fmt
+        assert "[redacted]" in body and "HTTP 401" in body, fmt
+
+
+def test_non_ascii_reasons_are_kept():
+    event = Event(kind="budget", upstream="relay-ü", reason="80 % of the daily budget — $4.00 of $5.00", ts=TS)
+    assert json.loads(render(event, "json", [])[1])["reason"] == "80 % of the daily budget — $4.00 of $5.00"

@@ -1,0 +1,113 @@
+"""One POST and its retries, against a real loopback receiver through ccswitch's own client."""
+
+import time
+
+import pytest
+
+from ccswitch.config.load import parse_rules
+from ccswitch.config.models import NotifyHook
+from ccswitch.net.http1 import UpstreamClient
+from ccswitch.notify.retry import RetryPolicy
+from ccswitch.notify.webhook import Delivery, WebhookPoster, hook_host, send_test
+from ccswitch.routing.events import Event
+from tests.support.helpers import KEY_A
+from tests.support.webhook_receiver import WebhookReceiver
+
+TOKEN = "T0KEN-in-the-path"
+EVENT = Event(kind="cooldown", upstream="relay-a", reason=f"HTTP 401 for {KEY_A}", episode="1")
+
+
+@pytest.fixture
+async def client():
+    client = UpstreamClient()
+    yield client
+    await client.aclose()
+
+
+class Sleeps:
+    def __init__(self):
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def hook(receiver: WebhookReceiver, **fields) -> NotifyHook:
+    return NotifyHook(url=receiver.url(f"/hook/{TOKEN}?token={TOKEN}"), **fields)
+
+
+def test_a_hook_is_named_by_its_host_only():
+    assert hook_host(NotifyHook(url=f"https://hooks.example.com/services/{TOKEN}")) == "hooks.example.com"
+    assert hook_host(NotifyHook(url=f"http://user:{TOKEN}@127.0.0.1:9000/x?t={TOKEN}")) == "127.0.0.1:9000"
+
+
+async def test_a_post_reaches_the_hook_with_its_format(client):
+    with WebhookReceiver() as receiver:
+        result = await WebhookPoster(client).deliver(hook(receiver, format="slack"), EVENT, [KEY_A])
+        assert result == Delivery(f"127.0.0.1:{receiver.port}", 200)
+        assert result.describe() == f"127.0.0.1:{receiver.port}: ok (HTTP 200)"
+        [got] = receiver.received
+    assert got.path == f"/hook/{TOKEN}?token={TOKEN}"
+    assert got.headers["content-type"] == "application/json"
+    assert got.json()["text"].startswith("ccswitch cooldown: relay-a: HTTP 401 for [redacted]")
+
+
+async def test_a_500_is_retried_with_backoff_then_reported(client, caplog):
+    sleeps = Sleeps()
+    with WebhookReceiver(status=500) as receiver:
+        poster = WebhookPoster(client, policy=RetryPolicy(attempts=3, first_wait=1.0), sleep=sleeps)
+        result = await poster.deliver(hook(receiver), EVENT, [])
+        assert len(receiver.received) == 3
+    assert (result.status, result.attempts, result.ok) == (500, 3, False)
+    assert sleeps.waits == [1.0, 2.0]
+    assert "failed (HTTP 500) after 3 tries" in caplog.text
+    assert TOKEN not in caplog.text
+
+
+async def test_a_final_4xx_is_not_retried(client):
+    with WebhookReceiver(status=404) as receiver:
+        result = await WebhookPoster(client, sleep=Sleeps()).deliver(hook(receiver), EVENT, [])
+        assert len(receiver.received) == 1
+    assert (result.status, result.attempts) == (404, 1)
+
+
+async def test_a_hanging_hook_times_out_within_its_timeout(client):
+    with WebhookReceiver(hang=True) as receiver:
+        began = time.monotonic()
+        result = await WebhookPoster(client).post_once(hook(receiver, timeout=0.3), "text/plain", b"x")
+        took = time.monotonic() - began
+    assert result.status is None and result.error == "no answer within 0.3s"
+    assert took < 2.0
+
+
+async def test_an_unreachable_hook_is_a_network_error_without_the_url(client, caplog):
+    from tests.support.mock_upstream import MockUpstream
+    port = MockUpstream.closed_port()
+    dead = NotifyHook(url=f"http://127.0.0.1:{port}/hook/{TOKEN}")
+    sleeps = Sleeps()
+    result = await WebhookPoster(client, policy=RetryPolicy(attempts=2), sleep=sleeps).deliver(dead, EVENT, [])
+    assert result.status is None and result.attempts == 2 and sleeps.waits == [1.0]
+    assert "ConnectError" in result.error and TOKEN not in result.error
+    assert TOKEN not in caplog.text and f"127.0.0.1:{port}" in caplog.text
+
+
+async def test_the_url_guard_is_asked_first(client):
+    with WebhookReceiver() as receiver:
+        poster = WebhookPoster(client, allow_url=lambda url: False, sleep=Sleeps())
+        result = await poster.deliver(hook(receiver), EVENT, [])
+        assert receiver.received == []
+    assert result.error == "refused by the URL guard" and not result.ok
+
+
+async def test_send_test_reaches_every_hook_once_and_reports_each(client):
+    with WebhookReceiver() as good, WebhookReceiver(status=500) as bad:
+        rules = parse_rules(f"""
+notify:
+  - {{url: '{good.url()}', events: [cooldown]}}
+  - {{url: '{bad.url()}', format: text}}
+""")
+        results = await send_test(WebhookPoster(client), rules)
+        assert [r.status for r in results] == [200, 500]
+        assert len(good.received) == 1 and len(bad.received) == 1   # tried once: the result as it is now
+        assert good.received[0].json()["event"] == "test"
+        assert bad.received[0].body.startswith(b"ccswitch test: ")
