@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 
 from ccswitch.clock import utc_now
 from ccswitch.net import http1
+from ccswitch.routing.quota import retry_after
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import Reply
 
@@ -100,29 +100,9 @@ def response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in headers if k.lower() not in _DROP_RESPONSE_HEADERS]
 
 
-def _header(headers: list[tuple[str, str]], name: str) -> str | None:
-    return next((v for k, v in headers if k.lower() == name), None)
-
-
 def retry_after_seconds(headers: list[tuple[str, str]]) -> float | None:
-    """`retry-after-ms`, `retry-after` (seconds or an HTTP date), else None."""
-    value = _header(headers, "retry-after-ms")
-    if value:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
-    value = _header(headers, "retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, (when - utc_now()).total_seconds())
+    """`retry-after-ms`, `retry-after` (seconds or an HTTP date), else None (also when malformed)."""
+    return retry_after(headers, utc_now().timestamp())
 
 
 def retry_delay(headers: list[tuple[str, str]], backoff: float, retry_number: int) -> float:

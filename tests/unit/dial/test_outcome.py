@@ -26,3 +26,10 @@ def test_in_stream_errors_map_to_statuses():
 def test_a_body_that_is_not_json_says_whether_its_bytes_or_its_syntax_are_at_fault():
     assert not_json_kind(b'{"text": "caf\xe9"}') == "not UTF-8"
     assert not_json_kind(b"<html>It works!</html>") == "not JSON"
+
+
+def test_retry_after_that_is_malformed_or_endless_is_ignored_not_an_error():
+    assert retry_after_seconds([("retry-after", "Wed, 21 Oct 2015 07:28:00 -0000")]) == 0.0   # a past date
+    assert retry_after_seconds([("retry-after", "inf")]) is None
+    assert retry_after_seconds([("retry-after", "1e9")]) is None
+    assert retry_after_seconds([("retry-after-ms", "1500")]) == 1.5
