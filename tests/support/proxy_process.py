@@ -13,6 +13,7 @@ from pathlib import Path
 from tests.support import REPO
 
 MITMDUMP = Path(sys.executable).with_name("mitmdump")
+CCSWITCH = Path(sys.executable).with_name("ccswitch")
 GUARD = Path(__file__).resolve().parent / "loopback_guard.py"
 
 
@@ -23,16 +24,24 @@ def free_port() -> int:
 
 
 class Proxy:
-    """mitmdump with ccswitch, a regular (HTTPS_PROXY) and a reverse listener."""
+    """mitmdump with ccswitch, a regular (HTTPS_PROXY) and a reverse listener.
+
+    ``launch``: ``mitmdump -s addon.py`` (the checkout's entry), ``run`` (`ccswitch run`, the
+    packaged entry) or ``run --web`` (`ccswitch run --web`: mitmweb, its UI on ``web_port``)."""
 
     def __init__(self, rules_path: Path, workdir: Path, *, reverse_target: str = "https://api.anthropic.com",
-                 extra_args: tuple[str, ...] = (), env: dict | None = None) -> None:
+                 extra_args: tuple[str, ...] = (), env: dict | None = None, launch: str = "addon.py") -> None:
         self.rules_path, self.workdir = rules_path, workdir
         self.confdir = workdir / "mitmproxy-conf"
         self.regular_port, self.reverse_port = free_port(), free_port()
         self.log_path = workdir / "mitmdump.log"
+        self.web_port = free_port() if launch == "run --web" else None
+        head = {"addon.py": [str(MITMDUMP), "-s", str(REPO / "addon.py")],
+                "run": [str(CCSWITCH), "run"],
+                "run --web": [str(CCSWITCH), "run", "--web", "--set", f"web_port={self.web_port}",
+                              "--set", "web_open_browser=false"]}[launch]
         self.args = [
-            str(MITMDUMP), "-s", str(REPO / "addon.py"), "-s", str(GUARD),
+            *head, "-s", str(GUARD),
             "--set", f"ccswitch_rules={rules_path}", "--set", f"confdir={self.confdir}",
             "--set", "termlog_verbosity=info",
             "--mode", f"regular@{self.regular_port}",

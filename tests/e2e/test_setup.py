@@ -1,0 +1,143 @@
+"""Setting up as a new user does: `ccswitch run` (the entry shipped in the package, mitmdump or
+mitmweb), and a fresh Claude Code / Codex CLI given only what `ccswitch env` prints, against
+relays that hold the keys."""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import TESTS
+from tests.support.helpers import CLIENT_KEY, KEY_A
+from tests.support.mock_upstream import MockUpstream
+from tests.support.proxy_process import CCSWITCH, Proxy
+
+BIN = TESTS / "clients" / "node_modules" / ".bin"
+CLAUDE, CODEX = BIN / "claude", BIN / "codex"
+needs_clis = pytest.mark.skipif(not (CLAUDE.exists() and CODEX.exists()),
+                                reason="run `npm ci --prefix tests/clients` to install the real CLIs")
+
+RELAYS = """
+{client_keys}
+upstreams:
+  - {{name: claude-a, protocol: anthropic, base_url: '{a}', api_key: '{key}'}}
+  - {{name: codex-a, protocol: openai-responses, base_url: '{a}/v1', api_key: '{key}'}}
+  - {{name: official, protocol: anthropic, base_url: 'https://api.anthropic.com', auth: client}}
+routes:
+  claude: [claude-a]
+  codex: [codex-a]
+"""
+MESSAGE = {"model": "claude-x", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+
+
+def relays_rules(tmp: Path, mock: MockUpstream, client_keys: str = "") -> Path:
+    rules = tmp / "relays.yaml"
+    rules.write_text(RELAYS.format(a=mock.base_url, key=KEY_A, client_keys=client_keys))
+    return rules
+
+
+# ----------------------------------------------------------------------------- ccswitch run
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_ccswitch_run_is_mitmdump_with_the_packaged_entry(tmp_path):
+    with MockUpstream("A") as a:
+        with Proxy(relays_rules(tmp_path, a), tmp_path, launch="run") as proxy:
+            argv = cmdline(proxy.proc.pid)
+            # execv: the process started as `ccswitch run` *is* mitmdump now, no wrapper in between
+            assert "mitmdump" in [Path(part).name for part in argv[:2]], argv
+            assert str(Path("ccswitch") / "mitm" / "entry.py") in " ".join(argv) and "addon.py" not in " ".join(argv)
+            r = httpx.post(proxy.reverse_url + "/v1/messages", json=MESSAGE, headers={"x-api-key": "k"},
+                           timeout=30, trust_env=False)
+            assert r.status_code == 200 and "Hello from mock A" in r.text
+            assert a.last().headers.get("x-api-key") == KEY_A
+            proxy.proc.send_signal(signal.SIGTERM)       # as a supervisor stops it
+            assert proxy.proc.wait(30) == 0
+        log = proxy.log()
+        assert "rules loaded from" in log and str(tmp_path / "relays.yaml") in log
+        assert "Traceback" not in log
+
+
+def test_ccswitch_run_web_is_mitmweb_with_ccswitch(tmp_path):
+    with MockUpstream("A") as a:
+        with Proxy(relays_rules(tmp_path, a), tmp_path, launch="run --web") as proxy:
+            r = httpx.post(proxy.reverse_url + "/v1/messages", json=MESSAGE, headers={"x-api-key": "k"},
+                           timeout=30, trust_env=False)
+            assert r.status_code == 200 and "Hello from mock A" in r.text
+            deadline = time.monotonic() + 20
+            while f"listening at http://127.0.0.1:{proxy.web_port}/" not in proxy.log():   # mitmweb's UI
+                assert time.monotonic() < deadline, proxy.log()
+                time.sleep(0.1)
+            ui = httpx.get(f"http://127.0.0.1:{proxy.web_port}/", timeout=5, trust_env=False)
+            assert ui.status_code in (200, 403)      # 403: the UI wants the token its log line shows
+            assert "mitmweb" in [Path(part).name for part in cmdline(proxy.proc.pid)[:2]]
+
+
+# ----------------------------------------------------------------------------- ccswitch env, then the real CLIs
+
+def fresh_client(proxy: Proxy, home: Path, rules: Path, then: str) -> subprocess.CompletedProcess:
+    """A shell with an empty HOME and only the basics, which evals `ccswitch env` and runs `then`."""
+    home.mkdir(parents=True)
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TERM", "TMPDIR")}
+    env = {**keep, "HOME": str(home), "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+    script = (f'eval "$({CCSWITCH} env --rules {rules} --confdir {proxy.confdir} --port {proxy.regular_port})"'
+              f" || exit 99\n{then}")
+    return subprocess.run(["bash", "-c", script], env=env, cwd=home, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def relay_proxy(tmp_path, request):
+    client_keys = getattr(request, "param", "")
+    with MockUpstream("A") as a:
+        rules = relays_rules(tmp_path, a, client_keys)
+        with Proxy(rules, tmp_path, extra_args=("--set", "ccswitch_offline=true")) as proxy:
+            yield proxy, a, rules
+            assert KEY_A not in proxy.log() and CLIENT_KEY not in proxy.log()
+
+
+def assert_upstream_saw_only_its_key(mock: MockUpstream, protocol: str) -> None:
+    routed = [r for r in mock.requests if r.protocol == protocol]
+    assert routed, f"the upstream saw no {protocol} request"
+    for r in routed:
+        sent = r.headers.get("x-api-key") or r.headers.get("authorization", "")
+        assert sent in (KEY_A, f"Bearer {KEY_A}"), sent
+        assert CLIENT_KEY not in str(r.headers) and "placeholder" not in str(r.headers)
+
+
+@needs_clis
+def test_fresh_claude_code_with_only_ccswitch_env_succeeds(relay_proxy, tmp_path):
+    proxy, a, rules = relay_proxy
+    done = fresh_client(proxy, tmp_path / "claude-home", rules, f'exec {CLAUDE} -p "say hi"')
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Hello from mock A" in done.stdout
+    assert_upstream_saw_only_its_key(a, "anthropic")
+    # without the key `ccswitch env` added it is the old failure: Claude Code never asks ccswitch
+    a.clear()
+    bare = fresh_client(proxy, tmp_path / "claude-bare", rules, f'unset ANTHROPIC_API_KEY; exec {CLAUDE} -p "say hi"')
+    assert bare.returncode != 0 and "Not logged in" in bare.stdout + bare.stderr
+    assert not [r for r in a.requests if r.protocol]
+
+
+@needs_clis
+@pytest.mark.parametrize("relay_proxy", [f"client_keys: ['{CLIENT_KEY}']"], indirect=True)
+def test_fresh_claude_code_and_codex_present_the_client_key_env_printed(relay_proxy, tmp_path):
+    proxy, a, rules = relay_proxy
+    shown = fresh_client(proxy, tmp_path / "show", rules, 'echo "$ANTHROPIC_API_KEY|$CODEX_API_KEY"')
+    assert shown.stdout.strip() == f"{CLIENT_KEY}|{CLIENT_KEY}"
+    done = fresh_client(proxy, tmp_path / "claude-home", rules, f'exec {CLAUDE} -p "say hi"')
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Hello from mock A" in done.stdout
+    assert_upstream_saw_only_its_key(a, "anthropic")
+    codex = fresh_client(proxy, tmp_path / "codex-home", rules,
+                         f'exec {CODEX} exec --skip-git-repo-check -c analytics.enabled=false "say hi"')
+    assert codex.returncode == 0, codex.stdout + codex.stderr
+    assert "Hello from mock A" in codex.stdout
+    assert_upstream_saw_only_its_key(a, "responses")
