@@ -47,10 +47,10 @@ class Gateway:
 
     def __init__(self) -> None:
         self.rules_file = RulesFile()
-        self.health = HealthBoard()
+        self.events = Events()         # cooldowns, recoveries, full windows, budgets: for the notifier
+        self.health = HealthBoard(events=self.events)
         self.quota = QuotaBoard()
         self.sessions = SessionBindings()
-        self.events = Events()         # cooldowns, recoveries, full windows, budgets: for the notifier
         self.spend = SpendBoard(events=self.events)
         self._pricer: tuple[Rules, Pricer] | None = None
         self.ledger: Ledger | None = None

@@ -2,7 +2,9 @@
 
 Keyed by upstream name so it outlives a rules reload; time comes from an
 injected clock so tests never sleep.  Everything runs on mitmproxy's single
-event loop, so plain attributes suffice (no locks).
+event loop, so plain attributes suffice (no locks).  An outage — from the first
+cooldown to the next 2xx — is announced on the event bus once as `cooldown` and
+once as `recovered`, however often a failed probe sends the upstream back.
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from ccswitch.clock import utc_now
+from ccswitch.routing.events import Event, Events
 
 log = logging.getLogger("ccswitch.health")
 
@@ -27,11 +33,15 @@ class UpstreamHealth:
     switched: bool | None = None  # ccswitch.enable / disable until the next reload; None = the rules'
     last_error: str | None = None
     rate_limited: bool = False  # the cooldown lasts until a reset the upstream itself reported
+    outage: str | None = None   # the open outage's episode (its first cooldown's end), until a 2xx
 
 
 class HealthBoard:
-    def __init__(self, clock: Clock = time.monotonic) -> None:
+    def __init__(self, clock: Clock = time.monotonic, *, events: Events | None = None,
+                 wall: Callable[[], datetime] = utc_now) -> None:
         self.clock = clock
+        self.events = events   # cooldowns and recoveries are announced here (the notifier listens)
+        self.wall = wall       # UTC wall time, for when a cooldown ends
         self._state: dict[str, UpstreamHealth] = {}
         self.preferred: tuple[str, float] | None = None  # (name, until) from ccswitch.use
 
@@ -95,6 +105,10 @@ class HealthBoard:
         state = self.get(name)
         if state.failures or state.cooling_until:
             log.info("upstream %s recovered", name)
+        if state.outage is not None and self.events is not None:
+            self.events.emit(Event("recovered", name, "answered with a 2xx again after its cooldown",
+                                   episode=state.outage))
+        state.outage = None
         state.failures = 0
         state.cooling_until = 0.0
         state.was_cooling = False
@@ -117,6 +131,8 @@ class HealthBoard:
             state.rate_limited = False
             log.warning("upstream %s: cooldown for %.0fs after %d consecutive failure(s) (last: %s)",
                         name, length, state.failures, reason)
+            self._announce_cooldown(name, state, length, f"cooling down for {length:.0f}s after "
+                                    f"{state.failures} consecutive failure(s) (last: {reason})")
 
     def record_rate_limit(self, name: str, reason: str, *, seconds: float, reset_known: bool) -> None:
         """A 429 (or an in-stream rate-limit error): cool down at once, for as long as the
@@ -129,6 +145,17 @@ class HealthBoard:
         state.rate_limited = reset_known
         log.warning("upstream %s: rate limited, cooling down for %.0fs%s (%s)", name, seconds,
                     " (until the reset it reported)" if reset_known else "", reason)
+        self._announce_cooldown(name, state, seconds, f"rate limited ({reason}); cooling down for {seconds:.0f}s"
+                                + (" until the reset it reported" if reset_known else ""))
+
+    def _announce_cooldown(self, name: str, state: UpstreamHealth, seconds: float, reason: str) -> None:
+        """The first cooldown of an outage is news; one after a failed probe is the same outage."""
+        if state.outage is not None:
+            return
+        until = self.wall() + timedelta(seconds=max(0.0, seconds))
+        state.outage = until.isoformat(timespec="seconds")
+        if self.events is not None:
+            self.events.emit(Event("cooldown", name, reason, until=until, episode=state.outage))
 
     def reset(self, name: str) -> None:
         fp = self.get(name).fingerprint

@@ -1,0 +1,94 @@
+"""The health board announces an outage once: `cooldown` when it starts, `recovered` at the next 2xx."""
+
+from datetime import UTC, datetime, timedelta
+
+from ccswitch.routing.events import Events
+from ccswitch.routing.health import HealthBoard
+
+WALL = datetime(2026, 12, 2, 18, 0, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def board():
+    clock, events, heard = Clock(), Events(), []
+    events.subscribe(heard.append)
+    return HealthBoard(clock, events=events, wall=lambda: WALL + timedelta(seconds=clock.now - 1000)), clock, heard
+
+
+def fail(b, reason="HTTP 503"):
+    b.record_failure("a", reason, threshold=3, cooldown=60)
+
+
+def test_a_cooldown_is_announced_when_it_starts_with_its_end():
+    b, _, heard = board()
+    fail(b)
+    fail(b)
+    assert heard == []
+    fail(b)
+    [event] = heard
+    assert (event.kind, event.upstream, event.route) == ("cooldown", "a", None)
+    assert event.until == WALL + timedelta(seconds=60)
+    assert event.episode == "2026-12-02T18:01:00+00:00"
+    assert event.reason == "cooling down for 60s after 3 consecutive failure(s) (last: HTTP 503)"
+
+
+def test_failed_probes_extend_the_outage_without_new_announcements_and_recovery_ends_it():
+    b, clock, heard = board()
+    for _ in range(3):
+        fail(b)
+    for _ in range(5):              # each probe after the cooldown fails and sends it back
+        clock.now += 61
+        assert b.needs_probe("a")
+        fail(b)
+        assert b.cooling_until("a") == clock.now + 60
+    assert [e.kind for e in heard] == ["cooldown"]
+    clock.now += 61
+    b.record_success("a")
+    b.record_success("a")
+    assert [e.kind for e in heard] == ["cooldown", "recovered"]
+    assert heard[1].upstream == "a" and heard[1].episode == heard[0].episode and heard[1].until is None
+
+
+def test_the_next_outage_is_a_new_episode():
+    b, clock, heard = board()
+    for _ in range(3):
+        fail(b)
+    b.record_success("a")
+    clock.now += 3600
+    for _ in range(3):
+        fail(b)
+    assert [e.kind for e in heard] == ["cooldown", "recovered", "cooldown"]
+    assert heard[2].episode != heard[0].episode
+
+
+def test_a_rate_limit_starts_an_outage_at_once_until_the_reported_reset():
+    b, _, heard = board()
+    b.record_rate_limit("a", "HTTP 429", seconds=1800, reset_known=True)
+    b.record_rate_limit("a", "HTTP 429", seconds=1700, reset_known=True)
+    [event] = heard
+    assert event.kind == "cooldown" and event.until == WALL + timedelta(seconds=1800)
+    assert event.reason == "rate limited (HTTP 429); cooling down for 1800s until the reset it reported"
+
+
+def test_success_without_an_outage_and_failures_below_the_threshold_announce_nothing():
+    b, _, heard = board()
+    b.record_success("a")
+    fail(b)
+    b.record_success("a")
+    assert heard == []
+
+
+def test_a_board_without_a_bus_still_cools_down():
+    b = HealthBoard(Clock())
+    for _ in range(3):
+        fail(b)
+    assert b.cooling_until("a") == 1060.0
+    b.record_success("a")
+    assert b.cooling_until("a") is None
