@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Protocol
 
 from ccswitch.clock import ms_since
@@ -30,6 +31,7 @@ from ccswitch.dial.relay import send_whole
 from ccswitch.dial.render import OutgoingRequest, render
 from ccswitch.net import http1
 from ccswitch.routing.affinity import SessionBindings
+from ccswitch.routing.events import Event, Events
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.quota import QuotaBoard, rejection_reset
 from ccswitch.translate import translation_for
@@ -63,8 +65,9 @@ class Sink(Protocol):
 class Dialer:
     def __init__(self, health: HealthBoard, *, allow_url: Callable[[str], bool] = lambda url: True,
                  client: http1.UpstreamClient | None = None, quota: QuotaBoard | None = None,
-                 sessions: SessionBindings | None = None) -> None:
+                 sessions: SessionBindings | None = None, events: Events | None = None) -> None:
         self.health = health
+        self.events = events            # an upstream becoming full is announced here
         # (`is None`, not `or`: an empty board is falsy)
         self.quota = QuotaBoard() if quota is None else quota    # what each upstream's rate-limit headers said
         self.sessions = SessionBindings() if sessions is None else sessions
@@ -193,6 +196,22 @@ class Dialer:
         else:
             self.health.record_rate_limit(name, reason, seconds=cooldown, reset_known=False)
 
+    def _record_quota(self, name: str, headers: list[tuple[str, str]], drain_at: float) -> None:
+        """Learn the answer's rate-limit windows; an upstream this answer made full is news."""
+        was_full = self.events is not None and self.quota.full(name, drain_at) is not None
+        self.quota.record(name, headers)
+        if self.events is None or was_full:
+            return
+        window = self.quota.full(name, drain_at)
+        if window is None:
+            return
+        ends = self.quota.full_until(name, drain_at) or self.quota.clock()   # also for a window without a reset
+        self.events.emit(Event(
+            "full", name, f"its {window.name} window is at {window.utilization:.0%} (drain_at {drain_at:.0%})"
+            f"{', rejecting requests' if window.rejected else ''}: skipped until it resets",
+            until=None if window.resets_at is None else datetime.fromtimestamp(window.resets_at, UTC),
+            episode=f"{window.name}:{ends:.0f}"))
+
     async def _send_and_judge(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest,
                               translation, sink: Sink, attempt: Attempt) -> Reply | Failure | Streamed:
         rules = job.rules
@@ -210,7 +229,7 @@ class Dialer:
             return network_failure(upstream.name, exc, rules.failover.on_network_error,
                                    "first_byte" if job.request.stream else "total")
         attempt.status = response.status_code
-        self.quota.record(upstream.name, response.headers)
+        self._record_quota(upstream.name, response.headers, rules.failover.drain_at)
         self.health.end_probe(upstream.name)   # it answered: others may use it while this one streams
         try:
             return await self._judge(job, upstream, outgoing, translation, response, sink, deadline, attempt)

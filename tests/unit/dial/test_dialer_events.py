@@ -1,0 +1,106 @@
+"""What the dialer announces on the event bus: an upstream whose answer made it full (once per
+window), and — through the health board — the cooldown and recovery of a failing upstream."""
+
+import time
+from datetime import UTC, datetime
+
+from ccswitch.dial.dialer import Dialer
+from ccswitch.routing.affinity import SessionBindings
+from ccswitch.routing.events import Events
+from ccswitch.routing.health import HealthBoard
+from ccswitch.routing.quota import QuotaBoard
+from tests.support.helpers import MemorySink, make_job, rules_for
+from tests.support.loopback_guard import loopback_url
+from tests.support.mock_upstream import ok, status
+
+FAST = """
+timeouts: {connect: 2s, first_byte: 2s, total: 2s, idle: 2s}
+failover: {retry_backoff: 10ms, threshold: 1, cooldown: 10m, drain_at: 0.9}
+"""
+
+
+def dialer() -> tuple[Dialer, list]:
+    events, heard = Events(), []
+    events.subscribe(heard.append)
+    d = Dialer(HealthBoard(events=events), allow_url=loopback_url, quota=QuotaBoard(),
+               sessions=SessionBindings(), events=events)
+    return d, heard
+
+
+def utilization(used: float, reset: int) -> dict:
+    return {"anthropic-ratelimit-unified-status": "allowed",
+            "anthropic-ratelimit-unified-5h-utilization": str(used),
+            "anthropic-ratelimit-unified-5h-reset": str(reset)}
+
+
+async def serve(d: Dialer, rules):
+    job, sink = make_job(rules), MemorySink()
+    await d.run(job, sink)
+    return job, sink
+
+
+async def test_full_is_announced_when_an_answer_crosses_drain_at_once_per_window(mock_a, mock_b):
+    reset = int(time.time()) + 3600
+    mock_a.script(ok(headers=utilization(0.5, reset)), ok(headers=utilization(0.93, reset)),
+                  ok(headers=utilization(0.97, reset)))
+    rules = rules_for(("a", "anthropic", mock_a.base_url), ("b", "anthropic", mock_b.base_url), extra=FAST)
+    d, heard = dialer()
+    try:
+        for _ in range(3):    # the dialer is handed `a` each time: plan() would skip it once full
+            await serve(d, rules)
+    finally:
+        await d.aclose()
+    [event] = heard
+    assert (event.kind, event.upstream, event.route) == ("full", "a", None)
+    assert event.until == datetime.fromtimestamp(reset, UTC)
+    assert event.episode == f"5h:{reset}"
+    assert event.reason == "its 5h window is at 93% (drain_at 90%): skipped until it resets"
+
+
+async def test_a_window_full_again_after_its_reset_is_a_new_episode(mock_a, mock_b):
+    first, second = int(time.time()) + 3600, int(time.time()) + 7200
+    mock_a.script(ok(headers=utilization(0.95, first)), ok(headers=utilization(0.1, second)),
+                  ok(headers=utilization(0.99, second)))
+    rules = rules_for(("a", "anthropic", mock_a.base_url), ("b", "anthropic", mock_b.base_url), extra=FAST)
+    d, heard = dialer()
+    try:
+        for _ in range(3):
+            await serve(d, rules)
+    finally:
+        await d.aclose()
+    assert [(e.kind, e.episode) for e in heard] == [("full", f"5h:{first}"), ("full", f"5h:{second}")]
+
+
+async def test_answers_without_rate_limit_headers_announce_nothing(mock_a, mock_b):
+    rules = rules_for(("a", "anthropic", mock_a.base_url), ("b", "anthropic", mock_b.base_url), extra=FAST)
+    d, heard = dialer()
+    try:
+        await serve(d, rules)
+    finally:
+        await d.aclose()
+    assert heard == []
+
+
+async def test_a_failing_upstream_is_announced_once_and_its_recovery_after(mock_a, mock_b):
+    mock_a.script(status(503), status(503), ok())
+    rules = rules_for(("a", "anthropic", mock_a.base_url), ("b", "anthropic", mock_b.base_url), extra=FAST)
+    d, heard = dialer()
+    try:
+        job, sink = await serve(d, rules)                  # a fails (cooldown), b answers
+        assert sink.status == 200 and job.upstream == "b"
+        d.health.get("a").cooling_until = d.health.clock()   # the cooldown is over: the next one probes
+        await serve(d, rules)                              # the probe fails: the same outage
+        d.health.get("a").cooling_until = d.health.clock()
+        job, _ = await serve(d, rules)                     # the probe succeeds
+        assert job.upstream == "a"
+    finally:
+        await d.aclose()
+    assert [(e.kind, e.upstream) for e in heard] == [("cooldown", "a"), ("recovered", "a")]
+    assert heard[0].reason == "cooling down for 600s after 1 consecutive failure(s) (last: HTTP 503)"
+    assert heard[0].episode == heard[1].episode
+
+
+def test_a_dialer_without_a_bus_learns_windows_all_the_same():
+    d = Dialer(HealthBoard(), quota=QuotaBoard())
+    d._record_quota("a", list(utilization(0.99, int(time.time()) + 60).items()), 0.9)
+    assert d.quota.full("a", 0.9) is not None
