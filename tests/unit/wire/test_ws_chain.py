@@ -1,0 +1,101 @@
+"""Chain reconstruction for Codex's WebSocket: warm-up, incremental turns, a full resend,
+an error that drops the chain (pure)."""
+
+import pytest
+
+from ccswitch.wire.ws_chain import Chain, ChainLost, FrameError, for_upstream
+
+TOOLS = [{"type": "function", "name": "shell", "parameters": {}}]
+
+
+def user(text):
+    return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+
+
+def create(input_, previous=None, **extra):
+    frame = {"type": "response.create", "model": "gpt-5-codex", "instructions": "be brief", "tools": TOOLS,
+             "input": input_, "store": False, "stream": True, **extra}
+    if previous:
+        frame["previous_response_id"] = previous
+    return frame
+
+
+def complete(chain, response_id, items, upstream="a"):
+    for item in items:
+        chain.observe({"type": "response.output_item.done", "item": item}, upstream)
+    chain.observe({"type": "response.completed", "response": {"id": response_id, "output": items}}, upstream)
+
+
+def test_warm_up_then_three_incremental_turns_rebuild_the_full_input():
+    chain = Chain()
+    events = chain.warm_up(create([user("system context")], generate=False))
+    assert [e["type"] for e in events] == ["response.created", "response.completed"]
+    warm_id = events[1]["response"]["id"]
+    assert warm_id.startswith("resp_ccswitch_")
+    # turn 1 chains off the warm-up with the first real input
+    turn = chain.prepare(create([user("list files")], previous=warm_id))
+    assert turn.body["input"] == [user("system context"), user("list files")]
+    assert "previous_response_id" not in turn.body and "type" not in turn.body and "generate" not in turn.body
+    assert turn.body["stream"] is True and turn.body["store"] is False and turn.body["tools"] == TOOLS
+    call = {"type": "function_call", "call_id": "c1", "name": "shell", "arguments": "{}"}
+    complete(chain, "resp_1", [call])
+    # turn 2: only the tool's output is new
+    result = {"type": "function_call_output", "call_id": "c1", "output": "a.txt"}
+    turn = chain.prepare(create([result], previous="resp_1"))
+    assert turn.body["input"] == [user("system context"), user("list files"), call, result]
+    answer = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "a.txt"}]}
+    complete(chain, "resp_2", [answer])
+    # turn 3
+    turn = chain.prepare(create([user("thanks")], previous="resp_2"))
+    assert turn.body["input"] == [user("system context"), user("list files"), call, result, answer, user("thanks")]
+
+
+def test_changed_tools_come_as_a_full_request_which_replaces_the_chain():
+    chain = Chain()
+    complete_first = chain.prepare(create([user("one")]))
+    complete(chain, "resp_1", [{"type": "message", "role": "assistant", "content": []}])
+    full = [user("one"), user("two")]
+    turn = chain.prepare(create(full, tools=[]))          # no previous_response_id: sent in full
+    assert turn.body["input"] == full and turn.body["tools"] == []
+    assert complete_first.body["input"] == [user("one")]
+
+
+def test_an_error_drops_the_chain_and_a_stale_id_is_a_lost_chain():
+    chain = Chain()
+    chain.prepare(create([user("one")]))
+    complete(chain, "resp_1", [])
+    chain.prepare(create([user("two")], previous="resp_1"))
+    chain.observe({"type": "error", "status": 500, "error": {"message": "boom"}}, "a")
+    with pytest.raises(ChainLost):
+        chain.prepare(create([user("three")], previous="resp_1"))
+    with pytest.raises(ChainLost):
+        Chain().prepare(create([user("x")], previous="resp_from_elsewhere"))
+
+
+def test_a_turn_not_completed_is_not_kept():
+    chain = Chain()
+    chain.prepare(create([user("one")]))
+    complete(chain, "resp_1", [])
+    chain.prepare(create([user("two")], previous="resp_1"))
+    chain.observe({"type": "response.output_item.done", "item": {"type": "message"}}, "a")   # then the socket broke
+    turn = chain.prepare(create([user("two again")], previous="resp_1"))       # still chains off resp_1
+    assert turn.body["input"] == [user("one"), user("two again")]
+
+
+def test_frames_that_are_not_response_create_are_refused():
+    with pytest.raises(FrameError):
+        Chain().prepare({"type": "response.cancel"})
+    with pytest.raises(FrameError):
+        Chain().prepare(["not", "an", "object"])
+    with pytest.raises(FrameError):
+        Chain().prepare(create(42))
+
+
+def test_encrypted_reasoning_stays_with_the_upstream_that_made_it():
+    chain = Chain()
+    chain.prepare(create([user("one")]))
+    reasoning = {"type": "reasoning", "id": "rs_1", "encrypted_content": "gAAAA..."}
+    complete(chain, "resp_1", [reasoning, {"type": "message", "role": "assistant", "content": []}], upstream="a")
+    turn = chain.prepare(create([user("two")], previous="resp_1"))
+    assert reasoning in for_upstream(turn, "a")["input"]
+    assert reasoning not in for_upstream(turn, "b")["input"] and len(for_upstream(turn, "b")["input"]) == 3
