@@ -209,8 +209,13 @@ def cost(model: str | None, input: int = 0, output: int = 0, cache_write: int = 
     tokens: the caller decides whether that matters).
     """
     price = price_for(model, overrides)
-    if price is None:
-        return None
+    return None if price is None else cost_at(price, input, output, cache_write, cache_write_1h, cache_read,
+                                              multiplier)
+
+
+def cost_at(price: Price, input: int = 0, output: int = 0, cache_write: int = 0, cache_write_1h: int = 0,
+            cache_read: int = 0, multiplier: float = 1.0) -> float:
+    """USD at a known price (``cost`` without the look-up, for callers that price many rows of one model)."""
     one_hour = min(max(cache_write_1h, 0), max(cache_write, 0))
     five_min = max(cache_write, 0) - one_hour
     usd = (input * price.input + output * price.output + five_min * price.cache_write
