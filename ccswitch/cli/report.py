@@ -17,6 +17,7 @@ from ccswitch.config.models import Rules, RulesError
 from ccswitch.ledger.schema import connect
 from ccswitch.report.data import DIMENSIONS, build_report, report_zone
 from ccswitch.report.text import activation_lines, render_table, report_json
+from ccswitch.report.timeline import PERIODS, period_start
 
 
 class _AnyEnv(Mapping[str, str]):
@@ -33,6 +34,9 @@ class _AnyEnv(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(os.environ)
+
+
+_UNTIL = object()        # --hours without a day: the --until day, else today (not a str: argparse would parse it)
 
 
 def _day(text: str) -> date:
@@ -58,9 +62,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--days", type=_positive, default=30, metavar="N", help="days up to --until (default 30)")
     p.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="first day (days are local to the rules' time zone)")
     p.add_argument("--until", type=_day, metavar="YYYY-MM-DD", help="last day (default today)")
-    p.add_argument("--by", choices=DIMENSIONS, help="split each day by model, upstream, route or session")
+    p.add_argument("--by", choices=DIMENSIONS,
+                   help="split each row by model (as the client named it; what it was sent upstream as is shown "
+                        "beside it), upstream, route or session")
+    p.add_argument("--period", choices=PERIODS, default="day",
+                   help="one row per day (default), week (Monday first) or month; the first row starts on the "
+                        "period's first day")
+    p.add_argument("--hours", nargs="?", const=_UNTIL, type=_day, metavar="DAY",
+                   help="one row per hour of DAY (default --until, else today) instead of one per day")
+    p.add_argument("--blocks", nargs="?", const="", metavar="UPSTREAM",
+                   help="also list the 5-hour blocks of the claude route (Claude subscription windows), of "
+                        "UPSTREAM's answers only when given")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--out", metavar="DIR", help="write PNG charts and report.html into this directory")
+
+
+def _period(args: argparse.Namespace, today: date) -> tuple[date, date, date | None] | str:
+    """(since, until, the day to split by hour) from the options, or what is wrong with them."""
+    hours = args.hours
+    if hours is not None:
+        if args.period != "day":
+            return "--hours shows one day: it cannot be combined with --period"
+        if args.since:
+            return "--hours shows one day: give the day to --hours instead of --since"
+        day = (args.until or today) if hours is _UNTIL else hours
+        return day, day, day
+    until = args.until or today
+    since = args.since or (until - timedelta(days=args.days - 1))
+    if since > until:
+        return f"--since {since} is after --until {until}"
+    return period_start(since, args.period), until, None
 
 
 def _load_rules(option: str | None) -> Rules:
@@ -69,6 +100,14 @@ def _load_rules(option: str | None) -> Rules:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        return _run(args)
+    except BrokenPipeError:                      # `ccswitch report | head`: the reader has gone, so say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
         rules = _load_rules(args.rules)
     except RulesError as exc:
         for problem in exc.problems:
@@ -76,11 +115,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     tz = report_zone(rules)
     today = utc_now().astimezone(tz).date()
-    until = args.until or today
-    since = args.since or (until - timedelta(days=args.days - 1))
-    if since > until:
-        print(f"--since {since} is after --until {until}", file=sys.stderr)
+    period = _period(args, today)
+    if isinstance(period, str):
+        print(period, file=sys.stderr)
         return 1
+    since, until, hours_day = period
+    if args.blocks and args.blocks not in {up.name for up in rules.upstreams}:
+        print(f"note: no upstream named {args.blocks!r} in the rules; blocks count its answers in the database",
+              file=sys.stderr)
     db = Path(args.db).expanduser() if args.db else rules.usage_db
     if not db.is_file():
         print(f"no usage database at {db} (ccswitch writes one once it has routed a request)", file=sys.stderr)
@@ -88,14 +130,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         conn = connect(str(db), readonly=True)
         try:
-            report = build_report(conn, rules, since, until, args.by, tz=tz, db_path=str(db))
+            report = build_report(conn, rules, since, until, args.by, tz=tz, db_path=str(db), period=args.period,
+                                  hours_day=hours_day, blocks=args.blocks is not None,
+                                  blocks_upstream=args.blocks or None)
         finally:
             conn.close()
     except sqlite3.Error as exc:
         print(f"cannot read usage database {db}: {exc}", file=sys.stderr)
         return 1
 
-    if report.empty:
+    if report.empty and not report.blocks:
         message = f"no requests between {since} and {until} ({report.tz_name}) in {db}"
         if args.json:
             print(json.dumps(report_json(report), indent=2))
@@ -103,15 +147,17 @@ def run(args: argparse.Namespace) -> int:
         if report.activations and not args.json:
             print("\nActivation probes:\n" + "\n".join(activation_lines(report)))
         return 0
-    print(json.dumps(report_json(report), indent=2) if args.json else render_table(report))
-    if args.out:
+    written = None
+    if args.out:                                 # before the table: a reader that stops early (| head) keeps them
         from ccswitch.report.charts import write_charts
         from ccswitch.report.html import write_html
         out_dir = Path(args.out).expanduser()
         out_dir.mkdir(parents=True, exist_ok=True)
         charts = write_charts(report, out_dir)
-        html = write_html(report, charts, out_dir)
-        print(f"wrote {len(charts)} chart(s) and {html}", file=sys.stderr if args.json else sys.stdout)
+        written = f"wrote {len(charts)} chart(s) and {write_html(report, charts, out_dir)}"
+    print(json.dumps(report_json(report), indent=2) if args.json else render_table(report))
+    if written:
+        print(written, file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

@@ -9,13 +9,23 @@ from pathlib import Path
 from ccswitch.report.data import Report, sorted_groups
 from ccswitch.report.text import (
     ACTIVATION_COLUMNS,
+    BLOCK_COLUMNS,
     COLUMNS,
+    LATENCY_COLUMNS,
+    VIEW_HEADS,
     activation_rows,
+    block_rows,
+    blocks_title,
     fmt_cost,
     fmt_hit,
     hit_rows,
+    latency_rows,
+    main_digits,
+    main_rows,
     row_cells,
+    sent_as,
     short_label,
+    summary_digits,
 )
 
 CHART_ALT = {
@@ -23,6 +33,7 @@ CHART_ALT = {
     "cost.png": "Cost per day by upstream, in USD",
     "requests.png": "Requests, failovers and errors per day",
     "cache_hit.png": "Cache-hit ratio per day",
+    "latency.png": "Latency and time to first byte, p50 and p95",
 }
 
 CSS = """
@@ -40,6 +51,7 @@ th{background:#f4f4f4;text-align:right} th:first-child,td:first-child{text-align
 td{text-align:right;font-variant-numeric:tabular-nums}
 tr.group td{color:#555;font-size:.82rem} tr.group td:first-child{padding-left:1.6rem}
 tr.total td{font-weight:bold;border-top:2px solid #999}
+tr.active td{background:#eef6ee;font-weight:bold}
 img{max-width:100%;height:auto;border:1px solid #eee;margin:.5rem 0}
 .notes li{color:#7a3b00}
 """
@@ -56,16 +68,24 @@ def _table(head: Iterable[str], rows: Iterable[tuple[str, list[str]]], left_cols
     return "".join(out)
 
 
-def _daily_rows(report: Report) -> list[tuple[str, list[str]]]:
-    rows: list[tuple[str, list[str]]] = []
-    for day in report.days:
-        t = report.daily[day]
-        if not t.requests:
-            continue
-        rows.append(("", [day.strftime("%Y-%m-%d %a"), *row_cells(t)]))
-        rows += [("group", [short_label(label), *row_cells(g)]) for label, g in sorted_groups(report.groups(day))]
-    rows.append(("total", ["Total", *row_cells(report.total)]))
+def _main_rows(report: Report, digits: int) -> list[tuple[str, list[str]]]:
+    """The main table (days, hours, weeks or months) as text.py builds it, group rows marked for indenting."""
+    rows = [("group" if group else "", [label.strip(), *row_cells(span.groups[report.by][group] if group else span.total,
+                                                                  digits)])
+            for label, span, group in main_rows(report)[0]]
+    rows.append(("total", ["Total", *row_cells(report.total, digits)]))
     return rows
+
+
+def _summary_table(report: Report, dim: str) -> str:
+    groups = sorted_groups(report.summary[dim])
+    digits = summary_digits(report, (t for _, t in groups))
+    if dim == "model":
+        return _table(["Model", "Sent upstream as", *COLUMNS],
+                      [("", [short_label(label), sent_as(report.whole, label), *row_cells(t, digits)])
+                       for label, t in groups], left_cols=2)
+    return _table([dim.capitalize(), *COLUMNS], [("", [short_label(label), *row_cells(t, digits)])
+                                                 for label, t in groups])
 
 
 def _card(value: str, label: str) -> str:
@@ -74,7 +94,9 @@ def _card(value: str, label: str) -> str:
 
 def render_html(report: Report, charts: list[Path]) -> str:
     t = report.total
-    title = f"ccswitch usage {report.since} to {report.until}"
+    digits = main_digits(report)
+    title = (f"ccswitch usage on {report.since}, by hour" if report.hours is not None
+             else f"ccswitch usage {report.since} to {report.until}")
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -84,7 +106,7 @@ def render_html(report: Report, charts: list[Path]) -> str:
          f"&middot; prices as of {escape(report.prices_as_of)} (list price &times; each upstream's "
          "price_multiplier)</p>"),
         '<div class="cards">',
-        _card(fmt_cost(t), "cost (USD)"), _card(str(t.requests), "requests"),
+        _card(fmt_cost(t, digits), "cost (USD)"), _card(str(t.requests), "requests"),
         _card(fmt_hit(t), "cache hit"), _card(str(t.failovers), "failovers"), _card(str(t.errors), "errors"),
         _card(str(report.sessions()), "sessions"), _card(str(t.moved), "moved (session left its upstream)"),
         "</div>",
@@ -98,15 +120,27 @@ def render_html(report: Report, charts: list[Path]) -> str:
         parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{escape(alt)}" '
                      f'title="{escape(Path(path).name)}"></figure>')
     by = f", split by {report.by}" if report.by else ""
-    parts.append(f"<h2>Per day{escape(by)}</h2>")
-    parts.append(_table(["Day", *COLUMNS], _daily_rows(report)))
+    head = VIEW_HEADS[report.view]
+    parts.append(f"<h2>Per {escape(head.lower())}{escape(by)}</h2>")
+    parts.append(_table([head, *COLUMNS], _main_rows(report, digits)))
+    if report.blocks is not None:
+        parts.append(f"<h2>{escape(blocks_title(report))}</h2>")
+        if report.blocks:
+            parts.append(_table(BLOCK_COLUMNS, [("active" if r[-1] else "", r) for r in block_rows(report)],
+                                left_cols=2))
+        else:
+            parts.append("<p>No claude requests in the period.</p>")
     for dim in report.summarised:
         parts.append(f"<h2>By {escape(dim)}</h2>")
-        parts.append(_table([dim.capitalize(), *COLUMNS],
-                            [("", [short_label(label), *row_cells(g)]) for label, g in sorted_groups(report.summary[dim])]))
+        parts.append(_summary_table(report, dim))
     if report.hit_upstreams():
         parts.append("<h2>Cache hit per day and upstream</h2>")
         parts.append(_table(["Day", *report.hit_upstreams()], [("", [day, *cells]) for day, cells in hit_rows(report)]))
+    if len(report.timings):
+        parts.append("<h2>Latency and time to first byte (successful answers)</h2>")
+        parts.append(_table([head, *LATENCY_COLUMNS],
+                            [("group" if label.startswith("  ") else "total" if label == "All" else "",
+                              [label.strip(), *cells]) for label, cells in latency_rows(report)]))
     parts.append("<h2>Activation probes</h2>")
     if report.activations:
         parts.append(_table(ACTIVATION_COLUMNS, [("", r) for r in activation_rows(report)], left_cols=3))
@@ -114,8 +148,9 @@ def render_html(report: Report, charts: list[Path]) -> str:
         parts.append("<p>No activation probes in this period.</p>")
     parts.append(f'<p class="meta">Cache write includes 1-hour writes ({escape(str(t.cache_write_1h))} tokens in this '
                  "period). Cache hit = cache read / (input + cache write + cache read). Moved = requests whose "
-                 "session was bound to another upstream than the one that answered. count_tokens requests are "
-                 "not counted.</p>")
+                 "session was bound to another upstream than the one that answered. Latency runs from the "
+                 "request's start to its last byte, first byte to its first; p50 / p95 by nearest rank. "
+                 "count_tokens requests are not counted.</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -1,27 +1,48 @@
-"""`ccswitch report`: daily usage, cost, failovers and errors from the usage database.
+"""`ccswitch report`'s text output: the terminal tables (``render_table``) and the JSON document
+(``report_json``). What is counted and priced, and how, lives in data.py (``Report``,
+``build_report``); charts.py and html.py draw the same report; cli/report.py is the command.
 
-This file owns the command and its text output: the terminal table (``render_table``), the
-JSON document (``report_json``), argument parsing and ``main``. What is counted and priced,
-and how (``Report``, ``Totals``, ``build_report``), lives in report_data.py; those names are
-importable from here too.
-
-Pieces: ``build_report(conn, rules, since, until, by)`` (report_data.py: queries -> Report),
-``render_table(report)``, ``report_json(report)``, ``write_charts(report, out_dir)``
-(report_charts.py), ``write_html(report, charts, out_dir)`` (report_html.py), ``main(argv)``.
+Costs in one table share one precision (``cost_digits``): cents, or as many decimals as the
+smallest cost in it needs to show two significant digits, so a $0.0070 day does not sit above
+a "$0.01" total; the HTML headline uses the main table's precision.
 """
 from __future__ import annotations
 
-from ccswitch.report.data import Report, Totals, fmt_tokens, sorted_groups
+import math
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from ccswitch.report.data import BlockSpan, Report, Span, Totals, fmt_tokens, sorted_groups
+from ccswitch.report.latency import LatencyStats
+from ccswitch.report.timeline import period_label, period_start
 
 LABEL_WIDTH = 40        # longer labels (session keys can be long) are shortened in the table, kept whole in JSON
+MAX_COST_DIGITS = 6
+VIEW_HEADS = {"day": "Day", "hour": "Hour", "week": "Week", "month": "Month"}
 
-# --------------------------------------------------------------------------- text output
+# --------------------------------------------------------------------------- cells
 
-def fmt_cost(t: Totals) -> str:
+
+def cost_digits(costs: Iterable[float]) -> int:
+    """Decimals for a table's costs: 2 (cents), or enough for its smallest non-zero cost below a cent to
+    show two significant digits ($0.0070, $0.00015), at most 6."""
+    smallest = min((c for c in costs if c > 0), default=None)
+    if smallest is None or smallest >= 0.01:
+        return 2
+    return min(MAX_COST_DIGITS, math.floor(-math.log10(smallest)) + 2)
+
+
+def table_digits(totals: Iterable[Totals]) -> int:
+    return cost_digits(t.cost for t in totals)
+
+
+def fmt_cost(t: Totals, digits: int | None = None) -> str:
+    """'$1.23', '$0.0070', '$0.03+?' (some tokens have no price), '?' (none has). ``digits``: the table's
+    precision (None: this value's own)."""
     if t.unpriced_tokens and not t.cost:
         return "?"
-    text = f"${t.cost:,.2f}" if t.cost >= 0.01 or t.cost == 0 else f"${t.cost:.4f}"
-    return text + ("+?" if t.unpriced_tokens else "")
+    digits = cost_digits([t.cost]) if digits is None else digits
+    return f"${t.cost:,.{digits}f}" + ("+?" if t.unpriced_tokens else "")
 
 
 def fmt_hit(t: Totals) -> str:
@@ -30,6 +51,20 @@ def fmt_hit(t: Totals) -> str:
 
 def fmt_ratio(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio * 100:.1f}%"
+
+
+def fmt_ms(ms: float | None) -> str:
+    """'850ms', '1.25s', '12.5s'; '-' without a value."""
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms:.0f}ms"
+    return f"{ms / 1000:.2f}s" if ms < 10_000 else f"{ms / 1000:.1f}s"
+
+
+def fmt_left(left: timedelta) -> str:
+    minutes = math.ceil(left.total_seconds() / 60)
+    return f"{minutes // 60}h {minutes % 60:02d}m"
 
 
 def short_label(label: str, width: int = LABEL_WIDTH) -> str:
@@ -41,55 +76,174 @@ def short_label(label: str, width: int = LABEL_WIDTH) -> str:
     return label[:width - 3 - tail] + "..." + label[-tail:]
 
 
+def sent_as(span: Span, model: str) -> str:
+    """What the client's ``model`` went upstream as, most requests first: '' when always as named."""
+    targets = span.sent_as.get(model, {})
+    if not span.renamed(model):
+        return ""
+    return ", ".join(name for name, _ in sorted(targets.items(), key=lambda kv: (-kv[1].requests, kv[0])))
+
+
+def group_label(span: Span, dim: str, label: str) -> str:
+    """A group row's label; a model that was renamed shows its upstream name(s): 'sonnet -> glm-4.6'."""
+    renamed = sent_as(span, label) if dim == "model" else ""
+    return short_label(label) + (f" -> {renamed}" if renamed else "")
+
+
 COLUMNS = ("Requests", "Input", "Output", "Cache write", "Cache read", "Hit %", "Cost USD", "Failovers", "Errors",
            "Moved")
+LATENCY_COLUMNS = ("Timed", "Latency p50", "Latency p95", "TTFB p50", "TTFB p95")
+BLOCK_COLUMNS = ("Start", "End", "Requests", "Input", "Output", "Cache write", "Cache read", "Tokens", "Cost USD",
+                 "Status")
 
 
-def row_cells(t: Totals) -> list[str]:
+def row_cells(t: Totals, digits: int | None = None) -> list[str]:
     return [str(t.requests), fmt_tokens(t.input), fmt_tokens(t.output), fmt_tokens(t.cache_write),
-            fmt_tokens(t.cache_read), fmt_hit(t), fmt_cost(t), str(t.failovers), str(t.errors), str(t.moved)]
+            fmt_tokens(t.cache_read), fmt_hit(t), fmt_cost(t, digits), str(t.failovers), str(t.errors), str(t.moved)]
+
+
+def latency_cells(s: LatencyStats) -> list[str]:
+    return [str(s.requests), fmt_ms(s.latency_p50), fmt_ms(s.latency_p95), fmt_ms(s.ttfb_p50), fmt_ms(s.ttfb_p95)]
 
 
 def _grid(head: str, rows: list[tuple[str, list[str]]], rules_before: set[int] = frozenset(),
-          columns: tuple[str, ...] = COLUMNS) -> list[str]:
+          columns: tuple[str, ...] = COLUMNS, left: int = 1) -> list[str]:
+    """A text table; the first ``left`` columns are left-aligned, the rest right-aligned."""
     cols = [head, *columns]
-    widths = [max(len(c), *(len(r[0]) if i == 0 else len(r[1][i - 1]) for r in rows)) for i, c in enumerate(cols)]
-    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    cells = [[label, *values] for label, values in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(cols)]
+    line = lambda row: "  ".join(c.ljust(w) if i < left else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(row, widths))).rstrip()
     sep = "  ".join("-" * w for w in widths)
     out = [line(cols), sep]
-    for i, (label, cells) in enumerate(rows):
+    for i, row in enumerate(cells):
         if i in rules_before:
             out.append(sep)
-        out.append(line([label, *cells]))
+        out.append(line(row))
     return out
 
 
-def render_table(report: Report) -> str:
-    out = [(f"ccswitch usage {report.since} .. {report.until} ({report.tz_name}); "
-            f"database {report.db_path or '?'}; prices as of {report.prices_as_of}"), ""]
-    rows: list[tuple[str, list[str]]] = []
-    for day in report.days:
-        t = report.daily[day]
-        if not t.requests:
+# --------------------------------------------------------------------------- the views
+
+
+def row_label(report: Report, span: Span) -> str:
+    """A main-table row's label: '2026-03-01 Sun', '09:00', '2026-W10 03-02..03-08', '2026-03'."""
+    if report.view == "day":
+        return span.start.astimezone(report.tz).strftime("%Y-%m-%d %a")
+    return span.label
+
+
+def main_rows(report: Report) -> tuple[list[tuple[str, Span, str | None]], int]:
+    """The main table: (label, span, group label or None) for each row with requests, and how many
+    rows (days, hours, weeks, months) had none."""
+    out: list[tuple[str, Span, str | None]] = []
+    idle = 0
+    for span in report.rows():
+        if not span.total.requests:
+            idle += 1
             continue
-        rows.append((day.strftime("%Y-%m-%d %a"), row_cells(t)))
-        for label, g in sorted_groups(report.groups(day)):
-            rows.append(("  " + short_label(label), row_cells(g)))
-    idle = sum(1 for d in report.days if not report.daily[d].requests)
-    rows.append(("Total", row_cells(report.total)))
-    out += _grid("Day", rows, {len(rows) - 1})
+        out.append((row_label(report, span), span, None))
+        if report.by:
+            out += [("  " + group_label(span, report.by, label), span, label)
+                    for label, _ in sorted_groups(span.groups[report.by])]
+    return out, idle
+
+
+def main_digits(report: Report) -> int:
+    """The cost precision of the main table (and the HTML headline)."""
+    rows, _ = main_rows(report)
+    return table_digits([report.total, *(span.groups[report.by][g] if g else span.total for _, span, g in rows)])
+
+
+def summary_digits(report: Report, totals: Iterable[Totals]) -> int:
+    """The precision of a table beside the main one: never fewer decimals than the main table's."""
+    return max(main_digits(report), table_digits(totals))
+
+
+def main_lines(report: Report) -> list[str]:
+    rows, idle = main_rows(report)
+    digits = main_digits(report)
+    cells = [(label, row_cells(span.groups[report.by][g] if g else span.total, digits)) for label, span, g in rows]
+    cells.append(("Total", row_cells(report.total, digits)))
+    out = _grid(VIEW_HEADS[report.view], cells, {len(cells) - 1})
     if idle:
-        out.append(f"({idle} day(s) without requests not shown)")
+        out.append(f"({idle} {report.view}(s) without requests not shown)")
+    return out
+
+
+def summary_lines(report: Report, dim: str) -> list[str]:
+    groups = sorted_groups(report.summary[dim])
+    digits = summary_digits(report, (t for _, t in groups))
+    if dim == "model":          # the client's model, and what it was sent upstream as
+        return _grid("Model", [(short_label(label), [sent_as(report.whole, label), *row_cells(t, digits)])
+                               for label, t in groups], columns=("Sent upstream as", *COLUMNS), left=2)
+    return _grid(dim.capitalize(), [(short_label(label), row_cells(t, digits)) for label, t in groups])
+
+
+def latency_rows(report: Report) -> list[tuple[str, list[str]]]:
+    """Rows of the main view that had timed requests (split by upstream with --by upstream), then the
+    whole period and each upstream in it."""
+    rows: list[tuple[str, list[str]]] = []
+    for span in report.rows():
+        s = report.latency(span)
+        if not s.requests:
+            continue
+        rows.append((row_label(report, span), latency_cells(s)))
+        if report.by == "upstream":
+            rows += [("  " + name, latency_cells(u)) for name, u in report.latency_by_upstream(span).items()]
+    rows.append(("All", latency_cells(report.latency())))
+    rows += [("  " + name, latency_cells(u)) for name, u in report.latency_by_upstream().items()]
+    return rows
+
+
+def latency_lines(report: Report) -> list[str]:
+    rows = latency_rows(report)
+    first_total = next(i for i, (label, _) in enumerate(rows) if label == "All")
+    return _grid(VIEW_HEADS[report.view], rows, {first_total}, columns=LATENCY_COLUMNS)
+
+
+def block_status(block: BlockSpan, now: datetime) -> str:
+    return f"active, {fmt_left(block.left(now))} left" if block.active(now) else ""
+
+
+def block_rows(report: Report) -> list[list[str]]:
+    blocks = report.blocks or []
+    digits = summary_digits(report, (b.total for b in blocks))
+    fmt = lambda moment: moment.astimezone(report.tz).strftime("%Y-%m-%d %H:%M")
+    return [[fmt(b.start), fmt(b.end), str(b.total.requests), fmt_tokens(b.total.input), fmt_tokens(b.total.output),
+             fmt_tokens(b.total.cache_write), fmt_tokens(b.total.cache_read), fmt_tokens(b.total.tokens),
+             fmt_cost(b.total, digits), block_status(b, report.now)] for b in blocks]
+
+
+def blocks_title(report: Report) -> str:
+    whose = f"answered by {report.blocks_upstream}" if report.blocks_upstream else "any upstream"
+    return f"5-hour blocks (claude route, {whose}; times in {report.tz_name})"
+
+
+def block_lines(report: Report) -> list[str]:
+    rows = block_rows(report)
+    if not rows:
+        return ["(no claude requests in the period)"]
+    return _grid("Start", [(r[0], r[1:]) for r in rows], columns=BLOCK_COLUMNS[1:], left=2)
+
+
+def render_table(report: Report) -> str:
+    view = "" if report.view == "day" else f"; by {report.view}"
+    out = [(f"ccswitch usage {report.since} .. {report.until} ({report.tz_name}{view}); "
+            f"database {report.db_path or '?'}; prices as of {report.prices_as_of}"), ""]
+    out += main_lines(report)
     if report.sessions():
         out.append(f"{report.sessions()} session(s) in the period; Moved = requests answered by another "
                    "upstream than the one their session was bound to")
+    if report.blocks is not None:
+        out += ["", blocks_title(report) + ":", *block_lines(report)]
     dim = report.by or "upstream"
-    out += ["", f"By {dim}:"]
-    out += _grid(dim.capitalize(),
-                 [(short_label(label), row_cells(t)) for label, t in sorted_groups(report.summary[dim])])
+    out += ["", f"By {dim}:", *summary_lines(report, dim)]
     if report.by != "upstream" and report.hit_upstreams():   # with --by upstream the day rows show it
         out += ["", "Cache hit % per day and upstream:"]
         out += hit_lines(report)
+    if len(report.timings):
+        out += ["", "Latency and time to first byte (successful answers; p50 / p95):", *latency_lines(report)]
     if report.activations:
         out += ["", "Activation probes:"]
         out += activation_lines(report)
@@ -123,25 +277,68 @@ def activation_lines(report: Report) -> list[str]:
     return [fmt(rows[0]), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows[1:])]
 
 
+# --------------------------------------------------------------------------- JSON
+
+
+def _groups_json(span: Span, dim: str) -> dict:
+    out = {}
+    for label, t in sorted_groups(span.groups[dim]):
+        out[label] = t.to_dict()
+        if dim == "model":
+            out[label]["upstream_models"] = {name: s.to_dict() for name, s in sorted_groups(span.sent_as.get(label, {}))}
+    return out
+
+
+def _latency_json(report: Report, span: Span | None) -> dict:
+    return {**report.latency(span).to_dict(),
+            "by_upstream": {name: s.to_dict() for name, s in report.latency_by_upstream(span).items()}}
+
+
+def _span_json(report: Report, span: Span) -> dict:
+    return {"start": span.start.astimezone(report.tz).isoformat(), "end": span.end.astimezone(report.tz).isoformat(),
+            **span.total.to_dict(), "latency": _latency_json(report, span),
+            **({"groups": _groups_json(span, report.by)} if report.by else {})}
+
+
+def _period_json(report: Report, span: Span) -> dict:
+    first = span.start.astimezone(report.tz).date()
+    last = (span.end - timedelta(microseconds=1)).astimezone(report.tz).date()
+    return {"period": period_label(period_start(first, report.period), report.period), "first_day": first.isoformat(),
+            "last_day": last.isoformat(), **_span_json(report, span)}
+
+
+def _block_json(report: Report, block: BlockSpan) -> dict:
+    local = lambda moment: moment.astimezone(report.tz).isoformat() if moment else None
+    active = block.active(report.now)
+    return {"start": local(block.start), "end": local(block.end), "first_request": local(block.first),
+            "last_request": local(block.last), "active": active,
+            "minutes_left": math.ceil(block.left(report.now).total_seconds() / 60) if active else None,
+            **block.total.to_dict()}
+
+
 def report_json(report: Report) -> dict:
-    return {
+    out = {
         "since": report.since.isoformat(), "until": report.until.isoformat(), "timezone": report.tz_name,
-        "database": report.db_path, "prices_as_of": report.prices_as_of, "by": report.by,
+        "database": report.db_path, "prices_as_of": report.prices_as_of, "by": report.by, "view": report.view,
         "totals": report.total.to_dict(),
         "sessions": report.sessions(),
+        "latency": _latency_json(report, None),
         "days": [{"day": d.isoformat(), **report.daily[d].to_dict(), "sessions": report.sessions(d),
                   "cache_hit_by_upstream": {k: None if v is None else round(v, 6)
                                             for k, v in report.hit_by_upstream(d).items()},
-                  **({"groups": {k: v.to_dict() for k, v in sorted_groups(report.groups(d))}} if report.by else {})}
+                  "latency": _latency_json(report, report.by_day[d]),
+                  **({"groups": _groups_json(report.by_day[d], report.by)} if report.by else {})}
                  for d in report.days],
-        "summary": {dim: {k: v.to_dict() for k, v in sorted_groups(report.summary[dim])}
-                    for dim in report.summarised},
+        "summary": {dim: _groups_json(report.whole, dim) for dim in report.summarised},
         "activations": [{"upstream": a.upstream, "last_probe": a.last_probe.isoformat(), "last_ok": a.last_ok,
                          "last_error": a.last_error, "ok": a.ok, "failed": a.failed} for a in report.activations],
         "unpriced_models": report.unpriced, "count_tokens_requests": report.count_tokens, "notes": report.notes,
     }
-
-
-# --------------------------------------------------------------------------- command line
-
-
+    if report.hours is not None:
+        out["hours"] = [{"hour": span.label, **_span_json(report, span)} for span in report.hours]
+    if report.period != "day":
+        out["periods"] = [_period_json(report, span) for span in report.rows()]
+    if report.blocks is not None:
+        out["blocks_upstream"] = report.blocks_upstream
+        out["blocks"] = [_block_json(report, b) for b in report.blocks]
+    return out

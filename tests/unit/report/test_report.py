@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import random
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from ccswitch.cli import report as report_cli
 from ccswitch.config.load import parse_rules
 from ccswitch.ledger.schema import connect
 from ccswitch.report import text as report
+from ccswitch.report.charts import CHART_FILES
 from ccswitch.report.data import Report, build_report
 from tests.support import REPO as ROOT
 
@@ -139,8 +141,13 @@ def test_small_totals_and_cost(small_db):
     assert r.summary["upstream"]["(ccswitch)"].errors == 1
     assert r.summary["upstream"]["relay-a"].cost == pytest.approx(0.03285, abs=1e-12)
     assert set(r.summary["route"]) == {"claude", "codex", "chat"}
-    assert set(r.summary["model"]) == {"claude-sonnet-4-5-20250929", "claude-opus-4-5", "gpt-5-codex",
-                                       "claude-sonnet-4-5", "mystery-1"}
+    # grouped by the model the client named; what relay-a was sent is kept beside it
+    assert set(r.summary["model"]) == {"claude-opus-4-5", "gpt-5-codex", "claude-sonnet-4-5", "mystery-1"}
+    sent = r.whole.sent_as["claude-sonnet-4-5"]
+    assert {k: v.requests for k, v in sent.items()} == {"claude-sonnet-4-5-20250929": 1, "claude-sonnet-4-5": 1}
+    assert sent["claude-sonnet-4-5-20250929"].cost == pytest.approx(0.03285, abs=1e-12)
+    assert "(no model)" not in r.whole.sent_as and r.whole.renamed("claude-sonnet-4-5")
+    assert not r.whole.renamed("claude-opus-4-5")
     [a] = r.activations
     assert (a.upstream, a.ok, a.failed, a.last_ok) == ("relay-a", 1, 1, True)
     assert a.last_probe.strftime("%Y-%m-%d %H:%M") == "2026-03-02 06:00"
@@ -219,7 +226,8 @@ def test_missing_database(tmp_path, capsys):
     rc = report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(db)])
     assert rc == 1
     err = capsys.readouterr().err
-    assert err.strip() == f"no usage database at {db} (ccswitch writes one once it has routed a request)"
+    # the line before says which rules file the command uses
+    assert err.strip().splitlines()[-1] == f"no usage database at {db} (ccswitch writes one once it has routed a request)"
     assert not db.exists()
 
 
@@ -277,6 +285,8 @@ MODELS = {
     "relay-b": ("chat", "chat", ["gpt-4.1", "mystery-model-x"]),
 }
 
+FIRST_BYTE_MS = {"relay-a": 2500, "anthropic-official": 1200, "openai-official": 900, "relay-b": 1800}
+
 
 def make_60_day_db(path: Path, end: date = END, days: int = 60, seed: int = 7) -> Path:
     rnd = random.Random(seed)
@@ -317,6 +327,9 @@ def make_60_day_db(path: Path, end: date = END, days: int = 60, seed: int = 7) -
                            output_tokens=rnd.randint(200, 8000), reasoning_tokens=rnd.randint(0, 500))
                 if rnd.random() < 0.01:
                     row.update(error="client_closed", status=200)
+                # first byte after a per-upstream think time, then ~125 output tokens a second
+                ttfb = int(rnd.lognormvariate(math.log(FIRST_BYTE_MS[upstream]), 0.45))
+                row.update(ttfb_ms=ttfb, latency_ms=ttfb + row["output_tokens"] * 8)
             insert_request(conn, n, **row)
         for upstream in ("relay-a", "relay-b"):
             probe = datetime(day.year, day.month, day.day, 6, 0, tzinfo=shanghai)
@@ -345,7 +358,7 @@ def test_60_days_charts_are_real_pngs(big):
     import matplotlib.image as mpimg
 
     out = big["out"]
-    for name in ("tokens.png", "cost.png", "requests.png", "cache_hit.png"):
+    for name in CHART_FILES:
         path = out / name
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -361,13 +374,13 @@ def test_60_days_charts_are_real_pngs(big):
 def test_60_days_html_and_table(big):
     text, out = big["text"], big["out"]
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4
-    for name in ("tokens.png", "cost.png", "requests.png", "cache_hit.png"):
+    assert html.count("data:image/png;base64,") == len(CHART_FILES) == 5
+    for name in CHART_FILES:
         assert f'title="{name}"' in html
     assert "<table>" in html and "Activation probes" in html and "relay-a" in html and "Total" in html
     assert "mystery-model-x" in html              # unpriced model named in a note
     assert "<script" not in html
-    assert "Total" in text and "By upstream:" in text and "wrote 4 chart(s)" in text
+    assert "Total" in text and "By upstream:" in text and "wrote 5 chart(s)" in text
 
 
 def test_60_days_json_is_consistent(big, capsys):
