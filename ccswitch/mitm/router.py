@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
@@ -27,6 +27,7 @@ from ccswitch.routing.admission import body_problem, decoded_body, header_proble
 from ccswitch.routing.affinity import session_key
 from ccswitch.routing.budget import CLIENT
 from ccswitch.routing.classify import RouteMatch, classify
+from ccswitch.routing.events import Event
 from ccswitch.routing.plan import plan
 from ccswitch.translate import translation_for
 from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint, Protocol
@@ -71,7 +72,7 @@ class Router:
         gateway = self.gateway
         self.dialer = Dialer(gateway.health, allow_url=lambda url: gateway.allow_url(url),
                              client=http1.UpstreamClient(ssl_context=upstream_tls()),
-                             quota=gateway.quota, sessions=gateway.sessions)
+                             quota=gateway.quota, sessions=gateway.sessions, events=gateway.events)
         self.relay = Relay(self.dialer.run, on_done=self.gateway.record_job, shutdown=self.shutdown)
         # the spend so far this month, before the first request is taken (the relay starts next)
         await asyncio.to_thread(gateway.load_spend)
@@ -171,9 +172,11 @@ class Router:
         chosen = plan(rules, match.route, model, gateway.health, datetime.now(rules.tz),
                       quota=gateway.quota, sessions=gateway.sessions, session=session, spend=gateway.spend)
         if chosen.limited_for is not None:   # every upstream is rate limited until a known reset
+            self._exhausted(match.route, chosen.why_none(match.route), chosen.limited_for)
             return refuse(429, chosen.why_none(match.route), body,
                           rate_limit_headers(client_protocol, chosen.limited_for, gateway.quota.clock()))
         if not chosen.candidates:
+            self._exhausted(match.route, chosen.why_none(match.route), None)
             return refuse(503, chosen.why_none(match.route), body, {"retry-after": "30"})
         req = ClientRequest(route=match.route, endpoint=match.endpoint, method="POST",
                             url=flow.request.url, headers=headers, body=raw, json=body, model=model,
@@ -194,6 +197,16 @@ class Router:
         self.relay.register(job)
         flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.relay.port
         flow.request.headers[JOB_HEADER] = job.token
+
+    def _exhausted(self, route: str, reason: str, wait: float | None) -> None:
+        """ccswitch answers the route itself: one event per soonest reset (429), or per hour
+        while nothing is available with no known end (503), however many requests are refused."""
+        if wait is not None:   # to the second: every refusal until that reset names the same one
+            until = datetime.fromtimestamp(round(self.gateway.quota.clock() + wait), UTC)
+            episode = f"429 until {until:%Y-%m-%dT%H:%M:%S}"
+        else:
+            until, episode = None, f"503 {utc_now():%Y-%m-%dT%H}"
+        self.gateway.events.emit(Event("exhausted", None, reason, route=route, until=until, episode=episode))
 
     async def _run_inline(self, flow: http.HTTPFlow, job: Job) -> None:
         sink = BufferSink()
