@@ -97,6 +97,11 @@ class Schedule:
         state.done = ok
         state.next_try = None if ok else now + timedelta(seconds=retry_interval)
 
+    def gave_up(self, slot: Slot, retries: int) -> bool:
+        """The slot failed and has no try left today: its first try and `retries` more all failed."""
+        state = self.slots.get(slot)
+        return state is not None and not state.done and state.tries > retries
+
     def mark_done(self, slot: Slot) -> None:
         self.slots[slot] = SlotState(tries=1, done=True)
 

@@ -16,6 +16,7 @@ from ccswitch.config.models import Rules, Upstream
 from ccswitch.ledger.schema import connect
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.net import http1
+from ccswitch.routing.events import Event
 
 log = logging.getLogger("ccswitch.activation")
 
@@ -80,6 +81,11 @@ class Activator:
         rules = self.gateway.rules
         if slot is not None:
             self.schedule.finished(slot, result.ok, self.now(rules), rules.activation.retry_interval)
+            if not result.ok and self.schedule.gave_up(slot, rules.activation.retries):
+                self.gateway.events.emit(Event(
+                    "activation_failed", upstream.name, f"the {slot.at} activation probe of {slot.day} failed "
+                    f"{self.schedule.slots[slot].tries} time(s), the last with: {result.error}",
+                    episode=f"{slot.day} {slot.at}"))
         if self.gateway.ledger is not None:
             self.gateway.ledger.add("activations", result.row())
         if result.ok:

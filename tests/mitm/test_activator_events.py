@@ -1,0 +1,64 @@
+"""`activation_failed`: announced once when a day's probe and all its retries failed."""
+
+from datetime import UTC, datetime, timedelta
+
+from ccswitch.mitm.activator import Activator
+from ccswitch.net.http1 import UpstreamClient
+from tests.support.helpers import KEY_A
+from tests.support.loopback_guard import loopback_url
+from tests.support.mock_upstream import MockUpstream
+
+PORT = MockUpstream.closed_port()
+RULES = f"""
+timezone: UTC
+usage_db: usage.db
+activation: {{retries: 2, retry_interval: 1m, grace: 15m}}
+upstreams:
+  - {{name: relay, protocol: anthropic, base_url: 'http://127.0.0.1:{PORT}', api_key: '{KEY_A}',
+     activate_at: ["06:00"]}}
+routes: {{claude: [relay]}}
+"""
+
+
+class Clock:
+    def __init__(self):
+        self.now = datetime(2026, 11, 25, 6, 0, 5, tzinfo=UTC)
+
+    def __call__(self):
+        return self.now
+
+
+async def test_the_last_failed_retry_of_a_slot_is_announced_once(gateway):
+    clock = Clock()
+    gateway.allow_url = loopback_url
+    activator = Activator(gateway, clock=clock)
+    activator.client = UpstreamClient()
+    heard = []
+    gateway.events.subscribe(heard.append)
+    try:
+        results = []
+        for _ in range(6):              # 3 tries (the first and 2 retries), then nothing is due
+            for task in activator.tick():
+                results.append(await task)
+            clock.now += timedelta(seconds=61)
+    finally:
+        await activator.client.aclose()
+    assert len(results) == 3 and not any(r.ok for r in results)
+    [event] = heard
+    assert (event.kind, event.upstream, event.route) == ("activation_failed", "relay", None)
+    assert event.episode == "2026-11-25 06:00"
+    assert event.reason.startswith("the 06:00 activation probe of 2026-11-25 failed 3 time(s), the last with: ")
+    assert KEY_A not in event.reason
+
+
+async def test_a_probe_sent_by_command_is_no_slot_and_never_announced(gateway):
+    activator = Activator(gateway, clock=Clock())
+    activator.client = UpstreamClient()
+    gateway.allow_url = loopback_url
+    heard = []
+    gateway.events.subscribe(heard.append)
+    try:
+        result = await activator._probe(gateway.rules.upstream("relay"), None)
+    finally:
+        await activator.client.aclose()
+    assert not result.ok and heard == []
