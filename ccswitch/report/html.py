@@ -46,6 +46,7 @@ h1{font-size:1.5rem;margin-bottom:.2rem} h2{font-size:1.15rem;margin-top:2rem}
 .card b{display:block;font-size:1.25rem}
 .card span{color:#666;font-size:.85rem}
 table{border-collapse:collapse;font-size:.88rem;margin:.5rem 0}
+.wide{overflow-x:auto}
 th,td{padding:.25rem .6rem;border-bottom:1px solid #e5e5e5;white-space:nowrap}
 th{background:#f4f4f4;text-align:right} th:first-child,td:first-child{text-align:left}
 td{text-align:right;font-variant-numeric:tabular-nums}
@@ -58,13 +59,16 @@ img{max-width:100%;height:auto;border:1px solid #eee;margin:.5rem 0}
 
 
 def _table(head: Iterable[str], rows: Iterable[tuple[str, list[str]]], left_cols: int = 1) -> str:
-    out = ["<table><thead><tr>", *(f"<th>{escape(h)}</th>" for h in head), "</tr></thead><tbody>"]
+    left = ' style="text-align:left"'
+    out = ['<div class="wide"><table><thead><tr>',
+           *(f"<th{left if 0 < i < left_cols else ''}>{escape(h)}</th>" for i, h in enumerate(head)),
+           "</tr></thead><tbody>"]
     for cls, cells in rows:
         out.append(f'<tr class="{escape(cls)}">' if cls else "<tr>")
         out += [f'<td style="text-align:left">{escape(c)}</td>' if 0 < i < left_cols else f"<td>{escape(c)}</td>"
                 for i, c in enumerate(cells)]
         out.append("</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 

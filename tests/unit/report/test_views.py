@@ -221,7 +221,7 @@ def test_by_model_groups_by_the_clients_model_and_prices_what_was_sent(tmp_path)
     assert summary[2].split()[:4] == ["claude-sonnet-4-5", "claude-haiku-4-5,", "claude-sonnet-4-5", "4"]
     assert summary[3].split()[:2] == ["gpt-5", "1"]                                # sent as named: nothing beside
     page = render_html(r, [])
-    assert "<th>Sent upstream as</th>" in page and "claude-haiku-4-5, claude-sonnet-4-5</td>" in page
+    assert '<th style="text-align:left">Sent upstream as</th>' in page and "claude-haiku-4-5, claude-sonnet-4-5</td>" in page
 
 
 def test_by_model_json_lists_the_upstream_models(tmp_path, capsys):
