@@ -1,0 +1,70 @@
+"""mitmproxy glue for webhook notifications: the notifier listens on the gateway's event bus
+from `running` to `done`; `ccswitch.notify_test` sends a test event to every hook."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from mitmproxy import command, exceptions
+
+from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
+from ccswitch.net import http1
+from ccswitch.notify.notifier import Notifier
+from ccswitch.notify.webhook import Delivery, WebhookPoster, send_test
+
+log = logging.getLogger("ccswitch.notify")
+
+_FLUSH_AT_EXIT = 2.0   # seconds queued notifications get to go out when the proxy stops
+
+
+class Notifications:
+    """Posts the events the rules' `notify` hooks ask for, off the request path."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.client: http1.UpstreamClient | None = None
+        self.poster: WebhookPoster | None = None
+        self.notifier: Notifier | None = None
+        self._tests: set[asyncio.Task] = set()
+
+    def running(self) -> None:
+        gateway = self.gateway
+        self.client = http1.UpstreamClient(ssl_context=upstream_tls())
+        # looked up per POST: tests install their loopback guard after this addon starts
+        self.poster = WebhookPoster(self.client, allow_url=lambda url: gateway.allow_url(url))
+        self.notifier = Notifier(lambda: gateway.rules, self.poster)
+        self.notifier.start()
+        gateway.events.subscribe(self.notifier.offer)
+
+    def configure(self, updated) -> None:
+        if self.client is not None and updated & UPSTREAM_TLS_OPTIONS:
+            self.client.ssl_context = upstream_tls()
+
+    async def done(self) -> None:
+        if self.notifier is not None:
+            self.gateway.events.unsubscribe(self.notifier.offer)
+            await self.notifier.aclose(_FLUSH_AT_EXIT)
+        for task in list(self._tests):
+            task.cancel()
+        if self.client is not None:
+            await self.client.aclose()
+
+    @command.command("ccswitch.notify_test")
+    def notify_test(self) -> str:
+        """Send a test event to every notify hook now; each hook's result goes to the event log."""
+        hooks = self.gateway.rules.notify
+        if not hooks:
+            raise exceptions.CommandError("the rules have no notify hooks")
+        if self.poster is None:
+            raise exceptions.CommandError("ccswitch is not running yet")
+        task = asyncio.get_running_loop().create_task(self.run_test())
+        self._tests.add(task)
+        task.add_done_callback(self._tests.discard)
+        return f"sending a test event to {len(hooks)} hook(s); each result goes to the event log"
+
+    async def run_test(self) -> list[Delivery]:
+        results = await send_test(self.poster, self.gateway.rules)
+        for result in results:
+            (log.info if result.ok else log.warning)("ccswitch notify test: %s", result.describe())
+        return results

@@ -1,0 +1,107 @@
+"""The notifications addon: listens on the gateway's bus while running, posts to a loopback
+receiver, and `ccswitch.notify_test` reports each hook's result."""
+
+import asyncio
+import logging
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import taddons
+
+from ccswitch.mitm.notifier import Notifications
+from ccswitch.routing.events import Event
+from tests.mitm.conftest import open_gateway
+from tests.support.helpers import CLIENT_KEY, KEY_A
+from tests.support.loopback_guard import loopback_url
+from tests.support.webhook_receiver import WebhookReceiver
+
+
+def rules_text(*urls: str, events: str = "") -> str:
+    hooks = "\n".join(f"  - {{url: '{url}'{events}}}" for url in urls)
+    return f"""
+client_keys: ["{CLIENT_KEY}"]
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}
+routes: {{claude: [a]}}
+notify:
+{hooks}
+"""
+
+
+async def wait_for(predicate, timeout=5.0):
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+async def test_events_on_the_bus_reach_the_hook_once_per_occurrence(tmp_path):
+    with WebhookReceiver() as receiver:
+        gateway = open_gateway(tmp_path, rules_text(receiver.url()))
+        gateway.allow_url = loopback_url
+        addon = Notifications(gateway)
+        with taddons.context(addon):
+            addon.running()
+            for _ in range(3):
+                gateway.health.record_failure("a", f"HTTP 401 for {KEY_A}", threshold=1, cooldown=60)
+            gateway.health.record_success("a")
+            await wait_for(lambda: len(receiver.received) >= 2)
+            await addon.done()
+        bodies = receiver.bodies()
+    assert [b["event"] for b in bodies] == ["cooldown", "recovered"]
+    assert bodies[0]["upstream"] == "a" and bodies[0]["until"] is not None
+    assert KEY_A not in str(bodies) and "[redacted]" in bodies[0]["reason"]
+
+
+async def test_the_url_guard_applies_to_hooks(tmp_path, caplog):
+    with WebhookReceiver() as receiver:
+        gateway = open_gateway(tmp_path, rules_text(receiver.url()))
+        gateway.allow_url = lambda url: False
+        addon = Notifications(gateway)
+        with taddons.context(addon):
+            addon.running()
+            addon.poster.policy = type(addon.poster.policy)(attempts=1)
+            gateway.events.emit(Event("cooldown", "a", "down", episode="1"))
+            await wait_for(lambda: "refused by the URL guard" in caplog.text)
+            await addon.done()
+        assert receiver.received == []
+
+
+async def test_notify_test_reports_each_hook_in_the_event_log(tmp_path, caplog):
+    caplog.set_level(logging.INFO, "ccswitch.notify")
+    with WebhookReceiver() as good, WebhookReceiver(status=500) as bad:
+        gateway = open_gateway(tmp_path, rules_text(good.url(), bad.url(), events=", events: [full]"))
+        addon = Notifications(gateway)
+        with taddons.context(addon):
+            addon.running()
+            said = addon.notify_test()
+            assert said == "sending a test event to 2 hook(s); each result goes to the event log"
+            await wait_for(lambda: not addon._tests)
+            await addon.done()
+        assert good.bodies()[0]["event"] == "test" and len(bad.received) == 1
+    assert f"ccswitch notify test: 127.0.0.1:{good.port}: ok (HTTP 200)" in caplog.text
+    assert f"ccswitch notify test: 127.0.0.1:{bad.port}: failed (HTTP 500)" in caplog.text
+    assert "T0KEN" not in caplog.text
+
+
+async def test_notify_test_without_hooks_is_a_command_error(tmp_path):
+    gateway = open_gateway(tmp_path, rules_text().replace("notify:\n", ""))
+    addon = Notifications(gateway)
+    with taddons.context(addon):
+        addon.running()
+        with pytest.raises(exceptions.CommandError, match="no notify hooks"):
+            addon.notify_test()
+        await addon.done()
+
+
+async def test_after_done_the_bus_has_no_notifier(tmp_path):
+    with WebhookReceiver() as receiver:
+        gateway = open_gateway(tmp_path, rules_text(receiver.url()))
+        addon = Notifications(gateway)
+        with taddons.context(addon):
+            addon.running()
+            await addon.done()
+            gateway.events.emit(Event("cooldown", "a", "down", episode="1"))
+            await asyncio.sleep(0.1)
+        assert receiver.received == []
