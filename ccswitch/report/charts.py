@@ -85,6 +85,10 @@ class Axis:
         if self.report.view == "day" and len(self.spans) <= 10:      # one tick a day, never hour ticks
             ax.xaxis.set_major_locator(mdates.DayLocator())
             ax.xaxis.set_major_formatter(mdates.DateFormatter("%a\n%b %d"))
+        elif self.report.view == "week":             # a tick on each bar's Monday, not on the 1st of a month
+            interval = max(1, math.ceil(len(self.spans) / 12))
+            ax.xaxis.set_major_locator(mdates.WeekdayLocator(byweekday=mdates.MO, interval=interval))
+            ax.xaxis.set_major_formatter(mdates.DateFormatter("%b %d\n%Y" if len(self.spans) > 12 else "%b %d"))
         elif self.report.view == "month":
             ax.xaxis.set_major_locator(mdates.MonthLocator())
             ax.xaxis.set_major_formatter(mdates.DateFormatter("%b\n%Y"))
@@ -218,9 +222,9 @@ def chart_requests(report: Report, path: Path) -> Path:
     top.yaxis.set_major_formatter(FuncFormatter(_human))
     _legend(top)
     half = [w / 2 for w in axis.width]
-    bottom.bar(axis.shifted(-0.24), [t.failovers for t in d], width=half, color="#F58518",
+    bottom.bar(axis.shifted(-0.25), [t.failovers for t in d], width=half, color="#F58518",
                label="failovers (more than one attempt)", linewidth=0)
-    bottom.bar(axis.shifted(0.24), [t.errors for t in d], width=half, color="#E45756",
+    bottom.bar(axis.shifted(0.25), [t.errors for t in d], width=half, color="#E45756",
                label="errors (error text or status >= 400)", linewidth=0)
     bottom.set_ylabel(f"requests {axis.per_row()}")
     bottom.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
