@@ -1,4 +1,4 @@
-"""`ccswitch` command line: init, check, env, run, report, activate.
+"""`ccswitch` command line: init, check, env, run, report, activate, notify-test.
 
 Every command that reads rules says on stderr which file it uses and why (stdout may be eval'ed
 or parsed); the lookup order is the contract's: ./rules.yaml, ~/.ccswitch/rules.yaml, built-in."""
@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     activate.add_argument("name", help="the upstream's name in the rules")
     activate.add_argument("--rules", help="path of rules.yaml (default: as mitmdump would find it)")
     activate.set_defaults(func=_activate)
+
+    from ccswitch.cli import notify_test
+    notify = sub.add_parser("notify-test", help="send a test event to every notify hook; print each hook's result")
+    notify_test.add_arguments(notify)
+    notify.set_defaults(func=notify_test.run)
 
     from ccswitch.cli.report import add_arguments as report_arguments
     report = sub.add_parser("report", help="daily usage, cost, failovers and errors; charts and report.html with --out")
