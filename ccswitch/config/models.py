@@ -422,6 +422,7 @@ class Rules(_Model):
     # by upstream model (exact name or glob; "*" = any other); overrides the built-in table
     max_tokens: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
     notify: tuple[NotifyHook, ...] = ()
+    codex_websocket: Literal["bridge", "refuse"] = "bridge"   # Codex's Responses WebSocket: carried, or 426
     source: Path | None = None
 
     @field_validator("timezone", mode="after")

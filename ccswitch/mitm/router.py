@@ -20,6 +20,7 @@ from ccswitch.dial.relay import JOB_HEADER, BufferSink, Relay, run_guarded, star
 from ccswitch.dial.render import upstream_url
 from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_proxy_connections
 from ccswitch.ledger.rows import own_answer_row
+from ccswitch.mitm.codex_socket import CodexSockets
 from ccswitch.mitm.flows import answer, error_response, likely_protocol, redact_credentials
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.net import http1
@@ -48,6 +49,7 @@ class Router:
         self.jobs: dict[str, Job] = {}   # flow id -> job, while the flow is live
         self.inline: set[asyncio.Task] = set()   # dialer runs for non-streamed requests
         self.shutdown = Shutdown()
+        self.sockets: CodexSockets | None = None   # Codex's WebSocket bridge, once running
 
     def load(self, loader) -> None:
         loader.add_option("ccswitch_max_body", int, 32 * 1024 * 1024,
@@ -77,6 +79,8 @@ class Router:
         # the spend so far this month, before the first request is taken (the relay starts next)
         await asyncio.to_thread(gateway.load_spend)
         await self.relay.start()
+        self.sockets = CodexSockets(self)
+        await self.sockets.start()
 
     async def done(self) -> None:
         # mitmproxy awaits this while it still accepts connections: the requests in flight end
@@ -85,6 +89,8 @@ class Router:
         proxyserver = ctx.master.addons.get("proxyserver")
         if proxyserver is not None:
             await close_proxy_connections(proxyserver)
+        if self.sockets:
+            await self.sockets.stop()
         if self.relay:
             await self.relay.stop()
         if self.dialer:
@@ -141,13 +147,12 @@ class Router:
         if rules.client_keys and client is None:
             return refuse(401, "missing or invalid ccswitch client key")
         client_name = client.name if client is not None else None
-        overrun = gateway.spend.over(CLIENT, client_name) if client_name is not None else None
-        if overrun is not None:     # nothing is sent upstream until the budget's next period
-            wait = (overrun.until - gateway.spend.clock()).total_seconds()
-            return refuse(429, overrun.describe(f"client key {client_name}") + "; it resets at "
-                          f"{overrun.until.astimezone(rules.tz):%Y-%m-%d %H:%M}", None,
-                          {"retry-after": str(max(1, math.ceil(wait)))})
+        over_budget = self.client_over_budget(client_name)
+        if over_budget:     # nothing is sent upstream until the budget's next period
+            return refuse(*over_budget)
         if match.endpoint == Endpoint.WEBSOCKET:
+            if rules.codex_websocket == "bridge" and self.sockets is not None:
+                return self.sockets.accept(flow, headers, client_name)
             # Codex falls back to HTTPS at once: not an error, and no request to record
             answer(flow, error_response(client_protocol, 426, "ccswitch serves Responses over HTTPS, not WebSocket"))
             flow.comment = "ccswitch: WebSocket declined (426): Codex goes on over HTTPS"
@@ -169,24 +174,12 @@ class Router:
         if self.shutdown.draining:   # those in flight finish; new ones are for the next process
             return refuse(503, SHUTTING_DOWN, body, {"retry-after": RETRY_AFTER, "connection": "close"})
         session = session_key(headers, body)
-        chosen = plan(rules, match.route, model, gateway.health, datetime.now(rules.tz),
-                      quota=gateway.quota, sessions=gateway.sessions, session=session, spend=gateway.spend)
-        if chosen.limited_for is not None:   # every upstream is rate limited until a known reset
-            self._exhausted(match.route, chosen.why_none(match.route), chosen.limited_for)
-            return refuse(429, chosen.why_none(match.route), body,
-                          rate_limit_headers(client_protocol, chosen.limited_for, gateway.quota.clock()))
-        if not chosen.candidates:
-            self._exhausted(match.route, chosen.why_none(match.route), None)
-            return refuse(503, chosen.why_none(match.route), body, {"retry-after": "30"})
         req = ClientRequest(route=match.route, endpoint=match.endpoint, method="POST",
                             url=flow.request.url, headers=headers, body=raw, json=body, model=model,
                             stream=body.get("stream") is True, client_protocol=client_protocol)
-        converted, problem = _convert_for_candidates(req, chosen.candidates, rules)
-        if problem:
-            return refuse(400, problem, body)
-        job = Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow.id, converted=converted,
-                  client=client_name, session=session, bound_to=chosen.bound_to, why_first=chosen.why_first,
-                  skipped=chosen.blocked)
+        job = self.plan_job(req, flow.id, client_name, session)
+        if not isinstance(job, Job):
+            return refuse(*job[:2], body, job[2])
         self.jobs[flow.id] = job
         flow.metadata["ccswitch"] = {"route": match.route, "endpoint": match.endpoint, "model": model}
         redact_credentials(flow.request.headers)
@@ -207,6 +200,38 @@ class Router:
         else:
             until, episode = None, f"503 {utc_now():%Y-%m-%dT%H}"
         self.gateway.events.emit(Event("exhausted", None, reason, route=route, until=until, episode=episode))
+
+    def client_over_budget(self, client_name: str | None) -> tuple[int, str, None, dict] | None:
+        """ccswitch's 429 for a client key whose budget is spent, or None."""
+        spend = self.gateway.spend
+        overrun = spend.over(CLIENT, client_name) if client_name is not None else None
+        if overrun is None:
+            return None
+        wait = (overrun.until - spend.clock()).total_seconds()
+        reset = overrun.until.astimezone(self.gateway.rules.tz)
+        return (429, f"{overrun.describe(f'client key {client_name}')}; it resets at {reset:%Y-%m-%d %H:%M}", None,
+                {"retry-after": str(max(1, math.ceil(wait)))})
+
+    def plan_job(self, req: ClientRequest, flow_id: str, client_name: str | None,
+                 session: str | None) -> Job | tuple[int, str, dict | None]:
+        """The job for a request that passed admission, or ccswitch's own answer (status,
+        message, headers) when no upstream can take it now."""
+        gateway, rules = self.gateway, self.gateway.rules
+        chosen = plan(rules, req.route, req.model, gateway.health, datetime.now(rules.tz),
+                      quota=gateway.quota, sessions=gateway.sessions, session=session, spend=gateway.spend)
+        if chosen.limited_for is not None:   # every upstream is rate limited until a known reset
+            self._exhausted(req.route, chosen.why_none(req.route), chosen.limited_for)
+            return (429, chosen.why_none(req.route),
+                    rate_limit_headers(req.client_protocol, chosen.limited_for, gateway.quota.clock()))
+        if not chosen.candidates:
+            self._exhausted(req.route, chosen.why_none(req.route), None)
+            return 503, chosen.why_none(req.route), {"retry-after": "30"}
+        converted, problem = _convert_for_candidates(req, chosen.candidates, rules)
+        if problem:
+            return 400, problem, None
+        return Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow_id, converted=converted,
+                   client=client_name, session=session, bound_to=chosen.bound_to, why_first=chosen.why_first,
+                   skipped=chosen.blocked)
 
     async def _run_inline(self, flow: http.HTTPFlow, job: Job) -> None:
         sink = BufferSink()

@@ -1,0 +1,101 @@
+"""Codex's Responses WebSocket through ccswitch: the request hook hands an accepted upgrade to
+the bridge (`dial.ws_bridge`), and every `response.create` frame on it is planned like an HTTPS
+request of the codex route (strategy, affinity, budgets, failover) and recorded with
+`endpoint = websocket`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from mitmproxy import http
+
+from ccswitch.clock import utc_now
+from ccswitch.dial.job import Job
+from ccswitch.dial.relay import run_guarded
+from ccswitch.dial.shutdown import SHUTTING_DOWN
+from ccswitch.dial.ws_bridge import TICKET_HEADER, Refusal, Ticket, WsBridge
+from ccswitch.ledger.rows import own_answer_row
+from ccswitch.routing.affinity import session_key
+from ccswitch.vocab import Endpoint, Protocol, Route
+from ccswitch.wire.exchange import ClientRequest
+from ccswitch.wire.ws_chain import Turn, for_upstream
+
+#: the handshake's own headers: never sent to an upstream with a turn
+_HANDSHAKE = {"upgrade", "connection", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+              "sec-websocket-protocol", TICKET_HEADER}
+
+
+@dataclass
+class SocketContext:
+    flow: http.HTTPFlow
+    headers: list[tuple[str, str]]     # the upgrade's headers, handshake ones left out
+    client: str | None
+    url: str
+
+
+class CodexSockets:
+    def __init__(self, router) -> None:
+        self.router = router
+        self.bridge = WsBridge(self._make_job, self._run, router.gateway.record_job, self._comment)
+
+    async def start(self) -> None:
+        await self.bridge.start()
+
+    async def stop(self) -> None:
+        await self.bridge.stop()
+
+    def accept(self, flow: http.HTTPFlow, headers: list[tuple[str, str]], client: str | None) -> None:
+        """Point the upgrade at the bridge; it answers 101 and serves the socket's turns."""
+        kept = [(k, v) for k, v in headers if k.lower() not in _HANDSHAKE]
+        ticket = Ticket(context=SocketContext(flow, kept, client, flow.request.url))
+        self.bridge.register(ticket)
+        flow.metadata["ccswitch"] = {"route": Route.CODEX, "endpoint": Endpoint.WEBSOCKET}
+        flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.bridge.port
+        flow.request.headers[TICKET_HEADER] = ticket.token
+        flow.comment = "ccswitch: Codex WebSocket bridged"
+
+    def _make_job(self, ticket: Ticket, turn: Turn) -> Job | Refusal:
+        context: SocketContext = ticket.context
+        body = turn.body
+        model = body.get("model")
+        session = session_key(context.headers, body)
+        refusal = None
+        over_budget = self.router.client_over_budget(context.client)
+        if over_budget:
+            refusal = over_budget[:2]
+        elif not isinstance(model, str) or not model:
+            refusal = 400, "the frame names no model"
+        elif self.router.shutdown.draining:
+            refusal = 503, SHUTTING_DOWN
+        else:
+            req = ClientRequest(route=Route.CODEX, endpoint=Endpoint.WEBSOCKET, method="POST", url=context.url,
+                                headers=context.headers, body=json.dumps(body).encode(), json=body, model=model,
+                                stream=True, client_protocol=Protocol.RESPONSES)
+            job = self.router.plan_job(req, f"{context.flow.id}#{ticket.turns}", context.client, session)
+            if isinstance(job, Job):
+                for upstream in job.candidates:     # encrypted reasoning stays with its own upstream
+                    shaped = for_upstream(turn, upstream.name)
+                    if shaped is not body:
+                        job.converted[upstream.name] = shaped
+                return job
+            refusal = job[:2]
+        status, message = refusal
+        started = utc_now()
+        self.router.gateway.record_own_answer(own_answer_row(
+            request_id=f"{context.flow.id}#{ticket.turns}", started_at=started, route=Route.CODEX,
+            endpoint=Endpoint.WEBSOCKET, model=model if isinstance(model, str) else None, stream=True,
+            status=status, error=message[:500], latency_ms=0, session=session, client=context.client))
+        return Refusal(status, message)
+
+    async def _run(self, job: Job, sink) -> None:
+        await run_guarded(self.router.dialer.run, job, sink, self.router.shutdown)
+
+    @staticmethod
+    def _comment(ticket: Ticket, made: Job | Refusal) -> None:
+        flow = ticket.context.flow
+        line = (f"turn {ticket.turns}: " + (made.comment().removeprefix("ccswitch: ") if isinstance(made, Job)
+                                             else f"answered {made.status} itself"))
+        flow.comment = f"{flow.comment}\n{line}"
+        if isinstance(made, Job) and made.failed_over:
+            flow.marked = ":warning:"

@@ -1,0 +1,94 @@
+"""Codex CLI's Responses WebSocket carried by ccswitch (real `codex exec`, HTTPS_PROXY and
+reverse mode): a multi-turn run with a tool call, failover mid-conversation with the full input
+and no foreign previous_response_id, one ledger row per turn."""
+
+import json
+import sqlite3
+import time
+
+import pytest
+from mitmproxy import io
+
+from tests.e2e.test_cli_clients import CODEX, client_env, run
+from tests.e2e.test_failover import wait_rows
+from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B
+from tests.support.mock_upstream import MockUpstream, ok, status
+from tests.support.proxy_process import Proxy
+
+pytestmark = pytest.mark.skipif(not CODEX.exists(), reason="run `npm ci --prefix tests/clients` to install the real CLIs")
+
+RULES = f"""
+failover: {{threshold: 3, hold_back: 2s}}
+upstreams:
+  - {{name: codex-a, protocol: openai-responses, base_url: '{{a}}/v1', api_key: '{KEY_A}'}}
+  - {{name: codex-b, protocol: openai-responses, base_url: '{{b}}/v1', api_key: '{KEY_B}'}}
+routes: {{codex: [codex-a, codex-b]}}
+"""
+TOOL = ("shell", {"command": ["echo", "hello"]})
+
+
+def turns(mock):
+    return [r.json for r in mock.requests if r.protocol]
+
+
+def websocket_frames(flows_path):
+    with open(flows_path, "rb") as f:
+        flows = [fl for fl in io.FlowReader(f).stream() if fl.websocket]
+    assert flows, "no WebSocket flow was recorded"
+    sent = [json.loads(m.content) for fl in flows for m in fl.websocket.messages if m.from_client]
+    return flows, sent
+
+
+def test_a_bridged_run_with_a_tool_call_fails_over_mid_conversation_with_the_full_input(tmp_path):
+    with MockUpstream("A") as a, MockUpstream("B") as b:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(RULES.replace("{a}", a.base_url).replace("{b}", b.base_url))
+        flows = tmp_path / "flows.mitm"
+        a.script(ok(tool=TOOL), status(503))            # turn 1 on a (a tool call), turn 2: a fails
+        with Proxy(rules, tmp_path, extra_args=("--set", "ccswitch_offline=true", "-w", str(flows))) as proxy:
+            env = {**client_env(proxy, tmp_path / "home"), "CODEX_API_KEY": CLIENT_KEY}
+            began = time.monotonic()
+            done, _ = run([str(CODEX), "exec", "--skip-git-repo-check", "-c", "analytics.enabled=false",
+                           "run echo hello"], env, tmp_path)
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert "Hello from mock B" in done.stdout
+            wait_rows(proxy, 2)
+        first_post = min(r.time for r in a.requests if r.protocol) - (time.time() - (time.monotonic() - began))
+        first, second = turns(a)[0], turns(b)[0]
+        # the second turn reached b as a full request: turn 1's input, its tool call and the tool's output
+        kinds = [item.get("type") for item in second["input"]]
+        assert "function_call" in kinds and "function_call_output" in kinds
+        assert second["input"][: len(first["input"])] == first["input"]
+        for body in (first, second):
+            assert "previous_response_id" not in body and "generate" not in body and "type" not in body
+            assert body["stream"] is True and body["store"] is False
+        rows = sqlite3.connect(proxy.usage_db).execute(
+            "SELECT endpoint, stream, status, upstream, attempts, input_tokens FROM requests ORDER BY id").fetchall()
+        assert rows == [("websocket", 1, 200, "codex-a", 1, 25), ("websocket", 1, 200, "codex-b", 2, 25)]
+        recorded, sent = websocket_frames(flows)
+        creates = [f for f in sent if f.get("type") == "response.create"]
+        assert any(f.get("previous_response_id") for f in creates), "Codex sent no incremental turn"
+        assert "turn 2: codex-a: 503" in recorded[0].comment and "codex-b: 200" in recorded[0].comment
+    assert 0 < first_post < 10
+
+
+def test_reverse_mode_with_a_websocket_provider(tmp_path):
+    with MockUpstream("A") as a, MockUpstream("B") as b:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(RULES.replace("{a}", a.base_url).replace("{b}", b.base_url))
+        with Proxy(rules, tmp_path) as proxy:
+            home = tmp_path / "home"
+            env = {**client_env(proxy, home), "CODEX_API_KEY": CLIENT_KEY}
+            env.pop("HTTPS_PROXY")
+            (home / ".codex" / "config.toml").write_text(
+                'model_provider = "ccswitch"\n[model_providers.ccswitch]\nname = "ccswitch"\n'
+                f'base_url = "{proxy.reverse_url}/v1"\nwire_api = "responses"\nenv_key = "CODEX_API_KEY"\n'
+                "supports_websockets = true\n")
+            done, _ = run([str(CODEX), "exec", "--skip-git-repo-check", "-c", "analytics.enabled=false", "say hi"],
+                          env, tmp_path)
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert "Hello from mock A" in done.stdout
+            wait_rows(proxy, 1)
+            assert "WebSocket text message" in proxy.log()     # it came over the socket, not a POST
+        rows = sqlite3.connect(proxy.usage_db).execute("SELECT endpoint, upstream FROM requests").fetchall()
+        assert rows == [("websocket", "codex-a")]
