@@ -1,0 +1,64 @@
+"""The request hook and Codex's WebSocket upgrade: bridged by default, 426 with `refuse`."""
+
+from mitmproxy.test import taddons
+
+from ccswitch.dial.relay import Relay
+from ccswitch.dial.ws_bridge import TICKET_HEADER
+from ccswitch.mitm.codex_socket import CodexSockets
+from ccswitch.mitm.router import Router
+from tests.mitm.test_router import messages_flow
+from tests.support.helpers import CLIENT_KEY, KEY_A
+
+RULES = f"""
+client_keys: ["{CLIENT_KEY}"]
+upstreams:
+  - {{name: a, protocol: openai-responses, base_url: 'http://127.0.0.1:9/v1', api_key: '{KEY_A}'}}
+routes: {{codex: [a]}}
+"""
+
+
+def upgrade():
+    flow = messages_flow(path="/v1/responses", method="GET", host="api.openai.com")
+    flow.request.headers["upgrade"] = "websocket"
+    flow.request.headers["connection"] = "Upgrade"
+    flow.request.headers["sec-websocket-key"] = "dGhlIHNhbXBsZSBub25jZQ=="
+    flow.request.headers["session-id"] = "codex-session-1"
+    return flow
+
+
+async def test_an_upgrade_is_handed_to_the_bridge_with_a_ticket(gateway):
+    router = Router(gateway)
+    router.relay = Relay(None)
+    router.sockets = CodexSockets(router)
+    router.sockets.bridge.port = 4343
+    with taddons.context(router):
+        flow = upgrade()
+        await router.request(flow)
+    assert flow.response is None and flow.request.port == 4343 and flow.request.host == "127.0.0.1"
+    token = flow.request.headers[TICKET_HEADER]
+    ticket = router.sockets.bridge._tickets[token]
+    kept = dict(ticket.context.headers)
+    assert kept["session-id"] == "codex-session-1" and "sec-websocket-key" not in kept and "upgrade" not in kept
+    assert flow.comment == "ccswitch: Codex WebSocket bridged"
+
+
+async def test_refuse_keeps_the_426(gateway):
+    gateway.rules_file.rules = gateway.rules.model_copy(update={"codex_websocket": "refuse"})
+    router = Router(gateway)
+    router.relay = Relay(None)
+    router.sockets = CodexSockets(router)
+    with taddons.context(router):
+        flow = upgrade()
+        await router.request(flow)
+    assert flow.response.status_code == 426 and not router.sockets.bridge._tickets
+
+
+async def test_a_wrong_client_key_never_reaches_the_bridge(gateway):
+    router = Router(gateway)
+    router.relay = Relay(None)
+    router.sockets = CodexSockets(router)
+    with taddons.context(router):
+        flow = upgrade()
+        flow.request.headers["x-api-key"] = "wrong"
+        await router.request(flow)
+    assert flow.response.status_code == 401 and not router.sockets.bridge._tickets

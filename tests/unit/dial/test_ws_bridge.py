@@ -1,0 +1,112 @@
+"""The WebSocket bridge on its own, driven by a wsproto client over loopback: the handshake
+(ticket, permessage-deflate), pings, the warm-up answered locally, in-band errors."""
+
+import asyncio
+import json
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Ping,
+    Pong,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.extensions import PerMessageDeflate
+
+from ccswitch.dial.ws_bridge import TICKET_HEADER, Refusal, Ticket, WsBridge
+
+
+class Client:
+    def __init__(self, reader, writer):
+        self.reader, self.writer = reader, writer
+        self.ws = WSConnection(ConnectionType.CLIENT)
+
+    @classmethod
+    async def connect(cls, port, token, deflate=True):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer)
+        extensions = [PerMessageDeflate()] if deflate else []
+        writer.write(client.ws.send(Request(host="127.0.0.1", target="/v1/responses", extensions=extensions,
+                                            extra_headers=[(TICKET_HEADER.encode(), token.encode())])))
+        return client
+
+    async def events(self, until):
+        seen = []
+        while True:
+            data = await asyncio.wait_for(self.reader.read(65536), 5)
+            self.ws.receive_data(data or None)
+            seen += list(self.ws.events())
+            if until(seen) or not data:
+                return seen
+
+    def send(self, event):
+        self.writer.write(self.ws.send(event))
+
+
+async def bridge_with(make_job):
+    done = []
+    bridge = WsBridge(make_job, run_job=None, on_done=done.append)
+    await bridge.start()
+    return bridge, done
+
+
+async def test_handshake_deflate_ping_warm_up_and_in_band_errors():
+    refused = []
+
+    def make_job(ticket, turn):
+        refused.append(turn.body)
+        return Refusal(503, "no upstream available for the codex route")
+
+    bridge, _ = await bridge_with(make_job)
+    ticket = Ticket()
+    bridge.register(ticket)
+    try:
+        client = await Client.connect(bridge.port, ticket.token)
+        accepted = await client.events(lambda seen: any(isinstance(e, AcceptConnection) for e in seen))
+        accept = next(e for e in accepted if isinstance(e, AcceptConnection))
+        assert [type(x) for x in accept.extensions] == [PerMessageDeflate]      # offered, so taken
+        client.send(Ping(b"hi"))
+        assert any(isinstance(e, Pong) and e.payload == b"hi" for e in await client.events(
+            lambda seen: any(isinstance(e, Pong) for e in seen)))
+        # the warm-up is answered here: no upstream is planned for it
+        client.send(TextMessage(json.dumps({"type": "response.create", "model": "m", "generate": False,
+                                            "input": [{"type": "message", "role": "user", "content": "x"}]})))
+        frames = await client.events(lambda seen: sum(isinstance(e, TextMessage) for e in seen) >= 2)
+        kinds = [json.loads(e.data)["type"] for e in frames if isinstance(e, TextMessage)]
+        assert kinds == ["response.created", "response.completed"] and refused == []
+        # a real turn that ccswitch answers itself: an in-band error, the socket stays open
+        client.send(TextMessage(json.dumps({"type": "response.create", "model": "m", "input": []})))
+        frames = await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
+        error = json.loads(next(e for e in frames if isinstance(e, TextMessage)).data)
+        assert error == {"type": "error", "status": 503,
+                         "error": {"type": "api_error", "message": "no upstream available for the codex route"}}
+        client.send(TextMessage("not json"))
+        frames = await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
+        assert json.loads(next(e for e in frames if isinstance(e, TextMessage)).data)["status"] == 400
+        client.send(CloseConnection(code=1000))
+        closed = await client.events(lambda seen: any(isinstance(e, CloseConnection) for e in seen))
+        assert any(isinstance(e, CloseConnection) for e in closed)
+    finally:
+        await bridge.stop()
+
+
+async def test_an_unknown_ticket_is_refused_and_a_stale_chain_closes_before_any_output():
+    bridge, _ = await bridge_with(lambda ticket, turn: Refusal(500, "unused"))
+    try:
+        client = await Client.connect(bridge.port, "not-a-ticket", deflate=False)
+        events = await client.events(lambda seen: any(isinstance(e, RejectConnection) for e in seen))
+        assert next(e for e in events if isinstance(e, RejectConnection)).status_code == 403
+        ticket = Ticket()
+        bridge.register(ticket)
+        client = await Client.connect(bridge.port, ticket.token, deflate=False)
+        await client.events(lambda seen: any(isinstance(e, AcceptConnection) for e in seen))
+        client.send(TextMessage(json.dumps({"type": "response.create", "model": "m", "input": [],
+                                            "previous_response_id": "resp_from_another_socket"})))
+        events = await client.events(lambda seen: any(isinstance(e, CloseConnection) for e in seen))
+        assert not any(isinstance(e, TextMessage) for e in events)
+        assert next(e for e in events if isinstance(e, CloseConnection)).code == 1011
+    finally:
+        await bridge.stop()
