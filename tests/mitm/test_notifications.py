@@ -44,14 +44,15 @@ async def test_events_on_the_bus_reach_the_hook_once_per_occurrence(tmp_path):
         with taddons.context(addon):
             addon.running()
             for _ in range(3):
-                gateway.health.record_failure("a", f"HTTP 401 for {KEY_A}", threshold=1, cooldown=60)
+                gateway.health.record_failure("a", f"HTTP 401 for {KEY_A} by {CLIENT_KEY}", threshold=1, cooldown=60)
             gateway.health.record_success("a")
             await wait_for(lambda: len(receiver.received) >= 2)
             await addon.done()
         bodies = receiver.bodies()
     assert [b["event"] for b in bodies] == ["cooldown", "recovered"]
     assert bodies[0]["upstream"] == "a" and bodies[0]["until"] is not None
-    assert KEY_A not in str(bodies) and "[redacted]" in bodies[0]["reason"]
+    assert KEY_A not in str(bodies) and CLIENT_KEY not in str(bodies)
+    assert bodies[0]["reason"].endswith("(last: HTTP 401 for [redacted] by [redacted])")
 
 
 async def test_the_url_guard_applies_to_hooks(tmp_path, caplog):
