@@ -146,9 +146,14 @@ class WsBridge:
         task = asyncio.current_task()
         if task is not None:
             self._sockets.add(task)
+        socket = _Socket(self, reader, writer)
         try:
-            await _Socket(self, reader, writer).run()
-        except (ConnectionError, OSError, LocalProtocolError, RemoteProtocolError) as exc:
+            await socket.run()
+        except RemoteProtocolError as exc:
+            log.info("ccswitch: a WebSocket client broke the protocol: %s", exc)
+            if socket.ticket is None:     # no handshake yet: an HTTP answer, not a dropped connection
+                writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        except (ConnectionError, OSError, LocalProtocolError) as exc:
             log.debug("ccswitch: a bridged socket ended: %s", exc)
         finally:
             if task is not None:

@@ -25,6 +25,7 @@ upstreams:
   - {{name: b, protocol: anthropic, base_url: '{b.base_url}', api_key: '{KEY_B}'}}
   - {{name: codex-a, protocol: openai-responses, base_url: '{a.base_url}/v1', api_key: '{KEY_A}'}}
 routes: {{claude: [a, b], chat: [a], codex: [codex-a]}}
+codex_websocket: refuse
 """)
         flows = tmp_path / "flows.mitm"
         proxy = Proxy(rules, tmp_path, extra_args=("-w", str(flows), "--set", "ccswitch_keep_stream=300"))

@@ -110,3 +110,15 @@ async def test_an_unknown_ticket_is_refused_and_a_stale_chain_closes_before_any_
         assert next(e for e in events if isinstance(e, CloseConnection)).code == 1011
     finally:
         await bridge.stop()
+
+
+async def test_an_upgrade_that_is_not_a_websocket_handshake_gets_a_400_not_a_cut():
+    bridge, _ = await bridge_with(lambda ticket, turn: Refusal(500, "unused"))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+        writer.write(b"GET /v1/responses HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n")
+        head = await asyncio.wait_for(reader.read(1024), 5)
+        assert head.startswith(b"HTTP/1.1 400")
+        writer.close()
+    finally:
+        await bridge.stop()
