@@ -22,7 +22,8 @@ from typing import Any
 
 from ccswitch.config.models import Rules
 from ccswitch.dial.job import CLIENT_CLOSED
-from ccswitch.report import prices
+from ccswitch.report.data import Pricer
+from ccswitch.report.spend import row_cost
 from ccswitch.vocab import Endpoint
 
 RECENT = 50   # requests the page lists
@@ -136,18 +137,6 @@ def is_error(status: int | None, error: str | None) -> bool:
     return error is not None or (status or 0) >= 400
 
 
-def request_cost(row: Mapping[str, Any], rules: Rules) -> float | None:
-    """USD of one request at the report's prices, None if its model has no known price."""
-    model = row.get("upstream_model") or row.get("model")
-    multiplier = 1.0
-    for upstream in rules.upstreams:
-        if upstream.name == row.get("upstream"):
-            multiplier = upstream.price_multiplier
-    return prices.cost(model, _int(row.get("input_tokens")), _int(row.get("output_tokens")),
-                       _int(row.get("cache_creation_tokens")), _int(row.get("cache_creation_1h_tokens")),
-                       _int(row.get("cache_read_tokens")), multiplier, rules.prices)
-
-
 class LiveBoard:
     """Counters since ccswitch started, today's totals, and the last `RECENT` requests."""
 
@@ -165,6 +154,7 @@ class LiveBoard:
         self.recent: deque[Served] = deque(maxlen=recent)
         self.day: date | None = None
         self.today = DayTotals()
+        self._pricer: tuple[Rules, Pricer] | None = None   # one price look-up per model while the rules stay
 
     def note(self, row: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]], rules: Rules) -> None:
         """Count one finished request (its ledger rows; `rules`: the rules it ran under, for prices)."""
@@ -180,7 +170,7 @@ class LiveBoard:
         for kind, n in tokens.items():
             if n:
                 self.tokens[(upstream, kind)] += n
-        usd = request_cost(row, rules)
+        usd = row_cost(self._prices(rules), row)
         billed = tokens["input"] + tokens["output"] + tokens["cache_creation"] + tokens["cache_read"]
         if usd is not None:
             self.cost[upstream] += usd
@@ -212,6 +202,11 @@ class LiveBoard:
         return max(start, midnight)
 
     # ------------------------------------------------------------------ helpers
+
+    def _prices(self, rules: Rules) -> Pricer:
+        if self._pricer is None or self._pricer[0] is not rules:
+            self._pricer = (rules, Pricer(rules))
+        return self._pricer[1]
 
     @staticmethod
     def _histogram(table: dict, bounds: tuple[float, ...], route: str, upstream: str) -> Histogram:
