@@ -37,6 +37,10 @@ class Turn:
     body: dict[str, Any]          # the full Responses request for an upstream
     input: list[Any]              # its full input, kept as the next baseline once it completes
     upstream_hint: str | None     # the upstream that produced the previous response, if any
+    # the frame as Codex sent it, for an upstream reached over its own WebSocket that issued
+    # `previous` on that socket (it holds the rest): only the new items, and that id
+    new_input: list[Any] = field(default_factory=list)
+    previous: str | None = None   # the frame's previous_response_id (always the chain's last id)
 
 
 @dataclass
@@ -67,7 +71,7 @@ class Chain:
             full = list(new_input)
         body = {k: v for k, v in frame.items() if k not in _BRIDGE_FIELDS}
         body.update(input=full, stream=True, store=False)
-        self._pending, self._items = Turn(body, full, self.last_upstream), []
+        self._pending, self._items = Turn(body, full, self.last_upstream, list(new_input), previous), []
         return self._pending
 
     def warm_up(self, frame: dict[str, Any]) -> list[dict[str, Any]]:

@@ -99,3 +99,15 @@ def test_encrypted_reasoning_stays_with_the_upstream_that_made_it():
     turn = chain.prepare(create([user("two")], previous="resp_1"))
     assert reasoning in for_upstream(turn, "a")["input"]
     assert reasoning not in for_upstream(turn, "b")["input"] and len(for_upstream(turn, "b")["input"]) == 3
+
+
+def test_a_turn_keeps_the_frame_s_own_items_and_previous_id_for_a_socket_that_holds_the_rest():
+    chain = Chain()
+    first = chain.prepare(create("one"))          # a string input is one user message
+    assert first.previous is None and first.new_input == first.input == [user("one")]
+    complete(chain, "resp_1", [{"type": "message", "role": "assistant", "content": []}])
+    turn = chain.prepare(create([user("two")], previous="resp_1"))
+    assert turn.previous == "resp_1" and turn.new_input == [user("two")]
+    assert len(turn.input) == 3 and turn.body["input"] == turn.input
+    turn.new_input.append("changed")               # its own list: the body's input is not touched
+    assert turn.body["input"] == turn.input and len(turn.input) == 3
