@@ -261,6 +261,7 @@ class Upstream(_Model):
     price_multiplier: float = Field(default=1.0, ge=0)
     weight: float = Field(default=1.0, gt=0)   # the `weighted` strategy's share
     budget: Budget | None = None               # USD per day / month; over it the upstream is skipped
+    websocket: bool = False                    # over its own Responses WebSocket (openai-responses only)
 
     @model_validator(mode="before")
     @classmethod
@@ -268,6 +269,13 @@ class Upstream(_Model):
         if isinstance(data, dict) and "auth" not in data and data.get("protocol") == "anthropic":
             data = {**data, "auth": "x-api-key"}
         return data
+
+    @model_validator(mode="after")
+    def _websocket_is_responses(self) -> Upstream:
+        if self.websocket and self.protocol != Protocol.RESPONSES:
+            raise ValueError(f"websocket: true needs protocol {Protocol.RESPONSES} (only the Responses API "
+                             f"has a WebSocket), not {self.protocol}")
+        return self
 
     @field_validator("api_key", mode="after")
     @classmethod

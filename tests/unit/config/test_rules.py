@@ -247,6 +247,17 @@ def test_missing_required_upstream_fields():
     assert p == ["r.yaml: upstreams[0].name: required"]
 
 
+def test_websocket_is_only_for_responses_upstreams():
+    rules = parse("upstreams:\n" + relay("ws", "openai-responses", "websocket: true") + relay("plain", "openai-responses"))
+    assert rules.upstream("ws").websocket is True and rules.upstream("plain").websocket is False
+    for protocol in ("anthropic", "openai-chat"):
+        assert problems("upstreams:\n" + relay("ws", protocol, "websocket: true")) == [
+            f"r.yaml: upstreams[ws]: websocket: true needs protocol openai-responses (only the Responses API "
+            f"has a WebSocket), not {protocol}"]
+    assert problems("upstreams:\n" + relay("ws", "openai-responses", "websocket: maybe")) == [
+        "r.yaml: upstreams[ws].websocket: must be true or false"]
+
+
 @pytest.mark.parametrize("url,ok", [
     ("https://relay.example.com", "https://relay.example.com"),
     ("https://relay.example.com/openai/v1/", "https://relay.example.com/openai/v1"),
