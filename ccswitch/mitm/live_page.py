@@ -105,7 +105,7 @@ class LivePage:
 
     def _views(self, now: datetime):
         gateway = self.gateway
-        return upstream_views(gateway.rules, gateway.health, gateway.quota, gateway.sessions, now)
+        return upstream_views(gateway.rules, gateway.health, gateway.quota, gateway.sessions, now, gateway.spend)
 
     def _status(self) -> dict:
         rules = self.gateway.rules

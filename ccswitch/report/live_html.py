@@ -34,7 +34,7 @@ th{background:var(--head);font-weight:600;font-size:.8rem;color:var(--muted)}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .badge{display:inline-block;padding:.05rem .5rem;border-radius:999px;color:#fff;font-size:.78rem;font-weight:600}
 .s-available{background:var(--ok)} .s-cooling{background:var(--cool)} .s-full{background:var(--full)}
-.s-disabled,.s-outside_hours{background:var(--off)}
+.s-disabled,.s-outside_hours{background:var(--off)} .s-over_budget{background:var(--err)}
 .bar{display:inline-block;width:5rem;height:.55rem;background:var(--line);border-radius:3px;margin-right:.4rem;
  vertical-align:middle;overflow:hidden}
 .bar i{display:block;height:100%;background:var(--ok)} .bar i.high{background:var(--cool)}
@@ -43,8 +43,8 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .card{border:1px solid var(--line);border-radius:6px;padding:.35rem .7rem;min-width:6.4rem}
 .card b{display:block;font-size:1.15rem;font-variant-numeric:tabular-nums} .card span{color:var(--muted);font-size:.8rem}
 .clip{max-width:16rem;overflow:hidden;text-overflow:ellipsis} .wide{overflow-x:auto}
-#requests{font-size:13px} #requests td,#requests th{padding:.25rem .4rem}
-#requests .clip{max-width:14rem} #requests .model{max-width:21rem}
+.compact{font-size:13px} .compact td,.compact th{padding:.25rem .4rem} .compact .clip{max-width:15rem}
+#requests .model{max-width:21rem} .sub{font-size:11px}
 .err{color:var(--err)} .dim{color:var(--muted)}
 footer{margin:1.5rem 0;font-size:.8rem}
 a{color:inherit}
@@ -75,8 +75,11 @@ SCRIPT = r"""
 
   function upstreamRow(u) {
     const tr = el("tr"); tr.dataset.upstream = u.name; tr.className = "upstream";
-    tr.append(el("td", u.name + (u.preferred ? " \u2605" : ""), null, u.preferred ? "preferred (ccswitch.use)" : ""));
-    const state = el("td"); state.append(el("span", u.state.replace("_", " "), "badge s-" + u.state));
+    const name = el("td", null, null, u.preferred ? "preferred (ccswitch.use)" : "");
+    name.append(el("b", u.name + (u.preferred ? " \u2605" : "")),
+      el("div", u.protocol + " \u00b7 " + (u.routes.join(", ") || "no route"), "sub dim"));
+    tr.append(name);
+    const state = el("td"); state.append(el("span", u.state.replaceAll("_", " "), "badge s-" + u.state));
     if (u.detail !== u.state) state.append(" ", el("span", u.detail, "dim"));
     tr.append(state);
     tr.append(el("td", left(u.seconds_left), "n"));
@@ -91,8 +94,8 @@ SCRIPT = r"""
       util.append(bar, (u.utilization * 100).toFixed(0) + "%", el("span", about, "dim"));
     }
     tr.append(util, el("td", u.sessions, "n"), el("td", u.failures, "n"),
-      el("td", u.last_error || "", "clip err", u.last_error), el("td", u.protocol, "dim"),
-      el("td", u.routes.join(", ") || dash, "dim"));
+      el("td", u.budget.join("; ") || dash, "clip dim", u.budget.join("; ")),
+      el("td", u.last_error || "", "clip err", u.last_error));
     return tr;
   }
 
@@ -171,13 +174,13 @@ BODY = """<body>
 <span id="live" class="muted"></span></header>
 <noscript><p>This page needs JavaScript; the same data is at /_ccswitch/status.json.</p></noscript>
 <h2>Upstreams</h2>
-<table><thead><tr><th>upstream</th><th>state</th><th class="n">left</th><th>utilization</th>
-<th class="n">sessions</th><th class="n">failures</th><th>last error</th><th>protocol</th><th>routes</th></tr></thead>
-<tbody id="upstreams"></tbody></table>
+<div class="wide"><table class="compact"><thead><tr><th>upstream</th><th>state</th><th class="n">left</th>
+<th>utilization</th><th class="n">sessions</th><th class="n">failures</th><th>budget</th><th>last error</th>
+</tr></thead><tbody id="upstreams"></tbody></table></div>
 <h2>Today <span id="since" class="muted"></span></h2>
 <div class="cards" id="today"></div>
 <h2>Last 50 requests</h2>
-<div class="wide"><table id="requests"><thead><tr><th>time</th><th>route</th>
+<div class="wide"><table id="requests" class="compact"><thead><tr><th>time</th><th>route</th>
 <th>model (client \u2192 upstream)</th><th>upstream</th>
 <th>attempts</th><th class="n">status</th><th class="n">in</th><th class="n">out</th>
 <th class="n">cache w</th><th class="n">cache r</th><th class="n">ttfb</th><th class="n">total</th>

@@ -15,13 +15,14 @@ from ccswitch.config.models import Rules
 from ccswitch.config.schedule import schedule_block
 from ccswitch.report.live import LiveBoard, Served
 from ccswitch.routing.affinity import SessionBindings
+from ccswitch.routing.budget import UPSTREAM, SpendBoard
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.quota import QuotaBoard
 from ccswitch.vocab import Route
 from ccswitch.wire.redact import scrub
 
-#: an upstream's state, worst first: the page colours and the metrics' state label use these
-STATES = ("disabled", "outside_hours", "cooling", "full", "available")
+#: an upstream's state, in the order routing asks: the page colours and the metrics' state label use these
+STATES = ("disabled", "outside_hours", "over_budget", "cooling", "full", "available")
 MAX_TEXT = 300   # longest error or model text shown
 
 
@@ -32,7 +33,7 @@ class UpstreamView:
     routes: tuple[str, ...]
     state: str                      # one of STATES
     detail: str                     # the state in words
-    until: datetime | None          # when a cooldown or a full window ends (local time)
+    until: datetime | None          # when a cooldown, a full window or a spent budget ends (local time)
     failures: int
     last_error: str | None
     utilization: float | None       # the highest live window's, 0..1
@@ -40,6 +41,7 @@ class UpstreamView:
     resets_at: datetime | None      # that window's reset (local time)
     sessions: int                   # sessions bound to it
     preferred: bool                 # chosen by ccswitch.use
+    budget: tuple[str, ...] = ()    # `$1.20 of $5.00 today (until 00:00)` per budget it has
 
     @property
     def up(self) -> bool:
@@ -59,7 +61,7 @@ def clean_text(text: str | None, secrets: list[str]) -> str | None:
 
 
 def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, sessions: SessionBindings,
-                   now: datetime) -> list[UpstreamView]:
+                   now: datetime, spend: SpendBoard | None = None) -> list[UpstreamView]:
     """Each upstream's state at `now` (aware, in the rules' time zone), in the rules' order."""
     secrets = rule_secrets(rules)
     preferred = health.preferred_name()
@@ -67,7 +69,7 @@ def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, session
     views = []
     for upstream in rules.upstreams:
         name = upstream.name
-        state, detail, until = _state(upstream, rules, health, quota, now)
+        state, detail, until = _state(upstream, rules, health, quota, spend, now)
         known = quota.utilization(name)
         value, window = known if known is not None else (None, None)
         resets_at = None
@@ -79,17 +81,23 @@ def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, session
             state=state, detail=detail, until=until, failures=health.get(name).failures,
             last_error=clean_text(health.get(name).last_error, secrets), utilization=value,
             window=window.name if window is not None else None, resets_at=resets_at,
-            sessions=bound.get(name, 0), preferred=name == preferred))
+            sessions=bound.get(name, 0), preferred=name == preferred,
+            budget=tuple(spend.report(UPSTREAM, name)) if spend is not None else ()))
     return views
 
 
-def _state(upstream, rules: Rules, health: HealthBoard, quota: QuotaBoard,
+def _state(upstream, rules: Rules, health: HealthBoard, quota: QuotaBoard, spend: SpendBoard | None,
            now: datetime) -> tuple[str, str, datetime | None]:
     if not health.enabled(upstream.name, upstream.enabled):
         return "disabled", "disabled" if not upstream.enabled else "disabled by ccswitch.disable", None
     block = schedule_block(upstream, now)
     if block:
         return "outside_hours", block, None
+    overrun = spend.over(UPSTREAM, upstream.name) if spend is not None else None
+    if overrun is not None:   # skipped like a full upstream until the budget's next period
+        until = overrun.until.astimezone(now.tzinfo)
+        when = f"{until:%H:%M}" if overrun.kind == "daily" else f"{until:%Y-%m-%d %H:%M}"
+        return "over_budget", f"over its {overrun.kind} budget (${overrun.limit:.2f}) until {when}", until
     cooling = health.cooling_until(upstream.name)
     if cooling is not None:
         until = now + timedelta(seconds=cooling - health.clock())
@@ -133,7 +141,7 @@ def _view_dict(view: UpstreamView, now: datetime) -> dict[str, Any]:
         "utilization": None if view.utilization is None else round(view.utilization, 4),
         "window": view.window, "resets_at": _local(view.resets_at),
         "resets": f"{view.resets_at:%H:%M}" if view.resets_at is not None else None,
-        "sessions": view.sessions, "preferred": view.preferred,
+        "sessions": view.sessions, "preferred": view.preferred, "budget": list(view.budget),
     }
 
 

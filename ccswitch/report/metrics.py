@@ -96,8 +96,8 @@ def metrics_text(board: LiveBoard, views: list[UpstreamView]) -> str:
                "Tokens of models with no known price, not in ccswitch_cost_usd_total.",
                ((dict(upstream=u), n) for u, n in sorted(board.unpriced.items())))
     out.family("ccswitch_upstream_up", "gauge",
-               "1 if the upstream takes requests now; 0 if it is cooling down, full, disabled or "
-               "outside its days or hours.", ((dict(upstream=v.name), int(v.up)) for v in views))
+               "1 if the upstream takes requests now; 0 if it is cooling down, full, over its budget, "
+               "disabled or outside its days or hours.", ((dict(upstream=v.name), int(v.up)) for v in views))
     out.family("ccswitch_upstream_state", "gauge",
                "1 for the upstream's current state: " + ", ".join(STATES) + ".",
                ((dict(upstream=v.name, state=v.state), 1) for v in views))

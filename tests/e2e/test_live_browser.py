@@ -70,7 +70,7 @@ failover: {{threshold: 1, cooldown: 300}}
 upstreams:
   - {{name: relay-a, protocol: anthropic, base_url: '{a.base_url}', api_key: '{KEY_A}'}}
   - {{name: relay-b, protocol: anthropic, base_url: '{b.base_url}', api_key: '{KEY_B}',
-      models: {{claude-sonnet-4-5: claude-sonnet-4-5-20250929}}}}
+      models: {{claude-sonnet-4-5: claude-sonnet-4-5-20250929}}, budget: {{daily: 50}}}}
   - {{name: night-relay, protocol: anthropic, base_url: '{b.base_url}', api_key: '{KEY_B}', hours: ["03:00-03:01"]}}
 routes: {{claude: [relay-a, relay-b, night-relay]}}
 """)
@@ -93,9 +93,11 @@ def test_the_page_renders_upstreams_and_requests_and_refreshes_with_the_key(prox
     parsed.feed(dom)
     upstreams = {r["upstream"]: r["cells"] for r in parsed.rows if r["class"] == "upstream"}
     assert list(upstreams) == ["relay-a", "relay-b", "night-relay"]
-    assert upstreams["relay-a"][1].startswith("cooling") and "529" in upstreams["relay-a"][6]
+    assert upstreams["relay-a"][0] == "relay-aanthropic \u00b7 claude"   # name, then protocol and routes
+    assert upstreams["relay-a"][1].startswith("cooling") and "529" in upstreams["relay-a"][7]
     assert upstreams["relay-b"][1] == "available" and upstreams["relay-b"][3].startswith("42%")
     assert upstreams["relay-b"][4] == "2" and upstreams["relay-a"][4] == "0"   # sessions bound
+    assert re.fullmatch(r"\$0\.00 of \$50\.00 today \(until 00:00\)", upstreams["relay-b"][6])
     assert upstreams["night-relay"][1].startswith("outside hours")
     requests = [r["cells"] for r in parsed.rows if r["class"] == "request"]
     assert len(requests) == 4

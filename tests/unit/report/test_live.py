@@ -13,6 +13,7 @@ from ccswitch.report import prices
 from ccswitch.report.live import DURATION_BUCKETS, Histogram, LiveBoard, attempt_outcome
 from ccswitch.report.live_status import live_status, upstream_views
 from ccswitch.routing.affinity import SessionBindings
+from ccswitch.routing.budget import UPSTREAM, SpendBoard
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.quota import QuotaBoard
 from ccswitch.wire.usage import Usage
@@ -212,3 +213,25 @@ def test_the_newest_request_comes_first():
         note(board, r, finished(r, Attempt("a", 200, None, 1), latency=latency))
     now = datetime.fromtimestamp(NOON_ISH, ZoneInfo(TZ))
     assert [q["ms"] for q in live_status(board, [], r, now)["recent"]] == [3, 2, 1]
+
+
+def test_an_upstream_over_its_budget_is_skipped_until_the_next_period_and_shows_its_spend():
+    r = parse_rules(f"""
+timezone: {TZ}
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}', budget: {{daily: 5}}}}
+  - {{name: b, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}', budget: {{monthly: 100}}}}
+routes: {{claude: [a, b]}}
+""")
+    health, quota, sessions, wall = boards()
+    now = datetime.fromtimestamp(wall(), ZoneInfo(TZ))
+    spend = SpendBoard(clock=lambda: now.astimezone(UTC))
+    spend.configure(r)
+    spend.add(UPSTREAM, "a", 5.5, now.astimezone(UTC))
+    spend.add(UPSTREAM, "b", 1.25, now.astimezone(UTC))
+    views = {v.name: v for v in upstream_views(r, health, quota, sessions, now, spend)}
+    assert views["a"].state == "over_budget" and not views["a"].up
+    assert views["a"].until == datetime(2026, 12, 3, tzinfo=ZoneInfo(TZ))
+    assert views["a"].detail == "over its daily budget ($5.00) until 00:00"
+    assert views["a"].budget == ("$5.50 of $5.00 today (until 00:00)",)
+    assert views["b"].state == "available" and views["b"].budget == ("$1.25 of $100.00 this month (until 2027-01-01)",)
