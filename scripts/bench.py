@@ -12,10 +12,13 @@ Prints each figure with its ratio to bare mitmdump; then the routing pair
 `strategy: quota, sticky: 1h` route and 50 cycling sessions against ccswitch with a
 plain priority route and none, interleaved, against the same mock answering with
 rate-limit headers, with their ratio; then in-process figures (converter and
-ledger throughput).
+ledger throughput); then the concurrent-streams figure (scripts/bench_streams.py: N
+clients ramped over 3 s, each one stream of 50 events; proxy CPU, peak RSS, completed
+streams, the worst gap between events) for fresh bare mitmdump and ccswitch processes.
 
-    python scripts/bench.py            # about 4 minutes on 2 cores
-    python scripts/bench.py --quick    # a smoke run
+    python scripts/bench.py                  # about 5 minutes on 2 cores
+    python scripts/bench.py --quick          # a smoke run
+    python scripts/bench.py --streams 1000 --streams-only   # only the concurrent-streams figure
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scripts import bench_routing  # noqa: E402
+from scripts import bench_routing, bench_streams  # noqa: E402
 from tests.support.proxy_process import MITMDUMP, Proxy, free_port  # noqa: E402
 
 MOCK_SERVER = """
@@ -321,13 +324,17 @@ def main() -> None:
     parser.add_argument("--routing-requests", type=int, default=1000,
                         help="latency samples per side of the routing pair (quota+sticky vs priority)")
     parser.add_argument("--flood", type=int, default=5000, help="events in the streamed-throughput reply")
+    parser.add_argument("--streams", type=int, default=1000, help="concurrent streaming clients (0: no such figure)")
+    parser.add_argument("--streams-only", action="store_true", help="only the concurrent-streams figure")
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     parser.add_argument("--litellm", help="LiteLLM's `litellm` executable (default: beside this Python, "
                                           "else on PATH; absent: not compared)")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.seconds, args.memory_requests, args.flood = 20, 0.5, 500, 500
-        args.routing_requests = 200
+        args.routing_requests, args.streams = 200, min(args.streams, 100)
+    if args.streams_only:
+        return print_streams(args.streams)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         mock, mock_port, failing_port, pair_ports = start_mock(args.flood)
@@ -373,6 +380,20 @@ def main() -> None:
     print(table(routing_figures(pair_samples.ms), baseline=bench_routing.PRIORITY, short="priority"))
     print("\n".join(bench_routing.describe(pair_samples.served, affinity)))
     print("\n".join(in_process_figures()))
+    if args.streams:
+        print_streams(args.streams)
+
+
+def print_streams(streams: int) -> None:
+    plan = bench_streams.Plan(streams)
+    with tempfile.TemporaryDirectory() as tmp:
+        figures, notes = bench_streams.run(
+            plan, lambda port, workdir: start_bare(port, workdir),
+            lambda port, workdir: start_ccswitch(port, free_port(), workdir), Path(tmp))
+    print(f"{streams} concurrent streams ({plan.events} events {plan.gap} s apart each, clients ramped over "
+          f"{plan.ramp} s; fresh proxies, same run):")
+    print(table(figures))
+    print("\n".join(notes + bench_streams.verdicts(figures["bare mitmdump"], figures["ccswitch reverse"], streams)))
 
 
 if __name__ == "__main__":
