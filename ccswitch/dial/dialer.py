@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -29,6 +29,7 @@ from ccswitch.dial.outcome import (
 from ccswitch.dial.pump import Pump
 from ccswitch.dial.relay import send_whole
 from ccswitch.dial.render import OutgoingRequest, render
+from ccswitch.dial.ws_upstream import TurnResponse
 from ccswitch.net import http1
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.events import Event, Events
@@ -222,9 +223,7 @@ class Dialer:
         wait = timeouts.first_byte if job.request.stream else timeouts.total
         deadline = time.monotonic() + wait
         try:
-            response = await asyncio.wait_for(
-                self.client.send(outgoing.method, outgoing.url, outgoing.headers, outgoing.body,
-                                 connect_timeout=timeouts.connect), wait)
+            response = await asyncio.wait_for(self._send(job, upstream, outgoing, timeouts.connect), wait)
         except (TimeoutError, http1.TransportError, OSError) as exc:
             return network_failure(upstream.name, exc, rules.failover.on_network_error,
                                    "first_byte" if job.request.stream else "total")
@@ -236,8 +235,18 @@ class Dialer:
         finally:
             await response.aclose()
 
+    def _send(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest,
+              connect_timeout: float) -> Awaitable[http1.Response | TurnResponse]:
+        """A turn of a bridged Codex socket goes to a `websocket: true` upstream over that
+        upstream's own WebSocket (read like an HTTP response); everything else over HTTP."""
+        if upstream.websocket and job.upstream_sockets is not None and job.turn is not None:
+            return job.upstream_sockets.send(upstream.name, outgoing, job.turn, tls=self.client.ssl_context,
+                                             connect_timeout=connect_timeout)
+        return self.client.send(outgoing.method, outgoing.url, outgoing.headers, outgoing.body,
+                                connect_timeout=connect_timeout)
+
     async def _judge(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
-                     response: http1.Response, sink: Sink, deadline: float,
+                     response: http1.Response | TurnResponse, sink: Sink, deadline: float,
                      attempt: Attempt) -> Reply | Failure | Streamed:
         status = response.status_code
         headers = scrub_headers(response_headers(response.headers), outgoing.secrets)

@@ -12,11 +12,16 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from ccswitch.clock import ms_since, utc_now
 from ccswitch.config.models import Rules, Upstream
 from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.usage import Usage
+from ccswitch.wire.ws_chain import Turn
+
+if TYPE_CHECKING:
+    from ccswitch.dial.ws_upstream import UpstreamSockets
 
 #: the error recorded when the client went away: no failure is counted against anyone
 CLIENT_CLOSED = "client_closed"
@@ -60,6 +65,10 @@ class Job:
     why_first: str = ""                  # why the first candidate came first (for the flow comment)
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (upstream, why) left out by the plan
     sent_body: bytes | None = None       # the body the last attempt sent (model renamed, maybe converted)
+    # a turn of a bridged Codex socket: its upstream sockets (for `websocket: true` upstreams) and
+    # the turn itself (its new items and previous_response_id); None for an HTTP request
+    upstream_sockets: UpstreamSockets | None = None
+    turn: Turn | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def client_left(self) -> None:

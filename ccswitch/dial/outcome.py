@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from ccswitch.clock import utc_now
 from ccswitch.net import http1
+from ccswitch.net.ws_client import HandshakeRefused
 from ccswitch.routing.quota import retry_after
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import Reply
@@ -66,7 +67,8 @@ def network_failure(upstream: str, exc: BaseException, action: str, phase: str) 
         return NetworkFailure(upstream, "connect timeout", action, timeout=True)
     if isinstance(exc, asyncio.TimeoutError):
         return NetworkFailure(upstream, f"{phase} timeout", action, timeout=True)
-    if isinstance(exc, http1.UndecodableBody):   # it says which encoding and what is wrong with it
+    # it says which encoding and what is wrong with it / with which status the upgrade was refused
+    if isinstance(exc, http1.UndecodableBody | HandshakeRefused):
         return NetworkFailure(upstream, str(exc), action)
     chain = _causes(exc)
     text = " ".join(str(e) for e in chain)

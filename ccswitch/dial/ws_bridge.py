@@ -3,7 +3,9 @@ hands each accepted upgrade to.
 
 Each `response.create` frame becomes one routed request of the codex route (planned, failed
 over before its first event, recorded), sent to an upstream over HTTPS + SSE as a full request
-rebuilt from the socket's chain (`wire.ws_chain`); the upstream's events go back as text frames.
+rebuilt from the socket's chain (`wire.ws_chain`), or over a `websocket: true` upstream's own
+WebSocket (`dial.ws_upstream`, one per upstream and client socket); the upstream's events go back
+as text frames.
 Errors travel in-band, as Codex expects: `{"type": "error", "status": N, "error": {...}}`.
 """
 
@@ -32,6 +34,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ccswitch.dial.job import Job
 from ccswitch.dial.relay import ClientGone
+from ccswitch.dial.ws_upstream import UpstreamSockets
 from ccswitch.wire.protocols import error_object, in_stream_status
 from ccswitch.wire.sse import SSEParser
 from ccswitch.wire.ws_chain import Chain, ChainLost, FrameError, Turn
@@ -55,6 +58,8 @@ class Ticket:
     token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     context: Any = None                               # the router's own: client headers, session, flow
     turns: int = 0
+    # its sockets to `websocket: true` upstreams, closed with it
+    upstream_sockets: UpstreamSockets = field(default_factory=UpstreamSockets)
 
 
 #: (ticket, turn) -> a job to run, or ccswitch's own answer
@@ -172,14 +177,18 @@ class _Socket:
         self.closed = False
 
     async def run(self) -> None:
-        while not self.closed:
-            data = await self.reader.read(_READ)
-            self.ws.receive_data(data or None)
-            for event in self.ws.events():
-                await self._on(event)
-            await self._flush()
-            if not data:
-                return
+        try:
+            while not self.closed:
+                data = await self.reader.read(_READ)
+                self.ws.receive_data(data or None)
+                for event in self.ws.events():
+                    await self._on(event)
+                await self._flush()
+                if not data:
+                    return
+        finally:
+            if self.ticket is not None:
+                self.ticket.upstream_sockets.close()
 
     async def _on(self, event) -> None:
         if isinstance(event, Request):

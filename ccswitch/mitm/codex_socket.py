@@ -74,6 +74,7 @@ class CodexSockets:
                                 stream=True, client_protocol=Protocol.RESPONSES)
             job = self.router.plan_job(req, f"{context.flow.id}#{ticket.turns}", context.client, session)
             if isinstance(job, Job):
+                job.upstream_sockets, job.turn = ticket.upstream_sockets, turn   # for websocket: true upstreams
                 for upstream in job.candidates:     # encrypted reasoning stays with its own upstream
                     shaped = for_upstream(turn, upstream.name)
                     if shaped is not body:

@@ -178,7 +178,12 @@ def stream_error_event(protocol: str, message: str, kind: str = "api_error") -> 
 
 
 def in_stream_status(event_json: object) -> int:
-    """The HTTP status an in-stream error event stands for, so `on_status` can judge it."""
+    """The HTTP status an in-stream error event stands for, so `on_status` can judge it.  One it
+    names itself wins (the Responses WebSocket's error frames carry `status`)."""
+    if isinstance(event_json, dict):
+        status = event_json.get("status")
+        if isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599:
+            return status
     err = error_object(event_json)
     kind = ""
     if isinstance(err, dict):

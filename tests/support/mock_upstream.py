@@ -10,6 +10,8 @@ Protocols, chosen by the request path suffix (any prefix such as /api or /openai
     POST .../v1/messages/count_tokens  -> {"input_tokens": N}
     POST .../responses                 OpenAI Responses
     POST .../chat/completions          OpenAI Chat Completions
+    GET  .../responses + Upgrade: websocket
+                                       the Responses WebSocket (see below)
 Anything else (any method) -> 404 JSON; it is recorded but consumes no behaviour.
 A request streams (chunked SSE, one flush per event) when its JSON body has
 "stream": true (or, for a non-JSON body, when it Accepts text/event-stream).
@@ -48,8 +50,21 @@ then `up.default`. `up.record = False` keeps no request log (long benchmark or s
 
 Recorded (`up.requests`, thread-safe list): method, path (no query), query (dict),
 headers (lower-cased dict), body (bytes), json (parsed or None), time, protocol
-("anthropic" | "count_tokens" | "responses" | "chat" | None). Helpers: last(),
-clear(), paths().
+("anthropic" | "count_tokens" | "responses" | "chat" | None), socket. Helpers: last(),
+clear(), paths(), frames().
+
+The Responses WebSocket (wsproto, server side, in the handler's thread; permessage-deflate when
+offered, pings answered): the upgrade is recorded as a GET with `socket` = the connection's number
+on this mock (1, 2, ...), each client frame as method "WS" with the same `socket`, its headers,
+json and protocol "responses" (`up.frames()` lists the response.create ones).  Each
+`response.create` takes the next behaviour and is answered with the events the SSE stream would
+carry, one text frame each.  Like the real API it remembers only the last response completed on
+that connection: a `previous_response_id` naming anything else gets an in-band
+`{"type": "error", "status": 400, "error": {"code": "previous_response_not_found", ...}}`.
+Behaviours over the socket: status(code) -> an in-band error frame with that status (before any
+event); hang_before_headers(s) waits first; stall_after / slow_stream / error_event_after as in a
+stream; cut_after(n) and cut_mid_event(n) close the TCP connection after n events (0: at once);
+others answer normally.  `up.refuse_websocket = 503` answers upgrades with that status instead.
 """
 
 from __future__ import annotations
@@ -67,6 +82,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import brotli
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Ping, RejectConnection, Request, TextMessage
+from wsproto.extensions import PerMessageDeflate
 
 try:
     from compression import zstd  # Python 3.14+
@@ -191,6 +209,7 @@ class Recorded:
     json: Any
     time: float = field(default_factory=time.time)
     protocol: str | None = None
+    socket: int | None = None       # the WebSocket connection's number on the mock (None: HTTP)
 
 
 def _protocol(method: str, path: str) -> str | None:
@@ -212,6 +231,8 @@ class MockUpstream:
         self.default: Behaviour = ok()
         self.by_model: dict[str, Behaviour] = {}   # behaviour per request model, after the script
         self.record = True                          # False: keep no request log (benchmarks, soak)
+        self.refuse_websocket: int | None = None    # answer WebSocket upgrades with this status
+        self.websockets = 0                         # WebSocket connections accepted so far
         self.requests: list[Recorded] = []
         self._queue: deque[Behaviour] = deque()
         self._lock = threading.Lock()
@@ -276,6 +297,12 @@ class MockUpstream:
     def paths(self) -> list[str]:
         with self._lock:
             return [r.path for r in self.requests]
+
+    def frames(self) -> list[Recorded]:
+        """The response.create frames received over WebSockets, in order."""
+        with self._lock:
+            return [r for r in self.requests if r.method == "WS" and isinstance(r.json, dict)
+                    and r.json.get("type") == "response.create"]
 
     def _record(self, rec: Recorded) -> None:
         if not self.record:
@@ -402,6 +429,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         mock = self.server.mock
         url = urlsplit(self.path)
+        if self.command == "GET" and self.headers.get("upgrade", "").lower() == "websocket" \
+                and url.path.rstrip("/").endswith("/responses"):
+            try:
+                return _WebSocket(self, url).serve()
+            except OSError:  # client went away
+                self.close_connection = True
+                return
         body = self._read_body()
         try:
             js = json.loads(body) if body else None
@@ -499,3 +533,103 @@ class _Handler(BaseHTTPRequestHandler):
         if tail := packer.end():        # (an empty chunk would end the body early)
             self._chunk(tail)
         self.wfile.write(b"0\r\n\r\n")
+
+
+class _Cut(Exception):
+    """The behaviour ends the connection."""
+
+
+class _WebSocket:
+    """One Responses WebSocket connection, served in its handler's thread."""
+
+    def __init__(self, handler: _Handler, url) -> None:
+        self.handler, self.mock, self.path = handler, handler.server.mock, url.path
+        self.headers = {k.lower(): v for k, v in handler.headers.items()}
+        self.ws = WSConnection(ConnectionType.SERVER)
+        self.issued: str | None = None      # the last response completed here: the one id it knows
+        with self.mock._lock:
+            self.mock.websockets += 1
+            self.number = self.mock.websockets
+        self.mock._record(Recorded("GET", url.path, dict(parse_qsl(url.query, keep_blank_values=True)),
+                                   self.headers, b"", None, time.time(), None, self.number))
+
+    def serve(self) -> None:
+        handler = self.handler
+        handler.close_connection = True
+        head = handler.requestline + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in handler.headers.items())
+        self.ws.receive_data((head + "\r\n").encode("latin-1"))
+        request = next(e for e in self.ws.events() if isinstance(e, Request))
+        if self.mock.refuse_websocket is not None:
+            body = json.dumps(P.error_body("responses", self.mock.refuse_websocket)).encode()
+            self._write(self.ws.send(RejectConnection(
+                status_code=self.mock.refuse_websocket, has_body=True,
+                headers=[(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())])))
+            return self._write(body)
+        self._write(self.ws.send(AcceptConnection(extensions=[PerMessageDeflate()] if request.extensions else [])))
+        parts: list[str] = []
+        while True:
+            data = handler.rfile.read1(65536)
+            self.ws.receive_data(data or None)
+            for event in self.ws.events():
+                if isinstance(event, TextMessage):
+                    parts.append(event.data)
+                    if event.message_finished:
+                        text, parts = "".join(parts), []
+                        try:
+                            self._frame(text)
+                        except _Cut:
+                            return handler._abort()
+                elif isinstance(event, Ping):
+                    self._write(self.ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    if self.ws.state.name == "REMOTE_CLOSING":
+                        self._write(self.ws.send(event.response()))
+                    return
+            if not data:
+                return
+
+    def _write(self, data: bytes) -> None:
+        self.handler.wfile.write(data)
+        self.handler.wfile.flush()
+
+    def _send(self, payload: dict) -> None:
+        self._write(self.ws.send(TextMessage(data=json.dumps(payload))))
+
+    def _frame(self, text: str) -> None:
+        try:
+            js = json.loads(text)
+        except ValueError:
+            js = None
+        self.mock._record(Recorded("WS", self.path, {}, self.headers, text.encode(), js, time.time(), "responses",
+                                   self.number))
+        if not isinstance(js, dict) or js.get("type") != "response.create":
+            return
+        previous, issued = js.get("previous_response_id"), self.issued
+        self.issued = None              # until this one completes
+        if previous is not None and previous != issued:
+            return self._send({"type": "error", "status": 400, "error": {
+                "type": "invalid_request_error", "code": "previous_response_not_found", "param": "previous_response_id",
+                "message": f"Previous response with id '{previous}' not found."}})
+        beh = self.mock._next(js.get("model"))
+        if beh.kind == "hang" and self.handler._wait(beh.seconds):
+            raise _Cut
+        if beh.kind == "status":
+            error = P.error_body("responses", beh.code) if beh.body is None else beh.body
+            return self._send({"type": "error", "status": beh.code,
+                               "error": error.get("error", error) if isinstance(error, dict) else {"message": str(error)}})
+        reply = self.mock._reply(js, beh)
+        events = P.responses_events(reply)
+        for i, event in enumerate(events):
+            if i == beh.n_events:
+                if beh.kind in ("cut", "cut_mid_event"):
+                    raise _Cut
+                if beh.kind == "error_event":
+                    return self._send(P.error_event("responses", reply, i)[1])
+                if beh.kind == "stall" and self.handler._wait(beh.seconds):
+                    raise _Cut
+            if beh.kind == "slow" and P.is_delta(event) and self.handler._wait(beh.interval):
+                raise _Cut
+            self._send(event[1])
+        if beh.kind in ("cut", "cut_mid_event"):
+            raise _Cut
+        self.issued = events[-1][1]["response"]["id"]

@@ -21,6 +21,10 @@ def test_in_stream_errors_map_to_statuses():
                              "response": {"error": {"code": "rate_limit_exceeded"}}}) == 429
     assert in_stream_status({"type": "error", "code": "invalid_request_error"}) == 400
     assert in_stream_status({"weird": True}) == 500
+    # a Responses WebSocket error frame names its status; a nonsense one is not trusted
+    assert in_stream_status({"type": "error", "status": 429, "error": {"type": "server_error"}}) == 429
+    assert in_stream_status({"type": "error", "status": 200, "error": {"type": "overloaded_error"}}) == 529
+    assert in_stream_status({"type": "error", "status": True, "code": "invalid_request_error"}) == 400
 
 
 def test_a_body_that_is_not_json_says_whether_its_bytes_or_its_syntax_are_at_fault():

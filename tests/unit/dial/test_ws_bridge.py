@@ -16,7 +16,9 @@ from wsproto.events import (
 )
 from wsproto.extensions import PerMessageDeflate
 
+from ccswitch.dial.render import OutgoingRequest
 from ccswitch.dial.ws_bridge import TICKET_HEADER, Refusal, Ticket, WsBridge
+from ccswitch.wire.ws_chain import Chain
 
 
 class Client:
@@ -120,5 +122,28 @@ async def test_an_upgrade_that_is_not_a_websocket_handshake_gets_a_400_not_a_cut
         head = await asyncio.wait_for(reader.read(1024), 5)
         assert head.startswith(b"HTTP/1.1 400")
         writer.close()
+    finally:
+        await bridge.stop()
+
+
+async def test_the_upstream_sockets_close_with_the_client_socket(mock_a):
+    bridge, _ = await bridge_with(lambda ticket, turn: Refusal(500, "unused"))
+    ticket = Ticket()
+    bridge.register(ticket)
+    turn = Chain().prepare({"type": "response.create", "model": "m", "input": []})
+    outgoing = OutgoingRequest("POST", mock_a.base_url + "/v1/responses", [], json.dumps(turn.body).encode(), "m")
+    try:
+        response = await ticket.upstream_sockets.send("a", outgoing, turn, tls=None, connect_timeout=2)
+        await response.aread()                       # a turn on a websocket: true upstream, done
+        assert len(ticket.upstream_sockets) == 1
+        client = await Client.connect(bridge.port, ticket.token, deflate=False)
+        await client.events(lambda seen: any(isinstance(e, AcceptConnection) for e in seen))
+        client.send(CloseConnection(code=1000))
+        await client.events(lambda seen: any(isinstance(e, CloseConnection) for e in seen))
+        for _ in range(200):
+            if len(ticket.upstream_sockets) == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert len(ticket.upstream_sockets) == 0
     finally:
         await bridge.stop()

@@ -1,0 +1,154 @@
+"""Turns sent over an upstream's own WebSocket: the incremental/full choice (pure), one socket
+per upstream kept across turns, and the socket's events read as an HTTP response (an SSE
+stream, or an error status before any event)."""
+
+import asyncio
+import json
+
+import pytest
+
+from ccswitch.dial.render import OutgoingRequest
+from ccswitch.dial.ws_upstream import UpstreamSockets, create_frame
+from ccswitch.net import http1
+from ccswitch.wire.sse import SSEParser
+from ccswitch.wire.ws_chain import Chain, Turn
+from tests.support.mock_upstream import cut_after, status
+
+
+def user(text):
+    return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+
+
+BODY = {"model": "gpt-5-codex", "instructions": "be brief", "input": [user("one"), user("two")],
+        "stream": True, "store": False}
+
+
+def test_incremental_only_on_the_socket_that_issued_the_previous_response():
+    turn = Turn(BODY, BODY["input"], "a", new_input=[user("two")], previous="resp_1")
+    incremental = create_frame(BODY, turn, issued="resp_1")
+    assert incremental == {**BODY, "type": "response.create", "input": [user("two")], "previous_response_id": "resp_1"}
+    for issued in (None, "resp_0"):        # a new socket, or one whose last response is another
+        full = create_frame(BODY, turn, issued)
+        assert full == {**BODY, "type": "response.create"} and "previous_response_id" not in full
+    # a full frame from the client stays full, whatever the socket issued
+    fresh = Turn(BODY, BODY["input"], None, new_input=BODY["input"], previous=None)
+    assert create_frame(BODY, fresh, issued="resp_1") == {**BODY, "type": "response.create"}
+    # a Turn made before new_input/previous existed is always sent in full
+    assert "previous_response_id" not in create_frame(BODY, Turn(BODY, BODY["input"], "a"), issued=None)
+    assert BODY["input"] == [user("one"), user("two")]     # the rendered body is not changed
+
+
+def outgoing(mock, body, key="Bearer k"):
+    return OutgoingRequest("POST", mock.base_url + "/v1/responses",
+                           [("authorization", key), ("content-type", "application/json")],
+                           json.dumps(body).encode(), body["model"])
+
+
+async def read_events(response):
+    return [e.json() for e in SSEParser().feed(await response.aread())]
+
+
+async def run_turn(sockets, mock, chain, frame, upstream="a", key="Bearer k"):
+    turn = chain.prepare(frame)
+    response = await sockets.send(upstream, outgoing(mock, turn.body, key), turn, tls=None, connect_timeout=2)
+    try:
+        events = await read_events(response) if response.status_code == 200 else None
+    finally:
+        await response.aclose()
+    for event in events or []:
+        chain.observe(event, upstream)
+    return response, events
+
+
+async def test_turns_reuse_one_socket_and_continue_the_response_it_issued(mock_a):
+    sockets, chain = UpstreamSockets(), Chain()
+    try:
+        response, events = await run_turn(sockets, mock_a, chain, {"type": "response.create", "model": "gpt-5-codex",
+                                                                     "input": [user("one")]})
+        assert response.status_code == 200 and response.header("Content-Type") == "text/event-stream"
+        assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.completed"
+        first_id = events[-1]["response"]["id"]
+        await run_turn(sockets, mock_a, chain, {"type": "response.create", "model": "gpt-5-codex",
+                                                "input": [user("two")], "previous_response_id": first_id})
+        frames = mock_a.frames()
+        assert [f.socket for f in frames] == [1, 1] and len(sockets) == 1
+        assert "previous_response_id" not in frames[0].json and frames[0].json["input"] == [user("one")]
+        assert frames[1].json["previous_response_id"] == first_id and frames[1].json["input"] == [user("two")]
+        assert all(f.json["type"] == "response.create" and f.json["stream"] is True for f in frames)
+        upgrade = next(r for r in mock_a.requests if r.method == "GET")
+        assert upgrade.headers["authorization"] == "Bearer k" and "content-type" not in upgrade.headers
+    finally:
+        sockets.close()
+
+
+async def test_a_closed_or_changed_socket_is_replaced_and_sent_the_full_input(mock_a):
+    sockets, chain = UpstreamSockets(), Chain()
+    try:
+        _, events = await run_turn(sockets, mock_a, chain, {"type": "response.create", "model": "m",
+                                                            "input": [user("one")]})
+        first_id = events[-1]["response"]["id"]
+        # the upstream closed the idle socket between turns: a new one, which cannot know first_id
+        for conn in list(mock_a._server.conns):
+            conn.shutdown(2)
+        for _ in range(100):
+            if not sockets._open["a"].client.idle():
+                break
+            await asyncio.sleep(0.01)
+        _, events = await run_turn(sockets, mock_a, chain, {"type": "response.create", "model": "m",
+                                                            "input": [user("two")], "previous_response_id": first_id})
+        second_id = events[-1]["response"]["id"]
+        # a changed key (rules reloaded): another socket again, full input again
+        await run_turn(sockets, mock_a, chain, {"type": "response.create", "model": "m", "input": [user("three")],
+                                                "previous_response_id": second_id}, key="Bearer other")
+        frames = mock_a.frames()
+        assert [f.socket for f in frames] == [1, 2, 3]
+        assert all("previous_response_id" not in f.json for f in frames)
+        assert [len(f.json["input"]) for f in frames] == [1, 3, 5]
+    finally:
+        sockets.close()
+
+
+async def test_an_error_frame_before_any_event_is_an_http_error_and_the_socket_stays(mock_a):
+    mock_a.script(status(429))
+    sockets, chain = UpstreamSockets(), Chain()
+    try:
+        response, _ = await run_turn(sockets, mock_a, chain, {"type": "response.create", "model": "m", "input": []})
+        assert response.status_code == 429 and response.header("content-type") == "application/json"
+        assert json.loads(await response.aread())["error"]["code"] == "rate_limit_exceeded"
+        await run_turn(sockets, mock_a, chain, {"type": "response.create", "model": "m", "input": []})
+        assert [f.socket for f in mock_a.frames()] == [1, 1]
+    finally:
+        sockets.close()
+
+
+async def test_a_turn_left_before_its_end_closes_the_socket(mock_a):
+    sockets = UpstreamSockets()
+    turn = Chain().prepare({"type": "response.create", "model": "m", "input": []})
+    try:
+        response = await sockets.send("a", outgoing(mock_a, turn.body), turn, tls=None, connect_timeout=2)
+        assert SSEParser().feed(await response.__anext__())[0].type == "response.created"
+        await response.aclose()                  # the pump gave up (idle timeout, client gone)
+        assert len(sockets) == 0
+    finally:
+        sockets.close()
+
+
+async def test_a_socket_that_closes_before_the_first_event_is_a_transport_error(mock_a):
+    mock_a.script(cut_after(0))
+    sockets = UpstreamSockets()
+    turn = Chain().prepare({"type": "response.create", "model": "m", "input": []})
+    with pytest.raises(http1.TransportError):
+        await sockets.send("a", outgoing(mock_a, turn.body), turn, tls=None, connect_timeout=2)
+    assert len(sockets) == 0
+
+
+async def test_a_socket_that_closes_mid_turn_fails_the_read(mock_a):
+    mock_a.script(cut_after(4))
+    sockets = UpstreamSockets()
+    turn = Chain().prepare({"type": "response.create", "model": "m", "input": []})
+    response = await sockets.send("a", outgoing(mock_a, turn.body), turn, tls=None, connect_timeout=2)
+    with pytest.raises(http1.TransportError):
+        async for _ in response.aiter_bytes():
+            pass
+    await response.aclose()
+    assert len(sockets) == 0

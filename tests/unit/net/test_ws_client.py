@@ -1,0 +1,141 @@
+"""The upstream WebSocket client against the mock upstream's Responses WebSocket and small
+wsproto servers on loopback: handshake (headers, permessage-deflate, TLS), messages, pings,
+closes, and failures in the terms the dialer classifies."""
+
+import asyncio
+import json
+import ssl
+
+import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Ping, Pong, Request, TextMessage
+
+from ccswitch.dial.outcome import network_failure
+from ccswitch.net import http1
+from ccswitch.net.ws_client import HandshakeRefused, WsClient
+from tests.support.helpers import localhost_tls_server_context
+from tests.support.mock_upstream import MockUpstream, cut_after
+
+
+async def events_until_completed(client):
+    kinds = []
+    while not kinds or kinds[-1] not in ("response.completed", "error"):
+        kinds.append(json.loads(await asyncio.wait_for(client.receive(), 5))["type"])
+    return kinds
+
+
+async def test_a_turn_over_the_mock_upstream_with_headers_and_deflate(mock_a):
+    client = await WsClient.open(mock_a.base_url + "/v1/responses?x=1", [("authorization", "Bearer k"),
+                                 ("openai-beta", "responses_websockets=2026-02-06")], tls=None, timeout=2)
+    try:
+        await client.send(json.dumps({"type": "response.create", "model": "m", "input": []}))
+        kinds = await events_until_completed(client)
+        assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+        assert client.idle() and client.poll() is None
+        upgrade = mock_a.requests[0]
+        assert upgrade.method == "GET" and upgrade.path == "/v1/responses" and upgrade.query == {"x": "1"}
+        assert upgrade.headers["authorization"] == "Bearer k"
+        assert upgrade.headers["host"] == f"127.0.0.1:{mock_a.port}"
+        assert upgrade.headers["sec-websocket-extensions"].startswith("permessage-deflate")
+        assert [f.json["model"] for f in mock_a.frames()] == ["m"] and mock_a.frames()[0].socket == 1
+    finally:
+        client.close()
+
+
+async def test_a_refused_handshake_names_its_status(mock_a):
+    mock_a.refuse_websocket = 401
+    with pytest.raises(HandshakeRefused) as caught:
+        await WsClient.open(mock_a.base_url + "/v1/responses", [], tls=None, timeout=2)
+    assert caught.value.status == 401
+    failure = network_failure("a", caught.value, "switch", "first_byte")
+    assert failure.reason == "WebSocket handshake refused with HTTP 401" and failure.counts
+
+
+async def test_nobody_listening_is_a_refused_connection():
+    url = f"http://127.0.0.1:{MockUpstream.closed_port()}/v1/responses"
+    with pytest.raises(http1.ConnectError) as caught:
+        await WsClient.open(url, [], tls=None, timeout=2)
+    assert network_failure("a", caught.value, "switch", "first_byte").reason == "connection refused"
+
+
+async def test_a_server_that_never_answers_the_upgrade_is_a_connect_timeout():
+    async def silent(reader, writer):
+        await reader.read()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/responses"
+        with pytest.raises(http1.ConnectTimeout):
+            await WsClient.open(url, [], tls=None, timeout=0.2)
+    finally:
+        server.close()
+
+
+async def test_an_upstream_that_closes_mid_turn_is_a_transport_error(mock_a):
+    mock_a.script(cut_after(3))
+    client = await WsClient.open(mock_a.base_url + "/v1/responses", [], tls=None, timeout=2)
+    await client.send(json.dumps({"type": "response.create", "model": "m", "input": []}))
+    for _ in range(3):
+        json.loads(await asyncio.wait_for(client.receive(), 5))
+    with pytest.raises(http1.TransportError):
+        await asyncio.wait_for(client.receive(), 5)
+    assert client.closed and not client.idle()
+    with pytest.raises(http1.WriteError):
+        await client.send("{}")
+
+
+class PingingServer:
+    """A wsproto server (TLS when given a context) that pings, then sends one message."""
+
+    def __init__(self, context=None):
+        self.context, self.pongs = context, []
+
+    async def serve(self, reader, writer):
+        ws = WSConnection(ConnectionType.SERVER)
+        while True:
+            ws.receive_data(await reader.read(65536))
+            if any(isinstance(e, Request) for e in ws.events()):
+                break
+        writer.write(ws.send(AcceptConnection(extra_headers=[(b"x-models-etag", b"abc")])))
+        writer.write(ws.send(Ping(b"are you there")))
+        while not self.pongs:
+            ws.receive_data(await reader.read(65536))
+            self.pongs += [e.payload for e in ws.events() if isinstance(e, Pong)]
+        writer.write(ws.send(TextMessage(data='{"type": "hello"}')))
+        await writer.drain()
+        await reader.read()
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0, ssl=self.context)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+
+
+async def test_pings_are_answered_while_nobody_reads_and_the_101_headers_are_kept():
+    server = PingingServer()
+    async with server as port:
+        client = await WsClient.open(f"http://127.0.0.1:{port}/v1/responses", [], tls=None, timeout=2)
+        try:
+            assert json.loads(await asyncio.wait_for(client.receive(), 5)) == {"type": "hello"}
+            assert server.pongs == [b"are you there"]
+            assert ("x-models-etag", "abc") in client.headers
+        finally:
+            client.close()
+
+
+async def test_https_is_verified_with_the_context_given(tmp_path):
+    server_context, cert = localhost_tls_server_context(tmp_path)
+    server = PingingServer(server_context)
+    async with server as port:
+        url = f"https://localhost:{port}/v1/responses"
+        with pytest.raises(http1.ConnectError) as caught:     # certifi's roots do not know it
+            await WsClient.open(url, [], tls=None, timeout=2)
+        assert network_failure("a", caught.value, "switch", "first_byte").reason == "TLS error"
+        trusting = ssl.create_default_context(cafile=str(cert))
+        client = await WsClient.open(url, [], tls=trusting, timeout=2)
+        try:
+            assert json.loads(await asyncio.wait_for(client.receive(), 5)) == {"type": "hello"}
+        finally:
+            client.close()
