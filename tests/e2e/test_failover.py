@@ -128,11 +128,16 @@ def ledger(proxy, sql, *args):
 
 
 def wait_rows(proxy, expected, sql="SELECT count(*) FROM requests"):
+    import sqlite3
     import time
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if proxy.usage_db.exists() and ledger(proxy, sql)[0][0] >= expected:
-            return
+        try:
+            if proxy.usage_db.exists() and ledger(proxy, sql)[0][0] >= expected:
+                return
+        except sqlite3.OperationalError as exc:     # the file is there a moment before its tables
+            if "no such table" not in str(exc):
+                raise
         time.sleep(0.1)
     raise AssertionError(f"ledger has {ledger(proxy, sql)[0][0]} rows, expected {expected}")
 
