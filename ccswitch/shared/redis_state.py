@@ -1,0 +1,381 @@
+"""The shared state in Redis: what the boards learn is written through and published, and what
+other instances publish is applied here — all off the request path.
+
+* The boards' `on_change` hook only puts a record in a coalescing queue (`_offer`: a dict keyed
+  by what the record is about, the newest record of each thing kept, bounded); spend additions
+  are summed per budget period instead.
+* One writer task empties it: one MULTI/EXEC with every write (each key with its expiry, spend
+  by INCRBYFLOAT) and a PUBLISH of what was written; then one PUBLISH of the spend totals Redis
+  returned.
+* One reader task applies what the other instances publish (their own records are skipped).
+* A supervisor connects, and after every (re)connection first sends the spend this instance
+  added meanwhile, then loads what Redis holds and merges it with this instance's view
+  (routing.changes.merge), writes back and publishes what this instance knew better.  While
+  Redis is unreachable the instance runs on its own memory: it logs that once (and once when
+  Redis is back), retries with a growing pause, and keeps only its unsent spend — the rest of
+  its view is merged in on reconnection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from ccswitch.config.state_url import RedisURL
+from ccswitch.routing.changes import Change, SpendAdded, SpendTotal, add_to, decode, encode, with_total
+from ccswitch.routing.state import Boards
+from ccswitch.shared import layout
+
+log = logging.getLogger("ccswitch.state")
+
+MAX_PENDING = 20_000     # records queued for Redis at most (beyond it the oldest is dropped)
+BATCH = 500              # records per write and per message
+PING_EVERY = 5.0         # an idle connection is checked this often
+STOP_FLUSH = 2.0         # what is still queued at shutdown gets this long
+_OUTAGES = (RedisError, OSError, asyncio.TimeoutError)
+
+# the larger of the stored spend and this instance's (a Redis that lost its data, see docs/scale-out.md)
+_RAISE_SPEND = """
+local held = tonumber(redis.call('GET', KEYS[1]) or '0')
+local want = tonumber(ARGV[1])
+if want > held then
+  redis.call('SET', KEYS[1], ARGV[1])
+  held = want
+end
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return tostring(held)
+"""
+
+
+class Lag:
+    """Seconds from a change on another instance to its application here, the latest samples."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self.samples: deque[float] = deque(maxlen=keep)
+        self.count = 0
+
+    def add(self, seconds: float) -> None:
+        self.samples.append(max(0.0, seconds))
+        self.count += 1
+
+    def percentile(self, share: float) -> float | None:
+        if not self.samples:
+            return None
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+class RedisState:
+    """Boards kept in step with every other instance on the same Redis database."""
+
+    def __init__(self, url: RedisURL, *, instance: str | None = None, wall: Callable[[], float] = time.time,
+                 retry: tuple[float, float] = (0.25, 5.0), max_pending: int = MAX_PENDING) -> None:
+        self.url = url
+        self.where = f"Redis at {url.redacted}"
+        self.instance = instance or os.urandom(6).hex()
+        self.channel = layout.channel(url.db)
+        self.wall = wall
+        self.retry = retry
+        self.max_pending = max_pending
+        self.boards: Boards | None = None
+        self.up = False            # connected, and this instance's view merged in
+        self.lag = Lag()
+        self.dropped = 0           # records dropped because the queue was full
+        self.malformed = 0         # published records that could not be read
+        self._pending: dict[tuple, Change] = {}
+        self._unsent: dict[tuple, SpendAdded] = {}    # spend Redis has not acknowledged yet
+        self._oldest: float | None = None             # when the oldest queued record was made
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._client: redis.Redis | None = None
+        self._told_down = False
+        self._told_full = False
+        self._connected_once = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, boards: Boards) -> None:
+        self.boards = boards
+        boards.listen(self._offer)
+        self._task = asyncio.get_running_loop().create_task(self._supervise(), name="ccswitch-shared-state")
+
+    async def stop(self) -> None:
+        if self.boards is not None:
+            self.boards.listen(None)
+        if self.up and self._client is not None and (self._pending or self._unsent):
+            try:
+                await asyncio.wait_for(self._flush(self._client), STOP_FLUSH)
+            except (*_OUTAGES, asyncio.CancelledError) as exc:
+                log.warning("ccswitch: could not hand the last changes to %s (%s)", self.where, self._describe(exc))
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self.lag.count:
+            log.info("ccswitch: shared state: applied %d change message(s) from other instances; "
+                     "staleness p50 %.1f ms, p99 %.1f ms", self.lag.count,
+                     self.lag.percentile(0.5) * 1000, self.lag.percentile(0.99) * 1000)
+
+    # ------------------------------------------------------------------ the boards' hook (request path)
+
+    def _offer(self, change: Change) -> None:
+        """Queue a board's record for Redis: a few dictionary operations, never a wait."""
+        if isinstance(change, SpendAdded):
+            held = self._unsent.get(change.key)
+            self._unsent[change.key] = change if held is None else add_to(held, change)
+        elif self.up:
+            self._pending.pop(change.key, None)     # re-queued at the end: writes keep their order
+            self._pending[change.key] = change
+            if len(self._pending) > self.max_pending:
+                del self._pending[next(iter(self._pending))]
+                self.dropped += 1
+                if not self._told_full:
+                    self._told_full = True
+                    log.warning("ccswitch: %s does not keep up: changes are dropped (other instances "
+                                "learn them later)", self.where)
+        else:
+            return          # unreachable: this instance's view is merged in when it is back
+        if self._oldest is None:
+            self._oldest = self.wall()
+        self._wake.set()
+
+    # ------------------------------------------------------------------ connection
+
+    def _connect(self) -> redis.Redis:
+        # no retries inside the client: an outage surfaces at once and the supervisor handles it
+        return redis.Redis.from_url(self.url.conninfo, decode_responses=True, socket_timeout=5.0,
+                                    socket_connect_timeout=3.0, retry=Retry(NoBackoff(), 0),
+                                    client_name=f"ccswitch-{self.instance}")
+
+    async def _supervise(self) -> None:
+        pause = self.retry[0]
+        while True:
+            client = self._client = self._connect()
+            try:
+                await self._session(client)
+            except _OUTAGES as exc:
+                self._went_down(exc)
+            except Exception as exc:        # a bug here must not end sharing for good
+                log.exception("ccswitch: the shared state failed; reconnecting")
+                self._went_down(exc)
+            finally:
+                self.up = False
+                self._pending.clear()       # merged in from the boards on reconnection
+                self._oldest = None
+                try:
+                    await client.aclose()
+                except _OUTAGES:
+                    pass
+            if self._connected_once:
+                pause, self._connected_once = self.retry[0], False
+            await asyncio.sleep(pause * random.uniform(0.8, 1.2))
+            pause = min(pause * 2, self.retry[1])
+
+    async def _session(self, client: redis.Redis) -> None:
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.channel)    # first: nothing published from here on is missed
+            await self._flush(client)               # spend added meanwhile, before totals are loaded
+            await self._catch_up(client)
+            reader = asyncio.create_task(self._read(pubsub))
+            writer = asyncio.create_task(self._write_loop(client))
+            try:
+                done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+            finally:
+                for task in (reader, writer):
+                    task.cancel()
+                await asyncio.gather(reader, writer, return_exceptions=True)
+        finally:
+            try:
+                await pubsub.aclose()
+            except _OUTAGES:
+                pass
+
+    def _describe(self, exc: BaseException) -> str:
+        text = f"{type(exc).__name__}: {exc}"[:300]
+        secret = self.url.conninfo
+        password = secret.rpartition("@")[0].rpartition(":")[2] if "@" in secret else ""
+        return text.replace(password, "***") if password else text
+
+    def _went_down(self, exc: BaseException) -> None:
+        if not self._told_down:
+            self._told_down = True
+            log.warning("ccswitch: shared state: %s is unreachable (%s); serving from this instance's "
+                        "memory and reconnecting", self.where, self._describe(exc))
+
+    def _came_up(self, merged: int) -> None:
+        self._connected_once = True
+        if self._told_down:
+            self._told_down = False
+            log.warning("ccswitch: shared state: %s is reachable again; %d record(s) merged with "
+                        "this instance's view", self.where, merged)
+        else:
+            log.info("ccswitch: sharing state through %s (instance %s; %d record(s) loaded)",
+                     self.where, self.instance, merged)
+
+    # ------------------------------------------------------------------ catching up
+
+    async def _catch_up(self, client: redis.Redis) -> None:
+        """Merge what Redis holds with this instance's view, both ways."""
+        stored = await self._load(client)
+        boards = self.boards
+        seen: set[tuple] = set()
+        better: list[Change] = []
+        for record in stored:
+            seen.add(record.key)
+            merged = boards.merge_in(self._with_unsent(record))
+            if merged is not None:
+                better.append(merged)
+        better += [record for record in boards.view() if record.key not in seen]
+        self.up = True                   # from here on the boards' records queue up for the writer
+        self._came_up(len(stored))
+        for start in range(0, len(better), BATCH):
+            await self._write(client, better[start:start + BATCH], {}, merge=True, made=self.wall())
+
+    async def _load(self, client: redis.Redis) -> list[Change]:
+        keys = [key async for key in client.scan_iter(match=layout.PREFIX + "*", count=1000)]
+        plain = [key for key in keys if not layout.is_hash(key)]
+        hashes = [key for key in keys if layout.is_hash(key)]
+        values: list = []
+        for start in range(0, len(plain), BATCH):
+            values += await client.mget(plain[start:start + BATCH])
+        if hashes:
+            async with client.pipeline(transaction=False) as pipe:
+                for key in hashes:
+                    pipe.hgetall(key)
+                values += await pipe.execute()
+        now, found = self.wall(), []
+        for key, value in zip(plain + hashes, values, strict=True):
+            try:
+                found += layout.read_back(key, value, now)
+            except ValueError:
+                self._note_malformed(f"key {key}")
+        return found
+
+    def _with_unsent(self, record: Change) -> Change:
+        """A stored or published spend total plus this instance's own spend not yet in it."""
+        if isinstance(record, SpendTotal) and record.key in self._unsent:
+            return with_total(self._unsent[record.key], record.usd + self._unsent[record.key].usd)
+        return record
+
+    # ------------------------------------------------------------------ writing
+
+    async def _write_loop(self, client: redis.Redis) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), PING_EVERY)
+            except TimeoutError:
+                await client.ping()      # an idle link that died is noticed here
+                continue
+            self._wake.clear()
+            await self._flush(client)
+
+    async def _flush(self, client: redis.Redis) -> None:
+        """Write and publish everything queued, a batch at a time."""
+        while self._pending or self._unsent:
+            batch = []
+            while self._pending and len(batch) < BATCH:
+                batch.append(self._pending.pop(next(iter(self._pending))))
+            spend, self._unsent = self._unsent, {}
+            made = self._oldest if self._oldest is not None else self.wall()
+            self._oldest = self.wall() if self._pending else None
+            try:
+                await self._write(client, batch, spend, merge=False, made=made)
+            except BaseException:
+                for key, added in spend.items():     # not acknowledged: sent again (at worst counted twice)
+                    held = self._unsent.get(key)
+                    self._unsent[key] = added if held is None else add_to(held, added)
+                raise
+
+    async def _write(self, client: redis.Redis, changes: list[Change], spend: dict[tuple, SpendAdded], *,
+                     merge: bool, made: float) -> None:
+        """One MULTI/EXEC with the writes and the message announcing them; the spend totals
+        Redis returned follow in a second message (they are known only once it answered)."""
+        now = self.wall()
+        spend = {key: added for key, added in spend.items() if added.end > now}   # a period that ended is gone
+        if not changes and not spend:
+            return
+        told = [change for change in changes if not isinstance(change, SpendTotal)]
+        raise_spend = client.register_script(_RAISE_SPEND) if len(told) < len(changes) else None
+        counted: list[tuple[int, SpendAdded | SpendTotal]] = []
+        async with client.pipeline(transaction=True) as pipe:
+            for change in changes:
+                if isinstance(change, SpendTotal):
+                    counted.append((len(pipe), change))
+                    await raise_spend(keys=[layout.key_of(change)],
+                                      args=[repr(change.usd), int(change.end * 1000)], client=pipe)
+                else:
+                    layout.queue_write(pipe, change, now)
+            for added in spend.values():
+                counted.append((len(pipe), added))
+                layout.queue_write(pipe, added, now)
+            if told:
+                pipe.publish(self.channel, self._message(told, merge, made))
+            results = await pipe.execute(raise_on_error=False)
+        failed = [result for result in results if isinstance(result, Exception)]
+        if failed:
+            log.warning("ccswitch: %s refused %d write(s): %s", self.where, len(failed), failed[0])
+        totals = [with_total(record, float(results[index]))         # type: ignore[arg-type]
+                  for index, record in counted if not isinstance(results[index], Exception)]
+        for total in totals:       # what Redis now holds, plus what this instance added since
+            self.boards.apply(self._with_unsent(total))
+        if totals:
+            await client.publish(self.channel, self._message(totals, merge, made))
+
+    def _message(self, changes: list[Change], merge: bool, made: float) -> str:
+        return layout.dumps({"v": 1, "src": self.instance, "ts": made, "merge": merge,
+                             "changes": [encode(change) for change in changes]})
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read(self, pubsub) -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+            if message is not None and message.get("type") == "message":
+                self.receive(message["data"])
+
+    def receive(self, data: str) -> None:
+        """Apply one published message (not this instance's own)."""
+        try:
+            message = json.loads(data)
+            if not isinstance(message, dict) or not isinstance(message.get("changes"), list):
+                raise ValueError("not a change message")
+        except ValueError:
+            self._note_malformed("a message")
+            return
+        if message.get("src") == self.instance:
+            return
+        merge = message.get("merge") is True
+        for item in message["changes"]:
+            try:
+                change = decode(item)
+            except ValueError:
+                self._note_malformed("a change")
+                continue
+            change = self._with_unsent(change)
+            if merge:
+                self.boards.merge_in(change)
+            else:
+                self.boards.apply(change)
+        made = message.get("ts")
+        if isinstance(made, int | float) and not isinstance(made, bool):
+            self.lag.add(self.wall() - made)
+
+    def _note_malformed(self, what: str) -> None:
+        self.malformed += 1
+        if self.malformed == 1:
+            log.warning("ccswitch: %s holds %s that ccswitch cannot read (another program's, or a "
+                        "newer ccswitch's?): ignored", self.where, what)
