@@ -109,15 +109,18 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)                 # a JSON string is a valid TOML basic string
 
 
-def codex_toml_block(base_url: str) -> str:
+def codex_toml_block(base_url: str, websockets: bool = True) -> str:
     """A Codex ``config.toml`` snippet selecting a ``ccswitch`` Responses provider at ``base_url``.
 
-    ``supports_websockets = false`` keeps Codex on HTTPS POST /responses (no WebSocket attempt at
-    all); ``env_key`` is what makes Codex send ``Authorization: Bearer $OPENAI_API_KEY`` -- without a
-    key source Codex 0.169 sends no credentials at all.
+    ``supports_websockets`` is ``websockets``: true lets Codex open its Responses WebSocket, which
+    ccswitch bridges (``codex_websocket: bridge``); false keeps it on HTTPS POST /responses from the
+    start (for ``codex_websocket: refuse``, which would answer the upgrade with a 426).
+    ``env_key`` is what makes Codex send ``Authorization: Bearer $OPENAI_API_KEY`` -- without a key
+    source Codex 0.169 sends no credentials at all.
     """
+    flag = "true" if websockets else "false"
     inline = (f'{{name={_toml_str(PROVIDER)},base_url={_toml_str(base_url)},wire_api="responses",'
-              f'env_key="OPENAI_API_KEY",supports_websockets=false}}')
+              f'env_key="OPENAI_API_KEY",supports_websockets={flag}}}')
     return "\n".join([
         "# Codex CLI provider for ccswitch: put this in $CODEX_HOME/config.toml (default ~/.codex/config.toml).",
         "# The top-level key must stay above the first [table] of the file.",
@@ -130,7 +133,7 @@ def codex_toml_block(base_url: str) -> str:
         f"base_url = {_toml_str(base_url)}",
         'wire_api = "responses"',
         'env_key = "OPENAI_API_KEY"',
-        "supports_websockets = false",
+        f"supports_websockets = {flag}",
     ])
 
 
@@ -180,7 +183,8 @@ def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bund
       exist yet gives a ``# run mitmdump once to create ...`` hint instead of the CA variables.
     * ``reverse``: ANTHROPIC_BASE_URL=http://HOST:PORT and OPENAI_BASE_URL=http://HOST:PORT/v1.
     * ``codex_toml``: a ``[model_providers.ccswitch]`` block (base_url is the reverse listener with
-      ``reverse``, else the official URL reached through the proxy exports).
+      ``reverse``, else the official URL reached through the proxy exports; WebSockets on unless
+      ``rules`` say ``codex_websocket: refuse``).
 
     With ``rules``, the exports (not the TOML) end with :func:`client_key_lines`.
     """
@@ -189,11 +193,12 @@ def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bund
     origin = f"http://{host}:{port}"
 
     if codex_toml:
+        websockets = rules is None or rules.codex_websocket == "bridge"
         if reverse:
-            return codex_toml_block(f"{origin}/v1")
+            return codex_toml_block(f"{origin}/v1", websockets)
         return "\n".join([
             f"# Codex reaches {OFFICIAL_OPENAI} through the proxy: also eval \"$(ccswitch env --port {port})\".",
-            codex_toml_block(OFFICIAL_OPENAI),
+            codex_toml_block(OFFICIAL_OPENAI, websockets),
         ])
 
     keys = client_key_lines(rules) if rules is not None else []

@@ -9,6 +9,7 @@ import pytest
 
 from ccswitch.cli import env as clienv
 from ccswitch.cli.env import env_lines, write_ca_bundle
+from ccswitch.config.load import parse_rules
 
 MITM_PEM = b"-----BEGIN CERTIFICATE-----\nMITMCA\n-----END CERTIFICATE-----\n"
 SYS_PEM = b"-----BEGIN CERTIFICATE-----\nSYSTEMROOT\n-----END CERTIFICATE-----"   # no final newline on purpose
@@ -118,24 +119,31 @@ def test_reverse_mode_needs_no_ca(tmp_path):
 
 @pytest.mark.parametrize("reverse, base_url", [(True, "http://127.0.0.1:8082/v1"),
                                                (False, "https://api.openai.com/v1")])
-def test_codex_toml(tmp_path, reverse, base_url):
-    text = env_lines(confdir=tmp_path, port=8082, reverse=reverse, codex_toml=True, bundle_dir=tmp_path)
+@pytest.mark.parametrize("codex_websocket, websockets", [(None, True), ("bridge", True), ("refuse", False)])
+def test_codex_toml(tmp_path, reverse, base_url, codex_websocket, websockets):
+    rules = None if codex_websocket is None else parse_rules(f"codex_websocket: {codex_websocket}\n")
+    text = env_lines(confdir=tmp_path, port=8082, reverse=reverse, codex_toml=True, bundle_dir=tmp_path, rules=rules)
     assert "export " not in text
     doc = tomllib.loads(text)
     assert doc["model_provider"] == "ccswitch"
+    # Codex opens its WebSocket when ccswitch bridges it; with refuse it goes straight to HTTPS
     assert doc["model_providers"]["ccswitch"] == {
         "name": "ccswitch", "base_url": base_url, "wire_api": "responses",
-        "env_key": "OPENAI_API_KEY", "supports_websockets": False,
+        "env_key": "OPENAI_API_KEY", "supports_websockets": websockets,
     }
 
 
-def test_codex_toml_one_liner_is_valid_toml(tmp_path):
-    text = env_lines(confdir=tmp_path, port=9000, reverse=True, codex_toml=True, bundle_dir=tmp_path)
+@pytest.mark.parametrize("codex_websocket", ["bridge", "refuse"])
+def test_codex_toml_one_liner_is_valid_toml(tmp_path, codex_websocket):
+    text = env_lines(confdir=tmp_path, port=9000, reverse=True, codex_toml=True, bundle_dir=tmp_path,
+                     rules=parse_rules(f"codex_websocket: {codex_websocket}\n"))
     line = next(x for x in text.splitlines() if x.startswith("# One-off"))
     words = shlex.split(line[1:])
     key, _, value = words[words.index("-c") + 1].partition("=")
     assert key == "model_providers.ccswitch"
-    assert tomllib.loads(f"x = {value}")["x"]["base_url"] == "http://127.0.0.1:9000/v1"
+    provider = tomllib.loads(f"x = {value}")["x"]
+    assert provider["base_url"] == "http://127.0.0.1:9000/v1"
+    assert provider["supports_websockets"] is (codex_websocket == "bridge")
 
 
 @pytest.mark.parametrize("port", [0, 65536, -1, True])
