@@ -62,7 +62,14 @@ def NetworkFailure(upstream: str, reason: str, action: str, timeout: bool = Fals
 
 
 def network_failure(upstream: str, exc: BaseException, action: str, phase: str) -> Failure:
-    """Classify a transport exception: refused, reset, DNS, TLS, or which timeout."""
+    """Classify a transport exception: refused, reset, DNS, TLS, which timeout, or the proxy's
+    own words (its message names it without credentials)."""
+    if isinstance(exc, http1.NoFreeConnection):
+        # the upstream's connections were busy under ccswitch's own cap: it is not failing,
+        # so this moves on without counting against its health
+        return Failure(upstream, None, str(exc), action, counts=False, client_status=504)
+    if isinstance(exc, http1.ProxyFailure):
+        return NetworkFailure(upstream, str(exc), action)
     if isinstance(exc, http1.ConnectTimeout):
         return NetworkFailure(upstream, "connect timeout", action, timeout=True)
     if isinstance(exc, asyncio.TimeoutError):

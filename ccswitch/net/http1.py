@@ -3,7 +3,9 @@
 Why not httpx: on the proxy's hot path httpx + httpcore cost about 3.5 ms of CPU per
 small request under concurrency (every checkout polls each idle pooled socket through
 anyio), which held ccswitch to under half of bare mitmdump's throughput.  This client
-does only what the dialer needs: keep-alive pooling per origin, verified TLS,
+does only what the dialer needs: keep-alive pooling per origin (and per upstream and proxy,
+with a cap on each upstream's connections: net.pool), tunnels through outgoing proxies
+(net.proxy), verified TLS,
 Content-Length request bodies, gzip/deflate/br/zstd response decoding, read flow control, and
 errors the dialer can classify.  Read deadlines belong to the dialer (first_byte, total,
 idle), so nothing here times out a read.
@@ -13,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -22,6 +24,8 @@ import certifi
 import h11
 
 from ccswitch.net.inflate import ACCEPT_ENCODING, DecodeError, Inflater
+from ccswitch.net.pool import NoRoom, Pool, PoolKey
+from ccswitch.net.proxy import Proxy, ProxyError, open_through
 from ccswitch.wire.headers import from_wire, to_wire
 
 _READ_HIGH_WATER = 256 * 1024         # buffered, unparsed bytes before the socket is paused
@@ -41,6 +45,15 @@ class ConnectError(TransportError):
 
 class ConnectTimeout(ConnectError):
     pass
+
+
+class ProxyFailure(ConnectError):
+    """The outgoing proxy refused, failed its authentication or could not reach the upstream;
+    the message names the proxy, never its credentials."""
+
+
+class NoFreeConnection(ConnectError):
+    """Every connection the upstream may hold (its max_connections) stayed busy."""
 
 
 class ReadError(TransportError):
@@ -88,12 +101,25 @@ def split_url(url: str) -> tuple[Origin, str, str]:
     return (parts.scheme, host, port), target, shown if port == default else f"{shown}:{port}"
 
 
+@dataclass(frozen=True)
+class Via:
+    """How an upstream is reached: through `proxy` (None: directly), its connections counted
+    under `upstream` (None: uncounted) and capped at `max_connections` (None: no cap)."""
+    proxy: Proxy | None = None
+    upstream: str | None = None
+    max_connections: int | None = None
+
+
+DIRECT = Via()
+
+
 class _Connection(asyncio.Protocol):
     """One socket.  Bytes are handed to h11 only when it asks for more, so the socket can
     be paused while a slow consumer lags behind a fast upstream."""
 
-    def __init__(self, origin: Origin) -> None:
-        self.origin = origin
+    def __init__(self, key: PoolKey) -> None:
+        self.key = key
+        self.origin: Origin = key[2]
         self.tls: ssl.SSLContext | None = None
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEADER_BYTES)
         self.transport: asyncio.Transport | None = None
@@ -235,15 +261,26 @@ async def open_tcp(protocol_factory: Callable[[], asyncio.Protocol], host: str, 
                                         server_hostname=host if context else None, all_errors=True)
 
 
+def opener(proxy: Proxy | None, timeout: float) -> Callable[..., Awaitable[tuple]]:
+    """`open_tcp`, or a function like it that tunnels through `proxy` (its failures raised as
+    ProxyFailure): for sockets opened outside the pool too, such as an upstream's WebSocket."""
+    if proxy is None:
+        return open_tcp
+
+    async def through_proxy(protocol_factory, host: str, port: int, context: ssl.SSLContext | None):
+        try:
+            return await open_through(proxy, protocol_factory, host, port, context, timeout)
+        except ProxyError as exc:
+            raise ProxyFailure(str(exc)) from None
+    return through_proxy
+
+
 class UpstreamClient:
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None, max_idle_per_origin: int = 100,
                  keepalive_expiry: float = 60.0, connect: Callable[..., Awaitable[tuple]] = open_tcp) -> None:
         self._ssl_context = ssl_context     # None: ssl_context_for() on the first https upstream
-        self._open_transport = connect      # a seam: tests may hand over an in-memory transport
-        self.max_idle_per_origin = max_idle_per_origin
-        self.keepalive_expiry = keepalive_expiry
-        self._idle: dict[Origin, list[_Connection]] = {}
-        self._open: set[_Connection] = set()
+        self._open_transport = connect      # a seam for direct connections: tests may hand over an in-memory transport
+        self._pool = Pool(max_idle_per_origin, keepalive_expiry)
 
     @property
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -253,19 +290,21 @@ class UpstreamClient:
     def ssl_context(self, context: ssl.SSLContext | None) -> None:
         """New TLS settings apply at once: connections made under the old ones are not reused."""
         self._ssl_context = context
-        for idle in self._idle.values():
-            for connection in [c for c in idle if c.tls is not None]:
-                idle.remove(connection)
-                self._discard(connection)
+        self._pool.discard_idle(lambda connection: connection.tls is not None)
+
+    def connection_counts(self) -> dict[str, tuple[int, int]]:
+        """Per upstream named in a `Via`: (connections open, requests waiting for one)."""
+        return self._pool.counts()
 
     async def send(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes = b"", *,
-                   connect_timeout: float = 10.0) -> Response:
+                   connect_timeout: float = 10.0, via: Via = DIRECT) -> Response:
         """Send a request and return once the response headers are in; the body is read
         from the response.  When a kept-alive connection drops before any answer (the upstream
         closed it as the request went out), the request is sent once more on a new connection,
         as browsers and urllib3 do.  An upstream that took the request and then dropped the
         connection without a byte may see it twice; the dialer's own retries are bounded apart.
-        Header values are text of one character per byte (`ccswitch.headers`)."""
+        Header values are text of one character per byte (`ccswitch.headers`).  At its cap of
+        connections, the request waits up to `connect_timeout` for one (NoFreeConnection)."""
         origin, target, host = split_url(url)
         names = {name.lower() for name, _ in headers}
         extra = [("host", host)]
@@ -278,7 +317,8 @@ class UpstreamClient:
         except h11.LocalProtocolError as exc:
             raise TransportError(f"cannot send this request: {exc}") from exc
         for fresh_retry in (False, True):
-            connection = await self._checkout(origin, connect_timeout, fresh=fresh_retry)
+            connection = await self._checkout((via.upstream, via.proxy, origin), via.max_connections,
+                                              connect_timeout, fresh=fresh_retry)
             try:
                 wire = connection.h11.send(request)
                 if body:
@@ -297,28 +337,31 @@ class UpstreamClient:
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
-        for connection in list(self._open):
-            connection.close()
-        self._open.clear()
-        self._idle.clear()
+        self._pool.close_all()
 
     # ---------------------------------------------------------------- the pool
 
-    async def _checkout(self, origin: Origin, timeout: float, *, fresh: bool = False) -> _Connection:
-        idle = self._idle.get(origin)
-        cutoff = time.monotonic() - self.keepalive_expiry
-        while idle and not fresh:
-            connection = idle.pop()
-            if connection.usable(cutoff):
-                connection.reused, connection.received_any, connection.in_use = True, False, True
-                return connection
-            self._discard(connection, abort=False)
-        connection = await self._connect(origin, timeout)
+    async def _checkout(self, key: PoolKey, limit: int | None, timeout: float, *,
+                        fresh: bool = False) -> _Connection:
+        try:
+            connection = await self._pool.acquire(key, limit, timeout, fresh=fresh)
+        except NoRoom:
+            raise NoFreeConnection(f"no free connection within {timeout:g} s "
+                                   f"(all {limit} of max_connections busy)") from None
+        if connection is not None:
+            connection.reused, connection.received_any, connection.in_use = True, False, True
+            return connection
+        try:
+            connection = await self._connect(key, timeout)
+        except BaseException:
+            self._pool.abandon(key)
+            raise
+        self._pool.opened(connection)
         connection.in_use = True
         return connection
 
-    async def _connect(self, origin: Origin, timeout: float) -> _Connection:
-        scheme, host, port = origin
+    async def _connect(self, key: PoolKey, timeout: float) -> _Connection:
+        _, proxy, (scheme, host, port) = key
         context = None
         if scheme == "https":
             if self._ssl_context is None:
@@ -326,16 +369,17 @@ class UpstreamClient:
             context = self._ssl_context
         try:
             async with asyncio.timeout(timeout):
-                _, connection = await self._open_transport(lambda: _Connection(origin), host, port, context)
+                open_transport = self._open_transport if proxy is None else opener(proxy, timeout)
+                _, connection = await open_transport(lambda: _Connection(key), host, port, context)
         except TimeoutError as exc:
-            raise ConnectTimeout(f"connecting to {host}:{port} timed out") from exc
+            through = f" through proxy {proxy.shown}" if proxy else ""
+            raise ConnectTimeout(f"connecting to {host}:{port}{through} timed out") from exc
         except ExceptionGroup as group:   # every address failed: report the first
             first = group.exceptions[0]
             raise ConnectError(f"{type(first).__name__}: {first}") from first
         except OSError as exc:            # DNS, TLS, or the one address refused
             raise ConnectError(f"{type(exc).__name__}: {exc}") from exc
         connection.tls = context
-        self._open.add(connection)
         return connection
 
     def _release(self, connection: _Connection) -> None:
@@ -345,17 +389,13 @@ class UpstreamClient:
                     and connection.clean() and connection.tls in (None, self._ssl_context))
         if reusable:
             connection.h11.start_next_cycle()
-            idle = self._idle.setdefault(connection.origin, [])
-            if len(idle) < self.max_idle_per_origin:
-                connection.idle_since = time.monotonic()
-                idle.append(connection)
-                return
-        self._discard(connection, abort=False)
+            self._pool.release(connection)
+        else:
+            self._pool.discard(connection, abort=False)
 
     def _discard(self, connection: _Connection, *, abort: bool = True) -> None:
         connection.in_use = False
-        connection.close(abort=abort)
-        self._open.discard(connection)
+        self._pool.discard(connection, abort=abort)
 
 
 async def _response_head(connection: _Connection) -> h11.Response:

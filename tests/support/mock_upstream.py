@@ -46,6 +46,7 @@ For non-streaming requests: stall_after waits between headers and body, cut_afte
 slow_stream waits n*interval then answers.
 `up.script(*bs)` queues behaviours, one per known-endpoint request; then `up.by_model[model]`,
 then `up.default`. `up.record = False` keeps no request log (long benchmark or soak runs).
+`up.peak_connections`: the most connections open at once.
 `MockUpstream.closed_port()` gives a loopback port nobody listens on (refused tests).
 
 Recorded (`up.requests`, thread-safe list): method, path (no query), query (dict),
@@ -276,6 +277,11 @@ class MockUpstream:
         """TCP connections accepted so far (keep-alive shows as fewer than requests)."""
         return self._server.accepted
 
+    @property
+    def peak_connections(self) -> int:
+        """The most TCP connections that were open at the same time."""
+        return self._server.peak
+
     def script(self, *behaviours: Behaviour) -> MockUpstream:
         with self._lock:
             self._queue.extend(behaviours)
@@ -344,6 +350,7 @@ class _Server(ThreadingHTTPServer):
         self.mock = mock
         self.conns: set[socket.socket] = set()
         self.accepted = 0
+        self.peak = 0            # the most connections open at once
         super().__init__(("127.0.0.1", 0), _Handler)
 
     def get_request(self):
@@ -352,6 +359,7 @@ class _Server(ThreadingHTTPServer):
         with self.mock._lock:
             self.conns.add(sock)
             self.accepted += 1
+            self.peak = max(self.peak, len(self.conns))
         return sock, addr
 
     def handle_error(self, request, client_address) -> None:

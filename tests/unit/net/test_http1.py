@@ -395,7 +395,7 @@ async def test_a_cancelled_request_closes_its_connection():
     async with RawServer(slow) as server, client() as c:
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(get_body(c, server.url), 0.05)
-        assert not c._open and not any(c._idle.values())
+        assert not c._pool._open and not any(c._pool._idle.values())
         assert await get_body(c, server.url) == (200, b"default")
     assert server.connections == 2
 
@@ -485,7 +485,7 @@ async def test_new_tls_settings_are_not_served_by_connections_made_under_the_old
             assert await in_flight.aread() == b"ok"           # finishes, but is not pooled
             with pytest.raises(http1.ConnectError):
                 await c.send("GET", url, [])
-            assert not any(c._idle.values())
+            assert not any(c._pool._idle.values())
 
 
 def test_urls_split_into_origin_target_and_host():

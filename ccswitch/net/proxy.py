@@ -1,0 +1,147 @@
+"""Outgoing proxies: an upstream reached through HTTP CONNECT, SOCKS5 or SOCKS5h.
+
+`parse_proxy` turns the rules' `proxy:` text into a `Proxy` (None for `direct`); `open_through`
+opens a tunnel with python-socks and runs TLS (for https upstreams) and the HTTP client's
+protocol over it.  Plain-HTTP upstreams are tunnelled too, never sent to an HTTP proxy as
+absolute-form requests: one code path, and the proxy sees no request, headers or key.
+
+A proxy's credentials are secrets: `Proxy` prints as `socks5://host:port`, and every message
+raised here names the proxy that way, with anything the library said scrubbed of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from python_socks import ProxyConnectionError, ProxyType
+from python_socks.async_.asyncio import Proxy as SocksClient
+
+SCHEMES = ("http", "socks5", "socks5h")
+DIRECT = "direct"
+_KINDS = {"http": ProxyType.HTTP, "socks5": ProxyType.SOCKS5, "socks5h": ProxyType.SOCKS5}
+_FORM = "must be direct or a URL like http://host:port, socks5://host:port or socks5h://user:pass@host:port"
+
+
+class ProxyError(Exception):
+    """The proxy refused, failed its authentication or could not reach the upstream.
+    The message names the proxy without credentials."""
+
+
+@dataclass(frozen=True, repr=False)
+class Proxy:
+    scheme: str                                     # http (CONNECT), socks5, socks5h
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def shown(self) -> str:
+        """The proxy as it may be named anywhere: no credentials."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def resolves_names(self) -> bool:
+        """socks5h and HTTP CONNECT send the host name; socks5 sends an address resolved here."""
+        return self.scheme != "socks5"
+
+    def secrets(self) -> list[str]:
+        return [s for s in (self.password, self.username) if s]
+
+    def __repr__(self) -> str:
+        return f"Proxy({self.shown})"
+
+    __str__ = __repr__
+
+
+def parse_proxy(text: str) -> Proxy | None:
+    """`direct` -> None; `scheme://[user[:pass]@]host:port` -> Proxy.  Raises ValueError with a
+    message that never repeats the text (it may hold a password)."""
+    if not isinstance(text, str):
+        raise ValueError(_FORM)
+    text = text.strip()
+    if text.lower() == DIRECT:
+        return None
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ValueError(_FORM) from None
+    scheme = parts.scheme.lower()
+    if scheme == "https":
+        raise ValueError("a TLS connection to the proxy itself (https://) is not supported; use http:// "
+                         "(CONNECT tunnels the upstream's own TLS)")
+    if scheme not in SCHEMES or not parts.hostname:
+        raise ValueError(_FORM)
+    if port is None:
+        raise ValueError("must name the proxy's port, like socks5://127.0.0.1:1080")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("must not have a path, query or fragment: only scheme://[user:pass@]host:port")
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    if password and not username:
+        raise ValueError("has a password without a user name")
+    for value in (username, password):
+        if value is not None and (not value.isascii() or not value.isprintable() or len(value) > 255):
+            raise ValueError("user name and password must be printable ASCII of at most 255 characters "
+                             "(percent-encode @ : / as %40 %3A %2F)")
+    if username and ":" in username:
+        raise ValueError("the user name must not contain ':'")
+    if username and scheme != "http" and not password:
+        raise ValueError("SOCKS5 authentication needs both a user name and a password")
+    if username and password is None:
+        password = ""                   # HTTP basic auth with an empty password
+    return Proxy(scheme, parts.hostname, port, username, password)
+
+
+def scrub(text: str, proxy: Proxy) -> str:
+    for secret in proxy.secrets():
+        text = text.replace(secret, "***")
+    return text
+
+
+async def open_through(proxy: Proxy, protocol_factory: Callable[[], asyncio.Protocol], host: str, port: int,
+                       context: ssl.SSLContext | None, timeout: float) -> tuple[asyncio.BaseTransport,
+                                                                                   asyncio.Protocol]:
+    """A tunnel through `proxy` to host:port, with TLS over it when `context` is given.
+    The caller bounds the whole call; `timeout` bounds the proxy's part as well."""
+    client = SocksClient(_KINDS[proxy.scheme], proxy.host, proxy.port, username=proxy.username,
+                         password=proxy.password, rdns=proxy.resolves_names)
+    try:
+        sock = await client.connect(dest_host=host, dest_port=port, timeout=timeout)
+    except TimeoutError:
+        raise
+    except Exception as exc:   # python-socks' errors, a reset mid-handshake, a name it could not resolve
+        raise ProxyError(f"proxy {proxy.shown}: {_what(exc, proxy)}") from None
+    try:
+        return await asyncio.get_running_loop().create_connection(
+            protocol_factory, sock=sock, ssl=context, server_hostname=host if context else None)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _what(exc: Exception, proxy: Proxy) -> str:
+    """What went wrong, in the library's words (without the credentials it was given)."""
+    if isinstance(exc, ProxyConnectionError):
+        cause = exc.__cause__
+        if isinstance(cause, socket.gaierror):
+            why = cause.strerror
+        elif isinstance(cause, OSError) and cause.errno:
+            why = os.strerror(cause.errno)      # not asyncio's "Connect call failed (addr)"
+        else:
+            why = str(cause or exc)
+        return f"cannot connect to the proxy ({why})"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the upstream's name here ({exc.strerror})"
+    text = scrub(str(exc) or type(exc).__name__, proxy)
+    if getattr(exc, "error_code", None) == 407 or "authentication failure" in text.lower():
+        return f"authentication failed ({text})"
+    return text

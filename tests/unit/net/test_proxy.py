@@ -1,0 +1,208 @@
+"""Outgoing proxies: the `proxy:` text, and the HTTP client through loopback HTTP CONNECT and
+SOCKS5 proxies that count their tunnels and record the credentials and targets they saw."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from contextlib import asynccontextmanager
+
+import pytest
+
+from ccswitch.dial.outcome import network_failure
+from ccswitch.net import http1
+from ccswitch.net.proxy import Proxy, parse_proxy
+from tests.support.mock_upstream import MockUpstream
+from tests.support.tunnel_proxies import ConnectProxy, Socks5Proxy
+
+SECRET = "pa55-word-never-shown"
+
+# ---------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("direct", None),
+    (" DIRECT ", None),
+    ("http://127.0.0.1:3128", Proxy("http", "127.0.0.1", 3128)),
+    ("socks5://proxy.lan:1080", Proxy("socks5", "proxy.lan", 1080)),
+    ("socks5h://me:pw@127.0.0.1:1080/", Proxy("socks5h", "127.0.0.1", 1080, "me", "pw")),
+    ("http://me@[::1]:8080", Proxy("http", "::1", 8080, "me", "")),
+    ("http://a%40b:p%3As@h:1", Proxy("http", "h", 1, "a@b", "p:s")),
+])
+def test_proxy_urls_parse(text, expected):
+    assert parse_proxy(text) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("https://u:SECRETPW@h:1", "not supported"),
+    ("ftp://u:SECRETPW@h:1", "must be direct or a URL"),
+    ("socks5://u:SECRETPW@h", "port"),
+    ("socks5://u:SECRETPW@h:1/path", "path"),
+    ("socks5://u:SECRETPW@h:99999", "must be direct or a URL"),
+    ("socks5://u@h:1", "both a user name and a password"),
+    ("http://:SECRETPW@h:1", "password without a user name"),
+    ("http://u:SECRETPW\u00e9@h:1", "printable ASCII"),
+    ("h:1", "must be direct or a URL"),
+])
+def test_bad_proxy_urls_are_refused_without_repeating_them(text, message):
+    with pytest.raises(ValueError, match=message) as caught:
+        parse_proxy(text)
+    assert "SECRETPW" not in str(caught.value)
+
+
+def test_a_proxy_prints_without_its_credentials():
+    proxy = parse_proxy(f"socks5h://user:{SECRET}@127.0.0.1:1080")
+    assert proxy.shown == "socks5h://127.0.0.1:1080" and parse_proxy("http://u:p@[::1]:1").shown == "http://[::1]:1"
+    for text in (str(proxy), repr(proxy), f"{proxy}", repr([proxy])):
+        assert SECRET not in text and "user" not in text
+    assert proxy.password == SECRET and proxy.resolves_names and not parse_proxy("socks5://h:1").resolves_names
+
+
+# ---------------------------------------------------------------------- through the proxies
+
+@asynccontextmanager
+async def client(**kw):
+    c = http1.UpstreamClient(**kw)
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+async def post(c: http1.UpstreamClient, url: str, via: http1.Via, **kw) -> tuple[int, bytes]:
+    body = b'{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}'
+    response = await c.send("POST", url + "/v1/messages", [("content-type", "application/json")], body,
+                            via=via, **kw)
+    return response.status_code, await response.aread()
+
+
+def via(text: str, upstream: str | None = "up") -> http1.Via:
+    return http1.Via(parse_proxy(text), upstream)
+
+
+@pytest.fixture
+def upstream():
+    with MockUpstream("U") as up:
+        yield up
+
+
+@pytest.mark.parametrize("kind, scheme", [(ConnectProxy, "http"), (Socks5Proxy, "socks5"), (Socks5Proxy, "socks5h")])
+async def test_a_plain_http_upstream_through_each_proxy_with_its_credentials(upstream, kind, scheme):
+    with kind(auth=("me", SECRET)) as proxy:
+        async with client() as c:
+            for _ in range(3):
+                status, body = await post(c, upstream.base_url, via(proxy.url("me", SECRET, scheme)))
+                assert status == 200 and b"Hello from mock U" in body
+        assert proxy.tunnels == 1 and proxy.credentials == [("me", SECRET)]     # kept alive: one tunnel
+        assert proxy.targets == [("127.0.0.1", upstream.port)]
+    assert len(upstream.requests) == 3 and upstream.connections_accepted == 1
+    assert upstream.last().headers["host"] == f"127.0.0.1:{upstream.port}"   # origin-form through a tunnel
+
+
+@asynccontextmanager
+async def tls_upstream(directory):
+    """An HTTPS server for `localhost` (self-signed): its URL and the client TLS context trusting it."""
+    from tests.support.helpers import localhost_tls_server_context
+    context, cert = localhost_tls_server_context(directory)
+    served = []
+
+    async def serve(reader, writer):
+        served.append(writer)
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nthru-ok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    try:
+        yield f"https://localhost:{server.sockets[0].getsockname()[1]}", ssl.create_default_context(cafile=str(cert))
+    finally:
+        for writer in served:
+            writer.transport.abort()
+        server.close()
+
+
+@pytest.mark.parametrize("kind, scheme", [(ConnectProxy, "http"), (Socks5Proxy, "socks5h")])
+async def test_an_https_upstream_through_a_proxy_is_verified_end_to_end(tmp_path, kind, scheme):
+    async with tls_upstream(tmp_path) as (url, trusting):
+        with kind(auth=("me", SECRET)) as proxy:
+            async with client(ssl_context=trusting) as c:
+                assert await post(c, url, via(proxy.url("me", SECRET, scheme))) == (200, b"thru-ok")
+                assert await post(c, url, via(proxy.url("me", SECRET, scheme))) == (200, b"thru-ok")
+            assert proxy.tunnels == 1 and proxy.targets == [("localhost", int(url.rsplit(":", 1)[1]))]
+            async with client() as c:       # the proxy does not stand in for the upstream's certificate
+                with pytest.raises(http1.ConnectError) as caught:
+                    await post(c, url, via(proxy.url("me", SECRET, scheme)))
+            assert network_failure("u", caught.value, "switch", "first_byte").reason == "TLS error"
+
+
+async def test_socks5h_sends_the_name_and_socks5_resolves_it_here(upstream):
+    name_url = f"http://relay.test:{upstream.port}"          # a name only the proxy knows
+    with Socks5Proxy(aliases={"relay.test": "127.0.0.1"}) as proxy:
+        async with client() as c:
+            assert (await post(c, name_url, via(proxy.url(scheme="socks5h"))))[0] == 200
+            with pytest.raises(http1.ProxyFailure, match="cannot resolve the upstream's name here"):
+                await post(c, name_url, via(proxy.url(scheme="socks5")))
+        assert proxy.targets == [("relay.test", upstream.port)]    # the name went to the proxy, once
+    assert upstream.last().headers["host"] == f"relay.test:{upstream.port}"
+
+
+async def test_connections_are_pooled_per_proxy_and_origin(upstream):
+    with ConnectProxy() as one, Socks5Proxy() as two, MockUpstream("V") as other:
+        async with client() as c:
+            for _ in range(2):
+                for route in (via(one.url()), via(two.url()), http1.Via(None, "up")):
+                    for origin in (upstream, other):
+                        assert (await post(c, origin.base_url, route))[0] == 200
+            assert c.connection_counts() == {"up": (6, 0)}
+        assert one.tunnels == 2 and two.tunnels == 2                # one per origin, each reused
+    assert upstream.connections_accepted == 3 and other.connections_accepted == 3
+
+
+async def test_a_proxy_that_refuses_is_a_proxy_failure_naming_no_credentials(upstream):
+    port = MockUpstream.closed_port()
+    async with client() as c:
+        with pytest.raises(http1.ProxyFailure) as caught:
+            await post(c, upstream.base_url, via(f"socks5://me:{SECRET}@127.0.0.1:{port}"))
+    message = str(caught.value)
+    assert message == f"proxy socks5://127.0.0.1:{port}: cannot connect to the proxy (Connection refused)"
+    assert network_failure("u", caught.value, "switch", "first_byte").reason == message
+    assert c.connection_counts() == {"up": (0, 0)} and upstream.requests == []
+
+
+@pytest.mark.parametrize("kind, scheme", [(ConnectProxy, "http"), (Socks5Proxy, "socks5")])
+async def test_a_wrong_password_is_an_authentication_failure_naming_no_credentials(upstream, kind, scheme):
+    with kind(auth=("me", "right-one")) as proxy:
+        async with client() as c:
+            with pytest.raises(http1.ProxyFailure) as caught:
+                await post(c, upstream.base_url, via(proxy.url("me", SECRET, scheme)))
+        assert proxy.credentials == [("me", SECRET)] and proxy.tunnels == 0
+    message = str(caught.value)
+    assert message.startswith(f"proxy {scheme}://127.0.0.1:{proxy.port}: authentication failed")
+    assert SECRET not in message and "me:" not in message and upstream.requests == []
+
+
+@pytest.mark.parametrize("kind, scheme, why", [(ConnectProxy, "http", "502 Bad Gateway"),
+                                               (Socks5Proxy, "socks5", "Connection refused by destination host")])
+async def test_a_proxy_that_cannot_reach_the_upstream(kind, scheme, why):
+    with kind() as proxy:
+        async with client() as c:
+            with pytest.raises(http1.ProxyFailure) as caught:
+                await post(c, f"http://127.0.0.1:{MockUpstream.closed_port()}", via(proxy.url(scheme=scheme)))
+    assert str(caught.value) == f"proxy {scheme}://127.0.0.1:{proxy.port}: {why}"
+
+
+async def test_a_silent_proxy_is_a_connect_timeout_naming_it():
+    import socket
+    with socket.create_server(("127.0.0.1", 0)) as silent:      # accepts, never answers
+        port = silent.getsockname()[1]
+        async with client() as c:
+            with pytest.raises(http1.ConnectTimeout, match=f"through proxy socks5://127.0.0.1:{port} timed out"):
+                await post(c, "http://127.0.0.1:9", via(f"socks5://me:{SECRET}@127.0.0.1:{port}"),
+                           connect_timeout=0.2)
+            assert c.connection_counts() == {"up": (0, 0)}
