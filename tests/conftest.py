@@ -1,6 +1,7 @@
 import pytest
 
 from tests.support.mock_upstream import MockUpstream
+from tests.support.redis_server import own_redis, redis_server, redis_url  # noqa: F401  (redis fixtures)
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from ccswitch.config.state_url import RedisURL
 from ccswitch.vocab import Action, Protocol, Route, Strategy
 from ccswitch.wire.headers import sendable
 
@@ -413,10 +414,20 @@ class NotifyHook(_Model):
         return v
 
 
+def _state_url(value: Any) -> RedisURL | None:
+    if value is None or isinstance(value, RedisURL):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a redis:// URL")
+    return RedisURL.parse(value)
+
+
 class Rules(_Model):
     version: Literal[1] = 1
     timezone: str | None = None
     usage_db: Path = Field(default_factory=lambda: Path("~/.ccswitch/usage.db").expanduser())
+    # shared with other instances through Redis (config.state_url); None: in this instance's memory
+    state: Annotated[RedisURL | None, BeforeValidator(_state_url)] = None
     client_keys: Annotated[tuple[ClientKey, ...], BeforeValidator(_client_key_forms)] = ()
     intercept: tuple[Annotated[str, AfterValidator(_host)], ...] = (
         "api.anthropic.com", "api.openai.com", "chatgpt.com")

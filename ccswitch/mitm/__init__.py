@@ -15,6 +15,7 @@ from ccswitch.mitm.notifier import Notifications
 from ccswitch.mitm.router import Router
 from ccswitch.mitm.rules_watcher import RulesWatcher
 from ccswitch.mitm.safety import ClientKeyGate, InterceptScope, ListenSafety
+from ccswitch.mitm.shared_state import SharedStateSync
 
 
 def make_addons() -> list:
@@ -22,5 +23,5 @@ def make_addons() -> list:
     # the live page answers its own paths before the router and the gate see them; the gate
     # follows the router: it sees only the flows the router let pass untouched
     return [RulesWatcher(gateway), ListenSafety(gateway), InterceptScope(gateway), LivePage(gateway),
-            Router(gateway), ClientKeyGate(gateway), Commands(gateway), Activator(gateway),
+            Router(gateway), SharedStateSync(gateway), ClientKeyGate(gateway), Commands(gateway), Activator(gateway),
             Notifications(gateway)]

@@ -1,4 +1,5 @@
-"""mitmproxy commands to see and steer upstreams at run time (in memory only)."""
+"""mitmproxy commands to see and steer upstreams at run time (in memory, and shared with the
+other instances when the rules name a shared `state`)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ class Commands:
         health = self.gateway.health
         if minutes <= 0:
             return self.unuse()
-        health.preferred = (name, health.clock() + minutes * 60)
+        health.prefer(name, health.clock() + minutes * 60)
         until = datetime.now(self.gateway.rules.tz) + timedelta(minutes=minutes)
         log.info("ccswitch: preferring %s for %d minutes (until %s)", name, minutes, f"{until:%H:%M}")
         return f"preferring {name} for {minutes} minutes, until {until:%H:%M} (ccswitch.unuse ends it)"
@@ -56,9 +57,9 @@ class Commands:
         """End the preference set with ccswitch.use."""
         health = self.gateway.health
         name = health.preferred_name()
-        health.preferred = None
         if name is None:
             return "no upstream was preferred"
+        health.unprefer()
         log.info("ccswitch: no longer preferring %s", name)
         return f"no longer preferring {name}"
 

@@ -25,6 +25,8 @@ from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard, period_start
 from ccswitch.routing.events import Events
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.quota import QuotaBoard
+from ccswitch.routing.state import Boards, InMemoryState, SharedState
+from ccswitch.shared.factory import StateUnavailable, state_for
 
 log = logging.getLogger("ccswitch")
 
@@ -52,6 +54,10 @@ class Gateway:
         self.quota = QuotaBoard()
         self.sessions = SessionBindings()
         self.spend = SpendBoard(events=self.events)
+        # what the four boards above learn is shared with other instances when the rules name a `state`
+        self.boards = Boards(self.health, self.quota, self.sessions, self.spend)
+        self.state: SharedState = InMemoryState()
+        self._state_for: tuple | None = None   # the rules' `state` the running one was opened for
         self._pricer: tuple[Rules, Pricer] | None = None
         self.ledger: Ledger | None = None
         self.live = LiveBoard()   # counters and the last requests since start, for the live page
@@ -70,6 +76,25 @@ class Gateway:
         self.quota.sync(names)
         self.sessions.sync(names)
         self.spend.configure(self.rules)
+
+    async def open_state(self) -> None:
+        """Share the boards as the rules' `state` says (at start-up, after the spend was loaded,
+        and after a reload that changed it); the old state stops first.  Never waits for Redis."""
+        wanted = self.rules.state
+        if self._state_for is not None and self._state_for[0] == wanted:
+            return
+        try:
+            state = state_for(wanted)
+        except StateUnavailable as exc:
+            log.error("ccswitch: %s; state stays %s", exc, self.state.where)
+            return
+        await self.state.stop()
+        self.state, self._state_for = state, (wanted,)
+        await state.start(self.boards)
+
+    async def close_state(self) -> None:
+        await self.state.stop()
+        self.state, self._state_for = InMemoryState(), None
 
     def load_spend(self) -> None:
         """This month's spend as the ledger holds it (the day's is part of it), once at start-up."""

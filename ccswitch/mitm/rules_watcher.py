@@ -45,5 +45,6 @@ class RulesWatcher:
             await asyncio.sleep(SETTLE if rules_file.pending else 1.0)
             if rules_file.reload_if_changed():
                 self.gateway.sync_upstreams()
+                await self.gateway.open_state()
                 if self.gateway.ledger is not None:
                     self.gateway.open_ledger(True)

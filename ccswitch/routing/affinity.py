@@ -4,21 +4,28 @@ A client's session key comes from its headers or body (Claude Code and Codex CLI
 a session is bound to an upstream after that upstream answered it with a 2xx, and the
 binding lasts while the session keeps coming back within the route's `sticky` idle time.
 Bindings are kept per route and by upstream name, so they survive a rules reload.
-Everything runs on one event loop: no locks.
+Everything runs on one event loop: no locks.  Bindings other instances should know go out
+through `SessionBindings.on_change` (routing.changes) with epoch times.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ccswitch.routing.changes import BindChange, Feed, notify
+
 #: headers that name a session, first present wins (ours, Claude Code's, Codex CLI's)
 SESSION_HEADERS = ("x-ccswitch-session", "x-claude-code-session-id", "session-id", "session_id")
 _MAX_KEY = 200          # a longer key is cut: it is stored in every ledger row
 _PURGE_EVERY = 1024     # binds between sweeps of expired bindings
+# a binding that only had its idle time restarted is shared again after this share of its TTL
+# (at most _RETELL_MAX): another instance then lets it go at most that much early
+_RETELL_SHARE, _RETELL_MAX = 0.1, 60.0
 
 
 def session_key(headers: Iterable[tuple[str, str]], body: Mapping[str, Any] | None) -> str | None:
@@ -55,11 +62,14 @@ class Binding:
     upstream: str
     last_used: float
     ttl: float
+    told: float = -math.inf     # when it was last shared (clock time)
 
 
 class SessionBindings:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self.clock = clock
+        self.wall = wall           # epoch seconds, for what other instances are told
+        self.on_change: Feed | None = None   # the shared state's hook (None: this instance alone)
         self._bindings: dict[tuple[str, str], Binding] = {}
         self._binds = 0
 
@@ -77,7 +87,15 @@ class SessionBindings:
         """After a 2xx from `upstream`: (re)bind the session there and restart its idle time."""
         if ttl <= 0:
             return
-        self._bindings[(route, key)] = Binding(upstream, self.clock(), ttl)
+        now = self.clock()
+        old = self._bindings.get((route, key))
+        binding = Binding(upstream, now, ttl)
+        if old is not None and old.upstream == upstream and old.ttl == ttl:
+            binding.told = old.told
+        if self.on_change is not None and now - binding.told >= min(ttl * _RETELL_SHARE, _RETELL_MAX):
+            binding.told = now
+            notify(self.on_change, BindChange(route, key, upstream, ttl, self.wall()))
+        self._bindings[(route, key)] = binding
         self._binds += 1
         if self._binds % _PURGE_EVERY == 0:
             self._purge()
@@ -103,3 +121,29 @@ class SessionBindings:
         now = self.clock()
         for key in [k for k, b in self._bindings.items() if now - b.last_used > b.ttl]:
             del self._bindings[key]
+
+    # ------------------------------------------------------------------ shared with other instances
+
+    def _shared(self, route: str, key: str, binding: Binding) -> BindChange:
+        return BindChange(route, key, binding.upstream, binding.ttl, self.wall() - (self.clock() - binding.last_used))
+
+    def shared(self, route: str, key: str) -> BindChange | None:
+        binding = self._bindings.get((route, key)) if self.bound(route, key) is not None else None
+        return None if binding is None else self._shared(route, key, binding)
+
+    def view(self) -> list[BindChange]:
+        """Every live binding, as other instances take it."""
+        self._purge()
+        return [self._shared(route, key, b) for (route, key), b in self._bindings.items()]
+
+    def apply(self, change: BindChange) -> None:
+        """Take another instance's binding in, unless this instance used the session since."""
+        now = self.clock()
+        last_used = now - max(0.0, self.wall() - change.at)
+        if now - last_used > change.ttl:
+            return
+        old = self._bindings.get((change.route, change.session))
+        if old is not None and old.last_used > last_used:
+            return
+        # told: what another instance told needs no retelling until it is used here again
+        self._bindings[(change.route, change.session)] = Binding(change.upstream, last_used, change.ttl, told=now)

@@ -1,7 +1,9 @@
 """Spend against budgets: per upstream and per client key, per calendar day and month in the
 rules' time zone.  Amounts come in as requests are recorded (and from the ledger at start-up);
 checking a budget is a dictionary look-up, never a database query.  Crossing 80 % and 100 %
-of a budget is announced once per period on the event bus."""
+of a budget is announced once per period on the event bus.  What this instance spends goes out
+through `on_change` (routing.changes.SpendAdded, per period); the shared totals come back
+through `apply` (SpendTotal), which only ever raises a period's spend."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 
 from ccswitch.config.models import Budget, Rules
+from ccswitch.routing.changes import Feed, SpendAdded, SpendTotal, notify
 from ccswitch.routing.events import Event, Events
 
 UPSTREAM, CLIENT = "upstream", "client"
@@ -56,6 +59,7 @@ class SpendBoard:
         # (who kind, name, period kind) -> (period start, spend in it); only the current period is kept
         self._spent: dict[tuple[str, str, str], tuple[datetime, float]] = {}
         self._told: set[tuple[str, str, str, datetime, float]] = set()   # budget events already emitted
+        self.on_change: Feed | None = None   # the shared state's hook (None: this instance alone)
 
     def configure(self, rules: Rules) -> None:
         """Take the rules' budgets and time zone (at start-up and on every reload)."""
@@ -71,14 +75,22 @@ class SpendBoard:
         at = at or self.clock()
         for kind in PERIODS:
             start = period_start(kind, at, self.tz)
-            key = (who, name, kind)
-            held = self._spent.get(key)
-            if held is None or held[0] < start:
-                held = (start, 0.0)
-            elif held[0] > start:
-                continue              # an old row (start-up load out of order): not this period
-            self._spent[key] = (start, held[1] + usd)
-            self._announce(who, name, kind, start, quiet)
+            if self._add_period(who, name, kind, start, usd, quiet) and not quiet and self.on_change is not None:
+                # quiet spend (the start-up load, another instance's) is no news to share
+                notify(self.on_change, SpendAdded(who, name, kind, start.timestamp(),
+                                                  period_end(kind, start, self.tz).timestamp(), usd))
+
+    def _add_period(self, who: str, name: str, kind: str, start: datetime, usd: float, quiet: bool) -> bool:
+        """Add to one period's spend; False for a period older than the one held."""
+        key = (who, name, kind)
+        held = self._spent.get(key)
+        if held is None or held[0] < start:
+            held = (start, 0.0)
+        elif held[0] > start:
+            return False              # an old row (start-up load out of order): not this period
+        self._spent[key] = (start, held[1] + usd)
+        self._announce(who, name, kind, start, quiet)
+        return True
 
     def spent(self, who: str, name: str, kind: str) -> float:
         held = self._spent.get((who, name, kind))
@@ -98,6 +110,30 @@ class SpendBoard:
             if limit is not None and spent >= limit:
                 return Overrun(kind, limit, spent, period_end(kind, now, self.tz).astimezone(UTC))
         return None
+
+    # ------------------------------------------------------------------ shared with other instances
+
+    def shared(self, who: str, name: str, kind: str) -> SpendTotal | None:
+        held = self._spent.get((who, name, kind))
+        if held is None:
+            return None
+        start = held[0]
+        return SpendTotal(who, name, kind, start.timestamp(), period_end(kind, start, self.tz).timestamp(), held[1])
+
+    def view(self) -> list[SpendTotal]:
+        """This instance's spend in the current periods, as totals."""
+        now = self.clock()
+        return [total for (who, name, kind), (start, _) in self._spent.items()
+                if start == period_start(kind, now, self.tz) and (total := self.shared(who, name, kind)) is not None]
+
+    def apply(self, total: SpendTotal) -> None:
+        """Another instance's word on a period's whole spend: raise this one's to it (never
+        lower: spend this instance has not yet shared is in its own figure)."""
+        start = datetime.fromtimestamp(total.start, self.tz)
+        held = self._spent.get((total.who, total.name, total.period))
+        known = held[1] if held is not None and held[0] == start else 0.0
+        if total.usd > known:
+            self._add_period(total.who, total.name, total.period, start, total.usd - known, quiet=True)
 
     def report(self, who: str, name: str) -> list[str]:
         """`$1.20 of $5.00 today (until 00:00)` for each budget `name` has (for ccswitch.status)."""

@@ -5,6 +5,10 @@ injected clock so tests never sleep.  Everything runs on mitmproxy's single
 event loop, so plain attributes suffice (no locks).  An outage — from the first
 cooldown to the next 2xx — is announced on the event bus once as `cooldown` and
 once as `recovered`, however often a failed probe sends the upstream back.
+
+What other instances should know (failures, cooldowns, manual switches, `ccswitch.use`) goes
+out through the optional `on_change` hook as records (routing.changes) with epoch times;
+`apply` takes another instance's record in without echoing it or announcing anything.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ccswitch.clock import utc_now
+from ccswitch.routing.changes import Feed, HealthChange, PreferChange, SwitchChange, cut, notify
 from ccswitch.routing.events import Event, Events
 
 log = logging.getLogger("ccswitch.health")
@@ -34,6 +39,7 @@ class UpstreamHealth:
     last_error: str | None = None
     rate_limited: bool = False  # the cooldown lasts until a reset the upstream itself reported
     outage: str | None = None   # the open outage's episode (its first cooldown's end), until a 2xx
+    changed_at: float = 0.0     # epoch of the last change shared with other instances (0: none yet)
 
 
 class HealthBoard:
@@ -44,6 +50,9 @@ class HealthBoard:
         self.wall = wall       # UTC wall time, for when a cooldown ends
         self._state: dict[str, UpstreamHealth] = {}
         self.preferred: tuple[str, float] | None = None  # (name, until) from ccswitch.use
+        self.on_change: Feed | None = None   # the shared state's hook (None: this instance alone)
+        self._switched_at: dict[str, float] = {}
+        self._preferred_at = 0.0
 
     def get(self, name: str) -> UpstreamHealth:
         return self._state.setdefault(name, UpstreamHealth())
@@ -61,7 +70,9 @@ class HealthBoard:
                 log.info("upstream %s changed its base_url, key or protocol: health reset", name)
             else:
                 state.fingerprint = fp
-                state.switched = None
+                if state.switched is not None:     # a reload ends the switch for every instance
+                    state.switched = None
+                    self._share_switch(name)
 
     # ------------------------------------------------------------------ queries
 
@@ -105,6 +116,7 @@ class HealthBoard:
         state = self.get(name)
         if state.failures or state.cooling_until:
             log.info("upstream %s recovered", name)
+        news = bool(state.failures or state.cooling_until or state.outage or state.rate_limited or state.last_error)
         if state.outage is not None and self.events is not None:
             self.events.emit(Event("recovered", name, "answered with a 2xx again after its cooldown",
                                    episode=state.outage))
@@ -114,6 +126,8 @@ class HealthBoard:
         state.was_cooling = False
         state.last_error = None
         state.rate_limited = False
+        if news:
+            self._share(name, state)
 
     def record_failure(self, name: str, reason: str, *, threshold: int, cooldown: float,
                        at_least: float = 0.0) -> None:
@@ -133,6 +147,7 @@ class HealthBoard:
                         name, length, state.failures, reason)
             self._announce_cooldown(name, state, length, f"cooling down for {length:.0f}s after "
                                     f"{state.failures} consecutive failure(s) (last: {reason})")
+        self._share(name, state)
 
     def record_rate_limit(self, name: str, reason: str, *, seconds: float, reset_known: bool) -> None:
         """A 429 (or an in-stream rate-limit error): cool down at once, for as long as the
@@ -147,6 +162,7 @@ class HealthBoard:
                     " (until the reset it reported)" if reset_known else "", reason)
         self._announce_cooldown(name, state, seconds, f"rate limited ({reason}); cooling down for {seconds:.0f}s"
                                 + (" until the reset it reported" if reset_known else ""))
+        self._share(name, state)
 
     def _announce_cooldown(self, name: str, state: UpstreamHealth, seconds: float, reason: str) -> None:
         """The first cooldown of an outage is news; one after a failed probe is the same outage."""
@@ -158,12 +174,101 @@ class HealthBoard:
             self.events.emit(Event("cooldown", name, reason, until=until, episode=state.outage))
 
     def reset(self, name: str) -> None:
-        fp = self.get(name).fingerprint
-        self._state[name] = UpstreamHealth(fingerprint=fp)
+        old = self.get(name)
+        self._state[name] = UpstreamHealth(fingerprint=old.fingerprint)
+        self._share(name, self._state[name])
+        if old.switched is not None:
+            self._share_switch(name)
 
     def switch(self, name: str, enabled: bool) -> None:
         self.get(name).switched = enabled
+        self._share_switch(name)
+
+    def prefer(self, name: str, until: float) -> None:
+        """`ccswitch.use`: prefer `name` until `until` (clock time)."""
+        self.preferred = (name, until)
+        self._preferred_at = self._now_epoch()
+        notify(self.on_change, self.shared_preference())
+
+    def unprefer(self) -> None:
+        self.preferred = None
+        self._preferred_at = self._now_epoch()
+        notify(self.on_change, self.shared_preference())
 
     def enabled(self, name: str, by_rules: bool) -> bool:
         state = self._state.get(name)
         return by_rules if state is None or state.switched is None else state.switched
+
+    # ------------------------------------------------------------------ shared with other instances
+
+    def _now_epoch(self) -> float:
+        return self.wall().timestamp()
+
+    def _to_epoch(self, moment: float) -> float:
+        """A clock (monotonic) time as epoch seconds."""
+        return moment - self.clock() + self._now_epoch()
+
+    def _from_epoch(self, epoch: float) -> float:
+        return epoch - self._now_epoch() + self.clock()
+
+    def _share(self, name: str, state: UpstreamHealth) -> None:
+        state.changed_at = self._now_epoch()
+        if self.on_change is not None:
+            notify(self.on_change, self.shared(name))
+
+    def _share_switch(self, name: str) -> None:
+        self._switched_at[name] = self._now_epoch()
+        notify(self.on_change, self.shared_switch(name))
+
+    def shared(self, name: str) -> HealthChange:
+        """The upstream's health as other instances take it."""
+        state = self.get(name)
+        end = self._to_epoch(state.cooling_until) if state.cooling_until else 0.0
+        return HealthChange(name, state.failures, end, state.rate_limited, cut(state.last_error), state.outage,
+                            state.changed_at)
+
+    def shared_switch(self, name: str) -> SwitchChange:
+        state = self._state.get(name)
+        return SwitchChange(name, None if state is None else state.switched, self._switched_at.get(name, 0.0))
+
+    def shared_preference(self) -> PreferChange:
+        if self.preferred is None:
+            return PreferChange(None, 0.0, self._preferred_at)
+        return PreferChange(self.preferred[0], self._to_epoch(self.preferred[1]), self._preferred_at)
+
+    def view(self) -> list[HealthChange | SwitchChange | PreferChange]:
+        """Everything this instance would tell another one: the health of upstreams that changed
+        since start, the switches, the preference."""
+        found: list[HealthChange | SwitchChange | PreferChange] = [
+            self.shared(name) for name, state in self._state.items() if state.changed_at]
+        found += [self.shared_switch(name) for name, state in self._state.items() if state.switched is not None]
+        if self.preferred_name() is not None:
+            found.append(self.shared_preference())
+        return found
+
+    def apply(self, change: HealthChange | SwitchChange | PreferChange) -> None:
+        """Take another instance's record in: nothing is echoed or announced (the instance that
+        saw it announced it), though a cooldown learned this way is logged."""
+        if isinstance(change, SwitchChange):
+            self.get(change.upstream).switched = change.enabled
+            self._switched_at[change.upstream] = change.at
+            return
+        if isinstance(change, PreferChange):
+            until = self._from_epoch(change.until) if change.upstream is not None else 0.0
+            self.preferred = (change.upstream, until) if change.upstream is not None else None
+            self._preferred_at = change.at
+            return
+        state = self.get(change.upstream)
+        now = self.clock()
+        was_cooling = state.cooling_until > now
+        # a cooldown that has ended still matters (the next request probes): never 0, which means none
+        state.cooling_until = max(self._from_epoch(change.cooling_end), 1e-6) if change.cooling_end else 0.0
+        state.failures = change.failures
+        state.rate_limited = change.rate_limited
+        state.last_error = change.last_error
+        state.outage = change.outage
+        state.changed_at = change.at
+        state.was_cooling = state.cooling_until > now
+        if state.was_cooling and not was_cooling:
+            log.info("upstream %s: cooling down for %.0fs (learned from another instance)",
+                     change.upstream, state.cooling_until - now)

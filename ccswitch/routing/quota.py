@@ -15,6 +15,7 @@ Families read (header names are case-insensitive):
 * ChatGPT Codex backend: `x-codex-{primary,secondary}-{used-percent,reset-after-seconds,reset-at}`.
 
 A malformed value drops that window or that field, never raises: these run in the request path.
+Windows other instances should know go out through `QuotaBoard.on_change` (routing.changes).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+
+from ccswitch.routing.changes import Feed, QuotaForget, WindowChange, notify
 
 log = logging.getLogger("ccswitch.quota")
 
@@ -317,6 +320,7 @@ class QuotaBoard:
         self.clock = clock
         self.unknown_reset_ttl = unknown_reset_ttl
         self._windows: dict[str, dict[str, _Seen]] = {}
+        self.on_change: Feed | None = None   # the shared state's hook (None: this instance alone)
 
     def record(self, upstream: str, headers: Headers) -> None:
         """Learn from one response: each window named in the headers replaces that window;
@@ -330,13 +334,21 @@ class QuotaBoard:
             return
         known = self._windows.setdefault(upstream, {})
         if status_reported:
-            known.pop("unified", None)   # a fresh overall status supersedes an overall rejection
+            # a fresh overall status supersedes an overall rejection
+            if known.pop("unified", None) is not None and self.on_change is not None:
+                notify(self.on_change, WindowChange(upstream, "unified", 0.0, None, False, 0.0))
         for window in windows:
-            if window.rejected and not (window.name in known and known[window.name].window.rejected):
+            old = known.get(window.name)
+            if window.rejected and not (old is not None and old.window.rejected):
                 log.info("upstream %s: its %s window rejects requests%s", upstream, window.name,
                          "" if window.resets_at is None else f" for {window.resets_at - now:.0f}s")
             until = window.resets_at if window.resets_at is not None else now + self.unknown_reset_ttl
             known[window.name] = _Seen(window, until)
+            # only news is shared: a window unchanged since it was last told (a believed-until
+            # without a reset moves on with every answer: told again once it moved a quarter)
+            if self.on_change is not None and (old is None or old.window != window
+                                               or until - old.until > self.unknown_reset_ttl / 4):
+                notify(self.on_change, _shared(upstream, window, until))
 
     def _live(self, upstream: str) -> list[_Seen]:
         known = self._windows.get(upstream)
@@ -381,3 +393,30 @@ class QuotaBoard:
 
     def forget(self, upstream: str) -> None:
         self._windows.pop(upstream, None)
+        notify(self.on_change, QuotaForget(upstream))
+
+    # ------------------------------------------------------------------ shared with other instances
+
+    def shared(self, upstream: str, window: str) -> WindowChange | None:
+        seen = next((s for s in self._live(upstream) if s.window.name == window), None)
+        return None if seen is None else _shared(upstream, seen.window, seen.until)
+
+    def view(self) -> list[WindowChange]:
+        """Every live window, as other instances take it."""
+        return [_shared(name, seen.window, seen.until) for name in list(self._windows) for seen in self._live(name)]
+
+    def apply(self, change: WindowChange | QuotaForget) -> None:
+        """Take another instance's record in, without echoing it."""
+        if isinstance(change, QuotaForget):
+            self._windows.pop(change.upstream, None)
+            return
+        known = self._windows.setdefault(change.upstream, {})
+        if change.until <= self.clock():
+            known.pop(change.window, None)
+            return
+        window = Window(change.window, change.utilization, change.resets_at, change.rejected)
+        known[change.window] = _Seen(window, change.until)
+
+
+def _shared(upstream: str, window: Window, until: float) -> WindowChange:
+    return WindowChange(upstream, window.name, window.utilization, window.resets_at, window.rejected, until)

@@ -1,0 +1,33 @@
+"""The shared state's place in mitmproxy's life: checked with the rules, started once the proxy
+runs, stopped (what is queued handed on) after the requests in flight have ended."""
+
+from __future__ import annotations
+
+from mitmproxy import exceptions
+
+from ccswitch.mitm.gateway import Gateway
+from ccswitch.shared.factory import StateUnavailable, check
+
+
+class SharedStateSync:
+    """Starts and stops the gateway's shared state (`state:` in rules.yaml; in memory without).
+
+    Listed after the Router: its `running` follows the Router's (the month's spend is loaded
+    from the ledger first, so it is not counted as new spend) and its `done` follows the drain
+    (the last requests' spend is handed on)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def configure(self, updated) -> None:
+        if "ccswitch_rules" in updated:
+            try:
+                check(self.gateway.rules.state)
+            except StateUnavailable as exc:
+                raise exceptions.OptionsError(f"ccswitch: {exc}") from None
+
+    async def running(self) -> None:
+        await self.gateway.open_state()
+
+    async def done(self) -> None:
+        await self.gateway.close_state()

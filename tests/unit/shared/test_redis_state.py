@@ -1,0 +1,220 @@
+"""The shared state against a real redis-server (tests/support/redis_server.py): instances are
+RedisState objects with boards of their own, in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from datetime import UTC, datetime
+
+import pytest
+import redis.asyncio as redis
+
+from ccswitch.config.models import Budget, ClientKey, Rules
+from ccswitch.config.state_url import RedisURL
+from ccswitch.routing.affinity import SessionBindings
+from ccswitch.routing.budget import CLIENT, SpendBoard
+from ccswitch.routing.events import Events
+from ccswitch.routing.health import HealthBoard
+from ccswitch.routing.quota import QuotaBoard
+from ccswitch.routing.state import Boards
+from ccswitch.shared import layout
+from ccswitch.shared.factory import StateUnavailable, state_for
+from ccswitch.shared.redis_state import RedisState
+
+RULES = Rules(timezone="UTC", client_keys=[ClientKey(name="k", key="secret-k", budget=Budget(daily=1.0))])
+
+
+class Node:
+    """One instance: boards on the real clocks, and its RedisState."""
+
+    def __init__(self, url: str, **options) -> None:
+        self.events = Events()
+        self.health = HealthBoard(events=self.events)
+        self.quota = QuotaBoard()
+        self.sessions = SessionBindings()
+        self.spend = SpendBoard(events=self.events)
+        self.spend.configure(RULES)
+        self.boards = Boards(self.health, self.quota, self.sessions, self.spend)
+        self.state = RedisState(RedisURL.parse(url), **options)
+
+    async def __aenter__(self) -> Node:
+        await self.state.start(self.boards)
+        await eventually(lambda: self.state.up)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.state.stop()
+
+
+async def eventually(check, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("not within the time allowed")
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+async def store(redis_url):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+async def test_a_cooldown_is_written_with_its_end_as_expiry_and_applied_by_the_other(redis_url, store):
+    async with Node(redis_url) as a, Node(redis_url) as b:
+        a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
+        await eventually(lambda: b.health.cooling_until("relay") is not None)
+        left = b.health.cooling_until("relay") - b.health.clock()
+        assert 58 < left <= 60
+        stored = json.loads(await store.get("ccswitch:h:relay"))
+        assert stored["failures"] == 1 and stored["t"] == "health"
+        assert 58_000 < await store.pttl("ccswitch:h:relay") <= 60_000      # expires with the cooldown
+        assert b.events is not None and b.state.lag.count >= 1
+        b.health.record_success("relay")                                     # b's probe answers
+        await eventually(lambda: a.health.cooling_until("relay") is None and a.health.get("relay").failures == 0)
+
+
+async def test_windows_bindings_preference_and_switches_expire_on_their_own(redis_url, store):
+    now = time.time()
+    async with Node(redis_url) as a, Node(redis_url) as b:
+        a.quota.record("relay", [("anthropic-ratelimit-unified-5h-utilization", "0.99"),
+                                 ("anthropic-ratelimit-unified-5h-reset", str(int(now + 1800)))])
+        a.sessions.bind("messages", "session-1", "relay", 900)
+        a.health.prefer("relay", a.health.clock() + 300)
+        a.health.switch("backup", False)
+        await eventually(lambda: b.quota.full("relay", 0.95) is not None
+                         and b.sessions.bound("messages", "session-1") == "relay"
+                         and b.health.preferred_name() == "relay" and not b.health.enabled("backup", True))
+        assert 1_790_000 < await store.pttl("ccswitch:q:relay") <= 1_800_000      # the window's reset
+        binding = [k async for k in store.scan_iter("ccswitch:b:messages:*")]
+        assert len(binding) == 1 and 890_000 < await store.pttl(binding[0]) <= 900_000   # the sticky TTL
+        assert 290_000 < await store.pttl("ccswitch:use") <= 300_000
+        assert 0 < await store.pttl("ccswitch:sw:backup") <= layout.SWITCH_MEMORY * 1000
+        a.health.unprefer()
+        await eventually(lambda: b.health.preferred_name() is None)
+        assert await store.exists("ccswitch:use") == 0
+
+
+async def test_spend_adds_up_across_instances_in_a_key_that_ends_with_the_period(redis_url, store):
+    async with Node(redis_url) as a, Node(redis_url) as b:
+        for _ in range(5):
+            a.spend.add(CLIENT, "k", 0.1)
+            b.spend.add(CLIENT, "k", 0.2)
+        await eventually(lambda: abs(a.spend.spent(CLIENT, "k", "daily") - 1.5) < 1e-9
+                         and abs(b.spend.spent(CLIENT, "k", "daily") - 1.5) < 1e-9)
+        assert a.spend.over(CLIENT, "k") is not None and b.spend.over(CLIENT, "k") is not None
+        keys = sorted([k async for k in store.scan_iter("ccswitch:s:client:k:*")])
+        assert [k.split(":")[4] for k in keys] == ["daily", "monthly"]
+        assert abs(float(await store.get(keys[0])) - 1.5) < 1e-9
+        day_end = int(keys[0].split(":")[6])
+        assert datetime.fromtimestamp(day_end, UTC).hour == 0
+        assert abs(await store.pttl(keys[0]) / 1000 - (day_end - time.time())) < 5
+
+
+async def test_a_late_starter_loads_what_redis_holds(redis_url):
+    async with Node(redis_url) as a:
+        a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
+        a.sessions.bind("messages", "s", "relay", 600)
+        a.spend.add(CLIENT, "k", 0.25)
+        await eventually(lambda: not a.state._pending and not a.state._unsent)
+        await asyncio.sleep(0.05)
+        async with Node(redis_url) as c:
+            assert c.health.cooling_until("relay") is not None
+            assert c.sessions.bound("messages", "s") == "relay"
+            assert c.spend.spent(CLIENT, "k", "daily") == 0.25
+
+
+async def test_what_an_instance_publishes_is_not_applied_back_to_itself(redis_url):
+    async with Node(redis_url) as a:
+        a.spend.add(CLIENT, "k", 0.3)
+        await eventually(lambda: a.state.lag.count == 0 and not a.state._unsent)
+        await asyncio.sleep(0.1)
+        assert a.spend.spent(CLIENT, "k", "daily") == 0.3 and a.state.lag.count == 0
+
+
+async def test_a_malformed_message_is_ignored_with_one_warning(redis_url, store, caplog):
+    caplog.set_level(logging.WARNING, "ccswitch.state")
+    async with Node(redis_url) as b, Node(redis_url) as a:
+        for junk in ("not json", json.dumps({"changes": [{"t": "health", "upstream": 5}]}), "[]"):
+            await store.publish(layout.channel(0), junk)
+        a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
+        await eventually(lambda: b.health.cooling_until("relay") is not None)
+    assert caplog.text.count("cannot read") == 2 and b.state.malformed == a.state.malformed == 3   # once each
+
+
+async def test_an_outage_is_served_from_memory_logged_once_and_merged_when_redis_is_back(own_redis, caplog):
+    caplog.set_level(logging.INFO, "ccswitch.state")
+    url = own_redis.url()
+    options = {"retry": (0.05, 0.2)}
+    async with Node(url, **options) as a, Node(url, **options) as b:
+        own_redis.kill()
+        await eventually(lambda: not a.state.up and not b.state.up)
+        # the request path goes on: every board call returns at once, nothing raises
+        started = time.perf_counter()
+        a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=120)
+        a.sessions.bind("messages", "s-outage", "relay", 600)
+        for _ in range(10):
+            a.spend.add(CLIENT, "k", 0.1)
+            b.spend.add(CLIENT, "k", 0.05)
+        assert time.perf_counter() - started < 0.05
+        await asyncio.sleep(1.0)                     # several reconnection attempts fail meanwhile
+        assert b.health.cooling_until("relay") is None
+        own_redis.start()                            # empty: nothing was saved
+        await eventually(lambda: a.state.up and b.state.up)
+        await eventually(lambda: b.health.cooling_until("relay") is not None
+                         and b.sessions.bound("messages", "s-outage") == "relay")
+        await eventually(lambda: abs(a.spend.spent(CLIENT, "k", "daily") - 1.5) < 1e-9
+                         and abs(b.spend.spent(CLIENT, "k", "daily") - 1.5) < 1e-9)
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("is unreachable" in line for line in said) == 2, said          # once per instance
+    assert sum("is reachable again" in line for line in said) == 2, said
+
+
+async def test_redis_down_at_start_is_no_obstacle(caplog):
+    caplog.set_level(logging.WARNING, "ccswitch.state")
+    from tests.support.redis_server import free_port
+    node = Node(f"redis://127.0.0.1:{free_port()}/0", retry=(0.05, 0.1))
+    await node.state.start(node.boards)
+    node.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
+    assert node.health.cooling_until("relay") is not None
+    await asyncio.sleep(0.5)
+    await node.state.stop()
+    assert caplog.text.count("is unreachable") == 1 and not node.state.up
+
+
+async def test_what_is_queued_at_shutdown_is_handed_on(redis_url, store):
+    async with Node(redis_url) as a:
+        a.spend.add(CLIENT, "k", 0.75)
+    keys = [k async for k in store.scan_iter("ccswitch:s:client:k:daily:*")]
+    assert float(await store.get(keys[0])) == 0.75
+
+
+def test_the_queue_is_bounded_and_keeps_the_newest_record_of_each_thing(caplog):
+    state = RedisState(RedisURL.parse("redis://127.0.0.1:1/0"), max_pending=3)
+    state.up = True
+    health = HealthBoard()
+    health.on_change = state._offer
+    for name in ("a", "b", "c", "a", "d", "e"):
+        health.record_failure(name, "HTTP 500", threshold=5, cooldown=1)
+    assert [key[1] for key in state._pending] == ["a", "d", "e"] and state.dropped == 2
+    assert state._pending[("h", "a")].failures == 2
+    assert caplog.text.count("does not keep up") == 1
+
+
+def test_without_the_rules_naming_a_state_nothing_is_shared(monkeypatch):
+    assert state_for(None).where.startswith("in memory")
+    assert isinstance(state_for(RedisURL.parse("redis://127.0.0.1:6379/3")), RedisState)
+    monkeypatch.setattr("ccswitch.shared.factory.importlib.util.find_spec", lambda name: None)
+    with pytest.raises(StateUnavailable, match="pip install"):
+        state_for(RedisURL.parse("redis://127.0.0.1:6379/3"))
+
+
+def test_the_password_is_never_shown():
+    state = RedisState(RedisURL.parse("redis://:hunter2secret@127.0.0.1:6379/1"))
+    assert "hunter2secret" not in state.where and "***" in state.where
+    assert "hunter2secret" not in state._describe(OSError("AUTH hunter2secret failed"))
+    assert state.channel == "ccswitch:changes:1"
