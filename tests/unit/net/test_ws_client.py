@@ -1,6 +1,6 @@
 """The upstream WebSocket client against the mock upstream's Responses WebSocket and small
-wsproto servers on loopback: handshake (headers, permessage-deflate, TLS), messages, pings,
-closes, and failures in the terms the dialer classifies."""
+wsproto servers on loopback: handshake (headers, permessage-deflate, TLS, an outgoing proxy
+through http1.opener), messages, pings, closes, and failures in the terms the dialer classifies."""
 
 import asyncio
 import json
@@ -12,9 +12,11 @@ from wsproto.events import AcceptConnection, Ping, Pong, Request, TextMessage
 
 from ccswitch.dial.outcome import network_failure
 from ccswitch.net import http1
+from ccswitch.net.proxy import parse_proxy
 from ccswitch.net.ws_client import HandshakeRefused, WsClient
 from tests.support.helpers import localhost_tls_server_context
 from tests.support.mock_upstream import MockUpstream, cut_after
+from tests.support.tunnel_proxies import ConnectProxy, Socks5Proxy
 
 
 async def events_until_completed(client):
@@ -139,3 +141,22 @@ async def test_https_is_verified_with_the_context_given(tmp_path):
             assert json.loads(await asyncio.wait_for(client.receive(), 5)) == {"type": "hello"}
         finally:
             client.close()
+
+
+@pytest.mark.parametrize("kind", [ConnectProxy, Socks5Proxy])
+async def test_through_the_upstream_s_proxy(mock_a, kind):
+    with kind(auth=("me", "secret")) as proxy:
+        client = await WsClient.open(mock_a.base_url + "/v1/responses", [], tls=None, timeout=2,
+                                     open_transport=http1.opener(parse_proxy(proxy.url("me", "secret")), 2))
+        try:
+            await client.send(json.dumps({"type": "response.create", "model": "m", "input": []}))
+            assert (await events_until_completed(client))[-1] == "response.completed"
+        finally:
+            client.close()
+        assert proxy.tunnels == 1 and proxy.targets == [("127.0.0.1", mock_a.port)]
+        with pytest.raises(http1.ProxyFailure) as caught:
+            await WsClient.open(mock_a.base_url + "/v1/responses", [], tls=None, timeout=2,
+                                open_transport=http1.opener(parse_proxy(proxy.url("me", "wrong")), 2))
+        reason = network_failure("a", caught.value, "switch", "first_byte").reason
+        assert reason.startswith(f"proxy {kind.scheme}://127.0.0.1:{proxy.port}: ") and "wrong" not in reason
+    assert mock_a.websockets == 1
