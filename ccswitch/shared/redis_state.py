@@ -97,6 +97,7 @@ class RedisState:
         self._unsent: dict[tuple, SpendAdded] = {}    # spend Redis has not acknowledged yet
         self._oldest: float | None = None             # when the oldest queued record was made
         self._wake = asyncio.Event()
+        self._writing = 0          # writes under way (the shutdown waits for them)
         self._task: asyncio.Task | None = None
         self._client: redis.Redis | None = None
         self._told_down = False
@@ -113,9 +114,9 @@ class RedisState:
     async def stop(self) -> None:
         if self.boards is not None:
             self.boards.listen(None)
-        if self.up and self._client is not None and (self._pending or self._unsent):
+        if self.up and self._client is not None and (self._pending or self._unsent or self._writing):
             try:
-                await asyncio.wait_for(self._flush(self._client), STOP_FLUSH)
+                await asyncio.wait_for(self._drain(self._client), STOP_FLUSH)
             except (*_OUTAGES, asyncio.CancelledError) as exc:
                 log.warning("ccswitch: could not hand the last changes to %s (%s)", self.where, self._describe(exc))
         if self._task is not None:
@@ -283,6 +284,14 @@ class RedisState:
             self._wake.clear()
             await self._flush(client)
 
+    async def _drain(self, client: redis.Redis) -> None:
+        """Until nothing is queued or being written (the shutdown's last flush)."""
+        while self._pending or self._unsent or self._writing:
+            if self._pending or self._unsent:
+                await self._flush(client)
+            else:
+                await asyncio.sleep(0.005)
+
     async def _flush(self, client: redis.Redis) -> None:
         """Write and publish everything queued, a batch at a time."""
         while self._pending or self._unsent:
@@ -292,6 +301,7 @@ class RedisState:
             spend, self._unsent = self._unsent, {}
             made = self._oldest if self._oldest is not None else self.wall()
             self._oldest = self.wall() if self._pending else None
+            self._writing += 1
             try:
                 await self._write(client, batch, spend, merge=False, made=made)
             except BaseException:
@@ -299,6 +309,8 @@ class RedisState:
                     held = self._unsent.get(key)
                     self._unsent[key] = added if held is None else add_to(held, added)
                 raise
+            finally:
+                self._writing -= 1
 
     async def _write(self, client: redis.Redis, changes: list[Change], spend: dict[tuple, SpendAdded], *,
                      merge: bool, made: float) -> None:
