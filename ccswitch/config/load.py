@@ -121,10 +121,16 @@ def _expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[st
     return problems, {p for p, _ in problems}
 
 
+# usage_db, state: a PostgreSQL or Redis URL's password comes from the environment
+_EXPANDED_TOP_LEVEL = ("usage_db", "state")
+
+
 def _expand_keys_and_hooks(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[str, str]], set[str]]:
-    """Expand ${VAR} in client keys (`key` of the mapping form) and notify URLs, in place."""
+    """Expand ${VAR} in client keys (`key` of the mapping form), notify URLs and the top-level
+    fields of _EXPANDED_TOP_LEVEL, in place."""
     problems: list[tuple[str, str]] = []
-    places: list[tuple[str, dict, str]] = []
+    places: list[tuple[str, dict, str]] = [(name, data, name) for name in _EXPANDED_TOP_LEVEL
+                                           if isinstance(data.get(name), str)]
     for section, field in (("client_keys", "key"), ("notify", "url")):
         items = data.get(section)
         for i, item in enumerate(items if isinstance(items, list) else []):

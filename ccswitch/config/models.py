@@ -33,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from ccswitch.config.database_url import PostgresURL, is_postgres_url
 from ccswitch.config.state_url import RedisURL
 from ccswitch.vocab import Action, Protocol, Route, Strategy
 from ccswitch.wire.headers import sendable
@@ -422,10 +423,21 @@ def _state_url(value: Any) -> RedisURL | None:
     return RedisURL.parse(value)
 
 
+def _usage_db(value: Any) -> Path | PostgresURL:
+    """A PostgreSQL URL becomes a PostgresURL (its password hidden); other text is a path."""
+    if isinstance(value, Path | PostgresURL):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a path or a postgresql:// URL")
+    return PostgresURL.parse(value) if is_postgres_url(value) else Path(value)
+
+
 class Rules(_Model):
     version: Literal[1] = 1
     timezone: str | None = None
-    usage_db: Path = Field(default_factory=lambda: Path("~/.ccswitch/usage.db").expanduser())
+    # a SQLite file (default) or a PostgreSQL URL, see config.database_url
+    usage_db: Annotated[Path | PostgresURL, BeforeValidator(_usage_db)] = Field(
+        default_factory=lambda: Path("~/.ccswitch/usage.db").expanduser())
     # shared with other instances through Redis (config.state_url); None: in this instance's memory
     state: Annotated[RedisURL | None, BeforeValidator(_state_url)] = None
     client_keys: Annotated[tuple[ClientKey, ...], BeforeValidator(_client_key_forms)] = ()
@@ -456,7 +468,9 @@ class Rules(_Model):
 
     @field_validator("usage_db", mode="after")
     @classmethod
-    def _resolve_db(cls, v: Path, info: ValidationInfo) -> Path:
+    def _resolve_db(cls, v: Path | PostgresURL, info: ValidationInfo) -> Path | PostgresURL:
+        if isinstance(v, PostgresURL):
+            return v
         v = v.expanduser()
         base = (info.context or {}).get("base_dir")
         return v if v.is_absolute() or base is None else Path(base) / v

@@ -1,0 +1,64 @@
+"""`usage_db:` in rules.yaml and `--db`: a SQLite path or a PostgreSQL URL whose password is never shown."""
+
+from pathlib import Path
+
+import pytest
+
+from ccswitch.config.database_url import PostgresURL, parse_usage_db
+from ccswitch.config.load import parse_rules
+from ccswitch.config.models import RulesError
+
+
+def test_a_postgresql_url_with_its_password_from_the_environment_is_kept_but_never_shown():
+    rules = parse_rules("usage_db: postgresql://ccswitch:${PGPASS}@db.internal:5433/ledger?sslmode=require\n",
+                        env={"PGPASS": "s3cret-pass"})
+    url = rules.usage_db
+    assert isinstance(url, PostgresURL)
+    assert url.conninfo == "postgresql://ccswitch:s3cret-pass@db.internal:5433/ledger?sslmode=require"
+    for shown in (str(url), repr(url), url.redacted, repr(rules), str(rules)):
+        assert "s3cret-pass" not in shown
+    assert url.redacted == "postgresql://ccswitch:***@db.internal:5433/ledger?sslmode=require"
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("postgres://db.internal/ledger", "postgres://db.internal/ledger"),               # no password: as it is
+    ("postgresql://me@db.internal/ledger", "postgresql://me@db.internal/ledger"),
+    ("postgresql://me:p%40ss@db.internal/ledger", "postgresql://me:***@db.internal/ledger"),
+    ("postgresql:///ledger?host=/run/postgresql&password=pw&application_name=x",
+     "postgresql:///ledger?host=/run/postgresql&password=***&application_name=x"),
+])
+def test_the_shown_form_has_no_password(text, shown):
+    assert PostgresURL.parse(text).redacted == shown
+
+
+def test_a_driver_message_is_scrubbed_of_the_password_however_it_is_spelled():
+    url = PostgresURL.parse("postgresql://me:p%40ss@db.internal/ledger")
+    assert url.scrub("auth failed for p@ss and p%40ss") == "auth failed for *** and ***"
+
+
+def test_equal_urls_are_the_same_database_and_a_new_password_is_another():
+    one, same, other = (PostgresURL.parse(f"postgresql://me:{pw}@h/db") for pw in ("a", "a", "b"))
+    assert one == same and one != other
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("postgresql://me:pw@db.internal:port/x", "check the host and port"),
+    ("postgresql://me:p#w@db.internal/x", "percent-encode"),
+    ("postgresql://me:p w@db.internal/x", "must not contain spaces"),
+    ("", "must be a path or a postgresql:// URL"),
+])
+def test_a_bad_value_is_refused_without_echoing_it(text, problem):
+    with pytest.raises(RulesError) as err:
+        parse_rules(f"usage_db: '{text}'\n")
+    assert problem in str(err.value) and ("pw" not in str(err.value) or not text)
+
+
+def test_a_missing_variable_is_named():
+    with pytest.raises(RulesError, match="usage_db: environment variable PGPASS is not set"):
+        parse_rules("usage_db: postgresql://me:${PGPASS}@h/db\n", env={})
+
+
+def test_anything_else_is_a_sqlite_path_as_before(tmp_path):
+    assert parse_rules("usage_db: u.db\n", base_dir=tmp_path).usage_db == tmp_path / "u.db"
+    assert parse_usage_db("~/x.db") == Path.home() / "x.db"
+    assert parse_usage_db("postgresql://h/db") == PostgresURL.parse("postgresql://h/db")
