@@ -1,10 +1,12 @@
-"""The SQLite usage ledger: a writer thread that never blocks or breaks the proxy.
+"""The usage ledger: a writer thread that never blocks or breaks the proxy.
 
-The proxy only appends to an in-memory queue.  A daemon thread drains it in
-batched transactions (WAL).  When the database is locked, read-only, missing
-or full, the thread logs the problem once, keeps the rows in memory (up to a
-bound, oldest dropped first and counted) and retries with backoff; whatever is
-pending is flushed on shutdown.  Rows linger a few milliseconds so that a busy
+The proxy only appends to an in-memory queue.  A daemon thread drains it in batched
+transactions into a backend (backend.py: a SQLite file; postgres.py: a PostgreSQL server).
+When the database is locked, read-only, missing, full or unreachable, the thread logs the
+problem once, keeps the rows in memory (up to a bound, oldest dropped first, counted and logged
+once) and retries with backoff; when the database takes rows again it says so once and catches
+up.  A row the database refuses (poison) is dropped and logged, the others still go in.
+Whatever is pending is flushed on shutdown.  Rows linger a few milliseconds so that a busy
 proxy commits many in one transaction instead of one each.
 """
 
@@ -12,12 +14,12 @@ from __future__ import annotations
 
 import collections
 import logging
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
-from ccswitch.ledger.schema import connect
+from ccswitch.config.database_url import PostgresURL, parse_usage_db
+from ccswitch.ledger.backend import Backend, SQLiteBackend
 
 log = logging.getLogger("ccswitch.ledger")
 
@@ -33,20 +35,29 @@ ATTEMPT_COLUMNS = (
 )
 ACTIVATION_COLUMNS = ("ts", "upstream", "status", "ok", "error", "latency_ms")
 
-_INSERT = {
-    table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
-    for table, cols in (("requests", REQUEST_COLUMNS), ("attempts", ATTEMPT_COLUMNS),
-                        ("activations", ACTIVATION_COLUMNS))
-}
-_ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
 _COLUMNS = {"requests": REQUEST_COLUMNS, "attempts": ATTEMPT_COLUMNS, "activations": ACTIVATION_COLUMNS}
 
 
+def open_backend(target: Path | PostgresURL, columns: dict[str, tuple[str, ...]], *,
+                 busy_timeout: float = 5.0) -> Backend:
+    """The backend for a ``usage_db`` value: a PostgreSQL URL or a SQLite path."""
+    if isinstance(target, PostgresURL):
+        from ccswitch.ledger.postgres import PostgresBackend  # psycopg only when PostgreSQL is used
+        return PostgresBackend(target, columns, connect_timeout=busy_timeout)
+    return SQLiteBackend(target, columns, busy_timeout=busy_timeout)
+
+
 class Ledger:
-    def __init__(self, path: Path | str, *, max_pending: int = 100_000, batch: int = 500,
-                 interval: float = 0.2, linger: float = 0.05, busy_timeout: float = 5.0) -> None:
-        self.path = Path(path)
-        self.busy_timeout = busy_timeout
+    """``target``: a SQLite path or a PostgreSQL URL (``usage_db``).  ``busy_timeout``: how long
+    one write waits for a lock (SQLite) or a connection (PostgreSQL); ``max_backoff``: the
+    longest pause between retries while the database refuses."""
+
+    def __init__(self, target: Path | str | PostgresURL, *, max_pending: int = 100_000, batch: int = 500,
+                 interval: float = 0.2, linger: float = 0.05, busy_timeout: float = 5.0,
+                 max_backoff: float = 30.0) -> None:
+        self.target: Path | PostgresURL = parse_usage_db(target) if isinstance(target, str | Path) else target
+        self.backend: Backend = open_backend(self.target, _COLUMNS, busy_timeout=busy_timeout)
+        self.max_backoff = max_backoff
         self.max_pending = max_pending
         self.batch = batch
         self.interval = interval
@@ -56,10 +67,15 @@ class Ledger:
         self._cond = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
-        self._conn: sqlite3.Connection | None = None
-        self._failing: str | None = None    # the problem last logged, so it is logged once
+        self._failing: str | None = None    # the problem that began the current outage: logged once
+        self._drops_logged = False          # a full buffer is logged once until the database is back
         self.dropped = 0
         self.written = 0
+
+    @property
+    def path(self) -> Path | PostgresURL:
+        """The ``usage_db`` written to (a name kept from when it could only be a file)."""
+        return self.target
 
     # ------------------------------------------------------------------ proxy side
 
@@ -74,9 +90,7 @@ class Ledger:
         with self._cond:
             if len(self._pending) >= self.max_pending:
                 self._pending.popleft()
-                self.dropped += 1
-                if self.dropped == 1 or self.dropped % 1000 == 0:
-                    log.error("ccswitch: usage ledger buffer full; %d row(s) dropped so far", self.dropped)
+                self._count_dropped(1)
             self._pending.append((table, values))
             if len(self._pending) in (1, self.batch):   # woken when work appears or a batch is full
                 self._cond.notify()
@@ -89,7 +103,7 @@ class Ledger:
         if self._thread:
             self._thread.join(timeout)
         if self.pending:
-            log.error("ccswitch: %d usage row(s) could not be written to %s", self.pending, self.path)
+            log.error("ccswitch: %d usage row(s) could not be written to %s", self.pending, self.backend.label)
 
     @property
     def pending(self) -> int:
@@ -113,21 +127,19 @@ class Ledger:
                 continue
             try:
                 self._write_batch(rows)
-            except (sqlite3.Error, OSError) as exc:
+            except Exception as exc:    # whatever the database or its driver raises: keep the rows, retry
                 self._report(exc)
                 if self._closing and backoff > 2:
                     break               # shutting down and the database still refuses
                 self._sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, self.max_backoff)
                 continue
             finally:
                 self._in_hand = 0
             backoff = 0.5
             if self._failing:
-                log.warning("ccswitch: usage ledger %s is writable again", self.path)
-                self._failing = None
-        if self._conn is not None:
-            self._conn.close()
+                self._recovered(len(rows))
+        self.backend.close()
 
     def _write_batch(self, rows: list[tuple[str, tuple]]) -> None:
         """Write the rows, or give back (to the front of the queue) those not written and raise."""
@@ -135,21 +147,21 @@ class Ledger:
             self._write(rows)
             self.written += len(rows)
             return
-        except _ROW_ERRORS:
-            pass                        # a bad row must not block the good ones: one by one
-        except BaseException:
-            self._give_back(rows)
-            raise
+        except BaseException as exc:
+            if not self.backend.is_poison(exc):
+                self._give_back(rows)
+                raise
+            # a bad row must not block the good ones: one by one
         for i, (table, values) in enumerate(rows):
             try:
                 self._write([(table, values)])
-            except _ROW_ERRORS as exc:
+            except BaseException as exc:
+                if not self.backend.is_poison(exc):
+                    self._give_back(rows[i:])
+                    raise
                 with self._cond:
                     self.dropped += 1
-                log.error("ccswitch: dropped a %s row the database rejects: %s", table, exc)
-            except BaseException:
-                self._give_back(rows[i:])
-                raise
+                log.error("ccswitch: dropped a %s row the database rejects: %s", table, self.backend.describe(exc))
             else:
                 self.written += 1
 
@@ -161,34 +173,35 @@ class Ledger:
             for _ in range(max(0, over)):   # full while these were in hand: the oldest go
                 self._pending.popleft()
             if over > 0:
-                self.dropped += over
-                log.error("ccswitch: usage ledger buffer full; %d row(s) dropped so far", self.dropped)
+                self._count_dropped(over)
+
+    def _count_dropped(self, n: int) -> None:
+        """``n`` of the oldest rows left the full buffer (the caller holds the lock)."""
+        self.dropped += n
+        if not self._drops_logged:
+            self._drops_logged = True
+            log.error("ccswitch: usage ledger buffer full (%d rows): dropping the oldest until %s takes rows "
+                      "again", self.max_pending, self.backend.label)
 
     def _write(self, rows: list[tuple[str, tuple]]) -> None:
-        if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = connect(str(self.path), timeout=self.busy_timeout)
-        conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for table, values in rows:
-                conn.execute(_INSERT[table], values)
-            conn.execute("COMMIT")
-        except BaseException:
-            # reopen next time: the file may have been replaced, unlocked or made writable
-            self._conn = None
-            try:
-                conn.close()
-            except sqlite3.Error as exc:
-                log.debug("closing the ledger connection failed too: %s", exc)
-            raise
+        self.backend.insert(rows)
 
     def _report(self, exc: BaseException) -> None:
-        text = f"{type(exc).__name__}: {exc}"
-        if text != self._failing:
+        text = self.backend.describe(exc)
+        if self._failing is None:       # once per outage; what else goes wrong meanwhile is debug detail
             log.error("ccswitch: cannot write the usage ledger %s (%s); keeping %d row(s) in memory "
-                      "and retrying", self.path, text, len(self._pending))
+                      "and retrying", self.backend.label, text, self.pending)
             self._failing = text
+        elif text != self._failing:
+            log.debug("ccswitch: usage ledger %s still failing: %s", self.backend.label, text)
+
+    def _recovered(self, just_written: int) -> None:
+        with self._cond:
+            dropped, self._drops_logged = self.dropped, False
+        lost = f"; {dropped} row(s) dropped so far" if dropped else ""
+        log.warning("ccswitch: usage ledger %s is writable again; writing the %d row(s) kept meanwhile%s",
+                    self.backend.label, just_written + self.pending, lost)
+        self._failing = None
 
     def _sleep(self, seconds: float) -> None:
         with self._cond:

@@ -19,7 +19,7 @@ V1_ROWS = 25
 def make_v1_database(path) -> None:
     """A file as ccswitch with schema 1 left it: tables of migration 1, rows, user_version 1."""
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.executescript(schema.MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    conn.executescript(schema.migration_sql(1) + "; PRAGMA user_version = 1;")
     for i in range(V1_ROWS):
         r = row(i)
         conn.execute(f"INSERT INTO requests ({', '.join(r)}) VALUES ({', '.join('?' * len(r))})", tuple(r.values()))

@@ -173,7 +173,7 @@ def test_a_version_1_database_read_only_reports_no_sessions(tmp_path, capsys):
     """The report opens the file read-only, so it is not migrated: it must read it as it is."""
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.executescript(schema.MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    conn.executescript(schema.migration_sql(1) + "; PRAGMA user_version = 1;")
     for i, row in enumerate(ROWS):
         row = {k: v for k, v in row.items() if k not in ("session", "affinity")}
         insert_request(conn, i, model="claude-sonnet-4-5", **row)

@@ -1,0 +1,97 @@
+"""What the ledger's writer thread needs from a database engine, and the SQLite one.
+
+The writer (writer.py) owns the buffer, batching, retry and backoff; a backend only connects
+(creating or migrating the schema), inserts a batch in one transaction and tells a row the
+database will never take (poison: dropped, logged) from a database that cannot take anything
+now (transient: the rows wait and the write is retried).  A backend lives in the writer thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from ccswitch.ledger import schema
+
+log = logging.getLogger("ccswitch.ledger")
+
+Row = tuple[str, tuple]       # (table, values in the order of writer's column tuples)
+
+# a value no engine can store (a huge integer, a lone surrogate in text) is a bad row, not a bad database
+VALUE_ERRORS = (OverflowError, ValueError, TypeError)
+
+
+class Backend(ABC):
+    """One database the ledger writes to. ``label`` names it in log lines (never a password)."""
+
+    label: str
+
+    @abstractmethod
+    def connect(self) -> None:
+        """Open the connection if there is none, and bring the schema to schema.VERSION."""
+
+    @abstractmethod
+    def insert(self, rows: list[Row]) -> None:
+        """Insert ``rows`` in one transaction, connecting first if needed.  On failure nothing
+        is written, the connection is dropped (the next call reconnects) and the error raised."""
+
+    @abstractmethod
+    def is_poison(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means a row the database will never take (anything else is retried)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Drop the connection, if any."""
+
+    def describe(self, exc: BaseException) -> str:
+        """``exc`` for a log line."""
+        return f"{type(exc).__name__}: {exc}".strip()
+
+
+def insert_sql(table: str, columns: tuple[str, ...], placeholder: str) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(placeholder for _ in columns)})"
+
+
+class SQLiteBackend(Backend):
+    """A SQLite file in WAL mode; its directory is created when needed."""
+
+    _ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError, *VALUE_ERRORS)
+
+    def __init__(self, path: Path, columns: dict[str, tuple[str, ...]], *, busy_timeout: float = 5.0) -> None:
+        self.path = path
+        self.label = str(path)
+        self.busy_timeout = busy_timeout
+        self._insert = {table: insert_sql(table, cols, "?") for table, cols in columns.items()}
+        self._conn: sqlite3.Connection | None = None
+
+    def connect(self) -> None:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = schema.connect(str(self.path), timeout=self.busy_timeout)
+
+    def insert(self, rows: list[Row]) -> None:
+        self.connect()
+        conn = self._conn
+        assert conn is not None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for table, values in rows:
+                conn.execute(self._insert[table], values)
+            conn.execute("COMMIT")
+        except BaseException:
+            # reopen next time: the file may have been replaced, unlocked or made writable
+            self.close()
+            raise
+
+    def is_poison(self, exc: BaseException) -> bool:
+        return isinstance(exc, self._ROW_ERRORS)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error as exc:
+                log.debug("closing the ledger connection failed too: %s", exc)

@@ -1,0 +1,145 @@
+"""The usage ledger in PostgreSQL (psycopg 3): connecting, the schema version, the writer's backend.
+
+Same tables and columns as SQLite's, from the same migrations (schema.py, the PostgreSQL types
+filled in).  The version is the one row of ``ccswitch_schema``; each migration runs in its own
+transaction under an advisory lock, so instances starting at once against an old (or empty)
+database migrate it once.  Tables go to the connection's current schema (``search_path``).
+
+psycopg is imported only when a PostgreSQL ``usage_db`` is used (the ``postgres`` extra).
+A password in the URL reaches libpq only; log lines and errors name ``url.redacted``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ccswitch.config.database_url import PostgresURL
+from ccswitch.ledger import schema
+from ccswitch.ledger.backend import VALUE_ERRORS, Backend, Row, insert_sql
+
+if TYPE_CHECKING:
+    import psycopg
+
+log = logging.getLogger("ccswitch.ledger")
+
+SCHEMA_TABLE = "ccswitch_schema"
+_MIGRATION_LOCK = 0x63637377      # pg_advisory_xact_lock key: 'ccsw'
+# a dead server or a silent network is noticed within seconds, not at TCP's 15-minute timeout
+_KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+              "tcp_user_timeout": 30_000}
+
+
+class DriverMissing(RuntimeError):
+    """psycopg is not installed: a PostgreSQL usage_db cannot be used."""
+
+
+def driver() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise DriverMissing("a PostgreSQL usage_db needs psycopg: pip install 'ccswitch[postgres]'") from None
+    return psycopg
+
+
+def connect(url: PostgresURL, *, readonly: bool = False, timeout: float = 5.0) -> psycopg.Connection:
+    """An autocommit connection (transactions are explicit); migrated unless ``readonly``."""
+    conn = driver().connect(url.conninfo, autocommit=True, connect_timeout=max(1, round(timeout)),
+                            application_name="ccswitch", **_KEEPALIVE)
+    try:
+        if readonly:
+            conn.execute("SET default_transaction_read_only = on")
+        else:
+            migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def version(conn: psycopg.Connection) -> int:
+    if conn.execute("SELECT to_regclass(%s)", (SCHEMA_TABLE,)).fetchone()[0] is None:
+        return 0
+    row = conn.execute(f"SELECT max(version) FROM {SCHEMA_TABLE}").fetchone()
+    return row[0] or 0
+
+
+def migrate(conn: psycopg.Connection) -> int:
+    """Bring the schema to schema.VERSION; returns the version found before."""
+    found = version(conn)
+    if found > schema.VERSION:
+        raise RuntimeError(f"usage database schema {found} is newer than this ccswitch ({schema.VERSION})")
+    for number in range(found + 1, schema.VERSION + 1):
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} (version INTEGER NOT NULL)")
+            if version(conn) >= number:       # another instance migrated while we waited for the lock
+                continue
+            for statement in schema.statements(number, schema.POSTGRESQL):
+                conn.execute(statement)
+            conn.execute(f"DELETE FROM {SCHEMA_TABLE}")
+            conn.execute(f"INSERT INTO {SCHEMA_TABLE} (version) VALUES (%s)", (number,))
+    return found
+
+
+def tables(conn: psycopg.Connection) -> set[str]:
+    return {r[0] for r in conn.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")}
+
+
+def columns(conn: psycopg.Connection, table: str) -> set[str]:
+    """The columns ``table`` has (none if it does not exist)."""
+    return {r[0] for r in conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name = %s", (table,))}
+
+
+def _storable(values: tuple) -> tuple:
+    # SQLite stores a bool as 0/1; PostgreSQL would refuse a boolean in an integer column
+    return tuple(int(v) if isinstance(v, bool) else v for v in values)
+
+
+class PostgresBackend(Backend):
+    """One connection, kept while it works; a batch is one transaction of pipelined inserts."""
+
+    def __init__(self, url: PostgresURL, columns: dict[str, tuple[str, ...]], *, connect_timeout: float = 5.0) -> None:
+        self.url = url
+        self.label = url.redacted
+        self.connect_timeout = connect_timeout
+        self._insert = {table: insert_sql(table, cols, "%s") for table, cols in columns.items()}
+        self._conn: psycopg.Connection | None = None
+
+    def connect(self) -> None:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.url, timeout=self.connect_timeout)
+
+    def insert(self, rows: list[Row]) -> None:
+        self.connect()
+        conn = self._conn
+        assert conn is not None
+        by_table: dict[str, list[tuple]] = {}
+        for table, values in rows:        # each table's rows keep their order
+            by_table.setdefault(table, []).append(_storable(values))
+        try:
+            with conn.transaction(), conn.cursor() as cursor:
+                for table, values in by_table.items():
+                    cursor.executemany(self._insert[table], values)
+        except BaseException as exc:
+            if not self.is_poison(exc):   # a bad row leaves a good connection; anything else: reconnect
+                self.close()
+            raise
+
+    def is_poison(self, exc: BaseException) -> bool:
+        psycopg = driver()
+        return isinstance(exc, (psycopg.DataError, psycopg.IntegrityError, *VALUE_ERRORS))
+
+    def describe(self, exc: BaseException) -> str:
+        return self.url.scrub(super().describe(exc))     # libpq never echoes it; should a message ever do
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except driver().Error as exc:
+                log.debug("closing the ledger's PostgreSQL connection failed too: %s", exc)

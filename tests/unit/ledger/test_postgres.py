@@ -1,0 +1,177 @@
+"""The ledger in a real PostgreSQL: the same tables and columns as SQLite's, schema versions,
+migrations from empty and from an older version (once, with instances starting at once), bad
+rows dropped, and an outage of the server (stopped mid-run) that loses no row and logs once."""
+
+import logging
+import sqlite3
+import threading
+import time
+
+import psycopg
+import pytest
+
+from ccswitch.config.database_url import PostgresURL
+from ccswitch.ledger import postgres, schema
+from ccswitch.ledger.reading import LedgerReadError, open_reader
+from ccswitch.ledger.writer import Ledger
+from tests.unit.ledger.test_ledger import row, wait_for
+
+TABLES = ("requests", "attempts", "activations")
+
+
+def query(url: str, sql: str, params=()) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def pg_columns(url: str, table: str) -> list[str]:
+    return [r[0] for r in query(url, "SELECT column_name FROM information_schema.columns WHERE table_name = %s "
+                                     "AND table_schema = current_schema() ORDER BY ordinal_position", (table,))]
+
+
+def test_an_empty_database_gets_sqlites_tables_and_columns_and_the_schema_version(postgres_url, tmp_path):
+    ledger = Ledger(PostgresURL.parse(postgres_url)).start()
+    for i in range(1200):                        # more than one batch
+        ledger.add("requests", row(i))
+    ledger.add("attempts", {"request_id": "r1", "ts": "2026-11-25T10:00:00.000+00:00", "n": 1, "upstream": "a"})
+    ledger.add("activations", {"ts": "2026-11-25T06:00:00.000+00:00", "upstream": "a", "ok": True})
+    ledger.close()
+    assert query(postgres_url, "SELECT count(*), sum(input_tokens) FROM requests") == [(1200, sum(range(1200)))]
+    assert query(postgres_url, "SELECT version FROM ccswitch_schema") == [(schema.VERSION,)]
+    assert query(postgres_url, "SELECT ok FROM activations") == [(1,)]   # a bool goes in as SQLite's 0/1
+    lite = sqlite3.connect(tmp_path / "usage.db")
+    for number in range(1, schema.VERSION + 1):
+        lite.executescript(schema.migration_sql(number))
+    for table in TABLES:
+        assert pg_columns(postgres_url, table) == [r[1] for r in lite.execute(f"PRAGMA table_info({table})")]
+    indexes = {r[0] for r in query(postgres_url, "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
+    assert {"requests_ts", "requests_session", "attempts_request", "activations_ts"} <= indexes
+
+
+def make_v1_database(url: str, rows: int = 25) -> None:
+    """A database as a ccswitch with schema 1 would have left it."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in schema.statements(1, schema.POSTGRESQL):
+            conn.execute(statement)
+        conn.execute("CREATE TABLE ccswitch_schema (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO ccswitch_schema VALUES (1)")
+        for i in range(rows):
+            r = row(i)
+            conn.execute(f"INSERT INTO requests ({', '.join(r)}) VALUES ({', '.join(['%s'] * len(r))})",
+                         tuple(r.values()))
+
+
+def test_an_older_database_is_migrated_keeping_every_row(postgres_url):
+    make_v1_database(postgres_url)
+    assert "session" not in pg_columns(postgres_url, "requests")
+    with open_reader(PostgresURL.parse(postgres_url)) as reader:      # reading never migrates
+        assert "session" not in reader.columns("requests")
+    ledger = Ledger(postgres_url).start()                               # a URL as text works too
+    ledger.add("requests", {**row(99), "session": "s-1", "affinity": "moved", "client": "alice"})
+    ledger.close()
+    assert query(postgres_url, "SELECT version FROM ccswitch_schema") == [(schema.VERSION,)]
+    assert query(postgres_url, "SELECT count(*), count(session) FROM requests") == [(26, 1)]
+    assert query(postgres_url, "SELECT session, affinity, client FROM requests WHERE request_id = 'r99'") == \
+        [("s-1", "moved", "alice")]
+
+
+def test_instances_starting_at_once_migrate_once(postgres_url):
+    url = PostgresURL.parse(postgres_url)
+    errors, start = [], threading.Barrier(4)
+
+    def open_one():
+        start.wait()
+        try:
+            postgres.connect(url).close()
+        except Exception as exc:                 # reported below: a race shows as a duplicate table or column
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert query(postgres_url, "SELECT version FROM ccswitch_schema") == [(schema.VERSION,)]
+
+
+def test_a_newer_schema_is_refused(postgres_url):
+    postgres.connect(PostgresURL.parse(postgres_url)).close()
+    query(postgres_url, "UPDATE ccswitch_schema SET version = %s RETURNING version", (schema.VERSION + 1,))
+    with pytest.raises(RuntimeError, match="newer"):
+        postgres.connect(PostgresURL.parse(postgres_url))
+
+
+def test_rows_postgresql_refuses_are_dropped_and_the_others_written(postgres_url, caplog):
+    ledger = Ledger(postgres_url).start()
+    nul, huge, missing = row(1), row(2), row(3)
+    nul["model"] = "claude\x00"                  # SQLite takes it; PostgreSQL text cannot hold NUL
+    huge["input_tokens"] = 10 ** 30              # beyond BIGINT
+    missing["route"] = None                      # NOT NULL
+    for r in (row(0), nul, huge, missing, row(4)):
+        ledger.add("requests", r)
+    ledger.close()
+    assert [r[0] for r in query(postgres_url, "SELECT request_id FROM requests ORDER BY id")] == ["r0", "r4"]
+    assert ledger.dropped == 3 and caplog.text.count("dropped a requests row") == 3
+
+
+def test_a_stopped_server_loses_no_row_and_is_logged_once(own_postgres, caplog):
+    """The server stops mid-run (as if it crashed) while rows keep coming; nothing blocks, the
+    rows wait, one line says it cannot write (without the password), one says it caught up."""
+    url = PostgresURL.parse(own_postgres.url)
+    ledger = Ledger(url, batch=50, max_backoff=0.5, busy_timeout=2).start()
+    sent = 0
+
+    def send(n):
+        nonlocal sent
+        started = time.perf_counter()
+        for _ in range(n):
+            ledger.add("requests", row(sent))
+            sent += 1
+        assert time.perf_counter() - started < 0.5          # the proxy side only queues
+    with caplog.at_level(logging.INFO, logger="ccswitch.ledger"):
+        send(300)
+        assert wait_for(lambda: ledger.written == 300)
+        own_postgres.stop(mode="immediate")
+        for _ in range(20):                                  # rows keep coming through the outage
+            send(25)
+            time.sleep(0.1)
+        assert wait_for(lambda: "cannot write the usage ledger" in caplog.text)
+        assert ledger.pending > 0
+        own_postgres.start()
+        assert wait_for(lambda: ledger.pending == 0, timeout=30)
+        ledger.close()
+    assert query(own_postgres.url, "SELECT count(*), count(DISTINCT request_id) FROM requests") == [(sent, sent)]
+    assert caplog.text.count("cannot write the usage ledger") == 1
+    assert caplog.text.count("is writable again") == 1
+    assert url.redacted in caplog.text and own_postgres.password not in caplog.text
+
+
+def test_an_unreachable_server_at_start_keeps_rows_until_it_comes(own_postgres, caplog):
+    own_postgres.stop()
+    ledger = Ledger(PostgresURL.parse(own_postgres.url), max_backoff=0.5, busy_timeout=2).start()
+    for i in range(40):
+        ledger.add("requests", row(i))
+    assert wait_for(lambda: "cannot write the usage ledger" in caplog.text)
+    with pytest.raises(LedgerReadError) as err:              # readers say so, without the password
+        open_reader(PostgresURL.parse(own_postgres.url), timeout=2)
+    assert own_postgres.password not in str(err.value) and "127.0.0.1" in str(err.value)
+    own_postgres.start()
+    assert wait_for(lambda: ledger.pending == 0, timeout=30)
+    ledger.close()
+    assert query(own_postgres.url, "SELECT count(*) FROM requests") == [(40,)]
+
+
+def test_a_full_buffer_during_an_outage_drops_the_oldest_with_one_line(own_postgres, caplog):
+    own_postgres.stop()
+    ledger = Ledger(PostgresURL.parse(own_postgres.url), max_pending=100, max_backoff=0.5, busy_timeout=2).start()
+    for i in range(350):
+        ledger.add("requests", row(i))
+    assert ledger.dropped == 250 and caplog.text.count("buffer full") == 1
+    assert wait_for(lambda: "cannot write the usage ledger" in caplog.text)
+    own_postgres.start()
+    assert wait_for(lambda: ledger.pending == 0, timeout=30)
+    ledger.close()
+    kept = [r[0] for r in query(own_postgres.url, "SELECT request_id FROM requests ORDER BY id")]
+    assert kept == [f"r{i}" for i in range(250, 350)]                 # the newest hundred
+    assert "writing the 100 row(s) kept meanwhile; 250 row(s) dropped so far" in caplog.text
