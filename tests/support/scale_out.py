@@ -51,6 +51,10 @@ def instances(rules_text: str, workdir: Path, count: int = 2) -> Iterator[list[P
             home = workdir / f"instance-{index}"
             home.mkdir(exist_ok=True)
             proxies.append(Proxy(rules, home).start())
+        if "\nstate: " in "\n" + rules_text:
+            # an instance serves at once, from its own memory; these tests start once it has loaded the shared state
+            for proxy in proxies:
+                wait_for(lambda p=proxy: "sharing state through" in p.log(), timeout=20, pause=0.02)
         yield proxies
     finally:
         for proxy in proxies:
