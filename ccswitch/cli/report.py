@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import sys
 from collections.abc import Iterator, Mapping
 from datetime import date, timedelta
@@ -13,8 +12,9 @@ from pathlib import Path
 
 from ccswitch.cli.rules_file import find_announced
 from ccswitch.clock import utc_now
+from ccswitch.config.database_url import parse_usage_db
 from ccswitch.config.models import Rules, RulesError
-from ccswitch.ledger.schema import connect
+from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
 from ccswitch.report.data import DIMENSIONS, build_report, report_zone
 from ccswitch.report.text import activation_lines, render_table, report_json
 from ccswitch.report.timeline import PERIODS, period_start
@@ -58,7 +58,8 @@ def _positive(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rules", metavar="PATH", help="rules.yaml for prices, database and time zone (default: as mitmdump finds it)")
-    p.add_argument("--db", metavar="PATH", help="usage database (default: the rules' usage_db)")
+    p.add_argument("--db", metavar="PATH|URL",
+                   help="usage database: a SQLite file or a postgresql:// URL (default: the rules' usage_db)")
     p.add_argument("--days", type=_positive, default=30, metavar="N", help="days up to --until (default 30)")
     p.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="first day (days are local to the rules' time zone)")
     p.add_argument("--until", type=_day, metavar="YYYY-MM-DD", help="last day (default today)")
@@ -123,20 +124,21 @@ def _run(args: argparse.Namespace) -> int:
     if args.blocks and args.blocks not in {up.name for up in rules.upstreams}:
         print(f"note: no upstream named {args.blocks!r} in the rules; blocks count its answers in the database",
               file=sys.stderr)
-    db = Path(args.db).expanduser() if args.db else rules.usage_db
-    if not db.is_file():
+    try:
+        db = parse_usage_db(args.db) if args.db else rules.usage_db
+    except ValueError as exc:
+        print(f"--db: {exc}", file=sys.stderr)
+        return 1
+    if not exists(db):
         print(f"no usage database at {db} (ccswitch writes one once it has routed a request)", file=sys.stderr)
         return 1
     try:
-        conn = connect(str(db), readonly=True)
-        try:
-            report = build_report(conn, rules, since, until, args.by, tz=tz, db_path=str(db), period=args.period,
+        with open_reader(db) as reader:
+            report = build_report(reader, rules, since, until, args.by, tz=tz, db_path=str(db), period=args.period,
                                   hours_day=hours_day, blocks=args.blocks is not None,
                                   blocks_upstream=args.blocks or None)
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        print(f"cannot read usage database {db}: {exc}", file=sys.stderr)
+    except LedgerReadError as exc:              # names the database, never its password
+        print(f"cannot read usage database: {exc}", file=sys.stderr)
         return 1
 
     if report.empty and not report.blocks:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -13,7 +12,7 @@ from mitmproxy import command, exceptions
 from ccswitch.activation.probe import ProbeResult, Schedule, Slot, send_probe, slot_instants
 from ccswitch.clock import utc_now
 from ccswitch.config.models import Rules, Upstream
-from ccswitch.ledger.schema import connect
+from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.net import http1
 from ccswitch.routing.events import Event
@@ -110,18 +109,17 @@ class Activator:
 
 def seed_from_ledger(schedule: Schedule, rules: Rules, now: datetime) -> None:
     """After a restart, slots that already fired today (per the ledger) do not fire again."""
-    path = rules.usage_db
-    if not path.exists():
+    target = rules.usage_db
+    if not exists(target):
         return
     since = (now - timedelta(days=2)).astimezone(UTC).isoformat()
     try:
-        conn = connect(str(path), readonly=True, timeout=1)
-        try:
-            rows = conn.execute("SELECT upstream, ts FROM activations WHERE ok = 1 AND ts >= ?", (since,)).fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        log.warning("ccswitch: could not read past activations from %s: %s", path, exc)
+        with open_reader(target, timeout=1) as reader:
+            if "activations" not in reader.tables():
+                return
+            rows = list(reader.execute("SELECT upstream, ts FROM activations WHERE ok = 1 AND ts >= ?", (since,)))
+    except LedgerReadError as exc:
+        log.warning("ccswitch: could not read past activations: %s", exc)
         return
     names = {u.name: u for u in rules.upstreams}
     for name, ts in rows:

@@ -19,17 +19,17 @@ byte (latency.py).
 """
 from __future__ import annotations
 
-import sqlite3
 from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from ccswitch.clock import utc_now
 from ccswitch.config.models import Rules
-from ccswitch.ledger.schema import columns
+from ccswitch.ledger.reading import LedgerReader, as_reader
 from ccswitch.report import prices, timeline
 from ccswitch.report.latency import LatencyStats, Timing, Timings, stats
 from ccswitch.report.totals import (
@@ -44,6 +44,9 @@ from ccswitch.report.totals import (
     sorted_groups,
 )
 from ccswitch.vocab import Route
+
+if TYPE_CHECKING:
+    import sqlite3
 
 __all__ = ["DIMENSIONS", "NO_MODEL", "NO_SESSION", "NO_UPSTREAM", "Activation", "BlockSpan", "Report", "Span", "Totals",
            "build_report", "fmt_tokens", "report_zone", "sorted_groups", "tz_label"]
@@ -175,22 +178,18 @@ def _parse_utc(text: str) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
-def _tables(conn: sqlite3.Connection) -> set[str]:
-    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-
-
-def _rows(conn: sqlite3.Connection, sql: str, since: date, until: date, before: int = 1) -> Iterator[tuple]:
+def _rows(reader: LedgerReader, sql: str, since: date, until: date, before: int = 1) -> Iterator[tuple]:
     # UTC ISO text sorts by time: widen by a day each side (time zones), filter local days later
-    yield from conn.execute(sql, ((since - timedelta(days=before)).isoformat(),
-                                  (until + timedelta(days=2)).isoformat()))
+    yield from reader.execute(sql, ((since - timedelta(days=before)).isoformat(),
+                                    (until + timedelta(days=2)).isoformat()))
 
 
 _REQUESTS_SQL = """
 SELECT substr(ts, 1, 16) AS minute, route, upstream, model, NULLIF(upstream_model, ''), {session},
        endpoint = 'count_tokens', count(*),
        sum(input_tokens), sum(output_tokens), sum(cache_creation_tokens),
-       sum(min(cache_creation_1h_tokens, cache_creation_tokens)), sum(cache_read_tokens),
-       sum(reasoning_tokens), sum(attempts > 1), sum(error IS NOT NULL OR coalesce(status, 0) >= 400),
+       sum({cache_1h}), sum(cache_read_tokens),
+       sum(reasoning_tokens), {failovers}, {errors},
        {moved}
 FROM requests
 WHERE ts >= ? AND ts < ?
@@ -206,12 +205,15 @@ WHERE ts >= ? AND ts < ? AND endpoint != 'count_tokens' AND upstream IS NOT NULL
 """
 
 
-def _requests_sql(conn: sqlite3.Connection) -> str:
-    """The query for the columns this file has: a database older than session affinity
-    (read-only, so not migrated) reads as requests without a session."""
-    has = columns(conn, "requests")
+def _requests_sql(reader: LedgerReader) -> str:
+    """The query for the columns this database has (a database older than session affinity,
+    read-only so not migrated, reads as requests without a session) in the reader's dialect."""
+    has = reader.columns("requests")
     return _REQUESTS_SQL.format(session="session" if "session" in has else "NULL",
-                                moved="sum(affinity = 'moved')" if "affinity" in has else "0")
+                                cache_1h=reader.least("cache_creation_1h_tokens", "cache_creation_tokens"),
+                                failovers=reader.count_if("attempts > 1"),
+                                errors=reader.count_if("error IS NOT NULL OR coalesce(status, 0) >= 400"),
+                                moved=reader.count_if("affinity = 'moved'") if "affinity" in has else "0")
 
 _ACTIVATIONS_SQL = """
 SELECT ts, upstream, ok, status, error FROM activations
@@ -237,11 +239,11 @@ class Pricer:
                               self.multipliers.get(upstream or "", 1.0))
 
 
-def _usage_rows(conn: sqlite3.Connection, since: date, until: date, tz: tzinfo | None, pricer: Pricer,
+def _usage_rows(reader: LedgerReader, since: date, until: date, tz: tzinfo | None, pricer: Pricer,
                 before: int) -> Iterator[tuple[UsageRow, bool]]:
     """Priced rows in time order, each with whether it is a count_tokens row."""
     for (minute, route, upstream, model, sent, session, is_count, n, inp, out, cw, cw1h, cr, reas, fo, err,
-         moved) in _rows(conn, _requests_sql(conn), since, until, before):
+         moved) in _rows(reader, _requests_sql(reader), since, until, before):
         moment = _parse_utc(minute)
         t = Totals(n, inp or 0, out or 0, cw or 0, cw1h or 0, cr or 0, reas or 0, fo or 0, err or 0, moved or 0)
         usd = pricer.cost(sent or model, upstream, t)
@@ -253,20 +255,21 @@ def _usage_rows(conn: sqlite3.Connection, since: date, until: date, tz: tzinfo |
             bool(is_count)
 
 
-def _timings(conn: sqlite3.Connection, since: date, until: date, tz: tzinfo | None) -> Timings:
+def _timings(reader: LedgerReader, since: date, until: date, tz: tzinfo | None) -> Timings:
     out = []
-    for ts, upstream, latency_ms, ttfb_ms in _rows(conn, _TIMINGS_SQL, since, until):
+    for ts, upstream, latency_ms, ttfb_ms in _rows(reader, _TIMINGS_SQL, since, until):
         moment = _parse_utc(ts)
         if since <= timeline.local(moment, tz).date() <= until:
             out.append(Timing(moment, upstream, int(latency_ms), None if ttfb_ms is None else int(ttfb_ms)))
     return Timings(out)
 
 
-def build_report(conn: sqlite3.Connection, rules: Rules, since: date, until: date,
+def build_report(conn: LedgerReader | sqlite3.Connection, rules: Rules, since: date, until: date,
                  by: str | None = None, *, tz: tzinfo | None = None, db_path: str = "",
                  period: str = "day", hours_day: date | None = None, blocks: bool = False,
                  blocks_upstream: str | None = None, now: datetime | None = None) -> Report:
-    """Read requests and activations between ``since`` and ``until`` (inclusive local days).
+    """Read requests and activations between ``since`` and ``until`` (inclusive local days) from
+    ``conn`` (a ``LedgerReader`` of SQLite or PostgreSQL, or a SQLite connection).
     ``tz``: default the rules' time zone, else the system's (DST-aware). ``period``: the main
     table's rows (day, week, month); ``hours_day``: split that day (one of the period's) by hour
     instead; ``blocks``: also the 5-hour blocks of the claude route (of ``blocks_upstream``'s
@@ -284,7 +287,8 @@ def build_report(conn: sqlite3.Connection, rules: Rules, since: date, until: dat
     whole = Span(by_day[since].start, by_day[until].end, f"{since}..{until}")
     hour_starts = timeline.day_hours(hours_day, tz) if hours_day else []
     hours = [Span(s, s + timeline.HOUR, label) for s, label in zip(hour_starts, timeline.hour_labels(hour_starts, tz))]
-    tables = _tables(conn)
+    reader = as_reader(conn, db_path)
+    tables = reader.tables()
     pricer = Pricer(rules)
     count_tokens = 0
     unpriced: dict[str, int] = defaultdict(int)
@@ -292,7 +296,7 @@ def build_report(conn: sqlite3.Connection, rules: Rules, since: date, until: dat
     block_events: list[tuple[datetime, UsageRow]] = []
     if "requests" in tables:
         before = BLOCKS_LOOKBACK_DAYS if blocks else 1
-        for row, is_count in _usage_rows(conn, since, until, tz, pricer, before):
+        for row, is_count in _usage_rows(reader, since, until, tz, pricer, before):
             in_period = since <= row.day <= until
             if is_count:
                 count_tokens += in_period
@@ -327,8 +331,8 @@ def build_report(conn: sqlite3.Connection, rules: Rules, since: date, until: dat
         since=since, until=until, tz_name=tz_label(rules, tz), by=by, db_path=db_path, days=days, by_day=by_day,
         whole=whole, tz=tz, period=period, hours=hours if hours_day else None,
         blocks=_blocks(block_events, whole, tz) if blocks else None, blocks_upstream=blocks_upstream,
-        timings=_timings(conn, since, until, tz) if "requests" in tables else Timings([]), now=now,
-        activations=_activations(conn, tables, since, until, tz), unpriced=dict(unpriced),
+        timings=_timings(reader, since, until, tz) if "requests" in tables else Timings([]), now=now,
+        activations=_activations(reader, tables, since, until, tz), unpriced=dict(unpriced),
         count_tokens=count_tokens, notes=notes)
 
 
@@ -362,12 +366,12 @@ def report_zone(rules: Rules) -> tzinfo | None:
     return ZoneInfo(rules.timezone) if rules.timezone else None
 
 
-def _activations(conn: sqlite3.Connection, tables: set[str], since: date, until: date,
+def _activations(reader: LedgerReader, tables: set[str], since: date, until: date,
                  tz: tzinfo | None) -> list[Activation]:
     if "activations" not in tables:
         return []
     out: dict[str, Activation] = {}
-    for ts, upstream, ok, status, error in _rows(conn, _ACTIVATIONS_SQL, since, until):
+    for ts, upstream, ok, status, error in _rows(reader, _ACTIVATIONS_SQL, since, until):
         when = _parse_utc(ts).astimezone(tz)
         if not since <= when.date() <= until:
             continue

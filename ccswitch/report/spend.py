@@ -4,14 +4,14 @@ as the ledger holds it (read once at start-up; afterwards spend is counted as ro
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ccswitch.config.database_url import PostgresURL
 from ccswitch.config.models import Rules
-from ccswitch.ledger import schema
+from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
 from ccswitch.report.data import Pricer
 from ccswitch.report.totals import Totals
 
@@ -39,27 +39,28 @@ _COLUMNS = ("ts", "upstream", "client", "model", "upstream_model", "input_tokens
             "cache_creation_tokens", "cache_creation_1h_tokens", "cache_read_tokens")
 
 
-def ledger_spend(path: Path, rules: Rules, since: datetime) -> LedgerSpend:
-    """Every priced request since `since` (aware) in the ledger at `path`; nothing if it has no file yet."""
+def ledger_spend(target: Path | PostgresURL, rules: Rules, since: datetime, *, timeout: float = 5.0) -> LedgerSpend:
+    """Every priced request since `since` (aware) in the ledger at `target` (a SQLite file, nothing
+    if it has none yet, or a PostgreSQL URL); a database that cannot be read is logged and counts 0."""
     out = LedgerSpend()
-    if not path.exists():
+    if not exists(target):
         return out
     pricer = Pricer(rules)
-    conn = schema.connect(str(path), readonly=True)
     try:
-        have = schema.columns(conn, "requests")
-        picked = ", ".join(c if c in have else "NULL" for c in _COLUMNS)
-        cursor = conn.execute(f"SELECT {picked} FROM requests WHERE ts >= ? AND upstream IS NOT NULL",
-                              (since.astimezone(UTC).isoformat(timespec="milliseconds"),))
-        for values in cursor:
-            row = dict(zip(_COLUMNS, values, strict=True))
-            usd = row_cost(pricer, row)
-            if usd is None:
-                out.unpriced.add(row["upstream_model"] or row["model"] or "(no model)")
-                continue
-            out.rows.append((datetime.fromisoformat(row["ts"]), row["upstream"], row["client"], usd))
-    except sqlite3.Error as exc:
-        log.error("ccswitch: cannot read the spend so far from %s: %s (budgets start from 0)", path, exc)
-    finally:
-        conn.close()
+        with open_reader(target, timeout=timeout) as reader:
+            have = reader.columns("requests")
+            if not have:                # a database no ccswitch has written to yet
+                return out
+            picked = ", ".join(c if c in have else "NULL" for c in _COLUMNS)
+            for values in reader.execute(f"SELECT {picked} FROM requests WHERE ts >= ? AND upstream IS NOT NULL",
+                                         (since.astimezone(UTC).isoformat(timespec="milliseconds"),)):
+                row = dict(zip(_COLUMNS, values, strict=True))
+                usd = row_cost(pricer, row)
+                if usd is None:
+                    out.unpriced.add(row["upstream_model"] or row["model"] or "(no model)")
+                    continue
+                out.rows.append((datetime.fromisoformat(row["ts"]), row["upstream"], row["client"], usd))
+    except LedgerReadError as exc:
+        log.error("ccswitch: cannot read the spend so far: %s (budgets start from 0)", exc)
+        return LedgerSpend()
     return out
