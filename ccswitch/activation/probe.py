@@ -185,7 +185,7 @@ async def send_probe(client: http1.UpstreamClient, upstream: Upstream, timeout: 
     try:
         async with asyncio.timeout(timeout):
             response = await client.send("POST", out.url, out.headers, json.dumps(sent).encode(),
-                                         connect_timeout=min(timeout, 30.0))
+                                         connect_timeout=min(timeout, 30.0), via=out.via)
             try:
                 status = response.status_code
                 content = await response.aread()

@@ -97,7 +97,8 @@ def _activate(args: argparse.Namespace) -> int:
     ledger.add("activations", result.row())
     ledger.close()
     verdict = "ok" if result.ok else f"failed: {result.error}"
-    print(f"{upstream.name}: activation {verdict} (status {result.status}, {result.latency_ms} ms)")
+    through = f", through {upstream.proxy.shown}" if upstream.proxy is not None else ""   # never its credentials
+    print(f"{upstream.name}: activation {verdict} (status {result.status}, {result.latency_ms} ms{through})")
     return 0 if result.ok else 1
 
 

@@ -2,8 +2,8 @@
 
 This file owns turning rules *text* into a ``Rules`` (models in config.models): a YAML loader with
 YAML 1.2-ish scalars that notes duplicate keys, ``${VAR}`` expansion in api_key and header
-values, pydantic errors rewritten as ``FILE: field.path: message`` (upstreams named by name, see
-config.crosscheck, which also holds the checks that span fields), and where rules.yaml is looked for.
+values (also client keys, notify URLs, proxies), pydantic errors rewritten as ``FILE: field.path: message``
+(upstreams named by name, see config.crosscheck, which also holds the checks that span fields), and where rules.yaml is looked for.
 Public: ``find_rules`` (what every command and the proxy load), ``parse_rules``, ``load_rules``,
 ``resolve_rules_path``, ``rules_origin``, ``default_rules_text``, ``example_rules_text``. Every
 problem is collected into one ``RulesError``; secrets never appear in a message.
@@ -146,6 +146,30 @@ def _expand_keys_and_hooks(data: dict, env: Mapping[str, str]) -> tuple[list[tup
     return problems, {p for p, _ in problems}
 
 
+def _expand_proxies(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[str, str]], set[str]]:
+    """Expand ${VAR} in `upstream_proxy` and each upstream's `proxy` (their passwords), in place.
+    A proxy whose variable is missing is a problem even for a disabled upstream: dropped, it would
+    silently mean the default proxy or none once the upstream is switched on."""
+    places: list[tuple[str, dict, str]] = []
+    if isinstance(data.get("upstream_proxy"), str):
+        places.append(("upstream_proxy", data, "upstream_proxy"))
+    ups = data.get("upstreams")
+    for i, up in enumerate(ups if isinstance(ups, list) else []):
+        if isinstance(up, dict) and isinstance(up.get("proxy"), str):
+            places.append((f"upstreams[{i}].proxy", up, "proxy"))
+    problems: list[tuple[str, str]] = []
+    for path, holder, key in places:
+        value, missing, malformed = _expand(holder[key], env)
+        if malformed:
+            problems.append((path, "malformed ${...} reference (use ${NAME}, or $${ for a literal ${)"))
+        problems += [(path, f"environment variable {n} is not set (set it where ccswitch runs)") for n in missing]
+        if malformed or missing:
+            del holder[key]
+        else:
+            holder[key] = value
+    return problems, {p for p, _ in problems}
+
+
 _FIELD_NAMES = sorted({f for m in (Rules, Failover, Timeouts, Upstream, Routes) for f in m.model_fields} - {"source"})
 _PLAIN_MESSAGES = {
     "missing": "required", "model_type": "must be a mapping", "dict_type": "must be a mapping",
@@ -212,8 +236,9 @@ def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path
         problems.append(where("source", "unknown key"))
         del data["source"]
     env_problems, env_paths = _expand_upstreams(data, env)
-    more_problems, more_paths = _expand_keys_and_hooks(data, env)
-    env_problems, env_paths = env_problems + more_problems, env_paths | more_paths
+    for expand in (_expand_keys_and_hooks, _expand_proxies):
+        more_problems, more_paths = expand(data, env)
+        env_problems, env_paths = env_problems + more_problems, env_paths | more_paths
     problems += [where(p, m) for p, m in env_problems]
     ctx = {"base_dir": base_dir if base_dir is not None else Path.cwd()}
     rules: Rules | None = None

@@ -27,6 +27,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
+    PlainValidator,
     SecretStr,
     ValidationInfo,
     field_validator,
@@ -35,6 +37,7 @@ from pydantic import (
 
 from ccswitch.config.database_url import PostgresURL, is_postgres_url
 from ccswitch.config.state_url import RedisURL
+from ccswitch.net.proxy import Proxy, parse_proxy
 from ccswitch.vocab import Action, Protocol, Route, Strategy
 from ccswitch.wire.headers import sendable
 
@@ -245,6 +248,24 @@ def _activate_time(v: Any) -> str:
     return format_hhmm(parse_hhmm(v))
 
 
+def _hidden(value: Any) -> Any:
+    # a proxy URL may hold a password: wrapped first, a rejected one shows as '**********' in errors
+    return SecretStr(value) if isinstance(value, str) else value
+
+
+def _proxy(value: Any) -> Proxy | None:
+    if value is None or isinstance(value, Proxy):
+        return value
+    if isinstance(value, SecretStr):
+        return parse_proxy(value.get_secret_value())
+    raise ValueError("must be direct or a proxy URL like socks5://host:port")
+
+
+# `direct` is None; a Proxy prints and dumps without its credentials
+ProxySetting = Annotated[Proxy | None, PlainValidator(_proxy), BeforeValidator(_hidden),
+                         PlainSerializer(lambda p: p.shown if p is not None else "direct")]
+
+
 class Upstream(_Model):
     name: Annotated[str, Field(pattern=_NAME_RE.pattern)]
     protocol: Protocol
@@ -264,6 +285,10 @@ class Upstream(_Model):
     weight: float = Field(default=1.0, gt=0)   # the `weighted` strategy's share
     budget: Budget | None = None               # USD per day / month; over it the upstream is skipped
     websocket: bool = False                    # over its own Responses WebSocket (openai-responses only)
+    # how it is reached, once in Rules: its own `proxy`, else the rules' upstream_proxy (None: directly)
+    proxy: ProxySetting = None
+    max_connections: int | None = Field(default=None, ge=1)    # open at once; more requests wait
+    cache_breakpoints: int | None = Field(default=None, ge=0)  # cache_control markers kept (anthropic)
 
     @model_validator(mode="before")
     @classmethod
@@ -453,6 +478,7 @@ class Rules(_Model):
     # by upstream model (exact name or glob; "*" = any other); overrides the built-in table
     max_tokens: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
     notify: tuple[NotifyHook, ...] = ()
+    upstream_proxy: ProxySetting = None        # the proxy of every upstream without its own `proxy`
     codex_websocket: Literal["bridge", "refuse"] = "bridge"   # Codex's Responses WebSocket: carried, or 426
     source: Path | None = None
 
@@ -474,6 +500,16 @@ class Rules(_Model):
         v = v.expanduser()
         base = (info.context or {}).get("base_dir")
         return v if v.is_absolute() or base is None else Path(base) / v
+
+    @model_validator(mode="after")
+    def _default_proxy(self) -> Rules:
+        """Each upstream holds the proxy it is reached through, so whoever dials it (requests,
+        probes, `ccswitch activate`) needs no more than the upstream."""
+        if self.upstream_proxy is not None and any("proxy" not in u.model_fields_set for u in self.upstreams):
+            upstreams = tuple(u if "proxy" in u.model_fields_set else u.model_copy(update={"proxy": self.upstream_proxy})
+                              for u in self.upstreams)
+            object.__setattr__(self, "upstreams", upstreams)   # frozen; still being built here
+        return self
 
     @property
     def tz(self) -> tzinfo:

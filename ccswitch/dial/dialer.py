@@ -241,9 +241,10 @@ class Dialer:
         upstream's own WebSocket (read like an HTTP response); everything else over HTTP."""
         if upstream.websocket and job.upstream_sockets is not None and job.turn is not None:
             return job.upstream_sockets.send(upstream.name, outgoing, job.turn, tls=self.client.ssl_context,
-                                             connect_timeout=connect_timeout)
+                                             connect_timeout=connect_timeout,
+                                             open_transport=http1.opener(outgoing.via.proxy, connect_timeout))
         return self.client.send(outgoing.method, outgoing.url, outgoing.headers, outgoing.body,
-                                connect_timeout=connect_timeout)
+                                connect_timeout=connect_timeout, via=outgoing.via)
 
     async def _judge(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
                      response: http1.Response | TurnResponse, sink: Sink, deadline: float,

@@ -1,5 +1,6 @@
-"""Render one client request for one upstream: URL, credentials, model, headers
-as a single unit.  Pure: the same inputs always give the same request."""
+"""Render one client request for one upstream: URL, credentials, model, headers, the body's
+cache breakpoints and the way it is reached (proxy, connection cap) as a single unit.
+Pure: the same inputs always give the same request, and the client's body is never changed."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ccswitch.config.models import Upstream
+from ccswitch.net.http1 import Via
 from ccswitch.vocab import Endpoint, Protocol
+from ccswitch.wire.cache_breakpoints import keep_cache_breakpoints
 from ccswitch.wire.exchange import ClientRequest, RenderError
 from ccswitch.wire.headers import sendable
 from ccswitch.wire.redact import CREDENTIAL_HEADERS
@@ -34,6 +37,7 @@ class OutgoingRequest:
     body: bytes
     upstream_model: str | None
     secrets: list[str] = field(default_factory=list)  # text to scrub from whatever comes back
+    via: Via = field(default_factory=Via)              # its proxy and connection cap
 
 
 def upstream_url(upstream: Upstream, req: ClientRequest) -> str:
@@ -64,6 +68,12 @@ def render(upstream: Upstream, req: ClientRequest, body: dict[str, Any] | None =
         if upstream_model != payload.get("model") or body is not None:
             payload = {**payload, "model": upstream_model}
             content = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    if upstream.cache_breakpoints is not None and upstream.protocol == Protocol.ANTHROPIC \
+            and isinstance(payload, dict):
+        trimmed = keep_cache_breakpoints(payload, upstream.cache_breakpoints)
+        if trimmed is not payload:
+            payload = trimmed
+            content = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
     headers = _headers(upstream, req)
     if upstream.protocol == Protocol.ANTHROPIC and not any(k == "anthropic-version" for k, _ in headers):
         headers.append(("anthropic-version", "2023-06-01"))
@@ -71,7 +81,8 @@ def render(upstream: Upstream, req: ClientRequest, body: dict[str, Any] | None =
         headers = [(k, v) for k, v in headers if k != "content-type"]
         headers.append(("content-type", "application/json"))
     secrets = [upstream.api_key.get_secret_value()] if upstream.api_key else []
-    return OutgoingRequest(req.method, upstream_url(upstream, req), headers, content, upstream_model, secrets)
+    via = Via(upstream.proxy, upstream.name, upstream.max_connections)
+    return OutgoingRequest(req.method, upstream_url(upstream, req), headers, content, upstream_model, secrets, via)
 
 
 def _headers(upstream: Upstream, req: ClientRequest) -> list[tuple[str, str]]:

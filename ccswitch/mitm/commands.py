@@ -31,11 +31,12 @@ class Commands:
     @command.command("ccswitch.status")
     def status(self) -> Sequence[str]:
         """Each upstream's state, one line each: available, cooling down, full, outside its
-        hours, failures, utilization, bound sessions.  The lines also go to the event log."""
+        hours, failures, utilization, open and waiting connections, bound sessions.  The lines
+        also go to the event log."""
         rules = self.gateway.rules
         gateway = self.gateway
         lines = status_text(rules, gateway.health, datetime.now(rules.tz), gateway.quota,
-                            gateway.sessions, gateway.spend).splitlines()
+                            gateway.sessions, gateway.spend, gateway.connections()).splitlines()
         for line in lines:      # mitmweb's event log shows them as lines; its command bar as a list
             log.info("%s", line)
         return lines

@@ -64,6 +64,8 @@ class Gateway:
         # every upstream URL ccswitch itself dials is asked here first; tests install a
         # loopback-only guard (tests/support/loopback_guard.py), production allows all
         self.allow_url: Callable[[str], bool] = lambda url: True
+        # per upstream, (connections open, requests waiting for one): the router installs its client's
+        self.connections: Callable[[], dict[str, tuple[int, int]]] = dict
 
     @property
     def rules(self) -> Rules:

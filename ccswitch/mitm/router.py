@@ -75,6 +75,7 @@ class Router:
         self.dialer = Dialer(gateway.health, allow_url=lambda url: gateway.allow_url(url),
                              client=http1.UpstreamClient(ssl_context=upstream_tls()),
                              quota=gateway.quota, sessions=gateway.sessions, events=gateway.events)
+        gateway.connections = self.dialer.client.connection_counts
         self.relay = Relay(self.dialer.run, on_done=self.gateway.record_job, shutdown=self.shutdown)
         # the spend so far this month, before the first request is taken (the relay starts next)
         await asyncio.to_thread(gateway.load_spend)

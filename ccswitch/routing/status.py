@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from ccswitch.config.models import Rules, Upstream
@@ -39,8 +40,18 @@ def quota_text(quota: QuotaBoard, name: str, drain_at: float, tz) -> str | None:
     return f"utilization {value:.2f} ({window.name} window{reset})" + ("; full" if full is not None else "")
 
 
+def connections_text(upstream: Upstream, counts: Mapping[str, tuple[int, int]]) -> str:
+    """`connections 3 open of max 4, 2 waiting; via socks5://host:port` (the proxy without credentials)."""
+    opened, waiting = counts.get(upstream.name, (0, 0))
+    cap = f" of max {upstream.max_connections}" if upstream.max_connections else ""
+    text = f"connections {opened} open{cap}, {waiting} waiting"
+    return text + (f"; via {upstream.proxy.shown}" if upstream.proxy is not None else "")
+
+
 def status_text(rules: Rules, health: HealthBoard, now: datetime, quota: QuotaBoard | None = None,
-                sessions: SessionBindings | None = None, spend: SpendBoard | None = None) -> str:
+                sessions: SessionBindings | None = None, spend: SpendBoard | None = None,
+                connections: Mapping[str, tuple[int, int]] | None = None) -> str:
+    """`connections`: per upstream, (connections open, requests waiting for one)."""
     routes = {name: [r for r in Route if name in rules.routes.for_route(r)]
               for name in (u.name for u in rules.upstreams)}
     preferred = health.preferred_name()
@@ -59,6 +70,8 @@ def status_text(rules: Rules, health: HealthBoard, now: datetime, quota: QuotaBo
         usage = quota_text(quota, upstream.name, rules.failover.drain_at, now.tzinfo) if quota else None
         if usage:
             parts.append(usage)
+        if connections is not None:
+            parts.append(connections_text(upstream, connections))
         if bound.get(upstream.name):
             parts.append(f"{bound[upstream.name]} session(s) bound")
         if spend is not None:

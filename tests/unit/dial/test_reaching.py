@@ -1,0 +1,183 @@
+"""Reaching upstreams, in the attempt loop and the probes: a failing proxy fails over and counts,
+a wait for a connection past `connect` fails over without counting, each upstream gets its own
+cache-breakpoint shaping of the client's body, and activation probes use the proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from ccswitch.activation.probe import send_probe
+from ccswitch.config.load import parse_rules
+from ccswitch.dial.dialer import Dialer
+from ccswitch.dial.render import render
+from ccswitch.net import http1
+from ccswitch.net.proxy import Proxy
+from ccswitch.routing.health import HealthBoard
+from ccswitch.wire.cache_breakpoints import count_cache_breakpoints
+from tests.support.helpers import MemorySink, make_job
+from tests.support.mock_upstream import MockUpstream, hang_before_headers, status
+from tests.support.tunnel_proxies import ConnectProxy, Socks5Proxy
+
+PASSWORD = "s3cret-proxy-pw"
+FAST = "timeouts: {connect: 300ms, first_byte: 3s, total: 3s, idle: 1s}\nfailover: {retry_backoff: 10ms}\n"
+
+
+def rules_with(a_url: str, a_extra: str, b_url: str, protocol: str = "anthropic", route: str = "claude",
+               head: str = ""):
+    return parse_rules(f"""{head}{FAST}
+upstreams:
+  - {{name: a, protocol: {protocol}, base_url: '{a_url}', api_key: key-a{a_extra}}}
+  - {{name: b, protocol: anthropic, base_url: '{b_url}', api_key: key-b}}
+routes: {{{route}: [a, b]}}
+""")
+
+
+async def run(rules, body=None, path="/v1/messages", dialer=None):
+    own = dialer is None
+    dialer = dialer or Dialer(HealthBoard())
+    job, sink = make_job(rules, path=path, body=body), MemorySink()
+    try:
+        await dialer.run(job, sink)
+    finally:
+        if own:
+            await dialer.aclose()
+    return job, sink, dialer
+
+
+async def test_a_proxy_that_refuses_fails_over_and_counts(mock_a, mock_b):
+    port = MockUpstream.closed_port()
+    rules = rules_with(mock_a.base_url, f", proxy: 'http://me:{PASSWORD}@127.0.0.1:{port}'", mock_b.base_url)
+    job, sink, dialer = await run(rules)
+    assert sink.status == 200 and sink.headers["x-ccswitch-upstream"] == "b" and mock_a.requests == []
+    error = job.attempts[0].error
+    assert error == f"proxy http://127.0.0.1:{port}: cannot connect to the proxy (Connection refused)"
+    assert dialer.health.get("a").failures == 1 and dialer.health.get("a").last_error == error
+    assert PASSWORD not in job.comment()
+
+
+async def test_a_wrong_proxy_password_fails_over_with_a_reason_without_it(mock_a, mock_b):
+    with Socks5Proxy(auth=("me", "the-right-one")) as proxy:
+        rules = rules_with(mock_a.base_url, f", proxy: '{proxy.url('me', PASSWORD)}'", mock_b.base_url)
+        job, sink, dialer = await run(rules)
+    assert sink.headers["x-ccswitch-upstream"] == "b" and proxy.credentials == [("me", PASSWORD)]
+    assert job.attempts[0].error.startswith(f"proxy socks5://127.0.0.1:{proxy.port}: authentication failed")
+    assert PASSWORD not in job.comment() and PASSWORD not in dialer.health.get("a").last_error
+    assert dialer.health.get("a").failures == 1 and mock_a.requests == []
+
+
+async def test_upstream_proxy_carries_every_upstream_but_a_direct_one(mock_a, mock_b):
+    with ConnectProxy(auth=("me", PASSWORD)) as proxy:
+        rules = rules_with(mock_a.base_url, "", mock_b.base_url, head=f"upstream_proxy: '{proxy.url('me', PASSWORD)}'\n")
+        mock_a.script(status(503))
+        job, sink, _ = await run(rules)
+        direct = rules_with(mock_a.base_url, ", proxy: direct", mock_b.base_url,
+                            head=f"upstream_proxy: '{proxy.url('me', PASSWORD)}'\n")
+        await run(direct)
+    assert sink.headers["x-ccswitch-upstream"] == "b"
+    assert proxy.targets == [("127.0.0.1", mock_a.port), ("127.0.0.1", mock_b.port)]
+
+
+async def test_a_wait_for_a_connection_past_connect_fails_over_without_counting(mock_a, mock_b):
+    rules = rules_with(mock_a.base_url, ", max_connections: 1", mock_b.base_url)
+    mock_a.script(hang_before_headers(1.0))
+    body = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    dialer = Dialer(HealthBoard())
+    try:
+        first = asyncio.ensure_future(run(rules, body=body, dialer=dialer))
+        await asyncio.sleep(0.1)
+        assert dialer.client.connection_counts() == {"a": (1, 0)}
+        second, sink, _ = await run(rules, body=body, dialer=dialer)
+        assert sink.status == 200 and sink.headers["x-ccswitch-upstream"] == "b"
+        assert second.attempts[0].error == "no free connection within 0.3 s (all 1 of max_connections busy)"
+        assert dialer.health.get("a").failures == 0                  # its own cap, not its failure
+        served, _, _ = await first
+        assert served.upstream == "a" and len(mock_a.requests) == 1
+    finally:
+        await dialer.aclose()
+
+
+def body_with_markers() -> dict:
+    marker = {"type": "ephemeral"}
+    return {"model": "claude-x", "max_tokens": 5, "stream": False,
+            "tools": [{"name": "t", "input_schema": {"type": "object"}, "cache_control": dict(marker)}],
+            "system": [{"type": "text", "text": "sys", "cache_control": dict(marker)}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": f"m{i}", "cache_control": dict(marker)}
+                                                      for i in range(3)]}]}
+
+
+async def test_failover_sends_each_upstream_its_own_shaping_of_the_clients_body(mock_a, mock_b):
+    rules = rules_with(mock_a.base_url, ", cache_breakpoints: 2", mock_b.base_url)
+    mock_a.script(status(503))
+    body = body_with_markers()
+    job, sink, _ = await run(rules, body=body)
+    assert sink.headers["x-ccswitch-upstream"] == "b"
+    assert count_cache_breakpoints(mock_a.last().json) == 2 and "cache_control" in mock_a.last().json["tools"][0]
+    assert "cache_control" not in mock_a.last().json["messages"][0]["content"][0]
+    assert mock_b.last().json["messages"] == body["messages"] and count_cache_breakpoints(mock_b.last().json) == 5
+    assert job.request.json == body_with_markers() and json.loads(job.request.body) == body_with_markers()
+
+
+async def test_a_body_converted_on_the_chat_route_is_trimmed_too(mock_a, mock_b):
+    rules = rules_with(mock_a.base_url, ", cache_breakpoints: 1", mock_b.base_url, route="chat")
+    parts = [{"type": "text", "text": f"part {i}", "cache_control": {"type": "ephemeral"}} for i in range(3)]
+    body = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": parts}]}
+    job, sink, _ = await run(rules, body=body, path="/v1/chat/completions")
+    assert sink.status == 200 and mock_a.last().path == "/v1/messages"
+    sent = mock_a.last().json["messages"][0]["content"]
+    assert [("cache_control" in block) for block in sent] == [True, False, False]
+
+
+def test_only_anthropic_bodies_are_trimmed_and_the_request_says_how_it_is_reached():
+    rules = rules_with("https://relay.example", ", cache_breakpoints: 0, max_connections: 4,"
+                       f" proxy: 'socks5h://me:{PASSWORD}@127.0.0.1:1080'", "https://b.example")
+    a = rules.upstreams[0]
+    job = make_job(rules, body=body_with_markers())
+    out = render(a, job.request)
+    assert count_cache_breakpoints(json.loads(out.body)) == 0
+    assert out.via == http1.Via(a.proxy, "a", 4) and PASSWORD not in repr(out.via)
+    other_protocol = render(a.model_copy(update={"protocol": "openai-responses"}), job.request)
+    assert other_protocol.body == job.request.body
+    untouched = render(rules.upstreams[1], job.request)
+    assert untouched.body == job.request.body and untouched.via == http1.Via(None, "b", None)
+
+
+async def test_an_activation_probe_goes_through_the_upstreams_proxy(mock_a):
+    with Socks5Proxy(auth=("me", PASSWORD)) as proxy:
+        rules = rules_with(mock_a.base_url, f", proxy: '{proxy.url('me', PASSWORD, 'socks5h')}'", mock_a.base_url)
+        client = http1.UpstreamClient()
+        try:
+            result = await send_probe(client, rules.upstreams[0])
+            refused = await send_probe(client, rules.upstreams[0].model_copy(
+                update={"proxy": Proxy("socks5", "127.0.0.1", proxy.port, "me", "no")}))
+        finally:
+            await client.aclose()
+    assert result.ok and proxy.tunnels == 1 and proxy.targets == [("127.0.0.1", mock_a.port)]
+    assert not refused.ok and refused.error.startswith(f"ProxyFailure: proxy socks5://127.0.0.1:{proxy.port}: "
+                                                       "authentication failed")
+    assert len(mock_a.requests) == 1 and mock_a.last().headers["x-api-key"] == "key-a"
+
+
+async def test_a_websocket_upstreams_socket_goes_through_its_proxy(mock_a, mock_b):
+    from tests.unit.dial.test_dialer_websocket import Conversation, user
+    with ConnectProxy(auth=("me", PASSWORD)) as proxy:
+        rules = parse_rules(f"""{FAST}
+upstream_proxy: '{proxy.url("me", PASSWORD)}'
+upstreams:
+  - {{name: a, protocol: openai-responses, base_url: '{mock_a.base_url}/v1', api_key: key-a, websocket: true}}
+  - {{name: b, protocol: openai-responses, base_url: '{mock_b.base_url}/v1', api_key: key-b,
+     proxy: 'http://me:wrong@127.0.0.1:{proxy.port}'}}
+routes: {{codex: [a, b]}}
+""")
+        talk = Conversation(rules)
+        try:
+            job, sent = await talk.turn(user("hello"))
+            assert job.upstream == "a" and sent[-1]["type"] == "response.completed"
+            assert proxy.tunnels == 1 and proxy.targets == [("127.0.0.1", mock_a.port)]
+            mock_a.script(status(503))
+            job, sent = await talk.turn(user("again"), full=True)     # a fails; b's proxy refuses b's password
+        finally:
+            await talk.close()
+    assert [a.upstream for a in job.attempts] == ["a", "b"]
+    assert job.attempts[1].error.startswith(f"proxy http://127.0.0.1:{proxy.port}: authentication failed")
+    assert mock_b.requests == []
