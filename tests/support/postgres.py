@@ -3,7 +3,7 @@
 ``postgres_server`` (session): the server named by ``CCSWITCH_TEST_POSTGRES`` (a superuser's URL;
 `.ci/run` starts one), else a throwaway cluster started here when PostgreSQL's server binaries
 are installed (tests/support/postgres_cluster.py), so a developer needs nothing else.  Without
-either the tests skip, saying why — except under ``CI=true``, where that is a failure.
+either the tests skip, saying why — except under ``CI=true``, where a missing variable fails.
 ``postgres_url``: a fresh database on it for one test, dropped afterwards.
 ``own_postgres``: a cluster of the test's own, which the test may stop and start again.
 """
@@ -72,6 +72,8 @@ def postgres_server() -> Iterator[Server]:
     if os.environ.get(ENV):
         yield Server(os.environ[ENV])
         return
+    if os.environ.get("CI") == "true":      # .ci/run starts the cluster: without it, CI is not what it says
+        pytest.fail(f"{ENV} is not set: .ci/run starts a PostgreSQL cluster and sets it", pytrace=False)
     cluster = start_cluster()
     try:
         yield Server(cluster.url)
