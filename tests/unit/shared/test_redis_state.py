@@ -194,6 +194,7 @@ async def test_what_is_queued_at_shutdown_is_handed_on(redis_url, store):
 
 
 def test_the_queue_is_bounded_and_keeps_the_newest_record_of_each_thing(caplog):
+    caplog.set_level(logging.WARNING, "ccswitch.state")
     state = RedisState(RedisURL.parse("redis://127.0.0.1:1/0"), max_pending=3)
     state.up = True
     health = HealthBoard()
