@@ -1,0 +1,44 @@
+"""`state:` in rules.yaml: a Redis URL whose password is never shown."""
+
+import pytest
+
+from ccswitch.config.load import parse_rules
+from ccswitch.config.models import RulesError
+from ccswitch.config.state_url import RedisURL
+
+
+def test_no_state_means_in_memory():
+    assert parse_rules("").state is None
+
+
+def test_a_redis_url_with_its_password_from_the_environment_is_kept_but_never_shown():
+    rules = parse_rules("state: redis://:${REDIS_PASSWORD}@cache.internal:6380/2\n",
+                        env={"REDIS_PASSWORD": "s3cret-pass"})
+    assert rules.state.conninfo == "redis://:s3cret-pass@cache.internal:6380/2"
+    assert rules.state.db == 2
+    for shown in (str(rules.state), repr(rules.state), rules.state.redacted, repr(rules)):
+        assert "s3cret-pass" not in shown
+    assert rules.state.redacted == "redis://:***@cache.internal:6380/2"
+
+
+def test_tls_and_a_user_and_the_default_database():
+    url = RedisURL.parse("rediss://ccswitch:pw@cache.internal/")
+    assert url.db == 0 and url.redacted == "rediss://ccswitch:***@cache.internal/"
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("http://cache.internal:6379/0", "redis:// or rediss://"),
+    ("redis://cache.internal:port/0", "check the host and port"),
+    ("redis://cache.internal:6379/zero", "database number"),
+    ("redis:///0", "names a host"),
+    ("redis://:pa ss@cache.internal/0", "no spaces"),
+])
+def test_what_is_not_a_usable_redis_url_is_refused_without_echoing_it(text, problem):
+    with pytest.raises(RulesError) as err:
+        parse_rules(f"state: '{text}'\n")
+    assert problem in str(err.value) and "pa ss" not in str(err.value)
+
+
+def test_a_missing_variable_is_named():
+    with pytest.raises(RulesError, match="REDIS_PASSWORD is not set"):
+        parse_rules("state: redis://:${REDIS_PASSWORD}@h/0\n", env={})
