@@ -50,6 +50,9 @@ class Router:
         self.inline: set[asyncio.Task] = set()   # dialer runs for non-streamed requests
         self.shutdown = Shutdown()
         self.sockets: CodexSockets | None = None   # Codex's WebSocket bridge, once running
+        # set once the month's spend is loaded: the listeners are open before `running`, and a
+        # request must not pass a budget that a ledger being read (PostgreSQL: a connection) holds
+        self.spend_loaded: asyncio.Event | None = None
 
     def load(self, loader) -> None:
         loader.add_option("ccswitch_max_body", int, 32 * 1024 * 1024,
@@ -76,9 +79,13 @@ class Router:
                              client=http1.UpstreamClient(ssl_context=upstream_tls()),
                              quota=gateway.quota, sessions=gateway.sessions, events=gateway.events)
         gateway.connections = self.dialer.client.connection_counts
+        self.spend_loaded = asyncio.Event()
         self.relay = Relay(self.dialer.run, on_done=self.gateway.record_job, shutdown=self.shutdown)
-        # the spend so far this month, before the first request is taken (the relay starts next)
-        await asyncio.to_thread(gateway.load_spend)
+        # the spend so far this month, before the first request is routed (requests wait for it)
+        try:
+            await asyncio.to_thread(gateway.load_spend)
+        finally:
+            self.spend_loaded.set()
         await self.relay.start()
         self.sockets = CodexSockets(self)
         await self.sockets.start()
@@ -123,6 +130,8 @@ class Router:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or self.relay is None:
             return
+        if self.spend_loaded is not None and not self.spend_loaded.is_set():
+            await self.spend_loaded.wait()
         match = self._match(flow)
         rules = self.gateway.rules
         if match is None or not rules.routes.for_route(match.route):

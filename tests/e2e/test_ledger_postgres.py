@@ -1,0 +1,98 @@
+"""End to end: two mitmdump instances write their usage rows into one PostgreSQL `requests` table
+(the URL's password from ${VAR}, never in their logs); `ccswitch report --db` reads both
+instances' requests; an instance (re)started afterwards starts its budgets from that shared
+ledger, so a client that spent its budget through one instance is refused by the other."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import anthropic
+import psycopg
+import pytest
+
+from tests.support.mock_upstream import MockUpstream
+from tests.support.proxy_process import Proxy
+
+ALICE, BOB = "ccsw-ALICE-0000000000", "ccsw-BOB-00000000000"
+RULES = """
+timezone: UTC
+usage_db: postgresql://USER:${LEDGER_PASSWORD}@HOST/DATABASE
+client_keys:
+  - {name: alice, key: "ALICE", budget: {daily: 0.00005}}
+  - {name: bob, key: "BOB"}
+upstreams:
+  - {name: a, protocol: anthropic, base_url: 'BASE_URL', api_key: 'sk-e2e-a'}
+routes: {claude: [a]}
+"""
+MODEL = "claude-sonnet-4-5"        # priced: one mock answer costs more than alice's daily budget
+
+
+def ask(proxy: Proxy, key: str) -> str:
+    client = anthropic.Anthropic(api_key=key, base_url=proxy.reverse_url, max_retries=0)
+    raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=5,
+                                                   messages=[{"role": "user", "content": "hi"}])
+    return raw.headers["x-ccswitch-upstream"]
+
+
+def rows(url: str, sql: str) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def wait_requests(url: str, expected: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if rows(url, "SELECT count(*) FROM requests")[0][0] >= expected:
+                return
+        except psycopg.errors.UndefinedTable:    # the first writer creates the tables
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {expected} rows in PostgreSQL")
+
+
+def test_two_instances_share_one_postgresql_ledger_and_budgets_read_it_after_a_restart(tmp_path, postgres_url):
+    parts = urlsplit(postgres_url)
+    password = parts.password
+    with MockUpstream("A") as a:
+        rules = tmp_path / "rules.yaml"
+        text = RULES
+        for name, value in (("USER", parts.username), ("HOST", parts.netloc.rpartition("@")[2]),
+                            ("DATABASE", parts.path.lstrip("/")), ("ALICE", ALICE), ("BOB", BOB),
+                            ("BASE_URL", a.base_url)):
+            text = text.replace(name, value)
+        rules.write_text(text)
+        env = {"LEDGER_PASSWORD": password}
+        one_dir, two_dir = tmp_path / "one", tmp_path / "two"
+        one_dir.mkdir()
+        two_dir.mkdir()
+        with Proxy(rules, one_dir, env=env) as one, Proxy(rules, two_dir, env=env) as two:
+            for _ in range(5):
+                assert ask(one, BOB) == "a" and ask(two, BOB) == "a"
+            assert ask(one, ALICE) == "a"                   # alice's first request spends over her budget
+            wait_requests(postgres_url, 11)
+        for proxy in (one, two):
+            log = proxy.log()
+            assert "usage ledger at postgresql://" in log and password not in log
+            assert not proxy.usage_db.exists()               # nothing went to the default SQLite file
+
+        found = rows(postgres_url, "SELECT client, count(*), count(DISTINCT request_id) FROM requests "
+                                   "GROUP BY client ORDER BY client")
+        assert found == [("alice", 1, 1), ("bob", 10, 10)]
+        report = subprocess.run([str(Path(sys.executable).with_name("ccswitch")), "report", "--rules", str(rules),
+                                 "--db", postgres_url, "--days", "2", "--json"],
+                                capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+        assert report.returncode == 0, report.stderr
+        assert json.loads(report.stdout)["totals"]["requests"] == 11 and password not in report.stdout
+
+        with Proxy(rules, two_dir, env=env) as two:         # restarted: reads the month's spend from PostgreSQL
+            with pytest.raises(anthropic.RateLimitError) as refused:
+                ask(two, ALICE)                              # she spent it through the other instance
+            assert "client key alice has spent $" in refused.value.message
+            assert ask(two, BOB) == "a"
+            wait_requests(postgres_url, 13)
+        assert len(a.requests) == 12                         # alice's refusal reached no upstream
