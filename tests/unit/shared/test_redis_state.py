@@ -73,7 +73,7 @@ async def test_a_cooldown_is_written_with_its_end_as_expiry_and_applied_by_the_o
         stored = json.loads(await store.get("ccswitch:h:relay"))
         assert stored["failures"] == 1 and stored["t"] == "health"
         assert 58_000 < await store.pttl("ccswitch:h:relay") <= 60_000      # expires with the cooldown
-        assert b.events is not None and b.state.lag.count >= 1
+        assert b.state.lag.count >= 1                                         # b measured its staleness
         b.health.record_success("relay")                                     # b's probe answers
         await eventually(lambda: a.health.cooling_until("relay") is None and a.health.get("relay").failures == 0)
 
