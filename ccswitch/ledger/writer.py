@@ -54,7 +54,7 @@ class Ledger:
 
     def __init__(self, target: Path | str | PostgresURL, *, max_pending: int = 100_000, batch: int = 500,
                  interval: float = 0.2, linger: float = 0.05, busy_timeout: float = 5.0,
-                 max_backoff: float = 30.0) -> None:
+                 max_backoff: float = 10.0) -> None:
         self.target: Path | PostgresURL = parse_usage_db(target) if isinstance(target, str | Path) else target
         self.backend: Backend = open_backend(self.target, _COLUMNS, busy_timeout=busy_timeout)
         self.max_backoff = max_backoff

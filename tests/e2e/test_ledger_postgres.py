@@ -96,3 +96,29 @@ def test_two_instances_share_one_postgresql_ledger_and_budgets_read_it_after_a_r
             assert ask(two, BOB) == "a"
             wait_requests(postgres_url, 13)
         assert len(a.requests) == 12                         # alice's refusal reached no upstream
+
+
+def test_requests_keep_being_answered_while_postgresql_is_down_and_every_row_arrives(tmp_path, own_postgres):
+    """PostgreSQL stops (as if it crashed) in the middle of a stream of requests: every request is
+    answered, the instance logs the outage once, and when the server is back every row is written."""
+    with MockUpstream("A") as a:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(f"usage_db: {own_postgres.url}\nupstreams:\n"
+                         f"  - {{name: a, protocol: anthropic, base_url: '{a.base_url}', api_key: 'sk-e2e-a'}}\n"
+                         "routes: {claude: [a]}\n")
+        with Proxy(rules, tmp_path) as proxy:
+            answered = 0
+            for phase in ("up", "down", "back"):
+                if phase == "down":
+                    own_postgres.stop(mode="immediate")
+                elif phase == "back":
+                    own_postgres.start()
+                for _ in range(15):
+                    assert ask(proxy, "sk-any") == "a"       # no request waits on or fails for the ledger
+                    answered += 1
+            wait_requests(own_postgres.url, answered, timeout=30)
+            log = proxy.log()
+        assert rows(own_postgres.url, "SELECT count(*), count(DISTINCT request_id) FROM requests") == \
+            [(answered, answered)]
+        assert log.count("cannot write the usage ledger") == 1 and log.count("is writable again") == 1
+        assert own_postgres.password not in log
