@@ -18,7 +18,8 @@ work the shared state and the ledger take on.  Figures:
     python scripts/bench_scaleout.py            # about 2 minutes on 2 cores
     python scripts/bench_scaleout.py --quick    # a smoke run
 
-It starts its own throwaway redis-server (Debian's `redis-server` must be installed).
+It starts its own throwaway redis-server and PostgreSQL cluster (Debian's `redis-server` and
+`postgresql` must be installed; the PostgreSQL configurations need the `postgres` extra).
 Configurations are listed in CONFIGS: a name and the rules lines it adds (given the servers).
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import re
 import subprocess
@@ -33,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.support.postgres_cluster import Cluster  # noqa: E402
 from tests.support.proxy_process import Proxy  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 from tests.support.scale_out import (  # noqa: E402
@@ -72,12 +75,15 @@ time.sleep(3600)
 @dataclass
 class Servers:
     redis: str                 # a Redis URL
+    postgres: str              # a PostgreSQL URL (a throwaway cluster with the server's durable defaults)
 
 
 #: name -> the rules lines the configuration adds (in memory + SQLite is the embedded default)
 CONFIGS: dict[str, Callable[[Servers], str]] = {
     "in memory + SQLite": lambda s: "",
     "Redis state + SQLite": lambda s: f"state: {s.redis}\n",
+    "in memory + PostgreSQL ledger": lambda s: f"usage_db: {s.postgres}\n",
+    "Redis state + PostgreSQL ledger": lambda s: f"state: {s.redis}\nusage_db: {s.postgres}\n",
 }
 
 
@@ -201,6 +207,31 @@ def staleness(workdir: Path, redis_url: str, samples: int, load: int) -> dict[st
     return out
 
 
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL cluster on loopback with fsync and synchronous commit on, as a
+    production server has them (the SQLite ledger's WAL is not synced at each commit either, but
+    a PostgreSQL commit a client was told of must survive)."""
+    cluster = Cluster(Path(tempfile.mkdtemp(prefix="ccswitch-bench-pg-")), throwaway=False).start()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+def sqlite_rows(proxy: Proxy) -> int:
+    import sqlite3
+    with contextlib.closing(sqlite3.connect(proxy.usage_db)) as conn:
+        return conn.execute("SELECT count(*) FROM requests").fetchone()[0]
+
+
+def ledger_rows(postgres: Cluster) -> int:
+    """Requests the PostgreSQL configurations wrote (every one answered must be there)."""
+    import psycopg
+    with psycopg.connect(postgres.url) as conn:
+        return conn.execute("SELECT count(*) FROM requests").fetchone()[0]
+
+
 def row(name: str, values: list[str], width: int = 24) -> str:
     return f"{name:<34}" + "".join(f"{v:>{width}}" for v in values)
 
@@ -217,9 +248,10 @@ def main() -> None:
     if args.quick:
         args.requests, args.seconds, args.samples = 60, 2.0, 20
 
-    with tempfile.TemporaryDirectory(prefix="ccswitch-bench-scaleout-") as tmp, RedisServer() as redis:
+    with tempfile.TemporaryDirectory(prefix="ccswitch-bench-scaleout-") as tmp, RedisServer() as redis, \
+            postgres_cluster() as postgres:
         workdir = Path(tmp)
-        servers = Servers(redis=redis.url())
+        servers = Servers(redis=redis.url(), postgres=postgres.url)
         mock = Mock()
         proxies: dict[str, Proxy] = {}
         try:
@@ -244,6 +276,8 @@ def main() -> None:
             p50, p99 = percentile(ms[name], 0.5), percentile(ms[name], 0.99)
             ratio = f"{p50 / percentile(ms[base], 0.5):.2f}x, {rates[name] / rates[base]:.2f}x"
             print(row(name, [f"{p50:.2f}", f"{p99:.2f}", f"{rates[name]:.0f}", ratio], 26))
+        print(f"\nledger rows after shutdown: {base}: {sqlite_rows(proxies[base])}; "
+              f"the PostgreSQL configurations together: {ledger_rows(postgres)}")
 
         redis.flush()
         found = staleness(workdir, redis.url(), args.samples, args.load)
