@@ -35,15 +35,16 @@ def converter_events_per_second(protocol: str, events: int = 20_000) -> float:
     return len(stream) / (time.perf_counter() - start)
 
 
-def ledger_rows_per_second(rows: int = 50_000) -> float:
-    """How fast the writer thread drains a burst of request rows into SQLite."""
+def ledger_rows_per_second(rows: int = 50_000, usage_db: str | None = None) -> float:
+    """How fast the writer thread drains a burst of request rows into SQLite (or ``usage_db``:
+    e.g. a PostgreSQL URL)."""
     from ccswitch.ledger.writer import Ledger
     row = {"request_id": "r", "ts": "2026-11-25T10:00:00.000+00:00", "route": "claude", "endpoint": "messages",
            "upstream": "a", "model": "m", "status": 200, "stream": 1, "attempts": 1, "input_tokens": 10,
            "output_tokens": 5, "cache_creation_tokens": 0, "cache_creation_1h_tokens": 0, "cache_read_tokens": 0,
            "reasoning_tokens": 0, "raw_usage": '{"input_tokens":10,"output_tokens":5}'}
     with tempfile.TemporaryDirectory() as tmp:
-        ledger = Ledger(Path(tmp) / "usage.db").start()
+        ledger = Ledger(usage_db or Path(tmp) / "usage.db").start()
         start = time.perf_counter()
         for _ in range(rows):
             ledger.add("requests", row)

@@ -278,6 +278,10 @@ def main() -> None:
             print(row(name, [f"{p50:.2f}", f"{p99:.2f}", f"{rates[name]:.0f}", ratio], 26))
         print(f"\nledger rows after shutdown: {base}: {sqlite_rows(proxies[base])}; "
               f"the PostgreSQL configurations together: {ledger_rows(postgres)}")
+        from bench_inprocess import ledger_rows_per_second
+        print(f"ledger writer in process (a burst of 50,000 rows, batches of 500): SQLite "
+              f"{ledger_rows_per_second():,.0f} rows/s, PostgreSQL {ledger_rows_per_second(usage_db=postgres.url):,.0f} "
+              "rows/s")
 
         redis.flush()
         found = staleness(workdir, redis.url(), args.samples, args.load)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ccswitch.config.database_url import PostgresURL
 from ccswitch.ledger import schema
-from ccswitch.ledger.backend import VALUE_ERRORS, Backend, Row, insert_sql
+from ccswitch.ledger.backend import VALUE_ERRORS, Backend, Row
 
 if TYPE_CHECKING:
     import psycopg
@@ -100,13 +100,13 @@ def _storable(values: tuple) -> tuple:
 
 
 class PostgresBackend(Backend):
-    """One connection, kept while it works; a batch is one transaction of pipelined inserts."""
+    """One connection, kept while it works; a batch is one transaction, a COPY per table."""
 
     def __init__(self, url: PostgresURL, columns: dict[str, tuple[str, ...]], *, connect_timeout: float = 5.0) -> None:
         self.url = url
         self.label = url.redacted
         self.connect_timeout = connect_timeout
-        self._insert = {table: insert_sql(table, cols, "%s") for table, cols in columns.items()}
+        self._copy = {table: f"COPY {table} ({', '.join(cols)}) FROM STDIN" for table, cols in columns.items()}
         self._conn: psycopg.Connection | None = None
 
     def connect(self) -> None:
@@ -123,7 +123,9 @@ class PostgresBackend(Backend):
         try:
             with conn.transaction(), conn.cursor() as cursor:
                 for table, values in by_table.items():
-                    cursor.executemany(self._insert[table], values)
+                    with cursor.copy(self._copy[table]) as copy:    # COPY: several times executemany's rate
+                        for row in values:
+                            copy.write_row(row)
         except BaseException as exc:
             if not self.is_poison(exc):   # a bad row leaves a good connection; anything else: reconnect
                 self.close()
