@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--until", type=_day, metavar="YYYY-MM-DD", help="last day (default today)")
     p.add_argument("--by", choices=DIMENSIONS,
                    help="split each row by model (as the client named it; what it was sent upstream as is shown "
-                        "beside it), upstream, route or session")
+                        "beside it), upstream, route, session or client key")
     p.add_argument("--period", choices=PERIODS, default="day",
                    help="one row per day (default), week (Monday first) or month; the first row starts on the "
                         "period's first day")

@@ -114,7 +114,7 @@ class Report:
     @property
     def summarised(self) -> tuple[str, ...]:
         """The dimensions summarised in the output: sessions only when grouped by them (there are many)."""
-        return SUMMARISED + (("session",) if self.by == "session" else ())
+        return SUMMARISED + ((self.by,) if self.by in ("session", "client") else ())
 
     def sessions(self, day: date | None = None) -> int:
         """Distinct sessions of a day (None: of the whole period)."""
@@ -185,7 +185,7 @@ def _rows(reader: LedgerReader, sql: str, since: date, until: date, before: int 
 
 
 _REQUESTS_SQL = """
-SELECT substr(ts, 1, 16) AS minute, route, upstream, model, NULLIF(upstream_model, ''), {session},
+SELECT substr(ts, 1, 16) AS minute, route, upstream, model, NULLIF(upstream_model, ''), {session}, {client},
        endpoint = 'count_tokens', count(*),
        sum(input_tokens), sum(output_tokens), sum(cache_creation_tokens),
        sum({cache_1h}), sum(cache_read_tokens),
@@ -193,7 +193,7 @@ SELECT substr(ts, 1, 16) AS minute, route, upstream, model, NULLIF(upstream_mode
        {moved}
 FROM requests
 WHERE ts >= ? AND ts < ?
-GROUP BY 1, 2, 3, 4, 5, 6, 7
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
 ORDER BY 1
 """
 
@@ -210,6 +210,7 @@ def _requests_sql(reader: LedgerReader) -> str:
     read-only so not migrated, reads as requests without a session) in the reader's dialect."""
     has = reader.columns("requests")
     return _REQUESTS_SQL.format(session="session" if "session" in has else "NULL",
+                                client="client" if "client" in has else "NULL",
                                 cache_1h=reader.least("cache_creation_1h_tokens", "cache_creation_tokens"),
                                 failovers=reader.count_if("attempts > 1"),
                                 errors=reader.count_if("error IS NOT NULL OR coalesce(status, 0) >= 400"),
@@ -242,7 +243,7 @@ class Pricer:
 def _usage_rows(reader: LedgerReader, since: date, until: date, tz: tzinfo | None, pricer: Pricer,
                 before: int) -> Iterator[tuple[UsageRow, bool]]:
     """Priced rows in time order, each with whether it is a count_tokens row."""
-    for (minute, route, upstream, model, sent, session, is_count, n, inp, out, cw, cw1h, cr, reas, fo, err,
+    for (minute, route, upstream, model, sent, session, client, is_count, n, inp, out, cw, cw1h, cr, reas, fo, err,
          moved) in _rows(reader, _requests_sql(reader), since, until, before):
         moment = _parse_utc(minute)
         t = Totals(n, inp or 0, out or 0, cw or 0, cw1h or 0, cr or 0, reas or 0, fo or 0, err or 0, moved or 0)
@@ -251,7 +252,7 @@ def _usage_rows(reader: LedgerReader, since: date, until: date, tz: tzinfo | Non
             t.unpriced_tokens = t.tokens
         else:
             t.cost = usd
-        yield UsageRow(moment, timeline.local(moment, tz).date(), route, upstream, model, sent, session, t), \
+        yield UsageRow(moment, timeline.local(moment, tz).date(), route, upstream, model, sent, session, t, client), \
             bool(is_count)
 
 

@@ -11,10 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, timedelta
 
-DIMENSIONS = ("model", "upstream", "route", "session")
+DIMENSIONS = ("model", "upstream", "route", "session", "client")
 NO_UPSTREAM = "(ccswitch)"      # requests ccswitch answered itself
 NO_MODEL = "(no model)"
 NO_SESSION = "(no session)"
+NO_CLIENT = "(no client key)"
 
 
 @dataclass
@@ -70,6 +71,7 @@ class UsageRow:
     sent_model: str | None          # as sent to the upstream (None when no upstream answered)
     session: str | None
     totals: Totals
+    client: str | None = None       # the client key's name
 
     def label(self, dim: str) -> str:
         if dim == "model":
@@ -78,6 +80,8 @@ class UsageRow:
             return self.upstream or NO_UPSTREAM
         if dim == "route":
             return self.route
+        if dim == "client":
+            return self.client or NO_CLIENT
         return self.session or NO_SESSION
 
 
