@@ -59,7 +59,7 @@ class Router:
                           "Largest request body (bytes) ccswitch routes; larger ones get a 413 "
                           "in the client's API format (Anthropic's own limit is 32 MB).")
         loader.add_option("ccswitch_ledger", bool, True,
-                          "Record every routed request's usage in the rules' usage_db (SQLite).")
+                          "Record every routed request's usage in the rules' usage_db (SQLite or PostgreSQL).")
         loader.add_option("ccswitch_offline", bool, False,
                           "The intercepted hosts are unreachable (relays only): answer their "
                           "unrouted requests (e.g. Claude Code's settings calls) with 404 at once "
