@@ -49,30 +49,30 @@ class Pump:
         chunks = self.response.aiter_bytes().__aiter__()
         ended = "stream ended before its terminal event"
         ended_cleanly = False
-        pending: asyncio.Future | None = None
         try:
             while True:
                 wait = rules.timeouts.idle
                 if not self.committed:
                     wait = min(wait, max(0.0, hold_until - time.monotonic()))
-                # never cancel a read on a timer: that would close the body iterator
-                pending = pending or asyncio.ensure_future(chunks.__anext__())
-                # an eager task is often done already (the bytes were buffered): no wait needed
-                done = {pending} if pending.done() else (await asyncio.wait({pending}, timeout=wait))[0]
-                if not done:
-                    if not self.committed and time.monotonic() >= hold_until - 0.0005:
-                        await self._commit()        # held long enough: stream what we have
-                        continue
-                    ended = "idle timeout"
-                    break
-                read, pending = pending, None
+                # A timer may cut a read short: the body iterators (http1.Response, a bridged
+                # socket's turn) take nothing from their buffers before their one wait, so a
+                # cancelled read loses no bytes.  No task and no wait set per read: a stream
+                # pays one timer per piece of its body.
+                timer = asyncio.timeout(wait)
                 try:
-                    chunk = read.result()
+                    async with timer:
+                        chunk = await chunks.__anext__()
                 except StopAsyncIteration:
                     ended_cleanly = True
                     break
                 except (http1.TransportError, OSError) as exc:
-                    ended = network_failure(self.upstream.name, exc, Action.SWITCH, "idle").reason
+                    if not (isinstance(exc, TimeoutError) and timer.expired()):
+                        ended = network_failure(self.upstream.name, exc, Action.SWITCH, "idle").reason
+                        break
+                    if not self.committed and time.monotonic() >= hold_until - 0.0005:
+                        await self._commit()        # held long enough: stream what we have
+                        continue
+                    ended = "idle timeout"
                     break
                 try:
                     events = self.parser.feed(chunk)
@@ -84,10 +84,6 @@ class Pump:
                 if over:
                     return await self._finish()
         finally:
-            if pending is not None:
-                if pending.done() and not pending.cancelled():
-                    pending.exception()   # read, so asyncio does not log it as never retrieved
-                pending.cancel()
             self.attempt.usage = self.tap.usage   # kept even when the client went away
         # after a cut, a timeout or an oversized event the unfinished event is dropped, never
         # passed on: the client's SSE parser would glue our error event onto it
