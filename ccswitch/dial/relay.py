@@ -35,9 +35,12 @@ class H11Sink:
         self.conn, self.writer = conn, writer
         self.started = False
         self.broken = False
+        self._chunked = False   # the body goes out in chunks framed here, not by h11
 
     async def _send(self, event) -> None:
-        data = self.conn.send(event)
+        await self._write(self.conn.send(event))
+
+    async def _write(self, data: bytes) -> None:
         if self.writer.is_closing():
             raise ClientGone("the proxy closed the relay connection")
         self.writer.write(data)
@@ -54,9 +57,17 @@ class H11Sink:
             head.append(("transfer-encoding", "chunked"))
         self.started = True
         await self._send(h11.Response(status_code=status, headers=to_wire(head), reason=reason_phrase(status)))
+        # the framing h11 itself chose for an HTTP/1.1 peer (mitmproxy; only POSTs are routed)
+        self._chunked = length is None and self.conn.their_http_version == b"1.1" and status not in (204, 304)
 
     async def write(self, data: bytes) -> None:
-        if data:
+        if not data:
+            return
+        if self._chunked:
+            # the bytes h11 would write, without its per-event bookkeeping: a stream's every
+            # piece passes here; h11 still writes the head and the last chunk, so its state holds
+            await self._write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
             await self._send(h11.Data(data=data))
 
     async def end(self) -> None:

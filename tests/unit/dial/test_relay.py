@@ -161,3 +161,28 @@ async def test_stop_closes_idle_keep_alive_connections(served):
     assert exchange.body == b"{}"    # the connection stays open for the next request
     await asyncio.wait_for(relay.stop(), 5)
     assert await asyncio.wait_for(exchange.reader.read(), 5) == b""
+
+
+async def test_a_streamed_answer_is_chunked_as_h11_reads_it_and_the_connection_serves_the_next(served):
+    pieces = [b"event: ping\ndata: {}\n\n", b"x" * 70_000, b"", b"data: [DONE]\n\n"]
+
+    async def streamed(job, sink):
+        await sink.start(200, SSE, None)
+        for piece in pieces:
+            await sink.write(piece)
+        await sink.end()
+    relay = await served(streamed, [])
+    first, second = new_job(), new_job()
+    relay.register(first)
+    relay.register(second)
+    exchange = await Exchange(relay).send(first.token)
+    await exchange.read_all()
+    assert exchange.header("transfer-encoding") == "chunked" and exchange.body == b"".join(pieces)
+    # the same connection, as mitmproxy keeps it: h11 on both ends agrees the first answer ended
+    exchange.conn.start_next_cycle()
+    exchange.response, exchange.body = None, b""
+    exchange.writer.write(exchange.conn.send(h11.Request(method="POST", target="/v1/messages", headers=[
+        ("host", "relay"), (JOB_HEADER, second.token), ("content-length", "0")])))
+    exchange.writer.write(exchange.conn.send(h11.EndOfMessage()))
+    await exchange.read_all()
+    assert exchange.response.status_code == 200 and exchange.body == b"".join(pieces)
