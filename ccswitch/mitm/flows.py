@@ -3,7 +3,10 @@ speaks, and credentials shown as `<redacted>` (in mitmweb and `mitmdump -w` file
 
 from __future__ import annotations
 
+import time
+
 from mitmproxy import http
+from mitmproxy.net.http import status_codes
 
 from ccswitch.routing.classify import classify
 from ccswitch.vocab import CLIENT_PROTOCOL, Protocol
@@ -37,7 +40,36 @@ def answer(flow: http.HTTPFlow, response: http.Response) -> None:
     flow.comment = f"ccswitch: answered {response.status_code} itself"
 
 
+def whole_response(status: int, headers: list[tuple[str, str]], body: bytes) -> http.Response:
+    """`http.Response.make(status, body, headers)` for headers without framing (as the dialer's
+    buffered answers have), built at once: every non-streamed answer passes here, and `make`
+    re-reads the headers to learn what is known already (about half of its cost)."""
+    fields = to_wire(headers)
+    if any(name.lower() in _FRAMING for name, _ in fields):
+        return http.Response.make(status, body, http.Headers(fields))
+    fields.append((b"content-length", str(len(body)).encode()))
+    now = time.time()
+    return http.Response(b"HTTP/1.1", status, status_codes.RESPONSES.get(status, "").encode(),
+                         http.Headers(fields), body, None, now, now)
+
+
+_FRAMING = frozenset({b"content-encoding", b"content-length", b"transfer-encoding"})
+_CREDENTIALS = frozenset(name.encode() for name in CREDENTIAL_HEADERS)
+
+
 def redact_credentials(headers: http.Headers) -> None:
-    for name in CREDENTIAL_HEADERS:
-        if name in headers:
-            headers[name] = REDACTED
+    """Each credential header once, as `<redacted>`, where its first value was (what
+    `headers[name] = REDACTED` does), in one pass over the fields instead of one per name."""
+    fields = headers.fields
+    if not any(name.lower() in _CREDENTIALS for name, _ in fields):
+        return
+    redacted, seen = [], set()
+    for name, value in fields:
+        lowered = name.lower()
+        if lowered in _CREDENTIALS:
+            if lowered in seen:
+                continue
+            seen.add(lowered)
+            value = REDACTED.encode()
+        redacted.append((name, value))
+    headers.fields = tuple(redacted)

@@ -21,7 +21,7 @@ from ccswitch.dial.render import upstream_url
 from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_proxy_connections
 from ccswitch.ledger.rows import own_answer_row
 from ccswitch.mitm.codex_socket import CodexSockets
-from ccswitch.mitm.flows import answer, error_response, likely_protocol, redact_credentials
+from ccswitch.mitm.flows import answer, error_response, likely_protocol, redact_credentials, whole_response
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.net import http1
 from ccswitch.routing.admission import body_problem, decoded_body, header_problem, parse_body
@@ -33,7 +33,7 @@ from ccswitch.routing.plan import plan
 from ccswitch.translate import translation_for
 from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint, Protocol
 from ccswitch.wire.exchange import ClientRequest, RenderError
-from ccswitch.wire.headers import from_wire, to_wire
+from ccswitch.wire.headers import from_wire
 from ccswitch.wire.redact import client_credential
 
 log = logging.getLogger("ccswitch")
@@ -257,10 +257,12 @@ class Router:
                     await asyncio.gather(task, return_exceptions=True)
                     flow.response = http.Response.make(499, b"", {})
                     return
-            headers = http.Headers(to_wire(sink.headers))
-            flow.response = http.Response.make(sink.status, sink.body, headers)
+            flow.response = whole_response(sink.status, sink.headers, sink.body)
         finally:
-            self.gateway.record_job(job)
+            # recorded once mitmproxy has the answer on its way: the ledger row and the live
+            # counters need not hold up the client (it runs before anything that wakes later, the
+            # shutdown's drain included)
+            asyncio.get_running_loop().call_soon(self.gateway.record_job, job)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.id in self.jobs and "text/event-stream" in flow.response.headers.get("content-type", ""):

@@ -1,5 +1,6 @@
 """The mitmproxy glue, driven with mitmproxy's own test helpers (no sockets)."""
 
+import asyncio
 import json
 
 import pytest
@@ -260,6 +261,8 @@ async def test_a_gateway_bug_on_a_non_streamed_request_is_a_500_in_client_format
     await router.request(flow)
     assert flow.response.status_code == 500
     assert json.loads(flow.response.content)["error"]["message"] == "ccswitch internal error: KeyError"
+    assert recorded == []          # recorded once the answer is on its way: one loop turn later
+    await asyncio.sleep(0)
     assert [job.error for job in recorded] == ["internal error: KeyError"] and recorded[0].status == 500
 
 

@@ -1,0 +1,47 @@
+"""What ccswitch writes onto flows: its one-pass redaction and its direct responses agree with
+what mitmproxy's own setters would have made."""
+
+import pytest
+from mitmproxy import http
+
+from ccswitch.mitm.flows import redact_credentials, whole_response
+from ccswitch.wire.redact import CREDENTIAL_HEADERS, REDACTED
+
+HEADER_SETS = [
+    [(b"Host", b"api"), (b"X-Api-Key", b"sk-1"), (b"accept", b"*/*")],
+    [(b"authorization", b"Bearer a"), (b"cookie", b"c=1"), (b"Authorization", b"Bearer b"), (b"x", b"y")],
+    [(b"content-type", b"application/json")],
+    [],
+    [(b"OpenAI-Project", b"p"), (b"x-api-key", b"k"), (b"x-api-key", b"k2"), (b"x-api-key", b"k3")],
+]
+
+
+def one_setter_per_name(headers: http.Headers) -> None:
+    for name in CREDENTIAL_HEADERS:
+        if name in headers:
+            headers[name] = REDACTED
+
+
+@pytest.mark.parametrize("fields", HEADER_SETS)
+def test_redaction_in_one_pass_is_what_mitmproxys_setter_makes(fields):
+    ours, theirs = http.Headers(fields), http.Headers(fields)
+    redact_credentials(ours)
+    one_setter_per_name(theirs)
+    assert ours.fields == theirs.fields
+    assert not any(v.startswith((b"sk-", b"Bearer")) for _, v in ours.fields)
+
+
+@pytest.mark.parametrize("status,headers,body", [
+    (200, [("content-type", "application/json"), ("x-ccswitch-upstream", "a")], b'{"ok":true}'),
+    (529, [("Retry-After", "10")], b""),
+    (599, [], b"x" * 1000),
+    (200, [("content-encoding", "gzip"), ("content-type", "text/plain")], b"hello"),   # make() encodes it
+    (200, [("transfer-encoding", "chunked")], b"data"),                               # no length added
+])
+def test_a_whole_response_is_what_response_make_builds(status, headers, body):
+    ours = whole_response(status, headers, body)
+    theirs = http.Response.make(status, body, http.Headers([(k.encode(), v.encode()) for k, v in headers]))
+    assert (ours.status_code, ours.reason, ours.http_version) == (theirs.status_code, theirs.reason,
+                                                                   theirs.http_version)
+    assert ours.headers.fields == theirs.headers.fields and ours.raw_content == theirs.raw_content
+    assert ours.content == body and ours.timestamp_end >= ours.timestamp_start
