@@ -49,13 +49,12 @@ def schedule_block(upstream: Upstream, now: datetime) -> str | None:
     """None if `upstream` is in schedule at `now` (aware, in the rules' tz); else a reason."""
     weekday, minute = now.weekday(), now.hour * 60 + now.minute
     days = upstream.days
-    days_reason = f"outside its days ({format_days(days)})"
     if not upstream.hours:
-        return None if weekday in days else days_reason
+        return None if weekday in days else f"outside its days ({format_days(days)})"
     if any(in_window(w, days, weekday, minute) for w in upstream.hours):
         return None
     if any(_time_matches(w, minute) for w in upstream.hours):
-        return days_reason
+        return f"outside its days ({format_days(days)})"
     return f"outside its hours ({', '.join(str(w) for w in upstream.hours)})"
 
 

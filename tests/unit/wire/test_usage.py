@@ -84,3 +84,15 @@ def test_columns_keep_the_raw_usage_for_audit():
     usage = from_body("anthropic", {"usage": {"input_tokens": 4, "output_tokens": 2}})
     cols = usage.columns()
     assert cols["raw_usage"] == '{"input_tokens":4,"output_tokens":2}' and "raw" not in cols
+
+
+def test_columns_are_every_count_field_and_the_raw_usage_as_json():
+    from dataclasses import fields
+
+    from ccswitch.wire.usage import Usage
+    usage = Usage(input_tokens=1, output_tokens=2, cache_creation_tokens=3, cache_creation_1h_tokens=1,
+                  cache_read_tokens=5, reasoning_tokens=6, raw={"nested": {"a": [1, 2]}})
+    cols = usage.columns()
+    assert list(cols) == [f.name for f in fields(Usage) if f.name != "raw"] + ["raw_usage"]
+    assert cols["cache_read_tokens"] == 5 and cols["raw_usage"] == '{"nested":{"a":[1,2]}}'
+    assert Usage().columns()["raw_usage"] is None
