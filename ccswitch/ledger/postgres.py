@@ -114,12 +114,24 @@ class PostgresBackend(Backend):
             self._conn = connect(self.url, timeout=self.connect_timeout)
 
     def insert(self, rows: list[Row]) -> None:
-        self.connect()
-        conn = self._conn
-        assert conn is not None
         by_table: dict[str, list[tuple]] = {}
         for table, values in rows:        # each table's rows keep their order
             by_table.setdefault(table, []).append(_storable(values))
+        kept = self._conn is not None and not self._conn.closed
+        try:
+            self._copy_in(by_table)
+        except driver().OperationalError:
+            self.close()
+            if not kept:
+                raise
+            # the connection kept since the last batch was closed meanwhile (a server restart, an
+            # idle timeout, a proxy): once more on a new one before this counts as an outage
+            self._copy_in(by_table)
+
+    def _copy_in(self, by_table: dict[str, list[tuple]]) -> None:
+        self.connect()
+        conn = self._conn
+        assert conn is not None
         try:
             with conn.transaction(), conn.cursor() as cursor:
                 for table, values in by_table.items():

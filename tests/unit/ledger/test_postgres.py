@@ -175,3 +175,17 @@ def test_a_full_buffer_during_an_outage_drops_the_oldest_with_one_line(own_postg
     kept = [r[0] for r in query(own_postgres.url, "SELECT request_id FROM requests ORDER BY id")]
     assert kept == [f"r{i}" for i in range(250, 350)]                 # the newest hundred
     assert "writing the 100 row(s) kept meanwhile; 250 row(s) dropped so far" in caplog.text
+
+
+def test_a_kept_connection_the_server_closed_meanwhile_is_replaced_without_an_outage(postgres_url, caplog):
+    ledger = Ledger(postgres_url).start()
+    ledger.add("requests", row(0))
+    assert wait_for(lambda: ledger.written == 1)
+    killed = query(postgres_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE application_name = 'ccswitch' AND pid != pg_backend_pid()")
+    assert killed == [(True,)]                          # the writer's connection, as an idle timeout would
+    ledger.add("requests", row(1))
+    assert wait_for(lambda: ledger.written == 2)
+    ledger.close()
+    assert query(postgres_url, "SELECT count(*) FROM requests") == [(2,)]
+    assert "cannot write" not in caplog.text
