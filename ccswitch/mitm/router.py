@@ -16,7 +16,7 @@ from ccswitch.clock import utc_now
 from ccswitch.config.models import Rules
 from ccswitch.dial.dialer import Dialer
 from ccswitch.dial.job import Job
-from ccswitch.dial.relay import JOB_HEADER, BufferSink, Relay, run_guarded, start_now
+from ccswitch.dial.relay import JOB_HEADER, BufferSink, Relay, run_guarded
 from ccswitch.dial.render import upstream_url
 from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_proxy_connections
 from ccswitch.ledger.rows import own_answer_row
@@ -47,7 +47,7 @@ class Router:
         self.dialer: Dialer | None = None
         self.relay: Relay | None = None
         self.jobs: dict[str, Job] = {}   # flow id -> job, while the flow is live
-        self.inline: set[asyncio.Task] = set()   # dialer runs for non-streamed requests
+        self.inline: set[asyncio.Task] = set()   # hooks running the dialer for non-streamed requests
         self.shutdown = Shutdown()
         self.sockets: CodexSockets | None = None   # Codex's WebSocket bridge, once running
         # set once the month's spend is loaded: the listeners are open before `running`, and a
@@ -244,19 +244,27 @@ class Router:
                    skipped=chosen.blocked)
 
     async def _run_inline(self, flow: http.HTTPFlow, job: Job) -> None:
+        """The dialer runs in the hook's own task (no task of its own, no wait set: the answer
+        is one wake-up away); a watch cancels it when the client goes, the shutdown's cut too."""
         sink = BufferSink()
-        task = start_now(run_guarded(self.dialer.run, job, sink, self.shutdown))
-        self.inline.add(task)
-        task.add_done_callback(self.inline.discard)
+        hook = asyncio.current_task()
+        watch = ClientWatch(flow, hook)
+        self.inline.add(hook)
         try:
-            while not task.done():
-                await asyncio.wait({task}, timeout=0.1)
-                if flow.client_conn.timestamp_end is not None and not task.done():
-                    task.cancel()   # the client went away: cancel the upstream request now
-                    job.client_left()
-                    await asyncio.gather(task, return_exceptions=True)
-                    flow.response = http.Response.make(499, b"", {})
-                    return
+            try:
+                await run_guarded(self.dialer.run, job, sink, self.shutdown)
+            except asyncio.CancelledError:
+                if not watch.fired:
+                    raise
+                hook.uncancel()     # the client went away: the upstream request was cancelled at once
+                job.client_left()
+                flow.response = http.Response.make(499, b"", {})
+                return
+            finally:
+                watch.stop()
+                self.inline.discard(hook)
+            if self.shutdown.cutting and hook.cancelling():
+                hook.uncancel()     # the cut was answered (run_guarded's 503): mitmproxy's task goes on
             flow.response = whole_response(sink.status, sink.headers, sink.body)
         finally:
             # recorded once mitmproxy has the answer on its way: the ledger row and the live
@@ -322,6 +330,26 @@ class Router:
             flow.request.content = job.sent_body
         if isinstance(flow.response and flow.response.stream, StreamCopy):
             flow.response.stream.keep_on(flow.response)
+
+
+class ClientWatch:
+    """Cancels `task` once the flow's client has gone, checked every `every` seconds (mitmproxy
+    does not cancel a hook whose client left); `fired` tells that cancellation from others."""
+
+    def __init__(self, flow: http.HTTPFlow, task: asyncio.Task, every: float = 0.1) -> None:
+        self.flow, self.task, self.every = flow, task, every
+        self.fired = False
+        self._timer = asyncio.get_running_loop().call_later(every, self._check)
+
+    def _check(self) -> None:
+        if self.flow.client_conn.timestamp_end is not None:
+            self.fired = True
+            self.task.cancel()
+        else:
+            self._timer = asyncio.get_running_loop().call_later(self.every, self._check)
+
+    def stop(self) -> None:
+        self._timer.cancel()
 
 
 class StreamCopy:

@@ -300,3 +300,29 @@ async def test_a_non_streamed_request_cut_by_shutdown_is_a_503_in_client_format_
     assert flow.response.status_code == 503 and flow.response.headers["retry-after"] == "10"
     assert "ccswitch is shutting down" in json.loads(flow.response.content)["error"]["message"]
     assert [(job.status, job.error) for job in recorded] == [(503, "shutdown: not finished within the grace period")]
+
+
+async def test_a_non_streamed_request_whose_client_left_is_cancelled_upstream_and_recorded(router, gateway):
+    cancelled = asyncio.Event()
+
+    class Hanging:
+        async def run(self, job, sink):
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+    recorded = []
+    router.dialer = Hanging()
+    gateway.record_job = recorded.append
+    flow = messages_flow({"model": "m", "messages": []})
+    hook = asyncio.ensure_future(router.request(flow))
+    while not router.inline:
+        await asyncio.sleep(0)
+    assert not hook.done()
+    flow.client_conn.timestamp_end = 1.0    # mitmproxy saw the client close
+    await asyncio.wait_for(hook, 2)         # within a watch period, not never
+    assert cancelled.is_set() and not hook.cancelled() and hook.cancelling() == 0
+    assert flow.response.status_code == 499 and not router.inline
+    await asyncio.sleep(0)
+    assert [job.error for job in recorded] == ["client_closed"]
