@@ -23,7 +23,6 @@ from ccswitch.wire.protocols import own_error, stream_error_event
 log = logging.getLogger("ccswitch.relay")
 
 JOB_HEADER = "x-ccswitch-job"
-_READ = 64 * 1024
 
 
 class ClientGone(ConnectionError):
@@ -31,23 +30,19 @@ class ClientGone(ConnectionError):
 
 
 class H11Sink:
-    def __init__(self, conn: h11.Connection, writer: asyncio.StreamWriter) -> None:
-        self.conn, self.writer = conn, writer
+    """The answer to one relay request, written on its connection."""
+
+    def __init__(self, connection: RelayConnection) -> None:
+        self.connection, self.conn = connection, connection.h11
         self.started = False
         self.broken = False
         self._chunked = False   # the body goes out in chunks framed here, not by h11
 
     async def _send(self, event) -> None:
-        await self._write(self.conn.send(event))
+        await self.connection.write(self.conn.send(event))
 
     async def _write(self, data: bytes) -> None:
-        if self.writer.is_closing():
-            raise ClientGone("the proxy closed the relay connection")
-        self.writer.write(data)
-        try:
-            await self.writer.drain()
-        except (ConnectionError, OSError) as exc:
-            raise ClientGone(str(exc)) from exc
+        await self.connection.write(data)
 
     async def start(self, status: int, headers: list[tuple[str, str]], length: int | None) -> None:
         head = [(k, v) for k, v in headers if k.lower() not in ("content-length", "transfer-encoding")]
@@ -178,11 +173,12 @@ class Relay:
         self._jobs: dict[str, Job] = {}
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._connections: dict[asyncio.Task, asyncio.StreamWriter] = {}
+        self._connections: set[RelayConnection] = set()
         self.port = 0
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: RelayConnection(self), "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         log.debug("relay listening on 127.0.0.1:%d", self.port)
 
@@ -204,11 +200,9 @@ class Relay:
         self.shutdown.cutting = True
         self.cut()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        # idle keep-alive connections too: a connection task still open when the event loop
-        # stops is cancelled, and Python 3.12.1 logs that as an exception
-        for writer in list(self._connections.values()):
-            writer.close()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        for connection in list(self._connections):   # idle keep-alive connections too
+            connection.transport.close()
+        await asyncio.sleep(0)    # their connection_lost
 
     def register(self, job: Job) -> None:
         self._jobs[job.token] = job
@@ -217,56 +211,16 @@ class Relay:
         """Drop a job; True if it was still waiting (never reached the relay)."""
         return self._jobs.pop(job.token, None) is not None
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1024 * 1024)
-        leftover = b""
-        me = asyncio.current_task()
-        self._connections[me] = writer
-        try:
-            while True:
-                request = await self._read_request(conn, reader, leftover)
-                if request is None:
-                    return
-                leftover = await self._answer(conn, reader, writer, request)
-                if leftover is None or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    return
-                conn.start_next_cycle()
-        except (h11.RemoteProtocolError, ConnectionError, OSError) as exc:
-            log.debug("relay connection ended: %s", exc)
-        finally:
-            self._connections.pop(me, None)
-            writer.close()
-
-    @staticmethod
-    async def _read_request(conn: h11.Connection, reader, leftover: bytes) -> h11.Request | None:
-        if leftover:
-            conn.receive_data(leftover)
-        request = None
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await reader.read(_READ)
-                conn.receive_data(data)
-                if not data and request is None:
-                    return None
-                continue
-            if isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.EndOfMessage):
-                return request
-            elif isinstance(event, h11.ConnectionClosed):
-                return None
-
-    async def _answer(self, conn, reader, writer, request: h11.Request) -> bytes | None:
-        """Run the job; returns bytes read ahead of the next request, None to close."""
-        token = next((v.decode() for k, v in request.headers if k == JOB_HEADER.encode()), "")
+    def serve(self, request: h11.Request, sink: H11Sink) -> tuple[asyncio.Task, Job | None]:
+        """The task answering one request (its job's, or a 403 for an unknown token) and the job."""
+        token = next((v.decode() for k, v in request.headers if k == _JOB_HEADER), "")
         job = self._jobs.pop(token, None)
-        sink = H11Sink(conn, writer)
         if job is None:
-            await send_whole(sink, 403, [("content-type", "application/json")],
-                             b'{"error":"unknown or expired ccswitch job"}')
-            return b""
-        return await self._run(job, reader, sink)
+            return start_now(_refuse(sink)), None
+        task = start_now(self._job(job, sink))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task, job
 
     async def _job(self, job: Job, sink: H11Sink) -> None:
         """One job, start to usage row: the row is reported however the job ends."""
@@ -279,32 +233,115 @@ class Relay:
             if self._on_done is not None:
                 self._on_done(job)
 
-    async def _run(self, job: Job, reader, sink: H11Sink) -> bytes | None:
-        task = start_now(self._job(job, sink))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        ahead = b""   # bytes mitmproxy sent early (it does not pipeline, but be safe)
-        try:
-            while not task.done():
-                watcher = asyncio.ensure_future(reader.read(_READ))
-                await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-                if task.done():
-                    if not watcher.done():
-                        watcher.cancel()
-                    await asyncio.gather(watcher, return_exceptions=True)   # let the read really end
-                    if not watcher.cancelled() and not watcher.exception():
-                        if watcher.result() == b"":
-                            return None
-                        ahead += watcher.result()
-                    break
-                data = None if watcher.exception() else watcher.result()
-                if not data:          # EOF or reset: the client is gone, stop the upstream request now
-                    task.cancel()
-                    job.client_left()
-                    await asyncio.gather(task, return_exceptions=True)
-                    return None
-                ahead += data
-        finally:
-            if not task.done():
-                task.cancel()
-        return None if sink.broken or task.cancelled() else ahead
+
+_JOB_HEADER = JOB_HEADER.encode()
+
+
+async def _refuse(sink: H11Sink) -> None:
+    try:
+        await send_whole(sink, 403, [("content-type", "application/json")],
+                         b'{"error":"unknown or expired ccswitch job"}')
+    except ClientGone:
+        sink.broken = True
+
+
+class RelayConnection(asyncio.Protocol):
+    """One connection from mitmproxy: h11 reads its requests as their bytes arrive, each is
+    answered by a task of its own, and the connection's end cancels that task at once (the
+    client went away).  A protocol, not asyncio streams: an open stream costs no reader, no
+    writer, no serving task and no task watching for the next read."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=1024 * 1024)
+        self.transport: asyncio.Transport | None = None
+        self._request: h11.Request | None = None
+        self._task: asyncio.Task | None = None     # the request being answered
+        self._job: Job | None = None
+        self._sink: H11Sink | None = None
+        self._lost = False
+        self._paused = False
+        self._drained: asyncio.Future | None = None
+
+    # ---------------------------------------------------------------- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.relay._connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.h11.receive_data(data)
+        if self._task is None:      # else: mitmproxy's next request waits in h11 (it does not pipeline)
+            self._next_request()
+
+    def eof_received(self) -> bool:
+        self._gone()
+        return False                # the transport closes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._gone()
+        self.relay._connections.discard(self)
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # ---------------------------------------------------------------- used by the sink
+
+    async def write(self, data: bytes) -> None:
+        if self._lost or self.transport.is_closing():
+            raise ClientGone("the proxy closed the relay connection")
+        self.transport.write(data)
+        if self._paused:            # mitmproxy reads slower than the upstream sends: wait for it
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+            if self._lost:
+                raise ClientGone("the proxy closed the relay connection")
+
+    # ---------------------------------------------------------------- requests
+
+    def _next_request(self) -> None:
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                log.debug("relay connection ended: %s", exc)
+                self.transport.close()
+                return
+            if event is h11.NEED_DATA:
+                return
+            if isinstance(event, h11.Request):
+                self._request = event
+            elif isinstance(event, h11.EndOfMessage):   # (a body mitmproxy sends along is not needed)
+                self._sink = H11Sink(self)
+                self._task, self._job = self.relay.serve(self._request, self._sink)
+                self._task.add_done_callback(self._answered)
+                return
+            elif isinstance(event, h11.ConnectionClosed):
+                self.transport.close()
+                return
+
+    def _answered(self, task: asyncio.Task) -> None:
+        self._task = self._job = None
+        if self._lost:
+            return
+        h = self.h11
+        if self._sink.broken or task.cancelled() or h.our_state is not h11.DONE or h.their_state is not h11.DONE:
+            self.transport.close()
+            return
+        h.start_next_cycle()
+        self._next_request()        # bytes mitmproxy sent meanwhile
+
+    def _gone(self) -> None:
+        """EOF or reset from mitmproxy while answering: the client is gone, stop the upstream request now."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            if self._job is not None:
+                self._job.client_left()

@@ -186,3 +186,43 @@ async def test_a_streamed_answer_is_chunked_as_h11_reads_it_and_the_connection_s
     exchange.writer.write(exchange.conn.send(h11.EndOfMessage()))
     await exchange.read_all()
     assert exchange.response.status_code == 200 and exchange.body == b"".join(pieces)
+
+
+async def test_the_proxy_dropping_the_connection_cancels_the_job_at_once_and_records_it(served):
+    cancelled = asyncio.Event()
+
+    async def endless(job, sink):
+        await sink.start(200, SSE, None)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+    recorded = []
+    relay = await served(endless, recorded)
+    job = new_job()
+    relay.register(job)
+    exchange = await Exchange(relay).send(job.token)
+    await exchange.read_until(lambda e: e.response is not None)
+    exchange.writer.close()
+    await asyncio.wait_for(cancelled.wait(), 5)
+    await soon(lambda: recorded and relay.running == 0)
+    assert recorded == [job] and job.error == "client_closed"
+
+
+async def test_an_unknown_job_is_refused_and_the_connection_serves_the_next(served):
+    async def answer(job, sink):
+        await send_whole(sink, 200, [("content-type", "application/json")], b"{}")
+    relay = await served(answer, [])
+    exchange = await Exchange(relay).send("no-such-token")
+    await exchange.read_all()
+    assert exchange.response.status_code == 403 and b"unknown or expired" in exchange.body
+    job = new_job()
+    relay.register(job)
+    exchange.conn.start_next_cycle()
+    exchange.response, exchange.body = None, b""
+    exchange.writer.write(exchange.conn.send(h11.Request(method="POST", target="/v1/messages", headers=[
+        ("host", "relay"), (JOB_HEADER, job.token), ("content-length", "0")])))
+    exchange.writer.write(exchange.conn.send(h11.EndOfMessage()))
+    await exchange.read_all()
+    assert (exchange.response.status_code, exchange.body) == (200, b"{}")
