@@ -6,11 +6,10 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping
 from datetime import date, timedelta
 from pathlib import Path
 
-from ccswitch.cli.rules_file import find_announced
+from ccswitch.cli.rules_file import AnyEnv, find_announced
 from ccswitch.clock import utc_now
 from ccswitch.config.database_url import parse_usage_db
 from ccswitch.config.models import Rules, RulesError
@@ -18,23 +17,6 @@ from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
 from ccswitch.report.data import DIMENSIONS, build_report, report_zone
 from ccswitch.report.text import activation_lines, render_table, report_json
 from ccswitch.report.timeline import PERIODS, period_start
-
-
-class _AnyEnv(Mapping[str, str]):
-    """The report never uses secrets: a missing ${VAR} in rules.yaml must not stop it."""
-
-    def __getitem__(self, key: str) -> str:
-        return os.environ.get(key, "unset")
-
-    def __contains__(self, key: object) -> bool:
-        return True
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(os.environ)
-
-    def __len__(self) -> int:
-        return len(os.environ)
-
 
 _UNTIL = object()        # --hours without a day: the --until day, else today (not a str: argparse would parse it)
 
@@ -96,7 +78,7 @@ def _period(args: argparse.Namespace, today: date) -> tuple[date, date, date | N
 
 
 def _load_rules(option: str | None) -> Rules:
-    return find_announced(option, env=_AnyEnv())[0]     # says on stderr which file: stdout may be --json
+    return find_announced(option, env=AnyEnv())[0]     # says on stderr which file: stdout may be --json
 
 
 def run(args: argparse.Namespace) -> int:

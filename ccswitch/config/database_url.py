@@ -7,14 +7,14 @@ Parsing never echoes the text it rejects, since that text may be the secret.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import SecretStr
+
+from ccswitch.config.secret_url import SecretURL
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
-_QUERY_PASSWORD = re.compile(r"((?:^|&)password=)([^&]*)", re.IGNORECASE)
 
 
 def is_postgres_url(text: str) -> bool:
@@ -22,11 +22,8 @@ def is_postgres_url(text: str) -> bool:
     return bool(sep) and scheme.lower() in POSTGRES_SCHEMES
 
 
-class PostgresURL(BaseModel):
+class PostgresURL(SecretURL):
     """A libpq connection URL. Equal URLs (password included) are the same database."""
-
-    model_config = ConfigDict(frozen=True)
-    url: SecretStr
 
     @classmethod
     def parse(cls, text: str) -> PostgresURL:
@@ -43,37 +40,6 @@ class PostgresURL(BaseModel):
         except ValueError:
             raise ValueError("not a valid PostgreSQL URL (check the host and port)") from None
         return cls(url=SecretStr(text))
-
-    @property
-    def conninfo(self) -> str:
-        """The whole URL, password included: for the driver only."""
-        return self.url.get_secret_value()
-
-    @property
-    def redacted(self) -> str:
-        """The URL with its password (if any) replaced by ``***``: for logs and messages."""
-        parts = urlsplit(self.conninfo)
-        netloc = parts.netloc
-        if parts.password is not None:
-            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-        query = _QUERY_PASSWORD.sub(r"\1***", parts.query)      # libpq also takes ?password=...
-        return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
-
-    def scrub(self, text: str) -> str:
-        """``text`` (e.g. a driver's error message) with this URL's password, if it appears, as ``***``."""
-        parts = urlsplit(self.conninfo)
-        secrets = {parts.password, unquote(parts.password or "")}
-        secrets |= {unquote(m.group(2)) for m in _QUERY_PASSWORD.finditer(parts.query)} | \
-                   {m.group(2) for m in _QUERY_PASSWORD.finditer(parts.query)}
-        for secret in sorted(filter(None, secrets), key=len, reverse=True):
-            text = text.replace(secret, "***")
-        return text
-
-    def __str__(self) -> str:
-        return self.redacted
-
-    def __repr__(self) -> str:
-        return f"PostgresURL({self.redacted!r})"
 
 
 def parse_usage_db(text: str | Path) -> Path | PostgresURL:

@@ -6,20 +6,17 @@ and ``redacted`` give the URL without it.  Parsing never echoes the text it reje
 
 from __future__ import annotations
 
-import re
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import SecretStr
+
+from ccswitch.config.secret_url import SecretURL
 
 REDIS_SCHEMES = ("redis", "rediss")
-_QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
 
 
-class RedisURL(BaseModel):
+class RedisURL(SecretURL):
     """A Redis connection URL. Equal URLs (password included) are the same shared state."""
-
-    model_config = ConfigDict(frozen=True)
-    url: SecretStr
 
     @classmethod
     def parse(cls, text: str) -> RedisURL:
@@ -43,27 +40,6 @@ class RedisURL(BaseModel):
         return cls(url=SecretStr(text))
 
     @property
-    def conninfo(self) -> str:
-        """The whole URL, password included: for the client library only."""
-        return self.url.get_secret_value()
-
-    @property
     def db(self) -> int:
         path = urlsplit(self.conninfo).path.strip("/")
         return int(path) if path else 0
-
-    @property
-    def redacted(self) -> str:
-        """The URL with its password (if any) replaced by ``***``: for logs and messages."""
-        parts = urlsplit(self.conninfo)
-        netloc = parts.netloc
-        if parts.password is not None:
-            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-        query = _QUERY_PASSWORD.sub(r"\1***", parts.query)
-        return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
-
-    def __str__(self) -> str:
-        return self.redacted
-
-    def __repr__(self) -> str:
-        return f"RedisURL({self.redacted!r})"
