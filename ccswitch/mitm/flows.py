@@ -4,9 +4,10 @@ speaks, and credentials shown as `<redacted>` (in mitmweb and `mitmdump -w` file
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 
 from mitmproxy import http
-from mitmproxy.net.http import status_codes
+from mitmproxy.net.http import status_codes, url
 
 from ccswitch.routing.classify import classify
 from ccswitch.vocab import CLIENT_PROTOCOL, Protocol
@@ -38,6 +39,17 @@ def answer(flow: http.HTTPFlow, response: http.Response) -> None:
     redact_credentials(flow.request.headers)
     flow.response = response
     flow.comment = f"ccswitch: answered {response.status_code} itself"
+
+
+def point_at(request: http.Request, target: str) -> None:
+    """`request.url = target`, as mitmproxy's setter does it, with the parse of each upstream URL
+    kept: every routed flow is shown pointed at its upstream, and the few URLs recur."""
+    request.scheme, request.host, request.port, request.path = _parsed_url(target)
+
+
+@lru_cache(maxsize=512)
+def _parsed_url(target: str) -> tuple[bytes, bytes, int, bytes]:
+    return url.parse(target)
 
 
 def whole_response(status: int, headers: list[tuple[str, str]], body: bytes) -> http.Response:

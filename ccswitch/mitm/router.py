@@ -21,7 +21,7 @@ from ccswitch.dial.render import upstream_url
 from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_proxy_connections
 from ccswitch.ledger.rows import own_answer_row
 from ccswitch.mitm.codex_socket import CodexSockets
-from ccswitch.mitm.flows import answer, error_response, likely_protocol, redact_credentials, whole_response
+from ccswitch.mitm.flows import answer, error_response, likely_protocol, point_at, redact_credentials, whole_response
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.net import http1
 from ccswitch.routing.admission import body_problem, decoded_body, header_problem, parse_body
@@ -314,7 +314,7 @@ class Router:
         flow.request.headers.pop(JOB_HEADER, None)
         if job.upstream:
             upstream = job.rules.upstream(job.upstream)
-            flow.request.url = upstream_url(upstream, job.request)
+            point_at(flow.request, upstream_url(upstream, job.request))
         flow.comment = job.comment()
         if job.failed_over:
             flow.marked = ":warning:"

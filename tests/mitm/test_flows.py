@@ -4,7 +4,7 @@ what mitmproxy's own setters would have made."""
 import pytest
 from mitmproxy import http
 
-from ccswitch.mitm.flows import redact_credentials, whole_response
+from ccswitch.mitm.flows import point_at, redact_credentials, whole_response
 from ccswitch.wire.redact import CREDENTIAL_HEADERS, REDACTED
 
 HEADER_SETS = [
@@ -45,3 +45,23 @@ def test_a_whole_response_is_what_response_make_builds(status, headers, body):
                                                                    theirs.http_version)
     assert ours.headers.fields == theirs.headers.fields and ours.raw_content == theirs.raw_content
     assert ours.content == body and ours.timestamp_end >= ours.timestamp_start
+
+
+@pytest.mark.parametrize("target", ["http://127.0.0.1:4000/v1/messages?beta=true", "https://relay.example/api/v1/messages",
+                                    "https://[::1]:8443/openai/v1/responses", "http://up:80/x/y"])
+def test_pointing_a_request_at_a_url_is_what_mitmproxys_url_setter_does(target):
+    headers = ((b"Host", b"api.anthropic.com"), (b"x-api-key", b"k"))
+    ours = http.Request.make("POST", "https://api.anthropic.com/v1/messages", b"{}", headers)
+    theirs = http.Request.make("POST", "https://api.anthropic.com/v1/messages", b"{}", headers)
+    for _ in range(2):    # the second time from the kept parse
+        point_at(ours, target)
+        theirs.url = target
+        assert (ours.url, ours.scheme, ours.host, ours.port, ours.path, ours.headers.fields) == \
+            (theirs.url, theirs.scheme, theirs.host, theirs.port, theirs.path, theirs.headers.fields)
+
+
+def test_a_malformed_url_is_refused_every_time_not_kept():
+    request = http.Request.make("POST", "https://api.anthropic.com/v1/messages")
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            point_at(request, "http://:0/x")
