@@ -38,7 +38,7 @@ from ccswitch.routing.quota import QuotaBoard, rejection_reset
 from ccswitch.translate import translation_for
 from ccswitch.vocab import Action, Endpoint
 from ccswitch.wire import protocols
-from ccswitch.wire.exchange import RenderError, Reply
+from ccswitch.wire.exchange import UNPARSED, RenderError, Reply, json_or_none
 from ccswitch.wire.redact import scrub_headers
 from ccswitch.wire.usage import usage_of_body
 
@@ -261,9 +261,10 @@ class Dialer:
         except (TimeoutError, http1.TransportError, OSError) as exc:
             return network_failure(upstream.name, exc, failover.on_network_error, "total")
         body = translation.scrub(body, outgoing.secrets)
-        attempt.usage = usage_of_body(upstream.protocol, body, is_sse)
+        parsed = UNPARSED if is_sse else json_or_none(body)   # once, for the usage and the check
+        attempt.usage = usage_of_body(upstream.protocol, body, is_sse, parsed)
         if 200 <= status < 300:
-            problem = translation.check_body(job.request, upstream, body, is_sse)
+            problem = translation.check_body(job.request, upstream, body, is_sse, parsed)
             if problem:   # a 2xx that is not an answer: if it is the last word, the client gets a 502
                 return Failure(upstream.name, status, problem, failover.on_network_error, headers, body,
                                client_status=502)

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from ccswitch.config.models import Upstream
 from ccswitch.wire import protocols
-from ccswitch.wire.exchange import ClientRequest, RenderError, Reply, json_or_none, not_json_kind
+from ccswitch.wire.exchange import UNPARSED, ClientRequest, RenderError, Reply, json_or_none, not_json_kind
 from ccswitch.wire.redact import scrub
 from ccswitch.wire.sse import Event
 
@@ -35,8 +35,10 @@ class Translation(Protocol):
 
     def scrub(self, body: bytes, secrets: list[str]) -> bytes: ...
 
-    def check_body(self, req: ClientRequest, upstream: Upstream, body: bytes, is_sse: bool) -> str | None:
-        """Why a 2xx body is not a real answer, or None if it is."""
+    def check_body(self, req: ClientRequest, upstream: Upstream, body: bytes, is_sse: bool,
+                   parsed: Any = UNPARSED) -> str | None:
+        """Why a 2xx body is not a real answer, or None if it is (`parsed`: the body's
+        `json_or_none`, when the caller has it)."""
         ...
 
     def reply(self, req: ClientRequest, upstream: Upstream, status: int,
@@ -70,16 +72,17 @@ class Passthrough:
     def scrub(self, body: bytes, secrets: list[str]) -> bytes:
         return scrub(body, secrets)
 
-    def check_body(self, req: ClientRequest, upstream: Upstream, body: bytes, is_sse: bool) -> str | None:
+    def check_body(self, req: ClientRequest, upstream: Upstream, body: bytes, is_sse: bool,
+                   parsed: Any = UNPARSED) -> str | None:
         """Why a 2xx body is not a real answer, or None if it is."""
         if req.stream and not is_sse:
-            parsed = json_or_none(body)
+            parsed = json_or_none(body, parsed)
             if isinstance(parsed, dict) and parsed.get("error"):
                 return "error JSON under a 2xx status"
             return "a non-SSE body for a streamed request"
         if is_sse:
             return "an SSE body for a non-streamed request"
-        parsed = json_or_none(body)
+        parsed = json_or_none(body, parsed)
         if parsed is None:
             return f"a 2xx body that is {not_json_kind(body)}"
         if not protocols.body_matches_protocol(upstream.protocol, req.endpoint, parsed):

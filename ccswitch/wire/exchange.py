@@ -50,7 +50,14 @@ class Reply:
     reason: str | None = None
 
 
-def json_or_none(body: bytes) -> object:
+#: a `parsed=` default meaning "not parsed yet: parse the body here" (None is a parse: not JSON)
+UNPARSED: Any = object()
+
+
+def json_or_none(body: bytes, parsed: Any = UNPARSED) -> object:
+    """The body as JSON, or None when it is not JSON; `parsed`, when the caller has it already."""
+    if parsed is not UNPARSED:
+        return parsed
     try:
         return json.loads(body)
     except ValueError:

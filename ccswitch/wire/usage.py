@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ccswitch.vocab import Protocol
+from ccswitch.wire.exchange import UNPARSED
 from ccswitch.wire.sse import Event
 
 
@@ -123,14 +124,17 @@ class UsageTap:
         return _FROM[self.protocol](self._raw) if self._raw is not None else None
 
 
-def usage_of_body(protocol: str, body: bytes, is_sse: bool) -> Usage | None:
-    """Usage of a whole response: a JSON body, or an SSE body read to its end."""
+def usage_of_body(protocol: str, body: bytes, is_sse: bool, parsed: Any = UNPARSED) -> Usage | None:
+    """Usage of a whole response: a JSON body, or an SSE body read to its end; `parsed`: the
+    JSON body as the caller parsed it already (`json_or_none`), so it is parsed once."""
     if is_sse:
         from ccswitch.wire.sse import parse_all
         tap = UsageTap(protocol)
         for event in parse_all(body):
             tap.feed(event)
         return tap.usage
+    if parsed is not UNPARSED:
+        return from_body(protocol, parsed)
     try:
         return from_body(protocol, json.loads(body))
     except ValueError:

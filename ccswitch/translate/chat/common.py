@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from ccswitch.translate.base import wants_usage
-from ccswitch.wire.exchange import ClientRequest, Reply, json_or_none, not_json_kind
+from ccswitch.wire.exchange import UNPARSED, ClientRequest, Reply, json_or_none, not_json_kind
 from ccswitch.wire.protocols import body_matches_protocol
 from ccswitch.wire.redact import scrub
 from ccswitch.wire.sse import format_event
@@ -112,12 +112,13 @@ class ChatTranslation:
     def request(self, req: ClientRequest, upstream, rules=None) -> dict[str, Any]:
         return self.convert_request(req.json or {}, req, upstream, rules)
 
-    def check_body(self, req: ClientRequest, upstream, body: bytes, is_sse: bool) -> str | None:
+    def check_body(self, req: ClientRequest, upstream, body: bytes, is_sse: bool,
+                   parsed: Any = UNPARSED) -> str | None:
         if self.upstream_streams(req, upstream):
             return None if is_sse else "a non-SSE body for a streamed request"
         if is_sse:
             return "an SSE body for a non-streamed request"
-        parsed = json_or_none(body)
+        parsed = json_or_none(body, parsed)
         if parsed is None:
             return f"a 2xx body that is {not_json_kind(body)}"
         if not body_matches_protocol(self.protocol, req.endpoint, parsed):

@@ -31,7 +31,7 @@ from ccswitch.translate.chat.responses_stream import (
     response_usage,
 )
 from ccswitch.vocab import Protocol
-from ccswitch.wire.exchange import ClientRequest, Reply, json_or_none
+from ccswitch.wire.exchange import UNPARSED, ClientRequest, Reply, json_or_none
 from ccswitch.wire.protocols import in_stream_status
 from ccswitch.wire.sse import parse_all
 
@@ -59,8 +59,9 @@ class ChatToResponses(ChatTranslation):
         """The Codex backend requires `stream: true` even for a non-stream client."""
         return bool(req.stream) or is_codex_backend(upstream)
 
-    def check_body(self, req: ClientRequest, upstream, body: bytes, is_sse: bool) -> str | None:
-        problem = super().check_body(req, upstream, body, is_sse)
+    def check_body(self, req: ClientRequest, upstream, body: bytes, is_sse: bool,
+                   parsed: Any = UNPARSED) -> str | None:
+        problem = super().check_body(req, upstream, body, is_sse, parsed)
         if problem is None and is_sse and not req.stream and not _has_end(body):
             return "stream ended before its terminal event"
         return problem

@@ -485,3 +485,14 @@ async def test_the_dialer_runs_over_the_clients_connect_seam_without_sockets():
     assert CLIENT_KEY.encode() not in sent
     assert sink.status == 200 and json.loads(sink.body)["content"][0]["text"] == "hi"
     assert job.upstream == "a" and job.status == 200 and job.attempts[0].usage.output_tokens == 1
+
+
+async def test_a_non_streamed_answer_is_parsed_once_for_its_usage_and_its_check(mock_a, monkeypatch):
+    from ccswitch.wire import exchange
+    parses = []
+    real = exchange.json.loads
+    monkeypatch.setattr(exchange.json, "loads", lambda data, *a, **kw: parses.append(data) or real(data, *a, **kw))
+    body = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    job, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST), body=body)
+    assert sink.status == 200 and job.attempts[0].usage.input_tokens == 25
+    assert len([p for p in parses if isinstance(p, bytes) and b'"usage"' in p]) == 1
