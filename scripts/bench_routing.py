@@ -71,7 +71,7 @@ def start_pair(ports: dict[str, int], workdir: Path, *extra: str) -> tuple[Proxy
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "rules.yaml").write_text(routing_rules(route, ports))
             proxies.append(Proxy(folder / "rules.yaml", folder,
-                                 extra_args=("--set", "flow_detail=0", *extra)).start())
+                                 extra_args=("--set", "flow_detail=0", *extra), guard=False).start())
     except BaseException:
         for proxy in proxies:
             proxy.stop()

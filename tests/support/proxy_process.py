@@ -27,10 +27,13 @@ class Proxy:
     """mitmdump with ccswitch, a regular (HTTPS_PROXY) and a reverse listener.
 
     ``launch``: ``mitmdump -s addon.py`` (the checkout's entry), ``run`` (`ccswitch run`, the
-    packaged entry) or ``run --web`` (`ccswitch run --web`: mitmweb, its UI on ``web_port``)."""
+    packaged entry) or ``run --web`` (`ccswitch run --web`: mitmweb, its UI on ``web_port``).
+    ``guard``: load the test-only loopback guard beside it (tests always do; a benchmark whose
+    rules name only loopback upstreams runs ccswitch as shipped, without that extra addon)."""
 
     def __init__(self, rules_path: Path, workdir: Path, *, reverse_target: str = "https://api.anthropic.com",
-                 extra_args: tuple[str, ...] = (), env: dict | None = None, launch: str = "addon.py") -> None:
+                 extra_args: tuple[str, ...] = (), env: dict | None = None, launch: str = "addon.py",
+                 guard: bool = True) -> None:
         self.rules_path, self.workdir = rules_path, workdir
         self.confdir = workdir / "mitmproxy-conf"
         self.regular_port, self.reverse_port = free_port(), free_port()
@@ -41,7 +44,7 @@ class Proxy:
                 "run --web": [str(CCSWITCH), "run", "--web", "--set", f"web_port={self.web_port}",
                               "--set", "web_open_browser=false"]}[launch]
         self.args = [
-            *head, "-s", str(GUARD),
+            *head, *(("-s", str(GUARD)) if guard else ()),
             "--set", f"ccswitch_rules={rules_path}", "--set", f"confdir={self.confdir}",
             "--set", "termlog_verbosity=info",
             "--mode", f"regular@{self.regular_port}",
