@@ -19,6 +19,14 @@ from ccswitch.wire.redact import CREDENTIAL_HEADERS, REDACTED
 LIVE_HOST = "ccswitch"
 
 
+def flows_are_kept(master, options) -> bool:
+    """Does anyone look at a finished flow's body: mitmweb or the console (their flow list),
+    a `-w` file, or mitmdump printing bodies (`flow_detail` 3 or more)?  mitmdump alone drops
+    each flow once answered, so a copy of a streamed body would only cost memory and time."""
+    return (master.addons.get("view") is not None or bool(getattr(options, "save_stream_file", None))
+            or getattr(options, "flow_detail", 0) >= 3)
+
+
 def error_response(protocol: str, status: int, message: str, extra: dict | None = None) -> http.Response:
     headers, body = protocols.own_error(protocol, status, message, tuple((extra or {}).items()))
     return http.Response.make(status, body, http.Headers(to_wire(headers)))

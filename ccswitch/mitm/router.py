@@ -21,7 +21,15 @@ from ccswitch.dial.render import upstream_url
 from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_proxy_connections
 from ccswitch.ledger.rows import own_answer_row
 from ccswitch.mitm.codex_socket import CodexSockets
-from ccswitch.mitm.flows import answer, error_response, likely_protocol, point_at, redact_credentials, whole_response
+from ccswitch.mitm.flows import (
+    answer,
+    error_response,
+    flows_are_kept,
+    likely_protocol,
+    point_at,
+    redact_credentials,
+    whole_response,
+)
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.net import http1
 from ccswitch.routing.admission import body_problem, decoded_body, header_problem, parse_body
@@ -50,6 +58,7 @@ class Router:
         self.inline: set[asyncio.Task] = set()   # hooks running the dialer for non-streamed requests
         self.shutdown = Shutdown()
         self.sockets: CodexSockets | None = None   # Codex's WebSocket bridge, once running
+        self.keep_streams = True    # a copy of each streamed body for the flow, when anyone shows or saves flows
         # set once the month's spend is loaded: the listeners are open before `running`, and a
         # request must not pass a budget that a ledger being read (PostgreSQL: a connection) holds
         self.spend_loaded: asyncio.Event | None = None
@@ -66,7 +75,8 @@ class Router:
                           "instead of a 502 that clients retry for many seconds.")
         loader.add_option("ccswitch_keep_stream", int, 1024 * 1024,
                           "Bytes of each streamed answer kept on the flow, so mitmweb and `-w` files "
-                          "show what was streamed (0: none).")
+                          "show what was streamed (0: none). Plain mitmdump, which drops each "
+                          "flow once answered, keeps none unless flow_detail is 3 or more.")
         loader.add_option("ccswitch_shutdown_grace", int, 8,
                           "Seconds that requests in flight get to finish when the proxy shuts down "
                           "(SIGTERM, Ctrl-C); new ones get a 503 meanwhile. Past it, streams end with "
@@ -124,6 +134,8 @@ class Router:
                 self.dialer.client.ssl_context = context
         if "ccswitch_ledger" in updated:
             self.gateway.open_ledger(ctx.options.ccswitch_ledger)
+        if updated & {"save_stream_file", "flow_detail"}:
+            self.keep_streams = flows_are_kept(ctx.master, ctx.options)
 
     # ------------------------------------------------------------------ hooks
 
@@ -274,7 +286,7 @@ class Router:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.id in self.jobs and "text/event-stream" in flow.response.headers.get("content-type", ""):
-            keep = ctx.options.ccswitch_keep_stream
+            keep = ctx.options.ccswitch_keep_stream if self.keep_streams else 0
             flow.response.stream = StreamCopy(keep) if keep > 0 else True
 
     def response(self, flow: http.HTTPFlow) -> None:

@@ -4,15 +4,15 @@ import asyncio
 import json
 
 import pytest
-from mitmproxy import exceptions
-from mitmproxy.addons import proxyauth, proxyserver
+from mitmproxy import exceptions, http
+from mitmproxy.addons import dumper, proxyauth, proxyserver, save
 from mitmproxy.proxy import mode_specs
 from mitmproxy.test import taddons, tflow, tutils
 
 from ccswitch.config.models import Routes
 from ccswitch.dial.relay import JOB_HEADER, Relay
 from ccswitch.mitm.gateway import Gateway
-from ccswitch.mitm.router import Router
+from ccswitch.mitm.router import Router, StreamCopy
 from ccswitch.mitm.rules_watcher import RulesWatcher
 from ccswitch.mitm.safety import InterceptScope, ListenSafety
 from tests.support.helpers import CLIENT_KEY, KEY_A, reload_settled
@@ -326,3 +326,32 @@ async def test_a_non_streamed_request_whose_client_left_is_cancelled_upstream_an
     assert flow.response.status_code == 499 and not router.inline
     await asyncio.sleep(0)
     assert [job.error for job in recorded] == ["client_closed"]
+
+
+class ViewAddon:
+    name = "view"    # what mitmweb and the console call their flow list
+
+
+@pytest.mark.parametrize(("extra_addons", "options", "kept"), [
+    ((), {}, False),                                   # plain mitmdump: each flow is dropped once answered
+    ((), {"save_stream_file": "{tmp}/flows.mitm"}, True),    # -w
+    ((ViewAddon(),), {}, True),                        # mitmweb, the console
+])
+async def test_a_streamed_body_is_copied_onto_the_flow_only_when_flows_are_shown_or_saved(
+        gateway, tmp_path, extra_addons, options, kept):
+    options = {k: v.format(tmp=tmp_path) for k, v in options.items()}
+    r = Router(gateway)
+    r.relay = Relay(None)
+    r.relay.port = 4242
+    with taddons.context(save.Save(), dumper.Dumper(), *extra_addons, r) as tctx:
+        tctx.configure(r, flow_detail=1, **options)
+        flow = messages_flow()
+        await r.request(flow)
+        flow.response = tutils.tresp(headers=http.Headers(content_type="text/event-stream"))
+        r.responseheaders(flow)
+        assert isinstance(flow.response.stream, StreamCopy) is kept
+        assert flow.response.stream   # streamed either way
+        if not kept:
+            tctx.configure(r, flow_detail=3)     # mitmdump printing bodies wants it too
+            r.responseheaders(flow)
+            assert isinstance(flow.response.stream, StreamCopy)
