@@ -20,6 +20,9 @@ from ccswitch.wire.usage import Usage
 from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B, rules_for
 from tests.support.live_rows import NOON_ISH, TZ, USAGE, finished, note, rules
 
+# the boards' clocks read NOON_ISH: requests counted in "today" began then, whatever day the tests run
+AT_NOON = datetime.fromtimestamp(NOON_ISH, UTC)
+
 
 def test_a_failed_over_request_counts_once_with_both_attempts_its_tokens_and_cost():
     r = rules()
@@ -41,10 +44,10 @@ def test_cost_uses_the_billed_model_and_the_upstreams_price_multiplier_and_count
     r = rules_for(("a", "anthropic", "http://127.0.0.1:9"), extra="timezone: UTC\n")
     r = r.model_copy(update={"upstreams": (r.upstreams[0].model_copy(update={"price_multiplier": 0.5}),)})
     board = LiveBoard(clock=lambda: NOON_ISH)
-    note(board, r, finished(r, Attempt("a", 200, None, 10, USAGE), model="claude-x",
+    note(board, r, finished(r, Attempt("a", 200, None, 10, USAGE), model="claude-x", at=AT_NOON,
                             upstream_model="claude-haiku-4-5"))
     assert board.cost["a"] == pytest.approx(prices.cost("claude-haiku-4-5", 1000, 200, 3000, 0, 50_000) * 0.5)
-    note(board, r, finished(r, Attempt("a", 200, None, 10, USAGE), model="no-such-model-7"))
+    note(board, r, finished(r, Attempt("a", 200, None, 10, USAGE), model="no-such-model-7", at=AT_NOON))
     assert board.unpriced["a"] == 1000 + 200 + 3000 + 50_000
     today = board.totals(datetime.fromtimestamp(NOON_ISH, UTC).date())
     assert today.requests == 2 and today.unpriced_tokens == 54_200 and today.cost_usd == pytest.approx(board.cost["a"])
@@ -85,9 +88,10 @@ def test_todays_totals_follow_the_report_and_turn_over_at_local_midnight():
     board = LiveBoard(clock=lambda: now[0])
     berlin = ZoneInfo(TZ)
     day = datetime.fromtimestamp(NOON_ISH, berlin).date()
-    note(board, r, finished(r, Attempt("a", 529, "HTTP 529", 5), Attempt("b", 200, None, 10, USAGE)))
-    note(board, r, finished(r, Attempt("a", 500, "HTTP 500", 5)))
-    note(board, r, finished(r, Attempt("a", 200, None, 5, Usage(input_tokens=7)), path="/v1/messages/count_tokens"))
+    note(board, r, finished(r, Attempt("a", 529, "HTTP 529", 5), Attempt("b", 200, None, 10, USAGE), at=AT_NOON))
+    note(board, r, finished(r, Attempt("a", 500, "HTTP 500", 5), at=AT_NOON))
+    note(board, r, finished(r, Attempt("a", 200, None, 5, Usage(input_tokens=7)), path="/v1/messages/count_tokens",
+                            at=AT_NOON))
     today = board.totals(day)
     assert (today.requests, today.failovers, today.errors, today.count_tokens) == (2, 1, 1, 1)
     assert (today.input, today.output, today.cache_creation, today.cache_read, today.reasoning) == (1000, 200, 3000, 50_000, 40)
@@ -188,7 +192,7 @@ def test_status_json_has_the_page_and_no_key_text_even_when_an_upstream_echoed_o
     leaked = f"HTTP 401: invalid x-api-key {KEY_B} (client {CLIENT_KEY})"
     health.record_failure("a", leaked, threshold=5, cooldown=60)
     note(board, r, finished(r, Attempt("a", 401, leaked, 30), Attempt("b", 200, None, 900, USAGE),
-                            model="claude-sonnet-4-5", upstream_model="claude-sonnet-4-5-20250929"))
+                            model="claude-sonnet-4-5", upstream_model="claude-sonnet-4-5-20250929", at=AT_NOON))
     now = datetime.fromtimestamp(wall(), ZoneInfo(TZ))
     status = live_status(board, upstream_views(r, health, quota, sessions, now), r, now)
     text = json.dumps(status)
