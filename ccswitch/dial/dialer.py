@@ -119,7 +119,6 @@ class Dialer:
             raise
         finally:
             job.latency_ms = job.elapsed_ms()
-            job.done.set()
 
     @staticmethod
     def _by_name(job: Job, name: str) -> Upstream:

@@ -7,7 +7,6 @@ objects (keys, sockets) never go on the mitmproxy flow; they stay here.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ if TYPE_CHECKING:
 CLIENT_CLOSED = "client_closed"
 
 
-@dataclass
+@dataclass(slots=True)
 class Attempt:
     upstream: str
     status: int | None = None
@@ -42,7 +41,7 @@ class Attempt:
         return f"{self.upstream}: {what} ({self.ms} ms)"
 
 
-@dataclass
+@dataclass(slots=True)
 class Job:
     request: ClientRequest
     rules: Rules
@@ -69,7 +68,6 @@ class Job:
     # the turn itself (its new items and previous_response_id); None for an HTTP request
     upstream_sockets: UpstreamSockets | None = None
     turn: Turn | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def client_left(self) -> None:
         self.error = CLIENT_CLOSED

@@ -21,7 +21,7 @@ _DROP_RESPONSE_HEADERS = frozenset({
 MAX_RETRY_AFTER = 30.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Failure:
     """An attempt that did not serve the client; `action` says what to do next."""
     upstream: str
@@ -47,7 +47,7 @@ class Failure:
         return Reply(self.upstream, self.status, self.headers, self.body, self.translated, self.reason)
 
 
-@dataclass
+@dataclass(slots=True)
 class Streamed:
     """The attempt was committed and streamed to the client; `ok` if it ended properly,
     None if it ended with an error the rules `pass` (neither a failure nor a success)."""

@@ -32,6 +32,8 @@ class ClientGone(ConnectionError):
 class H11Sink:
     """The answer to one relay request, written on its connection."""
 
+    __slots__ = ("_chunked", "broken", "conn", "connection", "started")
+
     def __init__(self, connection: RelayConnection) -> None:
         self.connection, self.conn = connection, connection.h11
         self.started = False
@@ -250,6 +252,8 @@ class RelayConnection(asyncio.Protocol):
     answered by a task of its own, and the connection's end cancels that task at once (the
     client went away).  A protocol, not asyncio streams: an open stream costs no reader, no
     writer, no serving task and no task watching for the next read."""
+
+    __slots__ = ("_drained", "_job", "_lost", "_paused", "_request", "_sink", "_task", "h11", "relay", "transport")
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay

@@ -29,7 +29,7 @@ _SUFFIX = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class OutgoingRequest:
     method: str
     url: str

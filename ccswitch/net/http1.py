@@ -117,6 +117,28 @@ class _Connection(asyncio.Protocol):
     """One socket.  Bytes are handed to h11 only when it asks for more, so the socket can
     be paused while a slow consumer lags behind a fast upstream."""
 
+    # slots: one per open upstream connection, kept alive in the pool between requests
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_drain",
+        "_eof",
+        "_eof_fed",
+        "_lost",
+        "_read_paused",
+        "_waiter",
+        "_write_paused",
+        "h11",
+        "idle_since",
+        "in_use",
+        "key",
+        "origin",
+        "received_any",
+        "reused",
+        "tls",
+        "transport",
+    )
+
     def __init__(self, key: PoolKey) -> None:
         self.key = key
         self.origin: Origin = key[2]
@@ -410,6 +432,8 @@ async def _response_head(connection: _Connection) -> h11.Response:
 
 class Response:
     """Status and headers; the body is read once, decoded, by `aiter_bytes` or `aread`."""
+
+    __slots__ = ("_client", "_connection", "_decoder", "_deferred", "_done", "headers", "status_code")
 
     def __init__(self, client: UpstreamClient, connection: _Connection, head: h11.Response) -> None:
         self._client, self._connection = client, connection

@@ -56,6 +56,8 @@ class Translation(Protocol):
 class StreamPassthrough:
     """Forward each upstream event's bytes as they came."""
 
+    __slots__ = ()
+
     def feed(self, event: Event) -> bytes:
         return event.raw
 
@@ -102,6 +104,8 @@ class Passthrough:
 
 class _DropUsageChunk(StreamPassthrough):
     """The client did not ask for the usage chunk we asked the upstream for: leave it out."""
+
+    __slots__ = ()
 
     def feed(self, event: Event) -> bytes:
         body = event.json() if event.event else None

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from ccswitch.vocab import Protocol
 
 
-@dataclass
+@dataclass(slots=True)
 class ClientRequest:
     """What the client sent, captured before the flow is handed to the dialer."""
     route: str
@@ -39,7 +39,7 @@ class RenderError(ValueError):
         self.status = status
 
 
-@dataclass
+@dataclass(slots=True)
 class Reply:
     """A complete answer for the client (success, `pass` status, or the last failure)."""
     upstream: str | None

@@ -77,6 +77,8 @@ class SSEParser:
     """Feed bytes, get complete events.  Comment-only blocks are reported as
     events with `event == ""` so their raw bytes can still be forwarded."""
 
+    __slots__ = ("_buf", "_scanned")
+
     def __init__(self) -> None:
         self._buf = bytearray()
         self._scanned = 0   # bytes of _buf known to hold no boundary (so each byte is searched once)

@@ -20,7 +20,7 @@ from ccswitch.wire.exchange import UNPARSED
 from ccswitch.wire.sse import Event
 
 
-@dataclass
+@dataclass(slots=True)
 class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
@@ -92,6 +92,8 @@ def from_body(protocol: str, body: Any) -> Usage | None:
 
 class UsageTap:
     """Watches one upstream stream's events and keeps the latest usage seen."""
+
+    __slots__ = ("_raw", "protocol")
 
     def __init__(self, protocol: str) -> None:
         self.protocol = protocol

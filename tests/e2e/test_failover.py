@@ -95,7 +95,8 @@ async def test_client_disconnect_cancels_upstream_and_counts_nothing():
         slow.default = slow_stream(200, 0.02)
         health = HealthBoard()
         dialer = Dialer(health, allow_url=loopback_url)
-        relay = Relay(dialer.run)
+        finished = asyncio.Event()
+        relay = Relay(dialer.run, on_done=lambda job: finished.set())
         await relay.start()
         job = make_job(rules_for(("a", "anthropic", slow.base_url)))
         relay.register(job)
@@ -109,7 +110,7 @@ async def test_client_disconnect_cancels_upstream_and_counts_nothing():
             while b"text_delta" not in seen:
                 seen += await reader.read(4096)
             writer.close()   # the client goes away mid-stream
-            await asyncio.wait_for(job.done.wait(), 2)
+            await asyncio.wait_for(finished.wait(), 2)
         finally:
             await relay.stop()
             await dialer.aclose()
