@@ -203,6 +203,9 @@ async def _throughput(target: Target, concurrency: int, seconds: float) -> float
         return done / (time.perf_counter() - start)
 
 
+THROUGHPUT_ROUNDS = 3
+
+
 def throughput(target: Target, concurrency: int, seconds: float) -> float:
     return asyncio.run(_throughput(target, concurrency, seconds))
 
@@ -248,8 +251,15 @@ def measure(targets: list[Target], args) -> dict[str, dict[str, float]]:
         f["first content p50 (ms)"], f["first content p99 (ms)"] = pct(ttfc[t.name], 0.5), pct(ttfc[t.name], 0.99)
         _, total, events = post_stream(clients[t.name], t, "stream-flood")
         f["streamed events/s"] = events / (total / 1000)
-        for c in (1, 16, 64):
-            f[f"throughput c={c} (req/s)"] = throughput(t, c, args.seconds)
+    for c in (1, 16, 64):
+        # in alternating rounds, like the latency samples: a machine that slows down for a while
+        # slows every target alike instead of whichever ran then
+        done = {t.name: 0.0 for t in targets}
+        for _ in range(THROUGHPUT_ROUNDS):
+            for t in targets:
+                done[t.name] += throughput(t, c, args.seconds / THROUGHPUT_ROUNDS)
+        for t in targets:
+            figures[t.name][f"throughput c={c} (req/s)"] = done[t.name] / THROUGHPUT_ROUNDS
     for t in targets:
         if t.name.startswith("ccswitch"):
             plain_first, failover_first = [], []
@@ -258,19 +268,23 @@ def measure(targets: list[Target], args) -> dict[str, dict[str, float]]:
                 failover_first.append(post_stream(clients[t.name], t, "failover-x")[0])
             figures[t.name]["same reply, no failover, first content p50 (ms)"] = pct(plain_first, 0.5)
             figures[t.name]["failover first content p50 (ms)"] = pct(failover_first, 0.5)
-    for t in targets:                                    # memory and CPU of the proxy processes
-        if t.pid is None:
-            continue
-        client, f = clients[t.name], figures[t.name]
-        total = args.memory_requests
+    processes = [t for t in targets if t.pid is not None]   # memory and CPU of the proxy processes
+    total = args.memory_requests
+    for t in processes:
         for _ in range(total // 10):
-            post_plain(client, t)
-        f["RSS after 1k-scale (MB)"] = rss_kb(t.pid) / 1024
-        cpu0 = cpu_seconds(t.pid)
-        for _ in range(total - total // 10):
-            post_plain(client, t)
+            post_plain(clients[t.name], t)
+        figures[t.name]["RSS after 1k-scale (MB)"] = rss_kb(t.pid) / 1024
+    cpu = {t.name: 0.0 for t in processes}
+    for _ in range(THROUGHPUT_ROUNDS):                   # the CPU in alternating rounds too
+        for t in processes:
+            cpu0 = cpu_seconds(t.pid)
+            for _ in range((total - total // 10) // THROUGHPUT_ROUNDS):
+                post_plain(clients[t.name], t)
+            cpu[t.name] += cpu_seconds(t.pid) - cpu0
+    for t in processes:
+        f = figures[t.name]
         f["RSS after 10k-scale (MB)"] = rss_kb(t.pid) / 1024
-        f["CPU s / 1000 requests"] = (cpu_seconds(t.pid) - cpu0) / ((total - total // 10) / 1000)
+        f["CPU s / 1000 requests"] = cpu[t.name] / ((total - total // 10) // THROUGHPUT_ROUNDS * THROUGHPUT_ROUNDS / 1000)
         f["RSS growth (%)"] = 100 * (f["RSS after 10k-scale (MB)"] / f["RSS after 1k-scale (MB)"] - 1)
     for c in clients.values():
         c.close()
