@@ -325,7 +325,8 @@ class RelayConnection(asyncio.Protocol):
                 self._request = event
             elif isinstance(event, h11.EndOfMessage):   # (a body mitmproxy sends along is not needed)
                 self._sink = H11Sink(self)
-                self._task, self._job = self.relay.serve(self._request, self._sink)
+                request, self._request = self._request, None   # its headers are not kept for the stream's life
+                self._task, self._job = self.relay.serve(request, self._sink)
                 self._task.add_done_callback(self._answered)
                 return
             elif isinstance(event, h11.ConnectionClosed):
