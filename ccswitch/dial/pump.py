@@ -150,6 +150,9 @@ class Pump:
         job.upstream, job.status = self.upstream.name, self.response.status_code
         job.ttfb_ms = job.elapsed_ms()
         await self.sink.start(self.response.status_code, self.headers + marks(job), None)
+        # a stream can last minutes: its headers (dozens from some upstreams) were needed for
+        # the client's head and a failover, and neither can come again
+        self.headers = self.response.headers = []
         if self.held:
             data = b"".join(self.held)
             self.held.clear()
