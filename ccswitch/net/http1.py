@@ -258,12 +258,14 @@ class _Connection(asyncio.Protocol):
 
     async def next_event(self):
         while (event := self.poll_event()) is h11.NEED_DATA:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self.more()
         return event
+
+    def more(self) -> asyncio.Future:
+        """A future done when bytes (or the end) arrive: a body read awaits it directly, without
+        a coroutine of its own per read."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        return self._waiter
 
     def _broken(self, message: str) -> TransportError:
         if isinstance(self._lost, OSError):   # a reset rather than an orderly close
@@ -466,7 +468,9 @@ class Response:
                 error, self._deferred = self._deferred, None
                 raise error
             parts = []
-            event = await self._connection.next_event()
+            connection = self._connection
+            while (event := connection.poll_event()) is h11.NEED_DATA:
+                await connection.more()
             while event is not h11.NEED_DATA:
                 if isinstance(event, h11.Data):
                     parts.append(event.data)
