@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 
 from ccswitch.config.models import Upstream
@@ -68,20 +67,24 @@ class Pump:
         chunks = self.response.aiter_bytes().__aiter__()
         ended = "stream ended before its terminal event"
         ended_cleanly = False
-        watch = ReadWatch()
         try:
             while True:
-                now = time.monotonic()
-                deadline = now + rules.timeouts.idle
+                wait = rules.timeouts.idle
                 if not self.committed:
-                    deadline = min(deadline, max(now, hold_until))
+                    wait = min(wait, max(0.0, hold_until - time.monotonic()))
+                # A timer may cut a read short: the body iterators (http1.Response, a bridged
+                # socket's turn) take nothing from their buffers before their one wait, so a
+                # cancelled read loses no bytes.  No task and no wait set per read: a stream
+                # pays one timer per piece of its body.
+                timer = asyncio.timeout(wait)
                 try:
-                    chunk = await watch.read(chunks, deadline)
+                    async with timer:
+                        chunk = await chunks.__anext__()
                 except StopAsyncIteration:
                     ended_cleanly = True
                     break
                 except (http1.TransportError, OSError) as exc:
-                    if not isinstance(exc, ReadTimedOut):
+                    if not (isinstance(exc, TimeoutError) and timer.expired()):
                         ended = network_failure(self.upstream.name, exc, Action.SWITCH, "idle").reason
                         break
                     if not self.committed and time.monotonic() >= hold_until - 0.0005:
@@ -99,7 +102,6 @@ class Pump:
                 if over:
                     return await self._finish()
         finally:
-            watch.close()
             self.attempt.usage = self.tap.usage   # kept even when the client went away
         # after a cut, a timeout or an oversized event the unfinished event is dropped, never
         # passed on: the client's SSE parser would glue our error event onto it
@@ -193,65 +195,3 @@ class Pump:
         if tail:
             await self.sink.write(tail)
         await self.sink.end()
-
-
-class ReadTimedOut(TimeoutError):
-    pass
-
-
-class ReadWatch:
-    """The pump's deadlines (hold-back, idle) with one timer per stream instead of one per read:
-    a read only sets a float, and the timer, when it fires before that deadline, sleeps again
-    until it.  Only a read in progress is cut short (never a write waiting for the client).
-
-    A cut read loses no bytes: the body iterators (http1.Response, a bridged socket's turn)
-    take nothing from their buffers before their one wait."""
-
-    __slots__ = ("_armed", "_expired", "_handle", "_loop", "_reading", "_task", "deadline")
-
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
-        self._handle: asyncio.TimerHandle | None = None
-        self._armed = math.inf      # when the timer fires (monotonic), inf: not set
-        self._reading = False
-        self._expired = False
-        self.deadline = math.inf
-
-    async def read(self, chunks, deadline: float) -> bytes:
-        """The next piece of the body, or ReadTimedOut at `deadline` (time.monotonic())."""
-        self.deadline, self._reading = deadline, True
-        if deadline < self._armed:
-            self._arm(deadline)
-        try:
-            return await chunks.__anext__()
-        except asyncio.CancelledError:
-            if not self._expired:
-                raise
-            self._expired = False
-            if self._task.uncancel() > 0:
-                raise               # cancelled from outside too (the client left): that wins
-            raise ReadTimedOut("read timed out") from None
-        finally:
-            self._reading = False
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _arm(self, at: float) -> None:
-        self.close()
-        self._armed = at
-        # time.monotonic() and the loop's clock are the same clock
-        self._handle = self._loop.call_at(at, self._fire)
-
-    def _fire(self) -> None:
-        self._handle, self._armed = None, math.inf
-        if not self._reading:
-            return                  # the next read sets the timer again
-        if time.monotonic() < self.deadline:
-            self._arm(self.deadline)
-            return
-        self._expired = True
-        self._task.cancel()
