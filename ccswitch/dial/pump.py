@@ -28,23 +28,8 @@ log = logging.getLogger("ccswitch.pump")
 
 
 class Pump:
-    __slots__ = (
-        "attempt",
-        "committed",
-        "content_seen",
-        "error",
-        "headers",
-        "held",
-        "job",
-        "outgoing",
-        "parser",
-        "response",
-        "sink",
-        "stream",
-        "tap",
-        "terminal",
-        "upstream",
-    )
+    __slots__ = ("attempt", "committed", "content_seen", "error", "headers", "held", "job", "outgoing",
+                 "parser", "response", "sink", "stream", "tap", "terminal", "upstream")
 
     def __init__(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
                  response: http1.Response, sink, headers: list[tuple[str, str]], attempt: Attempt) -> None:

@@ -118,26 +118,9 @@ class _Connection(asyncio.Protocol):
     be paused while a slow consumer lags behind a fast upstream."""
 
     # slots: one per open upstream connection, kept alive in the pool between requests
-    __slots__ = (
-        "_buffered",
-        "_chunks",
-        "_drain",
-        "_eof",
-        "_eof_fed",
-        "_lost",
-        "_read_paused",
-        "_waiter",
-        "_write_paused",
-        "h11",
-        "idle_since",
-        "in_use",
-        "key",
-        "origin",
-        "received_any",
-        "reused",
-        "tls",
-        "transport",
-    )
+    __slots__ = ("_buffered", "_chunks", "_drain", "_eof", "_eof_fed", "_lost", "_read_paused", "_waiter",
+                 "_write_paused", "h11", "idle_since", "in_use", "key", "origin", "received_any", "reused",
+                 "tls", "transport")
 
     def __init__(self, key: PoolKey) -> None:
         self.key = key
