@@ -64,6 +64,7 @@ for name, used in UTILIZATION.items():    # the routing pair's upstreams: answer
 print(ok.port, failing.port, *(f"{{n}}={{m.port}}" for n, m in limited.items()), flush=True)
 time.sleep(3600)
 """
+ROUNDS = 3   # throughput and CPU are measured in this many alternating rounds per target
 HEADERS = {"x-api-key": "sk-client-bench", "anthropic-version": "2023-06-01"}
 BASE_BODY = {"max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -203,9 +204,6 @@ async def _throughput(target: Target, concurrency: int, seconds: float) -> float
         return done / (time.perf_counter() - start)
 
 
-THROUGHPUT_ROUNDS = 3
-
-
 def throughput(target: Target, concurrency: int, seconds: float) -> float:
     return asyncio.run(_throughput(target, concurrency, seconds))
 
@@ -254,12 +252,9 @@ def measure(targets: list[Target], args) -> dict[str, dict[str, float]]:
     for c in (1, 16, 64):
         # in alternating rounds, like the latency samples: a machine that slows down for a while
         # slows every target alike instead of whichever ran then
-        done = {t.name: 0.0 for t in targets}
-        for _ in range(THROUGHPUT_ROUNDS):
-            for t in targets:
-                done[t.name] += throughput(t, c, args.seconds / THROUGHPUT_ROUNDS)
-        for t in targets:
-            figures[t.name][f"throughput c={c} (req/s)"] = done[t.name] / THROUGHPUT_ROUNDS
+        rates = [throughput(t, c, args.seconds / ROUNDS) for _ in range(ROUNDS) for t in targets]
+        for i, t in enumerate(targets):
+            figures[t.name][f"throughput c={c} (req/s)"] = sum(rates[i::len(targets)]) / ROUNDS
     for t in targets:
         if t.name.startswith("ccswitch"):
             plain_first, failover_first = [], []
@@ -269,22 +264,22 @@ def measure(targets: list[Target], args) -> dict[str, dict[str, float]]:
             figures[t.name]["same reply, no failover, first content p50 (ms)"] = pct(plain_first, 0.5)
             figures[t.name]["failover first content p50 (ms)"] = pct(failover_first, 0.5)
     processes = [t for t in targets if t.pid is not None]   # memory and CPU of the proxy processes
-    total = args.memory_requests
+    warm, per_round = args.memory_requests // 10, args.memory_requests * 9 // 10 // ROUNDS
     for t in processes:
-        for _ in range(total // 10):
+        for _ in range(warm):
             post_plain(clients[t.name], t)
         figures[t.name]["RSS after 1k-scale (MB)"] = rss_kb(t.pid) / 1024
-    cpu = {t.name: 0.0 for t in processes}
-    for _ in range(THROUGHPUT_ROUNDS):                   # the CPU in alternating rounds too
+    cpu = dict.fromkeys((t.name for t in processes), 0.0)
+    for _ in range(ROUNDS):                              # the CPU in alternating rounds too
         for t in processes:
             cpu0 = cpu_seconds(t.pid)
-            for _ in range((total - total // 10) // THROUGHPUT_ROUNDS):
+            for _ in range(per_round):
                 post_plain(clients[t.name], t)
             cpu[t.name] += cpu_seconds(t.pid) - cpu0
     for t in processes:
         f = figures[t.name]
         f["RSS after 10k-scale (MB)"] = rss_kb(t.pid) / 1024
-        f["CPU s / 1000 requests"] = cpu[t.name] / ((total - total // 10) // THROUGHPUT_ROUNDS * THROUGHPUT_ROUNDS / 1000)
+        f["CPU s / 1000 requests"] = cpu[t.name] / (per_round * ROUNDS / 1000)
         f["RSS growth (%)"] = 100 * (f["RSS after 10k-scale (MB)"] / f["RSS after 1k-scale (MB)"] - 1)
     for c in clients.values():
         c.close()
