@@ -443,12 +443,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outside", type=float, default=0.1, help="outside use, share of the budget per working hour")
     parser.add_argument("--patience", type=float, default=3600.0, help="longest wait after a 429 (s) before giving up")
     args = parser.parse_args(argv)
-    logging.getLogger("ccswitch").setLevel(logging.ERROR)   # a simulated day logs every cooldown
     if args.sessions < 1 or args.hours <= 0 or args.budget <= 0 or args.outside < 0:
         parser.error("--sessions, --hours and --budget must be positive, --outside not negative")
-    rows = [simulate(strategy, sticky, seed=args.seed, sessions=args.sessions, hours=args.hours,
-                     budget=args.budget, outside=args.outside, patience=args.patience)
-            for strategy in STRATEGIES for sticky in STICKY]
+    quiet = logging.getLogger("ccswitch")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)   # a simulated day logs every cooldown
+    try:
+        rows = [simulate(strategy, sticky, seed=args.seed, sessions=args.sessions, hours=args.hours,
+                         budget=args.budget, outside=args.outside, patience=args.patience)
+                for strategy in STRATEGIES for sticky in STICKY]
+    finally:
+        quiet.setLevel(level)       # called in-process (tests), the caller's logging is as it was
     print(f"seed {args.seed}, {args.sessions} sessions over {args.hours:g} h, {rows[0].turns_planned} turns; "
           f"budget {args.budget:g}M units per key per 5 h, outside use {100 * args.outside:g}%/working hour")
     print(table(rows))

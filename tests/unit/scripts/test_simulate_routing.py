@@ -4,6 +4,7 @@ holds for every seed (never timing)."""
 from __future__ import annotations
 
 import itertools
+import logging
 
 import pytest
 
@@ -139,7 +140,9 @@ def test_sticky_keeps_quota_routing_on_its_caches(seed):
 
 
 def test_main_prints_one_table_with_a_row_per_strategy_and_sticky(capsys):
+    before = logging.getLogger("ccswitch").level
     assert sim.main(["--sessions", "8", "--hours", "6", "--seed", "2"]) == 0
+    assert logging.getLogger("ccswitch").level == before   # quiet only while it simulates
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[:2] == ["strategy", "sticky"]
     rows = [line.split()[:2] for line in lines[2:]]
