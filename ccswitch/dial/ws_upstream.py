@@ -174,8 +174,9 @@ class TurnResponse:
     async def aread(self) -> bytes:
         return b"".join([chunk async for chunk in self])
 
-    async def aclose(self) -> None:
-        """A turn left before its end leaves the socket mid-response: it is closed, not reused."""
+    async def aclose(self, *, linger: float = 0.0) -> None:
+        """A turn left before its end leaves the socket mid-response: it is closed, not reused
+        (a turn ends at its last event, so there is nothing to linger for)."""
         if not self._ended:
             self._ended = True
             self._sockets.discard(self._upstream, self._socket)

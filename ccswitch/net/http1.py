@@ -288,6 +288,7 @@ class UpstreamClient:
         self._ssl_context = ssl_context     # None: ssl_context_for() on the first https upstream
         self._open_transport = connect      # a seam for direct connections: tests may hand over an in-memory transport
         self._pool = Pool(max_idle_per_origin, keepalive_expiry)
+        self._lingering: set[asyncio.Task] = set()   # connections awaiting the end of a body left unread
 
     @property
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -344,6 +345,8 @@ class UpstreamClient:
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
+        for task in list(self._lingering):
+            task.cancel()
         self._pool.close_all()
 
     # ---------------------------------------------------------------- the pool
@@ -403,6 +406,44 @@ class UpstreamClient:
     def _discard(self, connection: _Connection, *, abort: bool = True) -> None:
         connection.in_use = False
         self._pool.discard(connection, abort=abort)
+
+    def _settle(self, connection: _Connection, linger: float) -> None:
+        """A response its reader left: see `Response.aclose`."""
+        try:
+            ended = _skip_to_end(connection)
+        except TransportError:
+            ended, linger = False, 0.0
+        if ended:
+            self._release(connection)
+        elif linger > 0:
+            task = asyncio.create_task(self._linger(connection, linger))
+            self._lingering.add(task)
+            task.add_done_callback(self._lingering.discard)
+        else:
+            self._discard(connection)
+
+    async def _linger(self, connection: _Connection, linger: float) -> None:
+        try:
+            async with asyncio.timeout(linger):
+                while not _skip_to_end(connection):
+                    await connection.more()
+        except (TimeoutError, TransportError):
+            self._discard(connection)   # the end did not come: the connection is not worth keeping
+        except asyncio.CancelledError:
+            self._discard(connection)
+            raise
+        else:
+            self._release(connection)
+
+
+def _skip_to_end(connection: _Connection) -> bool:
+    """Pass over what has arrived of a body nobody reads: True once its end is in."""
+    while (event := connection.poll_event()) is not h11.NEED_DATA:
+        if isinstance(event, h11.EndOfMessage):
+            return True
+        if isinstance(event, h11.ConnectionClosed):
+            raise connection._broken("the upstream closed the connection before the body's end")
+    return False
 
 
 async def _response_head(connection: _Connection) -> h11.Response:
@@ -486,8 +527,11 @@ class Response:
                 raise ReadError(f"upstream body over {limit} bytes")
         return b"".join(chunks)
 
-    async def aclose(self) -> None:
-        """Give the connection back if the body was read, otherwise close it."""
+    async def aclose(self, *, linger: float = 0.0) -> None:
+        """Done with the body: the connection goes back if the body's end is already in,
+        otherwise it is closed, or with `linger` > 0 its end is awaited that long in the
+        background.  A stream over at its last event still owes the body's end, a few bytes
+        behind it; a kept-alive connection is worth the wait (no new handshake)."""
         if not self._done:
             self._done = True
-            self._client._discard(self._connection)
+            self._client._settle(self._connection, linger)

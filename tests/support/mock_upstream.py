@@ -30,6 +30,7 @@ Behaviours (`Behaviour` dataclass; build them with these factories):
                                     HTTP error; default body = the protocol's error JSON
     hang_before_headers(seconds)    wait, then reply normally (stop() interrupts it)
     stall_after(n_events, seconds)  send n SSE events, go silent for `seconds`, then finish
+                                    (n >= the number of events: silent before the body's end)
     error_event_after(n_events)     n events, then Anthropic `event: error` / Responses
                                     `response.failed` / Chat `{"error":..}`; body ends cleanly
     cut_after(n_events)             n events, then close the socket mid chunked body
@@ -529,8 +530,10 @@ class _Handler(BaseHTTPRequestHandler):
             if beh.kind == "slow" and P.is_delta(event) and self._wait(beh.interval):
                 return self._abort()
             self._chunk(P.sse(event))
-        else:
-            if beh.kind == "cut":  # n_events >= number of events: cut before the terminator
+        else:   # n_events >= the number of events: after the last one, before the body's end
+            if beh.kind == "cut":
+                return self._abort()
+            if beh.kind == "stall" and self._wait(beh.seconds):
                 return self._abort()
         self.wfile.write(b"0\r\n\r\n")
 

@@ -1,10 +1,12 @@
 """The attempt loop against loopback mock upstreams (no mitmproxy involved)."""
 
+import asyncio
 import json
 
 import pytest
 from pydantic import SecretStr
 
+from ccswitch.dial import dialer as dialer_module
 from ccswitch.dial.dialer import Dialer
 from ccswitch.routing.health import HealthBoard
 from ccswitch.wire.sse import SSEParser
@@ -142,6 +144,27 @@ async def test_after_commit_an_idle_stall_ends_with_an_error_event(mock_a, mock_
     mock_a.script(stall_after(4, 3))
     job, sink, health = await run(two(mock_a, mock_b))
     assert event_types(sink.body)[-1] == "error" and "idle timeout" in job.error
+
+
+@pytest.mark.parametrize("grace, connections", [(2.0, 1), (0.1, 2)], ids=["end-within-grace", "end-too-late"])
+async def test_a_stream_whose_body_ends_after_its_last_event_keeps_its_connection(mock_a, grace, connections,
+                                                                                 monkeypatch):
+    """Upstreams send a chunked body's end a moment after the last event.  The client's stream
+    is over at the event; the connection waits (in the background) for the end to be reused."""
+    monkeypatch.setattr(dialer_module, "_STREAM_END_GRACE", grace)
+    mock_a.script(stall_after(99, 0.8))          # every event, then 0.8 s before the body's end
+    dialer = Dialer(HealthBoard(), allow_url=loopback_url)
+    rules = rules_for(("a", "anthropic", mock_a.base_url), extra=FAST)
+    sinks = [MemorySink(), MemorySink()]
+    try:
+        await asyncio.wait_for(dialer.run(make_job(rules), sinks[0]), 0.6)   # not held by the wait
+        assert dialer.client.connection_counts()["a"] == (1, 0)              # open while it waits
+        await asyncio.sleep(0.9)
+        await dialer.run(make_job(rules), sinks[1])
+    finally:
+        await dialer.aclose()
+    assert [event_types(sink.body)[-1] for sink in sinks] == ["message_stop"] * 2
+    assert mock_a.connections_accepted == connections
 
 
 async def test_hold_back_commits_after_its_time_without_content(mock_a, mock_b):

@@ -125,13 +125,71 @@ async def test_keep_alive_reuses_one_connection(tls):
     assert server.connections == 1 and len(server.requests) == 5
 
 
-async def test_connection_close_and_unread_bodies_are_not_reused():
-    async with RawServer(ok(b"a", "connection: close")) as server, client() as c:
+def gated_stream(gate: asyncio.Event):
+    """A chunked event stream whose end (the last chunk) waits for `gate`."""
+    async def reply(writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n12\r\ndata: last event\n\n\r\n")
+        await writer.drain()
+        await gate.wait()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+    return reply
+
+
+async def read_first_piece(c: http1.UpstreamClient, url: str) -> http1.Response:
+    response = await c.send("POST", url, [], b"{}", via=http1.Via(upstream="u"))
+    assert await response.aiter_bytes().__anext__() == b"data: last event\n\n"
+    return response
+
+
+async def test_connection_close_and_unfinished_bodies_are_not_reused():
+    gate = asyncio.Event()
+    async with RawServer(ok(b"a", "connection: close"), gated_stream(gate)) as server, client() as c:
         await get_body(c, server.url)
-        response = await c.send("POST", server.url + "/", [], b"{}")
-        await response.aclose()                      # body never read: the connection cannot be reused
+        response = await read_first_piece(c, server.url)
+        await response.aclose()                      # its end is not in: the connection cannot be reused
+        gate.set()
         await get_body(c, server.url)
     assert server.connections == 3
+
+
+async def test_an_unread_body_already_in_does_not_cost_its_connection():
+    async with RawServer(ok(b"x" * 5000)) as server, client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        await asyncio.sleep(0.05)                    # all of it arrives; nobody reads it
+        await response.aclose()
+        assert await get_body(c, server.url) == (200, b"default")   # not mistaken for this answer
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize("end_comes, connections", [(True, 1), (False, 2)], ids=["in-time", "too-late"])
+async def test_a_lingering_close_waits_in_the_background_for_the_bodys_end(end_comes, connections):
+    gate = asyncio.Event()
+    async with RawServer(gated_stream(gate)) as server, client() as c:
+        response = await read_first_piece(c, server.url)
+        await asyncio.wait_for(response.aclose(linger=0.3), 0.2)   # returns at once, the end still to come
+        assert c.connection_counts() == {"u": (1, 0)} and len(c._lingering) == 1
+        if end_comes:
+            gate.set()
+        await asyncio.sleep(0.4)
+        assert not c._lingering
+        assert c.connection_counts() == {"u": (1 if end_comes else 0, 0)}   # kept idle, or closed
+        gate.set()
+        assert await get_body(c, server.url, via=http1.Via(upstream="u")) == (200, b"default")
+    assert server.connections == connections
+
+
+async def test_closing_the_client_ends_a_lingering_wait():
+    gate = asyncio.Event()
+    async with RawServer(gated_stream(gate)) as server:
+        c = http1.UpstreamClient()
+        response = await read_first_piece(c, server.url)
+        await response.aclose(linger=30)
+        waiting = next(iter(c._lingering))
+        await c.aclose()
+        await asyncio.sleep(0)
+        gate.set()
+    assert waiting.cancelled() and not c._lingering and c.connection_counts() == {"u": (0, 0)}
 
 
 async def test_idle_connections_expire():
