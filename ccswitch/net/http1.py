@@ -5,9 +5,8 @@ small request under concurrency (every checkout polls each idle pooled socket th
 anyio), which held ccswitch to under half of bare mitmdump's throughput.  This client
 does only what the dialer needs: keep-alive pooling per origin (and per upstream and proxy,
 with a cap on each upstream's connections: net.pool), tunnels through outgoing proxies
-(net.proxy), verified TLS,
-Content-Length request bodies, gzip/deflate/br/zstd response decoding, read flow control, and
-errors the dialer can classify.  Read deadlines belong to the dialer (first_byte, total,
+(net.proxy), verified TLS, Content-Length request bodies, gzip/deflate/br/zstd response
+decoding, read flow control (each socket: net.connection), and errors the dialer can classify.  Read deadlines belong to the dialer (first_byte, total,
 idle), so nothing here times out a read.
 """
 
@@ -23,53 +22,30 @@ from urllib.parse import urlsplit
 import certifi
 import h11
 
+from ccswitch.net.connection import (
+    ConnectError,
+    Connection,
+    ConnectTimeout,
+    NoFreeConnection,
+    Origin,
+    ProxyFailure,
+    ReadError,
+    RemoteProtocolError,
+    TransportError,
+    UndecodableBody,
+    WriteError,
+)
 from ccswitch.net.inflate import ACCEPT_ENCODING, DecodeError, Inflater
 from ccswitch.net.pool import NoRoom, Pool, PoolKey
 from ccswitch.net.proxy import Proxy, ProxyError, open_through
 from ccswitch.wire.headers import from_wire, to_wire
 
-_READ_HIGH_WATER = 256 * 1024         # buffered, unparsed bytes before the socket is paused
-_MAX_HEADER_BYTES = 64 * 1024
+# the errors are the client's as much as the socket's: callers name them http1.ReadError etc.
+__all__ = ["DIRECT", "ConnectError", "ConnectTimeout", "NoFreeConnection", "ProxyFailure", "ReadError",
+           "RemoteProtocolError", "Response", "TransportError", "UndecodableBody", "UpstreamClient", "Via",
+           "WriteError", "open_tcp", "opener", "split_url", "ssl_context_for"]
+
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
-
-Origin = tuple[str, str, int]         # scheme, host, port
-
-
-class TransportError(Exception):
-    """The upstream could not be reached, or broke the exchange."""
-
-
-class ConnectError(TransportError):
-    pass
-
-
-class ConnectTimeout(ConnectError):
-    pass
-
-
-class ProxyFailure(ConnectError):
-    """The outgoing proxy refused, failed its authentication or could not reach the upstream;
-    the message names the proxy, never its credentials."""
-
-
-class NoFreeConnection(ConnectError):
-    """Every connection the upstream may hold (its max_connections) stayed busy."""
-
-
-class ReadError(TransportError):
-    pass
-
-
-class WriteError(TransportError):
-    pass
-
-
-class UndecodableBody(ReadError):
-    """The body's content-encoding is one we cannot decode, or the encoded body is broken."""
-
-
-class RemoteProtocolError(TransportError):
-    """The upstream closed early or spoke something other than HTTP/1.1."""
 
 
 def ssl_context_for(*, insecure: bool = False, ca_file: str | None = None,
@@ -111,151 +87,6 @@ class Via:
 
 
 DIRECT = Via()
-
-
-class _Connection(asyncio.Protocol):
-    """One socket.  Bytes are handed to h11 only when it asks for more, so the socket can
-    be paused while a slow consumer lags behind a fast upstream."""
-
-    # slots: one per open upstream connection, kept alive in the pool between requests
-    __slots__ = ("_buffered", "_chunks", "_drain", "_eof", "_eof_fed", "_lost", "_read_paused", "_waiter",
-                 "_write_paused", "h11", "idle_since", "in_use", "key", "origin", "received_any", "reused",
-                 "tls", "transport")
-
-    def __init__(self, key: PoolKey) -> None:
-        self.key = key
-        self.origin: Origin = key[2]
-        self.tls: ssl.SSLContext | None = None
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEADER_BYTES)
-        self.transport: asyncio.Transport | None = None
-        self.in_use = False
-        self.reused = False
-        self.received_any = False
-        self.idle_since = 0.0
-        self._chunks: list[bytes] = []
-        self._buffered = 0
-        self._eof = False
-        self._eof_fed = False
-        self._lost: BaseException | None = None
-        self._read_paused = False
-        self._write_paused = False
-        self._waiter: asyncio.Future | None = None
-        self._drain: asyncio.Future | None = None
-
-    # ---------------------------------------------------------------- asyncio callbacks
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        if not self.in_use:   # an idle connection talking: it cannot be trusted with a request
-            self._eof = True
-            self.transport.close()
-            return
-        self.received_any = True
-        self._chunks.append(data)
-        self._buffered += len(data)
-        if self._buffered > _READ_HIGH_WATER and not self._read_paused:
-            self._read_paused = True
-            self.transport.pause_reading()
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self._eof = True
-        self._wake()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._eof = True
-        self._lost = exc
-        self._wake()
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    # ---------------------------------------------------------------- used by the client
-
-    def usable(self, idle_cutoff: float) -> bool:
-        return (not self._eof and self.clean() and self.idle_since >= idle_cutoff
-                and self.h11.our_state is h11.IDLE and not self.transport.is_closing())
-
-    def clean(self) -> bool:
-        """No bytes beyond the last response, neither ours nor inside h11: else the next
-        request on this connection would read them as its answer."""
-        return not self._chunks and not self.h11.trailing_data[0]
-
-    def close(self, *, abort: bool = False) -> None:
-        """`abort` for a connection left mid-message: no TLS goodbye to wait for."""
-        self._eof = True
-        if self.transport is not None:
-            if abort:
-                self.transport.abort()
-            else:
-                self.transport.close()
-
-    async def send(self, data: bytes) -> None:
-        if self._eof:
-            raise WriteError("connection closed before the request was sent")
-        self.transport.write(data)
-        if self._write_paused:
-            self._drain = asyncio.get_running_loop().create_future()
-            await self._drain
-            if self._eof and self._write_paused:
-                raise WriteError("connection closed while sending the request")
-
-    def poll_event(self):
-        """The next h11 event if it can be had without waiting, else h11.NEED_DATA."""
-        while True:
-            try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise self._broken(str(exc)) from exc
-            if event is not h11.NEED_DATA:
-                return event
-            if self._chunks:
-                data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-                self._chunks.clear()
-                self._buffered = 0
-                if self._read_paused:
-                    self._read_paused = False
-                    self.transport.resume_reading()
-                self.h11.receive_data(data)
-            elif self._eof and not self._eof_fed:
-                if isinstance(self._lost, Exception):   # a reset is not the end of a body
-                    raise self._broken("connection lost")
-                self._eof_fed = True
-                self.h11.receive_data(b"")
-            else:
-                return h11.NEED_DATA
-
-    async def next_event(self):
-        while (event := self.poll_event()) is h11.NEED_DATA:
-            await self.more()
-        return event
-
-    def more(self) -> asyncio.Future:
-        """A future done when bytes (or the end) arrive: a body read awaits it directly, without
-        a coroutine of its own per read."""
-        self._waiter = asyncio.get_running_loop().create_future()
-        return self._waiter
-
-    def _broken(self, message: str) -> TransportError:
-        if isinstance(self._lost, OSError):   # a reset rather than an orderly close
-            error = ReadError(f"connection lost: {self._lost}")
-            error.__cause__ = self._lost
-            return error
-        return RemoteProtocolError(message)
 
 
 async def open_tcp(protocol_factory: Callable[[], asyncio.Protocol], host: str, port: int,
@@ -352,7 +183,7 @@ class UpstreamClient:
     # ---------------------------------------------------------------- the pool
 
     async def _checkout(self, key: PoolKey, limit: int | None, timeout: float, *,
-                        fresh: bool = False) -> _Connection:
+                        fresh: bool = False) -> Connection:
         try:
             connection = await self._pool.acquire(key, limit, timeout, fresh=fresh)
         except NoRoom:
@@ -370,7 +201,7 @@ class UpstreamClient:
         connection.in_use = True
         return connection
 
-    async def _connect(self, key: PoolKey, timeout: float) -> _Connection:
+    async def _connect(self, key: PoolKey, timeout: float) -> Connection:
         _, proxy, (scheme, host, port) = key
         context = None
         if scheme == "https":
@@ -380,7 +211,7 @@ class UpstreamClient:
         try:
             async with asyncio.timeout(timeout):
                 open_transport = self._open_transport if proxy is None else opener(proxy, timeout)
-                _, connection = await open_transport(lambda: _Connection(key), host, port, context)
+                _, connection = await open_transport(lambda: Connection(key), host, port, context)
         except TimeoutError as exc:
             through = f" through proxy {proxy.shown}" if proxy else ""
             raise ConnectTimeout(f"connecting to {host}:{port}{through} timed out") from exc
@@ -392,7 +223,7 @@ class UpstreamClient:
         connection.tls = context
         return connection
 
-    def _release(self, connection: _Connection) -> None:
+    def _release(self, connection: Connection) -> None:
         """A response read to its end: keep the connection if both sides allow it."""
         connection.in_use = False
         reusable = (connection.h11.our_state is h11.DONE and connection.h11.their_state is h11.DONE
@@ -403,11 +234,11 @@ class UpstreamClient:
         else:
             self._pool.discard(connection, abort=False)
 
-    def _discard(self, connection: _Connection, *, abort: bool = True) -> None:
+    def _discard(self, connection: Connection, *, abort: bool = True) -> None:
         connection.in_use = False
         self._pool.discard(connection, abort=abort)
 
-    def _settle(self, connection: _Connection, linger: float) -> None:
+    def _settle(self, connection: Connection, linger: float) -> None:
         """A response its reader left: see `Response.aclose`."""
         try:
             ended = _skip_to_end(connection)
@@ -422,7 +253,7 @@ class UpstreamClient:
         else:
             self._discard(connection)
 
-    async def _linger(self, connection: _Connection, linger: float) -> None:
+    async def _linger(self, connection: Connection, linger: float) -> None:
         try:
             async with asyncio.timeout(linger):
                 while not _skip_to_end(connection):
@@ -436,7 +267,7 @@ class UpstreamClient:
             self._release(connection)
 
 
-def _skip_to_end(connection: _Connection) -> bool:
+def _skip_to_end(connection: Connection) -> bool:
     """Pass over what has arrived of a body nobody reads: True once its end is in."""
     while (event := connection.poll_event()) is not h11.NEED_DATA:
         if isinstance(event, h11.EndOfMessage):
@@ -446,7 +277,7 @@ def _skip_to_end(connection: _Connection) -> bool:
     return False
 
 
-async def _response_head(connection: _Connection) -> h11.Response:
+async def _response_head(connection: Connection) -> h11.Response:
     while True:
         event = await connection.next_event()
         if isinstance(event, h11.Response):
@@ -461,7 +292,7 @@ class Response:
 
     __slots__ = ("_client", "_connection", "_decoder", "_deferred", "_done", "headers", "status_code")
 
-    def __init__(self, client: UpstreamClient, connection: _Connection, head: h11.Response) -> None:
+    def __init__(self, client: UpstreamClient, connection: Connection, head: h11.Response) -> None:
         self._client, self._connection = client, connection
         self.status_code: int = head.status_code
         self.headers: list[tuple[str, str]] = from_wire(head.headers)
