@@ -6,8 +6,9 @@ anyio), which held ccswitch to under half of bare mitmdump's throughput.  This c
 does only what the dialer needs: keep-alive pooling per origin (and per upstream and proxy,
 with a cap on each upstream's connections: net.pool), tunnels through outgoing proxies
 (net.proxy), verified TLS, Content-Length request bodies, gzip/deflate/br/zstd response
-decoding, read flow control (each socket: net.connection), and errors the dialer can classify.  Read deadlines belong to the dialer (first_byte, total,
-idle), so nothing here times out a read.
+decoding, read flow control (each socket: net.connection), and errors the dialer can
+classify.  Read deadlines belong to the dialer (first_byte, total, idle), so nothing here
+times out a read.
 """
 
 from __future__ import annotations
