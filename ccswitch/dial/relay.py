@@ -323,7 +323,7 @@ class RelayConnection(asyncio.Protocol):
                 return
             if isinstance(event, h11.Request):
                 self._request = event
-            elif isinstance(event, h11.EndOfMessage):   # (a body mitmproxy sends along is not needed)
+            elif isinstance(event, h11.EndOfMessage):   # (the router sends none: the job has the body)
                 self._sink = H11Sink(self)
                 request, self._request = self._request, None   # its headers are not kept for the stream's life
                 self._task, self._job = self.relay.serve(request, self._sink)

@@ -60,6 +60,32 @@ def _parsed_url(target: str) -> tuple[bytes, bytes, int, bytes]:
     return url.parse(target)
 
 
+_BODY_FRAMING = ("content-length", "transfer-encoding")
+
+
+def hold_body(request: http.Request) -> tuple[bytes | None, list[tuple[str, list[str]]]]:
+    """Take the body off a request bound for the relay, which never reads it (the job holds the
+    client's request): Claude Code's bodies reach megabytes, and each would be sent and read
+    again on loopback.  Returns what `restore_body` puts back."""
+    held = (request.raw_content, [(name, request.headers.get_all(name)) for name in _BODY_FRAMING])
+    for name in _BODY_FRAMING:
+        request.headers.pop(name, None)
+    request.headers["content-length"] = "0"
+    request.raw_content = b""
+    return held
+
+
+def restore_body(request: http.Request, held: tuple[bytes | None, list[tuple[str, list[str]]]]) -> None:
+    """The flow shows and saves the body the client sent, as before `hold_body`."""
+    raw, framing = held
+    request.raw_content = raw
+    for name, values in framing:
+        if values:
+            request.headers.set_all(name, values)
+        else:
+            request.headers.pop(name, None)
+
+
 def whole_response(status: int, headers: list[tuple[str, str]], body: bytes) -> http.Response:
     """`http.Response.make(status, body, headers)` for headers without framing (as the dialer's
     buffered answers have), built at once: every non-streamed answer passes here, and `make`

@@ -25,9 +25,11 @@ from ccswitch.mitm.flows import (
     answer,
     error_response,
     flows_are_kept,
+    hold_body,
     likely_protocol,
     point_at,
     redact_credentials,
+    restore_body,
     whole_response,
 )
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
@@ -55,6 +57,7 @@ class Router:
         self.dialer: Dialer | None = None
         self.relay: Relay | None = None
         self.jobs: dict[str, Job] = {}   # flow id -> job, while the flow is live
+        self.held_bodies: dict[str, tuple] = {}   # flow id -> a streamed request's body, while at the relay
         self.inline: set[asyncio.Task] = set()   # hooks running the dialer for non-streamed requests
         self.shutdown = Shutdown()
         self.sockets: CodexSockets | None = None   # Codex's WebSocket bridge, once running
@@ -210,6 +213,7 @@ class Router:
             await self._run_inline(flow, job)
             return
         self.relay.register(job)
+        self.held_bodies[flow.id] = hold_body(flow.request)
         flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.relay.port
         flow.request.headers[JOB_HEADER] = job.token
 
@@ -324,6 +328,8 @@ class Router:
             job.error = flow.error.msg if flow.error else "not dispatched"
             self.gateway.record_job(job)
         flow.request.headers.pop(JOB_HEADER, None)
+        if (held := self.held_bodies.pop(flow.id, None)) is not None:
+            restore_body(flow.request, held)
         if job.upstream:
             upstream = job.rules.upstream(job.upstream)
             point_at(flow.request, upstream_url(upstream, job.request))

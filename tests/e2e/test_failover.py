@@ -88,6 +88,7 @@ def test_saved_flows_and_log_hold_no_key(world):
     assert failed_over and "a: 529" in failed_over[-1].comment and "b: 200" in failed_over[-1].comment
     assert failed_over[-1].request.headers["x-api-key"] == "<redacted>"
     assert failed_over[-1].request.url.startswith(b.base_url)
+    assert json.loads(failed_over[-1].request.content)["messages"] == BODY["messages"]   # the body is back
 
 
 async def test_client_disconnect_cancels_upstream_and_counts_nothing():

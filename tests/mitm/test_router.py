@@ -136,6 +136,37 @@ async def test_codex_websocket_upgrade_is_answered_at_once(gateway):
     assert flow.response is not None and flow.response.status_code >= 400
 
 
+@pytest.mark.parametrize("framing", [[("content-length", "N")], [("transfer-encoding", "chunked")], []],
+                         ids=["length", "chunked", "none (HTTP/2)"])
+async def test_a_streamed_requests_body_stays_off_the_relay_hop_and_is_back_on_the_flow_at_its_end(
+        router, framing):
+    flow = messages_flow()
+    sent = flow.request.raw_content
+    for name in ("content-length", "transfer-encoding"):
+        flow.request.headers.pop(name, None)
+    for name, value in framing:
+        flow.request.headers[name] = str(len(sent)) if value == "N" else value
+    await router.request(flow)
+    assert router.jobs[flow.id].request.body == sent              # the job has it
+    assert flow.request.raw_content == b"" and flow.request.headers["content-length"] == "0"
+    assert "transfer-encoding" not in flow.request.headers
+    flow.response = tutils.tresp()
+    router.response(flow)
+    assert flow.request.raw_content == sent and not router.held_bodies
+    assert [(k, v) for k, v in flow.request.headers.items() if k in ("content-length", "transfer-encoding")] == [
+        (name, str(len(sent)) if value == "N" else value) for name, value in framing]
+
+
+async def test_a_streamed_request_whose_client_left_gets_its_body_back_too(router):
+    flow = messages_flow()
+    sent = flow.request.raw_content
+    flow.request.headers["content-length"] = str(len(sent))
+    await router.request(flow)
+    flow.error = tflow.terr()
+    router.error(flow)
+    assert flow.request.raw_content == sent and flow.request.headers["content-length"] == str(len(sent))
+
+
 async def test_finish_writes_comment_display_url_and_forgets_the_job(router):
     flow = messages_flow()
     await router.request(flow)
