@@ -533,7 +533,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:   # n_events >= the number of events: after the last one, before the body's end
             if beh.kind == "cut":
                 return self._abort()
-            if beh.kind == "stall" and self._wait(beh.seconds):
+            if beh.kind == "stall" and beh.n_events >= len(events) and self._wait(beh.seconds):
                 return self._abort()
         self.wfile.write(b"0\r\n\r\n")
 
