@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from ccswitch.clock import ms_since, utc_now
-from ccswitch.config.models import Rules, Upstream, parse_hhmm
+from ccswitch.config.models import Rules, Upstream
 from ccswitch.config.schedule import fire_instant
+from ccswitch.config.values import parse_hhmm
 from ccswitch.dial.render import render
 from ccswitch.net import http1
 from ccswitch.translate.chat.responses_request import is_codex_backend

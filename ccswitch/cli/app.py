@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ccswitch.cli.rules_file import AnyEnv, find_announced, load_for_command
-from ccswitch.config.models import RulesError
+from ccswitch.config.values import RulesError
 from ccswitch.vocab import Route
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from ccswitch.cli.rules_file import AnyEnv, find_announced
 from ccswitch.clock import utc_now
 from ccswitch.config.database_url import parse_usage_db
-from ccswitch.config.models import Rules, RulesError
+from ccswitch.config.models import Rules
+from ccswitch.config.values import RulesError
 from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
 from ccswitch.report.data import DIMENSIONS, build_report, report_zone
 from ccswitch.report.text import activation_lines, render_table, report_json

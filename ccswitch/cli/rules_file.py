@@ -8,7 +8,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from ccswitch.config.load import find_rules, resolve_rules_path, rules_origin
-from ccswitch.config.models import Rules, RulesError
+from ccswitch.config.models import Rules
+from ccswitch.config.values import RulesError
 
 
 class AnyEnv(Mapping[str, str]):

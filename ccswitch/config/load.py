@@ -22,7 +22,8 @@ import yaml
 from pydantic import ValidationError
 
 from ccswitch.config.crosscheck import cross_check, label_path, upstream_labels
-from ccswitch.config.models import Failover, Routes, Rules, RulesError, Timeouts, Upstream
+from ccswitch.config.models import Failover, Routes, Rules, Timeouts, Upstream
+from ccswitch.config.values import RulesError
 
 _ENV_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
 

@@ -1,9 +1,10 @@
-"""rules.yaml data model: pydantic models and the small value parsers they use.
+"""rules.yaml data model: the pydantic models.
 
 This file owns what valid rules *are*: ``Rules`` and its parts (``Upstream``, ``Routes``,
-``Failover``, ``Timeouts``, ``Activation``, ``HourWindow``), durations, ``HH:MM`` times,
-weekdays, status keys and ``RulesError``. Reading rules text (YAML, ``${VAR}``, readable
-field-path errors, cross-checks, the built-in default) lives in rules_load.py.
+``Failover``, ``Timeouts``, ``Activation``, ``HourWindow``, client keys, budgets, hooks). The
+value parsers they use (durations, ``HH:MM``, weekdays, status keys, ``RulesError``) are in
+config.values; reading rules text (YAML, ``${VAR}``, readable field-path errors, cross-checks,
+the built-in default) in config.load.
 
 Pure module: no mitmproxy, no HTTP. Secrets (api_key, header values, client_keys) never
 appear in an error message or a repr.
@@ -13,11 +14,9 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
-import re
-from collections.abc import Mapping
 from datetime import datetime, tzinfo
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -35,11 +34,28 @@ from pydantic import (
     model_validator,
 )
 
-from ccswitch.config.database_url import PostgresURL, is_postgres_url
+from ccswitch.config.database_url import PostgresURL
 from ccswitch.config.state_url import RedisURL
-from ccswitch.net.proxy import Proxy, parse_proxy
+from ccswitch.config.values import (
+    NAME_RE,
+    activate_time,
+    format_hhmm,
+    glob_lookup,
+    header_name,
+    header_value,
+    hidden,
+    host_name,
+    parse_days,
+    parse_duration,
+    parse_hhmm,
+    parse_sticky,
+    proxy_setting,
+    state_setting,
+    status_key,
+    usage_db_setting,
+)
+from ccswitch.net.proxy import Proxy
 from ccswitch.vocab import Action, Protocol, Route, Strategy
-from ccswitch.wire.headers import sendable
 
 AuthMode = Literal["x-api-key", "bearer", "client"]
 ROUTE_PROTOCOLS: dict[str, frozenset[str]] = {
@@ -47,68 +63,10 @@ ROUTE_PROTOCOLS: dict[str, frozenset[str]] = {
     Route.CODEX: frozenset({Protocol.RESPONSES}),
     Route.CHAT: frozenset(Protocol),
 }
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 DEFAULT_ON_STATUS: dict[str, str] = {
     "400": "pass", "401": "switch", "403": "switch", "408": "retry",
     "429": "switch", "4xx": "pass", "5xx": "switch",
 }
-_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
-_HHMM_RE = re.compile(r"^(\d{1,2}):(\d{2})$")
-_DURATION_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?$")
-_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_STATUS_KEY_RE = re.compile(r"^(?:[1-5]\d\d|[1-5]xx)$")
-_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-
-
-T = TypeVar("T")
-
-
-def glob_lookup(table: Mapping[str, T], key: str) -> T | None:
-    """Exact key, then the first matching glob (in the table's order), then "*"."""
-    if key in table:
-        return table[key]
-    for pattern, value in table.items():
-        if pattern != "*" and fnmatch.fnmatchcase(key, pattern):
-            return value
-    return table.get("*")
-
-
-class RulesError(Exception):
-    """Invalid rules. ``problems``: every problem as ``FILE: field.path: message``."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
-
-
-def parse_duration(value: Any) -> float:
-    """``500ms``, ``30s``, ``10m``, ``2h`` or a bare number of seconds -> seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
-        if value < 0:
-            raise ValueError("duration must not be negative")
-        return float(value)
-    m = _DURATION_RE.match(value.strip()) if isinstance(value, str) else None
-    if m:
-        return float(m.group(1)) * _UNITS[m.group(2)]
-    if isinstance(value, str) and value.strip().startswith("-"):
-        raise ValueError("duration must not be negative")
-    raise ValueError("duration must be a number of seconds or like 500ms, 30s, 10m, 2h")
-
-
-def parse_hhmm(text: Any, *, allow_24: bool = False) -> int:
-    """``"HH:MM"`` -> minutes after midnight (``24:00`` only with allow_24)."""
-    m = _HHMM_RE.match(text.strip()) if isinstance(text, str) else None
-    if m:
-        h, mi = int(m.group(1)), int(m.group(2))
-        if (h < 24 and mi < 60) or (allow_24 and h == 24 and mi == 0):
-            return h * 60 + mi
-    raise ValueError(f"time must be HH:MM between 00:00 and {'24:00' if allow_24 else '23:59'}")
-
-
-def format_hhmm(minute: int) -> str:
-    return f"{minute // 60:02d}:{minute % 60:02d}"
-
-
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 PriceKey = Literal["input", "output", "cache_write", "cache_write_1h", "cache_read"]
@@ -152,19 +110,12 @@ class HourWindow(_Model):
         return f"{format_hhmm(self.start_minute)}-{format_hhmm(self.end_minute)}"
 
 
-def _status_key(v: str) -> str:
-    v = v.strip().lower()
-    if not _STATUS_KEY_RE.match(v):
-        raise ValueError('status key must be a code 100-599 or a class "1xx".."5xx"')
-    return v
-
-
 class Failover(_Model):
     threshold: int = Field(default=3, ge=1)
     cooldown: Duration = 600.0
     max_attempts: int = Field(default=4, ge=1)
     hold_back: Duration = 2.0
-    on_status: dict[Annotated[str, AfterValidator(_status_key)], Action] = Field(
+    on_status: dict[Annotated[str, AfterValidator(status_key)], Action] = Field(
         default_factory=lambda: dict(DEFAULT_ON_STATUS))
     on_network_error: Action = "switch"
     retry_backoff: Duration = 1.0
@@ -196,90 +147,25 @@ class Timeouts(_Model):
     idle: PositiveDuration = 300.0
 
 
-def _parse_days(value: Any) -> Any:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple, set, frozenset)):
-        return value
-    days: set[int] = set()
-    for item in value:
-        if isinstance(item, int) and not isinstance(item, bool) and 0 <= item <= 6:
-            days.add(item)
-            continue
-        text = item.strip().lower() if isinstance(item, str) else ""
-        first, sep, last = text.partition("-")
-        ends = [_weekday(first), _weekday(last) if sep else _weekday(first)]
-        if None in ends:
-            raise ValueError(f"unknown weekday {item!r} (use mon..sun, or a range like mon-fri)")
-        a, b = ends
-        days.update((a + i) % 7 for i in range((b - a) % 7 + 1))
-    if not days:
-        raise ValueError("days must not be empty (use enabled: false to switch an upstream off)")
-    return frozenset(days)
-
-
-_FULL_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-
-
-def _weekday(text: str) -> int | None:
-    for names in (WEEKDAYS, _FULL_WEEKDAYS):
-        if text in names:
-            return names.index(text)
-    return None
-
-
-def _header_name(v: str) -> str:
-    if not _HEADER_NAME_RE.match(v):
-        raise ValueError("invalid header name")
-    return v
-
-
-def _header_value(v: Any) -> Any:
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        v = str(v)
-    if isinstance(v, str) and ("\r" in v or "\n" in v or "\0" in v):
-        raise ValueError("header value must not contain line breaks")
-    if isinstance(v, str) and not sendable(v):
-        raise ValueError("must be latin-1 text: a header cannot carry a character beyond U+00FF")
-    return v
-
-
-def _activate_time(v: Any) -> str:
-    return format_hhmm(parse_hhmm(v))
-
-
-def _hidden(value: Any) -> Any:
-    # a proxy URL may hold a password: wrapped first, a rejected one shows as '**********' in errors
-    return SecretStr(value) if isinstance(value, str) else value
-
-
-def _proxy(value: Any) -> Proxy | None:
-    if value is None or isinstance(value, Proxy):
-        return value
-    if isinstance(value, SecretStr):
-        return parse_proxy(value.get_secret_value())
-    raise ValueError("must be direct or a proxy URL like socks5://host:port")
-
-
 # `direct` is None; a Proxy prints and dumps without its credentials
-ProxySetting = Annotated[Proxy | None, PlainValidator(_proxy), BeforeValidator(_hidden),
+ProxySetting = Annotated[Proxy | None, PlainValidator(proxy_setting), BeforeValidator(hidden),
                          PlainSerializer(lambda p: p.shown if p is not None else "direct")]
 
 
 class Upstream(_Model):
-    name: Annotated[str, Field(pattern=_NAME_RE.pattern)]
+    name: Annotated[str, Field(pattern=NAME_RE.pattern)]
     protocol: Protocol
     base_url: str
     api_key: SecretStr | None = None
     auth: AuthMode = "bearer"
     enabled: bool = True
-    days: Annotated[frozenset[int], BeforeValidator(_parse_days)] = frozenset(range(7))
+    days: Annotated[frozenset[int], BeforeValidator(parse_days)] = frozenset(range(7))
     hours: tuple[HourWindow, ...] = ()
     models: dict[str, str] = Field(default_factory=dict)
     only_models: tuple[str, ...] = ()
-    headers: dict[Annotated[str, AfterValidator(_header_name)],
-                  Annotated[str, BeforeValidator(_header_value)]] = Field(default_factory=dict)
-    activate_at: tuple[Annotated[str, BeforeValidator(_activate_time)], ...] = ()
+    headers: dict[Annotated[str, AfterValidator(header_name)],
+                  Annotated[str, BeforeValidator(header_value)]] = Field(default_factory=dict)
+    activate_at: tuple[Annotated[str, BeforeValidator(activate_time)], ...] = ()
     activation_model: str | None = None
     price_multiplier: float = Field(default=1.0, ge=0)
     weight: float = Field(default=1.0, gt=0)   # the `weighted` strategy's share
@@ -309,7 +195,7 @@ class Upstream(_Model):
     def _check_api_key(cls, v: SecretStr | None) -> SecretStr | None:
         # it is sent as a header: a pasted key with a typographic dash or a line break cannot be
         if v is not None:
-            _header_value(v.get_secret_value())
+            header_value(v.get_secret_value())
         return v
 
     @field_validator("base_url", mode="after")
@@ -347,13 +233,6 @@ class Upstream(_Model):
         return (self.base_url, digest, self.protocol)
 
 
-def parse_sticky(value: Any) -> float:
-    """`off` (or 0) disables session affinity; otherwise an idle time like `1h`."""
-    if value is False or (isinstance(value, str) and value.strip().lower() == "off"):
-        return 0.0
-    return parse_duration(value)
-
-
 def _route_form(value: Any) -> Any:
     """The list form of a route is its upstreams in priority order."""
     if isinstance(value, (list, tuple)):
@@ -383,13 +262,6 @@ class Routes(_Model):
         return self.spec(route).upstreams
 
 
-def _host(v: str) -> str:
-    v = v.strip().lower().rstrip(".")
-    if not v or any(c in v for c in "/: \t@"):
-        raise ValueError("must be a host name like api.anthropic.com")
-    return v
-
-
 class Budget(_Model):
     """USD per calendar day / month in the rules' time zone, at the report's prices."""
     daily: float | None = Field(default=None, gt=0)
@@ -398,7 +270,7 @@ class Budget(_Model):
 
 class ClientKey(_Model):
     """A key clients present to ccswitch: its name (for the ledger and reports) and budget."""
-    name: Annotated[str, Field(pattern=_NAME_RE.pattern)]
+    name: Annotated[str, Field(pattern=NAME_RE.pattern)]
     key: SecretStr
     budget: Budget | None = None
 
@@ -440,33 +312,16 @@ class NotifyHook(_Model):
         return v
 
 
-def _state_url(value: Any) -> RedisURL | None:
-    if value is None or isinstance(value, RedisURL):
-        return value
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("must be a redis:// URL")
-    return RedisURL.parse(value)
-
-
-def _usage_db(value: Any) -> Path | PostgresURL:
-    """A PostgreSQL URL becomes a PostgresURL (its password hidden); other text is a path."""
-    if isinstance(value, Path | PostgresURL):
-        return value
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("must be a path or a postgresql:// URL")
-    return PostgresURL.parse(value) if is_postgres_url(value) else Path(value)
-
-
 class Rules(_Model):
     version: Literal[1] = 1
     timezone: str | None = None
     # a SQLite file (default) or a PostgreSQL URL, see config.database_url
-    usage_db: Annotated[Path | PostgresURL, BeforeValidator(_usage_db)] = Field(
+    usage_db: Annotated[Path | PostgresURL, BeforeValidator(usage_db_setting)] = Field(
         default_factory=lambda: Path("~/.ccswitch/usage.db").expanduser())
-    # shared with other instances through Redis (config.state_url); None: in this instance's memory
-    state: Annotated[RedisURL | None, BeforeValidator(_state_url)] = None
+    # shared with other instances through Redis (config.state_setting); None: in this instance's memory
+    state: Annotated[RedisURL | None, BeforeValidator(state_setting)] = None
     client_keys: Annotated[tuple[ClientKey, ...], BeforeValidator(_client_key_forms)] = ()
-    intercept: tuple[Annotated[str, AfterValidator(_host)], ...] = (
+    intercept: tuple[Annotated[str, AfterValidator(host_name)], ...] = (
         "api.anthropic.com", "api.openai.com", "chatgpt.com")
     failover: Failover = Field(default_factory=Failover)
     timeouts: Timeouts = Field(default_factory=Timeouts)

@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
-from ccswitch.config.models import WEEKDAYS, HourWindow, Upstream, format_hhmm, parse_hhmm
+from ccswitch.config.models import HourWindow, Upstream
+from ccswitch.config.values import WEEKDAYS, format_hhmm, parse_hhmm
 
 __all__ = ["WEEKDAYS", "describe_next", "format_days", "in_window", "local_now", "next_activation", "schedule_block"]
 

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ccswitch.config.load import BUILT_IN, default_rules_text, parse_rules, resolve_rules_path
-from ccswitch.config.models import Rules, RulesError
+from ccswitch.config.models import Rules
+from ccswitch.config.values import RulesError
 
 log = logging.getLogger("ccswitch.rules")
 

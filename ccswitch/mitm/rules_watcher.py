@@ -6,7 +6,7 @@ import asyncio
 
 from mitmproxy import ctx, exceptions
 
-from ccswitch.config.models import RulesError
+from ccswitch.config.values import RulesError
 from ccswitch.config.watch import SETTLE
 from ccswitch.mitm.gateway import Gateway
 

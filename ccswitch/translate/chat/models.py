@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ccswitch.config.models import glob_lookup
+from ccswitch.config.values import glob_lookup
 from ccswitch.routing.plan import THINKING_SUFFIX
 from ccswitch.wire.exchange import ClientRequest
 

@@ -6,7 +6,7 @@ import pytest
 
 from ccswitch.config.database_url import PostgresURL, parse_usage_db
 from ccswitch.config.load import parse_rules
-from ccswitch.config.models import RulesError
+from ccswitch.config.values import RulesError
 
 
 def test_a_postgresql_url_with_its_password_from_the_environment_is_kept_but_never_shown():

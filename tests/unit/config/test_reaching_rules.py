@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ccswitch.config.load import parse_rules
-from ccswitch.config.models import RulesError
+from ccswitch.config.values import RulesError
 from ccswitch.net.proxy import Proxy
 
 PASSWORD = "proxy-pass-w0rd"

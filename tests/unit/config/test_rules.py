@@ -23,11 +23,10 @@ from ccswitch.config.models import (
     HourWindow,
     Routes,
     Rules,
-    RulesError,
     Timeouts,
     Upstream,
-    parse_duration,
 )
+from ccswitch.config.values import RulesError, parse_duration
 from tests.support import REPO
 
 SECRET = "fake-test-VERY-SECRET-0123456789"

@@ -3,8 +3,8 @@
 import pytest
 
 from ccswitch.config.load import parse_rules
-from ccswitch.config.models import RulesError
 from ccswitch.config.state_url import RedisURL
+from ccswitch.config.values import RulesError
 
 
 def test_no_state_means_in_memory():

@@ -1,0 +1,181 @@
+"""The small value parsers behind rules.yaml's fields: durations, ``HH:MM`` times, weekdays,
+status keys, header names and values, host names, proxies, the state and ledger URLs; and
+``RulesError`` and ``glob_lookup``.  The models that use them are in config.models.
+
+Pure module: no mitmproxy, no HTTP.  A value that may hold a secret is wrapped before it is
+checked, so a rejected one never shows in an error message.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import SecretStr
+
+from ccswitch.config.database_url import PostgresURL, is_postgres_url
+from ccswitch.config.state_url import RedisURL
+from ccswitch.net.proxy import Proxy, parse_proxy
+from ccswitch.wire.headers import sendable
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+_HHMM_RE = re.compile(r"^(\d{1,2}):(\d{2})$")
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?$")
+_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_STATUS_KEY_RE = re.compile(r"^(?:[1-5]\d\d|[1-5]xx)$")
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+T = TypeVar("T")
+
+
+def glob_lookup(table: Mapping[str, T], key: str) -> T | None:
+    """Exact key, then the first matching glob (in the table's order), then "*"."""
+    if key in table:
+        return table[key]
+    for pattern, value in table.items():
+        if pattern != "*" and fnmatch.fnmatchcase(key, pattern):
+            return value
+    return table.get("*")
+
+
+class RulesError(Exception):
+    """Invalid rules. ``problems``: every problem as ``FILE: field.path: message``."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def parse_duration(value: Any) -> float:
+    """``500ms``, ``30s``, ``10m``, ``2h`` or a bare number of seconds -> seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+        if value < 0:
+            raise ValueError("duration must not be negative")
+        return float(value)
+    m = _DURATION_RE.match(value.strip()) if isinstance(value, str) else None
+    if m:
+        return float(m.group(1)) * _UNITS[m.group(2)]
+    if isinstance(value, str) and value.strip().startswith("-"):
+        raise ValueError("duration must not be negative")
+    raise ValueError("duration must be a number of seconds or like 500ms, 30s, 10m, 2h")
+
+
+def parse_hhmm(text: Any, *, allow_24: bool = False) -> int:
+    """``"HH:MM"`` -> minutes after midnight (``24:00`` only with allow_24)."""
+    m = _HHMM_RE.match(text.strip()) if isinstance(text, str) else None
+    if m:
+        h, mi = int(m.group(1)), int(m.group(2))
+        if (h < 24 and mi < 60) or (allow_24 and h == 24 and mi == 0):
+            return h * 60 + mi
+    raise ValueError(f"time must be HH:MM between 00:00 and {'24:00' if allow_24 else '23:59'}")
+
+
+def format_hhmm(minute: int) -> str:
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+def status_key(v: str) -> str:
+    v = v.strip().lower()
+    if not _STATUS_KEY_RE.match(v):
+        raise ValueError('status key must be a code 100-599 or a class "1xx".."5xx"')
+    return v
+
+
+def parse_days(value: Any) -> Any:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        return value
+    days: set[int] = set()
+    for item in value:
+        if isinstance(item, int) and not isinstance(item, bool) and 0 <= item <= 6:
+            days.add(item)
+            continue
+        text = item.strip().lower() if isinstance(item, str) else ""
+        first, sep, last = text.partition("-")
+        ends = [weekday(first), weekday(last) if sep else weekday(first)]
+        if None in ends:
+            raise ValueError(f"unknown weekday {item!r} (use mon..sun, or a range like mon-fri)")
+        a, b = ends
+        days.update((a + i) % 7 for i in range((b - a) % 7 + 1))
+    if not days:
+        raise ValueError("days must not be empty (use enabled: false to switch an upstream off)")
+    return frozenset(days)
+
+
+_FULL_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def weekday(text: str) -> int | None:
+    for names in (WEEKDAYS, _FULL_WEEKDAYS):
+        if text in names:
+            return names.index(text)
+    return None
+
+
+def header_name(v: str) -> str:
+    if not _HEADER_NAME_RE.match(v):
+        raise ValueError("invalid header name")
+    return v
+
+
+def header_value(v: Any) -> Any:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = str(v)
+    if isinstance(v, str) and ("\r" in v or "\n" in v or "\0" in v):
+        raise ValueError("header value must not contain line breaks")
+    if isinstance(v, str) and not sendable(v):
+        raise ValueError("must be latin-1 text: a header cannot carry a character beyond U+00FF")
+    return v
+
+
+def activate_time(v: Any) -> str:
+    return format_hhmm(parse_hhmm(v))
+
+
+def hidden(value: Any) -> Any:
+    # a proxy URL may hold a password: wrapped first, a rejected one shows as '**********' in errors
+    return SecretStr(value) if isinstance(value, str) else value
+
+
+def proxy_setting(value: Any) -> Proxy | None:
+    if value is None or isinstance(value, Proxy):
+        return value
+    if isinstance(value, SecretStr):
+        return parse_proxy(value.get_secret_value())
+    raise ValueError("must be direct or a proxy URL like socks5://host:port")
+
+
+def parse_sticky(value: Any) -> float:
+    """`off` (or 0) disables session affinity; otherwise an idle time like `1h`."""
+    if value is False or (isinstance(value, str) and value.strip().lower() == "off"):
+        return 0.0
+    return parse_duration(value)
+
+
+def host_name(v: str) -> str:
+    v = v.strip().lower().rstrip(".")
+    if not v or any(c in v for c in "/: \t@"):
+        raise ValueError("must be a host name like api.anthropic.com")
+    return v
+
+
+def state_setting(value: Any) -> RedisURL | None:
+    if value is None or isinstance(value, RedisURL):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a redis:// URL")
+    return RedisURL.parse(value)
+
+
+def usage_db_setting(value: Any) -> Path | PostgresURL:
+    """A PostgreSQL URL becomes a PostgresURL (its password hidden); other text is a path."""
+    if isinstance(value, Path | PostgresURL):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a path or a postgresql:// URL")
+    return PostgresURL.parse(value) if is_postgres_url(value) else Path(value)
