@@ -1,8 +1,10 @@
 """What ccswitch writes onto a mitmproxy flow itself: its own answers, in the API the client
-speaks, and credentials shown as `<redacted>` (in mitmweb and `mitmdump -w` files)."""
+speaks, credentials shown as `<redacted>` (in mitmweb and `mitmdump -w` files), the body held
+back from the relay hop and the copy of a streamed answer; and the watch on a flow's client."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from functools import lru_cache
 
@@ -119,3 +121,46 @@ def redact_credentials(headers: http.Headers) -> None:
             value = REDACTED.encode()
         redacted.append((name, value))
     headers.fields = tuple(redacted)
+
+
+class ClientWatch:
+    """Cancels `task` once the flow's client has gone, checked every `every` seconds (mitmproxy
+    does not cancel a hook whose client left); `fired` tells that cancellation from others."""
+
+    def __init__(self, flow: http.HTTPFlow, task: asyncio.Task, every: float = 0.1) -> None:
+        self.flow, self.task, self.every = flow, task, every
+        self.fired = False
+        self._timer = asyncio.get_running_loop().call_later(every, self._check)
+
+    def _check(self) -> None:
+        if self.flow.client_conn.timestamp_end is not None:
+            self.fired = True
+            self.task.cancel()
+        else:
+            self._timer = asyncio.get_running_loop().call_later(self.every, self._check)
+
+    def stop(self) -> None:
+        self._timer.cancel()
+
+
+class StreamCopy:
+    """mitmproxy's stream callable: passes each chunk on untouched and keeps the first `limit`
+    bytes, set on the flow at the end (a streamed flow otherwise shows "Content is missing")."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.kept = bytearray()
+        self.total = 0
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if len(self.kept) < self.limit:
+            self.kept += chunk[: self.limit - len(self.kept)]
+        self.total += len(chunk)
+        return chunk
+
+    def keep_on(self, response: http.Response) -> None:
+        response.stream = False
+        response.headers.pop("content-encoding", None)
+        response.content = bytes(self.kept)
+        if self.total > len(self.kept):
+            response.headers["x-ccswitch-kept"] = f"first {len(self.kept)} of {self.total} bytes"

@@ -22,6 +22,8 @@ from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_p
 from ccswitch.ledger.rows import own_answer_row
 from ccswitch.mitm.codex_socket import CodexSockets
 from ccswitch.mitm.flows import (
+    ClientWatch,
+    StreamCopy,
     answer,
     error_response,
     flows_are_kept,
@@ -348,49 +350,6 @@ class Router:
             flow.request.content = job.sent_body
         if isinstance(flow.response and flow.response.stream, StreamCopy):
             flow.response.stream.keep_on(flow.response)
-
-
-class ClientWatch:
-    """Cancels `task` once the flow's client has gone, checked every `every` seconds (mitmproxy
-    does not cancel a hook whose client left); `fired` tells that cancellation from others."""
-
-    def __init__(self, flow: http.HTTPFlow, task: asyncio.Task, every: float = 0.1) -> None:
-        self.flow, self.task, self.every = flow, task, every
-        self.fired = False
-        self._timer = asyncio.get_running_loop().call_later(every, self._check)
-
-    def _check(self) -> None:
-        if self.flow.client_conn.timestamp_end is not None:
-            self.fired = True
-            self.task.cancel()
-        else:
-            self._timer = asyncio.get_running_loop().call_later(self.every, self._check)
-
-    def stop(self) -> None:
-        self._timer.cancel()
-
-
-class StreamCopy:
-    """mitmproxy's stream callable: passes each chunk on untouched and keeps the first `limit`
-    bytes, set on the flow at the end (a streamed flow otherwise shows "Content is missing")."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.kept = bytearray()
-        self.total = 0
-
-    def __call__(self, chunk: bytes) -> bytes:
-        if len(self.kept) < self.limit:
-            self.kept += chunk[: self.limit - len(self.kept)]
-        self.total += len(chunk)
-        return chunk
-
-    def keep_on(self, response: http.Response) -> None:
-        response.stream = False
-        response.headers.pop("content-encoding", None)
-        response.content = bytes(self.kept)
-        if self.total > len(self.kept):
-            response.headers["x-ccswitch-kept"] = f"first {len(self.kept)} of {self.total} bytes"
 
 
 def rate_limit_headers(protocol: str, seconds: float, now: float) -> dict[str, str]:

@@ -11,8 +11,9 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from ccswitch.config.models import Routes
 from ccswitch.dial.relay import JOB_HEADER, Relay
+from ccswitch.mitm.flows import StreamCopy
 from ccswitch.mitm.gateway import Gateway
-from ccswitch.mitm.router import Router, StreamCopy
+from ccswitch.mitm.router import Router
 from ccswitch.mitm.rules_watcher import RulesWatcher
 from ccswitch.mitm.safety import InterceptScope, ListenSafety
 from tests.support.helpers import CLIENT_KEY, KEY_A, reload_settled
