@@ -45,7 +45,6 @@ from ccswitch.wire.usage import usage_of_body
 log = logging.getLogger("ccswitch.dialer")
 
 _MAX_RETRIES_SAME_UPSTREAM = 2
-_STREAM_END_GRACE = 1.0         # seconds a finished stream waits for its body's end, in the background
 
 
 class Sink(Protocol):
@@ -230,14 +229,10 @@ class Dialer:
         attempt.status = response.status_code
         self._record_quota(upstream.name, response.headers, rules.failover.drain_at)
         self.health.end_probe(upstream.name)   # it answered: others may use it while this one streams
-        result = None
         try:
-            result = await self._judge(job, upstream, outgoing, translation, response, sink, deadline, attempt)
-            return result
+            return await self._judge(job, upstream, outgoing, translation, response, sink, deadline, attempt)
         finally:
-            # a stream over at its last event may still owe its body's end: wait for it
-            # rather than close a kept-alive connection (a failed attempt does not wait)
-            await response.aclose(linger=_STREAM_END_GRACE if isinstance(result, Streamed) else 0.0)
+            await response.aclose()
 
     def _send(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest,
               connect_timeout: float) -> Awaitable[http1.Response | TurnResponse]:

@@ -26,6 +26,11 @@ from ccswitch.wire.usage import UsageTap
 
 log = logging.getLogger("ccswitch.pump")
 
+# a stream over at its last event waits this long for the body's end behind it (upstreams send it
+# at once; one that holds its body open past it delays the client's end by this much, no more,
+# and its connection is closed)
+_BODY_END_GRACE = 1.0
+
 
 class Pump:
     __slots__ = ("attempt", "committed", "content_seen", "error", "headers", "held", "job", "outgoing",
@@ -154,14 +159,14 @@ class Pump:
                                action, self.headers, body, translated=True, stands_for=status)
             if not self.committed:
                 await self._commit()
-            await self._end(self._flush_translation())
+            await self._end(self._flush_translation(), body_over=True)
             self.job.error = f"stream error: {message}"
             # a `pass` error is the client's own (e.g. invalid request): no failure counted
             return Streamed(self.upstream.name, ok=None if action == Action.PASS else False, reason=self.job.error,
                             rate_limited=status == 429)
         if not self.committed:
             await self._commit()
-        await self._end(self._flush_translation())
+        await self._end(self._flush_translation(), body_over=True)
         return Streamed(self.upstream.name, ok=True)
 
     async def _fail(self, reason: str) -> Failure | Streamed:
@@ -176,7 +181,12 @@ class Pump:
     def _flush_translation(self) -> bytes:
         return scrub(self.stream.finish(), self.outgoing.secrets)
 
-    async def _end(self, tail: bytes) -> None:
+    async def _end(self, tail: bytes, *, body_over: bool = False) -> None:
+        """The last events, then the end of the answer.  After the stream's own last event
+        (`body_over`) the end waits, as a plain proxy's does, for the upstream body's end that
+        follows it: the connection is back in the pool before the client can send again."""
         if tail:
             await self.sink.write(tail)
+        if body_over:
+            await self.response.finish(_BODY_END_GRACE)
         await self.sink.end()

@@ -122,7 +122,7 @@ class UpstreamSockets:
 
 class TurnResponse:
     """One turn's event frames as an HTTP response (the interface of http1.Response the dialer
-    and the pump use): status_code, headers, header(), aiter_bytes(), aread(), aclose()."""
+    and the pump use): status_code, headers, header(), aiter_bytes(), aread(), finish(), aclose()."""
 
     def __init__(self, sockets: UpstreamSockets, upstream: str, socket: UpstreamSocket, first: str,
                  handshake: list[tuple[str, str]]) -> None:
@@ -174,9 +174,11 @@ class TurnResponse:
     async def aread(self) -> bytes:
         return b"".join([chunk async for chunk in self])
 
-    async def aclose(self, *, linger: float = 0.0) -> None:
-        """A turn left before its end leaves the socket mid-response: it is closed, not reused
-        (a turn ends at its last event, so there is nothing to linger for)."""
+    async def finish(self, timeout: float) -> None:
+        """A turn ends at its last event: there is no body's end to wait for."""
+
+    async def aclose(self) -> None:
+        """A turn left before its end leaves the socket mid-response: it is closed, not reused."""
         if not self._ended:
             self._ended = True
             self._sockets.discard(self._upstream, self._socket)

@@ -120,7 +120,6 @@ class UpstreamClient:
         self._ssl_context = ssl_context     # None: ssl_context_for() on the first https upstream
         self._open_transport = connect      # a seam for direct connections: tests may hand over an in-memory transport
         self._pool = Pool(max_idle_per_origin, keepalive_expiry)
-        self._lingering: set[asyncio.Task] = set()   # connections awaiting the end of a body left unread
 
     @property
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -177,8 +176,6 @@ class UpstreamClient:
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
-        for task in list(self._lingering):
-            task.cancel()
         self._pool.close_all()
 
     # ---------------------------------------------------------------- the pool
@@ -239,33 +236,17 @@ class UpstreamClient:
         connection.in_use = False
         self._pool.discard(connection, abort=abort)
 
-    def _settle(self, connection: Connection, linger: float) -> None:
-        """A response its reader left: see `Response.aclose`."""
+    def _settle(self, connection: Connection) -> None:
+        """A response its reader left: the connection goes back if the body's end is already
+        in (skipping what was not read), else it is closed."""
         try:
             ended = _skip_to_end(connection)
         except TransportError:
-            ended, linger = False, 0.0
+            ended = False
         if ended:
             self._release(connection)
-        elif linger > 0:
-            task = asyncio.create_task(self._linger(connection, linger))
-            self._lingering.add(task)
-            task.add_done_callback(self._lingering.discard)
         else:
             self._discard(connection)
-
-    async def _linger(self, connection: Connection, linger: float) -> None:
-        try:
-            async with asyncio.timeout(linger):
-                while not _skip_to_end(connection):
-                    await connection.more()
-        except (TimeoutError, TransportError):
-            self._discard(connection)   # the end did not come: the connection is not worth keeping
-        except asyncio.CancelledError:
-            self._discard(connection)
-            raise
-        else:
-            self._release(connection)
 
 
 def _skip_to_end(connection: Connection) -> bool:
@@ -359,11 +340,25 @@ class Response:
                 raise ReadError(f"upstream body over {limit} bytes")
         return b"".join(chunks)
 
-    async def aclose(self, *, linger: float = 0.0) -> None:
+    async def finish(self, timeout: float) -> None:
+        """Wait up to `timeout` for the end of a body whose content is of no more use (a stream
+        over at its last event still owes its last chunk, a moment behind), so the connection
+        goes back to the pool; past that, `aclose` closes it."""
+        if self._done:
+            return
+        connection = self._connection
+        try:
+            async with asyncio.timeout(timeout):
+                while not _skip_to_end(connection):
+                    await connection.more()
+        except (TimeoutError, TransportError):
+            return
+        self._done = True
+        self._client._release(connection)
+
+    async def aclose(self) -> None:
         """Done with the body: the connection goes back if the body's end is already in,
-        otherwise it is closed, or with `linger` > 0 its end is awaited that long in the
-        background.  A stream over at its last event still owes the body's end, a few bytes
-        behind it; a kept-alive connection is worth the wait (no new handshake)."""
+        otherwise it is closed."""
         if not self._done:
             self._done = True
-            self._client._settle(self._connection, linger)
+            self._client._settle(self._connection)

@@ -163,33 +163,19 @@ async def test_an_unread_body_already_in_does_not_cost_its_connection():
 
 
 @pytest.mark.parametrize("end_comes, connections", [(True, 1), (False, 2)], ids=["in-time", "too-late"])
-async def test_a_lingering_close_waits_in_the_background_for_the_bodys_end(end_comes, connections):
+async def test_finish_waits_for_the_bodys_end_and_gives_the_connection_back(end_comes, connections):
     gate = asyncio.Event()
     async with RawServer(gated_stream(gate)) as server, client() as c:
         response = await read_first_piece(c, server.url)
-        await asyncio.wait_for(response.aclose(linger=0.3), 0.2)   # returns at once, the end still to come
-        assert c.connection_counts() == {"u": (1, 0)} and len(c._lingering) == 1
         if end_comes:
-            gate.set()
-        await asyncio.sleep(0.4)
-        assert not c._lingering
-        assert c.connection_counts() == {"u": (1 if end_comes else 0, 0)}   # kept idle, or closed
+            asyncio.get_running_loop().call_later(0.05, gate.set)
+        await response.finish(0.3)
+        assert c.connection_counts() == {"u": (1, 0)}            # kept idle, or still open to be closed
+        await response.aclose()
+        assert c.connection_counts() == {"u": (1 if end_comes else 0, 0)}
         gate.set()
         assert await get_body(c, server.url, via=http1.Via(upstream="u")) == (200, b"default")
     assert server.connections == connections
-
-
-async def test_closing_the_client_ends_a_lingering_wait():
-    gate = asyncio.Event()
-    async with RawServer(gated_stream(gate)) as server:
-        c = http1.UpstreamClient()
-        response = await read_first_piece(c, server.url)
-        await response.aclose(linger=30)
-        waiting = next(iter(c._lingering))
-        await c.aclose()
-        await asyncio.sleep(0)
-        gate.set()
-    assert waiting.cancelled() and not c._lingering and c.connection_counts() == {"u": (0, 0)}
 
 
 async def test_idle_connections_expire():
