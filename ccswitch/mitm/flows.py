@@ -63,9 +63,10 @@ def _parsed_url(target: str) -> tuple[bytes, bytes, int, bytes]:
 
 
 _BODY_FRAMING = ("content-length", "transfer-encoding")
+HeldBody = tuple[bytes | None, list[tuple[str, list[str]]]]   # the raw body and its framing headers
 
 
-def hold_body(request: http.Request) -> tuple[bytes | None, list[tuple[str, list[str]]]]:
+def hold_body(request: http.Request) -> HeldBody:
     """Take the body off a request bound for the relay, which never reads it (the job holds the
     client's request): Claude Code's bodies reach megabytes, and each would be sent and read
     again on loopback.  Returns what `restore_body` puts back."""
@@ -77,7 +78,7 @@ def hold_body(request: http.Request) -> tuple[bytes | None, list[tuple[str, list
     return held
 
 
-def restore_body(request: http.Request, held: tuple[bytes | None, list[tuple[str, list[str]]]]) -> None:
+def restore_body(request: http.Request, held: HeldBody) -> None:
     """The flow shows and saves the body the client sent, as before `hold_body`."""
     raw, framing = held
     request.raw_content = raw

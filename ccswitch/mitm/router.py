@@ -23,6 +23,7 @@ from ccswitch.ledger.rows import own_answer_row
 from ccswitch.mitm.codex_socket import CodexSockets
 from ccswitch.mitm.flows import (
     ClientWatch,
+    HeldBody,
     StreamCopy,
     answer,
     error_response,
@@ -59,7 +60,7 @@ class Router:
         self.dialer: Dialer | None = None
         self.relay: Relay | None = None
         self.jobs: dict[str, Job] = {}   # flow id -> job, while the flow is live
-        self.held_bodies: dict[str, tuple] = {}   # flow id -> a streamed request's body, while at the relay
+        self.held_bodies: dict[str, HeldBody] = {}   # flow id -> a streamed request's body, while at the relay
         self.inline: set[asyncio.Task] = set()   # hooks running the dialer for non-streamed requests
         self.shutdown = Shutdown()
         self.sockets: CodexSockets | None = None   # Codex's WebSocket bridge, once running

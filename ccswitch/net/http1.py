@@ -14,6 +14,7 @@ times out a read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -236,18 +237,6 @@ class UpstreamClient:
         connection.in_use = False
         self._pool.discard(connection, abort=abort)
 
-    def _settle(self, connection: Connection) -> None:
-        """A response its reader left: the connection goes back if the body's end is already
-        in (skipping what was not read), else it is closed."""
-        try:
-            ended = _skip_to_end(connection)
-        except TransportError:
-            ended = False
-        if ended:
-            self._release(connection)
-        else:
-            self._discard(connection)
-
 
 def _skip_to_end(connection: Connection) -> bool:
     """Pass over what has arrived of a body nobody reads: True once its end is in."""
@@ -346,19 +335,26 @@ class Response:
         goes back to the pool; past that, `aclose` closes it."""
         if self._done:
             return
-        connection = self._connection
-        try:
+        with contextlib.suppress(TimeoutError, TransportError):
             async with asyncio.timeout(timeout):
-                while not _skip_to_end(connection):
-                    await connection.more()
-        except (TimeoutError, TransportError):
-            return
-        self._done = True
-        self._client._release(connection)
+                while not self._end_if_in():
+                    await self._connection.more()
 
     async def aclose(self) -> None:
-        """Done with the body: the connection goes back if the body's end is already in,
-        otherwise it is closed."""
-        if not self._done:
-            self._done = True
-            self._client._settle(self._connection)
+        """Done with the body: the connection goes back if the body's end is already in
+        (what was not read is skipped), otherwise it is closed."""
+        if self._done:
+            return
+        with contextlib.suppress(TransportError):
+            if self._end_if_in():
+                return
+        self._done = True
+        self._client._discard(self._connection)
+
+    def _end_if_in(self) -> bool:
+        """True once the body's end has arrived: the connection is given back."""
+        if not _skip_to_end(self._connection):
+            return False
+        self._done = True
+        self._client._release(self._connection)
+        return True
