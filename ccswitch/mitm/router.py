@@ -62,6 +62,7 @@ class Router:
         self.jobs: dict[str, Job] = {}   # flow id -> job, while the flow is live
         self.held_bodies: dict[str, HeldBody] = {}   # flow id -> a streamed request's body, while at the relay
         self.inline: set[asyncio.Task] = set()   # hooks running the dialer for non-streamed requests
+        self.answered: dict[str, Job] = {}   # flow id -> a non-streamed job answered, until its answer is sent
         self.shutdown = Shutdown()
         self.sockets: CodexSockets | None = None   # Codex's WebSocket bridge, once running
         self.keep_streams = True    # a copy of each streamed body for the flow, when anyone shows or saves flows
@@ -119,6 +120,9 @@ class Router:
             await self.relay.stop()
         if self.dialer:
             await self.dialer.aclose()
+        for job in self.answered.values():   # answered, but mitmproxy ended the flow before sending
+            self.gateway.record_job(job)
+        self.answered.clear()
         await asyncio.to_thread(self.gateway.close)
 
     def _in_flight(self) -> int:
@@ -286,10 +290,7 @@ class Router:
                 hook.uncancel()     # the cut was answered (run_guarded's 503): mitmproxy's task goes on
             flow.response = whole_response(sink.status, sink.headers, sink.body)
         finally:
-            # recorded once mitmproxy has the answer on its way: the ledger row and the live
-            # counters need not hold up the client (it runs before anything that wakes later, the
-            # shutdown's drain included)
-            asyncio.get_running_loop().call_soon(self.gateway.record_job, job)
+            self.answered[flow.id] = job   # recorded once the answer is sent (`_finish`)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.id in self.jobs and "text/event-stream" in flow.response.headers.get("content-type", ""):
@@ -321,6 +322,10 @@ class Router:
                                         "ccswitch is offline: this host is not reachable"))
 
     def _finish(self, flow: http.HTTPFlow) -> None:
+        if (answered := self.answered.pop(flow.id, None)) is not None:
+            # mitmproxy sends an addon's answer right after this hook, in the same turn of the
+            # loop: the ledger row and the live counters come after, and do not hold up the client
+            asyncio.get_running_loop().call_soon(self.gateway.record_job, answered)
         job = self.jobs.pop(flow.id, None)
         if job is None:
             if flow.request.pretty_host.lower() in self.gateway.rules.intercept:

@@ -293,7 +293,8 @@ async def test_a_gateway_bug_on_a_non_streamed_request_is_a_500_in_client_format
     await router.request(flow)
     assert flow.response.status_code == 500
     assert json.loads(flow.response.content)["error"]["message"] == "ccswitch internal error: KeyError"
-    assert recorded == []          # recorded once the answer is on its way: one loop turn later
+    router.response(flow)
+    assert recorded == []          # mitmproxy sends the answer after the response hook, in the same turn
     await asyncio.sleep(0)
     assert [job.error for job in recorded] == ["internal error: KeyError"] and recorded[0].status == 500
 
@@ -331,7 +332,42 @@ async def test_a_non_streamed_request_cut_by_shutdown_is_a_503_in_client_format_
     await asyncio.wait_for(hook, 2)
     assert flow.response.status_code == 503 and flow.response.headers["retry-after"] == "10"
     assert "ccswitch is shutting down" in json.loads(flow.response.content)["error"]["message"]
+    router.response(flow)
+    await asyncio.sleep(0)
     assert [(job.status, job.error) for job in recorded] == [(503, "shutdown: not finished within the grace period")]
+
+
+async def test_a_non_streamed_answer_is_recorded_after_the_response_hook_or_at_shutdown(router, gateway, monkeypatch):
+    class Answering:
+        async def run(self, job, sink):
+            job.status = 200
+            await sink.start(200, [("content-type", "application/json")], 2)
+            await sink.write(b"{}")
+            await sink.end()
+
+        async def aclose(self):
+            pass
+    recorded = []
+    router.dialer = Answering()
+    gateway.record_job = recorded.append
+    gateway.close = lambda: None
+    sent, unsent = messages_flow({"model": "m", "messages": []}), messages_flow({"model": "m", "messages": []})
+    for flow in (sent, unsent):
+        await router.request(flow)
+        assert flow.response.status_code == 200
+    await asyncio.sleep(0)
+    assert recorded == []          # not before mitmproxy has the answer on its way
+    router.response(sent)
+    await asyncio.sleep(0)
+    assert [job.flow_id for job in recorded] == [sent.id]
+    # mitmproxy ended the other flow without its response hook (a shutdown that ran out of
+    # time): the answer was given, and its row is not lost
+    monkeypatch.setattr("ccswitch.dial.shutdown.ENDING_WAIT", 0.05)
+    router.relay = None
+    with taddons.context(router) as tctx:
+        tctx.configure(router, ccswitch_shutdown_grace=0)
+        await router.done()
+    assert [job.flow_id for job in recorded] == [sent.id, unsent.id]
 
 
 async def test_a_non_streamed_request_whose_client_left_is_cancelled_upstream_and_recorded(router, gateway):
@@ -356,6 +392,7 @@ async def test_a_non_streamed_request_whose_client_left_is_cancelled_upstream_an
     await asyncio.wait_for(hook, 2)         # within a watch period, not never
     assert cancelled.is_set() and not hook.cancelled() and hook.cancelling() == 0
     assert flow.response.status_code == 499 and not router.inline
+    router.response(flow)          # mitmproxy goes on with the flow once the hook returns
     await asyncio.sleep(0)
     assert [job.error for job in recorded] == ["client_closed"]
 
