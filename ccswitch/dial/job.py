@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -71,6 +71,14 @@ class Job:
 
     def client_left(self) -> None:
         self.error = CLIENT_CLOSED
+
+    def request_sent_for_good(self) -> None:
+        """The client has the answer's head: no attempt can send the request again.  What the
+        record, the comment and the flow's view need stays; the parsed body (for a long session,
+        megabytes of objects), the headers and the conversions go, instead of staying for the
+        minutes a stream lasts."""
+        self.request = replace(self.request, headers=[], body=b"", json=None)
+        self.converted = {}
 
     def elapsed_ms(self) -> int:
         return ms_since(self.started)

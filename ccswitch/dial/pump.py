@@ -141,8 +141,10 @@ class Pump:
         job.ttfb_ms = job.elapsed_ms()
         await self.sink.start(self.response.status_code, self.headers + marks(job), None)
         # a stream can last minutes: its headers (dozens from some upstreams) were needed for
-        # the client's head and a failover, and neither can come again
+        # the client's head and a failover, and neither can come again; nor can the request go again
         self.headers = self.response.headers = []
+        self.outgoing.headers = []
+        job.request_sent_for_good()
         if self.held:
             data = b"".join(self.held)
             self.held.clear()

@@ -9,6 +9,7 @@ from pydantic import SecretStr
 from ccswitch.dial import pump as pump_module
 from ccswitch.dial.dialer import Dialer
 from ccswitch.routing.health import HealthBoard
+from ccswitch.translate import translation_for
 from ccswitch.wire.sse import SSEParser
 from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B, MemorySink, make_job, rules_for
 from tests.support.loopback_guard import loopback_url
@@ -100,6 +101,31 @@ async def test_fails_over_invisibly_before_content(mock_a, mock_b, behaviour):
     assert text_of(sink.body) == "Hello from mock B"
     assert health.get("a").failures == 1 and health.get("b").failures == 0
     assert mock_b.last().headers["x-api-key"] == KEY_B
+
+
+async def test_a_committed_stream_lets_the_request_go_and_keeps_what_its_record_needs(mock_a, mock_b):
+    from ccswitch.ledger.rows import request_row
+    mock_a.script(status(503))
+    body = {"model": "claude-x", "stream": True, "messages": [{"role": "user", "content": "hi " * 1000}]}
+    job = make_job(two(mock_a, mock_b, routes={"chat": ["a", "b"]}), path="/v1/chat/completions", body=body)
+    b = job.rules.upstream("b")
+    converted = translation_for(job.request.client_protocol, b.protocol).request(job.request, b, job.rules)
+    job.converted["b"] = {**converted, "metadata": {}}
+    dialer, sink = Dialer(HealthBoard(), allow_url=loopback_url), MemorySink()
+    try:
+        await dialer.run(job, sink)
+    finally:
+        await dialer.aclose()
+    assert sink.headers["x-ccswitch-upstream"] == "b" and mock_b.last().json["metadata"] == {}
+    assert mock_a.last().json["messages"][0]["content"][0]["text"] == "hi " * 1000   # the failover had it all
+    # the stream could last minutes: its parsed body, headers and conversions are not kept for them
+    req = job.request
+    assert (req.json, req.headers, req.body, job.converted) == (None, [], b"", {})
+    assert (req.route, req.model, req.stream, req.url) == ("chat", "claude-x", True,
+                                                           "https://api.anthropic.com/v1/chat/completions")
+    row = request_row(job)
+    assert (row["route"], row["model"], row["stream"], row["upstream"]) == ("chat", "claude-x", 1, "b")
+    assert "chat → anthropic" in job.comment()
 
 
 LATIN1_JSON = b'{"type": "message", "role": "assistant", "content": [{"type": "text", "text": "caf\xe9"}]}'

@@ -232,7 +232,8 @@ def test_stall_after(up):
                 stamps.append(time.monotonic())
     assert len(stamps) == len(sse_events(httpx.post(up.base_url + "/v1/messages", json=ANTHROPIC_BODY)))
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    assert gaps[1] >= 0.2 and max(gaps[:1] + gaps[2:]) < 0.15
+    # the stall is where it was put, whatever else a loaded machine delays
+    assert gaps[1] >= 0.2 and gaps.index(max(gaps)) == 1
 
 
 def test_error_event_after(up):
