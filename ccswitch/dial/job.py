@@ -64,6 +64,7 @@ class Job:
     why_first: str = ""                  # why the first candidate came first (for the flow comment)
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (upstream, why) left out by the plan
     sent_body: bytes | None = None       # the body the last attempt sent (model renamed, maybe converted)
+    shown: bool = True                   # someone looks at the flow: its view keeps what went upstream
     # a turn of a bridged Codex socket: its upstream sockets (for `websocket: true` upstreams) and
     # the turn itself (its new items and previous_response_id); None for an HTTP request
     upstream_sockets: UpstreamSockets | None = None
@@ -79,6 +80,8 @@ class Job:
         minutes a stream lasts."""
         self.request = replace(self.request, headers=[], body=b"", json=None)
         self.converted = {}
+        if not self.shown:
+            self.sent_body = None
 
     def elapsed_ms(self) -> int:
         return ms_since(self.started)

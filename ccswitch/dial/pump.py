@@ -143,7 +143,7 @@ class Pump:
         # a stream can last minutes: its headers (dozens from some upstreams) were needed for
         # the client's head and a failover, and neither can come again; nor can the request go again
         self.headers = self.response.headers = []
-        self.outgoing.headers = []
+        self.outgoing.sent_for_good()
         job.request_sent_for_good()
         if self.held:
             data = b"".join(self.held)

@@ -39,6 +39,11 @@ class OutgoingRequest:
     secrets: list[str] = field(default_factory=list)  # text to scrub from whatever comes back
     via: Via = field(default_factory=Via)              # its proxy and connection cap
 
+    def sent_for_good(self) -> None:
+        """Its answer reached the client: it will not be sent again, and only `secrets` is still
+        read (to scrub the rest of the answer)."""
+        self.headers, self.body = [], b""
+
 
 def upstream_url(upstream: Upstream, req: ClientRequest) -> str:
     if upstream.base_url == "original":

@@ -65,7 +65,7 @@ class Router:
         self.answered: dict[str, Job] = {}   # flow id -> a non-streamed job answered, until its answer is sent
         self.shutdown = Shutdown()
         self.sockets: CodexSockets | None = None   # Codex's WebSocket bridge, once running
-        self.keep_streams = True    # a copy of each streamed body for the flow, when anyone shows or saves flows
+        self.flows_shown = True    # anyone shows or saves flows: bodies are kept on them (streams: a copy)
         # set once the month's spend is loaded: the listeners are open before `running`, and a
         # request must not pass a budget that a ledger being read (PostgreSQL: a connection) holds
         self.spend_loaded: asyncio.Event | None = None
@@ -145,7 +145,7 @@ class Router:
         if "ccswitch_ledger" in updated:
             self.gateway.open_ledger(ctx.options.ccswitch_ledger)
         if updated & {"save_stream_file", "flow_detail"}:
-            self.keep_streams = flows_are_kept(ctx.master, ctx.options)
+            self.flows_shown = flows_are_kept(ctx.master, ctx.options)
 
     # ------------------------------------------------------------------ hooks
 
@@ -220,7 +220,9 @@ class Router:
             await self._run_inline(flow, job)
             return
         self.relay.register(job)
-        self.held_bodies[flow.id] = hold_body(flow.request)
+        held = hold_body(flow.request)
+        if self.flows_shown:   # back on the flow at its end; otherwise no one would ever see it
+            self.held_bodies[flow.id] = held
         flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.relay.port
         flow.request.headers[JOB_HEADER] = job.token
 
@@ -264,7 +266,7 @@ class Router:
             return 400, problem, None
         return Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow_id, converted=converted,
                    client=client_name, session=session, bound_to=chosen.bound_to, why_first=chosen.why_first,
-                   skipped=chosen.blocked)
+                   skipped=chosen.blocked, shown=self.flows_shown)
 
     async def _run_inline(self, flow: http.HTTPFlow, job: Job) -> None:
         """The dialer runs in the hook's own task (no task of its own, no wait set: the answer
@@ -294,7 +296,7 @@ class Router:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.id in self.jobs and "text/event-stream" in flow.response.headers.get("content-type", ""):
-            keep = ctx.options.ccswitch_keep_stream if self.keep_streams else 0
+            keep = ctx.options.ccswitch_keep_stream if self.flows_shown else 0
             flow.response.stream = StreamCopy(keep) if keep > 0 else True
 
     def response(self, flow: http.HTTPFlow) -> None:

@@ -415,7 +415,10 @@ async def test_a_streamed_body_is_copied_onto_the_flow_only_when_flows_are_shown
     with taddons.context(save.Save(), dumper.Dumper(), *extra_addons, r) as tctx:
         tctx.configure(r, flow_detail=1, **options)
         flow = messages_flow()
+        sent = flow.request.raw_content
         await r.request(flow)
+        # nor are the request's body and what went upstream kept for the stream's minutes
+        assert r.jobs[flow.id].shown is kept and bool(r.held_bodies) is kept
         flow.response = tutils.tresp(headers=http.Headers(content_type="text/event-stream"))
         r.responseheaders(flow)
         assert isinstance(flow.response.stream, StreamCopy) is kept
@@ -424,3 +427,5 @@ async def test_a_streamed_body_is_copied_onto_the_flow_only_when_flows_are_shown
             tctx.configure(r, flow_detail=3)     # mitmdump printing bodies wants it too
             r.responseheaders(flow)
             assert isinstance(flow.response.stream, StreamCopy)
+        r.response(flow)
+        assert (flow.request.raw_content == sent) is kept and not r.held_bodies

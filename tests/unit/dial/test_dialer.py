@@ -103,11 +103,13 @@ async def test_fails_over_invisibly_before_content(mock_a, mock_b, behaviour):
     assert mock_b.last().headers["x-api-key"] == KEY_B
 
 
-async def test_a_committed_stream_lets_the_request_go_and_keeps_what_its_record_needs(mock_a, mock_b):
+@pytest.mark.parametrize("shown", [True, False], ids=["flows shown", "no one looks"])
+async def test_a_committed_stream_lets_the_request_go_and_keeps_what_its_record_needs(mock_a, mock_b, shown):
     from ccswitch.ledger.rows import request_row
     mock_a.script(status(503))
     body = {"model": "claude-x", "stream": True, "messages": [{"role": "user", "content": "hi " * 1000}]}
     job = make_job(two(mock_a, mock_b, routes={"chat": ["a", "b"]}), path="/v1/chat/completions", body=body)
+    job.shown = shown
     b = job.rules.upstream("b")
     converted = translation_for(job.request.client_protocol, b.protocol).request(job.request, b, job.rules)
     job.converted["b"] = {**converted, "metadata": {}}
@@ -126,6 +128,28 @@ async def test_a_committed_stream_lets_the_request_go_and_keeps_what_its_record_
     row = request_row(job)
     assert (row["route"], row["model"], row["stream"], row["upstream"]) == ("chat", "claude-x", 1, "b")
     assert "chat → anthropic" in job.comment()
+    # what went upstream stays for the flow's view, when there is one
+    assert (job.sent_body == mock_b.last().body) if shown else job.sent_body is None
+
+
+async def test_while_a_committed_stream_runs_nothing_holds_the_request_body(mock_a):
+    import gc
+    job = make_job(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
+    job.shown, raw = False, job.request.body
+    holders: list[list[str]] = []
+
+    class Probe(MemorySink):
+        async def write(self, data):
+            if not holders:   # the stream is committed and going on
+                holders.append([type(r).__name__ for r in gc.get_referrers(raw)])
+            await super().write(data)
+    dialer, sink = Dialer(HealthBoard(), allow_url=loopback_url), Probe()
+    try:
+        await dialer.run(job, sink)
+    finally:
+        await dialer.aclose()
+    assert sink.ended and mock_a.last().body == raw
+    assert holders == [["cell"]]    # the probe's own `raw`: nothing of the dialer's
 
 
 LATIN1_JSON = b'{"type": "message", "role": "assistant", "content": [{"type": "text", "text": "caf\xe9"}]}'
