@@ -1,6 +1,7 @@
 """The attempt loop against loopback mock upstreams (no mitmproxy involved)."""
 
 import asyncio
+import gc
 import json
 
 import pytest
@@ -8,6 +9,7 @@ from pydantic import SecretStr
 
 from ccswitch.dial import pump as pump_module
 from ccswitch.dial.dialer import Dialer
+from ccswitch.ledger.rows import request_row
 from ccswitch.routing.health import HealthBoard
 from ccswitch.translate import translation_for
 from ccswitch.wire.sse import SSEParser
@@ -105,7 +107,6 @@ async def test_fails_over_invisibly_before_content(mock_a, mock_b, behaviour):
 
 @pytest.mark.parametrize("shown", [True, False], ids=["flows shown", "no one looks"])
 async def test_a_committed_stream_lets_the_request_go_and_keeps_what_its_record_needs(mock_a, mock_b, shown):
-    from ccswitch.ledger.rows import request_row
     mock_a.script(status(503))
     body = {"model": "claude-x", "stream": True, "messages": [{"role": "user", "content": "hi " * 1000}]}
     job = make_job(two(mock_a, mock_b, routes={"chat": ["a", "b"]}), path="/v1/chat/completions", body=body)
@@ -133,7 +134,6 @@ async def test_a_committed_stream_lets_the_request_go_and_keeps_what_its_record_
 
 
 async def test_while_a_committed_stream_runs_nothing_holds_the_request_body(mock_a):
-    import gc
     job = make_job(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
     job.shown, raw = False, job.request.body
     holders: list[list[str]] = []
