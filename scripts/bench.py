@@ -14,9 +14,10 @@ plain priority route and none, interleaved, against the same mock answering with
 rate-limit headers, with their ratio; then in-process figures (converter and
 ledger throughput); then the concurrent-streams figure (scripts/bench_streams.py: N
 clients ramped over 3 s, each one stream of 50 events; proxy CPU, peak RSS, completed
-streams, the worst gap between events) for fresh bare mitmdump and ccswitch processes.
+streams, the worst gap between events) for fresh bare mitmdump and ccswitch processes, in
+alternating rounds (two by default: one round's ratio moves by ±0.1x on a shared machine).
 
-    python scripts/bench.py                  # about 5 minutes on 2 cores
+    python scripts/bench.py                  # about 6 minutes on 2 cores
     python scripts/bench.py --quick          # a smoke run
     python scripts/bench.py --streams 1000 --streams-only   # only the concurrent-streams figure
 """
@@ -339,15 +340,17 @@ def main() -> None:
     parser.add_argument("--flood", type=int, default=5000, help="events in the streamed-throughput reply")
     parser.add_argument("--streams", type=int, default=1000, help="concurrent streaming clients (0: no such figure)")
     parser.add_argument("--streams-only", action="store_true", help="only the concurrent-streams figure")
+    parser.add_argument("--stream-rounds", type=int, default=2,
+                        help="alternating rounds of the concurrent-streams figure (fresh proxies each)")
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     parser.add_argument("--litellm", help="LiteLLM's `litellm` executable (default: beside this Python, "
                                           "else on PATH; absent: not compared)")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.seconds, args.memory_requests, args.flood = 20, 0.5, 500, 500
-        args.routing_requests, args.streams = 200, min(args.streams, 100)
+        args.routing_requests, args.streams, args.stream_rounds = 200, min(args.streams, 100), 1
     if args.streams_only:
-        return print_streams(args.streams)
+        return print_streams(args.streams, args.stream_rounds)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         mock, mock_port, failing_port, pair_ports = start_mock(args.flood)
@@ -394,19 +397,20 @@ def main() -> None:
     print("\n".join(bench_routing.describe(pair_samples.served, affinity)))
     print("\n".join(in_process_figures()))
     if args.streams:
-        print_streams(args.streams)
+        print_streams(args.streams, args.stream_rounds)
 
 
-def print_streams(streams: int) -> None:
+def print_streams(streams: int, rounds: int) -> None:
     plan = bench_streams.Plan(streams)
     with tempfile.TemporaryDirectory() as tmp:
         figures, notes = bench_streams.run(
             plan, lambda port, workdir: start_bare(port, workdir),
-            lambda port, workdir: start_ccswitch(port, free_port(), workdir), Path(tmp))
+            lambda port, workdir: start_ccswitch(port, free_port(), workdir), Path(tmp), rounds)
     print(f"{streams} concurrent streams ({plan.events} events {plan.gap} s apart each, clients ramped over "
-          f"{plan.ramp} s; fresh proxies, same run):")
+          f"{plan.ramp} s; fresh proxies, {rounds} alternating round(s), same run; CPU and RSS: means):")
     print(table(figures))
-    print("\n".join(notes + bench_streams.verdicts(figures["bare mitmdump"], figures["ccswitch reverse"], streams)))
+    print("\n".join(notes + bench_streams.verdicts(figures[bench_streams.BARE], figures[bench_streams.CCSWITCH],
+                                                   streams)))
 
 
 if __name__ == "__main__":

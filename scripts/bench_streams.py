@@ -5,9 +5,10 @@ and reads its answer: `events` content deltas from a loopback mock that waits `g
 before each one, so with the defaults (50 events, 0.1 s, a 3 s ramp) every stream is still
 open when the last one starts. Measured for bare `mitmdump` in reverse mode
 (`stream_large_bodies=1`) and for ccswitch in reverse mode, one after the other in the same
-run, each a fresh process: the proxy's CPU seconds over the run (utime + stime from
-/proc/<pid>/stat), its peak RSS (VmHWM from /proc/<pid>/status) and its RSS before the run,
-the streams completed, and the worst gap between two events that a client saw.
+run, each a fresh process, in alternating rounds: the proxy's CPU seconds over the run
+(utime + stime from /proc/<pid>/stat), its peak RSS (VmHWM from /proc/<pid>/status) and its
+RSS before the run, the streams completed, and the worst gap between two events that a client
+saw; CPU and memory are the means over the rounds, and each round's ratios are printed too.
 
 The mock (asyncio, the same bytes for every stream) and the clients (asyncio streams, one
 connection each) run in processes of their own, so neither competes with the proxy's event
@@ -28,6 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 STREAM_MODEL = "bench-stream"
+BARE, CCSWITCH = "bare mitmdump", "ccswitch reverse"
 DELTA = b"content_block_delta"
 
 
@@ -284,27 +286,62 @@ def measure(url: str, pid: int, plan: Plan) -> tuple[dict[str, float], dict]:
     return figures(summary, cpu_seconds(pid) - cpu0, base_rss, status_kb(pid, "VmHWM")), summary
 
 
-def run(plan: Plan, start_bare, start_ccswitch, workdir: Path) -> tuple[dict[str, dict[str, float]], list[str]]:
-    """Fresh bare mitmdump and ccswitch (each `start_*(mock_port, workdir)`), one after the other
-    under the same streams: (figures by proxy, a note per proxy whose streams did not all complete)."""
+def combine(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """One proxy's figures over several rounds: the mean of CPU and memory, the fewest streams
+    completed, the worst gap of all, the mean p99 gap."""
+    out = {key: sum(r[key] for r in rounds) / len(rounds) for key in rounds[0]}
+    out["streams completed"] = min(r["streams completed"] for r in rounds)
+    out["worst gap between events (ms)"] = max(r["worst gap between events (ms)"] for r in rounds)
+    return out
+
+
+def round_notes(bare_rounds: list[dict[str, float]], cc_rounds: list[dict[str, float]]) -> list[str]:
+    """Each round's CPU ratio and memory per stream over bare: how far one round's verdict can move."""
+    if len(bare_rounds) < 2:
+        return []
+    cpu = ", ".join(f"{c['proxy CPU (s)'] / b['proxy CPU (s)']:.2f}x" for b, c in zip(bare_rounds, cc_rounds))
+    rss = ", ".join(f"{rss_over_bare_per_stream(b, c):+.1f} KB" for b, c in zip(bare_rounds, cc_rounds))
+    return [f"  by round: CPU {cpu}; RSS per open stream over bare's {rss}"]
+
+
+def run(plan: Plan, start_bare, start_ccswitch, workdir: Path,
+        rounds: int = 1) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """`rounds` times, fresh bare mitmdump and ccswitch (each `start_*(mock_port, workdir)`) one
+    after the other under the same streams, the first of the pair alternating so that a machine
+    busier for a while weighs on both: (figures by proxy over the rounds, notes: the rounds'
+    spread and each proxy whose streams did not all complete)."""
     mock, port = start_mock(plan)
-    bare = cc = None
-    out: dict[str, dict[str, float]] = {}
+    by_proxy: dict[str, list[dict[str, float]]] = {BARE: [], CCSWITCH: []}
     notes = []
     try:
-        bare, bare_url = start_bare(port, workdir)
-        cc = start_ccswitch(port, workdir / "ccswitch-streams")
-        for name, url, pid in (("bare mitmdump", bare_url, bare.pid), ("ccswitch reverse", cc.reverse_url, cc.proc.pid)):
-            out[name], summary = measure(url, pid, plan)
-            if summary["errors"]:
-                notes.append(f"  {name}: not completed: {summary['errors']}")
+        for n in range(rounds):
+            order = (BARE, CCSWITCH) if n % 2 == 0 else (CCSWITCH, BARE)
+            for name in order:
+                figures_, summary = _measure_fresh(name, plan, port, workdir / f"round-{n}-{name.split()[0]}",
+                                                   start_bare, start_ccswitch)
+                by_proxy[name].append(figures_)
+                if summary["errors"]:
+                    notes.append(f"  {name}, round {n + 1}: not completed: {summary['errors']}")
     finally:
-        if cc is not None:
-            cc.stop()
-        if bare is not None:
-            bare.terminate()
         mock.terminate()
-    return out, notes
+    return ({name: combine(results) for name, results in by_proxy.items()},
+            round_notes(by_proxy[BARE], by_proxy[CCSWITCH]) + notes)
+
+
+def _measure_fresh(name: str, plan: Plan, port: int, workdir: Path, start_bare, start_ccswitch):
+    workdir.mkdir(parents=True, exist_ok=True)
+    if name == BARE:
+        process, url = start_bare(port, workdir)
+        try:
+            return measure(url, process.pid, plan)
+        finally:
+            process.terminate()
+            process.wait()
+    proxy = start_ccswitch(port, workdir)
+    try:
+        return measure(proxy.reverse_url, proxy.proc.pid, plan)
+    finally:
+        proxy.stop()
 
 
 def main() -> None:

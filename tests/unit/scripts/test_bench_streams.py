@@ -82,6 +82,22 @@ def test_verdicts_name_what_was_met_and_what_was_missed():
     assert "+26.0 KB" in missed[1]
 
 
+def test_rounds_combine_to_mean_cpu_and_memory_the_fewest_completed_and_the_worst_gap():
+    first, second = row(5.0, 70_000, 110_000), row(7.0, 70_000, 130_000, completed=998)
+    second["worst gap between events (ms)"] = 300.0
+    both = bs.combine([first, second])
+    assert both["proxy CPU (s)"] == 6.0 and both["peak RSS over idle, per stream (KB)"] == pytest.approx(50)
+    assert both["streams completed"] == 998 and both["worst gap between events (ms)"] == 300.0
+    assert both["p99 gap between events (ms)"] == 105.0
+
+
+def test_each_rounds_ratios_are_noted_when_there_are_several():
+    bare, cc = [row(5.0, 70_000, 110_000), row(4.0, 70_000, 110_000)], [row(6.0, 95_000, 160_000)] * 2
+    assert bs.round_notes(bare, cc) == ["  by round: CPU 1.20x, 1.50x; RSS per open stream over bare's "
+                                        "+25.0 KB, +25.0 KB"]
+    assert bs.round_notes(bare[:1], cc[:1]) == []
+
+
 def test_the_streams_table_has_ccswitchs_ratio_to_bare():
     header, *rows = bench.table({"bare mitmdump": row(5.0, 1, 2), "ccswitch reverse": row(7.5, 1, 2)}).splitlines()
     assert "ccswitch reverse / bare" in header
