@@ -254,6 +254,7 @@ class Dialer:
         failover = job.rules.failover
         if 200 <= status < 300 and job.request.stream and is_sse:
             pump = Pump(job, upstream, outgoing, translation, response, sink, headers, attempt)
+            del headers   # the pump lets them go at its commit, not this frame at the stream's end
             return await pump.run()
         try:
             body = await asyncio.wait_for(response.aread(), max(0.001, deadline - time.monotonic()))

@@ -88,6 +88,8 @@ class Pump:
                     ended = str(exc)
                     break
                 over = self._take(events)
+                # the next piece can be minutes away: hold nothing of this one (events parsed to JSON)
+                del chunk, events
                 await self._flush()       # one write per upstream read, not one per event
                 if over:
                     return await self._finish()

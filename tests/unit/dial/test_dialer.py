@@ -12,7 +12,7 @@ from ccswitch.dial.dialer import Dialer
 from ccswitch.ledger.rows import request_row
 from ccswitch.routing.health import HealthBoard
 from ccswitch.translate import translation_for
-from ccswitch.wire.sse import SSEParser
+from ccswitch.wire.sse import Event, SSEParser
 from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B, MemorySink, make_job, rules_for
 from tests.support.loopback_guard import loopback_url
 from tests.support.mock_upstream import (
@@ -150,6 +150,27 @@ async def test_while_a_committed_stream_runs_nothing_holds_the_request_body(mock
         await dialer.aclose()
     assert sink.ended and mock_a.last().body == raw
     assert holders == [["cell"]]    # the probe's own `raw`: nothing of the dialer's
+
+
+async def test_while_a_stream_waits_for_its_next_piece_nothing_of_the_last_one_is_held(mock_a):
+    mock_a.script(stall_after(3, 0.3))     # three events, then nothing for a while
+    dialer, sink = Dialer(HealthBoard(), allow_url=loopback_url), MemorySink()
+    job = make_job(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
+    run = asyncio.create_task(dialer.run(job, sink))
+    try:
+        while len(event_types(sink.body)) < 3:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        gc.collect()
+        # the events parsed from the last read (their JSON too) and the upstream's response
+        # headers: a stream can wait minutes for its next piece
+        assert [o for o in gc.get_objects() if type(o) is Event] == []
+        assert not [o for o in gc.get_objects() if type(o) is list and any(
+            type(h) is tuple and len(h) == 2 and h[0] == "content-type" and "event-stream" in h[1] for h in o)]
+        await run
+    finally:
+        await dialer.aclose()
+    assert sink.ended and event_types(sink.body)[-1] == "message_stop"
 
 
 LATIN1_JSON = b'{"type": "message", "role": "assistant", "content": [{"type": "text", "text": "caf\xe9"}]}'
