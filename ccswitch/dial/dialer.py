@@ -136,10 +136,8 @@ class Dialer:
             self.health.begin_probe(upstream.name)
         try:
             translation = translation_for(job.request.client_protocol, upstream.protocol)
-            body = job.converted.get(upstream.name)
-            if body is None:
-                body = translation.request(job.request, upstream, job.rules)
-            outgoing = render(upstream, job.request, body)
+            # no local for the body as converted: this frame lasts as long as the stream
+            outgoing = render(upstream, job.request, _body_for(job, upstream, translation))
             job.upstream_model, job.sent_body = outgoing.upstream_model, outgoing.body
             result = await self._send_and_judge(job, upstream, outgoing, translation, sink, attempt)
         except RenderError as exc:
@@ -300,6 +298,12 @@ class Dialer:
         job.status, job.error = status, message
         headers, body = protocols.own_error(job.request.client_protocol, status, message, (("retry-after", "10"),))
         await _answer(job, sink, status, headers, body)
+
+
+def _body_for(job: Job, upstream: Upstream, translation) -> dict | None:
+    """The request body converted for `upstream` (None: the client's own goes as it is)."""
+    body = job.converted.get(upstream.name)
+    return body if body is not None else translation.request(job.request, upstream, job.rules)
 
 
 async def _answer(job: Job, sink: Sink, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
