@@ -317,9 +317,9 @@ def run(plan: Plan, start_bare, start_ccswitch, workdir: Path,
         for n in range(rounds):
             order = (BARE, CCSWITCH) if n % 2 == 0 else (CCSWITCH, BARE)
             for name in order:
-                figures_, summary = _measure_fresh(name, plan, port, workdir / f"round-{n}-{name.split()[0]}",
+                measured, summary = _measure_fresh(name, plan, port, workdir / f"round-{n}-{name.split()[0]}",
                                                    start_bare, start_ccswitch)
-                by_proxy[name].append(figures_)
+                by_proxy[name].append(measured)
                 if summary["errors"]:
                     notes.append(f"  {name}, round {n + 1}: not completed: {summary['errors']}")
     finally:
@@ -329,6 +329,7 @@ def run(plan: Plan, start_bare, start_ccswitch, workdir: Path,
 
 
 def _measure_fresh(name: str, plan: Plan, port: int, workdir: Path, start_bare, start_ccswitch):
+    """`measure` on a proxy started for it and stopped after it (its peak RSS is its own)."""
     workdir.mkdir(parents=True, exist_ok=True)
     if name == BARE:
         process, url = start_bare(port, workdir)
