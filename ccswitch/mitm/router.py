@@ -62,7 +62,6 @@ class Router:
         self.jobs: dict[str, Job] = {}   # flow id -> job, while the flow is live
         self.held_bodies: dict[str, HeldBody] = {}   # flow id -> a streamed request's body, while at the relay
         self.inline: set[asyncio.Task] = set()   # hooks running the dialer for non-streamed requests
-        self.answered: dict[str, Job] = {}   # flow id -> a non-streamed job answered, until its answer is sent
         self.shutdown = Shutdown()
         self.sockets: CodexSockets | None = None   # Codex's WebSocket bridge, once running
         self.flows_shown = True    # anyone shows or saves flows: bodies are kept on them (streams: a copy)
@@ -120,9 +119,10 @@ class Router:
             await self.relay.stop()
         if self.dialer:
             await self.dialer.aclose()
-        for job in self.answered.values():   # answered, but mitmproxy ended the flow before sending
-            self.gateway.record_job(job)
-        self.answered.clear()
+        for job in self.jobs.values():   # answered from the hook, but mitmproxy ended the flow unsent
+            if not job.request.stream:
+                self.gateway.record_job(job)
+        self.jobs.clear()
         await asyncio.to_thread(self.gateway.close)
 
     def _in_flight(self) -> int:
@@ -270,29 +270,27 @@ class Router:
 
     async def _run_inline(self, flow: http.HTTPFlow, job: Job) -> None:
         """The dialer runs in the hook's own task (no task of its own, no wait set: the answer
-        is one wake-up away); a watch cancels it when the client goes, the shutdown's cut too."""
+        is one wake-up away); a watch cancels it when the client goes, the shutdown's cut too.
+        Its row is recorded once the answer is sent (`_finish`)."""
         sink = BufferSink()
         hook = asyncio.current_task()
         watch = ClientWatch(flow, hook)
         self.inline.add(hook)
         try:
-            try:
-                await run_guarded(self.dialer.run, job, sink, self.shutdown)
-            except asyncio.CancelledError:
-                if not watch.fired:
-                    raise
-                hook.uncancel()     # the client went away: the upstream request was cancelled at once
-                job.client_left()
-                flow.response = http.Response.make(499, b"", {})
-                return
-            finally:
-                watch.stop()
-                self.inline.discard(hook)
-            if self.shutdown.cutting and hook.cancelling():
-                hook.uncancel()     # the cut was answered (run_guarded's 503): mitmproxy's task goes on
-            flow.response = whole_response(sink.status, sink.headers, sink.body)
+            await run_guarded(self.dialer.run, job, sink, self.shutdown)
+        except asyncio.CancelledError:
+            if not watch.fired:
+                raise
+            hook.uncancel()     # the client went away: the upstream request was cancelled at once
+            job.client_left()
+            flow.response = http.Response.make(499, b"", {})
+            return
         finally:
-            self.answered[flow.id] = job   # recorded once the answer is sent (`_finish`)
+            watch.stop()
+            self.inline.discard(hook)
+        if self.shutdown.cutting and hook.cancelling():
+            hook.uncancel()     # the cut was answered (run_guarded's 503): mitmproxy's task goes on
+        flow.response = whole_response(sink.status, sink.headers, sink.body)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.id in self.jobs and "text/event-stream" in flow.response.headers.get("content-type", ""):
@@ -324,16 +322,16 @@ class Router:
                                         "ccswitch is offline: this host is not reachable"))
 
     def _finish(self, flow: http.HTTPFlow) -> None:
-        if (answered := self.answered.pop(flow.id, None)) is not None:
-            # mitmproxy sends an addon's answer right after this hook, in the same turn of the
-            # loop: the ledger row and the live counters come after, and do not hold up the client
-            asyncio.get_running_loop().call_soon(self.gateway.record_job, answered)
         job = self.jobs.pop(flow.id, None)
         if job is None:
             if flow.request.pretty_host.lower() in self.gateway.rules.intercept:
                 redact_credentials(flow.request.headers)  # passed through: sent already, hide now
             return
-        if self.relay and self.relay.forget(job):
+        if not job.request.stream:
+            # answered from the request hook: mitmproxy sends that answer right after this hook,
+            # in the same turn of the loop, so the ledger row and the live counters come after it
+            asyncio.get_running_loop().call_soon(self.gateway.record_job, job)
+        elif self.relay and self.relay.forget(job):
             # mitmproxy never delivered it to the relay (e.g. the client left at once)
             job.error = flow.error.msg if flow.error else "not dispatched"
             self.gateway.record_job(job)
