@@ -65,9 +65,10 @@ class Router:
         self.shutdown = Shutdown()
         self.sockets: CodexSockets | None = None   # Codex's WebSocket bridge, once running
         self.flows_shown = True    # anyone shows or saves flows: bodies are kept on them (streams: a copy)
-        # set once the month's spend is loaded: the listeners are open before `running`, and a
-        # request must not pass a budget that a ledger being read (PostgreSQL: a connection) holds
-        self.spend_loaded: asyncio.Event | None = None
+        # set once `running` has loaded the month's spend and opened the relay: mitmproxy opens
+        # the listeners first, and a request must neither pass a budget that a ledger being read
+        # (PostgreSQL: a connection) holds, nor pass unrouted, nor be sent to a relay not yet listening
+        self.started = asyncio.Event()
 
     def load(self, loader) -> None:
         loader.add_option("ccswitch_max_body", int, 32 * 1024 * 1024,
@@ -95,14 +96,12 @@ class Router:
                              client=http1.UpstreamClient(ssl_context=upstream_tls()),
                              quota=gateway.quota, sessions=gateway.sessions, events=gateway.events)
         gateway.connections = self.dialer.client.connection_counts
-        self.spend_loaded = asyncio.Event()
         self.relay = Relay(self.dialer.run, on_done=self.gateway.record_job, shutdown=self.shutdown)
-        # the spend so far this month, before the first request is routed (requests wait for it)
-        try:
+        try:   # the spend so far this month and the relay, before the first request is routed
             await asyncio.to_thread(gateway.load_spend)
+            await self.relay.start()
         finally:
-            self.spend_loaded.set()
-        await self.relay.start()
+            self.started.set()   # after a failure too: mitmproxy has logged it, and no request waits for good
         self.sockets = CodexSockets(self)
         await self.sockets.start()
 
@@ -150,10 +149,12 @@ class Router:
     # ------------------------------------------------------------------ hooks
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live or self.relay is None:
+        if flow.response or flow.error or not flow.live:
             return
-        if self.spend_loaded is not None and not self.spend_loaded.is_set():
-            await self.spend_loaded.wait()
+        if not self.started.is_set():
+            await self.started.wait()
+        if self.relay is None:
+            return
         match = self._match(flow)
         rules = self.gateway.rules
         if match is None or not rules.routes.for_route(match.route):

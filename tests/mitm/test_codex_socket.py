@@ -29,6 +29,7 @@ def upgrade():
 async def test_an_upgrade_is_handed_to_the_bridge_with_a_ticket(gateway):
     router = Router(gateway)
     router.relay = Relay(None)
+    router.started.set()
     router.sockets = CodexSockets(router)
     router.sockets.bridge.port = 4343
     with taddons.context(router):
@@ -46,6 +47,7 @@ async def test_refuse_keeps_the_426(gateway):
     gateway.rules_file.rules = gateway.rules.model_copy(update={"codex_websocket": "refuse"})
     router = Router(gateway)
     router.relay = Relay(None)
+    router.started.set()
     router.sockets = CodexSockets(router)
     with taddons.context(router):
         flow = upgrade()
@@ -56,6 +58,7 @@ async def test_refuse_keeps_the_426(gateway):
 async def test_a_wrong_client_key_never_reaches_the_bridge(gateway):
     router = Router(gateway)
     router.relay = Relay(None)
+    router.started.set()
     router.sockets = CodexSockets(router)
     with taddons.context(router):
         flow = upgrade()

@@ -48,6 +48,7 @@ def chain(gateway):
     """The live page, the router and the gate in make_addons' order."""
     page, router, gate = LivePage(gateway), Router(gateway), ClientKeyGate(gateway)
     router.relay = object()   # set: the router would route; it must never get the chance
+    router.started.set()
     with taddons.context(page, router, gate) as tctx:
         tctx.configure(page, listen_host="127.0.0.1")
         yield page, router, gate

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import threading
 
 import pytest
 from mitmproxy import exceptions, http
@@ -31,6 +32,7 @@ routes: {{claude: [a], codex: []}}
 def router(gateway):
     r = Router(gateway)
     r.relay = Relay(None)
+    r.started.set()
     r.relay.port = 4242
     with taddons.context(r):
         yield r
@@ -42,6 +44,7 @@ def router_with_routes(gateway, **routes) -> Router:
         update={"routes": Routes(**{**gateway.rules.routes.model_dump(), **routes})})
     r = Router(gateway)
     r.relay = Relay(None)
+    r.started.set()
     return r
 
 
@@ -156,6 +159,34 @@ async def test_a_streamed_requests_body_stays_off_the_relay_hop_and_is_back_on_t
     assert flow.request.raw_content == sent and not router.held_bodies
     assert [(k, v) for k, v in flow.request.headers.items() if k in ("content-length", "transfer-encoding")] == [
         (name, str(len(sent)) if value == "N" else value) for name, value in framing]
+
+
+async def test_requests_that_come_before_the_router_runs_wait_for_the_spend_and_the_relay(gateway, monkeypatch):
+    """mitmproxy opens its listeners before the addons' `running`: a request that comes first is
+    neither passed on unrouted, nor let past budgets while the ledger's spend is read, nor sent
+    to the relay before it listens."""
+    reading = threading.Event()
+    monkeypatch.setattr(gateway, "load_spend", lambda: reading.wait(5))
+    router = Router(gateway)
+    with taddons.context(router):
+        before = messages_flow()
+        early = asyncio.ensure_future(router.request(before))
+        await asyncio.sleep(0.02)
+        running = asyncio.ensure_future(router.running())
+        during = messages_flow()
+        meanwhile = asyncio.ensure_future(router.request(during))
+        await asyncio.sleep(0.05)
+        assert not early.done() and not meanwhile.done()     # the spend is still being read
+        reading.set()
+        await asyncio.wait_for(asyncio.gather(early, meanwhile, running), 5)
+        try:
+            for flow in (before, during):
+                assert flow.id in router.jobs and flow.request.headers[JOB_HEADER]
+                assert (flow.request.host, flow.request.port) == ("127.0.0.1", router.relay.port) and router.relay.port
+        finally:
+            await router.sockets.stop()
+            await router.relay.stop()
+            await router.dialer.aclose()
 
 
 async def test_a_streamed_request_whose_client_left_gets_its_body_back_too(router):
@@ -411,6 +442,7 @@ async def test_a_streamed_body_is_copied_onto_the_flow_only_when_flows_are_shown
     options = {"save_stream_file": str(tmp_path / "flows.mitm")} if saved else {}
     r = Router(gateway)
     r.relay = Relay(None)
+    r.started.set()
     r.relay.port = 4242
     with taddons.context(save.Save(), dumper.Dumper(), *extra_addons, r) as tctx:
         tctx.configure(r, flow_detail=1, **options)

@@ -40,6 +40,7 @@ async def refuse_many(router, count, **flow_args) -> list[int]:
 async def test_a_storm_of_own_429s_is_one_event_naming_the_reset(gateway):
     router = Router(gateway)
     router.relay = Relay(None)
+    router.started.set()
     reset = int(time.time() + 300)
     gateway.quota.record("a", [("anthropic-ratelimit-unified-status", "rejected"),
                                ("anthropic-ratelimit-unified-5h-utilization", "1.0"),
@@ -59,6 +60,7 @@ async def test_a_storm_of_own_429s_is_one_event_naming_the_reset(gateway):
 async def test_a_503_with_nothing_available_is_one_event_per_hour(gateway):
     router = Router(gateway)
     router.relay = Relay(None)
+    router.started.set()
     heard = listen(gateway)
     statuses = await refuse_many(router, 5, host="chatgpt.com", path="/backend-api/codex/responses")
     assert statuses == [503] * 5
@@ -70,6 +72,7 @@ async def test_a_503_with_nothing_available_is_one_event_per_hour(gateway):
 async def test_a_refused_client_key_is_no_route_event(gateway):
     router = Router(gateway)
     router.relay = Relay(None)
+    router.started.set()
     heard = listen(gateway)
     assert await refuse_many(router, 1, key="wrong-key-0000000") == [401]
     assert heard == []

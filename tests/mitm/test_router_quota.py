@@ -30,6 +30,7 @@ def full(gateway, name, reset_in):
 async def test_every_upstream_rate_limited_with_a_known_reset_is_ccswitchs_own_429(gateway):
     router = Router(gateway)
     router.relay = Relay(None)
+    router.started.set()
     full(gateway, "a", 300)
     gateway.health.record_rate_limit("b", "HTTP 429", seconds=90.2, reset_known=True)
     recorded = []
@@ -51,6 +52,7 @@ async def test_every_upstream_rate_limited_with_a_known_reset_is_ccswitchs_own_4
 async def test_a_chat_client_gets_the_429_in_openai_format_without_anthropic_headers(gateway):
     router = Router(gateway)
     router.relay = Relay(None)
+    router.started.set()
     full(gateway, "c", 60)
     with taddons.context(router):
         flow = messages_flow({"model": "m", "messages": []}, host="api.openai.com", path="/v1/chat/completions")
@@ -63,6 +65,7 @@ async def test_a_chat_client_gets_the_429_in_openai_format_without_anthropic_hea
 async def test_one_upstream_cooling_without_a_known_reset_keeps_the_route_open(gateway):
     router = Router(gateway)
     router.relay = Relay(None)
+    router.started.set()
     router.relay.port = 4242
     full(gateway, "a", 300)
     gateway.health.record_rate_limit("b", "HTTP 429", seconds=600, reset_known=False)
