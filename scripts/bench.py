@@ -123,8 +123,9 @@ upstreams:
 routes: {{claude: [failing, bench]}}
 """)
     # as shipped: without the tests' loopback guard, an addon of its own that mitmproxy would
-    # call on every hook (0.3 ms of CPU per small request); every upstream above is on loopback
-    return Proxy(rules, workdir, extra_args=("--set", "flow_detail=0", *extra), guard=False).start()
+    # call on every hook (0.3 ms of CPU per small request); every upstream above is on loopback;
+    # quiet like bare mitmdump above, which prints no line per connection either
+    return Proxy(rules, workdir, extra_args=("--set", "flow_detail=0", *extra), guard=False, quiet=True).start()
 
 
 def find_litellm(given: str | None) -> str | None:

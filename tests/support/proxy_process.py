@@ -29,12 +29,15 @@ class Proxy:
     ``launch``: ``mitmdump -s addon.py`` (the checkout's entry), ``run`` (`ccswitch run`, the
     packaged entry) or ``run --web`` (`ccswitch run --web`: mitmweb, its UI on ``web_port``).
     ``guard``: load the test-only loopback guard beside it (tests always do; a benchmark whose
-    rules name only loopback upstreams runs ccswitch as shipped, without that extra addon)."""
+    rules name only loopback upstreams runs ccswitch as shipped, without that extra addon).
+    ``quiet``: mitmproxy's terminal log at `error` instead of `info` (a benchmark measuring
+    against a quiet bare mitmdump: no line per connection); it is then ready once both
+    listeners take a connection, instead of once its log says they listen."""
 
     def __init__(self, rules_path: Path, workdir: Path, *, reverse_target: str = "https://api.anthropic.com",
                  extra_args: tuple[str, ...] = (), env: dict | None = None, launch: str = "addon.py",
-                 guard: bool = True) -> None:
-        self.rules_path, self.workdir = rules_path, workdir
+                 guard: bool = True, quiet: bool = False) -> None:
+        self.rules_path, self.workdir, self.quiet = rules_path, workdir, quiet
         self.confdir = workdir / "mitmproxy-conf"
         self.regular_port, self.reverse_port = free_port(), free_port()
         self.log_path = workdir / "mitmdump.log"
@@ -46,7 +49,7 @@ class Proxy:
         self.args = [
             *head, *(("-s", str(GUARD)) if guard else ()),
             "--set", f"ccswitch_rules={rules_path}", "--set", f"confdir={self.confdir}",
-            "--set", "termlog_verbosity=info",
+            "--set", f"termlog_verbosity={'error' if quiet else 'info'}",
             "--mode", f"regular@{self.regular_port}",
             "--mode", f"reverse:{reverse_target}@{self.reverse_port}", *extra_args,
         ]
@@ -79,11 +82,22 @@ class Proxy:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mitmdump exited {self.proc.returncode}:\n{self.log()}")
-            text = self.log()
-            if all(re.search(rf"listening at {re.escape(w)}\b", text) for w in want) and self.ca_cert.exists():
+            if self._listening(want) and self.ca_cert.exists():
                 return self
             time.sleep(0.05)
         raise RuntimeError("mitmdump did not start:\n" + self.log())
+
+    def _listening(self, addresses: set[str]) -> bool:
+        if not self.quiet:
+            text = self.log()
+            return all(re.search(rf"listening at {re.escape(a)}\b", text) for a in addresses)
+        for address in addresses:
+            host, port = address.rsplit(":", 1)
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+            except OSError:
+                return False
+        return True
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

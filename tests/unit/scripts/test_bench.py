@@ -8,6 +8,7 @@ import pytest
 from ccswitch.config.load import parse_rules
 from ccswitch.routing.quota import parse_windows
 from scripts import bench, bench_routing
+from tests.support.mock_upstream import MockUpstream
 
 
 def figures(cc_throughput: float, cc_added: float = 2.4) -> dict:
@@ -90,3 +91,18 @@ def test_session_affinity_counts_the_ledgers_sessions(tmp_path):
                          [("s1", "new"), ("s1", "kept"), ("s1", "kept"), (None, None)])
     assert bench_routing.session_affinity(db) == {"kept": 2, "new": 1}
     assert bench_routing.session_affinity(tmp_path / "absent.db") == {}
+
+
+def test_the_benchs_ccswitch_prints_no_line_per_connection_like_its_bare_mitmdump(tmp_path):
+    """Terminal lines cost CPU per connection: both sides of the benchmark are quiet, and the
+    quiet ccswitch is ready (routes at once) when started."""
+    with MockUpstream("A") as upstream:
+        proxy = bench.start_ccswitch(upstream.port, upstream.port, tmp_path)
+        try:
+            with bench.Target("ccswitch", proxy.reverse_url).client() as client:
+                for _ in range(3):
+                    bench.post_plain(client, bench.Target("ccswitch", proxy.reverse_url))
+            assert len(upstream.requests) == 3
+        finally:
+            proxy.stop()
+    assert "client connect" not in proxy.log() and "listening at" not in proxy.log()
