@@ -94,14 +94,15 @@ def test_session_affinity_counts_the_ledgers_sessions(tmp_path):
 
 
 def test_the_benchs_ccswitch_prints_no_line_per_connection_like_its_bare_mitmdump(tmp_path):
-    """Terminal lines cost CPU per connection: both sides of the benchmark are quiet, and the
-    quiet ccswitch is ready (routes at once) when started."""
+    """Both sides of the benchmark log alike (bare mitmdump prints no line per connection), and
+    the quiet ccswitch routes at once when it is reported started."""
     with MockUpstream("A") as upstream:
         proxy = bench.start_ccswitch(upstream.port, upstream.port, tmp_path)
         try:
-            with bench.Target("ccswitch", proxy.reverse_url).client() as client:
+            target = bench.Target("ccswitch", proxy.reverse_url)
+            with target.client() as client:
                 for _ in range(3):
-                    bench.post_plain(client, bench.Target("ccswitch", proxy.reverse_url))
+                    bench.post_plain(client, target)
             assert len(upstream.requests) == 3
         finally:
             proxy.stop()
