@@ -66,15 +66,20 @@ _BODY_FRAMING = ("content-length", "transfer-encoding")
 HeldBody = tuple[bytes | None, list[tuple[str, list[str]]]]   # the raw body and its framing headers
 
 
-def hold_body(request: http.Request) -> HeldBody:
+def drop_body(request: http.Request) -> None:
     """Take the body off a request bound for the relay, which never reads it (the job holds the
     client's request): Claude Code's bodies reach megabytes, and each would be sent and read
-    again on loopback.  Returns what `restore_body` puts back."""
-    held = (request.raw_content, [(name, request.headers.get_all(name)) for name in _BODY_FRAMING])
+    again on loopback."""
     for name in _BODY_FRAMING:
         request.headers.pop(name, None)
     request.headers["content-length"] = "0"
     request.raw_content = b""
+
+
+def hold_body(request: http.Request) -> HeldBody:
+    """`drop_body`, returning what `restore_body` puts back."""
+    held = (request.raw_content, [(name, request.headers.get_all(name)) for name in _BODY_FRAMING])
+    drop_body(request)
     return held
 
 

@@ -26,6 +26,7 @@ from ccswitch.mitm.flows import (
     HeldBody,
     StreamCopy,
     answer,
+    drop_body,
     error_response,
     flows_are_kept,
     hold_body,
@@ -221,9 +222,10 @@ class Router:
             await self._run_inline(flow, job)
             return
         self.relay.register(job)
-        held = hold_body(flow.request)
         if self.flows_shown:   # back on the flow at its end; otherwise no one would ever see it
-            self.held_bodies[flow.id] = held
+            self.held_bodies[flow.id] = hold_body(flow.request)
+        else:
+            drop_body(flow.request)
         flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.relay.port
         flow.request.headers[JOB_HEADER] = job.token
 

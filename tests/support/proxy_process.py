@@ -78,25 +78,25 @@ class Proxy:
         self.proc = subprocess.Popen(self.args, cwd=self.workdir, stdout=self.log_file,
                                      stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + timeout
-        want = {f"127.0.0.1:{self.regular_port}", f"127.0.0.1:{self.reverse_port}"}
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mitmdump exited {self.proc.returncode}:\n{self.log()}")
-            if self._listening(want) and self.ca_cert.exists():
+            if self._listening() and self.ca_cert.exists():
                 return self
             time.sleep(0.05)
         raise RuntimeError("mitmdump did not start:\n" + self.log())
 
-    def _listening(self, addresses: set[str]) -> bool:
+    def _listening(self) -> bool:
+        """Both listeners are up: its log says so, or (quiet) each takes a connection."""
+        ports = (self.regular_port, self.reverse_port)
         if not self.quiet:
             text = self.log()
-            return all(re.search(rf"listening at {re.escape(a)}\b", text) for a in addresses)
-        for address in addresses:
-            host, port = address.rsplit(":", 1)
-            try:
-                socket.create_connection((host, int(port)), timeout=1).close()
-            except OSError:
-                return False
+            return all(re.search(rf"listening at 127\.0\.0\.1:{port}\b", text) for port in ports)
+        try:
+            for port in ports:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return False
         return True
 
     def log(self) -> str:
