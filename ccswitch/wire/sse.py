@@ -19,6 +19,10 @@ class SSEError(ValueError):
     pass
 
 
+# `{"type": "content_block_delta", ...`: a plain name, closed, then the next member or the end
+_LEADING_TYPE = re.compile(r'\{\s*"type"\s*:\s*"([A-Za-z0-9_.\-]+)"\s*[,}]')
+
+
 @dataclass(slots=True)
 class Event:
     event: str = "message"
@@ -42,8 +46,14 @@ class Event:
         """The event's type: the JSON `type` field if present, else the `event:` name.
 
         Anthropic and Responses streams carry the type in both places; some relays
-        drop the `event:` line, so the JSON wins.
+        drop the `event:` line, so the JSON wins.  Their data begins with it, and
+        read from there it costs no parse: most events of a stream are text deltas
+        that nothing else reads the JSON of.
         """
+        if not self._parsed:
+            leading = _LEADING_TYPE.match(self.data)
+            if leading is not None:
+                return leading.group(1)
         body = self.json()
         if isinstance(body, dict) and isinstance(body.get("type"), str):
             return body["type"]

@@ -90,6 +90,17 @@ def from_body(protocol: str, body: Any) -> Usage | None:
     return _FROM[protocol](usage) if isinstance(usage, dict) else None
 
 
+_ANTHROPIC_WITHOUT_USAGE = frozenset({"content_block_delta", "content_block_start", "content_block_stop", "ping"})
+
+
+def _without_usage(protocol: str, event: Event) -> bool:
+    """Events that are most of a stream and never carry usage: passed by on their type alone,
+    which costs no JSON parse (`Event.type`)."""
+    if protocol == Protocol.ANTHROPIC:
+        return event.type in _ANTHROPIC_WITHOUT_USAGE
+    return protocol == Protocol.RESPONSES and event.type.endswith(".delta")
+
+
 class UsageTap:
     """Watches one upstream stream's events and keeps the latest usage seen."""
 
@@ -100,13 +111,13 @@ class UsageTap:
         self._raw: dict | None = None
 
     def feed(self, event: Event) -> None:
-        if not event.event:
+        if not event.event or _without_usage(self.protocol, event):
             return
         body = event.json()
         if not isinstance(body, dict):
             return
         if self.protocol == Protocol.ANTHROPIC:
-            kind = body.get("type")
+            kind = event.type
             if kind == "message_start" and isinstance(body.get("message"), dict):
                 usage = body["message"].get("usage")
                 if isinstance(usage, dict):

@@ -54,6 +54,25 @@ def test_type_prefers_json_over_event_line():
     assert event.event == "message" and event.type == "response.completed"
 
 
+@pytest.mark.parametrize(("data", "expected"), [
+    ('{"type":"content_block_delta","index":0}', "content_block_delta"),
+    ('{ "type" : "ping" }', "ping"),
+    ('{"index":0,"type":"content_block_stop"}', "content_block_stop"),   # not first: the JSON's
+    ('{"type":"a\\u0062c","index":0}', "abc"),                              # an escape: the JSON's
+    ('{"type":"unclosed', "the-line"),                                    # not JSON: the event line
+])
+def test_the_type_read_from_the_leading_member_is_the_jsons(data, expected):
+    (event,) = parse_all([f"event: the-line\ndata: {data}\n\n".encode()])
+    assert event.type == expected
+
+
+def test_a_leading_type_costs_no_parse_and_the_json_is_still_there():
+    (event,) = parse_all([b'event: x\ndata: {"type":"content_block_delta","delta":{"text":"hi"}}\n\n'])
+    assert event.type == "content_block_delta"
+    assert not event._parsed
+    assert event.json()["delta"] == {"text": "hi"}
+
+
 def test_flush_returns_an_unterminated_final_event():
     parser = SSEParser()
     assert parser.feed(b"event: message_stop\ndata: {}") == []

@@ -29,6 +29,27 @@ def test_anthropic_stream_input_known_only_from_message_start_and_deltas_overwri
     assert (usage.cache_creation_tokens, usage.cache_read_tokens, usage.cache_creation_1h_tokens) == (300, 4000, 100)
 
 
+def test_the_events_without_usage_are_passed_by_unparsed_and_the_usage_still_found():
+    delta = format_event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x"}})
+    anthropic = SSEParser().feed(b"".join([
+        b'data: {"type":"message_start","message":{"usage":{"input_tokens":7,"output_tokens":1}}}\n\n',  # no event line
+        format_event({"type": "ping"}, "ping"), delta, delta,
+        format_event({"type": "message_delta", "usage": {"output_tokens": 12}}, "message_delta"),
+    ]))
+    responses = SSEParser().feed(b"".join([
+        format_event({"type": "response.output_text.delta", "delta": "x"}, "response.output_text.delta"),
+        format_event({"type": "response.completed", "response": {"usage": {"input_tokens": 3, "output_tokens": 4}}},
+                     "response.completed"),
+    ]))
+    for protocol, events, usage in (("anthropic", anthropic, (7, 12)), ("openai-responses", responses, (3, 4))):
+        tap = UsageTap(protocol)
+        for event in events:
+            tap.feed(event)
+        assert (tap.usage.input_tokens, tap.usage.output_tokens) == usage
+        skipped = [e for e in events if e.type in ("ping", "content_block_delta") or e.type.endswith(".delta")]
+        assert skipped and not any(e._parsed for e in skipped)
+
+
 def test_anthropic_message_delta_may_repeat_full_totals():
     usage = feed("anthropic", [
         format_event({"type": "message_start", "message": {"usage": {"input_tokens": 5, "output_tokens": 1}}}),
