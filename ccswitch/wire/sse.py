@@ -64,7 +64,10 @@ def _split_block(block: bytes) -> tuple[str, str] | None:
     name = "message"
     data_lines: list[str] = []
     seen_field = False
-    for line in block.decode("utf-8", errors="replace").splitlines():
+    # split as bytes: SSE lines end at CR, LF or CRLF only, where `str.splitlines` would also cut
+    # at U+2028, U+2029 and U+0085, which JSON strings carry unescaped (a model's text can hold them)
+    for raw_line in block.splitlines():
+        line = raw_line.decode("utf-8", errors="replace")
         if not line or line.startswith(":"):
             continue
         key, sep, value = line.partition(":")
@@ -72,7 +75,7 @@ def _split_block(block: bytes) -> tuple[str, str] | None:
             value = value[1:]
         seen_field = True
         if key == "event":
-            name = value
+            name = value or "message"   # an empty name dispatches as "message", as the SSE spec says
         elif key == "data":
             data_lines.append(value)
     if not seen_field:

@@ -812,6 +812,17 @@ def test_recorded_stream_converts_to_valid_chunks_that_accumulate():
     assert final.usage.prompt_tokens_details.cached_tokens == 1536
 
 
+def test_line_separators_in_the_models_text_reach_the_client_intact():
+    # JSON carries U+2028, U+2029 and U+0085 unescaped; to SSE they are text, not line ends
+    odd = "un\u2028ins\u2029tant\x85."
+    stream = RECORDED.replace(b'"text":"un instant."', f'"text":"{odd}"'.encode())
+    assert stream != RECORDED
+    state = ChatCompletionStreamState()
+    for chunk in parse_chunks(convert_pieces([stream]))[:-1]:
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    assert state.get_final_completion().choices[0].message.content.endswith("🌤️ " + odd)
+
+
 def test_recorded_stream_split_at_every_byte():
     expected = normalize(WHOLE)
     bad = [cut for cut in range(1, len(RECORDED))

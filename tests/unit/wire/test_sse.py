@@ -1,3 +1,4 @@
+import json
 import random
 
 import pytest
@@ -71,6 +72,18 @@ def test_a_leading_type_costs_no_parse_and_the_json_is_still_there():
     assert event.type == "content_block_delta"
     assert not event._parsed
     assert event.json()["delta"] == {"text": "hi"}
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_a_unicode_line_separator_inside_the_data_is_text_not_a_line_end(separator):
+    data = json.dumps({"type": "content_block_delta", "delta": {"text": f"A{separator}B"}}, ensure_ascii=False)
+    (event,) = parse_all([f"event: content_block_delta\r\ndata: {data}\r\n\r\n".encode()])
+    assert event.json()["delta"]["text"] == f"A{separator}B"
+
+
+def test_an_empty_event_name_is_a_message_not_a_comment():
+    (event,) = parse_all([b'event:\ndata: {"a":1}\n\n'])
+    assert event.event == "message" and event.json() == {"a": 1}
 
 
 def test_flush_returns_an_unterminated_final_event():
