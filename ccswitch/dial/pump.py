@@ -50,6 +50,14 @@ class Pump:
         self.error: tuple[str, int] | None = None   # (message, status it stands for)
 
     async def run(self) -> Failure | Streamed:
+        try:
+            return await self._run()
+        finally:
+            # however it ends, the client gone too; after the tail, whose last event (without its
+            # blank line) may be the one that carries the usage (Responses' response.completed)
+            self.attempt.usage = self.tap.usage
+
+    async def _run(self) -> Failure | Streamed:
         rules = self.job.rules
         hold_until = time.monotonic() + rules.failover.hold_back
         if rules.failover.hold_back <= 0:
@@ -57,44 +65,41 @@ class Pump:
         chunks = self.response.aiter_bytes().__aiter__()
         ended = "stream ended before its terminal event"
         ended_cleanly = False
-        try:
-            while True:
-                wait = rules.timeouts.idle
-                if not self.committed:
-                    wait = min(wait, max(0.0, hold_until - time.monotonic()))
-                # A timer may cut a read short: the body iterators (http1.Response, a bridged
-                # socket's turn) take nothing from their buffers before their one wait, so a
-                # cancelled read loses no bytes.  No task and no wait set per read: a stream
-                # pays one timer per piece of its body.
-                timer = asyncio.timeout(wait)
-                try:
-                    async with timer:
-                        chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    ended_cleanly = True
+        while True:
+            wait = rules.timeouts.idle
+            if not self.committed:
+                wait = min(wait, max(0.0, hold_until - time.monotonic()))
+            # A timer may cut a read short: the body iterators (http1.Response, a bridged
+            # socket's turn) take nothing from their buffers before their one wait, so a
+            # cancelled read loses no bytes.  No task and no wait set per read: a stream
+            # pays one timer per piece of its body.
+            timer = asyncio.timeout(wait)
+            try:
+                async with timer:
+                    chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                ended_cleanly = True
+                break
+            except (http1.TransportError, OSError) as exc:
+                if not (isinstance(exc, TimeoutError) and timer.expired()):
+                    ended = network_failure(self.upstream.name, exc, Action.SWITCH, "idle").reason
                     break
-                except (http1.TransportError, OSError) as exc:
-                    if not (isinstance(exc, TimeoutError) and timer.expired()):
-                        ended = network_failure(self.upstream.name, exc, Action.SWITCH, "idle").reason
-                        break
-                    if not self.committed and time.monotonic() >= hold_until - 0.0005:
-                        await self._commit()        # held long enough: stream what we have
-                        continue
-                    ended = "idle timeout"
-                    break
-                try:
-                    events = self.parser.feed(chunk)
-                except SSEError as exc:
-                    ended = str(exc)
-                    break
-                over = self._take(events)
-                # the next piece can be minutes away: hold nothing of this one (events parsed to JSON)
-                del chunk, events
-                await self._flush()       # one write per upstream read, not one per event
-                if over:
-                    return await self._finish()
-        finally:
-            self.attempt.usage = self.tap.usage   # kept even when the client went away
+                if not self.committed and time.monotonic() >= hold_until - 0.0005:
+                    await self._commit()        # held long enough: stream what we have
+                    continue
+                ended = "idle timeout"
+                break
+            try:
+                events = self.parser.feed(chunk)
+            except SSEError as exc:
+                ended = str(exc)
+                break
+            over = self._take(events)
+            # the next piece can be minutes away: hold nothing of this one (events parsed to JSON)
+            del chunk, events
+            await self._flush()       # one write per upstream read, not one per event
+            if over:
+                return await self._finish()
         # after a cut, a timeout or an oversized event the unfinished event is dropped, never
         # passed on: the client's SSE parser would glue our error event onto it
         if not self.terminal and ended_cleanly:
