@@ -1,10 +1,18 @@
 """Time as ccswitch's modules take it: wall time in UTC for records, a monotonic clock
-for durations (immune to the system clock being set)."""
+for durations (immune to the system clock being set), and the zone local days are counted in."""
 
 from __future__ import annotations
 
+import logging
+import os
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+import tzlocal
+
+log = logging.getLogger("ccswitch.clock")
 
 
 def utc_now() -> datetime:
@@ -14,3 +22,21 @@ def utc_now() -> datetime:
 def ms_since(started: float) -> int:
     """Whole milliseconds since `started`, a `time.monotonic()` reading."""
     return int((time.monotonic() - started) * 1000)
+
+
+def zone(name: str | None) -> tzinfo:
+    """The zone called `name`, or with none the machine's own (`TZ`, else its configuration)."""
+    return ZoneInfo(name) if name else _system_zone(os.environ.get("TZ"))
+
+
+@lru_cache(maxsize=4)
+def _system_zone(tz_variable: str | None) -> tzinfo:
+    """A real zone, DST and all: today's fixed offset would put midnights after the next switch
+    an hour off (budget days and months, schedules, the report).  Looked up once per `TZ`."""
+    try:
+        return tzlocal.reload_localzone()
+    except (LookupError, ValueError, OSError) as exc:
+        fixed = datetime.now().astimezone().tzinfo
+        log.warning("ccswitch: the system time zone is not a named zone (%s); local days follow the "
+                    "fixed offset %s until a restart (set timezone: in rules.yaml)", exc, fixed)
+        return fixed

@@ -14,7 +14,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
-from datetime import datetime, tzinfo
+from datetime import tzinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -34,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from ccswitch.clock import zone
 from ccswitch.config.database_url import PostgresURL
 from ccswitch.config.state_url import RedisURL
 from ccswitch.config.values import (
@@ -368,9 +369,9 @@ class Rules(_Model):
 
     @property
     def tz(self) -> tzinfo:
-        if self.timezone:
-            return ZoneInfo(self.timezone)
-        return datetime.now().astimezone().tzinfo  # type: ignore[return-value]
+        """`timezone:`, else the machine's zone: a named zone either way, so a day or month
+        that spans a DST switch starts at its own local midnight."""
+        return zone(self.timezone)
 
     def upstream(self, name: str) -> Upstream:
         for up in self.upstreams:

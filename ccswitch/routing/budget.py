@@ -63,9 +63,20 @@ class SpendBoard:
 
     def configure(self, rules: Rules) -> None:
         """Take the rules' budgets and time zone (at start-up and on every reload)."""
-        self.tz = rules.tz
         self._budgets = {(UPSTREAM, u.name): u.budget for u in rules.upstreams if u.budget}
         self._budgets.update({(CLIENT, c.name): c.budget for c in rules.client_keys if c.budget})
+        if rules.tz != self.tz:
+            self._move_to(rules.tz)
+
+    def _move_to(self, tz: tzinfo) -> None:
+        """A new zone (`timezone:` edited): the spend of each current period goes on in the period
+        that holds now in the new zone, instead of starting again from $0 for the rest of it."""
+        now = self.clock()
+        moved = {key: (period_start(key[2], now, tz), usd) for key, (start, usd) in self._spent.items()
+                 if start == period_start(key[2], now, self.tz)}
+        self.tz, self._spent, self._told = tz, moved, set()
+        for (who, name, kind), (start, _) in moved.items():
+            self._announce(who, name, kind, start, quiet=True)   # crossed already: told already
 
     def add(self, who: str, name: str | None, usd: float, at: datetime | None = None, *, quiet: bool = False) -> None:
         """Count `usd` spent by an upstream or a client key at `at` (default now); `quiet` (the
@@ -99,17 +110,19 @@ class SpendBoard:
         return held[1]
 
     def over(self, who: str, name: str) -> Overrun | None:
-        """The first budget of `name` that its spend reached, or None (also with no budget)."""
+        """The budget of `name` that its spend reached and that holds it back longest (the month's
+        over the day's, when both are spent: the client is told when it can really come back),
+        or None (also with no budget)."""
         budget = self._budgets.get((who, name))
         if budget is None:
             return None
-        now = self.clock()
-        for kind in PERIODS:
+        now, found = self.clock(), None
+        for kind in PERIODS:     # daily first: a monthly overrun ends no sooner than the day's
             limit = getattr(budget, kind)
             spent = self.spent(who, name, kind)
             if limit is not None and spent >= limit:
-                return Overrun(kind, limit, spent, period_end(kind, now, self.tz).astimezone(UTC))
-        return None
+                found = Overrun(kind, limit, spent, period_end(kind, now, self.tz).astimezone(UTC))
+        return found
 
     # ------------------------------------------------------------------ shared with other instances
 

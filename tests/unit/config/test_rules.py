@@ -552,6 +552,15 @@ def test_timezone_and_tz_property():
     assert parse("").tz is not None
 
 
+def test_without_a_timezone_the_machines_named_zone_else_its_offset_and_a_warning(monkeypatch, caplog):
+    monkeypatch.setenv("TZ", "Europe/Lisbon")
+    assert str(parse("").tz) == "Europe/Lisbon"
+    monkeypatch.setenv("TZ", "Nowhere/Atlantis")
+    with caplog.at_level("WARNING", logger="ccswitch.clock"):
+        fixed = parse("").tz
+    assert fixed.utcoffset(None) is not None and "not a named zone" in caplog.text
+
+
 def test_usage_db_resolution(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     base = tmp_path / "cfg"

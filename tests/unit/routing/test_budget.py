@@ -3,19 +3,22 @@
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from ccswitch.config.load import parse_rules
 from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard, period_end, period_start
 from ccswitch.routing.events import Events
 
 TZ = ZoneInfo("Asia/Shanghai")          # UTC+8: a local midnight is 16:00 UTC the day before
-RULES = parse_rules("""
+RULES_TEXT = """
 timezone: Asia/Shanghai
 client_keys:
   - {name: alice, key: alice-key-000000, budget: {daily: 20}}
   - {name: bob, key: bob-key-00000000}
 upstreams:
   - {name: relay-a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k-relay-a-0000, budget: {daily: 5, monthly: 12}}
-""")
+"""
+RULES = parse_rules(RULES_TEXT)
 
 
 class Clock:
@@ -57,7 +60,8 @@ def test_an_upstream_over_its_daily_budget_until_local_midnight_then_the_month_h
     spend.add(UPSTREAM, "relay-a", 4.0)
     spend.add(UPSTREAM, "relay-a", 3.0)                                      # 12.5 this month
     over = spend.over(UPSTREAM, "relay-a")
-    assert over.kind == "daily"                                              # the day's 7.0 is over 5 too
+    # the day's 7.0 is over 5 too, but the month holds it back longer: that is the one told
+    assert over.kind == "monthly" and over.until == datetime(2026, 3, 31, 16, 0, tzinfo=UTC)
     clock.now = datetime(2026, 3, 11, 16, 0, tzinfo=UTC)
     over = spend.over(UPSTREAM, "relay-a")
     assert over.kind == "monthly" and over.until == datetime(2026, 3, 31, 16, 0, tzinfo=UTC)   # April 1 local
@@ -91,3 +95,33 @@ def test_a_restart_keeps_the_days_spend_from_the_ledgers_rows():
     assert spend.spent(UPSTREAM, "relay-a", "daily") == 3.5
     assert spend.report(UPSTREAM, "relay-a") == ["$3.50 of $5.00 today (until 00:00)",
                                                  "$13.50 of $12.00 this month (until 2026-04-01)"]
+
+
+@pytest.mark.parametrize("zone", ["Europe/Berlin", "America/New_York"])
+def test_without_a_timezone_days_and_months_start_at_the_machines_own_midnights_dst_and_all(monkeypatch, zone):
+    monkeypatch.setenv("TZ", zone)
+    rules = parse_rules(RULES_TEXT.replace("timezone: Asia/Shanghai\n", ""))
+    local = ZoneInfo(zone)
+    for moment in (datetime(2026, 1, 15, 12, tzinfo=UTC), datetime(2026, 7, 15, 12, tzinfo=UTC)):  # winter, summer
+        assert period_start("daily", moment, rules.tz) == moment.astimezone(local).replace(hour=0)
+    spend = SpendBoard(Clock(datetime(2026, 3, 20, 12, tzinfo=UTC)))       # before the spring switch
+    spend.configure(rules)
+    spend.add(UPSTREAM, "relay-a", 11.0)
+    spend.clock.now = datetime(2026, 3, 30, 12, tzinfo=UTC)                 # after it, and a reload
+    spend.configure(parse_rules(RULES_TEXT.replace("timezone: Asia/Shanghai\n", "")))
+    spend.add(UPSTREAM, "relay-a", 2.0)
+    assert spend.spent(UPSTREAM, "relay-a", "monthly") == 13.0
+    assert spend.over(UPSTREAM, "relay-a").kind == "monthly"
+
+
+def test_a_new_timezone_carries_the_current_periods_spend_over():
+    spend, clock, seen = board(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))     # 20:00 in Shanghai
+    spend.add(UPSTREAM, "relay-a", 4.5)                                       # 90 % of the day's 5: told
+    spend.add(UPSTREAM, "relay-a", 3.0, at=datetime(2026, 3, 2, tzinfo=UTC))  # earlier this month
+    spend.configure(parse_rules(RULES_TEXT.replace("Asia/Shanghai", "UTC")))
+    assert (spend.spent(UPSTREAM, "relay-a", "daily"), spend.spent(UPSTREAM, "relay-a", "monthly")) == (4.5, 7.5)
+    spend.add(UPSTREAM, "relay-a", 0.1)                                       # still 80 %: not told again
+    assert len(seen) == 1
+    spend.add(UPSTREAM, "relay-a", 0.5)                                       # 5.1: reached
+    assert len(seen) == 2 and "reached its daily budget ($5.10" in seen[1].reason
+    assert spend.over(UPSTREAM, "relay-a").until == datetime(2026, 3, 11, tzinfo=UTC)
