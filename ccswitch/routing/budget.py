@@ -7,6 +7,7 @@ through `apply` (SpendTotal), which only ever raises a period's spend."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -60,6 +61,10 @@ class SpendBoard:
         self._spent: dict[tuple[str, str, str], tuple[datetime, float]] = {}
         self._told: set[tuple[str, str, str, datetime, float]] = set()   # budget events already emitted
         self.on_change: Feed | None = None   # the shared state's hook (None: this instance alone)
+        # True: crossings are told from this board's own view.  False while a shared state is up:
+        # Redis orders the additions, and the instance whose addition took the shared total
+        # across a line tells it (`apply`'s `added`), once for all instances
+        self.alone = True
 
     def configure(self, rules: Rules) -> None:
         """Take the rules' budgets and time zone (at start-up and on every reload)."""
@@ -76,7 +81,7 @@ class SpendBoard:
                  if start == period_start(key[2], now, self.tz)}
         self.tz, self._spent, self._told = tz, moved, set()
         for (who, name, kind), (start, _) in moved.items():
-            self._announce(who, name, kind, start, quiet=True)   # crossed already: told already
+            self._announce(who, name, kind, start, news_from=math.inf)   # crossed already: told already
 
     def add(self, who: str, name: str | None, usd: float, at: datetime | None = None, *, quiet: bool = False) -> None:
         """Count `usd` spent by an upstream or a client key at `at` (default now); `quiet` (the
@@ -86,12 +91,18 @@ class SpendBoard:
         at = at or self.clock()
         for kind in PERIODS:
             start = period_start(kind, at, self.tz)
-            if self._add_period(who, name, kind, start, usd, quiet) and not quiet and self.on_change is not None:
-                # quiet spend (the start-up load, another instance's) is no news to share
+            if not self._add_period(who, name, kind, start, usd):
+                continue
+            if quiet:
+                self._announce(who, name, kind, start, news_from=math.inf)
+                continue          # the start-up load is no news to share
+            if self.alone:
+                self._announce(who, name, kind, start)
+            if self.on_change is not None:
                 notify(self.on_change, SpendAdded(who, name, kind, start.timestamp(),
                                                   period_end(kind, start, self.tz).timestamp(), usd))
 
-    def _add_period(self, who: str, name: str, kind: str, start: datetime, usd: float, quiet: bool) -> bool:
+    def _add_period(self, who: str, name: str, kind: str, start: datetime, usd: float) -> bool:
         """Add to one period's spend; False for a period older than the one held."""
         key = (who, name, kind)
         held = self._spent.get(key)
@@ -100,7 +111,6 @@ class SpendBoard:
         elif held[0] > start:
             return False              # an old row (start-up load out of order): not this period
         self._spent[key] = (start, held[1] + usd)
-        self._announce(who, name, kind, start, quiet)
         return True
 
     def spent(self, who: str, name: str, kind: str) -> float:
@@ -139,14 +149,20 @@ class SpendBoard:
         return [total for (who, name, kind), (start, _) in self._spent.items()
                 if start == period_start(kind, now, self.tz) and (total := self.shared(who, name, kind)) is not None]
 
-    def apply(self, total: SpendTotal) -> None:
-        """Another instance's word on a period's whole spend: raise this one's to it (never
-        lower: spend this instance has not yet shared is in its own figure)."""
+    def apply(self, total: SpendTotal, *, unsent: float = 0.0, added: float | None = None) -> None:
+        """The shared word on a period's whole spend (`total.usd`; `unsent`: this instance's spend
+        not in it yet): raise this one's to it, never lower.  `added`: this instance's own addition,
+        which Redis answered with this total: a line it took the total across is this instance's
+        to tell.  Any other line under the total was crossed by another instance, which told it."""
         start = datetime.fromtimestamp(total.start, self.tz)
-        held = self._spent.get((total.who, total.name, total.period))
+        key = (total.who, total.name, total.period)
+        held = self._spent.get(key)
         known = held[1] if held is not None and held[0] == start else 0.0
-        if total.usd > known:
-            self._add_period(total.who, total.name, total.period, start, total.usd - known, quiet=True)
+        if total.usd + unsent > known and not self._add_period(*key, start, total.usd + unsent - known):
+            return                    # a period older than the one held
+        if self._spent.get(key, (None,))[0] == start:
+            news_from = total.usd - added if added is not None else math.inf
+            self._announce(*key, start, news_from=news_from, news_to=total.usd)
 
     def report(self, who: str, name: str) -> list[str]:
         """`$1.20 of $5.00 today (until 00:00)` for each budget `name` has (for ccswitch.status)."""
@@ -163,18 +179,23 @@ class SpendBoard:
                 out.append(f"${self.spent(who, name, kind):.2f} of ${limit:.2f} {period} (until {when})")
         return out
 
-    def _announce(self, who: str, name: str, kind: str, start: datetime, quiet: bool) -> None:
+    def _announce(self, who: str, name: str, kind: str, start: datetime, *,
+                  news_from: float = -math.inf, news_to: float = math.inf) -> None:
+        """Tell the 80 % and 100 % lines the spend reached, each once per period: those above
+        `news_from` (lines at or under it were known: marked told, not told again), and no higher
+        than `news_to` (a line above it is left for whoever crosses it)."""
         budget = self._budgets.get((who, name))
         limit = getattr(budget, kind) if budget else None
         if limit is None or self.events is None:
             return
-        spent = self._spent[(who, name, kind)][1]
+        spent = min(self._spent[(who, name, kind)][1], news_to)
         for share in (_WARN_AT, 1.0):
             mark = (who, name, kind, start, share)
-            if spent >= limit * share and mark not in self._told:
+            line = limit * share
+            if spent >= line and mark not in self._told:
                 self._told.add(mark)
                 self._told = {m for m in self._told if m[3] >= start or m[2] != kind}   # forget past periods
-                if quiet:
+                if line <= news_from:
                     continue
                 what = "reached" if share >= 1.0 else f"{share:.0%} of"
                 self.events.emit(Event(

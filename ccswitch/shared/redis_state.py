@@ -172,6 +172,7 @@ class RedisState:
                 self._went_down(exc)
             finally:
                 self.up = False
+                self.boards.spend.alone = True   # crossings are this instance's own news again
                 self._pending.clear()       # merged in from the boards on reconnection
                 self._oldest = None
                 try:
@@ -242,6 +243,7 @@ class RedisState:
                 better.append(merged)
         better += [record for record in boards.view() if record.key not in seen]
         self.up = True                   # from here on the boards' records queue up for the writer
+        boards.spend.alone = False       # and a budget line is told by the one whose addition crossed it
         self._came_up(len(stored))
         for start in range(0, len(better), BATCH):
             await self._write(client, better[start:start + BATCH], {}, merge=True, made=self.wall())
@@ -265,6 +267,13 @@ class RedisState:
             except ValueError:
                 self._note_malformed(f"key {key}")
         return found
+
+    def _apply_total(self, total: SpendTotal, added: SpendAdded | None = None) -> None:
+        """A total Redis holds, to the spend board with this instance's spend not yet in it;
+        `added`: this instance's addition that Redis answered with it."""
+        unsent = self._unsent.get(total.key)
+        self.boards.spend.apply(total, unsent=unsent.usd if unsent is not None else 0.0,
+                                added=added.usd if added is not None else None)
 
     def _with_unsent(self, record: Change) -> Change:
         """A stored or published spend total plus this instance's own spend not yet in it."""
@@ -340,10 +349,12 @@ class RedisState:
         failed = [result for result in results if isinstance(result, Exception)]
         if failed:
             log.warning("ccswitch: %s refused %d write(s): %s", self.where, len(failed), failed[0])
-        totals = [with_total(record, float(results[index]))         # type: ignore[arg-type]
-                  for index, record in counted if not isinstance(results[index], Exception)]
-        for total in totals:       # what Redis now holds, plus what this instance added since
-            self.boards.apply(self._with_unsent(total))
+        totals = []
+        for index, record in counted:
+            if not isinstance(results[index], Exception):
+                total = with_total(record, float(results[index]))     # type: ignore[arg-type]
+                totals.append(total)
+                self._apply_total(total, record if isinstance(record, SpendAdded) else None)
         if totals:
             await client.publish(self.channel, self._message(totals, merge, made))
 
@@ -377,9 +388,10 @@ class RedisState:
             except ValueError:
                 self._note_malformed("a change")
                 continue
-            change = self._with_unsent(change)
             if merge:
-                self.boards.merge_in(change)
+                self.boards.merge_in(self._with_unsent(change))
+            elif isinstance(change, SpendTotal):
+                self._apply_total(change)
             else:
                 self.boards.apply(change)
         made = message.get("ts")

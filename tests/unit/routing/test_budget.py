@@ -7,6 +7,7 @@ import pytest
 
 from ccswitch.config.load import parse_rules
 from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard, period_end, period_start
+from ccswitch.routing.changes import SpendTotal
 from ccswitch.routing.events import Events
 
 TZ = ZoneInfo("Asia/Shanghai")          # UTC+8: a local midnight is 16:00 UTC the day before
@@ -125,3 +126,44 @@ def test_a_new_timezone_carries_the_current_periods_spend_over():
     spend.add(UPSTREAM, "relay-a", 0.5)                                       # 5.1: reached
     assert len(seen) == 2 and "reached its daily budget ($5.10" in seen[1].reason
     assert spend.over(UPSTREAM, "relay-a").until == datetime(2026, 3, 11, tzinfo=UTC)
+
+
+def test_with_a_shared_state_each_line_is_told_once_by_the_addition_that_took_the_total_across_it():
+    """Two instances and Redis's order of their additions (INCRBYFLOAT): each line is told by
+    the one whose addition crossed it, although both views cross both lines."""
+    now = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
+    a, _, told_a = board(now)
+    b, _, told_b = board(now)
+    a.alone = b.alone = False
+    start, end = period_start("daily", now, TZ).timestamp(), period_end("daily", now, TZ).timestamp()
+    shared = 0.0
+
+    def add(node, other, usd):
+        nonlocal shared
+        node.add(UPSTREAM, "relay-a", usd)
+        shared += usd                                      # Redis adds, and answers the total
+        total = SpendTotal(UPSTREAM, "relay-a", "daily", start, end, shared)
+        node.apply(total, added=usd)
+        other.apply(total)                                 # published to the other
+
+    add(a, b, 3.0)
+    add(b, a, 0.9)                                         # 3.9
+    assert told_a == told_b == []
+    add(a, b, 0.2)                                         # 4.1: a took it across 80 % (4.0)
+    add(b, a, 1.0)                                         # 5.1: b took it across 100 %
+    add(a, b, 0.5)
+    assert [e.reason for e in told_a] == ["upstream relay-a 80% of its daily budget ($4.10 of $5.00)"]
+    assert [e.reason for e in told_b] == ["upstream relay-a reached its daily budget ($5.10 of $5.00)"]
+    assert a.spent(UPSTREAM, "relay-a", "daily") == b.spent(UPSTREAM, "relay-a", "daily") == 5.6
+
+
+def test_spend_not_yet_in_a_shared_total_counts_but_its_line_is_left_for_its_own_answer():
+    now = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
+    spend, _, told = board(now)
+    spend.alone = False
+    start, end = period_start("daily", now, TZ).timestamp(), period_end("daily", now, TZ).timestamp()
+    spend.add(UPSTREAM, "relay-a", 1.5)                    # not answered yet
+    spend.apply(SpendTotal(UPSTREAM, "relay-a", "daily", start, end, 3.0), unsent=1.5)   # another's 3.0
+    assert spend.spent(UPSTREAM, "relay-a", "daily") == 4.5 and told == []
+    spend.apply(SpendTotal(UPSTREAM, "relay-a", "daily", start, end, 4.5), added=1.5)    # its own answer
+    assert [e.reason for e in told] == ["upstream relay-a 80% of its daily budget ($4.50 of $5.00)"]

@@ -115,6 +115,23 @@ async def test_spend_adds_up_across_instances_in_a_key_that_ends_with_the_period
         assert abs(await store.pttl(keys[0]) / 1000 - (day_end - time.time())) < 5
 
 
+async def test_a_budget_line_two_instances_cross_together_is_told_once_for_all(redis_url):
+    async with Node(redis_url) as a, Node(redis_url) as b:
+        told = []
+        for node in (a, b):
+            node.events.subscribe(lambda event: told.append(event.reason))
+        both_at = lambda usd: all(abs(n.spend.spent(CLIENT, "k", "daily") - usd) < 1e-9 for n in (a, b))
+        a.spend.add(CLIENT, "k", 0.45)
+        b.spend.add(CLIENT, "k", 0.45)
+        await eventually(lambda: both_at(0.9))
+        a.spend.add(CLIENT, "k", 0.06)
+        b.spend.add(CLIENT, "k", 0.06)
+        await eventually(lambda: both_at(1.02))
+        await asyncio.sleep(0.1)
+    assert sum("80%" in reason for reason in told) == 1, told
+    assert sum("reached its daily budget" in reason for reason in told) == 1, told
+
+
 async def test_a_late_starter_loads_what_redis_holds(redis_url):
     async with Node(redis_url) as a:
         a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
