@@ -22,7 +22,7 @@ from ccswitch.routing.changes import BindChange, Feed, notify
 #: headers that name a session, first present wins (ours, Claude Code's, Codex CLI's)
 SESSION_HEADERS = ("x-ccswitch-session", "x-claude-code-session-id", "session-id", "session_id")
 _MAX_KEY = 200          # a longer key is cut: it is stored in every ledger row
-_PURGE_EVERY = 1024     # binds between sweeps of expired bindings
+_PURGE_EVERY = 1024     # bindings stored (bound here or told by another instance) between sweeps
 # a binding that only had its idle time restarted is shared again after this share of its TTL
 # (at most _RETELL_MAX): another instance then lets it go at most that much early
 _RETELL_SHARE, _RETELL_MAX = 0.1, 60.0
@@ -95,10 +95,7 @@ class SessionBindings:
         if self.on_change is not None and now - binding.told >= min(ttl * _RETELL_SHARE, _RETELL_MAX):
             binding.told = now
             notify(self.on_change, BindChange(route, key, upstream, ttl, self.wall()))
-        self._bindings[(route, key)] = binding
-        self._binds += 1
-        if self._binds % _PURGE_EVERY == 0:
-            self._purge()
+        self._store((route, key), binding)
 
     def sync(self, names: Iterable[str]) -> None:
         """After a reload: bindings to upstreams that keep their name stay; others go."""
@@ -116,6 +113,14 @@ class SessionBindings:
 
     def __len__(self) -> int:
         return len(self._bindings)
+
+    def _store(self, key: tuple[str, str], binding: Binding) -> None:
+        """Keep a binding; every so many, sweep the expired ones (an instance that serves little
+        still stores every binding the others tell it of)."""
+        self._bindings[key] = binding
+        self._binds += 1
+        if self._binds % _PURGE_EVERY == 0:
+            self._purge()
 
     def _purge(self) -> None:
         now = self.clock()
@@ -146,4 +151,4 @@ class SessionBindings:
         if old is not None and old.last_used > last_used:
             return
         # told: what another instance told needs no retelling until it is used here again
-        self._bindings[(change.route, change.session)] = Binding(change.upstream, last_used, change.ttl, told=now)
+        self._store((change.route, change.session), Binding(change.upstream, last_used, change.ttl, told=now))

@@ -1,6 +1,7 @@
 """Session keys and bindings (pure, with an injected clock)."""
 
 from ccswitch.routing.affinity import SessionBindings, session_fraction, session_key
+from ccswitch.routing.changes import BindChange
 
 
 class Clock:
@@ -66,6 +67,17 @@ def test_expired_bindings_are_swept_so_memory_stays_bounded():
     assert len(bindings) < 3000          # sweeps ran while binding
     clock.now += 100
     assert bindings.count_by_upstream() == {} and len(bindings) == 0
+
+
+def test_bindings_told_by_other_instances_are_swept_too():
+    clock, wall = Clock(), Clock()
+    wall.now = 1_000_000.0
+    bindings = SessionBindings(clock, wall=wall)   # an instance that serves nothing itself
+    for i in range(3000):
+        bindings.apply(BindChange("claude", f"s{i}", "a", 10, wall.now))
+        clock.now += 0.01
+        wall.now += 0.01
+    assert len(bindings) < 3000          # sweeps ran while others' bindings came in
 
 
 def test_the_weighted_draw_of_a_session_is_stable_and_spread():
