@@ -101,14 +101,17 @@ class WsSink:
                 await self._event(event.json())
             return
         body = b"".join(self.whole)
+        self.chain.drop()
+        failed = held_stream_error(body)
+        if failed is not None:   # every attempt failed before its content: the error event, as it said
+            await self.send(error_frame(in_stream_status(failed), _message_of(error_object(failed), body), error_object(failed)))
+            return
         try:
             parsed = json.loads(body) if body else None
         except ValueError:
             parsed = None
         error = error_object(parsed)
-        message = error.get("message") if isinstance(error, dict) else body.decode("utf-8", "replace")[:500]
-        self.chain.drop()
-        await self.send(error_frame(self.status, str(message or f"HTTP {self.status}"), error))
+        await self.send(error_frame(self.status, _message_of(error, body) or f"HTTP {self.status}", error))
 
     async def _event(self, event: Any) -> None:
         if not isinstance(event, dict):
@@ -119,6 +122,24 @@ class WsSink:
         await self.send(json.dumps(event, separators=(",", ":")))
 
 
+def held_stream_error(body: bytes) -> dict | None:
+    """The error event of a stream held back whole (its opening events, then `error` or
+    `response.failed`), or None when the body is not such a stream."""
+    if not body.lstrip().startswith((b"event:", b"data:")):
+        return None
+    parser = SSEParser()
+    for event in parser.feed(body) + parser.flush():
+        parsed = event.json() if event.event else None
+        if isinstance(parsed, dict) and error_object(parsed) is not None:
+            return parsed
+    return None
+
+
+def _message_of(error: Any, body: bytes) -> str:
+    message = error.get("message") if isinstance(error, dict) else None
+    return str(message) if message else body.decode("utf-8", "replace")[:500]
+
+
 class WsBridge:
     def __init__(self, make_job: MakeJob, run_job: Callable[[Job, Any], Awaitable[None]],
                  on_done: Callable[[Job], None], on_turn: Callable[[Ticket, Job | Refusal], None] | None = None) -> None:
@@ -127,6 +148,7 @@ class WsBridge:
         self._tickets: dict[str, Ticket] = {}
         self._server: asyncio.AbstractServer | None = None
         self._sockets: set[asyncio.Task] = set()
+        self._turns: set[asyncio.Task] = set()
         self.port = 0
 
     async def start(self) -> None:
@@ -141,11 +163,22 @@ class WsBridge:
             task.cancel()
         await asyncio.gather(*self._sockets, return_exceptions=True)
 
+    @property
+    def running(self) -> int:
+        """Turns being served now (a shutdown waits for them)."""
+        return len(self._turns)
+
+    def cut(self) -> None:
+        """Cancel the turns being served; with the shutdown cutting, each ends with its error frame."""
+        for task in list(self._turns):
+            task.cancel()
+
     def register(self, ticket: Ticket) -> None:
         self._tickets[ticket.token] = ticket
 
-    def forget(self, ticket: Ticket) -> bool:
-        return self._tickets.pop(ticket.token, None) is not None
+    def forget(self, token: str) -> bool:
+        """Drop a ticket whose upgrade never reached the bridge; True if it was still waiting."""
+        return self._tickets.pop(token, None) is not None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -175,6 +208,7 @@ class _Socket:
         self.chain = Chain()
         self.ticket: Ticket | None = None
         self.closed = False
+        self.turn: asyncio.Task | None = None   # the turn being served, while the socket is still read
 
     async def run(self) -> None:
         try:
@@ -187,6 +221,11 @@ class _Socket:
                 if not data:
                     return
         finally:
+            if self.turn is not None:
+                # the client left (or closed the socket) mid-turn: its upstream request stops now,
+                # no other upstream is tried and no failure is counted; the turn's row is written
+                self.turn.cancel()
+                await asyncio.gather(self.turn, return_exceptions=True)
             if self.ticket is not None:
                 self.ticket.upstream_sockets.close()
 
@@ -216,6 +255,10 @@ class _Socket:
             return await self._text(error_frame(400, "a frame that is not JSON"))
         if isinstance(frame, dict) and frame.get("type") == "response.processed":
             return          # an acknowledgement: nothing to answer
+        if self.turn is not None:
+            # Codex sends the next turn once this one ended; one sent early waits for it, since
+            # the chain it builds on is this one's answer
+            await asyncio.gather(self.turn, return_exceptions=True)
         try:
             if isinstance(frame, dict) and frame.get("generate") is False:
                 for event in self.chain.warm_up(frame):
@@ -236,15 +279,33 @@ class _Socket:
         if isinstance(made, Refusal):
             self.chain.drop()
             await self._text(error_frame(made.status, made.message))
-        else:
-            sink = WsSink(self._text, self.chain, made)
-            try:
-                await self.bridge._run_job(made, sink)
-            except ClientGone:
-                made.client_left()
-                self.closed = True
-            finally:
-                self.bridge._on_done(made)
+            self._turn_ended(made)
+            return
+        # a task of its own, so that the socket is still read while the turn runs: a client that
+        # leaves is seen at once, and its pings are answered
+        self.turn = asyncio.get_running_loop().create_task(self._serve(made))
+        self.bridge._turns.add(self.turn)
+        self.turn.add_done_callback(self._served)
+
+    async def _serve(self, job: Job) -> None:
+        try:
+            await self.bridge._run_job(job, WsSink(self._text, self.chain, job))
+        except ClientGone:
+            job.client_left()
+            self.closed = True
+        finally:
+            self.bridge._on_done(job)
+            self._turn_ended(job)
+
+    def _served(self, task: asyncio.Task) -> None:
+        self.bridge._turns.discard(task)
+        if self.turn is task:
+            self.turn = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("ccswitch: a bridged turn failed: %r", task.exception(), exc_info=task.exception())
+            self.writer.close()    # its client is told by the socket's end, not left waiting
+
+    def _turn_ended(self, made: Job | Refusal) -> None:
         if self.bridge._on_turn is not None:
             self.bridge._on_turn(self.ticket, made)
 

@@ -19,6 +19,7 @@ from ccswitch.dial.job import Job
 from ccswitch.dial.relay import JOB_HEADER, BufferSink, Relay, run_guarded
 from ccswitch.dial.render import upstream_url
 from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_proxy_connections
+from ccswitch.dial.ws_bridge import TICKET_HEADER
 from ccswitch.ledger.rows import own_answer_row
 from ccswitch.mitm.codex_socket import CodexSockets
 from ccswitch.mitm.flows import (
@@ -98,13 +99,14 @@ class Router:
                              quota=gateway.quota, sessions=gateway.sessions, events=gateway.events)
         gateway.connections = self.dialer.client.connection_counts
         self.relay = Relay(self.dialer.run, on_done=self.gateway.record_job, shutdown=self.shutdown)
-        try:   # the spend so far this month and the relay, before the first request is routed
+        try:   # the spend so far this month, the relay and the bridge, before the first request is routed
             await asyncio.to_thread(gateway.load_spend)
             await self.relay.start()
+            sockets = CodexSockets(self)
+            await sockets.start()
+            self.sockets = sockets
         finally:
             self.started.set()   # after a failure too: mitmproxy has logged it, and no request waits for good
-        self.sockets = CodexSockets(self)
-        await self.sockets.start()
 
     async def done(self) -> None:
         # mitmproxy awaits this while it still accepts connections: the requests in flight end
@@ -126,14 +128,18 @@ class Router:
         await asyncio.to_thread(self.gateway.close)
 
     def _in_flight(self) -> int:
-        # a job leaves `jobs` when its flow ends, its task a moment before or after
-        return max(len(self.jobs), len(self.inline) + (self.relay.running if self.relay else 0))
+        # a job leaves `jobs` when its flow ends, its task a moment before or after; a bridged
+        # socket's turns are jobs of their own, never in `jobs`
+        turns = self.sockets.bridge.running if self.sockets else 0
+        return max(len(self.jobs), len(self.inline) + (self.relay.running if self.relay else 0)) + turns
 
     def _cut(self) -> None:
         for task in list(self.inline):
             task.cancel()
         if self.relay:
             self.relay.cut()
+        if self.sockets:
+            self.sockets.bridge.cut()
 
     def configure(self, updated) -> None:
         if "ccswitch_shutdown_grace" in updated and ctx.options.ccswitch_shutdown_grace < 0:
@@ -327,6 +333,8 @@ class Router:
     def _finish(self, flow: http.HTTPFlow) -> None:
         job = self.jobs.pop(flow.id, None)
         if job is None:
+            if self.sockets is not None and (ticket := flow.request.headers.get(TICKET_HEADER)):
+                self.sockets.bridge.forget(ticket)   # an upgrade that never reached the bridge (the client left)
             if flow.request.pretty_host.lower() in self.gateway.rules.intercept:
                 redact_credentials(flow.request.headers)  # passed through: sent already, hide now
             return

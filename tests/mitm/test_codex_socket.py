@@ -1,5 +1,8 @@
 """The request hook and Codex's WebSocket upgrade: bridged by default, 426 with `refuse`."""
 
+import asyncio
+
+from mitmproxy.flow import Error
 from mitmproxy.test import taddons
 
 from ccswitch.dial.relay import Relay
@@ -65,3 +68,29 @@ async def test_a_wrong_client_key_never_reaches_the_bridge(gateway):
         flow.request.headers["x-api-key"] = "wrong"
         await router.request(flow)
     assert flow.response.status_code == 401 and not router.sockets.bridge._tickets
+
+
+async def test_an_upgrade_that_never_reached_the_bridge_leaves_no_ticket_behind(gateway):
+    router = Router(gateway)
+    router.relay = Relay(None)
+    router.started.set()
+    router.sockets = CodexSockets(router)
+    with taddons.context(router):
+        flow = upgrade()
+        await router.request(flow)
+        assert router.sockets.bridge._tickets          # held for the bridge: the flow, the client's headers
+        flow.error = Error("client disconnected")         # before mitmproxy reached the bridge
+        router.error(flow)
+    assert not router.sockets.bridge._tickets
+
+
+async def test_a_shutdown_waits_for_bridged_turns_and_cuts_them(gateway):
+    router = Router(gateway)
+    router.relay = Relay(None)
+    router.sockets = CodexSockets(router)
+    turn = asyncio.get_running_loop().create_task(asyncio.sleep(60))
+    router.sockets.bridge._turns.add(turn)               # as a turn being served registers itself
+    assert router._in_flight() == 1
+    router._cut()
+    await asyncio.gather(turn, return_exceptions=True)
+    assert turn.cancelled()

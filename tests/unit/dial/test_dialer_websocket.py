@@ -16,7 +16,7 @@ from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.ws_chain import Chain, for_upstream
 from tests.support.helpers import KEY_A, KEY_B, MemorySink
 from tests.support.loopback_guard import loopback_url
-from tests.support.mock_upstream import cut_after, ok, status
+from tests.support.mock_upstream import cut_after, error_event_after, ok, status
 
 TOOL = ("shell", {"command": ["echo", "hello"]})
 
@@ -212,3 +212,17 @@ async def test_the_url_guard_is_asked_before_a_socket_is_opened(mock_a, mock_b):
         assert mock_a.requests == [] and len(talk.sockets) == 0
     finally:
         await talk.close()
+
+
+async def test_when_every_attempt_fails_before_content_codex_gets_the_error_event_with_its_status(mock_a, mock_b):
+    mock_a.script(error_event_after(1))
+    mock_b.script(error_event_after(1))
+    talk = Conversation(rules_for(mock_a, mock_b, a_ws=False, b_ws=False))
+    try:
+        job, sent = await talk.turn(user("hi"))
+    finally:
+        await talk.close()
+    assert len(job.attempts) == 2 and job.error.startswith("stream error: server_error")
+    # not "status 200" with the held events as its message: Codex retries on what the status says
+    assert sent == [{"type": "error", "status": 500, "error": {
+        "code": "server_error", "message": "The server had an error processing your request."}}]

@@ -16,9 +16,19 @@ from wsproto.events import (
 )
 from wsproto.extensions import PerMessageDeflate
 
+from ccswitch.dial.dialer import Dialer
+from ccswitch.dial.job import CLIENT_CLOSED, Job
+from ccswitch.dial.relay import run_guarded
 from ccswitch.dial.render import OutgoingRequest
+from ccswitch.dial.shutdown import SHUTTING_DOWN, Shutdown
 from ccswitch.dial.ws_bridge import TICKET_HEADER, Refusal, Ticket, WsBridge
+from ccswitch.routing.health import HealthBoard
+from ccswitch.vocab import Endpoint, Protocol, Route
+from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.ws_chain import Chain
+from tests.support.loopback_guard import loopback_url
+from tests.support.mock_upstream import hang_before_headers
+from tests.unit.dial.test_dialer_websocket import rules_for
 
 
 class Client:
@@ -145,5 +155,89 @@ async def test_the_upstream_sockets_close_with_the_client_socket(mock_a):
                 break
             await asyncio.sleep(0.01)
         assert len(ticket.upstream_sockets) == 0
+    finally:
+        await bridge.stop()
+
+
+class Dialled:
+    """A bridge whose turns go to the mock upstreams a, b (in that order) through a real dialer."""
+
+    def __init__(self, a, b) -> None:
+        self.rules = rules_for(a, b, a_ws=False, b_ws=False)       # first_byte: 2 s
+        self.health, self.shutdown, self.done = HealthBoard(), Shutdown(), []
+        self.dialer = Dialer(self.health, allow_url=loopback_url)
+        self.bridge = WsBridge(self._job, lambda job, sink: run_guarded(self.dialer.run, job, sink, self.shutdown),
+                               on_done=self.done.append)
+
+    def _job(self, ticket, turn):
+        req = ClientRequest(route=Route.CODEX, endpoint=Endpoint.WEBSOCKET, method="POST",
+                            url="https://api.openai.com/v1/responses", headers=[], body=json.dumps(turn.body).encode(),
+                            json=turn.body, model="gpt-5-codex", stream=True, client_protocol=Protocol.RESPONSES)
+        return Job(request=req, rules=self.rules, candidates=list(self.rules.upstreams),
+                   upstream_sockets=ticket.upstream_sockets, turn=turn)
+
+    async def client(self) -> Client:
+        await self.bridge.start()
+        ticket = Ticket()
+        self.bridge.register(ticket)
+        client = await Client.connect(self.bridge.port, ticket.token, deflate=False)
+        await client.events(lambda seen: any(isinstance(e, AcceptConnection) for e in seen))
+        client.send(TextMessage(json.dumps({"type": "response.create", "model": "gpt-5-codex", "input": []})))
+        return client
+
+    async def close(self) -> None:
+        await self.bridge.stop()
+        await self.dialer.aclose()
+
+
+async def until(check, timeout=3.0):
+    for _ in range(int(timeout / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not within the time allowed")
+
+
+async def test_a_client_that_leaves_mid_turn_stops_it_at_once_with_no_failover_and_no_failure(mock_a, mock_b):
+    mock_a.script(hang_before_headers(3))
+    bridged = Dialled(mock_a, mock_b)
+    try:
+        client = await bridged.client()
+        await until(lambda: bridged.bridge.running == 1 and mock_a.requests)
+        client.writer.close()                                   # before a's first byte (2 s away)
+        await until(lambda: bridged.done, timeout=1.0)
+        job = bridged.done[0]
+        assert job.error == CLIENT_CLOSED and [a.upstream for a in job.attempts] == ["a"]
+        assert bridged.health.get("a").failures == 0 and not mock_b.requests and bridged.bridge.running == 0
+    finally:
+        await bridged.close()
+
+
+async def test_a_turn_counts_as_in_flight_and_a_shutdown_cut_ends_it_in_band(mock_a, mock_b):
+    mock_a.script(hang_before_headers(3))
+    bridged = Dialled(mock_a, mock_b)
+    try:
+        client = await bridged.client()
+        await until(lambda: bridged.bridge.running == 1)
+        bridged.shutdown.cutting = True                         # the grace period is over
+        bridged.bridge.cut()
+        seen = await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
+        frame = json.loads(next(e.data for e in seen if isinstance(e, TextMessage)))
+        assert frame["type"] == "error" and frame["status"] == 503 and SHUTTING_DOWN in frame["error"]["message"]
+        await until(lambda: bridged.done and bridged.bridge.running == 0)
+        assert bridged.done[0].error.startswith("shutdown")
+    finally:
+        await bridged.close()
+
+
+async def test_a_ticket_whose_upgrade_never_came_can_be_forgotten():
+    bridge, _ = await bridge_with(lambda ticket, turn: Refusal(500, "unused"))
+    ticket = Ticket()
+    bridge.register(ticket)
+    try:
+        assert bridge.forget(ticket.token) and not bridge.forget(ticket.token)
+        client = await Client.connect(bridge.port, ticket.token, deflate=False)
+        seen = await client.events(lambda seen: any(isinstance(e, RejectConnection) for e in seen))
+        assert any(isinstance(e, RejectConnection) and e.status_code == 403 for e in seen)
     finally:
         await bridge.stop()
