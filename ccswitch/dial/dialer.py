@@ -131,7 +131,9 @@ class Dialer:
         attempt = Attempt(upstream.name)
         job.attempts.append(attempt)
         began = time.monotonic()
-        probing = self.health.needs_probe(upstream.name)
+        # one probe at a time: a request that reaches the upstream while another probes it (it
+        # was the last candidate left) is not the probe, and does not end the other's
+        probing = self.health.needs_probe(upstream.name) and not self.health.busy_probing(upstream.name)
         if probing:
             self.health.begin_probe(upstream.name)
         try:
@@ -139,7 +141,7 @@ class Dialer:
             # no local for the body as converted: this frame lasts as long as the stream
             outgoing = render(upstream, job.request, _body_for(job, upstream, translation))
             job.upstream_model, job.sent_body = outgoing.upstream_model, outgoing.body
-            result = await self._send_and_judge(job, upstream, outgoing, translation, sink, attempt)
+            result = await self._send_and_judge(job, upstream, outgoing, translation, sink, attempt, probing)
         except RenderError as exc:
             # not the upstream's doing, and the next one may take the request as it is
             result = Failure(upstream.name, None, str(exc), Action.SWITCH, counts=False, client_status=exc.status)
@@ -211,7 +213,7 @@ class Dialer:
             episode=f"{window.name}:{ends:.0f}"))
 
     async def _send_and_judge(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest,
-                              translation, sink: Sink, attempt: Attempt) -> Reply | Failure | Streamed:
+                              translation, sink: Sink, attempt: Attempt, probing: bool) -> Reply | Failure | Streamed:
         rules = job.rules
         timeouts = rules.timeouts
         if not self.allow_url(outgoing.url):
@@ -226,7 +228,8 @@ class Dialer:
                                    "first_byte" if job.request.stream else "total")
         attempt.status = response.status_code
         self._record_quota(upstream.name, response.headers, rules.failover.drain_at)
-        self.health.end_probe(upstream.name)   # it answered: others may use it while this one streams
+        if probing:
+            self.health.end_probe(upstream.name)   # it answered: others may use it while this one streams
         try:
             return await self._judge(job, upstream, outgoing, translation, response, sink, deadline, attempt)
         finally:
