@@ -227,20 +227,6 @@ async def test_count_tokens_404_is_not_a_failure(mock_a, mock_b):
     assert mock_b.last().path == "/v1/messages/count_tokens"
 
 
-async def test_upstream_echoing_its_key_is_redacted(mock_a):
-    mock_a.script(status(401, body={"type": "error", "error": {"type": "authentication_error",
-                                                               "message": f"invalid x-api-key {KEY_A}"}}))
-    _, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
-    assert KEY_A.encode() not in sink.body and b"[redacted]" in sink.body
-
-
-async def test_upstream_echoing_its_key_in_headers_is_redacted(mock_a):
-    mock_a.script(status(401, headers={"x-echo": f"Bearer {KEY_A}", f"x-{KEY_A}": "1", "x-other": "kept"}))
-    _, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
-    assert sink.status == 401 and KEY_A.lower() not in json.dumps(sink.headers).lower()
-    assert sink.headers["x-echo"] == "Bearer [redacted]" and sink.headers["x-other"] == "kept"
-
-
 def unsendable(job, index=0):
     """Give one candidate a key that cannot be rendered (the rules loader refuses such a key;
     a RenderError of any kind takes the same path)."""

@@ -1,0 +1,54 @@
+"""Key text an upstream echoes back (in an error's body or headers) is scrubbed before anything
+reaches the client or the ledger: its api_key, credentials among its `headers:`, and under
+`auth: client` the client's own key."""
+
+import json
+
+from ccswitch.config.load import parse_rules
+from tests.support.helpers import CLIENT_KEY, KEY_A, rules_for
+from tests.support.mock_upstream import status
+from tests.unit.dial.test_dialer import FAST, run
+
+
+async def test_upstream_echoing_its_key_is_redacted(mock_a):
+    mock_a.script(status(401, body={"type": "error", "error": {"type": "authentication_error",
+                                                               "message": f"invalid x-api-key {KEY_A}"}}))
+    _, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
+    assert KEY_A.encode() not in sink.body and b"[redacted]" in sink.body
+
+
+async def test_upstream_echoing_its_key_in_headers_is_redacted(mock_a):
+    mock_a.script(status(401, headers={"x-echo": f"Bearer {KEY_A}", f"x-{KEY_A}": "1", "x-other": "kept"}))
+    _, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
+    assert sink.status == 401 and KEY_A.lower() not in json.dumps(sink.headers).lower()
+    assert sink.headers["x-echo"] == "Bearer [redacted]" and sink.headers["x-other"] == "kept"
+
+
+async def test_a_credential_among_the_upstreams_headers_is_scrubbed_too(mock_a):
+    mock_a.script(status(401, body={"error": {"message": "bad api-key azure-secret-0123456789",
+                                              "version": "2024-10-21-preview"}}))
+    rules = parse_rules(f"""
+{FAST}
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{mock_a.base_url}', api_key: 'sk-unused-000000',
+     headers: {{api-key: '${{AZURE_KEY}}', x-api-version: '2024-10-21-preview'}}}}
+routes: {{claude: [a]}}
+""", env={"AZURE_KEY": "azure-secret-0123456789"})
+    job, sink, _ = await run(rules)
+    assert mock_a.requests[0].headers["api-key"] == "azure-secret-0123456789"
+    assert b"azure-secret" not in sink.body and b"bad api-key [redacted]" in sink.body
+    assert b"2024-10-21-preview" in sink.body            # not a credential: left alone
+
+
+async def test_under_auth_client_the_clients_own_key_is_scrubbed_from_what_is_recorded(mock_a):
+    mock_a.script(status(401, body={"error": {"message": f"invalid key {CLIENT_KEY}"}}))
+    rules = parse_rules(f"""
+{FAST}
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{mock_a.base_url}', auth: client}}
+routes: {{claude: [a]}}
+""")
+    job, sink, _ = await run(rules)
+    assert mock_a.requests[0].headers["x-api-key"] == CLIENT_KEY       # passed on, as auth: client says
+    recorded = (job.error or "") + json.dumps([a.describe() for a in job.attempts])
+    assert CLIENT_KEY.encode() not in sink.body and CLIENT_KEY not in recorded
