@@ -324,9 +324,11 @@ def routing_figures(ms: dict[str, list[float]]) -> dict[str, dict[str, float]]:
 
 
 def in_process_figures() -> list[str]:
-    from bench_inprocess import converter_events_per_second, ledger_rows_per_second
-    lines = [f"converter {label}: {converter_events_per_second(p):,.0f} SSE events/s on one core"
-             for p, label in (("anthropic", "Anthropic -> Chat"), ("openai-responses", "Responses -> Chat"))]
+    from bench_inprocess import converter_events_per_second, judged_events_per_second, ledger_rows_per_second
+    kinds = (("anthropic", "Anthropic"), ("openai-responses", "Responses"))
+    lines = [f"pump, {label} as is: {judged_events_per_second(p):,.0f} SSE events/s on one core" for p, label in kinds]
+    lines += [f"converter {label} -> Chat: {converter_events_per_second(p):,.0f} SSE events/s on one core"
+              for p, label in kinds]
     lines.append(f"ledger writer: {ledger_rows_per_second():,.0f} rows/s (one thread, WAL, batches of 500)")
     return lines
 

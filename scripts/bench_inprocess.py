@@ -1,4 +1,5 @@
-"""In-process throughput figures for scripts/bench.py: the chat converters and the ledger writer."""
+"""In-process throughput figures for scripts/bench.py: what the stream pump does per upstream
+event (same protocol, and converted to Chat) and the ledger writer."""
 
 from __future__ import annotations
 
@@ -33,6 +34,31 @@ def converter_events_per_second(protocol: str, events: int = 20_000) -> float:
             out += len(converter.feed(event))
     out += len(converter.finish())
     return len(stream) / (time.perf_counter() - start)
+
+
+def judged_events_per_second(protocol: str, events: int = 20_000) -> float:
+    """One core: what the pump does with each event of a stream the client reads in the
+    upstream's own protocol (Claude Code on Anthropic, Codex on Responses): parse, judge (content,
+    error, end), tap the usage and pass the bytes on, in 4 KiB reads."""
+    from ccswitch.translate.base import StreamPassthrough
+    from ccswitch.wire import protocols
+    from ccswitch.wire.sse import SSEParser
+    from ccswitch.wire.usage import UsageTap
+    from tests.support import mock_payloads as P
+    reply = P.Reply("bench-model", [f"tok{i} " for i in range(events)])
+    stream = P.anthropic_events(reply) if protocol == "anthropic" else P.responses_events(reply)
+    raw = b"".join(P.sse(e) for e in stream)
+    parser, tap, passthrough = SSEParser(), UsageTap(protocol), StreamPassthrough()
+    start = time.perf_counter()
+    out = 0
+    for i in range(0, len(raw), 4096):
+        for event in parser.feed(raw[i:i + 4096]):
+            tap.feed(event)
+            protocols.classify_event(protocol, event)
+            out += len(passthrough.feed(event))
+    elapsed = time.perf_counter() - start
+    assert out == len(raw) and tap.usage is not None
+    return len(stream) / elapsed
 
 
 def ledger_rows_per_second(rows: int = 50_000, usage_db: str | None = None) -> float:

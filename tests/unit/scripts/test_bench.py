@@ -107,3 +107,9 @@ def test_the_benchs_ccswitch_prints_no_line_per_connection_like_its_bare_mitmdum
         finally:
             proxy.stop()
     assert "client connect" not in proxy.log() and "listening at" not in proxy.log()
+
+
+@pytest.mark.parametrize("protocol", ["anthropic", "openai-responses"])
+def test_the_in_process_pump_figure_passes_every_byte_on_and_finds_the_usage(protocol):
+    from scripts.bench_inprocess import judged_events_per_second
+    assert judged_events_per_second(protocol, events=200) > 0   # it asserts both itself
