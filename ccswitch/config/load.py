@@ -29,7 +29,8 @@ _ENV_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.2-ish scalars (no sexagesimal 06:00, no yes/no booleans); notes duplicate keys."""
+    """YAML 1.2-ish scalars (no sexagesimal 06:00, no yes/no booleans, no dates: `2023-06-01` is
+    text, as a header value is); notes duplicate keys."""
 
     def __init__(self, stream: str):
         super().__init__(stream)
@@ -47,7 +48,7 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.yaml_implicit_resolvers = {
-    ch: [(tag, rx) for tag, rx in resolvers if not tag.endswith((":bool", ":int", ":float"))]
+    ch: [(tag, rx) for tag, rx in resolvers if not tag.endswith((":bool", ":int", ":float", ":timestamp"))]
     for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                               list("tTfF"))
@@ -224,6 +225,10 @@ def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path
         raise RulesError([where(pos, " ".join(x for x in (e.context, e.problem) if x) or "invalid YAML")]) from None
     except yaml.YAMLError as e:
         raise RulesError([where("", f"invalid YAML ({type(e).__name__})")]) from None
+    except RecursionError:
+        raise RulesError([where("", "invalid YAML: an alias refers to itself")]) from None
+    except (ValueError, TypeError, OverflowError) as e:   # a tagged value its type refuses (`!!int abc`)
+        raise RulesError([where("", f"invalid YAML value: {str(e)[:200]}")]) from None
     finally:
         loader.dispose()
     problems = [where(f"line {line}", f"duplicate key {key!r}") for line, key in loader.duplicates]
@@ -231,7 +236,10 @@ def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path
         data = {}
     if not isinstance(data, dict):
         raise RulesError(problems + [where("", "the rules must be a mapping (key: value lines)")])
-    data = _str_keys(copy.deepcopy(data))
+    try:
+        data = _str_keys(copy.deepcopy(data))
+    except RecursionError:   # a structure that contains itself (`&x [*x]`)
+        raise RulesError(problems + [where("", "invalid YAML: an alias refers to itself")]) from None
     labels.update(upstream_labels(data))
     if "source" in data:
         problems.append(where("source", "unknown key"))

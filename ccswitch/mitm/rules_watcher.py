@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from mitmproxy import ctx, exceptions
 
 from ccswitch.config.values import RulesError
 from ccswitch.config.watch import SETTLE
 from ccswitch.mitm.gateway import Gateway
+
+log = logging.getLogger("ccswitch.rules")
 
 
 class RulesWatcher:
@@ -29,7 +32,10 @@ class RulesWatcher:
                 self.gateway.rules_file.open(ctx.options.ccswitch_rules or None)
             except RulesError as exc:
                 raise exceptions.OptionsError(f"invalid ccswitch rules:\n{exc}") from None
-            self.gateway.sync_upstreams()
+            if self._task is None:      # at start-up: the ledger and the state open as the proxy starts
+                self.gateway.sync_upstreams()
+            else:                       # another file while running (`set ccswitch_rules`): all of it applies
+                asyncio.get_running_loop().create_task(self._apply_logged())
 
     def running(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._watch())
@@ -43,8 +49,21 @@ class RulesWatcher:
         while True:
             # a change just seen is read again soon: applied only once it stays the same
             await asyncio.sleep(SETTLE if rules_file.pending else 1.0)
-            if rules_file.reload_if_changed():
-                self.gateway.sync_upstreams()
-                await self.gateway.open_state()
-                if self.gateway.ledger is not None:
-                    self.gateway.open_ledger(True)
+            try:
+                if rules_file.reload_if_changed():
+                    await self._apply()
+            except Exception:   # a bug here must not end reloading for good
+                log.exception("ccswitch: the rules could not be reloaded; watching on")
+
+    async def _apply_logged(self) -> None:
+        try:
+            await self._apply()
+        except Exception:
+            log.exception("ccswitch: the rules could not be applied in full")
+
+    async def _apply(self) -> None:
+        """Everything new rules may change beyond what each request reads from them."""
+        self.gateway.sync_upstreams()
+        await self.gateway.open_state()
+        if self.gateway.ledger is not None:
+            self.gateway.open_ledger(True)

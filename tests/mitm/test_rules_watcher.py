@@ -1,0 +1,70 @@
+"""The rules watcher while the proxy runs: it outlives any failure of a reload, and another rules
+file named at run time applies in full (ledger and shared state included)."""
+
+import asyncio
+import time
+
+from mitmproxy.test import taddons
+
+from ccswitch.mitm.gateway import Gateway
+from ccswitch.mitm.rules_watcher import RulesWatcher
+from tests.support.helpers import KEY_A
+
+RULES = f"""
+usage_db: {{db}}
+upstreams:
+  - {{{{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}}}
+routes: {{{{claude: [a]}}}}
+"""
+
+
+async def until(check, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_reload_that_fails_unexpectedly_is_logged_and_reloading_goes_on(tmp_path, caplog, monkeypatch):
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES.format(db=tmp_path / "a.db"))
+    gateway = Gateway()
+    gateway.rules_file.open(str(path))
+    watcher = RulesWatcher(gateway)
+    real, calls = gateway.rules_file.reload_if_changed, []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in a reload")
+        return real()
+
+    monkeypatch.setattr(gateway.rules_file, "reload_if_changed", flaky)
+    watcher.running()
+    try:
+        await until(lambda: calls)
+        path.write_text(RULES.format(db=tmp_path / "a.db").replace("claude: [a]", "claude: [a], chat: [a]"))
+        await until(lambda: gateway.rules.routes.for_route("chat") == ("a",))
+    finally:
+        watcher.done()
+    assert "could not be reloaded" in caplog.text and "a bug in a reload" in caplog.text
+
+
+async def test_another_rules_file_named_while_running_moves_the_ledger_too(tmp_path):
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text(RULES.format(db=tmp_path / "a.db"))
+    second.write_text(RULES.format(db=tmp_path / "b.db"))
+    gateway = Gateway()
+    watcher = RulesWatcher(gateway)
+    with taddons.context(watcher) as tctx:
+        tctx.configure(watcher, ccswitch_rules=str(first))
+        gateway.open_ledger(True)
+        assert gateway.ledger.path == tmp_path / "a.db"
+        watcher.running()
+        try:
+            tctx.configure(watcher, ccswitch_rules=str(second))
+            await until(lambda: gateway.ledger.path == tmp_path / "b.db")
+        finally:
+            watcher.done()
+            await gateway.close_state()
+            gateway.close()
