@@ -196,6 +196,6 @@ async def send_probe(client: http1.UpstreamClient, upstream: Upstream, timeout: 
         ok = 200 <= status < 300 and has_content(upstream.protocol, content, is_sse)
         if not ok:
             error = f"HTTP {status}" if not 200 <= status < 300 else "a 2xx without content"
-    except (http1.TransportError, TimeoutError, OSError) as exc:
+    except (http1.TransportError, TimeoutError, OSError, ValueError) as exc:   # ValueError: e.g. a bad URL
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return ProbeResult(upstream.name, ok, status, error, ms_since(started), ts)

@@ -213,6 +213,11 @@ class Upstream(_Model):
             raise ValueError(msg) from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(msg)
+        try:
+            parts.hostname.encode("idna")
+        except UnicodeError:
+            raise ValueError(f"has a host name that cannot be looked up (an empty or over-long label): "
+                             f"{parts.hostname}") from None
         if parts.username is not None or parts.password is not None:
             raise ValueError("must not contain credentials; use api_key")
         if parts.query or parts.fragment:

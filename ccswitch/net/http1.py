@@ -97,8 +97,11 @@ async def open_tcp(protocol_factory: Callable[[], asyncio.Protocol], host: str, 
     loop = asyncio.get_running_loop()
     # no happy_eyeballs_delay: its staggered race trips an assertion under mitmproxy's eager
     # task factory on Python 3.12 (CPython gh-124309); addresses are tried in turn instead
-    return await loop.create_connection(protocol_factory, host, port, ssl=context,
-                                        server_hostname=host if context else None, all_errors=True)
+    try:
+        return await loop.create_connection(protocol_factory, host, port, ssl=context,
+                                            server_hostname=host if context else None, all_errors=True)
+    except UnicodeError:   # the name cannot even be looked up (an empty or over-long label)
+        raise ConnectError(f"{host!r} is not a valid host name") from None
 
 
 def opener(proxy: Proxy | None, timeout: float) -> Callable[..., Awaitable[tuple]]:

@@ -134,6 +134,18 @@ upstreams:
     assert set(ok.row()) == {"ts", "upstream", "status", "ok", "error", "latency_ms"}
 
 
+async def test_a_host_that_cannot_be_looked_up_is_a_failed_probe_not_a_crash():
+    from ccswitch.net.http1 import UpstreamClient
+    r = parse_rules("upstreams: [{name: a, protocol: anthropic, base_url: 'https://relay.example.com', api_key: k-0123456789}]")
+    broken = r.upstreams[0].model_copy(update={"base_url": "https://relay..example.com"})   # no lookup is made
+    client = UpstreamClient()
+    try:
+        result = await send_probe(client, broken)
+    finally:
+        await client.aclose()
+    assert not result.ok and result.status is None and "not a valid host name" in result.error
+
+
 def test_has_content():
     assert not has_content("anthropic", b'{"type":"message","content":[]}', False)
     assert has_content("openai-responses", b'{"output":[{"type":"message"}]}', False)

@@ -264,7 +264,7 @@ def test_websocket_is_only_for_responses_upstreams():
     ("https://[::1]:8443/x", "https://[::1]:8443/x"),
     ("relay.example.com", None), ("https://", None), ("https://x.example:99999", None),
     ("https://x.example/?a=1", None), ("https://x.example/#f", None), ("ws://x.example", None),
-    ("https://user:pw@x.example", None),
+    ("https://user:pw@x.example", None), ("https://relay..example.com", None), (f"https://{'a' * 64}.example", None),
 ])
 def test_base_url(url, ok):
     text = f"upstreams:\n  - {{name: a, protocol: openai-chat, base_url: '{url}', api_key: k}}\n"
