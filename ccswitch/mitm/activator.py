@@ -76,7 +76,11 @@ class Activator:
         return task
 
     async def _probe(self, upstream: Upstream, slot: Slot | None) -> ProbeResult:
-        result = await send_probe(self.client, upstream, allow_url=self.gateway.allow_url)
+        try:
+            result = await send_probe(self.client, upstream, allow_url=self.gateway.allow_url)
+        except Exception as exc:   # a bug of ours is a failed probe, retried like one, not a slot stuck for good
+            log.exception("ccswitch: the activation probe for %s failed inside ccswitch", upstream.name)
+            result = ProbeResult(upstream.name, False, None, f"internal error: {type(exc).__name__}", 0, utc_now())
         rules = self.gateway.rules
         if slot is not None:
             self.schedule.finished(slot, result.ok, self.now(rules), rules.activation.retry_interval)

@@ -62,3 +62,23 @@ async def test_a_probe_sent_by_command_is_no_slot_and_never_announced(gateway):
     finally:
         await activator.client.aclose()
     assert not result.ok and heard == []
+
+
+async def test_a_probe_that_fails_inside_ccswitch_is_a_failed_try_retried_like_any(gateway, monkeypatch, caplog):
+    import ccswitch.mitm.activator as module
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(module, "send_probe", broken)
+    clock = Clock()
+    activator = Activator(gateway, clock=clock)
+    heard = []
+    gateway.events.subscribe(heard.append)
+    results = []
+    for _ in range(4):
+        for task in activator.tick():
+            results.append(await task)
+        clock.now += timedelta(seconds=61)
+    assert [r.error for r in results] == ["internal error: RuntimeError"] * 3       # the slot's tries go on
+    assert [e.kind for e in heard] == ["activation_failed"] and "a bug of ours" in caplog.text
