@@ -343,6 +343,22 @@ class Rules(_Model):
     codex_websocket: Literal["bridge", "refuse"] = "bridge"   # Codex's Responses WebSocket: carried, or 426
     source: Path | None = None
 
+    @field_validator("client_keys", mode="after")
+    @classmethod
+    def _one_client_per_key_and_name(cls, keys: tuple[ClientKey, ...]) -> tuple[ClientKey, ...]:
+        """A presented key must name one client, and a name one budget and one ledger column value."""
+        names: set[str] = set()
+        owner: dict[str, str] = {}
+        for client in keys:
+            if client.name in names:
+                raise ValueError(f"two keys are named {client.name!r}: give each its own name")
+            names.add(client.name)
+            secret = client.get_secret_value()
+            if secret in owner:   # named by their clients, never shown
+                raise ValueError(f"{client.name} has the same key as {owner[secret]}: a key must name one client")
+            owner[secret] = client.name
+        return keys
+
     @field_validator("timezone", mode="after")
     @classmethod
     def _check_tz(cls, v: str | None) -> str | None:
