@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ccswitch.cli.rules_file import AnyEnv, find_announced, load_for_command
+from ccswitch.cli.rules_file import UNSET, AnyEnv, find_announced, load_for_command
 from ccswitch.config.values import RulesError
 from ccswitch.vocab import Route
 
@@ -28,6 +28,16 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"must be a port number, 1..65535 (not {text})")
+    return port
+
+
 def _env(args: argparse.Namespace) -> int:
     from ccswitch.cli.env import env_lines
     # the clients' shell need not hold the relays' ${VAR} keys: env reads only routes, auth and client_keys
@@ -37,6 +47,10 @@ def _env(args: argparse.Namespace) -> int:
     confdir = Path(args.confdir).expanduser()
     print(env_lines(confdir=confdir, port=args.port, reverse=args.reverse, codex_toml=args.codex_toml,
                     bundle_dir=Path(args.bundle_dir).expanduser() if args.bundle_dir else confdir, rules=rules))
+    if rules.client_keys and rules.client_keys[0].get_secret_value() == UNSET:
+        print("ccswitch: the ${VAR} of your client key (client_keys[0]) is not set in this shell, so no key "
+              "was exported for the clients; set it and run again", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -118,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     env = sub.add_parser("env", help="print eval-able exports for Claude Code and Codex CLI")
     env.add_argument("--reverse", action="store_true", help="base-URL (reverse mode) variables instead of a proxy")
-    env.add_argument("--port", type=int, default=None, help="the proxy's port (default 8080; 8082 with --reverse)")
+    env.add_argument("--port", type=_port, default=None, help="the proxy's port (default 8080; 8082 with --reverse)")
     env.add_argument("--codex-toml", action="store_true", help="print a Codex model_providers block instead")
     env.add_argument("--confdir", default="~/.mitmproxy", help="mitmproxy's confdir (where its CA lives)")
     env.add_argument("--bundle-dir", default=None, help="where to write the CA bundle (default: confdir)")

@@ -26,6 +26,7 @@ import shlex
 import tempfile
 from pathlib import Path
 
+from ccswitch.cli.rules_file import UNSET
 from ccswitch.config.models import Rules
 from ccswitch.vocab import Route
 
@@ -157,7 +158,10 @@ def client_key_lines(rules: Rules) -> list[str]:
             lines.append(f"# {variable} left as it is: the client's own key or login is needed by "
                          f"auth: client upstream(s) {', '.join(own)}")
             continue
-        if rules.client_keys:
+        if rules.client_keys and rules.client_keys[0].get_secret_value() == UNSET:
+            lines.append(f"# {variable} not set: the ${{VAR}} of your ccswitch client key (client_keys[0]) "
+                         "is not set in this shell")
+        elif rules.client_keys:
             lines.append(f"# {variable}: your ccswitch client key (client_keys[0]) for {clients}")
             lines.append(_export(variable, rules.client_keys[0].get_secret_value()))
         else:

@@ -11,13 +11,16 @@ from ccswitch.config.load import find_rules, resolve_rules_path, rules_origin
 from ccswitch.config.models import Rules
 from ccswitch.config.values import RulesError
 
+#: what an unset ${VAR} reads as under AnyEnv (a command that needs that value tells so)
+UNSET = "ccswitch-unset-variable"
+
 
 class AnyEnv(Mapping[str, str]):
-    """Every ${VAR} counts as set (unset ones to a dummy): for commands that never use an upstream's
+    """Every ${VAR} counts as set (unset ones to `UNSET`): for commands that never use an upstream's
     key, such as `ccswitch env` run in the clients' shell, which need not hold the relays' keys."""
 
     def __getitem__(self, key: str) -> str:
-        return os.environ.get(key, "unset")
+        return os.environ.get(key, UNSET)
 
     def __contains__(self, key: object) -> bool:
         return True

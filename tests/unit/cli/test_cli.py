@@ -146,6 +146,21 @@ routes: {claude: [a]}
     assert missing.returncode == 1 and missing.stdout == "" and "no such file" in missing.stderr
 
 
+def test_env_exports_no_client_key_whose_variable_is_unset_and_says_so(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("""
+client_keys: [{name: me, key: '${CCSWITCH_TEST_UNSET_CLIENT_KEY}'}]
+upstreams:
+  - {name: a, protocol: anthropic, base_url: 'https://a.example', api_key: '${CCSWITCH_TEST_UNSET_VAR}'}
+routes: {claude: [a]}
+""")
+    done = cli("env", "--reverse", "--rules", str(rules), env=home_env(tmp_path))
+    assert done.returncode == 1 and "client key" in done.stderr and "not set in this shell" in done.stderr
+    assert "ANTHROPIC_API_KEY=" not in done.stdout and "ANTHROPIC_BASE_URL=" in done.stdout
+    bad_port = cli("env", "--port", "70000", "--rules", str(rules), env=home_env(tmp_path))
+    assert bad_port.returncode == 2 and "Traceback" not in bad_port.stderr and "1..65535" in bad_port.stderr
+
+
 def test_run_help_is_ccswitchs_and_run_is_listed():
     done = cli("run", "--help")
     assert done.returncode == 0 and done.stdout.startswith("usage: ccswitch run [--web] [ARGS...]")
