@@ -99,6 +99,9 @@ def _expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[st
     for i, up in enumerate(ups if isinstance(ups, list) else []):
         if not isinstance(up, dict):
             continue
+        if "unset_headers" in up:    # the loader's own note, not a setting
+            problems.append((f"upstreams[{i}].unset_headers", "unknown key"))
+            del up["unset_headers"]
         enabled = up.get("enabled", True) is not False
         fields: list[tuple[str, dict, str]] = []
         if isinstance(up.get("api_key"), str):
@@ -120,6 +123,7 @@ def _expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[st
                 holder[key] = None
             else:
                 del holder[key]
+                up["unset_headers"] = [*up.get("unset_headers", []), key]
     return problems, {p for p, _ in problems}
 
 

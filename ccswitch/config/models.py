@@ -176,6 +176,9 @@ class Upstream(_Model):
     proxy: ProxySetting = None
     max_connections: int | None = Field(default=None, ge=1)    # open at once; more requests wait
     cache_breakpoints: int | None = Field(default=None, ge=0)  # cache_control markers kept (anthropic)
+    # set by the loader, not in rules.yaml: the headers of a disabled upstream left out because
+    # their ${VAR} is not set (`ccswitch.enable` refuses it, as it does one without its api_key)
+    unset_headers: tuple[str, ...] = ()
 
     @model_validator(mode="before")
     @classmethod

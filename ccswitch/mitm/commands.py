@@ -79,6 +79,9 @@ class Commands:
         upstream = self._upstream(name)
         if upstream.auth != "client" and upstream.api_key is None:
             raise exceptions.CommandError(f"{name} has no api_key (its environment variable is not set)")
+        if upstream.unset_headers:
+            raise exceptions.CommandError(f"{name} lacks its header(s) {', '.join(upstream.unset_headers)} "
+                                          "(their environment variables are not set)")
         self.gateway.health.switch(name, True)
         log.info("ccswitch: %s enabled until the next reload", name)
         return f"{name} enabled until the next reload"

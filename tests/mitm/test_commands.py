@@ -110,3 +110,24 @@ def test_use_says_until_when_status_shows_the_time_left_and_unuse_ends_it(setup)
     assert tctx.command(commands.unuse) == "no upstream was preferred"
     tctx.command(commands.use, "a", "5")
     assert tctx.command(commands.use, "a", "0") == "no longer preferring a"
+
+
+def test_enable_refuses_an_upstream_whose_header_variable_is_unset(tmp_path):
+    from ccswitch.mitm.gateway import Gateway
+    path = tmp_path / "rules.yaml"
+    path.write_text(f"""
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}
+  - {{name: relay, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}', enabled: false,
+     headers: {{x-relay-user: '${{CCSWITCH_TEST_UNSET_USER}}', x-other: fixed}}}}
+routes: {{claude: [a, relay]}}
+""")
+    gateway = Gateway()
+    gateway.rules_file.open(str(path))          # accepted: the upstream is off
+    relay = gateway.rules.upstream("relay")
+    assert relay.headers == {"x-other": "fixed"} and relay.unset_headers == ("x-relay-user",)
+    commands = Commands(gateway)
+    with taddons.context(commands) as tctx:
+        with pytest.raises(exceptions.CommandError, match="lacks its header.* x-relay-user"):
+            tctx.command(commands.enable, "relay")
+    assert names(gateway) == ["a"]
