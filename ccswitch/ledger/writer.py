@@ -154,7 +154,7 @@ class Ledger:
             # a bad row must not block the good ones: one by one
         for i, (table, values) in enumerate(rows):
             try:
-                self._write([(table, values)])
+                self._write_one(table, values)
             except BaseException as exc:
                 if not self.backend.is_poison(exc):
                     self._give_back(rows[i:])
@@ -164,6 +164,19 @@ class Ledger:
                 log.error("ccswitch: dropped a %s row the database rejects: %s", table, self.backend.describe(exc))
             else:
                 self.written += 1
+
+    def _write_one(self, table: str, values: tuple) -> None:
+        """One row; refused as it is, once more with its text made storable (a client's text can
+        carry a NUL or a lone surrogate, which no engine stores): its usage must not be lost for it."""
+        try:
+            self._write([(table, values)])
+        except BaseException as exc:
+            cleaned = tuple(storable_text(v) if isinstance(v, str) else v for v in values)
+            if not self.backend.is_poison(exc) or cleaned == values:
+                raise
+            self._write([(table, cleaned)])
+            log.warning("ccswitch: a %s row had text no database stores (a NUL or a lone surrogate): "
+                        "written with it replaced", table)
 
     def _give_back(self, rows: list[tuple[str, tuple]]) -> None:
         with self._cond:
@@ -206,3 +219,10 @@ class Ledger:
     def _sleep(self, seconds: float) -> None:
         with self._cond:
             self._cond.wait(seconds)
+
+
+
+def storable_text(text: str) -> str:
+    """`text` without what SQLite and PostgreSQL refuse: NULs go, lone surrogates (a Python
+    string holds no pairs) become U+FFFD."""
+    return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text if ch != "\x00")

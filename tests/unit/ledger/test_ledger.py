@@ -204,17 +204,19 @@ def test_a_burst_of_rows_is_committed_in_few_transactions(tmp_path, monkeypatch)
 
 
 def test_a_value_sqlite_cannot_store_is_a_bad_row_not_a_stopped_writer(tmp_path, caplog):
-    """A relay's absurd token count or a lone surrogate from a client's JSON must not end the thread."""
+    """A relay's absurd token count must not end the thread; a lone surrogate from a client's JSON
+    must not cost the request's usage either: its text is made storable."""
     path = tmp_path / "usage.db"
     ledger = Ledger(path).start()
     huge, surrogate = row(1), row(2)
     huge["input_tokens"] = 10 ** 30
-    surrogate["model"] = "\ud800"
+    surrogate["model"] = "claude-\ud800"
     for r in (row(0), huge, surrogate, row(3)):
         ledger.add("requests", r)
-    assert wait_for(lambda: ledger.written == 2)
+    assert wait_for(lambda: ledger.written == 3)
     ledger.add("requests", row(4))                      # the writer still runs
     ledger.close()
-    ids = [r[0] for r in sqlite3.connect(path).execute("SELECT request_id FROM requests ORDER BY id")]
-    assert ids == ["r0", "r3", "r4"] and ledger.dropped == 2
-    assert "OverflowError" in caplog.text and "UnicodeEncodeError" in caplog.text
+    rows = list(sqlite3.connect(path).execute("SELECT request_id, model, input_tokens FROM requests ORDER BY id"))
+    assert [r[0] for r in rows] == ["r0", "r2", "r3", "r4"] and ledger.dropped == 1
+    assert rows[1] == ("r2", "claude-\ufffd", 2)
+    assert "OverflowError" in caplog.text and "written with it replaced" in caplog.text

@@ -104,15 +104,19 @@ def test_a_newer_schema_is_refused(postgres_url):
 
 def test_rows_postgresql_refuses_are_dropped_and_the_others_written(postgres_url, caplog):
     ledger = Ledger(postgres_url).start()
-    nul, huge, missing = row(1), row(2), row(3)
+    nul, huge, missing, surrogate = row(1), row(2), row(3), row(5)
     nul["model"] = "claude\x00"                  # SQLite takes it; PostgreSQL text cannot hold NUL
     huge["input_tokens"] = 10 ** 30              # beyond BIGINT
     missing["route"] = None                      # NOT NULL
-    for r in (row(0), nul, huge, missing, row(4)):
+    surrogate["session"] = "s-\udc80"           # a client's JSON can say "\udc80"
+    for r in (row(0), nul, huge, missing, row(4), surrogate):
         ledger.add("requests", r)
     ledger.close()
-    assert [r[0] for r in query(postgres_url, "SELECT request_id FROM requests ORDER BY id")] == ["r0", "r4"]
-    assert ledger.dropped == 3 and caplog.text.count("dropped a requests row") == 3
+    written = query(postgres_url, "SELECT request_id, model, session FROM requests ORDER BY id")
+    # the client's odd text is made storable (its usage counts); what cannot be, is dropped
+    assert [r[0] for r in written] == ["r0", "r1", "r4", "r5"] and written[1][1] == "claude"
+    assert written[3][2] == "s-\ufffd"
+    assert ledger.dropped == 2 and caplog.text.count("dropped a requests row") == 2
 
 
 def test_a_stopped_server_loses_no_row_and_is_logged_once(own_postgres, caplog):
