@@ -315,4 +315,6 @@ def write_charts(report: Report, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     makers = (chart_tokens, chart_cost, chart_requests, chart_cache_hit, chart_latency)
-    return [make(report, out_dir / name) for make, name in zip(makers, CHART_FILES)]
+    # names come from clients and rules (a model "x$}$"): text, never matplotlib's $math$
+    with plt.rc_context({"text.parse_math": False}):
+        return [make(report, out_dir / name) for make, name in zip(makers, CHART_FILES)]

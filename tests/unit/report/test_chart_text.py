@@ -1,0 +1,24 @@
+"""Names in the charts are text: a client's model name with `$` in it is not matplotlib math."""
+
+import contextlib
+import io
+
+from ccswitch.cli import report as report_cli
+from ccswitch.ledger.schema import connect
+from ccswitch.report.charts import CHART_FILES
+from tests.unit.report.test_report import insert_request, write_rules
+
+
+def test_a_model_name_with_dollars_is_charted_as_written(tmp_path):
+    db = tmp_path / "usage.db"
+    conn = connect(str(db))
+    insert_request(conn, 1, ts="2026-03-01T10:00:00.000+00:00", upstream="relay-a", model="claude-sonnet-4-5",
+                   input_tokens=1000, output_tokens=50)
+    insert_request(conn, 2, ts="2026-03-01T11:00:00.000+00:00", upstream="relay-a", model="my-model$}$",
+                   input_tokens=10, output_tokens=5)                     # no price: named under the cost chart
+    conn.close()
+    out = tmp_path / "out"
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(db), "--since", "2026-03-01",
+                                "--until", "2026-03-01", "--out", str(out)]) == 0
+    assert all((out / name).stat().st_size > 1000 for name in CHART_FILES) and "my-model$}$" in printed.getvalue()
