@@ -16,6 +16,7 @@ table)`` for what an older database has.
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 SQLITE, POSTGRESQL = "sqlite", "postgresql"
 DIALECT_TYPES: dict[str, dict[str, str]] = {
@@ -144,8 +145,8 @@ def columns(conn: sqlite3.Connection, table: str) -> set[str]:
 
 
 def connect(path: str, *, readonly: bool = False, timeout: float = 5.0) -> sqlite3.Connection:
-    if readonly:
-        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
+    if readonly:   # a URI, its path quoted: a `#`, `?` or `%` in a directory name is a name there
+        return sqlite3.connect(Path(path).absolute().as_uri() + "?mode=ro", uri=True, timeout=timeout)
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")

@@ -220,3 +220,17 @@ def test_a_value_sqlite_cannot_store_is_a_bad_row_not_a_stopped_writer(tmp_path,
     assert [r[0] for r in rows] == ["r0", "r2", "r3", "r4"] and ledger.dropped == 1
     assert rows[1] == ("r2", "claude-\ufffd", 2)
     assert "OverflowError" in caplog.text and "written with it replaced" in caplog.text
+
+
+@pytest.mark.parametrize("directory", ["d#1", "d%41", "d?x"])
+def test_a_read_only_open_takes_the_path_as_written(tmp_path, directory):
+    path = tmp_path / directory / "usage.db"
+    ledger = Ledger(path).start()
+    ledger.add("requests", row(7))
+    ledger.close()
+    reader = connect(str(path), readonly=True)
+    assert reader.execute("SELECT request_id FROM requests").fetchall() == [("r7",)]
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader.execute("DELETE FROM requests")
+    reader.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [directory]     # no stray file beside it
