@@ -1,5 +1,6 @@
 """A connection URL whose password is a secret: the whole URL goes to the driver only; logs,
-messages and reprs see it with the password (in the userinfo or a `?password=` query) as `***`."""
+messages and reprs see it with the password (in the userinfo, or a `?password=` or
+`?sslpassword=` query) as `***`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-_QUERY_PASSWORD = re.compile(r"((?:^|&)password=)([^&]*)", re.IGNORECASE)
+# `password=`, and libpq's `sslpassword=` (a client key's passphrase): any `…password=` key
+_QUERY_PASSWORD = re.compile(r"((?:^|&)[a-z_]*password=)([^&]*)", re.IGNORECASE)
 
 
 class SecretURL(BaseModel):

@@ -26,9 +26,12 @@ def test_a_postgresql_url_with_its_password_from_the_environment_is_kept_but_nev
     ("postgresql://me:p%40ss@db.internal/ledger", "postgresql://me:***@db.internal/ledger"),
     ("postgresql:///ledger?host=/run/postgresql&password=pw&application_name=x",
      "postgresql:///ledger?host=/run/postgresql&password=***&application_name=x"),
+    ("postgresql://me@h/ledger?sslmode=verify-full&sslkey=/k.pem&sslpassword=TOPSECRET",   # the key's passphrase
+     "postgresql://me@h/ledger?sslmode=verify-full&sslkey=/k.pem&sslpassword=***"),
 ])
 def test_the_shown_form_has_no_password(text, shown):
-    assert PostgresURL.parse(text).redacted == shown
+    url = PostgresURL.parse(text)
+    assert url.redacted == shown and "TOPSECRET" not in url.scrub(f"cannot connect to {text}")
 
 
 def test_a_driver_message_is_scrubbed_of_the_password_however_it_is_spelled():
