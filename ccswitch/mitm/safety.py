@@ -58,6 +58,11 @@ def beyond_loopback(client, default_host: str) -> bool:
     return not is_loopback(peer) or not is_loopback(client.proxy_mode.listen_host(default_host))
 
 
+def proxy_auth_set() -> bool:
+    """Whether mitmproxy asks for proxy credentials (`any` takes every user and password: none)."""
+    return bool(ctx.options.proxyauth) and ctx.options.proxyauth.strip().lower() != "any"
+
+
 class ListenSafety:
     """Loopback by default, lazy upstream connections, no open relay on a network.
 
@@ -87,6 +92,12 @@ class ListenSafety:
             self.own_loopback = True
             ctx.options.update(listen_host="127.0.0.1")
             log.info("ccswitch: listening on 127.0.0.1 (pass --listen-host to change)")
+        if "stream_large_bodies" in updated and ctx.options.stream_large_bodies:
+            # mitmproxy sends a body over that size on to the original host before any request hook
+            raise exceptions.OptionsError(
+                "ccswitch reads API requests whole, to route them and check their keys, and streams "
+                "answers itself: with stream_large_bodies a large request would go past it to the "
+                "original host, its key with it. Leave stream_large_bodies unset")
         if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
             ctx.options.update(connection_strategy="lazy")
             log.info("ccswitch: connection_strategy forced to lazy (the original host may be unreachable)")
@@ -110,7 +121,7 @@ class ListenSafety:
             return
         if self.own_loopback and client.proxy_mode.custom_listen_host is None:
             client.error = "ccswitch listens on loopback only"   # a server bound before the rebind
-        elif missing_guard(client.proxy_mode, bool(self.gateway.rules.client_keys), bool(ctx.options.proxyauth)):
+        elif missing_guard(client.proxy_mode, bool(self.gateway.rules.client_keys), proxy_auth_set()):
             client.error = "ccswitch serves clients beyond loopback only with authentication"
 
     def check_exposure(self) -> None:
@@ -129,7 +140,7 @@ class ListenSafety:
     def _unprotected(self, rules: Rules) -> list[str]:
         # an empty listen host is ours to make loopback (`configure`, `running`)
         return unprotected_listeners(ctx.options.mode, ctx.options.listen_host or "127.0.0.1",
-                                     bool(rules.client_keys), bool(ctx.options.proxyauth))
+                                     bool(rules.client_keys), proxy_auth_set())
 
     @staticmethod
     def _reverse_specs() -> list[str]:

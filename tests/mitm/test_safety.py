@@ -63,6 +63,18 @@ def test_a_regular_listener_beyond_loopback_needs_proxyauth_even_with_client_key
     tctx.configure(safety, listen_host="0.0.0.0", proxyauth="user:pass")
 
 
+def test_proxyauth_any_is_no_authentication(safety_ctx):
+    safety, tctx = safety_ctx
+    with pytest.raises(exceptions.OptionsError, match="--proxyauth USER:PASS"):
+        tctx.configure(safety, listen_host="0.0.0.0", proxyauth="any")   # mitmproxy takes any user/password
+
+
+def test_stream_large_bodies_is_refused_since_large_requests_would_pass_ccswitch_by(safety_ctx):
+    safety, tctx = safety_ctx
+    with pytest.raises(exceptions.OptionsError, match="Leave stream_large_bodies unset"):
+        tctx.configure(safety, stream_large_bodies="1m")
+
+
 def test_an_open_reverse_listener_is_refused_once_not_by_recursion(safety_ctx, gateway, caplog):
     safety, tctx = safety_ctx
     without_keys(gateway)
