@@ -16,6 +16,7 @@ from ccswitch.dial.relay import run_guarded
 from ccswitch.dial.shutdown import SHUTTING_DOWN
 from ccswitch.dial.ws_bridge import TICKET_HEADER, Refusal, Ticket, WsBridge
 from ccswitch.ledger.rows import own_answer_row
+from ccswitch.mitm.flows import redact_credentials
 from ccswitch.routing.affinity import session_key
 from ccswitch.vocab import Endpoint, Protocol, Route
 from ccswitch.wire.exchange import ClientRequest
@@ -49,6 +50,7 @@ class CodexSockets:
         """Point the upgrade at the bridge; it answers 101 and serves the socket's turns."""
         kept = [(k, v) for k, v in headers if k.lower() not in _HANDSHAKE]
         ticket = Ticket(context=SocketContext(flow, kept, client, flow.request.url))
+        redact_credentials(flow.request.headers)   # the bridge has its own copy; mitmweb and -w see none
         self.bridge.register(ticket)
         flow.metadata["ccswitch"] = {"route": Route.CODEX, "endpoint": Endpoint.WEBSOCKET}
         flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.bridge.port

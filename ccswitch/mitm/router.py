@@ -148,6 +148,8 @@ class Router:
             context = upstream_tls()   # checked now, so a bad CA file is refused at once
             if self.dialer:
                 self.dialer.client.ssl_context = context
+        if "ccswitch_max_body" in updated and ctx.options.ccswitch_max_body <= 0:
+            raise exceptions.OptionsError("ccswitch_max_body must be a positive number of bytes")
         if "ccswitch_ledger" in updated:
             self.gateway.open_ledger(ctx.options.ccswitch_ledger)
         if updated & {"save_stream_file", "flow_detail"}:
@@ -302,9 +304,17 @@ class Router:
         flow.response = whole_response(sink.status, sink.headers, sink.body)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.id in self.jobs and "text/event-stream" in flow.response.headers.get("content-type", ""):
-            keep = ctx.options.ccswitch_keep_stream if self.flows_shown else 0
-            flow.response.stream = StreamCopy(keep) if keep > 0 else True
+        if "text/event-stream" not in flow.response.headers.get("content-type", ""):
+            return
+        job = self.jobs.get(flow.id)
+        if job is not None:
+            if not job.request.stream:
+                return      # answered whole from the request hook (an SSE-typed error): sent as it is
+        elif not self._passes_api_traffic(flow):
+            return
+        # a routed stream from the relay, or an API stream passed through untouched: as it comes
+        keep = ctx.options.ccswitch_keep_stream if self.flows_shown else 0
+        flow.response.stream = StreamCopy(keep) if keep > 0 else True
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)
@@ -324,6 +334,11 @@ class Router:
         if flow.request.pretty_host.lower() in self.gateway.rules.intercept:
             return match
         return None
+
+    def _passes_api_traffic(self, flow: http.HTTPFlow) -> bool:
+        """An API host's flow that ccswitch passes on unrouted (e.g. a route with no upstreams)."""
+        return (isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
+                or flow.request.pretty_host.lower() in self.gateway.rules.intercept)
 
     def _unrouted(self, flow: http.HTTPFlow) -> None:
         if ctx.options.ccswitch_offline and flow.request.pretty_host.lower() in self.gateway.rules.intercept:

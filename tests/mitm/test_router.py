@@ -28,16 +28,6 @@ routes: {{claude: [a], codex: []}}
 """
 
 
-@pytest.fixture
-def router(gateway):
-    r = Router(gateway)
-    r.relay = Relay(None)
-    r.started.set()
-    r.relay.port = 4242
-    with taddons.context(r):
-        yield r
-
-
 def router_with_routes(gateway, **routes) -> Router:
     """A router over the fixture's rules with some routes replaced."""
     gateway.rules_file.rules = gateway.rules.model_copy(
