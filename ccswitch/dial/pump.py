@@ -30,6 +30,7 @@ log = logging.getLogger("ccswitch.pump")
 # at once; one that holds its body open past it delays the client's end by this much, no more,
 # and its connection is closed)
 _BODY_END_GRACE = 1.0
+_ERROR_TEXT = 200     # characters of an in-stream error kept for the row, the log and the attempt list
 
 
 class Pump:
@@ -118,7 +119,7 @@ class Pump:
             kind = protocols.classify_event(self.upstream.protocol, event)
             if kind is Kind.ERROR:
                 message = scrub(protocols.stream_error_message(event).encode(), self.outgoing.secrets)
-                self.error = (message.decode("utf-8", "replace"), in_stream_status(event.json()))
+                self.error = (message.decode("utf-8", "replace")[:_ERROR_TEXT], in_stream_status(event.json()))
             elif kind is Kind.TERMINAL:
                 self.terminal = True
             elif kind is Kind.CONTENT:

@@ -28,7 +28,7 @@ def clean(event: Event, secrets: list[str]) -> Event:
         if text is None:
             return None
         return scrub(text.encode("utf-8", "replace"), secrets).decode("utf-8", "replace")
-    reason = scrubbed(event.reason[:_MAX_REASON * 2]) or ""
+    reason = scrubbed(event.reason) or ""      # whole, then cut: a key cut in two would not be found
     return replace(event, upstream=scrubbed(event.upstream), route=scrubbed(event.route),
                    reason=reason[:_MAX_REASON])
 

@@ -57,7 +57,8 @@ def rule_secrets(rules: Rules) -> list[str]:
 def clean_text(text: str | None, secrets: list[str]) -> str | None:
     if text is None:
         return None
-    return scrub(str(text)[:MAX_TEXT * 4].encode("utf-8", "replace"), secrets).decode("utf-8", "replace")[:MAX_TEXT]
+    # scrubbed whole, then cut: a key cut in two first would no longer be found
+    return scrub(str(text).encode("utf-8", "replace"), secrets).decode("utf-8", "replace")[:MAX_TEXT]
 
 
 def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, sessions: SessionBindings,

@@ -86,15 +86,16 @@ def error_object(body: Any) -> Any:
 
 
 def stream_error_message(event: Event) -> str:
-    """A short text for an in-stream error event, for logs and the attempt list."""
+    """The text of an in-stream error event, for logs and the attempt list; whole, so that key
+    text in it is scrubbed before anyone cuts it short (a key cut in two is no longer found)."""
     body = event.json()
     if isinstance(body, dict):
         err = error_object(body)
         if isinstance(err, dict):
-            return str(err.get("type") or err.get("code") or "error") + ": " + str(err.get("message", ""))[:200]
+            return str(err.get("type") or err.get("code") or "error") + ": " + str(err.get("message", ""))
         if isinstance(body.get("message"), str):
-            return body["message"][:200]
-    return event.data[:200] or event.type
+            return body["message"]
+    return event.data or event.type
 
 
 def body_matches_protocol(protocol: str, endpoint: str, body: Any) -> bool:

@@ -52,3 +52,29 @@ routes: {{claude: [a]}}
     assert mock_a.requests[0].headers["x-api-key"] == CLIENT_KEY       # passed on, as auth: client says
     recorded = (job.error or "") + json.dumps([a.describe() for a in job.attempts])
     assert CLIENT_KEY.encode() not in sink.body and CLIENT_KEY not in recorded
+
+
+async def test_an_in_stream_error_is_scrubbed_before_it_is_cut_short():
+    from ccswitch.dial.dialer import Dialer
+    from ccswitch.routing.health import HealthBoard
+    from tests.support.helpers import MemorySink, make_job
+    from tests.support.loopback_guard import loopback_url
+    from tests.unit.dial.test_stream_tail import ANTHROPIC, event, serve_once
+
+    # the key straddles the 200 characters kept of an error's text
+    echo = event({"type": "error", "error": {"type": "permission_error", "message": "x" * 185 + " key=" + KEY_A}})
+    server, port = await serve_once(ANTHROPIC[0] + echo)
+    rules = parse_rules(f"""
+{FAST}
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:{port}', api_key: '{KEY_A}'}}
+routes: {{claude: [a]}}
+""")
+    job, dialer = make_job(rules), Dialer(HealthBoard(), allow_url=loopback_url)
+    try:
+        await dialer.run(job, MemorySink())
+    finally:
+        await dialer.aclose()
+        server.close()
+    recorded = job.error + json.dumps([a.describe() for a in job.attempts])
+    assert "permission_error" in job.error and KEY_A[:8] not in recorded
