@@ -27,6 +27,7 @@ _DURATION_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?$")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _STATUS_KEY_RE = re.compile(r"^(?:[1-5]\d\d|[1-5]xx)$")
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")     # a tab is text in a header; nothing else below 0x20
 
 
 T = TypeVar("T")
@@ -124,12 +125,20 @@ def header_name(v: str) -> str:
 
 
 def header_value(v: Any) -> Any:
+    """What HTTP can carry in a header (checked here, since the HTTP library's refusal would
+    quote the value, a key, in its message)."""
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         v = str(v)
-    if isinstance(v, str) and ("\r" in v or "\n" in v or "\0" in v):
+    if not isinstance(v, str):
+        return v
+    if "\r" in v or "\n" in v or "\0" in v:
         raise ValueError("header value must not contain line breaks")
-    if isinstance(v, str) and not sendable(v):
+    if not sendable(v):
         raise ValueError("must be latin-1 text: a header cannot carry a character beyond U+00FF")
+    if _CONTROL.search(v):
+        raise ValueError("must not contain control characters")
+    if v != v.strip(" \t"):
+        raise ValueError("must not begin or end with a space or tab (did it come so from an env file?)")
     return v
 
 

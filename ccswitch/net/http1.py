@@ -158,7 +158,8 @@ class UpstreamClient:
         try:
             request = h11.Request(method=method, target=target, headers=to_wire(extra + list(headers)))
         except h11.LocalProtocolError as exc:
-            raise TransportError(f"cannot send this request: {exc}") from exc
+            # h11 quotes the value it refuses, which may be a key: named by its kind only
+            raise TransportError("cannot send this request: a header value HTTP cannot carry") from exc
         for fresh_retry in (False, True):
             connection = await self._checkout((via.upstream, via.proxy, origin), via.max_connections,
                                               connect_timeout, fresh=fresh_retry)

@@ -181,7 +181,9 @@ def _connect_error(exc: BaseException, host: str, port: int) -> tuple[BaseExcept
     if isinstance(exc, TimeoutError):
         return http1.ConnectTimeout(f"opening a WebSocket to {host}:{port} timed out"), exc
     cause = exc.exceptions[0] if isinstance(exc, ExceptionGroup) else exc   # every address failed: the first
-    if isinstance(cause, OSError | RemoteProtocolError | LocalProtocolError | UnicodeEncodeError):
+    if isinstance(cause, LocalProtocolError | UnicodeEncodeError):   # its text quotes what it refused: a key
+        return http1.ConnectError(f"cannot open the WebSocket: {type(cause).__name__} on a header it sends"), cause
+    if isinstance(cause, OSError | RemoteProtocolError):
         return http1.ConnectError(f"{type(cause).__name__}: {cause}"), cause
     return exc, exc
 
