@@ -14,6 +14,7 @@ from ccswitch.clock import utc_now
 from ccswitch.config.models import Rules, Upstream
 from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
+from ccswitch.mitm.lifecycle import hook_task
 from ccswitch.net import http1
 from ccswitch.routing.events import Event
 
@@ -41,7 +42,10 @@ class Activator:
         if self.client is not None and updated & UPSTREAM_TLS_OPTIONS:
             self.client.ssl_context = upstream_tls()
 
-    async def done(self) -> None:
+    def done(self) -> asyncio.Task:
+        return hook_task(self._stop(), "activation stop")
+
+    async def _stop(self) -> None:
         if self._task:
             self._task.cancel()
         for task in list(self._probes):

@@ -9,6 +9,7 @@ import logging
 from mitmproxy import command, exceptions
 
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
+from ccswitch.mitm.lifecycle import hook_task
 from ccswitch.net import http1
 from ccswitch.notify.notifier import Notifier
 from ccswitch.notify.webhook import Delivery, WebhookPoster, send_test
@@ -41,7 +42,10 @@ class Notifications:
         if self.client is not None and updated & UPSTREAM_TLS_OPTIONS:
             self.client.ssl_context = upstream_tls()
 
-    async def done(self) -> None:
+    def done(self) -> asyncio.Task:
+        return hook_task(self._stop(), "notifications stop")
+
+    async def _stop(self) -> None:
         if self.notifier is not None:
             self.gateway.events.unsubscribe(self.notifier.offer)
             await self.notifier.aclose(_FLUSH_AT_EXIT)

@@ -38,6 +38,7 @@ from ccswitch.mitm.flows import (
     whole_response,
 )
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
+from ccswitch.mitm.lifecycle import hook_task, stopping
 from ccswitch.net import http1
 from ccswitch.routing.admission import body_problem, decoded_body, header_problem, parse_body
 from ccswitch.routing.affinity import session_key
@@ -92,7 +93,10 @@ class Router:
                           "their protocol's error event and other requests get a 503. Keep it below "
                           "your supervisor's kill timeout (docker stop: 10 s).")
 
-    async def running(self) -> None:
+    def running(self) -> asyncio.Task:
+        return hook_task(self._start(), "router start")
+
+    async def _start(self) -> None:
         gateway = self.gateway
         self.dialer = Dialer(gateway.health, allow_url=lambda url: gateway.allow_url(url),
                              client=http1.UpstreamClient(ssl_context=upstream_tls()),
@@ -108,12 +112,17 @@ class Router:
         finally:
             self.started.set()   # after a failure too: mitmproxy has logged it, and no request waits for good
 
-    async def done(self) -> None:
+    def done(self) -> asyncio.Task:
+        return hook_task(self._stop(), "router stop")
+
+    async def _stop(self) -> None:
         # mitmproxy awaits this while it still accepts connections: the requests in flight end
-        # here, each with an answer and its usage row, before the listeners and the ledger close
+        # here, each with an answer and its usage row, before the listeners and the ledger close.
+        # On a reload of the script the new addons take the new requests meanwhile, and the
+        # client connections stay open.
         await self.shutdown.drain(self._in_flight, ctx.options.ccswitch_shutdown_grace, self._cut)
         proxyserver = ctx.master.addons.get("proxyserver")
-        if proxyserver is not None:
+        if proxyserver is not None and stopping():
             await close_proxy_connections(proxyserver)
         if self.sockets:
             await self.sockets.stop()

@@ -3,9 +3,12 @@ runs, stopped (what is queued handed on) after the requests in flight have ended
 
 from __future__ import annotations
 
+import asyncio
+
 from mitmproxy import exceptions
 
 from ccswitch.mitm.gateway import Gateway
+from ccswitch.mitm.lifecycle import hook_task
 from ccswitch.shared.factory import StateUnavailable, check
 
 
@@ -26,8 +29,8 @@ class SharedStateSync:
             except StateUnavailable as exc:
                 raise exceptions.OptionsError(f"ccswitch: {exc}") from None
 
-    async def running(self) -> None:
-        await self.gateway.open_state()
+    def running(self) -> asyncio.Task:
+        return hook_task(self.gateway.open_state(), "shared state start")
 
-    async def done(self) -> None:
-        await self.gateway.close_state()
+    def done(self) -> asyncio.Task:
+        return hook_task(self.gateway.close_state(), "shared state stop")

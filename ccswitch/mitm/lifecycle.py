@@ -1,0 +1,35 @@
+"""The `running` and `done` hooks that need to wait: mitmproxy awaits them at start and stop, but
+calls them from synchronous code when it reloads the script (an edit of addon.py, or an upgrade
+rewriting it), where a coroutine function is refused and ends mitmproxy's script watcher.  So they
+are plain functions returning a task: awaited at start and stop, left to run on a reload."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from mitmproxy import ctx
+
+log = logging.getLogger("ccswitch")
+
+_running: set[asyncio.Task] = set()   # held until done: the loop keeps only weak references
+
+
+def hook_task(work: Coroutine[Any, Any, None], name: str) -> asyncio.Task:
+    task = asyncio.get_running_loop().create_task(work, name=f"ccswitch-{name}")
+    _running.add(task)
+    task.add_done_callback(_finished)
+    return task
+
+
+def _finished(task: asyncio.Task) -> None:
+    _running.discard(task)
+    if not task.cancelled() and task.exception() is not None:   # awaited or not, it is told once
+        log.error("ccswitch: %s failed: %r", task.get_name(), task.exception(), exc_info=task.exception())
+
+
+def stopping() -> bool:
+    """Whether mitmproxy itself is stopping (not merely reloading the script)."""
+    return ctx.master.should_exit.is_set()
