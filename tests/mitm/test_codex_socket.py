@@ -20,6 +20,15 @@ routes: {{codex: [a]}}
 """
 
 
+def bridging(gateway) -> Router:
+    """A router that has started, with its bridge (not listening)."""
+    router = Router(gateway)
+    router.relay = Relay(None)
+    router.started.set()
+    router.sockets = CodexSockets(router)
+    return router
+
+
 def upgrade():
     flow = messages_flow(path="/v1/responses", method="GET", host="api.openai.com")
     flow.request.headers["upgrade"] = "websocket"
@@ -30,10 +39,7 @@ def upgrade():
 
 
 async def test_an_upgrade_is_handed_to_the_bridge_with_a_ticket(gateway):
-    router = Router(gateway)
-    router.relay = Relay(None)
-    router.started.set()
-    router.sockets = CodexSockets(router)
+    router = bridging(gateway)
     router.sockets.bridge.port = 4343
     with taddons.context(router):
         flow = upgrade()
@@ -50,10 +56,7 @@ async def test_an_upgrade_is_handed_to_the_bridge_with_a_ticket(gateway):
 
 async def test_refuse_keeps_the_426(gateway):
     gateway.rules_file.rules = gateway.rules.model_copy(update={"codex_websocket": "refuse"})
-    router = Router(gateway)
-    router.relay = Relay(None)
-    router.started.set()
-    router.sockets = CodexSockets(router)
+    router = bridging(gateway)
     with taddons.context(router):
         flow = upgrade()
         await router.request(flow)
@@ -61,10 +64,7 @@ async def test_refuse_keeps_the_426(gateway):
 
 
 async def test_a_wrong_client_key_never_reaches_the_bridge(gateway):
-    router = Router(gateway)
-    router.relay = Relay(None)
-    router.started.set()
-    router.sockets = CodexSockets(router)
+    router = bridging(gateway)
     with taddons.context(router):
         flow = upgrade()
         flow.request.headers["x-api-key"] = "wrong"
@@ -73,10 +73,7 @@ async def test_a_wrong_client_key_never_reaches_the_bridge(gateway):
 
 
 async def test_an_upgrade_that_never_reached_the_bridge_leaves_no_ticket_behind(gateway):
-    router = Router(gateway)
-    router.relay = Relay(None)
-    router.started.set()
-    router.sockets = CodexSockets(router)
+    router = bridging(gateway)
     with taddons.context(router):
         flow = upgrade()
         await router.request(flow)
@@ -87,9 +84,7 @@ async def test_an_upgrade_that_never_reached_the_bridge_leaves_no_ticket_behind(
 
 
 async def test_a_shutdown_waits_for_bridged_turns_and_cuts_them(gateway):
-    router = Router(gateway)
-    router.relay = Relay(None)
-    router.sockets = CodexSockets(router)
+    router = bridging(gateway)
     turn = asyncio.get_running_loop().create_task(asyncio.sleep(60))
     router.sockets.bridge._turns.add(turn)               # as a turn being served registers itself
     assert router._in_flight() == 1
