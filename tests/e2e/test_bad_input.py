@@ -73,7 +73,7 @@ def anthropic_error(r: httpx.Response, status: int, needle: str):
 
 @pytest.mark.parametrize("content,needle", [
     (b"{not json", "not valid JSON"),
-    (b"\xff\xfe\x00garbage", "not"),
+    ('{"model": "caf\xe9"}'.encode("latin-1"), "not UTF-8 JSON"),
     (b'{"model":"m","x":' + b"[" * 50000 + b"]" * 50000 + b"}", "nested too deeply"),
     (b"[]", "JSON object"),
     (json.dumps({"max_tokens": 5, "messages": []}).encode(), "names no model"),

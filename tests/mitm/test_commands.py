@@ -87,8 +87,9 @@ def test_use_prefers_an_upstream_for_a_while(setup):
 
 def test_unknown_upstream_is_a_clear_command_error(setup):
     _, commands, tctx = setup
-    with pytest.raises(exceptions.CommandError, match="no upstream named 'zzz'"):
-        tctx.command(commands.reset, "zzz")
+    for command, *args in ((commands.reset,), (commands.use, "10"), (commands.disable,), (commands.enable,)):
+        with pytest.raises(exceptions.CommandError, match="no upstream named 'zzz'"):
+            tctx.command(command, "zzz", *args)
 
 
 def test_all_cooling_route_still_tries_the_one_that_recovers_first(setup):

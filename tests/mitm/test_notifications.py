@@ -102,7 +102,9 @@ async def test_after_done_the_bus_has_no_notifier(tmp_path):
         addon = Notifications(gateway)
         with taddons.context(addon):
             addon.running()
+            notifier = addon.notifier
             await addon.done()
+            assert notifier.offer not in gateway.events._listeners     # unsubscribed, not merely closed
             gateway.events.emit(Event("cooldown", "a", "down", episode="1"))
             await asyncio.sleep(0.1)
         assert receiver.received == []

@@ -71,15 +71,25 @@ async def test_wrong_client_key_is_401_in_client_format_and_nothing_forwarded(ro
     assert flow.request.headers["x-api-key"] == "<redacted>"
 
 
-async def test_missing_client_key_on_chat_path_is_openai_format(router, gateway):
+async def test_missing_client_key_on_chat_path_is_openai_format(gateway):
+    r = router_with_routes(gateway, chat=("a",))
+    with taddons.context(r):
+        flow = messages_flow(key=None, path="/v1/chat/completions")
+        await r.request(flow)
+    body = json.loads(flow.response.content)
+    assert flow.response.status_code == 401 and "type" not in body          # OpenAI's shape, not Anthropic's
+    assert "client key" in body["error"]["message"] and body["error"]["type"]
+
+
+async def test_a_route_with_no_upstreams_is_not_ours(router):
     flow = messages_flow(key=None, path="/v1/chat/completions")
-    await router.request(flow)  # the chat route has no upstreams: not ours, untouched
+    await router.request(flow)  # the chat route has no upstreams here: untouched
     assert flow.response is None and flow.request.host == "api.anthropic.com"
 
 
 @pytest.mark.parametrize("body,message", [
     (b"{nope", "not valid JSON"), (b"[1,2]", "JSON object"), (b"", "no body"),
-    (b'{"messages": []}', "names no model"), (b"\xff\xfe", "not"),
+    (b'{"messages": []}', "names no model"), ('{"model": "caf\xe9"}'.encode("latin-1"), "not UTF-8 JSON"),
 ])
 async def test_bad_bodies_are_400_in_client_format(router, body, message):
     flow = messages_flow()
@@ -127,7 +137,7 @@ async def test_codex_websocket_upgrade_is_answered_at_once(gateway):
         flow.request.headers["upgrade"] = "websocket"
         flow.request.headers["connection"] = "Upgrade"
         await r.request(flow)
-    assert flow.response is not None and flow.response.status_code >= 400
+    assert flow.response.status_code == 426 and "not WebSocket" in flow.response.text
 
 
 @pytest.mark.parametrize("framing", [[("content-length", "N")], [("transfer-encoding", "chunked")], []],

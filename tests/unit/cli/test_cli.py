@@ -1,5 +1,6 @@
 """The `ccswitch` console script, run as users run it."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -164,4 +165,5 @@ routes: {claude: [a]}
 def test_run_help_is_ccswitchs_and_run_is_listed():
     done = cli("run", "--help")
     assert done.returncode == 0 and done.stdout.startswith("usage: ccswitch run [--web] [ARGS...]")
-    assert "run" in cli("--help").stdout
+    listed = cli("--help").stdout
+    assert re.search(r"^\s+run\s+run mitmdump with ccswitch", listed, re.MULTILINE), listed

@@ -32,3 +32,15 @@ async def test_a_request_that_reaches_a_probed_upstream_does_not_end_the_probe(m
         assert not health.busy_probing("a")
     finally:
         await dialer.aclose()
+
+
+def test_while_an_upstream_is_probed_other_requests_go_elsewhere_if_they_can():
+    from datetime import datetime
+
+    from ccswitch.routing.plan import plan
+    rules = rules_for(("a", "anthropic", "http://127.0.0.1:9"), ("b", "anthropic", "http://127.0.0.1:9"))
+    health = HealthBoard()
+    health.begin_probe("a")                             # one request is testing `a` after its cooldown
+    chosen = plan(rules, "claude", "m", health, datetime.now(rules.tz))
+    assert [u.name for u in chosen.candidates] == ["b"]
+    assert ("a", "being probed after its cooldown") in chosen.blocked

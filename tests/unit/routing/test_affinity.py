@@ -81,7 +81,8 @@ def test_bindings_told_by_other_instances_are_swept_too():
 
 
 def test_the_weighted_draw_of_a_session_is_stable_and_spread():
-    assert session_fraction("abc") == session_fraction("abc")
+    # the same on every instance and every run (no per-process hash seed): a pinned value
+    assert session_fraction("abc") == 0.8466046359861451
     draws = [session_fraction(f"session-{i}") for i in range(2000)]
     assert all(0 <= d < 1 for d in draws)
     assert 0.45 < sum(d < 0.5 for d in draws) / len(draws) < 0.55

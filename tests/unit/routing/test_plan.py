@@ -129,3 +129,18 @@ def test_a_route_of_full_upstreams_without_a_known_reset_does_not_go_dark():
     utilization(quota, "c", 0.99)
     p = plan(rules_with("[a, b, c]"), "claude", "m", HealthBoard(clock), NOW, quota=quota)
     assert p.limited_for is None and len(p.candidates) == 1 and p.why_first == "recovers first"
+
+
+def test_an_upstream_serves_only_its_models_and_says_so():
+    rules = parse_rules("""
+upstreams:
+  - {name: haiku-only, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k-0123456789, only_models: ["claude-haiku-*"]}
+  - {name: any, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k-0123456789}
+routes: {claude: [haiku-only, any]}
+""")
+    names = lambda model: [u.name for u in plan(rules, "claude", model, HealthBoard(), NOW).candidates]
+    assert names("claude-haiku-4-5") == ["haiku-only", "any"]
+    assert names("claude-haiku-4-5-thinking") == ["haiku-only", "any"]      # the suffix is ccswitch's own
+    chosen = plan(rules, "claude", "claude-opus-4-5", HealthBoard(), NOW)
+    assert [u.name for u in chosen.candidates] == ["any"]
+    assert ("haiku-only", "not serving model 'claude-opus-4-5'") in chosen.blocked
