@@ -12,16 +12,22 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
+def _upstream_stream(protocol: str, events: int) -> tuple[int, list[bytes]]:
+    """(how many events, the upstream's SSE body in 4 KiB reads) of a streamed answer of `events` deltas."""
+    from tests.support import mock_payloads as P
+    reply = P.Reply("bench-model", [f"tok{i} " for i in range(events)])
+    stream = P.anthropic_events(reply) if protocol == "anthropic" else P.responses_events(reply)
+    raw = b"".join(P.sse(e) for e in stream)
+    return len(stream), [raw[i:i + 4096] for i in range(0, len(raw), 4096)]
+
+
 def converter_events_per_second(protocol: str, events: int = 20_000) -> float:
     """One core: parse an upstream SSE stream and convert it to Chat chunks, in 4 KiB reads."""
     from ccswitch.config.load import parse_rules
     from ccswitch.translate import translation_for
     from ccswitch.wire.exchange import ClientRequest
     from ccswitch.wire.sse import SSEParser
-    from tests.support import mock_payloads as P
-    reply = P.Reply("bench-model", [f"tok{i} " for i in range(events)])
-    stream = P.anthropic_events(reply) if protocol == "anthropic" else P.responses_events(reply)
-    raw = b"".join(P.sse(e) for e in stream)
+    count, reads = _upstream_stream(protocol, events)
     upstream = parse_rules(f"upstreams: [{{name: u, protocol: {protocol}, base_url: 'http://x', "
                            "api_key: 'sk-bench-0000'}]").upstreams[0]
     body = {"model": "bench-model", "stream": True, "stream_options": {"include_usage": True}, "messages": []}
@@ -29,11 +35,11 @@ def converter_events_per_second(protocol: str, events: int = 20_000) -> float:
     converter, parser = translation_for("openai-chat", protocol).stream(req, upstream), SSEParser()
     start = time.perf_counter()
     out = 0
-    for i in range(0, len(raw), 4096):
-        for event in parser.feed(raw[i:i + 4096]):
+    for read in reads:
+        for event in parser.feed(read):
             out += len(converter.feed(event))
     out += len(converter.finish())
-    return len(stream) / (time.perf_counter() - start)
+    return count / (time.perf_counter() - start)
 
 
 def judged_events_per_second(protocol: str, events: int = 20_000) -> float:
@@ -44,21 +50,18 @@ def judged_events_per_second(protocol: str, events: int = 20_000) -> float:
     from ccswitch.wire import protocols
     from ccswitch.wire.sse import SSEParser
     from ccswitch.wire.usage import UsageTap
-    from tests.support import mock_payloads as P
-    reply = P.Reply("bench-model", [f"tok{i} " for i in range(events)])
-    stream = P.anthropic_events(reply) if protocol == "anthropic" else P.responses_events(reply)
-    raw = b"".join(P.sse(e) for e in stream)
+    count, reads = _upstream_stream(protocol, events)
     parser, tap, passthrough = SSEParser(), UsageTap(protocol), StreamPassthrough()
     start = time.perf_counter()
     out = 0
-    for i in range(0, len(raw), 4096):
-        for event in parser.feed(raw[i:i + 4096]):
+    for read in reads:
+        for event in parser.feed(read):
             tap.feed(event)
             protocols.classify_event(protocol, event)
             out += len(passthrough.feed(event))
     elapsed = time.perf_counter() - start
-    assert out == len(raw) and tap.usage is not None
-    return len(stream) / elapsed
+    assert out == sum(map(len, reads)) and tap.usage is not None
+    return count / elapsed
 
 
 def ledger_rows_per_second(rows: int = 50_000, usage_db: str | None = None) -> float:

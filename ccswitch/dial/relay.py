@@ -16,7 +16,7 @@ from http import HTTPStatus
 import h11
 
 from ccswitch.dial.job import CLIENT_CLOSED, Job
-from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown
+from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Serving, Shutdown
 from ccswitch.wire.headers import to_wire
 from ccswitch.wire.protocols import own_error, stream_error_event
 
@@ -167,14 +167,14 @@ async def _end_with_error(job: Job, sink, status: int, message: str,
         sink.broken = True
 
 
-class Relay:
+class Relay(Serving):
     def __init__(self, run_job, on_done=None, shutdown: Shutdown | None = None) -> None:
+        super().__init__()
         self._run_job = run_job          # async (job, sink) -> None
         self._on_done = on_done          # (job) -> None, once per job the relay ran
         self.shutdown = shutdown or Shutdown()
         self._jobs: dict[str, Job] = {}
         self._server: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task] = set()
         self._connections: set[RelayConnection] = set()
         self.port = 0
 
@@ -184,16 +184,6 @@ class Relay:
         self.port = self._server.sockets[0].getsockname()[1]
         log.debug("relay listening on 127.0.0.1:%d", self.port)
 
-    @property
-    def running(self) -> int:
-        """Jobs being served now."""
-        return len(self._tasks)
-
-    def cut(self) -> None:
-        """Cancel the jobs being served; with the shutdown cutting, each ends in its protocol."""
-        for task in list(self._tasks):
-            task.cancel()
-
     async def stop(self) -> None:
         """Stop listening, cut the jobs still served (each leaves its usage row), close the connections."""
         if self._server is not None:
@@ -201,7 +191,7 @@ class Relay:
             self._server = None
         self.shutdown.cutting = True
         self.cut()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._serving, return_exceptions=True)
         for connection in list(self._connections):   # idle keep-alive connections too
             connection.transport.close()
         await asyncio.sleep(0)    # their connection_lost
@@ -220,8 +210,7 @@ class Relay:
         if job is None:
             return start_now(_refuse(sink)), None
         task = start_now(self._job(job, sink))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._track(task)
         return task, job
 
     async def _job(self, job: Job, sink: H11Sink) -> None:

@@ -50,6 +50,28 @@ class Shutdown:
             log.warning("ccswitch: %d request(s) did not end within %g s of being cut", in_flight(), ENDING_WAIT)
 
 
+class Serving:
+    """What serves jobs in tasks of its own (the relay, the WebSocket bridge): a shutdown waits
+    while any runs (`running`), and past its grace period cancels them (`cut`); each then ends
+    in its protocol."""
+
+    def __init__(self) -> None:
+        self._serving: set[asyncio.Task] = set()
+
+    def _track(self, task: asyncio.Task) -> None:
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
+
+    @property
+    def running(self) -> int:
+        """Jobs being served now."""
+        return len(self._serving)
+
+    def cut(self) -> None:
+        for task in list(self._serving):
+            task.cancel()
+
+
 async def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
     """Poll `condition` until it holds (True) or `timeout` seconds pass (False)."""
     deadline = time.monotonic() + timeout

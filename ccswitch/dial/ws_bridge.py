@@ -34,6 +34,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ccswitch.dial.job import Job
 from ccswitch.dial.relay import ClientGone
+from ccswitch.dial.shutdown import Serving
 from ccswitch.dial.ws_upstream import UpstreamSockets
 from ccswitch.wire.protocols import error_object, in_stream_status
 from ccswitch.wire.sse import SSEParser
@@ -140,15 +141,17 @@ def _message_of(error: Any, body: bytes) -> str:
     return str(message) if message else body.decode("utf-8", "replace")[:500]
 
 
-class WsBridge:
+class WsBridge(Serving):
+    """Serves each socket's turns; `running` and `cut` are about turns (jobs), not sockets."""
+
     def __init__(self, make_job: MakeJob, run_job: Callable[[Job, Any], Awaitable[None]],
                  on_done: Callable[[Job], None], on_turn: Callable[[Ticket, Job | Refusal], None] | None = None) -> None:
+        super().__init__()
         self._make_job, self._run_job, self._on_done = make_job, run_job, on_done
         self._on_turn = on_turn
         self._tickets: dict[str, Ticket] = {}
         self._server: asyncio.AbstractServer | None = None
         self._sockets: set[asyncio.Task] = set()
-        self._turns: set[asyncio.Task] = set()
         self.port = 0
 
     async def start(self) -> None:
@@ -162,16 +165,6 @@ class WsBridge:
         for task in list(self._sockets):
             task.cancel()
         await asyncio.gather(*self._sockets, return_exceptions=True)
-
-    @property
-    def running(self) -> int:
-        """Turns being served now (a shutdown waits for them)."""
-        return len(self._turns)
-
-    def cut(self) -> None:
-        """Cancel the turns being served; with the shutdown cutting, each ends with its error frame."""
-        for task in list(self._turns):
-            task.cancel()
 
     def register(self, ticket: Ticket) -> None:
         self._tickets[ticket.token] = ticket
@@ -284,7 +277,7 @@ class _Socket:
         # a task of its own, so that the socket is still read while the turn runs: a client that
         # leaves is seen at once, and its pings are answered
         self.turn = asyncio.get_running_loop().create_task(self._serve(made))
-        self.bridge._turns.add(self.turn)
+        self.bridge._track(self.turn)
         self.turn.add_done_callback(self._served)
 
     async def _serve(self, job: Job) -> None:
@@ -298,7 +291,6 @@ class _Socket:
             self._turn_ended(job)
 
     def _served(self, task: asyncio.Task) -> None:
-        self.bridge._turns.discard(task)
         if self.turn is task:
             self.turn = None
         if not task.cancelled() and task.exception() is not None:

@@ -221,7 +221,6 @@ class Ledger:
             self._cond.wait(seconds)
 
 
-
 def storable_text(text: str) -> str:
     """`text` without what SQLite and PostgreSQL refuse: NULs go, lone surrogates (a Python
     string holds no pairs) become U+FFFD."""

@@ -319,7 +319,7 @@ class Router:
         if job is not None:
             if not job.request.stream:
                 return      # answered whole from the request hook (an SSE-typed error): sent as it is
-        elif not self._passes_api_traffic(flow):
+        elif not self._is_api_flow(flow):      # passed on unrouted (e.g. a route with no upstreams)
             return
         # a routed stream from the relay, or an API stream passed through untouched: as it comes
         keep = ctx.options.ccswitch_keep_stream if self.flows_shown else 0
@@ -336,16 +336,10 @@ class Router:
     def _match(self, flow: http.HTTPFlow) -> RouteMatch | None:
         upgrade = flow.request.headers.get("upgrade", "").lower() == "websocket"
         match = classify(flow.request.method, flow.request.path, upgrade)
-        if match is None:
-            return None
-        if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
-            return match
-        if flow.request.pretty_host.lower() in self.gateway.rules.intercept:
-            return match
-        return None
+        return match if match is not None and self._is_api_flow(flow) else None
 
-    def _passes_api_traffic(self, flow: http.HTTPFlow) -> bool:
-        """An API host's flow that ccswitch passes on unrouted (e.g. a route with no upstreams)."""
+    def _is_api_flow(self, flow: http.HTTPFlow) -> bool:
+        """A flow to an API host: on a reverse listener, or to an `intercept` host."""
         return (isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
                 or flow.request.pretty_host.lower() in self.gateway.rules.intercept)
 

@@ -10,6 +10,7 @@ from mitmproxy import ctx, exceptions
 from ccswitch.config.values import RulesError
 from ccswitch.config.watch import SETTLE
 from ccswitch.mitm.gateway import Gateway
+from ccswitch.mitm.lifecycle import hook_task
 
 log = logging.getLogger("ccswitch.rules")
 
@@ -35,7 +36,7 @@ class RulesWatcher:
             if self._task is None:      # at start-up: the ledger and the state open as the proxy starts
                 self.gateway.sync_upstreams()
             else:                       # another file while running (`set ccswitch_rules`): all of it applies
-                asyncio.get_running_loop().create_task(self._apply_logged())
+                hook_task(self._apply(), "rules apply")   # held until done, a failure logged
 
     def running(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._watch())
@@ -54,12 +55,6 @@ class RulesWatcher:
                     await self._apply()
             except Exception:   # a bug here must not end reloading for good
                 log.exception("ccswitch: the rules could not be reloaded; watching on")
-
-    async def _apply_logged(self) -> None:
-        try:
-            await self._apply()
-        except Exception:
-            log.exception("ccswitch: the rules could not be applied in full")
 
     async def _apply(self) -> None:
         """Everything new rules may change beyond what each request reads from them."""

@@ -30,6 +30,7 @@ class Event:
     raw: bytes = b""
     _json: Any = field(default=None, repr=False)
     _parsed: bool = field(default=False, repr=False)
+    _type: str | None = field(default=None, repr=False)
 
     def json(self) -> Any:
         """The data field as JSON, or None when it is not JSON (e.g. `[DONE]`)."""
@@ -50,14 +51,15 @@ class Event:
         read from there it costs no parse: most events of a stream are text deltas
         that nothing else reads the JSON of.
         """
-        if not self._parsed:
-            leading = _LEADING_TYPE.match(self.data)
+        if self._type is None:   # asked by the usage tap and by the judge of every event: once
+            leading = None if self._parsed else _LEADING_TYPE.match(self.data)
             if leading is not None:
-                return leading.group(1)
-        body = self.json()
-        if isinstance(body, dict) and isinstance(body.get("type"), str):
-            return body["type"]
-        return self.event
+                self._type = leading.group(1)
+            else:
+                body = self.json()
+                self._type = body["type"] if isinstance(body, dict) and isinstance(body.get("type"), str) \
+                    else self.event
+        return self._type
 
 
 def _split_block(block: bytes) -> tuple[str, str] | None:

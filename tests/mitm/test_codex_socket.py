@@ -86,7 +86,7 @@ async def test_an_upgrade_that_never_reached_the_bridge_leaves_no_ticket_behind(
 async def test_a_shutdown_waits_for_bridged_turns_and_cuts_them(gateway):
     router = bridging(gateway)
     turn = asyncio.get_running_loop().create_task(asyncio.sleep(60))
-    router.sockets.bridge._turns.add(turn)               # as a turn being served registers itself
+    router.sockets.bridge._track(turn)                   # as a turn being served registers itself
     assert router._in_flight() == 1
     router._cut()
     await asyncio.gather(turn, return_exceptions=True)

@@ -1,14 +1,12 @@
 """The rules watcher while the proxy runs: it outlives any failure of a reload, and another rules
 file named at run time applies in full (ledger and shared state included)."""
 
-import asyncio
-import time
 
 from mitmproxy.test import taddons
 
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.rules_watcher import RulesWatcher
-from tests.support.helpers import KEY_A
+from tests.support.helpers import KEY_A, eventually
 
 RULES = f"""
 usage_db: {{db}}
@@ -16,13 +14,6 @@ upstreams:
   - {{{{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}}}
 routes: {{{{claude: [a]}}}}
 """
-
-
-async def until(check, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not within the time allowed"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_reload_that_fails_unexpectedly_is_logged_and_reloading_goes_on(tmp_path, caplog, monkeypatch):
@@ -42,9 +33,9 @@ async def test_a_reload_that_fails_unexpectedly_is_logged_and_reloading_goes_on(
     monkeypatch.setattr(gateway.rules_file, "reload_if_changed", flaky)
     watcher.running()
     try:
-        await until(lambda: calls)
+        await eventually(lambda: calls)
         path.write_text(RULES.format(db=tmp_path / "a.db").replace("claude: [a]", "claude: [a], chat: [a]"))
-        await until(lambda: gateway.rules.routes.for_route("chat") == ("a",))
+        await eventually(lambda: gateway.rules.routes.for_route("chat") == ("a",))
     finally:
         watcher.done()
     assert "could not be reloaded" in caplog.text and "a bug in a reload" in caplog.text
@@ -63,7 +54,7 @@ async def test_another_rules_file_named_while_running_moves_the_ledger_too(tmp_p
         watcher.running()
         try:
             tctx.configure(watcher, ccswitch_rules=str(second))
-            await until(lambda: gateway.ledger.path == tmp_path / "b.db")
+            await eventually(lambda: gateway.ledger.path == tmp_path / "b.db")
         finally:
             watcher.done()
             await gateway.close_state()

@@ -1,8 +1,6 @@
 """The shared state's place in the addon: refused at start-up when it cannot be had, opened when
 the proxy runs, re-opened only when a reload changes `state`, and the commands steer it."""
 
-import asyncio
-import time
 
 import pytest
 from mitmproxy import exceptions
@@ -13,7 +11,7 @@ from ccswitch.mitm.shared_state import SharedStateSync
 from ccswitch.routing.state import InMemoryState
 from ccswitch.shared.redis_state import RedisState
 from tests.mitm.conftest import open_gateway
-from tests.support.helpers import KEY_A
+from tests.support.helpers import KEY_A, eventually
 
 UPSTREAMS = f"""
 upstreams:
@@ -21,13 +19,6 @@ upstreams:
   - {{name: b, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}
 routes: {{claude: [a, b]}}
 """
-
-
-async def until(check, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not within the time allowed"
-        await asyncio.sleep(0.01)
 
 
 async def test_without_state_the_gateway_stays_in_memory(tmp_path):
@@ -44,12 +35,12 @@ async def test_the_state_opens_when_running_and_reopens_only_when_a_reload_chang
         await sync.running()
         first = gateway.state
         assert isinstance(first, RedisState) and gateway.health.on_change is not None
-        await until(lambda: first.up)
+        await eventually(lambda: first.up)
         await gateway.open_state()                     # the same rules: the same connection
         assert gateway.state is first
         (tmp_path / "rules.yaml").write_text(f"state: {redis_server.url(1)}\n" + UPSTREAMS)
         # the watcher's reload: a change is applied once it reads the same twice
-        await until(lambda: gateway.rules_file.reload_if_changed() or gateway.rules.state.db == 1)
+        await eventually(lambda: gateway.rules_file.reload_if_changed() or gateway.rules.state.db == 1)
         await gateway.open_state()
         assert gateway.state is not first and gateway.state.channel == "ccswitch:changes:1"
         assert first._task is None                     # the old one was stopped
@@ -64,15 +55,15 @@ async def test_commands_given_to_one_instance_hold_on_the_other(tmp_path, redis_
     two = open_gateway(tmp_path / "two", f"state: {redis_url}\n" + UPSTREAMS)
     for gateway in (one, two):
         await gateway.open_state()
-    await until(lambda: one.state.up and two.state.up)
+    await eventually(lambda: one.state.up and two.state.up)
     commands = Commands(one)
     with taddons.context(commands) as tctx:
         tctx.command(commands.use, "b", "10")
         tctx.command(commands.disable, "a")
-        await until(lambda: two.health.preferred_name() == "b" and not two.health.enabled("a", True))
+        await eventually(lambda: two.health.preferred_name() == "b" and not two.health.enabled("a", True))
         tctx.command(commands.unuse)
         tctx.command(commands.enable, "a")
-        await until(lambda: two.health.preferred_name() is None and two.health.enabled("a", False))
+        await eventually(lambda: two.health.preferred_name() is None and two.health.enabled("a", False))
     for gateway in (one, two):
         await gateway.close_state()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import textwrap
 import time
@@ -98,6 +99,15 @@ def localhost_tls_server_context(directory):
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_path, key_path)
     return context, cert_path
+
+
+async def eventually(check, timeout: float = 5.0) -> None:
+    """Until `check()` holds, polled on the running loop; an AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("not within the time allowed")
+        await asyncio.sleep(0.01)
 
 
 def reload_settled(rules_file) -> bool:

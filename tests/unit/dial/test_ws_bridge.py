@@ -26,6 +26,7 @@ from ccswitch.routing.health import HealthBoard
 from ccswitch.vocab import Endpoint, Protocol, Route
 from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.ws_chain import Chain
+from tests.support.helpers import eventually
 from tests.support.loopback_guard import loopback_url
 from tests.support.mock_upstream import hang_before_headers
 from tests.unit.dial.test_dialer_websocket import rules_for
@@ -190,22 +191,14 @@ class Dialled:
         await self.dialer.aclose()
 
 
-async def until(check, timeout=3.0):
-    for _ in range(int(timeout / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("not within the time allowed")
-
-
 async def test_a_client_that_leaves_mid_turn_stops_it_at_once_with_no_failover_and_no_failure(mock_a, mock_b):
     mock_a.script(hang_before_headers(3))
     bridged = Dialled(mock_a, mock_b)
     try:
         client = await bridged.client()
-        await until(lambda: bridged.bridge.running == 1 and mock_a.requests)
+        await eventually(lambda: bridged.bridge.running == 1 and mock_a.requests)
         client.writer.close()                                   # before a's first byte (2 s away)
-        await until(lambda: bridged.done, timeout=1.0)
+        await eventually(lambda: bridged.done, timeout=1.0)
         job = bridged.done[0]
         assert job.error == CLIENT_CLOSED and [a.upstream for a in job.attempts] == ["a"]
         assert bridged.health.get("a").failures == 0 and not mock_b.requests and bridged.bridge.running == 0
@@ -218,13 +211,13 @@ async def test_a_turn_counts_as_in_flight_and_a_shutdown_cut_ends_it_in_band(moc
     bridged = Dialled(mock_a, mock_b)
     try:
         client = await bridged.client()
-        await until(lambda: bridged.bridge.running == 1)
+        await eventually(lambda: bridged.bridge.running == 1)
         bridged.shutdown.cutting = True                         # the grace period is over
         bridged.bridge.cut()
         seen = await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
         frame = json.loads(next(e.data for e in seen if isinstance(e, TextMessage)))
         assert frame["type"] == "error" and frame["status"] == 503 and SHUTTING_DOWN in frame["error"]["message"]
-        await until(lambda: bridged.done and bridged.bridge.running == 0)
+        await eventually(lambda: bridged.done and bridged.bridge.running == 0)
         assert bridged.done[0].error.startswith("shutdown")
     finally:
         await bridged.close()

@@ -23,6 +23,7 @@ from ccswitch.routing.state import Boards
 from ccswitch.shared import layout
 from ccswitch.shared.factory import StateUnavailable, state_for
 from ccswitch.shared.redis_state import RedisState
+from tests.support.helpers import eventually
 
 RULES = Rules(timezone="UTC", client_keys=[ClientKey(name="k", key="secret-k", budget=Budget(daily=1.0))])
 
@@ -47,14 +48,6 @@ class Node:
 
     async def __aexit__(self, *exc) -> None:
         await self.state.stop()
-
-
-async def eventually(check, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("not within the time allowed")
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture
