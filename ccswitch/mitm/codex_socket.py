@@ -6,6 +6,7 @@ request of the codex route (strategy, affinity, budgets, failover) and recorded 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
 from mitmproxy import http
@@ -21,6 +22,8 @@ from ccswitch.routing.affinity import session_key
 from ccswitch.vocab import Endpoint, Protocol, Route
 from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.ws_chain import Turn, for_upstream
+
+log = logging.getLogger("ccswitch")
 
 #: the handshake's own headers: never sent to an upstream with a turn
 _HANDSHAKE = {"upgrade", "connection", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
@@ -74,7 +77,11 @@ class CodexSockets:
             req = ClientRequest(route=Route.CODEX, endpoint=Endpoint.WEBSOCKET, method="POST", url=context.url,
                                 headers=context.headers, body=json.dumps(body).encode(), json=body, model=model,
                                 stream=True, client_protocol=Protocol.RESPONSES)
-            job = self.router.plan_job(req, f"{context.flow.id}#{ticket.turns}", context.client, session)
+            try:
+                job = self.router.plan_job(req, f"{context.flow.id}#{ticket.turns}", context.client, session)
+            except Exception:   # a bug of ours: this turn's error frame and row, the socket goes on
+                log.exception("ccswitch: a Codex WebSocket turn failed inside ccswitch")
+                job = 500, "ccswitch failed on this turn (an internal error: its log has the details)"
             if isinstance(job, Job):
                 job.upstream_sockets, job.turn = ticket.upstream_sockets, turn   # for websocket: true upstreams
                 for upstream in job.candidates:     # encrypted reasoning stays with its own upstream

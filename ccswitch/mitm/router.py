@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from mitmproxy import ctx, exceptions, http
@@ -46,13 +47,22 @@ from ccswitch.routing.budget import CLIENT
 from ccswitch.routing.classify import RouteMatch, classify
 from ccswitch.routing.events import Event
 from ccswitch.routing.plan import plan
-from ccswitch.translate import translation_for
+from ccswitch.translate import convert_for_candidates
 from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint, Protocol
-from ccswitch.wire.exchange import ClientRequest, RenderError
+from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.headers import from_wire
 from ccswitch.wire.redact import client_credential
 
 log = logging.getLogger("ccswitch")
+
+
+@dataclass
+class _Known:
+    """What the request hook has learnt of a request so far: the row of an answer ccswitch gives itself."""
+    started: datetime
+    body: dict | None = None
+    session: str | None = None
+    client: str | None = None
 
 
 class Router:
@@ -178,26 +188,28 @@ class Router:
         if match is None or not rules.routes.for_route(match.route):
             self._unrouted(flow)  # a route with no upstreams is not ours either
             return
-        started = utc_now()
-        gateway = self.gateway
-        client_protocol = CLIENT_PROTOCOL[match.route]
-        session: str | None = None
-        client_name: str | None = None
+        known = _Known(utc_now())
+        try:
+            await self._route(flow, match, rules, known)
+        except Exception:
+            # never let it pass on unrouted: mitmproxy would log the error, skip ccswitch's other
+            # hooks (the client-key gate among them) and send the request, the client's key and
+            # all, to where the client addressed it
+            log.exception("ccswitch: a %s request failed inside ccswitch", match.route)
+            self._failed_inside(flow, match, known)
 
-        def refuse(status: int, message: str, body: dict | None = None, extra: dict | None = None) -> None:
+    async def _route(self, flow: http.HTTPFlow, match: RouteMatch, rules: Rules, known: _Known) -> None:
+        client_protocol = CLIENT_PROTOCOL[match.route]
+
+        def refuse(status: int, message: str, extra: dict | None = None) -> None:
             answer(flow, error_response(client_protocol, status, message, extra))
-            model = (body or {}).get("model")
-            gateway.record_own_answer(own_answer_row(
-                request_id=flow.id, started_at=started, route=match.route, endpoint=match.endpoint,
-                model=model if isinstance(model, str) else None, stream=bool((body or {}).get("stream")),
-                status=status, error=message[:500],
-                latency_ms=int((utc_now() - started).total_seconds() * 1000), session=session, client=client_name))
+            self._record_refusal(flow, match, known, status, message)
 
         headers = from_wire(flow.request.headers.fields)   # the bytes as received
         client = rules.client_named(client_credential(headers)) if rules.client_keys else None
         if rules.client_keys and client is None:
             return refuse(401, "missing or invalid ccswitch client key")
-        client_name = client.name if client is not None else None
+        client_name = known.client = client.name if client is not None else None
         over_budget = self.client_over_budget(client_name)
         if over_budget:     # nothing is sent upstream until the budget's next period
             return refuse(*over_budget)
@@ -219,18 +231,19 @@ class Router:
         body, problem = parse_body(raw)
         if problem:
             return refuse(400, problem)
+        known.body = body
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            return refuse(400, "the request body names no model", body)
+            return refuse(400, "the request body names no model")
         if self.shutdown.draining:   # those in flight finish; new ones are for the next process
-            return refuse(503, SHUTTING_DOWN, body, {"retry-after": RETRY_AFTER, "connection": "close"})
-        session = session_key(headers, body)
+            return refuse(503, SHUTTING_DOWN, {"retry-after": RETRY_AFTER, "connection": "close"})
+        session = known.session = session_key(headers, body)
         req = ClientRequest(route=match.route, endpoint=match.endpoint, method="POST",
                             url=flow.request.url, headers=headers, body=raw, json=body, model=model,
                             stream=body.get("stream") is True, client_protocol=client_protocol)
         job = self.plan_job(req, flow.id, client_name, session)
         if not isinstance(job, Job):
-            return refuse(*job[:2], body, job[2])
+            return refuse(*job)
         self.jobs[flow.id] = job
         flow.metadata["ccswitch"] = {"route": match.route, "endpoint": match.endpoint, "model": model}
         redact_credentials(flow.request.headers)
@@ -246,6 +259,29 @@ class Router:
         flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.relay.port
         flow.request.headers[JOB_HEADER] = job.token
 
+    def _record_refusal(self, flow: http.HTTPFlow, match: RouteMatch, known: _Known, status: int,
+                        message: str) -> None:
+        body = known.body or {}
+        model = body.get("model")
+        self.gateway.record_own_answer(own_answer_row(
+            request_id=flow.id, started_at=known.started, route=match.route, endpoint=match.endpoint,
+            model=model if isinstance(model, str) else None, stream=bool(body.get("stream")), status=status,
+            error=message[:500], latency_ms=int((utc_now() - known.started).total_seconds() * 1000),
+            session=known.session, client=known.client))
+
+    def _failed_inside(self, flow: http.HTTPFlow, match: RouteMatch, known: _Known) -> None:
+        """A bug of ccswitch's on the way: the client gets a 500 in its API's shape, the ledger its row."""
+        if flow.response is not None:   # answered already; its row is written or on its way
+            return
+        job = self.jobs.pop(flow.id, None)
+        if job is not None and self.relay is not None:
+            self.relay.forget(job)
+        self.held_bodies.pop(flow.id, None)
+        message = "ccswitch failed on this request (an internal error: its log has the details)"
+        answer(flow, error_response(CLIENT_PROTOCOL[match.route], 500, message))
+        flow.marked = ":warning:"
+        self._record_refusal(flow, match, known, 500, message)
+
     def _exhausted(self, route: str, reason: str, wait: float | None) -> None:
         """ccswitch answers the route itself: one event per soonest reset (429), or per hour
         while nothing is available with no known end (503), however many requests are refused."""
@@ -256,7 +292,7 @@ class Router:
             until, episode = None, f"503 {utc_now():%Y-%m-%dT%H}"
         self.gateway.events.emit(Event("exhausted", None, reason, route=route, until=until, episode=episode))
 
-    def client_over_budget(self, client_name: str | None) -> tuple[int, str, None, dict] | None:
+    def client_over_budget(self, client_name: str | None) -> tuple[int, str, dict] | None:
         """ccswitch's 429 for a client key whose budget is spent, or None."""
         spend = self.gateway.spend
         overrun = spend.over(CLIENT, client_name) if client_name is not None else None
@@ -264,7 +300,7 @@ class Router:
             return None
         wait = (overrun.until - spend.clock()).total_seconds()
         reset = overrun.until.astimezone(self.gateway.rules.tz)
-        return (429, f"{overrun.describe(f'client key {client_name}')}; it resets at {reset:%Y-%m-%d %H:%M}", None,
+        return (429, f"{overrun.describe(f'client key {client_name}')}; it resets at {reset:%Y-%m-%d %H:%M}",
                 {"retry-after": str(max(1, math.ceil(wait)))})
 
     def plan_job(self, req: ClientRequest, flow_id: str, client_name: str | None,
@@ -281,7 +317,7 @@ class Router:
         if not chosen.candidates:
             self._exhausted(req.route, chosen.why_none(req.route), None)
             return 503, chosen.why_none(req.route), {"retry-after": "30"}
-        converted, problem = _convert_for_candidates(req, chosen.candidates, rules)
+        converted, problem = convert_for_candidates(req, chosen.candidates, rules)
         if problem:
             return 400, problem, None
         return Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow_id, converted=converted,
@@ -396,19 +432,3 @@ def rate_limit_headers(protocol: str, seconds: float, now: float) -> dict[str, s
         headers["anthropic-ratelimit-unified-status"] = "rejected"
         headers["anthropic-ratelimit-unified-reset"] = str(int(now + wait))
     return headers
-
-
-def _convert_for_candidates(req: ClientRequest, candidates, rules: Rules) -> tuple[dict, str | None]:
-    """Convert the body for each candidate of another protocol before any upstream call: a body
-    that cannot be converted is the client's 400, and the dialer reuses what was converted."""
-    converted: dict[str, dict] = {}
-    for upstream in candidates:
-        if upstream.protocol == req.client_protocol:
-            continue
-        try:
-            body = translation_for(req.client_protocol, upstream.protocol).request(req, upstream, rules)
-        except RenderError as exc:
-            return converted, str(exc)
-        if body is not None:
-            converted[upstream.name] = body
-    return converted, None

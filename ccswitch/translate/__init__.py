@@ -15,6 +15,7 @@ from ccswitch.translate.base import ChatPassthrough, Passthrough, Translation, U
 from ccswitch.translate.chat.anthropic import ChatToAnthropic
 from ccswitch.translate.chat.responses import ChatToResponses
 from ccswitch.vocab import Protocol
+from ccswitch.wire.exchange import ClientRequest, RenderError
 
 _PASSTHROUGH = Passthrough()
 _CHAT_PASSTHROUGH = ChatPassthrough()
@@ -30,3 +31,19 @@ def translation_for(client_protocol: str, upstream_protocol: str) -> Translation
     if client_protocol == Protocol.CHAT and upstream_protocol == Protocol.RESPONSES:
         return ChatToResponses()
     return Unsupported(client_protocol, upstream_protocol)
+
+
+def convert_for_candidates(req: ClientRequest, candidates, rules) -> tuple[dict, str | None]:
+    """Convert the body for each candidate of another protocol before any upstream call: a body
+    that cannot be converted is the client's 400, and the dialer reuses what was converted."""
+    converted: dict[str, dict] = {}
+    for upstream in candidates:
+        if upstream.protocol == req.client_protocol:
+            continue
+        try:
+            body = translation_for(req.client_protocol, upstream.protocol).request(req, upstream, rules)
+        except RenderError as exc:
+            return converted, str(exc)
+        if body is not None:
+            converted[upstream.name] = body
+    return converted, None

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from ccswitch.config.models import Upstream
 from ccswitch.wire import protocols
-from ccswitch.wire.exchange import UNPARSED, ClientRequest, RenderError, Reply, json_or_none, not_json_kind
+from ccswitch.wire.exchange import UNPARSED, ClientRequest, RenderError, Reply, json_or_none, not_json_kind, object_at
 from ccswitch.wire.redact import scrub
 from ccswitch.wire.sse import Event
 
@@ -122,7 +122,8 @@ class ChatPassthrough(Passthrough):
         body = req.json or {}
         if not req.stream or wants_usage(body):
             return None
-        return {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+        options = object_at(body.get("stream_options"), "stream_options")
+        return {**body, "stream_options": {**options, "include_usage": True}}
 
     def stream(self, req: ClientRequest, upstream: Upstream) -> StreamPassthrough:
         return StreamPassthrough() if wants_usage(req.json or {}) else _DropUsageChunk()

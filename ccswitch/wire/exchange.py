@@ -39,6 +39,32 @@ class RenderError(ValueError):
         self.status = status
 
 
+def object_at(value: Any, where: str) -> dict:
+    """A client's value that must be a JSON object when given (absent: empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RenderError(f"{where} must be an object")
+    return value
+
+
+def function_name(value: Any) -> str | None:
+    """The name in a Chat client's `{"function": {"name": …}}` (a tool, a call, a choice), or
+    None for any other shape."""
+    function = value.get("function") if isinstance(value, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def array_at(value: Any, where: str) -> list:
+    """A client's value that must be a JSON array when given (absent: empty)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RenderError(f"{where} must be an array")
+    return value
+
+
 @dataclass(slots=True)
 class Reply:
     """A complete answer for the client (success, `pass` status, or the last failure)."""

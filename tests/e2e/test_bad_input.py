@@ -111,6 +111,25 @@ def test_bad_and_missing_client_keys(world):
     assert r.status_code == 401 and "client key" in r.json()["error"]["message"]   # OpenAI format
 
 
+@pytest.mark.parametrize("body,needle", [
+    # valid Chat requests an Anthropic upstream cannot express; they once raised inside the
+    # converter, and mitmproxy then sent them, client key and all, to the host named
+    ({"reasoning_effort": "high", "messages": [{"role": "system", "content": "Be brief."}]}, "non-empty"),
+    ({"model": "claude-x-thinking", "messages": [{"role": "user", "content": ""}]}, "non-empty"),
+    ({"messages": [{"role": "assistant", "tool_calls": ["x"]}, {"role": "user", "content": "hi"}]}, "tool calls"),
+    ({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema", "json_schema": "s"}},
+     "json_schema must be an object"),
+])
+def test_chat_bodies_no_upstream_can_take_are_400_in_openai_format(world, body, needle):
+    proxy, a, _ = world
+    r = post(proxy, path="/v1/chat/completions", content=json.dumps({"model": "claude-x", **body}),
+             key=None, headers={"authorization": f"Bearer {CLIENT_KEY}"})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and needle in error["message"], error
+    assert not a.requests
+
+
 def test_cr_lf_in_a_header_value_is_refused_not_blamed_on_the_upstream(world):
     proxy, a, _ = world
     body = json.dumps(GOOD).encode()

@@ -6,9 +6,10 @@ from mitmproxy.flow import Error
 from mitmproxy.test import taddons
 
 from ccswitch.dial.relay import Relay
-from ccswitch.dial.ws_bridge import TICKET_HEADER
+from ccswitch.dial.ws_bridge import TICKET_HEADER, Refusal
 from ccswitch.mitm.codex_socket import CodexSockets
 from ccswitch.mitm.router import Router
+from ccswitch.wire.ws_chain import Turn
 from tests.mitm.test_router import messages_flow
 from tests.support.helpers import CLIENT_KEY, KEY_A
 
@@ -91,3 +92,22 @@ async def test_a_shutdown_waits_for_bridged_turns_and_cuts_them(gateway):
     router._cut()
     await asyncio.gather(turn, return_exceptions=True)
     assert turn.cancelled()
+
+
+async def test_a_bug_planning_a_turn_is_its_500_frame_and_row(gateway, monkeypatch):
+    def broken(*args):
+        raise KeyError("input")
+    monkeypatch.setattr("ccswitch.mitm.router.convert_for_candidates", broken)
+    rows = []
+    monkeypatch.setattr(gateway, "record_own_answer", rows.append)
+    router = bridging(gateway)
+    with taddons.context(router):
+        flow = upgrade()
+        await router.request(flow)
+    ticket = router.sockets.bridge._tickets[flow.request.headers[TICKET_HEADER]]
+    ticket.turns = 1
+    turn = Turn(body={"model": "gpt-5", "input": []}, input=[], upstream_hint=None)
+    made = router.sockets._make_job(ticket, turn)
+    assert isinstance(made, Refusal) and made.status == 500 and "internal error" in made.message
+    [row] = rows
+    assert (row["status"], row["model"], row["endpoint"], row["upstream"]) == (500, "gpt-5", "websocket", None)

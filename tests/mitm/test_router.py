@@ -100,6 +100,26 @@ async def test_bad_bodies_are_400_in_client_format(router, body, message):
     assert error["type"] == "error" and message in error["error"]["message"]
 
 
+async def test_a_bug_on_the_way_is_a_500_with_its_row_never_a_pass_through(router, monkeypatch):
+    # mitmproxy would log an exception, skip ccswitch's later hooks (the client-key gate) and send
+    # the request on to the host the client named, with the client's key
+    def broken(*args):
+        raise IndexError("list index out of range")
+    monkeypatch.setattr("ccswitch.mitm.router.convert_for_candidates", broken)
+    rows = []
+    monkeypatch.setattr(router.gateway, "record_own_answer", rows.append)
+    flow = messages_flow({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    await router.request(flow)
+    assert flow.response.status_code == 500
+    error = json.loads(flow.response.content)
+    assert error["type"] == "error" and error["error"]["type"] == "api_error"
+    assert "internal error" in error["error"]["message"]
+    assert flow.request.headers["x-api-key"] == "<redacted>" and flow.request.host == "api.anthropic.com"
+    assert flow.id not in router.jobs and flow.marked
+    [row] = rows
+    assert (row["status"], row["model"], row["stream"], row["upstream"]) == (500, "m", 1, None)
+
+
 async def test_deeply_nested_json_is_400_not_a_crash(router):
     flow = messages_flow()
     flow.request.content = b'{"model":"m","x":' + b"[" * 100000 + b"]" * 100000 + b"}"

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from ccswitch.translate.chat.models import adaptive_thinking, default_max_tokens, split_model, structured_outputs
-from ccswitch.wire.exchange import ClientRequest, RenderError
+from ccswitch.wire.exchange import ClientRequest, RenderError, array_at, function_name, object_at
 
 log = logging.getLogger("ccswitch.convert")
 
@@ -28,6 +28,7 @@ _BUDGET = {"minimal": 1024, "low": 1024, "medium": 2048, "high": 4096, "xhigh": 
 _ADAPTIVE_EFFORT = {"minimal": "low", "low": "low", "medium": "medium", "high": "high",
                     "xhigh": "xhigh", "max": "max"}
 _THINKING_TYPES = ("thinking", "redacted_thinking")
+_NOTHING_TO_SAY = "messages must contain at least one non-empty user or assistant message"
 
 
 
@@ -121,9 +122,9 @@ def _arguments(text: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"_raw": text if isinstance(text, str) else json.dumps(text)}
 
 
-def _thinking_replay(msg: dict[str, Any]) -> list[dict[str, Any]]:
+def _thinking_replay(msg: dict[str, Any], where: str) -> list[dict[str, Any]]:
     out = []
-    for block in msg.get("thinking_blocks") or ():
+    for block in array_at(msg.get("thinking_blocks"), f"{where}.thinking_blocks"):
         if isinstance(block, dict) and block.get("type") == "thinking" and block.get("signature"):
             out.append({"type": "thinking", "thinking": block.get("thinking") or "",
                         "signature": block["signature"]})
@@ -133,14 +134,15 @@ def _thinking_replay(msg: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _assistant(msg: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    blocks = _thinking_replay(msg) + content_blocks(msg.get("content"), where)
+    blocks = _thinking_replay(msg, where) + content_blocks(msg.get("content"), where)
     calls = msg.get("tool_calls") or []
     if not isinstance(calls, list):
         raise RenderError(f"{where}: tool_calls must be an array")
     for j, call in enumerate(calls):
         here = f"{where}.tool_calls[{j}]"
         fn = call.get("function") if isinstance(call, dict) else None
-        if call.get("type", "function") != "function" or not isinstance(fn, dict) or not fn.get("name"):
+        if not isinstance(fn, dict) or call.get("type", "function") != "function" \
+                or not isinstance(fn.get("name"), str) or not fn["name"]:
             raise RenderError(f"{here}: only function tool calls with a name can be sent to an Anthropic upstream")
         blocks.append({"type": "tool_use", "id": tool_id(call.get("id"), here), "name": fn["name"],
                        "input": _arguments(fn.get("arguments"))})
@@ -232,8 +234,8 @@ def _tool_choice(body: dict[str, Any], tools: list[dict[str, Any]]) -> tuple[dic
     choice = body.get("tool_choice")
     names = {t["name"] for t in tools}
     if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
-        allowed = choice.get("allowed_tools") or {}
-        keep = {(t.get("function") or {}).get("name") for t in allowed.get("tools") or () if isinstance(t, dict)}
+        allowed = object_at(choice.get("allowed_tools"), "tool_choice.allowed_tools")
+        keep = {function_name(t) for t in array_at(allowed.get("tools"), "tool_choice.allowed_tools.tools")}
         tools = [t for t in tools if t["name"] in keep]
         choice = "required" if allowed.get("mode") == "required" else "auto"
     if choice is None:
@@ -241,7 +243,7 @@ def _tool_choice(body: dict[str, Any], tools: list[dict[str, Any]]) -> tuple[dic
     elif choice in ("auto", "none", "required"):
         out = {"type": {"auto": "auto", "none": "none", "required": "any"}[choice]}
     elif isinstance(choice, dict) and choice.get("type") == "function":
-        name = (choice.get("function") or {}).get("name")
+        name = function_name(choice)
         if name not in names:
             raise RenderError(f"tool_choice names the function {name!r}, which is not in tools")
         out = {"type": "tool", "name": name}
@@ -294,6 +296,8 @@ def build(body: dict[str, Any], req: ClientRequest, upstream, rules) -> dict[str
         else:
             raise RenderError(f"{where}: role {role!r} cannot be sent to an Anthropic upstream")
     turns = _merge(raw_turns)
+    if not turns:
+        raise RenderError(_NOTHING_TO_SAY)
     _check_tool_pairs(turns)
 
     out: dict[str, Any] = {"model": model}
@@ -305,8 +309,8 @@ def build(body: dict[str, Any], req: ClientRequest, upstream, rules) -> dict[str
     output_config: dict[str, Any] = {}
     fmt = body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        spec = fmt.get("json_schema") or {}
-        schema = spec.get("schema") or {"type": "object"}
+        spec = object_at(fmt.get("json_schema"), "response_format.json_schema")
+        schema = object_at(spec.get("schema"), "response_format.json_schema.schema") or {"type": "object"}
         if structured_outputs(target):
             output_config["format"] = {"type": "json_schema", "schema": schema}
         else:
@@ -356,8 +360,8 @@ def build(body: dict[str, Any], req: ClientRequest, upstream, rules) -> dict[str
                 blocks.pop()
         if not blocks:
             turns.pop()
-    if not turns:
-        raise RenderError("messages must contain at least one non-empty user or assistant message")
+    if not turns:   # the prefill was only whitespace
+        raise RenderError(_NOTHING_TO_SAY)
 
     if system:
         out["system"] = system

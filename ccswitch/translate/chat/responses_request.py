@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ccswitch.translate.chat.models import split_model
-from ccswitch.wire.exchange import RenderError
+from ccswitch.wire.exchange import RenderError, array_at, function_name, object_at
 
 #: what the ChatGPT Codex backend accepts (openai/codex `ResponsesApiRequest`); it answers
 #: 400 "Unsupported parameter" to anything else (temperature, max_output_tokens, metadata…)
@@ -33,8 +33,9 @@ def build_request(body: dict[str, Any], *, stream: bool, codex: bool = False) ->
     if instructions or codex:                    # the Codex backend requires the field
         out["instructions"] = instructions
     out["input"] = items
-    if body.get("tools"):
-        out["tools"] = [_convert_tool(tool) for tool in body["tools"]]
+    tools = array_at(body.get("tools"), "tools")
+    if tools:
+        out["tools"] = [_convert_tool(tool) for tool in tools]
     if body.get("tool_choice") is not None:
         out["tool_choice"] = _convert_tool_choice(body["tool_choice"])
     if body.get("parallel_tool_calls") is not None:
@@ -90,7 +91,7 @@ def _reject_unsupported(body: dict[str, Any]) -> None:
     n = body.get("n")
     if n is not None and n != 1:
         raise RenderError("n > 1 is not supported for this model (Responses upstream returns one choice)")
-    if body.get("audio") is not None or "audio" in (body.get("modalities") or ()):
+    if body.get("audio") is not None or "audio" in array_at(body.get("modalities"), "modalities"):
         raise RenderError("audio output is not supported for this model")
     if body.get("web_search_options") is not None:
         raise RenderError("web_search_options is not supported for this model")
@@ -201,7 +202,7 @@ def _assistant_items(msg: dict[str, Any], where: str) -> list[dict[str, Any]]:
     parts = ([{"type": "output_text", "text": text}] if text else []) + \
         [{"type": "refusal", "refusal": r} for r in refusals if r]
     items: list[dict[str, Any]] = [{"type": "message", "role": "assistant", "content": parts}] if parts else []
-    for j, call in enumerate(msg.get("tool_calls") or ()):
+    for j, call in enumerate(array_at(msg.get("tool_calls"), f"{where}.tool_calls")):
         fn = call.get("function") if isinstance(call, dict) else None
         if not isinstance(fn, dict) or call.get("type", "function") != "function":
             raise RenderError(f"{where}.tool_calls[{j}] must be a function call")
@@ -235,13 +236,14 @@ def _convert_tool_choice(choice: Any) -> Any:
     if choice in ("auto", "none", "required"):
         return choice
     if isinstance(choice, dict) and choice.get("type") == "function":
-        name = (choice.get("function") or {}).get("name")
+        name = function_name(choice)
         if name:
             return {"type": "function", "name": name}
     if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
-        allowed = choice.get("allowed_tools") or {}
-        tools = [{"type": "function", "name": (t.get("function") or {}).get("name")}
-                 for t in allowed.get("tools") or () if isinstance(t, dict) and t.get("type") == "function"]
+        allowed = object_at(choice.get("allowed_tools"), "tool_choice.allowed_tools")
+        tools = [{"type": "function", "name": function_name(t)}
+                 for t in array_at(allowed.get("tools"), "tool_choice.allowed_tools.tools")
+                 if isinstance(t, dict) and t.get("type") == "function"]
         if allowed.get("mode") in ("auto", "required") and tools and all(t["name"] for t in tools):
             return {"type": "allowed_tools", "mode": allowed["mode"], "tools": tools}
     raise RenderError(f"tool_choice {choice!r} is not supported for this model")
