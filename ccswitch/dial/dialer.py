@@ -264,11 +264,18 @@ class Dialer:
         body = translation.scrub(body, outgoing.secrets)
         parsed = UNPARSED if is_sse else json_or_none(body)   # once, for the usage and the check
         attempt.usage = usage_of_body(upstream.protocol, body, is_sse, parsed)
+        why = None
         if 200 <= status < 300:
             problem = translation.check_body(job.request, upstream, body, is_sse, parsed)
-            if problem:   # a 2xx that is not an answer: if it is the last word, the client gets a 502
+            if problem and protocols.dressed_error(parsed):
+                # an error under a 2xx (relays do it; a Responses object that failed): judged, and
+                # told to the client, as the error it stands for, with the upstream's own words
+                status = protocols.in_stream_status(parsed)
+                why = f"HTTP {status} under a 2xx"
+            elif problem:   # a 2xx that is not an answer: if it is the last word, the client gets a 502
                 return Failure(upstream.name, status, problem, failover.on_network_error, headers, body,
                                client_status=502)
+        if 200 <= status < 300:
             reply = translation.reply(job.request, upstream, status, headers, body)
             if 200 <= reply.status < 300:
                 return reply
@@ -285,7 +292,7 @@ class Dialer:
         action = failover.action_for(status)
         if action == Action.PASS:
             return Reply(upstream.name, status, headers, body)
-        return Failure(upstream.name, status, f"HTTP {status}", action, headers, body)
+        return Failure(upstream.name, status, why or f"HTTP {status}", action, headers, body)
 
     # ------------------------------------------------------------------ answers
 

@@ -85,6 +85,12 @@ def error_object(body: Any) -> Any:
     return err
 
 
+def dressed_error(body: Any) -> bool:
+    """Is a 2xx JSON body an error object with its own words (`error.message`)?"""
+    err = error_object(body)
+    return isinstance(err, dict) and isinstance(err.get("message"), str)
+
+
 def stream_error_message(event: Event) -> str:
     """The text of an in-stream error event, for logs and the attempt list; whole, so that key
     text in it is scrubbed before anyone cuts it short (a key cut in two is no longer found)."""

@@ -91,8 +91,10 @@ def openai_error_from(body: bytes, status: int) -> dict[str, Any]:
     err = parsed.get("error") if isinstance(parsed, dict) else None
     if isinstance(err, dict):
         kind = err.get("type") or err.get("code") or "api_error"
+        # OpenAI's own code, null included; an Anthropic error has none: its type stands in
+        code = err["code"] if "code" in err else kind
         return {"error": {"message": str(err.get("message", "")), "type": kind,
-                          "param": err.get("param"), "code": err.get("code") or kind}}
+                          "param": err.get("param"), "code": code}}
     text = body.decode("utf-8", "replace")[:500] if body else f"upstream answered HTTP {status}"
     return {"error": {"message": text, "type": "api_error", "param": None, "code": None}}
 

@@ -116,6 +116,31 @@ async def test_a_2xx_body_that_is_not_utf8_is_named_so(mock_a, mock_b, path, rou
     assert job.attempts[0].error == "a 2xx body that is not UTF-8"
 
 
+async def test_an_error_under_a_2xx_as_the_last_word_is_told_as_that_error(mock_a):
+    # a relay's 200 that carries Anthropic's overloaded error: Claude Code sees a 529 it retries,
+    # with the relay's own words, not a 502 of ccswitch's that hides them
+    mock_a.script(error_json_200())
+    job, sink, health = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST),
+                                  body={"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+    assert sink.status == 529
+    error = json.loads(sink.body)
+    assert error["type"] == "error" and error["error"]["type"] == "overloaded_error"
+    assert job.attempts[0].error == "HTTP 529 under a 2xx" and health.get("a").failures == 1
+
+
+async def test_a_failed_responses_object_reaches_a_chat_client_as_its_error(mock_a):
+    failed = {"id": "resp_1", "object": "response", "status": "failed", "output": [],
+              "error": {"code": "rate_limit_exceeded", "message": "Rate limit reached for gpt-5"}}
+    mock_a.script(status(200, body=failed, headers={"content-type": "application/json"}))
+    rules = rules_for(("r", "openai-responses", mock_a.base_url + "/v1"), routes={"chat": ["r"]}, extra=FAST)
+    job, sink, _ = await run(rules, path="/v1/chat/completions",
+                             body={"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]})
+    assert sink.status == 429
+    error = json.loads(sink.body)["error"]
+    assert error["message"] == "Rate limit reached for gpt-5" and error["code"] == "rate_limit_exceeded"
+    assert job.status == 429
+
+
 async def test_refused_connection_fails_over(mock_b):
     dead = f"http://127.0.0.1:{MockUpstream.closed_port()}"
     rules = rules_for(("a", "anthropic", dead), ("b", "anthropic", mock_b.base_url), extra=FAST)

@@ -316,6 +316,16 @@ def test_error_statuses_use_the_openai_shape():
                                              "code": "overloaded"}
 
 
+
+def test_an_openai_error_keeps_its_null_code_and_an_anthropic_one_gets_its_type():
+    openai_null = Reply("resp", 400, [], b'{"error":{"message":"bad","type":"invalid_request_error",'
+                                          b'"param":"input","code":null}}')
+    assert json.loads(ChatToResponses().error_reply(creq({}), openai_null).body)["error"] == {
+        "message": "bad", "type": "invalid_request_error", "param": "input", "code": None}
+    anthropic = Reply("anth", 429, [], b'{"type":"error","error":{"type":"rate_limit_error","message":"slow"}}')
+    assert json.loads(ChatToResponses().error_reply(creq({}), anthropic).body)["error"]["code"] == "rate_limit_error"
+
+
 # ---------------------------------------------------------------- codex backend: aggregate the SSE body
 
 def test_codex_non_stream_client_aggregates_the_completed_response():
