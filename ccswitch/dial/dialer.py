@@ -301,7 +301,7 @@ class Dialer:
         if reply.translated is False and not 200 <= reply.status < 300:
             reply = translation.error_reply(job.request, reply)
         job.upstream, job.status = reply.upstream, reply.status
-        job.error = job.error or (None if 200 <= reply.status < 300 else reply.reason)
+        job.error = job.error or (None if 200 <= reply.status < 300 else reply.reason or f"HTTP {reply.status}")
         await _answer(job, sink, reply.status, reply.headers + marks(job), reply.body)
 
     async def _deliver_own_error(self, job: Job, sink: Sink, status: int, message: str) -> None:

@@ -4,7 +4,6 @@ Pure: the same inputs always give the same request, and the client's body is nev
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +11,7 @@ from ccswitch.config.models import Upstream
 from ccswitch.net.http1 import Via
 from ccswitch.vocab import Endpoint, Protocol
 from ccswitch.wire.cache_breakpoints import keep_cache_breakpoints
-from ccswitch.wire.exchange import ClientRequest, RenderError
+from ccswitch.wire.exchange import ClientRequest, RenderError, json_bytes
 from ccswitch.wire.headers import sendable
 from ccswitch.wire.redact import CREDENTIAL_HEADERS
 
@@ -72,13 +71,13 @@ def render(upstream: Upstream, req: ClientRequest, body: dict[str, Any] | None =
         upstream_model = upstream.map_model(model)
         if upstream_model != payload.get("model") or body is not None:
             payload = {**payload, "model": upstream_model}
-            content = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+            content = json_bytes(payload)
     if upstream.cache_breakpoints is not None and upstream.protocol == Protocol.ANTHROPIC \
             and isinstance(payload, dict):
         trimmed = keep_cache_breakpoints(payload, upstream.cache_breakpoints)
         if trimmed is not payload:
             payload = trimmed
-            content = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+            content = json_bytes(payload)
     headers = _headers(upstream, req)
     if upstream.protocol == Protocol.ANTHROPIC and not any(k == "anthropic-version" for k, _ in headers):
         headers.append(("anthropic-version", "2023-06-01"))

@@ -25,7 +25,7 @@ from ccswitch.dial.render import OutgoingRequest
 from ccswitch.net import http1
 from ccswitch.net.ws_client import OpenTransport, WsClient
 from ccswitch.vocab import Protocol
-from ccswitch.wire.exchange import RenderError
+from ccswitch.wire.exchange import RenderError, json_text
 from ccswitch.wire.protocols import Kind, classify_event, error_object, in_stream_status
 from ccswitch.wire.sse import Event, format_event
 from ccswitch.wire.ws_chain import Turn
@@ -91,7 +91,7 @@ class UpstreamSockets:
             frame = create_frame(body, turn, socket.issued)
             socket.issued = None        # until this turn completes, it can continue nothing
             try:
-                await socket.client.send(json.dumps(frame, ensure_ascii=False, separators=(",", ":")))
+                await socket.client.send(json_text(frame))
                 first = await socket.client.receive()
             except http1.TransportError:
                 self.discard(upstream)

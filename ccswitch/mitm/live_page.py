@@ -10,7 +10,6 @@ Bearer, or `?key=` for a browser); without them, a reverse listener serves loopb
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime
 from urllib.parse import unquote
@@ -26,6 +25,7 @@ from ccswitch.report.live_status import live_status, upstream_views
 from ccswitch.report.metrics import CONTENT_TYPE as METRICS_TYPE
 from ccswitch.report.metrics import metrics_text
 from ccswitch.wire import headers as wire
+from ccswitch.wire.exchange import json_bytes
 from ccswitch.wire.redact import REDACTED, client_credential
 
 log = logging.getLogger("ccswitch")
@@ -118,7 +118,7 @@ class LivePage:
 
 
 def _json(data: dict) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    return json_bytes(data)
 
 
 def _text(status: int, message: str, extra: dict | None = None) -> http.Response:

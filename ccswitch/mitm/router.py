@@ -389,7 +389,7 @@ class Router:
         if job is None:
             if self.sockets is not None and (ticket := flow.request.headers.get(TICKET_HEADER)):
                 self.sockets.bridge.forget(ticket)   # an upgrade that never reached the bridge (the client left)
-            if flow.request.pretty_host.lower() in self.gateway.rules.intercept:
+            if self._is_api_flow(flow):
                 redact_credentials(flow.request.headers)  # passed through: sent already, hide now
             return
         if not job.request.stream:

@@ -10,11 +10,11 @@ sentences, but some quote what an upstream answered."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from datetime import UTC, datetime
 
 from ccswitch.routing.events import Event
+from ccswitch.wire.exchange import json_bytes
 from ccswitch.wire.redact import scrub
 
 TEST_EVENT = "test"          # the kind `ccswitch notify-test` sends; every hook gets it
@@ -63,4 +63,4 @@ def render(event: Event, fmt: str, secrets: list[str]) -> tuple[str, bytes]:
         document = {"content": summary(event)[:_DISCORD_LIMIT]}
     else:
         document = as_json(event)
-    return "application/json", json.dumps(document, ensure_ascii=False).encode()
+    return "application/json", json_bytes(document, compact=False)

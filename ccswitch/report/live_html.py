@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from typing import Any
+
+from ccswitch.wire.exchange import json_text
 
 REFRESH_MS = 2000
 
@@ -203,7 +204,7 @@ CONTENT_SECURITY_POLICY = (f"default-src 'none'; script-src {_csp_hash(SCRIPT)};
 
 def json_island(data: Any) -> str:
     """JSON that cannot end its <script> element or open markup inside it."""
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    text = json_text(data)
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 

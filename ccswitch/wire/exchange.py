@@ -65,6 +65,31 @@ def array_at(value: Any, where: str) -> list:
     return value
 
 
+_COMPACT = (",", ":")
+
+
+def json_text(value: Any, *, compact: bool = True) -> str:
+    """JSON text that encodes to UTF-8: other scripts kept as they are, unless a lone surrogate
+    is in it (a client cut a character in two, and JSON allows its escape), then everything
+    escaped, that one as the client sent it."""
+    separators = _COMPACT if compact else None
+    text = json.dumps(value, ensure_ascii=False, separators=separators)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=separators)
+    return text
+
+
+def json_bytes(value: Any, *, compact: bool = True) -> bytes:
+    """`json_text` as UTF-8 (one encode when there is no lone surrogate)."""
+    separators = _COMPACT if compact else None
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=separators).encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=separators).encode()
+
+
 @dataclass(slots=True)
 class Reply:
     """A complete answer for the client (success, `pass` status, or the last failure)."""

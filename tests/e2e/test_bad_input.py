@@ -130,6 +130,16 @@ def test_chat_bodies_no_upstream_can_take_are_400_in_openai_format(world, body, 
     assert not a.requests
 
 
+def test_a_lone_surrogate_escape_is_routed_as_it_came(world):
+    # a JavaScript client that cuts text inside an emoji sends "\ud83d" alone: valid JSON, no UTF-8
+    proxy, a, _ = world
+    content = b'{"model": "claude-x", "messages": [{"role": "user", "content": "a\\ud83db"}]}'
+    r = post(proxy, path="/v1/chat/completions", content=content, key=None,
+             headers={"authorization": f"Bearer {CLIENT_KEY}"})
+    assert r.status_code == 200, r.text
+    assert b"a\\ud83db" in a.last().body      # converted to Anthropic's shape, escaped as it came
+
+
 def test_cr_lf_in_a_header_value_is_refused_not_blamed_on_the_upstream(world):
     proxy, a, _ = world
     body = json.dumps(GOOD).encode()

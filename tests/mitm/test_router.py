@@ -234,13 +234,23 @@ async def test_finish_writes_comment_display_url_and_forgets_the_job(router):
     assert KEY_A not in json.dumps(flow.get_state(), default=str)
 
 
-async def test_passthrough_flows_on_intercepted_hosts_are_redacted_once_sent(router):
-    flow = messages_flow(path="/api/claude_code/settings", method="GET")
+@pytest.mark.parametrize("host,mode", [("api.anthropic.com", "regular"),
+                                       ("relay.example", "reverse:https://relay.example")])
+async def test_passthrough_flows_to_api_hosts_are_redacted_once_sent(router, host, mode):
+    flow = messages_flow(path="/v1/models", method="GET", host=host, mode=mode)
     await router.request(flow)
     assert flow.request.headers["x-api-key"] == CLIENT_KEY   # still needed to reach the host
     flow.response = tutils.tresp()
     router.response(flow)
     assert flow.request.headers["x-api-key"] == "<redacted>"
+
+
+async def test_passthrough_flows_to_other_hosts_are_left_as_they_are(router):
+    flow = messages_flow(path="/", method="GET", host="example.com")
+    await router.request(flow)
+    flow.response = tutils.tresp()
+    router.response(flow)
+    assert flow.request.headers["x-api-key"] == CLIENT_KEY
 
 
 def test_intercept_scope_ignores_other_hosts(gateway):

@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from ccswitch.translate.base import wants_usage
-from ccswitch.wire.exchange import UNPARSED, ClientRequest, Reply, json_or_none, not_json_kind
+from ccswitch.wire.exchange import UNPARSED, ClientRequest, Reply, json_bytes, json_or_none, not_json_kind
 from ccswitch.wire.protocols import body_matches_protocol
 from ccswitch.wire.redact import scrub
 from ccswitch.wire.sse import format_event
@@ -134,7 +134,7 @@ class ChatTranslation:
     def reply(self, req: ClientRequest, upstream, status: int, headers: list[tuple[str, str]],
               body: bytes) -> Reply:
         converted = self.convert_response(body, req, upstream)
-        out = json.dumps(converted, ensure_ascii=False).encode()
+        out = json_bytes(converted, compact=False)
         return Reply(upstream.name, status, _json_headers(headers), out, translated=True)
 
     def error_reply(self, req: ClientRequest, reply: Reply) -> Reply:

@@ -227,6 +227,7 @@ async def test_pass_status_is_returned_without_counting(mock_a, mock_b):
     job, sink, health = await run(two(mock_a, mock_b))
     assert sink.status == 400 and len(mock_b.requests) == 0
     assert health.get("a").failures == 0
+    assert (job.status, job.error) == (400, "HTTP 400")   # not a success: the ledger's error says so
 
 
 async def test_retry_same_upstream_then_switch(mock_a, mock_b):

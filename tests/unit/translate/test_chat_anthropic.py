@@ -532,6 +532,14 @@ def reply_of(message: dict, body: dict | None = None) -> dict:
     return json.loads(reply.body)
 
 
+def test_a_lone_surrogate_crosses_both_ways_escaped_as_it_came():
+    # JSON allows "\ud83d" alone (a client or a model that cut an emoji in two); it has no UTF-8
+    body = convert({"messages": [user("a\ud83db")]})
+    assert body["messages"][0]["content"][0]["text"] == "a\ud83db"
+    out = reply_of({**MESSAGE, "content": [{"type": "text", "text": "x\udc00y"}], "stop_reason": "end_turn"})
+    assert out["choices"][0]["message"]["content"] == "x\udc00y"
+
+
 def test_non_stream_message_to_chat_completion():
     out = reply_of(MESSAGE)
     ChatCompletion.model_validate(out)
