@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import ssl
 import tempfile
 from pathlib import Path
 
@@ -32,7 +33,9 @@ from ccswitch.vocab import Route
 
 CA_FILE = "mitmproxy-ca-cert.pem"           # what mitmproxy writes into its confdir on first start
 BUNDLE_FILE = "ccswitch-ca-bundle.pem"       # system CAs + mitmproxy CA, for SSL_CERT_FILE / CODEX_CA_CERTIFICATE
-SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")   # fallback when certifi is not importable
+# where systems keep their CA bundle, CAs added locally included (Debian/Ubuntu, Fedora/RHEL, macOS/Alpine)
+SYSTEM_BUNDLES = (Path("/etc/ssl/certs/ca-certificates.crt"), Path("/etc/pki/tls/certs/ca-bundle.crt"),
+                  Path("/etc/ssl/cert.pem"))
 LOOPBACK = "127.0.0.1"
 NO_PROXY = "localhost,127.0.0.1,::1"
 PROVIDER = "ccswitch"
@@ -54,16 +57,23 @@ def mitmproxy_ca(confdir: Path) -> Path:
 
 
 def system_ca_file() -> Path | None:
-    """The system CA bundle: certifi's if importable, else the Debian/Ubuntu bundle, else None."""
+    """The system's CA bundle (a corporate CA added with `update-ca-certificates` is in it, and
+    tools that read `SSL_CERT_FILE` must keep trusting it), else certifi's, else None."""
+    for path in (openssl_default_bundle(), *SYSTEM_BUNDLES):
+        if path is not None and path.is_file():
+            return path
     try:
         import certifi
     except ImportError:
-        certifi = None
-    if certifi is not None:
-        path = Path(certifi.where())
-        if path.is_file():
-            return path
-    return SYSTEM_BUNDLE if SYSTEM_BUNDLE.is_file() else None
+        return None
+    path = Path(certifi.where())
+    return path if path.is_file() else None
+
+
+def openssl_default_bundle() -> Path | None:
+    """The bundle OpenSSL was built to read; not `SSL_CERT_FILE`, which may be this very bundle."""
+    cafile = ssl.get_default_verify_paths().openssl_cafile
+    return Path(cafile) if cafile else None
 
 
 def write_ca_bundle(confdir: Path, bundle_dir: Path, *, system_ca: Path | None = None) -> Path:

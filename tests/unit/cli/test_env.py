@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -152,14 +153,32 @@ def test_bad_port(tmp_path, port):
         env_lines(confdir=tmp_path, port=port, reverse=True, codex_toml=False, bundle_dir=tmp_path)
 
 
-def test_system_ca_fallback(monkeypatch, tmp_path):
-    fake = tmp_path / "ca-certificates.crt"
-    fake.write_bytes(SYS_PEM)
-    monkeypatch.setattr(clienv, "SYSTEM_BUNDLE", fake)
+def test_the_systems_bundle_comes_before_certifis(monkeypatch, tmp_path):
+    # the system's holds CAs added locally (a company's); certifi's only the public ones
+    openssl, debian, fedora = (tmp_path / name for name in ("openssl.pem", "debian.crt", "fedora.crt"))
+    monkeypatch.setattr(clienv, "openssl_default_bundle", lambda: openssl)
+    monkeypatch.setattr(clienv, "SYSTEM_BUNDLES", (debian, fedora))
+    fedora.write_bytes(SYS_PEM)
+    assert clienv.system_ca_file() == fedora
+    debian.write_bytes(SYS_PEM)
+    assert clienv.system_ca_file() == debian
+    openssl.write_bytes(SYS_PEM)
+    assert clienv.system_ca_file() == openssl
+
+
+def test_certifi_when_the_system_has_no_bundle(monkeypatch, tmp_path):
+    import certifi
+    monkeypatch.setattr(clienv, "openssl_default_bundle", lambda: None)
+    monkeypatch.setattr(clienv, "SYSTEM_BUNDLES", (tmp_path / "absent.crt",))
+    assert clienv.system_ca_file() == Path(certifi.where())
     monkeypatch.setitem(sys.modules, "certifi", None)          # import certifi -> ImportError
-    assert clienv.system_ca_file() == fake
-    monkeypatch.setattr(clienv, "SYSTEM_BUNDLE", tmp_path / "absent.crt")
     assert clienv.system_ca_file() is None
+
+
+def test_the_openssl_default_is_not_ssl_cert_file(monkeypatch, tmp_path):
+    # once `ccswitch env` is in effect SSL_CERT_FILE is its own bundle: built on it, it would grow
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ccswitch-ca-bundle.pem"))
+    assert clienv.openssl_default_bundle() != tmp_path / "ccswitch-ca-bundle.pem"
 
 
 def test_no_system_ca_still_writes_bundle(monkeypatch, confdir, tmp_path):
