@@ -98,6 +98,9 @@ def _activate(args: argparse.Namespace) -> int:
     if upstream.auth == "client":
         print(f"{args.name} uses the client's credentials: nothing to activate with", file=sys.stderr)
         return 1
+    if lacking := upstream.lacks():
+        print(f"{lacking}: nothing to activate with", file=sys.stderr)
+        return 1
 
     async def probe():
         client = UpstreamClient()

@@ -180,6 +180,15 @@ class Upstream(_Model):
     # their ${VAR} is not set (`ccswitch.enable` refuses it, as it does one without its api_key)
     unset_headers: tuple[str, ...] = ()
 
+    def lacks(self) -> str | None:
+        """What a disabled upstream lacks to be sent anything (its ${VAR}s unset), or None."""
+        if self.auth != "client" and self.api_key is None:
+            return f"{self.name} has no api_key (its environment variable is not set)"
+        if self.unset_headers:
+            return (f"{self.name} lacks its header(s) {', '.join(self.unset_headers)} "
+                    "(their environment variables are not set)")
+        return None
+
     @model_validator(mode="before")
     @classmethod
     def _default_auth(cls, data: Any) -> Any:

@@ -111,6 +111,8 @@ class Activator:
             raise exceptions.CommandError(f"no upstream named {name!r}") from None
         if upstream.auth == "client":
             raise exceptions.CommandError(f"{name} uses the client's credentials: nothing to activate with")
+        if lacking := upstream.lacks():
+            raise exceptions.CommandError(f"{lacking}: nothing to activate with")
         self._spawn(upstream, None)
         return f"activation probe for {name} sent; the result goes to the event log"
 

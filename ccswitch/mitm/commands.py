@@ -77,11 +77,8 @@ class Commands:
     def enable(self, name: str) -> str:
         """Switch an upstream on until the next reload."""
         upstream = self._upstream(name)
-        if upstream.auth != "client" and upstream.api_key is None:
-            raise exceptions.CommandError(f"{name} has no api_key (its environment variable is not set)")
-        if upstream.unset_headers:
-            raise exceptions.CommandError(f"{name} lacks its header(s) {', '.join(upstream.unset_headers)} "
-                                          "(their environment variables are not set)")
+        if lacking := upstream.lacks():
+            raise exceptions.CommandError(lacking)
         self.gateway.health.switch(name, True)
         log.info("ccswitch: %s enabled until the next reload", name)
         return f"{name} enabled until the next reload"

@@ -132,3 +132,8 @@ routes: {{claude: [a, relay]}}
         with pytest.raises(exceptions.CommandError, match=r"lacks its header\(s\) x-relay-user"):
             tctx.command(commands.enable, "relay")
     assert names(gateway) == ["a"]
+    from ccswitch.mitm.activator import Activator
+    activator = Activator(gateway)
+    with taddons.context(activator) as tctx:
+        with pytest.raises(exceptions.CommandError, match=r"lacks its header\(s\) x-relay-user.*nothing to activate"):
+            tctx.command(activator.activate, "relay")

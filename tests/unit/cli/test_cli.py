@@ -1,5 +1,6 @@
 """The `ccswitch` console script, run as users run it."""
 
+import os
 import re
 import subprocess
 import sys
@@ -167,3 +168,17 @@ def test_run_help_is_ccswitchs_and_run_is_listed():
     assert done.returncode == 0 and done.stdout.startswith("usage: ccswitch run [--web] [ARGS...]")
     listed = cli("--help").stdout
     assert re.search(r"^\s+run\s+run mitmdump with ccswitch", listed, re.MULTILINE), listed
+
+
+def test_activate_refuses_an_upstream_whose_key_variable_is_unset(tmp_path):
+    # its probe went out with no key at all, and "ok" came back from relays that answer anything
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("upstreams:\n"
+                     "  - {name: on, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k}\n"
+                     "  - {name: off, protocol: anthropic, base_url: 'http://127.0.0.1:9', enabled: false,\n"
+                     "     api_key: '${CCSWITCH_TEST_UNSET_KEY}'}\n"
+                     "routes: {claude: [on, off]}\n")
+    env = {k: v for k, v in os.environ.items() if k != "CCSWITCH_TEST_UNSET_KEY"}
+    done = cli("activate", "off", "--rules", str(rules), cwd=tmp_path, env=env)
+    assert done.returncode == 1
+    assert "off has no api_key (its environment variable is not set): nothing to activate with" in done.stderr
