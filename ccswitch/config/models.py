@@ -118,7 +118,8 @@ class Failover(_Model):
     hold_back: Duration = 2.0
     on_status: dict[Annotated[str, AfterValidator(status_key)], Action] = Field(
         default_factory=lambda: dict(DEFAULT_ON_STATUS))
-    on_network_error: Action = "switch"
+    # a network error leaves nothing to pass on: the attempt is tried again or the next one is
+    on_network_error: Literal["switch", "retry"] = "switch"
     retry_backoff: Duration = 1.0
     drain_at: float = Field(default=0.95, gt=0, le=1)   # utilization at which an upstream counts as full
 

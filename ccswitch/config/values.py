@@ -25,7 +25,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _HHMM_RE = re.compile(r"^(\d{1,2}):(\d{2})$")
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?$")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_STATUS_KEY_RE = re.compile(r"^(?:[1-5]\d\d|[1-5]xx)$")
+_STATUS_KEY_RE = re.compile(r"^(?:[3-5]\d\d|[3-5]xx)$")   # a 1xx or 2xx answer is never judged
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")     # a tab is text in a header; nothing else below 0x20
 
@@ -82,7 +82,8 @@ def format_hhmm(minute: int) -> str:
 def status_key(v: str) -> str:
     v = v.strip().lower()
     if not _STATUS_KEY_RE.match(v):
-        raise ValueError('status key must be a code 100-599 or a class "1xx".."5xx"')
+        raise ValueError('status key must be a code 300-599 or a class "3xx".."5xx" (a 2xx answer '
+                         'is a success, never judged by these rules)')
     return v
 
 

@@ -97,10 +97,14 @@ def test_durations_in_failover_and_timeouts():
     assert (r.timeouts.connect, r.timeouts.first_byte, r.timeouts.total, r.timeouts.idle) == (1.5, 90.0, 600.0, 45.0)
 
 
+STATUS_KEY = ('status key must be a code 300-599 or a class "3xx".."5xx" (a 2xx answer is a success, '
+              'never judged by these rules)')
+
+
 def test_on_status_merges_over_defaults_and_action_for():
     r = parse("""
         failover:
-          on_status: {"500": retry, 404: switch, "4XX": switch, "2xx": switch}
+          on_status: {"500": retry, 404: switch, "4XX": switch, "3xx": switch}
         """)
     f = r.failover
     assert f.on_status["400"] == "pass" and f.on_status["429"] == "switch"  # defaults kept
@@ -110,7 +114,7 @@ def test_on_status_merges_over_defaults_and_action_for():
     assert f.action_for(400) == "pass"        # default exact beats user class
     assert f.action_for(418) == "switch"      # user class
     assert f.action_for(408) == "retry"
-    assert f.action_for(200) == "switch"      # user entry for 2xx
+    assert f.action_for(302) == "switch"      # user entry for 3xx
     assert Failover().action_for(200) == "pass" and Failover().action_for(302) == "pass"
     assert Failover().action_for(529) == "switch" and Failover().action_for(422) == "pass"
     assert Failover().action_for(101) == "pass"
@@ -173,7 +177,7 @@ def test_bad_types_and_values_paths():
           threshold: 0
           max_attempts: many
           cooldown: -5
-          on_status: {600: pass, "6xx": pass, "4xx": maybe, abc: pass}
+          on_status: {600: pass, "6xx": pass, "4xx": maybe, abc: pass, "2xx": switch, 200: switch}
           on_network_error: explode
         timeouts: {connect: 0, idle: 5x}
         routes: {claude: official}
@@ -187,11 +191,13 @@ def test_bad_types_and_values_paths():
         "r.yaml: failover.threshold: must be greater than or equal to 1",
         "r.yaml: failover.max_attempts: must be an integer",
         "r.yaml: failover.cooldown: duration must not be negative",
-        'r.yaml: failover.on_status.600: status key must be a code 100-599 or a class "1xx".."5xx"',
-        'r.yaml: failover.on_status.6xx: status key must be a code 100-599 or a class "1xx".."5xx"',
+        f'r.yaml: failover.on_status.600: {STATUS_KEY}',
+        f'r.yaml: failover.on_status.6xx: {STATUS_KEY}',
         "r.yaml: failover.on_status.4xx: must be 'switch', 'retry' or 'pass'",
-        'r.yaml: failover.on_status.abc: status key must be a code 100-599 or a class "1xx".."5xx"',
-        "r.yaml: failover.on_network_error: must be 'switch', 'retry' or 'pass'",
+        f'r.yaml: failover.on_status.abc: {STATUS_KEY}',
+        f'r.yaml: failover.on_status.2xx: {STATUS_KEY}',
+        f'r.yaml: failover.on_status.200: {STATUS_KEY}',
+        "r.yaml: failover.on_network_error: must be 'switch' or 'retry'",
         "r.yaml: timeouts.connect: must be greater than 0",
         "r.yaml: timeouts.idle: duration must be a number of seconds or like 500ms, 30s, 10m, 2h",
         "r.yaml: routes.claude: must be a list of upstream names, or a mapping with upstreams, strategy and sticky",
