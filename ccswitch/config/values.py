@@ -169,6 +169,9 @@ def parse_sticky(value: Any) -> float:
 
 def host_name(v: str) -> str:
     v = v.strip().lower().rstrip(".")
+    if "*" in v or "?" in v:   # a TLS handshake is matched by its exact name: list each host
+        raise ValueError("must be a host name like api.anthropic.com; wildcards are not supported, "
+                         "list each host")
     if not v or any(c in v for c in "/: \t@"):
         raise ValueError("must be a host name like api.anthropic.com")
     return v

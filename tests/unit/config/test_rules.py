@@ -172,7 +172,7 @@ def test_bad_types_and_values_paths():
         version: 2
         timezone: Mars/Olympus_Mons
         client_keys: "just-one"
-        intercept: ["https://api.anthropic.com/"]
+        intercept: ["https://api.anthropic.com/", "*.anthropic.com"]
         failover:
           threshold: 0
           max_attempts: many
@@ -188,6 +188,7 @@ def test_bad_types_and_values_paths():
         "r.yaml: timezone: unknown time zone 'Mars/Olympus_Mons' (use an IANA name like Europe/Berlin)",
         "r.yaml: client_keys: must be a list",
         "r.yaml: intercept[0]: must be a host name like api.anthropic.com",
+        "r.yaml: intercept[1]: must be a host name like api.anthropic.com; wildcards are not supported, list each host",
         "r.yaml: failover.threshold: must be greater than or equal to 1",
         "r.yaml: failover.max_attempts: must be an integer",
         "r.yaml: failover.cooldown: duration must not be negative",
