@@ -3,10 +3,12 @@ and the TLS settings of ccswitch's own upstream connections, taken from mitmprox
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import threading
 from collections.abc import Callable
+from datetime import datetime
 
 from mitmproxy import ctx, exceptions
 
@@ -30,6 +32,7 @@ from ccswitch.shared.factory import StateUnavailable, state_for
 
 log = logging.getLogger("ccswitch")
 
+SPEND_RETRY = 30   # seconds between reads of the spend so far while the ledger cannot be read
 UPSTREAM_TLS_OPTIONS = {"ssl_insecure", "ssl_verify_upstream_trusted_ca", "ssl_verify_upstream_trusted_confdir"}
 
 
@@ -54,6 +57,7 @@ class Gateway:
         self.quota = QuotaBoard()
         self.sessions = SessionBindings()
         self.spend = SpendBoard(events=self.events)
+        self._spend_reader: asyncio.Task | None = None   # reads the spend so far once the ledger can be read
         # what the four boards above learn is shared with other instances when the rules name a `state`
         self.boards = Boards(self.health, self.quota, self.sessions, self.spend)
         self.state: SharedState = InMemoryState()
@@ -98,18 +102,45 @@ class Gateway:
         await self.state.stop()
         self.state, self._state_for = InMemoryState(), None
 
-    def load_spend(self) -> None:
-        """This month's spend as the ledger holds it (the day's is part of it), once at start-up."""
-        if self.ledger is None:
+    async def load_spend(self, until: datetime) -> None:
+        """This month's spend before `until` (the start) as the ledger holds it (the day's is part
+        of it).  A ledger that cannot be read now (PostgreSQL down) is read in the background once
+        it can be; meanwhile budgets count from 0."""
+        error = await asyncio.to_thread(self._read_spend, until)
+        if error is None:
             return
+        # a warning, not an error: mitmdump exits on an error logged while it starts
+        log.warning("ccswitch: cannot read the spend so far: %s (budgets count from 0 until it can be "
+                    "read; trying again every %d s)", error, SPEND_RETRY)
+        self._spend_reader = asyncio.get_running_loop().create_task(self._read_spend_later(until))
+
+    async def _read_spend_later(self, until: datetime) -> None:
+        while True:
+            await asyncio.sleep(SPEND_RETRY)
+            if await asyncio.to_thread(self._read_spend, until) is None:
+                log.info("ccswitch: read the spend so far: budgets count it now")
+                return
+
+    def stop_reading_spend(self) -> None:
+        if self._spend_reader is not None:
+            self._spend_reader.cancel()
+            self._spend_reader = None
+
+    def _read_spend(self, until: datetime) -> str | None:
+        """Count the ledger's spend before `until`; why it could not be read, or None."""
+        if self.ledger is None:
+            return None
         rules = self.rules
-        found = ledger_spend(self.ledger.path, rules, period_start("monthly", utc_now(), rules.tz))
+        found = ledger_spend(self.ledger.path, rules, period_start("monthly", utc_now(), rules.tz), until)
+        if found.error is not None:
+            return found.error
         for ts, upstream, client, usd in found.rows:
             self.spend.add(UPSTREAM, upstream, usd, ts, quiet=True)
             self.spend.add(CLIENT, client, usd, ts, quiet=True)
         if found.unpriced:
             log.warning("ccswitch: no price is known for %s: budgets count their requests as $0 "
                         "(add them under prices: in rules.yaml)", ", ".join(sorted(found.unpriced)))
+        return None
 
     def cost(self, row: dict, rules: Rules) -> float:
         """USD of one `requests` row at the report's prices (0 for a model without one)."""

@@ -114,7 +114,7 @@ class Router:
         gateway.connections = self.dialer.client.connection_counts
         self.relay = Relay(self.dialer.run, on_done=self.gateway.record_job, shutdown=self.shutdown)
         try:   # the spend so far this month, the relay and the bridge, before the first request is routed
-            await asyncio.to_thread(gateway.load_spend)
+            await gateway.load_spend(utc_now())
             await self.relay.start()
             sockets = CodexSockets(self)
             await sockets.start()
@@ -144,6 +144,7 @@ class Router:
             if not job.request.stream:
                 self.gateway.record_job(job)
         self.jobs.clear()
+        self.gateway.stop_reading_spend()
         await asyncio.to_thread(self.gateway.close)
 
     def _in_flight(self) -> int:

@@ -3,7 +3,6 @@ as the ledger holds it (read once at start-up; afterwards spend is counted as ro
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,8 +13,6 @@ from ccswitch.config.models import Rules
 from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
 from ccswitch.report.data import Pricer
 from ccswitch.report.totals import Totals
-
-log = logging.getLogger("ccswitch")
 
 
 def row_cost(pricer: Pricer, row: Mapping) -> float | None:
@@ -33,15 +30,18 @@ def row_cost(pricer: Pricer, row: Mapping) -> float | None:
 class LedgerSpend:
     rows: list[tuple[datetime, str | None, str | None, float]] = field(default_factory=list)  # ts, upstream, client, usd
     unpriced: set[str] = field(default_factory=set)     # models with tokens and no known price
+    error: str | None = None                            # why the ledger could not be read (nothing counted)
 
 
 _COLUMNS = ("ts", "upstream", "client", "model", "upstream_model", "input_tokens", "output_tokens",
             "cache_creation_tokens", "cache_creation_1h_tokens", "cache_read_tokens")
 
 
-def ledger_spend(target: Path | PostgresURL, rules: Rules, since: datetime, *, timeout: float = 5.0) -> LedgerSpend:
-    """Every priced request since `since` (aware) in the ledger at `target` (a SQLite file, nothing
-    if it has none yet, or a PostgreSQL URL); a database that cannot be read is logged and counts 0."""
+def ledger_spend(target: Path | PostgresURL, rules: Rules, since: datetime, until: datetime | None = None, *,
+                 timeout: float = 5.0) -> LedgerSpend:
+    """Every priced request from `since` to before `until` (aware) in the ledger at `target` (a
+    SQLite file, nothing if it has none yet, or a PostgreSQL URL); a database that cannot be read
+    counts nothing, and says why in `error`."""
     out = LedgerSpend()
     if not exists(target):
         return out
@@ -52,8 +52,12 @@ def ledger_spend(target: Path | PostgresURL, rules: Rules, since: datetime, *, t
             if not have:                # a database no ccswitch has written to yet
                 return out
             picked = ", ".join(c if c in have else "NULL" for c in _COLUMNS)
-            for values in reader.execute(f"SELECT {picked} FROM requests WHERE ts >= ? AND upstream IS NOT NULL",
-                                         (since.astimezone(UTC).isoformat(timespec="milliseconds"),)):
+            query = f"SELECT {picked} FROM requests WHERE ts >= ? AND upstream IS NOT NULL"
+            bounds = [since.astimezone(UTC).isoformat(timespec="milliseconds")]
+            if until is not None:
+                query += " AND ts < ?"
+                bounds.append(until.astimezone(UTC).isoformat(timespec="milliseconds"))
+            for values in reader.execute(query, tuple(bounds)):
                 row = dict(zip(_COLUMNS, values, strict=True))
                 usd = row_cost(pricer, row)
                 if usd is None:
@@ -61,6 +65,5 @@ def ledger_spend(target: Path | PostgresURL, rules: Rules, since: datetime, *, t
                     continue
                 out.rows.append((datetime.fromisoformat(row["ts"]), row["upstream"], row["client"], usd))
     except LedgerReadError as exc:
-        log.error("ccswitch: cannot read the spend so far: %s (budgets start from 0)", exc)
-        return LedgerSpend()
+        return LedgerSpend(error=str(exc))
     return out

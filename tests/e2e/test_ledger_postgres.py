@@ -122,3 +122,23 @@ def test_requests_keep_being_answered_while_postgresql_is_down_and_every_row_arr
             [(answered, answered)]
         assert log.count("cannot write the usage ledger") == 1 and log.count("is writable again") == 1
         assert own_postgres.password not in log
+
+
+def test_an_instance_started_while_postgresql_is_down_serves_and_catches_up(tmp_path, own_postgres):
+    """It logged the unreadable spend as an error, and mitmdump exits on an error logged while it
+    starts: the instance was gone.  It now serves at once, and writes its rows once PostgreSQL is up."""
+    own_postgres.stop(mode="immediate")
+    with MockUpstream("A") as a:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(f"usage_db: {own_postgres.url}\nclient_keys: [{{name: alice, key: '{ALICE}', "
+                         "budget: {daily: 100}}]\nupstreams:\n"
+                         f"  - {{name: a, protocol: anthropic, base_url: '{a.base_url}', api_key: 'sk-e2e-a'}}\n"
+                         "routes: {claude: [a]}\n")
+        with Proxy(rules, tmp_path) as proxy:
+            for _ in range(3):
+                assert ask(proxy, ALICE) == "a"
+            own_postgres.start()
+            wait_requests(own_postgres.url, 3, timeout=30)
+            log = proxy.log()
+    assert "cannot read the spend so far" in log and "budgets count from 0 until it can be read" in log
+    assert "Error logged during startup" not in log and own_postgres.password not in log

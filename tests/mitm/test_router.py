@@ -186,7 +186,7 @@ async def test_requests_that_come_before_the_router_runs_wait_for_the_spend_and_
     neither passed on unrouted, nor let past budgets while the ledger's spend is read, nor sent
     to the relay before it listens."""
     reading = threading.Event()
-    monkeypatch.setattr(gateway, "load_spend", lambda: reading.wait(5))
+    monkeypatch.setattr(gateway, "_read_spend", lambda until: reading.wait(5) and None)
     router = Router(gateway)
     with taddons.context(router):
         before = messages_flow()

@@ -1,0 +1,47 @@
+"""The month's spend at start-up: read from the ledger, or, while it cannot be read (PostgreSQL
+down), counted from 0 and read in the background once it can be."""
+
+import logging
+from datetime import timedelta
+
+from ccswitch.clock import utc_now
+from ccswitch.mitm import gateway as gateway_module
+from ccswitch.report.spend import LedgerSpend
+from ccswitch.routing.budget import CLIENT
+from tests.support.helpers import KEY_A, eventually
+
+RULES = f"""
+timezone: UTC
+usage_db: usage.db
+client_keys: [{{name: alice, key: ccsw-alice-000000000, budget: {{daily: 10}}}}]
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}
+routes: {{claude: [a]}}
+"""
+
+
+async def test_an_unreadable_ledger_is_read_once_it_can_be(gateway, monkeypatch, caplog):
+    started = utc_now()
+    answers = [LedgerSpend(error="cannot connect to 127.0.0.1:5432"),
+               LedgerSpend(error="cannot connect to 127.0.0.1:5432"),
+               LedgerSpend(rows=[(started - timedelta(minutes=5), "a", "alice", 2.5)])]
+    asked = []
+
+    def ledger_spend(target, rules, since, until):
+        asked.append(until)
+        return answers.pop(0)
+    monkeypatch.setattr(gateway_module, "ledger_spend", ledger_spend)
+    monkeypatch.setattr(gateway_module, "SPEND_RETRY", 0.01)
+    gateway.open_ledger(True)
+    try:
+        with caplog.at_level(logging.INFO, logger="ccswitch"):
+            await gateway.load_spend(started)
+            assert gateway.spend.spent(CLIENT, "alice", "daily") == 0      # counted from 0 meanwhile
+            await eventually(lambda: gateway.spend.spent(CLIENT, "alice", "daily") == 2.5)
+    finally:
+        gateway.stop_reading_spend()
+        gateway.close()
+    assert asked == [started] * 3     # only what came before this start: its own rows are counted live
+    warned = [r for r in caplog.records if "cannot read the spend so far" in r.getMessage()]
+    assert [r.levelno for r in warned] == [logging.WARNING]             # once, and not an error
+    assert "read the spend so far: budgets count it now" in caplog.text
