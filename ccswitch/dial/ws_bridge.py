@@ -105,7 +105,8 @@ class WsSink:
         self.chain.drop()
         failed = held_stream_error(body)
         if failed is not None:   # every attempt failed before its content: the error event, as it said
-            await self.send(error_frame(in_stream_status(failed), _message_of(error_object(failed), body), error_object(failed)))
+            error = error_detail(failed)
+            await self.send(error_frame(in_stream_status(failed), _message_of(error, body), error))
             return
         try:
             parsed = json.loads(body) if body else None
@@ -118,7 +119,7 @@ class WsSink:
         if not isinstance(event, dict):
             return      # comments, [DONE]: nothing for a WebSocket client
         if event.get("type") == "error" and "status" not in event:
-            event = {"type": "error", "status": in_stream_status(event), "error": error_object(event) or event}
+            event = {"type": "error", "status": in_stream_status(event), "error": error_detail(event)}
         self.chain.observe(event, self.job.upstream or "")
         await self.send(json.dumps(event, separators=(",", ":")))
 
@@ -131,9 +132,18 @@ def held_stream_error(body: bytes) -> dict | None:
     parser = SSEParser()
     for event in parser.feed(body) + parser.flush():
         parsed = event.json() if event.event else None
-        if isinstance(parsed, dict) and error_object(parsed) is not None:
+        if isinstance(parsed, dict) and (error_object(parsed) is not None or parsed.get("type") == "error"):
             return parsed
     return None
+
+
+def error_detail(event: dict) -> dict:
+    """The error of an error event: its `error` object (Anthropic, Chat, `response.failed`), or the
+    event itself, since a Responses `error` event carries its code and message at the top."""
+    error = error_object(event)
+    if isinstance(error, dict):
+        return error
+    return {key: value for key, value in event.items() if key not in ("type", "sequence_number")}
 
 
 def _message_of(error: Any, body: bytes) -> str:

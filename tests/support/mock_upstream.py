@@ -465,8 +465,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._abort()
         if beh.kind == "status":
             body = P.error_body(proto, beh.code) if beh.body is None else beh.body
-            ctype = "application/json" if isinstance(body, (dict, list)) else "text/plain"
-            return self._send(beh.code, body, ctype, beh.headers)
+            extra = dict(beh.headers or {})    # a content-type among them is the one sent
+            ctype = extra.pop("content-type", None) or (
+                "application/json" if isinstance(body, (dict, list)) else "text/plain")
+            return self._send(beh.code, body, ctype, extra)
         if beh.kind == "html":
             return self._send(200, HTML_PAGE, "text/html; charset=utf-8")
         if beh.kind == "error_json_200":

@@ -226,3 +226,23 @@ async def test_when_every_attempt_fails_before_content_codex_gets_the_error_even
     # not "status 200" with the held events as its message: Codex retries on what the status says
     assert sent == [{"type": "error", "status": 500, "error": {
         "code": "server_error", "message": "The server had an error processing your request."}}]
+
+
+async def test_a_responses_error_event_before_content_reaches_codex_with_the_status_it_stands_for(mock_a, mock_b):
+    # a Responses `error` event has its code and message at its top: it came as status 200 with the
+    # held events as its message, and Codex waited for good
+    def stream(code):
+        return (b'event: response.created\ndata: {"type":"response.created","sequence_number":0,'
+                b'"response":{"id":"resp_1","object":"response","status":"in_progress","output":[]}}\n\n'
+                b'event: error\ndata: {"type":"error","sequence_number":1,"code":"' + code +
+                b'","message":"Rate limit reached","param":null}\n\n')
+    for mock in (mock_a, mock_b):
+        mock.script(status(200, body=stream(b"rate_limit_exceeded"), headers={"content-type": "text/event-stream"}))
+    talk = Conversation(rules_for(mock_a, mock_b, a_ws=False, b_ws=False))
+    try:
+        job, sent = await talk.turn(user("hi"))
+    finally:
+        await talk.close()
+    assert len(job.attempts) == 2
+    assert sent == [{"type": "error", "status": 429, "error": {
+        "code": "rate_limit_exceeded", "message": "Rate limit reached", "param": None}}]
