@@ -69,9 +69,13 @@ class Job:
     # the turn itself (its new items and previous_response_id); None for an HTTP request
     upstream_sockets: UpstreamSockets | None = None
     turn: Turn | None = None
+    # the client has the stream's own last event: going now (Codex resets the HTTP/2 stream once
+    # it has `response.completed`) ends nothing that was asked for
+    delivered: bool = False
 
     def client_left(self) -> None:
-        self.error = CLIENT_CLOSED
+        if not self.delivered:
+            self.error = CLIENT_CLOSED
 
     def request_sent_for_good(self) -> None:
         """The client has the answer's head: no attempt can send the request again.  What the

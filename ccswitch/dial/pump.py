@@ -197,6 +197,12 @@ class Pump:
         follows it: the connection is back in the pool before the client can send again."""
         if tail:
             await self.sink.write(tail)
-        if body_over:
-            await self.response.finish(_BODY_END_GRACE)
-        await self.sink.end()
+        if not body_over:
+            await self.sink.end()
+            return
+        self.job.delivered = True
+        await self.response.finish(_BODY_END_GRACE)
+        try:
+            await self.sink.end()
+        except ConnectionError:
+            pass    # the client left once it had the last event: the attempt still served it

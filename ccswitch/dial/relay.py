@@ -335,6 +335,8 @@ class RelayConnection(asyncio.Protocol):
 
     def _gone(self) -> None:
         """EOF or reset from mitmproxy while answering: the client is gone, stop the upstream request now."""
+        if self._job is not None and self._job.delivered:
+            return      # it ends on its own in a moment, its upstream connection back in the pool
         if self._task is not None and not self._task.done():
             self._task.cancel()
             if self._job is not None:

@@ -226,3 +226,42 @@ async def test_an_unknown_job_is_refused_and_the_connection_serves_the_next(serv
     exchange.writer.write(exchange.conn.send(h11.EndOfMessage()))
     await exchange.read_all()
     assert (exchange.response.status_code, exchange.body) == (200, b"{}")
+
+
+async def test_a_client_that_leaves_once_it_has_the_last_event_ended_nothing(served):
+    # Codex resets its HTTP/2 stream as soon as it has `response.completed`, while the upstream's
+    # body end is still on its way: that turn was served, and is no `client_closed`
+    from ccswitch.dial.dialer import Dialer
+    from ccswitch.routing.health import HealthBoard
+    from tests.support.loopback_guard import loopback_url
+    from tests.unit.dial.test_stream_tail import ANTHROPIC
+
+    async def upstream(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        await reader.readexactly(length)
+        body = b"".join(ANTHROPIC)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                     b"%x\r\n%s\r\n" % (len(body), body))
+        await writer.drain()
+        await asyncio.sleep(0.5)          # the body's end comes a moment after the last event
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    health = HealthBoard()
+    dialer = Dialer(health, allow_url=loopback_url)
+    recorded = []
+    try:
+        relay = await served(dialer.run, recorded)
+        job = make_job(rules_for(("a", "anthropic", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")))
+        relay.register(job)
+        exchange = await Exchange(relay).send(job.token)
+        await exchange.read_until(lambda e: b"message_stop" in e.body)
+        exchange.writer.close()
+        await soon(lambda: recorded and relay.running == 0)
+    finally:
+        await dialer.aclose()
+        server.close()
+    assert recorded == [job] and job.error is None and job.status == 200
+    assert [a.error for a in job.attempts] == [None] and health.get("a").failures == 0
