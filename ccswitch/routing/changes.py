@@ -215,15 +215,27 @@ def merge(local: Change | None, remote: Change) -> Change:
     """The record two views of the same thing (same `key`) settle on."""
     if local is None:
         return remote
-    if isinstance(remote, HealthChange | SwitchChange | PreferChange | BindChange):
-        # the newest word on it wins: a 2xx recorded after a cooldown began ends it, a session's
-        # latest use holds its binding, the last ccswitch.use / enable / disable stands
+    if isinstance(remote, HealthChange):
+        return _merge_health(local, remote)   # type: ignore[arg-type]
+    if isinstance(remote, SwitchChange | PreferChange | BindChange):
+        # the newest word on it wins: a session's latest use holds its binding, the last
+        # ccswitch.use / enable / disable stands
         return local if local.at >= remote.at else remote      # type: ignore[attr-defined]
     if isinstance(remote, WindowChange):
         return max(local, remote, key=lambda w: (w.until, w.utilization, w.rejected))   # type: ignore[attr-defined]
     if isinstance(remote, SpendTotal):
         return local if local.usd >= remote.usd else remote    # type: ignore[attr-defined]
     return remote
+
+
+def _merge_health(local: HealthChange, remote: HealthChange) -> HealthChange:
+    """The newest word wins (a 2xx, or a reset, seen after a cooldown began ends it), but a failure
+    seen elsewhere while that cooldown ran neither ends nor shortens it: two views that parted
+    while Redis was down would lose the cooldown to any later failure."""
+    newer, older = (local, remote) if local.at >= remote.at else (remote, local)
+    if not newer.healthy and older.cooling_end > max(newer.at, newer.cooling_end):
+        return older
+    return newer
 
 
 def with_total(added: SpendAdded, usd: float) -> SpendTotal:

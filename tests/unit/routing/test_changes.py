@@ -65,7 +65,20 @@ def test_the_newest_word_on_health_wins_both_ways():
     assert merge(None, cooling) == cooling
 
 
-def test_switches_preferences_and_bindings_keep_the_latest():
+def test_a_failure_seen_elsewhere_while_a_cooldown_ran_does_not_end_it():
+    # instance 1 cooled r while Redis was down; instance 2 then saw one failure of its own
+    cooling = HealthChange("r", 3, 3700.0, False, "HTTP 503", "ep", at=100.0)
+    one_failure = HealthChange("r", 1, 0.0, False, "HTTP 503", None, at=150.0)
+    assert merge(cooling, one_failure) == cooling and merge(one_failure, cooling) == cooling
+    after_it = HealthChange("r", 1, 0.0, False, "HTTP 503", None, at=4000.0)   # the cooldown was over
+    assert merge(cooling, after_it) == after_it and merge(after_it, cooling) == after_it
+    shorter = HealthChange("r", 1, 400.0, True, "HTTP 429", "ep2", at=150.0)   # a failure, too: no shorter
+    assert merge(cooling, shorter) == cooling and merge(shorter, cooling) == cooling
+    longer = HealthChange("r", 1, 9000.0, True, "HTTP 429", "ep2", at=150.0)
+    assert merge(cooling, longer) == longer and merge(longer, cooling) == longer
+
+
+
     old, new = SwitchChange("r", False, 1.0), SwitchChange("r", None, 2.0)
     assert merge(old, new) == new and merge(new, old) == new
     used_before = BindChange("messages", "s", "a", 60.0, at=10.0)

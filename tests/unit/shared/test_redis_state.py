@@ -166,6 +166,8 @@ async def test_an_outage_is_served_from_memory_logged_once_and_merged_when_redis
         # the request path goes on: every board call returns at once, nothing raises
         started = time.perf_counter()
         a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=120)
+        await asyncio.sleep(0.01)
+        b.health.record_failure("relay", "HTTP 503", threshold=5, cooldown=120)   # later, and no cooldown
         a.sessions.bind("messages", "s-outage", "relay", 600)
         for _ in range(10):
             a.spend.add(CLIENT, "k", 0.1)
@@ -177,6 +179,8 @@ async def test_an_outage_is_served_from_memory_logged_once_and_merged_when_redis
         await eventually(lambda: a.state.up and b.state.up)
         await eventually(lambda: b.health.cooling_until("relay") is not None
                          and b.sessions.bound("messages", "s-outage") == "relay")
+        await asyncio.sleep(0.3)                     # b's later failure reached a too: the cooldown holds
+        assert a.health.cooling_until("relay") is not None and b.health.cooling_until("relay") is not None
         await eventually(lambda: abs(a.spend.spent(CLIENT, "k", "daily") - 1.5) < 1e-9
                          and abs(b.spend.spent(CLIENT, "k", "daily") - 1.5) < 1e-9)
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
