@@ -169,7 +169,8 @@ class HealthBoard:
         if state.outage is not None:
             return
         until = self.wall() + timedelta(seconds=max(0.0, seconds))
-        state.outage = until.isoformat(timespec="seconds")
+        # to the microsecond: two outages whose cooldowns end in the same second are two stories
+        state.outage = until.isoformat(timespec="microseconds")
         if self.events is not None:
             self.events.emit(Event("cooldown", name, reason, until=until, episode=state.outage))
 

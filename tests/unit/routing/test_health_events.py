@@ -35,7 +35,7 @@ def test_a_cooldown_is_announced_when_it_starts_with_its_end():
     [event] = heard
     assert (event.kind, event.upstream, event.route) == ("cooldown", "a", None)
     assert event.until == WALL + timedelta(seconds=60)
-    assert event.episode == "2026-12-02T18:01:00+00:00"
+    assert event.episode == "2026-12-02T18:01:00.000000+00:00"
     assert event.reason == "cooling down for 60s after 3 consecutive failure(s) (last: HTTP 503)"
 
 
@@ -92,3 +92,18 @@ def test_a_board_without_a_bus_still_cools_down():
     assert b.cooling_until("a") == 1060.0
     b.record_success("a")
     assert b.cooling_until("a") is None
+
+
+def test_outages_that_end_in_the_same_second_are_told_apart():
+    # a quick 503, a 2xx, a 503 again: the notifier's de-duplication goes by the episode, and a
+    # second outage told as the first one stayed silent while the upstream cooled
+    from ccswitch.notify.dedupe import Deduper
+    b, clock, heard = board()
+    b.record_failure("a", "HTTP 503", threshold=1, cooldown=120)
+    b.record_success("a")
+    clock.now += 0.2
+    b.record_failure("a", "HTTP 503", threshold=1, cooldown=120)
+    b.record_success("a")
+    assert [e.kind for e in heard] == ["cooldown", "recovered", "cooldown", "recovered"]
+    news = Deduper()
+    assert [news.first(e) for e in heard] == [True, True, True, True]
