@@ -12,12 +12,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ccswitch.config.models import Rules
-from ccswitch.config.schedule import schedule_block
 from ccswitch.report.live import LiveBoard, Served
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.budget import UPSTREAM, SpendBoard
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.quota import QuotaBoard
+from ccswitch.routing.status import upstream_state
 from ccswitch.vocab import Route
 from ccswitch.wire.redact import scrub
 
@@ -70,7 +70,7 @@ def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, session
     views = []
     for upstream in rules.upstreams:
         name = upstream.name
-        state, detail, until = _state(upstream, rules, health, quota, spend, now)
+        state, detail, until = upstream_state(upstream, rules, health, now, quota, spend)
         known = quota.utilization(name)
         value, window = known if known is not None else (None, None)
         resets_at = None
@@ -85,32 +85,6 @@ def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, session
             sessions=bound.get(name, 0), preferred=name == preferred,
             budget=tuple(spend.report(UPSTREAM, name)) if spend is not None else ()))
     return views
-
-
-def _state(upstream, rules: Rules, health: HealthBoard, quota: QuotaBoard, spend: SpendBoard | None,
-           now: datetime) -> tuple[str, str, datetime | None]:
-    if not health.enabled(upstream.name, upstream.enabled):
-        return "disabled", "disabled" if not upstream.enabled else "disabled by ccswitch.disable", None
-    block = schedule_block(upstream, now)
-    if block:
-        return "outside_hours", block, None
-    overrun = spend.over(UPSTREAM, upstream.name) if spend is not None else None
-    if overrun is not None:   # skipped like a full upstream until the budget's next period
-        until = overrun.until.astimezone(now.tzinfo)
-        when = f"{until:%H:%M}" if overrun.kind == "daily" else f"{until:%Y-%m-%d %H:%M}"
-        return "over_budget", f"over its {overrun.kind} budget (${overrun.limit:.2f}) until {when}", until
-    cooling = health.cooling_until(upstream.name)
-    if cooling is not None:
-        until = now + timedelta(seconds=cooling - health.clock())
-        return "cooling", f"cooling down until {until:%H:%M:%S}", until
-    full = quota.full_until(upstream.name, rules.failover.drain_at)
-    if full is not None:
-        until = now + timedelta(seconds=full - quota.clock())
-        window = quota.full(upstream.name, rules.failover.drain_at)
-        return "full", f"full until {until:%H:%M:%S}" + (f" ({window.name} window)" if window else ""), until
-    if health.busy_probing(upstream.name):
-        return "available", "available (being probed after its cooldown)", None
-    return "available", "available", None
 
 
 def live_status(board: LiveBoard, views: list[UpstreamView], rules: Rules, now: datetime) -> dict[str, Any]:

@@ -6,27 +6,41 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from ccswitch.config.models import Rules, Upstream
-from ccswitch.config.schedule import describe_next
+from ccswitch.config.schedule import describe_next, schedule_block
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard
 from ccswitch.routing.health import HealthBoard
-from ccswitch.routing.plan import off_reason
 from ccswitch.routing.quota import QuotaBoard
 from ccswitch.vocab import Route
 
 
-def upstream_state(upstream: Upstream, health: HealthBoard, now: datetime) -> str:
-    """available / cooling down until … / outside its days or hours / disabled."""
-    reason = off_reason(upstream, health, now)
-    if reason:
-        return reason
-    until = health.cooling_until(upstream.name)
-    if until is not None:
-        left = until - health.clock()
-        return f"cooling down until {(now + timedelta(seconds=left)):%H:%M:%S} ({left:.0f}s left)"
+def upstream_state(upstream: Upstream, rules: Rules, health: HealthBoard, now: datetime,
+                   quota: QuotaBoard | None = None, spend: SpendBoard | None = None) -> tuple[str, str, datetime | None]:
+    """(state, what it means, until when) of an upstream at `now` (aware, in the rules' zone):
+    disabled, outside_hours, over_budget, cooling, full or available, in the order the plan
+    skips them; the live page, its metrics and `ccswitch.status` all say it so."""
+    if not health.enabled(upstream.name, upstream.enabled):
+        return "disabled", "disabled" if not upstream.enabled else "disabled by ccswitch.disable", None
+    block = schedule_block(upstream, now)
+    if block:
+        return "outside_hours", block, None
+    overrun = spend.over(UPSTREAM, upstream.name) if spend is not None else None
+    if overrun is not None:   # skipped like a full upstream until the budget's next period
+        until = overrun.until.astimezone(now.tzinfo)
+        when = f"{until:%H:%M}" if overrun.kind == "daily" else f"{until:%Y-%m-%d %H:%M}"
+        return "over_budget", f"over its {overrun.kind} budget (${overrun.limit:.2f}) until {when}", until
+    cooling = health.cooling_until(upstream.name)
+    if cooling is not None:
+        until = now + timedelta(seconds=cooling - health.clock())
+        return "cooling", f"cooling down until {until:%H:%M:%S}", until
+    full = quota.full_until(upstream.name, rules.failover.drain_at) if quota is not None else None
+    if full is not None:
+        until = now + timedelta(seconds=full - quota.clock())
+        window = quota.full(upstream.name, rules.failover.drain_at)
+        return "full", f"full until {until:%H:%M:%S}" + (f" ({window.name} window)" if window else ""), until
     if health.busy_probing(upstream.name):
-        return "available (being probed after its cooldown)"
-    return "available"
+        return "available", "available (being probed after its cooldown)", None
+    return "available", "available", None
 
 
 def quota_text(quota: QuotaBoard, name: str, drain_at: float, tz) -> str | None:
@@ -63,8 +77,11 @@ def status_text(rules: Rules, health: HealthBoard, now: datetime, quota: QuotaBo
     lines = [head]
     for upstream in rules.upstreams:
         state = health.get(upstream.name)
+        kind, detail, until = upstream_state(upstream, rules, health, now, quota, spend)
+        if kind == "cooling" and until is not None:
+            detail += f" ({(until - now).total_seconds():.0f}s left)"
         parts = [f"{upstream.name} [{upstream.protocol}; routes: {', '.join(routes[upstream.name]) or '-'}]",
-                 upstream_state(upstream, health, now), f"failures {state.failures}"]
+                 detail, f"failures {state.failures}"]
         if state.last_error:
             parts.append(f"last error: {state.last_error}")
         usage = quota_text(quota, upstream.name, rules.failover.drain_at, now.tzinfo) if quota else None

@@ -57,6 +57,7 @@ def test_status_shows_utilization_its_window_reset_full_and_bound_sessions(setup
     line = next(x for x in text.splitlines() if x.strip().startswith("a ["))
     at = datetime.fromtimestamp(reset, gateway.rules.tz).strftime("%H:%M")
     assert f"utilization 0.97 (5h window, resets {at}); full" in line and "2 session(s) bound" in line
+    assert f"; full until {at}" in line and "available" not in line     # its state says so too
     tctx.command(commands.reset, "a")          # a reset forgets what the windows said too
     assert "utilization" not in "\n".join(tctx.command(commands.status))
 
