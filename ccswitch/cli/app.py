@@ -15,8 +15,11 @@ from ccswitch.vocab import Route
 
 
 def _check(args: argparse.Namespace) -> int:
+    if args.rules and args.rules_option and args.rules != args.rules_option:
+        print("name the rules file once: as an argument or with --rules", file=sys.stderr)
+        return 2
     try:
-        rules, path = find_announced(args.rules)
+        rules, path = find_announced(args.rules or args.rules_option)
     except RulesError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -67,9 +70,11 @@ def _init(args: argparse.Namespace) -> int:
         print(f"cannot write {exc.filename or home / '.ccswitch'}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     print(path)
-    print(f"wrote the example rules to {path}: edit it, then `ccswitch check`", file=sys.stderr)
     local = Path.cwd() / "rules.yaml"
-    if local.is_file():
+    shadowed = local.is_file()
+    check = f"ccswitch check --rules {path}" if shadowed else "ccswitch check"
+    print(f"wrote the example rules to {path}: edit it, then `{check}`", file=sys.stderr)
+    if shadowed:
         print(f"note: {local} comes first while you run ccswitch in {local.parent}; "
               f"use --rules {path} (mitmdump: --set ccswitch_rules={path}) there", file=sys.stderr)
     return 0
@@ -131,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a rules file; print every problem")
     check.add_argument("rules", nargs="?", help="path of rules.yaml (default: as mitmdump would find it)")
+    check.add_argument("--rules", dest="rules_option", metavar="RULES", help="the same, as the other commands take it")
     check.set_defaults(func=_check)
 
     env = sub.add_parser("env", help="print eval-able exports for Claude Code and Codex CLI")

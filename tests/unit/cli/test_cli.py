@@ -105,6 +105,13 @@ def test_init_warns_that_a_local_rules_yaml_comes_first(tmp_path):
     done = cli("init", cwd=REPO, env=home_env(tmp_path))
     assert done.returncode == 0
     assert f"note: {REPO / 'rules.yaml'} comes first while you run ccswitch in {REPO}" in done.stderr
+    personal = tmp_path / "home" / ".ccswitch" / "rules.yaml"
+    assert f"edit it, then `ccswitch check --rules {personal}`" in done.stderr
+    # the advice works as given: it checks the personal file, not the local one
+    check = cli("check", "--rules", str(personal), cwd=REPO, env=home_env(tmp_path))
+    assert check.returncode == 0 and check.stdout.startswith(f"{personal}: OK")
+    both = cli("check", str(REPO / "rules.yaml"), "--rules", str(personal), env=home_env(tmp_path))
+    assert both.returncode == 2 and "name the rules file once" in both.stderr
 
 
 def test_every_command_says_which_rules_it_uses(tmp_path):
