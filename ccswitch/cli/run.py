@@ -56,7 +56,21 @@ def split_args(args: list[str]) -> tuple[bool, list[str]] | None:
 
 
 def mitm_argv(program: Path, rest: list[str]) -> list[str]:
-    return [str(program), "-s", str(entry_path()), *rest]
+    # loopback from the first bind: mitmproxy binds its listeners before the script loaded, so a
+    # listen host ccswitch sets itself comes a moment after they listened on every interface
+    loopback = [] if _names_listen_host(rest) else ["--listen-host", "127.0.0.1"]
+    return [str(program), "-s", str(entry_path()), *loopback, *rest]
+
+
+def _names_listen_host(args: list[str]) -> bool:
+    for i, arg in enumerate(args):
+        if arg == "--listen-host" or arg.startswith("--listen-host="):
+            return True
+        setting = arg.removeprefix("--set=") if arg.startswith("--set=") else (
+            args[i + 1] if arg == "--set" and i + 1 < len(args) else "")
+        if setting.startswith("listen_host="):
+            return True
+    return False
 
 
 def run(args: list[str]) -> int:

@@ -39,9 +39,18 @@ def test_split_args(args, expect):
     assert runmod.split_args(args) == expect
 
 
-def test_mitm_argv_puts_the_entry_first():
+def test_mitm_argv_puts_the_entry_first_and_binds_loopback_from_the_start():
+    # mitmproxy binds before the script loads: without this it listened on every interface a moment
     argv = runmod.mitm_argv(Path("/v/bin/mitmdump"), ["--mode", "regular@1"])
-    assert argv == ["/v/bin/mitmdump", "-s", str(runmod.entry_path()), "--mode", "regular@1"]
+    assert argv == ["/v/bin/mitmdump", "-s", str(runmod.entry_path()), "--listen-host", "127.0.0.1",
+                    "--mode", "regular@1"]
+
+
+@pytest.mark.parametrize("given", [["--listen-host", "0.0.0.0"], ["--listen-host=::"],
+                                   ["--set", "listen_host=10.0.0.2"], ["--set=listen_host=10.0.0.2"]])
+def test_a_listen_host_of_the_users_own_is_left_to_them(given):
+    argv = runmod.mitm_argv(Path("/v/bin/mitmdump"), [*given, "--mode", "regular@1"])
+    assert argv == ["/v/bin/mitmdump", "-s", str(runmod.entry_path()), *given, "--mode", "regular@1"]
 
 
 def test_mitm_program_beside_python_even_through_a_symlink(tmp_path, monkeypatch):
