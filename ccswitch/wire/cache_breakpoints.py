@@ -1,9 +1,10 @@
 """Trim an Anthropic Messages request to at most N prompt-cache breakpoints.
 
 Anthropic accepts four `cache_control` markers per request; some relays accept fewer and refuse
-the request otherwise.  The markers are counted in the order Anthropic builds its cache prefix:
-tools, then system, then messages (each message's content blocks in order, a block before the
-blocks nested in it, as in a tool_result's content).  The first N are kept, later ones removed.
+the request otherwise.  The markers are counted system first, then messages (each message's
+content blocks in order, a block before the blocks nested in it, as in a tool_result's content),
+then tools; the first N are kept, later ones removed.  Tools go last: a marker on the system
+prompt caches the tools before it too, so theirs is the one least missed.
 
 Pure: the body given is never changed.  What changes is copied along its path, everything else
 is shared with the original, and a body with nothing to remove is returned as it came.
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 MARKER = "cache_control"
-SECTIONS = ("tools", "system", "messages")   # Anthropic's cache prefix order
+SECTIONS = ("system", "messages", "tools")   # the order markers are kept in
 
 
 def keep_cache_breakpoints(body: dict[str, Any], keep: int) -> dict[str, Any]:

@@ -62,7 +62,7 @@ routes: {{claude: [wrong, tunnelled, socks]}}
     assert (second.status_code, second.headers["x-ccswitch-upstream"]) == (200, "socks")
     assert "message_stop" in second.text and len(c.requests) == 1
     # the relay that asks for two markers got two; the client sent six, the next upstream all six
-    assert b.requests[0].json["tools"][1]["cache_control"] and b.requests[0].json["system"][1]["cache_control"]
+    assert b.requests[0].json["system"][1]["cache_control"] and b.requests[0].json["messages"][0]["content"][0]["cache_control"]
     assert str(b.requests[0].json).count("cache_control") == 2
     assert str(c.last().json).count("cache_control") == 6
     assert a.requests == []

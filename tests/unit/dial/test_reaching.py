@@ -112,8 +112,10 @@ async def test_failover_sends_each_upstream_its_own_shaping_of_the_clients_body(
     body = body_with_markers()
     job, sink, _ = await run(rules, body=body)
     assert sink.headers["x-ccswitch-upstream"] == "b"
-    assert count_cache_breakpoints(mock_a.last().json) == 2 and "cache_control" in mock_a.last().json["tools"][0]
-    assert "cache_control" not in mock_a.last().json["messages"][0]["content"][0]
+    sent = mock_a.last().json
+    assert count_cache_breakpoints(sent) == 2 and "cache_control" in sent["system"][0]
+    assert "cache_control" in sent["messages"][0]["content"][0] and "cache_control" not in sent["tools"][0]
+    assert "cache_control" not in sent["messages"][0]["content"][1]
     assert mock_b.last().json["messages"] == body["messages"] and count_cache_breakpoints(mock_b.last().json) == 5
     assert job.request.json == body_with_markers() and json.loads(job.request.body) == body_with_markers()
 

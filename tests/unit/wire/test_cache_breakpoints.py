@@ -1,5 +1,5 @@
-"""cache_breakpoints: the first N cache_control markers are kept (tools, then system, then
-messages, blocks in order), later ones removed, nothing else changed, the input never mutated."""
+"""cache_breakpoints: the first N cache_control markers are kept (system, then messages, blocks in
+order, then tools), later ones removed, nothing else changed, the input never mutated."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ def marked(text: str) -> dict:
 
 
 def body_with_six() -> dict:
-    """Markers, in Anthropic's order: tool t2, system s1, message 0's m0, the tool_result r1
-    and the block n1 nested in it, message 2's m2 (and a string system elsewhere)."""
+    """Markers, in the order they are kept: system s1, message 0's m0, the tool_result r1 and the
+    block n1 nested in it, message 2's m2, tool t2 (and a string system elsewhere)."""
     return {
         "model": "claude-x", "max_tokens": 10, "stream": True, "metadata": {"user_id": "u"},
         "messages": [
@@ -36,10 +36,9 @@ def body_with_six() -> dict:
 
 
 def kept(body: dict) -> list[str]:
-    """Where the markers are, in Anthropic's order."""
-    out = [t["name"] for t in body.get("tools", []) if "cache_control" in t]
+    """Where the markers are, in the order they are kept."""
     system = body.get("system")
-    out += [b["text"] for b in (system if isinstance(system, list) else []) if "cache_control" in b]
+    out = [b["text"] for b in (system if isinstance(system, list) else []) if "cache_control" in b]
 
     def blocks(items):
         for block in items:
@@ -51,18 +50,18 @@ def kept(body: dict) -> list[str]:
     for message in body["messages"]:
         if isinstance(message["content"], list):
             blocks(message["content"])
-    return out
+    return out + [t["name"] for t in body.get("tools", []) if "cache_control" in t]
 
 
 @pytest.mark.parametrize("keep, expected", [
     (0, []),
-    (1, ["t2"]),
-    (2, ["t2", "s1"]),
-    (3, ["t2", "s1", "m0"]),
-    (4, ["t2", "s1", "m0", "tool_result"]),
-    (5, ["t2", "s1", "m0", "tool_result", "n1"]),
+    (1, ["s1"]),
+    (2, ["s1", "m0"]),
+    (3, ["s1", "m0", "tool_result"]),
+    (4, ["s1", "m0", "tool_result", "n1"]),
+    (5, ["s1", "m0", "tool_result", "n1", "m2"]),
 ])
-def test_the_first_n_markers_are_kept_in_anthropics_order(keep, expected):
+def test_the_first_n_markers_are_kept_system_messages_then_tools(keep, expected):
     body = body_with_six()
     trimmed = keep_cache_breakpoints(body, keep)
     assert kept(trimmed) == expected and count_cache_breakpoints(trimmed) == keep
@@ -83,8 +82,7 @@ def test_only_markers_are_removed_and_the_body_given_is_never_changed():
         return value
     assert without_markers(trimmed) == without_markers(body)      # everything else as it was
     assert list(trimmed) == list(body)                            # key order too (the JSON sent)
-    assert trimmed["tools"] is body["tools"] and trimmed["system"] is body["system"]   # untouched: shared
-    assert trimmed["messages"][3] is body["messages"][3]
+    assert trimmed["system"] is body["system"] and trimmed["messages"][3] is body["messages"][3]   # shared
 
 
 @pytest.mark.parametrize("keep", [6, 7, 100])
