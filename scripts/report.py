@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""The `ccswitch report` command, runnable from a checkout without installing ccswitch:
+"""The `ccswitch report` command, runnable from a checkout where ccswitch itself is not installed
+(the Python running it needs ccswitch's dependencies: PyYAML, pydantic, matplotlib…):
 
     python scripts/report.py [--rules PATH] [--db PATH] [--days N | --since D --until D]
-                             [--by model|upstream|route] [--json] [--out DIR]
+                             [--by model|upstream|route|session|client] [--json] [--out DIR]
 """
 import sys
 from pathlib import Path
