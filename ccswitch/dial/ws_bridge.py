@@ -12,6 +12,7 @@ Errors travel in-band, as Codex expects: `{"type": "error", "status": N, "error"
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -19,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from wsproto import ConnectionType, WSConnection
+from wsproto import ConnectionState, ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -190,6 +191,9 @@ class WsBridge(Serving):
         socket = _Socket(self, reader, writer)
         try:
             await socket.run()
+        except asyncio.CancelledError:
+            socket.going_away()
+            raise
         except RemoteProtocolError as exc:
             log.info("ccswitch: a WebSocket client broke the protocol: %s", exc)
             if socket.ticket is None:     # no handshake yet: an HTTP answer, not a dropped connection
@@ -231,6 +235,12 @@ class _Socket:
                 await asyncio.gather(self.turn, return_exceptions=True)
             if self.ticket is not None:
                 self.ticket.upstream_sockets.close()
+
+    def going_away(self) -> None:
+        """The proxy stops: a close frame (1001), so Codex reconnects, rather than a socket cut."""
+        if self.ws.state is ConnectionState.OPEN:
+            with contextlib.suppress(ConnectionError, OSError, LocalProtocolError):
+                self._send(CloseConnection(code=1001, reason="ccswitch is shutting down"))
 
     async def _on(self, event) -> None:
         if isinstance(event, Request):

@@ -219,6 +219,11 @@ async def test_a_turn_counts_as_in_flight_and_a_shutdown_cut_ends_it_in_band(moc
         assert frame["type"] == "error" and frame["status"] == 503 and SHUTTING_DOWN in frame["error"]["message"]
         await eventually(lambda: bridged.done and bridged.bridge.running == 0)
         assert bridged.done[0].error.startswith("shutdown")
+        await bridged.bridge.stop()
+        # then a close frame, "going away": Codex reconnects, where a cut socket reads as 1006
+        seen = await client.events(lambda seen: any(isinstance(e, CloseConnection) for e in seen))
+        closed = next(e for e in seen if isinstance(e, CloseConnection))
+        assert (closed.code, closed.reason) == (1001, "ccswitch is shutting down")
     finally:
         await bridged.close()
 
