@@ -20,6 +20,8 @@ from ccswitch.routing.events import Event
 
 log = logging.getLogger("ccswitch.activation")
 
+PROBE_GRACE = 3.0    # seconds a probe in flight gets to finish when the proxy stops
+
 
 class Activator:
     """Fires each upstream's `activate_at` probes; `ccswitch.activate NAME` fires one now."""
@@ -46,8 +48,13 @@ class Activator:
         return hook_task(self._stop(), "activation stop")
 
     async def _stop(self) -> None:
+        # before the router closes the ledger (this addon comes first): a probe in flight gets a
+        # moment to end with its row, since one that reached the upstream and left no row would
+        # be sent again after the restart
         if self._task:
             self._task.cancel()
+        if self._probes:
+            await asyncio.wait(list(self._probes), timeout=PROBE_GRACE)
         for task in list(self._probes):
             task.cancel()
         if self.client:

@@ -1,5 +1,6 @@
 """`activation_failed`: announced once when a day's probe and all its retries failed."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from ccswitch.mitm.activator import Activator
@@ -82,3 +83,29 @@ async def test_a_probe_that_fails_inside_ccswitch_is_a_failed_try_retried_like_a
         clock.now += timedelta(seconds=61)
     assert [r.error for r in results] == ["internal error: RuntimeError"] * 3       # the slot's tries go on
     assert [e.kind for e in heard] == ["activation_failed"] and "a bug of ours" in caplog.text
+
+
+async def test_a_probe_in_flight_when_the_proxy_stops_ends_with_its_row(tmp_path, mock_a):
+    # the activator stops before the router closes the ledger, and gives such a probe a moment:
+    # one that reached the upstream and left no row would be sent again after the restart
+    from ccswitch.ledger.reading import open_reader
+    from ccswitch.mitm import make_addons
+    from ccswitch.mitm.router import Router
+    from tests.mitm.conftest import open_gateway
+    from tests.support.mock_upstream import hang_before_headers
+    kinds = [type(a) for a in make_addons()]
+    assert kinds.index(Activator) < kinds.index(Router)
+    gateway = open_gateway(tmp_path, RULES.replace(f"http://127.0.0.1:{PORT}", mock_a.base_url))
+    gateway.allow_url = loopback_url
+    gateway.open_ledger(True)
+    mock_a.script(hang_before_headers(0.5))
+    activator = Activator(gateway, clock=Clock())
+    activator.client = UpstreamClient()
+    probe = activator._spawn(gateway.rules.upstream("relay"), None)
+    await asyncio.sleep(0.1)
+    assert not probe.done()
+    await activator._stop()
+    gateway.close()
+    assert probe.done() and not probe.cancelled()
+    with open_reader(gateway.rules.usage_db) as reader:
+        assert [row[0] for row in reader.execute("SELECT upstream FROM activations")] == ["relay"]
