@@ -118,7 +118,7 @@ class Pump:
             self.tap.feed(event)
             kind = protocols.classify_event(self.upstream.protocol, event)
             if kind is Kind.ERROR:
-                message = scrub(protocols.stream_error_message(event).encode(), self.outgoing.secrets)
+                message = scrub(protocols.stream_error_message(event).encode("utf-8", "replace"), self.outgoing.secrets)
                 self.error = (message.decode("utf-8", "replace")[:_ERROR_TEXT], in_stream_status(event.json()))
             elif kind is Kind.TERMINAL:
                 self.terminal = True

@@ -105,7 +105,7 @@ def tool_id(value: Any, where: str) -> str:
         raise RenderError(f"{where}: a tool call id is required")
     if _ID_OK.match(value):
         return value
-    digest = hashlib.sha256(value.encode()).hexdigest()[:8]
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:8]   # JSON allows a lone one
     return re.sub(r"[^A-Za-z0-9_-]", "_", value) + "_" + digest
 
 

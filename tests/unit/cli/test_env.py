@@ -1,6 +1,7 @@
 import os
 import shlex
 import shutil
+import ssl
 import subprocess
 import sys
 import tomllib
@@ -177,8 +178,11 @@ def test_certifi_when_the_system_has_no_bundle(monkeypatch, tmp_path):
 
 def test_the_openssl_default_is_not_ssl_cert_file(monkeypatch, tmp_path):
     # once `ccswitch env` is in effect SSL_CERT_FILE is its own bundle: built on it, it would grow
-    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ccswitch-ca-bundle.pem"))
-    assert clienv.openssl_default_bundle() != tmp_path / "ccswitch-ca-bundle.pem"
+    bundle = tmp_path / "ccswitch-ca-bundle.pem"
+    bundle.write_bytes(SYS_PEM)
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    assert ssl.get_default_verify_paths().cafile == str(bundle)      # what reading SSL_CERT_FILE gives
+    assert clienv.openssl_default_bundle() != bundle
 
 
 def test_no_system_ca_still_writes_bundle(monkeypatch, confdir, tmp_path):

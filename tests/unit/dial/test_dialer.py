@@ -535,3 +535,14 @@ async def test_a_non_streamed_answer_is_parsed_once_for_its_usage_and_its_check(
     job, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST), body=body)
     assert sink.status == 200 and job.attempts[0].usage.input_tokens == 25
     assert len([p for p in parses if isinstance(p, bytes) and b'"usage"' in p]) == 1
+
+
+async def test_an_error_event_whose_message_holds_a_lone_surrogate_is_judged_like_any(mock_a, mock_b):
+    # its text went through a plain .encode() to be scrubbed: a UnicodeEncodeError, a 500 of ours
+    stream = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","type":"message",'
+              b'"role":"assistant","content":[],"model":"claude-x","usage":{"input_tokens":1,"output_tokens":1}}}\n\n'
+              b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"busy \\ud83d"}}\n\n')
+    mock_a.script(status(200, body=stream, headers={"content-type": "text/event-stream"}))
+    job, sink, health = await run(two(mock_a, mock_b))
+    assert sink.status == 200 and sink.headers["x-ccswitch-upstream"] == "b"
+    assert job.attempts[0].error == "stream error: overloaded_error: busy ?" and health.get("a").failures == 1

@@ -78,7 +78,7 @@ def test_a_failure_seen_elsewhere_while_a_cooldown_ran_does_not_end_it():
     assert merge(cooling, longer) == longer and merge(longer, cooling) == longer
 
 
-
+def test_switches_preferences_and_bindings_keep_the_latest():
     old, new = SwitchChange("r", False, 1.0), SwitchChange("r", None, 2.0)
     assert merge(old, new) == new and merge(new, old) == new
     used_before = BindChange("messages", "s", "a", 60.0, at=10.0)

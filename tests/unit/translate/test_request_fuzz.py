@@ -77,7 +77,8 @@ RESPONSES_REQUESTS = [
      "text": {"verbosity": "low"}, "prompt_cache_key": "k", "max_output_tokens": 100},
 ]
 ODD_VALUES = [None, True, 0, -1, 7, 1.5, "", "x", "high", [], ["x"], [1], [None], [{}], {}, {"a": 1},
-              {"type": "function"}, {"type": "text"}, [{"type": "text"}], "data:image/png;base64,!!"]
+              {"type": "function"}, {"type": "text"}, [{"type": "text"}], "data:image/png;base64,!!",
+              "c\ud83d", "\udc00 x"]   # JSON allows a lone surrogate escape; it has no UTF-8
 CHAT_KEYS = ["messages", "model", "tools", "tool_choice", "response_format", "reasoning_effort", "max_tokens",
              "max_completion_tokens", "stop", "n", "user", "temperature", "top_p", "top_k", "stream_options",
              "modalities", "parallel_tool_calls", "logprobs", "top_logprobs", "metadata", "seed", "audio",
