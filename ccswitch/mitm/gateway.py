@@ -18,10 +18,11 @@ from ccswitch.config.watch import RulesFile
 from ccswitch.dial.job import Job
 from ccswitch.ledger.rows import attempt_rows, request_row
 from ccswitch.ledger.writer import Ledger
+from ccswitch.mitm.lifecycle import hook_task
 from ccswitch.net import http1
 from ccswitch.report.data import Pricer
 from ccswitch.report.live import LiveBoard
-from ccswitch.report.spend import ledger_spend, row_cost
+from ccswitch.report.spend import LedgerSpend, ledger_spend, row_cost
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard, period_start
 from ccswitch.routing.events import Events
@@ -106,18 +107,21 @@ class Gateway:
         """This month's spend before `until` (the start) as the ledger holds it (the day's is part
         of it).  A ledger that cannot be read now (PostgreSQL down) is read in the background once
         it can be; meanwhile budgets count from 0."""
-        error = await asyncio.to_thread(self._read_spend, until)
-        if error is None:
+        found = await asyncio.to_thread(self._spend_rows, until)
+        if found.error is None:
+            self._count_spend(found)
             return
         # a warning, not an error: mitmdump exits on an error logged while it starts
         log.warning("ccswitch: cannot read the spend so far: %s (budgets count from 0 until it can be "
-                    "read; trying again every %d s)", error, SPEND_RETRY)
-        self._spend_reader = asyncio.get_running_loop().create_task(self._read_spend_later(until))
+                    "read; trying again every %d s)", found.error, SPEND_RETRY)
+        self._spend_reader = hook_task(self._read_spend_later(until), "spend read")
 
     async def _read_spend_later(self, until: datetime) -> None:
         while True:
             await asyncio.sleep(SPEND_RETRY)
-            if await asyncio.to_thread(self._read_spend, until) is None:
+            found = await asyncio.to_thread(self._spend_rows, until)
+            if found.error is None:
+                self._count_spend(found)
                 log.info("ccswitch: read the spend so far: budgets count it now")
                 return
 
@@ -126,21 +130,21 @@ class Gateway:
             self._spend_reader.cancel()
             self._spend_reader = None
 
-    def _read_spend(self, until: datetime) -> str | None:
-        """Count the ledger's spend before `until`; why it could not be read, or None."""
+    def _spend_rows(self, until: datetime) -> LedgerSpend:
+        """The ledger's priced requests this month before `until` (a thread's work: it waits on the database)."""
         if self.ledger is None:
-            return None
+            return LedgerSpend()
         rules = self.rules
-        found = ledger_spend(self.ledger.path, rules, period_start("monthly", utc_now(), rules.tz), until)
-        if found.error is not None:
-            return found.error
+        return ledger_spend(self.ledger.path, rules, period_start("monthly", utc_now(), rules.tz), until)
+
+    def _count_spend(self, found: LedgerSpend) -> None:
+        """On the loop, as every other spend is counted: the boards are not shared between threads."""
         for ts, upstream, client, usd in found.rows:
             self.spend.add(UPSTREAM, upstream, usd, ts, quiet=True)
             self.spend.add(CLIENT, client, usd, ts, quiet=True)
         if found.unpriced:
             log.warning("ccswitch: no price is known for %s: budgets count their requests as $0 "
                         "(add them under prices: in rules.yaml)", ", ".join(sorted(found.unpriced)))
-        return None
 
     def cost(self, row: dict, rules: Rules) -> float:
         """USD of one `requests` row at the report's prices (0 for a model without one)."""

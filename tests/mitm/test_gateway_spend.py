@@ -2,6 +2,7 @@
 down), counted from 0 and read in the background once it can be."""
 
 import logging
+import threading
 from datetime import timedelta
 
 from ccswitch.clock import utc_now
@@ -33,6 +34,9 @@ async def test_an_unreadable_ledger_is_read_once_it_can_be(gateway, monkeypatch,
     monkeypatch.setattr(gateway_module, "ledger_spend", ledger_spend)
     monkeypatch.setattr(gateway_module, "SPEND_RETRY", 0.01)
     gateway.open_ledger(True)
+    counted_on = []
+    add = gateway.spend.add
+    monkeypatch.setattr(gateway.spend, "add", lambda *a, **k: (counted_on.append(threading.get_ident()), add(*a, **k)))
     try:
         with caplog.at_level(logging.INFO, logger="ccswitch"):
             await gateway.load_spend(started)
@@ -42,6 +46,8 @@ async def test_an_unreadable_ledger_is_read_once_it_can_be(gateway, monkeypatch,
         gateway.stop_reading_spend()
         gateway.close()
     assert asked == [started] * 3     # only what came before this start: its own rows are counted live
+    # on the loop's thread, as requests count theirs: the boards are not shared between threads
+    assert counted_on and set(counted_on) == {threading.get_ident()}
     warned = [r for r in caplog.records if "cannot read the spend so far" in r.getMessage()]
     assert [r.levelno for r in warned] == [logging.WARNING]             # once, and not an error
     assert "read the spend so far: budgets count it now" in caplog.text

@@ -17,6 +17,7 @@ from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.router import Router
 from ccswitch.mitm.rules_watcher import RulesWatcher
 from ccswitch.mitm.safety import InterceptScope, ListenSafety
+from ccswitch.report.spend import LedgerSpend
 from tests.support.helpers import CLIENT_KEY, KEY_A, reload_settled
 
 RULES = f"""
@@ -186,7 +187,7 @@ async def test_requests_that_come_before_the_router_runs_wait_for_the_spend_and_
     neither passed on unrouted, nor let past budgets while the ledger's spend is read, nor sent
     to the relay before it listens."""
     reading = threading.Event()
-    monkeypatch.setattr(gateway, "_read_spend", lambda until: reading.wait(5) and None)
+    monkeypatch.setattr(gateway, "_spend_rows", lambda until: reading.wait(5) and LedgerSpend())
     router = Router(gateway)
     with taddons.context(router):
         before = messages_flow()
