@@ -21,8 +21,7 @@ from ccswitch.mitm.shared_state import SharedStateSync
 def make_addons() -> list:
     gateway = Gateway()
     # the live page answers its own paths before the router and the gate see them; the gate
-    # follows the router: it sees only the flows the router let pass untouched; the activator
-    # stops before the router, whose stop closes the ledger its probes write to
+    # follows the router: it sees only the flows the router let pass untouched
     return [RulesWatcher(gateway), ListenSafety(gateway), InterceptScope(gateway), LivePage(gateway),
-            Activator(gateway), Router(gateway), SharedStateSync(gateway), ClientKeyGate(gateway), Commands(gateway),
+            Router(gateway), SharedStateSync(gateway), ClientKeyGate(gateway), Commands(gateway), Activator(gateway),
             Notifications(gateway)]

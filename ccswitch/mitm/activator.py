@@ -20,8 +20,6 @@ from ccswitch.routing.events import Event
 
 log = logging.getLogger("ccswitch.activation")
 
-PROBE_GRACE = 3.0    # seconds a probe in flight gets to finish when the proxy stops
-
 
 class Activator:
     """Fires each upstream's `activate_at` probes; `ccswitch.activate NAME` fires one now."""
@@ -32,7 +30,7 @@ class Activator:
         self.schedule = Schedule()
         self.client: http1.UpstreamClient | None = None
         self._task: asyncio.Task | None = None
-        self._probes: set[asyncio.Task] = set()
+        self._probes = gateway.probes
 
     def running(self) -> None:
         self.client = http1.UpstreamClient(ssl_context=upstream_tls())
@@ -48,13 +46,10 @@ class Activator:
         return hook_task(self._stop(), "activation stop")
 
     async def _stop(self) -> None:
-        # before the router closes the ledger (this addon comes first): a probe in flight gets a
-        # moment to end with its row, since one that reached the upstream and left no row would
-        # be sent again after the restart
+        # the router's drain waited for the probes in flight (`gateway.probes`) before it closed
+        # the ledger; any left now are past the grace period
         if self._task:
             self._task.cancel()
-        if self._probes:
-            await asyncio.wait(list(self._probes), timeout=PROBE_GRACE)
         for task in list(self._probes):
             task.cancel()
         if self.client:

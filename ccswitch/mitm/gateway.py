@@ -59,6 +59,9 @@ class Gateway:
         self.sessions = SessionBindings()
         self.spend = SpendBoard(events=self.events)
         self._spend_reader: asyncio.Task | None = None   # reads the spend so far once the ledger can be read
+        # activation probes in flight: a shutdown waits for them as for requests, since one that
+        # reached its upstream and left no row before the ledger closed is sent again after a restart
+        self.probes: set[asyncio.Task] = set()
         # what the four boards above learn is shared with other instances when the rules name a `state`
         self.boards = Boards(self.health, self.quota, self.sessions, self.spend)
         self.state: SharedState = InMemoryState()

@@ -151,10 +151,11 @@ class Router:
         # a job leaves `jobs` when its flow ends, its task a moment before or after; a bridged
         # socket's turns are jobs of their own, never in `jobs`
         turns = self.sockets.bridge.running if self.sockets else 0
-        return max(len(self.jobs), len(self.inline) + (self.relay.running if self.relay else 0)) + turns
+        return (max(len(self.jobs), len(self.inline) + (self.relay.running if self.relay else 0)) + turns
+                + len(self.gateway.probes))   # activation probes: their rows, too, go to the ledger
 
     def _cut(self) -> None:
-        for task in list(self.inline):
+        for task in [*self.inline, *self.gateway.probes]:
             task.cancel()
         if self.relay:
             self.relay.cut()

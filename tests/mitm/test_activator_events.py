@@ -86,26 +86,30 @@ async def test_a_probe_that_fails_inside_ccswitch_is_a_failed_try_retried_like_a
 
 
 async def test_a_probe_in_flight_when_the_proxy_stops_ends_with_its_row(tmp_path, mock_a):
-    # the activator stops before the router closes the ledger, and gives such a probe a moment:
-    # one that reached the upstream and left no row would be sent again after the restart
+    # the router's drain waits for it as for a request, within the same grace, before the ledger
+    # closes: one that reached the upstream and left no row would be sent again after the restart
     from ccswitch.ledger.reading import open_reader
-    from ccswitch.mitm import make_addons
     from ccswitch.mitm.router import Router
     from tests.mitm.conftest import open_gateway
     from tests.support.mock_upstream import hang_before_headers
-    kinds = [type(a) for a in make_addons()]
-    assert kinds.index(Activator) < kinds.index(Router)
     gateway = open_gateway(tmp_path, RULES.replace(f"http://127.0.0.1:{PORT}", mock_a.base_url))
     gateway.allow_url = loopback_url
     gateway.open_ledger(True)
-    mock_a.script(hang_before_headers(0.5))
-    activator = Activator(gateway, clock=Clock())
+    mock_a.script(hang_before_headers(0.5), hang_before_headers(5))
+    activator, router = Activator(gateway, clock=Clock()), Router(gateway)
     activator.client = UpstreamClient()
-    probe = activator._spawn(gateway.rules.upstream("relay"), None)
-    await asyncio.sleep(0.1)
-    assert not probe.done()
-    await activator._stop()
+    try:
+        probe = activator._spawn(gateway.rules.upstream("relay"), None)
+        await asyncio.sleep(0.1)
+        assert router._in_flight() == 1
+        await router.shutdown.drain(router._in_flight, 3.0, router._cut)
+        assert probe.done() and not probe.cancelled()
+        late = activator._spawn(gateway.rules.upstream("relay"), None)    # past the grace: cut
+        await asyncio.sleep(0.1)
+        await Router(gateway).shutdown.drain(router._in_flight, 0.2, router._cut)
+        assert late.cancelled()
+    finally:
+        await activator._stop()
     gateway.close()
-    assert probe.done() and not probe.cancelled()
     with open_reader(gateway.rules.usage_db) as reader:
         assert [row[0] for row in reader.execute("SELECT upstream FROM activations")] == ["relay"]
