@@ -63,13 +63,41 @@ def mitm_argv(program: Path, rest: list[str]) -> list[str]:
 
 
 def _names_listen_host(args: list[str]) -> bool:
-    for i, arg in enumerate(args):
-        if arg == "--listen-host" or arg.startswith("--listen-host="):
-            return True
-        setting = arg.removeprefix("--set=") if arg.startswith("--set=") else (
-            args[i + 1] if arg == "--set" and i + 1 < len(args) else "")
+    """Whether the user gave a listen host: on the command line, or in mitmproxy's config.yaml."""
+    confdir = "~/.mitmproxy"
+    for setting in _settings(args):
         if setting.startswith("listen_host="):
             return True
+        if setting.startswith("confdir="):
+            confdir = setting.removeprefix("confdir=")
+    if any(arg == "--listen-host" or arg.startswith("--listen-host=") for arg in args):
+        return True
+    return _config_names_listen_host(Path(confdir).expanduser())
+
+
+def _settings(args: list[str]) -> list[str]:
+    """The `name=value` of every `--set`."""
+    found = []
+    for i, arg in enumerate(args):
+        if arg.startswith("--set="):
+            found.append(arg.removeprefix("--set="))
+        elif arg == "--set" and i + 1 < len(args):
+            found.append(args[i + 1])
+    return found
+
+
+def _config_names_listen_host(confdir: Path) -> bool:
+    for name in ("config.yaml", "config.yml"):
+        try:
+            text = (confdir / name).read_text(encoding="utf-8")
+        except OSError:
+            continue
+        try:
+            import yaml
+            data = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return True    # mitmproxy will say what is wrong with it; ccswitch adds nothing
+        return isinstance(data, dict) and bool(data.get("listen_host"))
     return False
 
 

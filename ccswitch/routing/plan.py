@@ -148,7 +148,7 @@ def _full_text(window, quota: QuotaBoard, rules: Rules) -> str:
 
 def off_reason(upstream: Upstream, health: HealthBoard, now: datetime, model: str | None = None) -> str | None:
     """Why an upstream takes no request now, health aside (switched off, outside its days or
-    hours, not serving the model), or None.  Routing and `ccswitch.status` both ask here."""
+    hours, not serving the model), or None."""
     if not health.enabled(upstream.name, upstream.enabled):
         return "disabled" if not upstream.enabled else "disabled by ccswitch.disable"
     block = schedule_block(upstream, now)

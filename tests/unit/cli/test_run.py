@@ -39,11 +39,22 @@ def test_split_args(args, expect):
     assert runmod.split_args(args) == expect
 
 
-def test_mitm_argv_puts_the_entry_first_and_binds_loopback_from_the_start():
+def test_mitm_argv_puts_the_entry_first_and_binds_loopback_from_the_start(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))     # no ~/.mitmproxy/config.yaml of the machine's
     # mitmproxy binds before the script loads: without this it listened on every interface a moment
     argv = runmod.mitm_argv(Path("/v/bin/mitmdump"), ["--mode", "regular@1"])
     assert argv == ["/v/bin/mitmdump", "-s", str(runmod.entry_path()), "--listen-host", "127.0.0.1",
                     "--mode", "regular@1"]
+
+
+def test_a_listen_host_in_mitmproxys_config_file_is_left_to_the_user(tmp_path):
+    # mitmproxy reads confdir/config.yaml first and the command line after: a host given there
+    # would silently lose to ours
+    (tmp_path / "config.yaml").write_text("listen_host: 0.0.0.0\n")
+    argv = runmod.mitm_argv(Path("/v/bin/mitmdump"), ["--set", f"confdir={tmp_path}"])
+    assert "--listen-host" not in argv
+    (tmp_path / "config.yaml").write_text("web_port: 8090\n")
+    assert "--listen-host" in runmod.mitm_argv(Path("/v/bin/mitmdump"), ["--set", f"confdir={tmp_path}"])
 
 
 @pytest.mark.parametrize("given", [["--listen-host", "0.0.0.0"], ["--listen-host=::"],
