@@ -37,7 +37,8 @@ from ccswitch.dial.job import Job
 from ccswitch.dial.relay import ClientGone
 from ccswitch.dial.shutdown import Serving
 from ccswitch.dial.ws_upstream import UpstreamSockets
-from ccswitch.wire.protocols import error_object, in_stream_status
+from ccswitch.vocab import Protocol
+from ccswitch.wire.protocols import Kind, classify_event, error_object, in_stream_status
 from ccswitch.wire.sse import SSEParser
 from ccswitch.wire.ws_chain import Chain, ChainLost, FrameError, Turn
 
@@ -132,8 +133,7 @@ def held_stream_error(body: bytes) -> dict | None:
         return None
     parser = SSEParser()
     for event in parser.feed(body) + parser.flush():
-        parsed = event.json() if event.event else None
-        if isinstance(parsed, dict) and (error_object(parsed) is not None or parsed.get("type") == "error"):
+        if classify_event(Protocol.RESPONSES, event) is Kind.ERROR and isinstance(parsed := event.json(), dict):
             return parsed
     return None
 

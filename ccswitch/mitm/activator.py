@@ -30,7 +30,6 @@ class Activator:
         self.schedule = Schedule()
         self.client: http1.UpstreamClient | None = None
         self._task: asyncio.Task | None = None
-        self._probes = gateway.probes
 
     def running(self) -> None:
         self.client = http1.UpstreamClient(ssl_context=upstream_tls())
@@ -50,7 +49,7 @@ class Activator:
         # the ledger; any left now are past the grace period
         if self._task:
             self._task.cancel()
-        for task in list(self._probes):
+        for task in list(self.gateway.probes):
             task.cancel()
         if self.client:
             await self.client.aclose()
@@ -77,8 +76,8 @@ class Activator:
 
     def _spawn(self, upstream: Upstream, slot: Slot | None) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(self._probe(upstream, slot))
-        self._probes.add(task)
-        task.add_done_callback(self._probes.discard)
+        self.gateway.probes.add(task)
+        task.add_done_callback(self.gateway.probes.discard)
         return task
 
     async def _probe(self, upstream: Upstream, slot: Slot | None) -> ProbeResult:

@@ -110,23 +110,28 @@ class Gateway:
         """This month's spend before `until` (the start) as the ledger holds it (the day's is part
         of it).  A ledger that cannot be read now (PostgreSQL down) is read in the background once
         it can be; meanwhile budgets count from 0."""
-        found = await asyncio.to_thread(self._spend_rows, until)
-        if found.error is None:
-            self._count_spend(found)
+        error = await self._try_spend(until)
+        if error is None:
             return
         # a warning, not an error: mitmdump exits on an error logged while it starts
         log.warning("ccswitch: cannot read the spend so far: %s (budgets count from 0 until it can be "
-                    "read; trying again every %d s)", found.error, SPEND_RETRY)
+                    "read; trying again every %d s)", error, SPEND_RETRY)
         self._spend_reader = hook_task(self._read_spend_later(until), "spend read")
 
     async def _read_spend_later(self, until: datetime) -> None:
         while True:
             await asyncio.sleep(SPEND_RETRY)
-            found = await asyncio.to_thread(self._spend_rows, until)
-            if found.error is None:
-                self._count_spend(found)
+            if await self._try_spend(until) is None:
                 log.info("ccswitch: read the spend so far: budgets count it now")
                 return
+
+    async def _try_spend(self, until: datetime) -> str | None:
+        """Read the rows in a thread (it waits on the database), count them here on the loop, as
+        every other spend is counted (the boards are not shared between threads); why not, or None."""
+        found = await asyncio.to_thread(self._spend_rows, until)
+        if found.error is None:
+            self._count_spend(found)
+        return found.error
 
     def stop_reading_spend(self) -> None:
         if self._spend_reader is not None:
@@ -134,14 +139,13 @@ class Gateway:
             self._spend_reader = None
 
     def _spend_rows(self, until: datetime) -> LedgerSpend:
-        """The ledger's priced requests this month before `until` (a thread's work: it waits on the database)."""
+        """The ledger's priced requests this month before `until`."""
         if self.ledger is None:
             return LedgerSpend()
         rules = self.rules
         return ledger_spend(self.ledger.path, rules, period_start("monthly", utc_now(), rules.tz), until)
 
     def _count_spend(self, found: LedgerSpend) -> None:
-        """On the loop, as every other spend is counted: the boards are not shared between threads."""
         for ts, upstream, client, usd in found.rows:
             self.spend.add(UPSTREAM, upstream, usd, ts, quiet=True)
             self.spend.add(CLIENT, client, usd, ts, quiet=True)

@@ -93,7 +93,7 @@ class LivePage:
         if path in (PREFIX, PREFIX + "/", "/"):
             return self._page()
         if path == PREFIX + "/status.json":
-            return http.Response.make(200, _json(self._status()), {"content-type": "application/json", **_COMMON})
+            return http.Response.make(200, json_bytes(self._status()), {"content-type": "application/json", **_COMMON})
         if path == PREFIX + "/metrics":
             return http.Response.make(200, self._metrics().encode(), {"content-type": METRICS_TYPE, **_COMMON})
         return _text(404, "not a ccswitch page: try /_ccswitch/, /_ccswitch/status.json or /_ccswitch/metrics\n")
@@ -115,10 +115,6 @@ class LivePage:
     def _metrics(self) -> str:
         now = datetime.now(self.gateway.rules.tz)
         return metrics_text(self.gateway.live, self._views(now))
-
-
-def _json(data: dict) -> bytes:
-    return json_bytes(data)
 
 
 def _text(status: int, message: str, extra: dict | None = None) -> http.Response:
