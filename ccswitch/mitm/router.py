@@ -48,7 +48,8 @@ from ccswitch.routing.classify import RouteMatch, classify
 from ccswitch.routing.events import Event
 from ccswitch.routing.plan import plan
 from ccswitch.translate import convert_for_candidates
-from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint, Protocol
+from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint
+from ccswitch.wire import protocols
 from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.headers import from_wire
 from ccswitch.wire.redact import client_credential
@@ -315,7 +316,7 @@ class Router:
         if chosen.limited_for is not None:   # every upstream is rate limited until a known reset
             self._exhausted(req.route, chosen.why_none(req.route), chosen.limited_for)
             return (429, chosen.why_none(req.route),
-                    rate_limit_headers(req.client_protocol, chosen.limited_for, gateway.quota.clock()))
+                    protocols.rate_limit_headers(req.client_protocol, chosen.limited_for, gateway.quota.clock()))
         if not chosen.candidates:
             self._exhausted(req.route, chosen.why_none(req.route), None)
             return 503, chosen.why_none(req.route), {"retry-after": "30"}
@@ -423,14 +424,3 @@ class Router:
             flow.request.content = job.sent_body
         if isinstance(flow.response and flow.response.stream, StreamCopy):
             flow.response.stream.keep_on(flow.response)
-
-
-def rate_limit_headers(protocol: str, seconds: float, now: float) -> dict[str, str]:
-    """What ccswitch's own 429 tells a client: when to come back, and to an Anthropic client
-    the unified headers Claude Code turns into its usual limit message."""
-    wait = max(1, math.ceil(seconds))
-    headers = {"retry-after": str(wait)}
-    if protocol == Protocol.ANTHROPIC:
-        headers["anthropic-ratelimit-unified-status"] = "rejected"
-        headers["anthropic-ratelimit-unified-reset"] = str(int(now + wait))
-    return headers

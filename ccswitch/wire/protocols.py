@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from typing import Any
 
 from ccswitch.vocab import Protocol
@@ -157,6 +158,17 @@ def should_retry(status: int, retry_after: float | None = None) -> bool:
     if status in (408, 409):
         return True
     return not 400 <= status < 500
+
+
+def rate_limit_headers(protocol: str, seconds: float, now: float) -> dict[str, str]:
+    """What ccswitch's own 429 tells a client: when to come back, and to an Anthropic client
+    the unified headers Claude Code turns into its usual limit message."""
+    wait = max(1, math.ceil(seconds))
+    headers = {"retry-after": str(wait)}
+    if protocol == Protocol.ANTHROPIC:
+        headers["anthropic-ratelimit-unified-status"] = "rejected"
+        headers["anthropic-ratelimit-unified-reset"] = str(int(now + wait))
+    return headers
 
 
 def own_error(protocol: str, status: int, message: str,
