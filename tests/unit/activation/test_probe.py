@@ -195,7 +195,7 @@ routes: {{claude: [relay]}}
             now[0] += timedelta(minutes=5)
             assert activator.tick() == []
             assert activator.activate("relay").startswith("activation probe for relay sent")
-            await asyncio.gather(*activator._probes)
+            await asyncio.gather(*activator.gateway.probes)
         finally:
             await activator.client.aclose()
             gateway.close()
