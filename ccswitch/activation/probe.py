@@ -25,7 +25,7 @@ from ccswitch.net import http1
 from ccswitch.translate.chat.responses_request import is_codex_backend
 from ccswitch.vocab import Protocol
 from ccswitch.wire.exchange import ClientRequest, json_or_none
-from ccswitch.wire.sse import parse_all
+from ccswitch.wire.sse import is_event_stream, parse_all
 
 log = logging.getLogger("ccswitch.activation")
 
@@ -192,7 +192,7 @@ async def send_probe(client: http1.UpstreamClient, upstream: Upstream, timeout: 
                 content = await response.aread()
             finally:
                 await response.aclose()
-        is_sse = "text/event-stream" in (response.header("content-type") or "")
+        is_sse = is_event_stream(response.header("content-type"))
         ok = 200 <= status < 300 and has_content(upstream.protocol, content, is_sse)
         if not ok:
             error = f"HTTP {status}" if not 200 <= status < 300 else "a 2xx without content"

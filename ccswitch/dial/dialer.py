@@ -40,6 +40,7 @@ from ccswitch.vocab import Action, Endpoint
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import UNPARSED, RenderError, Reply, json_or_none
 from ccswitch.wire.redact import scrub_headers
+from ccswitch.wire.sse import is_event_stream
 from ccswitch.wire.usage import usage_of_body
 
 log = logging.getLogger("ccswitch.dialer")
@@ -251,7 +252,7 @@ class Dialer:
                      attempt: Attempt) -> Reply | Failure | Streamed:
         status = response.status_code
         headers = scrub_headers(response_headers(response.headers), outgoing.secrets)
-        is_sse = "text/event-stream" in (response.header("content-type") or "")
+        is_sse = is_event_stream(response.header("content-type"))
         failover = job.rules.failover
         if 200 <= status < 300 and job.request.stream and is_sse:
             pump = Pump(job, upstream, outgoing, translation, response, sink, headers, attempt)

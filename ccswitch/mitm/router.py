@@ -53,6 +53,7 @@ from ccswitch.wire import protocols
 from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.headers import from_wire
 from ccswitch.wire.redact import client_credential
+from ccswitch.wire.sse import is_event_stream
 
 log = logging.getLogger("ccswitch")
 
@@ -352,7 +353,7 @@ class Router:
         flow.response = whole_response(sink.status, sink.headers, sink.body)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if "text/event-stream" not in flow.response.headers.get("content-type", ""):
+        if not is_event_stream(flow.response.headers.get("content-type")):
             return
         job = self.jobs.get(flow.id)
         if job is not None:

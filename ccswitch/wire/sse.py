@@ -150,6 +150,11 @@ class SSEParser:
         return bytes(self._buf)
 
 
+def is_event_stream(content_type: str | None) -> bool:
+    """A media type is case-insensitive: `Text/Event-Stream; charset=utf-8` is a stream too."""
+    return content_type is not None and "text/event-stream" in content_type.lower()
+
+
 def format_event(data: Any, event: str | None = None) -> bytes:
     """One SSE event; `data` is JSON-encoded unless it is already a string."""
     text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))

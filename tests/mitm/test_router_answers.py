@@ -11,8 +11,8 @@ from ccswitch.mitm.router import Router
 from tests.mitm.test_router import RULES, messages_flow  # noqa: F401 - RULES: the gateway fixture's
 
 
-def sse(flow, status=200):
-    flow.response = http.Response.make(status, b"event: error\ndata: {}\n\n", {"content-type": "text/event-stream"})
+def sse(flow, status=200, content_type="text/event-stream"):
+    flow.response = http.Response.make(status, b"event: error\ndata: {}\n\n", {"content-type": content_type})
     return flow
 
 
@@ -36,6 +36,13 @@ async def test_a_routed_stream_and_an_unrouted_api_stream_go_as_they_come(router
     elsewhere = messages_flow(host="example.com", path="/events")
     router.responseheaders(sse(elsewhere))
     assert routed.response.stream and unrouted.response.stream and not elsewhere.response.stream
+
+
+async def test_a_stream_typed_in_other_letter_case_goes_as_it_comes(router):
+    flow = messages_flow()
+    await router.request(flow)
+    router.responseheaders(sse(flow, content_type="Text/Event-Stream; charset=UTF-8"))
+    assert flow.response.stream
 
 
 def test_a_max_body_that_is_not_positive_is_refused(gateway):

@@ -513,7 +513,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _stream(self, proto: str, reply: P.Reply, beh: Behaviour, events: list[P.Event]) -> None:
         if beh.encoding:
             return self._stream_encoded(events, StreamPacker(beh.encoding))
-        self._head(200, "text/event-stream; charset=utf-8", extra=beh.headers)
+        extra = dict(beh.headers or {})    # a content-type among them is the one sent
+        self._head(200, extra.pop("content-type", None) or "text/event-stream; charset=utf-8", extra=extra)
         for i, event in enumerate(events):
             if i == beh.n_events:
                 if beh.kind == "cut":

@@ -19,6 +19,7 @@ from tests.support.mock_upstream import (
     error_json_200,
     hang_before_headers,
     html_200,
+    ok,
     stall_after,
     status,
 )
@@ -202,6 +203,14 @@ async def test_hold_back_commits_after_its_time_without_content(mock_a, mock_b):
     job, sink, _ = await run(two(mock_a, mock_b, extra=extra))
     assert sink.headers["x-ccswitch-upstream"] == "a" and job.ttfb_ms < 550
     assert event_types(sink.body)[-1] == "message_stop"
+
+
+async def test_a_stream_typed_in_other_letter_case_is_streamed_as_a_stream(mock_a, mock_b):
+    mock_a.script(ok(text="hi", headers={"content-type": "Text/Event-Stream; Charset=UTF-8"}))
+    job, sink, _ = await run(two(mock_a, mock_b))
+    assert sink.status == 200 and sink.headers["x-ccswitch-upstream"] == "a"
+    assert event_types(sink.body)[-1] == "message_stop" and text_of(sink.body) == "hi"
+    assert job.error is None and job.attempts[-1].usage.output_tokens > 0
 
 
 async def test_every_attempt_fails_client_gets_last_status_and_body(mock_a, mock_b):

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from ccswitch.wire.sse import SSEError, SSEParser, format_event
+from ccswitch.wire.sse import SSEError, SSEParser, format_event, is_event_stream
 
 STREAM = (
     b"event: message_start\ndata: {\"type\":\"message_start\"}\n\n"
@@ -121,3 +121,10 @@ def test_format_event_round_trips():
     events = parse_all([raw])
     assert events[0].event == "error" and events[0].json() == {"a": "b\nc"}
     assert events[1].data == "line1\nline2"
+
+
+def test_an_event_stream_is_known_by_its_media_type_in_any_letter_case():
+    for typed in ("text/event-stream", "Text/Event-Stream", "TEXT/EVENT-STREAM; charset=UTF-8"):
+        assert is_event_stream(typed)
+    for other in (None, "", "application/json", "text/plain"):
+        assert not is_event_stream(other)
