@@ -13,6 +13,7 @@ from ccswitch.net.ws_client import HandshakeRefused
 from ccswitch.routing.quota import retry_after
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import Reply
+from ccswitch.wire.headers import OWN_PREFIX
 
 _DROP_RESPONSE_HEADERS = frozenset({
     "connection", "keep-alive", "proxy-connection", "transfer-encoding", "content-length",
@@ -105,8 +106,10 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 
 def response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Upstream response headers fit to pass on (bodies reach the client decoded)."""
-    return [(k, v) for k, v in headers if k.lower() not in _DROP_RESPONSE_HEADERS]
+    """Upstream response headers fit to pass on (bodies reach the client decoded).  An upstream's
+    own x-ccswitch-* (a chained ccswitch) would stand beside ours and tell the client the wrong one."""
+    return [(k, v) for k, v in headers
+            if (low := k.lower()) not in _DROP_RESPONSE_HEADERS and not low.startswith(OWN_PREFIX)]
 
 
 def retry_after_seconds(headers: list[tuple[str, str]]) -> float | None:

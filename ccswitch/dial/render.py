@@ -12,14 +12,13 @@ from ccswitch.net.http1 import Via
 from ccswitch.vocab import Endpoint, Protocol
 from ccswitch.wire.cache_breakpoints import keep_cache_breakpoints
 from ccswitch.wire.exchange import ClientRequest, RenderError, json_bytes
-from ccswitch.wire.headers import sendable
+from ccswitch.wire.headers import OWN_PREFIX, sendable
 from ccswitch.wire.redact import CREDENTIAL_HEADERS
 
 _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
     "upgrade", "host", "content-length", "accept-encoding", "content-encoding",
 })
-_OURS = "x-ccswitch-"
 _SUFFIX = {
     (Protocol.ANTHROPIC, Endpoint.MESSAGES): "/v1/messages",
     (Protocol.ANTHROPIC, Endpoint.COUNT_TOKENS): "/v1/messages/count_tokens",
@@ -117,7 +116,7 @@ def _headers(upstream: Upstream, req: ClientRequest) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for name, value in req.headers:
         low = name.lower()
-        if low in _HOP_BY_HOP or low.startswith(_OURS):
+        if low in _HOP_BY_HOP or low.startswith(OWN_PREFIX):
             continue
         if low in CREDENTIAL_HEADERS and (not keep_credentials or low == "proxy-authorization"):
             continue

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+#: the prefix of the headers ccswitch itself reads and writes (x-ccswitch-upstream, -session, ...)
+OWN_PREFIX = "x-ccswitch-"
+
 
 def from_wire(fields: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in fields]

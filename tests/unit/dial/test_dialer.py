@@ -213,6 +213,22 @@ async def test_a_stream_typed_in_other_letter_case_is_streamed_as_a_stream(mock_
     assert job.error is None and job.attempts[-1].usage.output_tokens > 0
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_an_upstreams_own_ccswitch_headers_are_not_passed_on_beside_ours(mock_a, stream):
+    mock_a.script(ok(headers={"x-ccswitch-upstream": "their-relay", "X-Ccswitch-Attempts": "3"}))
+    body = {"model": "claude-x", "max_tokens": 10, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+    sent = []
+
+    class Sink(MemorySink):
+        async def start(self, status, headers, length):
+            sent.extend(headers)     # as sent, repeats included
+            await super().start(status, headers, length)
+
+    await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST), body=body, sink=Sink())
+    ours = [(k.lower(), v) for k, v in sent if k.lower().startswith("x-ccswitch-")]
+    assert sorted(ours) == [("x-ccswitch-attempts", "1"), ("x-ccswitch-upstream", "a")]
+
+
 async def test_every_attempt_fails_client_gets_last_status_and_body(mock_a, mock_b):
     mock_a.script(status(503))
     mock_b.script(status(529))
