@@ -170,7 +170,9 @@ class UpstreamClient:
                 wire += connection.h11.send(h11.EndOfMessage())
                 await connection.send(wire)
                 return Response(self, connection, await _response_head(connection))
-            except TransportError:
+            except TransportError as exc:
+                if isinstance(exc, WriteError) and (head := _answer_already_in(connection)) is not None:
+                    return Response(self, connection, head)
                 self._discard(connection)
                 if connection.reused and not connection.received_any and not fresh_retry:
                     continue
@@ -260,6 +262,23 @@ async def _response_head(connection: Connection) -> h11.Response:
         if isinstance(event, h11.ConnectionClosed):
             raise connection._broken("the upstream closed the connection without a response")
         # InformationalResponse (100 Continue, 103 Early Hints): the real one follows
+
+
+def _answer_already_in(connection: Connection) -> h11.Response | None:
+    """The head of an answer that came while the request was still going out: an upstream may
+    refuse on the head alone (a 413 for a body over its limit) and hang up without reading the
+    rest.  Its answer is what it meant, not the failed write."""
+    if not connection.received_any:
+        return None
+    try:
+        while (event := connection.poll_event()) is not h11.NEED_DATA:
+            if isinstance(event, h11.Response):
+                return event
+            if isinstance(event, h11.ConnectionClosed):
+                return None
+    except TransportError:      # what arrived is not a whole head
+        return None
+    return None
 
 
 class Response:

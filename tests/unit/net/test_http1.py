@@ -538,3 +538,32 @@ def test_urls_split_into_origin_target_and_host():
     assert http1.split_url("http://[::1]:8080") == (("http", "::1", 8080), "/", "[::1]:8080")
     with pytest.raises(ValueError):
         http1.split_url("ftp://example.com/")
+
+
+@pytest.mark.parametrize("rst", [False, True], ids=["closed", "reset"])
+async def test_an_answer_sent_before_the_body_was_all_written_is_that_answer_not_a_write_error(rst):
+    # e.g. a relay's 413 for a body over its limit: it answers on the head, then hangs up
+    import socket
+    import struct
+
+    refusal = b'{"error":{"message":"request too large"}}'
+
+    async def refuse_on_the_head(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nconnection: close\r\n"
+                     b"content-length: %d\r\n\r\n%s" % (len(refusal), refusal))
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        if rst:
+            sock = writer.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()      # the unread body in its buffer makes the close a reset anyway
+
+    server = await asyncio.start_server(refuse_on_the_head, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with client() as c:
+            status, body = await get_body(c, url, b"x" * (32 * 1024 * 1024))
+    finally:
+        server.close()
+    assert (status, body) == (413, refusal)
