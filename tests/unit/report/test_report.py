@@ -163,6 +163,17 @@ def test_small_overrides_and_multipliers(small_db):
     assert d2.unpriced_tokens == 0 and r.unpriced == {}
 
 
+def test_an_unpriced_model_is_named_as_billed_not_as_the_client_asked(small_db):
+    conn = connect(str(small_db))
+    insert_request(conn, 100, ts="2026-03-02T06:00:00.000+00:00", upstream="relay-b", route="claude",
+                   model="claude-opus-4-5", upstream_model="relay-special-9", input_tokens=1000)
+    conn.close()
+    r = _small(small_db)
+    [note] = [n for n in r.notes if n.startswith("no price for:")]
+    assert "relay-special-9" in note and r.unpriced["relay-special-9"] == 1000
+    assert "claude-opus-4-5" not in r.unpriced      # it has a price; the model billed had none
+
+
 def test_many_unpriced_models_are_named_up_to_a_few_then_counted(small_db):
     conn = connect(str(small_db))
     for i in range(12):       # mystery-1 (150 tokens) is already there: 13 unpriced models in all
