@@ -94,6 +94,7 @@ def live_status(board: LiveBoard, views: list[UpstreamView], rules: Rules, now: 
     since = board.since(tz)
     return {
         "now": now.isoformat(timespec="seconds"), "time": f"{now:%H:%M:%S}", "timezone": now.strftime("%Z"),
+        "zone": rules.timezone or getattr(tz, "key", None), "utc_offset": now.isoformat(timespec="seconds")[19:] or None,
         "started": datetime.fromtimestamp(board.started, tz).isoformat(timespec="seconds"),
         "preferring": next((v.name for v in views if v.preferred), None),
         "upstreams": [_view_dict(v, now) for v in views],

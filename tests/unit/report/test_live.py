@@ -198,6 +198,8 @@ def test_status_json_has_the_page_and_no_key_text_even_when_an_upstream_echoed_o
     text = json.dumps(status)
     assert KEY_A not in text and KEY_B not in text and CLIENT_KEY not in text and "[redacted]" in text
     assert status["time"] == "10:00:00" and status["today"]["since"] == "10:00"
+    # the abbreviation is for people (CST is three zones); a program gets the zone and its offset
+    assert (status["zone"], status["utc_offset"]) == (TZ, now.isoformat(timespec="seconds")[19:])
     assert [u["name"] for u in status["upstreams"]] == ["a", "b"]
     assert status["upstreams"][0]["failures"] == 1 and "[redacted]" in status["upstreams"][0]["last_error"]
     (req,) = status["recent"]
