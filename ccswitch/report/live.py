@@ -152,8 +152,10 @@ class LiveBoard:
         self.duration: dict[tuple[str, str], Histogram] = {}         # (route, upstream)
         self.ttfb: dict[tuple[str, str], Histogram] = {}
         self.recent: deque[Served] = deque(maxlen=recent)
-        self.day: date | None = None
+        self.day: date | None = None        # today in `zone`, as the last request saw it
+        self.zone: tzinfo | None = None
         self.today = DayTotals()
+        self.zone_since: float | None = None    # when a reload's new zone began today's totals afresh
         self._pricer: tuple[Rules, Pricer] | None = None   # one price look-up per model while the rules stay
 
     def note(self, row: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]], rules: Rules) -> None:
@@ -188,7 +190,8 @@ class LiveBoard:
                             attempt_outcome(None, a.get("error"))) for a in attempts),
             status=status, error=error, stream=bool(row.get("stream")), tokens=tokens, cost_usd=usd,
             latency_ms=row.get("latency_ms"), ttfb_ms=row.get("ttfb_ms")))
-        self._add_to_today(at.astimezone(rules.tz).date(), row, tokens, usd, billed, failed_over,
+        tz = rules.tz
+        self._add_to_today(at.astimezone(tz).date(), tz, row, tokens, usd, billed, failed_over,
                            is_error(status, error))
 
     def totals(self, today: date) -> DayTotals:
@@ -196,8 +199,9 @@ class LiveBoard:
         return self.today if self.day == today else DayTotals()
 
     def since(self, tz: tzinfo) -> datetime:
-        """When today's totals begin: local midnight, or ccswitch's start if that was later."""
-        start = datetime.fromtimestamp(self.started, tz)
+        """When today's totals begin: local midnight, or ccswitch's start (or the reload that
+        changed the zone) if that was later."""
+        start = datetime.fromtimestamp(max(self.started, self.zone_since or 0.0), tz)
         midnight = datetime.fromtimestamp(self.clock(), tz).replace(hour=0, minute=0, second=0, microsecond=0)
         return max(start, midnight)
 
@@ -215,9 +219,13 @@ class LiveBoard:
             found = table[(route, upstream)] = Histogram(bounds)
         return found
 
-    def _add_to_today(self, day: date, row: Mapping[str, Any], tokens: Mapping[str, int], usd: float | None,
-                      billed: int, failed_over: bool, error: bool) -> None:
-        if self.day is None or day > self.day:
+    def _add_to_today(self, day: date, tz: tzinfo, row: Mapping[str, Any], tokens: Mapping[str, int],
+                      usd: float | None, billed: int, failed_over: bool, error: bool) -> None:
+        rezoned = self.zone is not None and tz != self.zone and day != self.day
+        if rezoned:   # a reload moved the zone to another date, maybe an earlier one: counted afresh
+            self.zone_since = self.clock()
+        self.zone = tz
+        if self.day is None or day > self.day or rezoned:
             self.day, self.today = day, DayTotals()
         elif day < self.day:
             return   # a request that began before midnight and ended after it: yesterday's

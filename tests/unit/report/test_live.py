@@ -1,7 +1,7 @@
 """The live page's data: counters from ledger rows, today's totals, upstream states, status.json."""
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -104,6 +104,26 @@ def test_todays_totals_follow_the_report_and_turn_over_at_local_midnight():
     assert board.totals(tomorrow.date()).requests == 1 and board.totals(day).requests == 0
     # counters since start keep everything
     assert sum(board.requests.values()) == 5
+
+
+def test_a_reload_to_a_zone_still_on_the_day_before_counts_today_there_from_the_reload():
+    shanghai = rules_for(("a", "anthropic", "http://127.0.0.1:9"), extra="timezone: Asia/Shanghai\n")
+    los_angeles = rules_for(("a", "anthropic", "http://127.0.0.1:9"), extra="timezone: America/Los_Angeles\n")
+    at = datetime(2026, 12, 4, 0, 30, tzinfo=ZoneInfo("Asia/Shanghai"))     # 08:30 on the 3rd in LA
+    now = [at.timestamp()]
+    board = LiveBoard(clock=lambda: now[0])
+    note(board, shanghai, finished(shanghai, Attempt("a", 200, None, 5, USAGE), at=at.astimezone(UTC)))
+    assert board.totals(date(2026, 12, 4)).requests == 1
+    now[0] += 60
+    note(board, los_angeles, finished(los_angeles, Attempt("a", 200, None, 5, USAGE),
+                                      at=(at + timedelta(minutes=1)).astimezone(UTC)))
+    la = ZoneInfo("America/Los_Angeles")
+    assert board.totals(date(2026, 12, 3)).requests == 1
+    assert board.since(la) == datetime.fromtimestamp(now[0], la)     # not LA's midnight: not all of its day
+    # a new zone on the same date keeps the day's totals
+    note(board, shanghai.model_copy(update={"timezone": "America/Vancouver"}),
+         finished(shanghai, Attempt("a", 200, None, 5, USAGE), at=(at + timedelta(minutes=2)).astimezone(UTC)))
+    assert board.totals(date(2026, 12, 3)).requests == 2
 
 
 def test_today_begins_at_start_or_midnight_whichever_is_later():
