@@ -31,11 +31,14 @@ log = logging.getLogger("ccswitch.pump")
 # and its connection is closed)
 _BODY_END_GRACE = 1.0
 _ERROR_TEXT = 200     # characters of an in-stream error kept for the row, the log and the attempt list
+# held back before the commit, waiting for content: past this the stream commits as when its
+# hold-back time is up (an upstream may send pings or padding for all of it; memory is per stream)
+HOLD_BACK_BYTES = 1024 * 1024
 
 
 class Pump:
-    __slots__ = ("attempt", "committed", "content_seen", "error", "headers", "held", "job", "outgoing",
-                 "parser", "response", "sink", "stream", "tap", "terminal", "upstream")
+    __slots__ = ("attempt", "committed", "content_seen", "error", "headers", "held", "held_size", "job",
+                 "outgoing", "parser", "response", "sink", "stream", "tap", "terminal", "upstream")
 
     def __init__(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
                  response: http1.Response, sink, headers: list[tuple[str, str]], attempt: Attempt) -> None:
@@ -45,6 +48,7 @@ class Pump:
         self.stream = translation.stream(job.request, upstream)
         self.parser = SSEParser()
         self.held: list[bytes] = []
+        self.held_size = 0      # bytes held before the commit
         self.committed = False
         self.terminal = False
         self.content_seen = False
@@ -127,6 +131,8 @@ class Pump:
             out = self.stream.feed(event)
             if out:
                 self.held.append(scrub(out, self.outgoing.secrets))
+                if not self.committed:
+                    self.held_size += len(out)
             if kind in (Kind.ERROR, Kind.TERMINAL):
                 return True
         return False
@@ -134,7 +140,7 @@ class Pump:
     async def _flush(self) -> None:
         """Commit on the first content event; once committed, pass on whatever is held."""
         if not self.committed:
-            if self.content_seen and self.error is None:
+            if (self.content_seen or self.held_size > HOLD_BACK_BYTES) and self.error is None:
                 await self._commit()
             return
         if self.held:

@@ -97,3 +97,56 @@ async def test_while_a_stream_waits_for_its_next_piece_nothing_of_the_last_one_i
     finally:
         await dialer.aclose()
     assert sink.ended and (event_types(sink.body)[-1] == "message_stop" or sink.body.endswith(b"[DONE]\n\n"))
+
+
+async def test_what_is_held_back_before_content_is_capped_by_committing_early():
+    # an upstream that pads its opening (pings, here) for all of a long hold-back: the stream
+    # commits once a held megabyte is reached, as when its time is up, instead of holding more
+    started = asyncio.Event()
+    content_after_commit = []
+    opening = b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","type":"message",' \
+              b'"role":"assistant","model":"m","content":[],"usage":{"input_tokens":1,"output_tokens":0}}}\n\n'
+    ping = b'event: ping\ndata: {"type":"ping","pad":"' + b"x" * 1000 + b'"}\n\n'
+    rest = (b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+            b'"content_block":{"type":"text","text":""}}\n\n'
+            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+            b'"delta":{"type":"text_delta","text":"hi"}}\n\n'
+            b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+            b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+            b'"usage":{"output_tokens":1}}\n\n'
+            b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+
+    async def padded(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n" + opening)
+        for _ in range(1500):       # 1.5 MB of pings
+            writer.write(ping)
+            await writer.drain()
+        try:
+            await asyncio.wait_for(started.wait(), 5)
+        except TimeoutError:
+            pass
+        content_after_commit.append(started.is_set())
+        writer.write(rest)
+        await writer.drain()
+        writer.close()
+
+    class Sink(MemorySink):
+        async def start(self, status, headers, length):
+            await super().start(status, headers, length)
+            started.set()
+
+    server = await asyncio.start_server(padded, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        extra = FAST.replace("hold_back: 2s", "hold_back: 60s").replace("idle: 500ms", "idle: 10s") \
+            .replace("total: 2s", "total: 20s")
+        job, sink, _ = await run(rules_for(("a", "anthropic", url), extra=extra), sink=Sink())
+    finally:
+        server.close()
+    assert content_after_commit == [True]
+    assert sink.status == 200 and event_types(sink.body)[-1] == "message_stop"
+    assert sink.body.count(b"event: ping") == 1500 and job.error is None
