@@ -50,6 +50,24 @@ def test_random_multi_splits():
         assert summary(parse_all(pieces)) == whole
 
 
+MIXED = (   # line ends of all three kinds, and empty lines of another kind than the line before
+    b"data: {\"n\":1}\n\r"
+    b"data: {\"n\":2}\r\n\r"
+    b"data: {\"n\":3}\r\r"
+    b"data: {\"n\":4}\n\r\n"
+    b"data: {\"n\":5}\r\n\n"
+    b"data: {\"n\":6}\n\n"
+)
+
+
+def test_an_empty_line_of_any_kind_ends_an_event_however_the_stream_is_cut():
+    whole = parse_all([MIXED])
+    assert [e.json() for e in whole] == [{"n": n} for n in range(1, 7)]
+    assert b"".join(e.raw for e in whole) == MIXED
+    for cut in range(1, len(MIXED)):
+        assert summary(parse_all([MIXED[:cut], MIXED[cut:]])) == summary(whole)
+
+
 def test_type_prefers_json_over_event_line():
     (event,) = parse_all([b'data: {"type":"response.completed"}\n\n'])
     assert event.event == "message" and event.type == "response.completed"
