@@ -13,7 +13,7 @@ from ccswitch.vocab import Endpoint, Protocol
 from ccswitch.wire.cache_breakpoints import keep_cache_breakpoints
 from ccswitch.wire.exchange import ClientRequest, RenderError, json_bytes
 from ccswitch.wire.headers import OWN_PREFIX, sendable
-from ccswitch.wire.redact import CREDENTIAL_HEADERS
+from ccswitch.wire.redact import CREDENTIAL_HEADERS, without_credential_params
 
 _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
@@ -44,13 +44,16 @@ class OutgoingRequest:
 
 
 def upstream_url(upstream: Upstream, req: ClientRequest) -> str:
+    """The client's query string goes along, short of a key in it (`?key=`) unless `auth: client`."""
+    query = req.query if upstream.auth == "client" else without_credential_params(req.query)
     if upstream.base_url == "original":
-        return req.url
-    suffix = _SUFFIX.get((upstream.protocol, _endpoint_for(upstream.protocol, req.endpoint)))
-    if suffix is None:
-        raise RenderError(f"{upstream.name} ({upstream.protocol}) has no {req.endpoint} endpoint")
-    url = upstream.base_url + suffix
-    return f"{url}?{req.query}" if req.query else url
+        url = req.url.partition("?")[0]
+    else:
+        suffix = _SUFFIX.get((upstream.protocol, _endpoint_for(upstream.protocol, req.endpoint)))
+        if suffix is None:
+            raise RenderError(f"{upstream.name} ({upstream.protocol}) has no {req.endpoint} endpoint")
+        url = upstream.base_url + suffix
+    return f"{url}?{query}" if query else url
 
 
 def _endpoint_for(protocol: str, endpoint: str) -> str:

@@ -53,7 +53,7 @@ class CodexSockets:
         """Point the upgrade at the bridge; it answers 101 and serves the socket's turns."""
         kept = [(k, v) for k, v in headers if k.lower() not in _HANDSHAKE]
         ticket = Ticket(context=SocketContext(flow, kept, client, flow.request.url))
-        redact_credentials(flow.request.headers)   # the bridge has its own copy; mitmweb and -w see none
+        redact_credentials(flow.request)   # the bridge has its own copy; mitmweb and -w see none
         self.bridge.register(ticket)
         flow.metadata["ccswitch"] = {"route": Route.CODEX, "endpoint": Endpoint.WEBSOCKET}
         flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.bridge.port

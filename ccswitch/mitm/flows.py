@@ -15,7 +15,7 @@ from ccswitch.routing.classify import classify
 from ccswitch.vocab import CLIENT_PROTOCOL, Protocol
 from ccswitch.wire import protocols
 from ccswitch.wire.headers import to_wire
-from ccswitch.wire.redact import CREDENTIAL_HEADERS, REDACTED
+from ccswitch.wire.redact import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS, REDACTED
 
 #: the host whose every path the proxy answers itself with the live page (as mitmproxy does `mitm.it`)
 LIVE_HOST = "ccswitch"
@@ -46,7 +46,7 @@ def likely_protocol(request: http.Request) -> Protocol:
 
 def answer(flow: http.HTTPFlow, response: http.Response) -> None:
     """ccswitch answers the flow itself: nothing is sent on, and the comment says so."""
-    redact_credentials(flow.request.headers)
+    redact_credentials(flow.request)
     flow.response = response
     flow.comment = f"ccswitch: answered {response.status_code} itself"
 
@@ -111,7 +111,17 @@ _FRAMING = frozenset({b"content-encoding", b"content-length", b"transfer-encodin
 _CREDENTIALS = frozenset(name.encode() for name in CREDENTIAL_HEADERS)
 
 
-def redact_credentials(headers: http.Headers) -> None:
+def redact_credentials(request: http.Request) -> None:
+    """No key on the flow (mitmweb, `mitmdump -w`, the console line): credential headers and
+    key-carrying query parameters show as `<redacted>`."""
+    _redact_headers(request.headers)
+    if "?" in request.path:
+        query = request.query
+        for name in {name for name in query.keys() if name.strip().lower() in CREDENTIAL_PARAMS}:
+            query[name] = REDACTED      # all its values, as one
+
+
+def _redact_headers(headers: http.Headers) -> None:
     """Each credential header once, as `<redacted>`, where its first value was (what
     `headers[name] = REDACTED` does), in one pass over the fields instead of one per name."""
     fields = headers.fields

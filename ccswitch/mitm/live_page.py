@@ -26,7 +26,7 @@ from ccswitch.report.metrics import CONTENT_TYPE as METRICS_TYPE
 from ccswitch.report.metrics import metrics_text
 from ccswitch.wire import headers as wire
 from ccswitch.wire.exchange import json_bytes
-from ccswitch.wire.redact import REDACTED, client_credential
+from ccswitch.wire.redact import client_credential
 
 log = logging.getLogger("ccswitch")
 
@@ -85,9 +85,7 @@ class LivePage:
     @staticmethod
     def _hide_key(flow: http.HTTPFlow) -> None:
         """No key text stays on the flow (mitmweb, `mitmdump -w`, the console line)."""
-        redact_credentials(flow.request.headers)
-        if KEY_PARAM in flow.request.query:
-            flow.request.query[KEY_PARAM] = REDACTED
+        redact_credentials(flow.request)     # `?key=` among the parameters it hides
 
     def _serve(self, path: str) -> http.Response:
         if path in (PREFIX, PREFIX + "/", "/"):

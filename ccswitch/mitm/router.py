@@ -250,7 +250,7 @@ class Router:
             return refuse(*job)
         self.jobs[flow.id] = job
         flow.metadata["ccswitch"] = {"route": match.route, "endpoint": match.endpoint, "model": model}
-        redact_credentials(flow.request.headers)
+        redact_credentials(flow.request)
         if not req.stream:
             # nothing to stream: answer from this hook, without the relay hop
             await self._run_inline(flow, job)
@@ -394,7 +394,7 @@ class Router:
             if self.sockets is not None and (ticket := flow.request.headers.get(TICKET_HEADER)):
                 self.sockets.bridge.forget(ticket)   # an upgrade that never reached the bridge (the client left)
             if self._is_api_flow(flow):
-                redact_credentials(flow.request.headers)  # passed through: sent already, hide now
+                redact_credentials(flow.request)  # passed through: sent already, hide now
             return
         if not job.request.stream:
             # answered from the request hook: mitmproxy sends that answer right after this hook,
@@ -410,6 +410,7 @@ class Router:
         if job.upstream:
             upstream = job.rules.upstream(job.upstream)
             point_at(flow.request, upstream_url(upstream, job.request))
+            redact_credentials(flow.request)    # a `?key=` kept for `auth: client`
         flow.comment = job.comment()
         if job.failed_over:
             flow.marked = ":warning:"

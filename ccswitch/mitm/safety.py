@@ -13,7 +13,7 @@ from ccswitch.mitm.flows import LIVE_HOST, answer, error_response, likely_protoc
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.net.addresses import is_loopback
 from ccswitch.wire import headers as wire
-from ccswitch.wire.redact import client_credential
+from ccswitch.wire.redact import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS, client_credential
 
 log = logging.getLogger("ccswitch")
 
@@ -170,15 +170,30 @@ class ClientKeyGate:
             if not rules.client_keys or not rules.client_key_ok(presented):   # no keys: nobody passes
                 answer(flow, error_response(likely_protocol(flow.request), 401, "missing or invalid ccswitch client key"))
                 return
-        _drop_client_keys(flow.request.headers, rules)
+        _drop_client_keys(flow.request, rules)
 
 
-def _drop_client_keys(headers: http.Headers, rules: Rules) -> None:
+def _drop_client_keys(request: http.Request, rules: Rules) -> None:
+    """A client key goes no further than ccswitch, wherever the client put it (`x-api-key`,
+    a Bearer token, Azure's `api-key`, `?key=`); other credentials are the client's own."""
     if not rules.client_keys:
         return
+    headers = request.headers
     for name, value in wire.from_wire(headers.fields):
-        if name.lower() in ("x-api-key", "authorization") and rules.client_key_ok(client_credential([(name, value)])):
+        if name.lower() in CREDENTIAL_HEADERS and rules.client_key_ok(_as_key(value)):
             headers.pop(name, None)
+    if "?" in request.path:
+        query = request.query
+        ours = [(k, v) for k, v in query.items(multi=True)
+                if k.strip().lower() in CREDENTIAL_PARAMS and rules.client_key_ok(v.strip())]
+        if ours:
+            request.query = [(k, v) for k, v in query.items(multi=True) if (k, v) not in ours]
+
+
+def _as_key(value: str) -> str:
+    """A credential header's value as a key: a Bearer token without its scheme."""
+    value = value.strip()
+    return value[7:].strip() if value[:7].lower() == "bearer " else value
 
 
 class InterceptScope:

@@ -3,11 +3,27 @@ upstream key text an upstream echoes back (scrubbed before anything reaches a cl
 
 from __future__ import annotations
 
+from urllib.parse import unquote_plus
+
 #: headers that carry a client's identity; never forwarded unless `auth: client`
 CREDENTIAL_HEADERS = frozenset({
-    "authorization", "x-api-key", "cookie", "proxy-authorization",
+    "authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie", "proxy-authorization",
     "chatgpt-account-id", "openai-organization", "openai-project",
 })
+#: query parameters that carry a key (Azure's and Google's `?key=`, `?api-key=`): treated alike
+CREDENTIAL_PARAMS = frozenset({"key", "api_key", "api-key", "apikey", "access_token"})
+
+
+def param_name(pair: str) -> str:
+    """The name of one `name=value` piece of a query string, decoded, in lower case."""
+    return unquote_plus(pair.partition("=")[0]).strip().lower()
+
+
+def without_credential_params(query: str) -> str:
+    """The query string without its key-carrying parameters, the rest exactly as written."""
+    if not query:
+        return query
+    return "&".join(pair for pair in query.split("&") if param_name(pair) not in CREDENTIAL_PARAMS)
 
 
 REDACTED = "<redacted>"

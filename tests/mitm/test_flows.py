@@ -24,11 +24,20 @@ def one_setter_per_name(headers: http.Headers) -> None:
 
 @pytest.mark.parametrize("fields", HEADER_SETS)
 def test_redaction_in_one_pass_is_what_mitmproxys_setter_makes(fields):
-    ours, theirs = http.Headers(fields), http.Headers(fields)
+    ours, theirs = http.Request.make("POST", "https://api.example.com/v1"), http.Headers(fields)
+    ours.headers = http.Headers(fields)
     redact_credentials(ours)
     one_setter_per_name(theirs)
-    assert ours.fields == theirs.fields
-    assert not any(v.startswith((b"sk-", b"Bearer")) for _, v in ours.fields)
+    assert ours.headers.fields == theirs.fields
+    assert not any(v.startswith((b"sk-", b"Bearer")) for _, v in ours.headers.fields)
+
+
+def test_a_key_in_the_query_string_is_redacted_on_the_flow_in_any_spelling():
+    request = http.Request.make("POST", "https://relay.example.com/v1/messages?beta=true&key=ck-1&KEY=ck-2"
+                                "&api%2Dkey=ck-3&api_key=ck-4&key=ck-5&other=keep")
+    redact_credentials(request)
+    assert "ck-" not in request.path and request.query.get_all("beta") == ["true"]
+    assert request.query.get_all("other") == ["keep"] and request.query.get_all("key") == [REDACTED]
 
 
 @pytest.mark.parametrize("status,headers,body", [

@@ -199,6 +199,16 @@ def test_a_client_key_is_never_passed_on_even_on_loopback(gate):
     assert passthrough.request.headers["authorization"] == "Bearer sk-their-own"   # not ours: kept
 
 
+def test_a_client_key_is_not_passed_on_wherever_the_client_put_it(gate):
+    flow = flow_on("regular", peer=("127.0.0.1", 5000), host="api.anthropic.com",
+                   path=f"/v1/models?key={CLIENT_KEY}&beta=true&KEY=their-own-key-123",
+                   headers=[("api-key", CLIENT_KEY), ("x-goog-api-key", f" {CLIENT_KEY} "), ("x-trace", "1")])
+    gate.request(flow)
+    assert flow.response is None and CLIENT_KEY not in repr(flow.request.headers.fields)
+    assert CLIENT_KEY not in flow.request.path and flow.request.headers["x-trace"] == "1"
+    assert flow.request.query.get_all("beta") == ["true"] and flow.request.query.get_all("KEY") == ["their-own-key-123"]
+
+
 def test_the_gate_leaves_routed_and_answered_flows_to_the_router(gate):
     routed = flow_on("reverse:http://127.0.0.1:19001", path="/v1/messages", method="POST")
     routed.metadata["ccswitch"] = {"route": "claude"}

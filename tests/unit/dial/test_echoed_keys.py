@@ -4,8 +4,10 @@ reaches the client or the ledger: its api_key, credentials among its `headers:`,
 
 import json
 
+import pytest
+
 from ccswitch.config.load import parse_rules
-from tests.support.helpers import CLIENT_KEY, KEY_A, rules_for
+from tests.support.helpers import CLIENT_KEY, KEY_A, make_job, rules_for
 from tests.support.mock_upstream import status
 from tests.unit.dial.test_dialer import FAST, run
 
@@ -78,3 +80,26 @@ routes: {{claude: [a]}}
         server.close()
     recorded = job.error + json.dumps([a.describe() for a in job.attempts])
     assert "permission_error" in job.error and KEY_A[:8] not in recorded
+
+
+@pytest.mark.parametrize("auth", ["x-api-key", "client"])
+async def test_a_clients_key_in_any_credential_header_or_the_query_reaches_only_an_auth_client_upstream(
+        mock_a, auth):
+    from dataclasses import replace
+    rules = parse_rules(f"""
+{FAST}
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{mock_a.base_url}', {"auth: client" if auth == "client" else f"api_key: '{KEY_A}'"}}}
+routes: {{claude: [a]}}
+""")
+    job = make_job(rules, headers=[("api-key", CLIENT_KEY), ("x-goog-api-key", CLIENT_KEY),
+                                   ("anthropic-version", "2023-06-01"), ("content-type", "application/json")])
+    job.request = replace(job.request, url=job.request.url + f"?beta=true&key={CLIENT_KEY}&Api-Key={CLIENT_KEY}")
+    await run(rules, job=job)
+    seen = mock_a.last()
+    assert seen.query["beta"] == "true"
+    if auth == "client":
+        assert seen.query["key"] == CLIENT_KEY and seen.headers["api-key"] == CLIENT_KEY
+    else:
+        assert CLIENT_KEY not in json.dumps(seen.query) + json.dumps(dict(seen.headers))
+        assert seen.headers["x-api-key"] == KEY_A
