@@ -56,6 +56,7 @@ from ccswitch.wire.redact import client_credential
 from ccswitch.wire.sse import is_event_stream
 
 log = logging.getLogger("ccswitch")
+NOT_STARTED = "ccswitch failed to start (its log says why): nothing is routed"
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Router:
         self.gateway = gateway
         self.dialer: Dialer | None = None
         self.relay: Relay | None = None
+        self.failed_to_start = False    # the dialer, the relay or the socket bridge did not come up
         self.jobs: dict[str, Job] = {}   # flow id -> job, while the flow is live
         self.held_bodies: dict[str, HeldBody] = {}   # flow id -> a streamed request's body, while at the relay
         self.inline: set[asyncio.Task] = set()   # hooks running the dialer for non-streamed requests
@@ -121,6 +123,9 @@ class Router:
             sockets = CodexSockets(self)
             await sockets.start()
             self.sockets = sockets
+        except BaseException:
+            self.failed_to_start = True
+            raise
         finally:
             self.started.set()   # after a failure too: mitmproxy has logged it, and no request waits for good
 
@@ -185,9 +190,12 @@ class Router:
             return
         if not self.started.is_set():
             await self.started.wait()
-        if self.relay is None:
-            return
         match = self._match(flow)
+        if self.relay is None or self.failed_to_start:   # mitmproxy logged why; not passed on unrouted
+            if match is not None:
+                answer(flow, error_response(CLIENT_PROTOCOL[match.route], 503, NOT_STARTED))
+                self._record_refusal(flow, match, _Known(utc_now()), 503, NOT_STARTED)
+            return
         rules = self.gateway.rules
         if match is None or not rules.routes.for_route(match.route):
             self._unrouted(flow)  # a route with no upstreams is not ours either

@@ -210,6 +210,31 @@ async def test_requests_that_come_before_the_router_runs_wait_for_the_spend_and_
             await router.dialer.aclose()
 
 
+async def test_when_the_router_fails_to_start_api_requests_are_refused_never_passed_on_unrouted(
+        gateway, monkeypatch, caplog):
+    async def cannot_listen(self):
+        raise OSError("no port for the relay")
+    monkeypatch.setattr(Relay, "start", cannot_listen)
+    rows = []
+    monkeypatch.setattr(gateway, "record_own_answer", rows.append)
+    router = Router(gateway)
+    with taddons.context(router):
+        with pytest.raises(OSError):
+            await router.running()
+        try:
+            flow = messages_flow()
+            await router.request(flow)
+            assert flow.response.status_code == 503 and flow.request.host == "api.anthropic.com"
+            assert "failed to start" in json.loads(flow.response.content)["error"]["message"]
+            assert flow.request.headers["x-api-key"] == "<redacted>"
+            assert [(row["status"], row["route"]) for row in rows] == [(503, "claude")]
+            other = messages_flow(host="example.com", path="/elsewhere", method="GET")
+            await router.request(other)
+            assert other.response is None      # not an API flow: mitmproxy's as ever
+        finally:
+            await router.dialer.aclose()
+
+
 async def test_a_streamed_request_whose_client_left_gets_its_body_back_too(router):
     flow = messages_flow()
     sent = flow.request.raw_content
