@@ -99,9 +99,10 @@ def _expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[st
     for i, up in enumerate(ups if isinstance(ups, list) else []):
         if not isinstance(up, dict):
             continue
-        if "unset_headers" in up:    # the loader's own note, not a setting
-            problems.append((f"upstreams[{i}].unset_headers", "unknown key"))
-            del up["unset_headers"]
+        for note in ("unset_headers", "env_headers"):   # the loader's own notes, not settings
+            if note in up:
+                problems.append((f"upstreams[{i}].{note}", "unknown key"))
+                del up[note]
         enabled = up.get("enabled", True) is not False
         fields: list[tuple[str, dict, str]] = []
         if isinstance(up.get("api_key"), str):
@@ -114,6 +115,8 @@ def _expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[st
             if malformed:
                 problems.append((path, "malformed ${...} reference (use ${NAME}, or $${ for a literal ${)"))
             elif not missing:
+                if key != "api_key" and value != holder[key]:   # its value is a secret, whatever its name
+                    up["env_headers"] = [*up.get("env_headers", []), key]
                 holder[key] = value
                 continue
             if enabled:

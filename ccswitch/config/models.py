@@ -57,6 +57,7 @@ from ccswitch.config.values import (
 )
 from ccswitch.net.proxy import Proxy
 from ccswitch.vocab import Action, Protocol, Route, Strategy
+from ccswitch.wire.redact import CREDENTIAL_HEADERS, CREDENTIAL_WORDS, credential_part
 
 AuthMode = Literal["x-api-key", "bearer", "client"]
 ROUTE_PROTOCOLS: dict[str, frozenset[str]] = {
@@ -180,6 +181,17 @@ class Upstream(_Model):
     # set by the loader, not in rules.yaml: the headers of a disabled upstream left out because
     # their ${VAR} is not set (`ccswitch.enable` refuses it, as it does one without its api_key)
     unset_headers: tuple[str, ...] = ()
+    env_headers: tuple[str, ...] = ()     # and those whose value came from a ${VAR}: secrets
+
+    def secret_texts(self) -> list[str]:
+        """The key text of this upstream that an answer, a log line or an event may echo: its
+        api_key, its credential headers and every header set from a ${VAR}, its proxy's login."""
+        found = [self.api_key.get_secret_value()] if self.api_key else []
+        for name, value in self.headers.items():
+            low = name.lower()
+            if name in self.env_headers or low in CREDENTIAL_HEADERS or any(w in low for w in CREDENTIAL_WORDS):
+                found.append(credential_part(value))
+        return found + (self.proxy.secrets() if self.proxy is not None else [])
 
     def lacks(self) -> str | None:
         """What a disabled upstream lacks to be sent anything (its ${VAR}s unset), or None."""

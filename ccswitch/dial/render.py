@@ -13,7 +13,7 @@ from ccswitch.vocab import Endpoint, Protocol
 from ccswitch.wire.cache_breakpoints import keep_cache_breakpoints
 from ccswitch.wire.exchange import ClientRequest, RenderError, json_bytes
 from ccswitch.wire.headers import OWN_PREFIX, sendable
-from ccswitch.wire.redact import CREDENTIAL_HEADERS, without_credential_params
+from ccswitch.wire.redact import CREDENTIAL_HEADERS, credential_part, without_credential_params
 
 _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
@@ -91,27 +91,13 @@ def render(upstream: Upstream, req: ClientRequest, body: dict[str, Any] | None =
     return OutgoingRequest(req.method, upstream_url(upstream, req), headers, content, upstream_model, secrets, via)
 
 
-_CREDENTIAL_WORDS = ("key", "token", "secret", "auth")
-
-
 def _secrets(upstream: Upstream, req: ClientRequest) -> list[str]:
-    """The key text an upstream may echo back, to scrub from its answer: its `api_key`, any
-    credential among its `headers:` (Azure's `api-key: ${AZURE_KEY}`), and under `auth: client`
-    the client's own (it must not reach the ledger's error text either)."""
-    found = [upstream.api_key.get_secret_value()] if upstream.api_key else []
-    for name, value in upstream.headers.items():
-        low = name.lower()
-        if low in CREDENTIAL_HEADERS or any(word in low for word in _CREDENTIAL_WORDS):
-            found.append(_credential(value))
+    """The key text an upstream may echo back, to scrub from its answer: its own (`secret_texts`),
+    and under `auth: client` the client's (it must not reach the ledger's error text either)."""
+    found = upstream.secret_texts()
     if upstream.auth == "client":
-        found += [_credential(value) for name, value in req.headers if name.lower() in CREDENTIAL_HEADERS]
+        found += [credential_part(value) for name, value in req.headers if name.lower() in CREDENTIAL_HEADERS]
     return found
-
-
-def _credential(value: str) -> str:
-    """A header's secret part (`Bearer sk-…` echoes as `sk-…` as often as whole)."""
-    scheme, _, rest = value.partition(" ")
-    return rest.strip() if rest and scheme.lower() in ("bearer", "basic", "token") else value
 
 
 def _headers(upstream: Upstream, req: ClientRequest) -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ raised here names the proxy that way, with anything the library said scrubbed of
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import socket
 import ssl
@@ -53,7 +54,11 @@ class Proxy:
         return self.scheme != "socks5"
 
     def secrets(self) -> list[str]:
-        return [s for s in (self.password, self.username) if s]
+        """Its login as text may show it: whole as HTTP Basic sends it (a proxy's refusal may
+        quote its Proxy-Authorization), then each part."""
+        basic = [base64.b64encode(f"{self.username}:{self.password}".encode()).decode()] \
+            if self.scheme == "http" and self.username else []
+        return basic + [s for s in (self.password, self.username) if s]
 
     def __repr__(self) -> str:
         return f"Proxy({self.shown})"

@@ -49,8 +49,9 @@ class UpstreamView:
 
 
 def rule_secrets(rules: Rules) -> list[str]:
-    """Every key text the rules hold: upstream keys and client keys."""
-    found = [u.api_key.get_secret_value() for u in rules.upstreams if u.api_key is not None]
+    """Every key text the rules hold: each upstream's (keys, secret headers, proxy logins) and
+    the client keys."""
+    found = [text for upstream in rules.upstreams for text in upstream.secret_texts()]
     return found + [key.get_secret_value() for key in rules.client_keys]
 
 

@@ -27,6 +27,14 @@ def without_credential_params(query: str) -> str:
 
 
 REDACTED = "<redacted>"
+#: a header whose name holds one of these carries a secret too (`x-relay-token`, `x-auth-key`)
+CREDENTIAL_WORDS = ("key", "token", "secret", "auth", "pass")
+
+
+def credential_part(value: str) -> str:
+    """A credential header's secret part (`Bearer sk-…` echoes as `sk-…` as often as whole)."""
+    scheme, _, rest = value.partition(" ")
+    return rest.strip() if rest and scheme.lower() in ("bearer", "basic", "token") else value
 
 
 def client_credential(headers: list[tuple[str, str]]) -> str | None:

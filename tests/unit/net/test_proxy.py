@@ -206,3 +206,28 @@ async def test_a_silent_proxy_is_a_connect_timeout_naming_it():
                 await post(c, "http://127.0.0.1:9", via(f"socks5://me:{SECRET}@127.0.0.1:{port}"),
                            connect_timeout=0.2)
             assert c.connection_counts() == {"up": (0, 0)}
+
+
+@pytest.mark.parametrize("status", [b"407 Denied", b"502 Bad"])
+async def test_a_proxy_quoting_its_proxy_authorization_back_names_no_credentials(status):
+    # the login goes as HTTP Basic: base64 of user:password, which a proxy's refusal may quote whole
+    async def quoting(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        quoted = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"proxy-authorization:"))
+        writer.write(b"HTTP/1.1 " + status + b" " + quoted + b"\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(quoting, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with client() as c:
+            with pytest.raises(http1.ProxyFailure) as caught:
+                await post(c, "http://127.0.0.1:9", via(f"http://me:{SECRET}@127.0.0.1:{port}"))
+    finally:
+        server.close()
+    import base64
+    basic = base64.b64encode(f"me:{SECRET}".encode()).decode()
+    assert basic not in str(caught.value) and SECRET not in str(caught.value)
+    assert basic in Proxy("http", "h", 1, "me", SECRET).secrets()
