@@ -20,7 +20,7 @@ from ccswitch.net import http1
 from ccswitch.vocab import Action
 from ccswitch.wire import protocols
 from ccswitch.wire.protocols import Kind, in_stream_status
-from ccswitch.wire.redact import scrub
+from ccswitch.wire.redact import scrub, scrub_json
 from ccswitch.wire.sse import SSEError, SSEParser
 from ccswitch.wire.usage import UsageTap
 
@@ -60,7 +60,10 @@ class Pump:
         finally:
             # however it ends, the client gone too; after the tail, whose last event (without its
             # blank line) may be the one that carries the usage (Responses' response.completed)
-            self.attempt.usage = self.tap.usage
+            usage = self.tap.usage      # read before the scrub each event gets: its raw JSON is kept
+            if usage is not None and usage.raw:
+                usage.raw = scrub_json(usage.raw, self.outgoing.secrets)
+            self.attempt.usage = usage
 
     async def _run(self) -> Failure | Streamed:
         rules = self.job.rules

@@ -3,6 +3,8 @@ upstream key text an upstream echoes back (scrubbed before anything reaches a cl
 
 from __future__ import annotations
 
+import json
+from typing import Any
 from urllib.parse import unquote_plus
 
 #: headers that carry a client's identity; never forwarded unless `auth: client`
@@ -51,12 +53,35 @@ def client_credential(headers: list[tuple[str, str]]) -> str | None:
 _SHORTEST_SECRET = 8   # shorter text is too likely to occur by chance to be worth replacing
 
 
+def with_escaped_forms(secrets: list[str]) -> list[str]:
+    """`secrets` and the forms a JSON encoder may write them in when it echoes one: `\\/` for `/`
+    (PHP), `\\u0026` for `&` (Go), `\\u00e9` for `é` (ensure_ascii).  Most keys have none."""
+    out = list(secrets)
+    for secret in secrets:
+        if len(secret) < _SHORTEST_SECRET:
+            continue
+        plain = json.dumps(secret, ensure_ascii=False)[1:-1]
+        ascii_only = json.dumps(secret)[1:-1]
+        forms = {plain, ascii_only, plain.replace("/", "\\/"), ascii_only.replace("/", "\\/")}
+        forms |= {form.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e") for form in forms}
+        out += sorted(form for form in forms if form != secret)
+    return out
+
+
 def scrub(body: bytes, secrets: list[str]) -> bytes:
     """Replace any upstream key text an upstream echoed back (e.g. in an error)."""
     for secret in secrets:
         if len(secret) >= _SHORTEST_SECRET and secret.encode() in body:
             body = body.replace(secret.encode(), b"[redacted]")
     return body
+
+
+def scrub_json(value: Any, secrets: list[str]) -> Any:
+    """JSON data (an upstream's usage object) with key text scrubbed from its strings.  Written
+    ASCII-only: a key with other characters is among `secrets` in that form too."""
+    text = json.dumps(value).encode()
+    scrubbed = scrub(text, secrets)
+    return value if scrubbed == text else json.loads(scrubbed)
 
 
 def scrub_headers(headers: list[tuple[str, str]], secrets: list[str]) -> list[tuple[str, str]]:

@@ -129,3 +129,44 @@ def test_the_loaders_own_notes_are_not_settings():
     with pytest.raises(RulesError, match="env_headers: unknown key"):
         parse_rules("upstreams: [{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k-0123456789,"
                     " env_headers: [x]}]")
+
+
+@pytest.mark.parametrize("path,route", [("/v1/messages", "claude"), ("/v1/chat/completions", "chat")],
+                         ids=["passed-on", "converted"])
+async def test_a_key_echoed_json_escaped_is_scrubbed_before_a_conversion_could_unescape_it(mock_a, path, route):
+    key = "sk-relay/Abc123+xyz&more"
+    escaped = key.replace("/", "\\/").replace("&", "\\u0026")      # PHP's slashes, Go's ampersand
+    mock_a.script(status(400, body=('{"type":"error","error":{"type":"invalid_request_error",'
+                                    f'"message":"bad header x-api-key={escaped}"}}}}').encode(),
+                         headers={"content-type": "application/json"}))
+    rules = parse_rules(f"""
+{FAST}
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{mock_a.base_url}', api_key: '${{RELAY_KEY}}'}}
+routes: {{{route}: [a]}}
+""", env={"RELAY_KEY": key})
+    body = {"model": "claude-x", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    job, sink, _ = await run(rules, job=make_job(rules, path=path, body=body))
+    assert sink.status == 400 and b"[redacted]" in sink.body
+    told = json.loads(sink.body)["error"]["message"]
+    assert key not in told and "Abc123" not in told and "Abc123" not in (job.error or "")
+
+
+async def test_a_streams_usage_is_recorded_scrubbed(mock_a):
+    # a relay that writes text (here the request's key) into its usage object
+    usage = {"input_tokens": 3, "output_tokens": 1, "note": f"billed to x-api-key={KEY_A}"}
+    events = [("message_start", {"type": "message_start", "message": {
+                  "id": "m", "type": "message", "role": "assistant", "model": "m", "content": [], "usage": usage}}),
+              ("content_block_start", {"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "text", "text": ""}}),
+              ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                       "delta": {"type": "text_delta", "text": "hi"}}),
+              ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+              ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}),
+              ("message_stop", {"type": "message_stop"})]
+    stream = "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events).encode()
+    mock_a.script(status(200, body=stream, headers={"content-type": "text/event-stream"}))
+    job, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
+    assert sink.status == 200 and job.error is None
+    raw = json.dumps(job.attempts[-1].usage.raw)
+    assert KEY_A not in raw and "[redacted]" in raw and KEY_A.encode() not in sink.body
