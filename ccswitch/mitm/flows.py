@@ -19,6 +19,7 @@ from ccswitch.wire.redact import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS, REDACTED
 
 #: the host whose every path the proxy answers itself with the live page (as mitmproxy does `mitm.it`)
 LIVE_HOST = "ccswitch"
+OWN_PAGES = frozenset({LIVE_HOST})     # origins of pages ccswitch serves itself (the live page)
 
 
 def flows_are_kept(master, options) -> bool:

@@ -17,13 +17,14 @@ from urllib.parse import unquote
 from mitmproxy import ctx, http
 from mitmproxy.proxy import mode_specs
 
-from ccswitch.mitm.flows import LIVE_HOST, answer, redact_credentials
+from ccswitch.mitm.flows import LIVE_HOST, OWN_PAGES, answer, redact_credentials
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.safety import beyond_loopback
 from ccswitch.report.live_html import CONTENT_SECURITY_POLICY, page_html
 from ccswitch.report.live_status import live_status, upstream_views
 from ccswitch.report.metrics import CONTENT_TYPE as METRICS_TYPE
 from ccswitch.report.metrics import metrics_text
+from ccswitch.routing.admission import origin_problem
 from ccswitch.wire import headers as wire
 from ccswitch.wire.exchange import json_bytes
 from ccswitch.wire.redact import client_credential
@@ -61,6 +62,10 @@ class LivePage:
             return
         allowed = self._allowed(flow)
         self._hide_key(flow)
+        headers = wire.from_wire(flow.request.headers.fields)
+        foreign = None if self.gateway.rules.client_keys else origin_problem(headers, OWN_PAGES)
+        if foreign is not None:
+            return answer(flow, _text(foreign[0], foreign[1] + "\n"))
         if not allowed:
             return answer(flow, _text(401, "this page needs a ccswitch client key: send it as x-api-key or "
                                             "Authorization: Bearer, or open /_ccswitch/?key=YOUR_CLIENT_KEY\n"))

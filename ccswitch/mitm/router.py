@@ -24,6 +24,7 @@ from ccswitch.dial.ws_bridge import TICKET_HEADER
 from ccswitch.ledger.rows import own_answer_row
 from ccswitch.mitm.codex_socket import CodexSockets
 from ccswitch.mitm.flows import (
+    OWN_PAGES,
     ClientWatch,
     HeldBody,
     StreamCopy,
@@ -41,7 +42,7 @@ from ccswitch.mitm.flows import (
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.mitm.lifecycle import hook_task, stopping
 from ccswitch.net import http1
-from ccswitch.routing.admission import body_problem, decoded_body, header_problem, parse_body
+from ccswitch.routing.admission import body_problem, decoded_body, header_problem, origin_problem, parse_body
 from ccswitch.routing.affinity import session_key
 from ccswitch.routing.budget import CLIENT
 from ccswitch.routing.classify import RouteMatch, classify
@@ -221,6 +222,8 @@ class Router:
         client = rules.client_named(client_credential(headers)) if rules.client_keys else None
         if rules.client_keys and client is None:
             return refuse(401, "missing or invalid ccswitch client key")
+        if not rules.client_keys and (refusal := origin_problem(headers, OWN_PAGES)):
+            return refuse(*refusal)
         client_name = known.client = client.name if client is not None else None
         over_budget = self.client_over_budget(client_name)
         if over_budget:     # nothing is sent upstream until the budget's next period

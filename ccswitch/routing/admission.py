@@ -5,7 +5,9 @@ message ccswitch answers with, or None."""
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit
 
+from ccswitch.net.addresses import is_loopback
 from ccswitch.net.inflate import INFLATABLE, DecodeError, Inflater, TooLarge
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -21,6 +23,24 @@ def header_problem(headers: list[tuple[str, str]]) -> tuple[int, str] | None:
     if size > MAX_HEADER_BYTES:
         return 431, f"request headers too large ({size} bytes; the limit is {MAX_HEADER_BYTES})"
     return None
+
+
+def origin_problem(headers: list[tuple[str, str]], ours: frozenset[str] = frozenset()) -> tuple[int, str] | None:
+    """A request a browser sent for a web page of another site (its `Origin` is not this machine):
+    a page may post to, or open a WebSocket on, a loopback gateway as freely as any client, and
+    spend its keys.  API clients send no `Origin`; the rules' `client_keys` let a browser in.
+    `ours`: host names of pages ccswitch serves itself."""
+    origin = next((value.strip() for name, value in headers if name.lower() == "origin"), None)
+    if origin is None:
+        return None
+    try:
+        host = urlsplit(origin).hostname or ""
+    except ValueError:
+        host = ""
+    if is_loopback(host) or host.endswith(".localhost") or host in ours:
+        return None
+    return 403, (f"ccswitch does not serve web pages of other sites (Origin: {origin[:100]}); "
+                 "set client_keys in rules.yaml to let a browser client in with a key")
 
 
 def body_problem(content_type: str, size: int, max_body: int) -> tuple[int, str] | None:

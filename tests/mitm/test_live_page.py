@@ -174,6 +174,14 @@ async def test_without_client_keys_loopback_sees_the_page_and_a_remote_peer_on_a
     assert regular.response.status_code == 200
 
 
+@pytest.mark.parametrize("origin,status", [("https://evil.example", 403), ("http://127.0.0.1:8080", 200),
+                                           ("https://ccswitch", 200)])
+async def test_without_client_keys_a_page_of_another_site_gets_nothing(chain, gateway, origin, status):
+    without_keys(gateway)
+    flow = await through(chain, flow_on(path="/_ccswitch/status.json", headers=[("origin", origin)]))
+    assert flow.response.status_code == status
+
+
 async def test_head_has_the_headers_and_no_body(chain):
     flow = await through(chain, flow_on(path="/_ccswitch/metrics", method="HEAD", headers=[("x-api-key", CLIENT_KEY)]))
     assert flow.response.status_code == 200 and flow.response.content == b""

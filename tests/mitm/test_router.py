@@ -161,6 +161,36 @@ async def test_codex_websocket_upgrade_is_answered_at_once(gateway):
     assert flow.response.status_code == 426 and "not WebSocket" in flow.response.text
 
 
+async def test_without_client_keys_a_web_page_of_another_site_is_refused_posts_and_websockets_alike(
+        gateway, monkeypatch):
+    gateway.rules_file.rules = gateway.rules.model_copy(update={"client_keys": ()})
+    rows = []
+    monkeypatch.setattr(gateway, "record_own_answer", rows.append)
+    r = router_with_routes(gateway, codex=("a",))
+    with taddons.context(r):
+        page = messages_flow(key="")
+        page.request.headers["origin"] = "https://evil.example"
+        await r.request(page)
+        socket = messages_flow(key="", path="/v1/responses", method="GET", host="api.openai.com")
+        socket.request.headers.update({"upgrade": "websocket", "connection": "Upgrade", "origin": "null"})
+        await r.request(socket)
+        local = messages_flow(key="")
+        local.request.headers["origin"] = "http://localhost:5173"
+        await r.request(local)
+    for refused in (page, socket):
+        assert refused.response.status_code == 403 and "Origin" in refused.response.text
+        assert refused.id not in r.jobs
+    assert [row["status"] for row in rows] == [403, 403]
+    assert local.response is None and local.id in r.jobs      # a page on this machine is the user's own
+
+
+async def test_with_client_keys_a_browser_client_gets_in_with_a_key(router):
+    flow = messages_flow()
+    flow.request.headers["origin"] = "https://my-chat-ui.example"
+    await router.request(flow)
+    assert flow.response is None and flow.id in router.jobs
+
+
 @pytest.mark.parametrize("framing", [[("content-length", "N")], [("transfer-encoding", "chunked")], []],
                          ids=["length", "chunked", "none (HTTP/2)"])
 async def test_a_streamed_requests_body_stays_off_the_relay_hop_and_is_back_on_the_flow_at_its_end(
