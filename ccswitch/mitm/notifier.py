@@ -1,5 +1,5 @@
 """mitmproxy glue for webhook notifications: the notifier listens on the gateway's event bus
-from `running` to `done`; `ccswitch.notify_test` sends a test event to every hook."""
+from `running` to `done`; `ccswitch.notify.test` sends a test event to every hook."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.mitm.lifecycle import hook_task
 from ccswitch.net import http1
 from ccswitch.notify.notifier import Notifier
-from ccswitch.notify.webhook import Delivery, WebhookPoster, send_test
+from ccswitch.notify.webhook import Delivery, WebhookPoster, send_test, test_lines
 
 log = logging.getLogger("ccswitch.notify")
 
@@ -54,7 +54,7 @@ class Notifications:
         if self.client is not None:
             await self.client.aclose()
 
-    @command.command("ccswitch.notify_test")
+    @command.command("ccswitch.notify.test")   # mitmweb runs only names of [a-z.]
     def notify_test(self) -> str:
         """Send a test event to every notify hook now; each hook's result goes to the event log."""
         hooks = self.gateway.rules.notify
@@ -68,7 +68,8 @@ class Notifications:
         return f"sending a test event to {len(hooks)} hook(s); each result goes to the event log"
 
     async def run_test(self) -> list[Delivery]:
-        results = await send_test(self.poster, self.gateway.rules)
-        for result in results:
-            (log.info if result.ok else log.warning)("ccswitch notify test: %s", result.describe())
+        rules = self.gateway.rules
+        results = await send_test(self.poster, rules)
+        for result, line in zip(results, test_lines(rules, results)):
+            (log.info if result.ok else log.warning)("ccswitch notify test: %s", line)
         return results

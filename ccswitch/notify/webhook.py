@@ -122,6 +122,13 @@ def sample_event() -> Event:
                  reason="a test notification: this hook receives ccswitch's events")
 
 
+def test_lines(rules: Rules, results: list[Delivery]) -> list[str]:
+    """One line per hook, told apart by position and format where two share a host:
+    `hook 2 (slack) hooks.slack.com: ok (HTTP 200)`."""
+    return [f"hook {i} ({hook.format}) {result.describe()}"
+            for i, (hook, result) in enumerate(zip(rules.notify, results), 1)]
+
+
 async def send_test(poster: WebhookPoster, rules: Rules) -> list[Delivery]:
     """One test event to every hook at once, each tried once: its result, as it is now."""
     secrets = rule_secrets(rules)

@@ -127,8 +127,8 @@ def test_the_notify_test_command_reports_each_hook(tmp_path):
         done = subprocess.run([str(CCSWITCH), "notify-test", "--rules", str(rules)], capture_output=True,
                               text=True, timeout=60)
         assert done.returncode == 1
-        assert done.stdout.splitlines() == [f"127.0.0.1:{good.port}: ok (HTTP 200)",
-                                            f"127.0.0.1:{bad.port}: failed (HTTP 500)"]
+        assert done.stdout.splitlines() == [f"hook 1 (discord) 127.0.0.1:{good.port}: ok (HTTP 200)",
+                                            f"hook 2 (json) 127.0.0.1:{bad.port}: failed (HTTP 500)"]
         assert good.bodies() == [{"content": "ccswitch test: a test notification: this hook receives "
                                              "ccswitch's events"}]
         assert bad.bodies()[0]["event"] == "test"
@@ -136,4 +136,4 @@ def test_the_notify_test_command_reports_each_hook(tmp_path):
         rules.write_text(f"notify:\n  - {{url: '{good.url()}'}}\n")
         done = subprocess.run([str(CCSWITCH), "notify-test", "--rules", str(rules)], capture_output=True,
                               text=True, timeout=60)
-        assert done.returncode == 0 and done.stdout.strip() == f"127.0.0.1:{good.port}: ok (HTTP 200)"
+        assert done.returncode == 0 and done.stdout.strip() == f"hook 1 (json) 127.0.0.1:{good.port}: ok (HTTP 200)"

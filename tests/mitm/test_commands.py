@@ -138,3 +138,18 @@ routes: {{claude: [a, relay]}}
     with taddons.context(activator) as tctx:
         with pytest.raises(exceptions.CommandError, match=r"lacks its header\(s\) x-relay-user.*nothing to activate"):
             tctx.command(activator.activate, "relay")
+
+
+def test_every_command_can_be_run_from_mitmwebs_command_bar():
+    """mitmweb posts a command to /commands/NAME and routes only names of [a-z.]: a `_` is a 404."""
+    import re
+
+    from mitmproxy.tools.web import app
+
+    from ccswitch.mitm import make_addons
+    route = next(handler[0] for handler in app.handlers if "(?P<cmd>" in handler[0])
+    names = [method.command_name for addon in make_addons() for method in vars(type(addon)).values()
+             if hasattr(method, "command_name")]
+    assert "ccswitch.notify.test" in names and "ccswitch.status" in names
+    for name in names:
+        assert re.fullmatch(route.replace("(?P<cmd>", "(?:").removeprefix("/commands/"), name), name

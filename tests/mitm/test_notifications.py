@@ -81,8 +81,8 @@ async def test_notify_test_reports_each_hook_in_the_event_log(tmp_path, caplog):
             await wait_for(lambda: not addon._tests)
             await addon.done()
         assert good.bodies()[0]["event"] == "test" and len(bad.received) == 1
-    assert f"ccswitch notify test: 127.0.0.1:{good.port}: ok (HTTP 200)" in caplog.text
-    assert f"ccswitch notify test: 127.0.0.1:{bad.port}: failed (HTTP 500)" in caplog.text
+    assert f"ccswitch notify test: hook 1 (json) 127.0.0.1:{good.port}: ok (HTTP 200)" in caplog.text
+    assert f"ccswitch notify test: hook 2 (json) 127.0.0.1:{bad.port}: failed (HTTP 500)" in caplog.text
     assert "T0KEN" not in caplog.text
 
 

@@ -19,7 +19,8 @@ def test_every_hook_gets_the_test_event_and_ok_exits_0(tmp_path, capsys):
         assert a.bodies()[0]["text"].startswith("ccswitch test: ")
         assert b.received[0].body.startswith(b"ccswitch test: ")
     out = capsys.readouterr()
-    assert out.out.splitlines() == [f"127.0.0.1:{a.port}: ok (HTTP 200)", f"127.0.0.1:{b.port}: ok (HTTP 200)"]
+    assert out.out.splitlines() == [f"hook 1 (slack) 127.0.0.1:{a.port}: ok (HTTP 200)",
+                                    f"hook 2 (text) 127.0.0.1:{b.port}: ok (HTTP 200)"]
     assert TOKEN not in out.out + out.err
 
 
