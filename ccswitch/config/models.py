@@ -29,6 +29,7 @@ from pydantic import (
     PlainSerializer,
     PlainValidator,
     SecretStr,
+    StrictBool,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -161,7 +162,7 @@ class Upstream(_Model):
     base_url: str
     api_key: SecretStr | None = None
     auth: AuthMode = "bearer"
-    enabled: bool = True
+    enabled: StrictBool = True
     days: Annotated[frozenset[int], BeforeValidator(parse_days)] = frozenset(range(7))
     hours: tuple[HourWindow, ...] = ()
     models: dict[str, str] = Field(default_factory=dict)
@@ -173,7 +174,7 @@ class Upstream(_Model):
     price_multiplier: float = Field(default=1.0, ge=0)
     weight: float = Field(default=1.0, gt=0)   # the `weighted` strategy's share
     budget: Budget | None = None               # USD per day / month; over it the upstream is skipped
-    websocket: bool = False                    # over its own Responses WebSocket (openai-responses only)
+    websocket: StrictBool = False              # over its own Responses WebSocket (openai-responses only)
     # how it is reached, once in Rules: its own `proxy`, else the rules' upstream_proxy (None: directly)
     proxy: ProxySetting = None
     max_connections: int | None = Field(default=None, ge=1)    # open at once; more requests wait

@@ -264,6 +264,15 @@ def test_websocket_is_only_for_responses_upstreams():
         "r.yaml: upstreams[ws].websocket: must be true or false"]
 
 
+@pytest.mark.parametrize("word", ["no", "off", "yes", "on", "0", "1", "'false'"])
+def test_a_switch_is_true_or_false_only_as_the_docs_say(word):
+    # `no` is text in YAML 1.2: read as false by one check and as set by another, it would
+    # leave an upstream both disabled and asked for its ${VAR}
+    for field in ("enabled", "websocket"):
+        assert problems("upstreams:\n" + relay("a", "openai-responses", f"{field}: {word}")) == [
+            f"r.yaml: upstreams[a].{field}: must be true or false"]
+
+
 @pytest.mark.parametrize("url,ok", [
     ("https://relay.example.com", "https://relay.example.com"),
     ("https://relay.example.com/openai/v1/", "https://relay.example.com/openai/v1"),
@@ -582,10 +591,9 @@ def test_usage_db_resolution(tmp_path, monkeypatch):
 
 
 def test_yaml_12_scalars():
-    r = parse("upstreams:\n" + relay("on", extra="activate_at: [06:00, 23:59]\nenabled: yes")
-              + "routes: {claude: [on]}\n")
+    r = parse("upstreams:\n" + relay("on", extra="activate_at: [06:00, 23:59]") + "routes: {claude: [on]}\n")
     assert r.upstreams[0].name == "on" and r.routes.for_route("claude") == ("on",)
-    assert r.upstreams[0].activate_at == ("06:00", "23:59") and r.upstreams[0].enabled is True
+    assert r.upstreams[0].activate_at == ("06:00", "23:59")     # times, not sexagesimal numbers
 
 
 # ----------------------------------------------------------------------------- files
