@@ -12,24 +12,15 @@ import math
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
+from ccswitch.money import cost_digits
 from ccswitch.report.data import BlockSpan, Report, Span, Totals, fmt_tokens, sorted_groups
 from ccswitch.report.latency import LatencyStats
 from ccswitch.report.timeline import period_label, period_start
 
 LABEL_WIDTH = 40        # longer labels (session keys can be long) are shortened in the table, kept whole in JSON
-MAX_COST_DIGITS = 6
 VIEW_HEADS = {"day": "Day", "hour": "Hour", "week": "Week", "month": "Month"}
 
 # --------------------------------------------------------------------------- cells
-
-
-def cost_digits(costs: Iterable[float]) -> int:
-    """Decimals for a table's costs: 2 (cents), or enough for its smallest non-zero cost below a cent to
-    show two significant digits ($0.0070, $0.00015), at most 6."""
-    smallest = min((c for c in costs if c > 0), default=None)
-    if smallest is None or smallest >= 0.01:
-        return 2
-    return min(MAX_COST_DIGITS, math.floor(-math.log10(smallest)) + 2)
 
 
 def table_digits(totals: Iterable[Totals]) -> int:

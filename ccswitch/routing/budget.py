@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 
 from ccswitch.config.models import Budget, Rules
+from ccswitch.money import usd
 from ccswitch.routing.changes import Feed, SpendAdded, SpendTotal, notify
 from ccswitch.routing.events import Event, Events
 
@@ -47,7 +48,8 @@ class Overrun:
 
     def describe(self, who: str) -> str:
         period = "today" if self.kind == "daily" else "this month"
-        return f"{who} has spent ${self.spent:.2f} of its {self.kind} budget of ${self.limit:.2f} {period}"
+        spent, limit = usd(self.spent, self.limit)
+        return f"{who} has spent {spent} of its {self.kind} budget of {limit} {period}"
 
 
 class SpendBoard:
@@ -176,7 +178,8 @@ class SpendBoard:
                 end = period_end(kind, now, self.tz)
                 period = "today" if kind == "daily" else "this month"
                 when = f"{end:%H:%M}" if kind == "daily" else f"{end:%Y-%m-%d}"
-                out.append(f"${self.spent(who, name, kind):.2f} of ${limit:.2f} {period} (until {when})")
+                spent, of = usd(self.spent(who, name, kind), limit)
+                out.append(f"{spent} of {of} {period} (until {when})")
         return out
 
     def _announce(self, who: str, name: str, kind: str, start: datetime, *,
@@ -198,8 +201,9 @@ class SpendBoard:
                 if line <= news_from:
                     continue
                 what = "reached" if share >= 1.0 else f"{share:.0%} of"
+                told_spent, told_limit = usd(spent, limit)
                 self.events.emit(Event(
                     kind="budget", upstream=name if who == UPSTREAM else None,
-                    reason=f"{who} {name} {what} its {kind} budget (${spent:.2f} of ${limit:.2f})",
+                    reason=f"{who} {name} {what} its {kind} budget ({told_spent} of {told_limit})",
                     until=period_end(kind, start, self.tz).astimezone(UTC),
                     episode=f"{who}:{name}:{kind}:{start.isoformat()}:{share}"))

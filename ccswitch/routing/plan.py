@@ -13,6 +13,7 @@ from datetime import datetime
 
 from ccswitch.config.models import RouteSpec, Rules, Upstream
 from ccswitch.config.schedule import schedule_block
+from ccswitch.money import usd
 from ccswitch.routing.affinity import SessionBindings, session_fraction
 from ccswitch.routing.budget import UPSTREAM, SpendBoard
 from ccswitch.routing.health import HealthBoard
@@ -65,7 +66,7 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
         full = quota.full(name, rules.failover.drain_at) if quota is not None else None
         overrun = spend.over(UPSTREAM, name) if spend is not None else None
         if overrun is not None:     # like a full upstream: skipped until its next period
-            result.blocked.append((name, f"over its {overrun.kind} budget (${overrun.limit:.2f}) until "
+            result.blocked.append((name, f"over its {overrun.kind} budget ({usd(overrun.limit)[0]}) until "
                                          f"{overrun.until.astimezone(rules.tz):%Y-%m-%d %H:%M}"))
             limited.append((overrun.until - spend.clock()).total_seconds())
         elif until is not None:

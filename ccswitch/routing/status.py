@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from ccswitch.config.models import Rules, Upstream
 from ccswitch.config.schedule import describe_next, schedule_block
+from ccswitch.money import usd
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard
 from ccswitch.routing.health import HealthBoard
@@ -28,7 +29,7 @@ def upstream_state(upstream: Upstream, rules: Rules, health: HealthBoard, now: d
     if overrun is not None:   # skipped like a full upstream until the budget's next period
         until = overrun.until.astimezone(now.tzinfo)
         when = f"{until:%H:%M}" if overrun.kind == "daily" else f"{until:%Y-%m-%d %H:%M}"
-        return "over_budget", f"over its {overrun.kind} budget (${overrun.limit:.2f}) until {when}", until
+        return "over_budget", f"over its {overrun.kind} budget ({usd(overrun.limit)[0]}) until {when}", until
     cooling = health.cooling_until(upstream.name)
     if cooling is not None:
         until = now + timedelta(seconds=cooling - health.clock())

@@ -14,6 +14,7 @@ import pytest
 from ccswitch.cli import report as report_cli
 from ccswitch.config.load import parse_rules
 from ccswitch.ledger.schema import connect
+from ccswitch.money import cost_digits
 from ccswitch.report import text
 from ccswitch.report.charts import CHART_FILES, hit_limits, write_charts
 from ccswitch.report.data import Report, build_report
@@ -242,7 +243,7 @@ def test_by_model_json_lists_the_upstream_models(tmp_path, capsys):
     ([0.001], 5), ([0.0000001], 6),
 ])
 def test_cost_digits(costs, digits):
-    assert text.cost_digits(costs) == digits
+    assert cost_digits(costs) == digits
 
 
 def test_the_total_and_the_headline_use_the_tables_precision(tmp_path):

@@ -87,6 +87,19 @@ def test_budget_events_at_80_and_100_percent_once_per_period():
     assert len(seen) == 3 and "80%" in seen[2].reason
 
 
+def test_a_budget_below_a_cent_is_told_in_the_decimals_it_needs():
+    spend, _, seen = board(datetime(2026, 3, 10, 2, 0, tzinfo=UTC))
+    spend.configure(parse_rules(RULES_TEXT.replace("budget: {daily: 20}", "budget: {daily: 0.0003}")))
+    spend.add(CLIENT, "alice", 0.00021)
+    spend.add(CLIENT, "alice", 0.00012)
+    assert [e.reason for e in seen] == ["client alice 80% of its daily budget ($0.00033 of $0.00030)",
+                                        "client alice reached its daily budget ($0.00033 of $0.00030)"]
+    over = spend.over(CLIENT, "alice")
+    assert over.describe("client key alice") == "client key alice has spent $0.00033 of its daily budget of " \
+                                                "$0.00030 today"
+    assert spend.report(CLIENT, "alice")[0].startswith("$0.00033 of $0.00030 today")
+
+
 def test_a_restart_keeps_the_days_spend_from_the_ledgers_rows():
     spend, clock, _ = board(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))
     spend.add(UPSTREAM, "relay-a", 9.0, at=datetime(2026, 3, 9, 10, tzinfo=UTC))       # the day before
