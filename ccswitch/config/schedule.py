@@ -56,7 +56,10 @@ def schedule_block(upstream: Upstream, now: datetime) -> str | None:
         return None
     if any(_time_matches(w, minute) for w in upstream.hours):
         return f"outside its days ({format_days(days)})"
-    return f"outside its hours ({', '.join(str(w) for w in upstream.hours)})"
+    hours = ", ".join(str(w) for w in upstream.hours)
+    if weekday not in days:     # not its day either: the hours alone would send the user to the wrong fix
+        return f"outside its days ({format_days(days)}) and hours ({hours})"
+    return f"outside its hours ({hours})"
 
 
 def local_now(tz: tzinfo, clock: Callable[[], datetime | float] | None = None) -> datetime:

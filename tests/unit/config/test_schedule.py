@@ -72,7 +72,8 @@ def test_plain_window_boundaries():
     assert schedule_block(u, at(0, 17, 59, 59)) is None
     assert schedule_block(u, at(0, 18, 0)) == "outside its hours (09:00-18:00)"
     assert schedule_block(u, at(5, 10)) == "outside its days (mon-fri)"
-    assert schedule_block(u, at(5, 20)) == "outside its hours (09:00-18:00)"
+    # a Saturday evening: neither its day nor its hours (the hours alone would mislead)
+    assert schedule_block(u, at(5, 20)) == "outside its days (mon-fri) and hours (09:00-18:00)"
 
 
 def test_window_wrapping_midnight_belongs_to_its_start_day():
@@ -83,10 +84,10 @@ def test_window_wrapping_midnight_belongs_to_its_start_day():
     assert schedule_block(u, at(1, 0, 0)) is None             # Tue 00:00 still Monday's window
     assert schedule_block(u, at(1, 1, 0)) is None             # Tue 01:00
     assert schedule_block(u, at(1, 1, 59, 59)) is None
-    assert schedule_block(u, at(1, 2, 0)) == "outside its hours (22:00-02:00)"
+    assert schedule_block(u, at(1, 2, 0)) == "outside its days (mon) and hours (22:00-02:00)"
     assert schedule_block(u, at(0, 1, 0)) == "outside its days (mon)"   # Mon 01:00 = Sunday's window
     assert schedule_block(u, at(1, 22, 30)) == "outside its days (mon)"  # Tue evening
-    assert schedule_block(u, at(1, 12)) == "outside its hours (22:00-02:00)"
+    assert schedule_block(u, at(1, 12)) == "outside its days (mon) and hours (22:00-02:00)"
 
 
 def test_wrapping_window_across_the_week_boundary():
@@ -101,7 +102,7 @@ def test_wrapping_window_across_the_week_boundary():
 def test_window_ending_at_midnight_and_whole_day():
     u = up(days=["sat"], hours=["18:00-24:00"])
     assert schedule_block(u, at(5, 23, 59, 59)) is None
-    assert schedule_block(u, at(6, 0, 0)) == "outside its hours (18:00-24:00)"
+    assert schedule_block(u, at(6, 0, 0)) == "outside its days (sat) and hours (18:00-24:00)"
     assert schedule_block(u, at(6, 18, 0)) == "outside its days (sat)"
     whole = up(days=["sat"], hours=["00:00-24:00"])
     assert schedule_block(whole, at(5, 0, 0)) is None and schedule_block(whole, at(5, 23, 59)) is None
@@ -138,7 +139,7 @@ def test_schedule_in_rules_timezone():
     assert schedule_block(u, utc_instant) == "outside its hours (09:00-18:00)"
     # Sat 2024-01-06 02:00 UTC is Sat 10:00 in Shanghai; Fri 2024-01-05 18:00 UTC is Sat 02:00.
     assert schedule_block(u, local_now(rules.tz, lambda: datetime(2024, 1, 5, 18, 0, tzinfo=UTC))) == \
-        "outside its hours (09:00-18:00)"
+        "outside its days (mon-fri) and hours (09:00-18:00)"
     sat = local_now(rules.tz, lambda: datetime(2024, 1, 6, 2, 0, tzinfo=UTC))
     assert sat.weekday() == 5 and schedule_block(u, sat) == "outside its days (mon-fri)"
 
