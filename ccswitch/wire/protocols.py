@@ -123,8 +123,8 @@ def body_matches_protocol(protocol: str, endpoint: str, body: Any) -> bool:
 _ANTHROPIC_ERROR_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
     404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-    500: "api_error", 502: "api_error", 503: "overloaded_error", 504: "api_error",
-    529: "overloaded_error",
+    500: "api_error", 502: "api_error", 503: "api_error", 504: "api_error",
+    529: "overloaded_error",     # Anthropic's own word for its 529 only: a 503 of ours is not "overloaded"
 }
 _OPENAI_ERROR_TYPES = {
     400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
@@ -135,8 +135,8 @@ _OPENAI_ERROR_TYPES = {
 def error_body(protocol: str, status: int, message: str, code: str | None = None) -> dict:
     """The error JSON a client of `protocol` understands."""
     if protocol == Protocol.ANTHROPIC:
-        return {"type": "error", "error": {"type": _ANTHROPIC_ERROR_TYPES.get(status, "api_error"),
-                                           "message": message}}
+        kind = _ANTHROPIC_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        return {"type": "error", "error": {"type": kind, "message": message}}
     kind = _OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 

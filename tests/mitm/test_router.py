@@ -424,7 +424,7 @@ async def test_while_shutting_down_a_new_routed_request_is_a_503_with_retry_afte
     await router.request(flow)
     assert flow.response.status_code == 503
     assert (flow.response.headers["retry-after"], flow.response.headers["connection"]) == ("10", "close")
-    assert json.loads(flow.response.content)["error"] == {"type": "overloaded_error",
+    assert json.loads(flow.response.content)["error"] == {"type": "api_error",
                                                           "message": "ccswitch is shutting down"}
     assert flow.id not in router.jobs and flow.request.host == "api.anthropic.com"   # not sent anywhere
     [(table, row)] = rows

@@ -29,3 +29,12 @@ def test_own_error_carries_the_header_content_type_and_the_body_in_the_clients_p
     assert json.loads(body) == {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
     headers, _ = own_error("openai-chat", 503, "no upstream", (("retry-after", "bad"),))
     assert ("x-should-retry", "true") in headers
+
+
+@pytest.mark.parametrize("status,kind", [(415, "invalid_request_error"), (431, "invalid_request_error"),
+                                         (405, "invalid_request_error"), (503, "api_error"),
+                                         (529, "overloaded_error"), (599, "api_error")])
+def test_an_anthropic_clients_error_type_says_whose_mistake_it_is(status, kind):
+    # the client's own mistakes are invalid requests; "overloaded" is Anthropic's word for its 529
+    _, body = own_error("anthropic", status, "x")
+    assert json.loads(body)["error"]["type"] == kind
