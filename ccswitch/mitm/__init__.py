@@ -10,6 +10,7 @@ from __future__ import annotations
 from ccswitch.mitm.activator import Activator
 from ccswitch.mitm.commands import Commands
 from ccswitch.mitm.gateway import Gateway
+from ccswitch.mitm.lifecycle import log_refusals_as_messages
 from ccswitch.mitm.live_page import LivePage
 from ccswitch.mitm.notifier import Notifications
 from ccswitch.mitm.router import Router
@@ -19,6 +20,7 @@ from ccswitch.mitm.shared_state import SharedStateSync
 
 
 def make_addons() -> list:
+    log_refusals_as_messages()
     gateway = Gateway()
     # the live page answers its own paths before the router and the gate see them; the gate
     # follows the router: it sees only the flows the router let pass untouched

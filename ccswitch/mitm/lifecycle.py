@@ -10,7 +10,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from mitmproxy import ctx
+from mitmproxy import ctx, exceptions
 
 log = logging.getLogger("ccswitch")
 
@@ -33,3 +33,22 @@ def _finished(task: asyncio.Task) -> None:
 def stopping() -> bool:
     """Whether mitmproxy itself is stopping (not merely reloading the script)."""
     return ctx.master.should_exit.is_set()
+
+
+class RefusalsAsMessages(logging.Filter):
+    """mitmproxy logs an option refused while the script loads (loopback, stream_large_bodies,
+    invalid rules) with a traceback, as if ccswitch had crashed; a refusal is a message saying
+    what to change, so it is logged as one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        refusal = record.exc_info[1] if record.exc_info else None
+        if isinstance(refusal, exceptions.OptionsError):
+            record.msg, record.args = "%s", (str(refusal),)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def log_refusals_as_messages() -> None:
+    script_log = logging.getLogger("mitmproxy.addons.script")
+    if not any(isinstance(f, RefusalsAsMessages) for f in script_log.filters):   # once, over reloads
+        script_log.addFilter(RefusalsAsMessages())

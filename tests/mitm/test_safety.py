@@ -235,3 +235,22 @@ def test_an_api_path_of_a_route_with_no_upstreams_is_refused_in_that_routes_form
     body = json.loads(flow.response.content)
     assert flow.response.status_code == 401 and body["error"]["message"] == "missing or invalid ccswitch client key"
     assert "type" not in body   # OpenAI's shape, not Anthropic's {"type": "error", ...}
+
+
+def test_a_refusal_while_the_script_loads_is_logged_as_its_message_not_as_a_crash(caplog):
+    from ccswitch.mitm import make_addons
+    from ccswitch.mitm.lifecycle import RefusalsAsMessages
+    make_addons()
+    script_log = logging.getLogger("mitmproxy.addons.script")
+    assert sum(isinstance(f, RefusalsAsMessages) for f in script_log.filters) == 1
+    make_addons()       # a reload adds no second filter
+    assert sum(isinstance(f, RefusalsAsMessages) for f in script_log.filters) == 1
+    caplog.set_level(logging.ERROR, "mitmproxy.addons.script")
+    for error in (exceptions.OptionsError("ccswitch refuses to listen beyond loopback"), KeyError("a bug")):
+        try:
+            raise error
+        except Exception as exc:
+            script_log.error("error in script entry.py", exc_info=(type(exc), exc, exc.__traceback__))
+    refusal, bug = caplog.records
+    assert refusal.getMessage() == "ccswitch refuses to listen beyond loopback" and refusal.exc_info is None
+    assert bug.getMessage() == "error in script entry.py" and bug.exc_info is not None   # a real crash keeps its traceback
