@@ -10,7 +10,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ccswitch.cli.report import main
+try:
+    from ccswitch.cli.report import main
+except ModuleNotFoundError as missing:      # a Python without ccswitch's dependencies
+    sys.exit(f"scripts/report.py: this Python lacks {missing.name!r}, one of ccswitch's dependencies: run it "
+             "with the Python ccswitch is installed in (e.g. .venv/bin/python scripts/report.py), "
+             "or use `ccswitch report`")
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], prog="scripts/report.py"))

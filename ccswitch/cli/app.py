@@ -1,7 +1,7 @@
 """`ccswitch` command line: init, check, env, run, report, activate, notify-test.
 
 Every command that reads rules says on stderr which file it uses and why (stdout may be eval'ed
-or parsed); the lookup order is the contract's: ./rules.yaml, ~/.ccswitch/rules.yaml, built-in."""
+or parsed); it looks for ./rules.yaml, then ~/.ccswitch/rules.yaml, else uses the built-in example."""
 
 from __future__ import annotations
 

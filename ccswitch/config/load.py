@@ -312,8 +312,8 @@ def rules_origin(option_value: str | None, path: Path | None, cwd: Path | None =
                  home: Path | None = None) -> str:
     """Which rules are in use and why, for the line every command prints.
 
-    The lookup order is the contract's; this says plainly when a ``./rules.yaml`` of the current
-    directory (a checkout's tracked example, say) wins over ``~/.ccswitch/rules.yaml``."""
+    The lookup order is fixed (docs/rules.md); this says plainly when a ``./rules.yaml`` of the
+    current directory (a checkout's tracked example, say) wins over ``~/.ccswitch/rules.yaml``."""
     cwd, home = cwd or Path.cwd(), home or Path.home()
     personal = home / ".ccswitch" / "rules.yaml"
     if path is None:
