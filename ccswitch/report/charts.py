@@ -93,7 +93,12 @@ class Axis:
             ax.xaxis.set_major_locator(mdates.MonthLocator())
             ax.xaxis.set_major_formatter(mdates.DateFormatter("%b\n%Y"))
         else:
-            locator = mdates.AutoDateLocator(minticks=4, maxticks=12)
+            if self.report.view == "day" and len(self.spans) <= 100:
+                # every n days from the first, across month ends: a locator counting days of the
+                # month would put "Nov 29" right beside "Dec 01"
+                locator = mdates.DayLocator(interval=math.ceil(len(self.spans) / 12))
+            else:
+                locator = mdates.AutoDateLocator(minticks=4, maxticks=12)
             formatter = mdates.ConciseDateFormatter(locator)
             # "Sep 08" on every day tick (not a bare "08" whose month is off-screen); the year as offset
             formatter.formats = ["%Y", "%b", "%b %d", "%H:%M", "%H:%M", "%S.%f"]

@@ -22,3 +22,36 @@ def test_a_model_name_with_dollars_is_charted_as_written(tmp_path):
         assert report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(db), "--since", "2026-03-01",
                                 "--until", "2026-03-01", "--out", str(out)]) == 0
     assert all((out / name).stat().st_size > 1000 for name in CHART_FILES) and "my-model$}$" in printed.getvalue()
+
+
+def test_day_ticks_are_evenly_spaced_across_month_ends(tmp_path):
+    # ticks counted by day of the month put "Nov 29" beside "Dec 01", their labels overlapping
+    from datetime import date, timedelta
+    from itertools import pairwise
+
+    import matplotlib.pyplot as plt
+
+    from ccswitch.config.load import parse_rules
+    from ccswitch.report.charts import Axis
+    from ccswitch.report.data import build_report
+    from tests.unit.report.test_report import RULES
+
+    db = tmp_path / "usage.db"
+    conn = connect(str(db))
+    for i in range(35):
+        day = date(2026, 10, 28) + timedelta(days=i)
+        insert_request(conn, i, ts=f"{day}T10:00:00.000+00:00", upstream="relay-a", model="claude-sonnet-4-5",
+                       input_tokens=100, output_tokens=5)
+    rules = parse_rules(RULES, env={"RELAY_A_KEY_FOR_TEST": "x"})
+    report = build_report(conn, rules, date(2026, 10, 28), date(2026, 12, 1))
+    conn.close()
+    figure, ax = plt.subplots()
+    try:
+        axis = Axis(report)
+        ax.bar(axis.x, [1] * len(axis.x), width=axis.width)
+        axis.style(ax)
+        ticks = ax.xaxis.get_majorticklocs()
+    finally:
+        plt.close(figure)
+    gaps = {round(b - a, 6) for a, b in pairwise(ticks)}
+    assert len(ticks) >= 4 and len(gaps) == 1, gaps
