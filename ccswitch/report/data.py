@@ -308,13 +308,15 @@ def build_report(conn: LedgerReader | sqlite3.Connection, rules: Rules, since: d
             if not in_period:
                 continue
             by_day[row.day].add(row)
-            whole.add(row)
             if hours and row.day == hours_day:
                 hours[bisect_right(hour_starts, row.minute) - 1].add(row)
             if row.totals.unpriced_tokens:
                 unpriced[row.sent_model or row.model or NO_MODEL] += row.totals.unpriced_tokens   # as priced
             if row.upstream is not None and row.upstream not in pricer.multipliers:
                 unknown_upstreams.add(row.upstream)
+
+        for day in days:     # the whole period from its days: one merge per group, not one add per row
+            whole.merge(by_day[day])
 
     notes = []
     if count_tokens:

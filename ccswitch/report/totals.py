@@ -8,7 +8,7 @@ answered itself), ``route``, and ``session`` (the session key).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 DIMENSIONS = ("model", "upstream", "route", "session", "client")
@@ -18,7 +18,7 @@ NO_SESSION = "(no session)"
 NO_CLIENT = "(no client key)"
 
 
-@dataclass
+@dataclass(slots=True)
 class Totals:
     requests: int = 0
     input: int = 0
@@ -46,8 +46,20 @@ class Totals:
         return self.cache_read / self.prompt if self.prompt else None
 
     def add(self, other: Totals) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        # field by field, written out: a report adds every row into each of its groups and spans
+        # (millions of adds for a busy quarter), and a loop over `fields()` costs ten times as much
+        self.requests += other.requests
+        self.input += other.input
+        self.output += other.output
+        self.cache_write += other.cache_write
+        self.cache_write_1h += other.cache_write_1h
+        self.cache_read += other.cache_read
+        self.reasoning += other.reasoning
+        self.failovers += other.failovers
+        self.errors += other.errors
+        self.moved += other.moved
+        self.cost += other.cost
+        self.unpriced_tokens += other.unpriced_tokens
 
     def to_dict(self) -> dict:
         return {

@@ -372,3 +372,16 @@ def test_a_reader_that_stops_early_gets_no_traceback(sixty_days, command, tmp_pa
     assert proc.wait(timeout=60) == 0, err
     assert first.startswith(b"ccswitch usage 2026-09-02 .. 2026-10-31")
     assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+
+
+def test_totals_add_every_field():
+    # `add` names its fields one by one (for speed): a field added to Totals must be added there too
+    from dataclasses import fields
+
+    from ccswitch.report.totals import Totals
+    names = [f.name for f in fields(Totals)]
+    one = Totals(**{name: (i + 1) * (0.5 if name == "cost" else 1) for i, name in enumerate(names)})
+    total = Totals()
+    total.add(one)
+    total.add(one)
+    assert all(getattr(total, name) == 2 * getattr(one, name) for name in names)
