@@ -408,9 +408,11 @@ class Router:
                 redact_credentials(flow.request)  # passed through: sent already, hide now
             return
         if not job.request.stream:
-            # answered from the request hook: mitmproxy sends that answer right after this hook,
-            # in the same turn of the loop, so the ledger row and the live counters come after it
-            asyncio.get_running_loop().call_soon(self.gateway.record_job, job)
+            # answered from the request hook: mitmproxy sends that answer once this hook's task
+            # gets the connection's event lock back, which is itself a callback queued after this
+            # hook: the ledger row and the live counters wait one more turn, so they come after it
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.call_soon, self.gateway.record_job, job)
         elif self.relay and self.relay.forget(job):
             # mitmproxy never delivered it to the relay (e.g. the client left at once)
             job.error = flow.error.msg if flow.error else "not dispatched"

@@ -39,6 +39,13 @@ def router_with_routes(gateway, **routes) -> Router:
     return r
 
 
+async def answer_sent() -> None:
+    """The loop turns after a response hook in which mitmproxy sends a hook's answer (the
+    turn it gets the connection's event lock back) and then ccswitch records its row."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
 def messages_flow(body=None, key=CLIENT_KEY, host="api.anthropic.com", path="/v1/messages", method="POST",
                   mode="regular"):
     content = json.dumps(body if body is not None else {"model": "m", "stream": True, "messages": []}).encode()
@@ -411,8 +418,8 @@ async def test_a_gateway_bug_on_a_non_streamed_request_is_a_500_in_client_format
     assert flow.response.status_code == 500
     assert json.loads(flow.response.content)["error"]["message"] == "ccswitch internal error: KeyError"
     router.response(flow)
-    assert recorded == []          # mitmproxy sends the answer after the response hook, in the same turn
-    await asyncio.sleep(0)
+    assert recorded == []          # mitmproxy sends the answer after the response hook, a turn later
+    await answer_sent()
     assert [job.error for job in recorded] == ["internal error: KeyError"] and recorded[0].status == 500
 
 
@@ -450,7 +457,7 @@ async def test_a_non_streamed_request_cut_by_shutdown_is_a_503_in_client_format_
     assert flow.response.status_code == 503 and flow.response.headers["retry-after"] == "10"
     assert "ccswitch is shutting down" in json.loads(flow.response.content)["error"]["message"]
     router.response(flow)
-    await asyncio.sleep(0)
+    await answer_sent()
     assert [(job.status, job.error) for job in recorded] == [(503, "shutdown: not finished within the grace period")]
 
 
@@ -475,6 +482,8 @@ async def test_a_non_streamed_answer_is_recorded_after_the_response_hook_or_at_s
     await asyncio.sleep(0)
     assert recorded == []          # not before mitmproxy has the answer on its way
     router.response(sent)
+    await asyncio.sleep(0)
+    assert recorded == []          # nor in the loop turn where mitmproxy sends it
     await asyncio.sleep(0)
     assert [job.flow_id for job in recorded] == [sent.id]
     # mitmproxy ended the other flow without its response hook (a shutdown that ran out of
@@ -510,7 +519,7 @@ async def test_a_non_streamed_request_whose_client_left_is_cancelled_upstream_an
     assert cancelled.is_set() and not hook.cancelled() and hook.cancelling() == 0
     assert flow.response.status_code == 499 and not router.inline
     router.response(flow)          # mitmproxy goes on with the flow once the hook returns
-    await asyncio.sleep(0)
+    await answer_sent()
     assert [job.error for job in recorded] == ["client_closed"]
 
 
