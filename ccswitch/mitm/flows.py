@@ -10,6 +10,7 @@ from functools import lru_cache
 
 from mitmproxy import http
 from mitmproxy.net.http import status_codes, url
+from mitmproxy.utils.strutils import always_str
 
 from ccswitch.routing.classify import classify
 from ccswitch.vocab import CLIENT_PROTOCOL, Protocol
@@ -53,14 +54,19 @@ def answer(flow: http.HTTPFlow, response: http.Response) -> None:
 
 
 def point_at(request: http.Request, target: str) -> None:
-    """`request.url = target`, as mitmproxy's setter does it, with the parse of each upstream URL
-    kept: every routed flow is shown pointed at its upstream, and the few URLs recur."""
-    request.scheme, request.host, request.port, request.path = _parsed_url(target)
+    """`request.url = target`, as mitmproxy's setter leaves it, with the parse of each upstream URL
+    kept (every routed flow is shown pointed at its upstream, and the few URLs recur) and the
+    Host header and authority rewritten once (by the port's setter) instead of twice."""
+    scheme, host, port, path = _parsed_url(target)
+    data = request.data
+    data.scheme, data.host, data.path = scheme, host, path
+    request.port = port
 
 
 @lru_cache(maxsize=512)
-def _parsed_url(target: str) -> tuple[bytes, bytes, int, bytes]:
-    return url.parse(target)
+def _parsed_url(target: str) -> tuple[bytes, str, int, bytes]:
+    scheme, host, port, path = url.parse(target)
+    return scheme, always_str(host, "idna", "strict"), port, path
 
 
 _BODY_FRAMING = ("content-length", "transfer-encoding")

@@ -54,6 +54,8 @@ def test_a_whole_response_is_what_response_make_builds(status, headers, body):
                                                                    theirs.http_version)
     assert ours.headers.fields == theirs.headers.fields and ours.raw_content == theirs.raw_content
     assert ours.content == body and ours.timestamp_end >= ours.timestamp_start
+    assert ours.get_state().keys() == theirs.get_state().keys()    # saved (`-w`) like any response
+    assert http.Response.from_state(ours.get_state()).headers.fields == ours.headers.fields
 
 
 @pytest.mark.parametrize("target", ["http://127.0.0.1:4000/v1/messages?beta=true", "https://relay.example/api/v1/messages",
