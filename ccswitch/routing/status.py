@@ -36,7 +36,7 @@ def upstream_state(upstream: Upstream, rules: Rules, health: HealthBoard, now: d
         return "cooling", f"cooling down until {until:%H:%M:%S}", until
     full = quota.full_until(upstream.name, rules.failover.drain_at) if quota is not None else None
     if full is not None:
-        until = now + timedelta(seconds=full - quota.clock())
+        until = datetime.fromtimestamp(full, now.tzinfo)   # wall time: the reset exactly, not "now" + a span read later
         window = quota.full(upstream.name, rules.failover.drain_at)
         return "full", f"full until {until:%H:%M:%S}" + (f" ({window.name} window)" if window else ""), until
     if health.busy_probing(upstream.name):

@@ -48,7 +48,7 @@ def test_status_lists_every_state_without_keys(setup):
 def test_status_shows_utilization_its_window_reset_full_and_bound_sessions(setup):
     import time
     gateway, commands, tctx = setup
-    reset = time.time() + 3600
+    reset = (int(time.time()) // 60 + 60) * 60     # on a minute's first second, as resets often are
     gateway.quota.record("a", [("anthropic-ratelimit-unified-5h-utilization", "0.97"),
                                ("anthropic-ratelimit-unified-5h-reset", str(int(reset)))])
     gateway.sessions.bind("claude", "s1", "a", ttl=3600)
