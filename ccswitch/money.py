@@ -19,6 +19,6 @@ def cost_digits(costs: Iterable[float]) -> int:
 
 
 def usd(*amounts: float) -> tuple[str, ...]:
-    """Each amount as `$1.23`, all with the precision the smallest needs: `$0.00021`, `$0.00030`."""
-    digits = cost_digits(amounts)
-    return tuple(f"${amount:,.{digits}f}" for amount in amounts)
+    """Each amount as `$1.23`, or in the decimals it needs below a cent (`$0.00081 of $50.00`,
+    `$0.00033 of $0.00030`): a budget's figures are read one by one, not down a column."""
+    return tuple(f"${amount:,.{cost_digits([amount])}f}" for amount in amounts)

@@ -98,6 +98,8 @@ def test_a_budget_below_a_cent_is_told_in_the_decimals_it_needs():
     assert over.describe("client key alice") == "client key alice has spent $0.00033 of its daily budget of " \
                                                 "$0.00030 today"
     assert spend.report(CLIENT, "alice")[0].startswith("$0.00033 of $0.00030 today")
+    from ccswitch.money import usd
+    assert usd(0.00081, 50) == ("$0.00081", "$50.00")      # each in its own decimals, not $50.00000
 
 
 def test_a_restart_keeps_the_days_spend_from_the_ledgers_rows():
