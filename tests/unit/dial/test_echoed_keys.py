@@ -170,3 +170,12 @@ async def test_a_streams_usage_is_recorded_scrubbed(mock_a):
     assert sink.status == 200 and job.error is None
     raw = json.dumps(job.attempts[-1].usage.raw)
     assert KEY_A not in raw and "[redacted]" in raw and KEY_A.encode() not in sink.body
+
+
+def test_a_proxys_password_and_login_are_secrets_its_user_name_alone_is_not():
+    import base64
+    rules = parse_rules("upstreams: [{name: a, protocol: anthropic, base_url: 'https://relay.example.com',"
+                        " api_key: k-0123456789, proxy: 'http://developer:pw-0123456789@127.0.0.1:3128'}]")
+    texts = rules.upstream("a").secret_texts()
+    assert "pw-0123456789" in texts and base64.b64encode(b"developer:pw-0123456789").decode() in texts
+    assert "developer" not in texts       # a word a model may well write
