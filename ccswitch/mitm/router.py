@@ -192,14 +192,13 @@ class Router:
         if not self.started.is_set():
             await self.started.wait()
         match = self._match(flow)
-        if self.relay is None or self.failed_to_start:   # mitmproxy logged why; not passed on unrouted
-            if match is not None:
-                answer(flow, error_response(CLIENT_PROTOCOL[match.route], 503, NOT_STARTED))
-                self._record_refusal(flow, match, _Known(utc_now()), 503, NOT_STARTED)
-            return
         rules = self.gateway.rules
         if match is None or not rules.routes.for_route(match.route):
             self._unrouted(flow)  # a route with no upstreams is not ours either
+            return
+        if self.relay is None or self.failed_to_start:   # mitmproxy logged why; not passed on unrouted
+            answer(flow, error_response(CLIENT_PROTOCOL[match.route], 503, NOT_STARTED))
+            self._record_refusal(flow, match, _Known(utc_now()), 503, NOT_STARTED)
             return
         known = _Known(utc_now())
         try:

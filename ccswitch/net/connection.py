@@ -131,6 +131,10 @@ class Connection(asyncio.Protocol):
         return (not self._eof and self.clean() and self.idle_since >= idle_cutoff
                 and self.h11.our_state is h11.IDLE and not self.transport.is_closing())
 
+    def closed(self) -> bool:
+        """The other side is gone (its end or a reset came): not worth a place in the pool."""
+        return self._eof
+
     def clean(self) -> bool:
         """No bytes beyond the last response, neither ours nor inside h11: else the next
         request on this connection would read them as its answer."""

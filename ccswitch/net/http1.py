@@ -171,7 +171,8 @@ class UpstreamClient:
                 await connection.send(wire)
                 return Response(self, connection, await _response_head(connection))
             except TransportError as exc:
-                if isinstance(exc, WriteError) and (head := _answer_already_in(connection)) is not None:
+                if isinstance(exc, WriteError) and (head := _answer_already_in(connection)) is not None \
+                        and not (connection.reused and head.status_code == 408):   # an idle connection's goodbye
                     return Response(self, connection, head)
                 self._discard(connection)
                 if connection.reused and not connection.received_any and not fresh_retry:
@@ -232,7 +233,8 @@ class UpstreamClient:
         """A response read to its end: keep the connection if both sides allow it."""
         connection.in_use = False
         reusable = (connection.h11.our_state is h11.DONE and connection.h11.their_state is h11.DONE
-                    and connection.clean() and connection.tls in (None, self._ssl_context))
+                    and connection.clean() and connection.tls in (None, self._ssl_context)
+                    and not connection.closed())
         if reusable:
             connection.h11.start_next_cycle()
             self._pool.release(connection)

@@ -268,6 +268,9 @@ async def test_when_the_router_fails_to_start_api_requests_are_refused_never_pas
             other = messages_flow(host="example.com", path="/elsewhere", method="GET")
             await router.request(other)
             assert other.response is None      # not an API flow: mitmproxy's as ever
+            empty = messages_flow(path="/v1/chat/completions")     # its route has no upstreams
+            await router.request(empty)
+            assert empty.response is None and len(rows) == 1      # not ours, started or not
         finally:
             await router.dialer.aclose()
 

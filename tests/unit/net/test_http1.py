@@ -540,8 +540,9 @@ def test_urls_split_into_origin_target_and_host():
         http1.split_url("ftp://example.com/")
 
 
-@pytest.mark.parametrize("rst", [False, True], ids=["closed", "reset"])
-async def test_an_answer_sent_before_the_body_was_all_written_is_that_answer_not_a_write_error(rst):
+@pytest.mark.parametrize("rst,says_close", [(False, True), (True, True), (False, False)],
+                         ids=["closed", "reset", "closed-unannounced"])
+async def test_an_answer_sent_before_the_body_was_all_written_is_that_answer_not_a_write_error(rst, says_close):
     # e.g. a relay's 413 for a body over its limit: it answers on the head, then hangs up
     import socket
     import struct
@@ -550,8 +551,8 @@ async def test_an_answer_sent_before_the_body_was_all_written_is_that_answer_not
 
     async def refuse_on_the_head(reader, writer):
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nconnection: close\r\n"
-                     b"content-length: %d\r\n\r\n%s" % (len(refusal), refusal))
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\n" + (b"connection: close\r\n" if says_close else b"")
+                     + b"content-length: %d\r\n\r\n%s" % (len(refusal), refusal))
         await writer.drain()
         await asyncio.sleep(0.1)
         if rst:
@@ -563,7 +564,35 @@ async def test_an_answer_sent_before_the_body_was_all_written_is_that_answer_not
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     try:
         async with client() as c:
-            status, body = await get_body(c, url, b"x" * (32 * 1024 * 1024))
+            status, body = await get_body(c, url, b"x" * (32 * 1024 * 1024), via=http1.Via(None, "up"))
+            assert c.connection_counts() == {"up": (0, 0)}      # the closed connection is not kept
     finally:
         server.close()
     assert (status, body) == (413, refusal)
+
+
+async def test_a_408_on_a_kept_alive_connection_as_the_request_goes_out_is_its_goodbye_not_an_answer():
+    # a server closing an idle connection may say 408 first: that is no answer to this request
+    served = []
+
+    async def keep_alive_then_goodbye(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        served.append(1)
+        await reader.readuntil(b"\r\n\r\n")        # the next request's head only
+        writer.write(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(keep_alive_then_goodbye, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with client() as c:
+            assert await get_body(c, url) == (200, b"ok")
+            with pytest.raises(http1.TransportError):
+                await get_body(c, url, b"x" * (32 * 1024 * 1024))
+    finally:
+        server.close()
