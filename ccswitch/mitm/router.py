@@ -77,6 +77,7 @@ class Router:
         self.dialer: Dialer | None = None
         self.relay: Relay | None = None
         self.failed_to_start = False    # the dialer, the relay or the socket bridge did not come up
+        self.unrecorded: dict[str, Job] = {}    # answered from the hook, recorded once it is sent
         self.jobs: dict[str, Job] = {}   # flow id -> job, while the flow is live
         self.held_bodies: dict[str, HeldBody] = {}   # flow id -> a streamed request's body, while at the relay
         self.inline: set[asyncio.Task] = set()   # hooks running the dialer for non-streamed requests
@@ -152,8 +153,14 @@ class Router:
             if not job.request.stream:
                 self.gateway.record_job(job)
         self.jobs.clear()
+        for job in list(self.unrecorded.values()):   # sent, their rows still a loop turn away
+            self._record_answered(job)
         self.gateway.stop_reading_spend()
         await asyncio.to_thread(self.gateway.close)
+
+    def _record_answered(self, job: Job) -> None:
+        if self.unrecorded.pop(job.token, None) is not None:    # else `_stop` recorded it already
+            self.gateway.record_job(job)
 
     def _in_flight(self) -> int:
         # a job leaves `jobs` when its flow ends, its task a moment before or after; a bridged
@@ -410,8 +417,9 @@ class Router:
             # answered from the request hook: mitmproxy sends that answer once this hook's task
             # gets the connection's event lock back, which is itself a callback queued after this
             # hook: the ledger row and the live counters wait one more turn, so they come after it
+            self.unrecorded[job.token] = job
             loop = asyncio.get_running_loop()
-            loop.call_soon(loop.call_soon, self.gateway.record_job, job)
+            loop.call_soon(loop.call_soon, self._record_answered, job)
         elif self.relay and self.relay.forget(job):
             # mitmproxy never delivered it to the relay (e.g. the client left at once)
             job.error = flow.error.msg if flow.error else "not dispatched"
