@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 try:
     from ccswitch.cli.report import main
 except ModuleNotFoundError as missing:      # a Python without ccswitch's dependencies
+    if (missing.name or "").partition(".")[0] == "ccswitch":
+        raise
     sys.exit(f"scripts/report.py: this Python lacks {missing.name!r}, one of ccswitch's dependencies: run it "
              "with the Python ccswitch is installed in (e.g. .venv/bin/python scripts/report.py), "
              "or use `ccswitch report`")

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ccswitch.net.http1 import UpstreamClient
-    from ccswitch.notify.webhook import WebhookPoster, send_test, test_lines  # only when this command runs
+    from ccswitch.notify.webhook import WebhookPoster, hook_lines, send_test  # only when this command runs
     rules = load_for_command(args.rules)
     if rules is None:
         return 1
@@ -32,6 +32,6 @@ def run(args: argparse.Namespace) -> int:
             await client.aclose()
 
     results = asyncio.run(send())
-    for line in test_lines(rules, results):
+    for line in hook_lines(rules, results):
         print(line)
     return 0 if all(result.ok for result in results) else 1

@@ -12,7 +12,7 @@ from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.mitm.lifecycle import hook_task
 from ccswitch.net import http1
 from ccswitch.notify.notifier import Notifier
-from ccswitch.notify.webhook import Delivery, WebhookPoster, send_test, test_lines
+from ccswitch.notify.webhook import Delivery, WebhookPoster, hook_lines, send_test
 
 log = logging.getLogger("ccswitch.notify")
 
@@ -70,6 +70,6 @@ class Notifications:
     async def run_test(self) -> list[Delivery]:
         rules = self.gateway.rules
         results = await send_test(self.poster, rules)
-        for result, line in zip(results, test_lines(rules, results)):
+        for result, line in zip(results, hook_lines(rules, results)):
             (log.info if result.ok else log.warning)("ccswitch notify test: %s", line)
         return results

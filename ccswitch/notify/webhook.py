@@ -122,7 +122,7 @@ def sample_event() -> Event:
                  reason="a test notification: this hook receives ccswitch's events")
 
 
-def test_lines(rules: Rules, results: list[Delivery]) -> list[str]:
+def hook_lines(rules: Rules, results: list[Delivery]) -> list[str]:
     """One line per hook, told apart by position and format where two share a host:
     `hook 2 (slack) hooks.slack.com: ok (HTTP 200)`."""
     return [f"hook {i} ({hook.format}) {result.describe()}"
