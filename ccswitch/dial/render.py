@@ -13,7 +13,7 @@ from ccswitch.vocab import Endpoint, Protocol
 from ccswitch.wire.cache_breakpoints import keep_cache_breakpoints
 from ccswitch.wire.exchange import ClientRequest, RenderError, json_bytes
 from ccswitch.wire.headers import OWN_PREFIX, sendable
-from ccswitch.wire.redact import CREDENTIAL_HEADERS, credential_part, with_escaped_forms, without_credential_params
+from ccswitch.wire.redact import CREDENTIAL_HEADERS, credential_part, without_credential_params
 
 _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
@@ -86,7 +86,7 @@ def render(upstream: Upstream, req: ClientRequest, body: dict[str, Any] | None =
     if content:
         headers = [(k, v) for k, v in headers if k != "content-type"]
         headers.append(("content-type", "application/json"))
-    secrets = with_escaped_forms(_secrets(upstream, req))
+    secrets = _secrets(upstream, req)
     via = Via(upstream.proxy, upstream.name, upstream.max_connections)
     return OutgoingRequest(req.method, upstream_url(upstream, req), headers, content, upstream_model, secrets, via)
 

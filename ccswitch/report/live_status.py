@@ -19,7 +19,7 @@ from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.quota import QuotaBoard
 from ccswitch.routing.status import upstream_state
 from ccswitch.vocab import Route
-from ccswitch.wire.redact import scrub, with_escaped_forms
+from ccswitch.wire.redact import scrub
 
 #: an upstream's state, in the order routing asks: the page colours and the metrics' state label use these
 STATES = ("disabled", "outside_hours", "over_budget", "cooling", "full", "available")
@@ -52,7 +52,7 @@ def rule_secrets(rules: Rules) -> list[str]:
     """Every key text the rules hold: each upstream's (keys, secret headers, proxy logins) and
     the client keys."""
     found = [text for upstream in rules.upstreams for text in upstream.secret_texts()]
-    return with_escaped_forms(found + [key.get_secret_value() for key in rules.client_keys])
+    return found + [key.get_secret_value() for key in rules.client_keys]
 
 
 def clean_text(text: str | None, secrets: list[str]) -> str | None:

@@ -4,6 +4,9 @@ upstream key text an upstream echoes back (scrubbed before anything reaches a cl
 from __future__ import annotations
 
 import json
+import re
+import string
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -53,32 +56,55 @@ def client_credential(headers: list[tuple[str, str]]) -> str | None:
 _SHORTEST_SECRET = 8   # shorter text is too likely to occur by chance to be worth replacing
 
 
-def with_escaped_forms(secrets: list[str]) -> list[str]:
-    """`secrets` and the forms a JSON encoder may write them in when it echoes one: `\\/` for `/`
-    (PHP), `\\u0026` for `&` (Go), `\\u00e9` for `é` (ensure_ascii).  Most keys have none."""
-    out = list(secrets)
-    for secret in secrets:
-        if len(secret) < _SHORTEST_SECRET:
+# characters no JSON encoder writes as an escape: a key of only these has no other form
+_PLAIN = frozenset(string.ascii_letters + string.digits + "-_.~ ")
+
+
+def _unit_escape(unit: int) -> bytes:
+    r"""A regex for `\uXXXX` of one UTF-16 unit, its hex digits in either case."""
+    digits = f"{unit:04x}"
+    return rb"\\u" + b"".join(f"[{d}{d.upper()}]".encode() if d.isalpha() else d.encode() for d in digits)
+
+
+@lru_cache(maxsize=256)
+def _escaped(secret: str) -> re.Pattern[bytes] | None:
+    r"""The key as a JSON encoder may write it when it echoes one: each character other than a
+    letter, a digit or `-_.~` as itself or as `\uXXXX` in either case (ensure_ascii, Go's
+    `\u0026`, .NET's `\u002B`), `/` also as `\/` (PHP), `"` and `\` as their short escapes.
+    None for a key of plain characters only (most keys): it has no other form."""
+    if all(c in _PLAIN for c in secret):
+        return None
+    parts = []
+    for c in secret:
+        if c in _PLAIN:
+            parts.append(re.escape(c.encode()))
             continue
-        plain = json.dumps(secret, ensure_ascii=False)[1:-1]
-        ascii_only = json.dumps(secret)[1:-1]
-        forms = {plain, ascii_only, plain.replace("/", "\\/"), ascii_only.replace("/", "\\/")}
-        forms |= {form.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e") for form in forms}
-        out += sorted(form for form in forms if form != secret)
-    return out
+        units = c.encode("utf-16-be")
+        forms = [re.escape(c.encode()),
+                 b"".join(_unit_escape(int.from_bytes(units[i:i + 2])) for i in range(0, len(units), 2))]
+        if c in '/"\\':
+            forms.append(re.escape(b"\\" + c.encode()))
+        parts.append(b"(?:" + b"|".join(forms) + b")")
+    return re.compile(b"".join(parts))
 
 
 def scrub(body: bytes, secrets: list[str]) -> bytes:
-    """Replace any upstream key text an upstream echoed back (e.g. in an error)."""
+    """Replace any upstream key text an upstream echoed back (e.g. in an error), in any form
+    a JSON encoder may have written it."""
     for secret in secrets:
-        if len(secret) >= _SHORTEST_SECRET and secret.encode() in body:
-            body = body.replace(secret.encode(), b"[redacted]")
+        if len(secret) < _SHORTEST_SECRET:
+            continue
+        raw = secret.encode()
+        if raw in body:
+            body = body.replace(raw, b"[redacted]")
+        if b"\\" in body and (escaped := _escaped(secret)) is not None:
+            body = escaped.sub(b"[redacted]", body)
     return body
 
 
 def scrub_json(value: Any, secrets: list[str]) -> Any:
-    """JSON data (an upstream's usage object) with key text scrubbed from its strings.  Written
-    ASCII-only: a key with other characters is among `secrets` in that form too."""
+    """JSON data (an upstream's usage object) with key text scrubbed from its strings (written
+    ASCII-only: `scrub` knows a key in its escaped forms)."""
     text = json.dumps(value).encode()
     scrubbed = scrub(text, secrets)
     return value if scrubbed == text else json.loads(scrubbed)

@@ -135,7 +135,7 @@ def test_the_loaders_own_notes_are_not_settings():
                          ids=["passed-on", "converted"])
 async def test_a_key_echoed_json_escaped_is_scrubbed_before_a_conversion_could_unescape_it(mock_a, path, route):
     key = "sk-relay/Abc123+xyz&more"
-    escaped = key.replace("/", "\\/").replace("&", "\\u0026")      # PHP's slashes, Go's ampersand
+    escaped = key.replace("/", "\\/").replace("&", "\\u0026").replace("+", "\\u002B")   # PHP, Go, .NET
     mock_a.script(status(400, body=('{"type":"error","error":{"type":"invalid_request_error",'
                                     f'"message":"bad header x-api-key={escaped}"}}}}').encode(),
                          headers={"content-type": "application/json"}))

@@ -1,0 +1,27 @@
+"""Key text is scrubbed in every form a JSON encoder may write it in."""
+
+import json
+
+import pytest
+
+from ccswitch.wire.redact import scrub
+
+KEY = "sk-E/ee&1\u00e9+b<x>Z'secret9\U0001f600"
+
+
+@pytest.mark.parametrize("written", [
+    KEY,
+    json.dumps(KEY)[1:-1],                                   # Python, ensure_ascii
+    json.dumps(KEY, ensure_ascii=False)[1:-1],
+    json.dumps(KEY)[1:-1].replace("/", "\\/"),               # PHP
+    json.dumps(KEY)[1:-1].replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e"),   # Go
+    "sk-E/ee\\u00261\\u00E9\\u002Bb\\u003Cx\\u003EZ\\u0027secret9\\uD83D\\uDE00",        # .NET: upper-case hex
+])
+def test_a_key_is_scrubbed_however_it_was_escaped(written):
+    body = json.dumps({"error": {"message": "x"}}).replace('"x"', f'"bad key {written}!"').encode("utf-8")
+    assert scrub(body, [KEY]) == b'{"error": {"message": "bad key [redacted]!"}}'
+
+
+def test_a_plain_key_costs_no_pattern_and_short_text_is_left_alone():
+    assert scrub(b"sk-plain-0123456789 and sk-plai", ["sk-plain-0123456789", "sk-plai"]) == \
+        b"[redacted] and sk-plai"
