@@ -72,8 +72,8 @@ def _str_keys(obj: Any) -> Any:
     return obj
 
 
-def _expand(text: str, env: Mapping[str, str]) -> tuple[str, list[str], bool]:
-    """-> (expanded, missing variable names, malformed)."""
+def _expand(text: str, env: Mapping[str, str], values: list[str] | None = None) -> tuple[str, list[str], bool]:
+    """-> (expanded, missing variable names, malformed); `values` gets each variable's value."""
     missing: list[str] = []
     malformed = False
 
@@ -87,6 +87,8 @@ def _expand(text: str, env: Mapping[str, str]) -> tuple[str, list[str], bool]:
         if m.group(1) not in env:
             missing.append(m.group(1))
             return ""
+        if values is not None:
+            values.append(env[m.group(1)])
         return env[m.group(1)]
 
     return _ENV_RE.sub(sub, text), missing, malformed
@@ -99,7 +101,7 @@ def _expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[st
     for i, up in enumerate(ups if isinstance(ups, list) else []):
         if not isinstance(up, dict):
             continue
-        for note in ("unset_headers", "env_headers"):   # the loader's own notes, not settings
+        for note in ("unset_headers", "env_secrets"):   # the loader's own notes, not settings
             if note in up:
                 problems.append((f"upstreams[{i}].{note}", "unknown key"))
                 del up[note]
@@ -111,12 +113,13 @@ def _expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[st
             fields += [(f"upstreams[{i}].headers.{k}", up["headers"], k)
                        for k, v in up["headers"].items() if isinstance(v, str)]
         for path, holder, key in fields:
-            value, missing, malformed = _expand(holder[key], env)
+            values: list[str] = []
+            value, missing, malformed = _expand(holder[key], env, values)
             if malformed:
                 problems.append((path, "malformed ${...} reference (use ${NAME}, or $${ for a literal ${)"))
             elif not missing:
-                if key != "api_key" and value != holder[key]:   # its value is a secret, whatever its name
-                    up["env_headers"] = [*up.get("env_headers", []), key]
+                if key != "api_key":    # what a ${VAR} put in a header is a secret, whatever the header
+                    up["env_secrets"] = [*up.get("env_secrets", []), *values]
                 holder[key] = value
                 continue
             if enabled:

@@ -182,16 +182,17 @@ class Upstream(_Model):
     # set by the loader, not in rules.yaml: the headers of a disabled upstream left out because
     # their ${VAR} is not set (`ccswitch.enable` refuses it, as it does one without its api_key)
     unset_headers: tuple[str, ...] = ()
-    env_headers: tuple[str, ...] = ()     # and those whose value came from a ${VAR}: secrets
+    env_secrets: tuple[SecretStr, ...] = ()     # what ${VAR}s put in its headers: secrets, wherever
 
     def secret_texts(self) -> list[str]:
         """The key text of this upstream that an answer, a log line or an event may echo: its
-        api_key, its credential headers and every header set from a ${VAR}, its proxy's login."""
+        api_key, its credential headers, what every ${VAR} put in a header, its proxy's login."""
         found = [self.api_key.get_secret_value()] if self.api_key else []
         for name, value in self.headers.items():
             low = name.lower()
-            if name in self.env_headers or low in CREDENTIAL_HEADERS or any(w in low for w in CREDENTIAL_WORDS):
+            if low in CREDENTIAL_HEADERS or any(w in low for w in CREDENTIAL_WORDS):
                 found.append(credential_part(value))
+        found += [value.get_secret_value() for value in self.env_secrets]
         # the proxy's password and login, not its user name alone: a word like `developer` is
         # not a secret, and scrubbing it would cut it out of a model's answers
         proxy = self.proxy

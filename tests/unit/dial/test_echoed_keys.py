@@ -107,28 +107,29 @@ routes: {{claude: [a]}}
 
 async def test_a_header_set_from_an_environment_variable_is_a_secret_whatever_its_name(mock_a):
     from ccswitch.report.live_status import rule_secrets
-    signature = "sig-0123456789abcdef"
-    mock_a.script(status(401, body={"error": {"message": f"bad signature {signature}"}}))
+    signature, session = "sig-0123456789abcdef", "sess-SESSIONvalue456"
+    mock_a.script(status(401, body={"error": {"message": f"bad signature {signature}, session {session}"}}))
     rules = parse_rules(f"""
 {FAST}
 upstreams:
   - {{name: a, protocol: anthropic, base_url: '{mock_a.base_url}', api_key: '{KEY_A}',
-     headers: {{x-relay-sig: '${{SIG}}', x-relay-region: eu-west-1-long-name}}}}
+     headers: {{x-relay-sig: '${{SIG}}', x-data: 'id=${{SESS}};ts=1', x-relay-region: eu-west-1-long-name}}}}
 routes: {{claude: [a]}}
-""", env={"SIG": signature})
+""", env={"SIG": signature, "SESS": session})
     job, sink, _ = await run(rules)
     assert mock_a.requests[0].headers["x-relay-sig"] == signature
     recorded = (job.error or "") + json.dumps([a.describe() for a in job.attempts])
     assert signature.encode() not in sink.body and signature not in recorded
+    assert session.encode() not in sink.body and session not in recorded    # a ${VAR} inside a longer value
     assert signature in rule_secrets(rules)            # the log, the live page and notifications too
     assert "eu-west-1-long-name" not in rule_secrets(rules)   # a plain setting is not a secret
 
 
 def test_the_loaders_own_notes_are_not_settings():
     from ccswitch.config.values import RulesError
-    with pytest.raises(RulesError, match="env_headers: unknown key"):
+    with pytest.raises(RulesError, match="env_secrets: unknown key"):
         parse_rules("upstreams: [{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k-0123456789,"
-                    " env_headers: [x]}]")
+                    " env_secrets: [x]}]")
 
 
 @pytest.mark.parametrize("path,route", [("/v1/messages", "claude"), ("/v1/chat/completions", "chat")],
