@@ -434,6 +434,9 @@ class Rules(_Model):
         """True if `presented` equals a client key (constant time); True if none are configured."""
         return not self.client_keys or self.client_named(presented) is not None
 
+    def client_key_texts(self) -> list[str]:
+        return [client.get_secret_value() for client in self.client_keys]
+
     def client_named(self, presented: str | None) -> ClientKey | None:
         """The client key `presented` equals, compared in constant time with every key."""
         given = (presented or "").encode("utf-8", "surrogatepass")

@@ -53,7 +53,7 @@ from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.headers import from_wire
-from ccswitch.wire.redact import client_credential
+from ccswitch.wire.redact import client_credential, without_texts
 from ccswitch.wire.sse import is_event_stream
 
 log = logging.getLogger("ccswitch")
@@ -230,6 +230,10 @@ class Router:
             return refuse(401, "missing or invalid ccswitch client key")
         if not rules.client_keys and (refusal := origin_problem(headers, OWN_PAGES)):
             return refuse(*refusal)
+        if client is not None:      # the key goes no further, wherever else the client put it too
+            headers, path = without_texts(headers, flow.request.path, rules.client_key_texts())
+            if path != flow.request.path:
+                flow.request.path = path
         client_name = known.client = client.name if client is not None else None
         over_budget = self.client_over_budget(client_name)
         if over_budget:     # nothing is sent upstream until the budget's next period

@@ -13,7 +13,7 @@ from ccswitch.mitm.flows import LIVE_HOST, answer, error_response, likely_protoc
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.net.addresses import is_loopback
 from ccswitch.wire import headers as wire
-from ccswitch.wire.redact import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS, client_credential
+from ccswitch.wire.redact import client_credential, without_texts
 
 log = logging.getLogger("ccswitch")
 
@@ -174,26 +174,16 @@ class ClientKeyGate:
 
 
 def _drop_client_keys(request: http.Request, rules: Rules) -> None:
-    """A client key goes no further than ccswitch, wherever the client put it (`x-api-key`,
-    a Bearer token, Azure's `api-key`, `?key=`); other credentials are the client's own."""
+    """A client key goes no further than ccswitch, wherever the client put it (`x-api-key`, a
+    Bearer token, Azure's `api-key`, a cookie, `?key=`); the rest is the client's own."""
     if not rules.client_keys:
         return
-    headers = request.headers
-    for name, value in wire.from_wire(headers.fields):
-        if name.lower() in CREDENTIAL_HEADERS and rules.client_key_ok(_as_key(value)):
-            headers.pop(name, None)
-    if "?" in request.path:
-        query = request.query
-        ours = [(k, v) for k, v in query.items(multi=True)
-                if k.strip().lower() in CREDENTIAL_PARAMS and rules.client_key_ok(v.strip())]
-        if ours:
-            request.query = [(k, v) for k, v in query.items(multi=True) if (k, v) not in ours]
-
-
-def _as_key(value: str) -> str:
-    """A credential header's value as a key: a Bearer token without its scheme."""
-    value = value.strip()
-    return value[7:].strip() if value[:7].lower() == "bearer " else value
+    fields = wire.from_wire(request.headers.fields)
+    kept, path = without_texts(fields, request.path, rules.client_key_texts())
+    if len(kept) != len(fields):
+        request.headers.fields = tuple(wire.to_wire(kept))
+    if path != request.path:
+        request.path = path
 
 
 class InterceptScope:

@@ -3,6 +3,7 @@ upstream key text an upstream echoes back (scrubbed before anything reaches a cl
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import string
@@ -22,6 +23,37 @@ CREDENTIAL_PARAMS = frozenset({"key", "api_key", "api-key", "apikey", "access_to
 def param_name(pair: str) -> str:
     """The name of one `name=value` piece of a query string, decoded, in lower case."""
     return unquote_plus(pair.partition("=")[0]).strip().lower()
+
+
+def holds_any(value: str, texts: list[str]) -> bool:
+    """Whether a header or parameter value carries one of `texts` (client keys) in any spelling a
+    client may use: as it is (`Bearer`, `Token`, a tab, a cookie's `key=...`), percent-encoded,
+    or inside HTTP Basic's base64."""
+    texts = [text for text in texts if len(text) >= _SHORTEST_SECRET]
+    if any(text in value for text in texts):
+        return True
+    if ("%" in value or "+" in value) and any(text in unquote_plus(value) for text in texts):
+        return True
+    scheme, _, rest = value.strip().partition(" ")
+    if scheme.lower() == "basic" and rest:
+        try:
+            login = base64.b64decode(rest.strip(), validate=True).decode("utf-8", "replace")
+        except ValueError:
+            return False
+        return any(text in login for text in texts)
+    return False
+
+
+def without_texts(headers: list[tuple[str, str]], target: str,
+                  texts: list[str]) -> tuple[list[tuple[str, str]], str]:
+    """`headers` and `target` (a URL or a path) without any header or query parameter that
+    carries one of `texts`."""
+    kept = [(name, value) for name, value in headers if not holds_any(value, texts)]
+    base, mark, query = target.partition("?")
+    if mark:
+        query = "&".join(pair for pair in query.split("&") if not holds_any(pair, texts))
+        target = f"{base}?{query}" if query else base
+    return kept, target
 
 
 def without_credential_params(query: str) -> str:

@@ -50,7 +50,7 @@ async def test_an_upgrade_is_handed_to_the_bridge_with_a_ticket(gateway):
     ticket = router.sockets.bridge._tickets[token]
     kept = dict(ticket.context.headers)
     assert kept["session-id"] == "codex-session-1" and "sec-websocket-key" not in kept and "upgrade" not in kept
-    assert kept["x-api-key"] == CLIENT_KEY                      # the bridge's copy, for its turns
+    assert "x-api-key" not in kept                              # a client key goes no further than ccswitch
     assert flow.request.headers["x-api-key"] == flow.request.headers["cookie"] == "<redacted>"   # the flow's
     assert flow.comment == "ccswitch: Codex WebSocket bridged"
 

@@ -66,8 +66,23 @@ async def test_routed_flow_goes_to_the_relay_with_credentials_redacted(router):
     assert flow.request.headers["x-api-key"] == "<redacted>" and flow.request.headers["cookie"] == "<redacted>"
     job = router.jobs[flow.id]
     assert flow.request.headers[JOB_HEADER] == job.token
-    assert ("x-api-key", CLIENT_KEY) in job.request.headers   # kept for auth: client, off the flow
+    assert CLIENT_KEY not in repr(job.request.headers)        # a client key goes no further than ccswitch
     assert [u.name for u in job.candidates] == ["a"]
+
+
+async def test_a_client_key_goes_no_further_wherever_else_the_client_put_it(router):
+    import base64
+    encoded = CLIENT_KEY.replace("-", "%2D")
+    flow = messages_flow(path=f"/v1/messages?beta=true&token={CLIENT_KEY}&x=1;key={CLIENT_KEY}&q={encoded}")
+    basic = base64.b64encode(f"{CLIENT_KEY}:".encode()).decode()
+    flow.request.headers.update({"x_api_key": CLIENT_KEY, "authorization": f"Bearer\t{CLIENT_KEY}",
+                                 "proxy-token": f"Basic {basic}", "x-trace": "keep-me"})
+    await router.request(flow)
+    job = router.jobs[flow.id]
+    assert CLIENT_KEY not in repr(job.request.headers) and CLIENT_KEY not in job.request.url
+    assert basic not in repr(job.request.headers) and "%2D" not in job.request.url
+    assert ("x-trace", "keep-me") in job.request.headers and "beta=true" in job.request.url
+    assert CLIENT_KEY not in flow.request.path
 
 
 async def test_wrong_client_key_is_401_in_client_format_and_nothing_forwarded(router):

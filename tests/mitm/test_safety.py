@@ -200,11 +200,15 @@ def test_a_client_key_is_never_passed_on_even_on_loopback(gate):
 
 
 def test_a_client_key_is_not_passed_on_wherever_the_client_put_it(gate):
+    import base64
     flow = flow_on("regular", peer=("127.0.0.1", 5000), host="api.anthropic.com",
-                   path=f"/v1/models?key={CLIENT_KEY}&beta=true&KEY=their-own-key-123",
-                   headers=[("api-key", CLIENT_KEY), ("x-goog-api-key", f" {CLIENT_KEY} "), ("x-trace", "1")])
+                   path=f"/v1/models?key={CLIENT_KEY}&beta=true&KEY=their-own-key-123&token={CLIENT_KEY}",
+                   headers=[("api-key", CLIENT_KEY), ("x-goog-api-key", f" {CLIENT_KEY} "), ("x-trace", "1"),
+                            ("authorization", f"Token {CLIENT_KEY}"), ("cookie", f"theme=dark; key={CLIENT_KEY}"),
+                            ("proxy-authorization", "Basic " + base64.b64encode(f"{CLIENT_KEY}:".encode()).decode())])
     gate.request(flow)
     assert flow.response is None and CLIENT_KEY not in repr(flow.request.headers.fields)
+    assert [name for name, _ in flow.request.headers.items()] == ["x-trace"]
     assert CLIENT_KEY not in flow.request.path and flow.request.headers["x-trace"] == "1"
     assert flow.request.query.get_all("beta") == ["true"] and flow.request.query.get_all("KEY") == ["their-own-key-123"]
 
