@@ -4,6 +4,7 @@ message ccswitch answers with, or None."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from urllib.parse import urlsplit
 
@@ -34,13 +35,26 @@ def origin_problem(headers: list[tuple[str, str]], ours: frozenset[str] = frozen
     if origin is None:
         return None
     try:
-        host = urlsplit(origin).hostname or ""
+        host = (urlsplit(origin).hostname or "").rstrip(".")    # `localhost.` is localhost
     except ValueError:
         host = ""
-    if is_loopback(host) or host.endswith(".localhost") or host in ours:
+    if _this_machine(host) or host.endswith(".localhost") or host in ours:
         return None
     return 403, (f"ccswitch does not serve web pages of other sites (Origin: {origin[:100]}); "
                  "set client_keys in rules.yaml to let a browser client in with a key")
+
+
+def _this_machine(host: str) -> bool:
+    """Loopback, also as an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`), or `0.0.0.0`, which
+    browsers send to this machine."""
+    if is_loopback(host):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_unspecified or (mapped is not None and mapped.is_loopback)
 
 
 def body_problem(content_type: str, size: int, max_body: int) -> tuple[int, str] | None:

@@ -24,3 +24,19 @@ def test_a_br_or_zstd_client_body_is_inflated_within_the_limit(encoding):
     finally:
         tracemalloc.stop()
     assert peak < 3 * limit + len(raw), f"{peak} bytes allocated on the way"
+
+
+@pytest.mark.parametrize("origin,refused", [
+    (None, False), ("http://localhost:5173", False), ("http://127.0.0.1:8082", False), ("http://[::1]:3000", False),
+    ("http://localhost.:8082", False), ("http://[::ffff:127.0.0.1]:8082", False), ("http://0.0.0.0:8082", False),
+    ("http://app.localhost", False), ("https://ccswitch", False),
+    ("https://evil.example", True), ("null", True), ("http://127.0.0.1.evil.example", True),
+    ("http://localhost.evil.example", True), ("file://", True), ("chrome-extension://abc", True), ("", True),
+])
+def test_a_page_of_another_site_is_told_from_this_machines(origin, refused):
+    from ccswitch.routing.admission import origin_problem
+    headers = [("content-type", "application/json")] + ([("Origin", origin)] if origin is not None else [])
+    problem = origin_problem(headers, frozenset({"ccswitch"}))
+    assert (problem is not None) is refused
+    if refused:
+        assert problem[0] == 403 and "client_keys" in problem[1]
