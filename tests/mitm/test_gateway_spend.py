@@ -23,9 +23,12 @@ routes: {{claude: [a]}}
 
 async def test_an_unreadable_ledger_is_read_once_it_can_be(gateway, monkeypatch, caplog):
     started = utc_now()
+    # a row of today's, a few minutes before the start (but not before midnight: then yesterday's)
+    midnight = started.astimezone(gateway.rules.tz).replace(hour=0, minute=0, second=0, microsecond=0)
+    earlier = max(started - timedelta(minutes=5), midnight)
     answers = [LedgerSpend(error="cannot connect to 127.0.0.1:5432"),
                LedgerSpend(error="cannot connect to 127.0.0.1:5432"),
-               LedgerSpend(rows=[(started - timedelta(minutes=5), "a", "alice", 2.5)])]
+               LedgerSpend(rows=[(earlier, "a", "alice", 2.5)])]
     asked = []
 
     def ledger_spend(target, rules, since, until):
