@@ -16,7 +16,7 @@ from ccswitch.routing.classify import classify
 from ccswitch.vocab import CLIENT_PROTOCOL, Protocol
 from ccswitch.wire import protocols
 from ccswitch.wire.headers import to_wire
-from ccswitch.wire.redact import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS, REDACTED
+from ccswitch.wire.redact import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS, REDACTED, holds_any
 
 #: the host whose every path the proxy answers itself with the live page (as mitmproxy does `mitm.it`)
 LIVE_HOST = "ccswitch"
@@ -126,6 +126,15 @@ def redact_credentials(request: http.Request) -> None:
         query = request.query
         for name in {name for name in query.keys() if name.strip().lower() in CREDENTIAL_PARAMS}:
             query[name] = REDACTED      # all its values, as one
+
+
+def redact_holding(headers: http.Headers, texts: list[str]) -> None:
+    """Any header that holds one of `texts` (a client key under another name) as `<redacted>`."""
+    fields = headers.fields
+    found = [holds_any(value.decode("latin-1"), texts) for _, value in fields]
+    if any(found):
+        headers.fields = tuple((name, REDACTED.encode() if hit else value)
+                               for (name, value), hit in zip(fields, found, strict=True))
 
 
 def _redact_headers(headers: http.Headers) -> None:

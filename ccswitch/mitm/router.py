@@ -36,6 +36,7 @@ from ccswitch.mitm.flows import (
     likely_protocol,
     point_at,
     redact_credentials,
+    redact_holding,
     restore_body,
     whole_response,
 )
@@ -231,9 +232,11 @@ class Router:
         if not rules.client_keys and (refusal := origin_problem(headers, OWN_PAGES)):
             return refuse(*refusal)
         if client is not None:      # the key goes no further, wherever else the client put it too
-            headers, path = without_texts(headers, flow.request.path, rules.client_key_texts())
+            keys = rules.client_key_texts()
+            headers, path = without_texts(headers, flow.request.path, keys)
             if path != flow.request.path:
                 flow.request.path = path
+            redact_holding(flow.request.headers, keys)     # nor on the flow (mitmweb, -w)
         client_name = known.client = client.name if client is not None else None
         over_budget = self.client_over_budget(client_name)
         if over_budget:     # nothing is sent upstream until the budget's next period

@@ -82,7 +82,8 @@ async def test_a_client_key_goes_no_further_wherever_else_the_client_put_it(rout
     assert CLIENT_KEY not in repr(job.request.headers) and CLIENT_KEY not in job.request.url
     assert basic not in repr(job.request.headers) and "%2D" not in job.request.url
     assert ("x-trace", "keep-me") in job.request.headers and "beta=true" in job.request.url
-    assert CLIENT_KEY not in flow.request.path
+    assert CLIENT_KEY not in flow.request.path and CLIENT_KEY not in repr(flow.request.headers.fields)
+    assert flow.request.headers["x_api_key"] == "<redacted>"
 
 
 async def test_wrong_client_key_is_401_in_client_format_and_nothing_forwarded(router):
