@@ -86,7 +86,7 @@ class LedgerReader:
             raise self._failed("read", exc) from exc
 
     def _failed(self, doing: str, exc: BaseException) -> LedgerReadError:
-        return LedgerReadError(self._scrub(f"cannot {doing} {self.label}: {type(exc).__name__}: {exc}"))
+        return LedgerReadError(self._scrub(" ".join(f"cannot {doing} {self.label}: {type(exc).__name__}: {exc}".split())))
 
 
 def _postgres() -> Any:
@@ -119,7 +119,8 @@ def open_reader(target: Path | PostgresURL, *, timeout: float = 5.0) -> LedgerRe
         except postgres.DriverMissing as exc:
             raise LedgerReadError(str(exc)) from None
         except postgres.driver().Error as exc:
-            raise LedgerReadError(target.scrub(f"cannot connect to {label}: {type(exc).__name__}: {exc}")) from None
+            raise LedgerReadError(target.scrub(" ".join(f"cannot connect to {label}: {type(exc).__name__}: {exc}"
+                                                        .split()))) from None
         return LedgerReader(conn, schema.POSTGRESQL, label, target.scrub)
     try:
         conn = schema.connect(str(target), readonly=True, timeout=timeout)

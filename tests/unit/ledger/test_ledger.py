@@ -234,3 +234,11 @@ def test_a_read_only_open_takes_the_path_as_written(tmp_path, directory):
         reader.execute("DELETE FROM requests")
     reader.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == [directory]     # no stray file beside it
+
+
+def test_a_database_error_is_told_on_one_line(tmp_path):
+    # libpq's messages run over lines ("connection failed\n\tIs the server running...")
+    from ccswitch.ledger.backend import SQLiteBackend
+    backend = SQLiteBackend(tmp_path / "usage.db", {})
+    said = backend.describe(OSError('connection to server at "127.0.0.1", port 5432 failed:\n\tConnection refused'))
+    assert said == 'OSError: connection to server at "127.0.0.1", port 5432 failed: Connection refused'
