@@ -24,7 +24,6 @@ from ccswitch.dial.ws_bridge import TICKET_HEADER
 from ccswitch.ledger.rows import own_answer_row
 from ccswitch.mitm.codex_socket import CodexSockets
 from ccswitch.mitm.flows import (
-    OWN_PAGES,
     ClientWatch,
     HeldBody,
     StreamCopy,
@@ -229,7 +228,7 @@ class Router:
         client = rules.client_named(client_credential(headers)) if rules.client_keys else None
         if rules.client_keys and client is None:
             return refuse(401, "missing or invalid ccswitch client key")
-        if not rules.client_keys and (refusal := origin_problem(headers, OWN_PAGES)):
+        if not rules.client_keys and (refusal := origin_problem(headers)):   # the live page posts nothing
             return refuse(*refusal)
         if client is not None:      # the key goes no further, wherever else the client put it too
             keys = rules.client_key_texts()

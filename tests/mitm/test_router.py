@@ -200,10 +200,13 @@ async def test_without_client_keys_a_web_page_of_another_site_is_refused_posts_a
         local = messages_flow(key="")
         local.request.headers["origin"] = "http://localhost:5173"
         await r.request(local)
-    for refused in (page, socket):
+        named = messages_flow(key="")      # the live page's own name: it posts nothing to the APIs
+        named.request.headers["origin"] = "http://ccswitch"
+        await r.request(named)
+    for refused in (page, socket, named):
         assert refused.response.status_code == 403 and "Origin" in refused.response.text
         assert refused.id not in r.jobs
-    assert [row["status"] for row in rows] == [403, 403]
+    assert [row["status"] for row in rows] == [403, 403, 403]
     assert local.response is None and local.id in r.jobs      # a page on this machine is the user's own
 
 
