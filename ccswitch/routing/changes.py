@@ -153,6 +153,8 @@ Feed = Callable[[Change], None]
 _TYPES = {"health": HealthChange, "switch": SwitchChange, "prefer": PreferChange, "window": WindowChange,
           "forget": QuotaForget, "bind": BindChange, "spend": SpendTotal, "spend+": SpendAdded}
 _TAGS = {cls: tag for tag, cls in _TYPES.items()}
+# each record type's (field, annotation) pairs, read once: a reconnect decodes every stored record
+_FIELDS = {cls: tuple((f.name, str(f.type)) for f in fields(cls)) for cls in _TYPES.values()}
 _MAX_TEXT = 500     # a last error is cut to this: it travels in every health record
 
 
@@ -202,10 +204,10 @@ def decode(data: object) -> Change:
     if cls is None:
         raise ValueError("unknown change type")
     values = {}
-    for f in fields(cls):
-        if f.name not in data:
-            raise ValueError(f"field {f.name} is missing")
-        values[f.name] = _check(f.name, data[f.name], str(f.type))
+    for name, annotation in _FIELDS[cls]:
+        if name not in data:
+            raise ValueError(f"field {name} is missing")
+        values[name] = _check(name, data[name], annotation)
     return cls(**values)
 
 

@@ -42,6 +42,7 @@ log = logging.getLogger("ccswitch.state")
 MAX_PENDING = 20_000     # records queued for Redis at most (beyond it the oldest is dropped)
 BATCH = 500              # records per write and per message
 PING_EVERY = 5.0         # an idle connection is checked this often
+_PARSE_SLICE = 500     # stored records parsed between two turns of the loop
 STOP_FLUSH = 2.0         # what is still queued at shutdown gets this long
 _OUTAGES = (RedisError, OSError, asyncio.TimeoutError)
 
@@ -261,7 +262,9 @@ class RedisState:
                     pipe.hgetall(key)
                 values += await pipe.execute()
         now, found = self.wall(), []
-        for key, value in zip(plain + hashes, values, strict=True):
+        for i, (key, value) in enumerate(zip(plain + hashes, values, strict=True)):
+            if i % _PARSE_SLICE == _PARSE_SLICE - 1:
+                await asyncio.sleep(0)      # tens of thousands of records: requests go on meanwhile
             try:
                 found += layout.read_back(key, value, now)
             except ValueError:
