@@ -193,10 +193,7 @@ class Upstream(_Model):
             if low in CREDENTIAL_HEADERS or any(w in low for w in CREDENTIAL_WORDS):
                 found.append(credential_part(value))
         found += [value.get_secret_value() for value in self.env_secrets]
-        # the proxy's password and login, not its user name alone: a word like `developer` is
-        # not a secret, and scrubbing it would cut it out of a model's answers
-        proxy = self.proxy
-        return found + ([s for s in proxy.secrets() if s != proxy.username] if proxy is not None else [])
+        return found + (self.proxy.secrets(user=False) if self.proxy is not None else [])
 
     def lacks(self) -> str | None:
         """What a disabled upstream lacks to be sent anything (its ${VAR}s unset), or None."""

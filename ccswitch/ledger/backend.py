@@ -46,8 +46,13 @@ class Backend(ABC):
         """Drop the connection, if any."""
 
     def describe(self, exc: BaseException) -> str:
-        """``exc`` for a log line: one line (libpq's messages hold newlines and tabs)."""
-        return " ".join(f"{type(exc).__name__}: {exc}".split())
+        """``exc`` for a log line."""
+        return error_text(exc)
+
+
+def error_text(exc: BaseException) -> str:
+    """A database error on one line (libpq's messages hold newlines and tabs)."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 def insert_sql(table: str, columns: tuple[str, ...], placeholder: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ccswitch.config.database_url import PostgresURL
 from ccswitch.ledger import schema
+from ccswitch.ledger.backend import error_text
 
 
 class LedgerReadError(Exception):
@@ -86,7 +87,7 @@ class LedgerReader:
             raise self._failed("read", exc) from exc
 
     def _failed(self, doing: str, exc: BaseException) -> LedgerReadError:
-        return LedgerReadError(self._scrub(" ".join(f"cannot {doing} {self.label}: {type(exc).__name__}: {exc}".split())))
+        return LedgerReadError(self._scrub(f"cannot {doing} {self.label}: {error_text(exc)}"))
 
 
 def _postgres() -> Any:
@@ -119,8 +120,7 @@ def open_reader(target: Path | PostgresURL, *, timeout: float = 5.0) -> LedgerRe
         except postgres.DriverMissing as exc:
             raise LedgerReadError(str(exc)) from None
         except postgres.driver().Error as exc:
-            raise LedgerReadError(target.scrub(" ".join(f"cannot connect to {label}: {type(exc).__name__}: {exc}"
-                                                        .split()))) from None
+            raise LedgerReadError(target.scrub(f"cannot connect to {label}: {error_text(exc)}")) from None
         return LedgerReader(conn, schema.POSTGRESQL, label, target.scrub)
     try:
         conn = schema.connect(str(target), readonly=True, timeout=timeout)

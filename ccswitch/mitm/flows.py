@@ -16,11 +16,10 @@ from ccswitch.routing.classify import classify
 from ccswitch.vocab import CLIENT_PROTOCOL, Protocol
 from ccswitch.wire import protocols
 from ccswitch.wire.headers import to_wire
-from ccswitch.wire.redact import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS, REDACTED, holds_any
+from ccswitch.wire.redact import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS, REDACTED
 
 #: the host whose every path the proxy answers itself with the live page (as mitmproxy does `mitm.it`)
 LIVE_HOST = "ccswitch"
-OWN_PAGES = frozenset({LIVE_HOST})     # origins of pages ccswitch serves itself (the live page)
 
 
 def flows_are_kept(master, options) -> bool:
@@ -128,13 +127,10 @@ def redact_credentials(request: http.Request) -> None:
             query[name] = REDACTED      # all its values, as one
 
 
-def redact_holding(headers: http.Headers, texts: list[str]) -> None:
-    """Any header that holds one of `texts` (a client key under another name) as `<redacted>`."""
-    fields = headers.fields
-    found = [holds_any(value.decode("latin-1"), texts) for _, value in fields]
-    if any(found):
-        headers.fields = tuple((name, REDACTED.encode() if hit else value)
-                               for (name, value), hit in zip(fields, found, strict=True))
+def redact_fields(headers: http.Headers, which: list[bool]) -> None:
+    """The headers `which` marks (by position) as `<redacted>`."""
+    headers.fields = tuple((name, REDACTED.encode() if hit else value)
+                           for (name, value), hit in zip(headers.fields, which, strict=True))
 
 
 def _redact_headers(headers: http.Headers) -> None:

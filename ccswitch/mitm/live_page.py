@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from mitmproxy import ctx, http
 from mitmproxy.proxy import mode_specs
 
-from ccswitch.mitm.flows import LIVE_HOST, OWN_PAGES, answer, redact_credentials
+from ccswitch.mitm.flows import LIVE_HOST, answer, redact_credentials
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.safety import beyond_loopback
 from ccswitch.report.live_html import CONTENT_SECURITY_POLICY, page_html
@@ -30,6 +30,7 @@ from ccswitch.wire.exchange import json_bytes
 from ccswitch.wire.redact import client_credential
 
 log = logging.getLogger("ccswitch")
+_OWN_PAGES = frozenset({LIVE_HOST})     # a page's own requests come from its own origin
 
 PREFIX = "/_ccswitch"
 KEY_PARAM = "key"
@@ -62,10 +63,10 @@ class LivePage:
             return
         allowed = self._allowed(flow)
         self._hide_key(flow)
-        headers = wire.from_wire(flow.request.headers.fields)
-        foreign = None if self.gateway.rules.client_keys else origin_problem(headers, OWN_PAGES)
-        if foreign is not None:
-            return answer(flow, _text(foreign[0], foreign[1] + "\n"))
+        if not self.gateway.rules.client_keys:      # with client keys, the key decides
+            foreign = origin_problem(wire.from_wire(flow.request.headers.fields), _OWN_PAGES)
+            if foreign is not None:
+                return answer(flow, _text(foreign[0], foreign[1] + "\n"))
         if not allowed:
             return answer(flow, _text(401, "this page needs a ccswitch client key: send it as x-api-key or "
                                             "Authorization: Bearer, or open /_ccswitch/?key=YOUR_CLIENT_KEY\n"))

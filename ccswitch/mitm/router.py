@@ -35,7 +35,7 @@ from ccswitch.mitm.flows import (
     likely_protocol,
     point_at,
     redact_credentials,
-    redact_holding,
+    redact_fields,
     restore_body,
     whole_response,
 )
@@ -53,7 +53,7 @@ from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.headers import from_wire
-from ccswitch.wire.redact import client_credential, without_texts
+from ccswitch.wire.redact import client_credential, holding, path_without
 from ccswitch.wire.sse import is_event_stream
 
 log = logging.getLogger("ccswitch")
@@ -232,10 +232,12 @@ class Router:
             return refuse(*refusal)
         if client is not None:      # the key goes no further, wherever else the client put it too
             keys = rules.client_key_texts()
-            headers, path = without_texts(headers, flow.request.path, keys)
-            if path != flow.request.path:
+            held = holding(headers, keys)
+            if any(held):
+                headers = [field for field, hit in zip(headers, held, strict=True) if not hit]
+                redact_fields(flow.request.headers, held)     # nor on the flow (mitmweb, -w)
+            if (path := path_without(flow.request.path, keys)) != flow.request.path:
                 flow.request.path = path
-            redact_holding(flow.request.headers, keys)     # nor on the flow (mitmweb, -w)
         client_name = known.client = client.name if client is not None else None
         over_budget = self.client_over_budget(client_name)
         if over_budget:     # nothing is sent upstream until the budget's next period

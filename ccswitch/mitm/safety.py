@@ -13,7 +13,7 @@ from ccswitch.mitm.flows import LIVE_HOST, answer, error_response, likely_protoc
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.net.addresses import is_loopback
 from ccswitch.wire import headers as wire
-from ccswitch.wire.redact import client_credential, without_texts
+from ccswitch.wire.redact import client_credential, holding, path_without
 
 log = logging.getLogger("ccswitch")
 
@@ -178,11 +178,12 @@ def _drop_client_keys(request: http.Request, rules: Rules) -> None:
     Bearer token, Azure's `api-key`, a cookie, `?key=`); the rest is the client's own."""
     if not rules.client_keys:
         return
-    fields = wire.from_wire(request.headers.fields)
-    kept, path = without_texts(fields, request.path, rules.client_key_texts())
-    if len(kept) != len(fields):
-        request.headers.fields = tuple(wire.to_wire(kept))
-    if path != request.path:
+    keys = rules.client_key_texts()
+    held = holding(wire.from_wire(request.headers.fields), keys)
+    if any(held):
+        request.headers.fields = tuple(field for field, hit in zip(request.headers.fields, held, strict=True)
+                                       if not hit)
+    if (path := path_without(request.path, keys)) != request.path:
         request.path = path
 
 

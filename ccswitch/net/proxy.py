@@ -53,12 +53,13 @@ class Proxy:
         """socks5h and HTTP CONNECT send the host name; socks5 sends an address resolved here."""
         return self.scheme != "socks5"
 
-    def secrets(self) -> list[str]:
+    def secrets(self, *, user: bool = True) -> list[str]:
         """Its login as text may show it: whole as HTTP Basic sends it (a proxy's refusal may
-        quote its Proxy-Authorization), then each part."""
+        quote its Proxy-Authorization), then each part; `user=False` leaves out the user name
+        alone (a word like `developer` is no secret where a model's answer may hold it)."""
         basic = [base64.b64encode(f"{self.username}:{self.password}".encode()).decode()] \
             if self.scheme == "http" and self.username else []
-        return basic + [s for s in (self.password, self.username) if s]
+        return basic + [s for s in (self.password, self.username if user else None) if s]
 
     def __repr__(self) -> str:
         return f"Proxy({self.shown})"

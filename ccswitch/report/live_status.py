@@ -52,7 +52,7 @@ def rule_secrets(rules: Rules) -> list[str]:
     """Every key text the rules hold: each upstream's (keys, secret headers, proxy logins) and
     the client keys."""
     found = [text for upstream in rules.upstreams for text in upstream.secret_texts()]
-    return found + [key.get_secret_value() for key in rules.client_keys]
+    return found + rules.client_key_texts()
 
 
 def clean_text(text: str | None, secrets: list[str]) -> str | None:
@@ -93,9 +93,10 @@ def live_status(board: LiveBoard, views: list[UpstreamView], rules: Rules, now: 
     secrets = rule_secrets(rules)
     tz = now.tzinfo
     since = board.since(tz)
+    stamp = now.isoformat(timespec="seconds")
     return {
-        "now": now.isoformat(timespec="seconds"), "time": f"{now:%H:%M:%S}", "timezone": now.strftime("%Z"),
-        "zone": rules.timezone or getattr(tz, "key", None), "utc_offset": now.isoformat(timespec="seconds")[19:] or None,
+        "now": stamp, "time": f"{now:%H:%M:%S}", "timezone": now.strftime("%Z"),
+        "zone": rules.timezone or getattr(tz, "key", None), "utc_offset": stamp[19:] or None,
         "started": datetime.fromtimestamp(board.started, tz).isoformat(timespec="seconds"),
         "preferring": next((v.name for v in views if v.preferred), None),
         "upstreams": [_view_dict(v, now) for v in views],

@@ -20,16 +20,42 @@ CREDENTIAL_HEADERS = frozenset({
 CREDENTIAL_PARAMS = frozenset({"key", "api_key", "api-key", "apikey", "access_token"})
 
 
-def param_name(pair: str) -> str:
-    """The name of one `name=value` piece of a query string, decoded, in lower case."""
-    return unquote_plus(pair.partition("=")[0]).strip().lower()
+def _query_without(query: str, drop) -> str:
+    """A query string without the `name=value` pieces `drop` says, the rest exactly as written."""
+    return "&".join(pair for pair in query.split("&") if not drop(pair))
 
 
-def holds_any(value: str, texts: list[str]) -> bool:
-    """Whether a header or parameter value carries one of `texts` (client keys) in any spelling a
-    client may use: as it is (`Bearer`, `Token`, a tab, a cookie's `key=...`), percent-encoded,
-    or inside HTTP Basic's base64."""
-    texts = [text for text in texts if len(text) >= _SHORTEST_SECRET]
+def without_credential_params(query: str) -> str:
+    """The query string without its key-carrying parameters."""
+    if not query:
+        return query
+    return _query_without(query, lambda pair: unquote_plus(pair.partition("=")[0]).strip().lower()
+                          in CREDENTIAL_PARAMS)
+
+
+def holding(headers: list[tuple[str, str]], texts: list[str]) -> list[bool]:
+    """For each header, whether it carries one of `texts` (client keys): the headers to leave out."""
+    texts = _worth_finding(texts)
+    return [_holds(value, texts) for _, value in headers]
+
+
+def path_without(target: str, texts: list[str]) -> str:
+    """`target` (a URL or a path) without the query parameters that carry one of `texts`."""
+    base, mark, query = target.partition("?")
+    if not mark:
+        return target
+    texts = _worth_finding(texts)
+    query = _query_without(query, lambda pair: _holds(pair, texts))
+    return f"{base}?{query}" if query else base
+
+
+def _worth_finding(texts: list[str]) -> list[str]:
+    return [text for text in texts if len(text) >= _SHORTEST_SECRET]
+
+
+def _holds(value: str, texts: list[str]) -> bool:
+    """Whether `value` carries one of `texts` in any spelling a client may use: as it is (`Bearer`,
+    `Token`, a tab, a cookie's `key=...`), percent-encoded, or inside HTTP Basic's base64."""
     if any(text in value for text in texts):
         return True
     if ("%" in value or "+" in value) and any(text in unquote_plus(value) for text in texts):
@@ -42,25 +68,6 @@ def holds_any(value: str, texts: list[str]) -> bool:
             return False
         return any(text in login for text in texts)
     return False
-
-
-def without_texts(headers: list[tuple[str, str]], target: str,
-                  texts: list[str]) -> tuple[list[tuple[str, str]], str]:
-    """`headers` and `target` (a URL or a path) without any header or query parameter that
-    carries one of `texts`."""
-    kept = [(name, value) for name, value in headers if not holds_any(value, texts)]
-    base, mark, query = target.partition("?")
-    if mark:
-        query = "&".join(pair for pair in query.split("&") if not holds_any(pair, texts))
-        target = f"{base}?{query}" if query else base
-    return kept, target
-
-
-def without_credential_params(query: str) -> str:
-    """The query string without its key-carrying parameters, the rest exactly as written."""
-    if not query:
-        return query
-    return "&".join(pair for pair in query.split("&") if param_name(pair) not in CREDENTIAL_PARAMS)
 
 
 REDACTED = "<redacted>"
