@@ -66,7 +66,7 @@ class CodexSockets:
         model = body.get("model")
         session = session_key(context.headers, body)
         refusal = None
-        over_budget = self.router.client_over_budget(context.client)
+        over_budget = self.router.planner.client_over_budget(context.client)
         if over_budget:
             refusal = over_budget[:2]
         elif not isinstance(model, str) or not model:
@@ -78,7 +78,8 @@ class CodexSockets:
                                 headers=context.headers, body=json.dumps(body).encode(), json=body, model=model,
                                 stream=True, client_protocol=Protocol.RESPONSES)
             try:
-                job = self.router.plan_job(req, f"{context.flow.id}#{ticket.turns}", context.client, session)
+                job = self.router.planner.plan_job(req, f"{context.flow.id}#{ticket.turns}", context.client,
+                                                   session, shown=self.router.flows_shown)
             except Exception:   # a bug of ours: this turn's error frame and row, the socket goes on
                 log.exception("ccswitch: a Codex WebSocket turn failed inside ccswitch")
                 job = 500, "ccswitch failed on this turn (an internal error: its log has the details)"

@@ -1,6 +1,7 @@
 """What ccswitch writes onto a mitmproxy flow itself: its own answers, in the API the client
 speaks, credentials shown as `<redacted>` (in mitmweb and `mitmdump -w` files), the body held
-back from the relay hop and the copy of a streamed answer; and the watch on a flow's client."""
+back from the relay hop, the copy of a streamed answer and what became of a routed request;
+and the watch on a flow's client."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from mitmproxy import http
 from mitmproxy.net.http import status_codes, url
 from mitmproxy.utils.strutils import always_str
 
+from ccswitch.dial.job import Job
+from ccswitch.dial.render import upstream_url
 from ccswitch.routing.classify import classify
 from ccswitch.vocab import CLIENT_PROTOCOL, Protocol
 from ccswitch.wire import protocols
@@ -192,3 +195,26 @@ class StreamCopy:
         response.content = bytes(self.kept)
         if self.total > len(self.kept):
             response.headers["x-ccswitch-kept"] = f"first {len(self.kept)} of {self.total} bytes"
+
+
+def show_outcome(flow: http.HTTPFlow, job: Job) -> None:
+    """What became of a routed flow, for whoever inspects it: pointed at the upstream that
+    answered, the attempts in its comment (marked when it failed over) and metadata, the body
+    that upstream got in the request tab, and the kept copy of a streamed answer."""
+    if job.upstream:
+        upstream = job.rules.upstream(job.upstream)
+        point_at(flow.request, upstream_url(upstream, job.request))
+        redact_credentials(flow.request)    # a `?key=` kept for `auth: client`
+    flow.comment = job.comment()
+    if job.failed_over:
+        flow.marked = ":warning:"
+    meta = flow.metadata["ccswitch"]
+    meta.update(upstream=job.upstream, upstream_model=job.upstream_model,
+                attempts=[a.describe() for a in job.attempts], error=job.error)
+    if job.sent_body is not None and job.sent_body != flow.request.raw_content:
+        # the request tab shows what the upstream got; the client's own body stays in the metadata
+        meta["client_body"] = flow.request.get_text(strict=False)
+        flow.request.headers.pop("content-encoding", None)
+        flow.request.content = job.sent_body
+    if isinstance(flow.response and flow.response.stream, StreamCopy):
+        flow.response.stream.keep_on(flow.response)

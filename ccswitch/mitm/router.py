@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
@@ -18,7 +17,6 @@ from ccswitch.config.models import Rules
 from ccswitch.dial.dialer import Dialer
 from ccswitch.dial.job import Job
 from ccswitch.dial.relay import JOB_HEADER, BufferSink, Relay, run_guarded
-from ccswitch.dial.render import upstream_url
 from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_proxy_connections
 from ccswitch.dial.ws_bridge import TICKET_HEADER
 from ccswitch.ledger.rows import own_answer_row
@@ -33,24 +31,20 @@ from ccswitch.mitm.flows import (
     flows_are_kept,
     hold_body,
     likely_protocol,
-    point_at,
     redact_credentials,
     redact_fields,
     restore_body,
+    show_outcome,
     whole_response,
 )
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.mitm.lifecycle import hook_task, stopping
+from ccswitch.mitm.planner import Planner
 from ccswitch.net import http1
 from ccswitch.routing.admission import body_problem, decoded_body, header_problem, origin_problem, parse_body
 from ccswitch.routing.affinity import session_key
-from ccswitch.routing.budget import CLIENT
 from ccswitch.routing.classify import RouteMatch, classify
-from ccswitch.routing.events import Event
-from ccswitch.routing.plan import plan
-from ccswitch.translate import convert_for_candidates
 from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint
-from ccswitch.wire import protocols
 from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.headers import from_wire
 from ccswitch.wire.redact import client_credential, holding, path_without
@@ -74,6 +68,7 @@ class Router:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.planner = Planner(gateway)
         self.dialer: Dialer | None = None
         self.relay: Relay | None = None
         self.failed_to_start = False    # the dialer, the relay or the socket bridge did not come up
@@ -239,7 +234,7 @@ class Router:
             if (path := path_without(flow.request.path, keys)) != flow.request.path:
                 flow.request.path = path
         client_name = known.client = client.name if client is not None else None
-        over_budget = self.client_over_budget(client_name)
+        over_budget = self.planner.client_over_budget(client_name)
         if over_budget:     # nothing is sent upstream until the budget's next period
             return refuse(*over_budget)
         if match.endpoint == Endpoint.WEBSOCKET:
@@ -270,7 +265,7 @@ class Router:
         req = ClientRequest(route=match.route, endpoint=match.endpoint, method="POST",
                             url=flow.request.url, headers=headers, body=raw, json=body, model=model,
                             stream=body.get("stream") is True, client_protocol=client_protocol)
-        job = self.plan_job(req, flow.id, client_name, session)
+        job = self.planner.plan_job(req, flow.id, client_name, session, shown=self.flows_shown)
         if not isinstance(job, Job):
             return refuse(*job)
         self.jobs[flow.id] = job
@@ -310,48 +305,6 @@ class Router:
         answer(flow, error_response(CLIENT_PROTOCOL[match.route], 500, message))
         flow.marked = ":warning:"
         self._record_refusal(flow, match, known, 500, message)
-
-    def _exhausted(self, route: str, reason: str, wait: float | None) -> None:
-        """ccswitch answers the route itself: one event per soonest reset (429), or per hour
-        while nothing is available with no known end (503), however many requests are refused."""
-        if wait is not None:   # to the second: every refusal until that reset names the same one
-            until = datetime.fromtimestamp(round(self.gateway.quota.clock() + wait), UTC)
-            episode = f"429 until {until:%Y-%m-%dT%H:%M:%S}"
-        else:
-            until, episode = None, f"503 {utc_now():%Y-%m-%dT%H}"
-        self.gateway.events.emit(Event("exhausted", None, reason, route=route, until=until, episode=episode))
-
-    def client_over_budget(self, client_name: str | None) -> tuple[int, str, dict] | None:
-        """ccswitch's 429 for a client key whose budget is spent, or None."""
-        spend = self.gateway.spend
-        overrun = spend.over(CLIENT, client_name) if client_name is not None else None
-        if overrun is None:
-            return None
-        wait = (overrun.until - spend.clock()).total_seconds()
-        reset = overrun.until.astimezone(self.gateway.rules.tz)
-        return (429, f"{overrun.describe(f'client key {client_name}')}; it resets at {reset:%Y-%m-%d %H:%M}",
-                {"retry-after": str(max(1, math.ceil(wait)))})
-
-    def plan_job(self, req: ClientRequest, flow_id: str, client_name: str | None,
-                 session: str | None) -> Job | tuple[int, str, dict | None]:
-        """The job for a request that passed admission, or ccswitch's own answer (status,
-        message, headers) when no upstream can take it now."""
-        gateway, rules = self.gateway, self.gateway.rules
-        chosen = plan(rules, req.route, req.model, gateway.health, datetime.now(rules.tz),
-                      quota=gateway.quota, sessions=gateway.sessions, session=session, spend=gateway.spend)
-        if chosen.limited_for is not None:   # every upstream is rate limited until a known reset
-            self._exhausted(req.route, chosen.why_none(req.route), chosen.limited_for)
-            return (429, chosen.why_none(req.route),
-                    protocols.rate_limit_headers(req.client_protocol, chosen.limited_for, gateway.quota.clock()))
-        if not chosen.candidates:
-            self._exhausted(req.route, chosen.why_none(req.route), None)
-            return 503, chosen.why_none(req.route), {"retry-after": "30"}
-        converted, problem = convert_for_candidates(req, chosen.candidates, rules)
-        if problem:
-            return 400, problem, None
-        return Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow_id, converted=converted,
-                   client=client_name, session=session, bound_to=chosen.bound_to, why_first=chosen.why_first,
-                   skipped=chosen.blocked, shown=self.flows_shown)
 
     async def _run_inline(self, flow: http.HTTPFlow, job: Job) -> None:
         """The dialer runs in the hook's own task (no task of its own, no wait set: the answer
@@ -435,22 +388,7 @@ class Router:
         flow.request.headers.pop(JOB_HEADER, None)
         if (held := self.held_bodies.pop(flow.id, None)) is not None:
             restore_body(flow.request, held)
-        if job.upstream:
-            upstream = job.rules.upstream(job.upstream)
-            point_at(flow.request, upstream_url(upstream, job.request))
-            redact_credentials(flow.request)    # a `?key=` kept for `auth: client`
-        flow.comment = job.comment()
+        show_outcome(flow, job)
         if job.failed_over:
-            flow.marked = ":warning:"
             log.info("ccswitch: %s %s failed over: %s", job.request.route, job.request.model,
                      " → ".join(a.describe() for a in job.attempts))
-        meta = flow.metadata["ccswitch"]
-        meta.update(upstream=job.upstream, upstream_model=job.upstream_model,
-                    attempts=[a.describe() for a in job.attempts], error=job.error)
-        if job.sent_body is not None and job.sent_body != flow.request.raw_content:
-            # the request tab shows what the upstream got; the client's own body stays in the metadata
-            meta["client_body"] = flow.request.get_text(strict=False)
-            flow.request.headers.pop("content-encoding", None)
-            flow.request.content = job.sent_body
-        if isinstance(flow.response and flow.response.stream, StreamCopy):
-            flow.response.stream.keep_on(flow.response)

@@ -97,7 +97,7 @@ async def test_a_shutdown_waits_for_bridged_turns_and_cuts_them(gateway):
 async def test_a_bug_planning_a_turn_is_its_500_frame_and_row(gateway, monkeypatch):
     def broken(*args):
         raise KeyError("input")
-    monkeypatch.setattr("ccswitch.mitm.router.convert_for_candidates", broken)
+    monkeypatch.setattr("ccswitch.mitm.planner.convert_for_candidates", broken)
     rows = []
     monkeypatch.setattr(gateway, "record_own_answer", rows.append)
     router = bridging(gateway)

@@ -129,7 +129,7 @@ async def test_a_bug_on_the_way_is_a_500_with_its_row_never_a_pass_through(route
     # the request on to the host the client named, with the client's key
     def broken(*args):
         raise IndexError("list index out of range")
-    monkeypatch.setattr("ccswitch.mitm.router.convert_for_candidates", broken)
+    monkeypatch.setattr("ccswitch.mitm.planner.convert_for_candidates", broken)
     rows = []
     monkeypatch.setattr(router.gateway, "record_own_answer", rows.append)
     flow = messages_flow({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
