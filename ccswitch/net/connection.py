@@ -100,6 +100,8 @@ class Connection(asyncio.Protocol):
             self._read_paused = True
             self.transport.pause_reading()
         self._wake()
+        if self._drain is not None and not self._drain.done():   # the sender looks whether it is an answer
+            self._drain.set_result(None)
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -149,15 +151,29 @@ class Connection(asyncio.Protocol):
             else:
                 self.transport.close()
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes) -> bool:
+        """Write `data`: `sent`."""
         if self._eof:
             raise WriteError("connection closed before the request was sent")
         self.transport.write(data)
-        if self._write_paused:
+        return not self._write_paused or await self.sent()
+
+    async def sent(self) -> bool:
+        """True once what was written is on its way; False as soon as bytes come back while
+        some still wait for the upstream to read them: an upstream may answer on the head
+        alone (a 413 for a body over its limit) and never read the rest."""
+        while self._write_paused:
+            if self._eof:
+                raise WriteError("connection closed while sending the request")
+            if self._chunks:
+                return False
             self._drain = asyncio.get_running_loop().create_future()
             await self._drain
-            if self._eof and self._write_paused:
-                raise WriteError("connection closed while sending the request")
+        return True
+
+    def unsent(self) -> bool:
+        """Request bytes still wait to go out: the connection cannot take another request."""
+        return self.transport.get_write_buffer_size() > 0
 
     def poll_event(self):
         """The next h11 event if it can be had without waiting, else h11.NEED_DATA."""

@@ -168,7 +168,8 @@ class UpstreamClient:
                 if body:
                     wire += connection.h11.send(h11.Data(data=body))
                 wire += connection.h11.send(h11.EndOfMessage())
-                await connection.send(wire)
+                if not await connection.send(wire) and (head := await _early_answer(connection)) is not None:
+                    return Response(self, connection, head)
                 return Response(self, connection, await _response_head(connection))
             except TransportError as exc:
                 if isinstance(exc, WriteError) and (head := _answer_already_in(connection)) is not None \
@@ -234,7 +235,7 @@ class UpstreamClient:
         connection.in_use = False
         reusable = (connection.h11.our_state is h11.DONE and connection.h11.their_state is h11.DONE
                     and connection.clean() and connection.tls in (None, self._ssl_context)
-                    and not connection.closed())
+                    and not connection.closed() and not connection.unsent())
         if reusable:
             connection.h11.start_next_cycle()
             self._pool.release(connection)
@@ -264,6 +265,17 @@ async def _response_head(connection: Connection) -> h11.Response:
         if isinstance(event, h11.ConnectionClosed):
             raise connection._broken("the upstream closed the connection without a response")
         # InformationalResponse (100 Continue, 103 Early Hints): the real one follows
+
+
+async def _early_answer(connection: Connection) -> h11.Response | None:
+    """The answer that came back while the request still waited to go out, once its head is
+    all in; None if the request went out first (its answer is still to be read)."""
+    while (head := _answer_already_in(connection)) is None:
+        if await connection.sent():
+            return None
+    if connection.reused and head.status_code == 408:
+        raise WriteError("the upstream closed its idle connection (408) as the request went out")
+    return head
 
 
 def _answer_already_in(connection: Connection) -> h11.Response | None:

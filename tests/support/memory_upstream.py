@@ -30,6 +30,9 @@ class MemoryTransport(asyncio.Transport):
                 return len(body) >= int(value)
         return True
 
+    def get_write_buffer_size(self) -> int:
+        return 0      # every write is taken at once
+
     def is_closing(self) -> bool:
         return self.closed
 

@@ -571,7 +571,34 @@ async def test_an_answer_sent_before_the_body_was_all_written_is_that_answer_not
     assert (status, body) == (413, refusal)
 
 
-async def test_a_408_on_a_kept_alive_connection_as_the_request_goes_out_is_its_goodbye_not_an_answer():
+async def test_an_answer_on_the_head_from_an_upstream_that_neither_reads_on_nor_hangs_up_is_that_answer():
+    # the request's body waits on the upstream reading it, which it never will: its answer is
+    # there already, and the connection, with request bytes still queued, is not kept
+    refusal = b'{"error":{"message":"request too large"}}'
+    stop = asyncio.Event()
+
+    async def refuse_and_stay(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: %d\r\n\r\n%s" % (len(refusal), refusal))
+        await writer.drain()
+        await stop.wait()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(refuse_and_stay, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with client() as c:
+            async with asyncio.timeout(10):
+                status, body = await get_body(c, url, b"x" * (64 * 1024 * 1024), via=http1.Via(None, "up"))
+            assert c.connection_counts() == {"up": (0, 0)}
+    finally:
+        stop.set()
+        server.close()
+    assert (status, body) == (413, refusal)
+
+
+@pytest.mark.parametrize("linger", [False, True], ids=["closed", "closing"])
+async def test_a_408_on_a_kept_alive_connection_as_the_request_goes_out_is_its_goodbye_not_an_answer(linger):
     # a server closing an idle connection may say 408 first: that is no answer to this request
     served = []
 
@@ -585,6 +612,8 @@ async def test_a_408_on_a_kept_alive_connection_as_the_request_goes_out_is_its_g
         await reader.readuntil(b"\r\n\r\n")        # the next request's head only
         writer.write(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
         await writer.drain()
+        if linger:       # the goodbye said, the socket not yet closed
+            await asyncio.sleep(30)
         writer.transport.abort()
 
     server = await asyncio.start_server(keep_alive_then_goodbye, "127.0.0.1", 0)
@@ -593,6 +622,7 @@ async def test_a_408_on_a_kept_alive_connection_as_the_request_goes_out_is_its_g
         async with client() as c:
             assert await get_body(c, url) == (200, b"ok")
             with pytest.raises(http1.TransportError):
-                await get_body(c, url, b"x" * (32 * 1024 * 1024))
+                async with asyncio.timeout(10):
+                    await get_body(c, url, b"x" * (32 * 1024 * 1024))
     finally:
         server.close()
