@@ -52,3 +52,15 @@ def log_refusals_as_messages() -> None:
     script_log = logging.getLogger("mitmproxy.addons.script")
     if not any(isinstance(f, RefusalsAsMessages) for f in script_log.filters):   # once, over reloads
         script_log.addFilter(RefusalsAsMessages())
+
+
+def take_given_values(options) -> None:
+    """Parse now the values given for the options just declared (`--set ccswitch_max_body=…`).
+    mitmproxy parses them only once the whole script has loaded, and a value it cannot parse
+    then leaves the script out without a word: mitmproxy would run on without ccswitch, passing
+    every request on unrouted, client keys and all.  A bad value logged as an error here stops
+    mitmdump and mitmweb at start (their start-up error check)."""
+    try:
+        options.process_deferred()
+    except exceptions.OptionsError as exc:   # mitmproxy's message names the option and the value
+        log.error("ccswitch cannot start: %s", exc)

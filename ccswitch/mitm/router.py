@@ -38,7 +38,7 @@ from ccswitch.mitm.flows import (
     whole_response,
 )
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
-from ccswitch.mitm.lifecycle import hook_task, stopping
+from ccswitch.mitm.lifecycle import hook_task, stopping, take_given_values
 from ccswitch.mitm.planner import Planner
 from ccswitch.net import http1
 from ccswitch.routing.admission import body_problem, decoded_body, header_problem, origin_problem, parse_body
@@ -103,6 +103,7 @@ class Router:
                           "(SIGTERM, Ctrl-C); new ones get a 503 meanwhile. Past it, streams end with "
                           "their protocol's error event and other requests get a 503. Keep it below "
                           "your supervisor's kill timeout (docker stop: 10 s).")
+        take_given_values(loader.master.options)
 
     def running(self) -> asyncio.Task:
         return hook_task(self._start(), "router start")

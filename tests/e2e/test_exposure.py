@@ -1,4 +1,5 @@
-"""Listening beyond loopback through the real proxy: nothing passes without authentication.
+"""Listening beyond loopback through the real proxy: nothing passes without authentication;
+and no start leaves ccswitch out, which would pass requests on unrouted.
 
 The proxy listens on 0.0.0.0 here, but the tests only ever connect through 127.0.0.1 (a
 listener others could reach is what makes the checks apply; peers from elsewhere are
@@ -109,3 +110,12 @@ def test_a_regular_listener_beyond_loopback_with_proxyauth_asks_for_it(tmp_path)
                               trust_env=False) as client:
                 assert client.get(site.base_url + "/internal/admin").status_code == 404   # the site's own
             assert site.paths() == ["/internal/admin"]
+
+
+@pytest.mark.parametrize("given", ["ccswitch_max_body=abc", "ccswitch_offline=yes", "ccswitch_keep_stream=1k"])
+def test_an_option_value_mitmproxy_cannot_parse_stops_the_start_instead_of_leaving_ccswitch_out(tmp_path, given):
+    # mitmproxy parses such a value only after the script has loaded, and dropped the whole
+    # script when it failed: the proxy ran on, passing requests unrouted with the client's key
+    log = refusal(tmp_path, rules_text("http://127.0.0.1:9"), "--set", given)
+    name = given.partition("=")[0]
+    assert f"ccswitch cannot start: Failed to parse option {name}" in log, log[-2000:]
