@@ -130,6 +130,14 @@ def redact_credentials(request: http.Request) -> None:
             query[name] = REDACTED      # all its values, as one
 
 
+def redact_proxy_login(flow: http.HTTPFlow) -> None:
+    """mitmproxy's `--proxyauth` keeps the login a client gave on the flow, password and all, and
+    `mitmdump -w` files and mitmweb would show it: the password shows as `<redacted>`."""
+    login = flow.metadata.get("proxyauth")
+    if isinstance(login, tuple | list) and len(login) == 2 and login[1] != REDACTED:
+        flow.metadata["proxyauth"] = (login[0], REDACTED)
+
+
 def redact_fields(headers: http.Headers, which: list[bool]) -> None:
     """The headers `which` marks (by position) as `<redacted>`."""
     headers.fields = tuple((name, REDACTED.encode() if hit else value)

@@ -33,6 +33,7 @@ from ccswitch.mitm.flows import (
     likely_protocol,
     redact_credentials,
     redact_fields,
+    redact_proxy_login,
     restore_body,
     show_outcome,
     whole_response,
@@ -190,6 +191,7 @@ class Router:
     # ------------------------------------------------------------------ hooks
 
     async def request(self, flow: http.HTTPFlow) -> None:
+        redact_proxy_login(flow)    # every flow, the live page's and the ones passed on too
         if flow.response or flow.error or not flow.live:
             return
         if not self.started.is_set():

@@ -10,6 +10,7 @@ import time
 
 import httpx
 import pytest
+from mitmproxy import io
 
 from tests.support.helpers import CLIENT_KEY, KEY_A
 from tests.support.mock_upstream import MockUpstream
@@ -98,7 +99,8 @@ def test_a_regular_listener_beyond_loopback_with_proxyauth_asks_for_it(tmp_path)
     with MockUpstream("site") as site:
         rules = tmp_path / "rules.yaml"
         rules.write_text(rules_text(site.base_url))
-        args = ("--mode", f"regular@0.0.0.0:{port}", "--proxyauth", "user:secret-pass")
+        saved = tmp_path / "flows.mitm"
+        args = ("--mode", f"regular@0.0.0.0:{port}", "--proxyauth", "user:secret-pass", "-w", str(saved))
         with Proxy(rules, tmp_path, extra_args=args):
             anonymous = f"http://127.0.0.1:{port}"
             with httpx.Client(proxy=anonymous, timeout=30, trust_env=False) as client:
@@ -110,6 +112,9 @@ def test_a_regular_listener_beyond_loopback_with_proxyauth_asks_for_it(tmp_path)
                               trust_env=False) as client:
                 assert client.get(site.base_url + "/internal/admin").status_code == 404   # the site's own
             assert site.paths() == ["/internal/admin"]
+    with saved.open("rb") as f:     # the login mitmproxy keeps on the flow, its password hidden
+        logins = [tuple(flow.metadata.get("proxyauth") or ()) for flow in io.FlowReader(f).stream()]
+    assert ("user", "<redacted>") in logins and b"secret-pass" not in saved.read_bytes()
 
 
 @pytest.mark.parametrize("given", ["ccswitch_max_body=abc", "ccswitch_offline=yes", "ccswitch_keep_stream=1k"])
