@@ -62,8 +62,11 @@ def _endpoint_for(protocol: str, endpoint: str) -> str:
     return {Protocol.ANTHROPIC: Endpoint.MESSAGES, Protocol.RESPONSES: Endpoint.RESPONSES, Protocol.CHAT: Endpoint.CHAT}[protocol]
 
 
-def render(upstream: Upstream, req: ClientRequest, body: dict[str, Any] | None = None) -> OutgoingRequest:
-    """`body` is the (possibly converted) JSON to send; None keeps the client's body."""
+def render(upstream: Upstream, req: ClientRequest, body: dict[str, Any] | None = None, *,
+           client_keys: list[str] | None = None) -> OutgoingRequest:
+    """`body` is the (possibly converted) JSON to send; None keeps the client's body.  The
+    `client_keys` of the rules are scrubbed from the answer too: none goes upstream, but a
+    prompt may carry one and an error quote it."""
     payload = req.json if body is None else body
     # a conversion may name the model itself (e.g. without a `-thinking` suffix)
     model = payload.get("model") if body is not None and isinstance(payload.get("model"), str) else req.model
@@ -86,7 +89,7 @@ def render(upstream: Upstream, req: ClientRequest, body: dict[str, Any] | None =
     if content:
         headers = [(k, v) for k, v in headers if k != "content-type"]
         headers.append(("content-type", "application/json"))
-    secrets = _secrets(upstream, req)
+    secrets = _secrets(upstream, req) + (client_keys or [])
     via = Via(upstream.proxy, upstream.name, upstream.max_connections)
     return OutgoingRequest(req.method, upstream_url(upstream, req), headers, content, upstream_model, secrets, via)
 

@@ -1,6 +1,6 @@
 """Key text an upstream echoes back (in an error's body or headers) is scrubbed before anything
 reaches the client or the ledger: its api_key, credentials among its `headers:`, and under
-`auth: client` the client's own key."""
+`auth: client` the client's own key, and any of the rules' client keys."""
 
 import json
 
@@ -54,6 +54,41 @@ routes: {{claude: [a]}}
     assert mock_a.requests[0].headers["x-api-key"] == CLIENT_KEY       # passed on, as auth: client says
     recorded = (job.error or "") + json.dumps([a.describe() for a in job.attempts])
     assert CLIENT_KEY.encode() not in sink.body and CLIENT_KEY not in recorded
+
+
+async def test_a_ccswitch_client_key_an_upstream_quotes_is_scrubbed_from_the_answer(mock_a):
+    # a client key never goes upstream, but a prompt may carry one and an error may quote it:
+    # the client does not get it back (nor, below, the ledger, the flow comment or the log)
+    mock_a.script(status(400, body={"error": {"message": f"cannot echo {CLIENT_KEY} or {KEY_A}"}}))
+    rules = parse_rules(f"""
+{FAST}
+client_keys: ["{CLIENT_KEY}"]
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{mock_a.base_url}', api_key: '{KEY_A}'}}
+routes: {{claude: [a]}}
+""")
+    job, sink, _ = await run(rules)
+    assert b"cannot echo [redacted] or [redacted]" in sink.body
+
+
+async def test_a_ccswitch_client_key_quoted_by_an_in_stream_error_is_not_recorded(mock_a, mock_b):
+    from tests.support import mock_payloads
+    from tests.unit.dial.test_dialer import error_event_after, two
+    original = mock_payloads.error_body
+    mock_payloads.error_body = lambda protocol, code: {"type": "error", "error": {
+        "type": "overloaded_error", "message": f"overloaded for {CLIENT_KEY}"}}
+    try:
+        mock_a.script(error_event_after(1))
+        rules = two(mock_a, mock_b)
+        job, sink, _ = await run(rules.model_copy(update={"client_keys": parse_rules(f"""
+client_keys: ["{CLIENT_KEY}"]
+upstreams: [{{name: x, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: 'sk-unused-000000'}}]
+routes: {{claude: [x]}}
+""").client_keys}))
+    finally:
+        mock_payloads.error_body = original
+    recorded = json.dumps([a.describe() for a in job.attempts]) + str(job.error) + job.comment()
+    assert CLIENT_KEY not in recorded and "overloaded for [redacted]" in recorded
 
 
 async def test_an_in_stream_error_is_scrubbed_before_it_is_cut_short():
