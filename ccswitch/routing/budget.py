@@ -20,6 +20,13 @@ from ccswitch.routing.events import Event, Events
 UPSTREAM, CLIENT = "upstream", "client"
 PERIODS = ("daily", "monthly")
 _WARN_AT = 0.8
+#: what a sum of float costs may fall short of the budget by and still have reached it: ten
+#: requests of $0.10 add up to $0.9999999999999999
+_ROUNDING = 1e-9
+
+
+def reached(spent: float, line: float) -> bool:
+    return spent >= line - _ROUNDING
 
 
 def period_start(kind: str, moment: datetime, tz: tzinfo) -> datetime:
@@ -132,7 +139,7 @@ class SpendBoard:
         for kind in PERIODS:     # daily first: a monthly overrun ends no sooner than the day's
             limit = getattr(budget, kind)
             spent = self.spent(who, name, kind)
-            if limit is not None and spent >= limit:
+            if limit is not None and reached(spent, limit):
                 found = Overrun(kind, limit, spent, period_end(kind, now, self.tz).astimezone(UTC))
         return found
 
@@ -195,11 +202,11 @@ class SpendBoard:
         for share in (_WARN_AT, 1.0):
             mark = (who, name, kind, start, share)
             line = limit * share
-            if spent >= line and mark not in self._told:
+            if reached(spent, line) and mark not in self._told:
                 self._told.add(mark)
                 self._told = {m for m in self._told if m[3] >= start or m[2] != kind}   # forget past periods
-                if line <= news_from:
-                    continue
+                if line <= news_from or (share < 1.0 and reached(spent, limit)):
+                    continue      # known already, or one step past the whole budget: "reached" says it
                 what = "reached" if share >= 1.0 else f"{share:.0%} of"
                 told_spent, told_limit = usd(spent, limit)
                 self.events.emit(Event(

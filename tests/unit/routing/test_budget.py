@@ -87,13 +87,31 @@ def test_budget_events_at_80_and_100_percent_once_per_period():
     assert len(seen) == 3 and "80%" in seen[2].reason
 
 
+def test_a_budget_reached_exactly_by_a_sum_of_costs_is_reached():
+    spend, _, seen = board(datetime(2026, 3, 10, 2, 0, tzinfo=UTC))
+    spend.configure(parse_rules(RULES_TEXT.replace("budget: {daily: 20}", "budget: {daily: 1}")))
+    for _ in range(8):
+        spend.add(CLIENT, "alice", 0.1)       # 0.7999999999999999: the 80 % line all the same
+    assert [e.reason for e in seen] == ["client alice 80% of its daily budget ($0.80 of $1.00)"]
+    spend.add(CLIENT, "alice", 0.1)
+    spend.add(CLIENT, "alice", 0.1)           # 0.9999999999999999
+    assert spend.over(CLIENT, "alice") is not None
+    assert seen[-1].reason == "client alice reached its daily budget ($1.00 of $1.00)"
+
+
+def test_a_step_past_the_whole_budget_is_told_once_as_reached_not_as_80_percent():
+    spend, _, seen = board(datetime(2026, 3, 10, 2, 0, tzinfo=UTC))
+    spend.add(CLIENT, "alice", 13.9)          # 69 %
+    spend.add(CLIENT, "alice", 14.0)          # 139 %
+    assert [e.reason for e in seen] == ["client alice reached its daily budget ($27.90 of $20.00)"]
+
+
 def test_a_budget_below_a_cent_is_told_in_the_decimals_it_needs():
     spend, _, seen = board(datetime(2026, 3, 10, 2, 0, tzinfo=UTC))
     spend.configure(parse_rules(RULES_TEXT.replace("budget: {daily: 20}", "budget: {daily: 0.0003}")))
     spend.add(CLIENT, "alice", 0.00021)
     spend.add(CLIENT, "alice", 0.00012)
-    assert [e.reason for e in seen] == ["client alice 80% of its daily budget ($0.00033 of $0.00030)",
-                                        "client alice reached its daily budget ($0.00033 of $0.00030)"]
+    assert [e.reason for e in seen] == ["client alice reached its daily budget ($0.00033 of $0.00030)"]
     over = spend.over(CLIENT, "alice")
     assert over.describe("client key alice") == "client key alice has spent $0.00033 of its daily budget of " \
                                                 "$0.00030 today"
