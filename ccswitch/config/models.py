@@ -431,6 +431,9 @@ class Rules(_Model):
         """True if `presented` equals a client key (constant time); True if none are configured."""
         return not self.client_keys or self.client_named(presented) is not None
 
+    def budgets_set(self) -> bool:
+        return any(u.budget for u in self.upstreams) or any(c.budget for c in self.client_keys)
+
     def client_key_texts(self) -> list[str]:
         return [client.get_secret_value() for client in self.client_keys]
 

@@ -33,8 +33,6 @@ class Activator:
 
     def running(self) -> None:
         self.client = http1.UpstreamClient(ssl_context=upstream_tls())
-        rules = self.gateway.rules
-        seed_from_ledger(self.schedule, rules, self.now(rules))
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     def configure(self, updated) -> None:
@@ -58,6 +56,10 @@ class Activator:
         return self.clock().astimezone(rules.tz)
 
     async def _loop(self) -> None:
+        rules = self.gateway.rules
+        # in a thread: a ledger that takes its time to answer (PostgreSQL) holds up no request;
+        # nothing else touches the schedule before the first tick
+        await asyncio.to_thread(seed_from_ledger, self.schedule, rules, self.now(rules))
         while True:
             self.tick()
             await asyncio.sleep(1.0)

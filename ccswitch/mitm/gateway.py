@@ -106,6 +106,14 @@ class Gateway:
         await self.state.stop()
         self.state, self._state_for = InMemoryState(), None
 
+    async def start_spend(self, until: datetime) -> None:
+        """`load_spend` at start-up, waited for only where a budget needs it: without one, a ledger
+        slow to answer (PostgreSQL) holds up no request, and the spend comes in when it is read."""
+        if self.rules.budgets_set():
+            await self.load_spend(until)
+        else:
+            self._spend_reader = hook_task(self.load_spend(until), "spend read")
+
     async def load_spend(self, until: datetime) -> None:
         """This month's spend before `until` (the start) as the ledger holds it (the day's is part
         of it).  A ledger that cannot be read now (PostgreSQL down) is read in the background once

@@ -117,7 +117,7 @@ class Router:
         gateway.connections = self.dialer.client.connection_counts
         self.relay = Relay(self.dialer.run, on_done=self.gateway.record_job, shutdown=self.shutdown)
         try:   # the spend so far this month, the relay and the bridge, before the first request is routed
-            await gateway.load_spend(utc_now())
+            await gateway.start_spend(utc_now())
             await self.relay.start()
             sockets = CodexSockets(self)
             await sockets.start()

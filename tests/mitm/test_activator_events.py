@@ -113,3 +113,25 @@ async def test_a_probe_in_flight_when_the_proxy_stops_ends_with_its_row(tmp_path
     gateway.close()
     with open_reader(gateway.rules.usage_db) as reader:
         assert [row[0] for row in reader.execute("SELECT upstream FROM activations")] == ["relay"]
+
+
+async def test_the_ledger_read_for_probes_that_already_fired_holds_up_nothing(gateway, monkeypatch):
+    # a PostgreSQL ledger that takes seconds to answer: mitmproxy's start (and every request
+    # on the loop) goes on; the first probes are started only once the read is done
+    import threading
+
+    from mitmproxy.test import taddons
+
+    from ccswitch.mitm import activator as module
+    reading, ticks = threading.Event(), []
+    monkeypatch.setattr(module, "seed_from_ledger", lambda schedule, rules, now: reading.wait(5))
+    activator = Activator(gateway, clock=Clock())
+    monkeypatch.setattr(activator, "tick", lambda: ticks.append(1) or [])
+    with taddons.context(activator):
+        activator.running()
+        await asyncio.sleep(0.1)
+        assert ticks == []
+        reading.set()
+        await asyncio.sleep(0.1)
+        assert ticks == [1]
+        activator._task.cancel()
