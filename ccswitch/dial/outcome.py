@@ -72,7 +72,8 @@ def network_failure(upstream: str, exc: BaseException, action: str, phase: str) 
     if isinstance(exc, http1.ProxyFailure):
         return NetworkFailure(upstream, str(exc), action)
     if isinstance(exc, http1.ConnectTimeout):
-        return NetworkFailure(upstream, "connect timeout", action, timeout=True)
+        through = f" (through proxy {exc.through})" if exc.through else ""   # not the upstream's own silence
+        return NetworkFailure(upstream, f"connect timeout{through}", action, timeout=True)
     if isinstance(exc, asyncio.TimeoutError):
         return NetworkFailure(upstream, f"{phase} timeout", action, timeout=True)
     # it says which encoding and what is wrong with it / with which status the upgrade was refused

@@ -26,7 +26,9 @@ class ConnectError(TransportError):
 
 
 class ConnectTimeout(ConnectError):
-    pass
+    def __init__(self, message: str, through: str | None = None) -> None:
+        super().__init__(message)
+        self.through = through      # the proxy it went through, as it may be shown
 
 
 class ProxyFailure(ConnectError):

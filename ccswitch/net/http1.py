@@ -221,7 +221,7 @@ class UpstreamClient:
                 _, connection = await open_transport(lambda: Connection(key), host, port, context)
         except TimeoutError as exc:
             through = f" through proxy {proxy.shown}" if proxy else ""
-            raise ConnectTimeout(f"connecting to {host}:{port}{through} timed out") from exc
+            raise ConnectTimeout(f"connecting to {host}:{port}{through} timed out", proxy and proxy.shown) from exc
         except ExceptionGroup as group:   # every address failed: report the first
             first = group.exceptions[0]
             raise ConnectError(f"{type(first).__name__}: {first}") from first

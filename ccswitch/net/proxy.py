@@ -1,9 +1,11 @@
 """Outgoing proxies: an upstream reached through HTTP CONNECT, SOCKS5 or SOCKS5h.
 
 `parse_proxy` turns the rules' `proxy:` text into a `Proxy` (None for `direct`); `open_through`
-opens a tunnel with python-socks and runs TLS (for https upstreams) and the HTTP client's
-protocol over it.  Plain-HTTP upstreams are tunnelled too, never sent to an HTTP proxy as
-absolute-form requests: one code path, and the proxy sees no request, headers or key.
+opens a tunnel (SOCKS with python-socks, HTTP CONNECT here: python-socks reads a CONNECT answer
+with a single read, and one that comes in two TCP segments broke the tunnel) and runs TLS (for
+https upstreams) and the HTTP client's protocol over it.  Plain-HTTP upstreams are tunnelled
+too, never sent to an HTTP proxy as absolute-form requests: one code path, and the proxy sees
+no request, headers or key.
 
 A proxy's credentials are secrets: `Proxy` prints as `socks5://host:port`, and every message
 raised here names the proxy that way, with anything the library said scrubbed of them.
@@ -107,9 +109,13 @@ def parse_proxy(text: str) -> Proxy | None:
     return Proxy(scheme, parts.hostname, port, username, password)
 
 
+_SHORTEST_SCRUBBED = 4   # a user name `u` replaced in "Proxy Authentication Required" garbles it
+
+
 def scrub(text: str, proxy: Proxy) -> str:
     for secret in proxy.secrets():
-        text = text.replace(secret, "***")
+        if len(secret) >= _SHORTEST_SCRUBBED:
+            text = text.replace(secret, "***")
     return text
 
 
@@ -118,11 +124,15 @@ async def open_through(proxy: Proxy, protocol_factory: Callable[[], asyncio.Prot
                                                                                    asyncio.Protocol]:
     """A tunnel through `proxy` to host:port, with TLS over it when `context` is given.
     The caller bounds the whole call; `timeout` bounds the proxy's part as well."""
-    client = SocksClient(_KINDS[proxy.scheme], proxy.host, proxy.port, username=proxy.username,
-                         password=proxy.password, rdns=proxy.resolves_names)
     try:
-        sock = await client.connect(dest_host=host, dest_port=port, timeout=timeout)
-    except TimeoutError:
+        if proxy.scheme == "http":
+            async with asyncio.timeout(timeout):
+                sock = await _connect_tunnel(proxy, host, port)
+        else:
+            client = SocksClient(_KINDS[proxy.scheme], proxy.host, proxy.port, username=proxy.username,
+                                 password=proxy.password, rdns=proxy.resolves_names)
+            sock = await client.connect(dest_host=host, dest_port=port, timeout=timeout)
+    except (TimeoutError, ProxyError):
         raise
     except Exception as exc:   # python-socks' errors, a reset mid-handshake, a name it could not resolve
         raise ProxyError(f"proxy {proxy.shown}: {_what(exc, proxy)}") from None
@@ -132,6 +142,72 @@ async def open_through(proxy: Proxy, protocol_factory: Callable[[], asyncio.Prot
     except BaseException:
         sock.close()
         raise
+
+
+_MAX_CONNECT_ANSWER = 16 * 1024
+
+
+async def _connect_tunnel(proxy: Proxy, host: str, port: int) -> socket.socket:
+    """A socket through an HTTP proxy's CONNECT to host:port, its answer read to its blank line."""
+    loop = asyncio.get_running_loop()
+    sock = await _socket_to(proxy)
+    try:
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        login = ""
+        if proxy.username:
+            basic = base64.b64encode(f"{proxy.username}:{proxy.password}".encode()).decode()
+            login = f"Proxy-Authorization: Basic {basic}\r\n"
+        await loop.sock_sendall(sock, f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{login}\r\n".encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = await loop.sock_recv(sock, 4096)
+            if not chunk:
+                raise ProxyError(f"proxy {proxy.shown}: closed the connection before answering CONNECT")
+            answer += chunk
+            if len(answer) > _MAX_CONNECT_ANSWER:
+                raise ProxyError(f"proxy {proxy.shown}: its answer to CONNECT has no end")
+        head, _, beyond = answer.partition(b"\r\n\r\n")
+        status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = status_line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            raise ProxyError(f"proxy {proxy.shown}: not an HTTP answer to CONNECT "
+                             f"({scrub(status_line[:100], proxy)!r})")
+        if parts[1] != "200":
+            text = scrub(" ".join(parts[1:]), proxy)
+            why = f"authentication failed ({text})" if parts[1] == "407" else text
+            raise ProxyError(f"proxy {proxy.shown}: {why}")
+        if beyond:    # the tunnel's first bytes are the client's to send (TLS, HTTP): nothing can come first
+            raise ProxyError(f"proxy {proxy.shown}: sent data past its answer to CONNECT")
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def _socket_to(proxy: Proxy) -> socket.socket:
+    """A connected non-blocking socket to the proxy, each of its addresses tried in turn."""
+    loop = asyncio.get_running_loop()
+    try:
+        addresses = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ProxyError(f"proxy {proxy.shown}: cannot connect to the proxy ({exc.strerror})") from None
+    failure: OSError | None = None
+    for family, kind, protocol, _, address in addresses:
+        sock = socket.socket(family, kind, protocol)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            failure = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    why = os.strerror(failure.errno) if failure is not None and failure.errno else str(failure)
+    raise ProxyError(f"proxy {proxy.shown}: cannot connect to the proxy ({why})")
 
 
 def _what(exc: Exception, proxy: Proxy) -> str:

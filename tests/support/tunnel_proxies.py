@@ -19,6 +19,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from typing import Any
 
 
@@ -160,8 +161,13 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes:
 
 
 class ConnectProxy(_TunnelProxy):
-    """HTTP CONNECT with optional basic auth (407 with Proxy-Authenticate otherwise)."""
+    """HTTP CONNECT with optional basic auth (407 with Proxy-Authenticate otherwise); with
+    `split`, its 200 comes in two TCP segments (the blank line a moment after the status line)."""
     scheme = "http"
+
+    def __init__(self, *, split: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.split = split
 
     def _handshake(self, client: socket.socket) -> socket.socket | None:
         head = b""
@@ -191,7 +197,12 @@ class ConnectProxy(_TunnelProxy):
         if target is None:
             client.sendall(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
             return None
-        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        if self.split:
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n")
+            time.sleep(0.05)
+            client.sendall(b"\r\n")
+        else:
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
         return target
 
 

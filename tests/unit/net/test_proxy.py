@@ -99,6 +99,21 @@ async def test_a_plain_http_upstream_through_each_proxy_with_its_credentials(ups
     assert upstream.last().headers["host"] == f"127.0.0.1:{upstream.port}"   # origin-form through a tunnel
 
 
+async def test_a_connect_answer_in_two_segments_opens_the_tunnel(upstream):
+    with ConnectProxy(split=True) as proxy:
+        async with client() as c:
+            status, body = await post(c, upstream.base_url, via(proxy.url()))
+    assert status == 200 and b"Hello from mock U" in body and proxy.tunnels == 1
+
+
+async def test_a_short_proxy_login_is_not_scrubbed_out_of_the_words_around_it():
+    with ConnectProxy(auth=("u", "p")) as proxy:
+        async with client() as c:
+            with pytest.raises(http1.ProxyFailure) as caught:
+                await post(c, "http://127.0.0.1:9", via(proxy.url("u", "wrong")))
+    assert "407 Proxy Authentication Required" in str(caught.value)
+
+
 @asynccontextmanager
 async def tls_upstream(directory):
     """An HTTPS server for `localhost` (self-signed): its URL and the client TLS context trusting it."""
@@ -197,15 +212,20 @@ async def test_a_proxy_that_cannot_reach_the_upstream(kind, scheme, why):
     assert str(caught.value) == f"proxy {scheme}://127.0.0.1:{proxy.port}: {why}"
 
 
-async def test_a_silent_proxy_is_a_connect_timeout_naming_it():
+@pytest.mark.parametrize("scheme", ["socks5", "http"])
+async def test_a_silent_proxy_is_a_connect_timeout_naming_it(scheme):
     import socket
     with socket.create_server(("127.0.0.1", 0)) as silent:      # accepts, never answers
         port = silent.getsockname()[1]
         async with client() as c:
-            with pytest.raises(http1.ConnectTimeout, match=f"through proxy socks5://127.0.0.1:{port} timed out"):
-                await post(c, "http://127.0.0.1:9", via(f"socks5://me:{SECRET}@127.0.0.1:{port}"),
+            with pytest.raises(http1.ConnectTimeout, match=f"through proxy {scheme}://127.0.0.1:{port} timed out") \
+                    as caught:
+                await post(c, "http://127.0.0.1:9", via(f"{scheme}://me:{SECRET}@127.0.0.1:{port}"),
                            connect_timeout=0.2)
             assert c.connection_counts() == {"up": (0, 0)}
+    # what the ledger, the flow's comment and the client read: not the upstream's own silence
+    failure = network_failure("up", caught.value, "failover", "connect")
+    assert failure.reason == f"connect timeout (through proxy {scheme}://127.0.0.1:{port})"
 
 
 @pytest.mark.parametrize("status", [b"407 Denied", b"502 Bad"])
