@@ -159,7 +159,8 @@ class Gateway:
             self.spend.add(CLIENT, client, usd, ts, quiet=True)
         if found.unpriced:
             log.warning("ccswitch: no price is known for %s: budgets count their requests as $0 "
-                        "(add them under prices: in rules.yaml)", ", ".join(sorted(found.unpriced)))
+                        "(add them under prices: in rules.yaml; the month's spend so far is counted again at "
+                        "them at the next start)", ", ".join(sorted(found.unpriced)))
 
     def cost(self, row: dict, rules: Rules) -> float:
         """USD of one `requests` row at the report's prices (0 for a model without one)."""
