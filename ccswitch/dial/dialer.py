@@ -179,9 +179,10 @@ class Dialer:
         return result
 
     def _served(self, job: Job, upstream: Upstream) -> None:
-        """A 2xx: the upstream is healthy, and the request's session is bound to it."""
+        """A 2xx: the upstream is healthy, and the request's session is bound to it (unless it
+        only counted tokens: that writes no prompt cache, so the session's cache stays where it is)."""
         self.health.record_success(upstream.name)
-        if job.session is not None:
+        if job.session is not None and job.request.endpoint != Endpoint.COUNT_TOKENS:
             route = job.request.route
             self.sessions.bind(route, job.session, upstream.name, job.rules.routes.spec(route).sticky)
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ccswitch.clock import ms_since, utc_now
 from ccswitch.config.models import Rules, Upstream
+from ccswitch.vocab import Endpoint
 from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.usage import Usage
 from ccswitch.wire.ws_chain import Turn
@@ -92,8 +93,9 @@ class Job:
 
     @property
     def affinity(self) -> str | None:
-        """new / kept / moved: what this request did to its session's binding (None: no session)."""
-        if self.session is None:
+        """new / kept / moved: what this request did to its session's binding (None: no session,
+        or a count_tokens request, which never touches a binding)."""
+        if self.session is None or self.request.endpoint == Endpoint.COUNT_TOKENS:
             return None
         if self.bound_to is None:
             return "new"

@@ -120,3 +120,24 @@ async def test_concurrent_requests_of_one_session_never_flap_under_weighted(mock
             assert d.sessions.bound("claude", session) == served[0]
     finally:
         await d.aclose()
+
+
+async def test_a_count_tokens_answer_never_binds_nor_moves_a_session(mock_a, mock_b):
+    d = dialer()
+    rules = two(mock_a, mock_b)
+    count = {"model": "claude-x", "messages": [{"role": "user", "content": "hi"}]}
+    try:
+        job, _ = await serve(d, rules, session="s1")
+        assert job.upstream == "a" and d.sessions.bound("claude", "s1") == "a"
+        mock_a.script(status(404))          # a has no count_tokens: b counts, the session stays on a
+        job = make_job(rules, path="/v1/messages/count_tokens", body=count)
+        job.session, job.bound_to = "s1", "a"
+        await d.run(job, MemorySink())
+        assert job.upstream == "b" and job.status == 200
+        assert d.sessions.bound("claude", "s1") == "a" and job.affinity is None
+        job = make_job(rules, path="/v1/messages/count_tokens", body=count)   # a session's first request
+        job.session = "s2"
+        await d.run(job, MemorySink())
+        assert d.sessions.bound("claude", "s2") is None and job.affinity is None
+    finally:
+        await d.aclose()
