@@ -185,6 +185,7 @@ class Dialer:
         if job.session is not None and job.request.endpoint != Endpoint.COUNT_TOKENS:
             route = job.request.route
             self.sessions.bind(route, job.session, upstream.name, job.rules.routes.spec(route).sticky)
+            job.rebound_to = upstream.name
 
     def _rate_limited(self, name: str, reason: str, headers: list[tuple[str, str]], cooldown: float) -> None:
         """Cool down at once: until the reset of the window that rejected, when it was reported

@@ -62,6 +62,7 @@ class Job:
     client: str | None = None            # the name of the client key it presented, with client keys
     session: str | None = None           # the client's session key (affinity), if it sent one
     bound_to: str | None = None          # the upstream that session was bound to when the request came
+    rebound_to: str | None = None        # the upstream whose 2xx bound the session anew, if one did
     why_first: str = ""                  # why the first candidate came first (for the flow comment)
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (upstream, why) left out by the plan
     sent_body: bytes | None = None       # the body the last attempt sent (model renamed, maybe converted)
@@ -99,7 +100,9 @@ class Job:
             return None
         if self.bound_to is None:
             return "new"
-        return "moved" if self.upstream is not None and self.upstream != self.bound_to else "kept"
+        # moved only when another upstream served it: a failure or a passed-on error elsewhere
+        # leaves the binding (and the prompt cache) where it was
+        return "moved" if self.rebound_to not in (None, self.bound_to) else "kept"
 
     @property
     def failed_over(self) -> bool:

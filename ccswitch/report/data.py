@@ -10,7 +10,7 @@ grouped by the model the client named, with what it was sent upstream as beside 
 A failover is a request that took more than one upstream attempt; an error is a request
 with an ``error`` or a status >= 400. Cache-hit % = cache_read / (input + cache_write +
 cache_read), i.e. the share of the whole prompt that was read from cache. A move is a request
-whose session (affinity) was bound to one upstream and got its answer from another
+whose session (affinity) was bound to one upstream and rebound to another that served it
 (``affinity = 'moved'``). A database older than the session columns reads as "no session".
 
 Views beside the days: the hours of one day (``hours_day``), weeks or months (``period``),

@@ -141,3 +141,18 @@ async def test_a_count_tokens_answer_never_binds_nor_moves_a_session(mock_a, moc
         assert d.sessions.bound("claude", "s2") is None and job.affinity is None
     finally:
         await d.aclose()
+
+
+async def test_a_session_is_moved_only_when_another_upstream_served_it(mock_a, mock_b):
+    d = dialer()
+    rules = two(mock_a, mock_b)
+    try:
+        await serve(d, rules, session="s1")
+        for b_answer in (400, 503):       # passed on, or failed too: nobody else served the session
+            mock_a.script(status(503))
+            mock_b.script(status(b_answer))
+            job, _ = await serve(d, rules, session="s1", bound_to="a")
+            assert job.upstream == "b" and job.status == b_answer
+            assert job.affinity == "kept" and d.sessions.bound("claude", "s1") == "a"
+    finally:
+        await d.aclose()

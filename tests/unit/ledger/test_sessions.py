@@ -106,12 +106,14 @@ def test_a_read_only_connection_does_not_migrate(tmp_path):
 RULES = rules_for(("relay-a", "anthropic", "https://relay-a.example"), ("official", "anthropic", "https://o.example"))
 
 
-def finished_job(upstream: str | None, session: str | None, bound_to: str | None):
+def finished_job(upstream: str | None, session: str | None, bound_to: str | None, status: int = 200):
     job = make_job(RULES)
     job.session, job.bound_to = session, bound_to
     if upstream:
-        job.attempts.append(Attempt(upstream, 200, usage=Usage(input_tokens=5)))
-        job.upstream, job.status = upstream, 200
+        job.attempts.append(Attempt(upstream, status, usage=Usage(input_tokens=5)))
+        job.upstream, job.status = upstream, status
+        if session is not None and 200 <= status < 300:
+            job.rebound_to = upstream       # as the dialer does after a 2xx
     return job
 
 
@@ -121,6 +123,7 @@ def test_request_rows_carry_the_session_and_what_happened_to_its_binding():
         (("relay-a", "s-1", None), ("s-1", "new")),
         (("relay-a", "s-1", "relay-a"), ("s-1", "kept")),
         (("official", "s-1", "relay-a"), ("s-1", "moved")),
+        (("official", "s-1", "relay-a", 400), ("s-1", "kept")),     # an error passed on binds nothing
     ]
     for job_args, expected in cases:
         r = request_row(finished_job(*job_args))
