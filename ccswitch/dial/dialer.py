@@ -167,7 +167,8 @@ class Dialer:
             if result.ok:
                 self._served(job, upstream)
             elif result.rate_limited:
-                self._rate_limited(upstream.name, result.reason or "rate limited", [], failover.cooldown)
+                self._rate_limited(upstream.name, result.reason or "rate limited", result.limit_headers,
+                                   failover.cooldown)
             elif result.ok is False:
                 self.health.record_failure(upstream.name, result.reason or "stream failed",
                                            threshold=failover.threshold, cooldown=failover.cooldown)

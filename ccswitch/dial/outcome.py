@@ -56,6 +56,8 @@ class Streamed:
     ok: bool | None
     reason: str | None = None
     rate_limited: bool = False       # it ended with a rate-limit error event
+    # the head's rate-limit headers: what says when a rate-limited upstream serves again
+    limit_headers: list[tuple[str, str]] = field(default_factory=list)
 
 
 def NetworkFailure(upstream: str, reason: str, action: str, timeout: bool = False) -> Failure:

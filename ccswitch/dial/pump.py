@@ -17,6 +17,7 @@ from ccswitch.dial.job import Attempt, Job, marks
 from ccswitch.dial.outcome import Failure, Streamed, network_failure
 from ccswitch.dial.render import OutgoingRequest
 from ccswitch.net import http1
+from ccswitch.routing.quota import limit_headers
 from ccswitch.vocab import Action
 from ccswitch.wire import protocols
 from ccswitch.wire.protocols import Kind, in_stream_status
@@ -38,13 +39,14 @@ HOLD_BACK_BYTES = 1024 * 1024
 
 class Pump:
     __slots__ = ("attempt", "committed", "content_seen", "error", "headers", "held", "held_size", "job",
-                 "outgoing", "parser", "response", "sink", "stream", "tap", "terminal", "upstream")
+                 "limit_headers", "outgoing", "parser", "response", "sink", "stream", "tap", "terminal", "upstream")
 
     def __init__(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
                  response: http1.Response, sink, headers: list[tuple[str, str]], attempt: Attempt) -> None:
         self.job, self.upstream, self.outgoing, self.attempt = job, upstream, outgoing, attempt
         self.tap = UsageTap(upstream.protocol)
         self.response, self.sink, self.headers = response, sink, headers
+        self.limit_headers: list[tuple[str, str]] = []   # kept of the head past the commit
         self.stream = translation.stream(job.request, upstream)
         self.parser = SSEParser()
         self.held: list[bytes] = []
@@ -158,7 +160,9 @@ class Pump:
         job.ttfb_ms = job.elapsed_ms()
         await self.sink.start(self.response.status_code, self.headers + marks(job), None)
         # a stream can last minutes: its headers (dozens from some upstreams) were needed for
-        # the client's head and a failover, and neither can come again; nor can the request go again
+        # the client's head and a failover, and neither can come again; nor can the request go again.
+        # Only what says when the upstream serves again stays, for a rate-limit error later on.
+        self.limit_headers = limit_headers(self.headers)
         self.headers = self.response.headers = []
         self.outgoing.sent_for_good()
         job.request_sent_for_good()
@@ -182,7 +186,7 @@ class Pump:
             self.job.error = f"stream error: {message}"
             # a `pass` error is the client's own (e.g. invalid request): no failure counted
             return Streamed(self.upstream.name, ok=None if action == Action.PASS else False, reason=self.job.error,
-                            rate_limited=status == 429)
+                            rate_limited=status == 429, limit_headers=self.limit_headers)
         if not self.committed:
             await self._commit()
         await self._end(self._flush_translation(), body_over=True)

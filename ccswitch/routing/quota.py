@@ -280,6 +280,13 @@ def _read(found: dict[str, str], now: float) -> tuple[list[Window], bool]:
         status_reported
 
 
+def limit_headers(headers: Headers) -> Headers:
+    """Only the headers that say when an upstream serves again: what a stream keeps of its head
+    for a rate-limit error that may come minutes later."""
+    return [(name, value) for name, value in headers
+            if name.lower().startswith(_PREFIXES) or name.lower() in ("retry-after", "retry-after-ms")]
+
+
 def parse_windows(headers: Headers, now: float) -> list[Window]:
     """Every window the headers describe (names case-insensitive). A malformed value makes that
     window (or that field) ignored, never an exception."""
@@ -290,9 +297,10 @@ def parse_windows(headers: Headers, now: float) -> list[Window]:
 def rejection_reset(headers: Headers, now: float) -> float | None:
     """For a 429 (or an in-stream rate-limit error): epoch seconds when the window that rejected
     resets, else what retry-after-ms / retry-after says, else the reset of a used-up window
-    (remaining 0, Codex at 100 %), else None.  Never the latest of all windows: a 5-hour
-    rejection must not cool for the 7-day window."""
-    windows = parse_windows(headers, now)
+    (remaining 0, Codex at 100 %), else a reset reported without a window (`lone_reset`), else
+    None.  Never the latest of all windows: a 5-hour rejection must not cool for the 7-day window."""
+    found = _rate_limit_headers(headers)
+    windows = _read(found, now)[0] if found else []
     said = [w.resets_at for w in windows if w.rejected and w.resets_at is not None and w.resets_at > now]
     if said:
         return max(said)          # every window that rejects must have reset
@@ -301,7 +309,25 @@ def rejection_reset(headers: Headers, now: float) -> float | None:
         return now + wait
     spent = [w.resets_at for w in windows
              if w.utilization >= 1 and w.resets_at is not None and w.resets_at > now]
-    return max(spent) if spent else None
+    return max(spent) if spent else _lone_reset(found, now)
+
+
+def _lone_reset(found: dict[str, str], now: float) -> float | None:
+    """A reset reported without the figures that make a window of it (`…-unified-reset` without
+    a status, `…-tokens-reset` without limit and remaining): the unified reset (Anthropic's
+    reset of the window that binds), else the soonest of the others — the only word on when the
+    upstream serves again beats a guessed cooldown, and one too soon only costs another 429."""
+    unified = _epoch(found.get(_UNIFIED + "reset"), now)
+    if unified is not None:
+        return unified if unified > now else None
+    resets = [_rfc3339(found.get(f"anthropic-ratelimit-{name}-reset"), now) for name in _API_KEY_WINDOWS]
+    resets += [_after(duration_seconds(found.get(f"x-ratelimit-reset-{name}")), now) for name in ("requests", "tokens")]
+    for which in ("primary", "secondary"):
+        prefix = f"x-codex-{which}-"
+        at = _epoch(found.get(prefix + "reset-at"), now)
+        resets.append(at if at is not None else _after(_number(found.get(prefix + "reset-after-seconds")), now))
+    ahead = [when for when in resets if when is not None and when > now]
+    return min(ahead) if ahead else None
 
 
 # --------------------------------------------------------------------------- the board

@@ -2,6 +2,7 @@
 cools an upstream, and sessions bound after a 2xx (loopback mocks, no mitmproxy)."""
 
 import asyncio
+import json
 import time
 from datetime import datetime
 
@@ -156,3 +157,28 @@ async def test_a_session_is_moved_only_when_another_upstream_served_it(mock_a, m
             assert job.affinity == "kept" and d.sessions.bound("claude", "s1") == "a"
     finally:
         await d.aclose()
+
+
+def _sse(*events) -> str:
+    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
+
+
+async def test_a_429_or_an_in_stream_rate_limit_error_cools_until_a_reset_reported_without_a_window(mock_a, mock_b):
+    now = time.time()
+    mock_a.script(status(429, headers={"anthropic-ratelimit-unified-reset": str(int(now + 120))}))
+    started = {"type": "message_start", "message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [], "stop_reason": None,
+        "usage": {"input_tokens": 1, "output_tokens": 0}}}
+    delta = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": "hel"}}
+    limited = {"type": "error", "error": {"type": "rate_limit_error", "message": "rate limited"}}
+    mock_b.script(status(200, body=_sse(started, delta, limited), headers={
+        "content-type": "text/event-stream", "anthropic-ratelimit-unified-reset": str(int(now + 90))}))
+    d = dialer()
+    try:
+        job, _ = await serve(d, two(mock_a, mock_b))
+    finally:
+        await d.aclose()
+    assert job.upstream == "b" and job.error and "rate limited" in job.error
+    for name, reset in (("a", 120), ("b", 90)):
+        left = d.health.cooling_until(name) - d.health.clock()
+        assert d.health.get(name).rate_limited and reset - 2 < left <= reset, name

@@ -330,6 +330,22 @@ def test_rejection_reset_falls_back_to_retry_after_then_a_used_up_window():
     assert rejection_reset([], NOW) is None
 
 
+def test_rejection_reset_takes_a_reset_reported_without_a_window_when_nothing_else_says():
+    assert rejection_reset([(U + "reset", str(int(NOW + 120)))], NOW) == NOW + 120
+    assert rejection_reset([(U + "status", "allowed"), (U + "reset", str(int(NOW + 120)))], NOW) == NOW + 120
+    assert rejection_reset([("anthropic-ratelimit-tokens-reset", rfc3339(NOW + 150))], NOW) == NOW + 150
+    assert rejection_reset([("x-ratelimit-reset-tokens", "1m30s")], NOW) == NOW + 90
+    assert rejection_reset([("x-codex-primary-reset-after-seconds", "45")], NOW) == NOW + 45
+    # the plan's unified reset is the rejecting window's; of other lone resets, the soonest
+    assert rejection_reset([("anthropic-ratelimit-tokens-reset", rfc3339(NOW + 50)),
+                            (U + "reset", str(int(NOW + 120)))], NOW) == NOW + 120
+    assert rejection_reset([("anthropic-ratelimit-tokens-reset", rfc3339(NOW + 150)),
+                            ("anthropic-ratelimit-requests-reset", rfc3339(NOW + 60))], NOW) == NOW + 60
+    # what says more wins over a lone reset; a passed one is none
+    assert rejection_reset([(U + "reset", str(int(NOW + 120))), ("retry-after", "30")], NOW) == NOW + 30
+    assert rejection_reset([(U + "reset", str(int(NOW - 5)))], NOW) is None
+
+
 def test_rejection_reset_when_two_windows_reject_waits_for_both_and_ignores_a_passed_reset():
     both = [(U + "status", "rejected"), (U + "5h-status", "rejected"), (U + "5h-reset", str(int(NOW + 100))),
             (U + "7d-status", "rejected"), (U + "7d-reset", str(int(NOW + 8000)))]
