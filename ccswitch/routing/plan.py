@@ -72,9 +72,9 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
         elif until is not None:
             cooling.append((until, upstream))
             result.blocked.append((name, "cooling down"))
-            left = until - health.clock()
-            if health.get(name).rate_limited:
-                limited.append(left)
+            back = _back_after(until - health.clock(), full, quota) if health.get(name).rate_limited else None
+            if back is not None:
+                limited.append(back)
             else:
                 unknown_wait = True
         elif full is not None:
@@ -108,6 +108,17 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
     if preferred and _to_front(result.candidates, preferred):
         result.why_first = "ccswitch.use"
     return result
+
+
+def _back_after(cooling_left: float, full, quota: QuotaBoard | None) -> float | None:
+    """Seconds until a rate-limited upstream serves again: its cooldown can end before the window
+    that is full resets (a short retry-after), and it is back only when both are over; None
+    when the full window's reset is unknown."""
+    if full is None:
+        return cooling_left
+    if full.resets_at is None:
+        return None
+    return max(cooling_left, full.resets_at - quota.clock())
 
 
 def _order(candidates: list[Upstream], spec: RouteSpec, quota: QuotaBoard | None, session: str | None) -> str:

@@ -83,6 +83,20 @@ def test_when_everything_is_full_or_rate_limited_with_a_known_reset_ccswitch_ans
     assert p.limited_for is None and names(p) == ["c"] and p.why_first == "recovers first"   # never dark
 
 
+def test_an_upstream_cooling_and_full_is_back_only_when_both_are_over():
+    clock = Clock()
+    quota, health = QuotaBoard(clock), HealthBoard(clock)
+    rules = rules_with("[a, b, c]")
+    utilization(quota, "a", 0.99, reset_in=60)
+    utilization(quota, "b", 1.0, reset_in=90)
+    health.record_rate_limit("c", "HTTP 429", seconds=5, reset_known=True)   # its retry-after
+    utilization(quota, "c", 1.0, reset_in=20)                                # but full for 20 s
+    p = plan(rules, "claude", "m", health, NOW, quota=quota)
+    assert p.candidates == [] and p.limited_for == 20
+    health.record_rate_limit("c", "HTTP 429", seconds=30, reset_known=True)  # cooling past its full window
+    assert plan(rules, "claude", "m", health, NOW, quota=quota).limited_for == 30
+
+
 def test_weighted_picks_in_proportion_and_a_session_always_draws_the_same():
     rules = rules_with("{upstreams: [a, b, c], strategy: weighted}", weights=(6, 3, 1))
     firsts = Counter(names(plan(rules, "claude", "m", HealthBoard(), NOW, session=f"s{i}"))[0] for i in range(3000))
