@@ -13,7 +13,7 @@ from datetime import datetime
 from mitmproxy import ctx, exceptions
 
 from ccswitch.clock import utc_now
-from ccswitch.config.models import Rules
+from ccswitch.config.models import ROUTE_PROTOCOLS, Rules
 from ccswitch.config.watch import RulesFile
 from ccswitch.dial.job import Job
 from ccswitch.ledger.rows import attempt_rows, request_row
@@ -84,7 +84,7 @@ class Gateway:
         self.health.sync(self.rules_file.fingerprints())
         names = [u.name for u in self.rules.upstreams]
         self.quota.sync(names)
-        self.sessions.sync(names)
+        self.sessions.sync(names, {route: self.rules.routes.spec(route).sticky for route in ROUTE_PROTOCOLS})
         self.spend.configure(self.rules)
 
     async def open_state(self) -> None:

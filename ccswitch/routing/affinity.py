@@ -14,7 +14,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ccswitch.routing.changes import BindChange, Feed, notify
@@ -72,6 +72,7 @@ class SessionBindings:
         self.on_change: Feed | None = None   # the shared state's hook (None: this instance alone)
         self._bindings: dict[tuple[str, str], Binding] = {}
         self._binds = 0
+        self._sticky: dict[str, float] = {}   # each route's idle time in force now (from `sync`)
 
     def bound(self, route: str, key: str) -> str | None:
         """The upstream this session is bound to, while it has not been idle past its TTL."""
@@ -84,8 +85,10 @@ class SessionBindings:
         return binding.upstream
 
     def bind(self, route: str, key: str, upstream: str, ttl: float) -> None:
-        """After a 2xx from `upstream`: (re)bind the session there and restart its idle time."""
+        """After a 2xx from `upstream`: (re)bind the session there and restart its idle time.
+        With sticky off (`ttl` 0) nothing is bound, and nothing is kept to come back to later."""
         if ttl <= 0:
+            self._bindings.pop((route, key), None)
             return
         now = self.clock()
         old = self._bindings.get((route, key))
@@ -97,11 +100,29 @@ class SessionBindings:
             notify(self.on_change, BindChange(route, key, upstream, ttl, self.wall()))
         self._store((route, key), binding)
 
-    def sync(self, names: Iterable[str]) -> None:
-        """After a reload: bindings to upstreams that keep their name stay; others go."""
+    def sync(self, names: Iterable[str], sticky: Mapping[str, float] | None = None) -> None:
+        """After a reload: bindings to upstreams that keep their name stay; others go.  `sticky`
+        (route -> idle time) is in force from now on for every binding, old ones included: a
+        longer one keeps a session that would have been let go, a shorter one lets it fail back,
+        and `off` drops the route's bindings.  Other instances are told (the shared copy expires
+        as the local one does)."""
         keep = set(names)
         for key in [k for k, b in self._bindings.items() if b.upstream not in keep]:
             del self._bindings[key]
+        if sticky is None:
+            return
+        self._sticky = dict(sticky)
+        self._purge()     # what expired under the old idle time stays expired
+        for (route, key), binding in list(self._bindings.items()):
+            ttl = self._sticky.get(route, binding.ttl)
+            if ttl == binding.ttl:
+                continue
+            told = self._shared(route, key, binding)
+            if ttl <= 0:
+                del self._bindings[(route, key)]
+            else:
+                binding.ttl, binding.told = ttl, self.clock()
+            notify(self.on_change, replace(told, ttl=max(0.0, ttl)))
 
     def count_by_upstream(self) -> dict[str, int]:
         """Live bindings per upstream (for `ccswitch.status`)."""
@@ -143,12 +164,13 @@ class SessionBindings:
 
     def apply(self, change: BindChange) -> None:
         """Take another instance's binding in, unless this instance used the session since."""
+        ttl = self._sticky.get(change.route, change.ttl)   # this instance's idle time, once it has one
         now = self.clock()
         last_used = now - max(0.0, self.wall() - change.at)
-        if now - last_used > change.ttl:
+        if ttl <= 0 or now - last_used > ttl:
             return
         old = self._bindings.get((change.route, change.session))
         if old is not None and old.last_used > last_used:
             return
         # told: what another instance told needs no retelling until it is used here again
-        self._store((change.route, change.session), Binding(change.upstream, last_used, change.ttl, told=now))
+        self._store((change.route, change.session), Binding(change.upstream, last_used, ttl, told=now))

@@ -58,6 +58,37 @@ def test_bindings_survive_a_reload_for_upstreams_that_keep_their_name():
     assert bindings.count_by_upstream() == {"a": 1}
 
 
+def test_a_reload_applies_the_new_sticky_to_every_binding_and_tells_the_others():
+    clock, told = Clock(), []
+    bindings = SessionBindings(clock, wall=clock)
+    bindings.on_change = told.append
+    bindings.bind("claude", "short", "a", ttl=3)
+    bindings.bind("claude", "long", "a", ttl=3600)
+    bindings.bind("codex", "other", "a", ttl=3600)
+    told.clear()
+    bindings.sync(["a"], {"claude": 3600, "codex": 3})
+    clock.now += 4.5
+    assert bindings.bound("claude", "short") == "a"       # raised: idle 4.5 s is within 1h now
+    assert bindings.bound("codex", "other") is None       # lowered: idle past 3 s, it fails back
+    assert {(c.session, c.ttl) for c in told} == {("short", 3600), ("other", 3)}   # the shared expiry follows
+
+
+def test_with_sticky_off_a_route_binds_nothing_and_keeps_nothing_to_come_back_to():
+    clock, told = Clock(), []
+    bindings = SessionBindings(clock, wall=clock)
+    bindings.on_change = told.append
+    bindings.bind("claude", "s1", "a", ttl=3600)
+    bindings.bind("codex", "s9", "a", ttl=3600)
+    told.clear()
+    bindings.sync(["a", "b"], {"claude": 0, "codex": 3600})
+    assert bindings.count_by_upstream() == {"a": 1} and bindings.bound("claude", "s1") is None
+    assert [(c.session, c.ttl) for c in told] == [("s1", 0)]          # the shared copy goes too
+    bindings.apply(BindChange("claude", "s1", "a", 3600, clock.now))  # an instance not yet reloaded
+    bindings.bind("claude", "s1", "b", ttl=0)                         # served while off
+    bindings.sync(["a", "b"], {"claude": 3600, "codex": 3600})
+    assert bindings.bound("claude", "s1") is None and bindings.count_by_upstream() == {"a": 1}
+
+
 def test_expired_bindings_are_swept_so_memory_stays_bounded():
     clock = Clock()
     bindings = SessionBindings(clock)
