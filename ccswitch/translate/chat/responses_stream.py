@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ccswitch.translate.chat.common import ChunkWriter, chat_usage
+from ccswitch.translate.chat.common import ChunkWriter, chat_id, chat_usage
 from ccswitch.wire.sse import Event
 
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.done"})
@@ -103,8 +103,8 @@ class ResponsesStream:
         kind = event.type
         if kind == "response.created":
             response = data.get("response") or {}
-            if not self.started and isinstance(response.get("model"), str):
-                self.writer.model = response["model"]
+            if not self.started:
+                self._adopt(response)
             return self._start()
         if kind in FAILED:
             self.failure = failure_of(data)
@@ -113,6 +113,12 @@ class ResponsesStream:
             return self._terminal(kind, data.get("response") or {})
         deltas = self._content(kind, data)
         return self._start() + deltas if deltas else []
+
+    def _adopt(self, response: dict[str, Any]) -> None:
+        """The upstream's model and id, so the chunks name the same completion the non-stream reply would."""
+        if isinstance(response.get("model"), str):
+            self.writer.model = response["model"]
+        self.writer.id = chat_id(response.get("id")) or self.writer.id
 
     def _start(self) -> list[dict[str, Any]]:
         if self.started:

@@ -424,6 +424,12 @@ def test_text_stream_without_usage():
     assert len({c["id"] for c in chunks[:-1]}) == 1
 
 
+def test_every_chunk_carries_the_upstream_response_id_as_non_stream_does():
+    chunks = run(sse(created(), text_delta("Hi"), completed(usage=USAGE)),
+                 {"model": "gpt-x", "messages": HI, "stream": True, "stream_options": {"include_usage": True}})
+    assert {c["id"] for c in chunks if c != "[DONE]"} == {"chatcmpl-resp_1"}
+
+
 def test_arguments_only_on_done_are_sent_once_and_deltas_route_by_item_id():
     added = [("response.output_item.added", {"output_index": i, "item": {
         "type": "function_call", "id": f"fc_{i}", "call_id": f"call_{i}", "name": "f", "arguments": ""}})
@@ -509,7 +515,7 @@ def test_recorded_stream_validates_and_accumulates_in_the_sdk():
 
 # ---------------------------------------------------------------- chunk boundaries
 
-CHUNK_HEAD = re.compile(rb'"id":"chatcmpl-[0-9a-f]{24}","object":"chat\.completion\.chunk","created":\d+,')
+CHUNK_HEAD = re.compile(rb'"object":"chat\.completion\.chunk","created":\d+,')
 
 
 def new_stream():
@@ -518,7 +524,7 @@ def new_stream():
 
 
 def client_bytes(pieces):
-    """The converter's output for an upstream body arriving in `pieces`, random id/created removed."""
+    """The converter's output for an upstream body arriving in `pieces`, the clock's `created` removed."""
     stream, parser, out = new_stream(), SSEParser(), []
     for piece in pieces:
         out += [stream.feed(e) for e in parser.feed(piece)]
