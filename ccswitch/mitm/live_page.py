@@ -74,7 +74,9 @@ class LivePage:
             return answer(flow, _text(405, "only GET\n", {"allow": "GET, HEAD"}))
         answer(flow, self._serve(path))
         if flow.request.method == "HEAD":
-            flow.response.content = b""
+            # raw_content: the `content` setter would rewrite content-length to 0, and a HEAD
+            # answer's length must be the one a GET would send (RFC 9110 §8.6)
+            flow.response.raw_content = b""
 
     def _allowed(self, flow: http.HTTPFlow) -> bool:
         rules = self.gateway.rules

@@ -84,6 +84,10 @@ def test_the_reverse_listener_serves_page_json_and_metrics_with_the_client_key(w
         assert 'id="initial"' in page.text
         data = client.get(url + "/status.json", headers={"authorization": f"Bearer {CLIENT_KEY}"}).json()
         metrics = client.get(url + "/metrics", headers=KEY)
+        head = client.head(url + "/metrics", headers=KEY)
+        assert client.get(url + "/status.json", headers=KEY).status_code == 200   # the connection stays sound
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(len(metrics.content))
     states = {u["name"]: u["state"] for u in data["upstreams"]}
     assert states == {"relay-a": "cooling", "relay-b": "available"}
     assert [r["upstream"] for r in data["recent"]] == ["relay-b"] * 3

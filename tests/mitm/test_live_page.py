@@ -186,3 +186,14 @@ async def test_head_has_the_headers_and_no_body(chain):
     flow = await through(chain, flow_on(path="/_ccswitch/metrics", method="HEAD", headers=[("x-api-key", CLIENT_KEY)]))
     assert flow.response.status_code == 200 and flow.response.content == b""
     assert flow.response.headers["content-type"] == CONTENT_TYPE
+
+
+@pytest.mark.parametrize("path", ["/_ccswitch/", "/_ccswitch/status.json", "/_ccswitch/metrics"])
+async def test_head_tells_the_length_a_get_would_send(chain, path):
+    """RFC 9110 §8.6: a HEAD answer's content-length is the GET body's, never 0."""
+    key = [("x-api-key", CLIENT_KEY)]
+    get = await through(chain, flow_on(path=path, headers=key))
+    head = await through(chain, flow_on(path=path, method="HEAD", headers=key))
+    assert head.response.raw_content == b"" and len(get.response.raw_content) > 0
+    assert head.response.headers["content-length"] == str(len(get.response.raw_content))
+    assert list(head.response.headers.keys()) == list(get.response.headers.keys())
