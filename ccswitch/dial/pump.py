@@ -193,11 +193,12 @@ class Pump:
         return Streamed(self.upstream.name, ok=True)
 
     async def _fail(self, reason: str) -> Failure | Streamed:
+        status = 504 if "timeout" in reason else 502
         if not self.committed:
             return Failure(self.upstream.name, None, reason, self.job.rules.failover.on_network_error,
-                           client_status=504 if "timeout" in reason else 502)
+                           client_status=status)
         message = f"upstream {self.upstream.name}: {reason}"
-        await self._end(protocols.stream_error_event(self.job.request.client_protocol, message))
+        await self._end(protocols.stream_error_event(self.job.request.client_protocol, message, status))
         self.job.error = reason
         return Streamed(self.upstream.name, ok=False, reason=reason)
 

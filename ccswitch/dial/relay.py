@@ -161,7 +161,7 @@ async def _end_with_error(job: Job, sink, status: int, message: str,
             job.status = status
             await send_whole(sink, status, *own_error(job.request.client_protocol, status, message, headers))
         else:
-            await sink.write(stream_error_event(job.request.client_protocol, message))
+            await sink.write(stream_error_event(job.request.client_protocol, message, status))
             await sink.end()
     except (ClientGone, h11.LocalProtocolError):
         sink.broken = True

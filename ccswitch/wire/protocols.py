@@ -120,10 +120,10 @@ def body_matches_protocol(protocol: str, endpoint: str, body: Any) -> bool:
 
 # ---------------------------------------------------------------- error bodies
 
-_ANTHROPIC_ERROR_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+_ANTHROPIC_ERROR_TYPES = {     # Anthropic's errors page, status by status
+    400: "invalid_request_error", 401: "authentication_error", 402: "billing_error", 403: "permission_error",
     404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-    500: "api_error", 502: "api_error", 503: "api_error", 504: "api_error",
+    500: "api_error", 502: "api_error", 503: "api_error", 504: "timeout_error",
     529: "overloaded_error",     # Anthropic's own word for its 529 only: a 503 of ours is not "overloaded"
 }
 _OPENAI_ERROR_TYPES = {
@@ -132,12 +132,18 @@ _OPENAI_ERROR_TYPES = {
 }
 
 
+def error_type(protocol: str, status: int) -> str:
+    """The error type a client of `protocol` expects with `status`."""
+    if protocol == Protocol.ANTHROPIC:
+        return _ANTHROPIC_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return _OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
 def error_body(protocol: str, status: int, message: str, code: str | None = None) -> dict:
     """The error JSON a client of `protocol` understands."""
+    kind = error_type(protocol, status)
     if protocol == Protocol.ANTHROPIC:
-        kind = _ANTHROPIC_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
         return {"type": "error", "error": {"type": kind, "message": message}}
-    kind = _OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
@@ -185,15 +191,16 @@ def own_error(protocol: str, status: int, message: str,
             error_json(protocol, status, message))
 
 
-def stream_error_event(protocol: str, message: str, kind: str = "api_error") -> bytes:
-    """The event that ends a committed stream whose upstream failed: never a silent cut."""
+def stream_error_event(protocol: str, message: str, status: int = 500) -> bytes:
+    """The event that ends a committed stream whose upstream failed: never a silent cut.  Its
+    type is the one the whole answer `status` would have had, had the stream not begun."""
+    kind = error_type(protocol, status)
     if protocol == Protocol.ANTHROPIC:
         return format_event({"type": "error", "error": {"type": kind, "message": message}}, "error")
     if protocol == Protocol.RESPONSES:
         return format_event({"type": "error", "code": kind, "message": message, "param": None,
                              "sequence_number": 0}, "error")
-    return format_event({"error": {"message": message, "type": "server_error", "param": None,
-                                   "code": kind}})
+    return format_event({"error": {"message": message, "type": kind, "param": None, "code": kind}})
 
 
 def in_stream_status(event_json: object) -> int:

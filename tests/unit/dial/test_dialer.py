@@ -171,6 +171,8 @@ async def test_after_commit_an_idle_stall_ends_with_an_error_event(mock_a, mock_
     mock_a.script(stall_after(4, 3))
     job, sink, health = await run(two(mock_a, mock_b))
     assert event_types(sink.body)[-1] == "error" and "idle timeout" in job.error
+    last = SSEParser().feed(sink.body)[-1].json()
+    assert last["error"]["type"] == "timeout_error"      # Anthropic's word for a timeout, as its 504 says
 
 
 @pytest.mark.parametrize("grace, connections", [(2.0, 1), (0.2, 2)], ids=["end-within-grace", "end-too-late"])
@@ -244,7 +246,7 @@ async def test_last_failure_network_gives_502_and_timeout_504(mock_a):
     assert sink.status == 502 and json.loads(sink.body)["type"] == "error"
     mock_a.script(hang_before_headers(3))
     _, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
-    assert sink.status == 504
+    assert sink.status == 504 and json.loads(sink.body)["error"]["type"] == "timeout_error"
 
 
 async def test_pass_status_is_returned_without_counting(mock_a, mock_b):

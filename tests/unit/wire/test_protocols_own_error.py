@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from ccswitch.wire.protocols import own_error, should_retry
+from ccswitch.wire.protocols import own_error, should_retry, stream_error_event
+from ccswitch.wire.sse import SSEParser
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 415, 426, 431])
@@ -38,3 +39,37 @@ def test_an_anthropic_clients_error_type_says_whose_mistake_it_is(status, kind):
     # the client's own mistakes are invalid requests; "overloaded" is Anthropic's word for its 529
     _, body = own_error("anthropic", status, "x")
     assert json.loads(body)["error"]["type"] == kind
+
+
+#: the Anthropic errors page: the type that goes with each status
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
+                   403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+                   429: "rate_limit_error", 500: "api_error", 504: "timeout_error", 529: "overloaded_error"}
+
+
+@pytest.mark.parametrize("status", sorted(ANTHROPIC_TYPES))
+def test_an_anthropic_clients_error_type_is_the_one_anthropic_gives_that_status(status):
+    _, body = own_error("anthropic", status, "x")
+    assert json.loads(body)["error"]["type"] == ANTHROPIC_TYPES[status]
+
+
+@pytest.mark.parametrize("status,kind", [(400, "invalid_request_error"), (429, "rate_limit_error"),
+                                         (500, "server_error"), (502, "server_error"), (504, "server_error")])
+def test_an_openai_clients_error_type_follows_the_status(status, kind):
+    for protocol in ("openai-chat", "openai-responses"):
+        _, body = own_error(protocol, status, "x")
+        assert json.loads(body)["error"]["type"] == kind
+
+
+def event_json(data: bytes) -> dict:
+    [event] = SSEParser().feed(data)
+    return event.json()
+
+
+def test_a_streams_own_error_event_names_the_type_its_status_has_as_a_whole_answer():
+    """A timeout after the stream began is the 504 it would have been before: Anthropic's timeout_error."""
+    assert event_json(stream_error_event("anthropic", "upstream a: idle timeout", 504))["error"] == {
+        "type": "timeout_error", "message": "upstream a: idle timeout"}
+    assert event_json(stream_error_event("anthropic", "cut", 502))["error"]["type"] == "api_error"
+    assert event_json(stream_error_event("openai-responses", "cut", 504))["code"] == "server_error"
+    assert event_json(stream_error_event("openai-chat", "cut", 504))["error"]["type"] == "server_error"
