@@ -38,7 +38,7 @@ from ccswitch.dial.relay import ClientGone
 from ccswitch.dial.shutdown import Serving
 from ccswitch.dial.ws_upstream import UpstreamSockets
 from ccswitch.vocab import Protocol
-from ccswitch.wire.protocols import Kind, classify_event, error_object, in_stream_status
+from ccswitch.wire.protocols import Kind, classify_event, error_body, error_object, in_stream_status
 from ccswitch.wire.sse import SSEParser
 from ccswitch.wire.ws_chain import Chain, ChainLost, FrameError, Turn
 
@@ -70,7 +70,9 @@ MakeJob = Callable[[Ticket, Turn], "Job | Refusal"]
 
 
 def error_frame(status: int, message: str, error: Any = None) -> str:
-    body = error if isinstance(error, dict) else {"type": "api_error", "message": message}
+    """An in-band error; one of ccswitch's own has the error its HTTPS answer would have, so that
+    Codex reads a status the same way on either transport."""
+    body = error if isinstance(error, dict) else error_body(Protocol.RESPONSES, status, message)["error"]
     return json.dumps({"type": "error", "status": status, "error": body})
 
 

@@ -4,6 +4,7 @@
 import asyncio
 import json
 
+import pytest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -21,10 +22,11 @@ from ccswitch.dial.job import CLIENT_CLOSED, Job
 from ccswitch.dial.relay import run_guarded
 from ccswitch.dial.render import OutgoingRequest
 from ccswitch.dial.shutdown import SHUTTING_DOWN, Shutdown
-from ccswitch.dial.ws_bridge import TICKET_HEADER, Refusal, Ticket, WsBridge
+from ccswitch.dial.ws_bridge import TICKET_HEADER, Refusal, Ticket, WsBridge, error_frame
 from ccswitch.routing.health import HealthBoard
 from ccswitch.vocab import Endpoint, Protocol, Route
 from ccswitch.wire.exchange import ClientRequest
+from ccswitch.wire.protocols import own_error
 from ccswitch.wire.ws_chain import Chain
 from tests.support.helpers import eventually
 from tests.support.loopback_guard import loopback_url
@@ -95,7 +97,8 @@ async def test_handshake_deflate_ping_warm_up_and_in_band_errors():
         frames = await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
         error = json.loads(next(e for e in frames if isinstance(e, TextMessage)).data)
         assert error == {"type": "error", "status": 503,
-                         "error": {"type": "api_error", "message": "no upstream available for the codex route"}}
+                         "error": {"type": "server_error", "message": "no upstream available for the codex route",
+                                   "param": None, "code": None}}
         client.send(TextMessage("not json"))
         frames = await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
         assert json.loads(next(e for e in frames if isinstance(e, TextMessage)).data)["status"] == 400
@@ -104,6 +107,14 @@ async def test_handshake_deflate_ping_warm_up_and_in_band_errors():
         assert any(isinstance(e, CloseConnection) for e in closed)
     finally:
         await bridge.stop()
+
+
+@pytest.mark.parametrize("status", [400, 401, 413, 429, 500, 502, 503, 504])
+def test_an_own_error_frame_has_the_error_the_same_answer_over_https_has(status):
+    """Codex reads a frame's error as it reads an HTTP answer's: a 429 is rate_limit_error on both."""
+    _, body = own_error(Protocol.RESPONSES, status, "over the daily budget")
+    assert json.loads(error_frame(status, "over the daily budget")) == {
+        "type": "error", "status": status, "error": json.loads(body)["error"]}
 
 
 async def test_an_unknown_ticket_is_refused_and_a_stale_chain_closes_before_any_output():
