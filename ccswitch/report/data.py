@@ -249,7 +249,7 @@ def _usage_rows(reader: LedgerReader, since: date, until: date, tz: tzinfo | Non
         t = Totals(n, inp or 0, out or 0, cw or 0, cw1h or 0, cr or 0, reas or 0, fo or 0, err or 0, moved or 0)
         usd = pricer.cost(sent or model, upstream, t)
         if usd is None:
-            t.unpriced_tokens = t.tokens
+            t.unpriced_tokens, t.unpriced_requests = t.tokens, t.requests
         else:
             t.cost = usd
         yield UsageRow(moment, timeline.local(moment, tz).date(), route, upstream, model, sent, session, t, client), \

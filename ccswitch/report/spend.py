@@ -15,15 +15,17 @@ from ccswitch.report.data import Pricer
 from ccswitch.report.totals import Totals
 
 
+def row_totals(row: Mapping) -> Totals:
+    return Totals(1, row.get("input_tokens") or 0, row.get("output_tokens") or 0,
+                  row.get("cache_creation_tokens") or 0, row.get("cache_creation_1h_tokens") or 0,
+                  row.get("cache_read_tokens") or 0)
+
+
 def row_cost(pricer: Pricer, row: Mapping) -> float | None:
     """USD of one `requests` row at the report's prices × its upstream's multiplier; None when
-    its model has no known price (budgets count it as 0)."""
-    t = Totals(1, row.get("input_tokens") or 0, row.get("output_tokens") or 0,
-               row.get("cache_creation_tokens") or 0, row.get("cache_creation_1h_tokens") or 0,
-               row.get("cache_read_tokens") or 0)
-    if not t.tokens:
-        return 0.0
-    return pricer.cost(row.get("upstream_model") or row.get("model"), row.get("upstream"), t)
+    its model has no known price, with no tokens too: an unknown price is shown as unknown,
+    never as $0 (budgets count it as 0)."""
+    return pricer.cost(row.get("upstream_model") or row.get("model"), row.get("upstream"), row_totals(row))
 
 
 @dataclass
@@ -61,7 +63,8 @@ def ledger_spend(target: Path | PostgresURL, rules: Rules, since: datetime, unti
                 row = dict(zip(_COLUMNS, values, strict=True))
                 usd = row_cost(pricer, row)
                 if usd is None:
-                    out.unpriced.add(row["upstream_model"] or row["model"] or "(no model)")
+                    if row_totals(row).tokens:     # a refused request's model is nothing to warn of
+                        out.unpriced.add(row["upstream_model"] or row["model"] or "(no model)")
                     continue
                 out.rows.append((datetime.fromisoformat(row["ts"]), row["upstream"], row["client"], usd))
     except LedgerReadError as exc:

@@ -28,9 +28,10 @@ def table_digits(totals: Iterable[Totals]) -> int:
 
 
 def fmt_cost(t: Totals, digits: int | None = None) -> str:
-    """'$1.23', '$0.0070', '$0.03+?' (some tokens have no price), '?' (none has). ``digits``: the table's
-    precision (None: this value's own)."""
-    if t.unpriced_tokens and not t.cost:
+    """'$1.23', '$0.0070', '$0.03+?' (some tokens have no price), '?' (none has, or only requests of a
+    model without a price are there, even without tokens). ``digits``: the table's precision (None:
+    this value's own)."""
+    if (t.unpriced_tokens or t.unpriced_requests) and not t.cost:
         return "?"
     digits = cost_digits([t.cost]) if digits is None else digits
     return f"${t.cost:,.{digits}f}" + ("+?" if t.unpriced_tokens else "")

@@ -32,6 +32,7 @@ class Totals:
     moved: int = 0                  # requests that moved their session to another upstream
     cost: float = 0.0               # USD, priced tokens only
     unpriced_tokens: int = 0        # tokens of models with no known price (not in cost)
+    unpriced_requests: int = 0      # requests of such models, tokens or not: their cost is unknown, not 0
 
     @property
     def prompt(self) -> int:
@@ -60,6 +61,7 @@ class Totals:
         self.moved += other.moved
         self.cost += other.cost
         self.unpriced_tokens += other.unpriced_tokens
+        self.unpriced_requests += other.unpriced_requests
 
     def to_dict(self) -> dict:
         return {

@@ -53,6 +53,18 @@ def test_cost_uses_the_billed_model_and_the_upstreams_price_multiplier_and_count
     assert today.requests == 2 and today.unpriced_tokens == 54_200 and today.cost_usd == pytest.approx(board.cost["a"])
 
 
+def test_a_model_without_a_price_has_no_cost_even_when_its_answer_had_no_tokens():
+    """An upstream's 400 carries no usage: its cost is still unknown ("?"), never $0.00."""
+    r = rules_for(("a", "anthropic", "http://127.0.0.1:9"), extra="timezone: UTC\n")
+    board = LiveBoard(clock=lambda: NOON_ISH)
+    note(board, r, finished(r, Attempt("a", 400, "HTTP 400", 10), model="no-such-model-7", at=AT_NOON))
+    [served] = board.recent
+    now = datetime.fromtimestamp(NOON_ISH, UTC)
+    assert served.cost_usd is None and live_status(board, [], r, now)["recent"][0]["cost_usd"] is None
+    assert "a" not in board.cost and "a" not in board.unpriced      # nothing priced, no tokens unpriced
+    assert board.totals(AT_NOON.date()).cost_usd == 0 and board.totals(AT_NOON.date()).unpriced_tokens == 0
+
+
 def test_an_own_answer_counts_with_no_upstream_no_attempts_and_as_an_error():
     r = rules()
     board = LiveBoard(clock=lambda: NOON_ISH)

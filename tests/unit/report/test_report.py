@@ -20,6 +20,7 @@ from ccswitch.ledger.schema import connect
 from ccswitch.report import text as report
 from ccswitch.report.charts import CHART_FILES
 from ccswitch.report.data import Report, build_report
+from ccswitch.report.spend import ledger_spend
 from tests.support import REPO as ROOT
 
 RULES = """\
@@ -161,6 +162,28 @@ def test_small_overrides_and_multipliers(small_db):
     assert d1.cost == pytest.approx(0.03285 + (2000 * 5 + 1000 * 20) / 1e6, abs=1e-12)
     assert d2.cost == pytest.approx(0.02875 + (100 * 1 + 50 * 2) / 1e6 * 0.5, abs=1e-12)
     assert d2.unpriced_tokens == 0 and r.unpriced == {}
+
+
+def test_budgets_warn_only_of_unpriced_models_that_had_tokens(small_db):
+    conn = connect(str(small_db))
+    insert_request(conn, 99, ts="2026-03-02T03:00:00.000+00:00", upstream="relay-a", model="mystery-400",
+                   status=400, error="HTTP 400")       # refused: no usage, nothing to price
+    conn.commit()
+    conn.close()
+    rules = parse_rules(RULES, env={"RELAY_A_KEY_FOR_TEST": "x"})
+    spend = ledger_spend(small_db, rules, datetime(2026, 3, 1, tzinfo=UTC))
+    assert spend.unpriced == {"mystery-1"} and spend.error is None
+
+
+def test_a_model_without_a_price_costs_question_mark_even_with_no_tokens(small_db):
+    conn = connect(str(small_db))
+    insert_request(conn, 99, ts="2026-03-02T03:00:00.000+00:00", upstream="relay-b", model="mystery-400",
+                   status=400, error="HTTP 400")
+    conn.commit()
+    conn.close()
+    model = _small(small_db).summary["model"]
+    assert report.fmt_cost(model["mystery-400"]) == "?"           # never "$0.00"
+    assert report.fmt_cost(model["claude-opus-4-5"]).startswith("$")
 
 
 def test_an_unpriced_model_is_named_as_billed_not_as_the_client_asked(small_db):
