@@ -126,6 +126,13 @@ def attempt_outcome(status: int | None, error: str | None) -> str:
     return f"http_{status}"
 
 
+def attempt_result(status: int | None, error: str | None) -> str:
+    """An attempt as the page lists it: its status when that tells how it ended, else the word
+    the metrics count it under (a 200 that ended with an error event failed: `stream_error`)."""
+    outcome = attempt_outcome(status, error)
+    return str(status) if outcome == "ok" or outcome.startswith("http_") else outcome
+
+
 def status_label(status: int | None, error: str | None) -> str:
     """The status a client got, as a label: the code, else client_closed or none."""
     if status:
@@ -186,8 +193,8 @@ class LiveBoard:
         self.recent.append(Served(
             at=at, route=route, endpoint=str(row.get("endpoint") or ""), model=row.get("model"),
             upstream_model=row.get("upstream_model"), upstream=upstream or None,
-            attempts=tuple((str(a.get("upstream")), str(a["status"]) if a.get("status") else
-                            attempt_outcome(None, a.get("error"))) for a in attempts),
+            attempts=tuple((str(a.get("upstream")), attempt_result(a.get("status"), a.get("error")))
+                           for a in attempts),
             status=status, error=error, stream=bool(row.get("stream")), tokens=tokens, cost_usd=usd,
             latency_ms=row.get("latency_ms"), ttfb_ms=row.get("ttfb_ms")))
         tz = rules.tz

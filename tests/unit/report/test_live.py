@@ -53,6 +53,18 @@ def test_cost_uses_the_billed_model_and_the_upstreams_price_multiplier_and_count
     assert today.requests == 2 and today.unpriced_tokens == 54_200 and today.cost_usd == pytest.approx(board.cost["a"])
 
 
+def test_an_attempt_that_failed_over_on_an_in_stream_error_says_so_as_the_metrics_do():
+    """Its status was 200, but it failed: the page must not read "a 200 → b 200"."""
+    r = rules()
+    board = LiveBoard(clock=lambda: NOON_ISH)
+    note(board, r, finished(r, Attempt("a", 200, "stream error: overloaded_error: busy", 120),
+                            Attempt("b", 200, None, 900, USAGE), at=AT_NOON))
+    now = datetime.fromtimestamp(NOON_ISH, UTC)
+    [served] = live_status(board, [], r, now)["recent"]
+    assert served["attempts"] == [{"upstream": "a", "result": "stream_error"}, {"upstream": "b", "result": "200"}]
+    assert board.attempts == {("a", "stream_error"): 1, ("b", "ok"): 1}
+
+
 def test_a_model_without_a_price_has_no_cost_even_when_its_answer_had_no_tokens():
     """An upstream's 400 carries no usage: its cost is still unknown ("?"), never $0.00."""
     r = rules_for(("a", "anthropic", "http://127.0.0.1:9"), extra="timezone: UTC\n")
