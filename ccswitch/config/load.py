@@ -289,7 +289,9 @@ def load_rules(path: str | Path, env: Mapping[str, str] | None = None) -> Rules:
     path = Path(path).expanduser()
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:     # has no strerror; say it as the proxy's own reload does (config.watch)
+        raise RulesError([f"{path}: cannot read (not UTF-8)"]) from None
+    except OSError as e:
         raise RulesError([f"{path}: cannot read ({e.strerror or type(e).__name__})"]) from None
     return _parse(text, str(path), env, path.resolve().parent, path)
 

@@ -189,3 +189,13 @@ def test_activate_refuses_an_upstream_whose_key_variable_is_unset(tmp_path):
     done = cli("activate", "off", "--rules", str(rules), cwd=tmp_path, env=env)
     assert done.returncode == 1
     assert "off has no api_key (its environment variable is not set): nothing to activate with" in done.stderr
+
+
+def test_every_command_refuses_a_rules_file_that_is_not_utf8_without_a_traceback(tmp_path):
+    rules = tmp_path / "gbk.yaml"
+    rules.write_bytes("# 中转站配置\nupstreams: []\n".encode("gbk"))
+    for command in (["check", str(rules)], ["env", "--rules", str(rules)], ["report", "--rules", str(rules)],
+                    ["activate", "a", "--rules", str(rules)], ["notify-test", "--rules", str(rules)]):
+        done = cli(*command, cwd=tmp_path, env=home_env(tmp_path))
+        assert done.returncode == 1, command
+        assert f"{rules}: cannot read (not UTF-8)" in done.stderr and "Traceback" not in done.stderr, command
