@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ccswitch.cli.out_dir import cannot_write
 from ccswitch.cli.rules_file import UNSET, AnyEnv, find_announced, load_for_command
 from ccswitch.config.values import RulesError
 from ccswitch.vocab import Route
@@ -48,8 +49,14 @@ def _env(args: argparse.Namespace) -> int:
     if rules is None:
         return 1
     confdir = Path(args.confdir).expanduser()
-    print(env_lines(confdir=confdir, port=args.port, reverse=args.reverse, codex_toml=args.codex_toml,
-                    bundle_dir=Path(args.bundle_dir).expanduser() if args.bundle_dir else confdir, rules=rules))
+    bundle_dir = Path(args.bundle_dir).expanduser() if args.bundle_dir else confdir
+    try:
+        lines = env_lines(confdir=confdir, port=args.port, reverse=args.reverse, codex_toml=args.codex_toml,
+                          bundle_dir=bundle_dir, rules=rules)
+    except OSError as exc:     # where the CA bundle goes: print no exports at all rather than half of them
+        print(cannot_write("--bundle-dir" if args.bundle_dir else "--confdir", bundle_dir, exc), file=sys.stderr)
+        return 1
+    print(lines)
     if rules.client_keys and rules.client_keys[0].get_secret_value() == UNSET:
         print("ccswitch: the ${VAR} of your client key (client_keys[0]) is not set in this shell, so no key "
               "was exported for the clients; set it and run again", file=sys.stderr)

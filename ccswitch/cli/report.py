@@ -9,13 +9,14 @@ import sys
 from datetime import date, timedelta
 from pathlib import Path
 
+from ccswitch.cli.out_dir import cannot_write
 from ccswitch.cli.rules_file import AnyEnv, find_announced
 from ccswitch.clock import utc_now
 from ccswitch.config.database_url import parse_usage_db
 from ccswitch.config.models import Rules
 from ccswitch.config.values import RulesError
 from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
-from ccswitch.report.data import DIMENSIONS, build_report, report_zone
+from ccswitch.report.data import DIMENSIONS, Report, build_report, report_zone
 from ccswitch.report.text import activation_lines, render_table, report_json
 from ccswitch.report.timeline import PERIODS, period_start
 
@@ -61,6 +62,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="write PNG charts and report.html into this directory")
 
 
+# the days a report can cover: their local midnights, a week or month around them and the few days
+# read on either side must all be dates Python can hold (years 1..9999)
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(9998, 12, 31)
+
+
+def _beyond_reach(option: str, day: date) -> str | None:
+    if FIRST_DAY <= day <= LAST_DAY:
+        return None
+    return f"{option} {day}: a report covers the days from {FIRST_DAY} to {LAST_DAY}"
+
+
 def _period(args: argparse.Namespace, today: date) -> tuple[date, date, date | None] | str:
     """(since, until, the day to split by hour) from the options, or what is wrong with them."""
     hours = args.hours
@@ -70,8 +82,12 @@ def _period(args: argparse.Namespace, today: date) -> tuple[date, date, date | N
         if args.since:
             return "--hours shows one day: give the day to --hours instead of --since"
         day = (args.until or today) if hours is _UNTIL else hours
-        return day, day, day
+        return _beyond_reach("--hours", day) or (day, day, day)
     until = args.until or today
+    if wrong := _beyond_reach("--until", until) or (args.since and _beyond_reach("--since", args.since)):
+        return wrong
+    if not args.since and args.days - 1 > (until - FIRST_DAY).days:
+        return f"--days {args.days}: a report covers the days from {FIRST_DAY} to {LAST_DAY}"
     since = args.since or (until - timedelta(days=args.days - 1))
     if since > until:
         return f"--since {since} is after --until {until}"
@@ -134,16 +150,25 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     written = None
     if args.out:                                 # before the table: a reader that stops early (| head) keeps them
-        from ccswitch.report.charts import write_charts
-        from ccswitch.report.html import write_html
         out_dir = Path(args.out).expanduser()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        charts = write_charts(report, out_dir)
-        written = f"wrote {len(charts)} chart(s) and {write_html(report, charts, out_dir)}"
+        try:
+            written = _write_out(report, out_dir)
+        except OSError as exc:
+            print(cannot_write("--out", out_dir, exc), file=sys.stderr)
+            return 1
     print(json.dumps(report_json(report), indent=2) if args.json else render_table(report))
     if written:
         print(written, file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def _write_out(report: Report, out_dir: Path) -> str:
+    """The charts and report.html in out_dir; what was written, for the user."""
+    from ccswitch.report.charts import write_charts
+    from ccswitch.report.html import write_html
+    out_dir.mkdir(parents=True, exist_ok=True)
+    charts = write_charts(report, out_dir)
+    return f"wrote {len(charts)} chart(s) and {write_html(report, charts, out_dir)}"
 
 
 def build_parser(prog: str = "ccswitch report") -> argparse.ArgumentParser:

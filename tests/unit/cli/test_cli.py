@@ -199,3 +199,15 @@ def test_every_command_refuses_a_rules_file_that_is_not_utf8_without_a_traceback
         done = cli(*command, cwd=tmp_path, env=home_env(tmp_path))
         assert done.returncode == 1, command
         assert f"{rules}: cannot read (not UTF-8)" in done.stderr and "Traceback" not in done.stderr, command
+
+
+def test_env_says_when_the_bundle_dir_cannot_be_written(tmp_path):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "mitmproxy-ca-cert.pem").write_text("-----BEGIN CERTIFICATE-----\nX\n-----END CERTIFICATE-----\n")
+    (tmp_path / "afile").write_text("x")
+    for bundle_dir in (tmp_path / "afile", tmp_path / "afile" / "sub", Path("/proc/ccswitch-nope")):
+        done = cli("env", "--confdir", str(conf), "--bundle-dir", str(bundle_dir), cwd=tmp_path, env=home_env(tmp_path))
+        assert done.returncode == 1 and "Traceback" not in done.stderr, bundle_dir
+        assert f"--bundle-dir {bundle_dir}: cannot write there (" in done.stderr, bundle_dir
+        assert "export" not in done.stdout         # nothing half-done to eval
