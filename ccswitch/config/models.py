@@ -29,6 +29,7 @@ from pydantic import (
     PlainSerializer,
     PlainValidator,
     SecretStr,
+    Strict,
     StrictBool,
     ValidationInfo,
     field_validator,
@@ -70,6 +71,11 @@ DEFAULT_ON_STATUS: dict[str, str] = {
     "400": "pass", "401": "switch", "403": "switch", "408": "retry",
     "429": "switch", "4xx": "pass", "5xx": "switch",
 }
+# A count or a number is a YAML number, as a switch is true or false: `true` is not 1 and `'4'` not 4
+# (lax pydantic would read `cache_breakpoints: false` as 0, stripping every marker). Durations
+# are parsed apart, text on purpose (`30s`).
+Count = Annotated[int, Strict()]
+Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 PriceKey = Literal["input", "output", "cache_write", "cache_write_1h", "cache_read"]
@@ -81,8 +87,8 @@ class _Model(BaseModel):
 
 class HourWindow(_Model):
     """A local-time window [start, end); start > end wraps midnight."""
-    start_minute: int = Field(ge=0, le=1439)
-    end_minute: int = Field(ge=0, le=1440)
+    start_minute: Count = Field(ge=0, le=1439)
+    end_minute: Count = Field(ge=0, le=1440)
 
     @model_validator(mode="before")
     @classmethod
@@ -114,16 +120,16 @@ class HourWindow(_Model):
 
 
 class Failover(_Model):
-    threshold: int = Field(default=3, ge=1)
+    threshold: Count = Field(default=3, ge=1)
     cooldown: Duration = 600.0
-    max_attempts: int = Field(default=4, ge=1)
+    max_attempts: Count = Field(default=4, ge=1)
     hold_back: Duration = 2.0
     on_status: dict[Annotated[str, AfterValidator(status_key)], Action] = Field(
         default_factory=lambda: dict(DEFAULT_ON_STATUS))
     # a network error leaves nothing to pass on: the attempt is tried again or the next one is
     on_network_error: Literal["switch", "retry"] = "switch"
     retry_backoff: Duration = 1.0
-    drain_at: float = Field(default=0.95, gt=0, le=1)   # utilization at which an upstream counts as full
+    drain_at: Number = Field(default=0.95, gt=0, le=1)   # utilization at which an upstream counts as full
 
     @field_validator("on_status", mode="after")
     @classmethod
@@ -139,7 +145,7 @@ class Failover(_Model):
 
 
 class Activation(_Model):
-    retries: int = Field(default=20, ge=0)    # further tries the same day after a failed probe
+    retries: Count = Field(default=20, ge=0)    # further tries the same day after a failed probe
     retry_interval: Duration = 60.0
     grace: Duration = 900.0                   # starting this late after a missed time still fires once
 
@@ -171,14 +177,14 @@ class Upstream(_Model):
                   Annotated[str, BeforeValidator(header_value)]] = Field(default_factory=dict)
     activate_at: tuple[Annotated[str, BeforeValidator(activate_time)], ...] = ()
     activation_model: str | None = None
-    price_multiplier: float = Field(default=1.0, ge=0)
-    weight: float = Field(default=1.0, gt=0)   # the `weighted` strategy's share
+    price_multiplier: Number = Field(default=1.0, ge=0)
+    weight: Number = Field(default=1.0, gt=0)   # the `weighted` strategy's share
     budget: Budget | None = None               # USD per day / month; over it the upstream is skipped
     websocket: StrictBool = False              # over its own Responses WebSocket (openai-responses only)
     # how it is reached, once in Rules: its own `proxy`, else the rules' upstream_proxy (None: directly)
     proxy: ProxySetting = None
-    max_connections: int | None = Field(default=None, ge=1)    # open at once; more requests wait
-    cache_breakpoints: int | None = Field(default=None, ge=0)  # cache_control markers kept (anthropic)
+    max_connections: Count | None = Field(default=None, ge=1)    # open at once; more requests wait
+    cache_breakpoints: Count | None = Field(default=None, ge=0)  # cache_control markers kept (anthropic)
     # set by the loader, not in rules.yaml: the headers of a disabled upstream left out because
     # their ${VAR} is not set (`ccswitch.enable` refuses it, as it does one without its api_key)
     unset_headers: tuple[str, ...] = ()
@@ -297,8 +303,8 @@ class Routes(_Model):
 
 class Budget(_Model):
     """USD per calendar day / month in the rules' time zone, at the report's prices."""
-    daily: float | None = Field(default=None, gt=0)
-    monthly: float | None = Field(default=None, gt=0)
+    daily: Number | None = Field(default=None, gt=0)
+    monthly: Number | None = Field(default=None, gt=0)
 
 
 class ClientKey(_Model):
@@ -345,8 +351,15 @@ class NotifyHook(_Model):
         return v
 
 
+def _no_switch(value: Any) -> Any:
+    """`version: true` is not version 1 (a Literal cannot be made strict)."""
+    if isinstance(value, bool):
+        raise ValueError("must be 1")
+    return value
+
+
 class Rules(_Model):
-    version: Literal[1] = 1
+    version: Annotated[Literal[1], BeforeValidator(_no_switch)] = 1
     timezone: str | None = None
     # a SQLite file (default) or a PostgreSQL URL, see config.database_url
     usage_db: Annotated[Path | PostgresURL, BeforeValidator(usage_db_setting)] = Field(
@@ -361,10 +374,10 @@ class Rules(_Model):
     activation: Activation = Field(default_factory=Activation)
     upstreams: tuple[Upstream, ...] = ()
     routes: Routes = Field(default_factory=Routes)
-    prices: dict[str, dict[PriceKey, Annotated[float, Field(ge=0)]]] = Field(default_factory=dict)
+    prices: dict[str, dict[PriceKey, Annotated[Number, Field(ge=0)]]] = Field(default_factory=dict)
     # chat route: max_tokens sent to an Anthropic upstream when the client gave none,
     # by upstream model (exact name or glob; "*" = any other); overrides the built-in table
-    max_tokens: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    max_tokens: dict[str, Annotated[Count, Field(ge=1)]] = Field(default_factory=dict)
     notify: tuple[NotifyHook, ...] = ()
     upstream_proxy: ProxySetting = None        # the proxy of every upstream without its own `proxy`
     codex_websocket: Literal["bridge", "refuse"] = "bridge"   # Codex's Responses WebSocket: carried, or 426
