@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from ccswitch.config.secret_url import SecretURL
+from ccswitch.net.addresses import PORT_RANGE
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
@@ -36,9 +37,11 @@ class PostgresURL(SecretURL):
         if "#" in text:
             raise ValueError("a PostgreSQL URL has no '#' (percent-encode it in a password as %23)")
         try:
-            _ = urlsplit(text).port     # raises ValueError on a port that is not a number
+            port = urlsplit(text).port     # raises ValueError on a port that is not a number
         except ValueError:
             raise ValueError("not a valid PostgreSQL URL (check the host and port)") from None
+        if port == 0:
+            raise ValueError(PORT_RANGE)
         return cls(url=SecretStr(text))
 
 

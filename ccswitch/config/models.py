@@ -57,6 +57,7 @@ from ccswitch.config.values import (
     status_key,
     usage_db_setting,
 )
+from ccswitch.net.addresses import url_port
 from ccswitch.net.proxy import Proxy
 from ccswitch.vocab import Action, Protocol, Route, Strategy
 from ccswitch.wire.redact import CREDENTIAL_HEADERS, CREDENTIAL_WORDS, credential_part
@@ -241,11 +242,11 @@ class Upstream(_Model):
         msg = "must be 'original' or an http(s) URL like https://host[:port][/prefix]"
         try:
             parts = urlsplit(v)
-            parts.port  # noqa: B018 - raises on a bad port
         except ValueError:
             raise ValueError(msg) from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(msg)
+        url_port(parts)
         try:
             parts.hostname.encode("idna")
         except UnicodeError:
@@ -348,6 +349,7 @@ class NotifyHook(_Model):
         parts = urlsplit(v.get_secret_value())
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL")
+        url_port(parts)
         return v
 
 

@@ -1,9 +1,12 @@
-"""Which hosts are loopback: the listen check, the test guard and the probes ask here."""
+"""Which hosts are loopback: the listen check, the test guard and the probes ask here; and
+the port a URL of the rules names."""
 
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
+
+PORT_RANGE = "the port must be a number from 1 to 65535"
 
 
 def is_loopback(host: str) -> bool:
@@ -17,3 +20,16 @@ def is_loopback(host: str) -> bool:
 
 def is_loopback_host(url: str) -> bool:
     return is_loopback(urlsplit(url).hostname or "")
+
+
+def url_port(parts: SplitResult) -> int | None:
+    """The port a URL names, None when it names none. Raises ValueError(PORT_RANGE) for one no
+    connection can use: not a number, beyond 65535, or 0 (`:0`, `:00`), which urlsplit takes
+    but which fails every connection only at run time."""
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(PORT_RANGE) from None
+    if port == 0:
+        raise ValueError(PORT_RANGE)
+    return port

@@ -25,6 +25,8 @@ from urllib.parse import unquote, urlsplit
 from python_socks import ProxyConnectionError, ProxyType
 from python_socks.async_.asyncio import Proxy as SocksClient
 
+from ccswitch.net.addresses import url_port
+
 SCHEMES = ("http", "socks5", "socks5h")
 DIRECT = "direct"
 _KINDS = {"http": ProxyType.HTTP, "socks5": ProxyType.SOCKS5, "socks5h": ProxyType.SOCKS5}
@@ -79,7 +81,6 @@ def parse_proxy(text: str) -> Proxy | None:
         return None
     try:
         parts = urlsplit(text)
-        port = parts.port
     except ValueError:
         raise ValueError(_FORM) from None
     scheme = parts.scheme.lower()
@@ -88,6 +89,7 @@ def parse_proxy(text: str) -> Proxy | None:
                          "(CONNECT tunnels the upstream's own TLS)")
     if scheme not in SCHEMES or not parts.hostname:
         raise ValueError(_FORM)
+    port = url_port(parts)
     if port is None:
         raise ValueError("must name the proxy's port, like socks5://127.0.0.1:1080")
     if parts.path not in ("", "/") or parts.query or parts.fragment:

@@ -89,3 +89,26 @@ def test_max_connections_and_cache_breakpoints():
     found = problems(up("a", ", max_connections: 0, cache_breakpoints: -1"))
     assert [p.split(": ")[1] for p in found] == ["upstreams[a].max_connections", "upstreams[a].cache_breakpoints"]
     assert problems(up("a", ", max_connections: many")) == ["r.yaml: upstreams[a].max_connections: must be an integer"]
+
+
+PORT_RANGE = "the port must be a number from 1 to 65535"
+
+
+@pytest.mark.parametrize("port", ["0", "00", "65536"])
+def test_a_port_no_connection_can_use_is_refused(port):
+    assert problems(up("a", f", proxy: 'socks5://127.0.0.1:{port}'")) == [f"r.yaml: upstreams[a].proxy: {PORT_RANGE}"]
+    assert problems(up("a"), head=f"upstream_proxy: 'http://127.0.0.1:{port}'") == [f"r.yaml: upstream_proxy: {PORT_RANGE}"]
+    body = f"  - {{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:{port}', api_key: k}}\n"
+    assert problems(body) == [f"r.yaml: upstreams[a].base_url: {PORT_RANGE}"]
+
+
+def test_the_ports_at_either_end_are_fine():
+    for port in (1, 65535):
+        body = f"  - {{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:{port}', api_key: k}}\n"
+        assert rules(body, head=f"upstream_proxy: 'http://127.0.0.1:{port}'").upstreams[0].proxy.port == port
+
+
+@pytest.mark.parametrize("port", ["0", "99999"])
+def test_a_notify_hook_on_a_port_no_connection_can_use_is_refused(port):
+    assert problems(up("a"), head=f"notify: [{{url: 'https://hooks.example:{port}/SECRET'}}]") == [
+        f"r.yaml: notify[0].url: {PORT_RANGE}"]
