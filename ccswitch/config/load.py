@@ -2,7 +2,7 @@
 
 This file owns turning rules *text* into a ``Rules`` (models in config.models): a YAML loader with
 YAML 1.2-ish scalars that notes duplicate keys, ``${VAR}`` expansion in api_key and header
-values (also client keys, notify URLs, proxies), pydantic errors rewritten as ``FILE: field.path: message``
+values (also client keys in either form, notify URLs, proxies), pydantic errors rewritten as ``FILE: field.path: message``
 (upstreams named by name, see config.crosscheck, which also holds the checks that span fields), and where rules.yaml is looked for.
 Public: ``find_rules`` (what every command and the proxy load), ``parse_rules``, ``load_rules``,
 ``resolve_rules_path``, ``rules_origin``, ``default_rules_text``, ``example_rules_text``. Every
@@ -138,16 +138,18 @@ _EXPANDED_TOP_LEVEL = ("usage_db", "state")
 
 
 def _expand_keys_and_hooks(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[str, str]], set[str]]:
-    """Expand ${VAR} in client keys (`key` of the mapping form), notify URLs and the top-level
-    fields of _EXPANDED_TOP_LEVEL, in place."""
+    """Expand ${VAR} in client keys (either form: a plain list entry or a mapping's `key`), notify
+    URLs and the top-level fields of _EXPANDED_TOP_LEVEL, in place."""
     problems: list[tuple[str, str]] = []
-    places: list[tuple[str, dict, str]] = [(name, data, name) for name in _EXPANDED_TOP_LEVEL
-                                           if isinstance(data.get(name), str)]
+    places: list[tuple[str, dict | list, str | int]] = [(name, data, name) for name in _EXPANDED_TOP_LEVEL
+                                                        if isinstance(data.get(name), str)]
     for section, field in (("client_keys", "key"), ("notify", "url")):
         items = data.get(section)
         for i, item in enumerate(items if isinstance(items, list) else []):
             if isinstance(item, dict) and isinstance(item.get(field), str):
                 places.append((f"{section}[{i}].{field}", item, field))
+            elif section == "client_keys" and isinstance(item, str):   # the plain list form
+                places.append((f"{section}[{i}]", items, i))
     for path, holder, key in places:
         value, missing, malformed = _expand(holder[key], env)
         if malformed:

@@ -211,3 +211,20 @@ def test_env_says_when_the_bundle_dir_cannot_be_written(tmp_path):
         assert done.returncode == 1 and "Traceback" not in done.stderr, bundle_dir
         assert f"--bundle-dir {bundle_dir}: cannot write there (" in done.stderr, bundle_dir
         assert "export" not in done.stdout         # nothing half-done to eval
+
+
+def test_env_reads_a_plain_list_client_key_variable_too(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("""
+client_keys: ['${CCSWITCH_TEST_CLIENT_KEY}']
+upstreams:
+  - {name: a, protocol: anthropic, base_url: 'https://a.example', api_key: k}
+routes: {claude: [a]}
+""")
+    done = cli("env", "--reverse", "--rules", str(rules), env=home_env(tmp_path))
+    assert done.returncode == 1 and "not set in this shell" in done.stderr and "ANTHROPIC_API_KEY=" not in done.stdout
+    done = cli("env", "--reverse", "--rules", str(rules), env={**home_env(tmp_path),
+                                                                "CCSWITCH_TEST_CLIENT_KEY": "ck-from-env-0001"})
+    assert done.returncode == 0 and "ANTHROPIC_API_KEY=ck-from-env-0001" in done.stdout
+    check = cli("check", str(rules), env=home_env(tmp_path))
+    assert check.returncode == 1 and "client_keys[0]: environment variable CCSWITCH_TEST_CLIENT_KEY" in check.stderr

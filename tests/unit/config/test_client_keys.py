@@ -16,3 +16,23 @@ def test_a_key_or_a_name_given_twice_is_refused_without_showing_the_key(keys, sa
     with pytest.raises(RulesError) as err:
         parse_rules(f"client_keys: {keys}\n", env={"ALICE": "shared-key-0001", "BOB": "shared-key-0001"})
     assert said in str(err.value) and "key-000" not in str(err.value)
+
+
+def test_the_plain_list_form_expands_variables_as_the_mapping_form_does():
+    rules = parse_rules("client_keys: ['${CK}', 'lit-$${CK}-0001', {name: m, key: '${CK2}'}]\n",
+                        env={"CK": "from-env-0001", "CK2": "from-env-0002"})
+    assert rules.client_key_texts() == ["from-env-0001", "lit-${CK}-0001", "from-env-0002"]
+    assert [c.name for c in rules.client_keys] == ["key-1", "key-2", "m"]
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("['${CK}']", "r.yaml: client_keys[0]: environment variable CK is not set (set it where ccswitch runs)"),
+    ("[{name: m, key: '${CK}'}]", "r.yaml: client_keys[0].key: environment variable CK is not set (set it where "
+                                  "ccswitch runs)"),
+    ("[ok-key-0001, '${CK']", "r.yaml: client_keys[1]: malformed ${...} reference (use ${NAME}, or $${ for a "
+                              "literal ${)"),
+])
+def test_an_unset_or_malformed_variable_in_either_form_is_a_problem(text, said):
+    with pytest.raises(RulesError) as err:
+        parse_rules(f"client_keys: {text}\n", source="r.yaml", env={})
+    assert err.value.problems == [said]
