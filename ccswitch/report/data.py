@@ -32,6 +32,7 @@ from ccswitch.config.models import Rules
 from ccswitch.ledger.reading import LedgerReader, as_reader
 from ccswitch.report import prices, timeline
 from ccswitch.report.latency import LatencyStats, Timing, Timings, stats
+from ccswitch.report.ledger_values import ms_or_none
 from ccswitch.report.totals import (
     DIMENSIONS,
     NO_MODEL,
@@ -259,9 +260,9 @@ def _usage_rows(reader: LedgerReader, since: date, until: date, tz: tzinfo | Non
 def _timings(reader: LedgerReader, since: date, until: date, tz: tzinfo | None) -> Timings:
     out = []
     for ts, upstream, latency_ms, ttfb_ms in _rows(reader, _TIMINGS_SQL, since, until):
-        moment = _parse_utc(ts)
-        if since <= timeline.local(moment, tz).date() <= until:
-            out.append(Timing(moment, upstream, int(latency_ms), None if ttfb_ms is None else int(ttfb_ms)))
+        moment, latency = _parse_utc(ts), ms_or_none(latency_ms)
+        if latency is not None and since <= timeline.local(moment, tz).date() <= until:
+            out.append(Timing(moment, upstream, latency, ms_or_none(ttfb_ms)))
     return Timings(out)
 
 

@@ -12,13 +12,16 @@ from ccswitch.config.database_url import PostgresURL
 from ccswitch.config.models import Rules
 from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
 from ccswitch.report.data import Pricer
+from ccswitch.report.ledger_values import count_or_zero
 from ccswitch.report.totals import Totals
+
+# in the order Totals takes them
+_TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_creation_tokens", "cache_creation_1h_tokens",
+                  "cache_read_tokens")
 
 
 def row_totals(row: Mapping) -> Totals:
-    return Totals(1, row.get("input_tokens") or 0, row.get("output_tokens") or 0,
-                  row.get("cache_creation_tokens") or 0, row.get("cache_creation_1h_tokens") or 0,
-                  row.get("cache_read_tokens") or 0)
+    return Totals(1, *(count_or_zero(row.get(column)) for column in _TOKEN_COLUMNS))
 
 
 def row_cost(pricer: Pricer, row: Mapping) -> float | None:

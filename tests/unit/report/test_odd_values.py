@@ -1,0 +1,56 @@
+"""A ledger row whose numeric column holds text (a hand-edited or foreign database) is read, not a
+traceback: token counts as 0, a latency or first-byte time as missing (as NULL is)."""
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from ccswitch.cli import report as report_cli
+from ccswitch.config.load import parse_rules
+from ccswitch.ledger.schema import connect
+from ccswitch.report.spend import ledger_spend
+from tests.unit.report.test_report import RULES, insert_request, write_rules
+
+TS = "2026-03-01T02:00:00.000+00:00"
+
+
+def odd_db(tmp_path, **odd):
+    path = tmp_path / "usage.db"
+    conn = connect(str(path))
+    insert_request(conn, 0, ts=TS, upstream="relay-b", model="gpt-4.1", input_tokens=1000, output_tokens=10,
+                   latency_ms=1000, ttfb_ms=200)
+    insert_request(conn, 1, ts=TS, upstream="relay-b", model="gpt-4.1", **odd)
+    conn.commit()
+    conn.close()
+    return path
+
+
+def report_json(tmp_path, capsys, db) -> dict:
+    rc = report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(db), "--since", "2026-03-01",
+                          "--until", "2026-03-01", "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0 and "Traceback" not in captured.err
+    return json.loads(captured.out)
+
+
+def test_a_latency_that_is_no_number_is_left_out_of_the_latency(tmp_path, capsys):
+    data = report_json(tmp_path, capsys, odd_db(tmp_path, latency_ms="x", ttfb_ms="y"))
+    assert data["totals"]["requests"] == 2
+    assert data["latency"]["requests"] == 1 and data["latency"]["latency_p50_ms"] == 1000
+
+
+def test_a_first_byte_time_that_is_no_number_is_missing(tmp_path, capsys):
+    data = report_json(tmp_path, capsys, odd_db(tmp_path, latency_ms=3000, ttfb_ms="y"))
+    assert data["latency"]["requests"] == 2 and data["latency"]["ttfb_p50_ms"] == 200
+
+
+def test_numeric_text_is_its_number(tmp_path, capsys):
+    data = report_json(tmp_path, capsys, odd_db(tmp_path, latency_ms="3000", ttfb_ms="400.0"))
+    assert data["latency"]["requests"] == 2 and data["latency"]["ttfb_p95_ms"] > 200
+
+
+def test_budget_spend_counts_text_tokens_as_0(tmp_path):
+    db = odd_db(tmp_path, input_tokens="abc", output_tokens="1000")
+    spend = ledger_spend(db, parse_rules(RULES, env={"RELAY_A_KEY_FOR_TEST": "k"}), datetime(2026, 3, 1, tzinfo=UTC))
+    assert spend.error is None and len(spend.rows) == 2
+    assert spend.rows[1][3] > 0         # the 1000 output tokens given as text are priced
