@@ -158,7 +158,9 @@ class Dialer:
         if isinstance(result, Failure):
             attempt.status, attempt.error = result.status, result.reason
             if result.counts and result.rate_limited:
-                self._rate_limited(upstream.name, result.reason, result.headers, failover.cooldown)
+                # an error event under a 2xx head: that head's resets are of windows still serving
+                self._rate_limited(upstream.name, result.reason, result.headers, failover.cooldown,
+                                   refusal=not 200 <= (result.status or 0) < 300)
             elif result.counts:
                 self.health.record_failure(upstream.name, result.reason, threshold=failover.threshold,
                                            cooldown=failover.cooldown)
@@ -168,7 +170,7 @@ class Dialer:
                 self._served(job, upstream)
             elif result.rate_limited:
                 self._rate_limited(upstream.name, result.reason or "rate limited", result.limit_headers,
-                                   failover.cooldown)
+                                   failover.cooldown, refusal=False)
             elif result.ok is False:
                 self.health.record_failure(upstream.name, result.reason or "stream failed",
                                            threshold=failover.threshold, cooldown=failover.cooldown)
@@ -188,11 +190,13 @@ class Dialer:
             self.sessions.bind(route, job.session, upstream.name, job.rules.routes.spec(route).sticky)
             job.rebound_to = upstream.name
 
-    def _rate_limited(self, name: str, reason: str, headers: list[tuple[str, str]], cooldown: float) -> None:
+    def _rate_limited(self, name: str, reason: str, headers: list[tuple[str, str]], cooldown: float, *,
+                      refusal: bool) -> None:
         """Cool down at once: until the reset of the window that rejected, when it was reported
-        (here or in the rate-limit headers last seen), else for the configured cooldown."""
+        (here or in the rate-limit headers last seen), else for the configured cooldown.
+        `refusal`: the headers are the 429's own, not those of a 2xx whose stream said it later."""
         now = self.quota.clock()
-        reset = rejection_reset(headers, now) if headers else None
+        reset = rejection_reset(headers, now, lone=refusal) if headers else None
         if reset is None:
             full = self.quota.full(name, 1.0)
             reset = full.resets_at if full is not None else None

@@ -294,13 +294,15 @@ def parse_windows(headers: Headers, now: float) -> list[Window]:
     return _read(found, now)[0] if found else []
 
 
-def rejection_reset(headers: Headers, now: float) -> float | None:
+def rejection_reset(headers: Headers, now: float, *, lone: bool = True) -> float | None:
     """For a 429 (or an in-stream rate-limit error): epoch seconds when the window that rejected
     resets, else what retry-after-ms / retry-after says, else the reset of a used-up window
-    (remaining 0, Codex at 100 %), else a reset reported without a window (`lone_reset`), else
-    None.  Never the latest of all windows: a 5-hour rejection must not cool for the 7-day window."""
+    (remaining 0, Codex at 100 %), else (`lone`: headers of the refusal itself) a reset reported
+    with no window or status at all (`_lone_reset`), else None.  Never the latest of all windows:
+    a 5-hour rejection must not cool for the 7-day window; nor the routine reset of a window that
+    was still serving (a 2xx head's, before an in-stream error): that may be hours away."""
     found = _rate_limit_headers(headers)
-    windows = _read(found, now)[0] if found else []
+    windows, status_reported = _read(found, now) if found else ([], False)
     said = [w.resets_at for w in windows if w.rejected and w.resets_at is not None and w.resets_at > now]
     if said:
         return max(said)          # every window that rejects must have reset
@@ -309,7 +311,9 @@ def rejection_reset(headers: Headers, now: float) -> float | None:
         return now + wait
     spent = [w.resets_at for w in windows
              if w.utilization >= 1 and w.resets_at is not None and w.resets_at > now]
-    return max(spent) if spent else _lone_reset(found, now)
+    if spent:
+        return max(spent)
+    return _lone_reset(found, now) if lone and not windows and not status_reported else None
 
 
 def _lone_reset(found: dict[str, str], now: float) -> float | None:

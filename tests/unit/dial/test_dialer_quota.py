@@ -163,7 +163,8 @@ def _sse(*events) -> str:
     return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
 
 
-async def test_a_429_or_an_in_stream_rate_limit_error_cools_until_a_reset_reported_without_a_window(mock_a, mock_b):
+async def test_a_429_cools_until_a_reset_reported_without_a_window_a_stream_not_for_its_heads_routine_reset(
+        mock_a, mock_b):
     now = time.time()
     mock_a.script(status(429, headers={"anthropic-ratelimit-unified-reset": str(int(now + 120))}))
     started = {"type": "message_start", "message": {
@@ -171,14 +172,18 @@ async def test_a_429_or_an_in_stream_rate_limit_error_cools_until_a_reset_report
         "usage": {"input_tokens": 1, "output_tokens": 0}}}
     delta = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": "hel"}}
     limited = {"type": "error", "error": {"type": "rate_limit_error", "message": "rate limited"}}
+    # a subscription's usual head: its window serving (12 %), resetting in 4 hours
     mock_b.script(status(200, body=_sse(started, delta, limited), headers={
-        "content-type": "text/event-stream", "anthropic-ratelimit-unified-reset": str(int(now + 90))}))
+        "content-type": "text/event-stream", "anthropic-ratelimit-unified-status": "allowed",
+        "anthropic-ratelimit-unified-5h-utilization": "0.12",
+        "anthropic-ratelimit-unified-reset": str(int(now + 4 * 3600))}))
     d = dialer()
     try:
         job, _ = await serve(d, two(mock_a, mock_b))
     finally:
         await d.aclose()
     assert job.upstream == "b" and job.error and "rate limited" in job.error
-    for name, reset in (("a", 120), ("b", 90)):
+    cooldown = two(mock_a, mock_b).failover.cooldown
+    for name, reset, known in (("a", 120, True), ("b", cooldown, False)):   # b: the cooldown, not 4 hours
         left = d.health.cooling_until(name) - d.health.clock()
-        assert d.health.get(name).rate_limited and reset - 2 < left <= reset, name
+        assert d.health.get(name).rate_limited is known and reset - 2 < left <= reset, name

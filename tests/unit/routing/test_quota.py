@@ -332,7 +332,10 @@ def test_rejection_reset_falls_back_to_retry_after_then_a_used_up_window():
 
 def test_rejection_reset_takes_a_reset_reported_without_a_window_when_nothing_else_says():
     assert rejection_reset([(U + "reset", str(int(NOW + 120)))], NOW) == NOW + 120
-    assert rejection_reset([(U + "status", "allowed"), (U + "reset", str(int(NOW + 120)))], NOW) == NOW + 120
+    # a window still serving (a status, a utilization) is no lone reset: its reset may be hours away
+    assert rejection_reset([(U + "status", "allowed"), (U + "reset", str(int(NOW + 14400)))], NOW) is None
+    assert rejection_reset([(U + "5h-utilization", "0.12"), (U + "reset", str(int(NOW + 14400)))], NOW) is None
+    assert rejection_reset([(U + "reset", str(int(NOW + 120)))], NOW, lone=False) is None
     assert rejection_reset([("anthropic-ratelimit-tokens-reset", rfc3339(NOW + 150))], NOW) == NOW + 150
     assert rejection_reset([("x-ratelimit-reset-tokens", "1m30s")], NOW) == NOW + 90
     assert rejection_reset([("x-codex-primary-reset-after-seconds", "45")], NOW) == NOW + 45
