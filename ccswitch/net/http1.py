@@ -239,8 +239,8 @@ class UpstreamClient:
         if reusable:
             connection.h11.start_next_cycle()
             self._pool.release(connection)
-        else:
-            self._pool.discard(connection, abort=False)
+        else:   # request bytes still queued: a plain close would wait for them to go, maybe for good
+            self._pool.discard(connection, abort=connection.unsent())
 
     def _discard(self, connection: Connection, *, abort: bool = True) -> None:
         connection.in_use = False

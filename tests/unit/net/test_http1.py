@@ -588,9 +588,13 @@ async def test_an_answer_on_the_head_from_an_upstream_that_neither_reads_on_nor_
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     try:
         async with client() as c:
+            discarded = []
+            discard = c._pool.discard
+            c._pool.discard = lambda connection, abort: discarded.append(abort) or discard(connection, abort=abort)
             async with asyncio.timeout(10):
                 status, body = await get_body(c, url, b"x" * (64 * 1024 * 1024), via=http1.Via(None, "up"))
             assert c.connection_counts() == {"up": (0, 0)}
+            assert discarded == [True]   # closed at once: a plain close waits for the queued bytes to go
     finally:
         stop.set()
         server.close()
