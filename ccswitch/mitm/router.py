@@ -190,8 +190,15 @@ class Router:
 
     # ------------------------------------------------------------------ hooks
 
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        redact_proxy_login(flow)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # every flow, the live page's and the ones passed on too, and before a client gone
+        # mid-body ends it with mitmproxy's `error` hook, in which `-w` saves it
+        redact_proxy_login(flow)
+
     async def request(self, flow: http.HTTPFlow) -> None:
-        redact_proxy_login(flow)    # every flow, the live page's and the ones passed on too
         if flow.response or flow.error or not flow.live:
             return
         if not self.started.is_set():

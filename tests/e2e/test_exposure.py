@@ -117,6 +117,28 @@ def test_a_regular_listener_beyond_loopback_with_proxyauth_asks_for_it(tmp_path)
     assert ("user", "<redacted>") in logins and b"secret-pass" not in saved.read_bytes()
 
 
+def test_a_proxy_login_is_hidden_on_a_flow_whose_client_left_mid_body(tmp_path):
+    import base64
+    import socket
+    port = free_port()
+    with MockUpstream("site") as site:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(rules_text(site.base_url))
+        saved = tmp_path / "flows.mitm"
+        args = ("--mode", f"regular@0.0.0.0:{port}", "--proxyauth", "user:secret-pass", "-w", str(saved))
+        with Proxy(rules, tmp_path, extra_args=args):
+            login = base64.b64encode(b"user:secret-pass").decode()
+            with socket.create_connection(("127.0.0.1", port)) as raw:
+                raw.sendall(f"POST {site.base_url}/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                            f"Proxy-Authorization: Basic {login}\r\nContent-Length: 1000\r\n\r\nonly a part"
+                            .encode())
+                time.sleep(0.5)
+            time.sleep(0.5)   # the client gone: the flow ends in mitmproxy's error hook, which saves it
+    with saved.open("rb") as f:
+        logins = [tuple(flow.metadata.get("proxyauth") or ()) for flow in io.FlowReader(f).stream()]
+    assert ("user", "<redacted>") in logins and b"secret-pass" not in saved.read_bytes()
+
+
 @pytest.mark.parametrize("given", ["ccswitch_max_body=abc", "ccswitch_offline=yes", "ccswitch_keep_stream=1k"])
 def test_an_option_value_mitmproxy_cannot_parse_stops_the_start_instead_of_leaving_ccswitch_out(tmp_path, given):
     # mitmproxy parses such a value only after the script has loaded, and dropped the whole
