@@ -449,6 +449,9 @@ class Rules(_Model):
     def budgets_set(self) -> bool:
         return any(u.budget for u in self.upstreams) or any(c.budget for c in self.client_keys)
 
+    def key_of_client(self, name: str | None) -> str | None:
+        return next((c.get_secret_value() for c in self.client_keys if c.name == name), None)
+
     def client_key_texts(self) -> list[str]:
         return [client.get_secret_value() for client in self.client_keys]
 

@@ -141,7 +141,7 @@ class Dialer:
             translation = translation_for(job.request.client_protocol, upstream.protocol)
             # no local for the body as converted: this frame lasts as long as the stream
             outgoing = render(upstream, job.request, _body_for(job, upstream, translation),
-                              client_keys=job.rules.client_key_texts())
+                              client_key=job.rules.key_of_client(job.client))
             job.upstream_model, job.sent_body = outgoing.upstream_model, outgoing.body
             result = await self._send_and_judge(job, upstream, outgoing, translation, sink, attempt, probing)
         except RenderError as exc:

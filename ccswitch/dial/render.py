@@ -63,10 +63,11 @@ def _endpoint_for(protocol: str, endpoint: str) -> str:
 
 
 def render(upstream: Upstream, req: ClientRequest, body: dict[str, Any] | None = None, *,
-           client_keys: list[str] | None = None) -> OutgoingRequest:
+           client_key: str | None = None) -> OutgoingRequest:
     """`body` is the (possibly converted) JSON to send; None keeps the client's body.  The
-    `client_keys` of the rules are scrubbed from the answer too: none goes upstream, but a
-    prompt may carry one and an error quote it."""
+    ccswitch `client_key` the request came with is scrubbed from the answer too: it does not go
+    upstream, but a prompt may carry it and an error quote it (one key, not all of them: each
+    is one more search through every streamed event)."""
     payload = req.json if body is None else body
     # a conversion may name the model itself (e.g. without a `-thinking` suffix)
     model = payload.get("model") if body is not None and isinstance(payload.get("model"), str) else req.model
@@ -89,7 +90,7 @@ def render(upstream: Upstream, req: ClientRequest, body: dict[str, Any] | None =
     if content:
         headers = [(k, v) for k, v in headers if k != "content-type"]
         headers.append(("content-type", "application/json"))
-    secrets = _secrets(upstream, req) + (client_keys or [])
+    secrets = _secrets(upstream, req) + ([client_key] if client_key else [])
     via = Via(upstream.proxy, upstream.name, upstream.max_connections)
     return OutgoingRequest(req.method, upstream_url(upstream, req), headers, content, upstream_model, secrets, via)
 

@@ -67,7 +67,9 @@ upstreams:
   - {{name: a, protocol: anthropic, base_url: '{mock_a.base_url}', api_key: '{KEY_A}'}}
 routes: {{claude: [a]}}
 """)
-    job, sink, _ = await run(rules)
+    job = make_job(rules)
+    job.client = rules.client_keys[0].name      # the key it came with
+    job, sink, _ = await run(rules, job=job)
     assert b"cannot echo [redacted] or [redacted]" in sink.body
 
 
@@ -80,11 +82,14 @@ async def test_a_ccswitch_client_key_quoted_by_an_in_stream_error_is_not_recorde
     try:
         mock_a.script(error_event_after(1))
         rules = two(mock_a, mock_b)
-        job, sink, _ = await run(rules.model_copy(update={"client_keys": parse_rules(f"""
+        rules = rules.model_copy(update={"client_keys": parse_rules(f"""
 client_keys: ["{CLIENT_KEY}"]
 upstreams: [{{name: x, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: 'sk-unused-000000'}}]
 routes: {{claude: [x]}}
-""").client_keys}))
+""").client_keys})
+        job = make_job(rules)
+        job.client = rules.client_keys[0].name
+        job, sink, _ = await run(rules, job=job)
     finally:
         mock_payloads.error_body = original
     recorded = json.dumps([a.describe() for a in job.attempts]) + str(job.error) + job.comment()
