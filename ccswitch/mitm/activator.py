@@ -59,7 +59,11 @@ class Activator:
         rules = self.gateway.rules
         # in a thread: a ledger that takes its time to answer (PostgreSQL) holds up no request;
         # nothing else touches the schedule before the first tick
-        await asyncio.to_thread(seed_from_ledger, self.schedule, rules, self.now(rules))
+        try:
+            await asyncio.to_thread(seed_from_ledger, self.schedule, rules, self.now(rules))
+        except Exception as exc:    # rows another tool wrote (a ts that is no time): probes still go
+            log.warning("ccswitch: could not read past activations: %r (a probe that already fired today "
+                        "may fire again)", exc)
         while True:
             self.tick()
             await asyncio.sleep(1.0)

@@ -205,7 +205,7 @@ class SpendBoard:
             if reached(spent, line) and mark not in self._told:
                 self._told.add(mark)
                 self._told = {m for m in self._told if m[3] >= start or m[2] != kind}   # forget past periods
-                if line <= news_from or (share < 1.0 and reached(spent, limit)):
+                if reached(news_from, line) or (share < 1.0 and reached(spent, limit)):
                     continue      # known already, or one step past the whole budget: "reached" says it
                 what = "reached" if share >= 1.0 else f"{share:.0%} of"
                 told_spent, told_limit = usd(spent, limit)

@@ -135,3 +135,21 @@ async def test_the_ledger_read_for_probes_that_already_fired_holds_up_nothing(ga
         await asyncio.sleep(0.1)
         assert ticks == [1]
         activator._task.cancel()
+
+
+async def test_a_ledger_the_probes_that_fired_cannot_be_read_from_still_lets_probes_go(gateway, monkeypatch, caplog):
+    from mitmproxy.test import taddons
+
+    from ccswitch.mitm import activator as module
+
+    def odd_rows(schedule, rules, now):
+        raise ValueError("Invalid isoformat string: 'yesterday'")      # a ts another tool wrote
+    monkeypatch.setattr(module, "seed_from_ledger", odd_rows)
+    ticks = []
+    activator = Activator(gateway, clock=Clock())
+    monkeypatch.setattr(activator, "tick", lambda: ticks.append(1) or [])
+    with taddons.context(activator):
+        activator.running()
+        await asyncio.sleep(0.1)
+        assert ticks == [1] and "could not read past activations" in caplog.text
+        activator._task.cancel()

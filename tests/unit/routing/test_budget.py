@@ -190,6 +190,19 @@ def test_with_a_shared_state_each_line_is_told_once_by_the_addition_that_took_th
     assert a.spent(UPSTREAM, "relay-a", "daily") == b.spent(UPSTREAM, "relay-a", "daily") == 5.6
 
 
+def test_a_shared_total_a_float_short_of_a_line_has_crossed_it_for_the_next_addition_too():
+    # a's $0.10 took Redis's total to 0.9999999999999999 of $1 (reached: a told it); b's next
+    # addition starts from that total and must not tell it again
+    now = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
+    b, _, told_b = board(now)
+    b.configure(parse_rules(RULES_TEXT.replace("budget: {daily: 5", "budget: {daily: 1")))
+    b.alone = False
+    start, end = period_start("daily", now, TZ).timestamp(), period_end("daily", now, TZ).timestamp()
+    b.add(UPSTREAM, "relay-a", 0.05)
+    b.apply(SpendTotal(UPSTREAM, "relay-a", "daily", start, end, 0.9999999999999999 + 0.05), added=0.05)
+    assert told_b == []
+
+
 def test_spend_not_yet_in_a_shared_total_counts_but_its_line_is_left_for_its_own_answer():
     now = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
     spend, _, told = board(now)
