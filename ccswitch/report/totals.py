@@ -70,6 +70,7 @@ class Totals:
             "cache_read_tokens": self.cache_read, "reasoning_tokens": self.reasoning,
             "cache_hit": None if self.cache_hit is None else round(self.cache_hit, 6),
             "cost_usd": round(self.cost, 6), "unpriced_tokens": self.unpriced_tokens,
+            "unpriced_requests": self.unpriced_requests,
             "failovers": self.failovers, "errors": self.errors, "moved": self.moved,
         }
 

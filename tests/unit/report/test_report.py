@@ -184,6 +184,7 @@ def test_a_model_without_a_price_costs_question_mark_even_with_no_tokens(small_d
     model = _small(small_db).summary["model"]
     assert report.fmt_cost(model["mystery-400"]) == "?"           # never "$0.00"
     assert report.fmt_cost(model["claude-opus-4-5"]).startswith("$")
+    assert model["mystery-400"].to_dict()["unpriced_requests"] == 1    # --json: its cost_usd 0 is not all
 
 
 def test_an_unpriced_model_is_named_as_billed_not_as_the_client_asked(small_db):
