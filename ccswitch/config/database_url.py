@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from ccswitch.config.secret_url import SecretURL
-from ccswitch.net.addresses import PORT_RANGE
+from ccswitch.net.addresses import url_port
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
@@ -37,11 +37,10 @@ class PostgresURL(SecretURL):
         if "#" in text:
             raise ValueError("a PostgreSQL URL has no '#' (percent-encode it in a password as %23)")
         try:
-            port = urlsplit(text).port     # raises ValueError on a port that is not a number
-        except ValueError:
-            raise ValueError("not a valid PostgreSQL URL (check the host and port)") from None
-        if port == 0:
-            raise ValueError(PORT_RANGE)
+            parts = urlsplit(text)
+        except ValueError:          # an unbalanced [ or ] around the host
+            raise ValueError("not a valid PostgreSQL URL (check the host)") from None
+        url_port(parts)
         return cls(url=SecretStr(text))
 
 

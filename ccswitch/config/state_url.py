@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from ccswitch.config.secret_url import SecretURL
-from ccswitch.net.addresses import PORT_RANGE
+from ccswitch.net.addresses import url_port
 
 REDIS_SCHEMES = ("redis", "rediss")
 
@@ -30,11 +30,9 @@ class RedisURL(SecretURL):
             raise ValueError("a Redis URL has no spaces or '#' (percent-encode them in a password)")
         try:
             parts = urlsplit(text)
-            port = parts.port          # raises ValueError on a port that is not a number
-        except ValueError:
-            raise ValueError("not a valid Redis URL (check the host and port)") from None
-        if port == 0:
-            raise ValueError(PORT_RANGE)
+        except ValueError:          # an unbalanced [ or ] around the host
+            raise ValueError("not a valid Redis URL (check the host)") from None
+        url_port(parts)
         if not parts.hostname:
             raise ValueError("a Redis URL names a host (redis://host:port/db)")
         db = parts.path.strip("/")

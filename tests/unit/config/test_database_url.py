@@ -45,7 +45,8 @@ def test_equal_urls_are_the_same_database_and_a_new_password_is_another():
 
 
 @pytest.mark.parametrize("text, problem", [
-    ("postgresql://me:pw@db.internal:port/x", "check the host and port"),
+    ("postgresql://me:pw@db.internal:port/x", "the port must be a number from 1 to 65535"),
+    ("postgresql://me:pw@db.internal:70000/x", "the port must be a number from 1 to 65535"),
     ("postgresql://me:pw@db.internal:0/x", "the port must be a number from 1 to 65535"),
     ("postgresql://me:p#w@db.internal/x", "percent-encode"),
     ("postgresql://me:p w@db.internal/x", "must not contain spaces"),

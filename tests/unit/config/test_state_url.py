@@ -28,7 +28,8 @@ def test_tls_and_a_user_and_the_default_database():
 
 @pytest.mark.parametrize("text, problem", [
     ("http://cache.internal:6379/0", "redis:// or rediss://"),
-    ("redis://cache.internal:port/0", "check the host and port"),
+    ("redis://cache.internal:port/0", "the port must be a number from 1 to 65535"),
+    ("redis://cache.internal:70000/0", "the port must be a number from 1 to 65535"),
     ("redis://cache.internal:0/0", "the port must be a number from 1 to 65535"),
     ("redis://cache.internal:6379/zero", "database number"),
     ("redis:///0", "names a host"),
