@@ -59,6 +59,7 @@ class Gateway:
         self.sessions = SessionBindings()
         self.spend = SpendBoard(events=self.events)
         self._spend_reader: asyncio.Task | None = None   # reads the spend so far once the ledger can be read
+        self.first_spend_read: asyncio.Task | None = None   # the start's, when no budget waited for it
         # activation probes in flight: a shutdown waits for them as for requests, since one that
         # reached its upstream and left no row before the ledger closed is sent again after a restart
         self.probes: set[asyncio.Task] = set()
@@ -112,7 +113,17 @@ class Gateway:
         if self.rules.budgets_set():
             await self.load_spend(until)
         else:
-            self._spend_reader = hook_task(self.load_spend(until), "spend read")
+            self._spend_reader = self.first_spend_read = hook_task(self.load_spend(until), "spend read")
+            self.first_spend_read.add_done_callback(self._first_spend_read_done)
+
+    def _first_spend_read_done(self, _: asyncio.Task) -> None:
+        self.first_spend_read = None
+
+    async def spend_read_for(self, rules: Rules) -> None:
+        """Wait for the first spend read if it is still on and `rules` (a reload) set a budget."""
+        reading = self.first_spend_read
+        if reading is not None and not reading.done() and rules.budgets_set():
+            await asyncio.shield(reading)
 
     async def load_spend(self, until: datetime) -> None:
         """This month's spend before `until` (the start) as the ledger holds it (the day's is part

@@ -271,6 +271,31 @@ async def test_requests_that_come_before_the_router_runs_wait_for_the_spend_and_
             await router.dialer.aclose()
 
 
+async def test_a_budget_a_reload_sets_while_the_spend_is_still_read_holds_requests_until_it_is(tmp_path, monkeypatch):
+    gateway = open_gateway(tmp_path, RULES)
+    reading = threading.Event()
+    monkeypatch.setattr(gateway, "_spend_rows", lambda until: reading.wait(5) and LedgerSpend())
+    router = Router(gateway)
+    with taddons.context(router):
+        await router.running()
+        try:
+            routed = messages_flow()
+            await asyncio.wait_for(router.request(routed), 2)     # no budget: nothing waits
+            budgeted = RULES.replace("api_key: '", "budget: {daily: 5}, api_key: '")
+            (tmp_path / "reloaded").mkdir()
+            gateway.rules_file.rules = open_gateway(tmp_path / "reloaded", budgeted).rules
+            held = asyncio.ensure_future(router.request(messages_flow()))
+            await asyncio.sleep(0.05)
+            assert not held.done()
+            reading.set()
+            await asyncio.wait_for(held, 5)
+            assert gateway.first_spend_read is None
+        finally:
+            await router.sockets.stop()
+            await router.relay.stop()
+            await router.dialer.aclose()
+
+
 async def test_when_the_router_fails_to_start_api_requests_are_refused_never_passed_on_unrouted(
         gateway, monkeypatch, caplog):
     async def cannot_listen(self):
