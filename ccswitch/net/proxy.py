@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import socket
 import ssl
 from collections.abc import Callable
@@ -111,13 +112,16 @@ def parse_proxy(text: str) -> Proxy | None:
     return Proxy(scheme, parts.hostname, port, username, password)
 
 
-_SHORTEST_SCRUBBED = 4   # a user name `u` replaced in "Proxy Authentication Required" garbles it
+_SHORT = 4   # a user name `u` replaced inside "Proxy Authentication Required" garbles it
 
 
 def scrub(text: str, proxy: Proxy) -> str:
+    """The proxy's login out of `text`; a short part of it only where it stands as a word."""
     for secret in proxy.secrets():
-        if len(secret) >= _SHORTEST_SCRUBBED:
+        if len(secret) >= _SHORT:
             text = text.replace(secret, "***")
+        elif secret:
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
     return text
 
 

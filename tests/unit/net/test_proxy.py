@@ -110,6 +110,13 @@ async def test_a_connect_answer_in_two_segments_opens_the_tunnel(upstream):
     assert status == 200 and b"Hello from mock U" in body and proxy.tunnels == 1
 
 
+def test_a_short_proxy_login_is_scrubbed_where_it_stands_as_a_word_only():
+    from ccswitch.net.proxy import scrub
+    proxy = parse_proxy("http://u:pw@127.0.0.1:3128")
+    assert scrub("407 Proxy Authentication Required for u (pw)", proxy) == \
+        "407 Proxy Authentication Required for *** (***)"
+
+
 async def test_a_short_proxy_login_is_not_scrubbed_out_of_the_words_around_it():
     with ConnectProxy(auth=("u", "p")) as proxy:
         async with client() as c:
