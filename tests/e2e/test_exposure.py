@@ -132,7 +132,7 @@ def test_a_proxy_login_is_hidden_on_a_flow_whose_client_left_mid_body(tmp_path):
                 raw.sendall(f"POST {site.base_url}/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                             f"Proxy-Authorization: Basic {login}\r\nContent-Length: 1000\r\n\r\nonly a part"
                             .encode())
-                time.sleep(0.5)
+                time.sleep(0.5)   # the part in: mitmproxy waits for the rest
             time.sleep(0.5)   # the client gone: the flow ends in mitmproxy's error hook, which saves it
     with saved.open("rb") as f:
         logins = [tuple(flow.metadata.get("proxyauth") or ()) for flow in io.FlowReader(f).stream()]
