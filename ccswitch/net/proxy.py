@@ -151,6 +151,7 @@ async def open_through(proxy: Proxy, protocol_factory: Callable[[], asyncio.Prot
 
 
 _MAX_CONNECT_ANSWER = 16 * 1024
+_HEAD_END = re.compile(rb"\r?\n\r?\n")    # a bare LF ends a line too (RFC 9112 §2.2), as some proxies write
 
 
 async def _connect_tunnel(proxy: Proxy, host: str, port: int) -> socket.socket:
@@ -165,15 +166,15 @@ async def _connect_tunnel(proxy: Proxy, host: str, port: int) -> socket.socket:
             login = f"Proxy-Authorization: Basic {basic}\r\n"
         await loop.sock_sendall(sock, f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{login}\r\n".encode())
         answer = b""
-        while b"\r\n\r\n" not in answer:
+        while (end := _HEAD_END.search(answer)) is None:
             chunk = await loop.sock_recv(sock, 4096)
             if not chunk:
                 raise ProxyError(f"proxy {proxy.shown}: closed the connection before answering CONNECT")
             answer += chunk
             if len(answer) > _MAX_CONNECT_ANSWER:
                 raise ProxyError(f"proxy {proxy.shown}: its answer to CONNECT has no end")
-        head, _, beyond = answer.partition(b"\r\n\r\n")
-        status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        head, beyond = answer[:end.start()], answer[end.end():]
+        status_line = head.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
         parts = status_line.split(None, 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
             raise ProxyError(f"proxy {proxy.shown}: not an HTTP answer to CONNECT "

@@ -162,12 +162,13 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes:
 
 class ConnectProxy(_TunnelProxy):
     """HTTP CONNECT with optional basic auth (407 with Proxy-Authenticate otherwise); with
-    `split`, its 200 comes in two TCP segments (the blank line a moment after the status line)."""
+    `split`, its 200 comes in two TCP segments (the blank line a moment after the status line);
+    with `bare_lf`, its lines end with LF alone."""
     scheme = "http"
 
-    def __init__(self, *, split: bool = False, **kwargs) -> None:
+    def __init__(self, *, split: bool = False, bare_lf: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.split = split
+        self.split, self.bare_lf = split, bare_lf
 
     def _handshake(self, client: socket.socket) -> socket.socket | None:
         head = b""
@@ -197,7 +198,9 @@ class ConnectProxy(_TunnelProxy):
         if target is None:
             client.sendall(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
             return None
-        if self.split:
+        if self.bare_lf:
+            client.sendall(b"HTTP/1.1 200 Connection established\nProxy-agent: lf\n\n")
+        elif self.split:
             client.sendall(b"HTTP/1.1 200 Connection established\r\n")
             time.sleep(0.05)
             client.sendall(b"\r\n")

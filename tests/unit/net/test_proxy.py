@@ -103,8 +103,9 @@ async def test_a_plain_http_upstream_through_each_proxy_with_its_credentials(ups
     assert upstream.last().headers["host"] == f"127.0.0.1:{upstream.port}"   # origin-form through a tunnel
 
 
-async def test_a_connect_answer_in_two_segments_opens_the_tunnel(upstream):
-    with ConnectProxy(split=True) as proxy:
+@pytest.mark.parametrize("answer", ["split", "bare_lf"])
+async def test_a_connect_answer_in_two_segments_or_with_bare_line_feeds_opens_the_tunnel(upstream, answer):
+    with ConnectProxy(**{answer: True}) as proxy:
         async with client() as c:
             status, body = await post(c, upstream.base_url, via(proxy.url()))
     assert status == 200 and b"Hello from mock U" in body and proxy.tunnels == 1
