@@ -90,7 +90,8 @@ def sim_cooling(health, quota, clock, headers):
 
 
 def dialer_cooling(health, quota, clock, headers):
-    Dialer(health, quota=quota, sessions=SessionBindings(clock))._rate_limited("max-1", "HTTP 429", headers, 600.0)
+    Dialer(health, quota=quota, sessions=SessionBindings(clock))._rate_limited("max-1", "HTTP 429", headers, 600.0,
+                                                                   refusal=True)
 
 
 @pytest.mark.parametrize(("strategy", "sticky"), list(itertools.product(sim.STRATEGIES, sim.STICKY)))
