@@ -40,6 +40,9 @@ class UpstreamHealth:
     rate_limited: bool = False  # the cooldown lasts until a reset the upstream itself reported
     outage: str | None = None   # the open outage's episode (its first cooldown's end), until a 2xx
     changed_at: float = 0.0     # epoch of the last change shared with other instances (0: none yet)
+    # its last 2xx here (clock time; 0: none): no news while healthy, but in a merge after an
+    # outage of the shared state it ends a cooldown another instance began before it
+    succeeded: float = 0.0
 
 
 class HealthBoard:
@@ -114,6 +117,7 @@ class HealthBoard:
 
     def record_success(self, name: str) -> None:
         state = self.get(name)
+        state.succeeded = self.clock()
         if state.failures or state.cooling_until:
             log.info("upstream %s recovered", name)
         news = bool(state.failures or state.cooling_until or state.outage or state.rate_limited or state.last_error)
@@ -225,8 +229,15 @@ class HealthBoard:
         """The upstream's health as other instances take it."""
         state = self.get(name)
         end = self._to_epoch(state.cooling_until) if state.cooling_until else 0.0
-        return HealthChange(name, state.failures, end, state.rate_limited, cut(state.last_error), state.outage,
-                            state.changed_at)
+        at = state.changed_at
+        if state.succeeded and not state.failures and not state.cooling_until:   # healthy since its last 2xx
+            at = max(at, self._to_epoch(state.succeeded))
+        return HealthChange(name, state.failures, end, state.rate_limited, cut(state.last_error), state.outage, at)
+
+    def known(self, name: str) -> bool:
+        """Whether this instance has a word of its own on the upstream: a change, or a 2xx."""
+        state = self._state.get(name)
+        return state is not None and bool(state.changed_at or state.succeeded)
 
     def shared_switch(self, name: str) -> SwitchChange:
         state = self._state.get(name)

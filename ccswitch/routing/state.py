@@ -56,7 +56,7 @@ class Boards:
         """This instance's record of the thing `key` names (a record's `key`), or None."""
         kind = key[0]
         if kind == "h":
-            return self.health.shared(key[1]) if self.health.get(key[1]).changed_at else None
+            return self.health.shared(key[1]) if self.health.known(key[1]) else None
         if kind == "sw":
             return self.health.shared_switch(key[1])
         if kind == "use":

@@ -204,6 +204,26 @@ def test_merging_takes_the_better_view_and_says_what_the_store_should_take():
     assert a.spend.spent(CLIENT, "k", "daily") == 9.0
 
 
+def test_a_2xx_seen_after_another_instances_cooldown_began_ends_it_in_the_merge_after_an_outage():
+    # the shared state down: a's 503 cools the relay; a second later b (which cannot know) is
+    # served by it; back up, both views merge on b's word, the newer one
+    a, b = pair()
+    a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
+    cooled = a.sent[-1]
+    a.tick(1)
+    b.health.record_success("relay")
+    assert b.sent == []                                  # a 2xx of a healthy upstream is no news
+    merged = b.boards.merge_in(cooled)
+    assert merged is not None and merged.failures == 0 and not merged.cooling_end
+    assert b.health.cooling_until("relay") is None
+    assert a.boards.merge_in(merged) is None and a.health.cooling_until("relay") is None
+    c, _ = pair()                                        # a 2xx before the cooldown began: it stands
+    c.tick(-1)
+    c.health.record_success("relay")
+    c.tick(2)
+    assert c.boards.merge_in(cooled) is None and c.health.cooling_until("relay") is not None
+
+
 def test_the_view_is_everything_another_instance_should_know():
     a, _ = pair()
     a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
