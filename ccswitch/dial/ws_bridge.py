@@ -110,7 +110,8 @@ class WsSink:
         failed = held_stream_error(body)
         if failed is not None:   # every attempt failed before its content: the error event, as it said
             error = error_detail(failed)
-            await self.send(error_frame(in_stream_status(failed), _message_of(error, body), error))
+            self.job.status = in_stream_status(failed)   # the ledger's status is the one the client was told
+            await self.send(error_frame(self.job.status, _message_of(error, body), error))
             return
         try:
             parsed = json.loads(body) if body else None

@@ -250,3 +250,28 @@ async def test_a_ticket_whose_upgrade_never_came_can_be_forgotten():
         assert any(isinstance(e, RejectConnection) and e.status_code == 403 for e in seen)
     finally:
         await bridge.stop()
+
+
+async def test_a_turn_whose_upstreams_all_failed_in_their_streams_is_recorded_with_the_status_it_was_told():
+    # the client gets `status: 500` in-band for a server_error event under a 200 head; its ledger
+    # row says the same, not the 200 the upstream's stream began with
+    from ccswitch.dial.ws_bridge import WsSink
+    from ccswitch.wire.ws_chain import Chain
+    from types import SimpleNamespace
+
+    from tests.support.helpers import make_job
+    nowhere = SimpleNamespace(base_url="http://127.0.0.1:9")
+    job = make_job(rules_for(nowhere, nowhere), path="/v1/responses",
+                   body={"model": "gpt-5", "input": "hi", "stream": True})
+    job.status = 200
+    sent = []
+
+    async def send(text):
+        sent.append(json.loads(text))
+    sink = WsSink(send, Chain(), job)
+    failed = {"type": "response.failed", "response": {"id": "resp_1", "status": "failed",
+                                                      "error": {"code": "server_error", "message": "boom"}}}
+    await sink.start(200, [("content-type", "text/event-stream")], 0)      # held back whole
+    await sink.write(f"event: response.failed\ndata: {json.dumps(failed)}\n\n".encode())
+    await sink.end()
+    assert [frame["status"] for frame in sent] == [500] and job.status == 500
