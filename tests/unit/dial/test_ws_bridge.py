@@ -255,10 +255,10 @@ async def test_a_ticket_whose_upgrade_never_came_can_be_forgotten():
 async def test_a_turn_whose_upstreams_all_failed_in_their_streams_is_recorded_with_the_status_it_was_told():
     # the client gets `status: 500` in-band for a server_error event under a 200 head; its ledger
     # row says the same, not the 200 the upstream's stream began with
-    from ccswitch.dial.ws_bridge import WsSink
-    from ccswitch.wire.ws_chain import Chain
     from types import SimpleNamespace
 
+    from ccswitch.dial.ws_bridge import WsSink
+    from ccswitch.wire.ws_chain import Chain
     from tests.support.helpers import make_job
     nowhere = SimpleNamespace(base_url="http://127.0.0.1:9")
     job = make_job(rules_for(nowhere, nowhere), path="/v1/responses",
