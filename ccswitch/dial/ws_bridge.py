@@ -172,13 +172,16 @@ class WsBridge(Serving):
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    async def stop(self) -> None:
+    async def stop(self) -> bool:
+        """Close the listener and every socket (a close frame each); True if any was open."""
         if self._server is not None:
             self._server.close()
             self._server = None
-        for task in list(self._sockets):
+        open_sockets = list(self._sockets)
+        for task in open_sockets:
             task.cancel()
-        await asyncio.gather(*self._sockets, return_exceptions=True)
+        await asyncio.gather(*open_sockets, return_exceptions=True)
+        return bool(open_sockets)
 
     def register(self, ticket: Ticket) -> None:
         self._tickets[ticket.token] = ticket

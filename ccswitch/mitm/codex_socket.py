@@ -46,8 +46,9 @@ class CodexSockets:
     async def start(self) -> None:
         await self.bridge.start()
 
-    async def stop(self) -> None:
-        await self.bridge.stop()
+    async def stop(self) -> bool:
+        """True if sockets were open (each was sent its close frame)."""
+        return await self.bridge.stop()
 
     def accept(self, flow: http.HTTPFlow, headers: list[tuple[str, str]], client: str | None) -> None:
         """Point the upgrade at the bridge; it answers 101 and serves the socket's turns."""

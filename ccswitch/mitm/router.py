@@ -53,6 +53,7 @@ from ccswitch.wire.sse import is_event_stream
 
 log = logging.getLogger("ccswitch")
 NOT_STARTED = "ccswitch failed to start (its log says why): nothing is routed"
+CLOSE_FRAME_WAIT = 0.2     # seconds for mitmproxy to pass the bridge's close frames on at shutdown
 
 
 @dataclass
@@ -138,10 +139,13 @@ class Router:
         # client connections stay open.
         await self.shutdown.drain(self._in_flight, ctx.options.ccswitch_shutdown_grace, self._cut)
         proxyserver = ctx.master.addons.get("proxyserver")
+        if self.sockets:
+            # first: each bridged socket's close frame (1001) goes out through mitmproxy to its
+            # client, which then reconnects, instead of a cut connection (1006)
+            if await self.sockets.stop() and proxyserver is not None and stopping():
+                await asyncio.sleep(CLOSE_FRAME_WAIT)
         if proxyserver is not None and stopping():
             await close_proxy_connections(proxyserver)
-        if self.sockets:
-            await self.sockets.stop()
         if self.relay:
             await self.relay.stop()
         if self.dialer:

@@ -92,3 +92,32 @@ def test_reverse_mode_with_a_websocket_provider(tmp_path):
             assert "WebSocket text message" in proxy.log()     # it came over the socket, not a POST
         rows = sqlite3.connect(proxy.usage_db).execute("SELECT endpoint, upstream FROM requests").fetchall()
         assert rows == [("websocket", "codex-a")]
+
+
+def test_a_bridged_socket_gets_a_close_frame_when_the_proxy_stops(tmp_path):
+    # the bridge's 1001 must pass through mitmproxy before it closes its client connections:
+    # Codex reconnects on a close frame; a cut socket (1006) is an error to it
+    import socket
+
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, CloseConnection, Request
+    with MockUpstream("A") as a, MockUpstream("B") as b:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(RULES.replace("{a}", a.base_url).replace("{b}", b.base_url))
+        proxy = Proxy(rules, tmp_path).start()
+        try:
+            ws = WSConnection(ConnectionType.CLIENT)
+            with socket.create_connection(("127.0.0.1", proxy.reverse_port), timeout=10) as sock:
+                sock.sendall(ws.send(Request(host="127.0.0.1", target="/v1/responses")))
+                events = []
+                while not any(isinstance(e, AcceptConnection) for e in events):
+                    ws.receive_data(sock.recv(65536))
+                    events += list(ws.events())
+                proxy.stop()                        # SIGTERM, and waits for the process to end
+                while data := sock.recv(65536):
+                    ws.receive_data(data)
+                    events += list(ws.events())
+                closes = [e for e in events if isinstance(e, CloseConnection)]
+        finally:
+            proxy.stop()
+    assert [(c.code, c.reason) for c in closes] == [(1001, "ccswitch is shutting down")]
