@@ -94,14 +94,26 @@ def test_a_reverse_listener_beyond_loopback_asks_every_request_for_a_client_key(
             assert "needs client_keys" in proxy.log() and CLIENT_KEY not in proxy.log()
 
 
+def behind_proxyauth(tmp_path, site: MockUpstream, port: int) -> Proxy:
+    """A regular listener beyond loopback asking for `user:secret-pass`, its flows saved (-w)."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules_text(site.base_url))
+    args = ("--mode", f"regular@0.0.0.0:{port}", "--proxyauth", "user:secret-pass",
+            "-w", str(tmp_path / "flows.mitm"))
+    return Proxy(rules, tmp_path, extra_args=args)
+
+
+def assert_login_hidden(saved) -> None:
+    """The login mitmproxy keeps on each flow is there, its password hidden."""
+    with saved.open("rb") as f:
+        logins = [tuple(flow.metadata.get("proxyauth") or ()) for flow in io.FlowReader(f).stream()]
+    assert ("user", "<redacted>") in logins and b"secret-pass" not in saved.read_bytes()
+
+
 def test_a_regular_listener_beyond_loopback_with_proxyauth_asks_for_it(tmp_path):
     port = free_port()
     with MockUpstream("site") as site:
-        rules = tmp_path / "rules.yaml"
-        rules.write_text(rules_text(site.base_url))
-        saved = tmp_path / "flows.mitm"
-        args = ("--mode", f"regular@0.0.0.0:{port}", "--proxyauth", "user:secret-pass", "-w", str(saved))
-        with Proxy(rules, tmp_path, extra_args=args):
+        with behind_proxyauth(tmp_path, site, port):
             anonymous = f"http://127.0.0.1:{port}"
             with httpx.Client(proxy=anonymous, timeout=30, trust_env=False) as client:
                 assert client.get(site.base_url + "/internal/admin").status_code == 407
@@ -112,9 +124,7 @@ def test_a_regular_listener_beyond_loopback_with_proxyauth_asks_for_it(tmp_path)
                               trust_env=False) as client:
                 assert client.get(site.base_url + "/internal/admin").status_code == 404   # the site's own
             assert site.paths() == ["/internal/admin"]
-    with saved.open("rb") as f:     # the login mitmproxy keeps on the flow, its password hidden
-        logins = [tuple(flow.metadata.get("proxyauth") or ()) for flow in io.FlowReader(f).stream()]
-    assert ("user", "<redacted>") in logins and b"secret-pass" not in saved.read_bytes()
+    assert_login_hidden(tmp_path / "flows.mitm")
 
 
 def test_a_proxy_login_is_hidden_on_a_flow_whose_client_left_mid_body(tmp_path):
@@ -122,11 +132,7 @@ def test_a_proxy_login_is_hidden_on_a_flow_whose_client_left_mid_body(tmp_path):
     import socket
     port = free_port()
     with MockUpstream("site") as site:
-        rules = tmp_path / "rules.yaml"
-        rules.write_text(rules_text(site.base_url))
-        saved = tmp_path / "flows.mitm"
-        args = ("--mode", f"regular@0.0.0.0:{port}", "--proxyauth", "user:secret-pass", "-w", str(saved))
-        with Proxy(rules, tmp_path, extra_args=args):
+        with behind_proxyauth(tmp_path, site, port):
             login = base64.b64encode(b"user:secret-pass").decode()
             with socket.create_connection(("127.0.0.1", port)) as raw:
                 raw.sendall(f"POST {site.base_url}/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -134,9 +140,7 @@ def test_a_proxy_login_is_hidden_on_a_flow_whose_client_left_mid_body(tmp_path):
                             .encode())
                 time.sleep(0.5)   # the part in: mitmproxy waits for the rest
             time.sleep(0.5)   # the client gone: the flow ends in mitmproxy's error hook, which saves it
-    with saved.open("rb") as f:
-        logins = [tuple(flow.metadata.get("proxyauth") or ()) for flow in io.FlowReader(f).stream()]
-    assert ("user", "<redacted>") in logins and b"secret-pass" not in saved.read_bytes()
+    assert_login_hidden(tmp_path / "flows.mitm")
 
 
 @pytest.mark.parametrize("given", ["ccswitch_max_body=abc", "ccswitch_offline=yes", "ccswitch_keep_stream=1k"])
