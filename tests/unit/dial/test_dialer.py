@@ -420,16 +420,12 @@ async def test_non_stream_waits_total_not_idle(mock_a):
     assert sink.status == 200 and job.attempts[0].ms >= 900
 
 
-async def test_in_stream_error_text_is_scrubbed_before_it_is_recorded(mock_a, mock_b):
+async def test_in_stream_error_text_is_scrubbed_before_it_is_recorded(mock_a, mock_b, monkeypatch):
     from tests.support import mock_payloads
-    original = mock_payloads.error_body
-    mock_payloads.error_body = lambda protocol, code: {"type": "error", "error": {
-        "type": "authentication_error", "message": f"bad key {KEY_A}"}}
-    try:
-        mock_a.script(error_event_after(1))
-        job, sink, _ = await run(two(mock_a, mock_b))
-    finally:
-        mock_payloads.error_body = original
+    monkeypatch.setattr(mock_payloads, "error_body", lambda protocol, code: {"type": "error", "error": {
+        "type": "authentication_error", "message": f"bad key {KEY_A}"}})
+    mock_a.script(error_event_after(1))
+    job, sink, _ = await run(two(mock_a, mock_b))
     recorded = json.dumps([a.describe() for a in job.attempts]) + str(job.error) + job.comment()
     assert KEY_A not in recorded and "[redacted]" in recorded
 

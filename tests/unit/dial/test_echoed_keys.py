@@ -73,25 +73,20 @@ routes: {{claude: [a]}}
     assert b"cannot echo [redacted] or [redacted]" in sink.body
 
 
-async def test_a_ccswitch_client_key_quoted_by_an_in_stream_error_is_not_recorded(mock_a, mock_b):
+async def test_a_ccswitch_client_key_quoted_by_an_in_stream_error_is_not_recorded(mock_a, mock_b, monkeypatch):
     from tests.support import mock_payloads
     from tests.unit.dial.test_dialer import error_event_after, two
-    original = mock_payloads.error_body
-    mock_payloads.error_body = lambda protocol, code: {"type": "error", "error": {
-        "type": "overloaded_error", "message": f"overloaded for {CLIENT_KEY}"}}
-    try:
-        mock_a.script(error_event_after(1))
-        rules = two(mock_a, mock_b)
-        rules = rules.model_copy(update={"client_keys": parse_rules(f"""
+    monkeypatch.setattr(mock_payloads, "error_body", lambda protocol, code: {"type": "error", "error": {
+        "type": "overloaded_error", "message": f"overloaded for {CLIENT_KEY}"}})
+    mock_a.script(error_event_after(1))
+    rules = two(mock_a, mock_b).model_copy(update={"client_keys": parse_rules(f"""
 client_keys: ["{CLIENT_KEY}"]
 upstreams: [{{name: x, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: 'sk-unused-000000'}}]
 routes: {{claude: [x]}}
 """).client_keys})
-        job = make_job(rules)
-        job.client = rules.client_keys[0].name
-        job, sink, _ = await run(rules, job=job)
-    finally:
-        mock_payloads.error_body = original
+    job = make_job(rules)
+    job.client = rules.client_keys[0].name
+    job, sink, _ = await run(rules, job=job)
     recorded = json.dumps([a.describe() for a in job.attempts]) + str(job.error) + job.comment()
     assert CLIENT_KEY not in recorded and "overloaded for [redacted]" in recorded
 
