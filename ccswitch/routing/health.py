@@ -250,9 +250,10 @@ class HealthBoard:
 
     def view(self) -> list[HealthChange | SwitchChange | PreferChange]:
         """Everything this instance would tell another one: the health of upstreams that changed
-        since start, the switches, the preference."""
+        or answered a 2xx since start (after an outage of the shared state, that 2xx may end a
+        cooldown another instance began before it), the switches, the preference."""
         found: list[HealthChange | SwitchChange | PreferChange] = [
-            self.shared(name) for name, state in self._state.items() if state.changed_at]
+            self.shared(name) for name in self._state if self.known(name)]
         found += [self.shared_switch(name) for name, state in self._state.items() if state.switched is not None]
         if self.preferred_name() is not None:
             found.append(self.shared_preference())

@@ -224,6 +224,18 @@ def test_a_2xx_seen_after_another_instances_cooldown_began_ends_it_in_the_merge_
     assert c.boards.merge_in(cooled) is None and c.health.cooling_until("relay") is not None
 
 
+def test_the_2xx_wins_whichever_instance_catches_up_first():
+    # b first: its catch-up writes what it knows, its 2xx included; a's catch-up then merges it
+    a, b = pair()
+    a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
+    a.tick(1)
+    b.health.record_success("relay")
+    [written] = [c for c in b.boards.view() if isinstance(c, HealthChange)]
+    assert written.failures == 0 and written.at == EPOCH + 1
+    merged = a.boards.merge_in(written)
+    assert merged is None and a.health.cooling_until("relay") is None     # the store's word stands
+
+
 def test_the_view_is_everything_another_instance_should_know():
     a, _ = pair()
     a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
