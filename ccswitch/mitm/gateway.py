@@ -120,10 +120,11 @@ class Gateway:
         self.first_spend_read = None
 
     async def spend_read_for(self, rules: Rules) -> None:
-        """Wait for the first spend read if it is still on and `rules` (a reload) set a budget."""
+        """Wait for the first spend read if it is still on and `rules` (a reload) set a budget.
+        Never raises: how the read ended (failed, cancelled at shutdown) is its own business."""
         reading = self.first_spend_read
         if reading is not None and not reading.done() and rules.budgets_set():
-            await asyncio.shield(reading)
+            await asyncio.wait({reading})
 
     async def load_spend(self, until: datetime) -> None:
         """This month's spend before `until` (the start) as the ledger holds it (the day's is part

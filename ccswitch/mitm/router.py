@@ -209,8 +209,9 @@ class Router:
             await self.started.wait()
         match = self._match(flow)
         rules = self.gateway.rules
-        if self.gateway.first_spend_read is not None:    # a reload may have set a budget meanwhile
-            await self.gateway.spend_read_for(rules)
+        if match is not None and self.gateway.first_spend_read is not None:
+            await self.gateway.spend_read_for(rules)     # a reload may have set a budget meanwhile
+            rules = self.gateway.rules
         if match is None or not rules.routes.for_route(match.route):
             self._unrouted(flow)  # a route with no upstreams is not ours either
             return

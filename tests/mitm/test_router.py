@@ -271,10 +271,18 @@ async def test_requests_that_come_before_the_router_runs_wait_for_the_spend_and_
             await router.dialer.aclose()
 
 
-async def test_a_budget_a_reload_sets_while_the_spend_is_still_read_holds_requests_until_it_is(tmp_path, monkeypatch):
+@pytest.mark.parametrize("read_fails", [False, True], ids=["read", "read-fails"])
+async def test_a_budget_a_reload_sets_while_the_spend_is_still_read_holds_requests_until_it_is(
+        tmp_path, monkeypatch, read_fails):
     gateway = open_gateway(tmp_path, RULES)
     reading = threading.Event()
-    monkeypatch.setattr(gateway, "_spend_rows", lambda until: reading.wait(5) and LedgerSpend())
+
+    def spend_rows(until):
+        reading.wait(5)
+        if read_fails:       # a row the reader cannot take: the request is routed all the same
+            raise ValueError("Invalid isoformat string: 'yesterday'")
+        return LedgerSpend()
+    monkeypatch.setattr(gateway, "_spend_rows", spend_rows)
     router = Router(gateway)
     with taddons.context(router):
         await router.running()
@@ -289,7 +297,7 @@ async def test_a_budget_a_reload_sets_while_the_spend_is_still_read_holds_reques
             assert not held.done()
             reading.set()
             await asyncio.wait_for(held, 5)
-            assert gateway.first_spend_read is None
+            assert gateway.first_spend_read is None and held.exception() is None
         finally:
             await router.sockets.stop()
             await router.relay.stop()
