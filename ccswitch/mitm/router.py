@@ -139,12 +139,15 @@ class Router:
         # client connections stay open.
         await self.shutdown.drain(self._in_flight, ctx.options.ccswitch_shutdown_grace, self._cut)
         proxyserver = ctx.master.addons.get("proxyserver")
+        closing = proxyserver is not None and stopping()
+        if closing:   # no new connection while the bridged sockets are told to go
+            await proxyserver.servers.update([])
         if self.sockets:
-            # first: each bridged socket's close frame (1001) goes out through mitmproxy to its
-            # client, which then reconnects, instead of a cut connection (1006)
-            if await self.sockets.stop() and proxyserver is not None and stopping():
+            # before mitmproxy's client connections end: each bridged socket's close frame (1001)
+            # goes out through mitmproxy to its client, which then reconnects, instead of a cut (1006)
+            if await self.sockets.stop() and closing:
                 await asyncio.sleep(CLOSE_FRAME_WAIT)
-        if proxyserver is not None and stopping():
+        if closing:
             await close_proxy_connections(proxyserver)
         if self.relay:
             await self.relay.stop()
@@ -255,6 +258,8 @@ class Router:
         if over_budget:     # nothing is sent upstream until the budget's next period
             return refuse(*over_budget)
         if match.endpoint == Endpoint.WEBSOCKET:
+            if self.shutdown.draining:    # the bridge closes its sockets soon: Codex goes on elsewhere
+                return refuse(503, SHUTTING_DOWN, {"retry-after": RETRY_AFTER, "connection": "close"})
             if rules.codex_websocket == "bridge" and self.sockets is not None:
                 return self.sockets.accept(flow, headers, client_name)
             # Codex falls back to HTTPS at once: not an error, and no request to record

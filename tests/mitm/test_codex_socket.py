@@ -55,6 +55,16 @@ async def test_an_upgrade_is_handed_to_the_bridge_with_a_ticket(gateway):
     assert flow.comment == "ccswitch: Codex WebSocket bridged"
 
 
+async def test_an_upgrade_while_draining_gets_a_503_not_a_bridge_about_to_close(gateway):
+    router = bridging(gateway)
+    router.shutdown.draining = True
+    with taddons.context(router):
+        flow = upgrade()
+        await router.request(flow)
+    assert flow.response.status_code == 503 and flow.response.headers["retry-after"]
+    assert TICKET_HEADER not in flow.request.headers and not router.sockets.bridge._tickets
+
+
 async def test_refuse_keeps_the_426(gateway):
     gateway.rules_file.rules = gateway.rules.model_copy(update={"codex_websocket": "refuse"})
     router = bridging(gateway)
