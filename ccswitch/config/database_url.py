@@ -40,6 +40,8 @@ class PostgresURL(SecretURL):
             parts = urlsplit(text)
         except ValueError:          # an unbalanced [ or ] around the host
             raise ValueError("not a valid PostgreSQL URL (check the host)") from None
+        if "," in parts.netloc:
+            raise ValueError("one host per PostgreSQL URL (a list of hosts is not supported)")
         url_port(parts)
         return cls(url=SecretStr(text))
 

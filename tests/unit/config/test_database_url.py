@@ -47,6 +47,7 @@ def test_equal_urls_are_the_same_database_and_a_new_password_is_another():
 @pytest.mark.parametrize("text, problem", [
     ("postgresql://me:pw@db.internal:port/x", "the port must be a number from 1 to 65535"),
     ("postgresql://me:pw@db.internal:70000/x", "the port must be a number from 1 to 65535"),
+    ("postgresql://me:pw@h1:5432,h2:5433/x", "one host per PostgreSQL URL"),
     ("postgresql://me:pw@db.internal:0/x", "the port must be a number from 1 to 65535"),
     ("postgresql://me:p#w@db.internal/x", "percent-encode"),
     ("postgresql://me:p w@db.internal/x", "must not contain spaces"),
