@@ -53,6 +53,8 @@ from ccswitch.wire.sse import is_event_stream
 
 log = logging.getLogger("ccswitch")
 NOT_STARTED = "ccswitch failed to start (its log says why): nothing is routed"
+#: ccswitch's answer to a new request once the shutdown drains: the next process takes it
+_DRAINING = (503, SHUTTING_DOWN, {"retry-after": RETRY_AFTER, "connection": "close"})
 CLOSE_FRAME_WAIT = 0.2     # seconds for mitmproxy to pass the bridge's close frames on at shutdown
 
 
@@ -259,7 +261,7 @@ class Router:
             return refuse(*over_budget)
         if match.endpoint == Endpoint.WEBSOCKET:
             if self.shutdown.draining:    # the bridge closes its sockets soon: Codex goes on elsewhere
-                return refuse(503, SHUTTING_DOWN, {"retry-after": RETRY_AFTER, "connection": "close"})
+                return refuse(*_DRAINING)
             if rules.codex_websocket == "bridge" and self.sockets is not None:
                 return self.sockets.accept(flow, headers, client_name)
             # Codex falls back to HTTPS at once: not an error, and no request to record
@@ -282,7 +284,7 @@ class Router:
         if not isinstance(model, str) or not model:
             return refuse(400, "the request body names no model")
         if self.shutdown.draining:   # those in flight finish; new ones are for the next process
-            return refuse(503, SHUTTING_DOWN, {"retry-after": RETRY_AFTER, "connection": "close"})
+            return refuse(*_DRAINING)
         session = known.session = session_key(headers, body)
         req = ClientRequest(route=match.route, endpoint=match.endpoint, method="POST",
                             url=flow.request.url, headers=headers, body=raw, json=body, model=model,

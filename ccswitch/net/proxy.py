@@ -30,7 +30,7 @@ from ccswitch.net.addresses import url_port
 
 SCHEMES = ("http", "socks5", "socks5h")
 DIRECT = "direct"
-_KINDS = {"http": ProxyType.HTTP, "socks5": ProxyType.SOCKS5, "socks5h": ProxyType.SOCKS5}
+_SOCKS = {"socks5": ProxyType.SOCKS5, "socks5h": ProxyType.SOCKS5}     # HTTP CONNECT is _connect_tunnel's
 _FORM = "must be direct or a URL like http://host:port, socks5://host:port or socks5h://user:pass@host:port"
 
 
@@ -62,9 +62,13 @@ class Proxy:
         """Its login as text may show it: whole as HTTP Basic sends it (a proxy's refusal may
         quote its Proxy-Authorization), then each part; `user=False` leaves out the user name
         alone (a word like `developer` is no secret where a model's answer may hold it)."""
-        basic = [base64.b64encode(f"{self.username}:{self.password}".encode()).decode()] \
-            if self.scheme == "http" and self.username else []
+        basic = [self.basic_login] if self.scheme == "http" and self.username else []
         return basic + [s for s in (self.password, self.username if user else None) if s]
+
+    @property
+    def basic_login(self) -> str:
+        """The login as HTTP Basic sends it (base64 of user:password)."""
+        return base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
 
     def __repr__(self) -> str:
         return f"Proxy({self.shown})"
@@ -135,7 +139,7 @@ async def open_through(proxy: Proxy, protocol_factory: Callable[[], asyncio.Prot
             async with asyncio.timeout(timeout):
                 sock = await _connect_tunnel(proxy, host, port)
         else:
-            client = SocksClient(_KINDS[proxy.scheme], proxy.host, proxy.port, username=proxy.username,
+            client = SocksClient(_SOCKS[proxy.scheme], proxy.host, proxy.port, username=proxy.username,
                                  password=proxy.password, rdns=proxy.resolves_names)
             sock = await client.connect(dest_host=host, dest_port=port, timeout=timeout)
     except (TimeoutError, ProxyError):
@@ -160,10 +164,7 @@ async def _connect_tunnel(proxy: Proxy, host: str, port: int) -> socket.socket:
     sock = await _socket_to(proxy)
     try:
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        login = ""
-        if proxy.username:
-            basic = base64.b64encode(f"{proxy.username}:{proxy.password}".encode()).decode()
-            login = f"Proxy-Authorization: Basic {basic}\r\n"
+        login = f"Proxy-Authorization: Basic {proxy.basic_login}\r\n" if proxy.username else ""
         await loop.sock_sendall(sock, f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{login}\r\n".encode())
         answer = b""
         while (end := _HEAD_END.search(answer)) is None:

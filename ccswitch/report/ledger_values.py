@@ -29,6 +29,8 @@ def as_number(value: Any) -> float | int | None:
 
 def count_or_zero(value: Any) -> float | int:
     """A token count: what is missing or no number counts as 0."""
+    if type(value) is int:      # what ccswitch writes: the live page reads every recorded row
+        return value
     number = as_number(value)
     return 0 if number is None else number
 

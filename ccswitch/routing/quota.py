@@ -240,37 +240,49 @@ def _used(limit: str | None, remaining: str | None) -> float | None:
     return max(0.0, 1 - left / total)
 
 
+_OPENAI_WINDOWS = ("requests", "tokens")
+_CODEX_WINDOWS = ("primary", "secondary")
+
+
+def _api_key_reset(found: dict[str, str], name: str, now: float) -> float | None:
+    return _rfc3339(found.get(f"anthropic-ratelimit-{name}-reset"), now)
+
+
+def _openai_reset(found: dict[str, str], name: str, now: float) -> float | None:
+    return _after(duration_seconds(found.get(f"x-ratelimit-reset-{name}")), now)
+
+
+def _codex_reset(found: dict[str, str], which: str, now: float) -> float | None:
+    prefix = f"x-codex-{which}-"
+    reset = _epoch(found.get(prefix + "reset-at"), now)    # absolute: no skew from latency
+    return reset if reset is not None else _after(_number(found.get(prefix + "reset-after-seconds")), now)
+
+
 def _anthropic_api_key(found: dict[str, str], now: float) -> list[Window]:
     windows = []
     for name in _API_KEY_WINDOWS:
         prefix = f"anthropic-ratelimit-{name}-"
         used = _used(found.get(prefix + "limit"), found.get(prefix + "remaining"))
         if used is not None:
-            windows.append(Window(name, used, _rfc3339(found.get(prefix + "reset"), now)))
+            windows.append(Window(name, used, _api_key_reset(found, name, now)))
     return windows
 
 
 def _openai(found: dict[str, str], now: float) -> list[Window]:
     windows = []
-    for name in ("requests", "tokens"):
+    for name in _OPENAI_WINDOWS:
         used = _used(found.get(f"x-ratelimit-limit-{name}"), found.get(f"x-ratelimit-remaining-{name}"))
         if used is not None:
-            reset = _after(duration_seconds(found.get(f"x-ratelimit-reset-{name}")), now)
-            windows.append(Window(name, used, reset))
+            windows.append(Window(name, used, _openai_reset(found, name, now)))
     return windows
 
 
 def _codex(found: dict[str, str], now: float) -> list[Window]:
     windows = []
-    for which in ("primary", "secondary"):
-        prefix = f"x-codex-{which}-"
-        used = _fraction(found.get(prefix + "used-percent"), scale=100.0)
-        if used is None:
-            continue
-        reset = _epoch(found.get(prefix + "reset-at"), now)    # absolute: no skew from latency
-        if reset is None:
-            reset = _after(_number(found.get(prefix + "reset-after-seconds")), now)
-        windows.append(Window(f"codex-{which}", used, reset))
+    for which in _CODEX_WINDOWS:
+        used = _fraction(found.get(f"x-codex-{which}-used-percent"), scale=100.0)
+        if used is not None:
+            windows.append(Window(f"codex-{which}", used, _codex_reset(found, which, now)))
     return windows
 
 
@@ -324,12 +336,9 @@ def _lone_reset(found: dict[str, str], now: float) -> float | None:
     unified = _epoch(found.get(_UNIFIED + "reset"), now)
     if unified is not None:
         return unified if unified > now else None
-    resets = [_rfc3339(found.get(f"anthropic-ratelimit-{name}-reset"), now) for name in _API_KEY_WINDOWS]
-    resets += [_after(duration_seconds(found.get(f"x-ratelimit-reset-{name}")), now) for name in ("requests", "tokens")]
-    for which in ("primary", "secondary"):
-        prefix = f"x-codex-{which}-"
-        at = _epoch(found.get(prefix + "reset-at"), now)
-        resets.append(at if at is not None else _after(_number(found.get(prefix + "reset-after-seconds")), now))
+    resets = [*(_api_key_reset(found, name, now) for name in _API_KEY_WINDOWS),
+              *(_openai_reset(found, name, now) for name in _OPENAI_WINDOWS),
+              *(_codex_reset(found, which, now) for which in _CODEX_WINDOWS)]
     ahead = [when for when in resets if when is not None and when > now]
     return min(ahead) if ahead else None
 
