@@ -79,7 +79,8 @@ from ccswitch.config.models import Rules  # noqa: E402
 from ccswitch.routing.affinity import SessionBindings  # noqa: E402
 from ccswitch.routing.health import HealthBoard  # noqa: E402
 from ccswitch.routing.plan import plan  # noqa: E402
-from ccswitch.routing.quota import QuotaBoard, rejection_reset  # noqa: E402
+from ccswitch.routing.quota import QuotaBoard  # noqa: E402
+from ccswitch.routing.rate_limits import rejection_reset  # noqa: E402
 from ccswitch.vocab import Action  # noqa: E402
 
 ROUTE = "claude"

@@ -34,7 +34,8 @@ from ccswitch.net import http1
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.events import Event, Events
 from ccswitch.routing.health import HealthBoard
-from ccswitch.routing.quota import QuotaBoard, rejection_reset
+from ccswitch.routing.quota import QuotaBoard
+from ccswitch.routing.rate_limits import rejection_reset
 from ccswitch.translate import translation_for
 from ccswitch.vocab import Action, Endpoint
 from ccswitch.wire import protocols

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from ccswitch.clock import utc_now
 from ccswitch.net import http1
 from ccswitch.net.ws_client import HandshakeRefused
-from ccswitch.routing.quota import retry_after
+from ccswitch.routing.rate_limits import retry_after
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import Reply
 from ccswitch.wire.headers import OWN_PREFIX

@@ -17,7 +17,7 @@ from ccswitch.dial.job import Attempt, Job, marks
 from ccswitch.dial.outcome import Failure, Streamed, network_failure
 from ccswitch.dial.render import OutgoingRequest
 from ccswitch.net import http1
-from ccswitch.routing.quota import limit_headers
+from ccswitch.routing.rate_limits import limit_headers
 from ccswitch.vocab import Action
 from ccswitch.wire import protocols
 from ccswitch.wire.protocols import Kind, in_stream_status

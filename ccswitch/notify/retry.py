@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from ccswitch.routing.quota import retry_after
+from ccswitch.routing.rate_limits import retry_after
 
 
 def delivered(status: int | None) -> bool:

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ccswitch.routing.quota import (
+from ccswitch.routing.quota import QuotaBoard
+from ccswitch.routing.rate_limits import (
     FARTHEST_RESET,
-    QuotaBoard,
     Window,
     duration_seconds,
     parse_windows,

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from ccswitch.config.load import parse_rules
-from ccswitch.routing.quota import parse_windows
+from ccswitch.routing.rate_limits import parse_windows
 from scripts import bench, bench_routing
 from tests.support.mock_upstream import MockUpstream
 

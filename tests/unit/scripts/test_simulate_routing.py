@@ -11,7 +11,8 @@ import pytest
 from ccswitch.dial.dialer import Dialer
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.health import HealthBoard
-from ccswitch.routing.quota import QuotaBoard, rejection_reset
+from ccswitch.routing.quota import QuotaBoard
+from ccswitch.routing.rate_limits import rejection_reset
 from scripts import simulate_routing as sim
 
 # small enough to take a fraction of a second, tight enough (3M units per key) that keys run out
