@@ -18,9 +18,20 @@ GUARD = Path(__file__).resolve().parent / "loopback_guard.py"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` ports free now, all different: taken one after the other, the kernel may hand the
+    same one out twice (a proxy told to listen twice on one port does not start)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 class Proxy:
@@ -39,9 +50,9 @@ class Proxy:
                  guard: bool = True, quiet: bool = False) -> None:
         self.rules_path, self.workdir, self.quiet = rules_path, workdir, quiet
         self.confdir = workdir / "mitmproxy-conf"
-        self.regular_port, self.reverse_port = free_port(), free_port()
+        self.regular_port, self.reverse_port, web_port = free_ports(3)
         self.log_path = workdir / "mitmdump.log"
-        self.web_port = free_port() if launch == "run --web" else None
+        self.web_port = web_port if launch == "run --web" else None
         head = {"addon.py": [str(MITMDUMP), "-s", str(REPO / "addon.py")],
                 "run": [str(CCSWITCH), "run"],
                 "run --web": [str(CCSWITCH), "run", "--web", "--set", f"web_port={self.web_port}",
