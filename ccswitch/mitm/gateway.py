@@ -20,9 +20,8 @@ from ccswitch.ledger.rows import attempt_rows, request_row
 from ccswitch.ledger.writer import Ledger
 from ccswitch.mitm.lifecycle import hook_task
 from ccswitch.net import http1
-from ccswitch.report.data import Pricer
 from ccswitch.report.live import LiveBoard
-from ccswitch.report.spend import LedgerSpend, ledger_spend, row_cost
+from ccswitch.report.spend import LedgerSpend, RowPrices, ledger_spend
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard, period_start
 from ccswitch.routing.events import Events
@@ -67,7 +66,7 @@ class Gateway:
         self.boards = Boards(self.health, self.quota, self.sessions, self.spend)
         self.state: SharedState = InMemoryState()
         self._state_for: tuple | None = None   # the rules' `state` the running one was opened for
-        self._pricer: tuple[Rules, Pricer] | None = None
+        self.price = RowPrices()   # each finished request priced once: for budgets and the live page
         self.ledger: Ledger | None = None
         self.live = LiveBoard()   # counters and the last requests since start, for the live page
         # every upstream URL ccswitch itself dials is asked here first; tests install a
@@ -174,12 +173,6 @@ class Gateway:
                         "(add them under prices: in rules.yaml; the month's spend so far is counted again at "
                         "them at the next start)", ", ".join(sorted(found.unpriced)))
 
-    def cost(self, row: dict, rules: Rules) -> float:
-        """USD of one `requests` row at the report's prices (0 for a model without one)."""
-        if self._pricer is None or self._pricer[0] is not rules:
-            self._pricer = (rules, Pricer(rules))
-        return row_cost(self._pricer[1], row) or 0.0
-
     def open_ledger(self, enabled: bool) -> None:
         """(Re)open the ledger at the rules' `usage_db`; a moved database gets a new writer."""
         path = self.rules.usage_db if enabled else None
@@ -199,21 +192,21 @@ class Gateway:
             self.ledger.add("requests", row)
             for attempt in attempts:
                 self.ledger.add("attempts", attempt)
+        usd = self.price(row, job.rules)     # None: no known price, which budgets count as 0
         if job.upstream is not None:
-            usd = self.cost(row, job.rules)
-            self.spend.add(UPSTREAM, job.upstream, usd, job.started_at)
-            self.spend.add(CLIENT, job.client, usd, job.started_at)
-        self._note_live(row, attempts, job.rules)
+            self.spend.add(UPSTREAM, job.upstream, usd or 0.0, job.started_at)
+            self.spend.add(CLIENT, job.client, usd or 0.0, job.started_at)
+        self._note_live(row, attempts, job.rules, usd)
 
     def record_own_answer(self, row: dict) -> None:
         """A request ccswitch answered itself (`ledger.rows.own_answer_row`): ledger and live counters."""
         if self.ledger is not None:
             self.ledger.add("requests", row)
-        self._note_live(row, [], self.rules)
+        self._note_live(row, [], self.rules, self.price(row, self.rules))
 
-    def _note_live(self, row: dict, attempts: list[dict], rules: Rules) -> None:
+    def _note_live(self, row: dict, attempts: list[dict], rules: Rules, usd: float | None) -> None:
         try:
-            self.live.note(row, attempts, rules)
+            self.live.note(row, attempts, rules, usd)
         except Exception:   # the page's counters must never cost a request its record or answer
             log.exception("ccswitch: could not count a request for the live page")
 

@@ -22,8 +22,6 @@ from typing import Any
 
 from ccswitch.config.models import Rules
 from ccswitch.dial.job import CLIENT_CLOSED
-from ccswitch.report.data import Pricer
-from ccswitch.report.spend import row_cost
 from ccswitch.vocab import Endpoint
 
 RECENT = 50   # requests the page lists
@@ -163,10 +161,11 @@ class LiveBoard:
         self.zone: tzinfo | None = None
         self.today = DayTotals()
         self.zone_since: float | None = None    # when a reload's new zone began today's totals afresh
-        self._pricer: tuple[Rules, Pricer] | None = None   # one price look-up per model while the rules stay
 
-    def note(self, row: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]], rules: Rules) -> None:
-        """Count one finished request (its ledger rows; `rules`: the rules it ran under, for prices)."""
+    def note(self, row: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]], rules: Rules,
+             usd: float | None) -> None:
+        """Count one finished request: its ledger rows, the rules it ran under (for the day's
+        time zone) and its price (`spend.row_cost`; None: its model has none)."""
         upstream = row.get("upstream") or ""
         route = str(row.get("route") or "")
         status, error = row.get("status"), row.get("error")
@@ -179,7 +178,6 @@ class LiveBoard:
         for kind, n in tokens.items():
             if n:
                 self.tokens[(upstream, kind)] += n
-        usd = row_cost(self._prices(rules), row)
         billed = tokens["input"] + tokens["output"] + tokens["cache_creation"] + tokens["cache_read"]
         if usd is not None:
             self.cost[upstream] += usd
@@ -213,11 +211,6 @@ class LiveBoard:
         return max(start, midnight)
 
     # ------------------------------------------------------------------ helpers
-
-    def _prices(self, rules: Rules) -> Pricer:
-        if self._pricer is None or self._pricer[0] is not rules:
-            self._pricer = (rules, Pricer(rules))
-        return self._pricer[1]
 
     @staticmethod
     def _histogram(table: dict, bounds: tuple[float, ...], route: str, upstream: str) -> Histogram:

@@ -31,6 +31,19 @@ def row_cost(pricer: Pricer, row: Mapping) -> float | None:
     return pricer.cost(row.get("upstream_model") or row.get("model"), row.get("upstream"), row_totals(row))
 
 
+class RowPrices:
+    """`row_cost` at the prices of the rules a request ran under, one Pricer per rules object
+    (a reload's new rules price anew; its Pricer looks each model up once)."""
+
+    def __init__(self) -> None:
+        self._pricer: tuple[Rules, Pricer] | None = None
+
+    def __call__(self, row: Mapping, rules: Rules) -> float | None:
+        if self._pricer is None or self._pricer[0] is not rules:
+            self._pricer = (rules, Pricer(rules))
+        return row_cost(self._pricer[1], row)
+
+
 @dataclass
 class LedgerSpend:
     rows: list[tuple[datetime, str | None, str | None, float]] = field(default_factory=list)  # ts, upstream, client, usd

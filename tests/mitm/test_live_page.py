@@ -14,6 +14,7 @@ from ccswitch.mitm import make_addons
 from ccswitch.mitm.live_page import LivePage
 from ccswitch.mitm.router import Router
 from ccswitch.mitm.safety import ClientKeyGate
+from ccswitch.report.data import Pricer
 from ccswitch.report.metrics import CONTENT_TYPE
 from ccswitch.wire.usage import Usage
 from tests.support.helpers import CLIENT_KEY, KEY_A
@@ -197,3 +198,13 @@ async def test_head_tells_the_length_a_get_would_send(chain, path):
     assert head.response.raw_content == b"" and len(get.response.raw_content) > 0
     assert head.response.headers["content-length"] == str(len(get.response.raw_content))
     assert list(head.response.headers.keys()) == list(get.response.headers.keys())
+
+
+def test_a_finished_request_is_priced_once_for_budgets_and_the_page_alike(gateway, monkeypatch):
+    priced, spent = [], []
+    cost = Pricer.cost
+    monkeypatch.setattr(Pricer, "cost", lambda self, *args: priced.append(cost(self, *args)) or priced[-1])
+    monkeypatch.setattr(gateway.spend, "add", lambda who, name, usd, at: spent.append((who, usd)))
+    gateway.record_job(finished(gateway.rules, Attempt("a", 200, None, 40, Usage(input_tokens=1000, output_tokens=300))))
+    assert len(priced) == 1 and priced[0] > 0
+    assert spent == [("upstream", priced[0]), ("client", priced[0])] and gateway.live.cost["a"] == priced[0]

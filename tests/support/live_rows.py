@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from ccswitch.dial.job import Attempt
 from ccswitch.ledger.rows import attempt_rows, request_row
+from ccswitch.report.spend import RowPrices
 from ccswitch.wire.usage import Usage
 from tests.support.helpers import CLIENT_KEY, make_job, rules_for
 
@@ -36,7 +37,9 @@ def finished(rules_, *attempts: Attempt, model="claude-sonnet-4-5", upstream_mod
 
 
 def note(board, rules_, job):
-    board.note(request_row(job), attempt_rows(job), rules_)
+    """As the gateway counts a finished request: priced once, at the rules it ran under."""
+    row = request_row(job)
+    board.note(row, attempt_rows(job), rules_, RowPrices()(row, rules_))
 
 
 USAGE = Usage(input_tokens=1000, output_tokens=200, cache_creation_tokens=3000, cache_creation_1h_tokens=0,
