@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""How close any addon of ccswitch's design can come to bare mitmdump: throughput of small
+non-streamed requests at c=1 and c=16 for bare mitmdump, the least addon of each of three
+designs (scripts/ceiling_addons.py: `answer` from the request hook with no upstream at all,
+`forward` over the addon's own sockets from the request hook as ccswitch does, `relay` started
+in the request hook and answered through a loopback server) and ccswitch, in one run against
+the same mock, in alternating rounds; each with its ratio to bare.
+
+    python scripts/bench_ceiling.py              # about 2 minutes
+    python scripts/bench_ceiling.py --seconds 1 --rounds 1   # a smoke run
+
+The `forward` figure is the ceiling of ccswitch's own design: it does nothing but move bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from scripts.bench import BASE_BODY, HEADERS, Target, start_bare, start_ccswitch, start_mock, throughput  # noqa: E402
+from scripts.ceiling_addons import DESIGNS  # noqa: E402
+from tests.support.proxy_process import MITMDUMP, free_port  # noqa: E402
+
+ADDONS = REPO / "scripts" / "ceiling_addons.py"
+
+
+def start_design(design: str, mock_port: int, workdir: Path) -> tuple[subprocess.Popen, str]:
+    """mitmdump in reverse mode to the mock with the least addon of `design`; without bare's
+    `stream_large_bodies`, which would send each request upstream before the request hook saw
+    its body (as ccswitch, each addon needs the whole request; `relay` streams its answers)."""
+    port = free_port()
+    log = open(workdir / f"{design}.log", "wb")
+    proc = subprocess.Popen([str(MITMDUMP), "-s", str(ADDONS), "--set", f"ceiling_design={design}",
+                             "--set", f"ceiling_upstream={mock_port}",
+                             "--mode", f"reverse:http://127.0.0.1:{mock_port}@127.0.0.1:{port}",
+                             "--set", f"confdir={workdir / 'conf'}",
+                             "--set", "termlog_verbosity=error", "--set", "flow_detail=0"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            httpx.post(url + "/v1/messages", json={**BASE_BODY, "model": "small"}, headers=HEADERS,
+                       timeout=1).raise_for_status()
+            return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    proc.terminate()
+    raise RuntimeError(f"mitmdump with the {design!r} addon did not start (see {workdir / design}.log)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each throughput run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per concurrency")
+    args = parser.parse_args()
+    figures: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        mock, mock_port, failing_port, _ = start_mock(10)
+        processes: list[subprocess.Popen] = []
+        ccswitch = None
+        try:
+            bare, bare_url = start_bare(mock_port, workdir)
+            processes.append(bare)
+            targets = [Target("bare mitmdump", bare_url)]
+            for design in DESIGNS:
+                proc, url = start_design(design, mock_port, workdir)
+                processes.append(proc)
+                targets.append(Target(f"least `{design}` addon", url))
+            ccswitch = start_ccswitch(mock_port, failing_port, workdir / "ccswitch")
+            targets.append(Target("ccswitch reverse", ccswitch.reverse_url))
+            for c in (1, 16):
+                for target in targets:              # warm: connections, pools, imports
+                    throughput(target, c, 0.5)
+                rates = [throughput(t, c, args.seconds) for _ in range(args.rounds) for t in targets]
+                for i, target in enumerate(targets):
+                    figures.setdefault(target.name, {})[f"throughput c={c} (req/s)"] = \
+                        sum(rates[i::len(targets)]) / args.rounds
+        finally:
+            if ccswitch is not None:
+                ccswitch.stop()
+            for proc in processes:
+                proc.terminate()
+            mock.terminate()
+    print(f"ceiling of an addon's design, {time.strftime('%Y-%m-%d')}, {args.rounds} alternating rounds "
+          f"of {args.seconds:g} s per target and concurrency, same mock:")
+    bare = figures["bare mitmdump"]
+    for name, figure in figures.items():
+        print(f"  {name:<24}" + "".join(f"  {metric} {rate:7.1f} ({rate / bare[metric]:.2f}x)"
+                                         for metric, rate in figure.items()))
+
+
+if __name__ == "__main__":
+    main()
