@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 #: the error recorded when the client went away: no failure is counted against anyone
 CLIENT_CLOSED = "client_closed"
+#: the error recorded when someone killed the flow in mitmproxy (mitmweb, `flow.kill`) mid-request
+KILLED = "killed"
 
 
 @dataclass(slots=True)
@@ -74,10 +76,11 @@ class Job:
     # the client has the stream's own last event: going now (Codex resets the HTTP/2 stream once
     # it has `response.completed`) ends nothing that was asked for
     delivered: bool = False
+    killed: bool = False     # its flow was killed in mitmproxy: it ends as if its client left
 
     def client_left(self) -> None:
         if not self.delivered:
-            self.error = CLIENT_CLOSED
+            self.error = KILLED if self.killed else CLIENT_CLOSED
 
     def request_sent_for_good(self) -> None:
         """The client has the answer's head: no attempt can send the request again.  What the

@@ -174,6 +174,7 @@ class Relay(Serving):
         self._on_done = on_done          # (job) -> None, once per job the relay ran
         self.shutdown = shutdown or Shutdown()
         self._jobs: dict[str, Job] = {}
+        self._served: dict[str, asyncio.Task] = {}   # token -> the task serving it, while it runs
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[RelayConnection] = set()
         self.port = 0
@@ -211,7 +212,17 @@ class Relay(Serving):
             return start_now(_refuse(sink)), None
         task = start_now(self._job(job, sink))
         self._track(task)
+        self._served[job.token] = task
+        task.add_done_callback(lambda _: self._served.pop(job.token, None))
         return task, job
+
+    def cancel(self, job: Job) -> bool:
+        """Stop a job being served now (its flow was killed): True if one was."""
+        task = self._served.get(job.token)
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
 
     async def _job(self, job: Job, sink: H11Sink) -> None:
         """One job, start to usage row: the row is reported however the job ends."""

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from functools import lru_cache
 
 from mitmproxy import http
+from mitmproxy.flow import Error
 from mitmproxy.net.http import status_codes, url
 from mitmproxy.utils.strutils import always_str
 
@@ -162,24 +164,57 @@ def _redact_headers(headers: http.Headers) -> None:
     headers.fields = tuple(redacted)
 
 
+def killed(flow: http.HTTPFlow) -> bool:
+    """Someone killed the flow in mitmproxy (mitmweb's kill button, `flow.kill`)."""
+    return flow.error is not None and flow.error.msg == Error.KILLED_MESSAGE
+
+
 class ClientWatch:
-    """Cancels `task` once the flow's client has gone, checked every `every` seconds (mitmproxy
-    does not cancel a hook whose client left); `fired` tells that cancellation from others."""
+    """Cancels `task` once the flow's client has gone or the flow was killed, checked every
+    `every` seconds (mitmproxy cancels no hook for either); `fired` tells that cancellation from
+    others, `killed` which of the two it was."""
 
     def __init__(self, flow: http.HTTPFlow, task: asyncio.Task, every: float = 0.1) -> None:
         self.flow, self.task, self.every = flow, task, every
-        self.fired = False
+        self.fired = self.killed = False
         self._timer = asyncio.get_running_loop().call_later(every, self._check)
 
     def _check(self) -> None:
-        if self.flow.client_conn.timestamp_end is not None:
-            self.fired = True
+        if self.flow.client_conn.timestamp_end is not None or killed(self.flow):
+            self.fired, self.killed = True, killed(self.flow)
             self.task.cancel()
         else:
             self._timer = asyncio.get_running_loop().call_later(self.every, self._check)
 
     def stop(self) -> None:
         self._timer.cancel()
+
+
+class KilledStreams:
+    """Finds the streams whose flow someone killed in mitmproxy: a flow killed in transit stays
+    open to its end (mitmproxy's kill acts at its next hook, and mitmweb's tells no addon), so
+    the open ones are looked at every `every` seconds and `on_killed` stops each one found."""
+
+    def __init__(self, on_killed: Callable[[http.HTTPFlow], None], every: float = 0.25) -> None:
+        self.on_killed, self.every = on_killed, every
+        self.flows: dict[str, http.HTTPFlow] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, flow: http.HTTPFlow) -> None:
+        self.flows[flow.id] = flow
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.every, self._look)
+
+    def discard(self, flow_id: str) -> None:
+        self.flows.pop(flow_id, None)
+
+    def _look(self) -> None:
+        self._timer = None
+        for flow in [flow for flow in self.flows.values() if killed(flow)]:
+            del self.flows[flow.id]
+            self.on_killed(flow)
+        if self.flows:
+            self._timer = asyncio.get_running_loop().call_later(self.every, self._look)
 
 
 class StreamCopy:

@@ -24,6 +24,7 @@ from ccswitch.mitm.codex_socket import CodexSockets
 from ccswitch.mitm.flows import (
     ClientWatch,
     HeldBody,
+    KilledStreams,
     StreamCopy,
     answer,
     drop_body,
@@ -79,6 +80,7 @@ class Router:
         self.unrecorded: dict[str, Job] = {}    # answered from the hook, recorded once it is sent
         self.jobs: dict[str, Job] = {}   # flow id -> job, while the flow is live
         self.held_bodies: dict[str, HeldBody] = {}   # flow id -> a streamed request's body, while at the relay
+        self.killed_streams = KilledStreams(self._stop_killed)
         self.inline: set[asyncio.Task] = set()   # hooks running the dialer for non-streamed requests
         self.shutdown = Shutdown()
         self.sockets: CodexSockets | None = None   # Codex's WebSocket bridge, once running
@@ -306,6 +308,15 @@ class Router:
             drop_body(flow.request)
         flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.relay.port
         flow.request.headers[JOB_HEADER] = job.token
+        self.killed_streams.add(flow)
+
+    def _stop_killed(self, flow: http.HTTPFlow) -> None:
+        """A stream killed in mitmproxy ends now, its upstream request with it (not yet at the
+        relay: mitmproxy never sends it there, and `_finish` records it)."""
+        job = self.jobs.get(flow.id)
+        if job is not None and self.relay is not None:
+            job.killed = True
+            self.relay.cancel(job)
 
     def _record_refusal(self, flow: http.HTTPFlow, match: RouteMatch, known: _Known, status: int,
                         message: str) -> None:
@@ -343,7 +354,8 @@ class Router:
         except asyncio.CancelledError:
             if not watch.fired:
                 raise
-            hook.uncancel()     # the client went away: the upstream request was cancelled at once
+            hook.uncancel()     # the client went away (or the flow was killed): the upstream request was cancelled at once
+            job.killed = watch.killed
             job.client_left()
             flow.response = http.Response.make(499, b"", {})
             return
@@ -391,6 +403,7 @@ class Router:
                                         "ccswitch is offline: this host is not reachable"))
 
     def _finish(self, flow: http.HTTPFlow) -> None:
+        self.killed_streams.discard(flow.id)
         job = self.jobs.pop(flow.id, None)
         if job is None:
             if self.sockets is not None and (ticket := flow.request.headers.get(TICKET_HEADER)):

@@ -588,6 +588,50 @@ async def test_a_non_streamed_request_whose_client_left_is_cancelled_upstream_an
     assert [job.error for job in recorded] == ["client_closed"]
 
 
+async def test_a_non_streamed_request_killed_in_mitmproxy_is_cancelled_upstream_and_recorded(router, gateway):
+    cancelled = asyncio.Event()
+
+    class Hanging:
+        async def run(self, job, sink):
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+    recorded = []
+    router.dialer = Hanging()
+    gateway.record_job = recorded.append
+    flow = messages_flow({"model": "m", "messages": []})
+    hook = asyncio.ensure_future(router.request(flow))
+    while not router.inline:
+        await asyncio.sleep(0)
+    flow.kill()                             # mitmweb's kill button: no hook tells an addon
+    await asyncio.wait_for(hook, 2)
+    assert cancelled.is_set() and not router.inline
+    router.error(flow)                      # mitmproxy ends the killed flow
+    await answer_sent()
+    assert [job.error for job in recorded] == ["killed"]
+
+
+async def test_a_stream_killed_in_mitmproxy_is_stopped_at_the_relay(router, gateway):
+    stopped = []
+    router.relay.cancel = lambda job: stopped.append(job) or True
+    router.killed_streams.every = 0.01
+    flow, other = (messages_flow({"model": "m", "stream": True, "messages": []}) for _ in range(2))
+    for f in (flow, other):
+        await router.request(f)
+    job = router.jobs[flow.id]
+    flow.kill()
+    for _ in range(100):
+        if stopped:
+            break
+        await asyncio.sleep(0.01)
+    assert stopped == [job] and job.killed and not router.jobs[other.id].killed
+    router.response(other)
+    router.error(flow)
+    assert router.killed_streams.flows == {}
+
+
 class ViewAddon:
     name = "view"    # what mitmweb and the console call their flow list
 

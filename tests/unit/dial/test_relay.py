@@ -265,3 +265,29 @@ async def test_a_client_that_leaves_once_it_has_the_last_event_ended_nothing(ser
         server.close()
     assert recorded == [job] and job.error is None and job.status == 200
     assert [a.error for a in job.attempts] == [None] and health.get("a").failures == 0
+
+
+async def test_a_job_being_served_is_cancelled_on_request_and_recorded_as_killed(served):
+    cancelled = asyncio.Event()
+
+    async def endless(job, sink):
+        await sink.start(200, SSE, None)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            job.client_left()     # as the dialer does when cancelled
+            raise
+    recorded = []
+    relay = await served(endless, recorded)
+    job, waiting = new_job(), new_job()
+    relay.register(job)
+    relay.register(waiting)
+    exchange = await Exchange(relay).send(job.token)
+    await exchange.read_until(lambda e: e.response is not None)
+    assert not relay.cancel(waiting)      # not at the relay yet: nothing to stop there
+    job.killed = True                     # as the router marks a flow killed in mitmproxy
+    assert relay.cancel(job)
+    await asyncio.wait_for(cancelled.wait(), 5)
+    await soon(lambda: recorded and relay.running == 0)
+    assert recorded == [job] and job.error == "killed" and not relay.cancel(job)
