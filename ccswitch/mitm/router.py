@@ -194,6 +194,8 @@ class Router:
                 self.dialer.client.ssl_context = context
         if "ccswitch_max_body" in updated and ctx.options.ccswitch_max_body <= 0:
             raise exceptions.OptionsError("ccswitch_max_body must be a positive number of bytes")
+        if "ccswitch_keep_stream" in updated and ctx.options.ccswitch_keep_stream < 0:
+            raise exceptions.OptionsError("ccswitch_keep_stream must be 0 or more bytes (0: keep none)")
         if "ccswitch_ledger" in updated:
             self.gateway.open_ledger(ctx.options.ccswitch_ledger)
         if updated & {"save_stream_file", "flow_detail"}:

@@ -51,3 +51,14 @@ def test_a_max_body_that_is_not_positive_is_refused(gateway):
         for bad in (0, -1):
             with pytest.raises(exceptions.OptionsError, match="ccswitch_max_body"):
                 tctx.configure(router, ccswitch_max_body=bad)
+
+
+def test_a_negative_keep_stream_is_refused(gateway):
+    """A negative size would keep no content at all, and mitmweb's view of the flow then fails."""
+    router = Router(gateway)
+    with taddons.context(router) as tctx:
+        tctx.configure(router, ccswitch_keep_stream=0)      # 0 keeps none, on purpose
+        for bad in (-1, -5):
+            with pytest.raises(exceptions.OptionsError, match="ccswitch_keep_stream must be 0 or more"):
+                tctx.configure(router, ccswitch_keep_stream=bad)
+        assert tctx.options.ccswitch_keep_stream == 0
