@@ -13,6 +13,7 @@ from ccswitch.activation.probe import ProbeResult, Schedule, Slot, send_probe, s
 from ccswitch.clock import utc_now
 from ccswitch.config.models import Rules, Upstream
 from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
+from ccswitch.mitm.commands import known_upstream
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.mitm.lifecycle import hook_task
 from ccswitch.net import http1
@@ -112,10 +113,7 @@ class Activator:
     @command.command("ccswitch.activate")
     def activate(self, name: str) -> str:
         """Send NAME's activation probe now; the result goes to the event log and the ledger."""
-        try:
-            upstream = self.gateway.rules.upstream(name)
-        except KeyError:
-            raise exceptions.CommandError(f"no upstream named {name!r}") from None
+        upstream = known_upstream(self.gateway.rules, name)
         if upstream.auth == "client":
             raise exceptions.CommandError(f"{name} uses the client's credentials: nothing to activate with")
         if lacking := upstream.lacks():

@@ -9,10 +9,20 @@ from datetime import datetime, timedelta
 
 from mitmproxy import command, exceptions
 
+from ccswitch.config.models import Rules, Upstream
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.routing.status import status_text
 
 log = logging.getLogger("ccswitch")
+
+
+def known_upstream(rules: Rules, name: str) -> Upstream:
+    """The upstream NAME, else a CommandError that lists the known ones (a typo is then easy to see)."""
+    try:
+        return rules.upstream(name)
+    except KeyError:
+        known = ", ".join(u.name for u in rules.upstreams)
+        raise exceptions.CommandError(f"no upstream named {name!r} (known: {known})") from None
 
 
 class Commands:
@@ -21,12 +31,8 @@ class Commands:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    def _upstream(self, name: str):
-        try:
-            return self.gateway.rules.upstream(name)
-        except KeyError:
-            known = ", ".join(u.name for u in self.gateway.rules.upstreams)
-            raise exceptions.CommandError(f"no upstream named {name!r} (known: {known})") from None
+    def _upstream(self, name: str) -> Upstream:
+        return known_upstream(self.gateway.rules, name)
 
     @command.command("ccswitch.status")
     def status(self) -> Sequence[str]:

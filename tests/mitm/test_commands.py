@@ -86,10 +86,13 @@ def test_use_prefers_an_upstream_for_a_while(setup):
     assert names(gateway) == ["a", "b"]
 
 
-def test_unknown_upstream_is_a_clear_command_error(setup):
-    _, commands, tctx = setup
-    for command, *args in ((commands.reset,), (commands.use, "10"), (commands.disable,), (commands.enable,)):
-        with pytest.raises(exceptions.CommandError, match="no upstream named 'zzz'"):
+def test_unknown_upstream_is_a_clear_command_error_that_lists_the_known_ones(setup):
+    from ccswitch.mitm.activator import Activator
+    gateway, commands, tctx = setup
+    activator = Activator(gateway)
+    for command, *args in ((commands.reset,), (commands.use, "10"), (commands.disable,), (commands.enable,),
+                           (activator.activate,)):
+        with pytest.raises(exceptions.CommandError, match=r"^no upstream named 'zzz' \(known: a, b, night\)$"):
             tctx.command(command, "zzz", *args)
 
 
