@@ -14,6 +14,8 @@ from ccswitch.mitm.gateway import Gateway
 from ccswitch.routing.status import status_text
 
 log = logging.getLogger("ccswitch")
+#: the longest `ccswitch.use`: past a year it is a typo, not a plan
+MAX_USE_MINUTES = 525600
 
 
 def known_upstream(rules: Rules, name: str) -> Upstream:
@@ -49,11 +51,15 @@ class Commands:
 
     @command.command("ccswitch.use")
     def use(self, name: str, minutes: int = 30) -> str:
-        """Prefer one upstream for its routes for a while (default 30 minutes; 0 ends it)."""
+        """Prefer one upstream for its routes for a while (default 30 minutes, at most 525600:
+        a year; 0 ends it)."""
         self._upstream(name)
-        health = self.gateway.health
-        if minutes <= 0:
+        if not 0 <= minutes <= MAX_USE_MINUTES:
+            raise exceptions.CommandError(f"MINUTES must be 0 to {MAX_USE_MINUTES} (a year; 0 ends the "
+                                          f"preference), not {minutes}")
+        if minutes == 0:
             return self.unuse()
+        health = self.gateway.health
         health.prefer(name, health.clock() + minutes * 60)
         until = datetime.now(self.gateway.rules.tz) + timedelta(minutes=minutes)
         log.info("ccswitch: preferring %s for %d minutes (until %s)", name, minutes, f"{until:%H:%M}")

@@ -117,6 +117,20 @@ def test_use_says_until_when_status_shows_the_time_left_and_unuse_ends_it(setup)
     assert tctx.command(commands.use, "a", "0") == "no longer preferring a"
 
 
+def test_use_refuses_minutes_outside_0_to_a_year(setup):
+    gateway, commands, tctx = setup
+    tctx.command(commands.use, "a", "5")
+    for bad in ("-1", "-5", "525601", "99999999999999"):
+        with pytest.raises(exceptions.CommandError, match=r"^MINUTES must be 0 to 525600 \(a year; 0 ends "
+                                                          rf"the preference\), not {bad}$"):
+            tctx.command(commands.use, "a", bad)
+        assert gateway.health.preferred_name() == "a"       # the preference in force is left alone
+    # not a number: mitmproxy's own int parser refuses it before ccswitch is called
+    with pytest.raises(exceptions.CommandError, match="invalid literal for int"):
+        tctx.command(commands.use, "a", "abc")
+    assert tctx.command(commands.use, "a", "525600").startswith("preferring a for 525600 minutes, until ")
+
+
 def test_enable_refuses_an_upstream_whose_header_variable_is_unset(tmp_path):
     from ccswitch.mitm.gateway import Gateway
     path = tmp_path / "rules.yaml"
