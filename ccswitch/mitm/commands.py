@@ -61,9 +61,13 @@ class Commands:
             return self.unuse()
         health = self.gateway.health
         health.prefer(name, health.clock() + minutes * 60)
-        until = datetime.now(self.gateway.rules.tz) + timedelta(minutes=minutes)
-        log.info("ccswitch: preferring %s for %d minutes (until %s)", name, minutes, f"{until:%H:%M}")
-        return f"preferring {name} for {minutes} minutes, until {until:%H:%M} (ccswitch.unuse ends it)"
+        tz = self.gateway.rules.tz
+        now = health.wall()
+        # added in UTC: a span across a clock change ends at the right wall time
+        until = (now + timedelta(minutes=minutes)).astimezone(tz)
+        when = f"{until:%H:%M}" if until.date() == now.astimezone(tz).date() else f"{until:%Y-%m-%d %H:%M}"
+        log.info("ccswitch: preferring %s for %d minutes (until %s)", name, minutes, when)
+        return f"preferring {name} for {minutes} minutes, until {when} (ccswitch.unuse ends it)"
 
     @command.command("ccswitch.unuse")
     def unuse(self) -> str:

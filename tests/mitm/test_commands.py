@@ -131,6 +131,34 @@ def test_use_refuses_minutes_outside_0_to_a_year(setup):
     assert tctx.command(commands.use, "a", "525600").startswith("preferring a for 525600 minutes, until ")
 
 
+def use_at(tmp_path, timezone: str, wall: datetime, minutes: int) -> str:
+    from tests.mitm.conftest import open_gateway
+    gateway = open_gateway(tmp_path, RULES + f"timezone: {timezone}\n")
+    gateway.health.wall = lambda: wall
+    commands = Commands(gateway)
+    with taddons.context(commands) as tctx:
+        return tctx.command(commands.use, "a", str(minutes))
+
+
+@pytest.mark.parametrize(("wall", "minutes", "until"), [
+    ((17, 6), 20, "until 02:26"),                     # Tokyo: 02:06 on the 5th, the same day
+    ((17, 6), 2000, "until 2026-12-06 11:26"),        # two days later: the date too
+    ((23, 30), 60, "until 09:30"),                    # UTC's date changes, Tokyo's does not
+    ((14, 30), 60, "until 2026-12-05 00:30"),         # Tokyo's date changes, UTC's does not
+])
+def test_use_names_the_date_when_the_end_is_not_today_in_the_rules_zone(tmp_path, wall, minutes, until):
+    from datetime import UTC
+    said = use_at(tmp_path, "Asia/Tokyo", datetime(2026, 12, 4, *wall, tzinfo=UTC), minutes)
+    assert said == f"preferring a for {minutes} minutes, {until} (ccswitch.unuse ends it)"
+
+
+def test_use_ends_at_the_right_wall_time_across_a_clock_change(tmp_path):
+    from datetime import UTC
+    # Berlin's clocks go back at 03:00 CEST on 2026-10-25: 01:30 CEST plus two hours is 02:30 CET
+    said = use_at(tmp_path, "Europe/Berlin", datetime(2026, 10, 24, 23, 30, tzinfo=UTC), 120)
+    assert said.startswith("preferring a for 120 minutes, until 02:30 ")
+
+
 def test_enable_refuses_an_upstream_whose_header_variable_is_unset(tmp_path):
     from ccswitch.mitm.gateway import Gateway
     path = tmp_path / "rules.yaml"
