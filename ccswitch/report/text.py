@@ -59,6 +59,14 @@ def fmt_left(left: timedelta) -> str:
     return f"{minutes // 60}h {minutes % 60:02d}m"
 
 
+def printable(text: str) -> str:
+    """Text a terminal shows as it is: a model name or session key is the client's to choose, and
+    its control characters (escape sequences, line breaks) are written as escapes, not obeyed."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def short_label(label: str, width: int = LABEL_WIDTH) -> str:
     """Head and tail of a long label: session keys differ at the end (a UUID) as often as at the start.
     ASCII dots, so a terminal without UTF-8 prints it too."""
@@ -101,8 +109,8 @@ def latency_cells(s: LatencyStats) -> list[str]:
 def _grid(head: str, rows: list[tuple[str, list[str]]], rules_before: set[int] = frozenset(),
           columns: tuple[str, ...] = COLUMNS, left: int = 1) -> list[str]:
     """A text table; the first ``left`` columns are left-aligned, the rest right-aligned."""
-    cols = [head, *columns]
-    cells = [[label, *values] for label, values in rows]
+    cols = [printable(c) for c in (head, *columns)]
+    cells = [[printable(c) for c in (label, *values)] for label, values in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(cols)]
     line = lambda row: "  ".join(c.ljust(w) if i < left else c.rjust(w)
                                  for i, (c, w) in enumerate(zip(row, widths))).rstrip()
@@ -240,7 +248,7 @@ def render_table(report: Report) -> str:
         out += ["", "Activation probes:"]
         out += activation_lines(report)
     if report.notes:
-        out += ["", *(f"note: {n}" for n in report.notes)]
+        out += ["", *(f"note: {printable(n)}" for n in report.notes)]
     return "\n".join(out)
 
 
@@ -263,7 +271,7 @@ def hit_lines(report: Report) -> list[str]:
 
 
 def activation_lines(report: Report) -> list[str]:
-    rows = [list(ACTIVATION_COLUMNS), *activation_rows(report)]
+    rows = [list(ACTIVATION_COLUMNS), *([printable(c) for c in row] for row in activation_rows(report))]
     widths = [max(len(r[i]) for r in rows) for i in range(len(ACTIVATION_COLUMNS))]
     fmt = lambda r: "  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
     return [fmt(rows[0]), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows[1:])]

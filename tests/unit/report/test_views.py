@@ -385,3 +385,21 @@ def test_totals_add_every_field():
     total.add(one)
     total.add(one)
     assert all(getattr(total, name) == 2 * getattr(one, name) for name in names)
+
+
+@pytest.mark.parametrize("by", ["model", "session"])
+def test_a_clients_control_characters_are_shown_as_escapes_never_obeyed_by_the_terminal(tmp_path, by):
+    evil = "evil\x1b[2J\x1b[31mRED\nnext-line\u202e"
+    db = make_db(tmp_path, [dict(ts="2026-03-02T02:00:00.000+00:00", input_tokens=300, model=evil, session=evil)])
+    out = text.render_table(build(db, MAR2, MAR2, by=by))
+    assert "\x1b" not in out and "\u202e" not in out and "next-line" in out
+    assert not any(line.startswith("next-line") for line in out.splitlines())   # the row is one line
+    assert "evil\\x1b[2J" in out
+
+
+def test_a_request_no_upstream_answered_costs_nothing_whatever_model_it_named(tmp_path):
+    rows = [dict(ts="2026-03-02T02:00:00.000+00:00", upstream=None, model=model, status=status)
+            for model, status in ((None, 401), ("no-such-model-7", 429), ("claude-haiku-4-5", 503))]
+    rows.append(dict(ts="2026-03-02T02:00:00.000+00:00", model="no-such-model-7", input_tokens=5))
+    out = text.report_json(build(make_db(tmp_path, rows), MAR2, MAR2))
+    assert out["totals"]["requests"] == 4 and out["totals"]["unpriced_requests"] == 1   # only the answered one
