@@ -12,6 +12,7 @@ later numbers overwrite earlier ones, they are never added.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -41,8 +42,25 @@ class Usage:
 _COUNTS = tuple(f.name for f in fields(Usage) if f.name != "raw")
 
 
+#: more tokens than any request has: a count past it is nonsense (and past 2**63 no ledger could
+#: store it, while the live page and the budgets would count it)
+MAX_TOKENS = 2**53
+
+
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    """A token count as an upstream wrote it: a whole number, also as `25.0` or `"42"` (a
+    fraction rounds); anything else, negative, or past MAX_TOKENS counts as 0."""
+    if type(value) is int:      # what upstreams send: the one check on a stream's path
+        return value if 0 < value <= MAX_TOKENS else 0
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return 0
+    if not isinstance(value, float) or not math.isfinite(value):
+        return 0
+    count = round(value)
+    return count if 0 < count <= MAX_TOKENS else 0
 
 
 def from_anthropic(usage: dict) -> Usage:

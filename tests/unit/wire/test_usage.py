@@ -117,3 +117,13 @@ def test_columns_are_every_count_field_and_the_raw_usage_as_json():
     assert list(cols) == [f.name for f in fields(Usage) if f.name != "raw"] + ["raw_usage"]
     assert cols["cache_read_tokens"] == 5 and cols["raw_usage"] == '{"nested":{"a":[1,2]}}'
     assert Usage().columns()["raw_usage"] is None
+
+
+def test_a_count_written_as_a_whole_float_or_as_text_is_its_number_and_nonsense_is_zero():
+    usage = from_body("anthropic", {"usage": {"input_tokens": 25.0, "output_tokens": "42", "cache_read_input_tokens": 12.7,
+                                              "cache_creation_input_tokens": " 7 "}})
+    assert (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_creation_tokens) == (25, 42, 13, 7)
+    # past any request (and 2**63, which no ledger stores): counted nowhere rather than live only
+    for nonsense in (10**20, 2**53 + 1, -5, True, "many", float("nan"), float("inf"), "1e30", [3], None):
+        assert from_body("anthropic", {"usage": {"input_tokens": nonsense}}).input_tokens == 0, nonsense
+    assert from_body("anthropic", {"usage": {"input_tokens": 2**53}}).input_tokens == 2**53
