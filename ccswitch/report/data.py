@@ -232,6 +232,8 @@ class Pricer:
         self._prices: dict[str | None, prices.Price | None] = {}
 
     def cost(self, model: str | None, upstream: str | None, t: Totals) -> float | None:
+        if upstream is None and not t.tokens:
+            return 0.0      # answered by no upstream (ccswitch refused it, or every attempt failed): nothing billed
         if model not in self._prices:
             self._prices[model] = prices.price_for(model, self.overrides)
         price = self._prices[model]
