@@ -118,7 +118,7 @@ class HealthBoard:
     def record_success(self, name: str) -> None:
         state = self.get(name)
         state.succeeded = self.clock()
-        if state.failures or state.cooling_until:
+        if state.cooling_until:     # failures below the threshold never cooled it down: nothing ends
             log.info("upstream %s recovered", name)
         news = bool(state.failures or state.cooling_until or state.outage or state.rate_limited or state.last_error)
         if state.outage is not None and self.events is not None:

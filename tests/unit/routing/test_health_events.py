@@ -107,3 +107,16 @@ def test_outages_that_end_in_the_same_second_are_told_apart():
     assert [e.kind for e in heard] == ["cooldown", "recovered", "cooldown", "recovered"]
     news = Deduper()
     assert [news.first(e) for e in heard] == [True, True, True, True]
+
+
+def test_recovered_is_logged_and_announced_only_when_a_cooldown_ends(caplog):
+    caplog.set_level("INFO", logger="ccswitch.health")
+    b, _, heard = board()
+    fail(b)                     # below the threshold: no cooldown began
+    b.record_success("a")
+    assert "recovered" not in caplog.text and heard == []
+    for _ in range(3):
+        fail(b)
+    b.record_success("a")
+    assert caplog.text.count("upstream a recovered") == 1
+    assert [e.kind for e in heard] == ["cooldown", "recovered"]
