@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
-from ccswitch.clock import ms_since
 from ccswitch.config.models import Upstream
 from ccswitch.dial.job import CLIENT_CLOSED, Attempt, Job, marks
 from ccswitch.dial.outcome import (
@@ -27,7 +26,7 @@ from ccswitch.dial.outcome import (
     retry_delay,
 )
 from ccswitch.dial.pump import Pump
-from ccswitch.dial.relay import send_whole
+from ccswitch.dial.relay import ClientGone, send_whole
 from ccswitch.dial.render import OutgoingRequest, render
 from ccswitch.dial.ws_upstream import TurnResponse
 from ccswitch.net import http1
@@ -130,9 +129,8 @@ class Dialer:
 
     async def _attempt(self, job: Job, upstream: Upstream, sink: Sink) -> Reply | Failure | Streamed:
         """Streamed when the attempt was committed to the client; otherwise what came back."""
-        attempt = Attempt(upstream.name)
+        attempt = Attempt(upstream.name, running_since=time.monotonic())
         job.attempts.append(attempt)
-        began = time.monotonic()
         # one probe at a time: a request that reaches the upstream while another probes it (it
         # was the last candidate left) is not the probe, and does not end the other's
         probing = self.health.needs_probe(upstream.name) and not self.health.busy_probing(upstream.name)
@@ -148,11 +146,11 @@ class Dialer:
         except RenderError as exc:
             # not the upstream's doing, and the next one may take the request as it is
             result = Failure(upstream.name, None, str(exc), Action.SWITCH, counts=False, client_status=exc.status)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ClientGone):
             attempt.error = CLIENT_CLOSED
             raise
         finally:
-            attempt.ms = ms_since(began)
+            attempt.end()
             if probing:
                 self.health.end_probe(upstream.name)
         failover = job.rules.failover

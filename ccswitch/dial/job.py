@@ -36,12 +36,19 @@ class Attempt:
     error: str | None = None
     ms: int = 0
     usage: Usage | None = None      # what the upstream reported, even for a failed attempt
+    # (monotonic) while it runs: a flow can end, and be described, before its attempt does
+    running_since: float | None = None
+
+    def end(self) -> None:
+        if self.running_since is not None:
+            self.ms, self.running_since = ms_since(self.running_since), None
 
     def describe(self) -> str:
         what = str(self.status) if self.status is not None else "-"
         if self.error and self.error != f"HTTP {self.status}":   # not "529 HTTP 529"
             what = f"{what} {self.error}" if self.status is not None else self.error
-        return f"{self.upstream}: {what} ({self.ms} ms)"
+        ms = self.ms if self.running_since is None else ms_since(self.running_since)
+        return f"{self.upstream}: {what} ({ms} ms)"
 
 
 @dataclass(slots=True)
@@ -81,6 +88,15 @@ class Job:
     def client_left(self) -> None:
         if not self.delivered:
             self.error = KILLED if self.killed else CLIENT_CLOSED
+
+    def flow_ended_first(self) -> None:
+        """The flow ended (the client left, or mitmproxy killed it) while the dialer still runs
+        the job: the relay cancels it a moment later, which the dialer records as the client gone.
+        The flow's view is written now, so it says so now."""
+        self.client_left()
+        last = self.attempts[-1] if self.attempts else None
+        if last is not None and last.running_since is not None and not self.delivered:
+            last.error = CLIENT_CLOSED
 
     def request_sent_for_good(self) -> None:
         """The client has the answer's head: no attempt can send the request again.  What the

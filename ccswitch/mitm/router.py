@@ -424,6 +424,8 @@ class Router:
             # mitmproxy never delivered it to the relay (e.g. the client left at once)
             job.error = flow.error.msg if flow.error else "not dispatched"
             self.gateway.record_job(job)
+        elif flow.error is not None and job.latency_ms is None:
+            job.flow_ended_first()    # the relay is about to cancel it
         flow.request.headers.pop(JOB_HEADER, None)
         if (held := self.held_bodies.pop(flow.id, None)) is not None:
             restore_body(flow.request, held)

@@ -569,3 +569,18 @@ async def test_an_error_event_whose_message_holds_a_lone_surrogate_is_judged_lik
     job, sink, health = await run(two(mock_a, mock_b))
     assert sink.status == 200 and sink.headers["x-ccswitch-upstream"] == "b"
     assert job.attempts[0].error == "stream error: overloaded_error: busy ?" and health.get("a").failures == 1
+
+
+async def test_an_attempt_whose_client_is_gone_on_a_write_ends_as_client_closed_with_its_time(mock_a, mock_b):
+    from ccswitch.dial.job import CLIENT_CLOSED
+    from ccswitch.dial.relay import ClientGone
+
+    class LeavingSink(MemorySink):
+        async def write(self, data):
+            await asyncio.sleep(0.05)
+            raise ClientGone("the proxy closed the relay connection")
+    job = make_job(two(mock_a, mock_b))
+    with pytest.raises(ClientGone):
+        await run(two(mock_a, mock_b), job=job, sink=LeavingSink())
+    [attempt] = job.attempts
+    assert attempt.ms >= 50 and attempt.describe() == f"a: 200 {CLIENT_CLOSED} ({attempt.ms} ms)"

@@ -1,0 +1,73 @@
+"""A streamed flow whose client leaves: mitmproxy ends the flow (its `error` hook, where the
+comment is written) a moment before it closes the relay connection and the dialer's attempt
+is cancelled.  The comment tells the attempt's real time, and that the client left."""
+
+import asyncio
+import re
+
+import pytest
+from mitmproxy.test import taddons, tflow
+
+from ccswitch.dial.job import CLIENT_CLOSED
+from ccswitch.dial.relay import JOB_HEADER
+from ccswitch.mitm.router import Router
+from tests.mitm.conftest import open_gateway
+from tests.mitm.test_router import messages_flow
+from tests.support.helpers import CLIENT_KEY, KEY_A, eventually
+from tests.support.loopback_guard import loopback_url
+from tests.support.mock_upstream import hang_before_headers, stall_after
+from tests.unit.dial.test_relay import Exchange
+
+WAITED = 0.3    # seconds the client stays before it leaves
+
+
+@pytest.fixture
+async def live(tmp_path, mock_a):
+    """(router, recorded jobs): a started router whose dialer reaches `mock_a`."""
+    gateway = open_gateway(tmp_path, f"""
+client_keys: ["{CLIENT_KEY}"]
+timeouts: {{connect: 2s, first_byte: 5s, total: 5s, idle: 5s}}
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{mock_a.base_url}', api_key: '{KEY_A}'}}
+routes: {{claude: [a]}}
+""")
+    gateway.allow_url = loopback_url
+    recorded = []
+    gateway.record_job = recorded.append
+    router = Router(gateway)
+    with taddons.context(router):
+        await router.running()
+        try:
+            yield router, recorded
+        finally:
+            await router.sockets.stop()
+            await router.relay.stop()
+            await router.dialer.aclose()
+
+
+def shown_ms(comment: str) -> int:
+    return int(re.search(r"\((\d+) ms\)", comment).group(1))
+
+
+@pytest.mark.parametrize("behaviour,shown", [(stall_after(3, 3), f"a: 200 {CLIENT_CLOSED}"),
+                                             (hang_before_headers(3), f"a: {CLIENT_CLOSED}")],
+                         ids=["mid-stream", "before-the-head"])
+async def test_a_stream_the_client_leaves_shows_its_attempts_real_time_and_client_closed(
+        live, mock_a, behaviour, shown):
+    router, recorded = live
+    mock_a.script(behaviour)
+    flow = messages_flow()
+    await router.request(flow)
+    relay_hop = await Exchange(router.relay).send(flow.request.headers[JOB_HEADER])   # what mitmproxy sends
+    if behaviour.kind == "stall":
+        await relay_hop.read_until(lambda ex: ex.response is not None)
+    await asyncio.sleep(WAITED)
+    flow.error = tflow.terr("Client disconnected.")
+    router.error(flow)
+    assert flow.comment.startswith(f"ccswitch: {shown} (") and shown_ms(flow.comment) >= WAITED * 1000
+    assert flow.metadata["ccswitch"]["error"] == CLIENT_CLOSED
+    relay_hop.writer.close()                   # then mitmproxy closes the relay connection
+    await eventually(lambda: recorded)
+    [job] = recorded
+    assert job.error == CLIENT_CLOSED and job.attempts[0].error == CLIENT_CLOSED
+    assert job.attempts[0].ms >= shown_ms(flow.comment)
