@@ -42,6 +42,7 @@ from ccswitch.mitm.flows import (
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.mitm.lifecycle import hook_task, stopping, take_given_values
 from ccswitch.mitm.planner import Planner
+from ccswitch.mitm.router_options import add_options
 from ccswitch.net import http1
 from ccswitch.routing.admission import body_problem, decoded_body, header_problem, origin_problem, parse_body
 from ccswitch.routing.affinity import session_key
@@ -91,24 +92,7 @@ class Router:
         self.started = asyncio.Event()
 
     def load(self, loader) -> None:
-        loader.add_option("ccswitch_max_body", int, 32 * 1024 * 1024,
-                          "Largest request body (bytes) ccswitch routes; larger ones get a 413 "
-                          "in the client's API format (Anthropic's own limit is 32 MB).")
-        loader.add_option("ccswitch_ledger", bool, True,
-                          "Record every routed request's usage in the rules' usage_db (SQLite or PostgreSQL).")
-        loader.add_option("ccswitch_offline", bool, False,
-                          "The intercepted hosts are unreachable (relays only): answer their "
-                          "unrouted requests (e.g. Claude Code's settings calls) with 404 at once "
-                          "instead of a 502 that clients retry for many seconds.")
-        loader.add_option("ccswitch_keep_stream", int, 1024 * 1024,
-                          "Bytes of each streamed answer kept on the flow, so mitmweb and `-w` files "
-                          "show what was streamed (0: none). Plain mitmdump, which drops each "
-                          "flow once answered, keeps none unless flow_detail is 3 or more.")
-        loader.add_option("ccswitch_shutdown_grace", int, 8,
-                          "Seconds that requests in flight get to finish when the proxy shuts down "
-                          "(SIGTERM, Ctrl-C); new ones get a 503 meanwhile. Past it, streams end with "
-                          "their protocol's error event and other requests get a 503. Keep it below "
-                          "your supervisor's kill timeout (docker stop: 10 s).")
+        add_options(loader)
         take_given_values(loader.master.options)
 
     def running(self) -> asyncio.Task:
