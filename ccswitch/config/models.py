@@ -455,6 +455,9 @@ class Rules(_Model):
     def client_key_texts(self) -> list[str]:
         return [client.get_secret_value() for client in self.client_keys]
 
+    def client_called(self, name: str | None) -> ClientKey | None:
+        return next((c for c in self.client_keys if c.name == name), None) if name else None
+
     def client_named(self, presented: str | None) -> ClientKey | None:
         """The client key `presented` equals, compared in constant time with every key."""
         given = (presented or "").encode("utf-8", "surrogatepass")

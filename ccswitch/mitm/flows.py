@@ -6,6 +6,7 @@ and the watch on a flow's client."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable
 from functools import lru_cache
@@ -23,6 +24,8 @@ from ccswitch.wire import protocols
 from ccswitch.wire.headers import to_wire
 from ccswitch.wire.redact import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS, REDACTED
 
+#: the mark of a flow that failed over
+WARNING = ":warning:"
 #: the host whose every path the proxy answers itself with the live page (as mitmproxy does `mitm.it`)
 LIVE_HOST = "ccswitch"
 
@@ -180,14 +183,17 @@ class ClientWatch:
         self._timer = asyncio.get_running_loop().call_later(every, self._check)
 
     def _check(self) -> None:
-        if self.flow.client_conn.timestamp_end is not None or killed(self.flow):
+        # a replay has no client of its own: its client_conn is the replayed flow's, long gone
+        gone = not self.flow.is_replay and self.flow.client_conn.timestamp_end is not None
+        if gone or killed(self.flow):
             self.fired, self.killed = True, killed(self.flow)
             self.task.cancel()
         else:
             self._timer = asyncio.get_running_loop().call_later(self.every, self._check)
 
     def stop(self) -> None:
-        self._timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 class KilledStreams:
@@ -250,14 +256,32 @@ def show_outcome(flow: http.HTTPFlow, job: Job) -> None:
         redact_credentials(flow.request)    # a `?key=` kept for `auth: client`
     flow.comment = job.comment()
     if job.failed_over:
-        flow.marked = ":warning:"
+        flow.marked = WARNING
     meta = flow.metadata["ccswitch"]
     meta.update(upstream=job.upstream, upstream_model=job.upstream_model,
-                attempts=[a.describe() for a in job.attempts], error=job.error)
+                attempts=[a.describe() for a in job.attempts], error=job.error, shown_url=flow.request.url)
     if job.sent_body is not None and job.sent_body != flow.request.raw_content:
         # the request tab shows what the upstream got; the client's own body stays in the metadata
         meta["client_body"] = flow.request.get_text(strict=False)
+        meta["shown_body"] = _digest(job.sent_body)
         flow.request.headers.pop("content-encoding", None)
         flow.request.content = job.sent_body
     if isinstance(flow.response and flow.response.stream, StreamCopy):
         flow.response.stream.keep_on(flow.response)
+
+
+def as_the_client_sent(flow: http.HTTPFlow) -> None:
+    """A replay of a flow ccswitch routed is the client's request, routed again: the flow shows
+    the URL and the body the upstream got, and the client's come back, unless edited since."""
+    meta, request = flow.metadata["ccswitch"], flow.request
+    if (url := meta.get("client_url")) and meta.get("shown_url", request.url) == request.url:
+        request.url = url
+    body = meta.get("client_body")
+    if body is not None and meta.get("shown_body") == _digest(request.raw_content or b""):
+        request.text = body
+    if flow.marked == WARNING:     # the replay's own attempts say whether it failed over
+        flow.marked = ""
+
+
+def _digest(body: bytes) -> str:
+    return hashlib.blake2b(body, digest_size=16).hexdigest()

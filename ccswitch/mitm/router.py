@@ -22,11 +22,13 @@ from ccswitch.dial.ws_bridge import TICKET_HEADER
 from ccswitch.ledger.rows import own_answer_row
 from ccswitch.mitm.codex_socket import CodexSockets
 from ccswitch.mitm.flows import (
+    WARNING,
     ClientWatch,
     HeldBody,
     KilledStreams,
     StreamCopy,
     answer,
+    as_the_client_sent,
     drop_body,
     error_response,
     flows_are_kept,
@@ -198,6 +200,8 @@ class Router:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
+        if _replays_routed(flow):
+            as_the_client_sent(flow)
         if not self.started.is_set():
             await self.started.wait()
         match = self._match(flow)
@@ -231,6 +235,10 @@ class Router:
 
         headers = from_wire(flow.request.headers.fields)   # the bytes as received
         client = rules.client_named(client_credential(headers)) if rules.client_keys else None
+        if client is None and _replays_routed(flow):
+            # its key shows as `<redacted>`; a replay is the user's doing (mitmweb, `client_replay`),
+            # never a client's: it comes as the client whose request it replays
+            client = rules.client_called(flow.metadata["ccswitch"].get("client"))
         if rules.client_keys and client is None:
             return refuse(401, "missing or invalid ccswitch client key")
         if not rules.client_keys and (refusal := origin_problem(headers)):   # the live page posts nothing
@@ -281,8 +289,9 @@ class Router:
         if not isinstance(job, Job):
             return refuse(*job)
         self.jobs[flow.id] = job
-        flow.metadata["ccswitch"] = {"route": match.route, "endpoint": match.endpoint, "model": model}
         redact_credentials(flow.request)
+        flow.metadata["ccswitch"] = {"route": match.route, "endpoint": match.endpoint, "model": model,
+                                     "client": client_name, "client_url": flow.request.url}   # for a replay
         if not req.stream:
             # nothing to stream: answer from this hook, without the relay hop
             await self._run_inline(flow, job)
@@ -324,7 +333,7 @@ class Router:
         self.held_bodies.pop(flow.id, None)
         message = "ccswitch failed on this request (an internal error: its log has the details)"
         answer(flow, error_response(CLIENT_PROTOCOL[match.route], 500, message))
-        flow.marked = ":warning:"
+        flow.marked = WARNING
         self._record_refusal(flow, match, known, 500, message)
 
     async def _run_inline(self, flow: http.HTTPFlow, job: Job) -> None:
@@ -379,9 +388,11 @@ class Router:
         return match if match is not None and self._is_api_flow(flow) else None
 
     def _is_api_flow(self, flow: http.HTTPFlow) -> bool:
-        """A flow to an API host: on a reverse listener, or to an `intercept` host."""
+        """A flow to an API host: on a reverse listener, or to an `intercept` host; or the replay
+        of a flow ccswitch routed, whatever it shows now (the upstream's URL, or an edit)."""
         return (isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
-                or flow.request.pretty_host.lower() in self.gateway.rules.intercept)
+                or flow.request.pretty_host.lower() in self.gateway.rules.intercept
+                or _replays_routed(flow))
 
     def _unrouted(self, flow: http.HTTPFlow) -> None:
         if ctx.options.ccswitch_offline and flow.request.pretty_host.lower() in self.gateway.rules.intercept:
@@ -417,3 +428,8 @@ class Router:
         if job.failed_over:
             log.info("ccswitch: %s %s failed over: %s", job.request.route, job.request.model,
                      " → ".join(a.describe() for a in job.attempts))
+
+
+def _replays_routed(flow: http.HTTPFlow) -> bool:
+    """mitmproxy replays (`is_replay`) a flow that ccswitch routed (its metadata)."""
+    return flow.is_replay == "request" and "ccswitch" in flow.metadata

@@ -1,0 +1,115 @@
+"""A routed flow replayed (mitmweb's replay, `client_replay`) is routed afresh: a new job with
+its own comment and ledger row.  The flow shows where and what the upstream was sent (a regular
+proxy's flow then no longer names an `intercept` host) and the client key as `<redacted>`: the
+replay is the client's request again, as the client it replays."""
+
+import asyncio
+import json
+
+import pytest
+from mitmproxy.addons.clientplayback import ClientPlayback
+from mitmproxy.test import taddons
+
+from ccswitch.dial.job import Attempt
+from ccswitch.dial.relay import JOB_HEADER
+from tests.mitm.test_router import RULES, answer_sent, messages_flow  # noqa: F401  (RULES: the gateway's)
+from tests.support.helpers import CLIENT_KEY
+
+UPSTREAM_URL = "http://127.0.0.1:9/v1/messages"     # upstream a's
+
+
+class Answering:
+    """A dialer that serves every job from upstream `a`, under the model name `a-model`."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = seconds
+        self.jobs = []
+
+    async def run(self, job, sink):
+        self.jobs.append(job)
+        await asyncio.sleep(self.seconds)
+        job.sent_body = json.dumps({**job.request.json, "model": "a-model"}).encode()
+        job.attempts.append(Attempt("a", 200, None, 7))
+        job.upstream, job.status = "a", 200
+        await sink.start(200, [("content-type", "application/json")], 2)
+        await sink.write(b"{}")
+        await sink.end()
+
+
+@pytest.fixture
+def served(router, gateway):
+    """(router, dialer, recorded jobs) with mitmproxy's client playback beside the router."""
+    recorded, dialer = [], Answering()
+    router.dialer = dialer
+    gateway.record_job = recorded.append
+    with taddons.context(ClientPlayback(), router):
+        yield router, dialer, recorded
+
+
+async def routed_once(router, **flow_args):
+    flow = messages_flow({"model": "m", "messages": [{"role": "user", "content": "hi"}]}, **flow_args)
+    await router.request(flow)
+    router.response(flow)
+    await answer_sent()
+    flow.live = False       # mitmproxy's, once the flow is over
+    return flow
+
+
+async def replay(router, flow) -> None:
+    """What mitmweb's replay does: mitmproxy's playback prepares the flow, and its request hooks run."""
+    from mitmproxy import ctx
+    ctx.master.addons.get("clientplayback").start_replay([flow])
+    assert flow.is_replay == "request" and flow.response is None
+    flow.live = True
+    await router.request(flow)
+    router.response(flow)
+    await answer_sent()
+
+
+@pytest.mark.parametrize("mode", ["regular", "reverse:https://api.anthropic.com"])
+async def test_a_replayed_routed_flow_is_routed_afresh_as_the_client_sent_it(served, mode):
+    router, dialer, recorded = served
+    flow = await routed_once(router, mode=mode)
+    assert flow.request.url == UPSTREAM_URL and flow.request.headers["x-api-key"] == "<redacted>"
+    assert json.loads(flow.request.content)["model"] == "a-model"     # what the upstream got
+    flow.comment = "stale"
+    await replay(router, flow)
+    first, again = dialer.jobs
+    assert again is not first and len(recorded) == 2 and recorded[1] is again   # a row of its own
+    assert again.request.url == "https://api.anthropic.com/v1/messages"
+    assert again.request.json == first.request.json and again.request.json["model"] == "m"
+    assert again.client == first.client is not None      # the client key's name, its key being redacted
+    assert flow.response.status_code == 200 and flow.comment.startswith("ccswitch: a: 200 (7 ms)")
+    assert flow.request.url == UPSTREAM_URL and CLIENT_KEY not in json.dumps(flow.get_state(), default=str)
+
+
+async def test_a_replay_routes_what_the_user_edited(served):
+    router, dialer, _ = served
+    flow = await routed_once(router)
+    flow.request.content = json.dumps({"model": "edited", "messages": []}).encode()
+    flow.request.path = "/v1/messages/count_tokens"
+    await replay(router, flow)
+    again = dialer.jobs[-1]
+    assert again.request.json["model"] == "edited" and again.request.endpoint == "count_tokens"
+    assert again.request.url == "http://127.0.0.1:9/v1/messages/count_tokens"
+
+
+async def test_a_replay_is_not_cut_for_a_client_that_left_long_ago(served):
+    router, dialer, recorded = served
+    flow = await routed_once(router)
+    flow.client_conn.timestamp_end = 1.0      # the replayed flow's client: gone since
+    dialer.seconds = 0.3                      # three watch periods
+    await replay(router, flow)
+    assert flow.response.status_code == 200 and recorded[-1].error is None
+
+
+async def test_a_streamed_replay_goes_to_the_relay_with_a_job_of_its_own(served):
+    router, _, _ = served
+    flow = await routed_once(router)     # answered whole; its replay asks for a stream
+    flow.request.content = json.dumps({"model": "m", "stream": True, "messages": []}).encode()
+    from mitmproxy import ctx
+    ctx.master.addons.get("clientplayback").start_replay([flow])
+    flow.live = True
+    await router.request(flow)
+    job = router.jobs[flow.id]
+    assert flow.request.headers[JOB_HEADER] == job.token and (flow.request.host, flow.request.port) == ("127.0.0.1", 4242)
