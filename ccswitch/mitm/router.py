@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-from datetime import datetime
 
 from mitmproxy import ctx, exceptions, http
-from mitmproxy.proxy import mode_specs
 
 from ccswitch.clock import utc_now
 from ccswitch.config.models import Rules
@@ -19,7 +16,6 @@ from ccswitch.dial.job import Job
 from ccswitch.dial.relay import JOB_HEADER, BufferSink, Relay, run_guarded
 from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_proxy_connections
 from ccswitch.dial.ws_bridge import TICKET_HEADER
-from ccswitch.ledger.rows import own_answer_row
 from ccswitch.mitm.codex_socket import CodexSockets
 from ccswitch.mitm.flows import (
     WARNING,
@@ -42,13 +38,15 @@ from ccswitch.mitm.flows import (
     whole_response,
 )
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
+from ccswitch.mitm.known import Known
 from ccswitch.mitm.lifecycle import hook_task, stopping, take_given_values
 from ccswitch.mitm.planner import Planner
 from ccswitch.mitm.router_options import add_options
+from ccswitch.mitm.scope import is_api_flow, replays_routed, route_of
 from ccswitch.net import http1
 from ccswitch.routing.admission import body_problem, decoded_body, header_problem, origin_problem, parse_body
 from ccswitch.routing.affinity import session_key
-from ccswitch.routing.classify import RouteMatch, classify
+from ccswitch.routing.classify import RouteMatch
 from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint
 from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.headers import from_wire
@@ -60,15 +58,6 @@ NOT_STARTED = "ccswitch failed to start (its log says why): nothing is routed"
 #: ccswitch's answer to a new request once the shutdown drains: the next process takes it
 _DRAINING = (503, SHUTTING_DOWN, {"retry-after": RETRY_AFTER, "connection": "close"})
 CLOSE_FRAME_WAIT = 0.2     # seconds for mitmproxy to pass the bridge's close frames on at shutdown
-
-
-@dataclass
-class _Known:
-    """What the request hook has learnt of a request so far: the row of an answer ccswitch gives itself."""
-    started: datetime
-    body: dict | None = None
-    session: str | None = None
-    client: str | None = None
 
 
 class Router:
@@ -200,11 +189,11 @@ class Router:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
-        if _replays_routed(flow):
+        if replays_routed(flow):
             as_the_client_sent(flow)
         if not self.started.is_set():
             await self.started.wait()
-        match = self._match(flow)
+        match = route_of(flow, self.gateway.rules)
         rules = self.gateway.rules
         if match is not None and self.gateway.first_spend_read is not None:
             await self.gateway.spend_read_for(rules)     # a reload may have set a budget meanwhile
@@ -214,9 +203,9 @@ class Router:
             return
         if self.relay is None or self.failed_to_start:   # mitmproxy logged why; not passed on unrouted
             answer(flow, error_response(CLIENT_PROTOCOL[match.route], 503, NOT_STARTED))
-            self._record_refusal(flow, match, _Known(utc_now()), 503, NOT_STARTED)
+            self._record_refusal(flow, match, Known(utc_now()), 503, NOT_STARTED)
             return
-        known = _Known(utc_now())
+        known = Known(utc_now())
         try:
             await self._route(flow, match, rules, known)
         except Exception:
@@ -226,7 +215,7 @@ class Router:
             log.exception("ccswitch: a %s request failed inside ccswitch", match.route)
             self._failed_inside(flow, match, known)
 
-    async def _route(self, flow: http.HTTPFlow, match: RouteMatch, rules: Rules, known: _Known) -> None:
+    async def _route(self, flow: http.HTTPFlow, match: RouteMatch, rules: Rules, known: Known) -> None:
         client_protocol = CLIENT_PROTOCOL[match.route]
 
         def refuse(status: int, message: str, extra: dict | None = None) -> None:
@@ -235,7 +224,7 @@ class Router:
 
         headers = from_wire(flow.request.headers.fields)   # the bytes as received
         client = rules.client_named(client_credential(headers)) if rules.client_keys else None
-        if client is None and _replays_routed(flow):
+        if client is None and replays_routed(flow):
             # its key shows as `<redacted>`; a replay is the user's doing (mitmweb, `client_replay`),
             # never a client's: it comes as the client whose request it replays
             client = rules.client_called(flow.metadata["ccswitch"].get("client"))
@@ -313,17 +302,11 @@ class Router:
             job.killed = True
             self.relay.cancel(job)
 
-    def _record_refusal(self, flow: http.HTTPFlow, match: RouteMatch, known: _Known, status: int,
+    def _record_refusal(self, flow: http.HTTPFlow, match: RouteMatch, known: Known, status: int,
                         message: str) -> None:
-        body = known.body or {}
-        model = body.get("model")
-        self.gateway.record_own_answer(own_answer_row(
-            request_id=flow.id, started_at=known.started, route=match.route, endpoint=match.endpoint,
-            model=model if isinstance(model, str) else None, stream=bool(body.get("stream")), status=status,
-            error=message[:500], latency_ms=int((utc_now() - known.started).total_seconds() * 1000),
-            session=known.session, client=known.client))
+        self.gateway.record_own_answer(known.own_answer_row(flow.id, match, status, message))
 
-    def _failed_inside(self, flow: http.HTTPFlow, match: RouteMatch, known: _Known) -> None:
+    def _failed_inside(self, flow: http.HTTPFlow, match: RouteMatch, known: Known) -> None:
         """A bug of ccswitch's on the way: the client gets a 500 in its API's shape, the ledger its row."""
         if flow.response is not None:   # answered already; its row is written or on its way
             return
@@ -368,7 +351,7 @@ class Router:
         if job is not None:
             if not job.request.stream:
                 return      # answered whole from the request hook (an SSE-typed error): sent as it is
-        elif not self._is_api_flow(flow):      # passed on unrouted (e.g. a route with no upstreams)
+        elif not is_api_flow(flow, self.gateway.rules):      # passed on unrouted (e.g. a route with no upstreams)
             return
         # a routed stream from the relay, or an API stream passed through untouched: as it comes
         keep = ctx.options.ccswitch_keep_stream if self.flows_shown else 0
@@ -382,18 +365,6 @@ class Router:
 
     # ------------------------------------------------------------------ helpers
 
-    def _match(self, flow: http.HTTPFlow) -> RouteMatch | None:
-        upgrade = flow.request.headers.get("upgrade", "").lower() == "websocket"
-        match = classify(flow.request.method, flow.request.path, upgrade)
-        return match if match is not None and self._is_api_flow(flow) else None
-
-    def _is_api_flow(self, flow: http.HTTPFlow) -> bool:
-        """A flow to an API host: on a reverse listener, or to an `intercept` host; or the replay
-        of a flow ccswitch routed, whatever it shows now (the upstream's URL, or an edit)."""
-        return (isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
-                or flow.request.pretty_host.lower() in self.gateway.rules.intercept
-                or _replays_routed(flow))
-
     def _unrouted(self, flow: http.HTTPFlow) -> None:
         if ctx.options.ccswitch_offline and flow.request.pretty_host.lower() in self.gateway.rules.intercept:
             answer(flow, error_response(likely_protocol(flow.request), 404,
@@ -405,7 +376,7 @@ class Router:
         if job is None:
             if self.sockets is not None and (ticket := flow.request.headers.get(TICKET_HEADER)):
                 self.sockets.bridge.forget(ticket)   # an upgrade that never reached the bridge (the client left)
-            if self._is_api_flow(flow):
+            if is_api_flow(flow, self.gateway.rules):
                 redact_credentials(flow.request)  # passed through: sent already, hide now
             return
         if not job.request.stream:
@@ -429,7 +400,3 @@ class Router:
             log.info("ccswitch: %s %s failed over: %s", job.request.route, job.request.model,
                      " → ".join(a.describe() for a in job.attempts))
 
-
-def _replays_routed(flow: http.HTTPFlow) -> bool:
-    """mitmproxy replays (`is_replay`) a flow that ccswitch routed (its metadata)."""
-    return flow.is_replay == "request" and "ccswitch" in flow.metadata

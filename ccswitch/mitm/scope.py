@@ -1,0 +1,29 @@
+"""Which flows are ccswitch's to route: a POST to a route's path (or a Codex WebSocket upgrade)
+on a reverse listener or to an `intercept` host; and the replay of a flow it routed."""
+
+from __future__ import annotations
+
+from mitmproxy import http
+from mitmproxy.proxy import mode_specs
+
+from ccswitch.config.models import Rules
+from ccswitch.routing.classify import RouteMatch, classify
+
+
+def route_of(flow: http.HTTPFlow, rules: Rules) -> RouteMatch | None:
+    upgrade = flow.request.headers.get("upgrade", "").lower() == "websocket"
+    match = classify(flow.request.method, flow.request.path, upgrade)
+    return match if match is not None and is_api_flow(flow, rules) else None
+
+
+def is_api_flow(flow: http.HTTPFlow, rules: Rules) -> bool:
+    """A flow to an API host: on a reverse listener, or to an `intercept` host; or the replay
+    of a flow ccswitch routed, whatever it shows now (the upstream's URL, or an edit)."""
+    return (isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
+            or flow.request.pretty_host.lower() in rules.intercept
+            or replays_routed(flow))
+
+
+def replays_routed(flow: http.HTTPFlow) -> bool:
+    """mitmproxy replays (`is_replay`) a flow that ccswitch routed (its metadata)."""
+    return flow.is_replay == "request" and "ccswitch" in flow.metadata
