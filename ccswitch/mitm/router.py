@@ -38,6 +38,7 @@ from ccswitch.mitm.flows import (
     whole_response,
 )
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
+from ccswitch.mitm.held import Holds
 from ccswitch.mitm.known import Known
 from ccswitch.mitm.lifecycle import hook_task, stopping, take_given_values
 from ccswitch.mitm.planner import Planner
@@ -75,6 +76,7 @@ class Router:
         self.killed_streams = KilledStreams(self._stop_killed)
         self.inline: set[asyncio.Task] = set()   # hooks running the dialer for non-streamed requests
         self.shutdown = Shutdown()
+        self.holds = Holds()     # flows stopped by mitmproxy's intercept before they are routed
         self.sockets: CodexSockets | None = None   # Codex's WebSocket bridge, once running
         self.flows_shown = True    # anyone shows or saves flows: bodies are kept on them (streams: a copy)
         # set once `running` has loaded the month's spend and opened the relay: mitmproxy opens
@@ -194,6 +196,11 @@ class Router:
         if not self.started.is_set():
             await self.started.wait()
         match = route_of(flow, self.gateway.rules)
+        if match is not None and self.holds.wanted(flow):   # mitmweb's intercept: route what the user leaves
+            await self.holds.hold(flow)
+            if flow.response or flow.error or not flow.live:     # killed, or answered by the user
+                return
+            match = route_of(flow, self.gateway.rules)      # what the request is now
         rules = self.gateway.rules
         if match is not None and self.gateway.first_spend_read is not None:
             await self.gateway.spend_read_for(rules)     # a reload may have set a budget meanwhile
@@ -357,6 +364,10 @@ class Router:
         keep = ctx.options.ccswitch_keep_stream if self.flows_shown else 0
         flow.response.stream = StreamCopy(keep) if keep > 0 else True
 
+    def update(self, flows) -> None:
+        if self.holds.let_go:
+            self.holds.update(flows)
+
     def response(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)
 
@@ -372,6 +383,7 @@ class Router:
 
     def _finish(self, flow: http.HTTPFlow) -> None:
         self.killed_streams.discard(flow.id)
+        self.holds.forget(flow)
         job = self.jobs.pop(flow.id, None)
         if job is None:
             if self.sockets is not None and (ticket := flow.request.headers.get(TICKET_HEADER)):

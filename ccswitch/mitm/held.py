@@ -1,0 +1,66 @@
+"""mitmproxy's intercept (mitmweb's Intercept filter, `--set intercept=…`) on a routed flow.
+
+ccswitch answers a routed request, or hands it to the relay with its job made, in its request
+hook, and mitmproxy runs a script's hooks before its intercept addon's.  Left alone, a routed
+flow would stop only once routed: what the user edited then never reached an upstream, and a
+request filter (`~q`) stopped no non-streamed flow at all, its answer being there already.  So
+the router stops such a flow itself, as the intercept addon would, and routes what the request
+is once resumed; the intercept addon's stop of that same request, right after, is undone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from mitmproxy import ctx, hooks, http
+
+from ccswitch.mitm.flows import redact_credentials
+from ccswitch.wire.redact import CREDENTIAL_HEADERS
+
+#: seconds between looks for a kill, which ends an intercept without waking `wait_for_resume`
+KILL_CHECK = 0.1
+
+
+class Holds:
+    def __init__(self) -> None:
+        self.let_go: set[str] = set()    # flows held here and let go: the intercept addon's next stop is undone
+
+    @staticmethod
+    def wanted(flow: http.HTTPFlow) -> bool:
+        intercept = ctx.master.addons.get("intercept")
+        return flow.intercepted or (intercept is not None and intercept.should_intercept(flow))
+
+    async def hold(self, flow: http.HTTPFlow) -> None:
+        """Until the user resumes or kills the flow; meanwhile it shows its credentials as
+        `<redacted>`, and those the user left so are the client's again once it goes on."""
+        request = flow.request
+        own = request.headers.copy(), request.path
+        redact_credentials(request)
+        shown = request.headers.copy(), request.path
+        flow.intercept()
+        ctx.master.addons.trigger(hooks.UpdateHook([flow]))    # mitmweb shows it stopped
+        try:
+            while flow.intercepted:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(flow.wait_for_resume(), KILL_CHECK)
+        finally:
+            self.let_go.add(flow.id)
+        for name in CREDENTIAL_HEADERS:
+            if request.headers.get_all(name) != shown[0].get_all(name):
+                continue       # the user's own edit
+            if values := own[0].get_all(name):
+                request.headers.set_all(name, values)
+        if request.path == shown[1]:
+            request.path = own[1]
+
+    def update(self, flows) -> None:
+        """mitmproxy's hook after each hook pass, before it waits on a stopped flow.  The intercept
+        addon stops a flow let go here once more in that pass (the filter still matches it, pointed
+        at the relay or answered): nothing edited then could reach an upstream, so it goes on."""
+        for flow in flows:
+            if flow.intercepted and flow.id in self.let_go:
+                self.let_go.discard(flow.id)
+                flow.resume()
+
+    def forget(self, flow: http.HTTPFlow) -> None:
+        self.let_go.discard(flow.id)

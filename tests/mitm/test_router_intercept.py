@@ -1,0 +1,111 @@
+"""mitmweb's intercept on a routed flow.  mitmproxy runs ccswitch's request hook (a script's)
+before its intercept addon's, in the same pass, and then waits for a stopped flow to be resumed:
+these tests drive that pass with mitmproxy's own addon manager, ccswitch ahead of the intercept
+addon as in mitmweb.  A routed flow the filter matches stops before anything is sent, and the
+request as the user left it is what is routed."""
+
+import asyncio
+import json
+
+import pytest
+from mitmproxy.addons.intercept import Intercept
+from mitmproxy.proxy.layers.http import HttpRequestHook
+from mitmproxy.test import taddons
+
+from ccswitch.dial.relay import Relay
+from ccswitch.mitm.router import Router
+from tests.mitm.test_router import RULES, messages_flow  # noqa: F401  (RULES: the gateway's)
+from tests.mitm.test_router_replay import Answering
+from tests.support.helpers import CLIENT_KEY
+
+ORIGINAL = {"model": "m", "messages": [{"role": "user", "content": "ORIGINAL"}]}
+EDITED = {"model": "m", "messages": [{"role": "user", "content": "EDITED"}]}
+
+
+@pytest.fixture
+def proxy(gateway):
+    """(master, router, dialer): the router ahead of mitmproxy's intercept addon."""
+    router, dialer = Router(gateway), Answering()
+    router.relay, router.dialer = Relay(None), dialer
+    router.relay.port = 4242
+    router.started.set()
+    gateway.record_job = lambda job: None
+    with taddons.context(router, Intercept()) as tctx:
+        yield tctx, router, dialer
+
+
+def intercepting(tctx, expression: str) -> None:
+    tctx.configure(tctx.master.addons.get("intercept"), intercept=expression)
+
+
+async def request_hook(master, flow) -> None:
+    """What mitmproxy does for a request: every addon's hook, then the wait for a stopped flow."""
+    await master.addons.handle_lifecycle(HttpRequestHook(flow))
+    await flow.wait_for_resume()
+
+
+async def stopped(flow, hook: asyncio.Task) -> None:
+    for _ in range(100):
+        if flow.intercepted or hook.done():
+            break
+        await asyncio.sleep(0.01)
+    assert flow.intercepted and not hook.done()
+
+
+def edit(flow, body: dict) -> None:
+    """mitmweb's edit of a flow's request body (PUT /flows/<id>)."""
+    flow.backup()
+    flow.request.content = json.dumps(body).encode()
+
+
+@pytest.mark.parametrize("expression", ["~q & ~u /v1/messages", "~u /v1/messages"])
+async def test_an_intercepted_request_is_sent_only_once_resumed_and_as_edited(proxy, expression):
+    tctx, router, dialer = proxy
+    intercepting(tctx, expression)
+    flow = messages_flow(ORIGINAL)
+    hook = asyncio.ensure_future(request_hook(tctx.master, flow))
+    await stopped(flow, hook)          # `~q` too: nothing is answered yet
+    await asyncio.sleep(0.05)
+    assert dialer.jobs == [] and flow.response is None
+    assert flow.request.headers["x-api-key"] == "<redacted>"    # while it is shown stopped
+    edit(flow, EDITED)
+    flow.resume()
+    await asyncio.wait_for(hook, 2)    # no second stop of the same request
+    [job] = dialer.jobs
+    assert job.request.json == EDITED and job.client is not None     # the client key was its own again
+    assert flow.response.status_code == 200 and not flow.intercepted
+    assert CLIENT_KEY not in repr(flow.request.headers.fields)
+
+
+async def test_an_intercepted_stream_gets_its_job_once_resumed_with_the_edit(proxy):
+    tctx, router, _ = proxy
+    intercepting(tctx, "~u /v1/messages")
+    flow = messages_flow({**ORIGINAL, "stream": True})
+    hook = asyncio.ensure_future(request_hook(tctx.master, flow))
+    await stopped(flow, hook)
+    assert flow.id not in router.jobs and flow.request.host == "api.anthropic.com"
+    edit(flow, {**EDITED, "stream": True})
+    flow.resume()
+    await asyncio.wait_for(hook, 2)
+    assert router.jobs[flow.id].request.json == {**EDITED, "stream": True}
+    assert (flow.request.host, flow.request.port) == ("127.0.0.1", 4242) and not flow.intercepted
+
+
+async def test_an_intercepted_request_killed_meanwhile_is_sent_nowhere(proxy):
+    tctx, router, dialer = proxy
+    intercepting(tctx, "~q & ~u /v1/messages")
+    flow = messages_flow(ORIGINAL)
+    hook = asyncio.ensure_future(request_hook(tctx.master, flow))
+    await stopped(flow, hook)
+    flow.kill()                        # mitmweb's kill: it clears `intercepted`, and wakes no one
+    await asyncio.wait_for(hook, 2)
+    assert dialer.jobs == [] and flow.id not in router.jobs and flow.response is None
+    assert not flow.intercepted and flow.error.msg == "Connection killed."
+
+
+async def test_a_flow_ccswitch_does_not_route_is_left_to_the_intercept_addon(proxy):
+    tctx, _, _ = proxy
+    intercepting(tctx, "~u /v1/models")
+    flow = messages_flow(path="/v1/models", method="GET")
+    await tctx.master.addons.handle_lifecycle(HttpRequestHook(flow))
+    assert flow.intercepted           # stopped as mitmproxy stops it, and left so
