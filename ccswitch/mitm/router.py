@@ -248,10 +248,11 @@ class Router:
             if (path := path_without(flow.request.path, keys)) != flow.request.path:
                 flow.request.path = path
         client_name = known.client = client.name if client is not None else None
+        # nothing is sent upstream until the budget's next period; a request's row keeps its model
         over_budget = self.planner.client_over_budget(client_name)
-        if over_budget:     # nothing is sent upstream until the budget's next period
-            return refuse(*over_budget)
         if match.endpoint == Endpoint.WEBSOCKET:
+            if over_budget:
+                return refuse(*over_budget)
             if self.shutdown.draining:    # the bridge closes its sockets soon: Codex goes on elsewhere
                 return refuse(*_DRAINING)
             if rules.codex_websocket == "bridge" and self.sockets is not None:
@@ -275,9 +276,11 @@ class Router:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return refuse(400, "the request body names no model")
+        session = known.session = session_key(headers, body)
+        if over_budget:
+            return refuse(*over_budget)
         if self.shutdown.draining:   # those in flight finish; new ones are for the next process
             return refuse(*_DRAINING)
-        session = known.session = session_key(headers, body)
         req = ClientRequest(route=match.route, endpoint=match.endpoint, method="POST",
                             url=flow.request.url, headers=headers, body=raw, json=body, model=model,
                             stream=body.get("stream") is True, client_protocol=client_protocol)

@@ -47,8 +47,10 @@ def test_budgets_hold_across_requests_and_a_restart(tmp_path):
             assert ask(proxy, BOB) == "b"                   # a skipped until tomorrow
             sent = len(a.requests) + len(b.requests)
             wait_rows(proxy, 4)
-        rows = ledger(proxy, "SELECT client, upstream, status FROM requests ORDER BY id")
-        assert rows == [("alice", "a", 200), ("alice", None, 429), ("bob", "a", 200), ("bob", "b", 200)]
+        rows = ledger(proxy, "SELECT client, upstream, status, model FROM requests ORDER BY id")
+        # the refusal's row keeps the model the client named
+        assert rows == [("alice", "a", 200, MODEL), ("alice", None, 429, MODEL), ("bob", "a", 200, MODEL),
+                        ("bob", "b", 200, MODEL)]
         with Proxy(rules, tmp_path) as proxy:               # a restart: the day's spend is read back
             with pytest.raises(anthropic.RateLimitError):
                 ask(proxy, ALICE)
