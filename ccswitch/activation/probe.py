@@ -41,6 +41,11 @@ class Slot:
     day: date          # the local day the time belongs to
     at: str            # "HH:MM" as written in the rules
 
+    @property
+    def text(self) -> str:
+        """How the ledger's `activations.slot` names it: "YYYY-MM-DD HH:MM", local."""
+        return f"{self.day.isoformat()} {self.at}"
+
 
 @dataclass
 class SlotState:
@@ -126,10 +131,11 @@ class ProbeResult:
     latency_ms: int
     ts: datetime
 
-    def row(self) -> dict:
+    def row(self, slot: Slot | None = None) -> dict:
+        """The `activations` row; `slot` is the time it was sent for, None for one sent on demand."""
         return {"ts": self.ts.astimezone(UTC).isoformat(timespec="milliseconds"),
                 "upstream": self.upstream, "status": self.status, "ok": int(self.ok), "error": self.error,
-                "latency_ms": self.latency_ms}
+                "latency_ms": self.latency_ms, "slot": slot.text if slot is not None else None}
 
 
 def probe_model(upstream: Upstream) -> str:

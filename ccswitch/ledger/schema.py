@@ -92,6 +92,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE requests ADD COLUMN client TEXT;      -- the client key's name, NULL without client keys
     """,
+    # 4: the activate_at time each probe was for: with several times and their retries, when a
+    # probe was sent does not tell which time it opened, and a restart must know
+    """
+    ALTER TABLE activations ADD COLUMN slot TEXT;     -- "YYYY-MM-DD HH:MM" local, NULL when sent on demand
+    """,
 ]
 
 VERSION = len(MIGRATIONS)

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 from mitmproxy import command, exceptions
 
-from ccswitch.activation.probe import ProbeResult, Schedule, Slot, send_probe, slot_instants
+from ccswitch.activation.history import PastProbe, restore
+from ccswitch.activation.probe import ProbeResult, Schedule, Slot, send_probe
 from ccswitch.clock import utc_now
 from ccswitch.config.models import Rules, Upstream
 from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
@@ -102,7 +103,7 @@ class Activator:
                     f"{self.schedule.slots[slot].tries} time(s), the last with: {result.error}",
                     episode=f"{slot.day} {slot.at}"))
         if self.gateway.ledger is not None:
-            self.gateway.ledger.add("activations", result.row())
+            self.gateway.ledger.add("activations", result.row(slot))
         if result.ok:
             self.gateway.health.record_success(upstream.name)   # a good probe ends a cooldown early
             log.info("ccswitch: activation probe for %s ok (%d ms)", upstream.name, result.latency_ms)
@@ -130,20 +131,12 @@ def seed_from_ledger(schedule: Schedule, rules: Rules, now: datetime) -> None:
     since = (now - timedelta(days=2)).astimezone(UTC).isoformat()
     try:
         with open_reader(target, timeout=1) as reader:
-            if "activations" not in reader.tables():
+            if "slot" not in reader.columns("activations"):   # none yet, or rows of no slot: nothing to go by
                 return
-            rows = list(reader.execute("SELECT upstream, ts FROM activations WHERE ok = 1 AND ts >= ?", (since,)))
+            rows = list(reader.execute("SELECT upstream, slot, ok, error, ts FROM activations "
+                                       "WHERE slot IS NOT NULL AND ts >= ? ORDER BY ts, id", (since,)))
     except LedgerReadError as exc:
         log.warning("ccswitch: could not read past activations: %s", exc)
         return
-    names = {u.name: u for u in rules.upstreams}
-    for name, ts in rows:
-        upstream = names.get(name)
-        if upstream is None or not upstream.activate_at:
-            continue
-        when = datetime.fromisoformat(ts).astimezone(now.tzinfo)
-        fired = [(instant, slot) for instant, slot in
-                 slot_instants(upstream, (when.date() - timedelta(days=1), when.date()), now.tzinfo)
-                 if instant <= when]
-        if fired:   # the latest slot at or before the recorded probe
-            schedule.mark_done(max(fired, key=lambda pair: pair[0])[1])
+    restore(schedule, (PastProbe(name, slot, bool(ok), error, datetime.fromisoformat(ts))
+                       for name, slot, ok, error, ts in rows))

@@ -131,7 +131,7 @@ upstreams:
     assert not bad.ok and bad.error == "HTTP 529"
     assert not slow.ok and slow.error == "TimeoutError" and slow.status is None
     assert not refused.ok and "loopback" in refused.error and len(seen) == 3
-    assert set(ok.row()) == {"ts", "upstream", "status", "ok", "error", "latency_ms"}
+    assert set(ok.row()) == {"ts", "upstream", "status", "ok", "error", "latency_ms", "slot"}
 
 
 async def test_a_host_that_cannot_be_looked_up_is_a_failed_probe_not_a_crash():
@@ -239,7 +239,8 @@ upstreams:
 """)
     ledger = Ledger(r.usage_db).start()
     ledger.add("activations", {"ts": at(2026, 11, 25, 6, 0, 2).astimezone(ZoneInfo("UTC")).isoformat(),
-                               "upstream": "relay", "status": 200, "ok": 1, "error": None, "latency_ms": 5})
+                               "upstream": "relay", "status": 200, "ok": 1, "error": None, "latency_ms": 5,
+                               "slot": "2026-11-25 06:00"})
     ledger.close()
     restarted = Schedule()
     seed_from_ledger(restarted, r, at(2026, 11, 25, 6, 10))

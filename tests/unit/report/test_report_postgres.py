@@ -72,7 +72,8 @@ def random_rows(seed: int = 7, n: int = 600) -> list[tuple[str, dict]]:
         for upstream, ok in (("relay-a", day % 3 != 0), ("official", True)):
             rows.append(("activations", {"ts": iso(START + timedelta(days=day, hours=22, minutes=1)),
                                          "upstream": upstream, "status": 200 if ok else 401, "ok": ok,
-                                         "error": None if ok else "HTTP 401", "latency_ms": 700}))
+                                         "error": None if ok else "HTTP 401", "latency_ms": 700,
+                                         "slot": f"{(START + timedelta(days=day + 1)).date()} 06:00"}))
     return rows
 
 

@@ -1,0 +1,81 @@
+"""A restart picks up each probe time where the ledger left it: the rows name the time they were for."""
+
+from datetime import UTC, datetime
+
+from ccswitch.ledger.reading import open_reader
+from ccswitch.mitm.activator import Activator, seed_from_ledger
+from ccswitch.net.http1 import UpstreamClient
+from tests.mitm.conftest import open_gateway
+from tests.support.helpers import KEY_A
+from tests.support.loopback_guard import loopback_url
+from tests.support.mock_upstream import ok, status
+
+RULES = f"""
+timezone: UTC
+usage_db: usage.db
+activation: {{retries: 20, retry_interval: 70s, grace: 15m}}
+upstreams:
+  - {{name: relay, protocol: anthropic, base_url: 'BASE', api_key: '{KEY_A}', activate_at: ["06:00", "06:01"]}}
+routes: {{claude: [relay]}}
+"""
+
+
+def at(hh, mm, ss=0):
+    return datetime(2026, 11, 25, hh, mm, ss, tzinfo=UTC)
+
+
+class Run:
+    """One ccswitch process: a gateway with its ledger, an activator on a clock we move."""
+
+    def __init__(self, tmp_path, mock):
+        self.gateway = open_gateway(tmp_path, RULES.replace("BASE", mock.base_url))
+        self.gateway.allow_url = loopback_url
+        self.gateway.open_ledger(True)
+        self.now = at(5, 59)
+        self.activator = Activator(self.gateway, clock=lambda: self.now)
+        self.activator.client = UpstreamClient()
+
+    async def tick_at(self, moment):
+        self.now = moment
+        return [(await task) for task in self.activator.tick()]
+
+    async def stop(self):
+        await self.activator.client.aclose()
+        self.gateway.close()
+
+    def restart_due(self, moment):
+        """What a new process started at `moment` fires then."""
+        rules = self.gateway.rules
+        schedule = Activator(self.gateway).schedule
+        seed_from_ledger(schedule, rules, moment)
+        return [slot.at for _, slot in schedule.due(rules, moment)], schedule
+
+
+async def test_a_retry_that_succeeds_after_the_next_time_marks_its_own_time_done(tmp_path, mock_a):
+    run = Run(tmp_path, mock_a)
+    mock_a.script(status(500), status(500), ok())
+    try:
+        assert [r.ok for r in await run.tick_at(at(6, 0))] == [False]         # 06:00 fails
+        assert [r.ok for r in await run.tick_at(at(6, 1))] == [False]         # 06:01 fails
+        assert [r.ok for r in await run.tick_at(at(6, 1, 10))] == [True]      # 06:00's retry succeeds
+    finally:
+        await run.stop()
+    due, schedule = run.restart_due(at(6, 2, 30))
+    assert due == ["06:01"]          # 06:00 is not sent again; 06:01 keeps its retries
+    assert [s.at for s, state in schedule.slots.items() if state.done] == ["06:00"]
+    with open_reader(run.gateway.rules.usage_db) as reader:
+        assert list(reader.execute("SELECT slot, ok FROM activations ORDER BY id")) == [
+            ("2026-11-25 06:00", 0), ("2026-11-25 06:01", 0), ("2026-11-25 06:00", 1)]
+
+
+async def test_a_probe_sent_on_demand_marks_no_time_done(tmp_path, mock_a):
+    run = Run(tmp_path, mock_a)
+    try:
+        run.now = at(6, 0, 30)
+        await run.activator._probe(run.gateway.rules.upstream("relay"), None)
+    finally:
+        await run.stop()
+    with open_reader(run.gateway.rules.usage_db) as reader:
+        assert list(reader.execute("SELECT slot, ok FROM activations")) == [(None, 1)]
+    due, _ = run.restart_due(at(6, 1))
+    assert due == ["06:00", "06:01"]          # 06:00 missed within grace, 06:01 on time

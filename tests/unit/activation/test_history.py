@@ -1,0 +1,36 @@
+"""The schedule rebuilt from the ledger's probes after a restart (pure: rows in, slots out)."""
+
+from datetime import UTC, date, datetime
+
+from ccswitch.activation.history import PastProbe, parse_slot, restore
+from ccswitch.activation.probe import Schedule, Slot
+from ccswitch.config.load import parse_rules
+
+RULES = parse_rules("""
+timezone: UTC
+activation: {retries: 20, retry_interval: 60s, grace: 15m}
+upstreams:
+  - {name: x, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k, activate_at: ["06:00", "06:05"]}
+""")
+
+
+def probe(slot, ok, hh, mm, ss=0, error=None):
+    return PastProbe("x", f"2026-12-04 {slot}", ok, error if error or ok else "HTTP 500",
+                     datetime(2026, 12, 4, hh, mm, ss, tzinfo=UTC))
+
+
+def test_a_success_marks_the_time_it_was_for_not_the_latest_before_it():
+    schedule = Schedule()
+    # 06:00 failed, 06:05 failed, then 06:00's retry succeeded at 06:06
+    restore(schedule, [probe("06:00", False, 6, 0), probe("06:05", False, 6, 5), probe("06:00", True, 6, 6)])
+    assert schedule.slots[Slot("x", date(2026, 12, 4), "06:00")].done
+    assert not schedule.slots.get(Slot("x", date(2026, 12, 4), "06:05"), None) or \
+        not schedule.slots[Slot("x", date(2026, 12, 4), "06:05")].done
+    assert [slot.at for _, slot in schedule.due(RULES, datetime(2026, 12, 4, 6, 7, tzinfo=UTC))] == ["06:05"]
+
+
+def test_slot_text_round_trips_and_foreign_text_is_no_slot():
+    slot = Slot("x", date(2026, 12, 4), "06:00")
+    assert parse_slot("x", slot.text) == slot
+    for foreign in ("yesterday", "2026-12-04", "2026-12-04 25:00", "", None):
+        assert parse_slot("x", foreign) is None
