@@ -65,6 +65,12 @@ def slot_instants(upstream: Upstream, days, tz) -> Iterator[tuple[datetime, Slot
 class Schedule:
     """Which slots fired, failed or wait for a retry; in memory, seeded from the ledger."""
     slots: dict[Slot, SlotState] = field(default_factory=dict)
+    # when this process first saw each slot's upstream enabled with that time (UTC), for the
+    # slots of yesterday, today and tomorrow; `began` is the first look.  Grace is for times
+    # missed while ccswitch was not running: a time that passed while its upstream was disabled,
+    # or before a reload added it, was not missed that way
+    seen: dict[Slot, datetime] = field(default_factory=dict)
+    began: datetime | None = None
 
     def due(self, rules: Rules, now: datetime, enabled=lambda u: u.enabled) -> list[tuple[Upstream, Slot]]:
         """Slots to probe at `now` (aware, in the rules' time zone).
@@ -75,22 +81,29 @@ class Schedule:
         """
         out = []
         settings = rules.activation
+        moment = _utc(now)
+        self.began = self.began or moment
+        seen = {}
         for upstream in rules.upstreams:
             if not upstream.activate_at or not enabled(upstream):
                 continue
-            days = [d for d in (now.date() - timedelta(days=1), now.date())   # a retry past midnight
-                    if d.weekday() in upstream.days]
+            days = [d for d in (now.date() + timedelta(days=n) for n in (-1, 0, 1))   # -1: a retry past midnight;
+                    if d.weekday() in upstream.days]                                   # +1: seen before it comes
             for instant, slot in slot_instants(upstream, days, now.tzinfo):
-                if _utc(instant) > _utc(now):
+                seen[slot] = since = self.seen.get(slot, moment)
+                if _utc(instant) > moment:
                     continue
                 state = self.slots.get(slot)
                 if state is None:
-                    if _utc(now) - _utc(instant) > timedelta(seconds=settings.grace):
+                    if _utc(instant) < since and since != self.began:
+                        continue            # it passed while ccswitch ran, before the upstream or time was on
+                    if moment - _utc(instant) > timedelta(seconds=settings.grace):
                         continue            # missed by more than the grace window
                     out.append((upstream, slot))
                 elif not state.done and state.tries <= settings.retries and state.next_try \
-                        and _utc(now) >= _utc(state.next_try):
+                        and moment >= _utc(state.next_try):
                     out.append((upstream, slot))
+        self.seen = seen
         return out
 
     def started(self, slot: Slot) -> None:
