@@ -42,6 +42,7 @@ from ccswitch.config.state_url import RedisURL
 from ccswitch.config.values import (
     NAME_RE,
     activate_time,
+    distinct_times,
     format_hhmm,
     glob_lookup,
     header_name,
@@ -176,7 +177,8 @@ class Upstream(_Model):
     only_models: tuple[str, ...] = ()
     headers: dict[Annotated[str, AfterValidator(header_name)],
                   Annotated[str, BeforeValidator(header_value)]] = Field(default_factory=dict)
-    activate_at: tuple[Annotated[str, BeforeValidator(activate_time)], ...] = ()
+    activate_at: Annotated[tuple[Annotated[str, BeforeValidator(activate_time)], ...],
+                           AfterValidator(distinct_times)] = ()
     activation_model: str | None = None
     price_multiplier: Number = Field(default=1.0, ge=0)
     weight: Number = Field(default=1.0, gt=0)   # the `weighted` strategy's share

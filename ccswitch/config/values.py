@@ -147,6 +147,11 @@ def activate_time(v: Any) -> str:
     return format_hhmm(parse_hhmm(v))
 
 
+def distinct_times(times: tuple[str, ...]) -> tuple[str, ...]:
+    # after activate_time: "6:00" and 06:00 are one time, probed (and retried) once
+    return tuple(dict.fromkeys(times))
+
+
 def hidden(value: Any) -> Any:
     # a proxy URL may hold a password: wrapped first, a rejected one shows as '**********' in errors
     return SecretStr(value) if isinstance(value, str) else value

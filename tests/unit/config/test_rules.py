@@ -518,6 +518,18 @@ def test_days_hours_activate_at_parsing():
     assert up.hours[1].wraps and not up.hours[0].wraps and not up.hours[2].wraps
     assert up.activate_at == ("06:00", "07:05")
     assert up.price_multiplier == 0.25
+
+
+def test_a_time_listed_twice_in_activate_at_is_one_time():
+    # written differently ("6:00", 06:00 unquoted) it is still one probe and one series of retries
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from ccswitch.activation.probe import Schedule
+    r = parse("timezone: UTC\nupstreams:\n" + relay("a", extra="activate_at: [06:00, '6:00', '06:00', '7:05']"))
+    assert r.upstreams[0].activate_at == ("06:00", "07:05")
+    due = Schedule().due(r, datetime(2026, 12, 4, 6, 0, 1, tzinfo=ZoneInfo("UTC")))
+    assert [slot.at for _, slot in due] == ["06:00"]
     assert parse("upstreams:\n" + relay("a", extra="days: fri-mon")).upstreams[0].days == frozenset({4, 5, 6, 0})
     assert problems("upstreams:\n" + relay("a", extra="days: []")) == [
         "r.yaml: upstreams[a].days: days must not be empty (use enabled: false to switch an upstream off)"]
