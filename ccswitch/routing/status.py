@@ -94,8 +94,9 @@ def status_text(rules: Rules, health: HealthBoard, now: datetime, quota: QuotaBo
             parts.append(f"{bound[upstream.name]} session(s) bound")
         if spend is not None:
             parts += [f"budget {line}" for line in spend.report(UPSTREAM, upstream.name)]
-        if upstream.activate_at:
-            parts.append(f"next activation {describe_next(upstream.activate_at, upstream.days, now)}")
+        if upstream.activate_at:   # a disabled upstream is never probed: no time to show
+            upcoming = describe_next(upstream.activate_at, upstream.days, now) if kind != "disabled" else None
+            parts.append(f"next activation {upcoming or 'none'}")
         lines.append("  " + "; ".join(parts))
     for client in rules.client_keys:
         budgets = spend.report(CLIENT, client.name) if spend is not None else []
