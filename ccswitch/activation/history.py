@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from ccswitch.activation.probe import Schedule, Slot, SlotState
+from ccswitch.activation.probe import PROBE_CUT, Schedule, Slot, SlotState
 from ccswitch.config.values import format_hhmm, parse_hhmm
 
 
@@ -36,8 +36,10 @@ def parse_slot(upstream: str, text: str) -> Slot | None:
 
 
 def restore(schedule: Schedule, probes: Iterable[PastProbe]) -> None:
-    """Mark done each slot with a successful probe."""
+    """Mark done each slot with a successful probe, or one the shutdown cut: that one reached
+    the upstream (or was on its way) and most likely opened the window; sending it again would
+    be a second probe for the same time."""
     for probe in probes:
         slot = parse_slot(probe.upstream, probe.slot)
-        if slot is not None and probe.ok:
+        if slot is not None and (probe.ok or probe.error == PROBE_CUT):
             schedule.slots[slot] = SlotState(tries=1, done=True)

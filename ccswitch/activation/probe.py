@@ -31,6 +31,8 @@ log = logging.getLogger("ccswitch.activation")
 
 _DEFAULT_MODEL = {Protocol.ANTHROPIC: "claude-haiku-4-5", Protocol.RESPONSES: "gpt-5-mini", "openai-chat": "gpt-5-mini"}
 _PROMPT = "Reply with the single word: ok"
+#: the error of a probe the shutdown cut, as of a request cut there
+PROBE_CUT = "shutdown: not finished within the grace period"
 
 
 # ---------------------------------------------------------------------- the schedule
@@ -189,7 +191,8 @@ def has_content(protocol: str, body: bytes, is_sse: bool) -> bool:
 
 
 async def send_probe(client: http1.UpstreamClient, upstream: Upstream, timeout: float = 60.0,
-                     allow_url: Callable[[str], bool] | None = None) -> ProbeResult:
+                     allow_url: Callable[[str], bool] | None = None,
+                     clock: Callable[[], datetime] = utc_now) -> ProbeResult:
     body = probe_body(upstream)
     endpoint = {Protocol.ANTHROPIC: "messages", Protocol.RESPONSES: "responses"}.get(upstream.protocol, "chat")
     req = ClientRequest(route="", endpoint=endpoint, method="POST", url="", headers=[],
@@ -198,7 +201,7 @@ async def send_probe(client: http1.UpstreamClient, upstream: Upstream, timeout: 
     out = render(upstream, req)
     sent = json.loads(out.body)
     sent["model"] = body["model"]       # activation_model is sent as written, never renamed
-    started, ts = time.monotonic(), utc_now()
+    started, ts = time.monotonic(), clock()
     status, error, ok = None, None, False
     if allow_url is not None and not allow_url(out.url):
         return ProbeResult(upstream.name, False, None, "refused: not a loopback address (test guard)", 0, ts)

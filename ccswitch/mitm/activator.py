@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from mitmproxy import command, exceptions
 
 from ccswitch.activation.history import PastProbe, restore
-from ccswitch.activation.probe import ProbeResult, Schedule, Slot, send_probe
-from ccswitch.clock import utc_now
+from ccswitch.activation.probe import PROBE_CUT, ProbeResult, Schedule, Slot, send_probe
+from ccswitch.clock import ms_since, utc_now
 from ccswitch.config.models import Rules, Upstream
 from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
 from ccswitch.mitm.commands import known_upstream
@@ -89,15 +90,27 @@ class Activator:
         return task
 
     async def _probe(self, upstream: Upstream, slot: Slot | None) -> ProbeResult:
+        sent_at, started = self.clock(), time.monotonic()
         try:
-            result = await send_probe(self.client, upstream, allow_url=self.gateway.allow_url)
+            result = await send_probe(self.client, upstream, allow_url=self.gateway.allow_url, clock=self.clock)
+        except asyncio.CancelledError:
+            # only the shutdown cancels a probe (the router's cut past its grace period, or ours):
+            # it reached the upstream or was on its way, so it ends as a request cut there does
+            self._record(upstream, slot, ProbeResult(upstream.name, False, None, PROBE_CUT, ms_since(started), sent_at))
+            raise
         except Exception as exc:   # a bug of ours is a failed probe, retried like one, not a slot stuck for good
             log.exception("ccswitch: the activation probe for %s failed inside ccswitch", upstream.name)
-            result = ProbeResult(upstream.name, False, None, f"internal error: {type(exc).__name__}", 0, utc_now())
+            result = ProbeResult(upstream.name, False, None, f"internal error: {type(exc).__name__}", 0, self.clock())
+        self._record(upstream, slot, result)
+        return result
+
+    def _record(self, upstream: Upstream, slot: Slot | None, result: ProbeResult) -> None:
         rules = self.gateway.rules
+        cut = result.error == PROBE_CUT
         if slot is not None:
-            self.schedule.finished(slot, result.ok, self.now(rules), rules.activation.retry_interval)
-            if not result.ok and self.schedule.gave_up(slot, rules.activation.retries):
+            # a cut probe most likely opened the window: done, here as after a restart (history.restore)
+            self.schedule.finished(slot, result.ok or cut, self.now(rules), rules.activation.retry_interval)
+            if not result.ok and not cut and self.schedule.gave_up(slot, rules.activation.retries):
                 self.gateway.events.emit(Event(
                     "activation_failed", upstream.name, f"the {slot.at} activation probe of {slot.day} failed "
                     f"{self.schedule.slots[slot].tries} time(s), the last with: {result.error}",
@@ -109,7 +122,6 @@ class Activator:
             log.info("ccswitch: activation probe for %s ok (%d ms)", upstream.name, result.latency_ms)
         else:
             log.warning("ccswitch: activation probe for %s failed: %s", upstream.name, result.error)
-        return result
 
     @command.command("ccswitch.activate")
     def activate(self, name: str) -> str:

@@ -85,7 +85,7 @@ async def test_a_probe_that_fails_inside_ccswitch_is_a_failed_try_retried_like_a
     assert [e.kind for e in heard] == ["activation_failed"] and "a bug of ours" in caplog.text
 
 
-async def test_a_probe_in_flight_when_the_proxy_stops_ends_with_its_row(tmp_path, mock_a):
+async def test_a_probe_in_flight_when_the_proxy_stops_ends_with_its_row(tmp_path, mock_a, caplog):
     # the router's drain waits for it as for a request, within the same grace, before the ledger
     # closes: one that reached the upstream and left no row would be sent again after the restart
     from ccswitch.ledger.reading import open_reader
@@ -111,8 +111,10 @@ async def test_a_probe_in_flight_when_the_proxy_stops_ends_with_its_row(tmp_path
     finally:
         await activator._stop()
     gateway.close()
-    with open_reader(gateway.rules.usage_db) as reader:
-        assert [row[0] for row in reader.execute("SELECT upstream FROM activations")] == ["relay"]
+    with open_reader(gateway.rules.usage_db) as reader:      # the one cut, too, like a request cut there
+        assert list(reader.execute("SELECT upstream, ok, error FROM activations ORDER BY id")) == [
+            ("relay", 1, None), ("relay", 0, "shutdown: not finished within the grace period")]
+    assert "activation probe for relay failed: shutdown: not finished within the grace period" in caplog.text
 
 
 async def test_the_ledger_read_for_probes_that_already_fired_holds_up_nothing(gateway, monkeypatch):

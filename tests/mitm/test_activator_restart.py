@@ -79,3 +79,24 @@ async def test_a_probe_sent_on_demand_marks_no_time_done(tmp_path, mock_a):
         assert list(reader.execute("SELECT slot, ok FROM activations")) == [(None, 1)]
     due, _ = run.restart_due(at(6, 1))
     assert due == ["06:00", "06:01"]          # 06:00 missed within grace, 06:01 on time
+
+
+async def test_a_probe_the_shutdown_cut_leaves_its_row_and_is_not_sent_again(tmp_path, mock_a, caplog):
+    from ccswitch.mitm.router import Router
+    from tests.support.mock_upstream import hang_before_headers
+    run = Run(tmp_path, mock_a)
+    mock_a.script(hang_before_headers(5))
+    router = Router(run.gateway)
+    try:
+        run.now = at(6, 0)
+        (probe,) = run.activator.tick()
+        await router.shutdown.drain(router._in_flight, 0.2, router._cut)     # past the grace: cut
+        assert probe.cancelled()
+    finally:
+        await run.stop()
+    assert "activation probe for relay failed: shutdown: not finished within the grace period" in caplog.text
+    due, _ = run.restart_due(at(6, 0, 30))
+    assert due == []              # it reached the upstream: most likely the window opened
+    with open_reader(run.gateway.rules.usage_db) as reader:
+        assert list(reader.execute("SELECT slot, ok, error FROM activations")) == [
+            ("2026-11-25 06:00", 0, "shutdown: not finished within the grace period")]
