@@ -1,7 +1,8 @@
 """After a restart: the schedule's state rebuilt from the probes the ledger recorded.
 
 Each `activations` row names the `activate_at` time it was sent for (`slot`), so a retry that
-succeeds after the next time has come marks its own time done, not the latest one.  Rows sent
+succeeds after the next time has come marks its own time done, not the latest one, and a time
+whose probe and retries all failed is not run (nor announced) again.  Rows sent
 on demand (`ccswitch.activate`: NULL) and rows of a ledger older than the column belong to no
 time and count for none.
 """
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from ccswitch.activation.probe import PROBE_CUT, Schedule, Slot, SlotState
+from ccswitch.config.models import Activation
 from ccswitch.config.values import format_hhmm, parse_hhmm
 
 
@@ -35,11 +37,32 @@ def parse_slot(upstream: str, text: str) -> Slot | None:
         return None
 
 
-def restore(schedule: Schedule, probes: Iterable[PastProbe]) -> None:
-    """Mark done each slot with a successful probe, or one the shutdown cut: that one reached
-    the upstream (or was on its way) and most likely opened the window; sending it again would
-    be a second probe for the same time."""
+def restore(schedule: Schedule, probes: Iterable[PastProbe], settings: Activation, now: datetime) -> None:
+    """Each slot as the ledger left it (`probes` oldest first).
+
+    Done: a probe succeeded, or the shutdown cut one (it reached the upstream, or was on its
+    way, and most likely opened the window; sending it again would be a second probe for the
+    same time).  Otherwise its failed tries count: a series that used them all has given up
+    (its `activation_failed` went out; no try and no second announcement), and one with tries
+    left goes on at its next retry, if that is within `grace` of `now` (a retry, like the time
+    itself, does not fire hours late).
+    """
+    tried: dict[Slot, tuple[int, datetime]] = {}
+    done: set[Slot] = set()
     for probe in probes:
         slot = parse_slot(probe.upstream, probe.slot)
-        if slot is not None and (probe.ok or probe.error == PROBE_CUT):
-            schedule.slots[slot] = SlotState(tries=1, done=True)
+        if slot is None:
+            continue
+        if probe.ok or probe.error == PROBE_CUT:
+            done.add(slot)
+        else:
+            tried[slot] = (tried.get(slot, (0, probe.ts))[0] + 1, probe.ts)
+    for slot in done:
+        schedule.slots[slot] = SlotState(tries=1, done=True)
+    for slot, (tries, last) in tried.items():
+        if slot in done:
+            continue
+        next_try = last + timedelta(seconds=settings.retry_interval)
+        if tries > settings.retries or now - next_try > timedelta(seconds=settings.grace):
+            next_try = None
+        schedule.slots[slot] = SlotState(tries=tries, done=False, next_try=next_try)

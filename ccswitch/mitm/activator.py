@@ -136,7 +136,7 @@ class Activator:
 
 
 def seed_from_ledger(schedule: Schedule, rules: Rules, now: datetime) -> None:
-    """After a restart, slots that already fired today (per the ledger) do not fire again."""
+    """After a restart, each slot as the ledger left it: done, given up, or retried on."""
     target = rules.usage_db
     if not exists(target):
         return
@@ -150,5 +150,5 @@ def seed_from_ledger(schedule: Schedule, rules: Rules, now: datetime) -> None:
     except LedgerReadError as exc:
         log.warning("ccswitch: could not read past activations: %s", exc)
         return
-    restore(schedule, (PastProbe(name, slot, bool(ok), error, datetime.fromisoformat(ts))
-                       for name, slot, ok, error, ts in rows))
+    restore(schedule, [PastProbe(name, slot, bool(ok), error, datetime.fromisoformat(ts))
+                       for name, slot, ok, error, ts in rows], rules.activation, now)

@@ -27,8 +27,8 @@ def at(hh, mm, ss=0):
 class Run:
     """One ccswitch process: a gateway with its ledger, an activator on a clock we move."""
 
-    def __init__(self, tmp_path, mock):
-        self.gateway = open_gateway(tmp_path, RULES.replace("BASE", mock.base_url))
+    def __init__(self, tmp_path, mock, rules=RULES):
+        self.gateway = open_gateway(tmp_path, rules.replace("BASE", mock.base_url))
         self.gateway.allow_url = loopback_url
         self.gateway.open_ledger(True)
         self.now = at(5, 59)
@@ -100,3 +100,26 @@ async def test_a_probe_the_shutdown_cut_leaves_its_row_and_is_not_sent_again(tmp
     with open_reader(run.gateway.rules.usage_db) as reader:
         assert list(reader.execute("SELECT slot, ok, error FROM activations")) == [
             ("2026-11-25 06:00", 0, "shutdown: not finished within the grace period")]
+
+
+async def test_a_restart_within_grace_after_a_series_failed_runs_and_announces_nothing_again(tmp_path, mock_a):
+    rules = RULES.replace("retries: 20, retry_interval: 70s", "retries: 2, retry_interval: 60s")
+    run = Run(tmp_path, mock_a, rules.replace('["06:00", "06:01"]', '["06:00"]'))
+    mock_a.default = status(500)
+    heard = []
+    run.gateway.events.subscribe(heard.append)
+    try:
+        for minute in range(4):                  # 06:00 and its 2 retries fail
+            await run.tick_at(at(6, minute))
+    finally:
+        await run.stop()
+    assert len(mock_a.requests) == 3 and [e.kind for e in heard] == ["activation_failed"]
+    restarted = Run(tmp_path, mock_a, rules.replace('["06:00", "06:01"]', '["06:00"]'))
+    restarted.gateway.events.subscribe(heard.append)
+    try:
+        seed_from_ledger(restarted.activator.schedule, restarted.gateway.rules, at(6, 5))
+        for minute in range(5, 10):              # within grace of 06:00
+            assert await restarted.tick_at(at(6, minute)) == []
+    finally:
+        await restarted.stop()
+    assert len(mock_a.requests) == 3 and [e.kind for e in heard] == ["activation_failed"]
