@@ -123,9 +123,6 @@ class Schedule:
         state = self.slots.get(slot)
         return state is not None and not state.done and state.tries > retries
 
-    def mark_done(self, slot: Slot) -> None:
-        self.slots[slot] = SlotState(tries=1, done=True)
-
     def forget_before(self, day: date) -> None:
         for slot in [s for s in self.slots if s.day < day]:
             del self.slots[slot]
