@@ -227,6 +227,10 @@ class Relay(Serving):
     async def _job(self, job: Job, sink: H11Sink) -> None:
         """One job, start to usage row: the row is reported however the job ends."""
         try:
+            if job.killed:      # killed in mitmproxy on its way here (mitmproxy stops no flow in transit)
+                job.client_left()
+                sink.broken = True      # no answer: the connection ends, and mitmproxy ends the flow
+                return
             await run_guarded(self._run_job, job, sink, self.shutdown)
         except ClientGone:
             job.client_left()

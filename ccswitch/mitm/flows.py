@@ -172,6 +172,13 @@ def killed(flow: http.HTTPFlow) -> bool:
     return flow.error is not None and flow.error.msg == Error.KILLED_MESSAGE
 
 
+def gone_meanwhile(flow: http.HTTPFlow) -> bool:
+    """While a request hook waited (for the start, the spend, the user): killed, or its client
+    left (a replay has no client of its own)."""
+    return (flow.error is not None or not flow.live
+            or (flow.client_conn.timestamp_end is not None and not flow.is_replay))
+
+
 class ClientWatch:
     """Cancels `task` once the flow's client has gone or the flow was killed, checked every
     `every` seconds (mitmproxy cancels no hook for either); `fired` tells that cancellation from
@@ -281,6 +288,8 @@ def as_the_client_sent(flow: http.HTTPFlow) -> None:
         request.text = body
     if flow.marked == WARNING:     # the replay's own attempts say whether it failed over
         flow.marked = ""
+    for key in ("upstream", "upstream_model", "attempts", "error"):    # the original's, not the replay's
+        meta.pop(key, None)
 
 
 def _digest(body: bytes) -> str:

@@ -14,7 +14,7 @@ import contextlib
 
 from mitmproxy import ctx, hooks, http
 
-from ccswitch.mitm.flows import redact_credentials
+from ccswitch.mitm.flows import gone_meanwhile, redact_credentials
 from ccswitch.wire.redact import CREDENTIAL_HEADERS
 
 #: seconds between looks for a kill, which ends an intercept without waking `wait_for_resume`
@@ -45,6 +45,8 @@ class Holds:
                     await asyncio.wait_for(flow.wait_for_resume(), KILL_CHECK)
         finally:
             self.let_go.add(flow.id)
+        if gone_meanwhile(flow):
+            return      # killed, or its client left: it goes nowhere, and its keys stay hidden
         for name in CREDENTIAL_HEADERS:
             if request.headers.get_all(name) != shown[0].get_all(name):
                 continue       # the user's own edit

@@ -12,7 +12,7 @@ from mitmproxy import ctx, exceptions, http
 from ccswitch.clock import utc_now
 from ccswitch.config.models import Rules
 from ccswitch.dial.dialer import Dialer
-from ccswitch.dial.job import Job
+from ccswitch.dial.job import KILLED, Job
 from ccswitch.dial.relay import JOB_HEADER, BufferSink, Relay, run_guarded
 from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_proxy_connections
 from ccswitch.dial.ws_bridge import TICKET_HEADER
@@ -28,7 +28,9 @@ from ccswitch.mitm.flows import (
     drop_body,
     error_response,
     flows_are_kept,
+    gone_meanwhile,
     hold_body,
+    killed,
     likely_protocol,
     redact_credentials,
     redact_fields,
@@ -45,6 +47,7 @@ from ccswitch.mitm.planner import Planner
 from ccswitch.mitm.router_options import add_options
 from ccswitch.mitm.scope import is_api_flow, replays_routed, route_of
 from ccswitch.net import http1
+from ccswitch.report.text import printable
 from ccswitch.routing.admission import body_problem, decoded_body, header_problem, origin_problem, parse_body
 from ccswitch.routing.affinity import session_key
 from ccswitch.routing.classify import RouteMatch
@@ -198,13 +201,15 @@ class Router:
         match = route_of(flow, self.gateway.rules)
         if match is not None and self.holds.wanted(flow):   # mitmweb's intercept: route what the user leaves
             await self.holds.hold(flow)
-            if flow.response or flow.error or not flow.live:     # killed, or answered by the user
+            if flow.response or gone_meanwhile(flow):     # answered by the user, killed, or its client left
                 return
             match = route_of(flow, self.gateway.rules)      # what the request is now
         rules = self.gateway.rules
         if match is not None and self.gateway.first_spend_read is not None:
             await self.gateway.spend_read_for(rules)     # a reload may have set a budget meanwhile
             rules = self.gateway.rules
+        if gone_meanwhile(flow):
+            return
         if match is None or not rules.routes.for_route(match.route):
             self._unrouted(flow)  # a route with no upstreams is not ours either
             return
@@ -306,7 +311,7 @@ class Router:
 
     def _stop_killed(self, flow: http.HTTPFlow) -> None:
         """A stream killed in mitmproxy ends now, its upstream request with it (not yet at the
-        relay: mitmproxy never sends it there, and `_finish` records it)."""
+        relay: the relay ends it unsent when it comes, or `_finish` records it if it never does)."""
         job = self.jobs.get(flow.id)
         if job is not None and self.relay is not None:
             job.killed = True
@@ -403,7 +408,7 @@ class Router:
             loop.call_soon(loop.call_soon, self._record_answered, job)
         elif self.relay and self.relay.forget(job):
             # mitmproxy never delivered it to the relay (e.g. the client left at once)
-            job.error = flow.error.msg if flow.error else "not dispatched"
+            job.error = KILLED if killed(flow) else flow.error.msg if flow.error else "not dispatched"
             self.gateway.record_job(job)
         elif flow.error is not None and job.latency_ms is None:
             job.flow_ended_first()    # the relay is about to cancel it
@@ -412,6 +417,5 @@ class Router:
             restore_body(flow.request, held)
         show_outcome(flow, job)
         if job.failed_over:
-            log.info("ccswitch: %s %s failed over: %s", job.request.route, job.request.model,
+            log.info("ccswitch: %s %s failed over: %s", job.request.route, printable(job.request.model),
                      " → ".join(a.describe() for a in job.attempts))
-

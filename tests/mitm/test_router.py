@@ -56,6 +56,7 @@ def messages_flow(body=None, key=CLIENT_KEY, host="api.anthropic.com", path="/v1
                       headers=tuple(headers), content=content)
     flow = tflow.tflow(req=req)
     flow.client_conn.proxy_mode = mode_specs.ProxyMode.parse(mode)
+    flow.client_conn.timestamp_end = None     # its client is still there (tflow's has gone)
     return flow
 
 

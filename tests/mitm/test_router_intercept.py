@@ -6,6 +6,7 @@ request as the user left it is what is routed."""
 
 import asyncio
 import json
+import time
 
 import pytest
 from mitmproxy.addons.intercept import Intercept
@@ -109,3 +110,21 @@ async def test_a_flow_ccswitch_does_not_route_is_left_to_the_intercept_addon(pro
     flow = messages_flow(path="/v1/models", method="GET")
     await tctx.master.addons.handle_lifecycle(HttpRequestHook(flow))
     assert flow.intercepted           # stopped as mitmproxy stops it, and left so
+
+
+async def test_a_held_request_killed_keeps_its_keys_hidden_and_one_whose_client_left_goes_nowhere(proxy):
+    tctx, router, dialer = proxy
+    intercepting(tctx, "~q & ~u /v1/messages")
+    killed, left = messages_flow(ORIGINAL), messages_flow(ORIGINAL)
+    for flow in (killed, left):
+        hook = asyncio.ensure_future(request_hook(tctx.master, flow))
+        await stopped(flow, hook)
+        if flow is killed:
+            flow.kill()
+        else:
+            flow.client_conn.timestamp_end = time.time()    # the client gave up while the flow was held
+            flow.resume()
+        await asyncio.wait_for(hook, 2)
+        # mitmweb is sent the flow after this pass, before the error hook: no key may be back on it
+        assert CLIENT_KEY not in repr(flow.request.headers.fields)
+    assert dialer.jobs == [] and router.jobs == {}

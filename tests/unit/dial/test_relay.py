@@ -291,3 +291,20 @@ async def test_a_job_being_served_is_cancelled_on_request_and_recorded_as_killed
     await asyncio.wait_for(cancelled.wait(), 5)
     await soon(lambda: recorded and relay.running == 0)
     assert recorded == [job] and job.error == "killed" and not relay.cancel(job)
+
+
+async def test_a_job_killed_on_its_way_to_the_relay_is_not_run_and_is_recorded_as_killed(served):
+    ran = []
+
+    async def run(job, sink):
+        ran.append(job)
+    recorded = []
+    relay = await served(run, recorded)
+    job = new_job()
+    relay.register(job)
+    job.killed = True          # killed in mitmproxy after the request hook, before the relay had it
+    exchange = await Exchange(relay).send(job.token)
+    with pytest.raises(h11.RemoteProtocolError):      # closed with no answer: mitmproxy ends the flow
+        await exchange.read_all()
+    await soon(lambda: recorded)
+    assert ran == [] and recorded == [job] and job.error == "killed" and exchange.response is None
