@@ -38,13 +38,13 @@ def start_design(design: str, mock_port: int, workdir: Path) -> tuple[subprocess
     `stream_large_bodies`, which would send each request upstream before the request hook saw
     its body (as ccswitch, each addon needs the whole request; `relay` streams its answers)."""
     port = free_port()
-    log = open(workdir / f"{design}.log", "wb")
-    proc = subprocess.Popen([str(MITMDUMP), "-s", str(ADDONS), "--set", f"ceiling_design={design}",
-                             "--set", f"ceiling_upstream={mock_port}",
-                             "--mode", f"reverse:http://127.0.0.1:{mock_port}@127.0.0.1:{port}",
-                             "--set", f"confdir={workdir / 'conf'}",
-                             "--set", "termlog_verbosity=error", "--set", "flow_detail=0"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    with open(workdir / f"{design}.log", "wb") as log:     # the child keeps its own copy of the handle
+        proc = subprocess.Popen([str(MITMDUMP), "-s", str(ADDONS), "--set", f"ceiling_design={design}",
+                                 "--set", f"ceiling_upstream={mock_port}",
+                                 "--mode", f"reverse:http://127.0.0.1:{mock_port}@127.0.0.1:{port}",
+                                 "--set", f"confdir={workdir / 'conf'}",
+                                 "--set", "termlog_verbosity=error", "--set", "flow_detail=0"],
+                                stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -54,8 +54,17 @@ def start_design(design: str, mock_port: int, workdir: Path) -> tuple[subprocess
             return proc, url
         except httpx.HTTPError:
             time.sleep(0.05)
-    proc.terminate()
+    stop(proc)
     raise RuntimeError(f"mitmdump with the {design!r} addon did not start (see {workdir / design}.log)")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def main() -> None:
@@ -89,9 +98,8 @@ def main() -> None:
         finally:
             if ccswitch is not None:
                 ccswitch.stop()
-            for proc in processes:
-                proc.terminate()
-            mock.terminate()
+            for proc in (*processes, mock):
+                stop(proc)
     print(f"ceiling of an addon's design, {time.strftime('%Y-%m-%d')}, {args.rounds} alternating rounds "
           f"of {args.seconds:g} s per target and concurrency, same mock:")
     bare = figures["bare mitmdump"]

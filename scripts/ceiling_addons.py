@@ -94,6 +94,8 @@ class Ceiling:
         elif design == "forward":
             status, headers, body = await exchange(self.pool, port, flow.request.path, flow.request.raw_content)
             flow.response = http.Response.make(status, body, headers)
+        elif not self.relay_port:      # a request before `running` has opened the relay
+            flow.response = http.Response.make(503, b"relay not yet listening")
         else:
             token = str(next(self.ids))
             self.jobs[token] = asyncio.ensure_future(exchange(self.pool, port, flow.request.path,

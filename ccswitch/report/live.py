@@ -180,7 +180,8 @@ class LiveBoard:
                 self.tokens[(upstream, kind)] += n
         billed = tokens["input"] + tokens["output"] + tokens["cache_creation"] + tokens["cache_read"]
         if usd is not None:
-            self.cost[upstream] += usd
+            if upstream:      # a request no upstream answered costs nothing, and has no series of its own
+                self.cost[upstream] += usd
         elif billed:
             self.unpriced[upstream] += billed
         if isinstance(row.get("latency_ms"), int):

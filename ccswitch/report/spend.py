@@ -26,8 +26,8 @@ def row_totals(row: Mapping) -> Totals:
 
 def row_cost(pricer: Pricer, row: Mapping) -> float | None:
     """USD of one `requests` row at the report's prices × its upstream's multiplier; None when
-    its model has no known price, with no tokens too: an unknown price is shown as unknown,
-    never as $0 (budgets count it as 0)."""
+    an upstream answered it with a model of no known price, with no tokens too: an unknown price
+    is shown as unknown, never as $0 (budgets count it as 0). A row no upstream answered is $0."""
     return pricer.cost(row.get("upstream_model") or row.get("model"), row.get("upstream"), row_totals(row))
 
 
