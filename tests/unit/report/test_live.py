@@ -83,8 +83,9 @@ def test_an_own_answer_counts_with_no_upstream_no_attempts_and_as_an_error():
     row = own_answer_row(request_id="f1", started_at=datetime.fromtimestamp(NOON_ISH, UTC), route="claude",
                          endpoint="messages", model="m", stream=True, status=401,
                          error="missing or invalid ccswitch client key", latency_ms=1)
-    board.note(row, [], r, None)
+    board.note(row, [], r, 0.0)      # as the gateway prices it: no upstream answered, nothing spent
     assert board.requests == {("claude", "", "401"): 1} and board.attempts == {} and board.failovers == 0
+    assert board.cost == {}          # and no cost series for "no upstream"
     assert board.totals(datetime.fromtimestamp(NOON_ISH, ZoneInfo(TZ)).date()).errors == 1
     assert board.duration[("claude", "")].count == 1
 
