@@ -562,7 +562,17 @@ async def test_a_non_streamed_answer_is_recorded_after_the_response_hook_or_at_s
     assert len(recorded) == 3       # each once
 
 
-async def test_a_non_streamed_request_whose_client_left_is_cancelled_upstream_and_recorded(router, gateway):
+def client_closes(flow):
+    flow.client_conn.timestamp_end = 1.0    # mitmproxy saw the client close
+
+
+def user_kills(flow):
+    flow.kill()                             # mitmweb's kill button: no hook tells an addon
+
+
+@pytest.mark.parametrize(("end", "error"), [(client_closes, "client_closed"), (user_kills, "killed")])
+async def test_a_non_streamed_request_whose_client_left_or_that_was_killed_is_cancelled_upstream_and_recorded(
+        router, gateway, end, error):
     cancelled = asyncio.Event()
 
     class Hanging:
@@ -580,38 +590,13 @@ async def test_a_non_streamed_request_whose_client_left_is_cancelled_upstream_an
     while not router.inline:
         await asyncio.sleep(0)
     assert not hook.done()
-    flow.client_conn.timestamp_end = 1.0    # mitmproxy saw the client close
+    end(flow)
     await asyncio.wait_for(hook, 2)         # within a watch period, not never
     assert cancelled.is_set() and not hook.cancelled() and hook.cancelling() == 0
     assert flow.response.status_code == 499 and not router.inline
     router.response(flow)          # mitmproxy goes on with the flow once the hook returns
     await answer_sent()
-    assert [job.error for job in recorded] == ["client_closed"]
-
-
-async def test_a_non_streamed_request_killed_in_mitmproxy_is_cancelled_upstream_and_recorded(router, gateway):
-    cancelled = asyncio.Event()
-
-    class Hanging:
-        async def run(self, job, sink):
-            try:
-                await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                cancelled.set()
-                raise
-    recorded = []
-    router.dialer = Hanging()
-    gateway.record_job = recorded.append
-    flow = messages_flow({"model": "m", "messages": []})
-    hook = asyncio.ensure_future(router.request(flow))
-    while not router.inline:
-        await asyncio.sleep(0)
-    flow.kill()                             # mitmweb's kill button: no hook tells an addon
-    await asyncio.wait_for(hook, 2)
-    assert cancelled.is_set() and not router.inline
-    router.error(flow)                      # mitmproxy ends the killed flow
-    await answer_sent()
-    assert [job.error for job in recorded] == ["killed"]
+    assert [job.error for job in recorded] == [error]
 
 
 async def test_a_stream_killed_in_mitmproxy_is_stopped_at_the_relay(router, gateway):

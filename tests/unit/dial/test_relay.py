@@ -188,18 +188,23 @@ async def test_a_streamed_answer_is_chunked_as_h11_reads_it_and_the_connection_s
     assert exchange.response.status_code == 200 and exchange.body == b"".join(pieces)
 
 
-async def test_the_proxy_dropping_the_connection_cancels_the_job_at_once_and_records_it(served):
-    cancelled = asyncio.Event()
-
-    async def endless(job, sink):
+def endless_stream(cancelled: asyncio.Event):
+    """A job that starts a stream and waits for ever; once cancelled it ends as the dialer does."""
+    async def run(job, sink):
         await sink.start(200, SSE, None)
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
             cancelled.set()
+            job.client_left()
             raise
+    return run
+
+
+async def test_the_proxy_dropping_the_connection_cancels_the_job_at_once_and_records_it(served):
+    cancelled = asyncio.Event()
     recorded = []
-    relay = await served(endless, recorded)
+    relay = await served(endless_stream(cancelled), recorded)
     job = new_job()
     relay.register(job)
     exchange = await Exchange(relay).send(job.token)
@@ -269,17 +274,8 @@ async def test_a_client_that_leaves_once_it_has_the_last_event_ended_nothing(ser
 
 async def test_a_job_being_served_is_cancelled_on_request_and_recorded_as_killed(served):
     cancelled = asyncio.Event()
-
-    async def endless(job, sink):
-        await sink.start(200, SSE, None)
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.set()
-            job.client_left()     # as the dialer does when cancelled
-            raise
     recorded = []
-    relay = await served(endless, recorded)
+    relay = await served(endless_stream(cancelled), recorded)
     job, waiting = new_job(), new_job()
     relay.register(job)
     relay.register(waiting)
