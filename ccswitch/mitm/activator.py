@@ -92,7 +92,9 @@ class Activator:
     async def _probe(self, upstream: Upstream, slot: Slot | None) -> ProbeResult:
         sent_at, started = self.clock(), time.monotonic()
         try:
-            result = await send_probe(self.client, upstream, allow_url=self.gateway.allow_url, clock=self.clock)
+            # the router's client once it runs (one pool, one `max_connections` cap), else its own
+            client = self.gateway.upstream_client or self.client
+            result = await send_probe(client, upstream, allow_url=self.gateway.allow_url, clock=self.clock)
         except asyncio.CancelledError:
             # only the shutdown cancels a probe (the router's cut past its grace period, or ours):
             # it reached the upstream or was on its way, so it ends as a request cut there does

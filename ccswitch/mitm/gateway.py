@@ -72,6 +72,9 @@ class Gateway:
         # every upstream URL ccswitch itself dials is asked here first; tests install a
         # loopback-only guard (tests/support/loopback_guard.py), production allows all
         self.allow_url: Callable[[str], bool] = lambda url: True
+        # the router's upstream client once it runs: probes share its pools, so an upstream's
+        # `max_connections` caps them too
+        self.upstream_client: http1.UpstreamClient | None = None
         # per upstream, (connections open, requests waiting for one): the router installs its client's
         self.connections: Callable[[], dict[str, tuple[int, int]]] = dict
 

@@ -155,3 +155,20 @@ async def test_a_ledger_the_probes_that_fired_cannot_be_read_from_still_lets_pro
         await asyncio.sleep(0.1)
         assert ticks == [1] and "could not read past activations" in caplog.text
         activator._task.cancel()
+
+
+async def test_a_probe_goes_through_the_routers_client_once_it_runs(gateway):
+    """One pool per upstream: its `max_connections` caps probes and requests together."""
+    gateway.allow_url = loopback_url
+    activator = Activator(gateway, clock=Clock())
+    activator.client = UpstreamClient()
+    shared = gateway.upstream_client = UpstreamClient()
+    with MockUpstream("relay") as up:
+        upstream = gateway.rules.upstream("relay").model_copy(update={"base_url": up.base_url, "max_connections": 1})
+        try:
+            result = await activator._probe(upstream, None)
+            counts = shared.connection_counts()
+        finally:
+            await activator.client.aclose()
+            await shared.aclose()
+    assert result.ok and counts == {"relay": (1, 0)} and activator.client.connection_counts() == {}
