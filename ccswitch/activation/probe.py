@@ -22,6 +22,7 @@ from ccswitch.config.schedule import fire_instant
 from ccswitch.config.values import parse_hhmm
 from ccswitch.dial.render import render
 from ccswitch.net import http1
+from ccswitch.routing.rate_limits import limit_headers
 from ccswitch.translate.chat.responses_request import is_codex_backend
 from ccswitch.vocab import Protocol
 from ccswitch.wire.exchange import ClientRequest, json_or_none
@@ -142,6 +143,7 @@ class ProbeResult:
     error: str | None
     latency_ms: int
     ts: datetime
+    limits: tuple[tuple[str, str], ...] = ()   # the answer's rate-limit headers: what ccswitch learns of them
 
     def row(self, slot: Slot | None = None) -> dict:
         """The `activations` row; `slot` is the time it was sent for, None for one sent on demand."""
@@ -199,7 +201,7 @@ async def send_probe(client: http1.UpstreamClient, upstream: Upstream, timeout: 
     sent = json.loads(out.body)
     sent["model"] = body["model"]       # activation_model is sent as written, never renamed
     started, ts = time.monotonic(), clock()
-    status, error, ok = None, None, False
+    status, error, ok, limits = None, None, False, ()
     if allow_url is not None and not allow_url(out.url):
         return ProbeResult(upstream.name, False, None, "refused: not a loopback address (test guard)", 0, ts)
     try:
@@ -208,6 +210,7 @@ async def send_probe(client: http1.UpstreamClient, upstream: Upstream, timeout: 
                                          connect_timeout=min(timeout, 30.0), via=out.via)
             try:
                 status = response.status_code
+                limits = tuple(limit_headers(response.headers))
                 content = await response.aread()
             finally:
                 await response.aclose()
@@ -217,4 +220,4 @@ async def send_probe(client: http1.UpstreamClient, upstream: Upstream, timeout: 
             error = f"HTTP {status}" if not 200 <= status < 300 else "a 2xx without content"
     except (http1.TransportError, TimeoutError, OSError, ValueError) as exc:   # ValueError: e.g. a bad URL
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return ProbeResult(upstream.name, ok, status, error, ms_since(started), ts)
+    return ProbeResult(upstream.name, ok, status, error, ms_since(started), ts, limits)

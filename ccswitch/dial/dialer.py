@@ -191,18 +191,7 @@ class Dialer:
 
     def _rate_limited(self, name: str, reason: str, headers: list[tuple[str, str]], cooldown: float, *,
                       refusal: bool) -> None:
-        """Cool down at once: until the reset of the window that rejected, when it was reported
-        (here or in the rate-limit headers last seen), else for the configured cooldown.
-        `refusal`: the headers are the 429's own, not those of a 2xx whose stream said it later."""
-        now = self.quota.clock()
-        reset = rejection_reset(headers, now, lone=refusal) if headers else None
-        if reset is None:
-            full = self.quota.full(name, 1.0)
-            reset = full.resets_at if full is not None else None
-        if reset is not None and reset > now:
-            self.health.record_rate_limit(name, reason, seconds=reset - now, reset_known=True)
-        else:
-            self.health.record_rate_limit(name, reason, seconds=cooldown, reset_known=False)
+        cool_rate_limited(self.health, self.quota, name, reason, headers, cooldown, refusal=refusal)
 
     def _record_quota(self, name: str, headers: list[tuple[str, str]], drain_at: float) -> None:
         """Learn the answer's rate-limit windows; an upstream this answer made full is news."""
@@ -328,3 +317,18 @@ async def _answer(job: Job, sink: Sink, status: int, headers: list[tuple[str, st
     job.ttfb_ms = job.elapsed_ms()
     await send_whole(sink, status, headers, body)
 
+
+def cool_rate_limited(health: HealthBoard, quota: QuotaBoard, name: str, reason: str,
+                      headers: list[tuple[str, str]], cooldown: float, *, refusal: bool) -> None:
+    """A rate-limited upstream cools down at once: until the reset of the window that rejected,
+    when it was reported (here or in the rate-limit headers last seen), else for `cooldown`.
+    `refusal`: the headers are the 429's own, not those of a 2xx whose stream said it later."""
+    now = quota.clock()
+    reset = rejection_reset(headers, now, lone=refusal) if headers else None
+    if reset is None:
+        full = quota.full(name, 1.0)
+        reset = full.resets_at if full is not None else None
+    if reset is not None and reset > now:
+        health.record_rate_limit(name, reason, seconds=reset - now, reset_known=True)
+    else:
+        health.record_rate_limit(name, reason, seconds=cooldown, reset_known=False)

@@ -14,6 +14,7 @@ from ccswitch.activation.history import PastProbe, restore
 from ccswitch.activation.probe import PROBE_CUT, ProbeResult, Schedule, Slot, send_probe
 from ccswitch.clock import ms_since, utc_now
 from ccswitch.config.models import Rules, Upstream
+from ccswitch.dial.dialer import cool_rate_limited
 from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
 from ccswitch.mitm.commands import known_upstream
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
@@ -119,6 +120,12 @@ class Activator:
                     episode=f"{slot.day} {slot.at}"))
         if self.gateway.ledger is not None:
             self.gateway.ledger.add("activations", result.row(slot))
+        # an answer like any: its rate-limit windows are learnt, and a 429 cools the upstream down
+        if result.limits:
+            self.gateway.quota.record(upstream.name, list(result.limits))
+        if result.status == 429:
+            cool_rate_limited(self.gateway.health, self.gateway.quota, upstream.name, result.error or "HTTP 429",
+                              list(result.limits), rules.failover.cooldown, refusal=True)
         if result.ok:
             self.gateway.health.record_success(upstream.name)   # a good probe ends a cooldown early
             log.info("ccswitch: activation probe for %s ok (%d ms)", upstream.name, result.latency_ms)

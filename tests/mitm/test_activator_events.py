@@ -172,3 +172,30 @@ async def test_a_probe_goes_through_the_routers_client_once_it_runs(gateway):
             await activator.client.aclose()
             await shared.aclose()
     assert result.ok and counts == {"relay": (1, 0)} and activator.client.connection_counts() == {}
+
+
+async def test_a_probes_answer_teaches_its_rate_limits_and_its_429_cools_the_upstream_down(gateway):
+    import time
+
+    from tests.support.mock_upstream import ok, status
+    gateway.allow_url = loopback_url
+    activator = Activator(gateway, clock=Clock())
+    activator.client = UpstreamClient()
+    reset = int(time.time() + 3 * 3600)
+    with MockUpstream("relay") as up:
+        upstream = gateway.rules.upstream("relay").model_copy(update={"base_url": up.base_url})
+        up.script(ok(headers={"anthropic-ratelimit-unified-5h-utilization": "0.97",
+                              "anthropic-ratelimit-unified-5h-reset": str(reset)}),
+                  status(429, headers={"anthropic-ratelimit-unified-status": "rejected",
+                                       "anthropic-ratelimit-unified-reset": str(reset)}))
+        try:
+            served = await activator._probe(upstream, None)
+            window = gateway.quota.full("relay", 0.95)       # 97 % used: full for a route draining at 95 %
+            assert served.ok and gateway.health.cooling_until("relay") is None
+            refused = await activator._probe(upstream, None)
+        finally:
+            await activator.client.aclose()
+    assert window is not None and window.utilization == 0.97
+    assert not refused.ok and refused.status == 429
+    cooling = gateway.health.cooling_until("relay") - gateway.health.clock()
+    assert abs(cooling - (reset - time.time())) < 5                   # until the window's own reset
