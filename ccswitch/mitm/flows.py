@@ -135,6 +135,31 @@ def redact_credentials(request: http.Request) -> None:
             query[name] = REDACTED      # all its values, as one
 
 
+class Hidden:
+    """A request's credentials as they came, while the flow shows them `<redacted>`: mitmweb is
+    sent a flow at each hook pass, from `requestheaders` on.  `restore` puts back each one still
+    shown so; one edited meanwhile (by the user in mitmweb, or by an addon) stays as edited."""
+
+    __slots__ = ("own_fields", "own_path", "shown_fields", "shown_path")
+
+    def __init__(self, request: http.Request) -> None:
+        self.own_fields, self.own_path = request.headers.fields, request.path
+        redact_credentials(request)
+        self.shown_fields, self.shown_path = request.headers.fields, request.path
+
+    def restore(self, request: http.Request) -> None:
+        headers = request.headers
+        if headers.fields == self.shown_fields:      # untouched: every request but an edited one
+            headers.fields = self.own_fields
+        else:
+            own, shown = http.Headers(self.own_fields), http.Headers(self.shown_fields)
+            for name in CREDENTIAL_HEADERS:
+                if headers.get_all(name) == shown.get_all(name) and (values := own.get_all(name)):
+                    headers.set_all(name, values)
+        if request.path == self.shown_path:
+            request.path = self.own_path
+
+
 def redact_proxy_login(flow: http.HTTPFlow) -> None:
     """mitmproxy's `--proxyauth` keeps the login a client gave on the flow, password and all, and
     `mitmdump -w` files and mitmweb would show it: the password shows as `<redacted>`."""

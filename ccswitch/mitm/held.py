@@ -14,8 +14,7 @@ import contextlib
 
 from mitmproxy import ctx, hooks, http
 
-from ccswitch.mitm.flows import gone_meanwhile, redact_credentials
-from ccswitch.wire.redact import CREDENTIAL_HEADERS
+from ccswitch.mitm.flows import Hidden, gone_meanwhile
 
 #: seconds between looks for a kill, which ends an intercept without waking `wait_for_resume`
 KILL_CHECK = 0.1
@@ -33,10 +32,7 @@ class Holds:
     async def hold(self, flow: http.HTTPFlow) -> None:
         """Until the user resumes or kills the flow; meanwhile it shows its credentials as
         `<redacted>`, and those the user left so are the client's again once it goes on."""
-        request = flow.request
-        own = request.headers.copy(), request.path
-        redact_credentials(request)
-        shown = request.headers.copy(), request.path
+        hidden = Hidden(flow.request)
         flow.intercept()
         ctx.master.addons.trigger(hooks.UpdateHook([flow]))    # mitmweb shows it stopped
         try:
@@ -45,15 +41,8 @@ class Holds:
                     await asyncio.wait_for(flow.wait_for_resume(), KILL_CHECK)
         finally:
             self.let_go.add(flow.id)
-        if gone_meanwhile(flow):
-            return      # killed, or its client left: it goes nowhere, and its keys stay hidden
-        for name in CREDENTIAL_HEADERS:
-            if request.headers.get_all(name) != shown[0].get_all(name):
-                continue       # the user's own edit
-            if values := own[0].get_all(name):
-                request.headers.set_all(name, values)
-        if request.path == shown[1]:
-            request.path = own[1]
+        if not gone_meanwhile(flow):     # else it goes nowhere, and its keys stay hidden
+            hidden.restore(flow.request)
 
     def update(self, flows) -> None:
         """mitmproxy's hook after each hook pass, before it waits on a stopped flow.  The intercept

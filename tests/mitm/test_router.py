@@ -7,6 +7,7 @@ import threading
 import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.addons import dumper, proxyauth, proxyserver, save
+from mitmproxy.flow import Error
 from mitmproxy.proxy import mode_specs
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -70,6 +71,22 @@ async def test_routed_flow_goes_to_the_relay_with_credentials_redacted(router):
     assert flow.request.headers[JOB_HEADER] == job.token
     assert CLIENT_KEY not in repr(job.request.headers)        # a client key goes no further than ccswitch
     assert [u.name for u in job.candidates] == ["a"]
+
+
+async def test_an_api_requests_keys_show_redacted_from_its_head_on_and_are_back_for_its_routing(router):
+    flow, gone = messages_flow(path=f"/v1/messages?key={CLIENT_KEY}"), messages_flow()
+    for f in (flow, gone):
+        router.requestheaders(f)       # mitmweb's flow list is sent the flow right after this hook
+        assert CLIENT_KEY not in repr(f.request.headers.fields) + f.request.path
+        assert f.request.headers["cookie"] == "<redacted>"
+    flow.request.headers["anthropic-beta"] = "x"     # another addon's change meanwhile stays
+    await router.request(flow)
+    job = router.jobs[flow.id]         # the client key was back for its check: routed, not refused 401
+    assert job.client is not None and dict(job.request.headers)["anthropic-beta"] == "x"
+    assert CLIENT_KEY not in repr(flow.request.headers.fields) + flow.request.path
+    gone.error = Error("Client disconnected.")    # mid-body: no request hook, saved as it is
+    router.error(gone)
+    assert CLIENT_KEY not in repr(gone.request.headers.fields) and router.hidden == {}
 
 
 async def test_a_client_key_goes_no_further_wherever_else_the_client_put_it(router):
