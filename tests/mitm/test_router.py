@@ -668,3 +668,18 @@ async def test_a_streamed_body_is_copied_onto_the_flow_only_when_flows_are_shown
             assert isinstance(flow.response.stream, StreamCopy)
         r.response(flow)
         assert (flow.request.raw_content == sent) is kept and not r.held_bodies
+
+
+async def test_mitmwebs_flow_list_is_never_sent_an_api_requests_key(gateway):
+    """mitmweb adds its view after the scripts: at `requestheaders` it broadcasts each new flow."""
+    from mitmproxy.addons.view import View
+    from mitmproxy.proxy.layers.http import HttpRequestHeadersHook
+    router, view, sent = Router(gateway), View(), []
+
+    def broadcast(flow):        # what mitmweb sends its browsers (a signal holds its receivers weakly)
+        sent.append(repr(flow.request.headers.fields))
+    view.sig_view_add.connect(broadcast)
+    with taddons.context(router, view) as tctx:
+        flow = messages_flow()
+        await tctx.master.addons.handle_lifecycle(HttpRequestHeadersHook(flow))
+    assert sent and CLIENT_KEY not in sent[0] and "<redacted>" in sent[0]
