@@ -13,9 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from ccswitch.activation.probe import PROBE_CUT, Schedule, Slot, SlotState
+from ccswitch.activation.probe import Schedule, Slot, SlotState
 from ccswitch.config.models import Activation
 from ccswitch.config.values import format_hhmm, parse_hhmm
+from ccswitch.dial.shutdown import CUT_BY_SHUTDOWN
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def restore(schedule: Schedule, probes: Iterable[PastProbe], settings: Activatio
         slot = parse_slot(probe.upstream, probe.slot)
         if slot is None:
             continue
-        if probe.ok or probe.error == PROBE_CUT:
+        if probe.ok or probe.error == CUT_BY_SHUTDOWN:
             done.add(slot)
         else:
             tried[slot] = (tried.get(slot, (0, probe.ts))[0] + 1, probe.ts)

@@ -32,8 +32,6 @@ log = logging.getLogger("ccswitch.activation")
 
 _DEFAULT_MODEL = {Protocol.ANTHROPIC: "claude-haiku-4-5", Protocol.RESPONSES: "gpt-5-mini", "openai-chat": "gpt-5-mini"}
 _PROMPT = "Reply with the single word: ok"
-#: the error of a probe the shutdown cut, as of a request cut there
-PROBE_CUT = "shutdown: not finished within the grace period"
 
 
 # ---------------------------------------------------------------------- the schedule

@@ -16,7 +16,7 @@ from http import HTTPStatus
 import h11
 
 from ccswitch.dial.job import CLIENT_CLOSED, Job
-from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Serving, Shutdown
+from ccswitch.dial.shutdown import CUT_BY_SHUTDOWN, RETRY_AFTER, SHUTTING_DOWN, Serving, Shutdown
 from ccswitch.wire.headers import to_wire
 from ccswitch.wire.protocols import own_error, stream_error_event
 
@@ -145,7 +145,7 @@ async def _internal_error(job: Job, sink, exc: BaseException) -> None:
 
 
 async def _shutdown_error(job: Job, sink) -> None:
-    job.error = "shutdown: not finished within the grace period"
+    job.error = CUT_BY_SHUTDOWN
     if job.attempts and job.attempts[-1].error == CLIENT_CLOSED:
         job.attempts[-1].error = "shutdown"   # the dialer takes every cancellation for a client gone
     await _end_with_error(job, sink, 503, f"{SHUTTING_DOWN}; the request did not finish in time",

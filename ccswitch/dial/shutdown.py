@@ -23,6 +23,8 @@ from collections.abc import Callable
 log = logging.getLogger("ccswitch")
 
 SHUTTING_DOWN = "ccswitch is shutting down"
+#: the error recorded for a request (or an activation probe) the shutdown cut past its grace period
+CUT_BY_SHUTDOWN = "shutdown: not finished within the grace period"
 RETRY_AFTER = "10"          # seconds: about the time a restart takes
 ENDING_WAIT = 3.0           # how long the endings of cut requests get to reach their clients
 _POLL = 0.02

@@ -11,10 +11,11 @@ from datetime import UTC, datetime, timedelta
 from mitmproxy import command, exceptions
 
 from ccswitch.activation.history import PastProbe, restore
-from ccswitch.activation.probe import PROBE_CUT, ProbeResult, Schedule, Slot, send_probe
+from ccswitch.activation.probe import ProbeResult, Schedule, Slot, send_probe
 from ccswitch.clock import ms_since, utc_now
 from ccswitch.config.models import Rules, Upstream
 from ccswitch.dial.dialer import cool_rate_limited
+from ccswitch.dial.shutdown import CUT_BY_SHUTDOWN
 from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
 from ccswitch.mitm.commands import known_upstream
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
@@ -99,7 +100,7 @@ class Activator:
         except asyncio.CancelledError:
             # only the shutdown cancels a probe (the router's cut past its grace period, or ours):
             # it reached the upstream or was on its way, so it ends as a request cut there does
-            self._record(upstream, slot, ProbeResult(upstream.name, False, None, PROBE_CUT, ms_since(started), sent_at))
+            self._record(upstream, slot, ProbeResult(upstream.name, False, None, CUT_BY_SHUTDOWN, ms_since(started), sent_at))
             raise
         except Exception as exc:   # a bug of ours is a failed probe, retried like one, not a slot stuck for good
             log.exception("ccswitch: the activation probe for %s failed inside ccswitch", upstream.name)
@@ -109,7 +110,7 @@ class Activator:
 
     def _record(self, upstream: Upstream, slot: Slot | None, result: ProbeResult) -> None:
         rules = self.gateway.rules
-        cut = result.error == PROBE_CUT
+        cut = result.error == CUT_BY_SHUTDOWN
         if slot is not None:
             # a cut probe most likely opened the window: done, here as after a restart (history.restore)
             self.schedule.finished(slot, result.ok or cut, self.now(rules), rules.activation.retry_interval)

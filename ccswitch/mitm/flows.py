@@ -197,11 +197,15 @@ def killed(flow: http.HTTPFlow) -> bool:
     return flow.error is not None and flow.error.msg == Error.KILLED_MESSAGE
 
 
+def client_gone(flow: http.HTTPFlow) -> bool:
+    """The flow's client has left.  A replay has no client of its own: its client_conn is the
+    replayed flow's, long gone."""
+    return flow.client_conn.timestamp_end is not None and not flow.is_replay
+
+
 def gone_meanwhile(flow: http.HTTPFlow) -> bool:
-    """While a request hook waited (for the start, the spend, the user): killed, or its client
-    left (a replay has no client of its own)."""
-    return (flow.error is not None or not flow.live
-            or (flow.client_conn.timestamp_end is not None and not flow.is_replay))
+    """While a request hook waited (for the start, the spend, the user): killed, or its client left."""
+    return flow.error is not None or not flow.live or client_gone(flow)
 
 
 class ClientWatch:
@@ -215,10 +219,9 @@ class ClientWatch:
         self._timer = asyncio.get_running_loop().call_later(every, self._check)
 
     def _check(self) -> None:
-        # a replay has no client of its own: its client_conn is the replayed flow's, long gone
-        gone = not self.flow.is_replay and self.flow.client_conn.timestamp_end is not None
-        if gone or killed(self.flow):
-            self.fired, self.killed = True, killed(self.flow)
+        self.killed = killed(self.flow)
+        if self.killed or client_gone(self.flow):
+            self.fired = True
             self.task.cancel()
         else:
             self._timer = asyncio.get_running_loop().call_later(self.every, self._check)

@@ -6,25 +6,9 @@ SQL's sum() reads it), a time that is no number is missing, as NULL is. Numeric 
 """
 from __future__ import annotations
 
-import math
-from decimal import Decimal
 from typing import Any
 
-
-def as_number(value: Any) -> float | int | None:
-    """The number a column holds (numeric text included); None for NULL, other text, NaN or infinity."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, (int, Decimal)):
-        return value if isinstance(value, int) else float(value)
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            return None
-    if isinstance(value, float) and math.isfinite(value):
-        return int(value) if value.is_integer() else value
-    return None
+from ccswitch.wire.numbers import as_number
 
 
 def count_or_zero(value: Any) -> float | int:

@@ -12,12 +12,12 @@ later numbers overwrite earlier ones, they are never added.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, fields
 from typing import Any
 
 from ccswitch.vocab import Protocol
 from ccswitch.wire.exchange import UNPARSED
+from ccswitch.wire.numbers import as_number
 from ccswitch.wire.sse import Event
 
 
@@ -52,14 +52,8 @@ def _int(value: Any) -> int:
     fraction rounds); anything else, negative, or past MAX_TOKENS counts as 0."""
     if type(value) is int:      # what upstreams send: the one check on a stream's path
         return value if 0 < value <= MAX_TOKENS else 0
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            return 0
-    if not isinstance(value, float) or not math.isfinite(value):
-        return 0
-    count = round(value)
+    number = None if isinstance(value, bool) else as_number(value)
+    count = 0 if number is None else round(number)
     return count if 0 < count <= MAX_TOKENS else 0
 
 

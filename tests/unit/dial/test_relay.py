@@ -134,13 +134,16 @@ async def test_a_job_cut_before_it_answered_is_a_503_in_its_format(served):
     assert recorded == [job] and job.status == 503 and job.latency_ms is not None
 
 
-async def test_a_job_that_arrives_once_the_shutdown_is_cutting_is_answered_at_once(served):
-    ran = []
-
-    async def never(job, sink):
+def noting(ran: list):
+    """A job that only notes it was run (the tests want it not to be)."""
+    async def run(job, sink):
         ran.append(job)
-    recorded = []
-    relay = await served(never, recorded)
+    return run
+
+
+async def test_a_job_that_arrives_once_the_shutdown_is_cutting_is_answered_at_once(served):
+    ran, recorded = [], []
+    relay = await served(noting(ran), recorded)
     relay.shutdown.cutting = True
     job = new_job()
     relay.register(job)
@@ -290,12 +293,8 @@ async def test_a_job_being_served_is_cancelled_on_request_and_recorded_as_killed
 
 
 async def test_a_job_killed_on_its_way_to_the_relay_is_not_run_and_is_recorded_as_killed(served):
-    ran = []
-
-    async def run(job, sink):
-        ran.append(job)
-    recorded = []
-    relay = await served(run, recorded)
+    ran, recorded = [], []
+    relay = await served(noting(ran), recorded)
     job = new_job()
     relay.register(job)
     job.killed = True          # killed in mitmproxy after the request hook, before the relay had it
