@@ -8,6 +8,7 @@ entry hand that list to mitmproxy.
 from __future__ import annotations
 
 from ccswitch.mitm.activator import Activator
+from ccswitch.mitm.collector import CollectorTuning
 from ccswitch.mitm.commands import Commands
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.lifecycle import log_refusals_as_messages
@@ -26,4 +27,4 @@ def make_addons() -> list:
     # follows the router: it sees only the flows the router let pass untouched
     return [RulesWatcher(gateway), ListenSafety(gateway), InterceptScope(gateway), LivePage(gateway),
             Router(gateway), SharedStateSync(gateway), ClientKeyGate(gateway), Commands(gateway), Activator(gateway),
-            Notifications(gateway)]
+            Notifications(gateway), CollectorTuning()]
