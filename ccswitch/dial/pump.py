@@ -15,6 +15,7 @@ import time
 from ccswitch.config.models import Upstream
 from ccswitch.dial.job import Attempt, Job, marks
 from ccswitch.dial.outcome import Failure, Streamed, network_failure
+from ccswitch.dial.read_deadline import ReadDeadline
 from ccswitch.dial.render import OutgoingRequest
 from ccswitch.net import http1
 from ccswitch.routing.rate_limits import limit_headers
@@ -68,6 +69,13 @@ class Pump:
             self.attempt.usage = usage
 
     async def _run(self) -> Failure | Streamed:
+        deadline = ReadDeadline()
+        try:
+            return await self._pump(deadline)
+        finally:
+            deadline.close()
+
+    async def _pump(self, deadline: ReadDeadline) -> Failure | Streamed:
         rules = self.job.rules
         hold_until = time.monotonic() + rules.failover.hold_back
         if rules.failover.hold_back <= 0:
@@ -79,26 +87,30 @@ class Pump:
             wait = rules.timeouts.idle
             if not self.committed:
                 wait = min(wait, max(0.0, hold_until - time.monotonic()))
-            # A timer may cut a read short: the body iterators (http1.Response, a bridged
+            # The deadline may cut a read short: the body iterators (http1.Response, a bridged
             # socket's turn) take nothing from their buffers before their one wait, so a
-            # cancelled read loses no bytes.  No task and no wait set per read: a stream
-            # pays one timer per piece of its body.
-            timer = asyncio.timeout(wait)
+            # cancelled read loses no bytes.  No task and no wait set per read, and one timer
+            # for the whole stream, not one per piece of its body.
+            deadline.start(wait)
             try:
-                async with timer:
-                    chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                ended_cleanly = True
-                break
-            except (http1.TransportError, OSError) as exc:
-                if not (isinstance(exc, TimeoutError) and timer.expired()):
-                    ended = network_failure(self.upstream.name, exc, Action.SWITCH, "idle").reason
-                    break
+                chunk = await chunks.__anext__()
+            except asyncio.CancelledError:
+                if not deadline.stop():
+                    raise
                 if not self.committed and time.monotonic() >= hold_until - 0.0005:
                     await self._commit()        # held long enough: stream what we have
                     continue
                 ended = "idle timeout"
                 break
+            except StopAsyncIteration:
+                deadline.stop()
+                ended_cleanly = True
+                break
+            except (http1.TransportError, OSError) as exc:
+                deadline.stop()
+                ended = network_failure(self.upstream.name, exc, Action.SWITCH, "idle").reason
+                break
+            deadline.stop()
             try:
                 events = self.parser.feed(chunk)
             except SSEError as exc:
