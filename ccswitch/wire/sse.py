@@ -63,6 +63,20 @@ class Event:
 
 
 def _split_block(block: bytes) -> tuple[str, str] | None:
+    if b"\r" not in block:
+        # the blocks of every API stream, `event: NAME` and `data: JSON` or `data: JSON` alone: no
+        # loop over lines (each event of a stream passes here); anything else is read in full below
+        first, sep, second = block.partition(b"\n")
+        if not sep:
+            if first.startswith(b"data: "):
+                return "message", first[6:].decode("utf-8", errors="replace")
+        elif first.startswith(b"event: ") and second.startswith(b"data: ") and b"\n" not in second:
+            return (first[7:].decode("utf-8", errors="replace") or "message",
+                    second[6:].decode("utf-8", errors="replace"))
+    return _split_lines(block)
+
+
+def _split_lines(block: bytes) -> tuple[str, str] | None:
     name = "message"
     data_lines: list[str] = []
     seen_field = False
@@ -102,6 +116,8 @@ class SSEParser:
         self._scanned = 0   # bytes of _buf known to hold no boundary (so each byte is searched once)
 
     def feed(self, chunk: bytes) -> list[Event]:
+        if not self._buf and b"\r" not in chunk:
+            return self._feed_lf(chunk)
         self._buf += chunk
         events: list[Event] = []
         start = 0
@@ -113,18 +129,27 @@ class SSEParser:
                 break
             end = match.end()
             raw = bytes(self._buf[start:end])
-            parsed = _split_block(raw[: match.start() - start])
-            if parsed is None:
-                events.append(Event(event="", raw=raw))
-            else:
-                events.append(Event(event=parsed[0], data=parsed[1], raw=raw))
+            events.append(_event(raw, _split_block(raw[: match.start() - start])))
             start = pos = end
         if start:
             del self._buf[:start]
         self._scanned = len(self._buf)
+        self._check_pending()
+        return events
+
+    def _feed_lf(self, chunk: bytes) -> list[Event]:
+        """A chunk that starts a block and has no CR (most of any stream): its blank lines are
+        exactly its LF pairs, so one split finds its events, without the scan or the buffer."""
+        *blocks, rest = chunk.split(b"\n\n")
+        if rest:
+            self._buf += rest
+            self._scanned = len(rest)
+            self._check_pending()
+        return [_event(block + b"\n\n", _split_block(block)) for block in blocks]
+
+    def _check_pending(self) -> None:
         if len(self._buf) > _MAX_PENDING:
             raise SSEError("an SSE event exceeded 16 MiB without ending")
-        return events
 
     def flush(self) -> list[Event]:
         """End of body: whatever is left is a final event without its blank line."""
@@ -133,10 +158,7 @@ class SSEParser:
         self._scanned = 0
         if not raw.strip():
             return [Event(event="", raw=raw)] if raw else []
-        parsed = _split_block(raw)
-        if parsed is None:
-            return [Event(event="", raw=raw)]
-        return [Event(event=parsed[0], data=parsed[1], raw=raw)]
+        return [_event(raw, _split_block(raw))]
 
     def end(self) -> list[Event]:
         """A stream's clean end.  Its unterminated final event is kept only when whole (its data is
@@ -151,6 +173,11 @@ class SSEParser:
     @property
     def pending(self) -> bytes:
         return bytes(self._buf)
+
+
+def _event(raw: bytes, parsed: tuple[str, str] | None) -> Event:
+    """The event of a block as `_split_block` read it (None: only comments, passed on as they are)."""
+    return Event(event="", raw=raw) if parsed is None else Event(event=parsed[0], data=parsed[1], raw=raw)
 
 
 def is_event_stream(content_type: str | None) -> bool:

@@ -1,9 +1,12 @@
 import json
 import random
+from itertools import pairwise
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ccswitch.wire.sse import SSEError, SSEParser, format_event, is_event_stream
+from ccswitch.wire.sse import SSEError, SSEParser, _split_block, _split_lines, format_event, is_event_stream
 
 STREAM = (
     b"event: message_start\ndata: {\"type\":\"message_start\"}\n\n"
@@ -146,3 +149,38 @@ def test_an_event_stream_is_known_by_its_media_type_in_any_letter_case():
         assert is_event_stream(typed)
     for other in (None, "", "application/json", "text/plain"):
         assert not is_event_stream(other)
+
+
+# lines of every kind a block may hold: the usual two, and what the usual reading must leave alone
+LINES = st.sampled_from([
+    b"event: message_start", b"event: a:b", b"event: ", b"event:", b"event:x", b"data: {\"t\":1}", b"data: x",
+    b"data:", b"data:x", b"data:  two", b": a comment", b":", b"id: 7", b"retry: 10", b"data: \xe2\x80\xa8",
+    b"data: \xff\xfe", b" data: x", b"DATA: x", b"event: e\rdata: x", b"data: [DONE]",
+])
+
+
+@given(st.lists(LINES, max_size=4))
+def test_a_block_read_the_quick_way_reads_as_line_by_line(lines):
+    block = b"\n".join(lines)
+    assert _split_block(block) == _split_lines(block)
+
+
+@given(st.lists(st.lists(LINES, min_size=1, max_size=3), max_size=8), st.data())
+def test_a_stream_of_lf_blocks_gives_the_same_events_in_any_chunks(blocks, data):
+    """Whole chunks without a CR take the quick split; one byte at a time, every boundary is
+    found by the scan: both must give the same events, raw bytes and all."""
+    stream = b"".join(b"\n".join(lines) + b"\n\n" for lines in blocks)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=12))
+    pieces = [stream[a:b] for a, b in pairwise(sorted({0, len(stream), *cuts}))]
+    byte_by_byte = summary(parse_all([stream[i:i + 1] for i in range(len(stream))]))
+    assert summary(parse_all([stream])) == byte_by_byte
+    assert summary(parse_all(pieces)) == byte_by_byte
+
+
+def test_a_pending_event_over_the_limit_is_an_error_on_the_quick_path_too(monkeypatch):
+    import ccswitch.wire.sse as sse
+    monkeypatch.setattr(sse, "_MAX_PENDING", 10)
+    parser = SSEParser()
+    assert [e.data for e in parser.feed(b"data: 1\n\n")] == ["1"]
+    with pytest.raises(SSEError):
+        parser.feed(b"data: 2\n\ndata: an event with no end yet")
