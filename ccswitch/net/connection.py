@@ -61,8 +61,8 @@ class Connection(asyncio.Protocol):
     be paused while a slow consumer lags behind a fast upstream."""
 
     # slots: one per open upstream connection, kept alive in the pool between requests
-    __slots__ = ("_buffered", "_chunks", "_drain", "_eof", "_eof_fed", "_lost", "_read_paused", "_waiter",
-                 "_write_paused", "h11", "idle_since", "in_use", "key", "origin", "received_any", "reused",
+    __slots__ = ("_buffered", "_chunks", "_drain", "_eof", "_eof_fed", "_lost", "_read_paused", "_starved",
+                 "_waiter", "_write_paused", "h11", "idle_since", "in_use", "key", "origin", "received_any", "reused",
                  "tls", "transport")
 
     def __init__(self, key: PoolKey) -> None:
@@ -82,6 +82,9 @@ class Connection(asyncio.Protocol):
         self._lost: BaseException | None = None
         self._read_paused = False
         self._write_paused = False
+        # h11 said NEED_DATA and has been given nothing since, nor moved on: no need to ask it again
+        # (a streamed body's every piece would ask it twice more for nothing)
+        self._starved = False
         self._waiter: asyncio.Future | None = None
         self._drain: asyncio.Future | None = None
 
@@ -177,15 +180,26 @@ class Connection(asyncio.Protocol):
         """Request bytes still wait to go out: the connection cannot take another request."""
         return self.transport.get_write_buffer_size() > 0
 
+    def encode(self, *events) -> bytes:
+        """Our events as bytes to send (h11 moves on: whatever it holds is read afresh)."""
+        self._starved = False
+        return b"".join([self.h11.send(event) for event in events])
+
+    def start_next_cycle(self) -> None:
+        self._starved = False
+        self.h11.start_next_cycle()
+
     def poll_event(self):
         """The next h11 event if it can be had without waiting, else h11.NEED_DATA."""
         while True:
-            try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise self._broken(str(exc)) from exc
-            if event is not h11.NEED_DATA:
-                return event
+            if not self._starved:
+                try:
+                    event = self.h11.next_event()
+                except h11.RemoteProtocolError as exc:
+                    raise self._broken(str(exc)) from exc
+                if event is not h11.NEED_DATA:
+                    return event
+                self._starved = True
             if self._chunks:
                 data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
                 self._chunks.clear()
@@ -194,11 +208,13 @@ class Connection(asyncio.Protocol):
                     self._read_paused = False
                     self.transport.resume_reading()
                 self.h11.receive_data(data)
+                self._starved = False
             elif self._eof and not self._eof_fed:
                 if isinstance(self._lost, Exception):   # a reset is not the end of a body
                     raise self._broken("connection lost")
                 self._eof_fed = True
                 self.h11.receive_data(b"")
+                self._starved = False
             else:
                 return h11.NEED_DATA
 

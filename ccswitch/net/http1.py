@@ -164,10 +164,8 @@ class UpstreamClient:
             connection = await self._checkout((via.upstream, via.proxy, origin), via.max_connections,
                                               connect_timeout, fresh=fresh_retry)
             try:
-                wire = connection.h11.send(request)
-                if body:
-                    wire += connection.h11.send(h11.Data(data=body))
-                wire += connection.h11.send(h11.EndOfMessage())
+                wire = connection.encode(request, h11.Data(data=body), h11.EndOfMessage()) if body \
+                    else connection.encode(request, h11.EndOfMessage())
                 if not await connection.send(wire) and (head := await _early_answer(connection)) is not None:
                     return Response(self, connection, head)
                 return Response(self, connection, await _response_head(connection))
@@ -237,7 +235,7 @@ class UpstreamClient:
                     and connection.clean() and connection.tls in (None, self._ssl_context)
                     and not connection.closed() and not connection.unsent())
         if reusable:
-            connection.h11.start_next_cycle()
+            connection.start_next_cycle()
             self._pool.release(connection)
         else:   # request bytes still queued: a plain close would wait for them to go, maybe for good
             self._pool.discard(connection, abort=connection.unsent())

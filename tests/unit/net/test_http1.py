@@ -275,6 +275,38 @@ async def test_a_chunked_body_is_yielded_as_it_arrives():
     assert server.connections == 1
 
 
+async def test_h11_is_asked_for_a_streamed_piece_once_it_has_it(monkeypatch):
+    """Each piece of a stream is one wake-up: h11 is asked for its event once the bytes are given
+    to it, and not again for nothing (twice per piece, a cost on every event of every stream)."""
+    gates = [asyncio.Event() for _ in range(20)]
+
+    async def paced(writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for i, gate in enumerate(gates):
+            await gate.wait()
+            writer.write(b"%x\r\n%s\r\n" % (len(b"piece%02d" % i), b"piece%02d" % i))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async with RawServer(paced) as server, client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        asked = []
+        connection = response._connection
+        real = connection.h11.next_event
+        monkeypatch.setattr(connection.h11, "next_event", lambda: asked.append(1) or real())
+        chunks = response.aiter_bytes()
+        pieces = []
+        for gate in gates:
+            gate.set()
+            pieces.append(await asyncio.wait_for(chunks.__anext__(), 2))
+        assert pieces == [b"piece%02d" % i for i in range(20)]
+        assert [chunk async for chunk in chunks] == []
+        assert len(asked) <= 2 * len(gates) + 2     # its Data, then NEED_DATA once; the end
+        assert await get_body(c, server.url) == (200, b"default")   # and the connection goes on
+    assert server.connections == 1
+
+
 async def test_a_burst_of_small_chunks_is_read_in_one_piece():
     """One SSE event per chunk is how upstreams write; what is already here goes on as one write."""
     events = [b"data: %d\n\n" % i for i in range(50)]
