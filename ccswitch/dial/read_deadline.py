@@ -48,6 +48,9 @@ class ReadDeadline:
 
     def close(self) -> None:
         self._deadline = None
+        if self._expired:   # a cut no `stop` saw (its read ended some other way): taken back all the same
+            self._expired = False
+            self._task.uncancel()
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None

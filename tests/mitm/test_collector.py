@@ -1,48 +1,97 @@
-"""The garbage collector tuned once ccswitch runs, and given back as it was."""
+"""The garbage collector tuned once ccswitch runs: the startup heap frozen once per process, the
+young generation collected less often while running, and nothing frozen that may become garbage."""
 
 import gc
+import weakref
 
 import pytest
 from mitmproxy.test import taddons
 
+from ccswitch.mitm import collector as collector_module
 from ccswitch.mitm.collector import YOUNG_THRESHOLD, CollectorTuning
 
 
+class InFlight:
+    """A request's objects in a reference cycle: only the collector frees them."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
 @pytest.fixture
-def collector():
+def fresh_process(monkeypatch):
     before = gc.get_threshold()
-    addon = CollectorTuning()
-    with taddons.context(addon) as tctx:
-        yield addon, tctx
-    addon.done()
+    monkeypatch.setattr(collector_module, "_startup_frozen", False)
+    yield
     gc.unfreeze()
     gc.set_threshold(*before)
 
 
+@pytest.fixture
+def collector(fresh_process):
+    addon = CollectorTuning()
+    with taddons.context(addon) as tctx:
+        yield addon, tctx
+    addon.done()
+
+
 def test_nothing_changes_before_running(collector):
-    frozen = gc.get_freeze_count()     # CPython starts with a few hundred
+    frozen, before = gc.get_freeze_count(), gc.get_threshold()     # CPython starts with a few hundred
     addon, tctx = collector
     tctx.configure(addon, ccswitch_gc_tuning=True)
-    assert gc.get_freeze_count() == frozen
-    assert gc.get_threshold()[0] < YOUNG_THRESHOLD
+    assert (gc.get_freeze_count(), gc.get_threshold()) == (frozen, before)
 
 
 def test_running_freezes_the_startup_heap_and_collects_young_objects_less_often(collector):
     addon, _ = collector
-    older = gc.get_threshold()[1:]
-    frozen = gc.get_freeze_count()
+    older, frozen = gc.get_threshold()[1:], gc.get_freeze_count()
     addon.running()
     assert gc.get_freeze_count() > frozen + 1000
     assert gc.get_threshold() == (YOUNG_THRESHOLD, *older)
 
 
-def test_done_gives_the_collector_back_as_it_was(collector):
+def test_done_gives_the_thresholds_back(collector):
     addon, _ = collector
     before = gc.get_threshold()
     addon.running()
     addon.done()
+    assert gc.get_threshold() == before
+
+
+def test_a_reload_freezes_nothing_more_so_the_requests_in_flight_stay_collectable(fresh_process):
+    old = CollectorTuning()
+    with taddons.context(old):
+        old.running()
+        frozen = gc.get_freeze_count()
+        in_flight = InFlight()
+        ref = weakref.ref(in_flight)
+        old.done()
+        new = CollectorTuning()
+        with taddons.context(new):
+            new.running()
+            assert gc.get_freeze_count() == frozen
+            assert gc.get_threshold()[0] == YOUNG_THRESHOLD
+            del in_flight
+            gc.collect()
+            assert ref() is None
+            new.done()
+
+
+def test_turned_off_while_running_it_unfreezes_and_back_on_it_freezes_nothing(collector):
+    addon, tctx = collector
+    before = gc.get_threshold()
+    addon.running()
+    tctx.configure(addon, ccswitch_gc_tuning=False)
     assert gc.get_freeze_count() == 0
     assert gc.get_threshold() == before
+    in_flight = InFlight()
+    ref = weakref.ref(in_flight)
+    tctx.configure(addon, ccswitch_gc_tuning=True)
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold()[0] == YOUNG_THRESHOLD
+    del in_flight
+    gc.collect()
+    assert ref() is None
 
 
 def test_a_higher_threshold_of_the_users_stays(collector):
@@ -52,15 +101,11 @@ def test_a_higher_threshold_of_the_users_stays(collector):
     assert gc.get_threshold() == (50_000, 10, 10)
 
 
-def test_the_option_turns_it_off_and_on_while_running(collector):
-    addon, tctx = collector
-    before = gc.get_threshold()
+def test_automatic_collection_turned_off_by_the_user_stays_off(collector):
+    addon, _ = collector
+    gc.set_threshold(0)
     addon.running()
-    tctx.configure(addon, ccswitch_gc_tuning=False)
-    assert gc.get_freeze_count() == 0
-    assert gc.get_threshold() == before
-    tctx.configure(addon, ccswitch_gc_tuning=True)
-    assert gc.get_freeze_count() > 0
+    assert gc.get_threshold()[0] == 0
 
 
 def test_off_from_the_start_changes_nothing(collector):
@@ -68,5 +113,4 @@ def test_off_from_the_start_changes_nothing(collector):
     before, frozen = gc.get_threshold(), gc.get_freeze_count()
     tctx.configure(addon, ccswitch_gc_tuning=False)
     addon.running()
-    assert gc.get_freeze_count() == frozen
-    assert gc.get_threshold() == before
+    assert (gc.get_freeze_count(), gc.get_threshold()) == (frozen, before)

@@ -123,3 +123,20 @@ async def test_close_leaves_no_timer_behind():
     deadline.close()
     assert handle.cancelled()
     assert loop.time() < handle.when()
+
+
+async def test_close_takes_back_a_cut_that_no_stop_saw():
+    """A read that turns the deadline's cancellation into an error of its own: once the
+    deadline is closed, the task is not left cancelling (a later timeout in it would misjudge)."""
+    async def read_that_fails_when_cut():
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            raise ConnectionError("cut") from None
+
+    deadline = ReadDeadline()
+    deadline.start(0.02)
+    with pytest.raises(ConnectionError):
+        await read_that_fails_when_cut()
+    deadline.close()
+    assert asyncio.current_task().cancelling() == 0
