@@ -155,7 +155,9 @@ class Dialer:
                 self.health.end_probe(upstream.name)
         failover = job.rules.failover
         if isinstance(result, Failure):
-            attempt.status, attempt.error = result.status, result.reason
+            # a stream that broke or went quiet before its commit answered with a status all the same
+            attempt.status = result.status if result.status is not None else attempt.status
+            attempt.error = result.reason
             if result.counts and result.rate_limited:
                 # an error event under a 2xx head: that head's resets are of windows still serving
                 self._rate_limited(upstream.name, result.reason, result.headers, failover.cooldown,

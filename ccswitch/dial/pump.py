@@ -77,16 +77,20 @@ class Pump:
 
     async def _pump(self, deadline: ReadDeadline) -> Failure | Streamed:
         rules = self.job.rules
-        hold_until = time.monotonic() + rules.failover.hold_back
+        # silence is counted from the last bytes in (the head's, at first), also across the commit
+        # that ends the hold-back: `idle` is the longest wait between two pieces, whatever happens meanwhile
+        last_in = time.monotonic()
+        hold_until = last_in + rules.failover.hold_back
         if rules.failover.hold_back <= 0:
             await self._commit()
         chunks = self.response.aiter_bytes().__aiter__()
         ended = "stream ended before its terminal event"
         ended_cleanly = False
         while True:
-            wait = rules.timeouts.idle
+            now = time.monotonic()
+            wait = max(0.0, last_in + rules.timeouts.idle - now)
             if not self.committed:
-                wait = min(wait, max(0.0, hold_until - time.monotonic()))
+                wait = min(wait, max(0.0, hold_until - now))
             # The deadline may cut a read short: the body iterators (http1.Response, a bridged
             # socket's turn) take nothing from their buffers before their one wait, so a
             # cancelled read loses no bytes.  No task and no wait set per read, and one timer
@@ -111,6 +115,7 @@ class Pump:
                 ended = network_failure(self.upstream.name, exc, Action.SWITCH, "idle").reason
                 break
             deadline.stop()
+            last_in = time.monotonic()
             try:
                 events = self.parser.feed(chunk)
             except SSEError as exc:

@@ -207,6 +207,27 @@ async def test_hold_back_commits_after_its_time_without_content(mock_a, mock_b):
     assert event_types(sink.body)[-1] == "message_stop"
 
 
+async def test_the_silence_that_ends_a_stream_counts_from_its_last_bytes_not_from_the_commit(mock_a, mock_b):
+    """Quiet after its opening event: the hold-back commits it, and `idle` after that event (not
+    after the commit) it ends with the idle timeout."""
+    mock_a.script(stall_after(1, 5))
+    extra = FAST.replace("hold_back: 2s", "hold_back: 400ms").replace("idle: 500ms", "idle: 700ms")
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    job, sink, _ = await run(two(mock_a, mock_b, extra=extra))
+    took = loop.time() - start
+    assert sink.headers["x-ccswitch-upstream"] == "a" and "idle timeout" in job.error
+    assert 0.6 < took < 0.95        # about 0.7 s, where it used to be 0.4 + 0.7 s
+
+
+async def test_a_stream_that_breaks_before_its_commit_keeps_its_status_on_the_attempt(mock_a, mock_b):
+    mock_a.script(stall_after(1, 3))     # 200 and message_start, then silence past idle within hold_back
+    job, sink, _ = await run(two(mock_a, mock_b))
+    first = job.attempts[0]
+    assert (first.upstream, first.status, first.error) == ("a", 200, "idle timeout")
+    assert sink.headers["x-ccswitch-upstream"] == "b"
+
+
 async def test_a_stream_typed_in_other_letter_case_is_streamed_as_a_stream(mock_a, mock_b):
     mock_a.script(ok(text="hi", headers={"content-type": "Text/Event-Stream; Charset=UTF-8"}))
     job, sink, _ = await run(two(mock_a, mock_b))
