@@ -81,15 +81,25 @@ async def test_between_reads_nothing_is_cut():
     deadline.close()
 
 
-async def test_a_cancellation_from_elsewhere_during_a_read_stands():
+async def reader_task(wait: float, takes: float) -> tuple[asyncio.Task, ReadDeadline]:
+    """A task reading under its own deadline, started: (the task, its deadline)."""
+    deadlines = []
+
     async def reader():
         deadline = ReadDeadline()
+        deadlines.append(deadline)
         try:
-            return await read(deadline, 10, 5)
+            return await read(deadline, wait, takes)
         finally:
             deadline.close()
 
     task = asyncio.create_task(reader())
+    await asyncio.sleep(0)
+    return task, deadlines[0]
+
+
+async def test_a_cancellation_from_elsewhere_during_a_read_stands():
+    task, _ = await reader_task(10, 5)
     await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -97,20 +107,9 @@ async def test_a_cancellation_from_elsewhere_during_a_read_stands():
 
 
 async def test_a_cancellation_from_elsewhere_as_the_deadline_passes_still_stands():
-    deadlines = []
-
-    async def reader():
-        deadline = ReadDeadline()
-        deadlines.append(deadline)
-        try:
-            return await read(deadline, 0.02, 5)
-        finally:
-            deadline.close()
-
-    task = asyncio.create_task(reader())
-    await asyncio.sleep(0)
+    task, deadline = await reader_task(0.02, 5)
     # due with the deadline's timer, in the same turn: both cancels reach the read at once
-    asyncio.get_running_loop().call_at(deadlines[0]._handle.when(), task.cancel)
+    asyncio.get_running_loop().call_at(deadline._handle.when(), task.cancel)
     with pytest.raises(asyncio.CancelledError):
         await task
 
