@@ -19,7 +19,7 @@ from ccswitch.dial.read_deadline import ReadDeadline
 from ccswitch.dial.render import OutgoingRequest
 from ccswitch.net import http1
 from ccswitch.routing.rate_limits import limit_headers
-from ccswitch.vocab import Action
+from ccswitch.vocab import Action, Protocol
 from ccswitch.wire import protocols
 from ccswitch.wire.protocols import Kind, in_stream_status
 from ccswitch.wire.redact import scrub, scrub_json
@@ -39,8 +39,9 @@ HOLD_BACK_BYTES = 1024 * 1024
 
 
 class Pump:
-    __slots__ = ("attempt", "committed", "content_seen", "error", "headers", "held", "held_size", "job",
-                 "limit_headers", "outgoing", "parser", "response", "sink", "stream", "tap", "terminal", "upstream")
+    __slots__ = ("attempt", "chat", "committed", "content_seen", "error", "finished", "headers", "held", "held_size",
+                 "job", "limit_headers", "outgoing", "parser", "response", "sink", "stream", "tap", "terminal",
+                 "upstream")
 
     def __init__(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
                  response: http1.Response, sink, headers: list[tuple[str, str]], attempt: Attempt) -> None:
@@ -55,6 +56,8 @@ class Pump:
         self.committed = False
         self.terminal = False
         self.content_seen = False
+        self.chat = upstream.protocol == Protocol.CHAT
+        self.finished = False   # a Chat answer's finish_reason came
         self.error: tuple[str, int] | None = None   # (message, status it stands for)
 
     async def run(self) -> Failure | Streamed:
@@ -131,6 +134,10 @@ class Pump:
         # passed on: the client's SSE parser would glue our error event onto it
         if not self.terminal and ended_cleanly:
             over = self._take(self.parser.end())
+            if not over and self.finished:
+                # a Chat upstream that ends its body after the answer's finish but sends no `[DONE]`
+                # (some relays): the answer is whole, and the client gets the `[DONE]` it waits for
+                over = self._take([protocols.chat_done()])
             await self._flush()
             if over:
                 return await self._finish()
@@ -150,6 +157,8 @@ class Pump:
                 self.terminal = True
             elif kind is Kind.CONTENT:
                 self.content_seen = True
+                if self.chat and not self.finished:
+                    self.finished = protocols.chat_finished(event)
             out = self.stream.feed(event)
             if out:
                 self.held.append(scrub(out, self.outgoing.secrets))

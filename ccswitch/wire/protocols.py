@@ -76,6 +76,19 @@ def _classify_chat(event: Event) -> Kind:
     return Kind.OPENING
 
 
+def chat_finished(event: Event) -> bool:
+    """A Chat chunk that gives a choice its `finish_reason`: the answer is complete (only the usage
+    chunk and `[DONE]` may follow)."""
+    body = event.json()
+    return isinstance(body, dict) and any(isinstance(choice, dict) and choice.get("finish_reason")
+                                          for choice in body.get("choices") or ())
+
+
+def chat_done() -> Event:
+    """The `[DONE]` that ends every Chat stream."""
+    return Event(data="[DONE]", raw=b"data: [DONE]\n\n")
+
+
 def error_object(body: Any) -> Any:
     """The `error` of an error event: top level (Anthropic, Chat) or under `response` (Responses)."""
     if not isinstance(body, dict):

@@ -68,3 +68,50 @@ async def test_the_last_event_counts_without_its_blank_line(protocol, events, to
     assert passed_on[-1] in ("response.completed", "message_stop")
     row = request_row(job)
     assert (row["input_tokens"], row["output_tokens"]) == tokens
+
+
+def chunk(obj: dict) -> bytes:
+    return f"data: {json.dumps(obj)}\n\n".encode()
+
+
+def chat_piece(delta: dict, finish: str | None = None) -> bytes:
+    return chunk({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+
+CHAT_CONTENT = [chat_piece({"role": "assistant", "content": ""}), chat_piece({"content": "hi"})]
+CHAT_FINISH = chat_piece({}, "stop")
+CHAT_USAGE = chunk({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+                    "usage": {"prompt_tokens": 321, "completion_tokens": 12, "total_tokens": 333}})
+
+
+async def run_chat(body: bytes):
+    server, port = await serve_once(body)
+    rules = rules_for(("a", "openai-chat", f"http://127.0.0.1:{port}/v1"), routes={"chat": ["a"]})
+    job = make_job(rules, path="/v1/chat/completions", body={
+        "model": "m", "stream": True, "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "hi"}]})
+    sink, dialer = MemorySink(), Dialer(HealthBoard(), allow_url=loopback_url)
+    try:
+        await dialer.run(job, sink)
+    finally:
+        await dialer.aclose()
+        server.close()
+    return job, sink
+
+
+@pytest.mark.parametrize("done", [b"data: [DONE]\n\n", b""], ids=["with-done", "without-done"])
+async def test_a_chat_stream_whole_up_to_its_finish_ends_with_one_done_whether_the_upstream_sent_it(done):
+    """Some OpenAI-compatible relays end the body after the finish and the usage without `[DONE]`:
+    the answer is whole, so it is no failure, and the client gets its `[DONE]` all the same."""
+    job, sink = await run_chat(b"".join([*CHAT_CONTENT, CHAT_FINISH, CHAT_USAGE]) + done)
+    assert sink.status == 200 and job.error is None
+    assert sink.body.endswith(b"data: [DONE]\n\n") and sink.body.count(b"[DONE]") == 1
+    row = request_row(job)
+    assert (row["input_tokens"], row["output_tokens"]) == (321, 12)
+
+
+async def test_a_chat_stream_that_ends_before_its_finish_is_still_cut_short():
+    job, sink = await run_chat(b"".join(CHAT_CONTENT))
+    assert job.error == "stream ended before its terminal event"
+    assert b"[DONE]" not in sink.body and b'"error"' in sink.body
