@@ -47,6 +47,17 @@ async def serve_once(body: bytes) -> tuple[asyncio.Server, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
+async def dial(job, server: asyncio.Server) -> MemorySink:
+    """The dialer's answer to `job`, its one upstream `server` closed after."""
+    sink, dialer = MemorySink(), Dialer(HealthBoard(), allow_url=loopback_url)
+    try:
+        await dialer.run(job, sink)
+    finally:
+        await dialer.aclose()
+        server.close()
+    return sink
+
+
 @pytest.mark.parametrize("tail", [b"\n\n", b"\n", b""], ids=["blank-line", "line-end", "bare"])
 @pytest.mark.parametrize(("protocol", "events", "tokens"), [
     ("openai-responses", RESPONSES, (1234, 56)), ("anthropic", ANTHROPIC, (40, 9))], ids=["responses", "anthropic"])
@@ -56,12 +67,7 @@ async def test_the_last_event_counts_without_its_blank_line(protocol, events, to
                          if protocol == "openai-responses" else ("/v1/messages", "claude", None))
     rules = rules_for(("a", protocol, f"http://127.0.0.1:{port}/v1"), routes={route: ["a"]})
     job = make_job(rules, path=path, body=body)
-    sink, dialer = MemorySink(), Dialer(HealthBoard(), allow_url=loopback_url)
-    try:
-        await dialer.run(job, sink)
-    finally:
-        await dialer.aclose()
-        server.close()
+    sink = await dial(job, server)
     assert sink.status == 200 and job.error is None
     parser = SSEParser()
     passed_on = [e.type for e in parser.feed(sink.body) + parser.flush() if e.event]
@@ -91,13 +97,7 @@ async def run_chat(body: bytes):
     job = make_job(rules, path="/v1/chat/completions", body={
         "model": "m", "stream": True, "stream_options": {"include_usage": True},
         "messages": [{"role": "user", "content": "hi"}]})
-    sink, dialer = MemorySink(), Dialer(HealthBoard(), allow_url=loopback_url)
-    try:
-        await dialer.run(job, sink)
-    finally:
-        await dialer.aclose()
-        server.close()
-    return job, sink
+    return job, await dial(job, server)
 
 
 @pytest.mark.parametrize("done", [b"data: [DONE]\n\n", b""], ids=["with-done", "without-done"])
