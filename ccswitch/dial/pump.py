@@ -116,6 +116,7 @@ class Pump:
             except (http1.TransportError, OSError) as exc:
                 deadline.stop()
                 ended = network_failure(self.upstream.name, exc, Action.SWITCH, "idle").reason
+                ended_cleanly = self.finished   # a Chat answer whole up to its finish loses nothing with its body's end
                 break
             deadline.stop()
             last_in = time.monotonic()
@@ -135,8 +136,9 @@ class Pump:
         if not self.terminal and ended_cleanly:
             over = self._take(self.parser.end())
             if not over and self.finished:
-                # a Chat upstream that ends its body after the answer's finish but sends no `[DONE]`
-                # (some relays): the answer is whole, and the client gets the `[DONE]` it waits for
+                # a Chat upstream that ends its body (or drops its connection) after the answer's finish
+                # but sends no `[DONE]` (some relays): the answer is whole, and the client gets the
+                # `[DONE]` it waits for
                 over = self._take([protocols.chat_done()])
             await self._flush()
             if over:

@@ -20,6 +20,8 @@ import gc
 
 from mitmproxy import ctx
 
+from ccswitch.mitm.lifecycle import take_given_values
+
 YOUNG_THRESHOLD = 7000   # new containers between young collections (CPython's default: 700)
 
 _startup_frozen = False   # per process: survives a reload of the script, which builds a new addon
@@ -37,6 +39,7 @@ class CollectorTuning:
             "what startup built, and collect the young generation every 7,000 new objects instead "
             "of 700 (less CPU per request and per stream).",
         )
+        take_given_values(loader.master.options)    # declared after the router's: a bad value must stop the start too
 
     def running(self) -> None:
         self._running = True    # not before: what startup builds is only complete now

@@ -143,7 +143,8 @@ def test_a_proxy_login_is_hidden_on_a_flow_whose_client_left_mid_body(tmp_path):
     assert_login_hidden(tmp_path / "flows.mitm")
 
 
-@pytest.mark.parametrize("given", ["ccswitch_max_body=abc", "ccswitch_offline=yes", "ccswitch_keep_stream=1k"])
+@pytest.mark.parametrize("given", ["ccswitch_max_body=abc", "ccswitch_offline=yes", "ccswitch_keep_stream=1k",
+                                   "ccswitch_gc_tuning=banana"])
 def test_an_option_value_mitmproxy_cannot_parse_stops_the_start_instead_of_leaving_ccswitch_out(tmp_path, given):
     # mitmproxy parses such a value only after the script has loaded, and dropped the whole
     # script when it failed: the proxy ran on, passing requests unrouted with the client's key

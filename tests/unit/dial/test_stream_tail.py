@@ -91,8 +91,8 @@ CHAT_USAGE = chunk({"id": "c1", "object": "chat.completion.chunk", "created": 1,
                     "usage": {"prompt_tokens": 321, "completion_tokens": 12, "total_tokens": 333}})
 
 
-async def run_chat(body: bytes):
-    server, port = await serve_once(body)
+async def run_chat(body: bytes, serve=serve_once):
+    server, port = await serve(body)
     rules = rules_for(("a", "openai-chat", f"http://127.0.0.1:{port}/v1"), routes={"chat": ["a"]})
     job = make_job(rules, path="/v1/chat/completions", body={
         "model": "m", "stream": True, "stream_options": {"include_usage": True},
@@ -115,3 +115,26 @@ async def test_a_chat_stream_that_ends_before_its_finish_is_still_cut_short():
     job, sink = await run_chat(b"".join(CHAT_CONTENT))
     assert job.error == "stream ended before its terminal event"
     assert b"[DONE]" not in sink.body and b'"error"' in sink.body
+
+
+async def serve_cut(body: bytes) -> tuple[asyncio.Server, int]:
+    """A chunked answer whose connection drops after `body`, without the body's last chunk."""
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                     + b"%x\r\n%s\r\n" % (len(body), body))
+        await writer.drain()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize(("pieces", "whole"), [([*CHAT_CONTENT, CHAT_FINISH, CHAT_USAGE], True),
+                                              ([*CHAT_CONTENT], False)], ids=["after-finish", "before-finish"])
+async def test_a_chat_stream_whose_connection_drops_is_whole_only_after_its_finish(pieces, whole):
+    job, sink = await run_chat(b"".join(pieces), serve=serve_cut)
+    assert (job.error is None) is whole
+    assert sink.body.endswith(b"data: [DONE]\n\n") is whole
