@@ -33,18 +33,26 @@ ANTHROPIC = [
 ]
 
 
-async def serve_once(body: bytes) -> tuple[asyncio.Server, int]:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def serve(answer: bytes, *, drop: bool = False) -> tuple[asyncio.Server, int]:
+    """An upstream that reads one request and writes `answer`, then closes (or drops) the connection."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
         await reader.readexactly(length)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n%s"
-                     % (len(body), body))
+        writer.write(answer)
         await writer.drain()
-        writer.close()
+        if drop:
+            writer.transport.abort()
+        else:
+            writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
+
+
+async def serve_once(body: bytes) -> tuple[asyncio.Server, int]:
+    return await serve(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n%s"
+                       % (len(body), body))
 
 
 async def dial(job, server: asyncio.Server) -> MemorySink:
@@ -119,17 +127,8 @@ async def test_a_chat_stream_that_ends_before_its_finish_is_still_cut_short():
 
 async def serve_cut(body: bytes) -> tuple[asyncio.Server, int]:
     """A chunked answer whose connection drops after `body`, without the body's last chunk."""
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
-        await reader.readexactly(length)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-                     + b"%x\r\n%s\r\n" % (len(body), body))
-        await writer.drain()
-        writer.transport.abort()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
+    return await serve(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                       + b"%x\r\n%s\r\n" % (len(body), body), drop=True)
 
 
 @pytest.mark.parametrize(("pieces", "whole"), [([*CHAT_CONTENT, CHAT_FINISH, CHAT_USAGE], True),
