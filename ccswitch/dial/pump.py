@@ -39,7 +39,7 @@ HOLD_BACK_BYTES = 1024 * 1024
 
 
 class Pump:
-    __slots__ = ("attempt", "chat", "committed", "content_seen", "error", "finished", "headers", "held", "held_size",
+    __slots__ = ("attempt", "committed", "content_seen", "error", "finished", "headers", "held", "held_size",
                  "job", "limit_headers", "outgoing", "parser", "response", "sink", "stream", "tap", "terminal",
                  "upstream")
 
@@ -56,7 +56,6 @@ class Pump:
         self.committed = False
         self.terminal = False
         self.content_seen = False
-        self.chat = upstream.protocol == Protocol.CHAT
         self.finished = False   # a Chat answer's finish_reason came
         self.error: tuple[str, int] | None = None   # (message, status it stands for)
 
@@ -159,7 +158,7 @@ class Pump:
                 self.terminal = True
             elif kind is Kind.CONTENT:
                 self.content_seen = True
-                if self.chat and not self.finished:
+                if not self.finished and self.upstream.protocol == Protocol.CHAT:
                     self.finished = protocols.chat_finished(event)
             out = self.stream.feed(event)
             if out:
