@@ -99,6 +99,10 @@ def content_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     return out
 
 
+def _has_audio(content: Any) -> bool:
+    return isinstance(content, list) and any(isinstance(p, dict) and p.get("type") == "input_audio" for p in content)
+
+
 def tool_id(value: Any, where: str) -> str:
     """A tool-call id Anthropic accepts; foreign ids are rewritten the same way everywhere."""
     if not isinstance(value, str) or not value:
@@ -284,7 +288,9 @@ def build(body: dict[str, Any], req: ClientRequest, upstream, rules) -> dict[str
     raw_turns: list[tuple[str, list[dict[str, Any]]]] = []
     for i, msg in enumerate(messages):
         where = f"messages[{i}]"
-        role = msg.get("role") if isinstance(msg, dict) else None
+        if not isinstance(msg, dict):
+            raise RenderError(f"{where} must be an object")
+        role = msg.get("role")
         if role in ("system", "developer"):
             system += [b for b in content_blocks(msg.get("content"), where) if b["type"] == "text"]
         elif role == "user":
@@ -297,6 +303,9 @@ def build(body: dict[str, Any], req: ClientRequest, upstream, rules) -> dict[str
             raise RenderError(f"{where}: role {role!r} cannot be sent to an Anthropic upstream")
     turns = _merge(raw_turns)
     if not turns:
+        if any(_has_audio(msg.get("content")) for msg in messages):
+            raise RenderError(f"audio input is not supported by an Anthropic upstream, and {_NOTHING_TO_SAY} "
+                              "besides it")
         raise RenderError(_NOTHING_TO_SAY)
     _check_tool_pairs(turns)
 

@@ -67,6 +67,8 @@ class ResponsesStream:
         self.by_output: dict[int, int] = {}      # output_index -> k (for items without an id)
         self.streamed: set[int] = set()          # k that already sent (some) arguments
         self.reasoning_part: tuple | None = None
+        self.shown: set = set()                  # items (id or output index) whose text came as deltas
+        self.unkeyed = False                     # a text delta named no item: none is sent again whole
         self.outcome: tuple[str, dict[str, Any]] | None = None   # (finish_reason, usage)
         self.failure: tuple[str, str, str | None] | None = None  # (message, type, code)
 
@@ -128,12 +130,17 @@ class ResponsesStream:
 
     def _content(self, kind: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         if kind == "response.output_text.delta":
+            self._shown(data)
             return [{"content": data["delta"]}] if data.get("delta") else []
         if kind == "response.refusal.delta":
+            self._shown(data)
             return [{"refusal": data["delta"]}] if data.get("delta") else []
         if kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
+            self._shown(data)
             return self._reasoning(kind, data)
         item = data.get("item") if isinstance(data.get("item"), dict) else {}
+        if kind == "response.output_item.done" and item.get("type") in ("message", "reasoning"):
+            return self._whole(item, data.get("output_index"))
         if kind == "response.output_item.added" and item.get("type") == "function_call":
             k = self._new_call(item, data.get("output_index"))
             if not item.get("arguments"):
@@ -156,6 +163,27 @@ class ResponsesStream:
             k = self._new_call(item, data.get("output_index"))   # its `added` never came
             return [self._header(k, item)] + self._full_args(k, item.get("arguments"))
         return []
+
+    def _shown(self, data: dict[str, Any]) -> None:
+        if isinstance(data.get("item_id"), str):
+            self.shown.add(data["item_id"])
+        elif isinstance(data.get("output_index"), int):
+            self.shown.add(data["output_index"])
+        else:
+            self.unkeyed = True
+
+    def _whole(self, item: dict[str, Any], output_index: Any) -> list[dict[str, Any]]:
+        """A message or reasoning item's text from its `.done`, when no delta carried it (relays
+        that send items only whole): never lost, never sent twice."""
+        if self.unkeyed or item.get("id") in self.shown or output_index in self.shown:
+            return []
+        parts = [p for p in item.get("content") or item.get("summary") or () if isinstance(p, dict)]
+        if item.get("type") == "reasoning":
+            summary = "\n\n".join(p["text"] for p in parts if isinstance(p.get("text"), str) and p["text"])
+            return self._reasoning("whole", {"item_id": item.get("id"), "delta": summary})
+        text = "".join(p["text"] for p in parts if p.get("type") == "output_text" and isinstance(p.get("text"), str))
+        refusal = "".join(p["refusal"] for p in parts if p.get("type") == "refusal" and isinstance(p.get("refusal"), str))
+        return [delta for delta in ({"content": text}, {"refusal": refusal}) if next(iter(delta.values()))]
 
     def _reasoning(self, kind: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         text = data.get("delta")

@@ -856,3 +856,13 @@ def test_recorded_stream_truncated_anywhere_never_ends_cleanly():
     for cut in rng.sample(range(1, len(RECORDED) - 60), 60):
         out = convert_pieces([RECORDED[:cut]])
         assert b"[DONE]" not in out and b'"error"' in out
+
+
+def test_a_message_that_is_not_an_object_is_named_as_such():
+    with pytest.raises(RenderError, match=re.escape("messages[1] must be an object")):
+        chat(user(), "hello")
+
+
+def test_a_request_of_audio_alone_says_audio_is_what_cannot_be_sent():
+    with pytest.raises(RenderError, match="audio input is not supported by an Anthropic upstream"):
+        chat(user([{"type": "input_audio", "input_audio": {"data": "AAA", "format": "wav"}}]))

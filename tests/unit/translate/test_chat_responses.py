@@ -13,6 +13,7 @@ from ccswitch.config.models import Upstream
 from ccswitch.dial.render import render
 from ccswitch.translate import translation_for
 from ccswitch.translate.chat.responses import ChatToResponses
+from ccswitch.translate.chat.responses_stream import fold
 from ccswitch.vocab import Protocol
 from ccswitch.wire.exchange import ClientRequest, RenderError, Reply
 from ccswitch.wire.sse import SSEParser, format_event
@@ -573,3 +574,39 @@ def test_random_multi_splits(newline):
     for _ in range(300):
         cuts = sorted(rng.sample(range(1, len(data)), rng.randint(2, 60)))
         assert client_bytes([data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]) == WHOLE
+
+
+def whole_items_only():
+    """A relay that sends each output item only whole, on its `.done`, never as deltas."""
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Think A."},
+                                                                {"type": "summary_text", "text": "Think B."}]}
+    message = {"type": "message", "id": "msg_1", "role": "assistant",
+               "content": [{"type": "output_text", "text": "Hello "}, {"type": "output_text", "text": "there."}]}
+    refused = {"type": "message", "id": "msg_2", "role": "assistant", "content": [{"type": "refusal", "refusal": "No."}]}
+    call = {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "get_time", "arguments": "{}"}
+    return [created(), *[(kind, {"output_index": i, "item": item})
+                         for i, item in enumerate([reasoning, message, refused, call])
+                         for kind in ("response.output_item.added", "response.output_item.done")],
+            completed(usage={"input_tokens": 5, "output_tokens": 7})]
+
+
+def test_items_sent_only_whole_lose_nothing_of_their_text():
+    folded = fold([d for c in run(sse(*whole_items_only())) if c != "[DONE]" and c.get("choices")
+                   for d in [c["choices"][0]["delta"]]])
+    assert folded["text"] == "Hello there."
+    assert folded["refusal"] == "No."
+    assert folded["reasoning"] == "Think A.\n\nThink B."
+    assert [c["function"]["name"] for c in folded["tool_calls"]] == ["get_time"]
+
+
+def test_text_streamed_as_deltas_is_not_sent_again_by_its_done():
+    message = {"type": "message", "id": "msg_1", "role": "assistant", "content": [{"type": "output_text", "text": "Hi"}]}
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "T"}]}
+    chunks = run(sse(created(),
+                     ("response.reasoning_summary_text.delta", {"item_id": "rs_1", "output_index": 0,
+                                                                "summary_index": 0, "delta": "T"}),
+                     ("response.output_item.done", {"output_index": 0, "item": reasoning}),
+                     text_delta("Hi"), ("response.output_item.done", {"output_index": 1, "item": message}),
+                     completed()))
+    folded = fold([c["choices"][0]["delta"] for c in chunks if c != "[DONE]" and c.get("choices")])
+    assert (folded["text"], folded["reasoning"]) == ("Hi", "T")
