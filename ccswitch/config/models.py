@@ -457,6 +457,11 @@ class Rules(_Model):
     def client_key_texts(self) -> list[str]:
         return [client.get_secret_value() for client in self.client_keys]
 
+    def secret_texts(self) -> list[str]:
+        """Every key text the rules hold: each upstream's (keys, secret headers, proxy logins) and
+        the client keys."""
+        return [text for upstream in self.upstreams for text in upstream.secret_texts()] + self.client_key_texts()
+
     def client_called(self, name: str | None) -> ClientKey | None:
         return next((c for c in self.client_keys if c.name == name), None) if name else None
 

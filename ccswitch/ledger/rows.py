@@ -6,11 +6,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ccswitch.dial.job import Job
+from ccswitch.wire.redact import scrub
 from ccswitch.wire.usage import Usage
 
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _stored(error: str | None, job: Job) -> str | None:
+    """An error as stored: without the key text of any upstream or client in the rules (an answer
+    was scrubbed of its own upstream's keys and the client's; its text may quote another's)."""
+    if error is None:
+        return None
+    return scrub(error.encode("utf-8", "surrogatepass"), job.rules.secret_texts()).decode("utf-8", "surrogatepass")
 
 
 def request_row(job: Job) -> dict[str, Any]:
@@ -23,7 +32,7 @@ def request_row(job: Job) -> dict[str, Any]:
         "upstream": job.upstream, "upstream_protocol": protocol, "model": req.model,
         "upstream_model": job.upstream_model if job.upstream else None, "status": job.status,
         "stream": int(req.stream), "attempts": len(job.attempts), "latency_ms": job.latency_ms,
-        "ttfb_ms": job.ttfb_ms, "error": job.error, "session": job.session, "affinity": job.affinity,
+        "ttfb_ms": job.ttfb_ms, "error": _stored(job.error, job), "session": job.session, "affinity": job.affinity,
         "client": job.client,
         **usage.columns(),
     }
@@ -35,7 +44,7 @@ def attempt_rows(job: Job) -> list[dict[str, Any]]:
         usage = (attempt.usage or Usage()).columns()
         usage.pop("cache_creation_1h_tokens")
         rows.append({"request_id": job.token, "ts": _iso(job.started_at), "n": n, "upstream": attempt.upstream,
-                     "status": attempt.status, "error": attempt.error, "ms": attempt.ms, **usage})
+                     "status": attempt.status, "error": _stored(attempt.error, job), "ms": attempt.ms, **usage})
     return rows
 
 

@@ -19,7 +19,6 @@ from ccswitch.config.models import NotifyHook, Rules
 from ccswitch.notify.dedupe import Deduper
 from ccswitch.notify.payload import clean
 from ccswitch.notify.webhook import WebhookPoster, hook_host
-from ccswitch.report.live_status import rule_secrets
 from ccswitch.routing.events import Event
 
 log = logging.getLogger("ccswitch.notify")
@@ -105,7 +104,7 @@ class Notifier:
         hooks = [hook for hook in rules.notify if event.kind in hook.events]
         if not hooks or not self.dedupe.first(event):
             return
-        event = clean(event, rule_secrets(rules))   # the keys in force when it happened
+        event = clean(event, rules.secret_texts())   # the keys in force when it happened
         for hook in hooks:
             lane = self.lanes.get(hook)
             if lane is None:
@@ -113,7 +112,7 @@ class Notifier:
             lane.push(event)
 
     async def _deliver(self, hook: NotifyHook, event: Event) -> None:
-        await self.poster.deliver(hook, event, rule_secrets(self._rules()))
+        await self.poster.deliver(hook, event, self._rules().secret_texts())
 
     def _forget_removed(self, hooks: tuple[NotifyHook, ...]) -> None:
         """After a reload: a hook no longer configured keeps its lane only until it ran empty."""

@@ -16,7 +16,6 @@ from ccswitch.config.models import NotifyHook, Rules
 from ccswitch.net import http1
 from ccswitch.notify.payload import TEST_EVENT, render
 from ccswitch.notify.retry import RetryPolicy, delivered
-from ccswitch.report.live_status import rule_secrets
 from ccswitch.routing.events import Event
 
 log = logging.getLogger("ccswitch.notify")
@@ -131,7 +130,7 @@ def hook_lines(rules: Rules, results: list[Delivery]) -> list[str]:
 
 async def send_test(poster: WebhookPoster, rules: Rules) -> list[Delivery]:
     """One test event to every hook at once, each tried once: its result, as it is now."""
-    secrets = rule_secrets(rules)
+    secrets = rules.secret_texts()
     event = sample_event()
 
     async def one(hook: NotifyHook) -> Delivery:

@@ -48,13 +48,6 @@ class UpstreamView:
         return self.state == "available"
 
 
-def rule_secrets(rules: Rules) -> list[str]:
-    """Every key text the rules hold: each upstream's (keys, secret headers, proxy logins) and
-    the client keys."""
-    found = [text for upstream in rules.upstreams for text in upstream.secret_texts()]
-    return found + rules.client_key_texts()
-
-
 def clean_text(text: str | None, secrets: list[str]) -> str | None:
     if text is None:
         return None
@@ -65,7 +58,7 @@ def clean_text(text: str | None, secrets: list[str]) -> str | None:
 def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, sessions: SessionBindings,
                    now: datetime, spend: SpendBoard | None = None) -> list[UpstreamView]:
     """Each upstream's state at `now` (aware, in the rules' time zone), in the rules' order."""
-    secrets = rule_secrets(rules)
+    secrets = rules.secret_texts()
     preferred = health.preferred_name()
     bound = sessions.count_by_upstream()
     views = []
@@ -90,7 +83,7 @@ def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, session
 
 def live_status(board: LiveBoard, views: list[UpstreamView], rules: Rules, now: datetime) -> dict[str, Any]:
     """The whole page as data: `now` aware in the rules' time zone."""
-    secrets = rule_secrets(rules)
+    secrets = rules.secret_texts()
     tz = now.tzinfo
     since = board.since(tz)
     stamp = now.isoformat(timespec="seconds")

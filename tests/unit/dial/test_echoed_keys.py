@@ -141,7 +141,6 @@ routes: {{claude: [a]}}
 
 
 async def test_a_header_set_from_an_environment_variable_is_a_secret_whatever_its_name(mock_a):
-    from ccswitch.report.live_status import rule_secrets
     signature, session = "sig-0123456789abcdef", "sess-SESSIONvalue456"
     mock_a.script(status(401, body={"error": {"message": f"bad signature {signature}, session {session}"}}))
     rules = parse_rules(f"""
@@ -156,8 +155,8 @@ routes: {{claude: [a]}}
     recorded = (job.error or "") + json.dumps([a.describe() for a in job.attempts])
     assert signature.encode() not in sink.body and signature not in recorded
     assert session.encode() not in sink.body and session not in recorded    # a ${VAR} inside a longer value
-    assert signature in rule_secrets(rules)            # the log, the live page and notifications too
-    assert "eu-west-1-long-name" not in rule_secrets(rules)   # a plain setting is not a secret
+    assert signature in rules.secret_texts()            # the log, the live page and notifications too
+    assert "eu-west-1-long-name" not in rules.secret_texts()   # a plain setting is not a secret
 
 
 def test_the_loaders_own_notes_are_not_settings():

@@ -1,0 +1,22 @@
+"""Ledger rows from a finished job: no key text of any upstream or client gets stored."""
+
+from ccswitch.dial.job import Attempt
+from ccswitch.ledger.rows import attempt_rows, request_row
+from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B
+from tests.support.live_rows import finished, rules
+
+
+def test_an_error_echoing_another_upstreams_key_is_stored_without_it():
+    """b's error quotes a's key (a client pasted it into its prompt): a's key is scrubbed too, not
+    only the key of the upstream that answered."""
+    echoed = f"stream error: key {KEY_A} over quota (client sent {CLIENT_KEY}, b's own {KEY_B})"
+    job = finished(rules(), Attempt(upstream="a", status=529, error="overloaded"),
+                   Attempt(upstream="b", status=200, error=echoed))
+    texts = [request_row(job)["error"]] + [row["error"] for row in attempt_rows(job)]
+    assert texts[0] == texts[2] == "stream error: key [redacted] over quota (client sent [redacted], b's own [redacted])"
+    assert texts[1] == "overloaded"
+
+
+def test_a_row_without_an_error_keeps_none():
+    job = finished(rules(), Attempt(upstream="a", status=200))
+    assert request_row(job)["error"] is None and attempt_rows(job)[0]["error"] is None
