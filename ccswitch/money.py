@@ -20,5 +20,23 @@ def cost_digits(costs: Iterable[float]) -> int:
 
 def usd(*amounts: float) -> tuple[str, ...]:
     """Each amount as `$1.23`, or in the decimals it needs below a cent (`$0.00081 of $50.00`,
-    `$0.00033 of $0.00030`): a budget's figures are read one by one, not down a column."""
-    return tuple(f"${amount:,.{cost_digits([amount])}f}" for amount in amounts)
+    `$0.00033 of $0.00030`): a budget's figures are read one by one, not down a column.  Amounts
+    that differ never read alike: `$0.016 of $0.020`, not `$0.02 of $0.02` (up to six decimals;
+    a float's rounding noise stays hidden)."""
+    shown = tuple(_dollars(amount, cost_digits([amount])) for amount in amounts)
+    if not _clash(amounts, shown):
+        return shown
+    for digits in range(max(cost_digits([a]) for a in amounts) + 1, MAX_COST_DIGITS + 1):
+        finer = tuple(_dollars(amount, digits) for amount in amounts)
+        if not _clash(amounts, finer):
+            return finer
+    return shown
+
+
+def _dollars(amount: float, digits: int) -> str:
+    return f"${amount:,.{digits}f}"
+
+
+def _clash(amounts: tuple[float, ...], shown: tuple[str, ...]) -> bool:
+    """Two different amounts shown as the same text."""
+    return len(set(shown)) < len(set(zip(amounts, shown, strict=True)))

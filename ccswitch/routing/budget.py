@@ -68,7 +68,9 @@ class SpendBoard:
         self._budgets: dict[tuple[str, str], Budget] = {}
         # (who kind, name, period kind) -> (period start, spend in it); only the current period is kept
         self._spent: dict[tuple[str, str, str], tuple[datetime, float]] = {}
-        self._told: set[tuple[str, str, str, datetime, float]] = set()   # budget events already emitted
+        # budget lines already told: (who, name, period kind, period start, share, the budget's amount), so a
+        # budget changed by a reload has its own lines told
+        self._told: set[tuple[str, str, str, datetime, float, float]] = set()
         self.on_change: Feed | None = None   # the shared state's hook (None: this instance alone)
         # True: crossings are told from this board's own view.  False while a shared state is up:
         # Redis orders the additions, and the instance whose addition took the shared total
@@ -191,7 +193,7 @@ class SpendBoard:
 
     def _announce(self, who: str, name: str, kind: str, start: datetime, *,
                   news_from: float = -math.inf, news_to: float = math.inf) -> None:
-        """Tell the 80 % and 100 % lines the spend reached, each once per period: those above
+        """Tell the 80 % and 100 % lines the spend reached, each once per period and amount: those above
         `news_from` (lines at or under it were known: marked told, not told again), and no higher
         than `news_to` (a line above it is left for whoever crosses it)."""
         budget = self._budgets.get((who, name))
@@ -200,7 +202,7 @@ class SpendBoard:
             return
         spent = min(self._spent[(who, name, kind)][1], news_to)
         for share in (_WARN_AT, 1.0):
-            mark = (who, name, kind, start, share)
+            mark = (who, name, kind, start, share, limit)
             line = limit * share
             if reached(spent, line) and mark not in self._told:
                 self._told.add(mark)
@@ -213,4 +215,4 @@ class SpendBoard:
                     kind="budget", upstream=name if who == UPSTREAM else None,
                     reason=f"{who} {name} {what} its {kind} budget ({told_spent} of {told_limit})",
                     until=period_end(kind, start, self.tz).astimezone(UTC),
-                    episode=f"{who}:{name}:{kind}:{start.isoformat()}:{share}"))
+                    episode=f"{who}:{name}:{kind}:{start.isoformat()}:{share}:{limit}"))

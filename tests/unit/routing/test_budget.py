@@ -213,3 +213,30 @@ def test_spend_not_yet_in_a_shared_total_counts_but_its_line_is_left_for_its_own
     assert spend.spent(UPSTREAM, "relay-a", "daily") == 4.5 and told == []
     spend.apply(SpendTotal(UPSTREAM, "relay-a", "daily", start, end, 4.5), added=1.5)    # its own answer
     assert [e.reason for e in told] == ["upstream relay-a 80% of its daily budget ($4.50 of $5.00)"]
+
+
+def test_a_budget_raised_by_a_reload_has_its_new_lines_told():
+    spend, _, seen = board(datetime(2026, 3, 10, 2, 0, tzinfo=UTC))
+    spend.configure(parse_rules(RULES_TEXT.replace("budget: {daily: 20}", "budget: {daily: 2}")))
+    spend.add(CLIENT, "alice", 2.0)
+    assert [e.reason for e in seen] == ["client alice reached its daily budget ($2.00 of $2.00)"]
+    spend.configure(parse_rules(RULES_TEXT.replace("budget: {daily: 20}", "budget: {daily: 4}")))
+    spend.add(CLIENT, "alice", 1.3)                # 3.30 of 4: its 80 % line
+    spend.add(CLIENT, "alice", 0.8)                # 4.10 of 4
+    spend.add(CLIENT, "alice", 0.1)
+    assert [e.reason for e in seen[1:]] == ["client alice 80% of its daily budget ($3.30 of $4.00)",
+                                            "client alice reached its daily budget ($4.10 of $4.00)"]
+    assert len({e.episode for e in seen}) == 3     # each its own episode: none is taken for a repeat
+
+
+@pytest.mark.parametrize("amounts,shown", [
+    ((0.016, 0.02), ("$0.016", "$0.020")),         # not "$0.02 of $0.02" at 80 %
+    ((0.011, 0.01), ("$0.011", "$0.010")),
+    ((0.00081, 50), ("$0.00081", "$50.00")),
+    ((16.0, 20.0), ("$16.00", "$20.00")),
+    ((20.004, 20.0), ("$20.004", "$20.000")),
+    ((0.02, 0.02), ("$0.02", "$0.02")),            # the same amount: the same text
+])
+def test_amounts_that_differ_are_never_shown_alike(amounts, shown):
+    from ccswitch.money import usd
+    assert usd(*amounts) == shown
