@@ -14,9 +14,10 @@ import copy
 import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 from pydantic import ValidationError
@@ -72,8 +73,10 @@ def _str_keys(obj: Any) -> Any:
     return obj
 
 
-def _expand(text: str, env: Mapping[str, str], values: list[str] | None = None) -> tuple[str, list[str], bool]:
-    """-> (expanded, missing variable names, malformed); `values` gets each variable's value."""
+def _expand(text: str, env: Mapping[str, str], values: list[str] | None = None,
+            written: Callable[[str], str] = str) -> tuple[str, list[str], bool]:
+    """-> (expanded, missing variable names, malformed); `values` gets each variable's value,
+    `written` makes it the text that stands in its place."""
     missing: list[str] = []
     malformed = False
 
@@ -89,9 +92,29 @@ def _expand(text: str, env: Mapping[str, str], values: list[str] | None = None) 
             return ""
         if values is not None:
             values.append(env[m.group(1)])
-        return env[m.group(1)]
+        return written(env[m.group(1)])
 
     return _ENV_RE.sub(sub, text), missing, malformed
+
+
+def _in_userinfo(value: str) -> str:
+    """A variable's value in a URL's `user:password@`: what would end that part early (`@`, and
+    `/ ? #`, which end the host) percent-encoded, as the driver decodes it; `%` and `:` as written,
+    so a value written encoded already, or a whole `user:password`, reads as before."""
+    return quote(value, safe="%:!$&'()*+,;=~")
+
+
+def _expand_url(text: str, env: Mapping[str, str]) -> tuple[str, list[str], bool]:
+    """`_expand` for a database or Redis URL: a password from the environment may hold any
+    character (libpq would end the userinfo at a raw `@` in it, and take the rest for the host)."""
+    scheme, sep, rest = text.partition("://")
+    authority_end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:authority_end].rpartition("@")
+    if not sep or not at:
+        return _expand(text, env)
+    parts = [_expand(scheme + sep, env), _expand(userinfo, env, written=_in_userinfo),
+             _expand(at + host + rest[authority_end:], env)]
+    return ("".join(p[0] for p in parts), [n for p in parts for n in p[1]], any(p[2] for p in parts))
 
 
 def _expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[str, str]], set[str]]:
@@ -151,7 +174,8 @@ def _expand_keys_and_hooks(data: dict, env: Mapping[str, str]) -> tuple[list[tup
             elif section == "client_keys" and isinstance(item, str):   # the plain list form
                 places.append((f"{section}[{i}]", items, i))
     for path, holder, key in places:
-        value, missing, malformed = _expand(holder[key], env)
+        expand = _expand_url if path in _EXPANDED_TOP_LEVEL else _expand
+        value, missing, malformed = expand(holder[key], env)
         if malformed:
             problems.append((path, "malformed ${...} reference (use ${NAME}, or $${ for a literal ${)"))
         problems += [(path, f"environment variable {n} is not set (set it where ccswitch runs)") for n in missing]

@@ -68,3 +68,24 @@ def test_anything_else_is_a_sqlite_path_as_before(tmp_path):
     assert parse_rules("usage_db: u.db\n", base_dir=tmp_path).usage_db == tmp_path / "u.db"
     assert parse_usage_db("~/x.db") == Path.home() / "x.db"
     assert parse_usage_db("postgresql://h/db") == PostgresURL.parse("postgresql://h/db")
+
+
+@pytest.mark.parametrize("password", ["xx@TAILSECRET", "a:b@c/d?e", "p%40ss", "plain-Pass_1"])
+def test_a_password_from_the_environment_reaches_the_driver_whole_whatever_it_holds(password):
+    """libpq ends the userinfo at the first `@`: a raw `@` in a password would send its tail as the
+    host name, and the driver's messages would show it.  The password goes over percent-encoded."""
+    from psycopg.conninfo import conninfo_to_dict
+    rules = parse_rules("usage_db: postgresql://ccswitch:${PPW}@127.0.0.1:15439/ledger\n", env={"PPW": password})
+    parsed = conninfo_to_dict(rules.usage_db.conninfo)     # libpq's own parser
+    meant = "p@ss" if password == "p%40ss" else password   # written encoded: as libpq reads it
+    assert (parsed["password"], parsed["host"], parsed["port"], parsed["user"], parsed["dbname"]) == \
+        (meant, "127.0.0.1", "15439", "ccswitch", "ledger")
+    assert rules.usage_db.redacted == "postgresql://ccswitch:***@127.0.0.1:15439/ledger"
+    assert rules.usage_db.scrub(f"password {meant} refused") == "password *** refused"
+
+
+def test_a_redis_password_from_the_environment_reaches_the_client_whole():
+    from redis.connection import parse_url
+    rules = parse_rules("state: redis://:${RPW}@127.0.0.1:16390/1\n", env={"RPW": "q@TAIL/x?y#z"})
+    assert parse_url(rules.state.conninfo) == {"password": "q@TAIL/x?y#z", "host": "127.0.0.1", "port": 16390, "db": 1}
+    assert "TAIL" not in rules.state.redacted
