@@ -56,7 +56,9 @@ def error_text(exc: BaseException) -> str:
 
 
 def insert_sql(table: str, columns: tuple[str, ...], placeholder: str) -> str:
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(placeholder for _ in columns)})"
+    """A row that is in already (a batch written again: see schema migration 5) is left as it is."""
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(placeholder for _ in columns)}) "
+            "ON CONFLICT DO NOTHING")
 
 
 class SQLiteBackend(Backend):

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ccswitch.ledger")
 
 SCHEMA_TABLE = "ccswitch_schema"
+_STAGE = "ccswitch_stage_"         # + table: a batch's rows before they go in
 _MIGRATION_LOCK = 0x63637377      # pg_advisory_xact_lock key: 'ccsw'
 # a dead server or a silent network is noticed within seconds, not at TCP's 15-minute timeout
 _KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
@@ -100,18 +101,27 @@ def _storable(values: tuple) -> tuple:
 
 
 class PostgresBackend(Backend):
-    """One connection, kept while it works; a batch is one transaction, a COPY per table."""
+    """One connection, kept while it works; a batch is one transaction: per table, a COPY into a
+    staging table of the session's own, and from there the rows not in yet (a batch is written
+    again when the answer to its commit was lost: schema migration 5)."""
 
     def __init__(self, url: PostgresURL, columns: dict[str, tuple[str, ...]], *, connect_timeout: float = 5.0) -> None:
         self.url = url
         self.label = url.redacted
         self.connect_timeout = connect_timeout
-        self._copy = {table: f"COPY {table} ({', '.join(cols)}) FROM STDIN" for table, cols in columns.items()}
+        self._staging = {table: (
+            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE}{table} ON COMMIT DELETE ROWS "
+            f"AS SELECT {', '.join(cols)} FROM {table} WITH NO DATA",
+            f"COPY {_STAGE}{table} ({', '.join(cols)}) FROM STDIN",        # several times executemany's rate
+            f"INSERT INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {_STAGE}{table} "
+            "ON CONFLICT DO NOTHING") for table, cols in columns.items()}
         self._conn: psycopg.Connection | None = None
+        self._staged: set[str] = set()     # the tables whose staging table this connection has
 
     def connect(self) -> None:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.url, timeout=self.connect_timeout)
+            self._staged = set()
 
     def insert(self, rows: list[Row]) -> None:
         by_table: dict[str, list[tuple]] = {}
@@ -135,9 +145,14 @@ class PostgresBackend(Backend):
         try:
             with conn.transaction(), conn.cursor() as cursor:
                 for table, values in by_table.items():
-                    with cursor.copy(self._copy[table]) as copy:    # COPY: several times executemany's rate
+                    create, copy_in, insert = self._staging[table]
+                    if table not in self._staged:
+                        cursor.execute(create)
+                    with cursor.copy(copy_in) as copy:
                         for row in values:
                             copy.write_row(row)
+                    cursor.execute(insert)
+            self._staged.update(by_table)
         except BaseException as exc:
             if not self.is_poison(exc):   # a bad row leaves a good connection; anything else: reconnect
                 self.close()

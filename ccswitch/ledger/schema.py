@@ -97,6 +97,16 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE activations ADD COLUMN slot TEXT;     -- "YYYY-MM-DD HH:MM" local, NULL when sent on demand
     """,
+    # 5: one row per request and per attempt: a batch whose commit's answer was lost (a dropped
+    # connection to PostgreSQL) is written again, and its rows are ignored the second time.  The
+    # copies such a loss left before are dropped, the first of each kept.
+    """
+    DELETE FROM requests WHERE id NOT IN (SELECT min(id) FROM requests GROUP BY request_id);
+    CREATE UNIQUE INDEX requests_request_id ON requests (request_id);
+    DELETE FROM attempts WHERE id NOT IN (SELECT min(id) FROM attempts GROUP BY request_id, n);
+    CREATE UNIQUE INDEX attempts_request_n ON attempts (request_id, n);
+    DROP INDEX attempts_request;                      -- the one above leads with request_id
+    """,
 ]
 
 VERSION = len(MIGRATIONS)

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from ccswitch.ledger.schema import VERSION, connect
+from ccswitch.ledger.schema import migration_sql as schema_sql
 from ccswitch.ledger.writer import Ledger
 
 
@@ -242,3 +243,57 @@ def test_a_database_error_is_told_on_one_line(tmp_path):
     backend = SQLiteBackend(tmp_path / "usage.db", {})
     said = backend.describe(OSError('connection to server at "127.0.0.1", port 5432 failed:\n\tConnection refused'))
     assert said == 'OSError: connection to server at "127.0.0.1", port 5432 failed: Connection refused'
+
+
+def attempt(i: int, n: int = 1) -> dict:
+    return {"request_id": f"r{i}", "ts": "2026-11-25T10:00:00.000+00:00", "n": n, "upstream": "a", "status": 200,
+            "input_tokens": i, "output_tokens": 1, "cache_creation_tokens": 0, "cache_read_tokens": 0,
+            "reasoning_tokens": 0}
+
+
+def lose_the_first_commits_answer(ledger, monkeypatch, error: type[Exception]):
+    """The batch is committed, and then the writer hears of an error (the answer to the commit was
+    lost on the way back): it cannot know, and writes the batch again."""
+    real, lost = ledger.backend.insert, []
+
+    def insert(rows):
+        real(rows)
+        if not lost:
+            lost.append(len(rows))
+            raise error("server closed the connection unexpectedly")
+    monkeypatch.setattr(ledger.backend, "insert", insert)
+    return lost
+
+
+def test_a_batch_written_again_after_its_commits_answer_was_lost_is_stored_once(tmp_path, monkeypatch):
+    ledger = Ledger(tmp_path / "u.db", linger=0.2)
+    lost = lose_the_first_commits_answer(ledger, monkeypatch, sqlite3.OperationalError)
+    ledger.start()
+    for i in range(3):
+        ledger.add("requests", row(i))
+        ledger.add("attempts", attempt(i))
+    ledger.add("attempts", attempt(2, n=2))
+    assert wait_for(lambda: ledger.written == 7)
+    ledger.close()
+    assert lost == [7]
+    db = sqlite3.connect(tmp_path / "u.db")
+    assert db.execute("SELECT count(*), count(DISTINCT request_id) FROM requests").fetchone() == (3, 3)
+    assert db.execute("SELECT count(*) FROM attempts").fetchone() == (4,)
+
+
+def test_an_older_ledger_holding_such_duplicates_keeps_the_first_of_each(tmp_path):
+    db = sqlite3.connect(tmp_path / "u.db", isolation_level=None)
+    for number in range(1, 5):
+        db.executescript(schema_sql(number))
+    db.execute("PRAGMA user_version = 4")
+    for values in (row(1), row(1), row(2)):
+        db.execute(f"INSERT INTO requests ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                   tuple(values.values()))
+    for values in (attempt(1), attempt(1), attempt(1, n=2)):
+        db.execute(f"INSERT INTO attempts ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                   tuple(values.values()))
+    db.close()
+    connect(str(tmp_path / "u.db")).close()        # opened for writing: migrated
+    db = sqlite3.connect(tmp_path / "u.db")
+    assert db.execute("SELECT id, request_id FROM requests ORDER BY id").fetchall() == [(1, "r1"), (3, "r2")]
+    assert db.execute("SELECT request_id, n FROM attempts ORDER BY id").fetchall() == [("r1", 1), ("r1", 2)]

@@ -45,7 +45,7 @@ def test_an_empty_database_gets_sqlites_tables_and_columns_and_the_schema_versio
     for table in TABLES:
         assert pg_columns(postgres_url, table) == [r[1] for r in lite.execute(f"PRAGMA table_info({table})")]
     indexes = {r[0] for r in query(postgres_url, "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
-    assert {"requests_ts", "requests_session", "attempts_request", "activations_ts"} <= indexes
+    assert {"requests_ts", "requests_session", "requests_request_id", "attempts_request_n", "activations_ts"} <= indexes
 
 
 def make_v1_database(url: str, rows: int = 25) -> None:
@@ -63,6 +63,9 @@ def make_v1_database(url: str, rows: int = 25) -> None:
 
 def test_an_older_database_is_migrated_keeping_every_row(postgres_url):
     make_v1_database(postgres_url)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:    # a batch written twice (a lost commit answer)
+        r = row(3)
+        conn.execute(f"INSERT INTO requests ({', '.join(r)}) VALUES ({', '.join(['%s'] * len(r))})", tuple(r.values()))
     assert "session" not in pg_columns(postgres_url, "requests")
     with open_reader(PostgresURL.parse(postgres_url)) as reader:      # reading never migrates
         assert "session" not in reader.columns("requests")
@@ -70,7 +73,7 @@ def test_an_older_database_is_migrated_keeping_every_row(postgres_url):
     ledger.add("requests", {**row(99), "session": "s-1", "affinity": "moved", "client": "alice"})
     ledger.close()
     assert query(postgres_url, "SELECT version FROM ccswitch_schema") == [(schema.VERSION,)]
-    assert query(postgres_url, "SELECT count(*), count(session) FROM requests") == [(26, 1)]
+    assert query(postgres_url, "SELECT count(*), count(session) FROM requests") == [(26, 1)]   # r3 once
     assert query(postgres_url, "SELECT session, affinity, client FROM requests WHERE request_id = 'r99'") == \
         [("s-1", "moved", "alice")]
 
@@ -193,3 +196,18 @@ def test_a_kept_connection_the_server_closed_meanwhile_is_replaced_without_an_ou
     ledger.close()
     assert query(postgres_url, "SELECT count(*) FROM requests") == [(2,)]
     assert "cannot write" not in caplog.text
+
+
+def test_a_batch_written_again_after_its_commits_answer_was_lost_is_stored_once(postgres_url, monkeypatch):
+    from tests.unit.ledger.test_ledger import attempt, lose_the_first_commits_answer
+    ledger = Ledger(postgres_url, linger=0.2)
+    lost = lose_the_first_commits_answer(ledger, monkeypatch, psycopg.OperationalError)
+    ledger.start()
+    for i in range(3):
+        ledger.add("requests", row(i))
+        ledger.add("attempts", attempt(i))
+    assert wait_for(lambda: ledger.written == 6)
+    ledger.close()
+    assert lost == [6]
+    assert query(postgres_url, "SELECT count(*), count(DISTINCT request_id) FROM requests") == [(3, 3)]
+    assert query(postgres_url, "SELECT count(*) FROM attempts") == [(3,)]
