@@ -24,7 +24,7 @@ from ccswitch.report.live_html import CONTENT_SECURITY_POLICY, page_html
 from ccswitch.report.live_status import live_status, upstream_views
 from ccswitch.report.metrics import CONTENT_TYPE as METRICS_TYPE
 from ccswitch.report.metrics import metrics_text
-from ccswitch.routing.admission import host_problem, origin_problem
+from ccswitch.routing.admission import origin_problem
 from ccswitch.wire import headers as wire
 from ccswitch.wire.exchange import json_bytes
 from ccswitch.wire.redact import client_credential
@@ -64,8 +64,7 @@ class LivePage:
         allowed = self._allowed(flow)
         self._hide_key(flow)
         if not self.gateway.rules.client_keys:      # with client keys, the key decides
-            foreign = (origin_problem(wire.from_wire(flow.request.headers.fields), _OWN_PAGES)
-                       or host_problem(flow.request.host_header, _OWN_PAGES))
+            foreign = origin_problem(wire.from_wire(flow.request.headers.fields), _OWN_PAGES)
             if foreign is not None:
                 return answer(flow, _text(foreign[0], foreign[1] + "\n"))
         if not allowed:

@@ -44,22 +44,6 @@ def origin_problem(headers: list[tuple[str, str]], ours: frozenset[str] = frozen
                  "set client_keys in rules.yaml to let a browser client in with a key")
 
 
-def host_problem(host_header: str | None, ours: frozenset[str] = frozenset()) -> tuple[int, str] | None:
-    """A request whose `Host` names another site: a page of that site whose name was pointed at
-    127.0.0.1 (DNS rebinding) reads this machine's answers as its own, and a same-origin GET
-    carries no `Origin`.  No `Host` at all: not a browser's request.  `ours`: as for `origin_problem`."""
-    if host_header is None:
-        return None
-    try:
-        host = (urlsplit("//" + host_header.strip()).hostname or "").rstrip(".")
-    except ValueError:
-        host = ""
-    if host and (_this_machine(host) or host.endswith(".localhost") or host in ours):
-        return None
-    return 403, (f"ccswitch answers this without client keys only to a loopback address, localhost or ccswitch "
-                 f"(Host: {host_header[:100]}); set client_keys in rules.yaml to reach it by another name")
-
-
 def _this_machine(host: str) -> bool:
     """Loopback, also as an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`), or `0.0.0.0`, which
     browsers send to this machine."""
