@@ -6,20 +6,23 @@ When the database is locked, read-only, missing, full or unreachable, the thread
 problem once, keeps the rows in memory (up to a bound, oldest dropped first, counted and logged
 once) and retries with backoff; when the database takes rows again it says so once and catches
 up.  A row the database refuses (poison) is dropped and logged, the others still go in.
-Whatever is pending is flushed on shutdown.  Rows linger a few milliseconds so that a busy
-proxy commits many in one transaction instead of one each.
+Whatever is pending is flushed on shutdown; with a `spill_dir`, what the database still refuses
+then is kept in a file there (ledger.spill) and written by the next start.  Rows linger a few
+milliseconds so that a busy proxy commits many in one transaction instead of one each.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
 from ccswitch.config.database_url import PostgresURL, parse_usage_db
-from ccswitch.ledger.backend import Backend, SQLiteBackend
+from ccswitch.ledger import spill
+from ccswitch.ledger.backend import Backend, Row, SQLiteBackend
 
 log = logging.getLogger("ccswitch.ledger")
 
@@ -50,11 +53,12 @@ def open_backend(target: Path | PostgresURL, columns: dict[str, tuple[str, ...]]
 class Ledger:
     """``target``: a SQLite path or a PostgreSQL URL (``usage_db``).  ``busy_timeout``: how long
     one write waits for a lock (SQLite) or a connection (PostgreSQL); ``max_backoff``: the
-    longest pause between retries while the database refuses."""
+    longest pause between retries while the database refuses; ``spill_dir``: where rows still
+    unwritten at ``close`` are kept for the next start (None: they are lost, and counted in the log)."""
 
     def __init__(self, target: Path | str | PostgresURL, *, max_pending: int = 100_000, batch: int = 500,
                  interval: float = 0.2, linger: float = 0.05, busy_timeout: float = 5.0,
-                 max_backoff: float = 10.0) -> None:
+                 max_backoff: float = 10.0, spill_dir: Path | None = None) -> None:
         self.target: Path | PostgresURL = parse_usage_db(target) if isinstance(target, str | Path) else target
         self.backend: Backend = open_backend(self.target, _COLUMNS, busy_timeout=busy_timeout)
         self.max_backoff = max_backoff
@@ -63,6 +67,10 @@ class Ledger:
         self.interval = interval
         self.linger = linger
         self._in_hand = 0                   # rows taken by the writer, not yet written
+        self._hand: list[Row] = []          # those rows (a stop while their write hangs keeps them)
+        self.spill_dir = spill_dir
+        self._taken_files: list[Path] = []  # spill files whose rows were taken at the start
+        self._taken_rows = 0
         self._pending: collections.deque[tuple[str, tuple]] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -80,6 +88,8 @@ class Ledger:
     # ------------------------------------------------------------------ proxy side
 
     def start(self) -> Ledger:
+        if self.spill_dir is not None:
+            self._take_spilled()
         self._thread = threading.Thread(target=self._run, name="ccswitch-ledger", daemon=True)
         self._thread.start()
         return self
@@ -102,8 +112,50 @@ class Ledger:
             self._cond.notify()
         if self._thread:
             self._thread.join(timeout)
-        if self.pending:
-            log.error("ccswitch: %d usage row(s) could not be written to %s", self.pending, self.backend.label)
+        with self._cond:
+            # a writer still hanging on the database may yet write its rows: kept all the same (the
+            # ledger skips a row it has)
+            left = [*self._hand, *self._pending] if self._in_hand else list(self._pending)
+        if left:
+            self._keep_unwritten(left)
+        elif self._taken_files:     # their rows were written, the last ones by this flush
+            self._forget_taken()
+
+    # ------------------------------------------------------------------ rows kept over a stop
+
+    def _take_spilled(self) -> None:
+        """Queue the rows earlier stops could not write, before any of this run's."""
+        for path in spill.spilled(self.spill_dir):
+            try:
+                rows = spill.read(path, _COLUMNS)
+            except sqlite3.Error as exc:
+                log.error("ccswitch: cannot read the unwritten usage rows in %s (%s); it is left there", path, exc)
+                continue
+            self._pending.extend(rows)
+            self._taken_files.append(path)
+            self._taken_rows += len(rows)
+        if self._taken_files:
+            log.warning("ccswitch: writing %d usage row(s) an earlier stop could not write to the ledger (from %s)",
+                        self._taken_rows, ", ".join(str(p) for p in self._taken_files))
+
+    def _keep_unwritten(self, rows: list[Row]) -> None:
+        if self.spill_dir is None:
+            log.error("ccswitch: %d usage row(s) could not be written to %s", len(rows), self.backend.label)
+            return
+        try:
+            path = spill.spill(rows, self.spill_dir, _COLUMNS)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("ccswitch: %d usage row(s) could not be written to %s, nor kept in %s (%s)", len(rows),
+                      self.backend.label, self.spill_dir, exc)
+            return
+        log.error("ccswitch: %d usage row(s) could not be written to %s: kept in %s, for the next start to write",
+                  len(rows), self.backend.label, path)
+        self._forget_taken()        # what of them was not written is in the new file
+
+    def _forget_taken(self) -> None:
+        for path in self._taken_files:
+            spill.remove(path)
+        self._taken_files = []
 
     @property
     def pending(self) -> int:
@@ -122,7 +174,7 @@ class Ledger:
                 if not self._pending and self._closing:
                     break
                 rows = [self._pending.popleft() for _ in range(min(self.batch, len(self._pending)))]
-                self._in_hand = len(rows)
+                self._in_hand, self._hand = len(rows), rows
             if not rows:
                 continue
             try:
@@ -135,10 +187,14 @@ class Ledger:
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
             finally:
-                self._in_hand = 0
+                with self._cond:
+                    self._in_hand, self._hand = 0, []
             backoff = 0.5
             if self._failing:
                 self._recovered(len(rows))
+            if self._taken_files and self.written + self.dropped >= self._taken_rows:
+                log.info("ccswitch: the %d usage row(s) an earlier stop left are written", self._taken_rows)
+                self._forget_taken()
         self.backend.close()
 
     def _write_batch(self, rows: list[tuple[str, tuple]]) -> None:
@@ -181,7 +237,7 @@ class Ledger:
     def _give_back(self, rows: list[tuple[str, tuple]]) -> None:
         with self._cond:
             self._pending.extendleft(reversed(rows))
-            self._in_hand = 0
+            self._in_hand, self._hand = 0, []
             over = len(self._pending) - self.max_pending
             for _ in range(max(0, over)):   # full while these were in hand: the oldest go
                 self._pending.popleft()

@@ -13,10 +13,12 @@ from datetime import datetime
 from mitmproxy import ctx, exceptions
 
 from ccswitch.clock import utc_now
+from ccswitch.config.database_url import PostgresURL
 from ccswitch.config.models import ROUTE_PROTOCOLS, Rules
 from ccswitch.config.watch import RulesFile
 from ccswitch.dial.job import Job
 from ccswitch.ledger.rows import attempt_rows, request_row
+from ccswitch.ledger.spill import SPILL_DIR
 from ccswitch.ledger.writer import Ledger
 from ccswitch.mitm.lifecycle import hook_task
 from ccswitch.net import http1
@@ -182,7 +184,9 @@ class Gateway:
         old = self.ledger
         if old is not None and old.path == path:
             return
-        self.ledger = Ledger(path).start() if path is not None else None
+        # a shared ledger's rows that cannot reach it before a stop are kept on this machine
+        spill_dir = SPILL_DIR.expanduser() if isinstance(path, PostgresURL) else None
+        self.ledger = Ledger(path, spill_dir=spill_dir).start() if path is not None else None
         if old is not None:  # flush the old one without holding up the event loop
             threading.Thread(target=old.close, name="ccswitch-ledger-close", daemon=True).start()
         if path is not None:

@@ -211,3 +211,36 @@ def test_a_batch_written_again_after_its_commits_answer_was_lost_is_stored_once(
     assert lost == [6]
     assert query(postgres_url, "SELECT count(*), count(DISTINCT request_id) FROM requests") == [(3, 3)]
     assert query(postgres_url, "SELECT count(*) FROM attempts") == [(3,)]
+
+
+def test_rows_unwritten_at_a_stop_during_an_outage_are_written_by_the_next_start(own_postgres, tmp_path, caplog):
+    """A restart or a redeploy while PostgreSQL is down: what the stop could not write is kept in a
+    file on this machine, and the next start writes it (once) and removes the file."""
+    from tests.unit.ledger.test_ledger import attempt
+    url, spill_dir = PostgresURL.parse(own_postgres.url), tmp_path / "unwritten"
+    ledger = Ledger(url, max_backoff=0.5, busy_timeout=2, spill_dir=spill_dir).start()
+    ledger.add("requests", row(0))
+    assert wait_for(lambda: ledger.written == 1)
+    own_postgres.stop(mode="immediate")
+    with caplog.at_level(logging.INFO, logger="ccswitch.ledger"):
+        for i in range(1, 5):
+            ledger.add("requests", row(i))
+            ledger.add("attempts", attempt(i))
+        ledger.close()
+        kept = list(spill_dir.glob("usage-*.db"))
+        assert len(kept) == 1 and f"8 usage row(s) could not be written to {url.redacted}: kept in {kept[0]}" \
+            in caplog.text
+        again = Ledger(url, max_backoff=0.5, busy_timeout=2, spill_dir=spill_dir).start()   # still down
+        again.add("requests", row(5))
+        again.close()                                  # the 8 and its own 1: one file again
+        assert [p.name for p in spill_dir.glob("usage-*.db")] != [kept[0].name]
+        assert len(list(spill_dir.glob("usage-*.db"))) == 1 and "9 usage row(s)" in caplog.text
+        own_postgres.start()
+        last = Ledger(url, spill_dir=spill_dir).start()
+        assert wait_for(lambda: last.written == 9)
+        assert wait_for(lambda: not list(spill_dir.iterdir()))
+        last.close()
+    assert query(own_postgres.url, "SELECT count(*), count(DISTINCT request_id) FROM requests") == [(6, 6)]
+    assert query(own_postgres.url, "SELECT count(*) FROM attempts") == [(4,)]
+    assert "writing 8 usage row(s) an earlier stop could not write" in caplog.text
+    assert own_postgres.password not in caplog.text
