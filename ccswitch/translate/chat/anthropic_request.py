@@ -12,7 +12,7 @@ import logging
 import re
 from typing import Any
 
-from ccswitch.translate.chat.models import adaptive_thinking, default_max_tokens, split_model, structured_outputs
+from ccswitch.translate.chat.models import adaptive_thinking, default_max_tokens, json_tool_mode, split_model
 from ccswitch.wire.exchange import ClientRequest, RenderError, array_at, function_name, object_at
 
 log = logging.getLogger("ccswitch.convert")
@@ -97,6 +97,15 @@ def content_blocks(content: Any, where: str) -> list[dict[str, Any]]:
         else:
             raise RenderError(f"{here}: unsupported content part type {kind!r}")
     return out
+
+
+def _json_format(fmt: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """A response_format's schema and what to tell the model about it (json_object: any object)."""
+    if fmt.get("type") == "json_object":
+        return {"type": "object"}, "Respond with a JSON object."
+    spec = object_at(fmt.get("json_schema"), "response_format.json_schema")
+    schema = object_at(spec.get("schema"), "response_format.json_schema.schema") or {"type": "object"}
+    return schema, spec.get("description") or "Respond with a JSON object matching this schema."
 
 
 def _has_audio(content: Any) -> bool:
@@ -317,15 +326,12 @@ def build(body: dict[str, Any], req: ClientRequest, upstream, rules) -> dict[str
     choice, tools = _tool_choice(body, tools)
     output_config: dict[str, Any] = {}
     fmt = body.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        spec = object_at(fmt.get("json_schema"), "response_format.json_schema")
-        schema = object_at(spec.get("schema"), "response_format.json_schema.schema") or {"type": "object"}
-        if structured_outputs(target):
-            output_config["format"] = {"type": "json_schema", "schema": schema}
-        else:
-            tools = tools + [{"name": JSON_TOOL, "description": spec.get("description")
-                              or "Respond with a JSON object matching this schema.", "input_schema": schema}]
-            choice = {"type": "tool", "name": JSON_TOOL}
+    if json_tool_mode(body, target):
+        schema, about = _json_format(fmt)
+        tools = tools + [{"name": JSON_TOOL, "description": about, "input_schema": schema}]
+        choice = {"type": "tool", "name": JSON_TOOL}
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        output_config["format"] = {"type": "json_schema", "schema": _json_format(fmt)[0]}
     if not tools and any(b["type"] in ("tool_use", "tool_result") for t in turns for b in t["content"]):
         tools = [{"name": NOOP_TOOL, "description": "Placeholder; never call it.",
                   "input_schema": {"type": "object", "properties": {}}}]

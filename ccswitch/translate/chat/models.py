@@ -59,7 +59,10 @@ def structured_outputs(model: str) -> bool:
 def json_tool_mode(body: dict[str, Any], model: str) -> bool:
     """Whether response_format travels as the forced `json_tool_call` tool."""
     fmt = body.get("response_format")
-    return isinstance(fmt, dict) and fmt.get("type") == "json_schema" and not structured_outputs(model)
+    if not isinstance(fmt, dict):
+        return False
+    # json_object: no JSON mode, and output_config.format takes only a closed schema
+    return fmt.get("type") == "json_object" or (fmt.get("type") == "json_schema" and not structured_outputs(model))
 
 
 def default_max_tokens(model: str, rules) -> int:

@@ -474,7 +474,22 @@ def test_response_format_on_structured_output_models():
     out = chat(user(), response_format=JSON_FORMAT, reasoning_effort="low")
     assert out["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA}}
     assert out["thinking"]["type"] == "enabled"
-    assert "output_config" not in chat(user(), response_format={"type": "json_object"})
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "claude-sonnet-4-20250514"])
+def test_json_object_is_the_forced_json_tool_on_every_model(model):
+    """Anthropic has no JSON mode: a forced tool whose input is any object gives the client JSON."""
+    body = {"model": model, "messages": [user()], "response_format": {"type": "json_object"}}
+    out = convert(body)
+    assert "output_config" not in out
+    assert out["tools"][-1]["name"] == "json_tool_call" and out["tools"][-1]["input_schema"] == {"type": "object"}
+    assert out["tool_choice"] == {"type": "tool", "name": "json_tool_call"}
+    reply = {"id": "msg_1", "type": "message", "model": model, "stop_reason": "tool_use",
+             "content": [{"type": "tool_use", "id": "toolu_1", "name": "json_tool_call", "input": {"x": [1]}}],
+             "usage": {"input_tokens": 5, "output_tokens": 2}}
+    done = T.convert_response(json.dumps(reply).encode(), make_req(body), UP)
+    assert json.loads(done["choices"][0]["message"]["content"]) == {"x": [1]}
+    assert done["choices"][0]["finish_reason"] == "stop"
 
 
 def test_response_format_as_forced_tool_on_older_models():
