@@ -208,10 +208,7 @@ class RedisState:
                 pass
 
     def _describe(self, exc: BaseException) -> str:
-        text = f"{type(exc).__name__}: {exc}"[:300]
-        secret = self.url.conninfo
-        password = secret.rpartition("@")[0].rpartition(":")[2] if "@" in secret else ""
-        return text.replace(password, "***") if password else text
+        return self.url.scrub(f"{type(exc).__name__}: {exc}")[:300]     # scrubbed whole, then cut
 
     def _went_down(self, exc: BaseException) -> None:
         if not self._told_down:

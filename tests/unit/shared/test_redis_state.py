@@ -232,4 +232,7 @@ def test_the_password_is_never_shown():
     state = RedisState(RedisURL.parse("redis://:hunter2secret@127.0.0.1:6379/1"))
     assert "hunter2secret" not in state.where and "***" in state.where
     assert "hunter2secret" not in state._describe(OSError("AUTH hunter2secret failed"))
+    encoded = RedisState(RedisURL.parse("redis://:p%40ss%2Fword@127.0.0.1:6379/1"))   # as a ${VAR} with @ / goes in
+    assert encoded._describe(OSError("AUTH p@ss/word or p%40ss%2Fword failed")) == \
+        "OSError: AUTH *** or *** failed"
     assert state.channel == "ccswitch:changes:1"
