@@ -1,7 +1,9 @@
 """The `running` and `done` hooks that need to wait: mitmproxy awaits them at start and stop, but
 calls them from synchronous code when it reloads the script (an edit of addon.py, or an upgrade
 rewriting it), where a coroutine function is refused and ends mitmproxy's script watcher.  So they
-are plain functions returning a task: awaited at start and stop, left to run on a reload."""
+are plain functions starting a task: a `done` hook returns it, to be awaited at stop and left to run
+on a reload; a `running` hook does not (mitmproxy's own addons after the scripts get their
+`running` only after it, and the listeners are open meanwhile)."""
 
 from __future__ import annotations
 

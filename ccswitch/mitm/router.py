@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 
 from mitmproxy import ctx, exceptions, http
 
@@ -74,6 +75,7 @@ class Router:
         self.dialer: Dialer | None = None
         self.relay: Relay | None = None
         self.failed_to_start = False    # the dialer, the relay or the socket bridge did not come up
+        self.starting: asyncio.Task | None = None
         self.unrecorded: dict[str, Job] = {}    # answered from the hook, recorded once it is sent
         self.jobs: dict[str, Job] = {}   # flow id -> job, while the flow is live
         self.held_bodies: dict[str, HeldBody] = {}   # flow id -> a streamed request's body, while at the relay
@@ -93,8 +95,12 @@ class Router:
         add_options(loader)
         take_given_values(loader.master.options)
 
-    def running(self) -> asyncio.Task:
-        return hook_task(self._start(), "router start")
+    def running(self) -> None:
+        # Not awaited by mitmproxy: its own addons after the scripts (the TLS settings) get their
+        # `running` only once every addon before has had its own, and the listeners are open
+        # meanwhile: a request let in then (not one routed: those wait for `started`) would find
+        # them unset, and the error would end the start.
+        self.starting = hook_task(self._start(), "router start")
 
     async def _start(self) -> None:
         gateway = self.gateway
@@ -329,7 +335,9 @@ class Router:
 
     def _record_refusal(self, flow: http.HTTPFlow, match: RouteMatch, known: Known, status: int,
                         message: str) -> None:
-        self.gateway.record_own_answer(known.own_answer_row(flow.id, match, status, message))
+        # a replay keeps its flow's id, and the ledger keeps one row per request_id
+        request_id = f"{flow.id}#{secrets.token_urlsafe(6)}" if flow.is_replay else flow.id
+        self.gateway.record_own_answer(known.own_answer_row(request_id, match, status, message))
 
     def _failed_inside(self, flow: http.HTTPFlow, match: RouteMatch, known: Known) -> None:
         """A bug of ccswitch's on the way: the client gets a 500 in its API's shape, the ledger its row."""

@@ -141,3 +141,49 @@ def test_fresh_claude_code_and_codex_present_the_client_key_env_printed(relay_pr
     assert codex.returncode == 0, codex.stdout + codex.stderr
     assert "Hello from mock A" in codex.stdout
     assert_upstream_saw_only_its_key(a, "responses")
+
+
+def first_answer(port: int, path: str, timeout: float = 20.0) -> bytes:
+    """A GET sent the moment the port takes a connection, as fast as a client can; the answer."""
+    import socket
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        except OSError:
+            time.sleep(0.001)
+            continue
+        with conn:
+            conn.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+            return answer
+    raise AssertionError(f"port {port} never took a connection")
+
+
+def test_requests_that_come_as_the_listeners_open_are_answered_and_the_start_goes_on(tmp_path):
+    """Claude Code's first request (not one ccswitch routes) can come while ccswitch is still
+    starting: mitmproxy's TLS settings are made ready at its start after ccswitch's, the request
+    found them unset, and the error that made during the start made mitmdump exit."""
+    with MockUpstream("A") as a:
+        for attempt in range(3):
+            workdir = tmp_path / str(attempt)
+            workdir.mkdir()
+            proxy = Proxy(relays_rules(workdir, a), workdir, launch="run")
+            at = proxy.args.index(f"confdir={proxy.confdir}")
+            del proxy.args[at - 1:at + 1]      # mitmproxy's own ~/.mitmproxy, as a user's start has it
+            proxy.log_file = open(proxy.log_path, "wb")
+            proxy.proc = subprocess.Popen(proxy.args, cwd=workdir, stdout=proxy.log_file, stderr=subprocess.STDOUT,
+                                          env=proxy.env)
+            try:
+                passed = first_answer(proxy.reverse_port, "/api/hello")   # to api.anthropic.com: the guard refuses
+                assert passed.startswith(b"HTTP/1.1 502") and b"loopback" in passed, passed
+                time.sleep(0.5)
+                assert proxy.proc.poll() is None, proxy.log()
+                routed = httpx.post(proxy.reverse_url + "/v1/messages", json=MESSAGE, headers={"x-api-key": "k"},
+                                    timeout=30, trust_env=False)
+                assert routed.status_code == 200
+            finally:
+                proxy.stop()
+            assert "Traceback" not in proxy.log() and "Error logged during startup" not in proxy.log()

@@ -44,7 +44,8 @@ async def test_the_router_installs_its_clients_counts(gateway):
     from ccswitch.mitm.router import Router
     router = Router(gateway)
     with taddons.context(router):
-        await router.running()
+        router.running()
+        await router.starting
         try:
             assert gateway.connections == router.dialer.client.connection_counts and gateway.connections() == {}
         finally:

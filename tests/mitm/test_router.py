@@ -272,7 +272,8 @@ async def test_requests_that_come_before_the_router_runs_wait_for_the_spend_and_
         before = messages_flow()
         early = asyncio.ensure_future(router.request(before))
         await asyncio.sleep(0.02)
-        running = asyncio.ensure_future(router.running())
+        router.running()
+        running = router.starting
         during = messages_flow()
         meanwhile = asyncio.ensure_future(router.request(during))
         await asyncio.sleep(0.05)
@@ -303,7 +304,8 @@ async def test_a_budget_a_reload_sets_while_the_spend_is_still_read_holds_reques
     monkeypatch.setattr(gateway, "_spend_rows", spend_rows)
     router = Router(gateway)
     with taddons.context(router):
-        await router.running()
+        router.running()
+        await router.starting
         try:
             routed = messages_flow()
             await asyncio.wait_for(router.request(routed), 2)     # no budget: nothing waits
@@ -332,7 +334,8 @@ async def test_when_the_router_fails_to_start_api_requests_are_refused_never_pas
     router = Router(gateway)
     with taddons.context(router):
         with pytest.raises(OSError):
-            await router.running()
+            router.running()
+            await router.starting
         try:
             flow = messages_flow()
             await router.request(flow)

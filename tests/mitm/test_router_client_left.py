@@ -36,7 +36,8 @@ routes: {{claude: [a]}}
     gateway.record_job = recorded.append
     router = Router(gateway)
     with taddons.context(router):
-        await router.running()
+        router.running()
+        await router.starting
         try:
             yield router, recorded
         finally:

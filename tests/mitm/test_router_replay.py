@@ -113,3 +113,20 @@ async def test_a_streamed_replay_goes_to_the_relay_with_a_job_of_its_own(served)
     await router.request(flow)
     job = router.jobs[flow.id]
     assert flow.request.headers[JOB_HEADER] == job.token and (flow.request.host, flow.request.port) == ("127.0.0.1", 4242)
+
+
+async def test_a_refusal_replayed_gets_a_ledger_row_of_its_own(served, gateway, monkeypatch):
+    """Each row's request_id is its own (the ledger keeps one row per request_id): a replay keeps
+    its flow's id, and a refusal's row named only that would be taken for the first one's copy."""
+    router, _, _ = served
+    rows = []
+    monkeypatch.setattr(gateway, "record_own_answer", rows.append)
+    flow = messages_flow({"model": "m"})
+    flow.request.content = b"{not json"
+    await router.request(flow)
+    assert flow.response.status_code == 400
+    flow.live = False
+    await replay(router, flow)
+    assert flow.response.status_code in (400, 401)      # (its key shows `<redacted>` once answered)
+    assert len(rows) == 2 and len({row["request_id"] for row in rows}) == 2
+    assert rows[0]["request_id"] == flow.id
