@@ -23,6 +23,11 @@ Row = tuple[str, tuple]       # (table, values in the order of writer's column t
 VALUE_ERRORS = (OverflowError, ValueError, TypeError)
 
 
+class Unavailable(Exception):
+    """The database could not be opened or brought to the schema: no row's fault, whatever the
+    driver raised (a migration's IntegrityError too), so the rows wait and the write is retried."""
+
+
 class Backend(ABC):
     """One database the ledger writes to. ``label`` names it in log lines (never a password)."""
 
@@ -46,7 +51,9 @@ class Backend(ABC):
         """Drop the connection, if any."""
 
     def describe(self, exc: BaseException) -> str:
-        """``exc`` for a log line."""
+        """``exc`` for a log line (an `Unavailable` as what made it)."""
+        if isinstance(exc, Unavailable) and exc.__cause__ is not None:
+            exc = exc.__cause__
         return error_text(exc)
 
 
@@ -76,7 +83,10 @@ class SQLiteBackend(Backend):
     def connect(self) -> None:
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = schema.connect(str(self.path), timeout=self.busy_timeout)
+            try:
+                self._conn = schema.connect(str(self.path), timeout=self.busy_timeout)
+            except sqlite3.Error as exc:
+                raise Unavailable(str(exc)) from exc
 
     def insert(self, rows: list[Row]) -> None:
         self.connect()

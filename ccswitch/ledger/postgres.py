@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ccswitch.config.database_url import PostgresURL
 from ccswitch.ledger import schema
-from ccswitch.ledger.backend import VALUE_ERRORS, Backend, Row
+from ccswitch.ledger.backend import VALUE_ERRORS, Backend, Row, Unavailable, insert_sql
 
 if TYPE_CHECKING:
     import psycopg
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ccswitch.ledger")
 
 SCHEMA_TABLE = "ccswitch_schema"
-_STAGE = "ccswitch_stage_"         # + table: a batch's rows before they go in
 _MIGRATION_LOCK = 0x63637377      # pg_advisory_xact_lock key: 'ccsw'
 # a dead server or a silent network is noticed within seconds, not at TCP's 15-minute timeout
 _KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
@@ -46,7 +45,7 @@ def driver() -> Any:
 def connect(url: PostgresURL, *, readonly: bool = False, timeout: float = 5.0) -> psycopg.Connection:
     """An autocommit connection (transactions are explicit); migrated unless ``readonly``."""
     conn = driver().connect(url.conninfo, autocommit=True, connect_timeout=max(1, round(timeout)),
-                            application_name="ccswitch", **_KEEPALIVE)
+                            application_name="ccswitch", prepare_threshold=None, **_KEEPALIVE)
     try:
         if readonly:
             conn.execute("SET default_transaction_read_only = on")
@@ -101,27 +100,24 @@ def _storable(values: tuple) -> tuple:
 
 
 class PostgresBackend(Backend):
-    """One connection, kept while it works; a batch is one transaction: per table, a COPY into a
-    staging table of the session's own, and from there the rows not in yet (a batch is written
-    again when the answer to its commit was lost: schema migration 5)."""
+    """One connection, kept while it works; a batch is one transaction of pipelined inserts that
+    skip a row in already (a batch is written again when the answer to its commit was lost:
+    schema migration 5).  No temporary tables and no prepared statements: a plain user behind a
+    transaction-pooling PgBouncer writes as well as the database's owner."""
 
     def __init__(self, url: PostgresURL, columns: dict[str, tuple[str, ...]], *, connect_timeout: float = 5.0) -> None:
         self.url = url
         self.label = url.redacted
         self.connect_timeout = connect_timeout
-        self._staging = {table: (
-            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE}{table} ON COMMIT DELETE ROWS "
-            f"AS SELECT {', '.join(cols)} FROM {table} WITH NO DATA",
-            f"COPY {_STAGE}{table} ({', '.join(cols)}) FROM STDIN",        # several times executemany's rate
-            f"INSERT INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {_STAGE}{table} "
-            "ON CONFLICT DO NOTHING") for table, cols in columns.items()}
+        self._insert = {table: insert_sql(table, cols, "%s") for table, cols in columns.items()}
         self._conn: psycopg.Connection | None = None
-        self._staged: set[str] = set()     # the tables whose staging table this connection has
 
     def connect(self) -> None:
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self.url, timeout=self.connect_timeout)
-            self._staged = set()
+            try:
+                self._conn = connect(self.url, timeout=self.connect_timeout)
+            except driver().Error as exc:
+                raise Unavailable(self.url.scrub(str(exc))) from exc
 
     def insert(self, rows: list[Row]) -> None:
         by_table: dict[str, list[tuple]] = {}
@@ -129,30 +125,23 @@ class PostgresBackend(Backend):
             by_table.setdefault(table, []).append(_storable(values))
         kept = self._conn is not None and not self._conn.closed
         try:
-            self._copy_in(by_table)
+            self._write_rows(by_table)
         except driver().OperationalError:
             self.close()
             if not kept:
                 raise
             # the connection kept since the last batch was closed meanwhile (a server restart, an
             # idle timeout, a proxy): once more on a new one before this counts as an outage
-            self._copy_in(by_table)
+            self._write_rows(by_table)
 
-    def _copy_in(self, by_table: dict[str, list[tuple]]) -> None:
+    def _write_rows(self, by_table: dict[str, list[tuple]]) -> None:
         self.connect()
         conn = self._conn
         assert conn is not None
         try:
             with conn.transaction(), conn.cursor() as cursor:
                 for table, values in by_table.items():
-                    create, copy_in, insert = self._staging[table]
-                    if table not in self._staged:
-                        cursor.execute(create)
-                    with cursor.copy(copy_in) as copy:
-                        for row in values:
-                            copy.write_row(row)
-                    cursor.execute(insert)
-            self._staged.update(by_table)
+                    cursor.executemany(self._insert[table], values)     # one pipeline, not a round trip each
         except BaseException as exc:
             if not self.is_poison(exc):   # a bad row leaves a good connection; anything else: reconnect
                 self.close()

@@ -1,11 +1,18 @@
 """Usage rows a PostgreSQL ledger could not take before ccswitch stopped (the server down during a
 restart or a redeploy): kept on this machine in a SQLite file of the ledger's own schema, and
-written by the next start, which then deletes the file.  Written twice (a stop while a batch's
-commit hung, say), a row still goes in once: the ledger skips rows it has (schema migration 5).
+written by the next start for the same ledger, which then deletes the file.
+
+A file is named for its ledger (a digest of the URL without its password), so another ledger's
+start leaves it alone.  It is written under a temporary name and renamed when whole, and a start
+claims it by renaming it again: two instances on one machine never read a file half-written, nor
+both take the same one.  A claim whose process is gone (killed before it wrote the rows or kept
+them again) is claimed anew.  Written twice all the same (a stop while a batch's commit hung), a
+request's row still goes in once: the ledger skips rows it has (schema migration 5).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sqlite3
@@ -18,25 +25,67 @@ from ccswitch.ledger.schema import columns as table_columns
 log = logging.getLogger("ccswitch.ledger")
 
 SPILL_DIR = Path("~/.ccswitch/unwritten")
-_PATTERN = "usage-*.db"
+_CLAIMED = ".taken-"
 
 
-def spill(rows: list[Row], directory: Path, columns: dict[str, tuple[str, ...]]) -> Path:
-    """Write `rows` to a new file in `directory`; raises OSError or sqlite3.Error when it cannot."""
+def _prefix(ledger: str) -> str:
+    return "usage-" + hashlib.sha256(ledger.encode()).hexdigest()[:12] + "-"
+
+
+def spill(rows: list[Row], directory: Path, columns: dict[str, tuple[str, ...]], ledger: str) -> tuple[Path, int]:
+    """Write `rows` to a new file in `directory` for the ledger named `ledger` -> (its path, rows
+    it could not hold).  Raises OSError or sqlite3.Error when no file can be written."""
+    directory = directory.expanduser()
+    directory.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    path = directory.expanduser() / f"usage-{stamp}-{os.getpid()}.db"
-    backend = SQLiteBackend(path, columns)
+    final = directory / f"{_prefix(ledger)}{stamp}-{os.getpid()}.db"
+    partial = final.with_name("." + final.name + ".part")
+    backend = SQLiteBackend(partial, columns)
+    lost = 0
     try:
-        backend.insert(rows)
+        try:
+            backend.insert(rows)
+        except Exception:       # a row SQLite cannot hold: the others, one by one
+            for one in rows:
+                try:
+                    backend.insert([one])
+                except sqlite3.OperationalError:
+                    raise       # the file itself cannot be written
+                except Exception as exc:
+                    lost += 1
+                    log.error("ccswitch: a %s row could not be kept either: %s", one[0], exc)
     finally:
         backend.close()
-    return path
+    os.replace(partial, final)
+    return final, lost
 
 
-def spilled(directory: Path) -> list[Path]:
-    """The files earlier stops left, oldest first."""
+def spilled(directory: Path, ledger: str) -> list[Path]:
+    """The files earlier stops left for the ledger named `ledger`, oldest first (claims of
+    processes that are gone included)."""
     directory = directory.expanduser()
-    return sorted(directory.glob(_PATTERN)) if directory.is_dir() else []
+    if not directory.is_dir():
+        return []
+    prefix = _prefix(ledger)
+    found = []
+    for path in directory.iterdir():
+        name = path.name
+        if not name.startswith(prefix):
+            continue
+        if name.endswith(".db") or (_CLAIMED in name and not _alive(name.rpartition(_CLAIMED)[2])):
+            found.append(path)
+    return sorted(found, key=lambda p: p.name)
+
+
+def claim(path: Path) -> Path | None:
+    """Take `path` for this process (None: another took it first)."""
+    base = path.name.partition(_CLAIMED)[0]
+    mine = path.with_name(f"{base}{_CLAIMED}{os.getpid()}")
+    try:
+        os.rename(path, mine)
+    except FileNotFoundError:
+        return None
+    return mine
 
 
 def read(path: Path, columns: dict[str, tuple[str, ...]]) -> list[Row]:
@@ -59,3 +108,13 @@ def remove(path: Path) -> None:
             part.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("ccswitch: cannot remove %s (its rows are written): %s", part, exc)
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True         # another user's process
+    return True             # this process's own claim too: an earlier ledger of its is writing it

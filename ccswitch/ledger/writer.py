@@ -124,8 +124,11 @@ class Ledger:
     # ------------------------------------------------------------------ rows kept over a stop
 
     def _take_spilled(self) -> None:
-        """Queue the rows earlier stops could not write, before any of this run's."""
-        for path in spill.spilled(self.spill_dir):
+        """Queue the rows earlier stops could not write to this ledger, before any of this run's."""
+        for found in spill.spilled(self.spill_dir, self.backend.label):
+            path = spill.claim(found)
+            if path is None:
+                continue        # another instance on this machine took it first
             try:
                 rows = spill.read(path, _COLUMNS)
             except sqlite3.Error as exc:
@@ -143,13 +146,13 @@ class Ledger:
             log.error("ccswitch: %d usage row(s) could not be written to %s", len(rows), self.backend.label)
             return
         try:
-            path = spill.spill(rows, self.spill_dir, _COLUMNS)
-        except (OSError, sqlite3.Error) as exc:
+            path, lost = spill.spill(rows, self.spill_dir, _COLUMNS, self.backend.label)
+        except Exception as exc:    # whatever it is, the stop goes on: the count is logged
             log.error("ccswitch: %d usage row(s) could not be written to %s, nor kept in %s (%s)", len(rows),
                       self.backend.label, self.spill_dir, exc)
             return
         log.error("ccswitch: %d usage row(s) could not be written to %s: kept in %s, for the next start to write",
-                  len(rows), self.backend.label, path)
+                  len(rows) - lost, self.backend.label, path)
         self._forget_taken()        # what of them was not written is in the new file
 
     def _forget_taken(self) -> None:

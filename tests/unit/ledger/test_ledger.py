@@ -297,3 +297,25 @@ def test_an_older_ledger_holding_such_duplicates_keeps_the_first_of_each(tmp_pat
     db = sqlite3.connect(tmp_path / "u.db")
     assert db.execute("SELECT id, request_id FROM requests ORDER BY id").fetchall() == [(1, "r1"), (3, "r2")]
     assert db.execute("SELECT request_id, n FROM attempts ORDER BY id").fetchall() == [("r1", 1), ("r1", 2)]
+
+
+def test_a_database_that_fails_to_open_or_migrate_drops_no_row(tmp_path, monkeypatch, caplog):
+    """Even with an error that would mean a bad row elsewhere (a migration's unique index meeting a
+    copy an older instance wrote meanwhile): opening failed, the rows wait for the next try."""
+    from ccswitch.ledger import backend as backend_module
+    real, failures = backend_module.schema.connect, []
+
+    def connect(path, **kwargs):
+        if len(failures) < 2:
+            failures.append(path)
+            raise sqlite3.IntegrityError("UNIQUE constraint failed: requests.request_id")
+        return real(path, **kwargs)
+    monkeypatch.setattr(backend_module.schema, "connect", connect)
+    ledger = Ledger(tmp_path / "u.db", max_backoff=0.1).start()
+    for i in range(3):
+        ledger.add("requests", row(i))
+    assert wait_for(lambda: ledger.written == 3)
+    ledger.close()
+    assert ledger.dropped == 0 and count(tmp_path / "u.db") == 3 and len(failures) == 2
+    assert "cannot write the usage ledger" in caplog.text and "IntegrityError: UNIQUE" in caplog.text
+    assert "dropped" not in caplog.text
