@@ -46,6 +46,7 @@ log = logging.getLogger("ccswitch.websocket")
 
 TICKET_HEADER = "x-ccswitch-socket"
 _READ = 64 * 1024
+DEFAULT_MAX_MESSAGE = 32 * 1024 * 1024
 
 
 @dataclass
@@ -159,10 +160,15 @@ class WsBridge(Serving):
     """Serves each socket's turns; `running` and `cut` are about turns (jobs), not sockets."""
 
     def __init__(self, make_job: MakeJob, run_job: Callable[[Job, Any], Awaitable[None]],
-                 on_done: Callable[[Job], None], on_turn: Callable[[Ticket, Job | Refusal], None] | None = None) -> None:
+                 on_done: Callable[[Job], None], on_turn: Callable[[Ticket, Job | Refusal], None] | None = None, *,
+                 refuse: Callable[[Ticket, int, str], Refusal] | None = None,
+                 max_message: Callable[[], int] = lambda: DEFAULT_MAX_MESSAGE) -> None:
         super().__init__()
         self._make_job, self._run_job, self._on_done = make_job, run_job, on_done
         self._on_turn = on_turn
+        # a frame refused before it is a turn (not JSON, too large): its row, as a refused request's
+        self._refuse = refuse or (lambda ticket, status, message: Refusal(status, message))
+        self.max_message = max_message     # the largest message taken, in characters or bytes once inflated
         self._tickets: dict[str, Ticket] = {}
         self._server: asyncio.AbstractServer | None = None
         self._sockets: set[asyncio.Task] = set()
@@ -222,6 +228,10 @@ class _Socket:
         self.ticket: Ticket | None = None
         self.closed = False
         self.turn: asyncio.Task | None = None   # the turn being served, while the socket is still read
+        # a message comes in pieces (a frame each, and wsproto hands over what each read brought):
+        # gathered until it is whole, up to the bridge's `max_message`
+        self._pieces: list[str | bytes] = []
+        self._size = 0
 
     async def run(self) -> None:
         try:
@@ -264,14 +274,35 @@ class _Socket:
             if self.ws.state.name not in ("CLOSED", "LOCAL_CLOSING"):
                 self._send(event.response())
             self.closed = True
-        elif isinstance(event, TextMessage | BytesMessage) and event.message_finished is not False:
-            await self._frame(event.data)
+        elif isinstance(event, TextMessage | BytesMessage):
+            await self._piece(event.data, event.message_finished)
+
+    async def _piece(self, data: str | bytes, finished: bool) -> None:
+        limit = self.bridge.max_message()
+        if self._size <= limit:
+            self._size += len(data)
+            self._pieces.append(data)
+            if self._size > limit:
+                self._pieces.clear()        # nothing more of it is kept
+        if not finished:
+            return
+        pieces, size = self._pieces, self._size
+        self._pieces, self._size = [], 0
+        if size > limit:
+            return await self._refused(413, f"a message over {limit} bytes (ccswitch_max_body)")
+        await self._frame(pieces[0] if len(pieces) == 1 else pieces[0][:0].join(pieces))
+
+    async def _refused(self, status: int, message: str) -> None:
+        assert self.ticket is not None
+        self.ticket.turns += 1
+        refusal = self.bridge._refuse(self.ticket, status, message)
+        await self._text(error_frame(refusal.status, refusal.message))
 
     async def _frame(self, data: str | bytes) -> None:
         try:
             frame = json.loads(data)
         except ValueError:
-            return await self._text(error_frame(400, "a frame that is not JSON"))
+            return await self._refused(400, "a frame that is not JSON")
         if isinstance(frame, dict) and frame.get("type") == "response.processed":
             return          # an acknowledgement: nothing to answer
         if self.turn is not None:
@@ -285,7 +316,7 @@ class _Socket:
                 return
             turn = self.chain.prepare(frame)
         except FrameError as exc:
-            return await self._text(error_frame(400, str(exc)))
+            return await self._refused(400, str(exc))
         except ChainLost as exc:
             # before any output: Codex opens a new socket and sends its whole input
             log.info("ccswitch: closing a Codex socket whose chain is lost (%s)", exc)

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 
 from ccswitch.clock import utc_now
 from ccswitch.dial.job import Job
@@ -41,7 +42,8 @@ class SocketContext:
 class CodexSockets:
     def __init__(self, router) -> None:
         self.router = router
-        self.bridge = WsBridge(self._make_job, self._run, router.gateway.record_job, self._comment)
+        self.bridge = WsBridge(self._make_job, self._run, router.gateway.record_job, self._comment,
+                               refuse=self._refuse, max_message=lambda: ctx.options.ccswitch_max_body)
 
     async def start(self) -> None:
         await self.bridge.start()
@@ -92,10 +94,14 @@ class CodexSockets:
                         job.converted[upstream.name] = shaped
                 return job
             refusal = job[:2]
-        status, message = refusal
-        started = utc_now()
+        return self._refuse(ticket, *refusal, model=model, session=session)
+
+    def _refuse(self, ticket: Ticket, status: int, message: str, *, model: Any = None,
+                session: str | None = None) -> Refusal:
+        """A turn answered with an error frame instead of served: its row, as a refused request's."""
+        context: SocketContext = ticket.context
         self.router.gateway.record_own_answer(own_answer_row(
-            request_id=f"{context.flow.id}#{ticket.turns}", started_at=started, route=Route.CODEX,
+            request_id=f"{context.flow.id}#{ticket.turns}", started_at=utc_now(), route=Route.CODEX,
             endpoint=Endpoint.WEBSOCKET, model=model if isinstance(model, str) else None, stream=True,
             status=status, error=message[:500], latency_ms=0, session=session, client=context.client))
         return Refusal(status, message)

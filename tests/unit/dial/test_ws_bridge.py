@@ -275,3 +275,46 @@ async def test_a_turn_whose_upstreams_all_failed_in_their_streams_is_recorded_wi
     await sink.write(f"event: response.failed\ndata: {json.dumps(failed)}\n\n".encode())
     await sink.end()
     assert [frame["status"] for frame in sent] == [500] and job.status == 500
+
+
+@pytest.mark.parametrize("deflate", [False, True], ids=["plain", "deflate"])
+async def test_a_large_message_or_one_in_several_frames_is_one_turn_and_one_over_the_limit_is_refused(deflate):
+    """Codex sends the whole input on a new socket (instructions, tool output, files): hundreds of
+    KB, which wsproto hands over in pieces; a client may also split a message into frames."""
+    import random
+    import string
+    turns, refusals = [], []
+
+    def make_job(ticket, turn):
+        turns.append(turn.body)
+        return Refusal(503, "no upstream")
+
+    def refuse(ticket, status, message):
+        refusals.append((ticket.turns, status, message))
+        return Refusal(status, message)
+    bridge = WsBridge(make_job, run_job=None, on_done=[].append, refuse=refuse, max_message=lambda: 600_000)
+    await bridge.start()
+    ticket = Ticket()
+    bridge.register(ticket)
+    try:
+        client = await Client.connect(bridge.port, ticket.token, deflate=deflate)
+        await client.events(lambda seen: any(isinstance(e, AcceptConnection) for e in seen))
+        text = "".join(random.choices(string.ascii_letters, k=400_000))     # compresses poorly, as real input
+        frame = json.dumps({"type": "response.create", "model": "m", "input": [
+            {"type": "message", "role": "user", "content": text}]})
+        client.send(TextMessage(frame))
+        await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
+        client.send(TextMessage(frame[:1000], message_finished=False))      # one message, three frames
+        client.send(TextMessage(frame[1000:2000], message_finished=False))
+        client.send(TextMessage(frame[2000:]))
+        await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
+        assert [t["input"][0]["content"] for t in turns] == [text, text]
+        client.send(TextMessage(frame.replace(text, text + text)))          # 800,000 characters
+        frames = await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
+        error = json.loads(next(e for e in frames if isinstance(e, TextMessage)).data)
+        assert error["status"] == 413 and "600000" in error["error"]["message"] and len(turns) == 2
+        client.send(TextMessage("not json"))
+        await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
+        assert [(n, status) for n, status, _ in refusals] == [(3, 413), (4, 400)]   # each its own row
+    finally:
+        await bridge.stop()
