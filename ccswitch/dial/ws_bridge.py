@@ -204,8 +204,10 @@ class WsBridge(Serving):
         try:
             await socket.run()
         except asyncio.CancelledError:
+            # only `stop` cancels a socket: it ends here, told so.  Not re-raised: the server's
+            # done-callback (Python 3.12.1) asks a cancelled task for its exception, and the loop
+            # would log a traceback per open socket at every stop
             socket.going_away()
-            raise
         except RemoteProtocolError as exc:
             log.info("ccswitch: a WebSocket client broke the protocol: %s", exc)
             if socket.ticket is None:     # no handshake yet: an HTTP answer, not a dropped connection
