@@ -230,6 +230,7 @@ class _Socket:
         self.ticket: Ticket | None = None
         self.closed = False
         self.turn: asyncio.Task | None = None   # the turn being served, while the socket is still read
+        self.turn_job: Job | None = None
         # a message comes in pieces (a frame each, and wsproto hands over what each read brought):
         # gathered until it is whole, up to the bridge's `max_message`
         self._pieces: list[str | bytes] = []
@@ -247,9 +248,12 @@ class _Socket:
                     return
         finally:
             if self.turn is not None:
-                # the client left (or closed the socket) mid-turn: its upstream request stops now,
-                # no other upstream is tried and no failure is counted; the turn's row is written
-                self.turn.cancel()
+                if self.turn_job is None or not self.turn_job.delivered:
+                    # the client left (or closed the socket) mid-turn: its upstream request stops now,
+                    # no other upstream is tried and no failure is counted; the turn's row is written
+                    self.turn.cancel()
+                # else its last event is out (Codex closes on `response.completed`): it ends in a
+                # moment, served, once the upstream's body has ended and its connection is back
                 await asyncio.gather(self.turn, return_exceptions=True)
             if self.ticket is not None:
                 self.ticket.upstream_sockets.close()
@@ -335,7 +339,7 @@ class _Socket:
             return
         # a task of its own, so that the socket is still read while the turn runs: a client that
         # leaves is seen at once, and its pings are answered
-        self.turn = asyncio.get_running_loop().create_task(self._serve(made))
+        self.turn, self.turn_job = asyncio.get_running_loop().create_task(self._serve(made)), made
         self.bridge._track(self.turn)
         self.turn.add_done_callback(self._served)
 

@@ -343,3 +343,22 @@ async def test_a_stop_with_sockets_open_closes_them_and_reports_no_error():
         assert reported == []
     finally:
         loop.set_exception_handler(None)
+
+
+async def test_a_client_that_leaves_once_its_turn_completed_leaves_it_served(mock_a, mock_b):
+    """`codex exec` closes its socket on `response.completed`; the upstream's body ends a moment
+    later. The turn was served: no `client_closed` attempt, and the connection goes back."""
+    from tests.support.mock_upstream import stall_after
+    mock_a.script(stall_after(100, 0.3))            # every event, then the body's end 0.3 s later
+    bridged = Dialled(mock_a, mock_b)
+    try:
+        client = await bridged.client()
+        await client.events(lambda seen: any(isinstance(e, TextMessage) and "response.completed" in e.data
+                                              for e in seen))
+        client.writer.close()
+        await eventually(lambda: bridged.done, timeout=2.0)
+        job = bridged.done[0]
+        assert job.error is None and [(a.upstream, a.error) for a in job.attempts] == [("a", None)]
+        assert bridged.dialer.client.connection_counts() != {}     # kept for the next request
+    finally:
+        await bridged.close()
