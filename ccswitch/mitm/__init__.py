@@ -18,6 +18,7 @@ from ccswitch.mitm.router import Router
 from ccswitch.mitm.rules_watcher import RulesWatcher
 from ccswitch.mitm.safety import ClientKeyGate, InterceptScope, ListenSafety
 from ccswitch.mitm.shared_state import SharedStateSync
+from ccswitch.mitm.socket_messages import SocketMessages
 
 
 def make_addons() -> list:
@@ -27,4 +28,4 @@ def make_addons() -> list:
     # follows the router: it sees only the flows the router let pass untouched
     return [RulesWatcher(gateway), ListenSafety(gateway), InterceptScope(gateway), LivePage(gateway),
             Router(gateway), SharedStateSync(gateway), ClientKeyGate(gateway), Commands(gateway), Activator(gateway),
-            Notifications(gateway), CollectorTuning()]
+            Notifications(gateway), CollectorTuning(), SocketMessages()]
