@@ -319,7 +319,20 @@ def load_rules(path: str | Path, env: Mapping[str, str] | None = None) -> Rules:
         raise RulesError([f"{path}: cannot read (not UTF-8)"]) from None
     except OSError as e:
         raise RulesError([f"{path}: cannot read ({e.strerror or type(e).__name__})"]) from None
+    if blank(text):
+        raise RulesError([empty_file(path)])
     return _parse(text, str(path), env, path.resolve().parent, path)
+
+
+def blank(text: str) -> bool:
+    """Nothing but blank lines and comments: a file cut short or not written yet, not rules (which
+    would route nothing, every request passing through untouched)."""
+    return all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines())
+
+
+def empty_file(path: Path) -> str:
+    return (f"{path}: is empty (nothing but comments): ccswitch would route nothing; write rules into it "
+            "(`ccswitch init` writes a commented example)")
 
 
 BUILT_IN = "<built-in default>"

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ccswitch.config.load import BUILT_IN, default_rules_text, parse_rules, resolve_rules_path
+from ccswitch.config.load import BUILT_IN, blank, default_rules_text, empty_file, parse_rules, resolve_rules_path
 from ccswitch.config.models import Rules
 from ccswitch.config.values import RulesError
 
@@ -85,6 +85,8 @@ class RulesFile:
             content = path.read_bytes()
         except OSError as exc:
             raise RulesError([f"{path}: cannot read ({exc.strerror or type(exc).__name__})"]) from None
+        if _is_empty(content):
+            raise RulesError([empty_file(path)])
         self.rules = _parse(content, path)   # the bytes read once: what is checked is what is applied
         self.path, self._signature = path, _signature(content)
         log.info("ccswitch: rules loaded from %s (%d upstreams)", path, len(self.rules.upstreams))
@@ -139,7 +141,7 @@ def _signature(content: bytes | None) -> bytes | None:
 
 def _is_empty(content: bytes) -> bool:
     """Nothing but blank lines and comments: a truncated file, not rules."""
-    return all(not line.strip() or line.lstrip().startswith(b"#") for line in content.splitlines())
+    return blank(content.decode("utf-8", "replace"))
 
 
 def _parse(content: bytes, path: Path) -> Rules:

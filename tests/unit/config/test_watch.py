@@ -118,3 +118,16 @@ def test_a_veto_keeps_the_last_good_rules(world, caplog):
     rules_file.reload_if_changed()
     clock.advance(0.25)
     assert rules_file.reload_if_changed() and rules_file.rules.routes.for_route("claude") == ("b", "a")
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n", "# to be written\nversion: 1\n"[:16]])
+def test_an_empty_file_at_start_is_refused_as_check_refuses_it(tmp_path, content):
+    """Empty rules would route nothing (every request passing through untouched): the start and
+    `ccswitch check` say so, as a reload does."""
+    from ccswitch.config.load import load_rules
+    from ccswitch.config.values import RulesError
+    path = tmp_path / "rules.yaml"
+    path.write_text(content)
+    for load in (lambda: RulesFile().open(str(path)), lambda: load_rules(path)):
+        with pytest.raises(RulesError, match=r"is empty .*would route nothing"):
+            load()
