@@ -244,6 +244,19 @@ def _message(err: Mapping[str, Any]) -> str:
     return msg.replace("Input should be", "must be")  # pydantic messages never carry the input
 
 
+_QUOTED = re.compile(r"'([^'\s]{8,})'")
+
+
+def _yaml_problem(e: yaml.MarkedYAMLError) -> str:
+    """The parser's message without the text it quotes beyond a few characters: an unquoted key
+    starting with `*` or `!` is read as an alias or a tag, and quoted as one."""
+    text = " ".join(x for x in (e.context, e.problem) if x) or "invalid YAML"
+    text = _QUOTED.sub(lambda m: f"'{m.group(1)[:3]}…'", text)
+    if "alias" in text or " tag " in text:
+        text += " (a value starting with *, & or ! needs quotes)"
+    return text
+
+
 def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path | None,
            source_path: Path | None) -> Rules:
     env = os.environ if env is None else env
@@ -258,7 +271,7 @@ def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         pos = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RulesError([where(pos, " ".join(x for x in (e.context, e.problem) if x) or "invalid YAML")]) from None
+        raise RulesError([where(pos, _yaml_problem(e))]) from None
     except yaml.YAMLError as e:
         raise RulesError([where("", f"invalid YAML ({type(e).__name__})")]) from None
     except RecursionError:

@@ -23,3 +23,14 @@ def test_a_value_yaml_cannot_build_is_a_rules_error(text, said):
 def test_a_date_like_header_value_is_text():
     rules = parse_rules(UPSTREAM % "anthropic-version: 2023-06-01, x-date: 2025-02-30")
     assert rules.upstreams[0].headers == {"anthropic-version": "2023-06-01", "x-date": "2025-02-30"}
+
+
+@pytest.mark.parametrize("value", ["*sk-ant-SECRET-abc", "!sk-ant-SECRET-abc"])
+def test_an_unquoted_key_yaml_reads_as_an_alias_or_a_tag_is_not_quoted_back(value):
+    """YAML takes `*…` for an alias and `!…` for a tag and quotes it in its message: no message
+    ever contains a key."""
+    text = f"upstreams:\n  - name: a\n    protocol: anthropic\n    base_url: https://x.example\n    api_key: {value}\n"
+    with pytest.raises(RulesError) as refused:
+        parse_rules(text)
+    said = str(refused.value)
+    assert "SECRET" not in said and "needs quotes" in said and "line 5" in said
