@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ccswitch.cli.out_dir import cannot_write
+from ccswitch.cli.output import quiet_on_broken_pipe
 from ccswitch.cli.rules_file import UNSET, AnyEnv, find_announced, load_for_command
 from ccswitch.config.values import RulesError
 from ccswitch.vocab import Route
@@ -184,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "port", 0) is None:
         args.port = 8082 if args.reverse else 8080
-    return args.func(args)
+    return quiet_on_broken_pipe(lambda: args.func(args))
+
 
 
 if __name__ == "__main__":

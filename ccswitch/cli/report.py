@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import date, timedelta
 from pathlib import Path
 
 from ccswitch.cli.out_dir import cannot_write
+from ccswitch.cli.output import quiet_on_broken_pipe
 from ccswitch.cli.rules_file import AnyEnv, find_announced
 from ccswitch.clock import utc_now
 from ccswitch.config.database_url import parse_usage_db
@@ -100,14 +100,6 @@ def _load_rules(option: str | None) -> Rules:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        return _run(args)
-    except BrokenPipeError:                      # `ccswitch report | head`: the reader has gone, so say nothing more
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-
-
-def _run(args: argparse.Namespace) -> int:
-    try:
         rules = _load_rules(args.rules)
     except RulesError as exc:
         for problem in exc.problems:
@@ -178,8 +170,4 @@ def build_parser(prog: str = "ccswitch report") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "ccswitch report") -> int:
-    try:
-        return run(build_parser(prog).parse_args(argv))
-    except BrokenPipeError:                      # `... | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    return quiet_on_broken_pipe(lambda: run(build_parser(prog).parse_args(argv)))

@@ -228,3 +228,15 @@ routes: {claude: [a]}
     assert done.returncode == 0 and "ANTHROPIC_API_KEY=ck-from-env-0001" in done.stdout
     check = cli("check", str(rules), env=home_env(tmp_path))
     assert check.returncode == 1 and "client_keys[0]: environment variable CCSWITCH_TEST_CLIENT_KEY" in check.stderr
+
+
+def test_a_reader_gone_before_the_output_gets_no_traceback():
+    """`ccswitch env | true`: every command ends quietly when its reader has left (as `report` did)."""
+    read, write = os.pipe()
+    os.close(read)                                   # the reader is gone before the first byte
+    try:
+        done = subprocess.run([str(CCSWITCH), "env", "--rules", "rules.yaml"], cwd=REPO, stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert done.returncode == 0 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
