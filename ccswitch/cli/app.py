@@ -127,8 +127,12 @@ def _activate(args: argparse.Namespace) -> int:
     ledger.add("activations", result.row())
     ledger.close()
     verdict = "ok" if result.ok else f"failed: {result.error}"
-    through = f", through {upstream.proxy.shown}" if upstream.proxy is not None else ""   # never its credentials
-    print(f"{upstream.name}: activation {verdict} (status {result.status}, {result.latency_ms} ms{through})")
+    details = [f"{result.latency_ms} ms"]
+    if result.status is not None and f"HTTP {result.status}" not in verdict:   # no answer: no status
+        details.insert(0, f"status {result.status}")
+    if upstream.proxy is not None:
+        details.append(f"through {upstream.proxy.shown}")                     # never its credentials
+    print(f"{upstream.name}: activation {verdict} ({', '.join(details)})")
     return 0 if result.ok else 1
 
 
