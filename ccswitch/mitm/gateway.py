@@ -173,7 +173,7 @@ class Gateway:
         for ts, upstream, client, usd in found.rows:
             self.spend.add(UPSTREAM, upstream, usd, ts, quiet=True)
             self.spend.add(CLIENT, client, usd, ts, quiet=True)
-        if found.unpriced:
+        if found.unpriced and self.rules.budgets_set():     # without a budget, only the page's "+?" says so
             log.warning("ccswitch: no price is known for %s: budgets count their requests as $0 "
                         "(add them under prices: in rules.yaml; the month's spend so far is counted again at "
                         "them at the next start)", ", ".join(sorted(found.unpriced)))

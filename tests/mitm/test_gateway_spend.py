@@ -5,6 +5,8 @@ import logging
 import threading
 from datetime import timedelta
 
+import pytest
+
 from ccswitch.clock import utc_now
 from ccswitch.mitm import gateway as gateway_module
 from ccswitch.report.spend import LedgerSpend
@@ -54,3 +56,18 @@ async def test_an_unreadable_ledger_is_read_once_it_can_be(gateway, monkeypatch,
     warned = [r for r in caplog.records if "cannot read the spend so far" in r.getMessage()]
     assert [r.levelno for r in warned] == [logging.WARNING]             # once, and not an error
     assert "read the spend so far: budgets count it now" in caplog.text
+
+
+@pytest.mark.parametrize("budgets", [True, False], ids=["budgets", "no-budget"])
+async def test_a_model_without_a_price_is_told_at_start_only_where_a_budget_counts_it(tmp_path, monkeypatch, caplog,
+                                                                                         budgets):
+    from tests.mitm.conftest import open_gateway
+    gateway = open_gateway(tmp_path, RULES if budgets else RULES.replace(", budget: {daily: 10}", ""))
+    monkeypatch.setattr(gateway_module, "ledger_spend", lambda *a: LedgerSpend(unpriced={"gpt-6.1-sol"}))
+    gateway.open_ledger(True)
+    try:
+        with caplog.at_level(logging.INFO, logger="ccswitch"):
+            await gateway.load_spend(utc_now())
+    finally:
+        gateway.close()
+    assert ("no price is known for gpt-6.1-sol" in caplog.text) is budgets
