@@ -165,11 +165,13 @@ class ResponsesStream:
         return []
 
     def _shown(self, data: dict[str, Any]) -> None:
-        if isinstance(data.get("item_id"), str):
-            self.shown.add(data["item_id"])
-        elif isinstance(data.get("output_index"), int):
-            self.shown.add(data["output_index"])
-        else:
+        """A delta with text marks its item (by id and by output index: a `.done` may name it by
+        either) as sent; an empty one marks nothing."""
+        if not data.get("delta"):
+            return
+        keys = [key for key in (data.get("item_id"), data.get("output_index")) if isinstance(key, str | int)]
+        self.shown.update(keys)
+        if not keys:
             self.unkeyed = True
 
     def _whole(self, item: dict[str, Any], output_index: Any) -> list[dict[str, Any]]:

@@ -610,3 +610,15 @@ def test_text_streamed_as_deltas_is_not_sent_again_by_its_done():
                      completed()))
     folded = fold([c["choices"][0]["delta"] for c in chunks if c != "[DONE]" and c.get("choices")])
     assert (folded["text"], folded["reasoning"]) == ("Hi", "T")
+
+
+def test_an_empty_delta_does_not_stand_for_the_text_and_a_done_without_an_id_is_matched_by_its_index():
+    message = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Whole."}]}
+    empty_first = run(sse(created(),
+                          ("response.output_text.delta", {"item_id": "msg_1", "output_index": 0, "delta": ""}),
+                          ("response.output_item.done", {"output_index": 0, "item": {**message, "id": "msg_1"}}),
+                          completed()))
+    no_id = run(sse(created(), ("response.output_text.delta", {"item_id": "msg_1", "output_index": 0, "delta": "Hi"}),
+                    ("response.output_item.done", {"output_index": 0, "item": message}), completed()))
+    assert [fold([c["choices"][0]["delta"] for c in chunks if c != "[DONE]" and c.get("choices")])["text"]
+            for chunks in (empty_first, no_id)] == ["Whole.", "Hi"]
