@@ -152,7 +152,10 @@ class Pump:
             self.tap.feed(event)
             kind = protocols.classify_event(self.upstream.protocol, event)
             if kind is Kind.ERROR:
-                message = scrub(protocols.stream_error_message(event).encode("utf-8", "replace"), self.outgoing.secrets)
+                # every key the rules hold, before the cut: a key cut in two is not found by the
+                # ledger's scrub after it (the text may quote another upstream's key a client pasted)
+                secrets = self.outgoing.secrets + self.job.rules.secret_texts()
+                message = scrub(protocols.stream_error_message(event).encode("utf-8", "replace"), secrets)
                 self.error = (message.decode("utf-8", "replace")[:_ERROR_TEXT], in_stream_status(event.json()))
             elif kind is Kind.TERMINAL:
                 self.terminal = True

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ccswitch.config.load import parse_rules
-from tests.support.helpers import CLIENT_KEY, KEY_A, make_job, rules_for
+from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B, make_job, rules_for
 from tests.support.mock_upstream import status
 from tests.unit.dial.test_dialer import FAST, run
 
@@ -91,7 +91,8 @@ routes: {{claude: [x]}}
     assert CLIENT_KEY not in recorded and "overloaded for [redacted]" in recorded
 
 
-async def test_an_in_stream_error_is_scrubbed_before_it_is_cut_short():
+@pytest.mark.parametrize("echoed", ["its own key", "another upstream's key"])
+async def test_an_in_stream_error_is_scrubbed_before_it_is_cut_short(echoed):
     from ccswitch.dial.dialer import Dialer
     from ccswitch.routing.health import HealthBoard
     from tests.support.helpers import MemorySink, make_job
@@ -99,12 +100,15 @@ async def test_an_in_stream_error_is_scrubbed_before_it_is_cut_short():
     from tests.unit.dial.test_stream_tail import ANTHROPIC, event, serve_once
 
     # the key straddles the 200 characters kept of an error's text
-    echo = event({"type": "error", "error": {"type": "permission_error", "message": "x" * 185 + " key=" + KEY_A}})
+    key = KEY_A if echoed == "its own key" else KEY_B     # b's: a client pasted it into its prompt, say
+    # "permission_error: " + 170 + " key=": the key's first 7 characters are among the 200 kept
+    echo = event({"type": "error", "error": {"type": "permission_error", "message": "x" * 170 + " key=" + key}})
     server, port = await serve_once(ANTHROPIC[0] + echo)
     rules = parse_rules(f"""
 {FAST}
 upstreams:
   - {{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:{port}', api_key: '{KEY_A}'}}
+  - {{name: b, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_B}'}}
 routes: {{claude: [a]}}
 """)
     job, dialer = make_job(rules), Dialer(HealthBoard(), allow_url=loopback_url)
@@ -114,7 +118,7 @@ routes: {{claude: [a]}}
         await dialer.aclose()
         server.close()
     recorded = job.error + json.dumps([a.describe() for a in job.attempts])
-    assert "permission_error" in job.error and KEY_A[:8] not in recorded
+    assert "permission_error" in job.error and key[:6] not in recorded and "key=[redact" in job.error
 
 
 @pytest.mark.parametrize("auth", ["x-api-key", "client"])
