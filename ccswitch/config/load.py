@@ -101,12 +101,20 @@ def _message(err: Mapping[str, Any]) -> str:
         return "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
     if kind in _PLAIN_MESSAGES:
         return _PLAIN_MESSAGES[kind]
+    if kind in ("literal_error", "enum") and err["loc"] and err["loc"][-1] in _NAMED_CHOICES \
+            and isinstance(err.get("input"), str):
+        # a choice among names (never a secret): the value given, and the name it is closest to
+        named = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+        close = difflib.get_close_matches(err["input"], named, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{err['input'][:40]!r} is not one of " + msg.removeprefix("Input should be ") + hint
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             return msg[len(prefix):]
     return msg.replace("Input should be", "must be")  # pydantic messages never carry the input
 
 
+_NAMED_CHOICES = frozenset({"protocol", "auth", "strategy", "format", "codex_websocket"})
 _QUOTED = re.compile(r"'([^'\s]{8,})'")
 
 

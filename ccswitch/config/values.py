@@ -93,6 +93,7 @@ def parse_days(value: Any) -> Any:
     if not isinstance(value, (list, tuple, set, frozenset)):
         return value
     days: set[int] = set()
+    unknown = []
     for item in value:
         if isinstance(item, int) and not isinstance(item, bool) and 0 <= item <= 6:
             days.add(item)
@@ -101,9 +102,13 @@ def parse_days(value: Any) -> Any:
         first, sep, last = text.partition("-")
         ends = [weekday(first), weekday(last) if sep else weekday(first)]
         if None in ends:
-            raise ValueError(f"unknown weekday {item!r} (use mon..sun, or a range like mon-fri)")
+            unknown.append(repr(item))      # every one at once, not the first alone
+            continue
         a, b = ends
         days.update((a + i) % 7 for i in range((b - a) % 7 + 1))
+    if unknown:
+        raise ValueError(f"unknown weekday{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                         "(use mon..sun, or a range like mon-fri)")
     if not days:
         raise ValueError("days must not be empty (use enabled: false to switch an upstream off)")
     return frozenset(days)

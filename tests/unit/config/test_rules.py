@@ -227,9 +227,9 @@ def test_upstream_field_errors_paths():
 """)
     expect = {
         "upstreams[1].name": "may contain only letters, digits, '.', '_', '-'",
-        "upstreams[1].protocol": "must be 'anthropic', 'openai-responses' or 'openai-chat'",
+        "upstreams[1].protocol": "'gemini' is not one of 'anthropic', 'openai-responses' or 'openai-chat'",
         "upstreams[1].base_url": "must be 'original' or an http(s) URL like https://host[:port][/prefix]",
-        "upstreams[1].auth": "must be 'x-api-key', 'bearer' or 'client'",
+        "upstreams[1].auth": "'cookie' is not one of 'x-api-key', 'bearer' or 'client'",
         "upstreams[1].enabled": "must be true or false",
         "upstreams[1].days": "unknown weekday 'funday' (use mon..sun, or a range like mon-fri)",
         "upstreams[1].hours[0]": "hours window '25:00-18:00': time must be HH:MM between 00:00 and 23:59",
@@ -709,3 +709,15 @@ def test_rules_origin_says_which_file_and_why(tmp_path):
         f"{local} (found as ./rules.yaml in the current directory, which comes before ~/.ccswitch/rules.yaml; "
         f"{personal} is not used; name a file to use another; it is the shipped example, unchanged)")
     assert rules_origin("x.yaml", cwd / "x.yaml", cwd, home) == f"{cwd / 'x.yaml'} (as named)"
+
+
+def test_a_mistyped_protocol_is_named_with_the_one_it_is_closest_to_and_every_bad_day_at_once():
+    with pytest.raises(RulesError) as refused:
+        parse_rules("upstreams:\n"
+                    "  - {name: a, protocol: antropic, base_url: 'https://x.example', api_key: k-000000000}\n"
+                    "  - {name: b, protocol: anthropic, base_url: 'https://x.example', api_key: k-000000001,"
+                    " days: [funday, tue, mon-frii]}\n", "r.yaml")
+    assert sorted(refused.value.problems) == [
+        "r.yaml: upstreams[a].protocol: 'antropic' is not one of 'anthropic', 'openai-responses' or "
+        "'openai-chat' (did you mean 'anthropic'?)",
+        "r.yaml: upstreams[b].days: unknown weekdays 'funday', 'mon-frii' (use mon..sun, or a range like mon-fri)"]
