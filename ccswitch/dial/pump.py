@@ -22,7 +22,7 @@ from ccswitch.routing.rate_limits import limit_headers
 from ccswitch.vocab import Action, Protocol
 from ccswitch.wire import protocols
 from ccswitch.wire.protocols import Kind, in_stream_status
-from ccswitch.wire.redact import scrub, scrub_json
+from ccswitch.wire.redact import scrub, scrub_json, scrub_text
 from ccswitch.wire.sse import SSEError, SSEParser
 from ccswitch.wire.usage import UsageTap
 
@@ -154,9 +154,9 @@ class Pump:
             if kind is Kind.ERROR:
                 # every key the rules hold, before the cut: a key cut in two is not found by the
                 # ledger's scrub after it (the text may quote another upstream's key a client pasted)
-                secrets = self.outgoing.secrets + self.job.rules.secret_texts()
-                message = scrub(protocols.stream_error_message(event).encode("utf-8", "replace"), secrets)
-                self.error = (message.decode("utf-8", "replace")[:_ERROR_TEXT], in_stream_status(event.json()))
+                message = scrub_text(protocols.stream_error_message(event),
+                                     self.outgoing.secrets + self.job.rules.secret_texts())
+                self.error = (message[:_ERROR_TEXT], in_stream_status(event.json()))
             elif kind is Kind.TERMINAL:
                 self.terminal = True
             elif kind is Kind.CONTENT:

@@ -355,7 +355,7 @@ class _Socket:
 
     def _served(self, task: asyncio.Task) -> None:
         if self.turn is task:
-            self.turn = None
+            self.turn, self.turn_job = None, None
         if not task.cancelled() and task.exception() is not None:
             log.error("ccswitch: a bridged turn failed: %r", task.exception(), exc_info=task.exception())
             self.writer.close()    # its client is told by the socket's end, not left waiting

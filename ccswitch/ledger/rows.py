@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ccswitch.dial.job import Job
-from ccswitch.wire.redact import scrub
+from ccswitch.wire.redact import scrub_text
 from ccswitch.wire.usage import Usage
 
 
@@ -19,7 +19,7 @@ def _stored(error: str | None, job: Job) -> str | None:
     was scrubbed of its own upstream's keys and the client's; its text may quote another's)."""
     if error is None:
         return None
-    return scrub(error.encode("utf-8", "surrogatepass"), job.rules.secret_texts()).decode("utf-8", "surrogatepass")
+    return scrub_text(error, job.rules.secret_texts(), "surrogatepass")
 
 
 def request_row(job: Job) -> dict[str, Any]:

@@ -66,8 +66,8 @@ class Ledger:
         self.batch = batch
         self.interval = interval
         self.linger = linger
-        self._in_hand = 0                   # rows taken by the writer, not yet written
-        self._hand: list[Row] = []          # those rows (a stop while their write hangs keeps them)
+        # rows taken by the writer, not yet written (a stop while their write hangs keeps them)
+        self._hand: list[Row] = []
         self.spill_dir = spill_dir
         self._taken_files: list[Path] = []  # spill files whose rows were taken at the start
         self._taken_rows = 0
@@ -115,7 +115,7 @@ class Ledger:
         with self._cond:
             # a writer still hanging on the database may yet write its rows: kept all the same (the
             # ledger skips a row it has)
-            left = [*self._hand, *self._pending] if self._in_hand else list(self._pending)
+            left = [*self._hand, *self._pending]
         if left:
             self._keep_unwritten(left)
         elif self._taken_files:     # their rows were written, the last ones by this flush
@@ -162,7 +162,7 @@ class Ledger:
 
     @property
     def pending(self) -> int:
-        return len(self._pending) + self._in_hand
+        return len(self._pending) + len(self._hand)
 
     # ------------------------------------------------------------------ writer thread
 
@@ -177,7 +177,7 @@ class Ledger:
                 if not self._pending and self._closing:
                     break
                 rows = [self._pending.popleft() for _ in range(min(self.batch, len(self._pending)))]
-                self._in_hand, self._hand = len(rows), rows
+                self._hand = rows
             if not rows:
                 continue
             try:
@@ -191,7 +191,7 @@ class Ledger:
                 continue
             finally:
                 with self._cond:
-                    self._in_hand, self._hand = 0, []
+                    self._hand = []
             backoff = 0.5
             if self._failing:
                 self._recovered(len(rows))
@@ -240,7 +240,7 @@ class Ledger:
     def _give_back(self, rows: list[tuple[str, tuple]]) -> None:
         with self._cond:
             self._pending.extendleft(reversed(rows))
-            self._in_hand, self._hand = 0, []
+            self._hand = []
             over = len(self._pending) - self.max_pending
             for _ in range(max(0, over)):   # full while these were in hand: the oldest go
                 self._pending.popleft()

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from ccswitch.routing.events import Event
 from ccswitch.wire.exchange import json_bytes
-from ccswitch.wire.redact import scrub
+from ccswitch.wire.redact import scrub_text
 
 TEST_EVENT = "test"          # the kind `ccswitch notify-test` sends; every hook gets it
 _MAX_REASON = 1000
@@ -27,7 +27,7 @@ def clean(event: Event, secrets: list[str]) -> Event:
     def scrubbed(text: str | None) -> str | None:
         if text is None:
             return None
-        return scrub(text.encode("utf-8", "replace"), secrets).decode("utf-8", "replace")
+        return scrub_text(text, secrets)
     reason = scrubbed(event.reason) or ""      # whole, then cut: a key cut in two would not be found
     return replace(event, upstream=scrubbed(event.upstream), route=scrubbed(event.route),
                    reason=reason[:_MAX_REASON])

@@ -19,7 +19,7 @@ from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.quota import QuotaBoard
 from ccswitch.routing.status import upstream_state
 from ccswitch.vocab import Route
-from ccswitch.wire.redact import scrub
+from ccswitch.wire.redact import scrub_text
 
 #: an upstream's state, in the order routing asks: the page colours and the metrics' state label use these
 STATES = ("disabled", "outside_hours", "over_budget", "cooling", "full", "available")
@@ -52,7 +52,7 @@ def clean_text(text: str | None, secrets: list[str]) -> str | None:
     if text is None:
         return None
     # scrubbed whole, then cut: a key cut in two first would no longer be found
-    return scrub(str(text).encode("utf-8", "replace"), secrets).decode("utf-8", "replace")[:MAX_TEXT]
+    return scrub_text(str(text), secrets)[:MAX_TEXT]
 
 
 def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, sessions: SessionBindings,

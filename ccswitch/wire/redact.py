@@ -141,6 +141,12 @@ def scrub(body: bytes, secrets: list[str]) -> bytes:
     return body
 
 
+def scrub_text(text: str, secrets: list[str], errors: str = "replace") -> str:
+    """`scrub` for text (an error message, a model name); `errors="surrogatepass"` keeps a client's
+    lone surrogates as they are."""
+    return scrub(text.encode("utf-8", errors), secrets).decode("utf-8", errors)
+
+
 def scrub_json(value: Any, secrets: list[str]) -> Any:
     """JSON data (an upstream's usage object) with key text scrubbed from its strings (written
     ASCII-only: `scrub` knows a key in its escaped forms)."""
