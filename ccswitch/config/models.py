@@ -54,6 +54,7 @@ from ccswitch.config.values import (
     parse_hhmm,
     parse_sticky,
     proxy_setting,
+    some_hours,
     state_setting,
     status_key,
     usage_db_setting,
@@ -172,7 +173,7 @@ class Upstream(_Model):
     auth: AuthMode = "bearer"
     enabled: StrictBool = True
     days: Annotated[frozenset[int], BeforeValidator(parse_days)] = frozenset(range(7))
-    hours: tuple[HourWindow, ...] = ()
+    hours: Annotated[tuple[HourWindow, ...], AfterValidator(some_hours)] = ()
     models: dict[str, str] = Field(default_factory=dict)
     only_models: tuple[str, ...] = ()
     headers: dict[Annotated[str, AfterValidator(header_name)],

@@ -152,6 +152,14 @@ def activate_time(v: Any) -> str:
     return format_hhmm(parse_hhmm(v))
 
 
+def some_hours(windows: tuple[Any, ...]) -> tuple[Any, ...]:
+    # an empty list reads as "never" to some and "all day" to others: neither is guessed, as with days
+    if not windows:
+        raise ValueError("hours must not be empty (leave it out for all day, or use enabled: false "
+                         "to switch an upstream off)")
+    return windows
+
+
 def distinct_times(times: tuple[str, ...]) -> tuple[str, ...]:
     # after activate_time: "6:00" and 06:00 are one time, probed (and retried) once
     return tuple(dict.fromkeys(times))

@@ -533,6 +533,9 @@ def test_a_time_listed_twice_in_activate_at_is_one_time():
     assert parse("upstreams:\n" + relay("a", extra="days: fri-mon")).upstreams[0].days == frozenset({4, 5, 6, 0})
     assert problems("upstreams:\n" + relay("a", extra="days: []")) == [
         "r.yaml: upstreams[a].days: days must not be empty (use enabled: false to switch an upstream off)"]
+    assert problems("upstreams:\n" + relay("a", extra="hours: []")) == [
+        "r.yaml: upstreams[a].hours: hours must not be empty (leave it out for all day, or use "
+        "enabled: false to switch an upstream off)"]
     assert HourWindow.model_validate("22:00-24:00").end_minute == 1440
     with pytest.raises(ValueError):
         HourWindow.model_validate("24:00-02:00")

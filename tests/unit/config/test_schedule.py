@@ -27,8 +27,9 @@ ALL = frozenset(range(7))
 
 def up(days=None, hours=()):
     kw = {} if days is None else {"days": days}
-    return Upstream(name="u", protocol="anthropic", base_url="https://x.example", api_key="k",
-                    hours=list(hours), **kw)
+    if hours:
+        kw["hours"] = list(hours)
+    return Upstream(name="u", protocol="anthropic", base_url="https://x.example", api_key="k", **kw)
 
 
 def at(day: int, hh: int, mm: int = 0, ss: int = 0, tz=UTC) -> datetime:
