@@ -11,7 +11,9 @@ from pathlib import Path
 
 from ccswitch.cli.out_dir import cannot_write
 from ccswitch.cli.output import quiet_on_broken_pipe
-from ccswitch.cli.rules_file import UNSET, AnyEnv, find_announced, load_for_command
+from ccswitch.cli.rules_file import UNSET, AnyEnv, find_announced, load_for_command, load_for_part
+from ccswitch.config.database_url import PostgresURL
+from ccswitch.config.models import Rules
 from ccswitch.config.values import RulesError
 from ccswitch.vocab import Route
 
@@ -93,13 +95,24 @@ def _report(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _probe_texts(rules: Rules, name: str) -> list[str]:
+    """What a probe of `name` sends or connects with: its key, headers and proxy, and the ledger."""
+    try:
+        upstream = rules.upstream(name)
+    except KeyError:
+        return []
+    proxy = [upstream.proxy.shown, *upstream.proxy.secrets()] if upstream.proxy is not None else []
+    ledger = rules.usage_db.conninfo if isinstance(rules.usage_db, PostgresURL) else str(rules.usage_db)
+    return [*upstream.secret_texts(), *upstream.headers.values(), *proxy, ledger]
+
+
 def _activate(args: argparse.Namespace) -> int:
     import asyncio
 
     from ccswitch.activation.probe import send_probe
     from ccswitch.ledger.writer import Ledger
     from ccswitch.net.http1 import UpstreamClient
-    rules = load_for_command(args.rules)
+    rules = load_for_part(args.rules, lambda rules: _probe_texts(rules, args.name), f"activating {args.name}")
     if rules is None:
         return 1
     try:

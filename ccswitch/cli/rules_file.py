@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from ccswitch.config.load import find_rules, resolve_rules_path, rules_origin
@@ -30,6 +31,41 @@ class AnyEnv(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(os.environ)
+
+
+#: how an unset ${VAR} reads under MarkedEnv: a marker naming it
+_MARK = re.compile(r"ccswitch-unset-([A-Za-z_][A-Za-z0-9_]*)-variable")
+
+
+class MarkedEnv(AnyEnv):
+    """Every ${VAR} counts as set, an unset one to a marker naming it: a command that uses part of
+    the rules can tell which variables that part lacks."""
+
+    def __getitem__(self, key: str) -> str:
+        return os.environ.get(key, f"ccswitch-unset-{key}-variable")
+
+
+def load_for_part(option_value: str | None, used: Callable[[Rules], list[str]], what: str) -> Rules | None:
+    """The rules for a command that uses part of them (one upstream's probe, the notify hooks),
+    announced; None after printing why not.  A ${VAR} unset elsewhere in the rules (another
+    relay's key, in a shell that holds only this one's) does not stop it; one whose value is in
+    `used(rules)` (the texts the command sends or connects with) is named."""
+    announce_rules(option_value, resolve_rules_path(option_value, Path.cwd(), Path.home()))
+    try:
+        return find_rules(option_value)[0]
+    except RulesError as exc:
+        strict = exc
+    try:
+        rules = find_rules(option_value, env=MarkedEnv())[0]
+    except RulesError:               # a problem beyond unset variables
+        print(str(strict), file=sys.stderr)
+        return None
+    missing = sorted({name for text in used(rules) for name in _MARK.findall(text)})
+    if missing:
+        print(f"{what} needs {', '.join('${' + name + '}' for name in missing)}, which "
+              f"{'is' if len(missing) == 1 else 'are'} not set in this shell", file=sys.stderr)
+        return None
+    return rules
 
 
 def announce_rules(option_value: str | None, path: Path | None) -> None:
