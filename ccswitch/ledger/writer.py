@@ -105,8 +105,10 @@ class Ledger:
             if len(self._pending) in (1, self.batch):   # woken when work appears or a batch is full
                 self._cond.notify()
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Flush what is pending (as far as the database allows) and stop the thread."""
+    def close(self, timeout: float = 10.0, successor: Ledger | None = None) -> None:
+        """Flush what is pending (as far as the database allows) and stop the thread.  What this
+        database would not take goes to `successor` (the ledger a reload moved to), else is kept
+        for the next start where a spill directory is set."""
         with self._cond:
             self._closing = True
             self._cond.notify()
@@ -116,10 +118,30 @@ class Ledger:
             # a writer still hanging on the database may yet write its rows: kept all the same (the
             # ledger skips a row it has)
             left = [*self._hand, *self._pending]
-        if left:
+        if left and successor is not None:
+            successor.take(left)
+            log.warning("ccswitch: %d usage row(s) %s did not take go to %s instead", len(left),
+                        self.backend.label, successor.backend.label)
+            self._forget_taken()
+        elif left:
             self._keep_unwritten(left)
         elif self._taken_files:     # their rows were written, the last ones by this flush
             self._forget_taken()
+
+    def take(self, rows: list[Row]) -> None:
+        """Rows another ledger could not write, older than any queued here: they go first."""
+        with self._cond:
+            self._put_first(rows)
+            self._cond.notify()
+
+    def _put_first(self, rows: list[Row]) -> None:
+        """Queue `rows` before the rest; past `max_pending` the oldest go (the caller holds the lock)."""
+        self._pending.extendleft(reversed(rows))
+        over = len(self._pending) - self.max_pending
+        for _ in range(max(0, over)):
+            self._pending.popleft()
+        if over > 0:
+            self._count_dropped(over)
 
     # ------------------------------------------------------------------ rows kept over a stop
 
@@ -239,13 +261,8 @@ class Ledger:
 
     def _give_back(self, rows: list[tuple[str, tuple]]) -> None:
         with self._cond:
-            self._pending.extendleft(reversed(rows))
             self._hand = []
-            over = len(self._pending) - self.max_pending
-            for _ in range(max(0, over)):   # full while these were in hand: the oldest go
-                self._pending.popleft()
-            if over > 0:
-                self._count_dropped(over)
+            self._put_first(rows)    # full while these were in hand: the oldest go
 
     def _count_dropped(self, n: int) -> None:
         """``n`` of the oldest rows left the full buffer (the caller holds the lock)."""

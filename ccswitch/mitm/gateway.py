@@ -187,8 +187,9 @@ class Gateway:
         # a shared ledger's rows that cannot reach it before a stop are kept on this machine
         spill_dir = SPILL_DIR.expanduser() if isinstance(path, PostgresURL) else None
         self.ledger = Ledger(path, spill_dir=spill_dir).start() if path is not None else None
-        if old is not None:  # flush the old one without holding up the event loop
-            threading.Thread(target=old.close, name="ccswitch-ledger-close", daemon=True).start()
+        if old is not None:  # flush the old one without holding up the event loop; what it cannot write moves
+            threading.Thread(target=old.close, kwargs={"successor": self.ledger}, name="ccswitch-ledger-close",
+                             daemon=True).start()
         if path is not None:
             log.info("ccswitch: usage ledger at %s", path)
 

@@ -71,3 +71,22 @@ async def test_a_model_without_a_price_is_told_at_start_only_where_a_budget_coun
     finally:
         gateway.close()
     assert ("no price is known for gpt-6.1-sol" in caplog.text) is budgets
+
+
+async def test_a_reload_moving_the_ledger_takes_the_rows_the_old_one_could_not_write(tmp_path, caplog):
+    from tests.mitm.conftest import open_gateway
+    from tests.unit.ledger.test_ledger import row, wait_for
+    (tmp_path / "afile").write_text("a file where the ledger's directory should be")
+    gateway = open_gateway(tmp_path, RULES.replace("usage_db: usage.db", "usage_db: afile/usage.db"))
+    gateway.open_ledger(True)
+    try:
+        for i in range(3):
+            gateway.ledger.add("requests", row(i))
+        assert wait_for(lambda: "cannot write the usage ledger" in caplog.text)
+        (tmp_path / "rules.yaml").write_text(RULES.replace("usage_db: usage.db", "usage_db: fixed/usage.db"))
+        gateway.rules_file.open(str(tmp_path / "rules.yaml"))
+        gateway.open_ledger(True)
+        assert wait_for(lambda: (tmp_path / "fixed" / "usage.db").exists() and gateway.ledger.written == 3,
+                        timeout=15)
+    finally:
+        gateway.close()

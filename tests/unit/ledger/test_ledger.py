@@ -110,6 +110,23 @@ def test_pending_rows_are_flushed_on_close(tmp_path):
     assert count(path) == 50
 
 
+def test_rows_a_moved_from_ledger_could_not_write_go_to_the_new_one_first(tmp_path, caplog):
+    # a reload fixing a bad usage_db: what waited in memory for the old one is not thrown away
+    (tmp_path / "afile").write_text("not a directory")
+    bad, good = tmp_path / "afile" / "usage.db", tmp_path / "usage.db"
+    old = Ledger(bad, max_backoff=0.1).start()
+    for i in range(5):
+        old.add("requests", row(i))
+    assert wait_for(lambda: "cannot write the usage ledger" in caplog.text)
+    new = Ledger(good).start()
+    new.add("requests", row(5))
+    old.close(timeout=5, successor=new)
+    new.close()
+    rows = sqlite3.connect(good).execute("SELECT request_id FROM requests").fetchall()
+    assert sorted(r for (r,) in rows) == ["r0", "r1", "r2", "r3", "r4", "r5"]
+    assert f"5 usage row(s) {bad} did not take go to {good} instead" in caplog.text
+
+
 def test_a_row_the_database_rejects_does_not_block_the_others(tmp_path, caplog):
     path = tmp_path / "usage.db"
     ledger = Ledger(path).start()
