@@ -24,6 +24,13 @@ def ms_since(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
+def wall_text(moment: datetime, now: datetime, *, seconds: bool = False) -> str:
+    """`14:05` for a moment on `now`'s day (both in one zone), `2026-12-06 14:05` for another:
+    a reset two days off must not read as one an hour ago."""
+    clock = f"{moment:%H:%M:%S}" if seconds else f"{moment:%H:%M}"
+    return clock if moment.date() == now.date() else f"{moment:%Y-%m-%d} {clock}"
+
+
 def zone(name: str | None) -> tzinfo:
     """The zone called `name`, or with none the machine's own (`TZ`, else its configuration)."""
     return ZoneInfo(name) if name else _system_zone(os.environ.get("TZ"))

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 from mitmproxy import command, exceptions
 
+from ccswitch.clock import wall_text
 from ccswitch.config.models import Rules, Upstream
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.routing.status import status_text
@@ -65,7 +66,7 @@ class Commands:
         now = health.wall()
         # added in UTC: a span across a clock change ends at the right wall time
         until = (now + timedelta(minutes=minutes)).astimezone(tz)
-        when = f"{until:%H:%M}" if until.date() == now.astimezone(tz).date() else f"{until:%Y-%m-%d %H:%M}"
+        when = wall_text(until, now.astimezone(tz))
         log.info("ccswitch: preferring %s for %d minutes (until %s)", name, minutes, when)
         return f"preferring {name} for {minutes} minutes, until {when} (ccswitch.unuse ends it)"
 

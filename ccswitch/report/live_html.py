@@ -67,8 +67,10 @@ SCRIPT = r"""
   }
   const tok = (v) => !v ? "0" : v >= 1e7 ? (v / 1e6).toFixed(1) + "M" : v >= 1e6 ? (v / 1e6).toFixed(2) + "M"
     : v >= 1e4 ? (v / 1e3).toFixed(1) + "k" : v.toLocaleString("en-US");
+  // the report's rule: cents, or below a cent two significant digits (up to six decimals)
   const usd = (v) => v === null || v === undefined ? "?" : v === 0 ? "$0.00"
-    : "$" + (v >= 0.01 ? v.toFixed(2) : v.toFixed(4));
+    : "$" + v.toFixed(v >= 0.01 ? 2 : Math.min(6, Math.floor(-Math.log10(v)) + 2));
+  const gone = {client_closed: "client left", killed: "killed"};   // no upstream answered, nor ccswitch
   const left = (s) => s === null ? dash : s >= 3600 ? Math.floor(s / 3600) + " h " + Math.floor(s % 3600 / 60) + " min"
     : s >= 60 ? Math.floor(s / 60) + " min " + (s % 60) + " s" : s + " s";
   const dur = (v) => v === null || v === undefined ? dash : v >= 10000 ? (v / 1000).toFixed(1) + " s" : v + " ms";
@@ -106,7 +108,7 @@ SCRIPT = r"""
     const path = r.attempts.map((a) => a.upstream + " " + a.result).join(" \u2192 ");
     const bad = r.error || (r.status || 0) >= 400;
     tr.append(el("td", r.time, null, r.ts), el("td", r.route + (r.endpoint === "count_tokens" ? " (count)" : "")),
-      el("td", model || dash, "clip model", model), el("td", r.upstream || "ccswitch", r.upstream ? "" : "dim"),
+      el("td", model || dash, "clip model", model), el("td", r.upstream || gone[r.error] || "ccswitch", r.upstream ? "" : "dim"),
       attempts(r.attempts.length, path),
       el("td", r.status === null ? dash : r.status, "n" + (bad ? " err" : "")),
       el("td", tok(r.tokens.input), "n"), el("td", tok(r.tokens.output), "n"),

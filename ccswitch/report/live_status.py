@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from ccswitch.clock import wall_text
 from ccswitch.config.models import Rules
 from ccswitch.report.live import LiveBoard, Served
 from ccswitch.routing.affinity import SessionBindings
@@ -111,7 +112,7 @@ def _view_dict(view: UpstreamView, now: datetime) -> dict[str, Any]:
         "failures": view.failures, "last_error": view.last_error,
         "utilization": None if view.utilization is None else round(view.utilization, 4),
         "window": view.window, "resets_at": _local(view.resets_at),
-        "resets": f"{view.resets_at:%H:%M}" if view.resets_at is not None else None,
+        "resets": wall_text(view.resets_at, now.astimezone(view.resets_at.tzinfo)) if view.resets_at is not None else None,
         "sessions": view.sessions, "preferred": view.preferred, "budget": list(view.budget),
     }
 

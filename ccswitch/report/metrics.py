@@ -76,7 +76,8 @@ def metrics_text(board: LiveBoard, views: list[UpstreamView]) -> str:
     out = Exposition()
     out.family("ccswitch_requests_total", "counter",
                "Client requests finished since ccswitch started, by route, the upstream that answered "
-               "(empty when ccswitch answered itself) and the status the client got.",
+               "(empty when none did: ccswitch answered itself, or the client left first) and the status "
+               "the client got.",
                ((dict(route=r, upstream=u, status=s), n) for (r, u, s), n in sorted(board.requests.items())))
     out.family("ccswitch_failovers_total", "counter",
                "Requests that took more than one upstream attempt.", [({}, board.failovers)])

@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ccswitch.clock import wall_text
 from ccswitch.config.models import RouteSpec, Rules, Upstream
 from ccswitch.config.schedule import schedule_block
 from ccswitch.money import usd
@@ -78,7 +79,7 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
             else:
                 unknown_wait = True
         elif full is not None:
-            result.blocked.append((name, _full_text(full, quota, rules)))
+            result.blocked.append((name, _full_text(full, rules, now)))
             cooling.append((float("inf"), upstream))   # tried last, if nothing else is left
             if full.resets_at is not None:
                 limited.append(full.resets_at - quota.clock())
@@ -151,11 +152,11 @@ def _to_front(candidates: list[Upstream], name: str | None) -> bool:
     return False
 
 
-def _full_text(window, quota: QuotaBoard, rules: Rules) -> str:
+def _full_text(window, rules: Rules, now: datetime) -> str:
     if window.resets_at is None:
         return f"full ({window.name} window)"
     reset = datetime.fromtimestamp(window.resets_at, rules.tz)
-    return f"full until {reset:%H:%M} ({window.name} window)"
+    return f"full until {wall_text(reset, now.astimezone(rules.tz))} ({window.name} window)"
 
 
 def off_reason(upstream: Upstream, health: HealthBoard, now: datetime, model: str | None = None) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
+from ccswitch.clock import wall_text
 from ccswitch.config.models import Rules, Upstream
 from ccswitch.config.schedule import describe_next, schedule_block
 from ccswitch.money import usd
@@ -33,24 +34,26 @@ def upstream_state(upstream: Upstream, rules: Rules, health: HealthBoard, now: d
     cooling = health.cooling_until(upstream.name)
     if cooling is not None:
         until = now + timedelta(seconds=cooling - health.clock())
-        return "cooling", f"cooling down until {until:%H:%M:%S}", until
+        return "cooling", f"cooling down until {wall_text(until, now, seconds=True)}", until
     full = quota.full_until(upstream.name, rules.failover.drain_at) if quota is not None else None
     if full is not None:
         until = datetime.fromtimestamp(full, now.tzinfo)   # wall time: the reset exactly, not "now" + a span read later
         window = quota.full(upstream.name, rules.failover.drain_at)
-        return "full", f"full until {until:%H:%M:%S}" + (f" ({window.name} window)" if window else ""), until
+        return "full", (f"full until {wall_text(until, now, seconds=True)}"
+                        + (f" ({window.name} window)" if window else "")), until
     if health.busy_probing(upstream.name):
         return "available", "available (being probed after its cooldown)", None
     return "available", "available", None
 
 
-def quota_text(quota: QuotaBoard, name: str, drain_at: float, tz) -> str | None:
+def quota_text(quota: QuotaBoard, name: str, drain_at: float, now: datetime) -> str | None:
     """`utilization 0.42 (5h window, resets 14:00)`, with `full` when it is; None if unknown."""
     known = quota.utilization(name)
     if known is None:
         return None
     value, window = known
-    reset = f", resets {datetime.fromtimestamp(window.resets_at, tz):%H:%M}" if window.resets_at else ""
+    reset = (f", resets {wall_text(datetime.fromtimestamp(window.resets_at, now.tzinfo), now)}"
+             if window.resets_at else "")
     full = quota.full(name, drain_at)
     return f"utilization {value:.2f} ({window.name} window{reset})" + ("; full" if full is not None else "")
 
@@ -85,7 +88,7 @@ def status_text(rules: Rules, health: HealthBoard, now: datetime, quota: QuotaBo
                  detail, f"failures {state.failures}"]
         if state.last_error:
             parts.append(f"last error: {state.last_error}")
-        usage = quota_text(quota, upstream.name, rules.failover.drain_at, now.tzinfo) if quota else None
+        usage = quota_text(quota, upstream.name, rules.failover.drain_at, now) if quota else None
         if usage:
             parts.append(usage)
         if connections is not None:

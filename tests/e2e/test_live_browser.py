@@ -12,7 +12,7 @@ import pytest
 
 from tests.support import browser
 from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B
-from tests.support.mock_upstream import MockUpstream, ok, status
+from tests.support.mock_upstream import MockUpstream, hang_before_headers, ok, status
 from tests.support.proxy_process import Proxy
 
 if browser.missing() and os.environ.get("CI"):
@@ -64,6 +64,7 @@ def proxy(tmp_path_factory):
     with MockUpstream("A") as a, MockUpstream("B") as b, MockUpstream("target") as target:
         a.default = status(529)
         b.default = ok(headers=quota)
+        b.by_model["claude-slow"] = hang_before_headers(2)
         rules = tmp / "rules.yaml"
         rules.write_text(f"""client_keys: ["{CLIENT_KEY}"]
 failover: {{threshold: 1, cooldown: 300}}
@@ -82,6 +83,14 @@ routes: {{claude: [relay-a, relay-b, night-relay]}}
                     headers = {"x-api-key": CLIENT_KEY, "x-ccswitch-session": f"session-{n % 2}"}
                     r = client.post(running.reverse_url + "/v1/messages", json=body, headers=headers)
                     assert r.status_code == 200
+                with pytest.raises(httpx.ReadTimeout):     # the client gives up before any answer
+                    client.post(running.reverse_url + "/v1/messages", headers={"x-api-key": CLIENT_KEY}, timeout=0.5,
+                                json={"model": "claude-slow", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+                deadline = time.monotonic() + 10      # its row comes once ccswitch sees it gone
+                while len(client.get(running.reverse_url + "/_ccswitch/status.json",
+                                     headers={"x-api-key": CLIENT_KEY}).json()["recent"]) < 5:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
             yield running, target
 
 
@@ -100,8 +109,10 @@ def test_the_page_renders_upstreams_and_requests_and_refreshes_with_the_key(prox
     assert re.fullmatch(r"\$0\.000?\d\d of \$50\.00 today \(until 00:00\)", upstreams["relay-b"][6])
     assert upstreams["night-relay"][1].startswith("outside hours")
     requests = [r["cells"] for r in parsed.rows if r["class"] == "request"]
-    assert len(requests) == 4
-    newest, oldest = requests[0], requests[-1]
+    assert len(requests) == 5
+    gave_up, newest, oldest = requests[0], requests[1], requests[-1]
+    assert gave_up[3] == "client left" and gave_up[13] == "client_closed"   # not "ccswitch": it answered nothing
+    assert re.fullmatch(r"\$0\.0*[1-9]\d", newest[12]), newest[12]      # below a cent: two significant digits
     assert oldest[2] == "claude-sonnet-4-5 \u2192 claude-sonnet-4-5-20250929" and oldest[3] == "relay-b"
     assert oldest[4] == "2 relay-a 529 \u2192 relay-b 200" and oldest[5] == "200"
     assert newest[4] == "1 relay-b 200" and newest[5] == "200"

@@ -230,6 +230,23 @@ def test_upstream_states_name_each_reason_and_when_it_ends():
     assert views["night"].routes == ("chat",) and views["ok"].routes == ("claude",)
 
 
+def test_a_reset_days_away_is_shown_with_its_date_not_as_a_clock_time_that_has_passed():
+    r = parse_rules(STATES_RULES)
+    health, quota, sessions, wall = boards()
+    now = datetime.fromtimestamp(wall(), ZoneInfo(TZ))
+    later = now + timedelta(days=2, seconds=60)
+    quota.record("full", [("anthropic-ratelimit-unified-7d-utilization", "0.97"),
+                          ("anthropic-ratelimit-unified-7d-reset", str(int(later.timestamp())))])
+    quota.record("ok", [("anthropic-ratelimit-unified-5h-utilization", "0.42"),
+                        ("anthropic-ratelimit-unified-5h-reset", str(int(wall() + 600)))])
+    views = upstream_views(r, health, quota, sessions, now)
+    shown = {v["name"]: v for v in live_status(LiveBoard(clock=wall), views, r, now)["upstreams"]}
+    assert shown["full"]["detail"] == f"full until {later:%Y-%m-%d %H:%M:%S} (7d window)"
+    assert shown["full"]["resets"] == f"{later:%Y-%m-%d %H:%M}"
+    soon = now + timedelta(seconds=600)
+    assert shown["ok"]["resets"] == f"{soon:%H:%M}"     # today: the time alone
+
+
 def test_status_json_has_the_page_and_no_key_text_even_when_an_upstream_echoed_one():
     r = rules()
     health, quota, sessions, wall = boards()

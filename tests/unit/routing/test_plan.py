@@ -57,7 +57,7 @@ def test_quota_orders_by_known_utilization_and_unknown_counts_as_zero():
 
 
 def test_a_full_upstream_is_skipped_under_every_strategy_until_its_window_resets():
-    clock = Clock()
+    clock = Clock(NOW.timestamp())
     quota = QuotaBoard(clock)
     utilization(quota, "a", 0.97, reset_in=600)
     for route in ("[a, b, c]", "{upstreams: [a, b, c], strategy: weighted}", "{upstreams: [a, b, c], strategy: quota}"):
