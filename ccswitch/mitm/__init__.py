@@ -11,6 +11,7 @@ from ccswitch.mitm.activator import Activator
 from ccswitch.mitm.collector import CollectorTuning
 from ccswitch.mitm.commands import Commands
 from ccswitch.mitm.gateway import Gateway
+from ccswitch.mitm.key_shield import KeyShield
 from ccswitch.mitm.lifecycle import log_refusals_as_messages
 from ccswitch.mitm.live_page import LivePage
 from ccswitch.mitm.notifier import Notifications
@@ -24,8 +25,9 @@ from ccswitch.mitm.socket_messages import SocketMessages
 def make_addons() -> list:
     log_refusals_as_messages()
     gateway = Gateway()
-    # the live page answers its own paths before the router and the gate see them; the gate
-    # follows the router: it sees only the flows the router let pass untouched
-    return [RulesWatcher(gateway), ListenSafety(gateway), InterceptScope(gateway), LivePage(gateway),
+    # the shield gives a request its keys back before the others' request hooks; the live page
+    # answers its own paths before the router and the gate see them; the gate follows the
+    # router: it sees only the flows the router let pass untouched
+    return [KeyShield(), RulesWatcher(gateway), ListenSafety(gateway), InterceptScope(gateway), LivePage(gateway),
             Router(gateway), SharedStateSync(gateway), ClientKeyGate(gateway), Commands(gateway), Activator(gateway),
             Notifications(gateway), CollectorTuning(), SocketMessages()]

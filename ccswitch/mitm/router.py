@@ -22,7 +22,6 @@ from ccswitch.mitm.flows import (
     WARNING,
     ClientWatch,
     HeldBody,
-    Hidden,
     KilledStreams,
     StreamCopy,
     answer,
@@ -36,7 +35,6 @@ from ccswitch.mitm.flows import (
     likely_protocol,
     redact_credentials,
     redact_fields,
-    redact_proxy_login,
     restore_body,
     show_outcome,
     whole_response,
@@ -83,7 +81,6 @@ class Router:
         self.inline: set[asyncio.Task] = set()   # hooks running the dialer for non-streamed requests
         self.shutdown = Shutdown()
         self.holds = Holds()     # flows stopped by mitmproxy's intercept before they are routed
-        self.hidden: dict[str, Hidden] = {}   # flow id -> an API request's keys, from its head to its request hook
         self.sockets: CodexSockets | None = None   # Codex's WebSocket bridge, once running
         self.flows_shown = True    # anyone shows or saves flows: bodies are kept on them (streams: a copy)
         # set once `running` has loaded the month's spend and opened the relay: mitmproxy opens
@@ -192,24 +189,9 @@ class Router:
 
     # ------------------------------------------------------------------ hooks
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
-        redact_proxy_login(flow)
-
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        # every flow, the live page's and the ones passed on too, and before a client gone
-        # mid-body ends it with mitmproxy's `error` hook, in which `-w` saves it
-        redact_proxy_login(flow)
-        # mitmweb's flow list is sent each flow from this hook on (its view runs after the
-        # scripts): an API request's keys show `<redacted>` until the request hook needs them
-        if route_of(flow, self.gateway.rules) is not None:
-            self.hidden[flow.id] = Hidden(flow.request)
-
     async def request(self, flow: http.HTTPFlow) -> None:
-        hidden = self.hidden.pop(flow.id, None)
         if flow.response or flow.error or not flow.live:
             return
-        if hidden is not None:
-            hidden.restore(flow.request)
         if replays_routed(flow):
             as_the_client_sent(flow)
         if not self.started.is_set():
@@ -408,7 +390,6 @@ class Router:
                                         "ccswitch is offline: this host is not reachable"))
 
     def _finish(self, flow: http.HTTPFlow) -> None:
-        self.hidden.pop(flow.id, None)     # a client gone mid-body: its keys stay hidden
         self.killed_streams.discard(flow.id)
         self.holds.forget(flow)
         job = self.jobs.pop(flow.id, None)

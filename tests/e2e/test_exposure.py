@@ -5,6 +5,7 @@ The proxy listens on 0.0.0.0 here, but the tests only ever connect through 127.0
 listener others could reach is what makes the checks apply; peers from elsewhere are
 simulated in test_safety.py)."""
 
+import base64
 import re
 import time
 
@@ -107,7 +108,9 @@ def assert_login_hidden(saved) -> None:
     """The login mitmproxy keeps on each flow is there, its password hidden."""
     with saved.open("rb") as f:
         logins = [tuple(flow.metadata.get("proxyauth") or ()) for flow in io.FlowReader(f).stream()]
-    assert ("user", "<redacted>") in logins and b"secret-pass" not in saved.read_bytes()
+    saved_bytes = saved.read_bytes()
+    assert ("user", "<redacted>") in logins and b"secret-pass" not in saved_bytes
+    assert b"wrong-pass" not in saved_bytes and base64.b64encode(b"user:wrong-pass") not in saved_bytes
 
 
 def test_a_regular_listener_beyond_loopback_with_proxyauth_asks_for_it(tmp_path):
@@ -119,6 +122,9 @@ def test_a_regular_listener_beyond_loopback_with_proxyauth_asks_for_it(tmp_path)
                 assert client.get(site.base_url + "/internal/admin").status_code == 407
                 assert client.post(site.base_url + "/v1/messages", json=GOOD,
                                    headers={"x-api-key": CLIENT_KEY}).status_code == 407
+            with httpx.Client(proxy=f"http://user:wrong-pass@127.0.0.1:{port}", timeout=30,
+                              trust_env=False) as client:     # a mistyped login is not kept on its 407 flow
+                assert client.get(site.base_url + "/internal/admin").status_code == 407
             assert site.paths() == []
             with httpx.Client(proxy=f"http://user:secret-pass@127.0.0.1:{port}", timeout=30,
                               trust_env=False) as client:

@@ -74,19 +74,22 @@ async def test_routed_flow_goes_to_the_relay_with_credentials_redacted(router):
 
 
 async def test_an_api_requests_keys_show_redacted_from_its_head_on_and_are_back_for_its_routing(router):
+    from ccswitch.mitm.key_shield import KeyShield
+    shield = KeyShield()
     flow, gone = messages_flow(path=f"/v1/messages?key={CLIENT_KEY}"), messages_flow()
     for f in (flow, gone):
-        router.requestheaders(f)       # mitmweb's flow list is sent the flow right after this hook
+        shield.requestheaders(f)       # mitmweb's flow list is sent the flow right after this hook
         assert CLIENT_KEY not in repr(f.request.headers.fields) + f.request.path
         assert f.request.headers["cookie"] == "<redacted>"
     flow.request.headers["anthropic-beta"] = "x"     # another addon's change meanwhile stays
+    shield.request(flow)
     await router.request(flow)
     job = router.jobs[flow.id]         # the client key was back for its check: routed, not refused 401
     assert job.client is not None and dict(job.request.headers)["anthropic-beta"] == "x"
     assert CLIENT_KEY not in repr(flow.request.headers.fields) + flow.request.path
     gone.error = Error("Client disconnected.")    # mid-body: no request hook, saved as it is
-    router.error(gone)
-    assert CLIENT_KEY not in repr(gone.request.headers.fields) and router.hidden == {}
+    shield.error(gone)
+    assert CLIENT_KEY not in repr(gone.request.headers.fields) and shield.hidden == {}
 
 
 async def test_a_client_key_goes_no_further_wherever_else_the_client_put_it(router):
@@ -677,12 +680,14 @@ async def test_mitmwebs_flow_list_is_never_sent_an_api_requests_key(gateway):
     """mitmweb adds its view after the scripts: at `requestheaders` it broadcasts each new flow."""
     from mitmproxy.addons.view import View
     from mitmproxy.proxy.layers.http import HttpRequestHeadersHook
-    router, view, sent = Router(gateway), View(), []
+
+    from ccswitch.mitm import make_addons
+    view, sent = View(), []
 
     def broadcast(flow):        # what mitmweb sends its browsers (a signal holds its receivers weakly)
         sent.append(repr(flow.request.headers.fields))
     view.sig_view_add.connect(broadcast)
-    with taddons.context(router, view) as tctx:
+    with taddons.context(*make_addons(), view) as tctx:
         flow = messages_flow()
         await tctx.master.addons.handle_lifecycle(HttpRequestHeadersHook(flow))
     assert sent and CLIENT_KEY not in sent[0] and "<redacted>" in sent[0]
