@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from ccswitch.config.models import Upstream
-from ccswitch.dial.job import CLIENT_CLOSED, Attempt, Job, marks
+from ccswitch.dial.job import CLIENT_CLOSED, KILLED, Attempt, Job, marks
 from ccswitch.dial.outcome import (
     Failure,
     NetworkFailure,
@@ -147,7 +147,7 @@ class Dialer:
             # not the upstream's doing, and the next one may take the request as it is
             result = Failure(upstream.name, None, str(exc), Action.SWITCH, counts=False, client_status=exc.status)
         except (asyncio.CancelledError, ClientGone):
-            attempt.error = CLIENT_CLOSED
+            attempt.error = KILLED if job.killed else CLIENT_CLOSED
             raise
         finally:
             attempt.end()

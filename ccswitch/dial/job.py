@@ -96,7 +96,7 @@ class Job:
         self.client_left()
         last = self.attempts[-1] if self.attempts else None
         if last is not None and last.running_since is not None and not self.delivered:
-            last.error = CLIENT_CLOSED
+            last.error = KILLED if self.killed else CLIENT_CLOSED
 
     def request_sent_for_good(self) -> None:
         """The client has the answer's head: no attempt can send the request again.  What the

@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime, tzinfo
 from typing import Any
 
 from ccswitch.config.models import Rules
-from ccswitch.dial.job import CLIENT_CLOSED
+from ccswitch.dial.job import CLIENT_CLOSED, KILLED
 from ccswitch.vocab import Endpoint
 
 RECENT = 50   # requests the page lists
@@ -114,8 +114,9 @@ def _parse_ts(text: Any) -> datetime:
 
 def attempt_outcome(status: int | None, error: str | None) -> str:
     """A small fixed vocabulary for an attempt's end: ok, http_<status>, stream_error (a 2xx
-    that ended with an error event), network (no status), client_closed."""
-    if error == CLIENT_CLOSED:
+    that ended with an error event), network (no status), client_closed (also for a flow killed
+    in mitmproxy: cut from the client's side)."""
+    if error in (CLIENT_CLOSED, KILLED):
         return CLIENT_CLOSED
     if status is None:
         return "network"
@@ -128,6 +129,8 @@ def attempt_result(status: int | None, error: str | None) -> str:
     """An attempt as the page lists it: its status when that tells how it ended, else the word
     the metrics count it under (a 200 that ended with an error event failed: `stream_error`)."""
     outcome = attempt_outcome(status, error)
+    if error == KILLED:
+        return KILLED
     return str(status) if outcome == "ok" or outcome.startswith("http_") else outcome
 
 

@@ -605,3 +605,23 @@ async def test_an_attempt_whose_client_is_gone_on_a_write_ends_as_client_closed_
         await run(two(mock_a, mock_b), job=job, sink=LeavingSink())
     [attempt] = job.attempts
     assert attempt.ms >= 50 and attempt.describe() == f"a: 200 {CLIENT_CLOSED} ({attempt.ms} ms)"
+
+
+@pytest.mark.parametrize("ended_by", ["the dialer", "the flow's end"])
+async def test_an_attempt_cut_by_a_kill_in_mitmproxy_reads_killed_not_client_closed(mock_a, mock_b, ended_by):
+    # the comment in mitmweb, the attempts table and the live page say what the user did
+    from ccswitch.dial.job import KILLED
+    from ccswitch.dial.relay import ClientGone
+
+    class KilledSink(MemorySink):
+        async def write(self, data):
+            job.killed = True
+            if ended_by == "the flow's end":
+                job.flow_ended_first()
+                assert job.attempts[-1].error == KILLED     # said at once, before the relay cancels
+            raise ClientGone("the proxy closed the relay connection")
+    job = make_job(two(mock_a, mock_b))
+    with pytest.raises(ClientGone):
+        await run(two(mock_a, mock_b), job=job, sink=KilledSink())
+    [attempt] = job.attempts
+    assert attempt.error == KILLED and f"a: 200 {KILLED}" in job.comment()

@@ -93,9 +93,15 @@ def test_an_own_answer_counts_with_no_upstream_no_attempts_and_as_an_error():
 @pytest.mark.parametrize("status,error,outcome", [
     (200, None, "ok"), (200, "overloaded_error: busy", "stream_error"), (529, "HTTP 529", "http_529"),
     (None, "connect timed out", "network"), (None, CLIENT_CLOSED, "client_closed"), (200, CLIENT_CLOSED, "client_closed"),
+    (200, "killed", "client_closed"),     # cut from the client's side, by the user
 ])
 def test_attempt_outcomes_are_a_small_vocabulary(status, error, outcome):
     assert attempt_outcome(status, error) == outcome
+
+
+def test_the_page_names_a_killed_attempt_so():
+    from ccswitch.report.live import attempt_result
+    assert attempt_result(200, "killed") == "killed" and attempt_result(200, CLIENT_CLOSED) == "client_closed"
 
 
 def test_a_request_whose_client_left_has_status_client_closed():
