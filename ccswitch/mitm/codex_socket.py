@@ -19,6 +19,7 @@ from ccswitch.dial.shutdown import SHUTTING_DOWN
 from ccswitch.dial.ws_bridge import TICKET_HEADER, Refusal, Ticket, WsBridge
 from ccswitch.ledger.rows import own_answer_row
 from ccswitch.mitm.flows import redact_credentials
+from ccswitch.report.text import printable
 from ccswitch.routing.affinity import session_key
 from ccswitch.vocab import Endpoint, Protocol, Route
 from ccswitch.wire.exchange import ClientRequest
@@ -44,6 +45,7 @@ class CodexSockets:
         self.router = router
         self.bridge = WsBridge(self._make_job, self._run, router.gateway.record_job, self._comment,
                                refuse=self._refuse, max_message=lambda: ctx.options.ccswitch_max_body)
+        self._asked: dict[str, str] = {}   # flow id -> the URL Codex asked for, until it is shown again
 
     async def start(self) -> None:
         await self.bridge.start()
@@ -57,11 +59,20 @@ class CodexSockets:
         kept = [(k, v) for k, v in headers if k.lower() not in _HANDSHAKE]
         ticket = Ticket(context=SocketContext(flow, kept, client, flow.request.url))
         redact_credentials(flow.request)   # the bridge has its own copy; mitmweb and -w see none
+        self._asked[flow.id] = flow.request.url
         self.bridge.register(ticket)
         flow.metadata["ccswitch"] = {"route": Route.CODEX, "endpoint": Endpoint.WEBSOCKET}
         flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.bridge.port
         flow.request.headers[TICKET_HEADER] = ticket.token
         flow.comment = "ccswitch: Codex WebSocket bridged"
+
+    def settled(self, flow: http.HTTPFlow) -> None:
+        """The upgrade reached the bridge (its 101) or never will: the flow shows the URL Codex
+        asked for again, not the bridge's loopback address and ticket, for the socket's life."""
+        if (token := flow.request.headers.pop(TICKET_HEADER, None)) is not None:
+            self.bridge.forget(token)     # one that never reached the bridge (the client left)
+        if (url := self._asked.pop(flow.id, None)) is not None:
+            flow.request.url = url
 
     def _make_job(self, ticket: Ticket, turn: Turn) -> Job | Refusal:
         context: SocketContext = ticket.context
@@ -117,3 +128,5 @@ class CodexSockets:
         flow.comment = f"{flow.comment}\n{line}"
         if isinstance(made, Job) and made.failed_over:
             flow.marked = ":warning:"
+            log.info("ccswitch: codex websocket turn %d %s failed over: %s", ticket.turns,
+                     printable(made.request.model), " → ".join(a.describe() for a in made.attempts))

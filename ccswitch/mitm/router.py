@@ -37,6 +37,7 @@ from ccswitch.mitm.flows import (
     redact_fields,
     restore_body,
     show_outcome,
+    show_streaming,
     whole_response,
 )
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
@@ -366,6 +367,7 @@ class Router:
         if job is not None:
             if not job.request.stream:
                 return      # answered whole from the request hook (an SSE-typed error): sent as it is
+            show_streaming(flow, job, JOB_HEADER)
         elif not is_api_flow(flow, self.gateway.rules):      # passed on unrouted (e.g. a route with no upstreams)
             return
         # a routed stream from the relay, or an API stream passed through untouched: as it comes
@@ -394,8 +396,8 @@ class Router:
         self.holds.forget(flow)
         job = self.jobs.pop(flow.id, None)
         if job is None:
-            if self.sockets is not None and (ticket := flow.request.headers.get(TICKET_HEADER)):
-                self.sockets.bridge.forget(ticket)   # an upgrade that never reached the bridge (the client left)
+            if self.sockets is not None and TICKET_HEADER in flow.request.headers:
+                self.sockets.settled(flow)
             if is_api_flow(flow, self.gateway.rules):
                 redact_credentials(flow.request)  # passed through: sent already, hide now
             return

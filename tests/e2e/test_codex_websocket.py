@@ -53,6 +53,7 @@ def test_a_bridged_run_with_a_tool_call_fails_over_mid_conversation_with_the_ful
             assert done.returncode == 0, done.stderr[-2000:]
             assert "Hello from mock B" in done.stdout
             wait_rows(proxy, 2)
+            assert "codex websocket turn 2 " in proxy.log() and "failed over: codex-a: 503" in proxy.log()
         first_post = min(r.time for r in a.requests if r.protocol) - (time.time() - (time.monotonic() - began))
         first, second = turns(a)[0], turns(b)[0]
         # the second turn reached b as a full request: turn 1's input, its tool call and the tool's output
@@ -69,6 +70,10 @@ def test_a_bridged_run_with_a_tool_call_fails_over_mid_conversation_with_the_ful
         creates = [f for f in sent if f.get("type") == "response.create"]
         assert any(f.get("previous_response_id") for f in creates), "Codex sent no incremental turn"
         assert "turn 2: codex-a: 503" in recorded[0].comment and "codex-b: 200" in recorded[0].comment
+        # the URL Codex asked for, not the bridge's loopback address and ticket
+        shown = recorded[0].request
+        assert shown.pretty_host in ("api.openai.com", "chatgpt.com") and shown.path.endswith("/responses"), shown.url
+        assert "x-ccswitch-socket" not in shown.headers and shown.headers["host"] == shown.pretty_host
     assert 0 < first_post < 10
 
 

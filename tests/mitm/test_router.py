@@ -691,3 +691,18 @@ async def test_mitmwebs_flow_list_is_never_sent_an_api_requests_key(gateway):
         flow = messages_flow()
         await tctx.master.addons.handle_lifecycle(HttpRequestHeadersHook(flow))
     assert sent and CLIENT_KEY not in sent[0] and "<redacted>" in sent[0]
+
+
+async def test_a_running_stream_shows_its_upstream_and_attempts_not_the_relay(router, gateway):
+    from ccswitch.dial.job import Attempt
+    flow = messages_flow()
+    await router.request(flow)
+    assert flow.request.port == 4242 and JOB_HEADER in flow.request.headers     # on its way to the relay
+    job = router.jobs[flow.id]
+    job.attempts.append(Attempt("a", 200, None, 0))          # the dialer committed to a
+    job.upstream = "a"
+    flow.response = tutils.tresp(headers=http.Headers(content_type="text/event-stream"))
+    router.responseheaders(flow)       # the relay has the request: the flow may point elsewhere
+    assert flow.request.url == "http://127.0.0.1:9/v1/messages"
+    assert JOB_HEADER not in flow.request.headers and flow.comment.startswith("ccswitch: a: 200")
+    assert CLIENT_KEY not in repr(flow.request.headers.fields)
