@@ -39,9 +39,9 @@ HOLD_BACK_BYTES = 1024 * 1024
 
 
 class Pump:
-    __slots__ = ("attempt", "committed", "content_seen", "error", "finished", "headers", "held", "held_size",
-                 "job", "limit_headers", "outgoing", "parser", "response", "sink", "stream", "tap", "terminal",
-                 "upstream")
+    __slots__ = ("attempt", "broken", "committed", "content_seen", "error", "finished", "headers", "held",
+                 "held_size", "job", "limit_headers", "outgoing", "parser", "response", "sink", "stream", "tap",
+                 "terminal", "upstream")
 
     def __init__(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
                  response: http1.Response, sink, headers: list[tuple[str, str]], attempt: Attempt) -> None:
@@ -58,6 +58,7 @@ class Pump:
         self.content_seen = False
         self.finished = False   # a Chat answer's finish_reason came
         self.error: tuple[str, int] | None = None   # (message, status it stands for)
+        self.broken: str | None = None    # why an event is not the protocol's: never passed on
 
     async def run(self) -> Failure | Streamed:
         try:
@@ -83,6 +84,10 @@ class Pump:
         # that ends the hold-back: `idle` is the longest wait between two pieces, whatever happens meanwhile
         last_in = time.monotonic()
         hold_until = last_in + rules.failover.hold_back
+        # nothing at all after the head (a relay that hangs once it has answered 200) is not
+        # committed at the hold-back: an empty stream could not fail over any more.  Its first
+        # bytes have `first_byte` to come, as the head had; then the next upstream is tried.
+        silent_until: float | None = last_in + rules.timeouts.first_byte
         if rules.failover.hold_back <= 0:
             await self._commit()
         chunks = self.response.aiter_bytes().__aiter__()
@@ -92,7 +97,7 @@ class Pump:
             now = time.monotonic()
             wait = max(0.0, last_in + rules.timeouts.idle - now)
             if not self.committed:
-                wait = min(wait, max(0.0, hold_until - now))
+                wait = min(wait, max(0.0, (silent_until or hold_until) - now))
             # The deadline may cut a read short: the body iterators (http1.Response, a bridged
             # socket's turn) take nothing from their buffers before their one wait, so a
             # cancelled read loses no bytes.  No task and no wait set per read, and one timer
@@ -103,6 +108,9 @@ class Pump:
             except asyncio.CancelledError:
                 if not deadline.stop():
                     raise
+                if not self.committed and silent_until is not None:
+                    ended = "first_byte timeout (no event after the response head)"
+                    break
                 if not self.committed and time.monotonic() >= hold_until - 0.0005:
                     await self._commit()        # held long enough: stream what we have
                     continue
@@ -119,12 +127,16 @@ class Pump:
                 break
             deadline.stop()
             last_in = time.monotonic()
+            silent_until = None
             try:
                 events = self.parser.feed(chunk)
             except SSEError as exc:
                 ended = str(exc)
                 break
             over = self._take(events)
+            if self.broken is not None:
+                ended = self.broken     # before the commit the next upstream is tried; after, an error event
+                break
             # the next piece can be minutes away: hold nothing of this one (events parsed to JSON)
             del chunk, events
             await self._flush()       # one write per upstream read, not one per event
@@ -149,6 +161,11 @@ class Pump:
     def _take(self, events) -> bool:
         """Judge and translate a batch of events into `held`; True when the stream is over."""
         for event in events:
+            if event.event and event.not_json():
+                # what it starts with, scrubbed before it is cut as an error event's text is
+                start = scrub_text(event.data[:4096], self.outgoing.secrets + self.job.rules.secret_texts())
+                self.broken = f"a stream event that is not JSON: {start[:60]!r}"
+                return True
             self.tap.feed(event)
             kind = protocols.classify_event(self.upstream.protocol, event)
             if kind is Kind.ERROR:

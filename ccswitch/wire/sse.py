@@ -42,6 +42,17 @@ class Event:
                 self._json = None
         return self._json
 
+    def not_json(self) -> bool:
+        """Its data is surely not the JSON an API stream sends (a relay's cut line, or garbage):
+        parsed and found not to be, or, never parsed (a delta passed on as it is), not ending as
+        an object or an array does.  No data at all is not counted."""
+        data = self.data
+        if not data:
+            return False
+        if self._parsed:
+            return self._json is None and data.strip() != "[DONE]"
+        return not data.rstrip().endswith(("}", "]"))
+
     @property
     def type(self) -> str:
         """The event's type: the JSON `type` field if present, else the `event:` name.

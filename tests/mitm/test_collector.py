@@ -69,7 +69,8 @@ def test_a_reload_freezes_nothing_more_so_the_requests_in_flight_stay_collectabl
         new = CollectorTuning()
         with taddons.context(new):
             new.running()
-            assert gc.get_freeze_count() == frozen
+            # nothing more frozen (a frozen object freed meanwhile, by another thread, lowers it)
+            assert gc.get_freeze_count() <= frozen
             assert gc.get_threshold()[0] == YOUNG_THRESHOLD
             del in_flight
             gc.collect()

@@ -6,6 +6,7 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
+from ccswitch.clock import wall_text
 from ccswitch.mitm.commands import Commands
 from ccswitch.routing.plan import plan
 from tests.support.helpers import KEY_A
@@ -55,9 +56,11 @@ def test_status_shows_utilization_its_window_reset_full_and_bound_sessions(setup
     gateway.sessions.bind("claude", "s2", "a", ttl=3600)
     text = "\n".join(tctx.command(commands.status))
     line = next(x for x in text.splitlines() if x.strip().startswith("a ["))
-    at = datetime.fromtimestamp(reset, gateway.rules.tz).strftime("%H:%M")
+    tz = gateway.rules.tz     # the time alone today; with its date near midnight, when it is tomorrow
+    at = wall_text(datetime.fromtimestamp(reset, tz), datetime.now(tz))
     assert f"utilization 0.97 (5h window, resets {at}); full" in line and "2 session(s) bound" in line
     assert f"; full until {at}" in line and "available" not in line     # its state says so too
+    assert ("-" in at) is (datetime.fromtimestamp(reset, tz).date() != datetime.now(tz).date())
     tctx.command(commands.reset, "a")          # a reset forgets what the windows said too
     assert "utilization" not in "\n".join(tctx.command(commands.status))
 

@@ -184,3 +184,19 @@ def test_a_pending_event_over_the_limit_is_an_error_on_the_quick_path_too(monkey
     assert [e.data for e in parser.feed(b"data: 1\n\n")] == ["1"]
     with pytest.raises(SSEError):
         parser.feed(b"data: 2\n\ndata: an event with no end yet")
+
+
+@pytest.mark.parametrize(("block", "not_json"), [
+    (b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"hi"}}\n\n', False),
+    (b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"type":"text_de\n\n', True),
+    (b'data: [DONE]\n\n', False),
+    (b'data: hello there\n\n', True),
+    (b'event: ping\ndata: \n\n', False),                # no data at all is not counted
+    (b'data: {"choices": []} \n\n', False),
+])
+def test_an_events_data_that_is_surely_not_json_is_told_without_parsing_a_delta(block, not_json):
+    [event] = SSEParser().feed(block)
+    assert event.type            # as the judge reads it: a delta's JSON is not parsed for it
+    assert event.not_json() is not_json
+    event.json()
+    assert event.not_json() is not_json     # parsed: the same answer

@@ -1,0 +1,77 @@
+"""A relay's stream faults the hold-back must catch: nothing at all after a 200 head (not
+committed as an empty stream at the hold-back, so the next upstream can still take it), and an
+event whose data is not JSON (never passed on: the client's SDK fails parsing it)."""
+
+import asyncio
+
+import pytest
+
+from ccswitch.dial.dialer import Dialer
+from ccswitch.routing.health import HealthBoard
+from tests.support.helpers import MemorySink, make_job, rules_for
+from tests.support.loopback_guard import loopback_url
+from tests.support.mock_upstream import stall_after
+from tests.unit.dial.test_dialer import FAST, event_types, run, text_of, two
+from tests.unit.dial.test_stream_tail import ANTHROPIC
+
+SILENT = "first_byte timeout (no event after the response head)"
+
+
+async def test_a_stream_silent_after_its_head_is_not_committed_empty_and_fails_over(mock_a, mock_b):
+    mock_a.script(stall_after(0, 3))     # 200 and its head, then nothing
+    extra = FAST.replace("hold_back: 2s", "hold_back: 200ms").replace("idle: 500ms", "idle: 5s")
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    job, sink, health = await run(two(mock_a, mock_b, extra=extra))
+    took = loop.time() - start
+    assert sink.headers["x-ccswitch-upstream"] == "b" and text_of(sink.body)     # the client saw only b
+    assert (job.attempts[0].status, job.attempts[0].error) == (200, SILENT) and health.get("a").failures == 1
+    assert 0.45 < took < 1.5         # first_byte (500 ms) after the head, not idle (5 s)
+
+
+async def test_bytes_after_the_head_still_commit_at_the_hold_back(mock_a, mock_b):
+    mock_a.script(stall_after(1, 0.8))   # message_start, then quiet past the hold-back
+    extra = FAST.replace("hold_back: 2s", "hold_back: 200ms").replace("idle: 500ms", "idle: 5s")
+    job, sink, _ = await run(two(mock_a, mock_b, extra=extra))
+    assert sink.headers["x-ccswitch-upstream"] == "a" and job.ttfb_ms < 600 and job.error is None
+
+
+CUT = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_de\n\n'
+
+
+async def serve_in_two(first: bytes, second: bytes) -> tuple[asyncio.Server, int]:
+    """An SSE upstream that writes `first`, waits a moment (the client has it), then `second`."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n%s"
+                     % (len(first) + len(second), first))
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.write(second)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize("before", ["opening only", "after content"])
+async def test_an_event_that_is_not_json_is_never_passed_on(mock_b, before):
+    opening = ANTHROPIC[0] if before == "opening only" else ANTHROPIC[0] + ANTHROPIC[1]
+    server, port = await serve_in_two(opening, CUT + b"".join(ANTHROPIC[1:]))
+    rules = rules_for(("a", "anthropic", f"http://127.0.0.1:{port}"), ("b", "anthropic", mock_b.base_url),
+                      extra=FAST)
+    job, sink, dialer = make_job(rules), MemorySink(), Dialer(HealthBoard(), allow_url=loopback_url)
+    try:
+        await dialer.run(job, sink)
+    finally:
+        await dialer.aclose()
+        server.close()
+    assert b"text_de\n" not in sink.body and "not JSON" in job.attempts[0].error
+    if before == "opening only":      # nothing was committed: b takes it, unseen
+        assert sink.headers["x-ccswitch-upstream"] == "b" and job.error is None and len(job.attempts) == 2
+    else:                             # the client has a's text: the stream ends with an error event
+        assert sink.headers["x-ccswitch-upstream"] == "a" and event_types(sink.body)[-1] == "error"
+        assert "not JSON" in job.error and len(job.attempts) == 1
