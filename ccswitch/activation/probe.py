@@ -20,6 +20,7 @@ from ccswitch.clock import ms_since, utc_now
 from ccswitch.config.models import Rules, Upstream
 from ccswitch.config.schedule import fire_instant
 from ccswitch.config.values import parse_hhmm
+from ccswitch.dial.outcome import transport_text
 from ccswitch.dial.render import render
 from ccswitch.net import http1
 from ccswitch.routing.rate_limits import limit_headers
@@ -216,6 +217,11 @@ async def send_probe(client: http1.UpstreamClient, upstream: Upstream, timeout: 
         ok = 200 <= status < 300 and has_content(upstream.protocol, content, is_sse)
         if not ok:
             error = f"HTTP {status}" if not 200 <= status < 300 else "a 2xx without content"
-    except (http1.TransportError, TimeoutError, OSError, ValueError) as exc:   # ValueError: e.g. a bad URL
+    except TimeoutError:
+        error = f"timeout (no answer within {timeout:g}s)"
+    except (http1.TransportError, OSError) as exc:
+        # in the words the attempts table uses: `connection refused`, `TLS error`, the proxy's own
+        error = transport_text(exc)
+    except ValueError as exc:       # e.g. a bad URL
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return ProbeResult(upstream.name, ok, status, error, ms_since(started), ts, limits)

@@ -11,6 +11,7 @@ from ccswitch.clock import utc_now
 from ccswitch.net import http1
 from ccswitch.net.ws_client import HandshakeRefused
 from ccswitch.routing.rate_limits import retry_after
+from ccswitch.vocab import Action
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import Reply
 from ccswitch.wire.headers import OWN_PREFIX
@@ -97,6 +98,15 @@ def network_failure(upstream: str, exc: BaseException, action: str, phase: str) 
     else:
         reason = type(exc).__name__
     return NetworkFailure(upstream, reason, action)
+
+
+def transport_text(exc: BaseException) -> str:
+    """What went wrong reaching a host, for a probe or a webhook: the attempts table's words
+    (`connection refused`, `TLS error`, the proxy's own), else the exception's own text."""
+    reason = network_failure("", exc, Action.SWITCH, "connect").reason
+    if reason == type(exc).__name__ and str(exc):
+        return f"{reason}: {exc}"
+    return reason
 
 
 def _causes(exc: BaseException) -> list[BaseException]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ccswitch.config.models import NotifyHook, Rules
+from ccswitch.dial.outcome import transport_text
 from ccswitch.net import http1
 from ccswitch.notify.payload import TEST_EVENT, render
 from ccswitch.notify.retry import RetryPolicy, delivered
@@ -95,7 +96,9 @@ class WebhookPoster:
                     await response.aclose()
         except TimeoutError:
             return Delivery(host, None, f"no answer within {hook.timeout:g}s")
-        except (http1.TransportError, OSError, ValueError) as exc:
+        except (http1.TransportError, OSError) as exc:     # as the attempts table says it: `connection refused`
+            return Delivery(host, None, _safe(transport_text(exc), url))
+        except ValueError as exc:
             return Delivery(host, None, _safe(f"{type(exc).__name__}: {exc}", url))
         return Delivery(host, response.status_code, headers=tuple(response.headers))
 

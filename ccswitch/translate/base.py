@@ -88,7 +88,7 @@ class Passthrough:
         if parsed is None:
             return f"a 2xx body that is {not_json_kind(body)}"
         if not protocols.body_matches_protocol(upstream.protocol, req.endpoint, parsed):
-            return "a 2xx body that is not a " + upstream.protocol + " response"
+            return not_a_response_of(upstream.protocol)
         return None
 
     def reply(self, req: ClientRequest, upstream: Upstream, status: int,
@@ -146,3 +146,6 @@ class Unsupported(Passthrough):
                           f"({self.pair[1]})")
 
 
+def not_a_response_of(protocol: str) -> str:
+    """Why a 2xx JSON body fails: `a 2xx body that is not an anthropic response`."""
+    return f"a 2xx body that is not {'an' if protocol[0] in 'aeiou' else 'a'} {protocol} response"

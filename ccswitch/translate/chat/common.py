@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any
 
-from ccswitch.translate.base import wants_usage
+from ccswitch.translate.base import not_a_response_of, wants_usage
 from ccswitch.wire.exchange import UNPARSED, ClientRequest, Reply, json_bytes, json_or_none, not_json_kind
 from ccswitch.wire.protocols import body_matches_protocol
 from ccswitch.wire.redact import scrub
@@ -124,7 +124,7 @@ class ChatTranslation:
         if parsed is None:
             return f"a 2xx body that is {not_json_kind(body)}"
         if not body_matches_protocol(self.protocol, req.endpoint, parsed):
-            return f"a 2xx body that is not a {self.protocol} response"
+            return not_a_response_of(self.protocol)
         return None
 
     def upstream_streams(self, req: ClientRequest, upstream) -> bool:

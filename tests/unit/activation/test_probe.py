@@ -129,7 +129,7 @@ upstreams:
         seen = [rec.json for rec in mock.requests]
     assert ok.ok and ok.status == 200 and seen[0]["model"] == "claude-haiku-4-5"
     assert not bad.ok and bad.error == "HTTP 529"
-    assert not slow.ok and slow.error == "TimeoutError" and slow.status is None
+    assert not slow.ok and slow.error == "timeout (no answer within 0.2s)" and slow.status is None
     assert not refused.ok and "loopback" in refused.error and len(seen) == 3
     assert set(ok.row()) == {"ts", "upstream", "status", "ok", "error", "latency_ms", "slot"}
 
@@ -246,3 +246,18 @@ upstreams:
     seed_from_ledger(restarted, r, at(2026, 11, 25, 6, 10))
     assert restarted.due(r, at(2026, 11, 25, 6, 10)) == []            # inside grace, but it already fired
     assert Schedule().due(r, at(2026, 11, 25, 6, 10)) != []           # without the ledger it would fire
+
+
+async def test_a_probe_that_cannot_connect_says_so_in_the_attempts_words():
+    # `relay-a: activation failed: connection refused (1 ms)`, not the exception's repr
+    from ccswitch.net.http1 import UpstreamClient
+    from tests.support.mock_upstream import MockUpstream
+    port = MockUpstream.closed_port()
+    r = parse_rules(f"upstreams: [{{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:{port}', "
+                    "api_key: k-0123456789}]")
+    client = UpstreamClient()
+    try:
+        result = await send_probe(client, r.upstreams[0])
+    finally:
+        await client.aclose()
+    assert not result.ok and result.error == "connection refused"

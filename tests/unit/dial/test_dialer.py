@@ -117,6 +117,19 @@ async def test_a_2xx_body_that_is_not_utf8_is_named_so(mock_a, mock_b, path, rou
     assert job.attempts[0].error == "a 2xx body that is not UTF-8"
 
 
+@pytest.mark.parametrize(("route", "protocol", "said"), [
+    ("claude", "anthropic", "an anthropic"), ("chat", "openai-chat", "an openai-chat")])
+async def test_a_2xx_json_body_of_another_shape_is_named_so(mock_a, mock_b, route, protocol, said):
+    mock_a.script(status(200, body={"x": 1}, headers={"content-type": "application/json"}))
+    rules = rules_for(("a", protocol, mock_a.base_url), ("b", protocol, mock_b.base_url), extra=FAST,
+                      routes={route: ["a", "b"]})
+    path = "/v1/messages" if route == "claude" else "/v1/chat/completions"
+    body = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    job, sink, _ = await run(rules, path=path, body=body)
+    assert sink.headers["x-ccswitch-upstream"] == "b"
+    assert job.attempts[0].error == f"a 2xx body that is not {said} response"
+
+
 async def test_an_error_under_a_2xx_as_the_last_word_is_told_as_that_error(mock_a):
     # a relay's 200 that carries Anthropic's overloaded error: Claude Code sees a 529 it retries,
     # with the relay's own words, not a 502 of ccswitch's that hides them

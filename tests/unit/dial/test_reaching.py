@@ -155,7 +155,7 @@ async def test_an_activation_probe_goes_through_the_upstreams_proxy(mock_a):
         finally:
             await client.aclose()
     assert result.ok and proxy.tunnels == 1 and proxy.targets == [("127.0.0.1", mock_a.port)]
-    assert not refused.ok and refused.error.startswith(f"ProxyFailure: proxy socks5://127.0.0.1:{proxy.port}: "
+    assert not refused.ok and refused.error.startswith(f"proxy socks5://127.0.0.1:{proxy.port}: "
                                                        "authentication failed")
     assert len(mock_a.requests) == 1 and mock_a.last().headers["x-api-key"] == "key-a"
 
