@@ -47,8 +47,8 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
          session: str | None = None, spend: SpendBoard | None = None) -> Plan:
     """The candidates for one request, in the order they are tried.
 
-    If every otherwise-available upstream is cooling, the one that recovers first is tried
-    anyway (a route never goes dark on its own) — unless each is full or cooling after a 429
+    If every otherwise-available upstream is cooling, they are tried anyway, the one that recovers
+    first first (a route never goes dark on its own) — unless each is full or cooling after a 429
     with a known reset: then `limited_for` says how long until the first one is back.  An
     upstream being probed after its cooldown serves one request at a time.
     """
@@ -96,7 +96,11 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
             result.limited_for = max(0.0, min(limited))
             return result
         if cooling:
-            result.candidates.append(min(cooling, key=lambda pair: pair[0])[1])
+            # in the order they recover, as many as the route's attempts allow: after a blip that
+            # put every upstream in cooldown, the one tried first failing again does not fail the
+            # request while another would serve it.  Full ones only when nothing else is left.
+            recovering = [pair for pair in cooling if pair[0] != float("inf")]
+            result.candidates.extend(upstream for _, upstream in sorted(recovering or cooling, key=lambda pair: pair[0]))
             result.why_first = "recovers first"
             return result
         return result

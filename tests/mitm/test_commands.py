@@ -99,12 +99,12 @@ def test_unknown_upstream_is_a_clear_command_error_that_lists_the_known_ones(set
             tctx.command(command, "zzz", *args)
 
 
-def test_all_cooling_route_still_tries_the_one_that_recovers_first(setup):
+def test_all_cooling_route_still_tries_each_in_the_order_it_recovers(setup):
     gateway, commands, tctx = setup
     tctx.command(commands.enable, "b")
     gateway.health.record_failure("a", "x", threshold=1, cooldown=600)
     gateway.health.record_failure("b", "x", threshold=1, cooldown=60)
-    assert names(gateway) == ["b"]
+    assert names(gateway) == ["b", "a"]
 
 
 def test_use_says_until_when_status_shows_the_time_left_and_unuse_ends_it(setup):

@@ -18,9 +18,9 @@ class Clock:
         return self.now
 
 
-def rules_with(route: str, weights=(1, 1, 1)) -> object:
+def rules_with(route: str, weights=(1, 1, 1), names: str = "abc") -> object:
     ups = "\n".join(f"  - {{name: {n}, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k-{n}-0000000, "
-                    f"weight: {w}}}" for n, w in zip("abc", weights, strict=True))
+                    f"weight: {w}}}" for n, w in zip(names, weights, strict=True))
     return parse_rules(f"timezone: UTC\nupstreams:\n{ups}\nroutes:\n  claude: {route}\n")
 
 
@@ -142,7 +142,18 @@ def test_a_route_of_full_upstreams_without_a_known_reset_does_not_go_dark():
     utilization(quota, "b", 0.97)
     utilization(quota, "c", 0.99)
     p = plan(rules_with("[a, b, c]"), "claude", "m", HealthBoard(clock), NOW, quota=quota)
-    assert p.limited_for is None and len(p.candidates) == 1 and p.why_first == "recovers first"
+    assert p.limited_for is None and names(p) == ["a", "b", "c"] and p.why_first == "recovers first"
+
+
+def test_when_every_upstream_cools_down_each_is_tried_in_the_order_it_recovers_full_ones_not():
+    # after a blip put all in cooldown, the first failing again must not fail a request b or c would serve
+    clock = Clock()
+    health, quota = HealthBoard(clock), QuotaBoard(clock)
+    for name, cooldown in (("a", 60), ("b", 30), ("c", 90)):
+        health.record_failure(name, "HTTP 503", threshold=1, cooldown=cooldown)
+    utilization(quota, "d", 0.99, reset_in=10)       # full: left out while something else is left
+    p = plan(rules_with("[a, b, c, d]", weights=(1, 1, 1, 1), names="abcd"), "claude", "m", health, NOW, quota=quota)
+    assert names(p) == ["b", "a", "c"] and p.why_first == "recovers first" and p.limited_for is None
 
 
 def test_an_upstream_serves_only_its_models_and_says_so():
