@@ -53,11 +53,16 @@ def likely_protocol(request: http.Request) -> Protocol:
     return Protocol.CHAT
 
 
-def answer(flow: http.HTTPFlow, response: http.Response) -> None:
-    """ccswitch answers the flow itself: nothing is sent on, and the comment says so."""
+def answer(flow: http.HTTPFlow, response: http.Response, why: str | None = None) -> None:
+    """ccswitch answers the flow itself: nothing is sent on, and the comment says so, and why."""
     redact_credentials(flow.request)
     flow.response = response
-    flow.comment = f"ccswitch: answered {response.status_code} itself"
+    flow.comment = f"ccswitch: answered {response.status_code} itself" + (f": {why}" if why else "")
+
+
+def answer_error(flow: http.HTTPFlow, protocol: str, status: int, message: str, extra: dict | None = None) -> None:
+    """An error answer in the client's API format, its message in the flow's comment too."""
+    answer(flow, error_response(protocol, status, message, extra), message)
 
 
 def point_at(request: http.Request, target: str) -> None:

@@ -25,6 +25,7 @@ from ccswitch.mitm.flows import (
     KilledStreams,
     StreamCopy,
     answer,
+    answer_error,
     as_the_client_sent,
     drop_body,
     error_response,
@@ -213,7 +214,7 @@ class Router:
             self._unrouted(flow)  # a route with no upstreams is not ours either
             return
         if self.relay is None or self.failed_to_start:   # mitmproxy logged why; not passed on unrouted
-            answer(flow, error_response(CLIENT_PROTOCOL[match.route], 503, NOT_STARTED))
+            answer_error(flow, CLIENT_PROTOCOL[match.route], 503, NOT_STARTED)
             self._record_refusal(flow, match, Known(utc_now()), 503, NOT_STARTED)
             return
         known = Known(utc_now())
@@ -230,7 +231,7 @@ class Router:
         client_protocol = CLIENT_PROTOCOL[match.route]
 
         def refuse(status: int, message: str, extra: dict | None = None) -> None:
-            answer(flow, error_response(client_protocol, status, message, extra))
+            answer_error(flow, client_protocol, status, message, extra)
             self._record_refusal(flow, match, known, status, message)
 
         headers = from_wire(flow.request.headers.fields)   # the bytes as received
@@ -331,7 +332,7 @@ class Router:
             self.relay.forget(job)
         self.held_bodies.pop(flow.id, None)
         message = "ccswitch failed on this request (an internal error: its log has the details)"
-        answer(flow, error_response(CLIENT_PROTOCOL[match.route], 500, message))
+        answer_error(flow, CLIENT_PROTOCOL[match.route], 500, message)
         flow.marked = WARNING
         self._record_refusal(flow, match, known, 500, message)
 
@@ -388,8 +389,8 @@ class Router:
 
     def _unrouted(self, flow: http.HTTPFlow) -> None:
         if ctx.options.ccswitch_offline and flow.request.pretty_host.lower() in self.gateway.rules.intercept:
-            answer(flow, error_response(likely_protocol(flow.request), 404,
-                                        "ccswitch is offline: this host is not reachable"))
+            answer_error(flow, likely_protocol(flow.request), 404,
+                                        "ccswitch is offline: this host is not reachable")
 
     def _finish(self, flow: http.HTTPFlow) -> None:
         self.killed_streams.discard(flow.id)

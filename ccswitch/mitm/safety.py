@@ -9,7 +9,7 @@ from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.proxy import mode_specs
 
 from ccswitch.config.models import Rules
-from ccswitch.mitm.flows import LIVE_HOST, answer, error_response, likely_protocol
+from ccswitch.mitm.flows import LIVE_HOST, answer_error, likely_protocol
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.net.addresses import is_loopback
 from ccswitch.wire import headers as wire
@@ -168,7 +168,7 @@ class ClientKeyGate:
                 client, ctx.options.listen_host or "127.0.0.1"):
             presented = client_credential(wire.from_wire(flow.request.headers.fields))   # as the router reads it
             if not rules.client_keys or not rules.client_key_ok(presented):   # no keys: nobody passes
-                answer(flow, error_response(likely_protocol(flow.request), 401, "missing or invalid ccswitch client key"))
+                answer_error(flow, likely_protocol(flow.request), 401, "missing or invalid ccswitch client key")
                 return
         _drop_client_keys(flow.request, rules)
 

@@ -45,7 +45,8 @@ async def test_every_upstream_rate_limited_with_a_known_reset_is_ccswitchs_own_4
     assert abs(reset - (time.time() + 91)) < 3
     body = json.loads(flow.response.content)
     assert body["type"] == "error" and "a is full until" in body["error"]["message"]
-    assert "ccswitch: answered 429 itself" == flow.comment
+    # the comment says why, as the body does (mitmweb shows the comment in the flow list)
+    assert flow.comment == f"ccswitch: answered 429 itself: {body['error']['message']}"
     assert recorded and recorded[0]["status"] == 429 and recorded[0]["attempts"] == 0 and recorded[0]["upstream"] is None
 
 
