@@ -49,6 +49,14 @@ def live_path(flow: http.HTTPFlow) -> str | None:
     return None
 
 
+def query_key(path: str) -> list[str]:
+    """The `?key=` values of a page URL as typed: a form would read its `+` as a space, but a
+    key pasted into the address bar (base64 keys hold `+`) means the character itself."""
+    query = path.partition("?")[2]
+    return [unquote(value) for name, _, value in (pair.partition("=") for pair in query.split("&"))
+            if unquote(name) == KEY_PARAM and value]
+
+
 class LivePage:
     """Answer the live page's requests from the gateway's boards."""
 
@@ -82,9 +90,9 @@ class LivePage:
         rules = self.gateway.rules
         if rules.client_keys:
             presented = client_credential(wire.from_wire(flow.request.headers.fields))
-            if presented is None:
-                presented = flow.request.query.get(KEY_PARAM)
-            return rules.client_key_ok(presented)
+            if presented is not None:
+                return rules.client_key_ok(presented)
+            return any(rules.client_key_ok(value) for value in query_key(flow.request.path))
         client = flow.client_conn
         # as the client-key gate: without keys nobody beyond loopback passes a reverse listener
         return not (isinstance(client.proxy_mode, mode_specs.ReverseMode)

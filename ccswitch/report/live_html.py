@@ -54,7 +54,16 @@ a{color:inherit}
 SCRIPT = r"""
 (() => {
   "use strict";
-  const key = new URLSearchParams(location.search).get("key");
+  // as the proxy reads it: a pasted key's `+` is itself (URLSearchParams would make it a space)
+  const key = (() => {
+    for (const pair of location.search.slice(1).split("&")) {
+      const at = pair.indexOf("=");
+      if (at > 0 && pair.slice(0, at) === "key" && at < pair.length - 1) {
+        try { return decodeURIComponent(pair.slice(at + 1)); } catch (e) { return pair.slice(at + 1); }
+      }
+    }
+    return null;
+  })();
   const headers = key ? {"x-api-key": key} : {};
   const $ = (id) => document.getElementById(id);
   const dash = "\u2013";

@@ -19,6 +19,7 @@ if browser.missing() and os.environ.get("CI"):
     raise RuntimeError(browser.missing() + ": .ci/run must install it")
 pytestmark = pytest.mark.skipif(browser.missing() is not None, reason=browser.missing() or "")
 
+PLUS_KEY = "ccsw+b64/key==-0123456789"   # as base64 keys are: pasted into the address bar as it is
 SCREENSHOT_KEEP = os.environ.get("CCSWITCH_SCREENSHOT")   # a path: keep a copy of the screenshot to look at
 
 
@@ -66,7 +67,7 @@ def proxy(tmp_path_factory):
         b.default = ok(headers=quota)
         b.by_model["claude-slow"] = hang_before_headers(2)
         rules = tmp / "rules.yaml"
-        rules.write_text(f"""client_keys: ["{CLIENT_KEY}"]
+        rules.write_text(f"""client_keys: ["{CLIENT_KEY}", "{PLUS_KEY}"]
 failover: {{threshold: 1, cooldown: 300}}
 upstreams:
   - {{name: relay-a, protocol: anthropic, base_url: '{a.base_url}', api_key: '{KEY_A}'}}
@@ -138,3 +139,13 @@ def test_a_screenshot_of_the_page(proxy, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000   # a rendered page, not a blank one
     if SCREENSHOT_KEEP:
         shutil.copy(shot, SCREENSHOT_KEEP)
+
+
+def test_a_key_holding_plus_pasted_into_the_address_loads_and_refreshes_the_page(proxy, tmp_path):
+    running, _ = proxy
+    dom = browser.dump_dom(f"{running.reverse_url}/_ccswitch/?key={PLUS_KEY}", tmp_path / "profile")
+    parsed = Rows()
+    parsed.feed(dom)
+    # the refresh sent the key as the proxy took it from the address (not with a space for its `+`)
+    assert parsed.ids["live"].startswith("live, every 2 s (updated "), parsed.ids["live"]
+

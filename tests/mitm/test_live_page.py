@@ -208,3 +208,18 @@ def test_a_finished_request_is_priced_once_for_budgets_and_the_page_alike(gatewa
     gateway.record_job(finished(gateway.rules, Attempt("a", 200, None, 40, Usage(input_tokens=1000, output_tokens=300))))
     assert len(priced) == 1 and priced[0] > 0
     assert spent == [("upstream", priced[0]), ("client", priced[0])] and gateway.live.cost["a"] == priced[0]
+
+
+@pytest.mark.parametrize("typed", ["Ab+Cd/Ef==-0123456789", "Ab%2BCd%2FEf%3D%3D-0123456789"], ids=["raw", "encoded"])
+async def test_a_key_holding_plus_works_in_the_url_as_pasted_or_encoded(tmp_path, typed):
+    from tests.mitm.conftest import open_gateway
+    gateway = open_gateway(tmp_path, RULES.replace(f'client_keys: ["{CLIENT_KEY}"]',
+                                                   'client_keys: ["Ab+Cd/Ef==-0123456789"]'))
+    page, router, gate = LivePage(gateway), Router(gateway), ClientKeyGate(gateway)
+    router.relay = object()
+    router.started.set()
+    with taddons.context(page, router, gate) as tctx:
+        tctx.configure(page, listen_host="127.0.0.1")
+        flow = await through((page, router, gate), flow_on(path=f"/_ccswitch/?key={typed}"))
+        spaced = await through((page, router, gate), flow_on(path="/_ccswitch/?key=Ab Cd/Ef==-0123456789"))
+    assert flow.response.status_code == 200 and spaced.response.status_code == 401
