@@ -125,6 +125,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         with open_reader(db) as reader:
+            tables = reader.tables()     # none at all: an empty database, which has no requests
+            if tables and not {"requests", "activations"} & tables:
+                print(f"{db} holds no ccswitch usage tables: it is not a ccswitch ledger", file=sys.stderr)
+                return 1
             report = build_report(reader, rules, since, until, args.by, tz=tz, db_path=str(db), period=args.period,
                                   hours_day=hours_day, blocks=args.blocks is not None,
                                   blocks_upstream=args.blocks or None)

@@ -41,4 +41,4 @@ def test_the_content_security_policy_allows_exactly_the_pages_script_and_style()
 
 def test_the_script_refreshes_from_status_json_sending_the_key_as_a_header():
     assert 'fetch("/_ccswitch/status.json"' in SCRIPT and "setInterval(refresh, 2000)" in SCRIPT
-    assert '"x-api-key": key' in SCRIPT and 'get("key")' in SCRIPT
+    assert '"x-api-key": key' in SCRIPT and 'pair.slice(0, at) === "key"' in SCRIPT
