@@ -19,7 +19,7 @@ import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
-from ccswitch.report.data import Report, Span, Totals
+from ccswitch.report.data import Report, Span, Totals, short_name
 from ccswitch.report.latency import LatencyStats, Timing, stats
 
 SIZE = (10, 4.5)
@@ -33,7 +33,7 @@ HIT_MARGIN = 5          # percentage points of room around the cache-hit data
 
 def _human(x: float, _pos: object = None) -> str:
     x = float(x)
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
         if abs(x) >= div:
             return f"{x / div:.3g}{unit}"
     return f"{x:.3g}" if x else "0"
@@ -204,7 +204,7 @@ def chart_cost(report: Report, path: Path) -> Path:
     ax.set_ylabel(f"cost {axis.per_row()} (USD)")
     if report.total.unpriced_tokens:
         names = sorted(report.unpriced, key=lambda m: -report.unpriced[m])
-        listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        listed = ", ".join(short_name(n, 30) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         fig.text(0.01, 0.01, f"Not included: {_human(report.total.unpriced_tokens)} tokens of models with no "
                  f"price ({listed})", fontsize=8, color="#a03030")
     if not report.total.cost:

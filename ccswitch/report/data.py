@@ -359,11 +359,17 @@ def _blocks(events: list[tuple[datetime, UsageRow]], whole: Span, tz: tzinfo | N
 def _unpriced_list(unpriced: dict[str, int], shown: int = UNPRICED_SHOWN) -> str:
     """The models with the most unpriced tokens, then how many more (every one is in the JSON)."""
     ranked = sorted(unpriced.items(), key=lambda kv: (-kv[1], kv[0]))
-    listed = ", ".join(f"{m} ({fmt_tokens(n)} tokens)" for m, n in ranked[:shown])
+    listed = ", ".join(f"{short_name(m)} ({fmt_tokens(n)} tokens)" for m, n in ranked[:shown])
     rest = ranked[shown:]
     if rest:
         listed += f" and {len(rest)} more ({fmt_tokens(sum(n for _, n in rest))} tokens)"
     return listed
+
+
+def short_name(name: str, limit: int = 60) -> str:
+    """A model name as a note or a chart shows it: a client can send any text as its model, and one
+    of thousands of characters would push the rest off the page (the JSON has every name whole)."""
+    return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
 def report_zone(rules: Rules) -> tzinfo | None:
@@ -404,10 +410,10 @@ def tz_label(rules: Rules, tz: tzinfo | None) -> str:
 
 
 def fmt_tokens(n: int) -> str:
-    """Token count for people: 9999, 12.3K, 4.56M, 1.20B."""
+    """Token count for people: 9999, 12.3K, 4.56M, 1.20B, 1.00T."""
     if n < 10_000:
         return str(n)
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
         if n >= div:
             return f"{n / div:.{1 if unit == 'K' else 2}f}{unit}"
     return str(n)  # pragma: no cover

@@ -54,7 +54,8 @@ tr.group td{color:#555;font-size:.82rem} tr.group td:first-child{padding-left:1.
 tr.total td{font-weight:bold;border-top:2px solid #999}
 tr.active td{background:#eef6ee;font-weight:bold}
 img{max-width:100%;height:auto;border:1px solid #eee;margin:.5rem 0}
-.notes li{color:#7a3b00}
+.notes li{color:#7a3b00;overflow-wrap:anywhere}
+.meta{overflow-wrap:anywhere}
 """
 
 

@@ -466,3 +466,15 @@ def test_no_rules_timezone_uses_system_zone_with_dst(tmp_path, monkeypatch):
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_a_model_name_of_any_length_is_cut_in_notes_and_whole_in_the_json(small_db):
+    conn = connect(str(small_db))
+    long = "m" * 3000
+    insert_request(conn, 300, ts="2026-03-02T06:00:00.000+00:00", upstream="relay-b", route="chat",
+                   endpoint="chat", model=long, input_tokens=10**15)
+    conn.close()
+    r = _small(small_db)
+    [note] = [n for n in r.notes if n.startswith("no price for:")]
+    assert "m" * 59 + "…" in note and "m" * 61 not in note and r.unpriced[long] == 10**15
+    assert report.fmt_tokens(10**15) == "1000.00T" and report.fmt_tokens(1_200_000_000) == "1.20B"
