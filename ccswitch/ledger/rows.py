@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from ccswitch.config.models import Rules
 from ccswitch.dial.job import Job
-from ccswitch.wire.redact import scrub_text
+from ccswitch.wire.redact import holds_secret, scrub_text
 from ccswitch.wire.usage import Usage
 
 
@@ -57,3 +58,20 @@ def own_answer_row(*, request_id: str, started_at: datetime, route: str, endpoin
             "upstream": None, "model": model, "status": status, "stream": int(stream), "attempts": 0,
             "latency_ms": latency_ms, "ttfb_ms": latency_ms, "error": error, "session": session,
             "affinity": affinity if session is not None else None, "client": client, **Usage().columns()}
+
+
+#: a row's text the client chose: a client may send anything as its model or session, a key too
+_CLIENT_TEXT = ("model", "upstream_model", "session")
+
+
+def without_keys(row: dict[str, Any], rules: Rules) -> dict[str, Any]:
+    """`row` with any key text of the rules in the client's own fields scrubbed (errors are
+    scrubbed where they are made): no key is ever stored, whatever a client sends."""
+    texts = [(name, row[name]) for name in _CLIENT_TEXT if isinstance(row.get(name), str)]
+    if not texts:
+        return row
+    secrets = rules.secret_texts()
+    for name, text in texts:
+        if holds_secret(text, secrets):
+            row[name] = scrub_text(text, secrets, "surrogatepass")
+    return row

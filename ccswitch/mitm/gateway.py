@@ -17,7 +17,7 @@ from ccswitch.config.database_url import PostgresURL
 from ccswitch.config.models import ROUTE_PROTOCOLS, Rules
 from ccswitch.config.watch import RulesFile
 from ccswitch.dial.job import Job
-from ccswitch.ledger.rows import attempt_rows, request_row
+from ccswitch.ledger.rows import attempt_rows, request_row, without_keys
 from ccswitch.ledger.spill import SPILL_DIR
 from ccswitch.ledger.writer import Ledger
 from ccswitch.mitm.lifecycle import hook_task
@@ -195,7 +195,7 @@ class Gateway:
 
     def record_job(self, job: Job) -> None:
         """Every finished routed request passes here: into the ledger and the live counters."""
-        row, attempts = request_row(job), attempt_rows(job)
+        row, attempts = without_keys(request_row(job), job.rules), attempt_rows(job)
         if self.ledger is not None:
             self.ledger.add("requests", row)
             for attempt in attempts:
@@ -208,6 +208,7 @@ class Gateway:
 
     def record_own_answer(self, row: dict) -> None:
         """A request ccswitch answered itself (`ledger.rows.own_answer_row`): ledger and live counters."""
+        row = without_keys(row, self.rules)
         if self.ledger is not None:
             self.ledger.add("requests", row)
         self._note_live(row, [], self.rules, self.price(row, self.rules))

@@ -141,6 +141,11 @@ def scrub(body: bytes, secrets: list[str]) -> bytes:
     return body
 
 
+def holds_secret(text: str, secrets: list[str]) -> bool:
+    """Whether `scrub_text` would change `text` as written (not escaped): the cheap look first."""
+    return any(len(secret) >= _SHORTEST_SECRET and secret in text for secret in secrets)
+
+
 def scrub_text(text: str, secrets: list[str], errors: str = "replace") -> str:
     """`scrub` for text (an error message, a model name); `errors="surrogatepass"` keeps a client's
     lone surrogates as they are."""

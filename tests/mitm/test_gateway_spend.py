@@ -90,3 +90,23 @@ async def test_a_reload_moving_the_ledger_takes_the_rows_the_old_one_could_not_w
                         timeout=15)
     finally:
         gateway.close()
+
+
+def test_what_the_gateway_records_holds_no_key_a_client_sent_as_its_model(gateway):
+    from ccswitch.dial.job import Attempt
+    from ccswitch.ledger.rows import own_answer_row
+    from tests.support.live_rows import finished
+
+    class Rows:
+        def __init__(self):
+            self.added = []
+
+        def add(self, table, row):
+            self.added.append(row)
+    gateway.ledger = Rows()
+    gateway.record_job(finished(gateway.rules, Attempt(upstream="a", status=200), model=KEY_A))
+    gateway.record_own_answer(own_answer_row(request_id="r", started_at=utc_now(), route="claude",
+                                             endpoint="messages", model=KEY_A, stream=False, status=400,
+                                             error="bad", latency_ms=1))
+    requests = [row for row in gateway.ledger.added if "model" in row]
+    assert len(requests) == 2 and all(row["model"] == "[redacted]" for row in requests)

@@ -20,3 +20,18 @@ def test_an_error_echoing_another_upstreams_key_is_stored_without_it():
 def test_a_row_without_an_error_keeps_none():
     job = finished(rules(), Attempt(upstream="a", status=200))
     assert request_row(job)["error"] is None and attempt_rows(job)[0]["error"] is None
+
+
+def test_a_key_a_client_sent_as_its_model_or_session_is_not_stored():
+    from ccswitch.clock import utc_now
+    from ccswitch.ledger.rows import own_answer_row, without_keys
+    r = rules()
+    job = finished(r, Attempt(upstream="a", status=200), model=KEY_A)
+    job.session = f"s-{CLIENT_KEY}"
+    row = without_keys(request_row(job), r)
+    assert (row["model"], row["upstream_model"], row["session"]) == ("[redacted]", "[redacted]", "s-[redacted]")
+    refused = without_keys(own_answer_row(request_id="x", started_at=utc_now(), route="claude", endpoint="messages",
+                                          model=KEY_B, stream=False, status=400, error="bad", latency_ms=1), r)
+    assert refused["model"] == "[redacted]"
+    plain = finished(r, Attempt(upstream="a", status=200), model="claude-haiku-4-5")
+    assert without_keys(request_row(plain), r)["model"] == "claude-haiku-4-5"
