@@ -204,18 +204,18 @@ class Gateway:
         if job.upstream is not None:
             self.spend.add(UPSTREAM, job.upstream, usd or 0.0, job.started_at)
             self.spend.add(CLIENT, job.client, usd or 0.0, job.started_at)
-        self._note_live(row, attempts, job.rules, usd)
+        self._note_live(row, attempts, usd)
 
     def record_own_answer(self, row: dict) -> None:
         """A request ccswitch answered itself (`ledger.rows.own_answer_row`): ledger and live counters."""
         row = without_keys(row, self.rules)
         if self.ledger is not None:
             self.ledger.add("requests", row)
-        self._note_live(row, [], self.rules, self.price(row, self.rules))
+        self._note_live(row, [], self.price(row, self.rules))
 
-    def _note_live(self, row: dict, attempts: list[dict], rules: Rules, usd: float | None) -> None:
+    def _note_live(self, row: dict, attempts: list[dict], usd: float | None) -> None:
         try:
-            self.live.note(row, attempts, rules, usd)
+            self.live.note(row, attempts, usd)
         except Exception:   # the page's counters must never cost a request its record or answer
             log.exception("ccswitch: could not count a request for the live page")
 

@@ -13,14 +13,14 @@ error is a request with an error or a status >= 400, `count_tokens` requests are
 from __future__ import annotations
 
 import bisect
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, date, datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
-from ccswitch.config.models import Rules
 from ccswitch.dial.job import CLIENT_CLOSED, KILLED
 from ccswitch.vocab import Endpoint
 
@@ -79,6 +79,18 @@ class DayTotals:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["cost_usd"] = round(self.cost_usd, 6)
         return out
+
+    def add(self, other: DayTotals) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+#: today's totals are kept in slices of a quarter hour, by when each request began: every zone's
+#: midnight (offsets of :30 and :45 too) falls on a slice's edge, so "today" in any zone, also one
+#: a reload moves to, is the sum of the slices since its midnight
+SLICE = 900
+#: slices kept: a day is at most 25 hours long (a clock change), whatever the zone
+SLICES_KEPT = 26 * 3600 // SLICE
 
 
 @dataclass(frozen=True)
@@ -160,15 +172,11 @@ class LiveBoard:
         self.duration: dict[tuple[str, str], Histogram] = {}         # (route, upstream)
         self.ttfb: dict[tuple[str, str], Histogram] = {}
         self.recent: deque[Served] = deque(maxlen=recent)
-        self.day: date | None = None        # today in `zone`, as the last request saw it
-        self.zone: tzinfo | None = None
-        self.today = DayTotals()
-        self.zone_since: float | None = None    # when a reload's new zone began today's totals afresh
+        self.slices: dict[int, DayTotals] = {}    # the quarter hour a request began (epoch // SLICE) -> totals
 
-    def note(self, row: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]], rules: Rules,
-             usd: float | None) -> None:
-        """Count one finished request: its ledger rows, the rules it ran under (for the day's
-        time zone) and its price (`spend.row_cost`; None: its model has none)."""
+    def note(self, row: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]], usd: float | None) -> None:
+        """Count one finished request: its ledger rows and its price (`spend.row_cost`; None: its
+        model has none)."""
         upstream = row.get("upstream") or ""
         route = str(row.get("route") or "")
         status, error = row.get("status"), row.get("error")
@@ -199,20 +207,28 @@ class LiveBoard:
                            for a in attempts),
             status=status, error=error, stream=bool(row.get("stream")), tokens=tokens, cost_usd=usd,
             latency_ms=row.get("latency_ms"), ttfb_ms=row.get("ttfb_ms")))
-        tz = rules.tz
-        self._add_to_today(at.astimezone(tz).date(), tz, row, tokens, usd, billed, failed_over,
-                           is_error(status, error))
+        self._add_to_slice(self._slice(at), row, tokens, usd, billed, failed_over, is_error(status, error))
 
-    def totals(self, today: date) -> DayTotals:
-        """Today's totals (empty once the day has turned and nothing came since)."""
-        return self.today if self.day == today else DayTotals()
+    def totals(self, tz: tzinfo) -> DayTotals:
+        """Today's totals in `tz` (the rules' zone now, whatever it was when they were counted):
+        the requests that began since its last midnight, or since ccswitch started."""
+        first = math.floor(self._midnight(tz).timestamp() / SLICE)
+        out = DayTotals()
+        for index, totals in self.slices.items():
+            if index >= first:
+                out.add(totals)
+        return out
 
     def since(self, tz: tzinfo) -> datetime:
-        """When today's totals begin: local midnight, or ccswitch's start (or the reload that
-        changed the zone) if that was later."""
-        start = datetime.fromtimestamp(max(self.started, self.zone_since or 0.0), tz)
-        midnight = datetime.fromtimestamp(self.clock(), tz).replace(hour=0, minute=0, second=0, microsecond=0)
-        return max(start, midnight)
+        """When today's totals begin: local midnight, or ccswitch's start if that was later."""
+        return max(datetime.fromtimestamp(self.started, tz), self._midnight(tz))
+
+    def _midnight(self, tz: tzinfo) -> datetime:
+        return datetime.fromtimestamp(self.clock(), tz).replace(hour=0, minute=0, second=0, microsecond=0)
+
+    @staticmethod
+    def _slice(at: datetime) -> int:
+        return math.floor(at.timestamp() / SLICE)
 
     # ------------------------------------------------------------------ helpers
 
@@ -223,17 +239,14 @@ class LiveBoard:
             found = table[(route, upstream)] = Histogram(bounds)
         return found
 
-    def _add_to_today(self, day: date, tz: tzinfo, row: Mapping[str, Any], tokens: Mapping[str, int],
+    def _add_to_slice(self, index: int, row: Mapping[str, Any], tokens: Mapping[str, int],
                       usd: float | None, billed: int, failed_over: bool, error: bool) -> None:
-        rezoned = self.zone is not None and tz != self.zone and day != self.day
-        if rezoned:   # a reload moved the zone to another date, maybe an earlier one: counted afresh
-            self.zone_since = self.clock()
-        self.zone = tz
-        if self.day is None or day > self.day or rezoned:
-            self.day, self.today = day, DayTotals()
-        elif day < self.day:
-            return   # a request that began before midnight and ended after it: yesterday's
-        totals = self.today
+        totals = self.slices.get(index)
+        if totals is None:
+            totals = self.slices[index] = DayTotals()
+            newest = max(self.slices)
+            for old in [i for i in self.slices if i <= newest - SLICES_KEPT]:
+                del self.slices[old]      # older than any zone's today
         if row.get("endpoint") == Endpoint.COUNT_TOKENS:
             totals.count_tokens += 1
             return

@@ -39,7 +39,7 @@ def finished(rules_, *attempts: Attempt, model="claude-sonnet-4-5", upstream_mod
 def note(board, rules_, job):
     """As the gateway counts a finished request: priced once, at the rules it ran under."""
     row = request_row(job)
-    board.note(row, attempt_rows(job), rules_, RowPrices()(row, rules_))
+    board.note(row, attempt_rows(job), RowPrices()(row, rules_))
 
 
 USAGE = Usage(input_tokens=1000, output_tokens=200, cache_creation_tokens=3000, cache_creation_1h_tokens=0,

@@ -1,7 +1,7 @@
 """The live page's data: counters from ledger rows, today's totals, upstream states, status.json."""
 
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -49,7 +49,7 @@ def test_cost_uses_the_billed_model_and_the_upstreams_price_multiplier_and_count
     assert board.cost["a"] == pytest.approx(prices.cost("claude-haiku-4-5", 1000, 200, 3000, 0, 50_000) * 0.5)
     note(board, r, finished(r, Attempt("a", 200, None, 10, USAGE), model="no-such-model-7", at=AT_NOON))
     assert board.unpriced["a"] == 1000 + 200 + 3000 + 50_000
-    today = board.totals(datetime.fromtimestamp(NOON_ISH, UTC).date())
+    today = board.totals(UTC)
     assert today.requests == 2 and today.unpriced_tokens == 54_200 and today.cost_usd == pytest.approx(board.cost["a"])
 
 
@@ -74,19 +74,18 @@ def test_a_model_without_a_price_has_no_cost_even_when_its_answer_had_no_tokens(
     now = datetime.fromtimestamp(NOON_ISH, UTC)
     assert served.cost_usd is None and live_status(board, [], r, now)["recent"][0]["cost_usd"] is None
     assert "a" not in board.cost and "a" not in board.unpriced      # nothing priced, no tokens unpriced
-    assert board.totals(AT_NOON.date()).cost_usd == 0 and board.totals(AT_NOON.date()).unpriced_tokens == 0
+    assert board.totals(UTC).cost_usd == 0 and board.totals(UTC).unpriced_tokens == 0
 
 
 def test_an_own_answer_counts_with_no_upstream_no_attempts_and_as_an_error():
-    r = rules()
     board = LiveBoard(clock=lambda: NOON_ISH)
     row = own_answer_row(request_id="f1", started_at=datetime.fromtimestamp(NOON_ISH, UTC), route="claude",
                          endpoint="messages", model="m", stream=True, status=401,
                          error="missing or invalid ccswitch client key", latency_ms=1)
-    board.note(row, [], r, 0.0)      # as the gateway prices it: no upstream answered, nothing spent
+    board.note(row, [], 0.0)      # as the gateway prices it: no upstream answered, nothing spent
     assert board.requests == {("claude", "", "401"): 1} and board.attempts == {} and board.failovers == 0
     assert board.cost == {}          # and no cost series for "no upstream"
-    assert board.totals(datetime.fromtimestamp(NOON_ISH, ZoneInfo(TZ)).date()).errors == 1
+    assert board.totals(ZoneInfo(TZ)).errors == 1
     assert board.duration[("claude", "")].count == 1
 
 
@@ -118,43 +117,52 @@ def test_todays_totals_follow_the_report_and_turn_over_at_local_midnight():
     now = [NOON_ISH]
     board = LiveBoard(clock=lambda: now[0])
     berlin = ZoneInfo(TZ)
-    day = datetime.fromtimestamp(NOON_ISH, berlin).date()
     note(board, r, finished(r, Attempt("a", 529, "HTTP 529", 5), Attempt("b", 200, None, 10, USAGE), at=AT_NOON))
     note(board, r, finished(r, Attempt("a", 500, "HTTP 500", 5), at=AT_NOON))
     note(board, r, finished(r, Attempt("a", 200, None, 5, Usage(input_tokens=7)), path="/v1/messages/count_tokens",
                             at=AT_NOON))
-    today = board.totals(day)
+    today = board.totals(berlin)
     assert (today.requests, today.failovers, today.errors, today.count_tokens) == (2, 1, 1, 1)
     assert (today.input, today.output, today.cache_creation, today.cache_read, today.reasoning) == (1000, 200, 3000, 50_000, 40)
     # the next local day: yesterday's totals are not today's
     tomorrow = datetime(2026, 12, 3, 0, 0, 30, tzinfo=berlin)
-    assert board.totals(tomorrow.date()).requests == 0
+    now[0] = tomorrow.timestamp()
+    assert board.totals(berlin).requests == 0
     note(board, r, finished(r, Attempt("a", 200, None, 5, USAGE), at=tomorrow.astimezone(UTC)))
     # a request that began before midnight and finished after it stays yesterday's
     note(board, r, finished(r, Attempt("a", 200, None, 5, USAGE), at=tomorrow.astimezone(UTC) - timedelta(minutes=2)))
-    assert board.totals(tomorrow.date()).requests == 1 and board.totals(day).requests == 0
+    assert board.totals(berlin).requests == 1
     # counters since start keep everything
     assert sum(board.requests.values()) == 5
 
 
-def test_a_reload_to_a_zone_still_on_the_day_before_counts_today_there_from_the_reload():
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Kathmandu", "Pacific/Kiritimati"])
+def test_a_reload_to_another_zone_shows_that_zones_today_from_the_requests_already_counted(zone):
+    """Today is the requests since the zone's own midnight: one a reload moves to (a day behind,
+    or ahead, or on a :45 offset) keeps what it already holds of them, and its `since` is right."""
     shanghai = rules_for(("a", "anthropic", "http://127.0.0.1:9"), extra="timezone: Asia/Shanghai\n")
-    los_angeles = rules_for(("a", "anthropic", "http://127.0.0.1:9"), extra="timezone: America/Los_Angeles\n")
-    at = datetime(2026, 12, 4, 0, 30, tzinfo=ZoneInfo("Asia/Shanghai"))     # 08:30 on the 3rd in LA
-    now = [at.timestamp()]
+    start = datetime(2026, 12, 4, 9, 0, tzinfo=ZoneInfo("Asia/Shanghai"))      # 01:00 UTC
+    now = [start.timestamp()]
     board = LiveBoard(clock=lambda: now[0])
-    note(board, shanghai, finished(shanghai, Attempt("a", 200, None, 5, USAGE), at=at.astimezone(UTC)))
-    assert board.totals(date(2026, 12, 4)).requests == 1
-    now[0] += 60
-    note(board, los_angeles, finished(los_angeles, Attempt("a", 200, None, 5, USAGE),
-                                      at=(at + timedelta(minutes=1)).astimezone(UTC)))
-    la = ZoneInfo("America/Los_Angeles")
-    assert board.totals(date(2026, 12, 3)).requests == 1
-    assert board.since(la) == datetime.fromtimestamp(now[0], la)     # not LA's midnight: not all of its day
-    # a new zone on the same date keeps the day's totals
-    note(board, shanghai.model_copy(update={"timezone": "America/Vancouver"}),
-         finished(shanghai, Attempt("a", 200, None, 5, USAGE), at=(at + timedelta(minutes=2)).astimezone(UTC)))
-    assert board.totals(date(2026, 12, 3)).requests == 2
+    for minutes in range(0, 600, 30):       # 20 requests from 09:00 to 18:30 in Shanghai
+        note(board, shanghai, finished(shanghai, Attempt("a", 200, None, 5, USAGE),
+                                       at=(start + timedelta(minutes=minutes)).astimezone(UTC)))
+    now[0] = (start + timedelta(minutes=600)).timestamp()
+    other = ZoneInfo(zone)
+    midnight = datetime.fromtimestamp(now[0], other).replace(hour=0, minute=0, second=0, microsecond=0)
+    expected = sum(1 for minutes in range(0, 600, 30) if start + timedelta(minutes=minutes) >= midnight)
+    assert board.totals(other).requests == expected and board.totals(ZoneInfo("Asia/Shanghai")).requests == 20
+    assert board.since(other) == max(datetime.fromtimestamp(board.started, other), midnight)
+
+
+def test_slices_older_than_any_zones_day_are_let_go():
+    r = rules()
+    now = [NOON_ISH]
+    board = LiveBoard(clock=lambda: now[0])
+    for hours in range(0, 72, 2):
+        note(board, r, finished(r, Attempt("a", 200, None, 5, USAGE),
+                                at=datetime.fromtimestamp(NOON_ISH + hours * 3600, UTC)))
+    assert len(board.slices) <= 26 * 4 and min(board.slices) > (NOON_ISH + 70 * 3600) // 900 - 26 * 4
 
 
 def test_today_begins_at_start_or_midnight_whichever_is_later():

@@ -34,7 +34,7 @@ def scrape():
     note(board, r, finished(r, Attempt("a", 200, None, 200, USAGE), latency=200, ttfb=100))
     board.note(own_answer_row(request_id="x", started_at=datetime.fromtimestamp(NOON_ISH, ZoneInfo(TZ)),
                               route="claude", endpoint="messages", model=None, stream=False, status=401,
-                              error="missing or invalid ccswitch client key", latency_ms=2), [], r, 0.0)
+                              error="missing or invalid ccswitch client key", latency_ms=2), [], 0.0)
     health, quota = HealthBoard(clock=lambda: 1000.0), QuotaBoard(clock=lambda: NOON_ISH)
     health.record_failure("a", f"HTTP 529 {KEY_A}", threshold=1, cooldown=60)
     quota.record("b", [("anthropic-ratelimit-unified-5h-utilization", "0.25"),
