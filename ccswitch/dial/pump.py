@@ -39,9 +39,9 @@ HOLD_BACK_BYTES = 1024 * 1024
 
 
 class Pump:
-    __slots__ = ("attempt", "broken", "committed", "content_seen", "error", "finished", "headers", "held",
-                 "held_size", "job", "limit_headers", "outgoing", "parser", "response", "sink", "stream", "tap",
-                 "terminal", "upstream")
+    __slots__ = ("attempt", "broken", "committed", "content_seen", "error", "events", "finished", "headers",
+                 "held", "held_size", "job", "limit_headers", "outgoing", "parser", "response", "sink", "stream",
+                 "tap", "terminal", "upstream")
 
     def __init__(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
                  response: http1.Response, sink, headers: list[tuple[str, str]], attempt: Attempt) -> None:
@@ -59,6 +59,7 @@ class Pump:
         self.finished = False   # a Chat answer's finish_reason came
         self.error: tuple[str, int] | None = None   # (message, status it stands for)
         self.broken: str | None = None    # why an event is not the protocol's: never passed on
+        self.events = 0                   # events taken: the sequence number an error event of ours gets
 
     async def run(self) -> Failure | Streamed:
         try:
@@ -161,6 +162,8 @@ class Pump:
     def _take(self, events) -> bool:
         """Judge and translate a batch of events into `held`; True when the stream is over."""
         for event in events:
+            if event.event:       # not a comment block
+                self.events += 1
             if event.event and event.not_json():
                 # what it starts with, scrubbed before it is cut as an error event's text is
                 start = scrub_text(event.data[:4096], self.outgoing.secrets + self.job.rules.secret_texts())
@@ -245,7 +248,8 @@ class Pump:
             return Failure(self.upstream.name, None, reason, self.job.rules.failover.on_network_error,
                            client_status=status)
         message = f"upstream {self.upstream.name}: {reason}"
-        await self._end(protocols.stream_error_event(self.job.request.client_protocol, message, status))
+        await self._end(protocols.stream_error_event(self.job.request.client_protocol, message, status,
+                                                     self.events))
         self.job.error = reason
         return Streamed(self.upstream.name, ok=False, reason=reason)
 

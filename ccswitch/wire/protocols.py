@@ -204,15 +204,16 @@ def own_error(protocol: str, status: int, message: str,
             error_json(protocol, status, message))
 
 
-def stream_error_event(protocol: str, message: str, status: int = 500) -> bytes:
+def stream_error_event(protocol: str, message: str, status: int = 500, sequence: int = 0) -> bytes:
     """The event that ends a committed stream whose upstream failed: never a silent cut.  Its
-    type is the one the whole answer `status` would have had, had the stream not begun."""
+    type is the one the whole answer `status` would have had, had the stream not begun;
+    `sequence`: the events the client had before it (a Responses stream numbers each one)."""
     kind = error_type(protocol, status)
     if protocol == Protocol.ANTHROPIC:
         return format_event({"type": "error", "error": {"type": kind, "message": message}}, "error")
     if protocol == Protocol.RESPONSES:
         return format_event({"type": "error", "code": kind, "message": message, "param": None,
-                             "sequence_number": 0}, "error")
+                             "sequence_number": sequence}, "error")
     return format_event({"error": {"message": message, "type": kind, "param": None, "code": kind}})
 
 

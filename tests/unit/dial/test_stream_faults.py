@@ -75,3 +75,16 @@ async def test_an_event_that_is_not_json_is_never_passed_on(mock_b, before):
     else:                             # the client has a's text: the stream ends with an error event
         assert sink.headers["x-ccswitch-upstream"] == "a" and event_types(sink.body)[-1] == "error"
         assert "not JSON" in job.error and len(job.attempts) == 1
+
+
+async def test_our_error_event_on_a_responses_stream_follows_its_sequence_numbers(mock_a):
+    from tests.support.mock_upstream import cut_after
+    mock_a.script(cut_after(4))         # response.created … some text, then the connection drops
+    rules = rules_for(("a", "openai-responses", f"{mock_a.base_url}/v1"), routes={"codex": ["a"]},
+                      extra=FAST.replace("hold_back: 2s", "hold_back: 0s"))
+    job, sink, _ = await run(rules, path="/v1/responses", body={"model": "gpt-5", "stream": True, "input": "hi"})
+    from ccswitch.wire.sse import SSEParser
+    events = [e.json() for e in SSEParser().feed(sink.body)]
+    assert events[-1]["type"] == "error" and job.error
+    numbers = [e["sequence_number"] for e in events]
+    assert numbers[-1] > max(numbers[:-1]), numbers
