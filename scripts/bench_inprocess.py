@@ -44,8 +44,8 @@ def converter_events_per_second(protocol: str, events: int = 20_000) -> float:
 
 def judged_events_per_second(protocol: str, events: int = 20_000) -> float:
     """One core: what the pump does with each event of a stream the client reads in the
-    upstream's own protocol (Claude Code on Anthropic, Codex on Responses): parse, judge (content,
-    error, end), tap the usage and pass the bytes on, in 4 KiB reads."""
+    upstream's own protocol (Claude Code on Anthropic, Codex on Responses): parse, check it is
+    JSON, judge (content, error, end), tap the usage and pass the bytes on, in 4 KiB reads."""
     from ccswitch.translate.base import StreamPassthrough
     from ccswitch.wire import protocols
     from ccswitch.wire.sse import SSEParser
@@ -56,6 +56,8 @@ def judged_events_per_second(protocol: str, events: int = 20_000) -> float:
     out = 0
     for read in reads:
         for event in parser.feed(read):
+            if event.event and event.not_json():     # the pump's check that an event is the protocol's
+                raise AssertionError("the benchmark's stream holds an event that is not JSON")
             tap.feed(event)
             protocols.classify_event(protocol, event)
             out += len(passthrough.feed(event))
