@@ -36,6 +36,8 @@ _ERROR_TEXT = 200     # characters of an in-stream error kept for the row, the l
 # held back before the commit, waiting for content: past this the stream commits as when its
 # hold-back time is up (an upstream may send pings or padding for all of it; memory is per stream)
 HOLD_BACK_BYTES = 1024 * 1024
+#: upstream protocols whose streams open with an event at once (see `_pump`)
+OPENS_AT_ONCE = frozenset({Protocol.ANTHROPIC, Protocol.RESPONSES})
 
 
 class Pump:
@@ -85,15 +87,17 @@ class Pump:
         # that ends the hold-back: `idle` is the longest wait between two pieces, whatever happens meanwhile
         last_in = time.monotonic()
         hold_until = last_in + rules.failover.hold_back
-        # nothing at all after the head (a relay that hangs once it has answered 200) is not
-        # committed at the hold-back: an empty stream could not fail over any more.  Its first
-        # bytes have `first_byte` to come, as the head had; then the next upstream is tried.
-        silent_until: float | None = last_in + rules.timeouts.first_byte
+        # An Anthropic or Responses stream opens with an event at once (`message_start`,
+        # `response.created`): one silent after its head (a relay that hangs once it has answered
+        # 200) is not committed at the hold-back, since an empty stream could not fail over any
+        # more.  Its first bytes have `first_byte` to come, as the head had; then the next upstream
+        # is tried.  A Chat stream may be silent until its first token (a reasoning model's minutes).
+        silent_until = last_in + rules.timeouts.first_byte if self.upstream.protocol in OPENS_AT_ONCE else None
         if rules.failover.hold_back <= 0:
             await self._commit()
         chunks = self.response.aiter_bytes().__aiter__()
         ended = "stream ended before its terminal event"
-        ended_cleanly = False
+        ended_cleanly = timed_out = False
         while True:
             now = time.monotonic()
             wait = max(0.0, last_in + rules.timeouts.idle - now)
@@ -109,13 +113,15 @@ class Pump:
             except asyncio.CancelledError:
                 if not deadline.stop():
                     raise
-                if not self.committed and silent_until is not None:
+                if not self.committed and silent_until is not None and time.monotonic() >= silent_until - 0.0005:
                     ended = "first_byte timeout (no event after the response head)"
+                    timed_out = True
                     break
                 if not self.committed and time.monotonic() >= hold_until - 0.0005:
                     await self._commit()        # held long enough: stream what we have
                     continue
                 ended = "idle timeout"
+                timed_out = True
                 break
             except StopAsyncIteration:
                 deadline.stop()
@@ -123,7 +129,8 @@ class Pump:
                 break
             except (http1.TransportError, OSError) as exc:
                 deadline.stop()
-                ended = network_failure(self.upstream.name, exc, Action.SWITCH, "idle").reason
+                failure = network_failure(self.upstream.name, exc, Action.SWITCH, "idle")
+                ended, timed_out = failure.reason, failure.client_status == 504
                 ended_cleanly = self.finished   # a Chat answer whole up to its finish loses nothing with its body's end
                 break
             deadline.stop()
@@ -136,7 +143,9 @@ class Pump:
                 break
             over = self._take(events)
             if self.broken is not None:
-                ended = self.broken     # before the commit the next upstream is tried; after, an error event
+                if self.committed:
+                    await self._flush()     # the good events before it in that read, then the error event
+                ended = self.broken         # before the commit the next upstream is tried, unseen
                 break
             # the next piece can be minutes away: hold nothing of this one (events parsed to JSON)
             del chunk, events
@@ -157,18 +166,18 @@ class Pump:
                 return await self._finish()
         if self.terminal:
             return await self._finish()
-        return await self._fail(ended)
+        return await self._fail(ended, timed_out)
 
     def _take(self, events) -> bool:
         """Judge and translate a batch of events into `held`; True when the stream is over."""
         for event in events:
             if event.event:       # not a comment block
+                if event.not_json():
+                    # what it starts with, scrubbed before it is cut as an error event's text is
+                    start = scrub_text(event.data[:4096], self.outgoing.secrets + self.job.rules.secret_texts())
+                    self.broken = f"a stream event that is not JSON: {start[:60]!r}"
+                    return True
                 self.events += 1
-            if event.event and event.not_json():
-                # what it starts with, scrubbed before it is cut as an error event's text is
-                start = scrub_text(event.data[:4096], self.outgoing.secrets + self.job.rules.secret_texts())
-                self.broken = f"a stream event that is not JSON: {start[:60]!r}"
-                return True
             self.tap.feed(event)
             kind = protocols.classify_event(self.upstream.protocol, event)
             if kind is Kind.ERROR:
@@ -242,8 +251,8 @@ class Pump:
         await self._end(self._flush_translation(), body_over=True)
         return Streamed(self.upstream.name, ok=True)
 
-    async def _fail(self, reason: str) -> Failure | Streamed:
-        status = 504 if "timeout" in reason else 502
+    async def _fail(self, reason: str, timed_out: bool = False) -> Failure | Streamed:
+        status = 504 if timed_out else 502
         if not self.committed:
             return Failure(self.upstream.name, None, reason, self.job.rules.failover.on_network_error,
                            client_status=status)

@@ -51,7 +51,10 @@ class Event:
             return False
         if self._parsed:
             return self._json is None and data.strip() != "[DONE]"
-        return not data.rstrip().endswith(("}", "]"))
+        last = data[-1]
+        if last == "}" or last == "]":
+            return False
+        return not data.rstrip().endswith(("}", "]"))     # trailing blanks: rare, looked at whole
 
     @property
     def type(self) -> str:

@@ -87,4 +87,30 @@ async def test_our_error_event_on_a_responses_stream_follows_its_sequence_number
     events = [e.json() for e in SSEParser().feed(sink.body)]
     assert events[-1]["type"] == "error" and job.error
     numbers = [e["sequence_number"] for e in events]
-    assert numbers[-1] > max(numbers[:-1]), numbers
+    assert numbers[-1] == max(numbers[:-1]) + 1, numbers
+
+
+async def test_good_events_in_the_same_read_as_a_cut_line_still_reach_the_client(mock_b):
+    # committed on "hi"; the next read holds " there" and then a cut line: " there" is the client's
+    delta = ANTHROPIC[1].replace(b'"hi"', b'" there"')
+    server, port = await serve_in_two(ANTHROPIC[0] + ANTHROPIC[1], delta + CUT)
+    rules = rules_for(("a", "anthropic", f"http://127.0.0.1:{port}"), ("b", "anthropic", mock_b.base_url),
+                      extra=FAST)
+    job, sink, dialer = make_job(rules), MemorySink(), Dialer(HealthBoard(), allow_url=loopback_url)
+    try:
+        await dialer.run(job, sink)
+    finally:
+        await dialer.aclose()
+        server.close()
+    assert text_of(sink.body) == "hi there" and event_types(sink.body)[-1] == "error"
+
+
+async def test_a_chat_stream_silent_after_its_head_is_committed_at_the_hold_back_as_before(mock_a, mock_b):
+    # a Chat reasoning model may send nothing until its first token: no failover (and a second bill)
+    mock_a.script(stall_after(0, 1.0))
+    rules = rules_for(("a", "openai-chat", f"{mock_a.base_url}/v1"), ("b", "openai-chat", f"{mock_b.base_url}/v1"),
+                      routes={"chat": ["a", "b"]},
+                      extra=FAST.replace("hold_back: 2s", "hold_back: 200ms").replace("idle: 500ms", "idle: 5s"))
+    body = {"model": "gpt-x", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    job, sink, _ = await run(rules, path="/v1/chat/completions", body=body)
+    assert sink.headers["x-ccswitch-upstream"] == "a" and len(job.attempts) == 1 and job.error is None
