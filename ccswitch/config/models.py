@@ -62,7 +62,7 @@ from ccswitch.config.values import (
 from ccswitch.net.addresses import url_port
 from ccswitch.net.proxy import Proxy
 from ccswitch.vocab import Action, Protocol, Route, Strategy
-from ccswitch.wire.redact import CREDENTIAL_HEADERS, CREDENTIAL_WORDS, credential_part
+from ccswitch.wire.redact import CREDENTIAL_HEADERS, CREDENTIAL_WORDS, credential_part, holds_secret, scrub_text
 
 AuthMode = Literal["x-api-key", "bearer", "client"]
 ROUTE_PROTOCOLS: dict[str, frozenset[str]] = {
@@ -462,6 +462,12 @@ class Rules(_Model):
         """Every key text the rules hold: each upstream's (keys, secret headers, proxy logins) and
         the client keys."""
         return [text for upstream in self.upstreams for text in upstream.secret_texts()] + self.client_key_texts()
+
+    def scrub(self, text: str) -> str:
+        """`text` without any key text of the rules: for what a client chose (its model, its
+        session) and messages built from it, before they are shown, logged or stored."""
+        secrets = self.secret_texts()
+        return scrub_text(text, secrets, "surrogatepass") if holds_secret(text, secrets) else text
 
     def client_called(self, name: str | None) -> ClientKey | None:
         return next((c for c in self.client_keys if c.name == name), None) if name else None

@@ -60,18 +60,15 @@ def own_answer_row(*, request_id: str, started_at: datetime, route: str, endpoin
             "affinity": affinity if session is not None else None, "client": client, **Usage().columns()}
 
 
-#: a row's text the client chose: a client may send anything as its model or session, a key too
-_CLIENT_TEXT = ("model", "upstream_model", "session")
+#: a row's text a client chose, or that quotes what it chose (a refusal naming its model)
+_CLIENT_TEXT = ("model", "upstream_model", "session", "error")
 
 
 def without_keys(row: dict[str, Any], rules: Rules) -> dict[str, Any]:
-    """`row` with any key text of the rules in the client's own fields scrubbed (errors are
-    scrubbed where they are made): no key is ever stored, whatever a client sends."""
-    texts = [(name, row[name]) for name in _CLIENT_TEXT if isinstance(row.get(name), str)]
-    if not texts:
-        return row
-    secrets = rules.secret_texts()
-    for name, text in texts:
-        if holds_secret(text, secrets):
+    """`row` with any key text of the rules scrubbed from the fields a client's text reaches:
+    no key is ever stored, whatever a client sends as its model or session."""
+    secrets = rules.secret_texts()      # once per row: it is built from the rules each time
+    for name in _CLIENT_TEXT:
+        if isinstance(text := row.get(name), str) and holds_secret(text, secrets):
             row[name] = scrub_text(text, secrets, "surrogatepass")
     return row

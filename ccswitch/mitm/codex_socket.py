@@ -111,6 +111,7 @@ class CodexSockets:
                 session: str | None = None) -> Refusal:
         """A turn answered with an error frame instead of served: its row, as a refused request's."""
         context: SocketContext = ticket.context
+        message = self.router.gateway.rules.scrub(message)   # it may quote the model the client sent
         self.router.gateway.record_own_answer(own_answer_row(
             request_id=f"{context.flow.id}#{ticket.turns}", started_at=utc_now(), route=Route.CODEX,
             endpoint=Endpoint.WEBSOCKET, model=model if isinstance(model, str) else None, stream=True,
@@ -129,4 +130,4 @@ class CodexSockets:
         if isinstance(made, Job) and made.failed_over:
             flow.marked = ":warning:"
             log.info("ccswitch: codex websocket turn %d %s failed over: %s", ticket.turns,
-                     printable(made.request.model), " → ".join(a.describe() for a in made.attempts))
+                     printable(made.rules.scrub(made.request.model)), " → ".join(a.describe() for a in made.attempts))

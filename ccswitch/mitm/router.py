@@ -231,6 +231,7 @@ class Router:
         client_protocol = CLIENT_PROTOCOL[match.route]
 
         def refuse(status: int, message: str, extra: dict | None = None) -> None:
+            message = rules.scrub(message)    # it may quote the model, and the client may send anything as one
             answer_error(flow, client_protocol, status, message, extra)
             self._record_refusal(flow, match, known, status, message)
 
@@ -420,5 +421,5 @@ class Router:
             restore_body(flow.request, held)
         show_outcome(flow, job)
         if job.failed_over:
-            log.info("ccswitch: %s %s failed over: %s", job.request.route, printable(job.request.model),
+            log.info("ccswitch: %s %s failed over: %s", job.request.route, printable(job.rules.scrub(job.request.model)),
                      " → ".join(a.describe() for a in job.attempts))

@@ -706,3 +706,24 @@ async def test_a_running_stream_shows_its_upstream_and_attempts_not_the_relay(ro
     assert flow.request.url == "http://127.0.0.1:9/v1/messages"
     assert JOB_HEADER not in flow.request.headers and flow.comment.startswith("ccswitch: a: 200")
     assert CLIENT_KEY not in repr(flow.request.headers.fields)
+
+
+async def test_a_key_sent_as_the_model_is_in_no_refusal_comment_body_or_row(tmp_path):
+    # the 503 names the model it cannot serve; a client may send anything as one, a key too
+    gateway = open_gateway(tmp_path, RULES.replace("api_key: '" + KEY_A + "'}", "api_key: '" + KEY_A + "', "
+                                                   "only_models: ['claude-*']}", 1))
+    r = Router(gateway)
+    r.relay = Relay(None)
+    r.started.set()
+    recorded = []
+
+    class Ledger:
+        def add(self, table, row):
+            recorded.append(row)
+    gateway.ledger = Ledger()
+    with taddons.context(r):
+        flow = messages_flow({"model": KEY_A, "messages": []})
+        await r.request(flow)
+    assert flow.response.status_code == 503 and "not serving model" in flow.response.text
+    shown = flow.comment + flow.response.text + repr(recorded)
+    assert KEY_A not in shown and "[redacted]" in flow.comment
