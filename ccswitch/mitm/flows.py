@@ -152,6 +152,10 @@ class Hidden:
         redact_credentials(request)
         self.shown_fields, self.shown_path = request.headers.fields, request.path
 
+    @property
+    def hid_anything(self) -> bool:
+        return self.shown_fields is not self.own_fields or self.shown_path != self.own_path
+
     def restore(self, request: http.Request) -> None:
         headers = request.headers
         if headers.fields == self.shown_fields:      # untouched: every request but an edited one

@@ -3,7 +3,8 @@ hook pass from `requestheaders` on (its view runs after the scripts), and `mitmd
 flow whose client left mid-body as it is.  A request's keys show `<redacted>` until the request
 hook, where they are back for the addons that read them (the live page, the router, the
 client-key gate), which leave none on the flow; the keys of a request passed on to its host
-show again until it is answered, as mitmproxy sends the flow's own headers."""
+show again, as mitmproxy sends the flow's own headers (the router hides an API host's once
+it is answered)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,14 @@ class KeyShield:
     def __init__(self) -> None:
         self.hidden: dict[str, Hidden] = {}   # flow id -> its request's keys, from its head to its request hook
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
-        self._answered_already(flow)
-
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if self._answered_already(flow):
+        self._hide_login(flow)
+        if flow.response is not None:       # answered already (a refused --proxyauth's 407)
+            redact_credentials(flow.request)
             return
-        self.hidden[flow.id] = Hidden(flow.request)
+        hidden = Hidden(flow.request)
+        if hidden.hid_anything:             # most flows of a reverse listener carry keys; others need no entry
+            self.hidden[flow.id] = hidden
 
     def request(self, flow: http.HTTPFlow) -> None:
         hidden = self.hidden.pop(flow.id, None)
@@ -37,12 +39,13 @@ class KeyShield:
     def error(self, flow: http.HTTPFlow) -> None:
         self.hidden.pop(flow.id, None)     # a client gone mid-body: its keys stay hidden
 
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        self._hide_login(flow)
+        if flow.response is not None:
+            redact_credentials(flow.request)
+
     @staticmethod
-    def _answered_already(flow: http.HTTPFlow) -> bool:
+    def _hide_login(flow: http.HTTPFlow) -> None:
         """mitmproxy's `--proxyauth` keeps the login it took on the flow, and a refused one (its
         407) in the request's `Proxy-Authorization`: neither shows."""
         redact_proxy_login(flow)
-        if flow.response is None:
-            return False
-        redact_credentials(flow.request)
-        return True
