@@ -290,25 +290,25 @@ class StreamCopy:
             response.headers["x-ccswitch-kept"] = f"first {len(self.kept)} of {self.total} bytes"
 
 
-def show_streaming(flow: http.HTTPFlow, job: Job, job_header: str) -> None:
+def show_streaming(flow: http.HTTPFlow, job: Job) -> None:
     """A routed stream while it runs (minutes, for Claude Code): the request has gone to the
     relay, so the flow can point at the upstream the stream comes from instead of the relay's
-    loopback address, with the attempts so far in its comment and no relay ticket."""
-    flow.request.headers.pop(job_header, None)
+    loopback address, with the attempts so far in its comment."""
+    _point_at_upstream(flow, job)
+    flow.comment = job.comment()
+
+
+def _point_at_upstream(flow: http.HTTPFlow, job: Job) -> None:
     if job.upstream:
         point_at(flow.request, upstream_url(job.rules.upstream(job.upstream), job.request))
         redact_credentials(flow.request)    # a `?key=` kept for `auth: client`
-    flow.comment = job.comment()
 
 
 def show_outcome(flow: http.HTTPFlow, job: Job) -> None:
     """What became of a routed flow, for whoever inspects it: pointed at the upstream that
     answered, the attempts in its comment (marked when it failed over) and metadata, the body
     that upstream got in the request tab, and the kept copy of a streamed answer."""
-    if job.upstream:
-        upstream = job.rules.upstream(job.upstream)
-        point_at(flow.request, upstream_url(upstream, job.request))
-        redact_credentials(flow.request)    # a `?key=` kept for `auth: client`
+    _point_at_upstream(flow, job)
     flow.comment = job.comment()
     if job.failed_over:
         flow.marked = WARNING

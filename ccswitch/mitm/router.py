@@ -369,7 +369,9 @@ class Router:
         if job is not None:
             if not job.request.stream:
                 return      # answered whole from the request hook (an SSE-typed error): sent as it is
-            show_streaming(flow, job, JOB_HEADER)
+            flow.request.headers.pop(JOB_HEADER, None)   # the relay has it: no ticket of ours on view
+            if self.flows_shown:        # someone shows or saves flows: worth pointing it at its upstream now
+                show_streaming(flow, job)
         elif not is_api_flow(flow, self.gateway.rules):      # passed on unrouted (e.g. a route with no upstreams)
             return
         # a routed stream from the relay, or an API stream passed through untouched: as it comes

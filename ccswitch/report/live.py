@@ -209,10 +209,11 @@ class LiveBoard:
             latency_ms=row.get("latency_ms"), ttfb_ms=row.get("ttfb_ms")))
         self._add_to_slice(self._slice(at), row, tokens, usd, billed, failed_over, is_error(status, error))
 
-    def totals(self, tz: tzinfo) -> DayTotals:
+    def totals(self, tz: tzinfo, now: datetime | None = None) -> DayTotals:
         """Today's totals in `tz` (the rules' zone now, whatever it was when they were counted):
-        the requests that began since its last midnight, or since ccswitch started."""
-        first = math.floor(self._midnight(tz).timestamp() / SLICE)
+        the requests that began since its last midnight (of the day of `now`, default the clock's),
+        or since ccswitch started."""
+        first = math.floor(self._midnight(tz, now).timestamp() / SLICE)
         out = DayTotals()
         for index, totals in self.slices.items():
             if index >= first:
@@ -223,8 +224,9 @@ class LiveBoard:
         """When today's totals begin: local midnight, or ccswitch's start if that was later."""
         return max(datetime.fromtimestamp(self.started, tz), self._midnight(tz))
 
-    def _midnight(self, tz: tzinfo) -> datetime:
-        return datetime.fromtimestamp(self.clock(), tz).replace(hour=0, minute=0, second=0, microsecond=0)
+    def _midnight(self, tz: tzinfo, now: datetime | None = None) -> datetime:
+        now = datetime.fromtimestamp(self.clock(), tz) if now is None else now.astimezone(tz)
+        return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
     @staticmethod
     def _slice(at: datetime) -> int:

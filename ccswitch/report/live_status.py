@@ -95,7 +95,7 @@ def live_status(board: LiveBoard, views: list[UpstreamView], rules: Rules, now: 
         "preferring": next((v.name for v in views if v.preferred), None),
         "upstreams": [_view_dict(v, now) for v in views],
         "today": {"date": now.date().isoformat(), "since": f"{since:%H:%M}",
-                  **board.totals(tz).to_dict()},
+                  **board.totals(tz, now).to_dict()},
         "recent": [_served_dict(s, tz, secrets) for s in reversed(board.recent)],
     }
 

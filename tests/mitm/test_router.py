@@ -706,6 +706,13 @@ async def test_a_running_stream_shows_its_upstream_and_attempts_not_the_relay(ro
     assert flow.request.url == "http://127.0.0.1:9/v1/messages"
     assert JOB_HEADER not in flow.request.headers and flow.comment.startswith("ccswitch: a: 200")
     assert CLIENT_KEY not in repr(flow.request.headers.fields)
+    router.flows_shown = False          # plain mitmdump: no one looks, the end's outcome is enough
+    unseen = messages_flow()
+    await router.request(unseen)
+    router.jobs[unseen.id].upstream = "a"
+    unseen.response = tutils.tresp(headers=http.Headers(content_type="text/event-stream"))
+    router.responseheaders(unseen)
+    assert unseen.request.port == 4242 and JOB_HEADER not in unseen.request.headers
 
 
 async def test_a_key_sent_as_the_model_is_in_no_refusal_comment_body_or_row(tmp_path):
