@@ -118,21 +118,24 @@ class Ledger:
             # a writer still hanging on the database may yet write its rows: kept all the same (the
             # ledger skips a row it has)
             left = [*self._hand, *self._pending]
-        if left and successor is not None:
-            successor.take(left)
-            log.warning("ccswitch: %d usage row(s) %s did not take go to %s instead", len(left),
+        if left and successor is not None and successor.take(left):
+            log.warning("ccswitch: %d usage row(s) that %s did not take go to %s instead", len(left),
                         self.backend.label, successor.backend.label)
             self._forget_taken()
         elif left:
-            self._keep_unwritten(left)
+            self._keep_unwritten(left)      # no successor, or it closed meanwhile (another reload, a stop)
         elif self._taken_files:     # their rows were written, the last ones by this flush
             self._forget_taken()
 
-    def take(self, rows: list[Row]) -> None:
-        """Rows another ledger could not write, older than any queued here: they go first."""
+    def take(self, rows: list[Row]) -> bool:
+        """Rows another ledger could not write, older than any queued here: they go first.
+        False (nothing taken) once this one is closing: its writer may not write them."""
         with self._cond:
+            if self._closing:
+                return False
             self._put_first(rows)
             self._cond.notify()
+        return True
 
     def _put_first(self, rows: list[Row]) -> None:
         """Queue `rows` before the rest; past `max_pending` the oldest go (the caller holds the lock)."""

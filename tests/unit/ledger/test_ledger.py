@@ -124,7 +124,21 @@ def test_rows_a_moved_from_ledger_could_not_write_go_to_the_new_one_first(tmp_pa
     new.close()
     rows = sqlite3.connect(good).execute("SELECT request_id FROM requests").fetchall()
     assert sorted(r for (r,) in rows) == ["r0", "r1", "r2", "r3", "r4", "r5"]
-    assert f"5 usage row(s) {bad} did not take go to {good} instead" in caplog.text
+    assert f"5 usage row(s) that {bad} did not take go to {good} instead" in caplog.text
+
+
+def test_a_successor_closed_first_takes_nothing_and_the_rows_are_kept_for_the_next_start(tmp_path, caplog):
+    # a second reload (or a stop) closed the ledger the rows were to go to: they are spilled, not lost
+    (tmp_path / "afile").write_text("not a directory")
+    old = Ledger(tmp_path / "afile" / "usage.db", max_backoff=0.1, spill_dir=tmp_path / "unwritten").start()
+    for i in range(3):
+        old.add("requests", row(i))
+    assert wait_for(lambda: "cannot write the usage ledger" in caplog.text)
+    gone = Ledger(tmp_path / "usage.db").start()
+    gone.close()
+    old.close(timeout=5, successor=gone)
+    assert gone.pending == 0 and "go to" not in caplog.text
+    assert "could not be written" in caplog.text and list((tmp_path / "unwritten").iterdir())
 
 
 def test_a_row_the_database_rejects_does_not_block_the_others(tmp_path, caplog):
