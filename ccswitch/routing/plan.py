@@ -47,14 +47,14 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
          session: str | None = None, spend: SpendBoard | None = None) -> Plan:
     """The candidates for one request, in the order they are tried.
 
-    If every otherwise-available upstream is cooling, they are tried anyway, the one that recovers
-    first first (a route never goes dark on its own) — unless each is full or cooling after a 429
+    If every otherwise-available upstream is cooling, the first to recover is tried anyway, and
+    the next (`_second_chance`; a route never goes dark on its own) — unless each is full or cooling after a 429
     with a known reset: then `limited_for` says how long until the first one is back.  An
     upstream being probed after its cooldown serves one request at a time.
     """
     spec = rules.routes.spec(route)
     result = Plan()
-    cooling: list[tuple[float, Upstream]] = []
+    cooling: list[tuple[float, Upstream, str]] = []    # (when it is back, it, why it is out)
     limited: list[float] = []     # seconds until each rate-limited upstream is back
     unknown_wait = False          # something is cooling without a known reset
     for name in spec.upstreams:
@@ -71,22 +71,23 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
                                          f"{overrun.until.astimezone(rules.tz):%Y-%m-%d %H:%M}"))
             limited.append((overrun.until - spend.clock()).total_seconds())
         elif until is not None:
-            cooling.append((until, upstream))
             result.blocked.append((name, "cooling down"))
             back = _back_after(until - health.clock(), full, quota) if health.get(name).rate_limited else None
             if back is not None:
                 limited.append(back)
+                cooling.append((until, upstream, LIMITED))
             else:
                 unknown_wait = True
+                cooling.append((until, upstream, FAILING))
         elif full is not None:
             result.blocked.append((name, _full_text(full, rules, now)))
-            cooling.append((float("inf"), upstream))   # tried last, if nothing else is left
+            cooling.append((float("inf"), upstream, FULL))   # tried last, if nothing else is left
             if full.resets_at is not None:
                 limited.append(full.resets_at - quota.clock())
             else:
                 unknown_wait = True
         elif health.busy_probing(name):
-            cooling.append((0.0, upstream))   # tried anyway if nothing else is left
+            cooling.append((0.0, upstream, FAILING))   # tried anyway if nothing else is left
             result.blocked.append((name, "being probed after its cooldown"))
             unknown_wait = True
         else:
@@ -96,11 +97,7 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
             result.limited_for = max(0.0, min(limited))
             return result
         if cooling:
-            # in the order they recover, as many as the route's attempts allow: after a blip that
-            # put every upstream in cooldown, the one tried first failing again does not fail the
-            # request while another would serve it.  Full ones only when nothing else is left.
-            recovering = [pair for pair in cooling if pair[0] != float("inf")]
-            result.candidates.extend(upstream for _, upstream in sorted(recovering or cooling, key=lambda pair: pair[0]))
+            result.candidates.extend(_second_chance(cooling))
             result.why_first = "recovers first"
             return result
         return result
@@ -113,6 +110,24 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
     if preferred and _to_front(result.candidates, preferred):
         result.why_first = "ccswitch.use"
     return result
+
+
+#: why an upstream that is left out is out, for the second chance below
+FAILING, LIMITED, FULL = "failing", "limited", "full"
+
+
+def _second_chance(out: list[tuple[float, Upstream, str]]) -> list[Upstream]:
+    """What a route tries when every upstream is out: the one that recovers first, and after a
+    blip that put them all in cooldown the next one too, so the first failing again does not fail
+    a request another would serve.  Two, not all: during a real outage every request would try
+    each upstream.  One cooling after a 429 with a known reset is tried only if nothing else is
+    left (the route answers 429 itself when all are), a full one after those."""
+    out = sorted(out, key=lambda entry: entry[0])
+    for kind in (FAILING, LIMITED, FULL):
+        found = [upstream for _, upstream, why in out if why == kind]
+        if found:
+            return found[:2] if kind == FAILING else found[:1]
+    return []
 
 
 def _back_after(cooling_left: float, full, quota: QuotaBoard | None) -> float | None:

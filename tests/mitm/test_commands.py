@@ -99,7 +99,7 @@ def test_unknown_upstream_is_a_clear_command_error_that_lists_the_known_ones(set
             tctx.command(command, "zzz", *args)
 
 
-def test_all_cooling_route_still_tries_each_in_the_order_it_recovers(setup):
+def test_all_cooling_route_still_tries_the_two_that_recover_first(setup):
     gateway, commands, tctx = setup
     tctx.command(commands.enable, "b")
     gateway.health.record_failure("a", "x", threshold=1, cooldown=600)

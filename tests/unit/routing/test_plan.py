@@ -142,10 +142,10 @@ def test_a_route_of_full_upstreams_without_a_known_reset_does_not_go_dark():
     utilization(quota, "b", 0.97)
     utilization(quota, "c", 0.99)
     p = plan(rules_with("[a, b, c]"), "claude", "m", HealthBoard(clock), NOW, quota=quota)
-    assert p.limited_for is None and names(p) == ["a", "b", "c"] and p.why_first == "recovers first"
+    assert p.limited_for is None and names(p) == ["a"] and p.why_first == "recovers first"
 
 
-def test_when_every_upstream_cools_down_each_is_tried_in_the_order_it_recovers_full_ones_not():
+def test_when_every_upstream_cools_down_the_first_two_to_recover_are_tried_full_ones_not():
     # after a blip put all in cooldown, the first failing again must not fail a request b or c would serve
     clock = Clock()
     health, quota = HealthBoard(clock), QuotaBoard(clock)
@@ -153,7 +153,12 @@ def test_when_every_upstream_cools_down_each_is_tried_in_the_order_it_recovers_f
         health.record_failure(name, "HTTP 503", threshold=1, cooldown=cooldown)
     utilization(quota, "d", 0.99, reset_in=10)       # full: left out while something else is left
     p = plan(rules_with("[a, b, c, d]", weights=(1, 1, 1, 1), names="abcd"), "claude", "m", health, NOW, quota=quota)
-    assert names(p) == ["b", "a", "c"] and p.why_first == "recovers first" and p.limited_for is None
+    # two, not all: in a real outage each request would otherwise try every upstream
+    assert names(p) == ["b", "a"] and p.why_first == "recovers first" and p.limited_for is None
+    # one cooling after a 429 with a known reset will answer 429 again: not a second chance
+    health.record_rate_limit("b", "HTTP 429", seconds=5, reset_known=True)
+    p = plan(rules_with("[a, b, c, d]", weights=(1, 1, 1, 1), names="abcd"), "claude", "m", health, NOW, quota=quota)
+    assert names(p) == ["a", "c"]
 
 
 def test_an_upstream_serves_only_its_models_and_says_so():
