@@ -16,7 +16,7 @@ import hashlib
 import hmac
 from datetime import tzinfo
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -364,6 +364,8 @@ def _no_switch(value: Any) -> Any:
 
 
 class Rules(_Model):
+    #: the rules whose secret texts were asked for last, with them (see `secret_texts`)
+    _secrets_of_last: ClassVar[tuple[Rules, list[str]] | None] = None
     version: Annotated[Literal[1], BeforeValidator(_no_switch)] = 1
     timezone: str | None = None
     # a SQLite file (default) or a PostgreSQL URL, see config.database_url
@@ -460,8 +462,13 @@ class Rules(_Model):
 
     def secret_texts(self) -> list[str]:
         """Every key text the rules hold: each upstream's (keys, secret headers, proxy logins) and
-        the client keys."""
-        return [text for upstream in self.upstreams for text in upstream.secret_texts()] + self.client_key_texts()
+        the client keys.  Built once per rules object (they are frozen; a copy with changes is
+        another object), as every finished request asks for them."""
+        last = Rules._secrets_of_last
+        if last is None or last[0] is not self:
+            texts = [text for upstream in self.upstreams for text in upstream.secret_texts()] + self.client_key_texts()
+            last = Rules._secrets_of_last = (self, texts)
+        return list(last[1])
 
     def scrub(self, text: str) -> str:
         """`text` without any key text of the rules: for what a client chose (its model, its

@@ -36,3 +36,17 @@ def test_an_unset_or_malformed_variable_in_either_form_is_a_problem(text, said):
     with pytest.raises(RulesError) as err:
         parse_rules(f"client_keys: {text}\n", source="r.yaml", env={})
     assert err.value.problems == [said]
+
+
+def test_secret_texts_are_each_rules_objects_own_also_after_a_copy_with_changes():
+    from ccswitch.config.load import parse_rules
+    r = parse_rules("""
+client_keys: [{name: a, key: ck-aaaaaaaaaaaaaaaa}]
+upstreams: [{name: u, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: sk-uuuuuuuuuuuuuu}]
+routes: {claude: [u]}
+""")
+    assert r.secret_texts() == ["sk-uuuuuuuuuuuuuu", "ck-aaaaaaaaaaaaaaaa"]
+    copied = r.model_copy(update={"client_keys": ()})      # asked for right after: not the cached list
+    assert copied.secret_texts() == ["sk-uuuuuuuuuuuuuu"] and r.secret_texts()[-1] == "ck-aaaaaaaaaaaaaaaa"
+    r.secret_texts().clear()                                 # a caller's list is its own
+    assert len(r.secret_texts()) == 2
