@@ -57,10 +57,9 @@ async def serve_in_two(first: bytes, second: bytes) -> tuple[asyncio.Server, int
     return server, server.sockets[0].getsockname()[1]
 
 
-@pytest.mark.parametrize("before", ["opening only", "after content"])
-async def test_an_event_that_is_not_json_is_never_passed_on(mock_b, before):
-    opening = ANTHROPIC[0] if before == "opening only" else ANTHROPIC[0] + ANTHROPIC[1]
-    server, port = await serve_in_two(opening, CUT + b"".join(ANTHROPIC[1:]))
+async def dial_a_then_b(first: bytes, second: bytes, mock_b):
+    """(job, sink) of a request whose upstream a writes `first`, then `second`; b is the mock."""
+    server, port = await serve_in_two(first, second)
     rules = rules_for(("a", "anthropic", f"http://127.0.0.1:{port}"), ("b", "anthropic", mock_b.base_url),
                       extra=FAST)
     job, sink, dialer = make_job(rules), MemorySink(), Dialer(HealthBoard(), allow_url=loopback_url)
@@ -69,6 +68,13 @@ async def test_an_event_that_is_not_json_is_never_passed_on(mock_b, before):
     finally:
         await dialer.aclose()
         server.close()
+    return job, sink
+
+
+@pytest.mark.parametrize("before", ["opening only", "after content"])
+async def test_an_event_that_is_not_json_is_never_passed_on(mock_b, before):
+    opening = ANTHROPIC[0] if before == "opening only" else ANTHROPIC[0] + ANTHROPIC[1]
+    job, sink = await dial_a_then_b(opening, CUT + b"".join(ANTHROPIC[1:]), mock_b)
     assert b"text_de\n" not in sink.body and "not JSON" in job.attempts[0].error
     if before == "opening only":      # nothing was committed: b takes it, unseen
         assert sink.headers["x-ccswitch-upstream"] == "b" and job.error is None and len(job.attempts) == 2
@@ -93,15 +99,7 @@ async def test_our_error_event_on_a_responses_stream_follows_its_sequence_number
 async def test_good_events_in_the_same_read_as_a_cut_line_still_reach_the_client(mock_b):
     # committed on "hi"; the next read holds " there" and then a cut line: " there" is the client's
     delta = ANTHROPIC[1].replace(b'"hi"', b'" there"')
-    server, port = await serve_in_two(ANTHROPIC[0] + ANTHROPIC[1], delta + CUT)
-    rules = rules_for(("a", "anthropic", f"http://127.0.0.1:{port}"), ("b", "anthropic", mock_b.base_url),
-                      extra=FAST)
-    job, sink, dialer = make_job(rules), MemorySink(), Dialer(HealthBoard(), allow_url=loopback_url)
-    try:
-        await dialer.run(job, sink)
-    finally:
-        await dialer.aclose()
-        server.close()
+    job, sink = await dial_a_then_b(ANTHROPIC[0] + ANTHROPIC[1], delta + CUT, mock_b)
     assert text_of(sink.body) == "hi there" and event_types(sink.body)[-1] == "error"
 
 
