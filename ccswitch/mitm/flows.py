@@ -313,7 +313,8 @@ def show_outcome(flow: http.HTTPFlow, job: Job) -> None:
     if job.failed_over:
         flow.marked = WARNING
     meta = flow.metadata["ccswitch"]
-    meta.update(upstream=job.upstream, upstream_model=job.upstream_model,
+    upstream_model = job.rules.scrub(job.upstream_model) if job.upstream_model else job.upstream_model
+    meta.update(upstream=job.upstream, upstream_model=upstream_model,
                 attempts=[a.describe() for a in job.attempts], error=job.error, shown_url=flow.request.url)
     if job.sent_body is not None and job.sent_body != flow.request.raw_content:
         # the request tab shows what the upstream got; the client's own body stays in the metadata

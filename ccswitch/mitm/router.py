@@ -295,7 +295,7 @@ class Router:
             return refuse(*job)
         self.jobs[flow.id] = job
         redact_credentials(flow.request)
-        flow.metadata["ccswitch"] = {"route": match.route, "endpoint": match.endpoint, "model": model,
+        flow.metadata["ccswitch"] = {"route": match.route, "endpoint": match.endpoint, "model": rules.scrub(model),
                                      "client": client_name, "client_url": flow.request.url}   # for a replay
         if not req.stream:
             # nothing to stream: answer from this hook, without the relay hop
@@ -308,6 +308,9 @@ class Router:
             drop_body(flow.request)
         flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.relay.port
         flow.request.headers[JOB_HEADER] = job.token
+        if self.flows_shown:    # until its first bytes the flow points at the relay, with its one-time ticket
+            flow.comment = "ccswitch: on its way through ccswitch's relay to " + ", then ".join(
+                u.name for u in job.candidates[: job.rules.failover.max_attempts])
         self.killed_streams.add(flow)
 
     def _stop_killed(self, flow: http.HTTPFlow) -> None:

@@ -734,3 +734,11 @@ async def test_a_key_sent_as_the_model_is_in_no_refusal_comment_body_or_row(tmp_
     assert flow.response.status_code == 503 and "not serving model" in flow.response.text
     shown = flow.comment + flow.response.text + repr(recorded)
     assert KEY_A not in shown and "[redacted]" in flow.comment
+
+
+async def test_a_routed_streams_flow_says_where_it_is_going_and_keeps_no_key_sent_as_the_model(router):
+    flow = messages_flow({"model": KEY_A, "stream": True, "messages": []})
+    await router.request(flow)
+    assert flow.request.port == 4242           # to the relay, until the answer's first bytes
+    assert flow.comment == "ccswitch: on its way through ccswitch's relay to a"
+    assert flow.metadata["ccswitch"]["model"] == "[redacted]"
