@@ -15,7 +15,8 @@ def cost_digits(costs: Iterable[float]) -> int:
     smallest = min((c for c in costs if c > 0), default=None)
     if smallest is None or smallest >= 0.01:
         return 2
-    return min(MAX_COST_DIGITS, math.floor(-math.log10(smallest)) + 2)
+    # the first significant digit's place, and one more ($0.0010 for a tenth of a cent, not $0.00100)
+    return min(MAX_COST_DIGITS, math.ceil(-math.log10(smallest)) + 1)
 
 
 def usd(*amounts: float) -> tuple[str, ...]:
@@ -33,7 +34,13 @@ def usd(*amounts: float) -> tuple[str, ...]:
     return shown
 
 
+#: the least amount six decimals show: anything above zero but under it says so, not $0.000000
+_LEAST = 0.5 * 10 ** -MAX_COST_DIGITS
+
+
 def _dollars(amount: float, digits: int) -> str:
+    if 0 < amount < _LEAST:
+        return f"<${10 ** -MAX_COST_DIGITS:.{MAX_COST_DIGITS}f}"
     return f"${amount:,.{digits}f}"
 
 

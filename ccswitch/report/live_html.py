@@ -77,8 +77,8 @@ SCRIPT = r"""
   const tok = (v) => !v ? "0" : v >= 1e7 ? (v / 1e6).toFixed(1) + "M" : v >= 1e6 ? (v / 1e6).toFixed(2) + "M"
     : v >= 1e4 ? (v / 1e3).toFixed(1) + "k" : v.toLocaleString("en-US");
   // the report's rule: cents, or below a cent two significant digits (up to six decimals)
-  const usd = (v) => v === null || v === undefined ? "?" : v === 0 ? "$0.00"
-    : "$" + v.toFixed(v >= 0.01 ? 2 : Math.min(6, Math.floor(-Math.log10(v)) + 2));
+  const usd = (v) => v === null || v === undefined ? "?" : v === 0 ? "$0.00" : v < 5e-7 ? "<$0.000001"
+    : "$" + v.toFixed(v >= 0.01 ? 2 : Math.min(6, Math.ceil(-Math.log10(v)) + 1));
   const gone = {client_closed: "client left", killed: "killed"};   // no upstream answered, nor ccswitch
   const left = (s) => s === null ? dash : s >= 3600 ? Math.floor(s / 3600) + " h " + Math.floor(s % 3600 / 60) + " min"
     : s >= 60 ? Math.floor(s / 60) + " min " + (s % 60) + " s" : s + " s";

@@ -240,7 +240,7 @@ def test_by_model_json_lists_the_upstream_models(tmp_path, capsys):
 
 @pytest.mark.parametrize(("costs", "digits"), [
     ([], 2), ([0.0], 2), ([1.5, 0.05], 2), ([0.01], 2), ([0.0070], 4), ([0.0070, 12.0], 4), ([0.00015], 5),
-    ([0.001], 5), ([0.0000001], 6),
+    ([0.001], 4), ([0.0015], 4), ([0.0000001], 6),
 ])
 def test_cost_digits(costs, digits):
     assert cost_digits(costs) == digits

@@ -236,6 +236,8 @@ def test_a_budget_raised_by_a_reload_has_its_new_lines_told():
     ((16.0, 20.0), ("$16.00", "$20.00")),
     ((20.004, 20.0), ("$20.004", "$20.000")),
     ((0.02, 0.02), ("$0.02", "$0.02")),            # the same amount: the same text
+    ((0.001, 5.0), ("$0.0010", "$5.00")),          # two significant digits, not $0.00100
+    ((4.9e-7, 5.0), ("<$0.000001", "$5.00")),      # above zero: never $0.000000
 ])
 def test_amounts_that_differ_are_never_shown_alike(amounts, shown):
     from ccswitch.money import usd
