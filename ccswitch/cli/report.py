@@ -126,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         with open_reader(db) as reader:
             tables = reader.tables()     # none at all: an empty database, which has no requests
-            if tables and not {"requests", "activations"} & tables:
+            ours = {"requests": {"ts", "route", "model"}, "activations": {"ts", "upstream"}}
+            if tables and not any(name in tables and need <= reader.columns(name) for name, need in ours.items()):
                 print(f"{db} holds no ccswitch usage tables: it is not a ccswitch ledger", file=sys.stderr)
                 return 1
             report = build_report(reader, rules, since, until, args.by, tz=tz, db_path=str(db), period=args.period,

@@ -35,10 +35,11 @@ def test_an_out_directory_that_cannot_be_written_is_a_message(small_db, tmp_path
     assert f"--out {out}: cannot write there (" in err and "Traceback" not in err
 
 
-def test_a_database_that_is_not_a_ccswitch_ledger_is_said_so(tmp_path, capsys):
+@pytest.mark.parametrize("table", ["notes (text TEXT)", "requests (id INTEGER PRIMARY KEY, foo TEXT)"])
+def test_a_database_that_is_not_a_ccswitch_ledger_is_said_so(tmp_path, capsys, table):
     import sqlite3
     other = tmp_path / "other.db"
     with sqlite3.connect(other) as db:
-        db.execute("CREATE TABLE notes (text TEXT)")
+        db.execute(f"CREATE TABLE {table}")
     assert report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(other)]) == 1
     assert f"{other} holds no ccswitch usage tables" in capsys.readouterr().err
