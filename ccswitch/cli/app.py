@@ -205,6 +205,5 @@ def main(argv: list[str] | None = None) -> int:
     return quiet_on_broken_pipe(lambda: args.func(args))
 
 
-
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,7 +7,7 @@ from typing import Any
 
 from ccswitch.config.models import Rules
 from ccswitch.dial.job import Job
-from ccswitch.wire.redact import holds_secret, scrub_text
+from ccswitch.wire.redact import scrub_text
 from ccswitch.wire.usage import Usage
 
 
@@ -60,15 +60,15 @@ def own_answer_row(*, request_id: str, started_at: datetime, route: str, endpoin
             "affinity": affinity if session is not None else None, "client": client, **Usage().columns()}
 
 
-#: a row's text a client chose, or that quotes what it chose (a refusal naming its model)
-_CLIENT_TEXT = ("model", "upstream_model", "session", "error")
+#: a row's text a client chose (errors are scrubbed where they are made: `_stored`, and a
+#: refusal's message before it is answered)
+_CLIENT_TEXT = ("model", "upstream_model", "session")
 
 
 def without_keys(row: dict[str, Any], rules: Rules) -> dict[str, Any]:
     """`row` with any key text of the rules scrubbed from the fields a client's text reaches:
     no key is ever stored, whatever a client sends as its model or session."""
-    secrets = rules.secret_texts()      # once per row: it is built from the rules each time
     for name in _CLIENT_TEXT:
-        if isinstance(text := row.get(name), str) and holds_secret(text, secrets):
-            row[name] = scrub_text(text, secrets, "surrogatepass")
+        if isinstance(text := row.get(name), str):
+            row[name] = rules.scrub(text)
     return row

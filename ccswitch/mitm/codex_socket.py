@@ -18,8 +18,7 @@ from ccswitch.dial.relay import run_guarded
 from ccswitch.dial.shutdown import SHUTTING_DOWN
 from ccswitch.dial.ws_bridge import TICKET_HEADER, Refusal, Ticket, WsBridge
 from ccswitch.ledger.rows import own_answer_row
-from ccswitch.mitm.flows import redact_credentials
-from ccswitch.report.text import printable
+from ccswitch.mitm.flows import failover_line, redact_credentials
 from ccswitch.routing.affinity import session_key
 from ccswitch.vocab import Endpoint, Protocol, Route
 from ccswitch.wire.exchange import ClientRequest
@@ -129,5 +128,4 @@ class CodexSockets:
         flow.comment = f"{flow.comment}\n{line}"
         if isinstance(made, Job) and made.failed_over:
             flow.marked = ":warning:"
-            log.info("ccswitch: codex websocket turn %d %s failed over: %s", ticket.turns,
-                     printable(made.rules.scrub(made.request.model)), " → ".join(a.describe() for a in made.attempts))
+            log.info("ccswitch: codex websocket turn %d %s", ticket.turns, failover_line(made))

@@ -18,6 +18,7 @@ from mitmproxy.utils.strutils import always_str
 
 from ccswitch.dial.job import Job
 from ccswitch.dial.render import upstream_url
+from ccswitch.report.text import printable
 from ccswitch.routing.classify import classify
 from ccswitch.vocab import CLIENT_PROTOCOL, Protocol
 from ccswitch.wire import protocols
@@ -304,6 +305,13 @@ def _point_at_upstream(flow: http.HTTPFlow, job: Job) -> None:
         redact_credentials(flow.request)    # a `?key=` kept for `auth: client`
 
 
+def failover_line(job: Job) -> str:
+    """`claude-x failed over: a: 503 (12 ms) → b: 200 (900 ms)`, for the log: the model as the
+    client named it (scrubbed of keys, control characters escaped)."""
+    return (f"{printable(job.rules.scrub(job.request.model))} failed over: "
+            + " → ".join(a.describe() for a in job.attempts))
+
+
 def show_outcome(flow: http.HTTPFlow, job: Job) -> None:
     """What became of a routed flow, for whoever inspects it: pointed at the upstream that
     answered, the attempts in its comment (marked when it failed over) and metadata, the body
@@ -313,8 +321,7 @@ def show_outcome(flow: http.HTTPFlow, job: Job) -> None:
     if job.failed_over:
         flow.marked = WARNING
     meta = flow.metadata["ccswitch"]
-    upstream_model = job.rules.scrub(job.upstream_model) if job.upstream_model else job.upstream_model
-    meta.update(upstream=job.upstream, upstream_model=upstream_model,
+    meta.update(upstream=job.upstream, upstream_model=job.upstream_model and job.rules.scrub(job.upstream_model),
                 attempts=[a.describe() for a in job.attempts], error=job.error, shown_url=flow.request.url)
     if job.sent_body is not None and job.sent_body != flow.request.raw_content:
         # the request tab shows what the upstream got; the client's own body stays in the metadata

@@ -19,10 +19,11 @@ class KeyShield:
     def __init__(self) -> None:
         self.hidden: dict[str, Hidden] = {}   # flow id -> its request's keys, from its head to its request hook
 
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        self._hide_logins(flow)
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        self._hide_login(flow)
-        if flow.response is not None:       # answered already (a refused --proxyauth's 407)
-            redact_credentials(flow.request)
+        if self._hide_logins(flow):
             return
         hidden = Hidden(flow.request)
         if hidden.hid_anything:             # most flows of a reverse listener carry keys; others need no entry
@@ -39,13 +40,13 @@ class KeyShield:
     def error(self, flow: http.HTTPFlow) -> None:
         self.hidden.pop(flow.id, None)     # a client gone mid-body: its keys stay hidden
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
-        self._hide_login(flow)
-        if flow.response is not None:
-            redact_credentials(flow.request)
-
     @staticmethod
-    def _hide_login(flow: http.HTTPFlow) -> None:
+    def _hide_logins(flow: http.HTTPFlow) -> bool:
         """mitmproxy's `--proxyauth` keeps the login it took on the flow, and a refused one (its
-        407) in the request's `Proxy-Authorization`: neither shows."""
+        407) in the request's `Proxy-Authorization`: neither shows.  True when the flow is
+        answered already (that 407): its credentials stay hidden for good."""
         redact_proxy_login(flow)
+        if flow.response is None:
+            return False
+        redact_credentials(flow.request)
+        return True

@@ -29,6 +29,7 @@ from ccswitch.mitm.flows import (
     as_the_client_sent,
     drop_body,
     error_response,
+    failover_line,
     flows_are_kept,
     gone_meanwhile,
     hold_body,
@@ -49,7 +50,6 @@ from ccswitch.mitm.planner import Planner
 from ccswitch.mitm.router_options import add_options
 from ccswitch.mitm.scope import is_api_flow, replays_routed, route_of
 from ccswitch.net import http1
-from ccswitch.report.text import printable
 from ccswitch.routing.admission import body_problem, decoded_body, header_problem, origin_problem, parse_body
 from ccswitch.routing.affinity import session_key
 from ccswitch.routing.classify import RouteMatch
@@ -395,8 +395,7 @@ class Router:
 
     def _unrouted(self, flow: http.HTTPFlow) -> None:
         if ctx.options.ccswitch_offline and flow.request.pretty_host.lower() in self.gateway.rules.intercept:
-            answer_error(flow, likely_protocol(flow.request), 404,
-                                        "ccswitch is offline: this host is not reachable")
+            answer_error(flow, likely_protocol(flow.request), 404, "ccswitch is offline: this host is not reachable")
 
     def _finish(self, flow: http.HTTPFlow) -> None:
         self.killed_streams.discard(flow.id)
@@ -426,5 +425,4 @@ class Router:
             restore_body(flow.request, held)
         show_outcome(flow, job)
         if job.failed_over:
-            log.info("ccswitch: %s %s failed over: %s", job.request.route, printable(job.rules.scrub(job.request.model)),
-                     " → ".join(a.describe() for a in job.attempts))
+            log.info("ccswitch: %s %s", job.request.route, failover_line(job))

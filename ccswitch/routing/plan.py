@@ -99,7 +99,6 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
         if cooling:
             result.candidates.extend(_second_chance(cooling))
             result.why_first = "recovers first"
-            return result
         return result
     result.why_first = _order(result.candidates, spec, quota, session)
     if session is not None and sessions is not None and spec.sticky > 0:

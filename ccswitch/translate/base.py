@@ -84,12 +84,7 @@ class Passthrough:
             return "a non-SSE body for a streamed request"
         if is_sse:
             return "an SSE body for a non-streamed request"
-        parsed = json_or_none(body, parsed)
-        if parsed is None:
-            return f"a 2xx body that is {not_json_kind(body)}"
-        if not protocols.body_matches_protocol(upstream.protocol, req.endpoint, parsed):
-            return not_a_response_of(upstream.protocol)
-        return None
+        return whole_body_problem(upstream.protocol, req.endpoint, body, parsed)
 
     def reply(self, req: ClientRequest, upstream: Upstream, status: int,
               headers: list[tuple[str, str]], body: bytes) -> Reply:
@@ -146,6 +141,12 @@ class Unsupported(Passthrough):
                           f"({self.pair[1]})")
 
 
-def not_a_response_of(protocol: str) -> str:
-    """Why a 2xx JSON body fails: `a 2xx body that is not an anthropic response`."""
-    return f"a 2xx body that is not {'an' if protocol[0] in 'aeiou' else 'a'} {protocol} response"
+def whole_body_problem(protocol: str, endpoint: str, body: bytes, parsed: Any = UNPARSED) -> str | None:
+    """Why a whole 2xx body is not an answer of `protocol` (`a 2xx body that is not JSON`, `… not an
+    anthropic response`), or None if it is one."""
+    parsed = json_or_none(body, parsed)
+    if parsed is None:
+        return f"a 2xx body that is {not_json_kind(body)}"
+    if not protocols.body_matches_protocol(protocol, endpoint, parsed):
+        return f"a 2xx body that is not {'an' if protocol[0] in 'aeiou' else 'a'} {protocol} response"
+    return None

@@ -13,9 +13,8 @@ import time
 import uuid
 from typing import Any
 
-from ccswitch.translate.base import not_a_response_of, wants_usage
-from ccswitch.wire.exchange import UNPARSED, ClientRequest, Reply, json_bytes, json_or_none, not_json_kind
-from ccswitch.wire.protocols import body_matches_protocol
+from ccswitch.translate.base import wants_usage, whole_body_problem
+from ccswitch.wire.exchange import UNPARSED, ClientRequest, Reply, json_bytes, json_or_none
 from ccswitch.wire.redact import scrub
 from ccswitch.wire.sse import format_event
 
@@ -120,12 +119,7 @@ class ChatTranslation:
             return None if is_sse else "a non-SSE body for a streamed request"
         if is_sse:
             return "an SSE body for a non-streamed request"
-        parsed = json_or_none(body, parsed)
-        if parsed is None:
-            return f"a 2xx body that is {not_json_kind(body)}"
-        if not body_matches_protocol(self.protocol, req.endpoint, parsed):
-            return not_a_response_of(self.protocol)
-        return None
+        return whole_body_problem(self.protocol, req.endpoint, body, parsed)
 
     def upstream_streams(self, req: ClientRequest, upstream) -> bool:
         """Whether the upstream is asked to stream (some always must, e.g. Codex's backend)."""
