@@ -275,9 +275,9 @@ async def test_a_chunked_body_is_yielded_as_it_arrives():
     assert server.connections == 1
 
 
-async def test_h11_is_asked_for_a_streamed_piece_once_it_has_it(monkeypatch):
-    """Each piece of a stream is one wake-up: h11 is asked for its event once the bytes are given
-    to it, and not again for nothing (twice per piece, a cost on every event of every stream)."""
+async def test_each_streamed_piece_is_parsed_once_as_it_comes():
+    """Each piece of a stream is one wake-up and one pass of the parser over its bytes, and no
+    more (a cost on every event of every stream)."""
     gates = [asyncio.Event() for _ in range(20)]
 
     async def paced(writer, head, body):
@@ -289,12 +289,21 @@ async def test_h11_is_asked_for_a_streamed_piece_once_it_has_it(monkeypatch):
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 
+    class Counting:
+        def __init__(self, parser):
+            self.parser, self.fed = parser, []
+
+        def feed_data(self, data):
+            self.fed.append(data)
+            self.parser.feed_data(data)
+
+        def __getattr__(self, name):
+            return getattr(self.parser, name)
+
     async with RawServer(paced) as server, client() as c:
         response = await c.send("POST", server.url, [], b"{}")
-        asked = []
         connection = response._connection
-        real = connection.h11.next_event
-        monkeypatch.setattr(connection.h11, "next_event", lambda: asked.append(1) or real())
+        connection._parser = counting = Counting(connection._parser)
         chunks = response.aiter_bytes()
         pieces = []
         for gate in gates:
@@ -302,7 +311,8 @@ async def test_h11_is_asked_for_a_streamed_piece_once_it_has_it(monkeypatch):
             pieces.append(await asyncio.wait_for(chunks.__anext__(), 2))
         assert pieces == [b"piece%02d" % i for i in range(20)]
         assert [chunk async for chunk in chunks] == []
-        assert len(asked) <= 2 * len(gates) + 2     # its Data, then NEED_DATA once; the end
+        assert len(counting.fed) <= len(gates) + 1     # each piece once; the last chunk
+        assert b"".join(counting.fed).count(b"piece") == len(gates)
         assert await get_body(c, server.url) == (200, b"default")   # and the connection goes on
     assert server.connections == 1
 
@@ -495,6 +505,83 @@ async def test_invalid_header_values_are_refused_before_anything_is_sent():
         with pytest.raises(http1.TransportError, match="cannot send"):
             await c.send("POST", server.url, [("x-bad", "a\r\nb")], b"{}")
     assert server.requests == []
+
+
+@pytest.mark.parametrize("headers", [
+    [("x bad", "v")], [("x-bad\r\nx-injected", "v")], [("x-bad", "a\nb")], [("x-bad", "a\x00b")],
+    [("x-bad", "\u0100")], [("content-length", "3")], [("transfer-encoding", "chunked")],
+], ids=["space-in-name", "crlf-in-name", "lf-in-value", "nul-in-value", "beyond-latin-1",
+        "own-content-length", "own-transfer-encoding"])
+async def test_what_http_cannot_carry_or_would_frame_twice_is_refused_unsent(headers):
+    async with RawServer() as server, client() as c:
+        with pytest.raises(http1.TransportError, match="cannot send") as caught:
+            await c.send("POST", server.url, headers, b"{}")
+    assert server.requests == []
+    assert "\n" not in str(caught.value) and "\x00" not in str(caught.value)   # names the kind, never the value
+
+
+async def test_header_values_go_out_without_surrounding_blanks_and_tabs_inside_stay():
+    async with RawServer() as server, client() as c:
+        response = await c.send("POST", server.url, [("x-one", "  padded\t"), ("x-two", "a\tb")], b"{}")
+        await response.aread()
+    head = server.requests[0][0]
+    assert b"\r\nx-one: padded\r\n" in head and b"\r\nx-two: a\tb\r\n" in head
+    assert head.startswith(b"POST / HTTP/1.1\r\nhost: 127.0.0.1:")
+
+
+async def test_a_response_head_over_64_kb_is_a_protocol_error():
+    async def huge(writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        for i in range(100):
+            writer.write(b"x-filler-%d: %s\r\n" % (i, b"f" * 1000))
+            await writer.drain()
+        await asyncio.sleep(0.3)
+        return "close"
+
+    async with RawServer(huge) as server, client() as c:
+        with pytest.raises(http1.RemoteProtocolError, match="over 64 KB"):
+            await c.send("POST", server.url, [], b"{}")
+
+
+@pytest.mark.parametrize("reply", [
+    b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+], ids=["http-1.0", "connection-close"])
+async def test_an_answer_that_closes_after_itself_is_read_whole_and_its_connection_not_reused(reply):
+    async def answer(writer, head, body):
+        writer.write(reply)
+        await writer.drain()
+
+    async with RawServer(answer, ok(b"second")) as server, client() as c:
+        assert await get_body(c, server.url) == (200, b"ok")
+        assert await get_body(c, server.url) == (200, b"second")
+    assert server.connections == 2
+
+
+async def test_a_body_without_length_or_chunks_runs_to_the_orderly_close():
+    async def until_close(writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nfirst ")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"and last")
+        await writer.drain()
+        return "close"
+
+    async with RawServer(until_close, ok(b"next")) as server, client() as c:
+        assert await get_body(c, server.url) == (200, b"first and last")
+        assert await get_body(c, server.url) == (200, b"next")
+    assert server.connections == 2
+
+
+async def test_a_connection_cut_in_the_middle_of_the_head_is_a_protocol_error_not_a_retry():
+    async def half_head(writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-le")
+        await writer.drain()
+        return "close"
+
+    async with RawServer(half_head) as server, client() as c:
+        with pytest.raises(http1.RemoteProtocolError, match="middle of the response head"):
+            await c.send("POST", server.url, [], b"{}")
 
 
 @asynccontextmanager
