@@ -15,7 +15,7 @@ from ccswitch.routing.events import Event
 from ccswitch.routing.plan import plan
 from ccswitch.translate import convert_for_candidates
 from ccswitch.wire import protocols
-from ccswitch.wire.exchange import ClientRequest
+from ccswitch.wire.exchange import ClientRequest, RenderError
 
 #: ccswitch's own answer: status, message, extra headers
 OwnAnswer = tuple[int, str, dict | None]
@@ -50,12 +50,33 @@ class Planner:
         if not chosen.candidates:
             self._exhausted(req.route, chosen.why_none(req.route), None)
             return 503, chosen.why_none(req.route), {"retry-after": "30"}
-        converted, problem = convert_for_candidates(req, chosen.candidates, rules)
-        if problem:
-            return 400, problem, None
-        return Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow_id, converted=converted,
-                   client=client_name, session=session, bound_to=chosen.bound_to, why_first=chosen.why_first,
-                   skipped=chosen.blocked, shown=shown)
+        converted, refused = convert_for_candidates(req, chosen.candidates, rules)
+        candidates, skipped, why_first = chosen.candidates, chosen.blocked, chosen.why_first
+        if refused:
+            candidates = [upstream for upstream in candidates if upstream.name not in refused]
+            skipped = skipped + [(name, f"unable to take this request ({exc})") for name, exc in refused.items()]
+            if not candidates:
+                return self._refused_everywhere(req, chosen.blocked, refused)
+            if candidates[0] is not chosen.candidates[0]:   # the reason was the refused one's
+                why_first = ""
+        return Job(request=req, rules=rules, candidates=candidates, flow_id=flow_id, converted=converted,
+                   client=client_name, session=session, bound_to=chosen.bound_to, why_first=why_first,
+                   skipped=skipped, shown=shown)
+
+    def _refused_everywhere(self, req: ClientRequest, blocked: list[tuple[str, str]],
+                            refused: dict[str, RenderError]) -> OwnAnswer:
+        """No upstream available now can take the request as it is: the client's error (the
+        first refusal's), unless one that is out for now could take it: then it is a wait."""
+        rules = self.gateway.rules
+        waiting = [(name, why) for name, why in blocked
+                   if not convert_for_candidates(req, [rules.upstream(name)], rules)[1]]
+        if not waiting:
+            first = next(iter(refused.values()))
+            return first.status, str(first), None
+        reasons = "; ".join([f"{name} is {why}" for name, why in waiting]
+                            + [f"{name} cannot take it ({exc})" for name, exc in refused.items()])
+        return 503, f"no upstream available for this request on the {req.route} route: {reasons}", \
+            {"retry-after": "30"}
 
     def _exhausted(self, route: str, reason: str, wait: float | None) -> None:
         """ccswitch answers the route itself: one event per soonest reset (429), or per hour

@@ -33,17 +33,20 @@ def translation_for(client_protocol: str, upstream_protocol: str) -> Translation
     return Unsupported(client_protocol, upstream_protocol)
 
 
-def convert_for_candidates(req: ClientRequest, candidates, rules) -> tuple[dict, str | None]:
-    """Convert the body for each candidate of another protocol before any upstream call: a body
-    that cannot be converted is the client's 400, and the dialer reuses what was converted."""
+def convert_for_candidates(req: ClientRequest, candidates, rules) -> tuple[dict, dict[str, RenderError]]:
+    """Convert the body for each candidate of another protocol before any upstream call (the
+    dialer reuses what was converted), and say which candidates cannot take it, and why: an
+    Anthropic upstream cannot return `n` choices where a Chat one can."""
     converted: dict[str, dict] = {}
+    refused: dict[str, RenderError] = {}
     for upstream in candidates:
         if upstream.protocol == req.client_protocol:
             continue
         try:
             body = translation_for(req.client_protocol, upstream.protocol).request(req, upstream, rules)
         except RenderError as exc:
-            return converted, str(exc)
+            refused[upstream.name] = exc
+            continue
         if body is not None:
             converted[upstream.name] = body
-    return converted, None
+    return converted, refused

@@ -103,14 +103,19 @@ def test_failover_across_protocols(world, client):
     assert b.last().path == "/v1/responses" and b.last().headers["authorization"] == f"Bearer {KEY_B}"
 
 
-def test_invalid_requests_are_400_before_any_upstream_call(world, client):
+def test_a_request_no_upstream_can_take_is_400_before_any_upstream_call(world, client):
     proxy, a, b = world
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.BadRequestError, match="n must be 1"):
         client.chat.completions.create(model="claude-x", n=2, **ask())
-    bad_image = [{"type": "image_url", "image_url": {"url": "data:image/tiff;base64,AAAA"}}]
-    with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="claude-x", messages=[{"role": "user", "content": bad_image}])
     assert not a.requests and not b.requests
+
+
+def test_an_upstream_that_cannot_take_a_request_is_left_out_and_the_next_serves_it(world, client):
+    proxy, a, b = world
+    tiff = [{"type": "image_url", "image_url": {"url": "data:image/tiff;base64,AAAA"}}]
+    answer = client.chat.completions.create(model="claude-x", messages=[{"role": "user", "content": tiff}])
+    assert answer.choices[0].message.content == "Hello from mock B"
+    assert not a.requests and b.last().path == "/v1/responses"
 
 
 def test_upstream_error_is_converted_to_openai_format(world, client):

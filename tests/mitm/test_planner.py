@@ -1,0 +1,56 @@
+"""The job's plan: which upstreams of the route can take this very request."""
+
+import json
+
+from ccswitch.config.models import Routes
+from ccswitch.dial.job import Job
+from ccswitch.mitm.planner import Planner
+from ccswitch.wire.exchange import ClientRequest
+from tests.support.helpers import KEY_A
+
+RULES = f"""
+upstreams:
+  - {{name: chatty, protocol: openai-chat, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}
+  - {{name: anth, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}
+  - {{name: anth2, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}
+routes: {{chat: [chatty, anth, anth2]}}
+"""
+
+
+def chat_request(**extra) -> ClientRequest:
+    body = {"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}], **extra}
+    return ClientRequest(route="chat", endpoint="chat", method="POST", url="http://127.0.0.1/v1/chat/completions",
+                         headers=[], body=json.dumps(body).encode(), json=body, model="gpt-x",
+                         client_protocol="openai-chat")
+
+
+def cool(gateway, name: str) -> None:
+    gateway.health.record_failure(name, "503", threshold=1, cooldown=600)
+
+
+def test_an_upstream_that_cannot_take_the_request_is_skipped_for_one_that_can(gateway):
+    job = Planner(gateway).plan_job(chat_request(n=2), "f1", None, None, shown=False)
+    assert isinstance(job, Job)
+    assert [u.name for u in job.candidates] == ["chatty"]
+    assert ("anth", "unable to take this request (n must be 1: an Anthropic upstream returns a single choice)") \
+        in job.skipped
+
+
+def test_the_first_can_be_the_one_skipped_and_its_reason_to_lead_goes_with_it(gateway):
+    cool(gateway, "chatty")
+    cool(gateway, "anth2")
+    job = Planner(gateway).plan_job(chat_request(), "f1", None, None, shown=False)
+    assert job.candidates[0].name == "anth"     # a request every upstream can take
+    job = Planner(gateway).plan_job(chat_request(n=2), "f2", None, None, shown=False)
+    assert not isinstance(job, Job)
+    status, message, headers = job
+    # chatty could take it once it has cooled: a wait, not the client's mistake
+    assert status == 503 and headers == {"retry-after": "30"}
+    assert "chatty is cooling down" in message and "anth cannot take it (n must be 1" in message
+
+
+def test_a_request_no_upstream_of_the_route_could_take_is_the_clients_400(gateway):
+    gateway.rules_file.rules = gateway.rules.model_copy(
+        update={"routes": Routes(**{**gateway.rules.routes.model_dump(), "chat": ["anth", "anth2"]})})
+    status, message, headers = Planner(gateway).plan_job(chat_request(n=2), "f1", None, None, shown=False)
+    assert (status, headers) == (400, None) and message.startswith("n must be 1")
