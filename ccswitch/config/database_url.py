@@ -7,6 +7,7 @@ Parsing never echoes the text it rejects, since that text may be the secret.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -16,6 +17,9 @@ from ccswitch.config.secret_url import SecretURL
 from ccswitch.net.addresses import url_port
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}")
+# libpq's key=value form ("host=db password=..."): a word that starts the text or follows a blank
+_LIBPQ_KEYWORDS = re.compile(r"(?:^|\s)(?:host|hostaddr|dbname|user|password|port|sslmode|service)\s*=")
 
 
 def is_postgres_url(text: str) -> bool:
@@ -46,8 +50,25 @@ class PostgresURL(SecretURL):
         return cls(url=SecretStr(text))
 
 
+def refuse_other_databases(text: str) -> None:
+    """A URL of another scheme (SQLAlchemy's ``postgresql+psycopg://``, ``sqlite://``) or a libpq
+    ``key=value`` string would otherwise be taken for a file path: the ledger would go to a local
+    file named after it, password and all.  Raises ValueError without the text."""
+    scheme, sep, _ = text.strip().partition("://")
+    if sep and not is_postgres_url(text):
+        if not _SCHEME.fullmatch(scheme):   # not a scheme at all: the text may be the secret
+            raise ValueError("takes a file path or a postgresql:// URL, not another kind of URL")
+        hint = " (SQLAlchemy's driver suffix is not needed)" if scheme.lower().startswith("postgres") else ""
+        raise ValueError(f"takes a file path or a postgresql:// URL, not a {scheme}:// URL{hint}")
+    if _LIBPQ_KEYWORDS.search(text):
+        raise ValueError("takes a file path or a postgresql:// URL: write a libpq key=value string as "
+                         "postgresql://user:password@host:port/dbname")
+
+
 def parse_usage_db(text: str | Path) -> Path | PostgresURL:
     """A path (``~`` expanded) or a PostgreSQL URL, as ``usage_db`` and ``--db`` take them."""
-    if isinstance(text, str) and is_postgres_url(text):
-        return PostgresURL.parse(text)
+    if isinstance(text, str):
+        if is_postgres_url(text):
+            return PostgresURL.parse(text)
+        refuse_other_databases(text)
     return Path(text).expanduser()

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from pydantic import SecretStr
 
-from ccswitch.config.database_url import PostgresURL, is_postgres_url
+from ccswitch.config.database_url import PostgresURL, is_postgres_url, refuse_other_databases
 from ccswitch.config.state_url import RedisURL
 from ccswitch.net.proxy import Proxy, parse_proxy
 from ccswitch.wire.headers import sendable
@@ -209,4 +209,7 @@ def usage_db_setting(value: Any) -> Path | PostgresURL:
         return value
     if not isinstance(value, str) or not value.strip():
         raise ValueError("must be a path or a postgresql:// URL")
-    return PostgresURL.parse(value) if is_postgres_url(value) else Path(value)
+    if is_postgres_url(value):
+        return PostgresURL.parse(value)
+    refuse_other_databases(value)
+    return Path(value)

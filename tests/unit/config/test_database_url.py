@@ -89,3 +89,27 @@ def test_a_redis_password_from_the_environment_reaches_the_client_whole():
     rules = parse_rules("state: redis://:${RPW}@127.0.0.1:16390/1\n", env={"RPW": "q@TAIL/x?y#z"})
     assert parse_url(rules.state.conninfo) == {"password": "q@TAIL/x?y#z", "host": "127.0.0.1", "port": 16390, "db": 1}
     assert "TAIL" not in rules.state.redacted
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("postgresql+psycopg://ccs:SECRET-PW@127.0.0.1:5432/ccswitch", "not a postgresql+psycopg:// URL (SQLAlchemy"),
+    ("pgsql://ccs:SECRET-PW@127.0.0.1/ccswitch", "not a pgsql:// URL"),
+    ("sqlite:///var/lib/usage.db", "not a sqlite:// URL"),
+    ("ccs:SECRET-PW@host://x", "not another kind of URL"),
+    ("host=127.0.0.1 dbname=ccswitch user=ccs password=SECRET-PW", "write a libpq key=value string as"),
+    ("password=SECRET-PW host=db", "libpq key=value"),
+])
+def test_another_databases_address_is_refused_not_taken_for_a_file_named_after_it(text, problem):
+    """It would have made a local SQLite file under a directory named with the password, and
+    logged that path."""
+    with pytest.raises(RulesError) as caught:
+        parse_rules(f"usage_db: {text!r}\n")
+    assert problem in str(caught.value) and "SECRET-PW" not in str(caught.value)
+    with pytest.raises(ValueError, match="takes a file path or a postgresql:// URL") as caught:
+        parse_usage_db(text)                          # report --db
+    assert "SECRET-PW" not in str(caught.value)
+
+
+@pytest.mark.parametrize("path", ["usage.db", "/data/host=eu/usage.db", "~/ledgers/2026 usage.db", "a=b.db"])
+def test_paths_that_merely_hold_an_equals_sign_or_a_blank_are_still_paths(path):
+    assert isinstance(parse_usage_db(path), Path)
