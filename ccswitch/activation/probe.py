@@ -170,7 +170,8 @@ def probe_body(upstream: Upstream) -> dict:
                     "input": [{"type": "message", "role": "user",
                                "content": [{"type": "input_text", "text": _PROMPT}]}]}
         return {"model": model, "input": _PROMPT, "max_output_tokens": 16, "store": False}
-    return {"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": _PROMPT}]}
+    # OpenAI's reasoning models (the default gpt-5-mini among them) refuse the older max_tokens
+    return {"model": model, "max_completion_tokens": 16, "messages": [{"role": "user", "content": _PROMPT}]}
 
 
 def has_content(protocol: str, body: bytes, is_sse: bool) -> bool:

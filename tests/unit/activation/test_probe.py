@@ -104,7 +104,8 @@ upstreams:
     a, b, c = (probe_body(u) for u in r.upstreams)
     assert a["model"] == "claude-haiku-4-5" and a["max_tokens"] <= 16
     assert b["stream"] is True and "max_output_tokens" not in b and b["store"] is False
-    assert c["model"] == "relay-model"
+    # OpenAI's reasoning models answer a 400 to max_tokens ("use max_completion_tokens instead")
+    assert c["model"] == "relay-model" and c["max_completion_tokens"] <= 16 and "max_tokens" not in c
 
 
 async def test_send_probe_success_failure_and_activation_model_not_renamed():
