@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from ccswitch.translate.base import wants_usage, whole_body_problem
-from ccswitch.wire.exchange import UNPARSED, ClientRequest, Reply, json_bytes, json_or_none
+from ccswitch.wire.exchange import UNPARSED, ClientRequest, RenderError, Reply, array_at, json_bytes, json_or_none
 from ccswitch.wire.redact import scrub
 from ccswitch.wire.sse import format_event
 
@@ -45,9 +45,11 @@ class ChunkWriter:
         self.finished = False
 
     def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        if LOGPROBS in delta:       # the choice's, not the delta's
+            choice["logprobs"] = chat_logprobs(delta.pop(LOGPROBS))
         body: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                                "model": self.model,
-                                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+                                "model": self.model, "choices": [choice]}
         if self.include_usage:
             body["usage"] = None
         return format_event(body)
@@ -68,11 +70,23 @@ class ChunkWriter:
 
 
 def completion(model: str, message: dict[str, Any], finish_reason: str, usage: dict[str, Any],
-               response_id: str | None = None) -> dict[str, Any]:
+               response_id: str | None = None, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {"id": response_id or "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion",
             "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason,
+                         "logprobs": chat_logprobs(logprobs) if logprobs else None}],
             "usage": usage}
+
+
+#: a stream delta's key for the token log probabilities that came with its text (ChunkWriter
+#: moves them to the choice, where Chat Completions has them)
+LOGPROBS = "_logprobs"
+
+
+def chat_logprobs(tokens: list[dict[str, Any]]) -> dict[str, Any]:
+    """Responses' output_text logprobs ({token, logprob, bytes, top_logprobs}, the shape Chat
+    uses too) as a Chat choice's `logprobs`."""
+    return {"content": [token for token in tokens if isinstance(token, dict)], "refusal": None}
 
 
 def openai_error(message: str, kind: str = "api_error", code: str | None = None) -> dict[str, Any]:
@@ -90,12 +104,22 @@ def openai_error_from(body: bytes, status: int) -> dict[str, Any]:
     err = parsed.get("error") if isinstance(parsed, dict) else None
     if isinstance(err, dict):
         kind = err.get("type") or err.get("code") or "api_error"
-        # OpenAI's own code, null included; an Anthropic error has none: its type stands in
-        code = err["code"] if "code" in err else kind
-        return {"error": {"message": str(err.get("message", "")), "type": kind,
-                          "param": err.get("param"), "code": code}}
+        message = str(err.get("message", ""))
+        # OpenAI's own code, null included; an Anthropic error has none: its type stands in, but
+        # a context overflow gets OpenAI's code, the one clients check before trimming history
+        if "code" in err:
+            code = err["code"]
+        else:
+            code = "context_length_exceeded" if _CONTEXT_OVERFLOW in message.lower() else kind
+        return {"error": {"message": message, "type": kind, "param": err.get("param"), "code": code}}
     text = body.decode("utf-8", "replace")[:500] if body else f"upstream answered HTTP {status}"
-    return {"error": {"message": text, "type": "api_error", "param": None, "code": None}}
+    kind = "invalid_request_error" if 400 <= status < 500 else "api_error"
+    return {"error": {"message": text, "type": kind, "param": None, "code": None}}
+
+
+# how Anthropic words a prompt over the model's context window ("prompt is too long: 250000
+# tokens > 200000 maximum")
+_CONTEXT_OVERFLOW = "prompt is too long"
 
 
 class ChatTranslation:
@@ -156,3 +180,15 @@ def _json_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def include_usage(req: ClientRequest) -> bool:
     return wants_usage(req.json or {})
+
+
+def refuse_what_has_no_counterpart(body: dict[str, Any]) -> None:
+    """What a client asks for that an Anthropic or Responses upstream cannot give, and that left
+    out would change the answer's kind: refused alike for both (a Chat upstream of the same route
+    may take it)."""
+    if body.get("audio") is not None or "audio" in array_at(body.get("modalities"), "modalities"):
+        raise RenderError("audio output is not supported for this model")
+    if body.get("web_search_options") is not None:
+        raise RenderError("web_search_options is not supported for this model")
+    if body.get("functions") is not None or body.get("function_call") is not None:
+        raise RenderError("the legacy functions/function_call parameters are not supported; use tools")

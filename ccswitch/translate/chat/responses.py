@@ -107,7 +107,7 @@ def completion_from_response(response: dict[str, Any], model: str) -> dict[str, 
     """Walk `output[]` in order into exactly one choice."""
     if response.get("status") in ("failed", "cancelled"):
         raise UpstreamFailed(*failure_of({"response": response}))
-    text, refusal, reasoning, calls = [], [], [], []
+    text, refusal, reasoning, calls, logprobs = [], [], [], [], []
     for item in response.get("output") or ():
         if not isinstance(item, dict):
             continue
@@ -122,6 +122,8 @@ def completion_from_response(response: dict[str, Any], model: str) -> dict[str, 
             for part in item.get("content") or ():
                 if isinstance(part, dict) and part.get("type") == "output_text":
                     text.append(part.get("text") or "")
+                    if isinstance(part.get("logprobs"), list):   # asked for with `logprobs`
+                        logprobs.extend(part["logprobs"])
                 elif isinstance(part, dict) and part.get("type") == "refusal":
                     refusal.append(part.get("refusal") or "")
         elif kind == "function_call":
@@ -131,7 +133,7 @@ def completion_from_response(response: dict[str, Any], model: str) -> dict[str, 
                                        "arguments": args if isinstance(args, str) and args else "{}"}})
     message = chat_message("".join(text), "".join(refusal), "\n\n".join(reasoning), calls)
     return completion(response.get("model") or model, message, finish_reason(response, bool(calls)),
-                      response_usage(response.get("usage")), chat_id(response.get("id")))
+                      response_usage(response.get("usage")), chat_id(response.get("id")), logprobs)
 
 
 def aggregate(body: bytes, model: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ccswitch.translate.chat.common import refuse_what_has_no_counterpart
 from ccswitch.translate.chat.models import split_model
 from ccswitch.wire.exchange import RenderError, array_at, function_name, object_at
 
@@ -91,12 +92,7 @@ def _reject_unsupported(body: dict[str, Any]) -> None:
     n = body.get("n")
     if n is not None and n != 1:
         raise RenderError("n > 1 is not supported for this model (Responses upstream returns one choice)")
-    if body.get("audio") is not None or "audio" in array_at(body.get("modalities"), "modalities"):
-        raise RenderError("audio output is not supported for this model")
-    if body.get("web_search_options") is not None:
-        raise RenderError("web_search_options is not supported for this model")
-    if body.get("functions") is not None or body.get("function_call") is not None:
-        raise RenderError("the legacy functions/function_call parameters are not supported; use tools")
+    refuse_what_has_no_counterpart(body)
 
 
 # ------------------------------------------------------------------ messages

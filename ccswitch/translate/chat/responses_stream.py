@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ccswitch.translate.chat.common import ChunkWriter, chat_id, chat_usage
+from ccswitch.translate.chat.common import LOGPROBS, ChunkWriter, chat_id, chat_usage
 from ccswitch.wire.sse import Event
 
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.done"})
@@ -131,7 +131,11 @@ class ResponsesStream:
     def _content(self, kind: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         if kind == "response.output_text.delta":
             self._shown(data)
-            return [{"content": data["delta"]}] if data.get("delta") else []
+            if not data.get("delta"):
+                return []
+            if isinstance(data.get("logprobs"), list) and data["logprobs"]:   # asked for with `logprobs`
+                return [{"content": data["delta"], LOGPROBS: data["logprobs"]}]
+            return [{"content": data["delta"]}]
         if kind == "response.refusal.delta":
             self._shown(data)
             return [{"refusal": data["delta"]}] if data.get("delta") else []

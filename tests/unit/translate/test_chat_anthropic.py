@@ -306,7 +306,7 @@ def test_sampling_and_dropped_parameters():
                stop=["END", " ", "\n"], n=1, seed=1, logprobs=True, top_logprobs=2, logit_bias={"1": 2},
                presence_penalty=1, frequency_penalty=1, metadata={"a": "b"}, store=True, service_tier="auto",
                prediction={"type": "content", "content": "x"}, modalities=["text"], user="user-123",
-               stream_options={"include_usage": True}, web_search_options={})
+               stream_options={"include_usage": True})
     assert out == {"model": "claude-sonnet-4-5", "max_tokens": 50,
                    "messages": [{"role": "user", "content": [text("hi")]}],
                    "temperature": 1, "top_p": 0.9, "top_k": 40, "stop_sequences": ["END"],
@@ -881,3 +881,16 @@ def test_a_message_that_is_not_an_object_is_named_as_such():
 def test_a_request_of_audio_alone_says_audio_is_what_cannot_be_sent():
     with pytest.raises(RenderError, match="audio input is not supported by an Anthropic upstream"):
         chat(user([{"type": "input_audio", "input_audio": {"data": "AAA", "format": "wav"}}]))
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"functions": [{"name": "f", "parameters": {"type": "object"}}]}, "legacy functions/function_call"),
+    ({"function_call": "auto"}, "legacy functions/function_call"),
+    ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "audio output"),
+    ({"web_search_options": {}}, "web_search_options"),
+])
+def test_what_would_change_the_answers_kind_is_refused_as_on_a_responses_upstream(extra, message):
+    """Left out, a client's functions were never offered to the model, and its next turn (a
+    `function` message) was refused: both upstream kinds refuse them alike, up front."""
+    with pytest.raises(RenderError, match=message):
+        chat(user(), **extra)

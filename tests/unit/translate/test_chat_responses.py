@@ -622,3 +622,47 @@ def test_an_empty_delta_does_not_stand_for_the_text_and_a_done_without_an_id_is_
                     ("response.output_item.done", {"output_index": 0, "item": message}), completed()))
     assert [fold([c["choices"][0]["delta"] for c in chunks if c != "[DONE]" and c.get("choices")])["text"]
             for chunks in (empty_first, no_id)] == ["Whole.", "Hi"]
+
+
+HI_LOGPROBS = [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105],
+                "top_logprobs": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105]}]}]
+THERE_LOGPROBS = [{"token": " there", "logprob": -0.5, "bytes": [32, 116, 104, 101, 114, 101], "top_logprobs": []}]
+
+
+def test_token_log_probabilities_asked_for_come_back_where_chat_has_them():
+    asked = {"model": "gpt-x", "messages": HI, "logprobs": True, "top_logprobs": 1}
+    message = {"type": "message", "content": [{"type": "output_text", "text": "Hi", "logprobs": HI_LOGPROBS},
+                                              {"type": "output_text", "text": " there", "logprobs": THERE_LOGPROBS}]}
+    _, body, _ = reply(json.dumps({"status": "completed", "output": [message]}).encode(), asked)
+    ChatCompletion.model_validate(body)
+    assert body["choices"][0]["logprobs"] == {"content": HI_LOGPROBS + THERE_LOGPROBS, "refusal": None}
+
+    with_logprobs = [(kind, {**data, "logprobs": probs}) for (kind, data), probs in
+                     ((text_delta("Hi"), HI_LOGPROBS), (text_delta(" there"), THERE_LOGPROBS))]
+    chunks = run(sse(created(), *with_logprobs, completed(usage=USAGE)), {**asked, "stream": True})
+    for chunk in chunks[:-1]:
+        ChatCompletionChunk.model_validate(chunk)
+    assert [c["choices"][0].get("logprobs") for c in chunks[1:3]] == [
+        {"content": HI_LOGPROBS, "refusal": None}, {"content": THERE_LOGPROBS, "refusal": None}]
+    assert deltas(chunks)[1:3] == [{"content": "Hi"}, {"content": " there"}]
+    state = ChatCompletionStreamState()
+    for chunk in chunks[:-1]:
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    assert [t.token for t in state.get_final_completion().choices[0].logprobs.content] == ["Hi", " there"]
+
+
+def test_no_log_probabilities_is_null_as_before():
+    _, body, _ = reply(json.dumps({"status": "completed", "output": [OUTPUT[2]]}).encode())
+    assert body["choices"][0]["logprobs"] is None
+    chunks = run(sse(created(), text_delta("Hi"), completed(usage=USAGE)))
+    assert all("logprobs" not in c["choices"][0] for c in chunks[:-1] if c["choices"])
+
+
+def test_an_anthropic_context_overflow_carries_openais_code_for_it_and_a_bare_4xx_is_the_clients():
+    too_long = Reply("anth", 400, [], b'{"type":"error","error":{"type":"invalid_request_error",'
+                                      b'"message":"prompt is too long: 250000 tokens > 200000 maximum"}}')
+    error = json.loads(ChatToResponses().error_reply(creq({}), too_long).body)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "context_length_exceeded")
+    for status, kind in ((400, "invalid_request_error"), (422, "invalid_request_error"), (502, "api_error")):
+        error = json.loads(ChatToResponses().error_reply(creq({}), Reply("x", status, [], b"<html>no</html>")).body)
+        assert error["error"]["type"] == kind and error["error"]["message"] == "<html>no</html>"
