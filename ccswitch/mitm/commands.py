@@ -51,24 +51,27 @@ class Commands:
         return lines
 
     @command.command("ccswitch.use")
-    def use(self, name: str, minutes: int = 30) -> str:
+    def use(self, name: str, minutes: str = "30") -> str:
         """Prefer one upstream for its routes for a while (default 30 minutes, at most 525600:
         a year; 0 ends it)."""
+        # taken as text: mitmproxy's own int parsing would answer "1.5" with Python's words
         self._upstream(name)
-        if not 0 <= minutes <= MAX_USE_MINUTES:
-            raise exceptions.CommandError(f"MINUTES must be 0 to {MAX_USE_MINUTES} (a year; 0 ends the "
-                                          f"preference), not {minutes}")
-        if minutes == 0:
+        count = minutes.strip()
+        if not count.isascii() or not count.isdigit() or not 0 <= int(count) <= MAX_USE_MINUTES:
+            raise exceptions.CommandError(f"MINUTES must be a whole number from 0 to {MAX_USE_MINUTES} (a year; "
+                                          f"0 ends the preference), not {minutes[:20]!r}")
+        span = int(count)
+        if span == 0:
             return self.unuse()
         health = self.gateway.health
-        health.prefer(name, health.clock() + minutes * 60)
+        health.prefer(name, health.clock() + span * 60)
         tz = self.gateway.rules.tz
         now = health.wall()
         # added in UTC: a span across a clock change ends at the right wall time
-        until = (now + timedelta(minutes=minutes)).astimezone(tz)
+        until = (now + timedelta(minutes=span)).astimezone(tz)
         when = wall_text(until, now.astimezone(tz))
-        log.info("ccswitch: preferring %s for %d minutes (until %s)", name, minutes, when)
-        return f"preferring {name} for {minutes} minutes, until {when} (ccswitch.unuse ends it)"
+        log.info("ccswitch: preferring %s for %d minutes (until %s)", name, span, when)
+        return f"preferring {name} for {span} minutes, until {when} (ccswitch.unuse ends it)"
 
     @command.command("ccswitch.unuse")
     def unuse(self) -> str:

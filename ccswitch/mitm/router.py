@@ -50,7 +50,14 @@ from ccswitch.mitm.planner import Planner
 from ccswitch.mitm.router_options import add_options
 from ccswitch.mitm.scope import is_api_flow, replays_routed, route_of
 from ccswitch.net import http1
-from ccswitch.routing.admission import body_problem, decoded_body, header_problem, origin_problem, parse_body
+from ccswitch.routing.admission import (
+    body_problem,
+    decoded_body,
+    header_problem,
+    origin_problem,
+    parse_body,
+    undecodable,
+)
 from ccswitch.routing.affinity import session_key
 from ccswitch.routing.classify import RouteMatch
 from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint
@@ -272,12 +279,13 @@ class Router:
         refusal = header_problem(headers) or body_problem(flow.request.headers.get("content-type", ""), len(raw), max_body)
         if refusal:
             return refuse(*refusal)
-        raw = decoded_body(flow.request.headers.get("content-encoding", ""), raw, max_body)
+        encoding = flow.request.headers.get("content-encoding", "")
+        sent, raw = raw, decoded_body(encoding, raw, max_body)
         if raw is None:   # a small compressed body can inflate a lot: never inflate past the limit
             return refuse(413, f"request body too large once decoded (over {max_body} bytes)")
         body, problem = parse_body(raw)
         if problem:
-            return refuse(400, problem)
+            return refuse(400, (raw is sent and undecodable(encoding)) or problem)
         known.body = body
         model = body.get("model")
         if not isinstance(model, str) or not model:

@@ -19,7 +19,7 @@ log = logging.getLogger("ccswitch")
 
 _PROXYAUTH_HOW = ("mitmproxy's proxy authentication: add --proxyauth USER:PASS (or --proxyauth @HTPASSWD_FILE) "
                   "and give clients HTTPS_PROXY=http://USER:PASS@HOST:PORT (client_keys cannot protect it: "
-                  "a CONNECT carries no API key)")
+                  "a CONNECT carries no API key; --proxyauth any, or a login without a password, lets anyone in)")
 _CLIENT_KEYS_HOW = ("client_keys in rules.yaml (every request on it, routed or not, must then carry one "
                     "as x-api-key or Authorization: Bearer)")
 
@@ -59,8 +59,20 @@ def beyond_loopback(client, default_host: str) -> bool:
 
 
 def proxy_auth_set() -> bool:
-    """Whether mitmproxy asks for proxy credentials (`any` takes every user and password: none)."""
-    return bool(ctx.options.proxyauth) and ctx.options.proxyauth.strip().lower() != "any"
+    """Whether mitmproxy asks for proxy credentials that keep anyone out."""
+    return guards_anything(ctx.options.proxyauth)
+
+
+def guards_anything(proxyauth: str | None) -> bool:
+    """`any` takes every user and password, and `USER:` a login without a password: neither keeps
+    anyone out.  An htpasswd file (`@…`) and LDAP (`ldap:…`, `ldaps:…`) do."""
+    setting = (proxyauth or "").strip()
+    if not setting or setting.lower() == "any":
+        return False
+    if setting.startswith("@") or setting.lower().startswith(("ldap:", "ldaps:")):
+        return True
+    user, sep, password = setting.partition(":")
+    return bool(sep) and bool(password)
 
 
 class ListenSafety:

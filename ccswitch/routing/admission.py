@@ -85,6 +85,18 @@ def decoded_body(content_encoding: str, raw: bytes, limit: int) -> bytes | None:
     return None if len(raw) > limit else raw
 
 
+def undecodable(content_encoding: str) -> str | None:
+    """Why a body whose content-encoding `decoded_body` could not undo (handed back as sent) and
+    that is not JSON as it is either was refused: the encoding, not the JSON, is at fault.  None
+    for a body sent as it is."""
+    encoding = content_encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in INFLATABLE:
+        return f"the request body does not decode as {encoding} (its content-encoding)"
+    return f"the request body's content-encoding {encoding[:40]!r} is not supported (gzip, deflate, br, zstd are)"
+
+
 def parse_body(raw: bytes) -> tuple[dict, str | None]:
     """The body as a JSON object, or the reason it is not one."""
     if not raw:

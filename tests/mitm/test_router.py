@@ -146,6 +146,22 @@ async def test_bad_bodies_are_400_in_client_format(router, body, message):
     assert error["type"] == "error" and message in error["error"]["message"]
 
 
+@pytest.mark.parametrize("encoding,body,message", [
+    ("br", b"notbrotli", "does not decode as br (its content-encoding)"),
+    ("gzip", b"\x1f\x8b broken", "does not decode as gzip"),
+    ("compress", b"LZW...", "content-encoding 'compress' is not supported"),
+    ("identity", b"{nope", "not valid JSON"),
+    ("gzip", b'{"messages": []}', "names no model"),     # labelled gzip, sent plain: read as it is
+])
+async def test_a_body_that_does_not_decode_is_said_to_not_decode(router, encoding, body, message):
+    flow = messages_flow()
+    flow.request.raw_content = body
+    flow.request.headers["content-encoding"] = encoding
+    await router.request(flow)
+    assert flow.response.status_code == 400
+    assert message in json.loads(flow.response.content)["error"]["message"]
+
+
 async def test_a_bug_on_the_way_is_a_500_with_its_row_never_a_pass_through(router, monkeypatch):
     # mitmproxy would log an exception, skip ccswitch's later hooks (the client-key gate) and send
     # the request on to the host the client named, with the client's key

@@ -11,7 +11,7 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from ccswitch.config.watch import RulesFile
 from ccswitch.mitm.gateway import Gateway
-from ccswitch.mitm.safety import ClientKeyGate, ListenSafety, unprotected_listeners
+from ccswitch.mitm.safety import ClientKeyGate, ListenSafety, guards_anything, unprotected_listeners
 from tests.support.helpers import CLIENT_KEY, KEY_A, reload_settled
 
 RULES = f"""
@@ -63,10 +63,17 @@ def test_a_regular_listener_beyond_loopback_needs_proxyauth_even_with_client_key
     tctx.configure(safety, listen_host="0.0.0.0", proxyauth="user:pass")
 
 
-def test_proxyauth_any_is_no_authentication(safety_ctx):
+@pytest.mark.parametrize("login", ["any", "user:", ":"])
+def test_proxyauth_that_lets_anyone_in_is_no_authentication(safety_ctx, login):
     safety, tctx = safety_ctx
-    with pytest.raises(exceptions.OptionsError, match="--proxyauth USER:PASS"):
-        tctx.configure(safety, listen_host="0.0.0.0", proxyauth="any")   # mitmproxy takes any user/password
+    with pytest.raises(exceptions.OptionsError, match="--proxyauth any, or a login without a password"):
+        tctx.configure(safety, listen_host="0.0.0.0", proxyauth=login)   # any user, or `curl -x http://user:@…`
+
+
+@pytest.mark.parametrize("login", ["user:pa:ss", "@/etc/ccswitch/htpasswd",
+                                   "ldaps:ldap.example.com:cn=admin,dc=example:pw:ou=users,dc=example"])
+def test_a_password_an_htpasswd_file_or_ldap_is_authentication(login):
+    assert guards_anything(login)
 
 
 def test_stream_large_bodies_is_refused_since_large_requests_would_pass_ccswitch_by(safety_ctx):
