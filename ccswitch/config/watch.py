@@ -18,7 +18,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ccswitch.config.load import BUILT_IN, blank, default_rules_text, empty_file, parse_rules, resolve_rules_path
+from ccswitch.config.load import (
+    BUILT_IN,
+    blank,
+    default_rules_text,
+    empty_file,
+    parse_rules,
+    resolve_rules_path,
+    rules_origin,
+)
 from ccswitch.config.models import Rules
 from ccswitch.config.values import RulesError
 
@@ -78,8 +86,7 @@ class RulesFile:
         if path is None:
             self.path, self._signature = None, None
             self.rules = parse_rules(default_rules_text(), BUILT_IN)
-            log.info("ccswitch: no rules.yaml found; using the built-in default "
-                     "(official upstreams, the client's own credentials)")
+            log.info("ccswitch: rules loaded from %s", rules_origin(option_value, None))
             return
         try:
             content = path.read_bytes()
@@ -89,7 +96,9 @@ class RulesFile:
             raise RulesError([empty_file(path)])
         self.rules = _parse(content, path)   # the bytes read once: what is checked is what is applied
         self.path, self._signature = path, _signature(content)
-        log.info("ccswitch: rules loaded from %s (%d upstreams)", path, len(self.rules.upstreams))
+        # which file and why, as every command says it: a ./rules.yaml of the current directory wins
+        log.info("ccswitch: rules loaded from %s; %d upstreams", rules_origin(option_value, path),
+                 len(self.rules.upstreams))
 
     def reload_if_changed(self) -> bool:
         """True if new rules took effect."""

@@ -126,8 +126,9 @@ def _parse_ts(text: Any) -> datetime:
 
 def attempt_outcome(status: int | None, error: str | None) -> str:
     """A small fixed vocabulary for an attempt's end: ok, http_<status>, stream_error (a 2xx
-    that ended with an error event), network (no status), client_closed (also for a flow killed
-    in mitmproxy: cut from the client's side)."""
+    that failed all the same: an error event, a cut or silent stream, an answer not in the
+    protocol), network (no status), client_closed (also for a flow killed in mitmproxy: cut
+    from the client's side)."""
     if error in (CLIENT_CLOSED, KILLED):
         return CLIENT_CLOSED
     if status is None:

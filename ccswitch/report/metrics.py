@@ -82,8 +82,9 @@ def metrics_text(board: LiveBoard, views: list[UpstreamView]) -> str:
     out.family("ccswitch_failovers_total", "counter",
                "Requests that took more than one upstream attempt.", [({}, board.failovers)])
     out.family("ccswitch_attempts_total", "counter",
-               "Upstream attempts by outcome: ok, http_<status>, stream_error (a 2xx ended by an error "
-               "event), network (no status), client_closed.",
+               "Upstream attempts by outcome: ok, http_<status>, stream_error (a 2xx that failed: an "
+               "error event, a cut or silent stream, an answer not in the protocol), network (no status), "
+               "client_closed.",
                ((dict(upstream=u, outcome=o), n) for (u, o), n in sorted(board.attempts.items())))
     out.family("ccswitch_tokens_total", "counter",
                "Tokens of the answers clients got, by upstream and kind (input: uncached prompt; "

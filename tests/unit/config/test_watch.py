@@ -131,3 +131,23 @@ def test_an_empty_file_at_start_is_refused_as_check_refuses_it(tmp_path, content
     for load in (lambda: RulesFile().open(str(path)), lambda: load_rules(path)):
         with pytest.raises(RulesError, match=r"is empty .*would route nothing"):
             load()
+
+
+def test_the_start_logs_which_rules_and_why_as_every_command_says_it(tmp_path, monkeypatch, caplog):
+    """A ./rules.yaml of the directory the proxy starts in wins over ~/.ccswitch/rules.yaml:
+    the log says so, not only the path."""
+    caplog.set_level(logging.INFO, logger="ccswitch")
+    home, project = tmp_path / "home", tmp_path / "project"
+    (home / ".ccswitch").mkdir(parents=True)
+    project.mkdir()
+    (home / ".ccswitch" / "rules.yaml").write_text(FULL)
+    (project / "rules.yaml").write_text(FULL)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(project)
+    RulesFile().open(None)
+    assert (f"rules loaded from {project / 'rules.yaml'} (found as ./rules.yaml in the current directory, "
+            f"which comes before ~/.ccswitch/rules.yaml; {home / '.ccswitch' / 'rules.yaml'} is not used") \
+        in caplog.text and "; 2 upstreams" in caplog.text
+    monkeypatch.chdir(tmp_path)
+    RulesFile().open(str(project / "rules.yaml"))
+    assert f"rules loaded from {project / 'rules.yaml'} (as named); 2 upstreams" in caplog.text
