@@ -62,7 +62,14 @@ from ccswitch.config.values import (
 from ccswitch.net.addresses import url_port
 from ccswitch.net.proxy import Proxy
 from ccswitch.vocab import Action, Protocol, Route, Strategy
-from ccswitch.wire.redact import CREDENTIAL_HEADERS, CREDENTIAL_WORDS, credential_part, holds_secret, scrub_text
+from ccswitch.wire.redact import (
+    CREDENTIAL_HEADERS,
+    CREDENTIAL_WORDS,
+    credential_part,
+    echo_forms,
+    holds_secret,
+    scrub_text,
+)
 
 AuthMode = Literal["x-api-key", "bearer", "client"]
 ROUTE_PROTOCOLS: dict[str, frozenset[str]] = {
@@ -203,7 +210,8 @@ class Upstream(_Model):
             if low in CREDENTIAL_HEADERS or any(w in low for w in CREDENTIAL_WORDS):
                 found.append(credential_part(value))
         found += [value.get_secret_value() for value in self.env_secrets]
-        return found + (self.proxy.secrets(user=False) if self.proxy is not None else [])
+        found += self.proxy.secrets(user=False) if self.proxy is not None else []
+        return [form for text in found for form in echo_forms(text)]
 
     def lacks(self) -> str | None:
         """What a disabled upstream lacks to be sent anything (its ${VAR}s unset), or None."""
@@ -466,7 +474,8 @@ class Rules(_Model):
         another object), as every finished request asks for them."""
         last = Rules._secrets_of_last
         if last is None or last[0] is not self:
-            texts = [text for upstream in self.upstreams for text in upstream.secret_texts()] + self.client_key_texts()
+            texts = [text for upstream in self.upstreams for text in upstream.secret_texts()]
+            texts += [form for key in self.client_key_texts() for form in echo_forms(key)]
             last = Rules._secrets_of_last = (self, texts)
         return list(last[1])
 

@@ -9,7 +9,7 @@ import re
 import string
 from functools import lru_cache
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import quote, unquote_plus
 
 #: headers that carry a client's identity; never forwarded unless `auth: client`
 CREDENTIAL_HEADERS = frozenset({
@@ -139,6 +139,14 @@ def scrub(body: bytes, secrets: list[str]) -> bytes:
         if b"\\" in body and (escaped := _escaped(secret)) is not None:
             body = escaped.sub(b"[redacted]", body)
     return body
+
+
+@lru_cache(maxsize=256)
+def echo_forms(secret: str) -> tuple[str, ...]:
+    """A key and the form an echo may carry it in besides: percent-encoded, as an upstream
+    quoting a key that holds `/ + =` in a URL or a form field would write it."""
+    encoded = quote(secret, safe="")
+    return (secret,) if encoded == secret else (secret, encoded)
 
 
 def holds_secret(text: str, secrets: list[str]) -> bool:

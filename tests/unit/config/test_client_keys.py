@@ -50,3 +50,20 @@ routes: {claude: [u]}
     assert copied.secret_texts() == ["sk-uuuuuuuuuuuuuu"] and r.secret_texts()[-1] == "ck-aaaaaaaaaaaaaaaa"
     r.secret_texts().clear()                                 # a caller's list is its own
     assert len(r.secret_texts()) == 2
+
+
+def test_a_key_holding_slash_plus_or_equals_is_also_scrubbed_percent_encoded():
+    """An upstream that quotes the key in a URL or a form field (`key=sk-a%2Fb…`) echoes it in
+    that form; so may a client's key sent back in a query."""
+    from ccswitch.config.load import parse_rules
+    from ccswitch.wire.redact import scrub
+    r = parse_rules("""
+client_keys: [{name: a, key: "ck/aaaa+aaaa=="}]
+upstreams: [{name: u, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: "sk-SLASH/SECRET+KEY/abc=="}]
+routes: {claude: [u]}
+""")
+    [upstream] = r.upstreams
+    assert upstream.secret_texts() == ["sk-SLASH/SECRET+KEY/abc==", "sk-SLASH%2FSECRET%2BKEY%2Fabc%3D%3D"]
+    echoed = b'{"error": "bad key sk-SLASH%2FSECRET%2BKEY%2Fabc%3D%3D in https://x/?key=ck%2Faaaa%2Baaaa%3D%3D"}'
+    assert scrub(echoed, r.secret_texts()) == b'{"error": "bad key [redacted] in https://x/?key=[redacted]"}'
+    assert r.scrub("model-sk-SLASH%2FSECRET%2BKEY%2Fabc%3D%3D") == "model-[redacted]"
