@@ -543,33 +543,22 @@ async def test_a_response_head_over_64_kb_is_a_protocol_error():
             await c.send("POST", server.url, [], b"{}")
 
 
-@pytest.mark.parametrize("reply", [
-    b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
-    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-], ids=["http-1.0", "connection-close"])
-async def test_an_answer_that_closes_after_itself_is_read_whole_and_its_connection_not_reused(reply):
+@pytest.mark.parametrize("pieces, whole", [
+    ([b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"], b"ok"),
+    ([b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"], b"ok"),
+    ([b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nfirst ", b"and last"], b"first and last"),
+], ids=["http-1.0", "connection-close", "no-length-runs-to-the-close"])
+async def test_an_answer_that_closes_after_itself_is_read_whole_and_its_connection_not_reused(pieces, whole):
     async def answer(writer, head, body):
-        writer.write(reply)
-        await writer.drain()
-
-    async with RawServer(answer, ok(b"second")) as server, client() as c:
-        assert await get_body(c, server.url) == (200, b"ok")
-        assert await get_body(c, server.url) == (200, b"second")
-    assert server.connections == 2
-
-
-async def test_a_body_without_length_or_chunks_runs_to_the_orderly_close():
-    async def until_close(writer, head, body):
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nfirst ")
-        await writer.drain()
-        await asyncio.sleep(0.05)
-        writer.write(b"and last")
-        await writer.drain()
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.05)
         return "close"
 
-    async with RawServer(until_close, ok(b"next")) as server, client() as c:
-        assert await get_body(c, server.url) == (200, b"first and last")
-        assert await get_body(c, server.url) == (200, b"next")
+    async with RawServer(answer, ok(b"second")) as server, client() as c:
+        assert await get_body(c, server.url) == (200, whole)
+        assert await get_body(c, server.url) == (200, b"second")
     assert server.connections == 2
 
 
