@@ -93,6 +93,8 @@ def network_failure(upstream: str, exc: BaseException, action: str, phase: str) 
         reason = "connection reset"
     elif "name" in text.lower() and ("resolution" in text.lower() or "known" in text.lower()):
         reason = "DNS error"
+    elif isinstance(exc, http1.MalformedAnswer):
+        reason = "not an HTTP/1.1 answer"
     elif isinstance(exc, http1.RemoteProtocolError):
         reason = "connection closed"
     else:

@@ -13,7 +13,7 @@ from ccswitch.vocab import Endpoint, Protocol
 from ccswitch.wire.cache_breakpoints import keep_cache_breakpoints
 from ccswitch.wire.exchange import ClientRequest, RenderError, json_bytes
 from ccswitch.wire.headers import OWN_PREFIX, sendable
-from ccswitch.wire.redact import CREDENTIAL_HEADERS, credential_part, without_credential_params
+from ccswitch.wire.redact import CREDENTIAL_HEADERS, credential_part, echo_forms, without_credential_params
 
 _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
@@ -90,7 +90,7 @@ def render(upstream: Upstream, req: ClientRequest, body: dict[str, Any] | None =
     if content:
         headers = [(k, v) for k, v in headers if k != "content-type"]
         headers.append(("content-type", "application/json"))
-    secrets = _secrets(upstream, req) + ([client_key] if client_key else [])
+    secrets = _secrets(upstream, req) + (list(echo_forms(client_key)) if client_key else [])
     via = Via(upstream.proxy, upstream.name, upstream.max_connections)
     return OutgoingRequest(req.method, upstream_url(upstream, req), headers, content, upstream_model, secrets, via)
 
@@ -100,7 +100,8 @@ def _secrets(upstream: Upstream, req: ClientRequest) -> list[str]:
     and under `auth: client` the client's (it must not reach the ledger's error text either)."""
     found = upstream.secret_texts()
     if upstream.auth == "client":
-        found += [credential_part(value) for name, value in req.headers if name.lower() in CREDENTIAL_HEADERS]
+        found += [form for name, value in req.headers if name.lower() in CREDENTIAL_HEADERS
+                  for form in echo_forms(credential_part(value))]
     return found
 
 

@@ -12,7 +12,7 @@ from ccswitch.dial.job import Job
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.routing.budget import CLIENT
 from ccswitch.routing.events import Event
-from ccswitch.routing.plan import plan
+from ccswitch.routing.plan import plan, serves_model
 from ccswitch.translate import convert_for_candidates
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import ClientRequest, RenderError
@@ -41,42 +41,41 @@ class Planner:
         """The job for a request, or ccswitch's own answer when no upstream can take it now.
         `shown`: someone looks at finished flows (they show what went upstream)."""
         gateway, rules = self.gateway, self.gateway.rules
-        chosen = plan(rules, req.route, req.model, gateway.health, datetime.now(rules.tz),
-                      quota=gateway.quota, sessions=gateway.sessions, session=session, spend=gateway.spend)
+        now = datetime.now(rules.tz)
+        refused: dict[str, RenderError] = {}
+        while True:   # each round leaves out at least one more upstream: it ends
+            chosen = plan(rules, req.route, req.model, gateway.health, now, quota=gateway.quota,
+                          sessions=gateway.sessions, session=session, spend=gateway.spend,
+                          unable={name: str(exc) for name, exc in refused.items()})
+            # the body converted for each candidate of another protocol, before any upstream call
+            converted, newly = convert_for_candidates(req, chosen.candidates, rules)
+            if not newly:
+                break
+            # planned again without them: the others, and their second chance, serve it
+            refused.update(newly)
         if chosen.limited_for is not None:   # every upstream is rate limited until a known reset
             self._exhausted(req.route, chosen.why_none(req.route), chosen.limited_for)
             return (429, chosen.why_none(req.route),
                     protocols.rate_limit_headers(req.client_protocol, chosen.limited_for, gateway.quota.clock()))
         if not chosen.candidates:
+            if refused and not self._takes_it_when_back(req, chosen.blocked, refused):
+                first = next(iter(refused.values()))   # the client's to change: no wait helps
+                return first.status, str(first), None
             self._exhausted(req.route, chosen.why_none(req.route), None)
             return 503, chosen.why_none(req.route), {"retry-after": "30"}
-        converted, refused = convert_for_candidates(req, chosen.candidates, rules)
-        candidates, skipped, why_first = chosen.candidates, chosen.blocked, chosen.why_first
-        if refused:
-            candidates = [upstream for upstream in candidates if upstream.name not in refused]
-            skipped = skipped + [(name, f"unable to take this request ({exc})") for name, exc in refused.items()]
-            if not candidates:
-                return self._refused_everywhere(req, chosen.blocked, refused)
-            if candidates[0] is not chosen.candidates[0]:   # the reason was the refused one's
-                why_first = ""
-        return Job(request=req, rules=rules, candidates=candidates, flow_id=flow_id, converted=converted,
-                   client=client_name, session=session, bound_to=chosen.bound_to, why_first=why_first,
-                   skipped=skipped, shown=shown)
+        return Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow_id, converted=converted,
+                   client=client_name, session=session, bound_to=chosen.bound_to, why_first=chosen.why_first,
+                   skipped=chosen.blocked, shown=shown)
 
-    def _refused_everywhere(self, req: ClientRequest, blocked: list[tuple[str, str]],
-                            refused: dict[str, RenderError]) -> OwnAnswer:
-        """No upstream available now can take the request as it is: the client's error (the
-        first refusal's), unless one that is out for now could take it: then it is a wait."""
+    def _takes_it_when_back(self, req: ClientRequest, blocked: list[tuple[str, str]],
+                            refused: dict[str, RenderError]) -> bool:
+        """Whether an upstream of the route that is out for now (cooling, full, switched off,
+        outside its hours) serves the model and could take the request as it is."""
         rules = self.gateway.rules
-        waiting = [(name, why) for name, why in blocked
-                   if not convert_for_candidates(req, [rules.upstream(name)], rules)[1]]
-        if not waiting:
-            first = next(iter(refused.values()))
-            return first.status, str(first), None
-        reasons = "; ".join([f"{name} is {why}" for name, why in waiting]
-                            + [f"{name} cannot take it ({exc})" for name, exc in refused.items()])
-        return 503, f"no upstream available for this request on the {req.route} route: {reasons}", \
-            {"retry-after": "30"}
+        others = [rules.upstream(name) for name, _ in blocked if name not in refused]
+        others = [upstream for upstream in others if req.model is None or serves_model(upstream, req.model)]
+        _, refusals = convert_for_candidates(req, others, rules)
+        return len(refusals) < len(others)
 
     def _exhausted(self, route: str, reason: str, wait: float | None) -> None:
         """ccswitch answers the route itself: one event per soonest reset (429), or per hour

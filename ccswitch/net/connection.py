@@ -58,6 +58,10 @@ class RemoteProtocolError(TransportError):
     """The upstream closed early or spoke something other than HTTP/1.1."""
 
 
+class MalformedAnswer(RemoteProtocolError):
+    """What the upstream sent is not an HTTP/1.1 answer (its status line, a header, the framing)."""
+
+
 class Head:
     """A response's status and headers (names lower-cased, values as sent)."""
 
@@ -82,7 +86,14 @@ NEED_DATA = _Marker("NEED_DATA")    # nothing more without waiting for the socke
 END = _Marker("END")                # the body's end: the answer is whole
 CLOSED = _Marker("CLOSED")          # the upstream closed before a byte of an answer
 
-_FRAMING = (b"content-length", b"transfer-encoding")
+class _ClosedParser:
+    """What a closed connection parses with: anything fed to it is an error."""
+
+    def feed_data(self, data: bytes) -> None:
+        raise httptools.HttpParserError("the connection is closed")
+
+
+_GONE = _ClosedParser()
 
 # where a connection is in its exchange
 _IDLE, _HEAD, _BODY, _DONE = range(4)
@@ -95,8 +106,8 @@ class Connection(asyncio.Protocol):
 
     # slots: one per open upstream connection, kept alive in the pool between requests
     __slots__ = ("_buffered", "_chunks", "_dirty", "_drain", "_eof", "_eof_fed", "_events", "_failure",
-                 "_framed", "_head_size", "_head_started", "_headers", "_keep_alive", "_lost", "_parser", "_phase",
-                 "_read_paused", "_waiter", "_write_paused", "idle_since", "in_use", "key", "origin",
+                 "_head_size", "_head_started", "_headers", "_keep_alive", "_lost", "_parser", "_phase",
+                 "_read_paused", "_until_close", "_waiter", "_write_paused", "idle_since", "in_use", "key", "origin",
                  "received_any", "reused", "tls", "transport")
 
     def __init__(self, key: PoolKey) -> None:
@@ -118,15 +129,17 @@ class Connection(asyncio.Protocol):
         self._waiter: asyncio.Future | None = None
         self._drain: asyncio.Future | None = None
         self._parser = httptools.HttpResponseParser(self)
+        # as h11 read answers: lines ended by LF alone, blanks after a chunk's size
+        self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True, lenient_spaces_after_chunk_size=True)
         self._events: deque = deque()
         self._phase = _IDLE
         self._keep_alive = True
         self._head_started = False
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
-        self._failure: str | None = None   # the parser's complaint, raised once the events before it are read
+        self._failure: RemoteProtocolError | None = None   # raised once the events before it are read
         self._dirty = False                # bytes came after the answer: the next request would read them
-        self._framed = True                # the answer's body has a length or chunks (else it runs to the close)
+        self._until_close = False          # the answer's body has neither a length nor chunks
 
     # ---------------------------------------------------------------- asyncio callbacks
 
@@ -183,16 +196,29 @@ class Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._phase is _HEAD:      # not a chunked body's trailers
-            self._headers.append((name.lower(), value))
+            self._headers.append((name.lower(), value.rstrip(b" \t")))   # a value ends at its last visible byte
 
     def on_headers_complete(self) -> None:
         if self._phase is not _HEAD:
             return
         status = self._parser.get_status_code()
+        if status < 100:              # llhttp takes any three digits
+            self._fail(f"not an HTTP/1.1 answer: status {status}")
+            return
         if status < 200:              # 100 Continue, 103 Early Hints: the answer follows
             return
+        framed, coding = False, None
+        for name, value in self._headers:
+            if name == b"content-length":
+                framed = True
+            elif name == b"transfer-encoding":
+                framed, coding = True, value
+        if coding is not None and coding.rsplit(b",", 1)[-1].strip().lower() != b"chunked":
+            # llhttp would read such a body to the close, and only then call it cut short
+            self._fail("not an HTTP/1.1 answer: a transfer-encoding that does not end in chunked")
+            return
         self._phase = _BODY
-        self._framed = any(name in _FRAMING for name, _ in self._headers)
+        self._until_close = status not in (204, 304) and not framed
         self._events.append(Head(status, self._headers))
         self._headers = []
 
@@ -229,8 +255,10 @@ class Connection(asyncio.Protocol):
         return self._phase is _DONE and self._keep_alive and self.clean()
 
     def close(self, *, abort: bool = False) -> None:
-        """`abort` for a connection left mid-message: no TLS goodbye to wait for."""
+        """`abort` for a connection left mid-message: no TLS goodbye to wait for.  Nothing is read
+        from it after this."""
         self._eof = True
+        self._parser = _GONE   # it holds this connection's callbacks: no cycle outlives the socket
         if self.transport is not None:
             if abort:
                 self.transport.abort()
@@ -315,37 +343,34 @@ class Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail("the upstream switched protocols")
-        except httptools.HttpParserError as exc:
+        except httptools.HttpParserError as exc:   # llhttp's reasons are its own fixed words
             self._fail(f"not an HTTP/1.1 answer: {exc}")
-        if self._phase is _HEAD and self._head_size > _MAX_HEADER_BYTES and self._failure is None:
-            self._failure = f"the response head is over {_MAX_HEADER_BYTES // 1024} KB"
+        if self._phase is _HEAD and self._head_size > _MAX_HEADER_BYTES:
+            self._fail(f"the response head is over {_MAX_HEADER_BYTES // 1024} KB")
 
     def _fail(self, message: str) -> None:
         if self._phase is _DONE:      # garbage after a whole answer: only the connection is spoilt
             self._dirty = True
-        else:
-            self._failure = message
+        elif self._failure is None:
+            self._failure = MalformedAnswer(message)
 
     def _at_eof(self) -> None:
         """The upstream closed its side: the end of a body that runs to the close, else a break
         (CLOSED, when not a byte of a head came)."""
         if self._phase is _HEAD and self._head_started:
-            self._failure = "the upstream closed the connection in the middle of the response head"
+            self._failure = RemoteProtocolError("the upstream closed the connection in the middle of the response head")
         elif self._phase is _BODY:
-            if self._until_close():
+            if self._until_close:   # the parser takes a body without a length or chunks as running to the close
                 self._keep_alive = False
                 self._phase = _DONE
                 self._events.append(END)
             else:
-                self._failure = "the upstream closed the connection before the body's end"
+                self._failure = RemoteProtocolError("the upstream closed the connection before the body's end")
 
-    def _until_close(self) -> bool:
-        """The parser takes a body without a length or chunks as running to the close."""
-        return not self._framed and self._parser.get_status_code() not in (204, 304)
-
-    def _broken(self, message: str) -> TransportError:
-        if isinstance(self._lost, OSError):   # a reset rather than an orderly close
+    def _broken(self, failure: str | RemoteProtocolError) -> TransportError:
+        """The error to raise: a reset rather than an orderly close says so, whatever else broke."""
+        if isinstance(self._lost, OSError):
             error = ReadError(f"connection lost: {self._lost}")
             error.__cause__ = self._lost
             return error
-        return RemoteProtocolError(message)
+        return RemoteProtocolError(failure) if isinstance(failure, str) else failure

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from ccswitch.net.connection import (
     Connection,
     ConnectTimeout,
     Head,
+    MalformedAnswer,
     NoFreeConnection,
     Origin,
     ProxyFailure,
@@ -44,45 +44,15 @@ from ccswitch.net.connection import (
 from ccswitch.net.inflate import ACCEPT_ENCODING, DecodeError, Inflater
 from ccswitch.net.pool import NoRoom, Pool, PoolKey
 from ccswitch.net.proxy import Proxy, ProxyError, open_through
+from ccswitch.net.request_head import request_head
 from ccswitch.wire.headers import from_wire
 
 # the errors are the client's as much as the socket's: callers name them http1.ReadError etc.
-__all__ = ["DIRECT", "ConnectError", "ConnectTimeout", "NoFreeConnection", "ProxyFailure", "ReadError",
+__all__ = ["DIRECT", "ConnectError", "ConnectTimeout", "MalformedAnswer", "NoFreeConnection", "ProxyFailure", "ReadError",
            "RemoteProtocolError", "Response", "TransportError", "UndecodableBody", "UpstreamClient", "Via",
            "WriteError", "open_tcp", "opener", "split_url", "ssl_context_for"]
 
 _BODYLESS_METHODS = frozenset({"GET", "DELETE", "OPTIONS"})
-_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_NAMES = re.compile(rf"{_TOKEN}(?:\n{_TOKEN})*")
-_TARGET = re.compile(r"[^\x00-\x20\x7f]+")
-# a header value may not hold a control character other than a tab (CR and LF above all)
-_NOT_IN_VALUES = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-def request_head(method: str, target: str, headers: list[tuple[str, str]]) -> tuple[bytes, bool]:
-    """The request's head as sent, and whether it lets the connection stay open.  Names, values
-    and the target are checked in C, all at once (every request sent upstream is); values lose
-    surrounding blanks, as HTTP reads them.  ValueError for what HTTP cannot carry, naming its
-    kind only: the value may be a key."""
-    names = "\n".join([name for name, _ in headers])
-    values = [value.strip(" \t") for _, value in headers]
-    if (not _TOKEN_RE.fullmatch(method) or not _TARGET.fullmatch(target) or not _NAMES.fullmatch(names)
-            or _NOT_IN_VALUES.search("\t".join(values))):
-        raise ValueError("a method, target or header HTTP cannot carry")
-    lines = [f"{method} {target} HTTP/1.1"]
-    lines += [f"{name}: {value}" for (name, _), value in zip(headers, values, strict=True)]
-    lines.append("\r\n")
-    try:
-        head = "\r\n".join(lines).encode("latin-1")
-    except UnicodeEncodeError:
-        raise ValueError("a header value HTTP cannot carry") from None
-    keep_alive = not any(name.lower() == "connection" and "close" in value.lower() for name, value in headers)
-    return head, keep_alive
-
-
-_TOKEN_RE = re.compile(_TOKEN)
-
-
 def ssl_context_for(*, insecure: bool = False, ca_file: str | None = None,
                     ca_dir: str | None = None) -> ssl.SSLContext:
     """As mitmproxy verifies its own upstreams: certifi's roots unless a CA file or directory is

@@ -8,6 +8,7 @@ goes first while it is available.  `ccswitch.use` beats both.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -44,13 +45,16 @@ class Plan:
 
 def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: datetime, *,
          quota: QuotaBoard | None = None, sessions: SessionBindings | None = None,
-         session: str | None = None, spend: SpendBoard | None = None) -> Plan:
+         session: str | None = None, spend: SpendBoard | None = None,
+         unable: Mapping[str, str] | None = None) -> Plan:
     """The candidates for one request, in the order they are tried.
 
     If every otherwise-available upstream is cooling, the first to recover is tried anyway, and
     the next (`_second_chance`; a route never goes dark on its own) — unless each is full or cooling after a 429
     with a known reset: then `limited_for` says how long until the first one is back.  An
-    upstream being probed after its cooldown serves one request at a time.
+    upstream being probed after its cooldown serves one request at a time.  `unable`: upstreams
+    that cannot take this request as it is (a conversion's refusal), by name, with why; they are
+    left out as if switched off, so the others, and their second chance, serve it.
     """
     spec = rules.routes.spec(route)
     result = Plan()
@@ -60,6 +64,8 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
     for name in spec.upstreams:
         upstream = rules.upstream(name)
         why = off_reason(upstream, health, now, model)
+        if why is None and unable and name in unable:
+            why = f"unable to take this request ({unable[name]})"
         if why is not None:
             result.blocked.append((name, why))
             continue
@@ -185,7 +191,12 @@ def off_reason(upstream: Upstream, health: HealthBoard, now: datetime, model: st
     block = schedule_block(upstream, now)
     if block:
         return block
-    if model is not None and not upstream.admits_model(model) \
-            and not (model.endswith(THINKING_SUFFIX) and upstream.admits_model(model[:-len(THINKING_SUFFIX)])):
+    if model is not None and not serves_model(upstream, model):
         return f"not serving model {model!r}"
     return None
+
+
+def serves_model(upstream: Upstream, model: str) -> bool:
+    """Its `only_models` admit the model (a `-thinking` name by the name without the suffix too)."""
+    return upstream.admits_model(model) or (model.endswith(THINKING_SUFFIX)
+                                            and upstream.admits_model(model[:-len(THINKING_SUFFIX)]))

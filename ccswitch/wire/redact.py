@@ -146,7 +146,9 @@ def echo_forms(secret: str) -> tuple[str, ...]:
     """A key and the form an echo may carry it in besides: percent-encoded, as an upstream
     quoting a key that holds `/ + =` in a URL or a form field would write it."""
     encoded = quote(secret, safe="")
-    return (secret,) if encoded == secret else (secret, encoded)
+    if encoded == secret:
+        return (secret,)
+    return secret, encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), encoded)   # %2F and %2f
 
 
 def holds_secret(text: str, secrets: list[str]) -> bool:

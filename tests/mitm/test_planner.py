@@ -2,10 +2,13 @@
 
 import json
 
+import pytest
+
 from ccswitch.config.models import Routes
 from ccswitch.dial.job import Job
 from ccswitch.mitm.planner import Planner
 from ccswitch.wire.exchange import ClientRequest
+from tests.mitm.conftest import open_gateway
 from tests.support.helpers import KEY_A
 
 RULES = f"""
@@ -37,20 +40,34 @@ def test_an_upstream_that_cannot_take_the_request_is_skipped_for_one_that_can(ga
 
 
 def test_the_first_can_be_the_one_skipped_and_its_reason_to_lead_goes_with_it(gateway):
+    gateway.health.prefer("anth", gateway.health.clock() + 600)      # ccswitch.use anth
+    job = Planner(gateway).plan_job(chat_request(n=2), "f1", None, None, shown=False)
+    assert [u.name for u in job.candidates] == ["chatty"] and job.why_first == "route order"
+
+
+def test_a_cooling_upstream_that_can_take_it_gets_its_second_chance_as_on_a_route_of_its_own(gateway):
+    """Before, the available Anthropic upstreams' refusal made it a 503 for the whole cooldown."""
     cool(gateway, "chatty")
-    cool(gateway, "anth2")
-    job = Planner(gateway).plan_job(chat_request(), "f1", None, None, shown=False)
-    assert job.candidates[0].name == "anth"     # a request every upstream can take
-    job = Planner(gateway).plan_job(chat_request(n=2), "f2", None, None, shown=False)
-    assert not isinstance(job, Job)
-    status, message, headers = job
-    # chatty could take it once it has cooled: a wait, not the client's mistake
+    job = Planner(gateway).plan_job(chat_request(n=2), "f1", None, None, shown=False)
+    assert isinstance(job, Job) and [u.name for u in job.candidates] == ["chatty"]
+    assert job.why_first == "recovers first"
+    assert ("anth", "unable to take this request (n must be 1: an Anthropic upstream returns a single choice)") \
+        in job.skipped
+
+
+def test_one_switched_off_that_could_take_it_makes_it_a_wait_naming_both(gateway):
+    gateway.health.switch("chatty", False)                          # ccswitch.disable chatty
+    status, message, headers = Planner(gateway).plan_job(chat_request(n=2), "f1", None, None, shown=False)
     assert status == 503 and headers == {"retry-after": "30"}
-    assert "chatty is cooling down" in message and "anth cannot take it (n must be 1" in message
+    assert "chatty is disabled by ccswitch.disable" in message
+    assert "anth is unable to take this request (n must be 1" in message
 
 
-def test_a_request_no_upstream_of_the_route_could_take_is_the_clients_400(gateway):
+@pytest.mark.parametrize("route, only_models", [(["anth", "anth2"], ""), (["chatty", "anth"], "only_models: [o-*]")])
+def test_a_request_no_upstream_of_the_route_could_take_is_the_clients_400(tmp_path, route, only_models):
+    gateway = open_gateway(tmp_path, RULES.replace("api_key: '" + KEY_A + "'}", "api_key: '" + KEY_A + "', "
+                                                    + only_models + "}", 1) if only_models else RULES)
     gateway.rules_file.rules = gateway.rules.model_copy(
-        update={"routes": Routes(**{**gateway.rules.routes.model_dump(), "chat": ["anth", "anth2"]})})
+        update={"routes": Routes(**{**gateway.rules.routes.model_dump(), "chat": route})})
     status, message, headers = Planner(gateway).plan_job(chat_request(n=2), "f1", None, None, shown=False)
     assert (status, headers) == (400, None) and message.startswith("n must be 1")

@@ -508,9 +508,10 @@ async def test_invalid_header_values_are_refused_before_anything_is_sent():
 
 
 @pytest.mark.parametrize("headers", [
-    [("x bad", "v")], [("x-bad\r\nx-injected", "v")], [("x-bad", "a\nb")], [("x-bad", "a\x00b")],
+    [("x bad", "v")], [("x-bad\r\nx-injected", "v")], [("x-a\ntransfer-encoding", "chunked")],
+    [("x-bad", "a\nb")], [("x-bad", "a\x00b")],
     [("x-bad", "\u0100")], [("content-length", "3")], [("transfer-encoding", "chunked")],
-], ids=["space-in-name", "crlf-in-name", "lf-in-value", "nul-in-value", "beyond-latin-1",
+], ids=["space-in-name", "crlf-in-name", "lf-in-name", "lf-in-value", "nul-in-value", "beyond-latin-1",
         "own-content-length", "own-transfer-encoding"])
 async def test_what_http_cannot_carry_or_would_frame_twice_is_refused_unsent(headers):
     async with RawServer() as server, client() as c:
@@ -571,6 +572,52 @@ async def test_a_connection_cut_in_the_middle_of_the_head_is_a_protocol_error_no
     async with RawServer(half_head) as server, client() as c:
         with pytest.raises(http1.RemoteProtocolError, match="middle of the response head"):
             await c.send("POST", server.url, [], b"{}")
+
+
+@pytest.mark.parametrize("reply, problem", [
+    (b"HTTP/1.1 099 Odd\r\ncontent-length: 2\r\n\r\nok", "status 99"),     # llhttp takes any three digits
+    (b"HTTP/1.1 000 Odd\r\ncontent-length: 2\r\n\r\nok", "status 0"),
+    (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nxx", "does not end in chunked"),
+    (b"HTTTP/1.1 200 OK\r\n\r\n", "not an HTTP/1.1 answer"),
+])
+async def test_an_answer_that_is_not_http_fails_at_once_named_for_what_it_is(reply, problem):
+    """Not after the dialer's deadline, and not as a closed connection: the next upstream is tried."""
+    async def odd(writer, head, body):
+        writer.write(reply)
+        await writer.drain()
+        await asyncio.sleep(1.5)      # and keeps the connection open: no close tells the client
+        return "close"
+
+    async with RawServer(odd) as server, client() as c:
+        with pytest.raises(http1.MalformedAnswer, match=problem) as caught:
+            await asyncio.wait_for(c.send("POST", server.url, [], b"{}"), 1)
+    assert network_failure("u", caught.value, "switch", "first_byte").reason == "not an HTTP/1.1 answer"
+
+
+async def test_lines_ended_by_lf_alone_and_blanks_around_values_are_read_as_h11_read_them():
+    async def loose(writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\ncontent-length: 2\nx-padded:   v1  \t\n\nok")
+        await writer.drain()
+
+    async with RawServer(loose, ok(b"next")) as server, client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        assert (response.header("x-padded"), await response.aread()) == ("v1", b"ok")
+        assert await get_body(c, server.url) == (200, b"next")
+    assert server.connections == 1
+
+
+async def test_ours_saying_close_and_a_bodyless_answer_are_each_kept_or_not_as_they_should():
+    async def no_content(writer, head, body):
+        writer.write(b"HTTP/1.1 204 No Content\r\nx-a: 1\r\n\r\n")
+        await writer.drain()
+
+    async with RawServer(no_content, ok(b"a"), ok(b"b")) as server, client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        assert (response.status_code, await response.aread()) == (204, b"")
+        response = await c.send("POST", server.url, [("connection", "keep-alive, Close")], b"{}")
+        assert await response.aread() == b"a"           # the same connection, then closed after it
+        assert await get_body(c, server.url) == (200, b"b")
+    assert server.connections == 2
 
 
 @asynccontextmanager
