@@ -100,9 +100,13 @@ class Pump:
         ended_cleanly = timed_out = False
         while True:
             now = time.monotonic()
-            wait = max(0.0, last_in + rules.timeouts.idle - now)
-            if not self.committed:
-                wait = min(wait, max(0.0, (silent_until or hold_until) - now))
+            if not self.committed and silent_until is not None:
+                # until its first event only `first_byte` counts, however much shorter `idle` is
+                wait = max(0.0, silent_until - now)
+            else:
+                wait = max(0.0, last_in + rules.timeouts.idle - now)
+                if not self.committed:
+                    wait = min(wait, max(0.0, hold_until - now))
             # The deadline may cut a read short: the body iterators (http1.Response, a bridged
             # socket's turn) take nothing from their buffers before their one wait, so a
             # cancelled read loses no bytes.  No task and no wait set per read, and one timer
@@ -135,12 +139,13 @@ class Pump:
                 break
             deadline.stop()
             last_in = time.monotonic()
-            silent_until = None
             try:
                 events = self.parser.feed(chunk)
             except SSEError as exc:
                 ended = str(exc)
                 break
+            if events:    # a piece of an event is not its first ("event: mes", then silence)
+                silent_until = None
             over = self._take(events)
             if self.broken is not None:
                 if self.committed:

@@ -112,3 +112,44 @@ async def test_a_chat_stream_silent_after_its_head_is_committed_at_the_hold_back
     body = {"model": "gpt-x", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     job, sink, _ = await run(rules, path="/v1/chat/completions", body=body)
     assert sink.headers["x-ccswitch-upstream"] == "a" and len(job.attempts) == 1 and job.error is None
+
+
+async def test_a_silent_stream_waits_first_byte_even_when_idle_is_shorter(mock_a, mock_b):
+    """idle 200 ms, first_byte 600 ms: the idle timer fired first and committed the empty stream,
+    which then ended with an error event, b never tried."""
+    mock_a.script(stall_after(0, 3))
+    extra = ("timeouts: {connect: 2s, first_byte: 600ms, total: 3s, idle: 200ms}\n"
+             "failover: {retry_backoff: 10ms, hold_back: 100ms}\n")
+    job, sink, _ = await run(two(mock_a, mock_b, extra=extra))
+    assert sink.headers["x-ccswitch-upstream"] == "b" and text_of(sink.body)
+    assert (job.attempts[0].status, job.attempts[0].error) == (200, SILENT)
+
+
+async def test_a_piece_of_a_first_event_then_silence_is_not_committed_empty(mock_a, mock_b):
+    server, port = await serve_in_pieces([b"event: mes"], then_wait=3)
+    try:
+        extra = FAST.replace("hold_back: 2s", "hold_back: 200ms").replace("idle: 500ms", "idle: 5s")
+        rules = rules_for(("a", "anthropic", f"http://127.0.0.1:{port}"), ("b", "anthropic", mock_b.base_url),
+                          extra=extra)
+        job, sink, _ = await run(rules)
+    finally:
+        server.close()
+    assert sink.headers["x-ccswitch-upstream"] == "b" and text_of(sink.body)
+    assert job.attempts[0].error == SILENT
+
+
+async def serve_in_pieces(pieces: list[bytes], then_wait: float) -> tuple[asyncio.Server, int]:
+    """An SSE upstream (chunked) that writes each piece, then keeps the connection quiet."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        for piece in pieces:
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        await writer.drain()
+        await asyncio.sleep(then_wait)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
