@@ -122,9 +122,13 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 def response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Upstream response headers fit to pass on (bodies reach the client decoded).  An upstream's
-    own x-ccswitch-* (a chained ccswitch) would stand beside ours and tell the client the wrong one."""
-    return [(k, v) for k, v in headers
-            if (low := k.lower()) not in _DROP_RESPONSE_HEADERS and not low.startswith(OWN_PREFIX)]
+    own x-ccswitch-* (a chained ccswitch) would stand beside ours and tell the client the wrong one.
+    The headers its `connection` names are for this hop only (RFC 9110 §7.6.1)."""
+    drop = _DROP_RESPONSE_HEADERS
+    for k, v in headers:
+        if k.lower() == "connection":
+            drop = drop | {name.strip().lower() for name in v.split(",")}
+    return [(k, v) for k, v in headers if (low := k.lower()) not in drop and not low.startswith(OWN_PREFIX)]
 
 
 def retry_after_seconds(headers: list[tuple[str, str]]) -> float | None:

@@ -174,7 +174,13 @@ class UpstreamClient:
                 connection.expect_answer(keep_alive)
                 if not await connection.send(wire) and (head := await _early_answer(connection)) is not None:
                     return Response(self, connection, head)
-                return Response(self, connection, await _response_head(connection))
+                head = await _response_head(connection)
+                if head.status_code == 408 and connection.reused and not fresh_retry:
+                    # the upstream's goodbye to a kept-alive connection, crossing our request on the
+                    # way: it was not read, so it goes again on a new connection, as browsers do
+                    self._discard(connection)
+                    continue
+                return Response(self, connection, head)
             except TransportError as exc:
                 if isinstance(exc, WriteError) and (head := _answer_already_in(connection)) is not None \
                         and not (connection.reused and head.status_code == 408):   # an idle connection's goodbye

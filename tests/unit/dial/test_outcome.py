@@ -1,6 +1,6 @@
 from datetime import UTC, datetime, timedelta
 
-from ccswitch.dial.outcome import retry_after_seconds, retry_delay
+from ccswitch.dial.outcome import response_headers, retry_after_seconds, retry_delay
 from ccswitch.wire.exchange import not_json_kind
 from ccswitch.wire.protocols import in_stream_status
 
@@ -37,3 +37,9 @@ def test_retry_after_that_is_malformed_or_endless_is_ignored_not_an_error():
     assert retry_after_seconds([("retry-after", "inf")]) is None
     assert retry_after_seconds([("retry-after", "1e9")]) is None
     assert retry_after_seconds([("retry-after-ms", "1500")]) == 1.5
+
+
+def test_headers_the_upstreams_connection_header_names_stay_on_its_hop():
+    passed = response_headers([("Connection", "X-Hop, keep-alive"), ("x-hop", "secret-ish"), ("keep-alive", "5"),
+                               ("request-id", "req_1"), ("x-ccswitch-upstream", "theirs"), ("content-type", "a/b")])
+    assert passed == [("request-id", "req_1"), ("content-type", "a/b")]

@@ -756,6 +756,21 @@ async def test_an_answer_on_the_head_from_an_upstream_that_neither_reads_on_nor_
     assert (status, body) == (413, refusal)
 
 
+async def test_a_408_crossing_a_request_on_a_kept_alive_connection_sends_it_again_on_a_new_one():
+    """The upstream times out its idle connection as our next request goes out on it: its 408
+    answers no request of ours, which goes again (once) on a fresh connection."""
+    async def goodbye(writer, head, body):
+        writer.write(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        return "close"
+
+    async with RawServer(ok(b"first"), goodbye, ok(b"again"), goodbye, goodbye) as server, client() as c:
+        assert await get_body(c, server.url) == (200, b"first")
+        assert await get_body(c, server.url) == (200, b"again")          # the 408, then a new connection
+        assert await get_body(c, server.url) == (408, b"")               # a fresh connection's 408 is its answer
+    assert server.connections == 3
+
+
 @pytest.mark.parametrize("linger", [False, True], ids=["closed", "closing"])
 async def test_a_408_on_a_kept_alive_connection_as_the_request_goes_out_is_its_goodbye_not_an_answer(linger):
     # a server closing an idle connection may say 408 first: that is no answer to this request
