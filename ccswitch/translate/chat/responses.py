@@ -92,10 +92,13 @@ def client_model(req: ClientRequest) -> str:
     return split_model(model)[0] if isinstance(model, str) else ""
 
 
-def chat_message(text: str, refusal: str, reasoning: str, tool_calls: list[dict[str, Any]]) -> dict[str, Any]:
+def chat_message(text: str, refusal: str, reasoning: str, tool_calls: list[dict[str, Any]],
+                 annotations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant",
                                "content": text or (None if tool_calls or refusal else ""),
                                "refusal": refusal or None}
+    if annotations:
+        message["annotations"] = annotations
     if reasoning:
         message["reasoning_content"] = reasoning     # de-facto extension (litellm, new-api)
     if tool_calls:
@@ -107,7 +110,8 @@ def completion_from_response(response: dict[str, Any], model: str) -> dict[str, 
     """Walk `output[]` in order into exactly one choice."""
     if response.get("status") in ("failed", "cancelled"):
         raise UpstreamFailed(*failure_of({"response": response}))
-    text, refusal, reasoning, calls, logprobs = [], [], [], [], []
+    text, refusal, reasoning, calls, logprobs, citations = [], [], [], [], [], []
+    length = 0                  # of the text so far: a part's citations count from its own start
     for item in response.get("output") or ():
         if not isinstance(item, dict):
             continue
@@ -124,6 +128,8 @@ def completion_from_response(response: dict[str, Any], model: str) -> dict[str, 
                     text.append(part.get("text") or "")
                     if isinstance(part.get("logprobs"), list):   # asked for with `logprobs`
                         logprobs.extend(part["logprobs"])
+                    citations += url_citations(part.get("annotations"), length)
+                    length += len(text[-1])
                 elif isinstance(part, dict) and part.get("type") == "refusal":
                     refusal.append(part.get("refusal") or "")
         elif kind == "function_call":
@@ -131,9 +137,24 @@ def completion_from_response(response: dict[str, Any], model: str) -> dict[str, 
             calls.append({"id": item.get("call_id") or item.get("id"), "type": "function",
                           "function": {"name": item.get("name") or "",
                                        "arguments": args if isinstance(args, str) and args else "{}"}})
-    message = chat_message("".join(text), "".join(refusal), "\n\n".join(reasoning), calls)
+    message = chat_message("".join(text), "".join(refusal), "\n\n".join(reasoning), calls, citations)
     return completion(response.get("model") or model, message, finish_reason(response, bool(calls)),
                       response_usage(response.get("usage")), chat_id(response.get("id")), logprobs)
+
+
+def url_citations(annotations: Any, offset: int) -> list[dict[str, Any]]:
+    """A Responses text part's url_citation annotations as Chat's, their character offsets moved
+    to where the part starts in the message's whole text (other kinds have no Chat counterpart)."""
+    found = []
+    for note in annotations if isinstance(annotations, list) else ():
+        if not isinstance(note, dict) or note.get("type") != "url_citation":
+            continue
+        start, end = note.get("start_index"), note.get("end_index")
+        found.append({"type": "url_citation", "url_citation": {
+            "url": note.get("url") or "", "title": note.get("title") or "",
+            "start_index": start + offset if isinstance(start, int) else offset,
+            "end_index": end + offset if isinstance(end, int) else offset}})
+    return found
 
 
 def aggregate(body: bytes, model: str) -> dict[str, Any]:

@@ -666,3 +666,17 @@ def test_an_anthropic_context_overflow_carries_openais_code_for_it_and_a_bare_4x
     for status, kind in ((400, "invalid_request_error"), (422, "invalid_request_error"), (502, "api_error")):
         error = json.loads(ChatToResponses().error_reply(creq({}), Reply("x", status, [], b"<html>no</html>")).body)
         assert error["error"]["type"] == kind and error["error"]["message"] == "<html>no</html>"
+
+
+def test_url_citations_come_back_as_chat_annotations_at_their_place_in_the_whole_text():
+    cite = {"type": "url_citation", "start_index": 0, "end_index": 4, "url": "https://example.com/a", "title": "A"}
+    message = {"type": "message", "content": [
+        {"type": "output_text", "text": "Intro. ", "annotations": []},
+        {"type": "output_text", "text": "Fact here.", "annotations": [cite, {"type": "file_citation", "index": 1}]}]}
+    _, body, _ = reply(json.dumps({"status": "completed", "output": [message]}).encode())
+    ChatCompletion.model_validate(body)
+    assert body["choices"][0]["message"]["annotations"] == [{"type": "url_citation", "url_citation": {
+        "url": "https://example.com/a", "title": "A", "start_index": 7, "end_index": 11}}]
+    assert body["choices"][0]["message"]["content"][7:11] == "Fact"
+    _, body, _ = reply(json.dumps({"status": "completed", "output": [OUTPUT[2]]}).encode())
+    assert "annotations" not in body["choices"][0]["message"]
