@@ -50,14 +50,7 @@ from ccswitch.mitm.planner import Planner
 from ccswitch.mitm.router_options import add_options
 from ccswitch.mitm.scope import is_api_flow, replays_routed, route_of
 from ccswitch.net import http1
-from ccswitch.routing.admission import (
-    body_problem,
-    decoded_body,
-    header_problem,
-    origin_problem,
-    parse_body,
-    undecodable,
-)
+from ccswitch.routing.admission import body_problem, decoded_body, header_problem, origin_problem, parse_body, undecodable
 from ccswitch.routing.affinity import session_key
 from ccswitch.routing.classify import RouteMatch
 from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint
