@@ -14,7 +14,7 @@ from ccswitch.routing.rate_limits import retry_after
 from ccswitch.vocab import Action
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import Reply
-from ccswitch.wire.headers import OWN_PREFIX
+from ccswitch.wire.headers import OWN_PREFIX, named_by_connection
 
 _DROP_RESPONSE_HEADERS = frozenset({
     "connection", "keep-alive", "proxy-connection", "transfer-encoding", "content-length",
@@ -124,10 +124,7 @@ def response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Upstream response headers fit to pass on (bodies reach the client decoded).  An upstream's
     own x-ccswitch-* (a chained ccswitch) would stand beside ours and tell the client the wrong one.
     The headers its `connection` names are for this hop only (RFC 9110 §7.6.1)."""
-    drop = _DROP_RESPONSE_HEADERS
-    for k, v in headers:
-        if k.lower() == "connection":
-            drop = drop | {name.strip().lower() for name in v.split(",")}
+    drop = _DROP_RESPONSE_HEADERS | named_by_connection(headers)
     return [(k, v) for k, v in headers if (low := k.lower()) not in drop and not low.startswith(OWN_PREFIX)]
 
 

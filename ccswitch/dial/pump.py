@@ -90,8 +90,8 @@ class Pump:
         # An Anthropic or Responses stream opens with an event at once (`message_start`,
         # `response.created`): one silent after its head (a relay that hangs once it has answered
         # 200) is not committed at the hold-back, since an empty stream could not fail over any
-        # more.  Its first bytes have `first_byte` to come, as the head had; then the next upstream
-        # is tried.  A Chat stream may be silent until its first token (a reasoning model's minutes).
+        # more.  Its first whole event has `first_byte` to come, as the head had; then the next
+        # upstream is tried.  A Chat stream may be silent until its first token (a reasoning model's minutes).
         silent_until = last_in + rules.timeouts.first_byte if self.upstream.protocol in OPENS_AT_ONCE else None
         if rules.failover.hold_back <= 0:
             await self._commit()

@@ -12,7 +12,7 @@ from ccswitch.net.http1 import Via
 from ccswitch.vocab import Endpoint, Protocol
 from ccswitch.wire.cache_breakpoints import keep_cache_breakpoints
 from ccswitch.wire.exchange import ClientRequest, RenderError, json_bytes
-from ccswitch.wire.headers import OWN_PREFIX, sendable
+from ccswitch.wire.headers import OWN_PREFIX, named_by_connection, sendable
 from ccswitch.wire.redact import CREDENTIAL_HEADERS, credential_part, echo_forms, without_credential_params
 
 _HOP_BY_HOP = frozenset({
@@ -107,10 +107,11 @@ def _secrets(upstream: Upstream, req: ClientRequest) -> list[str]:
 
 def _headers(upstream: Upstream, req: ClientRequest) -> list[tuple[str, str]]:
     keep_credentials = upstream.auth == "client"
+    hop = _HOP_BY_HOP | named_by_connection(req.headers)
     out: list[tuple[str, str]] = []
     for name, value in req.headers:
         low = name.lower()
-        if low in _HOP_BY_HOP or low.startswith(OWN_PREFIX):
+        if low in hop or low.startswith(OWN_PREFIX):
             continue
         if low in CREDENTIAL_HEADERS and (not keep_credentials or low == "proxy-authorization"):
             continue

@@ -53,14 +53,14 @@ class Planner:
                 break
             # planned again without them: the others, and their second chance, serve it
             refused.update(newly)
+        if refused and not chosen.candidates and not self._takes_it_when_back(req, chosen.blocked, refused):
+            first = next(iter(refused.values()))   # the client's to change: no wait helps, nothing to alert
+            return first.status, str(first), None
         if chosen.limited_for is not None:   # every upstream is rate limited until a known reset
             self._exhausted(req.route, chosen.why_none(req.route), chosen.limited_for)
             return (429, chosen.why_none(req.route),
                     protocols.rate_limit_headers(req.client_protocol, chosen.limited_for, gateway.quota.clock()))
         if not chosen.candidates:
-            if refused and not self._takes_it_when_back(req, chosen.blocked, refused):
-                first = next(iter(refused.values()))   # the client's to change: no wait helps
-                return first.status, str(first), None
             self._exhausted(req.route, chosen.why_none(req.route), None)
             return 503, chosen.why_none(req.route), {"retry-after": "30"}
         return Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow_id, converted=converted,

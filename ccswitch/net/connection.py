@@ -86,15 +86,6 @@ NEED_DATA = _Marker("NEED_DATA")    # nothing more without waiting for the socke
 END = _Marker("END")                # the body's end: the answer is whole
 CLOSED = _Marker("CLOSED")          # the upstream closed before a byte of an answer
 
-class _ClosedParser:
-    """What a closed connection parses with: anything fed to it is an error."""
-
-    def feed_data(self, data: bytes) -> None:
-        raise httptools.HttpParserError("the connection is closed")
-
-
-_GONE = _ClosedParser()
-
 # where a connection is in its exchange
 _IDLE, _HEAD, _BODY, _DONE = range(4)
 
@@ -128,7 +119,7 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         self._waiter: asyncio.Future | None = None
         self._drain: asyncio.Future | None = None
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         # as h11 read answers: lines ended by LF alone, blanks after a chunk's size
         self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True, lenient_spaces_after_chunk_size=True)
         self._events: deque = deque()
@@ -202,7 +193,7 @@ class Connection(asyncio.Protocol):
         if self._phase is not _HEAD:
             return
         status = self._parser.get_status_code()
-        if status < 100:              # llhttp takes any three digits
+        if not 100 <= status <= 599:  # llhttp takes any three digits
             self._fail(f"not an HTTP/1.1 answer: status {status}")
             return
         if status < 200:              # 100 Continue, 103 Early Hints: the answer follows
@@ -213,9 +204,10 @@ class Connection(asyncio.Protocol):
                 framed = True
             elif name == b"transfer-encoding":
                 framed, coding = True, value
-        if coding is not None and coding.rsplit(b",", 1)[-1].strip().lower() != b"chunked":
-            # llhttp would read such a body to the close, and only then call it cut short
-            self._fail("not an HTTP/1.1 answer: a transfer-encoding that does not end in chunked")
+        if coding is not None and coding.strip().lower() != b"chunked":
+            # llhttp would read `gzip` alone to the close and then call it cut short, and pass on
+            # `gzip, chunked` still compressed: h11 took chunked alone, and so does ccswitch
+            self._fail("not an HTTP/1.1 answer: a transfer-encoding other than chunked")
             return
         self._phase = _BODY
         self._until_close = status not in (204, 304) and not framed
@@ -258,7 +250,7 @@ class Connection(asyncio.Protocol):
         """`abort` for a connection left mid-message: no TLS goodbye to wait for.  Nothing is read
         from it after this."""
         self._eof = True
-        self._parser = _GONE   # it holds this connection's callbacks: no cycle outlives the socket
+        self._parser = None    # it holds this connection's callbacks: no cycle outlives the socket
         if self.transport is not None:
             if abort:
                 self.transport.abort()
@@ -337,6 +329,9 @@ class Connection(asyncio.Protocol):
         return self._waiter
 
     def _feed(self, data: bytes) -> None:
+        if self._parser is None:      # ccswitch closed it (a shutdown): not the upstream's doing
+            self._failure = RemoteProtocolError("the connection was closed by ccswitch")
+            return
         if self._phase is _HEAD:
             self._head_size += len(data)
         try:
@@ -373,4 +368,6 @@ class Connection(asyncio.Protocol):
             error = ReadError(f"connection lost: {self._lost}")
             error.__cause__ = self._lost
             return error
-        return RemoteProtocolError(failure) if isinstance(failure, str) else failure
+        # a new one each time: raised again, the same object would grow its traceback and take
+        # on another context, which the dialer reads when it names the failure
+        return RemoteProtocolError(failure) if isinstance(failure, str) else type(failure)(*failure.args)

@@ -175,9 +175,11 @@ class UpstreamClient:
                 if not await connection.send(wire) and (head := await _early_answer(connection)) is not None:
                     return Response(self, connection, head)
                 head = await _response_head(connection)
-                if head.status_code == 408 and connection.reused and not fresh_retry:
+                if head.status_code == 408 and connection.reused and not fresh_retry and _says_close(head):
                     # the upstream's goodbye to a kept-alive connection, crossing our request on the
-                    # way: it was not read, so it goes again on a new connection, as browsers do
+                    # way: it timed the connection out and closes it, so our request went unread and
+                    # goes again on a new connection, as browsers do.  A 408 that keeps the
+                    # connection open is an answer (the dialer's on_status decides)
                     self._discard(connection)
                     continue
                 return Response(self, connection, head)
@@ -262,6 +264,11 @@ def _skip_to_end(connection: Connection) -> bool:
         if event is END:
             return True
     return False
+
+
+def _says_close(head: Head) -> bool:
+    return any(name == b"connection" and b"close" in [token.strip().lower() for token in value.split(b",")]
+               for name, value in head.headers)
 
 
 async def _response_head(connection: Connection) -> Head:

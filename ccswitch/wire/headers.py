@@ -35,3 +35,10 @@ def sendable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def named_by_connection(headers: Iterable[tuple[str, str]]) -> set[str]:
+    """The header names a message's `connection` header lists: they are for its own hop only
+    (RFC 9110 §7.6.1), like `connection` itself."""
+    return {name.strip().lower() for key, value in headers if key.lower() == "connection"
+            for name in value.split(",") if name.strip()}

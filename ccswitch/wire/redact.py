@@ -145,10 +145,12 @@ def scrub(body: bytes, secrets: list[str]) -> bytes:
 def echo_forms(secret: str) -> tuple[str, ...]:
     """A key and the form an echo may carry it in besides: percent-encoded, as an upstream
     quoting a key that holds `/ + =` in a URL or a form field would write it."""
-    encoded = quote(secret, safe="")
-    if encoded == secret:
-        return (secret,)
-    return secret, encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), encoded)   # %2F and %2f
+    forms = [secret]
+    for encoded in (quote(secret, safe=""), quote(secret)):   # every byte, or all but `/` (a URL's path)
+        for form in (encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), encoded)):   # %2F, %2f
+            if form not in forms:
+                forms.append(form)
+    return tuple(forms)
 
 
 def holds_secret(text: str, secrets: list[str]) -> bool:

@@ -71,3 +71,15 @@ def test_a_request_no_upstream_of_the_route_could_take_is_the_clients_400(tmp_pa
         update={"routes": Routes(**{**gateway.rules.routes.model_dump(), "chat": route})})
     status, message, headers = Planner(gateway).plan_job(chat_request(n=2), "f1", None, None, shown=False)
     assert (status, headers) == (400, None) and message.startswith("n must be 1")
+
+
+def test_one_no_wait_helps_is_a_400_even_while_the_others_are_rate_limited(gateway):
+    """Not a 429 with a retry-after after which the same request gets its 400, nor an alert."""
+    gateway.rules_file.rules = gateway.rules.model_copy(
+        update={"routes": Routes(**{**gateway.rules.routes.model_dump(), "chat": ["anth", "anth2"]})})
+    gateway.health.record_rate_limit("anth2", "429", seconds=600, reset_known=True)
+    events = []
+    gateway.events.subscribe(events.append)
+    status, message, headers = Planner(gateway).plan_job(chat_request(n=2), "f1", None, None, shown=False)
+    assert (status, headers) == (400, None) and message.startswith("n must be 1")
+    assert events == []

@@ -63,8 +63,8 @@ upstreams: [{name: u, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_k
 routes: {claude: [u]}
 """)
     [upstream] = r.upstreams
-    assert upstream.secret_texts() == ["sk-SLASH/SECRET+KEY/abc==", "sk-SLASH%2FSECRET%2BKEY%2Fabc%3D%3D",
-                                       "sk-SLASH%2fSECRET%2bKEY%2fabc%3d%3d"]
+    assert upstream.secret_texts()[:3] == ["sk-SLASH/SECRET+KEY/abc==", "sk-SLASH%2FSECRET%2BKEY%2Fabc%3D%3D",
+                                           "sk-SLASH%2fSECRET%2bKEY%2fabc%3d%3d"]
     echoed = b'{"error": "bad key sk-SLASH%2FSECRET%2BKEY%2Fabc%3D%3D in https://x/?key=ck%2faaaa%2baaaa%3d%3d"}'
     assert scrub(echoed, r.secret_texts()) == b'{"error": "bad key [redacted] in https://x/?key=[redacted]"}'
     assert r.scrub("model-sk-SLASH%2FSECRET%2BKEY%2Fabc%3D%3D") == "model-[redacted]"

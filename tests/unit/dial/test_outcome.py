@@ -43,3 +43,26 @@ def test_headers_the_upstreams_connection_header_names_stay_on_its_hop():
     passed = response_headers([("Connection", "X-Hop, keep-alive"), ("x-hop", "secret-ish"), ("keep-alive", "5"),
                                ("request-id", "req_1"), ("x-ccswitch-upstream", "theirs"), ("content-type", "a/b")])
     assert passed == [("request-id", "req_1"), ("content-type", "a/b")]
+
+
+def test_headers_the_clients_connection_header_names_stay_on_its_hop_too():
+    from ccswitch.config.models import Upstream
+    from ccswitch.dial.render import render
+    from ccswitch.wire.exchange import ClientRequest
+    upstream = Upstream(name="a", protocol="anthropic", base_url="https://api.example.com", api_key="sk-test-key-1")
+    body = {"model": "m", "messages": []}
+    req = ClientRequest(route="claude", endpoint="messages", method="POST", url="https://x/v1/messages",
+                        headers=[("connection", "x-hop, keep-alive"), ("x-hop", "for ccswitch only"),
+                                 ("anthropic-version", "2023-06-01")], body=b"{}", json=body, model="m")
+    sent = dict(render(upstream, req, body).headers)
+    assert "x-hop" not in sent and "connection" not in sent and sent["anthropic-version"] == "2023-06-01"
+
+
+def test_a_key_is_known_in_every_percent_encoded_form_an_echo_may_use():
+    from ccswitch.wire.redact import echo_forms, scrub
+    key = "sk-A/B+C=="
+    assert set(echo_forms(key)) == {key, "sk-A%2FB%2BC%3D%3D", "sk-A%2fB%2bC%3d%3d", "sk-A/B%2BC%3D%3D",
+                                    "sk-A/B%2bC%3d%3d"}
+    assert echo_forms("sk-plain-key-123") == ("sk-plain-key-123",)
+    assert scrub(b"https://relay/keys/sk-A/B%2BC%3D%3D/usage", list(echo_forms(key))) == \
+        b"https://relay/keys/[redacted]/usage"

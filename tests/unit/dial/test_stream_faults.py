@@ -153,3 +153,12 @@ async def serve_in_pieces(pieces: list[bytes], then_wait: float) -> tuple[asynci
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
+
+
+async def test_after_the_first_event_idle_applies_before_the_commit_too(mock_a, mock_b):
+    mock_a.script(stall_after(1, 3))     # message_start, then quiet: idle (200 ms) comes before the hold-back
+    extra = ("timeouts: {connect: 2s, first_byte: 2s, total: 4s, idle: 200ms}\n"
+             "failover: {retry_backoff: 10ms, hold_back: 1s}\n")
+    job, sink, _ = await run(two(mock_a, mock_b, extra=extra))
+    assert sink.headers["x-ccswitch-upstream"] == "b" and text_of(sink.body)     # unseen, uncommitted
+    assert job.attempts[0].error == "idle timeout"

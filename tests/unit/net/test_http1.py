@@ -577,9 +577,11 @@ async def test_a_connection_cut_in_the_middle_of_the_head_is_a_protocol_error_no
 @pytest.mark.parametrize("reply, problem", [
     (b"HTTP/1.1 099 Odd\r\ncontent-length: 2\r\n\r\nok", "status 99"),     # llhttp takes any three digits
     (b"HTTP/1.1 000 Odd\r\ncontent-length: 2\r\n\r\nok", "status 0"),
-    (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nxx", "does not end in chunked"),
+    (b"HTTP/1.1 999 Odd\r\ncontent-length: 2\r\n\r\nok", "status 999"),
+    (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nxx", "other than chunked"),
+    (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nxx\r\n0\r\n\r\n", "other than chunked"),
     (b"HTTTP/1.1 200 OK\r\n\r\n", "not an HTTP/1.1 answer"),
-])
+], ids=["status-99", "status-0", "status-999", "gzip-alone", "gzip-then-chunked", "not-http"])
 async def test_an_answer_that_is_not_http_fails_at_once_named_for_what_it_is(reply, problem):
     """Not after the dialer's deadline, and not as a closed connection: the next upstream is tried."""
     async def odd(writer, head, body):
@@ -764,11 +766,18 @@ async def test_a_408_crossing_a_request_on_a_kept_alive_connection_sends_it_agai
         await writer.drain()
         return "close"
 
-    async with RawServer(ok(b"first"), goodbye, ok(b"again"), goodbye, goodbye) as server, client() as c:
+    async def timed_out(writer, head, body):      # a 408 that keeps its connection: an answer
+        writer.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+
+    async with RawServer(ok(b"first"), goodbye, ok(b"again"), goodbye, goodbye, ok(b"third"), timed_out) as server, \
+            client() as c:
         assert await get_body(c, server.url) == (200, b"first")
         assert await get_body(c, server.url) == (200, b"again")          # the 408, then a new connection
         assert await get_body(c, server.url) == (408, b"")               # a fresh connection's 408 is its answer
-    assert server.connections == 3
+        assert await get_body(c, server.url) == (200, b"third")
+        assert await get_body(c, server.url) == (408, b"")               # kept alive, not a goodbye: sent once
+    assert server.connections == 4 and len(server.requests) == 7
 
 
 @pytest.mark.parametrize("linger", [False, True], ids=["closed", "closing"])
@@ -800,3 +809,22 @@ async def test_a_408_on_a_kept_alive_connection_as_the_request_goes_out_is_its_g
                     await get_body(c, url, b"x" * (32 * 1024 * 1024))
     finally:
         server.close()
+
+
+async def test_a_body_still_buffered_when_ccswitch_closes_the_connection_is_cut_by_ccswitch_not_malformed():
+    async def slow_body(writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nfirst")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(b"rest!")
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        return "close"
+
+    async with RawServer(slow_body) as server, client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        await asyncio.sleep(0.3)                      # "rest!" waits unparsed
+        response._connection.close(abort=True)        # a shutdown closes every connection
+        with pytest.raises(http1.RemoteProtocolError, match="closed by ccswitch") as caught:
+            await response.aread()
+        assert not isinstance(caught.value, http1.MalformedAnswer)
