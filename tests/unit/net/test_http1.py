@@ -69,6 +69,17 @@ def ok(body: bytes, *headers: str):
     return reply
 
 
+def sends(data: bytes, *, hold: float = 0.0, close: bool = False):
+    """A reply of these bytes exactly; `hold`: then keep the connection open that long, closing it after."""
+    async def reply(writer, head, body):
+        writer.write(data)
+        await writer.drain()
+        if hold:
+            await asyncio.sleep(hold)
+        return "close" if close or hold else None
+    return reply
+
+
 def then_close(reply):
     async def wrapped(writer, head, body):
         await reply(writer, head, body)
@@ -564,12 +575,7 @@ async def test_an_answer_that_closes_after_itself_is_read_whole_and_its_connecti
 
 
 async def test_a_connection_cut_in_the_middle_of_the_head_is_a_protocol_error_not_a_retry():
-    async def half_head(writer, head, body):
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-le")
-        await writer.drain()
-        return "close"
-
-    async with RawServer(half_head) as server, client() as c:
+    async with RawServer(sends(b"HTTP/1.1 200 OK\r\ncontent-le", close=True)) as server, client() as c:
         with pytest.raises(http1.RemoteProtocolError, match="middle of the response head"):
             await c.send("POST", server.url, [], b"{}")
 
@@ -584,23 +590,15 @@ async def test_a_connection_cut_in_the_middle_of_the_head_is_a_protocol_error_no
 ], ids=["status-99", "status-0", "status-999", "gzip-alone", "gzip-then-chunked", "not-http"])
 async def test_an_answer_that_is_not_http_fails_at_once_named_for_what_it_is(reply, problem):
     """Not after the dialer's deadline, and not as a closed connection: the next upstream is tried."""
-    async def odd(writer, head, body):
-        writer.write(reply)
-        await writer.drain()
-        await asyncio.sleep(1.5)      # and keeps the connection open: no close tells the client
-        return "close"
-
-    async with RawServer(odd) as server, client() as c:
+    # the connection kept open: no close tells the client
+    async with RawServer(sends(reply, hold=1.5)) as server, client() as c:
         with pytest.raises(http1.MalformedAnswer, match=problem) as caught:
             await asyncio.wait_for(c.send("POST", server.url, [], b"{}"), 1)
     assert network_failure("u", caught.value, "switch", "first_byte").reason == "not an HTTP/1.1 answer"
 
 
 async def test_lines_ended_by_lf_alone_and_blanks_around_values_are_read_as_h11_read_them():
-    async def loose(writer, head, body):
-        writer.write(b"HTTP/1.1 200 OK\ncontent-length: 2\nx-padded:   v1  \t\n\nok")
-        await writer.drain()
-
+    loose = sends(b"HTTP/1.1 200 OK\ncontent-length: 2\nx-padded:   v1  \t\n\nok")
     async with RawServer(loose, ok(b"next")) as server, client() as c:
         response = await c.send("POST", server.url, [], b"{}")
         assert (response.header("x-padded"), await response.aread()) == ("v1", b"ok")
@@ -609,10 +607,7 @@ async def test_lines_ended_by_lf_alone_and_blanks_around_values_are_read_as_h11_
 
 
 async def test_ours_saying_close_and_a_bodyless_answer_are_each_kept_or_not_as_they_should():
-    async def no_content(writer, head, body):
-        writer.write(b"HTTP/1.1 204 No Content\r\nx-a: 1\r\n\r\n")
-        await writer.drain()
-
+    no_content = sends(b"HTTP/1.1 204 No Content\r\nx-a: 1\r\n\r\n")
     async with RawServer(no_content, ok(b"a"), ok(b"b")) as server, client() as c:
         response = await c.send("POST", server.url, [], b"{}")
         assert (response.status_code, await response.aread()) == (204, b"")
