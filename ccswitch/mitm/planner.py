@@ -45,8 +45,7 @@ class Planner:
         refused: dict[str, RenderError] = {}
         while True:   # each round leaves out at least one more upstream: it ends
             chosen = plan(rules, req.route, req.model, gateway.health, now, quota=gateway.quota,
-                          sessions=gateway.sessions, session=session, spend=gateway.spend,
-                          unable={name: str(exc) for name, exc in refused.items()})
+                          sessions=gateway.sessions, session=session, spend=gateway.spend, unable=refused)
             # the body converted for each candidate of another protocol, before any upstream call
             converted, newly = convert_for_candidates(req, chosen.candidates, rules)
             if not newly:

@@ -45,7 +45,7 @@ from ccswitch.net.inflate import ACCEPT_ENCODING, DecodeError, Inflater
 from ccswitch.net.pool import NoRoom, Pool, PoolKey
 from ccswitch.net.proxy import Proxy, ProxyError, open_through
 from ccswitch.net.request_head import request_head
-from ccswitch.wire.headers import from_wire
+from ccswitch.wire.headers import from_wire, named_by_connection
 
 # the errors are the client's as much as the socket's: callers name them http1.ReadError etc.
 __all__ = ["DIRECT", "ConnectError", "ConnectTimeout", "MalformedAnswer", "NoFreeConnection", "ProxyFailure", "ReadError",
@@ -53,6 +53,8 @@ __all__ = ["DIRECT", "ConnectError", "ConnectTimeout", "MalformedAnswer", "NoFre
            "WriteError", "open_tcp", "opener", "split_url", "ssl_context_for"]
 
 _BODYLESS_METHODS = frozenset({"GET", "DELETE", "OPTIONS"})
+
+
 def ssl_context_for(*, insecure: bool = False, ca_file: str | None = None,
                     ca_dir: str | None = None) -> ssl.SSLContext:
     """As mitmproxy verifies its own upstreams: certifi's roots unless a CA file or directory is
@@ -151,22 +153,22 @@ class UpstreamClient:
         connection without a byte may see it twice; the dialer's own retries are bounded apart.
         Header values are text of one character per byte (`ccswitch.headers`).  At its cap of
         connections, the request waits up to `connect_timeout` for one (NoFreeConnection)."""
+        if method.upper() == "HEAD":   # the parser would wait for a body an answer to HEAD has not
+            raise TransportError("cannot send this request: HEAD is not supported")
         origin, target, host = split_url(url)
         names = {name.lower() for name, _ in headers}
         extra = [("host", host)]
         if "accept-encoding" not in names:
             extra.append(("accept-encoding", ACCEPT_ENCODING))
-        if method.upper() == "HEAD":   # the parser would wait for a body an answer to HEAD has not
-            raise TransportError("cannot send this request: HEAD is not supported")
         if body or method.upper() not in _BODYLESS_METHODS:
             extra.append(("content-length", str(len(body))))
         if "content-length" in names or "transfer-encoding" in names:
             raise TransportError("cannot send this request: its body's framing is the client's to set")
         try:
-            head, keep_alive = request_head(method, target, extra + list(headers))
+            request, keep_alive = request_head(method, target, extra + list(headers))
         except ValueError as exc:
             raise TransportError(f"cannot send this request: {exc}") from None
-        wire = head + body if body else head
+        wire = request + body if body else request
         for fresh_retry in (False, True):
             connection = await self._checkout((via.upstream, via.proxy, origin), via.max_connections,
                                               connect_timeout, fresh=fresh_retry)
@@ -175,7 +177,8 @@ class UpstreamClient:
                 if not await connection.send(wire) and (head := await _early_answer(connection)) is not None:
                     return Response(self, connection, head)
                 head = await _response_head(connection)
-                if head.status_code == 408 and connection.reused and not fresh_retry and _says_close(head):
+                if head.status_code == 408 and connection.reused and not fresh_retry \
+                        and "close" in named_by_connection(from_wire(head.headers)):
                     # the upstream's goodbye to a kept-alive connection, crossing our request on the
                     # way: it timed the connection out and closes it, so our request went unread and
                     # goes again on a new connection, as browsers do.  A 408 that keeps the
@@ -264,11 +267,6 @@ def _skip_to_end(connection: Connection) -> bool:
         if event is END:
             return True
     return False
-
-
-def _says_close(head: Head) -> bool:
-    return any(name == b"connection" and b"close" in [token.strip().lower() for token in value.split(b",")]
-               for name, value in head.headers)
 
 
 async def _response_head(connection: Connection) -> Head:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from ccswitch.wire.headers import named_by_connection
+
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _METHOD = re.compile(_TOKEN)
 _NAMES = re.compile(rf"{_TOKEN}(?:\n{_TOKEN})*")     # every name, one per line
@@ -31,8 +33,4 @@ def request_head(method: str, target: str, headers: list[tuple[str, str]]) -> tu
         head = "\r\n".join(lines).encode("latin-1")
     except UnicodeEncodeError:
         raise ValueError("a header value HTTP cannot carry") from None
-    return head, not any(name.lower() == "connection" and _says_close(value) for name, value in headers)
-
-
-def _says_close(value: str) -> bool:
-    return any(token.strip().lower() == "close" for token in value.split(","))
+    return head, "close" not in named_by_connection(headers)

@@ -214,7 +214,7 @@ class LiveBoard:
         """Today's totals in `tz` (the rules' zone now, whatever it was when they were counted):
         the requests that began since its last midnight (of the day of `now`, default the clock's),
         or since ccswitch started."""
-        first = math.floor(self._midnight(tz, now).timestamp() / SLICE)
+        first = self._slice(self._midnight(tz, now))
         out = DayTotals()
         for index, totals in self.slices.items():
             if index >= first:

@@ -46,14 +46,14 @@ class Plan:
 def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: datetime, *,
          quota: QuotaBoard | None = None, sessions: SessionBindings | None = None,
          session: str | None = None, spend: SpendBoard | None = None,
-         unable: Mapping[str, str] | None = None) -> Plan:
+         unable: Mapping[str, object] | None = None) -> Plan:
     """The candidates for one request, in the order they are tried.
 
     If every otherwise-available upstream is cooling, the first to recover is tried anyway, and
     the next (`_second_chance`; a route never goes dark on its own) — unless each is full or cooling after a 429
     with a known reset: then `limited_for` says how long until the first one is back.  An
     upstream being probed after its cooldown serves one request at a time.  `unable`: upstreams
-    that cannot take this request as it is (a conversion's refusal), by name, with why; they are
+    that cannot take this request as it is, by name, with why (a conversion's refusal); they are
     left out as if switched off, so the others, and their second chance, serve it.
     """
     spec = rules.routes.spec(route)
