@@ -62,10 +62,28 @@ def error_text(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
-def insert_sql(table: str, columns: tuple[str, ...], placeholder: str) -> str:
-    """A row that is in already (a batch written again: see schema migration 5) is left as it is."""
-    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(placeholder for _ in columns)}) "
-            "ON CONFLICT DO NOTHING")
+def insert_sql(table: str, columns: tuple[str, ...], placeholder: str, rows: int = 1) -> str:
+    """`rows` rows in one statement.  A row that is in already (a batch written again: see schema
+    migration 5) is left as it is."""
+    values = f"({', '.join(placeholder for _ in columns)})"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([values] * rows)} ON CONFLICT DO NOTHING"
+
+
+def by_table(rows: list[Row]) -> dict[str, list[tuple]]:
+    """Each table's values, in the order they came."""
+    tables: dict[str, list[tuple]] = {}
+    for table, values in rows:
+        tables.setdefault(table, []).append(values)
+    return tables
+
+
+def statement_sizes(count: int, sizes: tuple[int, ...]) -> list[int]:
+    """`count` rows as statements of `sizes` rows each (largest first; the last size is 1)."""
+    out = []
+    for size in sizes:
+        whole, count = divmod(count, size)
+        out += [size] * whole
+    return out
 
 
 class SQLiteBackend(Backend):
@@ -73,12 +91,19 @@ class SQLiteBackend(Backend):
 
     _ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError, *VALUE_ERRORS)
 
+    #: how many rows one INSERT takes: a batch goes in the largest that fit (under SQLite's limit
+    #: of bound values), so that a few statements, each prepared once and cached, serve any batch
+    STATEMENT_ROWS = (64, 16, 4, 1)
+
     def __init__(self, path: Path, columns: dict[str, tuple[str, ...]], *, busy_timeout: float = 5.0) -> None:
         self.path = path
         self.label = str(path)
         self.busy_timeout = busy_timeout
-        self._insert = {table: insert_sql(table, cols, "?") for table, cols in columns.items()}
+        self.columns = columns
         self._conn: sqlite3.Connection | None = None
+        self._statements: dict[tuple[str, int], str] = {(table, rows): insert_sql(table, cols, "?", rows)
+                                                        for table, cols in columns.items()
+                                                        for rows in self.STATEMENT_ROWS}
 
     def connect(self) -> None:
         if self._conn is None:
@@ -94,8 +119,17 @@ class SQLiteBackend(Backend):
         assert conn is not None
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for table, values in rows:
-                conn.execute(self._insert[table], values)
+            # a few statements per table, not one per row: each statement hands the GIL to the
+            # proxy's thread and back, and under load those handovers cost the proxy more CPU
+            # than the rows themselves
+            limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            for table, values in by_table(rows).items():
+                sizes = tuple(n for n in self.STATEMENT_ROWS if n == 1 or n * len(self.columns[table]) <= limit)
+                start = 0
+                for size in statement_sizes(len(values), sizes):
+                    part = values[start:start + size]
+                    conn.execute(self._statements[table, size], [value for row in part for value in row])
+                    start += size
             conn.execute("COMMIT")
         except BaseException:
             # reopen next time: the file may have been replaced, unlocked or made writable
