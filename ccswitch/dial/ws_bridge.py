@@ -70,6 +70,14 @@ class Ticket:
 MakeJob = Callable[[Ticket, Turn], "Job | Refusal"]
 
 
+def utf8_size(data: str | bytes) -> int:
+    """A piece's size in bytes, as the limit counts a request's body (a text frame's piece comes
+    decoded; `isascii` is a flag's look, so only text beyond ASCII is encoded to be counted)."""
+    if isinstance(data, bytes) or data.isascii():
+        return len(data)
+    return len(data.encode("utf-8", "surrogatepass"))
+
+
 def error_frame(status: int, message: str, error: Any = None) -> str:
     """An in-band error; one of ccswitch's own has the error its HTTPS answer would have, so that
     Codex reads a status the same way on either transport."""
@@ -286,7 +294,7 @@ class _Socket:
     async def _piece(self, data: str | bytes, finished: bool) -> None:
         limit = self.bridge.max_message()
         if self._size <= limit:
-            self._size += len(data)
+            self._size += utf8_size(data)
             self._pieces.append(data)
             if self._size > limit:
                 self._pieces.clear()        # nothing more of it is kept
@@ -309,6 +317,8 @@ class _Socket:
             frame = json.loads(data)
         except ValueError:
             return await self._refused(400, "a frame that is not JSON")
+        except RecursionError:
+            return await self._refused(400, "a frame nested too deeply")
         if isinstance(frame, dict) and frame.get("type") == "response.processed":
             return          # an acknowledgement: nothing to answer
         if self.turn is not None:

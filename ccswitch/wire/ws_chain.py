@@ -96,7 +96,9 @@ class Chain:
         elif kind == "response.completed":
             response = event.get("response") if isinstance(event.get("response"), dict) else {}
             output = response.get("output") if isinstance(response.get("output"), list) else self._items
-            self._commit(response.get("id"), self._pending.input, output or self._items, upstream)
+            # the input as `upstream` got it: reasoning of another account it was not sent stays
+            # out of the chain, or it would come back once the next turn is `upstream`'s own
+            self._commit(response.get("id"), kept_input(self._pending, upstream), output or self._items, upstream)
         elif kind in ("error", "response.failed", "response.incomplete"):
             self.drop()
 
@@ -114,8 +116,13 @@ class Chain:
 def for_upstream(turn: Turn, upstream: str) -> dict[str, Any]:
     """The turn's body for `upstream`: reasoning items another account encrypted are left out
     (they would not decrypt there)."""
+    kept = kept_input(turn, upstream)
+    return turn.body if kept is turn.input else {**turn.body, "input": kept}
+
+
+def kept_input(turn: Turn, upstream: str) -> list[Any]:
+    """The turn's full input as `upstream` may take it (the turn's own list when all of it)."""
     if turn.upstream_hint is None or turn.upstream_hint == upstream:
-        return turn.body
-    kept = [item for item in turn.body["input"]
+        return turn.input
+    return [item for item in turn.input
             if not (isinstance(item, dict) and item.get("type") == "reasoning" and item.get("encrypted_content"))]
-    return {**turn.body, "input": kept}

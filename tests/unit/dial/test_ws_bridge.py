@@ -320,6 +320,40 @@ async def test_a_large_message_or_one_in_several_frames_is_one_turn_and_one_over
         await bridge.stop()
 
 
+async def test_the_message_limit_counts_bytes_and_a_frame_nested_too_deeply_is_a_400_not_a_dead_socket():
+    """As a request body: a text message's limit is in UTF-8 bytes, not characters; a frame
+    deeper than the JSON parser goes gets its in-band 400 and its row, and the socket stays."""
+    turns, refusals = [], []
+
+    def make_job(ticket, turn):
+        turns.append(turn.body)
+        return Refusal(503, "no upstream")
+
+    def refuse(ticket, status, message):
+        refusals.append((status, message))
+        return Refusal(status, message)
+    bridge = WsBridge(make_job, run_job=None, on_done=[].append, refuse=refuse, max_message=lambda: 10_000)
+    await bridge.start()
+    ticket = Ticket()
+    bridge.register(ticket)
+    try:
+        client = await Client.connect(bridge.port, ticket.token)
+        await client.events(lambda seen: any(isinstance(e, AcceptConnection) for e in seen))
+        emoji = json.dumps({"type": "response.create", "model": "m", "input": "\U0001F600" * 3000}, ensure_ascii=False)
+        assert len(emoji) < 10_000 < len(emoji.encode())
+        for frame in (emoji, "[" * 3000 + "]" * 3000):
+            client.send(TextMessage(frame))
+            frames = await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
+            assert json.loads(next(e for e in frames if isinstance(e, TextMessage)).data)["type"] == "error"
+        assert refusals == [(413, "a message over 10000 bytes (ccswitch_max_body)"), (400, "a frame nested too deeply")]
+        client.send(TextMessage(json.dumps({"type": "response.create", "model": "m", "input": "\u00e9" * 100},
+                                           ensure_ascii=False)))      # 200 bytes: within the limit, served
+        await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
+        assert len(turns) == 1 and not client.ws.state.name.endswith("CLOSED")
+    finally:
+        await bridge.stop()
+
+
 async def test_a_stop_with_sockets_open_closes_them_and_reports_no_error():
     """Each open socket gets its close frame; none ends as an error for the loop to report (Python
     3.12.1's servers took a cancelled connection task for one: a traceback per socket at every stop)."""

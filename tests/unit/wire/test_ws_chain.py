@@ -101,6 +101,23 @@ def test_encrypted_reasoning_stays_with_the_upstream_that_made_it():
     assert reasoning not in for_upstream(turn, "b")["input"] and len(for_upstream(turn, "b")["input"]) == 3
 
 
+def test_after_a_failover_the_first_upstream_s_reasoning_never_comes_back_to_the_second():
+    """Turn 1 on a, turn 2 failed over to b (a's reasoning left out), turn 3 stays on b: what b
+    is sent holds b's own reasoning and still none of a's, which b could not decrypt."""
+    chain = Chain()
+    chain.prepare(create([user("one")]))
+    by_a = {"type": "reasoning", "id": "rs_a", "encrypted_content": "ENC-A"}
+    complete(chain, "resp_1", [by_a, {"type": "message", "role": "assistant", "content": []}], upstream="a")
+    turn = chain.prepare(create([user("two")], previous="resp_1"))
+    assert by_a not in for_upstream(turn, "b")["input"]
+    by_b = {"type": "reasoning", "id": "rs_b", "encrypted_content": "ENC-B"}
+    complete(chain, "resp_2", [by_b, {"type": "message", "role": "assistant", "content": []}], upstream="b")
+    sent = for_upstream(chain.prepare(create([user("three")], previous="resp_2")), "b")["input"]
+    assert by_b in sent and by_a not in sent
+    assert [item.get("role") for item in sent if item.get("type") == "message"] == \
+        ["user", "assistant", "user", "assistant", "user"]
+
+
 def test_a_turn_keeps_the_frame_s_own_items_and_previous_id_for_a_socket_that_holds_the_rest():
     chain = Chain()
     first = chain.prepare(create("one"))          # a string input is one user message
