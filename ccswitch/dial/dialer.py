@@ -39,6 +39,7 @@ from ccswitch.translate import translation_for
 from ccswitch.vocab import Action, Endpoint
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import UNPARSED, RenderError, Reply, json_or_none
+from ccswitch.wire.reasoning import refuses_foreign_reasoning, without_encrypted_reasoning
 from ccswitch.wire.redact import scrub_headers
 from ccswitch.wire.sse import is_event_stream
 from ccswitch.wire.usage import usage_of_body
@@ -97,6 +98,8 @@ class Dialer:
                 if isinstance(result, Streamed):
                     return
                 last = result
+                if self._again_without_reasoning(job, upstream, result):
+                    continue
                 if isinstance(result, Reply):
                     await self._deliver(job, upstream, result, sink)
                     return
@@ -120,6 +123,21 @@ class Dialer:
             raise
         finally:
             job.latency_ms = job.elapsed_ms()
+
+    @staticmethod
+    def _again_without_reasoning(job: Job, upstream: Upstream, result: Reply | Failure) -> bool:
+        """An upstream that refused reasoning another account encrypted (a conversation that failed
+        over, or that affinity moved) takes the request again at once without it, if the route's
+        attempts allow one more.  Once per upstream: its next body has none left."""
+        if len(job.attempts) >= job.rules.failover.max_attempts \
+                or not refuses_foreign_reasoning(result.status, result.body or b""):
+            return False
+        body = without_encrypted_reasoning(job.converted.get(upstream.name) or job.request.json)
+        if body is None:
+            return False
+        job.converted[upstream.name] = body
+        job.attempts[-1].error = "reasoning encrypted by another account: sent again without it"
+        return True
 
     @staticmethod
     def _by_name(job: Job, name: str) -> Upstream:

@@ -639,3 +639,49 @@ async def test_an_attempt_cut_by_a_kill_in_mitmproxy_reads_killed_not_client_clo
         await run(two(mock_a, mock_b), job=job, sink=KilledSink())
     [attempt] = job.attempts
     assert attempt.error == KILLED and f"a: 200 {KILLED}" in job.comment()
+
+
+FOREIGN_REASONING_400 = {"error": {"message": "The encrypted content for item rs_A1 could not be verified.",
+                                   "type": "invalid_request_error", "param": None,
+                                   "code": "invalid_encrypted_content"}}
+
+
+def codex_turn(*reasoning):
+    """A Codex request whose input carries earlier turns' reasoning, sealed by whoever made it."""
+    return {"model": "gpt-5-codex", "stream": True, "store": False, "include": ["reasoning.encrypted_content"],
+            "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "one"}]},
+                      *({"type": "reasoning", "summary": [], "encrypted_content": sealed} for sealed in reasoning),
+                      {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "two"}]}]}
+
+
+def responses_pair(mock_a, mock_b, extra=FAST):
+    return rules_for(("a", "openai-responses", mock_a.base_url), ("b", "openai-responses", mock_b.base_url),
+                     routes={"codex": ["a", "b"]}, extra=extra)
+
+
+async def test_reasoning_another_account_sealed_is_left_out_when_the_upstream_refuses_it(mock_a, mock_b):
+    """After a failover, Codex's next request carries the first account's reasoning to the
+    second, which refuses the whole request: it goes again, at once, without the sealed items."""
+    mock_a.script(status(400, body=FOREIGN_REASONING_400))
+    job, sink, health = await run(responses_pair(mock_a, mock_b), path="/v1/responses",
+                                  body=codex_turn("ENC-B-1", "ENC-B-2"), host="api.openai.com")
+    assert sink.status == 200 and sink.headers["x-ccswitch-upstream"] == "a"
+    first, again = (r.json["input"] for r in mock_a.requests)
+    assert [item.get("encrypted_content") for item in first if item["type"] == "reasoning"] == ["ENC-B-1", "ENC-B-2"]
+    assert [item["type"] for item in again] == ["message", "message"] and mock_b.requests == []
+    assert [(a.upstream, a.status) for a in job.attempts] == [("a", 400), ("a", 200)]
+    assert job.attempts[0].error == "reasoning encrypted by another account: sent again without it"
+    assert job.status == 200 and job.error is None and health.get("a").failures == 0
+
+
+@pytest.mark.parametrize("case", ["another 400", "no sealed reasoning", "no attempt left"])
+async def test_other_refusals_reach_the_client_as_they_are(mock_a, mock_b, case):
+    refusal = {"error": {"message": "bad input", "type": "invalid_request_error", "param": None,
+                         "code": "invalid_value"}} if case == "another 400" else FOREIGN_REASONING_400
+    mock_a.script(status(400, body=refusal))
+    extra = FAST.replace("failover: {", "failover: {max_attempts: 1, ") if case == "no attempt left" else FAST
+    body = codex_turn() if case == "no sealed reasoning" else codex_turn("ENC-B-1")
+    job, sink, _ = await run(responses_pair(mock_a, mock_b, extra), path="/v1/responses", body=body,
+                             host="api.openai.com")
+    assert sink.status == 400 and json.loads(sink.body)["error"]["code"] == refusal["error"]["code"]
+    assert len(mock_a.requests) == 1 and len(job.attempts) == 1

@@ -1,0 +1,39 @@
+"""Sealed reasoning in a Responses request, and an account's refusal of another's (pure)."""
+
+import json
+
+import pytest
+
+from ccswitch.wire.reasoning import FOREIGN_REASONING, refuses_foreign_reasoning, without_encrypted_reasoning
+
+SEALED = {"type": "reasoning", "summary": [], "encrypted_content": "gAAAA"}
+PLAIN = {"type": "reasoning", "summary": [{"type": "summary_text", "text": "thought"}]}
+USER = {"type": "message", "role": "user", "content": "hi"}
+
+
+def test_only_sealed_reasoning_is_left_out_and_nothing_else_of_the_body_changes():
+    body = {"model": "m", "input": [USER, SEALED, PLAIN, USER], "include": ["reasoning.encrypted_content"]}
+    assert without_encrypted_reasoning(body) == {**body, "input": [USER, PLAIN, USER]}
+    assert body["input"] == [USER, SEALED, PLAIN, USER]      # a copy: the client's own body stays
+
+
+@pytest.mark.parametrize("body", [{"input": [USER, PLAIN]}, {"input": "a string"}, {"messages": []}, None,
+                                  {"input": [{**SEALED, "encrypted_content": ""}]}])
+def test_a_body_with_no_sealed_reasoning_has_nothing_to_leave_out(body):
+    assert without_encrypted_reasoning(body) is None
+
+
+def error(code, status=400):
+    return status, json.dumps({"error": {"message": "m", "type": "invalid_request_error", "code": code}}).encode()
+
+
+@pytest.mark.parametrize(("answer", "refused"), [
+    (error(FOREIGN_REASONING), True),
+    (error(FOREIGN_REASONING, status=401), False),
+    (error("invalid_value"), False),
+    ((400, b"invalid_encrypted_content, said an HTML page"), False),
+    ((400, json.dumps({"error": [FOREIGN_REASONING]}).encode()), False),
+    ((400, json.dumps(["invalid_encrypted_content"]).encode()), False),
+])
+def test_only_a_400_with_openai_s_code_for_it_is_such_a_refusal(answer, refused):
+    assert refuses_foreign_reasoning(*answer) is refused
