@@ -72,8 +72,9 @@ def spilled(directory: Path, ledger: str) -> list[Path]:
         name = path.name
         if not name.startswith(prefix):
             continue
-        if name.endswith(".db") or (_CLAIMED in name and not _alive(name.rpartition(_CLAIMED)[2])):
-            found.append(path)
+        claimer = name.rpartition(_CLAIMED)[2] if _CLAIMED in name else None
+        if name.endswith(".db") if claimer is None else claimer.isdigit() and not _alive(claimer):
+            found.append(path)      # not a claim's `-wal` or `-shm`, which SQLite keeps while it is read
     return sorted(found, key=lambda p: p.name)
 
 

@@ -159,7 +159,7 @@ class Ledger:
             try:
                 rows = spill.read(path, _COLUMNS)
             except sqlite3.Error as exc:
-                log.error("ccswitch: cannot read the unwritten usage rows in %s (%s); it is left there", path, exc)
+                log.warning("ccswitch: cannot read the unwritten usage rows in %s (%s); it is left there", path, exc)
                 continue
             self._pending.extend(rows)
             self._taken_files.append(path)
@@ -283,8 +283,10 @@ class Ledger:
     def _report(self, exc: BaseException) -> None:
         text = self.backend.describe(exc)
         if self._failing is None:       # once per outage; what else goes wrong meanwhile is debug detail
-            log.error("ccswitch: cannot write the usage ledger %s (%s); keeping %d row(s) in memory "
-                      "and retrying", self.backend.label, text, self.pending)
+            # a warning: nothing is lost while the rows wait (a drop is an error), and mitmdump
+            # exits on an error logged while it starts, as a restart during an outage may
+            log.warning("ccswitch: cannot write the usage ledger %s (%s); keeping %d row(s) in memory "
+                        "and retrying", self.backend.label, text, self.pending)
             self._failing = text
         elif text != self._failing:
             log.debug("ccswitch: usage ledger %s still failing: %s", self.backend.label, text)

@@ -142,3 +142,29 @@ def test_an_instance_started_while_postgresql_is_down_serves_and_catches_up(tmp_
             log = proxy.log()
     assert "cannot read the spend so far" in log and "budgets count from 0 until it can be read" in log
     assert "Error logged during startup" not in log and own_postgres.password not in log
+
+
+def test_an_instance_restarted_while_postgresql_is_still_down_starts_and_writes_every_row_later(
+        tmp_path, own_postgres):
+    """A stop during the outage keeps its rows in a file; the next start takes them at once and
+    cannot write them yet. That failure was logged as an error while mitmdump started, and it
+    exited: a restart or a redeploy during an outage left no instance serving."""
+    own_postgres.stop(mode="immediate")
+    with MockUpstream("A") as a:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(f"usage_db: {own_postgres.url}\nupstreams:\n"
+                         f"  - {{name: a, protocol: anthropic, base_url: '{a.base_url}', api_key: 'sk-e2e-a'}}\n"
+                         "routes: {claude: [a]}\n")
+        with Proxy(rules, tmp_path) as proxy:
+            for _ in range(2):
+                assert ask(proxy, "sk-any") == "a"
+        unwritten = tmp_path / ".ccswitch" / "unwritten"
+        assert len(list(unwritten.iterdir())) == 1
+        with Proxy(rules, tmp_path) as proxy:
+            assert ask(proxy, "sk-any") == "a"
+            own_postgres.start()
+            wait_requests(own_postgres.url, 3, timeout=30)
+            log = proxy.log()
+    assert "writing 4 usage row(s) an earlier stop could not write" in log      # 2 requests, 2 attempts
+    assert "Error logged during startup" not in log and own_postgres.password not in log
+    assert list(unwritten.iterdir()) == []

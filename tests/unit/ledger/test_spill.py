@@ -43,6 +43,24 @@ def test_a_file_being_written_is_not_seen_and_a_claimed_one_is_taken_once(tmp_pa
     assert spill.spilled(tmp_path, LEDGER_A) == [gone]
 
 
+def test_the_sidecar_files_of_a_claimed_file_being_read_are_never_taken_for_claims_of_their_own(tmp_path):
+    """Reading a claimed file (SQLite in WAL mode) makes its `-wal` and `-shm` beside it; a second
+    instance starting then took `….taken-<pid>-shm` for a claim of a process gone (no pid in
+    `<pid>-shm`), renamed it to a claim of its own and found no database in it."""
+    spill.spill(rows(1, 2), tmp_path, _COLUMNS, LEDGER_A)
+    mine = spill.claim(spill.spilled(tmp_path, LEDGER_A)[0])
+    conn = sqlite3.connect(mine.absolute().as_uri() + "?mode=ro", uri=True)   # as `read` opens it
+    conn.execute("SELECT count(*) FROM requests").fetchone()
+    for sidecar in ("-wal", "-shm"):                                 # as SQLite leaves them meanwhile
+        mine.with_name(mine.name + sidecar).write_bytes(b"x")
+    assert spill.spilled(tmp_path, LEDGER_A) == []
+    conn.close()
+    gone = mine.with_name(mine.name.replace(f"taken-{os.getpid()}", "taken-999999999"))
+    for sidecar in ("", "-wal", "-shm"):                             # its claimer was killed mid-read
+        os.replace(mine.with_name(mine.name + sidecar), gone.with_name(gone.name + sidecar))
+    assert spill.spilled(tmp_path, LEDGER_A) == [gone]
+
+
 def test_a_stop_whose_rows_cannot_be_kept_either_still_stops_and_says_so(tmp_path, monkeypatch, caplog):
     ledger = Ledger(tmp_path / "u.db", spill_dir=tmp_path / "unwritten", max_backoff=0.1)
     monkeypatch.setattr(ledger.backend, "insert", lambda batch: (_ for _ in ()).throw(sqlite3.OperationalError("down")))
@@ -52,3 +70,19 @@ def test_a_stop_whose_rows_cannot_be_kept_either_still_stops_and_says_so(tmp_pat
     assert wait_for(lambda: "cannot write the usage ledger" in caplog.text)
     ledger.close(timeout=5)
     assert "1 usage row(s) could not be written to" in caplog.text and "read-only home" in caplog.text
+
+
+def test_a_file_that_cannot_be_read_is_left_there_with_a_warning_and_the_ledger_starts(tmp_path, caplog):
+    """An error logged while mitmdump starts ends the start: a damaged file must not keep every
+    instance on the machine from starting."""
+    unwritten = tmp_path / "unwritten"
+    unwritten.mkdir()
+    ledger = Ledger(tmp_path / "u.db", spill_dir=unwritten)
+    damaged = unwritten / f"{spill._prefix(ledger.backend.label)}20261205T000000000000Z-1.db"
+    damaged.write_bytes(b"not a database, but long enough for SQLite to read a header from it" * 10)
+    ledger.start()
+    ledger.add("requests", row(1))
+    ledger.close()
+    assert [r.levelname for r in caplog.records if "cannot read the unwritten usage rows" in r.getMessage()] \
+        == ["WARNING"]
+    assert [p.name.partition(".taken-")[0] for p in unwritten.iterdir()] == [damaged.name]
