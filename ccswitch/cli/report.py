@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ccswitch.cli.out_dir import cannot_write
 from ccswitch.cli.output import quiet_on_broken_pipe
-from ccswitch.cli.rules_file import AnyEnv, find_announced
+from ccswitch.cli.rules_file import MarkedEnv, find_announced, unset_in
 from ccswitch.clock import utc_now
 from ccswitch.config.database_url import parse_usage_db
 from ccswitch.config.models import Rules
@@ -95,7 +95,8 @@ def _period(args: argparse.Namespace, today: date) -> tuple[date, date, date | N
 
 
 def _load_rules(option: str | None) -> Rules:
-    return find_announced(option, env=AnyEnv())[0]     # says on stderr which file: stdout may be --json
+    # an unset ${VAR} elsewhere (an upstream's key) does not matter here; the ledger's is named
+    return find_announced(option, env=MarkedEnv())[0]     # says on stderr which file: stdout may be --json
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
         db = parse_usage_db(args.db) if args.db else rules.usage_db
     except ValueError as exc:
         print(f"--db: {exc}", file=sys.stderr)
+        return 1
+    if not args.db and (unset := unset_in(str(getattr(db, "conninfo", "")))):
+        print(f"usage_db needs {', '.join('${' + name + '}' for name in unset)}, which "
+              f"{'is' if len(unset) == 1 else 'are'} not set in this shell (or pass --db)", file=sys.stderr)
         return 1
     if not exists(db):
         print(f"no usage database at {db} (ccswitch writes one once it has routed a request)", file=sys.stderr)

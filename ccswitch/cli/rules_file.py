@@ -45,6 +45,11 @@ class MarkedEnv(AnyEnv):
         return os.environ.get(key, f"ccswitch-unset-{key}-variable")
 
 
+def unset_in(text: str) -> list[str]:
+    """The names of the ${VAR}s unset under MarkedEnv that `text` holds."""
+    return sorted(set(_MARK.findall(text)))
+
+
 def load_for_part(option_value: str | None, used: Callable[[Rules], list[str]], what: str) -> Rules | None:
     """The rules for a command that uses part of them (one upstream's probe, the notify hooks),
     announced; None after printing why not.  A ${VAR} unset elsewhere in the rules (another
@@ -60,7 +65,7 @@ def load_for_part(option_value: str | None, used: Callable[[Rules], list[str]], 
     except RulesError:               # a problem beyond unset variables
         print(str(strict), file=sys.stderr)
         return None
-    missing = sorted({name for text in used(rules) for name in _MARK.findall(text)})
+    missing = sorted({name for text in used(rules) for name in unset_in(text)})
     if missing:
         print(f"{what} needs {', '.join('${' + name + '}' for name in missing)}, which "
               f"{'is' if len(missing) == 1 else 'are'} not set in this shell", file=sys.stderr)

@@ -37,10 +37,11 @@ def _expand(text: str, env: Mapping[str, str], values: list[str] | None = None,
 
 
 def _in_userinfo(value: str) -> str:
-    """A variable's value in a URL's `user:password@`: what would end that part early (`@`, and
-    `/ ? #`, which end the host) percent-encoded, as the driver decodes it; `%` and `:` as written,
-    so a value written encoded already, or a whole `user:password`, reads as before."""
-    return quote(value, safe="%:!$&'()*+,;=~")
+    """A variable's value in a URL's `user:password@`, percent-encoded where the driver decodes it,
+    so that it arrives as it is: `@` and `/ ? #` (which would end that part early) and `%` (a
+    password `pass%41word` is not `passAword`, and `pa%ss` no error).  `:` stays, so a variable
+    may still hold a whole `user:password`."""
+    return quote(value, safe=":!$&'()*+,;=~")
 
 
 def _expand_url(text: str, env: Mapping[str, str]) -> tuple[str, list[str], bool]:

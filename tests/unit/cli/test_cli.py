@@ -240,3 +240,18 @@ def test_a_reader_gone_before_the_output_gets_no_traceback():
     finally:
         os.close(write)
     assert done.returncode == 0 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+def test_report_on_a_ledger_whose_password_variable_is_unset_names_the_variable(tmp_path):
+    """It tried the server without the password and printed the server's refusal instead."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("""
+usage_db: postgresql://ccswitch:${CCSWITCH_TEST_UNSET_LEDGER_PW}@127.0.0.1:9/ledger
+upstreams:
+  - {name: a, protocol: anthropic, base_url: 'https://a.example', api_key: '${CCSWITCH_TEST_UNSET_VAR}'}
+routes: {claude: [a]}
+""")
+    done = cli("report", "--rules", str(rules), env=home_env(tmp_path))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "usage_db needs ${CCSWITCH_TEST_UNSET_LEDGER_PW}, which is not set in this shell" in done.stderr
+    assert "CCSWITCH_TEST_UNSET_VAR" not in done.stderr          # the upstream's key: not the report's business
