@@ -41,6 +41,9 @@ class Planner:
         """The job for a request, or ccswitch's own answer when no upstream can take it now.
         `shown`: someone looks at finished flows (they show what went upstream)."""
         gateway, rules = self.gateway, self.gateway.rules
+        # a client names its session as it likes: one holding a key of the rules is bound (and, with
+        # Redis, told to every instance) under the name its ledger row gets
+        session = rules.scrub(session) if session else session
         now = datetime.now(rules.tz)
         refused: dict[str, RenderError] = {}
         while True:   # each round leaves out at least one more upstream: it ends

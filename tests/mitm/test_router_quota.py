@@ -78,3 +78,18 @@ async def test_one_upstream_cooling_without_a_known_reset_keeps_the_route_open(g
     job = router.jobs[flow.id]
     assert [u.name for u in job.candidates] == ["b"] and job.session == "user_1_session_2"
     assert job.why_first == "recovers first" and job.skipped[0][0] == "a" and "full until" in job.skipped[0][1]
+
+
+async def test_a_session_named_with_a_key_of_the_rules_is_planned_and_bound_under_its_scrubbed_name(gateway):
+    """The ledger stored it scrubbed, but the binding (and, with Redis, what every instance is
+    told) kept the key in clear."""
+    router = Router(gateway)
+    router.relay = Relay(None)
+    router.started.set()
+    router.relay.port = 4242
+    with taddons.context(router):
+        flow = messages_flow({"model": "m", "stream": True, "messages": [],
+                              "metadata": {"user_id": f"user_1_session_{KEY_A}"}})
+        await router.request(flow)
+    job = router.jobs[flow.id]
+    assert KEY_A not in job.session and job.session.startswith("user_1_session_")
