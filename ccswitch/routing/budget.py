@@ -79,10 +79,22 @@ class SpendBoard:
 
     def configure(self, rules: Rules) -> None:
         """Take the rules' budgets and time zone (at start-up and on every reload)."""
+        before = self._budgets
         self._budgets = {(UPSTREAM, u.name): u.budget for u in rules.upstreams if u.budget}
         self._budgets.update({(CLIENT, c.name): c.budget for c in rules.client_keys if c.budget})
         if rules.tz != self.tz:
             self._move_to(rules.tz)
+        if self.alone:
+            # a budget new or changed below the spend: no request will cross its lines (one over
+            # it gets none), so the reload is the news
+            now = self.clock()
+            for key, budget in self._budgets.items():
+                if before.get(key) == budget:
+                    continue
+                for kind in PERIODS:
+                    held = self._spent.get((*key, kind))
+                    if held is not None and held[0] == period_start(kind, now, self.tz):
+                        self._announce(*key, kind, held[0])
 
     def _move_to(self, tz: tzinfo) -> None:
         """A new zone (`timezone:` edited): the spend of each current period goes on in the period

@@ -229,6 +229,23 @@ def test_a_budget_raised_by_a_reload_has_its_new_lines_told():
     assert len({e.episode for e in seen}) == 3     # each its own episode: none is taken for a repeat
 
 
+def test_a_budget_lowered_or_added_by_a_reload_below_the_spend_is_told_at_once():
+    """No request crosses a line the spend is past already (an upstream over it gets none): the
+    reload itself is the news, or the operator never hears it was cut off for the period."""
+    spend, _, seen = board(datetime(2026, 3, 10, 2, 0, tzinfo=UTC))
+    spend.add(UPSTREAM, "relay-a", 1.0)
+    spend.add(CLIENT, "bob", 1.25)
+    assert seen == []
+    spend.configure(parse_rules(RULES_TEXT.replace("{daily: 5, monthly: 12}", "{daily: 1.2, monthly: 12}")))
+    spend.configure(parse_rules(RULES_TEXT.replace("{daily: 5, monthly: 12}", "{daily: 0.9, monthly: 12}")
+                                .replace("key: bob-key-00000000}", "key: bob-key-00000000, budget: {daily: 1.5}}")))
+    spend.configure(parse_rules(RULES_TEXT.replace("{daily: 5, monthly: 12}", "{daily: 0.9, monthly: 12}")
+                                .replace("key: bob-key-00000000}", "key: bob-key-00000000, budget: {daily: 1.5}}")))
+    assert [e.reason for e in seen] == ["upstream relay-a 80% of its daily budget ($1.00 of $1.20)",
+                                        "upstream relay-a reached its daily budget ($1.00 of $0.90)",
+                                        "client bob 80% of its daily budget ($1.25 of $1.50)"]   # once each
+
+
 @pytest.mark.parametrize("amounts,shown", [
     ((0.016, 0.02), ("$0.016", "$0.020")),         # not "$0.02 of $0.02" at 80 %
     ((0.011, 0.01), ("$0.011", "$0.010")),
