@@ -13,8 +13,8 @@ Not modelled: batch / flex / priority tiers, data-residency surcharges, long-pro
 
 Model names are matched after lower-casing and dropping noise (provider prefixes like
 ``anthropic/``, Bedrock/Vertex decorations, ``[1m]``, dated snapshots like ``-20250929`` or
-``-2025-08-07``, ``-latest``): exact name, then an override glob, then the longest known
-prefix that ends at a ``-`` — unless what follows names another version or tier
+``-2025-08-07``, ``-latest``): an override of the exact name, then an override glob, then the
+built-in exact name, then the longest known prefix that ends at a ``-`` — unless what follows names another version or tier
 (``claude-opus-5-5`` is not ``claude-opus-5``, ``o3-deep-research`` is not ``o3``).
 An unknown model has no price (None): the report shows "?" and never counts it as 0.
 """
@@ -180,20 +180,26 @@ def price_table(overrides: Mapping[str, Mapping[str, float]] | None = None) -> d
 
 
 def price_for(model: str | None, overrides: Mapping[str, Mapping[str, float]] | None = None) -> Price | None:
-    """The price of ``model``: exact name (override or built-in), then an override glob
-    (longest pattern first), then the longest safe prefix; None if unknown."""
+    """The price of ``model``: the user's first (an override of its exact name, then an override
+    glob, longest pattern first), then the built-in list (exact name, then the longest safe
+    prefix, overrides' names included); None if unknown.  A glob the user wrote for a family
+    overrides its built-in prices: that is what it was written for."""
     if not model:
         return None
-    table = price_table(overrides)
+    overrides = overrides or {}
     raw = model.strip().lower()
     name = normalize(model)
+    exact = {normalize(key): value for key, value in overrides.items() if not _is_glob(key)}
+    for candidate in (raw, name):
+        if candidate in exact:
+            return _merge(_builtin(candidate), exact[candidate])
+    for pattern in sorted((k for k in overrides if _is_glob(k)), key=len, reverse=True):
+        if fnmatch.fnmatchcase(raw, pattern.lower()) or fnmatch.fnmatchcase(name, pattern.lower()):
+            return _merge(_builtin(name), overrides[pattern])
+    table = price_table(overrides)
     for candidate in (raw, name):
         if candidate in table:
             return table[candidate]
-    globs = sorted((k for k in (overrides or {}) if _is_glob(k)), key=len, reverse=True)
-    for pattern in globs:
-        if fnmatch.fnmatchcase(raw, pattern.lower()) or fnmatch.fnmatchcase(name, pattern.lower()):
-            return _merge(_builtin(name), overrides[pattern])  # type: ignore[index]
     key = _longest_prefix(name, table)
     return table[key] if key else None
 

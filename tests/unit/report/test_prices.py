@@ -119,10 +119,24 @@ def test_override_for_a_new_model_and_defaults():
 def test_glob_overrides():
     over = {"mystery-*": {"input": 1, "output": 2}, "claude-*": {"input": 0, "output": 0}}
     assert price_for("mystery-1", over) == Price(1, 2, 1, 1, 1)
-    assert price_for("claude-sonnet-4-5", over) == BUILTIN["claude-sonnet-4-5"]   # exact name beats a glob
     assert price_for("claude-opus-4-9", over).input == 0                         # unknown: the glob applies
-    assert price_for("gpt-5", {"gpt-*": {"output": 11}}) == BUILTIN["gpt-5"]
     assert price_for("gpt-9", {"gpt-*": {"input": 1, "output": 11}}).output == 11
+
+
+def test_a_users_glob_reprices_listed_models_too_and_their_exact_entry_beats_it():
+    """A glob the user wrote for a family was ignored for every model of the built-in list, so the
+    docs' own example `"gpt-5.4-*": {cache_read: 0.2}` changed nothing for gpt-5.4-mini."""
+    listed = BUILTIN["claude-sonnet-4-5"]
+    over = {"claude-*": {"input": 100}}
+    assert price_for("claude-sonnet-4-5", over) == Price(100, listed.output, listed.cache_write,
+                                                         listed.cache_write_1h, listed.cache_read)
+    assert price_for("gpt-5.4-mini", {"gpt-5.4-*": {"cache_read": 0.2}}).cache_read == 0.2
+    assert price_for("gpt-5.4-mini-2026-03-05", {"gpt-5.4-*": {"cache_read": 0.2}}).cache_read == 0.2
+    assert price_for("gpt-5", {"gpt-*": {"output": 11}}).output == 11
+    both = {"claude-*": {"input": 100}, "claude-sonnet-4-5": {"input": 7}, "claude-sonnet-*": {"input": 50}}
+    assert price_for("claude-sonnet-4-5", both).input == 7                      # the exact entry first
+    assert price_for("claude-sonnet-4", both).input == 50                       # then the longest glob
+    assert price_for("claude-sonnet-4-5", {}) == listed
 
 
 def test_override_key_may_be_dated_or_mixed_case():
