@@ -318,6 +318,12 @@ class Budget(_Model):
     daily: Number | None = Field(default=None, gt=0)
     monthly: Number | None = Field(default=None, gt=0)
 
+    @model_validator(mode="after")
+    def _some_amount(self) -> Budget:
+        if self.daily is None and self.monthly is None:   # `budget: {}` would look set and limit nothing
+            raise ValueError("a budget needs daily, monthly or both")
+        return self
+
 
 class ClientKey(_Model):
     """A key clients present to ccswitch: its name (for the ledger and reports) and budget."""

@@ -30,7 +30,12 @@ def clean(event: Event, secrets: list[str]) -> Event:
         return scrub_text(text, secrets)
     reason = scrubbed(event.reason) or ""      # whole, then cut: a key cut in two would not be found
     return replace(event, upstream=scrubbed(event.upstream), route=scrubbed(event.route),
-                   reason=reason[:_MAX_REASON])
+                   reason=cut(reason, _MAX_REASON))
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` in at most `limit` characters, its end marked `…` when some is left out."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -60,7 +65,7 @@ def render(event: Event, fmt: str, secrets: list[str]) -> tuple[str, bytes]:
     if fmt == "slack":
         document: dict = {"text": summary(event)}
     elif fmt == "discord":
-        document = {"content": summary(event)[:_DISCORD_LIMIT]}
+        document = {"content": cut(summary(event), _DISCORD_LIMIT)}
     else:
         document = as_json(event)
     return "application/json", json_bytes(document, compact=False)

@@ -7,10 +7,11 @@ reaches a log line or a result."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ccswitch.config.models import NotifyHook, Rules
 from ccswitch.dial.outcome import transport_text
@@ -60,6 +61,17 @@ class Delivery:
         return f"{self.host}: {self.outcome}"
 
 
+def without_login(url: str) -> tuple[str, str | None]:
+    """(the URL without a `user:password@`, that login as an HTTP Basic `authorization` value):
+    a login in a hook's URL is sent, as curl sends it, not dropped."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    login = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
+    return (urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])),
+            "Basic " + base64.b64encode(login).decode())
+
+
 def _safe(text: str, url: str) -> str:
     """An error text without the URL's path and query (where tokens live)."""
     parts = urlsplit(url)
@@ -85,6 +97,9 @@ class WebhookPoster:
         if not self.allow_url(url):
             return Delivery(host, None, "refused by the URL guard")
         headers = [("content-type", content_type), ("user-agent", "ccswitch")]
+        url, login = without_login(url)
+        if login is not None:
+            headers.append(("authorization", login))
         try:
             async with asyncio.timeout(hook.timeout):
                 response = await self.client.send("POST", url, headers, body, connect_timeout=hook.timeout)

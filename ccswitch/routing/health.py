@@ -147,9 +147,9 @@ class HealthBoard:
             state.cooling_until = now + length
             state.was_cooling = True
             state.rate_limited = False
-            log.warning("upstream %s: cooldown for %.0fs after %d consecutive failure(s) (last: %s)",
-                        name, length, state.failures, reason)
-            self._announce_cooldown(name, state, length, f"cooling down for {length:.0f}s after "
+            log.warning("upstream %s: cooldown for %s after %d consecutive failure(s) (last: %s)",
+                        name, seconds_text(length), state.failures, reason)
+            self._announce_cooldown(name, state, length, f"cooling down for {seconds_text(length)} after "
                                     f"{state.failures} consecutive failure(s) (last: {reason})")
         self._share(name, state)
 
@@ -162,9 +162,9 @@ class HealthBoard:
         state.cooling_until = self.clock() + max(0.0, seconds)
         state.was_cooling = True
         state.rate_limited = reset_known
-        log.warning("upstream %s: rate limited, cooling down for %.0fs%s (%s)", name, seconds,
+        log.warning("upstream %s: rate limited, cooling down for %s%s (%s)", name, seconds_text(seconds),
                     " (until the reset it reported)" if reset_known else "", reason)
-        self._announce_cooldown(name, state, seconds, f"rate limited ({reason}); cooling down for {seconds:.0f}s"
+        self._announce_cooldown(name, state, seconds, f"rate limited ({reason}); cooling down for {seconds_text(seconds)}"
                                 + (" until the reset it reported" if reset_known else ""))
         self._share(name, state)
 
@@ -285,3 +285,9 @@ class HealthBoard:
         if state.was_cooling and not was_cooling:
             log.info("upstream %s: cooling down for %.0fs (learned from another instance)",
                      change.upstream, state.cooling_until - now)
+
+
+def seconds_text(seconds: float) -> str:
+    """`300s`, and under ten seconds as much as it takes (`0.3s`, `1.5s`): a `cooldown: 300ms` is
+    not "0s"."""
+    return f"{seconds:.0f}s" if seconds >= 10 else f"{max(0.0, seconds):.3g}s"

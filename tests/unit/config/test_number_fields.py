@@ -79,3 +79,9 @@ def test_durations_stay_text_or_numbers(value, seconds):
 def test_a_duration_is_no_boolean():
     assert problems("failover: {cooldown: true}") == [
         "r.yaml: failover.cooldown: duration must be a number of seconds or like 500ms, 30s, 10m, 2h"]
+
+
+def test_an_empty_budget_is_refused_not_taken_for_one_that_limits_nothing():
+    assert sorted(problems(f"upstreams: [{UPSTREAM % 'budget: {}'}]\nclient_keys: {CLIENT_KEY % ''}")) == [
+        "r.yaml: client_keys[0].budget: a budget needs daily, monthly or both",
+        "r.yaml: upstreams[a].budget: a budget needs daily, monthly or both"]

@@ -49,6 +49,14 @@ def test_discord_content_stays_within_its_limit():
     assert len(json.loads(render(event, "discord", [])[1])["content"]) <= 2000
 
 
+def test_a_reason_cut_to_its_length_says_so_and_one_that_fits_is_whole():
+    """A 503 naming forty upstreams ended mid-name in the hook, with nothing to say more was left out."""
+    long = Event(kind="exhausted", upstream=None, route="claude", reason="upstream-with-a-long-name; " * 100, ts=TS)
+    reason = json.loads(render(long, "json", [])[1])["reason"]
+    assert len(reason) == 1000 and reason.endswith("…") and reason[:-1] == long.reason[:999]
+    assert json.loads(render(cooldown(), "json", [])[1])["reason"] == cooldown().reason
+
+
 def test_no_key_text_reaches_any_format():
     event = Event(kind="cooldown", upstream="relay-a", route="claude", ts=TS,
                   reason=f"HTTP 401: invalid x-api-key {KEY}; client {CLIENT_KEY}")

@@ -52,6 +52,17 @@ async def test_a_post_reaches_the_hook_with_its_format(client):
     assert got.json()["text"].startswith("ccswitch cooldown: relay-a: HTTP 401 for [redacted]")
 
 
+async def test_a_login_in_the_hook_url_is_sent_as_basic_authentication_not_dropped(client):
+    import base64
+    with WebhookReceiver() as receiver:
+        url = receiver.url(f"/hook?token={TOKEN}").replace("://", "://ops%40team:pw%3Asecret@", 1)
+        result = await WebhookPoster(client).deliver(NotifyHook(url=url), EVENT, [KEY_A])
+        [got] = receiver.received
+    assert result.status == 200 and got.path == f"/hook?token={TOKEN}"
+    assert got.headers["authorization"] == "Basic " + base64.b64encode(b"ops@team:pw:secret").decode()
+    assert "secret" not in result.describe()
+
+
 async def test_a_500_is_retried_with_backoff_then_reported(client, caplog):
     sleeps = Sleeps()
     with WebhookReceiver(status=500) as receiver:

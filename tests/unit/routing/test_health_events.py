@@ -120,3 +120,11 @@ def test_recovered_is_logged_and_announced_only_when_a_cooldown_ends(caplog):
     b.record_success("a")
     assert caplog.text.count("upstream a recovered") == 1
     assert [e.kind for e in heard] == ["cooldown", "recovered"]
+
+
+def test_a_cooldown_under_ten_seconds_is_told_as_long_as_it_is_not_rounded_to_nothing():
+    b, _, heard = board()
+    b.record_failure("a", "HTTP 503", threshold=1, cooldown=0.3)
+    b.record_rate_limit("b", "HTTP 429", seconds=1.5, reset_known=False)
+    assert [e.reason for e in heard] == ["cooling down for 0.3s after 1 consecutive failure(s) (last: HTTP 503)",
+                                         "rate limited (HTTP 429); cooling down for 1.5s"]
