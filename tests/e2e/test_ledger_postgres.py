@@ -98,14 +98,19 @@ def test_two_instances_share_one_postgresql_ledger_and_budgets_read_it_after_a_r
         assert len(a.requests) == 12                         # alice's refusal reached no upstream
 
 
+def one_upstream_rules(tmp_path: Path, usage_db: str, upstream: MockUpstream) -> Path:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(f"usage_db: {usage_db}\nupstreams:\n"
+                     f"  - {{name: a, protocol: anthropic, base_url: '{upstream.base_url}', api_key: 'sk-e2e-a'}}\n"
+                     "routes: {claude: [a]}\n")
+    return rules
+
+
 def test_requests_keep_being_answered_while_postgresql_is_down_and_every_row_arrives(tmp_path, own_postgres):
     """PostgreSQL stops (as if it crashed) in the middle of a stream of requests: every request is
     answered, the instance logs the outage once, and when the server is back every row is written."""
     with MockUpstream("A") as a:
-        rules = tmp_path / "rules.yaml"
-        rules.write_text(f"usage_db: {own_postgres.url}\nupstreams:\n"
-                         f"  - {{name: a, protocol: anthropic, base_url: '{a.base_url}', api_key: 'sk-e2e-a'}}\n"
-                         "routes: {claude: [a]}\n")
+        rules = one_upstream_rules(tmp_path, own_postgres.url, a)
         with Proxy(rules, tmp_path) as proxy:
             answered = 0
             for phase in ("up", "down", "back"):
@@ -151,10 +156,7 @@ def test_an_instance_restarted_while_postgresql_is_still_down_starts_and_writes_
     exited: a restart or a redeploy during an outage left no instance serving."""
     own_postgres.stop(mode="immediate")
     with MockUpstream("A") as a:
-        rules = tmp_path / "rules.yaml"
-        rules.write_text(f"usage_db: {own_postgres.url}\nupstreams:\n"
-                         f"  - {{name: a, protocol: anthropic, base_url: '{a.base_url}', api_key: 'sk-e2e-a'}}\n"
-                         "routes: {claude: [a]}\n")
+        rules = one_upstream_rules(tmp_path, own_postgres.url, a)
         with Proxy(rules, tmp_path) as proxy:
             for _ in range(2):
                 assert ask(proxy, "sk-any") == "a"

@@ -68,6 +68,25 @@ async def bridge_with(make_job):
     return bridge, done
 
 
+async def recording_bridge(max_message: int):
+    """A started bridge whose turns are all refused (503), with a registered ticket: (bridge,
+    ticket, the turns' bodies, the refusals as (turn, status, message))."""
+    turns, refusals = [], []
+
+    def make_job(ticket, turn):
+        turns.append(turn.body)
+        return Refusal(503, "no upstream")
+
+    def refuse(ticket, status, message):
+        refusals.append((ticket.turns, status, message))
+        return Refusal(status, message)
+    bridge = WsBridge(make_job, run_job=None, on_done=[].append, refuse=refuse, max_message=lambda: max_message)
+    await bridge.start()
+    ticket = Ticket()
+    bridge.register(ticket)
+    return bridge, ticket, turns, refusals
+
+
 async def test_handshake_deflate_ping_warm_up_and_in_band_errors():
     refused = []
 
@@ -283,19 +302,7 @@ async def test_a_large_message_or_one_in_several_frames_is_one_turn_and_one_over
     KB, which wsproto hands over in pieces; a client may also split a message into frames."""
     import random
     import string
-    turns, refusals = [], []
-
-    def make_job(ticket, turn):
-        turns.append(turn.body)
-        return Refusal(503, "no upstream")
-
-    def refuse(ticket, status, message):
-        refusals.append((ticket.turns, status, message))
-        return Refusal(status, message)
-    bridge = WsBridge(make_job, run_job=None, on_done=[].append, refuse=refuse, max_message=lambda: 600_000)
-    await bridge.start()
-    ticket = Ticket()
-    bridge.register(ticket)
+    bridge, ticket, turns, refusals = await recording_bridge(600_000)
     try:
         client = await Client.connect(bridge.port, ticket.token, deflate=deflate)
         await client.events(lambda seen: any(isinstance(e, AcceptConnection) for e in seen))
@@ -323,19 +330,7 @@ async def test_a_large_message_or_one_in_several_frames_is_one_turn_and_one_over
 async def test_the_message_limit_counts_bytes_and_a_frame_nested_too_deeply_is_a_400_not_a_dead_socket():
     """As a request body: a text message's limit is in UTF-8 bytes, not characters; a frame
     deeper than the JSON parser goes gets its in-band 400 and its row, and the socket stays."""
-    turns, refusals = [], []
-
-    def make_job(ticket, turn):
-        turns.append(turn.body)
-        return Refusal(503, "no upstream")
-
-    def refuse(ticket, status, message):
-        refusals.append((status, message))
-        return Refusal(status, message)
-    bridge = WsBridge(make_job, run_job=None, on_done=[].append, refuse=refuse, max_message=lambda: 10_000)
-    await bridge.start()
-    ticket = Ticket()
-    bridge.register(ticket)
+    bridge, ticket, turns, refusals = await recording_bridge(10_000)
     try:
         client = await Client.connect(bridge.port, ticket.token)
         await client.events(lambda seen: any(isinstance(e, AcceptConnection) for e in seen))
@@ -345,7 +340,8 @@ async def test_the_message_limit_counts_bytes_and_a_frame_nested_too_deeply_is_a
             client.send(TextMessage(frame))
             frames = await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
             assert json.loads(next(e for e in frames if isinstance(e, TextMessage)).data)["type"] == "error"
-        assert refusals == [(413, "a message over 10000 bytes (ccswitch_max_body)"), (400, "a frame nested too deeply")]
+        assert [(status, message) for _, status, message in refusals] == [
+            (413, "a message over 10000 bytes (ccswitch_max_body)"), (400, "a frame nested too deeply")]
         client.send(TextMessage(json.dumps({"type": "response.create", "model": "m", "input": "\u00e9" * 100},
                                            ensure_ascii=False)))      # 200 bytes: within the limit, served
         await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
