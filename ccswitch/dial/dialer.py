@@ -136,6 +136,8 @@ class Dialer:
         if body is None:
             return False
         job.converted[upstream.name] = body
+        if job.turn is not None:    # a Codex socket's chain keeps what the upstream was sent
+            job.turn.input = body["input"]
         job.attempts[-1].error = "reasoning encrypted by another account: sent again without it"
         return True
 

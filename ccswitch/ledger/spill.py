@@ -86,6 +86,8 @@ def claim(path: Path) -> Path | None:
         os.rename(path, mine)
     except FileNotFoundError:
         return None
+    for sidecar in ("-wal", "-shm"):   # a dead claimer's, left by SQLite reading it: no rows of their own
+        path.with_name(path.name + sidecar).unlink(missing_ok=True)
     return mine
 
 

@@ -80,10 +80,10 @@ class SpendBoard:
     def configure(self, rules: Rules) -> None:
         """Take the rules' budgets and time zone (at start-up and on every reload)."""
         before = self._budgets
+        if rules.tz != self.tz:
+            self._move_to(rules.tz)   # its lines marked told are the old amounts': a changed one is news below
         self._budgets = {(UPSTREAM, u.name): u.budget for u in rules.upstreams if u.budget}
         self._budgets.update({(CLIENT, c.name): c.budget for c in rules.client_keys if c.budget})
-        if rules.tz != self.tz:
-            self._move_to(rules.tz)
         if self.alone:
             # a budget new or changed below the spend: no request will cross its lines (one over
             # it gets none), so the reload is the news

@@ -283,11 +283,13 @@ class HealthBoard:
         state.changed_at = change.at
         state.was_cooling = state.cooling_until > now
         if state.was_cooling and not was_cooling:
-            log.info("upstream %s: cooling down for %.0fs (learned from another instance)",
-                     change.upstream, state.cooling_until - now)
+            log.info("upstream %s: cooling down for %s (learned from another instance)",
+                     change.upstream, seconds_text(state.cooling_until - now))
 
 
 def seconds_text(seconds: float) -> str:
     """`300s`, and under ten seconds as much as it takes (`0.3s`, `1.5s`): a `cooldown: 300ms` is
     not "0s"."""
-    return f"{seconds:.0f}s" if seconds >= 10 else f"{max(0.0, seconds):.3g}s"
+    if seconds >= 10:
+        return f"{seconds:.0f}s"
+    return (f"{max(0.0, seconds):.3f}".rstrip("0").rstrip(".") or "0") + "s"

@@ -685,3 +685,15 @@ async def test_other_refusals_reach_the_client_as_they_are(mock_a, mock_b, case)
                              host="api.openai.com")
     assert sink.status == 400 and json.loads(sink.body)["error"]["code"] == refusal["error"]["code"]
     assert len(mock_a.requests) == 1 and len(job.attempts) == 1
+
+
+async def test_a_codex_socket_turn_sent_again_without_sealed_reasoning_is_kept_so_in_its_chain(mock_a, mock_b):
+    """The chain keeps the input its upstream was sent: had it kept the refused items, every
+    later turn would be refused once more, and its retry would drop the upstream's own reasoning."""
+    from ccswitch.wire.ws_chain import Turn
+    mock_a.script(status(400, body=FOREIGN_REASONING_400))
+    body = codex_turn("ENC-B-1")
+    job = make_job(responses_pair(mock_a, mock_b), path="/v1/responses", body=body, host="api.openai.com")
+    job.turn = Turn(body=body, input=body["input"], upstream_hint=None)
+    await run(None, job=job)
+    assert job.status == 200 and [item["type"] for item in job.turn.input] == ["message", "message"]

@@ -59,6 +59,8 @@ def test_the_sidecar_files_of_a_claimed_file_being_read_are_never_taken_for_clai
     for sidecar in ("", "-wal", "-shm"):                             # its claimer was killed mid-read
         os.replace(mine.with_name(mine.name + sidecar), gone.with_name(gone.name + sidecar))
     assert spill.spilled(tmp_path, LEDGER_A) == [gone]
+    again = spill.claim(gone)                                        # the next start takes it, not its sidecars
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(spill._prefix(LEDGER_A))] == [again.name]
 
 
 def test_a_stop_whose_rows_cannot_be_kept_either_still_stops_and_says_so(tmp_path, monkeypatch, caplog):

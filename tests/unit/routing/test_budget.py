@@ -246,6 +246,14 @@ def test_a_budget_lowered_or_added_by_a_reload_below_the_spend_is_told_at_once()
                                         "client bob 80% of its daily budget ($1.25 of $1.50)"]   # once each
 
 
+def test_a_budget_lowered_in_the_reload_that_moves_the_timezone_is_told_too():
+    spend, _, seen = board(datetime(2026, 3, 10, 2, 0, tzinfo=UTC))
+    spend.add(UPSTREAM, "relay-a", 1.0)
+    spend.configure(parse_rules(RULES_TEXT.replace("{daily: 5, monthly: 12}", "{daily: 0.9, monthly: 12}")
+                                .replace("timezone: Asia/Shanghai", "timezone: Asia/Tokyo")))
+    assert [e.reason for e in seen] == ["upstream relay-a reached its daily budget ($1.00 of $0.90)"]
+
+
 @pytest.mark.parametrize("amounts,shown", [
     ((0.016, 0.02), ("$0.016", "$0.020")),         # not "$0.02 of $0.02" at 80 %
     ((0.011, 0.01), ("$0.011", "$0.010")),

@@ -128,3 +128,8 @@ def test_a_cooldown_under_ten_seconds_is_told_as_long_as_it_is_not_rounded_to_no
     b.record_rate_limit("b", "HTTP 429", seconds=1.5, reset_known=False)
     assert [e.reason for e in heard] == ["cooling down for 0.3s after 1 consecutive failure(s) (last: HTTP 503)",
                                          "rate limited (HTTP 429); cooling down for 1.5s"]
+
+
+def test_seconds_are_never_told_in_scientific_notation():
+    from ccswitch.routing.health import seconds_text
+    assert [seconds_text(s) for s in (0.00004, 0.05, 0.3, 2.0, 9.99, 300)] == ["0s", "0.05s", "0.3s", "2s", "9.99s", "300s"]
