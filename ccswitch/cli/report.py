@@ -12,7 +12,7 @@ from ccswitch.cli.out_dir import cannot_write
 from ccswitch.cli.output import quiet_on_broken_pipe
 from ccswitch.cli.rules_file import MarkedEnv, find_announced, unset_in
 from ccswitch.clock import utc_now
-from ccswitch.config.database_url import parse_usage_db
+from ccswitch.config.database_url import PostgresURL, parse_usage_db
 from ccswitch.config.models import Rules
 from ccswitch.config.values import RulesError
 from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"--db: {exc}", file=sys.stderr)
         return 1
-    if not args.db and (unset := unset_in(str(getattr(db, "conninfo", "")))):
+    if not args.db and isinstance(db, PostgresURL) and (unset := unset_in(db.conninfo)):
         print(f"usage_db needs {', '.join('${' + name + '}' for name in unset)}, which "
               f"{'is' if len(unset) == 1 else 'are'} not set in this shell (or pass --db)", file=sys.stderr)
         return 1

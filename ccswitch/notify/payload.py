@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 
+from ccswitch.report.data import shortened
 from ccswitch.routing.events import Event
 from ccswitch.wire.exchange import json_bytes
 from ccswitch.wire.redact import scrub_text
@@ -30,12 +31,7 @@ def clean(event: Event, secrets: list[str]) -> Event:
         return scrub_text(text, secrets)
     reason = scrubbed(event.reason) or ""      # whole, then cut: a key cut in two would not be found
     return replace(event, upstream=scrubbed(event.upstream), route=scrubbed(event.route),
-                   reason=cut(reason, _MAX_REASON))
-
-
-def cut(text: str, limit: int) -> str:
-    """`text` in at most `limit` characters, its end marked `…` when some is left out."""
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+                   reason=shortened(reason, _MAX_REASON))
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -65,7 +61,7 @@ def render(event: Event, fmt: str, secrets: list[str]) -> tuple[str, bytes]:
     if fmt == "slack":
         document: dict = {"text": summary(event)}
     elif fmt == "discord":
-        document = {"content": cut(summary(event), _DISCORD_LIMIT)}
+        document = {"content": shortened(summary(event), _DISCORD_LIMIT)}
     else:
         document = as_json(event)
     return "application/json", json_bytes(document, compact=False)

@@ -19,7 +19,7 @@ import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
-from ccswitch.report.data import Report, Span, Totals, short_name
+from ccswitch.report.data import Report, Span, Totals, shortened
 from ccswitch.report.latency import LatencyStats, Timing, stats
 
 SIZE = (10, 4.5)
@@ -204,7 +204,7 @@ def chart_cost(report: Report, path: Path) -> Path:
     ax.set_ylabel(f"cost {axis.per_row()} (USD)")
     if report.total.unpriced_tokens:
         names = sorted(report.unpriced, key=lambda m: -report.unpriced[m])
-        listed = ", ".join(short_name(n, 30) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        listed = ", ".join(shortened(n, 30) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         fig.text(0.01, 0.01, f"Not included: {_human(report.total.unpriced_tokens)} tokens of models with no "
                  f"price ({listed})", fontsize=8, color="#a03030")
     if not report.total.cost:

@@ -359,17 +359,19 @@ def _blocks(events: list[tuple[datetime, UsageRow]], whole: Span, tz: tzinfo | N
 def _unpriced_list(unpriced: dict[str, int], shown: int = UNPRICED_SHOWN) -> str:
     """The models with the most unpriced tokens, then how many more (every one is in the JSON)."""
     ranked = sorted(unpriced.items(), key=lambda kv: (-kv[1], kv[0]))
-    listed = ", ".join(f"{short_name(m)} ({fmt_tokens(n)} tokens)" for m, n in ranked[:shown])
+    listed = ", ".join(f"{shortened(m)} ({fmt_tokens(n)} tokens)" for m, n in ranked[:shown])
     rest = ranked[shown:]
     if rest:
         listed += f" and {len(rest)} more ({fmt_tokens(sum(n for _, n in rest))} tokens)"
     return listed
 
 
-def short_name(name: str, limit: int = 60) -> str:
-    """A model name as a note or a chart shows it: a client can send any text as its model, and one
-    of thousands of characters would push the rest off the page (the JSON has every name whole)."""
-    return name if len(name) <= limit else name[: limit - 1] + "…"
+def shortened(text: str, limit: int = 60) -> str:
+    """`text` in at most `limit` characters, its end marked `…` when some is left out: a model name
+    as a note or a chart shows it (a client can send any text as its model, and one of thousands of
+    characters would push the rest off the page; the JSON has every name whole), a notification's
+    reason."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def report_zone(rules: Rules) -> tzinfo | None:

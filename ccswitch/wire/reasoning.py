@@ -20,12 +20,17 @@ def is_encrypted_reasoning(item: Any) -> bool:
     return isinstance(item, dict) and item.get("type") == "reasoning" and bool(item.get("encrypted_content"))
 
 
+def unsealed(items: list[Any]) -> list[Any]:
+    """`items` without the encrypted reasoning ones."""
+    return [item for item in items if not is_encrypted_reasoning(item)]
+
+
 def without_encrypted_reasoning(body: Any) -> dict | None:
     """`body` with its input's encrypted reasoning items left out; None when it has none."""
     items = body.get("input") if isinstance(body, dict) else None
     if not isinstance(items, list) or not any(is_encrypted_reasoning(item) for item in items):
         return None
-    return {**body, "input": [item for item in items if not is_encrypted_reasoning(item)]}
+    return {**body, "input": unsealed(items)}
 
 
 def refuses_foreign_reasoning(status: int | None, body: bytes) -> bool:

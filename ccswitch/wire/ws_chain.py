@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ccswitch.wire.reasoning import is_encrypted_reasoning
+from ccswitch.wire.reasoning import unsealed
 
 #: frame fields that are the bridge's business, never an upstream's
 _BRIDGE_FIELDS = ("type", "generate", "previous_response_id")
@@ -126,4 +126,4 @@ def kept_input(turn: Turn, upstream: str) -> list[Any]:
     """The turn's full input as `upstream` may take it (the turn's own list when all of it)."""
     if turn.upstream_hint is None or turn.upstream_hint == upstream:
         return turn.input
-    return [item for item in turn.input if not is_encrypted_reasoning(item)]
+    return unsealed(turn.input)
