@@ -39,7 +39,7 @@ from ccswitch.translate import translation_for
 from ccswitch.vocab import Action, Endpoint
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import UNPARSED, RenderError, Reply, json_or_none
-from ccswitch.wire.reasoning import refuses_foreign_reasoning, without_encrypted_reasoning
+from ccswitch.wire.reasoning import RefusedSeals, refuses_foreign_reasoning, without_encrypted_reasoning
 from ccswitch.wire.redact import scrub_headers
 from ccswitch.wire.sse import is_event_stream
 from ccswitch.wire.usage import usage_of_body
@@ -74,6 +74,7 @@ class Dialer:
         # (`is None`, not `or`: an empty board is falsy)
         self.quota = QuotaBoard() if quota is None else quota    # what each upstream's rate-limit headers said
         self.sessions = SessionBindings() if sessions is None else sessions
+        self.refused_seals = RefusedSeals()     # reasoning another account sealed, per upstream
         self.allow_url = allow_url      # a guard tests install: False refuses the upstream unsent
         self.client = client or http1.UpstreamClient()
 
@@ -124,22 +125,36 @@ class Dialer:
         finally:
             job.latency_ms = job.elapsed_ms()
 
-    @staticmethod
-    def _again_without_reasoning(job: Job, upstream: Upstream, result: Reply | Failure) -> bool:
+    def _again_without_reasoning(self, job: Job, upstream: Upstream, result: Reply | Failure) -> bool:
         """An upstream that refused reasoning another account encrypted (a conversation that failed
         over, or that affinity moved) takes the request again at once without it, if the route's
-        attempts allow one more.  Once per upstream: its next body has none left."""
+        attempts allow one more.  Once per upstream: its next body has none left.  The refused
+        items are remembered, so the conversation's later turns go without them at once."""
         if len(job.attempts) >= job.rules.failover.max_attempts \
                 or not refuses_foreign_reasoning(result.status, result.body or b""):
             return False
-        body = without_encrypted_reasoning(job.converted.get(upstream.name) or job.request.json)
+        refused = job.converted.get(upstream.name) or job.request.json
+        body = without_encrypted_reasoning(refused)
         if body is None:
             return False
+        self.refused_seals.learn(upstream.name, refused["input"])
         job.converted[upstream.name] = body
         if job.turn is not None:    # a Codex socket's chain keeps what the upstream was sent
             job.turn.input = body["input"]
         job.attempts[-1].error = "reasoning encrypted by another account: sent again without it"
         return True
+
+    def _body_for(self, job: Job, upstream: Upstream, translation) -> dict | None:
+        """The request body converted for `upstream` (None: the client's own goes as it is),
+        without the sealed reasoning it has refused before."""
+        body = job.converted.get(upstream.name)
+        if body is None:
+            body = translation.request(job.request, upstream, job.rules)
+        unrefused = self.refused_seals.leave_out(upstream.name, job.request.json if body is None else body)
+        if unrefused is None:
+            return body
+        job.converted[upstream.name] = unrefused
+        return unrefused
 
     @staticmethod
     def _by_name(job: Job, name: str) -> Upstream:
@@ -159,7 +174,7 @@ class Dialer:
         try:
             translation = translation_for(job.request.client_protocol, upstream.protocol)
             # no local for the body as converted: this frame lasts as long as the stream
-            outgoing = render(upstream, job.request, _body_for(job, upstream, translation),
+            outgoing = render(upstream, job.request, self._body_for(job, upstream, translation),
                               client_key=job.rules.key_of_client(job.client))
             job.upstream_model, job.sent_body = outgoing.upstream_model, outgoing.body
             result = await self._send_and_judge(job, upstream, outgoing, translation, sink, attempt, probing)
@@ -327,12 +342,6 @@ class Dialer:
         job.status, job.error = status, message
         headers, body = protocols.own_error(job.request.client_protocol, status, message, (("retry-after", "10"),))
         await _answer(job, sink, status, headers, body)
-
-
-def _body_for(job: Job, upstream: Upstream, translation) -> dict | None:
-    """The request body converted for `upstream` (None: the client's own goes as it is)."""
-    body = job.converted.get(upstream.name)
-    return body if body is not None else translation.request(job.request, upstream, job.rules)
 
 
 async def _answer(job: Job, sink: Sink, status: int, headers: list[tuple[str, str]], body: bytes) -> None:

@@ -697,3 +697,21 @@ async def test_a_codex_socket_turn_sent_again_without_sealed_reasoning_is_kept_s
     job.turn = Turn(body=body, input=body["input"], upstream_hint=None)
     await run(None, job=job)
     assert job.status == 200 and [item["type"] for item in job.turn.input] == ["message", "message"]
+
+
+async def test_a_later_turn_goes_without_the_reasoning_its_upstream_refused_and_keeps_its_own(mock_a, mock_b):
+    """Codex resends every earlier reasoning item: after one refusal, the next turns leave out
+    what `a` refused at once (no refused round trip each) and keep what `a` sealed itself."""
+    mock_a.script(status(400, body=FOREIGN_REASONING_400))
+    rules = responses_pair(mock_a, mock_b)
+    dialer = Dialer(HealthBoard(), allow_url=loopback_url)
+    try:
+        for turn in (codex_turn("ENC-B-1"), codex_turn("ENC-B-1", "ENC-A-1")):
+            job = make_job(rules, path="/v1/responses", body=turn, host="api.openai.com")
+            await dialer.run(job, MemorySink())
+            assert job.status == 200
+    finally:
+        await dialer.aclose()
+    sent = [[item.get("encrypted_content") for item in r.json["input"] if item["type"] == "reasoning"]
+            for r in mock_a.requests]
+    assert sent == [["ENC-B-1"], [], ["ENC-A-1"]] and len(job.attempts) == 1

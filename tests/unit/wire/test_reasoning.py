@@ -4,7 +4,12 @@ import json
 
 import pytest
 
-from ccswitch.wire.reasoning import FOREIGN_REASONING, refuses_foreign_reasoning, without_encrypted_reasoning
+from ccswitch.wire.reasoning import (
+    FOREIGN_REASONING,
+    RefusedSeals,
+    refuses_foreign_reasoning,
+    without_encrypted_reasoning,
+)
 
 SEALED = {"type": "reasoning", "summary": [], "encrypted_content": "gAAAA"}
 PLAIN = {"type": "reasoning", "summary": [{"type": "summary_text", "text": "thought"}]}
@@ -37,3 +42,31 @@ def error(code, status=400):
 ])
 def test_only_a_400_with_openai_s_code_for_it_is_such_a_refusal(answer, refused):
     assert refuses_foreign_reasoning(*answer) is refused
+
+
+def sealed(text):
+    return {**SEALED, "encrypted_content": text}
+
+
+def test_what_an_upstream_refused_is_left_out_of_its_later_bodies_and_nothing_else():
+    seals = RefusedSeals()
+    seals.learn("b", [USER, sealed("A-1"), PLAIN, sealed("A-2")])
+    later = {"model": "m", "input": [USER, sealed("A-1"), sealed("A-2"), sealed("B-1"), PLAIN, USER]}
+    assert seals.leave_out("b", later) == {**later, "input": [USER, sealed("B-1"), PLAIN, USER]}
+    assert seals.leave_out("a", later) is None                     # another upstream refused nothing
+    assert seals.leave_out("b", {"input": [USER, sealed("B-1")]}) is None
+    assert seals.leave_out("b", {"input": "text"}) is None and seals.leave_out("b", None) is None
+
+
+def test_the_memory_keeps_each_upstream_s_most_recently_refused_items():
+    seals = RefusedSeals(per_upstream=2)
+    seals.learn("b", [sealed("old"), sealed("mid")])
+    seals.learn("b", [sealed("old"), sealed("new")])     # refused again: the most recent
+    body = {"input": [sealed("old"), sealed("mid"), sealed("new")]}
+    assert seals.leave_out("b", body)["input"] == [sealed("mid")]
+
+
+def test_sealed_content_of_any_json_type_is_remembered():
+    seals = RefusedSeals()
+    seals.learn("b", [sealed(["a", "list"]), sealed({"a": 1})])
+    assert seals.leave_out("b", {"input": [sealed(["a", "list"]), sealed({"a": 1}), USER]})["input"] == [USER]
