@@ -244,7 +244,7 @@ class Dialer:
             "full", name, f"its {window.name} window is at {window.utilization:.0%} (drain_at {drain_at:.0%})"
             f"{', rejecting requests' if window.rejected else ''}: skipped until it resets",
             until=None if window.resets_at is None else datetime.fromtimestamp(window.resets_at, UTC),
-            episode=f"{window.name}:{ends:.0f}"))
+            episode=f"{window.name}:{ends:.0f}", claim=f"full:{name}:{window.name}:{ends:.0f}"))
 
     async def _send_and_judge(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest,
                               translation, sink: Sink, attempt: Attempt, probing: bool) -> Reply | Failure | Streamed:

@@ -34,7 +34,8 @@ class Notifications:
         self.client = http1.UpstreamClient(ssl_context=upstream_tls())
         # looked up per POST: tests install their loopback guard after this addon starts
         self.poster = WebhookPoster(self.client, allow_url=lambda url: gateway.allow_url(url))
-        self.notifier = Notifier(lambda: gateway.rules, self.poster)
+        self.notifier = Notifier(lambda: gateway.rules, self.poster,
+                                 claim=lambda name, until: gateway.state.claim(name, until))
         self.notifier.start()
         gateway.events.subscribe(self.notifier.offer)
 

@@ -87,4 +87,5 @@ class Planner:
             episode = f"429 until {until:%Y-%m-%dT%H:%M:%S}"
         else:
             until, episode = None, f"503 {utc_now():%Y-%m-%dT%H}"
-        self.gateway.events.emit(Event("exhausted", None, reason, route=route, until=until, episode=episode))
+        self.gateway.events.emit(Event("exhausted", None, reason, route=route, until=until, episode=episode,
+                                       claim=f"exhausted:{route}:{episode}"))

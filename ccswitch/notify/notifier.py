@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -24,6 +25,11 @@ from ccswitch.routing.events import Event
 log = logging.getLogger("ccswitch.notify")
 
 Deliver = Callable[[NotifyHook, Event], Awaitable[object]]
+#: the shared state's `claim`: whether this instance tells an occurrence (`Event.claim`) that
+#: holds until a time (epoch seconds)
+Claim = Callable[[str, float], Awaitable[bool]]
+#: how long an occurrence with no known end stays claimed
+UNKNOWN_END = 3600.0
 
 
 class Lane:
@@ -76,8 +82,10 @@ class Notifier:
     """Posts the events the rules' `notify` hooks ask for, once per occurrence."""
 
     def __init__(self, rules: Callable[[], Rules], poster: WebhookPoster, *, capacity: int = 100,
-                 dedupe: Deduper | None = None) -> None:
+                 dedupe: Deduper | None = None, claim: Claim | None = None) -> None:
         self._rules = rules
+        self._claim = claim
+        self._claiming: set[asyncio.Task] = set()
         self.poster = poster
         self.capacity = capacity
         self.dedupe = Deduper() if dedupe is None else dedupe
@@ -101,11 +109,33 @@ class Notifier:
         rules = self._rules()
         if rules.notify is not self._hooks:
             self._forget_removed(rules.notify)
-        hooks = [hook for hook in rules.notify if event.kind in hook.events]
-        if not hooks or not self.dedupe.first(event):
+        if not self._hooks_for(event, rules) or not self.dedupe.first(event):
             return
         event = clean(event, rules.secret_texts())   # the keys in force when it happened
-        for hook in hooks:
+        if event.claim and self._claim is not None:
+            task = self._loop.create_task(self._claimed(event))
+            self._claiming.add(task)
+            task.add_done_callback(self._claiming.discard)
+            return
+        self._push(event)
+
+    @staticmethod
+    def _hooks_for(event: Event, rules: Rules) -> list[NotifyHook]:
+        return [hook for hook in rules.notify if event.kind in hook.events]
+
+    async def _claimed(self, event: Event) -> None:
+        """Told only when this instance claims the occurrence first."""
+        until = event.until.timestamp() if event.until is not None else time.time() + UNKNOWN_END
+        try:
+            told_here = await self._claim(event.claim, until)
+        except Exception:   # a bug in the claim: telling twice beats never telling
+            log.exception("ccswitch: claiming the %s notification failed; it is sent from here", event.kind)
+            told_here = True
+        if told_here:
+            self._push(event)
+
+    def _push(self, event: Event) -> None:
+        for hook in self._hooks_for(event, self._rules()):
             lane = self.lanes.get(hook)
             if lane is None:
                 lane = self.lanes[hook] = Lane(hook, self._deliver, self.capacity)
@@ -126,10 +156,11 @@ class Notifier:
         """Give queued notifications `grace` seconds to go out, then stop every lane."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
-                while any(not lane.idle for lane in self.lanes.values()):
+                while self._claiming or any(not lane.idle for lane in self.lanes.values()):
                     await asyncio.sleep(0.05)
-        for lane in self.lanes.values():
-            lane.task.cancel()
-        await asyncio.gather(*(lane.task for lane in self.lanes.values()), return_exceptions=True)
+        tasks = [*self._claiming, *(lane.task for lane in self.lanes.values())]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.lanes.clear()
         self._loop = None

@@ -84,17 +84,17 @@ class SpendBoard:
             self._move_to(rules.tz)   # its lines marked told are the old amounts': a changed one is news below
         self._budgets = {(UPSTREAM, u.name): u.budget for u in rules.upstreams if u.budget}
         self._budgets.update({(CLIENT, c.name): c.budget for c in rules.client_keys if c.budget})
-        if self.alone:
-            # a budget new or changed below the spend: no request will cross its lines (one over
-            # it gets none), so the reload is the news
-            now = self.clock()
-            for key, budget in self._budgets.items():
-                if before.get(key) == budget:
-                    continue
-                for kind in PERIODS:
-                    held = self._spent.get((*key, kind))
-                    if held is not None and held[0] == period_start(kind, now, self.tz):
-                        self._announce(*key, kind, held[0])
+        # a budget new or changed below the spend: no request will cross its lines (one over it gets
+        # none), so the reload is the news (with a shared state, every instance reloading says it,
+        # and the claim of its notification lets one tell it)
+        now = self.clock()
+        for key, budget in self._budgets.items():
+            if before.get(key) == budget:
+                continue
+            for kind in PERIODS:
+                held = self._spent.get((*key, kind))
+                if held is not None and held[0] == period_start(kind, now, self.tz):
+                    self._announce(*key, kind, held[0])
 
     def _move_to(self, tz: tzinfo) -> None:
         """A new zone (`timezone:` edited): the spend of each current period goes on in the period
@@ -223,8 +223,9 @@ class SpendBoard:
                     continue      # known already, or one step past the whole budget: "reached" says it
                 what = "reached" if share >= 1.0 else f"{share:.0%} of"
                 told_spent, told_limit = usd(spent, limit)
+                episode = f"{who}:{name}:{kind}:{start.isoformat()}:{share}:{limit}"
                 self.events.emit(Event(
                     kind="budget", upstream=name if who == UPSTREAM else None,
                     reason=f"{who} {name} {what} its {kind} budget ({told_spent} of {told_limit})",
                     until=period_end(kind, start, self.tz).astimezone(UTC),
-                    episode=f"{who}:{name}:{kind}:{start.isoformat()}:{share}:{limit}"))
+                    episode=episode, claim=f"budget:{episode}"))

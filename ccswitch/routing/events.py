@@ -23,6 +23,10 @@ class Event:
     #: what makes two events the same occurrence (e.g. one cooldown, one window, one budget period):
     #: listeners de-duplicate on (kind, upstream, episode)
     episode: str = ""
+    #: the occurrence's name across instances ("" when it is this instance's own news): with a
+    #: shared state, only the instance that claims it first tells it, so two instances that see
+    #: it at the same moment, before either has heard of the other's, do not both announce it
+    claim: str = ""
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 

@@ -123,7 +123,7 @@ class HealthBoard:
         news = bool(state.failures or state.cooling_until or state.outage or state.rate_limited or state.last_error)
         if state.outage is not None and self.events is not None:
             self.events.emit(Event("recovered", name, "answered with a 2xx again after its cooldown",
-                                   episode=state.outage))
+                                   episode=state.outage, claim=f"recovered:{name}:{state.outage}"))
         state.outage = None
         state.failures = 0
         state.cooling_until = 0.0
@@ -176,7 +176,10 @@ class HealthBoard:
         # to the microsecond: two outages whose cooldowns end in the same second are two stories
         state.outage = until.isoformat(timespec="microseconds")
         if self.events is not None:
-            self.events.emit(Event("cooldown", name, reason, until=until, episode=state.outage))
+            # one claim per upstream while it cools: two instances that reach the threshold at once
+            # each name the outage by their own cooldown's end
+            self.events.emit(Event("cooldown", name, reason, until=until, episode=state.outage,
+                                   claim=f"cooldown:{name}"))
 
     def reset(self, name: str) -> None:
         old = self.get(name)

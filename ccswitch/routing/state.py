@@ -95,6 +95,11 @@ class SharedState(Protocol):
     async def stop(self) -> None:
         """End, handing on what is still queued if that is quick."""
 
+    async def claim(self, name: str, until: float) -> bool:
+        """Whether this instance tells the occurrence `name` (an `Event.claim`): the first to claim
+        it until `until` (epoch seconds) does.  True when nothing is shared, and while the shared
+        store cannot be reached: an occurrence told twice beats one never told."""
+
 
 class InMemoryState:
     """Nothing shared: each instance knows what it saw (the default, and today's behaviour)."""
@@ -106,3 +111,6 @@ class InMemoryState:
 
     async def stop(self) -> None:
         return None
+
+    async def claim(self, name: str, until: float) -> bool:
+        return True

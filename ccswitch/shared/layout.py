@@ -6,6 +6,7 @@
     ccswitch:q:<upstream>                      hash: window → JSON, until the latest window's reset
     ccswitch:b:<route>:<hash of session>       binding (JSON)     the sticky idle time from its last use
     ccswitch:s:<who>:<name>:<period>:<start>:<end>   spend (a float, INCRBYFLOAT)   until the period ends
+    ccswitch:n:<occurrence>                    the instance telling it (SET NX)   until it ends
 
 and one pub/sub channel per database, ``ccswitch:changes:<db>``, on which each instance
 publishes what it wrote (routing.changes in their dict form).  Values are the records' dict
@@ -48,6 +49,11 @@ def channel(db: int) -> str:
 def _session_part(session: str) -> str:
     # a session key is client text of any length and alphabet: the key holds a digest, the value the text
     return hashlib.blake2b(session.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+def claim_key(occurrence: str) -> str:
+    """Where instances claim the telling of an occurrence (`Event.claim`)."""
+    return f"{PREFIX}n:{occurrence}"
 
 
 def key_of(change: Change) -> str:

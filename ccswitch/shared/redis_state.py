@@ -129,6 +129,18 @@ class RedisState:
                      "staleness p50 %.1f ms, p99 %.1f ms", self.lag.count,
                      self.lag.percentile(0.5) * 1000, self.lag.percentile(0.99) * 1000)
 
+    async def claim(self, name: str, until: float) -> bool:
+        """One SET NX per occurrence told: the instance whose claim lands first tells it."""
+        client = self._client
+        if not self.up or client is None:
+            return True
+        try:
+            return bool(await client.set(layout.claim_key(name), self.instance, nx=True,
+                                         px=max(1000, int((until - self.wall()) * 1000))))
+        except _OUTAGES as exc:
+            log.debug("ccswitch: could not claim %r in %s (%s): told here", name, self.where, self._describe(exc))
+            return True
+
     # ------------------------------------------------------------------ the boards' hook (request path)
 
     def _offer(self, change: Change) -> None:

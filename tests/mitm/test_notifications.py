@@ -108,3 +108,29 @@ async def test_after_done_the_bus_has_no_notifier(tmp_path):
             gateway.events.emit(Event("cooldown", "a", "down", episode="1"))
             await asyncio.sleep(0.1)
         assert receiver.received == []
+
+
+async def test_an_occurrence_another_instance_claimed_is_not_told_here(tmp_path):
+    """The addon asks the gateway's shared state before telling a claimed occurrence."""
+    class ClaimedElsewhere:
+        def __init__(self):
+            self.asked = []
+
+        async def claim(self, name, until):
+            self.asked.append(name)
+            return name != "cooldown:a"
+
+    with WebhookReceiver() as receiver:
+        gateway = open_gateway(tmp_path, rules_text(receiver.url()))
+        gateway.allow_url = loopback_url
+        gateway.state = state = ClaimedElsewhere()
+        addon = Notifications(gateway)
+        with taddons.context(addon):
+            addon.running()
+            gateway.health.record_failure("a", "HTTP 503", threshold=1, cooldown=60)
+            gateway.health.record_success("a")
+            await wait_for(lambda: len(receiver.received) >= 1)
+            await addon.done()
+        bodies = receiver.bodies()
+    assert [b["event"] for b in bodies] == ["recovered"]
+    assert state.asked[0] == "cooldown:a" and state.asked[1].startswith("recovered:a:")

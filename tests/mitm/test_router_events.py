@@ -66,6 +66,7 @@ async def test_a_503_with_nothing_available_is_one_event_per_hour(gateway):
     assert statuses == [503] * 5
     assert {(e.kind, e.route, e.until, e.episode) for e in heard} == {
         ("exhausted", "codex", None, f"503 {datetime.now(UTC):%Y-%m-%dT%H}")}
+    assert heard[0].claim == f"exhausted:codex:{heard[0].episode}"
     assert heard[0].reason == "no upstream available for the codex route: b is disabled"
 
 

@@ -53,7 +53,7 @@ async def test_full_is_announced_when_an_answer_crosses_drain_at_once_per_window
     [event] = heard
     assert (event.kind, event.upstream, event.route) == ("full", "a", None)
     assert event.until == datetime.fromtimestamp(reset, UTC)
-    assert event.episode == f"5h:{reset}"
+    assert event.episode == f"5h:{reset}" and event.claim == f"full:a:5h:{reset}"
     assert event.reason == "its 5h window is at 93% (drain_at 90%): skipped until it resets"
 
 

@@ -5,6 +5,7 @@ import asyncio
 import logging
 import threading
 import time
+from datetime import UTC, datetime
 
 from ccswitch.config.load import parse_rules
 from ccswitch.notify.notifier import Notifier
@@ -178,3 +179,56 @@ def test_offering_before_start_is_ignored():
     notifier = Notifier(rules, FakePoster())
     notifier.offer(event())
     assert notifier.lanes == {}
+
+
+class Claims:
+    """A shared state's claims: the first claim of a name wins; `fail` raises instead."""
+
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+        self.asked: list[tuple[str, float]] = []
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def __call__(self, name, until):
+        self.asked.append((name, until))
+        await self.release.wait()
+        if self.fail:
+            raise RuntimeError("a bug in the claim")
+        return [n for n, _ in self.asked].count(name) == 1
+
+
+async def test_an_occurrence_with_a_claim_is_told_only_by_the_instance_that_claims_it_first():
+    claims = Claims()
+    notifier, poster = await started(rules(), claim=claims)
+    until = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
+    notifier.offer(Event("cooldown", "a", "down", until=until, episode="ends 1", claim="cooldown:a"))
+    notifier.offer(Event("cooldown", "a", "down", until=until, episode="ends 2", claim="cooldown:a"))
+    notifier.offer(event(kind="recovered"))                     # no claim: this instance's own news
+    poster.release.set()
+    await settle()
+    assert poster.kinds(FAST) == ["recovered", "cooldown"] and poster.kinds(SLOW) == ["cooldown"]
+    assert claims.asked == [("cooldown:a", until.timestamp())] * 2
+    await notifier.aclose()
+
+
+async def test_a_claim_without_a_known_end_holds_an_hour_and_a_failing_claim_still_tells(caplog):
+    claims = Claims(fail=True)
+    notifier, poster = await started(rules(), claim=claims)
+    notifier.offer(Event("exhausted", None, "nothing left", route="claude", episode="503", claim="exhausted:x"))
+    await settle()
+    [(name, until)] = claims.asked
+    assert name == "exhausted:x" and 3590 < until - time.time() <= 3600
+    assert poster.kinds(FAST) == ["exhausted"] and "claiming the exhausted notification failed" in caplog.text
+    await notifier.aclose()
+
+
+async def test_close_waits_for_a_claim_under_way():
+    claims = Claims()
+    claims.release.clear()
+    notifier, poster = await started(rules(), claim=claims)
+    notifier.offer(Event("cooldown", "a", "down", episode="1", claim="cooldown:a"))
+    asyncio.get_running_loop().call_later(0.05, claims.release.set)
+    poster.release.set()
+    await notifier.aclose(grace=1.0)
+    assert poster.kinds(FAST) == ["cooldown"]

@@ -267,3 +267,15 @@ def test_a_budget_lowered_in_the_reload_that_moves_the_timezone_is_told_too():
 def test_amounts_that_differ_are_never_shown_alike(amounts, shown):
     from ccswitch.money import usd
     assert usd(*amounts) == shown
+
+
+def test_with_a_shared_state_a_budget_lowered_by_a_reload_is_told_too_under_one_claim():
+    """Every instance reloading says it; the claim (the same name on each) lets one tell it."""
+    spend, _, seen = board(datetime(2026, 3, 10, 2, 0, tzinfo=UTC))
+    spend.alone = False
+    spend.add(UPSTREAM, "relay-a", 1.0)
+    assert seen == []                                  # spend is told by whoever crossed the shared total
+    spend.configure(parse_rules(RULES_TEXT.replace("{daily: 5, monthly: 12}", "{daily: 0.9, monthly: 12}")))
+    [told] = seen
+    assert told.reason == "upstream relay-a reached its daily budget ($1.00 of $0.90)"
+    assert told.claim == f"budget:{told.episode}" and told.episode.startswith("upstream:relay-a:daily:")

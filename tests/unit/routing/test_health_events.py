@@ -36,6 +36,7 @@ def test_a_cooldown_is_announced_when_it_starts_with_its_end():
     assert (event.kind, event.upstream, event.route) == ("cooldown", "a", None)
     assert event.until == WALL + timedelta(seconds=60)
     assert event.episode == "2026-12-02T18:01:00.000000+00:00"
+    assert event.claim == "cooldown:a"      # another instance's cooldown then is this one
     assert event.reason == "cooling down for 60s after 3 consecutive failure(s) (last: HTTP 503)"
 
 
@@ -54,6 +55,7 @@ def test_failed_probes_extend_the_outage_without_new_announcements_and_recovery_
     b.record_success("a")
     assert [e.kind for e in heard] == ["cooldown", "recovered"]
     assert heard[1].upstream == "a" and heard[1].episode == heard[0].episode and heard[1].until is None
+    assert heard[1].claim == f"recovered:a:{heard[0].episode}"    # the outage's, shared by the instances
 
 
 def test_the_next_outage_is_a_new_episode():

@@ -236,3 +236,25 @@ def test_the_password_is_never_shown():
     assert encoded._describe(OSError("AUTH p@ss/word or p%40ss%2Fword failed")) == \
         "OSError: AUTH *** or *** failed"
     assert state.channel == "ccswitch:changes:1"
+
+
+async def test_two_instances_reaching_a_cooldown_at_once_tell_it_once(redis_url, store):
+    """Both reach the threshold before either has heard of the other's, each naming the outage
+    by its own cooldown's end: the claim of the occurrence lets exactly one of them tell it."""
+    async with Node(redis_url) as a, Node(redis_url) as b:
+        seen = []
+        for node in (a, b):
+            node.events.subscribe(lambda event, node=node: seen.append((node, event)))
+        a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
+        b.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
+        assert len(seen) == 2 and seen[0][1].episode != seen[1][1].episode
+        told = [await node.state.claim(event.claim, event.until.timestamp()) for node, event in seen]
+        assert told == [True, False]
+        assert await store.get("ccswitch:n:cooldown:relay") == a.state.instance
+        assert 58_000 < await store.pttl("ccswitch:n:cooldown:relay") <= 60_000     # for the cooldown
+
+
+async def test_a_claim_is_granted_when_redis_cannot_be_asked():
+    # telling an occurrence twice beats never telling it
+    state = RedisState(RedisURL.parse("redis://127.0.0.1:9/0"))
+    assert await state.claim("cooldown:relay", time.time() + 60) is True
