@@ -68,6 +68,9 @@ def NetworkFailure(upstream: str, reason: str, action: str, timeout: bool = Fals
 def network_failure(upstream: str, exc: BaseException, action: str, phase: str) -> Failure:
     """Classify a transport exception: refused, reset, DNS, TLS, which timeout, or the proxy's
     own words (its message names it without credentials)."""
+    if isinstance(exc, http1.Unsendable):
+        # what the client sent, not the upstream's doing; the next upstream may be sent other headers
+        return Failure(upstream, None, str(exc), Action.SWITCH, counts=False, client_status=400)
     if isinstance(exc, http1.NoFreeConnection):
         # the upstream's connections were busy under ccswitch's own cap: it is not failing,
         # so this moves on without counting against its health

@@ -50,7 +50,7 @@ from ccswitch.mitm.planner import Planner
 from ccswitch.mitm.router_options import add_options
 from ccswitch.mitm.scope import is_api_flow, replays_routed, route_of
 from ccswitch.net import http1
-from ccswitch.routing.admission import body_problem, decoded_body, header_problem, origin_problem, parse_body, undecodable
+from ccswitch.routing.admission import body_problem, decoded_body, head_problem, origin_problem, parse_body, undecodable
 from ccswitch.routing.affinity import session_key
 from ccswitch.routing.classify import RouteMatch
 from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint
@@ -269,7 +269,8 @@ class Router:
             return
         max_body = ctx.options.ccswitch_max_body
         raw = flow.request.raw_content or b""
-        refusal = header_problem(headers) or body_problem(flow.request.headers.get("content-type", ""), len(raw), max_body)
+        refusal = (head_problem(flow.request.path, headers)
+                   or body_problem(flow.request.headers.get("content-type", ""), len(raw), max_body))
         if refusal:
             return refuse(*refusal)
         encoding = flow.request.headers.get("content-encoding", "")

@@ -27,6 +27,11 @@ class ConnectError(TransportError):
     pass
 
 
+class Unsendable(TransportError):
+    """The request cannot go on the wire as it is (its head holds what HTTP cannot carry):
+    nothing was sent, so no upstream failed."""
+
+
 class ConnectTimeout(ConnectError):
     def __init__(self, message: str, through: str | None = None) -> None:
         super().__init__(message)

@@ -39,6 +39,7 @@ from ccswitch.net.connection import (
     RemoteProtocolError,
     TransportError,
     UndecodableBody,
+    Unsendable,
     WriteError,
 )
 from ccswitch.net.inflate import ACCEPT_ENCODING, DecodeError, Inflater
@@ -49,7 +50,7 @@ from ccswitch.wire.headers import from_wire, named_by_connection
 
 # the errors are the client's as much as the socket's: callers name them http1.ReadError etc.
 __all__ = ["DIRECT", "ConnectError", "ConnectTimeout", "MalformedAnswer", "NoFreeConnection", "ProxyFailure", "ReadError",
-           "RemoteProtocolError", "Response", "TransportError", "UndecodableBody", "UpstreamClient", "Via",
+           "RemoteProtocolError", "Response", "TransportError", "UndecodableBody", "Unsendable", "UpstreamClient", "Via",
            "WriteError", "open_tcp", "opener", "split_url", "ssl_context_for"]
 
 _BODYLESS_METHODS = frozenset({"GET", "DELETE", "OPTIONS"})
@@ -154,7 +155,7 @@ class UpstreamClient:
         Header values are text of one character per byte (`ccswitch.headers`).  At its cap of
         connections, the request waits up to `connect_timeout` for one (NoFreeConnection)."""
         if method.upper() == "HEAD":   # the parser would wait for a body an answer to HEAD has not
-            raise TransportError("cannot send this request: HEAD is not supported")
+            raise Unsendable("cannot send this request: HEAD is not supported")
         origin, target, host = split_url(url)
         names = {name.lower() for name, _ in headers}
         extra = [("host", host)]
@@ -163,11 +164,11 @@ class UpstreamClient:
         if body or method.upper() not in _BODYLESS_METHODS:
             extra.append(("content-length", str(len(body))))
         if "content-length" in names or "transfer-encoding" in names:
-            raise TransportError("cannot send this request: its body's framing is the client's to set")
+            raise Unsendable("cannot send this request: its body's framing is the client's to set")
         try:
             request, keep_alive = request_head(method, target, extra + list(headers))
         except ValueError as exc:
-            raise TransportError(f"cannot send this request: {exc}") from None
+            raise Unsendable(f"cannot send this request: {exc}") from None
         wire = request + body if body else request
         for fresh_retry in (False, True):
             connection = await self._checkout((via.upstream, via.proxy, origin), via.max_connections,

@@ -6,21 +6,28 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from urllib.parse import urlsplit
 
 from ccswitch.net.addresses import is_loopback
 from ccswitch.net.inflate import INFLATABLE, DecodeError, Inflater, TooLarge
 
 MAX_HEADER_BYTES = 64 * 1024
+# HTTP carries none of these in a header (a tab only inside a value), nor a blank in the target
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_NOT_IN_NAMES = _NOT_IN_TARGET = re.compile(r"[\x00-\x20\x7f]")
 
 
-def header_problem(headers: list[tuple[str, str]]) -> tuple[int, str] | None:
-    """Headers no upstream should see: control characters, or far too many bytes."""
+def head_problem(target: str, headers: list[tuple[str, str]]) -> tuple[int, str] | None:
+    """A request head no upstream should see: control characters (or a blank in the target,
+    which is not quoted here: it may hold a key), or far too many bytes of headers."""
+    if _NOT_IN_TARGET.search(target):
+        return 400, "the request's path or query contains a space or a control character"
     size = 0
     for name, value in headers:
         size += len(name) + len(value)
-        if any(c in value or c in name for c in "\r\n\0"):
-            return 400, f"header {name[:64]!r} contains a line break or NUL"
+        if _CONTROL.search(value) or _NOT_IN_NAMES.search(name):
+            return 400, f"header {name[:64]!r} contains a control character (a line break, NUL or the like)"
     if size > MAX_HEADER_BYTES:
         return 431, f"request headers too large ({size} bytes; the limit is {MAX_HEADER_BYTES})"
     return None

@@ -163,6 +163,15 @@ async def test_refused_connection_fails_over(mock_b):
     assert job.attempts[0].error == "connection refused"
 
 
+async def test_a_request_that_cannot_go_on_the_wire_is_the_client_s_400_and_no_upstream_s_failure(mock_a, mock_b):
+    # admission refuses such heads first; this is the dialer's own line behind it
+    headers = [("x-api-key", CLIENT_KEY), ("content-type", "application/json"), ("x-bad", "a\x01b")]
+    job, sink, health = await run(two(mock_a, mock_b), headers=headers)
+    assert sink.status == 400 and "cannot send this request" in json.loads(sink.body)["error"]["message"]
+    assert mock_a.requests == [] and mock_b.requests == []
+    assert health.get("a").failures == 0 and health.get("b").failures == 0
+
+
 async def test_non_stream_failover(mock_a, mock_b):
     mock_a.script(status(500))
     body = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}

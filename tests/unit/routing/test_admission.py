@@ -40,3 +40,18 @@ def test_a_page_of_another_site_is_told_from_this_machines(origin, refused):
     assert (problem is not None) is refused
     if refused:
         assert problem[0] == 403 and "client_keys" in problem[1]
+
+
+@pytest.mark.parametrize(("target", "headers", "refused"), [
+    ("/v1/messages?beta=true", [("x-a", "plain"), ("x-b", "a\ttab inside"), ("x-c", "José")], None),
+    ("/v1/messages", [("x-a", "a\x01b")], "control character"),
+    ("/v1/messages", [("x-a", "a\x7f")], "control character"),
+    ("/v1/messages", [("x-a", "a\nb")], "control character"),
+    ("/v1/messages", [("x a", "b")], "control character"),          # a blank inside a name
+    ("/v1/messages?q=a b", [], "path or query"),
+    ("/v1/messages?q=\x1b", [], "path or query"),
+])
+def test_a_head_http_cannot_carry_is_the_client_s_400(target, headers, refused):
+    from ccswitch.routing.admission import head_problem
+    problem = head_problem(target, headers)
+    assert (problem is None) if refused is None else (problem[0] == 400 and refused in problem[1])
