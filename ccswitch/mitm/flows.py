@@ -16,6 +16,7 @@ from mitmproxy.flow import Error
 from mitmproxy.net.http import status_codes, url
 from mitmproxy.utils.strutils import always_str
 
+from ccswitch.config.models import Rules
 from ccswitch.dial.job import Job
 from ccswitch.dial.render import upstream_url
 from ccswitch.report.text import printable
@@ -23,7 +24,7 @@ from ccswitch.routing.classify import classify
 from ccswitch.vocab import CLIENT_PROTOCOL, Protocol
 from ccswitch.wire import protocols
 from ccswitch.wire.headers import to_wire
-from ccswitch.wire.redact import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS, REDACTED
+from ccswitch.wire.redact import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS, REDACTED, holding, path_without
 
 #: the mark of a flow that failed over
 WARNING = ":warning:"
@@ -182,6 +183,19 @@ def redact_fields(headers: http.Headers, which: list[bool]) -> None:
     """The headers `which` marks (by position) as `<redacted>`."""
     headers.fields = tuple((name, REDACTED.encode() if hit else value)
                            for (name, value), hit in zip(headers.fields, which, strict=True))
+
+
+def without_client_keys(flow: http.HTTPFlow, headers: list[tuple[str, str]], rules: Rules) -> list[tuple[str, str]]:
+    """`headers` without those holding a client key's text, which the flow shows `<redacted>`
+    (mitmweb, -w), as it does a key in its path."""
+    keys = rules.client_key_texts()
+    held = holding(headers, keys)
+    if any(held):
+        headers = [field for field, hit in zip(headers, held, strict=True) if not hit]
+        redact_fields(flow.request.headers, held)
+    if (path := path_without(flow.request.path, keys)) != flow.request.path:
+        flow.request.path = path
+    return headers
 
 
 def _redact_headers(headers: http.Headers) -> None:

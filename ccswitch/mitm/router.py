@@ -36,11 +36,11 @@ from ccswitch.mitm.flows import (
     killed,
     likely_protocol,
     redact_credentials,
-    redact_fields,
     restore_body,
     show_outcome,
     show_streaming,
     whole_response,
+    without_client_keys,
 )
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.mitm.held import Holds
@@ -56,7 +56,7 @@ from ccswitch.routing.classify import RouteMatch
 from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint
 from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.headers import from_wire
-from ccswitch.wire.redact import client_credential, holding, path_without
+from ccswitch.wire.redact import client_credential
 from ccswitch.wire.sse import is_event_stream
 
 log = logging.getLogger("ccswitch")
@@ -241,18 +241,12 @@ class Router:
             # its key shows as `<redacted>`; a replay is the user's doing (mitmweb, `client_replay`),
             # never a client's: it comes as the client whose request it replays
             client = rules.client_called(flow.metadata["ccswitch"].get("client"))
-        if rules.client_keys and client is None:
-            return refuse(401, "missing or invalid ccswitch client key")
-        if not rules.client_keys and (refusal := origin_problem(headers)):   # the live page posts nothing
+        if rules.client_keys:       # a key goes no further, wherever the client put it, refused or not
+            headers = without_client_keys(flow, headers, rules)
+            if client is None:
+                return refuse(401, "missing or invalid ccswitch client key")
+        elif refusal := origin_problem(headers):   # the live page posts nothing
             return refuse(*refusal)
-        if client is not None:      # the key goes no further, wherever else the client put it too
-            keys = rules.client_key_texts()
-            held = holding(headers, keys)
-            if any(held):
-                headers = [field for field, hit in zip(headers, held, strict=True) if not hit]
-                redact_fields(flow.request.headers, held)     # nor on the flow (mitmweb, -w)
-            if (path := path_without(flow.request.path, keys)) != flow.request.path:
-                flow.request.path = path
         client_name = known.client = client.name if client is not None else None
         # nothing is sent upstream until the budget's next period; a request's row keeps its model
         over_budget = self.planner.client_over_budget(client_name)
@@ -428,3 +422,4 @@ class Router:
         show_outcome(flow, job)
         if job.failed_over:
             log.info("ccswitch: %s %s", job.request.route, failover_line(job))
+

@@ -117,6 +117,24 @@ async def test_wrong_client_key_is_401_in_client_format_and_nothing_forwarded(ro
     assert flow.request.headers["x-api-key"] == "<redacted>"
 
 
+@pytest.mark.parametrize("upgrade", [False, True])
+async def test_a_client_key_put_where_it_is_not_read_is_off_the_refused_flow_too(gateway, upgrade):
+    """A key sent the wrong way is refused (401), and mitmweb and -w do not keep it either."""
+    router = router_with_routes(gateway, codex=("a",))
+    flow = messages_flow(key=None, path=f"/v1/responses?foo=TAG2-{CLIENT_KEY}" if upgrade
+                         else f"/v1/messages?foo=TAG2-{CLIENT_KEY}")
+    flow.request.headers["x-foo"] = f"TAG1-{CLIENT_KEY}"
+    if upgrade:
+        flow.request.method = "GET"
+        flow.request.headers.update({"upgrade": "websocket", "connection": "Upgrade",
+                                     "sec-websocket-protocol": CLIENT_KEY})
+    with taddons.context(router):
+        await router.request(flow)
+    assert flow.response.status_code == 401 and flow.id not in router.jobs
+    assert CLIENT_KEY not in flow.request.path and CLIENT_KEY not in repr(flow.request.headers.fields)
+    assert flow.request.headers["x-foo"] == "<redacted>"
+
+
 async def test_missing_client_key_on_chat_path_is_openai_format(gateway):
     r = router_with_routes(gateway, chat=("a",))
     with taddons.context(r):
