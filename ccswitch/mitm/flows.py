@@ -19,7 +19,7 @@ from mitmproxy.utils.strutils import always_str
 from ccswitch.config.models import Rules
 from ccswitch.dial.job import Job
 from ccswitch.dial.render import upstream_url
-from ccswitch.report.text import printable
+from ccswitch.report.text import encodable, printable
 from ccswitch.routing.classify import classify
 from ccswitch.vocab import CLIENT_PROTOCOL, Protocol
 from ccswitch.wire import protocols
@@ -53,6 +53,19 @@ def likely_protocol(request: http.Request) -> Protocol:
     if "anthropic-version" in request.headers or "anthropic" in request.pretty_host:
         return Protocol.ANTHROPIC
     return Protocol.CHAT
+
+
+def fit_to_save(flow: http.HTTPFlow) -> None:
+    """The text ccswitch put on the flow as UTF-8 can hold it: a client's model may carry a lone
+    surrogate (JSON allows one), and mitmproxy's `-w` file would leave out a flow holding one."""
+    flow.comment = encodable(flow.comment)
+    meta = flow.metadata.get("ccswitch")
+    if meta:
+        for name, value in meta.items():
+            if isinstance(value, str):
+                meta[name] = encodable(value)
+            elif isinstance(value, list):
+                meta[name] = [encodable(item) if isinstance(item, str) else item for item in value]
 
 
 def answer(flow: http.HTTPFlow, response: http.Response, why: str | None = None) -> None:

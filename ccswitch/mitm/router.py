@@ -30,6 +30,7 @@ from ccswitch.mitm.flows import (
     drop_body,
     error_response,
     failover_line,
+    fit_to_save,
     flows_are_kept,
     gone_meanwhile,
     hold_body,
@@ -383,9 +384,11 @@ class Router:
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)
+        fit_to_save(flow)       # mitmproxy's `-w` writes it after this hook
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)
+        fit_to_save(flow)
 
     # ------------------------------------------------------------------ helpers
 

@@ -776,3 +776,21 @@ async def test_a_routed_streams_flow_says_where_it_is_going_and_keeps_no_key_sen
     assert flow.request.port == 4242           # to the relay, until the answer's first bytes
     assert flow.comment == "ccswitch: on its way through ccswitch's relay to a"
     assert flow.metadata["ccswitch"]["model"] == "[redacted]"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_model_with_a_lone_surrogate_leaves_its_flow_savable(router, stream):
+    """JSON allows "\\ud800" alone; mitmproxy's -w file would leave out a flow whose comment or
+    metadata held it (UTF-8 cannot)."""
+    import io
+
+    from mitmproxy import io as mitm_io
+    flow = messages_flow(body={"model": "plain\ud800", "stream": stream, "max_tokens": 5, "messages": []})
+    await router.request(flow)
+    if flow.response is None:           # a stream: on its way to the relay, which never answers here
+        flow.error = Error("Client disconnected.")
+        router.error(flow)
+    else:
+        router.response(flow)
+    assert flow.metadata["ccswitch"]["model"] == "plain\ufffd"
+    mitm_io.FlowWriter(io.BytesIO()).add(flow)
