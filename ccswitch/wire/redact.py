@@ -7,6 +7,7 @@ import base64
 import json
 import re
 import string
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, unquote_plus
@@ -95,49 +96,58 @@ def client_credential(headers: list[tuple[str, str]]) -> str | None:
 _SHORTEST_SECRET = 8   # shorter text is too likely to occur by chance to be worth replacing
 
 
-# characters no JSON encoder writes as an escape: a key of only these has no other form
-_PLAIN = frozenset(string.ascii_letters + string.digits + "-_.~ ")
+# letters and digits go as themselves in every form a key is echoed in (a JSON, URL or HTML
+# encoder that escapes them too is unheard of); any other character may be escaped
+_PLAIN = frozenset(string.ascii_letters + string.digits)
 
 
-def _unit_escape(unit: int) -> bytes:
-    r"""A regex for `\uXXXX` of one UTF-16 unit, its hex digits in either case."""
-    digits = f"{unit:04x}"
-    return rb"\\u" + b"".join(f"[{d}{d.upper()}]".encode() if d.isalpha() else d.encode() for d in digits)
+def _hex(value: int, width: int) -> bytes:
+    """A regex for `value` in hex, its digits in either case."""
+    return b"".join(f"[{d}{d.upper()}]".encode() if d.isalpha() else d.encode() for d in f"{value:0{width}x}")
+
+
+def _forms_of(c: str) -> list[bytes]:
+    r"""Regexes for one character as an echo may write it: itself; `\uXXXX` (ensure_ascii, Go's
+    `\u0026`, .NET's `\u002B`, in either case); `\/`, `\"`, `\\` (PHP and every JSON encoder);
+    and an ASCII one also as `%XX` and as an HTML character reference (`&#x2F;`, `&#47;`)."""
+    units = c.encode("utf-16-be")
+    forms = [re.escape(c.encode()),
+             b"".join(rb"\\u" + _hex(int.from_bytes(units[i:i + 2]), 4) for i in range(0, len(units), 2))]
+    if c in '/"\\':
+        forms.append(re.escape(b"\\" + c.encode()))
+    if c.isascii():
+        forms += [b"%" + _hex(ord(c), 2), b"&#[xX]0*" + _hex(ord(c), 1) + b";", b"&#0*" + str(ord(c)).encode() + b";"]
+    return forms
+
+
+@dataclass(frozen=True)
+class _Escaped:
+    pattern: re.Pattern[bytes]
+    anchor: bytes       # the key's longest run of letters and digits: no echo of it lacks this
 
 
 @lru_cache(maxsize=256)
-def _escaped(secret: str) -> re.Pattern[bytes] | None:
-    r"""The key as a JSON encoder may write it when it echoes one: each character other than a
-    letter, a digit or `-_.~` as itself or as `\uXXXX` in either case (ensure_ascii, Go's
-    `\u0026`, .NET's `\u002B`), `/` also as `\/` (PHP), `"` and `\` as their short escapes.
-    None for a key of plain characters only (most keys): it has no other form."""
+def _escaped(secret: str) -> _Escaped | None:
+    """The key as an encoder may write it when it echoes one (`_forms_of` each character other
+    than a letter or digit).  None for a key of letters and digits only: it has no other form."""
     if all(c in _PLAIN for c in secret):
         return None
-    parts = []
-    for c in secret:
-        if c in _PLAIN:
-            parts.append(re.escape(c.encode()))
-            continue
-        units = c.encode("utf-16-be")
-        forms = [re.escape(c.encode()),
-                 b"".join(_unit_escape(int.from_bytes(units[i:i + 2])) for i in range(0, len(units), 2))]
-        if c in '/"\\':
-            forms.append(re.escape(b"\\" + c.encode()))
-        parts.append(b"(?:" + b"|".join(forms) + b")")
-    return re.compile(b"".join(parts))
+    parts = [re.escape(c.encode()) if c in _PLAIN else b"(?:" + b"|".join(_forms_of(c)) + b")" for c in secret]
+    runs = re.findall(r"[A-Za-z0-9]+", secret)
+    return _Escaped(re.compile(b"".join(parts)), max(runs, key=len, default="").encode())
 
 
 def scrub(body: bytes, secrets: list[str]) -> bytes:
-    """Replace any upstream key text an upstream echoed back (e.g. in an error), in any form
-    a JSON encoder may have written it."""
+    """Replace any upstream key text an upstream echoed back (e.g. in an error), as it is or in
+    any form an encoder may have written it (looked for only where its longest plain run is)."""
     for secret in secrets:
         if len(secret) < _SHORTEST_SECRET:
             continue
         raw = secret.encode()
         if raw in body:
             body = body.replace(raw, b"[redacted]")
-        if b"\\" in body and (escaped := _escaped(secret)) is not None:
-            body = escaped.sub(b"[redacted]", body)
+        if (escaped := _escaped(secret)) is not None and escaped.anchor in body:
+            body = escaped.pattern.sub(b"[redacted]", body)
     return body
 
 

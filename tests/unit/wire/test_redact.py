@@ -25,3 +25,29 @@ def test_a_key_is_scrubbed_however_it_was_escaped(written):
 def test_a_plain_key_costs_no_pattern_and_short_text_is_left_alone():
     assert scrub(b"sk-plain-0123456789 and sk-plai", ["sk-plain-0123456789", "sk-plai"]) == \
         b"[redacted] and sk-plai"
+
+
+def _every_other_char(key: str, as_form) -> str:
+    return "".join(c if c.isalnum() else as_form(c) for c in key)
+
+
+ECHOED = "sk-a/b+c=SECRETCANARY/Zz+9="
+
+
+@pytest.mark.parametrize("written", [
+    ECHOED.replace("-", "\\u002D"),                          # an escape no common encoder writes, all the same
+    _every_other_char(ECHOED, lambda c: f"\\u{ord(c):04x}"),  # every such character, lower-case hex
+    _every_other_char(ECHOED, lambda c: f"%{ord(c):02x}"),      # percent-encoded, lower case, `-` too
+    _every_other_char(ECHOED, lambda c: f"%{ord(c):02X}"),
+    _every_other_char(ECHOED, lambda c: f"&#x{ord(c):X};"),     # HTML character references
+    _every_other_char(ECHOED, lambda c: f"&#{ord(c)};"),
+    ECHOED.replace("/", "&#x2f;").replace("=", "%3d").replace("+", "\\u002b"),   # mixed
+])
+def test_a_key_is_scrubbed_in_url_and_html_forms_and_any_json_escape(written):
+    body = f'<p>bad key {written}!</p>'.encode()
+    assert scrub(body, [ECHOED]) == b"<p>bad key [redacted]!</p>"
+
+
+def test_text_that_only_shares_the_key_s_plain_run_is_left_alone():
+    body = b"SECRETCANARY is a word here, and so is sk-a/b"
+    assert scrub(body, [ECHOED]) == body
