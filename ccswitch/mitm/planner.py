@@ -46,7 +46,7 @@ class Planner:
         session = rules.scrub(session) if session else session
         now = datetime.now(rules.tz)
         refused: dict[str, RenderError] = {}
-        while True:   # each round leaves out at least one more upstream: it ends
+        for _ in range(len(rules.upstreams) + 1):   # each round leaves out at least one more upstream
             chosen = plan(rules, req.route, req.model, gateway.health, now, quota=gateway.quota,
                           sessions=gateway.sessions, session=session, spend=gateway.spend, unable=refused)
             # the body converted for each candidate of another protocol, before any upstream call
@@ -55,6 +55,8 @@ class Planner:
                 break
             # planned again without them: the others, and their second chance, serve it
             refused.update(newly)
+        else:   # a bug, not a loop that holds the proxy for good
+            raise RuntimeError(f"planning kept upstreams that cannot take the request: {sorted(newly)}")
         if refused and not chosen.candidates and not self._takes_it_when_back(req, chosen.blocked, refused):
             first = next(iter(refused.values()))   # the client's to change: no wait helps, nothing to alert
             return first.status, str(first), None

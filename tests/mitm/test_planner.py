@@ -83,3 +83,11 @@ def test_one_no_wait_helps_is_a_400_even_while_the_others_are_rate_limited(gatew
     status, message, headers = Planner(gateway).plan_job(chat_request(n=2), "f1", None, None, shown=False)
     assert (status, headers) == (400, None) and message.startswith("n must be 1")
     assert events == []
+
+
+def test_planning_that_keeps_an_upstream_it_was_told_cannot_take_it_is_an_error_not_a_hang(gateway, monkeypatch):
+    from ccswitch.mitm import planner as planner_module
+    real_plan = planner_module.plan
+    monkeypatch.setattr(planner_module, "plan", lambda *a, unable=None, **kw: real_plan(*a, unable=None, **kw))
+    with pytest.raises(RuntimeError, match="anth"):
+        Planner(gateway).plan_job(chat_request(n=2), "f1", None, None, shown=False)

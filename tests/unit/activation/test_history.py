@@ -62,3 +62,38 @@ def test_a_series_with_tries_left_goes_on_at_its_next_retry_within_grace_only():
     late = Schedule()
     restore(late, rows, RULES.activation, at(9, 0))
     assert due(late, at(9, 0)) == [] and not late.gave_up(Slot("x", date(2026, 12, 4), "06:00"), 20)
+
+
+ONE_TIME = parse_rules("""
+timezone: UTC
+activation: {retries: 2, retry_interval: 60s, grace: 15m}
+upstreams:
+  - {name: x, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k, activate_at: ["06:00"]}
+""")
+
+
+def restored(rows, now):
+    schedule = Schedule()
+    restore(schedule, rows, ONE_TIME.activation, now)
+    return schedule
+
+
+def due_one(schedule, moment):
+    return [slot.at for _, slot in schedule.due(ONE_TIME, moment)]
+
+
+def test_a_probe_the_shutdown_cut_counts_as_done_after_a_restart():
+    from ccswitch.dial.shutdown import CUT_BY_SHUTDOWN
+    schedule = restored([probe("06:00", False, 6, 0, error=CUT_BY_SHUTDOWN)], at(6, 1))
+    assert due_one(schedule, at(6, 2)) == []
+
+
+def test_after_a_restart_the_last_retry_is_still_tried():
+    schedule = restored([probe("06:00", False, 6, 0), probe("06:00", False, 6, 1)], at(6, 2, 30))
+    assert due_one(schedule, at(6, 2, 30)) == ["06:00"]          # its third try: retries 2 after the first
+
+
+def test_after_a_restart_the_next_retry_counts_from_the_last_try():
+    rows = [probe("06:00", False, 6, 0), probe("06:00", False, 6, 10)]
+    assert due_one(restored(rows, at(6, 10, 30)), at(6, 10, 30)) == []
+    assert due_one(restored(rows, at(6, 10, 30)), at(6, 11)) == ["06:00"]

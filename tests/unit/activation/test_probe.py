@@ -262,3 +262,49 @@ async def test_a_probe_that_cannot_connect_says_so_in_the_attempts_words():
     finally:
         await client.aclose()
     assert not result.ok and result.error == "connection refused"
+
+
+async def test_a_2xx_with_nothing_in_it_is_a_failed_probe():
+    from ccswitch.net.http1 import UpstreamClient
+    from tests.support.mock_upstream import MockUpstream, status
+
+    with MockUpstream("relay") as mock:
+        r = parse_rules(f"upstreams: [{{name: a, protocol: anthropic, base_url: '{mock.base_url}', api_key: k-0123456789}}]")
+        mock.script(status(200, body={"type": "message", "content": []}))
+        client = UpstreamClient()
+        try:
+            result = await send_probe(client, r.upstreams[0])
+        finally:
+            await client.aclose()
+    assert not result.ok and result.status == 200 and result.error == "a 2xx without content"
+
+
+def test_a_2xx_body_that_says_error_has_no_content_whatever_else_it_holds():
+    assert not has_content("openai-chat", b'{"choices":[{}],"error":{"message":"x"}}', False)
+
+
+def test_the_probe_asks_a_relay_for_a_model_it_maps_when_the_default_is_not_among_them():
+    r = parse_rules("""
+upstreams:
+  - {name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k-0123456789,
+     models: {"claude-opus-4*": "glm-4.6"}}
+""")
+    assert probe_body(r.upstreams[0])["model"] == "glm-4.6"
+
+
+def test_a_late_evening_retry_goes_on_past_midnight_and_fires_no_second_probe():
+    r, sched = rules('["23:55"]'), Schedule()
+    due = sched.due(r, at(2026, 11, 25, 23, 55))
+    sched.started(due[0][1])
+    sched.finished(due[0][1], False, at(2026, 11, 25, 23, 55), 600)
+    sched.forget_before(at(2026, 11, 26, 0, 5).date() - timedelta(days=1))     # as the activator does
+    again = sched.due(r, at(2026, 11, 26, 0, 5))
+    assert names(again) == [("relay", "2026-11-25", "23:55")]
+    sched.started(again[0][1])
+    sched.finished(again[0][1], True, at(2026, 11, 26, 0, 5), 600)
+    sched.forget_before(at(2026, 11, 26, 0, 6).date() - timedelta(days=1))
+    assert sched.due(r, at(2026, 11, 26, 0, 6)) == []
+
+
+def test_a_start_exactly_the_grace_late_still_fires():
+    assert names(Schedule().due(rules(), at(2026, 11, 25, 6, 15))) == [("relay", "2026-11-25", "06:00")]

@@ -85,3 +85,16 @@ def test_an_empty_budget_is_refused_not_taken_for_one_that_limits_nothing():
     assert sorted(problems(f"upstreams: [{UPSTREAM % 'budget: {}'}]\nclient_keys: {CLIENT_KEY % ''}")) == [
         "r.yaml: client_keys[0].budget: a budget needs daily, monthly or both",
         "r.yaml: upstreams[a].budget: a budget needs daily, monthly or both"]
+
+
+@pytest.mark.parametrize(("text", "path"), [
+    ("failover: {drain_at: 0}", "failover.drain_at"),          # every upstream with a window would be full
+    (f"upstreams: [{UPSTREAM % 'weight: 0'}]", "upstreams[a].weight"),
+])
+def test_zero_is_refused_where_it_means_nothing_useful(text, path):
+    [problem] = problems(text)
+    assert problem.startswith(f"r.yaml: {path}: ") and "greater than 0" in problem
+
+
+def test_no_retries_is_a_setting_of_its_own():
+    assert parse_rules("activation: {retries: 0}", "r.yaml", env={}).activation.retries == 0

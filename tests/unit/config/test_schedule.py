@@ -242,3 +242,14 @@ def test_describe_next():
     after = datetime(2024, 1, 1, 7, 0, tzinfo=BERLIN)
     assert describe_next(["06:00"], frozenset({1}), after) == "tue 06:00"
     assert describe_next([], ALL, after) is None
+
+
+def test_a_naive_clock_value_is_utc_whatever_the_machine_s_zone(monkeypatch):
+    import time
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert local_now(BERLIN, lambda: datetime(2024, 7, 1, 12, 0)).hour == 14
+    finally:
+        monkeypatch.undo()
+        time.tzset()

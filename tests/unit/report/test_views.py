@@ -403,3 +403,10 @@ def test_a_request_no_upstream_answered_costs_nothing_whatever_model_it_named(tm
     rows.append(dict(ts="2026-03-02T02:00:00.000+00:00", model="no-such-model-7", input_tokens=5))
     out = text.report_json(build(make_db(tmp_path, rows), MAR2, MAR2))
     assert out["totals"]["requests"] == 4 and out["totals"]["unpriced_requests"] == 1   # only the answered one
+
+
+def test_money_reads_zero_as_zero_thousands_with_commas_and_tells_near_amounts_apart():
+    from ccswitch.money import usd
+    assert usd(0.0, 5.0) == ("$0.00", "$5.00")
+    assert usd(1234.5) == ("$1,234.50",)
+    assert usd(0.001001, 0.001002) == ("$0.001001", "$0.001002")     # the sixth decimal, no fewer

@@ -55,3 +55,24 @@ def test_a_head_http_cannot_carry_is_the_client_s_400(target, headers, refused):
     from ccswitch.routing.admission import head_problem
     problem = head_problem(target, headers)
     assert (problem is None) if refused is None else (problem[0] == 400 and refused in problem[1])
+
+
+@pytest.mark.parametrize(("content_type", "size", "refused"), [
+    ("", 10, None),                                   # none said: the JSON parser judges the body
+    ("application/json; charset=utf-8", 10, None),
+    ("application/vnd.api+json", 10, None),
+    ("text/plain", 10, 415),
+    ("application/json", 100, None),                  # exactly the limit
+    ("application/json", 101, 413),
+])
+def test_content_type_and_size(content_type, size, refused):
+    from ccswitch.routing.admission import body_problem
+    problem = body_problem(content_type, size, 100)
+    assert (problem is None) if refused is None else problem[0] == refused
+
+
+def test_headers_of_exactly_the_limit_pass_and_one_byte_more_is_431():
+    from ccswitch.routing.admission import MAX_HEADER_BYTES, head_problem
+    exact = [("x-pad", "v" * (MAX_HEADER_BYTES - len("x-pad")))]
+    assert head_problem("/v1/messages", exact) is None
+    assert head_problem("/v1/messages", [("x-pad", exact[0][1] + "v")])[0] == 431

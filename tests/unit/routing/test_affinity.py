@@ -117,3 +117,60 @@ def test_the_weighted_draw_of_a_session_is_stable_and_spread():
     draws = [session_fraction(f"session-{i}") for i in range(2000)]
     assert all(0 <= d < 1 for d in draws)
     assert 0.45 < sum(d < 0.5 for d in draws) / len(draws) < 0.55
+
+
+def two_clocks():
+    clock, wall = Clock(), Clock()
+    wall.now = 1_000_000.0
+    return clock, wall
+
+
+def advance(clocks, seconds):
+    for c in clocks:
+        c.now += seconds
+
+
+def test_a_binding_idle_exactly_its_ttl_still_holds():
+    clock = Clock()
+    bindings = SessionBindings(clock)
+    bindings.bind("claude", "s1", "a", ttl=60)
+    clock.now += 60
+    assert bindings.bound("claude", "s1") == "a"
+
+
+def test_another_instance_s_older_use_does_not_move_a_session_used_here_since():
+    clock, wall = two_clocks()
+    bindings = SessionBindings(clock, wall=wall)
+    bindings.bind("claude", "s1", "here", ttl=600)
+    bindings.apply(BindChange("claude", "s1", "other", 600, wall.now - 300))    # within its TTL, but older
+    assert bindings.bound("claude", "s1") == "here"
+    bindings.apply(BindChange("claude", "s1", "other", 600, wall.now + 0.5))    # newer: it moves
+    assert bindings.bound("claude", "s1") == "other"
+
+
+def test_another_instance_s_binding_takes_this_instance_s_sticky_once_it_has_one():
+    clock, wall = two_clocks()
+    bindings = SessionBindings(clock, wall=wall)
+    bindings.sync(["a"], {"claude": 10})
+    bindings.apply(BindChange("claude", "s1", "a", 3600, wall.now))    # told by one not reloaded yet
+    advance((clock, wall), 11)
+    assert bindings.bound("claude", "s1") is None
+
+
+def test_a_binding_from_a_clock_running_ahead_lives_no_longer_than_its_ttl():
+    clock, wall = two_clocks()
+    bindings = SessionBindings(clock, wall=wall)
+    bindings.apply(BindChange("claude", "s1", "a", 10, wall.now + 100))
+    assert bindings.bound("claude", "s1") == "a"
+    advance((clock, wall), 11)
+    assert bindings.bound("claude", "s1") is None
+
+
+def test_a_reload_that_lengthens_sticky_does_not_bring_back_an_expired_session():
+    clock = Clock()
+    bindings = SessionBindings(clock)
+    bindings.sync(["a"], {"claude": 3})
+    bindings.bind("claude", "s1", "a", ttl=3)
+    clock.now += 4
+    bindings.sync(["a"], {"claude": 3600})
+    assert bindings.bound("claude", "s1") is None

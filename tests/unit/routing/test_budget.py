@@ -279,3 +279,11 @@ def test_with_a_shared_state_a_budget_lowered_by_a_reload_is_told_too_under_one_
     [told] = seen
     assert told.reason == "upstream relay-a reached its daily budget ($1.00 of $0.90)"
     assert told.claim == f"budget:{told.episode}" and told.episode.startswith("upstream:relay-a:daily:")
+
+
+def test_a_request_that_cost_nothing_opens_no_period_and_tells_no_instance():
+    spend, _, _ = board(datetime(2026, 3, 10, 2, 0, tzinfo=UTC))
+    sent = []
+    spend.on_change = sent.append
+    spend.add(UPSTREAM, "relay-a", 0.0)
+    assert sent == [] and spend.view() == [] and spend.spent(UPSTREAM, "relay-a", "daily") == 0

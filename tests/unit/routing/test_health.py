@@ -84,3 +84,29 @@ def test_preferred_expires():
     assert b.preferred_name() == "a"
     clock.now += 61
     assert b.preferred_name() is None
+
+
+def test_a_failed_probe_after_a_rate_limit_cooldown_goes_straight_back_too():
+    # one 429 cooled it (failures 1, under the threshold): its probe failing is not one failure of three
+    b, clock = board()
+    b.record_rate_limit("a", "HTTP 429", seconds=30, reset_known=True)
+    clock.now += 31
+    assert b.needs_probe("a")
+    fail(b, threshold=3, cooldown=60)
+    assert b.cooling_until("a") == clock.now + 60
+
+
+def test_a_success_after_a_rate_limit_clears_its_flag_for_the_other_instances():
+    b, clock = board()
+    b.record_rate_limit("a", "HTTP 429", seconds=30, reset_known=True)
+    assert b.shared("a").rate_limited is True
+    clock.now += 31
+    b.record_success("a")
+    assert b.shared("a").rate_limited is False
+
+
+def test_a_preference_ends_at_its_end():
+    b, clock = board()
+    b.preferred = ("a", clock.now + 60)
+    clock.now += 60
+    assert b.preferred_name() is None

@@ -458,3 +458,14 @@ def test_sync_and_forget():
     board.forget("a")
     board.forget("never-seen")
     assert board.windows("a") == [] and board.windows("b")
+
+
+def test_a_window_exactly_at_drain_at_is_full_until_its_reset_and_a_rejection_outranks_a_tie():
+    board = QuotaBoard(clock=lambda: NOW)
+    board.record("a", [(U + "5h-utilization", "0.95"), (U + "5h-reset", str(int(NOW + 100)))])
+    assert board.full("a", 0.95) is not None and board.full_until("a", 0.95) == NOW + 100
+    tie = QuotaBoard(clock=lambda: NOW)
+    tie.record("a", [(U + "5h-utilization", "1.0"), (U + "5h-reset", str(int(NOW + 100))),
+                     (U + "7d-utilization", "1.0"), (U + "7d-reset", str(int(NOW + 1000))),
+                     (U + "status", "rejected"), (U + "7d-status", "rejected"), (U + "5h-status", "allowed")])
+    assert tie.utilization("a")[1].name == "7d" and tie.utilization("a")[1].rejected

@@ -200,3 +200,9 @@ def test_an_events_data_that_is_surely_not_json_is_told_without_parsing_a_delta(
     assert event.not_json() is not_json
     event.json()
     assert event.not_json() is not_json     # parsed: the same answer
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_an_empty_event_name_is_a_message(newline):
+    [event] = SSEParser().feed(b"event: " + newline + b'data: {"a":1}' + newline + newline)
+    assert event.event == "message" and event.data == '{"a":1}'

@@ -127,3 +127,24 @@ def test_a_count_written_as_a_whole_float_or_as_text_is_its_number_and_nonsense_
     for nonsense in (10**20, 2**53 + 1, -5, True, "many", float("nan"), float("inf"), "1e30", [3], None):
         assert from_body("anthropic", {"usage": {"input_tokens": nonsense}}).input_tokens == 0, nonsense
     assert from_body("anthropic", {"usage": {"input_tokens": 2**53}}).input_tokens == 2**53
+
+
+def test_a_relay_s_null_in_message_delta_keeps_what_message_start_said():
+    usage = feed("anthropic", [
+        format_event({"type": "message_start", "message": {"usage": {"input_tokens": 100, "output_tokens": 1}}},
+                     "message_start"),
+        format_event({"type": "message_delta", "usage": {"input_tokens": None, "output_tokens": 50}}, "message_delta"),
+    ])
+    assert (usage.input_tokens, usage.output_tokens) == (100, 50)
+
+
+def test_usage_fields_peers_name_otherwise_and_numbers_that_do_not_add_up():
+    written = from_body("openai-chat", {"usage": {"prompt_tokens": 100, "completion_tokens": 5,
+                                                  "prompt_tokens_details": {"cache_creation_tokens": 40}}})
+    assert (written.input_tokens, written.cache_creation_tokens) == (60, 40)
+    wrapped = from_body("openai-responses", {"response": {"usage": {"input_tokens": 3, "output_tokens": 2}}})
+    assert (wrapped.input_tokens, wrapped.output_tokens) == (3, 2)
+    thinking = from_body("anthropic", {"usage": {"output_tokens": 10, "output_tokens_details": {"thinking_tokens": 7}}})
+    assert thinking.reasoning_tokens == 7
+    odd = from_body("openai-chat", {"usage": {"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 20}}})
+    assert odd.input_tokens == 0 and odd.cache_read_tokens == 20     # never a negative count (or cost)
