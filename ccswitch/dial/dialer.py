@@ -130,14 +130,15 @@ class Dialer:
         over, or that affinity moved) takes the request again at once without it, if the route's
         attempts allow one more.  Once per upstream: its next body has none left.  The refused
         items are remembered, so the conversation's later turns go without them at once."""
-        if len(job.attempts) >= job.rules.failover.max_attempts \
-                or not refuses_foreign_reasoning(result.status, result.body or b""):
+        if not refuses_foreign_reasoning(result.status, result.body or b""):
             return False
         refused = job.converted.get(upstream.name) or job.request.json
         body = without_encrypted_reasoning(refused)
         if body is None:
             return False
-        self.refused_seals.learn(upstream.name, refused["input"])
+        self.refused_seals.learn(_account(upstream), refused["input"])    # also when no attempt is left
+        if len(job.attempts) >= job.rules.failover.max_attempts:
+            return False
         job.converted[upstream.name] = body
         if job.turn is not None:    # a Codex socket's chain keeps what the upstream was sent
             job.turn.input = body["input"]
@@ -150,7 +151,9 @@ class Dialer:
         body = job.converted.get(upstream.name)
         if body is None:
             body = translation.request(job.request, upstream, job.rules)
-        unrefused = self.refused_seals.leave_out(upstream.name, job.request.json if body is None else body)
+        if not self.refused_seals:
+            return body
+        unrefused = self.refused_seals.leave_out(_account(upstream), job.request.json if body is None else body)
         if unrefused is None:
             return body
         job.converted[upstream.name] = unrefused
@@ -342,6 +345,11 @@ class Dialer:
         job.status, job.error = status, message
         headers, body = protocols.own_error(job.request.client_protocol, status, message, (("retry-after", "10"),))
         await _answer(job, sink, status, headers, body)
+
+
+def _account(upstream: Upstream) -> tuple:
+    """Whose sealed reasoning an upstream takes: its name and identity (a new key, a new account)."""
+    return upstream.name, upstream.fingerprint()
 
 
 async def _answer(job: Job, sink: Sink, status: int, headers: list[tuple[str, str]], body: bytes) -> None:

@@ -24,6 +24,8 @@ from ccswitch.net import http1
 from ccswitch.routing.events import Event
 
 log = logging.getLogger("ccswitch.activation")
+#: how long a claimed activation time stays another instance's (its slot names its day)
+_CLAIM_HOLDS = 2 * 86400.0
 
 
 class Activator:
@@ -91,7 +93,10 @@ class Activator:
         task.add_done_callback(self.gateway.probes.discard)
         return task
 
-    async def _probe(self, upstream: Upstream, slot: Slot | None) -> ProbeResult:
+    async def _probe(self, upstream: Upstream, slot: Slot | None) -> ProbeResult | None:
+        """The probe's result; None when another instance sends this time's probe."""
+        if slot is not None and not await self._ours(upstream, slot):
+            return None
         sent_at, started = self.clock(), time.monotonic()
         try:
             # the router's client once it runs (one pool, one `max_connections` cap), else its own
@@ -107,6 +112,24 @@ class Activator:
             result = ProbeResult(upstream.name, False, None, f"internal error: {type(exc).__name__}", 0, self.clock())
         self._record(upstream, slot, result)
         return result
+
+    async def _ours(self, upstream: Upstream, slot: Slot) -> bool:
+        """With a shared state, one instance sends each try of a time's probe: the first to claim
+        it.  One that loses takes the time as done, so a relay sees one probe, not one per instance
+        (each try is claimed: after a restart, an instance goes on with the series the shared
+        ledger shows, and still only one sends each try)."""
+        tries = self.schedule.slots[slot].tries
+        try:
+            ours = await self.gateway.state.claim(f"activation:{upstream.name}:{slot.text}:{tries}",
+                                                  self.clock().timestamp() + _CLAIM_HOLDS)
+        except Exception:       # a bug in the claim: a probe too many beats none
+            log.exception("ccswitch: claiming the %s activation of %s failed; it is sent from here", slot.at,
+                          upstream.name)
+            ours = True
+        if not ours:
+            self.schedule.finished(slot, True, self.now(self.gateway.rules), 0)
+            log.info("ccswitch: the %s activation probe for %s is another instance's", slot.at, upstream.name)
+        return ours
 
     def _record(self, upstream: Upstream, slot: Slot | None, result: ProbeResult) -> None:
         rules = self.gateway.rules

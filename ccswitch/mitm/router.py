@@ -390,6 +390,9 @@ class Router:
         self._finish(flow)
         fit_to_save(flow)
 
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        fit_to_save(flow)       # a Codex socket's comment holds each turn's attempts
+
     # ------------------------------------------------------------------ helpers
 
     def _unrouted(self, flow: http.HTTPFlow) -> None:

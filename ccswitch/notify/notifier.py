@@ -125,7 +125,10 @@ class Notifier:
 
     async def _claimed(self, event: Event) -> None:
         """Told only when this instance claims the occurrence first."""
-        until = event.until.timestamp() if event.until is not None else time.time() + UNKNOWN_END
+        if event.claim_for is not None:
+            until = time.time() + event.claim_for
+        else:
+            until = event.until.timestamp() if event.until is not None else time.time() + UNKNOWN_END
         try:
             told_here = await self._claim(event.claim, until)
         except Exception:   # a bug in the claim: telling twice beats never telling

@@ -61,6 +61,8 @@ def fmt_left(left: timedelta) -> str:
 
 def encodable(text: str) -> str:
     """`text` as UTF-8 can hold it: a lone surrogate (JSON allows one) becomes U+FFFD."""
+    if text.isascii():      # most text, and no copy made to find it out
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

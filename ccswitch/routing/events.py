@@ -27,6 +27,9 @@ class Event:
     #: shared state, only the instance that claims it first tells it, so two instances that see
     #: it at the same moment, before either has heard of the other's, do not both announce it
     claim: str = ""
+    #: how long the claim holds, in seconds (None: until the condition ends); short for a name
+    #: that a later occurrence reuses
+    claim_for: float | None = None
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 

@@ -23,6 +23,10 @@ from ccswitch.clock import utc_now
 from ccswitch.routing.changes import Feed, HealthChange, PreferChange, SwitchChange, cut, notify
 from ccswitch.routing.events import Event, Events
 
+#: seconds two instances' cooldowns of one upstream count as one: far more than the shared
+#: state takes to tell the other instances (tens of milliseconds under load)
+COOLDOWN_CLAIM = 10.0
+
 log = logging.getLogger("ccswitch.health")
 
 Clock = Callable[[], float]
@@ -176,10 +180,11 @@ class HealthBoard:
         # to the microsecond: two outages whose cooldowns end in the same second are two stories
         state.outage = until.isoformat(timespec="microseconds")
         if self.events is not None:
-            # one claim per upstream while it cools: two instances that reach the threshold at once
-            # each name the outage by their own cooldown's end
+            # two instances that reach the threshold at once each name the outage by their own
+            # cooldown's end: one claim per upstream, held only while they may not have heard of
+            # each other's (an outage that ends early may be followed by another soon)
             self.events.emit(Event("cooldown", name, reason, until=until, episode=state.outage,
-                                   claim=f"cooldown:{name}"))
+                                   claim=f"cooldown:{name}", claim_for=COOLDOWN_CLAIM))
 
     def reset(self, name: str) -> None:
         old = self.get(name)

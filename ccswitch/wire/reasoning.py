@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Any
 
 #: OpenAI's error code for reasoning this account did not encrypt
@@ -46,38 +47,50 @@ def refuses_foreign_reasoning(status: int | None, body: bytes) -> bool:
 
 
 class RefusedSeals:
-    """The sealed reasoning items each upstream has refused, so that the turns after a refusal
+    """The sealed reasoning items each account has refused, so that the turns after a refusal
     leave them out before sending instead of being refused once more each.  Codex resends every
     earlier reasoning item on each turn over HTTPS: without this memory, every turn after a
     failover would cost a refused round trip, and its retry would also drop the reasoning the
-    serving account sealed itself.  Per upstream, the most recent `per_upstream` items."""
+    serving account sealed since.  An account is whatever key the caller gives (an upstream's
+    name and identity: a reload that gives the name another key starts afresh); per account,
+    the `per_account` items refused or left out most recently."""
 
-    def __init__(self, per_upstream: int = 4096) -> None:
-        self.per_upstream = per_upstream
-        self._refused: dict[str, OrderedDict[int, None]] = {}
+    def __init__(self, per_account: int = 4096) -> None:
+        self.per_account = per_account
+        self._refused: dict[Hashable, OrderedDict[int, None]] = {}
 
-    def learn(self, upstream: str, items: list[Any]) -> None:
-        """`upstream` refused a request whose input held `items`: remember its sealed ones."""
-        seen = self._refused.setdefault(upstream, OrderedDict())
+    def __bool__(self) -> bool:
+        return bool(self._refused)
+
+    def learn(self, account: Hashable, items: list[Any]) -> None:
+        """`account` refused a request whose input held `items`: remember its sealed ones."""
+        seen = self._refused.setdefault(account, OrderedDict())
         for item in items:
-            if is_encrypted_reasoning(item):
-                seal = _seal(item)
+            if (seal := _seal(item)) is not None:
                 seen[seal] = None
                 seen.move_to_end(seal)
-        while len(seen) > self.per_upstream:
+        while len(seen) > self.per_account:
             seen.popitem(last=False)
 
-    def leave_out(self, upstream: str, body: Any) -> dict | None:
-        """`body` without the sealed items `upstream` has refused before; None when it has none."""
-        seen = self._refused.get(upstream)
+    def leave_out(self, account: Hashable, body: Any) -> dict | None:
+        """`body` without the sealed items `account` has refused before; None when it has none."""
+        seen = self._refused.get(account)
         items = body.get("input") if seen and isinstance(body, dict) else None
         if not isinstance(items, list):
             return None
-        kept = [item for item in items if not (is_encrypted_reasoning(item) and _seal(item) in seen)]
+        kept = []
+        for item in items:
+            if (seal := _seal(item)) is not None and seal in seen:
+                seen.move_to_end(seal)      # still sent by a live conversation: kept longest
+            else:
+                kept.append(item)
         return {**body, "input": kept} if len(kept) < len(items) else None
 
 
-def _seal(item: dict) -> int:
-    # a hash, not the text: the sealed text runs to kilobytes, and a collision only costs the
-    # model a reasoning step it takes again
-    return hash(str(item["encrypted_content"]))
+def _seal(item: Any) -> int | None:
+    """A sealed item's fingerprint: a hash, not the text (it runs to kilobytes, and a collision
+    only costs the model a reasoning step it takes again).  None for any other item, and for a
+    seal that is no string (no account writes one: it is passed on as it is)."""
+    if not is_encrypted_reasoning(item) or not isinstance(content := item["encrypted_content"], str):
+        return None
+    return hash(content)

@@ -126,7 +126,7 @@ class _Escaped:
     anchor: bytes       # the key's longest run of letters and digits: no echo of it lacks this
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=4096)     # every form of every key a large rules file holds (scrub asks per call)
 def _escaped(secret: str) -> _Escaped | None:
     """The key as an encoder may write it when it echoes one (`_forms_of` each character other
     than a letter or digit).  None for a key of letters and digits only: it has no other form."""

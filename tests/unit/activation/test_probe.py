@@ -308,3 +308,56 @@ def test_a_late_evening_retry_goes_on_past_midnight_and_fires_no_second_probe():
 
 def test_a_start_exactly_the_grace_late_still_fires():
     assert names(Schedule().due(rules(), at(2026, 11, 25, 6, 15))) == [("relay", "2026-11-25", "06:00")]
+
+
+async def test_with_a_shared_state_only_the_instance_that_claims_a_time_probes_it(tmp_path):
+    import sqlite3
+
+    from ccswitch.mitm.activator import Activator
+    from ccswitch.mitm.gateway import Gateway
+    from ccswitch.net.http1 import UpstreamClient
+    from tests.support.mock_upstream import MockUpstream, status
+
+    class Claims:
+        def __init__(self, won):
+            self.won, self.asked = won, []
+
+        async def claim(self, name, until):
+            self.asked.append(name)
+            return self.won(name)
+
+    with MockUpstream("relay") as mock:
+        path = tmp_path / "rules.yaml"
+        path.write_text(f"""
+timezone: {TZ}
+usage_db: usage.db
+upstreams:
+  - {{name: relay, protocol: anthropic, base_url: '{mock.base_url}', api_key: 'sk-relay-000000000',
+     activate_at: ["06:00", "07:00"]}}
+""")
+        gateway = Gateway()
+        gateway.rules_file.open(str(path))
+        gateway.open_ledger(True)
+        gateway.state = claims = Claims(lambda name: name != "activation:relay:2026-11-25 07:00:1")
+        now = [at(2026, 11, 25, 6, 0, 1)]
+        activator = Activator(gateway, clock=lambda: now[0])
+        activator.client = UpstreamClient()
+        try:
+            mock.script(status(529))
+            (first,) = activator.tick()
+            assert not (await first).ok
+            now[0] += timedelta(minutes=1)
+            (retry,) = activator.tick()                 # its second try: claimed as a try of its own
+            assert (await retry).ok
+            now[0] = at(2026, 11, 25, 7, 0, 1)
+            (other,) = activator.tick()
+            assert await other is None                  # another instance's: nothing sent, no row
+            now[0] += timedelta(minutes=5)
+            assert activator.tick() == []               # done, not retried here
+        finally:
+            await activator.client.aclose()
+            gateway.close()
+        rows = sqlite3.connect(tmp_path / "usage.db").execute("SELECT slot, ok FROM activations ORDER BY id").fetchall()
+    assert rows == [("2026-11-25 06:00", 0), ("2026-11-25 06:00", 1)] and len(mock.requests) == 2
+    assert claims.asked == ["activation:relay:2026-11-25 06:00:1", "activation:relay:2026-11-25 06:00:2",
+                            "activation:relay:2026-11-25 07:00:1"]

@@ -724,3 +724,37 @@ async def test_a_later_turn_goes_without_the_reasoning_its_upstream_refused_and_
     sent = [[item.get("encrypted_content") for item in r.json["input"] if item["type"] == "reasoning"]
             for r in mock_a.requests]
     assert sent == [["ENC-B-1"], [], ["ENC-A-1"]] and len(job.attempts) == 1
+
+
+async def test_a_refusal_on_the_last_attempt_is_remembered_for_the_next_turn(mock_a, mock_b):
+    mock_a.script(status(400, body=FOREIGN_REASONING_400))
+    extra = FAST.replace("failover: {", "failover: {max_attempts: 1, ")
+    rules = responses_pair(mock_a, mock_b, extra)
+    dialer = Dialer(HealthBoard(), allow_url=loopback_url)
+    try:
+        statuses = []
+        for _ in range(2):
+            job = make_job(rules, path="/v1/responses", body=codex_turn("ENC-B-1"), host="api.openai.com")
+            await dialer.run(job, MemorySink())
+            statuses.append(job.status)
+    finally:
+        await dialer.aclose()
+    assert statuses == [400, 200]        # the client had the refusal; its next turn goes without the item
+    assert [len(r.json["input"]) for r in mock_a.requests] == [3, 2]
+
+
+async def test_an_upstream_given_another_key_by_a_reload_starts_with_nothing_refused(mock_a, mock_b):
+    mock_a.script(status(400, body=FOREIGN_REASONING_400))
+    rules = responses_pair(mock_a, mock_b)
+    dialer = Dialer(HealthBoard(), allow_url=loopback_url)
+    try:
+        await dialer.run(make_job(rules, path="/v1/responses", body=codex_turn("ENC-B-1"), host="api.openai.com"),
+                         MemorySink())
+        rekeyed = rules.model_copy(update={"upstreams": [
+            u.model_copy(update={"api_key": SecretStr("sk-another-account-000000")}) if u.name == "a" else u
+            for u in rules.upstreams]})
+        await dialer.run(make_job(rekeyed, path="/v1/responses", body=codex_turn("ENC-B-1"), host="api.openai.com"),
+                         MemorySink())
+    finally:
+        await dialer.aclose()
+    assert [len(r.json["input"]) for r in mock_a.requests] == [3, 2, 3]     # sent whole to the new account

@@ -223,6 +223,17 @@ async def test_a_claim_without_a_known_end_holds_an_hour_and_a_failing_claim_sti
     await notifier.aclose()
 
 
+async def test_a_claim_for_a_while_holds_that_long_whatever_the_condition_s_end():
+    claims = Claims()
+    notifier, _ = await started(rules(), claim=claims)
+    notifier.offer(Event("cooldown", "a", "down", until=datetime(2030, 1, 1, tzinfo=UTC), episode="1",
+                         claim="cooldown:a", claim_for=10))
+    await settle()
+    [(_, until)] = claims.asked
+    assert 9 < until - time.time() <= 10
+    await notifier.aclose()
+
+
 async def test_close_waits_for_a_claim_under_way():
     claims = Claims()
     claims.release.clear()

@@ -36,7 +36,8 @@ def test_a_cooldown_is_announced_when_it_starts_with_its_end():
     assert (event.kind, event.upstream, event.route) == ("cooldown", "a", None)
     assert event.until == WALL + timedelta(seconds=60)
     assert event.episode == "2026-12-02T18:01:00.000000+00:00"
-    assert event.claim == "cooldown:a"      # another instance's cooldown then is this one
+    assert event.claim == "cooldown:a"      # another instance's cooldown then is this one,
+    assert event.claim_for == 10            # but only then: the next outage may follow an early end
     assert event.reason == "cooling down for 60s after 3 consecutive failure(s) (last: HTTP 503)"
 
 

@@ -248,10 +248,19 @@ async def test_two_instances_reaching_a_cooldown_at_once_tell_it_once(redis_url,
         a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
         b.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
         assert len(seen) == 2 and seen[0][1].episode != seen[1][1].episode
-        told = [await node.state.claim(event.claim, event.until.timestamp()) for node, event in seen]
+        told = [await node.state.claim(event.claim, time.time() + event.claim_for) for node, event in seen]
         assert told == [True, False]
         assert await store.get("ccswitch:n:cooldown:relay") == a.state.instance
-        assert 58_000 < await store.pttl("ccswitch:n:cooldown:relay") <= 60_000     # for the cooldown
+        assert 9_000 < await store.pttl("ccswitch:n:cooldown:relay") <= 10_000     # while they may not have heard
+
+
+async def test_a_claim_is_granted_when_redis_fails_to_answer_it():
+    state = RedisState(RedisURL.parse("redis://127.0.0.1:9/0"))
+    state.up, state._client = True, state._connect()      # up a moment ago: the command itself fails
+    try:
+        assert await state.claim("cooldown:relay", time.time() + 10) is True
+    finally:
+        await state._client.aclose()
 
 
 async def test_a_claim_is_granted_when_redis_cannot_be_asked():

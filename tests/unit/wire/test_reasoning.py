@@ -58,15 +58,20 @@ def test_what_an_upstream_refused_is_left_out_of_its_later_bodies_and_nothing_el
     assert seals.leave_out("b", {"input": "text"}) is None and seals.leave_out("b", None) is None
 
 
-def test_the_memory_keeps_each_upstream_s_most_recently_refused_items():
-    seals = RefusedSeals(per_upstream=2)
+def test_the_memory_keeps_each_account_s_most_recently_refused_or_left_out_items():
+    seals = RefusedSeals(per_account=2)
     seals.learn("b", [sealed("old"), sealed("mid")])
     seals.learn("b", [sealed("old"), sealed("new")])     # refused again: the most recent
     body = {"input": [sealed("old"), sealed("mid"), sealed("new")]}
     assert seals.leave_out("b", body)["input"] == [sealed("mid")]
+    seals.leave_out("b", {"input": [sealed("old")]})     # left out again: kept longest
+    seals.learn("b", [sealed("newest")])
+    assert seals.leave_out("b", body)["input"] == [sealed("mid"), sealed("new")]
 
 
-def test_sealed_content_of_any_json_type_is_remembered():
+def test_a_seal_that_is_no_string_is_never_remembered_nor_read_deeply():
+    deep = "[" * 1400 + "]" * 1400          # json.loads takes it; str() of it would recurse too deep
     seals = RefusedSeals()
-    seals.learn("b", [sealed(["a", "list"]), sealed({"a": 1})])
-    assert seals.leave_out("b", {"input": [sealed(["a", "list"]), sealed({"a": 1}), USER]})["input"] == [USER]
+    seals.learn("b", [sealed(json.loads(deep)), sealed({"a": 1}), sealed("A-1")])
+    body = {"input": [sealed(json.loads(deep)), sealed({"a": 1}), sealed("A-1"), USER]}
+    assert len(seals.leave_out("b", body)["input"]) == 3
