@@ -240,6 +240,12 @@ def client_gone(flow: http.HTTPFlow) -> bool:
     return flow.client_conn.timestamp_end is not None and not flow.is_replay
 
 
+def client_left(flow: http.HTTPFlow) -> bool:
+    """The client has left: gone already, or the flow's error says so (mitmproxy runs the error
+    hook before it marks the client's connection closed)."""
+    return client_gone(flow) or (flow.error is not None and flow.error.msg.lower().startswith("client disconnected"))
+
+
 def gone_meanwhile(flow: http.HTTPFlow) -> bool:
     """While a request hook waited (for the start, the spend, the user): killed, or its client left."""
     return flow.error is not None or not flow.live or client_gone(flow)

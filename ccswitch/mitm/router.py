@@ -13,7 +13,7 @@ from mitmproxy import ctx, exceptions, http
 from ccswitch.clock import utc_now
 from ccswitch.config.models import Rules
 from ccswitch.dial.dialer import Dialer
-from ccswitch.dial.job import KILLED, Job
+from ccswitch.dial.job import CLIENT_CLOSED, KILLED, Job
 from ccswitch.dial.relay import JOB_HEADER, BufferSink, Relay, run_guarded
 from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_proxy_connections
 from ccswitch.dial.ws_bridge import TICKET_HEADER
@@ -27,6 +27,7 @@ from ccswitch.mitm.flows import (
     answer,
     answer_error,
     as_the_client_sent,
+    client_left,
     drop_body,
     error_response,
     failover_line,
@@ -249,6 +250,7 @@ class Router:
         elif refusal := origin_problem(headers):   # the live page posts nothing
             return refuse(*refusal)
         client_name = known.client = client.name if client is not None else None
+        known.session = session_key(headers, None)    # a refusal's row has the header's, before any body
         # nothing is sent upstream until the budget's next period; a request's row keeps its model
         over_budget = self.planner.client_over_budget(client_name)
         if match.endpoint == Endpoint.WEBSOCKET:
@@ -418,7 +420,8 @@ class Router:
             loop.call_soon(loop.call_soon, self._record_answered, job)
         elif self.relay and self.relay.forget(job):
             # mitmproxy never delivered it to the relay (e.g. the client left at once)
-            job.error = KILLED if killed(flow) else flow.error.msg if flow.error else "not dispatched"
+            job.error = (KILLED if killed(flow) else CLIENT_CLOSED if client_left(flow)
+                         else flow.error.msg if flow.error else "not dispatched")
             self.gateway.record_job(job)
         elif flow.error is not None and job.latency_ms is None:
             job.flow_ended_first()    # the relay is about to cancel it

@@ -140,13 +140,17 @@ class HealthBoard:
     def record_failure(self, name: str, reason: str, *, threshold: int, cooldown: float,
                        at_least: float = 0.0) -> None:
         """One failure; at `threshold` consecutive ones the upstream cools down.
-        A failed probe after a cooldown sends it straight back."""
+        A failed probe after a cooldown sends it straight back.  One while it cools (a request
+        under way when the cooldown began) counts, but the cooldown ends when it was to, unless
+        this failure asks for longer (`at_least`)."""
         state = self.get(name)
         now = self.clock()
         was_probe = state.cooling_until and state.cooling_until <= now
         state.failures += 1
         state.last_error = reason
-        if state.failures >= threshold or was_probe:
+        if state.cooling_until > now:
+            state.cooling_until = max(state.cooling_until, now + at_least)
+        elif state.failures >= threshold or was_probe:
             length = max(cooldown, at_least)
             state.cooling_until = now + length
             state.was_cooling = True

@@ -794,3 +794,29 @@ async def test_a_model_with_a_lone_surrogate_leaves_its_flow_savable(router, str
         router.response(flow)
     assert flow.metadata["ccswitch"]["model"] == "plain\ufffd"
     mitm_io.FlowWriter(io.BytesIO()).add(flow)
+
+
+@pytest.mark.parametrize("message", ["Client disconnected.", "client disconnected"])
+async def test_a_stream_whose_client_left_before_the_relay_had_it_is_client_closed_with_its_session(
+        router, gateway, message):
+    from ccswitch.dial.job import CLIENT_CLOSED
+    recorded = []
+    gateway.record_job = recorded.append
+    flow = messages_flow({"model": "m", "stream": True, "messages": []})
+    flow.request.headers["x-ccswitch-session"] = "s-1"
+    await router.request(flow)
+    assert flow.response is None and flow.id in router.jobs      # on its way to the relay
+    flow.error = Error(message)                                  # the client left at once
+    router.error(flow)
+    [job] = recorded
+    assert job.error == CLIENT_CLOSED and job.session == "s-1"
+
+
+async def test_a_refusal_before_the_body_is_read_keeps_the_header_s_session(router, gateway):
+    rows = []
+    gateway.ledger = type("Rows", (), {"add": lambda self, table, row: rows.append(row)})()
+    flow = messages_flow({"model": "m", "messages": []})
+    flow.request.headers["x-ccswitch-session"] = "s-2"
+    flow.request.headers["content-type"] = "text/plain"
+    await router.request(flow)
+    assert flow.response.status_code == 415 and [row["session"] for row in rows] == ["s-2"]

@@ -110,3 +110,17 @@ def test_a_preference_ends_at_its_end():
     b.preferred = ("a", clock.now + 60)
     clock.now += 60
     assert b.preferred_name() is None
+
+
+def test_failures_of_requests_under_way_when_the_cooldown_began_neither_extend_nor_log_it(caplog):
+    b, clock = board()
+    for _ in range(3):
+        fail(b)
+    ends = b.cooling_until("a")
+    clock.now += 15
+    for _ in range(5):                       # each started before the cooldown; a total timeout now
+        fail(b)
+    assert b.cooling_until("a") == ends and b.get("a").failures == 8
+    assert caplog.text.count("cooldown for") == 1
+    fail(b, at_least=120)                    # a failure that says how long: it is longer
+    assert b.cooling_until("a") == clock.now + 120
