@@ -95,6 +95,7 @@ class Dialer:
                 if self.health.busy_probing(upstream.name) and index + 1 < len(job.candidates):
                     index += 1   # another request is probing it after its cooldown: one at a time
                     continue
+                job.may_fail_over = index + 1 < len(job.candidates) and len(job.attempts) + 1 < failover.max_attempts
                 result = await self._attempt(job, upstream, sink)
                 if isinstance(result, Streamed):
                     return

@@ -84,6 +84,8 @@ class Job:
     # it has `response.completed`) ends nothing that was asked for
     delivered: bool = False
     killed: bool = False     # its flow was killed in mitmproxy: it ends as if its client left
+    # the attempt under way is not the last: another upstream may take the request if it fails
+    may_fail_over: bool = False
 
     def client_left(self) -> None:
         if not self.delivered:

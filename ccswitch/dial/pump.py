@@ -93,6 +93,10 @@ class Pump:
         # more.  Its first whole event has `first_byte` to come, as the head had; then the next
         # upstream is tried.  A Chat stream may be silent until its first token (a reasoning model's minutes).
         silent_until = last_in + rules.timeouts.first_byte if self.upstream.protocol in OPENS_AT_ONCE else None
+        # Such a stream whose first content is that late after its opening events (a relay that
+        # hangs once it has opened) is not committed at the hold-back either while another upstream
+        # may take the request: committed, it could only end in an error at `idle`.
+        content_until = silent_until if self.job.may_fail_over else None
         if rules.failover.hold_back <= 0:
             await self._commit()
         chunks = self.response.aiter_bytes().__aiter__()
@@ -106,7 +110,7 @@ class Pump:
             else:
                 wait = max(0.0, last_in + rules.timeouts.idle - now)
                 if not self.committed:
-                    wait = min(wait, max(0.0, hold_until - now))
+                    wait = min(wait, max(0.0, (hold_until if content_until is None else content_until) - now))
             # The deadline may cut a read short: the body iterators (http1.Response, a bridged
             # socket's turn) take nothing from their buffers before their one wait, so a
             # cancelled read loses no bytes.  No task and no wait set per read, and one timer
@@ -117,15 +121,20 @@ class Pump:
             except asyncio.CancelledError:
                 if not deadline.stop():
                     raise
-                if not self.committed and silent_until is not None and time.monotonic() >= silent_until - 0.0005:
-                    ended = "first_byte timeout (no event after the response head)"
-                    timed_out = True
-                    break
-                if not self.committed and time.monotonic() >= hold_until - 0.0005:
-                    await self._commit()        # held long enough: stream what we have
-                    continue
-                ended = "idle timeout"
+                now = time.monotonic()
                 timed_out = True
+                if not self.committed and silent_until is not None and now >= silent_until - 0.0005:
+                    ended = "first_byte timeout (no event after the response head)"
+                    break
+                if not self.committed and now < last_in + rules.timeouts.idle - 0.0005:
+                    if content_until is None and now >= hold_until - 0.0005:
+                        timed_out = False
+                        await self._commit()        # held long enough: stream what we have
+                        continue
+                    if content_until is not None and now >= content_until - 0.0005:
+                        ended = "first_byte timeout (no content after the opening events)"
+                        break
+                ended = "idle timeout"
                 break
             except StopAsyncIteration:
                 deadline.stop()

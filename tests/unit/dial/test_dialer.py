@@ -221,11 +221,31 @@ async def test_a_stream_waits_for_its_bodys_end_behind_the_last_event_and_keeps_
     assert all(sink.ended for sink in sinks) and mock_a.connections_accepted == connections
 
 
-async def test_hold_back_commits_after_its_time_without_content(mock_a, mock_b):
+async def test_hold_back_commits_after_its_time_without_content_when_no_other_upstream_could_serve(mock_a):
     mock_a.script(stall_after(1, 0.6))   # message_start, then silence longer than hold_back
     extra = FAST.replace("hold_back: 2s", "hold_back: 200ms").replace("idle: 500ms", "idle: 2s")
-    job, sink, _ = await run(two(mock_a, mock_b, extra=extra))
+    job, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=extra))
     assert sink.headers["x-ccswitch-upstream"] == "a" and job.ttfb_ms < 550
+    assert event_types(sink.body)[-1] == "message_stop"
+
+
+async def test_a_stream_silent_after_its_opening_fails_over_while_another_upstream_could_serve(mock_a, mock_b):
+    """A relay that opens and then hangs: not committed at the hold-back, its first content has
+    `first_byte`, then the next upstream serves, unseen by the client."""
+    mock_a.script(stall_after(1, 5))
+    extra = FAST.replace("hold_back: 2s", "hold_back: 200ms").replace("idle: 500ms", "idle: 2s")
+    job, sink, _ = await run(two(mock_a, mock_b, extra=extra))
+    assert sink.headers["x-ccswitch-upstream"] == "b" and job.error is None
+    types = event_types(sink.body)
+    assert types.count("message_start") == 1 and types[-1] == "message_stop"
+    assert job.attempts[0].error == "first_byte timeout (no content after the opening events)"
+
+
+async def test_content_late_but_within_first_byte_stays_with_its_upstream(mock_a, mock_b):
+    mock_a.script(stall_after(1, 0.3))
+    extra = FAST.replace("hold_back: 2s", "hold_back: 100ms").replace("idle: 500ms", "idle: 2s")
+    job, sink, _ = await run(two(mock_a, mock_b, extra=extra))
+    assert sink.headers["x-ccswitch-upstream"] == "a" and job.ttfb_ms >= 290 and mock_b.requests == []
     assert event_types(sink.body)[-1] == "message_stop"
 
 
@@ -236,7 +256,7 @@ async def test_the_silence_that_ends_a_stream_counts_from_its_last_bytes_not_fro
     extra = FAST.replace("hold_back: 2s", "hold_back: 400ms").replace("idle: 500ms", "idle: 700ms")
     loop = asyncio.get_running_loop()
     start = loop.time()
-    job, sink, _ = await run(two(mock_a, mock_b, extra=extra))
+    job, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=extra))
     took = loop.time() - start
     assert sink.headers["x-ccswitch-upstream"] == "a" and "idle timeout" in job.error
     assert 0.6 < took < 0.95        # about 0.7 s, where it used to be 0.4 + 0.7 s

@@ -29,10 +29,11 @@ async def test_a_stream_silent_after_its_head_is_not_committed_empty_and_fails_o
     assert 0.45 < took < 1.5         # first_byte (500 ms) after the head, not idle (5 s)
 
 
-async def test_bytes_after_the_head_still_commit_at_the_hold_back(mock_a, mock_b):
+async def test_bytes_after_the_head_still_commit_at_the_hold_back_on_a_last_chance(mock_a, mock_b):
+    # with another upstream to go to, content has `first_byte` to come instead (test_dialer)
     mock_a.script(stall_after(1, 0.8))   # message_start, then quiet past the hold-back
     extra = FAST.replace("hold_back: 2s", "hold_back: 200ms").replace("idle: 500ms", "idle: 5s")
-    job, sink, _ = await run(two(mock_a, mock_b, extra=extra))
+    job, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=extra))
     assert sink.headers["x-ccswitch-upstream"] == "a" and job.ttfb_ms < 600 and job.error is None
 
 
