@@ -154,31 +154,37 @@ def test_has_content():
     assert not has_content("openai-chat", b'{"error":{"message":"x"}}', False)
 
 
-async def test_activator_probes_on_time_records_and_ends_a_cooldown(tmp_path):
-    import asyncio
-    import sqlite3
-
+def probing(tmp_path, mock, times, clock):
+    """A gateway with one relay probed at `times`, its ledger in tmp_path, and its activator."""
     from ccswitch.mitm.activator import Activator
     from ccswitch.mitm.gateway import Gateway
     from ccswitch.net.http1 import UpstreamClient
-    from tests.support.mock_upstream import MockUpstream, status
-
-    with MockUpstream("relay") as mock:
-        path = tmp_path / "rules.yaml"
-        path.write_text(f"""
+    path = tmp_path / "rules.yaml"
+    path.write_text(f"""
 timezone: {TZ}
 usage_db: usage.db
 upstreams:
   - {{name: relay, protocol: anthropic, base_url: '{mock.base_url}', api_key: 'sk-relay-000000000',
-     activate_at: ["06:00"]}}
+     activate_at: {times}}}
 routes: {{claude: [relay]}}
 """)
-        gateway = Gateway()
-        gateway.rules_file.open(str(path))
-        gateway.open_ledger(True)
+    gateway = Gateway()
+    gateway.rules_file.open(str(path))
+    gateway.open_ledger(True)
+    activator = Activator(gateway, clock=clock)
+    activator.client = UpstreamClient()
+    return gateway, activator
+
+
+async def test_activator_probes_on_time_records_and_ends_a_cooldown(tmp_path):
+    import asyncio
+    import sqlite3
+
+    from tests.support.mock_upstream import MockUpstream, status
+
+    with MockUpstream("relay") as mock:
         now = [at(2026, 11, 25, 5, 59)]
-        activator = Activator(gateway, clock=lambda: now[0])
-        activator.client = UpstreamClient()
+        gateway, activator = probing(tmp_path, mock, '["06:00"]', lambda: now[0])
         for _ in range(3):
             gateway.health.record_failure("relay", "HTTP 529", threshold=3, cooldown=600)
         assert gateway.health.cooling_until("relay") is not None
@@ -313,9 +319,6 @@ def test_a_start_exactly_the_grace_late_still_fires():
 async def test_with_a_shared_state_only_the_instance_that_claims_a_time_probes_it(tmp_path):
     import sqlite3
 
-    from ccswitch.mitm.activator import Activator
-    from ccswitch.mitm.gateway import Gateway
-    from ccswitch.net.http1 import UpstreamClient
     from tests.support.mock_upstream import MockUpstream, status
 
     class Claims:
@@ -327,21 +330,9 @@ async def test_with_a_shared_state_only_the_instance_that_claims_a_time_probes_i
             return self.won(name)
 
     with MockUpstream("relay") as mock:
-        path = tmp_path / "rules.yaml"
-        path.write_text(f"""
-timezone: {TZ}
-usage_db: usage.db
-upstreams:
-  - {{name: relay, protocol: anthropic, base_url: '{mock.base_url}', api_key: 'sk-relay-000000000',
-     activate_at: ["06:00", "07:00"]}}
-""")
-        gateway = Gateway()
-        gateway.rules_file.open(str(path))
-        gateway.open_ledger(True)
-        gateway.state = claims = Claims(lambda name: name != "activation:relay:2026-11-25 07:00:1")
         now = [at(2026, 11, 25, 6, 0, 1)]
-        activator = Activator(gateway, clock=lambda: now[0])
-        activator.client = UpstreamClient()
+        gateway, activator = probing(tmp_path, mock, '["06:00", "07:00"]', lambda: now[0])
+        gateway.state = claims = Claims(lambda name: name != "activation:relay:2026-11-25 07:00:1")
         try:
             mock.script(status(529))
             (first,) = activator.tick()
