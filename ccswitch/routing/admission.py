@@ -21,8 +21,8 @@ _NOT_IN_NAMES = _NOT_IN_TARGET = re.compile(r"[\x00-\x20\x7f]")
 def head_problem(target: str, headers: list[tuple[str, str]]) -> tuple[int, str] | None:
     """A request head no upstream should see: control characters (or a blank in the target,
     which is not quoted here: it may hold a key), or far too many bytes of headers."""
-    if _NOT_IN_TARGET.search(target):
-        return 400, "the request's path or query contains a space or a control character"
+    if _NOT_IN_TARGET.search(target) or not target.isascii():
+        return 400, "the request's path or query contains a space, a control character or a byte that is not ASCII"
     size = 0
     for name, value in headers:
         size += len(name) + len(value)

@@ -23,9 +23,9 @@ from ccswitch.clock import utc_now
 from ccswitch.routing.changes import Feed, HealthChange, PreferChange, SwitchChange, cut, notify
 from ccswitch.routing.events import Event, Events
 
-#: seconds two instances' cooldowns of one upstream count as one: far more than the shared
-#: state takes to tell the other instances (tens of milliseconds under load)
-COOLDOWN_CLAIM = 10.0
+#: seconds two instances' cooldowns (or recoveries) of one upstream count as one: far more than
+#: the shared state takes to tell the other instances (tens of milliseconds under load)
+NEWS_CLAIM = 10.0
 
 log = logging.getLogger("ccswitch.health")
 
@@ -126,8 +126,10 @@ class HealthBoard:
             log.info("upstream %s recovered", name)
         news = bool(state.failures or state.cooling_until or state.outage or state.rate_limited or state.last_error)
         if state.outage is not None and self.events is not None:
+            # as for its cooldown: instances that cooled it down at once named the outage each
+            # their own way, and may each see a 2xx at once
             self.events.emit(Event("recovered", name, "answered with a 2xx again after its cooldown",
-                                   episode=state.outage, claim=f"recovered:{name}:{state.outage}"))
+                                   episode=state.outage, claim=f"recovered:{name}", claim_for=NEWS_CLAIM))
         state.outage = None
         state.failures = 0
         state.cooling_until = 0.0
@@ -188,7 +190,7 @@ class HealthBoard:
             # cooldown's end: one claim per upstream, held only while they may not have heard of
             # each other's (an outage that ends early may be followed by another soon)
             self.events.emit(Event("cooldown", name, reason, until=until, episode=state.outage,
-                                   claim=f"cooldown:{name}", claim_for=COOLDOWN_CLAIM))
+                                   claim=f"cooldown:{name}", claim_for=NEWS_CLAIM))
 
     def reset(self, name: str) -> None:
         old = self.get(name)

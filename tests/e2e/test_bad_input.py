@@ -147,6 +147,7 @@ def test_a_lone_surrogate_escape_is_routed_as_it_came(world):
     (b"/v1/messages", b"X-Bad: a\x1b[31mb", b"control character"),
     (b"/v1/messages", b"X-Bad: a\x7fb", b"control character"),
     (b"/v1/messages?a=\x7f", b"X-Good: tab\tinside", b"path or query"),
+    (b"/v1/messages?a=\x85", b"X-Good: a", b"not ASCII"),
 ])
 def test_a_control_character_in_the_head_is_refused_not_blamed_on_the_upstream(world, target, header, needle):
     """The client's own bad request: a 400, nothing sent, and no failure counted against the

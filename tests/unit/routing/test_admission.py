@@ -50,6 +50,9 @@ def test_a_page_of_another_site_is_told_from_this_machines(origin, refused):
     ("/v1/messages", [("x a", "b")], "control character"),          # a blank inside a name
     ("/v1/messages?q=a b", [], "path or query"),
     ("/v1/messages?q=\x1b", [], "path or query"),
+    ("/v1/messages?q=\udc85", [], "not ASCII"),          # a raw byte that is no UTF-8, as mitmproxy reads it
+    ("/v1/messages?q=é", [], "not ASCII"),
+    ("/v1/messages?q=%C3%A9", [], None),
 ])
 def test_a_head_http_cannot_carry_is_the_client_s_400(target, headers, refused):
     from ccswitch.routing.admission import head_problem
