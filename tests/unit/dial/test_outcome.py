@@ -66,3 +66,11 @@ def test_a_key_is_known_in_every_percent_encoded_form_an_echo_may_use():
     assert echo_forms("sk-plain-key-123") == ("sk-plain-key-123",)
     assert scrub(b"https://relay/keys/sk-A/B%2BC%3D%3D/usage", list(echo_forms(key))) == \
         b"https://relay/keys/[redacted]/usage"
+
+
+def test_a_busy_connection_cap_is_a_504_and_a_reset_is_named_so():
+    from ccswitch.dial.outcome import network_failure
+    from ccswitch.net import http1
+    busy = network_failure("a", http1.NoFreeConnection("busy"), "switch", "connect")
+    assert busy.client_status == 504 and not busy.counts
+    assert network_failure("a", ConnectionResetError(104, "reset"), "switch", "connect").reason == "connection reset"

@@ -823,3 +823,10 @@ async def test_a_body_still_buffered_when_ccswitch_closes_the_connection_is_cut_
         with pytest.raises(http1.RemoteProtocolError, match="closed by ccswitch") as caught:
             await response.aread()
         assert not isinstance(caught.value, http1.MalformedAnswer)
+
+
+@pytest.mark.parametrize("target", ["/a b", "/a\r\nX-Injected: 1", "/a\x00"])
+def test_a_target_that_would_split_the_request_line_is_never_written(target):
+    from ccswitch.net.request_head import request_head
+    with pytest.raises(ValueError):
+        request_head("GET", target, [("host", "x")])

@@ -894,3 +894,26 @@ def test_what_would_change_the_answers_kind_is_refused_as_on_a_responses_upstrea
     `function` message) was refused: both upstream kinds refuse them alike, up front."""
     with pytest.raises(RenderError, match=message):
         chat(user(), **extra)
+
+
+def test_a_prompt_too_long_in_any_letter_case_is_context_length_exceeded():
+    from ccswitch.translate.chat.common import openai_error_from
+    body = b'{"error":{"type":"invalid_request_error","message":"Prompt is too long: 250000 tokens > 200000 maximum"}}'
+    assert openai_error_from(body, 400)["error"]["code"] == "context_length_exceeded"
+
+
+def test_top_p_of_exactly_0_95_stays_with_thinking_on():
+    out = chat(user(), reasoning_effort="high", top_p=0.95)
+    assert "thinking" in out and out["top_p"] == 0.95
+
+
+def test_render_sends_one_anthropic_version_no_proxy_login_and_the_rules_header_instead_of_the_client_s():
+    upstream = Upstream(name="own", protocol="anthropic", base_url="https://a.example", auth="client",
+                        headers={"User-Agent": "ours"})
+    req = make_req({"model": "m", "messages": [user()]})
+    req.headers = [("anthropic-version", "2023-01-01"), ("proxy-authorization", "Basic dTpw"),
+                   ("user-agent", "theirs"), ("x-api-key", "sk-the-clients-own-key")]
+    headers = render(upstream, req).headers
+    assert [v for k, v in headers if k == "anthropic-version"] == ["2023-01-01"]
+    assert "proxy-authorization" not in dict(headers) and ("x-api-key", "sk-the-clients-own-key") in headers
+    assert [v for k, v in headers if k == "user-agent"] == ["ours"]

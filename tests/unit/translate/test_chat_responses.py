@@ -680,3 +680,20 @@ def test_url_citations_come_back_as_chat_annotations_at_their_place_in_the_whole
     assert body["choices"][0]["message"]["content"][7:11] == "Fact"
     _, body, _ = reply(json.dumps({"status": "completed", "output": [OUTPUT[2]]}).encode())
     assert "annotations" not in body["choices"][0]["message"]
+
+
+def test_a_cancelled_response_is_a_failure_not_an_empty_answer_and_raw_reasoning_is_kept():
+    import pytest as _pytest
+
+    from ccswitch.translate.chat.responses import UpstreamFailed, completion_from_response
+    with _pytest.raises(UpstreamFailed):
+        completion_from_response({"status": "cancelled", "output": []}, "m")
+    done = completion_from_response({"status": "completed", "output": [
+        {"type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": "think"}]},
+        {"type": "message", "content": [{"type": "output_text", "text": "ok"}]}]}, "m")
+    assert done["choices"][0]["message"]["reasoning_content"] == "think"
+
+
+def test_the_upstream_s_own_total_tokens_is_kept():
+    from ccswitch.translate.chat.responses_stream import response_usage
+    assert response_usage({"input_tokens": 10, "output_tokens": 5, "total_tokens": 20})["total_tokens"] == 20

@@ -51,3 +51,23 @@ def test_a_key_is_scrubbed_in_url_and_html_forms_and_any_json_escape(written):
 def test_text_that_only_shares_the_key_s_plain_run_is_left_alone():
     body = b"SECRETCANARY is a word here, and so is sk-a/b"
     assert scrub(body, [ECHOED]) == body
+
+
+def test_an_eight_character_key_is_the_shortest_scrubbed_and_found():
+    from ccswitch.wire.redact import holds_secret
+    assert scrub(b"xx12345678yy", ["12345678"]) == b"xx[redacted]yy"
+    assert holds_secret("a 12345678 b", ["12345678"]) and not holds_secret("a 1234567 b", ["1234567"])
+
+
+def test_a_key_holding_a_backslash_is_found_json_escaped():
+    assert scrub(json.dumps({"m": "ab\\cdefgh12"}).encode(), ["ab\\cdefgh12"]) == b'{"m": "[redacted]"}'
+
+
+def test_credentials_are_read_whatever_the_letter_case_of_their_scheme():
+    import base64
+
+    from ccswitch.wire.redact import client_credential, credential_part, holding
+    basic = base64.b64encode(b"u:sk-secret123").decode()
+    assert holding([("authorization", f"BASIC {basic}")], ["sk-secret123"]) == [True]
+    assert credential_part("Token sk-abcdef12") == "sk-abcdef12"
+    assert client_credential([("authorization", "bearer sk-abcdef12")]) == "sk-abcdef12"
