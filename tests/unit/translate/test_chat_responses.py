@@ -697,3 +697,23 @@ def test_a_cancelled_response_is_a_failure_not_an_empty_answer_and_raw_reasoning
 def test_the_upstream_s_own_total_tokens_is_kept():
     from ccswitch.translate.chat.responses_stream import response_usage
     assert response_usage({"input_tokens": 10, "output_tokens": 5, "total_tokens": 20})["total_tokens"] == 20
+
+
+def test_allowed_tools_without_a_mode_is_the_client_s_400_not_an_error_of_ours():
+    import pytest as _pytest
+
+    from ccswitch.translate.chat.responses_request import build_request
+    from ccswitch.wire.exchange import RenderError
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+            "tool_choice": {"type": "allowed_tools",
+                            "allowed_tools": {"tools": [{"type": "function", "function": {"name": "f"}}]}}}
+    with _pytest.raises(RenderError):
+        build_request(body, stream=False)
+    body["tool_choice"]["allowed_tools"]["mode"] = "auto"
+    assert build_request(body, stream=False)["tool_choice"]["mode"] == "auto"
+
+
+def test_a_translated_error_keeps_the_upstream_s_retry_after_ms():
+    from ccswitch.translate.chat.common import _json_headers
+    assert ("retry-after-ms", "1500") in _json_headers([("retry-after-ms", "1500"), ("x-other", "1")])
