@@ -97,6 +97,7 @@ class Pump:
         # hangs once it has opened) is not committed at the hold-back either while another upstream
         # may take the request: committed, it could only end in an error at `idle`.
         content_until = silent_until if self.job.may_fail_over else None
+        held_until = hold_until if content_until is None else content_until    # commit, or give up then
         if rules.failover.hold_back <= 0:
             await self._commit()
         chunks = self.response.aiter_bytes().__aiter__()
@@ -110,7 +111,7 @@ class Pump:
             else:
                 wait = max(0.0, last_in + rules.timeouts.idle - now)
                 if not self.committed:
-                    wait = min(wait, max(0.0, (hold_until if content_until is None else content_until) - now))
+                    wait = min(wait, max(0.0, held_until - now))
             # The deadline may cut a read short: the body iterators (http1.Response, a bridged
             # socket's turn) take nothing from their buffers before their one wait, so a
             # cancelled read loses no bytes.  No task and no wait set per read, and one timer
@@ -122,19 +123,17 @@ class Pump:
                 if not deadline.stop():
                     raise
                 now = time.monotonic()
-                timed_out = True
                 if not self.committed and silent_until is not None and now >= silent_until - 0.0005:
                     ended = "first_byte timeout (no event after the response head)"
-                    break
-                if not self.committed and now < last_in + rules.timeouts.idle - 0.0005:
-                    if content_until is None and now >= hold_until - 0.0005:
-                        timed_out = False
+                elif (not self.committed and now >= held_until - 0.0005
+                        and now < last_in + rules.timeouts.idle - 0.0005):
+                    if content_until is None:
                         await self._commit()        # held long enough: stream what we have
                         continue
-                    if content_until is not None and now >= content_until - 0.0005:
-                        ended = "first_byte timeout (no content after the opening events)"
-                        break
-                ended = "idle timeout"
+                    ended = "first_byte timeout (no content after the opening events)"
+                else:
+                    ended = "idle timeout"
+                timed_out = True
                 break
             except StopAsyncIteration:
                 deadline.stop()

@@ -25,6 +25,7 @@ from typing import Any
 from ccswitch.config.database_url import PostgresURL, parse_usage_db
 from ccswitch.ledger import spill
 from ccswitch.ledger.backend import Backend, Row, SQLiteBackend
+from ccswitch.wire.exchange import encodable
 
 log = logging.getLogger("ccswitch.ledger")
 
@@ -305,6 +306,5 @@ class Ledger:
 
 
 def storable_text(text: str) -> str:
-    """`text` without what SQLite and PostgreSQL refuse: NULs go, lone surrogates (a Python
-    string holds no pairs) become U+FFFD."""
-    return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text if ch != "\x00")
+    """`text` without what SQLite and PostgreSQL refuse: NULs go, lone surrogates become U+FFFD."""
+    return encodable(text.replace("\x00", ""))

@@ -19,10 +19,11 @@ from mitmproxy.utils.strutils import always_str
 from ccswitch.config.models import Rules
 from ccswitch.dial.job import Job
 from ccswitch.dial.render import upstream_url
-from ccswitch.report.text import encodable, printable
+from ccswitch.report.text import printable
 from ccswitch.routing.classify import classify
 from ccswitch.vocab import CLIENT_PROTOCOL, Protocol
 from ccswitch.wire import protocols
+from ccswitch.wire.exchange import encodable
 from ccswitch.wire.headers import to_wire
 from ccswitch.wire.redact import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS, REDACTED, holding, path_without
 

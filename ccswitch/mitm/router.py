@@ -281,7 +281,7 @@ class Router:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return refuse(400, "the request body names no model")
-        session = known.session = session_key(headers, body)
+        session = known.session = known.session or session_key((), body)   # the headers' come first
         if over_budget:
             return refuse(*over_budget)
         if self.shutdown.draining:   # those in flight finish; new ones are for the next process

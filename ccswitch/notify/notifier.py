@@ -109,7 +109,8 @@ class Notifier:
         rules = self._rules()
         if rules.notify is not self._hooks:
             self._forget_removed(rules.notify)
-        if not self._hooks_for(event, rules) or not self.dedupe.first(event):
+        hooks = self._hooks_for(event, rules)
+        if not hooks or not self.dedupe.first(event):
             return
         event = clean(event, rules.secret_texts())   # the keys in force when it happened
         if event.claim and self._claim is not None:
@@ -117,7 +118,7 @@ class Notifier:
             self._claiming.add(task)
             task.add_done_callback(self._claiming.discard)
             return
-        self._push(event)
+        self._push(event, hooks)
 
     @staticmethod
     def _hooks_for(event: Event, rules: Rules) -> list[NotifyHook]:
@@ -134,11 +135,11 @@ class Notifier:
         except Exception:   # a bug in the claim: telling twice beats never telling
             log.exception("ccswitch: claiming the %s notification failed; it is sent from here", event.kind)
             told_here = True
-        if told_here:
-            self._push(event)
+        if told_here:    # the hooks in force now: a reload may have come during the claim
+            self._push(event, self._hooks_for(event, self._rules()))
 
-    def _push(self, event: Event) -> None:
-        for hook in self._hooks_for(event, self._rules()):
+    def _push(self, event: Event, hooks: list[NotifyHook]) -> None:
+        for hook in hooks:
             lane = self.lanes.get(hook)
             if lane is None:
                 lane = self.lanes[hook] = Lane(hook, self._deliver, self.capacity)

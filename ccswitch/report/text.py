@@ -59,17 +59,6 @@ def fmt_left(left: timedelta) -> str:
     return f"{minutes // 60}h {minutes % 60:02d}m"
 
 
-def encodable(text: str) -> str:
-    """`text` as UTF-8 can hold it: a lone surrogate (JSON allows one) becomes U+FFFD."""
-    if text.isascii():      # most text, and no copy made to find it out
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
-    return text
-
-
 def printable(text: str) -> str:
     """Text a terminal shows as it is: a model name or session key is the client's to choose, and
     its control characters (escape sequences, line breaks) are written as escapes, not obeyed."""

@@ -81,6 +81,18 @@ def json_text(value: Any, *, compact: bool = True) -> str:
     return text
 
 
+def encodable(text: str) -> str:
+    """`text` as UTF-8 can hold it: a lone surrogate (a Python string holds no pairs; JSON
+    allows one alone) becomes U+FFFD."""
+    if text.isascii():      # most text, and no copy made to find it out
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+    return text
+
+
 def json_bytes(value: Any, *, compact: bool = True) -> bytes:
     """`json_text` as UTF-8 (one encode when there is no lone surrogate)."""
     separators = _COMPACT if compact else None
