@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import typing
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Protocol
 
 from ccswitch.config.models import Upstream
 from ccswitch.dial.job import CLIENT_CLOSED, KILLED, Attempt, Job, marks
@@ -36,10 +36,10 @@ from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.quota import QuotaBoard
 from ccswitch.routing.rate_limits import rejection_reset
 from ccswitch.translate import translation_for
-from ccswitch.vocab import Action, Endpoint
+from ccswitch.vocab import Action, Endpoint, Protocol
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import UNPARSED, RenderError, Reply, json_or_none
-from ccswitch.wire.reasoning import RefusedSeals, refuses_foreign_reasoning, without_encrypted_reasoning
+from ccswitch.wire.reasoning import SealMemory, refuses_foreign_reasoning, seals_in_output
 from ccswitch.wire.redact import scrub_headers
 from ccswitch.wire.sse import is_event_stream
 from ccswitch.wire.usage import usage_of_body
@@ -49,7 +49,7 @@ log = logging.getLogger("ccswitch.dialer")
 _MAX_RETRIES_SAME_UPSTREAM = 2
 
 
-class Sink(Protocol):
+class Sink(typing.Protocol):
     """Where an answer goes: the relay's HTTP/1.1 connection back to mitmproxy, or a buffer
     for an answer given from the request hook."""
 
@@ -74,7 +74,7 @@ class Dialer:
         # (`is None`, not `or`: an empty board is falsy)
         self.quota = QuotaBoard() if quota is None else quota    # what each upstream's rate-limit headers said
         self.sessions = SessionBindings() if sessions is None else sessions
-        self.refused_seals = RefusedSeals()     # reasoning another account sealed, per upstream
+        self.seals = SealMemory()     # reasoning each upstream sealed, and refused
         self.allow_url = allow_url      # a guard tests install: False refuses the upstream unsent
         self.client = client or http1.UpstreamClient()
 
@@ -129,15 +129,19 @@ class Dialer:
     def _again_without_reasoning(self, job: Job, upstream: Upstream, result: Reply | Failure) -> bool:
         """An upstream that refused reasoning another account encrypted (a conversation that failed
         over, or that affinity moved) takes the request again at once without it, if the route's
-        attempts allow one more.  Once per upstream: its next body has none left.  The refused
-        items are remembered, so the conversation's later turns go without them at once."""
+        attempts allow one more.  Only the items it did not seal itself are left out (a
+        conversation back from another account keeps its own); should it refuse those too, the
+        next time goes without any.  The refused items are remembered, so the conversation's
+        later turns go without them at once."""
         if not refuses_foreign_reasoning(result.status, result.body or b""):
             return False
         refused = job.converted.get(upstream.name) or job.request.json
-        body = without_encrypted_reasoning(refused)
-        if body is None:
+        items = refused.get("input") if isinstance(refused, dict) else None
+        # learnt also when no attempt is left
+        kept = self.seals.refusal(_account(upstream), items) if isinstance(items, list) else None
+        if kept is None:
             return False
-        self.refused_seals.learn(_account(upstream), refused["input"])    # also when no attempt is left
+        body = {**refused, "input": kept}
         if len(job.attempts) >= job.rules.failover.max_attempts:
             return False
         job.converted[upstream.name] = body
@@ -152,9 +156,9 @@ class Dialer:
         body = job.converted.get(upstream.name)
         if body is None:
             body = translation.request(job.request, upstream, job.rules)
-        if not self.refused_seals:
+        if not self.seals:
             return body
-        unrefused = self.refused_seals.leave_out(_account(upstream), job.request.json if body is None else body)
+        unrefused = self.seals.leave_out(_account(upstream), job.request.json if body is None else body)
         if unrefused is None:
             return body
         job.converted[upstream.name] = unrefused
@@ -294,7 +298,10 @@ class Dialer:
         if 200 <= status < 300 and job.request.stream and is_sse:
             pump = Pump(job, upstream, outgoing, translation, response, sink, headers, attempt)
             del headers   # the pump lets them go at its commit, not this frame at the stream's end
-            return await pump.run()
+            try:
+                return await pump.run()
+            finally:
+                self.seals.made(_account(upstream), pump.seals)
         try:
             body = await asyncio.wait_for(response.aread(), max(0.001, deadline - time.monotonic()))
         except (TimeoutError, http1.TransportError, OSError) as exc:
@@ -314,6 +321,8 @@ class Dialer:
                 return Failure(upstream.name, status, problem, failover.on_network_error, headers, body,
                                client_status=502)
         if 200 <= status < 300:
+            if upstream.protocol == Protocol.RESPONSES:
+                self.seals.made(_account(upstream), seals_in_output(parsed))
             reply = translation.reply(job.request, upstream, status, headers, body)
             if 200 <= reply.status < 300:
                 return reply

@@ -22,6 +22,7 @@ from ccswitch.routing.rate_limits import limit_headers
 from ccswitch.vocab import Action, Protocol
 from ccswitch.wire import protocols
 from ccswitch.wire.protocols import Kind, in_stream_status
+from ccswitch.wire.reasoning import seal_of
 from ccswitch.wire.redact import scrub, scrub_json, scrub_text
 from ccswitch.wire.sse import SSEError, SSEParser
 from ccswitch.wire.usage import UsageTap
@@ -42,8 +43,8 @@ OPENS_AT_ONCE = frozenset({Protocol.ANTHROPIC, Protocol.RESPONSES})
 
 class Pump:
     __slots__ = ("attempt", "broken", "committed", "content_seen", "error", "events", "finished", "headers",
-                 "held", "held_size", "job", "limit_headers", "outgoing", "parser", "response", "sink", "stream",
-                 "tap", "terminal", "upstream")
+                 "held", "held_size", "job", "limit_headers", "outgoing", "parser", "response", "seals", "sink",
+                 "stream", "tap", "terminal", "upstream")
 
     def __init__(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
                  response: http1.Response, sink, headers: list[tuple[str, str]], attempt: Attempt) -> None:
@@ -62,6 +63,7 @@ class Pump:
         self.error: tuple[str, int] | None = None   # (message, status it stands for)
         self.broken: str | None = None    # why an event is not the protocol's: never passed on
         self.events = 0                   # events taken: the sequence number an error event of ours gets
+        self.seals: list[int] = []        # of the reasoning items this upstream sealed in its output
 
     async def run(self) -> Failure | Streamed:
         try:
@@ -204,6 +206,10 @@ class Pump:
                 self.content_seen = True
                 if not self.finished and self.upstream.protocol == Protocol.CHAT:
                     self.finished = protocols.chat_finished(event)
+            elif event.type == "response.output_item.done" and self.upstream.protocol == Protocol.RESPONSES:
+                body = event.json()
+                if isinstance(body, dict) and (seal := seal_of(body.get("item"))) is not None:
+                    self.seals.append(seal)
             out = self.stream.feed(event)
             if out:
                 self.held.append(scrub(out, self.outgoing.secrets))

@@ -27,14 +27,6 @@ def unsealed(items: list[Any]) -> list[Any]:
     return [item for item in items if not is_encrypted_reasoning(item)]
 
 
-def without_encrypted_reasoning(body: Any) -> dict | None:
-    """`body` with its input's encrypted reasoning items left out; None when it has none."""
-    items = body.get("input") if isinstance(body, dict) else None
-    if not isinstance(items, list) or not any(is_encrypted_reasoning(item) for item in items):
-        return None
-    return {**body, "input": unsealed(items)}
-
-
 def refuses_foreign_reasoning(status: int | None, body: bytes) -> bool:
     """Whether an answer refuses reasoning this account did not encrypt (only a 400's body is read)."""
     if status != 400 or FOREIGN_REASONING.encode() not in body:
@@ -46,31 +38,49 @@ def refuses_foreign_reasoning(status: int | None, body: bytes) -> bool:
     return isinstance(error, dict) and error.get("code") == FOREIGN_REASONING
 
 
-class RefusedSeals:
-    """The sealed reasoning items each account has refused, so that the turns after a refusal
-    leave them out before sending instead of being refused once more each.  Codex resends every
-    earlier reasoning item on each turn over HTTPS: without this memory, every turn after a
-    failover would cost a refused round trip, and its retry would also drop the reasoning the
-    serving account sealed since.  An account is whatever key the caller gives (an upstream's
-    name and identity: a reload that gives the name another key starts afresh); per account,
-    the `per_account` items refused or left out most recently."""
+class SealMemory:
+    """Which sealed reasoning items each account made, and which it refused.
+
+    Codex resends every earlier reasoning item on each turn over HTTPS.  Without the refused
+    ones, every turn after a failover would cost a refused round trip, and its retry would also
+    drop the reasoning the serving account sealed since: the turns after a refusal leave them
+    out before sending.  Without the made ones, a conversation that moved from A to B and back
+    would lose A's own reasoning at A's refusal of B's: a refusal drops only what the account
+    did not make.  An account is whatever key the caller gives (an upstream's name and identity:
+    a reload that gives the name another key starts afresh); per account and kind, the
+    `per_account` most recent items."""
 
     def __init__(self, per_account: int = 4096) -> None:
         self.per_account = per_account
         self._refused: dict[Hashable, OrderedDict[int, None]] = {}
+        self._made: dict[Hashable, OrderedDict[int, None]] = {}
 
     def __bool__(self) -> bool:
         return bool(self._refused)
 
-    def learn(self, account: Hashable, items: list[Any]) -> None:
-        """`account` refused a request whose input held `items`: remember its sealed ones."""
-        seen = self._refused.setdefault(account, OrderedDict())
+    def made(self, account: Hashable, seals: list[int]) -> None:
+        """`account` sealed these items (`seal_of` each) in its own output."""
+        self._remember(self._made, account, seals)
+
+    def refusal(self, account: Hashable, items: list[Any]) -> list[Any] | None:
+        """`account` refused a request whose input held `items`: the input to send it instead
+        (without the sealed items it did not make), None when nothing can be left out.  The
+        left-out items are remembered.  An account that refused only its own seals (its key
+        changed hands at the provider) gets none of them, and forgets having made them."""
+        made = self._made.get(account, {})
+        if not any(is_encrypted_reasoning(item) and seal_of(item) not in made for item in items):
+            self._made.pop(account, None)
+            made = {}
+        kept, left_out = [], []
         for item in items:
-            if (seal := _seal(item)) is not None:
-                seen[seal] = None
-                seen.move_to_end(seal)
-        while len(seen) > self.per_account:
-            seen.popitem(last=False)
+            if not is_encrypted_reasoning(item):
+                kept.append(item)
+            elif (seal := seal_of(item)) is not None and seal in made:
+                kept.append(item)
+            elif seal is not None:
+                left_out.append(seal)
+        self._remember(self._refused, account, left_out)
+        return kept if len(kept) < len(items) else None
 
     def leave_out(self, account: Hashable, body: Any) -> dict | None:
         """`body` without the sealed items `account` has refused before; None when it has none."""
@@ -80,17 +90,35 @@ class RefusedSeals:
             return None
         kept = []
         for item in items:
-            if (seal := _seal(item)) is not None and seal in seen:
+            if (seal := seal_of(item)) is not None and seal in seen:
                 seen.move_to_end(seal)      # still sent by a live conversation: kept longest
             else:
                 kept.append(item)
         return {**body, "input": kept} if len(kept) < len(items) else None
 
+    def _remember(self, memory: dict[Hashable, OrderedDict[int, None]], account: Hashable, seals: list[int]) -> None:
+        if not seals:
+            return
+        seen = memory.setdefault(account, OrderedDict())
+        for seal in seals:
+            seen[seal] = None
+            seen.move_to_end(seal)
+        while len(seen) > self.per_account:
+            seen.popitem(last=False)
 
-def _seal(item: Any) -> int | None:
+
+def seal_of(item: Any) -> int | None:
     """A sealed item's fingerprint: a hash, not the text (it runs to kilobytes, and a collision
     only costs the model a reasoning step it takes again).  None for any other item, and for a
     seal that is no string (no account writes one: it is passed on as it is)."""
     if not is_encrypted_reasoning(item) or not isinstance(content := item["encrypted_content"], str):
         return None
     return hash(content)
+
+
+def seals_in_output(body: Any) -> list[int]:
+    """The seals of a Responses answer's own output (a whole response object)."""
+    output = body.get("output") if isinstance(body, dict) else None
+    if not isinstance(output, list):
+        return []
+    return [seal for item in output if (seal := seal_of(item)) is not None]

@@ -47,6 +47,7 @@ class Reply:
     model: str
     deltas: list[str]
     tool: tuple[str, dict] | None = None  # (name, args) -> tool-call reply
+    sealed: str | None = None   # Responses: a reasoning item sealed so (encrypted_content) comes first
     input_tokens: int = 25
     cache_creation_input_tokens: int = 10
     cache_read_input_tokens: int = 100
@@ -175,12 +176,19 @@ def responses_item(r: Reply, done: bool = True) -> dict:
             "content": [_output_text(r.text)] if done else []}
 
 
+def sealed_items(r: Reply) -> list[dict]:
+    if r.sealed is None:
+        return []
+    return [{"type": "reasoning", "id": "rs_" + r.item_id[5:], "summary": [], "encrypted_content": r.sealed}]
+
+
 def responses_object(r: Reply, status: str = "completed", output: list | None = None,
                      usage: bool = True, error: dict | None = None) -> dict:
     return {"id": "resp_" + r.msg_id[4:], "object": "response", "created_at": r.created, "status": status,
             "completed_at": int(time.time()) if status == "completed" else None, "error": error,
             "incomplete_details": None, "instructions": None, "max_output_tokens": None, "model": r.model,
-            "output": [responses_item(r)] if output is None else output, "parallel_tool_calls": True,
+            "output": [*sealed_items(r), responses_item(r)] if output is None else output,
+            "parallel_tool_calls": True,
             "previous_response_id": None, "reasoning": {"effort": None, "summary": None}, "store": False,
             "temperature": 1.0, "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [],
             "top_p": 1.0, "truncation": "disabled", "usage": responses_usage(r) if usage else None,
@@ -195,19 +203,23 @@ def responses_events(r: Reply) -> list[Event]:
 
     add("response.created", response=responses_object(r, "in_progress", [], usage=False))
     add("response.in_progress", response=responses_object(r, "in_progress", [], usage=False))
-    add("response.output_item.added", output_index=0, item=responses_item(r, done=False))
+    for index, item in enumerate(sealed_items(r)):
+        add("response.output_item.added", output_index=index, item={**item, "encrypted_content": None})
+        add("response.output_item.done", output_index=index, item=item)
+    at = len(sealed_items(r))
+    add("response.output_item.added", output_index=at, item=responses_item(r, done=False))
     if r.tool:
         for piece in split(r.args_json, 3):
-            add("response.function_call_arguments.delta", item_id=r.item_id, output_index=0, delta=piece)
-        add("response.function_call_arguments.done", item_id=r.item_id, output_index=0, arguments=r.args_json)
+            add("response.function_call_arguments.delta", item_id=r.item_id, output_index=at, delta=piece)
+        add("response.function_call_arguments.done", item_id=r.item_id, output_index=at, arguments=r.args_json)
     else:
-        ids = {"item_id": r.item_id, "output_index": 0, "content_index": 0}
+        ids = {"item_id": r.item_id, "output_index": at, "content_index": 0}
         add("response.content_part.added", **ids, part=_output_text(""))
         for d in r.deltas:
             add("response.output_text.delta", **ids, delta=d, logprobs=[])
         add("response.output_text.done", **ids, text=r.text, logprobs=[])
         add("response.content_part.done", **ids, part=_output_text(r.text))
-    add("response.output_item.done", output_index=0, item=responses_item(r))
+    add("response.output_item.done", output_index=at, item=responses_item(r))
     add("response.completed", response=responses_object(r))
     return evs
 

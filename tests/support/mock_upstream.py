@@ -112,10 +112,12 @@ class Behaviour:
     text: str | None = None
     tool: tuple[str, dict] | None = None
     encoding: str | None = None     # content-encoding of the reply's body
+    sealed: str | None = None       # a Responses answer's reasoning item, sealed so
 
 
-def ok(text: str | None = None, tool: tuple[str, dict] | None = None, headers: dict | None = None) -> Behaviour:
-    return Behaviour("ok", text=text, tool=tool, headers=headers)
+def ok(text: str | None = None, tool: tuple[str, dict] | None = None, headers: dict | None = None,
+       sealed: str | None = None) -> Behaviour:
+    return Behaviour("ok", text=text, tool=tool, headers=headers, sealed=sealed)
 
 
 def status(code: int, body: Any = None, headers: dict | None = None, retry_after: float | None = None) -> Behaviour:
@@ -333,7 +335,8 @@ class MockUpstream:
         usage = dict(self.usage)
         if usage.get("output_tokens") is None:
             usage["output_tokens"] = max(1, len("".join(deltas).split()))
-        return P.Reply(model=model or "mock-model", deltas=deltas, tool=beh.tool or self.tool, **usage)
+        return P.Reply(model=model or "mock-model", deltas=deltas, tool=beh.tool or self.tool, sealed=beh.sealed,
+                       **usage)
 
     @staticmethod
     def closed_port() -> int:

@@ -778,3 +778,45 @@ async def test_an_upstream_given_another_key_by_a_reload_starts_with_nothing_ref
     finally:
         await dialer.aclose()
     assert [len(r.json["input"]) for r in mock_a.requests] == [3, 2, 3]     # sent whole to the new account
+
+
+def seals_sent(request) -> list:
+    return [item.get("encrypted_content") for item in request.json["input"] if item["type"] == "reasoning"]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_conversation_back_from_another_account_keeps_the_reasoning_its_upstream_sealed(
+        mock_a, mock_b, stream):
+    """A → B → A: `a` refuses the turn that carries `b`'s reasoning, and takes it again with its
+    own (read from its answers, streamed or whole), not without any."""
+    mock_a.script(ok(sealed="ENC-A-1"), status(503), status(400, body=FOREIGN_REASONING_400))
+    mock_b.script(status(400, body=FOREIGN_REASONING_400), ok(sealed="ENC-B-1"))
+    rules = responses_pair(mock_a, mock_b)
+    dialer = Dialer(HealthBoard(), allow_url=loopback_url)
+    try:
+        for sealed in ((), ("ENC-A-1",), ("ENC-A-1", "ENC-B-1")):
+            job = make_job(rules, path="/v1/responses", body={**codex_turn(*sealed), "stream": stream},
+                           host="api.openai.com")
+            await dialer.run(job, MemorySink())
+            assert job.status == 200
+    finally:
+        await dialer.aclose()
+    assert [seals_sent(r) for r in mock_b.requests] == [["ENC-A-1"], []]
+    assert [seals_sent(r) for r in mock_a.requests] == [[], ["ENC-A-1"], ["ENC-A-1", "ENC-B-1"], ["ENC-A-1"]]
+
+
+async def test_an_upstream_that_refuses_its_own_reasoning_too_is_sent_none_at_last(mock_a, mock_b):
+    """Its key changed hands at the provider: what it made before is no longer its own."""
+    mock_a.script(ok(sealed="ENC-A-1"), status(400, body=FOREIGN_REASONING_400),
+                  status(400, body=FOREIGN_REASONING_400))
+    rules = responses_pair(mock_a, mock_b)
+    dialer = Dialer(HealthBoard(), allow_url=loopback_url)
+    try:
+        for sealed in ((), ("ENC-A-1", "ENC-B-1")):
+            job = make_job(rules, path="/v1/responses", body=codex_turn(*sealed), host="api.openai.com")
+            await dialer.run(job, MemorySink())
+            assert job.status == 200
+    finally:
+        await dialer.aclose()
+    assert [seals_sent(r) for r in mock_a.requests] == [[], ["ENC-A-1", "ENC-B-1"], ["ENC-A-1"], []]
+    assert mock_b.requests == []

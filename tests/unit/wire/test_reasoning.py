@@ -6,9 +6,10 @@ import pytest
 
 from ccswitch.wire.reasoning import (
     FOREIGN_REASONING,
-    RefusedSeals,
+    SealMemory,
     refuses_foreign_reasoning,
-    without_encrypted_reasoning,
+    seal_of,
+    seals_in_output,
 )
 
 SEALED = {"type": "reasoning", "summary": [], "encrypted_content": "gAAAA"}
@@ -16,16 +17,16 @@ PLAIN = {"type": "reasoning", "summary": [{"type": "summary_text", "text": "thou
 USER = {"type": "message", "role": "user", "content": "hi"}
 
 
-def test_only_sealed_reasoning_is_left_out_and_nothing_else_of_the_body_changes():
-    body = {"model": "m", "input": [USER, SEALED, PLAIN, USER], "include": ["reasoning.encrypted_content"]}
-    assert without_encrypted_reasoning(body) == {**body, "input": [USER, PLAIN, USER]}
-    assert body["input"] == [USER, SEALED, PLAIN, USER]      # a copy: the client's own body stays
+def test_a_refusal_leaves_out_only_sealed_reasoning_and_nothing_else_of_the_input():
+    items = [USER, SEALED, PLAIN, USER]
+    assert SealMemory().refusal("a", items) == [USER, PLAIN, USER]
+    assert items == [USER, SEALED, PLAIN, USER]      # a copy: the client's own body stays
 
 
-@pytest.mark.parametrize("body", [{"input": [USER, PLAIN]}, {"input": "a string"}, {"messages": []}, None,
-                                  {"input": [{**SEALED, "encrypted_content": ""}]}])
-def test_a_body_with_no_sealed_reasoning_has_nothing_to_leave_out(body):
-    assert without_encrypted_reasoning(body) is None
+@pytest.mark.parametrize("items", [[USER, PLAIN], [], [{**SEALED, "encrypted_content": ""}]])
+def test_an_input_with_no_sealed_reasoning_has_nothing_to_leave_out(items):
+    memory = SealMemory()
+    assert memory.refusal("a", items) is None and not memory
 
 
 def error(code, status=400):
@@ -49,8 +50,8 @@ def sealed(text):
 
 
 def test_what_an_upstream_refused_is_left_out_of_its_later_bodies_and_nothing_else():
-    seals = RefusedSeals()
-    seals.learn("b", [USER, sealed("A-1"), PLAIN, sealed("A-2")])
+    seals = SealMemory()
+    assert seals.refusal("b", [USER, sealed("A-1"), PLAIN, sealed("A-2")]) == [USER, PLAIN]
     later = {"model": "m", "input": [USER, sealed("A-1"), sealed("A-2"), sealed("B-1"), PLAIN, USER]}
     assert seals.leave_out("b", later) == {**later, "input": [USER, sealed("B-1"), PLAIN, USER]}
     assert seals.leave_out("a", later) is None                     # another upstream refused nothing
@@ -59,19 +60,48 @@ def test_what_an_upstream_refused_is_left_out_of_its_later_bodies_and_nothing_el
 
 
 def test_the_memory_keeps_each_account_s_most_recently_refused_or_left_out_items():
-    seals = RefusedSeals(per_account=2)
-    seals.learn("b", [sealed("old"), sealed("mid")])
-    seals.learn("b", [sealed("old"), sealed("new")])     # refused again: the most recent
+    seals = SealMemory(per_account=2)
+    seals.refusal("b", [sealed("old"), sealed("mid")])
+    seals.refusal("b", [sealed("old"), sealed("new")])     # refused again: the most recent
     body = {"input": [sealed("old"), sealed("mid"), sealed("new")]}
     assert seals.leave_out("b", body)["input"] == [sealed("mid")]
     seals.leave_out("b", {"input": [sealed("old")]})     # left out again: kept longest
-    seals.learn("b", [sealed("newest")])
+    seals.refusal("b", [sealed("newest")])
     assert seals.leave_out("b", body)["input"] == [sealed("mid"), sealed("new")]
 
 
 def test_a_seal_that_is_no_string_is_never_remembered_nor_read_deeply():
     deep = "[" * 1400 + "]" * 1400          # json.loads takes it; str() of it would recurse too deep
-    seals = RefusedSeals()
-    seals.learn("b", [sealed(json.loads(deep)), sealed({"a": 1}), sealed("A-1")])
+    seals = SealMemory()
+    seals.refusal("b", [sealed(json.loads(deep)), sealed({"a": 1}), sealed("A-1")])
     body = {"input": [sealed(json.loads(deep)), sealed({"a": 1}), sealed("A-1"), USER]}
     assert len(seals.leave_out("b", body)["input"]) == 3
+
+
+def test_a_refusal_keeps_what_the_account_sealed_itself_and_remembers_only_the_rest():
+    seals = SealMemory()
+    seals.made("a", [seal_of(sealed("A-1"))])
+    seals.made("b", [seal_of(sealed("B-1"))])
+    assert seals.refusal("a", [USER, sealed("A-1"), sealed("B-1"), sealed("C-1")]) == [USER, sealed("A-1")]
+    later = {"input": [sealed("A-1"), sealed("B-1"), sealed("C-1"), sealed("A-2")]}
+    assert seals.leave_out("a", later)["input"] == [sealed("A-1"), sealed("A-2")]
+
+
+def test_an_account_that_refuses_only_its_own_seals_is_sent_none_and_forgets_them():
+    seals = SealMemory()
+    seals.made("a", [seal_of(sealed("A-1")), seal_of(sealed("A-2"))])
+    assert seals.refusal("a", [USER, sealed("A-1"), sealed("A-2")]) == [USER]
+    assert seals.refusal("a", [USER, sealed("A-2"), sealed("B-1")]) == [USER]    # A-2 is no more its own
+    assert seals.leave_out("a", {"input": [sealed("A-1"), sealed("A-2"), USER]})["input"] == [USER]
+
+
+def test_the_seals_an_account_made_are_kept_for_its_most_recent_items():
+    seals = SealMemory(per_account=2)
+    seals.made("a", [seal_of(sealed(text)) for text in ("A-1", "A-2", "A-3")])
+    assert seals.refusal("a", [sealed("A-1"), sealed("A-2"), sealed("A-3")]) == [sealed("A-2"), sealed("A-3")]
+
+
+def test_the_seals_of_an_answer_s_output_are_those_of_its_sealed_reasoning_items():
+    output = [SEALED, PLAIN, USER, {**SEALED, "encrypted_content": {"not": "text"}}, sealed("A-2")]
+    assert seals_in_output({"output": output}) == [seal_of(SEALED), seal_of(sealed("A-2"))]
+    assert seals_in_output({"output": "x"}) == [] == seals_in_output(None) == seals_in_output({})
