@@ -145,8 +145,11 @@ class Dialer:
         if len(job.attempts) >= job.rules.failover.max_attempts:
             return False
         job.converted[upstream.name] = body
-        if job.turn is not None:    # a Codex socket's chain keeps what the upstream was sent
-            job.turn.input = body["input"]
+        if job.turn is not None:
+            # a Codex socket's chain forgets what the upstream refused, and keeps what it was not
+            # sent for another upstream's own (items the same objects, as the turn's body was shaped)
+            left_out = {id(item) for item in items} - {id(item) for item in kept}
+            job.turn.input = [item for item in job.turn.input if id(item) not in left_out]
         job.attempts[-1].error = "reasoning encrypted by another account: sent again without it"
         return True
 

@@ -22,11 +22,6 @@ def is_encrypted_reasoning(item: Any) -> bool:
     return isinstance(item, dict) and item.get("type") == "reasoning" and bool(item.get("encrypted_content"))
 
 
-def unsealed(items: list[Any]) -> list[Any]:
-    """`items` without the encrypted reasoning ones."""
-    return [item for item in items if not is_encrypted_reasoning(item)]
-
-
 def refuses_foreign_reasoning(status: int | None, body: bytes) -> bool:
     """Whether an answer refuses reasoning this account did not encrypt (only a 400's body is read)."""
     if status != 400 or FOREIGN_REASONING.encode() not in body:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ccswitch.wire.reasoning import unsealed
+from ccswitch.wire.reasoning import is_encrypted_reasoning, seal_of
 
 #: frame fields that are the bridge's business, never an upstream's
 _BRIDGE_FIELDS = ("type", "generate", "previous_response_id")
@@ -43,6 +43,8 @@ class Turn:
     # `previous` on that socket (it holds the rest): only the new items, and that id
     new_input: list[Any] = field(default_factory=list)
     previous: str | None = None   # the frame's previous_response_id (always the chain's last id)
+    # the upstream that sealed each reasoning item the chain's upstreams made (`seal_of` it)
+    made_by: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Chain:
     last_input: list[Any] = field(default_factory=list)
     last_output: list[Any] = field(default_factory=list)
     last_upstream: str | None = None
+    made_by: dict[int, str] = field(default_factory=dict)
     _pending: Turn | None = None
     _items: list[Any] = field(default_factory=list)
 
@@ -73,7 +76,8 @@ class Chain:
             full = list(new_input)
         body = {k: v for k, v in frame.items() if k not in _BRIDGE_FIELDS}
         body.update(input=full, stream=True, store=False)
-        self._pending, self._items = Turn(body, full, self.last_upstream, list(new_input), previous), []
+        self._pending = Turn(body, full, self.last_upstream, list(new_input), previous, self.made_by)
+        self._items = []
         return self._pending
 
     def warm_up(self, frame: dict[str, Any]) -> list[dict[str, Any]]:
@@ -98,15 +102,17 @@ class Chain:
         elif kind == "response.completed":
             response = event.get("response") if isinstance(event.get("response"), dict) else {}
             output = response.get("output") if isinstance(response.get("output"), list) else self._items
-            # the input as `upstream` got it: reasoning of another account it was not sent stays
-            # out of the chain, or it would come back once the next turn is `upstream`'s own
-            self._commit(response.get("id"), kept_input(self._pending, upstream), output or self._items, upstream)
+            for item in output or self._items:
+                if (seal := seal_of(item)) is not None:
+                    self.made_by[seal] = upstream
+            self._commit(response.get("id"), chained_input(self._pending, upstream), output or self._items, upstream)
         elif kind in ("error", "response.failed", "response.incomplete"):
             self.drop()
 
     def drop(self) -> None:
         """An error: nothing is kept (Codex's next turn sends its whole input)."""
         self.last_id, self.last_input, self.last_output, self.last_upstream = None, [], [], None
+        self.made_by = {}
         self._pending, self._items = None, []
 
     def _commit(self, response_id: Any, full_input: list[Any], output: list[Any], upstream: str | None) -> None:
@@ -123,7 +129,27 @@ def for_upstream(turn: Turn, upstream: str) -> dict[str, Any]:
 
 
 def kept_input(turn: Turn, upstream: str) -> list[Any]:
-    """The turn's full input as `upstream` may take it (the turn's own list when all of it)."""
-    if turn.upstream_hint is None or turn.upstream_hint == upstream:
-        return turn.input
-    return unsealed(turn.input)
+    """The turn's full input as `upstream` may take it (the turn's own list when all of it):
+    without the sealed reasoning another upstream of the chain made, nor, once the chain has
+    moved to another upstream, the sealed reasoning the client sent of its own (made by whoever
+    served the turns before this socket)."""
+    kept = [item for item in turn.input if _fits(turn, upstream, item)]
+    return turn.input if len(kept) == len(turn.input) else kept
+
+
+def chained_input(turn: Turn, upstream: str) -> list[Any]:
+    """What the chain keeps of a turn `upstream` completed: what it was sent, and the reasoning
+    the chain's other upstreams made (a later turn may be theirs: a conversation that went from
+    A to B and back keeps A's).  Reasoning of unknown make it was not sent stays out: it would
+    come back once the next turn is `upstream`'s own."""
+    return [item for item in turn.input
+            if _fits(turn, upstream, item) or seal_of(item) in turn.made_by]
+
+
+def _fits(turn: Turn, upstream: str, item: Any) -> bool:
+    if not is_encrypted_reasoning(item):
+        return True
+    maker = turn.made_by.get(seal_of(item))
+    if maker is not None:
+        return maker == upstream
+    return turn.upstream_hint is None or turn.upstream_hint == upstream

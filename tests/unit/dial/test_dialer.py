@@ -728,6 +728,22 @@ async def test_a_codex_socket_turn_sent_again_without_sealed_reasoning_is_kept_s
     assert job.status == 200 and [item["type"] for item in job.turn.input] == ["message", "message"]
 
 
+async def test_a_codex_socket_turn_refused_keeps_in_its_chain_the_reasoning_another_upstream_made(mock_a, mock_b):
+    """`a` refuses an item of unknown make: the chain forgets it, and keeps `b`'s own (which `a`
+    was not sent), for a later turn that `b` serves."""
+    from ccswitch.wire.reasoning import seal_of
+    from ccswitch.wire.ws_chain import Turn, for_upstream
+    mock_a.script(status(400, body=FOREIGN_REASONING_400))
+    body = codex_turn("ENC-X", "ENC-B-1")
+    by_b = body["input"][2]
+    turn = Turn(body=body, input=body["input"], upstream_hint=None, made_by={seal_of(by_b): "b"})
+    job = make_job(responses_pair(mock_a, mock_b), path="/v1/responses", body=body, host="api.openai.com")
+    job.turn, job.converted["a"] = turn, for_upstream(turn, "a")
+    await run(None, job=job)
+    assert job.status == 200 and [seals_sent(r) for r in mock_a.requests] == [["ENC-X"], []]
+    assert [item.get("encrypted_content") for item in turn.input if item["type"] == "reasoning"] == ["ENC-B-1"]
+
+
 async def test_a_later_turn_goes_without_the_reasoning_its_upstream_refused_and_keeps_its_own(mock_a, mock_b):
     """Codex resends every earlier reasoning item: after one refusal, the next turns leave out
     what `a` refused at once (no refused round trip each) and keep what `a` sealed itself."""

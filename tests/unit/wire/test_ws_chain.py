@@ -118,6 +118,37 @@ def test_after_a_failover_the_first_upstream_s_reasoning_never_comes_back_to_the
         ["user", "assistant", "user", "assistant", "user"]
 
 
+def test_a_conversation_back_from_another_upstream_keeps_the_reasoning_its_upstream_made():
+    """a → b → a: turn 3 goes back to `a` with a's reasoning of turn 1 and without b's."""
+    chain = Chain()
+    chain.prepare(create([user("one")]))
+    by_a = {"type": "reasoning", "id": "rs_a", "encrypted_content": "ENC-A"}
+    complete(chain, "resp_1", [by_a, {"type": "message", "role": "assistant", "content": []}], upstream="a")
+    assert by_a not in for_upstream(chain.prepare(create([user("two")], previous="resp_1")), "b")["input"]
+    by_b = {"type": "reasoning", "id": "rs_b", "encrypted_content": "ENC-B"}
+    complete(chain, "resp_2", [by_b, {"type": "message", "role": "assistant", "content": []}], upstream="b")
+    turn = chain.prepare(create([user("three")], previous="resp_2"))
+    assert [item for item in for_upstream(turn, "a")["input"] if item["type"] == "reasoning"] == [by_a]
+    assert [item for item in for_upstream(turn, "b")["input"] if item["type"] == "reasoning"] == [by_b]
+    chain.drop()            # an error: Codex sends its whole input again, of unknown make
+    turn = chain.prepare(create(turn.input))
+    assert for_upstream(turn, "b")["input"] == turn.input
+
+
+def test_reasoning_the_client_sent_of_its_own_stays_with_the_upstream_that_took_it():
+    """Sealed items of unknown make (the client's whole input on a new socket) went to `a`; once
+    `b` serves a turn they are left out of the chain, and never come back to `b`."""
+    chain = Chain()
+    theirs = {"type": "reasoning", "id": "rs_x", "encrypted_content": "ENC-X"}
+    chain.prepare(create([user("one"), theirs]))
+    complete(chain, "resp_1", [{"type": "message", "role": "assistant", "content": []}], upstream="a")
+    turn = chain.prepare(create([user("two")], previous="resp_1"))
+    assert theirs in for_upstream(turn, "a")["input"] and theirs not in for_upstream(turn, "b")["input"]
+    complete(chain, "resp_2", [{"type": "message", "role": "assistant", "content": []}], upstream="b")
+    turn = chain.prepare(create([user("three")], previous="resp_2"))
+    assert theirs not in turn.input
+
+
 def test_a_turn_keeps_the_frame_s_own_items_and_previous_id_for_a_socket_that_holds_the_rest():
     chain = Chain()
     first = chain.prepare(create("one"))          # a string input is one user message
