@@ -229,6 +229,17 @@ async def test_hold_back_commits_after_its_time_without_content_when_no_other_up
     assert event_types(sink.body)[-1] == "message_stop"
 
 
+async def test_hold_back_0_commits_at_once_so_an_error_before_content_is_the_clients_even_with_another_upstream(
+        mock_a, mock_b):
+    """`hold_back: 0` commits every answer at once (docs/rules.md), also while another upstream could
+    take the request: an error event before any content then ends the client's stream, no failover."""
+    mock_a.script(error_event_after(1))     # message_start, then an overloaded error, no content
+    job, sink, health = await run(two(mock_a, mock_b, extra=FAST.replace("hold_back: 2s", "hold_back: 0s")))
+    assert sink.headers["x-ccswitch-upstream"] == "a" and event_types(sink.body) == ["message_start", "error"]
+    assert not mock_b.requests and len(job.attempts) == 1 and job.error.startswith("stream error: ")
+    assert health.get("a").failures == 1
+
+
 async def test_a_stream_silent_after_its_opening_fails_over_while_another_upstream_could_serve(mock_a, mock_b):
     """A relay that opens and then hangs: not committed at the hold-back, its first content has
     `first_byte`, then the next upstream serves, unseen by the client."""

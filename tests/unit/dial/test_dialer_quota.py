@@ -187,3 +187,53 @@ async def test_a_429_cools_until_a_reset_reported_without_a_window_a_stream_not_
     for name, reset, known in (("a", 120, True), ("b", cooldown, False)):   # b: the cooldown, not 4 hours
         left = d.health.cooling_until(name) - d.health.clock()
         assert d.health.get(name).rate_limited is known and reset - 2 < left <= reset, name
+
+
+async def test_a_rate_limit_error_after_the_commit_ends_the_stream_and_cools_for_what_the_head_said(mock_b):
+    """Committed on its first content, a stream then says it is rate limited: the client's stream
+    ends with that error (no failover: it has a's text), and a cools down at once for as long as
+    its head's retry-after said: kept past the commit, where the rest of the head is let go (the
+    quota board knows a head's windows, not its retry-after)."""
+    started = {"type": "message_start", "message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [], "stop_reason": None,
+        "usage": {"input_tokens": 1, "output_tokens": 0}}}
+    delta = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": "hel"}}
+    limited = {"type": "error", "error": {"type": "rate_limit_error", "message": "rate limited"}}
+    committed = asyncio.Event()
+
+    class Sink(MemorySink):
+        async def write(self, data):
+            await super().write(data)
+            committed.set()
+
+    def chunk(text: str) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(text.encode()), text.encode())
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length"))
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
+                     b"retry-after: 90\r\n\r\n" + chunk(_sse(started, delta)))
+        await writer.drain()
+        await asyncio.wait_for(committed.wait(), 5)     # the client has "hel": the error comes after the commit
+        writer.write(chunk(_sse(limited)) + b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    rules = rules_for(("a", "anthropic", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"),
+                      ("b", "anthropic", mock_b.base_url), extra=FAST)
+    d, job, sink = dialer(), make_job(rules), Sink()
+    try:
+        await d.run(job, sink)
+    finally:
+        await d.aclose()
+        server.close()
+    events = [json.loads(line[6:]) for line in sink.body.decode().splitlines() if line.startswith("data: ")]
+    assert sink.headers["x-ccswitch-upstream"] == "a" and not mock_b.requests
+    assert [e["type"] for e in events] == ["message_start", "content_block_start", "error"]
+    assert job.error == "stream error: rate_limit_error: rate limited"
+    left = d.health.cooling_until("a") - d.health.clock()
+    assert d.health.get("a").rate_limited is True and 88 < left <= 90     # not the 10 min cooldown

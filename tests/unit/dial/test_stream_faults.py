@@ -163,3 +163,33 @@ async def test_after_the_first_event_idle_applies_before_the_commit_too(mock_a, 
     job, sink, _ = await run(two(mock_a, mock_b, extra=extra))
     assert sink.headers["x-ccswitch-upstream"] == "b" and text_of(sink.body)     # unseen, uncommitted
     assert job.attempts[0].error == "idle timeout"
+
+
+async def test_content_and_an_error_event_in_one_read_are_judged_before_the_commit_and_fail_over_unseen():
+    """The first content and an error event behind it in one upstream read: the error is seen
+    before anything is committed, so the attempt fails over and the client has none of a's text."""
+    from ccswitch.net import http1
+    from tests.support.memory_upstream import MemoryUpstream
+    from tests.unit.dial.test_stream_tail import event
+
+    overloaded = event({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}})
+    bodies = {"a.invalid": ANTHROPIC[0] + ANTHROPIC[1] + overloaded,
+              "b.invalid": b"".join(ANTHROPIC).replace(b'"hi"', b'"from b"')}
+    upstreams = {host: MemoryUpstream(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                                      b"content-length: %d\r\n\r\n%s" % (len(body), body))
+                 for host, body in bodies.items()}   # each answer whole in one read
+
+    async def connect(protocol_factory, host, port, context):
+        return await upstreams[host](protocol_factory, host, port, context)
+
+    rules = rules_for(("a", "anthropic", "http://a.invalid"), ("b", "anthropic", "http://b.invalid"), extra=FAST)
+    health = HealthBoard()
+    job, sink, dialer = make_job(rules), MemorySink(), Dialer(health, client=http1.UpstreamClient(connect=connect))
+    try:
+        await dialer.run(job, sink)
+    finally:
+        await dialer.aclose()
+    assert sink.headers["x-ccswitch-upstream"] == "b" and text_of(sink.body) == "from b"
+    assert event_types(sink.body) == ["message_start", "content_block_delta", "message_delta", "message_stop"]
+    assert job.attempts[0].error == "stream error: overloaded_error: busy" and job.error is None
+    assert health.get("a").failures == 1

@@ -574,6 +574,26 @@ async def test_an_answer_that_closes_after_itself_is_read_whole_and_its_connecti
     assert server.connections == 2
 
 
+@pytest.mark.parametrize("keep_alive", ["", "connection: keep-alive\r\n"], ids=["plain", "keep-alive"])
+async def test_an_http_1_0_answer_is_not_reused_even_when_its_upstream_keeps_the_connection_open(keep_alive):
+    """HTTP/1.0 keep-alive is not taken up: only an HTTP/1.1 answer's connection goes back to the pool."""
+    old = sends(f"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n{keep_alive}\r\nok".encode())   # and stays open
+    async with RawServer(old, ok(b"second")) as server, client() as c:
+        assert await get_body(c, server.url) == (200, b"ok")
+        assert await get_body(c, server.url) == (200, b"second")
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize("coding", ["Chunked", "CHUNKED", " chunked "])
+async def test_a_chunked_body_named_in_any_letter_case_is_read_as_chunked(coding):
+    chunked = sends(f"HTTP/1.1 200 OK\r\nTransfer-Encoding: {coding}\r\n\r\n"
+                    "5\r\nhello\r\n6\r\n there\r\n0\r\n\r\n".encode())
+    async with RawServer(chunked, ok(b"next")) as server, client() as c:
+        assert await get_body(c, server.url) == (200, b"hello there")
+        assert await get_body(c, server.url) == (200, b"next")       # its end was read: kept alive
+    assert server.connections == 1
+
+
 async def test_a_connection_cut_in_the_middle_of_the_head_is_a_protocol_error_not_a_retry():
     async with RawServer(sends(b"HTTP/1.1 200 OK\r\ncontent-le", close=True)) as server, client() as c:
         with pytest.raises(http1.RemoteProtocolError, match="middle of the response head"):

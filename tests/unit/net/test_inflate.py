@@ -58,3 +58,20 @@ def test_zstd_frames_that_need_a_window_over_8_mib_are_refused():
 def test_data_after_the_end_of_a_br_stream_is_corrupt():
     with pytest.raises(DecodeError, match="corrupt br body"):
         Inflater("br").feed(brotli.compress(b"{}") + b"trailing")
+
+
+@pytest.mark.parametrize("damage", ["a block", "the checksum"])
+def test_a_deflate_stream_corrupt_part_way_is_an_error_not_what_decoded_so_far(damage):
+    """Past its first piece a deflate stream is not taken for raw deflate again: corruption part-way
+    is named, never passed over with what decoded so far (nor with text decoded afresh after it)."""
+    packer, inflater = StreamPacker("deflate"), Inflater("deflate")
+    assert inflater.feed(packer.part(EVENTS[0])) + inflater.feed(packer.part(EVENTS[1])) == EVENTS[0] + EVENTS[1]
+    if damage == "a block":
+        spoilt, problem = b"\x06" + packer.part(EVENTS[2]), "invalid block type"    # BTYPE 11: reserved
+    else:
+        # well-formed blocks to the end (text that stands alone, as a fresh raw stream would read
+        # it), then an Adler-32 that does not match: only the zlib trailer tells
+        whole = packer.part(b"Q7#") + packer.end()
+        spoilt, problem = whole[:-1] + bytes([whole[-1] ^ 0xFF]), "incorrect data check"
+    with pytest.raises(DecodeError, match=f"corrupt deflate body: .*{problem}"):
+        inflater.feed(spoilt)

@@ -774,6 +774,33 @@ def test_stream_without_message_start_still_opens_with_the_role():
     assert chunks[1]["choices"][0]["delta"] == {"content": "Checking."} and chunks[-1] == "[DONE]"
 
 
+def test_a_signature_split_over_two_deltas_comes_back_whole():
+    _conv, outs = run_stream([
+        SPEC_EXAMPLE[0],
+        ("content_block_start", {"index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
+        ("content_block_delta", {"index": 0, "delta": {"type": "thinking_delta", "thinking": "hm"}}),
+        ("content_block_delta", {"index": 0, "delta": {"type": "signature_delta", "signature": "EqQB"}}),
+        ("content_block_delta", {"index": 0, "delta": {"type": "signature_delta", "signature": "Ck0Y=="}}),
+        ("content_block_stop", {"index": 0}),
+        ("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}}),
+        ("message_stop", {})])
+    blocks = [d["thinking_blocks"] for out in outs for c in parse_chunks(out) if isinstance(c, dict) and c["choices"]
+              for d in [c["choices"][0]["delta"]] if "thinking_blocks" in d]
+    assert blocks == [[{"index": 0, "type": "thinking", "thinking": "hm", "signature": "EqQBCk0Y=="}]]
+    assert outs[3] == outs[4] == b""        # a piece of a signature is nothing to send yet
+
+
+def test_a_second_message_start_opens_nothing_again_and_keeps_the_first_id_and_model():
+    again = ("message_start", {"message": {"id": "msg_2", "model": "claude-other", "usage": {
+        "input_tokens": 20, "cache_read_input_tokens": 400, "cache_creation_input_tokens": 0, "output_tokens": 1}}})
+    _conv, outs = run_stream(SPEC_EXAMPLE[:3] + [again] + SPEC_EXAMPLE[3:])
+    chunks = [c for out in outs for c in parse_chunks(out)]
+    assert outs[3] == b""
+    assert strip_ids(chunks) == [json.loads(line[6:]) if line[6:] != "[DONE]" else "[DONE]"
+                                 for line in SPEC_EXPECTED.strip().splitlines()]     # as if it never came
+    assert {(c["id"], c["model"]) for c in chunks if isinstance(c, dict)} == {("chatcmpl-msg_1", "claude-x")}
+
+
 # ============================================================ the recorded stream, cut everywhere
 
 RECORDED = FIXTURE.read_bytes()

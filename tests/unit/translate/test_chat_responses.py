@@ -717,3 +717,49 @@ def test_allowed_tools_without_a_mode_is_the_client_s_400_not_an_error_of_ours()
 def test_a_translated_error_keeps_the_upstream_s_retry_after_ms():
     from ccswitch.translate.chat.common import _json_headers
     assert ("retry-after-ms", "1500") in _json_headers([("retry-after-ms", "1500"), ("x-other", "1")])
+
+
+@pytest.mark.parametrize("data", [{"response": {}}, {}, {"response": {"status": None, "incomplete_details": None}}],
+                         ids=["empty-response", "no-response", "nulls"])
+def test_a_bare_response_incomplete_still_finishes_as_length(data):
+    """Its event alone says the answer was cut short, whatever the response object holds."""
+    chunks = run(sse(created(), text_delta("Hi"), ("response.incomplete", data)))
+    assert deltas(chunks) == [{"role": "assistant", "content": ""}, {"content": "Hi"}, {}, "[DONE]"]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+
+
+def test_text_deltas_that_name_no_item_are_not_sent_again_by_the_items_done():
+    message = {"type": "message", "id": "msg_1", "role": "assistant",
+               "content": [{"type": "output_text", "text": "Hello"}]}
+    chunks = run(sse(created(), ("response.output_text.delta", {"delta": "Hel"}),
+                     ("response.output_text.delta", {"content_index": 0, "delta": "lo"}),
+                     ("response.output_item.done", {"output_index": 0, "item": message}), completed()))
+    assert deltas(chunks) == [{"role": "assistant", "content": ""}, {"content": "Hel"}, {"content": "lo"}, {},
+                              "[DONE]"]
+
+
+def test_a_late_response_created_neither_opens_again_nor_renames_the_chunks_sent():
+    chunks = run(sse(text_delta("Hi"), ("response.created", {"response": {"id": "resp_late", "model": "gpt-other",
+                                                                          "status": "in_progress"}}),
+                     text_delta(" there"), completed()))
+    assert deltas(chunks) == [{"role": "assistant", "content": ""}, {"content": "Hi"}, {"content": " there"}, {},
+                              "[DONE]"]
+    assert len({(c["id"], c["model"]) for c in chunks[:-1]}) == 1 and chunks[0]["model"] == "gpt-x"
+
+
+def test_an_aggregated_stream_keeps_the_url_citations_of_its_final_response():
+    cite = {"type": "url_citation", "start_index": 0, "end_index": 4, "url": "https://example.com/a", "title": "A"}
+    message = {"type": "message", "id": "msg_1", "role": "assistant", "content": [
+        {"type": "output_text", "text": "Intro. ", "annotations": []},
+        {"type": "output_text", "text": "Fact here.", "annotations": [cite]}]}
+    body = sse(created(), text_delta("Intro. "), text_delta("Fact here."),
+               ("response.output_item.done", {"output_index": 0, "item": message}),
+               ("response.completed", {"response": {"id": "resp_1", "status": "completed", "output": [message],
+                                                    "usage": USAGE}}))
+    status, out, _ = reply(body, up=CODEX)
+    assert status == 200
+    ChatCompletion.model_validate(out)
+    got = out["choices"][0]["message"]
+    assert got["content"] == "Intro. Fact here." and got["content"][7:11] == "Fact"
+    assert got["annotations"] == [{"type": "url_citation", "url_citation": {
+        "url": "https://example.com/a", "title": "A", "start_index": 7, "end_index": 11}}]
