@@ -35,9 +35,14 @@ class _Zlib:
 
     def __init__(self, encoding: str) -> None:
         self._raw_fallback = encoding == "deflate"   # some servers send raw deflate, no zlib header
+        self._head = b""    # while that is open: zlib judges its 2-byte header only once it has both
         self._z = zlib.decompressobj(zlib.MAX_WBITS | 16 if "gzip" in encoding else zlib.MAX_WBITS)
 
     def pieces(self, data: bytes) -> Iterator[bytes]:
+        if self._raw_fallback and len(self._head) + len(data) < 2:
+            self._head += data
+            return
+        data, self._head = self._head + data, b""
         while data:
             try:
                 piece = self._z.decompress(data, _SLICE)
@@ -51,6 +56,8 @@ class _Zlib:
             data = self._z.unconsumed_tail
 
     def finish(self) -> tuple[bytes, bool]:
+        if self._head:      # a body of one byte: no stream of either kind
+            return b"", False
         return self._z.flush(), self._z.eof
 
 

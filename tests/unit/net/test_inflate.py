@@ -75,3 +75,24 @@ def test_a_deflate_stream_corrupt_part_way_is_an_error_not_what_decoded_so_far(d
         spoilt, problem = whole[:-1] + bytes([whole[-1] ^ 0xFF]), "incorrect data check"
     with pytest.raises(DecodeError, match=f"corrupt deflate body: .*{problem}"):
         inflater.feed(spoilt)
+
+
+@pytest.mark.parametrize("wbits", [-15, 15], ids=["raw deflate", "zlib deflate"])
+@pytest.mark.parametrize("first", [1, 2, 3])
+def test_a_deflate_body_decodes_however_few_bytes_its_first_read_holds(wbits, first):
+    """zlib judges its 2-byte header only once it has both: a raw deflate body (no header, some
+    servers send it) must not be taken for a zlib one on the strength of one byte."""
+    import zlib
+    plain = b"data: " + b"x" * 500 + b"\n\n"
+    packer = zlib.compressobj(wbits=wbits)
+    packed = packer.compress(plain) + packer.flush()
+    inflater = Inflater("deflate")
+    out = inflater.feed(packed[:first]) + inflater.feed(packed[first:first + 1]) + inflater.feed(packed[first + 1:])
+    assert out + inflater.flush() == plain
+
+
+def test_a_deflate_body_of_one_byte_is_truncated():
+    inflater = Inflater("deflate")
+    assert inflater.feed(b"\x78") == b""
+    with pytest.raises(DecodeError, match="truncated"):
+        inflater.flush()
