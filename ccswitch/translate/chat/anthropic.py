@@ -37,16 +37,19 @@ class ChatToAnthropic(ChatTranslation):
         thoughts: list[str] = []
         blocks: list[dict[str, Any]] = []
         calls: list[dict[str, Any]] = []
+        answered = False
         for block in message.get("content") or ():
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text":
                 texts.append(block.get("text") or "")
             elif kind == "tool_use" and json_tool and block.get("name") == json_tool:
-                texts.append(json.dumps(block.get("input") or {}))
+                if not answered:    # the first is the answer: two run together would be no JSON
+                    texts.append(json.dumps(block.get("input") or {}, ensure_ascii=False))
+                    answered = True
             elif kind == "tool_use":
                 calls.append({"id": block.get("id"), "type": "function",
                               "function": {"name": block.get("name"),
-                                           "arguments": json.dumps(block.get("input") or {})}})
+                                           "arguments": json.dumps(block.get("input") or {}, ensure_ascii=False)}})
             elif kind == "thinking":
                 thoughts.append(block.get("thinking") or "")
                 blocks.append({"type": "thinking", "thinking": block.get("thinking") or "",
@@ -55,7 +58,7 @@ class ChatToAnthropic(ChatTranslation):
                 blocks.append({"type": "redacted_thinking", "data": block.get("data") or ""})
             # server_tool_use, web_search_tool_result and unknown blocks: skipped
         out: dict[str, Any] = {"role": "assistant",
-                               "content": "".join(texts) if texts or not calls else None,
+                               "content": "".join(texts) or (None if calls else ""),
                                "refusal": None}
         if calls:
             out["tool_calls"] = calls

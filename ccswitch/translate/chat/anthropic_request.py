@@ -331,7 +331,8 @@ def build(body: dict[str, Any], req: ClientRequest, upstream, rules) -> dict[str
     if json_tool_mode(body, target):
         schema, about = _json_format(fmt)
         tools = tools + [{"name": JSON_TOOL, "description": about, "input_schema": schema}]
-        choice = {"type": "tool", "name": JSON_TOOL}
+        # one answer: two calls of it would be two JSON texts run together
+        choice = {"type": "tool", "name": JSON_TOOL, "disable_parallel_tool_use": True}
     elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         output_config["format"] = {"type": "json_schema", "schema": _json_format(fmt)[0]}
     if not tools and any(b["type"] in ("tool_use", "tool_result") for t in turns for b in t["content"]):
@@ -358,12 +359,12 @@ def build(body: dict[str, Any], req: ClientRequest, upstream, rules) -> dict[str
         elif adaptive_thinking(target):
             thinking = {"type": "adaptive"}
             output_config["effort"] = _ADAPTIVE_EFFORT[effort]
-            out["max_tokens"] = limit or default_max_tokens(target, rules) + _BUDGET[effort]
+            out["max_tokens"] = limit or default_max_tokens(target, rules, _BUDGET[effort])
         else:
             budget = min(_BUDGET[effort], limit - 1) if limit else _BUDGET[effort]
             if budget >= 1024:
                 thinking = {"type": "enabled", "budget_tokens": budget}
-                out["max_tokens"] = limit or default_max_tokens(target, rules) + budget
+                out["max_tokens"] = limit or default_max_tokens(target, rules, budget)
             else:
                 log.info("thinking dropped: max_tokens %s leaves no 1024-token budget", limit)
     if thinking is None:  # never send thinking blocks when thinking is off
@@ -401,7 +402,11 @@ def _sampling(body: dict[str, Any], out: dict[str, Any], thinking: bool) -> None
     if isinstance(temperature, (int, float)) and not thinking:
         out["temperature"] = min(temperature, 1)
     if isinstance(top_p, (int, float)) and (not thinking or 0.95 <= top_p <= 1):
-        out["top_p"] = top_p
+        if "temperature" in out:
+            # Claude 4.5 and later refuse both (400): OpenAI clients often send both
+            log.info("top_p dropped: temperature is set, and Claude takes only one of them")
+        else:
+            out["top_p"] = top_p
     if isinstance(top_k, int) and not thinking:
         out["top_k"] = top_k
     stop = body.get("stop")

@@ -309,8 +309,36 @@ def test_sampling_and_dropped_parameters():
                stream_options={"include_usage": True})
     assert out == {"model": "claude-sonnet-4-5", "max_tokens": 50,
                    "messages": [{"role": "user", "content": [text("hi")]}],
-                   "temperature": 1, "top_p": 0.9, "top_k": 40, "stop_sequences": ["END"],
+                   "temperature": 1, "top_k": 40, "stop_sequences": ["END"],
                    "metadata": {"user_id": "user-123"}, "stream": False}
+
+
+def test_top_p_goes_alone_and_never_beside_a_temperature():
+    """Claude 4.5 and later refuse the two together (400); OpenAI clients often send both."""
+    assert chat(user(), top_p=0.9)["top_p"] == 0.9
+    out = chat(user(), temperature=0.3, top_p=0.9)
+    assert out["temperature"] == 0.3 and "top_p" not in out
+
+
+@pytest.mark.parametrize(("model", "effort", "expected"), [
+    ("claude-opus-4-1-20250805", "max", 32000), ("claude-opus-4-20250514", "max", 32000),
+    ("claude-opus-4-1", "xhigh", 16384 + 8192), ("claude-sonnet-4-20250514", "max", 16384 + 16384),
+])
+def test_a_thinking_budget_added_to_the_default_stays_within_the_model_s_output_cap(model, effort, expected):
+    out = convert({"model": model, "messages": [user()], "reasoning_effort": effort})
+    assert out["max_tokens"] == expected and out["thinking"]["budget_tokens"] < out["max_tokens"]
+    assert out["thinking"]["budget_tokens"] == {"max": 16384, "xhigh": 8192}[effort]
+
+
+def test_a_whole_answer_s_tool_arguments_keep_their_characters_and_an_empty_text_is_no_content():
+    body = {"model": "gpt-4o", "messages": [user()]}
+    reply = {"id": "msg_1", "type": "message", "model": "claude-x", "stop_reason": "tool_use",
+             "content": [{"type": "text", "text": ""},
+                         {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "München"}}],
+             "usage": {"input_tokens": 5, "output_tokens": 2}}
+    message = T.convert_response(json.dumps(reply).encode(), make_req(body), UP)["choices"][0]["message"]
+    assert message["content"] is None
+    assert message["tool_calls"][0]["function"]["arguments"] == '{"city": "München"}'
 
 
 @pytest.mark.parametrize("stop, expected", [("END", ["END"]), ("  ", None), ([], None), (["a", "b"], ["a", "b"])])
@@ -483,13 +511,16 @@ def test_json_object_is_the_forced_json_tool_on_every_model(model):
     out = convert(body)
     assert "output_config" not in out
     assert out["tools"][-1]["name"] == "json_tool_call" and out["tools"][-1]["input_schema"] == {"type": "object"}
-    assert out["tool_choice"] == {"type": "tool", "name": "json_tool_call"}
+    assert out["tool_choice"] == {"type": "tool", "name": "json_tool_call", "disable_parallel_tool_use": True}
     reply = {"id": "msg_1", "type": "message", "model": model, "stop_reason": "tool_use",
              "content": [{"type": "tool_use", "id": "toolu_1", "name": "json_tool_call", "input": {"x": [1]}}],
              "usage": {"input_tokens": 5, "output_tokens": 2}}
     done = T.convert_response(json.dumps(reply).encode(), make_req(body), UP)
     assert json.loads(done["choices"][0]["message"]["content"]) == {"x": [1]}
     assert done["choices"][0]["finish_reason"] == "stop"
+    twice = {**reply, "content": [*reply["content"], {**reply["content"][0], "id": "toolu_2", "input": {"y": 2}}]}
+    done = T.convert_response(json.dumps(twice).encode(), make_req(body), UP)
+    assert json.loads(done["choices"][0]["message"]["content"]) == {"x": [1]}    # the first, as JSON
 
 
 def test_response_format_as_forced_tool_on_older_models():
@@ -497,7 +528,8 @@ def test_response_format_as_forced_tool_on_older_models():
             "reasoning_effort": "high"}
     out = convert(body)
     assert out["tools"][-1]["name"] == "json_tool_call" and out["tools"][-1]["input_schema"] == SCHEMA
-    assert out["tool_choice"] == {"type": "tool", "name": "json_tool_call"} and "thinking" not in out
+    assert out["tool_choice"] == {"type": "tool", "name": "json_tool_call", "disable_parallel_tool_use": True}
+    assert "thinking" not in out
     reply = {"id": "msg_1", "type": "message", "model": "claude-sonnet-4-20250514", "stop_reason": "tool_use",
              "content": [{"type": "tool_use", "id": "toolu_1", "name": "json_tool_call", "input": {"a": 1}}],
              "usage": {"input_tokens": 5, "output_tokens": 2}}
