@@ -68,7 +68,7 @@ class ResponsesStream:
         self.streamed: set[int] = set()          # k that already sent (some) arguments
         self.reasoning_part: tuple | None = None
         self.shown: set = set()                  # items (id or output index) whose text came as deltas
-        self.unkeyed = False                     # a text delta named no item: none is sent again whole
+        self.unkeyed: set[str] = set()           # item types a delta came for naming no item: none sent again whole
         self.outcome: tuple[str, dict[str, Any]] | None = None   # (finish_reason, usage)
         self.failure: tuple[str, str, str | None] | None = None  # (message, type, code)
 
@@ -130,17 +130,17 @@ class ResponsesStream:
 
     def _content(self, kind: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         if kind == "response.output_text.delta":
-            self._shown(data)
+            self._shown(data, "message")
             if not data.get("delta"):
                 return []
             if isinstance(data.get("logprobs"), list) and data["logprobs"]:   # asked for with `logprobs`
                 return [{"content": data["delta"], LOGPROBS: data["logprobs"]}]
             return [{"content": data["delta"]}]
         if kind == "response.refusal.delta":
-            self._shown(data)
+            self._shown(data, "message")
             return [{"refusal": data["delta"]}] if data.get("delta") else []
         if kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
-            self._shown(data)
+            self._shown(data, "reasoning")
             return self._reasoning(kind, data)
         item = data.get("item") if isinstance(data.get("item"), dict) else {}
         if kind == "response.output_item.done" and item.get("type") in ("message", "reasoning"):
@@ -168,20 +168,20 @@ class ResponsesStream:
             return [self._header(k, item)] + self._full_args(k, item.get("arguments"))
         return []
 
-    def _shown(self, data: dict[str, Any]) -> None:
+    def _shown(self, data: dict[str, Any], item_type: str) -> None:
         """A delta with text marks its item (by id and by output index: a `.done` may name it by
-        either) as sent; an empty one marks nothing."""
+        either) as sent, or, naming none, every item of its type; an empty one marks nothing."""
         if not data.get("delta"):
             return
         keys = [key for key in (data.get("item_id"), data.get("output_index")) if isinstance(key, str | int)]
         self.shown.update(keys)
         if not keys:
-            self.unkeyed = True
+            self.unkeyed.add(item_type)
 
     def _whole(self, item: dict[str, Any], output_index: Any) -> list[dict[str, Any]]:
         """A message or reasoning item's text from its `.done`, when no delta carried it (relays
         that send items only whole): never lost, never sent twice."""
-        if self.unkeyed or item.get("id") in self.shown or output_index in self.shown:
+        if item.get("type") in self.unkeyed or item.get("id") in self.shown or output_index in self.shown:
             return []
         parts = [p for p in item.get("content") or item.get("summary") or () if isinstance(p, dict)]
         if item.get("type") == "reasoning":

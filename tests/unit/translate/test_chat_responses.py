@@ -738,6 +738,15 @@ def test_text_deltas_that_name_no_item_are_not_sent_again_by_the_items_done():
                               "[DONE]"]
 
 
+def test_reasoning_deltas_that_name_no_item_leave_a_message_sent_only_whole_its_text():
+    message = {"type": "message", "id": "msg_1", "role": "assistant",
+               "content": [{"type": "output_text", "text": "The answer."}]}
+    chunks = run(sse(created(), ("response.reasoning_summary_text.delta", {"delta": "thinking"}),
+                     ("response.output_item.done", {"output_index": 1, "item": message}), completed()))
+    assert deltas(chunks) == [{"role": "assistant", "content": ""}, {"reasoning_content": "thinking"},
+                              {"content": "The answer."}, {}, "[DONE]"]
+
+
 def test_a_late_response_created_neither_opens_again_nor_renames_the_chunks_sent():
     chunks = run(sse(text_delta("Hi"), ("response.created", {"response": {"id": "resp_late", "model": "gpt-other",
                                                                           "status": "in_progress"}}),
