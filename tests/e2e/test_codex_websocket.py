@@ -77,6 +77,34 @@ def test_a_bridged_run_with_a_tool_call_fails_over_mid_conversation_with_the_ful
     assert 0 < first_post < 10
 
 
+def sealed_reasoning(body) -> list:
+    return [item.get("encrypted_content") for item in body["input"]
+            if item.get("type") == "reasoning" and item.get("encrypted_content")]
+
+
+def test_a_conversation_back_from_a_failover_takes_its_upstream_s_own_reasoning_again(tmp_path):
+    """a → b → a in one `codex exec`: each account's sealed reasoning goes only to that account,
+    and a's own comes back to it after b served a turn."""
+    with MockUpstream("A") as a, MockUpstream("B") as b:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(RULES.replace("{a}", a.base_url).replace("{b}", b.base_url))
+        a.script(ok(tool=TOOL, sealed="ENC-A-1"), status(503), ok(sealed="ENC-A-2"))
+        # the session is bound to b once b serves it: b's failure sends turn 3 back to a
+        b.script(ok(tool=("shell", {"command": ["echo", "again"]}), sealed="ENC-B-1"), status(503))
+        with Proxy(rules, tmp_path, extra_args=("--set", "ccswitch_offline=true")) as proxy:
+            env = {**client_env(proxy, tmp_path / "home"), "CODEX_API_KEY": CLIENT_KEY}
+            done, _ = run([str(CODEX), "exec", "--skip-git-repo-check", "-c", "analytics.enabled=false",
+                           "run echo hello"], env, tmp_path)
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert "Hello from mock A" in done.stdout
+            wait_rows(proxy, 3)
+        assert [sealed_reasoning(body) for body in turns(a)] == [[], ["ENC-A-1"], ["ENC-A-1"]]
+        assert [sealed_reasoning(body) for body in turns(b)] == [[], ["ENC-B-1"]]
+        rows = sqlite3.connect(proxy.usage_db).execute(
+            "SELECT status, upstream, attempts FROM requests ORDER BY id").fetchall()
+        assert rows == [(200, "codex-a", 1), (200, "codex-b", 2), (200, "codex-a", 2)]
+
+
 def test_reverse_mode_with_a_websocket_provider(tmp_path):
     with MockUpstream("A") as a, MockUpstream("B") as b:
         rules = tmp_path / "rules.yaml"
