@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rules", metavar="PATH", help="rules.yaml for prices, database and time zone (default: as mitmdump finds it)")
     p.add_argument("--db", metavar="PATH|URL",
                    help="usage database: a SQLite file or a postgresql:// URL (default: the rules' usage_db)")
-    p.add_argument("--days", type=_positive, default=30, metavar="N", help="days up to --until (default 30)")
+    p.add_argument("--days", type=_positive, metavar="N", help="days up to --until (default 30)")
     p.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="first day (days are local to the rules' time zone)")
     p.add_argument("--until", type=_day, metavar="YYYY-MM-DD", help="last day (default today)")
     p.add_argument("--by", choices=DIMENSIONS,
@@ -79,6 +79,8 @@ def _period(args: argparse.Namespace, today: date) -> tuple[date, date, date | N
     if hours is not None:
         if args.period != "day":
             return "--hours shows one day: it cannot be combined with --period"
+        if args.days is not None:
+            return "--hours shows one day: give the day to --hours instead of --days"
         if args.since:
             return "--hours shows one day: give the day to --hours instead of --since"
         day = (args.until or today) if hours is _UNTIL else hours
@@ -86,9 +88,10 @@ def _period(args: argparse.Namespace, today: date) -> tuple[date, date, date | N
     until = args.until or today
     if wrong := _beyond_reach("--until", until) or (args.since and _beyond_reach("--since", args.since)):
         return wrong
-    if not args.since and args.days - 1 > (until - FIRST_DAY).days:
-        return f"--days {args.days}: a report covers the days from {FIRST_DAY} to {LAST_DAY}"
-    since = args.since or (until - timedelta(days=args.days - 1))
+    days = 30 if args.days is None else args.days
+    if not args.since and days - 1 > (until - FIRST_DAY).days:
+        return f"--days {days}: a report covers the days from {FIRST_DAY} to {LAST_DAY}"
+    since = args.since or (until - timedelta(days=days - 1))
     if since > until:
         return f"--since {since} is after --until {until}"
     return period_start(since, args.period), until, None
@@ -121,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"--db: {exc}", file=sys.stderr)
         return 1
-    if not args.db and isinstance(db, PostgresURL) and (unset := unset_in(db.conninfo)):
+    if not args.db and (unset := unset_in(db.conninfo if isinstance(db, PostgresURL) else str(db))):
         print(f"usage_db needs {', '.join('${' + name + '}' for name in unset)}, which "
               f"{'is' if len(unset) == 1 else 'are'} not set in this shell (or pass --db)", file=sys.stderr)
         return 1

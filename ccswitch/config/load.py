@@ -91,14 +91,31 @@ def _format_loc(loc: tuple) -> str:
     return out
 
 
+#: the keys of the sections a misspelt key is most often in, by the section's path
+_SECTION_FIELDS = {(): Rules, ("upstreams",): Upstream, ("failover",): Failover, ("timeouts",): Timeouts,
+                   ("routes",): Routes}
+
+
+def _section_keys(loc: tuple) -> list[str]:
+    """The keys a misspelt key at `loc` could have meant: its section's, where the section is
+    known (a hint must name a key valid where it was typed), else any section's."""
+    section = tuple(part for part in loc[:-1] if isinstance(part, str) and part != "[key]")
+    model = _SECTION_FIELDS.get(section)
+    return _FIELD_NAMES if model is None else sorted(set(model.model_fields) - {"source"})
+
+
 def _message(err: Mapping[str, Any]) -> str:
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
         key = str(err["loc"][-1]) if err["loc"] else ""
+        close = difflib.get_close_matches(key, _section_keys(tuple(err["loc"])), n=1, cutoff=0.75)
+        if close:
+            return f"unknown key (did you mean {close[0]!r}?)"
         if key in _FIELD_NAMES:
             return "unknown key here (it belongs to another section)"
-        close = difflib.get_close_matches(key, _FIELD_NAMES, n=1, cutoff=0.75)
-        return "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+        elsewhere = difflib.get_close_matches(key, _FIELD_NAMES, n=1, cutoff=0.75)
+        return "unknown key" + (f" ({elsewhere[0]!r}, a key of another section, is not valid here either)"
+                                if elsewhere else "")
     if kind in _PLAIN_MESSAGES:
         return _PLAIN_MESSAGES[kind]
     if kind in ("literal_error", "enum") and err["loc"] and err["loc"][-1] in _NAMED_CHOICES \
@@ -142,7 +159,12 @@ def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         pos = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RulesError([where(pos, _yaml_problem(e))]) from None
+        problem = _yaml_problem(e)
+        began = e.context_mark
+        if began is not None and mark is not None and began.line != mark.line:
+            # where the parser gave up may be the file's end: where the broken part starts
+            problem += f" (it starts at line {began.line + 1}, column {began.column + 1})"
+        raise RulesError([where(pos, problem)]) from None
     except yaml.YAMLError as e:
         raise RulesError([where("", f"invalid YAML ({type(e).__name__})")]) from None
     except RecursionError:

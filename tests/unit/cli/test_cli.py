@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support import REPO
 
 CCSWITCH = Path(sys.executable).with_name("ccswitch")
@@ -242,11 +244,13 @@ def test_a_reader_gone_before_the_output_gets_no_traceback():
     assert done.returncode == 0 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
 
 
-def test_report_on_a_ledger_whose_password_variable_is_unset_names_the_variable(tmp_path):
-    """It tried the server without the password and printed the server's refusal instead."""
+@pytest.mark.parametrize("usage_db", ["postgresql://ccswitch:${CCSWITCH_TEST_UNSET_LEDGER_PW}@127.0.0.1:9/ledger",
+                                      "./${CCSWITCH_TEST_UNSET_LEDGER_PW}.db"])
+def test_report_on_a_ledger_whose_password_variable_is_unset_names_the_variable(tmp_path, usage_db):
+    """It tried the server without the password and printed the server's refusal instead (or,
+    for a file, named the file the placeholder made)."""
     rules = tmp_path / "rules.yaml"
-    rules.write_text("""
-usage_db: postgresql://ccswitch:${CCSWITCH_TEST_UNSET_LEDGER_PW}@127.0.0.1:9/ledger
+    rules.write_text(f"usage_db: {usage_db}\n" + """
 upstreams:
   - {name: a, protocol: anthropic, base_url: 'https://a.example', api_key: '${CCSWITCH_TEST_UNSET_VAR}'}
 routes: {claude: [a]}

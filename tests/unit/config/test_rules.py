@@ -143,6 +143,19 @@ def test_key_from_another_section():
     assert problems("hours: ['09:00-18:00']\n") == ["r.yaml: hours: unknown key here (it belongs to another section)"]
 
 
+def test_a_hint_names_only_a_key_valid_where_the_misspelt_one_was_typed():
+    p = problems("""
+        budgets: {}
+        upstreams:
+          - {name: a, protocol: anthropic, base_url: "https://x.example", api_key: k, cooldwn: 5, wieght: 2}
+        routes: {claude: [a]}
+        """)
+    assert p == ["r.yaml: upstreams[a].cooldwn: unknown key ('cooldown', a key of another section, is not valid "
+                 "here either)",
+                 "r.yaml: upstreams[a].wieght: unknown key (did you mean 'weight'?)",
+                 "r.yaml: budgets: unknown key ('budget', a key of another section, is not valid here either)"]
+
+
 def test_source_key_is_not_accepted_from_yaml():
     assert problems("source: /etc/passwd\n") == ["r.yaml: source: unknown key"]
 
@@ -151,6 +164,12 @@ def test_yaml_syntax_error_has_line_and_column():
     p = problems("version: 1\nupstreams:\n  - name: a\n   protocol: [\n")
     assert len(p) == 1
     assert re.match(r"^r\.yaml: line \d+, column \d+: ", p[0]), p
+
+
+def test_a_yaml_error_found_at_the_end_also_names_where_the_broken_part_starts():
+    p = problems('upstreams:\n  - name: a\n    base_url: "https://x.example\nroutes:\n  claude: [a]\n\n')
+    assert p == ["r.yaml: line 7, column 1: while scanning a quoted scalar found unexpected end of stream "
+                 "(it starts at line 3, column 15)"]
 
 
 def test_yaml_error_never_echoes_the_line():

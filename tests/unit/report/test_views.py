@@ -114,6 +114,8 @@ def test_cli_hours_json_and_option_errors(times_db, tmp_path, capsys):
     assert "cannot be combined with --period" in capsys.readouterr().err
     assert cli(tmp_path, times_db, "--hours", "2026-03-01", "--since", "2026-02-01") == 1
     assert "instead of --since" in capsys.readouterr().err
+    assert cli(tmp_path, times_db, "--hours", "--days", "3") == 1
+    assert "instead of --days" in capsys.readouterr().err
 
 
 def test_hours_on_the_day_the_clocks_go_back(tmp_path):
