@@ -39,9 +39,12 @@ def _human(x: float, _pos: object = None) -> str:
     return f"{x:.3g}" if x else "0"
 
 
-def _usd_formatter(top: float) -> FuncFormatter:
-    """Dollar ticks with enough decimals for the axis' range ($0.00015 days are real)."""
-    digits = 0 if top >= 100 else 2 if top >= 1 or top <= 0 else min(6, max(2, math.ceil(-math.log10(top)) + 1))
+def _usd_formatter(ticks) -> FuncFormatter:
+    """Dollar ticks with as many decimals as each tick needs to be told exactly ($0.00015 days
+    are real; a step of $0.0025 needs four): cents at least, whole dollars past $100."""
+    top = max((abs(t) for t in ticks), default=0.0)
+    digits = 0 if top >= 100 else next(
+        (d for d in range(2, 7) if all(abs(t - round(t, d)) <= 1e-12 + abs(t) * 1e-9 for t in ticks)), 6)
     return FuncFormatter(lambda x, _pos=None: "$0" if not x else f"${x:,.{digits}f}")
 
 
@@ -210,7 +213,7 @@ def chart_cost(report: Report, path: Path) -> Path:
     if not report.total.cost:
         ax.text(0.5, 0.5, "no priced usage in this period", transform=ax.transAxes, ha="center", color="gray")
         ax.set_ylim(0, 1)
-    ax.yaxis.set_major_formatter(_usd_formatter(ax.get_ylim()[1]))
+    ax.yaxis.set_major_formatter(_usd_formatter(ax.get_yticks()))
     axis.style(ax)
     _legend(ax, reverse=True, title="upstream")
     return _save(fig, path)

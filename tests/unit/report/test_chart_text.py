@@ -55,3 +55,14 @@ def test_day_ticks_are_evenly_spaced_across_month_ends(tmp_path):
         plt.close(figure)
     gaps = {round(b - a, 6) for a, b in pairwise(ticks)}
     assert len(ticks) >= 4 and len(gaps) == 1, gaps
+
+
+def test_dollar_ticks_have_the_decimals_each_step_needs():
+    from ccswitch.report.charts import _usd_formatter
+    ticks = [0, 0.0025, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.0175, 0.02]
+    labels = [_usd_formatter(ticks)(t) for t in ticks]
+    assert labels == ["$0", "$0.0025", "$0.0050", "$0.0075", "$0.0100", "$0.0125", "$0.0150", "$0.0175", "$0.0200"]
+    assert [_usd_formatter([0, 0.5, 1.0, 1.5])(t) for t in (0.5, 1.5)] == ["$0.50", "$1.50"]
+    assert [_usd_formatter([0, 0.00005, 0.0001, 0.00015])(t) for t in (0.00015,)] == ["$0.00015"]
+    assert _usd_formatter([0, 100, 200])(200) == "$200" and _usd_formatter([0, 5000, 10000])(10000) == "$10,000"
+    assert _usd_formatter([0, 1e-8])(1e-8) == "$0.000000"     # past a millionth of a dollar: no more digits
