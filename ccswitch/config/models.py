@@ -106,8 +106,8 @@ class HourWindow(_Model):
         if isinstance(data, str):
             start, sep, end = data.partition("-")
             try:
-                if not sep:
-                    raise ValueError('must look like "09:00-18:00"')
+                if not sep or "-" in end:
+                    raise ValueError('must look like "09:00-18:00": one start, one end')
                 data = {"start_minute": parse_hhmm(start), "end_minute": parse_hhmm(end, allow_24=True)}
             except ValueError as e:
                 raise ValueError(f"hours window {data!r}: {e}") from None
@@ -367,6 +367,13 @@ class NotifyHook(_Model):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL")
         url_port(parts)
+        return v
+
+    @field_validator("events", mode="after")
+    @classmethod
+    def _some_events(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("must name at least one event (leave it out for all; remove the hook to tell none)")
         return v
 
 

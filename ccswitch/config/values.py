@@ -87,6 +87,13 @@ def status_key(v: str) -> str:
     return v
 
 
+def _as_written(value: Any) -> str:
+    """A YAML value as the rules file spells it (`true`, not Python's `True`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else repr(value)
+
+
 def parse_days(value: Any) -> Any:
     if isinstance(value, str):
         value = [value]
@@ -102,7 +109,7 @@ def parse_days(value: Any) -> Any:
         first, sep, last = text.partition("-")
         ends = [weekday(first), weekday(last) if sep else weekday(first)]
         if None in ends:
-            unknown.append(repr(item))      # every one at once, not the first alone
+            unknown.append(_as_written(item))      # every one at once, not the first alone
             continue
         a, b = ends
         days.update((a + i) % 7 for i in range((b - a) % 7 + 1))

@@ -112,3 +112,9 @@ def test_the_ports_at_either_end_are_fine():
 def test_a_notify_hook_on_a_port_no_connection_can_use_is_refused(port):
     assert problems(up("a"), head=f"notify: [{{url: 'https://hooks.example:{port}/SECRET'}}]") == [
         f"r.yaml: notify[0].url: {PORT_RANGE}"]
+
+
+def test_a_notify_hook_for_no_event_is_refused():
+    assert problems(up("a"), head="notify: [{url: 'https://hooks.example/x', events: []}]") == [
+        "r.yaml: notify[0].events: must name at least one event (leave it out for all; remove the hook to tell "
+        "none)"]

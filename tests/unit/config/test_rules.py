@@ -253,7 +253,7 @@ def test_upstream_field_errors_paths():
         "upstreams[1].days": "unknown weekday 'funday' (use mon..sun, or a range like mon-fri)",
         "upstreams[1].hours[0]": "hours window '25:00-18:00': time must be HH:MM between 00:00 and 23:59",
         "upstreams[1].hours[1]": "hours window start and end must differ",
-        "upstreams[1].hours[2]": "hours window 'nine': must look like \"09:00-18:00\"",
+        "upstreams[1].hours[2]": "hours window 'nine': must look like \"09:00-18:00\": one start, one end",
         "upstreams[1].models": "must be a mapping",
         "upstreams[1].only_models": "must be a list",
         "upstreams[1].headers.bad header": "invalid header name",
@@ -704,7 +704,7 @@ def test_upstreams_are_named_by_name_in_every_kind_of_problem():
         "r.yaml: upstreams[relay-a].api_key: environment variable NOPE is not set "
         "(set it where ccswitch runs, or set enabled: false)",
         "r.yaml: upstreams[0].days: unknown weekday 'funday' (use mon..sun, or a range like mon-fri)",
-        "r.yaml: upstreams[relay-a].hours[0]: hours window 'nine': must look like \"09:00-18:00\"",
+        "r.yaml: upstreams[relay-a].hours[0]: hours window 'nine': must look like \"09:00-18:00\": one start, one end",
     ]
     p = problems("upstreams:\n" + relay("relay-a", extra="activate_at: ['06:00']\nauth: client"))
     assert p[0].startswith("r.yaml: upstreams[relay-a].activate_at: ")
@@ -738,8 +738,11 @@ def test_a_mistyped_protocol_is_named_with_the_one_it_is_closest_to_and_every_ba
         parse_rules("upstreams:\n"
                     "  - {name: a, protocol: antropic, base_url: 'https://x.example', api_key: k-000000000}\n"
                     "  - {name: b, protocol: anthropic, base_url: 'https://x.example', api_key: k-000000001,"
-                    " days: [funday, tue, mon-frii]}\n", "r.yaml")
+                    " days: [funday, tue, mon-frii, true], hours: ['09:00-18:00-20:00']}\n", "r.yaml")
     assert sorted(refused.value.problems) == [
         "r.yaml: upstreams[a].protocol: 'antropic' is not one of 'anthropic', 'openai-responses' or "
         "'openai-chat' (did you mean 'anthropic'?)",
-        "r.yaml: upstreams[b].days: unknown weekdays 'funday', 'mon-frii' (use mon..sun, or a range like mon-fri)"]
+        "r.yaml: upstreams[b].days: unknown weekdays 'funday', 'mon-frii', true (use mon..sun, or a range like "
+        "mon-fri)",
+        "r.yaml: upstreams[b].hours[0]: hours window '09:00-18:00-20:00': must look like \"09:00-18:00\": one "
+        "start, one end"]
