@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from mitmproxy import command, exceptions
+from mitmproxy import command, ctx, exceptions
 
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.mitm.lifecycle import hook_task
@@ -29,19 +29,28 @@ class Notifications:
         self.notifier: Notifier | None = None
         self._tests: set[asyncio.Task] = set()
 
+    def load(self, loader) -> None:
+        loader.add_option("ccswitch_notify_settle", int, 30,
+                          "Seconds an upstream's recovery must last before the notify hooks are told; "
+                          "a cooldown within them is not told either (an upstream going in and out of "
+                          "cooldown is one outage, not a storm of webhooks). 0: told at once.")
+
+    def configure(self, updated) -> None:
+        if "ccswitch_notify_settle" in updated and ctx.options.ccswitch_notify_settle < 0:
+            raise exceptions.OptionsError("ccswitch_notify_settle must be 0 or more seconds")
+        if self.client is not None and updated & UPSTREAM_TLS_OPTIONS:
+            self.client.ssl_context = upstream_tls()
+
     def running(self) -> None:
         gateway = self.gateway
         self.client = http1.UpstreamClient(ssl_context=upstream_tls())
         # looked up per POST: tests install their loopback guard after this addon starts
         self.poster = WebhookPoster(self.client, allow_url=lambda url: gateway.allow_url(url))
         self.notifier = Notifier(lambda: gateway.rules, self.poster,
-                                 claim=lambda name, until: gateway.state.claim(name, until))
+                                 claim=lambda name, until: gateway.state.claim(name, until),
+                                 settle=lambda: ctx.options.ccswitch_notify_settle)
         self.notifier.start()
         gateway.events.subscribe(self.notifier.offer)
-
-    def configure(self, updated) -> None:
-        if self.client is not None and updated & UPSTREAM_TLS_OPTIONS:
-            self.client.ssl_context = upstream_tls()
 
     def done(self) -> asyncio.Task:
         return hook_task(self._stop(), "notifications stop")

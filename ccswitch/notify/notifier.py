@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from ccswitch.config.models import NotifyHook, Rules
 from ccswitch.notify.dedupe import Deduper
 from ccswitch.notify.payload import clean
+from ccswitch.notify.settle import Settling
 from ccswitch.notify.webhook import WebhookPoster, hook_host
 from ccswitch.routing.events import Event
 
@@ -82,8 +83,11 @@ class Notifier:
     """Posts the events the rules' `notify` hooks ask for, once per occurrence."""
 
     def __init__(self, rules: Callable[[], Rules], poster: WebhookPoster, *, capacity: int = 100,
-                 dedupe: Deduper | None = None, claim: Claim | None = None) -> None:
+                 dedupe: Deduper | None = None, claim: Claim | None = None,
+                 settle: Callable[[], float] = lambda: 0.0) -> None:
+        """`settle()`: seconds a recovery must last before it is told (see `Settling`)."""
         self._rules = rules
+        self.settling = Settling(settle, self._accept)
         self._claim = claim
         self._claiming: set[asyncio.Task] = set()
         self.poster = poster
@@ -105,6 +109,13 @@ class Notifier:
             return
         if threading.get_ident() != self._thread:   # e.g. a budget crossed as the ledger thread writes
             self._loop.call_soon_threadsafe(self.offer, event)
+            return
+        if not self.settling.takes(event):
+            self._accept(event)
+
+    def _accept(self, event: Event) -> None:
+        """Filtered, de-duplicated, cleaned, claimed where shared: then queued for its hooks."""
+        if self._loop is None or self._loop.is_closed():
             return
         rules = self._rules()
         if rules.notify is not self._hooks:
@@ -157,7 +168,8 @@ class Notifier:
                 del self.lanes[hook]
 
     async def aclose(self, grace: float = 2.0) -> None:
-        """Give queued notifications `grace` seconds to go out, then stop every lane."""
+        """Tell held recoveries, give queued notifications `grace` seconds to go out, then stop every lane."""
+        self.settling.flush()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 while self._claiming or any(not lane.idle for lane in self.lanes.values()):

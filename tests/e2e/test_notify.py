@@ -45,18 +45,19 @@ def upstreams():
         yield a, b
 
 
-def start_proxy(tmp_path: Path, name: str, text: str) -> Proxy:
+def start_proxy(tmp_path: Path, name: str, text: str, *extra: str) -> Proxy:
     work = tmp_path / name
     work.mkdir()
     (work / "rules.yaml").write_text(text)
-    return Proxy(work / "rules.yaml", work).start()
+    return Proxy(work / "rules.yaml", work, extra_args=extra).start()
 
 
 def test_an_outage_is_one_cooldown_and_one_recovered_notification(tmp_path, upstreams):
     a, b = upstreams
     a.default = status(503)
     with WebhookReceiver() as hook:
-        proxy = start_proxy(tmp_path, "outage", rules_text(a, b, [f"{{url: '{hook.url()}'}}"]))
+        proxy = start_proxy(tmp_path, "outage", rules_text(a, b, [f"{{url: '{hook.url()}'}}"]),
+                            "--set", "ccswitch_notify_settle=1")     # the recovery is told once it lasted 1 s
         try:
             with httpx.Client(timeout=30) as client:
                 began = time.time()
@@ -71,8 +72,10 @@ def test_an_outage_is_one_cooldown_and_one_recovered_notification(tmp_path, upst
                 a.default = ok()
                 time.sleep(1.2)
                 code, _, who = post(client, proxy)
+                recovered_at = time.monotonic()
                 assert (code, who) == (200, "a")
                 received = hook.wait_for(2)
+                assert time.monotonic() - recovered_at >= 0.9
         finally:
             proxy.stop()
     cooldown = first[0].json()
