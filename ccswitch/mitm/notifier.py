@@ -31,9 +31,10 @@ class Notifications:
 
     def load(self, loader) -> None:
         loader.add_option("ccswitch_notify_settle", int, 30,
-                          "Seconds an upstream's recovery must last before the notify hooks are told; "
-                          "a cooldown within them is not told either (an upstream going in and out of "
-                          "cooldown is one outage, not a storm of webhooks). 0: told at once.")
+                          "An upstream back in cooldown within these seconds of a recovery the notify "
+                          "hooks were told is flapping: its next recovery is told once it has lasted "
+                          "this long, the cooldowns before then not at all (one outage, not a storm of "
+                          "webhooks). 0: every one told as it comes.")
 
     def configure(self, updated) -> None:
         if "ccswitch_notify_settle" in updated and ctx.options.ccswitch_notify_settle < 0:

@@ -85,7 +85,7 @@ class Notifier:
     def __init__(self, rules: Callable[[], Rules], poster: WebhookPoster, *, capacity: int = 100,
                  dedupe: Deduper | None = None, claim: Claim | None = None,
                  settle: Callable[[], float] = lambda: 0.0) -> None:
-        """`settle()`: seconds a recovery must last before it is told (see `Settling`)."""
+        """`settle()`: seconds that tell a flapping upstream (see `Settling`)."""
         self._rules = rules
         self.settling = Settling(settle, self._accept)
         self._claim = claim

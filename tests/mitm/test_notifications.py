@@ -41,8 +41,7 @@ async def test_events_on_the_bus_reach_the_hook_once_per_occurrence(tmp_path):
         gateway = open_gateway(tmp_path, rules_text(receiver.url()))
         gateway.allow_url = loopback_url
         addon = Notifications(gateway)
-        with taddons.context(addon) as tctx:
-            tctx.configure(addon, ccswitch_notify_settle=0)
+        with taddons.context(addon):
             addon.running()
             for _ in range(3):
                 gateway.health.record_failure("a", f"HTTP 401 for {KEY_A} by {CLIENT_KEY}", threshold=1, cooldown=60)
@@ -57,8 +56,8 @@ async def test_events_on_the_bus_reach_the_hook_once_per_occurrence(tmp_path):
 
 
 async def test_an_upstream_going_in_and_out_of_cooldown_is_told_as_one_outage(tmp_path):
-    """Its recovery is told once it has lasted `ccswitch_notify_settle`; the cooldowns between
-    are taken back (told: down, then up for good), and the recovery says how many."""
+    """Down, up, down again at once: flapping.  Its next recovery is told once it has lasted
+    `ccswitch_notify_settle`; the cooldowns before then are taken back, and it says how many."""
     with WebhookReceiver() as receiver:
         gateway = open_gateway(tmp_path, rules_text(receiver.url()))
         gateway.allow_url = loopback_url
@@ -66,18 +65,18 @@ async def test_an_upstream_going_in_and_out_of_cooldown_is_told_as_one_outage(tm
         with taddons.context(addon) as tctx:
             tctx.configure(addon, ccswitch_notify_settle=1)
             addon.running()
-            for _ in range(3):      # three outages of a moment each
+            for _ in range(4):      # four outages of a moment each
                 gateway.health.record_failure("a", "HTTP 503", threshold=1, cooldown=60)
                 gateway.health.record_success("a")
                 await asyncio.sleep(0.05)
-            await wait_for(lambda: len(receiver.received) >= 1)
+            await wait_for(lambda: len(receiver.received) >= 3)
             await asyncio.sleep(0.5)
-            assert [b["event"] for b in receiver.bodies()] == ["cooldown"]      # the recovery not yet
-            await wait_for(lambda: len(receiver.received) >= 2)
+            assert [b["event"] for b in receiver.bodies()] == ["cooldown", "recovered", "cooldown"]
+            await wait_for(lambda: len(receiver.received) >= 4)
             await addon.done()
         bodies = receiver.bodies()
-    assert [b["event"] for b in bodies] == ["cooldown", "recovered"]
-    assert bodies[1]["reason"].endswith("(2 shorter cooldowns in between not told)")
+    assert [b["event"] for b in bodies] == ["cooldown", "recovered", "cooldown", "recovered"]
+    assert bodies[3]["reason"].endswith("(2 shorter cooldowns in between not told)")
 
 
 async def test_a_recovery_still_held_is_told_when_the_proxy_stops(tmp_path):
@@ -88,12 +87,14 @@ async def test_a_recovery_still_held_is_told_when_the_proxy_stops(tmp_path):
         with taddons.context(addon) as tctx:
             tctx.configure(addon, ccswitch_notify_settle=600)
             addon.running()
-            gateway.health.record_failure("a", "HTTP 503", threshold=1, cooldown=60)
-            gateway.health.record_success("a")
+            for _ in range(2):
+                gateway.health.record_failure("a", "HTTP 503", threshold=1, cooldown=60)
+                gateway.health.record_success("a")
             await asyncio.sleep(0.2)
+            assert len(receiver.received) == 3
             await addon.done()
         bodies = receiver.bodies()
-    assert [b["event"] for b in bodies] == ["cooldown", "recovered"]
+    assert [b["event"] for b in bodies] == ["cooldown", "recovered", "cooldown", "recovered"]
 
 
 def test_a_negative_settle_time_is_refused():
@@ -172,8 +173,7 @@ async def test_an_occurrence_another_instance_claimed_is_not_told_here(tmp_path)
         gateway.allow_url = loopback_url
         gateway.state = state = ClaimedElsewhere()
         addon = Notifications(gateway)
-        with taddons.context(addon) as tctx:
-            tctx.configure(addon, ccswitch_notify_settle=0)
+        with taddons.context(addon):
             addon.running()
             gateway.health.record_failure("a", "HTTP 503", threshold=1, cooldown=60)
             gateway.health.record_success("a")
