@@ -39,7 +39,7 @@ from ccswitch.translate import translation_for
 from ccswitch.vocab import Action, Endpoint, Protocol
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import UNPARSED, RenderError, Reply, json_or_none
-from ccswitch.wire.reasoning import SealMemory, refuses_foreign_reasoning, seals_in_output
+from ccswitch.wire.reasoning import SealMemory, refuses_foreign_reasoning, seals_in
 from ccswitch.wire.redact import scrub_headers
 from ccswitch.wire.sse import is_event_stream
 from ccswitch.wire.usage import usage_of_body
@@ -187,9 +187,14 @@ class Dialer:
             # no local for the body as converted: this frame lasts as long as the stream
             outgoing = render(upstream, job.request, self._body_for(job, upstream, translation),
                               client_key=job.rules.key_of_client(job.client))
+            # the sealed reasoning it is sent: its own if it serves (read now: a stream's commit
+            # lets the request's body go)
+            read = seals_in(job.converted.get(upstream.name) or job.request.json, "input") \
+                if upstream.protocol == Protocol.RESPONSES else []
             job.upstream_model, job.sent_body = outgoing.upstream_model, outgoing.body
             result = await self._send_and_judge(job, upstream, outgoing, translation, sink, attempt, probing)
         except RenderError as exc:
+            read = []
             # not the upstream's doing, and the next one may take the request as it is
             result = Failure(upstream.name, None, str(exc), Action.SWITCH, counts=False, client_status=exc.status)
         except (asyncio.CancelledError, ClientGone):
@@ -214,7 +219,7 @@ class Dialer:
         elif isinstance(result, Streamed):
             attempt.error = result.reason
             if result.ok:
-                self._served(job, upstream)
+                self._served(job, upstream, read)
             elif result.rate_limited:
                 self._rate_limited(upstream.name, result.reason or "rate limited", result.limit_headers,
                                    failover.cooldown, refusal=False)
@@ -223,15 +228,17 @@ class Dialer:
                                            threshold=failover.threshold, cooldown=failover.cooldown)
         elif 200 <= result.status < 300:
             attempt.status = result.status
-            self._served(job, upstream)
+            self._served(job, upstream, read)
         else:
             attempt.status = result.status
         return result
 
-    def _served(self, job: Job, upstream: Upstream) -> None:
-        """A 2xx: the upstream is healthy, and the request's session is bound to it (unless it
-        only counted tokens: that writes no prompt cache, so the session's cache stays where it is)."""
+    def _served(self, job: Job, upstream: Upstream, read: list[int]) -> None:
+        """A 2xx: the upstream is healthy, the sealed reasoning it was sent (`read`) is its own,
+        and the request's session is bound to it (unless it only counted tokens: that writes no
+        prompt cache, so the session's cache stays where it is)."""
         self.health.record_success(upstream.name)
+        self.seals.made(_account(upstream), read)
         if job.session is not None and job.request.endpoint != Endpoint.COUNT_TOKENS:
             route = job.request.route
             self.sessions.bind(route, job.session, upstream.name, job.rules.routes.spec(route).sticky)
@@ -325,7 +332,7 @@ class Dialer:
                                client_status=502)
         if 200 <= status < 300:
             if upstream.protocol == Protocol.RESPONSES:
-                self.seals.made(_account(upstream), seals_in_output(parsed))
+                self.seals.made(_account(upstream), seals_in(parsed, "output"))
             reply = translation.reply(job.request, upstream, status, headers, body)
             if 200 <= reply.status < 300:
                 return reply

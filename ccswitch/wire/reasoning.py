@@ -54,18 +54,23 @@ class SealMemory:
         return bool(self._refused)
 
     def made(self, account: Hashable, seals: list[int]) -> None:
-        """`account` sealed these items (`seal_of` each) in its own output."""
+        """`account` sealed these items (`seal_of` each) in its own output, or took them in a
+        request it answered with a 2xx (so it can read them: they are its own)."""
         self._remember(self._made, account, seals)
 
     def refusal(self, account: Hashable, items: list[Any]) -> list[Any] | None:
         """`account` refused a request whose input held `items`: the input to send it instead
         (without the sealed items it did not make), None when nothing can be left out.  The
-        left-out items are remembered.  An account that refused only its own seals (its key
-        changed hands at the provider) gets none of them, and forgets having made them."""
+        left-out items are remembered.  An account that refused only items it made (its key
+        changed hands at the provider, or a seal went bad) gets none of them, and forgets
+        having made those."""
+        sealed = [item for item in items if is_encrypted_reasoning(item)]
+        if not sealed:
+            return None
         made = self._made.get(account, {})
-        if not any(is_encrypted_reasoning(item) and seal_of(item) not in made for item in items):
-            self._made.pop(account, None)
-            made = {}
+        if all(seal_of(item) in made for item in sealed):
+            for item in sealed:
+                made.pop(seal_of(item), None)
         kept, left_out = [], []
         for item in items:
             if not is_encrypted_reasoning(item):
@@ -111,9 +116,9 @@ def seal_of(item: Any) -> int | None:
     return hash(content)
 
 
-def seals_in_output(body: Any) -> list[int]:
-    """The seals of a Responses answer's own output (a whole response object)."""
-    output = body.get("output") if isinstance(body, dict) else None
-    if not isinstance(output, list):
+def seals_in(body: Any, field: str) -> list[int]:
+    """The seals of a Responses body's `field` list: a request's `input`, an answer's `output`."""
+    items = body.get(field) if isinstance(body, dict) else None
+    if not isinstance(items, list):
         return []
-    return [seal for item in output if (seal := seal_of(item)) is not None]
+    return [seal for item in items if (seal := seal_of(item)) is not None]

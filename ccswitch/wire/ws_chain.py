@@ -43,7 +43,8 @@ class Turn:
     # `previous` on that socket (it holds the rest): only the new items, and that id
     new_input: list[Any] = field(default_factory=list)
     previous: str | None = None   # the frame's previous_response_id (always the chain's last id)
-    # the upstream that sealed each reasoning item the chain's upstreams made (`seal_of` it)
+    # the upstream whose own each sealed reasoning item is (`seal_of` it): it made it, or it
+    # read it in a turn it completed
     made_by: dict[int, str] = field(default_factory=dict)
 
 
@@ -105,14 +106,17 @@ class Chain:
             for item in output or self._items:
                 if (seal := seal_of(item)) is not None:
                     self.made_by[seal] = upstream
+            for item in kept_input(self._pending, upstream):   # it read what it was sent: its own
+                if (seal := seal_of(item)) is not None:
+                    self.made_by.setdefault(seal, upstream)
             self._commit(response.get("id"), chained_input(self._pending, upstream), output or self._items, upstream)
         elif kind in ("error", "response.failed", "response.incomplete"):
             self.drop()
 
     def drop(self) -> None:
-        """An error: nothing is kept (Codex's next turn sends its whole input)."""
+        """An error: nothing is kept (Codex's next turn sends its whole input), but who made
+        which reasoning, which stays true."""
         self.last_id, self.last_input, self.last_output, self.last_upstream = None, [], [], None
-        self.made_by = {}
         self._pending, self._items = None, []
 
     def _commit(self, response_id: Any, full_input: list[Any], output: list[Any], upstream: str | None) -> None:
@@ -139,9 +143,9 @@ def kept_input(turn: Turn, upstream: str) -> list[Any]:
 
 def chained_input(turn: Turn, upstream: str) -> list[Any]:
     """What the chain keeps of a turn `upstream` completed: what it was sent, and the reasoning
-    the chain's other upstreams made (a later turn may be theirs: a conversation that went from
-    A to B and back keeps A's).  Reasoning of unknown make it was not sent stays out: it would
-    come back once the next turn is `upstream`'s own."""
+    the chain's upstreams made or took (a later turn may be theirs: a conversation that went
+    from A to B and back keeps A's).  Reasoning of unknown make it was not sent stays out: it
+    would come back once the next turn is `upstream`'s own."""
     return [item for item in turn.input
             if _fits(turn, upstream, item) or seal_of(item) in turn.made_by]
 

@@ -847,3 +847,22 @@ async def test_an_upstream_that_refuses_its_own_reasoning_too_is_sent_none_at_la
         await dialer.aclose()
     assert [seals_sent(r) for r in mock_a.requests] == [[], ["ENC-A-1", "ENC-B-1"], ["ENC-A-1"], []]
     assert mock_b.requests == []
+
+
+async def test_reasoning_an_upstream_read_in_a_request_it_served_is_its_own_when_the_conversation_comes_back(
+        mock_a, mock_b):
+    """ENC-X came with the client (made before ccswitch saw it); `a` served a request holding it,
+    so it is `a`'s: back from `b`, `a`'s refusal of `b`'s reasoning keeps it."""
+    mock_a.script(ok(), status(503), status(400, body=FOREIGN_REASONING_400))
+    mock_b.script(status(400, body=FOREIGN_REASONING_400), ok(sealed="ENC-B-1"))
+    rules = responses_pair(mock_a, mock_b)
+    dialer = Dialer(HealthBoard(), allow_url=loopback_url)
+    try:
+        for sealed in (("ENC-X",), ("ENC-X",), ("ENC-X", "ENC-B-1")):
+            job = make_job(rules, path="/v1/responses", body=codex_turn(*sealed), host="api.openai.com")
+            await dialer.run(job, MemorySink())
+            assert job.status == 200
+    finally:
+        await dialer.aclose()
+    assert [seals_sent(r) for r in mock_b.requests] == [["ENC-X"], []]
+    assert [seals_sent(r) for r in mock_a.requests] == [["ENC-X"], ["ENC-X"], ["ENC-X", "ENC-B-1"], ["ENC-X"]]

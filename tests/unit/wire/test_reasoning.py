@@ -9,7 +9,7 @@ from ccswitch.wire.reasoning import (
     SealMemory,
     refuses_foreign_reasoning,
     seal_of,
-    seals_in_output,
+    seals_in,
 )
 
 SEALED = {"type": "reasoning", "summary": [], "encrypted_content": "gAAAA"}
@@ -101,7 +101,23 @@ def test_the_seals_an_account_made_are_kept_for_its_most_recent_items():
     assert seals.refusal("a", [sealed("A-1"), sealed("A-2"), sealed("A-3")]) == [sealed("A-2"), sealed("A-3")]
 
 
-def test_the_seals_of_an_answer_s_output_are_those_of_its_sealed_reasoning_items():
+def test_the_seals_of_a_body_s_list_are_those_of_its_sealed_reasoning_items():
     output = [SEALED, PLAIN, USER, {**SEALED, "encrypted_content": {"not": "text"}}, sealed("A-2")]
-    assert seals_in_output({"output": output}) == [seal_of(SEALED), seal_of(sealed("A-2"))]
-    assert seals_in_output({"output": "x"}) == [] == seals_in_output(None) == seals_in_output({})
+    assert seals_in({"output": output}, "output") == [seal_of(SEALED), seal_of(sealed("A-2"))]
+    assert seals_in({"input": output}, "input") == seals_in({"output": output}, "output")
+    assert seals_in({"output": "x"}, "output") == [] == seals_in(None, "input") == seals_in({}, "output")
+
+
+def test_a_refusal_without_sealed_items_forgets_nothing():
+    seals = SealMemory()
+    seals.made("a", [seal_of(sealed("A-1"))])
+    assert seals.refusal("a", [USER, PLAIN]) is None
+    assert seals.refusal("a", [sealed("A-1"), sealed("B-1")]) == [sealed("A-1")]
+
+
+def test_a_refusal_of_some_of_its_own_forgets_only_those():
+    """One conversation's bad seal does not cost another conversation its own reasoning."""
+    seals = SealMemory()
+    seals.made("a", [seal_of(sealed(text)) for text in ("A-1", "A-2")])
+    assert seals.refusal("a", [USER, sealed("A-1")]) == [USER]
+    assert seals.refusal("a", [USER, sealed("A-2"), sealed("B-1")]) == [USER, sealed("A-2")]

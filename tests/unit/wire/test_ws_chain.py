@@ -130,14 +130,15 @@ def test_a_conversation_back_from_another_upstream_keeps_the_reasoning_its_upstr
     turn = chain.prepare(create([user("three")], previous="resp_2"))
     assert [item for item in for_upstream(turn, "a")["input"] if item["type"] == "reasoning"] == [by_a]
     assert [item for item in for_upstream(turn, "b")["input"] if item["type"] == "reasoning"] == [by_b]
-    chain.drop()            # an error: Codex sends its whole input again, of unknown make
+    chain.drop()            # an error: Codex sends its whole input again; who made what stays known
     turn = chain.prepare(create(turn.input))
-    assert for_upstream(turn, "b")["input"] == turn.input
+    assert [item for item in for_upstream(turn, "a")["input"] if item["type"] == "reasoning"] == [by_a]
+    assert [item for item in for_upstream(turn, "b")["input"] if item["type"] == "reasoning"] == [by_b]
 
 
-def test_reasoning_the_client_sent_of_its_own_stays_with_the_upstream_that_took_it():
-    """Sealed items of unknown make (the client's whole input on a new socket) went to `a`; once
-    `b` serves a turn they are left out of the chain, and never come back to `b`."""
+def test_reasoning_the_client_sent_of_its_own_stays_with_the_upstream_that_read_it():
+    """Sealed items of unknown make (the client's whole input on a new socket) that `a` took in
+    a turn it completed are `a`'s: never sent to `b`, and still `a`'s once `b` served a turn."""
     chain = Chain()
     theirs = {"type": "reasoning", "id": "rs_x", "encrypted_content": "ENC-X"}
     chain.prepare(create([user("one"), theirs]))
@@ -146,7 +147,20 @@ def test_reasoning_the_client_sent_of_its_own_stays_with_the_upstream_that_took_
     assert theirs in for_upstream(turn, "a")["input"] and theirs not in for_upstream(turn, "b")["input"]
     complete(chain, "resp_2", [{"type": "message", "role": "assistant", "content": []}], upstream="b")
     turn = chain.prepare(create([user("three")], previous="resp_2"))
-    assert theirs not in turn.input
+    assert theirs in for_upstream(turn, "a")["input"] and theirs not in for_upstream(turn, "b")["input"]
+
+
+def test_reasoning_of_unknown_make_an_upstream_was_not_sent_leaves_the_chain_once_it_serves():
+    """Sent nowhere yet (the socket's first turn went to `b` after the chain had moved): it would
+    come back to `b` on its next turn, which could not read it."""
+    chain = Chain()
+    chain.prepare(create([user("one")]))
+    complete(chain, "resp_1", [{"type": "message", "role": "assistant", "content": []}], upstream="a")
+    theirs = {"type": "reasoning", "id": "rs_x", "encrypted_content": "ENC-X"}
+    turn = chain.prepare(create([user("two"), theirs], previous="resp_1"))
+    assert theirs not in for_upstream(turn, "b")["input"]
+    complete(chain, "resp_2", [{"type": "message", "role": "assistant", "content": []}], upstream="b")
+    assert theirs not in chain.prepare(create([user("three")], previous="resp_2")).input
 
 
 def test_a_turn_keeps_the_frame_s_own_items_and_previous_id_for_a_socket_that_holds_the_rest():
