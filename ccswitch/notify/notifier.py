@@ -84,10 +84,12 @@ class Notifier:
 
     def __init__(self, rules: Callable[[], Rules], poster: WebhookPoster, *, capacity: int = 100,
                  dedupe: Deduper | None = None, claim: Claim | None = None,
-                 settle: Callable[[], float] = lambda: 0.0) -> None:
-        """`settle()`: seconds that tell a flapping upstream (see `Settling`)."""
+                 settle: Callable[[], float] = lambda: 0.0,
+                 cooling: Callable[[str], bool] = lambda name: False) -> None:
+        """`settle()`: seconds that tell a flapping upstream; `cooling(name)`: whether it is in
+        a cooldown now (see `Settling`)."""
         self._rules = rules
-        self.settling = Settling(settle, self._accept)
+        self.settling = Settling(settle, self._accept, cooling=cooling)
         self._claim = claim
         self._claiming: set[asyncio.Task] = set()
         self.poster = poster

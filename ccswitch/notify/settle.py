@@ -23,10 +23,15 @@ class Settling:
     """Tells `tell` each upstream's cooldowns and recoveries, damped as above."""
 
     def __init__(self, seconds: Callable[[], float], tell: Callable[[Event], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 cooling: Callable[[str], bool] = lambda name: False) -> None:
+        """`cooling(name)`: whether the upstream is in a cooldown now (another instance's, with
+        a shared state, comes without an event)."""
         self.seconds = seconds
         self._tell = tell
         self._clock = clock
+        self._cooling = cooling
+        self._closed = False
         self._held: dict[str, tuple[Event, asyncio.TimerHandle]] = {}
         self._recovered_at: dict[str, float] = {}   # when each upstream's last told recovery was
         self._flapping: set[str] = set()            # back in cooldown soon after a told recovery
@@ -35,7 +40,7 @@ class Settling:
     def takes(self, event: Event) -> bool:
         """Whether `event` is held or absorbed here (not to be told now)."""
         name = event.upstream
-        if name is None or event.kind not in ("cooldown", "recovered"):
+        if name is None or event.kind not in ("cooldown", "recovered") or self._closed:
             return False
         seconds = self.seconds()
         if event.kind == "cooldown":
@@ -58,13 +63,17 @@ class Settling:
         return True
 
     def flush(self) -> None:
-        """Tell every held recovery now (the proxy stops)."""
+        """Tell every held recovery now, and each one from now on at once (the proxy stops)."""
+        self._closed = True
         for name in list(self._held):
             self._held[name][1].cancel()
             self._release(name)
 
     def _release(self, name: str) -> None:
         event, _ = self._held.pop(name)
+        if self._cooling(name) and not self._closed:    # back in a cooldown no event told of here
+            self._untold[name] = self._untold.get(name, 0) + 1
+            return
         self._flapping.discard(name)
         self._recovered_at[name] = self._clock()
         untold = self._untold.pop(name, 0)

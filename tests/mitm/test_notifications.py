@@ -63,15 +63,16 @@ async def test_an_upstream_going_in_and_out_of_cooldown_is_told_as_one_outage(tm
         gateway.allow_url = loopback_url
         addon = Notifications(gateway)
         with taddons.context(addon) as tctx:
-            tctx.configure(addon, ccswitch_notify_settle=1)
+            tctx.configure(addon, ccswitch_notify_settle=2)
             addon.running()
             for _ in range(4):      # four outages of a moment each
                 gateway.health.record_failure("a", "HTTP 503", threshold=1, cooldown=60)
                 gateway.health.record_success("a")
                 await asyncio.sleep(0.05)
+            held_since = asyncio.get_running_loop().time()
             await wait_for(lambda: len(receiver.received) >= 3)
-            await asyncio.sleep(0.5)
-            assert [b["event"] for b in receiver.bodies()] == ["cooldown", "recovered", "cooldown"]
+            if asyncio.get_running_loop().time() - held_since < 1.5:     # (a slow machine: no verdict)
+                assert [b["event"] for b in receiver.bodies()] == ["cooldown", "recovered", "cooldown"]
             await wait_for(lambda: len(receiver.received) >= 4)
             await addon.done()
         bodies = receiver.bodies()
@@ -90,8 +91,9 @@ async def test_a_recovery_still_held_is_told_when_the_proxy_stops(tmp_path):
             for _ in range(2):
                 gateway.health.record_failure("a", "HTTP 503", threshold=1, cooldown=60)
                 gateway.health.record_success("a")
-            await asyncio.sleep(0.2)
-            assert len(receiver.received) == 3
+            await wait_for(lambda: len(receiver.received) >= 3)
+            await asyncio.sleep(0.1)
+            assert len(receiver.received) == 3         # the last recovery held: 600 s to go
             await addon.done()
         bodies = receiver.bodies()
     assert [b["event"] for b in bodies] == ["cooldown", "recovered", "cooldown", "recovered"]

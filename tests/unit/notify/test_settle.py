@@ -68,3 +68,28 @@ async def test_a_recovery_told_again_while_held_is_held_once_and_flush_tells_it_
     assert [e.reason for e in told] == ["second"]
     settling.flush()
     assert len(told) == 1
+
+
+async def test_a_held_recovery_is_not_told_if_the_upstream_cooled_down_without_an_event_here():
+    """Another instance's cooldown, learnt through the shared state, comes with no event."""
+    cooling = {"a": False}
+    told: list[Event] = []
+    settling = Settling(lambda: 0.05, told.append, cooling=lambda name: cooling[name])
+    for kind in ("cooldown", "recovered", "cooldown"):
+        assert not settling.takes(ev(kind))
+    assert settling.takes(ev("recovered"))
+    cooling["a"] = True
+    await asyncio.sleep(0.1)
+    assert told == []
+    cooling["a"] = False
+    assert settling.takes(ev("recovered", reason="up"))      # still flapping: held again
+    await asyncio.sleep(0.1)
+    assert [e.reason for e in told] == ["up (1 shorter cooldown in between not told)"]
+
+
+async def test_after_the_flush_at_shutdown_nothing_is_held_any_more():
+    settling, told = told_by(10)
+    for kind in ("cooldown", "recovered", "cooldown"):
+        settling.takes(ev(kind))
+    settling.flush()
+    assert not settling.takes(ev("recovered")) and not settling.takes(ev("cooldown"))
