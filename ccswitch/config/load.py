@@ -14,12 +14,13 @@ import copy
 import difflib
 import os
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ccswitch.config.crosscheck import cross_check, label_path, upstream_labels
 from ccswitch.config.expand import expand_keys_and_hooks, expand_proxies, expand_upstreams
@@ -91,17 +92,28 @@ def _format_loc(loc: tuple) -> str:
     return out
 
 
-#: the keys of the sections a misspelt key is most often in, by the section's path
-_SECTION_FIELDS = {(): Rules, ("upstreams",): Upstream, ("failover",): Failover, ("timeouts",): Timeouts,
-                   ("routes",): Routes}
-
-
 def _section_keys(loc: tuple) -> list[str]:
-    """The keys a misspelt key at `loc` could have meant: its section's, where the section is
-    known (a hint must name a key valid where it was typed), else any section's."""
-    section = tuple(part for part in loc[:-1] if isinstance(part, str) and part != "[key]")
-    model = _SECTION_FIELDS.get(section)
-    return _FIELD_NAMES if model is None else sorted(set(model.model_fields) - {"source"})
+    """The keys valid where the unknown key at `loc` was typed: the fields of the model at that
+    path (a hint must name a key valid there); none when the path leads to no model."""
+    model: Any = Rules
+    for part in loc[:-1]:
+        if isinstance(part, int) or part == "[key]":
+            continue
+        hints = typing.get_type_hints(model) if isinstance(model, type) and issubclass(model, BaseModel) else {}
+        model = _model_in(hints[part]) if part in hints else None
+        if model is None:
+            return []
+    return sorted(set(model.model_fields) - {"source"})
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model a field's type holds (itself, or in a tuple, dict, union or Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if (model := _model_in(arg)) is not None:
+            return model
+    return None
 
 
 def _message(err: Mapping[str, Any]) -> str:

@@ -106,9 +106,12 @@ class AnthropicChatStream:
         kind = block.get("type")
         index = data.get("index")
         if kind == "tool_use" and self.json_tool is not None and block.get("name") == self.json_tool:
+            if any(block.kind == "json" for block in self.blocks.values()):
+                self.blocks[index] = _Block("other")   # the first is the answer: two would be no JSON
+                return b""
             state = self.blocks[index] = _Block("json")
             state.args = bool(block.get("input"))
-            return self._chunk({"content": json.dumps(block["input"])}) if state.args else b""
+            return self._chunk({"content": json.dumps(block["input"], ensure_ascii=False)}) if state.args else b""
         if kind == "tool_use":
             k, self.tools = self.tools, self.tools + 1
             state = self.blocks[index] = _Block("tool", k)
@@ -116,7 +119,7 @@ class AnthropicChatStream:
                                        "function": {"name": block.get("name"), "arguments": ""}})
             if block.get("input"):  # some compatible upstreams send the whole input up front
                 state.args = True
-                out += self._tool_delta(k, {"function": {"arguments": json.dumps(block["input"])}})
+                out += self._tool_delta(k, {"function": {"arguments": json.dumps(block["input"], ensure_ascii=False)}})
             return out
         if kind == "text":
             self.blocks[index] = _Block("text")

@@ -22,11 +22,6 @@ DEFAULT_MAX_TOKENS: dict[str, int] = {
 }
 
 
-#: output caps under the 64k most Claude 4.x models take: a thinking budget added to the
-#: default must stay within them (Opus 4 and 4.1 answer at most 32,000 tokens)
-OUTPUT_CAPS: dict[str, int] = {"claude-opus-4-0*": 32000, "claude-opus-4-1*": 32000, "claude-opus-4-2025*": 32000}
-
-
 def split_model(model: Any) -> tuple[Any, bool]:
     """(`model` without a `-thinking` suffix, whether the suffix was there)."""
     if isinstance(model, str) and model.endswith(THINKING_SUFFIX) and len(model) > len(THINKING_SUFFIX):
@@ -71,11 +66,15 @@ def json_tool_mode(body: dict[str, Any], model: str) -> bool:
 
 
 def default_max_tokens(model: str, rules, thinking: int = 0) -> int:
-    """max_tokens for a request that names none; `thinking`: the thinking budget it adds (kept
-    within the model's output cap, unless the rules set the default)."""
+    """max_tokens for a request that names none: the default (the rules', else built in), plus
+    the `thinking` budget it adds, within the model's output cap."""
     configured = glob_lookup(dict(getattr(rules, "max_tokens", None) or {}), model)
-    if configured is not None:
-        return configured + thinking
-    total = (glob_lookup(DEFAULT_MAX_TOKENS, model) or 8192) + thinking
-    cap = glob_lookup(OUTPUT_CAPS, model)
+    total = (configured if configured is not None else glob_lookup(DEFAULT_MAX_TOKENS, model) or 8192) + thinking
+    cap = output_cap(model)
     return total if cap is None else min(total, cap)
+
+
+def output_cap(model: str) -> int | None:
+    """The most tokens a model answers, where a default plus a thinking budget could pass it:
+    Opus 4 and 4.1 answer at most 32,000 (the other Claude 4.x, 64,000 or more)."""
+    return 32000 if _version(model) in (("opus", (4, 0)), ("opus", (4, 1))) else None

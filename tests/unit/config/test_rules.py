@@ -156,6 +156,20 @@ def test_a_hint_names_only_a_key_valid_where_the_misspelt_one_was_typed():
                  "r.yaml: budgets: unknown key ('budget', a key of another section, is not valid here either)"]
 
 
+def test_a_hint_is_found_in_every_section_by_the_key_s_path():
+    p = problems("""
+        client_keys: [{name: x, key: abcdefgh12345678, budgt: {daily: 1}}]
+        upstreams:
+          - {name: a, protocol: anthropic, base_url: "https://x.example", api_key: k, budget: {daly: 2}}
+        routes: {claude: {upstreams: [a], stratgy: priority}}
+        notify: [{url: 'https://hooks.example/x', timout: 5}]
+        """)
+    assert sorted(p) == ["r.yaml: client_keys[0].budgt: unknown key (did you mean 'budget'?)",
+                         "r.yaml: notify[0].timout: unknown key (did you mean 'timeout'?)",
+                         "r.yaml: routes.claude.stratgy: unknown key (did you mean 'strategy'?)",
+                         "r.yaml: upstreams[a].budget.daly: unknown key (did you mean 'daily'?)"]
+
+
 def test_source_key_is_not_accepted_from_yaml():
     assert problems("source: /etc/passwd\n") == ["r.yaml: source: unknown key"]
 

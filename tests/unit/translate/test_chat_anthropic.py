@@ -322,12 +322,19 @@ def test_top_p_goes_alone_and_never_beside_a_temperature():
 
 @pytest.mark.parametrize(("model", "effort", "expected"), [
     ("claude-opus-4-1-20250805", "max", 32000), ("claude-opus-4-20250514", "max", 32000),
+    ("claude-opus-4@20250514", "max", 32000), ("claude-opus-4-1", "max", 32000),
     ("claude-opus-4-1", "xhigh", 16384 + 8192), ("claude-sonnet-4-20250514", "max", 16384 + 16384),
 ])
 def test_a_thinking_budget_added_to_the_default_stays_within_the_model_s_output_cap(model, effort, expected):
     out = convert({"model": model, "messages": [user()], "reasoning_effort": effort})
     assert out["max_tokens"] == expected and out["thinking"]["budget_tokens"] < out["max_tokens"]
     assert out["thinking"]["budget_tokens"] == {"max": 16384, "xhigh": 8192}[effort]
+
+
+def test_a_default_of_the_rules_plus_a_thinking_budget_stays_within_the_cap_too():
+    rules = Rules(max_tokens={"claude-opus-*": 32000})
+    out = convert({"model": "claude-opus-4-1", "messages": [user()], "reasoning_effort": "high"}, rules=rules)
+    assert out["max_tokens"] == 32000 and out["thinking"]["budget_tokens"] == 4096
 
 
 def test_a_whole_answer_s_tool_arguments_keep_their_characters_and_an_empty_text_is_no_content():
@@ -549,6 +556,16 @@ def test_response_format_as_forced_tool_on_older_models():
     assert [c["choices"][0]["delta"] for c in chunks[:-1]] == [
         {"role": "assistant", "content": ""}, {"content": '{"a"'}, {"content": ": 1}"}, {}]
     assert chunks[-1] == "[DONE]" and chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    # an upstream that called it twice all the same: the first is the answer; one sent whole keeps its characters
+    conv = T.stream(make_req({**body, "stream": True}), UP)
+    again = [sse("content_block_start", {"index": 1, "content_block": {"type": "tool_use", "id": "t2",
+                                                                       "name": "json_tool_call", "input": {}}}),
+             sse("content_block_delta", {"index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"b": 2}'}}),
+             sse("content_block_stop", {"index": 1})]
+    events = [events[0], sse("content_block_start", {"index": 0, "content_block": {
+        "type": "tool_use", "id": "t", "name": "json_tool_call", "input": {"a": "é"}}}), events[4], *again, *events[5:]]
+    chunks = [c for e in events for c in parse_chunks(conv.feed(e))]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1]) == '{"a": "é"}'
 
 
 # ============================================================ §3 non-stream responses
