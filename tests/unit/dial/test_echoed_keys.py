@@ -122,21 +122,15 @@ routes: {{claude: [a]}}
 
 
 async def test_the_start_of_an_event_that_is_not_json_is_scrubbed_before_it_is_cut_short():
-    from ccswitch.dial.dialer import Dialer
-    from ccswitch.routing.health import HealthBoard
-    from tests.support.helpers import MemorySink, make_job
-    from tests.support.loopback_guard import loopback_url
     from tests.unit.dial.test_stream_tail import ANTHROPIC, serve_once
 
     # the 60 characters of it kept end 10 characters into the key
     garbage = b"event: content_block_delta\ndata: " + b"x" * 50 + KEY_A.encode() + b" <- not JSON\n\n"
     server, port = await serve_once(ANTHROPIC[0] + garbage)
     rules = rules_for(("a", "anthropic", f"http://127.0.0.1:{port}"), extra=FAST)
-    job, sink, dialer = make_job(rules), MemorySink(), Dialer(HealthBoard(), allow_url=loopback_url)
     try:
-        await dialer.run(job, sink)
+        job, sink, _ = await run(rules)
     finally:
-        await dialer.aclose()
         server.close()
     recorded = job.error + json.dumps([a.describe() for a in job.attempts]) + job.comment()
     assert job.error == "a stream event that is not JSON: " + repr("x" * 50 + "[redacted]")

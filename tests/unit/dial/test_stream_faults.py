@@ -9,7 +9,6 @@ import pytest
 from ccswitch.dial.dialer import Dialer
 from ccswitch.routing.health import HealthBoard
 from tests.support.helpers import MemorySink, make_job, rules_for
-from tests.support.loopback_guard import loopback_url
 from tests.support.mock_upstream import stall_after
 from tests.unit.dial.test_dialer import FAST, event_types, run, text_of, two
 from tests.unit.dial.test_stream_tail import ANTHROPIC
@@ -63,11 +62,9 @@ async def dial_a_then_b(first: bytes, second: bytes, mock_b):
     server, port = await serve_in_two(first, second)
     rules = rules_for(("a", "anthropic", f"http://127.0.0.1:{port}"), ("b", "anthropic", mock_b.base_url),
                       extra=FAST)
-    job, sink, dialer = make_job(rules), MemorySink(), Dialer(HealthBoard(), allow_url=loopback_url)
     try:
-        await dialer.run(job, sink)
+        job, sink, _ = await run(rules)
     finally:
-        await dialer.aclose()
         server.close()
     return job, sink
 
