@@ -49,6 +49,7 @@ class Notifications:
         self.poster = WebhookPoster(self.client, allow_url=lambda url: gateway.allow_url(url))
         self.notifier = Notifier(lambda: gateway.rules, self.poster,
                                  claim=lambda name, until: gateway.state.claim(name, until),
+                                 claim_state=lambda name, state: gateway.state.claim_state(name, state),
                                  settle=lambda: ctx.options.ccswitch_notify_settle,
                                  cooling=lambda name: gateway.health.cooling_until(name) is not None)
         self.notifier.start()

@@ -29,6 +29,9 @@ Deliver = Callable[[NotifyHook, Event], Awaitable[object]]
 #: the shared state's `claim`: whether this instance tells an occurrence (`Event.claim`) that
 #: holds until a time (epoch seconds)
 Claim = Callable[[str, float], Awaitable[bool]]
+#: the shared state's `claim_state`: whether this instance tells that a claim's subject is now
+#: in a state (`Event.state`)
+ClaimState = Callable[[str, str], Awaitable[bool]]
 #: how long an occurrence with no known end stays claimed
 UNKNOWN_END = 3600.0
 
@@ -84,13 +87,14 @@ class Notifier:
 
     def __init__(self, rules: Callable[[], Rules], poster: WebhookPoster, *, capacity: int = 100,
                  dedupe: Deduper | None = None, claim: Claim | None = None,
-                 settle: Callable[[], float] = lambda: 0.0,
+                 claim_state: ClaimState | None = None, settle: Callable[[], float] = lambda: 0.0,
                  cooling: Callable[[str], bool] = lambda name: False) -> None:
         """`settle()`: seconds that tell a flapping upstream; `cooling(name)`: whether it is in
         a cooldown now (see `Settling`)."""
         self._rules = rules
         self.settling = Settling(settle, self._accept, cooling=cooling)
         self._claim = claim
+        self._claim_state = claim_state
         self._claiming: set[asyncio.Task] = set()
         self.poster = poster
         self.capacity = capacity
@@ -126,7 +130,7 @@ class Notifier:
         if not hooks or not self.dedupe.first(event):
             return
         event = clean(event, rules.secret_texts())   # the keys in force when it happened
-        if event.claim and self._claim is not None:
+        if event.claim and (self._claim_state if event.state else self._claim) is not None:
             task = self._loop.create_task(self._claimed(event))
             self._claiming.add(task)
             task.add_done_callback(self._claiming.discard)
@@ -138,13 +142,16 @@ class Notifier:
         return [hook for hook in rules.notify if event.kind in hook.events]
 
     async def _claimed(self, event: Event) -> None:
-        """Told only when this instance claims the occurrence first."""
+        """Told only when this instance claims the occurrence first (or the state, changing it)."""
         if event.claim_for is not None:
             until = time.time() + event.claim_for
         else:
             until = event.until.timestamp() if event.until is not None else time.time() + UNKNOWN_END
         try:
-            told_here = await self._claim(event.claim, until)
+            if event.state:
+                told_here = await self._claim_state(event.claim, event.state)
+            else:
+                told_here = await self._claim(event.claim, until)
         except Exception:   # a bug in the claim: telling twice beats never telling
             log.exception("ccswitch: claiming the %s notification failed; it is sent from here", event.kind)
             told_here = True

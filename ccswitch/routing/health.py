@@ -23,13 +23,14 @@ from ccswitch.clock import utc_now
 from ccswitch.routing.changes import Feed, HealthChange, PreferChange, SwitchChange, cut, notify
 from ccswitch.routing.events import Event, Events
 
-#: seconds two instances' cooldowns (or recoveries) of one upstream count as one: far more than
-#: the shared state takes to tell the other instances (tens of milliseconds under load)
-NEWS_CLAIM = 10.0
-
 log = logging.getLogger("ccswitch.health")
 
 Clock = Callable[[], float]
+
+
+def health_claim(name: str) -> str:
+    """The claim of an upstream's told state (`Event.state`): `cooldown` or `recovered`."""
+    return f"health:{name}"
 
 
 @dataclass
@@ -129,7 +130,7 @@ class HealthBoard:
             # as for its cooldown: instances that cooled it down at once named the outage each
             # their own way, and may each see a 2xx at once
             self.events.emit(Event("recovered", name, "answered with a 2xx again after its cooldown",
-                                   episode=state.outage, claim=f"recovered:{name}", claim_for=NEWS_CLAIM))
+                                   episode=state.outage, claim=health_claim(name), state="recovered"))
         state.outage = None
         state.failures = 0
         state.cooling_until = 0.0
@@ -187,10 +188,10 @@ class HealthBoard:
         state.outage = until.isoformat(timespec="microseconds")
         if self.events is not None:
             # two instances that reach the threshold at once each name the outage by their own
-            # cooldown's end: one claim per upstream, held only while they may not have heard of
-            # each other's (an outage that ends early may be followed by another soon)
+            # cooldown's end: the claim is of the upstream's told state, so one of them tells it,
+            # and the next outage is told however soon it follows an early recovery
             self.events.emit(Event("cooldown", name, reason, until=until, episode=state.outage,
-                                   claim=f"cooldown:{name}", claim_for=NEWS_CLAIM))
+                                   claim=health_claim(name), state="cooldown"))
 
     def reset(self, name: str) -> None:
         old = self.get(name)

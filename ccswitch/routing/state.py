@@ -100,6 +100,11 @@ class SharedState(Protocol):
         it until `until` (epoch seconds) does.  True when nothing is shared, and while the shared
         store cannot be reached: an occurrence told twice beats one never told."""
 
+    async def claim_state(self, name: str, state: str) -> bool:
+        """Whether this instance tells that `name` is now `state` (an `Event.state`): the one
+        whose claim changes the last told state does.  True when nothing is shared, and while
+        the shared store cannot be reached."""
+
 
 class InMemoryState:
     """Nothing shared: each instance knows what it saw (the default, and today's behaviour)."""
@@ -113,4 +118,7 @@ class InMemoryState:
         return None
 
     async def claim(self, name: str, until: float) -> bool:
+        return True
+
+    async def claim_state(self, name: str, state: str) -> bool:
         return True

@@ -44,6 +44,7 @@ BATCH = 500              # records per write and per message
 PING_EVERY = 5.0         # an idle connection is checked this often
 _PARSE_SLICE = 500     # stored records parsed between two turns of the loop
 STOP_FLUSH = 2.0         # what is still queued at shutdown gets this long
+STATE_CLAIM_TTL = 7 * 86400   # an upstream's last told state (cooldown, recovered) is kept this long
 _OUTAGES = (RedisError, OSError, asyncio.TimeoutError)
 
 # the larger of the stored spend and this instance's (a Redis that lost its data, see docs/scale-out.md)
@@ -140,6 +141,18 @@ class RedisState:
         except _OUTAGES as exc:
             log.debug("ccswitch: could not claim %r in %s (%s): told here", name, self.where, self._describe(exc))
             return True
+
+    async def claim_state(self, name: str, state: str) -> bool:
+        """One SET … GET per state told: the instance that finds another state there tells it."""
+        client = self._client
+        if not self.up or client is None:
+            return True
+        try:
+            before = await client.set(layout.claim_key(name), state, get=True, ex=STATE_CLAIM_TTL)
+        except _OUTAGES as exc:
+            log.debug("ccswitch: could not claim %r in %s (%s): told here", name, self.where, self._describe(exc))
+            return True
+        return (before.decode() if isinstance(before, bytes) else before) != state
 
     # ------------------------------------------------------------------ the boards' hook (request path)
 

@@ -159,9 +159,9 @@ async def test_an_occurrence_another_instance_claimed_is_not_told_here(tmp_path)
         def __init__(self):
             self.asked = []
 
-        async def claim(self, name, until):
-            self.asked.append(name)
-            return name != "cooldown:a"
+        async def claim_state(self, name, state):
+            self.asked.append((name, state))
+            return state != "cooldown"
 
     with WebhookReceiver() as receiver:
         gateway = open_gateway(tmp_path, rules_text(receiver.url()))
@@ -176,4 +176,4 @@ async def test_an_occurrence_another_instance_claimed_is_not_told_here(tmp_path)
             await addon.done()
         bodies = receiver.bodies()
     assert [b["event"] for b in bodies] == ["recovered"]
-    assert state.asked == ["cooldown:a", "recovered:a"]
+    assert state.asked == [("health:a", "cooldown"), ("health:a", "recovered")]

@@ -212,6 +212,25 @@ async def test_an_occurrence_with_a_claim_is_told_only_by_the_instance_that_clai
     await notifier.aclose()
 
 
+async def test_a_claim_of_a_state_is_told_by_the_instance_that_changes_the_last_told_state():
+    told_states: dict[str, str] = {}
+    asked = []
+
+    async def claim_state(name, state):
+        asked.append((name, state))
+        before, told_states[name] = told_states.get(name), state
+        return before != state
+
+    notifier, poster = await started(rules(), claim=Claims(fail=True), claim_state=claim_state)
+    for kind, episode in (("cooldown", "1"), ("cooldown", "2"), ("recovered", "2"), ("cooldown", "3")):
+        notifier.offer(Event(kind, "a", "r", episode=episode, claim="health:a", state=kind))
+        await settle()
+    assert poster.kinds(FAST) == ["cooldown", "recovered", "cooldown"]
+    assert asked == [("health:a", "cooldown"), ("health:a", "cooldown"), ("health:a", "recovered"),
+                     ("health:a", "cooldown")]
+    await notifier.aclose()
+
+
 async def test_a_claim_without_a_known_end_holds_an_hour_and_a_failing_claim_still_tells(caplog):
     claims = Claims(fail=True)
     notifier, poster = await started(rules(), claim=claims)

@@ -36,8 +36,9 @@ def test_a_cooldown_is_announced_when_it_starts_with_its_end():
     assert (event.kind, event.upstream, event.route) == ("cooldown", "a", None)
     assert event.until == WALL + timedelta(seconds=60)
     assert event.episode == "2026-12-02T18:01:00.000000+00:00"
-    assert event.claim == "cooldown:a"      # another instance's cooldown then is this one,
-    assert event.claim_for == 10            # but only then: the next outage may follow an early end
+    # another instance's cooldown then is this one, told once: the claim is of the upstream's
+    # told state, so the next outage is told however soon it follows an early end
+    assert (event.claim, event.state, event.claim_for) == ("health:a", "cooldown", None)
     assert event.reason == "cooling down for 60s after 3 consecutive failure(s) (last: HTTP 503)"
 
 
@@ -56,7 +57,7 @@ def test_failed_probes_extend_the_outage_without_new_announcements_and_recovery_
     b.record_success("a")
     assert [e.kind for e in heard] == ["cooldown", "recovered"]
     assert heard[1].upstream == "a" and heard[1].episode == heard[0].episode and heard[1].until is None
-    assert (heard[1].claim, heard[1].claim_for) == ("recovered:a", 10)    # instances may name the outage apart
+    assert (heard[1].claim, heard[1].state) == ("health:a", "recovered")    # instances may name the outage apart
 
 
 def test_the_next_outage_is_a_new_episode():

@@ -248,17 +248,29 @@ async def test_two_instances_reaching_a_cooldown_at_once_tell_it_once(redis_url,
         a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
         b.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
         assert len(seen) == 2 and seen[0][1].episode != seen[1][1].episode
-        told = [await node.state.claim(event.claim, time.time() + event.claim_for) for node, event in seen]
+        told = [await node.state.claim_state(event.claim, event.state) for node, event in seen]
         assert told == [True, False]
-        assert await store.get("ccswitch:n:cooldown:relay") == a.state.instance
-        assert 9_000 < await store.pttl("ccswitch:n:cooldown:relay") <= 10_000     # while they may not have heard
+        assert await store.get("ccswitch:n:health:relay") == "cooldown"
+        assert 6 * 86400_000 < await store.pttl("ccswitch:n:health:relay") <= 7 * 86400_000
+
+
+async def test_each_change_of_an_upstream_s_state_is_told_once_however_soon_it_follows_the_last(
+        redis_url, store):
+    """A second outage a moment after an early recovery is news (the hooks must not be left with
+    `recovered` while it is down); the same state reported again, by either instance, is not."""
+    async with Node(redis_url) as a, Node(redis_url) as b:
+        steps = [(a, "cooldown"), (b, "cooldown"), (b, "recovered"), (a, "recovered"), (a, "cooldown"),
+                 (b, "recovered")]
+        told = [await node.state.claim_state("health:relay", state) for node, state in steps]
+    assert told == [True, False, True, False, True, True]
 
 
 async def test_a_claim_is_granted_when_redis_fails_to_answer_it():
     state = RedisState(RedisURL.parse("redis://127.0.0.1:9/0"))
     state.up, state._client = True, state._connect()      # up a moment ago: the command itself fails
     try:
-        assert await state.claim("cooldown:relay", time.time() + 10) is True
+        assert await state.claim("budget:x", time.time() + 10) is True
+        assert await state.claim_state("health:relay", "cooldown") is True
     finally:
         await state._client.aclose()
 
@@ -266,4 +278,5 @@ async def test_a_claim_is_granted_when_redis_fails_to_answer_it():
 async def test_a_claim_is_granted_when_redis_cannot_be_asked():
     # telling an occurrence twice beats never telling it
     state = RedisState(RedisURL.parse("redis://127.0.0.1:9/0"))
-    assert await state.claim("cooldown:relay", time.time() + 60) is True
+    assert await state.claim("budget:x", time.time() + 60) is True
+    assert await state.claim_state("health:relay", "cooldown") is True
