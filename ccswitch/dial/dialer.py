@@ -145,11 +145,7 @@ class Dialer:
         if len(job.attempts) >= job.rules.failover.max_attempts:
             return False
         job.converted[upstream.name] = body
-        if job.turn is not None:
-            # a Codex socket's chain forgets what the upstream refused, and keeps what it was not
-            # sent for another upstream's own (items the same objects, as the turn's body was shaped)
-            left_out = {id(item) for item in items} - {id(item) for item in kept}
-            job.turn.input = [item for item in job.turn.input if id(item) not in left_out]
+        _forget_in_turn(job, items, kept)
         job.attempts[-1].error = "reasoning encrypted by another account: sent again without it"
         return True
 
@@ -161,10 +157,12 @@ class Dialer:
             body = translation.request(job.request, upstream, job.rules)
         if not self.seals:
             return body
-        unrefused = self.seals.leave_out(_account(upstream), job.request.json if body is None else body)
+        sent = job.request.json if body is None else body
+        unrefused = self.seals.leave_out(_account(upstream), sent)
         if unrefused is None:
             return body
         job.converted[upstream.name] = unrefused
+        _forget_in_turn(job, sent["input"], unrefused["input"])
         return unrefused
 
     @staticmethod
@@ -365,6 +363,15 @@ class Dialer:
         job.status, job.error = status, message
         headers, body = protocols.own_error(job.request.client_protocol, status, message, (("retry-after", "10"),))
         await _answer(job, sink, status, headers, body)
+
+
+def _forget_in_turn(job: Job, items: list, kept: list) -> None:
+    """A Codex socket's chain forgets the sealed items its upstream was not sent for refusing
+    them (else it would count them as read), and keeps the rest, another upstream's own among
+    them (the items are the same objects, as the turn's body was shaped)."""
+    if job.turn is not None:
+        left_out = {id(item) for item in items} - {id(item) for item in kept}
+        job.turn.input = [item for item in job.turn.input if id(item) not in left_out]
 
 
 def _account(upstream: Upstream) -> tuple:

@@ -71,7 +71,7 @@ class Settling:
 
     def _release(self, name: str) -> None:
         event, _ = self._held.pop(name)
-        if self._cooling(name) and not self._closed:    # back in a cooldown no event told of here
+        if self._cooling(name):     # back in a cooldown no event told of here (also at shutdown)
             self._untold[name] = self._untold.get(name, 0) + 1
             return
         self._flapping.discard(name)

@@ -174,6 +174,23 @@ def test_source_key_is_not_accepted_from_yaml():
     assert problems("source: /etc/passwd\n") == ["r.yaml: source: unknown key"]
 
 
+def test_no_hint_names_the_source_key_it_refuses():
+    assert problems("sourc: /etc/passwd\n") == ["r.yaml: sourc: unknown key"]
+
+
+def test_a_key_of_another_section_close_to_one_of_this_section_is_hinted_as_this_section_s():
+    p = problems("""
+        websocket: true
+        upstreams:
+          - {name: a, protocol: openai-responses, base_url: "https://x.example", api_key: k, codex_websocket: true}
+        routes: {codex: [a]}
+        notify: [{url: 'https://hooks.example/x', timeouts: 5}]
+        """)
+    assert sorted(p) == ["r.yaml: notify[0].timeouts: unknown key (did you mean 'timeout'?)",
+                         "r.yaml: upstreams[a].codex_websocket: unknown key (did you mean 'websocket'?)",
+                         "r.yaml: websocket: unknown key (did you mean 'codex_websocket'?)"]
+
+
 def test_yaml_syntax_error_has_line_and_column():
     p = problems("version: 1\nupstreams:\n  - name: a\n   protocol: [\n")
     assert len(p) == 1
@@ -184,6 +201,11 @@ def test_a_yaml_error_found_at_the_end_also_names_where_the_broken_part_starts()
     p = problems('upstreams:\n  - name: a\n    base_url: "https://x.example\nroutes:\n  claude: [a]\n\n')
     assert p == ["r.yaml: line 7, column 1: while scanning a quoted scalar found unexpected end of stream "
                  "(it starts at line 3, column 15)"]
+
+
+def test_a_yaml_error_on_the_line_its_broken_part_starts_names_no_other_start():
+    assert problems("version: 1\nupstreams: [1, 2}\n") == [
+        "r.yaml: line 2, column 17: while parsing a flow sequence expected ',' or ']', but got '}'"]
 
 
 def test_yaml_error_never_echoes_the_line():

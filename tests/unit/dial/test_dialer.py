@@ -755,6 +755,28 @@ async def test_a_codex_socket_turn_refused_keeps_in_its_chain_the_reasoning_anot
     assert [item.get("encrypted_content") for item in turn.input if item["type"] == "reasoning"] == ["ENC-B-1"]
 
 
+async def test_a_codex_socket_turn_sent_without_what_its_upstream_refused_before_keeps_it_out_of_its_chain(
+        mock_a, mock_b):
+    """Left out before sending (`a` refused it on an earlier turn), the item is no more in the
+    turn's input: the chain does not count it as read by `a`, which was never sent it."""
+    from ccswitch.wire.ws_chain import Turn, for_upstream
+    mock_a.script(status(400, body=FOREIGN_REASONING_400))
+    rules = responses_pair(mock_a, mock_b)
+    dialer = Dialer(HealthBoard(), allow_url=loopback_url)
+    try:
+        await dialer.run(make_job(rules, path="/v1/responses", body=codex_turn("ENC-X"), host="api.openai.com"),
+                         MemorySink())
+        body = codex_turn("ENC-X")
+        turn = Turn(body=body, input=body["input"], upstream_hint=None)
+        job = make_job(rules, path="/v1/responses", body=body, host="api.openai.com")
+        job.turn, job.converted["a"] = turn, for_upstream(turn, "a")
+        await dialer.run(job, MemorySink())
+    finally:
+        await dialer.aclose()
+    assert job.status == 200 and [seals_sent(r) for r in mock_a.requests] == [["ENC-X"], [], []]
+    assert [item["type"] for item in turn.input] == ["message", "message"]
+
+
 async def test_a_later_turn_goes_without_the_reasoning_its_upstream_refused_and_keeps_its_own(mock_a, mock_b):
     """Codex resends every earlier reasoning item: after one refusal, the next turns leave out
     what `a` refused at once (no refused round trip each) and keep what `a` sealed itself."""
@@ -866,3 +888,45 @@ async def test_reasoning_an_upstream_read_in_a_request_it_served_is_its_own_when
         await dialer.aclose()
     assert [seals_sent(r) for r in mock_b.requests] == [["ENC-X"], []]
     assert [seals_sent(r) for r in mock_a.requests] == [["ENC-X"], ["ENC-X"], ["ENC-X", "ENC-B-1"], ["ENC-X"]]
+
+
+async def test_reasoning_left_out_of_what_an_upstream_was_sent_does_not_become_its_own(mock_a, mock_b):
+    """A socket's turn goes to `a` without `b`'s reasoning: serving it makes only what `a` was
+    sent its own, so `a`'s later refusal of `b`'s reasoning still keeps `a`'s."""
+    from ccswitch.wire.reasoning import seal_of
+    from ccswitch.wire.ws_chain import Turn, for_upstream
+    mock_a.script(ok(), status(400, body=FOREIGN_REASONING_400))
+    rules = responses_pair(mock_a, mock_b)
+    body = codex_turn("ENC-A-1", "ENC-B-1")
+    turn = Turn(body=body, input=body["input"], upstream_hint=None, made_by={seal_of(body["input"][2]): "b"})
+    dialer = Dialer(HealthBoard(), allow_url=loopback_url)
+    try:
+        job = make_job(rules, path="/v1/responses", body=body, host="api.openai.com")
+        job.turn, job.converted["a"] = turn, for_upstream(turn, "a")
+        await dialer.run(job, MemorySink())
+        job = make_job(rules, path="/v1/responses", body=codex_turn("ENC-A-1", "ENC-B-1"), host="api.openai.com")
+        await dialer.run(job, MemorySink())
+        assert job.status == 200
+    finally:
+        await dialer.aclose()
+    assert [seals_sent(r) for r in mock_a.requests] == [["ENC-A-1"], ["ENC-A-1", "ENC-B-1"], ["ENC-A-1"]]
+    assert mock_b.requests == []
+
+
+async def test_reasoning_an_upstream_sealed_in_a_stream_that_then_failed_is_still_its_own(mock_a, mock_b):
+    """Its reasoning item reached the client before the stream's error event: whatever became of
+    the stream, `a` made it, so `a`'s refusal of another's reasoning keeps it."""
+    from dataclasses import replace
+    mock_a.script(replace(error_event_after(4), sealed="ENC-A-1"), status(400, body=FOREIGN_REASONING_400))
+    rules = rules_for(("a", "openai-responses", mock_a.base_url), routes={"codex": ["a"]}, extra=FAST)
+    dialer = Dialer(HealthBoard(), allow_url=loopback_url)
+    try:
+        statuses = []
+        for sealed in ((), ("ENC-A-1", "ENC-B-1")):
+            job = make_job(rules, path="/v1/responses", body=codex_turn(*sealed), host="api.openai.com")
+            await dialer.run(job, MemorySink())
+            statuses.append(job.status)
+    finally:
+        await dialer.aclose()
+    assert statuses == [200, 200]     # the first one's error came in its stream, after the item
+    assert [seals_sent(r) for r in mock_a.requests] == [[], ["ENC-A-1", "ENC-B-1"], ["ENC-A-1"]]

@@ -3,6 +3,8 @@ one, its next recovery is held until it lasts and the cooldowns before then are 
 
 import asyncio
 
+import pytest
+
 from ccswitch.notify.settle import Settling
 from ccswitch.routing.events import Event
 
@@ -93,3 +95,73 @@ async def test_after_the_flush_at_shutdown_nothing_is_held_any_more():
         settling.takes(ev(kind))
     settling.flush()
     assert not settling.takes(ev("recovered")) and not settling.takes(ev("cooldown"))
+
+
+@pytest.mark.parametrize("between", [["cooldown"], []], ids=["taken back by a cooldown", "told again"])
+async def test_a_held_recovery_taken_back_or_told_again_leaves_no_timer_to_tell_the_next_one_early(between):
+    seconds = [0.05]
+    told: list[Event] = []
+    settling = Settling(lambda: seconds[0], told.append, Clock())
+    for kind in ("cooldown", "recovered", "cooldown", "recovered", *between):
+        settling.takes(ev(kind))
+    seconds[0] = 10         # the setting raised meanwhile: the next recovery is held 10 s
+    assert settling.takes(ev("recovered", reason="up"))
+    await asyncio.sleep(0.15)
+    assert told == []
+
+
+async def test_the_flush_leaves_no_timer_behind():
+    errors = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        settling, told = told_by(0.05)
+        for kind in ("cooldown", "recovered", "cooldown", "recovered"):
+            settling.takes(ev(kind))
+        settling.flush()
+        await asyncio.sleep(0.15)
+    finally:
+        loop.set_exception_handler(None)
+    assert len(told) == 1 and errors == []
+
+
+@pytest.mark.parametrize("cooling", [False, True])
+async def test_the_flush_tells_a_held_recovery_only_of_an_upstream_still_up(cooling):
+    """At shutdown too, a recovery of an upstream that cooled down without an event here (another
+    instance's cooldown) would leave the hooks' last word a stale `recovered`."""
+    told: list[Event] = []
+    settling = Settling(lambda: 10, told.append, Clock(), cooling=lambda name: cooling)
+    for kind in ("cooldown", "recovered", "cooldown"):
+        settling.takes(ev(kind))
+    assert settling.takes(ev("recovered", reason="up"))
+    settling.flush()
+    assert [e.reason for e in told] == ([] if cooling else ["up"])
+
+
+async def test_a_settle_time_set_to_0_meanwhile_tells_a_flapping_upstream_s_recovery_at_once():
+    seconds = [10]
+    told: list[Event] = []
+    settling = Settling(lambda: seconds[0], told.append, Clock())
+    for kind in ("cooldown", "recovered", "cooldown"):
+        assert not settling.takes(ev(kind))
+    seconds[0] = 0
+    assert not settling.takes(ev("recovered"))
+
+
+async def test_a_recovery_that_lasted_ends_the_flapping_and_its_count_of_untold_cooldowns():
+    clock = Clock()
+    settling, told = told_by(0.05, clock)
+    for kind in ("cooldown", "recovered", "cooldown"):
+        assert not settling.takes(ev(kind))
+    assert settling.takes(ev("recovered")) and settling.takes(ev("cooldown"))
+    clock.now = 200
+    assert settling.takes(ev("recovered", reason="up"))
+    await asyncio.sleep(0.1)            # it lasted: told now (200)
+    assert [e.reason for e in told] == ["up (1 shorter cooldown in between not told)"]
+    assert not settling.takes(ev("cooldown"))                      # soon after that one: flapping again
+    assert settling.takes(ev("recovered", reason="up again"))
+    clock.now = 300
+    await asyncio.sleep(0.1)
+    assert told[-1].reason == "up again"                           # the count was the last outage's
+    clock.now = 400                     # long after: a new outage, told at once both ways
+    assert not settling.takes(ev("cooldown")) and not settling.takes(ev("recovered"))

@@ -65,4 +65,5 @@ def test_dollar_ticks_have_the_decimals_each_step_needs():
     assert [_usd_formatter([0, 0.5, 1.0, 1.5])(t) for t in (0.5, 1.5)] == ["$0.50", "$1.50"]
     assert [_usd_formatter([0, 0.00005, 0.0001, 0.00015])(t) for t in (0.00015,)] == ["$0.00015"]
     assert _usd_formatter([0, 100, 200])(200) == "$200" and _usd_formatter([0, 5000, 10000])(10000) == "$10,000"
+    assert [_usd_formatter([0, 25, 50, 75, 100])(t) for t in (25, 100)] == ["$25", "$100"]   # $100: whole dollars
     assert _usd_formatter([0, 1e-8])(1e-8) == "$0.000000"     # past a millionth of a dollar: no more digits

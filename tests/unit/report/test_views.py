@@ -118,6 +118,12 @@ def test_cli_hours_json_and_option_errors(times_db, tmp_path, capsys):
     assert "instead of --days" in capsys.readouterr().err
 
 
+def test_cli_without_days_or_since_reports_the_30_days_up_to_until(times_db, tmp_path, capsys):
+    assert cli(tmp_path, times_db, "--until", "2026-03-02", "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["since"], data["until"]) == ("2026-02-01", "2026-03-02")
+
+
 def test_hours_on_the_day_the_clocks_go_back(tmp_path):
     db = make_db(tmp_path, [dict(ts="2026-11-01T05:30:00.000+00:00", input_tokens=1),     # 01:30 EDT
                             dict(ts="2026-11-01T06:30:00.000+00:00", input_tokens=2)])    # 01:30 EST

@@ -528,6 +528,9 @@ def test_json_object_is_the_forced_json_tool_on_every_model(model):
     twice = {**reply, "content": [*reply["content"], {**reply["content"][0], "id": "toolu_2", "input": {"y": 2}}]}
     done = T.convert_response(json.dumps(twice).encode(), make_req(body), UP)
     assert json.loads(done["choices"][0]["message"]["content"]) == {"x": [1]}    # the first, as JSON
+    accented = {**reply, "content": [{**reply["content"][0], "input": {"city": "München"}}]}
+    done = T.convert_response(json.dumps(accented).encode(), make_req(body), UP)
+    assert done["choices"][0]["message"]["content"] == '{"city": "München"}'      # its characters, as written
 
 
 def test_response_format_as_forced_tool_on_older_models():

@@ -747,6 +747,16 @@ def test_reasoning_deltas_that_name_no_item_leave_a_message_sent_only_whole_its_
                               {"content": "The answer."}, {}, "[DONE]"]
 
 
+@pytest.mark.parametrize("keys", [{"item_id": "msg_1", "output_index": 0, "content_index": 0}, {}],
+                         ids=["keyed", "unkeyed"])
+def test_a_refusal_that_came_as_deltas_is_not_sent_again_by_the_items_done(keys):
+    message = {"type": "message", "id": "msg_1", "role": "assistant",
+               "content": [{"type": "refusal", "refusal": "I can't."}]}
+    chunks = run(sse(created(), ("response.refusal.delta", {**keys, "delta": "I can't."}),
+                     ("response.output_item.done", {"output_index": 0, "item": message}), completed()))
+    assert deltas(chunks) == [{"role": "assistant", "content": ""}, {"refusal": "I can't."}, {}, "[DONE]"]
+
+
 def test_a_late_response_created_neither_opens_again_nor_renames_the_chunks_sent():
     chunks = run(sse(text_delta("Hi"), ("response.created", {"response": {"id": "resp_late", "model": "gpt-other",
                                                                           "status": "in_progress"}}),

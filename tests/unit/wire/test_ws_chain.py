@@ -173,3 +173,30 @@ def test_a_turn_keeps_the_frame_s_own_items_and_previous_id_for_a_socket_that_ho
     assert len(turn.input) == 3 and turn.body["input"] == turn.input
     turn.new_input.append("changed")               # its own list: the body's input is not touched
     assert turn.body["input"] == turn.input and len(turn.input) == 3
+
+
+@pytest.mark.parametrize("kind", ["error", "response.failed", "response.incomplete"])
+def test_a_turn_that_ends_without_completing_drops_the_chain(kind):
+    chain = Chain()
+    chain.prepare(create([user("one")]))
+    complete(chain, "resp_1", [])
+    chain.prepare(create([user("two")], previous="resp_1"))
+    chain.observe({"type": kind, "response": {"id": "resp_2", "status": kind.removeprefix("response.")}}, "a")
+    with pytest.raises(ChainLost):
+        chain.prepare(create([user("three")], previous="resp_1"))
+
+
+def test_reasoning_streamed_by_an_upstream_whose_completed_event_lists_no_output_is_still_its_own():
+    """A relay that sends the items only as `output_item.done` (its `response.completed` has an
+    empty output): a → b → a still takes a's reasoning back."""
+    chain = Chain()
+    chain.prepare(create([user("one")]))
+    by_a = {"type": "reasoning", "id": "rs_a", "encrypted_content": "ENC-A"}
+    for item in (by_a, {"type": "message", "role": "assistant", "content": []}):
+        chain.observe({"type": "response.output_item.done", "item": item}, "a")
+    chain.observe({"type": "response.completed", "response": {"id": "resp_1", "output": []}}, "a")
+    turn = chain.prepare(create([user("two")], previous="resp_1"))
+    assert by_a in turn.input and by_a not in for_upstream(turn, "b")["input"]
+    complete(chain, "resp_2", [{"type": "message", "role": "assistant", "content": []}], upstream="b")
+    turn = chain.prepare(create([user("three")], previous="resp_2"))
+    assert [item for item in for_upstream(turn, "a")["input"] if item["type"] == "reasoning"] == [by_a]
