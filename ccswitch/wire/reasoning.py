@@ -1,10 +1,11 @@
 """Reasoning that one account encrypted, in a Responses request another account is sent.
 
 Codex sends each turn's whole input back, its earlier reasoning items among them, each sealed
-(`encrypted_content`) by the account that produced it.  Another account cannot decrypt them and
-refuses the whole request (400, `invalid_encrypted_content`): after a failover, or a session
-moved by affinity, a conversation would end there.  Without those items the request is valid,
-and the model reasons again.
+(`encrypted_content`) by the account that produced it; so is a compaction item, the history
+Codex had an account compact.  Another account cannot decrypt them and refuses the whole request
+(400, `invalid_encrypted_content`): after a failover, or a session moved by affinity, a
+conversation would end there.  Without those items the request is valid: the model reasons
+again (and, without a compaction, sees the conversation from there on).
 """
 
 from __future__ import annotations
@@ -18,8 +19,13 @@ from typing import Any
 FOREIGN_REASONING = "invalid_encrypted_content"
 
 
+#: input items an account seals: its reasoning, and the history it compacted
+SEALED_TYPES = frozenset({"reasoning", "compaction"})
+
+
 def is_encrypted_reasoning(item: Any) -> bool:
-    return isinstance(item, dict) and item.get("type") == "reasoning" and bool(item.get("encrypted_content"))
+    """A sealed item: reasoning or a compaction, with its `encrypted_content`."""
+    return isinstance(item, dict) and item.get("type") in SEALED_TYPES and bool(item.get("encrypted_content"))
 
 
 def refuses_foreign_reasoning(status: int | None, body: bytes) -> bool:

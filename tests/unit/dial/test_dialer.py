@@ -930,3 +930,13 @@ async def test_reasoning_an_upstream_sealed_in_a_stream_that_then_failed_is_stil
         await dialer.aclose()
     assert statuses == [200, 200]     # the first one's error came in its stream, after the item
     assert [seals_sent(r) for r in mock_a.requests] == [[], ["ENC-A-1", "ENC-B-1"], ["ENC-A-1"]]
+
+
+async def test_a_compaction_another_account_made_is_left_out_when_the_upstream_refuses_it(mock_a, mock_b):
+    """Codex's compacted history, sealed by the account that compacted it, after a failover."""
+    mock_a.script(status(400, body=FOREIGN_REASONING_400))
+    body = codex_turn()
+    body["input"].insert(1, {"type": "compaction", "id": "cmp_1", "encrypted_content": "ENC-B-compacted"})
+    job, sink, _ = await run(responses_pair(mock_a, mock_b), path="/v1/responses", body=body, host="api.openai.com")
+    assert sink.status == 200 and [(a.upstream, a.status) for a in job.attempts] == [("a", 400), ("a", 200)]
+    assert [item["type"] for item in mock_a.requests[1].json["input"]] == ["message", "message"]

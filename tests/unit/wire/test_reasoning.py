@@ -121,3 +121,14 @@ def test_a_refusal_of_some_of_its_own_forgets_only_those():
     seals.made("a", [seal_of(sealed(text)) for text in ("A-1", "A-2")])
     assert seals.refusal("a", [USER, sealed("A-1")]) == [USER]
     assert seals.refusal("a", [USER, sealed("A-2"), sealed("B-1")]) == [USER, sealed("A-2")]
+
+
+def test_a_compaction_is_sealed_as_reasoning_is():
+    """Codex has an account compact its history into one sealed item: another account refuses it."""
+    compaction = {"type": "compaction", "id": "cmp_1", "encrypted_content": "A-compacted"}
+    seals = SealMemory()
+    seals.made("a", seals_in({"output": [compaction]}, "output"))
+    assert seals_in({"output": [compaction]}, "output") == [seal_of(compaction)]
+    assert seals.refusal("b", [USER, compaction]) == [USER]
+    assert seals.refusal("a", [USER, compaction, sealed("B-1")]) == [USER, compaction]
+    assert seal_of({"type": "compaction_trigger"}) is None and seal_of({**compaction, "type": "message"}) is None
