@@ -89,25 +89,28 @@ class Dialer:
         last: Reply | Failure | None = None
         retries: dict[str, int] = {}
         index = 0
+        resent = 0      # sent again without reasoning it refused: not one of the route's attempts
         try:
-            while index < len(job.candidates) and len(job.attempts) < failover.max_attempts:
+            while index < len(job.candidates) and len(job.attempts) - resent < failover.max_attempts:
                 upstream = job.candidates[index]
                 if self.health.busy_probing(upstream.name) and index + 1 < len(job.candidates):
                     index += 1   # another request is probing it after its cooldown: one at a time
                     continue
-                job.may_fail_over = index + 1 < len(job.candidates) and len(job.attempts) + 1 < failover.max_attempts
+                job.may_fail_over = index + 1 < len(job.candidates) \
+                    and len(job.attempts) - resent + 1 < failover.max_attempts
                 result = await self._attempt(job, upstream, sink)
                 if isinstance(result, Streamed):
                     return
                 last = result
                 if self._again_without_reasoning(job, upstream, result):
+                    resent += 1
                     continue
                 if isinstance(result, Reply):
                     await self._deliver(job, upstream, result, sink)
                     return
                 action = result.action
                 if action == Action.RETRY and retries.get(upstream.name, 0) < _MAX_RETRIES_SAME_UPSTREAM \
-                        and len(job.attempts) < failover.max_attempts:
+                        and len(job.attempts) - resent < failover.max_attempts:
                     retries[upstream.name] = retries.get(upstream.name, 0) + 1
                     await asyncio.sleep(retry_delay(result.headers, failover.retry_backoff,
                                                     retries[upstream.name]))
@@ -128,8 +131,9 @@ class Dialer:
 
     def _again_without_reasoning(self, job: Job, upstream: Upstream, result: Reply | Failure) -> bool:
         """An upstream that refused reasoning another account encrypted (a conversation that failed
-        over, or that affinity moved) takes the request again at once without it, if the route's
-        attempts allow one more.  Only the items it did not seal itself are left out (a
+        over, or that affinity moved) takes the request again at once without it: not one more of
+        the route's attempts (the upstream answered; the request was ours to mend), and it ends,
+        as each time leaves out more.  Only the items it did not seal itself are left out (a
         conversation back from another account keeps its own); should it refuse those too, the
         next time goes without any.  The refused items are remembered, so the conversation's
         later turns go without them at once."""
@@ -137,13 +141,10 @@ class Dialer:
             return False
         refused = job.converted.get(upstream.name) or job.request.json
         items = refused.get("input") if isinstance(refused, dict) else None
-        # learnt also when no attempt is left
         kept = self.seals.refusal(_account(upstream), items) if isinstance(items, list) else None
         if kept is None:
             return False
         body = {**refused, "input": kept}
-        if len(job.attempts) >= job.rules.failover.max_attempts:
-            return False
         job.converted[upstream.name] = body
         _forget_in_turn(job, items, kept)
         job.attempts[-1].error = "reasoning encrypted by another account: sent again without it"

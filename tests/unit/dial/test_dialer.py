@@ -714,14 +714,13 @@ async def test_reasoning_another_account_sealed_is_left_out_when_the_upstream_re
     assert job.status == 200 and job.error is None and health.get("a").failures == 0
 
 
-@pytest.mark.parametrize("case", ["another 400", "no sealed reasoning", "no attempt left"])
+@pytest.mark.parametrize("case", ["another 400", "no sealed reasoning"])
 async def test_other_refusals_reach_the_client_as_they_are(mock_a, mock_b, case):
     refusal = {"error": {"message": "bad input", "type": "invalid_request_error", "param": None,
                          "code": "invalid_value"}} if case == "another 400" else FOREIGN_REASONING_400
     mock_a.script(status(400, body=refusal))
-    extra = FAST.replace("failover: {", "failover: {max_attempts: 1, ") if case == "no attempt left" else FAST
     body = codex_turn() if case == "no sealed reasoning" else codex_turn("ENC-B-1")
-    job, sink, _ = await run(responses_pair(mock_a, mock_b, extra), path="/v1/responses", body=body,
+    job, sink, _ = await run(responses_pair(mock_a, mock_b), path="/v1/responses", body=body,
                              host="api.openai.com")
     assert sink.status == 400 and json.loads(sink.body)["error"]["code"] == refusal["error"]["code"]
     assert len(mock_a.requests) == 1 and len(job.attempts) == 1
@@ -795,7 +794,18 @@ async def test_a_later_turn_goes_without_the_reasoning_its_upstream_refused_and_
     assert sent == [["ENC-B-1"], [], ["ENC-A-1"]] and len(job.attempts) == 1
 
 
-async def test_a_refusal_on_the_last_attempt_is_remembered_for_the_next_turn(mock_a, mock_b):
+async def test_a_refusal_is_sent_again_also_on_the_route_s_last_attempt(mock_a, mock_b):
+    """Sending it again is not one more of the route's attempts: with `max_attempts: 2`, `a`
+    failing and `b` refusing `a`'s reasoning, `b` still serves it (Codex would end on a 400)."""
+    mock_a.script(status(503))
+    mock_b.script(status(400, body=FOREIGN_REASONING_400))
+    extra = FAST.replace("failover: {", "failover: {max_attempts: 2, ")
+    job, sink, _ = await run(responses_pair(mock_a, mock_b, extra), path="/v1/responses",
+                             body=codex_turn("ENC-A-1"), host="api.openai.com")
+    assert sink.status == 200 and [(a.upstream, a.status) for a in job.attempts] == [("a", 503), ("b", 400), ("b", 200)]
+
+
+async def test_a_refusal_on_the_route_s_only_attempt_is_mended_and_remembered_for_the_next_turn(mock_a, mock_b):
     mock_a.script(status(400, body=FOREIGN_REASONING_400))
     extra = FAST.replace("failover: {", "failover: {max_attempts: 1, ")
     rules = responses_pair(mock_a, mock_b, extra)
@@ -808,8 +818,8 @@ async def test_a_refusal_on_the_last_attempt_is_remembered_for_the_next_turn(moc
             statuses.append(job.status)
     finally:
         await dialer.aclose()
-    assert statuses == [400, 200]        # the client had the refusal; its next turn goes without the item
-    assert [len(r.json["input"]) for r in mock_a.requests] == [3, 2]
+    assert statuses == [200, 200]        # the next turn goes without the item at once
+    assert [len(r.json["input"]) for r in mock_a.requests] == [3, 2, 2]
 
 
 async def test_an_upstream_given_another_key_by_a_reload_starts_with_nothing_refused(mock_a, mock_b):
