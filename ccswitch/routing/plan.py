@@ -98,6 +98,9 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
             unknown_wait = True
         else:
             result.candidates.append(upstream)
+    if session is not None and sessions is not None and spec.sticky > 0:
+        # also when every upstream is out: the row says whether the session stayed or moved
+        result.bound_to = sessions.bound(route, session)
     if not result.candidates:
         if limited and not unknown_wait:
             result.limited_for = max(0.0, min(limited))
@@ -107,10 +110,8 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
             result.why_first = "recovers first"
         return result
     result.why_first = _order(result.candidates, spec, quota, session)
-    if session is not None and sessions is not None and spec.sticky > 0:
-        result.bound_to = sessions.bound(route, session)
-        if _to_front(result.candidates, result.bound_to):
-            result.why_first = "kept session"
+    if _to_front(result.candidates, result.bound_to):
+        result.why_first = "kept session"
     preferred = health.preferred_name()
     if preferred and _to_front(result.candidates, preferred):
         result.why_first = "ccswitch.use"

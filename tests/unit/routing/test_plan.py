@@ -123,6 +123,17 @@ def test_a_bound_session_goes_first_while_its_upstream_is_available_and_not_full
     assert other.bound_to is None
 
 
+def test_with_every_upstream_cooling_a_session_s_binding_is_still_known():
+    """The one that recovers first is tried; the row then says the session moved (or stayed)."""
+    clock = Clock()
+    sessions, health = SessionBindings(clock), HealthBoard(clock)
+    sessions.bind("claude", "s1", "b", ttl=3600)
+    for name, seconds in (("a", 10), ("b", 60)):
+        health.record_failure(name, "HTTP 503", threshold=1, cooldown=seconds)
+    p = plan(rules_with("{upstreams: [a, b]}"), "claude", "m", health, NOW, sessions=sessions, session="s1")
+    assert names(p) == ["a", "b"] and p.why_first == "recovers first" and p.bound_to == "b"
+
+
 def test_sticky_off_ignores_bindings_and_ccswitch_use_beats_them():
     clock = Clock()
     sessions, health = SessionBindings(clock), HealthBoard(clock)
