@@ -95,6 +95,8 @@ class RedisState:
         self.lag = Lag()
         self.dropped = 0           # records dropped because the queue was full
         self.malformed = 0         # published records that could not be read
+        # states told here while Redis could not be asked: what it holds of them may be stale
+        self._told_unshared: set[str] = set()
         self._pending: dict[tuple, Change] = {}
         self._unsent: dict[tuple, SpendAdded] = {}    # spend Redis has not acknowledged yet
         self._oldest: float | None = None             # when the oldest queued record was made
@@ -143,16 +145,22 @@ class RedisState:
             return True
 
     async def claim_state(self, name: str, state: str) -> bool:
-        """One SET … GET per state told: the instance that finds another state there tells it."""
+        """One SET … GET per state told: the instance that finds another state there tells it,
+        and so does one that told a state of it while Redis could not be asked (what Redis holds
+        is from before: the hooks may have heard otherwise since)."""
         client = self._client
         if not self.up or client is None:
+            self._told_unshared.add(name)
             return True
         try:
             before = await client.set(layout.claim_key(name), state, get=True, ex=STATE_CLAIM_TTL)
         except _OUTAGES as exc:
             log.debug("ccswitch: could not claim %r in %s (%s): told here", name, self.where, self._describe(exc))
+            self._told_unshared.add(name)
             return True
-        return (before.decode() if isinstance(before, bytes) else before) != state
+        stale = name in self._told_unshared
+        self._told_unshared.discard(name)
+        return stale or (before.decode() if isinstance(before, bytes) else before) != state
 
     # ------------------------------------------------------------------ the boards' hook (request path)
 

@@ -265,6 +265,18 @@ async def test_each_change_of_an_upstream_s_state_is_told_once_however_soon_it_f
     assert told == [True, False, True, False, True, True]
 
 
+async def test_a_state_told_while_redis_was_away_is_told_again_once_it_is_back(redis_url, store):
+    """Redis still holds `cooldown` from before; the hooks heard `recovered` from here meanwhile:
+    the next cooldown is news, whatever Redis held."""
+    async with Node(redis_url) as a:
+        assert await a.state.claim_state("health:relay", "cooldown") is True
+        a.state.up = False
+        assert await a.state.claim_state("health:relay", "recovered") is True     # told here alone
+        a.state.up = True
+        assert await a.state.claim_state("health:relay", "cooldown") is True
+        assert await a.state.claim_state("health:relay", "cooldown") is False
+
+
 async def test_a_claim_is_granted_when_redis_fails_to_answer_it():
     state = RedisState(RedisURL.parse("redis://127.0.0.1:9/0"))
     state.up, state._client = True, state._connect()      # up a moment ago: the command itself fails
