@@ -146,7 +146,6 @@ class Dialer:
             return False
         body = {**refused, "input": kept}
         job.converted[upstream.name] = body
-        _forget_in_turn(job, items, kept)
         job.attempts[-1].error = "reasoning encrypted by another account: sent again without it"
         return True
 
@@ -158,12 +157,10 @@ class Dialer:
             body = translation.request(job.request, upstream, job.rules)
         if not self.seals:
             return body
-        sent = job.request.json if body is None else body
-        unrefused = self.seals.leave_out(_account(upstream), sent)
+        unrefused = self.seals.leave_out(_account(upstream), job.request.json if body is None else body)
         if unrefused is None:
             return body
         job.converted[upstream.name] = unrefused
-        _forget_in_turn(job, sent["input"], unrefused["input"])
         return unrefused
 
     @staticmethod
@@ -186,14 +183,13 @@ class Dialer:
             # no local for the body as converted: this frame lasts as long as the stream
             outgoing = render(upstream, job.request, self._body_for(job, upstream, translation),
                               client_key=job.rules.key_of_client(job.client))
-            # the sealed reasoning it is sent: its own if it serves (read now: a stream's commit
-            # lets the request's body go)
-            read = seals_in(job.converted.get(upstream.name) or job.request.json, "input") \
-                if upstream.protocol == Protocol.RESPONSES else []
+            # what it is sent of the input, whose sealed reasoning is its own if it serves (read
+            # now: a stream's commit lets the request's body go, and nothing here holds it)
+            read = _read_by(job, upstream) if upstream.protocol == Protocol.RESPONSES else None
             job.upstream_model, job.sent_body = outgoing.upstream_model, outgoing.body
             result = await self._send_and_judge(job, upstream, outgoing, translation, sink, attempt, probing)
         except RenderError as exc:
-            read = []
+            read = None
             # not the upstream's doing, and the next one may take the request as it is
             result = Failure(upstream.name, None, str(exc), Action.SWITCH, counts=False, client_status=exc.status)
         except (asyncio.CancelledError, ClientGone):
@@ -232,12 +228,17 @@ class Dialer:
             attempt.status = result.status
         return result
 
-    def _served(self, job: Job, upstream: Upstream, read: list[int]) -> None:
-        """A 2xx: the upstream is healthy, the sealed reasoning it was sent (`read`) is its own,
-        and the request's session is bound to it (unless it only counted tokens: that writes no
-        prompt cache, so the session's cache stays where it is)."""
+    def _served(self, job: Job, upstream: Upstream, read: tuple[list[int], set[int]] | None) -> None:
+        """A 2xx: the upstream is healthy, the sealed reasoning it was sent (`read`: its seals,
+        and the items' ids) is its own (a Codex socket's chain is told what it was sent), and the
+        request's session is bound to it (unless it only counted tokens: that writes no prompt
+        cache, so the session's cache stays where it is)."""
         self.health.record_success(upstream.name)
-        self.seals.made(_account(upstream), read)
+        if read is not None:
+            seals, ids = read
+            self.seals.made(_account(upstream), seals)
+            if job.turn is not None:
+                job.turn.sent = ids
         if job.session is not None and job.request.endpoint != Endpoint.COUNT_TOKENS:
             route = job.request.route
             self.sessions.bind(route, job.session, upstream.name, job.rules.routes.spec(route).sticky)
@@ -366,13 +367,14 @@ class Dialer:
         await _answer(job, sink, status, headers, body)
 
 
-def _forget_in_turn(job: Job, items: list, kept: list) -> None:
-    """A Codex socket's chain forgets the sealed items its upstream was not sent for refusing
-    them (else it would count them as read), and keeps the rest, another upstream's own among
-    them (the items are the same objects, as the turn's body was shaped)."""
-    if job.turn is not None:
-        left_out = {id(item) for item in items} - {id(item) for item in kept}
-        job.turn.input = [item for item in job.turn.input if id(item) not in left_out]
+def _read_by(job: Job, upstream: Upstream) -> tuple[list[int], set[int]] | None:
+    """The seals of the input `upstream` is sent, and the ids of its items (alive in a Codex
+    socket's turn; nothing else is kept of them)."""
+    body = job.converted.get(upstream.name) or job.request.json
+    items = body.get("input") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        return None
+    return seals_in(body, "input"), ({id(item) for item in items} if job.turn is not None else set())
 
 
 def _account(upstream: Upstream) -> tuple:

@@ -46,6 +46,9 @@ class Turn:
     # the upstream whose own each sealed reasoning item is (`seal_of` it): it made it, or it
     # read it in a turn it completed
     made_by: dict[int, str] = field(default_factory=dict)
+    # the ids of the input items the upstream that served the turn was sent (the turn's own
+    # objects), once known: not those it refused, or was left without for refusing them before
+    sent: set[int] | None = None
 
 
 @dataclass
@@ -106,7 +109,7 @@ class Chain:
             for item in output or self._items:
                 if (seal := seal_of(item)) is not None:
                     self.made_by[seal] = upstream
-            for item in kept_input(self._pending, upstream):   # it read what it was sent: its own
+            for item in sent_input(self._pending, upstream):   # it read what it was sent: its own
                 if (seal := seal_of(item)) is not None:
                     self.made_by.setdefault(seal, upstream)
             self._commit(response.get("id"), chained_input(self._pending, upstream), output or self._items, upstream)
@@ -141,13 +144,21 @@ def kept_input(turn: Turn, upstream: str) -> list[Any]:
     return turn.input if len(kept) == len(turn.input) else kept
 
 
+def sent_input(turn: Turn, upstream: str) -> list[Any]:
+    """What `upstream` was sent of the turn's input: as the dialer says, else as it was shaped."""
+    if turn.sent is None:
+        return kept_input(turn, upstream)
+    return [item for item in turn.input if id(item) in turn.sent]
+
+
 def chained_input(turn: Turn, upstream: str) -> list[Any]:
     """What the chain keeps of a turn `upstream` completed: what it was sent, and the reasoning
     the chain's upstreams made or took (a later turn may be theirs: a conversation that went
     from A to B and back keeps A's).  Reasoning of unknown make it was not sent stays out: it
     would come back once the next turn is `upstream`'s own."""
+    sent = {id(item) for item in sent_input(turn, upstream)}
     return [item for item in turn.input
-            if _fits(turn, upstream, item) or seal_of(item) in turn.made_by]
+            if not is_encrypted_reasoning(item) or id(item) in sent or seal_of(item) in turn.made_by]
 
 
 def _fits(turn: Turn, upstream: str, item: Any) -> bool:

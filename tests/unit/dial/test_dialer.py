@@ -729,20 +729,20 @@ async def test_other_refusals_reach_the_client_as_they_are(mock_a, mock_b, case)
 async def test_a_codex_socket_turn_sent_again_without_sealed_reasoning_is_kept_so_in_its_chain(mock_a, mock_b):
     """The chain keeps the input its upstream was sent: had it kept the refused items, every
     later turn would be refused once more, and its retry would drop the upstream's own reasoning."""
-    from ccswitch.wire.ws_chain import Turn
+    from ccswitch.wire.ws_chain import Turn, chained_input
     mock_a.script(status(400, body=FOREIGN_REASONING_400))
     body = codex_turn("ENC-B-1")
     job = make_job(responses_pair(mock_a, mock_b), path="/v1/responses", body=body, host="api.openai.com")
     job.turn = Turn(body=body, input=body["input"], upstream_hint=None)
     await run(None, job=job)
-    assert job.status == 200 and [item["type"] for item in job.turn.input] == ["message", "message"]
+    assert job.status == 200 and [item["type"] for item in chained_input(job.turn, "a")] == ["message", "message"]
 
 
 async def test_a_codex_socket_turn_refused_keeps_in_its_chain_the_reasoning_another_upstream_made(mock_a, mock_b):
     """`a` refuses an item of unknown make: the chain forgets it, and keeps `b`'s own (which `a`
     was not sent), for a later turn that `b` serves."""
     from ccswitch.wire.reasoning import seal_of
-    from ccswitch.wire.ws_chain import Turn, for_upstream
+    from ccswitch.wire.ws_chain import Turn, chained_input, for_upstream
     mock_a.script(status(400, body=FOREIGN_REASONING_400))
     body = codex_turn("ENC-X", "ENC-B-1")
     by_b = body["input"][2]
@@ -751,7 +751,23 @@ async def test_a_codex_socket_turn_refused_keeps_in_its_chain_the_reasoning_anot
     job.turn, job.converted["a"] = turn, for_upstream(turn, "a")
     await run(None, job=job)
     assert job.status == 200 and [seals_sent(r) for r in mock_a.requests] == [["ENC-X"], []]
-    assert [item.get("encrypted_content") for item in turn.input if item["type"] == "reasoning"] == ["ENC-B-1"]
+    kept = chained_input(turn, "a")
+    assert [item.get("encrypted_content") for item in kept if item["type"] == "reasoning"] == ["ENC-B-1"]
+
+
+async def test_a_codex_socket_turn_an_upstream_refused_keeps_in_its_chain_what_the_one_that_served_was_sent(
+        mock_a, mock_b):
+    """`a` refuses ENC-X and then fails; `b` serves the turn with it: the chain keeps it for `b`."""
+    from ccswitch.wire.ws_chain import Turn, chained_input
+    mock_a.script(status(400, body=FOREIGN_REASONING_400), status(503))
+    body = codex_turn("ENC-X")
+    turn = Turn(body=body, input=body["input"], upstream_hint=None)
+    job = make_job(responses_pair(mock_a, mock_b), path="/v1/responses", body=body, host="api.openai.com")
+    job.turn = turn
+    await run(None, job=job)
+    assert job.status == 200 and [seals_sent(r) for r in mock_b.requests] == [["ENC-X"]]
+    assert [item.get("encrypted_content") for item in chained_input(turn, "b") if item["type"] == "reasoning"] \
+        == ["ENC-X"]
 
 
 async def test_a_codex_socket_turn_sent_without_what_its_upstream_refused_before_keeps_it_out_of_its_chain(
@@ -773,7 +789,9 @@ async def test_a_codex_socket_turn_sent_without_what_its_upstream_refused_before
     finally:
         await dialer.aclose()
     assert job.status == 200 and [seals_sent(r) for r in mock_a.requests] == [["ENC-X"], [], []]
-    assert [item["type"] for item in turn.input] == ["message", "message"]
+    from ccswitch.wire.ws_chain import chained_input, sent_input
+    assert [item["type"] for item in sent_input(turn, "a")] == ["message", "message"]
+    assert [item["type"] for item in chained_input(turn, "a")] == ["message", "message"]
 
 
 async def test_a_later_turn_goes_without_the_reasoning_its_upstream_refused_and_keeps_its_own(mock_a, mock_b):
