@@ -291,7 +291,9 @@ class RedisState:
             await self._write(client, better[start:start + BATCH], {}, merge=True, made=self.wall())
 
     async def _load(self, client: redis.Redis) -> list[Change]:
-        keys = [key async for key in client.scan_iter(match=layout.PREFIX + "*", count=1000)]
+        claims = layout.claim_key("")       # who tells what: no board's record
+        keys = [key async for key in client.scan_iter(match=layout.PREFIX + "*", count=1000)
+                if not key.startswith(claims)]
         plain = [key for key in keys if not layout.is_hash(key)]
         hashes = [key for key in keys if layout.is_hash(key)]
         values: list = []

@@ -132,10 +132,12 @@ async def test_a_late_starter_loads_what_redis_holds(redis_url):
         a.spend.add(CLIENT, "k", 0.25)
         await eventually(lambda: not a.state._pending and not a.state._unsent)
         await asyncio.sleep(0.05)
+        assert await a.state.claim_state("health:relay", "cooldown") is True    # who tells what: no record
         async with Node(redis_url) as c:
             assert c.health.cooling_until("relay") is not None
             assert c.sessions.bound("messages", "s") == "relay"
             assert c.spend.spent(CLIENT, "k", "daily") == 0.25
+            assert c.state.malformed == 0
 
 
 async def test_what_an_instance_publishes_is_not_applied_back_to_itself(redis_url):
