@@ -51,7 +51,8 @@ class Notifications:
                                  claim=lambda name, until: gateway.state.claim(name, until),
                                  claim_state=lambda name, state: gateway.state.claim_state(name, state),
                                  settle=lambda: ctx.options.ccswitch_notify_settle,
-                                 cooling=lambda name: gateway.health.cooling_until(name) is not None)
+                                 cooling=lambda name: gateway.health.cooling_until(name) is not None,
+                                 shared=lambda: gateway.state.shared)
         self.notifier.start()
         gateway.events.subscribe(self.notifier.offer)
 

@@ -88,11 +88,13 @@ class Notifier:
     def __init__(self, rules: Callable[[], Rules], poster: WebhookPoster, *, capacity: int = 100,
                  dedupe: Deduper | None = None, claim: Claim | None = None,
                  claim_state: ClaimState | None = None, settle: Callable[[], float] = lambda: 0.0,
-                 cooling: Callable[[str], bool] = lambda name: False) -> None:
+                 cooling: Callable[[str], bool] = lambda name: False,
+                 shared: Callable[[], bool] = lambda: False) -> None:
         """`settle()`: seconds that tell a flapping upstream; `cooling(name)`: whether it is in
-        a cooldown now (see `Settling`)."""
+        a cooldown now (see `Settling`); `shared()`: whether instances share what they told."""
         self._rules = rules
-        self.settling = Settling(settle, self._accept, cooling=cooling)
+        self._shared = shared
+        self.settling = Settling(settle, self._accept, cooling=cooling, absorbed=self._absorbed)
         self._claim = claim
         self._claim_state = claim_state
         self._claiming: set[asyncio.Task] = set()
@@ -119,6 +121,13 @@ class Notifier:
         if not self.settling.takes(event):
             self._accept(event)
 
+    def _absorbed(self, event: Event) -> None:
+        """A cooldown the damper took back.  With a shared state another instance may have told
+        the recovery held here: its claim of the state decides (told only if the hooks' last word
+        is not a cooldown already)."""
+        if self._shared() and event.state:
+            self._accept(event)
+
     def _accept(self, event: Event) -> None:
         """Filtered, de-duplicated, cleaned, claimed where shared: then queued for its hooks."""
         if self._loop is None or self._loop.is_closed():
@@ -143,14 +152,11 @@ class Notifier:
 
     async def _claimed(self, event: Event) -> None:
         """Told only when this instance claims the occurrence first (or the state, changing it)."""
-        if event.claim_for is not None:
-            until = time.time() + event.claim_for
-        else:
-            until = event.until.timestamp() if event.until is not None else time.time() + UNKNOWN_END
         try:
             if event.state:
                 told_here = await self._claim_state(event.claim, event.state)
-            else:
+            else:   # until the condition ends, when known
+                until = event.until.timestamp() if event.until is not None else time.time() + UNKNOWN_END
                 told_here = await self._claim(event.claim, until)
         except Exception:   # a bug in the claim: telling twice beats never telling
             log.exception("ccswitch: claiming the %s notification failed; it is sent from here", event.kind)

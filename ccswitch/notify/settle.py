@@ -24,11 +24,14 @@ class Settling:
 
     def __init__(self, seconds: Callable[[], float], tell: Callable[[Event], None],
                  clock: Callable[[], float] = time.monotonic,
-                 cooling: Callable[[str], bool] = lambda name: False) -> None:
+                 cooling: Callable[[str], bool] = lambda name: False,
+                 absorbed: Callable[[Event], None] = lambda event: None) -> None:
         """`cooling(name)`: whether the upstream is in a cooldown now (another instance's, with
-        a shared state, comes without an event)."""
+        a shared state, comes without an event); `absorbed(event)`: a cooldown taken back (with a
+        shared state, another instance may have told the recovery held here)."""
         self.seconds = seconds
         self._tell = tell
+        self._absorbed = absorbed
         self._clock = clock
         self._cooling = cooling
         self._closed = False
@@ -47,6 +50,7 @@ class Settling:
             if name in self._held:
                 self._held.pop(name)[1].cancel()
                 self._untold[name] = self._untold.get(name, 0) + 1
+                self._absorbed(event)
                 return True
             told = self._recovered_at.get(name)
             if seconds > 0 and told is not None and self._clock() - told < seconds:

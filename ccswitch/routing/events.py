@@ -27,8 +27,6 @@ class Event:
     #: shared state, only the instance that claims it first tells it, so two instances that see
     #: it at the same moment, before either has heard of the other's, do not both announce it
     claim: str = ""
-    #: how long the claim holds, in seconds (None: until the condition ends)
-    claim_for: float | None = None
     #: a claim of a state instead (an upstream's `cooldown` or `recovered`): told by the instance
     #: that moves the claim's last told state to this one, however soon after the last change
     state: str = ""

@@ -76,6 +76,7 @@ class HealthBoard:
             if state.fingerprint is not None and state.fingerprint != fp:
                 self._state[name] = UpstreamHealth(fingerprint=fp)
                 log.info("upstream %s changed its base_url, key or protocol: health reset", name)
+                self._outage_ended(name, state, "its base_url, key or protocol changed: taken as healthy")
             else:
                 state.fingerprint = fp
                 if state.switched is not None:     # a reload ends the switch for every instance
@@ -196,9 +197,16 @@ class HealthBoard:
     def reset(self, name: str) -> None:
         old = self.get(name)
         self._state[name] = UpstreamHealth(fingerprint=old.fingerprint)
+        self._outage_ended(name, old, "reset with ccswitch.reset: taken as healthy")
         self._share(name, self._state[name])
         if old.switched is not None:
             self._share_switch(name)
+
+    def _outage_ended(self, name: str, old: UpstreamHealth, reason: str) -> None:
+        """An outage ended without a 2xx: the hooks, told of its cooldown, are told it is over."""
+        if old.outage is not None and self.events is not None:
+            self.events.emit(Event("recovered", name, reason, episode=old.outage, claim=health_claim(name),
+                                   state="recovered"))
 
     def switch(self, name: str, enabled: bool) -> None:
         self.get(name).switched = enabled

@@ -88,6 +88,8 @@ class SharedState(Protocol):
 
     #: where the state lives, for logs (never a password)
     where: str
+    #: whether other instances share it (what is told, and claimed, is theirs too)
+    shared: bool
 
     async def start(self, boards: Boards) -> None:
         """Begin (returns at once: connecting and loading happen in the background)."""
@@ -110,6 +112,7 @@ class InMemoryState:
     """Nothing shared: each instance knows what it saw (the default, and today's behaviour)."""
 
     where = "in memory (this instance only)"
+    shared = False
 
     async def start(self, boards: Boards) -> None:
         boards.listen(None)

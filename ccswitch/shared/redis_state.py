@@ -45,10 +45,6 @@ PING_EVERY = 5.0         # an idle connection is checked this often
 _PARSE_SLICE = 500     # stored records parsed between two turns of the loop
 STOP_FLUSH = 2.0         # what is still queued at shutdown gets this long
 STATE_CLAIM_TTL = 7 * 86400   # an upstream's last told state (cooldown, recovered) is kept this long
-# the same state claimed again within this long is the same news (instances that saw it at once,
-# before either heard of the other's); later, it is a new one whose change no instance told (a
-# recovery lost to a restart, an outage ended by `ccswitch.reset`)
-SAME_NEWS = 10.0
 _OUTAGES = (RedisError, OSError, asyncio.TimeoutError)
 
 # the larger of the stored spend and this instance's (a Redis that lost its data, see docs/scale-out.md)
@@ -84,6 +80,8 @@ class Lag:
 
 class RedisState:
     """Boards kept in step with every other instance on the same Redis database."""
+
+    shared = True
 
     def __init__(self, url: RedisURL, *, instance: str | None = None, wall: Callable[[], float] = time.time,
                  retry: tuple[float, float] = (0.25, 5.0), max_pending: int = MAX_PENDING) -> None:
@@ -149,29 +147,22 @@ class RedisState:
             return True
 
     async def claim_state(self, name: str, state: str) -> bool:
-        """One SET … GET per state told: the instance that finds another state there tells it (or
-        the same one, claimed longer than `SAME_NEWS` ago), and so does one that told a state of it
-        while Redis could not be asked (what Redis holds is from before: the hooks may have heard
-        otherwise since)."""
+        """One SET … GET per state told: the instance that finds another state there tells it,
+        and so does one that told a state of it while Redis could not be asked (what Redis holds
+        is from before: the hooks may have heard otherwise since)."""
         client = self._client
         if not self.up or client is None:
             self._told_unshared.add(name)
             return True
-        now = self.wall()
         try:
-            before = await client.set(layout.claim_key(name), f"{state} {now:.3f}", get=True, ex=STATE_CLAIM_TTL)
+            before = await client.set(layout.claim_key(name), state, get=True, ex=STATE_CLAIM_TTL)
         except _OUTAGES as exc:
             log.debug("ccswitch: could not claim %r in %s (%s): told here", name, self.where, self._describe(exc))
             self._told_unshared.add(name)
             return True
         stale = name in self._told_unshared
         self._told_unshared.discard(name)
-        told_state, _, told_at = (before.decode() if isinstance(before, bytes) else before or "").partition(" ")
-        try:
-            same_news = told_state == state and now - float(told_at) < SAME_NEWS
-        except ValueError:      # written by something else: not news of ours
-            same_news = False
-        return stale or not same_news
+        return stale or (before.decode() if isinstance(before, bytes) else before) != state
 
     # ------------------------------------------------------------------ the boards' hook (request path)
 

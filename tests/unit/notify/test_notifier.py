@@ -242,17 +242,6 @@ async def test_a_claim_without_a_known_end_holds_an_hour_and_a_failing_claim_sti
     await notifier.aclose()
 
 
-async def test_a_claim_for_a_while_holds_that_long_whatever_the_condition_s_end():
-    claims = Claims()
-    notifier, _ = await started(rules(), claim=claims)
-    notifier.offer(Event("cooldown", "a", "down", until=datetime(2030, 1, 1, tzinfo=UTC), episode="1",
-                         claim="cooldown:a", claim_for=10))
-    await settle()
-    [(_, until)] = claims.asked
-    assert 9 < until - time.time() <= 10
-    await notifier.aclose()
-
-
 async def test_close_waits_for_a_claim_under_way():
     claims = Claims()
     claims.release.clear()
@@ -262,3 +251,35 @@ async def test_close_waits_for_a_claim_under_way():
     poster.release.set()
     await notifier.aclose(grace=1.0)
     assert poster.kinds(FAST) == ["cooldown"]
+
+
+async def test_with_a_shared_state_a_cooldown_the_damper_takes_back_is_told_if_another_instance_told_the_recovery():
+    """A holds a flapping upstream's recovery; B tells one; A's next cooldown must be told, or
+    the hooks' last word would be B's `recovered` while the upstream is down."""
+    told_states: dict[str, str] = {}
+
+    async def claim_state(name, state):
+        before, told_states[name] = told_states.get(name), state
+        return before != state
+
+    def health(kind, episode):
+        return Event(kind, "a", kind, episode=episode, claim="health:a", state=kind)
+
+    a, a_poster = await started(rules(), claim_state=claim_state, settle=lambda: 60, shared=lambda: True)
+    b, b_poster = await started(rules(), claim_state=claim_state, settle=lambda: 60, shared=lambda: True)
+    for kind, episode in (("cooldown", "1"), ("recovered", "1"), ("cooldown", "2"), ("recovered", "2")):
+        a.offer(health(kind, episode))
+        await settle()
+    assert a_poster.kinds(FAST) == ["cooldown", "recovered", "cooldown"]      # the last recovery held
+    b.offer(health("recovered", "b1"))
+    await settle()
+    a.offer(health("cooldown", "3"))       # taken back by A's damper, but B told the recovery
+    await settle()
+    assert b_poster.kinds(FAST) == ["recovered"] and a_poster.kinds(FAST)[-1] == "cooldown"
+    assert told_states == {"health:a": "cooldown"}
+    a.offer(health("recovered", "3"))       # held again; a cooldown now, with nothing told between: quiet
+    a.offer(health("cooldown", "4"))
+    await settle()
+    assert a_poster.kinds(FAST) == ["cooldown", "recovered", "cooldown", "cooldown"]
+    await a.aclose()
+    await b.aclose()

@@ -38,7 +38,7 @@ def test_a_cooldown_is_announced_when_it_starts_with_its_end():
     assert event.episode == "2026-12-02T18:01:00.000000+00:00"
     # another instance's cooldown then is this one, told once: the claim is of the upstream's
     # told state, so the next outage is told however soon it follows an early end
-    assert (event.claim, event.state, event.claim_for) == ("health:a", "cooldown", None)
+    assert (event.claim, event.state) == ("health:a", "cooldown")
     assert event.reason == "cooling down for 60s after 3 consecutive failure(s) (last: HTTP 503)"
 
 
@@ -137,3 +137,21 @@ def test_a_cooldown_under_ten_seconds_is_told_as_long_as_it_is_not_rounded_to_no
 def test_seconds_are_never_told_in_scientific_notation():
     from ccswitch.routing.health import seconds_text
     assert [seconds_text(s) for s in (0.00004, 0.05, 0.3, 2.0, 9.99, 300)] == ["0s", "0.05s", "0.3s", "2s", "9.99s", "300s"]
+
+
+def test_an_outage_ended_by_a_reset_or_a_new_identity_is_told_over():
+    """The hooks were told of its cooldown: without this, their last word would stay `cooldown`."""
+    b, _, heard = board()
+    b.sync({"a": ("key-1",)})
+    for _ in range(3):
+        fail(b)
+    b.reset("a")
+    b.reset("a")                     # no outage left: nothing more to tell
+    for _ in range(3):
+        fail(b)
+    b.sync({"a": ("key-2",)})
+    assert [(e.kind, e.reason) for e in heard] == [
+        ("cooldown", heard[0].reason), ("recovered", "reset with ccswitch.reset: taken as healthy"),
+        ("cooldown", heard[2].reason), ("recovered", "its base_url, key or protocol changed: taken as healthy")]
+    assert all((e.claim, e.state) == ("health:a", e.kind) for e in heard)
+    assert heard[1].episode == heard[0].episode and heard[3].episode == heard[2].episode
