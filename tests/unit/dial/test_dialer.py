@@ -699,6 +699,23 @@ def responses_pair(mock_a, mock_b, extra=FAST):
                      routes={"codex": ["a", "b"]}, extra=extra)
 
 
+async def codex_turns(*turns) -> list:
+    """Each (rules, body, turn or None) as a Codex request through one dialer, whose memory of
+    sealed reasoning lasts from one to the next; their jobs."""
+    from ccswitch.wire.ws_chain import for_upstream
+    dialer, jobs = Dialer(HealthBoard(), allow_url=loopback_url), []
+    try:
+        for rules, body, turn in turns:
+            job = make_job(rules, path="/v1/responses", body=body, host="api.openai.com")
+            if turn is not None:
+                job.turn, job.converted["a"] = turn, for_upstream(turn, "a")
+            await dialer.run(job, MemorySink())
+            jobs.append(job)
+    finally:
+        await dialer.aclose()
+    return jobs
+
+
 async def test_reasoning_another_account_sealed_is_left_out_when_the_upstream_refuses_it(mock_a, mock_b):
     """After a failover, Codex's next request carries the first account's reasoning to the
     second, which refuses the whole request: it goes again, at once, without the sealed items."""
@@ -774,20 +791,12 @@ async def test_a_codex_socket_turn_sent_without_what_its_upstream_refused_before
         mock_a, mock_b):
     """Left out before sending (`a` refused it on an earlier turn), the item is no more in the
     turn's input: the chain does not count it as read by `a`, which was never sent it."""
-    from ccswitch.wire.ws_chain import Turn, for_upstream
+    from ccswitch.wire.ws_chain import Turn
     mock_a.script(status(400, body=FOREIGN_REASONING_400))
     rules = responses_pair(mock_a, mock_b)
-    dialer = Dialer(HealthBoard(), allow_url=loopback_url)
-    try:
-        await dialer.run(make_job(rules, path="/v1/responses", body=codex_turn("ENC-X"), host="api.openai.com"),
-                         MemorySink())
-        body = codex_turn("ENC-X")
-        turn = Turn(body=body, input=body["input"], upstream_hint=None)
-        job = make_job(rules, path="/v1/responses", body=body, host="api.openai.com")
-        job.turn, job.converted["a"] = turn, for_upstream(turn, "a")
-        await dialer.run(job, MemorySink())
-    finally:
-        await dialer.aclose()
+    body = codex_turn("ENC-X")
+    turn = Turn(body=body, input=body["input"], upstream_hint=None)
+    _, job = await codex_turns((rules, codex_turn("ENC-X"), None), (rules, body, turn))
     assert job.status == 200 and [seals_sent(r) for r in mock_a.requests] == [["ENC-X"], [], []]
     from ccswitch.wire.ws_chain import chained_input, sent_input
     assert [item["type"] for item in sent_input(turn, "a")] == ["message", "message"]
@@ -843,17 +852,10 @@ async def test_a_refusal_on_the_route_s_only_attempt_is_mended_and_remembered_fo
 async def test_an_upstream_given_another_key_by_a_reload_starts_with_nothing_refused(mock_a, mock_b):
     mock_a.script(status(400, body=FOREIGN_REASONING_400))
     rules = responses_pair(mock_a, mock_b)
-    dialer = Dialer(HealthBoard(), allow_url=loopback_url)
-    try:
-        await dialer.run(make_job(rules, path="/v1/responses", body=codex_turn("ENC-B-1"), host="api.openai.com"),
-                         MemorySink())
-        rekeyed = rules.model_copy(update={"upstreams": [
-            u.model_copy(update={"api_key": SecretStr("sk-another-account-000000")}) if u.name == "a" else u
-            for u in rules.upstreams]})
-        await dialer.run(make_job(rekeyed, path="/v1/responses", body=codex_turn("ENC-B-1"), host="api.openai.com"),
-                         MemorySink())
-    finally:
-        await dialer.aclose()
+    rekeyed = rules.model_copy(update={"upstreams": [
+        u.model_copy(update={"api_key": SecretStr("sk-another-account-000000")}) if u.name == "a" else u
+        for u in rules.upstreams]})
+    await codex_turns((rules, codex_turn("ENC-B-1"), None), (rekeyed, codex_turn("ENC-B-1"), None))
     assert [len(r.json["input"]) for r in mock_a.requests] == [3, 2, 3]     # sent whole to the new account
 
 
