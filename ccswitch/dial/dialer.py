@@ -186,6 +186,10 @@ class Dialer:
             # what it is sent of the input, whose sealed reasoning is its own if it serves (read
             # now: a stream's commit lets the request's body go, and nothing here holds it)
             read = _read_by(job, upstream) if upstream.protocol == Protocol.RESPONSES else None
+            if read is not None and job.turn is not None:
+                # a Codex socket's chain keeps the turn when its answer completes, before this
+                # attempt ends: what the upstream is sent is known to it first (the last attempt serves)
+                job.turn.sent = read[1]
             job.upstream_model, job.sent_body = outgoing.upstream_model, outgoing.body
             result = await self._send_and_judge(job, upstream, outgoing, translation, sink, attempt, probing)
         except RenderError as exc:
@@ -230,15 +234,11 @@ class Dialer:
 
     def _served(self, job: Job, upstream: Upstream, read: tuple[list[int], set[int]] | None) -> None:
         """A 2xx: the upstream is healthy, the sealed reasoning it was sent (`read`: its seals,
-        and the items' ids) is its own (a Codex socket's chain is told what it was sent), and the
-        request's session is bound to it (unless it only counted tokens: that writes no prompt
-        cache, so the session's cache stays where it is)."""
+        and the items' ids) is its own, and the request's session is bound to it (unless it only
+        counted tokens: that writes no prompt cache, so the session's cache stays where it is)."""
         self.health.record_success(upstream.name)
         if read is not None:
-            seals, ids = read
-            self.seals.made(_account(upstream), seals)
-            if job.turn is not None:
-                job.turn.sent = ids
+            self.seals.made(_account(upstream), read[0])
         if job.session is not None and job.request.endpoint != Endpoint.COUNT_TOKENS:
             route = job.request.route
             self.sessions.bind(route, job.session, upstream.name, job.rules.routes.spec(route).sticky)

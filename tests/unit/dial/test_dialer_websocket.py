@@ -246,3 +246,21 @@ async def test_a_responses_error_event_before_content_reaches_codex_with_the_sta
     assert len(job.attempts) == 2
     assert sent == [{"type": "error", "status": 429, "error": {
         "code": "rate_limit_exceeded", "message": "Rate limit reached", "param": None}}]
+
+
+async def test_an_item_the_serving_upstream_refused_stays_out_of_the_chain_and_is_never_its_own(mock_a, mock_b):
+    """Through the bridge's own sink: the chain keeps the turn at `response.completed`, during
+    the stream, so it must know by then what the upstream was sent (not the refused item)."""
+    from ccswitch.wire.reasoning import seal_of
+    from tests.support.mock_upstream import ok, status
+    from tests.unit.dial.test_dialer import FOREIGN_REASONING_400
+    mock_a.script(status(400, body=FOREIGN_REASONING_400), ok(sealed="ENC-A-1"))
+    talk = Conversation(rules_for(mock_a, mock_b, a_ws=False, b_ws=False))
+    try:
+        foreign = {"type": "reasoning", "summary": [], "encrypted_content": "ENC-X"}
+        job, _ = await talk.turn(user("one"), foreign, user("two"), full=True)
+        assert job.upstream == "a" and job.status == 200
+        kept = [item.get("encrypted_content") for item in talk.chain.last_input if item["type"] == "reasoning"]
+        assert kept == [] and seal_of(foreign) not in talk.chain.made_by
+    finally:
+        await talk.close()
