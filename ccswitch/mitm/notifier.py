@@ -49,7 +49,8 @@ class Notifications:
         self.poster = WebhookPoster(self.client, allow_url=lambda url: gateway.allow_url(url))
         self.notifier = Notifier(lambda: gateway.rules, self.poster,
                                  claim=lambda name, until: gateway.state.claim(name, until),
-                                 claim_state=lambda name, state: gateway.state.claim_state(name, state),
+                                 claim_state=lambda name, state, episode, absorbed: gateway.state.claim_state(
+                                     name, state, episode, absorbed=absorbed),
                                  settle=lambda: ctx.options.ccswitch_notify_settle,
                                  cooling=lambda name: gateway.health.cooling_until(name) is not None,
                                  shared=lambda: gateway.state.shared)

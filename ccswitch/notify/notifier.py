@@ -30,8 +30,8 @@ Deliver = Callable[[NotifyHook, Event], Awaitable[object]]
 #: holds until a time (epoch seconds)
 Claim = Callable[[str, float], Awaitable[bool]]
 #: the shared state's `claim_state`: whether this instance tells that a claim's subject is now
-#: in a state (`Event.state`)
-ClaimState = Callable[[str, str], Awaitable[bool]]
+#: in a state (`Event.state`) for an episode; the last argument: a cooldown the damper took back
+ClaimState = Callable[[str, str, str, bool], Awaitable[bool]]
 #: how long an occurrence with no known end stays claimed
 UNKNOWN_END = 3600.0
 
@@ -98,6 +98,7 @@ class Notifier:
         self._claim = claim
         self._claim_state = claim_state
         self._claiming: set[asyncio.Task] = set()
+        self._last_claim: dict[str, asyncio.Task] = {}    # per claim name: its claims in order
         self.poster = poster
         self.capacity = capacity
         self.dedupe = Deduper() if dedupe is None else dedupe
@@ -126,9 +127,9 @@ class Notifier:
         the recovery held here: its claim of the state decides (told only if the hooks' last word
         is not a cooldown already)."""
         if self._shared() and event.state:
-            self._accept(event)
+            self._accept(event, absorbed=True)
 
-    def _accept(self, event: Event) -> None:
+    def _accept(self, event: Event, absorbed: bool = False) -> None:
         """Filtered, de-duplicated, cleaned, claimed where shared: then queued for its hooks."""
         if self._loop is None or self._loop.is_closed():
             return
@@ -140,9 +141,13 @@ class Notifier:
             return
         event = clean(event, rules.secret_texts())   # the keys in force when it happened
         if event.claim and (self._claim_state if event.state else self._claim) is not None:
-            task = self._loop.create_task(self._claimed(event))
+            # one claim of a name after the other, told in that order (a cooldown, then the
+            # recovery of a request that was under way, must not reach Redis or the hooks swapped)
+            before = self._last_claim.get(event.claim)
+            task = self._loop.create_task(self._claimed(event, absorbed, before))
             self._claiming.add(task)
-            task.add_done_callback(self._claiming.discard)
+            self._last_claim[event.claim] = task
+            task.add_done_callback(lambda done, name=event.claim: self._claimed_done(name, done))
             return
         self._push(event, hooks)
 
@@ -150,11 +155,19 @@ class Notifier:
     def _hooks_for(event: Event, rules: Rules) -> list[NotifyHook]:
         return [hook for hook in rules.notify if event.kind in hook.events]
 
-    async def _claimed(self, event: Event) -> None:
-        """Told only when this instance claims the occurrence first (or the state, changing it)."""
+    def _claimed_done(self, name: str, task: asyncio.Task) -> None:
+        self._claiming.discard(task)
+        if self._last_claim.get(name) is task:
+            del self._last_claim[name]
+
+    async def _claimed(self, event: Event, absorbed: bool, before: asyncio.Task | None) -> None:
+        """Told only when this instance claims the occurrence first (or the state, changing it),
+        after the claim of the same name before it."""
+        if before is not None:
+            await asyncio.wait([before])
         try:
             if event.state:
-                told_here = await self._claim_state(event.claim, event.state)
+                told_here = await self._claim_state(event.claim, event.state, event.episode, absorbed)
             else:   # until the condition ends, when known
                 until = event.until.timestamp() if event.until is not None else time.time() + UNKNOWN_END
                 told_here = await self._claim(event.claim, until)

@@ -102,10 +102,11 @@ class SharedState(Protocol):
         it until `until` (epoch seconds) does.  True when nothing is shared, and while the shared
         store cannot be reached: an occurrence told twice beats one never told."""
 
-    async def claim_state(self, name: str, state: str) -> bool:
-        """Whether this instance tells that `name` is now `state` (an `Event.state`): the one
-        whose claim changes the last told state does.  True when nothing is shared, and while
-        the shared store cannot be reached."""
+    async def claim_state(self, name: str, state: str, episode: str, *, absorbed: bool = False) -> bool:
+        """Whether this instance tells that `name` is now `state` (an `Event.state`) for
+        `episode`: the one whose claim changes the last told state does.  True when nothing is
+        shared, and while the shared store cannot be reached; `absorbed` (a cooldown the flapping
+        damper took back): told only if the last told state is known to be another."""
 
 
 class InMemoryState:
@@ -123,5 +124,5 @@ class InMemoryState:
     async def claim(self, name: str, until: float) -> bool:
         return True
 
-    async def claim_state(self, name: str, state: str) -> bool:
-        return True
+    async def claim_state(self, name: str, state: str, episode: str, *, absorbed: bool = False) -> bool:
+        return not absorbed

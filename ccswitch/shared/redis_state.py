@@ -45,6 +45,9 @@ PING_EVERY = 5.0         # an idle connection is checked this often
 _PARSE_SLICE = 500     # stored records parsed between two turns of the loop
 STOP_FLUSH = 2.0         # what is still queued at shutdown gets this long
 STATE_CLAIM_TTL = 7 * 86400   # an upstream's last told state (cooldown, recovered) is kept this long
+# the same state claimed again within this long is the same news (instances that saw it at once,
+# each naming the outage its own way, before either heard of the other's)
+SAME_NEWS = 10.0
 _OUTAGES = (RedisError, OSError, asyncio.TimeoutError)
 
 # the larger of the stored spend and this instance's (a Redis that lost its data, see docs/scale-out.md)
@@ -76,6 +79,16 @@ class Lag:
             return None
         ordered = sorted(self.samples)
         return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def _told(value: object) -> tuple[str | None, str, float]:
+    """(state, episode, when) of a stored state claim; (None, "", 0) for none or one not ours."""
+    text = value.decode() if isinstance(value, bytes) else value
+    parts = text.split(" ") if isinstance(text, str) else []
+    try:
+        return parts[0], parts[1], float(parts[2])
+    except (IndexError, ValueError):
+        return None, "", 0.0
 
 
 class RedisState:
@@ -146,23 +159,36 @@ class RedisState:
             log.debug("ccswitch: could not claim %r in %s (%s): told here", name, self.where, self._describe(exc))
             return True
 
-    async def claim_state(self, name: str, state: str) -> bool:
-        """One SET … GET per state told: the instance that finds another state there tells it,
-        and so does one that told a state of it while Redis could not be asked (what Redis holds
-        is from before: the hooks may have heard otherwise since)."""
+    async def claim_state(self, name: str, state: str, episode: str, *, absorbed: bool = False) -> bool:
+        """One SET … GET per state told (`state episode time`): the instance that finds another
+        state there tells it, or the same state of another episode claimed over `SAME_NEWS` ago
+        (a change no instance told: a recovery lost to a restart).  So does one that told a state
+        of it while Redis could not be asked (what Redis holds is from before).  An `absorbed`
+        cooldown is told only if Redis holds another state."""
         client = self._client
         if not self.up or client is None:
-            self._told_unshared.add(name)
-            return True
+            return self._unshared(name, absorbed)
+        now = self.wall()
         try:
-            before = await client.set(layout.claim_key(name), state, get=True, ex=STATE_CLAIM_TTL)
+            before = await client.set(layout.claim_key(name), f"{state} {episode} {now:.3f}", get=True,
+                                      ex=STATE_CLAIM_TTL)
         except _OUTAGES as exc:
-            log.debug("ccswitch: could not claim %r in %s (%s): told here", name, self.where, self._describe(exc))
-            self._told_unshared.add(name)
-            return True
+            log.debug("ccswitch: could not claim %r in %s (%s)", name, self.where, self._describe(exc))
+            return self._unshared(name, absorbed)
+        told_state, told_episode, told_at = _told(before)
+        if absorbed:
+            return told_state is not None and told_state != state
         stale = name in self._told_unshared
         self._told_unshared.discard(name)
-        return stale or (before.decode() if isinstance(before, bytes) else before) != state
+        same_news = told_state == state and (told_episode == episode or now - told_at < SAME_NEWS)
+        return stale or not same_news
+
+    def _unshared(self, name: str, absorbed: bool) -> bool:
+        """Redis cannot be asked: told here (but an absorbed cooldown), remembered as such."""
+        if absorbed:
+            return False
+        self._told_unshared.add(name)
+        return True
 
     # ------------------------------------------------------------------ the boards' hook (request path)
 

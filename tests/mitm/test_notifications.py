@@ -159,7 +159,7 @@ async def test_an_occurrence_another_instance_claimed_is_not_told_here(tmp_path)
         def __init__(self):
             self.asked = []
 
-        async def claim_state(self, name, state):
+        async def claim_state(self, name, state, episode, absorbed=False):
             self.asked.append((name, state))
             return state != "cooldown"
 

@@ -216,7 +216,7 @@ async def test_a_claim_of_a_state_is_told_by_the_instance_that_changes_the_last_
     told_states: dict[str, str] = {}
     asked = []
 
-    async def claim_state(name, state):
+    async def claim_state(name, state, episode, absorbed):
         asked.append((name, state))
         before, told_states[name] = told_states.get(name), state
         return before != state
@@ -258,7 +258,7 @@ async def test_with_a_shared_state_a_cooldown_the_damper_takes_back_is_told_if_a
     the hooks' last word would be B's `recovered` while the upstream is down."""
     told_states: dict[str, str] = {}
 
-    async def claim_state(name, state):
+    async def claim_state(name, state, episode, absorbed):
         before, told_states[name] = told_states.get(name), state
         return before != state
 
@@ -283,3 +283,26 @@ async def test_with_a_shared_state_a_cooldown_the_damper_takes_back_is_told_if_a
     assert a_poster.kinds(FAST) == ["cooldown", "recovered", "cooldown", "cooldown"]
     await a.aclose()
     await b.aclose()
+
+
+async def test_the_claims_of_one_name_are_made_and_told_in_the_order_their_events_came():
+    """A 429's cooldown, then the 2xx of a request that was under way: were the recovery's claim
+    to land first, the hooks' last word would be `cooldown` for a healthy upstream."""
+    order, first_may_go = [], asyncio.Event()
+
+    async def claim_state(name, state, episode, absorbed):
+        if state == "cooldown":
+            await first_may_go.wait()       # the first claim is the slow one
+        order.append(state)
+        return True
+
+    notifier, poster = await started(rules(), claim_state=claim_state)
+    notifier.offer(Event("cooldown", "a", "r", episode="1", claim="health:a", state="cooldown"))
+    notifier.offer(Event("recovered", "a", "r", episode="1", claim="health:a", state="recovered"))
+    await settle()
+    assert order == [] and poster.kinds(FAST) == []
+    first_may_go.set()
+    await settle()
+    assert order == ["cooldown", "recovered"] and poster.kinds(FAST) == ["cooldown", "recovered"]
+    assert notifier._last_claim == {}
+    await notifier.aclose()

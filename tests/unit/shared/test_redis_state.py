@@ -132,7 +132,7 @@ async def test_a_late_starter_loads_what_redis_holds(redis_url):
         a.spend.add(CLIENT, "k", 0.25)
         await eventually(lambda: not a.state._pending and not a.state._unsent)
         await asyncio.sleep(0.05)
-        assert await a.state.claim_state("health:relay", "cooldown") is True    # who tells what: no record
+        assert await a.state.claim_state("health:relay", "cooldown", "1") is True    # who tells what: no record
         async with Node(redis_url) as c:
             assert c.health.cooling_until("relay") is not None
             assert c.sessions.bound("messages", "s") == "relay"
@@ -250,9 +250,9 @@ async def test_two_instances_reaching_a_cooldown_at_once_tell_it_once(redis_url,
         a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
         b.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
         assert len(seen) == 2 and seen[0][1].episode != seen[1][1].episode
-        told = [await node.state.claim_state(event.claim, event.state) for node, event in seen]
+        told = [await node.state.claim_state(event.claim, event.state, event.episode) for node, event in seen]
         assert told == [True, False]
-        assert await store.get("ccswitch:n:health:relay") == "cooldown"
+        assert (await store.get("ccswitch:n:health:relay")).startswith(f"cooldown {seen[1][1].episode} ")
         assert 6 * 86400_000 < await store.pttl("ccswitch:n:health:relay") <= 7 * 86400_000
 
 
@@ -261,22 +261,49 @@ async def test_each_change_of_an_upstream_s_state_is_told_once_however_soon_it_f
     """A second outage a moment after an early recovery is news (the hooks must not be left with
     `recovered` while it is down); the same state reported again, by either instance, is not."""
     async with Node(redis_url) as a, Node(redis_url) as b:
-        steps = [(a, "cooldown"), (b, "cooldown"), (b, "recovered"), (a, "recovered"), (a, "cooldown"),
-                 (b, "recovered")]
-        told = [await node.state.claim_state("health:relay", state) for node, state in steps]
+        steps = [(a, "cooldown", "1"), (b, "cooldown", "1b"), (b, "recovered", "1b"), (a, "recovered", "1"),
+                 (a, "cooldown", "2"), (b, "recovered", "2")]
+        told = [await node.state.claim_state("health:relay", state, episode) for node, state, episode in steps]
     assert told == [True, False, True, False, True, True]
+
+
+async def test_the_same_state_of_another_outage_claimed_long_after_the_last_is_news(redis_url, store):
+    """Its recovery was never told (every instance restarted once its cooldown had ended): a
+    cooldown found there from an hour ago is no reason to keep a new outage quiet; the same
+    outage is the same news however late (an instance that learnt of it late)."""
+    async with Node(redis_url) as a:
+        await store.set("ccswitch:n:health:relay", f"cooldown old {time.time() - 3600:.3f}")
+        assert await a.state.claim_state("health:relay", "cooldown", "old") is False
+        await store.set("ccswitch:n:health:relay", f"cooldown old {time.time() - 3600:.3f}")
+        assert await a.state.claim_state("health:relay", "cooldown", "new") is True
+        assert await a.state.claim_state("health:relay", "cooldown", "newer") is False    # within 10 s
+        await store.set("ccswitch:n:health:relay", "written by something else")
+        assert await a.state.claim_state("health:relay", "cooldown", "x") is True
+
+
+async def test_a_cooldown_the_damper_took_back_is_told_only_if_redis_holds_another_state(redis_url, store):
+    async with Node(redis_url) as a:
+        assert await a.state.claim_state("health:relay", "cooldown", "1", absorbed=True) is False   # nothing held
+        await store.set("ccswitch:n:health:relay", f"cooldown 1 {time.time() - 3600:.3f}")
+        assert await a.state.claim_state("health:relay", "cooldown", "2", absorbed=True) is False
+        assert await a.state.claim_state("health:relay", "recovered", "2") is True      # another instance's
+        assert await a.state.claim_state("health:relay", "cooldown", "3", absorbed=True) is True
+        a.state.up = False      # unreachable: not told, and not taken as told here
+        assert await a.state.claim_state("health:relay", "cooldown", "4", absorbed=True) is False
+        a.state.up = True
+        assert await a.state.claim_state("health:relay", "cooldown", "4") is False
 
 
 async def test_a_state_told_while_redis_was_away_is_told_again_once_it_is_back(redis_url, store):
     """Redis still holds `cooldown` from before; the hooks heard `recovered` from here meanwhile:
     the next cooldown is news, whatever Redis held."""
     async with Node(redis_url) as a:
-        assert await a.state.claim_state("health:relay", "cooldown") is True
+        assert await a.state.claim_state("health:relay", "cooldown", "1") is True
         a.state.up = False
-        assert await a.state.claim_state("health:relay", "recovered") is True     # told here alone
+        assert await a.state.claim_state("health:relay", "recovered", "1") is True     # told here alone
         a.state.up = True
-        assert await a.state.claim_state("health:relay", "cooldown") is True
-        assert await a.state.claim_state("health:relay", "cooldown") is False
+        assert await a.state.claim_state("health:relay", "cooldown", "1") is True
+        assert await a.state.claim_state("health:relay", "cooldown", "1") is False
 
 
 async def test_a_claim_is_granted_when_redis_fails_to_answer_it():
@@ -284,7 +311,7 @@ async def test_a_claim_is_granted_when_redis_fails_to_answer_it():
     state.up, state._client = True, state._connect()      # up a moment ago: the command itself fails
     try:
         assert await state.claim("budget:x", time.time() + 10) is True
-        assert await state.claim_state("health:relay", "cooldown") is True
+        assert await state.claim_state("health:relay", "cooldown", "1") is True
     finally:
         await state._client.aclose()
 
@@ -293,4 +320,4 @@ async def test_a_claim_is_granted_when_redis_cannot_be_asked():
     # telling an occurrence twice beats never telling it
     state = RedisState(RedisURL.parse("redis://127.0.0.1:9/0"))
     assert await state.claim("budget:x", time.time() + 60) is True
-    assert await state.claim_state("health:relay", "cooldown") is True
+    assert await state.claim_state("health:relay", "cooldown", "1") is True
