@@ -30,12 +30,12 @@ from collections.abc import Callable
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from ccswitch.config.state_url import RedisURL
 from ccswitch.routing.changes import Change, SpendAdded, SpendTotal, add_to, decode, encode, with_total
 from ccswitch.routing.state import Boards
 from ccswitch.shared import layout
+from ccswitch.shared.claims import OUTAGES, Claims
 
 log = logging.getLogger("ccswitch.state")
 
@@ -44,11 +44,7 @@ BATCH = 500              # records per write and per message
 PING_EVERY = 5.0         # an idle connection is checked this often
 _PARSE_SLICE = 500     # stored records parsed between two turns of the loop
 STOP_FLUSH = 2.0         # what is still queued at shutdown gets this long
-STATE_CLAIM_TTL = 7 * 86400   # an upstream's last told state (cooldown, recovered) is kept this long
-# the same state claimed again within this long is the same news (instances that saw it at once,
-# each naming the outage its own way, before either heard of the other's)
-SAME_NEWS = 10.0
-_OUTAGES = (RedisError, OSError, asyncio.TimeoutError)
+_OUTAGES = OUTAGES
 
 # the larger of the stored spend and this instance's (a Redis that lost its data, see docs/scale-out.md)
 _RAISE_SPEND = """
@@ -81,17 +77,7 @@ class Lag:
         return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def _told(value: object) -> tuple[str | None, str, float]:
-    """(state, episode, when) of a stored state claim; (None, "", 0) for none or one not ours."""
-    text = value.decode() if isinstance(value, bytes) else value
-    parts = text.split(" ") if isinstance(text, str) else []
-    try:
-        return parts[0], parts[1], float(parts[2])
-    except (IndexError, ValueError):
-        return None, "", 0.0
-
-
-class RedisState:
+class RedisState(Claims):
     """Boards kept in step with every other instance on the same Redis database."""
 
     shared = True
@@ -110,8 +96,7 @@ class RedisState:
         self.lag = Lag()
         self.dropped = 0           # records dropped because the queue was full
         self.malformed = 0         # published records that could not be read
-        # states told here while Redis could not be asked: what it holds of them may be stale
-        self._told_unshared: set[str] = set()
+        self._told_unshared: set[str] = set()     # see Claims
         self._pending: dict[tuple, Change] = {}
         self._unsent: dict[tuple, SpendAdded] = {}    # spend Redis has not acknowledged yet
         self._oldest: float | None = None             # when the oldest queued record was made
@@ -146,49 +131,6 @@ class RedisState:
             log.info("ccswitch: shared state: applied %d change message(s) from other instances; "
                      "staleness p50 %.1f ms, p99 %.1f ms", self.lag.count,
                      self.lag.percentile(0.5) * 1000, self.lag.percentile(0.99) * 1000)
-
-    async def claim(self, name: str, until: float) -> bool:
-        """One SET NX per occurrence told: the instance whose claim lands first tells it."""
-        client = self._client
-        if not self.up or client is None:
-            return True
-        try:
-            return bool(await client.set(layout.claim_key(name), self.instance, nx=True,
-                                         px=max(1000, int((until - self.wall()) * 1000))))
-        except _OUTAGES as exc:
-            log.debug("ccswitch: could not claim %r in %s (%s): told here", name, self.where, self._describe(exc))
-            return True
-
-    async def claim_state(self, name: str, state: str, episode: str, *, absorbed: bool = False) -> bool:
-        """One SET … GET per state told (`state episode time`): the instance that finds another
-        state there tells it, or the same state of another episode claimed over `SAME_NEWS` ago
-        (a change no instance told: a recovery lost to a restart).  So does one that told a state
-        of it while Redis could not be asked (what Redis holds is from before).  An `absorbed`
-        cooldown is told only if Redis holds another state."""
-        client = self._client
-        if not self.up or client is None:
-            return self._unshared(name, absorbed)
-        now = self.wall()
-        try:
-            before = await client.set(layout.claim_key(name), f"{state} {episode} {now:.3f}", get=True,
-                                      ex=STATE_CLAIM_TTL)
-        except _OUTAGES as exc:
-            log.debug("ccswitch: could not claim %r in %s (%s)", name, self.where, self._describe(exc))
-            return self._unshared(name, absorbed)
-        told_state, told_episode, told_at = _told(before)
-        if absorbed:
-            return told_state is not None and told_state != state
-        stale = name in self._told_unshared
-        self._told_unshared.discard(name)
-        same_news = told_state == state and (told_episode == episode or now - told_at < SAME_NEWS)
-        return stale or not same_news
-
-    def _unshared(self, name: str, absorbed: bool) -> bool:
-        """Redis cannot be asked: told here (but an absorbed cooldown), remembered as such."""
-        if absorbed:
-            return False
-        self._told_unshared.add(name)
-        return True
 
     # ------------------------------------------------------------------ the boards' hook (request path)
 

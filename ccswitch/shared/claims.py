@@ -1,0 +1,79 @@
+"""Who tells a notification, when several instances share one Redis: claims of occurrences
+(`SET NX`) and of an upstream's told state (`SET … GET`).  A part of `RedisState`, apart for
+reading: it uses the state's client, its `up` flag and its instance id."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.exceptions import RedisError
+
+from ccswitch.shared import layout
+
+log = logging.getLogger("ccswitch.state")
+#: what an unreachable (or failing) Redis raises
+OUTAGES = (RedisError, OSError, asyncio.TimeoutError)
+
+STATE_CLAIM_TTL = 7 * 86400   # an upstream's last told state (cooldown, recovered) is kept this long
+# the same state claimed again within this long is the same news (instances that saw it at once,
+# each naming the outage its own way, before either heard of the other's)
+SAME_NEWS = 10.0
+
+
+def _told(value: object) -> tuple[str | None, str, float]:
+    """(state, episode, when) of a stored state claim; (None, "", 0) for none or one not ours."""
+    text = value.decode() if isinstance(value, bytes) else value
+    parts = text.split(" ") if isinstance(text, str) else []
+    try:
+        return parts[0], parts[1], float(parts[2])
+    except (IndexError, ValueError):
+        return None, "", 0.0
+
+
+class Claims:
+    """The claims of `RedisState` (whose `_client`, `up`, `instance`, `wall`, `where`,
+    `_describe` and `_told_unshared` they use)."""
+
+    async def claim(self, name: str, until: float) -> bool:
+        """One SET NX per occurrence told: the instance whose claim lands first tells it."""
+        client = self._client
+        if not self.up or client is None:
+            return True
+        try:
+            return bool(await client.set(layout.claim_key(name), self.instance, nx=True,
+                                         px=max(1000, int((until - self.wall()) * 1000))))
+        except OUTAGES as exc:
+            log.debug("ccswitch: could not claim %r in %s (%s): told here", name, self.where, self._describe(exc))
+            return True
+
+    async def claim_state(self, name: str, state: str, episode: str, *, absorbed: bool = False) -> bool:
+        """One SET … GET per state told (`state episode time`): the instance that finds another
+        state there tells it, or the same state of another episode claimed over `SAME_NEWS` ago
+        (a change no instance told: a recovery lost to a restart).  So does one that told a state
+        of it while Redis could not be asked (what Redis holds is from before).  An `absorbed`
+        cooldown is told only if Redis holds another state."""
+        client = self._client
+        if not self.up or client is None:
+            return self._unshared(name, absorbed)
+        now = self.wall()
+        try:
+            before = await client.set(layout.claim_key(name), f"{state} {episode} {now:.3f}", get=True,
+                                      ex=STATE_CLAIM_TTL)
+        except OUTAGES as exc:
+            log.debug("ccswitch: could not claim %r in %s (%s)", name, self.where, self._describe(exc))
+            return self._unshared(name, absorbed)
+        told_state, told_episode, told_at = _told(before)
+        if absorbed:
+            return told_state is not None and told_state != state
+        stale = name in self._told_unshared
+        self._told_unshared.discard(name)
+        same_news = told_state == state and (told_episode == episode or now - told_at < SAME_NEWS)
+        return stale or not same_news
+
+    def _unshared(self, name: str, absorbed: bool) -> bool:
+        """Redis cannot be asked: told here (but an absorbed cooldown), remembered as such."""
+        if absorbed:
+            return False
+        self._told_unshared.add(name)
+        return True
