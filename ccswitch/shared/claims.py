@@ -25,6 +25,8 @@ def _told(value: object) -> tuple[str | None, str, float]:
     """(state, episode, when) of a stored state claim; (None, "", 0) for none or one not ours."""
     text = value.decode() if isinstance(value, bytes) else value
     parts = text.split(" ") if isinstance(text, str) else []
+    if len(parts) == 1 and parts[0]:
+        return parts[0], "", 0.0        # an older ccswitch's: the state alone
     try:
         return parts[0], parts[1], float(parts[2])
     except (IndexError, ValueError):
@@ -65,10 +67,14 @@ class Claims:
             return self._unshared(name, absorbed)
         told_state, told_episode, told_at = _told(before)
         if absorbed:
+            if name in self._told_unshared:     # the hooks' last word was told here: a cooldown
+                self._told_unshared.discard(name)
+                return False
             return told_state is not None and told_state != state
         stale = name in self._told_unshared
         self._told_unshared.discard(name)
-        same_news = told_state == state and (told_episode == episode or now - told_at < SAME_NEWS)
+        # (the instances' clocks are taken to agree, as NTP keeps them)
+        same_news = told_state == state and (told_episode == episode or 0 <= now - told_at < SAME_NEWS)
         return stale or not same_news
 
     def _unshared(self, name: str, absorbed: bool) -> bool:

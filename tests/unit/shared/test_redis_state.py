@@ -279,6 +279,10 @@ async def test_the_same_state_of_another_outage_claimed_long_after_the_last_is_n
         assert await a.state.claim_state("health:relay", "cooldown", "newer") is False    # within 10 s
         await store.set("ccswitch:n:health:relay", "written by something else")
         assert await a.state.claim_state("health:relay", "cooldown", "x") is True
+        await store.set("ccswitch:n:health:relay", f"cooldown old {time.time() + 60:.3f}")   # a clock ahead
+        assert await a.state.claim_state("health:relay", "cooldown", "y") is True
+        await store.set("ccswitch:n:health:relay", "recovered")      # an older ccswitch's
+        assert await a.state.claim_state("health:relay", "cooldown", "z", absorbed=True) is True
 
 
 async def test_a_cooldown_the_damper_took_back_is_told_only_if_redis_holds_another_state(redis_url, store):
@@ -292,6 +296,12 @@ async def test_a_cooldown_the_damper_took_back_is_told_only_if_redis_holds_anoth
         assert await a.state.claim_state("health:relay", "cooldown", "4", absorbed=True) is False
         a.state.up = True
         assert await a.state.claim_state("health:relay", "cooldown", "4") is False
+        a.state.up = False      # this instance tells a recovery alone, then a flapping cooldown
+        assert await a.state.claim_state("health:relay", "recovered", "4") is True
+        assert await a.state.claim_state("health:relay", "cooldown", "5") is True
+        a.state.up = True       # Redis back, still holding what came before: the hooks' last word is ours
+        await store.set("ccswitch:n:health:relay", f"recovered 0 {time.time() - 3600:.3f}")
+        assert await a.state.claim_state("health:relay", "cooldown", "6", absorbed=True) is False
 
 
 async def test_a_state_told_while_redis_was_away_is_told_again_once_it_is_back(redis_url, store):
