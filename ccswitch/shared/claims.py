@@ -73,8 +73,9 @@ class Claims:
             return told_state is not None and told_state != state
         stale = name in self._told_unshared
         self._told_unshared.discard(name)
-        # (the instances' clocks are taken to agree, as NTP keeps them)
-        same_news = told_state == state and (told_episode == episode or 0 <= now - told_at < SAME_NEWS)
+        # (the instances' clocks are taken to agree, as NTP keeps them; a stored time is rounded
+        # to the millisecond, so a moment later can read as a moment before)
+        same_news = told_state == state and (told_episode == episode or abs(now - told_at) < SAME_NEWS)
         return stale or not same_news
 
     def _unshared(self, name: str, absorbed: bool) -> bool:
