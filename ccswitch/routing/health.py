@@ -127,11 +127,7 @@ class HealthBoard:
         if state.cooling_until:     # failures below the threshold never cooled it down: nothing ends
             log.info("upstream %s recovered", name)
         news = bool(state.failures or state.cooling_until or state.outage or state.rate_limited or state.last_error)
-        if state.outage is not None and self.events is not None:
-            # as for its cooldown: instances that cooled it down at once named the outage each
-            # their own way, and may each see a 2xx at once
-            self.events.emit(Event("recovered", name, "answered with a 2xx again after its cooldown",
-                                   episode=state.outage, claim=health_claim(name), state="recovered"))
+        self._outage_ended(name, state, "answered with a 2xx again after its cooldown")
         state.outage = None
         state.failures = 0
         state.cooling_until = 0.0
@@ -203,7 +199,9 @@ class HealthBoard:
             self._share_switch(name)
 
     def _outage_ended(self, name: str, old: UpstreamHealth, reason: str) -> None:
-        """An outage ended without a 2xx: the hooks, told of its cooldown, are told it is over."""
+        """An outage ended (a 2xx, a reset, a new identity): the hooks, told of its cooldown, are
+        told it is over.  Claimed as the upstream's state, as its cooldown was: instances that
+        cooled it down at once named the outage each their own way, and may each see a 2xx at once."""
         if old.outage is not None and self.events is not None:
             self.events.emit(Event("recovered", name, reason, episode=old.outage, claim=health_claim(name),
                                    state="recovered"))

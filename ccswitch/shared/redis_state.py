@@ -44,7 +44,6 @@ BATCH = 500              # records per write and per message
 PING_EVERY = 5.0         # an idle connection is checked this often
 _PARSE_SLICE = 500     # stored records parsed between two turns of the loop
 STOP_FLUSH = 2.0         # what is still queued at shutdown gets this long
-_OUTAGES = OUTAGES
 
 # the larger of the stored spend and this instance's (a Redis that lost its data, see docs/scale-out.md)
 _RAISE_SPEND = """
@@ -121,7 +120,7 @@ class RedisState(Claims):
         if self.up and self._client is not None and (self._pending or self._unsent or self._writing):
             try:
                 await asyncio.wait_for(self._drain(self._client), STOP_FLUSH)
-            except (*_OUTAGES, asyncio.CancelledError) as exc:
+            except (*OUTAGES, asyncio.CancelledError) as exc:
                 log.warning("ccswitch: could not hand the last changes to %s (%s)", self.where, self._describe(exc))
         if self._task is not None:
             self._task.cancel()
@@ -169,7 +168,7 @@ class RedisState(Claims):
             client = self._client = self._connect()
             try:
                 await self._session(client)
-            except _OUTAGES as exc:
+            except OUTAGES as exc:
                 self._went_down(exc)
             except Exception as exc:        # a bug here must not end sharing for good
                 log.exception("ccswitch: the shared state failed; reconnecting")
@@ -181,7 +180,7 @@ class RedisState(Claims):
                 self._oldest = None
                 try:
                     await client.aclose()
-                except _OUTAGES:
+                except OUTAGES:
                     pass
             if self._connected_once:
                 pause, self._connected_once = self.retry[0], False
@@ -207,7 +206,7 @@ class RedisState(Claims):
         finally:
             try:
                 await pubsub.aclose()
-            except _OUTAGES:
+            except OUTAGES:
                 pass
 
     def _describe(self, exc: BaseException) -> str:

@@ -70,22 +70,17 @@ class SealMemory:
         left-out items are remembered.  An account that refused only items it made (its key
         changed hands at the provider, or a seal went bad) gets none of them, and forgets
         having made those."""
-        sealed = [item for item in items if is_encrypted_reasoning(item)]
+        sealed = {id(item): seal_of(item) for item in items if is_encrypted_reasoning(item)}
         if not sealed:
             return None
         made = self._made.get(account, {})
-        if all(seal_of(item) in made for item in sealed):
-            for item in sealed:
-                made.pop(seal_of(item), None)
-        kept, left_out = [], []
-        for item in items:
-            if not is_encrypted_reasoning(item):
-                kept.append(item)
-            elif (seal := seal_of(item)) is not None and seal in made:
-                kept.append(item)
-            elif seal is not None:
-                left_out.append(seal)
-        self._remember(self._refused, account, left_out)
+        if all(seal in made for seal in sealed.values()):
+            for seal in sealed.values():
+                made.pop(seal, None)
+        # (a seal that is no string, None, is never its own: left out, not remembered)
+        kept = [item for item in items if id(item) not in sealed or sealed[id(item)] in made]
+        self._remember(self._refused, account,
+                       [seal for seal in sealed.values() if seal is not None and seal not in made])
         return kept if len(kept) < len(items) else None
 
     def leave_out(self, account: Hashable, body: Any) -> dict | None:

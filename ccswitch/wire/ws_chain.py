@@ -109,10 +109,12 @@ class Chain:
             for item in output or self._items:
                 if (seal := seal_of(item)) is not None:
                     self.made_by[seal] = upstream
-            for item in sent_input(self._pending, upstream):   # it read what it was sent: its own
+            sent = sent_input(self._pending, upstream)
+            for item in sent:   # it read what it was sent: its own
                 if (seal := seal_of(item)) is not None:
                     self.made_by.setdefault(seal, upstream)
-            self._commit(response.get("id"), chained_input(self._pending, upstream), output or self._items, upstream)
+            self._commit(response.get("id"), chained_input(self._pending, upstream, sent), output or self._items,
+                         upstream)
         elif kind in ("error", "response.failed", "response.incomplete"):
             self.drop()
 
@@ -151,14 +153,14 @@ def sent_input(turn: Turn, upstream: str) -> list[Any]:
     return [item for item in turn.input if id(item) in turn.sent]
 
 
-def chained_input(turn: Turn, upstream: str) -> list[Any]:
-    """What the chain keeps of a turn `upstream` completed: what it was sent, and the reasoning
-    the chain's upstreams made or took (a later turn may be theirs: a conversation that went
-    from A to B and back keeps A's).  Reasoning of unknown make it was not sent stays out: it
-    would come back once the next turn is `upstream`'s own."""
-    sent = {id(item) for item in sent_input(turn, upstream)}
+def chained_input(turn: Turn, upstream: str, sent: list[Any] | None = None) -> list[Any]:
+    """What the chain keeps of a turn `upstream` completed: what it was sent (`sent_input`, when
+    the caller has it), and the reasoning the chain's upstreams made or took (a later turn may be
+    theirs: a conversation that went from A to B and back keeps A's).  Reasoning of unknown make
+    it was not sent stays out: it would come back once the next turn is `upstream`'s own."""
+    sent_ids = {id(item) for item in (sent_input(turn, upstream) if sent is None else sent)}
     return [item for item in turn.input
-            if not is_encrypted_reasoning(item) or id(item) in sent or seal_of(item) in turn.made_by]
+            if not is_encrypted_reasoning(item) or id(item) in sent_ids or seal_of(item) in turn.made_by]
 
 
 def _fits(turn: Turn, upstream: str, item: Any) -> bool:

@@ -106,7 +106,7 @@ class AnthropicChatStream:
         kind = block.get("type")
         index = data.get("index")
         if kind == "tool_use" and self.json_tool is not None and block.get("name") == self.json_tool:
-            if any(block.kind == "json" for block in self.blocks.values()):
+            if any(seen.kind == "json" for seen in self.blocks.values()):
                 self.blocks[index] = _Block("other")   # the first is the answer: two would be no JSON
                 return b""
             state = self.blocks[index] = _Block("json")
