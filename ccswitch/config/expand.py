@@ -137,7 +137,7 @@ def expand_proxies(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[str, 
             places.append((f"upstreams[{i}].proxy", up, "proxy"))
     problems: list[tuple[str, str]] = []
     for path, holder, key in places:
-        value, missing, malformed = _expand(holder[key], env)
+        value, missing, malformed = _expand_url(holder[key], env)
         if malformed:
             problems.append((path, "malformed ${...} reference (use ${NAME}, or $${ for a literal ${)"))
         problems += [(path, f"environment variable {n} is not set (set it where ccswitch runs)") for n in missing]

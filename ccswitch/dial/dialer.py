@@ -13,7 +13,6 @@ import logging
 import time
 import typing
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 
 from ccswitch.config.models import Upstream
 from ccswitch.dial.job import CLIENT_CLOSED, KILLED, Attempt, Job, marks
@@ -31,10 +30,10 @@ from ccswitch.dial.render import OutgoingRequest, render
 from ccswitch.dial.ws_upstream import TurnResponse
 from ccswitch.net import http1
 from ccswitch.routing.affinity import SessionBindings
-from ccswitch.routing.events import Event, Events
+from ccswitch.routing.events import Events
 from ccswitch.routing.health import HealthBoard
+from ccswitch.routing.limits import cool_rate_limited, learn_windows
 from ccswitch.routing.quota import QuotaBoard
-from ccswitch.routing.rate_limits import rejection_reset
 from ccswitch.translate import translation_for
 from ccswitch.vocab import Action, Endpoint, Protocol
 from ccswitch.wire import protocols
@@ -248,22 +247,6 @@ class Dialer:
                       refusal: bool) -> None:
         cool_rate_limited(self.health, self.quota, name, reason, headers, cooldown, refusal=refusal)
 
-    def _record_quota(self, name: str, headers: list[tuple[str, str]], drain_at: float) -> None:
-        """Learn the answer's rate-limit windows; an upstream this answer made full is news."""
-        was_full = self.events is not None and self.quota.full(name, drain_at) is not None
-        self.quota.record(name, headers)
-        if self.events is None or was_full:
-            return
-        window = self.quota.full(name, drain_at)
-        if window is None:
-            return
-        ends = self.quota.full_until(name, drain_at) or self.quota.clock()   # also for a window without a reset
-        self.events.emit(Event(
-            "full", name, f"its {window.name} window is at {window.utilization:.0%} (drain_at {drain_at:.0%})"
-            f"{', rejecting requests' if window.rejected else ''}: skipped until it resets",
-            until=None if window.resets_at is None else datetime.fromtimestamp(window.resets_at, UTC),
-            episode=f"{window.name}:{ends:.0f}", claim=f"full:{name}:{window.name}:{ends:.0f}"))
-
     async def _send_and_judge(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest,
                               translation, sink: Sink, attempt: Attempt, probing: bool) -> Reply | Failure | Streamed:
         rules = job.rules
@@ -279,7 +262,7 @@ class Dialer:
             return network_failure(upstream.name, exc, rules.failover.on_network_error,
                                    "first_byte" if job.request.stream else "total")
         attempt.status = response.status_code
-        self._record_quota(upstream.name, response.headers, rules.failover.drain_at)
+        learn_windows(self.quota, self.events, upstream.name, response.headers, rules.failover.drain_at)
         if probing:
             self.health.end_probe(upstream.name)   # it answered: others may use it while this one streams
         try:
@@ -385,19 +368,3 @@ def _account(upstream: Upstream) -> tuple:
 async def _answer(job: Job, sink: Sink, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
     job.ttfb_ms = job.elapsed_ms()
     await send_whole(sink, status, headers, body)
-
-
-def cool_rate_limited(health: HealthBoard, quota: QuotaBoard, name: str, reason: str,
-                      headers: list[tuple[str, str]], cooldown: float, *, refusal: bool) -> None:
-    """A rate-limited upstream cools down at once: until the reset of the window that rejected,
-    when it was reported (here or in the rate-limit headers last seen), else for `cooldown`.
-    `refusal`: the headers are the 429's own, not those of a 2xx whose stream said it later."""
-    now = quota.clock()
-    reset = rejection_reset(headers, now, lone=refusal) if headers else None
-    if reset is None:
-        full = quota.full(name, 1.0)
-        reset = full.resets_at if full is not None else None
-    if reset is not None and reset > now:
-        health.record_rate_limit(name, reason, seconds=reset - now, reset_known=True)
-    else:
-        health.record_rate_limit(name, reason, seconds=cooldown, reset_known=False)

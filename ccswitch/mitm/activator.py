@@ -14,7 +14,6 @@ from ccswitch.activation.history import PastProbe, restore
 from ccswitch.activation.probe import ProbeResult, Schedule, Slot, send_probe
 from ccswitch.clock import ms_since, utc_now
 from ccswitch.config.models import Rules, Upstream
-from ccswitch.dial.dialer import cool_rate_limited
 from ccswitch.dial.shutdown import CUT_BY_SHUTDOWN
 from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
 from ccswitch.mitm.commands import known_upstream
@@ -22,6 +21,7 @@ from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.mitm.lifecycle import hook_task
 from ccswitch.net import http1
 from ccswitch.routing.events import Event
+from ccswitch.routing.limits import cool_rate_limited, learn_windows
 
 log = logging.getLogger("ccswitch.activation")
 #: how long a claimed activation time stays another instance's (its slot names its day)
@@ -146,7 +146,8 @@ class Activator:
             self.gateway.ledger.add("activations", result.row(slot))
         # an answer like any: its rate-limit windows are learnt, and a 429 cools the upstream down
         if result.limits:
-            self.gateway.quota.record(upstream.name, list(result.limits))
+            learn_windows(self.gateway.quota, self.gateway.events, upstream.name, list(result.limits),
+                          rules.failover.drain_at)
         if result.status == 429:
             cool_rate_limited(self.gateway.health, self.gateway.quota, upstream.name, result.error or "HTTP 429",
                               list(result.limits), rules.failover.cooldown, refusal=True)

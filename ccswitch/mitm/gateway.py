@@ -86,10 +86,13 @@ class Gateway:
         return self.rules_file.rules
 
     def sync_upstreams(self) -> None:
-        """After the rules were (re)loaded: what is known of upstreams that keep their name stays."""
-        self.health.sync(self.rules_file.fingerprints())
+        """After the rules were (re)loaded: what is known of upstreams that keep their name stays,
+        unless another key, URL or protocol makes one another account: its rate-limit windows were
+        the old account's (a spent key swapped for a fresh one must not stay full)."""
         names = [u.name for u in self.rules.upstreams]
         self.quota.sync(names)
+        for name in self.health.sync(self.rules_file.fingerprints()):
+            self.quota.forget(name)
         self.sessions.sync(names, {route: self.rules.routes.spec(route).sticky for route in ROUTE_PROTOCOLS})
         self.spend.configure(self.rules)
 

@@ -106,7 +106,7 @@ def parse_proxy(text: str) -> Proxy | None:
     for value in (username, password):
         if value is not None and (not value.isascii() or not value.isprintable() or len(value) > 255):
             raise ValueError("user name and password must be printable ASCII of at most 255 characters "
-                             "(percent-encode @ : / as %40 %3A %2F)")
+                             "(written in the file itself, percent-encode % @ : / ? # as %25 %40 %3A %2F %3F %23)")
     if username and ":" in username:
         raise ValueError("the user name must not contain ':'")
     if username and scheme != "http" and not password:

@@ -65,9 +65,10 @@ class HealthBoard:
     def get(self, name: str) -> UpstreamHealth:
         return self._state.setdefault(name, UpstreamHealth())
 
-    def sync(self, fingerprints: dict[str, tuple]) -> None:
-        """After a reload: forget removed upstreams, reset those whose identity changed,
-        and drop manual enable/disable switches (they last until the next reload)."""
+    def sync(self, fingerprints: dict[str, tuple]) -> list[str]:
+        """After a reload: forget removed upstreams, reset those whose identity changed (named
+        in the answer), and drop manual enable/disable switches (they last until the next reload)."""
+        changed = []
         for name in list(self._state):
             if name not in fingerprints:
                 del self._state[name]
@@ -75,6 +76,7 @@ class HealthBoard:
             state = self.get(name)
             if state.fingerprint is not None and state.fingerprint != fp:
                 self._state[name] = UpstreamHealth(fingerprint=fp)
+                changed.append(name)
                 log.info("upstream %s changed its base_url, key or protocol: health reset", name)
                 self._outage_ended(name, state, "its base_url, key or protocol changed: taken as healthy")
             else:
@@ -82,6 +84,7 @@ class HealthBoard:
                 if state.switched is not None:     # a reload ends the switch for every instance
                     state.switched = None
                     self._share_switch(name)
+        return changed
 
     # ------------------------------------------------------------------ queries
 

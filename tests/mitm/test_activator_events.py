@@ -188,6 +188,8 @@ async def test_a_probes_answer_teaches_its_rate_limits_and_its_429_cools_the_ups
                               "anthropic-ratelimit-unified-5h-reset": str(reset)}),
                   status(429, headers={"anthropic-ratelimit-unified-status": "rejected",
                                        "anthropic-ratelimit-unified-reset": str(reset)}))
+        heard = []
+        gateway.events.subscribe(heard.append)
         try:
             served = await activator._probe(upstream, None)
             window = gateway.quota.full("relay", 0.95)       # 97 % used: full for a route draining at 95 %
@@ -196,6 +198,8 @@ async def test_a_probes_answer_teaches_its_rate_limits_and_its_429_cools_the_ups
         finally:
             await activator.client.aclose()
     assert window is not None and window.utilization == 0.97
+    # a probe's answer is news like a request's: the hooks hear the upstream is full, once
+    assert [(e.kind, e.upstream) for e in heard if e.kind == "full"] == [("full", "relay")]
     assert not refused.ok and refused.status == 429
     cooling = gateway.health.cooling_until("relay") - gateway.health.clock()
     assert abs(cooling - (reset - time.time())) < 5                   # until the window's own reset

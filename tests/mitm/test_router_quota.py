@@ -93,3 +93,19 @@ async def test_a_session_named_with_a_key_of_the_rules_is_planned_and_bound_unde
         await router.request(flow)
     job = router.jobs[flow.id]
     assert KEY_A not in job.session and job.session.startswith("user_1_session_")
+
+
+async def test_a_reload_with_another_key_forgets_the_old_accounts_full_windows(gateway, tmp_path):
+    """A spent key swapped for a fresh one: the upstream is another account, not full any more;
+    an upstream whose key stayed keeps what its answers said."""
+    from tests.support.helpers import KEY_B, reload_settled
+    gateway.sync_upstreams()   # as at start-up
+    full(gateway, "a", 300)
+    full(gateway, "b", 300)
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES.replace(f"name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'",
+                                  f"name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_B}'"))
+    assert reload_settled(gateway.rules_file)
+    gateway.sync_upstreams()
+    assert gateway.quota.full_until("a", 0.95) is None
+    assert gateway.quota.full_until("b", 0.95) is not None

@@ -118,3 +118,14 @@ def test_a_notify_hook_for_no_event_is_refused():
     assert problems(up("a"), head="notify: [{url: 'https://hooks.example/x', events: []}]") == [
         "r.yaml: notify[0].events: must name at least one event (leave it out for all; remove the hook to tell "
         "none)"]
+
+
+@pytest.mark.parametrize("password", ["p%41ss", "a/b", "x#y", "q?z", "p@ss", "c:d", "50%"])
+def test_a_proxy_password_from_the_environment_arrives_as_it_is_whatever_it_holds(password):
+    """As for `usage_db` and `state`: the variable's value is the password, not URL text."""
+    r = rules(up("a", ", proxy: 'socks5h://me:${PROXY_PASS}@127.0.0.1:1080'") + up("b"),
+              head="upstream_proxy: 'http://${PROXY_USER}@127.0.0.1:3128'",
+              env={"PROXY_PASS": password, "PROXY_USER": f"me:{password}"})
+    a, b = r.upstreams
+    assert (a.proxy.username, a.proxy.password, a.proxy.port) == ("me", password, 1080)
+    assert (b.proxy.username, b.proxy.password) == ("me", password)

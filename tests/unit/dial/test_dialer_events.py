@@ -8,6 +8,7 @@ from ccswitch.dial.dialer import Dialer
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.events import Events
 from ccswitch.routing.health import HealthBoard
+from ccswitch.routing.limits import learn_windows
 from ccswitch.routing.quota import QuotaBoard
 from tests.support.helpers import MemorySink, make_job, rules_for
 from tests.support.loopback_guard import loopback_url
@@ -102,5 +103,5 @@ async def test_a_failing_upstream_is_announced_once_and_its_recovery_after(mock_
 
 def test_a_dialer_without_a_bus_learns_windows_all_the_same():
     d = Dialer(HealthBoard(), quota=QuotaBoard())
-    d._record_quota("a", list(utilization(0.99, int(time.time()) + 60).items()), 0.9)
+    learn_windows(d.quota, d.events, "a", list(utilization(0.99, int(time.time()) + 60).items()), 0.9)
     assert d.quota.full("a", 0.9) is not None
