@@ -217,6 +217,17 @@ def stream_error_event(protocol: str, message: str, status: int = 500, sequence:
     return format_event({"error": {"message": message, "type": kind, "param": None, "code": kind}})
 
 
+#: Responses failure codes (the SDK's `ResponseError.code`) that are the request's or its content's
+#: fault: OpenAI's HTTP API answers them 400, so no other upstream is tried and no client retries
+REQUEST_FAULT_CODES = frozenset({
+    "invalid_prompt", "data_residency_mismatch", "bio_policy", "misalignment_policy_violation",
+    "invalid_image", "invalid_image_format", "invalid_base64_image", "invalid_image_url", "image_too_large",
+    "image_too_small", "image_parse_error", "image_content_policy_violation", "invalid_image_mode",
+    "image_file_too_large", "unsupported_image_media_type", "empty_image_file", "failed_to_download_image",
+    "image_file_not_found",
+})
+
+
 def in_stream_status(event_json: object) -> int:
     """The HTTP status an in-stream error event stands for, so `on_status` can judge it.  One it
     names itself wins (the Responses WebSocket's error frames carry `status`)."""
@@ -230,6 +241,8 @@ def in_stream_status(event_json: object) -> int:
         kind = str(err.get("type") or err.get("code") or "")
     elif isinstance(event_json, dict):
         kind = str(event_json.get("code") or "")
+    if kind in REQUEST_FAULT_CODES:
+        return 400
     return {
         "overloaded_error": 529, "rate_limit_error": 429, "rate_limit_exceeded": 429,
         "invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,

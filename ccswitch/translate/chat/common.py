@@ -63,10 +63,11 @@ class ChunkWriter:
                                  "model": self.model, "choices": [], "usage": usage or chat_usage(0, 0)})
         return out + DONE
 
-    def error(self, message: str, kind: str = "api_error", code: str | None = None) -> bytes:
+    def error(self, message: str, kind: str = "api_error", code: str | None = None,
+              param: str | None = None) -> bytes:
         """A mid-stream error: one `data: {"error": …}` line; no finish chunk, no [DONE]."""
         self.finished = True
-        return format_event(openai_error(message, kind, code))
+        return format_event(openai_error(message, kind, code, param))
 
 
 def completion(model: str, message: dict[str, Any], finish_reason: str, usage: dict[str, Any],
@@ -84,13 +85,21 @@ LOGPROBS = "_logprobs"
 
 
 def chat_logprobs(tokens: list[dict[str, Any]]) -> dict[str, Any]:
-    """Responses' output_text logprobs ({token, logprob, bytes, top_logprobs}, the shape Chat
-    uses too) as a Chat choice's `logprobs`."""
-    return {"content": [token for token in tokens if isinstance(token, dict)], "refusal": None}
+    """Responses' output_text logprobs as a Chat choice's `logprobs`: each token in Chat's shape
+    (`bytes` and `top_logprobs` are required there; a stream's delta may carry neither)."""
+    return {"content": [_token(token, top=True) for token in tokens if isinstance(token, dict)], "refusal": None}
 
 
-def openai_error(message: str, kind: str = "api_error", code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": None, "code": code or kind}}
+def _token(token: dict[str, Any], top: bool) -> dict[str, Any]:
+    out = {"token": token.get("token", ""), "logprob": token.get("logprob", 0.0), "bytes": token.get("bytes")}
+    if top:
+        out["top_logprobs"] = [_token(t, top=False) for t in token.get("top_logprobs") or () if isinstance(t, dict)]
+    return out
+
+
+def openai_error(message: str, kind: str = "api_error", code: str | None = None,
+                 param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code or kind}}
 
 
 def chat_id(upstream_id: Any) -> str | None:

@@ -40,13 +40,13 @@ class UpstreamFailed(Exception):
     """A 2xx upstream answer that is really a failure (failed response, error event, cut stream)."""
 
     def __init__(self, message: str, kind: str = "api_error", code: str | None = None,
-                 status: int | None = None) -> None:
+                 param: str | None = None, *, status: int | None = None) -> None:
         super().__init__(message)
-        self.message, self.kind, self.code = message, kind, code
+        self.message, self.kind, self.code, self.param = message, kind, code, param
         self.status = status or in_stream_status({"error": {"type": kind, "code": code}})
 
     def body(self) -> dict[str, Any]:
-        return openai_error(self.message, self.kind, self.code)
+        return openai_error(self.message, self.kind, self.code, self.param)
 
 
 class ChatToResponses(ChatTranslation):

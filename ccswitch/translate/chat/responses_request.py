@@ -6,6 +6,7 @@ Pure functions over dicts.  A request that cannot be expressed raises
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ccswitch.translate.chat.common import refuse_what_has_no_counterpart
@@ -71,7 +72,8 @@ def build_request(body: dict[str, Any], *, stream: bool, codex: bool = False) ->
         include.append("message.output_text.logprobs")
         if body.get("top_logprobs") is not None:
             out["top_logprobs"] = body["top_logprobs"]
-    for key in ("metadata", "prompt_cache_key", "safety_identifier", "service_tier"):
+    for key in ("metadata", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options", "moderation",
+                "safety_identifier", "service_tier"):
         if body.get(key) is not None:
             out[key] = body[key]
     if body.get("user") is not None and "safety_identifier" not in out:
@@ -168,7 +170,7 @@ def _user_content(content: Any, where: str) -> str | list[dict[str, Any]]:
             file = part.get("file") if isinstance(part.get("file"), dict) else {}
             converted = {"type": "input_file", **{k: file[k] for k in ("file_id", "file_data", "filename")
                                                   if file.get(k) is not None}}
-            if len(converted) == 1:
+            if "file_data" not in converted and "file_id" not in converted:   # a filename alone is no file
                 raise RenderError(f"{where}: a file part needs file_data or file_id")
             parts.append(converted)
         elif kind == "input_audio":
@@ -206,6 +208,8 @@ def _assistant_items(msg: dict[str, Any], where: str) -> list[dict[str, Any]]:
             raise RenderError(f"{where}.tool_calls[{j}] needs an id and a function name")
         args = fn.get("arguments")
         # no `id`: an input item id must be an `fc_` id that exists server-side
+        if isinstance(args, dict | list):       # lenient clients send the object itself: keep it
+            args = json.dumps(args, ensure_ascii=False)
         items.append({"type": "function_call", "call_id": call["id"], "name": fn["name"],
                       "arguments": args if isinstance(args, str) and args else "{}"})
     return items

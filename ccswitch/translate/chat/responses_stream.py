@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ccswitch.translate.chat.common import LOGPROBS, ChunkWriter, chat_id, chat_usage
+from ccswitch.wire.protocols import REQUEST_FAULT_CODES
 from ccswitch.wire.sse import Event
 
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.done"})
@@ -40,8 +41,10 @@ def finish_reason(response: dict[str, Any], any_tool_call: bool, incomplete: boo
     return "tool_calls" if any_tool_call else "stop"
 
 
-def failure_of(data: Any) -> tuple[str, str, str | None]:
-    """(message, type, code) of a `response.failed` / `error` event or a failed response."""
+def failure_of(data: Any) -> tuple[str, str, str | None, str | None]:
+    """(message, type, code, param) of a `response.failed` / `error` event or a failed response.
+    A failure that names only a code the request is at fault for is an `invalid_request_error`
+    (as OpenAI's HTTP API answers it), not a server error to fail over and retry."""
     err: Any = None
     if isinstance(data, dict):
         err = data.get("error")
@@ -50,10 +53,13 @@ def failure_of(data: Any) -> tuple[str, str, str | None]:
         if not isinstance(err, dict) and (data.get("type") == "error" or "message" in data):
             err = data
     if not isinstance(err, dict):
-        return "upstream response failed", "api_error", None
+        return "upstream response failed", "api_error", None, None
     code = err.get("code") if isinstance(err.get("code"), str) else None
     kind = err.get("type") if isinstance(err.get("type"), str) and err.get("type") != "error" else None
-    return str(err.get("message") or "upstream response failed"), kind or code or "api_error", code
+    if kind is None and code in REQUEST_FAULT_CODES:
+        kind = "invalid_request_error"
+    param = err.get("param") if isinstance(err.get("param"), str) else None
+    return str(err.get("message") or "upstream response failed"), kind or code or "api_error", code, param
 
 
 class ResponsesStream:
@@ -70,7 +76,7 @@ class ResponsesStream:
         self.shown: set = set()                  # items (id or output index) whose text came as deltas
         self.unkeyed: set[str] = set()           # item types a delta came for naming no item: none sent again whole
         self.outcome: tuple[str, dict[str, Any]] | None = None   # (finish_reason, usage)
-        self.failure: tuple[str, str, str | None] | None = None  # (message, type, code)
+        self.failure: tuple[str, str, str | None, str | None] | None = None  # (message, type, code, param)
 
     # ------------------------------------------------------------------ bytes
     def feed(self, event: Event) -> bytes:
@@ -183,10 +189,12 @@ class ResponsesStream:
         that send items only whole): never lost, never sent twice."""
         if item.get("type") in self.unkeyed or item.get("id") in self.shown or output_index in self.shown:
             return []
-        parts = [p for p in item.get("content") or item.get("summary") or () if isinstance(p, dict)]
-        if item.get("type") == "reasoning":
+        self.shown.update(key for key in (item.get("id"), output_index) if isinstance(key, str | int))
+        if item.get("type") == "reasoning":      # the summary first, as a whole body's reasoning is read
+            parts = [p for p in item.get("summary") or item.get("content") or () if isinstance(p, dict)]
             summary = "\n\n".join(p["text"] for p in parts if isinstance(p.get("text"), str) and p["text"])
             return self._reasoning("whole", {"item_id": item.get("id"), "delta": summary})
+        parts = [p for p in item.get("content") or () if isinstance(p, dict)]
         text = "".join(p["text"] for p in parts if p.get("type") == "output_text" and isinstance(p.get("text"), str))
         refusal = "".join(p["refusal"] for p in parts if p.get("type") == "refusal" and isinstance(p.get("refusal"), str))
         return [delta for delta in ({"content": text}, {"refusal": refusal}) if next(iter(delta.values()))]
@@ -239,9 +247,27 @@ class ResponsesStream:
         if response.get("status") in ("failed", "cancelled"):
             self.failure = failure_of({"response": response})
             return []
+        unsent = self._unsent(response.get("output"))
         reason = finish_reason(response, self.n_calls > 0, kind == "response.incomplete")
         self.outcome = (reason, response_usage(response.get("usage")))
-        return self._start()
+        return self._start() + unsent
+
+    def _unsent(self, output: Any) -> list[dict[str, Any]]:
+        """What the terminal response's `output` holds that no event before it carried (a relay
+        that sends the answer only there): streamed as the whole body would give it."""
+        out: list[dict[str, Any]] = []
+        for index, item in enumerate(output if isinstance(output, list) else ()):
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") in ("message", "reasoning"):
+                out += self._whole(item, index)
+            elif item.get("type") == "function_call":
+                k = self._lookup(item.get("id"), index)
+                if k is None:
+                    k = self._new_call(item, index)
+                    out.append(self._header(k, item))
+                out += self._full_args(k, item.get("arguments"))
+        return out
 
 
 def fold(deltas: list[dict[str, Any]]) -> dict[str, Any]:
