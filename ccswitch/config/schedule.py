@@ -11,7 +11,8 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from ccswitch.config.models import HourWindow, Upstream
 from ccswitch.config.values import WEEKDAYS, format_hhmm, parse_hhmm
 
-__all__ = ["WEEKDAYS", "describe_next", "format_days", "in_window", "local_now", "next_activation", "schedule_block"]
+__all__ = ["WEEKDAYS", "describe_next", "format_days", "in_window", "local_now", "next_activation", "schedule_block",
+           "schedule_opens"]
 
 _LOOKAHEAD_DAYS = 8
 
@@ -60,6 +61,23 @@ def schedule_block(upstream: Upstream, now: datetime) -> str | None:
     if weekday not in days:     # not its day either: the hours alone would send the user to the wrong fix
         return f"outside its days ({format_days(days)}) and hours ({hours})"
     return f"outside its hours ({hours})"
+
+
+def schedule_opens(upstream: Upstream, now: datetime) -> datetime | None:
+    """The first instant from `now` (aware, in the rules' tz) at which `upstream` is in schedule
+    again: `now` itself if it is; None if not within 8 days.  It opens at a window's start or at
+    a midnight (a new day, or a wrapping window's part after it)."""
+    if schedule_block(upstream, now) is None:
+        return now
+    starts = sorted({0} | {w.start_minute for w in upstream.hours})
+    after = _utc(now)
+    for offset in range(_LOOKAHEAD_DAYS + 1):
+        day = now.date() + timedelta(days=offset)
+        for minute in starts:
+            at = fire_instant(day, minute, now.tzinfo)
+            if _utc(at) > after and schedule_block(upstream, at) is None:
+                return at
+    return None
 
 
 def local_now(tz: tzinfo, clock: Callable[[], datetime | float] | None = None) -> datetime:

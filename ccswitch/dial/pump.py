@@ -59,7 +59,7 @@ class Pump:
         self.committed = False
         self.terminal = False
         self.content_seen = False
-        self.finished = False   # a Chat answer's finish_reason came
+        self.finished = False   # a Chat answer's finish_reason (an Anthropic one's stop_reason) came
         self.error: tuple[str, int] | None = None   # (message, status it stands for)
         self.broken: str | None = None    # why an event is not the protocol's: never passed on
         self.events = 0                   # events taken: the sequence number an error event of ours gets
@@ -172,10 +172,10 @@ class Pump:
         if not self.terminal and ended_cleanly:
             over = self._take(self.parser.end())
             if not over and self.finished:
-                # a Chat upstream that ends its body (or drops its connection) after the answer's finish
-                # but sends no `[DONE]` (some relays): the answer is whole, and the client gets the
-                # `[DONE]` it waits for
-                over = self._take([protocols.chat_done()])
+                # an upstream that ends its body (or drops its connection) after the answer's finish
+                # but sends no `[DONE]` / `message_stop` (some relays): the answer is whole, and the
+                # client gets the closing event it waits for
+                over = self._take([protocols.closing_event(self.upstream.protocol)])
             await self._flush()
             if over:
                 return await self._finish()
@@ -206,6 +206,9 @@ class Pump:
                 self.content_seen = True
                 if not self.finished and self.upstream.protocol == Protocol.CHAT:
                     self.finished = protocols.chat_finished(event)
+            elif kind is Kind.OTHER and not self.finished and self.upstream.protocol == Protocol.ANTHROPIC \
+                    and event.type == "message_delta":
+                self.finished = protocols.anthropic_finished(event)
             elif event.type == "response.output_item.done" and self.upstream.protocol == Protocol.RESPONSES:
                 body = event.json()
                 if isinstance(body, dict) and (seal := seal_of(body.get("item"))) is not None:

@@ -12,7 +12,7 @@ from ccswitch.dial.job import Job
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.routing.budget import CLIENT
 from ccswitch.routing.events import Event
-from ccswitch.routing.plan import plan, serves_model
+from ccswitch.routing.plan import back_in, plan, serves_model
 from ccswitch.translate import convert_for_candidates
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import ClientRequest, RenderError
@@ -66,7 +66,8 @@ class Planner:
                     protocols.rate_limit_headers(req.client_protocol, chosen.limited_for, gateway.quota.clock()))
         if not chosen.candidates:
             self._exhausted(req.route, chosen.why_none(req.route), None)
-            return 503, chosen.why_none(req.route), {"retry-after": "30"}
+            return 503, chosen.why_none(req.route), _come_back(
+                back_in(rules, [b for b in chosen.blocked if b[0] not in refused], req.model, gateway.health, now))
         return Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow_id, converted=converted,
                    client=client_name, session=session, bound_to=chosen.bound_to, why_first=chosen.why_first,
                    skipped=chosen.blocked, shown=shown)
@@ -91,3 +92,13 @@ class Planner:
             until, episode = None, f"503 {utc_now():%Y-%m-%dT%H}"
         self.gateway.events.emit(Event("exhausted", None, reason, route=route, until=until, episode=episode,
                                        claim=f"exhausted:{route}:{episode}"))
+
+
+def _come_back(wait: float | None) -> dict[str, str]:
+    """When to ask again for a route that is closed for now: when its first upstream opens by its
+    hours; a client is told at once (`x-should-retry: false`) rather than retrying for minutes
+    when that is over a minute away, or when none will open by itself (switched off, or none
+    serves the model)."""
+    if wait is None:
+        return {"x-should-retry": "false"}
+    return {"retry-after": str(max(1, math.ceil(wait)))}

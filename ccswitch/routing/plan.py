@@ -10,11 +10,11 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from ccswitch.clock import wall_text
 from ccswitch.config.models import RouteSpec, Rules, Upstream
-from ccswitch.config.schedule import schedule_block
+from ccswitch.config.schedule import schedule_block, schedule_opens
 from ccswitch.money import usd
 from ccswitch.routing.affinity import SessionBindings, session_fraction
 from ccswitch.routing.budget import UPSTREAM, SpendBoard
@@ -195,6 +195,21 @@ def off_reason(upstream: Upstream, health: HealthBoard, now: datetime, model: st
     if model is not None and not serves_model(upstream, model):
         return f"not serving model {model!r}"
     return None
+
+
+def back_in(rules: Rules, blocked: list[tuple[str, str]], model: str | None, health: HealthBoard,
+            now: datetime) -> float | None:
+    """Seconds until the first of the `blocked` upstreams that is off only by its days or hours
+    takes requests again; None if none will by itself (switched off, not serving the model)."""
+    soonest: datetime | None = None
+    for name, _ in blocked:
+        upstream = rules.upstream(name)
+        if not health.enabled(name, upstream.enabled) or (model is not None and not serves_model(upstream, model)):
+            continue
+        opens = schedule_opens(upstream, now)
+        if opens is not None and (soonest is None or opens.astimezone(UTC) < soonest.astimezone(UTC)):
+            soonest = opens
+    return None if soonest is None else max(0.0, (soonest.astimezone(UTC) - now.astimezone(UTC)).total_seconds())
 
 
 def serves_model(upstream: Upstream, model: str) -> bool:

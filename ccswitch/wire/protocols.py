@@ -89,6 +89,25 @@ def chat_done() -> Event:
     return Event(data="[DONE]", raw=b"data: [DONE]\n\n")
 
 
+def anthropic_finished(event: Event) -> bool:
+    """A `message_delta` that gives the message its `stop_reason`: the answer is complete (only
+    `message_stop` may follow)."""
+    body = event.json()
+    delta = body.get("delta") if isinstance(body, dict) else None
+    return isinstance(delta, dict) and bool(delta.get("stop_reason"))
+
+
+_MESSAGE_STOP = '{"type":"message_stop"}'
+
+
+def closing_event(protocol: str) -> Event:
+    """The event that ends a whole answer's stream, for an upstream that ended its body after
+    the answer's finish without it (some relays)."""
+    if protocol == Protocol.ANTHROPIC:
+        return Event(event="message_stop", data=_MESSAGE_STOP, raw=format_event(_MESSAGE_STOP, "message_stop"))
+    return chat_done()
+
+
 def error_object(body: Any) -> Any:
     """The `error` of an error event: top level (Anthropic, Chat) or under `response` (Responses)."""
     if not isinstance(body, dict):
@@ -172,7 +191,7 @@ def should_retry(status: int, retry_after: float | None = None) -> bool:
     """Whether a client should retry one of ccswitch's own answers.  The official SDKs (and so
     Claude Code and Codex) obey `x-should-retry`: a wrong key or a bad body is said once, not
     after minutes of retries; a busy or briefly unavailable route is worth another try."""
-    if status == 429:
+    if status in (429, 503):
         return retry_after is None or retry_after <= RETRY_WAIT_WORTH_IT
     if status in (408, 409):
         return True
@@ -194,6 +213,8 @@ def own_error(protocol: str, status: int, message: str,
               headers: tuple[tuple[str, str], ...] = ()) -> tuple[list[tuple[str, str]], bytes]:
     """An answer ccswitch gives itself: its headers (with `x-should-retry`) and the error body in
     the client's protocol."""
+    if any(k.lower() == "x-should-retry" for k, _ in headers):   # the caller knows better
+        return [("content-type", "application/json"), *headers], error_json(protocol, status, message)
     wait = next((v for k, v in headers if k.lower() == "retry-after"), None)
     try:
         seconds = float(wait) if wait is not None else None

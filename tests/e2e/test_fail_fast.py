@@ -7,7 +7,7 @@ import pytest
 
 from tests.e2e.test_cli_clients import CLAUDE, client_env, run
 from tests.support.helpers import CLIENT_KEY, KEY_A
-from tests.support.mock_upstream import MockUpstream
+from tests.support.mock_upstream import MockUpstream, status
 from tests.support.proxy_process import Proxy
 
 pytestmark = pytest.mark.skipif(not CLAUDE.exists(), reason="run `npm ci --prefix tests/clients` to install the real CLIs")
@@ -30,4 +30,49 @@ routes: {{claude: [claude-a]}}
     assert done.returncode != 0
     assert "missing or invalid ccswitch client key" in done.stdout + done.stderr
     assert took < 30, f"Claude Code took {took:.0f} s to give up"          # it used to retry for ~3 minutes
+    assert not [r for r in a.requests if r.protocol]
+
+
+def test_claude_code_says_at_once_when_every_upstream_refuses_the_rules_keys(tmp_path):
+    """An upstream's 401 to the key of the rules is passed on (its status and body) with
+    `x-should-retry: false`: Claude Code retried it for minutes, saying nothing."""
+    refused = status(401, {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}})
+    with MockUpstream("A") as a, MockUpstream("B") as b:
+        a.script(*[refused] * 20)
+        b.script(*[refused] * 20)
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(f"""
+upstreams:
+  - {{name: claude-a, protocol: anthropic, base_url: '{a.base_url}', api_key: '{KEY_A}'}}
+  - {{name: claude-b, protocol: anthropic, base_url: '{b.base_url}', api_key: '{KEY_A}'}}
+routes: {{claude: [claude-a, claude-b]}}
+""")
+        with Proxy(rules, tmp_path, extra_args=("--set", "ccswitch_offline=true")) as proxy:
+            env = {**client_env(proxy, tmp_path / "home"), "ANTHROPIC_API_KEY": CLIENT_KEY}
+            began = time.monotonic()
+            done, _ = run([str(CLAUDE), "-p", "say hi"], env, tmp_path)
+            took = time.monotonic() - began
+    assert done.returncode != 0
+    assert took < 30, f"Claude Code took {took:.0f} s to give up"
+    assert len([r for r in b.requests if r.protocol]) <= 2      # not one try after another
+
+
+def test_claude_code_says_at_once_when_no_upstream_serves_its_model(tmp_path):
+    """ccswitch's own 503 for a route no upstream of which serves the model (nor ever will by
+    itself) says so at once: it used to say `retry-after: 30`, and Claude Code waited minutes."""
+    with MockUpstream("A") as a:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(f"""
+upstreams:
+  - {{name: claude-a, protocol: anthropic, base_url: '{a.base_url}', api_key: '{KEY_A}', only_models: [nothing-*]}}
+routes: {{claude: [claude-a]}}
+""")
+        with Proxy(rules, tmp_path, extra_args=("--set", "ccswitch_offline=true")) as proxy:
+            env = {**client_env(proxy, tmp_path / "home"), "ANTHROPIC_API_KEY": CLIENT_KEY}
+            began = time.monotonic()
+            done, _ = run([str(CLAUDE), "-p", "say hi"], env, tmp_path)
+            took = time.monotonic() - began
+    assert done.returncode != 0
+    assert "claude-a is not serving model" in done.stdout + done.stderr
+    assert took < 30, f"Claude Code took {took:.0f} s to give up"
     assert not [r for r in a.requests if r.protocol]

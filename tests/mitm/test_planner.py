@@ -58,7 +58,8 @@ def test_a_cooling_upstream_that_can_take_it_gets_its_second_chance_as_on_a_rout
 def test_one_switched_off_that_could_take_it_makes_it_a_wait_naming_both(gateway):
     gateway.health.switch("chatty", False)                          # ccswitch.disable chatty
     status, message, headers = Planner(gateway).plan_job(chat_request(n=2), "f1", None, None, shown=False)
-    assert status == 503 and headers == {"retry-after": "30"}
+    # nothing opens by itself: a client is told at once instead of retrying for minutes
+    assert status == 503 and headers == {"x-should-retry": "false"}
     assert "chatty is disabled by ccswitch.disable" in message
     assert "anth is unable to take this request (n must be 1" in message
 
@@ -91,3 +92,52 @@ def test_planning_that_keeps_an_upstream_it_was_told_cannot_take_it_is_an_error_
     monkeypatch.setattr(planner_module, "plan", lambda *a, unable=None, **kw: real_plan(*a, unable=None, **kw))
     with pytest.raises(RuntimeError, match="anth"):
         Planner(gateway).plan_job(chat_request(n=2), "f1", None, None, shown=False)
+
+
+def closed_route(tmp_path, hours: str, only_models: str = "o-*", night_models: str = "gpt-*"):
+    """One upstream off by its hours, one that serves another model only."""
+    gateway = open_gateway(tmp_path, f"""
+upstreams:
+  - {{name: night, protocol: openai-chat, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}', hours: ['{hours}'],
+     only_models: ['{night_models}']}}
+  - {{name: other, protocol: openai-chat, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}',
+     only_models: ['{only_models}']}}
+routes: {{chat: [night, other]}}
+""")
+    return Planner(gateway).plan_job(chat_request(), "f1", None, None, shown=False)
+
+
+def test_a_route_closed_by_hours_says_when_its_first_upstream_opens(tmp_path):
+    from datetime import datetime, timedelta
+
+    from ccswitch.wire.protocols import own_error
+    opens = datetime.now().astimezone() + timedelta(hours=2)
+    ends = opens + timedelta(hours=1)
+    status, message, headers = closed_route(tmp_path, f"{opens:%H:%M}-{ends:%H:%M}")
+    assert status == 503 and "night is outside its hours" in message and "other is not serving model" in message
+    wait = int(headers["retry-after"])
+    assert 2 * 3600 - 120 <= wait <= 2 * 3600 + 60
+    assert ("x-should-retry", "false") in own_error("anthropic", status, message, tuple(headers.items()))[0]
+
+
+def test_a_route_that_opens_within_a_minute_is_worth_a_retry(tmp_path):
+    from datetime import datetime, timedelta
+
+    from ccswitch.wire.protocols import own_error
+    now = datetime.now().astimezone()
+    if now.second > 50:         # the window opens at the next minute: not the one after
+        import time
+        time.sleep(61 - now.second)
+        now = datetime.now().astimezone()
+    opens = (now + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    status, _, headers = closed_route(tmp_path, f"{opens:%H:%M}-{opens + timedelta(hours=1):%H:%M}")
+    assert status == 503 and 1 <= int(headers["retry-after"]) <= 61
+    assert ("x-should-retry", "true") in own_error("anthropic", status, "m", tuple(headers.items()))[0]
+
+
+def test_a_model_no_upstream_serves_is_said_at_once(tmp_path):
+    from datetime import datetime, timedelta
+    opens = datetime.now().astimezone() + timedelta(hours=2)     # the one off by its hours would not serve it either
+    status, message, headers = closed_route(tmp_path, f"{opens:%H:%M}-{opens + timedelta(hours=1):%H:%M}",
+                                            only_models="haiku-*", night_models="opus-*")
+    assert status == 503 and headers == {"x-should-retry": "false"} and "not serving model 'gpt-x'" in message

@@ -16,6 +16,7 @@ from ccswitch.config.schedule import (
     local_now,
     next_activation,
     schedule_block,
+    schedule_opens,
 )
 
 UTC = UTC
@@ -253,3 +254,24 @@ def test_a_naive_clock_value_is_utc_whatever_the_machine_s_zone(monkeypatch):
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_when_an_upstream_off_by_its_schedule_opens_again():
+    assert schedule_opens(up(), at(0, 3)) == at(0, 3)                          # always in: now
+    night = up(days=["mon"], hours=["22:00-02:00"])
+    assert schedule_opens(night, at(0, 22, 30)) == at(0, 22, 30)
+    assert schedule_opens(night, at(0, 12, 0, 30)) == at(0, 22)              # later that day
+    assert schedule_opens(night, at(1, 2)) == at(7, 22)                      # next Monday
+    assert schedule_opens(up(days=["wed"]), at(0, 15)) == at(2, 0)           # days only: at midnight
+    # a wrapping window's part after midnight belongs to the day before, which may be allowed
+    sunday_night = up(days=["sun"], hours=["23:00-01:00"])
+    assert schedule_opens(sunday_night, at(6, 12)) == at(6, 23)
+    two = up(hours=["09:00-12:00", "14:00-18:00"])
+    assert schedule_opens(two, at(0, 12, 30)) == at(0, 14)
+    assert schedule_opens(two, at(0, 18)) == at(1, 9)
+
+
+def test_a_window_opening_in_a_time_skipped_by_dst_opens_at_the_next_minute_that_exists():
+    u = up(hours=["02:30-05:00"])
+    before = datetime(2024, 3, 31, 1, 0, tzinfo=BERLIN)        # 02:00-03:00 does not exist that night
+    assert schedule_opens(u, before) == datetime(2024, 3, 31, 3, 0, tzinfo=BERLIN)

@@ -237,3 +237,33 @@ async def test_a_rate_limit_error_after_the_commit_ends_the_stream_and_cools_for
     assert job.error == "stream error: rate_limit_error: rate limited"
     left = d.health.cooling_until("a") - d.health.clock()
     assert d.health.get("a").rate_limited is True and 88 < left <= 90     # not the 10 min cooldown
+
+
+async def test_a_request_for_a_model_the_sessions_upstream_does_not_serve_leaves_the_session_there(mock_a, mock_b):
+    """Claude Code's small-model requests beside its main model's, each model on its own upstream:
+    the small model's answers elsewhere do not move the session (its main cache stays found)."""
+    from ccswitch.config.load import parse_rules
+    rules = parse_rules(f"""
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{mock_a.base_url}', api_key: k-a-00000000, only_models: [claude-opus-*]}}
+  - {{name: b, protocol: anthropic, base_url: '{mock_b.base_url}', api_key: k-b-00000000, only_models: [claude-haiku-*]}}
+routes: {{claude: [a, b]}}
+{FAST}""")
+    d = dialer()
+
+    async def ask(model, bound_to):
+        chosen = plan(rules, "claude", model, d.health, datetime.now(), quota=d.quota,
+                      sessions=d.sessions, session="s1")
+        assert chosen.bound_to == bound_to
+        job = make_job(rules, body={"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+        job.candidates, job.session, job.bound_to = chosen.candidates, "s1", chosen.bound_to
+        await d.run(job, MemorySink())
+        return job.upstream, job.affinity
+
+    try:
+        assert await ask("claude-opus-4-5", None) == ("a", "new")
+        assert await ask("claude-haiku-4-5", "a") == ("b", "kept")      # served by b, the session stays on a
+        assert d.sessions.bound("claude", "s1") == "a"
+        assert await ask("claude-opus-4-5", "a") == ("a", "kept")
+    finally:
+        await d.aclose()

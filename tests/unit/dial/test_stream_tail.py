@@ -137,3 +137,29 @@ async def test_a_chat_stream_whose_connection_drops_is_whole_only_after_its_fini
     job, sink = await run_chat(b"".join(pieces), serve=serve_cut)
     assert (job.error is None) is whole
     assert sink.body.endswith(b"data: [DONE]\n\n") is whole
+
+
+async def run_anthropic(body: bytes, serve=serve_once):
+    server, port = await serve(body)
+    rules = rules_for(("a", "anthropic", f"http://127.0.0.1:{port}"), routes={"claude": ["a"]})
+    job = make_job(rules)
+    return job, await dial(job, server)
+
+
+@pytest.mark.parametrize("serving", [serve_once, serve_cut], ids=["body-ends", "connection-drops"])
+async def test_an_anthropic_stream_whole_up_to_its_stop_reason_ends_with_its_message_stop(serving):
+    """As a Chat stream without `[DONE]`: a relay that ends after `message_delta` (the stop reason
+    and the final usage sent) lost nothing; it is no failure, and the client gets `message_stop`."""
+    job, sink = await run_anthropic(b"".join(ANTHROPIC[:-1]), serve=serving)
+    assert sink.status == 200 and job.error is None
+    parser = SSEParser()
+    passed_on = [e.type for e in parser.feed(sink.body) + parser.flush() if e.event]
+    assert passed_on[-2:] == ["message_delta", "message_stop"] and passed_on.count("message_stop") == 1
+    assert (request_row(job)["input_tokens"], request_row(job)["output_tokens"]) == (40, 9)
+
+
+async def test_an_anthropic_stream_that_ends_before_its_stop_reason_is_still_cut_short():
+    no_reason = event({"type": "message_delta", "delta": {"stop_reason": None}, "usage": {"output_tokens": 9}})
+    job, sink = await run_anthropic(b"".join(ANTHROPIC[:2]) + no_reason)
+    assert job.error == "stream ended before its terminal event"
+    assert b"message_stop" not in sink.body and b"event: error" in sink.body
