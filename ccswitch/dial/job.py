@@ -140,8 +140,11 @@ class Job:
             parts.append(f"{self.request.route} → {final.protocol}")   # a converted request
         if self.why_first and self.candidates:
             parts.append(f"{self.candidates[0].name} first: {self.why_first}")
-        if self.skipped:
-            parts.append("skipped " + ", ".join(f"{name} ({why})" for name, why in self.skipped))
+        # an upstream out for now but tried all the same (a route never goes dark) was not skipped
+        tried = {a.upstream for a in self.attempts}
+        skipped = [(name, why) for name, why in self.skipped if name not in tried]
+        if skipped:
+            parts.append("skipped " + ", ".join(f"{name} ({why})" for name, why in skipped))
         return "ccswitch: " + "; ".join(parts)
 
 

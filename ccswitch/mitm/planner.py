@@ -33,7 +33,7 @@ class Planner:
             return None
         wait = (overrun.until - spend.clock()).total_seconds()
         reset = overrun.until.astimezone(self.gateway.rules.tz)
-        return (429, f"{overrun.describe(f'client key {client_name}')}; it resets at {reset:%Y-%m-%d %H:%M}",
+        return (429, f"{overrun.describe(f'client key {client_name}')}; it resets at {reset:%Y-%m-%d %H:%M %Z}",
                 {"retry-after": str(max(1, math.ceil(wait)))})
 
     def plan_job(self, req: ClientRequest, flow_id: str, client_name: str | None, session: str | None, *,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from ccswitch.clock import wall_text
 from ccswitch.config.models import RouteSpec, Rules, Upstream
@@ -74,10 +74,11 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
         overrun = spend.over(UPSTREAM, name) if spend is not None else None
         if overrun is not None:     # like a full upstream: skipped until its next period
             result.blocked.append((name, f"over its {overrun.kind} budget ({usd(overrun.limit)[0]}) until "
-                                         f"{overrun.until.astimezone(rules.tz):%Y-%m-%d %H:%M}"))
+                                         f"{overrun.until.astimezone(rules.tz):%Y-%m-%d %H:%M %Z}"))
             limited.append((overrun.until - spend.clock()).total_seconds())
         elif until is not None:
-            result.blocked.append((name, "cooling down"))
+            ends = now + timedelta(seconds=max(0.0, until - health.clock()))
+            result.blocked.append((name, f"cooling down until {wall_text(ends, now)}"))
             back = _back_after(until - health.clock(), full, quota) if health.get(name).rate_limited else None
             if back is not None:
                 limited.append(back)

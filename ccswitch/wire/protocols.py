@@ -200,7 +200,7 @@ def should_retry(status: int, retry_after: float | None = None) -> bool:
 
 def rate_limit_headers(protocol: str, seconds: float, now: float) -> dict[str, str]:
     """What ccswitch's own 429 tells a client: when to come back, and to an Anthropic client
-    the unified headers Claude Code turns into its usual limit message."""
+    the unified headers of a subscription's limit."""
     wait = max(1, math.ceil(seconds))
     headers = {"retry-after": str(wait)}
     if protocol == Protocol.ANTHROPIC:

@@ -74,3 +74,18 @@ def test_a_busy_connection_cap_is_a_504_and_a_reset_is_named_so():
     busy = network_failure("a", http1.NoFreeConnection("busy"), "switch", "connect")
     assert busy.client_status == 504 and not busy.counts
     assert network_failure("a", ConnectionResetError(104, "reset"), "switch", "connect").reason == "connection reset"
+
+
+def test_a_flow_comment_names_as_skipped_only_the_upstreams_not_tried():
+    """Every upstream cooling: the first two are tried anyway; they were not skipped."""
+    from ccswitch.dial.job import Attempt
+    from tests.support.helpers import make_job, rules_for
+    rules = rules_for(("a", "anthropic", "http://127.0.0.1:9"), ("b", "anthropic", "http://127.0.0.1:9"),
+                      ("c", "anthropic", "http://127.0.0.1:9"))
+    job = make_job(rules)
+    job.skipped = [("a", "cooling down"), ("b", "cooling down"), ("c", "cooling down")]
+    job.why_first = "recovers first"
+    job.attempts = [Attempt("a", 401, "HTTP 401"), Attempt("b", 401, "HTTP 401")]
+    comment = job.comment()
+    assert comment.endswith("a first: recovers first; skipped c (cooling down)")
+    assert "skipped a" not in comment and "b (cooling" not in comment

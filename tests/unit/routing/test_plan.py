@@ -185,3 +185,23 @@ routes: {claude: [haiku-only, any]}
     chosen = plan(rules, "claude", "claude-opus-4-5", HealthBoard(), NOW)
     assert [u.name for u in chosen.candidates] == ["any"]
     assert ("haiku-only", "not serving model 'claude-opus-4-5'") in chosen.blocked
+
+
+def test_why_no_upstream_says_until_when_each_is_out():
+    from datetime import UTC
+
+    from ccswitch.routing.budget import UPSTREAM, SpendBoard
+    clock = Clock()
+    quota, health = QuotaBoard(clock), HealthBoard(clock)
+    rules = parse_rules("timezone: UTC\nupstreams:\n"
+                        "  - {name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k-a-0000000}\n"
+                        "  - {name: b, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k-b-0000000,"
+                        " budget: {daily: 1}}\nroutes:\n  claude: [a, b]\n")
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    spend = SpendBoard(clock=lambda: now)
+    spend.configure(rules)
+    spend.add(UPSTREAM, "b", 1.5)
+    health.record_rate_limit("a", "HTTP 429", seconds=120, reset_known=True)
+    p = plan(rules, "claude", "m", health, now, quota=quota, spend=spend)
+    assert p.why_none("claude") == ("no upstream available for the claude route: a is cooling down until 12:02; "
+                                    "b is over its daily budget ($1.00) until 2026-12-03 00:00 UTC")
