@@ -54,7 +54,7 @@ from ccswitch.mitm.scope import is_api_flow, replays_routed, route_of
 from ccswitch.net import http1
 from ccswitch.routing.admission import body_problem, decoded_body, head_problem, origin_problem, parse_body, undecodable
 from ccswitch.routing.affinity import session_key
-from ccswitch.routing.classify import RouteMatch
+from ccswitch.routing.classify import RouteMatch, meant_path
 from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint
 from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.headers import from_wire
@@ -399,7 +399,11 @@ class Router:
 
     def _unrouted(self, flow: http.HTTPFlow) -> None:
         if ctx.options.ccswitch_offline and flow.request.pretty_host.lower() in self.gateway.rules.intercept:
-            answer_error(flow, likely_protocol(flow.request), 404, "ccswitch is offline: this host is not reachable")
+            message = "ccswitch is offline: this host is not reachable"
+            if (meant := meant_path(flow.request.path)) is not None:
+                message += (f" (ccswitch routes {meant}, not {flow.request.path.split('?', 1)[0]}: "
+                            "check the client's base URL, which should not end in the path the client adds)")
+            answer_error(flow, likely_protocol(flow.request), 404, message)
 
     def _finish(self, flow: http.HTTPFlow) -> None:
         self.killed_streams.discard(flow.id)

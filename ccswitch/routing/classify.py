@@ -37,3 +37,12 @@ def classify(method: str, path: str, websocket_upgrade: bool = False) -> RouteMa
     if method == "GET" and websocket_upgrade and route == Route.CODEX:
         return RouteMatch(route, Endpoint.WEBSOCKET)
     return None
+
+
+def meant_path(path: str) -> str | None:
+    """The routed path an unrouted one ends with (`/v1/v1/messages`: a base URL given with the
+    `/v1` the client adds itself), or None."""
+    bare = path.split("?", 1)[0].rstrip("/")
+    if bare in _PATHS:
+        return None
+    return max((known for known in _PATHS if bare.endswith(known)), key=len, default=None)

@@ -187,3 +187,17 @@ def test_requests_that_come_as_the_listeners_open_are_answered_and_the_start_goe
             finally:
                 proxy.stop()
             assert "Traceback" not in proxy.log() and "Error logged during startup" not in proxy.log()
+
+
+def test_a_base_url_given_with_the_clients_own_v1_is_named_in_the_offline_404(relay_proxy):
+    """ANTHROPIC_BASE_URL=http://127.0.0.1:PORT/v1 makes Claude Code post to /v1/v1/messages:
+    the 404 says which path ccswitch routes instead of only that the host is not reachable."""
+    proxy, a, _ = relay_proxy
+    r = httpx.post(proxy.reverse_url + "/v1/v1/messages?beta=true", json=MESSAGE, headers={"x-api-key": "k"},
+                   timeout=10, trust_env=False)
+    assert r.status_code == 404
+    message = r.json()["error"]["message"]
+    assert "ccswitch routes /v1/messages, not /v1/v1/messages" in message and "base URL" in message
+    r = httpx.post(proxy.reverse_url + "/api/hello", json=MESSAGE, timeout=10, trust_env=False)
+    assert r.status_code == 404 and "routes" not in r.text           # no near path: no hint
+    assert not [req for req in a.requests if req.protocol]
