@@ -114,7 +114,8 @@ def expand_keys_and_hooks(data: dict, env: Mapping[str, str]) -> tuple[list[tupl
             elif section == "client_keys" and isinstance(item, str):   # the plain list form
                 places.append((f"{section}[{i}]", items, i))
     for path, holder, key in places:
-        expand = _expand_url if path in _EXPANDED_TOP_LEVEL else _expand
+        # a URL's password from the environment arrives as it is (a hook's is its Basic login)
+        expand = _expand_url if path in _EXPANDED_TOP_LEVEL or path.startswith("notify[") else _expand
         value, missing, malformed = expand(holder[key], env)
         if malformed:
             problems.append((path, "malformed ${...} reference (use ${NAME}, or $${ for a literal ${)"))

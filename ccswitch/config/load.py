@@ -130,8 +130,8 @@ def _message(err: Mapping[str, Any]) -> str:
                                 if elsewhere else "")
     if kind in _PLAIN_MESSAGES:
         return _PLAIN_MESSAGES[kind]
-    if kind in ("literal_error", "enum") and err["loc"] and err["loc"][-1] in _NAMED_CHOICES \
-            and isinstance(err.get("input"), str):
+    named_by = next((part for part in reversed(err["loc"]) if isinstance(part, str)), None)   # events[0]: events
+    if kind in ("literal_error", "enum") and named_by in _NAMED_CHOICES and isinstance(err.get("input"), str):
         # a choice among names (never a secret): the value given, and the name it is closest to
         named = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
         close = difflib.get_close_matches(err["input"], named, n=1, cutoff=0.6)
@@ -143,7 +143,7 @@ def _message(err: Mapping[str, Any]) -> str:
     return msg.replace("Input should be", "must be")  # pydantic messages never carry the input
 
 
-_NAMED_CHOICES = frozenset({"protocol", "auth", "strategy", "format", "codex_websocket"})
+_NAMED_CHOICES = frozenset({"protocol", "auth", "strategy", "format", "codex_websocket", "events"})
 _QUOTED = re.compile(r"'([^'\s]{8,})'")
 
 
@@ -154,6 +154,8 @@ def _yaml_problem(e: yaml.MarkedYAMLError) -> str:
     text = _QUOTED.sub(lambda m: f"'{m.group(1)[:3]}…'", text)
     if "alias" in text or " tag " in text:
         text += " (a value starting with *, & or ! needs quotes)"
+    if "'\\t'" in text:
+        text += " (indent with spaces: YAML does not allow tabs)"
     return text
 
 
@@ -209,7 +211,9 @@ def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path
         rules = Rules.model_validate({**data, "source": source_path}, context=ctx)
         ups: list[Upstream | None] = list(rules.upstreams)
     except ValidationError as e:
-        problems += [where(_format_loc(err["loc"]), _message(err)) for err in e.errors(include_url=False)]
+        # a field whose ${VAR} is not set is said once, not again as the value left in its place
+        problems += [where(loc, _message(err)) for err in e.errors(include_url=False)
+                     if (loc := _format_loc(err["loc"])) not in env_paths]
         ups = []
         for raw in data.get("upstreams") if isinstance(data.get("upstreams"), list) else []:
             try:

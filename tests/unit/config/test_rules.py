@@ -782,3 +782,38 @@ def test_a_mistyped_protocol_is_named_with_the_one_it_is_closest_to_and_every_ba
         "mon-fri)",
         "r.yaml: upstreams[b].hours[0]: hours window '09:00-18:00-20:00': must look like \"09:00-18:00\": one "
         "start, one end"]
+
+
+HOOKED = """
+    upstreams:
+      - {name: a, protocol: anthropic, base_url: "https://x.example", api_key: k}
+    routes: {claude: [a]}
+    notify:
+      - url: ${HOOK_URL}
+        events: [cooldwn]
+    """
+
+
+def test_an_unset_hook_url_is_said_once_and_a_misspelt_event_gets_its_hint():
+    assert problems(HOOKED) == [
+        "r.yaml: notify[0].url: environment variable HOOK_URL is not set (set it where ccswitch runs)",
+        "r.yaml: notify[0].events[0]: 'cooldwn' is not one of 'cooldown', 'recovered', 'full', 'budget', "
+        "'exhausted' or 'activation_failed' (did you mean 'cooldown'?)"]
+
+
+def test_a_hook_password_from_the_environment_arrives_as_it_is():
+    from ccswitch.notify.webhook import without_login
+    rules = parse(HOOKED.replace("${HOOK_URL}", "https://ops:${HOOK_PASS}@hooks.example/x").replace("cooldwn", "full"),
+                  env={"HOOK_PASS": "p@ss/w%41rd#1"})
+    url, login = without_login(rules.notify[0].url.get_secret_value())
+    assert url == "https://hooks.example/x" and base64_login(login) == "ops:p@ss/w%41rd#1"
+
+
+def base64_login(value: str) -> str:
+    import base64
+    return base64.b64decode(value.removeprefix("Basic ")).decode()
+
+
+def test_a_tab_in_the_indentation_is_said_to_be_one():
+    [problem] = problems("upstreams:\n\t- {name: a}\n")
+    assert problem.endswith("(indent with spaces: YAML does not allow tabs)")
