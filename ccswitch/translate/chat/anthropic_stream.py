@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ccswitch.translate.chat.common import ChunkWriter, chat_usage
+from ccswitch.translate.chat.common import ChunkWriter, chat_usage, openai_error_of
 from ccswitch.wire.sse import Event
 
 _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
@@ -86,8 +86,10 @@ class AnthropicChatStream:
 
     def _on_error(self, data: dict[str, Any]) -> bytes:
         err = data.get("error") if isinstance(data.get("error"), dict) else {}
-        return self.writer.error(str(err.get("message") or "upstream stream error"),
-                                 str(err.get("type") or "api_error"))
+        # as for a whole error body: the type, and OpenAI's code for a context overflow
+        openai = openai_error_of({"type": err.get("type") or "api_error",
+                                  "message": str(err.get("message") or "upstream stream error")})
+        return self.writer.error(openai["message"], openai["type"], openai["code"])
 
     def _on_message_start(self, data: dict[str, Any]) -> bytes:
         message = data.get("message") or {}

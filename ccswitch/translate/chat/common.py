@@ -112,18 +112,23 @@ def openai_error_from(body: bytes, status: int) -> dict[str, Any]:
     parsed = json_or_none(body)
     err = parsed.get("error") if isinstance(parsed, dict) else None
     if isinstance(err, dict):
-        kind = err.get("type") or err.get("code") or "api_error"
-        message = str(err.get("message", ""))
-        # OpenAI's own code, null included; an Anthropic error has none: its type stands in, but
-        # a context overflow gets OpenAI's code, the one clients check before trimming history
-        if "code" in err:
-            code = err["code"]
-        else:
-            code = "context_length_exceeded" if _CONTEXT_OVERFLOW in message.lower() else kind
-        return {"error": {"message": message, "type": kind, "param": err.get("param"), "code": code}}
+        return {"error": openai_error_of(err)}
     text = body.decode("utf-8", "replace")[:500] if body else f"upstream answered HTTP {status}"
     kind = "invalid_request_error" if 400 <= status < 500 else "api_error"
     return {"error": {"message": text, "type": kind, "param": None, "code": None}}
+
+
+def openai_error_of(err: dict[str, Any]) -> dict[str, Any]:
+    """An upstream's `error` object (Anthropic or OpenAI shaped, whole or in a stream) as OpenAI's."""
+    kind = err.get("type") or err.get("code") or "api_error"
+    message = str(err.get("message", ""))
+    # OpenAI's own code, null included; an Anthropic error has none: its type stands in, but
+    # a context overflow gets OpenAI's code, the one clients check before trimming history
+    if "code" in err:
+        code = err["code"]
+    else:
+        code = "context_length_exceeded" if _CONTEXT_OVERFLOW in message.lower() else kind
+    return {"message": message, "type": kind, "param": err.get("param"), "code": code}
 
 
 # how Anthropic words a prompt over the model's context window ("prompt is too long: 250000

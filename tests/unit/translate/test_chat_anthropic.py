@@ -804,6 +804,14 @@ def test_stream_error_event_ends_without_finish_or_done():
     assert b"[DONE]" not in b"".join(outs) and b'"finish_reason":"' not in b"".join(outs)
 
 
+def test_a_streamed_context_overflow_carries_openais_code_as_a_whole_one_does():
+    too_long = {"type": "invalid_request_error", "message": "prompt is too long: 250000 tokens > 200000 maximum"}
+    _, outs = run_stream(SPEC_EXAMPLE[:1] + [("error", {"type": "error", "error": too_long})])
+    [chunk] = parse_chunks(outs[1])
+    assert chunk["error"] == {"message": too_long["message"], "type": "invalid_request_error", "param": None,
+                              "code": "context_length_exceeded"}
+
+
 def test_stream_error_event_with_non_json_data():
     conv = T.stream(make_req({"model": "gpt-4o", "messages": [user()], "stream": True}), UP)
     (event,) = SSEParser().feed(b"event: error\ndata: upstream exploded\n\n")
