@@ -77,7 +77,8 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
                                          f"{overrun.until.astimezone(rules.tz):%Y-%m-%d %H:%M %Z}"))
             limited.append((overrun.until - spend.clock()).total_seconds())
         elif until is not None:
-            ends = now + timedelta(seconds=max(0.0, until - health.clock()))
+            # added in UTC: a DST change between now and then moves the wall clock, not the end
+            ends = (now.astimezone(UTC) + timedelta(seconds=max(0.0, until - health.clock()))).astimezone(now.tzinfo)
             result.blocked.append((name, f"cooling down until {wall_text(ends, now)}"))
             back = _back_after(until - health.clock(), full, quota) if health.get(name).rate_limited else None
             if back is not None:

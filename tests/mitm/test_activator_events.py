@@ -203,3 +203,28 @@ async def test_a_probes_answer_teaches_its_rate_limits_and_its_429_cools_the_ups
     assert not refused.ok and refused.status == 429
     cooling = gateway.health.cooling_until("relay") - gateway.health.clock()
     assert abs(cooling - (reset - time.time())) < 5                   # until the window's own reset
+
+
+async def test_a_probes_answer_past_the_routes_drain_at_is_told_as_full_though_it_still_serves(gateway):
+    """The probe's answer is judged by `failover.drain_at` (95 % here), as a request's is, not only
+    once a window is spent or rejecting."""
+    import time
+
+    from tests.support.mock_upstream import ok
+    gateway.allow_url = loopback_url
+    activator = Activator(gateway, clock=Clock())
+    activator.client = UpstreamClient()
+    reset = int(time.time() + 3 * 3600)
+    with MockUpstream("relay") as up:
+        upstream = gateway.rules.upstream("relay").model_copy(update={"base_url": up.base_url})
+        up.script(ok(headers={"anthropic-ratelimit-unified-5h-utilization": "0.97",
+                              "anthropic-ratelimit-unified-5h-reset": str(reset)}))
+        heard = []
+        gateway.events.subscribe(heard.append)
+        try:
+            served = await activator._probe(upstream, None)
+        finally:
+            await activator.client.aclose()
+    assert served.ok
+    [full] = [e for e in heard if e.kind == "full"]
+    assert full.upstream == "relay" and "at 97% (drain_at 95%)" in full.reason

@@ -141,3 +141,19 @@ def test_a_model_no_upstream_serves_is_said_at_once(tmp_path):
     status, message, headers = closed_route(tmp_path, f"{opens:%H:%M}-{opens + timedelta(hours=1):%H:%M}",
                                             only_models="haiku-*", night_models="opus-*")
     assert status == 503 and headers == {"x-should-retry": "false"} and "not serving model 'gpt-x'" in message
+
+
+def test_a_client_keys_spent_budget_says_when_it_resets_with_the_zone_of_the_rules(tmp_path):
+    from ccswitch.routing.budget import CLIENT
+    gateway = open_gateway(tmp_path, f"""
+timezone: Europe/Berlin
+client_keys: [{{name: alice, key: ccsw-alice-000000000, budget: {{daily: 1}}}}]
+upstreams:
+  - {{name: chatty, protocol: openai-chat, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}
+routes: {{chat: [chatty]}}
+""")
+    gateway.spend.configure(gateway.rules)
+    gateway.spend.add(CLIENT, "alice", 1.5)
+    status, message, headers = Planner(gateway).client_over_budget("alice")
+    assert status == 429 and int(headers["retry-after"]) >= 1
+    assert message.endswith(" 00:00 CET") or message.endswith(" 00:00 CEST")

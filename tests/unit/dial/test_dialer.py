@@ -970,3 +970,36 @@ async def test_a_compaction_another_account_made_is_left_out_when_the_upstream_r
     job, sink, _ = await run(responses_pair(mock_a, mock_b), path="/v1/responses", body=body, host="api.openai.com")
     assert sink.status == 200 and [(a.upstream, a.status) for a in job.attempts] == [("a", 400), ("a", 200)]
     assert [item["type"] for item in mock_a.requests[1].json["input"]] == ["message", "message"]
+
+
+class RawHeadersSink(MemorySink):
+    """A sink that keeps the answer's headers as sent: a header twice is seen twice."""
+
+    async def start(self, status, headers, length):
+        self.raw_headers = list(headers)
+        await super().start(status, headers, length)
+
+
+REFUSED_KEY = {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}
+
+
+@pytest.mark.parametrize("code", [401, 403])
+async def test_an_upstreams_refusal_of_the_rules_key_tells_the_client_once_not_to_retry(mock_a, code):
+    mock_a.script(*[status(code, body=REFUSED_KEY, headers={"x-should-retry": "true"})] * 3)
+    job, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST), sink=RawHeadersSink())
+    assert sink.status == code
+    assert [v for k, v in sink.raw_headers if k.lower() == "x-should-retry"] == ["false"]
+
+
+async def test_an_upstreams_refusal_of_the_clients_own_key_keeps_the_upstreams_retry_advice(mock_a):
+    from ccswitch.config.load import parse_rules
+    mock_a.script(*[status(401, body=REFUSED_KEY, headers={"x-should-retry": "true"})] * 3)
+    rules = parse_rules(f"""
+{FAST}
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{mock_a.base_url}', auth: client}}
+routes: {{claude: [a]}}
+""")
+    job, sink, _ = await run(rules, sink=RawHeadersSink())
+    assert sink.status == 401
+    assert [v for k, v in sink.raw_headers if k.lower() == "x-should-retry"] == ["true"]

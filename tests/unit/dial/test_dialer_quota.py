@@ -267,3 +267,12 @@ routes: {{claude: [a, b]}}
         assert await ask("claude-opus-4-5", "a") == ("a", "kept")
     finally:
         await d.aclose()
+
+
+async def test_a_session_bound_to_an_upstream_the_rules_no_longer_have_is_bound_to_the_one_that_served(mock_a, mock_b):
+    d = dialer()
+    try:
+        job, _ = await serve(d, two(mock_a, mock_b), session="s1", bound_to="gone")
+    finally:
+        await d.aclose()
+    assert job.upstream == "a" and d.sessions.bound("claude", "s1") == "a"

@@ -163,3 +163,19 @@ async def test_an_anthropic_stream_that_ends_before_its_stop_reason_is_still_cut
     job, sink = await run_anthropic(b"".join(ANTHROPIC[:2]) + no_reason)
     assert job.error == "stream ended before its terminal event"
     assert b"message_stop" not in sink.body and b"event: error" in sink.body
+
+
+async def test_the_message_stop_added_to_a_whole_anthropic_stream_is_a_named_event_as_anthropic_sends_it():
+    """The SDKs dispatch on the `event:` line: a bare `data:` message_stop would not end the message."""
+    job, sink = await run_anthropic(b"".join(ANTHROPIC[:-1]))
+    assert job.error is None
+    assert sink.body.endswith(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+
+
+async def test_an_anthropic_stream_stays_whole_once_its_stop_reason_came_whatever_delta_follows():
+    """The stop reason once given stands: a later `message_delta` without one (a relay's usage
+    update) does not take it back."""
+    usage_only = event({"type": "message_delta", "delta": {}, "usage": {"output_tokens": 9}})
+    job, sink = await run_anthropic(b"".join(ANTHROPIC[:-1]) + usage_only)
+    assert sink.status == 200 and job.error is None
+    assert sink.body.endswith(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')

@@ -54,6 +54,13 @@ def test_bad_proxy_urls_are_refused_without_repeating_them(text, message):
     assert "SECRETPW" not in str(caught.value)
 
 
+def test_a_password_that_is_not_printable_ascii_is_refused_saying_how_to_write_every_reserved_character():
+    """Written in the file itself, `%`, `?` and `#` must be percent-encoded too (a ${VAR} goes in as it is)."""
+    with pytest.raises(ValueError) as caught:
+        parse_proxy("http://u:SECRETPW\u00e9@h:1")
+    assert "percent-encode % @ : / ? # as %25 %40 %3A %2F %3F %23" in str(caught.value)
+
+
 def test_a_proxy_prints_without_its_credentials():
     proxy = parse_proxy(f"socks5h://user:{SECRET}@127.0.0.1:1080")
     assert proxy.shown == "socks5h://127.0.0.1:1080" and parse_proxy("http://u:p@[::1]:1").shown == "http://[::1]:1"

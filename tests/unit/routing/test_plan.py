@@ -205,3 +205,36 @@ def test_why_no_upstream_says_until_when_each_is_out():
     p = plan(rules, "claude", "m", health, now, quota=quota, spend=spend)
     assert p.why_none("claude") == ("no upstream available for the claude route: a is cooling down until 12:02; "
                                     "b is over its daily budget ($1.00) until 2026-12-03 00:00 UTC")
+
+
+def test_a_closed_route_is_back_when_the_first_upstream_that_opens_by_itself_opens():
+    from datetime import UTC
+
+    from ccswitch.routing.plan import back_in
+    rules = parse_rules("timezone: UTC\nupstreams:\n"
+                        "  - {name: late, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k-l-0000000,"
+                        " hours: ['16:00-18:00']}\n"
+                        "  - {name: soon, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k-s-0000000,"
+                        " hours: ['14:00-15:00']}\n"
+                        "  - {name: off, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k-o-0000000,"
+                        " hours: ['13:00-14:00']}\nroutes:\n  claude: [late, soon, off]\n")
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    health = HealthBoard()
+    health.switch("off", False)          # switched off: it opens at 13:00 but takes nothing
+    blocked = plan(rules, "claude", "m", health, now).blocked
+    assert [name for name, _ in blocked] == ["late", "soon", "off"]
+    assert back_in(rules, blocked, "m", health, now) == 2 * 3600
+    assert back_in(rules, blocked[:1], "m", health, now) == 4 * 3600
+
+
+def test_cooling_until_is_read_on_the_wall_clock_across_a_dst_change():
+    from zoneinfo import ZoneInfo
+    clock = Clock()
+    health = HealthBoard(clock)
+    rules = parse_rules("timezone: Europe/Berlin\nupstreams:\n"
+                        "  - {name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k-a-0000000}\n"
+                        "routes:\n  claude: [a]\n")
+    health.record_rate_limit("a", "HTTP 429", seconds=3600, reset_known=False)
+    spring = datetime(2024, 3, 31, 1, 30, tzinfo=ZoneInfo("Europe/Berlin"))     # 02:00-03:00 is skipped that night
+    p = plan(rules, "claude", "m", health, spring)
+    assert ("a", "cooling down until 03:30") in p.blocked

@@ -469,3 +469,51 @@ def test_a_window_exactly_at_drain_at_is_full_until_its_reset_and_a_rejection_ou
                      (U + "7d-utilization", "1.0"), (U + "7d-reset", str(int(NOW + 1000))),
                      (U + "status", "rejected"), (U + "7d-status", "rejected"), (U + "5h-status", "allowed")])
     assert tie.utilization("a")[1].name == "7d" and tie.utilization("a")[1].rejected
+
+
+# ------------------------------------------------------------------ routing/limits.py: learnt from an answer
+
+def _boards(now: float = NOW):
+    from ccswitch.routing.health import HealthBoard
+    return HealthBoard(clock=lambda: 1000.0), QuotaBoard(clock=Clock(now))
+
+
+def _cooling(health) -> tuple[float, bool]:
+    return health.cooling_until("a") - health.clock(), health.get("a").rate_limited
+
+
+def test_a_429_that_says_nothing_cools_until_the_full_window_last_seen_resets():
+    from ccswitch.routing.limits import cool_rate_limited
+    health, quota = _boards()
+    quota.record("a", [(U + "5h-utilization", "1.0"), (U + "5h-reset", str(int(NOW + 500)))])
+    cool_rate_limited(health, quota, "a", "HTTP 429", [], 600.0, refusal=True)
+    assert _cooling(health) == (500.0, True)
+
+
+def test_a_429_that_says_wait_zero_seconds_cools_for_the_configured_cooldown():
+    from ccswitch.routing.limits import cool_rate_limited
+    health, quota = _boards()
+    cool_rate_limited(health, quota, "a", "HTTP 429", [("retry-after", "0")], 600.0, refusal=True)
+    assert _cooling(health) == (600.0, False)
+
+
+def test_a_reset_reported_without_a_window_is_a_refusals_own_not_a_2xx_heads():
+    from ccswitch.routing.limits import cool_rate_limited
+    head = [(U + "reset", str(int(NOW + 300)))]
+    health, quota = _boards()
+    cool_rate_limited(health, quota, "a", "rate_limit_error", head, 600.0, refusal=False)
+    assert _cooling(health) == (600.0, False)      # a 2xx head's routine reset may be hours away
+    health, quota = _boards()
+    cool_rate_limited(health, quota, "a", "HTTP 429", head, 600.0, refusal=True)
+    assert _cooling(health) == (300.0, True)
+
+
+def test_an_answer_that_makes_an_upstream_full_by_a_rejection_says_it_rejects_requests():
+    from ccswitch.routing.events import Events
+    from ccswitch.routing.limits import learn_windows
+    events, heard = Events(), []
+    events.subscribe(heard.append)
+    quota = QuotaBoard(clock=Clock())
+    learn_windows(quota, events, "a", REAL_5H_REJECTION, 0.95)
+    [event] = heard
+    assert event.reason == "its 5h window is at 100% (drain_at 95%), rejecting requests: skipped until it resets"

@@ -34,6 +34,29 @@ def test_a_failed_response_the_request_is_at_fault_for_is_a_400_not_a_server_err
     assert in_stream_status({"type": "response.failed", "response": failed}) == status
 
 
+def sdk_failure_codes() -> list[str]:
+    import typing
+
+    from openai.types.responses import ResponseError
+    return list(typing.get_args(ResponseError.model_fields["code"].annotation))
+
+
+@pytest.mark.parametrize("code", [c for c in sdk_failure_codes()
+                                  if c not in ("server_error", "rate_limit_exceeded", "vector_store_timeout")])
+def test_every_failure_code_of_the_sdk_that_is_the_requests_fault_is_a_400(code):
+    failed = {"status": "failed", "output": [], "error": {"code": code, "message": "no"}}
+    got, body, _ = reply(json.dumps(failed).encode())
+    assert (got, body["error"]["type"]) == (400, "invalid_request_error")
+    assert in_stream_status({"type": "response.failed", "response": failed}) == 400
+
+
+def test_a_failure_that_names_its_own_type_keeps_it_whatever_its_code():
+    failed = {"status": "failed", "output": [], "error": {"type": "server_error", "code": "invalid_prompt",
+                                                          "message": "no"}}
+    got, body, _ = reply(json.dumps(failed).encode())
+    assert (got, body["error"]["type"], body["error"]["code"]) == (500, "server_error", "invalid_prompt")
+
+
 def test_a_streamed_failure_keeps_the_upstreams_param():
     event = ("error", {"code": "context_length_exceeded", "message": "too long", "param": "input",
                        "error": {"type": "invalid_request_error", "code": "context_length_exceeded",
@@ -56,6 +79,17 @@ def test_streamed_logprobs_without_bytes_or_top_logprobs_are_chat_tokens_the_sdk
     assert (token.token, token.logprob, token.bytes, token.top_logprobs) == ("Hi", -0.1, None, [])
 
 
+def test_a_streamed_token_without_its_logprob_still_validates_as_a_chat_token():
+    asked = {"model": "gpt-x", "messages": HI, "logprobs": True, "stream": True}
+    delta = (text_delta("Hi")[0], {**text_delta("Hi")[1], "logprobs": [{"token": "Hi"}]})
+    chunks = run(sse(created(), delta, completed()), asked)
+    state = ChatCompletionStreamState()
+    for chunk in chunks[:-1]:
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    [token] = state.get_final_completion().choices[0].logprobs.content
+    assert (token.token, token.logprob) == ("Hi", 0.0)
+
+
 def test_an_answer_only_in_the_terminal_response_is_streamed_as_the_whole_body_gives_it():
     output = [{"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "think"}]},
               {"type": "message", "id": "msg_1", "content": [{"type": "output_text", "text": "hello"}]},
@@ -69,6 +103,13 @@ def test_an_answer_only_in_the_terminal_response_is_streamed_as_the_whole_body_g
     assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
     whole = reply(json.dumps({"status": "completed", "output": output}).encode())[1]["choices"][0]["message"]
     assert (whole["content"], whole["reasoning_content"]) == ("hello", "think")
+
+
+def test_an_answer_only_in_a_terminal_response_with_nothing_before_it_starts_with_the_role():
+    output = [{"type": "message", "id": "msg_1", "content": [{"type": "output_text", "text": "hello"}]}]
+    chunks = run(sse(("response.completed", {"response": {"status": "completed", "output": output}})))
+    deltas = [c["choices"][0]["delta"] for c in chunks if c != "[DONE]" and c.get("choices")]
+    assert deltas[0] == {"role": "assistant", "content": ""} and folded(chunks)["text"] == "hello"
 
 
 def test_what_came_as_events_is_not_sent_again_by_the_terminal_response():
@@ -101,6 +142,13 @@ def test_past_call_arguments_sent_as_an_object_are_kept_as_json_text():
     items = convert(messages=history)["input"]
     [call] = [item for item in items if item["type"] == "function_call"]
     assert json.loads(call["arguments"]) == {"city": "Zürich"} and "Zürich" in call["arguments"]
+
+
+def test_past_call_arguments_sent_as_an_array_are_kept_as_json_text():
+    history = HI + [{"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function", "function": {
+        "name": "add", "arguments": [1, 2]}}]}, {"role": "tool", "tool_call_id": "call_1", "content": "3"}]
+    [call] = [item for item in convert(messages=history)["input"] if item["type"] == "function_call"]
+    assert json.loads(call["arguments"]) == [1, 2]
 
 
 def test_a_file_part_with_only_a_filename_is_refused():

@@ -23,6 +23,18 @@ def test_a_429_is_worth_a_retry_only_when_the_wait_is_short():
     assert should_retry(429, 61) is False        # e.g. a 5-hour window: say it now
 
 
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_wait_of_a_minute_is_still_worth_a_retry_and_a_longer_one_is_not(status):
+    assert should_retry(status, 60) is True
+    assert should_retry(status, 60.5) is False
+
+
+def test_own_error_keeps_the_callers_x_should_retry_and_adds_none_of_its_own():
+    headers, _ = own_error("anthropic", 503, "closed for now", (("X-Should-Retry", "false"),))
+    assert [(k, v) for k, v in headers if k.lower() == "x-should-retry"] == [("X-Should-Retry", "false")]
+    assert ("content-type", "application/json") in headers
+
+
 def test_own_error_carries_the_header_content_type_and_the_body_in_the_clients_protocol():
     headers, body = own_error("anthropic", 429, "slow down", (("retry-after", "3600"),))
     assert ("x-should-retry", "false") in headers and ("retry-after", "3600") in headers
