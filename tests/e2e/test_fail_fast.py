@@ -13,6 +13,15 @@ from tests.support.proxy_process import Proxy
 pytestmark = pytest.mark.skipif(not CLAUDE.exists(), reason="run `npm ci --prefix tests/clients` to install the real CLIs")
 
 
+def claude_through(rules, tmp_path, key: str):
+    """`claude -p` through ccswitch on `rules`, presenting `key`: how it ended, and how long it took."""
+    with Proxy(rules, tmp_path, extra_args=("--set", "ccswitch_offline=true")) as proxy:
+        env = {**client_env(proxy, tmp_path / "home"), "ANTHROPIC_API_KEY": key}
+        began = time.monotonic()
+        done, _ = run([str(CLAUDE), "-p", "say hi"], env, tmp_path)
+        return done, time.monotonic() - began
+
+
 def test_claude_code_with_a_wrong_client_key_fails_fast_with_the_message(tmp_path):
     with MockUpstream("A") as a:
         rules = tmp_path / "rules.yaml"
@@ -22,11 +31,7 @@ upstreams:
   - {{name: claude-a, protocol: anthropic, base_url: '{a.base_url}', api_key: '{KEY_A}'}}
 routes: {{claude: [claude-a]}}
 """)
-        with Proxy(rules, tmp_path, extra_args=("--set", "ccswitch_offline=true")) as proxy:
-            env = {**client_env(proxy, tmp_path / "home"), "ANTHROPIC_API_KEY": "ccsw-WRONG-key-0000000000"}
-            began = time.monotonic()
-            done, _ = run([str(CLAUDE), "-p", "say hi"], env, tmp_path)
-            took = time.monotonic() - began
+        done, took = claude_through(rules, tmp_path, "ccsw-WRONG-key-0000000000")
     assert done.returncode != 0
     assert "missing or invalid ccswitch client key" in done.stdout + done.stderr
     assert took < 30, f"Claude Code took {took:.0f} s to give up"          # it used to retry for ~3 minutes
@@ -47,11 +52,7 @@ upstreams:
   - {{name: claude-b, protocol: anthropic, base_url: '{b.base_url}', api_key: '{KEY_A}'}}
 routes: {{claude: [claude-a, claude-b]}}
 """)
-        with Proxy(rules, tmp_path, extra_args=("--set", "ccswitch_offline=true")) as proxy:
-            env = {**client_env(proxy, tmp_path / "home"), "ANTHROPIC_API_KEY": CLIENT_KEY}
-            began = time.monotonic()
-            done, _ = run([str(CLAUDE), "-p", "say hi"], env, tmp_path)
-            took = time.monotonic() - began
+        done, took = claude_through(rules, tmp_path, CLIENT_KEY)
     assert done.returncode != 0
     assert took < 30, f"Claude Code took {took:.0f} s to give up"
     assert len([r for r in b.requests if r.protocol]) <= 2      # not one try after another
@@ -67,11 +68,7 @@ upstreams:
   - {{name: claude-a, protocol: anthropic, base_url: '{a.base_url}', api_key: '{KEY_A}', only_models: [nothing-*]}}
 routes: {{claude: [claude-a]}}
 """)
-        with Proxy(rules, tmp_path, extra_args=("--set", "ccswitch_offline=true")) as proxy:
-            env = {**client_env(proxy, tmp_path / "home"), "ANTHROPIC_API_KEY": CLIENT_KEY}
-            began = time.monotonic()
-            done, _ = run([str(CLAUDE), "-p", "say hi"], env, tmp_path)
-            took = time.monotonic() - began
+        done, took = claude_through(rules, tmp_path, CLIENT_KEY)
     assert done.returncode != 0
     assert "claude-a is not serving model" in done.stdout + done.stderr
     assert took < 30, f"Claude Code took {took:.0f} s to give up"

@@ -1,6 +1,7 @@
 """`activation_failed`: announced once when a day's probe and all its retries failed."""
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 
 from ccswitch.mitm.activator import Activator
@@ -174,29 +175,40 @@ async def test_a_probe_goes_through_the_routers_client_once_it_runs(gateway):
     assert result.ok and counts == {"relay": (1, 0)} and activator.client.connection_counts() == {}
 
 
-async def test_a_probes_answer_teaches_its_rate_limits_and_its_429_cools_the_upstream_down(gateway):
-    import time
-
-    from tests.support.mock_upstream import ok, status
+async def probes(gateway, *answers, between=lambda result: None):
+    """One activation probe of `relay` per scripted answer of its mock; `between` sees each result."""
     gateway.allow_url = loopback_url
     activator = Activator(gateway, clock=Clock())
     activator.client = UpstreamClient()
-    reset = int(time.time() + 3 * 3600)
+    results = []
     with MockUpstream("relay") as up:
         upstream = gateway.rules.upstream("relay").model_copy(update={"base_url": up.base_url})
-        up.script(ok(headers={"anthropic-ratelimit-unified-5h-utilization": "0.97",
-                              "anthropic-ratelimit-unified-5h-reset": str(reset)}),
-                  status(429, headers={"anthropic-ratelimit-unified-status": "rejected",
-                                       "anthropic-ratelimit-unified-reset": str(reset)}))
-        heard = []
-        gateway.events.subscribe(heard.append)
+        up.script(*answers)
         try:
-            served = await activator._probe(upstream, None)
-            window = gateway.quota.full("relay", 0.95)       # 97 % used: full for a route draining at 95 %
-            assert served.ok and gateway.health.cooling_until("relay") is None
-            refused = await activator._probe(upstream, None)
+            for _ in answers:
+                results.append(await activator._probe(upstream, None))
+                between(results[-1])
         finally:
             await activator.client.aclose()
+    return results
+
+
+async def test_a_probes_answer_teaches_its_rate_limits_and_its_429_cools_the_upstream_down(gateway):
+    from tests.support.mock_upstream import ok, status
+    reset = int(time.time() + 3 * 3600)
+    heard, seen = [], []
+    gateway.events.subscribe(heard.append)
+
+    def after_each(served):     # the first: 97 % used, full for a route draining at 95 %, not cooling
+        seen.append((gateway.quota.full("relay", 0.95), gateway.health.cooling_until("relay")))
+
+    served, refused = await probes(gateway, ok(headers={"anthropic-ratelimit-unified-5h-utilization": "0.97",
+                                                        "anthropic-ratelimit-unified-5h-reset": str(reset)}),
+                                   status(429, headers={"anthropic-ratelimit-unified-status": "rejected",
+                                                        "anthropic-ratelimit-unified-reset": str(reset)}),
+                                   between=after_each)
+    window, cooling_then = seen[0]
+    assert served.ok and cooling_then is None
     assert window is not None and window.utilization == 0.97
     # a probe's answer is news like a request's: the hooks hear the upstream is full, once
     assert [(e.kind, e.upstream) for e in heard if e.kind == "full"] == [("full", "relay")]
@@ -208,23 +220,12 @@ async def test_a_probes_answer_teaches_its_rate_limits_and_its_429_cools_the_ups
 async def test_a_probes_answer_past_the_routes_drain_at_is_told_as_full_though_it_still_serves(gateway):
     """The probe's answer is judged by `failover.drain_at` (95 % here), as a request's is, not only
     once a window is spent or rejecting."""
-    import time
-
     from tests.support.mock_upstream import ok
-    gateway.allow_url = loopback_url
-    activator = Activator(gateway, clock=Clock())
-    activator.client = UpstreamClient()
     reset = int(time.time() + 3 * 3600)
-    with MockUpstream("relay") as up:
-        upstream = gateway.rules.upstream("relay").model_copy(update={"base_url": up.base_url})
-        up.script(ok(headers={"anthropic-ratelimit-unified-5h-utilization": "0.97",
-                              "anthropic-ratelimit-unified-5h-reset": str(reset)}))
-        heard = []
-        gateway.events.subscribe(heard.append)
-        try:
-            served = await activator._probe(upstream, None)
-        finally:
-            await activator.client.aclose()
+    heard = []
+    gateway.events.subscribe(heard.append)
+    [served] = await probes(gateway, ok(headers={"anthropic-ratelimit-unified-5h-utilization": "0.97",
+                                                 "anthropic-ratelimit-unified-5h-reset": str(reset)}))
     assert served.ok
     [full] = [e for e in heard if e.kind == "full"]
     assert full.upstream == "relay" and "at 97% (drain_at 95%)" in full.reason
