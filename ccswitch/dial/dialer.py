@@ -33,7 +33,6 @@ from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.events import Events
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.limits import cool_rate_limited, learn_windows
-from ccswitch.routing.plan import serves_model
 from ccswitch.routing.quota import QuotaBoard
 from ccswitch.translate import translation_for
 from ccswitch.vocab import Action, Endpoint, Protocol
@@ -239,9 +238,9 @@ class Dialer:
         self.health.record_success(upstream.name)
         if read is not None:
             self.seals.made(_account(upstream), read[0])
-        if job.session is not None and job.request.endpoint != Endpoint.COUNT_TOKENS and not _other_model(job):
+        if job.session is not None and job.request.endpoint != Endpoint.COUNT_TOKENS:
             route = job.request.route
-            self.sessions.bind(route, job.session, upstream.name, job.rules.routes.spec(route).sticky)
+            self.sessions.bind(route, job.binding or job.session, upstream.name, job.rules.routes.spec(route).sticky)
             job.rebound_to = upstream.name
 
     def _rate_limited(self, name: str, reason: str, headers: list[tuple[str, str]], cooldown: float, *,
@@ -364,16 +363,6 @@ def _read_by(job: Job, upstream: Upstream) -> tuple[list[int], set[int]] | None:
     if not isinstance(items, list):
         return None
     return seals_in(body, "input"), ({id(item) for item in items} if job.turn is not None else set())
-
-
-def _other_model(job: Job) -> bool:
-    """A request for a model its session's upstream does not serve (`only_models`: Claude Code's
-    small-model requests beside its main model's, each model on its own upstream) is served
-    elsewhere without moving the session: the main model's prompt cache stays where it was written."""
-    if job.bound_to is None or job.request.model is None:
-        return False
-    bound = next((u for u in job.rules.upstreams if u.name == job.bound_to), None)
-    return bound is not None and not serves_model(bound, job.request.model)
 
 
 def _account(upstream: Upstream) -> tuple:

@@ -71,6 +71,7 @@ class Job:
     client: str | None = None            # the name of the client key it presented, with client keys
     session: str | None = None           # the client's session key (affinity), if it sent one
     bound_to: str | None = None          # the upstream that session was bound to when the request came
+    binding: str | None = None           # the key it is bound under (the session's, or its model's)
     rebound_to: str | None = None        # the upstream whose 2xx bound the session anew, if one did
     why_first: str = ""                  # why the first candidate came first (for the flow comment)
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (upstream, why) left out by the plan

@@ -69,7 +69,8 @@ class Planner:
             return 503, chosen.why_none(req.route), _come_back(
                 back_in(rules, [b for b in chosen.blocked if b[0] not in refused], req.model, gateway.health, now))
         return Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow_id, converted=converted,
-                   client=client_name, session=session, bound_to=chosen.bound_to, why_first=chosen.why_first,
+                   client=client_name, session=session, bound_to=chosen.bound_to, binding=chosen.binding,
+                   why_first=chosen.why_first,
                    skipped=chosen.blocked, shown=shown)
 
     def _takes_it_when_back(self, req: ClientRequest, blocked: list[tuple[str, str]],

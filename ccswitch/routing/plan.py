@@ -32,6 +32,7 @@ class Plan:
     blocked: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
     why_first: str = ""                 # why the first candidate leads (for the flow comment)
     bound_to: str | None = None         # the upstream the request's session was bound to
+    binding: str | None = None          # the key it is bound under (`binding_key`)
     #: seconds until the soonest reset when every upstream is full or cooling after a 429 that
     #: named its reset: ccswitch then answers 429 itself instead of calling any of them
     limited_for: float | None = None
@@ -102,7 +103,8 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
             result.candidates.append(upstream)
     if session is not None and sessions is not None and spec.sticky > 0:
         # also when every upstream is out: the row says whether the session stayed or moved
-        result.bound_to = sessions.bound(route, session)
+        result.binding = binding_key(rules, route, session, model, sessions)
+        result.bound_to = sessions.bound(route, result.binding)
     if not result.candidates:
         if limited and not unknown_wait:
             result.limited_for = max(0.0, min(limited))
@@ -197,6 +199,20 @@ def off_reason(upstream: Upstream, health: HealthBoard, now: datetime, model: st
     if model is not None and not serves_model(upstream, model):
         return f"not serving model {model!r}"
     return None
+
+
+def binding_key(rules: Rules, route: str, session: str, model: str | None, sessions: SessionBindings) -> str:
+    """The key a request's session is bound under: the session's own, unless the upstream it is
+    bound to does not serve the request's model (another model of the session on upstreams of
+    its own, e.g. Claude Code's small one beside its main one): then the session's binding for
+    that model, so that neither model's requests move the other's prompt cache."""
+    bound = sessions.bound(route, session)
+    if bound is None or model is None:
+        return session
+    upstream = next((u for u in rules.upstreams if u.name == bound), None)
+    if upstream is None or serves_model(upstream, model):
+        return session
+    return f"{session} [{model}]"
 
 
 def back_in(rules: Rules, blocked: list[tuple[str, str]], model: str | None, health: HealthBoard,

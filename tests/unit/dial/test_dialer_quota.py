@@ -6,6 +6,8 @@ import json
 import time
 from datetime import datetime
 
+import pytest
+
 from ccswitch.dial.dialer import Dialer
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.health import HealthBoard
@@ -239,32 +241,40 @@ async def test_a_rate_limit_error_after_the_commit_ends_the_stream_and_cools_for
     assert d.health.get("a").rate_limited is True and 88 < left <= 90     # not the 10 min cooldown
 
 
-async def test_a_request_for_a_model_the_sessions_upstream_does_not_serve_leaves_the_session_there(mock_a, mock_b):
-    """Claude Code's small-model requests beside its main model's, each model on its own upstream:
-    the small model's answers elsewhere do not move the session (its main cache stays found)."""
-    from ccswitch.config.load import parse_rules
-    rules = parse_rules(f"""
+MODELS_APART = """
 upstreams:
-  - {{name: a, protocol: anthropic, base_url: '{mock_a.base_url}', api_key: k-a-00000000, only_models: [claude-opus-*]}}
-  - {{name: b, protocol: anthropic, base_url: '{mock_b.base_url}', api_key: k-b-00000000, only_models: [claude-haiku-*]}}
-routes: {{claude: [a, b]}}
-{FAST}""")
+  - {{name: a, protocol: anthropic, base_url: '{a}', api_key: k-a-00000000, only_models: [claude-opus-*]}}
+  - {{name: c, protocol: anthropic, base_url: '{a}', api_key: k-c-00000000, only_models: [claude-opus-*]}}
+  - {{name: b, protocol: anthropic, base_url: '{b}', api_key: k-b-00000000, only_models: [claude-haiku-*]}}
+routes: {{claude: {{upstreams: [a, c, b], strategy: weighted}}}}
+"""
+
+
+async def ask_as_session(d, rules, model):
+    """One request of session s1 for `model`, planned and served: (bound to before, served by, affinity)."""
+    chosen = plan(rules, "claude", model, d.health, datetime.now(), quota=d.quota, sessions=d.sessions, session="s1")
+    job = make_job(rules, body={"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+    job.candidates, job.session, job.bound_to, job.binding = chosen.candidates, "s1", chosen.bound_to, chosen.binding
+    await d.run(job, MemorySink())
+    return chosen.bound_to, job.upstream, job.affinity
+
+
+@pytest.mark.parametrize("first", ["claude-opus-4-5", "claude-haiku-4-5"])
+async def test_each_model_of_a_session_keeps_its_own_upstream_when_the_models_are_served_apart(mock_a, mock_b, first):
+    """Claude Code's small-model requests beside its main model's, each model on upstreams of its
+    own: neither model's requests move the other's binding (and its prompt cache), whichever came first."""
+    from ccswitch.config.load import parse_rules
+    rules = parse_rules(MODELS_APART.format(a=mock_a.base_url, b=mock_b.base_url) + FAST)
     d = dialer()
-
-    async def ask(model, bound_to):
-        chosen = plan(rules, "claude", model, d.health, datetime.now(), quota=d.quota,
-                      sessions=d.sessions, session="s1")
-        assert chosen.bound_to == bound_to
-        job = make_job(rules, body={"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
-        job.candidates, job.session, job.bound_to = chosen.candidates, "s1", chosen.bound_to
-        await d.run(job, MemorySink())
-        return job.upstream, job.affinity
-
     try:
-        assert await ask("claude-opus-4-5", None) == ("a", "new")
-        assert await ask("claude-haiku-4-5", "a") == ("b", "kept")      # served by b, the session stays on a
-        assert d.sessions.bound("claude", "s1") == "a"
-        assert await ask("claude-opus-4-5", "a") == ("a", "kept")
+        other = "claude-haiku-4-5" if first == "claude-opus-4-5" else "claude-opus-4-5"
+        assert (await ask_as_session(d, rules, first))[2] == "new"
+        assert (await ask_as_session(d, rules, other))[2] == "new"
+        opus = [await ask_as_session(d, rules, model) for model in ["claude-opus-4-5", "claude-haiku-4-5"] * 6]
+        served_opus = {served for _, served, _ in opus[::2]}
+        assert len(served_opus) == 1 and served_opus <= {"a", "c"}       # weighted, yet always the same one
+        assert {served for _, served, _ in opus[1::2]} == {"b"}
+        assert {affinity for _, _, affinity in opus} == {"kept"}
     finally:
         await d.aclose()
 

@@ -179,3 +179,12 @@ async def test_an_anthropic_stream_stays_whole_once_its_stop_reason_came_whateve
     job, sink = await run_anthropic(b"".join(ANTHROPIC[:-1]) + usage_only)
     assert sink.status == 200 and job.error is None
     assert sink.body.endswith(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+
+
+async def test_a_body_that_ends_inside_its_last_event_is_a_cut_not_a_whole_answer():
+    """The last event's data cut short where the body ends: dropped (never passed on), and the
+    answer, without its stop reason, is cut short."""
+    cut = b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_rea\n'
+    job, sink = await run_anthropic(b"".join(ANTHROPIC[:2]) + cut)
+    assert job.error == "stream ended before its terminal event"
+    assert b"stop_rea" not in sink.body and b"event: error" in sink.body
