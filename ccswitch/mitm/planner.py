@@ -66,12 +66,21 @@ class Planner:
                     protocols.rate_limit_headers(req.client_protocol, chosen.limited_for, gateway.quota.clock()))
         if not chosen.candidates:
             self._exhausted(req.route, chosen.why_none(req.route), None)
-            return 503, chosen.why_none(req.route), _come_back(
-                back_in(rules, [b for b in chosen.blocked if b[0] not in refused], req.model, gateway.health, now))
+            return 503, chosen.why_none(req.route), _come_back(self._back_in(req, chosen.blocked, refused, now))
         return Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow_id, converted=converted,
                    client=client_name, session=session, bound_to=chosen.bound_to, binding=chosen.binding,
                    why_first=chosen.why_first,
                    skipped=chosen.blocked, shown=shown)
+
+    def _back_in(self, req: ClientRequest, blocked: list[tuple[str, str]], refused: dict[str, RenderError],
+                 now: datetime) -> float | None:
+        """Seconds until the first upstream that is out for now and could take the request as it
+        is opens by its hours (None: none will by itself)."""
+        rules = self.gateway.rules
+        out = [name for name, _ in blocked if name not in refused]
+        _, unable = convert_for_candidates(req, [rules.upstream(name) for name in out], rules)
+        return back_in(rules, [b for b in blocked if b[0] in out and b[0] not in unable], req.model,
+                       self.gateway.health, now)
 
     def _takes_it_when_back(self, req: ClientRequest, blocked: list[tuple[str, str]],
                             refused: dict[str, RenderError]) -> bool:

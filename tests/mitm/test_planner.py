@@ -157,3 +157,21 @@ routes: {{chat: [chatty]}}
     status, message, headers = Planner(gateway).client_over_budget("alice")
     assert status == 429 and int(headers["retry-after"]) >= 1
     assert message.endswith(" 00:00 CET") or message.endswith(" 00:00 CEST")
+
+
+def test_a_closed_chat_route_is_back_when_an_upstream_that_could_take_the_request_opens(tmp_path):
+    """An upstream that opens sooner but could not take the request as it is (an Anthropic one
+    and `n` > 1) does not set the 503's `retry-after`."""
+    from datetime import datetime, timedelta
+    now = datetime.now().astimezone()
+    soon, later = now + timedelta(hours=1), now + timedelta(hours=3)
+    gateway = open_gateway(tmp_path, f"""
+upstreams:
+  - {{name: anth, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}',
+     hours: ['{soon:%H:%M}-{soon + timedelta(minutes=30):%H:%M}']}}
+  - {{name: chatty, protocol: openai-chat, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}',
+     hours: ['{later:%H:%M}-{later + timedelta(minutes=30):%H:%M}']}}
+routes: {{chat: [anth, chatty]}}
+""")
+    status, _, headers = Planner(gateway).plan_job(chat_request(n=2), "f1", None, None, shown=False)
+    assert status == 503 and 3 * 3600 - 120 <= int(headers["retry-after"]) <= 3 * 3600 + 60
