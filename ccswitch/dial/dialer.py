@@ -89,14 +89,17 @@ class Dialer:
         retries: dict[str, int] = {}
         index = 0
         resent = 0      # sent again without reasoning it refused: not one of the route's attempts
+
+        def counted() -> int:   # the route's attempts made so far
+            return len(job.attempts) - resent
+
         try:
-            while index < len(job.candidates) and len(job.attempts) - resent < failover.max_attempts:
+            while index < len(job.candidates) and counted() < failover.max_attempts:
                 upstream = job.candidates[index]
                 if self.health.busy_probing(upstream.name) and index + 1 < len(job.candidates):
                     index += 1   # another request is probing it after its cooldown: one at a time
                     continue
-                job.may_fail_over = index + 1 < len(job.candidates) \
-                    and len(job.attempts) - resent + 1 < failover.max_attempts
+                job.may_fail_over = index + 1 < len(job.candidates) and counted() + 1 < failover.max_attempts
                 result = await self._attempt(job, upstream, sink)
                 if isinstance(result, Streamed):
                     return
@@ -109,7 +112,7 @@ class Dialer:
                     return
                 action = result.action
                 if action == Action.RETRY and retries.get(upstream.name, 0) < _MAX_RETRIES_SAME_UPSTREAM \
-                        and len(job.attempts) - resent < failover.max_attempts:
+                        and counted() < failover.max_attempts:
                     retries[upstream.name] = retries.get(upstream.name, 0) + 1
                     await asyncio.sleep(retry_delay(result.headers, failover.retry_backoff,
                                                     retries[upstream.name]))

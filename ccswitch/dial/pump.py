@@ -42,9 +42,9 @@ OPENS_AT_ONCE = frozenset({Protocol.ANTHROPIC, Protocol.RESPONSES})
 
 
 class Pump:
-    __slots__ = ("attempt", "broken", "committed", "content_seen", "error", "events", "finished", "headers",
-                 "held", "held_size", "job", "limit_headers", "outgoing", "parser", "response", "seals", "sink",
-                 "stream", "tap", "terminal", "upstream")
+    __slots__ = ("attempt", "broken", "committed", "content_seen", "error", "events", "finish_kind", "finished",
+                 "finishes", "headers", "held", "held_size", "job", "limit_headers", "outgoing", "parser", "response",
+                 "seals", "sink", "stream", "tap", "terminal", "upstream")
 
     def __init__(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
                  response: http1.Response, sink, headers: list[tuple[str, str]], attempt: Attempt) -> None:
@@ -59,7 +59,8 @@ class Pump:
         self.committed = False
         self.terminal = False
         self.content_seen = False
-        self.finished = False   # a Chat answer's finish_reason (an Anthropic one's stop_reason) came
+        self.finished = False   # the answer is complete (a Chat finish_reason, an Anthropic stop_reason came)
+        self.finish_kind, self.finishes = protocols.FINISHING.get(upstream.protocol, (None, None))
         self.error: tuple[str, int] | None = None   # (message, status it stands for)
         self.broken: str | None = None    # why an event is not the protocol's: never passed on
         self.events = 0                   # events taken: the sequence number an error event of ours gets
@@ -204,15 +205,12 @@ class Pump:
                 self.terminal = True
             elif kind is Kind.CONTENT:
                 self.content_seen = True
-                if not self.finished and self.upstream.protocol == Protocol.CHAT:
-                    self.finished = protocols.chat_finished(event)
-            elif kind is Kind.OTHER and not self.finished and self.upstream.protocol == Protocol.ANTHROPIC \
-                    and event.type == "message_delta":
-                self.finished = protocols.anthropic_finished(event)
             elif event.type == "response.output_item.done" and self.upstream.protocol == Protocol.RESPONSES:
                 body = event.json()
                 if isinstance(body, dict) and (seal := seal_of(body.get("item"))) is not None:
                     self.seals.append(seal)
+            if kind is self.finish_kind and not self.finished:
+                self.finished = self.finishes(event)
             out = self.stream.feed(event)
             if out:
                 self.held.append(scrub(out, self.outgoing.secrets))

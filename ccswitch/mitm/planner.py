@@ -57,7 +57,7 @@ class Planner:
             refused.update(newly)
         else:   # a bug, not a loop that holds the proxy for good
             raise RuntimeError(f"planning kept upstreams that cannot take the request: {sorted(newly)}")
-        if refused and not chosen.candidates and not self._takes_it_when_back(req, chosen.blocked, refused):
+        if refused and not chosen.candidates and not self._could_take(req, chosen.blocked, refused):
             first = next(iter(refused.values()))   # the client's to change: no wait helps, nothing to alert
             return first.status, str(first), None
         if chosen.limited_for is not None:   # every upstream is rate limited until a known reset
@@ -66,31 +66,22 @@ class Planner:
                     protocols.rate_limit_headers(req.client_protocol, chosen.limited_for, gateway.quota.clock()))
         if not chosen.candidates:
             self._exhausted(req.route, chosen.why_none(req.route), None)
-            return 503, chosen.why_none(req.route), _come_back(self._back_in(req, chosen.blocked, refused, now))
+            later = self._could_take(req, chosen.blocked, refused)
+            return 503, chosen.why_none(req.route), _come_back(back_in(rules, later, req.model, gateway.health, now))
         return Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow_id, converted=converted,
                    client=client_name, session=session, bound_to=chosen.bound_to, binding=chosen.binding,
                    why_first=chosen.why_first,
                    skipped=chosen.blocked, shown=shown)
 
-    def _back_in(self, req: ClientRequest, blocked: list[tuple[str, str]], refused: dict[str, RenderError],
-                 now: datetime) -> float | None:
-        """Seconds until the first upstream that is out for now and could take the request as it
-        is opens by its hours (None: none will by itself)."""
+    def _could_take(self, req: ClientRequest, blocked: list[tuple[str, str]],
+                    refused: dict[str, RenderError]) -> list[tuple[str, str]]:
+        """The upstreams of the route out for now (cooling, full, switched off, outside their
+        hours) that serve the model and could take the request as it is, with why they are out."""
         rules = self.gateway.rules
-        out = [name for name, _ in blocked if name not in refused]
-        _, unable = convert_for_candidates(req, [rules.upstream(name) for name in out], rules)
-        return back_in(rules, [b for b in blocked if b[0] in out and b[0] not in unable], req.model,
-                       self.gateway.health, now)
-
-    def _takes_it_when_back(self, req: ClientRequest, blocked: list[tuple[str, str]],
-                            refused: dict[str, RenderError]) -> bool:
-        """Whether an upstream of the route that is out for now (cooling, full, switched off,
-        outside its hours) serves the model and could take the request as it is."""
-        rules = self.gateway.rules
-        others = [rules.upstream(name) for name, _ in blocked if name not in refused]
-        others = [upstream for upstream in others if req.model is None or serves_model(upstream, req.model)]
-        _, refusals = convert_for_candidates(req, others, rules)
-        return len(refusals) < len(others)
+        others = [(name, why) for name, why in blocked if name not in refused
+                  and (req.model is None or serves_model(rules.upstream(name), req.model))]
+        _, refusals = convert_for_candidates(req, [rules.upstream(name) for name, _ in others], rules)
+        return [(name, why) for name, why in others if name not in refusals]
 
     def _exhausted(self, route: str, reason: str, wait: float | None) -> None:
         """ccswitch answers the route itself: one event per soonest reset (429), or per hour

@@ -32,7 +32,7 @@ class Plan:
     blocked: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
     why_first: str = ""                 # why the first candidate leads (for the flow comment)
     bound_to: str | None = None         # the upstream the request's session was bound to
-    binding: str | None = None          # the key it is bound under (`binding_key`)
+    binding: str | None = None          # the key it is bound under (`session_binding`)
     #: seconds until the soonest reset when every upstream is full or cooling after a 429 that
     #: named its reset: ccswitch then answers 429 itself instead of calling any of them
     limited_for: float | None = None
@@ -103,8 +103,7 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
             result.candidates.append(upstream)
     if session is not None and sessions is not None and spec.sticky > 0:
         # also when every upstream is out: the row says whether the session stayed or moved
-        result.binding = binding_key(rules, route, session, model, sessions)
-        result.bound_to = sessions.bound(route, result.binding)
+        result.binding, result.bound_to = session_binding(rules, route, session, model, sessions)
     if not result.candidates:
         if limited and not unknown_wait:
             result.limited_for = max(0.0, min(limited))
@@ -201,33 +200,31 @@ def off_reason(upstream: Upstream, health: HealthBoard, now: datetime, model: st
     return None
 
 
-def binding_key(rules: Rules, route: str, session: str, model: str | None, sessions: SessionBindings) -> str:
-    """The key a request's session is bound under: the session's own, unless the upstream it is
-    bound to does not serve the request's model (another model of the session on upstreams of
-    its own, e.g. Claude Code's small one beside its main one): then the session's binding for
-    that model, so that neither model's requests move the other's prompt cache."""
+def session_binding(rules: Rules, route: str, session: str, model: str | None,
+                    sessions: SessionBindings) -> tuple[str, str | None]:
+    """(the key a request's session is bound under, the upstream bound there): the session's
+    own, unless the upstream it is bound to does not serve the request's model (another model of
+    the session on upstreams of its own, e.g. Claude Code's small one beside its main one): then
+    the session's binding for that model, so that neither model's requests move the other's
+    prompt cache."""
     bound = sessions.bound(route, session)
     if bound is None or model is None:
-        return session
+        return session, bound
     upstream = next((u for u in rules.upstreams if u.name == bound), None)
     if upstream is None or serves_model(upstream, model):
-        return session
-    return f"{session} [{model}]"
+        return session, bound
+    key = f"{session} [{model}]"
+    return key, sessions.bound(route, key)
 
 
 def back_in(rules: Rules, blocked: list[tuple[str, str]], model: str | None, health: HealthBoard,
             now: datetime) -> float | None:
     """Seconds until the first of the `blocked` upstreams that is off only by its days or hours
     takes requests again; None if none will by itself (switched off, not serving the model)."""
-    soonest: datetime | None = None
-    for name, _ in blocked:
-        upstream = rules.upstream(name)
-        if not health.enabled(name, upstream.enabled) or (model is not None and not serves_model(upstream, model)):
-            continue
-        opens = schedule_opens(upstream, now)
-        if opens is not None and (soonest is None or opens.astimezone(UTC) < soonest.astimezone(UTC)):
-            soonest = opens
-    return None if soonest is None else max(0.0, (soonest.astimezone(UTC) - now.astimezone(UTC)).total_seconds())
+    opening = [schedule_opens(upstream, now) for upstream in (rules.upstream(name) for name, _ in blocked)
+               if health.enabled(upstream.name, upstream.enabled) and (model is None or serves_model(upstream, model))]
+    soonest = min((at.astimezone(UTC) for at in opening if at is not None), default=None)
+    return None if soonest is None else max(0.0, (soonest - now.astimezone(UTC)).total_seconds())
 
 
 def serves_model(upstream: Upstream, model: str) -> bool:

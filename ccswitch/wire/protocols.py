@@ -92,9 +92,16 @@ def chat_done() -> Event:
 def anthropic_finished(event: Event) -> bool:
     """A `message_delta` that gives the message its `stop_reason`: the answer is complete (only
     `message_stop` may follow)."""
+    if event.type != "message_delta":
+        return False
     body = event.json()
     delta = body.get("delta") if isinstance(body, dict) else None
     return isinstance(delta, dict) and bool(delta.get("stop_reason"))
+
+
+#: per upstream protocol, the kind of event that can complete an answer before the stream's own
+#: end, and the test that it does (a Responses answer is whole only with its terminal event)
+FINISHING = {Protocol.CHAT: (Kind.CONTENT, chat_finished), Protocol.ANTHROPIC: (Kind.OTHER, anthropic_finished)}
 
 
 _MESSAGE_STOP = '{"type":"message_stop"}'
