@@ -853,7 +853,7 @@ async def test_an_upstream_given_another_key_by_a_reload_starts_with_nothing_ref
     mock_a.script(status(400, body=FOREIGN_REASONING_400))
     rules = responses_pair(mock_a, mock_b)
     rekeyed = rules.model_copy(update={"upstreams": [
-        u.model_copy(update={"api_key": SecretStr("sk-another-account-000000")}) if u.name == "a" else u
+        u.model_copy(update={"api_key": SecretStr("fake-another-account-key-0000")}) if u.name == "a" else u
         for u in rules.upstreams]})
     await codex_turns((rules, codex_turn("ENC-B-1"), None), (rekeyed, codex_turn("ENC-B-1"), None))
     assert [len(r.json["input"]) for r in mock_a.requests] == [3, 2, 3]     # sent whole to the new account
