@@ -89,9 +89,10 @@ class Gateway:
         """After the rules were (re)loaded: what is known of upstreams that keep their name stays,
         unless another key, URL or protocol makes one another account: its rate-limit windows were
         the old account's (a spent key swapped for a fresh one must not stay full)."""
-        names = [u.name for u in self.rules.upstreams]
+        names, fingerprints = [u.name for u in self.rules.upstreams], self.rules_file.fingerprints()
+        self.boards.sync_accounts(fingerprints)   # first: the resets below are the new accounts' news
         self.quota.sync(names)
-        for name in self.health.sync(self.rules_file.fingerprints()):
+        for name in self.health.sync(fingerprints):
             self.quota.forget(name)
         self.sessions.sync(names, {route: self.rules.routes.spec(route).sticky for route in ROUTE_PROTOCOLS})
         self.spend.configure(self.rules)

@@ -20,10 +20,11 @@ field's type, so a malformed message is a `ValueError`, never a half-built recor
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 log = logging.getLogger("ccswitch.state")
 
@@ -40,6 +41,7 @@ class HealthChange:
     last_error: str | None
     outage: str | None
     at: float                   # when it changed
+    account: str = ""           # `account_digest` of the upstream it is about ("": not said)
 
     @property
     def key(self) -> tuple:
@@ -84,6 +86,7 @@ class WindowChange:
     resets_at: float | None
     rejected: bool
     until: float
+    account: str = ""           # `account_digest` of the upstream it is about ("": not said)
 
     @property
     def key(self) -> tuple:
@@ -153,9 +156,18 @@ Feed = Callable[[Change], None]
 _TYPES = {"health": HealthChange, "switch": SwitchChange, "prefer": PreferChange, "window": WindowChange,
           "forget": QuotaForget, "bind": BindChange, "spend": SpendTotal, "spend+": SpendAdded}
 _TAGS = {cls: tag for tag, cls in _TYPES.items()}
-# each record type's (field, annotation) pairs, read once: a reconnect decodes every stored record
-_FIELDS = {cls: tuple((f.name, str(f.type)) for f in fields(cls)) for cls in _TYPES.values()}
+# each record type's (field, annotation, default) triples, read once: a reconnect decodes every
+# stored record; a field with a default may be missing (a record of an older ccswitch)
+_FIELDS = {cls: tuple((f.name, str(f.type), f.default) for f in fields(cls)) for cls in _TYPES.values()}
 _MAX_TEXT = 500     # a last error is cut to this: it travels in every health record
+
+
+def account_digest(fingerprint: tuple) -> str:
+    """A short name for the account an upstream's name stands for (its base_url, key digest and
+    protocol, `Upstream.fingerprint`), carried in the records that are that account's: another
+    key under the same name is another account, whose windows and cooldowns are not these.  A
+    digest of a digest: nothing of the key can be read back from it."""
+    return hashlib.blake2b(repr(fingerprint).encode(), digest_size=8).hexdigest()
 
 
 def notify(feed: Feed | None, change: Change) -> None:
@@ -204,10 +216,11 @@ def decode(data: object) -> Change:
     if cls is None:
         raise ValueError("unknown change type")
     values = {}
-    for name, annotation in _FIELDS[cls]:
-        if name not in data:
+    for name, annotation, default in _FIELDS[cls]:
+        if name in data:
+            values[name] = _check(name, data[name], annotation)
+        elif default is MISSING:
             raise ValueError(f"field {name} is missing")
-        values[name] = _check(name, data[name], annotation)
     return cls(**values)
 
 

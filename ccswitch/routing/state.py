@@ -8,6 +8,7 @@ back in (`Boards.apply`, `Boards.merge_in`), off the request path.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Protocol
 
 from ccswitch.routing.affinity import SessionBindings
@@ -22,26 +23,60 @@ from ccswitch.routing.changes import (
     SpendTotal,
     SwitchChange,
     WindowChange,
+    account_digest,
     merge,
 )
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.quota import QuotaBoard
 
+#: the records that are one account's: what an upstream's key learned is not another key's
+_ACCOUNTS_OWN = HealthChange | WindowChange
+
 
 class Boards:
-    """The four boards whose state instances share, as one thing to listen to and feed."""
+    """The four boards whose state instances share, as one thing to listen to and feed.
+
+    An upstream's health and rate-limit windows are its account's: the records carry the account
+    they were learned under (`account_digest`), and a record of another account than the one this
+    instance's rules give that name is not taken in.  A key changed by a reload then stays fresh
+    whatever the shared store still holds of the old one (it was unreachable during the reload,
+    or came back from an older snapshot), and instances that reload one after another do not
+    mark each other's keys full."""
 
     def __init__(self, health: HealthBoard, quota: QuotaBoard, sessions: SessionBindings, spend: SpendBoard) -> None:
         self.health, self.quota, self.sessions, self.spend = health, quota, sessions, spend
+        self.accounts: dict[str, str] = {}    # upstream name -> its account (`account_digest`)
+
+    def sync_accounts(self, fingerprints: dict[str, tuple]) -> None:
+        """The rules' upstreams (at start-up and after every reload): `Upstream.fingerprint` by name."""
+        self.accounts = {name: account_digest(fp) for name, fp in fingerprints.items()}
 
     def listen(self, feed: Feed | None) -> None:
-        """Hand every change record of every board to `feed` (None: stop)."""
+        """Hand every change record of every board to `feed` (None: stop), each account's own
+        record stamped with its account."""
+        def stamped(change: Change) -> None:
+            feed(self._stamp(change))      # type: ignore[misc]
         for board in (self.health, self.quota, self.sessions, self.spend):
-            board.on_change = feed
+            board.on_change = None if feed is None else stamped
+
+    def _stamp(self, change: Change) -> Change:
+        if isinstance(change, _ACCOUNTS_OWN):
+            account = self.accounts.get(change.upstream, "")
+            if account != change.account:
+                return replace(change, account=account)
+        return change
+
+    def foreign(self, change: Change) -> bool:
+        """A record of another account than the one the rules give its upstream's name (one
+        without an account, from an older ccswitch, is taken as this one's)."""
+        return (isinstance(change, _ACCOUNTS_OWN) and bool(change.account)
+                and change.account != self.accounts.get(change.upstream, change.account))
 
     def apply(self, change: Change) -> None:
         """Another instance's record, in the order it was published: it replaces what this
-        instance knew of that thing (spend totals only raise)."""
+        instance knew of that thing (spend totals only raise); another account's is left out."""
+        if self.foreign(change):
+            return
         if isinstance(change, HealthChange | SwitchChange | PreferChange):
             self.health.apply(change)
         elif isinstance(change, WindowChange | QuotaForget):
@@ -54,6 +89,10 @@ class Boards:
 
     def local(self, key: tuple) -> Change | None:
         """This instance's record of the thing `key` names (a record's `key`), or None."""
+        found = self._local(key)
+        return None if found is None else self._stamp(found)
+
+    def _local(self, key: tuple) -> Change | None:
         kind = key[0]
         if kind == "h":
             return self.health.shared(key[1]) if self.health.known(key[1]) else None
@@ -74,13 +113,17 @@ class Boards:
         """Another view of a thing, order unknown (the shared store after an outage): both views
         merge (routing.changes.merge), this instance takes the result, and it is returned when
         it differs from `remote` (the shared store should take it too)."""
-        merged = merge(self.local(remote.key), remote)
+        local = self.local(remote.key)
+        if self.foreign(remote):
+            return local      # another account's (the store had it from before a reload): this one's stands
+        merged = merge(local, remote)
         self.apply(merged)
         return None if merged == remote else merged
 
     def view(self) -> list[Change]:
         """Everything this instance would tell the others."""
-        return [*self.health.view(), *self.quota.view(), *self.sessions.view(), *self.spend.view()]
+        return [self._stamp(change) for change in
+                (*self.health.view(), *self.quota.view(), *self.sessions.view(), *self.spend.view())]
 
 
 class SharedState(Protocol):

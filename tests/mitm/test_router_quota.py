@@ -105,7 +105,13 @@ async def test_a_reload_with_another_key_forgets_the_old_accounts_full_windows(g
     path = tmp_path / "rules.yaml"
     path.write_text(RULES.replace(f"name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'",
                                   f"name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_B}'"))
+    old_account = [change for change in gateway.boards.view() if getattr(change, "upstream", None) == "a"]
     assert reload_settled(gateway.rules_file)
     gateway.sync_upstreams()
     assert gateway.quota.full_until("a", 0.95) is None
     assert gateway.quota.full_until("b", 0.95) is not None
+    # what another instance (or the shared store) still holds of the old key is not taken back
+    assert old_account
+    for change in old_account:
+        gateway.boards.apply(change)
+    assert gateway.quota.full_until("a", 0.95) is None

@@ -12,6 +12,7 @@ from ccswitch.routing.changes import (
     SpendTotal,
     SwitchChange,
     WindowChange,
+    account_digest,
     decode,
     encode,
     merge,
@@ -27,6 +28,7 @@ EXAMPLES = [
     PreferChange(None, 0.0, 8.0),
     WindowChange("relay", "5h", 0.42, 1_700_003_600.0, False, 1_700_003_600.0),
     WindowChange("relay", "tokens", 1.0, None, True, 1_700_000_300.0),
+    WindowChange("relay", "7d", 0.5, 1_700_600_000.0, False, 1_700_600_000.0, account="0123456789abcdef"),
     QuotaForget("relay"),
     BindChange("messages", "sess-1 ünïcode", "relay", 3600.0, 1_700_000_000.0),
     SpendAdded("client", "key-1", "daily", 1_699_920_000.0, 1_700_006_400.0, 0.25),
@@ -45,11 +47,23 @@ def test_every_record_survives_its_wire_form(change):
     {**encode(EXAMPLES[0]), "failures": True},         # a bool is not a count
     {**encode(EXAMPLES[0]), "cooling_end": math.nan},  # NaN is no time
     {**encode(EXAMPLES[0]), "upstream": None},         # not optional
-    {k: v for k, v in encode(EXAMPLES[9]).items() if k != "ttl"},
+    {k: v for k, v in encode(EXAMPLES[10]).items() if k != "ttl"},
+    {**encode(EXAMPLES[0]), "account": None},          # an account is a text when said
 ])
 def test_a_malformed_record_is_a_value_error_never_a_half_built_one(data):
     with pytest.raises(ValueError):
         decode(data)
+
+
+def test_a_record_of_an_older_ccswitch_without_an_account_is_read_as_one_that_says_none():
+    data = {k: v for k, v in encode(EXAMPLES[0]).items() if k != "account"}
+    assert decode(data) == EXAMPLES[0] and decode(data).account == ""
+
+
+def test_an_account_is_named_by_a_digest_that_tells_keys_apart_and_shows_none():
+    one, other = account_digest(("https://r", "digest-1", "anthropic")), account_digest(("https://r", "digest-2", "anthropic"))
+    assert one != other and len(one) == 16 and "digest" not in one
+    assert one == account_digest(("https://r", "digest-1", "anthropic"))
 
 
 def test_an_integer_time_is_taken_as_a_float():

@@ -1,6 +1,7 @@
 """The boards' change records and how another instance's boards take them in (routing.state):
 two sets of boards with clocks of their own stand for two instances."""
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from ccswitch.config.models import Budget, ClientKey, Rules
@@ -253,3 +254,38 @@ async def test_in_memory_state_shares_nothing():
     a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
     assert a.sent == [] and a.health.on_change is None
     await state.stop()
+
+
+def accounts(*instances, **keys) -> None:
+    for instance in instances:
+        instance.boards.sync_accounts({name: ("https://relay", key, "anthropic") for name, key in keys.items()})
+
+
+def test_records_carry_the_account_they_were_learned_under_and_another_account_s_are_left_out():
+    a, b = pair()
+    accounts(a, relay="old")
+    accounts(b, relay="new")
+    a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
+    a.quota.record("relay", [("anthropic-ratelimit-unified-5h-utilization", "0.99"),
+                             ("anthropic-ratelimit-unified-5h-reset", str(int(EPOCH + 3600)))])
+    assert {change.account for change in a.sent} == {a.boards.accounts["relay"]} != {""}
+    for change in a.sent:
+        b.boards.apply(change)
+        assert b.boards.merge_in(change) is None        # b knows nothing of the new key to write back
+    assert b.health.cooling_until("relay") is None and b.quota.full("relay", 0.95) is None
+    # what b learns of the new key stands against the old key's record in a merge, and is written back
+    b.health.record_failure("relay", "HTTP 500", threshold=5, cooldown=60)
+    mine = b.boards.local(("h", "relay"))
+    assert b.boards.merge_in(a.sent[0]) == mine and b.health.get("relay").failures == 1
+    # a record that says no account (an older ccswitch's) is taken as the rules' account
+    accounts(b, relay="old")
+    b.boards.apply(replace(a.sent[-1], account=""))
+    assert b.quota.full("relay", 0.95) is not None
+
+
+def test_an_upstream_the_rules_do_not_name_takes_any_account_s_records():
+    a, b = pair()
+    accounts(a, relay="old")
+    a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
+    b.boards.apply(a.sent[-1])
+    assert a.sent[-1].account and b.health.cooling_until("relay") is not None

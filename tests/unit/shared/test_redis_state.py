@@ -31,7 +31,7 @@ RULES = Rules(timezone="UTC", client_keys=[ClientKey(name="k", key="secret-k", b
 class Node:
     """One instance: boards on the real clocks, and its RedisState."""
 
-    def __init__(self, url: str, **options) -> None:
+    def __init__(self, url: str, *, key: str = "key-1", **options) -> None:
         self.events = Events()
         self.health = HealthBoard(events=self.events)
         self.quota = QuotaBoard()
@@ -39,6 +39,7 @@ class Node:
         self.spend = SpendBoard(events=self.events)
         self.spend.configure(RULES)
         self.boards = Boards(self.health, self.quota, self.sessions, self.spend)
+        self.boards.sync_accounts({"relay": ("https://relay.example", key, "anthropic")})   # the rules' `relay`
         self.state = RedisState(RedisURL.parse(url), **options)
 
     async def __aenter__(self) -> Node:
@@ -138,6 +139,34 @@ async def test_a_late_starter_loads_what_redis_holds(redis_url):
             assert c.sessions.bound("messages", "s") == "relay"
             assert c.spend.spent(CLIENT, "k", "daily") == 0.25
             assert c.state.malformed == 0
+
+
+def full_window(node: Node) -> None:
+    node.quota.record("relay", [("anthropic-ratelimit-unified-5h-utilization", "0.99"),
+                                ("anthropic-ratelimit-unified-5h-reset", str(int(time.time() + 1800)))])
+
+
+async def test_what_redis_holds_of_an_upstream_s_old_key_is_not_taken_by_an_instance_with_its_new_key(redis_url):
+    """A reload gave `relay` another key while Redis was unreachable (or Redis came back from a
+    snapshot taken before it): the old key's full window and cooldown must not come back."""
+    async with Node(redis_url, key="old") as a:
+        full_window(a)
+        a.health.record_failure("relay", "HTTP 429", threshold=1, cooldown=3600)
+        await eventually(lambda: not a.state._pending)
+        await asyncio.sleep(0.05)
+    async with Node(redis_url, key="new") as b, Node(redis_url, key="old") as c:
+        await eventually(lambda: c.quota.full("relay", 0.95) is not None and c.health.cooling_until("relay"))
+        assert b.quota.full("relay", 0.95) is None and b.health.cooling_until("relay") is None
+
+
+async def test_an_instance_still_on_an_upstream_s_old_key_does_not_mark_the_new_key_full(redis_url):
+    """Instances reloading one after another: what the old key learns is not the new key's."""
+    async with Node(redis_url, key="new") as a, Node(redis_url, key="old") as b, Node(redis_url, key="old") as c:
+        full_window(b)
+        b.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
+        await eventually(lambda: c.quota.full("relay", 0.95) is not None and c.health.cooling_until("relay"))
+        await asyncio.sleep(0.05)
+        assert a.quota.full("relay", 0.95) is None and a.health.cooling_until("relay") is None
 
 
 async def test_what_an_instance_publishes_is_not_applied_back_to_itself(redis_url):
