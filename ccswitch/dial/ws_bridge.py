@@ -36,9 +36,17 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from ccswitch.dial.job import Job
 from ccswitch.dial.relay import ClientGone
 from ccswitch.dial.shutdown import Serving
+from ccswitch.dial.ws_errors import (
+    Refusal,
+    error_detail,
+    error_event,
+    error_frame,
+    held_stream_error,
+    message_of,
+    refusal_frame,
+)
 from ccswitch.dial.ws_upstream import UpstreamSockets
-from ccswitch.vocab import Protocol
-from ccswitch.wire.protocols import Kind, classify_event, error_body, error_object, in_stream_status
+from ccswitch.wire.protocols import error_object, in_stream_status
 from ccswitch.wire.sse import SSEParser
 from ccswitch.wire.ws_chain import Chain, ChainLost, FrameError, Turn
 
@@ -47,13 +55,6 @@ log = logging.getLogger("ccswitch.websocket")
 TICKET_HEADER = "x-ccswitch-socket"
 _READ = 64 * 1024
 DEFAULT_MAX_MESSAGE = 32 * 1024 * 1024
-
-
-@dataclass
-class Refusal:
-    """ccswitch answers a turn itself (no upstream available, rate limited, over budget)."""
-    status: int
-    message: str
 
 
 @dataclass
@@ -76,13 +77,6 @@ def utf8_size(data: str | bytes) -> int:
     if isinstance(data, bytes) or data.isascii():
         return len(data)
     return len(data.encode("utf-8", "surrogatepass"))
-
-
-def error_frame(status: int, message: str, error: Any = None) -> str:
-    """An in-band error; one of ccswitch's own has the error its HTTPS answer would have, so that
-    Codex reads a status the same way on either transport."""
-    body = error if isinstance(error, dict) else error_body(Protocol.RESPONSES, status, message)["error"]
-    return json.dumps({"type": "error", "status": status, "error": body})
 
 
 class WsSink:
@@ -120,48 +114,22 @@ class WsSink:
         if failed is not None:   # every attempt failed before its content: the error event, as it said
             error = error_detail(failed)
             self.job.status = in_stream_status(failed)   # the ledger's status is the one the client was told
-            await self.send(error_frame(self.job.status, _message_of(error, body), error))
+            await self.send(error_frame(self.job.status, message_of(error, body), error))
             return
         try:
             parsed = json.loads(body) if body else None
         except ValueError:
             parsed = None
         error = error_object(parsed)
-        await self.send(error_frame(self.status, _message_of(error, body) or f"HTTP {self.status}", error))
+        await self.send(error_frame(self.status, message_of(error, body) or f"HTTP {self.status}", error))
 
     async def _event(self, event: Any) -> None:
         if not isinstance(event, dict):
             return      # comments, [DONE]: nothing for a WebSocket client
         if event.get("type") == "error" and "status" not in event:
-            event = {"type": "error", "status": in_stream_status(event), "error": error_detail(event)}
+            event = error_event(in_stream_status(event), error_detail(event))
         self.chain.observe(event, self.job.upstream or "")
         await self.send(json.dumps(event, separators=(",", ":")))
-
-
-def held_stream_error(body: bytes) -> dict | None:
-    """The error event of a stream held back whole (its opening events, then `error` or
-    `response.failed`), or None when the body is not such a stream."""
-    if not body.lstrip().startswith((b"event:", b"data:")):
-        return None
-    parser = SSEParser()
-    for event in parser.feed(body) + parser.flush():
-        if classify_event(Protocol.RESPONSES, event) is Kind.ERROR and isinstance(parsed := event.json(), dict):
-            return parsed
-    return None
-
-
-def error_detail(event: dict) -> dict:
-    """The error of an error event: its `error` object (Anthropic, Chat, `response.failed`), or the
-    event itself, since a Responses `error` event carries its code and message at the top."""
-    error = error_object(event)
-    if isinstance(error, dict):
-        return error
-    return {key: value for key, value in event.items() if key not in ("type", "sequence_number")}
-
-
-def _message_of(error: Any, body: bytes) -> str:
-    message = error.get("message") if isinstance(error, dict) else None
-    return str(message) if message else body.decode("utf-8", "replace")[:500]
 
 
 class WsBridge(Serving):
@@ -309,8 +277,7 @@ class _Socket:
     async def _refused(self, status: int, message: str) -> None:
         assert self.ticket is not None
         self.ticket.turns += 1
-        refusal = self.bridge._refuse(self.ticket, status, message)
-        await self._text(error_frame(refusal.status, refusal.message))
+        await self._text(refusal_frame(self.bridge._refuse(self.ticket, status, message)))
 
     async def _frame(self, data: str | bytes) -> None:
         try:
@@ -344,7 +311,7 @@ class _Socket:
         made = self.bridge._make_job(self.ticket, turn)
         if isinstance(made, Refusal):
             self.chain.drop()
-            await self._text(error_frame(made.status, made.message))
+            await self._text(refusal_frame(made))
             self._turn_ended(made)
             return
         # a task of its own, so that the socket is still read while the turn runs: a client that

@@ -16,7 +16,8 @@ from ccswitch.clock import utc_now
 from ccswitch.dial.job import Job
 from ccswitch.dial.relay import run_guarded
 from ccswitch.dial.shutdown import SHUTTING_DOWN
-from ccswitch.dial.ws_bridge import TICKET_HEADER, Refusal, Ticket, WsBridge
+from ccswitch.dial.ws_bridge import TICKET_HEADER, Ticket, WsBridge
+from ccswitch.dial.ws_errors import Refusal
 from ccswitch.ledger.rows import own_answer_row
 from ccswitch.mitm.flows import failover_line, redact_credentials
 from ccswitch.routing.affinity import session_key
@@ -81,7 +82,7 @@ class CodexSockets:
         refusal = None
         over_budget = self.router.planner.client_over_budget(context.client)
         if over_budget:
-            refusal = over_budget[:2]
+            refusal = over_budget
         elif not isinstance(model, str) or not model:
             refusal = 400, "the frame names no model"
         elif self.router.shutdown.draining:
@@ -103,11 +104,11 @@ class CodexSockets:
                     if shaped is not body:
                         job.converted[upstream.name] = shaped
                 return job
-            refusal = job[:2]
+            refusal = job
         return self._refuse(ticket, *refusal, model=model, session=session)
 
-    def _refuse(self, ticket: Ticket, status: int, message: str, *, model: Any = None,
-                session: str | None = None) -> Refusal:
+    def _refuse(self, ticket: Ticket, status: int, message: str, headers: dict | None = None, *,
+                model: Any = None, session: str | None = None) -> Refusal:
         """A turn answered with an error frame instead of served: its row, as a refused request's."""
         context: SocketContext = ticket.context
         message = self.router.gateway.rules.scrub(message)   # it may quote the model the client sent
@@ -115,7 +116,7 @@ class CodexSockets:
             request_id=f"{context.flow.id}#{ticket.turns}", started_at=utc_now(), route=Route.CODEX,
             endpoint=Endpoint.WEBSOCKET, model=model if isinstance(model, str) else None, stream=True,
             status=status, error=message[:500], latency_ms=0, session=session, client=context.client))
-        return Refusal(status, message)
+        return Refusal(status, message, tuple((headers or {}).items()))
 
     async def _run(self, job: Job, sink) -> None:
         await run_guarded(self.router.dialer.run, job, sink, self.router.shutdown)

@@ -41,8 +41,9 @@ def flows_are_kept(master, options) -> bool:
             or getattr(options, "flow_detail", 0) >= 3)
 
 
-def error_response(protocol: str, status: int, message: str, extra: dict | None = None) -> http.Response:
-    headers, body = protocols.own_error(protocol, status, message, tuple((extra or {}).items()))
+def error_response(protocol: str, status: int, message: str, extra: dict | None = None, *,
+                   codex: bool = False) -> http.Response:
+    headers, body = protocols.own_error(protocol, status, message, tuple((extra or {}).items()), codex=codex)
     return http.Response.make(status, body, http.Headers(to_wire(headers)))
 
 
@@ -78,7 +79,8 @@ def answer(flow: http.HTTPFlow, response: http.Response, why: str | None = None)
 
 def answer_error(flow: http.HTTPFlow, protocol: str, status: int, message: str, extra: dict | None = None) -> None:
     """An error answer in the client's API format, its message in the flow's comment too."""
-    answer(flow, error_response(protocol, status, message, extra), message)
+    codex = protocols.is_codex(flow.request.headers.get("originator"), flow.request.headers.get("user-agent"))
+    answer(flow, error_response(protocol, status, message, extra, codex=codex), message)
 
 
 def point_at(request: http.Request, target: str) -> None:

@@ -254,8 +254,8 @@ class Router:
         # nothing is sent upstream until the budget's next period; a request's row keeps its model
         over_budget = self.planner.client_over_budget(client_name)
         if match.endpoint == Endpoint.WEBSOCKET:
-            if over_budget:
-                return refuse(*over_budget)
+            # a client over its budget is refused turn by turn (in-band, or over HTTPS after a
+            # 426), not at the upgrade: Codex reads a turn's refusal but not a refused upgrade's body
             if self.shutdown.draining:    # the bridge closes its sockets soon: Codex goes on elsewhere
                 return refuse(*_DRAINING)
             if rules.codex_websocket == "bridge" and self.sockets is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import time
 from typing import Any
 
 from ccswitch.vocab import Protocol
@@ -186,10 +187,6 @@ def error_body(protocol: str, status: int, message: str, code: str | None = None
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
-def error_json(protocol: str, status: int, message: str, code: str | None = None) -> bytes:
-    return json.dumps(error_body(protocol, status, message, code)).encode()
-
-
 #: a client that waits longer than this is better told at once (the SDKs wait at most about a minute)
 RETRY_WAIT_WORTH_IT = 60.0
 
@@ -216,20 +213,47 @@ def rate_limit_headers(protocol: str, seconds: float, now: float) -> dict[str, s
     return headers
 
 
-def own_error(protocol: str, status: int, message: str,
-              headers: tuple[tuple[str, str], ...] = ()) -> tuple[list[tuple[str, str]], bytes]:
+def own_error(protocol: str, status: int, message: str, headers: tuple[tuple[str, str], ...] = (), *,
+              codex: bool = False, now: float | None = None) -> tuple[list[tuple[str, str]], bytes]:
     """An answer ccswitch gives itself: its headers (with `x-should-retry`) and the error body in
-    the client's protocol."""
-    if any(k.lower() == "x-should-retry" for k, _ in headers):   # the caller knows better
-        return [("content-type", "application/json"), *headers], error_json(protocol, status, message)
-    wait = next((v for k, v in headers if k.lower() == "retry-after"), None)
+    the client's protocol (`codex`: the client is Codex CLI, see `_told_codex`)."""
+    seconds = _seconds(next((v for k, v in headers if k.lower() == "retry-after"), None))
+    given = next((v for k, v in headers if k.lower() == "x-should-retry"), None)   # the caller knows better
+    retry = given if given is not None else "true" if should_retry(status, seconds) else "false"
+    body = error_body(protocol, status, message)
+    if codex and retry == "false" and status in (429, 503):
+        headers, body = _told_codex(status, headers, body, seconds, time.time() if now is None else now)
+    extra = () if given is not None else (("x-should-retry", retry),)
+    return [("content-type", "application/json"), *extra, *headers], json.dumps(body).encode()
+
+
+def _seconds(value: str | None) -> float | None:
     try:
-        seconds = float(wait) if wait is not None else None
+        return float(value) if value is not None else None
     except ValueError:
-        seconds = None
-    retry = "true" if should_retry(status, seconds) else "false"
-    return ([("content-type", "application/json"), ("x-should-retry", retry), *headers],
-            error_json(protocol, status, message))
+        return None
+
+
+def _told_codex(status: int, headers: tuple[tuple[str, str], ...], body: dict, wait: float | None,
+                now: float) -> tuple[tuple[tuple[str, str], ...], dict]:
+    """Codex CLI waits out any `retry-after`, hours of it for a route closed until tomorrow or a
+    budget spent for the day, without a word, and reads no `x-should-retry`.  It stops at once on
+    a 429 whose error is `usage_limit_reached`, saying when to try again (its `resets_at`): such a
+    429 is what it gets.  A 503 goes without `retry-after`: Codex's own backoff then gives up
+    within half a minute and shows the message."""
+    headers = tuple(h for h in headers if h[0].lower() != "retry-after")
+    if status == 429 and isinstance(body.get("error"), dict):
+        error = {**body["error"], "type": "usage_limit_reached"}
+        if wait is not None:
+            error["resets_at"] = int(now + wait)
+        return headers, {**body, "error": error}
+    return headers, body
+
+
+def is_codex(originator: str | None, user_agent: str | None) -> bool:
+    """Whether a request comes from Codex CLI or its IDE extension (`originator: codex_exec`,
+    `codex_cli_rs`, `codex_vscode`, …; their user agent begins the same way)."""
+    return (originator or user_agent or "").lower().startswith("codex")
 
 
 def stream_error_event(protocol: str, message: str, status: int = 500, sequence: int = 0) -> bytes:

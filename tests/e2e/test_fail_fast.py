@@ -2,10 +2,11 @@
 minutes: ccswitch's own answers carry `x-should-retry`."""
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.e2e.test_cli_clients import CLAUDE, client_env, run
+from tests.e2e.test_cli_clients import CLAUDE, CODEX, client_env, run
 from tests.support.helpers import CLIENT_KEY, KEY_A
 from tests.support.mock_upstream import MockUpstream, status
 from tests.support.proxy_process import Proxy
@@ -72,4 +73,56 @@ routes: {{claude: [claude-a]}}
     assert done.returncode != 0
     assert "claude-a is not serving model" in done.stdout + done.stderr
     assert took < 30, f"Claude Code took {took:.0f} s to give up"
+    assert not [r for r in a.requests if r.protocol]
+
+
+def codex_through(rules, tmp_path, runs: int = 1):
+    """`codex exec` through ccswitch's HTTPS_PROXY on `rules` (its WebSocket bridged), `runs` times
+    in a row: how the last one ended, and how long it took."""
+    with Proxy(rules, tmp_path, extra_args=("--set", "ccswitch_offline=true")) as proxy:
+        env = {**client_env(proxy, tmp_path / "home"), "CODEX_API_KEY": CLIENT_KEY}
+        cmd = [str(CODEX), "exec", "--skip-git-repo-check", "-c", "analytics.enabled=false", "-m", "gpt-5", "say hi"]
+        for _ in range(runs):
+            began = time.monotonic()
+            done, _ = run(cmd, env, tmp_path)
+        return done, time.monotonic() - began
+
+
+def test_codex_over_its_client_key_s_budget_says_so_at_once_instead_of_waiting_until_tomorrow(tmp_path):
+    """Codex waits out any `retry-after` (here the hours until the budget's next day) and reads no
+    `x-should-retry`: it is told the `usage_limit_reached` it stops on, with when to try again."""
+    with MockUpstream("A") as a:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(f"""
+timezone: UTC
+client_keys: [{{name: alice, key: "{CLIENT_KEY}", budget: {{daily: 0.00001}}}}]
+upstreams:
+  - {{name: codex-a, protocol: openai-responses, base_url: '{a.base_url}/v1', api_key: '{KEY_A}'}}
+routes: {{codex: [codex-a]}}
+""")
+        done, took = codex_through(rules, tmp_path, runs=2)     # the first run spends the day's budget
+    assert done.returncode != 0
+    assert "usage limit" in done.stdout + done.stderr and "Try again at" in done.stdout + done.stderr
+    assert took < 30, f"Codex took {took:.0f} s to give up"
+    assert len([r for r in a.requests if r.protocol]) == 1
+
+
+def test_codex_on_a_route_closed_for_hours_gives_up_with_the_message_instead_of_waiting(tmp_path):
+    """A 503 whose `retry-after` is hours away: Codex would wait them out, so it gets none and
+    gives up after its own retries, showing why."""
+    with MockUpstream("A") as a:
+        rules = tmp_path / "rules.yaml"
+        closed = (datetime.now(UTC) + timedelta(hours=6)).strftime("%H:00")
+        opens = (datetime.now(UTC) + timedelta(hours=7)).strftime("%H:00")
+        rules.write_text(f"""
+timezone: UTC
+upstreams:
+  - {{name: codex-a, protocol: openai-responses, base_url: '{a.base_url}/v1', api_key: '{KEY_A}',
+      hours: ["{closed}-{opens}"]}}
+routes: {{codex: [codex-a]}}
+""")
+        done, took = codex_through(rules, tmp_path)
+    assert done.returncode != 0
+    assert "codex-a is outside its hours" in done.stdout + done.stderr
+    assert took < 75, f"Codex took {took:.0f} s to give up"
     assert not [r for r in a.requests if r.protocol]

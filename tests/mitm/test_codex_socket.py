@@ -6,7 +6,8 @@ from mitmproxy.flow import Error
 from mitmproxy.test import taddons
 
 from ccswitch.dial.relay import Relay
-from ccswitch.dial.ws_bridge import TICKET_HEADER, Refusal
+from ccswitch.dial.ws_bridge import TICKET_HEADER
+from ccswitch.dial.ws_errors import Refusal
 from ccswitch.mitm.codex_socket import CodexSockets
 from ccswitch.mitm.router import Router
 from ccswitch.wire.ws_chain import Turn

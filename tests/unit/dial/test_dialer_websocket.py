@@ -224,7 +224,7 @@ async def test_when_every_attempt_fails_before_content_codex_gets_the_error_even
         await talk.close()
     assert len(job.attempts) == 2 and job.error.startswith("stream error: server_error")
     # not "status 200" with the held events as its message: Codex retries on what the status says
-    assert sent == [{"type": "error", "status": 500, "error": {
+    assert sent == [{"type": "error", "status": 500, "error": {"type": "server_error",
         "code": "server_error", "message": "The server had an error processing your request."}}]
 
 
@@ -244,7 +244,7 @@ async def test_a_responses_error_event_before_content_reaches_codex_with_the_sta
     finally:
         await talk.close()
     assert len(job.attempts) == 2
-    assert sent == [{"type": "error", "status": 429, "error": {
+    assert sent == [{"type": "error", "status": 429, "error": {"type": "rate_limit_error",
         "code": "rate_limit_exceeded", "message": "Rate limit reached", "param": None}}]
 
 

@@ -22,7 +22,8 @@ from ccswitch.dial.job import CLIENT_CLOSED, Job
 from ccswitch.dial.relay import run_guarded
 from ccswitch.dial.render import OutgoingRequest
 from ccswitch.dial.shutdown import SHUTTING_DOWN, Shutdown
-from ccswitch.dial.ws_bridge import TICKET_HEADER, Refusal, Ticket, WsBridge, error_frame
+from ccswitch.dial.ws_bridge import TICKET_HEADER, Ticket, WsBridge
+from ccswitch.dial.ws_errors import Refusal, error_frame, refusal_frame
 from ccswitch.routing.health import HealthBoard
 from ccswitch.vocab import Endpoint, Protocol, Route
 from ccswitch.wire.exchange import ClientRequest
@@ -129,11 +130,19 @@ async def test_handshake_deflate_ping_warm_up_and_in_band_errors():
 
 
 @pytest.mark.parametrize("status", [400, 401, 413, 429, 500, 502, 503, 504])
-def test_an_own_error_frame_has_the_error_the_same_answer_over_https_has(status):
-    """Codex reads a frame's error as it reads an HTTP answer's: a 429 is rate_limit_error on both."""
-    _, body = own_error(Protocol.RESPONSES, status, "over the daily budget")
-    assert json.loads(error_frame(status, "over the daily budget")) == {
-        "type": "error", "status": status, "error": json.loads(body)["error"]}
+@pytest.mark.parametrize("headers", [(), (("retry-after", "20"),), (("retry-after", "36000"),)])
+def test_an_own_error_frame_has_the_error_the_same_answer_over_https_to_codex_has(status, headers):
+    """Codex reads a frame's error as it reads an HTTP answer's: a 429 is rate_limit_error on both,
+    and a budget spent until tomorrow is the `usage_limit_reached` it stops on, on both."""
+    _, body = own_error(Protocol.RESPONSES, status, "over the daily budget", headers, codex=True)
+    frame = json.loads(refusal_frame(Refusal(status, "over the daily budget", headers)))
+    error = json.loads(body)["error"]
+    resets = frame["error"].pop("resets_at", None), error.pop("resets_at", None)
+    assert (None not in resets) == (status == 429 and headers == (("retry-after", "36000"),))
+    assert abs(resets[0] - resets[1]) <= 1 if None not in resets else True
+    assert frame == {"type": "error", "status": status, "error": error}
+    assert json.loads(error_frame(status, "x")) == {"type": "error", "status": status,
+                                                    "error": json.loads(own_error(Protocol.RESPONSES, status, "x")[1])["error"]}
 
 
 async def test_an_unknown_ticket_is_refused_and_a_stale_chain_closes_before_any_output():
@@ -294,6 +303,12 @@ async def test_a_turn_whose_upstreams_all_failed_in_their_streams_is_recorded_wi
     await sink.write(f"event: response.failed\ndata: {json.dumps(failed)}\n\n".encode())
     await sink.end()
     assert [frame["status"] for frame in sent] == [500] and job.status == 500
+    # with the type the documented frame has (an upstream's `response.failed` says only its code)
+    assert sent[0]["error"] == {"type": "server_error", "code": "server_error", "message": "boom"}
+    sent.clear()
+    await sink._event({"type": "error", "code": "rate_limit_exceeded", "message": "slow down", "sequence_number": 3})
+    assert sent == [{"type": "error", "status": 429, "error": {"type": "rate_limit_error",
+                                                                "code": "rate_limit_exceeded", "message": "slow down"}}]
 
 
 @pytest.mark.parametrize("deflate", [False, True], ids=["plain", "deflate"])

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ccswitch.wire.protocols import own_error, should_retry, stream_error_event
+from ccswitch.wire.protocols import is_codex, own_error, should_retry, stream_error_event
 from ccswitch.wire.sse import SSEParser
 
 
@@ -42,6 +42,42 @@ def test_own_error_carries_the_header_content_type_and_the_body_in_the_clients_p
     assert json.loads(body) == {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
     headers, _ = own_error("openai-chat", 503, "no upstream", (("retry-after", "bad"),))
     assert ("x-should-retry", "true") in headers
+
+
+def test_codex_told_not_to_retry_a_429_gets_the_usage_limit_it_stops_on_with_when_to_come_back():
+    """Codex waits out any retry-after (hours, for a budget spent until tomorrow) and reads no
+    x-should-retry; `usage_limit_reached` makes it stop and say "Try again at" its `resets_at`."""
+    headers, body = own_error("openai-responses", 429, "client key alice has spent $1 of its daily budget",
+                              (("retry-after", "36000"),), codex=True, now=1_000_000.0)
+    assert ("x-should-retry", "false") in headers and not [k for k, _ in headers if k == "retry-after"]
+    assert json.loads(body)["error"] == {"message": "client key alice has spent $1 of its daily budget",
+                                         "type": "usage_limit_reached", "param": None, "code": None,
+                                         "resets_at": 1_036_000}
+
+
+def test_codex_told_not_to_retry_a_503_gets_no_retry_after_and_gives_up_after_its_own_backoff():
+    for given in ((("retry-after", "40000"),), (("x-should-retry", "false"),)):
+        headers, body = own_error("openai-responses", 503, "closed until 06:00", given, codex=True)
+        assert not [k for k, _ in headers if k == "retry-after"]
+        assert [v for k, v in headers if k.lower() == "x-should-retry"] == ["false"]
+        assert json.loads(body)["error"]["type"] == "server_error"
+
+
+@pytest.mark.parametrize("codex,status,wait", [(True, 429, "30"), (True, 503, "60"), (False, 429, "36000"),
+                                               (False, 503, "40000"), (True, 400, "36000")])
+def test_other_clients_and_codex_told_to_retry_soon_get_the_answer_as_it_is(codex, status, wait):
+    headers, body = own_error("openai-responses", status, "x", (("retry-after", wait),), codex=codex, now=5.0)
+    assert ("retry-after", wait) in headers
+    assert json.loads(body) == json.loads(own_error("openai-responses", status, "x", (("retry-after", wait),))[1])
+    assert "usage_limit_reached" not in body.decode()
+
+
+@pytest.mark.parametrize("originator,agent,codex", [
+    ("codex_exec", "codex_exec/0.169.0 (Debian 12.0.0; x86_64)", True), ("codex_cli_rs", None, True),
+    (None, "codex_vscode/1.2", True), ("Codex_Desktop", None, True),
+    (None, "claude-cli/2.1.332 (external, cli)", False), (None, "OpenAI/Python 2.8.1", False), (None, None, False)])
+def test_codex_is_known_by_its_originator_or_user_agent(originator, agent, codex):
+    assert is_codex(originator, agent) is codex
 
 
 @pytest.mark.parametrize("status,kind", [(415, "invalid_request_error"), (431, "invalid_request_error"),
