@@ -23,8 +23,9 @@ class Received:
 
 
 class WebhookReceiver:
-    def __init__(self, *, status: int = 200, hang: bool = False) -> None:
+    def __init__(self, *, status: int = 200, hang: bool = False, headers: dict[str, str] | None = None) -> None:
         self.status = status
+        self.headers = dict(headers or {})      # sent with every answer (a 429's retry-after)
         self.hang = hang
         self.received: list[Received] = []
         self._lock = threading.Lock()
@@ -102,6 +103,8 @@ class _Handler(BaseHTTPRequestHandler):
         answer = b'{"ok": true}'
         self.send_response(receiver.status)
         self.send_header("content-type", "application/json")
+        for name, value in receiver.headers.items():
+            self.send_header(name, value)
         self.send_header("content-length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)

@@ -306,3 +306,78 @@ async def test_the_claims_of_one_name_are_made_and_told_in_the_order_their_event
     assert order == ["cooldown", "recovered"] and poster.kinds(FAST) == ["cooldown", "recovered"]
     assert notifier._last_claim == {}
     await notifier.aclose()
+
+
+async def test_each_backlog_of_a_lane_is_logged_and_counted_on_its_own(caplog):
+    caplog.set_level(logging.WARNING, "ccswitch.notify")
+    notifier, poster = await started(rules(f"notify: [{{url: '{SLOW}'}}]"), capacity=2)
+    for episodes in ("abcd", "efg"):
+        poster.release.clear()
+        for episode in episodes:
+            notifier.offer(event(episode=episode))
+        await settle()
+        poster.release.set()
+        await settle()
+    assert [e.episode for _, e, _ in poster.delivered] == ["c", "d", "f", "g"]
+    assert caplog.text.count("backed up") == 2
+    assert "caught up; 2 were dropped" in caplog.text and "caught up; 1 were dropped" in caplog.text
+    await notifier.aclose()
+
+
+async def test_without_a_shared_state_a_cooldown_the_damper_takes_back_is_not_told():
+    notifier, poster = await started(rules(), settle=lambda: 60)
+    for kind, episode in (("cooldown", "1"), ("recovered", "1"), ("cooldown", "2"), ("recovered", "2"),
+                          ("cooldown", "3")):
+        notifier.offer(Event(kind, "a", kind, episode=episode, claim="health:a", state=kind))
+        await settle()
+    poster.release.set()
+    await settle()
+    assert poster.kinds(FAST) == ["cooldown", "recovered", "cooldown"]     # the flapping's first cooldown only
+    await notifier.aclose()
+
+
+async def test_a_claim_waits_for_the_claim_made_just_before_it_whatever_came_earlier():
+    gates = {"1": asyncio.Event(), "2": asyncio.Event()}
+    order = []
+
+    async def claim_state(name, state, episode, absorbed):
+        if episode in gates:
+            await gates[episode].wait()
+        order.append((state, episode))
+        return True
+
+    notifier, poster = await started(rules(), claim_state=claim_state)
+    notifier.offer(Event("cooldown", "a", "r", episode="1", claim="health:a", state="cooldown"))
+    notifier.offer(Event("recovered", "a", "r", episode="2", claim="health:a", state="recovered"))
+    gates["1"].set()
+    await settle()                          # the first is told; the second's claim is under way
+    notifier.offer(Event("cooldown", "a", "r", episode="3", claim="health:a", state="cooldown"))
+    await settle()
+    assert order == [("cooldown", "1")]
+    gates["2"].set()
+    await settle()
+    assert order == [("cooldown", "1"), ("recovered", "2"), ("cooldown", "3")]
+    assert poster.kinds(FAST) == ["cooldown", "recovered", "cooldown"]
+    poster.release.set()
+    await notifier.aclose()
+
+
+async def test_a_removed_hook_s_lane_posts_what_it_is_posting_then_stops_at_the_next_reload():
+    current = {"rules": rules()}
+    poster = FakePoster()
+    notifier = Notifier(lambda: current["rules"], poster)
+    notifier.start()
+    notifier.offer(event())
+    await settle()                          # the slow hook's lane is posting it
+    [slow] = [lane for hook, lane in notifier.lanes.items() if hook.url.get_secret_value() == SLOW]
+    current["rules"] = rules(f"notify: [{{url: '{FAST}'}}]")
+    notifier.offer(event(episode="2"))
+    assert slow in notifier.lanes.values()  # busy: kept
+    poster.release.set()
+    await settle()
+    assert poster.kinds(SLOW) == ["cooldown"]
+    current["rules"] = rules(f"notify: [{{url: '{FAST}'}}]")
+    notifier.offer(event(episode="3"))
+    await settle()
+    assert slow not in notifier.lanes.values() and slow.task.cancelled()
+    await notifier.aclose()

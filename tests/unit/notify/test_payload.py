@@ -69,3 +69,10 @@ def test_no_key_text_reaches_any_format():
 def test_non_ascii_reasons_are_kept():
     event = Event(kind="budget", upstream="relay-ü", reason="80 % of the daily budget — $4.00 of $5.00", ts=TS)
     assert json.loads(render(event, "json", [])[1])["reason"] == "80 % of the daily budget — $4.00 of $5.00"
+
+
+def test_no_key_text_in_an_upstream_or_route_name_either():
+    event = Event(kind="cooldown", upstream=f"relay-{KEY}", route=f"route-{CLIENT_KEY}", reason="r", ts=TS)
+    for fmt in ("json", "slack", "discord", "text"):
+        body = render(event, fmt, [KEY, CLIENT_KEY])[1].decode()
+        assert KEY not in body and CLIENT_KEY not in body, fmt

@@ -37,3 +37,8 @@ def test_a_429_retry_after_is_honoured_up_to_the_cap():
 def test_no_wait_exceeds_the_cap():
     policy = RetryPolicy(attempts=20, first_wait=1.0, max_wait=30.0)
     assert policy.wait_before(10, 503) == 30.0
+
+
+def test_only_a_2xx_is_delivered_and_a_redirect_is_final():
+    assert delivered(299) and not delivered(300) and not delivered(302) and not delivered(199)
+    assert RetryPolicy().wait_before(1, 302) is None

@@ -165,3 +165,16 @@ async def test_a_recovery_that_lasted_ends_the_flapping_and_its_count_of_untold_
     assert told[-1].reason == "up again"                           # the count was the last outage's
     clock.now = 400                     # long after: a new outage, told at once both ways
     assert not settling.takes(ev("cooldown")) and not settling.takes(ev("recovered"))
+
+
+async def test_a_recovery_told_at_once_for_want_of_a_settle_time_ends_the_flapping():
+    clock = Clock()
+    seconds = [10]
+    settling = Settling(lambda: seconds[0], [].append, clock)
+    for kind in ("cooldown", "recovered", "cooldown"):
+        assert not settling.takes(ev(kind))
+    seconds[0] = 0
+    assert not settling.takes(ev("recovered"))
+    seconds[0] = 10
+    clock.now += 100                    # long after: a new outage, told at once both ways
+    assert not settling.takes(ev("cooldown")) and not settling.takes(ev("recovered"))

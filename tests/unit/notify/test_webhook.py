@@ -122,3 +122,29 @@ notify:
         assert len(good.received) == 1 and len(bad.received) == 1   # tried once: the result as it is now
         assert good.received[0].json()["event"] == "test"
         assert bad.received[0].body.startswith(b"ccswitch test: ")
+
+
+async def test_a_429_s_retry_after_sets_the_wait_before_the_next_try(client):
+    sleeps = Sleeps()
+    with WebhookReceiver(status=429, headers={"retry-after": "7"}) as receiver:
+        poster = WebhookPoster(client, policy=RetryPolicy(attempts=2, first_wait=1.0), sleep=sleeps)
+        result = await poster.deliver(hook(receiver), EVENT, [])
+        assert len(receiver.received) == 2
+    assert (result.status, result.attempts) == (429, 2) and sleeps.waits == [7.0]
+
+
+async def test_a_login_without_a_password_is_sent_too(client):
+    import base64
+    with WebhookReceiver() as receiver:
+        url = receiver.url("/hook").replace("://", "://ops@", 1)
+        result = await WebhookPoster(client).deliver(NotifyHook(url=url), EVENT, [KEY_A])
+        [got] = receiver.received
+    assert result.status == 200 and got.path == "/hook"
+    assert got.headers["authorization"] == "Basic " + base64.b64encode(b"ops:").decode()
+
+
+def test_an_error_quoting_the_hook_s_path_or_query_keeps_its_token_out():
+    from ccswitch.notify.webhook import _safe
+    url = f"http://127.0.0.1:9000/hook/{TOKEN}?token={TOKEN}"
+    text = _safe(f"refused: POST /hook/{TOKEN}?token={TOKEN} HTTP/1.1 (token={TOKEN})", url)
+    assert TOKEN not in text and "<hook url>" in text

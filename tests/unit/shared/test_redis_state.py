@@ -16,11 +16,13 @@ from ccswitch.config.models import Budget, ClientKey, Rules
 from ccswitch.config.state_url import RedisURL
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.budget import CLIENT, SpendBoard
+from ccswitch.routing.changes import BindChange, SpendTotal, WindowChange, encode
 from ccswitch.routing.events import Events
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.quota import QuotaBoard
 from ccswitch.routing.state import Boards
 from ccswitch.shared import layout
+from ccswitch.shared.claims import OUTAGES
 from ccswitch.shared.factory import StateUnavailable, state_for
 from ccswitch.shared.redis_state import RedisState
 from tests.support.helpers import eventually
@@ -257,6 +259,7 @@ def test_without_the_rules_naming_a_state_nothing_is_shared(monkeypatch):
     monkeypatch.setattr("ccswitch.shared.factory.importlib.util.find_spec", lambda name: None)
     with pytest.raises(StateUnavailable, match="pip install"):
         state_for(RedisURL.parse("redis://127.0.0.1:6379/3"))
+    assert state_for(None).where.startswith("in memory")      # no state named: no package needed
 
 
 def test_the_password_is_never_shown():
@@ -360,3 +363,315 @@ async def test_a_claim_is_granted_when_redis_cannot_be_asked():
     state = RedisState(RedisURL.parse("redis://127.0.0.1:9/0"))
     assert await state.claim("budget:x", time.time() + 60) is True
     assert await state.claim_state("health:relay", "cooldown", "1") is True
+
+
+# ---------------------------------------------------------------------------- what each key holds, and how long
+
+
+async def _stored(store, key: str, check=lambda value: value is not None, timeout: float = 5.0):
+    """The value of `key` once `check` holds for it (polled)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await store.get(key)
+        if check(value):
+            return value
+        assert time.monotonic() < deadline, f"{key} holds {value!r}"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_record_without_a_cooldown_is_kept_ten_minutes(redis_url, store):
+    async with Node(redis_url) as a:
+        a.health.record_failure("relay", "HTTP 503", threshold=5, cooldown=60)     # below the threshold
+        assert json.loads(await _stored(store, "ccswitch:h:relay"))["failures"] == 1
+        assert 590_000 < await store.pttl("ccswitch:h:relay") <= layout.HEALTH_MEMORY * 1000
+
+
+async def test_a_reset_deletes_the_upstream_s_switch(redis_url, store):
+    async with Node(redis_url) as a, Node(redis_url) as b:
+        a.health.switch("backup", False)
+        await _stored(store, "ccswitch:sw:backup")
+        await eventually(lambda: not b.health.enabled("backup", True))
+        a.health.reset("backup")
+        await _stored(store, "ccswitch:sw:backup", lambda value: value is None)
+        await eventually(lambda: b.health.enabled("backup", True))
+
+
+async def test_the_windows_hash_lives_as_long_as_its_latest_window_and_a_reset_deletes_it(redis_url, store):
+    now = time.time()
+    async with Node(redis_url) as a, Node(redis_url) as b:
+        a.quota.record("relay", [("anthropic-ratelimit-unified-5h-utilization", "0.99"),
+                                 ("anthropic-ratelimit-unified-5h-reset", str(int(now + 1800)))])
+        await eventually(lambda: b.quota.full("relay", 0.95) is not None)
+        a.quota.record("relay", [("anthropic-ratelimit-unified-7d-utilization", "0.5"),
+                                 ("anthropic-ratelimit-unified-7d-reset", str(int(now + 7200)))])
+        await eventually(lambda: not a.state._pending and not a.state._writing)
+        deadline = time.monotonic() + 5
+        while await store.hlen("ccswitch:q:relay") < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert 7_190_000 < await store.pttl("ccswitch:q:relay") <= 7_200_000     # raised to the later reset
+        a.quota.forget("relay")                                                 # ccswitch.reset
+        await eventually(lambda: b.quota.full("relay", 0.95) is None)
+        assert await store.exists("ccswitch:q:relay") == 0
+
+
+async def test_a_binding_expires_its_idle_time_after_its_last_use_not_after_its_write(store):
+    now = time.time()
+    async with store.pipeline(transaction=False) as pipe:
+        layout.queue_write(pipe, BindChange("messages", "s-old", "relay", 900.0, now - 300), now)
+        layout.queue_write(pipe, BindChange("messages", "s-gone", "relay", 900.0, now - 1000), now)
+        await pipe.execute()
+    [key] = [k async for k in store.scan_iter("ccswitch:b:messages:*")]
+    assert 590_000 < await store.pttl(key) <= 600_000
+
+
+def test_a_key_gone_between_the_scan_and_the_read_holds_nothing():
+    assert layout.read_back("ccswitch:h:relay", None, time.time()) == []
+
+
+async def test_a_late_starter_loads_windows_still_running_and_skips_unreadable_keys(redis_url, store, caplog):
+    caplog.set_level(logging.WARNING, "ccswitch.state")
+    now = time.time()
+    async with Node(redis_url) as a:
+        a.quota.record("relay", [("anthropic-ratelimit-unified-5h-utilization", "0.99"),
+                                 ("anthropic-ratelimit-unified-5h-reset", str(int(now + 1800)))])
+        await eventually(lambda: not a.state._pending and not a.state._writing)
+        await asyncio.sleep(0.05)
+    await store.hset("ccswitch:q:relay", "7d", layout.dumps(encode(
+        WindowChange("relay", "7d", 1.0, now - 60, True, now - 60))))       # past its time
+    await store.set("ccswitch:h:junk", "not json")
+    async with Node(redis_url) as c:
+        assert c.quota.full("relay", 0.95) is not None
+        assert [w.window for w in c.quota.view()] == ["5h"]
+        assert c.state.malformed == 1
+    assert caplog.text.count("cannot read") == 1
+
+
+async def test_more_stored_keys_than_one_read_takes_are_all_loaded(redis_url):
+    async with Node(redis_url) as a:
+        for n in range(layout_batch() + 20):
+            a.sessions.bind("messages", f"s-{n}", "relay", 600)
+        await eventually(lambda: not a.state._pending and not a.state._writing)
+        await asyncio.sleep(0.05)
+        async with Node(redis_url) as c:
+            assert all(c.sessions.bound("messages", f"s-{n}") == "relay" for n in range(layout_batch() + 20))
+
+
+def layout_batch() -> int:
+    from ccswitch.shared.redis_state import BATCH
+    return BATCH
+
+
+# ---------------------------------------------------------------------------- claims
+
+
+async def test_an_occurrence_is_claimed_once_until_it_ends(redis_url, store):
+    async with Node(redis_url) as a, Node(redis_url) as b:
+        until = time.time() + 120
+        assert await a.state.claim("budget:k:daily", until) is True
+        assert await b.state.claim("budget:k:daily", until) is False
+        assert await a.state.claim("budget:k:daily", until) is False
+        assert await store.get("ccswitch:n:budget:k:daily") == a.state.instance
+        assert 115_000 < await store.pttl("ccswitch:n:budget:k:daily") <= 120_000
+        assert await a.state.claim("budget:k:over", time.time() - 5) is True     # over already: a second
+        assert 0 < await store.pttl("ccswitch:n:budget:k:over") <= 1000
+
+
+async def test_an_empty_state_claim_is_no_state_of_ours(redis_url, store):
+    async with Node(redis_url) as a:
+        await store.set("ccswitch:n:health:relay", "")
+        assert await a.state.claim_state("health:relay", "cooldown", "1", absorbed=True) is False
+
+
+async def test_a_cooldown_kept_quiet_after_redis_came_back_leaves_the_next_one_to_what_redis_holds(redis_url, store):
+    async with Node(redis_url) as a:
+        a.state.up = False
+        assert await a.state.claim_state("health:relay", "recovered", "1") is True     # told here alone
+        a.state.up = True
+        assert await a.state.claim_state("health:relay", "cooldown", "2", absorbed=True) is False
+        await store.set("ccswitch:n:health:relay", f"recovered b {time.time():.3f}")    # another instance's
+        assert await a.state.claim_state("health:relay", "cooldown", "3", absorbed=True) is True
+
+
+# ---------------------------------------------------------------------------- queueing, writing, reading
+
+
+async def _published(pubsub, timeout: float = 5.0) -> dict:
+    """The next change message on the channel."""
+    deadline = time.monotonic() + timeout
+    while True:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message is not None and message["type"] == "message":
+            return json.loads(message["data"])
+        assert time.monotonic() < deadline, "nothing published"
+
+
+def _detached(url: str = "redis://127.0.0.1:9/0") -> Node:
+    """A node whose state takes the boards' records but never connects."""
+    node = Node(url)
+    node.state.boards = node.boards
+    node.boards.listen(node.state._offer)
+    return node
+
+
+def test_while_redis_is_unreachable_only_spend_is_kept_for_it():
+    node = _detached()
+    node.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
+    node.sessions.bind("messages", "s", "relay", 600)
+    node.spend.add(CLIENT, "k", 0.1)
+    assert node.state._pending == {}
+    assert sorted(key[3] for key in node.state._unsent) == ["daily", "monthly"]
+
+
+@pytest.mark.parametrize("merge", [False, True], ids=["a write", "a catch-up"])
+def test_a_total_from_another_instance_counts_this_one_s_spend_not_sent_yet(merge):
+    node = _detached()
+    node.spend.add(CLIENT, "k", 0.2)                       # not in Redis yet
+    total = node.spend.shared(CLIENT, "k", "daily")
+    theirs = SpendTotal(total.who, total.name, total.period, total.start, total.end, 0.6)
+    node.state.receive(layout.dumps({"v": 1, "src": "other", "ts": time.time(), "merge": merge,
+                                     "changes": [encode(theirs)]}))
+    assert abs(node.spend.spent(CLIENT, "k", "daily") - 0.8) < 1e-9
+
+
+def test_the_staleness_of_a_message_is_measured_from_when_it_was_made():
+    node = _detached()
+    message = {"v": 1, "src": "other", "merge": False, "changes": []}
+    node.state.receive(layout.dumps({**message, "ts": time.time() - 0.5}))
+    assert 0.5 <= node.state.lag.samples[-1] < 5
+    node.state.receive(layout.dumps({**message, "ts": time.time() + 60}))    # a clock ahead: no negative lag
+    assert node.state.lag.samples[-1] == 0.0 and node.state.lag.count == 2
+
+
+async def test_spend_whose_write_failed_is_sent_again():
+    node = _detached()
+    node.spend.add(CLIENT, "k", 0.3)
+    client = node.state._connect()
+    try:
+        with pytest.raises(OUTAGES):
+            await node.state._flush(client)
+    finally:
+        await client.aclose()
+    assert sorted((key[3], added.usd) for key, added in node.state._unsent.items()) == \
+        [("daily", 0.3), ("monthly", 0.3)]
+
+
+async def test_a_message_carries_when_its_oldest_record_was_made(redis_url, store):
+    clock = [time.time()]
+    async with Node(redis_url, wall=lambda: clock[0]) as a:
+        async with store.pubsub(ignore_subscribe_messages=True) as pubsub:
+            await pubsub.subscribe(layout.channel(0))
+            made = clock[0]
+            a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
+            clock[0] += 3                      # the writer comes to it later
+            message = await _published(pubsub)
+    assert message["ts"] == made
+
+
+async def test_what_is_written_on_catching_up_is_published_as_a_merge(redis_url, store):
+    async with store.pubsub(ignore_subscribe_messages=True) as pubsub:
+        await pubsub.subscribe(layout.channel(0))
+        node = Node(redis_url)
+        node.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)    # known before it connects
+        async with node:
+            first = await _published(pubsub)
+            node.health.record_failure("other", "HTTP 503", threshold=1, cooldown=60)
+            second = await _published(pubsub)
+    assert first["merge"] is True and second["merge"] is False
+
+
+async def test_on_catching_up_redis_keeps_the_larger_spend_of_each_period_until_it_ends(redis_url, store):
+    c = Node(redis_url)
+    c.spend.add(CLIENT, "k", 0.75)                # counted before Redis could be asked
+    daily, monthly = (c.spend.shared(CLIENT, "k", kind) for kind in ("daily", "monthly"))
+    await store.set(layout.key_of(daily), "0.25")             # less than this instance counted
+    await store.set(layout.key_of(monthly), "2.0")            # more
+    async with c:
+        await _stored(store, layout.key_of(daily), lambda value: value == "0.75")
+        await eventually(lambda: c.spend.spent(CLIENT, "k", "monthly") == 2.0)
+    assert float(await store.get(layout.key_of(monthly))) == 2.0
+    assert abs(await store.pttl(layout.key_of(daily)) / 1000 - (daily.end - time.time())) < 5    # raised: expires with its period
+
+
+@pytest.mark.parametrize("when", ["just added", "being written"])
+async def test_spend_is_handed_on_at_shutdown_while_it_is_being_written_too(redis_url, when):
+    async with Node(redis_url) as a, Node(redis_url) as b:
+        a.spend.add(CLIENT, "k", 0.75)
+        if when == "being written":
+            while not a.state._writing:
+                await asyncio.sleep(0)
+        await a.state.stop()
+        await eventually(lambda: b.spend.spent(CLIENT, "k", "daily") == 0.75)
+        a.spend.add(CLIENT, "k", 0.1)                # stopped: nothing is queued any more
+        assert a.state._unsent == {} and a.state._pending == {}
+
+
+async def test_an_idle_connection_is_checked(redis_url, store, monkeypatch):
+    monkeypatch.setattr("ccswitch.shared.redis_state.PING_EVERY", 0.02)
+    async with Node(redis_url):
+        before = (await store.info("commandstats")).get("cmdstat_ping", {}).get("calls", 0)
+        await asyncio.sleep(0.3)
+        after = (await store.info("commandstats")).get("cmdstat_ping", {}).get("calls", 0)
+    assert after - before >= 3
+
+
+# ---------------------------------------------------------------------------- outages
+
+
+class _Pauses:
+    """The supervisor's `asyncio` with `sleep` recording each reconnection pause (and not waiting)."""
+
+    def __init__(self):
+        self.pauses: list[float] = []
+
+    def __getattr__(self, name):
+        return getattr(asyncio, name)
+
+    async def sleep(self, seconds):
+        self.pauses.append(seconds)
+        await asyncio.sleep(0)
+
+
+async def test_reconnection_pauses_grow_to_a_cap_and_start_again_after_a_connection(monkeypatch):
+    import ccswitch.shared.redis_state as redis_state
+    pauses = _Pauses()
+    monkeypatch.setattr(redis_state, "asyncio", pauses)
+    monkeypatch.setattr(redis_state.random, "uniform", lambda low, high: 1.0)
+    node = _detached()
+    state = node.state
+    state.retry = (1.0, 4.0)
+    sessions, seen, hang = [], [], asyncio.Event()
+
+    async def session(client):
+        sessions.append(client)
+        seen.append((dict(state._pending), node.spend.alone))
+        if len(sessions) == 5:               # connected: the view merged in, then the link is lost
+            state.up = True
+            node.spend.alone = False
+            state._came_up(0)
+            node.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)   # queued, unsent
+        if len(sessions) == 8:
+            await hang.wait()
+        raise ConnectionError("gone")
+
+    state._session = session
+    task = asyncio.get_running_loop().create_task(state._supervise())
+    try:
+        while len(sessions) < 8:
+            await asyncio.sleep(0)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert pauses.pauses == [1.0, 2.0, 4.0, 4.0, 1.0, 2.0, 4.0]
+    assert seen[5] == ({}, True)            # once the link is lost: nothing queued, crossings told alone
+    assert not state.up
+
+
+async def test_budget_lines_are_told_from_this_instance_s_view_only_while_redis_is_unreachable(own_redis):
+    async with Node(own_redis.url(), retry=(0.05, 0.1)) as a:
+        assert a.spend.alone is False           # Redis orders the additions: the one that crossed tells
+        own_redis.kill()
+        await eventually(lambda: not a.state.up)
+        assert a.spend.alone is True
+        own_redis.start()
+        await eventually(lambda: a.state.up)
+        assert a.spend.alone is False
