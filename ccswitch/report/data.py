@@ -302,8 +302,8 @@ def build_report(conn: LedgerReader | sqlite3.Connection, rules: Rules, since: d
         before = BLOCKS_LOOKBACK_DAYS if blocks else 1
         for row, is_count in _usage_rows(reader, since, until, tz, pricer, before):
             in_period = since <= row.day <= until
-            if is_count:
-                count_tokens += in_period
+            if is_count:     # rows come grouped by minute and model: a group counts its requests
+                count_tokens += row.totals.requests if in_period else 0
                 continue
             if blocks and row.route == BLOCKS_ROUTE and row.upstream is not None \
                     and blocks_upstream in (None, row.upstream):

@@ -99,9 +99,11 @@ def small_db(tmp_path: Path) -> Path:
              error="no upstream available"),
         dict(ts="2026-03-02T05:00:00.000+00:00", route="chat", endpoint="chat", upstream="relay-b",
              model="mystery-1", input_tokens=100, output_tokens=50),
-        # count_tokens: left out everywhere
+        # count_tokens: left out everywhere (but counted: two in the same minute are two)
         dict(ts="2026-03-01T03:00:00.000+00:00", endpoint="count_tokens", upstream="relay-a",
              model="claude-sonnet-4-5", input_tokens=5000, status=500, error="x", attempts=2),
+        dict(ts="2026-03-01T03:00:20.000+00:00", endpoint="count_tokens", upstream="relay-a",
+             model="claude-sonnet-4-5", input_tokens=5000),
         # outside the two local days
         dict(ts="2026-02-28T15:59:00.000+00:00", upstream="relay-a", model="claude-opus-4-5", input_tokens=7),
         dict(ts="2026-03-02T16:00:00.000+00:00", upstream="relay-a", model="claude-opus-4-5", input_tokens=7),
@@ -138,7 +140,7 @@ def test_small_totals_and_cost(small_db):
     assert d2.cost == pytest.approx((10000 * 1.25 + 500 * 10 + 90000 * 0.125) / 1e6, abs=1e-12)
     assert d2.unpriced_tokens == 150 and r.unpriced == {"mystery-1": 150}
     assert r.total.requests == 6 and r.total.cost == pytest.approx(0.03285 + 0.035 + 0.02875, abs=1e-12)
-    assert r.count_tokens == 1
+    assert r.count_tokens == 2
     assert r.summary["upstream"]["(ccswitch)"].errors == 1
     assert r.summary["upstream"]["relay-a"].cost == pytest.approx(0.03285, abs=1e-12)
     assert set(r.summary["route"]) == {"claude", "codex", "chat"}
@@ -230,7 +232,7 @@ def test_table_text(small_db):
     assert "$0.03+?" in text                   # Mar 2: priced part, plus unpriced tokens
     assert "88.5%" in text                     # Mar 1 cache hit
     assert "Asia/Shanghai" in text and "Activation probes:" in text and "unauthorized" not in text
-    assert "note: 1 count_tokens request(s)" in text
+    assert "note: 2 count_tokens request(s)" in text
 
 
 def test_main_json(small_db, tmp_path, capsys):
@@ -244,7 +246,7 @@ def test_main_json(small_db, tmp_path, capsys):
     assert data["days"][1]["groups"]["chat"]["unpriced_tokens"] == 150
     assert data["days"][0]["cache_write_1h_tokens"] == 4000
     assert data["summary"]["upstream"]["relay-a"]["failovers"] == 2
-    assert data["activations"][0]["ok"] == 1 and data["count_tokens_requests"] == 1
+    assert data["activations"][0]["ok"] == 1 and data["count_tokens_requests"] == 2
     assert data["unpriced_models"] == {"mystery-1": 150}
 
 
