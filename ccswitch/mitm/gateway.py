@@ -80,6 +80,8 @@ class Gateway:
         self.upstream_client: http1.UpstreamClient | None = None
         # per upstream, (connections open, requests waiting for one): the router installs its client's
         self.connections: Callable[[], dict[str, tuple[int, int]]] = dict
+        # the requests under way (the live page's and the metrics'): the router installs its dialer's
+        self.in_flight: Callable[[], list[Job]] = list
 
     @property
     def rules(self) -> Rules:

@@ -117,18 +117,19 @@ class LivePage:
             "content-type": "text/html; charset=utf-8", "content-security-policy": CONTENT_SECURITY_POLICY,
             "x-frame-options": "DENY", **_COMMON})
 
-    def _views(self, now: datetime):
+    def _views(self, now: datetime, running: list):
         gateway = self.gateway
-        return upstream_views(gateway.rules, gateway.health, gateway.quota, gateway.sessions, now, gateway.spend)
+        return upstream_views(gateway.rules, gateway.health, gateway.quota, gateway.sessions, now, gateway.spend,
+                              running, gateway.connections())
 
     def _status(self) -> dict:
-        rules = self.gateway.rules
+        rules, running = self.gateway.rules, self.gateway.in_flight()
         now = datetime.now(rules.tz)
-        return live_status(self.gateway.live, self._views(now), rules, now)
+        return live_status(self.gateway.live, self._views(now, running), rules, now, running)
 
     def _metrics(self) -> str:
-        now = datetime.now(self.gateway.rules.tz)
-        return metrics_text(self.gateway.live, self._views(now))
+        now, running = datetime.now(self.gateway.rules.tz), self.gateway.in_flight()
+        return metrics_text(self.gateway.live, self._views(now, running), running)
 
 
 def _text(status: int, message: str, extra: dict | None = None) -> http.Response:

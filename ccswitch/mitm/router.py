@@ -109,6 +109,7 @@ class Router:
                              client=http1.UpstreamClient(ssl_context=upstream_tls()),
                              quota=gateway.quota, sessions=gateway.sessions, events=gateway.events)
         gateway.connections = self.dialer.client.connection_counts
+        gateway.in_flight = lambda: list(self.dialer.running.values())
         gateway.upstream_client = self.dialer.client
         self.relay = Relay(self.dialer.run, on_done=self.gateway.record_job, shutdown=self.shutdown)
         try:   # the spend so far this month, the relay and the bridge, before the first request is routed

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
-from html import escape
+from html import escape as _escape
 from pathlib import Path
 
 from ccswitch.report.data import Report, sorted_groups
+from ccswitch.report.live_status import visible_controls
 from ccswitch.report.text import (
     ACTIVATION_COLUMNS,
     BLOCK_COLUMNS,
@@ -27,6 +28,11 @@ from ccswitch.report.text import (
     short_label,
     summary_digits,
 )
+
+
+def escape(text: str) -> str:
+    """HTML-escaped, each bidirectional control shown as its escape (a model may carry one)."""
+    return _escape(visible_controls(text))
 
 CHART_ALT = {
     "tokens.png": "Tokens per day by type (input, cache write, cache read, output)",

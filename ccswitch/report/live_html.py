@@ -45,7 +45,7 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .card b{display:block;font-size:1.15rem;font-variant-numeric:tabular-nums} .card span{color:var(--muted);font-size:.8rem}
 .clip{max-width:16rem;overflow:hidden;text-overflow:ellipsis} .wide{overflow-x:auto}
 .compact{font-size:13px} .compact td,.compact th{padding:.25rem .4rem} .compact .clip{max-width:15rem}
-#requests .model{max-width:21rem} .sub{font-size:11px}
+#requests .model{max-width:21rem} .sub{font-size:11px} .compact .name{max-width:13rem}
 .err{color:var(--err)} .dim{color:var(--muted)}
 footer{margin:1.5rem 0;font-size:.8rem}
 a{color:inherit}
@@ -88,7 +88,8 @@ SCRIPT = r"""
   function upstreamRow(u) {
     const tr = el("tr"); tr.dataset.upstream = u.name; tr.className = "upstream";
     const name = el("td", null, null, u.preferred ? "preferred (ccswitch.use)" : "");
-    name.append(el("b", u.name + (u.preferred ? " \u2605" : "")),
+    name.className = "clip name";
+    name.append(el("b", u.name + (u.preferred ? " \u2605" : ""), null, u.name),
       el("div", u.protocol + " \u00b7 " + (u.routes.join(", ") || "no route"), "sub dim"));
     tr.append(name);
     const state = el("td"); state.append(el("span", u.state.replaceAll("_", " "), "badge s-" + u.state));
@@ -105,7 +106,8 @@ SCRIPT = r"""
       const about = " " + u.window + (u.resets ? ", resets " + u.resets : "");
       util.append(bar, (u.utilization * 100).toFixed(0) + "%", el("span", about, "dim"));
     }
-    tr.append(util, el("td", u.sessions, "n"), el("td", u.failures, "n"),
+    const conns = u.connections.open + " connection(s) open, " + u.connections.waiting + " request(s) waiting for one";
+    tr.append(util, el("td", u.in_flight, "n", conns), el("td", u.sessions, "n"), el("td", u.failures, "n"),
       el("td", u.budget.join("; ") || dash, "clip dim", u.budget.join("; ")),
       el("td", u.last_error || "", "clip err", u.last_error));
     return tr;
@@ -117,13 +119,23 @@ SCRIPT = r"""
     const path = r.attempts.map((a) => a.upstream + " " + a.result).join(" \u2192 ");
     const bad = r.error || (r.status || 0) >= 400;
     tr.append(el("td", r.time, null, r.ts), el("td", r.route + (r.endpoint === "count_tokens" ? " (count)" : "")),
-      el("td", model || dash, "clip model", model), el("td", r.upstream || gone[r.error] || "ccswitch", r.upstream ? "" : "dim"),
+      el("td", model || dash, "clip model", model),
+      el("td", r.upstream || gone[r.error] || "ccswitch", r.upstream ? "clip name" : "dim", r.upstream),
       attempts(r.attempts.length, path),
       el("td", r.status === null ? dash : r.status, "n" + (bad ? " err" : "")),
       el("td", tok(r.tokens.input), "n"), el("td", tok(r.tokens.output), "n"),
       el("td", tok(r.tokens.cache_creation), "n"), el("td", tok(r.tokens.cache_read), "n"),
       el("td", dur(r.ttfb_ms), "n"), el("td", dur(r.ms), "n"), el("td", usd(r.cost_usd), "n"),
       el("td", r.error || "", "clip err", r.error));
+    return tr;
+  }
+
+  function runningRow(r) {
+    const tr = el("tr"); tr.className = "running";
+    const on = r.upstream ? r.upstream + (r.attempt > 1 ? " (attempt " + r.attempt + ")" : "") : "waiting";
+    tr.append(el("td", r.time, null, r.ts), el("td", r.route + (r.endpoint === "count_tokens" ? " (count)" : "")),
+      el("td", r.model || dash, "clip model", r.model), el("td", on, r.upstream ? "clip name" : "dim", on),
+      el("td", r.stream ? "stream" : "", "dim"), el("td", r.seconds.toFixed(1) + " s", "n"));
     return tr;
   }
 
@@ -152,6 +164,13 @@ SCRIPT = r"""
         t.unpriced_tokens ? tok(t.unpriced_tokens) + " tokens of models without a price" : "at the report's prices"),
       card("failovers", t.failovers), card("errors", t.errors),
       card("count_tokens", t.count_tokens, "count_tokens requests (left out of the other figures)")]);
+    $("flying").textContent = d.in_flight.count;
+    const running = d.in_flight.requests.map(runningRow);
+    if (!running.length) {
+      const tr = el("tr"), td = el("td", "none", "dim");
+      td.colSpan = 6; tr.append(td); running.push(tr);
+    }
+    fill($("running"), running);
     const rows = d.recent.map(requestRow);
     if (!rows.length) {
       const tr = el("tr"), td = el("td", "no requests yet", "dim");
@@ -187,10 +206,13 @@ BODY = """<body>
 <noscript><p>This page needs JavaScript; the same data is at /_ccswitch/status.json.</p></noscript>
 <h2>Upstreams</h2>
 <div class="wide"><table class="compact"><thead><tr><th>upstream</th><th>state</th><th class="n">left</th>
-<th>utilization</th><th class="n">sessions</th><th class="n">failures</th><th>budget</th><th>last error</th>
-</tr></thead><tbody id="upstreams"></tbody></table></div>
+<th>utilization</th><th class="n">in flight</th><th class="n">sessions</th><th class="n">failures</th><th>budget</th>
+<th>last error</th></tr></thead><tbody id="upstreams"></tbody></table></div>
 <h2>Today <span id="since" class="muted"></span></h2>
 <div class="cards" id="today"></div>
+<h2>In flight (<span id="flying">0</span>)</h2>
+<div class="wide"><table class="compact"><thead><tr><th>since</th><th>route</th><th>model</th>
+<th>upstream now</th><th></th><th class="n">for</th></tr></thead><tbody id="running"></tbody></table></div>
 <h2>Last 50 requests</h2>
 <div class="wide"><table id="requests" class="compact"><thead><tr><th>time</th><th>route</th>
 <th>model (client \u2192 upstream)</th><th>upstream</th>

@@ -7,12 +7,16 @@ have filled with what it was sent) are scrubbed of every configured key first.
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from ccswitch.clock import wall_text
 from ccswitch.config.models import Rules
+from ccswitch.dial.job import Job
 from ccswitch.report.live import LiveBoard, Served
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.budget import UPSTREAM, SpendBoard
@@ -25,6 +29,7 @@ from ccswitch.wire.redact import scrub_text
 #: an upstream's state, in the order routing asks: the page colours and the metrics' state label use these
 STATES = ("disabled", "outside_hours", "over_budget", "cooling", "full", "available")
 MAX_TEXT = 300   # longest error or model text shown
+MAX_IN_FLIGHT = 50   # requests under way listed (all are counted)
 
 
 @dataclass(frozen=True)
@@ -43,25 +48,47 @@ class UpstreamView:
     sessions: int                   # sessions bound to it
     preferred: bool                 # chosen by ccswitch.use
     budget: tuple[str, ...] = ()    # `$1.20 of $5.00 today (until 00:00)` per budget it has
+    in_flight: int = 0              # requests whose attempt on it is under way
+    connections: tuple[int, int] = (0, 0)   # ccswitch's connections to it: open, requests waiting for one
 
     @property
     def up(self) -> bool:
         return self.state == "available"
 
 
+#: the characters that reorder the text around them: a client's model may carry them
+_BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible_controls(text: str) -> str:
+    """`text` with each bidirectional control shown as its escape (`\u202e`): a model name
+    `claude-\u202eevil\u202c-sonnet` must not read as another one on a page."""
+    return _BIDI_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def clean_text(text: str | None, secrets: list[str]) -> str | None:
     if text is None:
         return None
     # scrubbed whole, then cut: a key cut in two first would no longer be found
-    return scrub_text(str(text), secrets)[:MAX_TEXT]
+    return visible_controls(scrub_text(str(text), secrets))[:MAX_TEXT]
+
+
+def trying(job: Job) -> str | None:
+    """The upstream a request under way is on now (None: not sent yet, or between attempts)."""
+    last = job.attempts[-1] if job.attempts else None
+    return last.upstream if last is not None and last.running_since is not None else None
 
 
 def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, sessions: SessionBindings,
-                   now: datetime, spend: SpendBoard | None = None) -> list[UpstreamView]:
-    """Each upstream's state at `now` (aware, in the rules' time zone), in the rules' order."""
+                   now: datetime, spend: SpendBoard | None = None, running: Sequence[Job] = (),
+                   connections: Mapping[str, tuple[int, int]] | None = None) -> list[UpstreamView]:
+    """Each upstream's state at `now` (aware, in the rules' time zone), in the rules' order;
+    `running`: the requests under way, `connections`: (open, waiting) by upstream."""
     secrets = rules.secret_texts()
     preferred = health.preferred_name()
     bound = sessions.count_by_upstream()
+    on = Counter(trying(job) for job in running)
+    connections = connections or {}
     views = []
     for upstream in rules.upstreams:
         name = upstream.name
@@ -78,12 +105,14 @@ def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, session
             last_error=clean_text(health.get(name).last_error, secrets), utilization=value,
             window=window.name if window is not None else None, resets_at=resets_at,
             sessions=bound.get(name, 0), preferred=name == preferred,
-            budget=tuple(spend.report(UPSTREAM, name)) if spend is not None else ()))
+            budget=tuple(spend.report(UPSTREAM, name)) if spend is not None else (),
+            in_flight=on.get(name, 0), connections=connections.get(name, (0, 0))))
     return views
 
 
-def live_status(board: LiveBoard, views: list[UpstreamView], rules: Rules, now: datetime) -> dict[str, Any]:
-    """The whole page as data: `now` aware in the rules' time zone."""
+def live_status(board: LiveBoard, views: list[UpstreamView], rules: Rules, now: datetime,
+                running: Sequence[Job] = ()) -> dict[str, Any]:
+    """The whole page as data: `now` aware in the rules' time zone; `running`: the requests under way."""
     secrets = rules.secret_texts()
     tz = now.tzinfo
     since = board.since(tz)
@@ -97,6 +126,18 @@ def live_status(board: LiveBoard, views: list[UpstreamView], rules: Rules, now: 
         "today": {"date": now.date().isoformat(), "since": f"{since:%H:%M}",
                   **board.totals(tz, now).to_dict()},
         "recent": [_served_dict(s, tz, secrets) for s in reversed(board.recent)],
+        "in_flight": {"count": len(running), "requests": [
+            _running_dict(job, now, secrets) for job in sorted(running, key=lambda j: j.started_at)[:MAX_IN_FLIGHT]]},
+    }
+
+
+def _running_dict(job: Job, now: datetime, secrets: list[str]) -> dict[str, Any]:
+    at, req = job.started_at.astimezone(now.tzinfo), job.request
+    return {
+        "ts": at.isoformat(timespec="milliseconds"), "time": f"{at:%H:%M:%S}", "route": str(req.route),
+        "endpoint": str(req.endpoint), "model": clean_text(req.model, secrets), "stream": req.stream,
+        "upstream": trying(job), "attempt": len(job.attempts),
+        "seconds": max(0.0, round((now - at).total_seconds(), 1)),
     }
 
 
@@ -114,6 +155,7 @@ def _view_dict(view: UpstreamView, now: datetime) -> dict[str, Any]:
         "window": view.window, "resets_at": _local(view.resets_at),
         "resets": wall_text(view.resets_at, now.astimezone(view.resets_at.tzinfo)) if view.resets_at is not None else None,
         "sessions": view.sessions, "preferred": view.preferred, "budget": list(view.budget),
+        "in_flight": view.in_flight, "connections": {"open": view.connections[0], "waiting": view.connections[1]},
     }
 
 

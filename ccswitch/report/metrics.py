@@ -9,10 +9,13 @@ states: never a client's model or any other text a client chooses.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 
+from ccswitch.dial.job import Job
 from ccswitch.report.live import Histogram, LiveBoard
 from ccswitch.report.live_status import STATES, UpstreamView
+from ccswitch.vocab import Route
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -72,7 +75,8 @@ class Exposition:
         return "\n".join(self.lines) + "\n"
 
 
-def metrics_text(board: LiveBoard, views: list[UpstreamView]) -> str:
+def metrics_text(board: LiveBoard, views: list[UpstreamView], running: Sequence[Job] = ()) -> str:
+    """`running`: the requests under way."""
     out = Exposition()
     out.family("ccswitch_requests_total", "counter",
                "Client requests finished since ccswitch started, by route, the upstream that answered "
@@ -97,6 +101,18 @@ def metrics_text(board: LiveBoard, views: list[UpstreamView]) -> str:
     out.family("ccswitch_unpriced_tokens_total", "counter",
                "Tokens of models with no known price, not in ccswitch_cost_usd_total.",
                ((dict(upstream=u), n) for u, n in sorted(board.unpriced.items())))
+    routes = Counter(str(job.request.route) for job in running)
+    out.family("ccswitch_requests_in_flight", "gauge",
+               "Client requests under way (not yet in ccswitch_requests_total), by route.",
+               ((dict(route=r), routes.get(r, 0)) for r in (str(route) for route in Route)))
+    out.family("ccswitch_upstream_in_flight", "gauge",
+               "Requests whose attempt on the upstream is under way.",
+               ((dict(upstream=v.name), v.in_flight) for v in views))
+    out.family("ccswitch_upstream_connections", "gauge",
+               "ccswitch's connections to the upstream: open, and requests waiting for one (its "
+               "max_connections reached).",
+               ((dict(upstream=v.name, state=state), count) for v in views
+                for state, count in zip(("open", "waiting"), v.connections, strict=True)))
     out.family("ccswitch_upstream_up", "gauge",
                "1 if the upstream takes requests now; 0 if it is cooling down, full, over its budget, "
                "disabled or outside its days or hours.", ((dict(upstream=v.name), int(v.up)) for v in views))
@@ -106,7 +122,7 @@ def metrics_text(board: LiveBoard, views: list[UpstreamView]) -> str:
     out.family("ccswitch_upstream_utilization", "gauge",
                "The upstream's highest live rate-limit window utilization (0..1), from its response "
                "headers; absent while unknown.",
-               ((dict(upstream=v.name), v.utilization) for v in views if v.utilization is not None))
+               ((dict(upstream=v.name), round(v.utilization, 6)) for v in views if v.utilization is not None))
     out.family("ccswitch_upstream_sessions", "gauge", "Client sessions bound to the upstream.",
                ((dict(upstream=v.name), v.sessions) for v in views))
     out.histogram("ccswitch_request_duration_seconds",

@@ -104,10 +104,12 @@ def test_the_page_renders_upstreams_and_requests_and_refreshes_with_the_key(prox
     upstreams = {r["upstream"]: r["cells"] for r in parsed.rows if r["class"] == "upstream"}
     assert list(upstreams) == ["relay-a", "relay-b", "night-relay"]
     assert upstreams["relay-a"][0] == "relay-aanthropic \u00b7 claude"   # name, then protocol and routes
-    assert upstreams["relay-a"][1].startswith("cooling") and "529" in upstreams["relay-a"][7]
+    assert upstreams["relay-a"][1].startswith("cooling") and "529" in upstreams["relay-a"][8]
     assert upstreams["relay-b"][1] == "available" and upstreams["relay-b"][3].startswith("42%")
-    assert upstreams["relay-b"][4] == "2" and upstreams["relay-a"][4] == "0"   # sessions bound
-    assert re.fullmatch(r"\$0\.000?\d\d of \$50\.00 today \(until 00:00\)", upstreams["relay-b"][6])
+    assert upstreams["relay-b"][4] == upstreams["relay-a"][4] == "0"            # nothing in flight now
+    assert upstreams["relay-b"][5] == "2" and upstreams["relay-a"][5] == "0"   # sessions bound
+    assert re.fullmatch(r"\$0\.000?\d\d of \$50\.00 today \(until 00:00\)", upstreams["relay-b"][7])
+    assert parsed.ids["flying"] == "0"
     assert upstreams["night-relay"][1].startswith("outside hours")
     requests = [r["cells"] for r in parsed.rows if r["class"] == "request"]
     assert len(requests) == 5
@@ -149,3 +151,27 @@ def test_a_key_holding_plus_pasted_into_the_address_loads_and_refreshes_the_page
     # the refresh sent the key as the proxy took it from the address (not with a space for its `+`)
     assert parsed.ids["live"].startswith("live, every 2 s (updated "), parsed.ids["live"]
 
+
+
+def test_a_request_under_way_is_listed_in_flight_on_the_page(proxy, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+    running, _ = proxy
+    body = {"model": "claude-slow", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(timeout=30, trust_env=False) as client, ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(client.post, running.reverse_url + "/v1/messages", json=body,
+                           headers={"x-api-key": CLIENT_KEY})
+        deadline = time.monotonic() + 10
+        while not client.get(running.reverse_url + "/_ccswitch/status.json",
+                             headers={"x-api-key": CLIENT_KEY}).json()["in_flight"]["count"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        dom = browser.dump_dom(f"{running.reverse_url}/_ccswitch/?key={CLIENT_KEY}", tmp_path / "profile",
+                               budget_ms=500)
+        assert slow.result().status_code == 200
+    parsed = Rows()
+    parsed.feed(dom)
+    [flying] = [r["cells"] for r in parsed.rows if r["class"] == "running"]
+    assert flying[1:5] == ["claude", "claude-slow", "relay-b", ""] and flying[5].endswith(" s")
+    assert parsed.ids["flying"] == "1"
+    upstreams = {r["upstream"]: r["cells"] for r in parsed.rows if r["class"] == "upstream"}
+    assert upstreams["relay-b"][4] == "1" and upstreams["relay-a"][4] == "0"

@@ -142,3 +142,39 @@ def test_without_client_keys_loopback_needs_no_key(tmp_path):
             with httpx.Client(proxy=proxy.proxy_url, timeout=30, trust_env=False) as client:
                 assert "ccswitch_upstream_up" in client.get("http://ccswitch/_ccswitch/metrics").text
         assert target.paths() == []
+
+
+def test_a_request_under_way_shows_as_in_flight_until_it_ends(tmp_path):
+    """An operator watching long streams sees them while they run, not only once they ended."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support.mock_upstream import slow_stream
+    with MockUpstream("A") as a, MockUpstream("B") as b:
+        a.script(slow_stream(8, 0.25))
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(rules_text(a.base_url, b.base_url, keys=False))
+        with Proxy(rules, tmp_path) as proxy, httpx.Client(timeout=30, trust_env=False) as client:
+            def ask() -> int:
+                with client.stream("POST", proxy.reverse_url + "/v1/messages", json=BODY) as r:
+                    r.read()
+                    return r.status_code
+            with ThreadPoolExecutor(1) as pool:
+                done = pool.submit(ask)
+                deadline = time.monotonic() + 10
+                while (data := client.get(proxy.reverse_url + "/_ccswitch/status.json").json())["in_flight"]["count"] == 0:
+                    assert time.monotonic() < deadline, "the stream never showed as in flight"
+                    time.sleep(0.05)
+                text = client.get(proxy.reverse_url + "/_ccswitch/metrics").text
+                assert done.result() == 200
+            [running] = data["in_flight"]["requests"]
+            assert running["route"] == "claude" and running["model"] == BODY["model"] and running["stream"] is True
+            assert running["upstream"] == "relay-a" and running["attempt"] == 1 and running["seconds"] >= 0
+            assert {u["name"]: u["in_flight"] for u in data["upstreams"]} == {"relay-a": 1, "relay-b": 0}
+            assert {u["name"]: u["connections"]["open"] for u in data["upstreams"]}["relay-a"] == 1
+            assert data["today"]["requests"] == 0          # not counted before it ends
+            assert metric(text, "ccswitch_requests_in_flight", "ccswitch_requests_in_flight", route="claude") == 1
+            assert metric(text, "ccswitch_upstream_in_flight", "ccswitch_upstream_in_flight", upstream="relay-a") == 1
+            assert metric(text, "ccswitch_upstream_connections", "ccswitch_upstream_connections",
+                          upstream="relay-a", state="open") == 1
+            after = client.get(proxy.reverse_url + "/_ccswitch/status.json").json()
+            assert after["in_flight"] == {"count": 0, "requests": []} and after["today"]["requests"] == 1

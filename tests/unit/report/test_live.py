@@ -17,7 +17,7 @@ from ccswitch.routing.budget import UPSTREAM, SpendBoard
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.quota import QuotaBoard
 from ccswitch.wire.usage import Usage
-from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B, rules_for
+from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B, make_job, rules_for
 from tests.support.live_rows import NOON_ISH, TZ, USAGE, finished, note, rules
 
 # the boards' clocks read NOON_ISH: requests counted in "today" began then, whatever day the tests run
@@ -317,3 +317,32 @@ routes: {{claude: [a, b]}}
     assert views["a"].detail == "over its daily budget ($5.00) until 00:00"
     assert views["a"].budget == ("$5.50 of $5.00 today (until 00:00)",)
     assert views["b"].state == "available" and views["b"].budget == ("$1.25 of $100.00 this month (until 2027-01-01)",)
+
+
+def test_requests_under_way_are_listed_oldest_first_with_the_upstream_they_are_on_now():
+    r = rules()
+    now = datetime.fromtimestamp(NOON_ISH, ZoneInfo(TZ))
+    older = make_job(r, body={"model": "claude-\u202eevil\u202c-sonnet", "max_tokens": 5, "stream": True, "messages": []})
+    older.started_at = AT_NOON - timedelta(seconds=42)
+    older.attempts = [Attempt("a", 529, "HTTP 529", 20), Attempt("b", running_since=1.0)]
+    newer = make_job(r, path="/v1/messages/count_tokens", body={"model": "claude-x", "messages": []})
+    newer.started_at = AT_NOON - timedelta(seconds=1)         # planned, not sent yet
+    views = upstream_views(r, HealthBoard(), QuotaBoard(), SessionBindings(), now, running=[newer, older],
+                           connections={"b": (1, 2)})
+    shown = live_status(LiveBoard(clock=lambda: NOON_ISH), views, r, now, [newer, older])
+    assert shown["in_flight"]["count"] == 2
+    first, second = shown["in_flight"]["requests"]
+    assert first == {"ts": "2026-12-02T09:59:18.000+01:00", "time": "09:59:18", "route": "claude",
+                     "endpoint": "messages", "model": "claude-\\u202eevil\\u202c-sonnet", "stream": True,
+                     "upstream": "b", "attempt": 2, "seconds": 42.0}
+    assert (second["endpoint"], second["upstream"], second["attempt"], second["stream"]) == ("count_tokens", None, 0, False)
+    assert {u["name"]: (u["in_flight"], u["connections"]) for u in shown["upstreams"]} == {
+        "a": (0, {"open": 0, "waiting": 0}), "b": (1, {"open": 1, "waiting": 2})}
+    many = [make_job(r) for _ in range(60)]
+    assert len(live_status(LiveBoard(clock=lambda: NOON_ISH), views, r, now, many)["in_flight"]["requests"]) == 50
+
+
+def test_a_bidirectional_control_in_a_model_shows_as_its_escape_in_the_report_page_too():
+    from ccswitch.report.html import escape
+    assert escape("<b>claude-\u202eevil\u202c-sonnet\u2067</b>") == \
+        "&lt;b&gt;claude-\\u202eevil\\u202c-sonnet\\u2067&lt;/b&gt;"
