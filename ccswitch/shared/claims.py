@@ -21,6 +21,18 @@ STATE_CLAIM_TTL = 7 * 86400   # an upstream's last told state (cooldown, recover
 SAME_NEWS = 10.0
 
 
+# the state this instance told while Redis could not be asked, unless Redis holds one told later
+_HAND_ON = """
+local held = redis.call('GET', KEYS[1])
+if held then
+  local at = tonumber(string.match(held, ' ([%d%.]+)$'))
+  if at and at >= tonumber(ARGV[2]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return 1
+"""
+
+
 def _told(value: object) -> tuple[str | None, str, float]:
     """(state, episode, when) of a stored state claim; (None, "", 0) for none or one not ours."""
     text = value.decode() if isinstance(value, bytes) else value
@@ -57,30 +69,38 @@ class Claims:
         cooldown is told only if Redis holds another state."""
         client = self._client
         if not self.up or client is None:
-            return self._unshared(name, absorbed)
+            return self._unshared(name, state, episode, absorbed)
         now = self.wall()
         try:
             before = await client.set(layout.claim_key(name), f"{state} {episode} {now:.3f}", get=True,
                                       ex=STATE_CLAIM_TTL)
         except OUTAGES as exc:
             log.debug("ccswitch: could not claim %r in %s (%s)", name, self.where, self._describe(exc))
-            return self._unshared(name, absorbed)
+            return self._unshared(name, state, episode, absorbed)
         told_state, told_episode, told_at = _told(before)
         if absorbed:
-            if name in self._told_unshared:     # the hooks' last word was told here: a cooldown
-                self._told_unshared.discard(name)
+            if self._told_unshared.pop(name, None) is not None:   # the hooks' last word was told here: a cooldown
                 return False
             return told_state is not None and told_state != state
-        stale = name in self._told_unshared
-        self._told_unshared.discard(name)
+        stale = self._told_unshared.pop(name, None) is not None
         # (the instances' clocks are taken to agree, as NTP keeps them; a stored time is rounded
         # to the millisecond, so a moment later can read as a moment before)
         same_news = told_state == state and (told_episode == episode or abs(now - told_at) < SAME_NEWS)
         return stale or not same_news
 
-    def _unshared(self, name: str, absorbed: bool) -> bool:
+    def _unshared(self, name: str, state: str, episode: str, absorbed: bool) -> bool:
         """Redis cannot be asked: told here (but an absorbed cooldown), remembered as such."""
         if absorbed:
             return False
-        self._told_unshared.add(name)
+        self._told_unshared[name] = f"{state} {episode} {self.wall():.3f}"
         return True
+
+    async def _hand_on_told(self, client) -> None:
+        """Back in touch with Redis: what this instance told meanwhile becomes each upstream's told
+        state there, unless Redis holds a later one (another instance, cut off from this one
+        only, told one since).  Else another instance, finding no claim (Redis lost its data) or
+        an old one, would tell the next change of that upstream again beside this one."""
+        for name, claim in list(self._told_unshared.items()):
+            await client.eval(_HAND_ON, 1, layout.claim_key(name), claim, _told(claim)[2], STATE_CLAIM_TTL)
+            if self._told_unshared.get(name) == claim:
+                del self._told_unshared[name]

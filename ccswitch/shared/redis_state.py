@@ -95,7 +95,7 @@ class RedisState(Claims):
         self.lag = Lag()
         self.dropped = 0           # records dropped because the queue was full
         self.malformed = 0         # published records that could not be read
-        self._told_unshared: set[str] = set()     # see Claims
+        self._told_unshared: dict[str, str] = {}     # see Claims: name -> the claim told here
         self._pending: dict[tuple, Change] = {}
         self._unsent: dict[tuple, SpendAdded] = {}    # spend Redis has not acknowledged yet
         self._oldest: float | None = None             # when the oldest queued record was made
@@ -242,6 +242,7 @@ class RedisState(Claims):
             if merged is not None:
                 better.append(merged)
         better += [record for record in boards.view() if record.key not in seen]
+        await self._hand_on_told(client)
         self.up = True                   # from here on the boards' records queue up for the writer
         boards.spend.alone = False       # and a budget line is told by the one whose addition crossed it
         self._came_up(len(stored))

@@ -675,3 +675,37 @@ async def test_budget_lines_are_told_from_this_instance_s_view_only_while_redis_
         own_redis.start()
         await eventually(lambda: a.state.up)
         assert a.spend.alone is False
+
+
+async def test_a_state_told_while_redis_was_down_is_handed_on_so_the_next_change_is_told_once(own_redis, store):
+    """Redis lost its data (or restarted from an older snapshot) while an instance told a
+    cooldown on its own: back in touch, that cooldown becomes the upstream's told state, so the
+    recovery both instances see is told by one of them, not by both."""
+    url = own_redis.url()
+    async with Node(url, retry=(0.05, 0.2)) as a, Node(url, retry=(0.05, 0.2)) as c:
+        own_redis.kill()
+        await eventually(lambda: not a.state.up and not c.state.up)
+        assert await a.state.claim_state("health:relay", "cooldown", "outage-a") is True     # told here alone
+        own_redis.start()                                                                     # empty
+        await eventually(lambda: a.state.up and c.state.up)
+        client = redis.Redis.from_url(url, decode_responses=True)
+        try:
+            held = await client.get("ccswitch:n:health:relay")
+        finally:
+            await client.aclose()
+        assert held is not None and held.startswith("cooldown outage-a ")
+        told = await asyncio.gather(a.state.claim_state("health:relay", "recovered", "seen-by-a"),
+                                    c.state.claim_state("health:relay", "recovered", "seen-by-c"))
+        assert sorted(told) == [False, True]
+
+
+async def test_a_state_handed_on_never_replaces_one_told_later_elsewhere(redis_url, store):
+    async with Node(redis_url) as a:
+        later = f"recovered elsewhere {time.time():.3f}"
+        await store.set("ccswitch:n:health:relay", later)
+        a.state._told_unshared["health:relay"] = f"cooldown here {time.time() - 60:.3f}"
+        a.state._told_unshared["health:other"] = f"cooldown here {time.time() - 60:.3f}"
+        await a.state._hand_on_told(a.state._client)
+        assert await store.get("ccswitch:n:health:relay") == later
+        assert (await store.get("ccswitch:n:health:other")).startswith("cooldown here ")
+        assert 0 < await store.ttl("ccswitch:n:health:other") <= 7 * 86400 and a.state._told_unshared == {}
