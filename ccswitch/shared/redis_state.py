@@ -30,6 +30,7 @@ from collections.abc import Callable
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from ccswitch.config.state_url import RedisURL
 from ccswitch.routing.changes import Change, SpendAdded, SpendTotal, add_to, decode, encode, with_total
@@ -56,6 +57,18 @@ end
 redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return tostring(held)
 """
+
+
+def refused_setting(exc: BaseException) -> str | None:
+    """What to mend when Redis answers but refuses the URL's login or database (None: an outage)."""
+    text = str(exc)
+    if isinstance(exc, AuthenticationError | NoPermissionError) or "WRONGPASS" in text or "NOAUTH" in text:
+        if "HELLO must be called" in text or "NOAUTH" in text or "Authentication required" in text:
+            return "it wants a password, and the state URL has none (redis://:PASSWORD@host:port/db)"
+        return "the state URL's user name or password is not one it knows"
+    if isinstance(exc, ResponseError) and "DB index is out of range" in text:
+        return "the state URL's database number is beyond its `databases` setting (16 unless changed)"
+    return None
 
 
 class Lag:
@@ -215,6 +228,11 @@ class RedisState(Claims):
     def _went_down(self, exc: BaseException) -> None:
         if not self._told_down:
             self._told_down = True
+            refusal = refused_setting(exc)
+            if refusal is not None:     # no outage: `state:` or Redis needs mending, the wait will not
+                log.warning("ccswitch: shared state: %s refuses ccswitch: %s (%s); serving from this "
+                          "instance's memory and trying again", self.where, refusal, self._describe(exc))
+                return
             log.warning("ccswitch: shared state: %s is unreachable (%s); serving from this instance's "
                         "memory and reconnecting", self.where, self._describe(exc))
 

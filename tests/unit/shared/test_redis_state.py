@@ -709,3 +709,24 @@ async def test_a_state_handed_on_never_replaces_one_told_later_elsewhere(redis_u
         assert await store.get("ccswitch:n:health:relay") == later
         assert (await store.get("ccswitch:n:health:other")).startswith("cooldown here ")
         assert 0 < await store.ttl("ccswitch:n:health:other") <= 7 * 86400 and a.state._told_unshared == {}
+
+
+@pytest.mark.parametrize("how,said", [
+    ("none", "it wants a password, and the state URL has none"),
+    ("wrong", "the state URL's user name or password is not one it knows"),
+    ("db", "the state URL's database number is beyond its `databases` setting")])
+async def test_a_url_redis_refuses_is_named_as_a_setting_to_mend_not_an_outage(own_redis, caplog, how, said):
+    caplog.set_level(logging.WARNING, "ccswitch.state")
+    admin = redis.Redis.from_url(own_redis.url())
+    await admin.config_set("requirepass", "right-password")
+    await admin.aclose()
+    url = {"none": own_redis.url(), "wrong": f"redis://:wrong-password@127.0.0.1:{own_redis.port}/0",
+           "db": f"redis://:right-password@127.0.0.1:{own_redis.port}/99"}[how]
+    node = Node(url, retry=(0.05, 0.1))
+    await node.state.start(node.boards)
+    try:
+        await eventually(lambda: "refuses ccswitch" in caplog.text)
+    finally:
+        await node.state.stop()
+    assert said in caplog.text and "is unreachable" not in caplog.text and "wrong-password" not in caplog.text
+    assert caplog.text.count("refuses ccswitch") == 1 and not node.state.up
