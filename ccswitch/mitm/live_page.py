@@ -125,7 +125,7 @@ class LivePage:
     def _status(self) -> dict:
         rules, running = self.gateway.rules, self.gateway.in_flight()
         now = datetime.now(rules.tz)
-        return live_status(self.gateway.live, self._views(now, running), rules, now, running)
+        return live_status(self.gateway.live, self._views(now, running), rules, now, running, self.gateway.spend)
 
     def _metrics(self) -> str:
         now, running = datetime.now(self.gateway.rules.tz), self.gateway.in_flight()

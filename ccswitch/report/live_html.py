@@ -154,6 +154,12 @@ SCRIPT = r"""
     $("started").textContent = d.started.slice(0, 19).replace("T", " ");
     $("preferring").textContent = d.preferring ? "preferring " + d.preferring : "";
     fill($("upstreams"), d.upstreams.map(upstreamRow));
+    $("available").textContent = d.available + " of " + d.upstreams.length + " available";
+    $("available").className = d.available ? "muted" : "err";
+    $("clients").replaceChildren(...d.clients.map((c) => {
+      const p = el("p", null, "client"); p.append(el("b", c.name), " ", el("span", c.budget.join("; "), "dim"));
+      return p;
+    }));
     const t = d.today;
     $("since").textContent = t.date + " since " + t.since;
     fill($("today"), [
@@ -204,12 +210,13 @@ BODY = """<body>
 <header><h1>ccswitch</h1><span id="now" class="muted"></span><span id="preferring"></span>
 <span id="live" class="muted"></span></header>
 <noscript><p>This page needs JavaScript; the same data is at /_ccswitch/status.json.</p></noscript>
-<h2>Upstreams</h2>
+<h2>Upstreams <span id="available" class="muted"></span></h2>
 <div class="wide"><table class="compact"><thead><tr><th>upstream</th><th>state</th><th class="n">left</th>
 <th>utilization</th><th class="n">in flight</th><th class="n">sessions</th><th class="n">failures</th><th>budget</th>
 <th>last error</th></tr></thead><tbody id="upstreams"></tbody></table></div>
 <h2>Today <span id="since" class="muted"></span></h2>
 <div class="cards" id="today"></div>
+<div id="clients"></div>
 <h2>In flight (<span id="flying">0</span>)</h2>
 <div class="wide"><table class="compact"><thead><tr><th>since</th><th>route</th><th>model</th>
 <th>upstream now</th><th></th><th class="n">for</th></tr></thead><tbody id="running"></tbody></table></div>

@@ -19,7 +19,7 @@ from ccswitch.config.models import Rules
 from ccswitch.dial.job import Job
 from ccswitch.report.live import LiveBoard, Served
 from ccswitch.routing.affinity import SessionBindings
-from ccswitch.routing.budget import UPSTREAM, SpendBoard
+from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.quota import QuotaBoard
 from ccswitch.routing.status import upstream_state
@@ -110,9 +110,17 @@ def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, session
     return views
 
 
+def client_budgets(rules: Rules, spend: SpendBoard | None) -> list[dict[str, Any]]:
+    """Each client key with a budget: its name and what it spent of each budget (never its key)."""
+    if spend is None:
+        return []
+    return [{"name": key.name, "budget": spend.report(CLIENT, key.name)} for key in rules.client_keys if key.budget]
+
+
 def live_status(board: LiveBoard, views: list[UpstreamView], rules: Rules, now: datetime,
-                running: Sequence[Job] = ()) -> dict[str, Any]:
-    """The whole page as data: `now` aware in the rules' time zone; `running`: the requests under way."""
+                running: Sequence[Job] = (), spend: SpendBoard | None = None) -> dict[str, Any]:
+    """The whole page as data: `now` aware in the rules' time zone; `running`: the requests under
+    way; `spend`: for the client keys' budgets."""
     secrets = rules.secret_texts()
     tz = now.tzinfo
     since = board.since(tz)
@@ -123,6 +131,8 @@ def live_status(board: LiveBoard, views: list[UpstreamView], rules: Rules, now: 
         "started": datetime.fromtimestamp(board.started, tz).isoformat(timespec="seconds"),
         "preferring": next((v.name for v in views if v.preferred), None),
         "upstreams": [_view_dict(v, now) for v in views],
+        "available": sum(v.up for v in views),
+        "clients": client_budgets(rules, spend),
         "today": {"date": now.date().isoformat(), "since": f"{since:%H:%M}",
                   **board.totals(tz, now).to_dict()},
         "recent": [_served_dict(s, tz, secrets) for s in reversed(board.recent)],

@@ -109,7 +109,7 @@ def test_the_page_renders_upstreams_and_requests_and_refreshes_with_the_key(prox
     assert upstreams["relay-b"][4] == upstreams["relay-a"][4] == "0"            # nothing in flight now
     assert upstreams["relay-b"][5] == "2" and upstreams["relay-a"][5] == "0"   # sessions bound
     assert re.fullmatch(r"\$0\.000?\d\d of \$50\.00 today \(until 00:00\)", upstreams["relay-b"][7])
-    assert parsed.ids["flying"] == "0"
+    assert parsed.ids["flying"] == "0" and parsed.ids["available"] == "1 of 3 available"
     assert upstreams["night-relay"][1].startswith("outside hours")
     requests = [r["cells"] for r in parsed.rows if r["class"] == "request"]
     assert len(requests) == 5

@@ -346,3 +346,20 @@ def test_a_bidirectional_control_in_a_model_shows_as_its_escape_in_the_report_pa
     from ccswitch.report.html import escape
     assert escape("<b>claude-\u202eevil\u202c-sonnet\u2067</b>") == \
         "&lt;b&gt;claude-\\u202eevil\\u202c-sonnet\\u2067&lt;/b&gt;"
+
+
+def test_the_page_says_how_many_upstreams_are_available_and_what_each_client_key_spent_of_its_budget():
+    r = rules_for(("a", "anthropic", "http://127.0.0.1:9"), ("b", "anthropic", "http://127.0.0.1:9"),
+                  extra=f"timezone: UTC\nclient_keys:\n  - {{name: alice, key: '{CLIENT_KEY}', budget: {{daily: 2}}}}\n"
+                        f"  - {{name: bob, key: '{KEY_B}-client'}}\n")
+    now = datetime.fromtimestamp(NOON_ISH, UTC)
+    spend = SpendBoard(lambda: now)
+    spend.configure(r)
+    spend.add("client", "alice", 0.5)
+    health = HealthBoard()
+    health.switch("b", False)
+    views = upstream_views(r, health, QuotaBoard(), SessionBindings(), now, spend)
+    shown = live_status(LiveBoard(clock=lambda: NOON_ISH), views, r, now, spend=spend)
+    assert shown["available"] == 1
+    assert shown["clients"] == [{"name": "alice", "budget": ["$0.50 of $2.00 today (until 00:00)"]}]
+    assert CLIENT_KEY not in json.dumps(shown)
