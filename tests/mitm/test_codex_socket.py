@@ -122,3 +122,33 @@ async def test_a_bug_planning_a_turn_is_its_500_frame_and_row(gateway, monkeypat
     assert isinstance(made, Refusal) and made.status == 500 and "internal error" in made.message
     [row] = rows
     assert (row["status"], row["model"], row["endpoint"], row["upstream"]) == (500, "gpt-5", "websocket", None)
+
+
+async def test_a_client_over_its_budget_is_bridged_and_refused_turn_by_turn_with_when_it_resets(tmp_path, monkeypatch):
+    """Codex reads a turn's refusal but not a refused upgrade's body: the upgrade goes through, and
+    each turn is the 429 whose `usage_limit_reached` says when to come back."""
+    import json
+
+    from ccswitch.dial.ws_errors import refusal_frame
+    from ccswitch.routing.budget import CLIENT
+    from tests.mitm.conftest import open_gateway
+    gateway = open_gateway(tmp_path, RULES.replace(
+        f'client_keys: ["{CLIENT_KEY}"]', f"client_keys: [{{name: alice, key: '{CLIENT_KEY}', budget: {{daily: 1}}}}]"))
+    gateway.spend.configure(gateway.rules)
+    gateway.spend.add(CLIENT, "alice", 1.5)
+    rows = []
+    monkeypatch.setattr(gateway, "record_own_answer", rows.append)
+    router = bridging(gateway)
+    with taddons.context(router):
+        flow = upgrade()
+        await router.request(flow)
+    assert flow.response is None and router.sockets.bridge._tickets      # bridged, not refused
+    ticket = router.sockets.bridge._tickets[flow.request.headers[TICKET_HEADER]]
+    ticket.turns = 1
+    made = router.sockets._make_job(ticket, Turn(body={"model": "gpt-5", "input": []}, input=[], upstream_hint=None))
+    assert isinstance(made, Refusal) and made.status == 429 and "alice" in made.message
+    assert [k for k, _ in made.headers] == ["retry-after"]
+    error = json.loads(refusal_frame(made))["error"]
+    assert error["type"] == "usage_limit_reached" and error["resets_at"] > 0
+    [row] = rows
+    assert (row["status"], row["model"], row["endpoint"]) == (429, "gpt-5", "websocket")

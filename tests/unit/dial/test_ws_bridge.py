@@ -407,3 +407,10 @@ async def test_a_client_that_leaves_once_its_turn_completed_leaves_it_served(moc
         assert bridged.dialer.client.connection_counts() != {}     # kept for the next request
     finally:
         await bridged.close()
+
+
+def test_an_upstream_error_without_a_message_is_told_by_its_body_cut_at_500_characters():
+    from ccswitch.dial.ws_errors import message_of
+    assert message_of({"message": "quota"}, b"ignored") == "quota"
+    assert message_of({"code": "x"}, b"plain text") == "plain text"
+    assert message_of(None, b"y" * 600) == "y" * 500

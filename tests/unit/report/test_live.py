@@ -363,3 +363,20 @@ def test_the_page_says_how_many_upstreams_are_available_and_what_each_client_key
     assert shown["available"] == 1
     assert shown["clients"] == [{"name": "alice", "budget": ["$0.50 of $2.00 today (until 00:00)"]}]
     assert CLIENT_KEY not in json.dumps(shown)
+
+
+def test_a_request_between_attempts_is_on_no_upstream_and_every_one_under_way_is_counted():
+    r = rules()
+    now = datetime.fromtimestamp(NOON_ISH, ZoneInfo(TZ))
+    between = make_job(r)
+    between.started_at = AT_NOON + timedelta(seconds=3)          # another clock a little ahead: not negative
+    between.attempts = [Attempt("a", 529, "HTTP 529", 20)]      # answered, the next not sent yet
+    views = upstream_views(r, HealthBoard(), QuotaBoard(), SessionBindings(), now, running=[between])
+    assert {v.name: v.in_flight for v in views} == {"a": 0, "b": 0}
+    many = [between] + [make_job(r) for _ in range(59)]
+    for i, job in enumerate(many[1:]):
+        job.started_at = AT_NOON + timedelta(seconds=10 + i)     # later than `between`: it is listed
+    shown = live_status(LiveBoard(clock=lambda: NOON_ISH), views, r, now, many)
+    assert shown["in_flight"]["count"] == 60 and len(shown["in_flight"]["requests"]) == 50
+    [listed] = [d for d in shown["in_flight"]["requests"] if d["attempt"] == 1]
+    assert listed["upstream"] is None and listed["seconds"] == 0.0

@@ -155,3 +155,20 @@ def test_an_empty_board_still_declares_every_family_and_counts_zero_failovers():
 @pytest.mark.parametrize("raw,text", [(3, "3"), (0.25, "0.25"), (float("inf"), "+Inf"), (True, "1"), (1e-7, "1e-07")])
 def test_numbers(raw, text):
     assert number(raw) == text
+
+
+def test_in_flight_gauges_name_every_route_even_at_nought_and_utilization_is_rounded():
+    from ccswitch.vocab import Route
+    from tests.support.helpers import make_job
+    r = rules()
+    quota = QuotaBoard(clock=lambda: NOON_ISH)
+    quota.record("b", [("anthropic-ratelimit-unified-5h-utilization", "0.123456789"),
+                       ("anthropic-ratelimit-unified-5h-reset", str(int(NOON_ISH + 600)))])
+    now = datetime.fromtimestamp(NOON_ISH, ZoneInfo(TZ))
+    views = upstream_views(r, HealthBoard(), quota, SessionBindings(), now)
+    fams = families(metrics_text(LiveBoard(clock=lambda: NOON_ISH), views, [make_job(r)]))
+    assert value(fams, "ccswitch_requests_in_flight", route="claude") == 1
+    for route in Route:
+        if str(route) != "claude":
+            assert value(fams, "ccswitch_requests_in_flight", route=str(route)) == 0   # a series from the start
+    assert value(fams, "ccswitch_upstream_utilization", upstream="b") == 0.123457

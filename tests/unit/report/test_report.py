@@ -480,3 +480,12 @@ def test_a_model_name_of_any_length_is_cut_in_notes_and_whole_in_the_json(small_
     [note] = [n for n in r.notes if n.startswith("no price for:")]
     assert "m" * 59 + "…" in note and "m" * 61 not in note and r.unpriced[long] == 10**15
     assert report.fmt_tokens(10**15) == "1000.00T" and report.fmt_tokens(1_200_000_000) == "1.20B"
+
+
+def test_count_tokens_requests_outside_the_period_are_not_counted(small_db):
+    conn = connect(str(small_db))
+    # 18:00 on Feb 28 in Shanghai: the day before the period, which the report reads for its blocks
+    insert_request(conn, 99, ts="2026-02-28T10:00:00.000+00:00", endpoint="count_tokens", upstream="relay-a",
+                   model="claude-sonnet-4-5", input_tokens=5000)
+    conn.close()
+    assert _small(small_db).count_tokens == 2

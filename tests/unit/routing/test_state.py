@@ -289,3 +289,23 @@ def test_an_upstream_the_rules_do_not_name_takes_any_account_s_records():
     a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
     b.boards.apply(a.sent[-1])
     assert a.sent[-1].account and b.health.cooling_until("relay") is not None
+
+
+def test_what_this_instance_would_write_or_tell_carries_the_account_of_its_rules():
+    # a catch-up writes back `merge_in`'s record and every `view` record: each says whose it is,
+    # so an instance with another key under that name leaves it out
+    a, b = pair()
+    accounts(a, relay="old")
+    accounts(b, relay="new")
+    a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
+    a.quota.record("relay", [("anthropic-ratelimit-unified-5h-utilization", "0.99"),
+                             ("anthropic-ratelimit-unified-5h-reset", str(int(EPOCH + 3600)))])
+    own = a.boards.accounts["relay"]
+    assert a.boards.local(("h", "relay")).account == own
+    written = a.boards.merge_in(HealthChange("relay", 0, 0.0, False, None, None, EPOCH - 100))
+    assert written is not None and written.account == own
+    viewed = [c for c in a.boards.view() if isinstance(c, HealthChange | WindowChange)]
+    assert len(viewed) == 2 and {c.account for c in viewed} == {own}
+    for change in viewed:
+        b.boards.apply(change)
+    assert b.health.cooling_until("relay") is None and b.quota.full("relay", 0.95) is None

@@ -730,3 +730,41 @@ async def test_a_url_redis_refuses_is_named_as_a_setting_to_mend_not_an_outage(o
         await node.state.stop()
     assert said in caplog.text and "is unreachable" not in caplog.text and "wrong-password" not in caplog.text
     assert caplog.text.count("refuses ccswitch") == 1 and not node.state.up
+
+
+async def test_a_claim_redis_failed_to_answer_is_remembered_as_told_here():
+    state = RedisState(RedisURL.parse("redis://127.0.0.1:9/0"))
+    state.up, state._client = True, state._connect()      # up a moment ago: the command itself fails
+    try:
+        assert await state.claim_state("health:relay", "cooldown", "1") is True
+        assert state._told_unshared["health:relay"].startswith("cooldown 1 ")
+    finally:
+        await state._client.aclose()
+
+
+async def test_a_state_told_while_redis_was_away_replaces_the_one_redis_held_from_before(redis_url, store):
+    async with Node(redis_url) as a:
+        await store.set("ccswitch:n:health:relay", f"recovered before {time.time() - 3600:.3f}")
+        a.state.up = False
+        assert await a.state.claim_state("health:relay", "cooldown", "here") is True     # told here alone
+        a.state.up = True
+        await a.state._hand_on_told(a.state._client)
+        assert (await store.get("ccswitch:n:health:relay")).startswith("cooldown here ")
+
+
+async def test_a_state_handed_on_leaves_one_told_elsewhere_the_same_millisecond(redis_url, store):
+    async with Node(redis_url) as a:
+        at = f"{time.time():.3f}"
+        await store.set("ccswitch:n:health:relay", f"recovered elsewhere {at}")
+        a.state._told_unshared["health:relay"] = f"cooldown here {at}"
+        await a.state._hand_on_told(a.state._client)
+        assert await store.get("ccswitch:n:health:relay") == f"recovered elsewhere {at}"
+
+
+def test_a_user_without_the_permissions_ccswitch_needs_is_a_setting_to_mend():
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import NoPermissionError
+
+    from ccswitch.shared.redis_state import refused_setting
+    assert refused_setting(NoPermissionError("this user has no permissions to run the 'scan' command")) is not None
+    assert refused_setting(RedisConnectionError("Error 111 connecting to 127.0.0.1:9. Connection refused.")) is None

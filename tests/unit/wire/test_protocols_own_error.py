@@ -121,3 +121,24 @@ def test_a_streams_own_error_event_names_the_type_its_status_has_as_a_whole_answ
     assert event_json(stream_error_event("anthropic", "cut", 502))["error"]["type"] == "api_error"
     assert event_json(stream_error_event("openai-responses", "cut", 504))["code"] == "server_error"
     assert event_json(stream_error_event("openai-chat", "cut", 504))["error"]["type"] == "server_error"
+
+
+def test_codex_told_not_to_retry_by_the_caller_gets_the_usage_limit_however_short_the_wait():
+    # the caller's `x-should-retry: false` decides, not the short retry-after beside it
+    headers, body = own_error("openai-responses", 429, "closed", (("retry-after", "30"), ("x-should-retry", "false")),
+                              codex=True, now=1_000.0)
+    assert not [k for k, _ in headers if k.lower() == "retry-after"]
+    assert json.loads(body)["error"]["type"] == "usage_limit_reached"
+    assert json.loads(body)["error"]["resets_at"] == 1_030
+
+
+def test_a_wait_of_nothing_is_still_a_time_to_come_back():
+    _, body = own_error("openai-responses", 429, "closed", (("retry-after", "0"), ("x-should-retry", "false")),
+                        codex=True, now=1_000.0)
+    assert json.loads(body)["error"]["resets_at"] == 1_000
+
+
+@pytest.mark.parametrize("originator,agent", [(None, "not-codex/1.0"), ("my_codex_wrapper", None),
+                                              (None, "claude-cli/2.1 (codex compatible)")])
+def test_a_client_that_only_mentions_codex_is_not_codex(originator, agent):
+    assert is_codex(originator, agent) is False
