@@ -209,39 +209,43 @@ class Dialer:
             if probing:
                 self.health.end_probe(upstream.name)
         failover = job.rules.failover
+        # an answer to a key a reload has since replaced is not the new key's health
+        learn = self.health.is_current(upstream.name, upstream.fingerprint())
         if isinstance(result, Failure):
             # a stream that broke or went quiet before its commit answered with a status all the same
             attempt.status = result.status if result.status is not None else attempt.status
             attempt.error = result.reason
-            if result.counts and result.rate_limited:
+            if learn and result.counts and result.rate_limited:
                 # an error event under a 2xx head: that head's resets are of windows still serving
                 self._rate_limited(upstream.name, result.reason, result.headers, failover.cooldown,
                                    refusal=not 200 <= (result.status or 0) < 300)
-            elif result.counts:
+            elif learn and result.counts:
                 self.health.record_failure(upstream.name, result.reason, threshold=failover.threshold,
                                            cooldown=failover.cooldown)
         elif isinstance(result, Streamed):
             attempt.error = result.reason
             if result.ok:
-                self._served(job, upstream, read)
-            elif result.rate_limited:
+                self._served(job, upstream, read, learn)
+            elif learn and result.rate_limited:
                 self._rate_limited(upstream.name, result.reason or "rate limited", result.limit_headers,
                                    failover.cooldown, refusal=False)
-            elif result.ok is False:
+            elif learn and result.ok is False:
                 self.health.record_failure(upstream.name, result.reason or "stream failed",
                                            threshold=failover.threshold, cooldown=failover.cooldown)
         elif 200 <= result.status < 300:
             attempt.status = result.status
-            self._served(job, upstream, read)
+            self._served(job, upstream, read, learn)
         else:
             attempt.status = result.status
         return result
 
-    def _served(self, job: Job, upstream: Upstream, read: tuple[list[int], set[int]] | None) -> None:
-        """A 2xx: the upstream is healthy, the sealed reasoning it was sent (`read`: its seals,
-        and the items' ids) is its own, and the request's session is bound to it (unless it only
-        counted tokens: that writes no prompt cache, so the session's cache stays where it is)."""
-        self.health.record_success(upstream.name)
+    def _served(self, job: Job, upstream: Upstream, read: tuple[list[int], set[int]] | None, learn: bool) -> None:
+        """A 2xx: the upstream is healthy (`learn`: its key is still the rules'), the sealed
+        reasoning it was sent (`read`: its seals, and the items' ids) is its own, and the request's
+        session is bound to it (unless it only counted tokens: that writes no prompt cache, so the
+        session's cache stays where it is)."""
+        if learn:
+            self.health.record_success(upstream.name)
         if read is not None:
             self.seals.made(_account(upstream), read[0])
         if job.session is not None and job.request.endpoint != Endpoint.COUNT_TOKENS:
@@ -268,7 +272,8 @@ class Dialer:
             return network_failure(upstream.name, exc, rules.failover.on_network_error,
                                    "first_byte" if job.request.stream else "total")
         attempt.status = response.status_code
-        learn_windows(self.quota, self.events, upstream.name, response.headers, rules.failover.drain_at)
+        if self.health.is_current(upstream.name, upstream.fingerprint()):    # not a replaced key's windows
+            learn_windows(self.quota, self.events, upstream.name, response.headers, rules.failover.drain_at)
         if probing:
             self.health.end_probe(upstream.name)   # it answered: others may use it while this one streams
         try:
@@ -353,6 +358,8 @@ class Dialer:
             # the key refused is the rules', not the client's: no retry of the client's mends it
             # (Claude Code retried an upstream's 401 for minutes before saying anything)
             headers = [h for h in headers if h[0].lower() != "x-should-retry"] + [("x-should-retry", "false")]
+        elif reply.status in (429, 503):
+            headers = protocols.codex_passed_on(headers, job.request.headers)
         await _answer(job, sink, reply.status, headers + marks(job), reply.body)
 
     async def _deliver_own_error(self, job: Job, sink: Sink, status: int, message: str) -> None:

@@ -97,9 +97,15 @@ class Job:
         the job: the relay cancels it a moment later, which the dialer records as the client gone.
         The flow's view is written now, so it says so now."""
         self.client_left()
-        last = self.attempts[-1] if self.attempts else None
-        if last is not None and last.running_since is not None and not self.delivered:
+        last = self.running_attempt
+        if last is not None and not self.delivered:
             last.error = KILLED if self.killed else CLIENT_CLOSED
+
+    @property
+    def running_attempt(self) -> Attempt | None:
+        """The attempt under way (None: before the first, between two, or after the last)."""
+        last = self.attempts[-1] if self.attempts else None
+        return last if last is not None and last.running_since is not None else None
 
     def request_sent_for_good(self) -> None:
         """The client has the answer's head: no attempt can send the request again.  What the

@@ -95,7 +95,7 @@ class Gateway:
         self.boards.sync_accounts(fingerprints)   # first: the resets below are the new accounts' news
         self.quota.sync(names)
         for name in self.health.sync(fingerprints):
-            self.quota.forget(name)
+            self.quota.drop(name)
         self.sessions.sync(names, {route: self.rules.routes.spec(route).sticky for route in ROUTE_PROTOCOLS})
         self.spend.configure(self.rules)
 

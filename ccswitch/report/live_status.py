@@ -70,13 +70,13 @@ def clean_text(text: str | None, secrets: list[str]) -> str | None:
     if text is None:
         return None
     # scrubbed whole, then cut: a key cut in two first would no longer be found
-    return visible_controls(scrub_text(str(text), secrets))[:MAX_TEXT]
+    return visible_controls(scrub_text(str(text), secrets)[:MAX_TEXT])
 
 
 def trying(job: Job) -> str | None:
     """The upstream a request under way is on now (None: not sent yet, or between attempts)."""
-    last = job.attempts[-1] if job.attempts else None
-    return last.upstream if last is not None and last.running_since is not None else None
+    attempt = job.running_attempt
+    return attempt.upstream if attempt is not None else None
 
 
 def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, sessions: SessionBindings,

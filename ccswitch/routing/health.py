@@ -88,6 +88,12 @@ class HealthBoard:
 
     # ------------------------------------------------------------------ queries
 
+    def is_current(self, name: str, fingerprint: tuple) -> bool:
+        """Whether `fingerprint` (`Upstream.fingerprint`) is the account the rules give `name` now:
+        a request sent before a reload gave the upstream another key answers for the old key."""
+        state = self._state.get(name)
+        return state is None or state.fingerprint is None or state.fingerprint == fingerprint
+
     def cooling_until(self, name: str) -> float | None:
         """When the cooldown ends (clock time), or None if it is not cooling."""
         state = self._state.get(name)

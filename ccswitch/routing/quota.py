@@ -102,8 +102,16 @@ class QuotaBoard:
             del self._windows[name]
 
     def forget(self, upstream: str) -> None:
+        """Every window of the upstream forgotten, by every instance (`ccswitch.reset`)."""
         self._windows.pop(upstream, None)
         notify(self.on_change, QuotaForget(upstream))
+
+    def drop(self, upstream: str) -> None:
+        """Every window of the upstream forgotten here only: a reload gave it another key, whose
+        windows these are not.  Not told to other instances: those still on the old key keep
+        its windows, those on the new key have learnt the new key's (the records carry their
+        account, see routing.state)."""
+        self._windows.pop(upstream, None)
 
     # ------------------------------------------------------------------ shared with other instances
 

@@ -62,7 +62,9 @@ return tostring(held)
 def refused_setting(exc: BaseException) -> str | None:
     """What to mend when Redis answers but refuses the URL's login or database (None: an outage)."""
     text = str(exc)
-    if isinstance(exc, AuthenticationError | NoPermissionError) or "WRONGPASS" in text or "NOAUTH" in text:
+    if isinstance(exc, NoPermissionError) or text.startswith("NOPERM"):
+        return "the state URL's user lacks a permission ccswitch needs (docs/scale-out.md lists them)"
+    if isinstance(exc, AuthenticationError) or "WRONGPASS" in text or "NOAUTH" in text:
         if "HELLO must be called" in text or "NOAUTH" in text or "Authentication required" in text:
             return "it wants a password, and the state URL has none (redis://:PASSWORD@host:port/db)"
         return "the state URL's user name or password is not one it knows"

@@ -193,8 +193,9 @@ RETRY_WAIT_WORTH_IT = 60.0
 
 def should_retry(status: int, retry_after: float | None = None) -> bool:
     """Whether a client should retry one of ccswitch's own answers.  The official SDKs (and so
-    Claude Code and Codex) obey `x-should-retry`: a wrong key or a bad body is said once, not
-    after minutes of retries; a busy or briefly unavailable route is worth another try."""
+    Claude Code) obey `x-should-retry`: a wrong key or a bad body is said once, not after minutes
+    of retries; a busy or briefly unavailable route is worth another try.  (Codex reads it not:
+    see `_told_codex`.)"""
     if status in (429, 503):
         return retry_after is None or retry_after <= RETRY_WAIT_WORTH_IT
     if status in (408, 409):
@@ -248,6 +249,19 @@ def _told_codex(status: int, headers: tuple[tuple[str, str], ...], body: dict, w
             error["resets_at"] = int(now + wait)
         return headers, {**body, "error": error}
     return headers, body
+
+
+def codex_passed_on(headers: list[tuple[str, str]], client_headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """An upstream's 429 or 503 passed on to Codex as it is, but for a `retry-after` over a minute,
+    which Codex would wait out (see `_told_codex`): without it, Codex gives up after its own few
+    retries.  Other clients' headers come back as they are."""
+    wanted = {name.lower(): value for name, value in client_headers if name.lower() in ("originator", "user-agent")}
+    if not is_codex(wanted.get("originator"), wanted.get("user-agent")):
+        return headers
+    wait = _seconds(next((v for k, v in headers if k.lower() == "retry-after"), None))
+    if wait is None or wait <= RETRY_WAIT_WORTH_IT:
+        return headers
+    return [h for h in headers if h[0].lower() not in ("retry-after", "retry-after-ms")]
 
 
 def is_codex(originator: str | None, user_agent: str | None) -> bool:

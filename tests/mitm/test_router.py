@@ -217,6 +217,18 @@ async def test_no_available_upstream_is_503_naming_why(gateway):
     assert "late" in message and "hours" in message
 
 
+async def test_codex_known_by_its_originator_gets_its_closed_route_without_the_hours_long_retry_after(gateway):
+    """Codex would wait out a retry-after of hours; other clients get it (the test above)."""
+    r = router_with_routes(gateway, claude=("late",))
+    with taddons.context(r):
+        flow = messages_flow()
+        flow.request.headers["originator"] = "codex_exec"
+        await r.request(flow)
+    assert flow.response.status_code == 503 and flow.response.headers["x-should-retry"] == "false"
+    assert "retry-after" not in flow.response.headers
+    assert "late" in json.loads(flow.response.content)["error"]["message"]
+
+
 async def test_unrouted_paths_methods_and_hosts_pass_untouched(router):
     for flow in (messages_flow(path="/v1/models", method="GET"), messages_flow(method="GET"),
                  messages_flow(host="example.com"), messages_flow(path="/v1/responses")):

@@ -8,6 +8,7 @@ from mitmproxy.test import taddons
 
 from ccswitch.dial.relay import Relay
 from ccswitch.mitm.router import Router
+from ccswitch.routing.changes import QuotaForget
 from tests.mitm.test_router import messages_flow
 from tests.support.helpers import CLIENT_KEY, KEY_A
 
@@ -106,8 +107,13 @@ async def test_a_reload_with_another_key_forgets_the_old_accounts_full_windows(g
     path.write_text(RULES.replace(f"name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'",
                                   f"name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_B}'"))
     old_account = [change for change in gateway.boards.view() if getattr(change, "upstream", None) == "a"]
+    told = []
+    gateway.boards.listen(told.append)      # as a shared state listens
     assert reload_settled(gateway.rules_file)
     gateway.sync_upstreams()
+    # not told to other instances: those still on the old key keep its windows, and a forget
+    # would wipe what those already on the new key learnt of it
+    assert not [change for change in told if isinstance(change, QuotaForget)]
     assert gateway.quota.full_until("a", 0.95) is None
     assert gateway.quota.full_until("b", 0.95) is not None
     # what another instance (or the shared store) still holds of the old key is not taken back

@@ -1003,3 +1003,51 @@ routes: {{claude: [a]}}
     job, sink, _ = await run(rules, sink=RawHeadersSink())
     assert sink.status == 401
     assert [v for k, v in sink.raw_headers if k.lower() == "x-should-retry"] == ["true"]
+
+
+@pytest.mark.parametrize("answer", ["rate_limited", "full", "failing"])
+async def test_an_answer_to_a_key_a_reload_replaced_meanwhile_is_not_the_new_key_s_health(mock_a, mock_b, answer):
+    """The request left with the old key; the reload gave `a` a fresh one before the answer came:
+    its 429, its full window or its failures belong to the old key, not to the new."""
+    from ccswitch.routing.quota import QuotaBoard
+    rules = two(mock_a, mock_b, extra=FAST.replace("failover: {", "failover: {threshold: 1, "))
+    full = {"anthropic-ratelimit-unified-status": "allowed", "anthropic-ratelimit-unified-5h-utilization": "0.99",
+            "anthropic-ratelimit-unified-5h-reset": "9999999999"}
+    mock_a.script({"rate_limited": status(429, retry_after=3600), "full": ok(headers=full),
+                   "failing": status(503)}[answer])
+    health, quota = HealthBoard(), QuotaBoard()
+    renewed = {u.name: u.fingerprint() for u in rules.upstreams}
+    health.sync({**renewed, "a": ("another key",)})        # the reload, before the answer
+    dialer = Dialer(health, allow_url=loopback_url, quota=quota)
+    try:
+        await dialer.run(make_job(rules), MemorySink())
+    finally:
+        await dialer.aclose()
+    assert health.cooling_until("a") is None and health.get("a").failures == 0
+    assert quota.full("a", 0.95) is None and not dialer.running
+    health.sync(renewed)                                     # the same answer to the key in force counts
+    mock_a.script({"rate_limited": status(429, retry_after=3600), "full": ok(headers=full),
+                   "failing": status(503)}[answer])
+    dialer = Dialer(health, allow_url=loopback_url, quota=quota)
+    try:
+        await dialer.run(make_job(rules), MemorySink())
+    finally:
+        await dialer.aclose()
+    assert (health.cooling_until("a") is not None) if answer != "full" else quota.full("a", 0.95) is not None
+
+
+@pytest.mark.parametrize("agent,kept", [("codex_exec/0.169.0 (Debian 12.0.0; x86_64)", False),
+                                        ("OpenAI/Python 2.8.1", True)])
+async def test_an_upstream_s_long_retry_after_is_not_passed_on_to_codex_which_would_wait_it_out(mock_a, mock_b,
+                                                                                               agent, kept):
+    """Codex waits out any retry-after; the last upstream's own 429 keeps its status and body."""
+    limited = {"error": {"type": "rate_limit_error", "message": "try in two hours"}}
+    for mock in (mock_a, mock_b):
+        mock.script(status(429, body=limited, retry_after=7200))
+    body = {"model": "gpt-5", "input": "hi", "stream": True}
+    job = make_job(responses_pair(mock_a, mock_b), path="/v1/responses", body=body, host="api.openai.com",
+                   headers=[("authorization", f"Bearer {CLIENT_KEY}"), ("user-agent", agent),
+                            ("content-type", "application/json")])
+    _, sink, _ = await run(None, job=job)
+    assert sink.status == 429 and json.loads(sink.body) == limited
+    assert ("retry-after" in sink.headers) is kept
