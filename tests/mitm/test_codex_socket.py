@@ -105,20 +105,26 @@ async def test_a_shutdown_waits_for_bridged_turns_and_cuts_them(gateway):
     assert turn.cancelled()
 
 
-async def test_a_bug_planning_a_turn_is_its_500_frame_and_row(gateway, monkeypatch):
-    def broken(*args):
-        raise KeyError("input")
-    monkeypatch.setattr("ccswitch.mitm.planner.convert_for_candidates", broken)
-    rows = []
-    monkeypatch.setattr(gateway, "record_own_answer", rows.append)
+async def first_turn(gateway):
+    """A Codex upgrade through the router, then its first turn (`gpt-5`, no input) as the bridge
+    makes it: (the upgrade's flow, the job or refusal)."""
     router = bridging(gateway)
     with taddons.context(router):
         flow = upgrade()
         await router.request(flow)
     ticket = router.sockets.bridge._tickets[flow.request.headers[TICKET_HEADER]]
     ticket.turns = 1
-    turn = Turn(body={"model": "gpt-5", "input": []}, input=[], upstream_hint=None)
-    made = router.sockets._make_job(ticket, turn)
+    return flow, router.sockets._make_job(ticket, Turn(body={"model": "gpt-5", "input": []}, input=[],
+                                                       upstream_hint=None))
+
+
+async def test_a_bug_planning_a_turn_is_its_500_frame_and_row(gateway, monkeypatch):
+    def broken(*args):
+        raise KeyError("input")
+    monkeypatch.setattr("ccswitch.mitm.planner.convert_for_candidates", broken)
+    rows = []
+    monkeypatch.setattr(gateway, "record_own_answer", rows.append)
+    made = (await first_turn(gateway))[1]
     assert isinstance(made, Refusal) and made.status == 500 and "internal error" in made.message
     [row] = rows
     assert (row["status"], row["model"], row["endpoint"], row["upstream"]) == (500, "gpt-5", "websocket", None)
@@ -138,14 +144,8 @@ async def test_a_client_over_its_budget_is_bridged_and_refused_turn_by_turn_with
     gateway.spend.add(CLIENT, "alice", 1.5)
     rows = []
     monkeypatch.setattr(gateway, "record_own_answer", rows.append)
-    router = bridging(gateway)
-    with taddons.context(router):
-        flow = upgrade()
-        await router.request(flow)
-    assert flow.response is None and router.sockets.bridge._tickets      # bridged, not refused
-    ticket = router.sockets.bridge._tickets[flow.request.headers[TICKET_HEADER]]
-    ticket.turns = 1
-    made = router.sockets._make_job(ticket, Turn(body={"model": "gpt-5", "input": []}, input=[], upstream_hint=None))
+    flow, made = await first_turn(gateway)
+    assert flow.response is None      # bridged, not refused
     assert isinstance(made, Refusal) and made.status == 429 and "alice" in made.message
     assert [k for k, _ in made.headers] == ["retry-after"]
     error = json.loads(refusal_frame(made))["error"]

@@ -261,13 +261,20 @@ def accounts(*instances, **keys) -> None:
         instance.boards.sync_accounts({name: ("https://relay", key, "anthropic") for name, key in keys.items()})
 
 
-def test_records_carry_the_account_they_were_learned_under_and_another_account_s_are_left_out():
+def old_and_new_key():
+    """Two instances whose rules give `relay` another key each; the first has learnt its key
+    cooling and full."""
     a, b = pair()
     accounts(a, relay="old")
     accounts(b, relay="new")
     a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
     a.quota.record("relay", [("anthropic-ratelimit-unified-5h-utilization", "0.99"),
                              ("anthropic-ratelimit-unified-5h-reset", str(int(EPOCH + 3600)))])
+    return a, b
+
+
+def test_records_carry_the_account_they_were_learned_under_and_another_account_s_are_left_out():
+    a, b = old_and_new_key()
     assert {change.account for change in a.sent} == {a.boards.accounts["relay"]} != {""}
     for change in a.sent:
         b.boards.apply(change)
@@ -294,12 +301,7 @@ def test_an_upstream_the_rules_do_not_name_takes_any_account_s_records():
 def test_what_this_instance_would_write_or_tell_carries_the_account_of_its_rules():
     # a catch-up writes back `merge_in`'s record and every `view` record: each says whose it is,
     # so an instance with another key under that name leaves it out
-    a, b = pair()
-    accounts(a, relay="old")
-    accounts(b, relay="new")
-    a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
-    a.quota.record("relay", [("anthropic-ratelimit-unified-5h-utilization", "0.99"),
-                             ("anthropic-ratelimit-unified-5h-reset", str(int(EPOCH + 3600)))])
+    a, b = old_and_new_key()
     own = a.boards.accounts["relay"]
     assert a.boards.local(("h", "relay")).account == own
     written = a.boards.merge_in(HealthChange("relay", 0, 0.0, False, None, None, EPOCH - 100))
