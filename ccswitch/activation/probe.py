@@ -191,7 +191,9 @@ def has_content(protocol: str, body: bytes, is_sse: bool) -> bool:
 
 async def send_probe(client: http1.UpstreamClient, upstream: Upstream, timeout: float = 60.0,
                      allow_url: Callable[[str], bool] | None = None,
-                     clock: Callable[[], datetime] = utc_now) -> ProbeResult:
+                     clock: Callable[[], datetime] = utc_now, connect_timeout: float = 30.0) -> ProbeResult:
+    """One probe; `connect_timeout`: the rules' `timeouts.connect`, as for requests (through a
+    proxy, the tunnel's setup and the TLS handshake are part of it)."""
     body = probe_body(upstream)
     endpoint = {Protocol.ANTHROPIC: "messages", Protocol.RESPONSES: "responses"}.get(upstream.protocol, "chat")
     req = ClientRequest(route="", endpoint=endpoint, method="POST", url="", headers=[],
@@ -207,7 +209,7 @@ async def send_probe(client: http1.UpstreamClient, upstream: Upstream, timeout: 
     try:
         async with asyncio.timeout(timeout):
             response = await client.send("POST", out.url, out.headers, json.dumps(sent).encode(),
-                                         connect_timeout=min(timeout, 30.0), via=out.via)
+                                         connect_timeout=min(timeout, connect_timeout), via=out.via)
             try:
                 status = response.status_code
                 limits = tuple(limit_headers(response.headers))

@@ -131,7 +131,7 @@ def _activate(args: argparse.Namespace) -> int:
     async def probe():
         client = UpstreamClient()
         try:
-            return await send_probe(client, upstream)
+            return await send_probe(client, upstream, connect_timeout=rules.timeouts.connect)
         finally:
             await client.aclose()
 

@@ -80,6 +80,7 @@ _PLAIN_MESSAGES = {
     "int_from_float": "must be an integer", "bool_type": "must be true or false",
     "bool_parsing": "must be true or false", "float_type": "must be a number", "float_parsing": "must be a number",
     "path_type": "must be a path", "string_pattern_mismatch": "may contain only letters, digits, '.', '_', '-'",
+    "string_too_short": "must not be empty",
 }
 
 

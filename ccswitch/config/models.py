@@ -156,7 +156,7 @@ class Failover(_Model):
 
 class Activation(_Model):
     retries: Count = Field(default=20, ge=0)    # further tries the same day after a failed probe
-    retry_interval: Duration = 60.0
+    retry_interval: PositiveDuration = 60.0     # 0 would send every retry at once
     grace: Duration = 900.0                   # starting this late after a missed time still fires once
 
 
@@ -187,7 +187,7 @@ class Upstream(_Model):
                   Annotated[str, BeforeValidator(header_value)]] = Field(default_factory=dict)
     activate_at: Annotated[tuple[Annotated[str, BeforeValidator(activate_time)], ...],
                            AfterValidator(distinct_times)] = ()
-    activation_model: str | None = None
+    activation_model: Annotated[str, Field(min_length=1)] | None = None
     price_multiplier: Number = Field(default=1.0, ge=0)
     weight: Number = Field(default=1.0, gt=0)   # the `weighted` strategy's share
     budget: Budget | None = None               # USD per day / month; over it the upstream is skipped

@@ -88,7 +88,7 @@ def network_failure(upstream: str, exc: BaseException, action: str, phase: str) 
     chain = _causes(exc)
     text = " ".join(str(e) for e in chain)
     if any(isinstance(e, ssl.SSLError) for e in chain) or "CERTIFICATE" in text.upper():
-        reason = "TLS error"
+        reason = tls_reason(chain)
     elif any(isinstance(e, ConnectionRefusedError) for e in chain) or "refused" in text.lower() \
             or "All connection attempts failed" in text:
         reason = "connection refused"
@@ -103,6 +103,20 @@ def network_failure(upstream: str, exc: BaseException, action: str, phase: str) 
     else:
         reason = type(exc).__name__
     return NetworkFailure(upstream, reason, action)
+
+
+def tls_reason(chain: list[BaseException]) -> str:
+    """`TLS error: …` with the verifier's own words (`certificate verify failed: self-signed
+    certificate`, `Hostname mismatch, certificate is not valid for 'relay.example'`), so a user
+    knows whether to trust a CA or mend `base_url`; else the TLS error's reason (`wrong version
+    number`: a plain-HTTP port given as https)."""
+    for e in chain:
+        if isinstance(e, ssl.SSLCertVerificationError) and e.verify_message:
+            return f"TLS error: certificate verify failed: {e.verify_message}"
+    for e in chain:
+        if isinstance(e, ssl.SSLError) and e.reason:
+            return f"TLS error: {e.reason.replace('_', ' ').lower()}"
+    return "TLS error"
 
 
 def transport_text(exc: BaseException) -> str:

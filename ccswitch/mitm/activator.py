@@ -101,7 +101,8 @@ class Activator:
         try:
             # the router's client once it runs (one pool, one `max_connections` cap), else its own
             client = self.gateway.upstream_client or self.client
-            result = await send_probe(client, upstream, allow_url=self.gateway.allow_url, clock=self.clock)
+            result = await send_probe(client, upstream, allow_url=self.gateway.allow_url, clock=self.clock,
+                                      connect_timeout=self.gateway.rules.timeouts.connect)
         except asyncio.CancelledError:
             # only the shutdown cancels a probe (the router's cut past its grace period, or ours):
             # it reached the upstream or was on its way, so it ends as a request cut there does

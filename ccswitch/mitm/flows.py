@@ -17,7 +17,7 @@ from mitmproxy.net.http import status_codes, url
 from mitmproxy.utils.strutils import always_str
 
 from ccswitch.config.models import Rules
-from ccswitch.dial.job import Job
+from ccswitch.dial.job import CLIENT_CLOSED, KILLED, Job
 from ccswitch.dial.render import upstream_url
 from ccswitch.report.text import printable
 from ccswitch.routing.classify import classify
@@ -341,11 +341,18 @@ def _point_at_upstream(flow: http.HTTPFlow, job: Job) -> None:
         redact_credentials(flow.request)    # a `?key=` kept for `auth: client`
 
 
-def failover_line(job: Job) -> str:
-    """`claude-x failed over: a: 503 (12 ms) → b: 200 (900 ms)`, for the log: the model as the
-    client named it (scrubbed of keys, control characters escaped)."""
-    return (f"{printable(job.rules.scrub(job.request.model))} failed over: "
-            + " → ".join(a.describe() for a in job.attempts))
+def attempts_line(job: Job) -> str | None:
+    """For the log, a request that failed over or failed on its upstream: `claude-x failed over:
+    a: 503 (12 ms) → b: 200 (900 ms)`, `claude-x failed: a: connect timeout (3001 ms)`; the model
+    as the client named it (scrubbed of keys, control characters escaped).  None for one served
+    by its first upstream, or whose client left."""
+    if job.failed_over:
+        verb = "failed over"
+    elif job.attempts and job.error is not None and job.error not in (CLIENT_CLOSED, KILLED):
+        verb = "failed"
+    else:
+        return None
+    return f"{printable(job.rules.scrub(job.request.model))} {verb}: " + " → ".join(a.describe() for a in job.attempts)
 
 
 def show_outcome(flow: http.HTTPFlow, job: Job) -> None:

@@ -46,7 +46,12 @@ def upstream_tls() -> ssl.SSLContext:
         return http1.ssl_context_for(insecure=options.ssl_insecure, ca_file=options.ssl_verify_upstream_trusted_ca,
                                      ca_dir=options.ssl_verify_upstream_trusted_confdir)
     except (OSError, ssl.SSLError) as exc:
-        raise exceptions.OptionsError(f"ccswitch: cannot load the upstream CA: {exc}") from exc
+        given = [f"{name}={value}" for name, value in (
+            ("ssl_verify_upstream_trusted_ca", options.ssl_verify_upstream_trusted_ca),
+            ("ssl_verify_upstream_trusted_confdir", options.ssl_verify_upstream_trusted_confdir)) if value]
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise exceptions.OptionsError(
+            f"ccswitch: cannot load the upstream CA ({', '.join(given) or 'the system store'}): {reason}") from exc
 
 
 class Gateway:

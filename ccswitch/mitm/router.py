@@ -27,10 +27,10 @@ from ccswitch.mitm.flows import (
     answer,
     answer_error,
     as_the_client_sent,
+    attempts_line,
     client_left,
     drop_body,
     error_response,
-    failover_line,
     fit_to_save,
     flows_are_kept,
     gone_meanwhile,
@@ -434,6 +434,6 @@ class Router:
         if (held := self.held_bodies.pop(flow.id, None)) is not None:
             restore_body(flow.request, held)
         show_outcome(flow, job)
-        if job.failed_over:
-            log.info("ccswitch: %s %s", job.request.route, failover_line(job))
+        if (line := attempts_line(job)) is not None:
+            log.info("ccswitch: %s %s", job.request.route, line)
 

@@ -86,6 +86,19 @@ async def test_a_probe_that_fails_inside_ccswitch_is_a_failed_try_retried_like_a
     assert [e.kind for e in heard] == ["activation_failed"] and "a bug of ours" in caplog.text
 
 
+async def test_a_probe_connects_within_the_rules_connect_timeout_as_requests_do(gateway, monkeypatch):
+    import ccswitch.mitm.activator as module
+    asked = []
+
+    async def recording(client, upstream, **kwargs):
+        asked.append(kwargs["connect_timeout"])
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(module, "send_probe", recording)
+    await Activator(gateway, clock=Clock())._probe(gateway.rules.upstream("relay"), None)
+    assert asked == [gateway.rules.timeouts.connect]
+
+
 async def test_a_probe_in_flight_when_the_proxy_stops_ends_with_its_row(tmp_path, mock_a, caplog):
     # the router's drain waits for it as for a request, within the same grace, before the ledger
     # closes: one that reached the upstream and left no row would be sent again after the restart

@@ -76,3 +76,22 @@ def test_a_malformed_url_is_refused_every_time_not_kept():
     for _ in range(2):
         with pytest.raises(ValueError):
             point_at(request, "http://:0/x")
+
+
+def test_the_log_line_says_why_a_request_failed_on_its_only_upstream_as_it_says_a_failover():
+    """A request that fails with nothing to fail over to is said in the log too, not only its 502."""
+    from ccswitch.dial.job import CLIENT_CLOSED, Attempt
+    from ccswitch.mitm.flows import attempts_line
+    from tests.support.helpers import make_job, rules_for
+    rules = rules_for(("a", "anthropic", "http://127.0.0.1:9"), ("b", "anthropic", "http://127.0.0.1:9"))
+    job = make_job(rules)
+    job.attempts, job.error, job.status = [Attempt("a", None, "connect timeout", 3001)], "connect timeout", 504
+    assert attempts_line(job) == "claude-x failed: a: connect timeout (3001 ms)"
+    job.attempts.append(Attempt("b", 200, None, 900))
+    job.error, job.status = None, 200
+    assert attempts_line(job) == "claude-x failed over: a: connect timeout (3001 ms) → b: 200 (900 ms)"
+    served = make_job(rules)
+    served.attempts = [Attempt("a", 200, None, 10)]
+    assert attempts_line(served) is None
+    served.error = CLIENT_CLOSED          # the client left: not the upstream's failure
+    assert attempts_line(served) is None

@@ -532,8 +532,11 @@ def test_upstream_tls_follows_mitmproxys_options(gateway, tmp_path):
         assert router.dialer.client.ssl_context.verify_mode == ssl.CERT_NONE
         tctx.configure(router, ssl_insecure=False)
         assert router.dialer.client.ssl_context.verify_mode == ssl.CERT_REQUIRED
-        with pytest.raises(exceptions.OptionsError, match="upstream CA"):
-            tctx.configure(router, ssl_verify_upstream_trusted_ca=str(tmp_path / "missing.pem"))
+        missing = str(tmp_path / "missing.pem")
+        with pytest.raises(exceptions.OptionsError, match="upstream CA") as caught:
+            tctx.configure(router, ssl_verify_upstream_trusted_ca=missing)
+        assert f"ssl_verify_upstream_trusted_ca={missing}" in str(caught.value)     # which file, and why
+        assert "No such file or directory" in str(caught.value)
 
 
 async def test_a_gateway_bug_on_a_non_streamed_request_is_a_500_in_client_format_and_recorded(router, gateway):

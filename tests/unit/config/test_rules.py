@@ -817,3 +817,14 @@ def base64_login(value: str) -> str:
 def test_a_tab_in_the_indentation_is_said_to_be_one():
     [problem] = problems("upstreams:\n\t- {name: a}\n")
     assert problem.endswith("(indent with spaces: YAML does not allow tabs)")
+
+
+def test_an_activation_retried_at_once_or_with_no_model_is_refused():
+    p = problems("""
+        activation: {retry_interval: 0}
+        upstreams:
+          - {name: a, protocol: anthropic, base_url: 'https://relay.example', api_key: k, activation_model: ""}
+        routes: {claude: [a]}
+        """)
+    assert sorted(p) == ["r.yaml: activation.retry_interval: must be greater than 0",
+                         "r.yaml: upstreams[a].activation_model: must not be empty"]

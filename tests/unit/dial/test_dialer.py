@@ -452,7 +452,7 @@ async def test_upstream_tls_is_verified(tmp_path, mock_b):
         job, sink, health = await run(rules)
     finally:
         server.close()
-    assert job.attempts[0].error == "TLS error"
+    assert job.attempts[0].error == "TLS error: certificate verify failed: self-signed certificate"
     assert sink.headers["x-ccswitch-upstream"] == "b"
 
 

@@ -183,3 +183,28 @@ routes: {{codex: [a, b]}}
     assert [a.upstream for a in job.attempts] == ["a", "b"]
     assert job.attempts[1].error.startswith(f"proxy http://127.0.0.1:{proxy.port}: authentication failed")
     assert mock_b.requests == []
+
+
+async def test_an_activation_probe_gives_up_connecting_after_the_rules_connect_timeout(mock_a):
+    """A proxy that accepts and never answers: the probe waits `timeouts.connect`, as requests do,
+    not a fixed half minute."""
+    held = []
+
+    async def silent(reader, writer):
+        held.append(writer)          # accepted, never answered
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    rules = rules_with(mock_a.base_url, f", proxy: 'http://127.0.0.1:{port}'", mock_a.base_url)
+    client = http1.UpstreamClient()
+    try:
+        started = asyncio.get_running_loop().time()
+        result = await send_probe(client, rules.upstreams[0], connect_timeout=rules.timeouts.connect)
+        took = asyncio.get_running_loop().time() - started
+    finally:
+        await client.aclose()
+        for writer in held:
+            writer.close()
+        server.close()
+    assert not result.ok and result.error.startswith("connect timeout") and took < 5, (result.error, took)
+    assert not mock_a.requests

@@ -669,12 +669,25 @@ async def test_tls_upstreams_are_verified_and_kept_alive(tmp_path):
         async with client() as c:                    # the default trust store: a self-signed cert fails
             with pytest.raises(http1.ConnectError) as caught:
                 await c.send("GET", url, [])
-        assert network_failure("u", caught.value, "switch", "first_byte").reason == "TLS error"
+        reason = network_failure("u", caught.value, "switch", "first_byte").reason
+        assert reason == "TLS error: certificate verify failed: self-signed certificate"
         async with client(ssl_context=ssl.create_default_context(cafile=str(cert))) as c:
             for _ in range(3):
                 response = await c.send("GET", url + "/x", [])
                 assert await response.aread() == b"secret"
         assert len(served) == 1                      # three requests, one kept-alive connection
+
+
+async def test_a_tls_failure_says_why_a_certificate_issued_for_another_name_included(tmp_path):
+    """Trust the relay's CA or mend its base_url: the reason says which."""
+    import ssl
+    async with tls_server(tmp_path, b"ok") as (url, cert, _):
+        elsewhere = url.replace("localhost", "127.0.0.1")     # the certificate names localhost only
+        async with client(ssl_context=ssl.create_default_context(cafile=str(cert))) as c:
+            with pytest.raises(http1.ConnectError) as caught:
+                await c.send("GET", elsewhere, [])
+    reason = network_failure("u", caught.value, "switch", "first_byte").reason
+    assert reason.startswith("TLS error: certificate verify failed: ") and "mismatch" in reason, reason
 
 
 async def test_mitmproxys_upstream_tls_options_have_their_meaning(tmp_path):
