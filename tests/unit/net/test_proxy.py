@@ -47,6 +47,10 @@ def test_proxy_urls_parse(text, expected):
     ("http://:SECRETPW@h:1", "password without a user name"),
     ("http://u:SECRETPW\u00e9@h:1", "printable ASCII"),
     ("h:1", "must be direct or a URL"),
+    # a reserved character left in the password: the URL ends there, and what follows `:` is no port
+    ("http://u:SECRETPW#x@h:1", "'#' in the user name or password must be percent-encoded"),
+    ("http://u:SECRETPW/x@h:1", "must be percent-encoded \\(%2F, %3F, %23\\)"),
+    ("http://h:abc/x", "the port must be a number from 1 to 65535"),
 ])
 def test_bad_proxy_urls_are_refused_without_repeating_them(text, message):
     with pytest.raises(ValueError, match=message) as caught:
