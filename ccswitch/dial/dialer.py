@@ -76,7 +76,6 @@ class Dialer:
         self.seals = SealMemory()     # reasoning each upstream sealed, and refused
         self.allow_url = allow_url      # a guard tests install: False refuses the upstream unsent
         self.client = client or http1.UpstreamClient()
-        self.running: dict[int, Job] = {}     # the jobs under way, by id (for the live page)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -94,7 +93,6 @@ class Dialer:
         def counted() -> int:   # the route's attempts made so far
             return len(job.attempts) - resent
 
-        self.running[id(job)] = job
         try:
             while index < len(job.candidates) and counted() < failover.max_attempts:
                 upstream = job.candidates[index]
@@ -132,7 +130,6 @@ class Dialer:
             raise
         finally:
             job.latency_ms = job.elapsed_ms()
-            self.running.pop(id(job), None)
 
     def _again_without_reasoning(self, job: Job, upstream: Upstream, result: Reply | Failure) -> bool:
         """An upstream that refused reasoning another account encrypted (a conversation that failed

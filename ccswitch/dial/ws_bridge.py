@@ -148,6 +148,7 @@ class WsBridge(Serving):
         self._tickets: dict[str, Ticket] = {}
         self._server: asyncio.AbstractServer | None = None
         self._sockets: set[asyncio.Task] = set()
+        self.turning: dict[int, Job] = {}      # the turns under way, by id (for the live page)
         self.port = 0
 
     async def start(self) -> None:
@@ -321,12 +322,14 @@ class _Socket:
         self.turn.add_done_callback(self._served)
 
     async def _serve(self, job: Job) -> None:
+        self.bridge.turning[id(job)] = job
         try:
             await self.bridge._run_job(job, WsSink(self._text, self.chain, job))
         except ClientGone:
             job.client_left()
             self.closed = True
         finally:
+            del self.bridge.turning[id(job)]
             self.bridge._on_done(job)
             self._turn_ended(job)
 

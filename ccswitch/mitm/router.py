@@ -109,7 +109,7 @@ class Router:
                              client=http1.UpstreamClient(ssl_context=upstream_tls()),
                              quota=gateway.quota, sessions=gateway.sessions, events=gateway.events)
         gateway.connections = self.dialer.client.connection_counts
-        gateway.in_flight = lambda: list(self.dialer.running.values())
+        gateway.in_flight = self._jobs_in_flight
         gateway.upstream_client = self.dialer.client
         self.relay = Relay(self.dialer.run, on_done=self.gateway.record_job, shutdown=self.shutdown)
         try:   # the spend so far this month, the relay and the bridge, before the first request is routed
@@ -160,6 +160,10 @@ class Router:
     def _record_answered(self, job: Job) -> None:
         if self.unrecorded.pop(job.token, None) is not None:    # else `_stop` recorded it already
             self.gateway.record_job(job)
+
+    def _jobs_in_flight(self) -> list[Job]:
+        """The requests under way (for the live page): routed flows' jobs and bridged turns."""
+        return [*self.jobs.values(), *(self.sockets.bridge.turning.values() if self.sockets else ())]
 
     def _in_flight(self) -> int:
         # a job leaves `jobs` when its flow ends, its task a moment before or after; a bridged

@@ -236,11 +236,14 @@ async def test_a_client_that_leaves_mid_turn_stops_it_at_once_with_no_failover_a
     try:
         client = await bridged.client()
         await eventually(lambda: bridged.bridge.running == 1 and mock_a.requests)
+        [turning] = bridged.bridge.turning.values()             # the live page's: this turn, on a
+        assert turning.running_attempt.upstream == "a"
         client.writer.close()                                   # before a's first byte (2 s away)
         await eventually(lambda: bridged.done, timeout=1.0)
         job = bridged.done[0]
-        assert job.error == CLIENT_CLOSED and [a.upstream for a in job.attempts] == ["a"]
+        assert job is turning and job.error == CLIENT_CLOSED and [a.upstream for a in job.attempts] == ["a"]
         assert bridged.health.get("a").failures == 0 and not mock_b.requests and bridged.bridge.running == 0
+        assert bridged.bridge.turning == {}
     finally:
         await bridged.close()
 
