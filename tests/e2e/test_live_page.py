@@ -161,8 +161,12 @@ def test_a_request_under_way_shows_as_in_flight_until_it_ends(tmp_path):
             with ThreadPoolExecutor(1) as pool:
                 done = pool.submit(ask)
                 deadline = time.monotonic() + 10
-                while (data := client.get(proxy.reverse_url + "/_ccswitch/status.json").json())["in_flight"]["count"] == 0:
-                    assert time.monotonic() < deadline, "the stream never showed as in flight"
+                # listed from when it is planned; on its upstream once its attempt began
+                while True:
+                    data = client.get(proxy.reverse_url + "/_ccswitch/status.json").json()
+                    if any(r["upstream"] for r in data["in_flight"]["requests"]):
+                        break
+                    assert time.monotonic() < deadline, "the stream never showed as in flight on its upstream"
                     time.sleep(0.05)
                 text = client.get(proxy.reverse_url + "/_ccswitch/metrics").text
                 assert done.result() == 200
