@@ -135,9 +135,21 @@ class Activator:
     def _record(self, upstream: Upstream, slot: Slot | None, result: ProbeResult) -> None:
         rules = self.gateway.rules
         cut = result.error == CUT_BY_SHUTDOWN
+        health = self.gateway.health
+        # an answer like any: its rate-limit windows are learnt, and a 429 cools the upstream down
+        if result.limits:
+            learn_windows(self.gateway.quota, self.gateway.events, upstream.name, list(result.limits),
+                          rules.failover.drain_at)
+        if result.status == 429:
+            cool_rate_limited(health, self.gateway.quota, upstream.name, result.error or "HTTP 429",
+                              list(result.limits), rules.failover.cooldown, refusal=True)
         if slot is not None:
-            # a cut probe most likely opened the window: done, here as after a restart (history.restore)
-            self.schedule.finished(slot, result.ok or cut, self.now(rules), rules.activation.retry_interval)
+            # a cut probe most likely opened the window: done, here as after a restart (history.restore);
+            # a 429's retry waits for the reset it reported (sooner, it would only be refused again)
+            wait = rules.activation.retry_interval
+            if result.status == 429 and (until := health.cooling_until(upstream.name)) is not None:
+                wait = max(wait, until - health.clock())
+            self.schedule.finished(slot, result.ok or cut, self.now(rules), wait)
             if not result.ok and not cut and self.schedule.gave_up(slot, rules.activation.retries):
                 self.gateway.events.emit(Event(
                     "activation_failed", upstream.name, f"the {slot.at} activation probe of {slot.day} failed "
@@ -145,15 +157,8 @@ class Activator:
                     episode=f"{slot.day} {slot.at}"))
         if self.gateway.ledger is not None:
             self.gateway.ledger.add("activations", result.row(slot))
-        # an answer like any: its rate-limit windows are learnt, and a 429 cools the upstream down
-        if result.limits:
-            learn_windows(self.gateway.quota, self.gateway.events, upstream.name, list(result.limits),
-                          rules.failover.drain_at)
-        if result.status == 429:
-            cool_rate_limited(self.gateway.health, self.gateway.quota, upstream.name, result.error or "HTTP 429",
-                              list(result.limits), rules.failover.cooldown, refusal=True)
         if result.ok:
-            self.gateway.health.record_success(upstream.name)   # a good probe ends a cooldown early
+            health.record_success(upstream.name)   # a good probe ends a cooldown early
             log.info("ccswitch: activation probe for %s ok (%d ms)", upstream.name, result.latency_ms)
         else:
             log.warning("ccswitch: activation probe for %s failed: %s", upstream.name, result.error)

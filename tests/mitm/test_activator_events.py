@@ -242,3 +242,20 @@ async def test_a_probes_answer_past_the_routes_drain_at_is_told_as_full_though_i
     assert served.ok
     [full] = [e for e in heard if e.kind == "full"]
     assert full.upstream == "relay" and "at 97% (drain_at 95%)" in full.reason
+
+
+def test_a_scheduled_probe_refused_with_a_429_is_retried_after_the_reset_it_reported(gateway):
+    """Sooner than the reset, the retry would only be refused again (and cool the upstream once more)."""
+    from ccswitch.activation.probe import ProbeResult, Slot
+    clock = Clock()
+    activator = Activator(gateway, clock=clock)
+    slot = Slot("relay", clock.now.date(), "06:00")
+    for wait, expected in ((600, 600), (10, 60)):           # retry_interval is 1m
+        refused = ProbeResult("relay", False, 429, "HTTP 429", 5, clock.now, (("retry-after", str(wait)),))
+        gateway.health.record_success("relay")                # not cooling before it
+        activator._record(gateway.rules.upstream("relay"), slot, refused)
+        next_try = activator.schedule.slots[slot].next_try
+        assert abs((next_try - clock.now).total_seconds() - expected) < 2, (wait, next_try)
+    failed = ProbeResult("relay", False, 503, "HTTP 503", 5, clock.now)
+    activator._record(gateway.rules.upstream("relay"), slot, failed)
+    assert activator.schedule.slots[slot].next_try - clock.now == timedelta(seconds=60)
