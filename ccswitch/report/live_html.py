@@ -90,7 +90,8 @@ SCRIPT = r"""
     const name = el("td", null, null, u.preferred ? "preferred (ccswitch.use)" : "");
     name.className = "clip name";
     name.append(el("b", u.name + (u.preferred ? " \u2605" : ""), null, u.name),
-      el("div", u.protocol + " \u00b7 " + (u.routes.join(", ") || "no route"), "sub dim"));
+      el("div", u.protocol + " \u00b7 " + (u.routes.join(", ") || "no route")
+        + (u.activation ? " \u00b7 next activation " + u.activation : ""), "sub dim"));
     tr.append(name);
     const state = el("td"); state.append(el("span", u.state.replaceAll("_", " "), "badge s-" + u.state));
     if (u.detail !== u.state) state.append(" ", el("span", u.detail, "dim"));

@@ -22,7 +22,7 @@ from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.quota import QuotaBoard
-from ccswitch.routing.status import upstream_state
+from ccswitch.routing.status import next_activation_text, upstream_state
 from ccswitch.vocab import Route
 from ccswitch.wire.redact import scrub_text
 
@@ -49,6 +49,7 @@ class UpstreamView:
     preferred: bool                 # chosen by ccswitch.use
     budget: tuple[str, ...] = ()    # `$1.20 of $5.00 today (until 00:00)` per budget it has
     in_flight: int = 0              # requests whose attempt on it is under way
+    activation: str | None = None   # its next activation probe (`tue 06:00`, `none`), if it has times
     connections: tuple[int, int] = (0, 0)   # ccswitch's connections to it: open, requests waiting for one
 
     @property
@@ -106,7 +107,8 @@ def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, session
             window=window.name if window is not None else None, resets_at=resets_at,
             sessions=bound.get(name, 0), preferred=name == preferred,
             budget=tuple(spend.report(UPSTREAM, name)) if spend is not None else (),
-            in_flight=on.get(name, 0), connections=connections.get(name, (0, 0))))
+            in_flight=on.get(name, 0), connections=connections.get(name, (0, 0)),
+            activation=next_activation_text(upstream, state, now) if upstream.activate_at else None))
     return views
 
 
@@ -166,6 +168,7 @@ def _view_dict(view: UpstreamView, now: datetime) -> dict[str, Any]:
         "resets": wall_text(view.resets_at, now.astimezone(view.resets_at.tzinfo)) if view.resets_at is not None else None,
         "sessions": view.sessions, "preferred": view.preferred, "budget": list(view.budget),
         "in_flight": view.in_flight, "connections": {"open": view.connections[0], "waiting": view.connections[1]},
+        "activation": view.activation,
     }
 
 

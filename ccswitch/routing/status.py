@@ -97,12 +97,17 @@ def status_text(rules: Rules, health: HealthBoard, now: datetime, quota: QuotaBo
             parts.append(f"{bound[upstream.name]} session(s) bound")
         if spend is not None:
             parts += [f"budget {line}" for line in spend.report(UPSTREAM, upstream.name)]
-        if upstream.activate_at:   # a disabled upstream is never probed: no time to show
-            upcoming = describe_next(upstream.activate_at, upstream.days, now) if kind != "disabled" else None
-            parts.append(f"next activation {upcoming or 'none'}")
+        if upstream.activate_at:
+            parts.append(f"next activation {next_activation_text(upstream, kind, now)}")
         lines.append("  " + "; ".join(parts))
     for client in rules.client_keys:
         budgets = spend.report(CLIENT, client.name) if spend is not None else []
         if budgets:
             lines.append(f"  client key {client.name}: budget " + "; ".join(budgets))
     return "\n".join(lines)
+
+
+def next_activation_text(upstream: Upstream, state: str, now: datetime) -> str:
+    """`tue 06:00`, or `none` (a disabled upstream is never probed: no time to show)."""
+    upcoming = describe_next(upstream.activate_at, upstream.days, now) if state != "disabled" else None
+    return upcoming or "none"

@@ -380,3 +380,18 @@ def test_a_request_between_attempts_is_on_no_upstream_and_every_one_under_way_is
     assert shown["in_flight"]["count"] == 60 and len(shown["in_flight"]["requests"]) == 50
     [listed] = [d for d in shown["in_flight"]["requests"] if d["attempt"] == 1]
     assert listed["upstream"] is None and listed["seconds"] == 0.0
+
+
+def test_an_upstream_with_activation_times_shows_its_next_probe():
+    r = parse_rules("""
+timezone: UTC
+upstreams:
+  - {name: a, protocol: anthropic, base_url: 'https://a.example', api_key: k, activate_at: ["06:00", "18:30"]}
+  - {name: b, protocol: anthropic, base_url: 'https://b.example', api_key: k, activate_at: ["06:00"], enabled: false}
+  - {name: c, protocol: anthropic, base_url: 'https://c.example', api_key: k}
+routes: {claude: [a, b, c]}
+""")
+    now = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)      # a Wednesday
+    views = upstream_views(r, HealthBoard(), QuotaBoard(), SessionBindings(), now)
+    shown = {v["name"]: v["activation"] for v in live_status(LiveBoard(clock=lambda: NOON_ISH), views, r, now)["upstreams"]}
+    assert shown == {"a": "wed 18:30", "b": "none", "c": None}
