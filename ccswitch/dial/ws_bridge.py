@@ -329,7 +329,7 @@ class _Socket:
             job.client_left()
             self.closed = True
         finally:
-            del self.bridge.turning[id(job)]
+            self.bridge.turning.pop(id(job), None)
             self.bridge._on_done(job)
             self._turn_ended(job)
 

@@ -137,10 +137,12 @@ class Activator:
         cut = result.error == CUT_BY_SHUTDOWN
         health = self.gateway.health
         # an answer like any: its rate-limit windows are learnt, and a 429 cools the upstream down
-        if result.limits:
+        # (unless a reload gave the upstream another key while the probe ran: not the new key's)
+        learn = health.is_current(upstream.name, upstream.fingerprint())
+        if learn and result.limits:
             learn_windows(self.gateway.quota, self.gateway.events, upstream.name, list(result.limits),
                           rules.failover.drain_at)
-        if result.status == 429:
+        if learn and result.status == 429:
             cool_rate_limited(health, self.gateway.quota, upstream.name, result.error or "HTTP 429",
                               list(result.limits), rules.failover.cooldown, refusal=True)
         if slot is not None:
@@ -158,7 +160,8 @@ class Activator:
         if self.gateway.ledger is not None:
             self.gateway.ledger.add("activations", result.row(slot))
         if result.ok:
-            health.record_success(upstream.name)   # a good probe ends a cooldown early
+            if learn:
+                health.record_success(upstream.name)   # a good probe ends a cooldown early
             log.info("ccswitch: activation probe for %s ok (%d ms)", upstream.name, result.latency_ms)
         else:
             log.warning("ccswitch: activation probe for %s failed: %s", upstream.name, result.error)

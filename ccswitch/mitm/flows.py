@@ -348,8 +348,9 @@ def attempts_line(job: Job) -> str | None:
     by its first upstream, or whose client left."""
     if job.failed_over:
         verb = "failed over"
-    elif job.attempts and job.error is not None and job.error not in (CLIENT_CLOSED, KILLED):
-        verb = "failed"
+    elif job.attempts and job.error is not None and job.error not in (CLIENT_CLOSED, KILLED) \
+            and not (job.status is not None and 400 <= job.status < 500 and job.status != 429):
+        verb = "failed"     # the upstream's failure; a 4xx passed on is the client's own mistake
     else:
         return None
     return f"{printable(job.rules.scrub(job.request.model))} {verb}: " + " → ".join(a.describe() for a in job.attempts)

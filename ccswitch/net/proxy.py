@@ -94,15 +94,11 @@ def parse_proxy(text: str) -> Proxy | None:
                          "(CONNECT tunnels the upstream's own TLS)")
     if scheme not in SCHEMES or not parts.hostname:
         raise ValueError(_FORM)
-    try:
-        port = url_port(parts)
-    except ValueError:
-        head = text.split("://", 1)[-1]
-        if "@" in head and "@" not in parts.netloc and any(mark in head for mark in "/?#"):
-            # `u:p#ss@host`: the URL ends at the `#`, and `p` reads as the port
-            raise ValueError("a '/', '?' or '#' in the user name or password must be percent-encoded "
-                             "(%2F, %3F, %23), or the URL ends there") from None
-        raise
+    if "@" in text.split("://", 1)[-1] and "@" not in parts.netloc:
+        # `u:p#ss@host`: the URL ends at the `#`, and what follows `:` would read as the port
+        raise ValueError("a '/', '?' or '#' in the user name or password must be percent-encoded "
+                         "(%2F, %3F, %23), or the URL ends there")
+    port = url_port(parts)
     if port is None:
         raise ValueError("must name the proxy's port, like socks5://127.0.0.1:1080")
     if parts.path not in ("", "/") or parts.query or parts.fragment:

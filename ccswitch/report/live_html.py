@@ -133,7 +133,8 @@ SCRIPT = r"""
 
   function runningRow(r) {
     const tr = el("tr"); tr.className = "running";
-    const on = r.upstream ? r.upstream + (r.attempt > 1 ? " (attempt " + r.attempt + ")" : "") : "waiting";
+    const on = r.upstream ? r.upstream + (r.attempt > 1 ? " (attempt " + r.attempt + ")" : "")
+      : r.attempt ? "between attempts (" + r.attempt + " made)" : "waiting";
     tr.append(el("td", r.time, null, r.ts), el("td", r.route + (r.endpoint === "count_tokens" ? " (count)" : "")),
       el("td", r.model || dash, "clip model", r.model), el("td", on, r.upstream ? "clip name" : "dim", on),
       el("td", r.stream ? "stream" : "", "dim"), el("td", r.seconds.toFixed(1) + " s", "n"));

@@ -60,6 +60,7 @@ class HealthBoard:
         self.preferred: tuple[str, float] | None = None  # (name, until) from ccswitch.use
         self.on_change: Feed | None = None   # the shared state's hook (None: this instance alone)
         self._switched_at: dict[str, float] = {}
+        self._accounts: dict[str, tuple] | None = None   # the rules' upstreams' fingerprints (`sync`)
         self._preferred_at = 0.0
 
     def get(self, name: str) -> UpstreamHealth:
@@ -69,6 +70,7 @@ class HealthBoard:
         """After a reload: forget removed upstreams, reset those whose identity changed (named
         in the answer), and drop manual enable/disable switches (they last until the next reload)."""
         changed = []
+        self._accounts = dict(fingerprints)
         for name in list(self._state):
             if name not in fingerprints:
                 del self._state[name]
@@ -90,9 +92,9 @@ class HealthBoard:
 
     def is_current(self, name: str, fingerprint: tuple) -> bool:
         """Whether `fingerprint` (`Upstream.fingerprint`) is the account the rules give `name` now:
-        a request sent before a reload gave the upstream another key answers for the old key."""
-        state = self._state.get(name)
-        return state is None or state.fingerprint is None or state.fingerprint == fingerprint
+        a request sent before a reload gave the upstream another key, or removed it, answers for
+        an account the rules no longer have (before the first `sync`, every one is current)."""
+        return self._accounts is None or self._accounts.get(name) == fingerprint
 
     def cooling_until(self, name: str) -> float | None:
         """When the cooldown ends (clock time), or None if it is not cooling."""

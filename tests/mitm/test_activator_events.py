@@ -259,3 +259,16 @@ def test_a_scheduled_probe_refused_with_a_429_is_retried_after_the_reset_it_repo
     failed = ProbeResult("relay", False, 503, "HTTP 503", 5, clock.now)
     activator._record(gateway.rules.upstream("relay"), slot, failed)
     assert activator.schedule.slots[slot].next_try - clock.now == timedelta(seconds=60)
+
+
+def test_a_probe_answer_to_a_key_a_reload_replaced_meanwhile_is_not_the_new_key_s(gateway):
+    from pydantic import SecretStr
+
+    from ccswitch.activation.probe import ProbeResult
+    gateway.sync_upstreams()
+    sent_with_old_key = gateway.rules.upstream("relay").model_copy(update={"api_key": SecretStr("the-old-key")})
+    refused = ProbeResult("relay", False, 429, "HTTP 429", 5, Clock()(), (("retry-after", "600"),))
+    Activator(gateway, clock=Clock())._record(sent_with_old_key, None, refused)
+    assert gateway.health.cooling_until("relay") is None
+    Activator(gateway, clock=Clock())._record(gateway.rules.upstream("relay"), None, refused)
+    assert gateway.health.cooling_until("relay") is not None         # the same answer to the key in force

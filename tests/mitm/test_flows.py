@@ -95,3 +95,14 @@ def test_the_log_line_says_why_a_request_failed_on_its_only_upstream_as_it_says_
     assert attempts_line(served) is None
     served.error = CLIENT_CLOSED          # the client left: not the upstream's failure
     assert attempts_line(served) is None
+
+
+def test_a_client_s_own_mistake_passed_on_is_no_failure_line_in_the_log():
+    from ccswitch.dial.job import Attempt
+    from ccswitch.mitm.flows import attempts_line
+    from tests.support.helpers import make_job, rules_for
+    job = make_job(rules_for(("a", "anthropic", "http://127.0.0.1:9")))
+    job.attempts, job.error, job.status = [Attempt("a", 400, "HTTP 400", 12)], "HTTP 400", 400
+    assert attempts_line(job) is None
+    job.attempts, job.error, job.status = [Attempt("a", 429, "HTTP 429", 12)], "HTTP 429", 429
+    assert attempts_line(job) == "claude-x failed: a: 429 (12 ms)"

@@ -124,3 +124,13 @@ def test_failures_of_requests_under_way_when_the_cooldown_began_neither_extend_n
     assert caplog.text.count("cooldown for") == 1
     fail(b, at_least=120)                    # a failure that says how long: it is longer
     assert b.cooling_until("a") == clock.now + 120
+
+
+def test_an_answer_is_current_only_for_the_account_the_rules_give_its_upstream_now():
+    board = HealthBoard()
+    assert board.is_current("a", ("url", "key-1", "anthropic"))        # before the first sync: any
+    board.sync({"a": ("url", "key-1", "anthropic")})
+    assert board.is_current("a", ("url", "key-1", "anthropic"))
+    assert not board.is_current("a", ("url", "key-2", "anthropic"))    # another key since
+    board.sync({"b": ("url", "key-1", "anthropic")})                   # a renamed, or removed
+    assert not board.is_current("a", ("url", "key-1", "anthropic"))
