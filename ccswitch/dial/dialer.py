@@ -20,6 +20,7 @@ from ccswitch.dial.outcome import (
     Failure,
     NetworkFailure,
     Streamed,
+    codex_passed_on,
     network_failure,
     response_headers,
     retry_delay,
@@ -175,6 +176,8 @@ class Dialer:
         """Streamed when the attempt was committed to the client; otherwise what came back."""
         attempt = Attempt(upstream.name, running_since=time.monotonic())
         job.attempts.append(attempt)
+        # the key it is sent with: what its answer teaches is that key's, if the rules still give it
+        fingerprint = upstream.fingerprint()
         # one probe at a time: a request that reaches the upstream while another probes it (it
         # was the last candidate left) is not the probe, and does not end the other's
         probing = self.health.needs_probe(upstream.name) and not self.health.busy_probing(upstream.name)
@@ -193,7 +196,8 @@ class Dialer:
                 # attempt ends: what the upstream is sent is known to it first (the last attempt serves)
                 job.turn.sent = read[1]
             job.upstream_model, job.sent_body = outgoing.upstream_model, outgoing.body
-            result = await self._send_and_judge(job, upstream, outgoing, translation, sink, attempt, probing)
+            result = await self._send_and_judge(job, upstream, outgoing, translation, sink, attempt, probing,
+                                                fingerprint)
         except RenderError as exc:
             read = None
             # not the upstream's doing, and the next one may take the request as it is
@@ -207,7 +211,7 @@ class Dialer:
                 self.health.end_probe(upstream.name)
         failover = job.rules.failover
         # an answer to a key a reload has since replaced is not the new key's health
-        learn = self.health.is_current(upstream.name, upstream.fingerprint())
+        learn = self.health.is_current(upstream.name, fingerprint)
         if isinstance(result, Failure):
             # a stream that broke or went quiet before its commit answered with a status all the same
             attempt.status = result.status if result.status is not None else attempt.status
@@ -255,7 +259,8 @@ class Dialer:
         cool_rate_limited(self.health, self.quota, name, reason, headers, cooldown, refusal=refusal)
 
     async def _send_and_judge(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest,
-                              translation, sink: Sink, attempt: Attempt, probing: bool) -> Reply | Failure | Streamed:
+                              translation, sink: Sink, attempt: Attempt, probing: bool,
+                              fingerprint: tuple) -> Reply | Failure | Streamed:
         rules = job.rules
         timeouts = rules.timeouts
         if not self.allow_url(outgoing.url):
@@ -269,7 +274,7 @@ class Dialer:
             return network_failure(upstream.name, exc, rules.failover.on_network_error,
                                    "first_byte" if job.request.stream else "total")
         attempt.status = response.status_code
-        if self.health.is_current(upstream.name, upstream.fingerprint()):    # not a replaced key's windows
+        if self.health.is_current(upstream.name, fingerprint):    # not a replaced key's windows
             learn_windows(self.quota, self.events, upstream.name, response.headers, rules.failover.drain_at)
         if probing:
             self.health.end_probe(upstream.name)   # it answered: others may use it while this one streams
@@ -356,7 +361,7 @@ class Dialer:
             # (Claude Code retried an upstream's 401 for minutes before saying anything)
             headers = [h for h in headers if h[0].lower() != "x-should-retry"] + [("x-should-retry", "false")]
         elif reply.status in (429, 503):
-            headers = protocols.codex_passed_on(headers, job.request.headers)
+            headers = codex_passed_on(headers, job.request.headers)
         await _answer(job, sink, reply.status, headers + marks(job), reply.body)
 
     async def _deliver_own_error(self, job: Job, sink: Sink, status: int, message: str) -> None:

@@ -150,6 +150,16 @@ def retry_after_seconds(headers: list[tuple[str, str]]) -> float | None:
     return retry_after(headers, utc_now().timestamp())
 
 
+def codex_passed_on(headers: list[tuple[str, str]], client_headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """An upstream's 429 or 503 passed on to Codex as it is, but for a retry-after over a minute,
+    which Codex would wait out (see `protocols._told_codex`): without it, Codex gives up after its
+    own few retries.  Other clients' headers come back as they are."""
+    wait = retry_after_seconds(headers)
+    if wait is None or wait <= protocols.RETRY_WAIT_WORTH_IT or not protocols.codex_client(client_headers):
+        return headers
+    return protocols.without_retry_after(headers)
+
+
 def retry_delay(headers: list[tuple[str, str]], backoff: float, retry_number: int) -> float:
     """`retry` waits the backoff, doubling; a Retry-After is honoured up to 30 s."""
     told = retry_after_seconds(headers)

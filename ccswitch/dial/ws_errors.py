@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ccswitch.vocab import Protocol
-from ccswitch.wire.protocols import Kind, classify_event, error_body, error_object, error_type, own_error
+from ccswitch.wire.protocols import Kind, classify_event, error_body, error_object, error_type, own_error_parts
 from ccswitch.wire.sse import SSEParser
 
 
@@ -39,8 +39,8 @@ def error_event(status: int, error: dict) -> dict:
 def refusal_frame(refusal: Refusal) -> str:
     """One of ccswitch's own answers in-band: the error its HTTPS answer to Codex would have, so
     that Codex reads it the same way on either transport."""
-    _, body = own_error(Protocol.RESPONSES, refusal.status, refusal.message, refusal.headers, codex=True)
-    return json.dumps({"type": "error", "status": refusal.status, "error": json.loads(body)["error"]})
+    _, body = own_error_parts(Protocol.RESPONSES, refusal.status, refusal.message, refusal.headers, codex=True)
+    return json.dumps(error_event(refusal.status, body["error"]))
 
 
 def held_stream_error(body: bytes) -> dict | None:

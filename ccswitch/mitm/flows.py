@@ -79,7 +79,7 @@ def answer(flow: http.HTTPFlow, response: http.Response, why: str | None = None)
 
 def answer_error(flow: http.HTTPFlow, protocol: str, status: int, message: str, extra: dict | None = None) -> None:
     """An error answer in the client's API format, its message in the flow's comment too."""
-    codex = protocols.is_codex(flow.request.headers.get("originator"), flow.request.headers.get("user-agent"))
+    codex = protocols.codex_client(flow.request.headers.items())
     answer(flow, error_response(protocol, status, message, extra, codex=codex), message)
 
 

@@ -7,7 +7,6 @@ from html import escape as _escape
 from pathlib import Path
 
 from ccswitch.report.data import Report, sorted_groups
-from ccswitch.report.live_status import visible_controls
 from ccswitch.report.text import (
     ACTIVATION_COLUMNS,
     BLOCK_COLUMNS,
@@ -27,6 +26,7 @@ from ccswitch.report.text import (
     sent_as,
     short_label,
     summary_digits,
+    visible_controls,
 )
 
 

@@ -7,7 +7,6 @@ have filled with what it was sent) are scrubbed of every configured key first.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from ccswitch.clock import wall_text
 from ccswitch.config.models import Rules
 from ccswitch.dial.job import Job
 from ccswitch.report.live import LiveBoard, Served
+from ccswitch.report.text import visible_controls
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard
 from ccswitch.routing.health import HealthBoard
@@ -55,16 +55,6 @@ class UpstreamView:
     @property
     def up(self) -> bool:
         return self.state == "available"
-
-
-#: the characters that reorder the text around them: a client's model may carry them
-_BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def visible_controls(text: str) -> str:
-    """`text` with each bidirectional control shown as its escape (`\u202e`): a model name
-    `claude-\u202eevil\u202c-sonnet` must not read as another one on a page."""
-    return _BIDI_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def clean_text(text: str | None, secrets: list[str]) -> str | None:

@@ -9,6 +9,7 @@ a "$0.01" total; the HTML headline uses the main table's precision.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
@@ -65,6 +66,17 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+#: the characters that reorder the text around them: a client's model may carry them
+_BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible_controls(text: str) -> str:
+    r"""`text` with each bidirectional control shown as its escape (`\u202e`): a model name
+    `claude-\u202eevil\u202c-sonnet` must not read as another one on a page (`printable`, for a
+    terminal, escapes every control; a page keeps its line breaks)."""
+    return _BIDI_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def short_label(label: str, width: int = LABEL_WIDTH) -> str:

@@ -39,7 +39,6 @@ class UpstreamHealth:
     cooling_until: float = 0.0
     probing: bool = False      # after a cooldown, one request at a time tests the upstream
     was_cooling: bool = False  # a cooldown started and its end is not yet logged
-    fingerprint: tuple | None = None
     switched: bool | None = None  # ccswitch.enable / disable until the next reload; None = the rules'
     last_error: str | None = None
     rate_limited: bool = False  # the cooldown lasts until a reset the upstream itself reported
@@ -70,22 +69,20 @@ class HealthBoard:
         """After a reload: forget removed upstreams, reset those whose identity changed (named
         in the answer), and drop manual enable/disable switches (they last until the next reload)."""
         changed = []
-        self._accounts = dict(fingerprints)
+        before, self._accounts = self._accounts or {}, dict(fingerprints)
         for name in list(self._state):
             if name not in fingerprints:
                 del self._state[name]
         for name, fp in fingerprints.items():
             state = self.get(name)
-            if state.fingerprint is not None and state.fingerprint != fp:
-                self._state[name] = UpstreamHealth(fingerprint=fp)
+            if before.get(name, fp) != fp:
+                self._state[name] = UpstreamHealth()
                 changed.append(name)
                 log.info("upstream %s changed its base_url, key or protocol: health reset", name)
                 self._outage_ended(name, state, "its base_url, key or protocol changed: taken as healthy")
-            else:
-                state.fingerprint = fp
-                if state.switched is not None:     # a reload ends the switch for every instance
-                    state.switched = None
-                    self._share_switch(name)
+            elif state.switched is not None:     # a reload ends the switch for every instance
+                state.switched = None
+                self._share_switch(name)
         return changed
 
     # ------------------------------------------------------------------ queries
@@ -203,7 +200,7 @@ class HealthBoard:
 
     def reset(self, name: str) -> None:
         old = self.get(name)
-        self._state[name] = UpstreamHealth(fingerprint=old.fingerprint)
+        self._state[name] = UpstreamHealth()
         self._outage_ended(name, old, "reset with ccswitch.reset: taken as healthy")
         self._share(name, self._state[name])
         if old.switched is not None:

@@ -8,6 +8,7 @@ import enum
 import json
 import math
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from ccswitch.vocab import Protocol
@@ -218,21 +219,39 @@ def own_error(protocol: str, status: int, message: str, headers: tuple[tuple[str
               codex: bool = False, now: float | None = None) -> tuple[list[tuple[str, str]], bytes]:
     """An answer ccswitch gives itself: its headers (with `x-should-retry`) and the error body in
     the client's protocol (`codex`: the client is Codex CLI, see `_told_codex`)."""
-    seconds = _seconds(next((v for k, v in headers if k.lower() == "retry-after"), None))
-    given = next((v for k, v in headers if k.lower() == "x-should-retry"), None)   # the caller knows better
+    headers, body = own_error_parts(protocol, status, message, headers, codex=codex, now=now)
+    return headers, json.dumps(body).encode()
+
+
+def own_error_parts(protocol: str, status: int, message: str, headers: tuple[tuple[str, str], ...] = (), *,
+                    codex: bool = False, now: float | None = None) -> tuple[list[tuple[str, str]], dict]:
+    """`own_error` with its body still a dict (an in-band frame wraps it)."""
+    seconds = _retry_after(headers)
+    given = _header(headers, "x-should-retry")   # the caller knows better
     retry = given if given is not None else "true" if should_retry(status, seconds) else "false"
     body = error_body(protocol, status, message)
     if codex and retry == "false" and status in (429, 503):
         headers, body = _told_codex(status, headers, body, seconds, time.time() if now is None else now)
     extra = () if given is not None else (("x-should-retry", retry),)
-    return [("content-type", "application/json"), *extra, *headers], json.dumps(body).encode()
+    return [("content-type", "application/json"), *extra, *headers], body
 
 
-def _seconds(value: str | None) -> float | None:
+def _header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    return next((v for k, v in headers if k.lower() == name), None)
+
+
+def _retry_after(headers: Iterable[tuple[str, str]]) -> float | None:
+    """The `retry-after` of ccswitch's own headers, in seconds (an upstream's, which may be a date
+    or `retry-after-ms`, is `routing.rate_limits.retry_after`'s)."""
+    value = _header(headers, "retry-after")
     try:
         return float(value) if value is not None else None
     except ValueError:
         return None
+
+
+def without_retry_after(headers):
+    return type(headers)(h for h in headers if h[0].lower() not in ("retry-after", "retry-after-ms"))
 
 
 def _told_codex(status: int, headers: tuple[tuple[str, str], ...], body: dict, wait: float | None,
@@ -242,7 +261,7 @@ def _told_codex(status: int, headers: tuple[tuple[str, str], ...], body: dict, w
     a 429 whose error is `usage_limit_reached`, saying when to try again (its `resets_at`): such a
     429 is what it gets.  A 503 goes without `retry-after`: Codex's own backoff then gives up
     within half a minute and shows the message."""
-    headers = tuple(h for h in headers if h[0].lower() != "retry-after")
+    headers = without_retry_after(headers)
     if status == 429 and isinstance(body.get("error"), dict):
         error = {**body["error"], "type": "usage_limit_reached"}
         if wait is not None:
@@ -251,17 +270,9 @@ def _told_codex(status: int, headers: tuple[tuple[str, str], ...], body: dict, w
     return headers, body
 
 
-def codex_passed_on(headers: list[tuple[str, str]], client_headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """An upstream's 429 or 503 passed on to Codex as it is, but for a `retry-after` over a minute,
-    which Codex would wait out (see `_told_codex`): without it, Codex gives up after its own few
-    retries.  Other clients' headers come back as they are."""
-    wanted = {name.lower(): value for name, value in client_headers if name.lower() in ("originator", "user-agent")}
-    if not is_codex(wanted.get("originator"), wanted.get("user-agent")):
-        return headers
-    wait = _seconds(next((v for k, v in headers if k.lower() == "retry-after"), None))
-    if wait is None or wait <= RETRY_WAIT_WORTH_IT:
-        return headers
-    return [h for h in headers if h[0].lower() not in ("retry-after", "retry-after-ms")]
+def codex_client(headers: Iterable[tuple[str, str]]) -> bool:
+    """`is_codex` of a request's headers."""
+    return is_codex(_header(headers, "originator"), _header(headers, "user-agent"))
 
 
 def is_codex(originator: str | None, user_agent: str | None) -> bool:
