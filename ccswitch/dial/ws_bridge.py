@@ -46,6 +46,7 @@ from ccswitch.dial.ws_errors import (
     refusal_frame,
 )
 from ccswitch.dial.ws_upstream import UpstreamSockets
+from ccswitch.wire.exchange import client_json
 from ccswitch.wire.protocols import error_object, in_stream_status
 from ccswitch.wire.sse import SSEParser
 from ccswitch.wire.ws_chain import Chain, ChainLost, FrameError, Turn
@@ -282,7 +283,7 @@ class _Socket:
 
     async def _frame(self, data: str | bytes) -> None:
         try:
-            frame = json.loads(data)
+            frame = client_json(data)
         except ValueError:
             return await self._refused(400, "a frame that is not JSON")
         except RecursionError:

@@ -5,12 +5,12 @@ message ccswitch answers with, or None."""
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from urllib.parse import urlsplit
 
 from ccswitch.net.addresses import is_loopback
 from ccswitch.net.inflate import INFLATABLE, DecodeError, Inflater, TooLarge
+from ccswitch.wire.exchange import client_json
 
 MAX_HEADER_BYTES = 64 * 1024
 # HTTP carries none of these in a header (a tab only inside a value), nor a blank in the target
@@ -109,7 +109,7 @@ def parse_body(raw: bytes) -> tuple[dict, str | None]:
     if not raw:
         return {}, "the request has no body"
     try:
-        body = json.loads(raw)
+        body = client_json(raw)
     except UnicodeDecodeError:
         return {}, "the request body is not UTF-8 JSON"
     except ValueError as exc:

@@ -4,6 +4,7 @@ the translations, the dialer and the probes pass around."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -100,6 +101,31 @@ def json_bytes(value: Any, *, compact: bool = True) -> bytes:
         return json.dumps(value, ensure_ascii=False, separators=separators).encode()
     except UnicodeEncodeError:
         return json.dumps(value, separators=separators).encode()
+
+
+def _no_constant(text: str) -> float:
+    raise ValueError(f"{text} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+#: a client's JSON read as the standard has it: Python's reader also takes `NaN` and `Infinity`,
+#: and reads 1e400 as infinity, each of which a renamed body would send upstream as `NaN` or
+#: `Infinity`, which no API reads
+_CLIENT_JSON = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+
+
+def client_json(data: bytes | str) -> Any:
+    """A client's JSON text, as `json.loads` reads it but for those: ValueError if it is not JSON
+    (UnicodeDecodeError, a ValueError, if its bytes are not text)."""
+    if isinstance(data, bytes):
+        data = data.decode(json.detect_encoding(data), "surrogatepass")
+    return _CLIENT_JSON.decode(data)
 
 
 @dataclass(slots=True)

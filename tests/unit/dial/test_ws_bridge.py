@@ -354,12 +354,13 @@ async def test_the_message_limit_counts_bytes_and_a_frame_nested_too_deeply_is_a
         await client.events(lambda seen: any(isinstance(e, AcceptConnection) for e in seen))
         emoji = json.dumps({"type": "response.create", "model": "m", "input": "\U0001F600" * 3000}, ensure_ascii=False)
         assert len(emoji) < 10_000 < len(emoji.encode())
-        for frame in (emoji, "[" * 3000 + "]" * 3000):
+        for frame in (emoji, "[" * 3000 + "]" * 3000, '{"type": "response.create", "temperature": NaN}'):
             client.send(TextMessage(frame))
             frames = await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
             assert json.loads(next(e for e in frames if isinstance(e, TextMessage)).data)["type"] == "error"
         assert [(status, message) for _, status, message in refusals] == [
-            (413, "a message over 10000 bytes (ccswitch_max_body)"), (400, "a frame nested too deeply")]
+            (413, "a message over 10000 bytes (ccswitch_max_body)"), (400, "a frame nested too deeply"),
+            (400, "a frame that is not JSON")]
         client.send(TextMessage(json.dumps({"type": "response.create", "model": "m", "input": "\u00e9" * 100},
                                            ensure_ascii=False)))      # 200 bytes: within the limit, served
         await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
