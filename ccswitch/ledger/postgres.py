@@ -148,6 +148,8 @@ class PostgresBackend(Backend):
             raise
 
     def is_poison(self, exc: BaseException) -> bool:
+        if isinstance(exc, DriverMissing):
+            return False        # the rows wait: installing it mends it (and here a raise would lose them)
         psycopg = driver()
         return isinstance(exc, (psycopg.DataError, psycopg.IntegrityError, *VALUE_ERRORS))
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-
+from ccswitch.config.drivers import redis_missing
 from ccswitch.config.state_url import RedisURL
 from ccswitch.routing.state import InMemoryState, SharedState
 
@@ -13,10 +12,10 @@ class StateUnavailable(Exception):
 
 
 def check(url: RedisURL | None) -> None:
-    """Raise StateUnavailable when `url` names a state this installation cannot reach."""
-    if url is not None and importlib.util.find_spec("redis") is None:
-        raise StateUnavailable("state: a Redis URL needs the redis package "
-                               "(pip install 'ccswitch[redis]', or redis>=5)")
+    """Raise StateUnavailable when `url` names a state this installation cannot reach (the rules'
+    check says so first; rules read before the package went still get here)."""
+    if url is not None and (missing := redis_missing()):
+        raise StateUnavailable(f"state: {missing}")
 
 
 def state_for(url: RedisURL | None) -> SharedState:

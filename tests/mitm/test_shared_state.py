@@ -70,7 +70,7 @@ async def test_commands_given_to_one_instance_hold_on_the_other(tmp_path, redis_
 
 def test_a_state_this_installation_cannot_reach_stops_the_start(tmp_path, monkeypatch):
     gateway = open_gateway(tmp_path, "state: redis://127.0.0.1:6379/0\n" + UPSTREAMS)
-    monkeypatch.setattr("ccswitch.shared.factory.importlib.util.find_spec", lambda name: None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     sync = SharedStateSync(gateway)
     with taddons.context(sync), pytest.raises(exceptions.OptionsError, match="redis package"):
         sync.configure({"ccswitch_rules"})

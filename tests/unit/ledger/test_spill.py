@@ -88,3 +88,22 @@ def test_a_file_that_cannot_be_read_is_left_there_with_a_warning_and_the_ledger_
     assert [r.levelname for r in caplog.records if "cannot read the unwritten usage rows" in r.getMessage()] \
         == ["WARNING"]
     assert [p.name.partition(".taken-")[0] for p in unwritten.iterdir()] == [damaged.name]
+
+
+def test_a_shared_ledger_whose_driver_is_missing_keeps_its_rows_for_the_next_start(tmp_path, monkeypatch, caplog):
+    # the rows vanished: judging the driver's error asked the missing driver what a bad row is
+    from ccswitch.config.database_url import PostgresURL
+    from ccswitch.ledger import postgres
+
+    def missing():
+        raise postgres.DriverMissing("a PostgreSQL usage_db needs psycopg: pip install 'ccswitch[postgres]'")
+    monkeypatch.setattr(postgres, "driver", missing)
+    ledger = Ledger(PostgresURL.parse("postgresql://u:pw@127.0.0.1:9/db"), spill_dir=tmp_path / "unwritten",
+                    max_backoff=0.1).start()
+    ledger.add("requests", row(1))
+    assert wait_for(lambda: "pip install 'ccswitch[postgres]'" in caplog.text)
+    assert ledger.pending == 1
+    ledger.close(timeout=5)
+    assert "1 usage row(s) could not be written to postgresql://u:***@127.0.0.1:9/db: kept in" in caplog.text
+    [kept] = spill.spilled(tmp_path / "unwritten", ledger.backend.label)
+    assert [r[1][_COLUMNS["requests"].index("request_id")] for r in spill.read(kept, _COLUMNS)] == [row(1)["request_id"]]

@@ -256,7 +256,7 @@ def test_the_queue_is_bounded_and_keeps_the_newest_record_of_each_thing(caplog):
 def test_without_the_rules_naming_a_state_nothing_is_shared(monkeypatch):
     assert state_for(None).where.startswith("in memory")
     assert isinstance(state_for(RedisURL.parse("redis://127.0.0.1:6379/3")), RedisState)
-    monkeypatch.setattr("ccswitch.shared.factory.importlib.util.find_spec", lambda name: None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(StateUnavailable, match="pip install"):
         state_for(RedisURL.parse("redis://127.0.0.1:6379/3"))
     assert state_for(None).where.startswith("in memory")      # no state named: no package needed
