@@ -72,6 +72,7 @@ class RulesFile:
         self.rules: Rules = parse_rules(default_rules_text(), BUILT_IN)
         self.vetoes: list[Veto] = []
         self._signature: bytes | None = None
+        self._opened = False    # the rules above are only a default until `open`
         self._settling = Settling(settle, clock)
 
     @property
@@ -79,26 +80,35 @@ class RulesFile:
         """A change was seen and waits to prove stable: look again after `SETTLE` seconds."""
         return self._settling.pending
 
-    def open(self, option_value: str | None) -> None:
-        """Load at start-up or when the option changes; raises RulesError if invalid."""
-        self._settling.forget()
+    def open(self, option_value: str | None) -> bool:
+        """Load at start-up or when the option changes; raises RulesError if invalid.  False when
+        the rules in force are what it names already (mitmproxy names the old file again when it
+        takes back a refused change: nothing of the running rules, their switches included, goes)."""
         path = resolve_rules_path(option_value, Path.cwd(), Path.home())
         if path is None:
-            self.path, self._signature = None, None
+            if self._opened and self.path is None:
+                return False
+            self._settling.forget()
+            self.path, self._signature, self._opened = None, None, True
             self.rules = parse_rules(default_rules_text(), BUILT_IN)
             log.info("ccswitch: rules loaded from %s", rules_origin(option_value, None))
-            return
+            return True
         try:
             content = path.read_bytes()
         except OSError as exc:
             raise RulesError([f"{path}: cannot read ({exc.strerror or type(exc).__name__})"]) from None
+        signature = _signature(content)
+        if self._opened and path == self.path and signature == self._signature:
+            return False
         if _is_empty(content):
             raise RulesError([empty_file(path)])
         self.rules = _parse(content, path)   # the bytes read once: what is checked is what is applied
-        self.path, self._signature = path, _signature(content)
+        self._settling.forget()
+        self.path, self._signature, self._opened = path, signature, True
         # which file and why, as every command says it: a ./rules.yaml of the current directory wins
         log.info("ccswitch: rules loaded from %s; %d upstreams", rules_origin(option_value, path),
                  len(self.rules.upstreams))
+        return True
 
     def reload_if_changed(self) -> bool:
         """True if new rules took effect."""

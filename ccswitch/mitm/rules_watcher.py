@@ -30,12 +30,12 @@ class RulesWatcher:
     def configure(self, updated) -> None:
         if "ccswitch_rules" in updated:
             try:
-                self.gateway.rules_file.open(ctx.options.ccswitch_rules or None)
+                changed = self.gateway.rules_file.open(ctx.options.ccswitch_rules or None)
             except RulesError as exc:
                 raise exceptions.OptionsError(f"invalid ccswitch rules:\n{exc}") from None
             if self._task is None:      # at start-up: the ledger and the state open as the proxy starts
                 self.gateway.sync_upstreams()
-            else:                       # another file while running (`set ccswitch_rules`): all of it applies
+            elif changed:               # another file while running (`set ccswitch_rules`): all of it applies
                 hook_task(self._apply(), "rules apply")   # held until done, a failure logged
 
     def running(self) -> None:

@@ -1,7 +1,10 @@
 """The rules watcher while the proxy runs: it outlives any failure of a reload, and another rules
 file named at run time applies in full (ledger and shared state included)."""
 
+import asyncio
 
+import pytest
+from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
 from ccswitch.mitm.gateway import Gateway
@@ -55,6 +58,35 @@ async def test_another_rules_file_named_while_running_moves_the_ledger_too(tmp_p
         try:
             tctx.configure(watcher, ccswitch_rules=str(second))
             await eventually(lambda: gateway.ledger.path == tmp_path / "b.db")
+        finally:
+            watcher.done()
+            await gateway.close_state()
+            gateway.close()
+
+
+async def test_a_refused_rules_file_keeps_the_running_rules_and_their_switches(tmp_path, caplog):
+    # mitmproxy names the old file again as it takes the refused value back: that was applied
+    # as a new file, and `ccswitch.disable` was dropped with nothing edited
+    first = tmp_path / "a.yaml"
+    first.write_text(RULES.format(db=tmp_path / "a.db"))
+    gateway = Gateway()
+    watcher = RulesWatcher(gateway)
+    with taddons.context(watcher) as tctx:
+        tctx.configure(watcher, ccswitch_rules=str(first))
+        watcher.running()
+        try:
+            gateway.health.switch("a", False)
+            for refused in (tmp_path / "nope.yaml", tmp_path / "broken.yaml"):
+                refused.with_name("broken.yaml").write_text("upstreams: [")
+                caplog.clear()
+                with pytest.raises(exceptions.OptionsError, match="invalid ccswitch rules"):
+                    tctx.configure(watcher, ccswitch_rules=str(refused))
+                assert tctx.options.ccswitch_rules == str(first) and gateway.rules_file.path == first
+                await asyncio.sleep(0.05)
+                assert not gateway.health.enabled("a", True) and "rules loaded" not in caplog.text
+            first.write_text(first.read_text() + "\n# an edit\n")     # an edit that takes effect drops them
+            tctx.configure(watcher, ccswitch_rules=str(first))
+            await eventually(lambda: gateway.health.enabled("a", True))
         finally:
             watcher.done()
             await gateway.close_state()
