@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import difflib
 import re
+from urllib.parse import urlsplit
 
 from ccswitch.config.models import ROUTE_PROTOCOLS, Upstream
+from ccswitch.vocab import Protocol
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _INDEX_PATH_RE = re.compile(r"^upstreams\[(\d+)\]")
@@ -71,6 +73,34 @@ def _client_auth_with_client_keys(up: Upstream, in_routes: list[str]) -> str:
     return message
 
 
+#: what ccswitch appends to each protocol's base_url, and the ends of a URL pasted with (part of)
+#: it: each would be sent twice (`/v1/v1/messages`), which a relay answers with a 404 that
+#: fails nothing over
+_APPENDS = {
+    Protocol.ANTHROPIC: ("/v1/messages", ("/v1/messages/count_tokens", "/v1/messages", "/v1")),
+    Protocol.RESPONSES: ("/responses", ("/responses",)),
+    Protocol.CHAT: ("/chat/completions", ("/chat/completions",)),
+}
+
+
+def _pasted_endpoint(up: Upstream) -> str | None:
+    """What is wrong with a base_url that holds the path ccswitch appends, or None."""
+    if up.base_url == "original":
+        return None
+    appended, ends = _APPENDS[up.protocol]
+    parts = urlsplit(up.base_url)
+    path = parts.path.rstrip("/")
+    for end in ends:
+        if path.lower().endswith(end):
+            kept = up.base_url[:len(up.base_url) - len(end)]
+            like = " (as the Anthropic SDK takes it, without /v1)" if up.protocol == Protocol.ANTHROPIC else ""
+            return (f"ends in {end}, and ccswitch appends {appended} itself (it would call "
+                    f"{path}{appended}): give {kept}{like}")
+    if up.protocol != Protocol.ANTHROPIC and parts.hostname == "api.openai.com" and not path:
+        return f"api.openai.com serves its API under /v1: give {up.base_url}/v1"
+    return None
+
+
 def cross_check(data: dict, ups: list[Upstream | None]) -> list[tuple[str, str]]:
     """Problems as (index path, message); ``label_path`` turns the paths into what users read."""
     problems: list[tuple[str, str]] = []
@@ -101,6 +131,8 @@ def cross_check(data: dict, ups: list[Upstream | None]) -> list[tuple[str, str]]
         # an upstream in no route is never dialled, so it cannot carry a client key anywhere
         if up.auth == "client" and has_client_keys and routes_of.get(up.name):
             problems.append((f"{p}.auth", _client_auth_with_client_keys(up, routes_of[up.name])))
+        if (pasted := _pasted_endpoint(up)) is not None:
+            problems.append((f"{p}.base_url", pasted))
         if up.base_url == "original" and up.auth != "client":
             problems.append((f"{p}.base_url", "base_url: original requires auth: client (keep the client's "
                                               "own credentials), or give the upstream's URL"))

@@ -44,7 +44,8 @@ def problems(text: str, env: dict | None = None, **kw) -> list[str]:
 
 
 def relay(name="relay", protocol="anthropic", extra="", key=f"api_key: {SECRET}"):
-    return (f"  - name: {name}\n    protocol: {protocol}\n    base_url: https://relay.example.com/v1\n"
+    base = "https://relay.example.com" + ("" if protocol == "anthropic" else "/v1")
+    return (f"  - name: {name}\n    protocol: {protocol}\n    base_url: {base}\n"
             f"    {key}\n" + "".join(f"    {line}\n" for line in extra.splitlines() if line))
 
 
@@ -828,3 +829,34 @@ def test_an_activation_retried_at_once_or_with_no_model_is_refused():
         """)
     assert sorted(p) == ["r.yaml: activation.retry_interval: must be greater than 0",
                          "r.yaml: upstreams[a].activation_model: must not be empty"]
+
+
+@pytest.mark.parametrize("protocol, base_url, problem", [
+    ("anthropic", "https://relay.example.com/v1/", "ends in /v1, and ccswitch appends /v1/messages itself (it would "
+     "call /v1/v1/messages): give https://relay.example.com (as the Anthropic SDK takes it, without /v1)"),
+    ("anthropic", "https://relay.example.com/claude/v1/messages", "ends in /v1/messages, and ccswitch appends "
+     "/v1/messages itself (it would call /claude/v1/messages/v1/messages): give https://relay.example.com/claude "),
+    ("anthropic", "https://r.example/V1/Messages/count_tokens", "give https://r.example "),
+    ("openai-chat", "https://relay.example.com/v1/chat/completions", "ends in /chat/completions, and ccswitch "
+     "appends /chat/completions itself (it would call /v1/chat/completions/chat/completions): give "
+     "https://relay.example.com/v1"),
+    ("openai-responses", "https://relay.example.com/v1/responses", "give https://relay.example.com/v1"),
+    ("openai-responses", "https://api.openai.com", "api.openai.com serves its API under /v1: give "
+     "https://api.openai.com/v1"),
+])
+def test_a_base_url_pasted_with_the_path_ccswitch_appends_is_named(protocol, base_url, problem):
+    # a relay answers /v1/v1/messages with a 404, which fails nothing over: the user saw only that
+    [found] = problems(f"upstreams:\n  - {{name: a, protocol: {protocol}, base_url: '{base_url}', api_key: k}}\n"
+                       f"routes: {{chat: [a]}}\n")
+    assert found.startswith("r.yaml: upstreams[a].base_url: ") and problem in found + " "
+
+
+@pytest.mark.parametrize("protocol, base_url", [
+    ("anthropic", "https://relay.example.com/api/v1beta"), ("anthropic", "https://relay.example.com/claude"),
+    ("openai-chat", "https://relay.example.com/v1"), ("openai-responses", "https://chatgpt.com/backend-api/codex"),
+    ("openai-chat", "https://relay.example.com"),
+])
+def test_a_base_url_as_the_sdks_take_it_is_fine(protocol, base_url):
+    rules = parse(f"upstreams:\n  - {{name: a, protocol: {protocol}, base_url: '{base_url}', api_key: k}}\n"
+                  f"routes: {{chat: [a]}}\n")
+    assert rules.upstreams[0].base_url == base_url

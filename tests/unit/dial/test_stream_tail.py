@@ -73,7 +73,8 @@ async def test_the_last_event_counts_without_its_blank_line(protocol, events, to
     server, port = await serve_once(b"".join(events)[:-2] + tail)
     path, route, body = (("/v1/responses", "codex", {"model": "gpt-5", "stream": True, "input": "hi"})
                          if protocol == "openai-responses" else ("/v1/messages", "claude", None))
-    rules = rules_for(("a", protocol, f"http://127.0.0.1:{port}/v1"), routes={route: ["a"]})
+    prefix = "/v1" if protocol == "openai-responses" else ""
+    rules = rules_for(("a", protocol, f"http://127.0.0.1:{port}{prefix}"), routes={route: ["a"]})
     job = make_job(rules, path=path, body=body)
     sink = await dial(job, server)
     assert sink.status == 200 and job.error is None
