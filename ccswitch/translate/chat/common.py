@@ -186,9 +186,13 @@ class ChatTranslation:
         raise NotImplementedError
 
 
+#: what of an upstream's headers a converted answer keeps: what tells the client when and whether
+#: to try again (the SDKs of both sides read `x-should-retry`), and the ids to quote to support
+_KEPT_HEADERS = frozenset(("retry-after", "retry-after-ms", "x-should-retry", "request-id", "x-request-id"))
+
+
 def _json_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    kept = [(k, v) for k, v in headers if k.lower() in ("retry-after", "retry-after-ms", "request-id",
-                                                         "x-request-id")]
+    kept = [(k, v) for k, v in headers if k.lower() in _KEPT_HEADERS]
     return kept + [("content-type", "application/json")]
 
 

@@ -714,9 +714,12 @@ def test_allowed_tools_without_a_mode_is_the_client_s_400_not_an_error_of_ours()
     assert build_request(body, stream=False)["tool_choice"]["mode"] == "auto"
 
 
-def test_a_translated_error_keeps_the_upstream_s_retry_after_ms():
+def test_a_translated_error_keeps_what_says_when_and_whether_to_retry():
+    # without x-should-retry: false the client's SDK retried an answer its upstream said not to
     from ccswitch.translate.chat.common import _json_headers
-    assert ("retry-after-ms", "1500") in _json_headers([("retry-after-ms", "1500"), ("x-other", "1")])
+    assert _json_headers([("retry-after-ms", "1500"), ("x-other", "1"), ("X-Should-Retry", "false"),
+                          ("anthropic-ratelimit-requests-remaining", "0"), ("content-length", "9")]) == [
+        ("retry-after-ms", "1500"), ("X-Should-Retry", "false"), ("content-type", "application/json")]
 
 
 @pytest.mark.parametrize("data", [{"response": {}}, {}, {"response": {"status": None, "incomplete_details": None}}],
