@@ -20,7 +20,7 @@ from ccswitch.dial.outcome import (
     Failure,
     NetworkFailure,
     Streamed,
-    codex_passed_on,
+    limit_passed_on,
     network_failure,
     response_headers,
     retry_delay,
@@ -361,7 +361,7 @@ class Dialer:
             # (Claude Code retried an upstream's 401 for minutes before saying anything)
             headers = [h for h in headers if h[0].lower() != "x-should-retry"] + [("x-should-retry", "false")]
         elif reply.status in (429, 503):
-            headers = codex_passed_on(headers, job.request.headers)
+            headers = limit_passed_on(headers, job.request.headers)
         await _answer(job, sink, reply.status, headers + marks(job), reply.body)
 
     async def _deliver_own_error(self, job: Job, sink: Sink, status: int, message: str) -> None:

@@ -150,14 +150,19 @@ def retry_after_seconds(headers: list[tuple[str, str]]) -> float | None:
     return retry_after(headers, utc_now().timestamp())
 
 
-def codex_passed_on(headers: list[tuple[str, str]], client_headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """An upstream's 429 or 503 passed on to Codex as it is, but for a retry-after over a minute,
-    which Codex would wait out (see `protocols._told_codex`): without it, Codex gives up after its
-    own few retries.  Other clients' headers come back as they are."""
+def limit_passed_on(headers: list[tuple[str, str]], client_headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """An upstream's 429 or 503 passed on as it is, but for a retry-after over a minute: Codex
+    would wait it out (see `protocols._told_codex`), so it goes, and Codex gives up after its own
+    few retries; other clients are told not to retry (unless the upstream said otherwise), as
+    ccswitch's own answers tell them, instead of waiting minutes for each of their retries."""
     wait = retry_after_seconds(headers)
-    if wait is None or wait <= protocols.RETRY_WAIT_WORTH_IT or not protocols.codex_client(client_headers):
+    if wait is None or wait <= protocols.RETRY_WAIT_WORTH_IT:
         return headers
-    return protocols.without_retry_after(headers)
+    if protocols.codex_client(client_headers):
+        return protocols.without_retry_after(headers)
+    if any(name.lower() == "x-should-retry" for name, _ in headers):
+        return headers
+    return [*headers, ("x-should-retry", "false")]
 
 
 def retry_delay(headers: list[tuple[str, str]], backoff: float, retry_number: int) -> float:

@@ -1053,3 +1053,5 @@ async def test_an_upstream_s_long_retry_after_is_not_passed_on_to_codex_which_wo
     _, sink, _ = await run(None, job=job)
     assert sink.status == 429 and json.loads(sink.body) == limited
     assert ("retry-after" in sink.headers) is kept
+    # the others are told not to retry, as ccswitch's own answers tell them (an SDK waited 2 × 120 s)
+    assert (sink.headers.get("x-should-retry") == "false") is kept

@@ -1,6 +1,6 @@
 from datetime import UTC, datetime, timedelta
 
-from ccswitch.dial.outcome import response_headers, retry_after_seconds, retry_delay
+from ccswitch.dial.outcome import limit_passed_on, response_headers, retry_after_seconds, retry_delay
 from ccswitch.wire.exchange import not_json_kind
 from ccswitch.wire.protocols import in_stream_status
 
@@ -89,3 +89,12 @@ def test_a_flow_comment_names_as_skipped_only_the_upstreams_not_tried():
     comment = job.comment()
     assert comment.endswith("a first: recovers first; skipped c (cooling down)")
     assert "skipped a" not in comment and "b (cooling" not in comment
+
+
+def test_a_long_retry_after_passed_on_tells_the_client_not_to_retry_unless_the_upstream_said_otherwise():
+    sdk, codex = [("user-agent", "Anthropic/Python 0.75.0")], [("originator", "codex_exec")]
+    long, short = [("retry-after", "120")], [("retry-after-ms", "30000")]
+    assert limit_passed_on(long, sdk) == [("retry-after", "120"), ("x-should-retry", "false")]
+    assert limit_passed_on(short, sdk) == short and limit_passed_on([], sdk) == []
+    assert limit_passed_on([*long, ("X-Should-Retry", "true")], sdk) == [*long, ("X-Should-Retry", "true")]
+    assert limit_passed_on(long, codex) == [] and limit_passed_on(short, codex) == short
