@@ -274,6 +274,20 @@ def _tool_choice(body: dict[str, Any], tools: list[dict[str, Any]]) -> tuple[dic
     return out, tools
 
 
+def _json_tool_choice(choice: dict | None, tools: list) -> tuple[dict | None, bool]:
+    """(tool_choice, whether the JSON tool is offered) for response_format sent as `JSON_TOOL`.
+    OpenAI's JSON mode shapes the text answer and leaves the client's tools callable: a choice
+    that forces one of them stands (its call is the answer, no JSON tool beside it to answer
+    with instead); with tools the model may call, it calls one of them or answers through the
+    JSON tool (`any`); without, the JSON tool is forced."""
+    if choice is not None and choice["type"] in ("any", "tool"):
+        return choice, False
+    if tools and (choice is None or choice["type"] == "auto"):
+        return {"type": "any", **{k: v for k, v in (choice or {}).items() if k == "disable_parallel_tool_use"}}, True
+    # one answer: two calls of it would be two JSON texts run together
+    return {"type": "tool", "name": JSON_TOOL, "disable_parallel_tool_use": True}, True
+
+
 # ----------------------------------------------------------------------------- the body
 
 def _positive_int(body: dict[str, Any], key: str) -> int | None:
@@ -330,9 +344,9 @@ def build(body: dict[str, Any], req: ClientRequest, upstream, rules) -> dict[str
     fmt = body.get("response_format")
     if json_tool_mode(body, target):
         schema, about = _json_format(fmt)
-        tools = tools + [{"name": JSON_TOOL, "description": about, "input_schema": schema}]
-        # one answer: two calls of it would be two JSON texts run together
-        choice = {"type": "tool", "name": JSON_TOOL, "disable_parallel_tool_use": True}
+        choice, with_json_tool = _json_tool_choice(choice, tools)
+        if with_json_tool:
+            tools = tools + [{"name": JSON_TOOL, "description": about, "input_schema": schema}]
     elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         output_config["format"] = {"type": "json_schema", "schema": _json_format(fmt)[0]}
     if not tools and any(b["type"] in ("tool_use", "tool_result") for t in turns for b in t["content"]):

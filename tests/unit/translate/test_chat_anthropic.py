@@ -533,6 +533,31 @@ def test_json_object_is_the_forced_json_tool_on_every_model(model):
     assert done["choices"][0]["message"]["content"] == '{"city": "München"}'      # its characters, as written
 
 
+NOW_TOOL = {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}}
+
+
+@pytest.mark.parametrize("tool_choice, sent, json_tool", [
+    (None, {"type": "any"}, True),                 # a call of theirs, or the answer through the JSON tool
+    ("auto", {"type": "any"}, True),
+    ("required", {"type": "any"}, False),          # one of theirs must be called: no JSON tool to escape to
+    ({"type": "function", "function": {"name": "now"}}, {"type": "tool", "name": "now"}, False),
+    ("none", {"type": "tool", "name": "json_tool_call", "disable_parallel_tool_use": True}, True),
+])
+def test_json_mode_leaves_the_clients_tools_callable_as_its_tool_choice_says(tool_choice, sent, json_tool):
+    # the forced JSON tool overrode any tool_choice: a client forcing its function got JSON text back
+    body = {"model": "claude-sonnet-4-5", "messages": [user()], "response_format": {"type": "json_object"},
+            "tools": [NOW_TOOL], **({"tool_choice": tool_choice} if tool_choice is not None else {})}
+    out = convert(body)
+    assert out["tool_choice"] == sent
+    assert [t["name"] for t in out["tools"]] == ["now", *(["json_tool_call"] if json_tool else [])]
+    called = {"id": "msg_1", "type": "message", "model": "m", "stop_reason": "tool_use",
+              "content": [{"type": "tool_use", "id": "toolu_1", "name": "now", "input": {}}],
+              "usage": {"input_tokens": 5, "output_tokens": 2}}
+    done = T.convert_response(json.dumps(called).encode(), make_req(body), UP)["choices"][0]
+    assert done["finish_reason"] == "tool_calls" and done["message"]["tool_calls"][0]["function"]["name"] == "now"
+    assert convert({**body, "parallel_tool_calls": False})["tool_choice"]["disable_parallel_tool_use"] is True
+
+
 def test_response_format_as_forced_tool_on_older_models():
     body = {"model": "claude-sonnet-4-20250514", "messages": [user()], "response_format": JSON_FORMAT,
             "reasoning_effort": "high"}
