@@ -33,7 +33,9 @@ def upstream_state(upstream: Upstream, rules: Rules, health: HealthBoard, now: d
         return "over_budget", f"over its {overrun.kind} budget ({usd(overrun.limit)[0]}) until {when}", until
     cooling = health.cooling_until(upstream.name)
     if cooling is not None:
-        until = now + timedelta(seconds=cooling - health.clock())
+        # the board's clock is monotonic: read back as wall time it lands a few ms off the
+        # moment it was set for (a reset at 17:00:00 read 16:59:59.998, shown as 16:59:59)
+        until = (now + timedelta(seconds=cooling - health.clock() + 0.5)).replace(microsecond=0)
         return "cooling", f"cooling down until {wall_text(until, now, seconds=True)}", until
     full = quota.full_until(upstream.name, rules.failover.drain_at) if quota is not None else None
     if full is not None:

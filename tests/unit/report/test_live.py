@@ -244,6 +244,18 @@ def test_upstream_states_name_each_reason_and_when_it_ends():
     assert views["night"].routes == ("chat",) and views["ok"].routes == ("claude",)
 
 
+def test_a_cooldown_read_a_moment_later_ends_at_the_second_it_was_set_for_not_one_before():
+    # a reset at 17:00:00 was shown as "until 16:59:59": the board's clock read back a few ms later
+    r = parse_rules(STATES_RULES)
+    health, quota, sessions, wall = boards()
+    health.record_failure("cool", "HTTP 529", threshold=1, cooldown=90)
+    now = datetime.fromtimestamp(wall(), ZoneInfo(TZ))
+    wall.now += 0.003       # the board's clock, read a moment after `now` was
+    [cool] = [v for v in upstream_views(r, health, quota, sessions, now) if v.name == "cool"]
+    set_for = datetime.fromtimestamp(NOON_ISH + 90, ZoneInfo(TZ))
+    assert cool.until == set_for and f"until {set_for:%H:%M:%S}" in cool.detail
+
+
 def test_a_reset_days_away_is_shown_with_its_date_not_as_a_clock_time_that_has_passed():
     r = parse_rules(STATES_RULES)
     health, quota, sessions, wall = boards()
