@@ -204,6 +204,10 @@ class Dialer:
             result = Failure(upstream.name, None, str(exc), Action.SWITCH, counts=False, client_status=exc.status)
         except (asyncio.CancelledError, ClientGone):
             attempt.error = KILLED if job.killed else CLIENT_CLOSED
+            if job.upstream is None and attempt.usage is not None:
+                # gone before the commit, after the upstream said what it counts (a stream's
+                # opening event): the request's row keeps that, and its spend counts
+                job.upstream = upstream.name
             raise
         finally:
             attempt.end()

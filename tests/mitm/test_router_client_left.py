@@ -72,3 +72,24 @@ async def test_a_stream_the_client_leaves_shows_its_attempts_real_time_and_clien
     [job] = recorded
     assert job.error == CLIENT_CLOSED and job.attempts[0].error == CLIENT_CLOSED
     assert job.attempts[0].ms >= shown_ms(flow.comment)
+
+
+async def test_a_client_gone_before_the_commit_keeps_what_the_upstream_counted_in_its_row(live, mock_a):
+    # the upstream had said it counts the prompt (message_start); the row said no upstream and
+    # 0 tokens, and the spend of budgets missed them (Claude Code's Esc at the start of an answer)
+    from ccswitch.ledger.rows import request_row
+    router, recorded = live
+    mock_a.script(stall_after(1, 3))     # message_start, then nothing: held back, not committed
+    flow = messages_flow()
+    await router.request(flow)
+    relay_hop = await Exchange(router.relay).send(flow.request.headers[JOB_HEADER])
+    await eventually(lambda: router.jobs[flow.id].attempts)
+    await asyncio.sleep(WAITED)
+    flow.error = tflow.terr("Client disconnected.")
+    router.error(flow)
+    relay_hop.writer.close()
+    await eventually(lambda: recorded)
+    [job] = recorded
+    row = request_row(job)
+    assert row["error"] == CLIENT_CLOSED and row["status"] is None
+    assert row["upstream"] == "a" and row["input_tokens"] == 25 and row["cache_read_tokens"] == 100
