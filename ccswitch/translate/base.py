@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from ccswitch import vocab
 from ccswitch.config.models import Upstream
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import UNPARSED, ClientRequest, RenderError, Reply, json_or_none, not_json_kind, object_at
@@ -94,7 +95,23 @@ class Passthrough:
         return reply
 
     def stream(self, req: ClientRequest, upstream: Upstream) -> StreamPassthrough:
-        return StreamPassthrough()
+        return _NAMED if upstream.protocol == vocab.Protocol.ANTHROPIC else _AS_THEY_CAME
+
+
+class _NameEachEvent(StreamPassthrough):
+    """Anthropic events as they came, each with its `event:` line: the Anthropic SDKs (and so
+    Claude Code) go by that name, and some relays leave it out (the JSON's `type` says it)."""
+
+    __slots__ = ()
+
+    def feed(self, event: Event) -> bytes:
+        if event.event != "message" or not event.data:
+            return event.raw
+        kind = event.type
+        return event.raw if kind == "message" else b"event: " + kind.encode() + b"\n" + event.raw
+
+
+_AS_THEY_CAME, _NAMED = StreamPassthrough(), _NameEachEvent()
 
 
 class _DropUsageChunk(StreamPassthrough):

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B
-from tests.support.mock_upstream import MockUpstream, status
+from tests.support.mock_upstream import MockUpstream, status, unnamed_events
 from tests.support.proxy_process import Proxy
 
 RULES = """
@@ -82,6 +82,18 @@ def test_anthropic_sdk_stream(world, reverse):
     assert seen.path == "/api/v1/messages" and seen.json["model"] == "claude-upstream"
     assert seen.headers["anthropic-beta"] == "test-beta-1"
     assert_key_swapped(a, KEY_A)
+
+
+def test_a_relay_leaving_out_the_event_lines_streams_as_the_anthropic_sdk_reads_it(world):
+    # the SDK goes by each event's name: such a stream was passed on and failed in the SDK
+    proxy, a, _ = world
+    a.script(unnamed_events())
+    with anthropic_client(proxy, True).messages.stream(model="claude-client", max_tokens=20,
+                                                       messages=[{"role": "user", "content": "hi"}]) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "Hello from mock A" and final.usage.cache_read_input_tokens == 100
+    assert final.stop_reason == "end_turn"
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["https_proxy", "reverse"])

@@ -72,6 +72,7 @@ others answer normally.  `up.refuse_websocket = 503` answers upgrades with that 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 import threading
@@ -149,6 +150,11 @@ def cut_mid_event(n_events: int) -> Behaviour:
 
 def huge_event(n_events: int, size: int) -> Behaviour:
     return Behaviour("huge_event", n_events=n_events, size=size)
+
+
+def unnamed_events() -> Behaviour:
+    """A stream without `event:` lines, as some relays send it (the JSON's `type` says each)."""
+    return Behaviour("unnamed")
 
 
 def html_200() -> Behaviour:
@@ -535,7 +541,8 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._abort()
             if beh.kind == "slow" and P.is_delta(event) and self._wait(beh.interval):
                 return self._abort()
-            self._chunk(P.sse(event))
+            data = P.sse(event)
+            self._chunk(re.sub(rb"(?m)^event:[^\n]*\n", b"", data) if beh.kind == "unnamed" else data)
         else:   # n_events >= the number of events: after the last one, before the body's end
             if beh.kind == "cut":
                 return self._abort()
