@@ -68,13 +68,12 @@ def _env(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from ccswitch.cli.init import write_example_rules
+    from ccswitch.cli.init import in_the_way, personal_rules_path, write_example_rules
     home = Path.home()
     try:
         path = write_example_rules(home)
     except FileExistsError as exc:
-        print(f"{exc.filename} already exists; ccswitch init never overwrites it (edit it, or move it "
-              "away and run ccswitch init again)", file=sys.stderr)
+        print(in_the_way(Path(exc.filename), personal_rules_path(home)), file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"cannot write {exc.filename or home / '.ccswitch'}: {exc.strerror or exc}", file=sys.stderr)

@@ -25,3 +25,16 @@ def write_example_rules(home: Path) -> Path:
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(example_rules_text())
     return path
+
+
+def in_the_way(there: Path, path: Path) -> str:
+    """What stops `write_example_rules` writing `path`: `there` (it, or its folder) exists."""
+    if there.is_symlink() and not there.exists():
+        return (f"{there} is a link to {os.readlink(there)}, which does not exist; ccswitch init never "
+                "writes through a link (remove it, or create what it points to)")
+    if there != path:
+        return f"{there} is a file, where ccswitch keeps its folder; move it away and run ccswitch init again"
+    if there.is_dir():
+        return f"{there} is a folder, not a rules file; move it away and run ccswitch init again"
+    return (f"{there} already exists; ccswitch init never overwrites it (edit it, or move it away and run "
+            "ccswitch init again)")

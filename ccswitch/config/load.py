@@ -244,7 +244,7 @@ def load_rules(path: str | Path, env: Mapping[str, str] | None = None) -> Rules:
     except UnicodeDecodeError:     # has no strerror; say it as the proxy's own reload does (config.watch)
         raise RulesError([f"{path}: cannot read (not UTF-8)"]) from None
     except OSError as e:
-        raise RulesError([f"{path}: cannot read ({e.strerror or type(e).__name__})"]) from None
+        raise RulesError([unreadable(path, e)]) from None
     if blank(text):
         raise RulesError([empty_file(path)])
     return _parse(text, str(path), env, path.resolve().parent, path)
@@ -273,7 +273,7 @@ def find_rules(option_value: str | None, env: Mapping[str, str] | None = None,
     path = resolve_rules_path(option_value, cwd or Path.cwd(), home or Path.home())
     if path is None:
         return parse_rules(default_rules_text(), BUILT_IN, env), None
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise RulesError([f"{path}: no such file"])
     return load_rules(path, env), path
 
@@ -318,9 +318,20 @@ def resolve_rules_path(option_value: str | None, cwd: Path, home: Path) -> Path 
             p = Path(option_value)
         return p if p.is_absolute() else cwd / p
     for candidate in (cwd / "rules.yaml", home / ".ccswitch" / "rules.yaml"):
-        if candidate.is_file():
+        # there in any form (a link to nothing, a folder): chosen, so that its fault is said,
+        # not passed over for the next file or the built-in default
+        if candidate.is_symlink() or candidate.exists():
             return candidate
     return None
+
+
+def unreadable(path: Path, exc: OSError) -> str:
+    """Why the rules file at `path` cannot be read, as a problem line."""
+    if path.is_symlink() and not path.exists():
+        return f"{path}: is a link to {os.readlink(path)}, which does not exist"
+    if path.is_dir():
+        return f"{path}: is a folder, not a rules file"
+    return f"{path}: cannot read ({exc.strerror or type(exc).__name__})"
 
 
 DEFAULT_RULES_TEXT = """\

@@ -26,6 +26,7 @@ from ccswitch.config.load import (
     parse_rules,
     resolve_rules_path,
     rules_origin,
+    unreadable,
 )
 from ccswitch.config.models import Rules
 from ccswitch.config.values import RulesError
@@ -96,7 +97,7 @@ class RulesFile:
         try:
             content = path.read_bytes()
         except OSError as exc:
-            raise RulesError([f"{path}: cannot read ({exc.strerror or type(exc).__name__})"]) from None
+            raise RulesError([unreadable(path, exc)]) from None
         signature = _signature(content)
         if self._opened and path == self.path and signature == self._signature:
             return False
@@ -113,7 +114,11 @@ class RulesFile:
     def reload_if_changed(self) -> bool:
         """True if new rules took effect."""
         if self.path is None:
-            return False
+            # on the built-in default: a rules file written since (`ccswitch init`, then the
+            # user's edit) is taken up as an edit would be, and watched from then on
+            self.path = resolve_rules_path(None, Path.cwd(), Path.home())
+            if self.path is None:
+                return False
         content = _read(self.path)
         signature = _signature(content)
         if signature == self._signature:

@@ -103,6 +103,22 @@ def test_init_writes_the_shipped_example_once(tmp_path):
     assert target.read_text() == "# mine\n"
 
 
+def test_init_names_what_is_in_the_way_instead_of_saying_the_rules_exist(tmp_path):
+    from ccswitch.cli.init import in_the_way
+    rules = tmp_path / ".ccswitch" / "rules.yaml"
+    assert in_the_way(rules.parent, rules) == (f"{rules.parent} is a file, where ccswitch keeps its folder; "
+                                               "move it away and run ccswitch init again")
+    rules.parent.mkdir()
+    rules.symlink_to(tmp_path / "gone.yaml")
+    assert in_the_way(rules, rules).startswith(f"{rules} is a link to {tmp_path / 'gone.yaml'}, which does not exist")
+    rules.unlink()
+    rules.mkdir()
+    assert in_the_way(rules, rules).startswith(f"{rules} is a folder, not a rules file")
+    rules.rmdir()
+    rules.write_text("# mine\n")
+    assert in_the_way(rules, rules).startswith(f"{rules} already exists; ccswitch init never overwrites it")
+
+
 def test_init_warns_that_a_local_rules_yaml_comes_first(tmp_path):
     done = cli("init", cwd=REPO, env=home_env(tmp_path))
     assert done.returncode == 0

@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from ccswitch.config.load import (
     default_rules_text,
     example_rules_text,
+    find_rules,
     load_rules,
     parse_rules,
     resolve_rules_path,
@@ -694,6 +695,27 @@ def test_resolve_rules_path(tmp_path):
     assert resolve_rules_path("other.yaml", cwd, home) == cwd / "other.yaml"  # explicit, even if absent
     assert resolve_rules_path("/etc/r.yaml", cwd, home) == Path("/etc/r.yaml")
     assert resolve_rules_path("~/r.yaml", cwd, home) == home / "r.yaml"
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda p: p.symlink_to(p.parent / "moved.yaml"), "is a link to {dir}/moved.yaml, which does not exist"),
+    (lambda p: p.mkdir(), "is a folder, not a rules file"),
+])
+def test_a_rules_file_there_in_another_form_is_chosen_and_its_fault_said(tmp_path, make, problem):
+    # a link to nothing or a folder was taken for no file: the built-in default served (with the
+    # client's credentials, the user's relays ignored) while `ccswitch init` said it existed
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    cwd.mkdir()
+    (home / ".ccswitch").mkdir(parents=True)
+    (home / ".ccswitch" / "rules.yaml").write_text("upstreams: []\n")
+    for there in (home / ".ccswitch" / "rules.yaml", cwd / "rules.yaml"):
+        if there.exists():
+            there.unlink()
+        make(there)
+        assert resolve_rules_path(None, cwd, home) == there
+        with pytest.raises(RulesError) as caught:
+            find_rules(None, env={}, cwd=cwd, home=home)
+        assert caught.value.problems == [f"{there}: " + problem.format(dir=there.parent)]
 
 
 def _uncomment_examples(text: str) -> str:

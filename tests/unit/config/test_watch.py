@@ -151,3 +151,27 @@ def test_the_start_logs_which_rules_and_why_as_every_command_says_it(tmp_path, m
     monkeypatch.chdir(tmp_path)
     RulesFile().open(str(project / "rules.yaml"))
     assert f"rules loaded from {project / 'rules.yaml'} (as named); 2 upstreams" in caplog.text
+
+
+def test_a_rules_file_written_while_the_built_in_default_serves_is_taken_up(tmp_path, monkeypatch):
+    # `ccswitch init` and an edit while it ran on the default: nothing was watched, and the user's
+    # requests went on to the official APIs until a restart
+    home, cwd = tmp_path / "home", tmp_path / "work"
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    clock = Clock()
+    rules_file = RulesFile(settle=0.25, clock=clock)
+    assert rules_file.open(None) and rules_file.path is None
+    assert not rules_file.reload_if_changed() and rules_file.path is None
+    personal = home / ".ccswitch" / "rules.yaml"
+    personal.parent.mkdir(parents=True)
+    personal.write_text(FULL)
+    assert not rules_file.reload_if_changed()           # seen once: settling, as any edit
+    clock.advance(0.25)
+    assert rules_file.reload_if_changed() and rules_file.path == personal
+    assert rules_file.rules.routes.for_route("claude") == ("a", "b")
+    personal.write_text(EDITED)                         # and watched from then on
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
+    assert rules_file.reload_if_changed() and rules_file.rules.routes.for_route("claude") == ("b", "a")
