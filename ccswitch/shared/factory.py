@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ccswitch.config.drivers import redis_missing
+from ccswitch.config.needs import redis_missing
 from ccswitch.config.state_url import RedisURL
 from ccswitch.routing.state import InMemoryState, SharedState
 

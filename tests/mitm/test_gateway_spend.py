@@ -76,8 +76,9 @@ async def test_a_model_without_a_price_is_told_at_start_only_where_a_budget_coun
 async def test_a_reload_moving_the_ledger_takes_the_rows_the_old_one_could_not_write(tmp_path, caplog):
     from tests.mitm.conftest import open_gateway
     from tests.unit.ledger.test_ledger import row, wait_for
-    (tmp_path / "afile").write_text("a file where the ledger's directory should be")
     gateway = open_gateway(tmp_path, RULES.replace("usage_db: usage.db", "usage_db: afile/usage.db"))
+    # in the way once the rules were read (their check refuses a file there): a full disk, a lost mount
+    (tmp_path / "afile").write_text("a file where the ledger's directory should be")
     gateway.open_ledger(True)
     try:
         for i in range(3):

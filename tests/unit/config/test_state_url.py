@@ -45,20 +45,3 @@ def test_a_missing_variable_is_named():
     with pytest.raises(RulesError, match="REDIS_PASSWORD is not set"):
         parse_rules("state: redis://:${REDIS_PASSWORD}@h/0\n", env={})
 
-
-def test_rules_naming_an_engine_whose_package_is_missing_say_what_to_install(monkeypatch):
-    # else a PostgreSQL ledger kept its rows in memory until the stop, and `check` said OK
-    import importlib.util
-    installed = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("psycopg", "redis") else installed(name, *a))
-    text = "usage_db: postgresql://u:pw@db.internal/usage\nstate: redis://cache.internal:6379/0\n"
-    with pytest.raises(RulesError) as caught:
-        parse_rules(text, source="rules.yaml")
-    assert caught.value.problems == [
-        "rules.yaml: usage_db: a PostgreSQL usage_db needs psycopg, which is not installed here: "
-        "pip install 'ccswitch[postgres]'",
-        "rules.yaml: state: a Redis state needs the redis package, which is not installed here: "
-        "pip install 'ccswitch[redis]'"]
-    monkeypatch.setattr(importlib.util, "find_spec", installed)
-    assert parse_rules(text).state is not None
