@@ -57,6 +57,19 @@ def _expand_url(text: str, env: Mapping[str, str]) -> tuple[str, list[str], bool
     return ("".join(p[0] for p in parts), [n for p in parts for n in p[1]], any(p[2] for p in parts))
 
 
+_SHELL_VARIABLE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _key_mistake(written: str, value: str, values: list[str]) -> str | None:
+    """An api_key that surely is not the key meant: a variable set to nothing, a shell-style `$NAME`."""
+    if values and not value.strip():
+        names = ", ".join(m.group(1) for m in _ENV_RE.finditer(written) if m.group(1))
+        return f"environment variable {names} is set but empty (give it the key, or set enabled: false)"
+    if not values and (shell := _SHELL_VARIABLE.fullmatch(written.strip())):
+        return f"reads as a shell variable, which ccswitch does not expand: write ${{{shell.group(1)}}}"
+    return None
+
+
 def expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[str, str]], set[str]]:
     """Expand ${VAR} in api_key and header values, in place. -> (problems, paths with problems)."""
     problems: list[tuple[str, str]] = []
@@ -83,6 +96,8 @@ def expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[str
             elif not missing:
                 if key != "api_key":    # what a ${VAR} put in a header is a secret, whatever the header
                     up["env_secrets"] = [*up.get("env_secrets", []), *values]
+                elif enabled and (mistake := _key_mistake(holder[key], value, values)):
+                    problems.append((path, mistake))
                 holder[key] = value
                 continue
             if enabled:

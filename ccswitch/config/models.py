@@ -250,6 +250,9 @@ class Upstream(_Model):
         v = v.strip()
         if v == "original":
             return v
+        if "${" in v:
+            raise ValueError("${VAR} is not expanded in base_url (only in api_key, headers and the fields "
+                             "whose docs say so): write the URL itself")
         msg = "must be 'original' or an http(s) URL like https://host[:port][/prefix]"
         try:
             parts = urlsplit(v)

@@ -441,7 +441,8 @@ def test_api_key_required_unless_client_or_disabled():
     assert problems("upstreams:\n" + relay("a", "openai-chat", key="api_key: ''")) == [
         "r.yaml: upstreams[a].api_key: required with auth: bearer" + how]
     assert problems("upstreams:\n" + relay("a", key="api_key: ${EMPTY}"), env={"EMPTY": ""}) == [
-        "r.yaml: upstreams[a].api_key: required with auth: x-api-key" + how]
+        "r.yaml: upstreams[a].api_key: environment variable EMPTY is set but empty (give it the key, or set "
+        "enabled: false)"]
     assert parse("upstreams:\n" + relay("a", key="enabled: false")).upstreams[0].api_key is None
     assert parse("upstreams:\n" + relay("a", key="auth: client")).upstreams[0].auth == "client"
 
@@ -882,3 +883,23 @@ def test_a_base_url_as_the_sdks_take_it_is_fine(protocol, base_url):
     rules = parse(f"upstreams:\n  - {{name: a, protocol: {protocol}, base_url: '{base_url}', api_key: k}}\n"
                   f"routes: {{chat: [a]}}\n")
     assert rules.upstreams[0].base_url == base_url
+
+
+def test_a_key_that_surely_is_not_the_one_meant_and_a_variable_in_base_url_are_named():
+    # an empty variable read "give the upstream an api_key" though one was given; `$NAME` was sent
+    # as the key itself; ${VAR} in base_url went out as a host named "${relay_host}"
+    found = problems("""
+upstreams:
+  - {name: a, protocol: anthropic, base_url: 'https://${RELAY_HOST}/api', api_key: '${EMPTY_KEY}'}
+  - {name: b, protocol: anthropic, base_url: 'https://relay.example.com', api_key: '$RELAY_KEY'}
+  - {name: c, protocol: anthropic, base_url: 'https://relay.example.com', api_key: '${EMPTY_KEY}', enabled: false}
+routes: {claude: [a, b, c]}
+""", env={"EMPTY_KEY": ""})
+    assert found == [
+        "r.yaml: upstreams[a].api_key: environment variable EMPTY_KEY is set but empty (give it the key, or set "
+        "enabled: false)",
+        "r.yaml: upstreams[b].api_key: reads as a shell variable, which ccswitch does not expand: write ${RELAY_KEY}",
+        "r.yaml: upstreams[a].base_url: ${VAR} is not expanded in base_url (only in api_key, headers and the fields "
+        "whose docs say so): write the URL itself"]
+    assert parse("upstreams:\n  - {name: a, protocol: anthropic, base_url: 'https://r.example', "
+                 "api_key: 'sk-$abc-1'}\nroutes: {claude: [a]}\n").upstreams[0].api_key.get_secret_value() == "sk-$abc-1"
