@@ -78,7 +78,7 @@ class HealthBoard:
             if before.get(name, fp) != fp:
                 self._state[name] = UpstreamHealth()
                 changed.append(name)
-                log.info("upstream %s changed its base_url, key or protocol: health reset", name)
+                log.info("ccswitch: upstream %s changed its base_url, key or protocol: health reset", name)
                 self._outage_ended(name, state, "its base_url, key or protocol changed: taken as healthy")
             elif state.switched is not None:     # a reload ends the switch for every instance
                 state.switched = None
@@ -103,7 +103,7 @@ class HealthBoard:
             return state.cooling_until
         if state.was_cooling:
             state.was_cooling = False
-            log.info("upstream %s: cooldown over, the next request probes it", name)
+            log.info("ccswitch: upstream %s: cooldown over, the next request probes it", name)
         return None
 
     def busy_probing(self, name: str) -> bool:
@@ -133,7 +133,7 @@ class HealthBoard:
         state = self.get(name)
         state.succeeded = self.clock()
         if state.cooling_until:     # failures below the threshold never cooled it down: nothing ends
-            log.info("upstream %s recovered", name)
+            log.info("ccswitch: upstream %s recovered", name)
         news = bool(state.failures or state.cooling_until or state.outage or state.rate_limited or state.last_error)
         self._outage_ended(name, state, "answered with a 2xx again after its cooldown")
         state.outage = None
@@ -163,7 +163,7 @@ class HealthBoard:
             state.cooling_until = now + length
             state.was_cooling = True
             state.rate_limited = False
-            log.warning("upstream %s: cooldown for %s after %d consecutive failure(s) (last: %s)",
+            log.warning("ccswitch: upstream %s: cooldown for %s after %d consecutive failure(s) (last: %s)",
                         name, seconds_text(length), state.failures, reason)
             self._announce_cooldown(name, state, length, f"cooling down for {seconds_text(length)} after "
                                     f"{state.failures} consecutive failure(s) (last: {reason})")
@@ -178,7 +178,7 @@ class HealthBoard:
         state.cooling_until = self.clock() + max(0.0, seconds)
         state.was_cooling = True
         state.rate_limited = reset_known
-        log.warning("upstream %s: rate limited, cooling down for %s%s (%s)", name, seconds_text(seconds),
+        log.warning("ccswitch: upstream %s: rate limited, cooling down for %s%s (%s)", name, seconds_text(seconds),
                     " (until the reset it reported)" if reset_known else "", reason)
         self._announce_cooldown(name, state, seconds, f"rate limited ({reason}); cooling down for {seconds_text(seconds)}"
                                 + (" until the reset it reported" if reset_known else ""))
@@ -312,7 +312,7 @@ class HealthBoard:
         state.changed_at = change.at
         state.was_cooling = state.cooling_until > now
         if state.was_cooling and not was_cooling:
-            log.info("upstream %s: cooling down for %s (learned from another instance)",
+            log.info("ccswitch: upstream %s: cooling down for %s (learned from another instance)",
                      change.upstream, seconds_text(state.cooling_until - now))
 
 

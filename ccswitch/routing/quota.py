@@ -50,7 +50,7 @@ class QuotaBoard:
         for window in windows:
             old = known.get(window.name)
             if window.rejected and not (old is not None and old.window.rejected):
-                log.info("upstream %s: its %s window rejects requests%s", upstream, window.name,
+                log.info("ccswitch: upstream %s: its %s window rejects requests%s", upstream, window.name,
                          "" if window.resets_at is None else f" for {window.resets_at - now:.0f}s")
             until = window.resets_at if window.resets_at is not None else now + self.unknown_reset_ttl
             known[window.name] = _Seen(window, until)

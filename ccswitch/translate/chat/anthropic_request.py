@@ -94,7 +94,7 @@ def content_blocks(content: Any, where: str) -> list[dict[str, Any]]:
         elif kind == "file":
             out.append(_with_cache(_document(part, here), part))
         elif kind in ("input_audio", "refusal"):
-            log.warning("%s: dropped a %s part (no Anthropic equivalent)", here, kind)
+            log.warning("ccswitch: %s: dropped a %s part (no Anthropic equivalent)", here, kind)
         else:
             raise RenderError(f"{here}: unsupported content part type {kind!r}")
     return out
@@ -364,12 +364,12 @@ def build(body: dict[str, Any], req: ClientRequest, upstream, rules) -> dict[str
     if effort not in (None, "none"):
         last = next((t for t in reversed(turns) if t["role"] == "assistant"), None)
         if choice is not None and choice["type"] in ("any", "tool"):
-            log.info("thinking dropped: tool_choice forces a tool")
+            log.info("ccswitch: thinking dropped: tool_choice forces a tool")
         elif turns[-1]["role"] == "assistant":
-            log.info("thinking dropped: the request ends with an assistant prefill")
+            log.info("ccswitch: thinking dropped: the request ends with an assistant prefill")
         elif last and any(b["type"] == "tool_use" for b in last["content"]) \
                 and last["content"][0]["type"] not in _THINKING_TYPES:
-            log.info("thinking dropped: the last assistant tool call carries no thinking_blocks")
+            log.info("ccswitch: thinking dropped: the last assistant tool call carries no thinking_blocks")
         elif adaptive_thinking(target):
             thinking = {"type": "adaptive"}
             output_config["effort"] = _ADAPTIVE_EFFORT[effort]
@@ -380,7 +380,7 @@ def build(body: dict[str, Any], req: ClientRequest, upstream, rules) -> dict[str
                 thinking = {"type": "enabled", "budget_tokens": budget}
                 out["max_tokens"] = limit or default_max_tokens(target, rules, budget)
             else:
-                log.info("thinking dropped: max_tokens %s leaves no 1024-token budget", limit)
+                log.info("ccswitch: thinking dropped: max_tokens %s leaves no 1024-token budget", limit)
     if thinking is None:  # never send thinking blocks when thinking is off
         turns = _merge([(t["role"], [b for b in t["content"] if b["type"] not in _THINKING_TYPES])
                         for t in turns])
@@ -418,7 +418,7 @@ def _sampling(body: dict[str, Any], out: dict[str, Any], thinking: bool) -> None
     if isinstance(top_p, (int, float)) and (not thinking or 0.95 <= top_p <= 1):
         if "temperature" in out:
             # Claude 4.5 and later refuse both (400): OpenAI clients often send both
-            log.info("top_p dropped: temperature is set, and Claude takes only one of them")
+            log.info("ccswitch: top_p dropped: temperature is set, and Claude takes only one of them")
         else:
             out["top_p"] = top_p
     if isinstance(top_k, int) and not thinking:
