@@ -16,9 +16,11 @@ CancelledError").  So the router drains inside its `done`:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 log = logging.getLogger("ccswitch")
 
@@ -38,14 +40,21 @@ class Shutdown:
         self.cutting = False     # the grace period is over: what still runs is cancelled and ended
 
     async def drain(self, in_flight: Callable[[], int], grace: float, cut: Callable[[], None]) -> None:
-        """Refuse new requests, give those in flight `grace` seconds, then `cut` the rest and
-        give their endings a moment to reach the clients."""
+        """Refuse new requests, give those in flight `grace` seconds (less if asked to stop
+        again: a second Ctrl-C means now), then `cut` the rest and give their endings a moment
+        to reach the clients."""
         self.draining = True
         if in_flight():
-            log.info("ccswitch: shutting down; waiting up to %g s for %d request(s) in flight", grace, in_flight())
-        if await wait_until(lambda: not in_flight(), grace):
+            log.info("ccswitch: shutting down; waiting up to %g s for %d request(s) in flight (stop again, "
+                     "e.g. a second Ctrl-C, to end them now)", grace, in_flight())
+        with _asked_again() as again:
+            await wait_until(lambda: not in_flight() or again.is_set(), grace)
+        if not in_flight():
             return
-        log.warning("ccswitch: %d request(s) still in flight after %g s; ending them", in_flight(), grace)
+        if again.is_set():
+            log.warning("ccswitch: asked again to stop; ending the %d request(s) in flight now", in_flight())
+        else:
+            log.warning("ccswitch: %d request(s) still in flight after %g s; ending them", in_flight(), grace)
         self.cutting = True
         cut()
         if not await wait_until(lambda: not in_flight(), ENDING_WAIT):
@@ -72,6 +81,18 @@ class Serving:
     def cut(self) -> None:
         for task in list(self._serving):
             task.cancel()
+
+
+@contextlib.contextmanager
+def _asked_again() -> Iterator[asyncio.Event]:
+    """An event a SIGINT or SIGTERM sets while the shutdown waits.  Its handler stays once the
+    wait is over (the loop's closing removes it): the signal's default would end the process
+    before the ledger is flushed."""
+    again, loop = asyncio.Event(), asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):   # not the main thread, Windows
+            loop.add_signal_handler(signum, again.set)
+    yield again
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
