@@ -31,7 +31,8 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     where = str(path) if path else "the built-in default (no rules.yaml found)"
     routes = ", ".join(f"{route}: {len(rules.routes.for_route(route))}" for route in Route)
-    print(f"{where}: OK ({len(rules.upstreams)} upstreams; routes {routes})")
+    count = len(rules.upstreams)
+    print(f"{where}: OK ({count} upstream{'' if count == 1 else 's'}; routes {routes})")
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import os
 import re
 import typing
@@ -130,10 +131,13 @@ def _message(err: Mapping[str, Any]) -> str:
         elsewhere = difflib.get_close_matches(key, _FIELD_NAMES, n=1, cutoff=0.75)
         return "unknown key" + (f" ({elsewhere[0]!r}, a key of another section, is not valid here either)"
                                 if elsewhere else "")
+    named_by = next((part for part in reversed(err["loc"]) if isinstance(part, str)), None)   # events[0]: events
+    if kind in ("list_type", "tuple_type") and named_by in _LISTS_OF_NAMES and isinstance(err.get("input"), str):
+        return f"must be a list, even of one: [{json.dumps(err['input'][:60])}]"
     if kind in _PLAIN_MESSAGES:
         return _PLAIN_MESSAGES[kind]
-    named_by = next((part for part in reversed(err["loc"]) if isinstance(part, str)), None)   # events[0]: events
-    if kind in ("literal_error", "enum") and named_by in _NAMED_CHOICES and isinstance(err.get("input"), str):
+    choice = named_by in _NAMED_CHOICES or "on_status" in err["loc"]
+    if kind in ("literal_error", "enum") and choice and isinstance(err.get("input"), str):
         # a choice among names (never a secret): the value given, and the name it is closest to
         named = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
         close = difflib.get_close_matches(err["input"], named, n=1, cutoff=0.6)
@@ -146,6 +150,8 @@ def _message(err: Mapping[str, Any]) -> str:
 
 
 _NAMED_CHOICES = frozenset({"protocol", "auth", "strategy", "format", "codex_websocket", "events"})
+#: lists of names or times (never a secret), often written as one bare value
+_LISTS_OF_NAMES = frozenset({"days", "hours", "only_models", "intercept", "activate_at", "events"})
 _QUOTED = re.compile(r"'([^'\s]{8,})'")
 
 

@@ -11,6 +11,7 @@ appear in an error message or a repr.
 """
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import hashlib
 import hmac
@@ -18,7 +19,7 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import (
     AfterValidator,
@@ -437,7 +438,7 @@ class Rules(_Model):
             try:
                 ZoneInfo(v)
             except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown time zone {v!r} (use an IANA name like Europe/Berlin)") from None
+                raise ValueError(f"unknown time zone {v[:40]!r} ({_zone_hint(v)})") from None
         return v
 
     @field_validator("usage_db", mode="after")
@@ -512,3 +513,11 @@ class Rules(_Model):
             if hmac.compare_digest(given, client.get_secret_value().encode("utf-8", "surrogatepass")):
                 found = client
         return found if presented is not None else None
+
+
+def _zone_hint(name: str) -> str:
+    """What to write instead of an unknown zone: the zone it differs from by case or a typo."""
+    known = available_timezones()
+    by_case = {z.lower(): z for z in known}
+    close = by_case.get(name.lower()) or next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.8)), None)
+    return f"did you mean {close!r}?" if close else "use an IANA name like Europe/Berlin"

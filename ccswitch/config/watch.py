@@ -107,8 +107,9 @@ class RulesFile:
         self._settling.forget()
         self.path, self._signature, self._opened = path, signature, True
         # which file and why, as every command says it: a ./rules.yaml of the current directory wins
-        log.info("ccswitch: rules loaded from %s; %d upstreams", rules_origin(option_value, path),
-                 len(self.rules.upstreams))
+        count = len(self.rules.upstreams)
+        log.info("ccswitch: rules loaded from %s; %d upstream%s", rules_origin(option_value, path), count,
+                 "" if count == 1 else "s")
         return True
 
     def reload_if_changed(self) -> bool:

@@ -251,7 +251,7 @@ def test_bad_types_and_values_paths():
         "r.yaml: failover.cooldown: duration must not be negative",
         f'r.yaml: failover.on_status.600: {STATUS_KEY}',
         f'r.yaml: failover.on_status.6xx: {STATUS_KEY}',
-        "r.yaml: failover.on_status.4xx: must be 'switch', 'retry' or 'pass'",
+        "r.yaml: failover.on_status.4xx: 'maybe' is not one of 'switch', 'retry' or 'pass'",
         f'r.yaml: failover.on_status.abc: {STATUS_KEY}',
         f'r.yaml: failover.on_status.2xx: {STATUS_KEY}',
         f'r.yaml: failover.on_status.200: {STATUS_KEY}',
@@ -293,7 +293,7 @@ def test_upstream_field_errors_paths():
         "upstreams[1].hours[1]": "hours window start and end must differ",
         "upstreams[1].hours[2]": "hours window 'nine': must look like \"09:00-18:00\": one start, one end",
         "upstreams[1].models": "must be a mapping",
-        "upstreams[1].only_models": "must be a list",
+        "upstreams[1].only_models": "must be a list, even of one: [\"claude-*\"]",
         "upstreams[1].headers.bad header": "invalid header name",
         "upstreams[1].headers.x-ok": "header value must not contain line breaks",
         "upstreams[1].activate_at[0]": "time must be HH:MM between 00:00 and 23:59",
@@ -903,3 +903,20 @@ routes: {claude: [a, b, c]}
         "whose docs say so): write the URL itself"]
     assert parse("upstreams:\n  - {name: a, protocol: anthropic, base_url: 'https://r.example', "
                  "api_key: 'sk-$abc-1'}\nroutes: {claude: [a]}\n").upstreams[0].api_key.get_secret_value() == "sk-$abc-1"
+
+
+def test_a_typo_in_a_zone_an_action_or_a_bare_value_for_a_list_gets_what_to_write():
+    found = problems("""
+timezone: Asia/Shangai
+failover: {on_status: {429: rety}}
+upstreams:
+  - {name: a, protocol: anthropic, base_url: 'https://r.example', api_key: k, hours: "09:00-18:00"}
+routes: {claude: [a]}
+""")
+    assert found == ["r.yaml: timezone: unknown time zone 'Asia/Shangai' (did you mean 'Asia/Shanghai'?)",
+                     "r.yaml: failover.on_status.429: 'rety' is not one of 'switch', 'retry' or 'pass' "
+                     "(did you mean 'retry'?)",
+                     'r.yaml: upstreams[a].hours: must be a list, even of one: ["09:00-18:00"]']
+    assert problems("timezone: utc\n") == ["r.yaml: timezone: unknown time zone 'utc' (did you mean 'UTC'?)"]
+    assert problems("timezone: Nowhere/Land\n") == [
+        "r.yaml: timezone: unknown time zone 'Nowhere/Land' (use an IANA name like Europe/Berlin)"]
