@@ -42,11 +42,11 @@ def build_request(body: dict[str, Any], *, stream: bool, codex: bool = False) ->
         out["tool_choice"] = _convert_tool_choice(body["tool_choice"])
     if body.get("parallel_tool_calls") is not None:
         out["parallel_tool_calls"] = bool(body["parallel_tool_calls"])
-    limit = body.get("max_completion_tokens")
-    limit = body.get("max_tokens") if limit is None else limit
+    named = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    limit = body.get(named)
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise RenderError("max_completion_tokens must be a positive integer")
+            raise RenderError(f"{named} must be a positive integer")
         out["max_output_tokens"] = max(16, limit)   # the Responses API minimum
     include: list[str] = []
     effort = body.get("reasoning_effort")
@@ -220,7 +220,8 @@ def _assistant_items(msg: dict[str, Any], where: str) -> list[dict[str, Any]]:
 def _convert_tool(tool: Any) -> dict[str, Any]:
     if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
         kind = tool.get("type") if isinstance(tool, dict) else tool
-        raise RenderError(f"tool type {kind!r} is not supported for this model (only function tools)")
+        raise RenderError(f"tool type {kind!r} cannot be sent to an OpenAI Responses upstream by ccswitch "
+                          "(only function tools)")
     fn = tool["function"]
     if not fn.get("name"):
         raise RenderError("a function tool needs a name")

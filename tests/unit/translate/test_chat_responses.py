@@ -13,6 +13,7 @@ from ccswitch.config.models import Upstream
 from ccswitch.dial.render import render
 from ccswitch.translate import translation_for
 from ccswitch.translate.chat.responses import ChatToResponses
+from ccswitch.translate.chat.responses_request import build_request
 from ccswitch.translate.chat.responses_stream import fold
 from ccswitch.vocab import Protocol
 from ccswitch.wire.exchange import ClientRequest, RenderError, Reply
@@ -785,3 +786,16 @@ def test_an_aggregated_stream_keeps_the_url_citations_of_its_final_response():
     assert got["content"] == "Intro. Fact here." and got["content"][7:11] == "Fact"
     assert got["annotations"] == [{"type": "url_citation", "url_citation": {
         "url": "https://example.com/a", "title": "A", "start_index": 7, "end_index": 11}}]
+
+
+@pytest.mark.parametrize("given, named", [({"max_tokens": 0}, "max_tokens"),
+                                          ({"max_completion_tokens": -1, "max_tokens": 5}, "max_completion_tokens")])
+def test_a_bad_token_limit_is_named_as_the_client_wrote_it(given, named):
+    with pytest.raises(RenderError, match=f"^{named} must be a positive integer$"):
+        build_request({"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}], **given}, stream=False)
+
+
+def test_a_tool_the_conversion_cannot_carry_is_said_to_be_ccswitchs_limit_not_the_models():
+    with pytest.raises(RenderError, match="'custom' cannot be sent to an OpenAI Responses upstream by ccswitch"):
+        build_request({"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}],
+                       "tools": [{"type": "custom", "custom": {"name": "x"}}]}, stream=False)
