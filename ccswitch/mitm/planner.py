@@ -58,8 +58,8 @@ class Planner:
         else:   # a bug, not a loop that holds the proxy for good
             raise RuntimeError(f"planning kept upstreams that cannot take the request: {sorted(newly)}")
         if refused and not chosen.candidates and not self._could_take(req, chosen.blocked, refused):
-            first = next(iter(refused.values()))   # the client's to change: no wait helps, nothing to alert
-            return first.status, str(first), None
+            # the client's to change: no wait helps, nothing to alert
+            return next(iter(refused.values())).status, _why_none_could(refused), None
         if chosen.limited_for is not None:   # every upstream is rate limited until a known reset
             self._exhausted(req.route, chosen.why_none(req.route), chosen.limited_for)
             return (429, chosen.why_none(req.route),
@@ -93,6 +93,17 @@ class Planner:
             until, episode = None, f"503 {utc_now():%Y-%m-%dT%H}"
         self.gateway.events.emit(Event("exhausted", None, reason, route=route, until=until, episode=episode,
                                        claim=f"exhausted:{route}:{episode}"))
+
+
+def _why_none_could(refused: dict[str, RenderError]) -> str:
+    """Why no upstream could take the request: each reason once, and, when they differ (a route
+    of several protocols), which upstreams each stands for."""
+    by_reason: dict[str, list[str]] = {}
+    for name, exc in refused.items():
+        by_reason.setdefault(str(exc), []).append(name)
+    if len(by_reason) == 1:
+        return next(iter(by_reason))
+    return "; ".join(f"{reason} ({', '.join(names)})" for reason, names in by_reason.items())
 
 
 def _come_back(wait: float | None) -> dict[str, str]:

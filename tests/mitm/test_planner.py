@@ -74,6 +74,17 @@ def test_a_request_no_upstream_of_the_route_could_take_is_the_clients_400(tmp_pa
     assert (status, headers) == (400, None) and message.startswith("n must be 1")
 
 
+def test_a_400_of_a_route_of_several_protocols_names_each_reason_with_the_upstreams_it_stands_for(tmp_path):
+    # a mixed route said only the Anthropic reason, as if a Responses upstream could have taken it
+    gateway = open_gateway(tmp_path, RULES.replace(
+        "routes: {chat: [chatty, anth, anth2]}",
+        f"  - {{name: resp, protocol: openai-responses, base_url: 'http://127.0.0.1:9/v1', api_key: '{KEY_A}'}}\n"
+        "routes: {chat: [anth, resp, anth2]}"))
+    status, message, headers = Planner(gateway).plan_job(chat_request(n=2), "f1", None, None, shown=False)
+    assert (status, headers) == (400, None)
+    assert message.count("n must be 1") == 2 and message.index("(anth, anth2)") < message.index("(resp)")
+
+
 def test_one_no_wait_helps_is_a_400_even_while_the_others_are_rate_limited(gateway):
     """Not a 429 with a retry-after after which the same request gets its 400, nor an alert."""
     gateway.rules_file.rules = gateway.rules.model_copy(

@@ -93,7 +93,7 @@ def build_request(body: dict[str, Any], *, stream: bool, codex: bool = False) ->
 def _reject_unsupported(body: dict[str, Any]) -> None:
     n = body.get("n")
     if n is not None and n != 1:
-        raise RenderError("n > 1 is not supported for this model (Responses upstream returns one choice)")
+        raise RenderError("n must be 1: a Responses upstream returns a single choice")
     refuse_what_has_no_counterpart(body)
 
 

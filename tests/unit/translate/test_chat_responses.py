@@ -212,7 +212,7 @@ def test_assistant_history_is_output_text_and_calls_carry_no_item_id():
 
 
 @pytest.mark.parametrize("extra,message", [
-    ({"n": 2}, "n > 1"),
+    ({"n": 2}, "n must be 1"),
     ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x"}}]}]}, "audio"),
     ({"modalities": ["text", "audio"]}, "audio"),
     ({"tools": [{"type": "custom", "custom": {"name": "x"}}]}, "tool type 'custom'"),
