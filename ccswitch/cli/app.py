@@ -13,7 +13,9 @@ from ccswitch.cli.out_dir import cannot_write
 from ccswitch.cli.output import quiet_on_broken_pipe
 from ccswitch.cli.rules_file import UNSET, AnyEnv, find_announced, load_for_command, load_for_part
 from ccswitch.config.database_url import PostgresURL
+from ccswitch.config.load import BUILT_IN
 from ccswitch.config.models import Rules
+from ccswitch.config.needs import unmet_needs
 from ccswitch.config.values import RulesError
 from ccswitch.vocab import Route
 
@@ -28,6 +30,12 @@ def _check(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    # what the proxy would refuse to start on here (a missing package, a ledger it cannot write)
+    if unmet := unmet_needs(rules):
+        for key, problem in unmet:
+            print(f"{path or BUILT_IN}: {key}: {problem}", file=sys.stderr)
+        print(f"{len(unmet)} problem(s) found", file=sys.stderr)
         return 1
     where = str(path) if path else "the built-in default (no rules.yaml found)"
     routes = ", ".join(f"{route}: {len(rules.routes.for_route(route))}" for route in Route)

@@ -26,7 +26,6 @@ from pydantic import BaseModel, ValidationError
 from ccswitch.config.crosscheck import cross_check, label_path, upstream_labels
 from ccswitch.config.expand import expand_keys_and_hooks, expand_proxies, expand_upstreams
 from ccswitch.config.models import Failover, Routes, Rules, Timeouts, Upstream
-from ccswitch.config.needs import unmet_needs
 from ccswitch.config.values import RulesError
 
 
@@ -229,8 +228,6 @@ def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path
             except ValidationError:
                 ups.append(None)
     problems += [where(p, m) for p, m in cross_check(data, ups) if p not in env_paths]
-    if rules is not None:
-        problems += [where(p, m) for p, m in unmet_needs(rules)]
     if problems or rules is None:
         raise RulesError(list(dict.fromkeys(problems)))
     return rules

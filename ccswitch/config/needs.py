@@ -1,7 +1,8 @@
-"""What rules need of the machine they run on beyond ccswitch itself: the optional packages of
-the engines they name, a folder their SQLite ledger can be written in.  Checked with the rules,
-so `ccswitch check`, a start and a reload say what to do, instead of a ledger that keeps its rows
-in memory until a stop or a state that fails once the proxy serves."""
+"""What rules need of the machine the proxy runs them on beyond ccswitch itself: the optional
+packages of the engines they name, a folder their SQLite ledger can be written in.  Checked by
+`ccswitch check` and whenever the proxy puts rules in force (a start, a reload), so they say what
+to do, instead of a ledger that keeps its rows in memory until a stop or a state that fails once
+the proxy serves.  Not by the commands that only read the rules (`env`, `report`, …)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,23 @@ from ccswitch.config.database_url import PostgresURL
 from ccswitch.config.models import Rules
 
 
-def unmet_needs(rules: Rules) -> list[tuple[str, str]]:
-    """(key, what to do) for each need of the rules this machine does not meet."""
+def unmet_needs(rules: Rules, *, ledger: bool = True) -> list[tuple[str, str]]:
+    """(key, what to do) for each need of the rules this machine does not meet (`ledger`: the
+    usage ledger is on, so its database is needed)."""
     problems = []
-    if isinstance(rules.usage_db, PostgresURL):
-        if importlib.util.find_spec("psycopg") is None:
-            problems.append(("usage_db", "a PostgreSQL usage_db needs psycopg, which is not installed here: "
-                                         "pip install 'ccswitch[postgres]'"))
-    elif isinstance(rules.usage_db, Path) and (unwritable := ledger_unwritable(rules.usage_db)):
-        problems.append(("usage_db", unwritable))
+    if ledger and (unmet := _ledger_unmet(rules.usage_db)):
+        problems.append(("usage_db", unmet))
     if rules.state is not None and (missing := redis_missing()):
         problems.append(("state", missing))
     return problems
+
+
+def _ledger_unmet(usage_db: PostgresURL | Path) -> str | None:
+    if isinstance(usage_db, PostgresURL):
+        if importlib.util.find_spec("psycopg") is None:
+            return "a PostgreSQL usage_db needs psycopg, which is not installed here: pip install 'ccswitch[postgres]'"
+        return None
+    return ledger_unwritable(usage_db)
 
 
 def redis_missing() -> str | None:
@@ -37,10 +43,26 @@ def redis_missing() -> str | None:
 def ledger_unwritable(path: Path) -> str | None:
     """Why a SQLite ledger cannot be made or written at `path` (its folders are made as needed),
     or None.  Only what is certain now: a full disk or a lost mount stays the writer's to report."""
+    try:
+        return _unwritable(path)
+    except OSError as exc:      # a folder on the way that may not be looked into
+        return f"cannot look at {path} ({exc.strerror or type(exc).__name__})"
+
+
+def _unwritable(path: Path) -> str | None:
+    if path.is_symlink() and not path.exists():
+        target = path.parent / os.readlink(path)
+        if target.is_symlink():
+            return f"{path} is a link to {os.readlink(path)}, which does not exist"
+        return _unwritable(target)
     if path.is_dir():
         return f"{path} is a folder: name a file in it, e.g. {path / 'usage.db'}"
     if path.exists():
-        return None if os.access(path, os.W_OK) else f"{path} cannot be written (no permission)"
+        if not os.access(path, os.W_OK):
+            return f"{path} cannot be written (no permission)"
+        # SQLite writes its journal beside the file
+        return None if os.access(path.parent, os.W_OK | os.X_OK) else \
+            f"{path} cannot be written: no permission to write in {path.parent}, where SQLite keeps its journal"
     above = path.parent
     while not above.exists():
         if above.is_symlink():

@@ -72,7 +72,10 @@ class RulesFile:
         self.path: Path | None = None
         self.rules: Rules = parse_rules(default_rules_text(), BUILT_IN)
         self.vetoes: list[Veto] = []
-        self._signature: bytes | None = None
+        #: what the machine lacks for rules to be put in force (`config.needs`), as (key, problem)
+        self.needs: Callable[[Rules], list[tuple[str, str]]] = lambda rules: []
+        self._signature: bytes | None = None    # the content last read (each outcome is logged once)
+        self._in_force: bytes | None = None     # the content of the rules in force
         self._opened = False    # the rules above are only a default until `open`
         self._settling = Settling(settle, clock)
 
@@ -89,9 +92,11 @@ class RulesFile:
         if path is None:
             if self._opened and self.path is None:
                 return False
+            rules = parse_rules(default_rules_text(), BUILT_IN)
+            self._check_needs(rules, BUILT_IN)
             self._settling.forget()
-            self.path, self._signature, self._opened = None, None, True
-            self.rules = parse_rules(default_rules_text(), BUILT_IN)
+            self.path, self._signature, self._in_force, self._opened = None, None, None, True
+            self.rules = rules
             log.info("ccswitch: rules loaded from %s", rules_origin(option_value, None))
             return True
         try:
@@ -99,28 +104,33 @@ class RulesFile:
         except OSError as exc:
             raise RulesError([unreadable(path, exc)]) from None
         signature = _signature(content)
-        if self._opened and path == self.path and signature == self._signature:
+        if self._opened and path == self.path and signature == self._in_force:
             return False
         if _is_empty(content):
             raise RulesError([empty_file(path)])
-        self.rules = _parse(content, path)   # the bytes read once: what is checked is what is applied
+        rules = _parse(content, path)   # the bytes read once: what is checked is what is applied
+        self._check_needs(rules, str(path))
         self._settling.forget()
-        self.path, self._signature, self._opened = path, signature, True
+        self.path, self._signature, self._in_force, self._opened = path, signature, signature, True
+        self.rules = rules
         # which file and why, as every command says it: a ./rules.yaml of the current directory wins
-        count = len(self.rules.upstreams)
+        count = len(rules.upstreams)
         log.info("ccswitch: rules loaded from %s; %d upstream%s", rules_origin(option_value, path), count,
                  "" if count == 1 else "s")
         return True
 
+    def _check_needs(self, rules: Rules, source: str) -> None:
+        if problems := self.needs(rules):
+            raise RulesError([f"{source}: {key}: {problem}" for key, problem in problems])
+
     def reload_if_changed(self) -> bool:
         """True if new rules took effect."""
-        if self.path is None:
-            # on the built-in default: a rules file written since (`ccswitch init`, then the
-            # user's edit) is taken up as an edit would be, and watched from then on
-            self.path = resolve_rules_path(None, Path.cwd(), Path.home())
-            if self.path is None:
-                return False
-        content = _read(self.path)
+        # on the built-in default: a rules file written since (`ccswitch init`, then the user's
+        # edit) is taken up as an edit would be, and watched from then on
+        path = self.path or resolve_rules_path(None, Path.cwd(), Path.home())
+        if path is None:
+            return False
+        content = _read(path)
         signature = _signature(content)
         if signature == self._signature:
             self._settling.forget()   # changed and changed back: nothing to apply
@@ -129,13 +139,14 @@ class RulesFile:
             return False
         self._signature = signature   # each outcome below is logged once per content
         if content is None:
-            log.error("ccswitch: rules file %s disappeared; keeping the last good rules", self.path)
+            log.error("ccswitch: rules file %s disappeared; keeping the last good rules", path)
             return False
         if _is_empty(content):
-            log.error("ccswitch: rules file %s is empty; keeping the last good rules", self.path)
+            log.error("ccswitch: rules file %s is empty; keeping the last good rules", path)
             return False
         try:
-            rules = _parse(content, self.path)
+            rules = _parse(content, path)
+            self._check_needs(rules, str(path))
         except RulesError as exc:
             log.error("ccswitch: invalid edit of the rules, keeping the last good ones:\n%s", exc)
             return False
@@ -144,8 +155,8 @@ class RulesFile:
             if reason:
                 log.error("ccswitch: rules edit refused, keeping the last good ones: %s", reason)
                 return False
-        self.rules = rules
-        log.info("ccswitch: rules reloaded from %s", self.path)
+        self.rules, self.path, self._in_force = rules, path, signature
+        log.info("ccswitch: rules reloaded from %s", path)
         return True
 
     def fingerprints(self) -> dict[str, tuple]:

@@ -39,15 +39,16 @@ class Shutdown:
         self.draining = False    # new routed requests are refused
         self.cutting = False     # the grace period is over: what still runs is cancelled and ended
 
-    async def drain(self, in_flight: Callable[[], int], grace: float, cut: Callable[[], None]) -> None:
-        """Refuse new requests, give those in flight `grace` seconds (less if asked to stop
-        again: a second Ctrl-C means now), then `cut` the rest and give their endings a moment
-        to reach the clients."""
+    async def drain(self, in_flight: Callable[[], int], grace: float, cut: Callable[[], None], *,
+                    process_ends: bool = False) -> None:
+        """Refuse new requests, give those in flight `grace` seconds, then `cut` the rest and
+        give their endings a moment to reach the clients.  When the process ends (not a reload
+        of the script), asked to stop again (a second Ctrl-C) means now."""
         self.draining = True
         if in_flight():
-            log.info("ccswitch: shutting down; waiting up to %g s for %d request(s) in flight (stop again, "
-                     "e.g. a second Ctrl-C, to end them now)", grace, in_flight())
-        with _asked_again() as again:
+            log.info("ccswitch: shutting down; waiting up to %g s for %d request(s) in flight%s", grace,
+                     in_flight(), " (stop again, e.g. a second Ctrl-C, to end them now)" if process_ends else "")
+        with _asked_again(process_ends and in_flight() > 0) as again:
             await wait_until(lambda: not in_flight() or again.is_set(), grace)
         if not in_flight():
             return
@@ -84,12 +85,13 @@ class Serving:
 
 
 @contextlib.contextmanager
-def _asked_again() -> Iterator[asyncio.Event]:
-    """An event a SIGINT or SIGTERM sets while the shutdown waits.  Its handler stays once the
-    wait is over (the loop's closing removes it): the signal's default would end the process
-    before the ledger is flushed."""
+def _asked_again(listen: bool) -> Iterator[asyncio.Event]:
+    """An event a SIGINT or SIGTERM sets while the shutdown waits (`listen`: the process is
+    ending; a reload of the script leaves mitmproxy's own handlers alone).  Its handler stays once
+    the wait is over (the loop's closing removes it): mitmproxy's has done its part, and the
+    signal's default would end the process before the ledger is flushed."""
     again, loop = asyncio.Event(), asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM) if listen else ():
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):   # not the main thread, Windows
             loop.add_signal_handler(signum, again.set)
     yield again

@@ -132,9 +132,11 @@ class Router:
         # here, each with an answer and its usage row, before the listeners and the ledger close.
         # On a reload of the script the new addons take the new requests meanwhile, and the
         # client connections stay open.
-        await self.shutdown.drain(self._in_flight, ctx.options.ccswitch_shutdown_grace, self._cut)
+        ending = stopping()
+        await self.shutdown.drain(self._in_flight, ctx.options.ccswitch_shutdown_grace, self._cut,
+                                  process_ends=ending)
         proxyserver = ctx.master.addons.get("proxyserver")
-        closing = proxyserver is not None and stopping()
+        closing = proxyserver is not None and ending
         if closing:   # no new connection while the bridged sockets are told to go
             await proxyserver.servers.update([])
         if self.sockets:

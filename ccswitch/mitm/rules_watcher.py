@@ -7,6 +7,8 @@ import logging
 
 from mitmproxy import ctx, exceptions
 
+from ccswitch.config.models import Rules
+from ccswitch.config.needs import unmet_needs
 from ccswitch.config.values import RulesError
 from ccswitch.config.watch import SETTLE
 from ccswitch.mitm.gateway import Gateway
@@ -21,6 +23,7 @@ class RulesWatcher:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._task: asyncio.Task | None = None
+        gateway.rules_file.needs = _unmet_here
 
     def load(self, loader) -> None:
         loader.add_option("ccswitch_rules", str, "",
@@ -62,3 +65,9 @@ class RulesWatcher:
         await self.gateway.open_state()
         if self.gateway.ledger is not None:
             self.gateway.open_ledger(True)
+
+
+def _unmet_here(rules: Rules) -> list[tuple[str, str]]:
+    """What this machine lacks for the rules, the ledger's database only while the ledger is on
+    (the Router declares its option; a watcher without it is a test's, and keeps it on)."""
+    return unmet_needs(rules, ledger=getattr(ctx.options, "ccswitch_ledger", True))

@@ -1,46 +1,105 @@
-"""What rules need of the machine: the optional packages of the engines they name, a folder
-their SQLite ledger can be written in (`config.needs`)."""
+"""What rules need of the machine the proxy runs them on: the optional packages of the engines
+they name, a folder their SQLite ledger can be written in (`config.needs`), checked where rules
+are put in force and by `ccswitch check`, not by the commands that only read them."""
+
+import importlib.util
+import logging
+import os
 
 import pytest
 
 from ccswitch.config.load import parse_rules
+from ccswitch.config.needs import unmet_needs
 from ccswitch.config.values import RulesError
+from ccswitch.config.watch import RulesFile
+from tests.unit.cli.test_cli import cli
 
 
-def test_rules_naming_an_engine_whose_package_is_missing_say_what_to_install(monkeypatch):
-    # else a PostgreSQL ledger kept its rows in memory until the stop, and `check` said OK
-    import importlib.util
+@pytest.fixture
+def no_engines(monkeypatch):
     installed = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name in ("psycopg", "redis") else installed(name, *a))
-    text = "usage_db: postgresql://u:pw@db.internal/usage\nstate: redis://cache.internal:6379/0\n"
-    with pytest.raises(RulesError) as caught:
-        parse_rules(text, source="rules.yaml")
-    assert caught.value.problems == [
-        "rules.yaml: usage_db: a PostgreSQL usage_db needs psycopg, which is not installed here: "
-        "pip install 'ccswitch[postgres]'",
-        "rules.yaml: state: a Redis state needs the redis package, which is not installed here: "
-        "pip install 'ccswitch[redis]'"]
-    monkeypatch.setattr(importlib.util, "find_spec", installed)
-    assert parse_rules(text).state is not None
 
 
-def test_a_sqlite_ledger_that_cannot_be_made_is_a_problem_of_the_rules(tmp_path):
+def test_rules_naming_an_engine_whose_package_is_missing_say_what_to_install(no_engines):
+    # else a PostgreSQL ledger kept its rows in memory until the stop, and `check` said OK
+    rules = parse_rules("usage_db: postgresql://u:pw@db.internal/usage\nstate: redis://cache.internal:6379/0\n")
+    assert unmet_needs(rules) == [
+        ("usage_db", "a PostgreSQL usage_db needs psycopg, which is not installed here: "
+                     "pip install 'ccswitch[postgres]'"),
+        ("state", "a Redis state needs the redis package, which is not installed here: pip install 'ccswitch[redis]'")]
+    assert unmet_needs(rules, ledger=False) == [unmet_needs(rules)[1]]     # the ledger off: no database needed
+
+
+def test_a_sqlite_ledger_that_cannot_be_made_is_named(tmp_path):
     # found only once rows came, then lost at the stop: "FileExistsError: [Errno 17] File exists"
     (tmp_path / "afile").write_text("x")
     (tmp_path / "adir.db").mkdir()
     (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "to-nowhere.db").symlink_to(tmp_path / "afile" / "usage.db")
     for usage_db, problem in [
         ("afile/usage.db", f"{tmp_path / 'afile'} is a file, so no folder can be made there for "
                            f"{tmp_path / 'afile' / 'usage.db'}"),
         ("afile/deeper/usage.db", f"{tmp_path / 'afile'} is a file, so no folder can be made there"),
         ("adir.db", f"{tmp_path / 'adir.db'} is a folder: name a file in it, e.g. {tmp_path / 'adir.db' / 'usage.db'}"),
         ("gone/usage.db", f"{tmp_path / 'gone'} is a link to {tmp_path / 'nowhere'}, which does not exist"),
+        ("to-nowhere.db", f"{tmp_path / 'afile'} is a file, so no folder can be made there"),
     ]:
-        with pytest.raises(RulesError) as caught:
-            parse_rules(f"usage_db: {usage_db}\n", source="rules.yaml", base_dir=tmp_path)
-        [found] = caught.value.problems
-        assert found.startswith(f"rules.yaml: usage_db: {problem}"), found
+        [(key, found)] = unmet_needs(parse_rules(f"usage_db: {usage_db}\n", base_dir=tmp_path))
+        assert key == "usage_db" and found.startswith(problem), found
     for fine in ("new/folders/usage.db", "usage.db"):
-        assert parse_rules(f"usage_db: {fine}\n", base_dir=tmp_path).usage_db == tmp_path / fine
+        assert unmet_needs(parse_rules(f"usage_db: {fine}\n", base_dir=tmp_path)) == []
         assert not (tmp_path / "new").exists()       # checked, not made: the ledger makes it when it opens
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs to act as another user")
+def test_a_folder_that_may_not_be_looked_into_is_named_not_a_traceback(tmp_path):
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    rules = parse_rules(f"usage_db: {closed / 'inner' / 'usage.db'}\n")
+    pid = os.fork()
+    if pid == 0:                                    # as nobody: `closed` may not be entered
+        ok = False
+        try:
+            os.setuid(65534)
+            ok = unmet_needs(rules)[0][1].startswith(f"cannot look at {closed / 'inner'}")
+        finally:
+            os._exit(0 if ok else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+
+
+def test_rules_put_in_force_are_refused_for_a_need_a_reload_keeps_the_last_good(tmp_path, caplog, no_engines):
+    good, needy = "usage_db: usage.db\n", "usage_db: postgresql://u:pw@db.internal/usage\n"
+    path = tmp_path / "rules.yaml"
+    path.write_text(needy)
+    rules_file = RulesFile(settle=0)
+    rules_file.needs = unmet_needs
+    with pytest.raises(RulesError, match=r"rules.yaml: usage_db: a PostgreSQL usage_db needs psycopg"):
+        rules_file.open(str(path))
+    path.write_text(good)
+    assert rules_file.open(str(path)) and rules_file.rules.usage_db == tmp_path / "usage.db"
+    path.write_text(needy)
+    caplog.set_level(logging.ERROR)
+    assert not rules_file.reload_if_changed() and not rules_file.reload_if_changed()
+    assert rules_file.rules.usage_db == tmp_path / "usage.db" and "needs psycopg" in caplog.text
+
+
+def test_the_placeholder_default_is_not_checked_before_the_rules_are_named(tmp_path, monkeypatch):
+    # a read-only HOME refused the start of rules that name another usage_db
+    monkeypatch.setenv("HOME", str(tmp_path / "no-home"))
+    (tmp_path / "no-home").write_text("a file, so ~/.ccswitch cannot be made")
+    rules_file = RulesFile()
+    rules_file.needs = unmet_needs
+    path = tmp_path / "rules.yaml"
+    path.write_text(f"usage_db: {tmp_path / 'usage.db'}\n")
+    assert rules_file.open(str(path))
+
+
+def test_check_names_what_the_proxy_would_refuse_here_and_the_readers_do_not(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("usage_db: afile/usage.db\n")
+    done = cli("check", str(rules))
+    assert done.returncode == 1 and f"{rules}: usage_db: {tmp_path / 'afile'} is a file" in done.stderr
+    assert cli("env", "--rules", str(rules), env={"HOME": str(tmp_path)}).returncode == 0

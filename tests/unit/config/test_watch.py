@@ -4,6 +4,7 @@ import logging
 
 import pytest
 
+from ccswitch.config.values import RulesError
 from ccswitch.config.watch import RulesFile, Settling
 from tests.support.helpers import CLIENT_KEY, KEY_A
 
@@ -175,3 +176,36 @@ def test_a_rules_file_written_while_the_built_in_default_serves_is_taken_up(tmp_
     rules_file.reload_if_changed()
     clock.advance(0.25)
     assert rules_file.reload_if_changed() and rules_file.rules.routes.for_route("claude") == ("b", "a")
+
+
+def test_naming_the_file_again_after_a_refused_edit_says_why_it_is_refused(world):
+    path, clock, rules_file = world
+    path.write_text("upstreams: [\n")
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
+    assert not rules_file.reload_if_changed()            # refused, logged
+    with pytest.raises(RulesError):                       # `set ccswitch_rules` to it: said again, not "no change"
+        rules_file.open(str(path))
+    path.write_text(FULL)
+    assert not rules_file.open(str(path))                 # the rules in force: nothing changes
+
+
+def test_on_the_default_a_candidate_that_never_loaded_does_not_stick(tmp_path, monkeypatch):
+    home, cwd = tmp_path / "home", tmp_path / "work"
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    clock = Clock()
+    rules_file = RulesFile(settle=0.25, clock=clock)
+    rules_file.open(None)
+    (cwd / "rules.yaml").mkdir()                          # a folder there for a while
+    for _ in range(2):
+        assert not rules_file.reload_if_changed()
+        clock.advance(0.25)
+    (cwd / "rules.yaml").rmdir()
+    personal = home / ".ccswitch" / "rules.yaml"
+    personal.parent.mkdir(parents=True)
+    personal.write_text(FULL)
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
+    assert rules_file.reload_if_changed() and rules_file.path == personal

@@ -14,7 +14,8 @@ async def test_a_second_stop_ends_the_grace_period_at_once(caplog):
     running, cuts = [1], []
     shutdown = Shutdown()
     started = time.monotonic()
-    drain = asyncio.create_task(shutdown.drain(lambda: len(running), 60, lambda: (cuts.append(1), running.clear())))
+    drain = asyncio.create_task(shutdown.drain(lambda: len(running), 60, lambda: (cuts.append(1), running.clear()),
+                                               process_ends=True))
     while signal.getsignal(signal.SIGINT) is before:      # the wait's own handler is in place
         assert time.monotonic() - started < 5
         await asyncio.sleep(0.01)
@@ -30,3 +31,12 @@ async def test_without_a_second_stop_the_requests_get_their_grace_period():
     asyncio.get_running_loop().call_later(0.2, running.clear)
     await shutdown.drain(lambda: len(running), 60, lambda: cuts.append(1))
     assert cuts == [] and not shutdown.cutting
+
+
+async def test_a_reload_of_the_script_leaves_the_signals_to_mitmproxy():
+    # its handlers were replaced for good by a reload's drain: SIGTERM and Ctrl-C stopped nothing after
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    running = [1]
+    asyncio.get_running_loop().call_later(0.1, running.clear)
+    await Shutdown().drain(lambda: len(running), 60, lambda: None)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
