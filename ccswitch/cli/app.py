@@ -89,7 +89,7 @@ def _init(args: argparse.Namespace) -> int:
         return 1
     print(path)
     local = Path.cwd() / "rules.yaml"
-    shadowed = local.is_file()
+    shadowed = local.is_symlink() or local.exists()     # chosen first in any form (see resolve_rules_path)
     check = f"ccswitch check --rules {path}" if shadowed else "ccswitch check"
     print(f"wrote the example rules to {path}: edit it, then `{check}`", file=sys.stderr)
     if shadowed:

@@ -6,6 +6,7 @@ Same protocol on both sides only checks and scrubs; the chat route's conversions
 
 from __future__ import annotations
 
+import re
 from typing import Any, Protocol
 
 from ccswitch import vocab
@@ -98,6 +99,9 @@ class Passthrough:
         return _NAMED if upstream.protocol == vocab.Protocol.ANTHROPIC else _AS_THEY_CAME
 
 
+_EVENT_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
 class _NameEachEvent(StreamPassthrough):
     """Anthropic events as they came, each with its `event:` line: the Anthropic SDKs (and so
     Claude Code) go by that name, and some relays leave it out (the JSON's `type` says it)."""
@@ -108,7 +112,9 @@ class _NameEachEvent(StreamPassthrough):
         if event.event != "message" or not event.data:
             return event.raw
         kind = event.type
-        return event.raw if kind == "message" else b"event: " + kind.encode() + b"\n" + event.raw
+        if kind == "message" or not _EVENT_NAME.fullmatch(kind):   # a name a line can hold, or none
+            return event.raw
+        return b"event: " + kind.encode() + b"\n" + event.raw
 
 
 _AS_THEY_CAME, _NAMED = StreamPassthrough(), _NameEachEvent()

@@ -14,7 +14,7 @@ from typing import Any
 
 from ccswitch.translate.chat.common import refuse_what_has_no_counterpart
 from ccswitch.translate.chat.models import adaptive_thinking, default_max_tokens, json_tool_mode, split_model
-from ccswitch.wire.exchange import ClientRequest, RenderError, array_at, function_name, object_at
+from ccswitch.wire.exchange import ClientRequest, RenderError, array_at, client_json, function_name, object_at
 
 log = logging.getLogger("ccswitch.convert")
 
@@ -130,7 +130,7 @@ def _arguments(text: Any) -> dict[str, Any]:
     if text is None or (isinstance(text, str) and not text.strip()):
         return {}
     try:
-        value = json.loads(text)
+        value = client_json(text)     # no NaN or Infinity: no API would read them back
     except (TypeError, ValueError):
         value = None
     return value if isinstance(value, dict) else {"_raw": text if isinstance(text, str) else json.dumps(text)}
@@ -278,12 +278,13 @@ def _json_tool_choice(choice: dict | None, tools: list) -> tuple[dict | None, bo
     """(tool_choice, whether the JSON tool is offered) for response_format sent as `JSON_TOOL`.
     OpenAI's JSON mode shapes the text answer and leaves the client's tools callable: a choice
     that forces one of them stands (its call is the answer, no JSON tool beside it to answer
-    with instead); with tools the model may call, it calls one of them or answers through the
-    JSON tool (`any`); without, the JSON tool is forced."""
+    with instead); with tools the model may call, it calls one tool, one of theirs or the JSON
+    tool (`any`, one call: an answer written beside calls whose results it has not seen would
+    be no answer); without, the JSON tool is forced."""
     if choice is not None and choice["type"] in ("any", "tool"):
         return choice, False
     if tools and (choice is None or choice["type"] == "auto"):
-        return {"type": "any", **{k: v for k, v in (choice or {}).items() if k == "disable_parallel_tool_use"}}, True
+        return {"type": "any", "disable_parallel_tool_use": True}, True
     # one answer: two calls of it would be two JSON texts run together
     return {"type": "tool", "name": JSON_TOOL, "disable_parallel_tool_use": True}, True
 

@@ -132,6 +132,14 @@ def test_init_warns_that_a_local_rules_yaml_comes_first(tmp_path):
     assert both.returncode == 2 and "name the rules file once" in both.stderr
 
 
+def test_init_warns_of_a_local_rules_yaml_in_any_form_which_comes_first_too(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "rules.yaml").symlink_to(tmp_path / "gone.yaml")
+    done = cli("init", cwd=work, env=home_env(tmp_path))
+    assert done.returncode == 0 and f"note: {work / 'rules.yaml'} comes first" in done.stderr
+
+
 def test_every_command_says_which_rules_it_uses(tmp_path):
     env = home_env(tmp_path)
     personal = tmp_path / "home" / ".ccswitch" / "rules.yaml"

@@ -537,8 +537,9 @@ NOW_TOOL = {"type": "function", "function": {"name": "now", "parameters": {"type
 
 
 @pytest.mark.parametrize("tool_choice, sent, json_tool", [
-    (None, {"type": "any"}, True),                 # a call of theirs, or the answer through the JSON tool
-    ("auto", {"type": "any"}, True),
+    # a call of theirs, or the answer through the JSON tool: one, not an answer beside calls
+    (None, {"type": "any", "disable_parallel_tool_use": True}, True),
+    ("auto", {"type": "any", "disable_parallel_tool_use": True}, True),
     ("required", {"type": "any"}, False),          # one of theirs must be called: no JSON tool to escape to
     ({"type": "function", "function": {"name": "now"}}, {"type": "tool", "name": "now"}, False),
     ("none", {"type": "tool", "name": "json_tool_call", "disable_parallel_tool_use": True}, True),
@@ -1029,3 +1030,14 @@ def test_render_sends_one_anthropic_version_no_proxy_login_and_the_rules_header_
     assert [v for k, v in headers if k == "anthropic-version"] == ["2023-01-01"]
     assert "proxy-authorization" not in dict(headers) and ("x-api-key", "sk-the-clients-own-key") in headers
     assert [v for k, v in headers if k == "user-agent"] == ["ours"]
+
+
+def test_tool_call_arguments_with_numbers_no_api_reads_are_kept_as_text():
+    # NaN went on to Anthropic as `"input": {"x": NaN}`, which no API reads
+    body = {"model": "claude-sonnet-4-5", "tools": [NOW_TOOL], "messages": [
+        user(), {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "now", "arguments": '{"x": NaN, "y": 1e400}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "12:00"}]}
+    [call] = [b for m in convert(body)["messages"] for b in m["content"] if b["type"] == "tool_use"]
+    assert call["input"] == {"_raw": '{"x": NaN, "y": 1e400}'}
+    json.dumps(convert(body), allow_nan=False)      # raises on a NaN or an infinity in it

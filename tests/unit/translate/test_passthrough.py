@@ -1,0 +1,33 @@
+"""Client and upstream of one protocol: each event as it came, an Anthropic one named."""
+
+import pytest
+
+from ccswitch.config.models import Upstream
+from ccswitch.translate.base import Passthrough
+from ccswitch.wire.sse import SSEParser
+
+ANTHROPIC = Upstream(name="a", protocol="anthropic", base_url="https://relay.example", api_key="k")
+RESPONSES = Upstream(name="r", protocol="openai-responses", base_url="https://relay.example/v1", api_key="k")
+
+
+def fed(upstream: Upstream, raw: bytes) -> bytes:
+    stream = Passthrough().stream(None, upstream)
+    return b"".join(stream.feed(event) for event in SSEParser().feed(raw))
+
+
+def test_an_anthropic_event_without_its_name_gets_it_from_its_type():
+    assert fed(ANTHROPIC, b'data: {"type":"message_stop"}\n\n') == b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+    named = b'event: ping\ndata: {"type":"ping"}\n\n'
+    assert fed(ANTHROPIC, named) == named
+    unnamed = b'data: {"type":"response.completed"}\n\n'
+    assert fed(RESPONSES, unnamed) == unnamed          # the OpenAI SDKs go by the JSON
+
+
+@pytest.mark.parametrize("raw", [
+    b'data: {"type":"\\ud800"}\n\n',                     # no text a header line can hold
+    b'data: {"type":"a\\n\\ndata: {}"}\n\n',             # it would split the event in two
+    b'data: {"type":"' + b"x" * 200 + b'"}\n\n',
+    b'data: [1, 2]\n\n', b': a comment\n\n',
+])
+def test_a_type_no_event_line_can_hold_leaves_the_event_as_it_came(raw):
+    assert fed(ANTHROPIC, raw) == raw
