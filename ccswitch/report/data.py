@@ -27,7 +27,7 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from ccswitch.clock import utc_now
+from ccswitch.clock import utc_now, zone
 from ccswitch.config.models import Rules
 from ccswitch.ledger.reading import LedgerReader, as_reader
 from ccswitch.report import prices, timeline
@@ -179,6 +179,22 @@ def _parse_utc(text: str) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
+def _moment(text: object, unreadable: list[str]) -> datetime | None:
+    """A row's time, or None (kept in `unreadable`) when it is none: a database edited by hand
+    may hold `25:00`, and one such row must not cost the whole report."""
+    try:
+        return _parse_utc(str(text))
+    except ValueError:
+        unreadable.append(str(text))
+        return None
+
+
+def _count(column: str) -> str:
+    """SQL for a token column as the writer stores it (`ledger.rows`): a count below 0 or past
+    2**53, which only a hand edit leaves, counts as 0."""
+    return f"CASE WHEN {column} >= 0 AND {column} <= 9007199254740992 THEN {column} ELSE 0 END"
+
+
 def _rows(reader: LedgerReader, sql: str, since: date, until: date, before: int = 1) -> Iterator[tuple]:
     # UTC ISO text sorts by time: widen by a day each side (time zones), filter local days later
     yield from reader.execute(sql, ((since - timedelta(days=before)).isoformat(),
@@ -188,9 +204,9 @@ def _rows(reader: LedgerReader, sql: str, since: date, until: date, before: int 
 _REQUESTS_SQL = """
 SELECT substr(ts, 1, 16) AS minute, route, upstream, model, NULLIF(upstream_model, ''), {session}, {client},
        endpoint = 'count_tokens', count(*),
-       sum(input_tokens), sum(output_tokens), sum(cache_creation_tokens),
-       sum({cache_1h}), sum(cache_read_tokens),
-       sum(reasoning_tokens), {failovers}, {errors},
+       sum({input}), sum({output}), sum({cache_write}),
+       sum({cache_1h}), sum({cache_read}),
+       sum({reasoning}), {failovers}, {errors},
        {moved}
 FROM requests
 WHERE ts >= ? AND ts < ?
@@ -212,7 +228,11 @@ def _requests_sql(reader: LedgerReader) -> str:
     has = reader.columns("requests")
     return _REQUESTS_SQL.format(session="session" if "session" in has else "NULL",
                                 client="client" if "client" in has else "NULL",
-                                cache_1h=reader.least("cache_creation_1h_tokens", "cache_creation_tokens"),
+                                input=_count("input_tokens"), output=_count("output_tokens"),
+                                cache_write=_count("cache_creation_tokens"), cache_read=_count("cache_read_tokens"),
+                                reasoning=_count("reasoning_tokens"),
+                                cache_1h=reader.least(_count("cache_creation_1h_tokens"),
+                                                      _count("cache_creation_tokens")),
                                 failovers=reader.count_if("attempts > 1"),
                                 errors=reader.count_if("error IS NOT NULL OR coalesce(status, 0) >= 400"),
                                 moved=reader.count_if("affinity = 'moved'") if "affinity" in has else "0")
@@ -244,12 +264,17 @@ class Pricer:
 
 
 def _usage_rows(reader: LedgerReader, since: date, until: date, tz: tzinfo | None, pricer: Pricer,
-                before: int) -> Iterator[tuple[UsageRow, bool]]:
-    """Priced rows in time order, each with whether it is a count_tokens row."""
+                before: int, unreadable: list[str]) -> Iterator[tuple[UsageRow, bool]]:
+    """Priced rows (by the text of their time: see `_blocks`), each with whether it is a
+    count_tokens row."""
     for (minute, route, upstream, model, sent, session, client, is_count, n, inp, out, cw, cw1h, cr, reas, fo, err,
          moved) in _rows(reader, _requests_sql(reader), since, until, before):
-        moment = _parse_utc(minute)
-        t = Totals(n, inp or 0, out or 0, cw or 0, cw1h or 0, cr or 0, reas or 0, fo or 0, err or 0, moved or 0)
+        moment = _moment(minute, unreadable)
+        if moment is None:
+            continue
+        # a hand edit may leave a fraction: whole tokens, as the writer stores them
+        inp, out, cw, cw1h, cr, reas = (round(v or 0) for v in (inp, out, cw, cw1h, cr, reas))
+        t = Totals(n, inp, out, cw, cw1h, cr, reas, fo or 0, err or 0, moved or 0)
         usd = pricer.cost(sent or model, upstream, t)
         if usd is None:
             t.unpriced_tokens, t.unpriced_requests = t.tokens, t.requests
@@ -262,8 +287,8 @@ def _usage_rows(reader: LedgerReader, since: date, until: date, tz: tzinfo | Non
 def _timings(reader: LedgerReader, since: date, until: date, tz: tzinfo | None) -> Timings:
     out = []
     for ts, upstream, latency_ms, ttfb_ms in _rows(reader, _TIMINGS_SQL, since, until):
-        moment, latency = _parse_utc(ts), ms_or_none(latency_ms)
-        if latency is not None and since <= timeline.local(moment, tz).date() <= until:
+        moment, latency = _moment(ts, []), ms_or_none(latency_ms)     # the requests' own count says so
+        if moment is not None and latency is not None and since <= timeline.local(moment, tz).date() <= until:
             out.append(Timing(moment, upstream, latency, ms_or_none(ttfb_ms)))
     return Timings(out)
 
@@ -298,9 +323,10 @@ def build_report(conn: LedgerReader | sqlite3.Connection, rules: Rules, since: d
     unpriced: dict[str, int] = defaultdict(int)
     unknown_upstreams: set[str] = set()
     block_events: list[tuple[datetime, UsageRow]] = []
+    unreadable: list[str] = []
     if "requests" in tables:
         before = BLOCKS_LOOKBACK_DAYS if blocks else 1
-        for row, is_count in _usage_rows(reader, since, until, tz, pricer, before):
+        for row, is_count in _usage_rows(reader, since, until, tz, pricer, before, unreadable):
             in_period = since <= row.day <= until
             if is_count:     # rows come grouped by minute and model: a group counts its requests
                 count_tokens += row.totals.requests if in_period else 0
@@ -322,6 +348,9 @@ def build_report(conn: LedgerReader | sqlite3.Connection, rules: Rules, since: d
             whole.merge(by_day[day])
 
     notes = []
+    if unreadable:
+        notes.append(f"{len(unreadable)} group(s) of requests left out: their time cannot be read "
+                     f"(ts {shortened(repr(unreadable[0]), 40)}{' …' if len(unreadable) > 1 else ''})")
     if count_tokens:
         notes.append(f"{count_tokens} count_tokens request(s) left out of every figure")
     if unpriced:
@@ -345,6 +374,9 @@ def build_report(conn: LedgerReader | sqlite3.Connection, rules: Rules, since: d
 def _blocks(events: list[tuple[datetime, UsageRow]], whole: Span, tz: tzinfo | None) -> list[BlockSpan]:
     """The 5-hour blocks that overlap the period, each whole (also the part outside the period)."""
     out = []
+    # the rows come in the order of their time's text, which a hand-written `2026-06-16 10:30`
+    # (SQLite's own datetime()) puts before `2026-06-16T09:00`
+    events.sort(key=lambda event: event[0])
     for block in timeline.five_hour_blocks(events):
         if block.end <= whole.start or block.start >= whole.end:
             continue
@@ -386,8 +418,9 @@ def _activations(reader: LedgerReader, tables: set[str], since: date, until: dat
         return []
     out: dict[str, Activation] = {}
     for ts, upstream, ok, status, error in _rows(reader, _ACTIVATIONS_SQL, since, until):
-        when = _parse_utc(ts).astimezone(tz)
-        if not since <= when.date() <= until:
+        moment = _moment(ts, [])
+        when = moment.astimezone(tz) if moment is not None else None
+        if when is None or not since <= when.date() <= until:
             continue
         a = out.get(upstream)
         if a is None:
@@ -405,6 +438,9 @@ def _activations(reader: LedgerReader, tables: set[str], since: date, until: dat
 def tz_label(rules: Rules, tz: tzinfo | None) -> str:
     if rules.timezone:
         return rules.timezone
+    named = getattr(zone(None), "key", None)   # the machine's zone by name: its offset changes with DST
+    if named:
+        return f"local time, {named}"
     offset = utc_now().astimezone(tz).utcoffset() or timedelta(0)
     sign = "-" if offset < timedelta(0) else "+"
     minutes = abs(int(offset.total_seconds())) // 60

@@ -464,7 +464,8 @@ def test_no_rules_timezone_uses_system_zone_with_dst(tmp_path, monkeypatch):
         r = build_report(conn, rules, date(2026, 3, 8), date(2026, 3, 9))
         conn.close()
         assert r.daily[date(2026, 3, 9)].requests == 1 and r.daily[date(2026, 3, 8)].requests == 0
-        assert r.tz_name.startswith("local time, UTC-0")
+        # named, not today's offset, which is the other one for half the year
+        assert r.tz_name == "local time, America/New_York"
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
@@ -489,3 +490,27 @@ def test_count_tokens_requests_outside_the_period_are_not_counted(small_db):
                    model="claude-sonnet-4-5", input_tokens=5000)
     conn.close()
     assert _small(small_db).count_tokens == 2
+
+
+def test_a_hand_edited_ledger_never_costs_the_report(tmp_path):
+    # `25:00` crashed every view; SQLite's own `datetime()` text crashed --blocks; a negative count
+    # gave a negative cost and a fraction fractional tokens
+    path = tmp_path / "usage.db"
+    conn = connect(str(path))
+    for n, ts in enumerate(["2026-06-16T10:00:00.000+00:00", "2026-06-16 10:30:00", "2026-06-16T10:30:00.500+00:00"]):
+        insert_request(conn, n, ts=ts, upstream="relay-a", model="claude-haiku-4-5", input_tokens=100)
+    insert_request(conn, 5, ts="2026-06-16T25:00:00.000+00:00", upstream="relay-a", model="claude-haiku-4-5")
+    insert_request(conn, 6, ts="2026-06-16T11:00:00.000+00:00", upstream="relay-a", model="claude-haiku-4-5",
+                   input_tokens=-1_000_000, output_tokens=2.4, cache_read_tokens=2**60)
+    conn.close()
+    rules = parse_rules(RULES, env={"RELAY_A_KEY_FOR_TEST": "x"})
+    conn = connect(str(path), readonly=True)
+    r = build_report(conn, rules, date(2026, 6, 16), date(2026, 6, 17), blocks=True,
+                     now=datetime(2026, 6, 20, tzinfo=UTC))
+    conn.close()
+    whole = r.whole.total
+    assert whole.requests == 4 and whole.input == 300 and whole.output == 2 and whole.cache_read == 0
+    assert whole.cost is not None and whole.cost > 0
+    assert [b.total.requests for b in r.blocks] == [4]
+    assert any("1 group(s) of requests left out: their time cannot be read (ts '2026-06-16T25:00'" in note
+               for note in r.notes), r.notes
