@@ -113,7 +113,7 @@ def render_html(report: Report, charts: list[Path]) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
-        (f'<p class="meta">Days in {escape(report.tz_name)} &middot; database {escape(report.db_path)} '
+        (f'<p class="meta">Times in {escape(report.tz_name)} &middot; database {escape(report.db_path)} '
          f"&middot; prices as of {escape(report.prices_as_of)} (list price &times; each upstream's "
          "price_multiplier)</p>"),
         '<div class="cards">',
