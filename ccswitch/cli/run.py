@@ -16,7 +16,7 @@ from pathlib import Path
 USAGE = """\
 usage: ccswitch run [--web] [ARGS...]
 
-Run mitmdump with ccswitch (mitmweb with --web, which must come first); every other argument
+Run mitmdump with ccswitch (mitmweb with --web); every other argument
 goes to mitmdump / mitmweb unchanged, e.g.
 
   ccswitch run --mode regular@8080 --mode reverse:https://api.anthropic.com@8082
@@ -45,14 +45,15 @@ def mitm_program(web: bool, python: str | None = None) -> Path | None:
 
 
 def split_args(args: list[str]) -> tuple[bool, list[str]] | None:
-    """-> (web, arguments for mitmproxy); None when ccswitch's own help was asked for."""
-    web = bool(args) and args[0] == "--web"
-    rest = args[1:] if web else list(args)
+    """-> (web, arguments for mitmproxy); None when ccswitch's own help was asked for.  `--web`
+    anywhere before a `--` is ccswitch's (mitmproxy has no such option); after it, mitmproxy's."""
+    cut = args.index("--") if "--" in args else len(args)
+    ours, theirs = list(args[:cut]), list(args[cut + 1:])
+    web = "--web" in ours
+    rest = [arg for arg in ours if arg != "--web"]
     if rest[:1] in (["-h"], ["--help"]):
         return None
-    if rest[:1] == ["--"]:
-        rest = rest[1:]
-    return web, rest
+    return web, rest + theirs
 
 
 def mitm_argv(program: Path, rest: list[str]) -> list[str]:

@@ -32,7 +32,8 @@ def test_the_entry_ships_inside_the_package_and_builds_the_addons():
     (["--web", "--set", "web_port=9"], (True, ["--set", "web_port=9"])),
     (["--", "--help"], (False, ["--help"])),
     (["--web", "--", "--web"], (True, ["--web"])),
-    (["-q", "--web"], (False, ["-q", "--web"])),          # --web counts only first
+    (["-q", "--web"], (True, ["-q"])),          # anywhere: mitmdump said only "unrecognized arguments: --web"
+    (["--mode", "regular@8080", "--web", "--", "-q"], (True, ["--mode", "regular@8080", "-q"])),
     (["--help"], None), (["-h"], None), (["--web", "--help"], None),
 ])
 def test_split_args(args, expect):
