@@ -118,10 +118,35 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+#: what a key of the rules' own sections looks like; an unknown one unlike it may be text that a
+#: typo turned into a key (`api_key "sk-…"` without its colon, a client key ending in `:`)
+_FIELD_LIKE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
+UNSHOWN = "<unknown key>"
+
+
+def _shown_loc(err: Mapping[str, Any]) -> tuple:
+    """The error's location as a message may show it: an unknown key that may hold a secret
+    stands as `UNSHOWN` (every message and the log are read by others; no key may be in one)."""
+    loc = tuple(err["loc"])
+    if err["type"] == "extra_forbidden" and loc and _unshowable(str(loc[-1]), loc):
+        return loc[:-1] + (UNSHOWN,)
+    return loc
+
+
+def _unshowable(key: str, loc: tuple) -> bool:
+    return not _FIELD_LIKE.fullmatch(key) and not difflib.get_close_matches(key, _section_keys(loc), n=1, cutoff=0.75)
+
+
 def _message(err: Mapping[str, Any]) -> str:
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
         key = str(err["loc"][-1]) if err["loc"] else ""
+        if _unshowable(key, tuple(err["loc"])):
+            head = re.match(r"[A-Za-z_]+", key)
+            if head and head.group(0) in _section_keys(tuple(err["loc"])) and key[head.end():][:1] in (" ", '"', "'"):
+                return (f"unknown key: {head.group(0)} and its value run together, not shown "
+                        f"(a ':' missing after {head.group(0)}?)")
+            return f"unknown key of {len(key)} characters, not shown: it may hold a secret (a ':' where none belongs?)"
         close = difflib.get_close_matches(key, _section_keys(tuple(err["loc"])), n=1, cutoff=0.75)
         if close:
             return f"unknown key (did you mean {close[0]!r}?)"
@@ -220,7 +245,7 @@ def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path
     except ValidationError as e:
         # a field whose ${VAR} is not set is said once, not again as the value left in its place
         problems += [where(loc, _message(err)) for err in e.errors(include_url=False)
-                     if (loc := _format_loc(err["loc"])) not in env_paths]
+                     if (loc := _format_loc(_shown_loc(err))) not in env_paths]
         ups = []
         for raw in data.get("upstreams") if isinstance(data.get("upstreams"), list) else []:
             try:

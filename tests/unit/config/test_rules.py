@@ -920,3 +920,25 @@ routes: {claude: [a]}
     assert problems("timezone: utc\n") == ["r.yaml: timezone: unknown time zone 'utc' (did you mean 'UTC'?)"]
     assert problems("timezone: Nowhere/Land\n") == [
         "r.yaml: timezone: unknown time zone 'Nowhere/Land' (use an IANA name like Europe/Berlin)"]
+
+
+def test_a_secret_a_typo_made_into_a_key_is_never_shown():
+    # `api_key "sk-…"` without its colon is a key of its own: it was printed whole, in the log and
+    # mitmweb's event log
+    text = f"""
+client_keys:
+  - {{name: bob, key "{SECRET}-bob"}}
+  - {SECRET}-alice:
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: 'https://r.example', api_key "{SECRET}", timout: 3, base-url: x}}
+routes: {{claude: [a]}}
+"""
+    found = problems(text)
+    assert not [p for p in found if SECRET in p or SECRET[:12] in p], found
+    assert "r.yaml: upstreams[a].<unknown key>: unknown key: api_key and its value run together, not shown " \
+           "(a ':' missing after api_key?)" in found
+    assert f"r.yaml: client_keys[1].<unknown key>: unknown key of {len(SECRET) + 6} characters, not shown: it may " \
+           "hold a secret (a ':' where none belongs?)" in found
+    # what reads as a key's name is still shown, with the name meant
+    assert "r.yaml: upstreams[a].base-url: unknown key (did you mean 'base_url'?)" in found
+    assert any(p.startswith("r.yaml: upstreams[a].timout: unknown key") for p in found)
