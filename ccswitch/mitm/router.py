@@ -283,6 +283,9 @@ class Router:
             return refuse(413, f"request body too large once decoded (over {max_body} bytes)")
         body, problem = parse_body(raw)
         if problem:
+            if not raw and flow.is_replay == "request":
+                # a copy made in mitmweb while the flow streamed: its body is put back when it ends
+                problem += " (a copy of a flow made while it streamed has none: copy it once it has ended)"
             return refuse(400, (raw is sent and undecodable(encoding)) or problem)
         known.body = body
         model = body.get("model")

@@ -130,3 +130,14 @@ async def test_a_refusal_replayed_gets_a_ledger_row_of_its_own(served, gateway, 
     assert flow.response.status_code in (400, 401)      # (its key shows `<redacted>` once answered)
     assert len(rows) == 2 and len({row["request_id"] for row in rows}) == 2
     assert rows[0]["request_id"] == flow.id
+
+
+async def test_a_copy_without_its_body_says_why_a_copy_made_while_streaming_has_none(served):
+    # a duplicate made in mitmweb while the flow streamed replayed as a bare "the request has no body"
+    router, dialer, recorded = served
+    flow = await routed_once(router)
+    flow.request.content = b""
+    await replay(router, flow)
+    assert flow.response.status_code == 400
+    assert json.loads(flow.response.content)["error"]["message"] == (
+        "the request has no body (a copy of a flow made while it streamed has none: copy it once it has ended)")
