@@ -79,8 +79,11 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
             limited.append((overrun.until - spend.clock()).total_seconds())
         elif until is not None:
             # added in UTC: a DST change between now and then moves the wall clock, not the end
-            ends = (now.astimezone(UTC) + timedelta(seconds=max(0.0, until - health.clock()))).astimezone(now.tzinfo)
-            result.blocked.append((name, f"cooling down until {wall_text(ends, now)}"))
+            # (rounded: the board's monotonic clock read back lands a few ms before the second it was set for)
+            ends = (now.astimezone(UTC) + timedelta(seconds=max(0.0, until - health.clock()) + 0.5)
+                    ).replace(microsecond=0).astimezone(now.tzinfo)
+            # to the second, as the live page says it (a minute's rounding read as over already)
+            result.blocked.append((name, f"cooling down until {wall_text(ends, now, seconds=True)}"))
             back = _back_after(until - health.clock(), full, quota) if health.get(name).rate_limited else None
             if back is not None:
                 limited.append(back)

@@ -203,7 +203,7 @@ def test_why_no_upstream_says_until_when_each_is_out():
     spend.add(UPSTREAM, "b", 1.5)
     health.record_rate_limit("a", "HTTP 429", seconds=120, reset_known=True)
     p = plan(rules, "claude", "m", health, now, quota=quota, spend=spend)
-    assert p.why_none("claude") == ("no upstream available for the claude route: a is cooling down until 12:02; "
+    assert p.why_none("claude") == ("no upstream available for the claude route: a is cooling down until 12:02:00; "
                                     "b is over its daily budget ($1.00) until 2026-12-03 00:00 UTC")
 
 
@@ -237,4 +237,4 @@ def test_cooling_until_is_read_on_the_wall_clock_across_a_dst_change():
     health.record_rate_limit("a", "HTTP 429", seconds=3600, reset_known=False)
     spring = datetime(2024, 3, 31, 1, 30, tzinfo=ZoneInfo("Europe/Berlin"))     # 02:00-03:00 is skipped that night
     p = plan(rules, "claude", "m", health, spring)
-    assert ("a", "cooling down until 03:30") in p.blocked
+    assert ("a", "cooling down until 03:30:00") in p.blocked
