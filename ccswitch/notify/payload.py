@@ -48,6 +48,9 @@ def summary(event: Event) -> str:
     subject = event.upstream or (f"route {event.route}" if event.route else "")
     if event.upstream and event.route:
         subject += f" (route {event.route})"
+    named = event.upstream or event.route
+    if named and f" {named} " in f" {event.reason} ":     # the reason names it already: said once
+        subject = ""
     head = f"ccswitch {event.kind}" + (f": {subject}" if subject else "")
     until = "" if event.until is None else f" (until {event.until.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC)"
     return f"{head}: {event.reason}{until}"

@@ -128,7 +128,7 @@ class WebhookPoster:
             if wait is None:
                 result = Delivery(result.host, result.status, result.error, attempt)
                 if not result.ok:
-                    log.warning("ccswitch: notification %s%s to %s failed: %s", event.kind,
+                    log.warning("ccswitch: notification %s%s to %s: %s", event.kind,
                                 f" ({event.upstream})" if event.upstream else "", result.host, result.outcome)
                 return result
             await self.sleep(wait)

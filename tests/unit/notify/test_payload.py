@@ -76,3 +76,14 @@ def test_no_key_text_in_an_upstream_or_route_name_either():
     for fmt in ("json", "slack", "discord", "text"):
         body = render(event, fmt, [KEY, CLIENT_KEY])[1].decode()
         assert KEY not in body and CLIENT_KEY not in body, fmt
+
+
+def test_a_reason_that_names_its_subject_is_not_preceded_by_it_again():
+    # "ccswitch budget: relay-b: upstream relay-b 80% of its daily budget" said it twice
+    budget = Event(kind="budget", upstream="relay-b", reason="upstream relay-b 80% of its daily budget", ts=TS)
+    assert summary(budget) == "ccswitch budget: upstream relay-b 80% of its daily budget"
+    closed = Event(kind="exhausted", upstream=None, route="claude",
+                   reason="no upstream available for the claude route: a is disabled", ts=TS)
+    assert summary(closed) == "ccswitch exhausted: no upstream available for the claude route: a is disabled"
+    other = Event(kind="cooldown", upstream="relay-b", reason="HTTP 529 from relay-bee", ts=TS)
+    assert summary(other).startswith("ccswitch cooldown: relay-b: HTTP 529")
