@@ -12,7 +12,7 @@ from mitmproxy import command, exceptions
 from ccswitch.clock import wall_text
 from ccswitch.config.models import Rules, Upstream
 from ccswitch.mitm.gateway import Gateway
-from ccswitch.routing.status import status_text
+from ccswitch.routing.status import status_text, upstream_state
 
 log = logging.getLogger("ccswitch")
 #: the longest `ccswitch.use`: past a year it is a typo, not a plan
@@ -55,7 +55,7 @@ class Commands:
         """Prefer one upstream for its routes for a while (default 30 minutes, at most 525600:
         a year; 0 ends it)."""
         # taken as text: mitmproxy's own int parsing would answer "1.5" with Python's words
-        self._upstream(name)
+        upstream = self._upstream(name)
         count = minutes.strip()
         if not count.isascii() or not count.isdigit() or not 0 <= int(count) <= MAX_USE_MINUTES:
             raise exceptions.CommandError(f"MINUTES must be a whole number from 0 to {MAX_USE_MINUTES} (a year; "
@@ -71,7 +71,12 @@ class Commands:
         until = (now + timedelta(minutes=span)).astimezone(tz)
         when = wall_text(until, now.astimezone(tz))
         log.info("ccswitch: preferring %s for %d minutes (until %s)", name, span, when)
-        return f"preferring {name} for {span} minutes, until {when} (ccswitch.unuse ends it)"
+        gateway = self.gateway
+        state, detail, _ = upstream_state(upstream, gateway.rules, health, now.astimezone(tz), gateway.quota,
+                                          gateway.spend)
+        # preferred all the same (it serves again within the span, maybe): said, not a silent no-op
+        out_now = f"; it serves nothing now: {detail}" if state != "available" else ""
+        return f"preferring {name} for {span} minutes, until {when} (ccswitch.unuse ends it){out_now}"
 
     @command.command("ccswitch.unuse")
     def unuse(self) -> str:

@@ -89,6 +89,15 @@ def test_use_prefers_an_upstream_for_a_while(setup):
     assert names(gateway) == ["a", "b"]
 
 
+def test_use_of_an_upstream_that_serves_nothing_now_says_so(setup):
+    # it answered "preferring …" while the upstream was disabled or over its budget: a silent no-op
+    gateway, commands, tctx = setup
+    said = tctx.command(commands.use, "b", "5")          # b is `enabled: false` in these rules
+    assert said.endswith("(ccswitch.unuse ends it); it serves nothing now: disabled")
+    assert gateway.health.preferred_name() == "b"          # preferred all the same: it may serve within the span
+    assert "serves nothing" not in tctx.command(commands.use, "a", "5")
+
+
 def test_unknown_upstream_is_a_clear_command_error_that_lists_the_known_ones(setup):
     from ccswitch.mitm.activator import Activator
     gateway, commands, tctx = setup
