@@ -154,9 +154,9 @@ def test_the_start_logs_which_rules_and_why_as_every_command_says_it(tmp_path, m
     assert f"rules loaded from {project / 'rules.yaml'} (as named); 2 upstreams" in caplog.text
 
 
-def test_a_rules_file_written_while_the_built_in_default_serves_is_taken_up(tmp_path, monkeypatch):
-    # `ccswitch init` and an edit while it ran on the default: nothing was watched, and the user's
-    # requests went on to the official APIs until a restart
+@pytest.fixture
+def on_the_default(tmp_path, monkeypatch):
+    """(home, working folder, clock, rules file) with no rules file anywhere: the built-in default."""
     home, cwd = tmp_path / "home", tmp_path / "work"
     cwd.mkdir()
     monkeypatch.setenv("HOME", str(home))
@@ -164,6 +164,13 @@ def test_a_rules_file_written_while_the_built_in_default_serves_is_taken_up(tmp_
     clock = Clock()
     rules_file = RulesFile(settle=0.25, clock=clock)
     assert rules_file.open(None) and rules_file.path is None
+    return home, cwd, clock, rules_file
+
+
+def test_a_rules_file_written_while_the_built_in_default_serves_is_taken_up(on_the_default):
+    # `ccswitch init` and an edit while it ran on the default: nothing was watched, and the user's
+    # requests went on to the official APIs until a restart
+    home, _, clock, rules_file = on_the_default
     assert not rules_file.reload_if_changed() and rules_file.path is None
     personal = home / ".ccswitch" / "rules.yaml"
     personal.parent.mkdir(parents=True)
@@ -190,14 +197,8 @@ def test_naming_the_file_again_after_a_refused_edit_says_why_it_is_refused(world
     assert not rules_file.open(str(path))                 # the rules in force: nothing changes
 
 
-def test_on_the_default_a_candidate_that_never_loaded_does_not_stick(tmp_path, monkeypatch):
-    home, cwd = tmp_path / "home", tmp_path / "work"
-    cwd.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.chdir(cwd)
-    clock = Clock()
-    rules_file = RulesFile(settle=0.25, clock=clock)
-    rules_file.open(None)
+def test_on_the_default_a_candidate_that_never_loaded_does_not_stick(on_the_default):
+    home, cwd, clock, rules_file = on_the_default
     (cwd / "rules.yaml").mkdir()                          # a folder there for a while
     for _ in range(2):
         assert not rules_file.reload_if_changed()
