@@ -55,12 +55,13 @@ def _route_lists(data: dict) -> dict[str, tuple[str, list]]:
 
 def _unknown_upstream(name: str, known: list[str]) -> str:
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    said = repr(name) if len(name) <= 40 else f"(a name of {len(name)} characters, not shown)"   # a key pasted?
     if close:
-        return f"unknown upstream {name!r} (did you mean {close[0]!r}?)"
+        return f"unknown upstream {said} (did you mean {close[0]!r}?)"
     if not known:
-        return f"unknown upstream {name!r} (no upstream is defined: add it under upstreams)"
+        return f"unknown upstream {said} (no upstream is defined: add it under upstreams)"
     shown = ", ".join(known[:_MAX_KNOWN]) + (", ..." if len(known) > _MAX_KNOWN else "")
-    return f"unknown upstream {name!r} (the upstreams are: {shown})"
+    return f"unknown upstream {said} (the upstreams are: {shown})"
 
 
 def _client_auth_with_client_keys(up: Upstream, in_routes: list[str]) -> str:

@@ -120,21 +120,37 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 
 #: what a key of the rules' own sections looks like; an unknown one unlike it may be text that a
 #: typo turned into a key (`api_key "sk-…"` without its colon, a client key ending in `:`)
-_FIELD_LIKE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
+_FIELD_LIKE = re.compile(r"[a-z_][a-z0-9_]{0,23}")
+#: a header's name (words and dashes, no digit: a key has some), put where a field belongs
+_HEADER_LIKE = re.compile(r"[A-Za-z]+(?:-[A-Za-z]+)+")
 UNSHOWN = "<unknown key>"
 
 
 def _shown_loc(err: Mapping[str, Any]) -> tuple:
-    """The error's location as a message may show it: an unknown key that may hold a secret
-    stands as `UNSHOWN` (every message and the log are read by others; no key may be in one)."""
-    loc = tuple(err["loc"])
+    """The error's location as a message may show it: an unknown key, or a name that no name is
+    like (a space or a quote in it: a value run into its key), that may hold a secret stands as
+    `UNSHOWN` (every message and the log are read by others; no key may be in one)."""
+    loc = tuple(UNSHOWN if isinstance(part, str) and _run_together(part) else part for part in err["loc"])
     if err["type"] == "extra_forbidden" and loc and _unshowable(str(loc[-1]), loc):
         return loc[:-1] + (UNSHOWN,)
     return loc
 
 
+def _run_together(name: str) -> bool:
+    """A name with a value run into it: a space or a quote, and longer than a name (`bad header`
+    is a name typed wrong; `x-api-key "sk-…"` a value that lost its colon)."""
+    return len(name) > 24 and any(c.isspace() or c in "\"'" for c in name)
+
+
 def _unshowable(key: str, loc: tuple) -> bool:
-    return not _FIELD_LIKE.fullmatch(key) and not difflib.get_close_matches(key, _section_keys(loc), n=1, cutoff=0.75)
+    return not (_FIELD_LIKE.fullmatch(key) or _HEADER_LIKE.fullmatch(key)
+                or difflib.get_close_matches(key, _section_keys(loc), n=1, cutoff=0.75))
+
+
+def _duplicate(key: str) -> str:
+    """A key written twice, named when it reads as a field's or a header's name (a model's may be
+    long and a pasted key looks like one: its line says which)."""
+    return f"duplicate key {key!r}" if _FIELD_LIKE.fullmatch(key) or _HEADER_LIKE.fullmatch(key) else "duplicate key"
 
 
 def _message(err: Mapping[str, Any]) -> str:
@@ -150,6 +166,8 @@ def _message(err: Mapping[str, Any]) -> str:
         close = difflib.get_close_matches(key, _section_keys(tuple(err["loc"])), n=1, cutoff=0.75)
         if close:
             return f"unknown key (did you mean {close[0]!r}?)"
+        if _HEADER_LIKE.fullmatch(key) and key not in _FIELD_NAMES:
+            return "unknown key (a header? headers go under headers:)"
         if key in _FIELD_NAMES:
             return "unknown key here (it belongs to another section)"
         elsewhere = difflib.get_close_matches(key, _FIELD_NAMES, n=1, cutoff=0.75)
@@ -166,7 +184,11 @@ def _message(err: Mapping[str, Any]) -> str:
         named = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
         close = difflib.get_close_matches(err["input"], named, n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"{err['input'][:40]!r} is not one of " + msg.removeprefix("Input should be ") + hint
+        given = err["input"]
+        # a key pasted where a choice belongs is not repeated
+        said = repr(given) if _FIELD_LIKE.fullmatch(given.lower()) or _HEADER_LIKE.fullmatch(given) \
+            else f"a value of {len(given)} characters"
+        return f"{said} is not one of " + msg.removeprefix("Input should be ") + hint
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             return msg[len(prefix):]
@@ -219,7 +241,7 @@ def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path
         raise RulesError([where("", f"invalid YAML value: {str(e)[:200]}")]) from None
     finally:
         loader.dispose()
-    problems = [where(f"line {line}", f"duplicate key {key!r}") for line, key in loader.duplicates]
+    problems = [where(f"line {line}", _duplicate(str(key))) for line, key in loader.duplicates]
     if data is None:
         data = {}
     if not isinstance(data, dict):

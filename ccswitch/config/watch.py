@@ -76,6 +76,7 @@ class RulesFile:
         self.needs: Callable[[Rules], list[tuple[str, str]]] = lambda rules: []
         self._signature: bytes | None = None    # the content last read (each outcome is logged once)
         self._in_force: bytes | None = None     # the content of the rules in force
+        self._refused: bytes | None = None      # the content a change of the option just failed on
         self._opened = False    # the rules above are only a default until `open`
         self._settling = Settling(settle, clock)
 
@@ -104,12 +105,14 @@ class RulesFile:
         except OSError as exc:
             raise RulesError([unreadable(path, exc)]) from None
         signature = _signature(content)
-        if self._opened and path == self.path and signature == self._in_force:
-            return False
-        if _is_empty(content):
-            raise RulesError([empty_file(path)])
-        rules = _parse(content, path)   # the bytes read once: what is checked is what is applied
-        self._check_needs(rules, str(path))
+        if self._opened and path == self.path and signature in (self._in_force, self._refused):
+            return False    # in force, or just refused: mitmproxy names it again as it takes the value back
+        try:
+            rules = self._checked(content, path)
+        except RulesError:
+            if self._opened and path == self.path:
+                self._refused = signature
+            raise
         self._settling.forget()
         self.path, self._signature, self._in_force, self._opened = path, signature, signature, True
         self.rules = rules
@@ -118,6 +121,19 @@ class RulesFile:
         log.info("ccswitch: rules loaded from %s; %d upstream%s", rules_origin(option_value, path), count,
                  "" if count == 1 else "s")
         return True
+
+    def _checked(self, content: bytes, path: Path) -> Rules:
+        """The rules in `content` if they may be put in force, else RulesError: invalid, lacking
+        what this machine has, or (while running) refused by a veto, as a reload would be."""
+        if _is_empty(content):
+            raise RulesError([empty_file(path)])
+        rules = _parse(content, path)   # the bytes read once: what is checked is what is applied
+        self._check_needs(rules, str(path))
+        if self._opened:
+            for veto in self.vetoes:
+                if reason := veto(rules):
+                    raise RulesError([f"{path}: {reason}"])
+        return rules
 
     def _check_needs(self, rules: Rules, source: str) -> None:
         if problems := self.needs(rules):
@@ -146,9 +162,14 @@ class RulesFile:
             return False
         try:
             rules = _parse(content, path)
-            self._check_needs(rules, str(path))
         except RulesError as exc:
             log.error("ccswitch: invalid edit of the rules, keeping the last good ones:\n%s", exc)
+            return False
+        try:
+            self._check_needs(rules, str(path))
+        except RulesError as exc:
+            log.error("ccswitch: rules edit not applied, keeping the last good ones: this machine lacks what it "
+                      "needs (once that is mended, save the file again or set ccswitch_rules):\n%s", exc)
             return False
         for veto in self.vetoes:
             reason = veto(rules)

@@ -942,3 +942,29 @@ routes: {{claude: [a]}}
     # what reads as a key's name is still shown, with the name meant
     assert "r.yaml: upstreams[a].base-url: unknown key (did you mean 'base_url'?)" in found
     assert any(p.startswith("r.yaml: upstreams[a].timout: unknown key") for p in found)
+
+
+def test_a_secret_reaches_no_message_by_the_other_ways_a_typo_can_take():
+    # an identifier-like key, a duplicate key, a header name or a choice with a key run into it,
+    # a key pasted as a route's upstream: each was printed whole
+    hexkey = "abcdef0123456789abcdef0123456789"
+    text = f"""
+auth_typo: 1
+upstreams:
+  - name: a
+    protocol: anthropic
+    base_url: 'https://r.example'
+    api_key: k
+    {hexkey}: 1
+    headers: {{x-api-key "{SECRET}": v}}
+    anthropic-version: "2023-06-01"
+  - {{name: b, protocol: anthropic, base_url: 'https://r.example', api_key: k, auth: {SECRET}}}
+routes: {{claude: [a, b, {SECRET}-route-entry]}}
+dup:
+  {SECRET}-d: 1
+  {SECRET}-d: 2
+"""
+    found = problems(text)
+    assert not [p for p in found if SECRET[:12] in p or hexkey[:12] in p], found
+    assert "r.yaml: upstreams[a].anthropic-version: unknown key (a header? headers go under headers:)" in found
+    assert any("auth: a value of" in p for p in found), found

@@ -210,3 +210,14 @@ def test_on_the_default_a_candidate_that_never_loaded_does_not_stick(on_the_defa
     rules_file.reload_if_changed()
     clock.advance(0.25)
     assert rules_file.reload_if_changed() and rules_file.path == personal
+
+
+def test_naming_the_file_again_after_a_vetoed_edit_is_vetoed_too_and_the_rules_stay(world):
+    # it put the refused rules in force (no veto ran in open), and the option's roll-back kept them
+    path, clock, rules_file = world
+    rules_file.vetoes.append(lambda rules: None if rules.client_keys else "no client keys")
+    path.write_text(EDITED.replace(f"client_keys: ['{CLIENT_KEY}']\n", ""))
+    with pytest.raises(RulesError, match="no client keys"):
+        rules_file.open(str(path))                         # `set ccswitch_rules` to the same file
+    assert not rules_file.open(str(path))                  # mitmproxy's roll-back names it again: nothing moves
+    assert rules_file.rules.client_keys and rules_file.rules.routes.for_route("claude") == ("a", "b")
