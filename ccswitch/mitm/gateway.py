@@ -191,6 +191,9 @@ class Gateway:
         for ts, upstream, client, usd in found.rows:
             self.spend.add(UPSTREAM, upstream, usd, ts, quiet=True)
             self.spend.add(CLIENT, client, usd, ts, quiet=True)
+        if found.unreadable:
+            log.warning("ccswitch: %d request row(s) of the ledger left out of the spend: their time cannot be read "
+                        "(edited by hand?)", found.unreadable)
         if found.unpriced and self.rules.budgets_set():     # without a budget, only the page's "+?" says so
             log.warning("ccswitch: no price is known for %s: budgets count their requests as $0 "
                         "(add them under prices: in rules.yaml; the month's spend so far is counted again at "

@@ -10,13 +10,17 @@ from typing import Any
 
 from ccswitch.wire.numbers import as_number
 
+#: the largest count the writer stores (`wire.usage`): past it, a hand edit or garbage
+MAX_COUNT = 2 ** 53
 
-def count_or_zero(value: Any) -> float | int:
-    """A token count: what is missing or no number counts as 0."""
-    if type(value) is int:      # what ccswitch writes: the live page reads every recorded row
+
+def count_or_zero(value: Any) -> int:
+    """A token count as the writer stores it: what is missing, no number, below 0 or past
+    `MAX_COUNT` (only a hand edit leaves those) counts as 0; a fraction is rounded."""
+    if type(value) is int and 0 <= value <= MAX_COUNT:    # what ccswitch writes: the live page reads every row
         return value
     number = as_number(value)
-    return 0 if number is None else number
+    return 0 if number is None or not 0 <= number <= MAX_COUNT else round(number)
 
 
 def ms_or_none(value: Any) -> int | None:

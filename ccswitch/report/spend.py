@@ -49,6 +49,7 @@ class LedgerSpend:
     rows: list[tuple[datetime, str | None, str | None, float]] = field(default_factory=list)  # ts, upstream, client, usd
     unpriced: set[str] = field(default_factory=set)     # models with tokens and no known price
     error: str | None = None                            # why the ledger could not be read (nothing counted)
+    unreadable: int = 0                                 # rows left out: their time cannot be read
 
 
 def by_day(rows: list[tuple[datetime, str | None, str | None, float]],
@@ -97,7 +98,12 @@ def ledger_spend(target: Path | PostgresURL, rules: Rules, since: datetime, unti
                     if row_totals(row).tokens:     # a refused request's model is nothing to warn of
                         out.unpriced.add(row["upstream_model"] or row["model"] or "(no model)")
                     continue
-                out.rows.append((datetime.fromisoformat(row["ts"]), row["upstream"], row["client"], usd))
+                try:
+                    ts = datetime.fromisoformat(str(row["ts"]).replace(" ", "T"))
+                except ValueError:      # a hand edit (`25:00`): one row must not keep the proxy from starting
+                    out.unreadable += 1
+                    continue
+                out.rows.append((ts if ts.tzinfo else ts.replace(tzinfo=UTC), row["upstream"], row["client"], usd))
     except LedgerReadError as exc:
         return LedgerSpend(error=str(exc))
     return out

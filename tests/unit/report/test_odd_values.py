@@ -54,3 +54,15 @@ def test_budget_spend_counts_text_tokens_as_0(tmp_path):
     spend = ledger_spend(db, parse_rules(RULES, env={"RELAY_A_KEY_FOR_TEST": "k"}), datetime(2026, 3, 1, tzinfo=UTC))
     assert spend.error is None and len(spend.rows) == 2
     assert spend.rows[1][3] > 0         # the 1000 output tokens given as text are priced
+
+
+def test_budget_spend_survives_a_time_it_cannot_read_and_counts_no_negative_tokens(tmp_path):
+    # a `25:00` row kept a proxy with a budget from starting; -10M tokens offset the real spend
+    db = odd_db(tmp_path, input_tokens=-10_000_000, output_tokens=2.4)
+    conn = connect(str(db))
+    insert_request(conn, 2, ts="2026-03-01T25:00:00.000+00:00", upstream="relay-b", model="gpt-4.1", input_tokens=5)
+    conn.commit()
+    conn.close()
+    spend = ledger_spend(db, parse_rules(RULES, env={"RELAY_A_KEY_FOR_TEST": "k"}), datetime(2026, 3, 1, tzinfo=UTC))
+    assert spend.error is None and spend.unreadable == 1 and len(spend.rows) == 2
+    assert spend.rows[1][3] > 0 and spend.rows[1][3] < spend.rows[0][3]    # 2 output tokens, no -10M input
