@@ -6,6 +6,7 @@ or parsed); it looks for ./rules.yaml, then ~/.ccswitch/rules.yaml, else uses th
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 from pathlib import Path
 
@@ -33,6 +34,8 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     # what the proxy would refuse to start on here (a missing package, a ledger it cannot write)
     if unmet := unmet_needs(rules):
+        print(f"valid rules, but the proxy would refuse them on this machine, run as {getpass.getuser()} with "
+              "the ledger on (--set ccswitch_ledger=false needs no usage_db):", file=sys.stderr)
         for key, problem in unmet:
             print(f"{path or BUILT_IN}: {key}: {problem}", file=sys.stderr)
         print(f"{len(unmet)} problem(s) found", file=sys.stderr)

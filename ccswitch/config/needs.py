@@ -50,11 +50,14 @@ def ledger_unwritable(path: Path) -> str | None:
 
 
 def _unwritable(path: Path) -> str | None:
-    if path.is_symlink() and not path.exists():
-        target = path.parent / os.readlink(path)
-        if target.is_symlink():
-            return f"{path} is a link to {os.readlink(path)}, which does not exist"
-        return _unwritable(target)
+    if path.is_symlink():
+        # SQLite writes the file the link leads to, and its journal beside that file; the ledger
+        # makes the link's own folder only
+        target = path.resolve()
+        if not target.exists() and not target.parent.is_dir():
+            return (f"{path} is a link to {target}, whose folder "
+                    + ("is a file" if target.parent.exists() else "does not exist"))
+        path = target
     if path.is_dir():
         return f"{path} is a folder: name a file in it, e.g. {path / 'usage.db'}"
     if path.exists():

@@ -48,8 +48,8 @@ def summary(event: Event) -> str:
     subject = event.upstream or (f"route {event.route}" if event.route else "")
     if event.upstream and event.route:
         subject += f" (route {event.route})"
-    named = event.upstream or event.route
-    if named and f" {named} " in f" {event.reason} ":     # the reason names it already: said once
+    if event.reason.startswith(f"upstream {event.upstream} ") or (  # the reason names it already: said once
+            not event.upstream and event.route and f"the {event.route} route" in event.reason):
         subject = ""
     head = f"ccswitch {event.kind}" + (f": {subject}" if subject else "")
     until = "" if event.until is None else f" (until {event.until.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC)"

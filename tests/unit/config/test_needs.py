@@ -38,17 +38,23 @@ def test_a_sqlite_ledger_that_cannot_be_made_is_named(tmp_path):
     (tmp_path / "adir.db").mkdir()
     (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
     (tmp_path / "to-nowhere.db").symlink_to(tmp_path / "afile" / "usage.db")
+    (tmp_path / "to-no-folder.db").symlink_to(tmp_path / "data" / "sub" / "usage.db")
+    (tmp_path / "rw").mkdir()
+    (tmp_path / "to-a-folder.db").symlink_to(tmp_path / "rw" / "usage.db")
     for usage_db, problem in [
         ("afile/usage.db", f"{tmp_path / 'afile'} is a file, so no folder can be made there for "
                            f"{tmp_path / 'afile' / 'usage.db'}"),
         ("afile/deeper/usage.db", f"{tmp_path / 'afile'} is a file, so no folder can be made there"),
         ("adir.db", f"{tmp_path / 'adir.db'} is a folder: name a file in it, e.g. {tmp_path / 'adir.db' / 'usage.db'}"),
         ("gone/usage.db", f"{tmp_path / 'gone'} is a link to {tmp_path / 'nowhere'}, which does not exist"),
-        ("to-nowhere.db", f"{tmp_path / 'afile'} is a file, so no folder can be made there"),
+        ("to-nowhere.db", f"{tmp_path / 'to-nowhere.db'} is a link to {tmp_path / 'afile' / 'usage.db'}, whose "
+                          "folder is a file"),
+        ("to-no-folder.db", f"{tmp_path / 'to-no-folder.db'} is a link to {tmp_path / 'data' / 'sub' / 'usage.db'}, "
+                            "whose folder does not exist"),     # the ledger makes the link's folder only
     ]:
         [(key, found)] = unmet_needs(parse_rules(f"usage_db: {usage_db}\n", base_dir=tmp_path))
         assert key == "usage_db" and found.startswith(problem), found
-    for fine in ("new/folders/usage.db", "usage.db"):
+    for fine in ("new/folders/usage.db", "usage.db", "to-a-folder.db"):
         assert unmet_needs(parse_rules(f"usage_db: {fine}\n", base_dir=tmp_path)) == []
         assert not (tmp_path / "new").exists()       # checked, not made: the ledger makes it when it opens
 

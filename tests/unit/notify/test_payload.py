@@ -87,3 +87,9 @@ def test_a_reason_that_names_its_subject_is_not_preceded_by_it_again():
     assert summary(closed) == "ccswitch exhausted: no upstream available for the claude route: a is disabled"
     other = Event(kind="cooldown", upstream="relay-b", reason="HTTP 529 from relay-bee", ts=TS)
     assert summary(other).startswith("ccswitch cooldown: relay-b: HTTP 529")
+
+
+def test_a_reason_that_merely_holds_the_upstreams_name_keeps_the_subject():
+    # "a" inside "stream error: a server error" dropped which upstream was meant
+    event = Event(kind="cooldown", upstream="a", route="claude", reason="stream error: a server error occurred", ts=TS)
+    assert summary(event).startswith("ccswitch cooldown: a (route claude): stream error")
