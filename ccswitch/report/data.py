@@ -1,5 +1,5 @@
 """What ``ccswitch report`` reports: the ``Report`` data model and ``build_report``, which
-reads the usage database and prices it. Rendering is in text.py, charts.py and html.py.
+reads the usage database (its queries and prices in ledger_rows.py) and prices it. Rendering is in text.py, charts.py and html.py.
 
 Days are days in the rules' time zone; prices come from the built-in table (prices.py),
 rules.yaml ``prices:`` overrides and each upstream's ``price_multiplier``. Cost is computed
@@ -21,9 +21,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
@@ -31,8 +30,8 @@ from ccswitch.clock import utc_now, zone
 from ccswitch.config.models import Rules
 from ccswitch.ledger.reading import LedgerReader, as_reader
 from ccswitch.report import prices, timeline
-from ccswitch.report.latency import LatencyStats, Timing, Timings, stats
-from ccswitch.report.ledger_values import ms_or_none
+from ccswitch.report.latency import LatencyStats, Timings, stats
+from ccswitch.report.ledger_rows import ACTIVATIONS_SQL, Pricer, read_rows, read_timings, row_moment, usage_rows
 from ccswitch.report.totals import (
     DIMENSIONS,
     NO_MODEL,
@@ -172,127 +171,6 @@ def _period_label(first: date, days: list[date], period: str) -> str:
     return label
 
 
-# --------------------------------------------------------------------------- queries
-
-def _parse_utc(text: str) -> datetime:
-    dt = datetime.fromisoformat(text.strip().replace(" ", "T").replace("Z", "+00:00"))
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-
-
-def _moment(text: object, unreadable: list[str]) -> datetime | None:
-    """A row's time, or None (kept in `unreadable`) when it is none: a database edited by hand
-    may hold `25:00`, and one such row must not cost the whole report."""
-    try:
-        return _parse_utc(str(text))
-    except ValueError:
-        unreadable.append(str(text))
-        return None
-
-
-def _count(column: str) -> str:
-    """SQL for a token column as the writer stores it (`ledger.rows`): a count below 0 or past
-    2**53, which only a hand edit leaves, counts as 0."""
-    return f"CASE WHEN {column} >= 0 AND {column} <= 9007199254740992 THEN {column} ELSE 0 END"
-
-
-def _rows(reader: LedgerReader, sql: str, since: date, until: date, before: int = 1) -> Iterator[tuple]:
-    # UTC ISO text sorts by time: widen by a day each side (time zones), filter local days later
-    yield from reader.execute(sql, ((since - timedelta(days=before)).isoformat(),
-                                    (until + timedelta(days=2)).isoformat()))
-
-
-_REQUESTS_SQL = """
-SELECT substr(ts, 1, 16) AS minute, route, upstream, model, NULLIF(upstream_model, ''), {session}, {client},
-       endpoint = 'count_tokens', count(*),
-       sum({input}), sum({output}), sum({cache_write}),
-       sum({cache_1h}), sum({cache_read}),
-       sum({reasoning}), {failovers}, {errors},
-       {moved}
-FROM requests
-WHERE ts >= ? AND ts < ?
-GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
-ORDER BY 1
-"""
-
-# successful answers only (see latency.py)
-_TIMINGS_SQL = """
-SELECT ts, upstream, latency_ms, ttfb_ms FROM requests
-WHERE ts >= ? AND ts < ? AND endpoint != 'count_tokens' AND upstream IS NOT NULL AND error IS NULL
-  AND coalesce(status, 0) BETWEEN 100 AND 399 AND latency_ms IS NOT NULL
-"""
-
-
-def _requests_sql(reader: LedgerReader) -> str:
-    """The query for the columns this database has (a database older than session affinity,
-    read-only so not migrated, reads as requests without a session) in the reader's dialect."""
-    has = reader.columns("requests")
-    return _REQUESTS_SQL.format(session="session" if "session" in has else "NULL",
-                                client="client" if "client" in has else "NULL",
-                                input=_count("input_tokens"), output=_count("output_tokens"),
-                                cache_write=_count("cache_creation_tokens"), cache_read=_count("cache_read_tokens"),
-                                reasoning=_count("reasoning_tokens"),
-                                cache_1h=reader.least(_count("cache_creation_1h_tokens"),
-                                                      _count("cache_creation_tokens")),
-                                failovers=reader.count_if("attempts > 1"),
-                                errors=reader.count_if("error IS NOT NULL OR coalesce(status, 0) >= 400"),
-                                moved=reader.count_if("affinity = 'moved'") if "affinity" in has else "0")
-
-_ACTIVATIONS_SQL = """
-SELECT ts, upstream, ok, status, error FROM activations
-WHERE ts >= ? AND ts < ? ORDER BY ts
-"""
-
-
-class Pricer:
-    """Prices rows: one price look-up per billed model, each upstream's multiplier."""
-
-    def __init__(self, rules: Rules):
-        self.multipliers = {up.name: up.price_multiplier for up in rules.upstreams}
-        self.overrides = rules.prices
-        self._prices: dict[str | None, prices.Price | None] = {}
-
-    def cost(self, model: str | None, upstream: str | None, t: Totals) -> float | None:
-        if upstream is None and not t.tokens:
-            return 0.0      # answered by no upstream (ccswitch refused it, or every attempt failed): nothing billed
-        if model not in self._prices:
-            self._prices[model] = prices.price_for(model, self.overrides)
-        price = self._prices[model]
-        if price is None:
-            return None
-        return prices.cost_at(price, t.input, t.output, t.cache_write, t.cache_write_1h, t.cache_read,
-                              self.multipliers.get(upstream or "", 1.0))
-
-
-def _usage_rows(reader: LedgerReader, since: date, until: date, tz: tzinfo | None, pricer: Pricer,
-                before: int, unreadable: list[str]) -> Iterator[tuple[UsageRow, bool]]:
-    """Priced rows (by the text of their time: see `_blocks`), each with whether it is a
-    count_tokens row."""
-    for (minute, route, upstream, model, sent, session, client, is_count, n, inp, out, cw, cw1h, cr, reas, fo, err,
-         moved) in _rows(reader, _requests_sql(reader), since, until, before):
-        moment = _moment(minute, unreadable)
-        if moment is None:
-            continue
-        # a hand edit may leave a fraction: whole tokens, as the writer stores them
-        inp, out, cw, cw1h, cr, reas = (round(v or 0) for v in (inp, out, cw, cw1h, cr, reas))
-        t = Totals(n, inp, out, cw, cw1h, cr, reas, fo or 0, err or 0, moved or 0)
-        usd = pricer.cost(sent or model, upstream, t)
-        if usd is None:
-            t.unpriced_tokens, t.unpriced_requests = t.tokens, t.requests
-        else:
-            t.cost = usd
-        yield UsageRow(moment, timeline.local(moment, tz).date(), route, upstream, model, sent, session, t, client), \
-            bool(is_count)
-
-
-def _timings(reader: LedgerReader, since: date, until: date, tz: tzinfo | None) -> Timings:
-    out = []
-    for ts, upstream, latency_ms, ttfb_ms in _rows(reader, _TIMINGS_SQL, since, until):
-        moment, latency = _moment(ts, []), ms_or_none(latency_ms)     # the requests' own count says so
-        if moment is not None and latency is not None and since <= timeline.local(moment, tz).date() <= until:
-            out.append(Timing(moment, upstream, latency, ms_or_none(ttfb_ms)))
-    return Timings(out)
-
-
 def build_report(conn: LedgerReader | sqlite3.Connection, rules: Rules, since: date, until: date,
                  by: str | None = None, *, tz: tzinfo | None = None, db_path: str = "",
                  period: str = "day", hours_day: date | None = None, blocks: bool = False,
@@ -326,7 +204,7 @@ def build_report(conn: LedgerReader | sqlite3.Connection, rules: Rules, since: d
     unreadable: list[str] = []
     if "requests" in tables:
         before = BLOCKS_LOOKBACK_DAYS if blocks else 1
-        for row, is_count in _usage_rows(reader, since, until, tz, pricer, before, unreadable):
+        for row, is_count in usage_rows(reader, since, until, tz, pricer, before, unreadable):
             in_period = since <= row.day <= until
             if is_count:     # rows come grouped by minute and model: a group counts its requests
                 count_tokens += row.totals.requests if in_period else 0
@@ -366,7 +244,7 @@ def build_report(conn: LedgerReader | sqlite3.Connection, rules: Rules, since: d
         since=since, until=until, tz_name=tz_label(rules, tz), by=by, db_path=db_path, days=days, by_day=by_day,
         whole=whole, tz=tz, period=period, hours=hours if hours_day else None,
         blocks=_blocks(block_events, whole, tz) if blocks else None, blocks_upstream=blocks_upstream,
-        timings=_timings(reader, since, until, tz) if "requests" in tables else Timings([]), now=now,
+        timings=read_timings(reader, since, until, tz) if "requests" in tables else Timings([]), now=now,
         activations=_activations(reader, tables, since, until, tz), unpriced=dict(unpriced),
         count_tokens=count_tokens, notes=notes)
 
@@ -417,8 +295,8 @@ def _activations(reader: LedgerReader, tables: set[str], since: date, until: dat
     if "activations" not in tables:
         return []
     out: dict[str, Activation] = {}
-    for ts, upstream, ok, status, error in _rows(reader, _ACTIVATIONS_SQL, since, until):
-        moment = _moment(ts, [])
+    for ts, upstream, ok, status, error in read_rows(reader, ACTIVATIONS_SQL, since, until):
+        moment = row_moment(ts, [])
         when = moment.astimezone(tz) if moment is not None else None
         if when is None or not since <= when.date() <= until:
             continue

@@ -11,7 +11,7 @@ from pathlib import Path
 from ccswitch.config.database_url import PostgresURL
 from ccswitch.config.models import Rules
 from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
-from ccswitch.report.data import Pricer
+from ccswitch.report.ledger_rows import Pricer
 from ccswitch.report.ledger_values import count_or_zero
 from ccswitch.report.totals import Totals
 

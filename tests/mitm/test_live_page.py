@@ -14,7 +14,7 @@ from ccswitch.mitm import make_addons
 from ccswitch.mitm.live_page import LivePage
 from ccswitch.mitm.router import Router
 from ccswitch.mitm.safety import ClientKeyGate
-from ccswitch.report.data import Pricer
+from ccswitch.report.ledger_rows import Pricer
 from ccswitch.report.metrics import CONTENT_TYPE
 from ccswitch.wire.usage import Usage
 from tests.support.helpers import CLIENT_KEY, KEY_A

@@ -1,0 +1,133 @@
+"""Reading the ledger for a report: the queries (token counts as the writer stores them, in
+SQLite's or PostgreSQL's dialect), a row's time however it was written, and the prices of rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta, tzinfo
+
+from ccswitch.config.models import Rules
+from ccswitch.ledger.reading import LedgerReader
+from ccswitch.report import prices, timeline
+from ccswitch.report.latency import Timing, Timings
+from ccswitch.report.ledger_values import ms_or_none
+from ccswitch.report.totals import Totals, UsageRow
+
+
+def _parse_utc(text: str) -> datetime:
+    dt = datetime.fromisoformat(text.strip().replace(" ", "T").replace("Z", "+00:00"))
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def row_moment(text: object, unreadable: list[str]) -> datetime | None:
+    """A row's time, or None (kept in `unreadable`) when it is none: a database edited by hand
+    may hold `25:00`, and one such row must not cost the whole report."""
+    try:
+        return _parse_utc(str(text))
+    except ValueError:
+        unreadable.append(str(text))
+        return None
+
+
+def _count(column: str) -> str:
+    """SQL for a token column as the writer stores it (`ledger.rows`): a count below 0 or past
+    2**53, which only a hand edit leaves, counts as 0."""
+    return f"CASE WHEN {column} >= 0 AND {column} <= 9007199254740992 THEN {column} ELSE 0 END"
+
+
+def read_rows(reader: LedgerReader, sql: str, since: date, until: date, before: int = 1) -> Iterator[tuple]:
+    # UTC ISO text sorts by time: widen by a day each side (time zones), filter local days later
+    yield from reader.execute(sql, ((since - timedelta(days=before)).isoformat(),
+                                    (until + timedelta(days=2)).isoformat()))
+
+
+_REQUESTS_SQL = """
+SELECT substr(ts, 1, 16) AS minute, route, upstream, model, NULLIF(upstream_model, ''), {session}, {client},
+       endpoint = 'count_tokens', count(*),
+       sum({input}), sum({output}), sum({cache_write}),
+       sum({cache_1h}), sum({cache_read}),
+       sum({reasoning}), {failovers}, {errors},
+       {moved}
+FROM requests
+WHERE ts >= ? AND ts < ?
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+ORDER BY 1
+"""
+
+# successful answers only (see latency.py)
+_TIMINGS_SQL = """
+SELECT ts, upstream, latency_ms, ttfb_ms FROM requests
+WHERE ts >= ? AND ts < ? AND endpoint != 'count_tokens' AND upstream IS NOT NULL AND error IS NULL
+  AND coalesce(status, 0) BETWEEN 100 AND 399 AND latency_ms IS NOT NULL
+"""
+
+
+def _requests_sql(reader: LedgerReader) -> str:
+    """The query for the columns this database has (a database older than session affinity,
+    read-only so not migrated, reads as requests without a session) in the reader's dialect."""
+    has = reader.columns("requests")
+    return _REQUESTS_SQL.format(session="session" if "session" in has else "NULL",
+                                client="client" if "client" in has else "NULL",
+                                input=_count("input_tokens"), output=_count("output_tokens"),
+                                cache_write=_count("cache_creation_tokens"), cache_read=_count("cache_read_tokens"),
+                                reasoning=_count("reasoning_tokens"),
+                                cache_1h=reader.least(_count("cache_creation_1h_tokens"),
+                                                      _count("cache_creation_tokens")),
+                                failovers=reader.count_if("attempts > 1"),
+                                errors=reader.count_if("error IS NOT NULL OR coalesce(status, 0) >= 400"),
+                                moved=reader.count_if("affinity = 'moved'") if "affinity" in has else "0")
+
+ACTIVATIONS_SQL = """
+SELECT ts, upstream, ok, status, error FROM activations
+WHERE ts >= ? AND ts < ? ORDER BY ts
+"""
+
+
+class Pricer:
+    """Prices rows: one price look-up per billed model, each upstream's multiplier."""
+
+    def __init__(self, rules: Rules):
+        self.multipliers = {up.name: up.price_multiplier for up in rules.upstreams}
+        self.overrides = rules.prices
+        self._prices: dict[str | None, prices.Price | None] = {}
+
+    def cost(self, model: str | None, upstream: str | None, t: Totals) -> float | None:
+        if upstream is None and not t.tokens:
+            return 0.0      # answered by no upstream (ccswitch refused it, or every attempt failed): nothing billed
+        if model not in self._prices:
+            self._prices[model] = prices.price_for(model, self.overrides)
+        price = self._prices[model]
+        if price is None:
+            return None
+        return prices.cost_at(price, t.input, t.output, t.cache_write, t.cache_write_1h, t.cache_read,
+                              self.multipliers.get(upstream or "", 1.0))
+
+
+def usage_rows(reader: LedgerReader, since: date, until: date, tz: tzinfo | None, pricer: Pricer,
+                before: int, unreadable: list[str]) -> Iterator[tuple[UsageRow, bool]]:
+    """Priced rows (by the text of their time: see `_blocks`), each with whether it is a
+    count_tokens row."""
+    for (minute, route, upstream, model, sent, session, client, is_count, n, inp, out, cw, cw1h, cr, reas, fo, err,
+         moved) in read_rows(reader, _requests_sql(reader), since, until, before):
+        moment = row_moment(minute, unreadable)
+        if moment is None:
+            continue
+        # a hand edit may leave a fraction: whole tokens, as the writer stores them
+        inp, out, cw, cw1h, cr, reas = (round(v or 0) for v in (inp, out, cw, cw1h, cr, reas))
+        t = Totals(n, inp, out, cw, cw1h, cr, reas, fo or 0, err or 0, moved or 0)
+        usd = pricer.cost(sent or model, upstream, t)
+        if usd is None:
+            t.unpriced_tokens, t.unpriced_requests = t.tokens, t.requests
+        else:
+            t.cost = usd
+        yield UsageRow(moment, timeline.local(moment, tz).date(), route, upstream, model, sent, session, t, client), \
+            bool(is_count)
+
+
+def read_timings(reader: LedgerReader, since: date, until: date, tz: tzinfo | None) -> Timings:
+    out = []
+    for ts, upstream, latency_ms, ttfb_ms in read_rows(reader, _TIMINGS_SQL, since, until):
+        moment, latency = row_moment(ts, []), ms_or_none(latency_ms)     # the requests' own count says so
+        if moment is not None and latency is not None and since <= timeline.local(moment, tz).date() <= until:
+            out.append(Timing(moment, upstream, latency, ms_or_none(ttfb_ms)))
+    return Timings(out)
