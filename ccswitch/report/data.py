@@ -1,5 +1,6 @@
 """What ``ccswitch report`` reports: the ``Report`` data model and ``build_report``, which
-reads the usage database (its queries and prices in ledger_rows.py) and prices it. Rendering is in text.py, charts.py and html.py.
+reads the usage database and prices it (the queries and prices: ledger_rows.py). Rendering is
+in text.py, charts.py and html.py.
 
 Days are days in the rules' time zone; prices come from the built-in table (prices.py),
 rules.yaml ``prices:`` overrides and each upstream's ``price_multiplier``. Cost is computed
