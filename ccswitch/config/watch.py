@@ -169,7 +169,7 @@ class RulesFile:
             self._check_needs(rules, str(path))
         except RulesError as exc:
             log.error("ccswitch: rules edit not applied, keeping the last good ones: this machine lacks what it "
-                      "needs (once that is mended, save the file again or set ccswitch_rules):\n%s", exc)
+                      "needs (once that is mended, set ccswitch_rules to the file again, or edit it):\n%s", exc)
             return False
         for veto in self.vetoes:
             reason = veto(rules)

@@ -109,3 +109,19 @@ def test_check_names_what_the_proxy_would_refuse_here_and_the_readers_do_not(tmp
     done = cli("check", str(rules))
     assert done.returncode == 1 and f"{rules}: usage_db: {tmp_path / 'afile'} is a file" in done.stderr
     assert cli("env", "--rules", str(rules), env={"HOME": str(tmp_path)}).returncode == 0
+
+
+def test_an_edit_refused_for_a_need_is_applied_by_naming_the_file_again_once_mended(tmp_path, caplog):
+    missing = {"psycopg"}
+    path = tmp_path / "rules.yaml"
+    path.write_text("usage_db: usage.db\n")
+    rules_file = RulesFile(settle=0)
+    rules_file.needs = lambda rules: [("usage_db", "needs psycopg")] if missing and "postgres" in str(
+        rules.usage_db.__class__).lower() else []
+    rules_file.open(str(path))
+    path.write_text("usage_db: postgresql://u:pw@db.internal/usage\n")
+    caplog.set_level(logging.ERROR)
+    assert not rules_file.reload_if_changed() and not rules_file.reload_if_changed()
+    assert "set ccswitch_rules to the file again" in caplog.text
+    missing.clear()                                        # pip install 'ccswitch[postgres]'
+    assert rules_file.open(str(path)) and "postgresql" in repr(rules_file.rules.usage_db)
