@@ -55,6 +55,7 @@ table{border-collapse:collapse;font-size:.88rem;margin:.5rem 0}
 .wide{overflow-x:auto}
 th,td{padding:.25rem .6rem;border-bottom:1px solid #e5e5e5;white-space:nowrap}
 th{background:#f4f4f4;text-align:right} th:first-child,td:first-child{text-align:left}
+td:first-child,td[style]{white-space:normal;overflow-wrap:anywhere;max-width:16rem}
 td{text-align:right;font-variant-numeric:tabular-nums}
 tr.group td{color:#555;font-size:.82rem} tr.group td:first-child{padding-left:1.6rem}
 tr.total td{font-weight:bold;border-top:2px solid #999}
