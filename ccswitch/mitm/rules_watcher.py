@@ -69,5 +69,6 @@ class RulesWatcher:
 
 def _unmet_here(rules: Rules) -> list[tuple[str, str]]:
     """What this machine lacks for the rules, the ledger's database only while the ledger is on
-    (the Router declares its option; a watcher without it is a test's, and keeps it on)."""
-    return unmet_needs(rules, ledger=getattr(ctx.options, "ccswitch_ledger", True))
+    (the Router declares its option; without it, as in a test of the watcher alone, it counts as on)."""
+    options = getattr(ctx, "options", None)     # none before mitmproxy's master exists
+    return unmet_needs(rules, ledger=getattr(options, "ccswitch_ledger", True))

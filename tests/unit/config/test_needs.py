@@ -5,6 +5,7 @@ are put in force and by `ccswitch check`, not by the commands that only read the
 import importlib.util
 import logging
 import os
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +126,32 @@ def test_an_edit_refused_for_a_need_is_applied_by_naming_the_file_again_once_men
     assert "set ccswitch_rules to the file again" in caplog.text
     missing.clear()                                        # pip install 'ccswitch[postgres]'
     assert rules_file.open(str(path)) and "postgresql" in repr(rules_file.rules.usage_db)
+
+
+def test_the_built_in_default_is_refused_too_when_the_machine_lacks_its_needs(tmp_path, monkeypatch):
+    # no rules file: the default goes in force as a named file would, needs checked
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    rules_file = RulesFile()
+    rules_file.needs = lambda rules: [("usage_db", "lacking")]
+    with pytest.raises(RulesError, match="usage_db: lacking"):
+        rules_file.open(None)
+
+
+def test_a_ledger_file_or_its_folder_that_may_not_be_written_is_named(tmp_path, monkeypatch):
+    # os.access is faked: the tests may run as root, who may write anywhere
+    (tmp_path / "ro.db").write_text("")
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "usage.db").write_text("")
+    (tmp_path / "rw").mkdir()
+    (tmp_path / "link.db").symlink_to(tmp_path / "ro" / "new.db")
+    closed = {tmp_path / "ro.db", tmp_path / "ro"}
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: Path(p) not in closed and real(p, mode, *a, **k))
+    for usage_db, problem in [
+        ("ro.db", f"{tmp_path / 'ro.db'} cannot be written (no permission)"),
+        ("ro/usage.db", f"{tmp_path / 'ro' / 'usage.db'} cannot be written: no permission to write in "
+                        f"{tmp_path / 'ro'}, where SQLite keeps its journal"),
+        ("link.db", f"cannot create {tmp_path / 'ro' / 'new.db'} (no permission to write in {tmp_path / 'ro'})"),
+    ]:
+        assert unmet_needs(parse_rules(f"usage_db: {usage_db}\n", base_dir=tmp_path)) == [("usage_db", problem)]

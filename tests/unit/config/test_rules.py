@@ -968,3 +968,83 @@ dup:
     assert not [p for p in found if SECRET[:12] in p or hexkey[:12] in p], found
     assert "r.yaml: upstreams[a].anthropic-version: unknown key (a header? headers go under headers:)" in found
     assert any("auth: a value of" in p for p in found), found
+
+
+# ----------------------------------------------------------------------------- mutation-found gaps
+
+def test_a_duplicate_header_is_named_though_it_is_no_field_name():
+    # a header's name (capitals, dashes) is never a secret: the user is told which one is twice
+    text = "upstreams:\n" + relay("a", extra="headers:\n  X-Team: a\n  X-Team: b\n")
+    assert "r.yaml: line 8: duplicate key 'X-Team'" in problems(text)
+
+
+def test_a_key_run_into_its_value_by_a_quote_is_said_so_and_not_shown():
+    # `api_key"sk-…` (no space, a quote): the hint names the field, the value stays out
+    text = "upstreams:\n" + relay("a", extra=f"'api_key\"{SECRET}': x\n")
+    found = problems(text)
+    assert not [p for p in found if SECRET[:12] in p], found
+    assert any("unknown key: api_key and its value run together, not shown" in p for p in found), found
+
+
+def test_a_short_unknown_key_with_a_space_is_not_shown_though_a_field_is_near_it():
+    # `api_key sk-12` is near `api_key`, but a space in a key means a value is in it: no "did you mean"
+    found = problems("upstreams:\n" + relay("a", extra="api_key sk-12: x\n"))
+    assert not [p for p in found if "sk-12" in p], found
+    assert "r.yaml: upstreams[a].<unknown key>: unknown key: api_key and its value run together, not shown " \
+           "(a ':' missing after api_key?)" in found
+
+
+def test_the_one_value_list_hint_quotes_only_the_start_of_a_long_value():
+    found = problems("upstreams:\n" + relay("a", extra=f"only_models: {'m' * 100}\n"))
+    assert any(f'must be a list, even of one: ["{"m" * 60}"]' in p for p in found), found
+
+
+def test_an_env_variable_of_blanks_is_set_but_empty():
+    # "  " is no key: said so, not sent as one
+    assert problems("upstreams:\n" + relay("a", key="api_key: ${BLANK}"), env={"BLANK": "  "}) == [
+        "r.yaml: upstreams[a].api_key: environment variable BLANK is set but empty (give it the key, or set "
+        "enabled: false)"]
+
+
+def test_a_shell_variable_with_spaces_around_it_is_still_named():
+    found = problems("upstreams:\n" + relay("a", key="api_key: ' $RELAY_KEY '"))
+    assert any("reads as a shell variable, which ccswitch does not expand: write ${RELAY_KEY}" in p
+               for p in found), found
+
+
+def test_an_unknown_upstream_of_40_characters_is_still_shown():
+    name = "r" * 40
+    p = problems("upstreams:\n" + relay("a") + f"routes:\n  claude: [{name}]\n")
+    assert p == [f"r.yaml: routes.claude[0]: unknown upstream {name!r} (the upstreams are: a)"]
+
+
+def test_the_upstreams_listed_after_an_unknown_one_stop_at_eight():
+    names = [f"u{i}" for i in range(9)]
+    ups = "upstreams:\n" + "".join(relay(n) for n in names)
+    p = problems(ups + "routes:\n  claude: [zzz]\n")
+    assert p == ["r.yaml: routes.claude[0]: unknown upstream 'zzz' (the upstreams are: "
+                 + ", ".join(names[:8]) + ", ...)"]
+    ups8 = "upstreams:\n" + "".join(relay(n) for n in names[:8])
+    assert problems(ups8 + "routes:\n  claude: [zzz]\n") == [
+        "r.yaml: routes.claude[0]: unknown upstream 'zzz' (the upstreams are: " + ", ".join(names[:8]) + ")"]
+
+
+def test_an_anthropic_upstream_at_api_openai_com_is_not_told_to_add_v1():
+    # the /v1 advice is for OpenAI's own protocols; an anthropic upstream there is another fault
+    text = ("upstreams:\n  - {name: a, protocol: anthropic, base_url: 'https://api.openai.com', api_key: k}\n"
+            "routes: {claude: [a]}\n")
+    assert parse(text).upstreams[0].base_url == "https://api.openai.com"
+
+
+def test_a_location_part_with_a_value_run_into_it_is_not_shown_whatever_the_error():
+    # any key on the path (not only an unknown last one) longer than a name, with a space or a
+    # quote, may be `x-api-key "sk-…"`; exactly 24 characters, or no space nor quote, is a name
+    from ccswitch.config.load import UNSHOWN, _shown_loc
+    pasted = ["x-api-key 'sk-ant-0123456789'", 'x-api-key"sk-ant-0123456789', "x-api-key sk-ant-01234567"]
+    for key in pasted:
+        loc = ("upstreams", 0, "headers", key)
+        assert _shown_loc({"type": "string_type", "loc": loc}) == loc[:3] + (UNSHOWN,), (key, len(key))
+    assert len(pasted[2]) == 25
+    for name in (pasted[2][:-1], "x" * 30):
+        loc = ("upstreams", 0, "headers", name)
+        assert _shown_loc({"type": "string_type", "loc": loc}) == loc

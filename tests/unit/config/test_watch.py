@@ -221,3 +221,55 @@ def test_naming_the_file_again_after_a_vetoed_edit_is_vetoed_too_and_the_rules_s
         rules_file.open(str(path))                         # `set ccswitch_rules` to the same file
     assert not rules_file.open(str(path))                  # mitmproxy's roll-back names it again: nothing moves
     assert rules_file.rules.client_keys and rules_file.rules.routes.for_route("claude") == ("a", "b")
+
+
+def test_the_same_rules_in_another_file_are_opened_from_that_file(world, tmp_path):
+    # the same bytes elsewhere are not "the rules in force": the file named is watched from now on
+    path, _, rules_file = world
+    other = tmp_path / "other.yaml"
+    other.write_text(FULL)
+    assert rules_file.open(str(other)) and rules_file.path == other
+
+
+def test_a_file_refused_elsewhere_is_still_refused_when_the_watched_file_holds_it(world, tmp_path):
+    # a refusal is remembered for the file that was refused, not for any file with that content
+    path, _, rules_file = world
+    other = tmp_path / "other.yaml"
+    other.write_text("upstreams: [\n")
+    with pytest.raises(RulesError):
+        rules_file.open(str(other))
+    path.write_text("upstreams: [\n")
+    with pytest.raises(RulesError):
+        rules_file.open(str(path))
+
+
+def test_vetoes_are_for_a_running_proxy_not_the_first_open(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(FULL)
+    rules_file = RulesFile(settle=0.25, clock=Clock())
+    rules_file.vetoes.append(lambda rules: "refused")
+    assert rules_file.open(str(path))
+
+
+def test_a_change_undone_and_made_again_settles_afresh(world):
+    # the edit seen before it was undone must not count as already settled
+    path, clock, rules_file = world
+    path.write_text(EDITED)
+    assert not rules_file.reload_if_changed()
+    path.write_text(FULL)
+    assert not rules_file.reload_if_changed()        # changed back: nothing waits
+    clock.advance(1)
+    path.write_text(EDITED)
+    assert not rules_file.reload_if_changed()        # first sight again
+    clock.advance(0.25)
+    assert rules_file.reload_if_changed()
+
+
+def test_naming_the_file_again_after_a_reload_changes_nothing(world):
+    # mitmproxy names the file again: the reloaded rules are in force, nothing is read anew
+    path, clock, rules_file = world
+    path.write_text(EDITED)
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
+    assert rules_file.reload_if_changed()
+    assert not rules_file.open(str(path))

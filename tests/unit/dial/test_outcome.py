@@ -98,3 +98,10 @@ def test_a_long_retry_after_passed_on_tells_the_client_not_to_retry_unless_the_u
     assert limit_passed_on(short, sdk) == short and limit_passed_on([], sdk) == []
     assert limit_passed_on([*long, ("X-Should-Retry", "true")], sdk) == [*long, ("X-Should-Retry", "true")]
     assert limit_passed_on(long, codex) == [] and limit_passed_on(short, codex) == short
+
+
+def test_a_retry_after_of_exactly_the_worth_it_wait_is_passed_on_as_it_is():
+    # a minute is worth waiting: neither Codex's header is dropped nor others told not to retry
+    minute = [("retry-after", "60")]
+    assert limit_passed_on(minute, [("user-agent", "Anthropic/Python 0.75.0")]) == minute
+    assert limit_passed_on(minute, [("originator", "codex_exec")]) == minute

@@ -93,3 +93,20 @@ def test_a_reason_that_merely_holds_the_upstreams_name_keeps_the_subject():
     # "a" inside "stream error: a server error" dropped which upstream was meant
     event = Event(kind="cooldown", upstream="a", route="claude", reason="stream error: a server error occurred", ts=TS)
     assert summary(event).startswith("ccswitch cooldown: a (route claude): stream error")
+
+
+def test_the_subject_is_dropped_only_where_the_reason_starts_with_it():
+    # a reason naming the upstream elsewhere, or another upstream whose name starts the same, keeps it
+    for reason in ("failed over from upstream relay-a to relay-b", "upstream relay-ab is cooling down"):
+        event = Event(kind="cooldown", upstream="relay-a", route="claude", reason=reason, ts=TS)
+        assert summary(event) == f"ccswitch cooldown: relay-a (route claude): {reason}"
+    said = Event(kind="cooldown", upstream="relay-a", route="claude", reason="upstream relay-a is down", ts=TS)
+    assert summary(said) == "ccswitch cooldown: upstream relay-a is down"
+
+
+def test_a_reason_naming_the_route_drops_a_route_alone_but_not_an_upstream():
+    reason = "nothing left for the claude route"
+    assert summary(Event(kind="exhausted", upstream=None, route="claude", reason=reason, ts=TS)) == \
+        f"ccswitch exhausted: {reason}"
+    assert summary(Event(kind="cooldown", upstream="relay-a", route="claude", reason=reason, ts=TS)) == \
+        f"ccswitch cooldown: relay-a (route claude): {reason}"

@@ -34,3 +34,9 @@ def test_a_clients_json_is_otherwise_read_as_json_loads_reads_it():
         assert client_json(raw) == json.loads(raw)
     with pytest.raises(UnicodeDecodeError):
         client_json('{"model": "caf\xe9"}'.encode("latin-1"))
+
+
+def test_a_clients_raw_surrogate_bytes_and_long_numbers_are_read_as_json_loads_reads_them():
+    # json.loads takes a surrogate encoded in the bytes themselves, and reads a number whole
+    for raw in (b'{"s": "\xed\xa0\x80"}', b'{"n": 1' + b"0" * 60 + b'.5}'):
+        assert client_json(raw) == json.loads(raw)
