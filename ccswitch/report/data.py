@@ -125,9 +125,10 @@ class Report:
         """Upstreams that saw prompt tokens in the period, busiest first: the per-upstream cache-hit view."""
         return [label for label, t in sorted_groups(self.summary["upstream"]) if t.prompt]
 
-    def hit_by_upstream(self, day: date) -> dict[str, float | None]:
-        """Cache-hit ratio of each of ``hit_upstreams()`` on ``day`` (None: no prompt that day)."""
-        groups = self.by_day[day].groups["upstream"]
+    def hit_by_upstream(self, day: date | Span) -> dict[str, float | None]:
+        """Cache-hit ratio of each of ``hit_upstreams()`` on ``day`` (or in a row of the main
+        view, a ``Span``; None: no prompt then)."""
+        groups = (day if isinstance(day, Span) else self.by_day[day]).groups["upstream"]
         return {label: groups[label].cache_hit if label in groups else None for label in self.hit_upstreams()}
 
     # ---- the main table's rows

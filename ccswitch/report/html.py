@@ -19,6 +19,7 @@ from ccswitch.report.text import (
     fmt_cost,
     fmt_hit,
     hit_rows,
+    hit_title,
     latency_rows,
     main_digits,
     main_rows,
@@ -146,8 +147,9 @@ def render_html(report: Report, charts: list[Path]) -> str:
         parts.append(f"<h2>By {escape(dim)}</h2>")
         parts.append(_summary_table(report, dim))
     if report.hit_upstreams():
-        parts.append("<h2>Cache hit per day and upstream</h2>")
-        parts.append(_table(["Day", *report.hit_upstreams()], [("", [day, *cells]) for day, cells in hit_rows(report)]))
+        parts.append(f"<h2>{escape(hit_title(report).replace(' %', ''))}</h2>")
+        parts.append(_table([report.view.capitalize(), *report.hit_upstreams()],
+                            [("", [label, *cells]) for label, cells in hit_rows(report)]))
     if len(report.timings):
         parts.append("<h2>Latency and time to first byte (successful answers)</h2>")
         parts.append(_table([head, *LATENCY_COLUMNS],

@@ -252,7 +252,7 @@ def render_table(report: Report) -> str:
     dim = report.by or "upstream"
     out += ["", f"By {dim}:", *summary_lines(report, dim)]
     if report.by != "upstream" and report.hit_upstreams():   # with --by upstream the day rows show it
-        out += ["", "Cache hit % per day and upstream:"]
+        out += ["", hit_title(report) + ":"]
         out += hit_lines(report)
     if len(report.timings):
         out += ["", "Latency and time to first byte (successful answers; p50 / p95):", *latency_lines(report)]
@@ -273,13 +273,18 @@ ACTIVATION_COLUMNS = ("Upstream", "Last probe", "Last result", "OK", "Failed")
 
 
 def hit_rows(report: Report) -> list[tuple[str, list[str]]]:
-    """Days with requests, each with the cache-hit % of every upstream that saw prompt tokens."""
-    return [(day.strftime("%Y-%m-%d %a"), [fmt_ratio(r) for r in report.hit_by_upstream(day).values()])
-            for day in report.days if report.daily[day].requests]
+    """The main view's rows (days, hours, weeks or months) with requests, each with the cache-hit %
+    of every upstream that saw prompt tokens (a month's report has a row a month, not a day)."""
+    return [(row_label(report, span), [fmt_ratio(r) for r in report.hit_by_upstream(span).values()])
+            for span in report.rows() if span.total.requests]
+
+
+def hit_title(report: Report) -> str:
+    return f"Cache hit % per {report.view} and upstream"
 
 
 def hit_lines(report: Report) -> list[str]:
-    return _grid("Day", hit_rows(report), columns=tuple(report.hit_upstreams()))
+    return _grid(report.view.capitalize(), hit_rows(report), columns=tuple(report.hit_upstreams()))
 
 
 def activation_lines(report: Report) -> list[str]:

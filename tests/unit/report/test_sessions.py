@@ -1,6 +1,7 @@
 """`ccswitch report` and session affinity: --by session, moved sessions, cache hit per day and upstream."""
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from datetime import date
@@ -68,11 +69,11 @@ def session_db(tmp_path: Path) -> Path:
     return path
 
 
-def build(path: Path, by: str | None = None) -> Report:
+def build(path: Path, by: str | None = None, **kw) -> Report:
     conn = schema.connect(str(path), readonly=True)
     try:
         return build_report(conn, parse_rules(RULES, env={"RELAY_A_KEY_FOR_TEST": "x"}), MAR1, MAR2, by,
-                            db_path=str(path))
+                            db_path=str(path), **kw)
     finally:
         conn.close()
 
@@ -130,6 +131,18 @@ def test_table_has_a_moved_column_and_a_per_upstream_hit_grid(session_db):
     assert grid[0].split() == ["Day", "anthropic-official", "relay-a"]   # costliest first, as in "By upstream"
     assert grid[2].split() == ["2026-03-01", "Sun", "40.0%", "53.3%"]
     assert grid[3].split() == ["2026-03-02", "Mon", "95.0%", "86.7%"]
+
+
+def test_the_hit_grid_has_the_main_views_rows(session_db):
+    # a 17-month report by month printed 493 rows of days in its grid
+    report = build(session_db, period="month")
+    out = text.render_table(report)
+    lines = out.splitlines()
+    grid = lines[lines.index("Cache hit % per month and upstream:") + 1:]
+    rows = list(itertools.takewhile(str.strip, grid[2:]))
+    assert grid[0].split() == ["Month", "anthropic-official", "relay-a"]
+    assert [row.split()[0] for row in rows] == ["2026-03"]                    # one row for the month, not each day
+    assert "<h2>Cache hit per month and upstream</h2>" in render_html(report, [])
 
 
 def test_by_upstream_shows_the_hit_per_day_in_its_groups_instead_of_the_grid(session_db):
