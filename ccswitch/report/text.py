@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
@@ -118,14 +119,24 @@ def latency_cells(s: LatencyStats) -> list[str]:
     return [str(s.requests), fmt_ms(s.latency_p50), fmt_ms(s.latency_p95), fmt_ms(s.ttfb_p50), fmt_ms(s.ttfb_p95)]
 
 
+def width(text: str) -> int:
+    """The columns `text` takes in a terminal: a wide character (CJK, most emoji) takes two, a
+    combining mark none; `len` put the columns after such a name out of line."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _padded(text: str, columns: int, left: bool) -> str:
+    pad = " " * max(0, columns - width(text))
+    return text + pad if left else pad + text
+
+
 def _grid(head: str, rows: list[tuple[str, list[str]]], rules_before: set[int] = frozenset(),
           columns: tuple[str, ...] = COLUMNS, left: int = 1) -> list[str]:
     """A text table; the first ``left`` columns are left-aligned, the rest right-aligned."""
     cols = [printable(c) for c in (head, *columns)]
     cells = [[printable(c) for c in (label, *values)] for label, values in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(cols)]
-    line = lambda row: "  ".join(c.ljust(w) if i < left else c.rjust(w)
-                                 for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+    widths = [max(width(c), *(width(r[i]) for r in cells)) if cells else width(c) for i, c in enumerate(cols)]
+    line = lambda row: "  ".join(_padded(c, w, i < left) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
     sep = "  ".join("-" * w for w in widths)
     out = [line(cols), sep]
     for i, row in enumerate(cells):
@@ -289,8 +300,8 @@ def hit_lines(report: Report) -> list[str]:
 
 def activation_lines(report: Report) -> list[str]:
     rows = [list(ACTIVATION_COLUMNS), *([printable(c) for c in row] for row in activation_rows(report))]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(ACTIVATION_COLUMNS))]
-    fmt = lambda r: "  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    widths = [max(width(r[i]) for r in rows) for i in range(len(ACTIVATION_COLUMNS))]
+    fmt = lambda r: "  ".join(_padded(c, w, i < 3) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
     return [fmt(rows[0]), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows[1:])]
 
 

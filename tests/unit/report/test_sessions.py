@@ -199,3 +199,11 @@ def test_a_version_1_database_read_only_reports_no_sessions(tmp_path, capsys):
     probe = sqlite3.connect(path)
     assert probe.execute("PRAGMA user_version").fetchone()[0] == 1           # left as it was
     assert run_cli(tmp_path, path) == 0 and "Total" in capsys.readouterr().out
+
+
+def test_wide_characters_in_names_keep_the_columns_in_line():
+    # an emoji or CJK name takes two terminal columns: padded by len(), its row's columns shifted
+    lines = text._grid("Model", [("🦄-unicorn", ["1", "2"]), ("会话-x", ["3", "4"]), ("plain", ["5", "6"])],
+                       columns=("A", "B"))
+    ends = {text.width(line) for line in lines}
+    assert len(ends) == 1 and text.width("🦄会e\u0301") == 5
