@@ -14,7 +14,7 @@ from ccswitch.cli.out_dir import cannot_write
 from ccswitch.cli.output import quiet_on_broken_pipe
 from ccswitch.cli.rules_file import UNSET, AnyEnv, find_announced, load_for_command, load_for_part
 from ccswitch.config.database_url import PostgresURL
-from ccswitch.config.load import BUILT_IN
+from ccswitch.config.load import BUILT_IN, is_there
 from ccswitch.config.models import Rules
 from ccswitch.config.needs import unmet_needs
 from ccswitch.config.values import RulesError
@@ -92,7 +92,7 @@ def _init(args: argparse.Namespace) -> int:
         return 1
     print(path)
     local = Path.cwd() / "rules.yaml"
-    shadowed = local.is_symlink() or local.exists()     # chosen first in any form (see resolve_rules_path)
+    shadowed = is_there(local)      # chosen first in any form
     check = f"ccswitch check --rules {path}" if shadowed else "ccswitch check"
     print(f"wrote the example rules to {path}: edit it, then `{check}`", file=sys.stderr)
     if shadowed:

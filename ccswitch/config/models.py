@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import hashlib
 import hmac
 from datetime import tzinfo
@@ -284,8 +285,13 @@ class Upstream(_Model):
     def fingerprint(self) -> tuple:
         """Changes when base_url, api_key or protocol changes (the key only as a digest)."""
         key = self.api_key.get_secret_value() if self.api_key is not None else None
-        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest() if key is not None else None
-        return (self.base_url, digest, self.protocol)
+        return (self.base_url, _key_digest(key) if key is not None else None, self.protocol)
+
+
+@functools.lru_cache(maxsize=256)
+def _key_digest(key: str) -> str:
+    # asked for on every attempt (whose answer counts for which key) and every sealed-reasoning look-up
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _route_form(value: Any) -> Any:

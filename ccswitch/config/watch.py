@@ -129,11 +129,12 @@ class RulesFile:
             raise RulesError([empty_file(path)])
         rules = _parse(content, path)   # the bytes read once: what is checked is what is applied
         self._check_needs(rules, str(path))
-        if self._opened:
-            for veto in self.vetoes:
-                if reason := veto(rules):
-                    raise RulesError([f"{path}: {reason}"])
+        if self._opened and (reason := self._vetoed(rules)):
+            raise RulesError([f"{path}: {reason}"])
         return rules
+
+    def _vetoed(self, rules: Rules) -> str | None:
+        return next((reason for veto in self.vetoes if (reason := veto(rules))), None)
 
     def _check_needs(self, rules: Rules, source: str) -> None:
         if problems := self.needs(rules):
@@ -171,11 +172,9 @@ class RulesFile:
             log.error("ccswitch: rules edit not applied, keeping the last good ones: this machine lacks what it "
                       "needs (once that is mended, set ccswitch_rules to the file again, or edit it):\n%s", exc)
             return False
-        for veto in self.vetoes:
-            reason = veto(rules)
-            if reason:
-                log.error("ccswitch: rules edit refused, keeping the last good ones: %s", reason)
-                return False
+        if reason := self._vetoed(rules):
+            log.error("ccswitch: rules edit refused, keeping the last good ones: %s", reason)
+            return False
         self.rules, self.path, self._in_force = rules, path, signature
         log.info("ccswitch: rules reloaded from %s", path)
         return True

@@ -10,7 +10,7 @@ from ccswitch.config.models import Rules
 from ccswitch.ledger.reading import LedgerReader
 from ccswitch.report import prices, timeline
 from ccswitch.report.latency import Timing, Timings
-from ccswitch.report.ledger_values import ms_or_none
+from ccswitch.report.ledger_values import MAX_COUNT, ms_or_none
 from ccswitch.report.totals import Totals, UsageRow
 
 
@@ -30,9 +30,9 @@ def row_moment(text: object, unreadable: list[str]) -> datetime | None:
 
 
 def _count(column: str) -> str:
-    """SQL for a token column as the writer stores it (`ledger.rows`): a count below 0 or past
-    2**53, which only a hand edit leaves, counts as 0."""
-    return f"CASE WHEN {column} >= 0 AND {column} <= 9007199254740992 THEN {column} ELSE 0 END"
+    """SQL for a token column as `count_or_zero` reads one: a count below 0 or past `MAX_COUNT`,
+    which only a hand edit leaves, counts as 0."""
+    return f"CASE WHEN {column} >= 0 AND {column} <= {MAX_COUNT} THEN {column} ELSE 0 END"
 
 
 def read_rows(reader: LedgerReader, sql: str, since: date, until: date, before: int = 1) -> Iterator[tuple]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from ccswitch.config.database_url import PostgresURL
 from ccswitch.config.models import Rules
 from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
-from ccswitch.report.ledger_rows import Pricer
+from ccswitch.report.ledger_rows import Pricer, row_moment
 from ccswitch.report.ledger_values import count_or_zero
 from ccswitch.report.totals import Totals
 
@@ -80,6 +80,7 @@ def ledger_spend(target: Path | PostgresURL, rules: Rules, since: datetime, unti
     if not exists(target):
         return out
     pricer = Pricer(rules)
+    unreadable: list[str] = []
     try:
         with open_reader(target, timeout=timeout) as reader:
             have = reader.columns("requests")
@@ -98,12 +99,10 @@ def ledger_spend(target: Path | PostgresURL, rules: Rules, since: datetime, unti
                     if row_totals(row).tokens:     # a refused request's model is nothing to warn of
                         out.unpriced.add(row["upstream_model"] or row["model"] or "(no model)")
                     continue
-                try:
-                    ts = datetime.fromisoformat(str(row["ts"]).replace(" ", "T"))
-                except ValueError:      # a hand edit (`25:00`): one row must not keep the proxy from starting
-                    out.unreadable += 1
-                    continue
-                out.rows.append((ts if ts.tzinfo else ts.replace(tzinfo=UTC), row["upstream"], row["client"], usd))
+                # a hand edit (`25:00`): one row must not keep the proxy from starting
+                if (ts := row_moment(row["ts"], unreadable)) is not None:
+                    out.rows.append((ts, row["upstream"], row["client"], usd))
+            out.unreadable = len(unreadable)
     except LedgerReadError as exc:
         return LedgerSpend(error=str(exc))
     return out

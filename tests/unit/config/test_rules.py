@@ -1039,12 +1039,12 @@ def test_an_anthropic_upstream_at_api_openai_com_is_not_told_to_add_v1():
 def test_a_location_part_with_a_value_run_into_it_is_not_shown_whatever_the_error():
     # any key on the path (not only an unknown last one) longer than a name, with a space or a
     # quote, may be `x-api-key "sk-…"`; exactly 24 characters, or no space nor quote, is a name
-    from ccswitch.config.load import UNSHOWN, _shown_loc
+    from ccswitch.config.problems import UNSHOWN, shown_loc
     pasted = ["x-api-key 'sk-ant-0123456789'", 'x-api-key"sk-ant-0123456789', "x-api-key sk-ant-01234567"]
     for key in pasted:
         loc = ("upstreams", 0, "headers", key)
-        assert _shown_loc({"type": "string_type", "loc": loc}) == loc[:3] + (UNSHOWN,), (key, len(key))
+        assert shown_loc({"type": "string_type", "loc": loc}) == loc[:3] + (UNSHOWN,), (key, len(key))
     assert len(pasted[2]) == 25
     for name in (pasted[2][:-1], "x" * 30):
         loc = ("upstreams", 0, "headers", name)
-        assert _shown_loc({"type": "string_type", "loc": loc}) == loc
+        assert shown_loc({"type": "string_type", "loc": loc}) == loc
