@@ -92,8 +92,9 @@ class Axis:
             interval = max(1, math.ceil(len(self.spans) / 12))
             ax.xaxis.set_major_locator(mdates.WeekdayLocator(byweekday=mdates.MO, interval=interval))
             ax.xaxis.set_major_formatter(mdates.DateFormatter("%b %d\n%Y" if len(self.spans) > 12 else "%b %d"))
-        elif self.report.view == "month":
-            ax.xaxis.set_major_locator(mdates.MonthLocator())
+        elif self.report.view == "month":          # a dozen labels at most, or they run together
+            interval = max(1, math.ceil(len(self.spans) / 12))
+            ax.xaxis.set_major_locator(mdates.MonthLocator(interval=interval))
             ax.xaxis.set_major_formatter(mdates.DateFormatter("%b\n%Y"))
         else:
             if self.report.view == "day" and len(self.spans) <= 100:

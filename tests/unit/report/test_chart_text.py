@@ -24,10 +24,9 @@ def test_a_model_name_with_dollars_is_charted_as_written(tmp_path):
     assert all((out / name).stat().st_size > 1000 for name in CHART_FILES) and "my-model$}$" in printed.getvalue()
 
 
-def test_day_ticks_are_evenly_spaced_across_month_ends(tmp_path):
-    # ticks counted by day of the month put "Nov 29" beside "Dec 01", their labels overlapping
-    from datetime import date, timedelta
-    from itertools import pairwise
+def _ticks_of(tmp_path, first, days: int, period: str = "day") -> list[float]:
+    """The x ticks a chart of one request a day from ``first`` shows, in labels' range."""
+    from datetime import timedelta
 
     import matplotlib.pyplot as plt
 
@@ -36,25 +35,43 @@ def test_day_ticks_are_evenly_spaced_across_month_ends(tmp_path):
     from ccswitch.report.data import build_report
     from tests.unit.report.test_report import RULES
 
-    db = tmp_path / "usage.db"
-    conn = connect(str(db))
-    for i in range(35):
-        day = date(2026, 10, 28) + timedelta(days=i)
+    tmp_path.mkdir(exist_ok=True)
+    conn = connect(str(tmp_path / "usage.db"))
+    for i in range(days):
+        day = first + timedelta(days=i)
         insert_request(conn, i, ts=f"{day}T10:00:00.000+00:00", upstream="relay-a", model="claude-sonnet-4-5",
                        input_tokens=100, output_tokens=5)
     rules = parse_rules(RULES, env={"RELAY_A_KEY_FOR_TEST": "x"})
-    report = build_report(conn, rules, date(2026, 10, 28), date(2026, 12, 1))
+    report = build_report(conn, rules, first, first + timedelta(days=days - 1), period=period)
     conn.close()
     figure, ax = plt.subplots()
     try:
         axis = Axis(report)
         ax.bar(axis.x, [1] * len(axis.x), width=axis.width)
         axis.style(ax)
-        ticks = ax.xaxis.get_majorticklocs()
+        low, high = ax.get_xlim()
+        return [t for t in ax.xaxis.get_majorticklocs() if low <= t <= high]
     finally:
         plt.close(figure)
+
+
+def test_day_ticks_are_evenly_spaced_across_month_ends(tmp_path):
+    # ticks counted by day of the month put "Nov 29" beside "Dec 01", their labels overlapping
+    from datetime import date
+    from itertools import pairwise
+
+    ticks = _ticks_of(tmp_path, date(2026, 10, 28), 35)
     gaps = {round(b - a, 6) for a, b in pairwise(ticks)}
     assert len(ticks) >= 4 and len(gaps) == 1, gaps
+
+
+def test_a_long_month_view_labels_at_most_a_dozen_months(tmp_path):
+    # a tick for each of 17 months ran their "Mar\n2026" labels together
+    from datetime import date
+
+    ticks = _ticks_of(tmp_path, date(2025, 7, 1), 520, period="month")
+    assert 4 <= len(ticks) <= 12, len(ticks)
+    assert len(_ticks_of(tmp_path / "short", date(2026, 1, 1), 150, period="month")) == 5   # each month, still
 
 
 def test_dollar_ticks_have_the_decimals_each_step_needs():
