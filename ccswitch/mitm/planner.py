@@ -11,7 +11,7 @@ from ccswitch.clock import utc_now
 from ccswitch.dial.job import Job
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.routing.budget import CLIENT
-from ccswitch.routing.events import Event
+from ccswitch.routing.events import Event, news_slot
 from ccswitch.routing.plan import back_in, plan, serves_model
 from ccswitch.translate import convert_for_candidates
 from ccswitch.wire import protocols
@@ -86,9 +86,10 @@ class Planner:
     def _exhausted(self, route: str, reason: str, wait: float | None) -> None:
         """ccswitch answers the route itself: one event per soonest reset (429), or per hour
         while nothing is available with no known end (503), however many requests are refused."""
-        if wait is not None:   # to the second: every refusal until that reset names the same one
-            until = datetime.fromtimestamp(round(self.gateway.quota.clock() + wait), UTC)
-            episode = f"429 until {until:%Y-%m-%dT%H:%M:%S}"
+        if wait is not None:   # to the second; a per-minute bucket's resets, once a quarter hour
+            reset = round(self.gateway.quota.clock() + wait)
+            until = datetime.fromtimestamp(reset, UTC)
+            episode = f"429 until {news_slot(reset)}"
         else:
             until, episode = None, f"503 {utc_now():%Y-%m-%dT%H}"
         self.gateway.events.emit(Event("exhausted", None, reason, route=route, until=until, episode=episode,

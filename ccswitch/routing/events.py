@@ -6,6 +6,7 @@ the webhook notifier queue what they need and do their work elsewhere."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +32,18 @@ class Event:
     #: that moves the claim's last told state to this one, however soon after the last change
     state: str = ""
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+#: ends within one quarter hour are one occurrence to tell: a per-minute bucket refilled again
+#: and again (`x-ratelimit-reset-tokens: 1.5s`, a new reset on every answer) is news once a
+#: quarter hour, not once an answer
+NEWS_GRID = 900.0
+
+
+def news_slot(moment: float, grid: float = NEWS_GRID) -> str:
+    """The end of the `grid`-second slot `moment` (epoch seconds) falls in, as an episode's text
+    for an event whose end moves (UTC, to the minute)."""
+    return f"{datetime.fromtimestamp(math.ceil(moment / grid) * grid, UTC):%Y-%m-%dT%H:%M}"
 
 
 Listener = Callable[[Event], None]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from ccswitch.routing.events import Event, Events
+from ccswitch.routing.events import Event, Events, news_slot
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.quota import QuotaBoard
 from ccswitch.routing.rate_limits import rejection_reset
@@ -22,12 +22,15 @@ def learn_windows(quota: QuotaBoard, events: Events | None, name: str, headers: 
     window = quota.full(name, drain_at)
     if window is None:
         return
-    ends = quota.full_until(name, drain_at) or quota.clock()   # also for a window without a reset
+    if window.resets_at is not None:
+        slot = news_slot(window.resets_at)
+    else:   # a window that names no reset, seen again at each probe: news once an hour
+        slot = "no reset " + news_slot(quota.clock(), 3600)
     events.emit(Event(
         "full", name, f"its {window.name} window is at {window.utilization:.0%} (drain_at {drain_at:.0%})"
         f"{', rejecting requests' if window.rejected else ''}: skipped until it resets",
         until=None if window.resets_at is None else datetime.fromtimestamp(window.resets_at, UTC),
-        episode=f"{window.name}:{ends:.0f}", claim=f"full:{name}:{window.name}:{ends:.0f}"))
+        episode=f"{window.name}:{slot}", claim=f"full:{name}:{window.name}:{slot}"))
 
 
 def cool_rate_limited(health: HealthBoard, quota: QuotaBoard, name: str, reason: str,

@@ -57,6 +57,25 @@ async def test_a_storm_of_own_429s_is_one_event_naming_the_reset(gateway):
     assert CLIENT_KEY not in event.reason and KEY_A not in event.reason
 
 
+async def test_own_429s_until_resets_a_few_seconds_apart_are_one_event(gateway):
+    # a route held at a per-minute bucket: each refusal names a reset a little later, and each
+    # was a webhook
+    router = Router(gateway)
+    router.relay = Relay(None)
+    router.started.set()
+    now = (int(time.time()) // 900 + 1) * 900 + 1.0     # just past a quarter hour
+    gateway.quota.clock = lambda: now
+    heard = listen(gateway)
+    for later in (20, 35, 50):
+        gateway.quota.record("a", [("anthropic-ratelimit-unified-status", "rejected"),
+                                   ("anthropic-ratelimit-unified-5h-utilization", "1.0"),
+                                   ("anthropic-ratelimit-unified-5h-reset", str(int(now) + later))])
+        assert await refuse_many(router, 2) == [429] * 2
+    assert len({e.until for e in heard}) == 3              # each still names its own reset
+    seen = Deduper()
+    assert [seen.first(e) for e in heard].count(True) == 1
+
+
 async def test_a_503_with_nothing_available_is_one_event_per_hour(gateway):
     router = Router(gateway)
     router.relay = Relay(None)

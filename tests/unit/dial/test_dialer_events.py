@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from ccswitch.dial.dialer import Dialer
 from ccswitch.routing.affinity import SessionBindings
-from ccswitch.routing.events import Events
+from ccswitch.routing.events import Events, news_slot
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.limits import learn_windows
 from ccswitch.routing.quota import QuotaBoard
@@ -54,7 +54,7 @@ async def test_full_is_announced_when_an_answer_crosses_drain_at_once_per_window
     [event] = heard
     assert (event.kind, event.upstream, event.route) == ("full", "a", None)
     assert event.until == datetime.fromtimestamp(reset, UTC)
-    assert event.episode == f"5h:{reset}" and event.claim == f"full:a:5h:{reset}"
+    assert event.episode == f"5h:{news_slot(reset)}" and event.claim == f"full:a:5h:{news_slot(reset)}"
     assert event.reason == "its 5h window is at 93% (drain_at 90%): skipped until it resets"
 
 
@@ -69,7 +69,8 @@ async def test_a_window_full_again_after_its_reset_is_a_new_episode(mock_a, mock
             await serve(d, rules)
     finally:
         await d.aclose()
-    assert [(e.kind, e.episode) for e in heard] == [("full", f"5h:{first}"), ("full", f"5h:{second}")]
+    assert [(e.kind, e.episode) for e in heard] == [("full", f"5h:{news_slot(first)}"),
+                                                    ("full", f"5h:{news_slot(second)}")]
 
 
 async def test_answers_without_rate_limit_headers_announce_nothing(mock_a, mock_b):
@@ -105,3 +106,38 @@ def test_a_dialer_without_a_bus_learns_windows_all_the_same():
     d = Dialer(HealthBoard(), quota=QuotaBoard())
     learn_windows(d.quota, d.events, "a", list(utilization(0.99, int(time.time()) + 60).items()), 0.9)
     assert d.quota.full("a", 0.9) is not None
+
+
+def _told(events: list) -> list:
+    """What the webhooks hear of `events`: the first of each occurrence."""
+    from ccswitch.notify.dedupe import Deduper
+
+    dedupe = Deduper()
+    return [e for e in events if dedupe.first(e)]
+
+
+def test_a_bucket_refilled_again_and_again_is_news_once_a_quarter_hour():
+    # a tokens-per-minute bucket names a new reset on every answer: each was a webhook
+    now = [1_800_000_000.0]      # on a quarter hour: two minutes stay inside one
+    quota, events, heard = QuotaBoard(clock=lambda: now[0]), Events(), []
+    events.subscribe(heard.append)
+    bucket = [("x-ratelimit-limit-tokens", "30000"), ("x-ratelimit-remaining-tokens", "1000"),
+              ("x-ratelimit-reset-tokens", "1.5s")]
+    for _ in range(60):
+        learn_windows(quota, events, "relay", bucket, 0.95)
+        now[0] += 2.0
+    assert len(heard) == 60 and len(_told(heard)) == 1     # full again after each reset; told once
+    now[0] += 900
+    learn_windows(quota, events, "relay", bucket, 0.95)
+    assert len(_told(heard)) == 2                          # a quarter hour on, it is news again
+
+
+def test_a_rejecting_window_without_a_reset_is_news_once_an_hour():
+    now = [1_800_000_001.0]    # just past an hour: two hours of probes in two
+    quota, events, heard = QuotaBoard(clock=lambda: now[0]), Events(), []
+    events.subscribe(heard.append)
+    rejected = [("anthropic-ratelimit-unified-status", "rejected")]
+    for _ in range(12):                                    # seen again at each probe, 10 minutes apart
+        learn_windows(quota, events, "relay", rejected, 0.95)
+        now[0] += 600
+    assert len(heard) == 12 and len(_told(heard)) == 2, [e.episode for e in heard]
