@@ -188,9 +188,8 @@ class Gateway:
         return found
 
     def _count_spend(self, found: LedgerSpend) -> None:
-        for ts, upstream, client, usd in found.rows:
-            self.spend.add(UPSTREAM, upstream, usd, ts, quiet=True)
-            self.spend.add(CLIENT, client, usd, ts, quiet=True)
+        self.spend.load(amount for ts, upstream, client, usd in found.rows
+                        for amount in ((UPSTREAM, upstream, usd, ts), (CLIENT, client, usd, ts)))
         if found.unreadable:
             log.warning("ccswitch: %d request row(s) of the ledger left out of the spend: their time cannot be read "
                         "(edited by hand?)", found.unreadable)

@@ -8,7 +8,7 @@ through `apply` (SpendTotal), which only ever raises a period's spend."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 
@@ -106,9 +106,8 @@ class SpendBoard:
         for (who, name, kind), (start, _) in moved.items():
             self._announce(who, name, kind, start, news_from=math.inf)   # crossed already: told already
 
-    def add(self, who: str, name: str | None, usd: float, at: datetime | None = None, *, quiet: bool = False) -> None:
-        """Count `usd` spent by an upstream or a client key at `at` (default now); `quiet` (the
-        start-up load) marks budgets already crossed as told instead of announcing them again."""
+    def add(self, who: str, name: str | None, usd: float, at: datetime | None = None) -> None:
+        """Count `usd` spent by an upstream or a client key at `at` (default now)."""
         if name is None or usd <= 0:
             return
         at = at or self.clock()
@@ -116,14 +115,28 @@ class SpendBoard:
             start = period_start(kind, at, self.tz)
             if not self._add_period(who, name, kind, start, usd):
                 continue
-            if quiet:
-                self._announce(who, name, kind, start, news_from=math.inf)
-                continue          # the start-up load is no news to share
             if self.alone:
                 self._announce(who, name, kind, start)
             if self.on_change is not None:
                 notify(self.on_change, SpendAdded(who, name, kind, start.timestamp(),
                                                   period_end(kind, start, self.tz).timestamp(), usd))
+
+    def load(self, amounts: Iterable[tuple[str, str | None, float, datetime]]) -> None:
+        """The ledger's spend so far, `(who, name, usd, at)` each: at start-up, or later, once a
+        ledger that could not be read at the start can be.  A line the ledger's spend reached by
+        itself was told by the run that crossed it; one crossed only with what this run spent
+        meanwhile is news now.  (With a shared state, the instances that added it told it.)"""
+        loaded: dict[tuple[str, str, str, datetime], float] = {}
+        for who, name, cost, at in amounts:
+            if name is None or cost <= 0:
+                continue
+            for kind in PERIODS:
+                start = period_start(kind, at, self.tz)
+                if self._add_period(who, name, kind, start, cost):
+                    loaded[who, name, kind, start] = loaded.get((who, name, kind, start), 0.0) + cost
+        for (who, name, kind, start), cost in loaded.items():
+            if self._spent[who, name, kind][0] == start:     # the period held, not one a later row replaced
+                self._announce(who, name, kind, start, news_from=cost if self.alone else math.inf)
 
     def _add_period(self, who: str, name: str, kind: str, start: datetime, usd: float) -> bool:
         """Add to one period's spend; False for a period older than the one held."""

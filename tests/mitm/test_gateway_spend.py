@@ -40,8 +40,8 @@ async def test_an_unreadable_ledger_is_read_once_it_can_be(gateway, monkeypatch,
     monkeypatch.setattr(gateway_module, "SPEND_RETRY", 0.01)
     gateway.open_ledger(True)
     counted_on = []
-    add = gateway.spend.add
-    monkeypatch.setattr(gateway.spend, "add", lambda *a, **k: (counted_on.append(threading.get_ident()), add(*a, **k)))
+    load = gateway.spend.load
+    monkeypatch.setattr(gateway.spend, "load", lambda *a: (counted_on.append(threading.get_ident()), load(*a)))
     try:
         with caplog.at_level(logging.INFO, logger="ccswitch"):
             await gateway.load_spend(started)

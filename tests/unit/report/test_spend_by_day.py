@@ -20,9 +20,8 @@ def test_sums_per_upstream_client_and_local_day_count_as_the_rows_one_by_one():
     one_by_one, summed = SpendBoard(lambda: now), SpendBoard(lambda: now)
     for board, source in ((one_by_one, rows), (summed, grouped)):
         board.tz = TZ
-        for ts, upstream, client, usd in source:
-            board.add(UPSTREAM, upstream, usd, ts, quiet=True)
-            board.add(CLIENT, client, usd, ts, quiet=True)
+        board.load(amount for ts, upstream, client, usd in source
+                   for amount in ((UPSTREAM, upstream, usd, ts), (CLIENT, client, usd, ts)))
     for who, name in ((UPSTREAM, "a"), (UPSTREAM, "b"), (CLIENT, "alice"), (CLIENT, "bob")):
         for kind in ("daily", "monthly"):
             assert abs(one_by_one.spent(who, name, kind) - summed.spent(who, name, kind)) < 1e-9

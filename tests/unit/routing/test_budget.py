@@ -131,6 +131,23 @@ def test_a_restart_keeps_the_days_spend_from_the_ledgers_rows():
                                                  "$13.50 of $12.00 this month (until 2026-04-01)"]
 
 
+def test_a_start_up_load_tells_no_line_the_ledger_reached_by_itself():
+    spend, _, seen = board(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))
+    spend.load([(CLIENT, "alice", 17.0, datetime(2026, 3, 10, 9, tzinfo=UTC)),
+                (CLIENT, "alice", 5.0, datetime(2026, 3, 10, 10, tzinfo=UTC))])     # over its 20: told before
+    assert seen == [] and spend.over(CLIENT, "alice") is not None
+
+
+def test_a_late_ledger_read_tells_the_line_this_run_s_spend_took_it_across():
+    # the ledger could not be read at the start (PostgreSQL down): budgets counted from 0 meanwhile
+    spend, _, seen = board(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))
+    spend.add(CLIENT, "alice", 3.0)                                # this run's, under 80 % alone
+    spend.load([(CLIENT, "alice", 15.0, datetime(2026, 3, 10, 9, tzinfo=UTC)),
+                (CLIENT, "alice", 3.0, datetime(2026, 3, 10, 10, tzinfo=UTC))])   # the ledger's 18: 80 % told then
+    assert spend.over(CLIENT, "alice") is not None
+    assert [e.reason for e in seen] == ["client alice reached its daily budget ($21.00 of $20.00)"]
+
+
 @pytest.mark.parametrize("zone", ["Europe/Berlin", "America/New_York"])
 def test_without_a_timezone_days_and_months_start_at_the_machines_own_midnights_dst_and_all(monkeypatch, zone):
     monkeypatch.setenv("TZ", zone)

@@ -184,7 +184,7 @@ def test_spend_is_shared_per_period_and_totals_only_raise():
 
 def test_quiet_spend_is_no_news():
     a, _ = pair()
-    a.spend.add(CLIENT, "k", 1.0, quiet=True)     # the start-up load from the ledger
+    a.spend.load([(CLIENT, "k", 1.0, a.spend.clock())])     # the start-up load from the ledger
     assert a.sent == []
 
 
