@@ -227,7 +227,7 @@ class LiveBoard:
 
     def _midnight(self, tz: tzinfo, now: datetime | None = None) -> datetime:
         now = datetime.fromtimestamp(self.clock(), tz) if now is None else now.astimezone(tz)
-        return now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return now.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)   # of two midnights, the first
 
     @staticmethod
     def _slice(at: datetime) -> int:

@@ -32,7 +32,8 @@ def reached(spent: float, line: float) -> bool:
 def period_start(kind: str, moment: datetime, tz: tzinfo) -> datetime:
     """The local start of the day or month `moment` falls in (an aware datetime in `tz`)."""
     local = moment.astimezone(tz)
-    day = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    # fold=0: a midnight that comes twice (clocks set back from 01:00) is the day's first one
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)
     start = day if kind == "daily" else day.replace(day=1)
     return start.replace(tzinfo=None).replace(tzinfo=tz)   # the zone's own offset on that date (DST)
 

@@ -173,6 +173,15 @@ def test_today_begins_at_start_or_midnight_whichever_is_later():
     assert board.since(berlin) == datetime(2026, 12, 2, tzinfo=berlin)
 
 
+def test_today_in_the_second_of_two_midnights_begins_at_the_first():
+    # Havana's clocks went from 01:00 back to 00:00 on 2024-11-03: at 00:30 the second time,
+    # today began an hour and a half ago, not half an hour
+    havana = ZoneInfo("America/Havana")
+    board = LiveBoard(clock=lambda: datetime(2024, 11, 3, 5, 30, tzinfo=UTC).timestamp())
+    board.started = 0
+    assert board.since(havana).timestamp() == datetime(2024, 11, 3, 4, 0, tzinfo=UTC).timestamp()
+
+
 def test_the_histogram_counts_a_value_on_a_bound_in_that_bucket_and_is_cumulative():
     hist = Histogram(DURATION_BUCKETS)
     for value in (0.1, 0.2, 5.0, 700.0):

@@ -49,6 +49,18 @@ def test_periods_are_local_days_and_months():
     assert period_end("daily", datetime(2026, 3, 29, 12, tzinfo=berlin), berlin).utcoffset().seconds == 7200
 
 
+def test_a_midnight_that_comes_twice_starts_one_day():
+    # Havana's clocks went from 01:00 back to 00:00 on 2024-11-03: a request in the second 00:xx
+    # hour is in the same day as one in the first (one shared key for the day's spend, not two)
+    havana = ZoneInfo("America/Havana")
+    first = datetime(2024, 11, 3, 4, 30, tzinfo=UTC)     # 00:30 CDT
+    second = datetime(2024, 11, 3, 5, 30, tzinfo=UTC)    # 00:30 CST
+    starts = {period_start("daily", moment, havana).timestamp() for moment in (first, second)}
+    assert starts == {datetime(2024, 11, 3, 4, 0, tzinfo=UTC).timestamp()}
+    assert {period_start("monthly", moment, havana).timestamp() for moment in (first, second)} == {
+        datetime(2024, 11, 1, 4, 0, tzinfo=UTC).timestamp()}
+
+
 def test_an_upstream_over_its_daily_budget_until_local_midnight_then_the_month_holds():
     spend, clock, seen = board(datetime(2026, 3, 10, 15, 0, tzinfo=UTC))    # 23:00 local
     spend.add(UPSTREAM, "relay-a", 3.0)
