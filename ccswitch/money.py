@@ -34,14 +34,11 @@ def usd(*amounts: float) -> tuple[str, ...]:
     return shown
 
 
-#: the least amount six decimals show: anything above zero but under it says so, not $0.000000
-_LEAST = 0.5 * 10 ** -MAX_COST_DIGITS
-
-
 def _dollars(amount: float, digits: int) -> str:
-    if 0 < amount < _LEAST:
+    shown = f"${amount:,.{digits}f}"
+    if amount > 0 and not shown.strip("$0.,"):     # above zero but under what six decimals show: not $0.000000
         return f"<${10 ** -MAX_COST_DIGITS:.{MAX_COST_DIGITS}f}"
-    return f"${amount:,.{digits}f}"
+    return shown
 
 
 def _clash(amounts: tuple[float, ...], shown: tuple[str, ...]) -> bool:

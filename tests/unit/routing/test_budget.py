@@ -292,6 +292,7 @@ def test_a_budget_lowered_in_the_reload_that_moves_the_timezone_is_told_too():
     ((0.02, 0.02), ("$0.02", "$0.02")),            # the same amount: the same text
     ((0.001, 5.0), ("$0.0010", "$5.00")),          # two significant digits, not $0.00100
     ((4.9e-7, 5.0), ("<$0.000001", "$5.00")),      # above zero: never $0.000000
+    ((5e-7, 5.0), ("<$0.000001", "$5.00")),        # nor when six decimals round it down
 ])
 def test_amounts_that_differ_are_never_shown_alike(amounts, shown):
     from ccswitch.money import usd
