@@ -24,7 +24,7 @@ from ccswitch.ledger.writer import Ledger
 from ccswitch.mitm.lifecycle import hook_task
 from ccswitch.net import http1
 from ccswitch.report.live import LiveBoard
-from ccswitch.report.spend import LedgerSpend, RowPrices, by_day, ledger_spend
+from ccswitch.report.spend import LedgerSpend, RowPrices, ledger_spend
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard, period_start
 from ccswitch.routing.events import Events
@@ -179,12 +179,12 @@ class Gateway:
         if self.ledger is None:
             return LedgerSpend()
         rules, started = self.rules, time.monotonic()
-        found = ledger_spend(self.ledger.path, rules, period_start("monthly", utc_now(), rules.tz), until)
-        requests, found.rows = len(found.rows), by_day(found.rows, rules.tz)   # counted on the loop: a few sums
+        found = ledger_spend(self.ledger.path, rules, period_start("monthly", utc_now(), rules.tz), until,
+                             per_day=rules.tz)     # counted on the loop: a few sums
         if (took := time.monotonic() - started) >= 1 and found.error is None:
             # requests that need a budget waited for it: a long wait is worth a line
             log.info("ccswitch: read this month's spend from the ledger (%d priced requests) in %.1f s",
-                     requests, took)
+                     found.requests, took)
         return found
 
     def _count_spend(self, found: LedgerSpend) -> None:

@@ -44,27 +44,43 @@ class RowPrices:
         return row_cost(self._pricer[1], row)
 
 
+Amount = tuple[datetime, str | None, str | None, float]     # ts, upstream, client, usd
+
+
 @dataclass
 class LedgerSpend:
-    rows: list[tuple[datetime, str | None, str | None, float]] = field(default_factory=list)  # ts, upstream, client, usd
+    rows: list[Amount] = field(default_factory=list)
     unpriced: set[str] = field(default_factory=set)     # models with tokens and no known price
     error: str | None = None                            # why the ledger could not be read (nothing counted)
     unreadable: int = 0                                 # rows left out: their time cannot be read
+    requests: int = 0                                   # priced requests read (rows may hold their sums)
 
 
-def by_day(rows: list[tuple[datetime, str | None, str | None, float]],
-           tz: tzinfo) -> list[tuple[datetime, str | None, str | None, float]]:
-    """`rows` summed per upstream, client and local day (each sum at its day's first row's time):
-    what budgets count from them is the same, and a month of a busy ledger is a few hundred
-    additions on the proxy's loop instead of one per request."""
-    days: dict[tuple, list] = {}
-    for ts, upstream, client, usd in rows:
-        key = (upstream, client, ts.astimezone(tz).date())
-        if (held := days.get(key)) is None:
-            days[key] = [ts, upstream, client, usd]
+class DaySums:
+    """Amounts summed per upstream, client and local day (each sum at its day's first row's
+    time): what budgets count from them is the same, and a month of a busy ledger is a few
+    hundred sums in memory and additions on the proxy's loop instead of one per request."""
+
+    def __init__(self, tz: tzinfo) -> None:
+        self.tz = tz
+        self._days: dict[tuple, list] = {}
+
+    def add(self, ts: datetime, upstream: str | None, client: str | None, usd: float) -> None:
+        key = (upstream, client, ts.astimezone(self.tz).date())
+        if (held := self._days.get(key)) is None:
+            self._days[key] = [ts, upstream, client, usd]
         else:
             held[3] += usd
-    return [(ts, upstream, client, usd) for ts, upstream, client, usd in days.values()]
+
+    def rows(self) -> list[Amount]:
+        return [(ts, upstream, client, usd) for ts, upstream, client, usd in self._days.values()]
+
+
+def by_day(rows: list[Amount], tz: tzinfo) -> list[Amount]:
+    sums = DaySums(tz)
+    for row in rows:
+        sums.add(*row)
+    return sums.rows()
 
 
 _COLUMNS = ("ts", "upstream", "client", "model", "upstream_model", "input_tokens", "output_tokens",
@@ -72,11 +88,13 @@ _COLUMNS = ("ts", "upstream", "client", "model", "upstream_model", "input_tokens
 
 
 def ledger_spend(target: Path | PostgresURL, rules: Rules, since: datetime, until: datetime | None = None, *,
-                 timeout: float = 5.0) -> LedgerSpend:
+                 timeout: float = 5.0, per_day: tzinfo | None = None) -> LedgerSpend:
     """Every priced request from `since` to before `until` (aware) in the ledger at `target` (a
     SQLite file, nothing if it has none yet, or a PostgreSQL URL); a database that cannot be read
-    counts nothing, and says why in `error`."""
+    counts nothing, and says why in `error`.  `per_day`: summed per local day of that zone as
+    read (`DaySums`), not a row per request."""
     out = LedgerSpend()
+    sums = DaySums(per_day) if per_day is not None else None
     if not exists(target):
         return out
     pricer = Pricer(rules)
@@ -101,8 +119,14 @@ def ledger_spend(target: Path | PostgresURL, rules: Rules, since: datetime, unti
                     continue
                 # a hand edit (`25:00`): one row must not keep the proxy from starting
                 if (ts := row_moment(row["ts"], unreadable)) is not None:
-                    out.rows.append((ts, row["upstream"], row["client"], usd))
+                    out.requests += 1
+                    if sums is None:
+                        out.rows.append((ts, row["upstream"], row["client"], usd))
+                    else:
+                        sums.add(ts, row["upstream"], row["client"], usd)
             out.unreadable = len(unreadable)
+            if sums is not None:
+                out.rows = sums.rows()
     except LedgerReadError as exc:
         return LedgerSpend(error=str(exc))
     return out

@@ -33,7 +33,7 @@ async def test_an_unreadable_ledger_is_read_once_it_can_be(gateway, monkeypatch,
                LedgerSpend(rows=[(earlier, "a", "alice", 2.5)])]
     asked = []
 
-    def ledger_spend(target, rules, since, until):
+    def ledger_spend(target, rules, since, until, per_day=None):
         asked.append(until)
         return answers.pop(0)
     monkeypatch.setattr(gateway_module, "ledger_spend", ledger_spend)
@@ -63,7 +63,7 @@ async def test_a_model_without_a_price_is_told_at_start_only_where_a_budget_coun
                                                                                          budgets):
     from tests.mitm.conftest import open_gateway
     gateway = open_gateway(tmp_path, RULES if budgets else RULES.replace(", budget: {daily: 10}", ""))
-    monkeypatch.setattr(gateway_module, "ledger_spend", lambda *a: LedgerSpend(unpriced={"gpt-6.1-sol"}))
+    monkeypatch.setattr(gateway_module, "ledger_spend", lambda *a, **k: LedgerSpend(unpriced={"gpt-6.1-sol"}))
     gateway.open_ledger(True)
     try:
         with caplog.at_level(logging.INFO, logger="ccswitch"):

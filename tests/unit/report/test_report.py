@@ -177,6 +177,20 @@ def test_budgets_warn_only_of_unpriced_models_that_had_tokens(small_db):
     assert spend.unpriced == {"mystery-1"} and spend.error is None
 
 
+def test_the_spend_read_for_budgets_is_summed_per_day_as_it_is_read(small_db):
+    # a month of a busy ledger held a tuple per request in memory before it was summed
+    from zoneinfo import ZoneInfo
+
+    from ccswitch.report.spend import by_day
+
+    rules = parse_rules(RULES, env={"RELAY_A_KEY_FOR_TEST": "x"})
+    tz = ZoneInfo("Asia/Shanghai")
+    each = ledger_spend(small_db, rules, datetime(2026, 3, 1, tzinfo=UTC))
+    summed = ledger_spend(small_db, rules, datetime(2026, 3, 1, tzinfo=UTC), per_day=tz)
+    assert summed.requests == each.requests == len(each.rows) > len(summed.rows)
+    assert sorted(summed.rows, key=repr) == sorted(by_day(each.rows, tz), key=repr)
+
+
 def test_a_model_without_a_price_costs_question_mark_even_with_no_tokens(small_db):
     conn = connect(str(small_db))
     insert_request(conn, 99, ts="2026-03-02T03:00:00.000+00:00", upstream="relay-b", model="mystery-400",
