@@ -28,6 +28,9 @@ log = logging.getLogger("ccswitch.activation")
 _CLAIM_HOLDS = 2 * 86400.0
 
 
+#: seconds between looks at the schedule
+TICK_EVERY = 1.0
+
 class Activator:
     """Fires each upstream's `activate_at` probes; `ccswitch.activate NAME` fires one now."""
 
@@ -71,9 +74,16 @@ class Activator:
         except Exception as exc:    # rows another tool wrote (a ts that is no time): probes still go
             log.warning("ccswitch: could not read past activations: %r (a probe that already fired today "
                         "may fire again)", exc)
+        failing = None
         while True:
-            self.tick()
-            await asyncio.sleep(1.0)
+            try:
+                self.tick()
+                failing = None
+            except Exception as exc:   # a bug must not end the day's probes: said once, tried each tick
+                if repr(exc) != failing:
+                    log.exception("ccswitch: activation schedule failed (tried again each tick)")
+                failing = repr(exc)
+            await asyncio.sleep(TICK_EVERY)
 
     def tick(self) -> list[asyncio.Task]:
         """Start every probe that is due now (reads the current rules: reloads reschedule)."""

@@ -44,6 +44,7 @@ class Lane:
         self.capacity = capacity
         self.queue: deque[Event] = deque()
         self.busy = False
+        self.retired = False          # its hook left the rules: the lane ends once it ran empty
         self.dropped = 0              # events dropped since the lane last ran empty
         self._deliver = deliver
         self._wake = asyncio.Event()
@@ -52,6 +53,10 @@ class Lane:
     @property
     def idle(self) -> bool:
         return not self.queue and not self.busy
+
+    def retire(self) -> None:
+        self.retired = True
+        self._wake.set()
 
     def push(self, event: Event) -> None:
         if len(self.queue) >= self.capacity:
@@ -66,6 +71,8 @@ class Lane:
     async def _run(self) -> None:
         while True:
             while not self.queue:
+                if self.retired:
+                    return
                 if self.dropped:
                     log.warning("ccswitch: notifications to %s caught up; %d were dropped",
                                 hook_host(self.hook), self.dropped)
@@ -103,6 +110,7 @@ class Notifier:
         self.capacity = capacity
         self.dedupe = Deduper() if dedupe is None else dedupe
         self.lanes: dict[NotifyHook, Lane] = {}
+        self._retiring: set[asyncio.Task] = set()     # lanes of hooks a reload removed, still sending
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
         self._hooks: tuple[NotifyHook, ...] = ()
@@ -191,18 +199,20 @@ class Notifier:
         """After a reload: a hook no longer configured keeps its lane only until it ran empty."""
         self._hooks = hooks
         for hook, lane in list(self.lanes.items()):
-            if hook not in hooks and lane.idle:
-                lane.task.cancel()
+            if hook not in hooks:
                 del self.lanes[hook]
+                lane.retire()
+                self._retiring.add(lane.task)
+                lane.task.add_done_callback(self._retiring.discard)
 
     async def aclose(self, grace: float = 2.0) -> None:
         """Tell held recoveries, give queued notifications `grace` seconds to go out, then stop every lane."""
         self.settling.flush()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
-                while self._claiming or any(not lane.idle for lane in self.lanes.values()):
+                while self._claiming or self._retiring or any(not lane.idle for lane in self.lanes.values()):
                     await asyncio.sleep(0.05)
-        tasks = [*self._claiming, *(lane.task for lane in self.lanes.values())]
+        tasks = [*self._claiming, *self._retiring, *(lane.task for lane in self.lanes.values())]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -171,6 +171,31 @@ async def test_a_ledger_the_probes_that_fired_cannot_be_read_from_still_lets_pro
         activator._task.cancel()
 
 
+async def test_a_schedule_that_fails_once_is_looked_at_again(gateway, monkeypatch, caplog):
+    # the loop had no guard: one exception in a tick and no probe went out until a restart
+    from mitmproxy.test import taddons
+
+    from ccswitch.mitm import activator as module
+
+    monkeypatch.setattr(module, "seed_from_ledger", lambda schedule, rules, now: None)
+    monkeypatch.setattr(module, "TICK_EVERY", 0.01)
+    ticks = []
+
+    def tick():
+        ticks.append(1)
+        if len(ticks) <= 3:
+            raise RuntimeError("a bug")
+        return []
+    activator = Activator(gateway, clock=Clock())
+    monkeypatch.setattr(activator, "tick", tick)
+    with taddons.context(activator):
+        activator.running()
+        await asyncio.sleep(0.2)
+        assert len(ticks) > 4 and not activator._task.done()
+        activator._task.cancel()
+    assert caplog.text.count("activation schedule failed") == 1      # once, not each tick
+
+
 async def test_a_probe_goes_through_the_routers_client_once_it_runs(gateway):
     """One pool per upstream: its `max_connections` caps probes and requests together."""
     gateway.allow_url = loopback_url

@@ -362,7 +362,8 @@ async def test_a_claim_waits_for_the_claim_made_just_before_it_whatever_came_ear
     await notifier.aclose()
 
 
-async def test_a_removed_hook_s_lane_posts_what_it_is_posting_then_stops_at_the_next_reload():
+async def test_a_removed_hook_s_lane_posts_what_it_is_posting_then_ends():
+    # it ended only at a later reload's first event: with no reload after, its task lived on
     current = {"rules": rules()}
     poster = FakePoster()
     notifier = Notifier(lambda: current["rules"], poster)
@@ -372,12 +373,24 @@ async def test_a_removed_hook_s_lane_posts_what_it_is_posting_then_stops_at_the_
     [slow] = [lane for hook, lane in notifier.lanes.items() if hook.url.get_secret_value() == SLOW]
     current["rules"] = rules(f"notify: [{{url: '{FAST}'}}]")
     notifier.offer(event(episode="2"))
-    assert slow in notifier.lanes.values()  # busy: kept
+    assert slow not in notifier.lanes.values() and not slow.task.done()    # busy: finishing its post
     poster.release.set()
     await settle()
-    assert poster.kinds(SLOW) == ["cooldown"]
-    current["rules"] = rules(f"notify: [{{url: '{FAST}'}}]")
-    notifier.offer(event(episode="3"))
-    await settle()
-    assert slow not in notifier.lanes.values() and slow.task.cancelled()
+    assert poster.kinds(SLOW) == ["cooldown"]                              # posted, nothing after
+    assert slow.task.done() and not slow.task.cancelled()
     await notifier.aclose()
+
+
+async def test_closing_waits_for_a_removed_hook_s_last_post():
+    current = {"rules": rules()}
+    poster = FakePoster()
+    notifier = Notifier(lambda: current["rules"], poster)
+    notifier.start()
+    notifier.offer(event())
+    await settle()
+    [slow] = [lane for hook, lane in notifier.lanes.items() if hook.url.get_secret_value() == SLOW]
+    current["rules"] = rules(f"notify: [{{url: '{FAST}'}}]")
+    notifier.offer(event(episode="2"))
+    asyncio.get_running_loop().call_later(0.1, poster.release.set)
+    await notifier.aclose(grace=2.0)
+    assert poster.kinds(SLOW) == ["cooldown"] and slow.task.done()
