@@ -190,7 +190,11 @@ class UpstreamClient:
             except TransportError as exc:
                 if isinstance(exc, WriteError) and (head := _answer_already_in(connection)) is not None \
                         and not (connection.reused and head.status_code == 408):   # an idle connection's goodbye
-                    return Response(self, connection, head)
+                    try:
+                        return Response(self, connection, head)
+                    except BaseException:     # its body cannot be read (UndecodableBody): the slot goes back
+                        self._discard(connection)
+                        raise
                 self._discard(connection)
                 if connection.reused and not connection.received_any and not fresh_retry:
                     continue

@@ -864,3 +864,62 @@ def test_a_target_that_would_split_the_request_line_is_never_written(target):
     from ccswitch.net.request_head import request_head
     with pytest.raises(ValueError):
         request_head("GET", target, [("host", "x")])
+
+
+class _AnswersThenCloses(asyncio.Transport):
+    """A TLS connection as asyncio hands it over: the upstream's early answer and its close come
+    in one read, while the request body is still going out."""
+
+    def __init__(self, protocol, answer: bytes) -> None:
+        super().__init__()
+        self.protocol, self.answer, self.written, self.closing = protocol, answer, 0, False
+
+    def write(self, data):
+        self.written += len(data)
+        if self.written > 65536:
+            self.protocol.pause_writing()
+
+            def answer():
+                self.protocol.data_received(self.answer)
+                self.protocol.eof_received()
+            asyncio.get_running_loop().call_soon(answer)
+
+    def get_write_buffer_size(self):
+        return self.written
+
+    def is_closing(self):
+        return self.closing
+
+    def close(self):
+        self.closing = True
+
+    abort = close
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+async def test_an_early_answer_that_cannot_be_decoded_gives_its_connection_back():
+    # its UndecodableBody left the connection counted as in use: at max_connections, every
+    # later request to the upstream waited for a free one and failed
+    answer = (b"HTTP/1.1 413 Payload Too Large\r\ncontent-encoding: compress\r\n"
+              b"content-length: 0\r\nconnection: close\r\n\r\n")
+
+    async def open_fake(factory, host, port, context):
+        protocol = factory()
+        transport = _AnswersThenCloses(protocol, answer)
+        protocol.connection_made(transport)
+        return transport, protocol
+    c = http1.UpstreamClient(connect=open_fake)
+    via = http1.Via(upstream="up", max_connections=1)
+    try:
+        for _ in range(3):
+            with pytest.raises(http1.UndecodableBody):
+                await c.send("POST", "http://up.example/v1/messages", [], b"x" * 1_000_000, via=via,
+                             connect_timeout=0.5)
+            assert c.connection_counts().get("up", (0, 0)) == (0, 0)
+    finally:
+        await c.aclose()
