@@ -102,8 +102,8 @@ class Connection(asyncio.Protocol):
 
     # slots: one per open upstream connection, kept alive in the pool between requests
     __slots__ = ("_buffered", "_chunks", "_dirty", "_drain", "_eof", "_eof_fed", "_events", "_failure",
-                 "_head_size", "_head_started", "_headers", "_keep_alive", "_lost", "_parser", "_phase",
-                 "_read_paused", "_until_close", "_waiter", "_write_paused", "idle_since", "in_use", "key", "origin",
+                 "_head_started", "_headers", "_keep_alive", "_lost", "_parser", "_phase",
+                 "_read_paused", "_unparsed", "_until_close", "_waiter", "_write_paused", "idle_since", "in_use", "key", "origin",
                  "received_any", "reused", "tls", "transport")
 
     def __init__(self, key: PoolKey) -> None:
@@ -132,7 +132,9 @@ class Connection(asyncio.Protocol):
         self._keep_alive = True
         self._head_started = False
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_size = 0
+        # bytes fed since the parser last gave a head or a piece of body: a head, or a chunked
+        # body's framing and trailers (which llhttp gathers for fields ccswitch drops), kept small
+        self._unparsed = 0
         self._failure: RemoteProtocolError | None = None   # raised once the events before it are read
         self._dirty = False                # bytes came after the answer: the next request would read them
         self._until_close = False          # the answer's body has neither a length nor chunks
@@ -215,12 +217,14 @@ class Connection(asyncio.Protocol):
             self._fail("not an HTTP/1.1 answer: a transfer-encoding other than chunked")
             return
         self._phase = _BODY
+        self._unparsed = 0
         self._until_close = status not in (204, 304) and not framed
         self._events.append(Head(status, self._headers))
         self._headers = []
 
     def on_body(self, body: bytes) -> None:
         if self._phase is _BODY:
+            self._unparsed = 0
             self._events.append(body)
 
     def on_message_complete(self) -> None:
@@ -294,7 +298,7 @@ class Connection(asyncio.Protocol):
     def start_next_cycle(self) -> None:
         self._phase = _IDLE
         self._head_started = False
-        self._head_size = 0
+        self._unparsed = 0
 
     def poll_event(self):
         """The next event if it can be had without waiting, else NEED_DATA: a Head, a piece of
@@ -337,16 +341,17 @@ class Connection(asyncio.Protocol):
         if self._parser is None:      # ccswitch closed it (a shutdown): not the upstream's doing
             self._failure = RemoteProtocolError("the connection was closed by ccswitch")
             return
-        if self._phase is _HEAD:
-            self._head_size += len(data)
+        if self._phase is _HEAD or self._phase is _BODY:
+            self._unparsed += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail("the upstream switched protocols")
         except httptools.HttpParserError as exc:   # llhttp's reasons are its own fixed words
             self._fail(f"not an HTTP/1.1 answer: {exc}")
-        if self._phase is _HEAD and self._head_size > _MAX_HEADER_BYTES:
-            self._fail(f"the response head is over {_MAX_HEADER_BYTES // 1024} KB")
+        if self._unparsed > _MAX_HEADER_BYTES and (self._phase is _HEAD or self._phase is _BODY):
+            self._fail(f"the response head is over {_MAX_HEADER_BYTES // 1024} KB" if self._phase is _HEAD
+                       else f"the response's chunk framing or trailers are over {_MAX_HEADER_BYTES // 1024} KB")
 
     def _fail(self, message: str) -> None:
         if self._phase is _DONE:      # garbage after a whole answer: only the connection is spoilt

@@ -556,6 +556,29 @@ async def test_a_response_head_over_64_kb_is_a_protocol_error():
             await c.send("POST", server.url, [], b"{}")
 
 
+async def test_a_chunked_body_s_trailers_over_64_kb_are_a_protocol_error_and_small_ones_pass():
+    # llhttp gathers a trailer field's value (ccswitch drops it) with no cap: 48 MB of one cost
+    # 100 MB and stalled the loop, bounded only by the total timeout
+    async def endless_trailer(writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-t: ")
+        for _ in range(200):
+            writer.write(b"a" * 1000)
+            await writer.drain()
+        await asyncio.sleep(0.3)
+        return "close"
+    small = sends(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+                  b"x-t: " + b"b" * 2000 + b"\r\n\r\n")
+    long_body = sends(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                      + b"".join(b"1\r\n%d\r\n" % (i % 10) for i in range(30000)) + b"0\r\n\r\n")
+    async with RawServer(endless_trailer) as server, client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        with pytest.raises(http1.RemoteProtocolError, match="trailers are over 64 KB"):
+            await response.aread()
+    async with RawServer(small, long_body) as server, client() as c:
+        assert await get_body(c, server.url) == (200, b"hello")
+        assert await get_body(c, server.url) == (200, b"".join(b"%d" % (i % 10) for i in range(30000)))
+
+
 @pytest.mark.parametrize("pieces, whole", [
     ([b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"], b"ok"),
     ([b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"], b"ok"),
