@@ -23,6 +23,15 @@ from ccswitch.wire.headers import from_wire, to_wire
 
 _READ = 64 * 1024
 _CLOSED = object()      # queued once the socket is gone: wakes whoever waits in `receive`
+#: the largest message taken from an upstream (characters, once inflated: a `response.completed`
+#: holds a whole answer), and the most its unread messages may hold: a relay that sends on and
+#: on while nobody reads, or a small deflated frame that inflates a thousandfold, is cut off
+MAX_MESSAGE = 64 * 1024 * 1024
+MAX_UNREAD = 2 * MAX_MESSAGE
+
+
+class _TooMuch(Exception):
+    """The upstream sent more than a WebSocket client here holds."""
 
 #: (protocol_factory, host, port, tls context or None) -> (transport, protocol), as http1.open_tcp
 OpenTransport = Callable[..., Awaitable[tuple[asyncio.BaseTransport, asyncio.BaseProtocol]]]
@@ -46,6 +55,8 @@ class WsClient:
         self.closed = False
         self._messages: asyncio.Queue = asyncio.Queue()
         self._parts: list[str] = []
+        self._partial = 0                        # characters of the message being gathered
+        self._unread = 0                         # characters queued and not yet received
         self._why = "the upstream closed the connection"
         self._lost: BaseException | None = None
         self._task = asyncio.ensure_future(self._read())
@@ -97,6 +108,7 @@ class WsClient:
         if item is _CLOSED:
             self._messages.put_nowait(_CLOSED)
             raise self._error()
+        self._unread -= len(item)
         return item
 
     def poll(self) -> str | None:
@@ -108,6 +120,7 @@ class WsClient:
         if item is _CLOSED:
             self._messages.put_nowait(_CLOSED)
             return None
+        self._unread -= len(item)
         return item
 
     def idle(self) -> bool:
@@ -129,10 +142,7 @@ class WsClient:
             while True:
                 for event in self._ws.events():
                     if isinstance(event, TextMessage):
-                        self._parts.append(event.data)
-                        if event.message_finished:
-                            self._messages.put_nowait("".join(self._parts))
-                            self._parts = []
+                        self._take(event)
                     elif isinstance(event, Ping):
                         self._writer.write(self._ws.send(event.response()))
                     elif isinstance(event, CloseConnection):
@@ -145,6 +155,10 @@ class WsClient:
                 if not data:
                     return
                 self._ws.receive_data(data)
+        except _TooMuch as exc:
+            self._lost = exc
+            if self._ws.state is ConnectionState.OPEN:
+                self._writer.write(self._ws.send(CloseConnection(code=1009, reason="message too big")))
         except (OSError, RemoteProtocolError, LocalProtocolError) as exc:
             self._lost = exc        # kept for `receive`, which reports it as the turn's failure
         finally:
@@ -152,11 +166,27 @@ class WsClient:
             self._messages.put_nowait(_CLOSED)
             self._writer.close()
 
+    def _take(self, event: TextMessage) -> None:
+        self._parts.append(event.data)
+        self._partial += len(event.data)
+        if self._partial > MAX_MESSAGE:
+            raise _TooMuch(f"the upstream sent a WebSocket message over {MAX_MESSAGE // 2 ** 20} MiB")
+        if event.message_finished:
+            message = "".join(self._parts)
+            self._parts, self._partial = [], 0
+            self._unread += len(message)
+            if self._unread > MAX_UNREAD:
+                raise _TooMuch(f"the upstream sent over {MAX_UNREAD // 2 ** 20} MiB of WebSocket messages "
+                               "nobody asked for")
+            self._messages.put_nowait(message)
+
     def _error(self) -> http1.TransportError:
         if isinstance(self._lost, OSError):     # a reset rather than an orderly close
             error: http1.TransportError = http1.ReadError(f"connection lost: {self._lost}")
             error.__cause__ = self._lost
             return error
+        if isinstance(self._lost, _TooMuch):
+            return http1.RemoteProtocolError(str(self._lost))
         if self._lost is not None:
             return http1.RemoteProtocolError(f"the upstream broke the WebSocket protocol: {self._lost}")
         return http1.RemoteProtocolError(self._why)

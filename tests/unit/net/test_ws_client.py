@@ -162,3 +162,55 @@ async def test_through_the_upstream_s_proxy(mock_a, kind):
         reason = network_failure("a", caught.value, "switch", "first_byte").reason
         assert reason.startswith(f"proxy {kind.scheme}://127.0.0.1:{proxy.port}: ") and "wrong" not in reason
     assert mock_a.websockets == 1
+
+
+class FloodingServer:
+    """A wsproto server that sends `messages` (each a list of frames' texts) once the client is in."""
+
+    def __init__(self, *messages):
+        self.messages, self.closed_with = messages, []
+
+    async def serve(self, reader, writer):
+        ws = WSConnection(ConnectionType.SERVER)
+        while True:
+            ws.receive_data(await reader.read(65536))
+            if any(isinstance(e, Request) for e in ws.events()):
+                break
+        writer.write(ws.send(AcceptConnection()))
+        for frames in self.messages:
+            for i, text in enumerate(frames):
+                writer.write(ws.send(TextMessage(data=text, message_finished=i == len(frames) - 1)))
+                await writer.drain()
+        while data := await reader.read(65536):
+            ws.receive_data(data)
+            self.closed_with += [e.code for e in ws.events() if hasattr(e, "code")]
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+
+
+async def test_an_upstream_message_or_unread_backlog_over_the_cap_closes_the_socket(monkeypatch):
+    # nothing bounded them: a relay could fill memory, a thousandfold through permessage-deflate
+    from ccswitch.net import ws_client
+
+    monkeypatch.setattr(ws_client, "MAX_MESSAGE", 10_000)
+    monkeypatch.setattr(ws_client, "MAX_UNREAD", 25_000)
+    for server, said in ((FloodingServer(["a" * 6000, "b" * 6000]), "a WebSocket message over"),
+                         (FloodingServer(*[["c" * 9000]] * 4), "of WebSocket messages nobody asked for")):
+        async with server as port:
+            client = await WsClient.open(f"http://127.0.0.1:{port}/v1/responses", [], tls=None, timeout=2)
+            try:
+                await asyncio.sleep(0.2)                  # nobody reads: the messages pile up
+                received = []
+                with pytest.raises(http1.RemoteProtocolError, match=said):
+                    while True:
+                        received.append(await asyncio.wait_for(client.receive(), 5))
+                assert all(message == "c" * 9000 for message in received)   # whole ones before the cut
+                await asyncio.sleep(0.1)
+                assert server.closed_with == [1009]
+            finally:
+                client.close()
