@@ -36,7 +36,8 @@ class _Zlib:
     def __init__(self, encoding: str) -> None:
         self._raw_fallback = encoding == "deflate"   # some servers send raw deflate, no zlib header
         self._head = b""    # while that is open: zlib judges its 2-byte header only once it has both
-        self._z = zlib.decompressobj(zlib.MAX_WBITS | 16 if "gzip" in encoding else zlib.MAX_WBITS)
+        self._gzip = "gzip" in encoding
+        self._z = zlib.decompressobj(zlib.MAX_WBITS | 16 if self._gzip else zlib.MAX_WBITS)
 
     def pieces(self, data: bytes) -> Iterator[bytes]:
         if self._raw_fallback and len(self._head) + len(data) < 2:
@@ -54,6 +55,12 @@ class _Zlib:
             self._raw_fallback = False
             yield piece
             data = self._z.unconsumed_tail
+            if self._gzip and self._z.eof and not data:
+                # a gzip body may hold several members, one after another (RFC 1952 §2.2), and be
+                # padded with zeros; anything else after a member is no gzip: its header is refused
+                data = self._z.unused_data.lstrip(b"\0")
+                if data:
+                    self._z = zlib.decompressobj(zlib.MAX_WBITS | 16)
 
     def finish(self) -> tuple[bytes, bool]:
         if self._head:      # a body of one byte: no stream of either kind

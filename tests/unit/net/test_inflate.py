@@ -3,6 +3,7 @@ a bomb is stopped before it is allocated, and a zstd frame may not ask for a hug
 
 from __future__ import annotations
 
+import gzip
 import tracemalloc
 
 import brotli
@@ -95,4 +96,21 @@ def test_a_deflate_body_of_one_byte_is_truncated():
     inflater = Inflater("deflate")
     assert inflater.feed(b"\x78") == b""
     with pytest.raises(DecodeError, match="truncated"):
+        inflater.flush()
+
+
+@pytest.mark.parametrize("split", [None, 5, 26], ids=["whole", "inside-the-first", "at-the-second-s-start"])
+def test_a_gzip_body_of_several_members_decodes_whole(split):
+    # only the first member came out, the rest dropped without a word (RFC 1952 allows several)
+    body = gzip.compress(b"first-") + gzip.compress(b"second") + b"\0\0"       # zeros: padding
+    inflater = Inflater("gzip")
+    pieces = [body] if split is None else [body[:split], body[split:]]
+    assert b"".join(inflater.feed(piece) for piece in pieces) + inflater.flush() == b"first-second"
+
+
+@pytest.mark.parametrize("tail", [b"junk after it", gzip.compress(b"cut short")[:-4]], ids=["junk", "truncated-member"])
+def test_what_follows_a_gzip_member_must_be_another_whole_one(tail):
+    inflater = Inflater("gzip")
+    with pytest.raises(DecodeError):
+        inflater.feed(gzip.compress(b"first-") + tail)
         inflater.flush()
