@@ -205,13 +205,14 @@ class Connection(asyncio.Protocol):
             return
         if status < 200:              # 100 Continue, 103 Early Hints: the answer follows
             return
-        framed, coding = False, None
+        framed, codings = False, []
         for name, value in self._headers:
             if name == b"content-length":
                 framed = True
-            elif name == b"transfer-encoding":
-                framed, coding = True, value
-        if coding is not None and coding.strip().lower() != b"chunked":
+            elif name == b"transfer-encoding":      # its lines are one list (`gzip` + `chunked`)
+                framed = True
+                codings.append(value)
+        if codings and [c.strip().lower() for c in b",".join(codings).split(b",") if c.strip()] != [b"chunked"]:
             # llhttp would read `gzip` alone to the close and then call it cut short, and pass on
             # `gzip, chunked` still compressed: h11 took chunked alone, and so does ccswitch
             self._fail("not an HTTP/1.1 answer: a transfer-encoding other than chunked")

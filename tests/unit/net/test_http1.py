@@ -630,8 +630,11 @@ async def test_a_connection_cut_in_the_middle_of_the_head_is_a_protocol_error_no
     (b"HTTP/1.1 999 Odd\r\ncontent-length: 2\r\n\r\nok", "status 999"),
     (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nxx", "other than chunked"),
     (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nxx\r\n0\r\n\r\n", "other than chunked"),
+    (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n2\r\nxx\r\n0\r\n\r\n",
+     "other than chunked"),                                                      # one list over two lines
     (b"HTTTP/1.1 200 OK\r\n\r\n", "not an HTTP/1.1 answer"),
-], ids=["status-99", "status-0", "status-999", "gzip-alone", "gzip-then-chunked", "not-http"])
+], ids=["status-99", "status-0", "status-999", "gzip-alone", "gzip-then-chunked", "gzip-line-chunked-line",
+        "not-http"])
 async def test_an_answer_that_is_not_http_fails_at_once_named_for_what_it_is(reply, problem):
     """Not after the dialer's deadline, and not as a closed connection: the next upstream is tried."""
     # the connection kept open: no close tells the client
