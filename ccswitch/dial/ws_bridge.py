@@ -34,7 +34,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ccswitch.dial.job import Job
-from ccswitch.dial.relay import ClientGone
+from ccswitch.dial.relay import ClientGone, start_now
 from ccswitch.dial.shutdown import Serving
 from ccswitch.dial.ws_errors import (
     Refusal,
@@ -318,7 +318,7 @@ class _Socket:
             return
         # a task of its own, so that the socket is still read while the turn runs: a client that
         # leaves is seen at once, and its pings are answered
-        self.turn, self.turn_job = asyncio.get_running_loop().create_task(self._serve(made)), made
+        self.turn, self.turn_job = start_now(self._serve(made)), made
         self.bridge._track(self.turn)
         self.turn.add_done_callback(self._served)
 

@@ -248,6 +248,25 @@ async def test_a_client_that_leaves_mid_turn_stops_it_at_once_with_no_failover_a
         await bridged.close()
 
 
+async def test_a_turn_cancelled_the_moment_it_is_made_still_ends_with_its_row(mock_a, mock_b):
+    # a task not yet started when cancelled never runs its `finally`: the turn went unrecorded
+    # wherever tasks are not started eagerly (mitmproxy's loop starts them so, this one not)
+    mock_a.script(hang_before_headers(3))
+    bridged = Dialled(mock_a, mock_b)
+    track = bridged.bridge._track
+
+    def cancelled_at_once(task):
+        track(task)
+        task.cancel()
+    bridged.bridge._track = cancelled_at_once
+    try:
+        await bridged.client()
+        await eventually(lambda: bridged.done, timeout=2.0)
+        assert bridged.bridge.running == 0 and bridged.bridge.turning == {}
+    finally:
+        await bridged.close()
+
+
 async def test_a_turn_counts_as_in_flight_and_a_shutdown_cut_ends_it_in_band(mock_a, mock_b):
     mock_a.script(hang_before_headers(3))
     bridged = Dialled(mock_a, mock_b)
