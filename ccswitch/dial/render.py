@@ -121,6 +121,8 @@ def _headers(upstream: Upstream, req: ClientRequest) -> list[tuple[str, str]]:
         out.append(("x-api-key", key))
     elif upstream.auth == "bearer" and key:
         out.append(("authorization", f"Bearer {key}"))
+    if req.endpoint == Endpoint.WEBSOCKET and not upstream.websocket:
+        out = _over_https(out)
     overrides = {k.lower(): v for k, v in upstream.headers.items()}
     out = [(k, v) for k, v in out if k not in overrides]
     out.extend(overrides.items())
@@ -132,3 +134,15 @@ def _headers(upstream: Upstream, req: ClientRequest) -> list[tuple[str, str]]:
     return out
 
 
+def _over_https(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A bridged socket's turn sent as an HTTPS POST: without the beta its upgrade claimed
+    (`openai-beta: responses_websockets=…`), which Codex's own HTTPS requests never carry."""
+    out = []
+    for name, value in headers:
+        if name == "openai-beta":
+            value = ", ".join(part.strip() for part in value.split(",")
+                              if part.strip() and not part.strip().startswith("responses_websockets"))
+            if not value:
+                continue
+        out.append((name, value))
+    return out
