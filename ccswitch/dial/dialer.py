@@ -42,7 +42,7 @@ from ccswitch.wire.exchange import UNPARSED, RenderError, Reply, json_or_none
 from ccswitch.wire.reasoning import SealMemory, refuses_foreign_reasoning, seals_in
 from ccswitch.wire.redact import scrub_headers
 from ccswitch.wire.sse import is_event_stream
-from ccswitch.wire.usage import usage_of_body
+from ccswitch.wire.usage import response_id_of_body, usage_of_body
 
 log = logging.getLogger("ccswitch.dialer")
 
@@ -319,6 +319,8 @@ class Dialer:
         body = translation.scrub(body, outgoing.secrets)
         parsed = UNPARSED if is_sse else json_or_none(body)   # once, for the usage and the check
         attempt.usage = usage_of_body(upstream.protocol, body, is_sse, parsed)
+        if upstream.protocol == Protocol.RESPONSES and 200 <= status < 300:
+            attempt.response_id = response_id_of_body(body, is_sse, parsed)
         why = None
         if 200 <= status < 300:
             problem = translation.check_body(job.request, upstream, body, is_sse, parsed)

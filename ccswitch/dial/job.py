@@ -36,6 +36,7 @@ class Attempt:
     error: str | None = None
     ms: int = 0
     usage: Usage | None = None      # what the upstream reported, even for a failed attempt
+    response_id: str | None = None  # a Responses answer's own id, when it named one
     # (monotonic) while it runs: a flow can end, and be described, before its attempt does
     running_since: float | None = None
 

@@ -29,9 +29,11 @@ from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard, period_start
 from ccswitch.routing.events import Events
 from ccswitch.routing.health import HealthBoard
+from ccswitch.routing.issued import IssuedResponses
 from ccswitch.routing.quota import QuotaBoard
 from ccswitch.routing.state import Boards, InMemoryState, SharedState
 from ccswitch.shared.factory import StateUnavailable, state_for
+from ccswitch.vocab import Protocol
 
 log = logging.getLogger("ccswitch")
 
@@ -64,6 +66,7 @@ class Gateway:
         self.health = HealthBoard(events=self.events)
         self.quota = QuotaBoard()
         self.sessions = SessionBindings()
+        self.issued = IssuedResponses()
         self.spend = SpendBoard(events=self.events)
         self._spend_reader: asyncio.Task | None = None   # reads the spend so far once the ledger can be read
         self.first_spend_read: asyncio.Task | None = None   # the start's, when no budget waited for it
@@ -220,11 +223,18 @@ class Gateway:
             self.ledger.add("requests", row)
             for attempt in attempts:
                 self.ledger.add("attempts", attempt)
+        self._note_issuer(job)
         usd = self.price(row, job.rules)     # None: no known price, which budgets count as 0
         if job.upstream is not None:
             self.spend.add(UPSTREAM, job.upstream, usd or 0.0, job.started_at)
             self.spend.add(CLIENT, job.client, usd or 0.0, job.started_at)
         self._note_live(row, attempts, usd)
+
+    def _note_issuer(self, job: Job) -> None:
+        """A Responses client may continue this answer (`previous_response_id`): only its issuer can serve that."""
+        if job.request.client_protocol == Protocol.RESPONSES and job.upstream is not None and job.attempts \
+                and (answered := job.attempts[-1]).upstream == job.upstream and answered.response_id:
+            self.issued.record(answered.response_id, job.upstream)
 
     def record_own_answer(self, row: dict) -> None:
         """A request ccswitch answered itself (`ledger.rows.own_answer_row`): ledger and live counters."""

@@ -14,6 +14,7 @@ from ccswitch.routing.budget import CLIENT
 from ccswitch.routing.events import Event, news_slot
 from ccswitch.routing.plan import back_in, plan, serves_model
 from ccswitch.translate import convert_for_candidates
+from ccswitch.vocab import Endpoint
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import ClientRequest, RenderError
 
@@ -46,9 +47,11 @@ class Planner:
         session = rules.scrub(session) if session else session
         now = datetime.now(rules.tz)
         refused: dict[str, RenderError] = {}
+        issuer = self._issuer(req)
         for _ in range(len(rules.upstreams) + 1):   # each round leaves out at least one more upstream
             chosen = plan(rules, req.route, req.model, gateway.health, now, quota=gateway.quota,
-                          sessions=gateway.sessions, session=session, spend=gateway.spend, unable=refused)
+                          sessions=gateway.sessions, session=session, spend=gateway.spend, unable=refused,
+                          only=issuer)
             # the body converted for each candidate of another protocol, before any upstream call
             converted, newly = convert_for_candidates(req, chosen.candidates, rules)
             if not newly:
@@ -72,6 +75,14 @@ class Planner:
                    client=client_name, session=session, bound_to=chosen.bound_to, binding=chosen.binding,
                    why_first=chosen.why_first,
                    skipped=chosen.blocked, shown=shown)
+
+    def _issuer(self, req: ClientRequest) -> str | None:
+        """The upstream that issued the stored response an HTTP Responses request continues (a
+        bridged socket's turns carry their conversation themselves), when this instance saw it."""
+        if req.endpoint != Endpoint.RESPONSES or not isinstance(req.json, dict):
+            return None
+        previous = req.json.get("previous_response_id")
+        return self.gateway.issued.issuer(previous) if isinstance(previous, str) else None
 
     def _could_take(self, req: ClientRequest, blocked: list[tuple[str, str]],
                     refused: dict[str, RenderError]) -> list[tuple[str, str]]:

@@ -47,7 +47,7 @@ class Plan:
 def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: datetime, *,
          quota: QuotaBoard | None = None, sessions: SessionBindings | None = None,
          session: str | None = None, spend: SpendBoard | None = None,
-         unable: Mapping[str, object] | None = None) -> Plan:
+         unable: Mapping[str, object] | None = None, only: str | None = None) -> Plan:
     """The candidates for one request, in the order they are tried.
 
     If every otherwise-available upstream is cooling, the first to recover is tried anyway, and
@@ -55,7 +55,9 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
     with a known reset: then `limited_for` says how long until the first one is back.  An
     upstream being probed after its cooldown serves one request at a time.  `unable`: upstreams
     that cannot take this request as it is, by name, with why (a conversion's refusal); they are
-    left out as if switched off, so the others, and their second chance, serve it.
+    left out as if switched off, so the others, and their second chance, serve it.  `only`: the
+    one upstream that can serve it (the issuer of the stored response it continues), when it
+    is one of the route's.
     """
     spec = rules.routes.spec(route)
     result = Plan()
@@ -67,6 +69,8 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
         why = off_reason(upstream, health, now, model)
         if why is None and unable and name in unable:
             why = f"unable to take this request ({unable[name]})"
+        if why is None and only is not None and name != only and only in spec.upstreams:
+            why = f"does not hold the response this request continues (issued by {only})"
         if why is not None:
             result.blocked.append((name, why))
             continue

@@ -116,11 +116,12 @@ def _without_usage(protocol: str, event: Event) -> bool:
 class UsageTap:
     """Watches one upstream stream's events and keeps the latest usage seen."""
 
-    __slots__ = ("_raw", "protocol")
+    __slots__ = ("_raw", "protocol", "response_id")
 
     def __init__(self, protocol: str) -> None:
         self.protocol = protocol
         self._raw: dict | None = None
+        self.response_id: str | None = None     # a Responses answer's id (`response.created` on)
 
     def feed(self, event: Event) -> None:
         if not event.event or _without_usage(self.protocol, event):
@@ -139,14 +140,34 @@ class UsageTap:
                 self._raw = {**(self._raw or {}), **{k: v for k, v in body["usage"].items() if v is not None}}
         elif self.protocol == Protocol.RESPONSES:
             response = body.get("response")
-            if isinstance(response, dict) and isinstance(response.get("usage"), dict):
-                self._raw = response["usage"]
+            if isinstance(response, dict):
+                if isinstance(response.get("usage"), dict):
+                    self._raw = response["usage"]
+                if isinstance(response.get("id"), str):
+                    self.response_id = response["id"]
         elif isinstance(body.get("usage"), dict):
             self._raw = body["usage"]
 
     @property
     def usage(self) -> Usage | None:
         return _FROM[self.protocol](self._raw) if self._raw is not None else None
+
+
+def response_id_of_body(body: bytes, is_sse: bool, parsed: Any = UNPARSED) -> str | None:
+    """The id of a whole Responses answer (JSON, or SSE read to its end), or None."""
+    if is_sse:
+        from ccswitch.wire.sse import parse_all
+        tap = UsageTap(Protocol.RESPONSES)
+        for event in parse_all(body):
+            tap.feed(event)
+        return tap.response_id
+    if parsed is UNPARSED:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return None
+    found = parsed.get("id") if isinstance(parsed, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def usage_of_body(protocol: str, body: bytes, is_sse: bool, parsed: Any = UNPARSED) -> Usage | None:

@@ -186,3 +186,28 @@ routes: {{chat: [anth, chatty]}}
 """)
     status, _, headers = Planner(gateway).plan_job(chat_request(n=2), "f1", None, None, shown=False)
     assert status == 503 and 3 * 3600 - 120 <= int(headers["retry-after"]) <= 3 * 3600 + 60
+
+
+RESPONSES_RULES = f"""
+upstreams:
+  - {{name: ra, protocol: openai-responses, base_url: 'http://127.0.0.1:9/v1', api_key: '{KEY_A}'}}
+  - {{name: rb, protocol: openai-responses, base_url: 'http://127.0.0.1:9/v1', api_key: '{KEY_A}'}}
+routes: {{codex: [ra, rb]}}
+"""
+
+
+@pytest.mark.parametrize("endpoint, previous, first", [
+    ("responses", "resp_seen", ["rb"]),            # only its issuer holds it
+    ("responses", "resp_unknown", ["ra", "rb"]),   # issued before a restart, or elsewhere: as any request
+    ("websocket", "resp_seen", ["ra", "rb"]),      # a bridged turn carries its conversation itself
+])
+def test_a_responses_request_continuing_a_stored_response_is_planned_for_its_issuer(tmp_path, endpoint, previous,
+                                                                                    first):
+    gateway = open_gateway(tmp_path, RESPONSES_RULES)
+    gateway.issued.record("resp_seen", "rb")
+    body = {"model": "gpt-x", "input": "and then?", "previous_response_id": previous}
+    req = ClientRequest(route="codex", endpoint=endpoint, method="POST", url="http://127.0.0.1/v1/responses",
+                        headers=[], body=json.dumps(body).encode(), json=body, model="gpt-x",
+                        client_protocol="openai-responses")
+    job = Planner(gateway).plan_job(req, "f1", None, None, shown=False)
+    assert [u.name for u in job.candidates] == first

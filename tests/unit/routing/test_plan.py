@@ -238,3 +238,18 @@ def test_cooling_until_is_read_on_the_wall_clock_across_a_dst_change():
     spring = datetime(2024, 3, 31, 1, 30, tzinfo=ZoneInfo("Europe/Berlin"))     # 02:00-03:00 is skipped that night
     p = plan(rules, "claude", "m", health, spring)
     assert ("a", "cooling down until 03:30:00") in p.blocked
+
+
+def test_a_request_only_its_issuer_can_serve_goes_there_and_nowhere_else():
+    rules = rules_with("{upstreams: [a, b, c], strategy: weighted}")
+    health = HealthBoard(clock=Clock())
+    p = plan(rules, "claude", "m", health, NOW, only="b")
+    assert names(p) == ["b"]
+    assert ("a", "does not hold the response this request continues (issued by b)") in p.blocked
+    health.record_failure("b", "HTTP 503", threshold=1, cooldown=60)
+    p = plan(rules, "claude", "m", health, NOW, only="b")
+    assert names(p) == ["b"] and p.why_first == "recovers first"        # its second chance, no one else's
+    health.switch("b", False)
+    assert names(plan(rules, "claude", "m", health, NOW, only="b")) == []
+    # an issuer the route no longer has (a reload): routed as any request
+    assert sorted(names(plan(rules, "claude", "m", HealthBoard(clock=Clock()), NOW, only="gone"))) == ["a", "b", "c"]

@@ -148,3 +148,22 @@ def test_usage_fields_peers_name_otherwise_and_numbers_that_do_not_add_up():
     assert thinking.reasoning_tokens == 7
     odd = from_body("openai-chat", {"usage": {"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 20}}})
     assert odd.input_tokens == 0 and odd.cache_read_tokens == 20     # never a negative count (or cost)
+
+
+def test_a_responses_answer_s_id_is_read_from_its_stream_or_its_body():
+    import json
+
+    from ccswitch.wire.usage import response_id_of_body
+    events = [format_event({"type": "response.created", "response": {"id": "resp_1", "usage": None}}),
+              format_event({"type": "response.output_text.delta", "delta": "hi"}),
+              format_event({"type": "response.completed", "response": {"id": "resp_1", "usage": {}}})]
+    tap = UsageTap("openai-responses")
+    for event in SSEParser().feed(b"".join(events[:1])):
+        tap.feed(event)
+    assert tap.response_id == "resp_1"            # known from the first event on
+    assert response_id_of_body(b"".join(events), is_sse=True) == "resp_1"
+    body = json.dumps({"id": "resp_2", "object": "response"}).encode()
+    assert response_id_of_body(body, is_sse=False) == "resp_2"
+    assert response_id_of_body(body, is_sse=False, parsed={"id": "resp_3"}) == "resp_3"
+    assert response_id_of_body(b"not json", is_sse=False) is None
+    assert response_id_of_body(b"[1]", is_sse=False) is None
