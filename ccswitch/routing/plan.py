@@ -70,7 +70,7 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
         if why is None and unable and name in unable:
             why = f"unable to take this request ({unable[name]})"
         if why is None and only is not None and name != only and only in spec.upstreams:
-            why = f"does not hold the response this request continues (issued by {only})"
+            why = f"not the issuer of the response this request continues ({only})"
         if why is not None:
             result.blocked.append((name, why))
             continue
@@ -113,6 +113,9 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
         result.binding, result.bound_to = session_binding(rules, route, session, model, sessions)
     if not result.candidates:
         if limited and not unknown_wait:
+            opens = back_in(rules, result.blocked, model, health, now)
+            if opens is not None and opens < min(limited):
+                return result      # nothing until an upstream's hours begin: the route's 503 says when
             result.limited_for = max(0.0, min(limited))
             return result
         if cooling:
@@ -229,7 +232,8 @@ def back_in(rules: Rules, blocked: list[tuple[str, str]], model: str | None, hea
     """Seconds until the first of the `blocked` upstreams that is off only by its days or hours
     takes requests again; None if none will by itself (switched off, not serving the model)."""
     opening = [schedule_opens(upstream, now) for upstream in (rules.upstream(name) for name, _ in blocked)
-               if health.enabled(upstream.name, upstream.enabled) and (model is None or serves_model(upstream, model))]
+               if schedule_block(upstream, now) is not None and health.enabled(upstream.name, upstream.enabled)
+               and (model is None or serves_model(upstream, model))]
     soonest = min((at.astimezone(UTC) for at in opening if at is not None), default=None)
     return None if soonest is None else max(0.0, (soonest - now.astimezone(UTC)).total_seconds())
 

@@ -211,3 +211,18 @@ def test_a_responses_request_continuing_a_stored_response_is_planned_for_its_iss
                         client_protocol="openai-responses")
     job = Planner(gateway).plan_job(req, "f1", None, None, shown=False)
     assert [u.name for u in job.candidates] == first
+
+
+def test_a_follow_up_whose_issuer_is_switched_off_is_told_at_once_why(tmp_path):
+    # the others, in their hours, counted as opening now: retry-after 1 and a retry into the same 503
+    gateway = open_gateway(tmp_path, RESPONSES_RULES)
+    gateway.issued.record("resp_seen", "rb")
+    gateway.health.switch("rb", False)
+    body = {"model": "gpt-x", "input": "and then?", "previous_response_id": "resp_seen"}
+    req = ClientRequest(route="codex", endpoint="responses", method="POST", url="http://127.0.0.1/v1/responses",
+                        headers=[], body=json.dumps(body).encode(), json=body, model="gpt-x",
+                        client_protocol="openai-responses")
+    status, message, headers = Planner(gateway).plan_job(req, "f1", None, None, shown=False)
+    assert status == 503 and headers == {"x-should-retry": "false"}
+    assert message == ("no upstream available for the codex route: ra is not the issuer of the response this request "
+                       "continues (rb); rb is disabled by ccswitch.disable")

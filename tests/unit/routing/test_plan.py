@@ -245,7 +245,7 @@ def test_a_request_only_its_issuer_can_serve_goes_there_and_nowhere_else():
     health = HealthBoard(clock=Clock())
     p = plan(rules, "claude", "m", health, NOW, only="b")
     assert names(p) == ["b"]
-    assert ("a", "does not hold the response this request continues (issued by b)") in p.blocked
+    assert ("a", "not the issuer of the response this request continues (b)") in p.blocked
     health.record_failure("b", "HTTP 503", threshold=1, cooldown=60)
     p = plan(rules, "claude", "m", health, NOW, only="b")
     assert names(p) == ["b"] and p.why_first == "recovers first"        # its second chance, no one else's
@@ -253,3 +253,21 @@ def test_a_request_only_its_issuer_can_serve_goes_there_and_nowhere_else():
     assert names(plan(rules, "claude", "m", health, NOW, only="b")) == []
     # an issuer the route no longer has (a reload): routed as any request
     assert sorted(names(plan(rules, "claude", "m", HealthBoard(clock=Clock()), NOW, only="gone"))) == ["a", "b", "c"]
+
+
+def test_an_upstream_whose_hours_begin_before_the_others_reset_makes_it_a_wait_for_it_not_their_429():
+    # ccswitch's own 429 named the others' reset (retry-after 300, x-should-retry false): Claude
+    # Code gave up, a minute before `a` opened
+    rules = parse_rules("timezone: UTC\nupstreams:\n"
+                        "  - {name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k-a-0000000,"
+                        " hours: ['12:02-18:00']}\n"
+                        "  - {name: b, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k-b-0000000}\n"
+                        "routes:\n  claude: [a, b]\n")
+    health = HealthBoard(clock=Clock())
+    health.record_rate_limit("b", "HTTP 429", seconds=300, reset_known=True)
+    p = plan(rules, "claude", "m", health, NOW)           # 12:00: `a` opens in two minutes
+    assert p.candidates == [] and p.limited_for is None   # the route's 503, not b's second chance
+    from ccswitch.routing.plan import back_in
+    assert back_in(rules, p.blocked, "m", health, NOW) == 120
+    health.record_rate_limit("b", "HTTP 429", seconds=60, reset_known=True)
+    assert plan(rules, "claude", "m", health, NOW).limited_for == 60     # b is back first: its 429
