@@ -134,3 +134,15 @@ def test_an_answer_is_current_only_for_the_account_the_rules_give_its_upstream_n
     assert not board.is_current("a", ("url", "key-2", "anthropic"))    # another key since
     board.sync({"b": ("url", "key-1", "anthropic")})                   # a renamed, or removed
     assert not board.is_current("a", ("url", "key-1", "anthropic"))
+
+
+def test_a_429_during_a_longer_cooldown_does_not_shorten_it_and_a_longer_one_extends_it():
+    # a request under way when three 500s began a 600 s cooldown came back 429 retry-after 5: the
+    # cooldown became 5 s, taken for a rate limit (the route's own 429, then a probe)
+    b, clock = board()
+    for _ in range(3):
+        fail(b, cooldown=600)
+    b.record_rate_limit("a", "HTTP 429", seconds=5, reset_known=True)
+    assert b.cooling_until("a") == 1600.0 and not b.get("a").rate_limited
+    b.record_rate_limit("a", "HTTP 429", seconds=900, reset_known=True)
+    assert b.cooling_until("a") == 1900.0 and b.get("a").rate_limited
