@@ -71,8 +71,8 @@ class HealthBoard:
         changed = []
         before, self._accounts = self._accounts or {}, dict(fingerprints)
         for name in list(self._state):
-            if name not in fingerprints:
-                del self._state[name]
+            if name not in fingerprints:   # its hooks were told of a cooldown: they hear it is over
+                self._outage_ended(name, self._state.pop(name), "removed from the rules: no longer watched")
         for name, fp in fingerprints.items():
             state = self.get(name)
             if before.get(name, fp) != fp:

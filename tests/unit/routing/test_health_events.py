@@ -155,3 +155,15 @@ def test_an_outage_ended_by_a_reset_or_a_new_identity_is_told_over():
         ("cooldown", heard[2].reason), ("recovered", "its base_url, key or protocol changed: taken as healthy")]
     assert all((e.claim, e.state) == ("health:a", e.kind) for e in heard)
     assert heard[1].episode == heard[0].episode and heard[3].episode == heard[2].episode
+
+
+def test_an_upstream_removed_during_its_outage_is_told_over():
+    # its hooks' last word stayed `cooldown` for good
+    b, _, heard = board()
+    b.sync({"a": ("key-1",), "b": ("key-b",)})
+    for _ in range(3):
+        fail(b)
+    b.sync({"b": ("key-b",)})
+    assert [(e.kind, e.upstream, e.reason) for e in heard[1:]] == [
+        ("recovered", "a", "removed from the rules: no longer watched")]
+    assert heard[1].episode == heard[0].episode
