@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ccswitch.clock import wall_text
@@ -88,7 +88,9 @@ def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, session
         value, window = known if known is not None else (None, None)
         resets_at = None
         if window is not None and window.resets_at is not None:
-            resets_at = now + timedelta(seconds=window.resets_at - quota.clock())
+            # added in UTC: a span across a DST change is elapsed time, not wall-clock time
+            resets_at = (now.astimezone(UTC) + timedelta(seconds=window.resets_at - quota.clock())
+                         ).astimezone(now.tzinfo)
         views.append(UpstreamView(
             name=name, protocol=str(upstream.protocol),
             routes=tuple(str(r) for r in Route if name in rules.routes.for_route(r)),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from ccswitch.clock import wall_text
 from ccswitch.config.models import Rules, Upstream
@@ -35,7 +35,9 @@ def upstream_state(upstream: Upstream, rules: Rules, health: HealthBoard, now: d
     if cooling is not None:
         # the board's clock is monotonic: read back as wall time it lands a few ms off the
         # moment it was set for (a reset at 17:00:00 read 16:59:59.998, shown as 16:59:59)
-        until = (now + timedelta(seconds=cooling - health.clock() + 0.5)).replace(microsecond=0)
+        # (added in UTC: a span across a DST change is elapsed time, not wall-clock time)
+        until = (now.astimezone(UTC) + timedelta(seconds=cooling - health.clock() + 0.5)
+                 ).replace(microsecond=0).astimezone(now.tzinfo)
         return "cooling", f"cooling down until {wall_text(until, now, seconds=True)}", until
     full = quota.full_until(upstream.name, rules.failover.drain_at) if quota is not None else None
     if full is not None:
