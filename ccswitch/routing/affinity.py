@@ -23,6 +23,9 @@ from ccswitch.routing.changes import BindChange, Feed, notify
 SESSION_HEADERS = ("x-ccswitch-session", "x-claude-code-session-id", "session-id", "session_id")
 _MAX_KEY = 200          # a longer key is cut: it is stored in every ledger row
 _PURGE_EVERY = 1024     # bindings stored (bound here or told by another instance) between sweeps
+#: bindings kept at most (about 500 bytes each): a client naming a new session on every request
+#: would otherwise keep each for the whole `sticky`; the least recently bound go first
+MAX_BINDINGS = 100_000
 # a binding that only had its idle time restarted is shared again after this share of its TTL
 # (at most _RETELL_MAX): another instance then lets it go at most that much early
 _RETELL_SHARE, _RETELL_MAX = 0.1, 60.0
@@ -138,10 +141,15 @@ class SessionBindings:
     def _store(self, key: tuple[str, str], binding: Binding) -> None:
         """Keep a binding; every so many, sweep the expired ones (an instance that serves little
         still stores every binding the others tell it of)."""
+        self._bindings.pop(key, None)          # stored anew: the most recently bound is last
         self._bindings[key] = binding
         self._binds += 1
         if self._binds % _PURGE_EVERY == 0:
             self._purge()
+        if len(self._bindings) > MAX_BINDINGS:
+            self._purge()
+            while len(self._bindings) > MAX_BINDINGS:
+                del self._bindings[next(iter(self._bindings))]
 
     def _purge(self) -> None:
         now = self.clock()

@@ -100,6 +100,22 @@ def test_expired_bindings_are_swept_so_memory_stays_bounded():
     assert bindings.count_by_upstream() == {} and len(bindings) == 0
 
 
+def test_sessions_named_anew_on_every_request_are_bounded_and_the_least_recently_bound_go(monkeypatch):
+    # each lived for the whole sticky (an hour): 100 new names a second kept 360,000
+    from ccswitch.routing import affinity
+    monkeypatch.setattr(affinity, "MAX_BINDINGS", 100)
+    clock = Clock()
+    bindings = SessionBindings(clock)
+    bindings.bind("claude", "kept", "a", ttl=3600)
+    for i in range(500):
+        bindings.bind("claude", f"s{i}", "a", ttl=3600)
+        if i % 50 == 0:
+            bindings.bind("claude", "kept", "a", ttl=3600)     # a conversation going on
+    assert len(bindings) == 100
+    assert bindings.bound("claude", "kept") == "a" and bindings.bound("claude", "s499") == "a"
+    assert bindings.bound("claude", "s0") is None
+
+
 def test_bindings_told_by_other_instances_are_swept_too():
     clock, wall = Clock(), Clock()
     wall.now = 1_000_000.0
