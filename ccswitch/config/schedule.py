@@ -55,7 +55,13 @@ def schedule_block(upstream: Upstream, now: datetime) -> str | None:
         return None if weekday in days else f"outside its days ({format_days(days)})"
     if any(in_window(w, days, weekday, minute) for w in upstream.hours):
         return None
-    if any(_time_matches(w, minute) for w in upstream.hours):
+    matching = next((w for w in upstream.hours if _time_matches(w, minute)), None)
+    if matching is not None:
+        if matching.start_minute > matching.end_minute and minute < matching.end_minute:
+            # a Sunday 04:00 in "sun 22:00-05:00" reads as a Sunday: say whose night it is
+            before = WEEKDAYS[(weekday - 1) % 7]
+            return (f"outside its days ({format_days(days)}): after midnight, {matching} belongs to the day "
+                    f"it starts on ({before})")
         return f"outside its days ({format_days(days)})"
     hours = ", ".join(str(w) for w in upstream.hours)
     if weekday not in days:     # not its day either: the hours alone would send the user to the wrong fix

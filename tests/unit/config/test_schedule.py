@@ -87,7 +87,8 @@ def test_window_wrapping_midnight_belongs_to_its_start_day():
     assert schedule_block(u, at(1, 1, 0)) is None             # Tue 01:00
     assert schedule_block(u, at(1, 1, 59, 59)) is None
     assert schedule_block(u, at(1, 2, 0)) == "outside its days (mon) and hours (22:00-02:00)"
-    assert schedule_block(u, at(0, 1, 0)) == "outside its days (mon)"   # Mon 01:00 = Sunday's window
+    assert schedule_block(u, at(0, 1, 0)) == ("outside its days (mon): after midnight, 22:00-02:00 belongs to "
+                                              "the day it starts on (sun)")   # Mon 01:00 = Sunday's window
     assert schedule_block(u, at(1, 22, 30)) == "outside its days (mon)"  # Tue evening
     assert schedule_block(u, at(1, 12)) == "outside its days (mon) and hours (22:00-02:00)"
 
@@ -98,7 +99,8 @@ def test_wrapping_window_across_the_week_boundary():
     assert schedule_block(u, at(7, 0, 30)) is None            # Mon 00:30 (Sunday's window)
     assert schedule_block(u, at(0, 0, 30)) is None            # same, the week before
     assert schedule_block(u, at(7, 23, 30)) == "outside its days (sun)"
-    assert schedule_block(u, at(6, 0, 30)) == "outside its days (sun)"  # Sun 00:30 = Saturday's window
+    assert schedule_block(u, at(6, 0, 30)) == ("outside its days (sun): after midnight, 23:00-01:00 belongs to "
+                                               "the day it starts on (sat)")   # Sun 00:30 = Saturday's window
 
 
 def test_window_ending_at_midnight_and_whole_day():

@@ -167,7 +167,7 @@ def test_when_every_upstream_cools_down_the_first_two_to_recover_are_tried_full_
     # two, not all: in a real outage each request would otherwise try every upstream
     assert names(p) == ["b", "a"] and p.why_first == "recovers first" and p.limited_for is None
     # one cooling after a 429 with a known reset will answer 429 again: not a second chance
-    health.record_rate_limit("b", "HTTP 429", seconds=5, reset_known=True)
+    health.record_rate_limit("b", "HTTP 429", seconds=45, reset_known=True)   # past its cooldown's end
     p = plan(rules_with("[a, b, c, d]", weights=(1, 1, 1, 1), names="abcd"), "claude", "m", health, NOW, quota=quota)
     assert names(p) == ["a", "c"]
 
@@ -269,5 +269,6 @@ def test_an_upstream_whose_hours_begin_before_the_others_reset_makes_it_a_wait_f
     assert p.candidates == [] and p.limited_for is None   # the route's 503, not b's second chance
     from ccswitch.routing.plan import back_in
     assert back_in(rules, p.blocked, "m", health, NOW) == 120
+    health = HealthBoard(clock=Clock())
     health.record_rate_limit("b", "HTTP 429", seconds=60, reset_known=True)
     assert plan(rules, "claude", "m", health, NOW).limited_for == 60     # b is back first: its 429
