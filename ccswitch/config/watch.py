@@ -28,7 +28,7 @@ from ccswitch.config.load import (
     rules_origin,
     unreadable,
 )
-from ccswitch.config.models import Rules
+from ccswitch.config.models import ROUTE_PROTOCOLS, Rules
 from ccswitch.config.values import RulesError
 
 log = logging.getLogger("ccswitch.rules")
@@ -175,12 +175,23 @@ class RulesFile:
         if reason := self._vetoed(rules):
             log.error("ccswitch: rules edit refused, keeping the last good ones: %s", reason)
             return False
+        emptied = _routes_emptied(self.rules, rules)
         self.rules, self.path, self._in_force = rules, path, signature
         log.info("ccswitch: rules reloaded from %s", path)
+        for route in emptied:
+            # a file saved half-written, or a routes: block lost in an edit, would send them on quietly
+            log.warning("ccswitch: the %s route lists no upstream since this edit: its requests now go to their "
+                        "original destination untouched, with the client's own credentials", route)
         return True
 
     def fingerprints(self) -> dict[str, tuple]:
         return {u.name: u.fingerprint() for u in self.rules.upstreams}
+
+
+def _routes_emptied(before: Rules, after: Rules) -> list[str]:
+    """The routes that had upstreams and have none now."""
+    return [route for route in ROUTE_PROTOCOLS
+            if before.routes.for_route(route) and not after.routes.for_route(route)]
 
 
 def _read(path: Path) -> bytes | None:

@@ -273,3 +273,22 @@ def test_naming_the_file_again_after_a_reload_changes_nothing(world):
     clock.advance(0.25)
     assert rules_file.reload_if_changed()
     assert not rules_file.open(str(path))
+
+
+def test_an_edit_that_leaves_a_route_without_upstreams_is_applied_with_a_warning(world, caplog):
+    # a routes: block lost in an edit (or a file paused half-written past the quiet time) sent
+    # every request on to its original host, and the log said only "rules reloaded"
+    caplog.set_level(logging.INFO, logger="ccswitch")
+    path, clock, rules_file = world
+    path.write_text(FULL[:FULL.index("routes:")])
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
+    assert rules_file.reload_if_changed() and rules_file.rules.routes.for_route("claude") == ()
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warned] == [
+        "ccswitch: the claude route lists no upstream since this edit: its requests now go to their original "
+        "destination untouched, with the client's own credentials"]
+    path.write_text(EDITED.replace("routes: {claude: [b, a]}", "routes: {claude: [b]}"))
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
+    assert rules_file.reload_if_changed() and len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
