@@ -124,8 +124,10 @@ class Job:
     @property
     def affinity(self) -> str | None:
         """new / kept / moved: what this request did to its session's binding (None: no session,
-        or a count_tokens request, which never touches a binding)."""
-        if self.session is None or self.request.endpoint == Endpoint.COUNT_TOKENS:
+        a route with `sticky: off`, which binds nothing, or a count_tokens request, which never
+        touches a binding)."""
+        if self.session is None or self.request.endpoint == Endpoint.COUNT_TOKENS \
+                or self.rules.routes.spec(self.request.route).sticky <= 0:
             return None
         if self.bound_to is None:
             return "new"

@@ -286,3 +286,15 @@ async def test_a_session_bound_to_an_upstream_the_rules_no_longer_have_is_bound_
     finally:
         await d.aclose()
     assert job.upstream == "a" and d.sessions.bound("claude", "s1") == "a"
+
+
+async def test_with_sticky_off_a_session_s_request_has_no_affinity_to_record(mock_a, mock_b):
+    # every row said `new`, as if each request had moved its session
+    d = dialer()
+    rules = two(mock_a, mock_b, route="{upstreams: [a, b], sticky: off}")
+    try:
+        for _ in range(2):
+            job, _ = await serve(d, rules, session="s1")
+            assert job.upstream == "a" and job.affinity is None
+    finally:
+        await d.aclose()
