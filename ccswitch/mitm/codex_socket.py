@@ -111,6 +111,8 @@ class CodexSockets:
                 model: Any = None, session: str | None = None) -> Refusal:
         """A turn answered with an error frame instead of served: its row, as a refused request's."""
         context: SocketContext = ticket.context
+        if session is None:     # a frame that could not be read: the socket's own session, from its upgrade
+            session = session_key(context.headers, None)
         message = self.router.gateway.rules.scrub(message)   # it may quote the model the client sent
         self.router.gateway.record_own_answer(own_answer_row(
             request_id=f"{context.flow.id}#{ticket.turns}", started_at=utc_now(), route=Route.CODEX,

@@ -130,6 +130,20 @@ async def test_a_bug_planning_a_turn_is_its_500_frame_and_row(gateway, monkeypat
     assert (row["status"], row["model"], row["endpoint"], row["upstream"]) == (500, "gpt-5", "websocket", None)
 
 
+async def test_a_frame_that_cannot_be_read_keeps_the_socket_s_session_in_its_row(gateway, monkeypatch):
+    # the bridge refuses such a frame before any body is read: its row's session was NULL
+    rows = []
+    monkeypatch.setattr(gateway, "record_own_answer", rows.append)
+    router = bridging(gateway)
+    with taddons.context(router):
+        flow = upgrade()
+        await router.request(flow)
+    ticket = router.sockets.bridge._tickets[flow.request.headers[TICKET_HEADER]]
+    refusal = router.sockets.bridge._refuse(ticket, 400, "a frame that is not JSON")
+    [row] = rows
+    assert refusal.status == 400 and (row["status"], row["session"]) == (400, "codex-session-1")
+
+
 async def test_a_client_over_its_budget_is_bridged_and_refused_turn_by_turn_with_when_it_resets(tmp_path, monkeypatch):
     """Codex reads a turn's refusal but not a refused upgrade's body: the upgrade goes through, and
     each turn is the 429 whose `usage_limit_reached` says when to come back."""
