@@ -11,7 +11,7 @@ sentences, but some quote what an upstream answered."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from ccswitch.report.data import shortened
 from ccswitch.routing.events import Event
@@ -34,8 +34,14 @@ def clean(event: Event, secrets: list[str]) -> Event:
                    reason=shortened(reason, _MAX_REASON))
 
 
+def _to_second(moment: datetime) -> datetime:
+    """To the nearest second, as the live page and `ccswitch.status` show it (an end read back from a
+    clock lands a few ms before the second it was set for)."""
+    return (moment.astimezone(UTC) + timedelta(microseconds=500_000)).replace(microsecond=0)
+
+
 def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).isoformat(timespec="seconds")
+    return None if moment is None else _to_second(moment).isoformat()
 
 
 def as_json(event: Event) -> dict:
@@ -52,7 +58,7 @@ def summary(event: Event) -> str:
             not event.upstream and event.route and f"the {event.route} route" in event.reason):
         subject = ""
     head = f"ccswitch {event.kind}" + (f": {subject}" if subject else "")
-    until = "" if event.until is None else f" (until {event.until.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC)"
+    until = "" if event.until is None else f" (until {_to_second(event.until):%Y-%m-%d %H:%M:%S} UTC)"
     return f"{head}: {event.reason}{until}"
 
 

@@ -89,8 +89,9 @@ def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, session
         resets_at = None
         if window is not None and window.resets_at is not None:
             # added in UTC: a span across a DST change is elapsed time, not wall-clock time
-            resets_at = (now.astimezone(UTC) + timedelta(seconds=window.resets_at - quota.clock())
-                         ).astimezone(now.tzinfo)
+            # and to the nearest second: read back from the clock, a reset at 18:59:00 read 18:58:59.998
+            resets_at = (now.astimezone(UTC) + timedelta(seconds=window.resets_at - quota.clock() + 0.5)
+                         ).replace(microsecond=0).astimezone(now.tzinfo)
         views.append(UpstreamView(
             name=name, protocol=str(upstream.protocol),
             routes=tuple(str(r) for r in Route if name in rules.routes.for_route(r)),

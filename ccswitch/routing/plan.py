@@ -194,7 +194,7 @@ def _full_text(window, rules: Rules, now: datetime) -> str:
     if window.resets_at is None:
         return f"full ({window.name} window)"
     reset = datetime.fromtimestamp(window.resets_at, rules.tz)
-    return f"full until {wall_text(reset, now.astimezone(rules.tz))} ({window.name} window)"
+    return f"full until {wall_text(reset, now.astimezone(rules.tz), seconds=True)} ({window.name} window)"
 
 
 def off_reason(upstream: Upstream, health: HealthBoard, now: datetime, model: str | None = None) -> str | None:

@@ -110,3 +110,10 @@ def test_a_reason_naming_the_route_drops_a_route_alone_but_not_an_upstream():
         f"ccswitch exhausted: {reason}"
     assert summary(Event(kind="cooldown", upstream="relay-a", route="claude", reason=reason, ts=TS)) == \
         f"ccswitch cooldown: relay-a (route claude): {reason}"
+
+
+def test_until_is_told_to_the_nearest_second_as_the_live_page_says_it():
+    # an end read back from a clock lands a few ms early: the hook said 18:59:45, the page 18:59:46
+    event = Event("cooldown", "relay-a", "HTTP 503", until=datetime(2026, 12, 2, 18, 59, 45, 998_000, tzinfo=UTC))
+    assert as_json(event)["until"] == "2026-12-02T18:59:46+00:00"
+    assert summary(event).endswith("(until 2026-12-02 18:59:46 UTC)")

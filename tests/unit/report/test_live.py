@@ -416,3 +416,15 @@ routes: {claude: [a, b, c]}
     views = upstream_views(r, HealthBoard(), QuotaBoard(), SessionBindings(), now)
     shown = {v["name"]: v["activation"] for v in live_status(LiveBoard(clock=lambda: NOON_ISH), views, r, now)["upstreams"]}
     assert shown == {"a": "wed 18:30", "b": "none", "c": None}
+
+
+def test_a_window_s_reset_is_shown_at_its_second_though_read_a_moment_later():
+    # the page showed 18:58:59 for a reset the upstream gave as 18:59:00
+    r = parse_rules(STATES_RULES)
+    health, _, sessions, wall = boards()
+    quota = QuotaBoard(clock=lambda: wall() + 0.002)          # the board read a few ms after `now`
+    now = datetime.fromtimestamp(wall(), ZoneInfo(TZ))
+    quota.record("ok", [("anthropic-ratelimit-unified-5h-utilization", "0.42"),
+                        ("anthropic-ratelimit-unified-5h-reset", str(int(wall() + 3600)))])
+    views = {v.name: v for v in upstream_views(r, health, quota, sessions, now)}
+    assert views["ok"].resets_at == now + timedelta(seconds=3600)

@@ -63,8 +63,9 @@ def test_a_full_upstream_is_skipped_under_every_strategy_until_its_window_resets
     for route in ("[a, b, c]", "{upstreams: [a, b, c], strategy: weighted}", "{upstreams: [a, b, c], strategy: quota}"):
         p = plan(rules_with(route, weights=(100, 1, 1)), "claude", "m", HealthBoard(), NOW, quota=quota)
         assert "a" not in names(p)
-        assert ("a", "full until 12:10 (5h window)") in [(n, w.replace(
-            datetime.fromtimestamp(clock.now + 600).strftime("%H:%M"), "12:10")) for n, w in p.blocked]
+        # to the second, as a cooldown's end: one at 19:05:51 read "until 19:05", and a retry at 19:05:10 failed
+        assert ("a", "full until 12:10:00 (5h window)") in [(n, w.replace(
+            datetime.fromtimestamp(clock.now + 600).strftime("%H:%M:%S"), "12:10:00")) for n, w in p.blocked]
     clock.now += 601
     assert "a" in names(plan(rules_with("[a, b, c]"), "claude", "m", HealthBoard(), NOW, quota=quota))
 
