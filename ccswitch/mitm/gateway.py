@@ -130,6 +130,9 @@ class Gateway:
         """`load_spend` at start-up, waited for only where a budget needs it: without one, a ledger
         slow to answer (PostgreSQL) holds up no request, and the spend comes in when it is read."""
         if self.rules.budgets_set():
+            if self.ledger is None:     # a supervisor restarting it in a loop would undo every budget
+                log.warning("ccswitch: budgets count only what this run spends: with the ledger off "
+                            "(ccswitch_ledger=false) nothing is recorded, and a restart starts them at $0 again")
             await self.load_spend(until)
         else:
             self._spend_reader = self.first_spend_read = hook_task(self.load_spend(until), "spend read")

@@ -73,6 +73,22 @@ async def test_a_model_without_a_price_is_told_at_start_only_where_a_budget_coun
     assert ("no price is known for gpt-6.1-sol" in caplog.text) is budgets
 
 
+@pytest.mark.parametrize("ledger, budgets", [(False, True), (True, True), (False, False)])
+async def test_budgets_with_the_ledger_off_are_said_to_last_only_this_run(tmp_path, caplog, ledger, budgets):
+    # every restart set them to $0 again, without a word
+    from tests.mitm.conftest import open_gateway
+    gateway = open_gateway(tmp_path, RULES if budgets else RULES.replace(", budget: {daily: 10}", ""))
+    gateway.open_ledger(ledger)
+    try:
+        with caplog.at_level(logging.INFO, logger="ccswitch"):
+            await gateway.start_spend(utc_now())
+            gateway.stop_reading_spend()
+    finally:
+        gateway.close()
+    warned = [r for r in caplog.records if "budgets count only what this run spends" in r.getMessage()]
+    assert [r.levelno for r in warned] == ([logging.WARNING] if budgets and not ledger else [])
+
+
 async def test_a_reload_moving_the_ledger_takes_the_rows_the_old_one_could_not_write(tmp_path, caplog):
     from tests.mitm.conftest import open_gateway
     from tests.unit.ledger.test_ledger import row, wait_for
