@@ -1,6 +1,7 @@
 """What one hook receives for one event, per its `format`:
 
-* `json`    — ``{"event", "upstream", "route", "reason", "until", "ts"}`` (ISO times, `until` may be null)
+* `json`    — ``{"event", "upstream", "route", "reason", "until", "ts", "id"}`` (ISO times, `until` may be
+  null; `id` the same on every retry of one notification)
 * `slack`   — ``{"text": <summary>}`` (an incoming-webhook message)
 * `discord` — ``{"content": <summary>}`` (a webhook message; Discord takes at most 2000 characters)
 * `text`    — the summary as text/plain
@@ -10,6 +11,7 @@ sentences, but some quote what an upstream answered."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -46,7 +48,14 @@ def _iso(moment: datetime | None) -> str | None:
 
 def as_json(event: Event) -> dict:
     return {"event": event.kind, "upstream": event.upstream, "route": event.route,
-            "reason": event.reason, "until": _iso(event.until), "ts": _iso(event.ts)}
+            "reason": event.reason, "until": _iso(event.until), "ts": _iso(event.ts), "id": event_id(event)}
+
+
+def event_id(event: Event) -> str:
+    """One notification's name: a hook that answered too slowly gets it again (a retry), and can
+    tell the copy by it."""
+    named = "\0".join((event.kind, event.upstream or "", event.route or "", event.episode, _iso(event.ts) or ""))
+    return hashlib.blake2b(named.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
 def summary(event: Event) -> str:

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
 from ccswitch.notify.payload import as_json, render, summary
@@ -15,13 +16,20 @@ def cooldown() -> Event:
                  reason="cooling down for 600s after 3 consecutive failure(s) (last: HTTP 503)", ts=TS)
 
 
-def test_json_body_has_exactly_the_contract_fields_with_iso_times():
+def test_json_body_has_exactly_the_contract_fields_with_iso_times_and_an_id():
     content_type, body = render(cooldown(), "json", [])
     assert content_type == "application/json"
-    assert json.loads(body) == {
+    told = json.loads(body)
+    assert told == {
         "event": "cooldown", "upstream": "relay-a", "route": "claude",
         "reason": "cooling down for 600s after 3 consecutive failure(s) (last: HTTP 503)",
-        "until": "2026-12-02T18:10:05+00:00", "ts": "2026-12-02T18:00:05+00:00"}
+        "until": "2026-12-02T18:10:05+00:00", "ts": "2026-12-02T18:00:05+00:00", "id": told["id"]}
+    # the same on a retry of this notification (a slow hook got four copies it could not tell
+    # apart), another for another occurrence
+    assert json.loads(render(cooldown(), "json", [])[1])["id"] == told["id"]
+    later = replace(cooldown(), episode="another outage")
+    assert json.loads(render(later, "json", [])[1])["id"] != told["id"]
+    assert len(told["id"]) == 16
 
 
 def test_json_until_is_null_when_the_end_is_unknown():
