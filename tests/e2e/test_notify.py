@@ -77,7 +77,7 @@ def test_an_outage_is_one_cooldown_and_one_recovered_notification(tmp_path, upst
         finally:
             proxy.stop()
     cooldown = first[0].json()
-    assert set(cooldown) == {"event", "upstream", "route", "reason", "until", "ts"}
+    assert set(cooldown) == {"event", "upstream", "route", "reason", "until", "ts", "id"}
     assert (cooldown["event"], cooldown["upstream"], cooldown["route"]) == ("cooldown", "a", None)
     assert cooldown["reason"] == "cooling down for 1s after 1 consecutive failure(s) (last: HTTP 503)"
     until, ts = datetime.fromisoformat(cooldown["until"]), datetime.fromisoformat(cooldown["ts"])
