@@ -234,9 +234,11 @@ class Gateway:
         self._note_live(row, attempts, usd)
 
     def _note_issuer(self, job: Job) -> None:
-        """A Responses client may continue this answer (`previous_response_id`): only its issuer can serve that."""
+        """A Responses client may continue this answer (`previous_response_id`): only its issuer can
+        serve that.  One asked not to be stored (`store: false`, as Codex asks) cannot be continued."""
         if job.request.client_protocol == Protocol.RESPONSES and job.upstream is not None and job.attempts \
-                and (answered := job.attempts[-1]).upstream == job.upstream and answered.response_id:
+                and (answered := job.attempts[-1]).upstream == job.upstream and answered.response_id \
+                and not (isinstance(job.request.json, dict) and job.request.json.get("store") is False):
             self.issued.record(answered.response_id, job.upstream)
 
     def record_own_answer(self, row: dict) -> None:

@@ -226,3 +226,17 @@ def test_a_follow_up_whose_issuer_is_switched_off_is_told_at_once_why(tmp_path):
     assert status == 503 and headers == {"x-should-retry": "false"}
     assert message == ("no upstream available for the codex route: ra is not the issuer of the response this request "
                        "continues (rb); rb is disabled by ccswitch.disable")
+
+
+@pytest.mark.parametrize("store, remembered", [(None, True), (True, True), (False, False)])
+def test_the_gateway_remembers_the_issuer_of_an_answer_that_can_be_continued(tmp_path, store, remembered):
+    # Codex asks `store: false`: its turns can never be continued, and need no memory
+    from ccswitch.dial.job import Attempt
+    from tests.support.helpers import make_job
+    gateway = open_gateway(tmp_path, RESPONSES_RULES)
+    body = {"model": "gpt-x", "input": "hi", **({} if store is None else {"store": store})}
+    job = make_job(gateway.rules, path="/v1/responses", body=body, host="api.openai.com")
+    job.attempts = [Attempt(upstream="ra", status=500), Attempt(upstream="rb", status=200, response_id="resp_1")]
+    job.upstream, job.status = "rb", 200
+    gateway.record_job(job)
+    assert gateway.issued.issuer("resp_1") == ("rb" if remembered else None)
