@@ -10,6 +10,7 @@ from __future__ import annotations
 from ccswitch.mitm.activator import Activator
 from ccswitch.mitm.collector import CollectorTuning
 from ccswitch.mitm.commands import Commands
+from ccswitch.mitm.early import EarlyRefusal
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.key_shield import KeyShield
 from ccswitch.mitm.lifecycle import log_refusals_as_messages
@@ -25,9 +26,12 @@ from ccswitch.mitm.socket_messages import SocketMessages
 def make_addons() -> list:
     log_refusals_as_messages()
     gateway = Gateway()
-    # the shield gives a request its keys back before the others' request hooks; the live page
+    # the shield gives a request its keys back before the others' request hooks (the early
+    # refusal reads them from it, at the head, and answers a few from there); the live page
     # answers its own paths before the router and the gate see them; the gate follows the
     # router: it sees only the flows the router let pass untouched
-    return [KeyShield(), RulesWatcher(gateway), ListenSafety(gateway), InterceptScope(gateway), LivePage(gateway),
+    shield = KeyShield()
+    return [shield, EarlyRefusal(gateway, shield), RulesWatcher(gateway), ListenSafety(gateway), InterceptScope(gateway),
+            LivePage(gateway),
             Router(gateway), SharedStateSync(gateway), ClientKeyGate(gateway), Commands(gateway), Activator(gateway),
             Notifications(gateway), CollectorTuning(), SocketMessages()]

@@ -41,6 +41,14 @@ def flows_are_kept(master, options) -> bool:
             or getattr(options, "flow_detail", 0) >= 3)
 
 
+#: flow.metadata: answered from its head (`mitm.early`); the request hooks leave it be
+EARLY_MARK = "ccswitch_early"
+
+
+def answered_early(flow: http.HTTPFlow) -> bool:
+    return EARLY_MARK in flow.metadata
+
+
 def error_response(protocol: str, status: int, message: str, extra: dict | None = None, *,
                    codex: bool = False) -> http.Response:
     headers, body = protocols.own_error(protocol, status, message, tuple((extra or {}).items()), codex=codex)

@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from mitmproxy import ctx, http
 from mitmproxy.proxy import mode_specs
 
-from ccswitch.mitm.flows import LIVE_HOST, answer, redact_credentials
+from ccswitch.mitm.flows import LIVE_HOST, answer, answered_early, redact_credentials
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.safety import beyond_loopback
 from ccswitch.report.live_html import CONTENT_SECURITY_POLICY, page_html
@@ -64,7 +64,7 @@ class LivePage:
         self.gateway = gateway
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
+        if flow.response or flow.error or not flow.live or answered_early(flow):
             return
         path = live_path(flow)
         if path is None:

@@ -26,6 +26,7 @@ from ccswitch.mitm.flows import (
     StreamCopy,
     answer,
     answer_error,
+    answered_early,
     as_the_client_sent,
     attempts_line,
     client_left,
@@ -201,7 +202,7 @@ class Router:
     # ------------------------------------------------------------------ hooks
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
+        if flow.response or flow.error or not flow.live or answered_early(flow):
             return
         if replays_routed(flow):
             as_the_client_sent(flow)

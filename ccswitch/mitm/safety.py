@@ -9,7 +9,7 @@ from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.proxy import mode_specs
 
 from ccswitch.config.models import Rules
-from ccswitch.mitm.flows import LIVE_HOST, answer_error, likely_protocol
+from ccswitch.mitm.flows import LIVE_HOST, answer_error, answered_early, likely_protocol
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.net.addresses import is_loopback
 from ccswitch.wire import headers as wire
@@ -172,7 +172,7 @@ class ClientKeyGate:
         self.gateway = gateway
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or "ccswitch" in flow.metadata:
+        if flow.response or flow.error or "ccswitch" in flow.metadata or answered_early(flow):
             return
         rules = self.gateway.rules
         client = flow.client_conn

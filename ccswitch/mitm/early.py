@@ -1,0 +1,154 @@
+"""Refusals from a request's head, before mitmproxy reads its body.
+
+mitmproxy reads a whole body into memory before the request hook: a client with no key could
+send gigabytes to a listener beyond loopback, and be refused only once they were all in.  A
+request whose body is large (or of unknown length) and that ccswitch would refuse whatever that
+body holds — no valid client key, a foreign web page's, a bad head, a content type or declared
+size ccswitch never takes — is answered from its head instead, through `dial.early`; the body
+is discarded as it comes.  A small body is read and judged as ever: the same answers, the same
+rows, one place deciding them."""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import ctx, http
+from mitmproxy.proxy import mode_specs
+
+from ccswitch.clock import utc_now
+from ccswitch.dial.early import EARLY_HEADER, EarlyAnswers, http_answer
+from ccswitch.mitm.flows import CLIENT_PROTOCOL, EARLY_MARK, error_response, likely_protocol
+from ccswitch.mitm.gateway import Gateway
+from ccswitch.mitm.key_shield import KeyShield
+from ccswitch.mitm.known import Known
+from ccswitch.mitm.live_page import live_path, query_key
+from ccswitch.mitm.safety import beyond_loopback
+from ccswitch.mitm.scope import route_of
+from ccswitch.routing.admission import body_problem, head_problem, origin_problem
+from ccswitch.routing.affinity import session_key
+from ccswitch.routing.classify import RouteMatch
+from ccswitch.vocab import Endpoint
+from ccswitch.wire import headers as wire
+from ccswitch.wire import protocols
+from ccswitch.wire.redact import client_credential
+
+log = logging.getLogger("ccswitch")
+
+#: a body declared larger than this (or of unknown length) is judged from the head
+EARLY_FROM = 1 << 20
+_NO_KEY = "missing or invalid ccswitch client key"
+
+
+def declared_length(headers: http.Headers) -> int | None:
+    """The body's length as the head declares it (0: none), or None when it comes in chunks."""
+    if "transfer-encoding" in headers:
+        return None
+    value = headers.get("content-length")
+    if value is None:
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _discard(data: bytes) -> bytes:
+    return b""
+
+
+class EarlyRefusal:
+    def __init__(self, gateway: Gateway, shield: KeyShield) -> None:
+        self.gateway, self.shield = gateway, shield
+        self.answers = EarlyAnswers()
+        self._shown: dict[str, tuple[str, str]] = {}    # flow id -> (the URL the client asked, its ticket)
+
+    async def running(self) -> None:
+        await self.answers.start()
+
+    async def done(self) -> None:
+        await self.answers.stop()
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live or flow.is_replay or not self.answers.port:
+            return
+        if flow.request.http_version == "HTTP/2":    # an upload mitmproxy then discards stalls at its flow control
+            return
+        length = declared_length(flow.request.headers)
+        if length is not None and length <= EARLY_FROM:
+            return
+        hidden = self.shield.hidden.get(flow.id)       # its keys as they came (the flow shows <redacted>)
+        fields = hidden.own_fields if hidden is not None else flow.request.headers.fields
+        path = hidden.own_path if hidden is not None else flow.request.path
+        headers = wire.from_wire(fields)
+        match = route_of(flow, self.gateway.rules)
+        refusal = self._refusal(flow, match, headers, path, length)
+        if refusal is None:
+            return
+        self._refuse(flow, *refusal)
+        if match is not None and refusal[0] != "text":    # a routed request's row, as every one has
+            known = Known(utc_now(), session=session_key(headers, None))
+            self.gateway.record_own_answer(known.own_answer_row(flow.id, match, refusal[1], refusal[2]))
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._settled(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._settled(flow)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _refusal(self, flow: http.HTTPFlow, match: RouteMatch | None, headers: list[tuple[str, str]], path: str,
+                 length: int | None) -> tuple[str, int, str] | None:
+        """(the API format, status, message) of the answer the request gets whatever its body, or None."""
+        rules = self.gateway.rules
+        presented = client_credential(headers)
+        key_ok = presented is not None and rules.client_key_ok(presented)
+        client = flow.client_conn
+        beyond = isinstance(client.proxy_mode, mode_specs.ReverseMode) and beyond_loopback(
+            client, ctx.options.listen_host or "127.0.0.1")
+        if live_path(flow) is not None:
+            if rules.client_keys and (key_ok or any(rules.client_key_ok(k) for k in query_key(path))):
+                return None
+            return ("text", 401, _NO_KEY) if rules.client_keys or beyond else None
+        if match is None or not rules.routes.for_route(match.route):
+            # passed on unrouted: only beyond loopback does it need a key (the client-key gate)
+            return (likely_protocol(flow.request), 401, _NO_KEY) if beyond and not key_ok else None
+        protocol = CLIENT_PROTOCOL[match.route]
+        if rules.client_keys and not key_ok:
+            return protocol, 401, _NO_KEY
+        if not rules.client_keys and (foreign := origin_problem(headers)):
+            return protocol, *foreign
+        if match.endpoint == Endpoint.WEBSOCKET:
+            return None
+        problem = head_problem(path, headers) or (
+            body_problem(flow.request.headers.get("content-type", ""), length, ctx.options.ccswitch_max_body)
+            if length is not None else None)
+        return (protocol, *problem) if problem else None
+
+    def _refuse(self, flow: http.HTTPFlow, protocol: str, status: int, message: str) -> None:
+        if protocol == "text":
+            response = http.Response.make(status, message + "\n", {"content-type": "text/plain; charset=utf-8"})
+        else:
+            response = error_response(protocol, status, message,
+                                      codex=protocols.codex_client(flow.request.headers.items()))
+        ticket = self.answers.register(http_answer(status, response.reason, list(response.headers.fields),
+                                                   response.raw_content or b""))
+        self.shield.hidden.pop(flow.id, None)      # its keys stay <redacted>: nothing of it goes upstream
+        self._shown[flow.id] = (flow.request.url, ticket)
+        request = flow.request
+        request.stream = _discard
+        request.scheme, request.host, request.port = "http", "127.0.0.1", self.answers.port
+        request.headers[EARLY_HEADER] = ticket
+        flow.metadata[EARLY_MARK] = status
+        flow.comment = f"ccswitch: answered {status} itself from the request's head (its body was not read): {message}"
+        log.info("ccswitch: refused a request from its head (%d: %s)", status, message)
+
+    def _settled(self, flow: http.HTTPFlow) -> None:
+        """The answer came (or the flow ended): the flow shows the URL the client asked for again."""
+        shown = self._shown.pop(flow.id, None)
+        if shown is None:
+            return
+        url, ticket = shown
+        self.answers.forget(ticket)
+        flow.request.headers.pop(EARLY_HEADER, None)
+        flow.request.url = url
