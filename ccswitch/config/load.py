@@ -80,7 +80,13 @@ def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path
     def where(path: str, msg: str) -> str:
         return f"{source}: {label_path(path, labels)}: {msg}" if path else f"{source}: {msg}"
 
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)       # its reader refuses a control character at once (a pasted BEL)
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        said = f"a character YAML does not allow (#x{e.character:04x}, unseen in most editors): delete it"
+        raise RulesError([where(f"line {line}, column {column}", said)]) from None
     try:
         data = loader.get_single_data()
     except yaml.MarkedYAMLError as e:

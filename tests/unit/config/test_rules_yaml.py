@@ -34,3 +34,15 @@ def test_an_unquoted_key_yaml_reads_as_an_alias_or_a_tag_is_not_quoted_back(valu
         parse_rules(text)
     said = str(refused.value)
     assert "SECRET" not in said and "needs quotes" in said and "line 5" in said
+
+
+@pytest.mark.parametrize(("text", "where", "char"), [
+    ("# a bell \x07 here\nupstreams: []\n", "line 1, column 10", "#x0007"),
+    ("upstreams: []\n# \ufffe\n", "line 2, column 3", "#xfffe"),
+])
+def test_a_character_yaml_does_not_allow_is_named_where_it_is_not_a_traceback(text, where, char):
+    # its reader refused it before the loader's own error handling: check and reloads printed a traceback
+    with pytest.raises(RulesError) as caught:
+        parse_rules(text)
+    assert str(caught.value) == f"<rules>: {where}: a character YAML does not allow ({char}, unseen in most " \
+                                "editors): delete it"
