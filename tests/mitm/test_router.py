@@ -154,6 +154,7 @@ async def test_a_route_with_no_upstreams_is_not_ours(router):
 @pytest.mark.parametrize("body,message", [
     (b"{nope", "not valid JSON"), (b"[1,2]", "JSON object"), (b"", "no body"),
     (b'{"messages": []}', "names no model"), ('{"model": "caf\xe9"}'.encode("latin-1"), "not UTF-8 JSON"),
+    ('{"model": "m"}'.encode("utf-16"), "not UTF-8 JSON"),      # json.loads reads it, and it went upstream so
     (b'{"model": "m", "temperature": NaN}', "not valid JSON (NaN is not a JSON value)"),
     (b'{"model": "m", "metadata": {"n": 1e400}}', "not valid JSON (the number 1e400 is out of range)"),
 ])
