@@ -148,9 +148,14 @@ class Failover(_Model):
     def _merge_defaults(cls, v: dict[str, str]) -> dict[str, str]:
         return {**DEFAULT_ON_STATUS, **v}
 
+    def set_for(self, status: int) -> Action | None:
+        """The action the rules set for `status` (exact code beats its class), or None."""
+        return self.on_status.get(str(status)) or self.on_status.get(f"{status // 100}xx")  # type: ignore[return-value]
+
     def action_for(self, status: int) -> Action:
-        """Exact code beats its class; 1xx/2xx/3xx with no entry pass, others switch."""
-        action = self.on_status.get(str(status)) or self.on_status.get(f"{status // 100}xx")
+        """Exact code beats its class; 1xx/2xx/3xx with no entry pass (the dialer judges a 3xx with
+        no entry itself: a redirect it does not follow), others switch."""
+        action = self.set_for(status)
         if action:
             return action  # type: ignore[return-value]
         return "pass" if 100 <= status < 400 else "switch"

@@ -348,6 +348,13 @@ class Dialer:
         if job.request.endpoint == Endpoint.COUNT_TOKENS and status in (404, 405, 501):
             return Failure(upstream.name, status, "count_tokens not supported", Action.SWITCH, headers, body,
                            counts=False)
+        if 300 <= status < 400 and failover.set_for(status) is None:
+            # a client would follow it past ccswitch (the Anthropic SDK does, prompt and all): a
+            # failure to fail over from, and the last word a 502 saying where it pointed
+            where = next((v for k, v in headers if k.lower() == "location"), "")[:200] or "nowhere"
+            return Failure(upstream.name, status, f"redirected (HTTP {status} to {where}): ccswitch does not "
+                           "follow redirects; give its base_url as the URL it points to",
+                           failover.on_network_error, headers, body, client_status=502)
         action = failover.action_for(status)
         if action == Action.PASS:
             return Reply(upstream.name, status, headers, body)

@@ -1055,3 +1055,23 @@ async def test_an_upstream_s_long_retry_after_is_not_passed_on_to_codex_which_wo
     assert ("retry-after" in sink.headers) is kept
     # the others are told not to retry, as ccswitch's own answers tell them (an SDK waited 2 × 120 s)
     assert (sink.headers.get("x-should-retry") == "false") is kept
+
+
+async def test_an_upstream_s_redirect_is_a_failure_never_passed_on_for_a_client_to_follow(mock_a, mock_b):
+    # the Anthropic SDK followed a relay's 307 past ccswitch, prompt and all (no ledger row, no failover)
+    moved = {"location": "https://relay.example/v1/messages"}
+    mock_a.script(status(307, headers=moved))
+    job, sink, health = await run(two(mock_a, mock_b))
+    assert sink.status == 200 and job.upstream == "b" and health.get("a").failures == 1
+    assert job.attempts[0].error.startswith("redirected (HTTP 307 to https://relay.example/v1/messages)")
+    mock_a.script(status(301, headers=moved))                    # the last word: a 502 saying where it pointed
+    job, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST),
+                             body={"model": "claude-x", "max_tokens": 5, "messages": []})
+    body = json.loads(sink.body)
+    assert sink.status == 502 and "location" not in {k.lower() for k in sink.headers}
+    assert body["error"]["message"].startswith("upstream a: redirected (HTTP 301 to https://relay.example")
+    assert "give its base_url as the URL it points to" in body["error"]["message"]
+    mock_a.script(status(302, headers=moved))                    # on_status says pass: passed on
+    job, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url),
+                                       extra=FAST.replace("hold_back: 2s}", "hold_back: 2s, on_status: {'3xx': pass}}")))
+    assert sink.status == 302
