@@ -212,7 +212,7 @@ class Connection(asyncio.Protocol):
             elif name == b"transfer-encoding":      # its lines are one list (`gzip` + `chunked`)
                 framed = True
                 codings.append(value)
-        if codings and [c.strip().lower() for c in b",".join(codings).split(b",") if c.strip()] != [b"chunked"]:
+        if codings and not _only_chunked(b",".join(codings)):
             # llhttp would read `gzip` alone to the close and then call it cut short, and pass on
             # `gzip, chunked` still compressed: h11 took chunked alone, and so does ccswitch
             self._fail("not an HTTP/1.1 answer: a transfer-encoding other than chunked")
@@ -382,3 +382,10 @@ class Connection(asyncio.Protocol):
         # a new one each time: raised again, the same object would grow its traceback and take
         # on another context, which the dialer reads when it names the failure
         return RemoteProtocolError(failure) if isinstance(failure, str) else type(failure)(*failure.args)
+
+
+def _only_chunked(codings: bytes) -> bool:
+    """`chunked` alone, as llhttp reads it: an empty item before it is nothing (`, chunked`), one
+    after it (`chunked,`) makes llhttp read the body to the close."""
+    items = [item.strip().lower() for item in codings.split(b",")]
+    return items[-1] == b"chunked" and not any(items[:-1])

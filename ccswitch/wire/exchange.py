@@ -123,8 +123,8 @@ _CLIENT_JSON = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite
 def client_json(data: bytes | str) -> Any:
     """A client's JSON text, as `json.loads` reads it but for those: ValueError if it is not JSON
     (UnicodeDecodeError, a ValueError, if its bytes are not text)."""
-    if isinstance(data, bytes):   # UTF-8 only (RFC 8259 §8.1): UTF-16 would go upstream as it came
-        data = data.decode("utf-8", "surrogatepass")
+    if isinstance(data, bytes):   # UTF-8 only (RFC 8259 §8.1; a BOM is let be): UTF-16 would go upstream as it came
+        data = data.decode("utf-8-sig", "surrogatepass")
     return _CLIENT_JSON.decode(data)
 
 

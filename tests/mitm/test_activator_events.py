@@ -297,3 +297,28 @@ def test_a_probe_answer_to_a_key_a_reload_replaced_meanwhile_is_not_the_new_key_
     assert gateway.health.cooling_until("relay") is None
     Activator(gateway, clock=Clock())._record(gateway.rules.upstream("relay"), None, refused)
     assert gateway.health.cooling_until("relay") is not None         # the same answer to the key in force
+
+
+async def test_a_schedule_that_fails_again_after_working_is_said_again(gateway, monkeypatch, caplog):
+    # said once per failure, not once per run: the same bug back after a good tick is news again
+    from mitmproxy.test import taddons
+
+    from ccswitch.mitm import activator as module
+
+    monkeypatch.setattr(module, "seed_from_ledger", lambda schedule, rules, now: None)
+    monkeypatch.setattr(module, "TICK_EVERY", 0.01)
+    ticks = []
+
+    def tick():
+        ticks.append(1)
+        if len(ticks) in (1, 2, 4, 5):
+            raise RuntimeError("a bug")
+        return []
+    activator = Activator(gateway, clock=Clock())
+    monkeypatch.setattr(activator, "tick", tick)
+    with taddons.context(activator):
+        activator.running()
+        await asyncio.sleep(0.2)
+        assert len(ticks) > 5
+        activator._task.cancel()
+    assert caplog.text.count("activation schedule failed") == 2

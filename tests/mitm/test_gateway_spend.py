@@ -10,7 +10,7 @@ import pytest
 from ccswitch.clock import utc_now
 from ccswitch.mitm import gateway as gateway_module
 from ccswitch.report.spend import LedgerSpend
-from ccswitch.routing.budget import CLIENT
+from ccswitch.routing.budget import CLIENT, UPSTREAM
 from tests.support.helpers import KEY_A, eventually
 
 RULES = f"""
@@ -127,3 +127,31 @@ def test_what_the_gateway_records_holds_no_key_a_client_sent_as_its_model(gatewa
                                              error="bad", latency_ms=1))
     requests = [row for row in gateway.ledger.added if "model" in row]
     assert len(requests) == 2 and all(row["model"] == "[redacted]" for row in requests)
+
+
+async def test_the_ledger_s_requests_are_counted_as_one_sum_per_local_day(gateway, monkeypatch):
+    # a month of a busy ledger was one addition per request on the proxy's loop
+    from ccswitch.ledger.writer import Ledger
+    from tests.unit.ledger.test_ledger import row
+    now = utc_now()
+    today = max(now - timedelta(minutes=5), now.replace(hour=0, minute=0, second=0, microsecond=0))
+    written = Ledger(gateway.rules.usage_db).start()
+    for i in range(5):
+        written.add("requests", {**row(i), "ts": today.isoformat(timespec="milliseconds"), "client": "alice",
+                                 "model": "claude-sonnet-4-5", "input_tokens": 100_000})
+    written.close()
+    gateway.open_ledger(True)
+    counted = []
+    load = gateway.spend.load
+
+    def counting(amounts):
+        counted.extend(amounts)
+        load(counted)
+    monkeypatch.setattr(gateway.spend, "load", counting)
+    try:
+        await gateway.load_spend(now)
+    finally:
+        gateway.close()
+    # the day's sum of five requests, for its upstream and its client
+    assert [(who, name) for who, name, _, _ in counted] == [(UPSTREAM, "a"), (CLIENT, "alice")]
+    assert gateway.spend.spent(CLIENT, "alice", "daily") == counted[1][2] > 0

@@ -240,3 +240,22 @@ def test_the_gateway_remembers_the_issuer_of_an_answer_that_can_be_continued(tmp
     job.upstream, job.status = "rb", 200
     gateway.record_job(job)
     assert gateway.issued.issuer("resp_1") == ("rb" if remembered else None)
+
+
+@pytest.mark.parametrize("path, answered_by, kept", [
+    ("/v1/responses", "rb", {"resp_new": "rb"}),     # a Responses client may continue it: its issuer is kept
+    ("/v1/chat/completions", "rb", {}),              # a chat client never saw the id: nothing to continue
+    ("/v1/responses", "ra", {}),                     # the id of an attempt that did not answer the client
+], ids=["responses-client", "chat-client", "another-attempt-s-id"])
+def test_the_id_of_a_responses_answer_is_kept_with_the_upstream_that_issued_it(tmp_path, path, answered_by, kept):
+    from ccswitch.dial.job import Attempt
+    from tests.support.helpers import make_job
+    gateway = open_gateway(tmp_path, RESPONSES_RULES.replace("routes: {codex: [ra, rb]}",
+                                                             "routes: {codex: [ra, rb], chat: [ra, rb]}"))
+    body = {"model": "gpt-x", "input": "hi"} if path == "/v1/responses" else {
+        "model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]}
+    job = make_job(gateway.rules, path=path, body=body, host="api.openai.com")
+    job.attempts = [Attempt(upstream=answered_by, status=200, response_id="resp_new")]
+    job.upstream, job.status = "rb", 200
+    gateway.record_job(job)
+    assert ({"resp_new": gateway.issued.issuer("resp_new")} if len(gateway.issued) else {}) == kept

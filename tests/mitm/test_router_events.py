@@ -76,6 +76,21 @@ async def test_own_429s_until_resets_a_few_seconds_apart_are_one_event(gateway):
     assert [seen.first(e) for e in heard].count(True) == 1
 
 
+async def test_an_own_429_names_its_reset_to_the_nearest_second(gateway):
+    # a reset that is no whole second (a bucket's `1.5s`) was cut down: 12:00:00.7 read 12:00:00
+    router = Router(gateway)
+    router.relay = Relay(None)
+    router.started.set()
+    now = int(time.time()) + 0.2
+    gateway.quota.clock = lambda: now
+    heard = listen(gateway)
+    gateway.quota.record("a", [("anthropic-ratelimit-unified-status", "rejected"),
+                               ("anthropic-ratelimit-unified-5h-utilization", "1.0"),
+                               ("anthropic-ratelimit-unified-5h-reset", str(now + 300.5))])
+    assert await refuse_many(router, 1) == [429]
+    assert heard[0].until == datetime.fromtimestamp(round(now + 300.5), UTC)
+
+
 async def test_a_503_with_nothing_available_is_one_event_per_hour(gateway):
     router = Router(gateway)
     router.relay = Relay(None)

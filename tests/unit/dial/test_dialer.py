@@ -1075,3 +1075,16 @@ async def test_an_upstream_s_redirect_is_a_failure_never_passed_on_for_a_client_
     job, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url),
                                        extra=FAST.replace("hold_back: 2s}", "hold_back: 2s, on_status: {'3xx': pass}}")))
     assert sink.status == 302
+
+
+async def test_only_a_2xx_responses_answer_leaves_an_id_to_continue(mock_a, mock_b):
+    # an error body that happens to carry an id is no stored response: its upstream is no issuer
+    mock_a.script(status(400, body={"id": "resp_refused", "error": {"message": "bad input",
+                                                                    "type": "invalid_request_error"}}))
+    body = {"model": "gpt-x", "input": "hi"}
+    job, sink, _ = await run(responses_pair(mock_a, mock_b), path="/v1/responses", body=body,
+                             host="api.openai.com")
+    assert sink.status == 400 and [a.response_id for a in job.attempts] == [None]
+    job, sink, _ = await run(responses_pair(mock_a, mock_b), path="/v1/responses", body=body,
+                             host="api.openai.com")
+    assert sink.status == 200 and job.attempts[-1].response_id is not None

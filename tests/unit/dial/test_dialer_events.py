@@ -132,6 +132,14 @@ def test_a_bucket_refilled_again_and_again_is_news_once_a_quarter_hour():
     assert len(_told(heard)) == 2                          # a quarter hour on, it is news again
 
 
+def test_an_end_that_moves_is_named_for_the_end_of_its_quarter_hour():
+    # the episode's text reads as a time: the end of the slot the news holds for, not its start
+    start = datetime(2027, 1, 15, 10, 0, tzinfo=UTC).timestamp()
+    assert news_slot(start + 1) == news_slot(start + 899) == "2027-01-15T10:15"
+    assert news_slot(start) == "2027-01-15T10:00"               # on the grid: the slot it ends
+    assert news_slot(start + 1, 3600) == "2027-01-15T11:00"
+
+
 def test_a_rejecting_window_without_a_reset_is_news_once_an_hour():
     now = [1_800_000_001.0]    # just past an hour: two hours of probes in two
     quota, events, heard = QuotaBoard(clock=lambda: now[0]), Events(), []

@@ -579,6 +579,21 @@ async def test_a_chunked_body_s_trailers_over_64_kb_are_a_protocol_error_and_sma
         assert await get_body(c, server.url) == (200, b"".join(b"%d" % (i % 10) for i in range(30000)))
 
 
+async def test_a_big_head_does_not_count_against_the_chunk_framing_after_it():
+    # each is held to 64 KB on its own: a 40 KB head and 30 KB of trailers are an answer like any
+    async def big_head_then_trailers(writer, head, body):
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-big: " + b"h" * 40_000 + b"\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"0\r\nx-t: " + b"t" * 30_000)          # read before the answer's end
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"\r\n\r\n")
+        await writer.drain()
+    async with RawServer(big_head_then_trailers) as server, client() as c:
+        assert await get_body(c, server.url) == (200, b"")
+
+
 @pytest.mark.parametrize("pieces, whole", [
     ([b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"], b"ok"),
     ([b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"], b"ok"),
@@ -608,7 +623,7 @@ async def test_an_http_1_0_answer_is_not_reused_even_when_its_upstream_keeps_the
     assert server.connections == 2
 
 
-@pytest.mark.parametrize("coding", ["Chunked", "CHUNKED", " chunked "])
+@pytest.mark.parametrize("coding", ["Chunked", "CHUNKED", " chunked ", ", chunked"])   # a list's empty items count for nothing
 async def test_a_chunked_body_named_in_any_letter_case_is_read_as_chunked(coding):
     chunked = sends(f"HTTP/1.1 200 OK\r\nTransfer-Encoding: {coding}\r\n\r\n"
                     "5\r\nhello\r\n6\r\n there\r\n0\r\n\r\n".encode())
@@ -632,9 +647,11 @@ async def test_a_connection_cut_in_the_middle_of_the_head_is_a_protocol_error_no
     (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nxx\r\n0\r\n\r\n", "other than chunked"),
     (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n2\r\nxx\r\n0\r\n\r\n",
      "other than chunked"),                                                      # one list over two lines
+    (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked,\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+     "other than chunked"),                      # llhttp reads it to the close: it waited for the total timeout
     (b"HTTTP/1.1 200 OK\r\n\r\n", "not an HTTP/1.1 answer"),
 ], ids=["status-99", "status-0", "status-999", "gzip-alone", "gzip-then-chunked", "gzip-line-chunked-line",
-        "not-http"])
+        "chunked-then-empty", "not-http"])
 async def test_an_answer_that_is_not_http_fails_at_once_named_for_what_it_is(reply, problem):
     """Not after the dialer's deadline, and not as a closed connection: the next upstream is tried."""
     # the connection kept open: no close tells the client

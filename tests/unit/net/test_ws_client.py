@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import ssl
+import time
 
 import pytest
 from wsproto import ConnectionType, WSConnection
@@ -167,8 +168,8 @@ async def test_through_the_upstream_s_proxy(mock_a, kind):
 class FloodingServer:
     """A wsproto server that sends `messages` (each a list of frames' texts) once the client is in."""
 
-    def __init__(self, *messages):
-        self.messages, self.closed_with = messages, []
+    def __init__(self, *messages, pause: float = 0.0):
+        self.messages, self.closed_with, self.pause = messages, [], pause
 
     async def serve(self, reader, writer):
         ws = WSConnection(ConnectionType.SERVER)
@@ -181,6 +182,7 @@ class FloodingServer:
             for i, text in enumerate(frames):
                 writer.write(ws.send(TextMessage(data=text, message_finished=i == len(frames) - 1)))
                 await writer.drain()
+            await asyncio.sleep(self.pause)
         while data := await reader.read(65536):
             ws.receive_data(data)
             self.closed_with += [e.code for e in ws.events() if hasattr(e, "code")]
@@ -214,3 +216,47 @@ async def test_an_upstream_message_or_unread_backlog_over_the_cap_closes_the_soc
                 assert server.closed_with == [1009]
             finally:
                 client.close()
+
+
+async def test_messages_read_as_they_come_or_a_backlog_under_its_cap_are_never_cut(monkeypatch):
+    # the cap is on what waits unread: read messages no longer count, however many came
+    from ccswitch.net import ws_client
+
+    monkeypatch.setattr(ws_client, "MAX_MESSAGE", 10_000)
+    monkeypatch.setattr(ws_client, "MAX_UNREAD", 25_000)
+    for how in ("receive", "poll"):
+        async with FloodingServer(*[[f"{i}" * 9000] for i in range(6)], pause=0.05) as port:
+            client = await WsClient.open(f"http://127.0.0.1:{port}/v1/responses", [], tls=None, timeout=2)
+            try:
+                received, deadline = [], time.monotonic() + 5
+                while len(received) < 6 and time.monotonic() < deadline:
+                    if how == "receive":
+                        received.append(await asyncio.wait_for(client.receive(), 5))
+                    elif (message := client.poll()) is not None:
+                        received.append(message)
+                    else:
+                        await asyncio.sleep(0.01)
+                assert received == [f"{i}" * 9000 for i in range(6)]
+            finally:
+                client.close()
+    async with FloodingServer(["a" * 9000], ["b" * 9000]) as port:     # two unread: 18,000 of 25,000
+        client = await WsClient.open(f"http://127.0.0.1:{port}/v1/responses", [], tls=None, timeout=2)
+        try:
+            await asyncio.sleep(0.2)
+            assert [await asyncio.wait_for(client.receive(), 5) for _ in range(2)] == ["a" * 9000, "b" * 9000]
+        finally:
+            client.close()
+
+
+async def test_a_message_over_the_cap_is_said_as_it_is_not_as_a_broken_protocol(monkeypatch):
+    from ccswitch.net import ws_client
+
+    monkeypatch.setattr(ws_client, "MAX_MESSAGE", 2 ** 20)
+    async with FloodingServer(["a" * 2 ** 20, "b"]) as port:
+        client = await WsClient.open(f"http://127.0.0.1:{port}/v1/responses", [], tls=None, timeout=2)
+        try:
+            with pytest.raises(http1.RemoteProtocolError) as caught:
+                await asyncio.wait_for(client.receive(), 5)
+            assert str(caught.value) == "the upstream sent a WebSocket message over 1 MiB"
+        finally:
+            client.close()

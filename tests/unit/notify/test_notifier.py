@@ -394,3 +394,34 @@ async def test_closing_waits_for_a_removed_hook_s_last_post():
     asyncio.get_running_loop().call_later(0.1, poster.release.set)
     await notifier.aclose(grace=2.0)
     assert poster.kinds(SLOW) == ["cooldown"] and slow.task.done()
+
+
+async def test_a_removed_hook_s_post_that_never_ends_is_stopped_at_close():
+    current = {"rules": rules()}
+    poster = FakePoster()
+    notifier = Notifier(lambda: current["rules"], poster)
+    notifier.start()
+    notifier.offer(event())
+    await settle()
+    [slow] = [lane for hook, lane in notifier.lanes.items() if hook.url.get_secret_value() == SLOW]
+    current["rules"] = rules(f"notify: [{{url: '{FAST}'}}]")
+    notifier.offer(event(episode="2"))
+    await notifier.aclose(grace=0.1)             # the slow hook never answers: not a task left behind
+    assert slow.task.cancelled()
+
+
+async def test_closing_after_a_removed_hook_s_lane_ended_does_not_wait_out_the_grace():
+    # an ended lane is no longer one to wait for
+    current = {"rules": rules()}
+    poster = FakePoster()
+    poster.release.set()
+    notifier = Notifier(lambda: current["rules"], poster)
+    notifier.start()
+    notifier.offer(event())
+    await settle()
+    current["rules"] = rules(f"notify: [{{url: '{FAST}'}}]")
+    notifier.offer(event(episode="2"))
+    await settle()
+    began = time.monotonic()
+    await notifier.aclose(grace=2.0)
+    assert time.monotonic() - began < 1.0

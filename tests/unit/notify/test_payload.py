@@ -30,6 +30,9 @@ def test_json_body_has_exactly_the_contract_fields_with_iso_times_and_an_id():
     later = replace(cooldown(), episode="another outage")
     assert json.loads(render(later, "json", [])[1])["id"] != told["id"]
     assert len(told["id"]) == 16
+    # told again at another time under the same name (a restart forgot it was told): another notification
+    again = replace(cooldown(), ts=TS + timedelta(hours=1))
+    assert json.loads(render(again, "json", [])[1])["id"] != told["id"]
 
 
 def test_json_until_is_null_when_the_end_is_unknown():

@@ -418,6 +418,18 @@ routes: {claude: [a, b, c]}
     assert shown == {"a": "wed 18:30", "b": "none", "c": None}
 
 
+def test_a_window_s_reset_across_a_dst_change_is_shown_in_elapsed_time():
+    # 01:30 EDT + one hour is 01:30 EST (the clocks go back): wall-clock arithmetic said 02:30
+    r = parse_rules(STATES_RULES)
+    health, _, sessions, _ = boards()
+    now = datetime(2024, 11, 3, 1, 30, tzinfo=ZoneInfo("America/New_York"))     # fold 0: EDT
+    quota = QuotaBoard(clock=lambda: now.timestamp())
+    quota.record("ok", [("anthropic-ratelimit-unified-5h-utilization", "0.42"),
+                        ("anthropic-ratelimit-unified-5h-reset", str(int(now.timestamp()) + 3600))])
+    views = {v.name: v for v in upstream_views(r, health, quota, sessions, now)}
+    assert views["ok"].resets_at.timestamp() - now.timestamp() == 3600
+
+
 def test_a_window_s_reset_is_shown_at_its_second_though_read_a_moment_later():
     # the page showed 18:58:59 for a reset the upstream gave as 18:59:00
     r = parse_rules(STATES_RULES)

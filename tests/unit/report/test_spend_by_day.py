@@ -25,3 +25,11 @@ def test_sums_per_upstream_client_and_local_day_count_as_the_rows_one_by_one():
     for who, name in ((UPSTREAM, "a"), (UPSTREAM, "b"), (CLIENT, "alice"), (CLIENT, "bob")):
         for kind in ("daily", "monthly"):
             assert abs(one_by_one.spent(who, name, kind) - summed.spent(who, name, kind)) < 1e-9
+
+
+def test_rows_of_one_utc_date_on_two_local_days_are_two_sums():
+    # 15:00 and 17:00 UTC are the 10th and the 11th in Shanghai: one sum would count the 11th's
+    # spend in the 10th's daily budget
+    early, late = datetime(2026, 3, 10, 15, 0, tzinfo=UTC), datetime(2026, 3, 10, 17, 0, tzinfo=UTC)
+    assert sorted(by_day([(early, "a", "alice", 1.0), (late, "a", "alice", 2.0)], TZ)) == [
+        (early, "a", "alice", 1.0), (late, "a", "alice", 2.0)]

@@ -116,6 +116,25 @@ def test_sessions_named_anew_on_every_request_are_bounded_and_the_least_recently
     assert bindings.bound("claude", "s0") is None
 
 
+def test_past_the_bound_a_session_bound_again_is_kept_and_expired_ones_go_before_live_ones(monkeypatch):
+    from ccswitch.routing import affinity
+    monkeypatch.setattr(affinity, "MAX_BINDINGS", 3)
+    clock = Clock()
+    bindings = SessionBindings(clock)
+    for key in ("a", "b", "c"):
+        bindings.bind("claude", key, "up", ttl=3600)
+    bindings.bind("claude", "a", "up", ttl=3600)      # the first bound, and bound again since
+    bindings.bind("claude", "d", "up", ttl=3600)
+    assert [bindings.bound("claude", k) for k in "abcd"] == ["up", None, "up", "up"]
+    bindings = SessionBindings(clock)
+    bindings.bind("claude", "long", "up", ttl=3600)
+    bindings.bind("codex", "short", "up", ttl=10)     # another route's sticky: over soon
+    clock.now += 20
+    bindings.bind("claude", "x", "up", ttl=3600)
+    bindings.bind("claude", "y", "up", ttl=3600)      # over the bound: the expired one goes, not "long"
+    assert [bindings.bound("claude", k) for k in ("long", "x", "y")] == ["up"] * 3
+
+
 def test_bindings_told_by_other_instances_are_swept_too():
     clock, wall = Clock(), Clock()
     wall.now = 1_000_000.0

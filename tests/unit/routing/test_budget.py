@@ -160,6 +160,24 @@ def test_a_late_ledger_read_tells_the_line_this_run_s_spend_took_it_across():
     assert [e.reason for e in seen] == ["client alice reached its daily budget ($21.00 of $20.00)"]
 
 
+def test_a_start_up_load_over_two_days_tells_nothing_the_ledger_reached_by_itself():
+    # yesterday's small sum is no period any more: measured against today's spend, it was told
+    # today's line as news, under yesterday's name
+    spend, _, seen = board(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))
+    spend.load([(CLIENT, "alice", 1.0, datetime(2026, 3, 9, 3, tzinfo=UTC)),       # the 9th in Shanghai
+                (CLIENT, "alice", 22.0, datetime(2026, 3, 10, 9, tzinfo=UTC))])    # today's, over its 20
+    assert seen == [] and spend.spent(CLIENT, "alice", "daily") == 22.0
+
+
+def test_with_a_shared_state_a_late_ledger_read_leaves_the_line_to_the_instances_that_added_the_spend():
+    # this run's spend went to the shared total, and the instance whose addition crossed the line told it
+    spend, _, seen = board(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))
+    spend.alone = False
+    spend.add(CLIENT, "alice", 3.0)
+    spend.load([(CLIENT, "alice", 18.0, datetime(2026, 3, 10, 9, tzinfo=UTC))])
+    assert spend.over(CLIENT, "alice") is not None and seen == []
+
+
 @pytest.mark.parametrize("zone", ["Europe/Berlin", "America/New_York"])
 def test_without_a_timezone_days_and_months_start_at_the_machines_own_midnights_dst_and_all(monkeypatch, zone):
     monkeypatch.setenv("TZ", zone)

@@ -146,3 +146,21 @@ def test_a_429_during_a_longer_cooldown_does_not_shorten_it_and_a_longer_one_ext
     assert b.cooling_until("a") == 1600.0 and not b.get("a").rate_limited
     b.record_rate_limit("a", "HTTP 429", seconds=900, reset_known=True)
     assert b.cooling_until("a") == 1900.0 and b.get("a").rate_limited
+
+
+def test_a_429_ending_with_the_cooldown_under_way_leaves_it_as_it_is():
+    # not a rate limit that began then: the 600 s after three 500s is still no reset to wait for
+    b, _ = board()
+    for _ in range(3):
+        fail(b, cooldown=600)
+    b.record_rate_limit("a", "HTTP 429", seconds=600, reset_known=True)
+    assert b.cooling_until("a") == 1600.0 and not b.get("a").rate_limited
+
+
+def test_a_429_during_a_longer_cooldown_still_tells_the_other_instances_its_failure():
+    b, _ = board()
+    sent = []
+    b.on_change = sent.append
+    b.record_rate_limit("a", "HTTP 429", seconds=900, reset_known=True)
+    b.record_rate_limit("a", "HTTP 429 again", seconds=5, reset_known=True)
+    assert len(sent) == 2 and b.get("a").failures == 2 and b.get("a").last_error == "HTTP 429 again"

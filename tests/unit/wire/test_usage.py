@@ -167,3 +167,4 @@ def test_a_responses_answer_s_id_is_read_from_its_stream_or_its_body():
     assert response_id_of_body(body, is_sse=False, parsed={"id": "resp_3"}) == "resp_3"
     assert response_id_of_body(b"not json", is_sse=False) is None
     assert response_id_of_body(b"[1]", is_sse=False) is None
+    assert response_id_of_body(b'{"id": 7}', is_sse=False) is None     # no id to look a stored answer up by
