@@ -171,8 +171,9 @@ async def test_a_ledger_the_probes_that_fired_cannot_be_read_from_still_lets_pro
         activator._task.cancel()
 
 
-async def test_a_schedule_that_fails_once_is_looked_at_again(gateway, monkeypatch, caplog):
-    # the loop had no guard: one exception in a tick and no probe went out until a restart
+async def ticks_failing_at(gateway, monkeypatch, failing: set[int]) -> list:
+    """Run the activator's loop, quickly, for 0.2 s with its ticks numbered `failing` raising:
+    the ticks it made."""
     from mitmproxy.test import taddons
 
     from ccswitch.mitm import activator as module
@@ -183,7 +184,7 @@ async def test_a_schedule_that_fails_once_is_looked_at_again(gateway, monkeypatc
 
     def tick():
         ticks.append(1)
-        if len(ticks) <= 3:
+        if len(ticks) in failing:
             raise RuntimeError("a bug")
         return []
     activator = Activator(gateway, clock=Clock())
@@ -191,8 +192,14 @@ async def test_a_schedule_that_fails_once_is_looked_at_again(gateway, monkeypatc
     with taddons.context(activator):
         activator.running()
         await asyncio.sleep(0.2)
-        assert len(ticks) > 4 and not activator._task.done()
+        assert not activator._task.done()
         activator._task.cancel()
+    return ticks
+
+
+async def test_a_schedule_that_fails_once_is_looked_at_again(gateway, monkeypatch, caplog):
+    # the loop had no guard: one exception in a tick and no probe went out until a restart
+    assert len(await ticks_failing_at(gateway, monkeypatch, {1, 2, 3})) > 4
     assert caplog.text.count("activation schedule failed") == 1      # once, not each tick
 
 
@@ -301,24 +308,5 @@ def test_a_probe_answer_to_a_key_a_reload_replaced_meanwhile_is_not_the_new_key_
 
 async def test_a_schedule_that_fails_again_after_working_is_said_again(gateway, monkeypatch, caplog):
     # said once per failure, not once per run: the same bug back after a good tick is news again
-    from mitmproxy.test import taddons
-
-    from ccswitch.mitm import activator as module
-
-    monkeypatch.setattr(module, "seed_from_ledger", lambda schedule, rules, now: None)
-    monkeypatch.setattr(module, "TICK_EVERY", 0.01)
-    ticks = []
-
-    def tick():
-        ticks.append(1)
-        if len(ticks) in (1, 2, 4, 5):
-            raise RuntimeError("a bug")
-        return []
-    activator = Activator(gateway, clock=Clock())
-    monkeypatch.setattr(activator, "tick", tick)
-    with taddons.context(activator):
-        activator.running()
-        await asyncio.sleep(0.2)
-        assert len(ticks) > 5
-        activator._task.cancel()
+    assert len(await ticks_failing_at(gateway, monkeypatch, {1, 2, 4, 5})) > 5
     assert caplog.text.count("activation schedule failed") == 2

@@ -88,6 +88,15 @@ async def test_an_upstream_that_closes_mid_turn_is_a_transport_error(mock_a):
         await client.send("{}")
 
 
+async def upgrade_asked(reader) -> WSConnection:
+    """A server side of a WebSocket, once its client's upgrade request is read."""
+    ws = WSConnection(ConnectionType.SERVER)
+    while True:
+        ws.receive_data(await reader.read(65536))
+        if any(isinstance(e, Request) for e in ws.events()):
+            return ws
+
+
 class PingingServer:
     """A wsproto server (TLS when given a context) that pings, then sends one message."""
 
@@ -95,11 +104,7 @@ class PingingServer:
         self.context, self.pongs = context, []
 
     async def serve(self, reader, writer):
-        ws = WSConnection(ConnectionType.SERVER)
-        while True:
-            ws.receive_data(await reader.read(65536))
-            if any(isinstance(e, Request) for e in ws.events()):
-                break
+        ws = await upgrade_asked(reader)
         writer.write(ws.send(AcceptConnection(extra_headers=[(b"x-models-etag", b"abc")])))
         writer.write(ws.send(Ping(b"are you there")))
         while not self.pongs:
@@ -172,11 +177,7 @@ class FloodingServer:
         self.messages, self.closed_with, self.pause = messages, [], pause
 
     async def serve(self, reader, writer):
-        ws = WSConnection(ConnectionType.SERVER)
-        while True:
-            ws.receive_data(await reader.read(65536))
-            if any(isinstance(e, Request) for e in ws.events()):
-                break
+        ws = await upgrade_asked(reader)
         writer.write(ws.send(AcceptConnection()))
         for frames in self.messages:
             for i, text in enumerate(frames):

@@ -362,17 +362,24 @@ async def test_a_claim_waits_for_the_claim_made_just_before_it_whatever_came_ear
     await notifier.aclose()
 
 
-async def test_a_removed_hook_s_lane_posts_what_it_is_posting_then_ends():
-    # it ended only at a later reload's first event: with no reload after, its task lived on
+async def slow_hook_removed(poster: FakePoster) -> tuple[Notifier, object]:
+    """A notifier whose slow hook is posting an event when a reload removes that hook: (the
+    notifier, the slow hook's lane)."""
     current = {"rules": rules()}
-    poster = FakePoster()
     notifier = Notifier(lambda: current["rules"], poster)
     notifier.start()
     notifier.offer(event())
-    await settle()                          # the slow hook's lane is posting it
+    await settle()                          # the slow hook's lane is posting it (unless released)
     [slow] = [lane for hook, lane in notifier.lanes.items() if hook.url.get_secret_value() == SLOW]
     current["rules"] = rules(f"notify: [{{url: '{FAST}'}}]")
     notifier.offer(event(episode="2"))
+    return notifier, slow
+
+
+async def test_a_removed_hook_s_lane_posts_what_it_is_posting_then_ends():
+    # it ended only at a later reload's first event: with no reload after, its task lived on
+    poster = FakePoster()
+    notifier, slow = await slow_hook_removed(poster)
     assert slow not in notifier.lanes.values() and not slow.task.done()    # busy: finishing its post
     poster.release.set()
     await settle()
@@ -382,45 +389,24 @@ async def test_a_removed_hook_s_lane_posts_what_it_is_posting_then_ends():
 
 
 async def test_closing_waits_for_a_removed_hook_s_last_post():
-    current = {"rules": rules()}
     poster = FakePoster()
-    notifier = Notifier(lambda: current["rules"], poster)
-    notifier.start()
-    notifier.offer(event())
-    await settle()
-    [slow] = [lane for hook, lane in notifier.lanes.items() if hook.url.get_secret_value() == SLOW]
-    current["rules"] = rules(f"notify: [{{url: '{FAST}'}}]")
-    notifier.offer(event(episode="2"))
+    notifier, slow = await slow_hook_removed(poster)
     asyncio.get_running_loop().call_later(0.1, poster.release.set)
     await notifier.aclose(grace=2.0)
     assert poster.kinds(SLOW) == ["cooldown"] and slow.task.done()
 
 
 async def test_a_removed_hook_s_post_that_never_ends_is_stopped_at_close():
-    current = {"rules": rules()}
-    poster = FakePoster()
-    notifier = Notifier(lambda: current["rules"], poster)
-    notifier.start()
-    notifier.offer(event())
-    await settle()
-    [slow] = [lane for hook, lane in notifier.lanes.items() if hook.url.get_secret_value() == SLOW]
-    current["rules"] = rules(f"notify: [{{url: '{FAST}'}}]")
-    notifier.offer(event(episode="2"))
+    notifier, slow = await slow_hook_removed(FakePoster())
     await notifier.aclose(grace=0.1)             # the slow hook never answers: not a task left behind
     assert slow.task.cancelled()
 
 
 async def test_closing_after_a_removed_hook_s_lane_ended_does_not_wait_out_the_grace():
     # an ended lane is no longer one to wait for
-    current = {"rules": rules()}
     poster = FakePoster()
     poster.release.set()
-    notifier = Notifier(lambda: current["rules"], poster)
-    notifier.start()
-    notifier.offer(event())
-    await settle()
-    current["rules"] = rules(f"notify: [{{url: '{FAST}'}}]")
-    notifier.offer(event(episode="2"))
+    notifier, _ = await slow_hook_removed(poster)
     await settle()
     began = time.monotonic()
     await notifier.aclose(grace=2.0)
