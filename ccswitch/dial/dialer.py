@@ -354,7 +354,7 @@ class Dialer:
             where = next((v for k, v in headers if k.lower() == "location"), "")[:200] or "nowhere"
             return Failure(upstream.name, status, f"redirected (HTTP {status} to {where}): ccswitch does not "
                            "follow redirects; give its base_url as the URL it points to",
-                           failover.on_network_error, headers, body, client_status=502)
+                           Action.SWITCH, headers, body, client_status=502)   # the same again on a retry
         action = failover.action_for(status)
         if action == Action.PASS:
             return Reply(upstream.name, status, headers, body)

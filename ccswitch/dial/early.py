@@ -18,11 +18,12 @@ import secrets
 log = logging.getLogger("ccswitch.early")
 
 EARLY_HEADER = "x-ccswitch-early"
-_MAX_HEAD = 64 * 1024
+#: a head refused for its size (431 past 64 KiB) still reaches this server whole
+_MAX_HEAD = 1024 * 1024
 #: how long a refused upload may go on, discarded, before its connection is closed
 DRAIN_FOR = 900.0
-_UNKNOWN = (b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: 31\r\n"
-            b"connection: close\r\n\r\nunknown or expired ccswitch job")
+_UNKNOWN = (b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: 34\r\n"
+            b"connection: close\r\n\r\nunknown or expired ccswitch ticket")
 
 
 def http_answer(status: int, reason: str, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
@@ -46,6 +47,7 @@ class EarlyAnswers:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        self.port = 0         # a request refused from here on is read and refused as before
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -78,7 +80,7 @@ class EarlyAnswers:
             writer.write(answer if answer is not None else _UNKNOWN)
             await writer.drain()
             async with asyncio.timeout(DRAIN_FOR):
-                while await reader.read(_MAX_HEAD):
+                while await reader.read(64 * 1024):
                     pass
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, TimeoutError, OSError) as exc:
             log.debug("ccswitch: an early answer's connection ended: %r", exc)

@@ -5,11 +5,12 @@ send gigabytes to a listener beyond loopback, and be refused only once they were
 request whose body is large (or of unknown length) and that ccswitch would refuse whatever that
 body holds — no valid client key, a foreign web page's, a bad head, a content type or declared
 size ccswitch never takes — is answered from its head instead, through `dial.early`; the body
-is discarded as it comes.  A small body is read and judged as ever: the same answers, the same
-rows, one place deciding them."""
+is discarded as it comes.  A small body is read and judged by the router, the live page and the
+client-key gate as ever; these checks are theirs, repeated here from the head."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from mitmproxy import ctx, http
@@ -21,6 +22,7 @@ from ccswitch.mitm.flows import CLIENT_PROTOCOL, EARLY_MARK, error_response, lik
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.key_shield import KeyShield
 from ccswitch.mitm.known import Known
+from ccswitch.mitm.lifecycle import hook_task
 from ccswitch.mitm.live_page import live_path, query_key
 from ccswitch.mitm.safety import beyond_loopback
 from ccswitch.mitm.scope import route_of
@@ -52,8 +54,8 @@ def declared_length(headers: http.Headers) -> int | None:
         return None
 
 
-def _discard(data: bytes) -> bytes:
-    return b""
+def _discard(data: bytes) -> list[bytes]:
+    return []      # nothing to send: an empty piece would go out as a chunked body's end
 
 
 class EarlyRefusal:
@@ -62,11 +64,13 @@ class EarlyRefusal:
         self.answers = EarlyAnswers()
         self._shown: dict[str, tuple[str, str]] = {}    # flow id -> (the URL the client asked, its ticket)
 
-    async def running(self) -> None:
-        await self.answers.start()
+    def running(self) -> None:
+        # sync, as every hook mitmproxy may call from a script reload (an async `done` there
+        # raises, and the reload leaves the proxy with none of ccswitch's addons)
+        self._starting = hook_task(self.answers.start(), "early answers start")
 
-    async def done(self) -> None:
-        await self.answers.stop()
+    def done(self) -> asyncio.Task:
+        return hook_task(self.answers.stop(), "early answers stop")
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or flow.is_replay or not self.answers.port:
@@ -85,8 +89,12 @@ class EarlyRefusal:
         if refusal is None:
             return
         self._refuse(flow, *refusal)
-        if match is not None and refusal[0] != "text":    # a routed request's row, as every one has
-            known = Known(utc_now(), session=session_key(headers, None))
+        if match is not None and refusal[0] != "text" and self.gateway.rules.routes.for_route(match.route):
+            # a routed request's row, as every one has (the router's, with the client it named)
+            presented = client_credential(headers)
+            client = self.gateway.rules.client_named(presented) if presented and self.gateway.rules.client_keys \
+                else None
+            known = Known(utc_now(), session=session_key(headers, None), client=client.name if client else None)
             self.gateway.record_own_answer(known.own_answer_row(flow.id, match, refusal[1], refusal[2]))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -126,6 +134,7 @@ class EarlyRefusal:
         return (protocol, *problem) if problem else None
 
     def _refuse(self, flow: http.HTTPFlow, protocol: str, status: int, message: str) -> None:
+        message = self.gateway.rules.scrub(message)     # it may quote what the client sent
         if protocol == "text":
             response = http.Response.make(status, message + "\n", {"content-type": "text/plain; charset=utf-8"})
         else:

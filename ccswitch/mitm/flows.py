@@ -46,7 +46,8 @@ EARLY_MARK = "ccswitch_early"
 
 
 def answered_early(flow: http.HTTPFlow) -> bool:
-    return EARLY_MARK in flow.metadata
+    """Answered from its head; a replay of such a flow (its metadata copied) is a request anew."""
+    return EARLY_MARK in flow.metadata and not flow.is_replay
 
 
 def error_response(protocol: str, status: int, message: str, extra: dict | None = None, *,

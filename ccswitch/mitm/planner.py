@@ -48,6 +48,8 @@ class Planner:
         now = datetime.now(rules.tz)
         refused: dict[str, RenderError] = {}
         issuer = self._issuer(req)
+        if issuer not in rules.routes.for_route(req.route):   # a reload took it out: routed as any
+            issuer = None
         for _ in range(len(rules.upstreams) + 1):   # each round leaves out at least one more upstream
             chosen = plan(rules, req.route, req.model, gateway.health, now, quota=gateway.quota,
                           sessions=gateway.sessions, session=session, spend=gateway.spend, unable=refused,
@@ -64,12 +66,14 @@ class Planner:
             # the client's to change: no wait helps, nothing to alert
             return next(iter(refused.values())).status, _why_none_could(refused), None
         if chosen.limited_for is not None:   # every upstream is rate limited until a known reset
-            self._exhausted(req.route, chosen.why_none(req.route), chosen.limited_for)
+            if issuer is None:       # one request's issuer out is no news of the route
+                self._exhausted(req.route, chosen.why_none(req.route), chosen.limited_for)
             return (429, chosen.why_none(req.route),
                     protocols.rate_limit_headers(req.client_protocol, chosen.limited_for, gateway.quota.clock()))
         if not chosen.candidates:
-            self._exhausted(req.route, chosen.why_none(req.route), None)
-            later = self._could_take(req, chosen.blocked, refused)
+            if issuer is None:
+                self._exhausted(req.route, chosen.why_none(req.route), None)
+            later = self._could_take(req, [b for b in chosen.blocked if issuer is None or b[0] == issuer], refused)
             return 503, chosen.why_none(req.route), _come_back(back_in(rules, later, req.model, gateway.health, now))
         return Job(request=req, rules=rules, candidates=chosen.candidates, flow_id=flow_id, converted=converted,
                    client=client_name, session=session, bound_to=chosen.bound_to, binding=chosen.binding,

@@ -113,7 +113,9 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
         result.binding, result.bound_to = session_binding(rules, route, session, model, sessions)
     if not result.candidates:
         if limited and not unknown_wait:
-            opens = back_in(rules, result.blocked, model, health, now)
+            # only the issuer can serve a request pinned to it: another's hours are no wait for it
+            pinned = only is not None and only in spec.upstreams
+            opens = back_in(rules, [b for b in result.blocked if not pinned or b[0] == only], model, health, now)
             if opens is not None and opens < min(limited):
                 return result      # nothing until an upstream's hours begin: the route's 503 says when
             result.limited_for = max(0.0, min(limited))

@@ -104,8 +104,21 @@ def test_a_body_declared_over_the_limit_is_a_413_in_the_api_s_format_with_its_ro
 
     def rows():
         with sqlite3.connect(db) as conn:
-            return conn.execute("SELECT status, route, upstream FROM requests ORDER BY ts").fetchall()
-    wait_for(lambda: (413, "claude", None) in rows() and (401, "claude", None) in rows())
+            return conn.execute("SELECT status, route, upstream, client FROM requests ORDER BY ts").fetchall()
+    # the 413's row names the client whose key it came with, as the router's refusals do
+    wait_for(lambda: (413, "claude", None, "key-1") in rows() and (401, "claude", None, None) in rows())
+
+
+def test_a_head_refused_for_its_size_is_answered_too(world):
+    # the loopback server read heads up to 64 KiB: a 431's head never got its answer (a 502)
+    proxy, a, _ = world
+    with socket.create_connection(("127.0.0.1", proxy.reverse_port)) as s:
+        s.sendall(b"POST /v1/messages HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                  b"x-api-key: " + CLIENT_KEY.encode() + b"\r\nx-filler: " + b"f" * 70_000 +
+                  b"\r\ncontent-length: 3000000\r\n\r\n" + b"{" * 3_000_000)
+        s.settimeout(10)
+        assert s.recv(4096).startswith(b"HTTP/1.1 431")
+    assert not a.requests
 
 
 def test_a_request_with_a_key_and_a_body_under_the_limit_goes_on_as_ever(world):

@@ -259,3 +259,18 @@ def test_the_id_of_a_responses_answer_is_kept_with_the_upstream_that_issued_it(t
     job.upstream, job.status = "rb", 200
     gateway.record_job(job)
     assert ({"resp_new": gateway.issued.issuer("resp_new")} if len(gateway.issued) else {}) == kept
+
+
+def test_a_follow_up_whose_issuer_is_out_is_no_news_of_the_route(tmp_path):
+    # one openai-SDK follow-up set off a route-wide `exhausted` webhook while the route's others served
+    gateway = open_gateway(tmp_path, RESPONSES_RULES)
+    heard = []
+    gateway.events.subscribe(heard.append)
+    gateway.issued.record("resp_seen", "rb")
+    gateway.health.switch("rb", False)
+    body = {"model": "gpt-x", "input": "and then?", "previous_response_id": "resp_seen"}
+    req = ClientRequest(route="codex", endpoint="responses", method="POST", url="http://127.0.0.1/v1/responses",
+                        headers=[], body=json.dumps(body).encode(), json=body, model="gpt-x",
+                        client_protocol="openai-responses")
+    status, _, _ = Planner(gateway).plan_job(req, "f1", None, None, shown=False)
+    assert status == 503 and [e.kind for e in heard] == []
