@@ -174,7 +174,8 @@ class Dialer:
 
     async def _attempt(self, job: Job, upstream: Upstream, sink: Sink) -> Reply | Failure | Streamed:
         """Streamed when the attempt was committed to the client; otherwise what came back."""
-        attempt = Attempt(upstream.name, running_since=time.monotonic())
+        began = time.monotonic()
+        attempt = Attempt(upstream.name, running_since=began)
         job.attempts.append(attempt)
         # the key it is sent with: what its answer teaches is that key's, if the rules still give it
         fingerprint = upstream.fingerprint()
@@ -230,7 +231,7 @@ class Dialer:
         elif isinstance(result, Streamed):
             attempt.error = result.reason
             if result.ok:
-                self._served(job, upstream, read, learn)
+                self._served(job, upstream, read, learn, began)
             elif learn and result.rate_limited:
                 self._rate_limited(upstream.name, result.reason or "rate limited", result.limit_headers,
                                    failover.cooldown, refusal=False)
@@ -239,18 +240,19 @@ class Dialer:
                                            threshold=failover.threshold, cooldown=failover.cooldown)
         elif 200 <= result.status < 300:
             attempt.status = result.status
-            self._served(job, upstream, read, learn)
+            self._served(job, upstream, read, learn, began)
         else:
             attempt.status = result.status
         return result
 
-    def _served(self, job: Job, upstream: Upstream, read: tuple[list[int], set[int]] | None, learn: bool) -> None:
+    def _served(self, job: Job, upstream: Upstream, read: tuple[list[int], set[int]] | None, learn: bool,
+                began: float) -> None:
         """A 2xx: the upstream is healthy (`learn`: its key is still the rules'), the sealed
         reasoning it was sent (`read`: its seals, and the items' ids) is its own, and the request's
         session is bound to it (unless it only counted tokens: that writes no prompt cache, so the
         session's cache stays where it is)."""
         if learn:
-            self.health.record_success(upstream.name)
+            self.health.record_success(upstream.name, began)
         if read is not None:
             self.seals.made(_account(upstream), read[0])
         if job.session is not None and job.request.endpoint != Endpoint.COUNT_TOKENS:

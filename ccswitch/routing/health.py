@@ -42,6 +42,7 @@ class UpstreamHealth:
     switched: bool | None = None  # ccswitch.enable / disable until the next reload; None = the rules'
     last_error: str | None = None
     rate_limited: bool = False  # the cooldown lasts until a reset the upstream itself reported
+    limited_since: float = 0.0  # when this instance cooled it down for a rate limit (clock time)
     outage: str | None = None   # the open outage's episode (its first cooldown's end), until a 2xx
     changed_at: float = 0.0     # epoch of the last change shared with other instances (0: none yet)
     # its last 2xx here (clock time; 0: none): no news while healthy, but in a merge after an
@@ -129,9 +130,14 @@ class HealthBoard:
     def end_probe(self, name: str) -> None:
         self.get(name).probing = False
 
-    def record_success(self, name: str) -> None:
+    def record_success(self, name: str, began: float | None = None) -> None:
+        """A 2xx; `began`: when its request was sent (clock time).  One sent before a rate limit
+        cooled the upstream down says nothing of the window that refused since: it ends nothing."""
         state = self.get(name)
-        state.succeeded = self.clock()
+        now = self.clock()
+        if began is not None and state.rate_limited and state.cooling_until > now and began < state.limited_since:
+            return
+        state.succeeded = now
         if state.cooling_until:     # failures below the threshold never cooled it down: nothing ends
             log.info("ccswitch: upstream %s recovered", name)
         news = bool(state.failures or state.cooling_until or state.outage or state.rate_limited or state.last_error)
@@ -180,7 +186,7 @@ class HealthBoard:
             # a request under way when a longer cooldown began: that one ends when it was to
             self._share(name, state)
             return
-        state.cooling_until = end
+        state.cooling_until, state.limited_since = end, self.clock()
         state.was_cooling = True
         state.rate_limited = reset_known
         log.warning("ccswitch: upstream %s: rate limited, cooling down for %s%s (%s)", name, seconds_text(seconds),

@@ -164,3 +164,21 @@ def test_a_429_during_a_longer_cooldown_still_tells_the_other_instances_its_fail
     b.record_rate_limit("a", "HTTP 429", seconds=900, reset_known=True)
     b.record_rate_limit("a", "HTTP 429 again", seconds=5, reset_known=True)
     assert len(sent) == 2 and b.get("a").failures == 2 and b.get("a").last_error == "HTTP 429 again"
+
+
+def test_a_2xx_sent_before_a_rate_limit_cooled_it_down_ends_nothing():
+    # a long stream begun before another request's 429 ended that cooldown with its 2xx: the
+    # upstream took traffic again at once and earned the next 429
+    b, clock = board()
+    began = clock.now
+    clock.now += 10
+    b.record_rate_limit("a", "HTTP 429", seconds=300, reset_known=True)
+    clock.now += 30
+    b.record_success("a", began)
+    assert b.cooling_until("a") == 1310.0 and b.get("a").rate_limited
+    b.record_success("a", clock.now)                 # one sent since: the window let it through
+    assert b.cooling_until("a") is None
+    for _ in range(3):                               # a failures' cooldown: any 2xx ends it, as before
+        fail(b, cooldown=600)
+    b.record_success("a", began)
+    assert b.cooling_until("a") is None
