@@ -355,7 +355,7 @@ class Dialer:
             # failure to fail over from, and the last word a 502 saying where it pointed
             where = next((v for k, v in headers if k.lower() == "location"), "")[:200] or "nowhere"
             return Failure(upstream.name, status, f"redirected (HTTP {status} to {where}): ccswitch does not "
-                           "follow redirects; give its base_url as the URL it points to",
+                           f"follow redirects{_base_url_advice(upstream, outgoing.url, where)}",
                            Action.SWITCH, headers, body, client_status=502)   # the same again on a retry
         action = failover.action_for(status)
         if action == Action.PASS:
@@ -383,6 +383,17 @@ class Dialer:
         job.status, job.error = status, message
         headers, body = protocols.own_error(job.request.client_protocol, status, message, (("retry-after", "10"),))
         await _answer(job, sink, status, headers, body)
+
+
+def _base_url_advice(upstream: Upstream, sent_to: str, location: str) -> str:
+    """What base_url a redirect points at: its Location without the path ccswitch appends."""
+    if upstream.base_url == "original" or not sent_to.startswith(upstream.base_url):
+        return ""
+    appended = sent_to[len(upstream.base_url):].partition("?")[0]
+    target = location.partition("?")[0]
+    if appended and target.endswith(appended) and "://" in target:
+        return f"; set its base_url to {target[:-len(appended)]}"
+    return "; set its base_url to where it points (without the path ccswitch appends)"
 
 
 def _read_by(job: Job, upstream: Upstream) -> tuple[list[int], set[int]] | None:
