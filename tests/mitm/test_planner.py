@@ -196,6 +196,14 @@ routes: {{codex: [ra, rb]}}
 """
 
 
+def follow_up(endpoint: str, previous: str) -> ClientRequest:
+    """A Responses request continuing the stored answer `previous`."""
+    body = {"model": "gpt-x", "input": "and then?", "previous_response_id": previous}
+    return ClientRequest(route="codex", endpoint=endpoint, method="POST", url="http://127.0.0.1/v1/responses",
+                         headers=[], body=json.dumps(body).encode(), json=body, model="gpt-x",
+                         client_protocol="openai-responses")
+
+
 @pytest.mark.parametrize("endpoint, previous, first", [
     ("responses", "resp_seen", ["rb"]),            # only its issuer holds it
     ("responses", "resp_unknown", ["ra", "rb"]),   # issued before a restart, or elsewhere: as any request
@@ -205,11 +213,7 @@ def test_a_responses_request_continuing_a_stored_response_is_planned_for_its_iss
                                                                                     first):
     gateway = open_gateway(tmp_path, RESPONSES_RULES)
     gateway.issued.record("resp_seen", "rb")
-    body = {"model": "gpt-x", "input": "and then?", "previous_response_id": previous}
-    req = ClientRequest(route="codex", endpoint=endpoint, method="POST", url="http://127.0.0.1/v1/responses",
-                        headers=[], body=json.dumps(body).encode(), json=body, model="gpt-x",
-                        client_protocol="openai-responses")
-    job = Planner(gateway).plan_job(req, "f1", None, None, shown=False)
+    job = Planner(gateway).plan_job(follow_up(endpoint, previous), "f1", None, None, shown=False)
     assert [u.name for u in job.candidates] == first
 
 
@@ -218,10 +222,7 @@ def test_a_follow_up_whose_issuer_is_switched_off_is_told_at_once_why(tmp_path):
     gateway = open_gateway(tmp_path, RESPONSES_RULES)
     gateway.issued.record("resp_seen", "rb")
     gateway.health.switch("rb", False)
-    body = {"model": "gpt-x", "input": "and then?", "previous_response_id": "resp_seen"}
-    req = ClientRequest(route="codex", endpoint="responses", method="POST", url="http://127.0.0.1/v1/responses",
-                        headers=[], body=json.dumps(body).encode(), json=body, model="gpt-x",
-                        client_protocol="openai-responses")
+    req = follow_up("responses", "resp_seen")
     status, message, headers = Planner(gateway).plan_job(req, "f1", None, None, shown=False)
     assert status == 503 and headers == {"x-should-retry": "false"}
     assert message == ("no upstream available for the codex route: ra is not the issuer of the response this request "
@@ -268,9 +269,6 @@ def test_a_follow_up_whose_issuer_is_out_is_no_news_of_the_route(tmp_path):
     gateway.events.subscribe(heard.append)
     gateway.issued.record("resp_seen", "rb")
     gateway.health.switch("rb", False)
-    body = {"model": "gpt-x", "input": "and then?", "previous_response_id": "resp_seen"}
-    req = ClientRequest(route="codex", endpoint="responses", method="POST", url="http://127.0.0.1/v1/responses",
-                        headers=[], body=json.dumps(body).encode(), json=body, model="gpt-x",
-                        client_protocol="openai-responses")
+    req = follow_up("responses", "resp_seen")
     status, _, _ = Planner(gateway).plan_job(req, "f1", None, None, shown=False)
     assert status == 503 and [e.kind for e in heard] == []
