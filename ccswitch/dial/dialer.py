@@ -356,7 +356,7 @@ class Dialer:
             where = next((v for k, v in headers if k.lower() == "location"), "")[:200] or "nowhere"
             return Failure(upstream.name, status, f"redirected (HTTP {status} to {where}): ccswitch does not "
                            f"follow redirects{_base_url_advice(upstream, outgoing.url, where)}",
-                           Action.SWITCH, headers, body, client_status=502)   # the same again on a retry
+                           Action.SWITCH, headers, body, client_status=502, lasting=True)   # the same on a retry
         action = failover.action_for(status)
         if action == Action.PASS:
             return Reply(upstream.name, status, headers, body)

@@ -36,6 +36,7 @@ class Failure:
     translated: bool = False
     client_status: int | None = None  # what the client gets if this is the last word
     stands_for: int | None = None     # the status an in-stream error stands for (under a 200)
+    lasting: bool = False             # a client's retry gets the same (its own answer says not to retry)
 
     @property
     def rate_limited(self) -> bool:
@@ -44,7 +45,8 @@ class Failure:
     def as_reply(self, client_protocol: str) -> Reply:
         if self.status is None or self.client_status is not None:
             status = self.client_status or 502
-            headers, body = protocols.own_error(client_protocol, status, f"upstream {self.upstream}: {self.reason}")
+            headers, body = protocols.own_error(client_protocol, status, f"upstream {self.upstream}: {self.reason}",
+                                                (("x-should-retry", "false"),) if self.lasting else ())
             return Reply(self.upstream, status, headers, body, translated=True, reason=self.reason)
         return Reply(self.upstream, self.status, self.headers, self.body, self.translated, self.reason)
 

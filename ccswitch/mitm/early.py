@@ -145,6 +145,7 @@ class EarlyRefusal:
         self.shield.hidden.pop(flow.id, None)      # its keys stay <redacted>: nothing of it goes upstream
         self._shown[flow.id] = (flow.request.url, ticket)
         request = flow.request
+        request.headers.pop("expect", None)        # no `100 Continue`: the answer comes before any upload
         request.stream = _discard
         request.scheme, request.host, request.port = "http", "127.0.0.1", self.answers.port
         request.headers[EARLY_HEADER] = ticket

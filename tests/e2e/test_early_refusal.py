@@ -145,3 +145,13 @@ def test_beyond_loopback_a_large_upload_to_any_path_without_a_key_is_refused_fro
             answer, _ = upload(port, 50_000_000, path="/_ccswitch/")
             assert answer.startswith(b"HTTP/1.1 401") and b"text/plain" in answer
             assert rss_kb(proxy.proc.pid) - before < 60_000 and not a.requests
+
+
+def test_an_upload_that_waits_for_100_continue_gets_the_refusal_instead(world):
+    # it got its `100 Continue` first, inviting the upload ccswitch then threw away
+    proxy, _, _ = world
+    with socket.create_connection(("127.0.0.1", proxy.reverse_port)) as s:
+        s.sendall(b"POST /v1/messages HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                  b"x-api-key: not-a-key\r\nexpect: 100-continue\r\ncontent-length: 5000000\r\n\r\n")
+        s.settimeout(10)
+        assert s.recv(4096).startswith(b"HTTP/1.1 401")

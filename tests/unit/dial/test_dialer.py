@@ -1069,6 +1069,7 @@ async def test_an_upstream_s_redirect_is_a_failure_never_passed_on_for_a_client_
                              body={"model": "claude-x", "max_tokens": 5, "messages": []})
     body = json.loads(sink.body)
     assert sink.status == 502 and "location" not in {k.lower() for k in sink.headers}
+    assert sink.headers["x-should-retry"] == "false"            # the SDKs retried it twice, to the same end
     assert body["error"]["message"].startswith("upstream a: redirected (HTTP 301 to https://relay.example")
     # the base_url to give: the Location without the path ccswitch appends (`check` refuses it with)
     assert body["error"]["message"].endswith("; set its base_url to https://relay.example")
