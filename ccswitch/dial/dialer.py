@@ -22,6 +22,7 @@ from ccswitch.dial.outcome import (
     Streamed,
     limit_passed_on,
     network_failure,
+    redirect_failure,
     response_headers,
     retry_delay,
 )
@@ -42,7 +43,7 @@ from ccswitch.wire.exchange import UNPARSED, RenderError, Reply, json_or_none
 from ccswitch.wire.reasoning import SealMemory, refuses_foreign_reasoning, seals_in
 from ccswitch.wire.redact import scrub_headers
 from ccswitch.wire.sse import is_event_stream
-from ccswitch.wire.usage import response_id_of_body, usage_of_body
+from ccswitch.wire.usage import answer_of_body
 
 log = logging.getLogger("ccswitch.dialer")
 
@@ -320,9 +321,9 @@ class Dialer:
             return network_failure(upstream.name, exc, failover.on_network_error, "total")
         body = translation.scrub(body, outgoing.secrets)
         parsed = UNPARSED if is_sse else json_or_none(body)   # once, for the usage and the check
-        attempt.usage = usage_of_body(upstream.protocol, body, is_sse, parsed)
-        if upstream.protocol == Protocol.RESPONSES and 200 <= status < 300:
-            attempt.response_id = response_id_of_body(body, is_sse, parsed)
+        attempt.usage, response_id = answer_of_body(upstream.protocol, body, is_sse, parsed)
+        if 200 <= status < 300:
+            attempt.response_id = response_id
         why = None
         if 200 <= status < 300:
             problem = translation.check_body(job.request, upstream, body, is_sse, parsed)
@@ -351,12 +352,7 @@ class Dialer:
             return Failure(upstream.name, status, "count_tokens not supported", Action.SWITCH, headers, body,
                            counts=False)
         if 300 <= status < 400 and failover.set_for(status) is None:
-            # a client would follow it past ccswitch (the Anthropic SDK does, prompt and all): a
-            # failure to fail over from, and the last word a 502 saying where it pointed
-            where = next((v for k, v in headers if k.lower() == "location"), "")[:200] or "nowhere"
-            return Failure(upstream.name, status, f"redirected (HTTP {status} to {where}): ccswitch does not "
-                           f"follow redirects{_base_url_advice(upstream, outgoing.url, where)}",
-                           Action.SWITCH, headers, body, client_status=502, lasting=True)   # the same on a retry
+            return redirect_failure(upstream.name, upstream.base_url, outgoing.url, status, headers, body)
         action = failover.action_for(status)
         if action == Action.PASS:
             return Reply(upstream.name, status, headers, body)
@@ -383,17 +379,6 @@ class Dialer:
         job.status, job.error = status, message
         headers, body = protocols.own_error(job.request.client_protocol, status, message, (("retry-after", "10"),))
         await _answer(job, sink, status, headers, body)
-
-
-def _base_url_advice(upstream: Upstream, sent_to: str, location: str) -> str:
-    """What base_url a redirect points at: its Location without the path ccswitch appends."""
-    if upstream.base_url == "original" or not sent_to.startswith(upstream.base_url):
-        return ""
-    appended = sent_to[len(upstream.base_url):].partition("?")[0]
-    target = location.partition("?")[0]
-    if appended and target.endswith(appended) and "://" in target:
-        return f"; set its base_url to {target[:-len(appended)]}"
-    return "; set its base_url to where it points (without the path ccswitch appends)"
 
 
 def _read_by(job: Job, upstream: Upstream) -> tuple[list[int], set[int]] | None:

@@ -175,3 +175,23 @@ def retry_delay(headers: list[tuple[str, str]], backoff: float, retry_number: in
     return min(backoff * (2 ** (retry_number - 1)), MAX_RETRY_AFTER)
 
 
+def redirect_failure(upstream: str, base_url: str, sent_to: str, status: int, headers: list[tuple[str, str]],
+                     body: bytes) -> Failure:
+    """A 3xx the rules say nothing of: ccswitch follows no redirect, and a client would follow it
+    past ccswitch, its prompt with it.  The next upstream is tried; as the last word, a 502 that
+    names where it pointed (a retry gets the same)."""
+    where = next((v for k, v in headers if k.lower() == "location"), "")[:200] or "nowhere"
+    return Failure(upstream, status, f"redirected (HTTP {status} to {where}): ccswitch does not follow "
+                   f"redirects{_base_url_advice(base_url, sent_to, where)}", Action.SWITCH, headers, body,
+                   client_status=502, lasting=True)
+
+
+def _base_url_advice(base_url: str, sent_to: str, location: str) -> str:
+    """What base_url a redirect points at: its Location without the path ccswitch appends."""
+    if base_url == "original" or not sent_to.startswith(base_url):
+        return ""
+    appended = sent_to[len(base_url):].partition("?")[0]
+    target = location.partition("?")[0]
+    if appended and target.endswith(appended) and "://" in target:
+        return f"; set its base_url to {target[:-len(appended)]}"
+    return "; set its base_url to where it points (without the path ccswitch appends)"

@@ -18,14 +18,14 @@ from mitmproxy.proxy import mode_specs
 
 from ccswitch.clock import utc_now
 from ccswitch.dial.early import EARLY_HEADER, EarlyAnswers, http_answer
-from ccswitch.mitm.flows import CLIENT_PROTOCOL, EARLY_MARK, error_response, likely_protocol
+from ccswitch.mitm.flows import CLIENT_PROTOCOL, error_response, likely_protocol
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.key_shield import KeyShield
 from ccswitch.mitm.known import Known
 from ccswitch.mitm.lifecycle import hook_task
 from ccswitch.mitm.live_page import live_path, query_key
 from ccswitch.mitm.safety import beyond_loopback
-from ccswitch.mitm.scope import route_of
+from ccswitch.mitm.scope import EARLY_MARK, route_of
 from ccswitch.routing.admission import body_problem, head_problem, origin_problem
 from ccswitch.routing.affinity import session_key
 from ccswitch.routing.classify import RouteMatch
@@ -84,18 +84,18 @@ class EarlyRefusal:
         fields = hidden.own_fields if hidden is not None else flow.request.headers.fields
         path = hidden.own_path if hidden is not None else flow.request.path
         headers = wire.from_wire(fields)
-        match = route_of(flow, self.gateway.rules)
-        refusal = self._refusal(flow, match, headers, path, length)
+        rules = self.gateway.rules
+        match = route_of(flow, rules)
+        routed = match if match is not None and rules.routes.for_route(match.route) else None
+        presented = client_credential(headers)
+        client = rules.client_named(presented) if presented is not None and rules.client_keys else None
+        refusal = self._refusal(flow, routed, client is not None, headers, path, length)
         if refusal is None:
             return
         self._refuse(flow, *refusal)
-        if match is not None and refusal[0] != "text" and self.gateway.rules.routes.for_route(match.route):
-            # a routed request's row, as every one has (the router's, with the client it named)
-            presented = client_credential(headers)
-            client = self.gateway.rules.client_named(presented) if presented and self.gateway.rules.client_keys \
-                else None
+        if routed is not None:   # a routed request's row, as every one has (the router's, with the client it named)
             known = Known(utc_now(), session=session_key(headers, None), client=client.name if client else None)
-            self.gateway.record_own_answer(known.own_answer_row(flow.id, match, refusal[1], refusal[2]))
+            self.gateway.record_own_answer(known.own_answer_row(flow.id, routed, refusal[1], refusal[2]))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self._settled(flow)
@@ -105,12 +105,11 @@ class EarlyRefusal:
 
     # ------------------------------------------------------------------ helpers
 
-    def _refusal(self, flow: http.HTTPFlow, match: RouteMatch | None, headers: list[tuple[str, str]], path: str,
-                 length: int | None) -> tuple[str, int, str] | None:
-        """(the API format, status, message) of the answer the request gets whatever its body, or None."""
+    def _refusal(self, flow: http.HTTPFlow, routed: RouteMatch | None, key_ok: bool, headers: list[tuple[str, str]],
+                 path: str, length: int | None) -> tuple[str, int, str] | None:
+        """(the API format, status, message) of the answer the request gets whatever its body, or
+        None.  `routed`: its route, if one with upstreams takes it; `key_ok`: it named a client key."""
         rules = self.gateway.rules
-        presented = client_credential(headers)
-        key_ok = presented is not None and rules.client_key_ok(presented)
         client = flow.client_conn
         beyond = isinstance(client.proxy_mode, mode_specs.ReverseMode) and beyond_loopback(
             client, ctx.options.listen_host or "127.0.0.1")
@@ -118,15 +117,15 @@ class EarlyRefusal:
             if rules.client_keys and (key_ok or any(rules.client_key_ok(k) for k in query_key(path))):
                 return None
             return ("text", 401, _NO_KEY) if rules.client_keys or beyond else None
-        if match is None or not rules.routes.for_route(match.route):
+        if routed is None:
             # passed on unrouted: only beyond loopback does it need a key (the client-key gate)
             return (likely_protocol(flow.request), 401, _NO_KEY) if beyond and not key_ok else None
-        protocol = CLIENT_PROTOCOL[match.route]
+        protocol = CLIENT_PROTOCOL[routed.route]
         if rules.client_keys and not key_ok:
             return protocol, 401, _NO_KEY
         if not rules.client_keys and (foreign := origin_problem(headers)):
             return protocol, *foreign
-        if match.endpoint == Endpoint.WEBSOCKET:
+        if routed.endpoint == Endpoint.WEBSOCKET:
             return None
         problem = head_problem(path, headers) or (
             body_problem(flow.request.headers.get("content-type", ""), length, ctx.options.ccswitch_max_body)

@@ -41,15 +41,6 @@ def flows_are_kept(master, options) -> bool:
             or getattr(options, "flow_detail", 0) >= 3)
 
 
-#: flow.metadata: answered from its head (`mitm.early`); the request hooks leave it be
-EARLY_MARK = "ccswitch_early"
-
-
-def answered_early(flow: http.HTTPFlow) -> bool:
-    """Answered from its head; a replay of such a flow (its metadata copied) is a request anew."""
-    return EARLY_MARK in flow.metadata and not flow.is_replay
-
-
 def error_response(protocol: str, status: int, message: str, extra: dict | None = None, *,
                    codex: bool = False) -> http.Response:
     headers, body = protocols.own_error(protocol, status, message, tuple((extra or {}).items()), codex=codex)

@@ -17,9 +17,10 @@ from urllib.parse import unquote
 from mitmproxy import ctx, http
 from mitmproxy.proxy import mode_specs
 
-from ccswitch.mitm.flows import LIVE_HOST, answer, answered_early, redact_credentials
+from ccswitch.mitm.flows import LIVE_HOST, answer, redact_credentials
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.safety import beyond_loopback
+from ccswitch.mitm.scope import answered_early
 from ccswitch.report.live_html import CONTENT_SECURITY_POLICY, page_html
 from ccswitch.report.live_status import live_status, upstream_views
 from ccswitch.report.metrics import CONTENT_TYPE as METRICS_TYPE

@@ -26,7 +26,6 @@ from ccswitch.mitm.flows import (
     StreamCopy,
     answer,
     answer_error,
-    answered_early,
     as_the_client_sent,
     attempts_line,
     client_left,
@@ -51,7 +50,7 @@ from ccswitch.mitm.known import Known
 from ccswitch.mitm.lifecycle import hook_task, stopping, take_given_values
 from ccswitch.mitm.planner import Planner
 from ccswitch.mitm.router_options import add_options
-from ccswitch.mitm.scope import is_api_flow, replays_routed, route_of
+from ccswitch.mitm.scope import answered_early, is_api_flow, replays_routed, route_of
 from ccswitch.net import http1
 from ccswitch.routing.admission import body_problem, decoded_body, head_problem, origin_problem, parse_body, undecodable
 from ccswitch.routing.affinity import session_key

@@ -9,8 +9,9 @@ from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.proxy import mode_specs
 
 from ccswitch.config.models import Rules
-from ccswitch.mitm.flows import LIVE_HOST, answer_error, answered_early, likely_protocol
+from ccswitch.mitm.flows import LIVE_HOST, answer_error, likely_protocol
 from ccswitch.mitm.gateway import Gateway
+from ccswitch.mitm.scope import answered_early
 from ccswitch.net.addresses import is_loopback
 from ccswitch.wire import headers as wire
 from ccswitch.wire.redact import client_credential, holding, path_without

@@ -27,3 +27,12 @@ def is_api_flow(flow: http.HTTPFlow, rules: Rules) -> bool:
 def replays_routed(flow: http.HTTPFlow) -> bool:
     """mitmproxy replays (`is_replay`) a flow that ccswitch routed (its metadata)."""
     return flow.is_replay == "request" and "ccswitch" in flow.metadata
+
+
+#: flow.metadata: answered from its head (`mitm.early`); the request hooks leave it be
+EARLY_MARK = "ccswitch_early"
+
+
+def answered_early(flow: http.HTTPFlow) -> bool:
+    """Answered from its head; a replay of such a flow (its metadata copied) is a request anew."""
+    return EARLY_MARK in flow.metadata and not flow.is_replay

@@ -342,8 +342,7 @@ class Connection(asyncio.Protocol):
         if self._parser is None:      # ccswitch closed it (a shutdown): not the upstream's doing
             self._failure = RemoteProtocolError("the connection was closed by ccswitch")
             return
-        if self._phase is _HEAD or self._phase is _BODY:
-            self._unparsed += len(data)
+        self._unparsed += len(data)      # judged below only in a head or a body (a new cycle starts it at 0)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:

@@ -181,12 +181,13 @@ class HealthBoard:
         state = self.get(name)
         state.failures += 1
         state.last_error = reason
-        end = self.clock() + max(0.0, seconds)
+        now = self.clock()
+        end = now + max(0.0, seconds)
         if end <= state.cooling_until:
             # a request under way when a longer cooldown began: that one ends when it was to
             self._share(name, state)
             return
-        state.cooling_until, state.limited_since = end, self.clock()
+        state.cooling_until, state.limited_since = end, now
         state.was_cooling = True
         state.rate_limited = reset_known
         log.warning("ccswitch: upstream %s: rate limited, cooling down for %s%s (%s)", name, seconds_text(seconds),

@@ -153,35 +153,30 @@ class UsageTap:
         return _FROM[self.protocol](self._raw) if self._raw is not None else None
 
 
-def response_id_of_body(body: bytes, is_sse: bool, parsed: Any = UNPARSED) -> str | None:
-    """The id of a whole Responses answer (JSON, or SSE read to its end), or None."""
-    if is_sse:
-        from ccswitch.wire.sse import parse_all
-        tap = UsageTap(Protocol.RESPONSES)
-        for event in parse_all(body):
-            tap.feed(event)
-        return tap.response_id
-    if parsed is UNPARSED:
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            return None
-    found = parsed.get("id") if isinstance(parsed, dict) else None
-    return found if isinstance(found, str) else None
-
-
-def usage_of_body(protocol: str, body: bytes, is_sse: bool, parsed: Any = UNPARSED) -> Usage | None:
-    """Usage of a whole response: a JSON body, or an SSE body read to its end; `parsed`: the
-    JSON body as the caller parsed it already (`json_or_none`), so it is parsed once."""
+def answer_of_body(protocol: str, body: bytes, is_sse: bool, parsed: Any = UNPARSED) -> tuple[Usage | None, str | None]:
+    """The usage of a whole response and, for a Responses one, its id: a JSON body, or an SSE body
+    read to its end (once for both); `parsed`: the JSON body as the caller parsed it already
+    (`json_or_none`), so it is parsed once."""
     if is_sse:
         from ccswitch.wire.sse import parse_all
         tap = UsageTap(protocol)
         for event in parse_all(body):
             tap.feed(event)
-        return tap.usage
-    if parsed is not UNPARSED:
-        return from_body(protocol, parsed)
-    try:
-        return from_body(protocol, json.loads(body))
-    except ValueError:
-        return None
+        return tap.usage, tap.response_id
+    if parsed is UNPARSED:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return None, None
+    found = parsed.get("id") if protocol == Protocol.RESPONSES and isinstance(parsed, dict) else None
+    return from_body(protocol, parsed), found if isinstance(found, str) else None
+
+
+def response_id_of_body(body: bytes, is_sse: bool, parsed: Any = UNPARSED) -> str | None:
+    """The id of a whole Responses answer (JSON, or SSE read to its end), or None."""
+    return answer_of_body(Protocol.RESPONSES, body, is_sse, parsed)[1]
+
+
+def usage_of_body(protocol: str, body: bytes, is_sse: bool, parsed: Any = UNPARSED) -> Usage | None:
+    """Usage of a whole response (`answer_of_body`)."""
+    return answer_of_body(protocol, body, is_sse, parsed)[0]
