@@ -37,3 +37,28 @@ def test_the_answering_addon_never_reaches_the_upstream(tmp_path):
             proc.terminate()
             proc.wait(10)
     assert answer.json() == {"type": "message"} and upstream.requests == []
+
+
+def test_thread_cpu_tells_the_main_thread_from_the_others():
+    import os
+    import threading
+    import time
+
+    spun, measured = threading.Event(), threading.Event()
+
+    def spin():            # then stays alive: an ended thread leaves /proc/<pid>/task
+        end = time.thread_time() + 0.3
+        while time.thread_time() < end:
+            pass
+        spun.set()
+        measured.wait(10)
+
+    main_before, others_before = bench_ceiling.thread_cpu(os.getpid())
+    worker = threading.Thread(target=spin)
+    worker.start()
+    spun.wait(10)
+    main_after, others_after = bench_ceiling.thread_cpu(os.getpid())
+    measured.set()
+    worker.join()
+    assert others_after - others_before >= 0.25
+    assert main_after - main_before < 0.1
