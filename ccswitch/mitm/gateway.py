@@ -74,7 +74,7 @@ class Gateway:
         # reached its upstream and left no row before the ledger closed is sent again after a restart
         self.probes: set[asyncio.Task] = set()
         # what the four boards above learn is shared with other instances when the rules name a `state`
-        self.boards = Boards(self.health, self.quota, self.sessions, self.spend)
+        self.boards = Boards(self.health, self.quota, self.sessions, self.spend, self.issued)
         self.state: SharedState = InMemoryState()
         self._state_for: tuple | None = None   # the rules' `state` the running one was opened for
         self.price = RowPrices()   # each finished request priced once: for budgets and the live page

@@ -1,9 +1,10 @@
 """What one instance tells the others about upstreams: small change records, and how two
 views of the same thing merge.
 
-The boards (health, quota, affinity, budget) emit a record through their optional `on_change`
-hook whenever something another instance should know changes; a shared state (ccswitch/shared)
-writes them out and publishes them, and the boards of the other instances `apply` them.  Times
+The boards (health, quota, affinity, budget, stored responses' issuers) emit a record through
+their optional `on_change` hook whenever something another instance should know changes; a
+shared state (ccswitch/shared) writes them out and publishes them, and the boards of the other
+instances `apply` them.  Times
 in records are epoch seconds (wall clock): the boards' monotonic readings mean nothing on
 another machine, so each board converts at its boundary.
 
@@ -118,6 +119,20 @@ class BindChange:
 
 
 @dataclass(frozen=True, slots=True)
+class IssueChange:
+    """A stored Responses answer `response_id` issued by `upstream` at `at`: a request continuing
+    it (`previous_response_id`) can be served only there (routing.issued)."""
+    response_id: str
+    upstream: str
+    at: float
+    account: str = ""           # `account_digest` of the upstream it is about ("": not said)
+
+    @property
+    def key(self) -> tuple:
+        return ("r", self.response_id)
+
+
+@dataclass(frozen=True, slots=True)
 class SpendAdded:
     """`usd` more spent by an upstream or a client key in one budget period (start/end epoch):
     what this instance adds; the shared state sums these in Redis."""
@@ -150,11 +165,12 @@ class SpendTotal:
 
 
 #: a record of one change: what a board's `on_change` hook receives
-Change = HealthChange | SwitchChange | PreferChange | WindowChange | QuotaForget | BindChange | SpendAdded | SpendTotal
+Change = (HealthChange | SwitchChange | PreferChange | WindowChange | QuotaForget | BindChange | IssueChange
+          | SpendAdded | SpendTotal)
 Feed = Callable[[Change], None]
 
 _TYPES = {"health": HealthChange, "switch": SwitchChange, "prefer": PreferChange, "window": WindowChange,
-          "forget": QuotaForget, "bind": BindChange, "spend": SpendTotal, "spend+": SpendAdded}
+          "forget": QuotaForget, "bind": BindChange, "issued": IssueChange, "spend": SpendTotal, "spend+": SpendAdded}
 _TAGS = {cls: tag for tag, cls in _TYPES.items()}
 # each record type's (field, annotation, default) triples, read once: a reconnect decodes every
 # stored record; a field with a default may be missing (a record of an older ccswitch)
@@ -232,9 +248,9 @@ def merge(local: Change | None, remote: Change) -> Change:
         return remote
     if isinstance(remote, HealthChange):
         return _merge_health(local, remote)   # type: ignore[arg-type]
-    if isinstance(remote, SwitchChange | PreferChange | BindChange):
+    if isinstance(remote, SwitchChange | PreferChange | BindChange | IssueChange):
         # the newest word on it wins: a session's latest use holds its binding, the last
-        # ccswitch.use / enable / disable stands
+        # ccswitch.use / enable / disable stands (a response id has one issuer: either is it)
         return local if local.at >= remote.at else remote      # type: ignore[attr-defined]
     if isinstance(remote, WindowChange):
         return max(local, remote, key=lambda w: (w.until, w.utilization, w.rejected))   # type: ignore[attr-defined]

@@ -1,29 +1,62 @@
 """Which upstream issued a stored Responses answer: a request that continues one
 (`previous_response_id`) can only be served there — another upstream, or another account of the
 same API, answers `previous_response_not_found`.  Bounded: the oldest ids are forgotten first;
-one forgotten (or issued before a restart, or to another instance) is routed as any request."""
+one forgotten (or issued before a restart, or to an instance sharing no state with this one) is
+routed as any request.  Instances sharing a state tell each other every issuer (routing.changes),
+so a follow-up a load balancer sends to another instance still reaches the issuer."""
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 
-#: ids remembered (about 150 bytes each): a busy day's worth of stored responses
+from ccswitch.routing.changes import Feed, IssueChange, notify
+
+#: ids remembered (about 250 bytes each): a busy day's worth of stored responses
 CAPACITY = 100_000
+#: how long other instances can learn an issuer from the shared store (one that starts, or comes
+#: back from an outage, after that has to do without it)
+SHARED_FOR = 86_400.0
 
 
 class IssuedResponses:
-    def __init__(self, capacity: int = CAPACITY) -> None:
+    def __init__(self, capacity: int = CAPACITY, wall: Callable[[], float] = time.time) -> None:
         self.capacity = capacity
-        self._issuer: OrderedDict[str, str] = OrderedDict()
+        self.wall = wall             # epoch seconds: what other instances are told
+        self.on_change: Feed | None = None   # the shared state's hook (None: this instance alone)
+        self._issuer: OrderedDict[str, tuple[str, float]] = OrderedDict()   # id -> (upstream, issued at)
 
     def record(self, response_id: str, upstream: str) -> None:
-        self._issuer[response_id] = upstream
+        at = self.wall()
+        self._keep(response_id, upstream, at)
+        notify(self.on_change, IssueChange(response_id, upstream, at))
+
+    def issuer(self, response_id: str) -> str | None:
+        found = self._issuer.get(response_id)
+        return None if found is None else found[0]
+
+    def __len__(self) -> int:
+        return len(self._issuer)
+
+    def _keep(self, response_id: str, upstream: str, at: float) -> None:
+        self._issuer[response_id] = (upstream, at)
         self._issuer.move_to_end(response_id)
         if len(self._issuer) > self.capacity:
             self._issuer.popitem(last=False)
 
-    def issuer(self, response_id: str) -> str | None:
-        return self._issuer.get(response_id)
+    # ------------------------------------------------------------------ shared with other instances
 
-    def __len__(self) -> int:
-        return len(self._issuer)
+    def apply(self, change: IssueChange) -> None:
+        """Another instance's issuer."""
+        self._keep(change.response_id, change.upstream, change.at)
+
+    def shared(self, response_id: str) -> IssueChange | None:
+        found = self._issuer.get(response_id)
+        return None if found is None else IssueChange(response_id, *found)
+
+    def view(self) -> list[IssueChange]:
+        """The issuers other instances could still learn from the shared store."""
+        since = self.wall() - SHARED_FOR
+        return [IssueChange(response_id, upstream, at)
+                for response_id, (upstream, at) in self._issuer.items() if at > since]

@@ -18,6 +18,7 @@ from ccswitch.routing.changes import (
     Change,
     Feed,
     HealthChange,
+    IssueChange,
     PreferChange,
     QuotaForget,
     SpendTotal,
@@ -27,14 +28,16 @@ from ccswitch.routing.changes import (
     merge,
 )
 from ccswitch.routing.health import HealthBoard
+from ccswitch.routing.issued import IssuedResponses
 from ccswitch.routing.quota import QuotaBoard
 
-#: the records that are one account's: what an upstream's key learned is not another key's
-_ACCOUNTS_OWN = HealthChange | WindowChange
+#: the records that are one account's: what an upstream's key learned (or issued) is not another key's
+_ACCOUNTS_OWN = HealthChange | WindowChange | IssueChange
 
 
 class Boards:
-    """The four boards whose state instances share, as one thing to listen to and feed.
+    """The boards whose state instances share (health, quota, affinity, spend, the issuers of
+    stored responses), as one thing to listen to and feed.
 
     An upstream's health and rate-limit windows are its account's: the records carry the account
     they were learned under (`account_digest`), and a record of another account than the one this
@@ -43,8 +46,9 @@ class Boards:
     or came back from an older snapshot), and instances that reload one after another do not
     mark each other's keys full."""
 
-    def __init__(self, health: HealthBoard, quota: QuotaBoard, sessions: SessionBindings, spend: SpendBoard) -> None:
-        self.health, self.quota, self.sessions, self.spend = health, quota, sessions, spend
+    def __init__(self, health: HealthBoard, quota: QuotaBoard, sessions: SessionBindings, spend: SpendBoard,
+                 issued: IssuedResponses) -> None:
+        self.health, self.quota, self.sessions, self.spend, self.issued = health, quota, sessions, spend, issued
         self.accounts: dict[str, str] = {}    # upstream name -> its account (`account_digest`)
 
     def sync_accounts(self, fingerprints: dict[str, tuple]) -> None:
@@ -56,7 +60,7 @@ class Boards:
         record stamped with its account."""
         def stamped(change: Change) -> None:
             feed(self._stamp(change))      # type: ignore[misc]
-        for board in (self.health, self.quota, self.sessions, self.spend):
+        for board in (self.health, self.quota, self.sessions, self.spend, self.issued):
             board.on_change = None if feed is None else stamped
 
     def _stamp(self, change: Change) -> Change:
@@ -83,6 +87,8 @@ class Boards:
             self.quota.apply(change)
         elif isinstance(change, BindChange):
             self.sessions.apply(change)
+        elif isinstance(change, IssueChange):
+            self.issued.apply(change)
         elif isinstance(change, SpendTotal):
             self.spend.apply(change)
         # SpendAdded is one instance's own addition: only ever summed in the shared store
@@ -104,6 +110,8 @@ class Boards:
             return self.quota.shared(key[1], key[2])
         if kind == "b":
             return self.sessions.shared(key[1], key[2])
+        if kind == "r":
+            return self.issued.shared(key[1])
         if kind == "s":
             found = self.spend.shared(key[1], key[2], key[3])
             return found if found is not None and found.start == key[4] else None
@@ -123,7 +131,8 @@ class Boards:
     def view(self) -> list[Change]:
         """Everything this instance would tell the others."""
         return [self._stamp(change) for change in
-                (*self.health.view(), *self.quota.view(), *self.sessions.view(), *self.spend.view())]
+                (*self.health.view(), *self.quota.view(), *self.sessions.view(), *self.spend.view(),
+                 *self.issued.view())]
 
 
 class SharedState(Protocol):

@@ -5,6 +5,7 @@
     ccswitch:use                               ccswitch.use       until the preference ends
     ccswitch:q:<upstream>                      hash: window → JSON, until the latest window's reset
     ccswitch:b:<route>:<hash of session>       binding (JSON)     the sticky idle time from its last use
+    ccswitch:r:<hash of response id>           its issuer (JSON)  a day (routing.issued.SHARED_FOR)
     ccswitch:s:<who>:<name>:<period>:<start>:<end>   spend (a float, INCRBYFLOAT)   until the period ends
     ccswitch:n:<occurrence>                    the instance telling it (SET NX)   until it ends
 
@@ -23,6 +24,7 @@ from ccswitch.routing.changes import (
     BindChange,
     Change,
     HealthChange,
+    IssueChange,
     PreferChange,
     QuotaForget,
     SpendAdded,
@@ -32,6 +34,7 @@ from ccswitch.routing.changes import (
     decode,
     encode,
 )
+from ccswitch.routing.issued import SHARED_FOR
 
 PREFIX = "ccswitch:"
 #: a health record without a running cooldown (failures below the threshold, a recovery) is kept
@@ -67,6 +70,8 @@ def key_of(change: Change) -> str:
         return f"{PREFIX}q:{change.upstream}"
     if isinstance(change, BindChange):
         return f"{PREFIX}b:{change.route}:{_session_part(change.session)}"
+    if isinstance(change, IssueChange):
+        return f"{PREFIX}r:{_session_part(change.response_id)}"
     return f"{PREFIX}s:{change.who}:{change.name}:{change.period}:{change.start:.0f}:{change.end:.0f}"
 
 
@@ -110,6 +115,10 @@ def queue_write(pipe: Any, change: Change, now: float) -> None:
         if left <= 0:
             pipe.delete(key)
         else:
+            pipe.set(key, dumps(encode(change)), px=max(1, _ms(left)))
+    elif isinstance(change, IssueChange):
+        left = change.at + SHARED_FOR - now
+        if left > 0:            # else it has expired (or never was): nothing to store
             pipe.set(key, dumps(encode(change)), px=max(1, _ms(left)))
     elif isinstance(change, SpendAdded):
         pipe.incrbyfloat(key, change.usd)

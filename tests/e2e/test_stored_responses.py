@@ -1,13 +1,15 @@
 """A stored Responses answer is continued where it was issued: the official `openai` SDK's
 `previous_response_id` through the real proxy, on a route that spreads requests over two
-upstreams (each knows only the responses it issued)."""
+upstreams (each knows only the responses it issued), through one instance or two sharing Redis."""
 
 import openai
 import pytest
+import redis
 
 from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B
 from tests.support.mock_upstream import MockUpstream, status
 from tests.support.proxy_process import Proxy
+from tests.support.scale_out import instances, wait_for
 
 RULES = """
 upstreams:
@@ -64,3 +66,28 @@ def test_a_follow_up_whose_issuer_fails_gets_its_error_not_another_upstream_s_40
     with pytest.raises(openai.InternalServerError):
         sdk.responses.create(model="gpt-x", input="and then?", previous_response_id=first_id)
     assert not b.requests
+
+
+def test_a_follow_up_through_another_instance_goes_to_the_issuer(tmp_path, redis_url):
+    # two instances behind a load balancer: the one a follow-up reaches learned the issuer from
+    # the one that served the first request (before: it chose by its strategy, half went astray)
+    store = redis.Redis.from_url(redis_url, decode_responses=True)
+    with MockUpstream("A") as a, MockUpstream("B") as b:
+        rules = f"state: {redis_url}\n" + RULES.format(a=a.base_url, b=b.base_url, key_a=KEY_A, key_b=KEY_B)
+        with instances(rules, tmp_path) as (one, two):
+            first_sdk, second_sdk = client(one), client(two)
+            for _ in range(8):
+                a.clear(), b.clear()
+                before = set(store.scan_iter("ccswitch:r:*"))
+                first_id = first_sdk.responses.create(model="gpt-x", input="hi").id
+                issuer = a if a.requests else b
+                wait_for(lambda known=before: set(store.scan_iter("ccswitch:r:*")) - known, timeout=2.0, pause=0.01)
+                issuer.clear()
+                follow_up = second_sdk.responses.create(model="gpt-x", input="and then?", previous_response_id=first_id)
+                assert follow_up.output_text and len(issuer.requests) == 1
+                assert issuer.last().json["previous_response_id"] == first_id
+            kept = [store.pttl(key) for key in store.scan_iter("ccswitch:r:*")]
+            assert len(kept) == 16 and all(86_000_000 < ttl <= 86_400_000 for ttl in kept)   # a day each, follow-ups too
+            assert not any(first_id in key or KEY_A in value or KEY_B in value
+                           for key in store.scan_iter("ccswitch:r:*") for value in [store.get(key)])
+    store.close()

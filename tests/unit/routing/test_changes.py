@@ -6,6 +6,7 @@ import pytest
 from ccswitch.routing.changes import (
     BindChange,
     HealthChange,
+    IssueChange,
     PreferChange,
     QuotaForget,
     SpendAdded,
@@ -33,6 +34,7 @@ EXAMPLES = [
     BindChange("messages", "sess-1 ünïcode", "relay", 3600.0, 1_700_000_000.0),
     SpendAdded("client", "key-1", "daily", 1_699_920_000.0, 1_700_006_400.0, 0.25),
     SpendTotal("upstream", "relay", "monthly", 1_698_796_800.0, 1_701_388_800.0, 12.5),
+    IssueChange("resp_0123abc", "relay", 1_700_000_000.0, account="0123456789abcdef"),
 ]
 
 

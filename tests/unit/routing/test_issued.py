@@ -1,5 +1,6 @@
 """Which upstream issued a stored Responses answer (bounded, oldest forgotten first)."""
 
+from ccswitch.routing.changes import IssueChange
 from ccswitch.routing.issued import IssuedResponses
 
 
@@ -12,3 +13,16 @@ def test_the_issuer_of_each_id_is_kept_and_the_oldest_forgotten_past_the_capacit
     issued.record("resp_1", "b")            # seen again: kept longest
     issued.record("resp_4", "e")
     assert issued.issuer("resp_1") == "b" and issued.issuer("resp_2") is None
+
+
+def test_each_issuer_recorded_here_is_told_with_its_time_and_one_told_by_another_instance_is_kept():
+    told = []
+    issued = IssuedResponses(capacity=2, wall=lambda: 1_700_000_000.0)
+    issued.on_change = told.append
+    issued.record("resp_1", "a")
+    assert told == [IssueChange("resp_1", "a", 1_700_000_000.0)]
+    issued.apply(IssueChange("resp_2", "b", 1_699_999_000.0))
+    assert issued.issuer("resp_2") == "b" and len(told) == 1
+    assert issued.shared("resp_2") == IssueChange("resp_2", "b", 1_699_999_000.0)
+    issued.apply(IssueChange("resp_3", "c", 1_699_999_500.0))   # within the same bound
+    assert issued.issuer("resp_1") is None and len(issued) == 2

@@ -10,6 +10,7 @@ from ccswitch.routing.budget import CLIENT, SpendBoard
 from ccswitch.routing.changes import (
     BindChange,
     HealthChange,
+    IssueChange,
     PreferChange,
     QuotaForget,
     SpendAdded,
@@ -19,6 +20,7 @@ from ccswitch.routing.changes import (
 )
 from ccswitch.routing.events import Events
 from ccswitch.routing.health import HealthBoard
+from ccswitch.routing.issued import IssuedResponses
 from ccswitch.routing.quota import QuotaBoard
 from ccswitch.routing.state import Boards, InMemoryState
 
@@ -40,7 +42,8 @@ class Instance:
         self.quota = QuotaBoard(lambda: self.wall[0])
         self.sessions = SessionBindings(mono, wall=lambda: self.wall[0])
         self.spend = SpendBoard(lambda: datetime.fromtimestamp(self.wall[0], UTC), events=self.events)
-        self.boards = Boards(self.health, self.quota, self.sessions, self.spend)
+        self.issued = IssuedResponses(wall=lambda: self.wall[0])
+        self.boards = Boards(self.health, self.quota, self.sessions, self.spend, self.issued)
         self.sent: list = []
         self.boards.listen(self.sent.append)
 
@@ -243,8 +246,9 @@ def test_the_view_is_everything_another_instance_should_know():
     a.health.switch("backup", False)
     a.sessions.bind("messages", "s1", "relay", 600)
     a.spend.add(CLIENT, "k", 0.1)
+    a.issued.record("resp_1", "relay")
     kinds = sorted(type(c).__name__ for c in a.boards.view())
-    assert kinds == ["BindChange", "HealthChange", "SpendTotal", "SpendTotal", "SwitchChange"]
+    assert kinds == ["BindChange", "HealthChange", "IssueChange", "SpendTotal", "SpendTotal", "SwitchChange"]
 
 
 async def test_in_memory_state_shares_nothing():
@@ -311,3 +315,25 @@ def test_what_this_instance_would_write_or_tell_carries_the_account_of_its_rules
     for change in viewed:
         b.boards.apply(change)
     assert b.health.cooling_until("relay") is None and b.quota.full("relay", 0.95) is None
+
+
+def test_the_issuer_of_a_stored_response_is_shared_with_its_account_and_kept_a_day():
+    a, b = pair()
+    accounts(a, b, relay="one")
+    a.issued.record("resp_1", "relay")
+    assert a.sent == [IssueChange("resp_1", "relay", EPOCH, a.boards.accounts["relay"])]
+    b.boards.apply(a.sent[-1])
+    assert b.issued.issuer("resp_1") == "relay" and b.sent == []       # not echoed
+    assert b.boards.local(("r", "resp_1")) == a.sent[-1]
+    a.tick(86_400)                  # a day on, the store has let it go: a catch-up does not write it back
+    assert a.issued.issuer("resp_1") == "relay" and a.boards.view() == []
+
+
+def test_a_response_issued_under_another_key_of_that_name_is_not_pinned_there():
+    a, b = pair()
+    accounts(a, relay="old")
+    accounts(b, relay="new")        # b's `relay` is another account: it cannot continue a's response
+    a.issued.record("resp_1", "relay")
+    b.boards.apply(a.sent[-1])
+    assert b.boards.merge_in(a.sent[-1]) is None
+    assert b.issued.issuer("resp_1") is None

@@ -16,9 +16,10 @@ from ccswitch.config.models import Budget, ClientKey, Rules
 from ccswitch.config.state_url import RedisURL
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.budget import CLIENT, SpendBoard
-from ccswitch.routing.changes import BindChange, SpendTotal, WindowChange, encode
+from ccswitch.routing.changes import BindChange, IssueChange, SpendTotal, WindowChange, encode
 from ccswitch.routing.events import Events
 from ccswitch.routing.health import HealthBoard
+from ccswitch.routing.issued import IssuedResponses
 from ccswitch.routing.quota import QuotaBoard
 from ccswitch.routing.state import Boards
 from ccswitch.shared import layout
@@ -40,7 +41,8 @@ class Node:
         self.sessions = SessionBindings()
         self.spend = SpendBoard(events=self.events)
         self.spend.configure(RULES)
-        self.boards = Boards(self.health, self.quota, self.sessions, self.spend)
+        self.issued = IssuedResponses()
+        self.boards = Boards(self.health, self.quota, self.sessions, self.spend, self.issued)
         self.boards.sync_accounts({"relay": ("https://relay.example", key, "anthropic")})   # the rules' `relay`
         self.state = RedisState(RedisURL.parse(url), **options)
 
@@ -133,12 +135,14 @@ async def test_a_late_starter_loads_what_redis_holds(redis_url):
         a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
         a.sessions.bind("messages", "s", "relay", 600)
         a.spend.add(CLIENT, "k", 0.25)
+        a.issued.record("resp_1", "relay")
         await eventually(lambda: not a.state._pending and not a.state._unsent)
         await asyncio.sleep(0.05)
         assert await a.state.claim_state("health:relay", "cooldown", "1") is True    # who tells what: no record
         async with Node(redis_url) as c:
             assert c.health.cooling_until("relay") is not None
             assert c.sessions.bound("messages", "s") == "relay"
+            assert c.issued.issuer("resp_1") == "relay"
             assert c.spend.spent(CLIENT, "k", "daily") == 0.25
             assert c.state.malformed == 0
 
@@ -422,6 +426,20 @@ async def test_a_binding_expires_its_idle_time_after_its_last_use_not_after_its_
         await pipe.execute()
     [key] = [k async for k in store.scan_iter("ccswitch:b:messages:*")]
     assert 590_000 < await store.pttl(key) <= 600_000
+
+
+async def test_a_stored_response_s_issuer_is_kept_a_day_from_its_issue_under_a_digest_of_its_id(redis_url, store):
+    now = time.time()
+    async with store.pipeline(transaction=False) as pipe:
+        layout.queue_write(pipe, IssueChange("resp_recent", "relay", now - 3600), now)
+        layout.queue_write(pipe, IssueChange("resp_old", "relay", now - 86_401), now)   # past: not written
+        await pipe.execute()
+    [key] = [k async for k in store.scan_iter("ccswitch:r:*")]
+    assert "resp_" not in key and 82_790_000 < await store.pttl(key) <= 82_800_000
+    assert layout.read_back(key, await store.get(key), now) == [IssueChange("resp_recent", "relay", now - 3600)]
+    async with Node(redis_url) as a, Node(redis_url) as b:
+        a.issued.record("resp_live", "relay")
+        await eventually(lambda: b.issued.issuer("resp_live") == "relay")
 
 
 def test_a_key_gone_between_the_scan_and_the_read_holds_nothing():
