@@ -15,9 +15,9 @@ from ccswitch.shared.factory import StateUnavailable, check
 class SharedStateSync:
     """Starts and stops the gateway's shared state (`state:` in rules.yaml; in memory without).
 
-    Listed after the Router: its `running` follows the Router's (the month's spend is loaded
-    from the ledger first, so it is not counted as new spend) and its `done` follows the drain
-    (the last requests' spend is handed on)."""
+    Listed after the Router: its `done` follows the drain (the last requests' spend is handed
+    on).  Its `running` does not wait for the Router's spend read: the ledger's spend and the
+    shared total may come in either order (`SpendBoard.load` keeps the larger view)."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway

@@ -60,6 +60,17 @@ class Overrun:
         return f"{who} has spent {spent} of its {self.kind} budget of {limit} {period}"
 
 
+def _add_to(spent: dict[tuple[str, str, str], tuple[datetime, float]], key: tuple[str, str, str],
+            start: datetime, usd: float) -> None:
+    """Add to the period of `key` that starts at `start`: a later period replaces the one held,
+    an earlier one is left out."""
+    held = spent.get(key)
+    if held is None or held[0] < start:
+        spent[key] = (start, usd)
+    elif held[0] == start:
+        spent[key] = (start, held[1] + usd)
+
+
 class SpendBoard:
     def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  events: Events | None = None) -> None:
@@ -69,6 +80,9 @@ class SpendBoard:
         self._budgets: dict[tuple[str, str], Budget] = {}
         # (who kind, name, period kind) -> (period start, spend in it); only the current period is kept
         self._spent: dict[tuple[str, str, str], tuple[datetime, float]] = {}
+        # the same, of this run's own additions only: a ledger read late raises the spend to what
+        # it holds plus these (never adds to a shared total that may hold the ledger's spend too)
+        self._own: dict[tuple[str, str, str], tuple[datetime, float]] = {}
         # budget lines already told: (who, name, period kind, period start, share, the budget's amount), so a
         # budget changed by a reload has its own lines told
         self._told: set[tuple[str, str, str, datetime, float, float]] = set()
@@ -101,9 +115,11 @@ class SpendBoard:
         """A new zone (`timezone:` edited): the spend of each current period goes on in the period
         that holds now in the new zone, instead of starting again from $0 for the rest of it."""
         now = self.clock()
-        moved = {key: (period_start(key[2], now, tz), usd) for key, (start, usd) in self._spent.items()
-                 if start == period_start(key[2], now, self.tz)}
-        self.tz, self._spent, self._told = tz, moved, set()
+        def move(spent: dict) -> dict:
+            return {key: (period_start(key[2], now, tz), usd) for key, (start, usd) in spent.items()
+                    if start == period_start(key[2], now, self.tz)}
+        moved = move(self._spent)
+        self.tz, self._spent, self._own, self._told = tz, moved, move(self._own), set()
         for (who, name, kind), (start, _) in moved.items():
             self._announce(who, name, kind, start, news_from=math.inf)   # crossed already: told already
 
@@ -116,6 +132,7 @@ class SpendBoard:
             start = period_start(kind, at, self.tz)
             if not self._add_period(who, name, kind, start, usd):
                 continue
+            _add_to(self._own, (who, name, kind), start, usd)
             if self.alone:
                 self._announce(who, name, kind, start)
             if self.on_change is not None:
@@ -123,31 +140,35 @@ class SpendBoard:
                                                   period_end(kind, start, self.tz).timestamp(), usd))
 
     def load(self, amounts: Iterable[tuple[str, str | None, float, datetime]]) -> None:
-        """The ledger's spend so far, `(who, name, usd, at)` each: at start-up, or later, once a
-        ledger that could not be read at the start can be.  A line the ledger's spend reached by
-        itself was told by the run that crossed it; one crossed only with what this run spent
-        meanwhile is news now.  (With a shared state, the instances that added it told it.)"""
-        loaded: dict[tuple[str, str, str, datetime], float] = {}
+        """The ledger's spend before this run, `(who, name, usd, at)` each: at start-up, or later,
+        once a ledger that could not be read at the start can be.  Each period's spend becomes at
+        least the ledger's plus this run's own: a shared total taken in meanwhile may hold the
+        ledger's spend already (a shared ledger, or this instance's own earlier runs), so the
+        larger stands.  A line the ledger's spend reached by itself was told by the run that
+        crossed it; one crossed only with what this run spent meanwhile is news now.  (With a
+        shared state, the instances that added it told it.)"""
+        loaded: dict[tuple[str, str, str], tuple[datetime, float]] = {}
         for who, name, cost, at in amounts:
             if name is None or cost <= 0:
                 continue
             for kind in PERIODS:
-                start = period_start(kind, at, self.tz)
-                if self._add_period(who, name, kind, start, cost):
-                    loaded[who, name, kind, start] = loaded.get((who, name, kind, start), 0.0) + cost
-        for (who, name, kind, start), cost in loaded.items():
-            if self._spent[who, name, kind][0] == start:     # the period held, not one a later row replaced
-                self._announce(who, name, kind, start, news_from=cost if self.alone else math.inf)
+                _add_to(loaded, (who, name, kind), period_start(kind, at, self.tz), cost)
+        for key, (start, cost) in loaded.items():
+            held = self._spent.get(key)
+            if held is not None and held[0] > start:
+                continue              # the ledger's latest day is over: this run holds a later one
+            own = self._own.get(key)
+            floor = cost + (own[1] if own is not None and own[0] == start else 0.0)
+            if held is None or held[0] < start or held[1] < floor:
+                self._spent[key] = (start, floor)
+            self._announce(*key, start, news_from=cost if self.alone else math.inf)
 
     def _add_period(self, who: str, name: str, kind: str, start: datetime, usd: float) -> bool:
         """Add to one period's spend; False for a period older than the one held."""
-        key = (who, name, kind)
-        held = self._spent.get(key)
-        if held is None or held[0] < start:
-            held = (start, 0.0)
-        elif held[0] > start:
+        held = self._spent.get((who, name, kind))
+        if held is not None and held[0] > start:
             return False              # an old row (start-up load out of order): not this period
-        self._spent[key] = (start, held[1] + usd)
+        _add_to(self._spent, (who, name, kind), start, usd)
         return True
 
     def spent(self, who: str, name: str, kind: str) -> float:

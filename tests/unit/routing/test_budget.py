@@ -178,6 +178,32 @@ def test_with_a_shared_state_a_late_ledger_read_leaves_the_line_to_the_instances
     assert spend.over(CLIENT, "alice") is not None and seen == []
 
 
+def test_a_ledger_read_after_the_shared_total_came_in_is_not_counted_on_top_of_it():
+    # Redis's total already holds what the (shared) ledger holds: the read finishing after the
+    # catch-up added it again, $50 read as $100, and the next catch-up wrote $100 back for all
+    spend, clock, seen = board(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))
+    spend.alone = False
+    start, end = period_start("monthly", clock.now, TZ), period_end("monthly", clock.now, TZ)
+    spend.add(UPSTREAM, "relay-a", 1.0)                                 # this run's, sent to Redis
+    spend.apply(SpendTotal(UPSTREAM, "relay-a", "monthly", start.timestamp(), end.timestamp(), 7.0))
+    spend.load([(UPSTREAM, "relay-a", 6.0, datetime(2026, 3, 9, 9, tzinfo=UTC))])     # before this run
+    assert spend.spent(UPSTREAM, "relay-a", "monthly") == 7.0
+    # a Redis that lost its data knows less than the ledger and this run together: they count
+    spend.load([(UPSTREAM, "relay-a", 8.0, datetime(2026, 3, 9, 9, tzinfo=UTC))])
+    assert spend.spent(UPSTREAM, "relay-a", "monthly") == 9.0
+    assert spend.spent(UPSTREAM, "relay-a", "daily") == 1.0           # the ledger's rows were yesterday's
+    assert seen == []
+
+
+def test_in_memory_a_late_ledger_read_and_this_run_s_spend_add_up_per_period():
+    spend, _, _ = board(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))
+    spend.add(UPSTREAM, "relay-a", 1.0)
+    spend.load([(UPSTREAM, "relay-a", 2.0, datetime(2026, 3, 9, 9, tzinfo=UTC)),      # yesterday's
+                (UPSTREAM, "relay-a", 0.5, datetime(2026, 3, 10, 9, tzinfo=UTC))])    # today's
+    assert spend.spent(UPSTREAM, "relay-a", "daily") == 1.5
+    assert spend.spent(UPSTREAM, "relay-a", "monthly") == 3.5
+
+
 @pytest.mark.parametrize("zone", ["Europe/Berlin", "America/New_York"])
 def test_without_a_timezone_days_and_months_start_at_the_machines_own_midnights_dst_and_all(monkeypatch, zone):
     monkeypatch.setenv("TZ", zone)
