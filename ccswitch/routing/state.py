@@ -78,8 +78,14 @@ class Boards:
 
     def apply(self, change: Change) -> None:
         """Another instance's record, in the order it was published: it replaces what this
-        instance knew of that thing (spend totals only raise); another account's is left out."""
+        instance knew of that thing (spend totals only raise); another account's is left out.
+        A health record replaces only a word no newer than itself (as in a merge, a tie to the
+        record): two instances that changed an upstream within the milliseconds a record travels
+        would each take the other's."""
         if self.foreign(change):
+            return
+        if isinstance(change, HealthChange) and (local := self.local(change.key)) is not None \
+                and merge(change, local) is local:
             return
         if isinstance(change, HealthChange | SwitchChange | PreferChange):
             self.health.apply(change)

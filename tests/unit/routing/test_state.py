@@ -337,3 +337,25 @@ def test_a_response_issued_under_another_key_of_that_name_is_not_pinned_there():
     b.boards.apply(a.sent[-1])
     assert b.boards.merge_in(a.sent[-1]) is None
     assert b.issued.issuer("resp_1") is None
+
+
+def test_two_instances_changing_one_upstream_at_once_settle_on_the_same_view():
+    # within the milliseconds a record travels, a's 2xx and b's failure that starts a cooldown
+    # crossed: each took the other's as the newer word, a cooling and b not, for good (b's next
+    # failure then ended a's cooldown too)
+    for cooldown_first in (False, True):
+        a, b = pair()
+        a.health.record_failure("relay", "HTTP 503", threshold=2, cooldown=60)
+        b.boards.apply(a.sent[-1])
+        if cooldown_first:
+            b.health.record_failure("relay", "HTTP 503", threshold=2, cooldown=60)
+            a.tick(0.001)
+            a.health.record_success("relay")
+        else:
+            a.health.record_success("relay")
+            a.tick(0.001)
+            b.health.record_failure("relay", "HTTP 503", threshold=2, cooldown=60)
+        a.boards.apply(b.sent[-1])
+        b.boards.apply(a.sent[-1])
+        cooling = (a.health.cooling_until("relay") is not None, b.health.cooling_until("relay") is not None)
+        assert cooling == ((False, False) if cooldown_first else (True, True)), cooldown_first
