@@ -6,8 +6,10 @@ A file is named for its ledger (a digest of the URL without its password), so an
 start leaves it alone.  It is written under a temporary name and renamed when whole, and a start
 claims it by renaming it again: two instances on one machine never read a file half-written, nor
 both take the same one.  A claim whose process is gone (killed before it wrote the rows or kept
-them again) is claimed anew.  Written twice all the same (a stop while a batch's commit hung), a
-request's row still goes in once: the ledger skips rows it has (schema migration 5).
+them again) is claimed anew; a claim names its process by PID and start time, so one left by an
+earlier process under the same PID (a container's PID 1, run after run) is gone too.  Written
+twice all the same (a stop while a batch's commit hung), a request's row still goes in once: the
+ledger skips rows it has (schema migration 5).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def spilled(directory: Path, ledger: str) -> list[Path]:
         if not name.startswith(prefix):
             continue
         claimer = name.rpartition(_CLAIMED)[2] if _CLAIMED in name else None
-        if name.endswith(".db") if claimer is None else claimer.isdigit() and not _alive(claimer):
+        if name.endswith(".db") if claimer is None else _is_claimer(claimer) and not _alive(claimer):
             found.append(path)      # not a claim's `-wal` or `-shm`, which SQLite keeps while it is read
     return sorted(found, key=lambda p: p.name)
 
@@ -81,7 +83,7 @@ def spilled(directory: Path, ledger: str) -> list[Path]:
 def claim(path: Path) -> Path | None:
     """Take `path` for this process (None: another took it first)."""
     base = path.name.partition(_CLAIMED)[0]
-    mine = path.with_name(f"{base}{_CLAIMED}{os.getpid()}")
+    mine = path.with_name(f"{base}{_CLAIMED}{_process(os.getpid())}")
     try:
         os.rename(path, mine)
     except FileNotFoundError:
@@ -113,11 +115,29 @@ def remove(path: Path) -> None:
             log.warning("ccswitch: cannot remove %s (its rows are written): %s", part, exc)
 
 
-def _alive(pid: str) -> bool:
+def _process(pid: int) -> str:
+    """`<pid>.<start time>` (clock ticks since boot, from /proc), or `<pid>` where the system does
+    not tell the start: a PID given to another process since is not the claimer."""
+    try:
+        return f"{pid}.{int(Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19])}"
+    except (OSError, IndexError, ValueError):
+        return str(pid)
+
+
+def _is_claimer(text: str) -> bool:
+    """A claim's `<pid>` or `<pid>.<start time>` (not a claim's SQLite `-wal` / `-shm` beside it)."""
+    pid, _, start = text.partition(".")
+    return pid.isdigit() and (start.isdigit() or (not start and "." not in text))
+
+
+def _alive(claimer: str) -> bool:
+    pid, _, start = claimer.partition(".")
     try:
         os.kill(int(pid), 0)
     except (ValueError, ProcessLookupError):
         return False
     except PermissionError:
-        return True         # another user's process
-    return True             # this process's own claim too: an earlier ledger of its is writing it
+        pass                # another user's process: alive, and judged by its start time as any
+    # this process's own claim too (an earlier ledger of its is writing it), but not an earlier
+    # process's under the same PID; a claim without a start time (an older ccswitch's) is taken as alive
+    return not start or _process(int(pid)) == claimer

@@ -43,6 +43,22 @@ def test_a_file_being_written_is_not_seen_and_a_claimed_one_is_taken_once(tmp_pa
     assert spill.spilled(tmp_path, LEDGER_A) == [gone]
 
 
+def test_a_claim_left_by_an_earlier_process_under_this_process_s_pid_is_taken_again(tmp_path):
+    # in a container ccswitch is PID 1 (or tini's child) in every run: a run killed after its
+    # claim left a file no later run would take (its PID alive: this very process)
+    spill.spill(rows(1), tmp_path, _COLUMNS, LEDGER_A)
+    mine = spill.claim(spill.spilled(tmp_path, LEDGER_A)[0])
+    assert spill.spilled(tmp_path, LEDGER_A) == []                   # this process's own claim: being written
+    base, _, claimer = mine.name.partition(".taken-")
+    assert claimer.startswith(f"{os.getpid()}.")
+    earlier = mine.with_name(f"{base}.taken-{os.getpid()}.1")        # same PID, another start
+    os.rename(mine, earlier)
+    assert spill.spilled(tmp_path, LEDGER_A) == [earlier]
+    older_format = mine.with_name(f"{base}.taken-{os.getpid()}")      # an older ccswitch's claim: kept as alive
+    os.rename(earlier, older_format)
+    assert spill.spilled(tmp_path, LEDGER_A) == []
+
+
 def test_the_sidecar_files_of_a_claimed_file_being_read_are_never_taken_for_claims_of_their_own(tmp_path):
     """Reading a claimed file (SQLite in WAL mode) makes its `-wal` and `-shm` beside it; a second
     instance starting then took `….taken-<pid>-shm` for a claim of a process gone (no pid in
