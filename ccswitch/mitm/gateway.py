@@ -38,6 +38,9 @@ from ccswitch.vocab import Protocol
 log = logging.getLogger("ccswitch")
 
 SPEND_RETRY = 30   # seconds between reads of the spend so far while the ledger cannot be read
+#: seconds routed requests wait at start for the spend so far (a budget needs it); a ledger that
+#: has not answered by then (a lock on its table, a pooler queueing the query) is read on meanwhile
+SPEND_WAIT = 15
 UPSTREAM_TLS_OPTIONS = {"ssl_insecure", "ssl_verify_upstream_trusted_ca", "ssl_verify_upstream_trusted_confdir"}
 
 
@@ -127,13 +130,18 @@ class Gateway:
         self.state, self._state_for = InMemoryState(), None
 
     async def start_spend(self, until: datetime) -> None:
-        """`load_spend` at start-up, waited for only where a budget needs it: without one, a ledger
-        slow to answer (PostgreSQL) holds up no request, and the spend comes in when it is read."""
+        """`load_spend` at start-up, waited for only where a budget needs it, and then for at most
+        SPEND_WAIT: without one, a ledger slow to answer (PostgreSQL) holds up no request, and the
+        spend comes in when it is read."""
         if self.rules.budgets_set():
             if self.ledger is None:     # a supervisor restarting it in a loop would undo every budget
                 log.warning("ccswitch: budgets count only what this run spends: with the ledger off "
                             "(ccswitch_ledger=false) nothing is recorded, and a restart starts them at $0 again")
-            await self.load_spend(until)
+            reading = hook_task(self.load_spend(until), "spend read")
+            if not (await asyncio.wait({reading}, timeout=SPEND_WAIT))[0]:
+                log.warning("ccswitch: the ledger has not answered the spend read within %s s: requests go on, "
+                            "and budgets count from 0 until it does", SPEND_WAIT)
+                self._spend_reader = reading     # stopped at shutdown; no request waits for it any more
         else:
             self._spend_reader = self.first_spend_read = hook_task(self.load_spend(until), "spend read")
             self.first_spend_read.add_done_callback(self._first_spend_read_done)

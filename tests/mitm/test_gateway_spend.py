@@ -1,6 +1,7 @@
 """The month's spend at start-up: read from the ledger, or, while it cannot be read (PostgreSQL
 down), counted from 0 and read in the background once it can be."""
 
+import asyncio
 import logging
 import threading
 from datetime import timedelta
@@ -155,3 +156,29 @@ async def test_the_ledger_s_requests_are_counted_as_one_sum_per_local_day(gatewa
     # the day's sum of five requests, for its upstream and its client
     assert [(who, name) for who, name, _, _ in counted] == [(UPSTREAM, "a"), (CLIENT, "alice")]
     assert gateway.spend.spent(CLIENT, "alice", "daily") == counted[1][2] > 0
+
+
+async def test_a_ledger_that_does_not_answer_holds_requests_only_so_long(gateway, monkeypatch, caplog):
+    # a lock on the table, a pooler queueing the query: with a budget set, requests waited for good
+    started, answer = utc_now(), threading.Event()
+    midnight = started.astimezone(gateway.rules.tz).replace(hour=0, minute=0, second=0, microsecond=0)
+    earlier = max(started - timedelta(minutes=5), midnight)
+
+    def ledger_spend(target, rules, since, until, per_day=None):
+        answer.wait(10)
+        return LedgerSpend(rows=[(earlier, "a", "alice", 2.5)])
+    monkeypatch.setattr(gateway_module, "ledger_spend", ledger_spend)
+    monkeypatch.setattr(gateway_module, "SPEND_WAIT", 0.2)
+    gateway.open_ledger(True)
+    try:
+        with caplog.at_level(logging.INFO, logger="ccswitch"):
+            await gateway.start_spend(started)         # returns: the first requests go on
+            assert "has not answered the spend read within 0.2 s" in caplog.text
+            await asyncio.wait_for(gateway.spend_read_for(gateway.rules), 1)   # what each routed request awaits
+            assert gateway.spend.spent(CLIENT, "alice", "daily") == 0
+            answer.set()
+            await eventually(lambda: gateway.spend.spent(CLIENT, "alice", "daily") == 2.5)
+    finally:
+        answer.set()
+        gateway.stop_reading_spend()
+        gateway.close()
