@@ -213,6 +213,17 @@ def test_a_batch_written_again_after_its_commits_answer_was_lost_is_stored_once(
     assert query(postgres_url, "SELECT count(*) FROM attempts") == [(3,)]
 
 
+def test_an_activation_row_written_again_is_stored_once(postgres_url, monkeypatch):
+    from tests.unit.ledger.test_ledger import ACTIVATION, lose_the_first_commits_answer
+    ledger = Ledger(postgres_url, linger=0.2)
+    lose_the_first_commits_answer(ledger, monkeypatch, psycopg.OperationalError)
+    ledger.start()
+    ledger.add("activations", ACTIVATION)
+    assert wait_for(lambda: ledger.written == 1)
+    ledger.close()
+    assert query(postgres_url, "SELECT count(*) FROM activations") == [(1,)]
+
+
 def test_rows_unwritten_at_a_stop_during_an_outage_are_written_by_the_next_start(own_postgres, tmp_path, caplog):
     """A restart or a redeploy while PostgreSQL is down: what the stop could not write is kept in a
     file on this machine, and the next start writes it (once) and removes the file."""
