@@ -251,7 +251,10 @@ class RedisState(Claims):
     # ------------------------------------------------------------------ catching up
 
     async def _catch_up(self, client: redis.Redis) -> None:
-        """Merge what Redis holds with this instance's view, both ways."""
+        """Merge what Redis holds with this instance's view, both ways.  Every wait comes before
+        the view is taken: a change made during one is in the view (one made after it, and
+        before `up`, would be offered while down, and dropped)."""
+        await self._hand_on_told(client)
         stored = await self._load(client)
         boards = self.boards
         seen: set[tuple] = set()
@@ -262,7 +265,6 @@ class RedisState(Claims):
             if merged is not None:
                 better.append(merged)
         better += [record for record in boards.view() if record.key not in seen]
-        await self._hand_on_told(client)
         self.up = True                   # from here on the boards' records queue up for the writer
         boards.spend.alone = False       # and a budget line is told by the one whose addition crossed it
         self._came_up(len(stored))

@@ -717,6 +717,24 @@ async def test_a_state_told_while_redis_was_down_is_handed_on_so_the_next_change
         assert sorted(told) == [False, True]
 
 
+async def test_a_change_made_while_catching_up_reaches_redis(redis_url, store, monkeypatch):
+    # the catch-up took its view, then handed on what it told meanwhile (a wait): a cooldown
+    # begun during that wait was offered before `up` and dropped
+    node = Node(redis_url)
+    hand_on = RedisState._hand_on_told
+
+    async def with_a_failure_meanwhile(self, client):
+        node.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
+        await hand_on(self, client)
+    monkeypatch.setattr(RedisState, "_hand_on_told", with_a_failure_meanwhile)
+    async with node:
+        await eventually(lambda: not node.state._pending and not node.state._writing)
+        deadline = time.monotonic() + 5
+        while not await store.exists("ccswitch:h:relay") and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert json.loads(await store.get("ccswitch:h:relay"))["cooling_end"] > time.time()
+
+
 async def test_a_state_handed_on_never_replaces_one_told_later_elsewhere(redis_url, store):
     async with Node(redis_url) as a:
         later = f"recovered elsewhere {time.time():.3f}"
