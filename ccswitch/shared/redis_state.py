@@ -43,6 +43,7 @@ log = logging.getLogger("ccswitch.state")
 MAX_PENDING = 20_000     # records queued for Redis at most (beyond it the oldest is dropped)
 BATCH = 500              # records per write and per message
 PING_EVERY = 5.0         # an idle connection is checked this often
+COMMAND_TIMEOUT = 5.0    # seconds Redis has to answer a command
 _PARSE_SLICE = 500     # stored records parsed between two turns of the loop
 STOP_FLUSH = 2.0         # what is still queued at shutdown gets this long
 
@@ -173,7 +174,7 @@ class RedisState(Claims):
 
     def _connect(self) -> redis.Redis:
         # no retries inside the client: an outage surfaces at once and the supervisor handles it
-        return redis.Redis.from_url(self.url.conninfo, decode_responses=True, socket_timeout=5.0,
+        return redis.Redis.from_url(self.url.conninfo, decode_responses=True, socket_timeout=COMMAND_TIMEOUT,
                                     socket_connect_timeout=3.0, retry=Retry(NoBackoff(), 0),
                                     client_name=f"ccswitch-{self.instance}")
 
@@ -206,6 +207,8 @@ class RedisState(Claims):
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self.channel)    # first: nothing published from here on is missed
+            # its answer, before anything is loaded: a user without pub/sub is refused only there
+            await pubsub.get_message(timeout=COMMAND_TIMEOUT)
             await self._flush(client)               # spend added meanwhile, before totals are loaded
             await self._catch_up(client)
             reader = asyncio.create_task(self._read(pubsub))

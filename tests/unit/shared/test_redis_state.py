@@ -750,22 +750,29 @@ async def test_a_state_handed_on_never_replaces_one_told_later_elsewhere(redis_u
 @pytest.mark.parametrize("how,said", [
     ("none", "it wants a password, and the state URL has none"),
     ("wrong", "the state URL's user name or password is not one it knows"),
-    ("db", "the state URL's database number is beyond its `databases` setting")])
+    ("db", "the state URL's database number is beyond its `databases` setting"),
+    # an ACL user without pub/sub: its SUBSCRIBE is refused only in its answer, after the catch-up
+    # had said "reachable again" (7 lines a second, the pause never growing)
+    ("pubsub", "the state URL's user lacks a permission ccswitch needs")])
 async def test_a_url_redis_refuses_is_named_as_a_setting_to_mend_not_an_outage(own_redis, caplog, how, said):
-    caplog.set_level(logging.WARNING, "ccswitch.state")
+    caplog.set_level(logging.INFO, "ccswitch.state")
     admin = redis.Redis.from_url(own_redis.url())
+    await admin.execute_command("ACL", "SETUSER", "nopubsub", "on", ">pubsub-password", "~*", "&*", "+@all", "-@pubsub")
     await admin.config_set("requirepass", "right-password")
     await admin.aclose()
     url = {"none": own_redis.url(), "wrong": f"redis://:wrong-password@127.0.0.1:{own_redis.port}/0",
-           "db": f"redis://:right-password@127.0.0.1:{own_redis.port}/99"}[how]
+           "db": f"redis://:right-password@127.0.0.1:{own_redis.port}/99",
+           "pubsub": f"redis://nopubsub:pubsub-password@127.0.0.1:{own_redis.port}/0"}[how]
     node = Node(url, retry=(0.05, 0.1))
     await node.state.start(node.boards)
     try:
         await eventually(lambda: "refuses ccswitch" in caplog.text)
+        await asyncio.sleep(0.5)                    # tried again meanwhile
     finally:
         await node.state.stop()
     assert said in caplog.text and "is unreachable" not in caplog.text and "wrong-password" not in caplog.text
     assert caplog.text.count("refuses ccswitch") == 1 and not node.state.up
+    assert "reachable again" not in caplog.text and "sharing state through" not in caplog.text
 
 
 async def test_a_claim_redis_failed_to_answer_is_remembered_as_told_here():
