@@ -83,8 +83,11 @@ def migrate(conn: psycopg.Connection) -> int:
 
 
 def tables(conn: psycopg.Connection) -> set[str]:
+    # the catalog, not information_schema: that shows only tables the user has rights on, and a
+    # database of another program's tables read as an empty ledger
     return {r[0] for r in conn.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")}
+        "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm', 'f')")}
 
 
 def columns(conn: psycopg.Connection, table: str) -> set[str]:

@@ -129,6 +129,35 @@ def test_ccswitch_report_reads_a_postgresql_url(both, tmp_path, capsys):
     assert outputs[0] == outputs[1]
 
 
+@pytest.mark.parametrize("reader", ["owner", "a user with no rights on its tables"])
+def test_a_postgresql_database_that_is_not_a_ccswitch_ledger_is_said_so(postgres_url, postgres_server, tmp_path,
+                                                                        capsys, reader):
+    # its tables are another program's: a user who may not read them was told "no requests", exit 0
+    import uuid
+    from urllib.parse import urlsplit
+
+    import psycopg
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'reader-pw'")
+    url = postgres_url
+    if reader != "owner":
+        parts = urlsplit(postgres_url)
+        url = parts._replace(netloc=f"{role}:reader-pw@{parts.hostname}:{parts.port}").geturl()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    try:
+        code = report_cli.main(["--rules", str(rules), "--db", url])
+    finally:
+        with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")    # (its CONNECT grant on the database, if any)
+        postgres_server.drop_database(postgres_url)
+        with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {role}")
+    assert code == 1 and "holds no ccswitch usage tables" in capsys.readouterr().err
+
+
 def test_ccswitch_report_says_when_postgresql_is_unreachable(tmp_path, capsys):
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
