@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from ccswitch.config.secret_url import SecretURL
-from ccswitch.net.addresses import url_port
+from ccswitch.net.addresses import refuse_unencoded_credentials, url_port
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}")
@@ -46,6 +46,7 @@ class PostgresURL(SecretURL):
             raise ValueError("not a valid PostgreSQL URL (check the host)") from None
         if "," in parts.netloc:
             raise ValueError("one host per PostgreSQL URL (a list of hosts is not supported)")
+        refuse_unencoded_credentials(text, parts)
         url_port(parts)
         return cls(url=SecretStr(text))
 

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from ccswitch.config.secret_url import SecretURL
-from ccswitch.net.addresses import url_port
+from ccswitch.net.addresses import refuse_unencoded_credentials, url_port
 
 REDIS_SCHEMES = ("redis", "rediss")
 
@@ -32,6 +32,7 @@ class RedisURL(SecretURL):
             parts = urlsplit(text)
         except ValueError:          # an unbalanced [ or ] around the host
             raise ValueError("not a valid Redis URL (check the host)") from None
+        refuse_unencoded_credentials(text, parts)
         url_port(parts)
         if not parts.hostname:
             raise ValueError("a Redis URL names a host (redis://host:port/db)")

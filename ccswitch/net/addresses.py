@@ -33,3 +33,11 @@ def url_port(parts: SplitResult) -> int | None:
     if port == 0:
         raise ValueError(PORT_RANGE)
     return port
+
+
+def refuse_unencoded_credentials(text: str, parts: SplitResult) -> None:
+    """`u:p/ss@host` (or `?`, `#`): the URL's authority ends at that character, and what follows the
+    `:` would read as the port.  Raises ValueError (without the text) naming the fix."""
+    if "@" in text.split("://", 1)[-1] and "@" not in parts.netloc:
+        raise ValueError("a '/', '?' or '#' in the user name or password must be percent-encoded "
+                         "(%2F, %3F, %23), or the URL ends there")

@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 from python_socks import ProxyConnectionError, ProxyType
 from python_socks.async_.asyncio import Proxy as SocksClient
 
-from ccswitch.net.addresses import url_port
+from ccswitch.net.addresses import refuse_unencoded_credentials, url_port
 
 SCHEMES = ("http", "socks5", "socks5h")
 DIRECT = "direct"
@@ -94,10 +94,7 @@ def parse_proxy(text: str) -> Proxy | None:
                          "(CONNECT tunnels the upstream's own TLS)")
     if scheme not in SCHEMES or not parts.hostname:
         raise ValueError(_FORM)
-    if "@" in text.split("://", 1)[-1] and "@" not in parts.netloc:
-        # `u:p#ss@host`: the URL ends at the `#`, and what follows `:` would read as the port
-        raise ValueError("a '/', '?' or '#' in the user name or password must be percent-encoded "
-                         "(%2F, %3F, %23), or the URL ends there")
+    refuse_unencoded_credentials(text, parts)
     port = url_port(parts)
     if port is None:
         raise ValueError("must name the proxy's port, like socks5://127.0.0.1:1080")
