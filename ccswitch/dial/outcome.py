@@ -78,7 +78,9 @@ def network_failure(upstream: str, exc: BaseException, action: str, phase: str) 
         # so this moves on without counting against its health
         return Failure(upstream, None, str(exc), action, counts=False, client_status=504)
     if isinstance(exc, http1.ProxyFailure):
-        return NetworkFailure(upstream, str(exc), action)
+        failure = NetworkFailure(upstream, str(exc), action)
+        failure.lasting = exc.credentials     # the rules' proxy password: the client's retry gets the same
+        return failure
     if isinstance(exc, http1.ConnectTimeout):
         through = f" (through proxy {exc.through})" if exc.through else ""   # not the upstream's own silence
         return NetworkFailure(upstream, f"connect timeout{through}", action, timeout=True)

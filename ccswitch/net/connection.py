@@ -40,7 +40,11 @@ class ConnectTimeout(ConnectError):
 
 class ProxyFailure(ConnectError):
     """The outgoing proxy refused, failed its authentication or could not reach the upstream;
-    the message names the proxy, never its credentials."""
+    the message names the proxy, never its credentials.  `credentials`: it refused the rules'."""
+
+    def __init__(self, message: str, *, credentials: bool = False) -> None:
+        super().__init__(message)
+        self.credentials = credentials
 
 
 class NoFreeConnection(ConnectError):

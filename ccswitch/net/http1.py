@@ -120,7 +120,7 @@ def opener(proxy: Proxy | None, timeout: float) -> Callable[..., Awaitable[tuple
         try:
             return await open_through(proxy, protocol_factory, host, port, context, timeout)
         except ProxyError as exc:
-            raise ProxyFailure(str(exc)) from None
+            raise ProxyFailure(str(exc), credentials=exc.credentials) from None
     return through_proxy
 
 

@@ -34,9 +34,17 @@ _SOCKS = {"socks5": ProxyType.SOCKS5, "socks5h": ProxyType.SOCKS5}     # HTTP CO
 _FORM = "must be direct or a URL like http://host:port, socks5://host:port or socks5h://user:pass@host:port"
 
 
+_AUTH_FAILED = "authentication failed"
+
+
 class ProxyError(Exception):
     """The proxy refused, failed its authentication or could not reach the upstream.
-    The message names the proxy without credentials."""
+    The message names the proxy without credentials; `credentials`: the proxy refused the ones
+    the rules give it (a 407, a SOCKS authentication failure), which no retry mends."""
+
+    def __init__(self, message: str, *, credentials: bool = False) -> None:
+        super().__init__(message)
+        self.credentials = credentials
 
 
 @dataclass(frozen=True, repr=False)
@@ -146,7 +154,8 @@ async def open_through(proxy: Proxy, protocol_factory: Callable[[], asyncio.Prot
     except (TimeoutError, ProxyError):
         raise
     except Exception as exc:   # python-socks' errors, a reset mid-handshake, a name it could not resolve
-        raise ProxyError(f"proxy {proxy.shown}: {_what(exc, proxy)}") from None
+        what = _what(exc, proxy)
+        raise ProxyError(f"proxy {proxy.shown}: {what}", credentials=what.startswith(_AUTH_FAILED)) from None
     try:
         return await asyncio.get_running_loop().create_connection(
             protocol_factory, sock=sock, ssl=context, server_hostname=host if context else None)
@@ -183,8 +192,8 @@ async def _connect_tunnel(proxy: Proxy, host: str, port: int) -> socket.socket:
                              f"({scrub(status_line[:100], proxy)!r})")
         if parts[1] != "200":
             text = scrub(" ".join(parts[1:]), proxy)
-            why = f"authentication failed ({text})" if parts[1] == "407" else text
-            raise ProxyError(f"proxy {proxy.shown}: {why}")
+            why = f"{_AUTH_FAILED} ({text})" if parts[1] == "407" else text
+            raise ProxyError(f"proxy {proxy.shown}: {why}", credentials=parts[1] == "407")
         if beyond:    # the tunnel's first bytes are the client's to send (TLS, HTTP): nothing can come first
             raise ProxyError(f"proxy {proxy.shown}: sent data past its answer to CONNECT")
         return sock
@@ -234,5 +243,5 @@ def _what(exc: Exception, proxy: Proxy) -> str:
         return f"cannot resolve the upstream's name here ({exc.strerror})"
     text = scrub(str(exc) or type(exc).__name__, proxy)
     if getattr(exc, "error_code", None) == 407 or "authentication failure" in text.lower():
-        return f"authentication failed ({text})"
+        return f"{_AUTH_FAILED} ({text})"
     return text

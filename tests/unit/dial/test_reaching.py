@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from ccswitch.activation.probe import send_probe
 from ccswitch.config.load import parse_rules
 from ccswitch.dial.dialer import Dialer
@@ -64,6 +66,29 @@ async def test_a_wrong_proxy_password_fails_over_with_a_reason_without_it(mock_a
     assert job.attempts[0].error.startswith(f"proxy socks5://127.0.0.1:{proxy.port}: authentication failed")
     assert PASSWORD not in job.comment() and PASSWORD not in dialer.health.get("a").last_error
     assert dialer.health.get("a").failures == 1 and mock_a.requests == []
+
+
+@pytest.mark.parametrize("kind", ["socks5", "http"])
+async def test_a_proxy_refusing_the_rules_credentials_tells_the_client_not_to_retry(mock_a, kind):
+    # a password in rules.yaml no retry mends (Claude Code retried its 502 silently for minutes),
+    # as with an upstream's 401 to a rules key; a proxy that is merely down may be retried
+    proxy_class = Socks5Proxy if kind == "socks5" else ConnectProxy
+    with proxy_class(auth=("me", "the-right-one")) as proxy:
+        rules = parse_rules(f"""{FAST}
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{mock_a.base_url}', api_key: key-a, proxy: '{proxy.url("me", PASSWORD)}'}}
+routes: {{claude: [a]}}
+""")
+        job, sink, _ = await run(rules)
+    assert sink.status == 502 and sink.headers["x-should-retry"] == "false" and mock_a.requests == []
+    closed = parse_rules(f"""{FAST}
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{mock_a.base_url}', api_key: key-a,
+     proxy: 'http://me:{PASSWORD}@127.0.0.1:{MockUpstream.closed_port()}'}}
+routes: {{claude: [a]}}
+""")
+    job, sink, _ = await run(closed)
+    assert sink.status == 502 and sink.headers.get("x-should-retry") == "true"
 
 
 async def test_upstream_proxy_carries_every_upstream_but_a_direct_one(mock_a, mock_b):
