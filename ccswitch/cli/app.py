@@ -154,13 +154,10 @@ def _activate(args: argparse.Namespace) -> int:
     details = [f"{result.latency_ms} ms"]
     if result.status is not None and f"HTTP {result.status}" not in verdict:   # no answer: no status
         details.insert(0, f"status {result.status}")
-    if upstream.proxy is not None:
+    if upstream.proxy is not None and upstream.proxy.shown not in verdict:   # (an error may name it already)
         details.append(f"through {upstream.proxy.shown}")                     # never its credentials
     print(f"{upstream.name}: activation {verdict} ({', '.join(details)})")
     return 0 if result.ok else 1
-
-
-
 
 
 def build_parser() -> argparse.ArgumentParser:

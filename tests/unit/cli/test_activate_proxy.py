@@ -33,6 +33,7 @@ upstreams:
         f"through http://127.0.0.1:{proxy.port})" in done.stdout
     assert proxy.tunnels == 1 and proxy.targets == [("127.0.0.1", mock.port)] and len(mock.requests) == 1
     assert wrong.returncode == 1 and f"proxy http://127.0.0.1:{proxy.port}: authentication failed" in wrong.stdout
-    assert "status None" not in wrong.stdout and "ms, through" in wrong.stdout     # no answer came: no status
+    assert "status None" not in wrong.stdout                                       # no answer came: no status
+    assert wrong.stdout.count(f"127.0.0.1:{proxy.port}") == 1                       # its error named the proxy
     for output in (done.stdout, done.stderr, wrong.stdout, wrong.stderr):
         assert PASSWORD not in output and "not-it" not in output
