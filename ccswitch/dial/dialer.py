@@ -297,7 +297,8 @@ class Dialer:
         if upstream.websocket and job.upstream_sockets is not None and job.turn is not None:
             return job.upstream_sockets.send(upstream.name, outgoing, job.turn, tls=self.client.ssl_context,
                                              connect_timeout=connect_timeout,
-                                             open_transport=http1.opener(outgoing.via.proxy, connect_timeout))
+                                             open_transport=http1.opener(outgoing.via.proxy, connect_timeout),
+                                             through=outgoing.via.proxy.shown if outgoing.via.proxy else None)
         return self.client.send(outgoing.method, outgoing.url, outgoing.headers, outgoing.body,
                                 connect_timeout=connect_timeout, via=outgoing.via)
 

@@ -68,7 +68,8 @@ class UpstreamSockets:
         return len(self._open)
 
     async def send(self, upstream: str, outgoing: OutgoingRequest, turn: Turn, *, tls: ssl.SSLContext | None,
-                   connect_timeout: float, open_transport: OpenTransport = http1.open_tcp) -> TurnResponse:
+                   connect_timeout: float, open_transport: OpenTransport = http1.open_tcp,
+                   through: str | None = None) -> TurnResponse:
         """Send the turn to `upstream` and wait for its first event frame.  A socket kept from an
         earlier turn that turns out closed before answering is replaced once by a new one (the
         upstream may close idle sockets); every other failure is a TransportError."""
@@ -85,7 +86,7 @@ class UpstreamSockets:
             if not reused:
                 self.discard(upstream)
                 client = await WsClient.open(outgoing.url, headers, tls=tls, timeout=connect_timeout,
-                                             open_transport=open_transport)
+                                             open_transport=open_transport, through=through)
                 socket = self._open[upstream] = UpstreamSocket(client, outgoing.url, headers)
             assert socket is not None
             frame = create_frame(body, turn, socket.issued)

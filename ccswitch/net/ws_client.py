@@ -63,9 +63,11 @@ class WsClient:
 
     @classmethod
     async def open(cls, url: str, headers: list[tuple[str, str]], *, tls: ssl.SSLContext | None,
-                   timeout: float, open_transport: OpenTransport = http1.open_tcp) -> WsClient:
+                   timeout: float, open_transport: OpenTransport = http1.open_tcp,
+                   through: str | None = None) -> WsClient:
         """Connect to an http(s) `url` (spoken as ws(s)) and complete the handshake within `timeout`.
-        `tls` is the context for https (None: certifi's roots, as the HTTP client's default).
+        `tls` is the context for https (None: certifi's roots, as the HTTP client's default);
+        `through`: the proxy `open_transport` tunnels through, as it may be shown (a timeout names it).
         Raises http1.ConnectError (HandshakeRefused, ConnectTimeout) or another TransportError."""
         (scheme, host, port), target, shown = http1.split_url(url)
         context = (tls or _default_tls()) if scheme == "https" else None
@@ -85,7 +87,7 @@ class WsClient:
         except BaseException as exc:
             if writer is not None:
                 writer.close()
-            error, cause = _connect_error(exc, host, port)
+            error, cause = _connect_error(exc, host, port, through)
             if error is exc:
                 raise
             raise error from cause
@@ -205,11 +207,12 @@ async def _handshake(reader: asyncio.StreamReader, ws: WSConnection) -> AcceptCo
             raise http1.RemoteProtocolError("the upstream closed the connection during the WebSocket handshake")
 
 
-def _connect_error(exc: BaseException, host: str, port: int) -> tuple[BaseException, BaseException]:
+def _connect_error(exc: BaseException, host: str, port: int,
+                   through: str | None) -> tuple[BaseException, BaseException]:
     """(what a failed open is in the terms the dialer classifies, its cause); anything else,
     cancellation included, is passed through as it is."""
     if isinstance(exc, TimeoutError):
-        return http1.ConnectTimeout(f"opening a WebSocket to {host}:{port} timed out"), exc
+        return http1.ConnectTimeout(f"opening a WebSocket to {host}:{port} timed out", through), exc
     cause = exc.exceptions[0] if isinstance(exc, ExceptionGroup) else exc   # every address failed: the first
     if isinstance(cause, LocalProtocolError | UnicodeEncodeError):   # its text quotes what it refused: a key
         return http1.ConnectError(f"cannot open the WebSocket: {type(cause).__name__} on a header it sends"), cause

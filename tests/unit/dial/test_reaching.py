@@ -210,6 +210,36 @@ routes: {{codex: [a, b]}}
     assert mock_b.requests == []
 
 
+async def test_a_websocket_upstreams_silent_proxy_is_named_in_its_timeout(mock_a, mock_b):
+    # over HTTPS the reason said "connect timeout (through proxy …)", over the WebSocket only
+    # "connect timeout": nothing pointed at the proxy
+    from tests.unit.dial.test_dialer_websocket import Conversation, user
+    held = []
+
+    async def silent(reader, writer):
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    rules = parse_rules(f"""{FAST}
+upstreams:
+  - {{name: a, protocol: openai-responses, base_url: '{mock_a.base_url}/v1', api_key: key-a, websocket: true,
+     proxy: 'socks5://127.0.0.1:{port}'}}
+  - {{name: b, protocol: openai-responses, base_url: '{mock_b.base_url}/v1', api_key: key-b}}
+routes: {{codex: [a, b]}}
+""")
+    talk = Conversation(rules)
+    try:
+        job, _ = await talk.turn(user("hello"))
+    finally:
+        await talk.close()
+        for writer in held:
+            writer.close()
+        server.close()
+    assert [a.upstream for a in job.attempts] == ["a", "b"] and job.upstream == "b"
+    assert job.attempts[0].error == f"connect timeout (through proxy socks5://127.0.0.1:{port})"
+
+
 async def test_an_activation_probe_gives_up_connecting_after_the_rules_connect_timeout(mock_a):
     """A proxy that accepts and never answers: the probe waits `timeouts.connect`, as requests do,
     not a fixed half minute."""
