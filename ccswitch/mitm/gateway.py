@@ -105,7 +105,7 @@ class Gateway:
         names, fingerprints = [u.name for u in self.rules.upstreams], self.rules_file.fingerprints()
         self.boards.sync_accounts(fingerprints)   # first: the resets below are the new accounts' news
         self.quota.sync(names)
-        for name in self.health.sync(fingerprints):
+        for name in self.health.sync(fingerprints, {u.name: u.proxy for u in self.rules.upstreams}):
             self.quota.drop(name)
         self.sessions.sync(names, {route: self.rules.routes.spec(route).sticky for route in ROUTE_PROTOCOLS})
         self.spend.configure(self.rules)

@@ -61,16 +61,20 @@ class HealthBoard:
         self.on_change: Feed | None = None   # the shared state's hook (None: this instance alone)
         self._switched_at: dict[str, float] = {}
         self._accounts: dict[str, tuple] | None = None   # the rules' upstreams' fingerprints (`sync`)
+        self._ways: dict[str, object] = {}    # how each upstream is reached (`sync`)
         self._preferred_at = 0.0
 
     def get(self, name: str) -> UpstreamHealth:
         return self._state.setdefault(name, UpstreamHealth())
 
-    def sync(self, fingerprints: dict[str, tuple]) -> list[str]:
+    def sync(self, fingerprints: dict[str, tuple], ways: dict[str, object] | None = None) -> list[str]:
         """After a reload: forget removed upstreams, reset those whose identity changed (named
-        in the answer), and drop manual enable/disable switches (they last until the next reload)."""
+        in the answer), and drop manual enable/disable switches (they last until the next reload).
+        `ways`: how each upstream is reached (its proxy, credentials included; None: directly): a
+        cooldown its proxy caused ends when that changes (a mended password need not wait it out)."""
         changed = []
         before, self._accounts = self._accounts or {}, dict(fingerprints)
+        ways_before, self._ways = self._ways, dict(ways or {})
         for name in list(self._state):
             if name not in fingerprints:   # its hooks were told of a cooldown: they hear it is over
                 self._outage_ended(name, self._state.pop(name), "removed from the rules: no longer watched")
@@ -84,6 +88,10 @@ class HealthBoard:
             elif state.switched is not None:     # a reload ends the switch for every instance
                 state.switched = None
                 self._share_switch(name)
+            if name not in changed and name in ways_before and ways_before[name] != self._ways.get(name) \
+                    and state.cooling_until and _proxys_doing(state.last_error):
+                log.info("ccswitch: upstream %s changed its proxy: the cooldown its proxy caused ends", name)
+                self.reset(name, "its proxy changed: taken as healthy")
         return changed
 
     # ------------------------------------------------------------------ queries
@@ -210,10 +218,10 @@ class HealthBoard:
             self.events.emit(Event("cooldown", name, reason, until=until, episode=state.outage,
                                    claim=health_claim(name), state="cooldown"))
 
-    def reset(self, name: str) -> None:
+    def reset(self, name: str, reason: str = "reset with ccswitch.reset: taken as healthy") -> None:
         old = self.get(name)
         self._state[name] = UpstreamHealth()
-        self._outage_ended(name, old, "reset with ccswitch.reset: taken as healthy")
+        self._outage_ended(name, old, reason)
         self._share(name, self._state[name])
         if old.switched is not None:
             self._share_switch(name)
@@ -326,6 +334,12 @@ class HealthBoard:
         if state.was_cooling and not was_cooling:
             log.info("ccswitch: upstream %s: cooling down for %s (learned from another instance)",
                      change.upstream, seconds_text(state.cooling_until - now))
+
+
+def _proxys_doing(error: str | None) -> bool:
+    """Whether a failure was the proxy's: its own refusal (`proxy socks5://…: …`), or a connect
+    through it that timed out."""
+    return error is not None and (error.startswith("proxy ") or "(through proxy " in error)
 
 
 def seconds_text(seconds: float) -> str:

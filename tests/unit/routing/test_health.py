@@ -78,6 +78,23 @@ def test_sync_keeps_state_for_same_identity_and_resets_changed_ones():
     assert "c" not in b._state
 
 
+def test_a_cooldown_its_proxy_caused_ends_when_the_proxy_changes():
+    # a mended proxy password waited out the whole cooldown (10 minutes by default)
+    b, _ = board()
+    fingerprints = {name: (f"u-{name}", "k", "anthropic") for name in "abc"}
+    b.sync(fingerprints, {"a": "proxy-old", "b": "proxy-old", "c": "proxy-old"})
+    for name, error in (("a", "proxy http://127.0.0.1:3128: authentication failed (407 Proxy Authentication Required)"),
+                        ("b", "HTTP 503"),                     # the upstream's own doing
+                        ("c", "connect timeout (through proxy socks5://127.0.0.1:1080)")):
+        b.record_failure(name, error, threshold=1, cooldown=60)
+    b.sync(fingerprints, {"a": "proxy-new", "b": "proxy-new", "c": "proxy-old"})
+    assert b.cooling_until("a") is None and b.get("a").failures == 0
+    assert b.cooling_until("b") is not None                    # a new proxy does not mend a 503
+    assert b.cooling_until("c") is not None                    # its proxy is the same
+    b.sync(fingerprints, {"a": "proxy-new", "b": "proxy-new", "c": None})
+    assert b.cooling_until("c") is None
+
+
 def test_preferred_expires():
     b, clock = board()
     b.preferred = ("a", clock.now + 60)
