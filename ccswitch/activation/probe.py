@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -143,12 +144,15 @@ class ProbeResult:
     latency_ms: int
     ts: datetime
     limits: tuple[tuple[str, str], ...] = ()   # the answer's rate-limit headers: what ccswitch learns of them
+    # the row's own id: a batch the ledger writes again (its commit's answer lost) adds no copy
+    probe_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def row(self, slot: Slot | None = None) -> dict:
         """The `activations` row; `slot` is the time it was sent for, None for one sent on demand."""
         return {"ts": self.ts.astimezone(UTC).isoformat(timespec="milliseconds"),
                 "upstream": self.upstream, "status": self.status, "ok": int(self.ok), "error": self.error,
-                "latency_ms": self.latency_ms, "slot": slot.text if slot is not None else None}
+                "latency_ms": self.latency_ms, "slot": slot.text if slot is not None else None,
+                "probe_id": self.probe_id}
 
 
 def probe_model(upstream: Upstream) -> str:

@@ -118,15 +118,18 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX IF NOT EXISTS attempts_request_n ON attempts (request_id, n);
     DROP INDEX IF EXISTS attempts_request;            -- the one above leads with request_id
     """,
-    # 6: one row per activation probe too, as 5 for requests: a probe is its upstream and the
-    # millisecond it was sent (a restart counts its failed rows as tries: a copy was one more)
+    # 6: one row per activation probe too, as 5 for requests (a restart counts a time's failed
+    # rows as its tries: a copy was one more): each probe's row has an id of its own.  The copies
+    # a loss left before are the rows alike in every column (PARTITION BY takes NULLs as equal).
     """
     {lock_activations}
+    ALTER TABLE activations ADD COLUMN probe_id TEXT;  -- NULL in rows written before version 6
     DELETE FROM activations WHERE id IN (
-        SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY upstream, ts ORDER BY id) AS copy
+        SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY ts, upstream, status, ok, error, latency_ms, slot
+                                                      ORDER BY id) AS copy
                         FROM activations) AS numbered
         WHERE copy > 1);
-    CREATE UNIQUE INDEX IF NOT EXISTS activations_upstream_ts ON activations (upstream, ts);
+    CREATE UNIQUE INDEX IF NOT EXISTS activations_probe_id ON activations (probe_id);
     """,
 ]
 

@@ -39,7 +39,7 @@ ATTEMPT_COLUMNS = (
     "request_id", "ts", "n", "upstream", "status", "error", "ms", "input_tokens", "output_tokens",
     "cache_creation_tokens", "cache_read_tokens", "reasoning_tokens", "raw_usage",
 )
-ACTIVATION_COLUMNS = ("ts", "upstream", "status", "ok", "error", "latency_ms", "slot")
+ACTIVATION_COLUMNS = ("ts", "upstream", "status", "ok", "error", "latency_ms", "slot", "probe_id")
 
 _COLUMNS = {"requests": REQUEST_COLUMNS, "attempts": ATTEMPT_COLUMNS, "activations": ACTIVATION_COLUMNS}
 

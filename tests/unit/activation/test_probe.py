@@ -132,7 +132,8 @@ upstreams:
     assert not bad.ok and bad.error == "HTTP 529"
     assert not slow.ok and slow.error == "timeout (no answer within 0.2s)" and slow.status is None
     assert not refused.ok and "loopback" in refused.error and len(seen) == 3
-    assert set(ok.row()) == {"ts", "upstream", "status", "ok", "error", "latency_ms", "slot"}
+    assert set(ok.row()) == {"ts", "upstream", "status", "ok", "error", "latency_ms", "slot", "probe_id"}
+    assert len(ok.probe_id) == 32 and ok.row()["probe_id"] == ok.probe_id
 
 
 async def test_a_host_that_cannot_be_looked_up_is_a_failed_probe_not_a_crash():

@@ -300,7 +300,7 @@ def lose_the_first_commits_answer(ledger, monkeypatch, error: type[Exception]):
 
 
 ACTIVATION = {"ts": "2026-03-10T09:00:00.512+00:00", "upstream": "relay", "status": 503, "ok": 0,
-              "error": "HTTP 503", "latency_ms": 12, "slot": "2026-03-10 17:00"}
+              "error": "HTTP 503", "latency_ms": 12, "slot": "2026-03-10 17:00", "probe_id": "p1"}
 
 
 def test_a_batch_written_again_after_its_commits_answer_was_lost_is_stored_once(tmp_path, monkeypatch):
@@ -325,7 +325,7 @@ def test_an_activation_row_written_again_is_stored_once(tmp_path, monkeypatch):
     lose_the_first_commits_answer(ledger, monkeypatch, sqlite3.OperationalError)
     ledger.start()
     ledger.add("activations", ACTIVATION)
-    ledger.add("activations", {**ACTIVATION, "ts": "2026-03-10T09:00:02.000+00:00"})     # the retry
+    ledger.add("activations", {**ACTIVATION, "ts": "2026-03-10T09:00:02.000+00:00", "probe_id": "p2"})  # the retry
     assert wait_for(lambda: ledger.written == 2)
     ledger.close()
     db = sqlite3.connect(tmp_path / "u.db")
@@ -337,13 +337,14 @@ def test_an_older_ledger_holding_copies_of_an_activation_keeps_the_first(tmp_pat
     for number in range(1, 6):
         db.executescript(schema_sql(number))
     db.execute("PRAGMA user_version = 5")
-    for values in (ACTIVATION, ACTIVATION, {**ACTIVATION, "upstream": "other"}):
+    older = {k: v for k, v in ACTIVATION.items() if k != "probe_id"}
+    for values in (older, older, {**older, "upstream": "other"}, {**older, "slot": None}, {**older, "slot": None}):
         db.execute(f"INSERT INTO activations ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
                    tuple(values.values()))
     db.close()
     connect(str(tmp_path / "u.db")).close()        # opened for writing: migrated
     db = sqlite3.connect(tmp_path / "u.db")
-    assert db.execute("SELECT id, upstream FROM activations ORDER BY id").fetchall() == [(1, "relay"), (3, "other")]
+    assert db.execute("SELECT id, upstream FROM activations ORDER BY id").fetchall() == [(1, "relay"), (3, "other"), (4, "relay")]
 
 
 def test_an_older_ledger_holding_such_duplicates_keeps_the_first_of_each(tmp_path):

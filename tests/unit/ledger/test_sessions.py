@@ -48,8 +48,8 @@ def test_a_version_1_database_keeps_every_row_and_gains_the_session_columns(tmp_
     assert [r[:len(before["requests"][0])] for r in after["requests"]] == before["requests"]
     assert all(r[-2:] == (None, None) for r in after["requests"])
     assert after["attempts"] == before["attempts"]
-    assert [r[:-1] for r in after["activations"]] == before["activations"]        # and no slot
-    assert all(r[-1] is None for r in after["activations"])
+    assert [r[:-2] for r in after["activations"]] == before["activations"]        # and no slot, no probe_id
+    assert all(r[-2:] == (None, None) for r in after["activations"])
     assert "requests_session" in {r[1] for r in conn.execute("PRAGMA index_list(requests)")}
     conn.close()
 
