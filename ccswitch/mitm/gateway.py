@@ -80,6 +80,7 @@ class Gateway:
         self.boards = Boards(self.health, self.quota, self.sessions, self.spend, self.issued)
         self.state: SharedState = InMemoryState()
         self._state_for: tuple | None = None   # the rules' `state` the running one was opened for
+        self._state_lock = asyncio.Lock()
         self.price = RowPrices()   # each finished request priced once: for budgets and the live page
         self.ledger: Ledger | None = None
         self.live = LiveBoard()   # counters and the last requests since start, for the live page
@@ -111,23 +112,26 @@ class Gateway:
         self.spend.configure(self.rules)
 
     async def open_state(self) -> None:
-        """Share the boards as the rules' `state` says (at start-up, after the spend was loaded,
-        and after a reload that changed it); the old state stops first.  Never waits for Redis."""
-        wanted = self.rules.state
-        if self._state_for is not None and self._state_for[0] == wanted:
-            return
-        try:
-            state = state_for(wanted)
-        except StateUnavailable as exc:
-            log.error("ccswitch: %s; state stays %s", exc, self.state.where)
-            return
-        await self.state.stop()
-        self.state, self._state_for = state, (wanted,)
-        await state.start(self.boards)
+        """Share the boards as the rules' `state` says (at start-up and after a reload that
+        changed it); the old state stops first.  Never waits for Redis.  One at a time: two
+        reloads at once (a `set ccswitch_rules` and the file watcher) would each open one."""
+        async with self._state_lock:
+            wanted = self.rules.state
+            if self._state_for is not None and self._state_for[0] == wanted:
+                return
+            try:
+                state = state_for(wanted)
+            except StateUnavailable as exc:
+                log.error("ccswitch: %s; state stays %s", exc, self.state.where)
+                return
+            await self.state.stop()
+            self.state, self._state_for = state, (wanted,)
+            await state.start(self.boards)
 
     async def close_state(self) -> None:
-        await self.state.stop()
-        self.state, self._state_for = InMemoryState(), None
+        async with self._state_lock:
+            await self.state.stop()
+            self.state, self._state_for = InMemoryState(), None
 
     async def start_spend(self, until: datetime) -> None:
         """`load_spend` at start-up, waited for only where a budget needs it, and then for at most

@@ -48,6 +48,29 @@ async def test_the_state_opens_when_running_and_reopens_only_when_a_reload_chang
         assert isinstance(gateway.state, InMemoryState)
 
 
+async def test_two_reloads_at_once_leave_one_state_running(tmp_path, redis_server, monkeypatch):
+    # `set ccswitch_rules` and the file watcher both re-opened it while the old one drained: each
+    # built a new one, and the first was never stopped (its supervisor ran on, sharing twice)
+    import asyncio
+    gateway = open_gateway(tmp_path, f"state: {redis_server.url(0)}\n" + UPSTREAMS)
+    await gateway.open_state()
+    first = gateway.state
+    await eventually(lambda: first.up)
+    (tmp_path / "rules.yaml").write_text(f"state: {redis_server.url(1)}\n" + UPSTREAMS)
+    await eventually(lambda: gateway.rules_file.reload_if_changed() or gateway.rules.state.db == 1)
+    opened = []
+    real_start = RedisState.start
+
+    async def start(self, boards):
+        opened.append(self)
+        await real_start(self, boards)
+    monkeypatch.setattr(RedisState, "start", start)
+    await asyncio.gather(gateway.open_state(), gateway.open_state())
+    assert opened == [gateway.state] and first._task is None
+    await gateway.close_state()
+    assert all(state._task is None for state in opened)
+
+
 async def test_commands_given_to_one_instance_hold_on_the_other(tmp_path, redis_url):
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
