@@ -41,6 +41,7 @@ SPEND_RETRY = 30   # seconds between reads of the spend so far while the ledger 
 #: seconds routed requests wait at start for the spend so far (a budget needs it); a ledger that
 #: has not answered by then (a lock on its table, a pooler queueing the query) is read on meanwhile
 SPEND_WAIT = 15
+_LEDGER_CLOSE_WAIT = 12   # seconds a stop waits for a moved-away ledger's close (its own flush waits 10)
 UPSTREAM_TLS_OPTIONS = {"ssl_insecure", "ssl_verify_upstream_trusted_ca", "ssl_verify_upstream_trusted_confdir"}
 
 
@@ -81,6 +82,7 @@ class Gateway:
         self.state: SharedState = InMemoryState()
         self._state_for: tuple | None = None   # the rules' `state` the running one was opened for
         self._state_lock = asyncio.Lock()
+        self._closing_ledgers: list[threading.Thread] = []   # ledgers a reload moved away from, closing
         self.price = RowPrices()   # each finished request priced once: for budgets and the live page
         self.ledger: Ledger | None = None
         self.live = LiveBoard()   # counters and the last requests since start, for the live page
@@ -226,8 +228,10 @@ class Gateway:
         spill_dir = SPILL_DIR.expanduser() if isinstance(path, PostgresURL) else None
         self.ledger = Ledger(path, spill_dir=spill_dir).start() if path is not None else None
         if old is not None:  # flush the old one without holding up the event loop; what it cannot write moves
-            threading.Thread(target=old.close, kwargs={"successor": self.ledger}, name="ccswitch-ledger-close",
-                             daemon=True).start()
+            closing = threading.Thread(target=old.close, kwargs={"successor": self.ledger},
+                                       name="ccswitch-ledger-close", daemon=True)
+            closing.start()
+            self._closing_ledgers = [t for t in self._closing_ledgers if t.is_alive()] + [closing]
         if path is not None:
             log.info("ccswitch: usage ledger at %s", path)
 
@@ -267,6 +271,11 @@ class Gateway:
             log.exception("ccswitch: could not count a request for the live page")
 
     def close(self) -> None:
+        # a ledger a reload moved away from first: what it could not write goes to this one (a stop
+        # right after the reload would end the process under it, its rows neither moved nor kept)
+        for closing in self._closing_ledgers:
+            closing.join(_LEDGER_CLOSE_WAIT)
+        self._closing_ledgers = []
         if self.ledger is not None:
             self.ledger.close()
             self.ledger = None

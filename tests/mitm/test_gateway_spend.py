@@ -110,6 +110,27 @@ async def test_a_reload_moving_the_ledger_takes_the_rows_the_old_one_could_not_w
         gateway.close()
 
 
+async def test_a_stop_right_after_a_reload_moved_the_ledger_loses_none_of_the_old_one_s_rows(tmp_path, caplog):
+    # the old ledger closed in a thread of its own: a stop closed the new one first (or ended the
+    # process under that thread), and the rows it could not write were neither moved nor kept
+    import sqlite3
+
+    from tests.mitm.conftest import open_gateway
+    from tests.unit.ledger.test_ledger import row, wait_for
+    gateway = open_gateway(tmp_path, RULES.replace("usage_db: usage.db", "usage_db: afile/usage.db"))
+    (tmp_path / "afile").write_text("a file where the ledger's directory should be")
+    gateway.open_ledger(True)
+    for i in range(3):
+        gateway.ledger.add("requests", row(i))
+    assert wait_for(lambda: "cannot write the usage ledger" in caplog.text)
+    (tmp_path / "rules.yaml").write_text(RULES.replace("usage_db: usage.db", "usage_db: fixed/usage.db"))
+    gateway.rules_file.open(str(tmp_path / "rules.yaml"))
+    gateway.open_ledger(True)
+    gateway.close()                                          # at once
+    db = sqlite3.connect(tmp_path / "fixed" / "usage.db")
+    assert db.execute("SELECT count(*) FROM requests").fetchone() == (3,)
+
+
 def test_what_the_gateway_records_holds_no_key_a_client_sent_as_its_model(gateway):
     from ccswitch.dial.job import Attempt
     from ccswitch.ledger.rows import own_answer_row
