@@ -107,7 +107,8 @@ SCRIPT = r"""
       const about = " " + u.window + (u.resets ? ", resets " + u.resets : "");
       util.append(bar, (u.utilization * 100).toFixed(0) + "%", el("span", about, "dim"));
     }
-    const conns = u.connections.open + " connection(s) open, " + u.connections.waiting + " request(s) waiting for one";
+    const conns = u.connections.open + " connection(s) open, " + u.connections.waiting + " request(s) waiting for one" +
+      (u.via ? ", via " + u.via : "");
     tr.append(util, el("td", u.in_flight, "n", conns), el("td", u.sessions, "n"), el("td", u.failures, "n"),
       el("td", u.budget.join("; ") || dash, "clip dim", u.budget.join("; ")),
       el("td", u.last_error || "", "clip err", u.last_error));

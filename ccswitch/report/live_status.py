@@ -51,6 +51,7 @@ class UpstreamView:
     in_flight: int = 0              # requests whose attempt on it is under way
     activation: str | None = None   # its next activation probe (`tue 06:00`, `none`), if it has times
     connections: tuple[int, int] = (0, 0)   # ccswitch's connections to it: open, requests waiting for one
+    via: str | None = None          # the proxy it is reached through, without credentials (None: directly)
 
     @property
     def up(self) -> bool:
@@ -101,6 +102,7 @@ def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, session
             sessions=bound.get(name, 0), preferred=name == preferred,
             budget=tuple(spend.report(UPSTREAM, name)) if spend is not None else (),
             in_flight=on.get(name, 0), connections=connections.get(name, (0, 0)),
+            via=upstream.proxy.shown if upstream.proxy is not None else None,
             activation=next_activation_text(upstream, state, now) if upstream.activate_at else None))
     return views
 
@@ -161,7 +163,7 @@ def _view_dict(view: UpstreamView, now: datetime) -> dict[str, Any]:
         "resets": wall_text(view.resets_at, now.astimezone(view.resets_at.tzinfo)) if view.resets_at is not None else None,
         "sessions": view.sessions, "preferred": view.preferred, "budget": list(view.budget),
         "in_flight": view.in_flight, "connections": {"open": view.connections[0], "waiting": view.connections[1]},
-        "activation": view.activation,
+        "via": view.via, "activation": view.activation,
     }
 
 

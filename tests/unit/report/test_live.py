@@ -363,6 +363,21 @@ def test_requests_under_way_are_listed_oldest_first_with_the_upstream_they_are_o
     assert len(live_status(LiveBoard(clock=lambda: NOON_ISH), views, r, now, many)["in_flight"]["requests"]) == 50
 
 
+def test_each_upstream_says_which_proxy_it_is_reached_through_without_its_credentials():
+    r = parse_rules("""
+upstream_proxy: 'socks5h://me:proxy-secret@127.0.0.1:1080'
+upstreams:
+  - {name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k-a-0000000000}
+  - {name: b, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k-b-0000000000, proxy: direct}
+routes: {claude: [a, b]}
+""")
+    now = datetime.fromtimestamp(NOON_ISH, ZoneInfo(TZ))
+    views = upstream_views(r, HealthBoard(), QuotaBoard(), SessionBindings(), now)
+    shown = live_status(LiveBoard(clock=lambda: NOON_ISH), views, r, now, [])
+    assert {u["name"]: u["via"] for u in shown["upstreams"]} == {"a": "socks5h://127.0.0.1:1080", "b": None}
+    assert "proxy-secret" not in json.dumps(shown)
+
+
 def test_a_bidirectional_control_in_a_model_shows_as_its_escape_in_the_report_page_too():
     from ccswitch.report.html import escape
     assert escape("<b>claude-\u202eevil\u202c-sonnet\u2067</b>") == \
