@@ -90,31 +90,9 @@ async def test_budgets_with_the_ledger_off_are_said_to_last_only_this_run(tmp_pa
     assert [r.levelno for r in warned] == ([logging.WARNING] if budgets and not ledger else [])
 
 
-async def test_a_reload_moving_the_ledger_takes_the_rows_the_old_one_could_not_write(tmp_path, caplog):
-    from tests.mitm.conftest import open_gateway
-    from tests.unit.ledger.test_ledger import row, wait_for
-    gateway = open_gateway(tmp_path, RULES.replace("usage_db: usage.db", "usage_db: afile/usage.db"))
-    # in the way once the rules were read (their check refuses a file there): a full disk, a lost mount
-    (tmp_path / "afile").write_text("a file where the ledger's directory should be")
-    gateway.open_ledger(True)
-    try:
-        for i in range(3):
-            gateway.ledger.add("requests", row(i))
-        assert wait_for(lambda: "cannot write the usage ledger" in caplog.text)
-        (tmp_path / "rules.yaml").write_text(RULES.replace("usage_db: usage.db", "usage_db: fixed/usage.db"))
-        gateway.rules_file.open(str(tmp_path / "rules.yaml"))
-        gateway.open_ledger(True)
-        assert wait_for(lambda: (tmp_path / "fixed" / "usage.db").exists() and gateway.ledger.written == 3,
-                        timeout=15)
-    finally:
-        gateway.close()
-
-
-async def test_a_stop_right_after_a_reload_moved_the_ledger_loses_none_of_the_old_one_s_rows(tmp_path, caplog):
-    # the old ledger closed in a thread of its own: a stop closed the new one first (or ended the
-    # process under that thread), and the rows it could not write were neither moved nor kept
-    import sqlite3
-
+def moved_ledger(tmp_path, caplog):
+    """A gateway whose ledger could not write 3 rows (a file where its directory should be: a full
+    disk, a lost mount; the rules' check refuses one there at the start), then moved by a reload."""
     from tests.mitm.conftest import open_gateway
     from tests.unit.ledger.test_ledger import row, wait_for
     gateway = open_gateway(tmp_path, RULES.replace("usage_db: usage.db", "usage_db: afile/usage.db"))
@@ -126,7 +104,24 @@ async def test_a_stop_right_after_a_reload_moved_the_ledger_loses_none_of_the_ol
     (tmp_path / "rules.yaml").write_text(RULES.replace("usage_db: usage.db", "usage_db: fixed/usage.db"))
     gateway.rules_file.open(str(tmp_path / "rules.yaml"))
     gateway.open_ledger(True)
-    gateway.close()                                          # at once
+    return gateway
+
+
+async def test_a_reload_moving_the_ledger_takes_the_rows_the_old_one_could_not_write(tmp_path, caplog):
+    from tests.unit.ledger.test_ledger import wait_for
+    gateway = moved_ledger(tmp_path, caplog)
+    try:
+        assert wait_for(lambda: (tmp_path / "fixed" / "usage.db").exists() and gateway.ledger.written == 3,
+                        timeout=15)
+    finally:
+        gateway.close()
+
+
+async def test_a_stop_right_after_a_reload_moved_the_ledger_loses_none_of_the_old_one_s_rows(tmp_path, caplog):
+    # the old ledger closed in a thread of its own: a stop closed the new one first (or ended the
+    # process under that thread), and the rows it could not write were neither moved nor kept
+    import sqlite3
+    moved_ledger(tmp_path, caplog).close()                  # at once
     db = sqlite3.connect(tmp_path / "fixed" / "usage.db")
     assert db.execute("SELECT count(*) FROM requests").fetchone() == (3,)
 
