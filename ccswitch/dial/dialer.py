@@ -26,7 +26,7 @@ from ccswitch.dial.outcome import (
     response_headers,
     retry_delay,
 )
-from ccswitch.dial.pump import Pump
+from ccswitch.dial.pump import Pump, nothing
 from ccswitch.dial.relay import ClientGone, send_whole
 from ccswitch.dial.render import OutgoingRequest, render
 from ccswitch.dial.ws_upstream import TurnResponse
@@ -283,10 +283,12 @@ class Dialer:
         attempt.status = response.status_code
         if self.health.is_current(upstream.name, fingerprint):    # not a replaced key's windows
             learn_windows(self.quota, self.events, upstream.name, response.headers, rules.failover.drain_at)
-        if probing:
-            self.health.end_probe(upstream.name)   # it answered: others may use it while this one streams
+        # the probe's answer has begun once it is whole, or its stream committed (content came):
+        # others may use the upstream from then on, not while a stream has only opened
+        answered = (lambda: self.health.end_probe(upstream.name)) if probing else nothing
         try:
-            return await self._judge(job, upstream, outgoing, translation, response, sink, deadline, attempt)
+            return await self._judge(job, upstream, outgoing, translation, response, sink, deadline, attempt,
+                                     answered)
         finally:
             await response.aclose()
 
@@ -304,18 +306,19 @@ class Dialer:
 
     async def _judge(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
                      response: http1.Response | TurnResponse, sink: Sink, deadline: float,
-                     attempt: Attempt) -> Reply | Failure | Streamed:
+                     attempt: Attempt, answered: Callable[[], None]) -> Reply | Failure | Streamed:
         status = response.status_code
         headers = scrub_headers(response_headers(response.headers), outgoing.secrets)
         is_sse = is_event_stream(response.header("content-type"))
         failover = job.rules.failover
         if 200 <= status < 300 and job.request.stream and is_sse:
-            pump = Pump(job, upstream, outgoing, translation, response, sink, headers, attempt)
+            pump = Pump(job, upstream, outgoing, translation, response, sink, headers, attempt, answered)
             del headers   # the pump lets them go at its commit, not this frame at the stream's end
             try:
                 return await pump.run()
             finally:
                 self.seals.made(_account(upstream), pump.seals)
+        answered()
         try:
             body = await asyncio.wait_for(response.aread(), max(0.001, deadline - time.monotonic()))
         except (TimeoutError, http1.TransportError, OSError) as exc:

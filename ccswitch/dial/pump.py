@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from ccswitch.config.models import Upstream
 from ccswitch.dial.job import Attempt, Job, marks
@@ -41,14 +42,20 @@ HOLD_BACK_BYTES = 1024 * 1024
 OPENS_AT_ONCE = frozenset({Protocol.ANTHROPIC, Protocol.RESPONSES})
 
 
+def nothing() -> None:
+    """An `on_commit` that is told nothing."""
+
+
 class Pump:
     __slots__ = ("attempt", "broken", "committed", "content_seen", "error", "events", "finish_kind", "finished",
-                 "finishes", "headers", "held", "held_size", "job", "limit_headers", "outgoing", "parser", "response",
-                 "seals", "sink", "stream", "tap", "terminal", "upstream")
+                 "finishes", "headers", "held", "held_size", "job", "limit_headers", "on_commit", "outgoing", "parser",
+                 "response", "seals", "sink", "stream", "tap", "terminal", "upstream")
 
     def __init__(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
-                 response: http1.Response, sink, headers: list[tuple[str, str]], attempt: Attempt) -> None:
+                 response: http1.Response, sink, headers: list[tuple[str, str]], attempt: Attempt,
+                 on_commit: Callable[[], None] = nothing) -> None:
         self.job, self.upstream, self.outgoing, self.attempt = job, upstream, outgoing, attempt
+        self.on_commit = on_commit        # told when the client gets the stream (a probe's has begun)
         self.tap = UsageTap(upstream.protocol)
         self.response, self.sink, self.headers = response, sink, headers
         self.limit_headers: list[tuple[str, str]] = []   # kept of the head past the commit
@@ -239,6 +246,7 @@ class Pump:
 
     async def _commit(self) -> None:
         self.committed = True
+        self.on_commit()
         job = self.job
         job.upstream, job.status = self.upstream.name, self.response.status_code
         job.ttfb_ms = job.elapsed_ms()

@@ -253,6 +253,29 @@ async def test_a_stream_silent_after_its_opening_fails_over_while_another_upstre
     assert job.attempts[0].error == "first_byte timeout (no content after the opening events)"
 
 
+async def test_while_a_probe_s_stream_has_only_opened_others_still_skip_the_upstream(mock_a, mock_b):
+    # its head and opening events released the probe: every request arriving then went to the
+    # upstream too, and each waited `first_byte` for content that never came
+    health = HealthBoard()
+    health.record_failure("a", "HTTP 529", threshold=1, cooldown=60)
+    health.get("a").cooling_until = health.clock()                # the cooldown is over: the next one probes
+    mock_a.script(stall_after(1, 5))                              # opens, then nothing
+    extra = FAST.replace("hold_back: 2s", "hold_back: 100ms").replace("first_byte: 500ms", "first_byte: 1s")
+    rules = two(mock_a, mock_b, extra=extra)
+    dialer = Dialer(health, allow_url=loopback_url)
+    try:
+        probe = asyncio.ensure_future(dialer.run(make_job(rules), MemorySink()))
+        while not mock_a.requests:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)                                  # its head and message_start are in
+        other = make_job(rules)
+        await dialer.run(other, MemorySink())
+        await probe
+    finally:
+        await dialer.aclose()
+    assert [a.upstream for a in other.attempts] == ["b"] and len(mock_a.requests) == 1
+
+
 async def test_content_late_but_within_first_byte_stays_with_its_upstream(mock_a, mock_b):
     mock_a.script(stall_after(1, 0.3))
     extra = FAST.replace("hold_back: 2s", "hold_back: 100ms").replace("idle: 500ms", "idle: 2s")
