@@ -157,12 +157,14 @@ class Pump:
                 ended_cleanly = self.finished   # a Chat answer whole up to its finish loses nothing with its body's end
                 break
             deadline.stop()
-            last_in = time.monotonic()
+            read_at = time.monotonic()
             try:
                 events = self.parser.feed(chunk)
             except SSEError as exc:
                 ended = str(exc)
                 break
+            if not (self.committed and self.heartbeats_only(events)):
+                last_in = read_at
             if events:    # a piece of an event is not its first ("event: mes", then silence)
                 silent_until = None
             over = self._take(events)
@@ -191,6 +193,14 @@ class Pump:
         if self.terminal:
             return await self._finish()
         return await self._fail(ended, timed_out)
+
+    def heartbeats_only(self, events) -> bool:
+        """An Anthropic stream's read that brought nothing but `ping` events or comments: no
+        progress, so it does not put off `idle` (a relay that keeps a committed stream alive with
+        pings alone would hold its client for good).  Chat and Responses streams' comments do: a
+        reasoning model may send nothing else for minutes."""
+        return (self.upstream.protocol == Protocol.ANTHROPIC and bool(events) and not self.parser.holds_part
+                and all(not event.event or event.type == "ping" for event in events))
 
     def _take(self, events) -> bool:
         """Judge and translate a batch of events into `held`; True when the stream is over."""

@@ -129,6 +129,11 @@ class SSEParser:
         self._buf = bytearray()
         self._scanned = 0   # bytes of _buf known to hold no boundary (so each byte is searched once)
 
+    @property
+    def holds_part(self) -> bool:
+        """Whether a piece of an event is waiting for the rest."""
+        return bool(self._buf)
+
     def feed(self, chunk: bytes) -> list[Event]:
         if not self._buf and b"\r" not in chunk:
             return self._feed_lf(chunk)

@@ -114,6 +114,7 @@ class Behaviour:
     tool: tuple[str, dict] | None = None
     encoding: str | None = None     # content-encoding of the reply's body
     sealed: str | None = None       # a Responses answer's reasoning item, sealed so
+    beat: bytes = b""               # what a `heartbeats` stream sends after its events
 
 
 def ok(text: str | None = None, tool: tuple[str, dict] | None = None, headers: dict | None = None,
@@ -134,6 +135,13 @@ def hang_before_headers(seconds: float) -> Behaviour:
 
 def stall_after(n_events: int, seconds: float) -> Behaviour:
     return Behaviour("stall", n_events=n_events, seconds=seconds)
+
+
+def heartbeats_after(n_events: int, seconds: float, interval: float, comment: bool = False) -> Behaviour:
+    """`n_events` of the answer, then only `ping` events (or `: keepalive` comments) every
+    `interval` for `seconds`, then the connection dropped."""
+    return Behaviour("heartbeats", n_events=n_events, seconds=seconds, interval=interval,
+                     beat=b": keepalive\n\n" if comment else b'event: ping\ndata: {"type": "ping"}\n\n')
 
 
 def error_event_after(n_events: int) -> Behaviour:
@@ -538,6 +546,15 @@ class _Handler(BaseHTTPRequestHandler):
                     self._chunk(P.sse(P.error_event(proto, reply, i)))
                     break
                 if beh.kind == "stall" and self._wait(beh.seconds):
+                    return self._abort()
+                if beh.kind == "heartbeats":
+                    for _ in range(max(1, int(beh.seconds / beh.interval))):
+                        if self._wait(beh.interval):
+                            break
+                        try:
+                            self._chunk(beh.beat)
+                        except OSError:
+                            break
                     return self._abort()
             if beh.kind == "slow" and P.is_delta(event) and self._wait(beh.interval):
                 return self._abort()
