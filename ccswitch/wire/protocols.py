@@ -141,8 +141,9 @@ def stream_error_message(event: Event) -> str:
         err = error_object(body)
         if isinstance(err, dict):
             return str(err.get("type") or err.get("code") or "error") + ": " + str(err.get("message", ""))
-        if isinstance(body.get("message"), str):
-            return body["message"]
+        if isinstance(body.get("message"), str):     # Responses' own `error` event: code and message on top
+            code = body.get("code")
+            return f"{code}: {body['message']}" if isinstance(code, str) and code else body["message"]
     return event.data or event.type
 
 

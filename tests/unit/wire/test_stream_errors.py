@@ -1,0 +1,26 @@
+"""How an in-stream error event is named for the ledger, the log and the attempt list: its
+type or code, then its message, whichever of the protocols' shapes it comes in."""
+
+import pytest
+
+from ccswitch.wire.protocols import stream_error_message
+from ccswitch.wire.sse import SSEParser
+
+
+def event(text: str):
+    [parsed] = SSEParser().feed(text.encode() + b"\n\n")
+    return parsed
+
+
+@pytest.mark.parametrize("text, said", [
+    ('event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}',
+     "overloaded_error: Overloaded"),                                                         # Anthropic
+    ('event: response.failed\ndata: {"type": "response.failed", "response": {"error": '
+     '{"code": "server_is_overloaded", "message": "Busy"}}}', "server_is_overloaded: Busy"),  # Responses, failed
+    # Responses' own `error` event: its code at the top level was left out ("Busy" alone)
+    ('event: error\ndata: {"type": "error", "code": "server_is_overloaded", "message": "Busy"}',
+     "server_is_overloaded: Busy"),
+    ('event: error\ndata: {"type": "error", "message": "Busy"}', "Busy"),
+])
+def test_an_error_event_is_named_by_its_type_or_code_and_its_message(text, said):
+    assert stream_error_message(event(text)) == said
