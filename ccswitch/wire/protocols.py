@@ -59,6 +59,8 @@ def classify_event(protocol: str, event: Event) -> Kind:
         return kind
     if protocol == Protocol.RESPONSES and name.endswith(".delta"):
         return Kind.CONTENT
+    if name == "message" and isinstance(body := event.json(), dict) and isinstance(body.get("error"), dict):
+        return Kind.ERROR       # a relay's bare `{"error": {...}}`, without an `event:` line or a type
     return Kind.OTHER
 
 

@@ -3,7 +3,8 @@ type or code, then its message, whichever of the protocols' shapes it comes in."
 
 import pytest
 
-from ccswitch.wire.protocols import stream_error_message
+from ccswitch.vocab import Protocol
+from ccswitch.wire.protocols import Kind, classify_event, in_stream_status, stream_error_message
 from ccswitch.wire.sse import SSEParser
 
 
@@ -24,3 +25,15 @@ def event(text: str):
 ])
 def test_an_error_event_is_named_by_its_type_or_code_and_its_message(text, said):
     assert stream_error_message(event(text)) == said
+
+
+@pytest.mark.parametrize("protocol", [Protocol.ANTHROPIC, Protocol.RESPONSES])
+def test_a_relay_s_bare_error_object_in_a_stream_is_an_error_event(protocol):
+    # some relays send `data: {"error": {...}}` with no `event:` line and no type: it was taken
+    # for an unknown event, and the attempt failed as "stream ended before its terminal event",
+    # the relay's words and the status it stands for (529 here) lost
+    bare = event('data: {"error": {"type": "overloaded_error", "message": "upstream overloaded"}}')
+    assert classify_event(protocol, bare) is Kind.ERROR
+    assert stream_error_message(bare) == "overloaded_error: upstream overloaded"
+    assert in_stream_status(bare.json()) == 529
+    assert classify_event(protocol, event('data: {"note": "hello"}')) is Kind.OTHER
