@@ -51,3 +51,18 @@ async def test_the_router_installs_its_clients_counts(gateway):
         finally:
             await router.relay.stop()
             await router.dialer.aclose()
+
+
+def test_a_reload_that_mends_the_proxy_password_ends_the_cooldown_the_proxy_caused(gateway, tmp_path):
+    # the gateway hands each upstream's proxy (credentials included) to the health board's
+    # sync: a mended password, the rest of the rules alike, need not wait the cooldown out
+    from tests.support.helpers import reload_settled
+    gateway.sync_upstreams()   # as at start-up
+    refused = "proxy socks5h://127.0.0.1:1080: authentication failed (authentication failure)"
+    gateway.health.record_failure("official", refused, threshold=1, cooldown=600)
+    gateway.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=600)
+    (tmp_path / "rules.yaml").write_text(RULES.replace(PASSWORD, "mended-proxy-secret"))
+    assert reload_settled(gateway.rules_file)
+    gateway.sync_upstreams()
+    assert gateway.health.cooling_until("official") is None
+    assert gateway.health.cooling_until("relay") is not None     # reached directly: its 503 is its own

@@ -90,9 +90,10 @@ async def test_budgets_with_the_ledger_off_are_said_to_last_only_this_run(tmp_pa
     assert [r.levelno for r in warned] == ([logging.WARNING] if budgets and not ledger else [])
 
 
-def moved_ledger(tmp_path, caplog):
+def moved_ledger(tmp_path, caplog, *places: str):
     """A gateway whose ledger could not write 3 rows (a file where its directory should be: a full
-    disk, a lost mount; the rules' check refuses one there at the start), then moved by a reload."""
+    disk, a lost mount; the rules' check refuses one there at the start), then moved by a reload
+    to each of `places` in turn (default: `fixed`)."""
     from tests.mitm.conftest import open_gateway
     from tests.unit.ledger.test_ledger import row, wait_for
     gateway = open_gateway(tmp_path, RULES.replace("usage_db: usage.db", "usage_db: afile/usage.db"))
@@ -101,9 +102,10 @@ def moved_ledger(tmp_path, caplog):
     for i in range(3):
         gateway.ledger.add("requests", row(i))
     assert wait_for(lambda: "cannot write the usage ledger" in caplog.text)
-    (tmp_path / "rules.yaml").write_text(RULES.replace("usage_db: usage.db", "usage_db: fixed/usage.db"))
-    gateway.rules_file.open(str(tmp_path / "rules.yaml"))
-    gateway.open_ledger(True)
+    for where in places or ("fixed",):
+        (tmp_path / "rules.yaml").write_text(RULES.replace("usage_db: usage.db", f"usage_db: {where}/usage.db"))
+        gateway.rules_file.open(str(tmp_path / "rules.yaml"))
+        gateway.open_ledger(True)
     return gateway
 
 
@@ -174,16 +176,22 @@ async def test_the_ledger_s_requests_are_counted_as_one_sum_per_local_day(gatewa
     assert gateway.spend.spent(CLIENT, "alice", "daily") == counted[1][2] > 0
 
 
-async def test_a_ledger_that_does_not_answer_holds_requests_only_so_long(gateway, monkeypatch, caplog):
-    # a lock on the table, a pooler queueing the query: with a budget set, requests waited for good
-    started, answer = utc_now(), threading.Event()
+def ledger_answering(gateway, monkeypatch, started, wait) -> None:
+    """The ledger's spend read answers, after `wait()`, $2.50 that alice spent today a few minutes
+    before `started` (but not before midnight: then yesterday's)."""
     midnight = started.astimezone(gateway.rules.tz).replace(hour=0, minute=0, second=0, microsecond=0)
     earlier = max(started - timedelta(minutes=5), midnight)
 
     def ledger_spend(target, rules, since, until, per_day=None):
-        answer.wait(10)
+        wait()
         return LedgerSpend(rows=[(earlier, "a", "alice", 2.5)])
     monkeypatch.setattr(gateway_module, "ledger_spend", ledger_spend)
+
+
+async def test_a_ledger_that_does_not_answer_holds_requests_only_so_long(gateway, monkeypatch, caplog):
+    # a lock on the table, a pooler queueing the query: with a budget set, requests waited for good
+    started, answer = utc_now(), threading.Event()
+    ledger_answering(gateway, monkeypatch, started, lambda: answer.wait(10))
     monkeypatch.setattr(gateway_module, "SPEND_WAIT", 0.2)
     gateway.open_ledger(True)
     try:
@@ -198,3 +206,45 @@ async def test_a_ledger_that_does_not_answer_holds_requests_only_so_long(gateway
         answer.set()
         gateway.stop_reading_spend()
         gateway.close()
+
+
+async def test_a_ledger_that_answers_within_the_wait_is_counted_before_the_first_request(gateway, monkeypatch, caplog):
+    # a budget needs the spend so far: a read that takes a moment (a second here) is waited for,
+    # and nothing is said of a wait given up
+    started = utc_now()
+    ledger_answering(gateway, monkeypatch, started, lambda: threading.Event().wait(1))
+    gateway.open_ledger(True)
+    try:
+        with caplog.at_level(logging.INFO, logger="ccswitch"):
+            await gateway.start_spend(started)
+        assert gateway.spend.spent(CLIENT, "alice", "daily") == 2.5
+        assert "has not answered the spend read" not in caplog.text
+    finally:
+        gateway.stop_reading_spend()
+        gateway.close()
+
+
+async def test_a_spend_read_given_up_on_at_the_start_is_stopped_at_shutdown(gateway, monkeypatch):
+    # no request waits for it any more, but the stop does: one that answers after the stop began
+    # counts nothing into boards being shut down
+    started, answer = utc_now(), threading.Event()
+    ledger_answering(gateway, monkeypatch, started, lambda: answer.wait(10))
+    monkeypatch.setattr(gateway_module, "SPEND_WAIT", 0.2)
+    gateway.open_ledger(True)
+    try:
+        await gateway.start_spend(started)
+        gateway.stop_reading_spend()
+        answer.set()
+        await asyncio.sleep(0.3)
+        assert gateway.spend.spent(CLIENT, "alice", "daily") == 0
+    finally:
+        answer.set()
+        gateway.stop_reading_spend()
+        gateway.close()
+
+
+async def test_a_stop_after_two_quick_reloads_moving_the_ledger_waits_for_both_old_ones(tmp_path, caplog):
+    # each reload closes the ledger it moved away from in a thread of its own: the stop waits for
+    # every one of them still closing, not only the last reload's
+    moved_ledger(tmp_path, caplog, "b", "c").close()
+    assert not [t for t in threading.enumerate() if t.name == "ccswitch-ledger-close" and t.is_alive()]

@@ -2,6 +2,8 @@
 the proxy runs, re-opened only when a reload changes `state`, and the commands steer it."""
 
 
+import asyncio
+
 import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons
@@ -48,10 +50,9 @@ async def test_the_state_opens_when_running_and_reopens_only_when_a_reload_chang
         assert isinstance(gateway.state, InMemoryState)
 
 
-async def test_two_reloads_at_once_leave_one_state_running(tmp_path, redis_server, monkeypatch):
-    # `set ccswitch_rules` and the file watcher both re-opened it while the old one drained: each
-    # built a new one, and the first was never stopped (its supervisor ran on, sharing twice)
-    import asyncio
+async def reloaded_to_another_db(tmp_path, redis_server, monkeypatch):
+    """A gateway sharing through database 0, whose rules now say database 1 (not yet re-opened):
+    (the gateway, the state it runs, the states opened from here on)."""
     gateway = open_gateway(tmp_path, f"state: {redis_server.url(0)}\n" + UPSTREAMS)
     await gateway.open_state()
     first = gateway.state
@@ -65,9 +66,25 @@ async def test_two_reloads_at_once_leave_one_state_running(tmp_path, redis_serve
         opened.append(self)
         await real_start(self, boards)
     monkeypatch.setattr(RedisState, "start", start)
+    return gateway, first, opened
+
+
+async def test_two_reloads_at_once_leave_one_state_running(tmp_path, redis_server, monkeypatch):
+    # `set ccswitch_rules` and the file watcher both re-opened it while the old one drained: each
+    # built a new one, and the first was never stopped (its supervisor ran on, sharing twice)
+    gateway, first, opened = await reloaded_to_another_db(tmp_path, redis_server, monkeypatch)
     await asyncio.gather(gateway.open_state(), gateway.open_state())
     assert opened == [gateway.state] and first._task is None
     await gateway.close_state()
+    assert all(state._task is None for state in opened)
+
+
+async def test_a_stop_during_a_reload_s_reopening_leaves_no_state_running(tmp_path, redis_server, monkeypatch):
+    # the shutdown's close and a reload's open at once: the close stopped the old state while the
+    # open replaced it, and the new one ran on after the stop, sharing for an instance gone
+    gateway, first, opened = await reloaded_to_another_db(tmp_path, redis_server, monkeypatch)
+    await asyncio.gather(gateway.open_state(), gateway.close_state())
+    assert isinstance(gateway.state, InMemoryState) and first._task is None
     assert all(state._task is None for state in opened)
 
 

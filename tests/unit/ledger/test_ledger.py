@@ -347,6 +347,25 @@ def test_an_older_ledger_holding_copies_of_an_activation_keeps_the_first(tmp_pat
     assert db.execute("SELECT id, upstream FROM activations ORDER BY id").fetchall() == [(1, "relay"), (3, "other"), (4, "relay")]
 
 
+@pytest.mark.parametrize("column, other", [("ts", "2026-03-10T09:00:01.000+00:00"), ("upstream", "other"),
+                                           ("status", 502), ("ok", 1), ("error", "HTTP 502"), ("latency_ms", 13),
+                                           ("slot", "2026-03-10 18:00")])
+def test_an_older_ledger_s_activations_that_differ_in_any_column_are_no_copies(tmp_path, column, other):
+    # two probes a second apart, or with another error: both were made, and a restart counts both
+    db = sqlite3.connect(tmp_path / "u.db", isolation_level=None)
+    for number in range(1, 6):
+        db.executescript(schema_sql(number))
+    db.execute("PRAGMA user_version = 5")
+    older = {k: v for k, v in ACTIVATION.items() if k != "probe_id"}
+    for values in (older, {**older, column: other}):
+        db.execute(f"INSERT INTO activations ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                   tuple(values.values()))
+    db.close()
+    connect(str(tmp_path / "u.db")).close()        # opened for writing: migrated
+    db = sqlite3.connect(tmp_path / "u.db")
+    assert db.execute("SELECT count(*) FROM activations").fetchone() == (2,)
+
+
 def test_an_older_ledger_holding_such_duplicates_keeps_the_first_of_each(tmp_path):
     db = sqlite3.connect(tmp_path / "u.db", isolation_level=None)
     for number in range(1, 5):

@@ -59,6 +59,54 @@ def test_a_claim_left_by_an_earlier_process_under_this_process_s_pid_is_taken_ag
     assert spill.spilled(tmp_path, LEDGER_A) == []
 
 
+def test_an_older_ccswitch_s_claim_whose_process_is_gone_is_taken_again(tmp_path):
+    # a claim without a start time (`<pid>` alone) is still a claim: its claimer killed, the
+    # rows in it go into the ledger at the next start instead of staying on disk for good
+    spill.spill(rows(1), tmp_path, _COLUMNS, LEDGER_A)
+    mine = spill.claim(spill.spilled(tmp_path, LEDGER_A)[0])
+    base, _, _ = mine.name.partition(".taken-")
+    gone = mine.with_name(f"{base}.taken-999999999")
+    os.rename(mine, gone)
+    assert spill.spilled(tmp_path, LEDGER_A) == [gone]
+
+
+def test_another_user_s_process_under_the_claim_s_pid_is_judged_by_its_start_time(tmp_path, monkeypatch):
+    # signalling another user's process is refused (PermissionError): that says its PID is in
+    # use, not that it is the claimer; one started at another time than the claim says is not
+    spill.spill(rows(1), tmp_path, _COLUMNS, LEDGER_A)
+    mine = spill.claim(spill.spilled(tmp_path, LEDGER_A)[0])
+    base, _, claimer = mine.name.partition(".taken-")
+
+    def refused(pid, signal):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(spill.os, "kill", refused)
+    assert spill.spilled(tmp_path, LEDGER_A) == []                   # its start time is the claim's: alive
+    earlier = mine.with_name(f"{base}.taken-{os.getpid()}.1")        # another start under that PID
+    os.rename(mine, earlier)
+    assert spill.spilled(tmp_path, LEDGER_A) == [earlier]
+
+
+def test_a_claimer_s_start_time_is_read_whatever_its_process_is_named():
+    # /proc/<pid>/stat puts the name in parentheses, spaces and all: the fields are counted
+    # after its last `)`, so a renamed process keeps the identity its claim holds
+    import subprocess
+    import sys
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline(); "
+                              "open('/proc/self/comm', 'w').write('a b) c d'); print('renamed', flush=True); "
+                              "sys.stdin.readline()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        before = spill._process(child.pid)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "renamed\n"
+        with open(f"/proc/{child.pid}/comm") as comm:
+            assert comm.read().strip() == "a b) c d"
+        assert spill._process(child.pid) == before and "." in before
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_the_sidecar_files_of_a_claimed_file_being_read_are_never_taken_for_claims_of_their_own(tmp_path):
     """Reading a claimed file (SQLite in WAL mode) makes its `-wal` and `-shm` beside it; a second
     instance starting then took `….taken-<pid>-shm` for a claim of a process gone (no pid in

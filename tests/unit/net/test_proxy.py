@@ -239,6 +239,24 @@ async def test_a_proxy_that_cannot_reach_the_upstream(kind, scheme, why):
     assert str(caught.value) == f"proxy {scheme}://127.0.0.1:{proxy.port}: {why}"
 
 
+@pytest.mark.parametrize("kind, scheme, auth", [(ConnectProxy, "http", None), (Socks5Proxy, "socks5", None),
+                                                (ConnectProxy, "http", ("me", SECRET)),
+                                                (Socks5Proxy, "socks5", ("me", SECRET))])
+async def test_only_a_refusal_of_the_rules_credentials_is_a_lasting_failure(upstream, kind, scheme, auth):
+    # a wrong password fails the client's retry as well (told not to retry); a proxy that cannot
+    # reach the upstream (or is down) may do better on the next try, and is no lasting failure
+    with kind(auth=("me", "right-one")) as refusing, kind() as unreaching:
+        async with client() as c:
+            if auth is not None:
+                target, route = upstream.base_url, via(refusing.url(*auth, scheme))
+            else:
+                target, route = f"http://127.0.0.1:{MockUpstream.closed_port()}", via(unreaching.url(scheme=scheme))
+            with pytest.raises(http1.ProxyFailure) as caught:
+                await post(c, target, route)
+    failure = network_failure("u", caught.value, "switch", "connect")
+    assert caught.value.credentials is (auth is not None) and failure.lasting is (auth is not None)
+
+
 @pytest.mark.parametrize("scheme", ["socks5", "http"])
 async def test_a_silent_proxy_is_a_connect_timeout_naming_it(scheme):
     import socket

@@ -183,3 +183,21 @@ def test_budgets_start_from_zero_on_an_empty_or_unreachable_database(postgres_ur
     assert "cannot read" not in caplog.text
     unreachable = ledger_spend(PostgresURL.parse("postgresql://u:hunter2@127.0.0.1:1/x"), rules, since)
     assert unreachable.rows == [] and "127.0.0.1" in unreachable.error and "hunter2" not in unreachable.error
+
+
+def test_the_tables_of_a_postgresql_ledger_are_its_own_schema_s_only(postgres_url):
+    # the catalog holds every schema's tables (PostgreSQL's own included): an empty database, or
+    # one whose only tables are in another schema, is an empty ledger, not "another program's"
+    import psycopg
+    with open_reader(PostgresURL.parse(postgres_url)) as reader:
+        assert reader.tables() == set()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA elsewhere")
+        conn.execute("CREATE TABLE elsewhere.requests (ts TEXT)")
+        conn.execute("CREATE SEQUENCE numbers")
+    with open_reader(PostgresURL.parse(postgres_url)) as reader:
+        assert reader.tables() == set()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+    with open_reader(PostgresURL.parse(postgres_url)) as reader:
+        assert reader.tables() == {"notes"}

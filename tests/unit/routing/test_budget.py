@@ -361,3 +361,52 @@ def test_a_request_that_cost_nothing_opens_no_period_and_tells_no_instance():
     spend.on_change = sent.append
     spend.add(UPSTREAM, "relay-a", 0.0)
     assert sent == [] and spend.view() == [] and spend.spent(UPSTREAM, "relay-a", "daily") == 0
+
+
+def test_a_ledger_read_whose_rows_come_out_of_order_counts_each_in_its_own_period():
+    # the ledger's sums come one per upstream, client and day in no order of time: a day read
+    # after a later one is no part of that later day (the month holds both)
+    spend, _, _ = board(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))
+    spend.load([(UPSTREAM, "relay-a", 0.5, datetime(2026, 3, 10, 9, tzinfo=UTC)),      # today's
+                (UPSTREAM, "relay-a", 2.0, datetime(2026, 3, 9, 9, tzinfo=UTC))])      # yesterday's, read after
+    assert spend.spent(UPSTREAM, "relay-a", "daily") == 0.5
+    assert spend.spent(UPSTREAM, "relay-a", "monthly") == 2.5
+
+
+def test_a_ledger_read_after_a_larger_shared_total_leaves_that_total_standing():
+    # other instances' spend is in the shared total and not in this run's own: the larger view stands
+    spend, clock, seen = board(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))
+    spend.alone = False
+    start, end = period_start("monthly", clock.now, TZ), period_end("monthly", clock.now, TZ)
+    spend.add(UPSTREAM, "relay-a", 1.0)
+    spend.apply(SpendTotal(UPSTREAM, "relay-a", "monthly", start.timestamp(), end.timestamp(), 10.0))
+    spend.load([(UPSTREAM, "relay-a", 6.0, datetime(2026, 3, 9, 9, tzinfo=UTC))])     # 6 + this run's 1 < 10
+    assert spend.spent(UPSTREAM, "relay-a", "monthly") == 10.0
+
+
+def test_a_ledger_read_replaces_a_period_older_than_its_own():
+    # a shared total of last month's still held (the month turned): the ledger's rows of this
+    # month are the spend now, whatever last month's came to
+    spend, clock, _ = board(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))
+    before = datetime(2026, 2, 20, tzinfo=UTC)
+    start, end = period_start("monthly", before, TZ), period_end("monthly", before, TZ)
+    spend.apply(SpendTotal(UPSTREAM, "relay-a", "monthly", start.timestamp(), end.timestamp(), 30.0))
+    spend.load([(UPSTREAM, "relay-a", 4.0, datetime(2026, 3, 9, 9, tzinfo=UTC))])
+    assert spend.spent(UPSTREAM, "relay-a", "monthly") == 4.0
+    assert spend.shared(UPSTREAM, "relay-a", "monthly").usd == 4.0          # what other instances are told
+
+
+def test_a_late_ledger_read_after_a_new_timezone_still_adds_this_run_s_spend():
+    # this run's own spend moves with the period into the new zone: the ledger read after it
+    # is counted on top of it, not in its place
+    spend, _, _ = board(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))                # 20:00 in Shanghai
+    spend.add(UPSTREAM, "relay-a", 3.0)
+    spend.configure(parse_rules(RULES_TEXT.replace("Asia/Shanghai", "UTC")))
+    spend.load([(UPSTREAM, "relay-a", 5.0, datetime(2026, 3, 2, tzinfo=UTC))])    # earlier this month
+    assert spend.spent(UPSTREAM, "relay-a", "monthly") == 8.0
+
+
+def test_a_ledger_row_that_cost_nothing_opens_no_period():
+    spend, _, _ = board(datetime(2026, 3, 10, 2, 0, tzinfo=UTC))
+    spend.load([(UPSTREAM, "relay-a", 0.0, datetime(2026, 3, 10, 1, tzinfo=UTC))])
+    assert spend.view() == [] and spend.shared(UPSTREAM, "relay-a", "daily") is None

@@ -103,6 +103,12 @@ def test_switches_preferences_and_bindings_keep_the_latest():
     assert merge(PreferChange("a", 900.0, 3.0), PreferChange(None, 0.0, 4.0)).upstream is None
 
 
+def test_a_response_s_issuer_keeps_its_latest_word():
+    # one issuer per id: the later record only moves its day in the shared store on
+    earlier, later = IssueChange("resp_1", "a", 10.0), IssueChange("resp_1", "a", 20.0)
+    assert merge(earlier, later) == later and merge(later, earlier) == later
+
+
 def test_a_window_that_resets_later_wins_then_the_fuller_one():
     early = WindowChange("r", "5h", 0.9, 1000.0, False, 1000.0)
     later = WindowChange("r", "5h", 0.1, 5000.0, False, 5000.0)    # the next window: the old one is over

@@ -95,6 +95,21 @@ def test_a_cooldown_its_proxy_caused_ends_when_the_proxy_changes():
     assert b.cooling_until("c") is None
 
 
+def test_an_upstream_a_reload_adds_keeps_the_cooldown_its_proxy_caused_elsewhere():
+    # another instance, with the new rules already, told a cooldown its proxy caused: this
+    # instance's reload names the upstream for the first time, with that same proxy (no change)
+    import time
+
+    from ccswitch.routing.changes import HealthChange
+    b, _ = board()
+    b.sync({"a": ("u-a", "k", "anthropic")}, {"a": None})
+    b.apply(HealthChange("new", 1, time.time() + 600, False,
+                         "proxy http://127.0.0.1:3128: authentication failed (407)", "outage-1", time.time()))
+    assert b.cooling_until("new") is not None
+    b.sync({"a": ("u-a", "k", "anthropic"), "new": ("u-new", "k", "anthropic")}, {"a": None, "new": "proxy-x"})
+    assert b.cooling_until("new") is not None
+
+
 def test_preferred_expires():
     b, clock = board()
     b.preferred = ("a", clock.now + 60)

@@ -157,6 +157,17 @@ def test_an_outage_ended_by_a_reset_or_a_new_identity_is_told_over():
     assert heard[1].episode == heard[0].episode and heard[3].episode == heard[2].episode
 
 
+def test_an_outage_a_changed_proxy_ends_is_told_over_as_that_not_as_a_reset():
+    # nobody ran ccswitch.reset: the recovery's reason says what ended it
+    b, _, heard = board()
+    b.sync({"a": ("key-1",)}, {"a": "proxy-old"})
+    for _ in range(3):
+        fail(b, "proxy http://127.0.0.1:3128: authentication failed (407 Proxy Authentication Required)")
+    b.sync({"a": ("key-1",)}, {"a": "proxy-new"})
+    assert [(e.kind, e.reason) for e in heard[1:]] == [("recovered", "its proxy changed: taken as healthy")]
+    assert heard[1].episode == heard[0].episode
+
+
 def test_an_upstream_removed_during_its_outage_is_told_over():
     # its hooks' last word stayed `cooldown` for good
     b, _, heard = board()

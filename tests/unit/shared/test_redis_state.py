@@ -442,6 +442,16 @@ async def test_a_stored_response_s_issuer_is_kept_a_day_from_its_issue_under_a_d
         await eventually(lambda: b.issued.issuer("resp_live") == "relay")
 
 
+async def test_every_response_one_upstream_issues_at_once_reaches_the_other_instance(redis_url):
+    # each id is a record of its own: two issued by the same upstream in one batch are not one
+    async with Node(redis_url) as a, Node(redis_url) as b:
+        for i in range(3):
+            a.issued.record(f"resp_{i}", "relay")
+        await eventually(lambda: all(b.issued.issuer(f"resp_{i}") == "relay" for i in range(3)))
+        async with Node(redis_url) as c:                  # and a late starter loads each of them
+            assert all(c.issued.issuer(f"resp_{i}") == "relay" for i in range(3))
+
+
 def test_a_key_gone_between_the_scan_and_the_read_holds_nothing():
     assert layout.read_back("ccswitch:h:relay", None, time.time()) == []
 
