@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from ccswitch.config.models import Upstream
 from ccswitch.dial.job import CLIENT_CLOSED, KILLED, Attempt, Job, marks
@@ -28,9 +28,10 @@ from ccswitch.dial.outcome import (
 )
 from ccswitch.dial.pump import Pump, nothing
 from ccswitch.dial.relay import ClientGone, send_whole
-from ccswitch.dial.render import OutgoingRequest, render
-from ccswitch.dial.ws_upstream import TurnResponse
+from ccswitch.dial.render import OutgoingRequest, over_https, render
+from ccswitch.dial.ws_upstream import TurnResponse, WithoutWebSocket
 from ccswitch.net import http1
+from ccswitch.net.ws_client import HandshakeRefused
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.events import Events
 from ccswitch.routing.health import HealthBoard
@@ -78,6 +79,7 @@ class Dialer:
         self.seals = SealMemory()     # reasoning each upstream sealed, and refused
         self.allow_url = allow_url      # a guard tests install: False refuses the upstream unsent
         self.client = client or http1.UpstreamClient()
+        self.without_websocket = WithoutWebSocket()
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -292,17 +294,25 @@ class Dialer:
         finally:
             await response.aclose()
 
-    def _send(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest,
-              connect_timeout: float) -> Awaitable[http1.Response | TurnResponse]:
+    async def _send(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest,
+                    connect_timeout: float) -> http1.Response | TurnResponse:
         """A turn of a bridged Codex socket goes to a `websocket: true` upstream over that
-        upstream's own WebSocket (read like an HTTP response); everything else over HTTP."""
-        if upstream.websocket and job.upstream_sockets is not None and job.turn is not None:
-            return job.upstream_sockets.send(upstream.name, outgoing, job.turn, tls=self.client.ssl_context,
-                                             connect_timeout=connect_timeout,
-                                             open_transport=http1.opener(outgoing.via.proxy, connect_timeout),
-                                             through=outgoing.via.proxy.shown if outgoing.via.proxy else None)
-        return self.client.send(outgoing.method, outgoing.url, outgoing.headers, outgoing.body,
-                                connect_timeout=connect_timeout, via=outgoing.via)
+        upstream's own WebSocket (read like an HTTP response), unless it has none; everything
+        else over HTTP."""
+        if upstream.websocket and job.upstream_sockets is not None and job.turn is not None \
+                and not self.without_websocket.known(upstream):
+            try:
+                return await job.upstream_sockets.send(
+                    upstream.name, outgoing, job.turn, tls=self.client.ssl_context, connect_timeout=connect_timeout,
+                    open_transport=http1.opener(outgoing.via.proxy, connect_timeout),
+                    through=outgoing.via.proxy.shown if outgoing.via.proxy else None)
+            except HandshakeRefused as exc:
+                if not self.without_websocket.learn(upstream, exc):
+                    raise
+        if job.turn is not None and upstream.websocket:
+            outgoing.headers = over_https(outgoing.headers)
+        return await self.client.send(outgoing.method, outgoing.url, outgoing.headers, outgoing.body,
+                                      connect_timeout=connect_timeout, via=outgoing.via)
 
     async def _judge(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
                      response: http1.Response | TurnResponse, sink: Sink, deadline: float,

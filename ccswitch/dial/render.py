@@ -122,7 +122,7 @@ def _headers(upstream: Upstream, req: ClientRequest) -> list[tuple[str, str]]:
     elif upstream.auth == "bearer" and key:
         out.append(("authorization", f"Bearer {key}"))
     if req.endpoint == Endpoint.WEBSOCKET and not upstream.websocket:
-        out = _over_https(out)
+        out = over_https(out)
     overrides = {k.lower(): v for k, v in upstream.headers.items()}
     out = [(k, v) for k, v in out if k not in overrides]
     out.extend(overrides.items())
@@ -134,7 +134,7 @@ def _headers(upstream: Upstream, req: ClientRequest) -> list[tuple[str, str]]:
     return out
 
 
-def _over_https(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def over_https(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """A bridged socket's turn sent as an HTTPS POST: without the beta its upgrade claimed
     (`openai-beta: responses_websockets=…`), which Codex's own HTTPS requests never carry."""
     out = []

@@ -21,9 +21,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from ccswitch.config.models import Upstream
 from ccswitch.dial.render import OutgoingRequest
 from ccswitch.net import http1
-from ccswitch.net.ws_client import OpenTransport, WsClient
+from ccswitch.net.ws_client import HandshakeRefused, OpenTransport, WsClient
 from ccswitch.vocab import Protocol
 from ccswitch.wire.exchange import RenderError, json_text
 from ccswitch.wire.protocols import Kind, classify_event, error_object, in_stream_status
@@ -31,6 +32,31 @@ from ccswitch.wire.sse import Event, format_event
 from ccswitch.wire.ws_chain import Turn
 
 log = logging.getLogger("ccswitch.websocket")
+
+#: an upgrade answered with one of these: no WebSocket at that URL (an HTTPS-only relay marked
+#: `websocket: true`), not a failure of the upstream; its turns go over HTTPS
+NO_WEBSOCKET_THERE = frozenset({404, 405, 426, 501})
+
+
+class WithoutWebSocket:
+    """The `websocket: true` upstreams whose handshake said they have none, each for the account
+    the rules gave it then (a new base_url or key asks again)."""
+
+    def __init__(self) -> None:
+        self._refused: dict[str, tuple] = {}
+
+    def known(self, upstream: Upstream) -> bool:
+        return self._refused.get(upstream.name) == upstream.fingerprint()
+
+    def learn(self, upstream: Upstream, exc: HandshakeRefused) -> bool:
+        """Whether `exc` says the upstream has no WebSocket (then remembered, and said once)."""
+        if exc.status not in NO_WEBSOCKET_THERE:
+            return False
+        if not self.known(upstream):
+            self._refused[upstream.name] = upstream.fingerprint()
+            log.warning("ccswitch: upstream %s answers a WebSocket with HTTP %d: Codex's turns go to it over "
+                        "HTTPS (set websocket: false for it)", upstream.name, exc.status)
+        return True
 
 #: request headers that belong to the POST, not to the upgrade (wsproto writes its own handshake)
 _NOT_FOR_THE_UPGRADE = frozenset({"content-type", "content-length", "host", "upgrade", "connection"})

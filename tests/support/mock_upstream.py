@@ -251,6 +251,7 @@ class MockUpstream:
         self.record = True                          # False: keep no request log (benchmarks, soak)
         self.refuse_websocket: int | None = None    # answer WebSocket upgrades with this status
         self.websockets = 0                         # WebSocket connections accepted so far
+        self.upgrades_refused = 0                   # and refused (`refuse_websocket`)
         self.requests: list[Recorded] = []
         self._queue: deque[Behaviour] = deque()
         self._lock = threading.Lock()
@@ -601,6 +602,7 @@ class _WebSocket:
         self.ws.receive_data((head + "\r\n").encode("latin-1"))
         request = next(e for e in self.ws.events() if isinstance(e, Request))
         if self.mock.refuse_websocket is not None:
+            self.mock.upgrades_refused += 1
             body = json.dumps(P.error_body("responses", self.mock.refuse_websocket)).encode()
             self._write(self.ws.send(RejectConnection(
                 status_code=self.mock.refuse_websocket, has_body=True,

@@ -5,6 +5,8 @@ counted, a break after it ending the turn with an in-band error."""
 
 import json
 
+import pytest
+
 from ccswitch.config.load import parse_rules
 from ccswitch.dial.dialer import Dialer
 from ccswitch.dial.job import Job
@@ -157,6 +159,26 @@ async def test_a_refused_handshake_fails_over_and_counts(mock_a, mock_b):
         assert talk.health.get("a").failures == 1 and len(talk.sockets) == 0
     finally:
         await talk.close()
+
+
+@pytest.mark.parametrize("refusal", [404, 405])
+async def test_an_upstream_without_a_websocket_gets_the_turn_over_https_and_no_failure(mock_a, mock_b, refusal):
+    # an HTTPS-only relay marked `websocket: true`: each turn was a failure of it (7 s of Codex's
+    # reconnecting when it was the only upstream, and a cooldown in the end), though its HTTPS
+    # would have served
+    mock_a.refuse_websocket = refusal
+    talk = Conversation(rules_for(mock_a, mock_b))
+    try:
+        job, sent = await talk.turn(user("one"))
+        assert job.upstream == "a" and sent[-1]["type"] == "response.completed" and len(job.attempts) == 1
+        job, sent = await talk.turn(user("two"))
+        assert job.upstream == "a" and sent[-1]["type"] == "response.completed"
+    finally:
+        await talk.close()
+    assert talk.health.get("a").failures == 0 and not mock_b.requests
+    posts = [r for r in mock_a.requests if r.method == "POST"]
+    assert len(posts) == 2 and all("responses_websockets" not in r.headers.get("openai-beta", "") for r in posts)
+    assert mock_a.upgrades_refused == 1                                     # asked once, then known
 
 
 async def test_a_socket_closed_before_the_first_event_fails_over(mock_a, mock_b):
