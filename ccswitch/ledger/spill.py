@@ -99,9 +99,12 @@ def read(path: Path, columns: dict[str, tuple[str, ...]]) -> list[Row]:
     try:
         rows: list[Row] = []
         for table, cols in columns.items():
-            if table_columns(conn, table):
+            if have := table_columns(conn, table):
+                # a file an older ccswitch wrote lacks the columns added since: NULL in them, as in
+                # the ledger's own older rows
+                picked = ", ".join(c if c in have else "NULL" for c in cols)
                 rows += [(table, tuple(values)) for values in
-                         conn.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY id")]
+                         conn.execute(f"SELECT {picked} FROM {table} ORDER BY id")]
         return rows
     finally:
         conn.close()

@@ -171,3 +171,22 @@ def test_a_shared_ledger_whose_driver_is_missing_keeps_its_rows_for_the_next_sta
     assert "1 usage row(s) could not be written to postgresql://u:***@127.0.0.1:9/db: kept in" in caplog.text
     [kept] = spill.spilled(tmp_path / "unwritten", ledger.backend.label)
     assert [r[1][_COLUMNS["requests"].index("request_id")] for r in spill.read(kept, _COLUMNS)] == [row(1)["request_id"]]
+
+
+def test_a_file_an_older_ccswitch_left_is_read_with_null_in_the_columns_added_since(tmp_path):
+    # a redeploy while PostgreSQL was down, then an upgrade: the new `activations.probe_id` was
+    # selected from a file without it, and every start failed to read the file, its rows never written
+    from tests.unit.ledger.test_ledger import ACTIVATION, row, schema_sql
+    path = tmp_path / f"{spill._prefix(LEDGER_A)}20261205T000000000000Z-1.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for number in range(1, 6):                       # as schema version 5 left it
+        db.executescript(schema_sql(number))
+    older = {k: v for k, v in ACTIVATION.items() if k != "probe_id"}
+    for table, values in (("requests", row(1)), ("activations", older)):
+        db.execute(f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                   tuple(values.values()))
+    db.close()
+    read = spill.read(path, _COLUMNS)
+    assert [r[1][0] for r in read if r[0] == "requests"] == ["r1"]
+    assert [dict(zip(_COLUMNS["activations"], r[1], strict=True)) for r in read if r[0] == "activations"] == \
+        [{**older, "probe_id": None}]
