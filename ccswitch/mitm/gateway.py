@@ -60,6 +60,11 @@ def upstream_tls() -> ssl.SSLContext:
             f"ccswitch: cannot load the upstream CA ({', '.join(given) or 'the system store'}): {reason}") from exc
 
 
+def _gave_up_waiting() -> None:
+    log.warning("ccswitch: the ledger has not answered the spend read within %s s: requests go on, "
+                "and budgets count from 0 until it does", SPEND_WAIT)
+
+
 class Gateway:
     """State shared by the addon classes: the rules in force, what is known of each upstream
     (health, rate-limit windows, the sessions bound to it), the ledger."""
@@ -145,8 +150,7 @@ class Gateway:
                             "(ccswitch_ledger=false) nothing is recorded, and a restart starts them at $0 again")
             reading = hook_task(self.load_spend(until), "spend read")
             if not (await asyncio.wait({reading}, timeout=SPEND_WAIT))[0]:
-                log.warning("ccswitch: the ledger has not answered the spend read within %s s: requests go on, "
-                            "and budgets count from 0 until it does", SPEND_WAIT)
+                _gave_up_waiting()
                 self._spend_reader = reading     # stopped at shutdown; no request waits for it any more
         else:
             self._spend_reader = self.first_spend_read = hook_task(self.load_spend(until), "spend read")
@@ -156,11 +160,13 @@ class Gateway:
         self.first_spend_read = None
 
     async def spend_read_for(self, rules: Rules) -> None:
-        """Wait for the first spend read if it is still on and `rules` (a reload) set a budget.
+        """Wait for the first spend read (SPEND_WAIT at most) if it is still on and `rules` (a reload) set a budget.
         Never raises: how the read ended (failed, cancelled at shutdown) is its own business."""
         reading = self.first_spend_read
         if reading is not None and not reading.done() and rules.budgets_set():
-            await asyncio.wait({reading})
+            if not (await asyncio.wait({reading}, timeout=SPEND_WAIT))[0] and self.first_spend_read is reading:
+                self.first_spend_read = None     # the requests after this one do not wait for it
+                _gave_up_waiting()
 
     async def load_spend(self, until: datetime) -> None:
         """This month's spend before `until` (the start) as the ledger holds it (the day's is part

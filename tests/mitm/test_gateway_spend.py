@@ -208,6 +208,31 @@ async def test_a_ledger_that_does_not_answer_holds_requests_only_so_long(gateway
         gateway.close()
 
 
+async def test_a_budget_a_reload_sets_while_the_spend_is_read_waits_for_it_only_so_long(tmp_path, monkeypatch, caplog):
+    # no budget at the start: the read went on in the background; a reload setting one made every
+    # routed request wait for that read, with no bound
+    from tests.mitm.conftest import open_gateway
+    gateway = open_gateway(tmp_path, RULES.replace(", budget: {daily: 10}", ""))
+    started, answer = utc_now(), threading.Event()
+    ledger_answering(gateway, monkeypatch, started, lambda: answer.wait(10))
+    monkeypatch.setattr(gateway_module, "SPEND_WAIT", 0.2)
+    gateway.open_ledger(True)
+    try:
+        with caplog.at_level(logging.INFO, logger="ccswitch"):
+            await gateway.start_spend(started)
+            (tmp_path / "rules.yaml").write_text(RULES)          # a reload sets a budget
+            gateway.rules_file.open(str(tmp_path / "rules.yaml"))
+            await asyncio.wait_for(gateway.spend_read_for(gateway.rules), 2)    # what a routed request awaits
+            assert gateway.first_spend_read is None              # the next ones do not wait at all
+            assert "has not answered the spend read within 0.2 s" in caplog.text
+            answer.set()
+            await eventually(lambda: gateway.spend.spent(CLIENT, "alice", "daily") == 2.5)
+    finally:
+        answer.set()
+        gateway.stop_reading_spend()
+        gateway.close()
+
+
 async def test_a_ledger_that_answers_within_the_wait_is_counted_before_the_first_request(gateway, monkeypatch, caplog):
     # a budget needs the spend so far: a read that takes a moment (a second here) is waited for,
     # and nothing is said of a wait given up
