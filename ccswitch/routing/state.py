@@ -26,6 +26,7 @@ from ccswitch.routing.changes import (
     WindowChange,
     account_digest,
     merge,
+    notify,
 )
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.issued import IssuedResponses
@@ -50,6 +51,7 @@ class Boards:
                  issued: IssuedResponses) -> None:
         self.health, self.quota, self.sessions, self.spend, self.issued = health, quota, sessions, spend, issued
         self.accounts: dict[str, str] = {}    # upstream name -> its account (`account_digest`)
+        self._feed: Feed | None = None        # where the boards' records go (`listen`)
 
     def sync_accounts(self, fingerprints: dict[str, tuple]) -> None:
         """The rules' upstreams (at start-up and after every reload): `Upstream.fingerprint` by name."""
@@ -60,6 +62,7 @@ class Boards:
         record stamped with its account."""
         def stamped(change: Change) -> None:
             feed(self._stamp(change))      # type: ignore[misc]
+        self._feed = feed
         for board in (self.health, self.quota, self.sessions, self.spend, self.issued):
             board.on_change = None if feed is None else stamped
 
@@ -81,11 +84,13 @@ class Boards:
         instance knew of that thing (spend totals only raise); another account's is left out.
         A health record replaces only a word no newer than itself (as in a merge, a tie to the
         record): two instances that changed an upstream within the milliseconds a record travels
-        would each take the other's."""
+        would each take the other's.  A newer word here (a 2xx, which is no news while healthy)
+        is told instead, so the other instance settles on it too."""
         if self.foreign(change):
             return
         if isinstance(change, HealthChange) and (local := self.local(change.key)) is not None \
                 and merge(change, local) is local:
+            notify(self._feed, local)
             return
         if isinstance(change, HealthChange | SwitchChange | PreferChange):
             self.health.apply(change)
