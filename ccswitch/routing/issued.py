@@ -3,12 +3,14 @@
 same API, answers `previous_response_not_found`.  Bounded: the oldest ids are forgotten first;
 one forgotten (or issued before a restart, or to an instance sharing no state with this one) is
 routed as any request.  Instances sharing a state tell each other every issuer (routing.changes),
-so a follow-up a load balancer sends to another instance still reaches the issuer."""
+so a follow-up a load balancer sends to another instance still reaches the issuer; the bound is
+then the fleet's newest, by when each answer was issued (not by when this instance heard of it:
+a catch-up bringing in a day of others' ids must not push out this instance's own last ones)."""
 
 from __future__ import annotations
 
+import heapq
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 from ccswitch.routing.changes import Feed, IssueChange, notify
@@ -25,12 +27,14 @@ class IssuedResponses:
         self.capacity = capacity
         self.wall = wall             # epoch seconds: what other instances are told
         self.on_change: Feed | None = None   # the shared state's hook (None: this instance alone)
-        self._issuer: OrderedDict[str, tuple[str, float]] = OrderedDict()   # id -> (upstream, issued at)
+        self._issuer: dict[str, tuple[str, float]] = {}    # id -> (upstream, issued at)
+        self._by_age: list[tuple[float, str]] = []         # (issued at, id), oldest first; stale ones skipped
 
     def record(self, response_id: str, upstream: str) -> None:
         at = self.wall()
         self._keep(response_id, upstream, at)
-        notify(self.on_change, IssueChange(response_id, upstream, at))
+        if self.on_change is not None:
+            notify(self.on_change, IssueChange(response_id, upstream, at))
 
     def issuer(self, response_id: str) -> str | None:
         found = self._issuer.get(response_id)
@@ -41,9 +45,15 @@ class IssuedResponses:
 
     def _keep(self, response_id: str, upstream: str, at: float) -> None:
         self._issuer[response_id] = (upstream, at)
-        self._issuer.move_to_end(response_id)
-        if len(self._issuer) > self.capacity:
-            self._issuer.popitem(last=False)
+        heapq.heappush(self._by_age, (at, response_id))
+        while len(self._issuer) > self.capacity:
+            oldest_at, oldest = heapq.heappop(self._by_age)
+            held = self._issuer.get(oldest)
+            if held is not None and held[1] == oldest_at:
+                del self._issuer[oldest]
+        if len(self._by_age) > 2 * self.capacity:      # ids issued again left their old entries
+            self._by_age = [(at, rid) for rid, (_, at) in self._issuer.items()]
+            heapq.heapify(self._by_age)
 
     # ------------------------------------------------------------------ shared with other instances
 

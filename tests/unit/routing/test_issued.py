@@ -24,5 +24,24 @@ def test_each_issuer_recorded_here_is_told_with_its_time_and_one_told_by_another
     issued.apply(IssueChange("resp_2", "b", 1_699_999_000.0))
     assert issued.issuer("resp_2") == "b" and len(told) == 1
     assert issued.shared("resp_2") == IssueChange("resp_2", "b", 1_699_999_000.0)
-    issued.apply(IssueChange("resp_3", "c", 1_699_999_500.0))   # within the same bound
-    assert issued.issuer("resp_1") is None and len(issued) == 2
+    issued.apply(IssueChange("resp_3", "c", 1_699_999_500.0))   # within the same bound: the oldest goes
+    assert issued.issuer("resp_2") is None and issued.issuer("resp_1") == "a" and len(issued) == 2
+
+
+def test_a_catch_up_bringing_in_older_ids_of_other_instances_keeps_this_one_s_newest():
+    # they were kept in the order heard of: a day of the fleet's ids loaded after an outage pushed
+    # out this instance's own last ones, and its own follow-ups lost their issuer
+    clock = [100.0]
+    issued = IssuedResponses(capacity=3, wall=lambda: clock[0])
+    for i in range(3):
+        clock[0] += 1
+        issued.record(f"own_{i}", "a")
+    for i in range(50):
+        issued.apply(IssueChange(f"theirs_{i}", "b", 10.0 + i))
+    assert [issued.issuer(f"own_{i}") for i in range(3)] == ["a", "a", "a"] and len(issued) == 3
+    issued.apply(IssueChange("theirs_new", "b", 200.0))          # a newer one: the oldest own one goes
+    assert issued.issuer("theirs_new") == "b" and issued.issuer("own_0") is None
+    for _ in range(10):                                          # the same id issued again and again
+        clock[0] += 1
+        issued.record("own_2", "a")
+    assert len(issued._by_age) <= 2 * issued.capacity and issued.issuer("own_2") == "a"
