@@ -4,6 +4,7 @@ the port a URL of the rules names."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import SplitResult, urlsplit
 
 PORT_RANGE = "the port must be a number from 1 to 65535"
@@ -37,7 +38,20 @@ def url_port(parts: SplitResult) -> int | None:
 
 def refuse_unencoded_credentials(text: str, parts: SplitResult) -> None:
     """`u:p/ss@host` (or `?`, `#`): the URL's authority ends at that character, and what follows the
-    `:` would read as the port.  Raises ValueError (without the text) naming the fix."""
-    if "@" in text.split("://", 1)[-1] and "@" not in parts.netloc:
+    `:` would read as the port.  Told by an `@` past the authority outside a query (no path or
+    fragment has one), or in the query when the authority's port is no number (a query's
+    `user=me@corp` is fine).
+    Raises ValueError (without the text) naming the fix."""
+    if "@" in parts.netloc:
+        return
+    rest = text.split("://", 1)[-1][len(parts.netloc):]
+    if "@" in re.sub(r"\?[^#]*", "", rest, count=1) or ("@" in rest and not _port_reads(parts)):
         raise ValueError("a '/', '?' or '#' in the user name or password must be percent-encoded "
                          "(%2F, %3F, %23), or the URL ends there")
+
+
+def _port_reads(parts: SplitResult) -> bool:
+    try:
+        return parts.port is not None or True
+    except ValueError:
+        return False

@@ -117,3 +117,16 @@ def test_another_databases_address_is_refused_not_taken_for_a_file_named_after_i
 @pytest.mark.parametrize("path", ["usage.db", "/data/host=eu/usage.db", "~/ledgers/2026 usage.db", "a=b.db"])
 def test_paths_that_merely_hold_an_equals_sign_or_a_blank_are_still_paths(path):
     assert isinstance(parse_usage_db(path), Path)
+
+
+@pytest.mark.parametrize("text", [
+    "postgresql://host/db?user=admin@myserver&password=pw",      # Azure's user@server
+    "postgresql:///db?host=/run/postgresql&user=me@corp",
+    "postgresql://me:12/34@db.internal:5432/x",                  # not this: a password all digits, cut at its '/'
+])
+def test_an_at_sign_in_the_query_is_no_unencoded_credential(text):
+    if "12/34" in text:
+        with pytest.raises(ValueError, match="must be percent-encoded"):
+            PostgresURL.parse(text)
+    else:
+        assert PostgresURL.parse(text).conninfo == text

@@ -47,3 +47,8 @@ def test_a_missing_variable_is_named():
     with pytest.raises(RulesError, match="REDIS_PASSWORD is not set"):
         parse_rules("state: redis://:${REDIS_PASSWORD}@h/0\n", env={})
 
+
+
+@pytest.mark.parametrize("text", ["redis://h:6379/0?client_name=ops@team", "redis://me:p%2Fw@h:6379/0"])
+def test_an_at_sign_in_the_query_or_an_encoded_password_is_no_unencoded_credential(text):
+    assert parse_rules(f"state: '{text}'\n").state is not None
