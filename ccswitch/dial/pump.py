@@ -199,8 +199,12 @@ class Pump:
         progress, so it does not put off `idle` (a relay that keeps a committed stream alive with
         pings alone would hold its client for good).  Chat and Responses streams' comments do: a
         reasoning model may send nothing else for minutes."""
-        return (self.upstream.protocol == Protocol.ANTHROPIC and bool(events) and not self.parser.holds_part
-                and all(not event.event or event.type == "ping" for event in events))
+        if self.upstream.protocol != Protocol.ANTHROPIC or not events or self.parser.holds_part:
+            return False
+        for event in events:
+            if event.event and event.type != "ping":
+                return False
+        return True
 
     def _take(self, events) -> bool:
         """Judge and translate a batch of events into `held`; True when the stream is over."""

@@ -130,16 +130,23 @@ def test_ccswitch_report_reads_a_postgresql_url(both, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("reader", ["owner", "a user with no rights on its tables"])
-def test_a_postgresql_database_that_is_not_a_ccswitch_ledger_is_said_so(postgres_url, postgres_server, tmp_path,
-                                                                        capsys, reader):
-    # its tables are another program's: a user who may not read them was told "no requests", exit 0
+@pytest.mark.parametrize("tables", ["another program's", "a ccswitch ledger"])
+def test_a_postgresql_database_says_what_it_holds_whoever_reads_it(postgres_url, postgres_server, tmp_path,
+                                                                   capsys, reader, tables):
+    # another program's tables read by a user who may not read them were "no requests", exit 0;
+    # a ledger read so is a permission to mend, not "not a ccswitch ledger"
     import uuid
     from urllib.parse import urlsplit
 
     import psycopg
+
+    from ccswitch.ledger.postgres import connect
     role = f"r_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE notes (text TEXT)")
+        if tables == "a ccswitch ledger":
+            connect(PostgresURL.parse(postgres_url)).close()       # migrated: ccswitch's tables
+        else:
+            conn.execute("CREATE TABLE notes (text TEXT)")
         conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'reader-pw'")
     url = postgres_url
     if reader != "owner":
@@ -155,7 +162,13 @@ def test_a_postgresql_database_that_is_not_a_ccswitch_ledger_is_said_so(postgres
         postgres_server.drop_database(postgres_url)
         with psycopg.connect(postgres_server.url, autocommit=True) as conn:
             conn.execute(f"DROP ROLE {role}")
-    assert code == 1 and "holds no ccswitch usage tables" in capsys.readouterr().err
+    out = capsys.readouterr()
+    if tables == "another program's":
+        assert code == 1 and "holds no ccswitch usage tables" in out.err
+    elif reader == "owner":
+        assert code == 0 and "no requests between" in out.out
+    else:
+        assert code == 1 and "cannot read usage database" in out.err and "permission denied" in out.err
 
 
 def test_ccswitch_report_says_when_postgresql_is_unreachable(tmp_path, capsys):
