@@ -75,10 +75,12 @@ class WsClient:
         reader = asyncio.StreamReader(limit=_READ, loop=loop)
         writer: asyncio.StreamWriter | None = None
         ws = WSConnection(ConnectionType.CLIENT)
+        opened = False           # past the proxy: a timeout from here on is the upstream's silence
         try:
             async with asyncio.timeout(timeout):
                 transport, protocol = await open_transport(
                     lambda: asyncio.StreamReaderProtocol(reader, loop=loop), host, port, context)
+                opened = True
                 writer = asyncio.StreamWriter(transport, protocol, reader, loop)
                 writer.write(ws.send(Request(host=shown, target=target, extensions=[PerMessageDeflate()],
                                              extra_headers=to_wire(headers))))
@@ -87,7 +89,7 @@ class WsClient:
         except BaseException as exc:
             if writer is not None:
                 writer.close()
-            error, cause = _connect_error(exc, host, port, through)
+            error, cause = _connect_error(exc, host, port, None if opened else through)
             if error is exc:
                 raise
             raise error from cause

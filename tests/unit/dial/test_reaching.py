@@ -240,6 +240,36 @@ routes: {{codex: [a, b]}}
     assert job.attempts[0].error == f"connect timeout (through proxy socks5://127.0.0.1:{port})"
 
 
+async def test_a_websocket_upstream_silent_behind_a_working_proxy_is_not_the_proxy_s_doing(mock_b):
+    # the tunnel opened; the upstream never answered the upgrade: "(through proxy …)" blamed the
+    # proxy, and a reload changing the proxy would have ended the upstream's own cooldown
+    held = []
+
+    async def silent(reader, writer):
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    from tests.unit.dial.test_dialer_websocket import Conversation, user
+    with ConnectProxy() as proxy:
+        rules = parse_rules(f"""{FAST}
+upstreams:
+  - {{name: a, protocol: openai-responses, base_url: 'http://127.0.0.1:{port}/v1', api_key: key-a, websocket: true,
+     proxy: 'http://127.0.0.1:{proxy.port}'}}
+  - {{name: b, protocol: openai-responses, base_url: '{mock_b.base_url}/v1', api_key: key-b}}
+routes: {{codex: [a, b]}}
+""")
+        talk = Conversation(rules)
+        try:
+            job, _ = await talk.turn(user("hello"))
+        finally:
+            await talk.close()
+            for writer in held:
+                writer.close()
+            server.close()
+    assert proxy.tunnels == 1 and job.upstream == "b" and job.attempts[0].error == "connect timeout"
+
+
 async def test_an_activation_probe_gives_up_connecting_after_the_rules_connect_timeout(mock_a):
     """A proxy that accepts and never answers: the probe waits `timeouts.connect`, as requests do,
     not a fixed half minute."""
