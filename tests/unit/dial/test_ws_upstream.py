@@ -143,30 +143,28 @@ async def test_a_socket_that_closes_before_the_first_event_is_a_transport_error(
 
 
 async def test_a_socket_that_times_out_through_the_upstream_s_proxy_names_the_proxy():
-    # the dialer hands the proxy as shown (`through`): the timeout is the proxy's path's, not the
-    # upstream's own silence (its cooldown ends when the proxy changes: routing.health)
+    # the dialer hands the proxy as shown (`through`): a proxy that never answers is the proxy's
+    # path's timeout, not the upstream's own silence (its cooldown ends when the proxy changes: routing.health)
     from ccswitch.dial.outcome import network_failure
     from ccswitch.net.proxy import parse_proxy
-    from tests.support.tunnel_proxies import ConnectProxy
 
     async def silent(reader, writer):
         await reader.read()
 
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)        # the proxy, mute
     sockets = UpstreamSockets()
     fresh = Turn(BODY, BODY["input"], None, new_input=BODY["input"], previous=None)
-    request = OutgoingRequest("POST", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/responses",
+    request = OutgoingRequest("POST", "http://127.0.0.1:9/v1/responses",
                               [("authorization", "Bearer k")], json.dumps(BODY).encode(), BODY["model"])
+    proxied = parse_proxy(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
     try:
-        with ConnectProxy() as proxy:
-            proxied = parse_proxy(proxy.url())
-            with pytest.raises(http1.ConnectTimeout) as caught:
-                await sockets.send("a", request, fresh, tls=None, connect_timeout=0.3,
-                                   open_transport=http1.opener(proxied, 0.3), through=proxied.shown)
+        with pytest.raises(http1.ConnectTimeout) as caught:
+            await sockets.send("a", request, fresh, tls=None, connect_timeout=0.3,
+                               open_transport=http1.opener(proxied, 0.3), through=proxied.shown)
     finally:
         server.close()
     assert network_failure("a", caught.value, "failover", "connect").reason == \
-        f"connect timeout (through proxy http://127.0.0.1:{proxy.port})"
+        f"connect timeout (through proxy {proxied.shown})"
 
 
 async def test_a_socket_that_closes_mid_turn_fails_the_read(mock_a):
