@@ -188,43 +188,28 @@ def ledger_answering(gateway, monkeypatch, started, wait) -> None:
     monkeypatch.setattr(gateway_module, "ledger_spend", ledger_spend)
 
 
-async def test_a_ledger_that_does_not_answer_holds_requests_only_so_long(gateway, monkeypatch, caplog):
-    # a lock on the table, a pooler queueing the query: with a budget set, requests waited for good
-    started, answer = utc_now(), threading.Event()
-    ledger_answering(gateway, monkeypatch, started, lambda: answer.wait(10))
-    monkeypatch.setattr(gateway_module, "SPEND_WAIT", 0.2)
-    gateway.open_ledger(True)
-    try:
-        with caplog.at_level(logging.INFO, logger="ccswitch"):
-            await gateway.start_spend(started)         # returns: the first requests go on
-            assert "has not answered the spend read within 0.2 s" in caplog.text
-            await asyncio.wait_for(gateway.spend_read_for(gateway.rules), 1)   # what each routed request awaits
-            assert gateway.spend.spent(CLIENT, "alice", "daily") == 0
-            answer.set()
-            await eventually(lambda: gateway.spend.spent(CLIENT, "alice", "daily") == 2.5)
-    finally:
-        answer.set()
-        gateway.stop_reading_spend()
-        gateway.close()
-
-
-async def test_a_budget_a_reload_sets_while_the_spend_is_read_waits_for_it_only_so_long(tmp_path, monkeypatch, caplog):
-    # no budget at the start: the read went on in the background; a reload setting one made every
-    # routed request wait for that read, with no bound
+@pytest.mark.parametrize("budget_from", ["the start", "a reload"])
+async def test_a_spend_read_that_does_not_answer_holds_requests_only_so_long(tmp_path, monkeypatch, caplog,
+                                                                             budget_from):
+    # a lock on the table, a pooler queueing the query: with a budget set (at the start, or by a
+    # reload while the start's read went on in the background), routed requests waited for good
     from tests.mitm.conftest import open_gateway
-    gateway = open_gateway(tmp_path, RULES.replace(", budget: {daily: 10}", ""))
+    gateway = open_gateway(tmp_path, RULES if budget_from == "the start"
+                           else RULES.replace(", budget: {daily: 10}", ""))
     started, answer = utc_now(), threading.Event()
     ledger_answering(gateway, monkeypatch, started, lambda: answer.wait(10))
     monkeypatch.setattr(gateway_module, "SPEND_WAIT", 0.2)
     gateway.open_ledger(True)
     try:
         with caplog.at_level(logging.INFO, logger="ccswitch"):
-            await gateway.start_spend(started)
-            (tmp_path / "rules.yaml").write_text(RULES)          # a reload sets a budget
-            gateway.rules_file.open(str(tmp_path / "rules.yaml"))
+            await gateway.start_spend(started)                   # returns: the first requests go on
+            if budget_from == "a reload":
+                (tmp_path / "rules.yaml").write_text(RULES)
+                gateway.rules_file.open(str(tmp_path / "rules.yaml"))
             await asyncio.wait_for(gateway.spend_read_for(gateway.rules), 2)    # what a routed request awaits
             assert gateway.first_spend_read is None              # the next ones do not wait at all
             assert "has not answered the spend read within 0.2 s" in caplog.text
+            assert gateway.spend.spent(CLIENT, "alice", "daily") == 0
             answer.set()
             await eventually(lambda: gateway.spend.spent(CLIENT, "alice", "daily") == 2.5)
     finally:

@@ -210,9 +210,11 @@ routes: {{codex: [a, b]}}
     assert mock_b.requests == []
 
 
-async def test_a_websocket_upstreams_silent_proxy_is_named_in_its_timeout(mock_a, mock_b):
+@pytest.mark.parametrize("mute", ["the proxy", "the upstream"])
+async def test_a_websocket_upstreams_timeout_names_its_proxy_only_when_the_proxy_was_mute(mock_b, mute):
     # over HTTPS the reason said "connect timeout (through proxy …)", over the WebSocket only
-    # "connect timeout": nothing pointed at the proxy
+    # "connect timeout": nothing pointed at the proxy; but a tunnel opened to an upstream that never
+    # answers its upgrade is the upstream's silence (a reload changing the proxy ends only the proxy's)
     from tests.unit.dial.test_dialer_websocket import Conversation, user
     held = []
 
@@ -221,41 +223,12 @@ async def test_a_websocket_upstreams_silent_proxy_is_named_in_its_timeout(mock_a
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    rules = parse_rules(f"""{FAST}
-upstreams:
-  - {{name: a, protocol: openai-responses, base_url: '{mock_a.base_url}/v1', api_key: key-a, websocket: true,
-     proxy: 'socks5://127.0.0.1:{port}'}}
-  - {{name: b, protocol: openai-responses, base_url: '{mock_b.base_url}/v1', api_key: key-b}}
-routes: {{codex: [a, b]}}
-""")
-    talk = Conversation(rules)
-    try:
-        job, _ = await talk.turn(user("hello"))
-    finally:
-        await talk.close()
-        for writer in held:
-            writer.close()
-        server.close()
-    assert [a.upstream for a in job.attempts] == ["a", "b"] and job.upstream == "b"
-    assert job.attempts[0].error == f"connect timeout (through proxy socks5://127.0.0.1:{port})"
-
-
-async def test_a_websocket_upstream_silent_behind_a_working_proxy_is_not_the_proxy_s_doing(mock_b):
-    # the tunnel opened; the upstream never answered the upgrade: "(through proxy …)" blamed the
-    # proxy, and a reload changing the proxy would have ended the upstream's own cooldown
-    held = []
-
-    async def silent(reader, writer):
-        held.append(writer)
-
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    from tests.unit.dial.test_dialer_websocket import Conversation, user
     with ConnectProxy() as proxy:
+        proxy_url = f"http://127.0.0.1:{port if mute == 'the proxy' else proxy.port}"
         rules = parse_rules(f"""{FAST}
 upstreams:
-  - {{name: a, protocol: openai-responses, base_url: 'http://127.0.0.1:{port}/v1', api_key: key-a, websocket: true,
-     proxy: 'http://127.0.0.1:{proxy.port}'}}
+  - {{name: a, protocol: openai-responses, base_url: 'http://127.0.0.1:{port if mute == "the upstream" else 9}/v1',
+     api_key: key-a, websocket: true, proxy: '{proxy_url}'}}
   - {{name: b, protocol: openai-responses, base_url: '{mock_b.base_url}/v1', api_key: key-b}}
 routes: {{codex: [a, b]}}
 """)
@@ -267,7 +240,9 @@ routes: {{codex: [a, b]}}
             for writer in held:
                 writer.close()
             server.close()
-    assert proxy.tunnels == 1 and job.upstream == "b" and job.attempts[0].error == "connect timeout"
+    assert [a.upstream for a in job.attempts] == ["a", "b"] and job.upstream == "b"
+    assert job.attempts[0].error == (f"connect timeout (through proxy {proxy_url})" if mute == "the proxy"
+                                     else "connect timeout")
 
 
 async def test_an_activation_probe_gives_up_connecting_after_the_rules_connect_timeout(mock_a):
