@@ -283,6 +283,16 @@ class HealthBoard:
             at = max(at, self._to_epoch(state.succeeded))
         return HealthChange(name, state.failures, end, state.rate_limited, cut(state.last_error), state.outage, at)
 
+    def told(self, name: str) -> HealthChange | None:
+        """The upstream's health as this instance last told it or took it in (None: neither yet):
+        its word for other instances' live records, without the 2xx it kept to itself since."""
+        state = self._state.get(name)
+        if state is None or not state.changed_at:
+            return None
+        end = self._to_epoch(state.cooling_until) if state.cooling_until else 0.0
+        return HealthChange(name, state.failures, end, state.rate_limited, cut(state.last_error), state.outage,
+                            state.changed_at)
+
     def known(self, name: str) -> bool:
         """Whether this instance has a word of its own on the upstream: a change, or a 2xx."""
         state = self._state.get(name)

@@ -26,7 +26,6 @@ from ccswitch.routing.changes import (
     WindowChange,
     account_digest,
     merge,
-    notify,
 )
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.issued import IssuedResponses
@@ -51,7 +50,6 @@ class Boards:
                  issued: IssuedResponses) -> None:
         self.health, self.quota, self.sessions, self.spend, self.issued = health, quota, sessions, spend, issued
         self.accounts: dict[str, str] = {}    # upstream name -> its account (`account_digest`)
-        self._feed: Feed | None = None        # where the boards' records go (`listen`)
 
     def sync_accounts(self, fingerprints: dict[str, tuple]) -> None:
         """The rules' upstreams (at start-up and after every reload): `Upstream.fingerprint` by name."""
@@ -62,7 +60,6 @@ class Boards:
         record stamped with its account."""
         def stamped(change: Change) -> None:
             feed(self._stamp(change))      # type: ignore[misc]
-        self._feed = feed
         for board in (self.health, self.quota, self.sessions, self.spend, self.issued):
             board.on_change = None if feed is None else stamped
 
@@ -82,15 +79,14 @@ class Boards:
     def apply(self, change: Change) -> None:
         """Another instance's record, in the order it was published: it replaces what this
         instance knew of that thing (spend totals only raise); another account's is left out.
-        A health record replaces only a word no newer than itself (as in a merge, a tie to the
-        record): two instances that changed an upstream within the milliseconds a record travels
-        would each take the other's.  A newer word here (a 2xx, which is no news while healthy)
-        is told instead, so the other instance settles on it too."""
+        A health record replaces only a word no newer than the last one this instance told or
+        took in (as in a merge, a tie to the record): two instances that changed an upstream
+        within the milliseconds a record travels would each take the other's.  A 2xx it kept to
+        itself (no news while healthy) does not count: no one else has it to settle on."""
         if self.foreign(change):
             return
-        if isinstance(change, HealthChange) and (local := self.local(change.key)) is not None \
-                and merge(change, local) is local:
-            notify(self._feed, local)
+        if isinstance(change, HealthChange) and (told := self.health.told(change.upstream)) is not None \
+                and merge(change, told) is not change:
             return
         if isinstance(change, HealthChange | SwitchChange | PreferChange):
             self.health.apply(change)
