@@ -39,13 +39,16 @@ def url_port(parts: SplitResult) -> int | None:
 def refuse_unencoded_credentials(text: str, parts: SplitResult) -> None:
     """`u:p/ss@host` (or `?`, `#`): the URL's authority ends at that character, and what follows the
     `:` would read as the port.  Told by an `@` past the authority outside a query (no path or
-    fragment has one), or in the query when the authority's port is no number (a query's
-    `user=me@corp` is fine).
-    Raises ValueError (without the text) naming the fix."""
+    fragment has one; a database named with one is written `%40`), or in the query when the
+    authority's port is no number or the query's text before it is no `key=value` (`?Secret@db`,
+    not `?user=admin@server`).  Raises ValueError (without the text) naming the fix."""
     if "@" in parts.netloc:
         return
     rest = text.split("://", 1)[-1][len(parts.netloc):]
-    if "@" in re.sub(r"\?[^#]*", "", rest, count=1) or ("@" in rest and not _port_reads(parts)):
+    query = re.match(r"[^?#]*\?([^#]*)", rest)
+    before_at = query.group(1).partition("@")[0] if query is not None and "@" in query.group(1) else None
+    if "@" in re.sub(r"\?[^#]*", "", rest, count=1) or (before_at is not None and (
+            not _port_reads(parts) or not ("=" in before_at or "&" in before_at))):
         raise ValueError("a '/', '?' or '#' in the user name or password must be percent-encoded "
                          "(%2F, %3F, %23), or the URL ends there")
 

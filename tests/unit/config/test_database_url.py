@@ -123,9 +123,12 @@ def test_paths_that_merely_hold_an_equals_sign_or_a_blank_are_still_paths(path):
     "postgresql://host/db?user=admin@myserver&password=pw",      # Azure's user@server
     "postgresql:///db?host=/run/postgresql&user=me@corp",
     "postgresql://me:12/34@db.internal:5432/x",                  # not this: a password all digits, cut at its '/'
+    "postgresql://app:2024?Secret@db.example.com/app",           # nor these: cut at the '?', its port reading
+    "postgresql://app:?Secret@db.example.com/app",
+    "postgresql://us?er@host/db",
 ])
-def test_an_at_sign_in_the_query_is_no_unencoded_credential(text):
-    if "12/34" in text:
+def test_an_at_sign_in_the_query_is_no_unencoded_credential_but_one_after_a_bare_word_is(text):
+    if "admin@myserver" not in text and "me@corp" not in text:
         with pytest.raises(ValueError, match="must be percent-encoded"):
             PostgresURL.parse(text)
     else:

@@ -36,6 +36,8 @@ def test_tls_and_a_user_and_the_default_database():
     ("redis://:pa ss@cache.internal/0", "no spaces"),
     ("redis://:pa/ss@cache.internal:6379/0", "must be percent-encoded (%2F, %3F, %23)"),   # was "the port must be …"
     ("redis://u:pa?ss@cache.internal:6379/0", "must be percent-encoded (%2F, %3F, %23)"),
+    ("redis://default:123?abc@cache.internal:6379/0", "must be percent-encoded (%2F, %3F, %23)"),
+    ("redis://default:?abc@cache.internal:6379/0", "must be percent-encoded (%2F, %3F, %23)"),
 ])
 def test_what_is_not_a_usable_redis_url_is_refused_without_echoing_it(text, problem):
     with pytest.raises(RulesError) as err:
