@@ -195,12 +195,12 @@ class Pump:
         return await self._fail(ended, timed_out)
 
     def heartbeats_only(self, events) -> bool:
-        """An Anthropic stream's read that brought nothing but `ping` events or comments: no
+        """An Anthropic stream's read that brought nothing but `ping` events, comments or line ends: no
         progress, so it does not put off `idle` (a relay that keeps a committed stream alive with
         pings alone would hold its client for good).  Chat and Responses streams' comments do: a
         reasoning model may send nothing else for minutes."""
-        if self.upstream.protocol != Protocol.ANTHROPIC or not events or self.parser.holds_part:
-            return False
+        if self.upstream.protocol != Protocol.ANTHROPIC or self.parser.holds_part:
+            return False            # (no event at all: line ends alone, a keepalive too)
         for event in events:
             if event.event and event.type != "ping":
                 return False

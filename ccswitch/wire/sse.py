@@ -131,8 +131,8 @@ class SSEParser:
 
     @property
     def holds_part(self) -> bool:
-        """Whether a piece of an event is waiting for the rest."""
-        return bool(self._buf)
+        """Whether a piece of an event is waiting for the rest (line ends alone are none)."""
+        return bool(self._buf.strip(b"\r\n"))
 
     def feed(self, chunk: bytes) -> list[Event]:
         if not self._buf and b"\r" not in chunk:

@@ -137,11 +137,10 @@ def stall_after(n_events: int, seconds: float) -> Behaviour:
     return Behaviour("stall", n_events=n_events, seconds=seconds)
 
 
-def heartbeats_after(n_events: int, seconds: float, interval: float, comment: bool = False) -> Behaviour:
-    """`n_events` of the answer, then only `ping` events (or `: keepalive` comments) every
+def heartbeats_after(n_events: int, seconds: float, interval: float, beat: bytes = b": keepalive\n\n") -> Behaviour:
+    """`n_events` of the answer, then only `beat` (a comment, a `ping` event, a line end) every
     `interval` for `seconds`, then the connection dropped."""
-    return Behaviour("heartbeats", n_events=n_events, seconds=seconds, interval=interval,
-                     beat=b": keepalive\n\n" if comment else b'event: ping\ndata: {"type": "ping"}\n\n')
+    return Behaviour("heartbeats", n_events=n_events, seconds=seconds, interval=interval, beat=beat)
 
 
 def error_event_after(n_events: int) -> Behaviour:

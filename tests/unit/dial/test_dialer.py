@@ -277,11 +277,12 @@ async def test_while_a_probe_s_stream_has_only_opened_others_still_skip_the_upst
     assert [a.upstream for a in other.attempts] == ["b"] and len(mock_a.requests) == 1
 
 
-@pytest.mark.parametrize("comment", [False, True], ids=["pings", "comments"])
-async def test_a_committed_anthropic_stream_of_heartbeats_alone_ends_at_idle(mock_a, comment):
+@pytest.mark.parametrize("beat", [b'event: ping\ndata: {"type": "ping"}\n\n', b": keepalive\n\n", b"\n"],
+                         ids=["pings", "comments", "line ends"])
+async def test_a_committed_anthropic_stream_of_heartbeats_alone_ends_at_idle(mock_a, beat):
     # a relay that keeps the stream alive with pings and nothing else held its client for good
     # (claude -p hung; `idle` counted the pings' bytes)
-    mock_a.script(heartbeats_after(3, 5, 0.1, comment=comment))
+    mock_a.script(heartbeats_after(3, 5, 0.1, beat=beat))
     extra = FAST.replace("hold_back: 2s", "hold_back: 100ms")      # idle: 500ms
     job, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=extra))
     assert event_types(sink.body)[-1] == "error" and job.attempts[0].ms < 2500
@@ -289,7 +290,7 @@ async def test_a_committed_anthropic_stream_of_heartbeats_alone_ends_at_idle(moc
 
 
 async def test_a_chat_stream_s_comments_keep_it_alive_as_a_reasoning_model_s_may(mock_a):
-    mock_a.script(heartbeats_after(0, 1.2, 0.1, comment=True))
+    mock_a.script(heartbeats_after(0, 1.2, 0.1))
     extra = FAST.replace("hold_back: 2s", "hold_back: 100ms")      # idle: 500ms
     job, _, _ = await run(rules_for(("a", "openai-chat", mock_a.base_url + "/v1"), extra=extra, routes={"chat": ["a"]}),
                           path="/v1/chat/completions",
