@@ -79,6 +79,7 @@ class Gateway:
         self.spend = SpendBoard(events=self.events)
         self._spend_reader: asyncio.Task | None = None   # reads the spend so far once the ledger can be read
         self.first_spend_read: asyncio.Task | None = None   # the start's, when no budget waited for it
+        self._spend_wait_ends: float | None = None   # when requests stop waiting for it (monotonic)
         # activation probes in flight: a shutdown waits for them as for requests, since one that
         # reached its upstream and left no row before the ledger closed is sent again after a restart
         self.probes: set[asyncio.Task] = set()
@@ -164,8 +165,11 @@ class Gateway:
         Never raises: how the read ended (failed, cancelled at shutdown) is its own business."""
         reading = self.first_spend_read
         if reading is not None and not reading.done() and rules.budgets_set():
-            if not (await asyncio.wait({reading}, timeout=SPEND_WAIT))[0] and self.first_spend_read is reading:
-                self.first_spend_read = None     # the requests after this one do not wait for it
+            if self._spend_wait_ends is None:    # one wait for all: the first to wait sets its end
+                self._spend_wait_ends = time.monotonic() + SPEND_WAIT
+            left = max(0.0, self._spend_wait_ends - time.monotonic())
+            if not (await asyncio.wait({reading}, timeout=left))[0] and self.first_spend_read is reading:
+                self.first_spend_read = None     # the requests after these do not wait for it
                 _gave_up_waiting()
 
     async def load_spend(self, until: datetime) -> None:

@@ -4,6 +4,7 @@ down), counted from 0 and read in the background once it can be."""
 import asyncio
 import logging
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -206,7 +207,11 @@ async def test_a_spend_read_that_does_not_answer_holds_requests_only_so_long(tmp
             if budget_from == "a reload":
                 (tmp_path / "rules.yaml").write_text(RULES)
                 gateway.rules_file.open(str(tmp_path / "rules.yaml"))
-            await asyncio.wait_for(gateway.spend_read_for(gateway.rules), 2)    # what a routed request awaits
+            first = asyncio.ensure_future(gateway.spend_read_for(gateway.rules))   # what a routed request awaits
+            await asyncio.sleep(0.15)
+            began = time.monotonic()
+            await asyncio.wait_for(gateway.spend_read_for(gateway.rules), 2)    # one more, a moment later:
+            assert time.monotonic() - began < 0.15 and first.done()             # released with the first
             assert gateway.first_spend_read is None              # the next ones do not wait at all
             assert "has not answered the spend read within 0.2 s" in caplog.text
             assert gateway.spend.spent(CLIENT, "alice", "daily") == 0
