@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,24 +37,28 @@ log = logging.getLogger("ccswitch.websocket")
 #: an upgrade answered with one of these: no WebSocket at that URL (an HTTPS-only relay marked
 #: `websocket: true`), not a failure of the upstream; its turns go over HTTPS
 NO_WEBSOCKET_THERE = frozenset({404, 405, 426, 501})
+RECHECK_AFTER = 600.0     # seconds before such an upstream is offered a WebSocket again
 
 
 class WithoutWebSocket:
     """The `websocket: true` upstreams whose handshake said they have none, each for the account
-    the rules gave it then (a new base_url or key asks again)."""
+    the rules gave it then (a new base_url or key asks again) and for RECHECK_AFTER (a 404 of a
+    moment, a relay that adds it later, are asked again then)."""
 
-    def __init__(self) -> None:
-        self._refused: dict[str, tuple] = {}
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._refused: dict[str, tuple[tuple, float]] = {}    # name -> (account, until)
 
     def known(self, upstream: Upstream) -> bool:
-        return self._refused.get(upstream.name) == upstream.fingerprint()
+        held = self._refused.get(upstream.name)
+        return held is not None and held[0] == upstream.fingerprint() and self.clock() < held[1]
 
     def learn(self, upstream: Upstream, exc: HandshakeRefused) -> bool:
         """Whether `exc` says the upstream has no WebSocket (then remembered, and said once)."""
         if exc.status not in NO_WEBSOCKET_THERE:
             return False
         if not self.known(upstream):
-            self._refused[upstream.name] = upstream.fingerprint()
+            self._refused[upstream.name] = (upstream.fingerprint(), self.clock() + RECHECK_AFTER)
             log.warning("ccswitch: upstream %s answers a WebSocket with HTTP %d: Codex's turns go to it over "
                         "HTTPS (set websocket: false for it)", upstream.name, exc.status)
         return True

@@ -177,3 +177,21 @@ async def test_a_socket_that_closes_mid_turn_fails_the_read(mock_a):
             pass
     await response.aclose()
     assert len(sockets) == 0
+
+
+def test_an_upstream_that_said_it_has_no_websocket_is_asked_again_later_or_with_another_account():
+    from ccswitch.config.load import parse_rules
+    from ccswitch.dial.ws_upstream import RECHECK_AFTER, WithoutWebSocket
+    from ccswitch.net.ws_client import HandshakeRefused
+    now = [100.0]
+    rules = parse_rules("""
+upstreams:
+  - {name: a, protocol: openai-responses, base_url: 'http://127.0.0.1:9/v1', api_key: key-a-00000000, websocket: true}
+""")
+    upstream = rules.upstreams[0]
+    memory = WithoutWebSocket(clock=lambda: now[0])
+    assert not memory.learn(upstream, HandshakeRefused(503))        # a failure, not "none here"
+    assert memory.learn(upstream, HandshakeRefused(404)) and memory.known(upstream)
+    assert not memory.known(upstream.model_copy(update={"base_url": "http://127.0.0.1:8/v1"}))
+    now[0] += RECHECK_AFTER                                            # a 404 of a moment is not for good
+    assert not memory.known(upstream)
