@@ -336,10 +336,9 @@ class Dialer:
         body = translation.scrub(body, outgoing.secrets)
         parsed = UNPARSED if is_sse else json_or_none(body)   # once, for the usage and the check
         attempt.usage, response_id = answer_of_body(upstream.protocol, body, is_sse, parsed)
-        if 200 <= status < 300:
-            attempt.response_id = response_id
         why = None
         if 200 <= status < 300:
+            attempt.response_id = response_id
             problem = translation.check_body(job.request, upstream, body, is_sse, parsed)
             if problem and protocols.dressed_error(parsed):
                 # an error under a 2xx (relays do it; a Responses object that failed): judged, and

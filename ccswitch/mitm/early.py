@@ -23,7 +23,7 @@ from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.key_shield import KeyShield
 from ccswitch.mitm.known import Known
 from ccswitch.mitm.lifecycle import hook_task
-from ccswitch.mitm.live_page import live_path, query_key
+from ccswitch.mitm.live_page import live_path, query_key, text_answer
 from ccswitch.mitm.safety import beyond_loopback
 from ccswitch.mitm.scope import EARLY_MARK, route_of
 from ccswitch.routing.admission import body_problem, head_problem, origin_problem
@@ -135,7 +135,7 @@ class EarlyRefusal:
     def _refuse(self, flow: http.HTTPFlow, protocol: str, status: int, message: str) -> None:
         message = self.gateway.rules.scrub(message)     # it may quote what the client sent
         if protocol == "text":
-            response = http.Response.make(status, message + "\n", {"content-type": "text/plain; charset=utf-8"})
+            response = text_answer(status, message + "\n")      # the live page's, as it would have answered
         else:
             response = error_response(protocol, status, message,
                                       codex=protocols.codex_client(flow.request.headers.items()))

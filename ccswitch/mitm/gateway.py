@@ -60,11 +60,6 @@ def upstream_tls() -> ssl.SSLContext:
             f"ccswitch: cannot load the upstream CA ({', '.join(given) or 'the system store'}): {reason}") from exc
 
 
-def _gave_up_waiting() -> None:
-    log.warning("ccswitch: the ledger has not answered the spend read within %s s: requests go on, "
-                "and budgets count from 0 until it does", SPEND_WAIT)
-
-
 class Gateway:
     """State shared by the addon classes: the rules in force, what is known of each upstream
     (health, rate-limit windows, the sessions bound to it), the ledger."""
@@ -142,35 +137,32 @@ class Gateway:
             self.state, self._state_for = InMemoryState(), None
 
     async def start_spend(self, until: datetime) -> None:
-        """`load_spend` at start-up, waited for only where a budget needs it, and then for at most
-        SPEND_WAIT: without one, a ledger slow to answer (PostgreSQL) holds up no request, and the
-        spend comes in when it is read."""
-        if self.rules.budgets_set():
-            if self.ledger is None:     # a supervisor restarting it in a loop would undo every budget
-                log.warning("ccswitch: budgets count only what this run spends: with the ledger off "
-                            "(ccswitch_ledger=false) nothing is recorded, and a restart starts them at $0 again")
-            reading = hook_task(self.load_spend(until), "spend read")
-            if not (await asyncio.wait({reading}, timeout=SPEND_WAIT))[0]:
-                _gave_up_waiting()
-                self._spend_reader = reading     # stopped at shutdown; no request waits for it any more
-        else:
-            self._spend_reader = self.first_spend_read = hook_task(self.load_spend(until), "spend read")
-            self.first_spend_read.add_done_callback(self._first_spend_read_done)
+        """`load_spend` at start-up, waited for only where a budget needs it (`spend_read_for`):
+        without one, a ledger slow to answer (PostgreSQL) holds up no request, and the spend comes
+        in when it is read."""
+        if self.rules.budgets_set() and self.ledger is None:   # a supervisor restarting it in a loop would undo every budget
+            log.warning("ccswitch: budgets count only what this run spends: with the ledger off "
+                        "(ccswitch_ledger=false) nothing is recorded, and a restart starts them at $0 again")
+        self._spend_reader = self.first_spend_read = hook_task(self.load_spend(until), "spend read")
+        self.first_spend_read.add_done_callback(self._first_spend_read_done)
+        await self.spend_read_for(self.rules)
 
     def _first_spend_read_done(self, _: asyncio.Task) -> None:
         self.first_spend_read = None
 
     async def spend_read_for(self, rules: Rules) -> None:
-        """Wait for the first spend read (SPEND_WAIT at most) if it is still on and `rules` (a reload) set a budget.
+        """Wait for the first spend read if it is still on and `rules` set a budget (at the start,
+        or by a reload since): SPEND_WAIT at most, one wait for every request, then none waits.
         Never raises: how the read ended (failed, cancelled at shutdown) is its own business."""
         reading = self.first_spend_read
         if reading is not None and not reading.done() and rules.budgets_set():
-            if self._spend_wait_ends is None:    # one wait for all: the first to wait sets its end
+            if self._spend_wait_ends is None:    # the first to wait sets its end
                 self._spend_wait_ends = time.monotonic() + SPEND_WAIT
             left = max(0.0, self._spend_wait_ends - time.monotonic())
             if not (await asyncio.wait({reading}, timeout=left))[0] and self.first_spend_read is reading:
                 self.first_spend_read = None     # the requests after these do not wait for it
-                _gave_up_waiting()
+                log.warning("ccswitch: the ledger has not answered the spend read within %s s: requests go on, "
+                            "and budgets count from 0 until it does", SPEND_WAIT)
 
     async def load_spend(self, until: datetime) -> None:
         """This month's spend before `until` (the start) as the ledger holds it (the day's is part

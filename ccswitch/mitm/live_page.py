@@ -75,12 +75,12 @@ class LivePage:
         if not self.gateway.rules.client_keys:      # with client keys, the key decides
             foreign = origin_problem(wire.from_wire(flow.request.headers.fields), _OWN_PAGES)
             if foreign is not None:
-                return answer(flow, _text(foreign[0], foreign[1] + "\n"))
+                return answer(flow, text_answer(foreign[0], foreign[1] + "\n"))
         if not allowed:
-            return answer(flow, _text(401, "this page needs a ccswitch client key: send it as x-api-key or "
+            return answer(flow, text_answer(401, "this page needs a ccswitch client key: send it as x-api-key or "
                                             "Authorization: Bearer, or open /_ccswitch/?key=YOUR_CLIENT_KEY\n"))
         if flow.request.method not in ("GET", "HEAD"):
-            return answer(flow, _text(405, "only GET\n", {"allow": "GET, HEAD"}))
+            return answer(flow, text_answer(405, "only GET\n", {"allow": "GET, HEAD"}))
         answer(flow, self._serve(path))
         if flow.request.method == "HEAD":
             # raw_content: the `content` setter would rewrite content-length to 0, and a HEAD
@@ -111,7 +111,7 @@ class LivePage:
             return http.Response.make(200, json_bytes(self._status()), {"content-type": "application/json", **_COMMON})
         if path == PREFIX + "/metrics":
             return http.Response.make(200, self._metrics().encode(), {"content-type": METRICS_TYPE, **_COMMON})
-        return _text(404, "not a ccswitch page: try /_ccswitch/, /_ccswitch/status.json or /_ccswitch/metrics\n")
+        return text_answer(404, "not a ccswitch page: try /_ccswitch/, /_ccswitch/status.json or /_ccswitch/metrics\n")
 
     def _page(self) -> http.Response:
         return http.Response.make(200, page_html(self._status()).encode(), {
@@ -133,6 +133,6 @@ class LivePage:
         return metrics_text(self.gateway.live, self._views(now, running), running)
 
 
-def _text(status: int, message: str, extra: dict | None = None) -> http.Response:
+def text_answer(status: int, message: str, extra: dict | None = None) -> http.Response:
     return http.Response.make(status, message.encode(), {"content-type": "text/plain; charset=utf-8",
                                                           **_COMMON, **(extra or {})})

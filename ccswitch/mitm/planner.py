@@ -48,8 +48,6 @@ class Planner:
         now = datetime.now(rules.tz)
         refused: dict[str, RenderError] = {}
         issuer = self._issuer(req)
-        if issuer not in rules.routes.for_route(req.route):   # a reload took it out: routed as any
-            issuer = None
         for _ in range(len(rules.upstreams) + 1):   # each round leaves out at least one more upstream
             chosen = plan(rules, req.route, req.model, gateway.health, now, quota=gateway.quota,
                           sessions=gateway.sessions, session=session, spend=gateway.spend, unable=refused,
@@ -81,12 +79,15 @@ class Planner:
                    skipped=chosen.blocked, shown=shown)
 
     def _issuer(self, req: ClientRequest) -> str | None:
-        """The upstream that issued the stored response an HTTP Responses request continues (a
-        bridged socket's turns carry their conversation themselves), when this instance saw it."""
+        """The upstream of the request's route that issued the stored response an HTTP Responses
+        request continues (a bridged socket's turns carry their conversation themselves), when
+        this instance (or one sharing its state) saw it."""
         if req.endpoint != Endpoint.RESPONSES or not isinstance(req.json, dict):
             return None
         previous = req.json.get("previous_response_id")
-        return self.gateway.issued.issuer(previous) if isinstance(previous, str) else None
+        issuer = self.gateway.issued.issuer(previous) if isinstance(previous, str) else None
+        # one a reload took out of the route: the request is routed as any
+        return issuer if issuer in self.gateway.rules.routes.for_route(req.route) else None
 
     def _could_take(self, req: ClientRequest, blocked: list[tuple[str, str]],
                     refused: dict[str, RenderError]) -> list[tuple[str, str]]:

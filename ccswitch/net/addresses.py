@@ -4,7 +4,6 @@ the port a URL of the rules names."""
 from __future__ import annotations
 
 import ipaddress
-import re
 from urllib.parse import SplitResult, urlsplit
 
 PORT_RANGE = "the port must be a number from 1 to 65535"
@@ -45,16 +44,17 @@ def refuse_unencoded_credentials(text: str, parts: SplitResult) -> None:
     if "@" in parts.netloc:
         return
     rest = text.split("://", 1)[-1][len(parts.netloc):]
-    query = re.match(r"[^?#]*\?([^#]*)", rest)
-    before_at = query.group(1).partition("@")[0] if query is not None and "@" in query.group(1) else None
-    if "@" in re.sub(r"\?[^#]*", "", rest, count=1) or (before_at is not None and (
-            not _port_reads(parts) or not ("=" in before_at or "&" in before_at))):
+    before_fragment, _, fragment = rest.partition("#")      # as urlsplit reads them
+    path, _, query = before_fragment.partition("?")
+    before_at, at, _ = query.partition("@")
+    if "@" in path + fragment or (at and (not _port_reads(parts) or not ("=" in before_at or "&" in before_at))):
         raise ValueError("a '/', '?' or '#' in the user name or password must be percent-encoded "
                          "(%2F, %3F, %23), or the URL ends there")
 
 
 def _port_reads(parts: SplitResult) -> bool:
     try:
-        return parts.port is not None or True
+        _ = parts.port
     except ValueError:
         return False
+    return True

@@ -154,8 +154,7 @@ async def open_through(proxy: Proxy, protocol_factory: Callable[[], asyncio.Prot
     except (TimeoutError, ProxyError):
         raise
     except Exception as exc:   # python-socks' errors, a reset mid-handshake, a name it could not resolve
-        what = _what(exc, proxy)
-        raise ProxyError(f"proxy {proxy.shown}: {what}", credentials=what.startswith(_AUTH_FAILED)) from None
+        raise ProxyError(f"proxy {proxy.shown}: {_what(exc, proxy)}", credentials=_refused_credentials(exc)) from None
     try:
         return await asyncio.get_running_loop().create_connection(
             protocol_factory, sock=sock, ssl=context, server_hostname=host if context else None)
@@ -242,6 +241,10 @@ def _what(exc: Exception, proxy: Proxy) -> str:
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve the upstream's name here ({exc.strerror})"
     text = scrub(str(exc) or type(exc).__name__, proxy)
-    if getattr(exc, "error_code", None) == 407 or "authentication failure" in text.lower():
-        return f"{_AUTH_FAILED} ({text})"
-    return text
+    return f"{_AUTH_FAILED} ({text})" if _refused_credentials(exc) else text
+
+
+def _refused_credentials(exc: Exception) -> bool:
+    """python-socks' word that the proxy refused the user name and password (a SOCKS failure, an
+    HTTP proxy's 407)."""
+    return getattr(exc, "error_code", None) == 407 or "authentication failure" in str(exc).lower()

@@ -277,21 +277,20 @@ class HealthBoard:
     def shared(self, name: str) -> HealthChange:
         """The upstream's health as other instances take it."""
         state = self.get(name)
-        end = self._to_epoch(state.cooling_until) if state.cooling_until else 0.0
         at = state.changed_at
         if state.succeeded and not state.failures and not state.cooling_until:   # healthy since its last 2xx
             at = max(at, self._to_epoch(state.succeeded))
-        return HealthChange(name, state.failures, end, state.rate_limited, cut(state.last_error), state.outage, at)
+        return self._record(name, state, at)
 
     def told(self, name: str) -> HealthChange | None:
         """The upstream's health as this instance last told it or took it in (None: neither yet):
         its word for other instances' live records, without the 2xx it kept to itself since."""
         state = self._state.get(name)
-        if state is None or not state.changed_at:
-            return None
+        return None if state is None or not state.changed_at else self._record(name, state, state.changed_at)
+
+    def _record(self, name: str, state: UpstreamHealth, at: float) -> HealthChange:
         end = self._to_epoch(state.cooling_until) if state.cooling_until else 0.0
-        return HealthChange(name, state.failures, end, state.rate_limited, cut(state.last_error), state.outage,
-                            state.changed_at)
+        return HealthChange(name, state.failures, end, state.rate_limited, cut(state.last_error), state.outage, at)
 
     def known(self, name: str) -> bool:
         """Whether this instance has a word of its own on the upstream: a change, or a 2xx."""

@@ -171,12 +171,3 @@ def answer_of_body(protocol: str, body: bytes, is_sse: bool, parsed: Any = UNPAR
     found = parsed.get("id") if protocol == Protocol.RESPONSES and isinstance(parsed, dict) else None
     return from_body(protocol, parsed), found if isinstance(found, str) else None
 
-
-def response_id_of_body(body: bytes, is_sse: bool, parsed: Any = UNPARSED) -> str | None:
-    """The id of a whole Responses answer (JSON, or SSE read to its end), or None."""
-    return answer_of_body(Protocol.RESPONSES, body, is_sse, parsed)[1]
-
-
-def usage_of_body(protocol: str, body: bytes, is_sse: bool, parsed: Any = UNPARSED) -> Usage | None:
-    """Usage of a whole response (`answer_of_body`)."""
-    return answer_of_body(protocol, body, is_sse, parsed)[0]

@@ -1,7 +1,7 @@
 """Usage extraction per protocol, including the classic bugs peers shipped."""
 
 from ccswitch.wire.sse import SSEParser, format_event
-from ccswitch.wire.usage import UsageTap, from_body, usage_of_body
+from ccswitch.wire.usage import UsageTap, answer_of_body, from_body
 
 
 def feed(protocol, events):
@@ -95,7 +95,7 @@ def test_chat_final_usage_chunk_and_body():
 def test_bodies_and_garbage():
     assert from_body("anthropic", {"usage": {"input_tokens": 4, "output_tokens": 2}}).output_tokens == 2
     assert from_body("anthropic", {"type": "error"}) is None
-    assert usage_of_body("anthropic", b"<html>", False) is None
+    assert answer_of_body("anthropic", b"<html>", False)[0] is None
     assert feed("anthropic", [b"data: not json\n\n"]) is None
     weird = from_body("openai-chat", {"usage": {"prompt_tokens": "many", "completion_tokens": -3}})
     assert (weird.input_tokens, weird.output_tokens) == (0, 0)
@@ -153,7 +153,11 @@ def test_usage_fields_peers_name_otherwise_and_numbers_that_do_not_add_up():
 def test_a_responses_answer_s_id_is_read_from_its_stream_or_its_body():
     import json
 
-    from ccswitch.wire.usage import response_id_of_body
+    from ccswitch.vocab import Protocol
+    from ccswitch.wire.exchange import UNPARSED
+
+    def response_id_of_body(body, is_sse, parsed=UNPARSED):
+        return answer_of_body(Protocol.RESPONSES, body, is_sse, parsed)[1]
     events = [format_event({"type": "response.created", "response": {"id": "resp_1", "usage": None}}),
               format_event({"type": "response.output_text.delta", "delta": "hi"}),
               format_event({"type": "response.completed", "response": {"id": "resp_1", "usage": {}}})]
