@@ -1,6 +1,7 @@
 """The request hook and Codex's WebSocket upgrade: bridged by default, 426 with `refuse`."""
 
 import asyncio
+from datetime import UTC, datetime
 
 from mitmproxy.flow import Error
 from mitmproxy.test import taddons
@@ -154,6 +155,10 @@ async def test_a_client_over_its_budget_is_bridged_and_refused_turn_by_turn_with
     from tests.mitm.conftest import open_gateway
     gateway = open_gateway(tmp_path, RULES.replace(
         f'client_keys: ["{CLIENT_KEY}"]', f"client_keys: [{{name: alice, key: '{CLIENT_KEY}', budget: {{daily: 1}}}}]"))
+    # at noon: in the last minute of a day its budget comes back sooner than is worth a stop (a CI
+    # run at 23:59 got the plain 429 with its short retry-after)
+    noon = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    gateway.spend.clock = lambda: noon
     gateway.spend.configure(gateway.rules)
     gateway.spend.add(CLIENT, "alice", 1.5)
     rows = []
