@@ -21,9 +21,11 @@ def finish_reason(stop_reason: Any, tool_calls: int) -> str:
     return "tool_calls" if tool_calls else "stop"
 
 
-def usage_from(usage: dict[str, Any] | None) -> dict[str, Any]:
-    """Anthropic usage as Chat usage: cache reads and writes are part of the prompt."""
-    usage = usage or {}
+def usage_from(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Anthropic usage as Chat usage: cache reads and writes are part of the prompt.  None when
+    the upstream gave none (a relay's answer without it): zero tokens would be a false count."""
+    if not usage or not isinstance(usage, dict):
+        return None
 
     def n(key: str) -> int:
         value = usage.get(key)

@@ -60,7 +60,7 @@ class ChunkWriter:
         out = self.chunk({}, finish_reason)
         if self.include_usage:
             out += format_event({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                                 "model": self.model, "choices": [], "usage": usage or chat_usage(0, 0)})
+                                 "model": self.model, "choices": [], "usage": usage})
         return out + DONE
 
     def error(self, message: str, kind: str = "api_error", code: str | None = None,
@@ -70,7 +70,7 @@ class ChunkWriter:
         return format_event(openai_error(message, kind, code, param))
 
 
-def completion(model: str, message: dict[str, Any], finish_reason: str, usage: dict[str, Any],
+def completion(model: str, message: dict[str, Any], finish_reason: str, usage: dict[str, Any] | None,
                response_id: str | None = None, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {"id": response_id or "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion",
             "created": int(time.time()), "model": model,

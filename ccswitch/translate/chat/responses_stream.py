@@ -18,10 +18,11 @@ TERMINAL = frozenset({"response.completed", "response.incomplete", "response.don
 FAILED = frozenset({"response.failed", "error"})
 
 
-def response_usage(usage: Any) -> dict[str, Any]:
-    """Responses usage -> Chat usage; cached tokens are already part of input_tokens."""
+def response_usage(usage: Any) -> dict[str, Any] | None:
+    """Responses usage -> Chat usage; cached tokens are already part of input_tokens.  None when
+    the upstream gave none: zero tokens would be a false count."""
     if not isinstance(usage, dict):
-        return chat_usage(0, 0)
+        return None
     details_in = usage.get("input_tokens_details") or {}
     details_out = usage.get("output_tokens_details") or {}
     out = chat_usage(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0),
@@ -75,7 +76,7 @@ class ResponsesStream:
         self.reasoning_part: tuple | None = None
         self.shown: set = set()                  # items (id or output index) whose text came as deltas
         self.unkeyed: set[str] = set()           # item types a delta came for naming no item: none sent again whole
-        self.outcome: tuple[str, dict[str, Any]] | None = None   # (finish_reason, usage)
+        self.outcome: tuple[str, dict[str, Any] | None] | None = None   # (finish_reason, usage)
         self.failure: tuple[str, str, str | None, str | None] | None = None  # (message, type, code, param)
 
     # ------------------------------------------------------------------ bytes

@@ -1041,3 +1041,16 @@ def test_tool_call_arguments_with_numbers_no_api_reads_are_kept_as_text():
     [call] = [b for m in convert(body)["messages"] for b in m["content"] if b["type"] == "tool_use"]
     assert call["input"] == {"_raw": '{"x": NaN, "y": 1e400}'}
     json.dumps(convert(body), allow_nan=False)      # raises on a NaN or an infinity in it
+
+
+def test_a_relay_s_answer_without_usage_is_null_usage_not_zero_tokens():
+    # zero tokens would be a false count to a client that tracks its context or bill by it
+    events = [("message_start", {"message": {"id": "m", "model": "x"}}), *SPEC_EXAMPLE[1:4],
+              ("message_delta", {"delta": {"stop_reason": "end_turn"}}), ("message_stop", {})]
+    _conv, outs = run_stream(events)
+    chunks = [c for out in outs for c in parse_chunks(out)]
+    assert chunks[-2] == {**chunks[-2], "choices": [], "usage": None}
+    for chunk in chunks[:-1]:
+        ChatCompletionChunk.model_validate(chunk)
+    out = reply_of({k: v for k, v in MESSAGE.items() if k != "usage"})
+    assert out["usage"] is None and ChatCompletion.model_validate(out).usage is None

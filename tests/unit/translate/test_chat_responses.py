@@ -288,7 +288,7 @@ def test_non_stream_tool_calls_reasoning_usage():
 ])
 def test_non_stream_finish_reasons(status, details, output, finish):
     _, body, _ = reply(json.dumps({"status": status, "incomplete_details": details, "output": output}).encode())
-    assert body["choices"][0]["finish_reason"] == finish and body["usage"]["total_tokens"] == 0
+    assert body["choices"][0]["finish_reason"] == finish and body["usage"] is None
     ChatCompletion.model_validate(body)
 
 
@@ -799,3 +799,14 @@ def test_a_tool_the_conversion_cannot_carry_is_said_to_be_ccswitchs_limit_not_th
     with pytest.raises(RenderError, match="'custom' cannot be sent to an OpenAI Responses upstream by ccswitch"):
         build_request({"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}],
                        "tools": [{"type": "custom", "custom": {"name": "x"}}]}, stream=False)
+
+
+def test_a_response_without_usage_is_null_usage_not_zero_tokens():
+    # zero tokens would be a false count to a client that tracks its context or bill by it
+    chunks = run(sse(created(), text_delta("Hi"), completed(usage=None)),
+                 {"model": "gpt-x", "messages": HI, "stream": True, "stream_options": {"include_usage": True}})
+    assert chunks[-1] == "[DONE]" and chunks[-2]["choices"] == [] and chunks[-2]["usage"] is None
+    state = ChatCompletionStreamState()
+    for chunk in chunks[:-1]:
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    assert state.get_final_completion().usage is None
