@@ -192,8 +192,21 @@ def _merge(turns: list[tuple[str, list[dict[str, Any]]]]) -> list[dict[str, Any]
     return merged
 
 
-def _check_tool_pairs(turns: list[dict[str, Any]]) -> None:
-    """Every tool_use is answered in the next turn, every tool_result answers the previous one."""
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _check_tool_pairs(turns: list[dict[str, Any]], messages: list[Any]) -> None:
+    """Every tool_use is answered in the next turn, every tool_result answers the previous one.
+    An error names the ids as the client sent them, not as `tool_id` rewrote them."""
+    sent = {tool_id(x, ""): x for msg in messages if isinstance(msg, dict)
+            for x in [msg.get("tool_call_id"), *[c.get("id") for c in _listed(msg.get("tool_calls"))
+                                                 if isinstance(c, dict)]]
+            if isinstance(x, str) and x}
+
+    def said(ids: list[str]) -> str:
+        return ", ".join(sent.get(x, x) for x in ids)
+
     asked: list[str] = []
     for turn in turns:
         ids = [b["tool_use_id"] if turn["role"] == "user" else b["id"] for b in turn["content"]
@@ -203,16 +216,16 @@ def _check_tool_pairs(turns: list[dict[str, Any]]) -> None:
             missing = [x for x in asked if x not in ids]
             if unknown:
                 raise RenderError(f"messages with role 'tool' must answer a preceding assistant message "
-                                  f"with 'tool_calls' (unknown tool_call_id: {', '.join(unknown)})")
+                                  f"with 'tool_calls' (unknown tool_call_id: {said(unknown)})")
         else:
             missing = asked
         if missing:
             raise RenderError("an assistant message with 'tool_calls' must be followed by tool messages "
-                              f"responding to each 'tool_call_id' (missing: {', '.join(missing)})")
+                              f"responding to each 'tool_call_id' (missing: {said(missing)})")
         asked = ids if turn["role"] == "assistant" else []
     if asked:
         raise RenderError("an assistant message with 'tool_calls' must be followed by tool messages "
-                          f"responding to each 'tool_call_id' (missing: {', '.join(asked)})")
+                          f"responding to each 'tool_call_id' (missing: {said(asked)})")
 
 
 # ----------------------------------------------------------------------------- tools
@@ -333,7 +346,7 @@ def build(body: dict[str, Any], req: ClientRequest, upstream, rules) -> dict[str
             raise RenderError(f"audio input is not supported by an Anthropic upstream, and {_NOTHING_TO_SAY} "
                               "besides it")
         raise RenderError(_NOTHING_TO_SAY)
-    _check_tool_pairs(turns)
+    _check_tool_pairs(turns, messages)
 
     out: dict[str, Any] = {"model": model}
     limit = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")

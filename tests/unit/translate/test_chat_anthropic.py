@@ -265,6 +265,12 @@ def test_orphaned_tool_calls_and_results_are_rejected():
         chat(user(), {"role": "tool", "tool_call_id": "zz", "content": "r"})
     with pytest.raises(RenderError, match="tool call id is required"):
         chat(user(), {"role": "tool", "content": "r"})
+    # named as the client sent them (Kimi-style ids are rewritten for Anthropic): findable in its history
+    with pytest.raises(RenderError, match=r"\(missing: functions\.get_time:1\)"):
+        chat(user(), {"role": "assistant", "tool_calls": [call("functions.get_time:1")]}, user("go on"),
+             tools=[WEATHER])
+    with pytest.raises(RenderError, match=r"\(unknown tool_call_id: functions\.x:2\)"):
+        chat(user(), {"role": "tool", "tool_call_id": "functions.x:2", "content": "r"})
 
 
 def test_history_with_tools_but_no_tools_gets_a_noop_tool():
