@@ -8,7 +8,8 @@ Two ways in, both checked against the real CLIs (Claude Code 2.1.x, Codex CLI 0.
   mitmproxy's CA -- other tools that honour ``SSL_CERT_FILE`` keep working too.
 * reverse mode: plain-HTTP base URLs on loopback, no CA at all. Codex 0.169 ignores the
   ``OPENAI_BASE_URL`` environment variable, so it needs a provider block (``--codex-toml``) or
-  ``-c openai_base_url=...``; the variable is still exported for OpenAI-SDK tools.
+  ``-c openai_base_url=...``; the variable is still exported for OpenAI-SDK tools where the rules
+  serve them with their upstreams' keys (else the listener's target would get the user's own key).
 
 With the rules, it also gives each client an API key when the upstreams hold the real ones
 (:func:`client_key_lines`): a fresh Claude Code with no key and no login says "Not logged in"
@@ -159,11 +160,9 @@ def client_key_lines(rules: Rules) -> list[str]:
     """
     lines: list[str] = []
     for variable, routes, clients in KEY_VARIABLES:
-        used = [route for route in routes if rules.routes.for_route(route)]
+        used, own = _key_holders(rules, routes)
         if not used:
             continue
-        own = [f"{name} ({route})" for route in used for name in rules.routes.for_route(route)
-               if _auth(rules, name) == "client"]
         if own:
             lines.append(f"# {variable} left as it is: the client's own key or login is needed by "
                          f"auth: client upstream(s) {', '.join(own)}")
@@ -181,6 +180,30 @@ def client_key_lines(rules: Rules) -> list[str]:
     return lines
 
 
+def _key_holders(rules: Rules, routes: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Of ``routes``: those that list upstreams, and their ``auth: client`` upstreams as
+    ``"name (route)"`` (they need the client's own key)."""
+    used = [route for route in routes if rules.routes.for_route(route)]
+    own = [f"{name} ({route})" for route in used for name in rules.routes.for_route(route)
+           if _auth(rules, name) == "client"]
+    return used, own
+
+
+def _openai_base_url_lines(rules: Rules | None, host: str, port: int) -> list[str]:
+    """``OPENAI_BASE_URL`` at a reverse listener, only where the rules serve OpenAI requests with
+    their upstreams' keys.  Otherwise such a request keeps the client's own OpenAI key and goes on
+    to the listener's target (an ``original`` upstream, a route listing nothing, a path no route
+    takes): to Anthropic or a relay, with the user's OpenAI key, for the README's listener."""
+    used, own = _key_holders(rules, (Route.CHAT, Route.CODEX)) if rules is not None else ([], [])
+    if used and not own:
+        return [_export("OPENAI_BASE_URL", f"http://{host}:{port}/v1")]
+    why = (f"auth: client upstream(s) {', '.join(own)} keep the client's own OpenAI key" if own
+           else "no upstream of the chat or codex route takes OpenAI requests")
+    return [f"# OPENAI_BASE_URL not set: {why}, and this listener would send such a request, key and all,"
+            " on to its target. Only for a listener whose target is OpenAI's API"
+            f" (--mode reverse:https://api.openai.com@PORT): export OPENAI_BASE_URL=http://{host}:PORT/v1"]
+
+
 def _auth(rules: Rules, name: str) -> str | None:
     try:
         return rules.upstream(name).auth
@@ -195,7 +218,8 @@ def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bund
     * proxy (default): HTTPS_PROXY, NO_PROXY, NODE_EXTRA_CA_CERTS (mitmproxy CA), SSL_CERT_FILE and
       CODEX_CA_CERTIFICATE (the bundle, written by :func:`write_ca_bundle`). A CA that does not
       exist yet gives a ``# run mitmdump once to create ...`` hint instead of the CA variables.
-    * ``reverse``: ANTHROPIC_BASE_URL=http://HOST:PORT and OPENAI_BASE_URL=http://HOST:PORT/v1.
+    * ``reverse``: ANTHROPIC_BASE_URL=http://HOST:PORT, and OPENAI_BASE_URL=http://HOST:PORT/v1 when
+      the rules serve OpenAI requests with their own upstreams' keys (:func:`_openai_base_url_lines`).
     * ``codex_toml``: a ``[model_providers.ccswitch]`` block (base_url is the reverse listener with
       ``reverse``, else the official URL reached through the proxy exports; WebSockets on unless
       ``rules`` say ``codex_websocket: refuse``).
@@ -209,7 +233,13 @@ def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bund
     if codex_toml:
         websockets = rules is None or rules.codex_websocket == "bridge"
         if reverse:
-            return codex_toml_block(f"{origin}/v1", websockets)
+            block = codex_toml_block(f"{origin}/v1", websockets)
+            own = _key_holders(rules, (Route.CODEX,))[1] if rules is not None else []
+            if own:   # as OPENAI_BASE_URL above: Codex's key would go on to the listener's target
+                block = (f"# auth: client upstream(s) {', '.join(own)} keep Codex's own key and send its requests"
+                         " on to this listener's target: use it only with a listener whose target is OpenAI's"
+                         " API (--mode reverse:https://api.openai.com@PORT) or ChatGPT's\n" + block)
+            return block
         return "\n".join([
             f"# Codex reaches {OFFICIAL_OPENAI} through the proxy: also eval \"$(ccswitch env --port {port})\".",
             codex_toml_block(OFFICIAL_OPENAI, websockets),
@@ -220,7 +250,7 @@ def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bund
         return "\n".join([
             f"# ccswitch reverse listener at {origin} (plain HTTP on loopback: no proxy, no CA)",
             _export("ANTHROPIC_BASE_URL", origin),
-            _export("OPENAI_BASE_URL", f"{origin}/v1"),
+            *_openai_base_url_lines(rules, host, port),
             _export("NO_PROXY", NO_PROXY),
             _export("no_proxy", NO_PROXY),
             "# Codex CLI ignores OPENAI_BASE_URL: see `ccswitch env --reverse --codex-toml`"

@@ -109,7 +109,7 @@ def test_missing_ca_gives_hint_and_stays_evalable(tmp_path, system_ca):
 
 def test_reverse_mode_needs_no_ca(tmp_path):
     text = env_lines(confdir=tmp_path / "none", port=8082, reverse=True, codex_toml=False,
-                     bundle_dir=tmp_path / "none")
+                     bundle_dir=tmp_path / "none", rules=rules_of("routes: {claude: [relay-a], chat: [relay-c]}\n"))
     ex = exports(text)
     assert ex["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:8082"
     assert ex["OPENAI_BASE_URL"] == "http://127.0.0.1:8082/v1"
@@ -252,3 +252,31 @@ def test_keys_follow_the_exports_even_without_a_ca_and_never_go_into_toml(tmp_pa
     assert "# run mitmdump once" in text and exports(text)["ANTHROPIC_API_KEY"] == clienv.PLACEHOLDER_KEY
     toml = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=True, bundle_dir=tmp_path, rules=rules)
     assert "export" not in toml and "ANTHROPIC_API_KEY" not in toml
+
+
+@pytest.mark.parametrize("routes, why", [
+    (None, "auth: client upstream(s) codex-original (codex) keep the client's own OpenAI key"),   # the shipped rules
+    ("routes: {claude: [relay-a], chat: [relay-c, openai-official], codex: [relay-r]}\n", "openai-official (chat)"),
+    ("routes: {claude: [relay-a]}\n", "no upstream of the chat or codex route takes OpenAI requests"),
+])
+def test_a_reverse_listener_gets_no_openai_base_url_where_the_users_own_openai_key_would_reach_its_target(
+        tmp_path, monkeypatch, routes, why):
+    # the README's listener targets Anthropic: an OpenAI SDK in the shell would send it the user's OpenAI key
+    from ccswitch.config.load import default_rules_text
+    rules = parse_rules(default_rules_text(), env={}) if routes is None else rules_of(routes)
+    text = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=False, bundle_dir=tmp_path, rules=rules)
+    env = shell_env(text)
+    assert "OPENAI_BASE_URL" not in env and env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:8082"
+    [said] = [line for line in text.splitlines() if line.startswith("# OPENAI_BASE_URL not set")]
+    assert why in said and "reverse:https://api.openai.com@PORT" in said and "http://127.0.0.1:PORT/v1" in said
+
+
+def test_a_reverse_codex_block_says_when_codexs_own_key_would_go_on_to_the_listeners_target(tmp_path):
+    from ccswitch.config.load import default_rules_text
+    shipped = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=True, bundle_dir=tmp_path,
+                        rules=parse_rules(default_rules_text(), env={}))
+    assert tomllib.loads(shipped)["model_providers"]["ccswitch"]["base_url"] == "http://127.0.0.1:8082/v1"
+    assert "codex-original (codex) keep Codex's own key" in shipped.splitlines()[0]
+    relayed = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=True, bundle_dir=tmp_path,
+                        rules=rules_of("routes: {codex: [relay-r]}\n"))
+    assert "own key" not in relayed and tomllib.loads(relayed)["model_provider"] == "ccswitch"
