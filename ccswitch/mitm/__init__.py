@@ -21,6 +21,7 @@ from ccswitch.mitm.rules_watcher import RulesWatcher
 from ccswitch.mitm.safety import ClientKeyGate, InterceptScope, ListenSafety
 from ccswitch.mitm.shared_state import SharedStateSync
 from ccswitch.mitm.socket_messages import SocketMessages
+from ccswitch.mitm.wrong_listener import WrongListener
 
 
 def make_addons() -> list:
@@ -32,6 +33,6 @@ def make_addons() -> list:
     # router: it sees only the flows the router let pass untouched
     shield = KeyShield()
     return [shield, EarlyRefusal(gateway, shield), RulesWatcher(gateway), ListenSafety(gateway), InterceptScope(gateway),
-            LivePage(gateway),
+            LivePage(gateway), WrongListener(),
             Router(gateway), SharedStateSync(gateway), ClientKeyGate(gateway), Commands(gateway), Activator(gateway),
             Notifications(gateway), CollectorTuning(), SocketMessages()]

@@ -201,3 +201,25 @@ def test_a_base_url_given_with_the_clients_own_v1_is_named_in_the_offline_404(re
     r = httpx.post(proxy.reverse_url + "/api/hello", json=MESSAGE, timeout=10, trust_env=False)
     assert r.status_code == 404 and "routes" not in r.text           # no near path: no hint
     assert not [req for req in a.requests if req.protocol]
+
+
+def test_a_base_url_at_the_regular_listener_is_told_at_once_which_url_it_meant(relay_proxy):
+    """ANTHROPIC_BASE_URL at the HTTPS_PROXY port: mitmproxy's HTML 502 "destination unknown" had
+    Claude Code retry for three minutes and call it a server-side issue."""
+    import anthropic
+    import openai
+    proxy, a, _ = relay_proxy
+    client = anthropic.Anthropic(base_url=proxy.proxy_url, api_key="k")
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        client.messages.create(**MESSAGE)
+    assert refused.value.status_code == 421 and refused.value.response.headers["x-should-retry"] == "false"
+    assert refused.value.body["error"]["type"] == "invalid_request_error"
+    said = refused.value.body["error"]["message"]
+    assert f"{proxy.proxy_url} is ccswitch's regular proxy listener, not a base URL" in said
+    assert f"HTTPS_PROXY={proxy.proxy_url}" in said and proxy.reverse_url in said
+    chat = openai.OpenAI(base_url=proxy.proxy_url + "/v1", api_key="k")
+    with pytest.raises(openai.APIStatusError) as refused:
+        chat.chat.completions.create(model="gpt-x", messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.status_code == 421 and proxy.reverse_url in refused.value.body["message"]
+    assert not [req for req in a.requests if req.protocol]
+    assert proxy.log().count("came to the regular listener as if it were a base URL") == 1

@@ -1,0 +1,60 @@
+import json
+
+import pytest
+from mitmproxy.proxy import mode_specs
+from mitmproxy.test import taddons, tflow, tutils
+
+from ccswitch.mitm.wrong_listener import WrongListener, addressed_to_itself, reverse_listeners, wrong_listener_message
+
+
+def flow_at(url: str, mode: str = "regular@8080", sockname=("127.0.0.1", 8080)):
+    flow = tflow.tflow(req=tutils.treq(method=b"POST", path=b"/v1/messages"))
+    flow.request.url = url
+    flow.client_conn.proxy_mode = mode_specs.ProxyMode.parse(mode)
+    flow.client_conn.sockname = sockname
+    return flow
+
+
+@pytest.mark.parametrize("host, port, sockname, listen_host, itself", [
+    ("127.0.0.1", 8080, ("127.0.0.1", 8080), "", True),
+    ("localhost", 8080, ("127.0.0.1", 8080), "", True),
+    ("::1", 8080, ("::1", 8080, 0, 0), "", True),
+    ("192.168.1.5", 8080, ("192.168.1.5", 8080), "", True),       # the address the client reached
+    ("proxy.lan", 8080, ("192.168.1.5", 8080), "proxy.lan", True),
+    ("127.0.0.1", 8081, ("127.0.0.1", 8080), "", False),          # another service on loopback
+    ("127.0.0.2", 8080, ("127.0.0.1", 8080), "", False),          # not the listener's address
+    ("api.anthropic.com", 443, ("127.0.0.1", 8080), "", False),
+    ("127.0.0.1", 8080, None, "", False),
+])
+def test_a_request_names_its_own_listener(host, port, sockname, listen_host, itself):
+    assert addressed_to_itself(host, port, sockname, listen_host) is itself
+
+
+def test_the_message_names_the_proxy_variable_and_each_reverse_listener():
+    said = wrong_listener_message("127.0.0.1", 8080, [(8082, "https://api.anthropic.com"), (8083, "https://api.openai.com")])
+    assert said.startswith("http://127.0.0.1:8080 is ccswitch's regular proxy listener, not a base URL: "
+                           "give it to the client as HTTPS_PROXY=http://127.0.0.1:8080")
+    assert "http://127.0.0.1:8082 (its requests not routed go to https://api.anthropic.com)" in said
+    assert "http://127.0.0.1:8083" in said and 'ccswitch env --reverse --port 8082' in said
+    alone = wrong_listener_message("::1", 8080, [])
+    assert "HTTPS_PROXY=http://[::1]:8080" in alone and "run a reverse listener" in alone
+    assert reverse_listeners(["regular@8080", "reverse:https://api.anthropic.com@8082", "nonsense:"]) == [
+        (8082, "https://api.anthropic.com")]
+
+
+def test_only_a_request_to_the_regular_listener_itself_is_answered():
+    addon = WrongListener()
+    with taddons.context(addon) as tctx:
+        tctx.options.mode = ["regular@8080", "reverse:https://api.anthropic.com@8082"]
+        mine = flow_at("http://127.0.0.1:8080/v1/messages")
+        addon.request(mine)
+        assert mine.response.status_code == 421
+        body = json.loads(mine.response.content)
+        assert body["type"] == "error" and "http://127.0.0.1:8082" in body["error"]["message"]
+        assert "regular proxy listener" in mine.comment
+        passing = [flow_at("https://api.anthropic.com/v1/messages"),
+                   flow_at("http://127.0.0.1:8082/v1/messages", mode="reverse:https://api.anthropic.com@8082",
+                           sockname=("127.0.0.1", 8082))]
+        for flow in passing:
+            addon.request(flow)
+            assert flow.response is None
