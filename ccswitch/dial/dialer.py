@@ -127,7 +127,7 @@ class Dialer:
             else:
                 if isinstance(last, Failure):
                     job.error = last.reason   # even when the last word is a 200 carrying an error event
-                reply = last.as_reply(job.request.client_protocol)
+                reply = last.as_reply(job.request.client_protocol, job.earlier_words())
                 await self._deliver(job, self._by_name(job, last.upstream), reply, sink)
         except asyncio.CancelledError:
             job.client_left()

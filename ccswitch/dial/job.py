@@ -139,6 +139,15 @@ class Job:
     def failed_over(self) -> bool:
         return len(self.attempts) > 1
 
+    def earlier_words(self) -> str:
+        """What the attempts before the last got, each once (`relay-a: connection refused`)."""
+        said: list[str] = []
+        for attempt in self.attempts[:-1]:
+            words = f"{attempt.upstream}: {attempt.error or f'HTTP {attempt.status}'}"
+            if words not in said:
+                said.append(words)
+        return "; ".join(said)
+
     def comment(self) -> str:
         """What a person inspecting the flow in mitmweb should see: each attempt, why the first
         upstream was chosen, and which were left out and why."""

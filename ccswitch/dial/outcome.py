@@ -42,10 +42,14 @@ class Failure:
     def rate_limited(self) -> bool:
         return 429 in (self.status, self.stands_for)
 
-    def as_reply(self, client_protocol: str) -> Reply:
+    def as_reply(self, client_protocol: str, before: str = "") -> Reply:
+        """The client's answer when this is the last word; `before`: what the route's earlier
+        attempts got, named in ccswitch's own answer (the last upstream's words alone read as
+        if it were the only one)."""
         if self.status is None or self.client_status is not None:
             status = self.client_status or 502
-            headers, body = protocols.own_error(client_protocol, status, f"upstream {self.upstream}: {self.reason}",
+            message = f"upstream {self.upstream}: {self.reason}" + (f" (before it: {before})" if before else "")
+            headers, body = protocols.own_error(client_protocol, status, message,
                                                 (("x-should-retry", "false"),) if self.lasting else ())
             return Reply(self.upstream, status, headers, body, translated=True, reason=self.reason)
         return Reply(self.upstream, self.status, self.headers, self.body, self.translated, self.reason)
@@ -92,8 +96,10 @@ def network_failure(upstream: str, exc: BaseException, action: str, phase: str) 
     chain = _causes(exc)
     text = " ".join(str(e) for e in chain)
     if any(isinstance(e, ssl.SSLError) for e in chain) or "CERTIFICATE" in text.upper():
-        reason = tls_reason(chain)
-    elif any(isinstance(e, ConnectionRefusedError) for e in chain) or "refused" in text.lower() \
+        failure = NetworkFailure(upstream, tls_reason(chain), action)
+        failure.lasting = True      # the rules' URL or the relay's certificate: a retry meets the same
+        return failure
+    if any(isinstance(e, ConnectionRefusedError) for e in chain) or "refused" in text.lower() \
             or "All connection attempts failed" in text:
         reason = "connection refused"
     elif any(isinstance(e, ConnectionResetError) for e in chain):
@@ -119,7 +125,10 @@ def tls_reason(chain: list[BaseException]) -> str:
             return f"TLS error: certificate verify failed: {e.verify_message}"
     for e in chain:
         if isinstance(e, ssl.SSLError) and e.reason:
-            return f"TLS error: {e.reason.replace('_', ' ').lower()}"
+            said = e.reason.replace('_', ' ').lower()
+            if said == "wrong version number":
+                said += " (an https:// base_url for a plain-HTTP port? then give it as http://)"
+            return f"TLS error: {said}"
     return "TLS error"
 
 

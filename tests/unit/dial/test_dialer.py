@@ -165,6 +165,24 @@ async def test_refused_connection_fails_over(mock_b):
     assert job.attempts[0].error == "connection refused"
 
 
+async def test_the_last_word_names_the_upstreams_before_it_and_an_https_url_for_a_plain_port(mock_b):
+    # the last upstream's words alone read as if it were the only one; a TLS mistake in the rules
+    # is met again by every retry of the client's: it is told not to
+    dead = f"http://127.0.0.1:{MockUpstream.closed_port()}"
+    plain_as_https = mock_b.base_url.replace("http://", "https://")
+    rules = rules_for(("a", "anthropic", dead), ("b", "anthropic", plain_as_https), extra=FAST)
+    job, sink, _ = await run(rules)
+    assert sink.status == 502 and sink.headers["x-should-retry"] == "false"
+    said = json.loads(sink.body)["error"]["message"]
+    assert said == ("upstream b: TLS error: wrong version number (an https:// base_url for a plain-HTTP port? "
+                    "then give it as http://) (before it: a: connection refused)")
+    job, sink, _ = await run(rules_for(("b", "anthropic", plain_as_https), ("a", "anthropic", dead), extra=FAST))
+    assert sink.headers["x-should-retry"] == "true"       # the last word a refused connection: worth a retry
+    assert json.loads(sink.body)["error"]["message"].endswith("(before it: b: TLS error: wrong version number "
+                                                              "(an https:// base_url for a plain-HTTP port? then "
+                                                              "give it as http://))")
+
+
 async def test_a_request_that_cannot_go_on_the_wire_is_the_client_s_400_and_no_upstream_s_failure(mock_a, mock_b):
     # admission refuses such heads first; this is the dialer's own line behind it
     headers = [("x-api-key", CLIENT_KEY), ("content-type", "application/json"), ("x-bad", "a\x01b")]
