@@ -6,7 +6,7 @@ import anthropic
 import pytest
 
 from tests.e2e.test_failover import ledger, wait_rows
-from tests.support.helpers import KEY_A, KEY_B
+from tests.support.helpers import KEY_A, KEY_B, zone_at_noon
 from tests.support.mock_upstream import MockUpstream
 from tests.support.proxy_process import Proxy
 
@@ -34,7 +34,9 @@ def ask(proxy, key):
 def test_budgets_hold_across_requests_and_a_restart(tmp_path):
     with MockUpstream("A") as a, MockUpstream("B") as b:
         rules = tmp_path / "rules.yaml"
-        rules.write_text(RULES.replace("{a}", a.base_url).replace("{b}", b.base_url))
+        # budget days in a zone where it is noon: the day does not end within the test
+        rules.write_text(RULES.replace("{a}", a.base_url).replace("{b}", b.base_url)
+                         .replace("timezone: UTC", f"timezone: {zone_at_noon()}"))
         with Proxy(rules, tmp_path) as proxy:
             assert ask(proxy, ALICE) == "a"                 # alice's first request costs over her budget
             wait_rows(proxy, 1)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.e2e.test_cli_clients import CLAUDE, CODEX, client_env, run
-from tests.support.helpers import CLIENT_KEY, KEY_A
+from tests.support.helpers import CLIENT_KEY, KEY_A, zone_at_noon
 from tests.support.mock_upstream import MockUpstream, status
 from tests.support.proxy_process import Proxy
 
@@ -90,11 +90,12 @@ def codex_through(rules, tmp_path, runs: int = 1):
 
 def test_codex_over_its_client_key_s_budget_says_so_at_once_instead_of_waiting_until_tomorrow(tmp_path):
     """Codex waits out any `retry-after` (here the hours until the budget's next day) and reads no
-    `x-should-retry`: it is told the `usage_limit_reached` it stops on, with when to try again."""
+    `x-should-retry`: it is told the `usage_limit_reached` it stops on, with when to try again.
+    The budget's day in a zone where it is noon: in its last minute the plain 429 is the answer."""
     with MockUpstream("A") as a:
         rules = tmp_path / "rules.yaml"
         rules.write_text(f"""
-timezone: UTC
+timezone: {zone_at_noon()}
 client_keys: [{{name: alice, key: "{CLIENT_KEY}", budget: {{daily: 0.00001}}}}]
 upstreams:
   - {{name: codex-a, protocol: openai-responses, base_url: '{a.base_url}/v1', api_key: '{KEY_A}'}}

@@ -25,8 +25,16 @@ routes: {{claude: [a]}}
 """
 
 
+def at_noon(gateway):
+    """Today's noon, from now on the clock of the gateway's spend board: the spend is read a
+    moment (up to a second) after the start, and begun at 23:59:59 it went into tomorrow, $0 so far."""
+    noon = utc_now().replace(hour=12, minute=0, second=0, microsecond=0)
+    gateway.spend.clock = lambda: noon
+    return noon
+
+
 async def test_an_unreadable_ledger_is_read_once_it_can_be(gateway, monkeypatch, caplog):
-    started = utc_now()
+    started = at_noon(gateway)
     # a row of today's, a few minutes before the start (but not before midnight: then yesterday's)
     midnight = started.astimezone(gateway.rules.tz).replace(hour=0, minute=0, second=0, microsecond=0)
     earlier = max(started - timedelta(minutes=5), midnight)
@@ -153,7 +161,7 @@ async def test_the_ledger_s_requests_are_counted_as_one_sum_per_local_day(gatewa
     # a month of a busy ledger was one addition per request on the proxy's loop
     from ccswitch.ledger.writer import Ledger
     from tests.unit.ledger.test_ledger import row
-    now = utc_now()
+    now = at_noon(gateway)
     today = max(now - timedelta(minutes=5), now.replace(hour=0, minute=0, second=0, microsecond=0))
     written = Ledger(gateway.rules.usage_db).start()
     for i in range(5):
@@ -197,7 +205,7 @@ async def test_a_spend_read_that_does_not_answer_holds_requests_only_so_long(tmp
     from tests.mitm.conftest import open_gateway
     gateway = open_gateway(tmp_path, RULES if budget_from == "the start"
                            else RULES.replace(", budget: {daily: 10}", ""))
-    started, answer = utc_now(), threading.Event()
+    started, answer = at_noon(gateway), threading.Event()
     ledger_answering(gateway, monkeypatch, started, lambda: answer.wait(10))
     monkeypatch.setattr(gateway_module, "SPEND_WAIT", 0.2)
     gateway.open_ledger(True)
@@ -226,7 +234,7 @@ async def test_a_spend_read_that_does_not_answer_holds_requests_only_so_long(tmp
 async def test_a_ledger_that_answers_within_the_wait_is_counted_before_the_first_request(gateway, monkeypatch, caplog):
     # a budget needs the spend so far: a read that takes a moment (a second here) is waited for,
     # and nothing is said of a wait given up
-    started = utc_now()
+    started = at_noon(gateway)
     ledger_answering(gateway, monkeypatch, started, lambda: threading.Event().wait(1))
     gateway.open_ledger(True)
     try:

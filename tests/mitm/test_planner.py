@@ -106,8 +106,10 @@ def test_planning_that_keeps_an_upstream_it_was_told_cannot_take_it_is_an_error_
 
 
 def closed_route(tmp_path, hours: str, only_models: str = "o-*", night_models: str = "gpt-*"):
-    """One upstream off by its hours, one that serves another model only."""
+    """One upstream off by its hours, one that serves another model only.  In UTC, as the tests'
+    `hours` are written: a local "two hours from now" is one or three at a DST change."""
     gateway = open_gateway(tmp_path, f"""
+timezone: UTC
 upstreams:
   - {{name: night, protocol: openai-chat, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}', hours: ['{hours}'],
      only_models: ['{night_models}']}}
@@ -119,10 +121,10 @@ routes: {{chat: [night, other]}}
 
 
 def test_a_route_closed_by_hours_says_when_its_first_upstream_opens(tmp_path):
-    from datetime import datetime, timedelta
+    from datetime import UTC, datetime, timedelta
 
     from ccswitch.wire.protocols import own_error
-    opens = datetime.now().astimezone() + timedelta(hours=2)
+    opens = datetime.now(UTC) + timedelta(hours=2)
     ends = opens + timedelta(hours=1)
     status, message, headers = closed_route(tmp_path, f"{opens:%H:%M}-{ends:%H:%M}")
     assert status == 503 and "night is outside its hours" in message and "other is not serving model" in message
@@ -132,14 +134,14 @@ def test_a_route_closed_by_hours_says_when_its_first_upstream_opens(tmp_path):
 
 
 def test_a_route_that_opens_within_a_minute_is_worth_a_retry(tmp_path):
-    from datetime import datetime, timedelta
+    from datetime import UTC, datetime, timedelta
 
     from ccswitch.wire.protocols import own_error
-    now = datetime.now().astimezone()
+    now = datetime.now(UTC)
     if now.second > 50:         # the window opens at the next minute: not the one after
         import time
         time.sleep(61 - now.second)
-        now = datetime.now().astimezone()
+        now = datetime.now(UTC)
     opens = (now + timedelta(minutes=1)).replace(second=0, microsecond=0)
     status, _, headers = closed_route(tmp_path, f"{opens:%H:%M}-{opens + timedelta(hours=1):%H:%M}")
     assert status == 503 and 1 <= int(headers["retry-after"]) <= 61
@@ -147,8 +149,8 @@ def test_a_route_that_opens_within_a_minute_is_worth_a_retry(tmp_path):
 
 
 def test_a_model_no_upstream_serves_is_said_at_once(tmp_path):
-    from datetime import datetime, timedelta
-    opens = datetime.now().astimezone() + timedelta(hours=2)     # the one off by its hours would not serve it either
+    from datetime import UTC, datetime, timedelta
+    opens = datetime.now(UTC) + timedelta(hours=2)     # the one off by its hours would not serve it either
     status, message, headers = closed_route(tmp_path, f"{opens:%H:%M}-{opens + timedelta(hours=1):%H:%M}",
                                             only_models="haiku-*", night_models="opus-*")
     assert status == 503 and headers == {"x-should-retry": "false"} and "not serving model 'gpt-x'" in message
@@ -173,10 +175,11 @@ routes: {{chat: [chatty]}}
 def test_a_closed_chat_route_is_back_when_an_upstream_that_could_take_the_request_opens(tmp_path):
     """An upstream that opens sooner but could not take the request as it is (an Anthropic one
     and `n` > 1) does not set the 503's `retry-after`."""
-    from datetime import datetime, timedelta
-    now = datetime.now().astimezone()
+    from datetime import UTC, datetime, timedelta
+    now = datetime.now(UTC)     # and the rules in UTC: a local "three hours from now" is two or four at a DST change
     soon, later = now + timedelta(hours=1), now + timedelta(hours=3)
     gateway = open_gateway(tmp_path, f"""
+timezone: UTC
 upstreams:
   - {{name: anth, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}',
      hours: ['{soon:%H:%M}-{soon + timedelta(minutes=30):%H:%M}']}}

@@ -20,13 +20,14 @@ from ccswitch.mitm.rules_watcher import RulesWatcher
 from ccswitch.mitm.safety import InterceptScope, ListenSafety
 from ccswitch.report.spend import LedgerSpend
 from tests.mitm.conftest import open_gateway
-from tests.support.helpers import CLIENT_KEY, KEY_A, reload_settled
+from tests.support.helpers import CLIENT_KEY, KEY_A, hours_closed_now, reload_settled
 
+# `late` is closed for hours whenever the tests run: a 503 with a long retry-after
 RULES = f"""
 client_keys: ["{CLIENT_KEY}"]
 upstreams:
   - {{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}
-  - {{name: late, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}', hours: ["03:00-03:01"]}}
+  - {{name: late, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}', hours: ["{hours_closed_now()}"]}}
 routes: {{claude: [a], codex: []}}
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import textwrap
 import time
@@ -18,6 +19,22 @@ from ccswitch.wire.exchange import ClientRequest
 KEY_A = "fake-upstream-key-A-0123456789"
 KEY_B = "fake-upstream-key-B-9876543210"
 CLIENT_KEY = "fake-client-key-should-not-leak"
+
+
+def hours_closed_now() -> str:
+    """A one-minute `hours:` window half a day from now in the machine's zone (rules without
+    `timezone:`): an upstream closed whenever the tests run.  A fixed "03:00-03:01" was open
+    when they ran at 03:00, and opened within 20 s (worth a retry) at 02:59:40."""
+    opens = datetime.datetime.now().astimezone() + datetime.timedelta(hours=12)
+    return f"{opens:%H}:00-{opens:%H}:01"
+
+
+def zone_at_noon() -> str:
+    """A fixed-offset zone whose clock reads noon-something now (`Etc/GMT-3` is UTC+3): a day's
+    budget counted in it does not end while a test runs.  In UTC, a run at 23:59 had the day's
+    budget back within the minute (a short retry-after), and one across midnight had it back."""
+    ahead = 12 - datetime.datetime.now(datetime.UTC).hour       # -11 to +12 hours
+    return f"Etc/GMT{-ahead:+d}"
 
 
 def rules_for(*upstreams: tuple[str, str, str], routes: dict | None = None, extra: str = "") -> Rules:
