@@ -843,6 +843,29 @@ def test_a_tab_in_the_indentation_is_said_to_be_one():
     assert problem.endswith("(indent with spaces: YAML does not allow tabs)")
 
 
+@pytest.mark.parametrize("text", [
+    "upstreams:\n  - name: a\n   protocol: anthropic\n    base_url: 'https://relay.example'\n",   # one space short
+    "upstreams:\n  - name: a\n    protocol: anthropic\n      base_url: 'https://relay.example'\n",   # two too many
+])
+def test_a_line_indented_unlike_its_neighbours_is_said_to_be(text):
+    [problem] = problems(text)
+    assert "(check this line's indentation against the lines above it" in problem
+
+
+def test_entries_not_indented_under_their_key_are_said_to_be():
+    p = problems("""
+        upstreams:
+          - name: a
+            protocol: anthropic
+            base_url: 'https://relay.example'
+            api_key: k
+            models:
+            "claude-opus-*": "glm-4.6"
+        routes: {claude: [a]}
+        """)
+    assert "r.yaml: upstreams[a].models: is empty: a mapping is wanted (its entries indented under models:?)" in p
+
+
 def test_an_activation_retried_at_once_or_with_no_model_is_refused():
     p = problems("""
         activation: {retry_interval: 0}
