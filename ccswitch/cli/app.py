@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ccswitch.cli.out_dir import cannot_write
 from ccswitch.cli.output import quiet_on_broken_pipe
-from ccswitch.cli.rules_file import UNSET, AnyEnv, find_announced, load_for_command, load_for_part
+from ccswitch.cli.rules_file import MarkedEnv, find_announced, load_for_command, load_for_part
 from ccswitch.config.database_url import PostgresURL
 from ccswitch.config.load import BUILT_IN, is_there
 from ccswitch.config.models import Rules
@@ -44,7 +44,21 @@ def _check(args: argparse.Namespace) -> int:
     routes = ", ".join(f"{route}: {len(rules.routes.for_route(route))}" for route in Route)
     count = len(rules.upstreams)
     print(f"{where}: OK ({count} upstream{'' if count == 1 else 's'}; routes {routes})")
+    for note in check_notes(rules):
+        print(f"note: {note}")
     return 0
+
+
+def check_notes(rules) -> list[str]:
+    """What valid rules do that their writer may not mean: nothing routed, upstreams in no route
+    (an example copied without its route)."""
+    routed = {name for route in Route for name in rules.routes.for_route(route)}
+    if not routed:
+        return ["no route lists an upstream: every request passes through untouched"]
+    idle = [u.name for u in rules.upstreams if u.name not in routed]
+    if idle:
+        return [f"in no route (no request is routed to them): {', '.join(idle)}"]
+    return []
 
 
 def _port(text: str) -> int:
@@ -58,9 +72,9 @@ def _port(text: str) -> int:
 
 
 def _env(args: argparse.Namespace) -> int:
-    from ccswitch.cli.env import env_lines
+    from ccswitch.cli.env import env_lines, unset_client_key
     # the clients' shell need not hold the relays' ${VAR} keys: env reads only routes, auth and client_keys
-    rules = load_for_command(args.rules, env=AnyEnv())
+    rules = load_for_command(args.rules, env=MarkedEnv())
     if rules is None:
         return 1
     confdir = Path(args.confdir).expanduser()
@@ -72,8 +86,8 @@ def _env(args: argparse.Namespace) -> int:
         print(cannot_write("--bundle-dir" if args.bundle_dir else "--confdir", bundle_dir, exc), file=sys.stderr)
         return 1
     print(lines)
-    if rules.client_keys and rules.client_keys[0].get_secret_value() == UNSET:
-        print("ccswitch: the ${VAR} of your client key (client_keys[0]) is not set in this shell, so no key "
+    if missing := unset_client_key(rules):
+        print(f"ccswitch: {missing} of your client key (client_keys[0]) is not set in this shell, so no key "
               "was exported for the clients; set it and run again", file=sys.stderr)
         return 1
     return 0

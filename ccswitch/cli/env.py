@@ -28,7 +28,7 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from ccswitch.cli.rules_file import UNSET
+from ccswitch.cli.rules_file import unset_in
 from ccswitch.config.models import Rules
 from ccswitch.vocab import Route
 
@@ -167,8 +167,8 @@ def client_key_lines(rules: Rules) -> list[str]:
             lines.append(f"# {variable} left as it is: the client's own key or login is needed by "
                          f"auth: client upstream(s) {', '.join(own)}")
             continue
-        if rules.client_keys and rules.client_keys[0].get_secret_value() == UNSET:
-            lines.append(f"# {variable} not set: the ${{VAR}} of your ccswitch client key (client_keys[0]) "
+        if missing := unset_client_key(rules):
+            lines.append(f"# {variable} not set: {missing} of your ccswitch client key (client_keys[0]) "
                          "is not set in this shell")
         elif rules.client_keys:
             lines.append(f"# {variable}: your ccswitch client key (client_keys[0]) for {clients}")
@@ -178,6 +178,14 @@ def client_key_lines(rules: Rules) -> list[str]:
                          "hold the real keys)")
             lines.append(_export(variable, PLACEHOLDER_KEY))
     return lines
+
+
+def unset_client_key(rules: Rules) -> str:
+    """The ${VAR}s of the first client key that this shell lacks (rules read with `MarkedEnv`), as
+    `${TEAM_KEY}`; "" when it has them all (or there are no client keys)."""
+    if not rules.client_keys:
+        return ""
+    return ", ".join("${" + name + "}" for name in unset_in(rules.client_keys[0].get_secret_value()))
 
 
 def _key_holders(rules: Rules, routes: tuple[str, ...]) -> tuple[list[str], list[str]]:

@@ -24,6 +24,21 @@ def test_check_ok_on_the_shipped_rules():
     assert done.returncode == 0 and "OK" in done.stdout
 
 
+def test_check_notes_upstreams_in_no_route_and_rules_that_route_nothing(tmp_path):
+    rules = tmp_path / "r.yaml"
+    rules.write_text("version: 1\n")
+    done = cli("check", str(rules))
+    assert done.returncode == 0
+    assert done.stdout.splitlines()[1] == "note: no route lists an upstream: every request passes through untouched"
+    rules.write_text("upstreams:\n  - {name: a, protocol: anthropic, base_url: 'https://a.example', api_key: k}\n"
+                     "  - {name: b, protocol: anthropic, base_url: 'https://b.example', api_key: k}\n"
+                     "routes: {claude: [a]}\n")
+    done = cli("check", str(rules))
+    assert done.returncode == 0 and done.stdout.splitlines()[1:] == ["note: in no route (no request is routed to them): b"]
+    rules.write_text(rules.read_text().replace("claude: [a]", "claude: [a, b]"))
+    assert len(cli("check", str(rules)).stdout.splitlines()) == 1
+
+
 def test_check_prints_every_problem_and_exits_1(tmp_path):
     bad = tmp_path / "rules.yaml"
     bad.write_text("""
@@ -190,8 +205,13 @@ upstreams:
 routes: {claude: [a]}
 """)
     done = cli("env", "--reverse", "--rules", str(rules), env=home_env(tmp_path))
-    assert done.returncode == 1 and "client key" in done.stderr and "not set in this shell" in done.stderr
+    assert done.returncode == 1 and "ccswitch: ${CCSWITCH_TEST_UNSET_CLIENT_KEY} of your client key" in done.stderr
+    assert "not set in this shell" in done.stderr and "${CCSWITCH_TEST_UNSET_CLIENT_KEY} of your" in done.stdout
     assert "ANTHROPIC_API_KEY=" not in done.stdout and "ANTHROPIC_BASE_URL=" in done.stdout
+    # a variable inside a key: it was exported with the unset part left empty
+    rules.write_text(rules.read_text().replace("'${CCSWITCH_TEST_UNSET_CLIENT_KEY}'", "'team-${CCSWITCH_TEST_UNSET_CLIENT_KEY}'"))
+    done = cli("env", "--reverse", "--rules", str(rules), env=home_env(tmp_path))
+    assert done.returncode == 1 and "ANTHROPIC_API_KEY=" not in done.stdout and "team-" not in done.stdout
     bad_port = cli("env", "--port", "70000", "--rules", str(rules), env=home_env(tmp_path))
     assert bad_port.returncode == 2 and "Traceback" not in bad_port.stderr and "1..65535" in bad_port.stderr
 
