@@ -225,7 +225,7 @@ def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bund
 
     * proxy (default): HTTPS_PROXY, NO_PROXY, NODE_EXTRA_CA_CERTS (mitmproxy CA), SSL_CERT_FILE and
       CODEX_CA_CERTIFICATE (the bundle, written by :func:`write_ca_bundle`). A CA that does not
-      exist yet gives a ``# run mitmdump once to create ...`` hint instead of the CA variables.
+      exist yet gives a ``# start ccswitch once (ccswitch run) to create ...`` hint instead of the CA variables.
     * ``reverse``: ANTHROPIC_BASE_URL=http://HOST:PORT, and OPENAI_BASE_URL=http://HOST:PORT/v1 when
       the rules serve OpenAI requests with their own upstreams' keys (:func:`_openai_base_url_lines`).
     * ``codex_toml``: a ``[model_providers.ccswitch]`` block (base_url is the reverse listener with
@@ -275,7 +275,7 @@ def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bund
     ]
     ca = mitmproxy_ca(confdir)
     if not ca.is_file():
-        lines.append(f"# run mitmdump once to create {shlex.quote(str(ca))} (the mitmproxy CA),"
+        lines.append(f"# start ccswitch once (ccswitch run) to create {shlex.quote(str(ca))} (the mitmproxy CA),"
                      " then run `ccswitch env` again for NODE_EXTRA_CA_CERTS, SSL_CERT_FILE and CODEX_CA_CERTIFICATE")
         return "\n".join(lines + keys)
     system = system_ca if system_ca is not None else system_ca_file()

@@ -182,7 +182,8 @@ SCRIPT = r"""
     fill($("running"), running);
     const rows = d.recent.map(requestRow);
     if (!rows.length) {
-      const tr = el("tr"), td = el("td", "no requests yet", "dim");
+      const tr = el("tr"), td = el("td", "no requests yet: point a client at ccswitch with the variables ccswitch env prints " +
+        "(eval \"$(ccswitch env)\" for HTTPS_PROXY, or ccswitch env --reverse --port PORT for a base URL)", "dim");
       td.colSpan = 14; tr.append(td); rows.push(tr);
     }
     fill($("recent"), rows);

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.support import browser
-from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B
+from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B, hours_closed_now
 from tests.support.mock_upstream import MockUpstream, hang_before_headers, ok, status
 from tests.support.proxy_process import Proxy
 
@@ -73,7 +73,7 @@ upstreams:
   - {{name: relay-a, protocol: anthropic, base_url: '{a.base_url}', api_key: '{KEY_A}'}}
   - {{name: relay-b, protocol: anthropic, base_url: '{b.base_url}', api_key: '{KEY_B}',
       models: {{claude-sonnet-4-5: claude-sonnet-4-5-20250929}}, budget: {{daily: 50}}}}
-  - {{name: night-relay, protocol: anthropic, base_url: '{b.base_url}', api_key: '{KEY_B}', hours: ["03:00-03:01"]}}
+  - {{name: night-relay, protocol: anthropic, base_url: '{b.base_url}', api_key: '{KEY_B}', hours: ["{hours_closed_now()}"]}}
 routes: {{claude: [relay-a, relay-b, night-relay]}}
 """)
         with Proxy(rules, tmp, reverse_target=target.base_url) as running:
@@ -175,3 +175,20 @@ def test_a_request_under_way_is_listed_in_flight_on_the_page(proxy, tmp_path):
     assert parsed.ids["flying"] == "1"
     upstreams = {r["upstream"]: r["cells"] for r in parsed.rows if r["class"] == "upstream"}
     assert upstreams["relay-b"][4] == "1" and upstreams["relay-a"][4] == "0"
+
+
+def test_a_fresh_page_says_how_to_point_a_client_at_ccswitch(tmp_path):
+    # day one: nothing but "no requests yet" left a new user where they were
+    from datetime import UTC, datetime
+
+    from ccswitch.report.live import LiveBoard
+    from ccswitch.report.live_html import page_html
+    from ccswitch.report.live_status import live_status
+    from tests.support.helpers import rules_for
+    rules = rules_for(("relay-a", "anthropic", "https://a.example"))
+    page = tmp_path / "fresh.html"
+    page.write_text(page_html(live_status(LiveBoard(), [], rules, datetime.now(UTC))))
+    parsed = Rows()
+    parsed.feed(browser.dump_dom(page.as_uri(), tmp_path / "profile", budget_ms=500))
+    [empty] = [cell for row in parsed.rows for cell in row["cells"] if cell.startswith("no requests yet")]
+    assert empty.startswith("no requests yet: point a client at ccswitch") and 'eval "$(ccswitch env)"' in empty

@@ -99,7 +99,7 @@ def test_missing_ca_gives_hint_and_stays_evalable(tmp_path, system_ca):
     confdir = tmp_path / "fresh"
     text = env_lines(confdir=confdir, port=8080, reverse=False, codex_toml=False, bundle_dir=confdir,
                      system_ca=system_ca)
-    assert "# run mitmdump once to create" in text and str(confdir / "mitmproxy-ca-cert.pem") in text
+    assert "# start ccswitch once (ccswitch run) to create" in text and str(confdir / "mitmproxy-ca-cert.pem") in text
     ex = exports(text)
     assert ex["HTTPS_PROXY"] == "http://127.0.0.1:8080"
     assert not {"NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "CODEX_CA_CERTIFICATE"} & set(ex)
@@ -249,7 +249,7 @@ def test_keys_follow_the_exports_even_without_a_ca_and_never_go_into_toml(tmp_pa
     rules = rules_of("routes: {claude: [relay-a]}\n")
     text = env_lines(confdir=tmp_path / "fresh", port=8080, reverse=False, codex_toml=False,
                      bundle_dir=tmp_path, rules=rules)
-    assert "# run mitmdump once" in text and exports(text)["ANTHROPIC_API_KEY"] == clienv.PLACEHOLDER_KEY
+    assert "# start ccswitch once" in text and exports(text)["ANTHROPIC_API_KEY"] == clienv.PLACEHOLDER_KEY
     toml = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=True, bundle_dir=tmp_path, rules=rules)
     assert "export" not in toml and "ANTHROPIC_API_KEY" not in toml
 
