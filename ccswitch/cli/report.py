@@ -150,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(report_json(report), indent=2))
         print(message, file=sys.stderr if args.json else sys.stdout)
+        if report.count_tokens and not args.json:     # the only kind there was: not "nothing at all"
+            print(f"({report.count_tokens} count_tokens request(s), which the report leaves out of every figure)")
         if report.activations and not args.json:
             print("\nActivation probes:\n" + "\n".join(activation_lines(report)))
         return 0

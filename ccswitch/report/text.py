@@ -158,12 +158,12 @@ def row_label(report: Report, span: Span) -> str:
 
 def main_rows(report: Report) -> tuple[list[tuple[str, Span, str | None]], int]:
     """The main table: (label, span, group label or None) for each row with requests, and how many
-    rows (days, hours, weeks, months) had none."""
+    rows (days, hours, weeks, months) had none (those yet to come not counted: they could have none)."""
     out: list[tuple[str, Span, str | None]] = []
     idle = 0
     for span in report.rows():
         if not span.total.requests:
-            idle += 1
+            idle += span.start <= report.now
             continue
         out.append((row_label(report, span), span, None))
         if report.by:

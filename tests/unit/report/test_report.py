@@ -298,6 +298,20 @@ def test_empty_database(tmp_path, capsys, kind):
     assert not out.exists()
 
 
+def test_a_ledger_of_count_tokens_requests_only_says_it_holds_those(tmp_path, capsys):
+    db = tmp_path / "usage.db"
+    conn = connect(str(db))
+    insert_request(conn, ts="2026-03-01T03:00:00.000+00:00", endpoint="count_tokens", upstream="relay-a",
+                   model="claude-sonnet-4-5", input_tokens=5000)
+    conn.commit()
+    conn.close()
+    rc = report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(db), "--since", "2026-03-01",
+                          "--until", "2026-03-02"])
+    assert rc == 0
+    assert capsys.readouterr().out.splitlines()[1] == (
+        "(1 count_tokens request(s), which the report leaves out of every figure)")
+
+
 def test_not_a_database(tmp_path, capsys):
     db = tmp_path / "usage.db"
     db.write_text("hello, this is not sqlite" * 100)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -101,6 +102,9 @@ def test_hours_of_one_day(times_db):
     out = text.render_table(r)
     assert "\nHour " in out and "(21 hour(s) without requests not shown)" in out
     assert "\n09:00 " in out and "2026-03-02 Mon" not in out.split("By upstream:")[0]
+    # a day under way: its hours yet to come are not "without requests"
+    r.now = datetime(2026, 3, 2, 10, 30, tzinfo=ZoneInfo("Asia/Shanghai"))
+    assert "(8 hour(s) without requests not shown)" in text.render_table(r)
 
 
 def test_cli_hours_json_and_option_errors(times_db, tmp_path, capsys):
