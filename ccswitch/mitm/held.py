@@ -29,9 +29,12 @@ class Holds:
         intercept = ctx.master.addons.get("intercept")
         return flow.intercepted or (intercept is not None and intercept.should_intercept(flow))
 
-    async def hold(self, flow: http.HTTPFlow) -> None:
+    async def hold(self, flow: http.HTTPFlow, plan: str = "") -> None:
         """Until the user resumes or kills the flow; meanwhile it shows its credentials as
-        `<redacted>`, and those the user left so are the client's again once it goes on."""
+        `<redacted>`, and those the user left so are the client's again once it goes on.  `plan`:
+        what ccswitch will do with it, shown in its comment while it waits."""
+        if plan:
+            flow.comment = f"ccswitch: held by the intercept; once resumed, {plan}"
         hidden = Hidden(flow.request)
         flow.intercept()
         ctx.master.addons.trigger(hooks.UpdateHook([flow]))    # mitmweb shows it stopped

@@ -50,7 +50,7 @@ from ccswitch.mitm.known import Known
 from ccswitch.mitm.lifecycle import hook_task, stopping, take_given_values
 from ccswitch.mitm.planner import Planner
 from ccswitch.mitm.router_options import add_options
-from ccswitch.mitm.scope import answered_early, is_api_flow, replays_routed, route_of
+from ccswitch.mitm.scope import answered_early, is_api_flow, replays_routed, route_of, why_unrouted
 from ccswitch.net import http1
 from ccswitch.routing.admission import body_problem, decoded_body, head_problem, origin_problem, parse_body, undecodable
 from ccswitch.routing.affinity import session_key
@@ -209,7 +209,8 @@ class Router:
             await self.started.wait()
         match = route_of(flow, self.gateway.rules)
         if match is not None and self.holds.wanted(flow):   # mitmweb's intercept: route what the user leaves
-            await self.holds.hold(flow)
+            names = self.gateway.rules.routes.for_route(match.route)
+            await self.holds.hold(flow, f"routed by the {match.route} route ({', '.join(names) or 'no upstreams'})")
             if flow.response or gone_meanwhile(flow):     # answered by the user, killed, or its client left
                 return
             match = route_of(flow, self.gateway.rules)      # what the request is now
@@ -408,6 +409,8 @@ class Router:
     # ------------------------------------------------------------------ helpers
 
     def _unrouted(self, flow: http.HTTPFlow) -> None:
+        if not flow.comment and is_api_flow(flow, self.gateway.rules):    # for whoever looks in mitmweb
+            flow.comment = f"ccswitch: not routed ({why_unrouted(flow, self.gateway.rules)}): passed on as it came"
         if ctx.options.ccswitch_offline and flow.request.pretty_host.lower() in self.gateway.rules.intercept:
             message = "ccswitch is offline: this host is not reachable"
             if (meant := meant_path(flow.request.path)) is not None:

@@ -16,6 +16,15 @@ def route_of(flow: http.HTTPFlow, rules: Rules) -> RouteMatch | None:
     return match if match is not None and is_api_flow(flow, rules) else None
 
 
+def why_unrouted(flow: http.HTTPFlow, rules: Rules) -> str:
+    """Why an API flow goes on as it came, for its comment."""
+    upgrade = flow.request.headers.get("upgrade", "").lower() == "websocket"
+    match = classify(flow.request.method, flow.request.path, upgrade)
+    if match is None:
+        return f"no route takes {flow.request.method} {flow.request.path.split('?', 1)[0][:200]}"
+    return f"the {match.route} route lists no upstreams"
+
+
 def is_api_flow(flow: http.HTTPFlow, rules: Rules) -> bool:
     """A flow to an API host: on a reverse listener, or to an `intercept` host; or the replay
     of a flow ccswitch routed, whatever it shows now (the upstream's URL, or an edit)."""

@@ -234,10 +234,15 @@ async def test_codex_known_by_its_originator_gets_its_closed_route_without_the_h
 
 
 async def test_unrouted_paths_methods_and_hosts_pass_untouched(router):
-    for flow in (messages_flow(path="/v1/models", method="GET"), messages_flow(method="GET"),
-                 messages_flow(host="example.com"), messages_flow(path="/v1/responses")):
+    # an API host's flow says so for whoever looks in mitmweb; another host's is left as it is
+    why = "ccswitch: not routed ({}): passed on as it came"
+    for flow, comment in ((messages_flow(path="/v1/models", method="GET"), why.format("no route takes GET /v1/models")),
+                          (messages_flow(method="GET"), why.format("no route takes GET /v1/messages")),
+                          (messages_flow(host="example.com"), ""),
+                          (messages_flow(path="/v1/responses"), why.format("the codex route lists no upstreams"))):
         await router.request(flow)
         assert flow.response is None and flow.request.port == 443 and flow.id not in router.jobs
+        assert flow.comment == comment
 
 
 async def test_reverse_mode_routes_any_host(router):

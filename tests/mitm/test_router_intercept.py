@@ -69,6 +69,8 @@ async def test_an_intercepted_request_is_sent_only_once_resumed_and_as_edited(pr
     await asyncio.sleep(0.05)
     assert dialer.jobs == [] and flow.response is None
     assert flow.request.headers["x-api-key"] == "<redacted>"    # while it is shown stopped
+    # what ccswitch will do with it: the comment was empty while it waited
+    assert flow.comment.startswith("ccswitch: held by the intercept; once resumed, routed by the claude route (")
     edit(flow, EDITED)
     flow.resume()
     await asyncio.wait_for(hook, 2)    # no second stop of the same request
@@ -110,6 +112,7 @@ async def test_a_flow_ccswitch_does_not_route_is_left_to_the_intercept_addon(pro
     flow = messages_flow(path="/v1/models", method="GET")
     await tctx.master.addons.handle_lifecycle(HttpRequestHook(flow))
     assert flow.intercepted           # stopped as mitmproxy stops it, and left so
+    assert flow.comment == "ccswitch: not routed (no route takes GET /v1/models): passed on as it came"
 
 
 async def test_a_held_request_killed_keeps_its_keys_hidden_and_one_whose_client_left_goes_nowhere(proxy):
