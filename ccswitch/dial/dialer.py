@@ -25,7 +25,6 @@ from ccswitch.dial.outcome import (
     redirect_failure,
     response_headers,
     retry_delay,
-    rules_key_refused,
 )
 from ccswitch.dial.pump import Pump, nothing
 from ccswitch.dial.relay import ClientGone, send_whole
@@ -380,14 +379,14 @@ class Dialer:
             reply = translation.error_reply(job.request, reply)
         job.upstream, job.status = reply.upstream, reply.status
         job.error = job.error or (None if 200 <= reply.status < 300 else reply.reason or f"HTTP {reply.status}")
-        headers, body = reply.headers, reply.body
+        headers = reply.headers
         if reply.status in (401, 403) and upstream.auth != "client":
             # the key refused is the rules', not the client's: no retry of the client's mends it
             # (Claude Code retried an upstream's 401 for minutes before saying anything)
-            headers, body = rules_key_refused(job.request.client_protocol, upstream.name, reply.status, headers, body)
+            headers = [h for h in headers if h[0].lower() != "x-should-retry"] + [("x-should-retry", "false")]
         elif reply.status in (429, 503):
             headers = limit_passed_on(headers, job.request.headers)
-        await _answer(job, sink, reply.status, headers + marks(job), body)
+        await _answer(job, sink, reply.status, headers + marks(job), reply.body)
 
     async def _deliver_own_error(self, job: Job, sink: Sink, status: int, message: str) -> None:
         job.status, job.error = status, message

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 from dataclasses import dataclass, field
 
@@ -207,27 +206,3 @@ def _base_url_advice(base_url: str, sent_to: str, location: str) -> str:
     if appended and target.endswith(appended) and "://" in target:
         return f"; set its base_url to {target[:-len(appended)]}"
     return "; set its base_url to where it points (without the path ccswitch appends)"
-
-
-def rules_key_refused(client_protocol: str, upstream: str, status: int, headers: list[tuple[str, str]],
-                      body: bytes) -> tuple[list[tuple[str, str]], bytes]:
-    """An upstream's 401 or 403 to the key the rules give it, as ccswitch's own error with that
-    status: the upstream's words alone read as the client's own key or login refused (Claude
-    Code's "Failed to authenticate"), and no retry of the client's mends rules.yaml."""
-    said = _error_words(body)
-    message = f"upstream {upstream} refused the api_key rules.yaml gives it (HTTP {status}{': ' + said if said else ''})"
-    kept = tuple((k, v) for k, v in headers if k.lower() in ("request-id", "x-request-id"))
-    return protocols.own_error(client_protocol, status, message, (("x-should-retry", "false"), *kept))
-
-
-def _error_words(body: bytes) -> str:
-    """An error answer's message (any of the APIs' shapes), else its text, on one short line."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    error = data.get("error") if isinstance(data, dict) else None
-    message = error.get("message") if isinstance(error, dict) else data.get("message") if isinstance(data, dict) \
-        else None
-    text = message if isinstance(message, str) else body.decode("utf-8", "replace")
-    return " ".join(text.split())[:300]

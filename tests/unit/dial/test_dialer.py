@@ -1054,21 +1054,6 @@ async def test_an_upstreams_refusal_of_the_rules_key_tells_the_client_once_not_t
     job, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST), sink=RawHeadersSink())
     assert sink.status == code
     assert [v for k, v in sink.raw_headers if k.lower() == "x-should-retry"] == ["false"]
-    # named: the upstream's words alone read as the client's own key refused ("Failed to authenticate")
-    assert json.loads(sink.body)["error"] == {
-        "type": "authentication_error" if code == 401 else "permission_error",
-        "message": f"upstream a refused the api_key rules.yaml gives it (HTTP {code}: invalid x-api-key)"}
-
-
-async def test_a_chat_client_is_told_which_upstream_refused_the_rules_key_in_its_own_format(mock_a):
-    mock_a.script(status(401, body=b"Unauthorized\n", headers={"content-type": "text/plain", "request-id": "req_7"}))
-    rules = rules_for(("a", "anthropic", mock_a.base_url), routes={"chat": ["a"]}, extra=FAST)
-    job, sink, _ = await run(rules, path="/v1/chat/completions",
-                             body={"model": "claude-x", "messages": [{"role": "user", "content": "hi"}]})
-    assert sink.status == 401 and sink.headers["request-id"] == "req_7"
-    assert sink.headers["content-type"] == "application/json"
-    error = json.loads(sink.body)["error"]
-    assert error["message"] == "upstream a refused the api_key rules.yaml gives it (HTTP 401: Unauthorized)"
 
 
 async def test_an_upstreams_refusal_of_the_clients_own_key_keeps_the_upstreams_retry_advice(mock_a):

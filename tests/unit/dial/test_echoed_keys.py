@@ -20,14 +20,14 @@ async def test_upstream_echoing_its_key_is_redacted(mock_a):
 
 
 async def test_upstream_echoing_its_key_in_headers_is_redacted(mock_a):
-    mock_a.script(status(400, headers={"x-echo": f"Bearer {KEY_A}", f"x-{KEY_A}": "1", "x-other": "kept"}))
+    mock_a.script(status(401, headers={"x-echo": f"Bearer {KEY_A}", f"x-{KEY_A}": "1", "x-other": "kept"}))
     _, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST))
-    assert sink.status == 400 and KEY_A.lower() not in json.dumps(sink.headers).lower()
+    assert sink.status == 401 and KEY_A.lower() not in json.dumps(sink.headers).lower()
     assert sink.headers["x-echo"] == "Bearer [redacted]" and sink.headers["x-other"] == "kept"
 
 
 async def test_a_credential_among_the_upstreams_headers_is_scrubbed_too(mock_a):
-    mock_a.script(status(400, body={"error": {"message": "bad api-key azure-secret-0123456789",
+    mock_a.script(status(401, body={"error": {"message": "bad api-key azure-secret-0123456789",
                                               "version": "2024-10-21-preview"}}))
     rules = parse_rules(f"""
 {FAST}
