@@ -197,19 +197,40 @@ def _key_holders(rules: Rules, routes: tuple[str, ...]) -> tuple[list[str], list
     return used, own
 
 
+def own_key_to_target(rules: Rules | None, routes: tuple[str, ...]) -> str | None:
+    """Why a client of ``routes`` at a reverse listener would send its own key on to the listener's
+    target (an ``original`` upstream, a route listing nothing, a path no route takes), or None
+    when the routes' upstreams hold the keys and the client gets a key ccswitch drops.  To
+    Anthropic or a relay, with the user's OpenAI key, for the README's listener."""
+    if rules is None:
+        return "no rules were read"
+    used, own = _key_holders(rules, routes)
+    if own:
+        return f"auth: client upstream(s) {', '.join(own)} keep the client's own key"
+    if not used:
+        return f"no upstream of the {' or '.join(routes)} route takes these requests"
+    if missing := unset_client_key(rules):
+        return f"{missing} of your client key is not set in this shell, so the client keeps its own key"
+    return None
+
+
 def _openai_base_url_lines(rules: Rules | None, host: str, port: int) -> list[str]:
     """``OPENAI_BASE_URL`` at a reverse listener, only where the rules serve OpenAI requests with
-    their upstreams' keys.  Otherwise such a request keeps the client's own OpenAI key and goes on
-    to the listener's target (an ``original`` upstream, a route listing nothing, a path no route
-    takes): to Anthropic or a relay, with the user's OpenAI key, for the README's listener."""
-    used, own = _key_holders(rules, (Route.CHAT, Route.CODEX)) if rules is not None else ([], [])
-    if used and not own:
-        return [_export("OPENAI_BASE_URL", f"http://{host}:{port}/v1")]
-    why = (f"auth: client upstream(s) {', '.join(own)} keep the client's own OpenAI key" if own
-           else "no upstream of the chat or codex route takes OpenAI requests")
-    return [f"# OPENAI_BASE_URL not set: {why}, and this listener would send such a request, key and all,"
-            " on to its target. Only for a listener whose target is OpenAI's API"
-            f" (--mode reverse:https://api.openai.com@PORT): export OPENAI_BASE_URL=http://{host}:PORT/v1"]
+    their upstreams' keys (see `own_key_to_target`); and what Codex CLI, which ignores it, needs."""
+    origin = f"http://{host}:{port}"
+    why = own_key_to_target(rules, (Route.CHAT, Route.CODEX))
+    if why is not None:
+        return [f"# OPENAI_BASE_URL not set: {why}, and this listener would send such a request, key and all,"
+                " on to its target. Only for a listener whose target is OpenAI's API"
+                f" (--mode reverse:https://api.openai.com@PORT): export OPENAI_BASE_URL=http://{host}:PORT/v1"]
+    lines = [_export("OPENAI_BASE_URL", f"{origin}/v1")]
+    if own_key_to_target(rules, (Route.CODEX,)) is None:
+        lines.append("# Codex CLI ignores OPENAI_BASE_URL: see `ccswitch env --reverse --codex-toml`"
+                     f" (or: codex -c openai_base_url={shlex.quote(origin + '/v1')})")
+    else:
+        lines.append("# OPENAI_BASE_URL serves the chat route (/v1/chat/completions) only: the codex route's"
+                     " requests (/v1/responses) would go on to this listener's target")
+    return lines
 
 
 def _auth(rules: Rules, name: str) -> str | None:
@@ -242,11 +263,11 @@ def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bund
         websockets = rules is None or rules.codex_websocket == "bridge"
         if reverse:
             block = codex_toml_block(f"{origin}/v1", websockets)
-            own = _key_holders(rules, (Route.CODEX,))[1] if rules is not None else []
-            if own:   # as OPENAI_BASE_URL above: Codex's key would go on to the listener's target
-                block = (f"# auth: client upstream(s) {', '.join(own)} keep Codex's own key and send its requests"
-                         " on to this listener's target: use it only with a listener whose target is OpenAI's"
-                         " API (--mode reverse:https://api.openai.com@PORT) or ChatGPT's\n" + block)
+            why = own_key_to_target(rules, (Route.CODEX,)) if rules is not None else None
+            if why is not None:   # as OPENAI_BASE_URL: Codex's key would go on to the listener's target
+                block = (f"# {why}, and this listener would send its requests on to its target: use this block"
+                         " only with a listener whose target is OpenAI's API"
+                         " (--mode reverse:https://api.openai.com@PORT) or ChatGPT's\n" + block)
             return block
         return "\n".join([
             f"# Codex reaches {OFFICIAL_OPENAI} through the proxy: also eval \"$(ccswitch env --port {port})\".",
@@ -261,8 +282,6 @@ def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bund
             *_openai_base_url_lines(rules, host, port),
             _export("NO_PROXY", NO_PROXY),
             _export("no_proxy", NO_PROXY),
-            "# Codex CLI ignores OPENAI_BASE_URL: see `ccswitch env --reverse --codex-toml`"
-            f" (or: codex -c openai_base_url={shlex.quote(origin + '/v1')})",
             *keys,
         ])
 

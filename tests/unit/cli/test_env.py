@@ -255,15 +255,22 @@ def test_keys_follow_the_exports_even_without_a_ca_and_never_go_into_toml(tmp_pa
 
 
 @pytest.mark.parametrize("routes, why", [
-    (None, "auth: client upstream(s) codex-original (codex) keep the client's own OpenAI key"),   # the shipped rules
+    (None, "auth: client upstream(s) codex-original (codex) keep the client's own key"),   # the shipped rules
     ("routes: {claude: [relay-a], chat: [relay-c, openai-official], codex: [relay-r]}\n", "openai-official (chat)"),
-    ("routes: {claude: [relay-a]}\n", "no upstream of the chat or codex route takes OpenAI requests"),
+    ("routes: {claude: [relay-a]}\n", "no upstream of the chat or codex route takes these requests"),
+    ("routes: {chat: [relay-c]}\n", "${CCSWITCH_TEST_UNSET_TEAM_KEY} of your client key is not set in this shell"),
 ])
 def test_a_reverse_listener_gets_no_openai_base_url_where_the_users_own_openai_key_would_reach_its_target(
         tmp_path, monkeypatch, routes, why):
     # the README's listener targets Anthropic: an OpenAI SDK in the shell would send it the user's OpenAI key
     from ccswitch.config.load import default_rules_text
-    rules = parse_rules(default_rules_text(), env={}) if routes is None else rules_of(routes)
+    from ccswitch.cli.rules_file import MarkedEnv
+    if routes is None:
+        rules = parse_rules(default_rules_text(), env={})
+    elif "UNSET" in why:   # an unset client key leaves the shell's own OPENAI_API_KEY in place
+        rules = parse_rules("client_keys: ['${CCSWITCH_TEST_UNSET_TEAM_KEY}']\n" + RELAYS + routes, env=MarkedEnv())
+    else:
+        rules = rules_of(routes)
     text = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=False, bundle_dir=tmp_path, rules=rules)
     env = shell_env(text)
     assert "OPENAI_BASE_URL" not in env and env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:8082"
@@ -276,7 +283,20 @@ def test_a_reverse_codex_block_says_when_codexs_own_key_would_go_on_to_the_liste
     shipped = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=True, bundle_dir=tmp_path,
                         rules=parse_rules(default_rules_text(), env={}))
     assert tomllib.loads(shipped)["model_providers"]["ccswitch"]["base_url"] == "http://127.0.0.1:8082/v1"
-    assert "codex-original (codex) keep Codex's own key" in shipped.splitlines()[0]
+    assert "codex-original (codex) keep the client's own key" in shipped.splitlines()[0]
     relayed = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=True, bundle_dir=tmp_path,
                         rules=rules_of("routes: {codex: [relay-r]}\n"))
     assert "own key" not in relayed and tomllib.loads(relayed)["model_provider"] == "ccswitch"
+    nothing = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=True, bundle_dir=tmp_path,
+                        rules=rules_of("routes: {chat: [relay-c]}\n"))     # the codex route lists nothing
+    assert nothing.startswith("# no upstream of the codex route takes these requests")
+
+
+def test_openai_base_url_for_the_chat_route_alone_says_the_codex_route_s_requests_are_not_served(tmp_path):
+    chat_only = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=False, bundle_dir=tmp_path,
+                          rules=rules_of("routes: {chat: [relay-c]}\n"))
+    assert exports(chat_only)["OPENAI_BASE_URL"] == "http://127.0.0.1:8082/v1"
+    assert "serves the chat route (/v1/chat/completions) only" in chat_only and "codex -c" not in chat_only
+    both = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=False, bundle_dir=tmp_path,
+                     rules=rules_of("routes: {chat: [relay-c], codex: [relay-r]}\n"))
+    assert "codex -c openai_base_url=http://127.0.0.1:8082/v1" in both and "only:" not in both
