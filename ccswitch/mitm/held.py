@@ -18,6 +18,8 @@ from ccswitch.mitm.flows import Hidden, gone_meanwhile
 
 #: seconds between looks for a kill, which ends an intercept without waking `wait_for_resume`
 KILL_CHECK = 0.1
+#: a held flow's comment begins so: once it goes on, what happened replaces it
+HELD_COMMENT = "ccswitch: held by the intercept"
 
 
 class Holds:
@@ -34,7 +36,7 @@ class Holds:
         `<redacted>`, and those the user left so are the client's again once it goes on.  `plan`:
         what ccswitch will do with it, shown in its comment while it waits."""
         if plan:
-            flow.comment = f"ccswitch: held by the intercept; once resumed, {plan}"
+            flow.comment = f"{HELD_COMMENT}; once resumed, {plan}"
         hidden = Hidden(flow.request)
         flow.intercept()
         ctx.master.addons.trigger(hooks.UpdateHook([flow]))    # mitmweb shows it stopped

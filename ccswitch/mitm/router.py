@@ -45,7 +45,7 @@ from ccswitch.mitm.flows import (
     without_client_keys,
 )
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
-from ccswitch.mitm.held import Holds
+from ccswitch.mitm.held import HELD_COMMENT, Holds
 from ccswitch.mitm.known import Known
 from ccswitch.mitm.lifecycle import hook_task, stopping, take_given_values
 from ccswitch.mitm.planner import Planner
@@ -210,7 +210,8 @@ class Router:
         match = route_of(flow, self.gateway.rules)
         if match is not None and self.holds.wanted(flow):   # mitmweb's intercept: route what the user leaves
             names = self.gateway.rules.routes.for_route(match.route)
-            await self.holds.hold(flow, f"routed by the {match.route} route ({', '.join(names) or 'no upstreams'})")
+            await self.holds.hold(flow, f"routed by the {match.route} route ({', '.join(names)})" if names
+                                  else f"passed on unrouted (the {match.route} route lists no upstreams)")
             if flow.response or gone_meanwhile(flow):     # answered by the user, killed, or its client left
                 return
             match = route_of(flow, self.gateway.rules)      # what the request is now
@@ -409,7 +410,7 @@ class Router:
     # ------------------------------------------------------------------ helpers
 
     def _unrouted(self, flow: http.HTTPFlow) -> None:
-        if not flow.comment and is_api_flow(flow, self.gateway.rules):    # for whoever looks in mitmweb
+        if (not flow.comment or flow.comment.startswith(HELD_COMMENT)) and is_api_flow(flow, self.gateway.rules):
             flow.comment = f"ccswitch: not routed ({why_unrouted(flow, self.gateway.rules)}): passed on as it came"
         if ctx.options.ccswitch_offline and flow.request.pretty_host.lower() in self.gateway.rules.intercept:
             message = "ccswitch is offline: this host is not reachable"

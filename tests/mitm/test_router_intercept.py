@@ -131,3 +131,18 @@ async def test_a_held_request_killed_keeps_its_keys_hidden_and_one_whose_client_
         # mitmweb is sent the flow after this pass, before the error hook: no key may be back on it
         assert CLIENT_KEY not in repr(flow.request.headers.fields)
     assert dialer.jobs == [] and router.jobs == {}
+
+
+async def test_a_held_request_of_a_route_listing_nothing_says_it_goes_on_unrouted_and_then_that_it_did(proxy):
+    tctx, router, dialer = proxy
+    assert not router.gateway.rules.routes.for_route("chat")
+    intercepting(tctx, "~q & ~u /v1/chat/completions")
+    flow = messages_flow({"model": "m", "messages": []}, path="/v1/chat/completions")
+    hook = asyncio.ensure_future(request_hook(tctx.master, flow))
+    await stopped(flow, hook)
+    assert flow.comment == ("ccswitch: held by the intercept; once resumed, passed on unrouted "
+                            "(the chat route lists no upstreams)")
+    flow.resume()
+    await asyncio.wait_for(hook, 2)
+    assert dialer.jobs == [] and flow.comment == (
+        "ccswitch: not routed (the chat route lists no upstreams): passed on as it came")
