@@ -161,7 +161,8 @@ def yaml_problem(e: yaml.MarkedYAMLError) -> str:
     if "'\\t'" in text:
         text += " (indent with spaces: YAML does not allow tabs)"
     elif any(said in text for said in _INDENT_SAID):
-        text += " (check this line's indentation against the lines above it: the keys of one entry line up)"
+        text += (" (check this line's indentation against the lines above it: the keys of one entry line up;"
+                 " a value holding ': ' needs quotes)")
     return text
 
 

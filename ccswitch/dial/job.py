@@ -23,6 +23,8 @@ from ccswitch.wire.ws_chain import Turn
 if TYPE_CHECKING:
     from ccswitch.dial.ws_upstream import UpstreamSockets
 
+#: how much of the earlier attempts' words ccswitch's own error carries
+_EARLIER_WORDS = 1000
 #: the error recorded when the client went away: no failure is counted against anyone
 CLIENT_CLOSED = "client_closed"
 #: the error recorded when someone killed the flow in mitmproxy (mitmweb, `flow.kill`) mid-request
@@ -140,13 +142,18 @@ class Job:
         return len(self.attempts) > 1
 
     def earlier_words(self) -> str:
-        """What the attempts before the last got, each once (`relay-a: connection refused`)."""
+        """What the attempts before the last got, each once and not the last's own words again
+        (`relay-a: connection refused`), within about a kilobyte."""
+        def words(attempt: Attempt) -> str:
+            return f"{attempt.upstream}: {attempt.error or f'HTTP {attempt.status}'}"
+
+        last = words(self.attempts[-1]) if self.attempts else None
         said: list[str] = []
         for attempt in self.attempts[:-1]:
-            words = f"{attempt.upstream}: {attempt.error or f'HTTP {attempt.status}'}"
-            if words not in said:
-                said.append(words)
-        return "; ".join(said)
+            if (told := words(attempt)) != last and told not in said:
+                said.append(told)
+        text = "; ".join(said)
+        return text if len(text) <= _EARLIER_WORDS else text[:_EARLIER_WORDS - 1] + "…"
 
     def comment(self) -> str:
         """What a person inspecting the flow in mitmweb should see: each attempt, why the first

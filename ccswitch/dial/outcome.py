@@ -97,7 +97,8 @@ def network_failure(upstream: str, exc: BaseException, action: str, phase: str) 
     text = " ".join(str(e) for e in chain)
     if any(isinstance(e, ssl.SSLError) for e in chain) or "CERTIFICATE" in text.upper():
         failure = NetworkFailure(upstream, tls_reason(chain), action)
-        failure.lasting = True      # the rules' URL or the relay's certificate: a retry meets the same
+        # the relay's certificate or an https:// URL for a plain port: a retry meets the same
+        failure.lasting = failure.reason.startswith(_CERTIFICATE_REFUSED) or _PLAIN_PORT in failure.reason
         return failure
     if any(isinstance(e, ConnectionRefusedError) for e in chain) or "refused" in text.lower() \
             or "All connection attempts failed" in text:
@@ -115,6 +116,10 @@ def network_failure(upstream: str, exc: BaseException, action: str, phase: str) 
     return NetworkFailure(upstream, reason, action)
 
 
+_CERTIFICATE_REFUSED = "TLS error: certificate verify failed"
+_PLAIN_PORT = "wrong version number"
+
+
 def tls_reason(chain: list[BaseException]) -> str:
     """`TLS error: …` with the verifier's own words (`certificate verify failed: self-signed
     certificate`, `Hostname mismatch, certificate is not valid for 'relay.example'`), so a user
@@ -122,11 +127,11 @@ def tls_reason(chain: list[BaseException]) -> str:
     number`: a plain-HTTP port given as https)."""
     for e in chain:
         if isinstance(e, ssl.SSLCertVerificationError) and e.verify_message:
-            return f"TLS error: certificate verify failed: {e.verify_message}"
+            return f"{_CERTIFICATE_REFUSED}: {e.verify_message}"
     for e in chain:
         if isinstance(e, ssl.SSLError) and e.reason:
             said = e.reason.replace('_', ' ').lower()
-            if said == "wrong version number":
+            if said == _PLAIN_PORT:
                 said += " (an https:// base_url for a plain-HTTP port? then give it as http://)"
             return f"TLS error: {said}"
     return "TLS error"

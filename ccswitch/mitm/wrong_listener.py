@@ -32,8 +32,9 @@ def addressed_to_itself(host: str, port: int, sockname: tuple | None, listen_hos
     return host in ("localhost", "127.0.0.1", "::1", str(sockname[0]).lower(), listen_host.lower())
 
 
-def reverse_listeners(specs: Iterable[str]) -> list[tuple[int, str]]:
-    """(port, target) of each reverse listener of mitmproxy's `mode` option."""
+def reverse_listeners(specs: Iterable[str], default_port: int | None = None) -> list[tuple[int, str]]:
+    """(port, target) of each reverse listener of mitmproxy's `mode` option (`default_port`: its
+    `listen_port` option, for a spec without `@PORT`)."""
     found = []
     for spec in specs:
         try:
@@ -41,7 +42,7 @@ def reverse_listeners(specs: Iterable[str]) -> list[tuple[int, str]]:
         except ValueError:
             continue
         if isinstance(mode, mode_specs.ReverseMode):
-            found.append((mode.listen_port(), mode.data))
+            found.append((mode.listen_port(default_port), mode.data))
     return found
 
 
@@ -74,7 +75,8 @@ class WrongListener:
         listen_host = client.proxy_mode.listen_host(ctx.options.listen_host or "")
         if not addressed_to_itself(flow.request.host, flow.request.port, client.sockname, listen_host):
             return
-        message = wrong_listener_message(flow.request.host, flow.request.port, reverse_listeners(ctx.options.mode))
+        reverse = reverse_listeners(ctx.options.mode, ctx.options.listen_port)
+        message = wrong_listener_message(flow.request.host, flow.request.port, reverse)
         if flow.request.port not in self._told:
             self._told.add(flow.request.port)
             log.warning("ccswitch: %s %s came to the regular listener as if it were a base URL: %s",

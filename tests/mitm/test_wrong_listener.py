@@ -40,6 +40,8 @@ def test_the_message_names_the_proxy_variable_and_each_reverse_listener():
     assert "HTTPS_PROXY=http://[::1]:8080" in alone and "run a reverse listener" in alone
     assert reverse_listeners(["regular@8080", "reverse:https://api.anthropic.com@8082", "nonsense:"]) == [
         (8082, "https://api.anthropic.com")]
+    # a spec without @PORT listens on the listen_port option's
+    assert reverse_listeners(["reverse:https://api.anthropic.com"], 9090) == [(9090, "https://api.anthropic.com")]
 
 
 def test_only_a_request_to_the_regular_listener_itself_is_answered():

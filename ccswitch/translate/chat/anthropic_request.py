@@ -199,12 +199,11 @@ def _listed(value: Any) -> list[Any]:
 def _check_tool_pairs(turns: list[dict[str, Any]], messages: list[Any]) -> None:
     """Every tool_use is answered in the next turn, every tool_result answers the previous one.
     An error names the ids as the client sent them, not as `tool_id` rewrote them."""
-    sent = {tool_id(x, ""): x for msg in messages if isinstance(msg, dict)
-            for x in [msg.get("tool_call_id"), *[c.get("id") for c in _listed(msg.get("tool_calls"))
-                                                 if isinstance(c, dict)]]
-            if isinstance(x, str) and x}
-
-    def said(ids: list[str]) -> str:
+    def said(ids: list[str]) -> str:     # only for an error: no cost to a request that has none
+        sent = {tool_id(x, ""): x for msg in messages if isinstance(msg, dict)
+                for x in [msg.get("tool_call_id"), *[c.get("id") for c in _listed(msg.get("tool_calls"))
+                                                     if isinstance(c, dict)]]
+                if isinstance(x, str) and x}
         return ", ".join(sent.get(x, x) for x in ids)
 
     asked: list[str] = []

@@ -263,8 +263,8 @@ def test_keys_follow_the_exports_even_without_a_ca_and_never_go_into_toml(tmp_pa
 def test_a_reverse_listener_gets_no_openai_base_url_where_the_users_own_openai_key_would_reach_its_target(
         tmp_path, monkeypatch, routes, why):
     # the README's listener targets Anthropic: an OpenAI SDK in the shell would send it the user's OpenAI key
-    from ccswitch.config.load import default_rules_text
     from ccswitch.cli.rules_file import MarkedEnv
+    from ccswitch.config.load import default_rules_text
     if routes is None:
         rules = parse_rules(default_rules_text(), env={})
     elif "UNSET" in why:   # an unset client key leaves the shell's own OPENAI_API_KEY in place

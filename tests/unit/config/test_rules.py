@@ -850,6 +850,7 @@ def test_a_tab_in_the_indentation_is_said_to_be_one():
 def test_a_line_indented_unlike_its_neighbours_is_said_to_be(text):
     [problem] = problems(text)
     assert "(check this line's indentation against the lines above it" in problem
+    assert "a value holding ': ' needs quotes)" in problem     # `api_key: sk-abc: def` says the same
 
 
 def test_entries_not_indented_under_their_key_are_said_to_be():

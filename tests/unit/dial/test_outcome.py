@@ -105,3 +105,32 @@ def test_a_retry_after_of_exactly_the_worth_it_wait_is_passed_on_as_it_is():
     minute = [("retry-after", "60")]
     assert limit_passed_on(minute, [("user-agent", "Anthropic/Python 0.75.0")]) == minute
     assert limit_passed_on(minute, [("originator", "codex_exec")]) == minute
+
+
+def test_only_a_tls_failure_of_the_rules_or_the_relays_certificate_tells_the_client_not_to_retry():
+    import ssl
+
+    from ccswitch.dial.outcome import network_failure
+
+    def failure_of(reason=None, verify=None):
+        exc = ssl.SSLCertVerificationError(1, "x") if verify else ssl.SSLError(1, "x")
+        exc.reason, exc.verify_message = reason, verify
+        return network_failure("a", exc, "switch", "connect")
+
+    assert failure_of(verify="self-signed certificate").lasting
+    plain = failure_of("WRONG_VERSION_NUMBER")
+    assert plain.lasting and plain.reason.startswith("TLS error: wrong version number (an https:// base_url")
+    record = failure_of("DECRYPTION_FAILED_OR_BAD_RECORD_MAC")      # a record spoilt on the way: worth a retry
+    assert not record.lasting and record.reason == "TLS error: decryption failed or bad record mac"
+
+
+def test_the_earlier_attempts_words_skip_the_last_ones_own_and_stay_short():
+    from ccswitch.dial.job import Attempt
+    from tests.support.helpers import make_job, rules_for
+    job = make_job(rules_for(("a", "anthropic", "https://a.example")))
+    job.attempts = [Attempt("a", error="connection refused"), Attempt("b", 529), Attempt("a", error="connection refused"),
+                    Attempt("b", 529), Attempt("a", error="connection refused")]
+    assert job.earlier_words() == "b: HTTP 529"          # not "a: connection refused" again beside the last's own
+    job.attempts = [Attempt(f"relay-{n}", error="x" * 50) for n in range(40)]
+    said = job.earlier_words()
+    assert len(said) == 1000 and said.endswith("…") and said.startswith("relay-0: xx")
