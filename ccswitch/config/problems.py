@@ -123,10 +123,10 @@ def message(err: Mapping[str, Any]) -> str:
     named_by = next((part for part in reversed(err["loc"]) if isinstance(part, str)), None)   # events[0]: events
     if kind in ("list_type", "tuple_type") and named_by in _LISTS_OF_NAMES and isinstance(err.get("input"), str):
         return f"must be a list, even of one: [{json.dumps(err['input'][:60])}]"
-    if kind in ("dict_type", "list_type") and err.get("input", 0) is None and named_by:
+    if kind == "dict_type" and err.get("input", 0) is None and named_by:
         # `models:` with its entries at its own indentation: YAML reads it empty, the entries beside it
-        return (f"is empty: a {'mapping' if kind == 'dict_type' else 'list'} is wanted (its entries "
-                f"indented under {named_by}:?)")
+        # (a list's `- item` may stand at its key's indentation: no such slip for lists)
+        return f"is empty: a mapping is wanted (its entries indented under {named_by}:?)"
     if kind in _PLAIN_MESSAGES:
         return _PLAIN_MESSAGES[kind]
     choice = named_by in _NAMED_CHOICES or "on_status" in err["loc"]

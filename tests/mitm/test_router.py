@@ -844,3 +844,23 @@ async def test_a_refusal_before_the_body_is_read_keeps_the_header_s_session(rout
     flow.request.headers["content-type"] = "text/plain"
     await router.request(flow)
     assert flow.response.status_code == 415 and [row["session"] for row in rows] == ["s-2"]
+
+
+async def test_an_unrouted_flow_keeps_a_comment_someone_else_wrote(router):
+    # only an empty comment, or ccswitch's own "held" one, gives way to the not-routed one
+    flow = messages_flow(path="/v1/models", method="GET")
+    flow.comment = "looked at by me"
+    await router.request(flow)
+    assert flow.response is None and flow.comment == "looked at by me"
+
+
+def test_why_unrouted_names_the_path_without_its_query_and_a_websocket_by_its_route(gateway):
+    from ccswitch.mitm.scope import why_unrouted
+    flow = messages_flow(path="/v1/models?key=sk-secret-in-the-query", method="GET")
+    assert why_unrouted(flow, gateway.rules) == "no route takes GET /v1/models"
+    flow = messages_flow(path="/v1/" + "x" * 500, method="GET")
+    assert why_unrouted(flow, gateway.rules) == "no route takes GET /v1/" + "x" * 196
+    # Codex's WebSocket is a GET with an upgrade: the codex route's, not "no route"
+    socket = messages_flow(path="/v1/responses", method="GET")
+    socket.request.headers["upgrade"] = "websocket"
+    assert why_unrouted(socket, gateway.rules) == "the codex route lists no upstreams"

@@ -60,3 +60,69 @@ def test_only_a_request_to_the_regular_listener_itself_is_answered():
         for flow in passing:
             addon.request(flow)
             assert flow.response is None
+
+
+def test_a_bracketed_ipv6_host_names_its_listener_too():
+    assert addressed_to_itself("[::1]", 8080, ("::1", 8080, 0, 0), "") is True
+
+
+def test_a_flow_already_answered_failed_or_not_live_is_left_alone():
+    from ccswitch.mitm.scope import EARLY_MARK
+    addon = WrongListener()
+    with taddons.context(addon) as tctx:
+        tctx.options.mode = ["regular@8080"]
+        answered = flow_at("http://127.0.0.1:8080/v1/messages")
+        answered.response = tutils.tresp(status_code=200)
+        failed = flow_at("http://127.0.0.1:8080/v1/messages")
+        failed.error = tflow.terr()
+        loaded = flow_at("http://127.0.0.1:8080/v1/messages")     # from a file: no client waits for it
+        loaded.live = False
+        early = flow_at("http://127.0.0.1:8080/v1/messages")      # EarlyRefusal answered it from its head
+        early.metadata[EARLY_MARK] = 413
+        for flow in (answered, failed, loaded, early):
+            addon.request(flow)
+        assert answered.response.status_code == 200
+        assert failed.response is None and loaded.response is None and early.response is None
+
+
+def test_the_answer_speaks_the_clients_api_and_the_log_says_it_once_per_port(caplog):
+    addon = WrongListener()
+    with taddons.context(addon) as tctx, caplog.at_level("WARNING", logger="ccswitch"):
+        tctx.options.mode = ["regular@8080"]
+        flows = [flow_at("http://127.0.0.1:8080/v1/chat/completions") for _ in range(2)]
+        for flow in flows:
+            addon.request(flow)
+            # an OpenAI SDK reads an OpenAI error body (no Anthropic `"type": "error"` around it)
+            body = json.loads(flow.response.content)
+            assert flow.response.status_code == 421 and "type" not in body
+            assert "regular proxy listener" in body["error"]["message"]
+        # a client retrying does not fill the log
+        assert sum("came to the regular listener" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_reverse_listener_without_a_port_is_named_at_the_listen_port_option():
+    addon = WrongListener()
+    with taddons.context(addon) as tctx:
+        tctx.options.mode = ["regular@8080", "reverse:https://api.anthropic.com"]
+        tctx.options.listen_port = 9090
+        flow = flow_at("http://127.0.0.1:8080/v1/messages")
+        addon.request(flow)
+        assert "http://127.0.0.1:9090 (its requests not routed go to https://api.anthropic.com)" in (
+            json.loads(flow.response.content)["error"]["message"])
+
+
+def test_the_listen_host_option_is_a_name_of_the_regular_listener():
+    addon = WrongListener()
+    with taddons.context(addon) as tctx:
+        tctx.options.mode = ["regular@8080"]
+        tctx.options.listen_host = "proxy.lan"
+        flow = flow_at("http://proxy.lan:8080/v1/messages", sockname=("192.168.1.5", 8080))
+        addon.request(flow)
+        assert flow.response.status_code == 421
+
+
+def test_the_wrong_listener_addon_runs_before_the_router():
+    from ccswitch.mitm import make_addons
+    from ccswitch.mitm.router import Router
+    kinds = [type(a) for a in make_addons()]
+    assert WrongListener in kinds and kinds.index(WrongListener) < kinds.index(Router)

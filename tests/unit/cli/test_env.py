@@ -300,3 +300,26 @@ def test_openai_base_url_for_the_chat_route_alone_says_the_codex_route_s_request
     both = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=False, bundle_dir=tmp_path,
                      rules=rules_of("routes: {chat: [relay-c], codex: [relay-r]}\n"))
     assert "codex -c openai_base_url=http://127.0.0.1:8082/v1" in both and "only:" not in both
+
+
+def test_only_the_first_client_keys_unset_variable_keeps_the_clients_own_key(tmp_path):
+    # the clients are given client_keys[0]: a later key's unset variable keeps nothing from them
+    from ccswitch.cli.rules_file import MarkedEnv
+    routes = "routes: {chat: [relay-c], codex: [relay-r]}\n"
+    second_unset = parse_rules("client_keys: [ck-first, '${CCSWITCH_TEST_UNSET_TEAM_KEY}']\n" + RELAYS + routes,
+                               env=MarkedEnv())
+    assert clienv.unset_client_key(second_unset) == ""
+    assert clienv.own_key_to_target(second_unset, ("chat", "codex")) is None
+    first_unset = parse_rules("client_keys: ['${CCSWITCH_TEST_UNSET_TEAM_KEY}', ck-second]\n" + RELAYS + routes,
+                              env=MarkedEnv())
+    assert clienv.unset_client_key(first_unset) == "${CCSWITCH_TEST_UNSET_TEAM_KEY}"
+
+
+def test_without_rules_a_reverse_listener_gets_no_openai_base_url_but_the_codex_block_no_warning(tmp_path):
+    # no rules read: ccswitch cannot tell whose key an OpenAI SDK would send on to the listener's target
+    text = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=False, bundle_dir=tmp_path)
+    assert "OPENAI_BASE_URL" not in exports(text)
+    assert "# OPENAI_BASE_URL not set: no rules were read" in text
+    # the block is asked for by name: it goes out as it is
+    toml = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=True, bundle_dir=tmp_path)
+    assert "no rules were read" not in toml

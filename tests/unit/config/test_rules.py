@@ -846,6 +846,7 @@ def test_a_tab_in_the_indentation_is_said_to_be_one():
 @pytest.mark.parametrize("text", [
     "upstreams:\n  - name: a\n   protocol: anthropic\n    base_url: 'https://relay.example'\n",   # one space short
     "upstreams:\n  - name: a\n    protocol: anthropic\n      base_url: 'https://relay.example'\n",   # two too many
+    "upstreams:\n  - name: a\n    protocol anthropic\n    base_url: 'https://relay.example'\n",   # no ': '
 ])
 def test_a_line_indented_unlike_its_neighbours_is_said_to_be(text):
     [problem] = problems(text)

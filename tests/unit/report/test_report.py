@@ -295,6 +295,7 @@ def test_empty_database(tmp_path, capsys, kind):
     assert rc == 0
     text = capsys.readouterr().out
     assert text.startswith(f"no requests between 2026-03-01 and 2026-03-02 (Asia/Shanghai) in {db}")
+    assert "count_tokens" not in text      # none of those either: nothing to note
     assert not out.exists()
 
 
@@ -310,6 +311,11 @@ def test_a_ledger_of_count_tokens_requests_only_says_it_holds_those(tmp_path, ca
     assert rc == 0
     assert capsys.readouterr().out.splitlines()[1] == (
         "(1 count_tokens request(s), which the report leaves out of every figure)")
+    # with --json, stdout is the JSON alone: the note would break a reader of it
+    rc = report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(db), "--since", "2026-03-01",
+                          "--until", "2026-03-02", "--json"])
+    assert rc == 0
+    assert isinstance(json.loads(capsys.readouterr().out), dict)
 
 
 def test_not_a_database(tmp_path, capsys):

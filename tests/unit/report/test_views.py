@@ -105,6 +105,9 @@ def test_hours_of_one_day(times_db):
     # a day under way: its hours yet to come are not "without requests"
     r.now = datetime(2026, 3, 2, 10, 30, tzinfo=ZoneInfo("Asia/Shanghai"))
     assert "(8 hour(s) without requests not shown)" in text.render_table(r)
+    # the hour that begins at this very moment has come: it counts
+    r.now = datetime(2026, 3, 2, 11, 0, tzinfo=ZoneInfo("Asia/Shanghai"))
+    assert "(9 hour(s) without requests not shown)" in text.render_table(r)
 
 
 def test_cli_hours_json_and_option_errors(times_db, tmp_path, capsys):

@@ -271,6 +271,11 @@ def test_orphaned_tool_calls_and_results_are_rejected():
              tools=[WEATHER])
     with pytest.raises(RenderError, match=r"\(unknown tool_call_id: functions\.x:2\)"):
         chat(user(), {"role": "tool", "tool_call_id": "functions.x:2", "content": "r"})
+    with pytest.raises(RenderError, match=r"\(missing: functions\.get_time:1\)"):     # the last message
+        chat(user(), {"role": "assistant", "tool_calls": [call("functions.get_time:1")]}, tools=[WEATHER])
+    # a stray `tool_calls` where no tool call goes is ignored, and the error about the ids is still said
+    with pytest.raises(RenderError, match=r"\(unknown tool_call_id: zz\)"):
+        chat({**user(), "tool_calls": 5}, {"role": "tool", "tool_call_id": "zz", "content": "r"})
 
 
 def test_history_with_tools_but_no_tools_gets_a_noop_tool():
@@ -1060,3 +1065,5 @@ def test_a_relay_s_answer_without_usage_is_null_usage_not_zero_tokens():
         ChatCompletionChunk.model_validate(chunk)
     out = reply_of({k: v for k, v in MESSAGE.items() if k != "usage"})
     assert out["usage"] is None and ChatCompletion.model_validate(out).usage is None
+    # nor is a usage that is no object at all a count (nor a crash)
+    assert reply_of({**MESSAGE, "usage": ["x"]})["usage"] is None
