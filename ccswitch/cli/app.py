@@ -49,7 +49,7 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_notes(rules) -> list[str]:
+def check_notes(rules: Rules) -> list[str]:
     """What valid rules do that their writer may not mean: nothing routed, upstreams in no route
     (an example copied without its route)."""
     routed = {name for route in Route for name in rules.routes.for_route(route)}

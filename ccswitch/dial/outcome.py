@@ -67,6 +67,12 @@ class Streamed:
     limit_headers: list[tuple[str, str]] = field(default_factory=list)
 
 
+#: the TLS failures the rules or the relay must mend first: a refused certificate, an https://
+#: base_url for a plain-HTTP port
+_CERTIFICATE_REFUSED = "TLS error: certificate verify failed"
+_PLAIN_PORT = "wrong version number"
+
+
 def NetworkFailure(upstream: str, reason: str, action: str, timeout: bool = False) -> Failure:
     return Failure(upstream, None, reason, action, client_status=504 if timeout else 502)
 
@@ -114,10 +120,6 @@ def network_failure(upstream: str, exc: BaseException, action: str, phase: str) 
     else:
         reason = type(exc).__name__
     return NetworkFailure(upstream, reason, action)
-
-
-_CERTIFICATE_REFUSED = "TLS error: certificate verify failed"
-_PLAIN_PORT = "wrong version number"
 
 
 def tls_reason(chain: list[BaseException]) -> str:
