@@ -201,10 +201,7 @@ class Pump:
         reasoning model may send nothing else for minutes."""
         if self.upstream.protocol != Protocol.ANTHROPIC or self.parser.holds_part:
             return False            # (no event at all: line ends alone, a keepalive too)
-        for event in events:
-            if event.event and event.type != "ping":
-                return False
-        return True
+        return all(not event.event or event.type == "ping" for event in events)
 
     def _take(self, events) -> bool:
         """Judge and translate a batch of events into `held`; True when the stream is over."""

@@ -411,7 +411,7 @@ class Router:
 
     def _unrouted(self, flow: http.HTTPFlow) -> None:
         if (not flow.comment or flow.comment.startswith(HELD_COMMENT)) and is_api_flow(flow, self.gateway.rules):
-            flow.comment = f"ccswitch: not routed ({why_unrouted(flow, self.gateway.rules)}): passed on as it came"
+            flow.comment = f"ccswitch: not routed ({why_unrouted(flow)}): passed on as it came"
         if ctx.options.ccswitch_offline and flow.request.pretty_host.lower() in self.gateway.rules.intercept:
             message = "ccswitch is offline: this host is not reachable"
             if (meant := meant_path(flow.request.path)) is not None:

@@ -36,14 +36,22 @@ def missing_guard(mode: mode_specs.ProxyMode, client_keys: bool, proxyauth: bool
     return "a way to authenticate its clients, which ccswitch has not for this mode: listen on loopback"
 
 
-def unprotected_listeners(specs: Iterable[str], default_host: str, client_keys: bool, proxyauth: bool) -> list[str]:
-    """The listeners beyond loopback that would let a client in unauthenticated, and what each needs."""
+def parsed_modes(specs: Iterable[str]) -> list[tuple[str, mode_specs.ProxyMode]]:
+    """(spec, mode) of each listener spec of mitmproxy's `mode` option that parses (mitmproxy
+    itself refuses a bad one)."""
     found = []
     for spec in specs:
         try:
-            mode = mode_specs.ProxyMode.parse(spec)
+            found.append((spec, mode_specs.ProxyMode.parse(spec)))
         except ValueError:
-            continue   # mitmproxy itself refuses a bad spec
+            continue
+    return found
+
+
+def unprotected_listeners(specs: Iterable[str], default_host: str, client_keys: bool, proxyauth: bool) -> list[str]:
+    """The listeners beyond loopback that would let a client in unauthenticated, and what each needs."""
+    found = []
+    for spec, mode in parsed_modes(specs):
         host = mode.listen_host(default_host)
         if is_loopback(host):
             continue

@@ -11,15 +11,18 @@ from ccswitch.routing.classify import RouteMatch, classify
 
 
 def route_of(flow: http.HTTPFlow, rules: Rules) -> RouteMatch | None:
-    upgrade = flow.request.headers.get("upgrade", "").lower() == "websocket"
-    match = classify(flow.request.method, flow.request.path, upgrade)
+    match = _classified(flow)
     return match if match is not None and is_api_flow(flow, rules) else None
 
 
-def why_unrouted(flow: http.HTTPFlow, rules: Rules) -> str:
-    """Why an API flow goes on as it came, for its comment."""
+def _classified(flow: http.HTTPFlow) -> RouteMatch | None:
     upgrade = flow.request.headers.get("upgrade", "").lower() == "websocket"
-    match = classify(flow.request.method, flow.request.path, upgrade)
+    return classify(flow.request.method, flow.request.path, upgrade)
+
+
+def why_unrouted(flow: http.HTTPFlow) -> str:
+    """Why an API flow goes on as it came, for its comment."""
+    match = _classified(flow)
     if match is None:
         return f"no route takes {flow.request.method} {flow.request.path.split('?', 1)[0][:200]}"
     return f"the {match.route} route lists no upstreams"

@@ -15,6 +15,7 @@ from mitmproxy import ctx, http
 from mitmproxy.proxy import mode_specs
 
 from ccswitch.mitm.flows import answer_error, likely_protocol
+from ccswitch.mitm.safety import parsed_modes
 from ccswitch.mitm.scope import answered_early
 
 log = logging.getLogger("ccswitch")
@@ -35,15 +36,8 @@ def addressed_to_itself(host: str, port: int, sockname: tuple | None, listen_hos
 def reverse_listeners(specs: Iterable[str], default_port: int | None = None) -> list[tuple[int, str]]:
     """(port, target) of each reverse listener of mitmproxy's `mode` option (`default_port`: its
     `listen_port` option, for a spec without `@PORT`)."""
-    found = []
-    for spec in specs:
-        try:
-            mode = mode_specs.ProxyMode.parse(spec)
-        except ValueError:
-            continue
-        if isinstance(mode, mode_specs.ReverseMode):
-            found.append((mode.listen_port(default_port), mode.data))
-    return found
+    return [(mode.listen_port(default_port), mode.data) for _, mode in parsed_modes(specs)
+            if isinstance(mode, mode_specs.ReverseMode)]
 
 
 def wrong_listener_message(host: str, port: int, reverse: list[tuple[int, str]]) -> str:

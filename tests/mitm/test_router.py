@@ -854,13 +854,13 @@ async def test_an_unrouted_flow_keeps_a_comment_someone_else_wrote(router):
     assert flow.response is None and flow.comment == "looked at by me"
 
 
-def test_why_unrouted_names_the_path_without_its_query_and_a_websocket_by_its_route(gateway):
+def test_why_unrouted_names_the_path_without_its_query_and_a_websocket_by_its_route():
     from ccswitch.mitm.scope import why_unrouted
     flow = messages_flow(path="/v1/models?key=sk-secret-in-the-query", method="GET")
-    assert why_unrouted(flow, gateway.rules) == "no route takes GET /v1/models"
+    assert why_unrouted(flow) == "no route takes GET /v1/models"
     flow = messages_flow(path="/v1/" + "x" * 500, method="GET")
-    assert why_unrouted(flow, gateway.rules) == "no route takes GET /v1/" + "x" * 196
+    assert why_unrouted(flow) == "no route takes GET /v1/" + "x" * 196
     # Codex's WebSocket is a GET with an upgrade: the codex route's, not "no route"
     socket = messages_flow(path="/v1/responses", method="GET")
     socket.request.headers["upgrade"] = "websocket"
-    assert why_unrouted(socket, gateway.rules) == "the codex route lists no upstreams"
+    assert why_unrouted(socket) == "the codex route lists no upstreams"
