@@ -6,7 +6,8 @@ input + cache_creation + cache_read is always the whole prompt:
 * OpenAI's `cached_tokens` / `cache_write_tokens` are subsets of its input and
   are subtracted.
 Streams report usage cumulatively (Anthropic's `message_delta` repeats totals):
-later numbers overwrite earlier ones, they are never added.
+later numbers overwrite earlier ones, they are never added, and never lower them (some
+Anthropic-compatible servers send a `message_delta` whose input counts are 0).
 """
 
 from __future__ import annotations
@@ -113,6 +114,20 @@ def _without_usage(protocol: str, event: Event) -> bool:
     return protocol == Protocol.RESPONSES and event.type.endswith(".delta")
 
 
+def later_totals(known: dict | None, later: dict) -> dict:
+    """Usage as a stream's later event gives it, over what earlier ones said: each field
+    overwritten, except that a count is never lowered (the totals only grow)."""
+    merged = dict(known or {})
+    for key, value in later.items():
+        if value is None:
+            continue
+        before = merged.get(key)
+        if type(value) is int and type(before) is int and before > value:
+            continue
+        merged[key] = value
+    return merged
+
+
 class UsageTap:
     """Watches one upstream stream's events and keeps the latest usage seen."""
 
@@ -136,8 +151,7 @@ class UsageTap:
                 if isinstance(usage, dict):
                     self._raw = dict(usage)
             elif kind == "message_delta" and isinstance(body.get("usage"), dict):
-                # cumulative totals: overwrite field by field, keep what only message_start said
-                self._raw = {**(self._raw or {}), **{k: v for k, v in body["usage"].items() if v is not None}}
+                self._raw = later_totals(self._raw, body["usage"])
         elif self.protocol == Protocol.RESPONSES:
             response = body.get("response")
             if isinstance(response, dict):

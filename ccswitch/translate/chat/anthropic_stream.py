@@ -8,6 +8,7 @@ from typing import Any
 
 from ccswitch.translate.chat.common import ChunkWriter, chat_usage, openai_error_of
 from ccswitch.wire.sse import Event
+from ccswitch.wire.usage import later_totals
 
 _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
            "model_context_window_exceeded": "length", "tool_use": "tool_calls", "refusal": "content_filter"}
@@ -183,8 +184,8 @@ class AnthropicChatStream:
         delta = data.get("delta") or {}
         if delta.get("stop_reason"):
             self.stop_reason = delta["stop_reason"]
-        if isinstance(data.get("usage"), dict):  # cumulative: overwrite, never add
-            self.usage.update({k: v for k, v in data["usage"].items() if v is not None})
+        if isinstance(data.get("usage"), dict):
+            self.usage = later_totals(self.usage, data["usage"])
         return b""
 
     def _on_message_stop(self, data: dict[str, Any]) -> bytes:

@@ -1067,3 +1067,13 @@ def test_a_relay_s_answer_without_usage_is_null_usage_not_zero_tokens():
     assert out["usage"] is None and ChatCompletion.model_validate(out).usage is None
     # nor is a usage that is no object at all a count (nor a crash)
     assert reply_of({**MESSAGE, "usage": ["x"]})["usage"] is None
+
+
+def test_a_message_delta_with_zero_input_counts_does_not_lower_message_start_s():
+    # some Anthropic-compatible servers repeat the input counts in message_delta as 0
+    zeroed = ("message_delta", {"delta": {"stop_reason": "tool_use"},
+                                "usage": {"input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 31}})
+    _conv, outs = run_stream([*SPEC_EXAMPLE[:8], zeroed, SPEC_EXAMPLE[9]])
+    usage = [c for out in outs for c in parse_chunks(out)][-2]["usage"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"], usage["prompt_tokens_details"]["cached_tokens"]) == \
+        (420, 31, 400)

@@ -172,3 +172,13 @@ def test_a_responses_answer_s_id_is_read_from_its_stream_or_its_body():
     assert response_id_of_body(b"not json", is_sse=False) is None
     assert response_id_of_body(b"[1]", is_sse=False) is None
     assert response_id_of_body(b'{"id": 7}', is_sse=False) is None     # no id to look a stored answer up by
+
+
+def test_an_anthropic_message_delta_never_lowers_a_count_message_start_gave():
+    usage = feed("anthropic", [
+        format_event({"type": "message_start", "message": {"usage": {
+            "input_tokens": 1500, "cache_read_input_tokens": 800, "output_tokens": 1}}}),
+        format_event({"type": "message_delta", "usage": {"input_tokens": 0, "cache_read_input_tokens": 0,
+                                                        "output_tokens": 12}}),
+    ])
+    assert (usage.input_tokens, usage.cache_read_tokens, usage.output_tokens) == (1500, 800, 12)
