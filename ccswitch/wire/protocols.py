@@ -70,7 +70,7 @@ def _classify_chat(event: Event) -> Kind:
     body = event.json()
     if not isinstance(body, dict):
         return Kind.OTHER
-    if "error" in body:
+    if body.get("error"):    # some servers send `"error": null` on every chunk
         return Kind.ERROR
     for choice in body.get("choices") or ():
         delta = choice.get("delta") or {}

@@ -48,7 +48,7 @@ _COUNTS = tuple(f.name for f in fields(Usage) if f.name != "raw")
 MAX_TOKENS = 2**53
 
 
-def _int(value: Any) -> int:
+def token_count(value: Any) -> int:
     """A token count as an upstream wrote it: a whole number, also as `25.0` or `"42"` (a
     fraction rounds); anything else, negative, or past MAX_TOKENS counts as 0."""
     if type(value) is int:      # what upstreams send: the one check on a stream's path
@@ -60,33 +60,33 @@ def _int(value: Any) -> int:
 
 def from_anthropic(usage: dict) -> Usage:
     creation = usage.get("cache_creation")
-    one_hour = _int(creation.get("ephemeral_1h_input_tokens")) if isinstance(creation, dict) else 0
+    one_hour = token_count(creation.get("ephemeral_1h_input_tokens")) if isinstance(creation, dict) else 0
     details = usage.get("output_tokens_details") or {}
-    return Usage(input_tokens=_int(usage.get("input_tokens")), output_tokens=_int(usage.get("output_tokens")),
-                 cache_creation_tokens=_int(usage.get("cache_creation_input_tokens")),
+    return Usage(input_tokens=token_count(usage.get("input_tokens")), output_tokens=token_count(usage.get("output_tokens")),
+                 cache_creation_tokens=token_count(usage.get("cache_creation_input_tokens")),
                  cache_creation_1h_tokens=one_hour,
-                 cache_read_tokens=_int(usage.get("cache_read_input_tokens")),
-                 reasoning_tokens=_int(details.get("thinking_tokens") if isinstance(details, dict) else 0),
+                 cache_read_tokens=token_count(usage.get("cache_read_input_tokens")),
+                 reasoning_tokens=token_count(details.get("thinking_tokens") if isinstance(details, dict) else 0),
                  raw=usage)
 
 
 def _openai(total_in: int, output: int, in_details: Any, out_details: Any, raw: dict) -> Usage:
     in_details = in_details if isinstance(in_details, dict) else {}
     out_details = out_details if isinstance(out_details, dict) else {}
-    cached = _int(in_details.get("cached_tokens"))
-    written = _int(in_details.get("cache_write_tokens") or in_details.get("cache_creation_tokens"))
+    cached = token_count(in_details.get("cached_tokens"))
+    written = token_count(in_details.get("cache_write_tokens") or in_details.get("cache_creation_tokens"))
     return Usage(input_tokens=max(0, total_in - cached - written), output_tokens=output,
                  cache_creation_tokens=written, cache_read_tokens=cached,
-                 reasoning_tokens=_int(out_details.get("reasoning_tokens")), raw=raw)
+                 reasoning_tokens=token_count(out_details.get("reasoning_tokens")), raw=raw)
 
 
 def from_responses(usage: dict) -> Usage:
-    return _openai(_int(usage.get("input_tokens")), _int(usage.get("output_tokens")),
+    return _openai(token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens")),
                    usage.get("input_tokens_details"), usage.get("output_tokens_details"), usage)
 
 
 def from_chat(usage: dict) -> Usage:
-    return _openai(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")),
+    return _openai(token_count(usage.get("prompt_tokens")), token_count(usage.get("completion_tokens")),
                    usage.get("prompt_tokens_details"), usage.get("completion_tokens_details"), usage)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from ccswitch.translate.chat.common import LOGPROBS, ChunkWriter, chat_id, chat_usage
 from ccswitch.wire.protocols import REQUEST_FAULT_CODES
 from ccswitch.wire.sse import Event
+from ccswitch.wire.usage import token_count
 
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.done"})
 FAILED = frozenset({"response.failed", "error"})
@@ -25,10 +26,14 @@ def response_usage(usage: Any) -> dict[str, Any] | None:
         return None
     details_in = usage.get("input_tokens_details") or {}
     details_out = usage.get("output_tokens_details") or {}
-    out = chat_usage(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0),
-                     cached=int(details_in.get("cached_tokens") or 0),
-                     cache_write=int(details_in.get("cache_write_tokens") or 0),
-                     reasoning=int(details_out.get("reasoning_tokens") or 0))
+    if not isinstance(details_in, dict):
+        details_in = {}
+    if not isinstance(details_out, dict):
+        details_out = {}
+    out = chat_usage(token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens")),
+                     cached=token_count(details_in.get("cached_tokens")),
+                     cache_write=token_count(details_in.get("cache_write_tokens")),
+                     reasoning=token_count(details_out.get("reasoning_tokens")))
     if isinstance(usage.get("total_tokens"), int):
         out["total_tokens"] = usage["total_tokens"]
     return out

@@ -810,3 +810,11 @@ def test_a_response_without_usage_is_null_usage_not_zero_tokens():
     for chunk in chunks[:-1]:
         state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
     assert state.get_final_completion().usage is None
+
+
+def test_usage_counts_written_as_text_or_odd_values_do_not_break_the_conversion():
+    from ccswitch.translate.chat.responses_stream import response_usage
+    usage = response_usage({"input_tokens": "12.5", "output_tokens": "7", "input_tokens_details": None,
+                            "output_tokens_details": {"reasoning_tokens": "x"}})
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (12, 7)
+    assert not (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")

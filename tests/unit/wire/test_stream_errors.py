@@ -37,3 +37,10 @@ def test_a_relay_s_bare_error_object_in_a_stream_is_an_error_event(protocol):
     assert stream_error_message(bare) == "overloaded_error: upstream overloaded"
     assert in_stream_status(bare.json()) == 529
     assert classify_event(protocol, event('data: {"note": "hello"}')) is Kind.OTHER
+
+
+def test_a_chat_chunk_with_a_null_error_field_is_content_and_one_with_an_error_is_not():
+    # some servers put `"error": null` on every chunk; the openai SDK reads only a truthy one
+    chunk = '{"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "hi"}}], "error": %s}'
+    assert classify_event(Protocol.CHAT, event("data: " + chunk % "null")) is Kind.CONTENT
+    assert classify_event(Protocol.CHAT, event("data: " + chunk % '{"message": "boom"}')) is Kind.ERROR
