@@ -30,6 +30,7 @@ _ADAPTIVE_EFFORT = {"minimal": "low", "low": "low", "medium": "medium", "high": 
                     "xhigh": "xhigh", "max": "max"}
 _THINKING_TYPES = ("thinking", "redacted_thinking")
 _NOTHING_TO_SAY = "messages must contain at least one non-empty user or assistant message"
+_EMPTY_TURN = "..."     # what stands for a user message left empty (Anthropic refuses empty text)
 
 
 
@@ -340,6 +341,10 @@ def build(body: dict[str, Any], req: ClientRequest, upstream, rules) -> dict[str
         else:
             raise RenderError(f"{where}: role {role!r} cannot be sent to an Anthropic upstream")
     turns = _merge(raw_turns)
+    if turns and turns[-1]["role"] == "assistant" and raw_turns[-1][0] == "user":
+        # the client's last word was empty once converted (whitespace, audio): without a user
+        # turn of its own the assistant's would become a prefill for Claude to go on with
+        turns.append({"role": "user", "content": [{"type": "text", "text": _EMPTY_TURN}]})
     if not turns:
         if any(_has_audio(msg.get("content")) for msg in messages):
             raise RenderError(f"audio input is not supported by an Anthropic upstream, and {_NOTHING_TO_SAY} "

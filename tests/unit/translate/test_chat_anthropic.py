@@ -301,6 +301,17 @@ def test_empty_user_messages_are_dropped_and_empty_requests_rejected():
         convert({})
 
 
+
+@pytest.mark.parametrize("last", [" ", [], [text("  ")],
+                                  [{"type": "input_audio", "input_audio": {"data": "AAA", "format": "wav"}}]])
+def test_a_last_user_message_left_empty_stays_a_user_turn_not_a_prefill(last):
+    # dropped, it left the assistant's words last: Claude went on with them, and thinking was off
+    out = chat(user(), {"role": "assistant", "content": "Hello! How can I help?"}, user(last), reasoning_effort="high")
+    assert [t["role"] for t in out["messages"]] == ["user", "assistant", "user"]
+    assert out["messages"][-1] == {"role": "user", "content": [text("...")]}
+    assert out["messages"][1]["content"] == [text("Hello! How can I help?")]
+    assert "thinking" in out
+
 def test_final_assistant_prefill_loses_trailing_whitespace():
     out = chat(user(), {"role": "assistant", "content": [text("The answer is "), text("   ")]})
     assert out["messages"][-1] == {"role": "assistant", "content": [text("The answer is")]}
