@@ -127,7 +127,7 @@ def _convert_messages(messages: Any) -> tuple[str, list[dict[str, Any]]]:
             if not msg.get("tool_call_id"):
                 raise RenderError(f"messages[{i}].tool_call_id is required")
             items.append({"type": "function_call_output", "call_id": msg["tool_call_id"],
-                          "output": _text_of(msg.get("content"), f"messages[{i}]")})
+                          "output": _tool_output(msg.get("content"), f"messages[{i}]")})
         else:
             raise RenderError(f"messages[{i}].role {role!r} is not supported for this model")
     return "\n\n".join(instructions), items
@@ -148,6 +148,15 @@ def _text_of(content: Any, where: str) -> str:
             texts.append(str(part.get("text") or ""))
         return "".join(texts)
     raise RenderError(f"{where}.content must be a string or an array")
+
+
+def _tool_output(content: Any, where: str) -> str | list[dict[str, Any]]:
+    """A tool's result: text as one string; with an image or a file among its parts, the parts
+    as a user message's (a Responses tool output takes the same input_text/image/file list)."""
+    if isinstance(content, list) and any(not isinstance(part, dict) or part.get("type") != "text"
+                                          for part in content):
+        return _user_content(content, where)
+    return _text_of(content, where)
 
 
 def _user_content(content: Any, where: str) -> str | list[dict[str, Any]]:

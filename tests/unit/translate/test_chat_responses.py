@@ -818,3 +818,21 @@ def test_usage_counts_written_as_text_or_odd_values_do_not_break_the_conversion(
                             "output_tokens_details": {"reasoning_tokens": "x"}})
     assert (usage["prompt_tokens"], usage["completion_tokens"]) == (12, 7)
     assert not (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
+
+
+def test_a_tool_result_with_an_image_goes_as_the_output_list_a_responses_tool_output_takes():
+    # refused before with "content part 'image_url' is not allowed here" (the Anthropic path took it)
+    body = {"model": "gpt-5", "messages": [
+        {"role": "user", "content": "Look"},
+        {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                                              "function": {"name": "shot", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c", "content": [
+            {"type": "text", "text": "the screen:"},
+            {"type": "image_url", "image_url": {"url": "https://x.test/s.png"}}]}]}
+    items = ChatToResponses().request(creq(body), API)["input"]
+    assert items[-1] == {"type": "function_call_output", "call_id": "c", "output": [
+        {"type": "input_text", "text": "the screen:"},
+        {"type": "input_image", "image_url": "https://x.test/s.png", "detail": "auto"}]}
+    from openai.types.responses.response_input_item_param import FunctionCallOutput
+    from pydantic import TypeAdapter
+    TypeAdapter(FunctionCallOutput).validate_python(items[-1])
