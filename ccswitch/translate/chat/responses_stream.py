@@ -76,6 +76,7 @@ class ResponsesStream:
         self.started = False
         self.n_calls = 0
         self.calls: dict[str, int] = {}          # function_call item id -> dense tool index k
+        self.by_call_id: dict[str, int] = {}     # call_id -> k: only to know a call at the end
         self.by_output: dict[int, int] = {}      # output_index -> k (for items without an id)
         self.streamed: set[int] = set()          # k that already sent (some) arguments
         self.reasoning_part: tuple | None = None
@@ -221,6 +222,8 @@ class ResponsesStream:
         k, self.n_calls = self.n_calls, self.n_calls + 1
         if isinstance(item.get("id"), str):
             self.calls[item["id"]] = k
+        if isinstance(item.get("call_id"), str):
+            self.by_call_id[item["call_id"]] = k
         if isinstance(output_index, int):
             self.by_output[output_index] = k
         return k
@@ -268,7 +271,13 @@ class ResponsesStream:
             if item.get("type") in ("message", "reasoning"):
                 out += self._whole(item, index)
             elif item.get("type") == "function_call":
-                k = self._lookup(item.get("id"), index)
+                # by call_id before the place: an item streamed without an id may sit elsewhere
+                # in the final list (a relay that leaves reasoning out of it)
+                k = self.calls.get(item.get("id")) if isinstance(item.get("id"), str) else None
+                if k is None and isinstance(item.get("call_id"), str):
+                    k = self.by_call_id.get(item["call_id"])
+                if k is None:
+                    k = self._lookup(None, index)
                 if k is None:
                     k = self._new_call(item, index)
                     out.append(self._header(k, item))

@@ -836,3 +836,16 @@ def test_a_tool_result_with_an_image_goes_as_the_output_list_a_responses_tool_ou
     from openai.types.responses.response_input_item_param import FunctionCallOutput
     from pydantic import TypeAdapter
     TypeAdapter(FunctionCallOutput).validate_python(items[-1])
+
+
+def test_a_call_streamed_without_an_item_id_is_not_sent_again_from_a_final_list_that_moved_it():
+    call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": ""}
+    body = sse(created(),
+               ("response.output_item.added", {"output_index": 1, "item": call}),
+               ("response.function_call_arguments.delta", {"output_index": 1, "delta": '{"a":1}'}),
+               # the final list leaves the reasoning item out: the call is at 0 there, with an id
+               ("response.completed", {"response": {"id": "resp_1", "status": "completed", "output": [
+                   {**call, "id": "fc1", "arguments": '{"a":1}'}], "usage": USAGE}}))
+    calls = [piece for d in deltas(run(body)) if isinstance(d, dict) for piece in d.get("tool_calls") or ()]
+    assert [c.get("id") for c in calls if "id" in c] == ["c1"]
+    assert "".join(c["function"]["arguments"] for c in calls) == '{"a":1}'
