@@ -34,17 +34,21 @@ def period_start(kind: str, moment: datetime, tz: tzinfo) -> datetime:
     local = moment.astimezone(tz)
     # fold=0: a midnight that comes twice (clocks set back from 01:00) is the day's first one
     day = local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)
-    start = day if kind == "daily" else day.replace(day=1)
-    return start.replace(tzinfo=None).replace(tzinfo=tz)   # the zone's own offset on that date (DST)
+    start = (day if kind == "daily" else day.replace(day=1)).replace(tzinfo=None).replace(tzinfo=tz)
+    # as a real instant's wall time: a midnight that a DST change skips (America/Havana, Africa/Cairo)
+    # is 01:00, as a total's start read back from its timestamp is, so the two compare equal
+    return datetime.fromtimestamp(start.timestamp(), tz)
 
 
 def period_end(kind: str, moment: datetime, tz: tzinfo) -> datetime:
-    start = period_start(kind, moment, tz)
+    """The next period's start (from the local date: a start that a DST change moved to 01:00
+    is no base for the next day's)."""
+    day = moment.astimezone(tz).replace(hour=0, minute=0, second=0, microsecond=0, fold=0, tzinfo=None)
     if kind == "daily":
-        naive = start.replace(tzinfo=None) + timedelta(days=1)
+        naive = day + timedelta(days=1)
     else:
-        naive = (start.replace(tzinfo=None, day=28) + timedelta(days=4)).replace(day=1)
-    return naive.replace(tzinfo=tz)
+        naive = (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return datetime.fromtimestamp(naive.replace(tzinfo=tz).timestamp(), tz)
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,29 @@ def test_a_midnight_that_comes_twice_starts_one_day():
         datetime(2024, 11, 1, 4, 0, tzinfo=UTC).timestamp()}
 
 
+
+def test_a_day_whose_midnight_is_skipped_keeps_counting_when_the_shared_total_comes_back():
+    # Havana's clocks went from 00:00 to 01:00 on 2025-03-09: the day starts at 01:00. The total
+    # Redis answered (its start read back from a timestamp) was taken for another period than
+    # the one held, which it replaced: the day's spend read $0 and later additions were dropped
+    havana = ZoneInfo("America/Havana")
+    now = datetime(2025, 3, 9, 15, tzinfo=havana).astimezone(UTC)
+    assert period_start("daily", now, havana) == datetime(2025, 3, 9, 1, tzinfo=havana)
+    for moment in (now, period_start("daily", now, havana)):
+        assert period_end("daily", moment, havana) == datetime(2025, 3, 10, tzinfo=havana)
+    spend, _clock, _seen = board(now)
+    spend.tz = havana
+    sent = []
+    spend.on_change = sent.append
+    spend.add(UPSTREAM, "relay-a", 1.0, now)
+    [added] = [change for change in sent if change.period == "daily"]
+    spend.apply(SpendTotal(UPSTREAM, "relay-a", "daily", added.start, added.end, 1.0), added=1.0)
+    assert spend.spent(UPSTREAM, "relay-a", "daily") == 1.0
+    sent.clear()
+    spend.add(UPSTREAM, "relay-a", 2.0, now)
+    assert spend.spent(UPSTREAM, "relay-a", "daily") == 3.0
+    assert [change.usd for change in sent if change.period == "daily"] == [2.0]
+
 def test_an_upstream_over_its_daily_budget_until_local_midnight_then_the_month_holds():
     spend, clock, seen = board(datetime(2026, 3, 10, 15, 0, tzinfo=UTC))    # 23:00 local
     spend.add(UPSTREAM, "relay-a", 3.0)
