@@ -175,7 +175,7 @@ class RedisState(Claims):
     def _connect(self) -> redis.Redis:
         # no retries inside the client: an outage surfaces at once and the supervisor handles it
         return redis.Redis.from_url(self.url.conninfo, decode_responses=True, socket_timeout=COMMAND_TIMEOUT,
-                                    socket_connect_timeout=3.0, retry=Retry(NoBackoff(), 0),
+                                    socket_connect_timeout=3.0, socket_keepalive=True, retry=Retry(NoBackoff(), 0),
                                     client_name=f"ccswitch-{self.instance}")
 
     async def _supervise(self) -> None:
@@ -395,9 +395,21 @@ class RedisState(Claims):
     # ------------------------------------------------------------------ reading
 
     async def _read(self, pubsub) -> None:
+        """Applies what other instances publish.  The subscription has its own connection, which
+        a NAT or load balancer may forget after a quiet spell without a word: after PING_EVERY
+        without a message it is pinged, and without an answer the session ends (and reconnects)."""
+        pinged = False
         while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-            if message is not None and message.get("type") == "message":
+            message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                               timeout=COMMAND_TIMEOUT if pinged else PING_EVERY)
+            if message is None:
+                if pinged:
+                    raise redis.ConnectionError("the subscription's connection did not answer a PING")
+                await pubsub.ping()
+                pinged = True
+                continue
+            pinged = False
+            if message.get("type") == "message":
                 self.receive(message["data"])
 
     def receive(self, data: str) -> None:

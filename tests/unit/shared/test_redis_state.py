@@ -821,3 +821,59 @@ def test_a_user_without_the_permissions_ccswitch_needs_is_a_setting_to_mend():
     from ccswitch.shared.redis_state import refused_setting
     assert refused_setting(NoPermissionError("this user has no permissions to run the 'scan' command")) is not None
     assert refused_setting(RedisConnectionError("Error 111 connecting to 127.0.0.1:9. Connection refused.")) is None
+
+
+class ForgetfulPath:
+    """A TCP hop to Redis that can forget the subscriptions' flows without a word, as a NAT or
+    a load balancer does after a quiet spell: their bytes go nowhere from then on, both ways."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.flows, self.server = port, [], None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._carry, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def _carry(self, reader, writer) -> None:
+        far_reader, far_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        flow = {"subscribed": False, "forgotten": False}
+        self.flows.append(flow)
+
+        async def pipe(source, sink, outward: bool) -> None:
+            while data := await source.read(65536):
+                flow["subscribed"] |= outward and b"SUBSCRIBE" in data.upper()
+                if not flow["forgotten"]:
+                    sink.write(data)
+                    await sink.drain()
+
+        await asyncio.gather(pipe(reader, far_writer, True), pipe(far_reader, writer, False),
+                             return_exceptions=True)
+        for end in (writer, far_writer):
+            end.close()
+
+    def forget_subscriptions(self) -> None:
+        for flow in self.flows:
+            flow["forgotten"] |= flow["subscribed"]
+
+    async def stop(self) -> None:
+        self.server.close()
+
+
+async def test_a_subscription_a_nat_forgot_is_noticed_and_the_instance_hears_the_others_again(
+        redis_url, monkeypatch):
+    # only the command connection was pinged: an instance whose subscription's flow was forgotten
+    # heard no other instance again, and still said it shared
+    from ccswitch.shared import redis_state
+    monkeypatch.setattr(redis_state, "PING_EVERY", 0.2)
+    monkeypatch.setattr(redis_state, "COMMAND_TIMEOUT", 0.3)
+    path = ForgetfulPath(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    far = await path.start()
+    try:
+        async with Node(far, retry=(0.05, 0.1)) as a, Node(redis_url) as b:
+            path.forget_subscriptions()
+            await asyncio.sleep(0.1)
+            b.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=120)
+            await eventually(lambda: a.health.cooling_until("relay") is not None, timeout=5)
+            assert a.state.up
+    finally:
+        await path.stop()
