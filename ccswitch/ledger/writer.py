@@ -41,6 +41,7 @@ ATTEMPT_COLUMNS = (
 )
 ACTIVATION_COLUMNS = ("ts", "upstream", "status", "ok", "error", "latency_ms", "slot", "probe_id")
 
+_OUTAGE_JOIN = 1.0     # what a stop in an outage gives a write under way before it spills the rows
 _COLUMNS = {"requests": REQUEST_COLUMNS, "attempts": ATTEMPT_COLUMNS, "activations": ACTIVATION_COLUMNS}
 
 
@@ -116,7 +117,9 @@ class Ledger:
             self._closing = True
             self._cond.notify()
         if self._thread:
-            self._thread.join(timeout)
+            # in an outage the rows go to the spill file at once: a stop has seconds before its
+            # SIGKILL (`docker stop`: 10), and each try may wait out the database's connect timeout
+            self._thread.join(min(timeout, _OUTAGE_JOIN) if self._spills_now() else timeout)
         with self._cond:
             # a writer still hanging on the database may yet write its rows: kept all the same (the
             # ledger skips a row it has)
@@ -202,8 +205,8 @@ class Ledger:
                     self._cond.wait(self.interval)
                 if self._pending and len(self._pending) < self.batch and not self._closing:
                     self._cond.wait(self.linger)   # let a burst gather into one transaction
-                if not self._pending and self._closing:
-                    break
+                if self._closing and (not self._pending or self._spills_now()):
+                    break               # done, or stopping in an outage: close() spills the rest
                 rows = [self._pending.popleft() for _ in range(min(self.batch, len(self._pending)))]
                 self._hand = rows
             if not rows:
@@ -212,8 +215,8 @@ class Ledger:
                 self._write_batch(rows)
             except Exception as exc:    # whatever the database or its driver raises: keep the rows, retry
                 self._report(exc)
-                if self._closing and backoff > 2:
-                    break               # shutting down and the database still refuses
+                if self._spills_now() or (self._closing and backoff > 2):
+                    break               # stopping and the database refuses: close() keeps what it can
                 self._sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
@@ -299,6 +302,10 @@ class Ledger:
         log.warning("ccswitch: usage ledger %s is writable again; writing the %d row(s) kept meanwhile%s",
                     self.backend.label, just_written + self.pending, lost)
         self._failing = None
+
+    def _spills_now(self) -> bool:
+        """Stopping while the database refuses, with a spill file to keep the rows in: no more tries."""
+        return self._closing and self._failing is not None and self.spill_dir is not None
 
     def _sleep(self, seconds: float) -> None:
         with self._cond:

@@ -190,3 +190,23 @@ def test_a_file_an_older_ccswitch_left_is_read_with_null_in_the_columns_added_si
     assert [r[1][0] for r in read if r[0] == "requests"] == ["r1"]
     assert [dict(zip(_COLUMNS["activations"], r[1], strict=True)) for r in read if r[0] == "activations"] == \
         [{**older, "probe_id": None}]
+
+
+def test_a_stop_during_an_outage_spills_at_once_instead_of_retrying_past_the_sigkill(tmp_path, monkeypatch, caplog):
+    # each try waited out the database (a silent PostgreSQL: its connect timeout), and a stop
+    # tried three more times before spilling: 3.6-10 s, past `docker stop`'s 10 s with the drain
+    import time
+
+    def silent(batch):
+        time.sleep(0.4)
+        raise sqlite3.OperationalError("connection timeout expired")
+    ledger = Ledger(tmp_path / "u.db", spill_dir=tmp_path / "unwritten")
+    monkeypatch.setattr(ledger.backend, "insert", silent)
+    ledger.start()
+    ledger.add("requests", row(1))
+    assert wait_for(lambda: "cannot write the usage ledger" in caplog.text)
+    started = time.monotonic()
+    ledger.close(timeout=10)
+    assert time.monotonic() - started < 3      # about 0.4 s now; 4 s and more before
+    [kept] = spill.spilled(tmp_path / "unwritten", ledger.backend.label)
+    assert [r[1][_COLUMNS["requests"].index("request_id")] for r in spill.read(kept, _COLUMNS)] == [row(1)["request_id"]]
