@@ -174,7 +174,10 @@ class RedisState(Claims):
 
     def _connect(self) -> redis.Redis:
         # no retries inside the client: an outage surfaces at once and the supervisor handles it
-        return redis.Redis.from_url(self.url.conninfo, decode_responses=True, socket_timeout=COMMAND_TIMEOUT,
+        # bytes that are not UTF-8 (another program's) read as U+FFFD: unreadable records, not a
+        # failed read of all of them
+        return redis.Redis.from_url(self.url.conninfo, decode_responses=True, encoding_errors="replace",
+                                    socket_timeout=COMMAND_TIMEOUT,
                                     socket_connect_timeout=3.0, socket_keepalive=True, retry=Retry(NoBackoff(), 0),
                                     client_name=f"ccswitch-{self.instance}")
 
@@ -262,7 +265,9 @@ class RedisState(Claims):
         boards = self.boards
         seen: set[tuple] = set()
         better: list[Change] = []
-        for record in stored:
+        for i, record in enumerate(stored):
+            if i % _PARSE_SLICE == _PARSE_SLICE - 1:
+                await asyncio.sleep(0)      # up to the caps (200,000 records): requests go on meanwhile
             seen.add(record.key)
             merged = boards.merge_in(self._with_unsent(record))
             if merged is not None:
@@ -287,12 +292,14 @@ class RedisState(Claims):
             async with client.pipeline(transaction=False) as pipe:
                 for key in hashes:
                     pipe.hgetall(key)
-                values += await pipe.execute()
+                values += await pipe.execute(raise_on_error=False)   # another program's key of another type
         now, found = self.wall(), []
         for i, (key, value) in enumerate(zip(plain + hashes, values, strict=True)):
             if i % _PARSE_SLICE == _PARSE_SLICE - 1:
                 await asyncio.sleep(0)      # tens of thousands of records: requests go on meanwhile
             try:
+                if isinstance(value, Exception):
+                    raise ValueError(str(value))
                 found += layout.read_back(key, value, now)
             except ValueError:
                 self._note_malformed(f"key {key}")

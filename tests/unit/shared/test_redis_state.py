@@ -474,6 +474,24 @@ async def test_a_late_starter_loads_windows_still_running_and_skips_unreadable_k
     assert caplog.text.count("cannot read") == 1
 
 
+
+async def test_another_program_s_key_of_another_type_or_not_utf8_is_skipped_not_the_end_of_sharing(
+        redis_url, store, caplog):
+    # a WRONGTYPE answer or undecodable bytes failed the whole catch-up: the instance reconnected
+    # forever, sharing nothing, and called Redis unreachable
+    caplog.set_level(logging.WARNING, "ccswitch.state")
+    async with Node(redis_url) as a:
+        a.sessions.bind("messages", "s-1", "relay", 600)
+        await eventually(lambda: not a.state._pending and not a.state._writing)
+    await store.set("ccswitch:q:foo", "bar")
+    raw = redis.Redis.from_url(redis_url)
+    await raw.set("ccswitch:h:odd", b"\xff\xfe not utf-8")
+    await raw.aclose()
+    async with Node(redis_url) as c:
+        assert c.sessions.bound("messages", "s-1") == "relay"
+        assert c.state.malformed == 2
+    assert "unreachable" not in caplog.text
+
 async def test_more_stored_keys_than_one_read_takes_are_all_loaded(redis_url):
     async with Node(redis_url) as a:
         for n in range(layout_batch() + 20):
@@ -877,3 +895,31 @@ async def test_a_subscription_a_nat_forgot_is_noticed_and_the_instance_hears_the
             assert a.state.up
     finally:
         await path.stop()
+
+
+async def test_catching_up_on_many_records_lets_requests_go_on_between_slices(redis_url):
+    # merging a reconnection's records ran in one stretch: 1.6 s at the caps, every stream stalled
+    from ccswitch.shared import redis_state
+    many = 3 * redis_state._PARSE_SLICE
+    async with Node(redis_url) as a:
+        for n in range(many):
+            a.sessions.bind("messages", f"s-{n}", "relay", 600)
+        await eventually(lambda: not a.state._pending and not a.state._writing)
+    c, turns, seen = Node(redis_url), 0, []
+
+    async def ticker():
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    merge_in = c.boards.merge_in
+    c.boards.merge_in = lambda record: (seen.append(turns), merge_in(record))[1]
+    ticking = asyncio.create_task(ticker())
+    try:
+        await c.state.start(c.boards)
+        await eventually(lambda: c.state.up)
+    finally:
+        ticking.cancel()
+        await c.state.stop()
+    assert len(seen) >= many and len(set(seen)) >= 3
