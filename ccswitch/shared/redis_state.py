@@ -33,7 +33,17 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from ccswitch.config.state_url import RedisURL
-from ccswitch.routing.changes import Change, SpendAdded, SpendTotal, add_to, decode, encode, with_total
+from ccswitch.routing.changes import (
+    Change,
+    QuotaForget,
+    SpendAdded,
+    SpendTotal,
+    WindowChange,
+    add_to,
+    decode,
+    encode,
+    with_total,
+)
 from ccswitch.routing.state import Boards
 from ccswitch.shared import layout
 from ccswitch.shared.claims import OUTAGES, Claims
@@ -114,6 +124,9 @@ class RedisState(Claims):
         self._told_unshared: dict[str, str] = {}     # see Claims: name -> the claim told here
         self._pending: dict[tuple, Change] = {}
         self._unsent: dict[tuple, SpendAdded] = {}    # spend Redis has not acknowledged yet
+        # upstreams whose windows a `ccswitch.reset` forgot while Redis was away: its windows carry
+        # no time to lose a merge by, so Redis's would come back on reconnection
+        self._forgotten: set[str] = set()
         self._oldest: float | None = None             # when the oldest queued record was made
         self._wake = asyncio.Event()
         self._writing = 0          # writes under way (the shutdown waits for them)
@@ -165,6 +178,8 @@ class RedisState(Claims):
                     log.warning("ccswitch: %s does not keep up: changes are dropped (other instances "
                                 "learn them later)", self.where)
         else:
+            if isinstance(change, QuotaForget):
+                self._forgotten.add(change.upstream)
             return          # unreachable: this instance's view is merged in when it is back
         if self._oldest is None:
             self._oldest = self.wall()
@@ -262,9 +277,13 @@ class RedisState(Claims):
         before `up`, would be offered while down, and dropped)."""
         await self._hand_on_told(client)
         stored = await self._load(client)
+        forgotten = set(self._forgotten)     # kept until written: a catch-up may fail midway
+        if forgotten:
+            stored = [record for record in stored
+                      if not (isinstance(record, WindowChange) and record.upstream in forgotten)]
         boards = self.boards
         seen: set[tuple] = set()
-        better: list[Change] = []
+        better: list[Change] = [QuotaForget(name) for name in sorted(forgotten)]
         for i, record in enumerate(stored):
             if i % _PARSE_SLICE == _PARSE_SLICE - 1:
                 await asyncio.sleep(0)      # up to the caps (200,000 records): requests go on meanwhile
@@ -275,9 +294,13 @@ class RedisState(Claims):
         better += [record for record in boards.view() if record.key not in seen]
         self.up = True                   # from here on the boards' records queue up for the writer
         boards.spend.alone = False       # and a budget line is told by the one whose addition crossed it
+        late = self._forgotten - forgotten      # reset while the stored records were merged
+        for name in sorted(late):
+            self._offer(QuotaForget(name))
         self._came_up(len(stored))
         for start in range(0, len(better), BATCH):
             await self._write(client, better[start:start + BATCH], {}, merge=True, made=self.wall())
+        self._forgotten -= forgotten | late
 
     async def _load(self, client: redis.Redis) -> list[Change]:
         claims = layout.claim_key("")       # who tells what: no board's record

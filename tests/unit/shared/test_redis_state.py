@@ -846,14 +846,18 @@ class ForgetfulPath:
     a load balancer does after a quiet spell: their bytes go nowhere from then on, both ways."""
 
     def __init__(self, port: int) -> None:
-        self.port, self.flows, self.server = port, [], None
+        self.port, self.flows, self.server, self.ends, self.cut_off = port, [], None, [], False
 
     async def start(self) -> str:
         self.server = await asyncio.start_server(self._carry, "127.0.0.1", 0)
         return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
 
     async def _carry(self, reader, writer) -> None:
+        if self.cut_off:
+            writer.close()
+            return
         far_reader, far_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.ends += [writer, far_writer]
         flow = {"subscribed": False, "forgotten": False}
         self.flows.append(flow)
 
@@ -868,6 +872,16 @@ class ForgetfulPath:
                              return_exceptions=True)
         for end in (writer, far_writer):
             end.close()
+
+    def cut(self) -> None:
+        """Redis out of reach: every flow closed, new ones refused, until `mend`."""
+        self.cut_off = True
+        for end in self.ends:
+            end.close()
+        self.ends = []
+
+    def mend(self) -> None:
+        self.cut_off = False
 
     def forget_subscriptions(self) -> None:
         for flow in self.flows:
@@ -923,3 +937,29 @@ async def test_catching_up_on_many_records_lets_requests_go_on_between_slices(re
         ticking.cancel()
         await c.state.stop()
     assert len(seen) >= many and len(set(seen)) >= 3
+
+
+
+async def test_a_reset_made_while_redis_was_away_is_not_undone_by_the_windows_redis_kept(redis_url):
+    # windows carry no time to lose a merge by: Redis's came back on reconnection, the upstream
+    # "full" again until its reset, on this instance and the others
+    path = ForgetfulPath(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    far = await path.start()
+    full = [("anthropic-ratelimit-unified-5h-utilization", "0.99"),
+            ("anthropic-ratelimit-unified-5h-reset", str(int(time.time() + 1800)))]
+    try:
+        async with Node(far, retry=(0.05, 0.1)) as a, Node(redis_url) as b:
+            a.quota.record("relay", full)
+            await eventually(lambda: b.quota.full("relay", 0.95) is not None)
+            path.cut()
+            await eventually(lambda: not a.state.up)
+            a.quota.forget("relay")                  # ccswitch.reset relay, while Redis is away
+            path.mend()
+            await eventually(lambda: a.state.up)
+            await eventually(lambda: b.quota.full("relay", 0.95) is None)
+            await asyncio.sleep(0.2)
+            assert a.quota.full("relay", 0.95) is None
+        async with Node(redis_url) as c:           # nor does Redis hold it for a later start
+            assert c.quota.full("relay", 0.95) is None
+    finally:
+        await path.stop()
