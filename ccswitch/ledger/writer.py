@@ -102,7 +102,8 @@ class Ledger:
         """Queue one row; never blocks on the database."""
         values = tuple(row.get(c) for c in _COLUMNS[table])
         with self._cond:
-            if len(self._pending) >= self.max_pending:
+            # an earlier stop's rows are over and above the bound: dropped, they would be lost for good
+            if len(self._pending) >= self.max_pending and len(self._pending) >= self.max_pending + self._spilled_left():
                 self._pending.popleft()
                 self._count_dropped(1)
             self._pending.append((table, values))
@@ -139,6 +140,8 @@ class Ledger:
         with self._cond:
             if self._closing:
                 return False
+            if self._taken_files:   # written before the spill files' rows: those are not written by then
+                self._taken_rows += len(rows)
             self._put_first(rows)
             self._cond.notify()
         return True
@@ -171,6 +174,10 @@ class Ledger:
         if self._taken_files:
             log.warning("ccswitch: writing %d usage row(s) an earlier stop could not write to the ledger (from %s)",
                         self._taken_rows, ", ".join(str(p) for p in self._taken_files))
+
+    def _spilled_left(self) -> int:
+        """Rows of the spill files taken at the start not yet written (nor dropped)."""
+        return max(0, self._taken_rows - self.written - self.dropped) if self._taken_files else 0
 
     def _keep_unwritten(self, rows: list[Row]) -> None:
         if self.spill_dir is None:

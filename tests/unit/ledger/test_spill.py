@@ -3,6 +3,7 @@ whatever the rows hold, never read half-written, never taken twice."""
 
 import os
 import sqlite3
+import time
 
 from ccswitch.ledger import spill
 from ccswitch.ledger.writer import _COLUMNS, Ledger
@@ -210,3 +211,56 @@ def test_a_stop_during_an_outage_spills_at_once_instead_of_retrying_past_the_sig
     assert time.monotonic() - started < 3      # about 0.4 s now; 4 s and more before
     [kept] = spill.spilled(tmp_path / "unwritten", ledger.backend.label)
     assert [r[1][_COLUMNS["requests"].index("request_id")] for r in spill.read(kept, _COLUMNS)] == [row(1)["request_id"]]
+
+
+def _gated_insert(ledger, monkeypatch, gate, fail_after=None):
+    """The backend's insert waits for `gate`, then writes; past `fail_after` rows it refuses."""
+    written = []
+    insert = ledger.backend.insert
+
+    def gated(batch):
+        gate.wait(10)
+        if fail_after is not None and len(written) + len(batch) > fail_after:
+            raise sqlite3.OperationalError("down")
+        insert(batch)
+        written.extend(batch)
+    monkeypatch.setattr(ledger.backend, "insert", gated)
+    return written
+
+
+def test_a_spill_file_stays_until_its_own_rows_are_written_not_rows_a_reload_put_before_them(tmp_path, monkeypatch):
+    # a predecessor's rows (a reload) queued ahead of the spilled ones counted as theirs: the file
+    # went while its rows were still only in memory, and a crash then lost them
+    import threading
+    unwritten = tmp_path / "unwritten"
+    ledger = Ledger(tmp_path / "u.db", spill_dir=unwritten, batch=1, max_backoff=0.1)
+    spill.spill(rows(1, 2), unwritten, _COLUMNS, ledger.backend.label)
+    gate = threading.Event()
+    written = _gated_insert(ledger, monkeypatch, gate, fail_after=3)
+    ledger.start()
+    [taken] = ledger._taken_files
+    assert wait_for(lambda: ledger._hand)                # row 1 in the writer's hand, held at the gate
+    assert ledger.take(rows(10, 11, 12))
+    gate.set()
+    assert wait_for(lambda: len(written) == 3)           # r1, r10, r11; then the database refuses
+    time.sleep(0.1)
+    assert taken.exists()                                # r2 is written by no one yet
+    ledger.close(timeout=5)
+
+
+def test_rows_an_earlier_stop_left_are_not_dropped_to_make_room_for_new_ones(tmp_path, monkeypatch):
+    import threading
+    unwritten = tmp_path / "unwritten"
+    ledger = Ledger(tmp_path / "u.db", spill_dir=unwritten, max_pending=3, batch=1)
+    spill.spill(rows(1, 2, 3, 4, 5), unwritten, _COLUMNS, ledger.backend.label)
+    gate = threading.Event()
+    written = _gated_insert(ledger, monkeypatch, gate)
+    ledger.start()
+    assert wait_for(lambda: ledger._hand)
+    ledger.add("requests", row(6))
+    ledger.add("requests", row(7))
+    assert ledger.dropped == 0
+    gate.set()
+    assert wait_for(lambda: len(written) == 7)
+    ledger.close(timeout=5)
+    assert ledger.dropped == 0 and not list(unwritten.iterdir())
