@@ -7,6 +7,7 @@ through `apply` (SpendTotal), which only ever raises a period's spend."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from ccswitch.config.models import Budget, Rules
 from ccswitch.money import usd
 from ccswitch.routing.changes import Feed, SpendAdded, SpendTotal, notify
 from ccswitch.routing.events import Event, Events
+
+log = logging.getLogger("ccswitch.budget")
 
 UPSTREAM, CLIENT = "upstream", "client"
 PERIODS = ("daily", "monthly")
@@ -95,6 +98,7 @@ class SpendBoard:
         # Redis orders the additions, and the instance whose addition took the shared total
         # across a line tells it (`apply`'s `added`), once for all instances
         self.alone = True
+        self._told_other_zone = False
 
     def configure(self, rules: Rules) -> None:
         """Take the rules' budgets and time zone (at start-up and on every reload)."""
@@ -217,6 +221,15 @@ class SpendBoard:
         which Redis answered with this total: a line it took the total across is this instance's
         to tell.  Any other line under the total was crossed by another instance, which told it."""
         start = datetime.fromtimestamp(total.start, self.tz)
+        if start != period_start(total.period, start, self.tz):
+            # another zone's day or month (an instance with another `timezone`, or records from
+            # before it changed): taken for a later period, it stopped this one's counting for good
+            if not self._told_other_zone:
+                self._told_other_zone = True
+                log.warning("ccswitch: budgets: spend shared for another time zone's day or month is "
+                            "ignored (an instance with another `timezone`, or from before it changed): "
+                            "give every instance sharing the state the same `timezone`")
+            return
         key = (total.who, total.name, total.period)
         held = self._spent.get(key)
         known = held[1] if held is not None and held[0] == start else 0.0

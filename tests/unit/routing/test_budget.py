@@ -84,6 +84,23 @@ def test_a_day_whose_midnight_is_skipped_keeps_counting_when_the_shared_total_co
     assert spend.spent(UPSTREAM, "relay-a", "daily") == 3.0
     assert [change.usd for change in sent if change.period == "daily"] == [2.0]
 
+
+def test_spend_shared_for_another_zone_s_day_is_ignored_not_taken_for_a_later_period(caplog):
+    # an instance in UTC beside this one in Shanghai (or records from before `timezone` changed):
+    # their day starts 8 hours later, was taken for a newer period, and this instance's spend read
+    # $0 from then on and its own additions were dropped as an older period's
+    now = datetime(2026, 3, 10, 12, tzinfo=UTC)                  # 20:00 in Shanghai
+    spend, _clock, _seen = board(now)
+    spend.add(CLIENT, "alice", 4.0, now)
+    utc_day = datetime(2026, 3, 10, tzinfo=UTC)
+    for kind, end in (("daily", datetime(2026, 3, 11, tzinfo=UTC)), ("monthly", datetime(2026, 4, 1, tzinfo=UTC))):
+        spend.apply(SpendTotal(CLIENT, "alice", kind, (utc_day if kind == "daily" else utc_day.replace(day=1)).timestamp(),
+                               end.timestamp(), 50.0))
+    assert spend.spent(CLIENT, "alice", "daily") == 4.0
+    spend.add(CLIENT, "alice", 1.0, now)
+    assert spend.spent(CLIENT, "alice", "daily") == 5.0 and spend.spent(CLIENT, "alice", "monthly") == 5.0
+    assert caplog.text.count("another time zone") == 1
+
 def test_an_upstream_over_its_daily_budget_until_local_midnight_then_the_month_holds():
     spend, clock, seen = board(datetime(2026, 3, 10, 15, 0, tzinfo=UTC))    # 23:00 local
     spend.add(UPSTREAM, "relay-a", 3.0)
