@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from decimal import ROUND_HALF_UP, Decimal
 
 MAX_COST_DIGITS = 6
 
@@ -35,8 +36,11 @@ def usd(*amounts: float) -> tuple[str, ...]:
 
 
 def _dollars(amount: float, digits: int) -> str:
-    shown = f"${amount:,.{digits}f}"
-    if amount > 0 and not shown.strip("$0.,"):     # above zero but under what six decimals show: not $0.000000
+    # half up from the amount to nine decimals: the same costs summed in another order (another
+    # instance) differ in a float's last bits, and $0.1035 must not read $0.103 on one, $0.104 on the other
+    exact = Decimal(repr(round(amount, 9))).quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP)
+    shown = f"${exact:,.{digits}f}"
+    if amount > 0 and (amount < 10 ** -MAX_COST_DIGITS or not shown.strip("$0.,")):   # not $0.000000
         return f"<${10 ** -MAX_COST_DIGITS:.{MAX_COST_DIGITS}f}"
     return shown
 

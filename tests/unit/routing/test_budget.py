@@ -377,6 +377,11 @@ def test_a_budget_lowered_in_the_reload_that_moves_the_timezone_is_told_too():
     ((0.001, 5.0), ("$0.0010", "$5.00")),          # two significant digits, not $0.00100
     ((4.9e-7, 5.0), ("<$0.000001", "$5.00")),      # above zero: never $0.000000
     ((5e-7, 5.0), ("<$0.000001", "$5.00")),        # nor when six decimals round it down
+    # the same costs summed in another order (two instances) differ in a float's last bits: one
+    # text for both, rounded half up ($0.103 on one instance and $0.104 on the other before)
+    ((0.10349999999999998, 0.1), ("$0.104", "$0.100")),
+    ((0.1035, 0.1), ("$0.104", "$0.100")),
+    ((0.10350000000000001, 0.1), ("$0.104", "$0.100")),
 ])
 def test_amounts_that_differ_are_never_shown_alike(amounts, shown):
     from ccswitch.money import usd
