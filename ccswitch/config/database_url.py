@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import SecretStr
 
@@ -48,7 +48,31 @@ class PostgresURL(SecretURL):
             raise ValueError("one host per PostgreSQL URL (a list of hosts is not supported)")
         refuse_unencoded_credentials(text, parts)
         url_port(parts)
+        _check_options(parts.query)
         return cls(url=SecretStr(text))
+
+
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _check_options(query: str) -> None:
+    """What libpq would refuse at every connection (an outage for ever, at run time) is a
+    mistake in the rules: a misspelt option's name, an `sslmode` it does not know."""
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name == "sslmode" and value not in _SSLMODES:
+            raise ValueError(f"sslmode must be one of {', '.join(_SSLMODES)}")
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+        from psycopg.errors import ProgrammingError
+    except ImportError:         # the driver is an extra: the ledger names it missing when it starts
+        return
+    try:
+        conninfo_to_dict("postgresql:///?" + query)   # the options alone: nothing secret in the message
+    except ProgrammingError as exc:
+        # only an unknown option's name is repeated: other messages may quote a value (`?password=`)
+        said = str(exc).strip()
+        raise ValueError("libpq refuses its options" + (f": {said}" if said.startswith("invalid URI query parameter")
+                                                         else " (check their percent-encoding)")) from None
 
 
 def refuse_other_databases(text: str) -> None:

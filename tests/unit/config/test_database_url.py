@@ -54,6 +54,10 @@ def test_equal_urls_are_the_same_database_and_a_new_password_is_another():
     ("postgresql://me:p/w@db.internal:5432/x", "must be percent-encoded (%2F, %3F, %23)"),    # was "the port must be …"
     ("postgresql://me:p?w@db.internal:5432/x", "must be percent-encoded (%2F, %3F, %23)"),
     ("", "must be a path or a postgresql:// URL"),
+    # libpq refused these at every connection: an outage for ever, `ccswitch check` said OK
+    ("postgresql://me:pw@db.internal/x?sslmode=bogus", "sslmode must be one of disable, allow, prefer, require"),
+    ("postgresql://me:pw@db.internal/x?sslmod=require", 'invalid URI query parameter: "sslmod"'),
+    ("postgresql://me@db.internal/x?password=pw%zz", "check their percent-encoding"),
 ])
 def test_a_bad_value_is_refused_without_echoing_it(text, problem):
     with pytest.raises(RulesError) as err:
