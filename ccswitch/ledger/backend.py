@@ -50,6 +50,11 @@ class Backend(ABC):
     def close(self) -> None:
         """Drop the connection, if any."""
 
+    def refusal(self, exc: BaseException) -> str | None:
+        """What in the settings to mend when ``exc`` says the database refuses ccswitch (a
+        password, a database or role that does not exist), rather than being out of reach."""
+        return None
+
     def describe(self, exc: BaseException) -> str:
         """``exc`` for a log line (an `Unavailable` as what made it)."""
         if isinstance(exc, Unavailable) and exc.__cause__ is not None:

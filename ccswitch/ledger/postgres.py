@@ -30,6 +30,16 @@ _KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, 
               "tcp_user_timeout": 30_000}
 
 
+# libpq's words for a server that answers but will not take this URL: settings to mend, not an outage
+_REFUSALS = (
+    ("password authentication failed", "the URL's password"),
+    ("no password supplied", "the URL's password"),
+    ("pg_hba.conf", "the server's pg_hba.conf, or the URL's user or sslmode"),
+    ("database \"", "the URL's database name"),          # database "x" does not exist
+    ("role \"", "the URL's user"),                       # role "x" does not exist
+    ("permission denied", "the user's rights on that database"),
+)
+
 class DriverMissing(RuntimeError):
     """psycopg is not installed: a PostgreSQL usage_db cannot be used."""
 
@@ -157,6 +167,10 @@ class PostgresBackend(Backend):
             return False        # the rows wait: installing it mends it (and here a raise would lose them)
         psycopg = driver()
         return isinstance(exc, (psycopg.DataError, psycopg.IntegrityError, *VALUE_ERRORS))
+
+    def refusal(self, exc: BaseException) -> str | None:
+        text = self.describe(exc)
+        return next((what for said, what in _REFUSALS if said in text), None)
 
     def describe(self, exc: BaseException) -> str:
         return self.url.scrub(super().describe(exc))     # libpq never echoes it; should a message ever do

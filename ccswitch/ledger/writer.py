@@ -296,8 +296,13 @@ class Ledger:
         if self._failing is None:       # once per outage; what else goes wrong meanwhile is debug detail
             # a warning: nothing is lost while the rows wait (a drop is an error), and mitmdump
             # exits on an error logged while it starts, as a restart during an outage may
-            log.warning("ccswitch: cannot write the usage ledger %s (%s); keeping %d row(s) in memory "
-                        "and retrying", self.backend.label, text, self.pending)
+            mend = self.backend.refusal(exc)
+            if mend is not None:        # no outage to wait out: the rules or the server need mending
+                log.warning("ccswitch: the usage ledger %s refuses ccswitch (%s): check %s; keeping %d "
+                            "row(s) in memory and retrying", self.backend.label, text, mend, self.pending)
+            else:
+                log.warning("ccswitch: cannot write the usage ledger %s (%s); keeping %d row(s) in memory "
+                            "and retrying", self.backend.label, text, self.pending)
             self._failing = text
         elif text != self._failing:
             log.debug("ccswitch: usage ledger %s still failing: %s", self.backend.label, text)

@@ -255,3 +255,20 @@ def test_rows_unwritten_at_a_stop_during_an_outage_are_written_by_the_next_start
     assert query(own_postgres.url, "SELECT count(*) FROM attempts") == [(4,)]
     assert "writing 8 usage row(s) an earlier stop could not write" in caplog.text
     assert own_postgres.password not in caplog.text
+
+
+@pytest.mark.parametrize("change, mend", [
+    (lambda parts: parts._replace(path="/no_such_ledger"), "check the URL's database name"),
+    (lambda parts: parts._replace(netloc=parts.netloc.replace(":" + parts.password + "@", ":wrong-password@")),
+     "check the URL's password"),
+])
+def test_a_server_that_refuses_the_url_is_named_as_a_setting_to_mend_not_an_outage(postgres_url, caplog, change, mend):
+    # it read like a server down ("cannot write the usage ledger ... retrying"), as Redis's does not
+    from urllib.parse import urlsplit, urlunsplit
+    url = PostgresURL.parse(urlunsplit(change(urlsplit(postgres_url))))
+    ledger = Ledger(url, max_backoff=0.5, busy_timeout=2).start()
+    ledger.add("requests", row(1))
+    assert wait_for(lambda: "refuses ccswitch" in caplog.text)
+    ledger.close(timeout=2)
+    assert mend in caplog.text and "wrong-password" not in caplog.text
+    assert "cannot write the usage ledger" not in caplog.text
