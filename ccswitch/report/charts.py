@@ -186,7 +186,8 @@ def chart_tokens(report: Report, path: Path) -> Path:
     bottom.set_ylabel(f"tokens {axis.per_row()}")
     if not any(t.input or t.cache_write or t.output for t in d):
         bottom.set_ylim(0, 1)
-        bottom.text(0.5, 0.5, "only cache reads", transform=bottom.transAxes, ha="center", color="gray")
+        said = "only cache reads" if any(t.cache_read for t in d) else "no tokens in this period"
+        bottom.text(0.5, 0.5, said, transform=bottom.transAxes, ha="center", color="gray")
     for ax in (top, bottom):
         ax.yaxis.set_major_formatter(FuncFormatter(_human))
         axis.style(ax)

@@ -84,3 +84,36 @@ def test_dollar_ticks_have_the_decimals_each_step_needs():
     assert _usd_formatter([0, 100, 200])(200) == "$200" and _usd_formatter([0, 5000, 10000])(10000) == "$10,000"
     assert [_usd_formatter([0, 25, 50, 75, 100])(t) for t in (25, 100)] == ["$25", "$100"]   # $100: whole dollars
     assert _usd_formatter([0, 1e-8])(1e-8) == "$0.000000"     # past a millionth of a dollar: no more digits
+
+
+def _token_chart_texts(tmp_path, monkeypatch, **tokens) -> list[str]:
+    from datetime import date
+
+    from ccswitch.config.load import parse_rules
+    from ccswitch.report import charts
+    from ccswitch.report.data import build_report
+    from tests.unit.report.test_report import RULES
+
+    conn = connect(str(tmp_path / "usage.db"))
+    insert_request(conn, 1, ts="2026-03-01T10:00:00.000+00:00", upstream="relay-a", model="claude-sonnet-4-5",
+                   status=503, error="HTTP 503", **tokens)
+    day = date(2026, 3, 1)
+    report = build_report(conn, parse_rules(RULES, env={"RELAY_A_KEY_FOR_TEST": "x"}), day, day)
+    conn.close()
+    texts: list[str] = []
+
+    def keep_texts(fig, path):
+        texts.extend(t.get_text() for ax in fig.axes for t in ax.texts)
+        charts.plt.close(fig)
+        return path
+    monkeypatch.setattr(charts, "_save", keep_texts)
+    charts.chart_tokens(report, tmp_path / "tokens.png")
+    return texts
+
+
+def test_a_period_without_tokens_is_not_said_to_hold_only_cache_reads(tmp_path, monkeypatch):
+    assert _token_chart_texts(tmp_path, monkeypatch) == ["no tokens in this period"]
+
+
+def test_a_period_of_cache_reads_alone_says_so(tmp_path, monkeypatch):
+    assert _token_chart_texts(tmp_path, monkeypatch, cache_read_tokens=500) == ["only cache reads"]
