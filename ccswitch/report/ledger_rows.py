@@ -43,14 +43,15 @@ def read_rows(reader: LedgerReader, sql: str, since: date, until: date, before: 
 
 _REQUESTS_SQL = """
 SELECT substr(ts, 1, 16) AS minute, route, upstream, model, NULLIF(upstream_model, ''), {session}, {client},
-       endpoint = 'count_tokens', count(*),
+       endpoint = 'count_tokens',
+       CASE WHEN upstream IS NULL AND error IN ('client_closed', 'killed') THEN error END, count(*),
        sum({input}), sum({output}), sum({cache_write}),
        sum({cache_1h}), sum({cache_read}),
        sum({reasoning}), {failovers}, {errors},
        {moved}
 FROM requests
 WHERE ts >= ? AND ts < ?
-GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
 ORDER BY 1
 """
 
@@ -107,8 +108,8 @@ def usage_rows(reader: LedgerReader, since: date, until: date, tz: tzinfo | None
                 before: int, unreadable: list[str]) -> Iterator[tuple[UsageRow, bool]]:
     """Priced rows (by the text of their time: see `_blocks`), each with whether it is a
     count_tokens row."""
-    for (minute, route, upstream, model, sent, session, client, is_count, n, inp, out, cw, cw1h, cr, reas, fo, err,
-         moved) in read_rows(reader, _requests_sql(reader), since, until, before):
+    for (minute, route, upstream, model, sent, session, client, is_count, gone, n, inp, out, cw, cw1h, cr, reas, fo,
+         err, moved) in read_rows(reader, _requests_sql(reader), since, until, before):
         moment = row_moment(minute, unreadable)
         if moment is None:
             continue
@@ -120,8 +121,8 @@ def usage_rows(reader: LedgerReader, since: date, until: date, tz: tzinfo | None
             t.unpriced_tokens, t.unpriced_requests = t.tokens, t.requests
         else:
             t.cost = usd
-        yield UsageRow(moment, timeline.local(moment, tz).date(), route, upstream, model, sent, session, t, client), \
-            bool(is_count)
+        yield UsageRow(moment, timeline.local(moment, tz).date(), route, upstream, model, sent, session, t, client,
+                       gone), bool(is_count)
 
 
 def read_timings(reader: LedgerReader, since: date, until: date, tz: tzinfo | None) -> Timings:

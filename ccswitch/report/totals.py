@@ -3,7 +3,8 @@ group of ledger rows) and ``Span`` (a stretch of time and everything summed over
 
 Dimensions: ``model`` is the model the client named (what it was sent upstream as is kept per
 span in ``Span.sent_as``), ``upstream`` the upstream that answered (``(ccswitch)`` when ccswitch
-answered itself), ``route``, and ``session`` (the session key).
+answered itself; ``(client left)`` or ``(killed)`` when the request ended before any upstream
+answered it), ``route``, and ``session`` (the session key).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from datetime import date, datetime, timedelta
 
 DIMENSIONS = ("model", "upstream", "route", "session", "client")
 NO_UPSTREAM = "(ccswitch)"      # requests ccswitch answered itself
+# requests that ended before any upstream answered them, by whoever ended them
+GONE_BEFORE_AN_ANSWER = {"client_closed": "(client left)", "killed": "(killed)"}
 NO_MODEL = "(no model)"
 NO_SESSION = "(no session)"
 NO_CLIENT = "(no client key)"
@@ -87,12 +90,13 @@ class UsageRow:
     session: str | None
     totals: Totals
     client: str | None = None       # the client key's name
+    gone: str | None = None         # no upstream answered: the client left (client_closed) or it was killed
 
     def label(self, dim: str) -> str:
         if dim == "model":
             return self.model or NO_MODEL
         if dim == "upstream":
-            return self.upstream or NO_UPSTREAM
+            return self.upstream or GONE_BEFORE_AN_ANSWER.get(self.gone or "", NO_UPSTREAM)
         if dim == "route":
             return self.route
         if dim == "client":

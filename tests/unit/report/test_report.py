@@ -548,3 +548,19 @@ def test_a_hand_edited_ledger_never_costs_the_report(tmp_path):
     assert [b.total.requests for b in r.blocks] == [4]
     assert any("1 group(s) of requests left out: their time cannot be read (ts '2026-06-16T25:00'" in note
                for note in r.notes), r.notes
+
+
+def test_requests_that_ended_before_an_upstream_answered_are_not_said_to_be_answered_by_ccswitch(tmp_path):
+    # "(ccswitch)" is what ccswitch answered itself; a client that left, or a flow killed in
+    # mitmweb, was counted there too (the live page says `client left` / `killed`)
+    path = tmp_path / "usage.db"
+    conn = connect(str(path))
+    for n, error in enumerate(["client_closed", "killed", "killed", "no upstream could be tried"]):
+        insert_request(conn, n, ts="2026-03-01T02:00:00.000+00:00", model="claude-sonnet-4-5",
+                       status=503 if n == 3 else None, error=error, attempts=0)
+    insert_request(conn, 9, ts="2026-03-01T02:00:00.000+00:00", upstream="relay-a", model="claude-sonnet-4-5",
+                   error="client_closed", status=200)          # left after relay-a answered: relay-a's
+    conn.close()
+    r = _small(path)
+    assert {name: t.requests for name, t in r.summary["upstream"].items()} == {
+        "(client left)": 1, "(killed)": 2, "(ccswitch)": 1, "relay-a": 1}
