@@ -44,6 +44,20 @@ def _system_zone(tz_variable: str | None) -> tzinfo:
         return tzlocal.reload_localzone()
     except (LookupError, ValueError, OSError) as exc:
         fixed = datetime.now().astimezone().tzinfo
-        log.warning("ccswitch: the system time zone is not a named zone (%s); local days follow the "
-                    "fixed offset %s until a restart (set timezone: in rules.yaml)", exc, fixed)
+        offset = datetime.now(fixed).strftime("UTC%:z")
+        if tz_variable and not _names_a_zone(tz_variable):
+            # glibc reads an unknown name as a zone of that name at UTC: "America" for America/Sao_Paolo
+            why = f"TZ={tz_variable} names no time zone this machine knows (a misspelling?)"
+        else:
+            why = f"the system time zone is not a named zone ({' '.join(str(exc).split())})"
+        log.warning("ccswitch: %s; local days follow %s, without daylight saving time (set timezone: in "
+                    "rules.yaml)", why, offset)
         return fixed
+
+
+def _names_a_zone(tz_variable: str) -> bool:
+    try:
+        ZoneInfo(tz_variable.removeprefix(":"))
+    except (LookupError, ValueError, OSError):
+        return False
+    return True

@@ -564,3 +564,22 @@ def test_requests_that_ended_before_an_upstream_answered_are_not_said_to_be_answ
     r = _small(path)
     assert {name: t.requests for name, t in r.summary["upstream"].items()} == {
         "(client left)": 1, "(killed)": 2, "(ccswitch)": 1, "relay-a": 1}
+
+
+def test_a_misspelt_tz_is_named_as_such_and_the_offset_it_gives_said(monkeypatch, caplog):
+    # it said "not a named zone ('tzlocal() does not support ... Please use ... Continent/City')",
+    # a literal newline in it, and "the fixed offset America until a restart"
+    import time
+
+    from ccswitch import clock
+    monkeypatch.setenv("TZ", "America/Sao_Paolo")
+    time.tzset()
+    try:
+        clock._system_zone.__wrapped__("America/Sao_Paolo")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    [said] = [r.getMessage() for r in caplog.records if r.name == "ccswitch.clock"]
+    assert "TZ=America/Sao_Paolo names no time zone this machine knows" in said
+    assert "local days follow UTC+00:00, without daylight saving time" in said
+    assert "\n" not in said and "restart" not in said
