@@ -69,15 +69,16 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-#: the characters that reorder the text around them: a client's model may carry them
-_BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: control characters, and those that reorder the text around them: a client's model may carry them
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def visible_controls(text: str) -> str:
-    r"""`text` with each bidirectional control shown as its escape (`\u202e`): a model name
-    `claude-\u202eevil\u202c-sonnet` must not read as another one on a page (`printable`, for a
-    terminal, escapes every control; a page keeps its line breaks)."""
-    return _BIDI_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    r"""`text` with each control character shown as its escape (`\n`, `\u202e`): a model name
+    `claude-\u202eevil\u202c-sonnet` or `my-odd\nname` must not read as another one on a page,
+    where a line break shows as a blank (`printable`, for a terminal, escapes every character
+    it would not print; a page keeps the rest, emoji sequences' joiners among them)."""
+    return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def short_label(label: str, width: int = LABEL_WIDTH) -> str:

@@ -382,6 +382,9 @@ def test_a_bidirectional_control_in_a_model_shows_as_its_escape_in_the_report_pa
     from ccswitch.report.html import escape
     assert escape("<b>claude-\u202eevil\u202c-sonnet\u2067</b>") == \
         "&lt;b&gt;claude-\\u202eevil\\u202c-sonnet\\u2067&lt;/b&gt;"
+    # a line break showed as a blank: "my-odd\nnewline" read as "my-odd newline"
+    assert escape("my-odd\nnewline\t\x1b[2J") == "my-odd\\nnewline\\t\\x1b[2J"
+    assert escape("team \U0001F468\u200d\U0001F469") == "team \U0001F468\u200d\U0001F469"   # a joiner is no control
 
 
 def test_the_page_says_how_many_upstreams_are_available_and_what_each_client_key_spent_of_its_budget():
