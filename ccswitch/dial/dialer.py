@@ -281,7 +281,8 @@ class Dialer:
             response = await asyncio.wait_for(self._send(job, upstream, outgoing, timeouts.connect), wait)
         except (TimeoutError, http1.TransportError, OSError) as exc:
             return network_failure(upstream.name, exc, rules.failover.on_network_error,
-                                   "first_byte" if job.request.stream else "total")
+                                   "first_byte" if job.request.stream else "total",
+                                   outgoing.via.proxy.shown if outgoing.via.proxy else None)
         attempt.status = response.status_code
         if self.health.is_current(upstream.name, fingerprint):    # not a replaced key's windows
             learn_windows(self.quota, self.events, upstream.name, response.headers, rules.failover.drain_at)

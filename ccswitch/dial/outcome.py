@@ -77,9 +77,10 @@ def NetworkFailure(upstream: str, reason: str, action: str, timeout: bool = Fals
     return Failure(upstream, None, reason, action, client_status=504 if timeout else 502)
 
 
-def network_failure(upstream: str, exc: BaseException, action: str, phase: str) -> Failure:
+def network_failure(upstream: str, exc: BaseException, action: str, phase: str, via: str | None = None) -> Failure:
     """Classify a transport exception: refused, reset, DNS, TLS, which timeout, or the proxy's
-    own words (its message names it without credentials)."""
+    own words (its message names it without credentials).  `via`: the proxy the request went
+    through, named beside a timeout waiting for the answer (the proxy's or the upstream's silence)."""
     if isinstance(exc, http1.Unsendable):
         # what the client sent, not the upstream's doing; the next upstream may be sent other headers
         return Failure(upstream, None, str(exc), Action.SWITCH, counts=False, client_status=400)
@@ -92,10 +93,14 @@ def network_failure(upstream: str, exc: BaseException, action: str, phase: str) 
         failure.lasting = exc.credentials     # the rules' proxy password: the client's retry gets the same
         return failure
     if isinstance(exc, http1.ConnectTimeout):
+        if exc.in_tunnel:
+            return NetworkFailure(upstream, f"TLS handshake timeout (through proxy {exc.through}, which had opened "
+                                            "the tunnel)", action, timeout=True)
         through = f" (through proxy {exc.through})" if exc.through else ""   # not the upstream's own silence
         return NetworkFailure(upstream, f"connect timeout{through}", action, timeout=True)
     if isinstance(exc, asyncio.TimeoutError):
-        return NetworkFailure(upstream, f"{phase} timeout", action, timeout=True)
+        return NetworkFailure(upstream, f"{phase} timeout" + (f" (via proxy {via})" if via else ""), action,
+                              timeout=True)
     # it says which encoding and what is wrong with it / with which status the upgrade was refused
     if isinstance(exc, http1.UndecodableBody | HandshakeRefused):
         return NetworkFailure(upstream, str(exc), action)

@@ -33,9 +33,10 @@ class Unsendable(TransportError):
 
 
 class ConnectTimeout(ConnectError):
-    def __init__(self, message: str, through: str | None = None) -> None:
+    def __init__(self, message: str, through: str | None = None, *, in_tunnel: bool = False) -> None:
         super().__init__(message)
         self.through = through      # the proxy it went through, as it may be shown
+        self.in_tunnel = in_tunnel  # the proxy had opened its tunnel: the TLS handshake inside it timed out
 
 
 class ProxyFailure(ConnectError):

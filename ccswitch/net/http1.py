@@ -113,15 +113,25 @@ async def open_tcp(protocol_factory: Callable[[], asyncio.Protocol], host: str, 
 def opener(proxy: Proxy | None, timeout: float) -> Callable[..., Awaitable[tuple]]:
     """`open_tcp`, or a function like it that tunnels through `proxy` (its failures raised as
     ProxyFailure): for sockets opened outside the pool too, such as an upstream's WebSocket."""
-    if proxy is None:
-        return open_tcp
+    return open_tcp if proxy is None else _ThroughProxy(proxy, timeout)
 
-    async def through_proxy(protocol_factory, host: str, port: int, context: ssl.SSLContext | None):
+
+class _ThroughProxy:
+    """Opens one connection through a proxy; `tunnel_open` says, should it time out, whether the
+    proxy had opened the tunnel by then (what timed out was the TLS handshake inside it)."""
+
+    def __init__(self, proxy: Proxy, timeout: float) -> None:
+        self.proxy, self.timeout, self.tunnel_open = proxy, timeout, False
+
+    async def __call__(self, protocol_factory, host: str, port: int, context: ssl.SSLContext | None) -> tuple:
         try:
-            return await open_through(proxy, protocol_factory, host, port, context, timeout)
+            return await open_through(self.proxy, protocol_factory, host, port, context, self.timeout,
+                                      tunnel_open=self._opened)
         except ProxyError as exc:
             raise ProxyFailure(str(exc), credentials=exc.credentials) from None
-    return through_proxy
+
+    def _opened(self) -> None:
+        self.tunnel_open = True
 
 
 class UpstreamClient:
@@ -240,6 +250,9 @@ class UpstreamClient:
                 open_transport = self._open_transport if proxy is None else opener(proxy, timeout)
                 _, connection = await open_transport(lambda: Connection(key), host, port, context)
         except TimeoutError as exc:
+            if getattr(open_transport, "tunnel_open", False):      # the proxy said yes; nothing came through
+                raise ConnectTimeout(f"the TLS handshake with {host}:{port} through proxy {proxy.shown} timed out "
+                                     "(the proxy had opened the tunnel)", proxy.shown, in_tunnel=True) from exc
             through = f" through proxy {proxy.shown}" if proxy else ""
             raise ConnectTimeout(f"connecting to {host}:{port}{through} timed out", proxy and proxy.shown) from exc
         except ExceptionGroup as group:   # every address failed: report the first

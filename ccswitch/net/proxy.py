@@ -139,10 +139,12 @@ def scrub(text: str, proxy: Proxy) -> str:
 
 
 async def open_through(proxy: Proxy, protocol_factory: Callable[[], asyncio.Protocol], host: str, port: int,
-                       context: ssl.SSLContext | None, timeout: float) -> tuple[asyncio.BaseTransport,
-                                                                                   asyncio.Protocol]:
+                       context: ssl.SSLContext | None, timeout: float,
+                       tunnel_open: Callable[[], None] | None = None) -> tuple[asyncio.BaseTransport,
+                                                                               asyncio.Protocol]:
     """A tunnel through `proxy` to host:port, with TLS over it when `context` is given.
-    The caller bounds the whole call; `timeout` bounds the proxy's part as well."""
+    The caller bounds the whole call; `timeout` bounds the proxy's part as well.  `tunnel_open`
+    is called once the proxy has opened the tunnel (a timeout after it is not the proxy's silence)."""
     try:
         if proxy.scheme == "http":
             async with asyncio.timeout(timeout):
@@ -155,6 +157,8 @@ async def open_through(proxy: Proxy, protocol_factory: Callable[[], asyncio.Prot
         raise
     except Exception as exc:   # python-socks' errors, a reset mid-handshake, a name it could not resolve
         raise ProxyError(f"proxy {proxy.shown}: {_what(exc, proxy)}", credentials=_refused_credentials(exc)) from None
+    if tunnel_open is not None:
+        tunnel_open()
     try:
         return await asyncio.get_running_loop().create_connection(
             protocol_factory, sock=sock, ssl=context, server_hostname=host if context else None)

@@ -268,3 +268,35 @@ async def test_an_activation_probe_gives_up_connecting_after_the_rules_connect_t
         server.close()
     assert not result.ok and result.error.startswith("connect timeout") and took < 5, (result.error, took)
     assert not mock_a.requests
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+async def test_a_proxy_that_opens_the_tunnel_then_carries_nothing_is_told_from_one_that_never_answers(mock_b, scheme):
+    # through a tunnel that carries nothing, a TLS upstream read "connect timeout (through proxy …)",
+    # word for word a proxy that never answers CONNECT; a plain one "first_byte timeout", no proxy named
+    held = []
+
+    async def stalling(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        held.append(writer)
+
+    server = await asyncio.start_server(stalling, "127.0.0.1", 0)
+    proxy = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    rules = parse_rules(f"""
+timeouts: {{connect: 300ms, first_byte: 400ms, total: 400ms, idle: 1s}}
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{scheme}://127.0.0.1:9', api_key: key-a, proxy: '{proxy}'}}
+  - {{name: b, protocol: anthropic, base_url: '{mock_b.base_url}', api_key: key-b}}
+routes: {{claude: [a, b]}}
+""")
+    try:
+        job, sink, _ = await run(rules)
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+    assert sink.status == 200 and job.upstream == "b"
+    assert job.attempts[0].error == (
+        f"TLS handshake timeout (through proxy {proxy}, which had opened the tunnel)" if scheme == "https"
+        else f"first_byte timeout (via proxy {proxy})")
