@@ -40,6 +40,7 @@ _REFUSALS = (
     ("permission denied", "the user's rights on that database"),
 )
 
+
 class DriverMissing(RuntimeError):
     """psycopg is not installed: a PostgreSQL usage_db cannot be used."""
 
