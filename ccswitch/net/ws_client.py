@@ -89,7 +89,8 @@ class WsClient:
         except BaseException as exc:
             if writer is not None:
                 writer.close()
-            error, cause = _connect_error(exc, host, port, None if opened else through)
+            error, cause = _connect_error(exc, host, port, None if opened else through,
+                                          in_tunnel=getattr(open_transport, "tunnel_open", False))
             if error is exc:
                 raise
             raise error from cause
@@ -209,12 +210,14 @@ async def _handshake(reader: asyncio.StreamReader, ws: WSConnection) -> AcceptCo
             raise http1.RemoteProtocolError("the upstream closed the connection during the WebSocket handshake")
 
 
-def _connect_error(exc: BaseException, host: str, port: int,
-                   through: str | None) -> tuple[BaseException, BaseException]:
+def _connect_error(exc: BaseException, host: str, port: int, through: str | None, *,
+                   in_tunnel: bool = False) -> tuple[BaseException, BaseException]:
     """(what a failed open is in the terms the dialer classifies, its cause); anything else,
-    cancellation included, is passed through as it is."""
+    cancellation included, is passed through as it is.  `in_tunnel`: the proxy had opened its
+    tunnel (a timeout before the socket was open was the TLS handshake inside it)."""
     if isinstance(exc, TimeoutError):
-        return http1.ConnectTimeout(f"opening a WebSocket to {host}:{port} timed out", through), exc
+        return http1.ConnectTimeout(f"opening a WebSocket to {host}:{port} timed out", through,
+                                    in_tunnel=in_tunnel and through is not None), exc
     cause = exc.exceptions[0] if isinstance(exc, ExceptionGroup) else exc   # every address failed: the first
     if isinstance(cause, LocalProtocolError | UnicodeEncodeError):   # its text quotes what it refused: a key
         return http1.ConnectError(f"cannot open the WebSocket: {type(cause).__name__} on a header it sends"), cause

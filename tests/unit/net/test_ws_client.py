@@ -75,7 +75,7 @@ async def test_a_server_that_never_answers_the_upgrade_is_a_connect_timeout():
         server.close()
 
 
-@pytest.mark.parametrize("mute", ["the proxy", "the upstream"])
+@pytest.mark.parametrize("mute", ["the proxy", "the upstream", "the upstream's TLS"])
 async def test_an_upgrade_that_times_out_names_the_proxy_only_when_the_proxy_was_mute(mock_a, mute):
     # a proxy that never opens the tunnel: the failure says it went through it (what the ledger,
     # the flow's comment and a reload's cooldown rule read); a tunnel opened to an upstream that
@@ -88,14 +88,18 @@ async def test_an_upgrade_that_times_out_names_the_proxy_only_when_the_proxy_was
     try:
         with ConnectProxy() as proxy:
             proxied = parse_proxy(f"http://127.0.0.1:{silent_port}" if mute == "the proxy" else proxy.url())
-            url = f"http://127.0.0.1:{silent_port if mute == 'the upstream' else 9}/v1/responses"
+            scheme = "https" if mute == "the upstream's TLS" else "http"
+            url = f"{scheme}://127.0.0.1:{9 if mute == 'the proxy' else silent_port}/v1/responses"
             with pytest.raises(http1.ConnectTimeout) as caught:
                 await WsClient.open(url, [], tls=None, timeout=0.3, open_transport=http1.opener(proxied, 0.3),
                                     through=proxied.shown)
     finally:
         server.close()
     said = network_failure("a", caught.value, "failover", "connect").reason
-    assert said == (f"connect timeout (through proxy {proxied.shown})" if mute == "the proxy" else "connect timeout")
+    assert said == {"the proxy": f"connect timeout (through proxy {proxied.shown})", "the upstream": "connect timeout",
+                    # the proxy opened the tunnel; the TLS handshake inside it got no answer
+                    "the upstream's TLS": f"TLS handshake timeout (through proxy {proxied.shown}, which had "
+                                          "opened the tunnel)"}[mute]
 
 
 async def test_an_upstream_that_closes_mid_turn_is_a_transport_error(mock_a):
