@@ -42,7 +42,7 @@ from ccswitch.vocab import Action, Endpoint, Protocol
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import UNPARSED, RenderError, Reply, json_or_none
 from ccswitch.wire.reasoning import SealMemory, refuses_foreign_reasoning, seals_in
-from ccswitch.wire.redact import scrub_headers
+from ccswitch.wire.redact import scrub_headers, scrub_json
 from ccswitch.wire.sse import is_event_stream
 from ccswitch.wire.usage import answer_of_body
 
@@ -337,6 +337,9 @@ class Dialer:
         body = translation.scrub(body, outgoing.secrets)
         parsed = UNPARSED if is_sse else json_or_none(body)   # once, for the usage and the check
         attempt.usage, response_id = answer_of_body(upstream.protocol, body, is_sse, parsed)
+        if attempt.usage is not None and attempt.usage.raw and outgoing.secrets:
+            # decoded: a key written in an escape the body's scrub does not know is plain text now
+            attempt.usage.raw = scrub_json(attempt.usage.raw, outgoing.secrets)
         why = None
         if 200 <= status < 300:
             attempt.response_id = response_id

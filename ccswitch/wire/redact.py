@@ -122,32 +122,45 @@ def _forms_of(c: str) -> list[bytes]:
 
 @dataclass(frozen=True)
 class _Escaped:
-    pattern: re.Pattern[bytes]
+    pattern: re.Pattern[bytes] | None   # None for a key of letters and digits only: no such form
     anchor: bytes       # the key's longest run of letters and digits: no echo of it lacks this
+    every: re.Pattern[bytes]            # every character escaped, as `\uXXXX` or `%XX`
+    every_anchors: tuple[bytes, ...]    # the first character so escaped, in each case of its hex
 
 
 @lru_cache(maxsize=4096)     # every form of every key a large rules file holds (scrub asks per call)
-def _escaped(secret: str) -> _Escaped | None:
-    """The key as an encoder may write it when it echoes one (`_forms_of` each character other
-    than a letter or digit).  None for a key of letters and digits only: it has no other form."""
-    if all(c in _PLAIN for c in secret):
-        return None
+def _escaped(secret: str) -> _Escaped:
+    """The key as an encoder may write it when it echoes one: `_forms_of` each character other
+    than a letter or digit; or every character escaped (an echo built to get past this)."""
     parts = [re.escape(c.encode()) if c in _PLAIN else b"(?:" + b"|".join(_forms_of(c)) + b")" for c in secret]
     runs = re.findall(r"[A-Za-z0-9]+", secret)
-    return _Escaped(re.compile(b"".join(parts)), max(runs, key=len, default="").encode())
+    pattern = None if all(c in _PLAIN for c in secret) else re.compile(b"".join(parts))
+    every = re.compile(b"".join(b"(?:" + b"|".join(_forms_of(c)[1:]) + b")" for c in secret))
+    first = ord(secret[0])
+    anchors = {f"\\u{first:04x}".encode(), f"\\u{first:04X}".encode()}
+    if secret[0].isascii():
+        anchors |= {f"%{first:02x}".encode(), f"%{first:02X}".encode()}
+    return _Escaped(pattern, max(runs, key=len, default="").encode(), every, tuple(sorted(anchors)))
 
 
 def scrub(body: bytes, secrets: list[str]) -> bytes:
     """Replace any upstream key text an upstream echoed back (e.g. in an error), as it is or in
-    any form an encoder may have written it (looked for only where its longest plain run is)."""
+    any form an encoder may have written it (looked for only where its longest plain run is, or
+    where its first character stands escaped)."""
+    escapes = None     # whether anything in the body is escaped at all: asked once, if a key is long enough
     for secret in secrets:
         if len(secret) < _SHORTEST_SECRET:
             continue
         raw = secret.encode()
         if raw in body:
             body = body.replace(raw, b"[redacted]")
-        if (escaped := _escaped(secret)) is not None and escaped.anchor in body:
+        escaped = _escaped(secret)
+        if escaped.pattern is not None and escaped.anchor in body:
             body = escaped.pattern.sub(b"[redacted]", body)
+        if escapes is None:
+            escapes = b"\\u" in body or b"%" in body
+        if escapes and any(anchor in body for anchor in escaped.every_anchors):
+            body = escaped.every.sub(b"[redacted]", body)
     return body
 
 

@@ -234,3 +234,19 @@ def test_a_proxys_password_and_login_are_secrets_its_user_name_alone_is_not():
     texts = rules.upstream("a").secret_texts()
     assert "pw-0123456789" in texts and base64.b64encode(b"developer:pw-0123456789").decode() in texts
     assert "developer" not in texts       # a word a model may well write
+
+
+async def test_a_whole_answers_usage_is_recorded_scrubbed_whatever_escape_hid_the_key(mock_a):
+    # the key with one letter escaped (\u0061 for `a`): no form the body's scrub looks for, but
+    # decoded for the ledger's raw usage it was the key in plain text
+    hidden = KEY_A.replace("a", "\\u0061", 1)
+    assert hidden != KEY_A
+    body = ('{"id": "m", "type": "message", "role": "assistant", "model": "m", "stop_reason": "end_turn", '
+            '"content": [{"type": "text", "text": "hi"}], '
+            f'"usage": {{"input_tokens": 3, "output_tokens": 1, "note": "billed to {hidden}"}}}}').encode()
+    mock_a.script(status(200, body=body, headers={"content-type": "application/json"}))
+    rules = rules_for(("a", "anthropic", mock_a.base_url), extra=FAST)
+    job, sink, _ = await run(rules, job=make_job(rules, body={"model": "m", "max_tokens": 5, "messages": []}))
+    assert sink.status == 200 and job.error is None
+    raw = json.dumps(job.attempts[-1].usage.raw)
+    assert KEY_A not in raw and "[redacted]" in raw

@@ -22,7 +22,7 @@ def test_a_key_is_scrubbed_however_it_was_escaped(written):
     assert scrub(body, [KEY]) == b'{"error": {"message": "bad key [redacted]!"}}'
 
 
-def test_a_plain_key_costs_no_pattern_and_short_text_is_left_alone():
+def test_a_plain_key_is_scrubbed_and_short_text_is_left_alone():
     assert scrub(b"sk-plain-0123456789 and sk-plai", ["sk-plain-0123456789", "sk-plai"]) == \
         b"[redacted] and sk-plai"
 
@@ -47,6 +47,22 @@ def test_a_key_is_scrubbed_in_url_and_html_forms_and_any_json_escape(written):
     body = f'<p>bad key {written}!</p>'.encode()
     assert scrub(body, [ECHOED]) == b"<p>bad key [redacted]!</p>"
 
+
+
+PLAIN_KEY = "sk-test-UP/SECRET+key=0123456789abcdef"
+
+
+@pytest.mark.parametrize("key", [PLAIN_KEY, "abcdefGHIJ0123456789"])
+@pytest.mark.parametrize("as_form", [lambda c: f"\\u{ord(c):04x}", lambda c: f"\\u{ord(c):04X}",
+                                     lambda c: f"%{ord(c):02X}", lambda c: f"%{ord(c):02x}",
+                                     lambda c: f"\\u{ord(c):04x}" if ord(c) % 2 else f"%{ord(c):02X}"],
+                         ids=["json-lower", "json-upper", "percent-upper", "percent-lower", "mixed"])
+def test_a_key_with_every_character_escaped_is_scrubbed_too(key, as_form):
+    # an echo that escapes letters and digits as well (an upstream built to get past the scrub)
+    # reached the client, the ledger's raw usage and mitmdump's decoded views whole
+    written = "".join(as_form(c) for c in key)
+    body = f'{{"text": "k={written}", "note": "50% off"}}'.encode()
+    assert scrub(body, [key]) == b'{"text": "k=[redacted]", "note": "50% off"}'
 
 def test_text_that_only_shares_the_key_s_plain_run_is_left_alone():
     body = b"SECRETCANARY is a word here, and so is sk-a/b"
