@@ -18,7 +18,7 @@ from mitmproxy.proxy import mode_specs
 
 from ccswitch.clock import utc_now
 from ccswitch.dial.early import EARLY_HEADER, EarlyAnswers, http_answer
-from ccswitch.mitm.flows import CLIENT_PROTOCOL, error_response, likely_protocol
+from ccswitch.mitm.flows import CLIENT_PROTOCOL, error_response, from_codex, likely_protocol
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.key_shield import KeyShield
 from ccswitch.mitm.known import Known
@@ -31,7 +31,6 @@ from ccswitch.routing.affinity import session_key
 from ccswitch.routing.classify import RouteMatch
 from ccswitch.vocab import Endpoint
 from ccswitch.wire import headers as wire
-from ccswitch.wire import protocols
 from ccswitch.wire.redact import client_credential
 
 log = logging.getLogger("ccswitch")
@@ -138,7 +137,7 @@ class EarlyRefusal:
             response = text_answer(status, message + "\n")      # the live page's, as it would have answered
         else:
             response = error_response(protocol, status, message,
-                                      codex=protocols.codex_client(flow.request.headers.items()))
+                                      codex=from_codex(flow.request))
         ticket = self.answers.register(http_answer(status, response.reason, list(response.headers.fields),
                                                    response.raw_content or b""))
         self.shield.hidden.pop(flow.id, None)      # its keys stay <redacted>: nothing of it goes upstream

@@ -79,8 +79,13 @@ def answer(flow: http.HTTPFlow, response: http.Response, why: str | None = None)
 
 def answer_error(flow: http.HTTPFlow, protocol: str, status: int, message: str, extra: dict | None = None) -> None:
     """An error answer in the client's API format, its message in the flow's comment too."""
-    codex = protocols.codex_client(flow.request.headers.items())
-    answer(flow, error_response(protocol, status, message, extra, codex=codex), message)
+    answer(flow, error_response(protocol, status, message, extra, codex=from_codex(flow.request)), message)
+
+
+def from_codex(request: http.Request) -> bool:
+    """Whether Codex sent it (two look-ups: `Headers.items()` reads every name's values anew,
+    quadratic in a head of thousands of distinct names that a stranger may send)."""
+    return protocols.is_codex(request.headers.get("originator"), request.headers.get("user-agent"))
 
 
 def point_at(request: http.Request, target: str) -> None:

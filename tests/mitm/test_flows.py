@@ -106,3 +106,18 @@ def test_a_client_s_own_mistake_passed_on_is_no_failure_line_in_the_log():
     assert attempts_line(job) is None
     job.attempts, job.error, job.status = [Attempt("a", 429, "HTTP 429", 12)], "HTTP 429", 429
     assert attempts_line(job) == "claude-x failed: a: 429 (12 ms)"
+
+
+@pytest.mark.parametrize("agent, codex", [("codex_cli_rs/0.169.0", True), ("claude-cli/2.1.332", False)])
+def test_an_error_answer_reads_two_headers_not_every_header_s_values(monkeypatch, agent, codex):
+    # `Headers.items()` reads each name's values anew: a stranger's head of 6,000 distinct names
+    # held the event loop 8 s before its 401 (and every other client with it)
+    from mitmproxy.test import tflow
+
+    from ccswitch.mitm.flows import answer_error
+    flow = tflow.tflow()
+    flow.request.headers = http.Headers([(f"h{i}".encode(), b"b") for i in range(50)] + [(b"user-agent", agent.encode())])
+    monkeypatch.setattr(http.Headers, "items", lambda self: pytest.fail("every header's values read"))
+    answer_error(flow, "openai-responses", 429, "over budget", {"retry-after": "3600"})   # a day spent
+    assert flow.response.status_code == 429
+    assert (b"usage_limit_reached" in flow.response.content) is codex
