@@ -39,6 +39,18 @@ def test_check_notes_upstreams_in_no_route_and_rules_that_route_nothing(tmp_path
     assert len(cli("check", str(rules)).stdout.splitlines()) == 1
 
 
+
+def test_check_notes_a_key_sent_unencrypted_beyond_this_machine(tmp_path):
+    rules = tmp_path / "r.yaml"
+    rules.write_text("upstreams:\n  - {name: far, protocol: anthropic, base_url: 'http://relay.example.com', api_key: k}\n"
+                     "  - {name: near, protocol: anthropic, base_url: 'http://127.0.0.1:8000', api_key: k}\n"
+                     "  - {name: tls, protocol: anthropic, base_url: 'https://relay.example.com', api_key: k}\n"
+                     "routes: {claude: [far, near, tls]}\n")
+    done = cli("check", str(rules))
+    assert done.returncode == 0
+    assert done.stdout.splitlines()[1:] == ["note: send their key unencrypted (an http:// base_url beyond loopback): far"]
+
+
 def test_check_prints_every_problem_and_exits_1(tmp_path):
     bad = tmp_path / "rules.yaml"
     bad.write_text("""
