@@ -122,8 +122,11 @@ def later_totals(known: dict | None, later: dict) -> dict:
         if value is None:
             continue
         before = merged.get(key)
-        if type(value) is int and type(before) is int and before > value:
-            continue
+        if before is not None and not isinstance(value, dict | bool):
+            # as numbers: some servers write a count as text ("1500")
+            earlier, later_count = as_number(before), as_number(value)
+            if earlier is not None and later_count is not None and earlier > later_count:
+                continue
         merged[key] = value
     return merged
 

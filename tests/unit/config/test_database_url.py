@@ -58,6 +58,8 @@ def test_equal_urls_are_the_same_database_and_a_new_password_is_another():
     ("postgresql://me:pw@db.internal/x?sslmode=bogus", "sslmode must be one of disable, allow, prefer, require"),
     ("postgresql://me:pw@db.internal/x?sslmod=require", 'invalid URI query parameter: "sslmod"'),
     ("postgresql://me@db.internal/x?password=pw%zz", "check their percent-encoding"),
+    # an empty sslmode is no default to libpq: 'invalid sslmode value: ""' at every connection
+    ("postgresql://me:pw@db.internal/x?sslmode=", "sslmode must be one of disable, allow, prefer, require"),
 ])
 def test_a_bad_value_is_refused_without_echoing_it(text, problem):
     with pytest.raises(RulesError) as err:

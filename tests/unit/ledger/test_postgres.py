@@ -272,3 +272,17 @@ def test_a_server_that_refuses_the_url_is_named_as_a_setting_to_mend_not_an_outa
     ledger.close(timeout=2)
     assert mend in caplog.text and "wrong-password" not in caplog.text
     assert "cannot write the usage ledger" not in caplog.text
+
+
+@pytest.mark.parametrize("said, mend", [
+    ('connection failed: FATAL:  no pg_hba.conf entry for host "10.0.0.5", user "me", database "x", no encryption',
+     "the server's pg_hba.conf, or the URL's user or sslmode"),     # names a database too: pg_hba.conf first
+    ('connection failed: FATAL:  role "me" does not exist', "the URL's user"),
+    ("connection failed: fe_sendauth: no password supplied", "the URL's password"),
+    ("permission denied for table requests", "the user's rights on that database"),
+    ("connection failed: connection timeout expired", None),        # an outage: nothing to mend
+])
+def test_each_refusal_libpq_words_names_what_to_mend(said, mend):
+    # the server-less half of the test above: the refusals a test server is not set up to give
+    backend = postgres.PostgresBackend(PostgresURL.parse("postgresql://me:pw@db.internal/x"), {})
+    assert backend.refusal(psycopg.OperationalError(said)) == mend

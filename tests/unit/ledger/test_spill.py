@@ -264,3 +264,100 @@ def test_rows_an_earlier_stop_left_are_not_dropped_to_make_room_for_new_ones(tmp
     assert wait_for(lambda: len(written) == 7)
     ledger.close(timeout=5)
     assert ledger.dropped == 0 and not list(unwritten.iterdir())
+
+
+def _down(ledger, monkeypatch, hang_on=None, until=None):
+    """The backend's insert refuses every try; try number `hang_on` first waits for `until`
+    (a try waiting out a silent server's connect timeout).  Returns the batches tried."""
+    tried = []
+
+    def refuse(batch):
+        tried.append(batch)
+        if len(tried) == hang_on:
+            until.wait(20)
+        raise sqlite3.OperationalError("connection timeout expired")
+    monkeypatch.setattr(ledger.backend, "insert", refuse)
+    return tried
+
+
+def _kept_ids(ledger, unwritten):
+    [kept] = spill.spilled(unwritten, ledger.backend.label)
+    return [r[1][_COLUMNS["requests"].index("request_id")] for r in spill.read(kept, _COLUMNS)]
+
+
+def test_a_stop_between_tries_in_an_outage_tries_no_more(tmp_path, monkeypatch, caplog):
+    # woken from its backoff by the stop, the writer went for one more try (a connect timeout
+    # more) before it saw the outage
+    unwritten = tmp_path / "unwritten"
+    ledger = Ledger(tmp_path / "u.db", spill_dir=unwritten)
+    tried = _down(ledger, monkeypatch)
+    ledger.start()
+    ledger.add("requests", row(1))
+    assert wait_for(lambda: "cannot write the usage ledger" in caplog.text)
+    time.sleep(0.1)                             # in its 0.5 s backoff
+    ledger.close(timeout=10)
+    assert len(tried) == 1
+    assert _kept_ids(ledger, unwritten) == [row(1)["request_id"]]
+
+
+def test_a_stop_while_a_try_hangs_on_the_database_does_not_wait_for_it(tmp_path, monkeypatch):
+    # a try already waiting out the connect timeout when the stop came: the stop gives it a second,
+    # then spills the rows it holds (should the try yet write them, the ledger skips a row it has)
+    import threading
+    unwritten, release = tmp_path / "unwritten", threading.Event()
+    ledger = Ledger(tmp_path / "u.db", spill_dir=unwritten)
+    tried = _down(ledger, monkeypatch, hang_on=2, until=release)
+    ledger.start()
+    ledger.add("requests", row(1))
+    assert wait_for(lambda: len(tried) == 2)    # refused once, now hanging
+    started = time.monotonic()
+    try:
+        ledger.close(timeout=10)
+        took = time.monotonic() - started
+    finally:
+        release.set()
+    assert took < 3, took                       # about 1 s; the whole hang (here 10 s) before
+    assert _kept_ids(ledger, unwritten) == [row(1)["request_id"]]
+
+
+def test_a_stop_during_a_refused_try_ends_the_writer_with_it(tmp_path, monkeypatch):
+    # not left to sleep its backoff (2 s by the third try, up to max_backoff) after the stop
+    import threading
+    unwritten, release = tmp_path / "unwritten", threading.Event()
+    ledger = Ledger(tmp_path / "u.db", spill_dir=unwritten)
+    tried = _down(ledger, monkeypatch, hang_on=3, until=release)
+    ledger.start()
+    ledger.add("requests", row(1))
+    assert wait_for(lambda: len(tried) == 3)    # after 0.5 s and 1 s of backoff
+    threading.Timer(0.2, release.set).start()   # refused while the stop waits for it
+    ledger.close(timeout=10)
+    assert not ledger._thread.is_alive() and len(tried) == 3
+    assert _kept_ids(ledger, unwritten) == [row(1)["request_id"]]
+
+
+def test_a_spilled_row_the_database_rejects_no_longer_counts_over_the_bound(tmp_path, monkeypatch):
+    # the room over max_pending is the spilled rows not yet written *nor dropped*: a rejected one
+    # is no longer waiting to be written
+    import threading
+    unwritten = tmp_path / "unwritten"
+    ledger = Ledger(tmp_path / "u.db", spill_dir=unwritten, max_pending=2, batch=1)
+    spill.spill(rows(1, 2, 3), unwritten, _COLUMNS, ledger.backend.label)
+    gate, insert, ids = threading.Event(), ledger.backend.insert, _COLUMNS["requests"].index("request_id")
+
+    def rejects_1_holds_2(batch):
+        [(_, values)] = batch
+        if values[ids] == row(1)["request_id"]:
+            raise sqlite3.IntegrityError("CHECK constraint failed")
+        if values[ids] == row(2)["request_id"]:
+            gate.wait(10)
+        insert(batch)
+    monkeypatch.setattr(ledger.backend, "insert", rejects_1_holds_2)
+    ledger.start()
+    assert wait_for(lambda: ledger.dropped == 1 and len(ledger._hand) == 1)   # row 1 rejected, row 2 in hand
+    for i in (6, 7, 8):                  # room for 2, and for spilled rows 2 and 3: 4 pending with row 3
+        ledger.add("requests", row(i))
+    assert ledger.dropped == 1
+    ledger.add("requests", row(9))
+    assert ledger.dropped == 2
+    gate.set()
+    ledger.close(timeout=5)

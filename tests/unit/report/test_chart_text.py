@@ -86,8 +86,10 @@ def test_dollar_ticks_have_the_decimals_each_step_needs():
     assert _usd_formatter([0, 1e-8])(1e-8) == "$0.000000"     # past a millionth of a dollar: no more digits
 
 
-def _token_chart_texts(tmp_path, monkeypatch, **tokens) -> list[str]:
-    from datetime import date
+def _token_chart_texts(tmp_path, monkeypatch, *later_days: dict, **tokens) -> list[str]:
+    """The token chart's notes for 2026-03-01 with one request of `tokens`, and a day after it for
+    each of `later_days` (its request's tokens)."""
+    from datetime import date, timedelta
 
     from ccswitch.config.load import parse_rules
     from ccswitch.report import charts
@@ -98,7 +100,11 @@ def _token_chart_texts(tmp_path, monkeypatch, **tokens) -> list[str]:
     insert_request(conn, 1, ts="2026-03-01T10:00:00.000+00:00", upstream="relay-a", model="claude-sonnet-4-5",
                    status=503, error="HTTP 503", **tokens)
     day = date(2026, 3, 1)
-    report = build_report(conn, parse_rules(RULES, env={"RELAY_A_KEY_FOR_TEST": "x"}), day, day)
+    for n, later in enumerate(later_days, start=2):
+        insert_request(conn, n, ts=f"2026-03-0{n}T10:00:00.000+00:00", upstream="relay-a", model="claude-sonnet-4-5",
+                       status=503, error="HTTP 503", **later)
+    report = build_report(conn, parse_rules(RULES, env={"RELAY_A_KEY_FOR_TEST": "x"}), day,
+                          day + timedelta(days=len(later_days)))
     conn.close()
     texts: list[str] = []
 
@@ -117,3 +123,8 @@ def test_a_period_without_tokens_is_not_said_to_hold_only_cache_reads(tmp_path, 
 
 def test_a_period_of_cache_reads_alone_says_so(tmp_path, monkeypatch):
     assert _token_chart_texts(tmp_path, monkeypatch, cache_read_tokens=500) == ["only cache reads"]
+
+
+def test_cache_reads_on_one_day_of_a_period_are_not_said_to_be_no_tokens(tmp_path, monkeypatch):
+    # a day with cache reads and a day without tokens: the period holds cache reads alone
+    assert _token_chart_texts(tmp_path, monkeypatch, {}, cache_read_tokens=500) == ["only cache reads"]

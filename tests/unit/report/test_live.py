@@ -387,6 +387,13 @@ def test_a_bidirectional_control_in_a_model_shows_as_its_escape_in_the_report_pa
     assert escape("team \U0001F468\u200d\U0001F469") == "team \U0001F468\u200d\U0001F469"   # a joiner is no control
 
 
+def test_every_control_character_shows_as_its_escape_on_a_page():
+    # invisible on a page or a line break there: a NUL, DEL, the C1 controls (NEL is a line break,
+    # CSI a terminal's escape) and the line and paragraph separators
+    from ccswitch.report.html import escape
+    assert escape("a\x00b\x7fc\x85d\x9be\u2028f\u2029g") == "a\\x00b\\x7fc\\x85d\\x9be\\u2028f\\u2029g"
+
+
 def test_the_page_says_how_many_upstreams_are_available_and_what_each_client_key_spent_of_its_budget():
     r = rules_for(("a", "anthropic", "http://127.0.0.1:9"), ("b", "anthropic", "http://127.0.0.1:9"),
                   extra=f"timezone: UTC\nclient_keys:\n  - {{name: alice, key: '{CLIENT_KEY}', budget: {{daily: 2}}}}\n"

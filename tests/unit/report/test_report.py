@@ -583,3 +583,21 @@ def test_a_misspelt_tz_is_named_as_such_and_the_offset_it_gives_said(monkeypatch
     assert "TZ=America/Sao_Paolo names no time zone this machine knows" in said
     assert "local days follow UTC+00:00, without daylight saving time" in said
     assert "\n" not in said and "restart" not in said
+
+
+@pytest.mark.parametrize("tz", [None, ":Europe/Paris"])
+def test_a_system_zone_tzlocal_cannot_name_is_said_so_on_one_line(monkeypatch, caplog, tz):
+    # TZ unset, or a real zone written as glibc takes it (":Europe/Paris"), is no misspelling; and
+    # tzlocal's own words run over lines
+    import tzlocal
+
+    from ccswitch import clock
+
+    def unnamed():
+        raise ValueError("Timezone offset does not match system offset: 0 != 3600.\nPlease, check your config files.")
+    monkeypatch.setattr(tzlocal, "reload_localzone", unnamed)
+    clock._system_zone.__wrapped__(tz)
+    [said] = [r.getMessage() for r in caplog.records if r.name == "ccswitch.clock"]
+    assert "the system time zone is not a named zone (Timezone offset does not match system offset: " \
+           "0 != 3600. Please, check your config files.)" in said
+    assert "\n" not in said and "names no time zone" not in said

@@ -85,6 +85,17 @@ def test_a_day_whose_midnight_is_skipped_keeps_counting_when_the_shared_total_co
     assert [change.usd for change in sent if change.period == "daily"] == [2.0]
 
 
+def test_the_day_before_a_skipped_midnight_ends_when_the_next_day_starts():
+    # its end is the next day's start, a real instant: 01:00 in Havana on 2025-03-09, not a
+    # wall-clock 00:00 that never came (and that compares unequal to the next day's start)
+    havana = ZoneInfo("America/Havana")
+    eve = datetime(2025, 3, 8, 15, tzinfo=havana)
+    assert period_end("daily", eve, havana) == period_start("daily", datetime(2025, 3, 9, 15, tzinfo=havana), havana)
+    spend, _clock, _seen = board(eve.astimezone(UTC))
+    spend.tz = havana
+    assert spend.report(UPSTREAM, "relay-a")[0] == "$0.00 of $5.00 today (until 01:00)"
+
+
 def test_spend_shared_for_another_zone_s_day_is_ignored_not_taken_for_a_later_period(caplog):
     # an instance in UTC beside this one in Shanghai (or records from before `timezone` changed):
     # their day starts 8 hours later, was taken for a newer period, and this instance's spend read
@@ -382,6 +393,7 @@ def test_a_budget_lowered_in_the_reload_that_moves_the_timezone_is_told_too():
     ((0.10349999999999998, 0.1), ("$0.104", "$0.100")),
     ((0.1035, 0.1), ("$0.104", "$0.100")),
     ((0.10350000000000001, 0.1), ("$0.104", "$0.100")),
+    ((1e-6, 5.0), ("$0.000001", "$5.00")),         # a millionth is shown as one, not as less than one
 ])
 def test_amounts_that_differ_are_never_shown_alike(amounts, shown):
     from ccswitch.money import usd

@@ -963,3 +963,82 @@ async def test_a_reset_made_while_redis_was_away_is_not_undone_by_the_windows_re
             assert c.quota.full("relay", 0.95) is None
     finally:
         await path.stop()
+
+
+def _full_window():
+    return [("anthropic-ratelimit-unified-5h-utilization", "0.99"),
+            ("anthropic-ratelimit-unified-5h-reset", str(int(time.time() + 1800)))]
+
+
+async def test_a_reset_made_while_the_records_are_merged_is_told_to_the_others(redis_url):
+    # made after the catch-up took its list of resets, before it went up: offered then, it was
+    # dropped (not up yet); it is sent once the instance is up
+    path = ForgetfulPath(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    far = await path.start()
+    try:
+        async with Node(far, retry=(0.05, 0.1)) as a, Node(redis_url) as b:
+            a.quota.record("relay", _full_window())
+            await eventually(lambda: b.quota.full("relay", 0.95) is not None)
+            path.cut()
+            await eventually(lambda: not a.state.up)
+            view = a.boards.view
+
+            def reset_meanwhile():
+                a.boards.view = view
+                a.quota.forget("relay")            # ccswitch.reset relay, while the records are merged
+                return view()
+            a.boards.view = reset_meanwhile
+            path.mend()
+            await eventually(lambda: a.state.up)
+            assert a.boards.view is view           # the catch-up came through there
+            await eventually(lambda: b.quota.full("relay", 0.95) is None)
+            assert a.quota.full("relay", 0.95) is None
+        async with Node(redis_url) as c:
+            assert c.quota.full("relay", 0.95) is None
+    finally:
+        await path.stop()
+
+
+async def test_a_reset_replayed_on_one_reconnection_is_not_replayed_on_the_next(redis_url):
+    # windows another instance learnt after it, while this one was away again, are no reset's
+    path = ForgetfulPath(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    far = await path.start()
+    try:
+        async with Node(far, retry=(0.05, 0.1)) as a, Node(redis_url) as b:
+            a.quota.record("relay", _full_window())
+            await eventually(lambda: b.quota.full("relay", 0.95) is not None)
+            path.cut()
+            await eventually(lambda: not a.state.up)
+            a.quota.forget("relay")
+            path.mend()
+            await eventually(lambda: b.quota.full("relay", 0.95) is None)   # replayed, and written
+            await asyncio.sleep(0.2)
+            path.cut()
+            await eventually(lambda: not a.state.up)
+            b.quota.record("relay", _full_window())     # while a is away again
+            path.mend()
+            await eventually(lambda: a.state.up)
+            await eventually(lambda: a.quota.full("relay", 0.95) is not None)
+            await asyncio.sleep(0.2)
+            assert b.quota.full("relay", 0.95) is not None
+    finally:
+        await path.stop()
+
+
+async def test_a_quiet_subscription_that_answers_its_pings_stays_up(redis_url, monkeypatch, caplog):
+    # a ping answered is an answer: only a ping left unanswered ends the session
+    from ccswitch.shared import redis_state
+    monkeypatch.setattr(redis_state, "PING_EVERY", 0.1)
+    monkeypatch.setattr(redis_state, "COMMAND_TIMEOUT", 0.3)
+    caplog.set_level(logging.WARNING, "ccswitch.state")
+    async with Node(redis_url) as a, Node(redis_url) as b:
+        await asyncio.sleep(1.5)                    # several pings, no message
+        assert a.state.up and "unreachable" not in caplog.text
+        b.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=120)
+        await eventually(lambda: a.health.cooling_until("relay") is not None)
+
+
+def test_connections_to_redis_keep_tcp_keepalive_on():
+    # a peer gone without a word is noticed by the kernel too, not only by the next ping
+    state = RedisState(RedisURL.parse("redis://127.0.0.1:9/0"))
+    assert state._connect().connection_pool.connection_kwargs["socket_keepalive"] is True

@@ -849,3 +849,53 @@ def test_a_call_streamed_without_an_item_id_is_not_sent_again_from_a_final_list_
     calls = [piece for d in deltas(run(body)) if isinstance(d, dict) for piece in d.get("tool_calls") or ()]
     assert [c.get("id") for c in calls if "id" in c] == ["c1"]
     assert "".join(c["function"]["arguments"] for c in calls) == '{"a":1}'
+
+
+def test_usage_details_that_are_no_object_are_read_as_none():
+    from ccswitch.translate.chat.responses_stream import response_usage
+    usage = response_usage({"input_tokens": 5, "output_tokens": 2, "input_tokens_details": "n/a",
+                            "output_tokens_details": [64]})
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (5, 2)
+    assert not (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
+
+
+def test_a_tool_result_with_a_file_goes_as_the_output_list_too():
+    body = {"model": "gpt-5", "messages": [
+        {"role": "user", "content": "Read it"},
+        {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                                              "function": {"name": "fetch", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c", "content": [
+            {"type": "text", "text": "the report:"}, {"type": "file", "file": {"file_id": "file-1"}}]}]}
+    items = ChatToResponses().request(creq(body), API)["input"]
+    assert items[-1] == {"type": "function_call_output", "call_id": "c", "output": [
+        {"type": "input_text", "text": "the report:"}, {"type": "input_file", "file_id": "file-1"}]}
+
+
+def _tool_calls_of(*events) -> list[dict]:
+    return [piece for d in deltas(run(sse(created(), *events))) if isinstance(d, dict)
+            for piece in d.get("tool_calls") or ()]
+
+
+def test_a_call_streamed_with_an_item_id_only_is_known_by_it_in_a_final_list_that_moved_it():
+    # its call_id came only with the final list, where the call sits elsewhere (no reasoning there)
+    calls = _tool_calls_of(
+        ("response.output_item.added", {"output_index": 1, "item": {"type": "function_call", "id": "fc1", "name": "f",
+                                                                    "arguments": ""}}),
+        ("response.function_call_arguments.delta", {"item_id": "fc1", "output_index": 1, "delta": '{"a":1}'}),
+        ("response.completed", {"response": {"id": "resp_1", "status": "completed", "output": [
+            {"type": "function_call", "id": "fc1", "call_id": "c1", "name": "f", "arguments": '{"a":1}'}],
+            "usage": USAGE}}))
+    assert len([c for c in calls if "id" in c]) == 1
+    assert "".join(c["function"]["arguments"] for c in calls) == '{"a":1}'
+
+
+def test_a_call_streamed_without_any_id_is_known_by_its_place_in_the_final_list():
+    calls = _tool_calls_of(
+        ("response.output_item.added", {"output_index": 0, "item": {"type": "function_call", "name": "f",
+                                                                    "arguments": ""}}),
+        ("response.function_call_arguments.delta", {"output_index": 0, "delta": '{"a":1}'}),
+        ("response.completed", {"response": {"id": "resp_1", "status": "completed", "output": [
+            {"type": "function_call", "id": "fc1", "call_id": "c1", "name": "f", "arguments": '{"a":1}'}],
+            "usage": USAGE}}))
+    assert len([c for c in calls if "id" in c]) == 1
+    assert "".join(c["function"]["arguments"] for c in calls) == '{"a":1}'

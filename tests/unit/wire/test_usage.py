@@ -182,3 +182,20 @@ def test_an_anthropic_message_delta_never_lowers_a_count_message_start_gave():
                                                         "output_tokens": 12}}),
     ])
     assert (usage.input_tokens, usage.cache_read_tokens, usage.output_tokens) == (1500, 800, 12)
+
+
+def test_counts_message_start_wrote_as_text_do_not_break_the_deltas_totals():
+    # a relay that writes "1" is read (token_count); compared with a delta's 12, it must not raise
+    usage = feed("anthropic", [
+        format_event({"type": "message_start", "message": {"usage": {"input_tokens": "1500", "output_tokens": "1"}}}),
+        format_event({"type": "message_delta", "usage": {"output_tokens": 12}}),
+    ])
+    assert (usage.input_tokens, usage.output_tokens) == (1500, 12)
+
+
+def test_a_count_written_as_text_is_not_lowered_by_a_later_zero_either():
+    usage = feed("anthropic", [
+        format_event({"type": "message_start", "message": {"usage": {"input_tokens": "1500", "output_tokens": 1}}}),
+        format_event({"type": "message_delta", "usage": {"input_tokens": 0, "output_tokens": 12}}),
+    ])
+    assert (usage.input_tokens, usage.output_tokens) == (1500, 12)
