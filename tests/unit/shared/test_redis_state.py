@@ -945,14 +945,9 @@ async def test_a_reset_made_while_redis_was_away_is_not_undone_by_the_windows_re
     # "full" again until its reset, on this instance and the others
     path = ForgetfulPath(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
     far = await path.start()
-    full = [("anthropic-ratelimit-unified-5h-utilization", "0.99"),
-            ("anthropic-ratelimit-unified-5h-reset", str(int(time.time() + 1800)))]
     try:
         async with Node(far, retry=(0.05, 0.1)) as a, Node(redis_url) as b:
-            a.quota.record("relay", full)
-            await eventually(lambda: b.quota.full("relay", 0.95) is not None)
-            path.cut()
-            await eventually(lambda: not a.state.up)
+            await _full_then_away(path, a, b)
             a.quota.forget("relay")                  # ccswitch.reset relay, while Redis is away
             path.mend()
             await eventually(lambda: a.state.up)
@@ -970,6 +965,14 @@ def _full_window():
             ("anthropic-ratelimit-unified-5h-reset", str(int(time.time() + 1800)))]
 
 
+async def _full_then_away(path: ForgetfulPath, a: Node, b: Node) -> None:
+    """`a` learns a full window (`b` hears of it), then loses its path to Redis."""
+    a.quota.record("relay", _full_window())
+    await eventually(lambda: b.quota.full("relay", 0.95) is not None)
+    path.cut()
+    await eventually(lambda: not a.state.up)
+
+
 async def test_a_reset_made_while_the_records_are_merged_is_told_to_the_others(redis_url):
     # made after the catch-up took its list of resets, before it went up: offered then, it was
     # dropped (not up yet); it is sent once the instance is up
@@ -977,10 +980,7 @@ async def test_a_reset_made_while_the_records_are_merged_is_told_to_the_others(r
     far = await path.start()
     try:
         async with Node(far, retry=(0.05, 0.1)) as a, Node(redis_url) as b:
-            a.quota.record("relay", _full_window())
-            await eventually(lambda: b.quota.full("relay", 0.95) is not None)
-            path.cut()
-            await eventually(lambda: not a.state.up)
+            await _full_then_away(path, a, b)
             view = a.boards.view
 
             def reset_meanwhile():
@@ -1005,10 +1005,7 @@ async def test_a_reset_replayed_on_one_reconnection_is_not_replayed_on_the_next(
     far = await path.start()
     try:
         async with Node(far, retry=(0.05, 0.1)) as a, Node(redis_url) as b:
-            a.quota.record("relay", _full_window())
-            await eventually(lambda: b.quota.full("relay", 0.95) is not None)
-            path.cut()
-            await eventually(lambda: not a.state.up)
+            await _full_then_away(path, a, b)
             a.quota.forget("relay")
             path.mend()
             await eventually(lambda: b.quota.full("relay", 0.95) is None)   # replayed, and written
