@@ -337,8 +337,8 @@ class Dialer:
         body = translation.scrub(body, outgoing.secrets)
         parsed = UNPARSED if is_sse else json_or_none(body)   # once, for the usage and the check
         attempt.usage, response_id = answer_of_body(upstream.protocol, body, is_sse, parsed)
-        if attempt.usage is not None and attempt.usage.raw and outgoing.secrets:
-            # decoded: a key written in an escape the body's scrub does not know is plain text now
+        if attempt.usage is not None and attempt.usage.raw and outgoing.secrets and b"\\" in body:
+            # decoded: a key written in a JSON escape the body's scrub does not know is plain text now
             attempt.usage.raw = scrub_json(attempt.usage.raw, outgoing.secrets)
         why = None
         if 200 <= status < 300:
