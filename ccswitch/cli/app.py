@@ -53,18 +53,15 @@ def _check(args: argparse.Namespace) -> int:
 def check_notes(rules: Rules) -> list[str]:
     """What valid rules do that their writer may not mean: nothing routed, upstreams in no route
     (an example copied without its route), a key sent unencrypted beyond this machine."""
-    notes = []
+    routed = {name for route in Route for name in rules.routes.for_route(route)}
+    idle = [u.name for u in rules.upstreams if u.name not in routed]
+    notes = (["no route lists an upstream: every request passes through untouched"] if not routed
+             else [f"in no route (no request is routed to them): {', '.join(idle)}"] if idle else [])
     # a key sent as plain text to a host beyond this machine: anyone on the way reads it
     open_keys = [u.name for u in rules.upstreams
                  if u.api_key and u.base_url.lower().startswith("http://") and not is_loopback_host(u.base_url)]
     if open_keys:
         notes.append(f"send their key unencrypted (an http:// base_url beyond loopback): {', '.join(open_keys)}")
-    routed = {name for route in Route for name in rules.routes.for_route(route)}
-    if not routed:
-        return ["no route lists an upstream: every request passes through untouched", *notes]
-    idle = [u.name for u in rules.upstreams if u.name not in routed]
-    if idle:
-        notes.insert(0, f"in no route (no request is routed to them): {', '.join(idle)}")
     return notes
 
 

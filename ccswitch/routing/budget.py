@@ -34,24 +34,29 @@ def reached(spent: float, line: float) -> bool:
 
 def period_start(kind: str, moment: datetime, tz: tzinfo) -> datetime:
     """The local start of the day or month `moment` falls in (an aware datetime in `tz`)."""
-    local = moment.astimezone(tz)
-    # fold=0: a midnight that comes twice (clocks set back from 01:00) is the day's first one
-    day = local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)
-    start = (day if kind == "daily" else day.replace(day=1)).replace(tzinfo=None).replace(tzinfo=tz)
-    # as a real instant's wall time: a midnight that a DST change skips (America/Havana, Africa/Cairo)
-    # is 01:00, as a total's start read back from its timestamp is, so the two compare equal
-    return datetime.fromtimestamp(start.timestamp(), tz)
+    return _instant(_first_day(kind, moment, tz), tz)
 
 
 def period_end(kind: str, moment: datetime, tz: tzinfo) -> datetime:
     """The next period's start (from the local date: a start that a DST change moved to 01:00
     is no base for the next day's)."""
+    first = _first_day(kind, moment, tz)
+    following = first + timedelta(days=1) if kind == "daily" else (first.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return _instant(following, tz)
+
+
+def _first_day(kind: str, moment: datetime, tz: tzinfo) -> datetime:
+    """The local date's midnight, or its month's first's (naive).  fold=0: a midnight that comes
+    twice (clocks set back from 01:00) is the day's first one."""
     day = moment.astimezone(tz).replace(hour=0, minute=0, second=0, microsecond=0, fold=0, tzinfo=None)
-    if kind == "daily":
-        naive = day + timedelta(days=1)
-    else:
-        naive = (day.replace(day=28) + timedelta(days=4)).replace(day=1)
-    return datetime.fromtimestamp(naive.replace(tzinfo=tz).timestamp(), tz)
+    return day if kind == "daily" else day.replace(day=1)
+
+
+def _instant(local: datetime, tz: tzinfo) -> datetime:
+    """A local wall time as the real instant's (with the zone's offset on that date): a midnight
+    that a DST change skips (America/Havana, Africa/Cairo) is 01:00, as a total's start read back
+    from its timestamp is, so the two compare equal."""
+    return datetime.fromtimestamp(local.replace(tzinfo=tz).timestamp(), tz)
 
 
 @dataclass(frozen=True)

@@ -132,9 +132,9 @@ class _Escaped:
 def _escaped(secret: str) -> _Escaped:
     """The key as an encoder may write it when it echoes one: `_forms_of` each character other
     than a letter or digit; or every character escaped (an echo built to get past this)."""
-    parts = [re.escape(c.encode()) if c in _PLAIN else b"(?:" + b"|".join(_forms_of(c)) + b")" for c in secret]
     runs = re.findall(r"[A-Za-z0-9]+", secret)
-    pattern = None if all(c in _PLAIN for c in secret) else re.compile(b"".join(parts))
+    pattern = None if all(c in _PLAIN for c in secret) else re.compile(b"".join(
+        re.escape(c.encode()) if c in _PLAIN else b"(?:" + b"|".join(_forms_of(c)) + b")" for c in secret))
     every = re.compile(b"".join(b"(?:" + b"|".join(_forms_of(c)[1:]) + b")" for c in secret))
     first = ord(secret[0])
     anchors = {f"\\u{first:04x}".encode(), f"\\u{first:04X}".encode()}

@@ -24,12 +24,8 @@ def response_usage(usage: Any) -> dict[str, Any] | None:
     the upstream gave none: zero tokens would be a false count."""
     if not isinstance(usage, dict):
         return None
-    details_in = usage.get("input_tokens_details") or {}
-    details_out = usage.get("output_tokens_details") or {}
-    if not isinstance(details_in, dict):
-        details_in = {}
-    if not isinstance(details_out, dict):
-        details_out = {}
+    details_in, details_out = (details if isinstance(details := usage.get(name), dict) else {}
+                               for name in ("input_tokens_details", "output_tokens_details"))
     out = chat_usage(token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens")),
                      cached=token_count(details_in.get("cached_tokens")),
                      cache_write=token_count(details_in.get("cache_write_tokens")),
@@ -273,7 +269,7 @@ class ResponsesStream:
             elif item.get("type") == "function_call":
                 # by call_id before the place: an item streamed without an id may sit elsewhere
                 # in the final list (a relay that leaves reasoning out of it)
-                k = self.calls.get(item.get("id")) if isinstance(item.get("id"), str) else None
+                k = self._lookup(item.get("id"), None)
                 if k is None and isinstance(item.get("call_id"), str):
                     k = self.by_call_id.get(item["call_id"])
                 if k is None:

@@ -891,24 +891,28 @@ class ForgetfulPath:
         self.server.close()
 
 
+@pytest.fixture
+async def forgetful(redis_url):
+    """A `ForgetfulPath` to the test's Redis, started; its URL is `forgetful.url`."""
+    path = ForgetfulPath(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    path.url = await path.start()
+    yield path
+    await path.stop()
+
+
 async def test_a_subscription_a_nat_forgot_is_noticed_and_the_instance_hears_the_others_again(
-        redis_url, monkeypatch):
+        redis_url, monkeypatch, forgetful):
     # only the command connection was pinged: an instance whose subscription's flow was forgotten
     # heard no other instance again, and still said it shared
     from ccswitch.shared import redis_state
     monkeypatch.setattr(redis_state, "PING_EVERY", 0.2)
     monkeypatch.setattr(redis_state, "COMMAND_TIMEOUT", 0.3)
-    path = ForgetfulPath(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
-    far = await path.start()
-    try:
-        async with Node(far, retry=(0.05, 0.1)) as a, Node(redis_url) as b:
-            path.forget_subscriptions()
-            await asyncio.sleep(0.1)
-            b.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=120)
-            await eventually(lambda: a.health.cooling_until("relay") is not None, timeout=5)
-            assert a.state.up
-    finally:
-        await path.stop()
+    async with Node(forgetful.url, retry=(0.05, 0.1)) as a, Node(redis_url) as b:
+        forgetful.forget_subscriptions()
+        await asyncio.sleep(0.1)
+        b.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=120)
+        await eventually(lambda: a.health.cooling_until("relay") is not None, timeout=5)
+        assert a.state.up
 
 
 async def test_catching_up_on_many_records_lets_requests_go_on_between_slices(redis_url):
@@ -940,24 +944,19 @@ async def test_catching_up_on_many_records_lets_requests_go_on_between_slices(re
 
 
 
-async def test_a_reset_made_while_redis_was_away_is_not_undone_by_the_windows_redis_kept(redis_url):
+async def test_a_reset_made_while_redis_was_away_is_not_undone_by_the_windows_redis_kept(redis_url, forgetful):
     # windows carry no time to lose a merge by: Redis's came back on reconnection, the upstream
     # "full" again until its reset, on this instance and the others
-    path = ForgetfulPath(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
-    far = await path.start()
-    try:
-        async with Node(far, retry=(0.05, 0.1)) as a, Node(redis_url) as b:
-            await _full_then_away(path, a, b)
-            a.quota.forget("relay")                  # ccswitch.reset relay, while Redis is away
-            path.mend()
-            await eventually(lambda: a.state.up)
-            await eventually(lambda: b.quota.full("relay", 0.95) is None)
-            await asyncio.sleep(0.2)
-            assert a.quota.full("relay", 0.95) is None
-        async with Node(redis_url) as c:           # nor does Redis hold it for a later start
-            assert c.quota.full("relay", 0.95) is None
-    finally:
-        await path.stop()
+    async with Node(forgetful.url, retry=(0.05, 0.1)) as a, Node(redis_url) as b:
+        await _full_then_away(forgetful, a, b)
+        a.quota.forget("relay")                  # ccswitch.reset relay, while Redis is away
+        forgetful.mend()
+        await eventually(lambda: a.state.up)
+        await eventually(lambda: b.quota.full("relay", 0.95) is None)
+        await asyncio.sleep(0.2)
+        assert a.quota.full("relay", 0.95) is None
+    async with Node(redis_url) as c:           # nor does Redis hold it for a later start
+        assert c.quota.full("relay", 0.95) is None
 
 
 def _full_window():
@@ -973,53 +972,43 @@ async def _full_then_away(path: ForgetfulPath, a: Node, b: Node) -> None:
     await eventually(lambda: not a.state.up)
 
 
-async def test_a_reset_made_while_the_records_are_merged_is_told_to_the_others(redis_url):
+async def test_a_reset_made_while_the_records_are_merged_is_told_to_the_others(redis_url, forgetful):
     # made after the catch-up took its list of resets, before it went up: offered then, it was
     # dropped (not up yet); it is sent once the instance is up
-    path = ForgetfulPath(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
-    far = await path.start()
-    try:
-        async with Node(far, retry=(0.05, 0.1)) as a, Node(redis_url) as b:
-            await _full_then_away(path, a, b)
-            view = a.boards.view
+    async with Node(forgetful.url, retry=(0.05, 0.1)) as a, Node(redis_url) as b:
+        await _full_then_away(forgetful, a, b)
+        view = a.boards.view
 
-            def reset_meanwhile():
-                a.boards.view = view
-                a.quota.forget("relay")            # ccswitch.reset relay, while the records are merged
-                return view()
-            a.boards.view = reset_meanwhile
-            path.mend()
-            await eventually(lambda: a.state.up)
-            assert a.boards.view is view           # the catch-up came through there
-            await eventually(lambda: b.quota.full("relay", 0.95) is None)
-            assert a.quota.full("relay", 0.95) is None
-        async with Node(redis_url) as c:
-            assert c.quota.full("relay", 0.95) is None
-    finally:
-        await path.stop()
+        def reset_meanwhile():
+            a.boards.view = view
+            a.quota.forget("relay")            # ccswitch.reset relay, while the records are merged
+            return view()
+        a.boards.view = reset_meanwhile
+        forgetful.mend()
+        await eventually(lambda: a.state.up)
+        assert a.boards.view is view           # the catch-up came through there
+        await eventually(lambda: b.quota.full("relay", 0.95) is None)
+        assert a.quota.full("relay", 0.95) is None
+    async with Node(redis_url) as c:
+        assert c.quota.full("relay", 0.95) is None
 
 
-async def test_a_reset_replayed_on_one_reconnection_is_not_replayed_on_the_next(redis_url):
+async def test_a_reset_replayed_on_one_reconnection_is_not_replayed_on_the_next(redis_url, forgetful):
     # windows another instance learnt after it, while this one was away again, are no reset's
-    path = ForgetfulPath(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
-    far = await path.start()
-    try:
-        async with Node(far, retry=(0.05, 0.1)) as a, Node(redis_url) as b:
-            await _full_then_away(path, a, b)
-            a.quota.forget("relay")
-            path.mend()
-            await eventually(lambda: b.quota.full("relay", 0.95) is None)   # replayed, and written
-            await asyncio.sleep(0.2)
-            path.cut()
-            await eventually(lambda: not a.state.up)
-            b.quota.record("relay", _full_window())     # while a is away again
-            path.mend()
-            await eventually(lambda: a.state.up)
-            await eventually(lambda: a.quota.full("relay", 0.95) is not None)
-            await asyncio.sleep(0.2)
-            assert b.quota.full("relay", 0.95) is not None
-    finally:
-        await path.stop()
+    async with Node(forgetful.url, retry=(0.05, 0.1)) as a, Node(redis_url) as b:
+        await _full_then_away(forgetful, a, b)
+        a.quota.forget("relay")
+        forgetful.mend()
+        await eventually(lambda: b.quota.full("relay", 0.95) is None)   # replayed, and written
+        await asyncio.sleep(0.2)
+        forgetful.cut()
+        await eventually(lambda: not a.state.up)
+        b.quota.record("relay", _full_window())     # while a is away again
+        forgetful.mend()
+        await eventually(lambda: a.state.up)
+        await eventually(lambda: a.quota.full("relay", 0.95) is not None)
+        await asyncio.sleep(0.2)
+        assert b.quota.full("relay", 0.95) is not None
 
 
 async def test_a_quiet_subscription_that_answers_its_pings_stays_up(redis_url, monkeypatch, caplog):
