@@ -13,7 +13,7 @@ from ccswitch.vocab import Endpoint, Protocol
 from ccswitch.wire.cache_breakpoints import keep_cache_breakpoints
 from ccswitch.wire.exchange import ClientRequest, RenderError, json_bytes
 from ccswitch.wire.headers import OWN_PREFIX, named_by_connection, sendable
-from ccswitch.wire.redact import CREDENTIAL_HEADERS, credential_part, echo_forms, without_credential_params
+from ccswitch.wire.redact import CREDENTIAL_HEADERS, credential_part, echo_forms, is_placeholder, without_credential_params
 
 _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
@@ -113,7 +113,8 @@ def _headers(upstream: Upstream, req: ClientRequest) -> list[tuple[str, str]]:
         low = name.lower()
         if low in hop or low.startswith(OWN_PREFIX):
             continue
-        if low in CREDENTIAL_HEADERS and (not keep_credentials or low == "proxy-authorization"):
+        if low in CREDENTIAL_HEADERS and (not keep_credentials or low == "proxy-authorization"
+                                          or is_placeholder(value)):   # what a replayed flow shows instead
             continue
         out.append((low, value))
     key = upstream.api_key.get_secret_value() if upstream.api_key else None

@@ -16,6 +16,7 @@ from ccswitch.translate.chat.anthropic import ChatToAnthropic
 from ccswitch.translate.chat.responses import ChatToResponses
 from ccswitch.vocab import Protocol
 from ccswitch.wire.exchange import ClientRequest, RenderError
+from ccswitch.wire.redact import REDACTED, withheld_credential
 
 _PASSTHROUGH = Passthrough()
 _CHAT_PASSTHROUGH = ChatPassthrough()
@@ -36,10 +37,19 @@ def translation_for(client_protocol: str, upstream_protocol: str) -> Translation
 def convert_for_candidates(req: ClientRequest, candidates, rules) -> tuple[dict, dict[str, RenderError]]:
     """Convert the body for each candidate of another protocol before any upstream call (the
     dialer reuses what was converted), and say which candidates cannot take it, and why: an
-    Anthropic upstream cannot return `n` choices where a Chat one can."""
+    Anthropic upstream cannot return `n` choices where a Chat one can; an `auth: client` one
+    cannot take a replay whose key shows `<redacted>`."""
     converted: dict[str, dict] = {}
     refused: dict[str, RenderError] = {}
+    withheld = withheld_credential(req.headers, req.query) if any(u.auth == "client" for u in candidates) else None
     for upstream in candidates:
+        if withheld is not None and upstream.auth == "client":
+            # it would get the placeholder as the client's key: a 401 for the user to puzzle over
+            refused[upstream.name] = RenderError(
+                f"the request's {withheld} shows as {REDACTED} (a replay: ccswitch keeps no client's key), and "
+                f"{upstream.name} takes the client's own (auth: client): put the key back in the flow to replay "
+                "it there", 401)
+            continue
         if upstream.protocol == req.client_protocol:
             continue
         try:

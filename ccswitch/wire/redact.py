@@ -10,7 +10,7 @@ import string
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import quote, unquote_plus
+from urllib.parse import parse_qsl, quote, unquote_plus
 
 #: headers that carry a client's identity; never forwarded unless `auth: client`
 CREDENTIAL_HEADERS = frozenset({
@@ -90,6 +90,30 @@ def client_credential(headers: list[tuple[str, str]]) -> str | None:
             return value.strip()
         if low == "authorization" and value[:7].lower() == "bearer ":
             return value[7:].strip()
+    return None
+
+
+#: the credential headers that carry a client's key (the others name a session or an account)
+KEY_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key"})
+
+
+def is_placeholder(value: str) -> bool:
+    """A credential header's value as a flow shows it: `<redacted>`, not a key."""
+    return credential_part(value) == REDACTED
+
+
+def withheld_credential(headers: list[tuple[str, str]], query: str) -> str | None:
+    """The credential a request shows as `<redacted>` in place of its client's, by name: a
+    replay of a routed flow carries no client's key (ccswitch keeps none), only what the flow
+    showed.  None when its key is real text (or it holds none): the other credential headers
+    shown so (a cookie, an account id) are left out on the way, never sent as the placeholder."""
+    for name, value in headers:
+        if name.lower() in KEY_HEADERS and is_placeholder(value):
+            return name
+    if REDACTED in query or quote(REDACTED) in query:
+        for name, value in parse_qsl(query, keep_blank_values=True):
+            if name.strip().lower() in CREDENTIAL_PARAMS and value == REDACTED:
+                return f"?{name}"
     return None
 
 

@@ -250,3 +250,20 @@ async def test_a_whole_answers_usage_is_recorded_scrubbed_whatever_escape_hid_th
     assert sink.status == 200 and job.error is None
     raw = json.dumps(job.attempts[-1].usage.raw)
     assert KEY_A not in raw and "[redacted]" in raw
+
+
+async def test_a_credential_shown_as_the_placeholder_is_never_sent_as_one(mock_a):
+    """A replay whose key was put back in mitmweb still shows its cookie and account id as
+    `<redacted>`: an `auth: client` upstream gets the key, not the placeholders."""
+    rules = parse_rules(f"""
+{FAST}
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{mock_a.base_url}', auth: client}}
+routes: {{claude: [a]}}
+""")
+    job = make_job(rules, headers=[("x-api-key", CLIENT_KEY), ("cookie", "<redacted>"),
+                                   ("chatgpt-account-id", "<redacted>"), ("anthropic-version", "2023-06-01"),
+                                   ("content-type", "application/json")])
+    await run(rules, job=job)
+    seen = mock_a.last().headers
+    assert seen["x-api-key"] == CLIENT_KEY and "cookie" not in seen and "chatgpt-account-id" not in seen
