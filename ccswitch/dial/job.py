@@ -155,13 +155,17 @@ class Job:
         text = "; ".join(said)
         return text if len(text) <= _EARLIER_WORDS else text[:_EARLIER_WORDS - 1] + "…"
 
+    def served_by(self) -> Upstream | None:
+        """The upstream whose answer the client got, if one did."""
+        return next((u for u in self.candidates if u.name == self.upstream), None)
+
     def comment(self) -> str:
         """What a person inspecting the flow in mitmweb should see: each attempt, why the first
         upstream was chosen, and which were left out and why."""
         if not self.attempts:
             return ""
         parts = [" | ".join(a.describe() for a in self.attempts)]
-        final = next((u for u in self.candidates if u.name == self.upstream), None)
+        final = self.served_by()
         if final is not None and final.protocol != self.request.client_protocol:
             parts.append(f"{self.request.route} → {final.protocol}")   # a converted request
         if self.why_first and self.candidates:

@@ -203,8 +203,7 @@ class Router:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or answered_early(flow):
             return
-        if replays_routed(flow):
-            as_the_client_sent(flow)
+        unreplayable = as_the_client_sent(flow) if replays_routed(flow) else None
         if not self.started.is_set():
             await self.started.wait()
         match = route_of(flow, self.gateway.rules)
@@ -223,6 +222,10 @@ class Router:
             return
         if match is None or not rules.routes.for_route(match.route):
             self._unrouted(flow)  # a route with no upstreams is not ours either
+            return
+        if unreplayable:
+            answer_error(flow, CLIENT_PROTOCOL[match.route], 400, unreplayable)
+            self._record_refusal(flow, match, Known(utc_now()), 400, unreplayable)
             return
         if self.relay is None or self.failed_to_start:   # mitmproxy logged why; not passed on unrouted
             answer_error(flow, CLIENT_PROTOCOL[match.route], 503, NOT_STARTED)

@@ -30,7 +30,7 @@ class Answering:
         await asyncio.sleep(self.seconds)
         job.sent_body = json.dumps({**job.request.json, "model": "a-model"}).encode()
         job.attempts.append(Attempt("a", 200, None, 7))
-        job.upstream, job.status = "a", 200
+        job.upstream, job.upstream_model, job.status = "a", "a-model", 200
         await sink.start(200, [("content-type", "application/json")], 2)
         await sink.write(b"{}")
         await sink.end()
@@ -46,8 +46,8 @@ def served(router, gateway):
         yield router, dialer, recorded
 
 
-async def routed_once(router, **flow_args):
-    flow = messages_flow({"model": "m", "messages": [{"role": "user", "content": "hi"}]}, **flow_args)
+async def routed_once(router, body=None, **flow_args):
+    flow = messages_flow(body or {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, **flow_args)
     await router.request(flow)
     router.response(flow)
     await answer_sent()
@@ -141,3 +141,45 @@ async def test_a_copy_without_its_body_says_why_a_copy_made_while_streaming_has_
     assert flow.response.status_code == 400
     assert json.loads(flow.response.content)["error"]["message"] == (
         "the request has no body (a copy of a flow made while it streamed has none: copy it once it has ended)")
+
+
+async def test_an_edited_replay_of_a_renamed_body_asks_for_the_clients_model_again(served):
+    """The request tab shows the upstream's model name: an edit that leaves it (here only
+    `max_tokens`) is routed as the client's model, which every upstream knows by its own name."""
+    router, dialer, _ = served
+    flow = await routed_once(router)
+    body = json.loads(flow.request.content)
+    assert body["model"] == "a-model"
+    flow.request.content = json.dumps({**body, "max_tokens": 77}).encode()
+    await replay(router, flow)
+    again = dialer.jobs[-1]
+    assert again.request.json["model"] == "m" and again.request.json["max_tokens"] == 77
+
+
+async def test_an_edited_replay_of_a_converted_body_is_refused_with_why(served, gateway):
+    """On the chat route the request tab shows the Anthropic body: read as a Chat request, an
+    edit of it would lose its system prompt without a word."""
+    from tests.mitm.test_router import router_with_routes
+    router, dialer, recorded = served
+    router_with_routes(gateway, chat=["a"])
+    rows = []
+    gateway.record_own_answer = rows.append
+    chat = {"model": "m", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}
+    flow = await routed_once(router, path="/v1/chat/completions", body=chat)
+    assert flow.metadata["ccswitch"]["shown_protocol"] == "anthropic"
+    flow.request.content = json.dumps({**json.loads(flow.request.content), "max_tokens": 33}).encode()
+    await replay(router, flow)
+    assert len(dialer.jobs) == 1 and flow.response.status_code == 400
+    message = json.loads(flow.response.content)["error"]["message"]
+    assert "converted from the client's" in message and "replay the flow unedited" in message
+    assert rows and rows[-1]["status"] == 400
+
+
+async def test_an_unedited_replay_of_a_converted_body_is_the_clients_request(served, gateway):
+    from tests.mitm.test_router import router_with_routes
+    router, dialer, _ = served
+    router_with_routes(gateway, chat=["a"])
+    chat = {"model": "m", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}
+    flow = await routed_once(router, path="/v1/chat/completions", body=chat)
+    await replay(router, flow)
+    assert len(dialer.jobs) == 2 and dialer.jobs[1].request.json == chat
