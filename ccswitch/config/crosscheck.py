@@ -84,21 +84,21 @@ _APPENDS = {
 }
 
 
-def _pasted_endpoint(up: Upstream) -> str | None:
+def _pasted_endpoint(protocol: str, base_url: str) -> str | None:
     """What is wrong with a base_url that holds the path ccswitch appends, or None."""
-    if up.base_url == "original":
+    if base_url == "original" or protocol not in _APPENDS:
         return None
-    appended, ends = _APPENDS[up.protocol]
-    parts = urlsplit(up.base_url)
+    appended, ends = _APPENDS[protocol]
+    parts = urlsplit(base_url)
     path = parts.path.rstrip("/")
     for end in ends:
         if path.lower().endswith(end):
-            kept = up.base_url[:len(up.base_url) - len(end)]
-            like = " (as the Anthropic SDK takes it, without /v1)" if up.protocol == Protocol.ANTHROPIC else ""
+            kept = base_url[:len(base_url) - len(end)]
+            like = " (as the Anthropic SDK takes it, without /v1)" if protocol == Protocol.ANTHROPIC else ""
             return (f"ends in {end}, and ccswitch appends {appended} itself (it would call "
                     f"{path}{appended}): give {kept}{like}")
-    if up.protocol != Protocol.ANTHROPIC and parts.hostname == "api.openai.com" and not path:
-        return f"api.openai.com serves its API under /v1: give {up.base_url}/v1"
+    if protocol != Protocol.ANTHROPIC and parts.hostname == "api.openai.com" and not path:
+        return f"api.openai.com serves its API under /v1: give {base_url}/v1"
     return None
 
 
@@ -126,13 +126,18 @@ def cross_check(data: dict, ups: list[Upstream | None]) -> list[tuple[str, str]]
     keys = data.get("client_keys")
     has_client_keys = isinstance(keys, list) and len(keys) > 0
     for i, up in enumerate(ups):
-        if up is None:
-            continue
         p = f"upstreams[{i}]"
+        if up is None:   # refused for another setting: its base_url is worth a word all the same
+            raw = raw_ups[i] if i < len(raw_ups) and isinstance(raw_ups[i], dict) else {}
+            protocol, base_url = raw.get("protocol"), raw.get("base_url")
+            if isinstance(protocol, str) and isinstance(base_url, str) \
+                    and (pasted := _pasted_endpoint(protocol, base_url)) is not None:
+                problems.append((f"{p}.base_url", pasted))
+            continue
         # an upstream in no route is never dialled, so it cannot carry a client key anywhere
         if up.auth == "client" and has_client_keys and routes_of.get(up.name):
             problems.append((f"{p}.auth", _client_auth_with_client_keys(up, routes_of[up.name])))
-        if (pasted := _pasted_endpoint(up)) is not None:
+        if (pasted := _pasted_endpoint(up.protocol, up.base_url)) is not None:
             problems.append((f"{p}.base_url", pasted))
         if up.base_url == "original" and up.auth != "client":
             problems.append((f"{p}.base_url", "base_url: original requires auth: client (keep the client's "

@@ -899,6 +899,15 @@ def test_a_base_url_pasted_with_the_path_ccswitch_appends_is_named(protocol, bas
     assert found.startswith("r.yaml: upstreams[a].base_url: ") and problem in found + " "
 
 
+@pytest.mark.parametrize("other", ["modles: {}", "days: [funday]", "weight: -1"])
+def test_a_pasted_base_url_is_named_beside_another_mistake_of_the_same_upstream(other):
+    """`check` prints every problem: fixing the first must not be the way to learn of the next."""
+    found = problems(f"upstreams:\n  - {{name: a, protocol: anthropic, base_url: 'https://r.example/v1', api_key: k, "
+                     f"{other}}}\nroutes: {{claude: [a]}}\n")
+    assert any(p.startswith("r.yaml: upstreams[a].base_url: ends in /v1") for p in found), found
+    assert len(found) == 2, found
+
+
 @pytest.mark.parametrize("protocol, base_url", [
     ("anthropic", "https://relay.example.com/api/v1beta"), ("anthropic", "https://relay.example.com/claude"),
     ("openai-chat", "https://relay.example.com/v1"), ("openai-responses", "https://chatgpt.com/backend-api/codex"),
