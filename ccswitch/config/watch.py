@@ -79,6 +79,9 @@ class RulesFile:
         self._refused: bytes | None = None      # the content a change of the option just failed on
         self._opened = False    # the rules above are only a default until `open`
         self._settling = Settling(settle, clock)
+        #: why the file's last change is not in force, and since when (wall time), for the live
+        #: page: in words without the file's text (it may hold a key); the log has the details
+        self.not_applied: tuple[str, float] | None = None
 
     @property
     def pending(self) -> bool:
@@ -157,32 +160,37 @@ class RulesFile:
         self._signature = signature   # each outcome below is logged once per content
         if content is None:
             log.error("ccswitch: rules file %s disappeared; keeping the last good rules", path)
-            return False
+            return self._not_applied("the rules file disappeared")
         if _is_empty(content):
             log.error("ccswitch: rules file %s is empty; keeping the last good rules", path)
-            return False
+            return self._not_applied("the rules file is empty")
         try:
             rules = _parse(content, path)
         except RulesError as exc:
             log.error("ccswitch: invalid edit of the rules, keeping the last good ones:\n%s", exc)
-            return False
+            count = len(exc.problems)
+            return self._not_applied(f"the rules file's last edit is invalid ({count} problem{'s' * (count != 1)})")
         try:
             self._check_needs(rules, str(path))
         except RulesError as exc:
             log.error("ccswitch: rules edit not applied, keeping the last good ones: this machine lacks what it "
                       "needs (once that is mended, set ccswitch_rules to the file again, or edit it):\n%s", exc)
-            return False
+            return self._not_applied("the rules file's last edit needs what this machine lacks")
         if reason := self._vetoed(rules):
             log.error("ccswitch: rules edit refused, keeping the last good ones: %s", reason)
-            return False
+            return self._not_applied("the rules file's last edit was refused")
         emptied = _routes_emptied(self.rules, rules)
-        self.rules, self.path, self._in_force = rules, path, signature
+        self.rules, self.path, self._in_force, self.not_applied = rules, path, signature, None
         log.info("ccswitch: rules reloaded from %s", path)
         for route in emptied:
             # a file saved half-written, or a routes: block lost in an edit, would send them on quietly
             log.warning("ccswitch: the %s route lists no upstream since this edit: its requests now go to their "
                         "original destination untouched, with the client's own credentials", route)
         return True
+
+    def _not_applied(self, why: str) -> bool:
+        self.not_applied = (why, time.time())
+        return False
 
     def fingerprints(self) -> dict[str, tuple]:
         return {u.name: u.fingerprint() for u in self.rules.upstreams}

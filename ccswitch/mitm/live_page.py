@@ -126,7 +126,8 @@ class LivePage:
     def _status(self) -> dict:
         rules, running = self.gateway.rules, self.gateway.in_flight()
         now = datetime.now(rules.tz)
-        return live_status(self.gateway.live, self._views(now, running), rules, now, running, self.gateway.spend)
+        return live_status(self.gateway.live, self._views(now, running), rules, now, running, self.gateway.spend,
+                           self.gateway.rules_file.not_applied)
 
     def _metrics(self) -> str:
         now, running = datetime.now(self.gateway.rules.tz), self.gateway.in_flight()

@@ -156,6 +156,9 @@ SCRIPT = r"""
     $("now").textContent = d.time + " " + d.timezone;
     $("started").textContent = d.started.slice(0, 19).replace("T", " ");
     $("preferring").textContent = d.preferring ? "preferring " + d.preferring : "";
+    const na = d.rules_not_applied;
+    $("rules").textContent = na ? na.why + " (since " + na.since.slice(11, 16) + "): the last good rules stay in "
+      + "force; the log and `ccswitch check` say what to mend" : "";
     fill($("upstreams"), d.upstreams.map(upstreamRow));
     $("available").textContent = d.available + " of " + d.upstreams.length + " available";
     $("available").className = d.available ? "muted" : "err";
@@ -213,6 +216,7 @@ SCRIPT = r"""
 BODY = """<body>
 <header><h1>ccswitch</h1><span id="now" class="muted"></span><span id="preferring"></span>
 <span id="live" class="muted"></span></header>
+<p id="rules" class="err"></p>
 <noscript><p>This page needs JavaScript; the same data is at /_ccswitch/status.json.</p></noscript>
 <h2>Upstreams <span id="available" class="muted"></span></h2>
 <div class="wide"><table class="compact"><thead><tr><th>upstream</th><th>state</th><th class="n">left</th>

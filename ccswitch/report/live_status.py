@@ -115,9 +115,11 @@ def client_budgets(rules: Rules, spend: SpendBoard | None) -> list[dict[str, Any
 
 
 def live_status(board: LiveBoard, views: list[UpstreamView], rules: Rules, now: datetime,
-                running: Sequence[Job] = (), spend: SpendBoard | None = None) -> dict[str, Any]:
+                running: Sequence[Job] = (), spend: SpendBoard | None = None,
+                not_applied: tuple[str, float] | None = None) -> dict[str, Any]:
     """The whole page as data: `now` aware in the rules' time zone; `running`: the requests under
-    way; `spend`: for the client keys' budgets."""
+    way; `spend`: for the client keys' budgets; `not_applied`: why the rules file's last change
+    is not in force, and since when (the rules in force are the last good ones)."""
     secrets = rules.secret_texts()
     tz = now.tzinfo
     since = board.since(tz)
@@ -127,6 +129,8 @@ def live_status(board: LiveBoard, views: list[UpstreamView], rules: Rules, now: 
         "zone": rules.timezone or getattr(tz, "key", None), "utc_offset": stamp[19:] or None,
         "started": datetime.fromtimestamp(board.started, tz).isoformat(timespec="seconds"),
         "preferring": next((v.name for v in views if v.preferred), None),
+        "rules_not_applied": None if not_applied is None else {
+            "why": not_applied[0], "since": datetime.fromtimestamp(not_applied[1], tz).isoformat(timespec="seconds")},
         "upstreams": [_view_dict(v, now) for v in views],
         "available": sum(v.up for v in views),
         "clients": client_budgets(rules, spend),

@@ -192,3 +192,22 @@ def test_a_fresh_page_says_how_to_point_a_client_at_ccswitch(tmp_path):
     parsed.feed(browser.dump_dom(page.as_uri(), tmp_path / "profile", budget_ms=500))
     [empty] = [cell for row in parsed.rows for cell in row["cells"] if cell.startswith("no requests yet")]
     assert empty.startswith("no requests yet: point a client at ccswitch") and 'eval "$(ccswitch env)"' in empty
+
+
+def test_the_page_says_when_the_rules_files_last_edit_is_not_in_force(tmp_path):
+    # the log said it once, and a user watching the page had no way to know
+    from datetime import UTC, datetime
+
+    from ccswitch.report.live import LiveBoard
+    from ccswitch.report.live_html import page_html
+    from ccswitch.report.live_status import live_status
+    from tests.support.helpers import rules_for
+    rules = rules_for(("relay-a", "anthropic", "https://a.example"))
+    status = live_status(LiveBoard(), [], rules, datetime.now(UTC),
+                         not_applied=("the rules file's last edit is invalid (2 problems)", time.time()))
+    page = tmp_path / "refused.html"
+    page.write_text(page_html(status))
+    parsed = Rows()
+    parsed.feed(browser.dump_dom(page.as_uri(), tmp_path / "profile", budget_ms=500))
+    said = parsed.ids["rules"]
+    assert said.startswith("the rules file's last edit is invalid (2 problems) (since ") and "last good rules" in said

@@ -144,6 +144,27 @@ def test_without_client_keys_loopback_needs_no_key(tmp_path):
         assert target.paths() == []
 
 
+def test_status_json_says_while_the_rules_files_last_edit_is_not_in_force(tmp_path):
+    with MockUpstream("A") as a, MockUpstream("target") as target:
+        rules = tmp_path / "rules.yaml"
+        good = rules_text(a.base_url, a.base_url, keys=False)
+        rules.write_text(good)
+        with Proxy(rules, tmp_path, reverse_target=target.base_url) as proxy:
+            url = proxy.reverse_url + "/_ccswitch/status.json"
+            with httpx.Client(timeout=30, trust_env=False) as client:
+                assert client.get(url).json()["rules_not_applied"] is None
+                rules.write_text(good.replace("protocol: anthropic", "protocol: antropic", 1))
+                deadline = time.monotonic() + 10
+                while (said := client.get(url).json()["rules_not_applied"]) is None and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert said["why"] == "the rules file's last edit is invalid (1 problem)", said
+                rules.write_text(good + "\n# mended\n")
+                deadline = time.monotonic() + 10
+                while client.get(url).json()["rules_not_applied"] is not None:
+                    assert time.monotonic() < deadline, "the mended edit was not taken up"
+                    time.sleep(0.2)
+
+
 def test_a_request_under_way_shows_as_in_flight_until_it_ends(tmp_path):
     """An operator watching long streams sees them while they run, not only once they ended."""
     from concurrent.futures import ThreadPoolExecutor

@@ -292,3 +292,25 @@ def test_an_edit_that_leaves_a_route_without_upstreams_is_applied_with_a_warning
     rules_file.reload_if_changed()
     clock.advance(0.25)
     assert rules_file.reload_if_changed() and len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+def test_why_the_files_last_change_is_not_in_force_is_kept_until_a_change_is(world):
+    """For the live page: the log says it once, the page as long as it holds."""
+    path, clock, rules_file = world
+    assert rules_file.not_applied is None
+    path.write_text(EDITED.replace("protocol: anthropic", "protocol: antropic").replace("[b, a]", "[b, a, c]"))
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
+    assert not rules_file.reload_if_changed()
+    why, since = rules_file.not_applied
+    assert why == "the rules file's last edit is invalid (3 problems)" and since > 0
+    assert KEY_A not in why
+    path.unlink()
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
+    rules_file.reload_if_changed()
+    assert rules_file.not_applied[0] == "the rules file disappeared"
+    path.write_text(EDITED)
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
+    assert rules_file.reload_if_changed() and rules_file.not_applied is None
