@@ -302,7 +302,7 @@ class Pump:
                            client_status=status)
         message = f"upstream {self.upstream.name}: {reason}"
         await self._end(protocols.stream_error_event(self.job.request.client_protocol, message, status,
-                                                     self.events))
+                                                     self.events, self.tap.response_id))
         self.job.error = reason
         return Streamed(self.upstream.name, ok=False, reason=reason)
 

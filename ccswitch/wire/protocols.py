@@ -7,6 +7,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import secrets
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -284,16 +285,23 @@ def is_codex(originator: str | None, user_agent: str | None) -> bool:
     return (originator or user_agent or "").lower().startswith("codex")
 
 
-def stream_error_event(protocol: str, message: str, status: int = 500, sequence: int = 0) -> bytes:
+def stream_error_event(protocol: str, message: str, status: int = 500, sequence: int = 0,
+                       response_id: str | None = None) -> bytes:
     """The event that ends a committed stream whose upstream failed: never a silent cut.  Its
     type is the one the whole answer `status` would have had, had the stream not begun;
-    `sequence`: the events the client had before it (a Responses stream numbers each one)."""
+    `sequence`: the events the client had before it (a Responses stream numbers each one).
+    A Responses stream ends in `response.failed` (the response it began, `response_id` when
+    known, failed with that error), not an `error` event: Codex reads the message of the one
+    and passes over the other, leaving its user "stream closed before response.completed"."""
     kind = error_type(protocol, status)
     if protocol == Protocol.ANTHROPIC:
         return format_event({"type": "error", "error": {"type": kind, "message": message}}, "error")
     if protocol == Protocol.RESPONSES:
-        return format_event({"type": "error", "code": kind, "message": message, "param": None,
-                             "sequence_number": sequence}, "error")
+        response = {"id": response_id or f"resp_ccswitch_{secrets.token_hex(12)}", "object": "response",
+                    "created_at": int(time.time()), "status": "failed", "output": [],
+                    "error": {"code": kind, "message": message}}
+        return format_event({"type": "response.failed", "sequence_number": sequence, "response": response},
+                            "response.failed")
     return format_event({"error": {"message": message, "type": kind, "param": None, "code": kind}})
 
 

@@ -154,3 +154,29 @@ def test_a_bridged_socket_gets_a_close_frame_when_the_proxy_stops(tmp_path):
         finally:
             proxy.stop()
     assert [(c.code, c.reason) for c in closes] == [(1001, "ccswitch is shutting down")]
+
+
+@pytest.mark.parametrize("websocket", [True, False])
+def test_codex_shows_why_a_stream_broke_after_its_first_events(tmp_path, websocket):
+    """Codex reads a failed stream's reason from `response.failed` only: an `error` event left it
+    saying "stream closed before response.completed", on either transport."""
+    from tests.support.mock_upstream import cut_after
+    with MockUpstream("A") as a, MockUpstream("B") as b:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(RULES.replace("{a}", a.base_url).replace("{b}", b.base_url).replace("hold_back: 2s",
+                                                                                              "hold_back: 0s"))
+        a.default = cut_after(4)        # response.created … the first text, then the connection drops
+        with Proxy(rules, tmp_path) as proxy:
+            home = tmp_path / "home"
+            env = {**client_env(proxy, home), "CODEX_API_KEY": CLIENT_KEY}
+            env.pop("HTTPS_PROXY")
+            (home / ".codex" / "config.toml").write_text(
+                'model_provider = "ccswitch"\n[model_providers.ccswitch]\nname = "ccswitch"\n'
+                f'base_url = "{proxy.reverse_url}/v1"\nwire_api = "responses"\nenv_key = "CODEX_API_KEY"\n'
+                f"supports_websockets = {str(websocket).lower()}\nstream_max_retries = 1\n"
+                "request_max_retries = 0\n")
+            done, _ = run([str(CODEX), "exec", "--skip-git-repo-check", "-c", "analytics.enabled=false", "say hi"],
+                          env, tmp_path)
+        # (its retry may find b: what matters is the reason it printed for the break)
+        assert "stream disconnected before completion: upstream codex-a: " in done.stderr, done.stderr[-3000:]
+        assert "stream closed before response.completed" not in done.stderr

@@ -199,7 +199,10 @@ async def test_a_break_after_the_first_event_ends_the_turn_in_band_and_the_next_
         await talk.turn(user("one"))
         job, sent = await talk.turn(user("two"))
         assert job.upstream == "a" and len(job.attempts) == 1 and mock_b.requests == []
-        assert sent[0]["type"] == "response.created" and sent[-1]["type"] == "error"
+        # the response it began, failed: Codex shows its message (it passes over an `error` event)
+        assert sent[0]["type"] == "response.created" and sent[-1]["type"] == "response.failed"
+        assert sent[-1]["response"]["id"] == sent[0]["response"]["id"]
+        assert sent[-1]["response"]["error"]["message"].startswith("upstream a: ")
         assert talk.chain.last_id is None                      # dropped: Codex resends in full
         job, _ = await talk.turn(user("one"), user("two"), user("again"), full=True)
         last = mock_a.frames()[-1]

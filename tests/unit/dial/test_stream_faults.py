@@ -89,7 +89,11 @@ async def test_our_error_event_on_a_responses_stream_follows_its_sequence_number
     job, sink, _ = await run(rules, path="/v1/responses", body={"model": "gpt-5", "stream": True, "input": "hi"})
     from ccswitch.wire.sse import SSEParser
     events = [e.json() for e in SSEParser().feed(sink.body)]
-    assert events[-1]["type"] == "error" and job.error
+    # the response it began ends failed, with the reason where Codex reads it
+    assert events[-1]["type"] == "response.failed" and job.error
+    failed = events[-1]["response"]
+    assert failed["id"] == events[0]["response"]["id"] and failed["status"] == "failed"
+    assert failed["error"] == {"code": "server_error", "message": f"upstream a: {job.error}"}
     numbers = [e["sequence_number"] for e in events]
     assert numbers[-1] == max(numbers[:-1]) + 1, numbers
 

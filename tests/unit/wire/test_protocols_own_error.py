@@ -119,7 +119,8 @@ def test_a_streams_own_error_event_names_the_type_its_status_has_as_a_whole_answ
     assert event_json(stream_error_event("anthropic", "upstream a: idle timeout", 504))["error"] == {
         "type": "timeout_error", "message": "upstream a: idle timeout"}
     assert event_json(stream_error_event("anthropic", "cut", 502))["error"]["type"] == "api_error"
-    assert event_json(stream_error_event("openai-responses", "cut", 504))["code"] == "server_error"
+    assert event_json(stream_error_event("openai-responses", "cut", 504))["response"]["error"] == {
+        "code": "server_error", "message": "cut"}
     assert event_json(stream_error_event("openai-chat", "cut", 504))["error"]["type"] == "server_error"
 
 
