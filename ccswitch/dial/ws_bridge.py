@@ -92,9 +92,10 @@ class WsSink:
         self.streaming = False
         self.parser = SSEParser()
         self.whole: list[bytes] = []
+        self.headers: list[tuple[str, str]] = []
 
     async def start(self, status: int, headers: list[tuple[str, str]], length: int | None) -> None:
-        self.status, self.streaming = status, length is None
+        self.status, self.streaming, self.headers = status, length is None, headers
         self.started = self.streaming      # a whole answer can still be replaced until it is sent
 
     async def write(self, data: bytes) -> None:
@@ -122,7 +123,8 @@ class WsSink:
         except ValueError:
             parsed = None
         error = error_object(parsed)
-        await self.send(error_frame(self.status, message_of(error, body) or f"HTTP {self.status}", error))
+        await self.send(error_frame(self.status, message_of(error, body) or f"HTTP {self.status}", error,
+                                    self.headers))
 
     async def _event(self, event: Any) -> None:
         if not isinstance(event, dict):

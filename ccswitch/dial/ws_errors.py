@@ -5,6 +5,7 @@ failures, each as the in-band frame Codex reads like an HTTP answer of that stat
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,25 +23,39 @@ class Refusal:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-def error_frame(status: int, message: str, error: Any = None) -> str:
-    """An in-band error, `error` the upstream's (else one in the Responses form)."""
+#: the headers of an answer that tell Codex when to try again and how its limits stand: an
+#: in-band error carries them (`headers`), which Codex reads as those of an HTTPS answer
+_TOLD_HEADERS = ("retry-after", "x-should-retry", "x-ratelimit-", "x-codex-")
+
+
+def told_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers if name.lower().startswith(_TOLD_HEADERS)}
+
+
+def error_frame(status: int, message: str, error: Any = None, headers: Iterable[tuple[str, str]] = ()) -> str:
+    """An in-band error, `error` the upstream's (else one in the Responses form), with the
+    answer's `headers` that say when to try again."""
     return json.dumps(error_event(status, error if isinstance(error, dict) else
-                                   error_body(Protocol.RESPONSES, status, message)["error"]))
+                                   error_body(Protocol.RESPONSES, status, message)["error"], told_headers(headers)))
 
 
-def error_event(status: int, error: dict) -> dict:
+def error_event(status: int, error: dict, headers: dict[str, str] | None = None) -> dict:
     """`{"type": "error", "status": …, "error": …}`, the error with a `type` as documented (a
-    Responses error event or `response.failed` says only its code and message)."""
+    Responses error event or `response.failed` says only its code and message), and `headers`
+    when it has any."""
     if "type" not in error:
         error = {"type": error_type(Protocol.RESPONSES, status), **error}
-    return {"type": "error", "status": status, "error": error}
+    event = {"type": "error", "status": status, "error": error}
+    if headers:
+        event["headers"] = headers
+    return event
 
 
 def refusal_frame(refusal: Refusal) -> str:
-    """One of ccswitch's own answers in-band: the error its HTTPS answer to Codex would have, so
-    that Codex reads it the same way on either transport."""
-    _, body = own_error_parts(Protocol.RESPONSES, refusal.status, refusal.message, refusal.headers, codex=True)
-    return json.dumps(error_event(refusal.status, body["error"]))
+    """One of ccswitch's own answers in-band: the error and the headers its HTTPS answer to
+    Codex would have, so that Codex reads it the same way on either transport."""
+    headers, body = own_error_parts(Protocol.RESPONSES, refusal.status, refusal.message, refusal.headers, codex=True)
+    return json.dumps(error_event(refusal.status, body["error"], told_headers(headers)))
 
 
 def held_stream_error(body: bytes) -> dict | None:

@@ -180,3 +180,22 @@ def test_codex_shows_why_a_stream_broke_after_its_first_events(tmp_path, websock
         # (its retry may find b: what matters is the reason it printed for the break)
         assert "stream disconnected before completion: upstream codex-a: " in done.stderr, done.stderr[-3000:]
         assert "stream closed before response.completed" not in done.stderr
+
+
+def test_codex_waits_out_a_short_rate_limit_told_in_band_and_goes_on(tmp_path):
+    """An in-band error carries the headers its HTTPS answer would have (`retry-after`): without
+    them Codex stopped at once on a 429 ("exceeded retry limit") where over HTTPS it waits."""
+    with MockUpstream("A") as a, MockUpstream("B") as b:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(RULES.replace("{a}", a.base_url).replace("{b}", b.base_url))
+        a.script(status(429, headers={"retry-after": "2"}))
+        b.script(status(429, headers={"retry-after": "2"}))
+        with Proxy(rules, tmp_path, extra_args=("--set", "ccswitch_offline=true")) as proxy:
+            env = {**client_env(proxy, tmp_path / "home"), "CODEX_API_KEY": CLIENT_KEY}
+            done, _ = run([str(CODEX), "exec", "--skip-git-repo-check", "-c", "analytics.enabled=false", "say hi"],
+                          env, tmp_path)
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert "Hello from mock A" in done.stdout
+            wait_rows(proxy, 2)
+        rows = sqlite3.connect(proxy.usage_db).execute("SELECT endpoint, status FROM requests ORDER BY id").fetchall()
+        assert rows == [("websocket", 429), ("websocket", 200)]

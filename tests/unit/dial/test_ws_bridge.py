@@ -118,7 +118,8 @@ async def test_handshake_deflate_ping_warm_up_and_in_band_errors():
         error = json.loads(next(e for e in frames if isinstance(e, TextMessage)).data)
         assert error == {"type": "error", "status": 503,
                          "error": {"type": "server_error", "message": "no upstream available for the codex route",
-                                   "param": None, "code": None}}
+                                   "param": None, "code": None},
+                         "headers": {"x-should-retry": "true"}}
         client.send(TextMessage("not json"))
         frames = await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
         assert json.loads(next(e for e in frames if isinstance(e, TextMessage)).data)["status"] == 400
@@ -134,13 +135,15 @@ async def test_handshake_deflate_ping_warm_up_and_in_band_errors():
 def test_an_own_error_frame_has_the_error_the_same_answer_over_https_to_codex_has(status, headers):
     """Codex reads a frame's error as it reads an HTTP answer's: a 429 is rate_limit_error on both,
     and a budget spent until tomorrow is the `usage_limit_reached` it stops on, on both."""
-    _, body = own_error(Protocol.RESPONSES, status, "over the daily budget", headers, codex=True)
+    https_headers, body = own_error(Protocol.RESPONSES, status, "over the daily budget", headers, codex=True)
     frame = json.loads(refusal_frame(Refusal(status, "over the daily budget", headers)))
     error = json.loads(body)["error"]
     resets = frame["error"].pop("resets_at", None), error.pop("resets_at", None)
     assert (None not in resets) == (status == 429 and headers == (("retry-after", "36000"),))
     assert abs(resets[0] - resets[1]) <= 1 if None not in resets else True
-    assert frame == {"type": "error", "status": status, "error": error}
+    # and the headers that say when to try again (Codex reads a frame's `headers` as an answer's)
+    told = {k: v for k, v in https_headers if k in ("retry-after", "x-should-retry")}
+    assert told and frame == {"type": "error", "status": status, "error": error, "headers": told}
     assert json.loads(error_frame(status, "x")) == {"type": "error", "status": status,
                                                     "error": json.loads(own_error(Protocol.RESPONSES, status, "x")[1])["error"]}
 
@@ -437,3 +440,12 @@ def test_an_upstream_error_without_a_message_is_told_by_its_body_cut_at_500_char
     assert message_of({"message": "quota"}, b"ignored") == "quota"
     assert message_of({"code": "x"}, b"plain text") == "plain text"
     assert message_of(None, b"y" * 600) == "y" * 500
+
+
+def test_an_upstream_error_frame_carries_the_answers_retry_and_limit_headers():
+    headers = [("content-type", "application/json"), ("Retry-After", "7"), ("x-ratelimit-remaining-requests", "0"),
+               ("set-cookie", "s=1"), ("x-codex-primary-used-percent", "100")]
+    frame = json.loads(error_frame(429, "slow down", None, headers))
+    assert frame["headers"] == {"retry-after": "7", "x-ratelimit-remaining-requests": "0",
+                                "x-codex-primary-used-percent": "100"}
+    assert "headers" not in json.loads(error_frame(500, "x", None, [("content-type", "application/json")]))
