@@ -122,6 +122,8 @@ def network_failure(upstream: str, exc: BaseException, action: str, phase: str, 
         reason = "not an HTTP/1.1 answer"
     elif isinstance(exc, http1.RemoteProtocolError):
         reason = "connection closed"
+    elif isinstance(exc, http1.ConnectError) and str(exc):
+        reason = str(exc)     # ccswitch's own words on what it met (never a header's text)
     else:
         reason = type(exc).__name__
     return NetworkFailure(upstream, reason, action)

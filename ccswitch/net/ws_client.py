@@ -221,7 +221,9 @@ def _connect_error(exc: BaseException, host: str, port: int, through: str | None
     cause = exc.exceptions[0] if isinstance(exc, ExceptionGroup) else exc   # every address failed: the first
     if isinstance(cause, LocalProtocolError | UnicodeEncodeError):   # its text quotes what it refused: a key
         return http1.ConnectError(f"cannot open the WebSocket: {type(cause).__name__} on a header it sends"), cause
-    if isinstance(cause, OSError | RemoteProtocolError):
+    if isinstance(cause, RemoteProtocolError):   # wsproto's: the answer to the upgrade is no handshake
+        return http1.ConnectError(f"the upstream's WebSocket handshake is broken ({cause})"), cause
+    if isinstance(cause, OSError):
         return http1.ConnectError(f"{type(cause).__name__}: {cause}"), cause
     return exc, exc
 

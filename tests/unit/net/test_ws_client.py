@@ -75,6 +75,26 @@ async def test_a_server_that_never_answers_the_upgrade_is_a_connect_timeout():
         server.close()
 
 
+async def test_a_101_with_a_wrong_accept_key_is_named_a_broken_handshake():
+    # the attempts table read a bare "ConnectError", where every other handshake failure says why
+    async def wrong_accept(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: not-the-right-one\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    server = await asyncio.start_server(wrong_accept, "127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/responses"
+        with pytest.raises(http1.ConnectError) as caught:
+            await WsClient.open(url, [], tls=None, timeout=2)
+        reason = network_failure("a", caught.value, "switch", "first_byte").reason
+        assert reason == "the upstream's WebSocket handshake is broken (Bad accept token)"
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize("mute", ["the proxy", "the upstream", "the upstream's TLS"])
 async def test_an_upgrade_that_times_out_names_the_proxy_only_when_the_proxy_was_mute(mock_a, mute):
     # a proxy that never opens the tunnel: the failure says it went through it (what the ledger,
