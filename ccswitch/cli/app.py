@@ -17,7 +17,7 @@ from ccswitch.config.database_url import PostgresURL
 from ccswitch.config.load import BUILT_IN, is_there
 from ccswitch.config.models import Rules
 from ccswitch.config.needs import unmet_needs
-from ccswitch.config.values import RulesError
+from ccswitch.config.values import RulesError, shadowed_globs
 from ccswitch.net.addresses import is_loopback_host
 from ccswitch.vocab import Route
 
@@ -62,6 +62,9 @@ def check_notes(rules: Rules) -> list[str]:
                  if u.api_key and u.base_url.lower().startswith("http://") and not is_loopback_host(u.base_url)]
     if open_keys:
         notes.append(f"send their key unencrypted (an http:// base_url beyond loopback): {', '.join(open_keys)}")
+    # the first matching glob of `models:` wins: a narrower one after a wider one is never used
+    notes += [f"upstreams[{u.name}].models: {glob!r} is never used: {by!r}, before it, takes every model it names"
+              for u in rules.upstreams for glob, by in shadowed_globs(u.models)]
     return notes
 
 

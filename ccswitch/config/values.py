@@ -43,6 +43,26 @@ def glob_lookup(table: Mapping[str, T], key: str) -> T | None:
     return table.get("*")
 
 
+_WILD = "*?["
+
+
+def shadowed_globs(table: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(glob, the earlier glob that takes every name it matches) for each entry `glob_lookup`
+    never reaches: `claude-sonnet-*` after `claude-*`.  Exact names are looked up first, and
+    only a plain prefix glob is judged (enough for how tables are written)."""
+    found: list[tuple[str, str]] = []
+    earlier: list[str] = []     # the plain `prefix*` globs so far, as their prefixes
+    for pattern in table:
+        if pattern == "*" or not any(c in pattern for c in _WILD):
+            continue
+        literal = pattern[:min(pattern.index(c) for c in _WILD if c in pattern)]
+        if (by := next((p for p in earlier if literal.startswith(p)), None)) is not None:
+            found.append((pattern, by + "*"))
+        elif pattern.endswith("*") and not any(c in pattern[:-1] for c in _WILD):
+            earlier.append(pattern[:-1])
+    return found
+
+
 class RulesError(Exception):
     """Invalid rules. ``problems``: every problem as ``FILE: field.path: message``."""
 

@@ -315,3 +315,13 @@ routes: {claude: [a]}
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "usage_db needs ${CCSWITCH_TEST_UNSET_LEDGER_PW}, which is not set in this shell" in done.stderr
     assert "CCSWITCH_TEST_UNSET_VAR" not in done.stderr          # the upstream's key: not the report's business
+
+
+def test_check_notes_a_models_glob_an_earlier_one_takes_every_model_of(tmp_path):
+    rules = tmp_path / "r.yaml"
+    rules.write_text("upstreams:\n  - {name: a, protocol: anthropic, base_url: 'https://a.example', api_key: k,\n"
+                     "     models: {'claude-*': x, 'claude-sonnet-*': y, claude-opus-4: z, 'gpt-?': w, '*': v}}\n"
+                     "routes: {claude: [a]}\n")
+    done = cli("check", str(rules))
+    assert done.returncode == 0 and done.stdout.splitlines()[1:] == [
+        "note: upstreams[a].models: 'claude-sonnet-*' is never used: 'claude-*', before it, takes every model it names"]
