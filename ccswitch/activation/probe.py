@@ -92,7 +92,11 @@ class Schedule:
                 continue
             days = [d for d in (now.date() + timedelta(days=n) for n in (-1, 0, 1))   # -1: a retry past midnight;
                     if d.weekday() in upstream.days]                                   # +1: seen before it comes
+            instants = set()
             for instant, slot in slot_instants(upstream, days, now.tzinfo):
+                if instant in instants:
+                    continue        # two times on one instant (a DST change moved one onto the other): one probe
+                instants.add(instant)
                 seen[slot] = since = self.seen.get(slot, moment)
                 if _utc(instant) > moment:
                     continue

@@ -76,6 +76,17 @@ def test_dst_spring_forward_fires_at_the_next_valid_minute():
         == [("relay", "2026-03-29", "02:30")]    # 01:00 UTC = 03:00 CEST
 
 
+def test_two_times_a_dst_change_puts_on_one_minute_send_one_probe():
+    r, sched = rules('["03:00", "02:30"]'), Schedule()
+    # 2026-03-29 in Berlin: 02:30 does not exist and fires at 03:00, where the other time is
+    now = datetime(2026, 3, 29, 1, 0, tzinfo=ZoneInfo("UTC")).astimezone(ZoneInfo(TZ))
+    due = sched.due(r, now)
+    assert names(due) == [("relay", "2026-03-29", "03:00")]
+    sched.started(due[0][1])
+    sched.finished(due[0][1], True, now, 60)
+    assert sched.due(r, now + timedelta(seconds=30)) == []
+
+
 def test_dst_fall_back_fires_once():
     r, sched = rules('["02:30"]'), Schedule()
     first = datetime(2026, 10, 25, 0, 30, tzinfo=ZoneInfo("UTC")).astimezone(ZoneInfo(TZ))   # 02:30 CEST
