@@ -46,6 +46,7 @@ class Lane:
         self.busy = False
         self.retired = False          # its hook left the rules: the lane ends once it ran empty
         self.dropped = 0              # events dropped since the lane last ran empty
+        self.current: Event | None = None   # the event being posted
         self._deliver = deliver
         self._wake = asyncio.Event()
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"ccswitch-notify-{hook_host(hook)}")
@@ -79,14 +80,18 @@ class Lane:
                     self.dropped = 0
                 self._wake.clear()
                 await self._wake.wait()
-            event = self.queue.popleft()
+            event = self.current = self.queue.popleft()
             self.busy = True
             try:
                 await self._deliver(self.hook, event)
             except Exception:   # a bug here must not end the lane: later events still go out
                 log.exception("ccswitch: posting a %s notification to %s failed", event.kind, hook_host(self.hook))
             finally:
-                self.busy = False
+                self.busy, self.current = False, None
+
+    def unsent(self) -> list[Event]:
+        """The events not (yet) delivered: the one being posted, then those queued."""
+        return [*([self.current] if self.current is not None else []), *self.queue]
 
 
 class Notifier:
@@ -212,6 +217,15 @@ class Notifier:
             async with asyncio.timeout(grace):
                 while self._claiming or self._retiring or any(not lane.idle for lane in self.lanes.values()):
                     await asyncio.sleep(0.05)
+        for lane in self.lanes.values():   # a stop must not lose them without a word
+            if unsent := lane.unsent():
+                log.warning("ccswitch: stopping with %d notification%s to %s not delivered: %s", len(unsent),
+                            "s" * (len(unsent) != 1), hook_host(lane.hook),
+                            ", ".join(event.kind + (f" ({event.upstream})" if event.upstream else "")
+                                      for event in unsent))
+        if self._claiming:
+            log.warning("ccswitch: stopping with %d notification%s not told: the instances' claim on them "
+                        "(Redis) had not answered", len(self._claiming), "s" * (len(self._claiming) != 1))
         tasks = [*self._claiming, *self._retiring, *(lane.task for lane in self.lanes.values())]
         for task in tasks:
             task.cancel()

@@ -411,3 +411,16 @@ async def test_closing_after_a_removed_hook_s_lane_ended_does_not_wait_out_the_g
     began = time.monotonic()
     await notifier.aclose(grace=2.0)
     assert time.monotonic() - began < 1.0
+
+
+async def test_a_stop_that_leaves_notifications_undelivered_says_which(caplog):
+    # the grace ran out on a hook that never answers: they were lost without a word
+    caplog.set_level(logging.WARNING, "ccswitch.notify")
+    notifier, poster = await started(rules())
+    notifier.offer(event())
+    notifier.offer(event(episode="2"))
+    await settle()
+    await notifier.aclose(grace=0.05)
+    lines = [r.getMessage() for r in caplog.records if "stopping with" in r.getMessage()]
+    assert lines == ["ccswitch: stopping with 2 notifications to 127.0.0.1:9 not delivered: cooldown (a), cooldown (a)"]
+    assert poster.kinds(FAST) == ["cooldown", "cooldown"]       # the other hook's went out: no line for it
