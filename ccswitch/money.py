@@ -21,11 +21,15 @@ def cost_digits(costs: Iterable[float]) -> int:
 
 
 def usd(*amounts: float) -> tuple[str, ...]:
-    """Each amount as `$1.23`, or in the decimals it needs below a cent (`$0.00081 of $50.00`,
-    `$0.00033 of $0.00030`): a budget's figures are read one by one, not down a column.  Amounts
-    that differ never read alike: `$0.016 of $0.020`, not `$0.02 of $0.02` (up to six decimals;
-    a float's rounding noise stays hidden)."""
-    shown = tuple(_dollars(amount, cost_digits([amount])) for amount in amounts)
+    """Each amount as `$1.23`, or below a dollar to two significant digits (`$0.00081 of $50.00`,
+    `$0.042 of $0.050`, `$0.00033 of $0.00030`), amounts all below a dollar in the same decimals:
+    a budget's figures are read one by one, not down a column, and $0.042 read as $0.04 is not
+    the 84 % it is.  Amounts that differ never read alike: `$0.0499 of $0.050` (up to six
+    decimals; a float's rounding noise stays hidden)."""
+    digits = [_two_significant(amount) for amount in amounts]
+    if len(amounts) > 1 and all(amount < 1 for amount in amounts):
+        digits = [max(digits)] * len(amounts)
+    shown = tuple(_dollars(amount, n) for amount, n in zip(amounts, digits, strict=True))
     if not _clash(amounts, shown):
         return shown
     for digits in range(max(cost_digits([a]) for a in amounts) + 1, MAX_COST_DIGITS + 1):
@@ -33,6 +37,13 @@ def usd(*amounts: float) -> tuple[str, ...]:
         if not _clash(amounts, finer):
             return finer
     return shown
+
+
+def _two_significant(amount: float) -> int:
+    """Decimals for two significant digits of an amount below a dollar (2 from there on)."""
+    if amount <= 0 or amount >= 0.1:
+        return 2
+    return min(MAX_COST_DIGITS, math.ceil(-math.log10(amount)) + 1)
 
 
 def _dollars(amount: float, digits: int) -> str:

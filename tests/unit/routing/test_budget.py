@@ -384,7 +384,11 @@ def test_a_budget_lowered_in_the_reload_that_moves_the_timezone_is_told_too():
     ((0.00081, 50), ("$0.00081", "$50.00")),
     ((16.0, 20.0), ("$16.00", "$20.00")),
     ((20.004, 20.0), ("$20.004", "$20.000")),
-    ((0.02, 0.02), ("$0.02", "$0.02")),            # the same amount: the same text
+    ((0.02, 0.02), ("$0.020", "$0.020")),          # the same amount: the same text
+    # below a dollar: two significant digits, in one precision ($0.04 of $0.05 read as 80 %)
+    ((0.042, 0.05), ("$0.042", "$0.050")),
+    ((0.0525, 0.04), ("$0.053", "$0.040")),
+    ((0.13, 1.0), ("$0.13", "$1.00")),
     ((0.001, 5.0), ("$0.0010", "$5.00")),          # two significant digits, not $0.00100
     ((4.9e-7, 5.0), ("<$0.000001", "$5.00")),      # above zero: never $0.000000
     ((5e-7, 5.0), ("<$0.000001", "$5.00")),        # nor when six decimals round it down
