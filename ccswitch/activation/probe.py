@@ -28,6 +28,7 @@ from ccswitch.routing.rate_limits import limit_headers
 from ccswitch.translate.chat.responses_request import is_codex_backend
 from ccswitch.vocab import Protocol
 from ccswitch.wire.exchange import ClientRequest, json_or_none
+from ccswitch.wire.protocols import dressed_error, in_stream_status
 from ccswitch.wire.sse import is_event_stream, parse_all
 
 log = logging.getLogger("ccswitch.activation")
@@ -182,6 +183,14 @@ def probe_body(upstream: Upstream) -> dict:
     return {"model": model, "max_completion_tokens": 16, "messages": [{"role": "user", "content": _PROMPT}]}
 
 
+def _not_an_answer(content: bytes, is_sse: bool) -> str:
+    """Why a 2xx is no answer, in the attempts table's words: an error under it says its status."""
+    parsed = None if is_sse else json_or_none(content)
+    if dressed_error(parsed):
+        return f"HTTP {in_stream_status(parsed)} under a 2xx"
+    return "a 2xx without content"
+
+
 def has_content(protocol: str, body: bytes, is_sse: bool) -> bool:
     """A 2xx that really answered: text or output, not an empty shell or an error."""
     if is_sse:
@@ -227,7 +236,7 @@ async def send_probe(client: http1.UpstreamClient, upstream: Upstream, timeout: 
         is_sse = is_event_stream(response.header("content-type"))
         ok = 200 <= status < 300 and has_content(upstream.protocol, content, is_sse)
         if not ok:
-            error = f"HTTP {status}" if not 200 <= status < 300 else "a 2xx without content"
+            error = f"HTTP {status}" if not 200 <= status < 300 else _not_an_answer(content, is_sse)
     except TimeoutError:
         error = f"timeout (no answer within {timeout:g}s)"
     except (http1.TransportError, OSError) as exc:

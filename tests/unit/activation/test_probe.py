@@ -297,6 +297,22 @@ async def test_a_2xx_with_nothing_in_it_is_a_failed_probe():
     assert not result.ok and result.status == 200 and result.error == "a 2xx without content"
 
 
+async def test_an_error_under_a_2xx_is_told_as_a_request_tells_it():
+    # `ccswitch activate` said "a 2xx without content" where the attempts said "HTTP 500 under a 2xx"
+    from ccswitch.net.http1 import UpstreamClient
+    from tests.support.mock_upstream import MockUpstream, error_json_200
+
+    with MockUpstream("relay") as mock:
+        r = parse_rules(f"upstreams: [{{name: a, protocol: anthropic, base_url: '{mock.base_url}', api_key: k-0123456789}}]")
+        mock.script(error_json_200())
+        client = UpstreamClient()
+        try:
+            result = await send_probe(client, r.upstreams[0])
+        finally:
+            await client.aclose()
+    assert not result.ok and result.status == 200 and result.error == "HTTP 529 under a 2xx"
+
+
 def test_a_2xx_body_that_says_error_has_no_content_whatever_else_it_holds():
     assert not has_content("openai-chat", b'{"choices":[{}],"error":{"message":"x"}}', False)
 
