@@ -171,7 +171,7 @@ class Activator:
             self.gateway.ledger.add("activations", result.row(slot))
         if result.ok:
             if learn:
-                health.record_success(upstream.name)   # a good probe ends a cooldown early
+                health.record_success(upstream.name, by=" to its activation probe")   # ends a cooldown early
             log.info("ccswitch: activation probe for %s ok (%d ms)", upstream.name, result.latency_ms)
         else:
             log.warning("ccswitch: activation probe for %s failed: %s", upstream.name, result.error)

@@ -138,9 +138,10 @@ class HealthBoard:
     def end_probe(self, name: str) -> None:
         self.get(name).probing = False
 
-    def record_success(self, name: str, began: float | None = None) -> None:
+    def record_success(self, name: str, began: float | None = None, by: str = "") -> None:
         """A 2xx; `began`: when its request was sent (clock time).  One sent before a rate limit
-        cooled the upstream down says nothing of the window that refused since: it ends nothing."""
+        cooled the upstream down says nothing of the window that refused since: it ends nothing.
+        `by`: what answered, when not a client's request (` to its activation probe`)."""
         state = self.get(name)
         now = self.clock()
         if began is not None and state.rate_limited and state.cooling_until > now and began < state.limited_since:
@@ -149,7 +150,7 @@ class HealthBoard:
         if state.cooling_until:     # failures below the threshold never cooled it down: nothing ends
             log.info("ccswitch: upstream %s recovered", name)
         news = bool(state.failures or state.cooling_until or state.outage or state.rate_limited or state.last_error)
-        self._outage_ended(name, state, "answered with a 2xx again after its cooldown")
+        self._outage_ended(name, state, f"answered with a 2xx again{by} after its cooldown")
         state.outage = None
         state.failures = 0
         state.cooling_until = 0.0

@@ -310,3 +310,13 @@ async def test_a_schedule_that_fails_again_after_working_is_said_again(gateway, 
     # said once per failure, not once per run: the same bug back after a good tick is news again
     assert len(await ticks_failing_at(gateway, monkeypatch, {1, 2, 4, 5})) > 5
     assert caplog.text.count("activation schedule failed") == 2
+
+
+async def test_a_cooldown_a_probe_ends_is_told_as_ended_by_the_probe(gateway):
+    from tests.support.mock_upstream import ok, status
+    heard = []
+    gateway.events.subscribe(heard.append)
+    served, refused, again = await probes(gateway, ok(), status(429, headers={"retry-after": "1"}), ok())
+    assert served.ok and not refused.ok and again.ok
+    [recovered] = [e for e in heard if e.kind == "recovered"]
+    assert recovered.reason == "answered with a 2xx again to its activation probe after its cooldown"
