@@ -1,6 +1,7 @@
 """Amounts of USD for people: cents, or as many decimals as the smallest amount below a cent
-needs to show two significant digits ($0.0070, $0.00015), never more than six.  One precision
-for amounts shown together (a table's column, "spent of limit")."""
+needs to show two significant digits ($0.0070, $0.00015), never more than six, in one precision
+for a table's column (`cost_digits`); a budget's "spent of limit" pair, read one by one, to two
+significant digits below a dollar (`usd`)."""
 
 from __future__ import annotations
 
@@ -22,13 +23,15 @@ def cost_digits(costs: Iterable[float]) -> int:
 
 def usd(*amounts: float) -> tuple[str, ...]:
     """Each amount as `$1.23`, or below a dollar to two significant digits (`$0.00081 of $50.00`,
-    `$0.042 of $0.050`, `$0.00033 of $0.00030`), amounts all below a dollar in the same decimals:
-    a budget's figures are read one by one, not down a column, and $0.042 read as $0.04 is not
-    the 84 % it is.  Amounts that differ never read alike: `$0.0499 of $0.050` (up to six
-    decimals; a float's rounding noise stays hidden)."""
+    `$0.00033 of $0.00030`); amounts all below a dollar get a decimal more where another has
+    more (`$0.042 of $0.050`, `$0.000002 of $0.500`): a budget's figures are read one by one,
+    not down a column, and $0.042 read as $0.04 is not the 84 % it is.  Amounts that differ
+    never read alike: `$0.0499 of $0.0500` (up to six decimals; a float's rounding noise stays
+    hidden)."""
     digits = [_two_significant(amount) for amount in amounts]
     if len(amounts) > 1 and all(amount < 1 for amount in amounts):
-        digits = [max(digits)] * len(amounts)
+        most = max(digits)
+        digits = [min(most, n + 1) for n in digits]
     shown = tuple(_dollars(amount, n) for amount, n in zip(amounts, digits, strict=True))
     if not _clash(amounts, shown):
         return shown

@@ -89,7 +89,10 @@ def _pasted_endpoint(protocol: str, base_url: str) -> str | None:
     if base_url == "original" or protocol not in _APPENDS:
         return None
     appended, ends = _APPENDS[protocol]
-    parts = urlsplit(base_url)
+    try:
+        parts = urlsplit(base_url)
+    except ValueError:   # an upstream refused for its base_url already (`https://[relay`): that says it
+        return None
     path = parts.path.rstrip("/")
     for end in ends:
         if path.lower().endswith(end):

@@ -100,7 +100,7 @@ class RulesFile:
             self._check_needs(rules, BUILT_IN)
             self._settling.forget()
             self.path, self._signature, self._in_force, self._opened = None, None, None, True
-            self.rules = rules
+            self.rules, self.not_applied = rules, None
             log.info("ccswitch: rules loaded from %s", rules_origin(option_value, None))
             return True
         try:
@@ -118,7 +118,7 @@ class RulesFile:
             raise
         self._settling.forget()
         self.path, self._signature, self._in_force, self._opened = path, signature, signature, True
-        self.rules = rules
+        self.rules, self.not_applied = rules, None
         # which file and why, as every command says it: a ./rules.yaml of the current directory wins
         count = len(rules.upstreams)
         log.info("ccswitch: rules loaded from %s; %d upstream%s", rules_origin(option_value, path), count,

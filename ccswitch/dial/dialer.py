@@ -200,6 +200,7 @@ class Dialer:
                 # attempt ends: what the upstream is sent is known to it first (the last attempt serves)
                 job.turn.sent = read[1]
             job.upstream_model, job.sent_body = outgoing.upstream_model, outgoing.body
+            job.sent_protocol = upstream.protocol
             result = await self._send_and_judge(job, upstream, outgoing, translation, sink, attempt, probing,
                                                 fingerprint)
         except RenderError as exc:

@@ -79,6 +79,7 @@ class Job:
     why_first: str = ""                  # why the first candidate came first (for the flow comment)
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (upstream, why) left out by the plan
     sent_body: bytes | None = None       # the body the last attempt sent (model renamed, maybe converted)
+    sent_protocol: str | None = None     # the API that body is in (the upstream's it was rendered for)
     shown: bool = True                   # someone looks at the flow: its view keeps what went upstream
     # a turn of a bridged Codex socket: its upstream sockets (for `websocket: true` upstreams) and
     # the turn itself (its new items and previous_response_id); None for an HTTP request

@@ -44,6 +44,7 @@ from ccswitch.dial.ws_errors import (
     held_stream_error,
     message_of,
     refusal_frame,
+    told_headers,
 )
 from ccswitch.dial.ws_upstream import UpstreamSockets
 from ccswitch.wire.exchange import client_json
@@ -116,7 +117,7 @@ class WsSink:
         if failed is not None:   # every attempt failed before its content: the error event, as it said
             error = error_detail(failed)
             self.job.status = in_stream_status(failed)   # the ledger's status is the one the client was told
-            await self.send(error_frame(self.job.status, message_of(error, body), error))
+            await self.send(error_frame(self.job.status, message_of(error, body), error, self.headers))
             return
         try:
             parsed = json.loads(body) if body else None
@@ -130,7 +131,7 @@ class WsSink:
         if not isinstance(event, dict):
             return      # comments, [DONE]: nothing for a WebSocket client
         if event.get("type") == "error" and "status" not in event:
-            event = error_event(in_stream_status(event), error_detail(event))
+            event = error_event(in_stream_status(event), error_detail(event), told_headers(self.headers))
         self.chain.observe(event, self.job.upstream or "")
         await self.send(json.dumps(event, separators=(",", ":")))
 

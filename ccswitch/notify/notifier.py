@@ -115,7 +115,7 @@ class Notifier:
         self.capacity = capacity
         self.dedupe = Deduper() if dedupe is None else dedupe
         self.lanes: dict[NotifyHook, Lane] = {}
-        self._retiring: set[asyncio.Task] = set()     # lanes of hooks a reload removed, still sending
+        self._retiring: dict[asyncio.Task, Lane] = {}    # lanes of hooks a reload removed, still sending
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
         self._hooks: tuple[NotifyHook, ...] = ()
@@ -207,8 +207,8 @@ class Notifier:
             if hook not in hooks:
                 del self.lanes[hook]
                 lane.retire()
-                self._retiring.add(lane.task)
-                lane.task.add_done_callback(self._retiring.discard)
+                self._retiring[lane.task] = lane
+                lane.task.add_done_callback(lambda task: self._retiring.pop(task, None))
 
     async def aclose(self, grace: float = 2.0) -> None:
         """Tell held recoveries, give queued notifications `grace` seconds to go out, then stop every lane."""
@@ -217,7 +217,7 @@ class Notifier:
             async with asyncio.timeout(grace):
                 while self._claiming or self._retiring or any(not lane.idle for lane in self.lanes.values()):
                     await asyncio.sleep(0.05)
-        for lane in self.lanes.values():   # a stop must not lose them without a word
+        for lane in [*self.lanes.values(), *self._retiring.values()]:   # a stop must not lose them without a word
             if unsent := lane.unsent():
                 log.warning("ccswitch: stopping with %d notification%s to %s not delivered: %s", len(unsent),
                             "s" * (len(unsent) != 1), hook_host(lane.hook),

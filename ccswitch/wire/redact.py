@@ -105,16 +105,15 @@ def is_placeholder(value: str) -> bool:
 def withheld_credential(headers: list[tuple[str, str]], query: str) -> str | None:
     """The credential a request shows as `<redacted>` in place of its client's, by name: a
     replay of a routed flow carries no client's key (ccswitch keeps none), only what the flow
-    showed.  None when its key is real text (or it holds none): the other credential headers
-    shown so (a cookie, an account id) are left out on the way, never sent as the placeholder."""
-    for name, value in headers:
-        if name.lower() in KEY_HEADERS and is_placeholder(value):
-            return name
-    if REDACTED in query or quote(REDACTED) in query:
-        for name, value in parse_qsl(query, keep_blank_values=True):
-            if name.strip().lower() in CREDENTIAL_PARAMS and value == REDACTED:
-                return f"?{name}"
-    return None
+    showed.  None when a key it holds is real text (the user put it back), or it holds none:
+    the credentials still shown so (another key header, a cookie, an account id) are left out on
+    the way, never sent as the placeholder."""
+    keys = [(name, value) for name, value in headers if name.lower() in KEY_HEADERS]
+    params = ([(f"?{name}", value) for name, value in parse_qsl(query, keep_blank_values=True)
+               if name.strip().lower() in CREDENTIAL_PARAMS] if query else [])
+    shown = [name for name, value in [*keys, *params] if is_placeholder(value)]
+    real = len(shown) < len(keys) + len(params)
+    return shown[0] if shown and not real else None
 
 
 _SHORTEST_SECRET = 8   # shorter text is too likely to occur by chance to be worth replacing

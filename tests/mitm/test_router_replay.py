@@ -31,6 +31,7 @@ class Answering:
         job.sent_body = json.dumps({**job.request.json, "model": "a-model"}).encode()
         job.attempts.append(Attempt("a", 200, None, 7))
         job.upstream, job.upstream_model, job.status = "a", "a-model", 200
+        job.sent_protocol = "anthropic"       # upstream a's, as the dialer notes it
         await sink.start(200, [("content-type", "application/json")], 2)
         await sink.write(b"{}")
         await sink.end()
@@ -183,3 +184,34 @@ async def test_an_unedited_replay_of_a_converted_body_is_the_clients_request(ser
     flow = await routed_once(router, path="/v1/chat/completions", body=chat)
     await replay(router, flow)
     assert len(dialer.jobs) == 2 and dialer.jobs[1].request.json == chat
+
+
+async def test_an_edited_replay_with_a_lone_surrogate_or_deep_nesting_is_still_routed(served):
+    """JSON allows `\\ud83d` alone (a cut emoji); putting the client's model back must not fail
+    on it, nor on nesting too deep to parse: the replay would pass on unrouted."""
+    router, dialer, _ = served
+    flow = await routed_once(router)
+    flow.request.content = b'{"model": "a-model", "max_tokens": 5, "messages": [], "metadata": {"x": "\\ud83d"}}'
+    await replay(router, flow)
+    assert dialer.jobs[-1].request.json["model"] == "m"
+    flow = await routed_once(router)
+    flow.request.content = b'{"model": "a-model", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    await replay(router, flow)
+    assert flow.response is not None and flow.response.status_code in (200, 400)
+
+
+def test_a_converted_body_is_marked_so_though_no_upstream_answered():
+    """A chat stream the client left before any answer still shows the Anthropic body it was
+    sent: its edited replay is no Chat request either."""
+    from ccswitch.config.load import parse_rules
+    from ccswitch.mitm.flows import show_outcome
+    from tests.mitm.test_router import messages_flow
+    from tests.support.helpers import make_job
+    rules = parse_rules("upstreams: [{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k-1}]\n"
+                        "routes: {chat: [a]}\n")
+    job = make_job(rules, path="/v1/chat/completions", body={"model": "m", "messages": []})
+    job.sent_body, job.sent_protocol = b'{"model": "m", "max_tokens": 5, "messages": []}', "anthropic"
+    flow = messages_flow({"model": "m", "messages": []}, path="/v1/chat/completions")
+    flow.metadata["ccswitch"] = {}
+    show_outcome(flow, job)
+    assert job.upstream is None and flow.metadata["ccswitch"]["shown_protocol"] == "anthropic"

@@ -64,3 +64,13 @@ async def test_a_key_in_the_query_shown_redacted_counts_too(served):
     await replay(router, flow)
     again = dialer.jobs[1]
     assert [u.name for u in again.candidates] == ["a"] and "?key shows as <redacted>" in again.skipped[0][1]
+
+
+async def test_the_key_put_back_in_one_header_replays_there_though_another_still_shows_the_placeholder(served):
+    router, dialer, _ = served
+    flow = await routed_once(router, key=OWN_KEY)
+    flow.request.headers["x-api-key"] = OWN_KEY
+    flow.request.headers["authorization"] = "<redacted>"     # shown so from the first request on
+    await replay(router, flow)
+    again = dialer.jobs[1]
+    assert [u.name for u in again.candidates] == ["own", "a"]

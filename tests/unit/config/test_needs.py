@@ -155,3 +155,19 @@ def test_a_ledger_file_or_its_folder_that_may_not_be_written_is_named(tmp_path, 
         ("link.db", f"cannot create {tmp_path / 'ro' / 'new.db'} (no permission to write in {tmp_path / 'ro'})"),
     ]:
         assert unmet_needs(parse_rules(f"usage_db: {usage_db}\n", base_dir=tmp_path)) == [("usage_db", problem)]
+
+
+def test_naming_the_file_again_once_the_machine_has_its_needs_clears_the_pages_warning(tmp_path):
+    # the log says "set ccswitch_rules to the file again": the page's line must go with that too
+    path = tmp_path / "rules.yaml"
+    path.write_text("usage_db: usage.db\n")
+    lacking = [True]
+    rules_file = RulesFile(settle=0)
+    rules_file.needs = lambda rules: [("usage_db", "needs psycopg")] if lacking[0] and "postgresql" in str(
+        rules.usage_db) else []
+    rules_file.open(str(path))
+    path.write_text("usage_db: postgresql://u:pw@pg.internal/usage\n")
+    assert not rules_file.reload_if_changed() and not rules_file.reload_if_changed()
+    assert rules_file.not_applied[0] == "the rules file's last edit needs what this machine lacks"
+    lacking[0] = False
+    assert rules_file.open(str(path)) and rules_file.not_applied is None

@@ -908,6 +908,12 @@ def test_a_pasted_base_url_is_named_beside_another_mistake_of_the_same_upstream(
     assert len(found) == 2, found
 
 
+def test_a_base_url_no_url_parser_takes_on_an_upstream_refused_for_it_is_one_problem_not_a_crash():
+    found = problems("upstreams:\n  - {name: a, protocol: anthropic, base_url: 'https://[relay.example/v1', api_key: k, "
+                     "modles: {}}\nroutes: {claude: [a]}\n")
+    assert any("modles" in p for p in found) and all("Traceback" not in p for p in found), found
+
+
 @pytest.mark.parametrize("protocol, base_url", [
     ("anthropic", "https://relay.example.com/api/v1beta"), ("anthropic", "https://relay.example.com/claude"),
     ("openai-chat", "https://relay.example.com/v1"), ("openai-responses", "https://chatgpt.com/backend-api/codex"),

@@ -449,3 +449,29 @@ def test_an_upstream_error_frame_carries_the_answers_retry_and_limit_headers():
     assert frame["headers"] == {"retry-after": "7", "x-ratelimit-remaining-requests": "0",
                                 "x-codex-primary-used-percent": "100"}
     assert "headers" not in json.loads(error_frame(500, "x", None, [("content-type", "application/json")]))
+
+
+@pytest.mark.parametrize("held", [False, True])
+async def test_an_error_told_in_the_upstreams_stream_carries_its_heads_retry_headers(held):
+    """An in-stream 429 (an `error` event under a 200) as it comes, or held back whole once every
+    attempt failed so: the frame has the stream head's `retry-after`, as an answer's would."""
+    from ccswitch.config.load import parse_rules
+    from ccswitch.dial.ws_bridge import WsSink
+    from ccswitch.wire.ws_chain import Chain
+    from tests.support.helpers import make_job
+    rules = parse_rules("upstreams: [{name: a, protocol: openai-responses, base_url: 'http://127.0.0.1:9/v1', "
+                        "api_key: k-1}]\nroutes: {codex: [a]}\n")
+    sent = []
+
+    async def send(text):
+        sent.append(json.loads(text))
+
+    job = make_job(rules, path="/v1/responses", body={"model": "m", "input": "hi", "stream": True})
+    sink = WsSink(send, Chain(), job)
+    body = (b'event: error\ndata: {"type": "error", "code": "rate_limit_exceeded", '
+            b'"message": "slow down", "sequence_number": 0}\n\n')
+    await sink.start(200, [("content-type", "text/event-stream"), ("retry-after", "3")], len(body) if held else None)
+    await sink.write(body)
+    await sink.end()
+    [frame] = sent
+    assert frame["type"] == "error" and frame["status"] == 429 and frame["headers"] == {"retry-after": "3"}

@@ -396,10 +396,13 @@ async def test_closing_waits_for_a_removed_hook_s_last_post():
     assert poster.kinds(SLOW) == ["cooldown"] and slow.task.done()
 
 
-async def test_a_removed_hook_s_post_that_never_ends_is_stopped_at_close():
+async def test_a_removed_hook_s_post_that_never_ends_is_stopped_at_close(caplog):
+    caplog.set_level(logging.WARNING, "ccswitch.notify")
     notifier, slow = await slow_hook_removed(FakePoster())
     await notifier.aclose(grace=0.1)             # the slow hook never answers: not a task left behind
     assert slow.task.cancelled()
+    # and what it was posting is named, as a configured hook's would be
+    assert "stopping with 1 notification to 127.0.0.1:9 not delivered: cooldown (a)" in caplog.text
 
 
 async def test_closing_after_a_removed_hook_s_lane_ended_does_not_wait_out_the_grace():
