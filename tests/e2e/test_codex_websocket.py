@@ -105,18 +105,23 @@ def test_a_conversation_back_from_a_failover_takes_its_upstream_s_own_reasoning_
         assert rows == [(200, "codex-a", 1), (200, "codex-b", 2), (200, "codex-a", 2)]
 
 
+def provider_env(proxy: Proxy, home, settings: str) -> dict:
+    """Codex pointed at the reverse listener as a provider of its own (no HTTPS_PROXY), with
+    `settings` for that provider."""
+    env = {**client_env(proxy, home), "CODEX_API_KEY": CLIENT_KEY}
+    env.pop("HTTPS_PROXY")
+    (home / ".codex" / "config.toml").write_text(
+        'model_provider = "ccswitch"\n[model_providers.ccswitch]\nname = "ccswitch"\n'
+        f'base_url = "{proxy.reverse_url}/v1"\nwire_api = "responses"\nenv_key = "CODEX_API_KEY"\n' + settings)
+    return env
+
+
 def test_reverse_mode_with_a_websocket_provider(tmp_path):
     with MockUpstream("A") as a, MockUpstream("B") as b:
         rules = tmp_path / "rules.yaml"
         rules.write_text(RULES.replace("{a}", a.base_url).replace("{b}", b.base_url))
         with Proxy(rules, tmp_path) as proxy:
-            home = tmp_path / "home"
-            env = {**client_env(proxy, home), "CODEX_API_KEY": CLIENT_KEY}
-            env.pop("HTTPS_PROXY")
-            (home / ".codex" / "config.toml").write_text(
-                'model_provider = "ccswitch"\n[model_providers.ccswitch]\nname = "ccswitch"\n'
-                f'base_url = "{proxy.reverse_url}/v1"\nwire_api = "responses"\nenv_key = "CODEX_API_KEY"\n'
-                "supports_websockets = true\n")
+            env = provider_env(proxy, tmp_path / "home", "supports_websockets = true\n")
             done, _ = run([str(CODEX), "exec", "--skip-git-repo-check", "-c", "analytics.enabled=false", "say hi"],
                           env, tmp_path)
             assert done.returncode == 0, done.stderr[-2000:]
@@ -167,14 +172,8 @@ def test_codex_shows_why_a_stream_broke_after_its_first_events(tmp_path, websock
                                                                                               "hold_back: 0s"))
         a.default = cut_after(4)        # response.created … the first text, then the connection drops
         with Proxy(rules, tmp_path) as proxy:
-            home = tmp_path / "home"
-            env = {**client_env(proxy, home), "CODEX_API_KEY": CLIENT_KEY}
-            env.pop("HTTPS_PROXY")
-            (home / ".codex" / "config.toml").write_text(
-                'model_provider = "ccswitch"\n[model_providers.ccswitch]\nname = "ccswitch"\n'
-                f'base_url = "{proxy.reverse_url}/v1"\nwire_api = "responses"\nenv_key = "CODEX_API_KEY"\n'
-                f"supports_websockets = {str(websocket).lower()}\nstream_max_retries = 1\n"
-                "request_max_retries = 0\n")
+            env = provider_env(proxy, tmp_path / "home", f"supports_websockets = {str(websocket).lower()}\n"
+                               "stream_max_retries = 1\nrequest_max_retries = 0\n")
             done, _ = run([str(CODEX), "exec", "--skip-git-repo-check", "-c", "analytics.enabled=false", "say hi"],
                           env, tmp_path)
         # (its retry may find b: what matters is the reason it printed for the break)

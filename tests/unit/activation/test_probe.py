@@ -282,34 +282,31 @@ async def test_a_probe_that_cannot_connect_says_so_in_the_attempts_words():
     assert not result.ok and result.error == "connection refused"
 
 
-async def test_a_2xx_with_nothing_in_it_is_a_failed_probe():
+async def probe_answered(answer):
+    """One probe of an Anthropic upstream whose mock answers `answer`."""
     from ccswitch.net.http1 import UpstreamClient
-    from tests.support.mock_upstream import MockUpstream, status
+    from tests.support.mock_upstream import MockUpstream
 
     with MockUpstream("relay") as mock:
         r = parse_rules(f"upstreams: [{{name: a, protocol: anthropic, base_url: '{mock.base_url}', api_key: k-0123456789}}]")
-        mock.script(status(200, body={"type": "message", "content": []}))
+        mock.script(answer)
         client = UpstreamClient()
         try:
-            result = await send_probe(client, r.upstreams[0])
+            return await send_probe(client, r.upstreams[0])
         finally:
             await client.aclose()
+
+
+async def test_a_2xx_with_nothing_in_it_is_a_failed_probe():
+    from tests.support.mock_upstream import status
+    result = await probe_answered(status(200, body={"type": "message", "content": []}))
     assert not result.ok and result.status == 200 and result.error == "a 2xx without content"
 
 
 async def test_an_error_under_a_2xx_is_told_as_a_request_tells_it():
     # `ccswitch activate` said "a 2xx without content" where the attempts said "HTTP 500 under a 2xx"
-    from ccswitch.net.http1 import UpstreamClient
-    from tests.support.mock_upstream import MockUpstream, error_json_200
-
-    with MockUpstream("relay") as mock:
-        r = parse_rules(f"upstreams: [{{name: a, protocol: anthropic, base_url: '{mock.base_url}', api_key: k-0123456789}}]")
-        mock.script(error_json_200())
-        client = UpstreamClient()
-        try:
-            result = await send_probe(client, r.upstreams[0])
-        finally:
-            await client.aclose()
+    from tests.support.mock_upstream import error_json_200
+    result = await probe_answered(error_json_200())
     assert not result.ok and result.status == 200 and result.error == "HTTP 529 under a 2xx"
 
 
