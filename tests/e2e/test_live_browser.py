@@ -203,11 +203,13 @@ def test_the_page_says_when_the_rules_files_last_edit_is_not_in_force(tmp_path):
     from ccswitch.report.live_status import live_status
     from tests.support.helpers import rules_for
     rules = rules_for(("relay-a", "anthropic", "https://a.example"))
+    since = time.time()
     status = live_status(LiveBoard(), [], rules, datetime.now(UTC),
-                         not_applied=("the rules file's last edit is invalid (2 problems)", time.time()))
+                         not_applied=("the rules file's last edit is invalid (2 problems)", since))
     page = tmp_path / "refused.html"
     page.write_text(page_html(status))
     parsed = Rows()
     parsed.feed(browser.dump_dom(page.as_uri(), tmp_path / "profile", budget_ms=500))
     said = parsed.ids["rules"]
     assert said.startswith("the rules file's last edit is invalid (2 problems) (since ") and "last good rules" in said
+    assert f"(since {datetime.fromtimestamp(since, UTC):%H:%M}): " in said      # the time alone, not the date

@@ -215,3 +215,13 @@ def test_a_converted_body_is_marked_so_though_no_upstream_answered():
     flow.metadata["ccswitch"] = {}
     show_outcome(flow, job)
     assert job.upstream is None and flow.metadata["ccswitch"]["shown_protocol"] == "anthropic"
+
+
+async def test_a_replay_of_a_flow_marked_for_its_failover_starts_unmarked(served):
+    # the mark said the original failed over; the replay's own attempts say whether it does
+    from ccswitch.mitm.flows import WARNING
+    router, dialer, _ = served
+    flow = await routed_once(router)
+    flow.marked = WARNING
+    await replay(router, flow)
+    assert len(dialer.jobs) == 2 and flow.marked == ""

@@ -74,3 +74,18 @@ async def test_the_key_put_back_in_one_header_replays_there_though_another_still
     await replay(router, flow)
     again = dialer.jobs[1]
     assert [u.name for u in again.candidates] == ["own", "a"]
+
+
+async def test_a_bearer_key_shown_redacted_counts_too_whatever_the_case_of_its_header(served):
+    # a client sending `Authorization: Bearer …` (a header's case is kept on the flow)
+    router, dialer, _ = served
+    flow = messages_flow({"model": "m", "messages": []}, key=None)
+    flow.request.headers["Authorization"] = f"Bearer {OWN_KEY}"
+    await router.request(flow)
+    router.response(flow)
+    await answer_sent()
+    flow.live = False
+    assert ("Authorization", f"Bearer {OWN_KEY}") in dialer.jobs[0].request.headers
+    await replay(router, flow)
+    again = dialer.jobs[1]
+    assert [u.name for u in again.candidates] == ["a"] and "Authorization shows as <redacted>" in again.skipped[0][1]

@@ -613,6 +613,17 @@ def test_map_model_precedence():
     assert plain.map_model("zzz") == "zzz" and plain.map_model("a") == "b"
 
 
+def test_a_glob_is_shadowed_only_by_an_earlier_plain_prefix_glob_that_takes_all_it_matches():
+    from ccswitch.config.values import shadowed_globs
+    assert shadowed_globs({"claude-*": 1, "claude-sonnet-*": 2, "claude-[ho]*": 3}) == [
+        ("claude-sonnet-*", "claude-*"), ("claude-[ho]*", "claude-*")]
+    # "*" is looked up last wherever it stands: it shadows nothing
+    assert shadowed_globs({"*": 1, "claude-*": 2}) == []
+    # `gpt-?` matches one character more, not every name from `gpt-` on: `gpt-4*` is reached
+    assert shadowed_globs({"gpt-?": 1, "gpt-4*": 2}) == []
+    assert shadowed_globs({"claude-*": 1, "claude-[ab]": 2}) == [("claude-[ab]", "claude-*")]
+
+
 def test_admits_model():
     up = Upstream(name="a", protocol="anthropic", base_url="https://x.example",
                   only_models=["claude-haiku-*", "exact-one"])
@@ -912,6 +923,17 @@ def test_a_base_url_no_url_parser_takes_on_an_upstream_refused_for_it_is_one_pro
     found = problems("upstreams:\n  - {name: a, protocol: anthropic, base_url: 'https://[relay.example/v1', api_key: k, "
                      "modles: {}}\nroutes: {claude: [a]}\n")
     assert any("modles" in p for p in found) and all("Traceback" not in p for p in found), found
+
+
+@pytest.mark.parametrize("upstream, problem", [
+    ("'just a string'", "r.yaml: upstreams[0]: must be a mapping"),
+    ("{name: a, protocol: [anthropic], base_url: 'https://r.example/v1', api_key: k}",
+     "r.yaml: upstreams[a].protocol: must be"),
+])
+def test_an_upstream_refused_for_its_shape_is_named_without_a_look_at_its_base_url(upstream, problem):
+    # the pasted-base_url check reads a refused upstream's raw entry: one of another shape must not crash it
+    found = problems(f"upstreams:\n  - {upstream}\nroutes: {{claude: [a]}}\n")
+    assert any(p.startswith(problem) for p in found), found
 
 
 @pytest.mark.parametrize("protocol, base_url", [

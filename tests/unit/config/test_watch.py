@@ -314,3 +314,41 @@ def test_why_the_files_last_change_is_not_in_force_is_kept_until_a_change_is(wor
     rules_file.reload_if_changed()
     clock.advance(0.25)
     assert rules_file.reload_if_changed() and rules_file.not_applied is None
+
+
+@pytest.mark.parametrize("how, why", [
+    ("empty", "the rules file is empty"),
+    ("vetoed", "the rules file's last edit was refused"),
+    ("lacking", "the rules file's last edit needs what this machine lacks"),
+])
+def test_each_change_kept_out_of_force_says_why_for_the_live_page(world, how, why):
+    path, clock, rules_file = world
+    if how == "vetoed":
+        rules_file.vetoes.append(lambda rules: "no client keys")
+    if how == "lacking":
+        rules_file.needs = lambda rules: [("usage_db", "needs a driver this machine lacks")]
+    path.write_text("" if how == "empty" else EDITED)
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
+    assert not rules_file.reload_if_changed()
+    assert rules_file.not_applied[0] == why
+
+
+@pytest.mark.parametrize("reopened", ["the file mended", "the built-in default"])
+def test_rules_opened_anew_end_the_word_that_the_last_edit_is_not_in_force(world, tmp_path, monkeypatch, reopened):
+    # set ccswitch_rules again (the log's advice): the page must not go on warning of an edit that no longer counts
+    path, clock, rules_file = world
+    path.write_text("")
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
+    rules_file.reload_if_changed()
+    assert rules_file.not_applied is not None
+    if reopened == "the file mended":
+        path.write_text(EDITED)
+        assert rules_file.open(str(path))
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        monkeypatch.setenv("HOME", str(tmp_path / "nohome"))
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        assert rules_file.open(None) and rules_file.path is None
+    assert rules_file.not_applied is None

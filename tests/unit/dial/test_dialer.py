@@ -645,6 +645,18 @@ async def test_an_aggregated_codex_backend_failure_fails_over_for_a_plain_client
     assert [a.upstream for a in job.attempts] == ["codex", "b"] and health.get("codex").failures == 1
 
 
+async def test_the_api_of_the_body_sent_is_the_one_the_last_attempts_upstream_takes(mock_a, mock_b):
+    # the flow shows that body: a replay of an edit of it must know it is no request of the client's API
+    mock_a.script(cut_after(1))
+    rules = rules_for(("codex", "openai-responses", mock_a.base_url + "/backend-api/codex"),
+                      ("b", "anthropic", mock_b.base_url), routes={"chat": ["codex", "b"]}, extra=FAST)
+    body = {"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]}
+    job, sink, _ = await run(rules, path="/v1/chat/completions", body=body)
+    assert sink.status == 200 and [a.upstream for a in job.attempts] == ["codex", "b"]
+    sent = json.loads(job.sent_body)
+    assert job.sent_protocol == "anthropic" and "messages" in sent and "input" not in sent     # b's, not codex's
+
+
 async def test_an_aggregated_codex_backend_client_error_is_passed_not_failed_over(mock_a, mock_b, monkeypatch):
     from tests.support import mock_payloads as P
 

@@ -134,3 +134,24 @@ def test_the_earlier_attempts_words_skip_the_last_ones_own_and_stay_short():
     job.attempts = [Attempt(f"relay-{n}", error="x" * 50) for n in range(40)]
     said = job.earlier_words()
     assert len(said) == 1000 and said.endswith("…") and said.startswith("relay-0: xx")
+
+
+def test_only_a_connect_failure_says_it_in_its_own_words():
+    # ccswitch's ConnectError text is its own; another exception's may quote what the upstream sent
+    from ccswitch.dial.outcome import network_failure
+    from ccswitch.net import http1
+    assert network_failure("a", http1.ConnectError("what it met"), "switch", "connect").reason == "what it met"
+    assert network_failure("a", http1.ConnectError(), "switch", "connect").reason == "ConnectError"
+    assert network_failure("a", http1.ReadError("x-api-key: sk-abc"), "switch", "first_byte").reason == "ReadError"
+
+
+def test_the_upstream_that_served_is_the_one_named_not_the_first_candidate():
+    from ccswitch.dial.job import Attempt
+    from tests.support.helpers import make_job, rules_for
+    rules = rules_for(("a", "openai-chat", "http://127.0.0.1:9"), ("b", "anthropic", "http://127.0.0.1:9"),
+                      routes={"chat": ["a", "b"]})
+    job = make_job(rules, path="/v1/chat/completions", body={"model": "m", "messages": []})
+    job.attempts = [Attempt("a", 529, "HTTP 529"), Attempt("b", 200)]
+    job.upstream = "b"
+    assert job.served_by().name == "b"
+    assert f"{job.request.route} → anthropic" in job.comment()       # what b got was converted

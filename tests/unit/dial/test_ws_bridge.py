@@ -475,3 +475,27 @@ async def test_an_error_told_in_the_upstreams_stream_carries_its_heads_retry_hea
     await sink.end()
     [frame] = sent
     assert frame["type"] == "error" and frame["status"] == 429 and frame["headers"] == {"retry-after": "3"}
+
+
+async def test_a_whole_error_answer_told_in_band_carries_its_retry_and_limit_headers():
+    # the upstream's own 429 (not one of ccswitch's refusals): Codex waits out its retry-after
+    from types import SimpleNamespace
+
+    from ccswitch.dial.ws_bridge import WsSink
+    from tests.support.helpers import make_job
+    nowhere = SimpleNamespace(base_url="http://127.0.0.1:9")
+    job = make_job(rules_for(nowhere, nowhere), path="/v1/responses",
+                   body={"model": "gpt-5", "input": "hi", "stream": True})
+    sent = []
+
+    async def send(text):
+        sent.append(json.loads(text))
+    sink = WsSink(send, Chain(), job)
+    body = b'{"error": {"message": "slow down", "type": "rate_limit_error"}}'
+    await sink.start(429, [("content-type", "application/json"), ("Retry-After", "2"),
+                           ("x-ratelimit-remaining-requests", "0")], len(body))
+    await sink.write(body)
+    await sink.end()
+    [frame] = sent
+    assert frame["status"] == 429 and frame["error"]["message"] == "slow down"
+    assert frame["headers"] == {"retry-after": "2", "x-ratelimit-remaining-requests": "0"}

@@ -308,3 +308,15 @@ async def test_a_message_over_the_cap_is_said_as_it_is_not_as_a_broken_protocol(
             assert str(caught.value) == "the upstream sent a WebSocket message over 1 MiB"
         finally:
             client.close()
+
+
+def test_a_connect_failure_the_classes_do_not_name_says_what_it_met():
+    # not refused, reset, DNS or TLS: the attempts table reads the error, not a bare ConnectError
+    import errno
+
+    from ccswitch.net.ws_client import _connect_error
+    met = OSError(errno.ENETUNREACH, "Network is unreachable")
+    error, cause = _connect_error(met, "relay.example", 443, None)
+    assert cause is met
+    assert network_failure("a", error, "switch", "connect").reason == (
+        f"OSError: [Errno {errno.ENETUNREACH}] Network is unreachable")

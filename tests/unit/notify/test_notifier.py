@@ -427,3 +427,29 @@ async def test_a_stop_that_leaves_notifications_undelivered_says_which(caplog):
     lines = [r.getMessage() for r in caplog.records if "stopping with" in r.getMessage()]
     assert lines == ["ccswitch: stopping with 2 notifications to 127.0.0.1:9 not delivered: cooldown (a), cooldown (a)"]
     assert poster.kinds(FAST) == ["cooldown", "cooldown"]       # the other hook's went out: no line for it
+
+
+async def test_a_stop_names_the_notification_being_posted_first_and_a_claim_not_answered(caplog):
+    caplog.set_level(logging.WARNING, "ccswitch.notify")
+    claims = Claims()
+    claims.release.clear()      # the shared state never answers
+    notifier, poster = await started(rules(), claim=claims)
+    notifier.offer(event())                                         # being posted to the slow hook
+    await settle()
+    notifier.offer(Event(kind="cooldown", upstream="b", reason="down", episode="2"))     # queued behind it
+    notifier.offer(Event("cooldown", "a", "down", episode="3", claim="cooldown:a"))     # its claim hangs
+    await settle()
+    await notifier.aclose(grace=0.05)
+    lines = [r.getMessage() for r in caplog.records if "stopping with" in r.getMessage()]
+    assert lines == [
+        "ccswitch: stopping with 2 notifications to 127.0.0.1:9 not delivered: cooldown (a), cooldown (b)",
+        "ccswitch: stopping with 1 notification not told: the instances' claim on them (Redis) had not answered"]
+
+
+async def test_a_stop_that_leaves_one_notification_undelivered_says_it_in_the_singular(caplog):
+    caplog.set_level(logging.WARNING, "ccswitch.notify")
+    notifier, _ = await started(rules())
+    notifier.offer(event())
+    await settle()
+    await notifier.aclose(grace=0.05)
+    assert "stopping with 1 notification to 127.0.0.1:9 not delivered: cooldown (a)" in caplog.text

@@ -465,3 +465,11 @@ def test_a_window_s_reset_is_shown_at_its_second_though_read_a_moment_later():
                         ("anthropic-ratelimit-unified-5h-reset", str(int(wall() + 3600)))])
     views = {v.name: v for v in upstream_views(r, health, quota, sessions, now)}
     assert views["ok"].resets_at == now + timedelta(seconds=3600)
+
+
+def test_why_the_rules_files_last_edit_is_not_in_force_says_since_when_in_the_rules_time_zone():
+    now = datetime.fromtimestamp(NOON_ISH, ZoneInfo(TZ))
+    status = live_status(LiveBoard(clock=lambda: NOON_ISH), [], rules(), now,
+                         not_applied=("the rules file is empty", NOON_ISH - 600))
+    assert status["rules_not_applied"] == {"why": "the rules file is empty", "since": "2026-12-02T09:50:00+01:00"}
+    assert live_status(LiveBoard(clock=lambda: NOON_ISH), [], rules(), now)["rules_not_applied"] is None

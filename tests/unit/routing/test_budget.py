@@ -391,6 +391,8 @@ def test_a_budget_lowered_in_the_reload_that_moves_the_timezone_is_told_too():
     ((0.13, 1.0), ("$0.13", "$1.00")),
     ((0.000002, 0.5), ("$0.000002", "$0.500")),    # the limit a decimal finer, not six
     ((0.5, 0.0005), ("$0.500", "$0.00050")),
+    ((0.0042, 0.05), ("$0.0042", "$0.0500")),      # the limit a decimal finer, as the finer spend is
+    ((0.042, 1.0), ("$0.042", "$1.00")),           # a dollar is no amount below one
     ((0.001, 5.0), ("$0.0010", "$5.00")),          # two significant digits, not $0.00100
     ((4.9e-7, 5.0), ("<$0.000001", "$5.00")),      # above zero: never $0.000000
     ((5e-7, 5.0), ("<$0.000001", "$5.00")),        # nor when six decimals round it down

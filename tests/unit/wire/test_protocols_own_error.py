@@ -124,6 +124,13 @@ def test_a_streams_own_error_event_names_the_type_its_status_has_as_a_whole_answ
     assert event_json(stream_error_event("openai-chat", "cut", 504))["error"]["type"] == "server_error"
 
 
+def test_a_responses_streams_own_failure_is_a_response_failed_event_by_its_sse_name_too():
+    # the OpenAI SDKs read an event by its `event:` name: one named `error` whose data has no
+    # top-level error is neither raised nor taken for the response's end
+    [event] = SSEParser().feed(stream_error_event("openai-responses", "cut", 502, 3, "resp_1"))
+    assert event.event == "response.failed" and event.json()["response"]["id"] == "resp_1"
+
+
 def test_codex_told_not_to_retry_by_the_caller_gets_the_usage_limit_however_short_the_wait():
     # the caller's `x-should-retry: false` decides, not the short retry-after beside it
     headers, body = own_error("openai-responses", 429, "closed", (("retry-after", "30"), ("x-should-retry", "false")),

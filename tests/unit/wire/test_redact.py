@@ -87,3 +87,30 @@ def test_credentials_are_read_whatever_the_letter_case_of_their_scheme():
     assert holding([("authorization", f"BASIC {basic}")], ["sk-secret123"]) == [True]
     assert credential_part("Token sk-abcdef12") == "sk-abcdef12"
     assert client_credential([("authorization", "bearer sk-abcdef12")]) == "sk-abcdef12"
+
+
+def test_a_credential_shown_as_the_placeholder_is_one_under_its_scheme_too():
+    # an Authorization header put back as `Bearer <redacted>` still carries no key
+    from ccswitch.wire.redact import is_placeholder
+    assert is_placeholder("<redacted>") and is_placeholder("Bearer <redacted>")
+    assert not is_placeholder("Bearer sk-abcdef12") and not is_placeholder("sk-<redacted>-x")
+
+
+def test_the_withheld_credential_of_a_replay_is_named_by_header_whatever_its_case():
+    from ccswitch.wire.redact import withheld_credential
+    assert withheld_credential([("Authorization", "<redacted>")], "") == "Authorization"
+    assert withheld_credential([("X-Api-Key", "<redacted>")], "") == "X-Api-Key"
+    # a cookie or an account id shown so is left out on the way, not a missing key
+    assert withheld_credential([("cookie", "<redacted>"), ("x-api-key", "sk-abcdef12")], "") is None
+    assert withheld_credential([("cookie", "<redacted>"), ("chatgpt-account-id", "<redacted>")], "") is None
+
+
+@pytest.mark.parametrize("query, withheld", [
+    ("key=%3Credacted%3E", "?key"),                # as mitmproxy writes the redacted query
+    ("api_key=<redacted>&x=1", "?api_key"),        # as a URL edited by hand may show it
+    ("note=<redacted>", None),                     # no credential parameter
+    ("key=sk-abcdef12&note=%3Credacted%3E", None),  # the key is real text
+])
+def test_the_withheld_credential_of_a_replay_in_its_query(query, withheld):
+    from ccswitch.wire.redact import withheld_credential
+    assert withheld_credential([], query) == withheld
