@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 from collections.abc import Callable
 from functools import lru_cache
@@ -376,7 +375,7 @@ def show_outcome(flow: http.HTTPFlow, job: Job) -> None:
     if job.sent_body is not None and job.sent_body != flow.request.raw_content:
         # the request tab shows what the upstream got; the client's own body stays in the metadata
         meta["client_body"] = flow.request.get_text(strict=False)
-        meta["shown_body"] = _digest(job.sent_body)
+        meta["shown_body"] = body_digest(job.sent_body)
         if job.sent_protocol is not None and job.sent_protocol != job.request.client_protocol:
             meta["shown_protocol"] = job.sent_protocol     # converted: no edit of it is the client's request
         flow.request.headers.pop("content-encoding", None)
@@ -385,46 +384,6 @@ def show_outcome(flow: http.HTTPFlow, job: Job) -> None:
         flow.response.stream.keep_on(flow.response)
 
 
-def as_the_client_sent(flow: http.HTTPFlow) -> str | None:
-    """A replay of a flow ccswitch routed is the client's request, routed again: the flow shows
-    the URL and the body the upstream got, and the client's come back, unless edited since.
-    An edit of a body the upstream got under its own model name gets the client's name back
-    (unless the edit renamed it); an edit of one converted to the upstream's API is no request
-    of the client's API: why it cannot be replayed (ccswitch would read it in the client's API
-    and lose what does not fit, a Chat request's system prompt among them), else None."""
-    meta, request = flow.metadata["ccswitch"], flow.request
-    upstream, shown_model = meta.get("upstream"), meta.get("upstream_model")
-    if flow.marked == WARNING:     # the replay's own attempts say whether it failed over
-        flow.marked = ""
-    for key in ("upstream", "upstream_model", "attempts", "error"):    # the original's, not the replay's
-        meta.pop(key, None)
-    if (url := meta.get("client_url")) and meta.get("shown_url", request.url) == request.url:
-        request.url = url
-    body = meta.get("client_body")
-    if body is not None:
-        if meta.get("shown_body") == _digest(request.raw_content or b""):
-            request.text = body
-        elif (api := meta.get("shown_protocol")) is not None:
-            return (f"this flow shows the {api} request {upstream or 'the upstream'} got, converted from the "
-                    "client's: an edit of it is not the client's request; replay the flow unedited, or send the "
-                    "change from the client")
-        else:
-            _client_model_back(request, shown_model, meta.get("model"))
-    return None
-
-
-def _client_model_back(request: http.Request, shown: str | None, client_model: str | None) -> None:
-    """The client's model name in an edited body still naming the upstream's (`models:` renamed
-    it): the replay is routed afresh, and another upstream knows no model by that name."""
-    try:
-        body = json.loads(request.raw_content or b"")
-    except (ValueError, RecursionError):
-        return      # the router answers what it cannot parse
-    if isinstance(body, dict) and shown and client_model and shown != client_model and body.get("model") == shown:
-        body["model"] = client_model
-        request.headers.pop("content-encoding", None)
-        request.content = json.dumps(body).encode()     # ASCII: a lone surrogate (JSON allows one) encodes
-
-
-def _digest(body: bytes) -> str:
+def body_digest(body: bytes) -> str:
+    """What a body is known by in a flow's metadata (`shown_body`): a replay tells an edit by it."""
     return hashlib.blake2b(body, digest_size=16).hexdigest()

@@ -26,7 +26,6 @@ from ccswitch.mitm.flows import (
     StreamCopy,
     answer,
     answer_error,
-    as_the_client_sent,
     attempts_line,
     client_left,
     drop_body,
@@ -49,6 +48,7 @@ from ccswitch.mitm.held import HELD_COMMENT, Holds
 from ccswitch.mitm.known import Known
 from ccswitch.mitm.lifecycle import hook_task, stopping, take_given_values
 from ccswitch.mitm.planner import Planner
+from ccswitch.mitm.replay import as_the_client_sent
 from ccswitch.mitm.router_options import add_options
 from ccswitch.mitm.scope import answered_early, is_api_flow, replays_routed, route_of, why_unrouted
 from ccswitch.net import http1
