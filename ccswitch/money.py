@@ -35,8 +35,8 @@ def usd(*amounts: float) -> tuple[str, ...]:
     shown = tuple(_dollars(amount, n) for amount, n in zip(amounts, digits, strict=True))
     if not _clash(amounts, shown):
         return shown
-    for digits in range(max(cost_digits([a]) for a in amounts) + 1, MAX_COST_DIGITS + 1):
-        finer = tuple(_dollars(amount, digits) for amount in amounts)
+    for finest in range(max(digits) + 1, MAX_COST_DIGITS + 1):
+        finer = tuple(_dollars(amount, finest) for amount in amounts)
         if not _clash(amounts, finer):
             return finer
     return shown

@@ -8,6 +8,7 @@ import json
 from mitmproxy import http
 
 from ccswitch.mitm.flows import WARNING, body_digest
+from ccswitch.routing.admission import parse_body
 
 
 def as_the_client_sent(flow: http.HTTPFlow) -> str | None:
@@ -41,11 +42,10 @@ def as_the_client_sent(flow: http.HTTPFlow) -> str | None:
 def _client_model_back(request: http.Request, shown: str | None, client_model: str | None) -> None:
     """The client's model name in an edited body still naming the upstream's (`models:` renamed
     it): the replay is routed afresh, and another upstream knows no model by that name."""
-    try:
-        body = json.loads(request.raw_content or b"")
-    except (ValueError, RecursionError):
-        return      # the router answers what it cannot parse
-    if isinstance(body, dict) and shown and client_model and shown != client_model and body.get("model") == shown:
+    body, problem = parse_body(request.raw_content or b"")
+    if problem:
+        return      # the router answers it with that problem
+    if shown and client_model and shown != client_model and body.get("model") == shown:
         body["model"] = client_model
         request.headers.pop("content-encoding", None)
         request.content = json.dumps(body).encode()     # ASCII: a lone surrogate (JSON allows one) encodes

@@ -280,6 +280,18 @@ def _down(ledger, monkeypatch, hang_on=None, until=None):
     return tried
 
 
+def _writing_while_down(tmp_path, monkeypatch, hang_on):
+    """A started ledger with one row, whose database refuses every try and whose try number
+    `hang_on` hangs until `release` is set: (ledger, its spill folder, the tries, release)."""
+    import threading
+    unwritten, release = tmp_path / "unwritten", threading.Event()
+    ledger = Ledger(tmp_path / "u.db", spill_dir=unwritten)
+    tried = _down(ledger, monkeypatch, hang_on=hang_on, until=release)
+    ledger.start()
+    ledger.add("requests", row(1))
+    return ledger, unwritten, tried, release
+
+
 def _kept_ids(ledger, unwritten):
     [kept] = spill.spilled(unwritten, ledger.backend.label)
     return [r[1][_COLUMNS["requests"].index("request_id")] for r in spill.read(kept, _COLUMNS)]
@@ -303,12 +315,7 @@ def test_a_stop_between_tries_in_an_outage_tries_no_more(tmp_path, monkeypatch, 
 def test_a_stop_while_a_try_hangs_on_the_database_does_not_wait_for_it(tmp_path, monkeypatch):
     # a try already waiting out the connect timeout when the stop came: the stop gives it a second,
     # then spills the rows it holds (should the try yet write them, the ledger skips a row it has)
-    import threading
-    unwritten, release = tmp_path / "unwritten", threading.Event()
-    ledger = Ledger(tmp_path / "u.db", spill_dir=unwritten)
-    tried = _down(ledger, monkeypatch, hang_on=2, until=release)
-    ledger.start()
-    ledger.add("requests", row(1))
+    ledger, unwritten, tried, release = _writing_while_down(tmp_path, monkeypatch, hang_on=2)
     assert wait_for(lambda: len(tried) == 2)    # refused once, now hanging
     started = time.monotonic()
     try:
@@ -323,11 +330,7 @@ def test_a_stop_while_a_try_hangs_on_the_database_does_not_wait_for_it(tmp_path,
 def test_a_stop_during_a_refused_try_ends_the_writer_with_it(tmp_path, monkeypatch):
     # not left to sleep its backoff (2 s by the third try, up to max_backoff) after the stop
     import threading
-    unwritten, release = tmp_path / "unwritten", threading.Event()
-    ledger = Ledger(tmp_path / "u.db", spill_dir=unwritten)
-    tried = _down(ledger, monkeypatch, hang_on=3, until=release)
-    ledger.start()
-    ledger.add("requests", row(1))
+    ledger, unwritten, tried, release = _writing_while_down(tmp_path, monkeypatch, hang_on=3)
     assert wait_for(lambda: len(tried) == 3)    # after 0.5 s and 1 s of backoff
     threading.Timer(0.2, release.set).start()   # refused while the stop waits for it
     ledger.close(timeout=10)

@@ -820,16 +820,20 @@ def test_usage_counts_written_as_text_or_odd_values_do_not_break_the_conversion(
     assert not (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
 
 
+def tool_result_input(content: list[dict]) -> list:
+    """The Responses input of a Chat conversation whose tool call `c` returned `content` parts."""
+    body = {"model": "gpt-5", "messages": [
+        {"role": "user", "content": "Go"},
+        {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                                              "function": {"name": "tool", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c", "content": content}]}
+    return ChatToResponses().request(creq(body), API)["input"]
+
+
 def test_a_tool_result_with_an_image_goes_as_the_output_list_a_responses_tool_output_takes():
     # refused before with "content part 'image_url' is not allowed here" (the Anthropic path took it)
-    body = {"model": "gpt-5", "messages": [
-        {"role": "user", "content": "Look"},
-        {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
-                                              "function": {"name": "shot", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "c", "content": [
-            {"type": "text", "text": "the screen:"},
-            {"type": "image_url", "image_url": {"url": "https://x.test/s.png"}}]}]}
-    items = ChatToResponses().request(creq(body), API)["input"]
+    items = tool_result_input([{"type": "text", "text": "the screen:"},
+                               {"type": "image_url", "image_url": {"url": "https://x.test/s.png"}}])
     assert items[-1] == {"type": "function_call_output", "call_id": "c", "output": [
         {"type": "input_text", "text": "the screen:"},
         {"type": "input_image", "image_url": "https://x.test/s.png", "detail": "auto"}]}
@@ -860,13 +864,8 @@ def test_usage_details_that_are_no_object_are_read_as_none():
 
 
 def test_a_tool_result_with_a_file_goes_as_the_output_list_too():
-    body = {"model": "gpt-5", "messages": [
-        {"role": "user", "content": "Read it"},
-        {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
-                                              "function": {"name": "fetch", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "c", "content": [
-            {"type": "text", "text": "the report:"}, {"type": "file", "file": {"file_id": "file-1"}}]}]}
-    items = ChatToResponses().request(creq(body), API)["input"]
+    items = tool_result_input([{"type": "text", "text": "the report:"},
+                               {"type": "file", "file": {"file_id": "file-1"}}])
     assert items[-1] == {"type": "function_call_output", "call_id": "c", "output": [
         {"type": "input_text", "text": "the report:"}, {"type": "input_file", "file_id": "file-1"}]}
 
