@@ -13,7 +13,13 @@ import re
 from typing import Any
 
 from ccswitch.translate.chat.common import refuse_what_has_no_counterpart
-from ccswitch.translate.chat.models import adaptive_thinking, default_max_tokens, json_tool_mode, split_model
+from ccswitch.translate.chat.models import (
+    adaptive_thinking,
+    default_max_tokens,
+    extended_thinking,
+    json_tool_mode,
+    split_model,
+)
 from ccswitch.wire.exchange import ClientRequest, RenderError, array_at, client_json, function_name, object_at
 
 log = logging.getLogger("ccswitch.convert")
@@ -381,7 +387,10 @@ def build(body: dict[str, Any], req: ClientRequest, upstream, rules) -> dict[str
     thinking = None
     if effort not in (None, "none"):
         last = next((t for t in reversed(turns) if t["role"] == "assistant"), None)
-        if choice is not None and choice["type"] in ("any", "tool"):
+        if not extended_thinking(target):
+            # OpenAI clients send reasoning_effort to any model; Claude before 3.7 refuses `thinking`
+            log.info("ccswitch: thinking dropped: %s has no extended thinking", target)
+        elif choice is not None and choice["type"] in ("any", "tool"):
             log.info("ccswitch: thinking dropped: tool_choice forces a tool")
         elif turns[-1]["role"] == "assistant":
             log.info("ccswitch: thinking dropped: the request ends with an assistant prefill")

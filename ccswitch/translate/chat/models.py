@@ -11,6 +11,10 @@ from ccswitch.routing.plan import THINKING_SUFFIX
 from ccswitch.wire.exchange import ClientRequest
 
 _VERSION = re.compile(r"(opus|sonnet|haiku|mythos|fable)-(\d)(?:-(\d))?(?!\d)")
+#: Claude models older than 3.7 (`claude-3-5-sonnet-…`, `claude-3-haiku-…`, `claude-2.1`): no
+#: extended thinking, and their own output caps (wherever the name sits: `anthropic/…`, Bedrock's
+#: `anthropic.claude-3-5-…`)
+_BEFORE_THINKING = re.compile(r"claude-(?:instant|2|3-(?!7)(5-)?)")
 
 #: max_tokens sent when the client names none, by upstream model (first match wins;
 #: `rules.max_tokens` overrides).  16384 fits every Claude 4.x output cap and stays under
@@ -50,6 +54,12 @@ def adaptive_thinking(model: str) -> bool:
     return found is not None and found[1] >= (4, 6)
 
 
+def extended_thinking(model: str) -> bool:
+    """Whether the model may think (`thinking`): Claude 3.7 and later, and any model not known
+    to be an older Claude (an Anthropic-compatible relay's own models take it or ignore it)."""
+    return _BEFORE_THINKING.search(model.lower()) is None
+
+
 def structured_outputs(model: str) -> bool:
     """Models with `output_config.format` (Opus 4.1, Claude 4.5 and later)."""
     found = _version(model)
@@ -75,6 +85,12 @@ def default_max_tokens(model: str, rules, thinking: int = 0) -> int:
 
 
 def output_cap(model: str) -> int | None:
-    """The most tokens a model answers, where a default plus a thinking budget could pass it:
-    Opus 4 and 4.1 answer at most 32,000 (the other Claude 4.x, 64,000 or more)."""
-    return 32000 if _version(model) in (("opus", (4, 0)), ("opus", (4, 1))) else None
+    """The most tokens a model answers, where a default (the rules' too) plus a thinking budget
+    could pass it: Opus 4 and 4.1 answer at most 32,000 (the other Claude 4.x, 64,000 or more),
+    Claude 3.5 8,192 and the Claude 3 before it 4,096."""
+    if _version(model) in (("opus", (4, 0)), ("opus", (4, 1))):
+        return 32000
+    older = _BEFORE_THINKING.search(model.lower())
+    if older is None:
+        return None
+    return 8192 if older[1] else 4096

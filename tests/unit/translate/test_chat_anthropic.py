@@ -353,6 +353,25 @@ def test_a_thinking_budget_added_to_the_default_stays_within_the_model_s_output_
     assert out["thinking"]["budget_tokens"] == {"max": 16384, "xhigh": 8192}[effort]
 
 
+@pytest.mark.parametrize(("model", "cap"), [
+    ("claude-3-haiku-20240307", 4096), ("claude-3-opus-20240229", 4096), ("claude-3-5-haiku-latest", 8192),
+    ("claude-3-5-sonnet-20241022", 8192), ("anthropic.claude-3-5-sonnet-20240620-v1:0", 8192), ("claude-2.1", 4096),
+])
+def test_reasoning_effort_leaves_a_claude_before_3_7_without_thinking_and_within_its_cap(model, cap):
+    """OpenAI clients send reasoning_effort to any model: Claude 3 and 3.5 have no thinking (400)."""
+    out = convert({"model": model, "messages": [user()], "reasoning_effort": "high"})
+    assert "thinking" not in out and out["max_tokens"] == cap
+    rules = Rules(max_tokens={"*": 20000})      # a default of the rules past the model's cap
+    assert convert({"model": model, "messages": [user()]}, rules=rules)["max_tokens"] == cap
+
+
+@pytest.mark.parametrize("model", ["claude-3-7-sonnet-20250219", "claude-sonnet-4-5", "glm-4.6"])
+def test_reasoning_effort_still_thinks_on_claude_3_7_later_and_unknown_models(model):
+    out = convert({"model": model, "messages": [user()], "reasoning_effort": "high"})
+    assert out["thinking"] == {"type": "enabled", "budget_tokens": 4096}
+    assert out["max_tokens"] > 4096
+
+
 def test_a_default_of_the_rules_plus_a_thinking_budget_stays_within_the_cap_too():
     rules = Rules(max_tokens={"claude-opus-*": 32000})
     out = convert({"model": "claude-opus-4-1", "messages": [user()], "reasoning_effort": "high"}, rules=rules)
