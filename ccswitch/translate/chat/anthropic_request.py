@@ -155,7 +155,16 @@ def _thinking_replay(msg: dict[str, Any], where: str) -> list[dict[str, Any]]:
 
 
 def _assistant(msg: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    blocks = _thinking_replay(msg, where) + content_blocks(msg.get("content"), where)
+    # a refusal the model gave stays in the conversation as its text: Claude has no refusal part,
+    # and without it the turn would vanish (or two user turns merge) and the model forget it refused
+    content = msg.get("content")
+    if isinstance(content, list):
+        content = [{"type": "text", "text": part.get("refusal")}
+                   if isinstance(part, dict) and part.get("type") == "refusal" else part for part in content]
+    blocks = _thinking_replay(msg, where) + content_blocks(content, where)
+    refusal = msg.get("refusal")
+    if isinstance(refusal, str) and refusal.strip() and not any(b.get("text") == refusal for b in blocks):
+        blocks.append({"type": "text", "text": refusal})
     calls = msg.get("tool_calls") or []
     if not isinstance(calls, list):
         raise RenderError(f"{where}: tool_calls must be an array")

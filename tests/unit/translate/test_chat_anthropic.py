@@ -1107,3 +1107,18 @@ def test_a_message_delta_with_zero_input_counts_does_not_lower_message_start_s()
     usage = [c for out in outs for c in parse_chunks(out)][-2]["usage"]
     assert (usage["prompt_tokens"], usage["completion_tokens"], usage["prompt_tokens_details"]["cached_tokens"]) == \
         (420, 31, 400)
+
+
+@pytest.mark.parametrize("refused", [
+    {"role": "assistant", "content": None, "refusal": "I can't help with that."},
+    {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't help with that."}]},
+    {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't help with that."}],
+     "refusal": "I can't help with that."},
+])
+def test_an_assistant_refusal_in_the_history_stays_its_turn(refused):
+    """Claude has no refusal part: the turn keeps its text, so the model knows it refused."""
+    out = chat(user("bad"), refused, user("ok"))
+    assert [(m["role"], m["content"]) for m in out["messages"]] == [
+        ("user", [{"type": "text", "text": "bad"}]),
+        ("assistant", [{"type": "text", "text": "I can't help with that."}]),
+        ("user", [{"type": "text", "text": "ok"}])]
