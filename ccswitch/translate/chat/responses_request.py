@@ -191,22 +191,22 @@ def _user_content(content: Any, where: str) -> str | list[dict[str, Any]]:
 
 def _assistant_items(msg: dict[str, Any], where: str) -> list[dict[str, Any]]:
     content = msg.get("content")
-    text, refusals = "", []
+    texts, refusals = [], []
     if isinstance(content, list):
         for part in content:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text":
-                text += str(part.get("text") or "")
+                texts.append(str(part.get("text") or ""))     # a part each, as sent: no words run together
             elif kind == "refusal":
                 refusals.append(str(part.get("refusal") or ""))
             else:
                 raise RenderError(f"{where}: assistant content part {kind!r} is not supported")
     elif content is not None:
-        text = _text_of(content, where)
-    if msg.get("refusal"):
+        texts.append(_text_of(content, where))
+    if msg.get("refusal") and str(msg["refusal"]) not in refusals:
         refusals.append(str(msg["refusal"]))
     # assistant history is output_text, never input_text
-    parts = ([{"type": "output_text", "text": text}] if text else []) + \
+    parts = [{"type": "output_text", "text": text} for text in texts if text] + \
         [{"type": "refusal", "refusal": r} for r in refusals if r]
     items: list[dict[str, Any]] = [{"type": "message", "role": "assistant", "content": parts}] if parts else []
     for j, call in enumerate(array_at(msg.get("tool_calls"), f"{where}.tool_calls")):

@@ -211,6 +211,16 @@ def test_assistant_history_is_output_text_and_calls_carry_no_item_id():
     assert "input_text" not in json.dumps(body["input"][1:]) and '"id"' not in json.dumps(body["input"])
 
 
+def test_an_assistant_turn_s_text_parts_stay_parts_of_their_own():
+    """Joined, `part-a` and `part-b` would read `part-apart-b` to the model."""
+    body = convert(messages=HI + [
+        {"role": "assistant", "content": [{"type": "text", "text": "part-a"}, {"type": "text", "text": ""},
+                                          {"type": "text", "text": "part-b"}], "refusal": None},
+        {"role": "user", "content": "go on"}])
+    assert body["input"][1] == {"type": "message", "role": "assistant", "content": [
+        {"type": "output_text", "text": "part-a"}, {"type": "output_text", "text": "part-b"}]}
+
+
 @pytest.mark.parametrize("extra,message", [
     ({"n": 2}, "n must be 1"),
     ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x"}}]}]}, "audio"),
