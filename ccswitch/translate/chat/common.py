@@ -210,3 +210,17 @@ def refuse_what_has_no_counterpart(body: dict[str, Any]) -> None:
         raise RenderError("web_search_options is not supported for this model")
     if body.get("functions") is not None or body.get("function_call") is not None:
         raise RenderError("the legacy functions/function_call parameters are not supported; use tools")
+
+
+#: OpenAI's own bounds: a value past them is its 400, never quietly left out
+_SAMPLING_RANGES = {"temperature": (0, 2), "top_p": (0, 1)}
+
+
+def check_sampling(body: dict[str, Any]) -> None:
+    """`temperature` and `top_p` are numbers within OpenAI's bounds, or absent (null)."""
+    for name, (low, high) in _SAMPLING_RANGES.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            raise RenderError(f"{name} must be a number from {low} to {high}, not {json.dumps(value)[:40]}")

@@ -1122,3 +1122,17 @@ def test_an_assistant_refusal_in_the_history_stays_its_turn(refused):
         ("user", [{"type": "text", "text": "bad"}]),
         ("assistant", [{"type": "text", "text": "I can't help with that."}]),
         ("user", [{"type": "text", "text": "ok"}])]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"temperature": "hot"}, 'temperature must be a number from 0 to 2, not "hot"'),
+    ({"temperature": True}, "temperature must be a number from 0 to 2, not true"),
+    ({"temperature": -0.1}, "temperature must be a number from 0 to 2, not -0.1"),
+    ({"temperature": 2.5}, "temperature must be a number from 0 to 2, not 2.5"),
+    ({"top_p": 1.5}, "top_p must be a number from 0 to 1, not 1.5"),
+    ({"top_p": [0.5]}, r"top_p must be a number from 0 to 1, not \[0.5\]"),
+])
+def test_a_sampling_value_openai_would_refuse_is_refused_not_left_out(extra, message):
+    with pytest.raises(RenderError, match=message):
+        chat(user(), **extra)
+    assert "temperature" not in chat(user(), temperature=None) and chat(user(), top_p=0)["top_p"] == 0

@@ -236,6 +236,8 @@ def test_an_assistant_turn_s_text_parts_stay_parts_of_their_own():
      "function name"),
     ({"max_completion_tokens": 0}, "positive"),
     ({"response_format": {"type": "grammar"}}, "response_format"),
+    ({"temperature": "hot"}, "temperature must be a number from 0 to 2"),
+    ({"top_p": -1}, "top_p must be a number from 0 to 1"),
 ])
 def test_requests_that_cannot_be_converted(extra, message):
     with pytest.raises(RenderError, match=message):
