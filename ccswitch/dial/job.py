@@ -92,6 +92,9 @@ class Job:
     # the attempt under way is not the last: another upstream may take the request if it fails
     may_fail_over: bool = False
 
+    def mark_killed(self) -> None:
+        self.killed = True
+
     def client_left(self) -> None:
         if not self.delivered:
             self.error = KILLED if self.killed else CLIENT_CLOSED

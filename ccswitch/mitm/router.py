@@ -301,9 +301,12 @@ class Router:
             return refuse(*over_budget)
         if self.shutdown.draining:   # those in flight finish; new ones are for the next process
             return refuse(*_DRAINING)
+        # count_tokens answers whole whatever its body says: a `stream` there (a client's, or a
+        # user's edit of a copied flow) must not make each upstream's count a failure
+        stream = body.get("stream") is True and match.endpoint != Endpoint.COUNT_TOKENS
         req = ClientRequest(route=match.route, endpoint=match.endpoint, method="POST",
                             url=flow.request.url, headers=headers, body=raw, json=body, model=model,
-                            stream=body.get("stream") is True, client_protocol=client_protocol)
+                            stream=stream, client_protocol=client_protocol)
         job = self.planner.plan_job(req, flow.id, client_name, session, shown=self.flows_shown)
         if not isinstance(job, Job):
             return refuse(*job)
@@ -360,7 +363,7 @@ class Router:
         Its row is recorded once the answer is sent (`_finish`)."""
         sink = BufferSink()
         hook = asyncio.current_task()
-        watch = ClientWatch(flow, hook)
+        watch = ClientWatch(flow, hook, on_kill=job.mark_killed)
         self.inline.add(hook)
         try:
             await run_guarded(self.dialer.run, job, sink, self.shutdown)

@@ -655,12 +655,14 @@ def user_kills(flow):
 async def test_a_non_streamed_request_whose_client_left_or_that_was_killed_is_cancelled_upstream_and_recorded(
         router, gateway, end, error):
     cancelled = asyncio.Event()
+    killed_when_cut = []    # the dialer labels the attempt it cuts by it: `killed`, not `client_closed`
 
     class Hanging:
         async def run(self, job, sink):
             try:
                 await asyncio.Event().wait()
             except asyncio.CancelledError:
+                killed_when_cut.append(job.killed)
                 cancelled.set()
                 raise
     recorded = []
@@ -678,6 +680,7 @@ async def test_a_non_streamed_request_whose_client_left_or_that_was_killed_is_ca
     router.response(flow)          # mitmproxy goes on with the flow once the hook returns
     await answer_sent()
     assert [job.error for job in recorded] == [error]
+    assert killed_when_cut == [error == "killed"]
 
 
 async def test_a_stream_killed_in_mitmproxy_is_stopped_at_the_relay(router, gateway):
@@ -864,3 +867,21 @@ def test_why_unrouted_names_the_path_without_its_query_and_a_websocket_by_its_ro
     socket = messages_flow(path="/v1/responses", method="GET")
     socket.request.headers["upgrade"] = "websocket"
     assert why_unrouted(socket) == "the codex route lists no upstreams"
+
+
+async def test_a_count_tokens_body_saying_stream_is_answered_whole_from_the_hook(router):
+    """count_tokens answers whole: a `stream: true` there (a client's, or an edited copy's) would
+    judge every upstream's JSON count a failure, cooling the route down."""
+    seen = []
+
+    class Counting:
+        async def run(self, job, sink):
+            seen.append(job.request.stream)
+            await sink.start(200, [("content-type", "application/json")], None)
+            await sink.write(b'{"input_tokens": 3}')
+            await sink.end()
+    router.dialer = Counting()
+    flow = messages_flow({"model": "m", "stream": True, "messages": []}, path="/v1/messages/count_tokens")
+    await router.request(flow)
+    assert seen == [False] and flow.response.status_code == 200 and flow.response.json() == {"input_tokens": 3}
+    assert flow.request.port != router.relay.port
