@@ -9,6 +9,7 @@ import logging
 import secrets
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.flow import Error
 
 from ccswitch.clock import utc_now
 from ccswitch.config.models import Rules
@@ -407,6 +408,12 @@ class Router:
         fit_to_save(flow)       # mitmproxy's `-w` writes it after this hook
 
     def error(self, flow: http.HTTPFlow) -> None:
+        job = self.jobs.get(flow.id)
+        if job is not None and job.killed and not killed(flow):
+            # the relay ended a killed stream, and mitmproxy wrote over the kill with that end
+            # ("server closed connection"); the kill back, it ends the client's request as one:
+            # the connection dropped, not a 502 page of its own that a client SDK sends again
+            flow.error = Error(Error.KILLED_MESSAGE)
         self._finish(flow)
         fit_to_save(flow)
 
