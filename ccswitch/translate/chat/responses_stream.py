@@ -116,14 +116,14 @@ class ResponsesStream:
             response = data.get("response") or {}
             if not self.started:
                 self._adopt(response)
-            return self._start()
+            return []       # the role opens with the first delta, which tells what it is
         if kind in FAILED:
             self.failure = failure_of(data)
             return []
         if kind in TERMINAL:
             return self._terminal(kind, data.get("response") or {})
         deltas = self._content(kind, data)
-        return self._start() + deltas if deltas else []
+        return self._opened(deltas) if deltas else []
 
     def _adopt(self, response: dict[str, Any]) -> None:
         """The upstream's model and id, so the chunks name the same completion the non-stream reply would."""
@@ -136,6 +136,17 @@ class ResponsesStream:
             return []
         self.started = True
         return [{"role": "assistant", "content": ""}]
+
+    def _opened(self, deltas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`deltas`, after the role when they are the first: as OpenAI opens, with an empty
+        content before text, and with `content: null` on what opens with no text (a tool call):
+        the SDK's assembled message then has the `content` None of the whole answer."""
+        if self.started:
+            return deltas
+        if "content" in deltas[0]:
+            return self._start() + deltas
+        self.started = True
+        return [{"role": "assistant", "content": None, **deltas[0]}, *deltas[1:]]
 
     def _content(self, kind: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         if kind == "response.output_text.delta":

@@ -841,12 +841,11 @@ def test_stream_dense_tool_indices_noarg_tools_and_ignored_events():
     ]
     _conv, outs = run_stream(events)
     empty = [i for i, out in enumerate(outs) if out == b""]
-    assert empty == [1, 2, 3, 5, 8, 9, 11, 12, 13, 14, 15, 16, 18, 22, 23, 24, 25]
+    assert empty == [0, 1, 2, 3, 5, 8, 9, 11, 12, 13, 14, 15, 16, 18, 22, 23, 24, 25]   # the role waits for a delta
     deltas = [c["choices"][0]["delta"] for out in outs for c in parse_chunks(out)
               if isinstance(c, dict) and c["choices"]]
     assert deltas == [
-        {"role": "assistant", "content": ""},
-        {"reasoning_content": "hm"},
+        {"role": "assistant", "content": None, "reasoning_content": "hm"},     # no text first: null, as OpenAI's
         {"thinking_blocks": [{"index": 0, "type": "thinking", "thinking": "hm", "signature": "s1"}]},
         {"content": "Hi"},
         {"thinking_blocks": [{"index": 1, "type": "redacted_thinking", "data": "R"}]},
@@ -1136,3 +1135,18 @@ def test_a_sampling_value_openai_would_refuse_is_refused_not_left_out(extra, mes
     with pytest.raises(RenderError, match=message):
         chat(user(), **extra)
     assert "temperature" not in chat(user(), temperature=None) and chat(user(), top_p=0)["top_p"] == 0
+
+
+@pytest.mark.parametrize(("blocks", "content"), [
+    (SPEC_EXAMPLE[4:7], None),      # only a tool call: OpenAI's `content: null`, as the whole answer has
+    (SPEC_EXAMPLE[1:7], "Checking."),
+])
+def test_the_sdk_s_assembled_stream_has_the_content_of_the_whole_answer(blocks, content):
+    events = [SPEC_EXAMPLE[0], *blocks, ("message_delta", {"delta": {"stop_reason": "tool_use"},
+                                                           "usage": {"output_tokens": 5}}), ("message_stop", {})]
+    _conv, outs = run_stream(events)
+    state = ChatCompletionStreamState()
+    for chunk in [c for out in outs for c in parse_chunks(out) if c != "[DONE]" and c["choices"]]:
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    message = state.get_final_completion().choices[0].message
+    assert message.content == content and message.tool_calls[0].function.name == "get_weather"

@@ -416,8 +416,7 @@ def test_spec_example_two_parallel_calls():
         return {"tool_calls": [{"index": k, **({"id": call_id, "type": "function"} if name else {}),
                                 "function": fn}]}
     assert norm(chunks) == [
-        chunk({"role": "assistant", "content": ""}),
-        chunk({"reasoning_content": "Need two lookups"}),
+        chunk({"role": "assistant", "content": None, "reasoning_content": "Need two lookups"}),
         chunk(call(0, "", "call_A", "get_weather")),
         chunk(call(0, '{"city":"Paris"}')),
         chunk(call(1, "", "call_B", "get_time")),
@@ -472,7 +471,8 @@ def test_reasoning_parts_refusal_and_lazy_role():
     chunks = run(sse(summary(0, "a"), summary(0, "b"), summary(1, "c"), summary(0, "d", "rs_2"),
                      ("response.reasoning_text.delta", {"item_id": "rs_3", "content_index": 0, "delta": "e"}),
                      ("response.refusal.delta", {"item_id": "m", "delta": "No"}), completed()))
-    assert deltas(chunks)[:-2] == [{"role": "assistant", "content": ""}, {"reasoning_content": "a"},
+    # the role opens with the first delta: no text first, so `content: null` (as OpenAI's)
+    assert deltas(chunks)[:-2] == [{"role": "assistant", "content": None, "reasoning_content": "a"},
                                    {"reasoning_content": "b"}, {"reasoning_content": "\n\nc"},
                                    {"reasoning_content": "\n\nd"}, {"reasoning_content": "\n\ne"}, {"refusal": "No"}]
     assert {c["choices"][0]["index"] for c in chunks[:-1]} == {0} and chunks[0]["model"] == "gpt-x"
@@ -558,7 +558,7 @@ def test_every_two_piece_split_gives_the_same_client_stream():
     inside event j is the whole-body run up to j, event j's bytes in two pieces, then the
     whole-body run after j.  The middle part is replayed from a copy of the converter as it was
     before event j; its output and the converter's state after it must match the uncut run."""
-    assert WHOLE.count(b"data: ") == 20 and WHOLE.endswith(b"data: [DONE]\n\n")
+    assert WHOLE.count(b"data: ") == 19 and WHOLE.endswith(b"data: [DONE]\n\n")
     stream, parser, start, outs, checked = new_stream(), SSEParser(), 0, [], 0
     for event in parser.feed(RECORDED):
         before, out = copy.deepcopy(stream), stream.feed(event)
@@ -759,7 +759,7 @@ def test_reasoning_deltas_that_name_no_item_leave_a_message_sent_only_whole_its_
                "content": [{"type": "output_text", "text": "The answer."}]}
     chunks = run(sse(created(), ("response.reasoning_summary_text.delta", {"delta": "thinking"}),
                      ("response.output_item.done", {"output_index": 1, "item": message}), completed()))
-    assert deltas(chunks) == [{"role": "assistant", "content": ""}, {"reasoning_content": "thinking"},
+    assert deltas(chunks) == [{"role": "assistant", "content": None, "reasoning_content": "thinking"},
                               {"content": "The answer."}, {}, "[DONE]"]
 
 
@@ -770,7 +770,7 @@ def test_a_refusal_that_came_as_deltas_is_not_sent_again_by_the_items_done(keys)
                "content": [{"type": "refusal", "refusal": "I can't."}]}
     chunks = run(sse(created(), ("response.refusal.delta", {**keys, "delta": "I can't."}),
                      ("response.output_item.done", {"output_index": 0, "item": message}), completed()))
-    assert deltas(chunks) == [{"role": "assistant", "content": ""}, {"refusal": "I can't."}, {}, "[DONE]"]
+    assert deltas(chunks) == [{"role": "assistant", "content": None, "refusal": "I can't."}, {}, "[DONE]"]
 
 
 def test_a_late_response_created_neither_opens_again_nor_renames_the_chunks_sent():
@@ -910,3 +910,18 @@ def test_a_call_streamed_without_any_id_is_known_by_its_place_in_the_final_list(
             "usage": USAGE}}))
     assert len([c for c in calls if "id" in c]) == 1
     assert "".join(c["function"]["arguments"] for c in calls) == '{"a":1}'
+
+
+def test_the_sdk_s_assembled_stream_of_tool_calls_alone_has_content_none():
+    """As OpenAI's own stream, and as the whole answer: `content` None, not ""."""
+    added = ("response.output_item.added", {"output_index": 0, "item": {
+        "type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "get_weather", "arguments": ""}})
+    args = ("response.function_call_arguments.delta", {"item_id": "fc_1", "output_index": 0, "delta": "{}"})
+    chunks = run(sse(created(), added, args, completed()), {"model": "gpt-x", "messages": HI, "stream": True,
+                                                            "tools": [WEATHER]})
+    state = ChatCompletionStreamState()
+    for chunk in chunks[:-1]:
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    message = state.get_final_completion().choices[0].message
+    assert message.content is None and message.tool_calls[0].function.arguments == "{}"
+    assert deltas(chunks)[0]["content"] is None and deltas(chunks)[0]["role"] == "assistant"
