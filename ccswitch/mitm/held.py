@@ -14,7 +14,7 @@ import contextlib
 
 from mitmproxy import ctx, hooks, http
 
-from ccswitch.mitm.flows import Hidden, gone_meanwhile
+from ccswitch.mitm.flows import Hidden, gone_meanwhile, killed
 
 #: seconds between looks for a kill, which ends an intercept without waking `wait_for_resume`
 KILL_CHECK = 0.1
@@ -48,6 +48,9 @@ class Holds:
             self.let_go.add(flow.id)
         if not gone_meanwhile(flow):     # else it goes nowhere, and its keys stay hidden
             hidden.restore(flow.request)
+        elif flow.comment.startswith(HELD_COMMENT):   # what it was going to do is not what became of it
+            flow.comment = ("ccswitch: killed while held by the intercept: sent nowhere" if killed(flow)
+                            else "ccswitch: its client left while it was held by the intercept: sent nowhere")
 
     def update(self, flows) -> None:
         """mitmproxy's hook after each hook pass, before it waits on a stopped flow.  The intercept

@@ -131,6 +131,9 @@ async def test_a_held_request_killed_keeps_its_keys_hidden_and_one_whose_client_
         # mitmweb is sent the flow after this pass, before the error hook: no key may be back on it
         assert CLIENT_KEY not in repr(flow.request.headers.fields)
     assert dialer.jobs == [] and router.jobs == {}
+    # what it was to become ("once resumed, routed by…") is no longer what the comment says
+    assert killed.comment == "ccswitch: killed while held by the intercept: sent nowhere"
+    assert left.comment == "ccswitch: its client left while it was held by the intercept: sent nowhere"
 
 
 async def test_a_held_request_of_a_route_listing_nothing_says_it_goes_on_unrouted_and_then_that_it_did(proxy):
