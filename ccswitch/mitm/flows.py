@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from collections.abc import Callable
 from functools import lru_cache
@@ -70,11 +71,29 @@ def fit_to_save(flow: http.HTTPFlow) -> None:
                 meta[name] = [encodable(item) if isinstance(item, str) else item for item in value]
 
 
+_OWN_WORD = re.compile(r"^ccswitch:", re.MULTILINE)
+
+
+def comment_on(flow: http.HTTPFlow, text: str) -> None:
+    """ccswitch's word on the flow in its comment, after the user's own note (one written in
+    mitmweb on a flow then replayed): each of ccswitch's words replaces the last, never the note."""
+    note = users_note(flow.comment)
+    flow.comment = f"{note}\n{text}" if note else text
+
+
+def users_note(comment: str) -> str:
+    """The part of a comment that is not ccswitch's: what comes before its first `ccswitch:` line."""
+    if not comment or comment.startswith("ccswitch:"):
+        return ""
+    own = _OWN_WORD.search(comment)
+    return (comment[: own.start()] if own else comment).rstrip("\n")
+
+
 def answer(flow: http.HTTPFlow, response: http.Response, why: str | None = None) -> None:
     """ccswitch answers the flow itself: nothing is sent on, and the comment says so, and why."""
     redact_credentials(flow.request)
     flow.response = response
-    flow.comment = f"ccswitch: answered {response.status_code} itself" + (f": {why}" if why else "")
+    comment_on(flow, f"ccswitch: answered {response.status_code} itself" + (f": {why}" if why else ""))
 
 
 def answer_error(flow: http.HTTPFlow, protocol: str, status: int, message: str, extra: dict | None = None) -> None:
@@ -340,7 +359,7 @@ def show_streaming(flow: http.HTTPFlow, job: Job) -> None:
     relay, so the flow can point at the upstream the stream comes from instead of the relay's
     loopback address, with the attempts so far in its comment."""
     _point_at_upstream(flow, job)
-    flow.comment = job.comment()
+    comment_on(flow, job.comment())
 
 
 def _point_at_upstream(flow: http.HTTPFlow, job: Job) -> None:
@@ -369,7 +388,7 @@ def show_outcome(flow: http.HTTPFlow, job: Job) -> None:
     answered, the attempts in its comment (marked when it failed over) and metadata, the body
     that upstream got in the request tab, and the kept copy of a streamed answer."""
     _point_at_upstream(flow, job)
-    flow.comment = job.comment()
+    comment_on(flow, job.comment())
     if job.failed_over:
         flow.marked = WARNING
     meta = flow.metadata["ccswitch"]

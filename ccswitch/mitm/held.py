@@ -14,7 +14,7 @@ import contextlib
 
 from mitmproxy import ctx, hooks, http
 
-from ccswitch.mitm.flows import Hidden, gone_meanwhile, killed
+from ccswitch.mitm.flows import Hidden, comment_on, gone_meanwhile, killed
 
 #: seconds between looks for a kill, which ends an intercept without waking `wait_for_resume`
 KILL_CHECK = 0.1
@@ -36,7 +36,7 @@ class Holds:
         `<redacted>`, and those the user left so are the client's again once it goes on.  `plan`:
         what ccswitch will do with it, shown in its comment while it waits."""
         if plan:
-            flow.comment = f"{HELD_COMMENT}; once resumed, {plan}"
+            comment_on(flow, f"{HELD_COMMENT}; once resumed, {plan}")
         hidden = Hidden(flow.request)
         flow.intercept()
         ctx.master.addons.trigger(hooks.UpdateHook([flow]))    # mitmweb shows it stopped
@@ -48,9 +48,9 @@ class Holds:
             self.let_go.add(flow.id)
         if not gone_meanwhile(flow):     # else it goes nowhere, and its keys stay hidden
             hidden.restore(flow.request)
-        elif flow.comment.startswith(HELD_COMMENT):   # what it was going to do is not what became of it
-            flow.comment = ("ccswitch: killed while held by the intercept: sent nowhere" if killed(flow)
-                            else "ccswitch: its client left while it was held by the intercept: sent nowhere")
+        elif HELD_COMMENT in flow.comment:   # what it was going to do is not what became of it
+            comment_on(flow, "ccswitch: killed while held by the intercept: sent nowhere" if killed(flow)
+                       else "ccswitch: its client left while it was held by the intercept: sent nowhere")
 
     def update(self, flows) -> None:
         """mitmproxy's hook after each hook pass, before it waits on a stopped flow.  The intercept

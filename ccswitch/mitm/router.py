@@ -29,6 +29,7 @@ from ccswitch.mitm.flows import (
     answer_error,
     attempts_line,
     client_left,
+    comment_on,
     drop_body,
     error_response,
     fit_to_save,
@@ -327,8 +328,8 @@ class Router:
         flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.relay.port
         flow.request.headers[JOB_HEADER] = job.token
         if self.flows_shown:    # until its first bytes the flow points at the relay, with its one-time ticket
-            flow.comment = "ccswitch: on its way through ccswitch's relay to " + ", then ".join(
-                u.name for u in job.candidates[: job.rules.failover.max_attempts])
+            comment_on(flow, "ccswitch: on its way through ccswitch's relay to " + ", then ".join(
+                u.name for u in job.candidates[: job.rules.failover.max_attempts]))
         self.killed_streams.add(flow)
 
     def _stop_killed(self, flow: http.HTTPFlow) -> None:
@@ -423,8 +424,8 @@ class Router:
     # ------------------------------------------------------------------ helpers
 
     def _unrouted(self, flow: http.HTTPFlow) -> None:
-        if (not flow.comment or flow.comment.startswith(HELD_COMMENT)) and is_api_flow(flow, self.gateway.rules):
-            flow.comment = f"ccswitch: not routed ({why_unrouted(flow)}): passed on as it came"
+        if (not flow.comment or HELD_COMMENT in flow.comment) and is_api_flow(flow, self.gateway.rules):
+            comment_on(flow, f"ccswitch: not routed ({why_unrouted(flow)}): passed on as it came")
         if ctx.options.ccswitch_offline and flow.request.pretty_host.lower() in self.gateway.rules.intercept:
             message = "ccswitch is offline: this host is not reachable"
             if (meant := meant_path(flow.request.path)) is not None:

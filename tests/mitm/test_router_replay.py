@@ -73,7 +73,7 @@ async def test_a_replayed_routed_flow_is_routed_afresh_as_the_client_sent_it(ser
     flow = await routed_once(router, mode=mode)
     assert flow.request.url == UPSTREAM_URL and flow.request.headers["x-api-key"] == "<redacted>"
     assert json.loads(flow.request.content)["model"] == "a-model"     # what the upstream got
-    flow.comment = "stale"
+    flow.comment = "ccswitch: stale"      # ccswitch's word of the first time (a note of the user's stays)
     await replay(router, flow)
     first, again = dialer.jobs
     assert again is not first and len(recorded) == 2 and recorded[1] is again   # a row of its own
@@ -225,3 +225,26 @@ async def test_a_replay_of_a_flow_marked_for_its_failover_starts_unmarked(served
     flow.marked = WARNING
     await replay(router, flow)
     assert len(dialer.jobs) == 2 and flow.marked == ""
+
+
+async def test_a_replay_keeps_the_user_s_own_note_and_replaces_only_ccswitch_s_word(served):
+    router, _, _ = served
+    flow = await routed_once(router)
+    flow.comment = "my own note: important\n" + flow.comment    # written in mitmweb, above ccswitch's
+    for _ in range(2):
+        await replay(router, flow)
+        flow.live = False
+        note, own = flow.comment.split("\n")
+        assert note == "my own note: important" and own.startswith("ccswitch: a: 200 (")
+    flow.comment = "only mine"
+    await replay(router, flow)
+    assert flow.comment.split("\n")[0] == "only mine" and flow.comment.count("ccswitch:") == 1
+
+
+@pytest.mark.parametrize(("comment", "note"), [
+    ("", ""), ("ccswitch: a: 200 (3 ms)", ""), ("mine", "mine"), ("mine\nccswitch: x", "mine"),
+    ("two\nlines\nccswitch: x\nmore of it", "two\nlines"), ("not ccswitch: x", "not ccswitch: x"),
+])
+def test_a_users_note_is_what_comes_before_ccswitch_s_first_line(comment, note):
+    from ccswitch.mitm.flows import users_note
+    assert users_note(comment) == note
