@@ -28,6 +28,18 @@ def is_encrypted_reasoning(item: Any) -> bool:
     return isinstance(item, dict) and item.get("type") in SEALED_TYPES and bool(item.get("encrypted_content"))
 
 
+def carried_reasoning(item: Any) -> dict[str, Any] | None:
+    """A sealed reasoning item as a Chat client carries it to its next turn (`reasoning_items` on
+    the assistant message) and as it goes back in the input: its summary and its seal, no id or
+    index (nothing is stored upstream).  None for anything else."""
+    if not (isinstance(item, dict) and item.get("type") == "reasoning"
+            and isinstance(item.get("encrypted_content"), str) and item["encrypted_content"]):
+        return None
+    summary = item.get("summary")
+    return {"type": "reasoning", "summary": [part for part in summary if isinstance(part, dict)]
+            if isinstance(summary, list) else [], "encrypted_content": item["encrypted_content"]}
+
+
 def refuses_foreign_reasoning(status: int | None, body: bytes) -> bool:
     """Whether an answer refuses reasoning this account did not encrypt (only a 400's body is read)."""
     if status != 400 or FOREIGN_REASONING.encode() not in body:

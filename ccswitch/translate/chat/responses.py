@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from ccswitch.translate.chat.common import (
+    REASONING_ITEMS,
     ChatTranslation,
     _json_headers,
     chat_id,
@@ -33,6 +34,7 @@ from ccswitch.translate.chat.responses_stream import (
 from ccswitch.vocab import Protocol
 from ccswitch.wire.exchange import UNPARSED, ClientRequest, Reply, json_or_none
 from ccswitch.wire.protocols import in_stream_status
+from ccswitch.wire.reasoning import carried_reasoning
 from ccswitch.wire.sse import parse_all
 
 
@@ -93,7 +95,8 @@ def client_model(req: ClientRequest) -> str:
 
 
 def chat_message(text: str, refusal: str, reasoning: str, tool_calls: list[dict[str, Any]],
-                 annotations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                 annotations: list[dict[str, Any]] | None = None,
+                 sealed: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant",
                                "content": text or (None if tool_calls or refusal else ""),
                                "refusal": refusal or None}
@@ -101,6 +104,11 @@ def chat_message(text: str, refusal: str, reasoning: str, tool_calls: list[dict[
         message["annotations"] = annotations
     if reasoning:
         message["reasoning_content"] = reasoning     # de-facto extension (litellm, new-api)
+    if sealed:
+        # the upstream's sealed reasoning, for the client to send back with this message: Chat
+        # has no field for it (as `thinking_blocks` for Claude), and with it the model goes on
+        # from its reasoning after a tool call instead of reasoning anew
+        message[REASONING_ITEMS] = sealed
     if tool_calls:
         message["tool_calls"] = tool_calls
     return message
@@ -110,13 +118,15 @@ def completion_from_response(response: dict[str, Any], model: str) -> dict[str, 
     """Walk `output[]` in order into exactly one choice."""
     if response.get("status") in ("failed", "cancelled"):
         raise UpstreamFailed(*failure_of({"response": response}))
-    text, refusal, reasoning, calls, logprobs, citations = [], [], [], [], [], []
+    text, refusal, reasoning, calls, logprobs, citations, sealed = [], [], [], [], [], [], []
     length = 0                  # of the text so far: a part's citations count from its own start
     for item in response.get("output") or ():
         if not isinstance(item, dict):
             continue
         kind = item.get("type")
         if kind == "reasoning":
+            if (carried := carried_reasoning(item)) is not None:
+                sealed.append(carried)
             parts = [s.get("text") for s in item.get("summary") or () if isinstance(s, dict) and s.get("text")]
             if not parts:   # raw reasoning text (open-weight models) when there is no summary
                 parts = [c.get("text") for c in item.get("content") or ()
@@ -137,7 +147,7 @@ def completion_from_response(response: dict[str, Any], model: str) -> dict[str, 
             calls.append({"id": item.get("call_id") or item.get("id"), "type": "function",
                           "function": {"name": item.get("name") or "",
                                        "arguments": args if isinstance(args, str) and args else "{}"}})
-    message = chat_message("".join(text), "".join(refusal), "\n\n".join(reasoning), calls, citations)
+    message = chat_message("".join(text), "".join(refusal), "\n\n".join(reasoning), calls, citations, sealed)
     return completion(response.get("model") or model, message, finish_reason(response, bool(calls)),
                       response_usage(response.get("usage")), chat_id(response.get("id")), logprobs)
 
@@ -176,7 +186,7 @@ def aggregate(body: bytes, model: str) -> dict[str, Any]:
     if final.get("output"):
         return completion_from_response(final, model)
     got = fold(deltas)
-    message = chat_message(got["text"], got["refusal"], got["reasoning"], got["tool_calls"])
+    message = chat_message(got["text"], got["refusal"], got["reasoning"], got["tool_calls"], sealed=got["sealed"])
     reason, usage = stream.outcome
     return completion(final.get("model") or stream.writer.model, message, reason, usage, chat_id(final.get("id")))
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ccswitch.translate.chat.common import check_sampling, refuse_what_has_no_counterpart
+from ccswitch.translate.chat.common import REASONING_ITEMS, check_sampling, refuse_what_has_no_counterpart
 from ccswitch.translate.chat.models import split_model
 from ccswitch.wire.exchange import RenderError, array_at, function_name, object_at
+from ccswitch.wire.reasoning import carried_reasoning
 
 #: what the ChatGPT Codex backend accepts (openai/codex `ResponsesApiRequest`); it answers
 #: 400 "Unsupported parameter" to anything else (temperature, max_output_tokens, metadata…)
@@ -209,7 +210,12 @@ def _assistant_items(msg: dict[str, Any], where: str) -> list[dict[str, Any]]:
     # assistant history is output_text, never input_text
     parts = [{"type": "output_text", "text": text} for text in texts if text] + \
         [{"type": "refusal", "refusal": r} for r in refusals if r]
-    items: list[dict[str, Any]] = [{"type": "message", "role": "assistant", "content": parts}] if parts else []
+    # the reasoning this turn's answer came from, sealed, as the client got it with the message:
+    # before the message and its calls, where it stood in the upstream's output
+    items: list[dict[str, Any]] = [carried for item in array_at(msg.get(REASONING_ITEMS), f"{where}.{REASONING_ITEMS}")
+                                   if (carried := carried_reasoning(item)) is not None]
+    if parts:
+        items.append({"type": "message", "role": "assistant", "content": parts})
     for j, call in enumerate(array_at(msg.get("tool_calls"), f"{where}.tool_calls")):
         fn = call.get("function") if isinstance(call, dict) else None
         if not isinstance(fn, dict) or call.get("type", "function") != "function":

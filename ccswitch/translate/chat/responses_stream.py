@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ccswitch.translate.chat.common import LOGPROBS, ChunkWriter, chat_id, chat_usage
+from ccswitch.translate.chat.common import LOGPROBS, REASONING_ITEMS, ChunkWriter, chat_id, chat_usage
 from ccswitch.wire.protocols import REQUEST_FAULT_CODES
+from ccswitch.wire.reasoning import carried_reasoning
 from ccswitch.wire.sse import Event
 from ccswitch.wire.usage import token_count
 
@@ -76,6 +77,7 @@ class ResponsesStream:
         self.by_output: dict[int, int] = {}      # output_index -> k (for items without an id)
         self.streamed: set[int] = set()          # k that already sent (some) arguments
         self.reasoning_part: tuple | None = None
+        self.n_sealed = 0                        # sealed reasoning items sent: the next one's index
         self.shown: set = set()                  # items (id or output index) whose text came as deltas
         self.unkeyed: set[str] = set()           # item types a delta came for naming no item: none sent again whole
         self.outcome: tuple[str, dict[str, Any] | None] | None = None   # (finish_reason, usage)
@@ -164,7 +166,7 @@ class ResponsesStream:
             return self._reasoning(kind, data)
         item = data.get("item") if isinstance(data.get("item"), dict) else {}
         if kind == "response.output_item.done" and item.get("type") in ("message", "reasoning"):
-            return self._whole(item, data.get("output_index"))
+            return self._whole(item, data.get("output_index")) + self._sealed(item)
         if kind == "response.output_item.added" and item.get("type") == "function_call":
             k = self._new_call(item, data.get("output_index"))
             if not item.get("arguments"):
@@ -212,6 +214,15 @@ class ResponsesStream:
         text = "".join(p["text"] for p in parts if p.get("type") == "output_text" and isinstance(p.get("text"), str))
         refusal = "".join(p["refusal"] for p in parts if p.get("type") == "refusal" and isinstance(p.get("refusal"), str))
         return [delta for delta in ({"content": text}, {"refusal": refusal}) if next(iter(delta.values()))]
+
+    def _sealed(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        """A reasoning item's seal (`encrypted_content`: whole only on its `.done`), for the
+        client to send back with the message, indexed as the SDK gathers a list's pieces."""
+        carried = carried_reasoning(item)
+        if carried is None:
+            return []
+        j, self.n_sealed = self.n_sealed, self.n_sealed + 1
+        return [{REASONING_ITEMS: [{"index": j, **carried}]}]
 
     def _reasoning(self, kind: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         text = data.get("delta")
@@ -293,13 +304,15 @@ class ResponsesStream:
 
 
 def fold(deltas: list[dict[str, Any]]) -> dict[str, Any]:
-    """Chat deltas -> (text, refusal, reasoning, tool_calls), the way the SDK accumulates them."""
-    text, refusal, reasoning = [], [], []
+    """Chat deltas -> (text, refusal, reasoning, tool_calls, sealed reasoning), the way the SDK
+    accumulates them."""
+    text, refusal, reasoning, sealed = [], [], [], []
     calls: dict[int, dict[str, Any]] = {}
     for delta in deltas:
         text.append(delta.get("content") or "")
         refusal.append(delta.get("refusal") or "")
         reasoning.append(delta.get("reasoning_content") or "")
+        sealed += [carried_reasoning(piece) for piece in delta.get(REASONING_ITEMS) or ()]
         for piece in delta.get("tool_calls") or ():
             call = calls.setdefault(piece["index"], {"id": None, "type": "function",
                                                      "function": {"name": "", "arguments": ""}})
@@ -309,4 +322,4 @@ def fold(deltas: list[dict[str, Any]]) -> dict[str, Any]:
             call["function"]["name"] += fn.get("name") or ""
             call["function"]["arguments"] += fn.get("arguments") or ""
     return {"text": "".join(text), "refusal": "".join(refusal), "reasoning": "".join(reasoning),
-            "tool_calls": [calls[k] for k in sorted(calls)]}
+            "tool_calls": [calls[k] for k in sorted(calls)], "sealed": sealed}

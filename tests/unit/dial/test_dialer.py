@@ -808,6 +808,28 @@ async def test_reasoning_another_account_sealed_is_left_out_when_the_upstream_re
     assert job.status == 200 and job.error is None and health.get("a").failures == 0
 
 
+async def test_a_chat_client_s_sealed_reasoning_another_account_refuses_is_left_out_likewise(mock_a, mock_b):
+    """The chat route carries a Responses upstream's sealed reasoning back (`reasoning_items`):
+    the converted request another account refuses goes again without it, as Codex's does."""
+    mock_a.script(status(400, body=FOREIGN_REASONING_400))
+    rules = rules_for(("a", "openai-responses", mock_a.base_url), ("b", "openai-responses", mock_b.base_url),
+                      routes={"chat": ["a", "b"]}, extra=FAST)
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    body = {"model": "gpt-5", "reasoning_effort": "low", "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call],
+         "reasoning_items": [{"index": 0, "type": "reasoning", "summary": [], "encrypted_content": "ENC-B-1"}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]}
+    from ccswitch.translate import convert_for_candidates
+    job = make_job(rules, path="/v1/chat/completions", body=body, host="api.openai.com")
+    job.converted, _ = convert_for_candidates(job.request, job.candidates, job.rules)   # as the planner does
+    job, sink, _ = await run(rules, job=job)
+    assert sink.status == 200 and sink.headers["x-ccswitch-upstream"] == "a"
+    first, again = ([item["type"] for item in r.json["input"]] for r in mock_a.requests)
+    assert first == ["message", "reasoning", "function_call", "function_call_output"]
+    assert again == ["message", "function_call", "function_call_output"] and mock_b.requests == []
+
+
 @pytest.mark.parametrize("case", ["another 400", "no sealed reasoning"])
 async def test_other_refusals_reach_the_client_as_they_are(mock_a, mock_b, case):
     refusal = {"error": {"message": "bad input", "type": "invalid_request_error", "param": None,

@@ -417,6 +417,8 @@ def test_spec_example_two_parallel_calls():
                                 "function": fn}]}
     assert norm(chunks) == [
         chunk({"role": "assistant", "content": None, "reasoning_content": "Need two lookups"}),
+        # the sealed reasoning, for the client to send back with the message
+        chunk({"reasoning_items": [{"index": 0, "type": "reasoning", "summary": [], "encrypted_content": "gAAA"}]}),
         chunk(call(0, "", "call_A", "get_weather")),
         chunk(call(0, '{"city":"Paris"}')),
         chunk(call(1, "", "call_B", "get_time")),
@@ -558,7 +560,7 @@ def test_every_two_piece_split_gives_the_same_client_stream():
     inside event j is the whole-body run up to j, event j's bytes in two pieces, then the
     whole-body run after j.  The middle part is replayed from a copy of the converter as it was
     before event j; its output and the converter's state after it must match the uncut run."""
-    assert WHOLE.count(b"data: ") == 19 and WHOLE.endswith(b"data: [DONE]\n\n")
+    assert WHOLE.count(b"data: ") == 20 and WHOLE.endswith(b"data: [DONE]\n\n")
     stream, parser, start, outs, checked = new_stream(), SSEParser(), 0, [], 0
     for event in parser.feed(RECORDED):
         before, out = copy.deepcopy(stream), stream.feed(event)
@@ -925,3 +927,44 @@ def test_the_sdk_s_assembled_stream_of_tool_calls_alone_has_content_none():
     message = state.get_final_completion().choices[0].message
     assert message.content is None and message.tool_calls[0].function.arguments == "{}"
     assert deltas(chunks)[0]["content"] is None and deltas(chunks)[0]["role"] == "assistant"
+
+
+SEAL = "gAAAAABowfKlQ3xR7Q3xR7Q3xR7Q3xR7Q3xR7Q3xR7=="
+CARRIED = {"type": "reasoning", "encrypted_content": SEAL, "summary": [
+    {"type": "summary_text", "text": "**Planning lookups**\n\nThe user wants Paris, Tōkyō."},
+    {"type": "summary_text", "text": "**Calling tools** – both at once 🌤"}]}
+
+
+def next_turn_input(message: dict) -> list:
+    """The upstream input of the turn after `message`: it, then each call's result, as SDK users send them."""
+    results = [{"role": "tool", "tool_call_id": call["id"], "content": "ok"} for call in message["tool_calls"]]
+    return convert(messages=HI + [message] + results, tools=[WEATHER, TIME], reasoning_effort="medium")["input"]
+
+
+def test_sealed_reasoning_streamed_goes_back_with_the_message_the_sdk_assembled():
+    """The model goes on from its own reasoning after its tool calls (Chat has no field for it:
+    `reasoning_items`, as `thinking_blocks` for Claude), placed where it stood in the output."""
+    chunks = run(RECORDED, {"model": "gpt-5", "messages": HI, "stream": True, "tools": [WEATHER, TIME]})
+    state = ChatCompletionStreamState()
+    for chunk in chunks[:-1]:
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    message = state.get_final_completion().choices[0].message.model_dump(exclude_none=True)   # `messages.append(message)`
+    assert [{k: v for k, v in item.items() if k != "index"} for item in message["reasoning_items"]] == [CARRIED]
+    sent = next_turn_input(message)
+    assert [item["role"] if item["type"] == "message" else item["type"] for item in sent] == [
+        "user", "reasoning", "assistant", "function_call", "function_call", "function_call_output", "function_call_output"]
+    assert sent[1] == {"type": "reasoning", "summary": CARRIED["summary"], "encrypted_content": SEAL}   # no id, no index
+
+
+def test_sealed_reasoning_of_a_whole_answer_goes_back_with_its_message():
+    from ccswitch.translate.chat.responses import aggregate, completion_from_response
+    final = next(e.json()["response"] for e in parse(RECORDED) if e.type == "response.completed")
+    message = completion_from_response(final, "gpt-5")["choices"][0]["message"]
+    assert message["reasoning_items"] == [{"type": "reasoning", "summary": CARRIED["summary"], "encrypted_content": SEAL}]
+    assert next_turn_input(message)[1] == message["reasoning_items"][0]
+    # a stream-only upstream's answer folded into one whole (the terminal event listing no output)
+    folded = RECORDED.replace(b'"output":[{"id":"rs_', b'"output":[],"was":[{"id":"rs_')
+    assert aggregate(folded, "gpt-5")["choices"][0]["message"]["reasoning_items"] == message["reasoning_items"]
+    # reasoning without a seal (effort none, or not asked for) gives none to carry
+    unsealed = {**final, "output": [{k: v for k, v in final["output"][0].items() if k != "encrypted_content"}]}
+    assert "reasoning_items" not in completion_from_response(unsealed, "gpt-5")["choices"][0]["message"]
