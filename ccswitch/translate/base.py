@@ -13,6 +13,7 @@ from ccswitch import vocab
 from ccswitch.config.models import Upstream
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import UNPARSED, ClientRequest, RenderError, Reply, json_or_none, not_json_kind, object_at
+from ccswitch.wire.reasoning import REASONING_ITEMS
 from ccswitch.wire.redact import scrub
 from ccswitch.wire.sse import Event
 
@@ -138,8 +139,15 @@ class ChatPassthrough(Passthrough):
 
     def request(self, req: ClientRequest, upstream: Upstream, rules=None) -> dict[str, Any] | None:
         body = req.json or {}
+        messages = body.get("messages")
+        carried = isinstance(messages, list) and any(isinstance(m, dict) and REASONING_ITEMS in m for m in messages)
+        if carried:
+            # ccswitch's own field (a Responses upstream's sealed reasoning, readable by that
+            # account alone): no Chat upstream reads it, and some refuse a field they do not know
+            body = {**body, "messages": [{k: v for k, v in m.items() if k != REASONING_ITEMS}
+                                         if isinstance(m, dict) else m for m in messages]}
         if not req.stream or wants_usage(body):
-            return None
+            return body if carried else None
         options = object_at(body.get("stream_options"), "stream_options")
         return {**body, "stream_options": {**options, "include_usage": True}}
 

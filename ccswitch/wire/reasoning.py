@@ -19,6 +19,10 @@ from typing import Any
 FOREIGN_REASONING = "invalid_encrypted_content"
 
 
+#: the Chat assistant message's field for a Responses upstream's sealed reasoning items, which the
+#: client sends back with the message (Chat has none of its own; as `thinking_blocks` for Claude)
+REASONING_ITEMS = "reasoning_items"
+
 #: input items an account seals: its reasoning, and the history it compacted
 SEALED_TYPES = frozenset({"reasoning", "compaction"})
 

@@ -61,14 +61,8 @@ class AnthropicChatStream:
 
     # ------------------------------------------------------------------ output
     def _chunk(self, delta: dict[str, Any]) -> bytes:
-        if self.started:
-            return self.writer.chunk(delta)
-        if "content" in delta:
-            return self._role() + self.writer.chunk(delta)
-        # as OpenAI opens an answer with no text first (a tool call): `content: null`, so the
-        # SDK's assembled message has the `content` None of the whole answer, not ""
-        self.started = True
-        return self.writer.chunk({"role": "assistant", "content": None, **delta})
+        out = b"" if self.started else self._role()
+        return out + self.writer.chunk(delta)
 
     def _role(self) -> bytes:
         self.started = True
@@ -110,7 +104,7 @@ class AnthropicChatStream:
             self.writer.model = message["model"]
         if message.get("id"):
             self.writer.id = "chatcmpl-" + str(message["id"])
-        return b""      # the role opens with the first delta, which tells what it is
+        return self._role()
 
     def _on_content_block_start(self, data: dict[str, Any]) -> bytes:
         block = data.get("content_block") or {}

@@ -82,9 +82,6 @@ def completion(model: str, message: dict[str, Any], finish_reason: str, usage: d
 #: a stream delta's key for the token log probabilities that came with its text (ChunkWriter
 #: moves them to the choice, where Chat Completions has them)
 LOGPROBS = "_logprobs"
-#: the assistant message's field for a Responses upstream's sealed reasoning items, which the
-#: client sends back with the message (Chat has none of its own; as `thinking_blocks` for Claude)
-REASONING_ITEMS = "reasoning_items"
 
 
 def chat_logprobs(tokens: list[dict[str, Any]]) -> dict[str, Any]:

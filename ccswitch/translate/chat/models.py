@@ -13,8 +13,8 @@ from ccswitch.wire.exchange import ClientRequest
 _VERSION = re.compile(r"(opus|sonnet|haiku|mythos|fable)-(\d)(?:-(\d))?(?!\d)")
 #: Claude models older than 3.7 (`claude-3-5-sonnet-…`, `claude-3-haiku-…`, `claude-2.1`): no
 #: extended thinking, and their own output caps (wherever the name sits: `anthropic/…`, Bedrock's
-#: `anthropic.claude-3-5-…`)
-_BEFORE_THINKING = re.compile(r"claude-(?:instant|2|3-(?!7)(5-)?)")
+#: `anthropic.claude-3-5-…`; OpenRouter's dotted `claude-3.5-sonnet` too)
+_BEFORE_THINKING = re.compile(r"claude-(?:instant|2|3[-.](?!7)(5[-.])?)")
 
 #: max_tokens sent when the client names none, by upstream model (first match wins;
 #: `rules.max_tokens` overrides).  16384 fits every Claude 4.x output cap and stays under

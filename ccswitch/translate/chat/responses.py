@@ -12,7 +12,6 @@ import json
 from typing import Any
 
 from ccswitch.translate.chat.common import (
-    REASONING_ITEMS,
     ChatTranslation,
     _json_headers,
     chat_id,
@@ -21,7 +20,7 @@ from ccswitch.translate.chat.common import (
     openai_error,
 )
 from ccswitch.translate.chat.models import split_model
-from ccswitch.translate.chat.responses_request import build_request, is_codex_backend
+from ccswitch.translate.chat.responses_request import build_request, is_codex_backend, reasoning_asked
 from ccswitch.translate.chat.responses_stream import (
     FAILED,
     TERMINAL,
@@ -34,7 +33,7 @@ from ccswitch.translate.chat.responses_stream import (
 from ccswitch.vocab import Protocol
 from ccswitch.wire.exchange import UNPARSED, ClientRequest, Reply, json_or_none
 from ccswitch.wire.protocols import in_stream_status
-from ccswitch.wire.reasoning import carried_reasoning
+from ccswitch.wire.reasoning import REASONING_ITEMS, carried_reasoning
 from ccswitch.wire.sse import parse_all
 
 
@@ -79,14 +78,14 @@ class ChatToResponses(ChatTranslation):
     def convert_response(self, body: bytes, req: ClientRequest, upstream) -> dict[str, Any]:
         """A chat.completion from a Responses object, or from a whole Responses SSE body."""
         if _is_sse(body):
-            return aggregate(body, client_model(req))
+            return aggregate(body, client_model(req), reasoning_asked(req.json or {}))
         parsed = json_or_none(body)
         if not isinstance(parsed, dict):
             raise UpstreamFailed("the upstream answered a body that is not JSON", status=502)
-        return completion_from_response(parsed, client_model(req))
+        return completion_from_response(parsed, client_model(req), reasoning_asked(req.json or {}))
 
     def stream(self, req: ClientRequest, upstream) -> ResponsesStream:
-        return ResponsesStream(client_model(req), include_usage(req))
+        return ResponsesStream(client_model(req), include_usage(req), sealed=reasoning_asked(req.json or {}))
 
 
 def client_model(req: ClientRequest) -> str:
@@ -114,19 +113,19 @@ def chat_message(text: str, refusal: str, reasoning: str, tool_calls: list[dict[
     return message
 
 
-def completion_from_response(response: dict[str, Any], model: str) -> dict[str, Any]:
-    """Walk `output[]` in order into exactly one choice."""
+def completion_from_response(response: dict[str, Any], model: str, sealed: bool = False) -> dict[str, Any]:
+    """Walk `output[]` in order into exactly one choice (`sealed`: with the reasoning's seals to carry)."""
     if response.get("status") in ("failed", "cancelled"):
         raise UpstreamFailed(*failure_of({"response": response}))
-    text, refusal, reasoning, calls, logprobs, citations, sealed = [], [], [], [], [], [], []
+    text, refusal, reasoning, calls, logprobs, citations, seals = [], [], [], [], [], [], []
     length = 0                  # of the text so far: a part's citations count from its own start
     for item in response.get("output") or ():
         if not isinstance(item, dict):
             continue
         kind = item.get("type")
         if kind == "reasoning":
-            if (carried := carried_reasoning(item)) is not None:
-                sealed.append(carried)
+            if sealed and (carried := carried_reasoning(item)) is not None:
+                seals.append(carried)
             parts = [s.get("text") for s in item.get("summary") or () if isinstance(s, dict) and s.get("text")]
             if not parts:   # raw reasoning text (open-weight models) when there is no summary
                 parts = [c.get("text") for c in item.get("content") or ()
@@ -147,7 +146,7 @@ def completion_from_response(response: dict[str, Any], model: str) -> dict[str, 
             calls.append({"id": item.get("call_id") or item.get("id"), "type": "function",
                           "function": {"name": item.get("name") or "",
                                        "arguments": args if isinstance(args, str) and args else "{}"}})
-    message = chat_message("".join(text), "".join(refusal), "\n\n".join(reasoning), calls, citations, sealed)
+    message = chat_message("".join(text), "".join(refusal), "\n\n".join(reasoning), calls, citations, seals)
     return completion(response.get("model") or model, message, finish_reason(response, bool(calls)),
                       response_usage(response.get("usage")), chat_id(response.get("id")), logprobs)
 
@@ -167,10 +166,10 @@ def url_citations(annotations: Any, offset: int) -> list[dict[str, Any]]:
     return found
 
 
-def aggregate(body: bytes, model: str) -> dict[str, Any]:
+def aggregate(body: bytes, model: str, sealed: bool = False) -> dict[str, Any]:
     """A whole Responses SSE body as one chat.completion: the terminal event's response
     object when it lists the output, else what the deltas accumulated."""
-    stream = ResponsesStream(model, include_usage=False)
+    stream = ResponsesStream(model, include_usage=False, sealed=sealed)
     deltas: list[dict[str, Any]] = []
     final: dict[str, Any] = {}
     for event in parse_all(body):
@@ -184,7 +183,7 @@ def aggregate(body: bytes, model: str) -> dict[str, Any]:
     if stream.outcome is None:
         raise UpstreamFailed("upstream stream ended before its terminal event", status=502)
     if final.get("output"):
-        return completion_from_response(final, model)
+        return completion_from_response(final, model, sealed)
     got = fold(deltas)
     message = chat_message(got["text"], got["refusal"], got["reasoning"], got["tool_calls"], sealed=got["sealed"])
     reason, usage = stream.outcome

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ccswitch.translate.chat.common import REASONING_ITEMS, check_sampling, refuse_what_has_no_counterpart
+from ccswitch.translate.chat.common import check_sampling, refuse_what_has_no_counterpart
 from ccswitch.translate.chat.models import split_model
 from ccswitch.wire.exchange import RenderError, array_at, function_name, object_at
-from ccswitch.wire.reasoning import carried_reasoning
+from ccswitch.wire.reasoning import REASONING_ITEMS, carried_reasoning
 
 #: what the ChatGPT Codex backend accepts (openai/codex `ResponsesApiRequest`); it answers
 #: 400 "Unsupported parameter" to anything else (temperature, max_output_tokens, metadata…)
@@ -27,11 +27,19 @@ def is_codex_backend(upstream) -> bool:
     return str(getattr(upstream, "base_url", "") or "").rstrip("/").endswith("/backend-api/codex")
 
 
+def reasoning_asked(body: dict[str, Any]) -> bool:
+    """The request asks for reasoning (`reasoning_effort` other than `none`, or a `-thinking`
+    model): only then is sealed reasoning asked for, carried to the client and sent back (a
+    model that does not reason refuses reasoning items in its input)."""
+    effort = body.get("reasoning_effort")
+    return effort not in (None, "none") or (effort is None and split_model(body.get("model"))[1])
+
+
 def build_request(body: dict[str, Any], *, stream: bool, codex: bool = False) -> dict[str, Any]:
     """The Responses body for a Chat Completions body."""
     _reject_unsupported(body)
     model, thinking = split_model(body.get("model"))
-    instructions, items = _convert_messages(body.get("messages"))
+    instructions, items = _convert_messages(body.get("messages"), sealed=reasoning_asked(body))
     out: dict[str, Any] = {"model": model}
     if instructions or codex:                    # the Codex backend requires the field
         out["instructions"] = instructions
@@ -101,7 +109,7 @@ def _reject_unsupported(body: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------ messages
 
-def _convert_messages(messages: Any) -> tuple[str, list[dict[str, Any]]]:
+def _convert_messages(messages: Any, sealed: bool = False) -> tuple[str, list[dict[str, Any]]]:
     if not isinstance(messages, list) or not messages:
         raise RenderError("messages must be a non-empty array")
     instructions: list[str] = []
@@ -124,7 +132,7 @@ def _convert_messages(messages: Any) -> tuple[str, list[dict[str, Any]]]:
             items.append({"type": "message", "role": "user",
                           "content": _user_content(msg.get("content"), f"messages[{i}]")})
         elif role == "assistant":
-            items.extend(_assistant_items(msg, f"messages[{i}]"))
+            items.extend(_assistant_items(msg, f"messages[{i}]", sealed))
         elif role == "tool":
             if not msg.get("tool_call_id"):
                 raise RenderError(f"messages[{i}].tool_call_id is required")
@@ -191,7 +199,7 @@ def _user_content(content: Any, where: str) -> str | list[dict[str, Any]]:
     return parts
 
 
-def _assistant_items(msg: dict[str, Any], where: str) -> list[dict[str, Any]]:
+def _assistant_items(msg: dict[str, Any], where: str, sealed: bool = False) -> list[dict[str, Any]]:
     content = msg.get("content")
     texts, refusals = [], []
     if isinstance(content, list):
@@ -212,8 +220,8 @@ def _assistant_items(msg: dict[str, Any], where: str) -> list[dict[str, Any]]:
         [{"type": "refusal", "refusal": r} for r in refusals if r]
     # the reasoning this turn's answer came from, sealed, as the client got it with the message:
     # before the message and its calls, where it stood in the upstream's output
-    items: list[dict[str, Any]] = [carried for item in array_at(msg.get(REASONING_ITEMS), f"{where}.{REASONING_ITEMS}")
-                                   if (carried := carried_reasoning(item)) is not None]
+    carried_back = array_at(msg.get(REASONING_ITEMS), f"{where}.{REASONING_ITEMS}") if sealed else ()
+    items: list[dict[str, Any]] = [carried for item in carried_back if (carried := carried_reasoning(item)) is not None]
     if parts:
         items.append({"type": "message", "role": "assistant", "content": parts})
     for j, call in enumerate(array_at(msg.get("tool_calls"), f"{where}.tool_calls")):

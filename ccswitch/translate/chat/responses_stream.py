@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ccswitch.translate.chat.common import LOGPROBS, REASONING_ITEMS, ChunkWriter, chat_id, chat_usage
+from ccswitch.translate.chat.common import LOGPROBS, ChunkWriter, chat_id, chat_usage
 from ccswitch.wire.protocols import REQUEST_FAULT_CODES
-from ccswitch.wire.reasoning import carried_reasoning
+from ccswitch.wire.reasoning import REASONING_ITEMS, carried_reasoning
 from ccswitch.wire.sse import Event
 from ccswitch.wire.usage import token_count
 
@@ -68,8 +68,9 @@ def failure_of(data: Any) -> tuple[str, str, str | None, str | None]:
 class ResponsesStream:
     """One request's Responses stream -> Chat chunks."""
 
-    def __init__(self, model: str, include_usage: bool) -> None:
+    def __init__(self, model: str, include_usage: bool, sealed: bool = False) -> None:
         self.writer = ChunkWriter(model, include_usage)
+        self.sealed = sealed                     # the request asked for reasoning: its seals are carried
         self.started = False
         self.n_calls = 0
         self.calls: dict[str, int] = {}          # function_call item id -> dense tool index k
@@ -118,14 +119,14 @@ class ResponsesStream:
             response = data.get("response") or {}
             if not self.started:
                 self._adopt(response)
-            return []       # the role opens with the first delta, which tells what it is
+            return self._start()
         if kind in FAILED:
             self.failure = failure_of(data)
             return []
         if kind in TERMINAL:
             return self._terminal(kind, data.get("response") or {})
         deltas = self._content(kind, data)
-        return self._opened(deltas) if deltas else []
+        return self._start() + deltas if deltas else []
 
     def _adopt(self, response: dict[str, Any]) -> None:
         """The upstream's model and id, so the chunks name the same completion the non-stream reply would."""
@@ -138,17 +139,6 @@ class ResponsesStream:
             return []
         self.started = True
         return [{"role": "assistant", "content": ""}]
-
-    def _opened(self, deltas: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """`deltas`, after the role when they are the first: as OpenAI opens, with an empty
-        content before text, and with `content: null` on what opens with no text (a tool call):
-        the SDK's assembled message then has the `content` None of the whole answer."""
-        if self.started:
-            return deltas
-        if "content" in deltas[0]:
-            return self._start() + deltas
-        self.started = True
-        return [{"role": "assistant", "content": None, **deltas[0]}, *deltas[1:]]
 
     def _content(self, kind: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         if kind == "response.output_text.delta":
@@ -218,7 +208,7 @@ class ResponsesStream:
     def _sealed(self, item: dict[str, Any]) -> list[dict[str, Any]]:
         """A reasoning item's seal (`encrypted_content`: whole only on its `.done`), for the
         client to send back with the message, indexed as the SDK gathers a list's pieces."""
-        carried = carried_reasoning(item)
+        carried = carried_reasoning(item) if self.sealed else None
         if carried is None:
             return []
         j, self.n_sealed = self.n_sealed, self.n_sealed + 1

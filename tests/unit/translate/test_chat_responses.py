@@ -416,9 +416,8 @@ def test_spec_example_two_parallel_calls():
         return {"tool_calls": [{"index": k, **({"id": call_id, "type": "function"} if name else {}),
                                 "function": fn}]}
     assert norm(chunks) == [
-        chunk({"role": "assistant", "content": None, "reasoning_content": "Need two lookups"}),
-        # the sealed reasoning, for the client to send back with the message
-        chunk({"reasoning_items": [{"index": 0, "type": "reasoning", "summary": [], "encrypted_content": "gAAA"}]}),
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"reasoning_content": "Need two lookups"}),
         chunk(call(0, "", "call_A", "get_weather")),
         chunk(call(0, '{"city":"Paris"}')),
         chunk(call(1, "", "call_B", "get_time")),
@@ -473,8 +472,7 @@ def test_reasoning_parts_refusal_and_lazy_role():
     chunks = run(sse(summary(0, "a"), summary(0, "b"), summary(1, "c"), summary(0, "d", "rs_2"),
                      ("response.reasoning_text.delta", {"item_id": "rs_3", "content_index": 0, "delta": "e"}),
                      ("response.refusal.delta", {"item_id": "m", "delta": "No"}), completed()))
-    # the role opens with the first delta: no text first, so `content: null` (as OpenAI's)
-    assert deltas(chunks)[:-2] == [{"role": "assistant", "content": None, "reasoning_content": "a"},
+    assert deltas(chunks)[:-2] == [{"role": "assistant", "content": ""}, {"reasoning_content": "a"},
                                    {"reasoning_content": "b"}, {"reasoning_content": "\n\nc"},
                                    {"reasoning_content": "\n\nd"}, {"reasoning_content": "\n\ne"}, {"refusal": "No"}]
     assert {c["choices"][0]["index"] for c in chunks[:-1]} == {0} and chunks[0]["model"] == "gpt-x"
@@ -761,7 +759,7 @@ def test_reasoning_deltas_that_name_no_item_leave_a_message_sent_only_whole_its_
                "content": [{"type": "output_text", "text": "The answer."}]}
     chunks = run(sse(created(), ("response.reasoning_summary_text.delta", {"delta": "thinking"}),
                      ("response.output_item.done", {"output_index": 1, "item": message}), completed()))
-    assert deltas(chunks) == [{"role": "assistant", "content": None, "reasoning_content": "thinking"},
+    assert deltas(chunks) == [{"role": "assistant", "content": ""}, {"reasoning_content": "thinking"},
                               {"content": "The answer."}, {}, "[DONE]"]
 
 
@@ -772,7 +770,7 @@ def test_a_refusal_that_came_as_deltas_is_not_sent_again_by_the_items_done(keys)
                "content": [{"type": "refusal", "refusal": "I can't."}]}
     chunks = run(sse(created(), ("response.refusal.delta", {**keys, "delta": "I can't."}),
                      ("response.output_item.done", {"output_index": 0, "item": message}), completed()))
-    assert deltas(chunks) == [{"role": "assistant", "content": None, "refusal": "I can't."}, {}, "[DONE]"]
+    assert deltas(chunks) == [{"role": "assistant", "content": ""}, {"refusal": "I can't."}, {}, "[DONE]"]
 
 
 def test_a_late_response_created_neither_opens_again_nor_renames_the_chunks_sent():
@@ -914,20 +912,6 @@ def test_a_call_streamed_without_any_id_is_known_by_its_place_in_the_final_list(
     assert "".join(c["function"]["arguments"] for c in calls) == '{"a":1}'
 
 
-def test_the_sdk_s_assembled_stream_of_tool_calls_alone_has_content_none():
-    """As OpenAI's own stream, and as the whole answer: `content` None, not ""."""
-    added = ("response.output_item.added", {"output_index": 0, "item": {
-        "type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "get_weather", "arguments": ""}})
-    args = ("response.function_call_arguments.delta", {"item_id": "fc_1", "output_index": 0, "delta": "{}"})
-    chunks = run(sse(created(), added, args, completed()), {"model": "gpt-x", "messages": HI, "stream": True,
-                                                            "tools": [WEATHER]})
-    state = ChatCompletionStreamState()
-    for chunk in chunks[:-1]:
-        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
-    message = state.get_final_completion().choices[0].message
-    assert message.content is None and message.tool_calls[0].function.arguments == "{}"
-    assert deltas(chunks)[0]["content"] is None and deltas(chunks)[0]["role"] == "assistant"
-
 
 SEAL = "gAAAAABowfKlQ3xR7Q3xR7Q3xR7Q3xR7Q3xR7Q3xR7=="
 CARRIED = {"type": "reasoning", "encrypted_content": SEAL, "summary": [
@@ -935,16 +919,17 @@ CARRIED = {"type": "reasoning", "encrypted_content": SEAL, "summary": [
     {"type": "summary_text", "text": "**Calling tools** – both at once 🌤"}]}
 
 
-def next_turn_input(message: dict) -> list:
+def next_turn_input(message: dict, effort: str | None = "medium") -> list:
     """The upstream input of the turn after `message`: it, then each call's result, as SDK users send them."""
     results = [{"role": "tool", "tool_call_id": call["id"], "content": "ok"} for call in message["tool_calls"]]
-    return convert(messages=HI + [message] + results, tools=[WEATHER, TIME], reasoning_effort="medium")["input"]
+    return convert(messages=HI + [message] + results, tools=[WEATHER, TIME], reasoning_effort=effort)["input"]
 
 
 def test_sealed_reasoning_streamed_goes_back_with_the_message_the_sdk_assembled():
     """The model goes on from its own reasoning after its tool calls (Chat has no field for it:
     `reasoning_items`, as `thinking_blocks` for Claude), placed where it stood in the output."""
-    chunks = run(RECORDED, {"model": "gpt-5", "messages": HI, "stream": True, "tools": [WEATHER, TIME]})
+    chunks = run(RECORDED, {"model": "gpt-5", "messages": HI, "stream": True, "tools": [WEATHER, TIME],
+                            "reasoning_effort": "medium"})
     state = ChatCompletionStreamState()
     for chunk in chunks[:-1]:
         state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
@@ -954,17 +939,23 @@ def test_sealed_reasoning_streamed_goes_back_with_the_message_the_sdk_assembled(
     assert [item["role"] if item["type"] == "message" else item["type"] for item in sent] == [
         "user", "reasoning", "assistant", "function_call", "function_call", "function_call_output", "function_call_output"]
     assert sent[1] == {"type": "reasoning", "summary": CARRIED["summary"], "encrypted_content": SEAL}   # no id, no index
+    # a turn that asks for no reasoning sends none back (a model that does not reason refuses it),
+    # and a stream that asked for none carries none
+    assert [item["type"] for item in next_turn_input(message, None)].count("reasoning") == 0
+    assert not any("reasoning_items" in str(chunk) for chunk in run(RECORDED, {"model": "gpt-5", "messages": HI,
+                                                                               "stream": True}))
 
 
 def test_sealed_reasoning_of_a_whole_answer_goes_back_with_its_message():
     from ccswitch.translate.chat.responses import aggregate, completion_from_response
     final = next(e.json()["response"] for e in parse(RECORDED) if e.type == "response.completed")
-    message = completion_from_response(final, "gpt-5")["choices"][0]["message"]
+    message = completion_from_response(final, "gpt-5", sealed=True)["choices"][0]["message"]
+    assert "reasoning_items" not in completion_from_response(final, "gpt-5")["choices"][0]["message"]
     assert message["reasoning_items"] == [{"type": "reasoning", "summary": CARRIED["summary"], "encrypted_content": SEAL}]
     assert next_turn_input(message)[1] == message["reasoning_items"][0]
     # a stream-only upstream's answer folded into one whole (the terminal event listing no output)
     folded = RECORDED.replace(b'"output":[{"id":"rs_', b'"output":[],"was":[{"id":"rs_')
-    assert aggregate(folded, "gpt-5")["choices"][0]["message"]["reasoning_items"] == message["reasoning_items"]
+    assert aggregate(folded, "gpt-5", sealed=True)["choices"][0]["message"]["reasoning_items"] == message["reasoning_items"]
     # reasoning without a seal (effort none, or not asked for) gives none to carry
     unsealed = {**final, "output": [{k: v for k, v in final["output"][0].items() if k != "encrypted_content"}]}
-    assert "reasoning_items" not in completion_from_response(unsealed, "gpt-5")["choices"][0]["message"]
+    assert "reasoning_items" not in completion_from_response(unsealed, "gpt-5", sealed=True)["choices"][0]["message"]

@@ -31,3 +31,25 @@ def test_an_anthropic_event_without_its_name_gets_it_from_its_type():
 ])
 def test_a_type_no_event_line_can_hold_leaves_the_event_as_it_came(raw):
     assert fed(ANTHROPIC, raw) == raw
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_chat_upstream_is_not_sent_the_sealed_reasoning_ccswitch_gave_the_client(stream):
+    """`reasoning_items` is ccswitch's own field, sealed for one Responses account: a Chat upstream
+    reads none of it, and some refuse a field they do not know; the rest of the body is the client's."""
+    from ccswitch.translate.base import ChatPassthrough
+    from ccswitch.wire.exchange import ClientRequest
+    chat = Upstream(name="c", protocol="openai-chat", base_url="https://relay.example/v1", api_key="k")
+    sealed = [{"index": 0, "type": "reasoning", "summary": [], "encrypted_content": "E"}]
+    body = {"model": "m", "stream": stream, "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "x", "reasoning_items": sealed, "thinking_blocks": []}, "not a message"]}
+    req = ClientRequest(route="chat", endpoint="chat", method="POST", url="http://x/v1/chat/completions", headers=[],
+                        body=b"", json=body, model="m", stream=stream, client_protocol="openai-chat")
+    sent = ChatPassthrough().request(req, chat)
+    assert sent["messages"][1] == {"role": "assistant", "content": "x", "thinking_blocks": []}
+    assert sent["messages"][::2] == body["messages"][::2] and body["messages"][1]["reasoning_items"] == sealed
+    plain = ClientRequest(route="chat", endpoint="chat", method="POST", url="http://x/v1/chat/completions",
+                          headers=[], body=b"", json={"model": "m", "messages": []}, model="m", stream=False,
+                          client_protocol="openai-chat")
+    assert ChatPassthrough().request(plain, chat) is None      # nothing to leave out: the client's bytes go
