@@ -18,7 +18,7 @@ from mitmproxy.proxy import mode_specs
 
 from ccswitch.clock import utc_now
 from ccswitch.dial.early import EARLY_HEADER, EarlyAnswers, http_answer
-from ccswitch.mitm.flows import CLIENT_PROTOCOL, error_response, from_codex, likely_protocol
+from ccswitch.mitm.flows import CLIENT_PROTOCOL, comment_on, error_response, from_codex, likely_protocol
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.key_shield import KeyShield
 from ccswitch.mitm.known import Known
@@ -148,7 +148,7 @@ class EarlyRefusal:
         request.scheme, request.host, request.port = "http", "127.0.0.1", self.answers.port
         request.headers[EARLY_HEADER] = ticket
         flow.metadata[EARLY_MARK] = status
-        flow.comment = f"ccswitch: answered {status} itself from the request's head (its body was not read): {message}"
+        comment_on(flow, f"ccswitch: answered {status} itself from the request's head (its body was not read): {message}")
         log.info("ccswitch: refused a request from its head (%d: %s)", status, message)
 
     def _settled(self, flow: http.HTTPFlow) -> None:

@@ -78,7 +78,7 @@ def comment_on(flow: http.HTTPFlow, text: str) -> None:
     """ccswitch's word on the flow in its comment, after the user's own note (one written in
     mitmweb on a flow then replayed): each of ccswitch's words replaces the last, never the note."""
     note = users_note(flow.comment)
-    flow.comment = f"{note}\n{text}" if note else text
+    flow.comment = f"{note}\n{text}" if note and text else note or text
 
 
 def users_note(comment: str) -> str:

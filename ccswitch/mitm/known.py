@@ -9,6 +9,7 @@ from datetime import datetime
 from ccswitch.clock import utc_now
 from ccswitch.ledger.rows import own_answer_row
 from ccswitch.routing.classify import RouteMatch
+from ccswitch.vocab import Endpoint
 
 
 @dataclass
@@ -23,6 +24,8 @@ class Known:
         model = body.get("model")
         return own_answer_row(
             request_id=request_id, started_at=self.started, route=match.route, endpoint=match.endpoint,
-            model=model if isinstance(model, str) else None, stream=bool(body.get("stream")), status=status,
+            model=model if isinstance(model, str) else None, status=status,
+            # as its routed twin would be: count_tokens answers whole, whatever its body says
+            stream=body.get("stream") is True and match.endpoint != Endpoint.COUNT_TOKENS,
             error=message[:500], latency_ms=int((utc_now() - self.started).total_seconds() * 1000),
             session=self.session, client=self.client)

@@ -276,7 +276,7 @@ class Router:
                 return self.sockets.accept(flow, headers, client_name)
             # Codex falls back to HTTPS at once: not an error, and no request to record
             answer(flow, error_response(client_protocol, 426, "ccswitch serves Responses over HTTPS, not WebSocket"))
-            flow.comment = "ccswitch: WebSocket declined (426): Codex goes on over HTTPS"
+            comment_on(flow, "ccswitch: WebSocket declined (426): Codex goes on over HTTPS")
             return
         max_body = ctx.options.ccswitch_max_body
         raw = flow.request.raw_content or b""
@@ -412,8 +412,9 @@ class Router:
         job = self.jobs.get(flow.id)
         if job is not None and job.killed and not killed(flow):
             # the relay ended a killed stream, and mitmproxy wrote over the kill with that end
-            # ("server closed connection"); the kill back, it ends the client's request as one:
-            # the connection dropped, not a 502 page of its own that a client SDK sends again
+            # ("server closed connection"); the kill back, it ends the client's request as its own
+            # kills do (HTTP/1: the connection dropped; HTTP/2: the stream reset), not with a 502
+            # page in no API's format, and the flow says it was killed
             flow.error = Error(Error.KILLED_MESSAGE)
         self._finish(flow)
         fit_to_save(flow)

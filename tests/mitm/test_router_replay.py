@@ -248,3 +248,26 @@ async def test_a_replay_keeps_the_user_s_own_note_and_replaces_only_ccswitch_s_w
 def test_a_users_note_is_what_comes_before_ccswitch_s_first_line(comment, note):
     from ccswitch.mitm.flows import users_note
     assert users_note(comment) == note
+
+
+def test_ccswitch_s_word_with_nothing_to_say_leaves_the_note_as_it_was():
+    from mitmproxy.test import tflow
+
+    from ccswitch.mitm.flows import comment_on
+    flow = tflow.tflow()
+    flow.comment = "mine\nccswitch: old"
+    comment_on(flow, "")
+    assert flow.comment == "mine"
+    comment_on(flow, "ccswitch: new")
+    assert flow.comment == "mine\nccswitch: new"
+
+
+@pytest.mark.parametrize(("endpoint", "stream"), [("count_tokens", False), ("messages", True)])
+def test_a_refusal_s_row_says_stream_as_its_routed_twin_would(endpoint, stream):
+    """count_tokens answers whole whatever its body says: a refused one's row too."""
+    from ccswitch.clock import utc_now
+    from ccswitch.mitm.known import Known
+    from ccswitch.routing.classify import RouteMatch
+    known = Known(utc_now(), body={"model": "m", "stream": True})
+    row = known.own_answer_row("r", RouteMatch("claude", endpoint), 401, "no key")
+    assert bool(row["stream"]) is stream
