@@ -25,6 +25,7 @@ from ccswitch.mitm.lifecycle import hook_task
 from ccswitch.net import http1
 from ccswitch.report.live import LiveBoard
 from ccswitch.report.spend import LedgerSpend, RowPrices, ledger_spend
+from ccswitch.report.text import printable
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard, period_start
 from ccswitch.routing.events import Events
@@ -218,7 +219,7 @@ class Gateway:
         if found.unpriced and self.rules.budgets_set():     # without a budget, only the page's "+?" says so
             log.warning("ccswitch: no price is known for %s: budgets count their requests as $0 "
                         "(add them under prices: in rules.yaml; the month's spend so far is counted again at "
-                        "them at the next start)", ", ".join(sorted(found.unpriced)))
+                        "them at the next start)", ", ".join(printable(model) for model in sorted(found.unpriced)))
 
     def open_ledger(self, enabled: bool) -> None:
         """(Re)open the ledger at the rules' `usage_db`; a moved database gets a new writer."""

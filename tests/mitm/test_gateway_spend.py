@@ -73,7 +73,8 @@ async def test_a_model_without_a_price_is_told_at_start_only_where_a_budget_coun
                                                                                          budgets):
     from tests.mitm.conftest import open_gateway
     gateway = open_gateway(tmp_path, RULES if budgets else RULES.replace(", budget: {daily: 10}", ""))
-    monkeypatch.setattr(gateway_module, "ledger_spend", lambda *a, **k: LedgerSpend(unpriced={"gpt-6.1-sol"}))
+    monkeypatch.setattr(gateway_module, "ledger_spend",
+                        lambda *a, **k: LedgerSpend(unpriced={"gpt-6.1-sol", "odd-\u202eevil"}))
     gateway.open_ledger(True)
     try:
         with caplog.at_level(logging.INFO, logger="ccswitch"):
@@ -81,6 +82,8 @@ async def test_a_model_without_a_price_is_told_at_start_only_where_a_budget_coun
     finally:
         gateway.close()
     assert ("no price is known for gpt-6.1-sol" in caplog.text) is budgets
+    # a client's model name: its controls as escapes, not obeyed by the terminal
+    assert ("odd-\\u202eevil" in caplog.text) is budgets and "\u202e" not in caplog.text
 
 
 @pytest.mark.parametrize("ledger, budgets", [(False, True), (True, True), (False, False)])

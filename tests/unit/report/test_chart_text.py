@@ -128,3 +128,22 @@ def test_a_period_of_cache_reads_alone_says_so(tmp_path, monkeypatch):
 def test_cache_reads_on_one_day_of_a_period_are_not_said_to_be_no_tokens(tmp_path, monkeypatch):
     # a day with cache reads and a day without tokens: the period holds cache reads alone
     assert _token_chart_texts(tmp_path, monkeypatch, {}, cache_read_tokens=500) == ["only cache reads"]
+
+
+def test_a_model_name_s_bidi_control_is_drawn_as_its_escape(tmp_path, monkeypatch):
+    """`\u202e` would draw the rest of the cost chart's footnote backwards, so that names read as others."""
+    import matplotlib.figure
+    drawn = []
+    real_text = matplotlib.figure.Figure.text
+    monkeypatch.setattr(matplotlib.figure.Figure, "text",
+                        lambda fig, x, y, s, *a, **kw: drawn.append(s) or real_text(fig, x, y, s, *a, **kw))
+    db = tmp_path / "usage.db"
+    conn = connect(str(db))
+    insert_request(conn, 1, ts="2026-03-01T11:00:00.000+00:00", upstream="relay-a", model="模型-\u202eevil",
+                   input_tokens=10, output_tokens=5)
+    conn.close()
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(db), "--since", "2026-03-01",
+                                "--until", "2026-03-01", "--out", str(tmp_path / "out")]) == 0
+    (footnote,) = [text for text in drawn if text.startswith("Not included")]
+    assert "模型-\\u202eevil" in footnote and "\u202e" not in footnote
