@@ -9,6 +9,7 @@ now (transient: the rows wait and the write is retried).  A backend lives in the
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -106,6 +107,7 @@ class SQLiteBackend(Backend):
         self.busy_timeout = busy_timeout
         self.columns = columns
         self._conn: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None      # (device, inode) of the file the connection writes
         self._statements: dict[tuple[str, int], str] = {(table, rows): insert_sql(table, cols, "?", rows)
                                                         for table, cols in columns.items()
                                                         for rows in self.STATEMENT_ROWS}
@@ -115,10 +117,23 @@ class SQLiteBackend(Backend):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 self._conn = schema.connect(str(self.path), timeout=self.busy_timeout)
-            except sqlite3.Error as exc:
+                self._file = _identity(self.path)
+            except (sqlite3.Error, OSError) as exc:
+                self.close()
                 raise Unavailable(str(exc)) from exc
 
+    def _reopen_if_gone(self) -> None:
+        """The file removed (a user resetting the numbers) or replaced while open: SQLite would go
+        on writing to the removed one, and its rows would be lost without a word.  A new file is
+        started where the old one was (or the replacement written to), and the log says so."""
+        if self._conn is None or _identity(self.path) == self._file:
+            return
+        log.warning("ccswitch: the usage database %s was removed or replaced while ccswitch ran: "
+                    "usage rows now go to %s", self.path, "the new file" if self.path.exists() else "a new file there")
+        self.close()
+
     def insert(self, rows: list[Row]) -> None:
+        self._reopen_if_gone()
         self.connect()
         conn = self._conn
         assert conn is not None
@@ -145,9 +160,18 @@ class SQLiteBackend(Backend):
         return isinstance(exc, self._ROW_ERRORS)
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._file = self._conn, None, None
         if conn is not None:
             try:
                 conn.close()
             except sqlite3.Error as exc:
                 log.debug("closing the ledger connection failed too: %s", exc)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file `path` names now (None: none)."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino

@@ -455,3 +455,27 @@ def test_statement_sizes_cover_every_row_largest_first():
     assert statement_sizes(63, (64, 16, 4, 1)) == [16, 16, 16, 4, 4, 4, 1, 1, 1]
     assert statement_sizes(130, (64, 16, 4, 1)) == [64, 64, 1, 1]
     assert statement_sizes(3, (1,)) == [1, 1, 1]
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_a_database_removed_or_replaced_while_open_gets_the_rows_after_it(tmp_path, caplog, how):
+    """SQLite goes on writing to a removed file: those rows were lost without a word."""
+    path = tmp_path / "usage.db"
+    ledger = Ledger(path, linger=0.01).start()
+    try:
+        ledger.add("requests", row(1))
+        assert wait_for(lambda: path.exists() and count(path) == 1)
+        for leftover in tmp_path.glob("usage.db*"):      # a user resetting the numbers
+            leftover.unlink()
+        if how == "replaced":
+            connect(str(path)).close()                   # a fresh database put in its place
+        with caplog.at_level(logging.WARNING, logger="ccswitch.ledger"):
+            for i in (2, 3):
+                ledger.add("requests", row(i))
+            assert wait_for(lambda: path.exists() and count(path) == 2)
+    finally:
+        ledger.close()
+    assert count(path) == 2
+    assert [r.getMessage() for r in caplog.records if "removed or replaced" in r.getMessage()] == [
+        f"ccswitch: the usage database {path} was removed or replaced while ccswitch ran: usage rows now go to "
+        + ("the new file" if how == "replaced" else "a new file there")]
