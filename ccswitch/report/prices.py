@@ -112,6 +112,7 @@ BUILTIN: dict[str, Price] = {
 }
 
 _DATE_SUFFIX = re.compile(r"(?:[-@]\d{8}|-\d{4}-\d{2}-\d{2})$")
+_DATED = re.compile(r"^-\d{8}-")          # a snapshot's date with more after it
 _NOISE_SUFFIX = re.compile(r"(?:\[1m\]|-latest|-v\d+(?::\d+)?|:\d+)$")
 # Bedrock ("us.anthropic.claude-..."), Vertex/OpenRouter-style ("anthropic/claude-...")
 _PREFIX = re.compile(r"^(?:.*/)?(?:(?:[a-z]+\.)?anthropic\.)?")
@@ -132,8 +133,9 @@ def normalize(model: str) -> str:
 
 
 def _safe_remainder(rest: str) -> bool:
-    """True if ``rest`` (what follows a known name, starting with '-') is a harmless variant."""
-    first = rest[1:].split("-", 1)[0]
+    """True if ``rest`` (what follows a known name, starting with '-') is a harmless variant, also
+    after a dated snapshot (``-20250929-thinking``)."""
+    first = _DATED.sub("-", rest, count=1)[1:].split("-", 1)[0]
     return bool(first) and not first[0].isdigit() and first not in _TIER_WORDS
 
 

@@ -67,6 +67,7 @@ def test_names_normalize_to_table_keys(model, key):
     ("gpt-5-codex-high", "gpt-5-codex"),               # a variant of a known model: longest prefix
     ("claude-opus-4-5-thinking", "claude-opus-4-5"),
     ("gpt-5.1-codex-max-xhigh", "gpt-5.1-codex-max"),
+    ("claude-sonnet-4-5-20250929-thinking", "claude-sonnet-4-5"),     # a variant after a dated snapshot
 ])
 def test_longest_safe_prefix(model, key):
     assert price_for(model) == BUILTIN[key]
@@ -79,6 +80,8 @@ def test_longest_safe_prefix(model, key):
     "o3-deep-research",         # another tier, not o3
     "gpt-4o-realtime-preview",
     "gpt-5-turbo",
+    "claude-opus-4-5-20251101-fast",    # another tier after a dated snapshot
+    "claude-sonnet-4-5-20250929-1",
     "mystery", "", None,
 ])
 def test_unknown_models_have_no_price(model):
