@@ -32,7 +32,15 @@ from ccswitch.config.models import Rules
 from ccswitch.ledger.reading import LedgerReader, as_reader
 from ccswitch.report import prices, timeline
 from ccswitch.report.latency import LatencyStats, Timings, stats
-from ccswitch.report.ledger_rows import ACTIVATIONS_SQL, Pricer, read_rows, read_timings, row_moment, usage_rows
+from ccswitch.report.ledger_rows import (
+    ACTIVATIONS_SQL,
+    Pricer,
+    read_rows,
+    read_timings,
+    row_moment,
+    shapeless_times,
+    usage_rows,
+)
 from ccswitch.report.totals import (
     DIMENSIONS,
     NO_MODEL,
@@ -227,6 +235,7 @@ def build_report(conn: LedgerReader | sqlite3.Connection, rules: Rules, since: d
         for day in days:     # the whole period from its days: one merge per group, not one add per row
             whole.merge(by_day[day])
 
+        unreadable += shapeless_times(reader, since, until, before)
     notes = []
     if unreadable:
         notes.append(f"{len(unreadable)} group(s) of requests left out: their time cannot be read "

@@ -601,3 +601,21 @@ def test_a_system_zone_tzlocal_cannot_name_is_said_so_on_one_line(monkeypatch, c
     assert "the system time zone is not a named zone (Timezone offset does not match system offset: " \
            "0 != 3600. Please, check your config files.)" in said
     assert "\n" not in said and "names no time zone" not in said
+
+
+def test_a_row_whose_time_is_no_time_s_text_is_counted_in_the_note_too(tmp_path):
+    """`not-a-time` sorts outside every period's range of text: it was left out without the note."""
+    path = tmp_path / "usage.db"
+    conn = connect(str(path))
+    insert_request(conn, 1, ts="2026-06-16T10:00:00.000+00:00", upstream="relay-a", model="claude-haiku-4-5")
+    insert_request(conn, 2, ts="not-a-time", upstream="relay-a", model="claude-haiku-4-5")
+    insert_request(conn, 3, ts="2026-06-16T25:00:00.000+00:00", upstream="relay-a", model="claude-haiku-4-5")
+    insert_request(conn, 4, ts="2020-01-01T10:00:00.000+00:00", upstream="relay-a", model="claude-haiku-4-5")
+    conn.close()
+    rules = parse_rules(RULES, env={"RELAY_A_KEY_FOR_TEST": "x"})
+    conn = connect(str(path), readonly=True)
+    r = build_report(conn, rules, date(2026, 6, 16), date(2026, 6, 16))
+    conn.close()
+    assert r.whole.total.requests == 1      # another period's row is that period's, not unreadable
+    (note,) = [note for note in r.notes if "their time cannot be read" in note]
+    assert note.startswith("2 group(s) of requests left out") and "'2026-06-16T25:00'" in note
