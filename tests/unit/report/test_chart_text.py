@@ -139,11 +139,11 @@ def test_a_model_name_s_bidi_control_is_drawn_as_its_escape(tmp_path, monkeypatc
                         lambda fig, x, y, s, *a, **kw: drawn.append(s) or real_text(fig, x, y, s, *a, **kw))
     db = tmp_path / "usage.db"
     conn = connect(str(db))
-    insert_request(conn, 1, ts="2026-03-01T11:00:00.000+00:00", upstream="relay-a", model="模型-\u202eevil",
+    insert_request(conn, 1, ts="2026-03-01T11:00:00.000+00:00", upstream="relay-a", model="odd-\u202eevil",
                    input_tokens=10, output_tokens=5)
     conn.close()
     with contextlib.redirect_stdout(io.StringIO()):
         assert report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(db), "--since", "2026-03-01",
                                 "--until", "2026-03-01", "--out", str(tmp_path / "out")]) == 0
     (footnote,) = [text for text in drawn if text.startswith("Not included")]
-    assert "模型-\\u202eevil" in footnote and "\u202e" not in footnote
+    assert "odd-\\u202eevil" in footnote and "\u202e" not in footnote
