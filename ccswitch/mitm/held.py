@@ -14,7 +14,8 @@ import contextlib
 
 from mitmproxy import ctx, hooks, http
 
-from ccswitch.mitm.flows import Hidden, comment_on, gone_meanwhile, killed
+from ccswitch.mitm.flow_ends import gone_meanwhile, killed
+from ccswitch.mitm.flows import Hidden, comment_on
 
 #: seconds between looks for a kill, which ends an intercept without waking `wait_for_resume`
 KILL_CHECK = 0.1

@@ -19,24 +19,20 @@ from ccswitch.dial.relay import JOB_HEADER, BufferSink, Relay, run_guarded
 from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_proxy_connections
 from ccswitch.dial.ws_bridge import TICKET_HEADER
 from ccswitch.mitm.codex_socket import CodexSockets
+from ccswitch.mitm.flow_ends import ClientWatch, KilledStreams, client_left, gone_meanwhile, killed
 from ccswitch.mitm.flows import (
     WARNING,
-    ClientWatch,
     HeldBody,
-    KilledStreams,
     StreamCopy,
     answer,
     answer_error,
     attempts_line,
-    client_left,
     comment_on,
     drop_body,
     error_response,
     fit_to_save,
     flows_are_kept,
-    gone_meanwhile,
     hold_body,
-    killed,
     likely_protocol,
     redact_credentials,
     restore_body,
