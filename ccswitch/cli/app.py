@@ -79,7 +79,7 @@ def _port(text: str) -> int:
 
 
 def _env(args: argparse.Namespace) -> int:
-    from ccswitch.cli.env import env_lines, unset_client_key
+    from ccswitch.cli.env import env_lines, mitmproxy_ca, unset_client_key
     # the clients' shell need not hold the relays' ${VAR} keys: env reads only routes, auth and client_keys
     rules = load_for_command(args.rules, env=MarkedEnv())
     if rules is None:
@@ -93,11 +93,17 @@ def _env(args: argparse.Namespace) -> int:
         print(cannot_write("--bundle-dir" if args.bundle_dir else "--confdir", bundle_dir, exc), file=sys.stderr)
         return 1
     print(lines)
+    failed = 0
+    if not args.reverse and not args.codex_toml and not mitmproxy_ca(confdir).is_file():
+        # `eval` drops the comment that says so, and the clients would then refuse ccswitch's certificates
+        print(f"ccswitch: mitmproxy's CA {mitmproxy_ca(confdir)} does not exist yet, so the clients were not told "
+              "to trust it: start ccswitch once (ccswitch run), then run `ccswitch env` again", file=sys.stderr)
+        failed = 1
     if missing := unset_client_key(rules):
         print(f"ccswitch: {missing} of your client key (client_keys[0]) is not set in this shell, so no key "
               "was exported for the clients; set it and run again", file=sys.stderr)
-        return 1
-    return 0
+        failed = 1
+    return failed
 
 
 def _init(args: argparse.Namespace) -> int:

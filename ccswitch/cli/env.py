@@ -41,6 +41,8 @@ LOOPBACK = "127.0.0.1"
 NO_PROXY = "localhost,127.0.0.1,::1"
 PROVIDER = "ccswitch"
 OFFICIAL_OPENAI = "https://api.openai.com/v1"
+#: the base-URL variables a client reads, each with the official value that leads through the proxy
+BASE_URLS = (("ANTHROPIC_BASE_URL", "https://api.anthropic.com"), ("OPENAI_BASE_URL", OFFICIAL_OPENAI))
 # what a client sends when ccswitch has no client_keys: visibly not a key, dropped before any upstream
 PLACEHOLDER_KEY = "ccswitch-placeholder-not-a-real-key"
 # each client's key variable and the routes its requests take: Claude Code -> claude; Codex CLI
@@ -240,13 +242,28 @@ def _auth(rules: Rules, name: str) -> str | None:
         return None
 
 
+def base_url_unsets(environ: dict[str, str]) -> list[str]:
+    """For the proxy: `unset` lines for base URLs of the shell that would send a client past
+    ccswitch (a relay's URL set from before: Claude Code would go there straight, through the
+    proxy untouched).  Their values are not printed: a URL may hold a password."""
+    lines = []
+    for name, official in BASE_URLS:
+        value = environ.get(name, "").strip().rstrip("/")
+        if value and value != official:
+            lines += [f"# {name} is set in this shell: clients would go there past ccswitch, so it is unset"
+                      " (through the proxy they reach the official API, which ccswitch routes)", f"unset {name}"]
+    return lines
+
+
 def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bundle_dir: Path,
-              host: str = LOOPBACK, system_ca: Path | None = None, rules: Rules | None = None) -> str:
+              host: str = LOOPBACK, system_ca: Path | None = None, rules: Rules | None = None,
+              environ: dict[str, str] | None = None) -> str:
     """The text `ccswitch env` prints: eval-able ``export`` lines and ``#`` comments, or Codex TOML.
 
     * proxy (default): HTTPS_PROXY, NO_PROXY, NODE_EXTRA_CA_CERTS (mitmproxy CA), SSL_CERT_FILE and
       CODEX_CA_CERTIFICATE (the bundle, written by :func:`write_ca_bundle`). A CA that does not
       exist yet gives a ``# start ccswitch once (ccswitch run) to create ...`` hint instead of the CA variables.
+      Base URLs of ``environ`` (the shell's) that would lead past ccswitch are unset (:func:`base_url_unsets`).
     * ``reverse``: ANTHROPIC_BASE_URL=http://HOST:PORT, and OPENAI_BASE_URL=http://HOST:PORT/v1 when
       the rules serve OpenAI requests with their own upstreams' keys (:func:`_openai_base_url_lines`).
     * ``codex_toml``: a ``[model_providers.ccswitch]`` block (base_url is the reverse listener with
@@ -291,6 +308,7 @@ def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bund
         _export("https_proxy", origin),
         _export("NO_PROXY", NO_PROXY),
         _export("no_proxy", NO_PROXY),
+        *base_url_unsets(os.environ if environ is None else environ),
     ]
     ca = mitmproxy_ca(confdir)
     if not ca.is_file():

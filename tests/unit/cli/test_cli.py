@@ -178,7 +178,10 @@ def test_every_command_says_which_rules_it_uses(tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
     env_cmd = cli("env", cwd=bare, env=home_env(bare))
-    assert env_cmd.returncode == 0 and "ccswitch: rules from the built-in default" in env_cmd.stderr
+    assert "ccswitch: rules from the built-in default" in env_cmd.stderr
+    # no mitmproxy CA in a fresh home: `eval` would drop the comment saying so, so stderr says it too
+    assert env_cmd.returncode == 1 and "does not exist yet, so the clients were not told to trust it" in env_cmd.stderr
+    assert cli("env", "--reverse", cwd=bare, env=home_env(bare)).returncode == 0       # no CA needed there
     assert "rules from" not in env_cmd.stdout                        # stdout is eval'ed
     report = cli("report", "--json", "--rules", str(personal), cwd=bare, env=env)
     assert f"ccswitch: rules from {personal} (as named)" in report.stderr and "rules from" not in report.stdout

@@ -323,3 +323,20 @@ def test_without_rules_a_reverse_listener_gets_no_openai_base_url_but_the_codex_
     # the block is asked for by name: it goes out as it is
     toml = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=True, bundle_dir=tmp_path)
     assert "no rules were read" not in toml
+
+
+def test_a_base_url_the_shell_already_has_is_unset_for_the_proxy(tmp_path, system_ca):
+    """Set from before (a relay's), ANTHROPIC_BASE_URL sent Claude Code straight there, past ccswitch."""
+    relay = "https://user:s3cret@relay.example/api"
+    text = env_lines(confdir=tmp_path / "fresh", port=8080, reverse=False, codex_toml=False, bundle_dir=tmp_path,
+                     system_ca=system_ca, environ={"ANTHROPIC_BASE_URL": relay, "OPENAI_BASE_URL": "https://api.openai.com/v1/"})
+    assert "unset ANTHROPIC_BASE_URL" in text.splitlines() and "s3cret" not in text and "relay.example" not in text
+    assert "unset OPENAI_BASE_URL" not in text          # the official URL leads through the proxy already
+    sh = shutil.which("sh")
+    done = subprocess.run([sh, "-c", 'eval "$CCSW_TEXT" && env -0'], capture_output=True, check=True,
+                          env={"PATH": os.environ.get("PATH", ""), "CCSW_TEXT": text, "ANTHROPIC_BASE_URL": relay})
+    assert not any(item.startswith(b"ANTHROPIC_BASE_URL=") for item in done.stdout.split(b"\0"))
+    # a reverse listener's exports set their own base URL over it
+    reverse = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=False, bundle_dir=tmp_path,
+                        environ={"ANTHROPIC_BASE_URL": relay})
+    assert "unset" not in reverse and exports(reverse)["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:8082"
