@@ -101,14 +101,25 @@ def expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[str
                 holder[key] = value
                 continue
             if enabled:
-                problems += [(path, f"environment variable {n} is not set (set it where ccswitch runs, "
-                                    "or set enabled: false)") for n in missing]
+                problems += [(path, not_set(n, env, "set it where ccswitch runs, or set enabled: false"))
+                             for n in missing]
             if key == "api_key":
                 holder[key] = None
             else:
                 del holder[key]
                 up["unset_headers"] = [*up.get("unset_headers", []), key]
     return problems, {p for p, _ in problems}
+
+
+def not_set(name: str, env: Mapping[str, str], fix: str = "set it where ccswitch runs") -> str:
+    """What to say of a ${VAR} the environment lacks; a variable of the same name in other
+    letters' case is named (`${relay_key}` for a set RELAY_KEY), never its value."""
+    try:
+        near = sorted(other for other in env if other.upper() == name.upper() and other != name)
+    except TypeError:       # an environment that cannot list its names
+        near = []
+    hint = f"; did you mean ${{{near[0]}}}?" if near else ""
+    return f"environment variable {name} is not set ({fix}{hint})"
 
 
 # usage_db, state: a PostgreSQL or Redis URL's password comes from the environment
@@ -134,7 +145,7 @@ def expand_keys_and_hooks(data: dict, env: Mapping[str, str]) -> tuple[list[tupl
         value, missing, malformed = expand(holder[key], env)
         if malformed:
             problems.append((path, "malformed ${...} reference (use ${NAME}, or $${ for a literal ${)"))
-        problems += [(path, f"environment variable {n} is not set (set it where ccswitch runs)") for n in missing]
+        problems += [(path, not_set(n, env)) for n in missing]
         if not malformed and not missing:
             holder[key] = value
     return problems, {p for p, _ in problems}
@@ -156,7 +167,7 @@ def expand_proxies(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[str, 
         value, missing, malformed = _expand_url(holder[key], env)
         if malformed:
             problems.append((path, "malformed ${...} reference (use ${NAME}, or $${ for a literal ${)"))
-        problems += [(path, f"environment variable {n} is not set (set it where ccswitch runs)") for n in missing]
+        problems += [(path, not_set(n, env)) for n in missing]
         if malformed or missing:
             del holder[key]
         else:

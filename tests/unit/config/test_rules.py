@@ -1110,3 +1110,12 @@ def test_a_location_part_with_a_value_run_into_it_is_not_shown_whatever_the_erro
     for name in (pasted[2][:-1], "x" * 30):
         loc = ("upstreams", 0, "headers", name)
         assert shown_loc({"type": "string_type", "loc": loc}) == loc
+
+
+def test_a_variable_named_in_other_letters_case_is_pointed_at_never_its_value():
+    text = ("upstreams:\n" + relay("a", key="api_key: ${relay_b_key}") + "routes: {claude: [a]}\n")
+    said = problems(text, {"RELAY_B_KEY": "sk-test-secret-value"})
+    assert [p for p in said if "relay_b_key" in p] == [
+        "r.yaml: upstreams[a].api_key: environment variable relay_b_key is not set "
+        "(set it where ccswitch runs, or set enabled: false; did you mean ${RELAY_B_KEY}?)"], said
+    assert "sk-test-secret-value" not in "\n".join(said)
