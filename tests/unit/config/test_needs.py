@@ -109,7 +109,7 @@ def test_check_names_what_the_proxy_would_refuse_here_and_the_readers_do_not(tmp
     rules.write_text("usage_db: afile/usage.db\n")
     done = cli("check", str(rules))
     assert done.returncode == 1 and f"{rules}: usage_db: {tmp_path / 'afile'} is a file" in done.stderr
-    assert cli("env", "--rules", str(rules), env={"HOME": str(tmp_path)}).returncode == 0
+    assert cli("env", "--reverse", "--rules", str(rules), env={"HOME": str(tmp_path)}).returncode == 0
 
 
 def test_an_edit_refused_for_a_need_is_applied_by_naming_the_file_again_once_mended(tmp_path, caplog):
