@@ -60,7 +60,7 @@ ORDER BY 1
 _SHAPELESS_TIME_SQL = """
 SELECT ts FROM requests
 WHERE NOT (ts >= ? AND ts < ?) AND (length(ts) < 16 OR substr(ts, 5, 1) <> '-' OR substr(ts, 8, 1) <> '-'
-      OR substr(ts, 11, 1) <> 'T' OR substr(ts, 14, 1) <> ':' OR NOT (substr(ts, 1, 1) BETWEEN '0' AND '9'))
+      OR substr(ts, 11, 1) NOT IN ('T', ' ') OR substr(ts, 14, 1) <> ':' OR NOT (substr(ts, 1, 1) BETWEEN '0' AND '9'))
    OR ts IS NULL
 """
 

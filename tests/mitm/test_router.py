@@ -885,3 +885,60 @@ async def test_a_count_tokens_body_saying_stream_is_answered_whole_from_the_hook
     await router.request(flow)
     assert seen == [False] and flow.response.status_code == 200 and flow.response.json() == {"input_tokens": 3}
     assert flow.request.port != router.relay.port
+
+
+async def test_a_killed_stream_s_end_written_over_its_kill_reads_killed_again(router, gateway):
+    """The relay's end of a killed stream comes to mitmproxy as the server's: it writes that over
+    the kill, and would send the client its own 502 page; the kill is put back before the row."""
+    recorded = []
+    gateway.record_job = recorded.append
+    flow, other = (messages_flow({"model": "m", "stream": True, "messages": []}) for _ in range(2))
+    for f in (flow, other):
+        await router.request(f)
+    router.jobs[flow.id].killed = True          # as `_stop_killed` marks the one killed in mitmweb
+    for f in (flow, other):
+        f.error = Error("Server closed connection.")
+        router.error(f)
+    assert flow.error.msg == Error.KILLED_MESSAGE
+    assert other.error.msg == "Server closed connection."      # a stream no one killed keeps its own end
+    assert [job.error for job in recorded] == ["killed", "Server closed connection."]
+
+
+async def test_a_streamed_flow_on_its_way_to_the_relay_keeps_the_user_s_note(router):
+    flow = messages_flow()
+    flow.comment = "mine\nccswitch: the first time's word"      # a replay of a flow the user wrote on
+    await router.request(flow)
+    assert flow.comment == "mine\nccswitch: on its way through ccswitch's relay to a"
+
+
+async def test_a_declined_websocket_s_comment_keeps_the_user_s_note(gateway):
+    r = router_with_routes(gateway, codex=("a",))
+    with taddons.context(r):
+        flow = messages_flow(path="/v1/responses", method="GET", host="api.openai.com")
+        flow.request.headers["upgrade"] = "websocket"
+        flow.request.headers["connection"] = "Upgrade"
+        flow.comment = "mine"
+        await r.request(flow)
+    assert flow.comment == "mine\nccswitch: WebSocket declined (426): Codex goes on over HTTPS"
+
+
+def test_ccswitch_s_own_answer_keeps_the_user_s_note():
+    from ccswitch.mitm.flows import answer, error_response
+    flow = messages_flow()
+    flow.comment = "mine\nccswitch: the first time's word"
+    answer(flow, error_response("anthropic", 400, "bad"), "why")
+    assert flow.comment == "mine\nccswitch: answered 400 itself: why"
+
+
+async def test_a_running_stream_s_comments_keep_the_user_s_note(router):
+    """A streamed replay of a flow the user wrote on: the relay's word, then the attempts', after the note."""
+    from ccswitch.dial.job import Attempt
+    flow = messages_flow()
+    flow.comment = "mine\nccswitch: the first time's word"
+    await router.request(flow)
+    job = router.jobs[flow.id]
+    job.attempts.append(Attempt("a", 200, None, 0))
+    job.upstream = "a"
+    flow.response = tutils.tresp(headers=http.Headers(content_type="text/event-stream"))
+    router.responseheaders(flow)
+    assert flow.comment.startswith("mine\nccswitch: a: 200") and flow.comment.count("ccswitch:") == 1

@@ -149,3 +149,25 @@ async def test_a_held_request_of_a_route_listing_nothing_says_it_goes_on_unroute
     await asyncio.wait_for(hook, 2)
     assert dialer.jobs == [] and flow.comment == (
         "ccswitch: not routed (the chat route lists no upstreams): passed on as it came")
+
+
+async def test_a_held_flow_s_comments_keep_the_user_s_note(proxy):
+    """A replayed flow the user wrote on: the hold's word, and what became of the flow, come after the note."""
+    tctx, _, _ = proxy
+    intercepting(tctx, "~q & ~u /v1/chat/completions")
+    unrouted = messages_flow({"model": "m", "messages": []}, path="/v1/chat/completions")
+    unrouted.comment = "mine"
+    hook = asyncio.ensure_future(request_hook(tctx.master, unrouted))
+    await stopped(unrouted, hook)
+    assert unrouted.comment.startswith("mine\nccswitch: held by the intercept; once resumed, ")
+    unrouted.resume()
+    await asyncio.wait_for(hook, 2)
+    assert unrouted.comment == "mine\nccswitch: not routed (the chat route lists no upstreams): passed on as it came"
+    intercepting(tctx, "~q & ~u /v1/messages")
+    killed = messages_flow(ORIGINAL)
+    killed.comment = "mine"
+    hook = asyncio.ensure_future(request_hook(tctx.master, killed))
+    await stopped(killed, hook)
+    killed.kill()
+    await asyncio.wait_for(hook, 2)
+    assert killed.comment == "mine\nccswitch: killed while held by the intercept: sent nowhere"

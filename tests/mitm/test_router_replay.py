@@ -262,12 +262,14 @@ def test_ccswitch_s_word_with_nothing_to_say_leaves_the_note_as_it_was():
     assert flow.comment == "mine\nccswitch: new"
 
 
-@pytest.mark.parametrize(("endpoint", "stream"), [("count_tokens", False), ("messages", True)])
-def test_a_refusal_s_row_says_stream_as_its_routed_twin_would(endpoint, stream):
-    """count_tokens answers whole whatever its body says: a refused one's row too."""
+@pytest.mark.parametrize(("endpoint", "stream", "said"), [("count_tokens", False, True), ("messages", True, True),
+                                                     ("messages", False, "true")])
+def test_a_refusal_s_row_says_stream_as_its_routed_twin_would(endpoint, stream, said):
+    """count_tokens answers whole whatever its body says: a refused one's row too; and a `stream`
+    that is not JSON's true is no stream, as the router reads it."""
     from ccswitch.clock import utc_now
     from ccswitch.mitm.known import Known
     from ccswitch.routing.classify import RouteMatch
-    known = Known(utc_now(), body={"model": "m", "stream": True})
+    known = Known(utc_now(), body={"model": "m", "stream": said})
     row = known.own_answer_row("r", RouteMatch("claude", endpoint), 401, "no key")
     assert bool(row["stream"]) is stream

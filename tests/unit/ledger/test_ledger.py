@@ -479,3 +479,33 @@ def test_a_database_removed_or_replaced_while_open_gets_the_rows_after_it(tmp_pa
     assert [r.getMessage() for r in caplog.records if "removed or replaced" in r.getMessage()] == [
         f"ccswitch: the usage database {path} was removed or replaced while ccswitch ran: usage rows now go to "
         + ("the new file" if how == "replaced" else "a new file there")]
+
+
+def test_a_database_that_grows_is_not_taken_for_one_replaced(tmp_path, caplog):
+    """The file is known by its device and inode: its size changes with every checkpoint."""
+    from ccswitch.ledger.backend import SQLiteBackend
+    from ccswitch.ledger.writer import _COLUMNS
+    backend = SQLiteBackend(tmp_path / "u.db", _COLUMNS)
+    rows = [("requests", tuple(row(i).get(c) for c in _COLUMNS["requests"])) for i in range(200)]
+    with caplog.at_level(logging.WARNING, logger="ccswitch.ledger"):
+        backend.insert(rows[:100])
+        opened = backend._conn
+        opened.execute("PRAGMA wal_checkpoint(TRUNCATE)")      # the rows into the file: it grew
+        backend.insert(rows[100:])
+    assert backend._conn is opened and "removed or replaced" not in caplog.text
+    backend.close()
+
+
+def test_a_file_that_cannot_be_looked_at_once_opened_is_unavailable_and_left_closed(tmp_path, monkeypatch):
+    """An OSError of the file's identity is the ledger out for now (the rows wait), not a crash."""
+    from ccswitch.ledger import backend as module
+    from ccswitch.ledger.backend import SQLiteBackend, Unavailable
+    from ccswitch.ledger.writer import _COLUMNS
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(module, "_identity", denied)
+    backend = SQLiteBackend(tmp_path / "u.db", _COLUMNS)
+    with pytest.raises(Unavailable, match="Permission denied"):
+        backend.connect()
+    assert backend._conn is None

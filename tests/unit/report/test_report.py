@@ -619,3 +619,39 @@ def test_a_row_whose_time_is_no_time_s_text_is_counted_in_the_note_too(tmp_path)
     assert r.whole.total.requests == 1      # another period's row is that period's, not unreadable
     (note,) = [note for note in r.notes if "their time cannot be read" in note]
     assert note.startswith("2 group(s) of requests left out") and "'2026-06-16T25:00'" in note
+
+
+@pytest.mark.parametrize("ts", [
+    "2030-01-01T10:",               # too short for a minute
+    "2030/01-01T10:00:00",          # no dash after the year
+    "2030-01/01T10:00:00",          # nor after the month
+    "x030-01-01T10:00:00",          # no digit first
+])
+def test_each_way_a_time_can_be_no_time_s_text_is_counted_in_the_note(tmp_path, ts):
+    """Each check of the shapeless-time query on its own: a row only it catches was left out without a word."""
+    path = tmp_path / "usage.db"
+    conn = connect(str(path))
+    insert_request(conn, 1, ts="2026-06-16T10:00:00.000+00:00", upstream="relay-a", model="claude-haiku-4-5")
+    insert_request(conn, 2, ts=ts, upstream="relay-a", model="claude-haiku-4-5")
+    conn.close()
+    rules = parse_rules(RULES, env={"RELAY_A_KEY_FOR_TEST": "x"})
+    conn = connect(str(path), readonly=True)
+    r = build_report(conn, rules, date(2026, 6, 16), date(2026, 6, 16))
+    conn.close()
+    assert r.whole.total.requests == 1
+    (note,) = [note for note in r.notes if "their time cannot be read" in note]
+    assert note.startswith("1 group(s) of requests left out") and repr(ts) in note
+
+
+def test_a_time_written_with_a_space_is_its_own_period_s_not_another_s_unreadable(tmp_path):
+    """`2026-06-20 10:00` reads fine in its own period: another period's note must not call it unreadable."""
+    path = tmp_path / "usage.db"
+    conn = connect(str(path))
+    insert_request(conn, 1, ts="2026-06-16T10:00:00.000+00:00", upstream="relay-a", model="claude-haiku-4-5")
+    insert_request(conn, 2, ts="2026-06-20 10:00:00.000+00:00", upstream="relay-a", model="claude-haiku-4-5")
+    conn.close()
+    rules = parse_rules(RULES, env={"RELAY_A_KEY_FOR_TEST": "x"})
+    conn = connect(str(path), readonly=True)
+    first, own = (build_report(conn, rules, day, day) for day in (date(2026, 6, 16), date(2026, 6, 20)))
+    conn.close()
+    assert not [note for note in first.notes if "cannot be read" in note] and own.whole.total.requests == 1

@@ -1138,3 +1138,35 @@ def test_a_sampling_value_openai_would_refuse_is_refused_not_left_out(extra, mes
     with pytest.raises(RenderError, match=message):
         chat(user(), **extra)
     assert "temperature" not in chat(user(), temperature=None) and chat(user(), top_p=0)["top_p"] == 0
+
+
+@pytest.mark.parametrize("model", ["claude-instant-1.2", "Claude-3-5-Sonnet-20241022", "anthropic/Claude-3-Haiku"])
+def test_an_older_claude_is_known_by_an_instant_or_capitalised_name_too(model):
+    """Claude Instant is before 3.7 too, and a name's case does not make a Claude 3 a newer one."""
+    out = convert({"model": model, "messages": [user()], "reasoning_effort": "high"})
+    assert "thinking" not in out and out["max_tokens"] == (8192 if "3-5" in model else 4096)
+
+
+def test_whether_claude_thinks_is_the_model_the_upstream_maps_the_name_to():
+    """The upstream's model, not the client's name, is the one that refuses `thinking`."""
+    old = Upstream(name="anth", protocol="anthropic", base_url="https://anthropic.example",
+                   models={"claude-sonnet-4-5": "claude-3-5-sonnet-20241022", "claude-3-5-sonnet": "claude-sonnet-4-5"})
+    out = convert({"model": "claude-sonnet-4-5", "messages": [user()], "reasoning_effort": "high"}, upstream=old)
+    assert "thinking" not in out and out["max_tokens"] == 8192
+    out = convert({"model": "claude-3-5-sonnet", "messages": [user()], "reasoning_effort": "high"}, upstream=old)
+    assert out["thinking"]["type"] == "enabled" and out["max_tokens"] > 8192
+
+
+def test_a_refusal_beside_text_follows_it_and_the_turn_s_thinking():
+    """Claude takes a turn's thinking first: the refusal's text goes after it and after the turn's own text."""
+    out = chat(user(), {"role": "assistant", "content": "Partly.", "refusal": "I can't go on.",
+                        "thinking_blocks": [SIGNED]}, user("more"), reasoning_effort="high")
+    assert out["thinking"]["type"] == "enabled"
+    assert out["messages"][1]["content"] == [SIGNED, text("Partly."), text("I can't go on.")]
+
+
+@pytest.mark.parametrize("refusal", ["", "  "])
+def test_an_empty_refusal_adds_no_text_block(refusal):
+    """Anthropic refuses a text block with no text in it (a client may send back `refusal: ""`)."""
+    out = chat(user(), {"role": "assistant", "content": "ok", "refusal": refusal}, user("more"))
+    assert out["messages"][1]["content"] == [text("ok")]

@@ -959,3 +959,48 @@ def test_sealed_reasoning_of_a_whole_answer_goes_back_with_its_message():
     # reasoning without a seal (effort none, or not asked for) gives none to carry
     unsealed = {**final, "output": [{k: v for k, v in final["output"][0].items() if k != "encrypted_content"}]}
     assert "reasoning_items" not in completion_from_response(unsealed, "gpt-5", sealed=True)["choices"][0]["message"]
+
+
+@pytest.mark.parametrize(("model", "effort", "back"), [
+    ("gpt-5", "none", False),                # effort none: no reasoning asked, none sent back
+    ("gpt-5-thinking", "none", False),       # an explicit none wins over the suffix
+    ("gpt-5-thinking", None, True),          # the suffix alone asks for it
+    ("gpt-5", "low", True),
+])
+def test_sealed_reasoning_goes_back_only_when_the_turn_asks_for_reasoning(model, effort, back):
+    message = {"role": "assistant", "content": "Checked.", "reasoning_items": [CARRIED]}
+    body = convert(model=model, messages=HI + [message, {"role": "user", "content": "go on"}],
+                   **({"reasoning_effort": effort} if effort else {}))
+    assert [item["type"] for item in body["input"]].count("reasoning") == (1 if back else 0)
+
+
+def test_a_refusal_in_both_the_parts_and_the_field_goes_once():
+    """The SDK's message carries the refusal in `refusal`; a client echoing it in the parts too sends it twice."""
+    body = convert(messages=HI + [
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "No."}], "refusal": "No."},
+        {"role": "user", "content": "go on"}])
+    assert body["input"][1]["content"] == [{"type": "refusal", "refusal": "No."}]
+
+
+def test_a_whole_answer_carries_sealed_reasoning_only_for_a_request_that_asked_for_it():
+    """The converter's own wiring: JSON and SSE (Codex) answers, reasoning asked for or not."""
+    final = next(e.json()["response"] for e in parse(RECORDED) if e.type == "response.completed")
+    asked = {"model": "gpt-5", "messages": HI, "reasoning_effort": "medium"}
+    plain = {"model": "gpt-5", "messages": HI}
+    for up, answer in ((API, json.dumps(final).encode()), (CODEX, RECORDED)):
+        assert "reasoning_items" in reply(answer, asked, up)[1]["choices"][0]["message"]
+        assert "reasoning_items" not in reply(answer, plain, up)[1]["choices"][0]["message"]
+
+
+def test_two_sealed_reasoning_items_streamed_stay_two_in_the_sdk_s_message():
+    """Each seal has its own index: at one index the SDK would run the two into one."""
+    def done(i, seal):
+        return ("response.output_item.done", {"output_index": i, "item": {
+            "type": "reasoning", "id": f"rs_{i}", "summary": [], "encrypted_content": seal}})
+    chunks = run(sse(created(), done(0, "SEAL-A"), done(1, "SEAL-B"), text_delta("ok"), completed()),
+                 {"model": "gpt-5", "messages": HI, "stream": True, "reasoning_effort": "low"})
+    state = ChatCompletionStreamState()
+    for chunk in chunks[:-1]:
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    message = state.get_final_completion().choices[0].message.model_dump(exclude_none=True)
+    assert [item["encrypted_content"] for item in message["reasoning_items"]] == ["SEAL-A", "SEAL-B"]

@@ -53,3 +53,15 @@ def test_a_chat_upstream_is_not_sent_the_sealed_reasoning_ccswitch_gave_the_clie
                           headers=[], body=b"", json={"model": "m", "messages": []}, model="m", stream=False,
                           client_protocol="openai-chat")
     assert ChatPassthrough().request(plain, chat) is None      # nothing to leave out: the client's bytes go
+
+
+@pytest.mark.parametrize("messages", [None, "hi", {"role": "user"}])
+def test_a_chat_body_without_a_messages_list_goes_as_it_came(messages):
+    """No list, nothing of ccswitch's to leave out: the upstream says what is wrong with it."""
+    from ccswitch.translate.base import ChatPassthrough
+    from ccswitch.wire.exchange import ClientRequest
+    chat = Upstream(name="c", protocol="openai-chat", base_url="https://relay.example/v1", api_key="k")
+    body = {"model": "m"} if messages is None else {"model": "m", "messages": messages}
+    req = ClientRequest(route="chat", endpoint="chat", method="POST", url="http://x/v1/chat/completions", headers=[],
+                        body=b"", json=body, model="m", stream=False, client_protocol="openai-chat")
+    assert ChatPassthrough().request(req, chat) is None

@@ -7,6 +7,7 @@ import pytest
 from ccswitch.wire.reasoning import (
     FOREIGN_REASONING,
     SealMemory,
+    carried_reasoning,
     refuses_foreign_reasoning,
     seal_of,
     seals_in,
@@ -132,3 +133,19 @@ def test_a_compaction_is_sealed_as_reasoning_is():
     assert seals.refusal("b", [USER, compaction]) == [USER]
     assert seals.refusal("a", [USER, compaction, sealed("B-1")]) == [USER, compaction]
     assert seal_of({"type": "compaction_trigger"}) is None and seal_of({**compaction, "type": "message"}) is None
+
+
+@pytest.mark.parametrize("item", [
+    {"type": "compaction", "encrypted_content": "gAAAA"},       # a compacted history is no turn's reasoning
+    {"type": "reasoning", "summary": [], "encrypted_content": ""},
+    {"type": "reasoning", "summary": []}, "reasoning", None,
+])
+def test_only_a_sealed_reasoning_item_is_carried_to_the_client(item):
+    assert carried_reasoning(item) is None
+
+
+def test_a_carried_item_keeps_its_summary_s_parts_and_seal_and_nothing_else():
+    part = {"type": "summary_text", "text": "thought"}
+    item = {"type": "reasoning", "id": "rs_1", "summary": [part, "junk", None], "encrypted_content": "gAAAA"}
+    assert carried_reasoning(item) == {"type": "reasoning", "summary": [part], "encrypted_content": "gAAAA"}
+    assert carried_reasoning({**item, "summary": "junk"})["summary"] == []
