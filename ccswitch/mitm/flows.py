@@ -1,7 +1,7 @@
 """What ccswitch writes onto a mitmproxy flow itself: its own answers, in the API the client
 speaks, credentials shown as `<redacted>` (in mitmweb and `mitmdump -w` files), the body held
-back from the relay hop, the copy of a streamed answer and what became of a routed request;
-and the watch on a flow's client."""
+back from the relay hop, the copy of a streamed answer and what became of a routed request, in
+its comment after any note of the user's (how a flow ends unannounced: `flow_ends`)."""
 
 from __future__ import annotations
 

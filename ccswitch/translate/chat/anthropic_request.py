@@ -399,7 +399,7 @@ def build(body: dict[str, Any], req: ClientRequest, upstream, rules) -> dict[str
         last = next((t for t in reversed(turns) if t["role"] == "assistant"), None)
         if not extended_thinking(target):
             # OpenAI clients send reasoning_effort to any model; Claude before 3.7 refuses `thinking`
-            log.info("ccswitch: thinking dropped: %s has no extended thinking", target)
+            log.info("ccswitch: thinking dropped: the model is a Claude before 3.7, which has no extended thinking")
         elif choice is not None and choice["type"] in ("any", "tool"):
             log.info("ccswitch: thinking dropped: tool_choice forces a tool")
         elif turns[-1]["role"] == "assistant":
