@@ -251,13 +251,20 @@ async def test_reverse_mode_routes_any_host(router):
     assert flow.id in router.jobs
 
 
-async def test_codex_websocket_upgrade_is_answered_at_once(gateway):
+async def codex_upgrade(gateway, comment: str = ""):
+    """Codex's WebSocket upgrade through a router whose codex route lists `a` (and refuses sockets)."""
     r = router_with_routes(gateway, codex=("a",))
     with taddons.context(r):
         flow = messages_flow(path="/v1/responses", method="GET", host="api.openai.com")
         flow.request.headers["upgrade"] = "websocket"
         flow.request.headers["connection"] = "Upgrade"
+        flow.comment = comment
         await r.request(flow)
+    return flow
+
+
+async def test_codex_websocket_upgrade_is_answered_at_once(gateway):
+    flow = await codex_upgrade(gateway)
     assert flow.response.status_code == 426 and "not WebSocket" in flow.response.text
 
 
@@ -915,13 +922,7 @@ async def test_a_streamed_flow_on_its_way_to_the_relay_keeps_the_user_s_note(rou
 
 
 async def test_a_declined_websocket_s_comment_keeps_the_user_s_note(gateway):
-    r = router_with_routes(gateway, codex=("a",))
-    with taddons.context(r):
-        flow = messages_flow(path="/v1/responses", method="GET", host="api.openai.com")
-        flow.request.headers["upgrade"] = "websocket"
-        flow.request.headers["connection"] = "Upgrade"
-        flow.comment = "mine"
-        await r.request(flow)
+    flow = await codex_upgrade(gateway, "mine")
     assert flow.comment == "mine\nccswitch: WebSocket declined (426): Codex goes on over HTTPS"
 
 
