@@ -356,7 +356,8 @@ def test_a_spilled_row_the_database_rejects_no_longer_counts_over_the_bound(tmp_
         insert(batch)
     monkeypatch.setattr(ledger.backend, "insert", rejects_1_holds_2)
     ledger.start()
-    assert wait_for(lambda: ledger.dropped == 1 and len(ledger._hand) == 1)   # row 1 rejected, row 2 in hand
+    # row 1 rejected, row 2 in hand (not row 1 still, a moment before the writer lets it go)
+    assert wait_for(lambda: ledger.dropped == 1 and [values[ids] for _, values in ledger._hand] == [row(2)["request_id"]])
     for i in (6, 7, 8):                  # room for 2, and for spilled rows 2 and 3: 4 pending with row 3
         ledger.add("requests", row(i))
     assert ledger.dropped == 1
