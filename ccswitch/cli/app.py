@@ -94,9 +94,10 @@ def _env(args: argparse.Namespace) -> int:
         return 1
     print(lines)
     failed = 0
-    if not args.reverse and not args.codex_toml and not mitmproxy_ca(confdir).is_file():
+    ca = mitmproxy_ca(confdir)
+    if not args.reverse and not args.codex_toml and not ca.is_file():
         # `eval` drops the comment that says so, and the clients would then refuse ccswitch's certificates
-        print(f"ccswitch: mitmproxy's CA {mitmproxy_ca(confdir)} does not exist yet, so the clients were not told "
+        print(f"ccswitch: mitmproxy's CA {ca} does not exist yet, so the clients were not told "
               "to trust it: start ccswitch once (ccswitch run), then run `ccswitch env` again", file=sys.stderr)
         failed = 1
     if missing := unset_client_key(rules):

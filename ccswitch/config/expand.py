@@ -114,10 +114,7 @@ def expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[str
 def not_set(name: str, env: Mapping[str, str], fix: str = "set it where ccswitch runs") -> str:
     """What to say of a ${VAR} the environment lacks; a variable of the same name in other
     letters' case is named (`${relay_key}` for a set RELAY_KEY), never its value."""
-    try:
-        near = sorted(other for other in env if other.upper() == name.upper() and other != name)
-    except TypeError:       # an environment that cannot list its names
-        near = []
+    near = sorted(other for other in env if other.upper() == name.upper() and other != name)
     hint = f"; did you mean ${{{near[0]}}}?" if near else ""
     return f"environment variable {name} is not set ({fix}{hint})"
 

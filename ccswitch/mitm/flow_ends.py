@@ -35,23 +35,23 @@ def gone_meanwhile(flow: http.HTTPFlow) -> bool:
 class ClientWatch:
     """Cancels `task` once the flow's client has gone or the flow was killed, checked every
     `every` seconds (mitmproxy cancels no hook for either); `fired` tells that cancellation from
-    others, `killed` which of the two it was; `on_kill` is called before a kill's cancellation."""
+    others; `on_kill` is called before a kill's cancellation."""
 
     def __init__(self, flow: http.HTTPFlow, task: asyncio.Task, every: float = 0.1,
                  on_kill: Callable[[], None] | None = None) -> None:
         self.flow, self.task, self.every, self.on_kill = flow, task, every, on_kill
-        self.fired = self.killed = False
+        self.fired = False
         self._timer = asyncio.get_running_loop().call_later(every, self._check)
 
     def _check(self) -> None:
-        self.killed = killed(self.flow)
-        if self.killed and self.on_kill is not None:
-            self.on_kill()      # before the cancellation: the attempt it cuts is labelled by it
-        if self.killed or client_gone(self.flow):
-            self.fired = True
-            self.task.cancel()
-        else:
+        if killed(self.flow):
+            if self.on_kill is not None:
+                self.on_kill()      # before the cancellation: the attempt it cuts is labelled by it
+        elif not client_gone(self.flow):
             self._timer = asyncio.get_running_loop().call_later(self.every, self._check)
+            return
+        self.fired = True
+        self.task.cancel()
 
     def stop(self) -> None:
         if self._timer is not None:

@@ -80,7 +80,7 @@ def comment_on(flow: http.HTTPFlow, text: str) -> None:
 
 def users_note(comment: str) -> str:
     """The part of a comment that is not ccswitch's: what comes before its first `ccswitch:` line."""
-    if not comment or comment.startswith("ccswitch:"):
+    if not comment:     # every flow's at first: no search
         return ""
     own = _OWN_WORD.search(comment)
     return (comment[: own.start()] if own else comment).rstrip("\n")

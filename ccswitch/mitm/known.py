@@ -8,8 +8,8 @@ from datetime import datetime
 
 from ccswitch.clock import utc_now
 from ccswitch.ledger.rows import own_answer_row
+from ccswitch.routing.admission import streamed
 from ccswitch.routing.classify import RouteMatch
-from ccswitch.vocab import Endpoint
 
 
 @dataclass
@@ -25,7 +25,6 @@ class Known:
         return own_answer_row(
             request_id=request_id, started_at=self.started, route=match.route, endpoint=match.endpoint,
             model=model if isinstance(model, str) else None, status=status,
-            # as its routed twin would be: count_tokens answers whole, whatever its body says
-            stream=body.get("stream") is True and match.endpoint != Endpoint.COUNT_TOKENS,
+            stream=streamed(body, match.endpoint),       # as its routed twin's
             error=message[:500], latency_ms=int((utc_now() - self.started).total_seconds() * 1000),
             session=self.session, client=self.client)

@@ -50,7 +50,15 @@ from ccswitch.mitm.replay import as_the_client_sent
 from ccswitch.mitm.router_options import add_options
 from ccswitch.mitm.scope import answered_early, is_api_flow, replays_routed, route_of, why_unrouted
 from ccswitch.net import http1
-from ccswitch.routing.admission import body_problem, decoded_body, head_problem, origin_problem, parse_body, undecodable
+from ccswitch.routing.admission import (
+    body_problem,
+    decoded_body,
+    head_problem,
+    origin_problem,
+    parse_body,
+    streamed,
+    undecodable,
+)
 from ccswitch.routing.affinity import session_key
 from ccswitch.routing.classify import RouteMatch, meant_path
 from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint
@@ -299,12 +307,9 @@ class Router:
             return refuse(*over_budget)
         if self.shutdown.draining:   # those in flight finish; new ones are for the next process
             return refuse(*_DRAINING)
-        # count_tokens answers whole whatever its body says: a `stream` there (a client's, or a
-        # user's edit of a copied flow) must not make each upstream's count a failure
-        stream = body.get("stream") is True and match.endpoint != Endpoint.COUNT_TOKENS
         req = ClientRequest(route=match.route, endpoint=match.endpoint, method="POST",
                             url=flow.request.url, headers=headers, body=raw, json=body, model=model,
-                            stream=stream, client_protocol=client_protocol)
+                            stream=streamed(body, match.endpoint), client_protocol=client_protocol)
         job = self.planner.plan_job(req, flow.id, client_name, session, shown=self.flows_shown)
         if not isinstance(job, Job):
             return refuse(*job)
@@ -369,8 +374,7 @@ class Router:
             if not watch.fired:
                 raise
             hook.uncancel()     # the client went away (or the flow was killed): the upstream request was cancelled at once
-            job.killed = watch.killed
-            job.client_left()
+            job.client_left()     # the watch marked a killed one so before it cancelled
             flow.response = http.Response.make(499, b"", {})
             return
         finally:

@@ -118,12 +118,6 @@ class Axis:
         return {"hour": "per hour", "week": "per week", "month": "per month"}.get(self.report.view, "per day")
 
 
-def _as_drawn(name: str) -> str:
-    """A client's model name as a chart draws it: its controls as escapes (a `\u202e` would turn
-    the rest of the line around; `$` is text already: the charts are drawn without math text)."""
-    return visible_controls(name)
-
-
 def _subtitle(report: Report) -> str:
     span = str(report.since) if report.since == report.until else f"{report.since} to {report.until}"
     return f"{span} ({report.tz_name})"
@@ -216,7 +210,8 @@ def chart_cost(report: Report, path: Path) -> Path:
     ax.set_ylabel(f"cost {axis.per_row()} (USD)")
     if report.total.unpriced_tokens:
         names = sorted(report.unpriced, key=lambda m: -report.unpriced[m])
-        listed = ", ".join(_as_drawn(shortened(n, 30)) for n in names[:3]) + (
+        # a client's model: its controls as escapes (a `\u202e` would turn the rest of the line around)
+        listed = ", ".join(visible_controls(shortened(n, 30)) for n in names[:3]) + (
             f" and {len(names) - 3} more" if len(names) > 3 else "")
         fig.text(0.01, 0.01, f"Not included: {_human(report.total.unpriced_tokens)} tokens of models with no "
                  f"price ({listed})", fontsize=8, color="#a03030")

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from ccswitch.net.addresses import is_loopback
 from ccswitch.net.inflate import INFLATABLE, DecodeError, Inflater, TooLarge
+from ccswitch.vocab import Endpoint
 from ccswitch.wire.exchange import client_json
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -31,6 +32,13 @@ def head_problem(target: str, headers: list[tuple[str, str]]) -> tuple[int, str]
     if size > MAX_HEADER_BYTES:
         return 431, f"request headers too large ({size} bytes; the limit is {MAX_HEADER_BYTES})"
     return None
+
+
+def streamed(body: dict, endpoint: str) -> bool:
+    """Whether the answer streams: as the body says, but count_tokens answers whole whatever its
+    body says (a client's `stream` there, or a user's edit of a copied flow, must not make each
+    upstream's count a failure)."""
+    return body.get("stream") is True and endpoint != Endpoint.COUNT_TOKENS
 
 
 def origin_problem(headers: list[tuple[str, str]], ours: frozenset[str] = frozenset()) -> tuple[int, str] | None:

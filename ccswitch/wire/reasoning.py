@@ -36,8 +36,8 @@ def carried_reasoning(item: Any) -> dict[str, Any] | None:
     """A sealed reasoning item as a Chat client carries it to its next turn (`reasoning_items` on
     the assistant message) and as it goes back in the input: its summary and its seal, no id or
     index (nothing is stored upstream).  None for anything else."""
-    if not (isinstance(item, dict) and item.get("type") == "reasoning"
-            and isinstance(item.get("encrypted_content"), str) and item["encrypted_content"]):
+    if not (is_encrypted_reasoning(item) and item["type"] == "reasoning"
+            and isinstance(item["encrypted_content"], str)):
         return None
     summary = item.get("summary")
     return {"type": "reasoning", "summary": [part for part in summary if isinstance(part, dict)]

@@ -27,19 +27,26 @@ def is_codex_backend(upstream) -> bool:
     return str(getattr(upstream, "base_url", "") or "").rstrip("/").endswith("/backend-api/codex")
 
 
-def reasoning_asked(body: dict[str, Any]) -> bool:
-    """The request asks for reasoning (`reasoning_effort` other than `none`, or a `-thinking`
-    model): only then is sealed reasoning asked for, carried to the client and sent back (a
-    model that does not reason refuses reasoning items in its input)."""
+def _effort(body: dict[str, Any]) -> Any:
+    """The reasoning effort asked for: `reasoning_effort`, else `high` for a `-thinking` model."""
     effort = body.get("reasoning_effort")
-    return effort not in (None, "none") or (effort is None and split_model(body.get("model"))[1])
+    return "high" if effort is None and split_model(body.get("model"))[1] else effort
+
+
+def reasoning_asked(body: dict[str, Any]) -> bool:
+    """The request asks for reasoning (an effort other than `none`): only then is sealed
+    reasoning asked for, carried to the client and sent back (a model that does not reason
+    refuses reasoning items in its input)."""
+    return _effort(body) not in (None, "none")
 
 
 def build_request(body: dict[str, Any], *, stream: bool, codex: bool = False) -> dict[str, Any]:
     """The Responses body for a Chat Completions body."""
     _reject_unsupported(body)
-    model, thinking = split_model(body.get("model"))
-    instructions, items = _convert_messages(body.get("messages"), sealed=reasoning_asked(body))
+    model = split_model(body.get("model"))[0]
+    effort = _effort(body)
+    reasoning = effort not in (None, "none")
+    instructions, items = _convert_messages(body.get("messages"), sealed=reasoning)
     out: dict[str, Any] = {"model": model}
     if instructions or codex:                    # the Codex backend requires the field
         out["instructions"] = instructions
@@ -58,15 +65,12 @@ def build_request(body: dict[str, Any], *, stream: bool, codex: bool = False) ->
             raise RenderError(f"{named} must be a positive integer")
         out["max_output_tokens"] = max(16, limit)   # the Responses API minimum
     include: list[str] = []
-    effort = body.get("reasoning_effort")
-    if effort is None and thinking:
-        effort = "high"
     if effort is not None:
         # policy: effort "none" asks for no reasoning, so no summary and no encrypted content
-        out["reasoning"] = {"effort": effort} if effort == "none" else {"effort": effort, "summary": "auto"}
-        if effort != "none":
-            include.append(ENCRYPTED_REASONING)
-    if effort in (None, "none"):                 # reasoning models reject sampling knobs (policy)
+        out["reasoning"] = {"effort": effort, "summary": "auto"} if reasoning else {"effort": effort}
+    if reasoning:
+        include.append(ENCRYPTED_REASONING)
+    else:                                        # reasoning models reject sampling knobs (policy)
         for key in ("temperature", "top_p"):
             if body.get(key) is not None:
                 out[key] = body[key]
