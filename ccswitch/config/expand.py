@@ -58,15 +58,23 @@ def _expand_url(text: str, env: Mapping[str, str]) -> tuple[str, list[str], bool
 
 
 _SHELL_VARIABLE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+# what is copied along with a key from a curl line or a relay's page: a header's name or its scheme
+_PASTED_HEADER = re.compile(r"(?i)(?:authorization|x-api-key|api-key)\s*:|bearer\s")
 
 
 def _key_mistake(written: str, value: str, values: list[str]) -> str | None:
-    """An api_key that surely is not the key meant: a variable set to nothing, a shell-style `$NAME`."""
+    """An api_key that surely is not the key meant: a variable set to nothing, a shell-style `$NAME`,
+    a key pasted with its header's name or `Bearer ` (sent as `Bearer Bearer …`, refused upstream)."""
     if values and not value.strip():
         names = ", ".join(m.group(1) for m in _ENV_RE.finditer(written) if m.group(1))
         return f"environment variable {names} is set but empty (give it the key, or set enabled: false)"
     if not values and (shell := _SHELL_VARIABLE.fullmatch(written.strip())):
         return f"reads as a shell variable, which ccswitch does not expand: write ${{{shell.group(1)}}}"
+    if _PASTED_HEADER.match(value.strip()):
+        names = ", ".join(m.group(1) for m in _ENV_RE.finditer(written) if m.group(1))
+        where = f"environment variable {names} holds" if values else "has"
+        return (f"{where} `Bearer ` or a header's name before the key: give the key alone (ccswitch "
+                "writes the header itself, see `auth`)")
     return None
 
 

@@ -967,6 +967,27 @@ routes: {claude: [a, b, c]}
                  "api_key: 'sk-$abc-1'}\nroutes: {claude: [a]}\n").upstreams[0].api_key.get_secret_value() == "sk-$abc-1"
 
 
+def test_a_key_pasted_with_its_header_or_scheme_is_named_without_the_key():
+    # `Bearer sk-…` went out as `Authorization: Bearer Bearer sk-…` (or `x-api-key: Bearer …`), a 401
+    # from every upstream that cooled the route down, with nothing in the log to say why
+    found = problems("""
+upstreams:
+  - {name: a, protocol: openai-chat, base_url: 'https://r.example', api_key: 'Bearer sk-test-aaa'}
+  - {name: b, protocol: anthropic, base_url: 'https://r.example', api_key: '${PASTED}'}
+  - {name: c, protocol: anthropic, base_url: 'https://r.example', api_key: 'x-api-key: sk-test-ccc'}
+  - {name: d, protocol: anthropic, base_url: 'https://r.example', api_key: 'bearer-sk-test-ddd'}
+routes: {claude: [b, c, d], chat: [a]}
+""", env={"PASTED": "Authorization: Bearer sk-test-bbb"})
+    assert found == [
+        "r.yaml: upstreams[a].api_key: has `Bearer ` or a header's name before the key: give the key alone "
+        "(ccswitch writes the header itself, see `auth`)",
+        "r.yaml: upstreams[b].api_key: environment variable PASTED holds `Bearer ` or a header's name before "
+        "the key: give the key alone (ccswitch writes the header itself, see `auth`)",
+        "r.yaml: upstreams[c].api_key: has `Bearer ` or a header's name before the key: give the key alone "
+        "(ccswitch writes the header itself, see `auth`)"]
+    assert not any("sk-test" in line for line in found)
+
+
 def test_a_typo_in_a_zone_an_action_or_a_bare_value_for_a_list_gets_what_to_write():
     found = problems("""
 timezone: Asia/Shangai
