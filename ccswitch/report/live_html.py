@@ -160,8 +160,10 @@ SCRIPT = r"""
     $("rules").textContent = na ? na.why + " (since " + na.since.slice(11, 16) + "): the last good rules stay in "
       + "force; the log and `ccswitch check` say what to mend" : "";
     fill($("upstreams"), d.upstreams.map(upstreamRow));
-    $("available").textContent = d.available + " of " + d.upstreams.length + " available";
-    $("available").className = d.available ? "muted" : "err";
+    var unrouted = d.upstreams.length - d.routed;
+    $("available").textContent = d.available + " of " + d.routed + " available"
+      + (unrouted ? " (" + unrouted + " in no route)" : "");
+    $("available").className = d.available || !d.routed ? "muted" : "err";
     $("clients").replaceChildren(...d.clients.map((c) => {
       const p = el("p", null, "client"); p.append(el("b", c.name), " ", el("span", c.budget.join("; "), "dim"));
       return p;

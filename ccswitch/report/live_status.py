@@ -132,7 +132,8 @@ def live_status(board: LiveBoard, views: list[UpstreamView], rules: Rules, now: 
         "rules_not_applied": None if not_applied is None else {
             "why": not_applied[0], "since": datetime.fromtimestamp(not_applied[1], tz).isoformat(timespec="seconds")},
         "upstreams": [_view_dict(v, now) for v in views],
-        "available": sum(v.up for v in views),
+        # of the upstreams some route lists: one in no route serves nothing, however well
+        "available": sum(v.up for v in views if v.routes), "routed": sum(1 for v in views if v.routes),
         "clients": client_budgets(rules, spend),
         "today": {"date": now.date().isoformat(), "since": f"{since:%H:%M}",
                   **board.totals(tz, now).to_dict()},

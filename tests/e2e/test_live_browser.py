@@ -74,6 +74,7 @@ upstreams:
   - {{name: relay-b, protocol: anthropic, base_url: '{b.base_url}', api_key: '{KEY_B}',
       models: {{claude-sonnet-4-5: claude-sonnet-4-5-20250929}}, budget: {{daily: 50}}}}
   - {{name: night-relay, protocol: anthropic, base_url: '{b.base_url}', api_key: '{KEY_B}', hours: ["{hours_closed_now()}"]}}
+  - {{name: spare, protocol: anthropic, base_url: '{b.base_url}', api_key: '{KEY_B}'}}
 routes: {{claude: [relay-a, relay-b, night-relay]}}
 """)
         with Proxy(rules, tmp, reverse_target=target.base_url) as running:
@@ -102,15 +103,16 @@ def test_the_page_renders_upstreams_and_requests_and_refreshes_with_the_key(prox
     parsed = Rows()
     parsed.feed(dom)
     upstreams = {r["upstream"]: r["cells"] for r in parsed.rows if r["class"] == "upstream"}
-    assert list(upstreams) == ["relay-a", "relay-b", "night-relay"]
+    assert list(upstreams) == ["relay-a", "relay-b", "night-relay", "spare"]
     assert upstreams["relay-a"][0] == "relay-aanthropic \u00b7 claude"   # name, then protocol and routes
     assert upstreams["relay-a"][1].startswith("cooling") and "529" in upstreams["relay-a"][8]
     assert upstreams["relay-b"][1] == "available" and upstreams["relay-b"][3].startswith("42%")
     assert upstreams["relay-b"][4] == upstreams["relay-a"][4] == "0"            # nothing in flight now
     assert upstreams["relay-b"][5] == "2" and upstreams["relay-a"][5] == "0"   # sessions bound
     assert re.fullmatch(r"\$0\.000?\d\d of \$50\.00 today \(until 00:00\)", upstreams["relay-b"][7])
-    assert parsed.ids["flying"] == "0" and parsed.ids["available"] == "1 of 3 available"
+    assert parsed.ids["flying"] == "0" and parsed.ids["available"] == "1 of 3 available (1 in no route)"
     assert upstreams["night-relay"][1].startswith("outside hours")
+    assert upstreams["spare"][0] == "spareanthropic \u00b7 no route" and upstreams["spare"][1] == "available"
     requests = [r["cells"] for r in parsed.rows if r["class"] == "request"]
     assert len(requests) == 5
     gave_up, newest, oldest = requests[0], requests[1], requests[-1]

@@ -395,7 +395,9 @@ def test_every_control_character_shows_as_its_escape_on_a_page():
 
 
 def test_the_page_says_how_many_upstreams_are_available_and_what_each_client_key_spent_of_its_budget():
+    # an upstream in no route serves nothing: "2 of 3 available" read so with one of two routed ones down
     r = rules_for(("a", "anthropic", "http://127.0.0.1:9"), ("b", "anthropic", "http://127.0.0.1:9"),
+                  ("spare", "anthropic", "http://127.0.0.1:9"), routes={"claude": ["a", "b"]},
                   extra=f"timezone: UTC\nclient_keys:\n  - {{name: alice, key: '{CLIENT_KEY}', budget: {{daily: 2}}}}\n"
                         f"  - {{name: bob, key: '{KEY_B}-client'}}\n")
     now = datetime.fromtimestamp(NOON_ISH, UTC)
@@ -406,7 +408,7 @@ def test_the_page_says_how_many_upstreams_are_available_and_what_each_client_key
     health.switch("b", False)
     views = upstream_views(r, health, QuotaBoard(), SessionBindings(), now, spend)
     shown = live_status(LiveBoard(clock=lambda: NOON_ISH), views, r, now, spend=spend)
-    assert shown["available"] == 1
+    assert (shown["available"], shown["routed"]) == (1, 2)
     assert shown["clients"] == [{"name": "alice", "budget": ["$0.50 of $2.00 today (until 00:00)"]}]
     assert CLIENT_KEY not in json.dumps(shown)
 
