@@ -19,6 +19,7 @@ import collections
 import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,10 @@ ATTEMPT_COLUMNS = (
 ACTIVATION_COLUMNS = ("ts", "upstream", "status", "ok", "error", "latency_ms", "slot", "probe_id")
 
 _OUTAGE_JOIN = 1.0     # what a stop in an outage gives a write under way before it spills the rows
+# what a stop gives a write that neither ends nor fails (a server that takes the connection and never
+# answers) before its rows go to the spill file; a healthy server writes a batch in milliseconds
+_STALL_JOIN = 1.5
+_STALL_TELL = 10.0     # a write under way this long is logged (a hang raises nothing to log)
 _COLUMNS = {"requests": REQUEST_COLUMNS, "attempts": ATTEMPT_COLUMNS, "activations": ACTIVATION_COLUMNS}
 
 
@@ -81,6 +86,8 @@ class Ledger:
         self._thread: threading.Thread | None = None
         self._failing: str | None = None    # the problem that began the current outage: logged once
         self._drops_logged = False          # a full buffer is logged once until the database is back
+        self._writing_since: float | None = None   # when the write under way began
+        self._stall_told = False            # that write's hang is logged
         self.dropped = 0
         self.written = 0
 
@@ -107,6 +114,12 @@ class Ledger:
                 self._pending.popleft()
                 self._count_dropped(1)
             self._pending.append((table, values))
+            if (since := self._writing_since) is not None and not self._stall_told \
+                    and time.monotonic() - since > _STALL_TELL:
+                self._stall_told = True
+                log.warning("ccswitch: the usage ledger %s has not answered a write for %.0f s; keeping %d "
+                            "row(s) in memory meanwhile", self.backend.label, time.monotonic() - since,
+                            self.pending)
             if len(self._pending) in (1, self.batch):   # woken when work appears or a batch is full
                 self._cond.notify()
 
@@ -118,9 +131,7 @@ class Ledger:
             self._closing = True
             self._cond.notify()
         if self._thread:
-            # in an outage the rows go to the spill file at once: a stop has seconds before its
-            # SIGKILL (`docker stop`: 10), and each try may wait out the database's connect timeout
-            self._thread.join(min(timeout, _OUTAGE_JOIN) if self._spills_now() else timeout)
+            self._join_flush(timeout)
         with self._cond:
             # a writer still hanging on the database may yet write its rows: kept all the same (the
             # ledger skips a row it has)
@@ -133,6 +144,29 @@ class Ledger:
             self._keep_unwritten(left)      # no successor, or it closed meanwhile (another reload, a stop)
         elif self._taken_files:     # their rows were written, the last ones by this flush
             self._forget_taken()
+
+    def _join_flush(self, timeout: float) -> None:
+        """Wait for the writer's last flush.  With a spill file to keep the rows in, a stop has
+        seconds before its SIGKILL (`docker stop`: 10, the drain of requests included): in an
+        outage the rows go to the file at once (each try may wait out the database's connect
+        timeout), and so do they when a write under way stalls for `_STALL_JOIN`."""
+        assert self._thread is not None
+        if self.spill_dir is None:     # nowhere else to keep them: the whole timeout
+            self._thread.join(timeout)
+            return
+        deadline = time.monotonic() + timeout
+        done, moved = self.written + self.dropped, time.monotonic()
+        while self._thread.is_alive() and (now := time.monotonic()) < deadline:
+            if self._spills_now():
+                self._thread.join(min(deadline - now, _OUTAGE_JOIN))
+                return
+            if (progress := self.written + self.dropped) != done:
+                done, moved = progress, now
+            elif now - moved >= _STALL_JOIN:
+                log.warning("ccswitch: the usage ledger %s has not answered a write for %.1f s; the "
+                            "stop keeps its rows for the next start", self.backend.label, now - moved)
+                return
+            self._thread.join(min(0.05, deadline - now))
 
     def take(self, rows: list[Row]) -> bool:
         """Rows another ledger could not write, older than any queued here: they go first.
@@ -218,6 +252,7 @@ class Ledger:
                 self._hand = rows
             if not rows:
                 continue
+            self._writing_since = time.monotonic()
             try:
                 self._write_batch(rows)
             except Exception as exc:    # whatever the database or its driver raises: keep the rows, retry
@@ -230,6 +265,10 @@ class Ledger:
             finally:
                 with self._cond:
                     self._hand = []
+                    self._writing_since = None
+                    told, self._stall_told = self._stall_told, False
+                if told:
+                    log.warning("ccswitch: the usage ledger %s answered again", self.backend.label)
             backoff = 0.5
             if self._failing:
                 self._recovered(len(rows))

@@ -170,3 +170,57 @@ def test_an_instance_restarted_while_postgresql_is_still_down_starts_and_writes_
     assert "writing 4 usage row(s) an earlier stop could not write" in log      # 2 requests, 2 attempts
     assert "Error logged during startup" not in log and own_postgres.password not in log
     assert list(unwritten.iterdir()) == []
+
+
+def _server_processes(cluster) -> list[int]:
+    """The postmaster and its children (backends, writers)."""
+    main = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == main]
+    return [main, *children]
+
+
+def _parent(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def test_a_stop_while_postgresql_hangs_keeps_the_rows_before_a_supervisor_s_kill(tmp_path, own_postgres):
+    """A frozen server (it takes the connection and never answers) held a stop's ledger flush for
+    its whole 10 s, with no request in flight: `docker stop` kills at 10 s, and the rows were lost.
+    The stop now keeps them in a file within seconds; the next start writes them, once each."""
+    import os
+    import signal
+    with MockUpstream("A") as a:
+        rules = one_upstream_rules(tmp_path, own_postgres.url, a)
+        proxy = Proxy(rules, tmp_path).start()
+        try:
+            assert ask(proxy, "sk-any") == "a"
+            wait_requests(own_postgres.url, 1)
+            frozen = _server_processes(own_postgres)
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                for _ in range(2):
+                    assert ask(proxy, "sk-any") == "a"          # answered while the ledger hangs
+                time.sleep(0.5)                                 # their rows in the writer's hand
+                started = time.monotonic()
+                proxy.stop()
+                took = time.monotonic() - started
+            finally:
+                for pid in frozen:
+                    os.kill(pid, signal.SIGCONT)
+            log = proxy.log()
+        finally:
+            proxy.stop()
+        assert took < 6, took                                   # about 2 s; 12 s before
+        assert "has not answered a write for" in log and own_postgres.password not in log
+        unwritten = tmp_path / ".ccswitch" / "unwritten"
+        assert len(list(unwritten.iterdir())) == 1
+        with Proxy(rules, tmp_path):
+            deadline = time.monotonic() + 30
+            while list(unwritten.iterdir()):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    assert rows(own_postgres.url, "SELECT count(*), count(DISTINCT request_id) FROM requests") == [(3, 3)]

@@ -365,3 +365,78 @@ def test_a_spilled_row_the_database_rejects_no_longer_counts_over_the_bound(tmp_
     assert ledger.dropped == 2
     gate.set()
     ledger.close(timeout=5)
+
+
+def test_a_stop_while_the_first_write_hangs_keeps_its_rows_within_seconds(tmp_path, monkeypatch, caplog):
+    # a server that takes the connection and never answers (a frozen PostgreSQL): no try had failed,
+    # so the stop waited its whole 10 s for the write, and `docker stop`'s SIGKILL at 10 s lost the rows
+    import threading
+    release = threading.Event()
+
+    def hangs(batch):
+        release.wait(20)
+    unwritten = tmp_path / "unwritten"
+    ledger = Ledger(tmp_path / "u.db", spill_dir=unwritten)
+    monkeypatch.setattr(ledger.backend, "insert", hangs)
+    ledger.start()
+    ledger.add("requests", row(1))
+    assert wait_for(lambda: ledger._hand)       # the write under way
+    ledger.add("requests", row(2))
+    started = time.monotonic()
+    try:
+        ledger.close(timeout=10)
+        took = time.monotonic() - started
+    finally:
+        release.set()
+    assert took < 4, took                       # about 1.5 s
+    assert sorted(_kept_ids(ledger, unwritten)) == [row(1)["request_id"], row(2)["request_id"]]
+    assert "has not answered a write for" in caplog.text
+
+
+def test_a_stop_waits_for_a_slow_flush_that_goes_on_writing(tmp_path, monkeypatch):
+    # each batch slower than the stall limit's share, but the flush moves: nothing spilled
+    unwritten = tmp_path / "unwritten"
+    ledger = Ledger(tmp_path / "u.db", spill_dir=unwritten, batch=1)
+    insert = ledger.backend.insert
+
+    def slow(batch):
+        time.sleep(0.6)
+        insert(batch)
+    monkeypatch.setattr(ledger.backend, "insert", slow)
+    ledger.start()
+    for n in range(1, 6):
+        ledger.add("requests", row(n))
+    ledger.close(timeout=10)                    # about 3 s, twice the stall limit
+    assert ledger.written == 5
+    assert not unwritten.exists() or not list(unwritten.iterdir())
+
+
+def test_a_write_that_hangs_is_logged_once_and_so_is_its_answer(tmp_path, monkeypatch, caplog):
+    # a frozen server raises nothing: rows piled up in memory for minutes without a word in the log
+    import threading
+
+    from ccswitch.ledger import writer
+    monkeypatch.setattr(writer, "_STALL_TELL", 0.3)
+    release = threading.Event()
+    ledger = Ledger(tmp_path / "u.db", spill_dir=tmp_path / "unwritten", batch=1)
+    insert = ledger.backend.insert
+
+    def hangs_once(batch):
+        release.wait(20)
+        insert(batch)
+    monkeypatch.setattr(ledger.backend, "insert", hangs_once)
+    ledger.start()
+    try:
+        ledger.add("requests", row(1))
+        assert wait_for(lambda: ledger._hand)
+        ledger.add("requests", row(2))
+        assert "has not answered a write" not in caplog.text    # not yet that long
+        time.sleep(0.4)
+        for n in (3, 4):
+            ledger.add("requests", row(n))
+        assert caplog.text.count("has not answered a write for") == 1
+    finally:
+        release.set()
+    assert wait_for(lambda: ledger.written == 4)
+    assert caplog.text.count("answered again") == 1
+    ledger.close(timeout=5)
