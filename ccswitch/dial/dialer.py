@@ -278,9 +278,14 @@ class Dialer:
                                   rules.failover.on_network_error)
         wait = timeouts.first_byte if job.request.stream else timeouts.total
         deadline = time.monotonic() + wait
+        slot: list[bool] = []       # a connection (or room for one) under the upstream's max_connections
         try:
-            response = await asyncio.wait_for(self._send(job, upstream, outgoing, timeouts.connect), wait)
+            response = await asyncio.wait_for(self._send(job, upstream, outgoing, timeouts.connect,
+                                                         lambda: slot.append(True)), wait)
         except (TimeoutError, http1.TransportError, OSError) as exc:
+            if isinstance(exc, TimeoutError) and not slot:
+                # the whole wait spent in ccswitch's own queue: not the upstream failing
+                exc = http1.NoFreeConnection(http1.no_free_connection(wait, outgoing.via.max_connections))
             return network_failure(upstream.name, exc, rules.failover.on_network_error,
                                    "first_byte" if job.request.stream else "total",
                                    outgoing.via.proxy.shown if outgoing.via.proxy else None)
@@ -297,12 +302,13 @@ class Dialer:
             await response.aclose()
 
     async def _send(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest,
-                    connect_timeout: float) -> http1.Response | TurnResponse:
+                    connect_timeout: float, on_slot: Callable[[], object]) -> http1.Response | TurnResponse:
         """A turn of a bridged Codex socket goes to a `websocket: true` upstream over that
         upstream's own WebSocket (read like an HTTP response), unless it has none; everything
         else over HTTP."""
         if upstream.websocket and job.upstream_sockets is not None and job.turn is not None \
                 and not self.without_websocket.known(upstream):
+            on_slot()       # an upstream's WebSocket is its own connection, under no cap
             try:
                 return await job.upstream_sockets.send(
                     upstream.name, outgoing, job.turn, tls=self.client.ssl_context, connect_timeout=connect_timeout,
@@ -314,7 +320,7 @@ class Dialer:
         if job.turn is not None and upstream.websocket:
             outgoing.headers = over_https(outgoing.headers)
         return await self.client.send(outgoing.method, outgoing.url, outgoing.headers, outgoing.body,
-                                      connect_timeout=connect_timeout, via=outgoing.via)
+                                      connect_timeout=connect_timeout, via=outgoing.via, on_slot=on_slot)
 
     async def _judge(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest, translation,
                      response: http1.Response | TurnResponse, sink: Sink, deadline: float,

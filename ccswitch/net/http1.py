@@ -156,14 +156,17 @@ class UpstreamClient:
         return self._pool.counts()
 
     async def send(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes = b"", *,
-                   connect_timeout: float = 10.0, via: Via = DIRECT) -> Response:
+                   connect_timeout: float = 10.0, via: Via = DIRECT,
+                   on_slot: Callable[[], object] | None = None) -> Response:
         """Send a request and return once the response headers are in; the body is read
         from the response.  When a kept-alive connection drops before any answer (the upstream
         closed it as the request went out), the request is sent once more on a new connection,
         as browsers and urllib3 do.  An upstream that took the request and then dropped the
         connection without a byte may see it twice; the dialer's own retries are bounded apart.
         Header values are text of one character per byte (`ccswitch.headers`).  At its cap of
-        connections, the request waits up to `connect_timeout` for one (NoFreeConnection)."""
+        connections, the request waits up to `connect_timeout` for one (NoFreeConnection);
+        `on_slot` is called once it has one, or room to open one (a caller's own deadline that
+        passes before then was spent in ccswitch's queue, not on the upstream)."""
         if method.upper() == "HEAD":   # the parser would wait for a body an answer to HEAD has not
             raise Unsendable("cannot send this request: HEAD is not supported")
         origin, target, host = split_url(url)
@@ -182,7 +185,7 @@ class UpstreamClient:
         wire = request + body if body else request
         for fresh_retry in (False, True):
             connection = await self._checkout((via.upstream, via.proxy, origin), via.max_connections,
-                                              connect_timeout, fresh=fresh_retry)
+                                              connect_timeout, fresh=fresh_retry, on_slot=on_slot)
             try:
                 connection.expect_answer(keep_alive)
                 if not await connection.send(wire) and (head := await _early_answer(connection)) is not None:
@@ -220,12 +223,13 @@ class UpstreamClient:
     # ---------------------------------------------------------------- the pool
 
     async def _checkout(self, key: PoolKey, limit: int | None, timeout: float, *,
-                        fresh: bool = False) -> Connection:
+                        fresh: bool = False, on_slot: Callable[[], object] | None = None) -> Connection:
         try:
             connection = await self._pool.acquire(key, limit, timeout, fresh=fresh)
         except NoRoom:
-            raise NoFreeConnection(f"no free connection within {timeout:g} s "
-                                   f"(all {limit} of max_connections busy)") from None
+            raise NoFreeConnection(no_free_connection(timeout, limit)) from None
+        if on_slot is not None:
+            on_slot()
         if connection is not None:
             connection.reused, connection.received_any, connection.in_use = True, False, True
             return connection
@@ -277,6 +281,10 @@ class UpstreamClient:
     def _discard(self, connection: Connection, *, abort: bool = True) -> None:
         connection.in_use = False
         self._pool.discard(connection, abort=abort)
+
+
+def no_free_connection(waited: float, limit: int | None) -> str:
+    return f"no free connection within {waited:g} s (all {limit} of max_connections busy)"
 
 
 def _skip_to_end(connection: Connection) -> bool:

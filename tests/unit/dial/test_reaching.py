@@ -18,7 +18,7 @@ from ccswitch.net.proxy import Proxy
 from ccswitch.routing.health import HealthBoard
 from ccswitch.wire.cache_breakpoints import count_cache_breakpoints
 from tests.support.helpers import MemorySink, make_job
-from tests.support.mock_upstream import MockUpstream, hang_before_headers, status
+from tests.support.mock_upstream import MockUpstream, hang_before_headers, stall_after, status
 from tests.support.tunnel_proxies import ConnectProxy, Socks5Proxy
 
 PASSWORD = "s3cret-proxy-pw"
@@ -112,6 +112,34 @@ async def test_a_wait_for_a_connection_past_connect_fails_over_without_counting(
         first = asyncio.ensure_future(run(rules, body=body, dialer=dialer))
         await asyncio.sleep(0.1)
         assert dialer.client.connection_counts() == {"a": (1, 0)}
+        second, sink, _ = await run(rules, body=body, dialer=dialer)
+        assert sink.status == 200 and sink.headers["x-ccswitch-upstream"] == "b"
+        assert second.attempts[0].error == "no free connection within 0.3 s (all 1 of max_connections busy)"
+        assert dialer.health.get("a").failures == 0                  # its own cap, not its failure
+        served, _, _ = await first
+        assert served.upstream == "a" and len(mock_a.requests) == 1
+    finally:
+        await dialer.aclose()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_wait_for_a_connection_past_the_answers_deadline_fails_over_without_counting(mock_a, mock_b, stream):
+    # first_byte / total below connect: the deadline for the answer passed while the request still
+    # waited for one of the upstream's connections, read as the upstream's silence: it counted,
+    # and a cooldown (with its webhooks) followed from ccswitch's own cap
+    rules = parse_rules(f"""timeouts: {{connect: 3s, first_byte: 300ms, total: 300ms, idle: 1s}}
+failover: {{retry_backoff: 10ms}}
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{mock_a.base_url}', api_key: key-a, max_connections: 1}}
+  - {{name: b, protocol: anthropic, base_url: '{mock_b.base_url}', api_key: key-b}}
+routes: {{claude: [a, b]}}
+""")
+    mock_a.script(stall_after(2, 0.8))           # a stream holding a's one connection
+    body = {"model": "claude-x", "max_tokens": 5, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+    dialer = Dialer(HealthBoard())
+    try:
+        first = asyncio.ensure_future(run(rules, body={**body, "stream": True}, dialer=dialer))
+        await asyncio.sleep(0.1)
         second, sink, _ = await run(rules, body=body, dialer=dialer)
         assert sink.status == 200 and sink.headers["x-ccswitch-upstream"] == "b"
         assert second.attempts[0].error == "no free connection within 0.3 s (all 1 of max_connections busy)"
