@@ -36,6 +36,19 @@ def missing_guard(mode: mode_specs.ProxyMode, client_keys: bool, proxyauth: bool
     return "a way to authenticate its clients, which ccswitch has not for this mode: listen on loopback"
 
 
+def routed_past_upstream_mode(modes: list[tuple[str, mode_specs.ProxyMode]], rules: Rules) -> str | None:
+    """mitmproxy's upstream mode sends on, through its proxy, what ccswitch does not route; ccswitch
+    dials what it routes itself, through the rules' proxies: with none set, those go direct."""
+    proxies = [f"{mode.scheme}://{mode.address[0]}:{mode.address[1]}" for _, mode in modes
+               if isinstance(mode, mode_specs.UpstreamMode)]
+    if not proxies or "upstream_proxy" in rules.model_fields_set:
+        return None
+    return (f"the upstream mode's proxy ({', '.join(proxies)}) carries only what ccswitch does not route: "
+            "ccswitch sends the requests it routes itself, through rules.yaml's upstream_proxy or each "
+            "upstream's proxy, and with no upstream_proxy set they go direct. Write `upstream_proxy: "
+            f"{proxies[0]}` (its login as `http://USER:${{VAR}}@…`), or `upstream_proxy: direct` to mean it")
+
+
 def parsed_modes(specs: Iterable[str]) -> list[tuple[str, mode_specs.ProxyMode]]:
     """(spec, mode) of each listener spec of mitmproxy's `mode` option that parses (mitmproxy
     itself refuses a bad one)."""
@@ -104,6 +117,9 @@ class ListenSafety:
         # update makes mitmproxy roll back to the same options and configure again, without end
         if updated & {"listen_host", "mode", "proxyauth", "ccswitch_rules"}:
             self.check_exposure()
+        if updated & {"mode", "ccswitch_rules"} and (note := routed_past_upstream_mode(
+                parsed_modes(ctx.options.mode), self.gateway.rules)):
+            log.warning("ccswitch: %s", note)
         if "proxyauth" in updated and ctx.options.proxyauth and self._reverse_specs():
             log.warning("ccswitch: mitmproxy's proxyauth also asks every request on %s for "
                         "'Authorization: Basic': API clients that send a Bearer token or only x-api-key get "
@@ -209,15 +225,16 @@ def _drop_client_keys(request: http.Request, rules: Rules) -> None:
 
 
 class InterceptScope:
-    """In regular (HTTPS_PROXY) mode decrypt only the `intercept` hosts (and `https://ccswitch`,
-    the live page, which the proxy answers itself)."""
+    """In regular (HTTPS_PROXY) and upstream mode decrypt only the `intercept` hosts (and
+    `https://ccswitch`, the live page, which the proxy answers itself); upstream mode passes the
+    others through its proxy."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         context = data.context
-        if not isinstance(context.client.proxy_mode, mode_specs.RegularMode):
+        if not isinstance(context.client.proxy_mode, mode_specs.RegularMode | mode_specs.UpstreamMode):
             return
         host = data.client_hello.sni or (context.server.address[0] if context.server.address else "")
         host = host.lower()
