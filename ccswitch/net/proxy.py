@@ -250,5 +250,7 @@ def _what(exc: Exception, proxy: Proxy) -> str:
 
 def _refused_credentials(exc: Exception) -> bool:
     """python-socks' word that the proxy refused the user name and password (a SOCKS failure, an
-    HTTP proxy's 407)."""
-    return getattr(exc, "error_code", None) == 407 or "authentication failure" in str(exc).lower()
+    HTTP proxy's 407), or wants a login where the rules give none (no SOCKS method acceptable)."""
+    text = str(exc).lower()
+    return getattr(exc, "error_code", None) == 407 or "authentication failure" in text \
+        or "no acceptable authentication methods" in text

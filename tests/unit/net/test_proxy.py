@@ -296,3 +296,15 @@ async def test_a_proxy_quoting_its_proxy_authorization_back_names_no_credentials
     basic = base64.b64encode(f"me:{SECRET}".encode()).decode()
     assert basic not in str(caught.value) and SECRET not in str(caught.value)
     assert basic in Proxy("http", "h", 1, "me", SECRET).secrets()
+
+
+@pytest.mark.parametrize("kind, scheme", [(ConnectProxy, "http"), (Socks5Proxy, "socks5")])
+async def test_a_proxy_that_wants_a_login_the_rules_do_not_give_is_a_lasting_failure(upstream, kind, scheme):
+    # a SOCKS proxy's "no acceptable authentication methods" read as a passing failure: the client
+    # was told to retry, which no retry mends (an HTTP proxy's 407 already said not to)
+    with kind(auth=("me", "right-one")) as proxy:
+        async with client() as c:
+            with pytest.raises(http1.ProxyFailure) as caught:
+                await post(c, upstream.base_url, via(proxy.url(scheme=scheme)))
+    assert caught.value.credentials and network_failure("u", caught.value, "switch", "connect").lasting
+    assert str(caught.value).startswith(f"proxy {scheme}://127.0.0.1:{proxy.port}: authentication failed")
