@@ -86,8 +86,12 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
             # (rounded: the board's monotonic clock read back lands a few ms before the second it was set for)
             ends = (now.astimezone(UTC) + timedelta(seconds=max(0.0, until - health.clock()) + 0.5)
                     ).replace(microsecond=0).astimezone(now.tzinfo)
-            # to the second, as the live page says it (a minute's rounding read as over already)
-            result.blocked.append((name, f"cooling down until {wall_text(ends, now, seconds=True)}"))
+            # to the second, as the live page says it (a minute's rounding read as over already);
+            # a window full past the cooldown is what keeps it out longer, so that is its end
+            outlasts = full is not None and full.resets_at is not None \
+                and full.resets_at - quota.clock() > until - health.clock()
+            result.blocked.append((name, _full_text(full, rules, now) if outlasts
+                                   else f"cooling down until {wall_text(ends, now, seconds=True)}"))
             back = _back_after(until - health.clock(), full, quota) if health.get(name).rate_limited else None
             if back is not None:
                 limited.append(back)

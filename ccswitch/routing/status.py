@@ -32,14 +32,15 @@ def upstream_state(upstream: Upstream, rules: Rules, health: HealthBoard, now: d
         when = f"{until:%H:%M}" if overrun.kind == "daily" else f"{until:%Y-%m-%d %H:%M}"
         return "over_budget", f"over its {overrun.kind} budget ({usd(overrun.limit)[0]}) until {when}", until
     cooling = health.cooling_until(upstream.name)
-    if cooling is not None:
+    full = quota.full_until(upstream.name, rules.failover.drain_at) if quota is not None else None
+    # cooling and full: back when both are over, so the later end is what it says
+    if cooling is not None and not (full is not None and full - quota.clock() > cooling - health.clock()):
         # the board's clock is monotonic: read back as wall time it lands a few ms off the
         # moment it was set for (a reset at 17:00:00 read 16:59:59.998, shown as 16:59:59)
         # (added in UTC: a span across a DST change is elapsed time, not wall-clock time)
         until = (now.astimezone(UTC) + timedelta(seconds=cooling - health.clock() + 0.5)
                  ).replace(microsecond=0).astimezone(now.tzinfo)
         return "cooling", f"cooling down until {wall_text(until, now, seconds=True)}", until
-    full = quota.full_until(upstream.name, rules.failover.drain_at) if quota is not None else None
     if full is not None:
         until = datetime.fromtimestamp(full, now.tzinfo)   # wall time: the reset exactly, not "now" + a span read later
         window = quota.full(upstream.name, rules.failover.drain_at)

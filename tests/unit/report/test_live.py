@@ -253,6 +253,22 @@ def test_upstream_states_name_each_reason_and_when_it_ends():
     assert views["night"].routes == ("chat",) and views["ok"].routes == ("claude",)
 
 
+def test_an_upstream_cooling_and_full_says_the_later_of_the_two_ends():
+    # a 429 with retry-after 10 and its window full for 60 s read "cooling down until" +10 s,
+    # though the upstream was out for 60 s, then turned to "full until" +60 s
+    r = parse_rules(STATES_RULES)
+    health, quota, sessions, wall = boards()
+    now = datetime.fromtimestamp(wall(), ZoneInfo(TZ))
+    health.record_rate_limit("cool", "HTTP 429", seconds=10, reset_known=True)
+    quota.record("cool", [("anthropic-ratelimit-unified-5h-utilization", "0.99"),
+                          ("anthropic-ratelimit-unified-5h-reset", str(int(wall() + 60)))])
+    view = {v.name: v for v in upstream_views(r, health, quota, sessions, now)}["cool"]
+    assert view.state == "full" and view.until == now + timedelta(seconds=60) and "5h window" in view.detail
+    health.record_rate_limit("cool", "HTTP 429", seconds=120, reset_known=True)   # the cooldown outlasts it
+    view = {v.name: v for v in upstream_views(r, health, quota, sessions, now)}["cool"]
+    assert view.state == "cooling" and view.until == now + timedelta(seconds=120)
+
+
 def test_a_cooldown_read_a_moment_later_ends_at_the_second_it_was_set_for_not_one_before():
     # a reset at 17:00:00 was shown as "until 16:59:59": the board's clock read back a few ms later
     r = parse_rules(STATES_RULES)

@@ -94,8 +94,12 @@ def test_an_upstream_cooling_and_full_is_back_only_when_both_are_over():
     utilization(quota, "c", 1.0, reset_in=20)                                # but full for 20 s
     p = plan(rules, "claude", "m", health, NOW, quota=quota)
     assert p.candidates == [] and p.limited_for == 20
+    # the answer named the cooldown's end, 15 s before c could serve: a client retried too early
+    why = dict(p.blocked)["c"]
+    assert why.startswith("full until ") and why.endswith("(5h window)"), why
     health.record_rate_limit("c", "HTTP 429", seconds=30, reset_known=True)  # cooling past its full window
-    assert plan(rules, "claude", "m", health, NOW, quota=quota).limited_for == 30
+    p = plan(rules, "claude", "m", health, NOW, quota=quota)
+    assert p.limited_for == 30 and dict(p.blocked)["c"].startswith("cooling down until ")
 
 
 def test_weighted_picks_in_proportion_and_a_session_always_draws_the_same():
