@@ -123,11 +123,17 @@ def _why_none_could(refused: dict[str, RenderError]) -> str:
     return "; ".join(f"{reason} ({', '.join(names)})" for reason, names in by_reason.items())
 
 
+NO_END_RETRY_AFTER = 60
+
+
 def _come_back(wait: float | None) -> dict[str, str]:
     """When to ask again for a route that is closed for now: when its first upstream opens by its
     hours; a client is told at once (`x-should-retry: false`) rather than retrying for minutes
     when that is over a minute away, or when none will open by itself (switched off, or none
     serves the model)."""
     if wait is None:
-        return {"x-should-retry": "false"}
+        # every own 503 carries a retry-after; nothing opens by itself, but a reload or
+        # `ccswitch.enable` may: a client that retries regardless (not an SDK, which obeys
+        # x-should-retry; Codex is given none, see own_error) waits a minute, not a moment
+        return {"x-should-retry": "false", "retry-after": str(NO_END_RETRY_AFTER)}
     return {"retry-after": str(max(1, math.ceil(wait)))}

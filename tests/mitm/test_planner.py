@@ -55,12 +55,20 @@ def test_a_cooling_upstream_that_can_take_it_gets_its_second_chance_as_on_a_rout
         in job.skipped
 
 
+# nothing opens by itself: told at once (x-should-retry), and, as every 503 of ccswitch's own, when
+# to come back all the same (a reload or ccswitch.enable may open it; it had no retry-after at all)
+NO_END = {"x-should-retry": "false", "retry-after": "60"}
+
+
 def test_one_switched_off_that_could_take_it_makes_it_a_wait_naming_both(gateway):
     gateway.health.switch("chatty", False)                          # ccswitch.disable chatty
     status, message, headers = Planner(gateway).plan_job(chat_request(n=2), "f1", None, None, shown=False)
     # nothing opens by itself: a client is told at once instead of retrying for minutes
-    assert status == 503 and headers == {"x-should-retry": "false"}
+    assert status == 503 and headers == NO_END
     assert "chatty is disabled by ccswitch.disable" in message
+    from ccswitch.wire.protocols import own_error
+    told_codex, _ = own_error("openai-responses", status, message, tuple(headers.items()), codex=True)
+    assert not any(name == "retry-after" for name, _ in told_codex)     # Codex would wait it out
     assert "anth is unable to take this request (n must be 1" in message
 
 
@@ -153,7 +161,7 @@ def test_a_model_no_upstream_serves_is_said_at_once(tmp_path):
     opens = datetime.now(UTC) + timedelta(hours=2)     # the one off by its hours would not serve it either
     status, message, headers = closed_route(tmp_path, f"{opens:%H:%M}-{opens + timedelta(hours=1):%H:%M}",
                                             only_models="haiku-*", night_models="opus-*")
-    assert status == 503 and headers == {"x-should-retry": "false"} and "not serving model 'gpt-x'" in message
+    assert status == 503 and headers == NO_END and "not serving model 'gpt-x'" in message
 
 
 def test_a_client_keys_spent_budget_says_when_it_resets_with_the_zone_of_the_rules(tmp_path):
@@ -227,7 +235,7 @@ def test_a_follow_up_whose_issuer_is_switched_off_is_told_at_once_why(tmp_path):
     gateway.health.switch("rb", False)
     req = follow_up("responses", "resp_seen")
     status, message, headers = Planner(gateway).plan_job(req, "f1", None, None, shown=False)
-    assert status == 503 and headers == {"x-should-retry": "false"}
+    assert status == 503 and headers == NO_END
     assert message == ("no upstream available for the codex route: ra is not the issuer of the response this request "
                        "continues (rb); rb is disabled by ccswitch.disable")
 
