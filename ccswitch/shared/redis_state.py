@@ -149,6 +149,9 @@ class RedisState(Claims):
         if self.up and self._client is not None and (self._pending or self._unsent or self._writing):
             try:
                 await asyncio.wait_for(self._drain(self._client), STOP_FLUSH)
+            except TimeoutError:
+                log.warning("ccswitch: could not hand the last changes to %s: no answer within %g s", self.where,
+                            STOP_FLUSH)
             except (*OUTAGES, asyncio.CancelledError) as exc:
                 log.warning("ccswitch: could not hand the last changes to %s (%s)", self.where, self._describe(exc))
         if self._task is not None:

@@ -1028,3 +1028,20 @@ def test_connections_to_redis_keep_tcp_keepalive_on():
     # a peer gone without a word is noticed by the kernel too, not only by the next ping
     state = RedisState(RedisURL.parse("redis://127.0.0.1:9/0"))
     assert state._connect().connection_pool.connection_kwargs["socket_keepalive"] is True
+
+
+async def test_a_stop_while_redis_hangs_says_it_had_no_answer(own_redis, caplog):
+    # read "could not hand the last changes to redis://… (TimeoutError: )": the reason left empty
+    import os
+    import signal
+    caplog.set_level(logging.WARNING, "ccswitch.state")
+    node = await Node(own_redis.url()).__aenter__()
+    os.kill(own_redis.proc.pid, signal.SIGSTOP)
+    try:
+        node.spend.add(CLIENT, "k", 0.25)
+        await asyncio.sleep(0.05)
+        await node.state.stop()
+    finally:
+        os.kill(own_redis.proc.pid, signal.SIGCONT)
+    said = [r.getMessage() for r in caplog.records if "could not hand the last changes" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith(": no answer within 2 s"), said
