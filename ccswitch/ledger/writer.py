@@ -233,6 +233,15 @@ class Ledger:
         self._taken_files = []
 
     @property
+    def trouble(self) -> str | None:
+        """Why rows are not being written now (the database refuses, or a write hangs), or None."""
+        if (failing := self._failing) is not None:
+            return failing
+        if (since := self._writing_since) is not None and (held := time.monotonic() - since) > _STALL_TELL:
+            return f"no answer to a write for {held:.0f} s"
+        return None
+
+    @property
     def pending(self) -> int:
         return len(self._pending) + len(self._hand)
 

@@ -11,6 +11,8 @@ Bearer, or `?key=` for a browser); without them, a reverse listener serves loopb
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from datetime import datetime
 from urllib.parse import unquote
 
@@ -22,7 +24,7 @@ from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.safety import beyond_loopback
 from ccswitch.mitm.scope import answered_early
 from ccswitch.report.live_html import CONTENT_SECURITY_POLICY, page_html
-from ccswitch.report.live_status import live_status, upstream_views
+from ccswitch.report.live_status import InstanceView, live_status, upstream_views
 from ccswitch.report.metrics import CONTENT_TYPE as METRICS_TYPE
 from ccswitch.report.metrics import metrics_text
 from ccswitch.routing.admission import origin_problem
@@ -127,11 +129,19 @@ class LivePage:
         rules, running = self.gateway.rules, self.gateway.in_flight()
         now = datetime.now(rules.tz)
         return live_status(self.gateway.live, self._views(now, running), rules, now, running, self.gateway.spend,
-                           self.gateway.rules_file.not_applied)
+                           self.gateway.rules_file.not_applied, self._instance())
 
     def _metrics(self) -> str:
         now, running = datetime.now(self.gateway.rules.tz), self.gateway.in_flight()
-        return metrics_text(self.gateway.live, self._views(now, running), running)
+        return metrics_text(self.gateway.live, self._views(now, running), running, self._instance())
+
+    def _instance(self) -> InstanceView:
+        ledger, state = self.gateway.ledger, self.gateway.state
+        shown = {} if ledger is None else {
+            "ledger_waiting": ledger.pending, "ledger_dropped": ledger.dropped, "ledger_trouble": ledger.trouble}
+        return InstanceView(host=socket.gethostname(), pid=os.getpid(),
+                            ledger=ledger.backend.label if ledger is not None else None, **shown,
+                            state=state.where, state_shared=state.shared, state_up=getattr(state, "up", True))
 
 
 def text_answer(status: int, message: str, extra: dict | None = None) -> http.Response:

@@ -159,6 +159,20 @@ SCRIPT = r"""
     const na = d.rules_not_applied;
     $("rules").textContent = na ? na.why + " (since " + na.since.slice(11, 16) + "): the last good rules stay in "
       + "force; the log and `ccswitch check` say what to mend" : "";
+    const inst = d.instance;
+    if (inst) {
+      const ledger = inst.ledger, state = inst.state;
+      const parts = [inst.host + " (pid " + inst.pid + ")"];
+      parts.push(!ledger ? "no ledger" : ledger.trouble
+        ? "ledger " + ledger.db + ": " + ledger.trouble + ", " + ledger.waiting + " row(s) kept in memory"
+        : "ledger " + ledger.db + (ledger.waiting ? ", " + ledger.waiting + " row(s) waiting" : ""));
+      if (ledger && ledger.dropped) parts.push(ledger.dropped + " usage row(s) lost");
+      if (state.shared) {
+        parts.push("shared state " + state.at + (state.up ? "" : " unreachable: serving on this instance's memory"));
+      }
+      $("instance").textContent = parts.join(" \u00b7 ");
+      $("instance").className = (ledger && (ledger.trouble || ledger.dropped)) || !state.up ? "err" : "muted";
+    }
     fill($("upstreams"), d.upstreams.map(upstreamRow));
     var unrouted = d.upstreams.length - d.routed;
     $("available").textContent = d.available + " of " + d.routed + " available"
@@ -219,6 +233,7 @@ BODY = """<body>
 <header><h1>ccswitch</h1><span id="now" class="muted"></span><span id="preferring"></span>
 <span id="live" class="muted"></span></header>
 <p id="rules" class="err"></p>
+<p id="instance" class="muted"></p>
 <noscript><p>This page needs JavaScript; the same data is at /_ccswitch/status.json.</p></noscript>
 <h2>Upstreams <span id="available" class="muted"></span></h2>
 <div class="wide"><table class="compact"><thead><tr><th>upstream</th><th>state</th><th class="n">left</th>

@@ -58,6 +58,31 @@ class UpstreamView:
         return self.state == "available"
 
 
+@dataclass(frozen=True)
+class InstanceView:
+    """This instance, and how its ledger and shared state are doing: behind a load balancer, which
+    instance answered, and whether rows pile up or the state is its own for now."""
+    host: str
+    pid: int
+    ledger: str | None              # where the rows go (never a password); None: no ledger
+    ledger_waiting: int = 0         # rows in memory, not yet written
+    ledger_dropped: int = 0         # rows lost to a full buffer or refused by the database
+    ledger_trouble: str | None = None   # why rows are not being written now
+    state: str = "in memory (this instance only)"
+    state_shared: bool = False
+    state_up: bool = True           # a shared state reachable now
+
+
+def instance_dict(view: InstanceView, secrets: list[str]) -> dict[str, Any]:
+    return {
+        "host": view.host, "pid": view.pid,
+        "ledger": None if view.ledger is None else {
+            "db": view.ledger, "waiting": view.ledger_waiting, "dropped": view.ledger_dropped,
+            "trouble": clean_text(view.ledger_trouble, secrets)},
+        "state": {"at": view.state, "shared": view.state_shared, "up": view.state_up},
+    }
+
+
 def clean_text(text: str | None, secrets: list[str]) -> str | None:
     if text is None:
         return None
@@ -116,10 +141,11 @@ def client_budgets(rules: Rules, spend: SpendBoard | None) -> list[dict[str, Any
 
 def live_status(board: LiveBoard, views: list[UpstreamView], rules: Rules, now: datetime,
                 running: Sequence[Job] = (), spend: SpendBoard | None = None,
-                not_applied: tuple[str, float] | None = None) -> dict[str, Any]:
+                not_applied: tuple[str, float] | None = None, instance: InstanceView | None = None) -> dict[str, Any]:
     """The whole page as data: `now` aware in the rules' time zone; `running`: the requests under
     way; `spend`: for the client keys' budgets; `not_applied`: why the rules file's last change
-    is not in force, and since when (the rules in force are the last good ones)."""
+    is not in force, and since when (the rules in force are the last good ones); `instance`:
+    this one, its ledger and shared state."""
     secrets = rules.secret_texts()
     tz = now.tzinfo
     since = board.since(tz)
@@ -128,6 +154,7 @@ def live_status(board: LiveBoard, views: list[UpstreamView], rules: Rules, now: 
         "now": stamp, "time": f"{now:%H:%M:%S}", "timezone": now.strftime("%Z"),
         "zone": rules.timezone or getattr(tz, "key", None), "utc_offset": stamp[19:] or None,
         "started": datetime.fromtimestamp(board.started, tz).isoformat(timespec="seconds"),
+        "instance": None if instance is None else instance_dict(instance, secrets),
         "preferring": next((v.name for v in views if v.preferred), None),
         "rules_not_applied": None if not_applied is None else {
             "why": not_applied[0], "since": datetime.fromtimestamp(not_applied[1], tz).isoformat(timespec="seconds")},

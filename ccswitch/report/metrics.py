@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 from ccswitch.dial.job import Job
 from ccswitch.report.live import Histogram, LiveBoard
-from ccswitch.report.live_status import STATES, UpstreamView
+from ccswitch.report.live_status import STATES, InstanceView, UpstreamView
 from ccswitch.vocab import Route
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -75,8 +75,9 @@ class Exposition:
         return "\n".join(self.lines) + "\n"
 
 
-def metrics_text(board: LiveBoard, views: list[UpstreamView], running: Sequence[Job] = ()) -> str:
-    """`running`: the requests under way."""
+def metrics_text(board: LiveBoard, views: list[UpstreamView], running: Sequence[Job] = (),
+                 instance: InstanceView | None = None) -> str:
+    """`running`: the requests under way; `instance`: its ledger and shared state."""
     out = Exposition()
     out.family("ccswitch_requests_total", "counter",
                "Client requests finished since ccswitch started, by route, the upstream that answered "
@@ -133,4 +134,23 @@ def metrics_text(board: LiveBoard, views: list[UpstreamView], running: Sequence[
                   board.ttfb, ("route", "upstream"))
     out.family("ccswitch_start_time_seconds", "gauge", "When ccswitch started, in Unix seconds.",
                [({}, float(board.started))])
+    if instance is not None:
+        _instance_families(out, instance)
     return out.text()
+
+
+def _instance_families(out: Exposition, instance: InstanceView) -> None:
+    if instance.ledger is not None:
+        out.family("ccswitch_ledger_ok", "gauge",
+                   "1 while the usage ledger takes rows; 0 while its database refuses them or a write hangs "
+                   "(the rows wait in memory, see ccswitch_ledger_rows_waiting).",
+                   [({}, int(instance.ledger_trouble is None))])
+        out.family("ccswitch_ledger_rows_waiting", "gauge", "Usage rows in memory, not yet written.",
+                   [({}, instance.ledger_waiting)])
+        out.family("ccswitch_ledger_rows_dropped_total", "counter",
+                   "Usage rows lost: the buffer full during an outage, or a row the database refused.",
+                   [({}, instance.ledger_dropped)])
+    if instance.state_shared:
+        out.family("ccswitch_shared_state_up", "gauge",
+                   "1 while the shared state (Redis) is reachable; 0 while this instance serves on its own memory.",
+                   [({}, int(instance.state_up))])

@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import anthropic
+import httpx
 import psycopg
 import pytest
 
@@ -98,6 +99,10 @@ def test_two_instances_share_one_postgresql_ledger_and_budgets_read_it_after_a_r
         assert len(a.requests) == 12                         # alice's refusal reached no upstream
 
 
+def instance_ledger(proxy: Proxy) -> dict:
+    return httpx.get(proxy.reverse_url + "/_ccswitch/status.json").json()["instance"]["ledger"]
+
+
 def one_upstream_rules(tmp_path: Path, usage_db: str, upstream: MockUpstream) -> Path:
     rules = tmp_path / "rules.yaml"
     rules.write_text(f"usage_db: {usage_db}\nupstreams:\n"
@@ -121,6 +126,13 @@ def test_requests_keep_being_answered_while_postgresql_is_down_and_every_row_arr
                 for _ in range(15):
                     assert ask(proxy, "sk-any") == "a"       # no request waits on or fails for the ledger
                     answered += 1
+                if phase == "down":                          # the page and the metrics say so
+                    deadline = time.monotonic() + 15
+                    while not (ledger := instance_ledger(proxy))["trouble"]:
+                        assert time.monotonic() < deadline
+                        time.sleep(0.1)
+                    assert ledger["waiting"] >= 15 and own_postgres.password not in json.dumps(ledger)
+                    assert "\nccswitch_ledger_ok 0\n" in httpx.get(proxy.reverse_url + "/_ccswitch/metrics").text
             wait_requests(own_postgres.url, answered, timeout=30)
             log = proxy.log()
         assert rows(own_postgres.url, "SELECT count(*), count(DISTINCT request_id) FROM requests") == \

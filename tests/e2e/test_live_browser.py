@@ -47,7 +47,7 @@ class Rows(HTMLParser):
         if tag == "td" and self._cell is not None:
             self.rows[-1]["cells"].append("".join(self._cell).strip())
             self._cell = None
-        if tag in ("span", "h2", "script"):
+        if tag in ("span", "h2", "p", "script"):
             self._id = None
 
     def handle_data(self, data):
@@ -113,6 +113,8 @@ def test_the_page_renders_upstreams_and_requests_and_refreshes_with_the_key(prox
     assert parsed.ids["flying"] == "0" and parsed.ids["available"] == "1 of 3 available (1 in no route)"
     assert upstreams["night-relay"][1].startswith("outside hours")
     assert upstreams["spare"][0] == "spareanthropic \u00b7 no route" and upstreams["spare"][1] == "available"
+    # which instance this is, and where its rows go (no shared state here)
+    assert re.fullmatch(rf".+ \(pid {running.proc.pid}\) \u00b7 ledger .+usage\.db", parsed.ids["instance"])
     requests = [r["cells"] for r in parsed.rows if r["class"] == "request"]
     assert len(requests) == 5
     gave_up, newest, oldest = requests[0], requests[1], requests[-1]

@@ -99,9 +99,17 @@ def test_killing_redis_mid_load_loses_no_request(tmp_path, own_redis):
                 more = [pool.submit(one_request, i) for i in range(150, 300)]
                 codes = [f.result() for f in first + more]
             assert codes == [200] * 300
+            with client() as http:       # each instance says which it is and that it is on its own now
+                seen = http.get(one.reverse_url + "/_ccswitch/status.json").json()["instance"]
+                metrics = http.get(one.reverse_url + "/_ccswitch/metrics").text
+            assert seen["pid"] == one.proc.pid and seen["state"]["shared"] and not seen["state"]["up"]
+            assert seen["state"]["at"].startswith("Redis at redis://127.0.0.1:") and seen["ledger"]["trouble"] is None
+            assert "\nccswitch_shared_state_up 0\n" in metrics and "\nccswitch_ledger_ok 1\n" in metrics
             own_redis.start()                                       # back (empty): both catch up
             for proxy in (one, two):
                 wait_for(lambda p=proxy: "is reachable again" in p.log(), timeout=20, pause=0.1)
+            with client() as http:
+                assert http.get(two.reverse_url + "/_ccswitch/status.json").json()["instance"]["state"]["up"]
             with client() as http:
                 mock_a.script(status(503))
                 ask(http, one, session="after-outage")              # bound to b on one, shared again

@@ -435,8 +435,10 @@ def test_a_write_that_hangs_is_logged_once_and_so_is_its_answer(tmp_path, monkey
         for n in (3, 4):
             ledger.add("requests", row(n))
         assert caplog.text.count("has not answered a write for") == 1
+        assert ledger.trouble.startswith("no answer to a write for ")    # the live page's and the metrics'
     finally:
         release.set()
     assert wait_for(lambda: ledger.written == 4)
+    assert ledger.trouble is None
     assert caplog.text.count("answered again") == 1
     ledger.close(timeout=5)

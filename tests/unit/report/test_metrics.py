@@ -172,3 +172,18 @@ def test_in_flight_gauges_name_every_route_even_at_nought_and_utilization_is_rou
         if str(route) != "claude":
             assert value(fams, "ccswitch_requests_in_flight", route=str(route)) == 0   # a series from the start
     assert value(fams, "ccswitch_upstream_utilization", upstream="b") == 0.123457
+
+
+def test_the_ledger_and_the_shared_state_are_told_when_there_are_such():
+    # an outage of either was only in the log: nothing to alert on, nor which instance it was
+    from ccswitch.report.live_status import InstanceView
+    board = LiveBoard(clock=lambda: NOON_ISH)
+    troubled = InstanceView(host="h", pid=1, ledger="postgresql://ccswitch:***@db/ledger", ledger_waiting=12,
+                            ledger_dropped=3, ledger_trouble="connection refused", state="Redis at redis://db:6379/0",
+                            state_shared=True, state_up=False)
+    fams = families(metrics_text(board, [], (), troubled))
+    assert value(fams, "ccswitch_ledger_ok") == 0 and value(fams, "ccswitch_ledger_rows_waiting") == 12
+    assert value(fams, "ccswitch_ledger_rows_dropped", "ccswitch_ledger_rows_dropped_total") == 3
+    assert value(fams, "ccswitch_shared_state_up") == 0
+    alone = families(metrics_text(board, [], (), InstanceView(host="h", pid=1, ledger=None)))
+    assert not {"ccswitch_ledger_ok", "ccswitch_shared_state_up"} & set(alone)   # no ledger, state in memory
