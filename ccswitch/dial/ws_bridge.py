@@ -12,6 +12,7 @@ Errors travel in-band, as Codex expects: `{"type": "error", "status": N, "error"
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -33,7 +34,7 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from ccswitch.dial.job import Job
+from ccswitch.dial.job import CLIENT_CLOSED, Job
 from ccswitch.dial.relay import ClientGone, start_now
 from ccswitch.dial.shutdown import Serving
 from ccswitch.dial.ws_errors import (
@@ -141,13 +142,13 @@ class WsBridge(Serving):
 
     def __init__(self, make_job: MakeJob, run_job: Callable[[Job, Any], Awaitable[None]],
                  on_done: Callable[[Job], None], on_turn: Callable[[Ticket, Job | Refusal], None] | None = None, *,
-                 refuse: Callable[[Ticket, int, str], Refusal] | None = None,
+                 refuse: Callable[..., Refusal] | None = None,
                  max_message: Callable[[], int] = lambda: DEFAULT_MAX_MESSAGE) -> None:
         super().__init__()
         self._make_job, self._run_job, self._on_done = make_job, run_job, on_done
         self._on_turn = on_turn
         # a frame refused before it is a turn (not JSON, too large): its row, as a refused request's
-        self._refuse = refuse or (lambda ticket, status, message: Refusal(status, message))
+        self._refuse = refuse or (lambda ticket, status, message, **row: Refusal(status, message))
         self.max_message = max_message     # the largest message taken, in characters or bytes once inflated
         self._tickets: dict[str, Ticket] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -210,7 +211,10 @@ class _Socket:
         self.chain = Chain()
         self.ticket: Ticket | None = None
         self.closed = False
-        self.turn: asyncio.Task | None = None   # the turn being served, while the socket is still read
+        # the frames, served one at a time by a task of their own while the socket is still read:
+        # a client that leaves is seen at once (a frame sent early included), its pings answered
+        self.frames: collections.deque[str | bytes | int] = collections.deque()   # an int: one too large
+        self.turn: asyncio.Task | None = None   # serving the frames, while there are any
         self.turn_job: Job | None = None
         # a message comes in pieces (a frame each, and wsproto hands over what each read brought):
         # gathered until it is whole, up to the bridge's `max_message`
@@ -228,6 +232,7 @@ class _Socket:
                 if not data:
                     return
         finally:
+            self.closed = True      # no frame waiting is served any more
             if self.turn is not None:
                 if self.turn_job is None or not self.turn_job.delivered:
                     # the client left (or closed the socket) mid-turn: its upstream request stops now,
@@ -236,8 +241,22 @@ class _Socket:
                 # else its last event is out (Codex closes on `response.completed`): it ends in a
                 # moment, served, once the upstream's body has ended and its connection is back
                 await asyncio.gather(self.turn, return_exceptions=True)
+            self._left_unserved()
             if self.ticket is not None:
                 self.ticket.upstream_sockets.close()
+
+    def _left_unserved(self) -> None:
+        """The frames the client sent but left before their turn: a row each, as its own."""
+        while self.frames and self.ticket is not None:
+            data, frame = self.frames.popleft(), None
+            if not isinstance(data, int):
+                with contextlib.suppress(ValueError, RecursionError):
+                    frame = client_json(data)
+            if isinstance(frame, dict) and frame.get("type") == "response.processed":
+                continue        # an acknowledgement, not a turn
+            self.ticket.turns += 1
+            self.bridge._refuse(self.ticket, 499, CLIENT_CLOSED,
+                                model=frame.get("model") if isinstance(frame, dict) else None)
 
     def going_away(self) -> None:
         """The proxy stops: a close frame (1001), so Codex reconnects, rather than a socket cut."""
@@ -275,9 +294,22 @@ class _Socket:
             return
         pieces, size = self._pieces, self._size
         self._pieces, self._size = [], 0
-        if size > limit:
-            return await self._refused(413, f"a message over {limit} bytes (ccswitch_max_body)")
-        await self._frame(pieces[0] if len(pieces) == 1 else pieces[0][:0].join(pieces))
+        self.frames.append(limit if size > limit else pieces[0] if len(pieces) == 1 else pieces[0][:0].join(pieces))
+        if self.turn is None or self.turn.done():   # done, its callback still to come: a new one
+            self.turn = start_now(self._serve_frames())
+            self.bridge._track(self.turn)
+            self.turn.add_done_callback(self._served)
+
+    async def _serve_frames(self) -> None:
+        try:
+            while self.frames and not self.closed:
+                data = self.frames.popleft()
+                if isinstance(data, int):
+                    await self._refused(413, f"a message over {data} bytes (ccswitch_max_body)")
+                else:
+                    await self._frame(data)
+        except ClientGone:      # an error frame that could not go out: the reading side sees the end
+            self.closed = True
 
     async def _refused(self, status: int, message: str) -> None:
         assert self.ticket is not None
@@ -293,10 +325,8 @@ class _Socket:
             return await self._refused(400, "a frame nested too deeply")
         if isinstance(frame, dict) and frame.get("type") == "response.processed":
             return          # an acknowledgement: nothing to answer
-        if self.turn is not None:
-            # Codex sends the next turn once this one ended; one sent early waits for it, since
-            # the chain it builds on is this one's answer
-            await asyncio.gather(self.turn, return_exceptions=True)
+        # Codex sends the next turn once this one ended; one sent early waited in `frames` for it,
+        # since the chain it builds on is this one's answer
         try:
             if isinstance(frame, dict) and frame.get("generate") is False:
                 for event in self.chain.warm_up(frame):
@@ -308,7 +338,13 @@ class _Socket:
         except ChainLost as exc:
             # before any output: Codex opens a new socket and sends its whole input
             log.info("ccswitch: closing a Codex socket whose chain is lost (%s)", exc)
+            assert self.ticket is not None
+            self.ticket.turns += 1
+            self.bridge._refuse(self.ticket, 409, f"conversation state lost ({exc}): the socket is closed for "
+                                "the client to send the whole input again",
+                                model=frame.get("model") if isinstance(frame, dict) else None)
             self._send(CloseConnection(code=1011, reason="ccswitch: conversation state lost, resend in full"))
+            await self._flush()
             self.closed = True
             return
         assert self.ticket is not None
@@ -319,11 +355,11 @@ class _Socket:
             await self._text(refusal_frame(made))
             self._turn_ended(made)
             return
-        # a task of its own, so that the socket is still read while the turn runs: a client that
-        # leaves is seen at once, and its pings are answered
-        self.turn, self.turn_job = start_now(self._serve(made)), made
-        self.bridge._track(self.turn)
-        self.turn.add_done_callback(self._served)
+        self.turn_job = made
+        try:
+            await self._serve(made)
+        finally:
+            self.turn_job = None
 
     async def _serve(self, job: Job) -> None:
         self.bridge.turning[id(job)] = job

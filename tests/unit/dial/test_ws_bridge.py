@@ -78,7 +78,7 @@ async def recording_bridge(max_message: int):
         turns.append(turn.body)
         return Refusal(503, "no upstream")
 
-    def refuse(ticket, status, message):
+    def refuse(ticket, status, message, **row):
         refusals.append((ticket.turns, status, message))
         return Refusal(status, message)
     bridge = WsBridge(make_job, run_job=None, on_done=[].append, refuse=refuse, max_message=lambda: max_message)
@@ -207,10 +207,14 @@ class Dialled:
 
     def __init__(self, a, b) -> None:
         self.rules = rules_for(a, b, a_ws=False, b_ws=False)       # first_byte: 2 s
-        self.health, self.shutdown, self.done = HealthBoard(), Shutdown(), []
+        self.health, self.shutdown, self.done, self.refused = HealthBoard(), Shutdown(), [], []
         self.dialer = Dialer(self.health, allow_url=loopback_url)
         self.bridge = WsBridge(self._job, lambda job, sink: run_guarded(self.dialer.run, job, sink, self.shutdown),
-                               on_done=self.done.append)
+                               on_done=self.done.append, refuse=self._refuse)
+
+    def _refuse(self, ticket, status, message, **row):
+        self.refused.append((ticket.turns, status, message, row.get("model")))
+        return Refusal(status, message)
 
     def _job(self, ticket, turn):
         req = ClientRequest(route=Route.CODEX, endpoint=Endpoint.WEBSOCKET, method="POST",
@@ -249,6 +253,63 @@ async def test_a_client_that_leaves_mid_turn_stops_it_at_once_with_no_failover_a
         assert bridged.bridge.turning == {}
     finally:
         await bridged.close()
+
+
+async def test_a_client_that_leaves_mid_turn_with_its_next_frame_sent_early_stops_it_at_once(mock_a, mock_b):
+    # the socket was no longer read while the early frame waited for the turn: the client's close
+    # went unseen, the turn ran on to its idle timeout (counted as the upstream's failure), and the
+    # waiting frame was then sent upstream for a client long gone, with no row of its own
+    mock_a.script(hang_before_headers(3))
+    bridged = Dialled(mock_a, mock_b)
+    try:
+        client = await bridged.client()
+        client.send(TextMessage(json.dumps({"type": "response.create", "model": "gpt-5-next", "input": []})))
+        client.send(TextMessage(json.dumps({"type": "response.processed"})))
+        await eventually(lambda: bridged.bridge.running == 1 and mock_a.requests)
+        await asyncio.sleep(0.1)                                # the early frames are in
+        client.writer.close()                                   # before a's first byte (2 s away)
+        await eventually(lambda: bridged.done and bridged.refused, timeout=1.0)
+        [job] = bridged.done
+        assert job.error == CLIENT_CLOSED and [a.upstream for a in job.attempts] == ["a"]
+        assert bridged.refused == [(2, 499, CLIENT_CLOSED, "gpt-5-next")]      # its row; the ack is none
+        await asyncio.sleep(0.3)
+        assert len(mock_a.requests) == 1 and not mock_b.requests and bridged.health.get("a").failures == 0
+    finally:
+        await bridged.close()
+
+
+async def test_a_frame_sent_while_a_turn_runs_is_served_after_it_in_order(mock_a, mock_b):
+    bridged = Dialled(mock_a, mock_b)
+    try:
+        client = await bridged.client()
+        client.send(TextMessage(json.dumps({"type": "response.create", "model": "gpt-5-codex", "input": []})))
+        events = await client.events(lambda seen: sum(isinstance(e, TextMessage) and '"response.completed"' in e.data
+                                                      for e in seen) == 2)
+        assert sum(isinstance(e, TextMessage) and '"response.completed"' in e.data for e in events) == 2
+        assert len(bridged.done) == 2 and len(mock_a.requests) == 2 and bridged.refused == []
+    finally:
+        await bridged.close()
+
+
+async def test_a_frame_whose_chain_is_lost_has_its_row_before_the_socket_closes():
+    refused = []
+
+    def refuse(ticket, status, message, **row):
+        refused.append((ticket.turns, status, row.get("model")))
+        return Refusal(status, message)
+    bridge = WsBridge(lambda ticket, turn: Refusal(500, "unused"), run_job=None, on_done=[].append, refuse=refuse)
+    await bridge.start()
+    try:
+        ticket = Ticket()
+        bridge.register(ticket)
+        client = await Client.connect(bridge.port, ticket.token, deflate=False)
+        await client.events(lambda seen: any(isinstance(e, AcceptConnection) for e in seen))
+        client.send(TextMessage(json.dumps({"type": "response.create", "model": "m", "input": [],
+                                            "previous_response_id": "resp_from_another_socket"})))
+        await client.events(lambda seen: any(isinstance(e, CloseConnection) for e in seen))
+        assert refused == [(1, 409, "m")]
+    finally:
+        await bridge.stop()
 
 
 async def test_a_turn_cancelled_the_moment_it_is_made_still_ends_with_its_row(mock_a, mock_b):
