@@ -83,7 +83,7 @@ class Pump:
             if usage is not None and usage.raw:
                 usage.raw = scrub_json(usage.raw, self.outgoing.secrets)
             self.attempt.usage = usage
-            self.attempt.response_id = self.tap.response_id
+            self.attempt.response_id, self.attempt.events = self.tap.response_id, self.events
 
     async def _run(self) -> Failure | Streamed:
         deadline = ReadDeadline()

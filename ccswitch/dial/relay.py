@@ -160,8 +160,10 @@ async def _end_with_error(job: Job, sink, status: int, message: str,
         if not sink.started:
             job.status = status
             await send_whole(sink, status, *own_error(job.request.client_protocol, status, message, headers))
-        else:
-            await sink.write(stream_error_event(job.request.client_protocol, message, status))
+        else:   # the stream's own response fails, numbered after its events (a Responses stream)
+            last = job.attempts[-1] if job.attempts else None
+            await sink.write(stream_error_event(job.request.client_protocol, message, status,
+                                                last.events if last else 0, last.response_id if last else None))
             await sink.end()
     except (ClientGone, h11.LocalProtocolError):
         sink.broken = True

@@ -31,7 +31,7 @@ from ccswitch.wire.protocols import own_error
 from ccswitch.wire.ws_chain import Chain
 from tests.support.helpers import eventually
 from tests.support.loopback_guard import loopback_url
-from tests.support.mock_upstream import hang_before_headers
+from tests.support.mock_upstream import hang_before_headers, stall_after
 from tests.unit.dial.test_dialer_websocket import rules_for
 
 
@@ -349,6 +349,27 @@ async def test_a_turn_counts_as_in_flight_and_a_shutdown_cut_ends_it_in_band(moc
         seen = await client.events(lambda seen: any(isinstance(e, CloseConnection) for e in seen))
         closed = next(e for e in seen if isinstance(e, CloseConnection))
         assert (closed.code, closed.reason) == (1001, "ccswitch is shutting down")
+    finally:
+        await bridged.close()
+
+
+async def test_a_turn_cut_by_the_shutdown_after_its_first_events_fails_its_own_response(mock_a, mock_b):
+    # its response.failed named a response of ccswitch's own, not the one response.created began
+    mock_a.script(stall_after(5, 3))                        # created, in_progress, item, part, a delta
+    bridged = Dialled(mock_a, mock_b)
+    try:
+        client = await bridged.client()
+        seen = await client.events(lambda seen: any(isinstance(e, TextMessage) and "output_text.delta" in e.data
+                                                    for e in seen))
+        frames = [json.loads(e.data) for e in seen if isinstance(e, TextMessage)]
+        began = next(f["response"]["id"] for f in frames if f["type"] == "response.created")
+        bridged.shutdown.cutting = True
+        bridged.bridge.cut()
+        seen = await client.events(lambda seen: any(isinstance(e, TextMessage) and "response.failed" in e.data
+                                                    for e in seen))
+        failed = next(json.loads(e.data) for e in seen if isinstance(e, TextMessage) and "response.failed" in e.data)
+        assert failed["response"]["id"] == began and SHUTTING_DOWN in failed["response"]["error"]["message"]
+        assert failed["sequence_number"] == 5                   # after the five it had
     finally:
         await bridged.close()
 
