@@ -128,7 +128,8 @@ class ListenSafety:
         if "listen_host" in updated and not ctx.options.listen_host:
             self.own_loopback = True
             ctx.options.update(listen_host="127.0.0.1")
-            log.info("ccswitch: listening on 127.0.0.1 (pass --listen-host to change)")
+            if any(mode.custom_listen_host is None for _, mode in parsed_modes(ctx.options.mode)):
+                log.info("ccswitch: listening on 127.0.0.1 (pass --listen-host to change)")
         if "stream_large_bodies" in updated and ctx.options.stream_large_bodies:
             # mitmproxy sends a body over that size on to the original host before any request hook
             raise exceptions.OptionsError(

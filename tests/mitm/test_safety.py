@@ -265,3 +265,16 @@ def test_a_refusal_while_the_script_loads_is_logged_as_its_message_not_as_a_cras
     refusal, bug = caplog.records
     assert refusal.getMessage() == "ccswitch refuses to listen beyond loopback" and refusal.exc_info is None
     assert bug.getMessage() == "error in script entry.py" and bug.exc_info is not None   # a real crash keeps its traceback
+
+
+@pytest.mark.parametrize("modes, said", [(["reverse:https://api.anthropic.com@127.0.0.1:8082"], False),
+                                         (["regular@8080"], True),
+                                         (["regular@127.0.0.1:8080", "reverse:https://api.anthropic.com@8082"], True)])
+def test_the_loopback_note_comes_only_when_a_listener_names_no_host(safety_ctx, caplog, modes, said):
+    # "pass --listen-host to change" came beside listeners whose host the user had written already
+    import logging
+    safety, tctx = safety_ctx
+    caplog.set_level(logging.INFO, "ccswitch")
+    tctx.configure(safety, mode=modes)
+    tctx.configure(safety, listen_host="")
+    assert ("pass --listen-host to change" in caplog.text) is said
