@@ -244,6 +244,8 @@ def _what(exc: Exception, proxy: Proxy) -> str:
         return f"cannot connect to the proxy ({why})"
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve the upstream's name here ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.errno:     # a reset or a broken pipe mid-handshake: its words alone
+        return f"the connection to the proxy failed ({os.strerror(exc.errno)})"
     text = scrub(str(exc) or type(exc).__name__, proxy)
     return f"{_AUTH_FAILED} ({text})" if _refused_credentials(exc) else text
 

@@ -308,3 +308,32 @@ async def test_a_proxy_that_wants_a_login_the_rules_do_not_give_is_a_lasting_fai
                 await post(c, upstream.base_url, via(proxy.url(scheme=scheme)))
     assert caught.value.credentials and network_failure("u", caught.value, "switch", "connect").lasting
     assert str(caught.value).startswith(f"proxy {scheme}://127.0.0.1:{proxy.port}: authentication failed")
+
+
+@pytest.mark.parametrize("scheme", ["http", "socks5"])
+async def test_a_proxy_that_resets_the_connection_is_told_in_words_not_an_errno(upstream, scheme):
+    # read "proxy http://127.0.0.1:PORT: [Errno 104] Connection reset by peer"
+    import socket
+    import struct
+    import threading
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def reset_each():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(1024)       # the CONNECT, or SOCKS' greeting: then a reset, no answer
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+    threading.Thread(target=reset_each, daemon=True).start()
+    try:
+        async with client() as c:
+            with pytest.raises(http1.ProxyFailure) as caught:
+                await post(c, upstream.base_url, via(f"{scheme}://127.0.0.1:{port}"))
+    finally:
+        listener.close()
+    assert str(caught.value) == (f"proxy {scheme}://127.0.0.1:{port}: the connection to the proxy failed "
+                                 "(Connection reset by peer)")
