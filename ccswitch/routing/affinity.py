@@ -127,12 +127,15 @@ class SessionBindings:
                 binding.ttl, binding.told = ttl, self.clock()
             notify(self.on_change, replace(told, ttl=max(0.0, ttl)))
 
-    def count_by_upstream(self) -> dict[str, int]:
-        """Live bindings per upstream (for `ccswitch.status`)."""
+    def count_by_upstream(self, listed: Callable[[str, str], bool] | None = None) -> dict[str, int]:
+        """Live bindings per upstream (for `ccswitch.status`); with `listed(route, upstream)`, only
+        those whose route still lists the upstream (one a reload took out of the route serves the
+        session no more: its next request moves it)."""
         self._purge()
         counts: dict[str, int] = {}
-        for binding in self._bindings.values():
-            counts[binding.upstream] = counts.get(binding.upstream, 0) + 1
+        for (route, _), binding in self._bindings.items():
+            if listed is None or listed(route, binding.upstream):
+                counts[binding.upstream] = counts.get(binding.upstream, 0) + 1
         return counts
 
     def __len__(self) -> int:

@@ -269,6 +269,18 @@ def test_an_upstream_cooling_and_full_says_the_later_of_the_two_ends():
     assert view.state == "cooling" and view.until == now + timedelta(seconds=120)
 
 
+def test_sessions_bound_to_an_upstream_its_route_no_longer_lists_are_not_counted():
+    # a reload took `ok` out of the claude route: the page still said it held the session, until
+    # the session's next request moved it
+    r = parse_rules(STATES_RULES.replace("claude: [ok, cool, full, off]", "claude: [cool, full, off]"))
+    health, quota, sessions, wall = boards()
+    now = datetime.fromtimestamp(wall(), ZoneInfo(TZ))
+    sessions.bind("claude", "s1", "ok", 3600)
+    sessions.bind("claude", "s2", "cool", 3600)
+    views = {v.name: v for v in upstream_views(r, health, quota, sessions, now)}
+    assert (views["ok"].sessions, views["cool"].sessions) == (0, 1)
+
+
 def test_a_cooldown_read_a_moment_later_ends_at_the_second_it_was_set_for_not_one_before():
     # a reset at 17:00:00 was shown as "until 16:59:59": the board's clock read back a few ms later
     r = parse_rules(STATES_RULES)
