@@ -310,6 +310,9 @@ class _Socket:
                     await self._frame(data)
         except ClientGone:      # an error frame that could not go out: the reading side sees the end
             self.closed = True
+        finally:
+            if self.closed:     # ended here (a lost chain, the client gone): the reading ends with it
+                self.writer.close()
 
     async def _refused(self, status: int, message: str) -> None:
         assert self.ticket is not None

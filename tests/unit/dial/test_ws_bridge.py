@@ -581,3 +581,21 @@ async def test_a_whole_error_answer_told_in_band_carries_its_retry_and_limit_hea
     [frame] = sent
     assert frame["status"] == 429 and frame["error"]["message"] == "slow down"
     assert frame["headers"] == {"retry-after": "2", "x-ratelimit-remaining-requests": "0"}
+
+
+async def test_a_socket_closed_for_a_lost_chain_ends_even_if_the_client_ignores_the_close():
+    # the close frame went out, but the socket was still read, for as long as the client kept it
+    bridge, _ = await bridge_with(lambda ticket, turn: Refusal(500, "unused"))
+    try:
+        ticket = Ticket()
+        bridge.register(ticket)
+        client = await Client.connect(bridge.port, ticket.token, deflate=False)
+        await client.events(lambda seen: any(isinstance(e, AcceptConnection) for e in seen))
+        client.send(TextMessage(json.dumps({"type": "response.create", "model": "m", "input": [],
+                                            "previous_response_id": "resp_from_another_socket"})))
+        rest = b""
+        while chunk := await asyncio.wait_for(client.reader.read(65536), 2):   # never answering the close
+            rest += chunk
+        assert rest                                             # its close frame, then the end
+    finally:
+        await bridge.stop()
