@@ -64,6 +64,10 @@ class CodexSockets:
         flow.metadata["ccswitch"] = {"route": Route.CODEX, "endpoint": Endpoint.WEBSOCKET}
         flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.bridge.port
         flow.request.headers[TICKET_HEADER] = ticket.token
+        # no permessage-deflate between the client and mitmproxy: mitmproxy inflates a whole
+        # message in memory before anyone may refuse it, so a compressed megabyte became gigabytes
+        # (Codex speaks uncompressed on being told no; the bridge is on this machine anyway)
+        flow.request.headers.pop("sec-websocket-extensions", None)
         flow.comment = "ccswitch: Codex WebSocket bridged"
 
     def settled(self, flow: http.HTTPFlow) -> None:

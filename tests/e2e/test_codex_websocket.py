@@ -198,3 +198,50 @@ def test_codex_waits_out_a_short_rate_limit_told_in_band_and_goes_on(tmp_path):
             wait_rows(proxy, 2)
         rows = sqlite3.connect(proxy.usage_db).execute("SELECT endpoint, status FROM requests ORDER BY id").fetchall()
         assert rows == [("websocket", 429), ("websocket", 200)]
+
+
+def test_a_compressed_message_cannot_inflate_past_its_size_in_ccswitch_s_memory(tmp_path):
+    """permessage-deflate was agreed on the client's side: mitmproxy inflated a 300 KB message to
+    300 MB (and 1 MB to 5 GB under mitmweb) before the 413. No compression is agreed now: the
+    101 says none, and a compressed frame is a protocol error, answered by a close, not inflated."""
+    import contextlib
+    import socket
+    import zlib
+
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, CloseConnection, Request
+    from wsproto.extensions import PerMessageDeflate
+    with MockUpstream("A") as a, MockUpstream("B") as b:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(RULES.replace("{a}", a.base_url).replace("{b}", b.base_url))
+        with Proxy(rules, tmp_path) as proxy:
+            ws = WSConnection(ConnectionType.CLIENT)
+            with socket.create_connection(("127.0.0.1", proxy.reverse_port), timeout=10) as sock:
+                sock.sendall(ws.send(Request(host="127.0.0.1", target="/v1/responses",
+                                             extensions=[PerMessageDeflate()])))
+                events = []
+                while not any(isinstance(e, AcceptConnection) for e in events):
+                    ws.receive_data(sock.recv(65536))
+                    events += list(ws.events())
+                accepted = next(e for e in events if isinstance(e, AcceptConnection))
+                squeeze = zlib.compressobj(9, zlib.DEFLATED, -15)
+                bomb = squeeze.compress(b'{"type":"response.create","model":"gpt-5","input":"' + b"a" * (64 << 20))
+                bomb += squeeze.flush(zlib.Z_SYNC_FLUSH)[:-4]
+                assert len(bomb) < 200_000
+                # one final text frame, RSV1 set (compressed), masked as a client's must be
+                mask = b"\x01\x02\x03\x04"
+                size = (bytes([0x80 | 126]) + len(bomb).to_bytes(2, "big") if len(bomb) < 1 << 16
+                        else bytes([0x80 | 127]) + len(bomb).to_bytes(8, "big"))
+                head = bytes([0x80 | 0x40 | 0x1]) + size + mask
+                sock.sendall(head + bytes(c ^ mask[i % 4] for i, c in enumerate(bomb)))
+                sock.settimeout(10)
+                with contextlib.suppress(TimeoutError):    # inflated, the message is refused, the socket kept
+                    while data := sock.recv(65536):
+                        ws.receive_data(data)
+                        events += list(ws.events())
+                closes = [e for e in events if isinstance(e, CloseConnection)]
+            rss_kb = int(next(line.split()[1] for line in open(f"/proc/{proxy.proc.pid}/status")
+                              if line.startswith("VmHWM:")))
+    assert accepted.extensions == []
+    assert [c.code for c in closes] == [1002]                   # protocol error: RSV1 without the extension
+    assert rss_kb < 250_000, rss_kb     # its peak: ~95 MB; 490 MB when the 64 MB message was inflated
