@@ -23,7 +23,7 @@ from ccswitch.vocab import CLIENT_PROTOCOL, Protocol
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import encodable
 from ccswitch.wire.headers import to_wire
-from ccswitch.wire.redact import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS, REDACTED, holding, path_without
+from ccswitch.wire.redact import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS, REDACTED, holding, target_without
 
 #: the mark of a flow that failed over
 WARNING = ":warning:"
@@ -230,7 +230,7 @@ def without_client_keys(flow: http.HTTPFlow, headers: list[tuple[str, str]], rul
     if any(held):
         headers = [field for field, hit in zip(headers, held, strict=True) if not hit]
         redact_fields(flow.request.headers, held)
-    if (path := path_without(flow.request.path, keys)) != flow.request.path:
+    if (path := target_without(flow.request.path, keys)) != flow.request.path:
         flow.request.path = path
     return headers
 

@@ -19,7 +19,7 @@ from urllib.parse import unquote
 from mitmproxy import ctx, http
 from mitmproxy.proxy import mode_specs
 
-from ccswitch.mitm.flows import LIVE_HOST, answer, redact_credentials
+from ccswitch.mitm.flows import LIVE_HOST, answer, redact_credentials, without_client_keys
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.safety import beyond_loopback
 from ccswitch.mitm.scope import answered_early
@@ -73,7 +73,8 @@ class LivePage:
         if path is None:
             return
         allowed = self._allowed(flow)
-        self._hide_key(flow)
+        redact_credentials(flow.request)      # no key text stays on the flow (mitmweb, -w, the console)
+        without_client_keys(flow, wire.from_wire(flow.request.headers.fields), self.gateway.rules)
         if not self.gateway.rules.client_keys:      # with client keys, the key decides
             foreign = origin_problem(wire.from_wire(flow.request.headers.fields), _OWN_PAGES)
             if foreign is not None:
@@ -101,10 +102,6 @@ class LivePage:
         return not (isinstance(client.proxy_mode, mode_specs.ReverseMode)
                     and beyond_loopback(client, ctx.options.listen_host or "127.0.0.1"))
 
-    @staticmethod
-    def _hide_key(flow: http.HTTPFlow) -> None:
-        """No key text stays on the flow (mitmweb, `mitmdump -w`, the console line)."""
-        redact_credentials(flow.request)     # `?key=` among the parameters it hides
 
     def _serve(self, path: str) -> http.Response:
         if path in (PREFIX, PREFIX + "/", "/"):

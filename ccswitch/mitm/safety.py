@@ -14,7 +14,7 @@ from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.scope import answered_early
 from ccswitch.net.addresses import is_loopback
 from ccswitch.wire import headers as wire
-from ccswitch.wire.redact import client_credential, holding, path_without
+from ccswitch.wire.redact import client_credential, holding, target_without
 
 log = logging.getLogger("ccswitch")
 
@@ -221,7 +221,7 @@ def _drop_client_keys(request: http.Request, rules: Rules) -> None:
     if any(held):
         request.headers.fields = tuple(field for field, hit in zip(request.headers.fields, held, strict=True)
                                        if not hit)
-    if (path := path_without(request.path, keys)) != request.path:
+    if (path := target_without(request.path, keys)) != request.path:
         request.path = path
 
 

@@ -50,6 +50,23 @@ def path_without(target: str, texts: list[str]) -> str:
     return f"{base}?{query}" if query else base
 
 
+def target_without(target: str, texts: list[str]) -> str:
+    """`target` without the query parameters that carry one of `texts` (`path_without`), and each
+    of them elsewhere in it (a path segment, `;key=…`) `<redacted>`; the whole path when one is
+    there only in another percent-encoding."""
+    target = path_without(target, texts)
+    base, mark, query = target.partition("?")
+    texts = _worth_finding(texts)
+    if "%" not in base and "+" not in base and not any(text in base for text in texts):
+        return target       # a request's path, every time: looked at once, not split and decoded
+    for text in texts:
+        for form in (text, quote(text, safe=""), quote(text)):
+            base = base.replace(form, REDACTED)
+    if any(text in unquote_plus(base) for text in texts):     # spelt otherwise (`%2D` for `-`): all of it
+        base = "/" + REDACTED
+    return base + mark + query
+
+
 def _worth_finding(texts: list[str]) -> list[str]:
     return [text for text in texts if len(text) >= _SHORTEST_SECRET]
 

@@ -97,6 +97,19 @@ async def test_without_the_right_key_it_is_401_saying_how_and_nothing_passes_on(
     assert "ccswitch" not in flow.metadata and gateway.live.requests == {}
 
 
+@pytest.mark.parametrize("headers,path", [
+    ([], f"/_ccswitch/?token={CLIENT_KEY}"), ([], f"/_ccswitch/key={CLIENT_KEY}"),
+    ([], f"/_ccswitch/status.json;key={CLIENT_KEY}"), ([("x-custom-ck", CLIENT_KEY)], "/_ccswitch/status.json"),
+    ([], "/_ccswitch/" + CLIENT_KEY.replace("-", "%2D")),
+])
+async def test_a_client_key_in_an_unexpected_place_of_a_refused_page_request_stays_off_the_flow(chain, headers, path):
+    # answered 401, the flow kept it in clear for mitmweb and `-w` files
+    flow = await through(chain, flow_on(path=path, headers=headers))
+    assert flow.response.status_code == 401
+    shown = flow.request.path + str(flow.request.headers)
+    assert CLIENT_KEY not in shown and CLIENT_KEY.replace("-", "%2D") not in shown
+
+
 async def test_status_json_and_metrics(chain, gateway):
     key = [("x-api-key", CLIENT_KEY)]
     gateway.record_job(finished(gateway.rules, Attempt("a", 200, None, 40, Usage(input_tokens=12, output_tokens=3))))
