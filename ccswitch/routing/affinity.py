@@ -76,6 +76,7 @@ class SessionBindings:
         self._bindings: dict[tuple[str, str], Binding] = {}
         self._binds = 0
         self._sticky: dict[str, float] = {}   # each route's idle time in force now (from `sync`)
+        self._names: frozenset[str] | None = None   # the upstreams of the rules in force (from `sync`)
 
     def bound(self, route: str, key: str) -> str | None:
         """The upstream this session is bound to, while it has not been idle past its TTL."""
@@ -89,7 +90,12 @@ class SessionBindings:
 
     def bind(self, route: str, key: str, upstream: str, ttl: float) -> None:
         """After a 2xx from `upstream`: (re)bind the session there and restart its idle time.
-        With sticky off (`ttl` 0) nothing is bound, and nothing is kept to come back to later."""
+        With sticky off (`ttl` 0) nothing is bound, and nothing is kept to come back to later.
+        A request that began before a reload binds as the rules now in force say: not to an
+        upstream they no longer have, and with their route's `sticky`."""
+        if self._names is not None and upstream not in self._names:
+            return
+        ttl = self._sticky.get(route, ttl)
         if ttl <= 0:
             self._bindings.pop((route, key), None)
             return
@@ -109,7 +115,7 @@ class SessionBindings:
         longer one keeps a session that would have been let go, a shorter one lets it fail back,
         and `off` drops the route's bindings.  Other instances are told (the shared copy expires
         as the local one does)."""
-        keep = set(names)
+        keep = self._names = frozenset(names)
         for key in [k for k, b in self._bindings.items() if b.upstream not in keep]:
             del self._bindings[key]
         if sticky is None:

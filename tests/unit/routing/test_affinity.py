@@ -89,6 +89,21 @@ def test_with_sticky_off_a_route_binds_nothing_and_keeps_nothing_to_come_back_to
     assert bindings.bound("claude", "s1") is None and bindings.count_by_upstream() == {"a": 1}
 
 
+def test_a_request_that_began_before_a_reload_binds_as_the_rules_in_force_say():
+    # a stream under the old rules ended after the reload and bound its session to an upstream
+    # the new rules had removed (or renamed), undoing the binding made since; under `sticky: off`
+    # it bound all the same, and the session came back to it when sticky was turned on again
+    bindings = SessionBindings(Clock())
+    bindings.sync(["a", "b"], {"claude": 3600})
+    bindings.bind("claude", "s1", "b", ttl=3600)        # served under the new rules
+    bindings.bind("claude", "s1", "gone", ttl=3600)     # the old stream, ending now
+    assert bindings.bound("claude", "s1") == "b" and bindings.count_by_upstream() == {"b": 1}
+    bindings.sync(["a", "b"], {"claude": 0})
+    bindings.bind("claude", "s2", "a", ttl=3600)        # begun under sticky 1h, ended under off
+    bindings.sync(["a", "b"], {"claude": 3600})
+    assert bindings.bound("claude", "s2") is None
+
+
 def test_expired_bindings_are_swept_so_memory_stays_bounded():
     clock = Clock()
     bindings = SessionBindings(clock)
