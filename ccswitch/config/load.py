@@ -162,7 +162,7 @@ def load_rules(path: str | Path, env: Mapping[str, str] | None = None) -> Rules:
         raise RulesError([unreadable(path, e)]) from None
     if blank(text):
         raise RulesError([empty_file(path)])
-    return _parse(text, str(path), env, path.resolve().parent, path)
+    return _parse(text, str(path), env, path.absolute().parent, path)
 
 
 def blank(text: str) -> bool:

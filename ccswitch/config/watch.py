@@ -225,4 +225,4 @@ def _parse(content: bytes, path: Path) -> Rules:
         text = content.decode("utf-8")
     except UnicodeDecodeError:
         raise RulesError([f"{path}: cannot read (not UTF-8)"]) from None
-    return parse_rules(text, str(path), base_dir=path.resolve().parent, source_path=path)
+    return parse_rules(text, str(path), base_dir=path.absolute().parent, source_path=path)

@@ -674,6 +674,20 @@ def test_usage_db_resolution(tmp_path, monkeypatch):
     assert r.usage_db == base.resolve() / "u.db" and r.source == f
 
 
+def test_a_relative_usage_db_is_beside_the_rules_file_as_named_not_its_link_target(tmp_path):
+    # a Kubernetes ConfigMap's rules.yaml links through ..data to a folder swapped at each update:
+    # the ledger moved to the new folder, and the report lost the history before it
+    from ccswitch.config.watch import _parse
+    data = tmp_path / "k8s" / "v2"
+    data.mkdir(parents=True)
+    (data / "rules.yaml").write_text("usage_db: u.db\n")
+    (tmp_path / "k8s" / "..data").symlink_to("v2")
+    (tmp_path / "k8s" / "rules.yaml").symlink_to("..data/rules.yaml")
+    named = tmp_path / "k8s" / "rules.yaml"
+    assert load_rules(named, env={}).usage_db == tmp_path / "k8s" / "u.db"
+    assert _parse(named.read_bytes(), named).usage_db == tmp_path / "k8s" / "u.db"   # the proxy's reload
+
+
 def test_yaml_12_scalars():
     r = parse("upstreams:\n" + relay("on", extra="activate_at: [06:00, 23:59]") + "routes: {claude: [on]}\n")
     assert r.upstreams[0].name == "on" and r.routes.for_route("claude") == ("on",)
