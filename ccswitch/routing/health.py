@@ -78,6 +78,9 @@ class HealthBoard:
         for name in list(self._state):
             if name not in fingerprints:   # its hooks were told of a cooldown: they hear it is over
                 self._outage_ended(name, self._state.pop(name), "removed from the rules: no longer watched")
+        if self.preferred is not None and self.preferred[0] not in fingerprints:
+            log.info("ccswitch: ccswitch.use %s ends: the rules no longer have it", self.preferred[0])
+            self.unprefer()    # not to come back unasked with an upstream of that name added again
         for name, fp in fingerprints.items():
             state = self.get(name)
             if before.get(name, fp) != fp:

@@ -118,6 +118,18 @@ def test_preferred_expires():
     assert b.preferred_name() is None
 
 
+def test_a_reload_that_removes_the_preferred_upstream_ends_the_preference():
+    # ccswitch.status still said "preferring ra", and an upstream of that name added back later
+    # was preferred again without anyone asking
+    b, clock = board()
+    b.sync({"ra": ("x",), "rb": ("y",)})
+    b.prefer("ra", clock.now + 600)
+    b.sync({"rb": ("y",)})
+    assert b.preferred is None
+    b.sync({"ra": ("x",), "rb": ("y",)})
+    assert b.preferred_name() is None
+
+
 def test_a_failed_probe_after_a_rate_limit_cooldown_goes_straight_back_too():
     # one 429 cooled it (failures 1, under the threshold): its probe failing is not one failure of three
     b, clock = board()
