@@ -159,15 +159,19 @@ class RulesFile:
             return False
         self._signature = signature   # each outcome below is logged once per content
         if content is None:
-            log.error("ccswitch: rules file %s disappeared; keeping the last good rules", path)
-            return self._not_applied("the rules file disappeared")
+            what = "is a folder now" if path.is_dir() else "cannot be read" if path.exists() else "disappeared"
+            log.error("ccswitch: rules file %s %s; keeping the last good rules", path, what)
+            return self._not_applied(f"the rules file {what}")
         if _is_empty(content):
             log.error("ccswitch: rules file %s is empty; keeping the last good rules", path)
             return self._not_applied("the rules file is empty")
         try:
             rules = _parse(content, path)
         except RulesError as exc:
-            log.error("ccswitch: invalid edit of the rules, keeping the last good ones:\n%s", exc)
+            # an environment variable cannot be set for a process already running
+            restart = ("\n(this ccswitch took its environment when it started: an unset variable needs a "
+                       "restart with it set)") if any("is not set" in p for p in exc.problems) else ""
+            log.error("ccswitch: invalid edit of the rules, keeping the last good ones:\n%s%s", exc, restart)
             count = len(exc.problems)
             return self._not_applied(f"the rules file's last edit is invalid ({count} problem{'s' * (count != 1)})")
         try:
@@ -189,7 +193,8 @@ class RulesFile:
         return True
 
     def _not_applied(self, why: str) -> bool:
-        self.not_applied = (why, time.time())
+        # since the file's content stopped being in force: another bad save keeps that moment
+        self.not_applied = (why, self.not_applied[1] if self.not_applied is not None else time.time())
         return False
 
     def fingerprints(self) -> dict[str, tuple]:

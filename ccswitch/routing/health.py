@@ -89,6 +89,8 @@ class HealthBoard:
                 log.info("ccswitch: upstream %s changed its base_url, key or protocol: health reset", name)
                 self._outage_ended(name, state, "its base_url, key or protocol changed: taken as healthy")
             elif state.switched is not None:     # a reload ends the switch for every instance
+                log.info("ccswitch: the reload ends ccswitch.%s %s: the rules' enabled is in force again",
+                         "enable" if state.switched else "disable", name)
                 state.switched = None
                 self._share_switch(name)
             if name not in changed and name in ways_before and ways_before[name] != self._ways.get(name) \

@@ -47,6 +47,16 @@ def test_status_lists_every_state_without_keys(setup):
     assert KEY_A not in text
 
 
+def test_status_says_when_the_rules_file_s_last_edit_is_not_in_force(setup):
+    # only the live page and the log said it: a mitmweb user reading ccswitch.status did not know
+    gateway, commands, tctx = setup
+    assert not any("not in force" in line or "last good rules" in line for line in tctx.command(commands.status))
+    gateway.rules_file.not_applied = ("the rules file's last edit is invalid (1 problem)", 1_800_000_000.0)
+    lines = tctx.command(commands.status)
+    assert lines[1].startswith("the rules file's last edit is invalid (1 problem) (since ")
+    assert "the last good rules stay in force" in lines[1]
+
+
 def test_status_shows_utilization_its_window_reset_full_and_bound_sessions(setup):
     import time
     gateway, commands, tctx = setup

@@ -306,10 +306,13 @@ def test_why_the_files_last_change_is_not_in_force_is_kept_until_a_change_is(wor
     assert why == "the rules file's last edit is invalid (3 problems)" and since > 0
     assert KEY_A not in why
     path.unlink()
+    path.mkdir()           # a folder where the file was: it read "disappeared"
     rules_file.reload_if_changed()
     clock.advance(0.25)
     rules_file.reload_if_changed()
-    assert rules_file.not_applied[0] == "the rules file disappeared"
+    # since the file stopped being in force, not since its latest bad save
+    assert rules_file.not_applied == ("the rules file is a folder now", since)
+    path.rmdir()
     path.write_text(EDITED)
     rules_file.reload_if_changed()
     clock.advance(0.25)
@@ -352,3 +355,14 @@ def test_rules_opened_anew_end_the_word_that_the_last_edit_is_not_in_force(world
         monkeypatch.chdir(tmp_path / "elsewhere")
         assert rules_file.open(None) and rules_file.path is None
     assert rules_file.not_applied is None
+
+
+def test_an_edit_naming_an_unset_variable_says_a_running_ccswitch_needs_a_restart_for_it(world, caplog):
+    # "set it where ccswitch runs" cannot be done for a process already running
+    path, clock, rules_file = world
+    path.write_text(EDITED.replace(f"api_key: '{KEY_A}'", "api_key: '${NOT_SET_ANYWHERE}'", 1))
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
+    assert not rules_file.reload_if_changed()
+    assert "environment variable NOT_SET_ANYWHERE is not set" in caplog.text
+    assert "needs a restart with it set" in caplog.text

@@ -130,6 +130,17 @@ def test_a_reload_that_removes_the_preferred_upstream_ends_the_preference():
     assert b.preferred_name() is None
 
 
+def test_a_reload_that_ends_a_manual_switch_says_so(caplog):
+    # a comment-only edit switched a disabled upstream back on with only "rules reloaded" in the log
+    import logging
+    caplog.set_level(logging.INFO, "ccswitch")
+    b, _ = board()
+    b.sync({"rb": ("y",)})
+    b.switch("rb", False)
+    b.sync({"rb": ("y",)})
+    assert b.enabled("rb", True) and "the reload ends ccswitch.disable rb" in caplog.text
+
+
 def test_a_failed_probe_after_a_rate_limit_cooldown_goes_straight_back_too():
     # one 429 cooled it (failures 1, under the threshold): its probe failing is not one failure of three
     b, clock = board()
