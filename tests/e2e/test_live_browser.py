@@ -217,3 +217,38 @@ def test_the_page_says_when_the_rules_files_last_edit_is_not_in_force(tmp_path):
     said = parsed.ids["rules"]
     assert said.startswith("the rules file's last edit is invalid (2 problems) (since ") and "last good rules" in said
     assert f"(since {datetime.fromtimestamp(since, UTC):%H:%M}): " in said      # the time alone, not the date
+
+
+@pytest.mark.parametrize("troubled", [True, False], ids=["troubled", "well"])
+def test_the_instance_line_says_what_ails_its_ledger_and_its_shared_state(tmp_path, troubled):
+    # an operator behind a load balancer reads here, in red, that rows pile up, are lost or that
+    # Redis is out; and, in grey, rows merely waiting for their next write
+    from datetime import UTC, datetime
+
+    from ccswitch.report.live import LiveBoard
+    from ccswitch.report.live_html import page_html
+    from ccswitch.report.live_status import InstanceView, live_status
+    from tests.support.helpers import rules_for
+    rules = rules_for(("relay-a", "anthropic", "https://a.example"))
+    ledger = "postgresql://ccswitch:***@db/ledger"
+    instance = InstanceView(host="node-1", pid=42, ledger=ledger, ledger_waiting=4, state="Redis at redis://db:6379/0",
+                            state_shared=True, state_up=not troubled,
+                            **({"ledger_dropped": 3, "ledger_trouble": "connection refused"} if troubled else {}))
+    page = tmp_path / "instance.html"
+    page.write_text(page_html(live_status(LiveBoard(), [], rules, datetime.now(UTC), instance=instance)))
+    dom = browser.dump_dom(page.as_uri(), tmp_path / "profile", budget_ms=500)
+    parsed = Rows()
+    parsed.feed(dom)
+    [shown_as] = re.findall(r'<p id="instance" class="([^"]*)"', dom)
+    if troubled:
+        assert parsed.ids["instance"] == (
+            f"node-1 (pid 42) \u00b7 ledger {ledger}: connection refused, 4 row(s) kept in memory \u00b7 3 usage row(s) "
+            "lost \u00b7 shared state Redis at redis://db:6379/0 unreachable: serving on this instance's memory")
+        assert shown_as == "err"
+    else:
+        assert parsed.ids["instance"] == (
+            f"node-1 (pid 42) \u00b7 ledger {ledger}, 4 row(s) waiting \u00b7 shared state Redis at redis://db:6379/0")
+        assert shown_as == "muted"
+    # no upstream in any route: nothing to be down, not a red "0 of 0"
+    [available_as] = re.findall(r'<span id="available" class="([^"]*)"', dom)
+    assert parsed.ids["available"] == "0 of 0 available" and available_as == "muted"

@@ -124,6 +124,26 @@ async def test_status_json_and_metrics(chain, gateway):
     assert 'ccswitch_upstream_up{upstream="a"} 1' in metrics.response.text
 
 
+async def test_status_json_and_metrics_say_how_this_instance_s_ledger_and_shared_state_are_doing(
+        chain, gateway, monkeypatch):
+    # behind a load balancer an operator reads which instance answered, how many rows wait or were
+    # lost and why none are written, and whether Redis is reachable: each as the ledger and the state say it
+    from types import SimpleNamespace
+    ledger = SimpleNamespace(backend=SimpleNamespace(label="postgresql://ccswitch:***@db/ledger"), pending=12,
+                             dropped=3, trouble="could not connect\nis the server running?")
+    monkeypatch.setattr(gateway, "ledger", ledger)
+    monkeypatch.setattr(gateway, "state", SimpleNamespace(where="Redis at redis://db:6379/0", shared=True, up=False))
+    key = [("x-api-key", CLIENT_KEY)]
+    status = await through(chain, flow_on(path="/_ccswitch/status.json", headers=key))
+    instance = json.loads(status.response.content)["instance"]
+    assert instance["ledger"] == {"db": "postgresql://ccswitch:***@db/ledger", "waiting": 12, "dropped": 3,
+                                  "trouble": "could not connect\\nis the server running?"}   # one line on the page
+    assert instance["state"] == {"at": "Redis at redis://db:6379/0", "shared": True, "up": False}
+    metrics = (await through(chain, flow_on(path="/_ccswitch/metrics", headers=key))).response.text
+    assert "\nccswitch_ledger_ok 0\n" in metrics and "\nccswitch_ledger_rows_waiting 12\n" in metrics
+    assert "\nccswitch_ledger_rows_dropped_total 3\n" in metrics and "\nccswitch_shared_state_up 0\n" in metrics
+
+
 async def test_the_pages_own_requests_are_never_counted(chain, gateway):
     for path in ("/_ccswitch/", "/_ccswitch/status.json", "/_ccswitch/metrics", "/_ccswitch/x"):
         await through(chain, flow_on(path=path, headers=[("x-api-key", CLIENT_KEY)]))

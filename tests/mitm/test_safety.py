@@ -278,3 +278,22 @@ def test_the_loopback_note_comes_only_when_a_listener_names_no_host(safety_ctx, 
     tctx.configure(safety, mode=modes)
     tctx.configure(safety, listen_host="")
     assert ("pass --listen-host to change" in caplog.text) is said
+
+
+def test_upstream_mode_beside_a_rules_file_switched_to_one_without_upstream_proxy_is_told(tmp_path, caplog):
+    # `set ccswitch_rules` to a file with no upstream_proxy: the requests ccswitch routes went direct,
+    # past the upstream mode's proxy, without the word the same file gave at the start
+    from ccswitch.mitm.rules_watcher import RulesWatcher
+    with_proxy, without = tmp_path / "with.yaml", tmp_path / "without.yaml"
+    with_proxy.write_text("upstream_proxy: direct\n" + RULES)
+    without.write_text(RULES)
+    gateway = Gateway()
+    watcher, safety = RulesWatcher(gateway), ListenSafety(gateway)
+    caplog.set_level(logging.WARNING, logger="ccswitch")
+    with taddons.context(proxyserver.Proxyserver(), proxyauth.ProxyAuth(), watcher, safety) as tctx:
+        tctx.configure(watcher, ccswitch_rules=str(with_proxy))
+        tctx.configure(safety, mode=["upstream:http://127.0.0.1:3128"])
+        assert "carries only what ccswitch does not route" not in caplog.text
+        tctx.configure(watcher, ccswitch_rules=str(without))
+        assert "the upstream mode's proxy (http://127.0.0.1:3128) carries only what ccswitch does not route" \
+            in caplog.text

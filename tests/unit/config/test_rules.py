@@ -1002,6 +1002,22 @@ routes: {claude: [b, c, d], chat: [a]}
     assert not any("sk-test" in line for line in found)
 
 
+def test_a_key_pasted_with_a_space_before_it_or_with_azure_s_api_key_header_is_named_too():
+    # a variable set with a space before `Bearer ` (from a `.env` line) and Azure's `api-key:` header
+    # (with or without a space before its colon) went out with the key and were refused upstream
+    found = problems("""
+upstreams:
+  - {name: e, protocol: anthropic, base_url: 'https://r.example', api_key: '${SPACED}'}
+  - {name: f, protocol: openai-chat, base_url: 'https://r.example', api_key: 'api-key: sk-test-fff'}
+  - {name: g, protocol: anthropic, base_url: 'https://r.example', api_key: 'X-Api-Key : sk-test-ggg'}
+routes: {claude: [e, g], chat: [f]}
+""", env={"SPACED": " Bearer sk-test-eee"})
+    advice = "`Bearer ` or a header's name before the key: give the key alone (ccswitch writes the header itself, see `auth`)"
+    assert found == [f"r.yaml: upstreams[e].api_key: environment variable SPACED holds {advice}",
+                     f"r.yaml: upstreams[f].api_key: has {advice}", f"r.yaml: upstreams[g].api_key: has {advice}"]
+    assert not any("sk-test" in line for line in found)
+
+
 def test_a_typo_in_a_zone_an_action_or_a_bare_value_for_a_list_gets_what_to_write():
     found = problems("""
 timezone: Asia/Shangai

@@ -18,7 +18,7 @@ from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.ws_chain import Chain, for_upstream
 from tests.support.helpers import KEY_A, KEY_B, MemorySink
 from tests.support.loopback_guard import loopback_url
-from tests.support.mock_upstream import cut_after, error_event_after, ok, status
+from tests.support.mock_upstream import cut_after, error_event_after, hang_before_headers, ok, status
 
 TOOL = ("shell", {"command": ["echo", "hello"]})
 
@@ -188,6 +188,28 @@ async def test_a_socket_closed_before_the_first_event_fails_over(mock_a, mock_b)
         job, sent = await talk.turn(user("one"))
         assert job.upstream == "b" and job.attempts[0].error == "connection closed"
         assert talk.health.get("a").failures == 1 and sent[-1]["type"] == "response.completed"
+    finally:
+        await talk.close()
+
+
+async def test_a_websocket_upstream_silent_past_first_byte_fails_over_and_counts(mock_a, mock_b):
+    # its own socket is under no max_connections: the wait was the upstream's, not ccswitch's queue,
+    # yet it read as "no free connection" and never counted against the upstream
+    mock_a.script(hang_before_headers(2))
+    rules = parse_rules(f"""
+timeouts: {{connect: 2s, first_byte: 300ms, total: 5s, idle: 2s}}
+failover: {{retry_backoff: 10ms}}
+upstreams:
+  - {{name: a, protocol: openai-responses, base_url: '{mock_a.base_url}/v1', api_key: '{KEY_A}', websocket: true}}
+  - {{name: b, protocol: openai-responses, base_url: '{mock_b.base_url}/v1', api_key: '{KEY_B}'}}
+routes: {{codex: [a, b]}}
+""")
+    talk = Conversation(rules)
+    try:
+        job, sent = await talk.turn(user("one"))
+        assert job.upstream == "b" and sent[-1]["type"] == "response.completed"
+        assert "no free connection" not in job.attempts[0].error
+        assert talk.health.get("a").failures == 1
     finally:
         await talk.close()
 

@@ -312,6 +312,106 @@ async def test_a_frame_whose_chain_is_lost_has_its_row_before_the_socket_closes(
         await bridge.stop()
 
 
+@pytest.mark.parametrize("leaving", ["close", "reset"])
+async def test_a_client_that_leaves_once_its_turn_completed_with_its_next_frame_sent_has_that_frame_unserved(
+        mock_a, mock_b, leaving):
+    # the turn was served and runs on to its body's end; the frame sent before the client left
+    # then went upstream for a client long gone, and had no row of its own (a connection reset
+    # ends the reading with an error, not with a close event)
+    import socket
+    import struct
+
+    from tests.support.mock_upstream import stall_after
+    mock_a.script(stall_after(100, 0.5))            # every event, then the body's end 0.5 s later
+    bridged = Dialled(mock_a, mock_b)
+    try:
+        client = await bridged.client()
+        await client.events(lambda seen: any(isinstance(e, TextMessage) and "response.completed" in e.data
+                                              for e in seen))
+        client.send(TextMessage(json.dumps({"type": "response.create", "model": "gpt-5-next", "input": []})))
+        if leaving == "reset":
+            await asyncio.sleep(0.1)                # the frame is read, waiting for the turn to end
+            client.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                              struct.pack("ii", 1, 0))
+        client.writer.close()
+        await eventually(lambda: bridged.done and bridged.refused, timeout=2.0)
+        await asyncio.sleep(0.3)
+        [job] = bridged.done
+        assert job.error is None and len(mock_a.requests) == 1 and not mock_b.requests
+        assert bridged.refused == [(2, 499, CLIENT_CLOSED, "gpt-5-next")]
+    finally:
+        await bridged.close()
+
+
+async def test_a_frame_sent_behind_one_whose_chain_is_lost_is_not_served_on_the_closed_socket():
+    # the socket is closed (1011) for Codex to send its whole input again on a new one: a frame
+    # already behind the lost one went on to be made a turn and sent upstream all the same
+    made = []
+
+    def make_job(ticket, turn):
+        made.append(turn.body)
+        return Refusal(503, "no upstream")
+    bridge = WsBridge(make_job, run_job=None, on_done=[].append,
+                      refuse=lambda ticket, status, message, **row: Refusal(status, message))
+    await bridge.start()
+    try:
+        ticket = Ticket()
+        bridge.register(ticket)
+        client = await Client.connect(bridge.port, ticket.token, deflate=False)
+        await client.events(lambda seen: any(isinstance(e, AcceptConnection) for e in seen))
+        lost = client.ws.send(TextMessage(json.dumps({"type": "response.create", "model": "m", "input": [],
+                                                      "previous_response_id": "resp_from_another_socket"})))
+        behind = client.ws.send(TextMessage(json.dumps({"type": "response.create", "model": "m", "input": []})))
+        client.writer.write(lost + behind)                              # one read: both in before either is served
+        seen = await client.events(lambda seen: any(isinstance(e, CloseConnection) for e in seen))
+        assert any(isinstance(e, CloseConnection) and e.code == 1011 for e in seen)
+        await asyncio.sleep(0.1)
+        assert made == []
+    finally:
+        await bridge.stop()
+
+
+async def test_a_frame_that_arrives_as_the_turn_before_it_ends_is_served_all_the_same():
+    # the task serving the frames is done but its done-callback has not run yet (the same turn of the
+    # loop): a frame appended then waited for a next frame to start a task, or for ever
+    from ccswitch.dial.ws_bridge import _Socket
+
+    class Writer:
+        def write(self, data):
+            pass
+
+        async def drain(self):
+            pass
+
+        def close(self):
+            pass
+    bridge = WsBridge(lambda ticket, turn: Refusal(503, "unused"), run_job=None, on_done=[].append)
+    socket = _Socket(bridge, None, Writer())
+    socket.ticket = Ticket()
+    ended = asyncio.get_running_loop().create_future()
+    ended.set_result(None)                          # over, no callback run
+    socket.turn = ended
+    await socket._piece(json.dumps({"type": "response.processed"}), True)
+    await asyncio.sleep(0)
+    assert not socket.frames                        # served (an acknowledgement: nothing to answer)
+
+
+async def test_a_message_of_exactly_the_limit_is_served_and_one_a_byte_over_is_refused():
+    bridge, ticket, turns, refusals = await recording_bridge(1000)
+    try:
+        client = await Client.connect(bridge.port, ticket.token, deflate=False)
+        await client.events(lambda seen: any(isinstance(e, AcceptConnection) for e in seen))
+        head = json.dumps({"type": "response.create", "model": "m", "input": ""})
+        at_limit = head[:-2] + "x" * (1000 - len(head)) + head[-2:]
+        assert len(at_limit.encode()) == 1000
+        for frame in (at_limit, at_limit[:-2] + "x" + at_limit[-2:]):
+            client.send(TextMessage(frame))
+            await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
+        assert len(turns) == 1 and [(n, status) for n, status, _ in refusals] == [(2, 413)]
+    finally:
+        await bridge.stop()
+
+
 async def test_a_turn_cancelled_the_moment_it_is_made_still_ends_with_its_row(mock_a, mock_b):
     # a task not yet started when cancelled never runs its `finally`: the turn went unrecorded
     # wherever tasks are not started eagerly (mitmproxy's loop starts them so, this one not)
@@ -370,6 +470,30 @@ async def test_a_turn_cut_by_the_shutdown_after_its_first_events_fails_its_own_r
         failed = next(json.loads(e.data) for e in seen if isinstance(e, TextMessage) and "response.failed" in e.data)
         assert failed["response"]["id"] == began and SHUTTING_DOWN in failed["response"]["error"]["message"]
         assert failed["sequence_number"] == 5                   # after the five it had
+    finally:
+        await bridged.close()
+
+
+async def test_a_turn_cut_by_the_shutdown_after_a_failover_fails_the_response_of_the_upstream_that_streamed(
+        mock_a, mock_b):
+    # the failed response was read from the first attempt (the one that failed over, with no id and
+    # no events), not from the one whose stream was cut
+    from tests.support.mock_upstream import status
+    mock_a.script(status(503))
+    mock_b.script(stall_after(5, 3))
+    bridged = Dialled(mock_a, mock_b)
+    try:
+        client = await bridged.client()
+        seen = await client.events(lambda seen: any(isinstance(e, TextMessage) and "output_text.delta" in e.data
+                                                    for e in seen))
+        frames = [json.loads(e.data) for e in seen if isinstance(e, TextMessage)]
+        began = next(f["response"]["id"] for f in frames if f["type"] == "response.created")
+        bridged.shutdown.cutting = True
+        bridged.bridge.cut()
+        seen = await client.events(lambda seen: any(isinstance(e, TextMessage) and "response.failed" in e.data
+                                                    for e in seen))
+        failed = next(json.loads(e.data) for e in seen if isinstance(e, TextMessage) and "response.failed" in e.data)
+        assert failed["response"]["id"] == began and failed["sequence_number"] == 5
     finally:
         await bridged.close()
 

@@ -442,3 +442,82 @@ def test_a_write_that_hangs_is_logged_once_and_so_is_its_answer(tmp_path, monkey
     assert ledger.trouble is None
     assert caplog.text.count("answered again") == 1
     ledger.close(timeout=5)
+
+
+def test_a_stop_without_a_spill_file_waits_its_whole_timeout_for_a_slow_write(tmp_path, monkeypatch):
+    # with nowhere else to keep them, rows given up after the stall limit's 1.5 s are lost: the
+    # stop waits for a write that answers late instead
+    import threading
+    release = threading.Event()
+    ledger = Ledger(tmp_path / "u.db")
+    insert = ledger.backend.insert
+
+    def late(batch):
+        release.wait(2.5)
+        insert(batch)
+    monkeypatch.setattr(ledger.backend, "insert", late)
+    ledger.start()
+    ledger.add("requests", row(1))
+    assert wait_for(lambda: ledger._hand)
+    ledger.add("requests", row(2))
+    ledger.close(timeout=10)
+    assert ledger.written == 2
+
+
+def test_a_stop_waits_for_a_slow_flush_that_goes_on_rejecting_rows(tmp_path, monkeypatch):
+    # a row the database refuses is progress as much as one it takes: counted as a stall, the
+    # rows still to come were spilled, to be refused again at the next start
+    unwritten = tmp_path / "unwritten"
+    ledger = Ledger(tmp_path / "u.db", spill_dir=unwritten, batch=1)
+
+    def slow_refusal(batch):
+        time.sleep(0.4)
+        raise sqlite3.IntegrityError("CHECK constraint failed")
+    monkeypatch.setattr(ledger.backend, "insert", slow_refusal)
+    ledger.start()
+    for n in range(1, 4):
+        ledger.add("requests", row(n))
+    ledger.close(timeout=10)                    # each row refused twice (its batch, then alone): 0.8 s
+    assert ledger.dropped == 3
+    assert not unwritten.exists() or not list(unwritten.iterdir())
+
+
+def test_a_ledger_idle_after_its_last_write_is_in_no_trouble(tmp_path, monkeypatch, caplog):
+    # the write's start outliving the write read as a hang once the ledger sat idle a while
+    from ccswitch.ledger import writer
+    monkeypatch.setattr(writer, "_STALL_TELL", 0.2)
+    ledger = Ledger(tmp_path / "u.db", spill_dir=tmp_path / "unwritten", batch=1)
+    ledger.start()
+    try:
+        ledger.add("requests", row(1))
+        assert wait_for(lambda: ledger.written == 1)
+        time.sleep(0.4)
+        assert ledger.trouble is None
+        ledger.add("requests", row(2))
+        assert "has not answered a write" not in caplog.text
+    finally:
+        ledger.close(timeout=5)
+
+
+def test_a_write_of_a_second_or_so_is_not_yet_called_a_hang(tmp_path, monkeypatch, caplog):
+    # a busy server takes a second now and then: said to hang only after 10 s
+    import threading
+    release = threading.Event()
+    ledger = Ledger(tmp_path / "u.db", spill_dir=tmp_path / "unwritten", batch=1)
+    insert = ledger.backend.insert
+
+    def slow(batch):
+        release.wait(5)
+        insert(batch)
+    monkeypatch.setattr(ledger.backend, "insert", slow)
+    ledger.start()
+    try:
+        ledger.add("requests", row(1))
+        assert wait_for(lambda: ledger._hand)
+        time.sleep(1.2)
+        ledger.add("requests", row(2))
+        assert ledger.trouble is None and "has not answered a write" not in caplog.text
+    finally:
+        release.set()
+    ledger.close(timeout=5)
+    assert ledger.written == 2

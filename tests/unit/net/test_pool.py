@@ -102,6 +102,11 @@ async def test_a_wait_past_the_connect_timeout_is_no_free_connection_and_does_no
     assert failure.reason == str(caught.value) and failure.counts is False and failure.client_status == 504
 
 
+def test_a_wait_for_a_connection_is_told_in_the_seconds_the_rules_wrote():
+    # the rules' `2s` is 2.0 here: "within 2.0 s" read as another number than the one configured
+    assert http1.no_free_connection(2.0, 4) == "no free connection within 2 s (all 4 of max_connections busy)"
+
+
 async def test_the_cap_counts_every_origin_and_proxy_of_the_upstream():
     capped, both = http1.Via(None, "relay", 2), Gauge()
     async with SlowServer(gauge=both) as one, SlowServer(gauge=both) as two:

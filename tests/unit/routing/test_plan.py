@@ -102,6 +102,17 @@ def test_an_upstream_cooling_and_full_is_back_only_when_both_are_over():
     assert p.limited_for == 30 and dict(p.blocked)["c"].startswith("cooling down until ")
 
 
+def test_an_upstream_cooling_and_full_with_no_known_reset_is_planned_without_one():
+    # a full window that named no reset has no end to compare: read as one, the plan failed (None - float)
+    clock = Clock()
+    quota, health = QuotaBoard(clock), HealthBoard(clock)
+    rules = rules_with("[a, b, c]")
+    health.record_rate_limit("c", "HTTP 429", seconds=30, reset_known=True)
+    quota.record("c", [("anthropic-ratelimit-unified-5h-utilization", "1.0")])     # full, no reset header
+    p = plan(rules, "claude", "m", health, NOW, quota=quota)
+    assert names(p) == ["a", "b"] and "c" in dict(p.blocked)
+
+
 def test_weighted_picks_in_proportion_and_a_session_always_draws_the_same():
     rules = rules_with("{upstreams: [a, b, c], strategy: weighted}", weights=(6, 3, 1))
     firsts = Counter(names(plan(rules, "claude", "m", HealthBoard(), NOW, session=f"s{i}"))[0] for i in range(3000))
