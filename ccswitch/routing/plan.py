@@ -88,9 +88,10 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
                     ).replace(microsecond=0).astimezone(now.tzinfo)
             # to the second, as the live page says it (a minute's rounding read as over already);
             # a window full past the cooldown is what keeps it out longer, so that is its end
-            outlasts = full is not None and full.resets_at is not None \
-                and full.resets_at - quota.clock() > until - health.clock()
-            result.blocked.append((name, _full_text(full, rules, now) if outlasts
+            # (one without a known reset is believed full for a while, as the live page says)
+            full_end = quota.full_until(name, rules.failover.drain_at) if full is not None else None
+            outlasts = full_end is not None and full_end - quota.clock() > until - health.clock()
+            result.blocked.append((name, _full_text(full, rules, now, full_end) if outlasts
                                    else f"cooling down until {wall_text(ends, now, seconds=True)}"))
             back = _back_after(until - health.clock(), full, quota) if health.get(name).rate_limited else None
             if back is not None:
@@ -100,7 +101,7 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
                 unknown_wait = True
                 cooling.append((until, upstream, FAILING))
         elif full is not None:
-            result.blocked.append((name, _full_text(full, rules, now)))
+            result.blocked.append((name, _full_text(full, rules, now, quota.full_until(name, rules.failover.drain_at))))
             cooling.append((float("inf"), upstream, FULL))   # tried last, if nothing else is left
             if full.resets_at is not None:
                 limited.append(full.resets_at - quota.clock())
@@ -196,10 +197,12 @@ def _to_front(candidates: list[Upstream], name: str | None) -> bool:
     return False
 
 
-def _full_text(window, rules: Rules, now: datetime) -> str:
-    if window.resets_at is None:
+def _full_text(window, rules: Rules, now: datetime, until: float | None = None) -> str:
+    """`until`: when it is believed full till, where its window named no reset."""
+    end = window.resets_at if window.resets_at is not None else until
+    if end is None:
         return f"full ({window.name} window)"
-    reset = datetime.fromtimestamp(window.resets_at, rules.tz)
+    reset = datetime.fromtimestamp(end, rules.tz)
     return f"full until {wall_text(reset, now.astimezone(rules.tz), seconds=True)} ({window.name} window)"
 
 

@@ -111,6 +111,14 @@ def test_an_upstream_cooling_and_full_with_no_known_reset_is_planned_without_one
     quota.record("c", [("anthropic-ratelimit-unified-5h-utilization", "1.0")])     # full, no reset header
     p = plan(rules, "claude", "m", health, NOW, quota=quota)
     assert names(p) == ["a", "b"] and "c" in dict(p.blocked)
+    # believed full for a while (the live page's "full until"), past the 30 s cooldown: that end,
+    # not the cooldown's, is what the answer and the ledger say
+    why = dict(p.blocked)["c"]
+    assert why.startswith("full until ") and why.endswith("(5h window)"), why
+    end = datetime.fromtimestamp(quota.full_until("c", 0.95), rules.tz)
+    assert f"{end:%H:%M:%S}" in why
+    quota.record("b", [("anthropic-ratelimit-unified-5h-utilization", "1.0")])     # full alone, no reset
+    assert dict(plan(rules, "claude", "m", health, NOW, quota=quota).blocked)["b"] == why   # as the page says
 
 
 def test_weighted_picks_in_proportion_and_a_session_always_draws_the_same():
