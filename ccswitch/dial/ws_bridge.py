@@ -211,6 +211,7 @@ class _Socket:
         self.chain = Chain()
         self.ticket: Ticket | None = None
         self.closed = False
+        self.ended_by = (499, CLIENT_CLOSED)   # what a frame left unserved at the end says in its row
         # the frames, served one at a time by a task of their own while the socket is still read:
         # a client that leaves is seen at once (a frame sent early included), its pings answered
         self.frames: collections.deque[str | bytes | int] = collections.deque()   # an int: one too large
@@ -255,8 +256,7 @@ class _Socket:
             if isinstance(frame, dict) and frame.get("type") == "response.processed":
                 continue        # an acknowledgement, not a turn
             self.ticket.turns += 1
-            self.bridge._refuse(self.ticket, 499, CLIENT_CLOSED,
-                                model=frame.get("model") if isinstance(frame, dict) else None)
+            self.bridge._refuse(self.ticket, *self.ended_by, model=frame.get("model") if isinstance(frame, dict) else None)
 
     def going_away(self) -> None:
         """The proxy stops: a close frame (1001), so Codex reconnects, rather than a socket cut."""
@@ -348,7 +348,8 @@ class _Socket:
                                 model=frame.get("model") if isinstance(frame, dict) else None)
             self._send(CloseConnection(code=1011, reason="ccswitch: conversation state lost, resend in full"))
             await self._flush()
-            self.closed = True
+            self.closed, self.ended_by = True, (409, "the socket was closed, its conversation state lost, "
+                                                     "before this frame's turn: the client sends it again in full")
             return
         assert self.ticket is not None
         self.ticket.turns += 1

@@ -346,13 +346,16 @@ async def test_a_client_that_leaves_once_its_turn_completed_with_its_next_frame_
 async def test_a_frame_sent_behind_one_whose_chain_is_lost_is_not_served_on_the_closed_socket():
     # the socket is closed (1011) for Codex to send its whole input again on a new one: a frame
     # already behind the lost one went on to be made a turn and sent upstream all the same
-    made = []
+    made, rows = [], []
 
     def make_job(ticket, turn):
         made.append(turn.body)
         return Refusal(503, "no upstream")
-    bridge = WsBridge(make_job, run_job=None, on_done=[].append,
-                      refuse=lambda ticket, status, message, **row: Refusal(status, message))
+
+    def refuse(ticket, status, message, **row):
+        rows.append((ticket.turns, status, message))
+        return Refusal(status, message)
+    bridge = WsBridge(make_job, run_job=None, on_done=[].append, refuse=refuse)
     await bridge.start()
     try:
         ticket = Ticket()
@@ -367,6 +370,9 @@ async def test_a_frame_sent_behind_one_whose_chain_is_lost_is_not_served_on_the_
         assert any(isinstance(e, CloseConnection) and e.code == 1011 for e in seen)
         await asyncio.sleep(0.1)
         assert made == []
+        # ccswitch closed the socket, not the client: the frame's row says so, not client_closed
+        assert [(n, status) for n, status, _ in rows] == [(1, 409), (2, 409)]
+        assert rows[1][2].startswith("the socket was closed, its conversation state lost")
     finally:
         await bridge.stop()
 
