@@ -86,6 +86,8 @@ def test_a_follow_up_through_another_instance_goes_to_the_issuer(tmp_path, redis
                 follow_up = second_sdk.responses.create(model="gpt-x", input="and then?", previous_response_id=first_id)
                 assert follow_up.output_text and len(issuer.requests) == 1
                 assert issuer.last().json["previous_response_id"] == first_id
+            # the last follow-up's issuer is handed to Redis a moment after its answer
+            wait_for(lambda: len(list(store.scan_iter("ccswitch:r:*"))) >= 16, timeout=2.0, pause=0.01)
             kept = [store.pttl(key) for key in store.scan_iter("ccswitch:r:*")]
             assert len(kept) == 16 and all(86_000_000 < ttl <= 86_400_000 for ttl in kept)   # a day each, follow-ups too
             assert not any(first_id in key or KEY_A in value or KEY_B in value
