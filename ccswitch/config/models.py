@@ -327,10 +327,6 @@ class Routes(_Model):
     def for_route(self, route: str) -> tuple[str, ...]:
         return self.spec(route).upstreams
 
-    def lists(self, route: str, upstream: str) -> bool:
-        """Whether `route` lists `upstream` (an unknown route lists nothing)."""
-        return route in ROUTE_PROTOCOLS and upstream in self.spec(route).upstreams
-
 
 class Budget(_Model):
     """USD per calendar day / month in the rules' time zone, at the report's prices."""

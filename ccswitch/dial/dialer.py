@@ -261,8 +261,9 @@ class Dialer:
             self.seals.made(_account(upstream), read[0])
         if job.session is not None and job.request.endpoint != Endpoint.COUNT_TOKENS:
             route = job.request.route
-            self.sessions.bind(route, job.binding or job.session, upstream.name, job.rules.routes.spec(route).sticky)
-            job.rebound_to = upstream.name
+            if self.sessions.bind(route, job.binding or job.session, upstream.name,
+                                  job.rules.routes.spec(route).sticky):
+                job.rebound_to = upstream.name
 
     def _rate_limited(self, name: str, reason: str, headers: list[tuple[str, str]], cooldown: float, *,
                       refusal: bool) -> None:
@@ -278,10 +279,16 @@ class Dialer:
                                   rules.failover.on_network_error)
         wait = timeouts.first_byte if job.request.stream else timeouts.total
         deadline = time.monotonic() + wait
-        slot: list[bool] = []       # a connection (or room for one) under the upstream's max_connections
+        slot = False        # a connection (or room for one) under the upstream's max_connections
         try:
-            response = await asyncio.wait_for(self._send(job, upstream, outgoing, timeouts.connect,
-                                                         lambda: slot.append(True)), wait)
+            async with asyncio.timeout(wait) as limit:
+                def on_slot() -> None:
+                    # the upstream's `wait` runs from when the request has its connection: a wait in
+                    # ccswitch's own queue is not the upstream's time (nor, cut short, its failure)
+                    nonlocal slot, deadline
+                    slot, deadline = True, time.monotonic() + wait
+                    limit.reschedule(asyncio.get_running_loop().time() + wait)
+                response = await self._send(job, upstream, outgoing, timeouts.connect, on_slot)
         except (TimeoutError, http1.TransportError, OSError) as exc:
             if isinstance(exc, TimeoutError) and not slot:
                 # the whole wait spent in ccswitch's own queue: not the upstream failing

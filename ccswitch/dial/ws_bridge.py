@@ -58,6 +58,9 @@ log = logging.getLogger("ccswitch.websocket")
 TICKET_HEADER = "x-ccswitch-socket"
 _READ = 64 * 1024
 DEFAULT_MAX_MESSAGE = 32 * 1024 * 1024
+# messages a client may send ahead of the turn being served: Codex sends one turn early at most,
+# and an acknowledgement per turn; each may be `max_message` long, so more end the socket
+MAX_WAITING = 4
 
 
 @dataclass
@@ -234,6 +237,8 @@ class _Socket:
                     return
         finally:
             self.closed = True      # no frame waiting is served any more
+            if (task := asyncio.current_task()) is not None and task.cancelling():   # only `stop` cancels it
+                self.ended_by = (503, "ccswitch is shutting down: the frame was not served")
             if self.turn is not None:
                 if self.turn_job is None or not self.turn_job.delivered:
                     # the client left (or closed the socket) mid-turn: its upstream request stops now,
@@ -253,8 +258,8 @@ class _Socket:
             if not isinstance(data, int):
                 with contextlib.suppress(ValueError, RecursionError):
                     frame = client_json(data)
-            if isinstance(frame, dict) and frame.get("type") == "response.processed":
-                continue        # an acknowledgement, not a turn
+            if isinstance(frame, dict) and (frame.get("type") == "response.processed" or frame.get("generate") is False):
+                continue        # an acknowledgement or a warm-up: never a turn with a row
             self.ticket.turns += 1
             self.bridge._refuse(self.ticket, *self.ended_by, model=frame.get("model") if isinstance(frame, dict) else None)
 
@@ -263,6 +268,15 @@ class _Socket:
         if self.ws.state is ConnectionState.OPEN:
             with contextlib.suppress(ConnectionError, OSError, LocalProtocolError):
                 self._send(CloseConnection(code=1001, reason="ccswitch is shutting down"))
+
+    def _end(self, code: int, reason: str, left: tuple[int, str]) -> None:
+        """ccswitch ends the socket (a close frame, then the connection): the frames still waiting
+        have rows saying `left`, not that the client closed."""
+        self.closed, self.ended_by = True, left
+        if self.ws.state is ConnectionState.OPEN:
+            with contextlib.suppress(ConnectionError, OSError, LocalProtocolError):
+                self._send(CloseConnection(code=code, reason=reason))
+        self.writer.close()     # its buffered close frame goes out first
 
     async def _on(self, event) -> None:
         if isinstance(event, Request):
@@ -295,6 +309,9 @@ class _Socket:
         pieces, size = self._pieces, self._size
         self._pieces, self._size = [], 0
         self.frames.append(limit if size > limit else pieces[0] if len(pieces) == 1 else pieces[0][:0].join(pieces))
+        if len(self.frames) > MAX_WAITING:      # each has its row, this one too
+            return self._end(1008, "too many messages ahead of their turn",
+                             (429, f"more than {MAX_WAITING} messages sent ahead of their turn: the socket was closed"))
         if self.turn is None or self.turn.done():   # done, its callback still to come: a new one
             self.turn = start_now(self._serve_frames())
             self.bridge._track(self.turn)
@@ -308,10 +325,10 @@ class _Socket:
                     await self._refused(413, f"a message over {data} bytes (ccswitch_max_body)")
                 else:
                     await self._frame(data)
-        except ClientGone:      # an error frame that could not go out: the reading side sees the end
+        except ClientGone:      # an error frame that could not go out
             self.closed = True
         finally:
-            if self.closed:     # ended here (a lost chain, the client gone): the reading ends with it
+            if self.closed:     # ended here (the client gone, a lost chain): the reading ends with it
                 self.writer.close()
 
     async def _refused(self, status: int, message: str) -> None:
@@ -346,10 +363,9 @@ class _Socket:
             self.bridge._refuse(self.ticket, 409, f"conversation state lost ({exc}): the socket is closed for "
                                 "the client to send the whole input again",
                                 model=frame.get("model") if isinstance(frame, dict) else None)
-            self._send(CloseConnection(code=1011, reason="ccswitch: conversation state lost, resend in full"))
-            await self._flush()
-            self.closed, self.ended_by = True, (409, "the socket was closed, its conversation state lost, "
-                                                     "before this frame's turn: the client sends it again in full")
+            self._end(1011, "ccswitch: conversation state lost, resend in full",
+                      (409, "the socket was closed, its conversation state lost, before this frame's turn: the "
+                            "client sends it again in full"))
             return
         assert self.ticket is not None
         self.ticket.turns += 1
@@ -381,7 +397,9 @@ class _Socket:
         if self.turn is task:
             self.turn, self.turn_job = None, None
         if not task.cancelled() and task.exception() is not None:
-            log.error("ccswitch: a bridged turn failed: %r", task.exception(), exc_info=task.exception())
+            log.error("ccswitch: serving a bridged socket's frames failed: %r", task.exception(),
+                      exc_info=task.exception())
+            self.ended_by = (500, "ccswitch failed on an earlier frame of the socket (its log has the details)")
             self.writer.close()    # its client is told by the socket's end, not left waiting
 
     def _turn_ended(self, made: Job | Refusal) -> None:

@@ -264,6 +264,8 @@ class Ledger:
             self._writing_since = time.monotonic()
             try:
                 self._write_batch(rows)
+                if self._stall_told:    # (an error after the hang is the outage's own line)
+                    log.warning("ccswitch: the usage ledger %s answered again", self.backend.label)
             except Exception as exc:    # whatever the database or its driver raises: keep the rows, retry
                 self._report(exc)
                 if self._spills_now() or (self._closing and backoff > 2):
@@ -274,10 +276,7 @@ class Ledger:
             finally:
                 with self._cond:
                     self._hand = []
-                    self._writing_since = None
-                    told, self._stall_told = self._stall_told, False
-                if told:
-                    log.warning("ccswitch: the usage ledger %s answered again", self.backend.label)
+                    self._writing_since, self._stall_told = None, False
             backoff = 0.5
             if self._failing:
                 self._recovered(len(rows))

@@ -112,7 +112,8 @@ class Gateway:
         self.quota.sync(names)
         for name in self.health.sync(fingerprints, {u.name: u.proxy for u in self.rules.upstreams}):
             self.quota.drop(name)
-        self.sessions.sync(names, {route: self.rules.routes.spec(route).sticky for route in ROUTE_PROTOCOLS})
+        self.sessions.sync(names, {route: self.rules.routes.spec(route).sticky for route in ROUTE_PROTOCOLS},
+                           {route: self.rules.routes.for_route(route) for route in ROUTE_PROTOCOLS})
         self.spend.configure(self.rules)
 
     async def open_state(self) -> None:

@@ -102,7 +102,6 @@ class LivePage:
         return not (isinstance(client.proxy_mode, mode_specs.ReverseMode)
                     and beyond_loopback(client, ctx.options.listen_host or "127.0.0.1"))
 
-
     def _serve(self, path: str) -> http.Response:
         if path in (PREFIX, PREFIX + "/", "/"):
             return self._page()

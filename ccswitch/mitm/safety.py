@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.proxy import mode_specs
 
-from ccswitch.config.models import Rules
+from ccswitch.config.models import ROUTE_PROTOCOLS, Rules
 from ccswitch.mitm.flows import LIVE_HOST, answer_error, likely_protocol
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.scope import answered_early
@@ -41,12 +41,17 @@ def routed_past_upstream_mode(modes: list[tuple[str, mode_specs.ProxyMode]], rul
     dials what it routes itself, through the rules' proxies: with none set, those go direct."""
     proxies = [f"{mode.scheme}://{mode.address[0]}:{mode.address[1]}" for _, mode in modes
                if isinstance(mode, mode_specs.UpstreamMode)]
-    if not proxies or "upstream_proxy" in rules.model_fields_set:
+    routed = {name for route in ROUTE_PROTOCOLS for name in rules.routes.for_route(route)}
+    direct = [u.name for u in rules.upstreams if u.name in routed and u.proxy is None and "proxy" not in u.model_fields_set]
+    if not proxies or "upstream_proxy" in rules.model_fields_set or not direct:
         return None
+    # ccswitch reaches a proxy over plain HTTP (CONNECT) or SOCKS only
+    write = f"`upstream_proxy: http://{proxies[0].split('://', 1)[1]}`" if proxies[0].startswith(("http:", "https:")) \
+        else "an upstream_proxy"
     return (f"the upstream mode's proxy ({', '.join(proxies)}) carries only what ccswitch does not route: "
             "ccswitch sends the requests it routes itself, through rules.yaml's upstream_proxy or each "
-            "upstream's proxy, and with no upstream_proxy set they go direct. Write `upstream_proxy: "
-            f"{proxies[0]}` (its login as `http://USER:${{VAR}}@…`), or `upstream_proxy: direct` to mean it")
+            f"upstream's proxy, and {', '.join(direct)} would go direct. Write {write} (its login as "
+            "`http://USER:${VAR}@…`), or `upstream_proxy: direct` to mean it")
 
 
 def parsed_modes(specs: Iterable[str]) -> list[tuple[str, mode_specs.ProxyMode]]:

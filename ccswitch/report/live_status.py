@@ -103,7 +103,7 @@ def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, session
     `running`: the requests under way, `connections`: (open, waiting) by upstream."""
     secrets = rules.secret_texts()
     preferred = health.preferred_name()
-    bound = sessions.count_by_upstream(rules.routes.lists)
+    bound = sessions.count_by_upstream()
     on = Counter(trying(job) for job in running)
     connections = connections or {}
     views = []

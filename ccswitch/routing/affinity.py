@@ -76,7 +76,9 @@ class SessionBindings:
         self._bindings: dict[tuple[str, str], Binding] = {}
         self._binds = 0
         self._sticky: dict[str, float] = {}   # each route's idle time in force now (from `sync`)
-        self._names: frozenset[str] | None = None   # the upstreams of the rules in force (from `sync`)
+        # each route's upstreams in the rules in force (from `sync`; None before any): a binding to
+        # one its route no longer lists serves nothing
+        self._listed: dict[str, frozenset[str]] | None = None
 
     def bound(self, route: str, key: str) -> str | None:
         """The upstream this session is bound to, while it has not been idle past its TTL."""
@@ -88,17 +90,17 @@ class SessionBindings:
             return None
         return binding.upstream
 
-    def bind(self, route: str, key: str, upstream: str, ttl: float) -> None:
-        """After a 2xx from `upstream`: (re)bind the session there and restart its idle time.
-        With sticky off (`ttl` 0) nothing is bound, and nothing is kept to come back to later.
-        A request that began before a reload binds as the rules now in force say: not to an
-        upstream they no longer have, and with their route's `sticky`."""
-        if self._names is not None and upstream not in self._names:
-            return
+    def bind(self, route: str, key: str, upstream: str, ttl: float) -> bool:
+        """After a 2xx from `upstream`: (re)bind the session there and restart its idle time;
+        whether it is bound.  With sticky off (`ttl` 0) nothing is bound, and nothing is kept to
+        come back to later.  A request that began before a reload binds as the rules now in force
+        say: not to an upstream its route no longer lists, and with the route's `sticky`."""
+        if not self.listed(route, upstream):
+            return False
         ttl = self._sticky.get(route, ttl)
         if ttl <= 0:
             self._bindings.pop((route, key), None)
-            return
+            return False
         now = self.clock()
         old = self._bindings.get((route, key))
         binding = Binding(upstream, now, ttl)
@@ -108,14 +110,21 @@ class SessionBindings:
             binding.told = now
             notify(self.on_change, BindChange(route, key, upstream, ttl, self.wall()))
         self._store((route, key), binding)
+        return True
 
-    def sync(self, names: Iterable[str], sticky: Mapping[str, float] | None = None) -> None:
+    def listed(self, route: str, upstream: str) -> bool:
+        return self._listed is None or upstream in self._listed.get(route, ())
+
+    def sync(self, names: Iterable[str], sticky: Mapping[str, float] | None = None,
+             routes: Mapping[str, Iterable[str]] | None = None) -> None:
         """After a reload: bindings to upstreams that keep their name stay; others go.  `sticky`
         (route -> idle time) is in force from now on for every binding, old ones included: a
         longer one keeps a session that would have been let go, a shorter one lets it fail back,
         and `off` drops the route's bindings.  Other instances are told (the shared copy expires
         as the local one does)."""
-        keep = self._names = frozenset(names)
+        keep = set(names)
+        if routes is not None:
+            self._listed = {route: frozenset(listed) for route, listed in routes.items()}
         for key in [k for k, b in self._bindings.items() if b.upstream not in keep]:
             del self._bindings[key]
         if sticky is None:
@@ -133,14 +142,14 @@ class SessionBindings:
                 binding.ttl, binding.told = ttl, self.clock()
             notify(self.on_change, replace(told, ttl=max(0.0, ttl)))
 
-    def count_by_upstream(self, listed: Callable[[str, str], bool] | None = None) -> dict[str, int]:
-        """Live bindings per upstream (for `ccswitch.status`); with `listed(route, upstream)`, only
-        those whose route still lists the upstream (one a reload took out of the route serves the
-        session no more: its next request moves it)."""
+    def count_by_upstream(self) -> dict[str, int]:
+        """Live bindings per upstream (for `ccswitch.status`), of those whose route still lists the
+        upstream (one a reload took out of the route serves the session no more: its next request
+        moves it)."""
         self._purge()
         counts: dict[str, int] = {}
         for (route, _), binding in self._bindings.items():
-            if listed is None or listed(route, binding.upstream):
+            if self.listed(route, binding.upstream):
                 counts[binding.upstream] = counts.get(binding.upstream, 0) + 1
         return counts
 

@@ -78,7 +78,7 @@ def status_text(rules: Rules, health: HealthBoard, now: datetime, quota: QuotaBo
     routes = {name: [r for r in Route if name in rules.routes.for_route(r)]
               for name in (u.name for u in rules.upstreams)}
     preferred = health.preferred_name()
-    bound = sessions.count_by_upstream(rules.routes.lists) if sessions is not None else {}
+    bound = sessions.count_by_upstream() if sessions is not None else {}
     head = f"ccswitch at {now:%Y-%m-%d %H:%M:%S %Z}"
     if preferred:
         left = health.preferred[1] - health.clock()

@@ -59,11 +59,12 @@ def target_without(target: str, texts: list[str]) -> str:
     texts = _worth_finding(texts)
     if "%" not in base and "+" not in base and not any(text in base for text in texts):
         return target       # a request's path, every time: looked at once, not split and decoded
+    shown = quote(REDACTED)       # `<` and `>` stand in no request target
     for text in texts:
         for form in (text, quote(text, safe=""), quote(text)):
-            base = base.replace(form, REDACTED)
+            base = base.replace(form, shown)
     if any(text in unquote_plus(base) for text in texts):     # spelt otherwise (`%2D` for `-`): all of it
-        base = "/" + REDACTED
+        base = "/" + shown
     return base + mark + query
 
 

@@ -297,3 +297,21 @@ def test_upstream_mode_beside_a_rules_file_switched_to_one_without_upstream_prox
         tctx.configure(watcher, ccswitch_rules=str(without))
         assert "the upstream mode's proxy (http://127.0.0.1:3128) carries only what ccswitch does not route" \
             in caplog.text
+
+
+def test_the_upstream_mode_warning_comes_only_for_routed_upstreams_that_would_go_direct():
+    # it came when every routed upstream had a proxy of its own, and told an https:// mode proxy to
+    # be written as an upstream_proxy the rules refuse
+    from ccswitch.config.load import parse_rules
+    from ccswitch.mitm.safety import parsed_modes, routed_past_upstream_mode
+    head = "upstreams:\n  - {name: a, protocol: anthropic, base_url: 'https://a.example', api_key: k"
+    modes = parsed_modes(["upstream:https://proxy.internal:3128@8085"])
+    own = parse_rules(head + ", proxy: 'socks5://127.0.0.1:1080'}\n"
+                      "  - {name: spare, protocol: anthropic, base_url: 'https://s.example', api_key: k}\n"
+                      "routes: {claude: [a]}\n")
+    assert routed_past_upstream_mode(modes, own) is None          # spare is in no route
+    bare = parse_rules(head + "}\nroutes: {claude: [a]}\n")
+    said = routed_past_upstream_mode(modes, bare)
+    assert "a would go direct" in said and "Write `upstream_proxy: http://proxy.internal:3128`" in said
+    explicit = parse_rules(head + ", proxy: direct}\nroutes: {claude: [a]}\n")
+    assert routed_past_upstream_mode(modes, explicit) is None     # said so in the rules

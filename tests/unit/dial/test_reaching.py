@@ -150,6 +150,50 @@ routes: {{claude: [a, b]}}
         await dialer.aclose()
 
 
+async def test_a_request_that_got_its_connection_late_gets_the_upstreams_whole_wait_from_then(mock_a, mock_b):
+    # it waited 0.2 s of its 0.4 s first_byte for a's one connection, and a's answer 0.25 s later
+    # read as a's silence: counted (a cooldown under load), failed over, though a answered in time
+    rules = parse_rules(f"""timeouts: {{connect: 3s, first_byte: 400ms, total: 400ms, idle: 1s}}
+failover: {{retry_backoff: 10ms}}
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{mock_a.base_url}', api_key: key-a, max_connections: 1}}
+  - {{name: b, protocol: anthropic, base_url: '{mock_b.base_url}', api_key: key-b}}
+routes: {{claude: [a, b]}}
+""")
+    mock_a.script(stall_after(2, 0.3), hang_before_headers(0.25))
+    body = {"model": "claude-x", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    dialer = Dialer(HealthBoard())
+    try:
+        first = asyncio.ensure_future(run(rules, body=body, dialer=dialer))
+        await asyncio.sleep(0.1)
+        second, sink, _ = await run(rules, body=body, dialer=dialer)
+        assert sink.status == 200 and sink.headers["x-ccswitch-upstream"] == "a", second.attempts
+        assert dialer.health.get("a").failures == 0 and not mock_b.requests
+        await first
+    finally:
+        await dialer.aclose()
+
+
+async def test_a_request_served_by_an_upstream_a_reload_took_out_of_its_route_moves_no_session(mock_a, mock_b):
+    # its row read `moved` for a binding that was never made
+    from ccswitch.routing.affinity import SessionBindings
+    rules = rules_with(mock_a.base_url, "", mock_b.base_url)
+    sessions = SessionBindings()
+    sessions.sync(["a", "b"], {"claude": 3600}, {"claude": ["a", "b"]})
+    sessions.bind("claude", "s1", "b", 3600)
+    sessions.sync(["a", "b"], {"claude": 3600}, {"claude": ["b"]})     # the reload, while the request runs
+    dialer = Dialer(HealthBoard(), sessions=sessions)
+    job, sink = make_job(rules), MemorySink()
+    job.session, job.bound_to = "s1", "b"
+    job.candidates = [rules.upstream("a")]
+    try:
+        await dialer.run(job, sink)
+    finally:
+        await dialer.aclose()
+    assert sink.status == 200 and job.upstream == "a"
+    assert job.rebound_to is None and job.affinity == "kept" and sessions.bound("claude", "s1") == "b"
+
+
 def body_with_markers() -> dict:
     marker = {"type": "ephemeral"}
     return {"model": "claude-x", "max_tokens": 5, "stream": False,

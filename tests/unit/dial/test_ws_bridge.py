@@ -278,6 +278,42 @@ async def test_a_client_that_leaves_mid_turn_with_its_next_frame_sent_early_stop
         await bridged.close()
 
 
+async def test_a_client_that_sends_more_than_a_few_messages_ahead_of_their_turn_is_cut_off(mock_a, mock_b):
+    # they queued without end while a turn ran: 100 messages of 32 MiB held 3 GB of the gateway
+    from ccswitch.dial.ws_bridge import MAX_WAITING
+    mock_a.script(hang_before_headers(3))
+    bridged = Dialled(mock_a, mock_b)
+    try:
+        client = await bridged.client()
+        await eventually(lambda: bridged.bridge.running == 1 and mock_a.requests)
+        for n in range(MAX_WAITING + 1):
+            client.send(TextMessage(json.dumps({"type": "response.create", "model": f"m{n}", "input": []})))
+        seen = await client.events(lambda seen: any(isinstance(e, CloseConnection) for e in seen))
+        assert next(e for e in seen if isinstance(e, CloseConnection)).code == 1008
+        await eventually(lambda: bridged.done and len(bridged.refused) == MAX_WAITING + 1, timeout=2.0)
+        assert bridged.done[0].error == CLIENT_CLOSED and bridged.health.get("a").failures == 0
+        assert {(status, model) for _, status, _, model in bridged.refused} == \
+            {(429, f"m{n}") for n in range(MAX_WAITING + 1)}
+        assert len(mock_a.requests) == 1 and not mock_b.requests
+    finally:
+        await bridged.close()
+
+
+async def test_frames_left_waiting_at_a_stop_say_so_and_a_warm_up_has_no_row(mock_a, mock_b):
+    mock_a.script(hang_before_headers(3))
+    bridged = Dialled(mock_a, mock_b)
+    try:
+        client = await bridged.client()
+        await eventually(lambda: bridged.bridge.running == 1 and mock_a.requests)
+        client.send(TextMessage(json.dumps({"type": "response.create", "model": "later", "input": []})))
+        client.send(TextMessage(json.dumps({"type": "response.create", "generate": False, "model": "w"})))
+        await asyncio.sleep(0.1)
+        await bridged.bridge.stop()
+        assert [(status, model) for _, status, _, model in bridged.refused] == [(503, "later")]
+    finally:
+        await bridged.close()
+
+
 async def test_a_frame_sent_while_a_turn_runs_is_served_after_it_in_order(mock_a, mock_b):
     bridged = Dialled(mock_a, mock_b)
     try:

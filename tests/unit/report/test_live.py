@@ -275,8 +275,9 @@ def test_sessions_bound_to_an_upstream_its_route_no_longer_lists_are_not_counted
     r = parse_rules(STATES_RULES.replace("claude: [ok, cool, full, off]", "claude: [cool, full, off]"))
     health, quota, sessions, wall = boards()
     now = datetime.fromtimestamp(wall(), ZoneInfo(TZ))
-    sessions.bind("claude", "s1", "ok", 3600)
+    sessions.bind("claude", "s1", "ok", 3600)       # bound before the reload
     sessions.bind("claude", "s2", "cool", 3600)
+    sessions.sync([u.name for u in r.upstreams], None, {"claude": r.routes.for_route("claude")})
     views = {v.name: v for v in upstream_views(r, health, quota, sessions, now)}
     assert (views["ok"].sessions, views["cool"].sessions) == (0, 1)
 

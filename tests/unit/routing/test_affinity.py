@@ -94,13 +94,14 @@ def test_a_request_that_began_before_a_reload_binds_as_the_rules_in_force_say():
     # the new rules had removed (or renamed), undoing the binding made since; under `sticky: off`
     # it bound all the same, and the session came back to it when sticky was turned on again
     bindings = SessionBindings(Clock())
-    bindings.sync(["a", "b"], {"claude": 3600})
-    bindings.bind("claude", "s1", "b", ttl=3600)        # served under the new rules
-    bindings.bind("claude", "s1", "gone", ttl=3600)     # the old stream, ending now
+    bindings.sync(["a", "b", "spare"], {"claude": 3600}, {"claude": ["a", "b"]})
+    assert bindings.bind("claude", "s1", "b", ttl=3600)             # served under the new rules
+    assert not bindings.bind("claude", "s1", "gone", ttl=3600)      # the old stream, ending now
+    assert not bindings.bind("claude", "s1", "spare", ttl=3600)     # still an upstream, in no route now
     assert bindings.bound("claude", "s1") == "b" and bindings.count_by_upstream() == {"b": 1}
-    bindings.sync(["a", "b"], {"claude": 0})
-    bindings.bind("claude", "s2", "a", ttl=3600)        # begun under sticky 1h, ended under off
-    bindings.sync(["a", "b"], {"claude": 3600})
+    bindings.sync(["a", "b"], {"claude": 0}, {"claude": ["a", "b"]})
+    assert not bindings.bind("claude", "s2", "a", ttl=3600)         # begun under sticky 1h, ended under off
+    bindings.sync(["a", "b"], {"claude": 3600}, {"claude": ["a", "b"]})
     assert bindings.bound("claude", "s2") is None
 
 

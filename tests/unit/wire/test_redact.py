@@ -119,8 +119,8 @@ def test_the_withheld_credential_of_a_replay_in_its_query(query, withheld):
 def test_a_key_in_a_path_segment_is_redacted_however_it_is_encoded():
     from ccswitch.wire.redact import target_without
     key = "sk-test-client-Alice+/=42"
-    assert target_without(f"/_ccswitch/status.json;key={key}", [key]) == "/_ccswitch/status.json;key=<redacted>"
-    assert target_without("/a/sk-test-client-Alice%2B%2F%3D42/b?x=1", [key]) == "/a/<redacted>/b?x=1"
-    assert target_without("/a/sk%2Dtest%2Dclient%2DAlice%2B%2F%3D42/b?x=1", [key]) == "/<redacted>?x=1"
+    assert target_without(f"/_ccswitch/status.json;key={key}", [key]) == "/_ccswitch/status.json;key=%3Credacted%3E"
+    assert target_without("/a/sk-test-client-Alice%2B%2F%3D42/b?x=1", [key]) == "/a/%3Credacted%3E/b?x=1"
+    assert target_without("/a/sk%2Dtest%2Dclient%2DAlice%2B%2F%3D42/b?x=1", [key]) == "/%3Credacted%3E?x=1"
     assert target_without(f"/v1/messages?key={key}&beta=true", [key]) == "/v1/messages?beta=true"
     assert target_without("/v1/messages?beta=true", [key]) == "/v1/messages?beta=true"
