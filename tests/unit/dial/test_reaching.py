@@ -103,23 +103,30 @@ async def test_upstream_proxy_carries_every_upstream_but_a_direct_one(mock_a, mo
     assert proxy.targets == [("127.0.0.1", mock_a.port), ("127.0.0.1", mock_b.port)]
 
 
+async def behind_one_holding_a(rules, holding: dict, body: dict):
+    """`body` sent 0.1 s after a request with `holding`, which takes `a`'s one connection (its
+    `max_connections: 1`): (the first's job, the second's job, its sink, the dialer, closed)."""
+    dialer = Dialer(HealthBoard())
+    try:
+        first = asyncio.ensure_future(run(rules, body=holding, dialer=dialer))
+        await asyncio.sleep(0.1)
+        assert dialer.client.connection_counts() == {"a": (1, 0)}
+        second, sink, _ = await run(rules, body=body, dialer=dialer)
+        served, _, _ = await first
+    finally:
+        await dialer.aclose()
+    return served, second, sink, dialer
+
+
 async def test_a_wait_for_a_connection_past_connect_fails_over_without_counting(mock_a, mock_b):
     rules = rules_with(mock_a.base_url, ", max_connections: 1", mock_b.base_url)
     mock_a.script(hang_before_headers(1.0))
     body = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
-    dialer = Dialer(HealthBoard())
-    try:
-        first = asyncio.ensure_future(run(rules, body=body, dialer=dialer))
-        await asyncio.sleep(0.1)
-        assert dialer.client.connection_counts() == {"a": (1, 0)}
-        second, sink, _ = await run(rules, body=body, dialer=dialer)
-        assert sink.status == 200 and sink.headers["x-ccswitch-upstream"] == "b"
-        assert second.attempts[0].error == "no free connection within 0.3 s (all 1 of max_connections busy)"
-        assert dialer.health.get("a").failures == 0                  # its own cap, not its failure
-        served, _, _ = await first
-        assert served.upstream == "a" and len(mock_a.requests) == 1
-    finally:
-        await dialer.aclose()
+    first, second, sink, dialer = await behind_one_holding_a(rules, body, body)
+    assert sink.status == 200 and sink.headers["x-ccswitch-upstream"] == "b"
+    assert second.attempts[0].error == "no free connection within 0.3 s (all 1 of max_connections busy)"
+    assert dialer.health.get("a").failures == 0                  # its own cap, not its failure
+    assert first.upstream == "a" and len(mock_a.requests) == 1
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -136,18 +143,11 @@ routes: {{claude: [a, b]}}
 """)
     mock_a.script(stall_after(2, 0.8))           # a stream holding a's one connection
     body = {"model": "claude-x", "max_tokens": 5, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
-    dialer = Dialer(HealthBoard())
-    try:
-        first = asyncio.ensure_future(run(rules, body={**body, "stream": True}, dialer=dialer))
-        await asyncio.sleep(0.1)
-        second, sink, _ = await run(rules, body=body, dialer=dialer)
-        assert sink.status == 200 and sink.headers["x-ccswitch-upstream"] == "b"
-        assert second.attempts[0].error == "no free connection within 0.3 s (all 1 of max_connections busy)"
-        assert dialer.health.get("a").failures == 0                  # its own cap, not its failure
-        served, _, _ = await first
-        assert served.upstream == "a" and len(mock_a.requests) == 1
-    finally:
-        await dialer.aclose()
+    first, second, sink, dialer = await behind_one_holding_a(rules, {**body, "stream": True}, body)
+    assert sink.status == 200 and sink.headers["x-ccswitch-upstream"] == "b"
+    assert second.attempts[0].error == "no free connection within 0.3 s (all 1 of max_connections busy)"
+    assert dialer.health.get("a").failures == 0                  # its own cap, not its failure
+    assert first.upstream == "a" and len(mock_a.requests) == 1
 
 
 async def test_a_request_that_got_its_connection_late_gets_the_upstreams_whole_wait_from_then(mock_a, mock_b):
@@ -162,16 +162,9 @@ routes: {{claude: [a, b]}}
 """)
     mock_a.script(stall_after(2, 0.3), hang_before_headers(0.25))
     body = {"model": "claude-x", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    dialer = Dialer(HealthBoard())
-    try:
-        first = asyncio.ensure_future(run(rules, body=body, dialer=dialer))
-        await asyncio.sleep(0.1)
-        second, sink, _ = await run(rules, body=body, dialer=dialer)
-        assert sink.status == 200 and sink.headers["x-ccswitch-upstream"] == "a", second.attempts
-        assert dialer.health.get("a").failures == 0 and not mock_b.requests
-        await first
-    finally:
-        await dialer.aclose()
+    _, second, sink, dialer = await behind_one_holding_a(rules, body, body)
+    assert sink.status == 200 and sink.headers["x-ccswitch-upstream"] == "a", second.attempts
+    assert dialer.health.get("a").failures == 0 and not mock_b.requests
 
 
 async def test_a_request_served_by_an_upstream_a_reload_took_out_of_its_route_moves_no_session(mock_a, mock_b):

@@ -62,6 +62,18 @@ class Client:
         self.writer.write(self.ws.send(event))
 
 
+async def open_socket(bridge) -> Client:
+    """A client socket on a started bridge, its handshake accepted."""
+    ticket = Ticket()
+    bridge.register(ticket)
+    client = await Client.connect(bridge.port, ticket.token, deflate=False)
+    await client.events(lambda seen: any(isinstance(e, AcceptConnection) for e in seen))
+    return client
+
+
+LOST = json.dumps({"type": "response.create", "model": "m", "input": [], "previous_response_id": "resp_from_another_socket"})
+
+
 async def bridge_with(make_job):
     done = []
     bridge = WsBridge(make_job, run_job=None, on_done=done.append)
@@ -154,12 +166,8 @@ async def test_an_unknown_ticket_is_refused_and_a_stale_chain_closes_before_any_
         client = await Client.connect(bridge.port, "not-a-ticket", deflate=False)
         events = await client.events(lambda seen: any(isinstance(e, RejectConnection) for e in seen))
         assert next(e for e in events if isinstance(e, RejectConnection)).status_code == 403
-        ticket = Ticket()
-        bridge.register(ticket)
-        client = await Client.connect(bridge.port, ticket.token, deflate=False)
-        await client.events(lambda seen: any(isinstance(e, AcceptConnection) for e in seen))
-        client.send(TextMessage(json.dumps({"type": "response.create", "model": "m", "input": [],
-                                            "previous_response_id": "resp_from_another_socket"})))
+        client = await open_socket(bridge)
+        client.send(TextMessage(LOST))
         events = await client.events(lambda seen: any(isinstance(e, CloseConnection) for e in seen))
         assert not any(isinstance(e, TextMessage) for e in events)
         assert next(e for e in events if isinstance(e, CloseConnection)).code == 1011
@@ -225,11 +233,15 @@ class Dialled:
 
     async def client(self) -> Client:
         await self.bridge.start()
-        ticket = Ticket()
-        self.bridge.register(ticket)
-        client = await Client.connect(self.bridge.port, ticket.token, deflate=False)
-        await client.events(lambda seen: any(isinstance(e, AcceptConnection) for e in seen))
+        client = await open_socket(self.bridge)
         client.send(TextMessage(json.dumps({"type": "response.create", "model": "gpt-5-codex", "input": []})))
+        return client
+
+    async def hanging_turn(self, a) -> Client:
+        """A client whose first turn hangs on `a` (3 s before its answer's head)."""
+        a.script(hang_before_headers(3))
+        client = await self.client()
+        await eventually(lambda: self.bridge.running == 1 and a.requests)
         return client
 
     async def close(self) -> None:
@@ -259,13 +271,11 @@ async def test_a_client_that_leaves_mid_turn_with_its_next_frame_sent_early_stop
     # the socket was no longer read while the early frame waited for the turn: the client's close
     # went unseen, the turn ran on to its idle timeout (counted as the upstream's failure), and the
     # waiting frame was then sent upstream for a client long gone, with no row of its own
-    mock_a.script(hang_before_headers(3))
     bridged = Dialled(mock_a, mock_b)
     try:
-        client = await bridged.client()
+        client = await bridged.hanging_turn(mock_a)
         client.send(TextMessage(json.dumps({"type": "response.create", "model": "gpt-5-next", "input": []})))
         client.send(TextMessage(json.dumps({"type": "response.processed"})))
-        await eventually(lambda: bridged.bridge.running == 1 and mock_a.requests)
         await asyncio.sleep(0.1)                                # the early frames are in
         client.writer.close()                                   # before a's first byte (2 s away)
         await eventually(lambda: bridged.done and bridged.refused, timeout=1.0)
@@ -281,11 +291,9 @@ async def test_a_client_that_leaves_mid_turn_with_its_next_frame_sent_early_stop
 async def test_a_client_that_sends_more_than_a_few_messages_ahead_of_their_turn_is_cut_off(mock_a, mock_b):
     # they queued without end while a turn ran: 100 messages of 32 MiB held 3 GB of the gateway
     from ccswitch.dial.ws_bridge import MAX_WAITING
-    mock_a.script(hang_before_headers(3))
     bridged = Dialled(mock_a, mock_b)
     try:
-        client = await bridged.client()
-        await eventually(lambda: bridged.bridge.running == 1 and mock_a.requests)
+        client = await bridged.hanging_turn(mock_a)
         for n in range(MAX_WAITING + 1):
             client.send(TextMessage(json.dumps({"type": "response.create", "model": f"m{n}", "input": []})))
         seen = await client.events(lambda seen: any(isinstance(e, CloseConnection) for e in seen))
@@ -300,11 +308,9 @@ async def test_a_client_that_sends_more_than_a_few_messages_ahead_of_their_turn_
 
 
 async def test_frames_left_waiting_at_a_stop_say_so_and_a_warm_up_has_no_row(mock_a, mock_b):
-    mock_a.script(hang_before_headers(3))
     bridged = Dialled(mock_a, mock_b)
     try:
-        client = await bridged.client()
-        await eventually(lambda: bridged.bridge.running == 1 and mock_a.requests)
+        client = await bridged.hanging_turn(mock_a)
         client.send(TextMessage(json.dumps({"type": "response.create", "model": "later", "input": []})))
         client.send(TextMessage(json.dumps({"type": "response.create", "generate": False, "model": "w"})))
         await asyncio.sleep(0.1)
@@ -336,12 +342,8 @@ async def test_a_frame_whose_chain_is_lost_has_its_row_before_the_socket_closes(
     bridge = WsBridge(lambda ticket, turn: Refusal(500, "unused"), run_job=None, on_done=[].append, refuse=refuse)
     await bridge.start()
     try:
-        ticket = Ticket()
-        bridge.register(ticket)
-        client = await Client.connect(bridge.port, ticket.token, deflate=False)
-        await client.events(lambda seen: any(isinstance(e, AcceptConnection) for e in seen))
-        client.send(TextMessage(json.dumps({"type": "response.create", "model": "m", "input": [],
-                                            "previous_response_id": "resp_from_another_socket"})))
+        client = await open_socket(bridge)
+        client.send(TextMessage(LOST))
         await client.events(lambda seen: any(isinstance(e, CloseConnection) for e in seen))
         assert refused == [(1, 409, "m")]
     finally:
@@ -394,12 +396,8 @@ async def test_a_frame_sent_behind_one_whose_chain_is_lost_is_not_served_on_the_
     bridge = WsBridge(make_job, run_job=None, on_done=[].append, refuse=refuse)
     await bridge.start()
     try:
-        ticket = Ticket()
-        bridge.register(ticket)
-        client = await Client.connect(bridge.port, ticket.token, deflate=False)
-        await client.events(lambda seen: any(isinstance(e, AcceptConnection) for e in seen))
-        lost = client.ws.send(TextMessage(json.dumps({"type": "response.create", "model": "m", "input": [],
-                                                      "previous_response_id": "resp_from_another_socket"})))
+        client = await open_socket(bridge)
+        lost = client.ws.send(TextMessage(LOST))
         behind = client.ws.send(TextMessage(json.dumps({"type": "response.create", "model": "m", "input": []})))
         client.writer.write(lost + behind)                              # one read: both in before either is served
         seen = await client.events(lambda seen: any(isinstance(e, CloseConnection) for e in seen))
@@ -495,21 +493,27 @@ async def test_a_turn_counts_as_in_flight_and_a_shutdown_cut_ends_it_in_band(moc
         await bridged.close()
 
 
+async def cut_once_streaming(bridged: Dialled) -> tuple[str, dict]:
+    """A turn cut by the shutdown once its stream has content: (the id its response.created gave,
+    its response.failed)."""
+    client = await bridged.client()
+    seen = await client.events(lambda seen: any(isinstance(e, TextMessage) and "output_text.delta" in e.data
+                                                for e in seen))
+    frames = [json.loads(e.data) for e in seen if isinstance(e, TextMessage)]
+    began = next(f["response"]["id"] for f in frames if f["type"] == "response.created")
+    bridged.shutdown.cutting = True
+    bridged.bridge.cut()
+    seen = await client.events(lambda seen: any(isinstance(e, TextMessage) and "response.failed" in e.data
+                                                for e in seen))
+    return began, next(json.loads(e.data) for e in seen if isinstance(e, TextMessage) and "response.failed" in e.data)
+
+
 async def test_a_turn_cut_by_the_shutdown_after_its_first_events_fails_its_own_response(mock_a, mock_b):
     # its response.failed named a response of ccswitch's own, not the one response.created began
     mock_a.script(stall_after(5, 3))                        # created, in_progress, item, part, a delta
     bridged = Dialled(mock_a, mock_b)
     try:
-        client = await bridged.client()
-        seen = await client.events(lambda seen: any(isinstance(e, TextMessage) and "output_text.delta" in e.data
-                                                    for e in seen))
-        frames = [json.loads(e.data) for e in seen if isinstance(e, TextMessage)]
-        began = next(f["response"]["id"] for f in frames if f["type"] == "response.created")
-        bridged.shutdown.cutting = True
-        bridged.bridge.cut()
-        seen = await client.events(lambda seen: any(isinstance(e, TextMessage) and "response.failed" in e.data
-                                                    for e in seen))
-        failed = next(json.loads(e.data) for e in seen if isinstance(e, TextMessage) and "response.failed" in e.data)
+        began, failed = await cut_once_streaming(bridged)
         assert failed["response"]["id"] == began and SHUTTING_DOWN in failed["response"]["error"]["message"]
         assert failed["sequence_number"] == 5                   # after the five it had
     finally:
@@ -525,16 +529,7 @@ async def test_a_turn_cut_by_the_shutdown_after_a_failover_fails_the_response_of
     mock_b.script(stall_after(5, 3))
     bridged = Dialled(mock_a, mock_b)
     try:
-        client = await bridged.client()
-        seen = await client.events(lambda seen: any(isinstance(e, TextMessage) and "output_text.delta" in e.data
-                                                    for e in seen))
-        frames = [json.loads(e.data) for e in seen if isinstance(e, TextMessage)]
-        began = next(f["response"]["id"] for f in frames if f["type"] == "response.created")
-        bridged.shutdown.cutting = True
-        bridged.bridge.cut()
-        seen = await client.events(lambda seen: any(isinstance(e, TextMessage) and "response.failed" in e.data
-                                                    for e in seen))
-        failed = next(json.loads(e.data) for e in seen if isinstance(e, TextMessage) and "response.failed" in e.data)
+        began, failed = await cut_once_streaming(bridged)
         assert failed["response"]["id"] == began and failed["sequence_number"] == 5
     finally:
         await bridged.close()
@@ -753,12 +748,8 @@ async def test_a_socket_closed_for_a_lost_chain_ends_even_if_the_client_ignores_
     # the close frame went out, but the socket was still read, for as long as the client kept it
     bridge, _ = await bridge_with(lambda ticket, turn: Refusal(500, "unused"))
     try:
-        ticket = Ticket()
-        bridge.register(ticket)
-        client = await Client.connect(bridge.port, ticket.token, deflate=False)
-        await client.events(lambda seen: any(isinstance(e, AcceptConnection) for e in seen))
-        client.send(TextMessage(json.dumps({"type": "response.create", "model": "m", "input": [],
-                                            "previous_response_id": "resp_from_another_socket"})))
+        client = await open_socket(bridge)
+        client.send(TextMessage(LOST))
         rest = b""
         while chunk := await asyncio.wait_for(client.reader.read(65536), 2):   # never answering the close
             rest += chunk

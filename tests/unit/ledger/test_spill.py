@@ -419,12 +419,7 @@ def test_a_write_that_hangs_is_logged_once_and_so_is_its_answer(tmp_path, monkey
     monkeypatch.setattr(writer, "_STALL_TELL", 0.3)
     release = threading.Event()
     ledger = Ledger(tmp_path / "u.db", spill_dir=tmp_path / "unwritten", batch=1)
-    insert = ledger.backend.insert
-
-    def hangs_once(batch):
-        release.wait(20)
-        insert(batch)
-    monkeypatch.setattr(ledger.backend, "insert", hangs_once)
+    _held(ledger, monkeypatch, release, 20)
     ledger.start()
     try:
         ledger.add("requests", row(1))
@@ -450,12 +445,7 @@ def test_a_stop_without_a_spill_file_waits_its_whole_timeout_for_a_slow_write(tm
     import threading
     release = threading.Event()
     ledger = Ledger(tmp_path / "u.db")
-    insert = ledger.backend.insert
-
-    def late(batch):
-        release.wait(2.5)
-        insert(batch)
-    monkeypatch.setattr(ledger.backend, "insert", late)
+    _held(ledger, monkeypatch, release, 2.5)
     ledger.start()
     ledger.add("requests", row(1))
     assert wait_for(lambda: ledger._hand)
@@ -504,12 +494,7 @@ def test_a_write_of_a_second_or_so_is_not_yet_called_a_hang(tmp_path, monkeypatc
     import threading
     release = threading.Event()
     ledger = Ledger(tmp_path / "u.db", spill_dir=tmp_path / "unwritten", batch=1)
-    insert = ledger.backend.insert
-
-    def slow(batch):
-        release.wait(5)
-        insert(batch)
-    monkeypatch.setattr(ledger.backend, "insert", slow)
+    _held(ledger, monkeypatch, release, 5)
     ledger.start()
     try:
         ledger.add("requests", row(1))
@@ -521,3 +506,13 @@ def test_a_write_of_a_second_or_so_is_not_yet_called_a_hang(tmp_path, monkeypatc
         release.set()
     ledger.close(timeout=5)
     assert ledger.written == 2
+
+
+def _held(ledger, monkeypatch, release, most: float) -> None:
+    """The ledger's writes wait for `release` (at most `most` seconds), then go in."""
+    insert = ledger.backend.insert
+
+    def held(batch):
+        release.wait(most)
+        insert(batch)
+    monkeypatch.setattr(ledger.backend, "insert", held)
