@@ -102,7 +102,8 @@ class Served:
     model: str | None         # what the client asked for
     upstream_model: str | None
     upstream: str | None      # None: ccswitch answered itself
-    attempts: tuple[tuple[str, str], ...]   # (upstream, status or error kind) per attempt
+    # (upstream, status or error kind, why when that word does not tell it: `first_byte timeout`) per attempt
+    attempts: tuple[tuple[str, str, str | None], ...]
     status: int | None
     error: str | None
     stream: bool
@@ -145,6 +146,14 @@ def attempt_result(status: int | None, error: str | None) -> str:
     if error == KILLED:
         return KILLED
     return str(status) if outcome == "ok" or outcome.startswith("http_") else outcome
+
+
+def attempt_why(status: int | None, error: str | None) -> str | None:
+    """What went wrong with an attempt beyond its `attempt_result` word (a timeout, an overload in
+    the stream, a refused connection), or None when the result says it all."""
+    if not error or error in (CLIENT_CLOSED, KILLED) or error == f"HTTP {status}":
+        return None
+    return error.removeprefix(f"HTTP {status}: ")
 
 
 def status_label(status: int | None, error: str | None) -> str:
@@ -204,8 +213,8 @@ class LiveBoard:
         self.recent.append(Served(
             at=at, route=route, endpoint=str(row.get("endpoint") or ""), model=row.get("model"),
             upstream_model=row.get("upstream_model"), upstream=upstream or None,
-            attempts=tuple((str(a.get("upstream")), attempt_result(a.get("status"), a.get("error")))
-                           for a in attempts),
+            attempts=tuple((str(a.get("upstream")), attempt_result(a.get("status"), a.get("error")),
+                            attempt_why(a.get("status"), a.get("error"))) for a in attempts),
             status=status, error=error, stream=bool(row.get("stream")), tokens=tokens, cost_usd=usd,
             latency_ms=row.get("latency_ms"), ttfb_ms=row.get("ttfb_ms")))
         self._add_to_slice(self._slice(at), row, tokens, usd, billed, failed_over, is_error(status, error))

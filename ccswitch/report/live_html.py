@@ -118,7 +118,8 @@ SCRIPT = r"""
   function requestRow(r) {
     const tr = el("tr"); tr.className = "request";
     const model = r.upstream_model && r.upstream_model !== r.model ? r.model + " \u2192 " + r.upstream_model : r.model;
-    const path = r.attempts.map((a) => a.upstream + " " + a.result).join(" \u2192 ");
+    const path = r.attempts.map((a) => a.upstream + " " + a.result + (a.why ? " (" + a.why + ")" : ""))
+      .join(" \u2192 ");
     const bad = r.error || (r.status || 0) >= 400;
     tr.append(el("td", r.time, null, r.ts), el("td", r.route + (r.endpoint === "count_tokens" ? " (count)" : "")),
       el("td", model || dash, "clip model", model),

@@ -205,7 +205,8 @@ def _served_dict(served: Served, tz, secrets: list[str]) -> dict[str, Any]:
         "ts": at.isoformat(timespec="milliseconds"), "time": f"{at:%H:%M:%S}", "route": served.route,
         "endpoint": served.endpoint, "model": clean_text(served.model, secrets),
         "upstream_model": clean_text(served.upstream_model, secrets), "upstream": served.upstream,
-        "attempts": [{"upstream": up, "result": result} for up, result in served.attempts],
+        "attempts": [{"upstream": up, "result": result, "why": clean_text(why, secrets)}
+                     for up, result, why in served.attempts],
         "status": served.status, "error": clean_text(served.error, secrets), "stream": served.stream,
         "tokens": dict(served.tokens),
         "cost_usd": None if served.cost_usd is None else round(served.cost_usd, 6),

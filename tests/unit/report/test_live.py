@@ -61,7 +61,9 @@ def test_an_attempt_that_failed_over_on_an_in_stream_error_says_so_as_the_metric
                             Attempt("b", 200, None, 900, USAGE), at=AT_NOON))
     now = datetime.fromtimestamp(NOON_ISH, UTC)
     [served] = live_status(board, [], r, now)["recent"]
-    assert served["attempts"] == [{"upstream": "a", "result": "stream_error"}, {"upstream": "b", "result": "200"}]
+    # and why, which the word alone does not tell (an overload, a timeout): only the log said it
+    assert served["attempts"] == [{"upstream": "a", "result": "stream_error", "why": "stream error: overloaded_error: busy"},
+                                  {"upstream": "b", "result": "200", "why": None}]
     assert board.attempts == {("a", "stream_error"): 1, ("b", "ok"): 1}
 
 
@@ -330,7 +332,8 @@ def test_status_json_has_the_page_and_no_key_text_even_when_an_upstream_echoed_o
     assert status["upstreams"][0]["failures"] == 1 and "[redacted]" in status["upstreams"][0]["last_error"]
     (req,) = status["recent"]
     assert req["model"] == "claude-sonnet-4-5" and req["upstream_model"] == "claude-sonnet-4-5-20250929"
-    assert req["attempts"] == [{"upstream": "a", "result": "401"}, {"upstream": "b", "result": "200"}]
+    assert req["attempts"] == [{"upstream": "a", "result": "401", "why": "invalid x-api-key [redacted] (client [redacted])"},
+                               {"upstream": "b", "result": "200", "why": None}]
     assert req["upstream"] == "b" and req["status"] == 200 and req["ms"] == 1500 and req["ttfb_ms"] == 300
     assert req["tokens"] == {"input": 1000, "output": 200, "cache_creation": 3000, "cache_read": 50_000,
                              "reasoning": 40}
