@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from ccswitch.clock import wall_text
 from ccswitch.config.models import Rules, Upstream
-from ccswitch.config.schedule import describe_next, schedule_block
+from ccswitch.config.schedule import describe_next, schedule_block, schedule_opens
 from ccswitch.money import usd
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard
@@ -24,8 +24,8 @@ def upstream_state(upstream: Upstream, rules: Rules, health: HealthBoard, now: d
     if not health.enabled(upstream.name, upstream.enabled):
         return "disabled", "disabled" if not upstream.enabled else "disabled by ccswitch.disable", None
     block = schedule_block(upstream, now)
-    if block:
-        return "outside_hours", block, None
+    if block:   # until its days and hours let it in again (the live page's "left")
+        return "outside_hours", block, schedule_opens(upstream, now)
     overrun = spend.over(UPSTREAM, upstream.name) if spend is not None else None
     if overrun is not None:   # skipped like a full upstream until the budget's next period
         until = overrun.until.astimezone(now.tzinfo)

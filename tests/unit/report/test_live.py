@@ -252,6 +252,9 @@ def test_upstream_states_name_each_reason_and_when_it_ends():
     assert "full until" in views["full"].detail and "5h window" in views["full"].detail
     assert views["off"].state == "disabled" and views["off"].detail == "disabled by ccswitch.disable"
     assert views["night"].state == "outside_hours" and "outside its hours" in views["night"].detail
+    # and when its hours let it in again (the page's "left" read "–", though the 503 knew it)
+    opens = views["night"].until
+    assert opens is not None and opens > now and f"{opens:%H:%M}" == "03:00"
     assert views["night"].routes == ("chat",) and views["ok"].routes == ("claude",)
 
 
