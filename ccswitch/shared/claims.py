@@ -5,6 +5,7 @@ reading: it uses the state's client, its `up` flag and its instance id."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from redis.exceptions import RedisError
@@ -45,12 +46,25 @@ def _told(value: object) -> tuple[str | None, str, float]:
         return None, "", 0.0
 
 
+#: how long a claim made while the first connection is still being tried waits for its outcome
+FIRST_LOOK_WAIT = 5.0
+
+
 class Claims:
     """The claims of `RedisState` (whose `_client`, `up`, `instance`, `wall`, `where`,
-    `_describe` and `_told_unshared` they use)."""
+    `_describe`, `_told_unshared` and `_first_look` they use)."""
+
+    async def _after_first_look(self) -> None:
+        """Right after the start, before Redis was first tried: a claim waits for that (at most
+        FIRST_LOOK_WAIT), or an instance (re)starting beside others would take it for its own,
+        as if Redis were down (a missed activation time probed once by each)."""
+        if not self.up and not self._first_look.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._first_look.wait(), FIRST_LOOK_WAIT)
 
     async def claim(self, name: str, until: float) -> bool:
         """One SET NX per occurrence told: the instance whose claim lands first tells it."""
+        await self._after_first_look()
         client = self._client
         if not self.up or client is None:
             return True
@@ -67,6 +81,7 @@ class Claims:
         (a change no instance told: a recovery lost to a restart).  So does one that told a state
         of it while Redis could not be asked (what Redis holds is from before).  An `absorbed`
         cooldown is told only if Redis holds another state."""
+        await self._after_first_look()
         client = self._client
         if not self.up or client is None:
             return self._unshared(name, state, episode, absorbed)

@@ -135,6 +135,7 @@ class RedisState(Claims):
         self._told_down = False
         self._told_full = False
         self._connected_once = False
+        self._first_look = asyncio.Event()    # Redis was tried once: connected, or not (see Claims)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -252,6 +253,7 @@ class RedisState(Claims):
         return self.url.scrub(f"{type(exc).__name__}: {exc}")[:300]     # scrubbed whole, then cut
 
     def _went_down(self, exc: BaseException) -> None:
+        self._first_look.set()
         if not self._told_down:
             self._told_down = True
             refusal = refused_setting(exc)
@@ -264,6 +266,7 @@ class RedisState(Claims):
 
     def _came_up(self, merged: int) -> None:
         self._connected_once = True
+        self._first_look.set()
         if self._told_down:
             self._told_down = False
             log.warning("ccswitch: shared state: %s is reachable again; %d record(s) merged with "

@@ -364,9 +364,32 @@ async def test_a_claim_is_granted_when_redis_fails_to_answer_it():
 
 async def test_a_claim_is_granted_when_redis_cannot_be_asked():
     # telling an occurrence twice beats never telling it
-    state = RedisState(RedisURL.parse("redis://127.0.0.1:9/0"))
-    assert await state.claim("budget:x", time.time() + 60) is True
-    assert await state.claim_state("health:relay", "cooldown", "1") is True
+    from tests.support.redis_server import free_port
+    node = Node(f"redis://127.0.0.1:{free_port()}/0", retry=(0.05, 0.1))
+    await node.state.start(node.boards)
+    try:
+        started = time.monotonic()
+        assert await node.state.claim("budget:x", time.time() + 60) is True
+        assert await node.state.claim_state("health:relay", "cooldown", "1") is True
+        assert time.monotonic() - started < 2       # refused at once: no wait for it
+    finally:
+        await node.state.stop()
+
+
+async def test_instances_starting_together_claim_an_occurrence_once_not_before_redis_was_tried(redis_url):
+    # a missed activation time probed at the start, before the instance had reached Redis, read
+    # as an outage: each instance starting beside another (or restarted) sent its own probe
+    a, b = Node(redis_url), Node(redis_url)
+    await a.state.start(a.boards)
+    await b.state.start(b.boards)
+    try:
+        until = time.time() + 60
+        won = await asyncio.gather(a.state.claim("activation:relay:2026-12-10 06:00:1", until),
+                                   b.state.claim("activation:relay:2026-12-10 06:00:1", until))
+        assert sorted(won) == [False, True]
+    finally:
+        await a.state.stop()
+        await b.state.stop()
 
 
 # ---------------------------------------------------------------------------- what each key holds, and how long
