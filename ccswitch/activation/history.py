@@ -38,7 +38,8 @@ def parse_slot(upstream: str, text: str) -> Slot | None:
         return None
 
 
-def restore(schedule: Schedule, probes: Iterable[PastProbe], settings: Activation, now: datetime) -> None:
+def restore(schedule: Schedule, probes: Iterable[PastProbe], settings: Activation,
+            now: datetime) -> list[tuple[Slot, int]]:
     """Each slot as the ledger left it (`probes` oldest first).
 
     Done: a probe succeeded, or the shutdown cut one (it reached the upstream, or was on its
@@ -46,7 +47,8 @@ def restore(schedule: Schedule, probes: Iterable[PastProbe], settings: Activatio
     same time).  Otherwise its failed tries count: a series that used them all has given up
     (its `activation_failed` went out; no try and no second announcement), and one with tries
     left goes on at its next retry, if that is within `grace` of `now` (a retry, like the time
-    itself, does not fire hours late).
+    itself, does not fire hours late).  Returns the slots whose tries left were all past `grace`
+    (with the failed tries they had): their series ends here, and nobody was told yet.
     """
     tried: dict[Slot, tuple[int, datetime]] = {}
     done: set[Slot] = set()
@@ -60,10 +62,15 @@ def restore(schedule: Schedule, probes: Iterable[PastProbe], settings: Activatio
             tried[slot] = (tried.get(slot, (0, probe.ts))[0] + 1, probe.ts)
     for slot in done:
         schedule.slots[slot] = SlotState(tries=1, done=True)
+    ended: list[tuple[Slot, int]] = []
     for slot, (tries, last) in tried.items():
         if slot in done:
             continue
         next_try = last + timedelta(seconds=settings.retry_interval)
-        if tries > settings.retries or now - next_try > timedelta(seconds=settings.grace):
+        if tries > settings.retries:
+            next_try = None                 # given up, and told, before the stop
+        elif now - next_try > timedelta(seconds=settings.grace):
             next_try = None
+            ended.append((slot, tries))
         schedule.slots[slot] = SlotState(tries=tries, done=False, next_try=next_try)
+    return ended

@@ -65,15 +65,26 @@ class Activator:
     def now(self, rules: Rules) -> datetime:
         return self.clock().astimezone(rules.tz)
 
-    async def _loop(self) -> None:
+    async def seed(self) -> None:
+        """The schedule as the ledger left it; the series a stop cut short past `grace` is told
+        (`activation_failed`), as one that used its tries is."""
         rules = self.gateway.rules
         # in a thread: a ledger that takes its time to answer (PostgreSQL) holds up no request;
         # nothing else touches the schedule before the first tick
         try:
-            await asyncio.to_thread(seed_from_ledger, self.schedule, rules, self.now(rules))
+            ended = await asyncio.to_thread(seed_from_ledger, self.schedule, rules, self.now(rules))
         except Exception as exc:    # rows another tool wrote (a ts that is no time): probes still go
             log.warning("ccswitch: could not read past activations: %r (a probe that already fired today "
                         "may fire again)", exc)
+            return
+        for slot, tries in ended:
+            reason = (f"the {slot.at} activation probe of {slot.day} failed {tries} time(s); its tries left "
+                      "were past the grace period when ccswitch started again")
+            log.warning("ccswitch: %s: %s", slot.upstream, reason)
+            self.gateway.events.emit(Event("activation_failed", slot.upstream, reason, episode=f"{slot.day} {slot.at}"))
+
+    async def _loop(self) -> None:
+        await self.seed()
         failing = None
         while True:
             try:
@@ -188,20 +199,21 @@ class Activator:
         return f"activation probe for {name} sent; the result goes to the event log"
 
 
-def seed_from_ledger(schedule: Schedule, rules: Rules, now: datetime) -> None:
-    """After a restart, each slot as the ledger left it: done, given up, or retried on."""
+def seed_from_ledger(schedule: Schedule, rules: Rules, now: datetime) -> list[tuple[Slot, int]]:
+    """After a restart, each slot as the ledger left it: done, given up, or retried on; the
+    slots whose tries left were past the grace period (`history.restore`)."""
     target = rules.usage_db
     if not exists(target):
-        return
+        return []
     since = (now - timedelta(days=2)).astimezone(UTC).isoformat()
     try:
         with open_reader(target, timeout=1) as reader:
             if "slot" not in reader.columns("activations"):   # none yet, or rows of no slot: nothing to go by
-                return
+                return []
             rows = list(reader.execute("SELECT upstream, slot, ok, error, ts FROM activations "
                                        "WHERE slot IS NOT NULL AND ts >= ? ORDER BY ts, id", (since,)))
     except LedgerReadError as exc:
         log.warning("ccswitch: could not read past activations: %s", exc)
-        return
-    restore(schedule, [PastProbe(name, slot, bool(ok), error, datetime.fromisoformat(ts))
+        return []
+    return restore(schedule, [PastProbe(name, slot, bool(ok), error, datetime.fromisoformat(ts))
                        for name, slot, ok, error, ts in rows], rules.activation, now)

@@ -140,7 +140,7 @@ async def test_the_ledger_read_for_probes_that_already_fired_holds_up_nothing(ga
 
     from ccswitch.mitm import activator as module
     reading, ticks = threading.Event(), []
-    monkeypatch.setattr(module, "seed_from_ledger", lambda schedule, rules, now: reading.wait(5))
+    monkeypatch.setattr(module, "seed_from_ledger", lambda schedule, rules, now: reading.wait(5) and [])
     activator = Activator(gateway, clock=Clock())
     monkeypatch.setattr(activator, "tick", lambda: ticks.append(1) or [])
     with taddons.context(activator):
@@ -178,7 +178,7 @@ async def ticks_failing_at(gateway, monkeypatch, failing: set[int]) -> list:
 
     from ccswitch.mitm import activator as module
 
-    monkeypatch.setattr(module, "seed_from_ledger", lambda schedule, rules, now: None)
+    monkeypatch.setattr(module, "seed_from_ledger", lambda schedule, rules, now: [])
     monkeypatch.setattr(module, "TICK_EVERY", 0.01)
     ticks = []
 

@@ -123,3 +123,30 @@ async def test_a_restart_within_grace_after_a_series_failed_runs_and_announces_n
     finally:
         await restarted.stop()
     assert len(mock_a.requests) == 3 and [e.kind for e in heard] == ["activation_failed"]
+
+
+async def test_a_restart_past_grace_that_ends_a_series_with_tries_left_says_so(tmp_path, mock_a, caplog):
+    # its tries left were dropped without a word: no log line, no activation_failed, and the
+    # window the user counts on never opened
+    rules = RULES.replace("retries: 20, retry_interval: 70s", "retries: 5, retry_interval: 60s")
+    rules = rules.replace('["06:00", "06:01"]', '["06:00"]')
+    run = Run(tmp_path, mock_a, rules)
+    mock_a.default = status(500)
+    try:
+        for minute in range(2):                  # 06:00 and one retry fail; four tries are left
+            await run.tick_at(at(6, minute))
+    finally:
+        await run.stop()
+    restarted = Run(tmp_path, mock_a, rules)
+    heard = []
+    restarted.gateway.events.subscribe(heard.append)
+    restarted.now = at(6, 30)                    # past the 15 minutes' grace of the next retry
+    try:
+        await restarted.activator.seed()
+        assert await restarted.tick_at(at(6, 30)) == []
+    finally:
+        await restarted.stop()
+    [told] = heard
+    assert told.kind == "activation_failed" and told.upstream == "relay"
+    assert "failed 2 time(s); its tries left were past the grace period" in told.reason
+    assert "its tries left were past the grace period" in caplog.text and len(mock_a.requests) == 2

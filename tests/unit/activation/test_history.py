@@ -56,12 +56,15 @@ def test_a_time_whose_probe_and_retries_all_failed_does_not_run_again():
 def test_a_series_with_tries_left_goes_on_at_its_next_retry_within_grace_only():
     rows = [probe("06:00", False, 6, 0), probe("06:00", False, 6, 1)]
     schedule = Schedule()
-    restore(schedule, rows, RULES.activation, at(6, 2, 30))
+    assert restore(schedule, rows, RULES.activation, at(6, 2, 30)) == []     # nothing ended
     assert due(schedule, at(6, 2, 30)) == ["06:00"]          # its third try, of 21
     assert schedule.slots[Slot("x", date(2026, 12, 4), "06:00")].tries == 2
     late = Schedule()
-    restore(late, rows, RULES.activation, at(9, 0))
+    # its tries left past grace: the series ends, and is named to be told (it ended without a word)
+    assert restore(late, rows, RULES.activation, at(9, 0)) == [(Slot("x", date(2026, 12, 4), "06:00"), 2)]
     assert due(late, at(9, 0)) == [] and not late.gave_up(Slot("x", date(2026, 12, 4), "06:00"), 20)
+    given_up = Schedule()     # one that used all its tries was told before the stop
+    assert restore(given_up, [probe("06:00", False, 6, n) for n in range(21)], RULES.activation, at(9, 0)) == []
 
 
 ONE_TIME = parse_rules("""
