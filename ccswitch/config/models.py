@@ -327,6 +327,10 @@ class Routes(_Model):
     def for_route(self, route: str) -> tuple[str, ...]:
         return self.spec(route).upstreams
 
+    def routes_of(self, upstream: str) -> tuple[str, ...]:
+        """The routes that list `upstream` (none: it serves nothing)."""
+        return tuple(route for route in ROUTE_PROTOCOLS if upstream in self.spec(route).upstreams)
+
 
 class Budget(_Model):
     """USD per calendar day / month in the rules' time zone, at the report's prices."""

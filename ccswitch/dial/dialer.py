@@ -279,7 +279,9 @@ class Dialer:
                                   rules.failover.on_network_error)
         wait = timeouts.first_byte if job.request.stream else timeouts.total
         deadline = time.monotonic() + wait
-        slot = False        # a connection (or room for one) under the upstream's max_connections
+        # a connection (or room for one) under the upstream's max_connections; without a cap no
+        # request waits for one, and nothing is rescheduled
+        slot = outgoing.via.max_connections is None
         try:
             async with asyncio.timeout(wait) as limit:
                 def on_slot() -> None:
@@ -288,7 +290,7 @@ class Dialer:
                     nonlocal slot, deadline
                     slot, deadline = True, time.monotonic() + wait
                     limit.reschedule(asyncio.get_running_loop().time() + wait)
-                response = await self._send(job, upstream, outgoing, timeouts.connect, on_slot)
+                response = await self._send(job, upstream, outgoing, timeouts.connect, None if slot else on_slot)
         except (TimeoutError, http1.TransportError, OSError) as exc:
             if isinstance(exc, TimeoutError) and not slot:
                 # the whole wait spent in ccswitch's own queue: not the upstream failing
@@ -309,13 +311,14 @@ class Dialer:
             await response.aclose()
 
     async def _send(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest,
-                    connect_timeout: float, on_slot: Callable[[], object]) -> http1.Response | TurnResponse:
+                    connect_timeout: float, on_slot: Callable[[], object] | None) -> http1.Response | TurnResponse:
         """A turn of a bridged Codex socket goes to a `websocket: true` upstream over that
         upstream's own WebSocket (read like an HTTP response), unless it has none; everything
         else over HTTP."""
         if upstream.websocket and job.upstream_sockets is not None and job.turn is not None \
                 and not self.without_websocket.known(upstream):
-            on_slot()       # an upstream's WebSocket is its own connection, under no cap
+            if on_slot is not None:     # an upstream's WebSocket is its own connection, under no cap
+                on_slot()
             try:
                 return await job.upstream_sockets.send(
                     upstream.name, outgoing, job.turn, tls=self.client.ssl_context, connect_timeout=connect_timeout,

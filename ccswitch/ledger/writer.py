@@ -114,12 +114,10 @@ class Ledger:
                 self._pending.popleft()
                 self._count_dropped(1)
             self._pending.append((table, values))
-            if (since := self._writing_since) is not None and not self._stall_told \
-                    and time.monotonic() - since > _STALL_TELL:
+            if not self._stall_told and (held := self._held()) > _STALL_TELL:
                 self._stall_told = True
                 log.warning("ccswitch: the usage ledger %s has not answered a write for %.0f s; keeping %d "
-                            "row(s) in memory meanwhile", self.backend.label, time.monotonic() - since,
-                            self.pending)
+                            "row(s) in memory meanwhile", self.backend.label, held, self.pending)
             if len(self._pending) in (1, self.batch):   # woken when work appears or a batch is full
                 self._cond.notify()
 
@@ -237,9 +235,14 @@ class Ledger:
         """Why rows are not being written now (the database refuses, or a write hangs), or None."""
         if (failing := self._failing) is not None:
             return failing
-        if (since := self._writing_since) is not None and (held := time.monotonic() - since) > _STALL_TELL:
+        if (held := self._held()) > _STALL_TELL:
             return f"no answer to a write for {held:.0f} s"
         return None
+
+    def _held(self) -> float:
+        """How long the write under way has waited for the database (0: none under way)."""
+        since = self._writing_since
+        return 0.0 if since is None else time.monotonic() - since
 
     @property
     def pending(self) -> int:

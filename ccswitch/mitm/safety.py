@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.proxy import mode_specs
 
-from ccswitch.config.models import ROUTE_PROTOCOLS, Rules
+from ccswitch.config.models import Rules
 from ccswitch.mitm.flows import LIVE_HOST, answer_error, likely_protocol
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.scope import answered_early
@@ -41,8 +41,8 @@ def routed_past_upstream_mode(modes: list[tuple[str, mode_specs.ProxyMode]], rul
     dials what it routes itself, through the rules' proxies: with none set, those go direct."""
     proxies = [f"{mode.scheme}://{mode.address[0]}:{mode.address[1]}" for _, mode in modes
                if isinstance(mode, mode_specs.UpstreamMode)]
-    routed = {name for route in ROUTE_PROTOCOLS for name in rules.routes.for_route(route)}
-    direct = [u.name for u in rules.upstreams if u.name in routed and u.proxy is None and "proxy" not in u.model_fields_set]
+    direct = [u.name for u in rules.upstreams
+              if rules.routes.routes_of(u.name) and u.proxy is None and "proxy" not in u.model_fields_set]
     if not proxies or "upstream_proxy" in rules.model_fields_set or not direct:
         return None
     # ccswitch reaches a proxy over plain HTTP (CONNECT) or SOCKS only

@@ -23,7 +23,6 @@ from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.quota import QuotaBoard
 from ccswitch.routing.status import next_activation_text, upstream_state
-from ccswitch.vocab import Route
 from ccswitch.wire.redact import scrub_text
 
 #: an upstream's state, in the order routing asks: the page colours and the metrics' state label use these
@@ -120,7 +119,7 @@ def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, session
                          ).replace(microsecond=0).astimezone(now.tzinfo)
         views.append(UpstreamView(
             name=name, protocol=str(upstream.protocol),
-            routes=tuple(str(r) for r in Route if name in rules.routes.for_route(r)),
+            routes=rules.routes.routes_of(name),
             state=state, detail=detail, until=until, failures=health.get(name).failures,
             last_error=clean_text(health.get(name).last_error, secrets), utilization=value,
             window=window.name if window is not None else None, resets_at=resets_at,

@@ -86,12 +86,9 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
             # (rounded: the board's monotonic clock read back lands a few ms before the second it was set for)
             ends = (now.astimezone(UTC) + timedelta(seconds=max(0.0, until - health.clock()) + 0.5)
                     ).replace(microsecond=0).astimezone(now.tzinfo)
-            # to the second, as the live page says it (a minute's rounding read as over already);
-            # a window full past the cooldown is what keeps it out longer, so that is its end
-            # (one without a known reset is believed full for a while, as the live page says)
-            full_end = quota.full_until(name, rules.failover.drain_at) if full is not None else None
-            outlasts = full_end is not None and full_end - quota.clock() > until - health.clock()
-            result.blocked.append((name, _full_text(full, rules, now, full_end) if outlasts
+            # to the second, as the live page says it (a minute's rounding read as over already)
+            full_end = full_past_cooldown(health, quota, name, rules.failover.drain_at)
+            result.blocked.append((name, _full_text(full, rules, now, full_end) if full_end is not None
                                    else f"cooling down until {wall_text(ends, now, seconds=True)}"))
             back = _back_after(until - health.clock(), full, quota) if health.get(name).rate_limited else None
             if back is not None:
@@ -195,6 +192,17 @@ def _to_front(candidates: list[Upstream], name: str | None) -> bool:
             candidates.insert(0, candidates.pop(i))
             return True
     return False
+
+
+def full_past_cooldown(health: HealthBoard, quota: QuotaBoard | None, name: str, drain_at: float) -> float | None:
+    """When a cooling upstream stops being full, if that is after its cooldown ends (a window
+    without a known reset: when it is believed full till); None otherwise.  It is back only when
+    both are over, so that later end is the one to tell."""
+    cooling = health.cooling_until(name)
+    full = quota.full_until(name, drain_at) if quota is not None else None
+    if cooling is None or full is None or full - quota.clock() <= cooling - health.clock():
+        return None
+    return full
 
 
 def _full_text(window, rules: Rules, now: datetime, until: float | None = None) -> str:

@@ -12,8 +12,8 @@ from ccswitch.money import usd
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard
 from ccswitch.routing.health import HealthBoard
+from ccswitch.routing.plan import full_past_cooldown
 from ccswitch.routing.quota import QuotaBoard
-from ccswitch.vocab import Route
 
 
 def upstream_state(upstream: Upstream, rules: Rules, health: HealthBoard, now: datetime,
@@ -33,8 +33,7 @@ def upstream_state(upstream: Upstream, rules: Rules, health: HealthBoard, now: d
         return "over_budget", f"over its {overrun.kind} budget ({usd(overrun.limit)[0]}) until {when}", until
     cooling = health.cooling_until(upstream.name)
     full = quota.full_until(upstream.name, rules.failover.drain_at) if quota is not None else None
-    # cooling and full: back when both are over, so the later end is what it says
-    if cooling is not None and not (full is not None and full - quota.clock() > cooling - health.clock()):
+    if cooling is not None and full_past_cooldown(health, quota, upstream.name, rules.failover.drain_at) is None:
         # the board's clock is monotonic: read back as wall time it lands a few ms off the
         # moment it was set for (a reset at 17:00:00 read 16:59:59.998, shown as 16:59:59)
         # (added in UTC: a span across a DST change is elapsed time, not wall-clock time)
@@ -75,8 +74,7 @@ def status_text(rules: Rules, health: HealthBoard, now: datetime, quota: QuotaBo
                 sessions: SessionBindings | None = None, spend: SpendBoard | None = None,
                 connections: Mapping[str, tuple[int, int]] | None = None) -> str:
     """`connections`: per upstream, (connections open, requests waiting for one)."""
-    routes = {name: [r for r in Route if name in rules.routes.for_route(r)]
-              for name in (u.name for u in rules.upstreams)}
+    routes = {u.name: rules.routes.routes_of(u.name) for u in rules.upstreams}
     preferred = health.preferred_name()
     bound = sessions.count_by_upstream() if sessions is not None else {}
     head = f"ccswitch at {now:%Y-%m-%d %H:%M:%S %Z}"

@@ -54,9 +54,11 @@ def target_without(target: str, texts: list[str]) -> str:
     """`target` without the query parameters that carry one of `texts` (`path_without`), and each
     of them elsewhere in it (a path segment, `;key=…`) `<redacted>`; the whole path when one is
     there only in another percent-encoding."""
+    texts = _worth_finding(texts)
+    if not texts:
+        return target
     target = path_without(target, texts)
     base, mark, query = target.partition("?")
-    texts = _worth_finding(texts)
     if "%" not in base and "+" not in base and not any(text in base for text in texts):
         return target       # a request's path, every time: looked at once, not split and decoded
     shown = quote(REDACTED)       # `<` and `>` stand in no request target

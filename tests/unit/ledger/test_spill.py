@@ -317,12 +317,7 @@ def test_a_stop_while_a_try_hangs_on_the_database_does_not_wait_for_it(tmp_path,
     # then spills the rows it holds (should the try yet write them, the ledger skips a row it has)
     ledger, unwritten, tried, release = _writing_while_down(tmp_path, monkeypatch, hang_on=2)
     assert wait_for(lambda: len(tried) == 2)    # refused once, now hanging
-    started = time.monotonic()
-    try:
-        ledger.close(timeout=10)
-        took = time.monotonic() - started
-    finally:
-        release.set()
+    took = _close_timed(ledger, release)
     assert took < 3, took                       # about 1 s; the whole hang (here 10 s) before
     assert _kept_ids(ledger, unwritten) == [row(1)["request_id"]]
 
@@ -370,24 +365,10 @@ def test_a_spilled_row_the_database_rejects_no_longer_counts_over_the_bound(tmp_
 def test_a_stop_while_the_first_write_hangs_keeps_its_rows_within_seconds(tmp_path, monkeypatch, caplog):
     # a server that takes the connection and never answers (a frozen PostgreSQL): no try had failed,
     # so the stop waited its whole 10 s for the write, and `docker stop`'s SIGKILL at 10 s lost the rows
-    import threading
-    release = threading.Event()
-
-    def hangs(batch):
-        release.wait(20)
     unwritten = tmp_path / "unwritten"
-    ledger = Ledger(tmp_path / "u.db", spill_dir=unwritten)
-    monkeypatch.setattr(ledger.backend, "insert", hangs)
-    ledger.start()
-    ledger.add("requests", row(1))
-    assert wait_for(lambda: ledger._hand)       # the write under way
+    ledger, release = _writing_held(Ledger(tmp_path / "u.db", spill_dir=unwritten), monkeypatch, 20)
     ledger.add("requests", row(2))
-    started = time.monotonic()
-    try:
-        ledger.close(timeout=10)
-        took = time.monotonic() - started
-    finally:
-        release.set()
+    took = _close_timed(ledger, release)
     assert took < 4, took                       # about 1.5 s
     assert sorted(_kept_ids(ledger, unwritten)) == [row(1)["request_id"], row(2)["request_id"]]
     assert "has not answered a write for" in caplog.text
@@ -413,17 +394,12 @@ def test_a_stop_waits_for_a_slow_flush_that_goes_on_writing(tmp_path, monkeypatc
 
 def test_a_write_that_hangs_is_logged_once_and_so_is_its_answer(tmp_path, monkeypatch, caplog):
     # a frozen server raises nothing: rows piled up in memory for minutes without a word in the log
-    import threading
 
     from ccswitch.ledger import writer
     monkeypatch.setattr(writer, "_STALL_TELL", 0.3)
-    release = threading.Event()
-    ledger = Ledger(tmp_path / "u.db", spill_dir=tmp_path / "unwritten", batch=1)
-    _held(ledger, monkeypatch, release, 20)
-    ledger.start()
+    ledger, release = _writing_held(Ledger(tmp_path / "u.db", spill_dir=tmp_path / "unwritten", batch=1),
+                                    monkeypatch, 20)
     try:
-        ledger.add("requests", row(1))
-        assert wait_for(lambda: ledger._hand)
         ledger.add("requests", row(2))
         assert "has not answered a write" not in caplog.text    # not yet that long
         time.sleep(0.4)
@@ -442,13 +418,7 @@ def test_a_write_that_hangs_is_logged_once_and_so_is_its_answer(tmp_path, monkey
 def test_a_stop_without_a_spill_file_waits_its_whole_timeout_for_a_slow_write(tmp_path, monkeypatch):
     # with nowhere else to keep them, rows given up after the stall limit's 1.5 s are lost: the
     # stop waits for a write that answers late instead
-    import threading
-    release = threading.Event()
-    ledger = Ledger(tmp_path / "u.db")
-    _held(ledger, monkeypatch, release, 2.5)
-    ledger.start()
-    ledger.add("requests", row(1))
-    assert wait_for(lambda: ledger._hand)
+    ledger, _ = _writing_held(Ledger(tmp_path / "u.db"), monkeypatch, 2.5)
     ledger.add("requests", row(2))
     ledger.close(timeout=10)
     assert ledger.written == 2
@@ -491,14 +461,9 @@ def test_a_ledger_idle_after_its_last_write_is_in_no_trouble(tmp_path, monkeypat
 
 def test_a_write_of_a_second_or_so_is_not_yet_called_a_hang(tmp_path, monkeypatch, caplog):
     # a busy server takes a second now and then: said to hang only after 10 s
-    import threading
-    release = threading.Event()
-    ledger = Ledger(tmp_path / "u.db", spill_dir=tmp_path / "unwritten", batch=1)
-    _held(ledger, monkeypatch, release, 5)
-    ledger.start()
+    ledger, release = _writing_held(Ledger(tmp_path / "u.db", spill_dir=tmp_path / "unwritten", batch=1),
+                                    monkeypatch, 5)
     try:
-        ledger.add("requests", row(1))
-        assert wait_for(lambda: ledger._hand)
         time.sleep(1.2)
         ledger.add("requests", row(2))
         assert ledger.trouble is None and "has not answered a write" not in caplog.text
@@ -508,11 +473,28 @@ def test_a_write_of_a_second_or_so_is_not_yet_called_a_hang(tmp_path, monkeypatc
     assert ledger.written == 2
 
 
-def _held(ledger, monkeypatch, release, most: float) -> None:
-    """The ledger's writes wait for `release` (at most `most` seconds), then go in."""
+def _writing_held(ledger, monkeypatch, most: float):
+    """`ledger` started, its writes waiting for the returned event (at most `most` seconds) before
+    they go in, and row 1 in its writer's hand: (ledger, the event)."""
+    import threading
+    release = threading.Event()
     insert = ledger.backend.insert
 
     def held(batch):
         release.wait(most)
         insert(batch)
     monkeypatch.setattr(ledger.backend, "insert", held)
+    ledger.start()
+    ledger.add("requests", row(1))
+    assert wait_for(lambda: ledger._hand)
+    return ledger, release
+
+
+def _close_timed(ledger, release) -> float:
+    """Seconds `ledger.close(timeout=10)` took; its held write let go after, whatever happened."""
+    started = time.monotonic()
+    try:
+        ledger.close(timeout=10)
+        return time.monotonic() - started
+    finally:
+        release.set()
