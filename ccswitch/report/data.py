@@ -31,6 +31,7 @@ from ccswitch.clock import utc_now, zone
 from ccswitch.config.models import Rules
 from ccswitch.ledger.reading import LedgerReader, as_reader
 from ccswitch.report import prices, timeline
+from ccswitch.report.attempts import UpstreamAttempts, read_attempts
 from ccswitch.report.latency import LatencyStats, Timings, stats
 from ccswitch.report.ledger_rows import (
     ACTIVATIONS_SQL,
@@ -94,6 +95,7 @@ class Report:
     timings: Timings = field(default_factory=lambda: Timings([]))
     now: datetime = field(default_factory=utc_now)
     activations: list[Activation] = field(default_factory=list)
+    attempts: list[UpstreamAttempts] = field(default_factory=list)     # every try, failed ones too
     unpriced: dict[str, int] = field(default_factory=dict)      # model -> tokens without a price
     count_tokens: int = 0
     notes: list[str] = field(default_factory=list)
@@ -256,7 +258,8 @@ def build_report(conn: LedgerReader | sqlite3.Connection, rules: Rules, since: d
         whole=whole, tz=tz, period=period, hours=hours if hours_day else None,
         blocks=_blocks(block_events, whole, tz) if blocks else None, blocks_upstream=blocks_upstream,
         timings=read_timings(reader, since, until, tz) if "requests" in tables else Timings([]), now=now,
-        activations=_activations(reader, tables, since, until, tz), unpriced=dict(unpriced),
+        activations=_activations(reader, tables, since, until, tz),
+        attempts=read_attempts(reader, tables, since, until, tz), unpriced=dict(unpriced),
         count_tokens=count_tokens, notes=notes)
 
 

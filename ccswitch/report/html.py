@@ -6,9 +6,11 @@ from collections.abc import Iterable
 from html import escape as _escape
 from pathlib import Path
 
+from ccswitch.report import attempts
 from ccswitch.report.data import Report, sorted_groups
 from ccswitch.report.text import (
     ACTIVATION_COLUMNS,
+    ATTEMPTS_TITLE,
     BLOCK_COLUMNS,
     COLUMNS,
     LATENCY_COLUMNS,
@@ -155,6 +157,9 @@ def render_html(report: Report, charts: list[Path]) -> str:
         parts.append(_table([head, *LATENCY_COLUMNS],
                             [("group" if label.startswith("  ") else "total" if label == "All" else "",
                               [label.strip(), *cells]) for label, cells in latency_rows(report)]))
+    if report.attempts:
+        parts.append(f"<h2>{escape(ATTEMPTS_TITLE)}</h2>")
+        parts.append(_table(attempts.COLUMNS, [("", r) for r in attempts.rows(report.attempts)]))
     parts.append("<h2>Activation probes</h2>")
     if report.activations:
         parts.append(_table(ACTIVATION_COLUMNS, [("", r) for r in activation_rows(report)], left_cols=3))

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from ccswitch.money import cost_digits
+from ccswitch.report import attempts
 from ccswitch.report.data import BlockSpan, Report, Span, Totals, fmt_tokens, sorted_groups
 from ccswitch.report.latency import LatencyStats
 from ccswitch.report.timeline import period_label, period_start
@@ -268,6 +269,8 @@ def render_table(report: Report) -> str:
         out += hit_lines(report)
     if len(report.timings):
         out += ["", "Latency and time to first byte (successful answers; p50 / p95):", *latency_lines(report)]
+    if attempts.worth_showing(report.attempts):
+        out += ["", ATTEMPTS_TITLE + ":", *attempt_lines(report)]
     if report.activations:
         out += ["", "Activation probes:"]
         out += activation_lines(report)
@@ -299,11 +302,22 @@ def hit_lines(report: Report) -> list[str]:
     return _grid(report.view.capitalize(), hit_rows(report), columns=tuple(report.hit_upstreams()))
 
 
-def activation_lines(report: Report) -> list[str]:
-    rows = [list(ACTIVATION_COLUMNS), *([printable(c) for c in row] for row in activation_rows(report))]
-    widths = [max(width(r[i]) for r in rows) for i in range(len(ACTIVATION_COLUMNS))]
-    fmt = lambda r: "  ".join(_padded(c, w, i < 3) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+ATTEMPTS_TITLE = "Attempts per upstream (failovers included; a failure rescued by another upstream counts here)"
+
+
+def _columns(head: tuple[str, ...], body: list[list[str]], left: set[int]) -> list[str]:
+    rows = [list(head), *([printable(c) for c in row] for row in body)]
+    widths = [max(width(r[i]) for r in rows) for i in range(len(head))]
+    fmt = lambda r: "  ".join(_padded(c, w, i in left) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
     return [fmt(rows[0]), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows[1:])]
+
+
+def activation_lines(report: Report) -> list[str]:
+    return _columns(ACTIVATION_COLUMNS, activation_rows(report), left={0, 1, 2})
+
+
+def attempt_lines(report: Report) -> list[str]:
+    return _columns(attempts.COLUMNS, attempts.rows(report.attempts), left={0, 5})
 
 
 # --------------------------------------------------------------------------- JSON
@@ -361,6 +375,7 @@ def report_json(report: Report) -> dict:
         "summary": {dim: _groups_json(report.whole, dim) for dim in report.summarised},
         "activations": [{"upstream": a.upstream, "last_probe": a.last_probe.isoformat(), "last_ok": a.last_ok,
                          "last_error": a.last_error, "ok": a.ok, "failed": a.failed} for a in report.activations],
+        "attempts_by_upstream": {a.upstream: a.to_dict() for a in report.attempts},
         "unpriced_models": report.unpriced, "count_tokens_requests": report.count_tokens, "notes": report.notes,
     }
     if report.hours is not None:

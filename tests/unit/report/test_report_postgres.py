@@ -68,6 +68,18 @@ def random_rows(seed: int = 7, n: int = 600) -> list[tuple[str, dict]]:
             "session": session, "affinity": rng.choice(["new", "kept", "moved"]) if session else None,
             "client": rng.choice([None, "alice", "bob"]),
         }))
+        request = rows[-1][1]
+        for n in range(1, request["attempts"] + 1):
+            last = n == request["attempts"]
+            rows.append(("attempts", {
+                "request_id": request["request_id"], "ts": request["ts"], "n": n,
+                "upstream": upstream if last else rng.choice([u for u in UPSTREAMS[route] if u]), "ms": rng.randrange(5000),
+                "status": request["status"] if last else rng.choice([429, 529, None]),
+                "error": request["error"] if last else rng.choice(["HTTP 429", "connection refused",
+                                                                   "stream error: overloaded_error: busy"]),
+                "input_tokens": 0, "output_tokens": 0, "cache_creation_tokens": 0, "cache_read_tokens": 0,
+                "reasoning_tokens": 0, "raw_usage": None,
+            }))
     for day in range(10):
         for upstream, ok in (("relay-a", day % 3 != 0), ("official", True)):
             rows.append(("activations", {"ts": iso(START + timedelta(days=day, hours=22, minutes=1)),
@@ -109,6 +121,7 @@ def test_the_report_on_postgresql_equals_the_report_on_sqlite(both, view):
                                         now=now, **view))
     on_sqlite, on_postgres = reports
     assert on_sqlite.total.requests > 300 and on_sqlite.activations        # the rows are there to compare
+    assert sum(a.failed for a in on_sqlite.attempts) > 50
     assert report_json(on_postgres) == report_json(on_sqlite)
     assert render_table(on_postgres) == render_table(on_sqlite)
 

@@ -1,0 +1,109 @@
+"""The report's attempts per upstream: an upstream that failed and was rescued by another shows
+its failures (the usage tables credit the request to the rescuer); a try the client cut is no
+failure of the upstream's. Days are the rules' (Asia/Shanghai, UTC+8)."""
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from ccswitch.ledger.schema import connect
+from ccswitch.report import text
+from ccswitch.report.attempts import failure_kind
+from ccswitch.report.html import render_html
+from tests.unit.report.test_report import insert_request
+from tests.unit.report.test_views import build, cli
+
+MAR1, MAR2 = date(2026, 3, 1), date(2026, 3, 2)
+
+# (request's ts, [(upstream, status, error), ...]); the last attempt answered the client
+REQUESTS = [
+    ("2026-03-01T02:00:00.000+00:00", [("relay-a", 429, "HTTP 429"), ("relay-a", 429, "HTTP 429: slow down"),
+                                        ("anthropic-official", 200, None)]),
+    ("2026-03-01T03:00:00.000+00:00", [("relay-a", None, "connection refused"),
+                                        ("anthropic-official", 200, "stream error: overloaded_error: Overloaded")]),
+    ("2026-03-01T04:00:00.000+00:00", [("anthropic-official", None, "client_closed")]),
+    ("2026-02-28T15:30:00.000+00:00", [("relay-a", 500, "HTTP 500")]),              # Feb 28 23:30 local: before
+    ("2026-02-28T16:30:00.000+00:00", [("relay-a", None, "first_byte timeout")]),   # Mar 1 00:30 local: in
+]
+
+
+def make_db(tmp_path: Path, requests=REQUESTS) -> Path:
+    path = tmp_path / "usage.db"
+    conn = connect(str(path))
+    for i, (ts, tries) in enumerate(requests):
+        upstream, status, error = tries[-1]
+        insert_request(conn, i, ts=ts, upstream=upstream, model="claude-haiku-4-5", status=status, error=error,
+                       attempts=0)      # its attempts are written below, as the ledger does
+        for n, (up, st, err) in enumerate(tries, 1):
+            conn.execute("INSERT INTO attempts (request_id, ts, n, upstream, status, error, ms) VALUES (?,?,?,?,?,?,?)",
+                         (f"r{i}-{ts}", ts, n, up, st, err, 100))
+    conn.close()
+    return path
+
+
+@pytest.mark.parametrize("error, kind", [
+    ("HTTP 429", "HTTP 429"),
+    ("HTTP 503: upstream says: try later", "HTTP 503"),
+    ("connection refused", "connection refused"),
+    ("stream error: overloaded_error: Overloaded: come back", "stream error: overloaded_error"),
+    ("stream error", "stream error"),
+])
+def test_alike_failures_count_together(error, kind):
+    assert failure_kind(error) == kind
+
+
+def test_each_upstream_s_attempts_in_the_period_s_local_days(tmp_path):
+    report = build(make_db(tmp_path), MAR1, MAR2)
+    by_name = {a.upstream: a for a in report.attempts}
+    relay, official = by_name["relay-a"], by_name["anthropic-official"]
+    assert [a.upstream for a in report.attempts] == ["relay-a", "anthropic-official"]    # most attempts first
+    assert (relay.attempts, relay.failed, relay.cut_by_client) == (4, 4, 0)             # not Feb 28's HTTP 500
+    assert dict(relay.kinds) == {"HTTP 429": 2, "connection refused": 1, "first_byte timeout": 1}
+    assert (official.attempts, official.failed, official.cut_by_client) == (3, 1, 1)
+    assert dict(official.kinds) == {"stream error: overloaded_error": 1}
+    # the usage credits relay-a with the one request it answered (the timeout's own row), not its failures
+    assert report.summary["upstream"]["relay-a"].requests == 1
+
+
+def test_the_text_report_names_the_failures_of_an_upstream_that_was_rescued(tmp_path, capsys):
+    assert cli(tmp_path, make_db(tmp_path), "--since", "2026-03-01", "--until", "2026-03-02") == 0
+    out = capsys.readouterr().out
+    lines = out[out.index("Attempts per upstream"):].splitlines()
+    assert lines[1].split() == ["Upstream", "Attempts", "Failed", "Failed", "%", "Cut", "by", "client",
+                                "Most", "common", "failures"]
+    assert lines[3].split() == ["relay-a", "4", "4", "100.0", "0", "HTTP", "429", "x2,", "connection", "refused",
+                                "x1", "(+1", "more)"]
+    assert lines[4].split() == ["anthropic-official", "3", "1", "33.3", "1", "stream", "error:",
+                                "overloaded_error", "x1"]
+
+
+def test_the_table_is_left_out_of_the_text_when_no_attempt_failed(tmp_path):
+    ok = [("2026-03-01T02:00:00.000+00:00", [("relay-a", 200, None)]),
+          ("2026-03-01T03:00:00.000+00:00", [("relay-a", None, "client_closed")])]
+    report = build(make_db(tmp_path, ok), MAR1, MAR2)
+    assert [(a.attempts, a.failed, a.cut_by_client) for a in report.attempts] == [(2, 0, 1)]
+    assert "Attempts per upstream" not in text.render_table(report)
+    assert "Attempts per upstream" in render_html(report, [])     # the page has room for it
+
+
+def test_json_and_html_carry_every_failure(tmp_path):
+    report = build(make_db(tmp_path), MAR1, MAR2)
+    data = json.loads(json.dumps(text.report_json(report)))
+    assert data["attempts_by_upstream"]["relay-a"] == {
+        "attempts": 4, "failed": 4, "cut_by_client": 0,
+        "failures": {"HTTP 429": 2, "connection refused": 1, "first_byte timeout": 1}}
+    assert data["attempts_by_upstream"]["anthropic-official"]["cut_by_client"] == 1
+    page = render_html(report, [])
+    assert "<td>relay-a</td><td>4</td><td>4</td><td>100.0</td><td>0</td>" in page
+    assert "connection refused x1 (+1 more)" in page
+
+
+def test_a_ledger_without_attempts_reports_none(tmp_path):
+    path = make_db(tmp_path, [])
+    conn = connect(str(path))
+    conn.execute("DROP TABLE attempts")
+    conn.close()
+    assert build(path, MAR1, MAR2).attempts == []
