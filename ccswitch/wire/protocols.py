@@ -60,9 +60,14 @@ def classify_event(protocol: str, event: Event) -> Kind:
         return kind
     if protocol == Protocol.RESPONSES and name.endswith(".delta"):
         return Kind.CONTENT
-    if name == "message" and isinstance(body := event.json(), dict) and isinstance(body.get("error"), dict):
-        return Kind.ERROR       # a relay's bare `{"error": {...}}`, without an `event:` line or a type
+    if is_bare_error(event):
+        return Kind.ERROR
     return Kind.OTHER
+
+
+def is_bare_error(event: Event) -> bool:
+    """A relay's bare `{"error": {...}}`, without an `event:` line or a type: an error event all the same."""
+    return event.type == "message" and isinstance(body := event.json(), dict) and isinstance(body.get("error"), dict)
 
 
 def _classify_chat(event: Event) -> Kind:

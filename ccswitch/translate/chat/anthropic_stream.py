@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from ccswitch.translate.chat.common import ChunkWriter, chat_usage, openai_error_of
+from ccswitch.wire.protocols import is_bare_error
 from ccswitch.wire.sse import Event
 from ccswitch.wire.usage import later_totals
 
@@ -78,6 +79,8 @@ class AnthropicChatStream:
         data = event.json()
         if not isinstance(data, dict):
             return self._on_error({"error": {"message": event.data}}) if event.type == "error" else b""
+        if is_bare_error(event):
+            return self._on_error(data)
         handler = getattr(self, "_on_" + event.type, None)
         return handler(data) if handler is not None else b""  # ping and unknown events: nothing
 

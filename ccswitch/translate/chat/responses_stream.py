@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ccswitch.translate.chat.common import LOGPROBS, ChunkWriter, chat_id, chat_usage
-from ccswitch.wire.protocols import REQUEST_FAULT_CODES
+from ccswitch.wire.protocols import REQUEST_FAULT_CODES, is_bare_error
 from ccswitch.wire.reasoning import REASONING_ITEMS, carried_reasoning
 from ccswitch.wire.sse import Event
 from ccswitch.wire.usage import token_count
@@ -120,7 +120,7 @@ class ResponsesStream:
             if not self.started:
                 self._adopt(response)
             return self._start()
-        if kind in FAILED:
+        if kind in FAILED or is_bare_error(event):
             self.failure = failure_of(data)
             return []
         if kind in TERMINAL:

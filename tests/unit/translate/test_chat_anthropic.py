@@ -881,6 +881,14 @@ def test_a_streamed_context_overflow_carries_openais_code_as_a_whole_one_does():
                               "code": "context_length_exceeded"}
 
 
+def test_a_relay_s_bare_error_line_ends_the_stream_with_its_own_words():
+    (bare,) = SSEParser().feed(b'data: {"error":{"type":"overloaded_error","message":"Overloaded right now"}}\n\n')
+    conv, outs = run_stream(SPEC_EXAMPLE[:3] + [bare] + SPEC_EXAMPLE[3:])
+    assert parse_chunks(outs[3]) == [{"error": {"message": "Overloaded right now", "type": "overloaded_error",
+                                                "param": None, "code": "overloaded_error"}}]
+    assert all(out == b"" for out in outs[4:]) and conv.finish() == b""
+
+
 def test_stream_error_event_with_non_json_data():
     conv = T.stream(make_req({"model": "gpt-4o", "messages": [user()], "stream": True}), UP)
     (event,) = SSEParser().feed(b"event: error\ndata: upstream exploded\n\n")

@@ -504,6 +504,15 @@ def test_in_stream_errors_end_the_stream(event, error):
                                                       for c in chunks[:-1])
 
 
+def test_a_relay_s_bare_error_line_ends_the_stream_with_its_own_words():
+    stream = ChatToResponses().stream(creq({"model": "m", "stream": True}), API)
+    bare = b'data: {"error":{"type":"server_error","code":"server_error","message":"relay gave up"}}\n\n'
+    out = [stream.feed(e) for e in parse(sse(created(), text_delta("Hi")) + bare + sse(completed()))]
+    assert out[3] == b"" and stream.finish() == b""
+    assert [e.json() for e in parse(out[2])] == [{"error": {"message": "relay gave up", "type": "server_error",
+                                                           "param": None, "code": "server_error"}}]
+
+
 def test_eof_without_terminal_event_is_an_error_and_comments_are_ignored():
     chunks = run(b": keep-alive\n\n" + sse(created(), text_delta("Hi")))
     assert deltas(chunks[:2]) == [{"role": "assistant", "content": ""}, {"content": "Hi"}]
