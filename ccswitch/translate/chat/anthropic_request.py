@@ -18,6 +18,7 @@ from ccswitch.translate.chat.models import (
     default_max_tokens,
     extended_thinking,
     json_tool_mode,
+    one_sampling_knob,
     split_model,
 )
 from ccswitch.wire.exchange import ClientRequest, RenderError, array_at, client_json, function_name, object_at
@@ -443,19 +444,19 @@ def build(body: dict[str, Any], req: ClientRequest, upstream, rules) -> dict[str
         out["thinking"] = thinking
     if output_config:
         out["output_config"] = output_config
-    _sampling(body, out, thinking is not None)
+    _sampling(body, out, thinking is not None, target)
     out["stream"] = bool(req.stream)
     return out
 
 
-def _sampling(body: dict[str, Any], out: dict[str, Any], thinking: bool) -> None:
+def _sampling(body: dict[str, Any], out: dict[str, Any], thinking: bool, model: str) -> None:
     temperature, top_p, top_k = body.get("temperature"), body.get("top_p"), body.get("top_k")
     if isinstance(temperature, (int, float)) and not thinking:
         out["temperature"] = min(temperature, 1)
     if isinstance(top_p, (int, float)) and (not thinking or 0.95 <= top_p <= 1):
-        if "temperature" in out:
-            # Claude 4.5 and later refuse both (400): OpenAI clients often send both
-            log.info("ccswitch: top_p dropped: temperature is set, and Claude takes only one of them")
+        if "temperature" in out and one_sampling_knob(model):
+            # they answer both with a 400, and OpenAI clients often send both
+            log.info("ccswitch: top_p dropped: temperature is set, and %s takes only one of them", repr(model))
         else:
             out["top_p"] = top_p
     if isinstance(top_k, int) and not thinking:

@@ -10,7 +10,8 @@ from ccswitch.config.values import glob_lookup
 from ccswitch.routing.plan import THINKING_SUFFIX
 from ccswitch.wire.exchange import ClientRequest
 
-_VERSION = re.compile(r"(opus|sonnet|haiku|mythos|fable)-(\d)(?:-(\d))?(?!\d)")
+# `claude-opus-4-7`, and the dotted `claude-opus-4.7` of OpenRouter-style names
+_VERSION = re.compile(r"(opus|sonnet|haiku|mythos|fable)-(\d)(?:[-.](\d))?(?!\d)")
 #: Claude models older than 3.7 (`claude-3-5-sonnet-…`, `claude-3-haiku-…`, `claude-2.1`): no
 #: extended thinking, and their own output caps (wherever the name sits: `anthropic/…`, Bedrock's
 #: `anthropic.claude-3-5-…`; OpenRouter's dotted `claude-3.5-sonnet` too)
@@ -64,6 +65,11 @@ def structured_outputs(model: str) -> bool:
     """Models with `output_config.format` (Opus 4.1, Claude 4.5 and later)."""
     found = _version(model)
     return found is not None and (found[1] >= (4, 5) or found == ("opus", (4, 1)))
+
+
+def one_sampling_knob(model: str) -> bool:
+    """Models that refuse `temperature` and `top_p` together (Opus 4.1, Claude 4.5 and later)."""
+    return structured_outputs(model)
 
 
 def json_tool_mode(body: dict[str, Any], model: str) -> bool:

@@ -335,11 +335,20 @@ def test_sampling_and_dropped_parameters():
                    "metadata": {"user_id": "user-123"}, "stream": False}
 
 
-def test_top_p_goes_alone_and_never_beside_a_temperature():
-    """Claude 4.5 and later refuse the two together (400); OpenAI clients often send both."""
-    assert chat(user(), top_p=0.9)["top_p"] == 0.9
-    out = chat(user(), temperature=0.3, top_p=0.9)
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "claude-opus-4-1", "claude-haiku-4-5-20251001",
+                                   "claude-opus-4.7", "anthropic/claude-sonnet-4.5", "claude-mythos-preview"])
+def test_top_p_goes_alone_and_never_beside_a_temperature_on_models_that_refuse_both(model):
+    """Opus 4.1, Claude 4.5 and later refuse the two together (400); OpenAI clients often send both."""
+    assert convert({"model": model, "messages": [user()], "top_p": 0.9})["top_p"] == 0.9
+    out = convert({"model": model, "messages": [user()], "temperature": 0.3, "top_p": 0.9})
     assert out["temperature"] == 0.3 and "top_p" not in out
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-20250514", "claude-3-7-sonnet-20250219", "claude-3-5-haiku",
+                                   "glm-4.6", "deepseek-chat"])
+def test_other_models_take_both_temperature_and_top_p(model):
+    out = convert({"model": model, "messages": [user()], "temperature": 0.3, "top_p": 0.9})
+    assert (out["temperature"], out["top_p"]) == (0.3, 0.9)
 
 
 @pytest.mark.parametrize(("model", "effort", "expected"), [
@@ -450,13 +459,14 @@ def test_reasoning_effort_table(effort, budget, adaptive):
 
 
 @pytest.mark.parametrize("model", ["claude-sonnet-4-6", "claude-opus-4-7", "claude-opus-5", "claude-mythos-preview",
-                                   "claude-sonnet-5-5"])
+                                   "claude-sonnet-5-5", "claude-opus-4.7", "anthropic/claude-sonnet-4.6"])
 def test_adaptive_models(model):
     assert convert({"model": model, "messages": [user()], "reasoning_effort": "low"})["thinking"]["type"] == "adaptive"
 
 
 @pytest.mark.parametrize("model", ["claude-opus-4-5-20251101", "claude-sonnet-4-20250514", "claude-haiku-4-5",
-                                   "claude-3-7-sonnet-20250219", "deepseek-chat"])
+                                   "claude-3-7-sonnet-20250219", "deepseek-chat", "claude-opus-4.5",
+                                   "anthropic/claude-sonnet-4"])
 def test_budget_models(model):
     assert convert({"model": model, "messages": [user()], "reasoning_effort": "low"})["thinking"]["type"] == "enabled"
 
@@ -552,6 +562,8 @@ def test_response_format_on_structured_output_models():
     out = chat(user(), response_format=JSON_FORMAT, reasoning_effort="low")
     assert out["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA}}
     assert out["thinking"]["type"] == "enabled"
+    dotted = convert({"model": "anthropic/claude-sonnet-4.5", "messages": [user()], "response_format": JSON_FORMAT})
+    assert dotted["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA}} and "tools" not in dotted
 
 
 @pytest.mark.parametrize("model", ["claude-sonnet-4-5", "claude-sonnet-4-20250514"])
