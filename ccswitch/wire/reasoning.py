@@ -29,7 +29,8 @@ SEALED_TYPES = frozenset({"reasoning", "compaction"})
 
 def is_encrypted_reasoning(item: Any) -> bool:
     """A sealed item: reasoning or a compaction, with its `encrypted_content`."""
-    return isinstance(item, dict) and item.get("type") in SEALED_TYPES and bool(item.get("encrypted_content"))
+    return isinstance(item, dict) and isinstance(kind := item.get("type"), str) and kind in SEALED_TYPES \
+        and bool(item.get("encrypted_content"))
 
 
 def carried_reasoning(item: Any) -> dict[str, Any] | None:

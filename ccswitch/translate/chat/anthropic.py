@@ -15,7 +15,14 @@ from typing import Any
 
 from ccswitch.translate.chat.anthropic_request import JSON_TOOL, build
 from ccswitch.translate.chat.anthropic_stream import AnthropicChatStream, finish_reason, usage_from
-from ccswitch.translate.chat.common import ChatTranslation, chat_id, completion, include_usage
+from ccswitch.translate.chat.common import (
+    ChatTranslation,
+    chat_id,
+    completion,
+    include_usage,
+    list_of,
+    text_of,
+)
 from ccswitch.translate.chat.models import json_tool_mode, upstream_model
 from ccswitch.wire.exchange import ClientRequest, json_or_none
 
@@ -38,24 +45,24 @@ class ChatToAnthropic(ChatTranslation):
         blocks: list[dict[str, Any]] = []
         calls: list[dict[str, Any]] = []
         answered = False
-        for block in message.get("content") or ():
+        for block in list_of(message.get("content")):
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text":
-                texts.append(block.get("text") or "")
+                texts.append(text_of(block.get("text")))
             elif kind == "tool_use" and json_tool and block.get("name") == json_tool:
                 if not answered:    # the first is the answer: two run together would be no JSON
                     texts.append(json.dumps(block.get("input") or {}, ensure_ascii=False))
                     answered = True
             elif kind == "tool_use":
-                calls.append({"id": block.get("id"), "type": "function",
-                              "function": {"name": block.get("name"),
+                calls.append({"id": text_of(block.get("id")), "type": "function",
+                              "function": {"name": text_of(block.get("name")),
                                            "arguments": json.dumps(block.get("input") or {}, ensure_ascii=False)}})
             elif kind == "thinking":
-                thoughts.append(block.get("thinking") or "")
-                blocks.append({"type": "thinking", "thinking": block.get("thinking") or "",
-                               "signature": block.get("signature") or ""})
+                thoughts.append(text_of(block.get("thinking")))
+                blocks.append({"type": "thinking", "thinking": text_of(block.get("thinking")),
+                               "signature": text_of(block.get("signature"))})
             elif kind == "redacted_thinking":
-                blocks.append({"type": "redacted_thinking", "data": block.get("data") or ""})
+                blocks.append({"type": "redacted_thinking", "data": text_of(block.get("data"))})
             # server_tool_use, web_search_tool_result and unknown blocks: skipped
         out: dict[str, Any] = {"role": "assistant",
                                "content": "".join(texts) or (None if calls else ""),
@@ -66,7 +73,7 @@ class ChatToAnthropic(ChatTranslation):
             out["reasoning_content"] = "".join(thoughts)
         if blocks:
             out["thinking_blocks"] = blocks
-        return completion(message.get("model") or upstream_model(req, upstream), out,
+        return completion(text_of(message.get("model")) or upstream_model(req, upstream), out,
                           finish_reason(message.get("stop_reason"), len(calls)),
                           usage_from(message.get("usage")), chat_id(message.get("id")))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ccswitch.translate.chat.common import ChunkWriter, chat_usage, openai_error_of
+from ccswitch.translate.chat.common import ChunkWriter, chat_usage, key_of, object_of, openai_error_of, text_of
 from ccswitch.wire.protocols import is_bare_error
 from ccswitch.wire.sse import Event
 from ccswitch.wire.usage import later_totals
@@ -17,7 +17,7 @@ _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "m
 
 def finish_reason(stop_reason: Any, tool_calls: int) -> str:
     """Chat finish_reason; unknown or missing values never pass through verbatim."""
-    if stop_reason in _FINISH:
+    if isinstance(stop_reason, str) and stop_reason in _FINISH:
         reason = _FINISH[stop_reason]
         return "stop" if reason == "tool_calls" and not tool_calls else reason
     return "tool_calls" if tool_calls else "stop"
@@ -98,21 +98,21 @@ class AnthropicChatStream:
         return self.writer.error(openai["message"], openai["type"], openai["code"])
 
     def _on_message_start(self, data: dict[str, Any]) -> bytes:
-        message = data.get("message") or {}
+        message = object_of(data.get("message"))
         if isinstance(message.get("usage"), dict):
             self.usage.update(message["usage"])
         if self.started:
             return b""
-        if message.get("model"):
+        if text_of(message.get("model")):
             self.writer.model = message["model"]
-        if message.get("id"):
+        if key_of(message.get("id")) not in (None, ""):
             self.writer.id = "chatcmpl-" + str(message["id"])
         return self._role()
 
     def _on_content_block_start(self, data: dict[str, Any]) -> bytes:
-        block = data.get("content_block") or {}
+        block = object_of(data.get("content_block"))
         kind = block.get("type")
-        index = data.get("index")
+        index = key_of(data.get("index"))
         if kind == "tool_use" and self.json_tool is not None and block.get("name") == self.json_tool:
             if any(seen.kind == "json" for seen in self.blocks.values()):
                 self.blocks[index] = _Block("other")   # the first is the answer: two would be no JSON
@@ -123,18 +123,18 @@ class AnthropicChatStream:
         if kind == "tool_use":
             k, self.tools = self.tools, self.tools + 1
             state = self.blocks[index] = _Block("tool", k)
-            out = self._tool_delta(k, {"id": block.get("id"), "type": "function",
-                                       "function": {"name": block.get("name"), "arguments": ""}})
+            out = self._tool_delta(k, {"id": text_of(block.get("id")), "type": "function",
+                                       "function": {"name": text_of(block.get("name")), "arguments": ""}})
             if block.get("input"):  # some compatible upstreams send the whole input up front
                 state.args = True
                 out += self._tool_delta(k, {"function": {"arguments": json.dumps(block["input"], ensure_ascii=False)}})
             return out
         if kind == "text":
             self.blocks[index] = _Block("text")
-            return self._chunk({"content": block["text"]}) if block.get("text") else b""
+            return self._chunk({"content": block["text"]}) if text_of(block.get("text")) else b""
         if kind == "thinking":
             state = self.blocks[index] = _Block("thinking")
-            state.text, state.signature = block.get("thinking") or "", block.get("signature") or ""
+            state.text, state.signature = text_of(block.get("thinking")), text_of(block.get("signature"))
             return self._chunk({"reasoning_content": state.text}) if state.text else b""
         if kind == "redacted_thinking" and block.get("data"):
             self.blocks[index] = _Block("redacted")
@@ -143,19 +143,19 @@ class AnthropicChatStream:
         return b""
 
     def _on_content_block_delta(self, data: dict[str, Any]) -> bytes:
-        state = self.blocks.get(data.get("index"))
-        delta = data.get("delta") or {}
+        state = self.blocks.get(key_of(data.get("index")))
+        delta = object_of(data.get("delta"))
         kind = delta.get("type")
         if state is None:
             return b""
-        if kind == "text_delta" and state.kind == "text" and delta.get("text"):
+        if kind == "text_delta" and state.kind == "text" and text_of(delta.get("text")):
             return self._chunk({"content": delta["text"]})
-        if kind == "thinking_delta" and state.kind == "thinking" and delta.get("thinking"):
+        if kind == "thinking_delta" and state.kind == "thinking" and text_of(delta.get("thinking")):
             state.text += delta["thinking"]
             return self._chunk({"reasoning_content": delta["thinking"]})
         if kind == "signature_delta" and state.kind == "thinking":
-            state.signature += delta.get("signature") or ""
-        elif kind == "input_json_delta" and state.kind in ("tool", "json") and delta.get("partial_json"):
+            state.signature += text_of(delta.get("signature"))
+        elif kind == "input_json_delta" and state.kind in ("tool", "json") and text_of(delta.get("partial_json")):
             state.args = True
             if state.kind == "json":
                 return self._chunk({"content": delta["partial_json"]})
@@ -163,7 +163,7 @@ class AnthropicChatStream:
         return b""
 
     def _on_content_block_stop(self, data: dict[str, Any]) -> bytes:
-        state = self.blocks.get(data.get("index"))
+        state = self.blocks.get(key_of(data.get("index")))
         if state is None or state.args:
             pass
         elif state.kind == "tool":  # a no-argument call streams no JSON at all
@@ -184,7 +184,7 @@ class AnthropicChatStream:
         return self._chunk({"thinking_blocks": [{"index": j, **block}]})
 
     def _on_message_delta(self, data: dict[str, Any]) -> bytes:
-        delta = data.get("delta") or {}
+        delta = object_of(data.get("delta"))
         if delta.get("stop_reason"):
             self.stop_reason = delta["stop_reason"]
         if isinstance(data.get("usage"), dict):

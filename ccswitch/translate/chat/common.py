@@ -21,6 +21,26 @@ from ccswitch.wire.sse import format_event
 DONE = b"data: [DONE]\n\n"
 
 
+# An upstream's answer is read as it should be shaped, and a value of another JSON type where a
+# text, an object, a list or a key belongs reads as none: a broken relay's answer converts or
+# ends in the client's error, never in an exception that leaves the upstream uncounted.
+def text_of(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def object_of(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def list_of(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def key_of(value: Any) -> str | int | None:
+    """An id or an index to look up by (a list or an object is no key)."""
+    return value if isinstance(value, str | int) else None
+
+
 def chat_usage(prompt: int, completion: int, cached: int = 0, cache_write: int = 0,
                reasoning: int = 0) -> dict[str, Any]:
     """OpenAI usage: `prompt_tokens` is the whole prompt; cached tokens are a subset."""

@@ -17,7 +17,9 @@ from ccswitch.translate.chat.common import (
     chat_id,
     completion,
     include_usage,
+    list_of,
     openai_error,
+    text_of,
 )
 from ccswitch.translate.chat.models import split_model
 from ccswitch.translate.chat.responses_request import build_request, is_codex_backend, reasoning_asked
@@ -119,35 +121,36 @@ def completion_from_response(response: dict[str, Any], model: str, sealed: bool 
         raise UpstreamFailed(*failure_of({"response": response}))
     text, refusal, reasoning, calls, logprobs, citations, seals = [], [], [], [], [], [], []
     length = 0                  # of the text so far: a part's citations count from its own start
-    for item in response.get("output") or ():
+    for item in list_of(response.get("output")):
         if not isinstance(item, dict):
             continue
         kind = item.get("type")
         if kind == "reasoning":
             if sealed and (carried := carried_reasoning(item)) is not None:
                 seals.append(carried)
-            parts = [s.get("text") for s in item.get("summary") or () if isinstance(s, dict) and s.get("text")]
-            if not parts:   # raw reasoning text (open-weight models) when there is no summary
-                parts = [c.get("text") for c in item.get("content") or ()
-                         if isinstance(c, dict) and c.get("type") == "reasoning_text" and c.get("text")]
+            parts = [text_of(s.get("text")) for s in list_of(item.get("summary")) if isinstance(s, dict)]
+            if not any(parts):   # raw reasoning text (open-weight models) when there is no summary
+                parts = [text_of(c.get("text")) for c in list_of(item.get("content"))
+                         if isinstance(c, dict) and c.get("type") == "reasoning_text"]
+            parts = [part for part in parts if part]
             reasoning.extend(parts)
         elif kind == "message":     # every message item, commentary phase included
-            for part in item.get("content") or ():
+            for part in list_of(item.get("content")):
                 if isinstance(part, dict) and part.get("type") == "output_text":
-                    text.append(part.get("text") or "")
+                    text.append(text_of(part.get("text")))
                     if isinstance(part.get("logprobs"), list):   # asked for with `logprobs`
                         logprobs.extend(part["logprobs"])
                     citations += url_citations(part.get("annotations"), length)
                     length += len(text[-1])
                 elif isinstance(part, dict) and part.get("type") == "refusal":
-                    refusal.append(part.get("refusal") or "")
+                    refusal.append(text_of(part.get("refusal")))
         elif kind == "function_call":
             args = item.get("arguments")
-            calls.append({"id": item.get("call_id") or item.get("id"), "type": "function",
-                          "function": {"name": item.get("name") or "",
+            calls.append({"id": text_of(item.get("call_id")) or text_of(item.get("id")), "type": "function",
+                          "function": {"name": text_of(item.get("name")),
                                        "arguments": args if isinstance(args, str) and args else "{}"}})
     message = chat_message("".join(text), "".join(refusal), "\n\n".join(reasoning), calls, citations, seals)
-    return completion(response.get("model") or model, message, finish_reason(response, bool(calls)),
+    return completion(text_of(response.get("model")) or model, message, finish_reason(response, bool(calls)),
                       response_usage(response.get("usage")), chat_id(response.get("id")), logprobs)
 
 

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from ccswitch.translate.chat.common import LOGPROBS, ChunkWriter, chat_id, chat_usage
+from ccswitch.translate.chat.common import (
+    LOGPROBS,
+    ChunkWriter,
+    chat_id,
+    chat_usage,
+    key_of,
+    list_of,
+    object_of,
+    text_of,
+)
 from ccswitch.wire.protocols import REQUEST_FAULT_CODES, is_bare_error
 from ccswitch.wire.reasoning import REASONING_ITEMS, carried_reasoning
 from ccswitch.wire.sse import Event
@@ -116,7 +125,7 @@ class ResponsesStream:
             return []
         kind = event.type
         if kind == "response.created":
-            response = data.get("response") or {}
+            response = object_of(data.get("response"))
             if not self.started:
                 self._adopt(response)
             return self._start()
@@ -124,7 +133,7 @@ class ResponsesStream:
             self.failure = failure_of(data)
             return []
         if kind in TERMINAL:
-            return self._terminal(kind, data.get("response") or {})
+            return self._terminal(kind, object_of(data.get("response")))
         deltas = self._content(kind, data)
         return self._start() + deltas if deltas else []
 
@@ -143,14 +152,14 @@ class ResponsesStream:
     def _content(self, kind: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         if kind == "response.output_text.delta":
             self._shown(data, "message")
-            if not data.get("delta"):
+            if not text_of(data.get("delta")):
                 return []
             if isinstance(data.get("logprobs"), list) and data["logprobs"]:   # asked for with `logprobs`
                 return [{"content": data["delta"], LOGPROBS: data["logprobs"]}]
             return [{"content": data["delta"]}]
         if kind == "response.refusal.delta":
             self._shown(data, "message")
-            return [{"refusal": data["delta"]}] if data.get("delta") else []
+            return [{"refusal": data["delta"]}] if text_of(data.get("delta")) else []
         if kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
             self._shown(data, "reasoning")
             return self._reasoning(kind, data)
@@ -159,13 +168,13 @@ class ResponsesStream:
             return self._whole(item, data.get("output_index")) + self._sealed(item)
         if kind == "response.output_item.added" and item.get("type") == "function_call":
             k = self._new_call(item, data.get("output_index"))
-            if not item.get("arguments"):
+            if not text_of(item.get("arguments")):
                 return [self._header(k, item)]
             self.streamed.add(k)                 # arguments already present on `added`
             return [self._header(k, item), self._args(k, item["arguments"])]
         if kind == "response.function_call_arguments.delta":
             k = self._lookup(data.get("item_id"), data.get("output_index"))
-            if k is None or not data.get("delta"):
+            if k is None or not text_of(data.get("delta")):
                 return []
             self.streamed.add(k)
             return [self._args(k, data["delta"])]
@@ -183,7 +192,7 @@ class ResponsesStream:
     def _shown(self, data: dict[str, Any], item_type: str) -> None:
         """A delta with text marks its item (by id and by output index: a `.done` may name it by
         either) as sent, or, naming none, every item of its type; an empty one marks nothing."""
-        if not data.get("delta"):
+        if not text_of(data.get("delta")):
             return
         keys = [key for key in (data.get("item_id"), data.get("output_index")) if isinstance(key, str | int)]
         self.shown.update(keys)
@@ -193,14 +202,14 @@ class ResponsesStream:
     def _whole(self, item: dict[str, Any], output_index: Any) -> list[dict[str, Any]]:
         """A message or reasoning item's text from its `.done`, when no delta carried it (relays
         that send items only whole): never lost, never sent twice."""
-        if item.get("type") in self.unkeyed or item.get("id") in self.shown or output_index in self.shown:
+        if item.get("type") in self.unkeyed or key_of(item.get("id")) in self.shown or key_of(output_index) in self.shown:
             return []
         self.shown.update(key for key in (item.get("id"), output_index) if isinstance(key, str | int))
         if item.get("type") == "reasoning":      # the summary first, as a whole body's reasoning is read
-            parts = [p for p in item.get("summary") or item.get("content") or () if isinstance(p, dict)]
+            parts = [p for p in list_of(item.get("summary")) or list_of(item.get("content")) if isinstance(p, dict)]
             summary = "\n\n".join(p["text"] for p in parts if isinstance(p.get("text"), str) and p["text"])
             return self._reasoning("whole", {"item_id": item.get("id"), "delta": summary})
-        parts = [p for p in item.get("content") or () if isinstance(p, dict)]
+        parts = [p for p in list_of(item.get("content")) if isinstance(p, dict)]
         text = "".join(p["text"] for p in parts if p.get("type") == "output_text" and isinstance(p.get("text"), str))
         refusal = "".join(p["refusal"] for p in parts if p.get("type") == "refusal" and isinstance(p.get("refusal"), str))
         return [delta for delta in ({"content": text}, {"refusal": refusal}) if next(iter(delta.values()))]
@@ -215,7 +224,7 @@ class ResponsesStream:
         return [{REASONING_ITEMS: [{"index": j, **carried}]}]
 
     def _reasoning(self, kind: str, data: dict[str, Any]) -> list[dict[str, Any]]:
-        text = data.get("delta")
+        text = text_of(data.get("delta"))
         if not text:
             return []
         index = data.get("summary_index") if kind.endswith("summary_text.delta") else data.get("content_index")
@@ -238,8 +247,8 @@ class ResponsesStream:
 
     @staticmethod
     def _header(k: int, item: dict[str, Any]) -> dict[str, Any]:
-        return {"tool_calls": [{"index": k, "id": item.get("call_id") or item.get("id"), "type": "function",
-                                "function": {"name": item.get("name") or "", "arguments": ""}}]}
+        return {"tool_calls": [{"index": k, "id": text_of(item.get("call_id")) or text_of(item.get("id")),
+                                "type": "function", "function": {"name": text_of(item.get("name")), "arguments": ""}}]}
 
     def _lookup(self, item_id: Any, output_index: Any) -> int | None:
         """Argument events are routed by item id (never call_id), else by output index."""

@@ -42,7 +42,9 @@ CHAT_REQUESTS = [
                   {"role": "assistant", "content": "calling", "tool_calls": [
                       {"id": "call_1", "type": "function",
                        "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}],
-                   "thinking_blocks": [{"type": "thinking", "thinking": "hm", "signature": "sig"}]},
+                   "thinking_blocks": [{"type": "thinking", "thinking": "hm", "signature": "sig"}],
+                   "reasoning_items": [{"type": "reasoning", "summary": [{"type": "summary_text", "text": "hm"}],
+                                        "encrypted_content": "enc"}]},
                   {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "sunny"}]},
                   {"role": "assistant", "content": "Paris is "}],
      "tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
