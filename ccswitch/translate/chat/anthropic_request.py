@@ -402,7 +402,8 @@ def build(body: dict[str, Any], req: ClientRequest, upstream, rules) -> dict[str
             # OpenAI clients send reasoning_effort to any model; Claude before 3.7 refuses `thinking`
             log.info("ccswitch: thinking dropped: the model is a Claude before 3.7, which has no extended thinking")
         elif choice is not None and choice["type"] in ("any", "tool"):
-            log.info("ccswitch: thinking dropped: tool_choice forces a tool")
+            log.info("ccswitch: thinking dropped: %s", "response_format travels as a forced tool, which Claude "
+                     "cannot think before" if choice.get("name") == JSON_TOOL else "tool_choice forces a tool")
         elif turns[-1]["role"] == "assistant":
             log.info("ccswitch: thinking dropped: the request ends with an assistant prefill")
         elif last and any(b["type"] == "tool_use" for b in last["content"]) \

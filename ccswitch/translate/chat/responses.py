@@ -185,8 +185,8 @@ def aggregate(body: bytes, model: str, sealed: bool = False) -> dict[str, Any]:
         raise UpstreamFailed(*stream.failure)
     if stream.outcome is None:
         raise UpstreamFailed("upstream stream ended before its terminal event", status=502)
-    if final.get("output"):
-        return completion_from_response(final, model, sealed)
+    if final.get("output"):      # named by the model `response.created` gave when the last event names none
+        return completion_from_response(final, stream.writer.model, sealed)
     got = fold(deltas)
     message = chat_message(got["text"], got["refusal"], got["reasoning"], got["tool_calls"], sealed=got["sealed"])
     reason, usage = stream.outcome

@@ -12,7 +12,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from ccswitch.config.models import Upstream
 from ccswitch.dial.render import render
 from ccswitch.translate import translation_for
-from ccswitch.translate.chat.responses import ChatToResponses
+from ccswitch.translate.chat.responses import ChatToResponses, aggregate, completion_from_response
 from ccswitch.translate.chat.responses_request import build_request
 from ccswitch.translate.chat.responses_stream import fold
 from ccswitch.vocab import Protocol
@@ -365,6 +365,14 @@ def test_codex_aggregation_falls_back_to_the_deltas_when_output_is_empty():
     from_deltas = reply(stripped, up=CODEX)[1]
     from_output = reply(RECORDED, up=CODEX)[1]
     assert from_deltas["choices"] == from_output["choices"] and from_deltas["usage"] == from_output["usage"]
+
+
+def test_an_aggregated_answer_is_named_by_the_upstream_s_model_when_the_last_event_names_none():
+    done = ("response.completed", {"response": {"status": "completed", "output": [
+        {"type": "message", "content": [{"type": "output_text", "text": "Hi"}]}]}})
+    assert aggregate(sse(created("gpt-x"), done), "gpt-5")["model"] == "gpt-x"
+    streamed = run(sse(created("gpt-x"), text_delta("Hi"), done))
+    assert {chunk["model"] for chunk in streamed if isinstance(chunk, dict)} == {"gpt-x"}
 
 
 def test_codex_aggregation_of_failures():
@@ -956,7 +964,6 @@ def test_sealed_reasoning_streamed_goes_back_with_the_message_the_sdk_assembled(
 
 
 def test_sealed_reasoning_of_a_whole_answer_goes_back_with_its_message():
-    from ccswitch.translate.chat.responses import aggregate, completion_from_response
     final = next(e.json()["response"] for e in parse(RECORDED) if e.type == "response.completed")
     message = completion_from_response(final, "gpt-5", sealed=True)["choices"][0]["message"]
     assert "reasoning_items" not in completion_from_response(final, "gpt-5")["choices"][0]["message"]
