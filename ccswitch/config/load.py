@@ -62,6 +62,27 @@ _Loader.add_constructor("tag:yaml.org,2002:int",
                         lambda loader, node: int(node.value, 16 if "x" in node.value else 10))
 
 
+#: values the rules may hold once their aliases are expanded: a few hundred in the largest real
+#: file; a "billion laughs" of nested aliases would stall the load (and a reload, the proxy) for minutes
+MAX_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values `node` holds with every alias expanded (an alias is its anchor's node
+    again), each shared node counted once per use but sized once."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1         # a node within itself: the constructor names that error
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(item, sizes) for item in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(key, sizes) + _expanded_size(value, sizes) for key, value in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = min(size, MAX_VALUES + 1)
+    return sizes[id(node)]
+
+
 def _str_keys(obj: Any) -> Any:
     """Every mapping key in rules.yaml is a string (``400: pass`` means "400")."""
     if isinstance(obj, dict):
@@ -88,7 +109,11 @@ def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path
         said = f"a character YAML does not allow (#x{e.character:04x}, unseen in most editors): delete it"
         raise RulesError([where(f"line {line}, column {column}", said)]) from None
     try:
-        data = loader.get_single_data()
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_VALUES:
+            raise RulesError([where("", f"the rules hold more than {MAX_VALUES:,} values once their aliases "
+                                        "(*name) are expanded: an alias nested in aliases multiplies them")])
+        data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         pos = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -46,3 +46,25 @@ def test_a_character_yaml_does_not_allow_is_named_where_it_is_not_a_traceback(te
         parse_rules(text)
     assert str(caught.value) == f"<rules>: {where}: a character YAML does not allow ({char}, unseen in most " \
                                 "editors): delete it"
+
+
+def _laughs(levels: int) -> str:
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, levels)]
+    return "\n".join(lines) + "\nupstreams: []\n"
+
+
+def test_aliases_nested_in_aliases_are_refused_before_they_multiply():
+    """A "billion laughs": nine levels of nine aliases, 387 million values once expanded. It
+    stalled a load (and a reload, the proxy with it) for minutes; it is refused at once."""
+    with pytest.raises(RulesError, match="more than 100,000 values once their aliases"):
+        parse_rules(_laughs(9))
+
+
+def test_aliases_that_share_a_few_values_load():
+    shared = "upstreams: [&a {name: a, protocol: anthropic, base_url: 'http://x', api_key: k-0123456789}, " \
+             "{<<: *a, name: b}]\n"
+    assert [u.name for u in parse_rules(shared).upstreams] == ["a", "b"]
+    with pytest.raises(RulesError) as refused:               # 7,381 values: loaded, then judged
+        parse_rules(_laughs(4))
+    assert "unknown key" in str(refused.value) and "aliases" not in str(refused.value)
