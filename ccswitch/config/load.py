@@ -12,8 +12,10 @@ problem is collected into one ``RulesError``; secrets never appear in a message.
 from __future__ import annotations
 
 import copy
+import errno
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -177,10 +179,25 @@ def parse_rules(text: str, source: str = "<rules>", env: Mapping[str, str] | Non
     return _parse(text, source, env, base_dir, source_path)
 
 
+# what a pipe gave (`ccswitch check <(envsubst < rules.tmpl)`, /dev/stdin): it can be read only once,
+# and a command reads its rules more than once (whether they are the example, then to load them)
+_read_once: dict[Path, str] = {}
+
+
+def read_rules_text(path: Path) -> str:
+    """The text of the rules file at `path` (OSError, UnicodeDecodeError as `read_text`)."""
+    if path in _read_once:
+        return _read_once[path]
+    text = path.read_text(encoding="utf-8")
+    if not stat.S_ISREG(path.stat().st_mode):
+        _read_once[path] = text
+    return text
+
+
 def load_rules(path: str | Path, env: Mapping[str, str] | None = None) -> Rules:
     path = Path(path).expanduser()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_rules_text(path)
     except UnicodeDecodeError:     # has no strerror; say it as the proxy's own reload does (config.watch)
         raise RulesError([f"{path}: cannot read (not UTF-8)"]) from None
     except OSError as e:
@@ -244,7 +261,7 @@ def rules_origin(option_value: str | None, path: Path | None, cwd: Path | None =
 
 def _is_example(path: Path) -> bool:
     try:
-        return path.read_text(encoding="utf-8") == example_rules_text()
+        return read_rules_text(path) == example_rules_text()
     except (OSError, UnicodeDecodeError):
         return False
 
@@ -271,6 +288,8 @@ def is_there(path: Path) -> bool:
 
 def unreadable(path: Path, exc: OSError) -> str:
     """Why the rules file at `path` cannot be read, as a problem line."""
+    if exc.errno == errno.ELOOP:
+        return f"{path}: is a link in a loop of links (it leads back to itself through {os.readlink(path)})"
     if path.is_symlink() and not path.exists():
         return f"{path}: is a link to {os.readlink(path)}, which does not exist"
     if path.is_dir():

@@ -328,3 +328,28 @@ def test_check_notes_a_models_glob_an_earlier_one_takes_every_model_of(tmp_path)
     done = cli("check", str(rules))
     assert done.returncode == 0 and done.stdout.splitlines()[1:] == [
         "note: upstreams[a].models: 'claude-sonnet-*' is never used: 'claude-*', before it, takes every model it names"]
+
+
+def test_rules_from_a_pipe_are_read_once_by_every_command(tmp_path):
+    """`ccswitch check <(envsubst < rules.tmpl)`: a pipe can be read once, and a command reads its
+    rules more than once (whether they are the shipped example, then to load them)."""
+    example = (REPO / "rules.yaml").read_text()
+    done = subprocess.run([str(CCSWITCH), "check", "/dev/stdin"], input=example, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and "OK (" in done.stdout and "shipped example, unchanged" in done.stderr
+    broken = "upstreams:\n  - {name: a}\n  - {name: b, protocol: nope, base_url: 'https://b.example', api_key: k}\n"
+    done = subprocess.run([str(CCSWITCH), "check", "/dev/stdin"], input=broken, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1 and "3 problem(s) found" in done.stderr and "is empty" not in done.stderr
+    done = subprocess.run([str(CCSWITCH), "env", "--rules", "/dev/stdin"], input=example, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "HOME": str(tmp_path)})
+    assert "is empty" not in done.stderr and "export HTTPS_PROXY=" in done.stdout
+
+
+def test_a_loop_of_links_is_called_that(tmp_path):
+    (tmp_path / "one.yaml").symlink_to("two.yaml")
+    (tmp_path / "two.yaml").symlink_to("one.yaml")
+    done = cli("check", str(tmp_path / "one.yaml"))
+    assert done.returncode == 1
+    assert f"{tmp_path / 'one.yaml'}: is a link in a loop of links (it leads back to itself through two.yaml)" \
+        in done.stderr and "does not exist" not in done.stderr
