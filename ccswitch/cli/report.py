@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
               f"{'is' if len(unset) == 1 else 'are'} not set in this shell (or pass --db)", file=sys.stderr)
         return 1
     if not exists(db):
-        print(f"no usage database at {db} (ccswitch writes one once it has routed a request)", file=sys.stderr)
+        print(f"{db} is a folder, not a usage database (--db names the file)" if isinstance(db, Path) and db.is_dir()
+              else f"no usage database at {db} (ccswitch writes one once it has routed a request)", file=sys.stderr)
         return 1
     try:
         with open_reader(db) as reader:

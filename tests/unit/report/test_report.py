@@ -280,6 +280,9 @@ def test_missing_database(tmp_path, capsys):
     # the line before says which rules file the command uses
     assert err.strip().splitlines()[-1] == f"no usage database at {db} (ccswitch writes one once it has routed a request)"
     assert not db.exists()
+    rc = report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(tmp_path)])
+    assert rc == 1 and capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"{tmp_path} is a folder, not a usage database (--db names the file)"
 
 
 @pytest.mark.parametrize("kind", ["migrated", "zero-bytes"])
