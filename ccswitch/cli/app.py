@@ -65,6 +65,9 @@ def check_notes(rules: Rules) -> list[str]:
     # the first matching glob of `models:` wins: a narrower one after a wider one is never used
     notes += [f"upstreams[{u.name}].models: {glob!r} is never used: {by!r}, before it, takes every model it names"
               for u in rules.upstreams for glob, by in shadowed_globs(u.models)]
+    # argparse reads `ccswitch activate -lead` as an option
+    notes += [f"upstreams[{u.name}]: a name starting with '-' reads as an option on a command line: "
+              f"`ccswitch activate -- {u.name}`" for u in rules.upstreams if u.name.startswith("-")]
     return notes
 
 
@@ -193,12 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     init = sub.add_parser("init", help="write ~/.ccswitch/rules.yaml from the shipped example (never overwrites)")
-    init.set_defaults(func=_init)
+    init.set_defaults(parser=init, func=_init)
 
     check = sub.add_parser("check", help="validate a rules file; print every problem")
     check.add_argument("rules", nargs="?", help="path of rules.yaml (default: as mitmdump would find it)")
     check.add_argument("--rules", dest="rules_option", metavar="RULES", help="the same, as the other commands take it")
-    check.set_defaults(func=_check)
+    check.set_defaults(parser=check, func=_check)
 
     env = sub.add_parser("env", help="print eval-able exports for Claude Code and Codex CLI")
     env.add_argument("--reverse", action="store_true", help="base-URL (reverse mode) variables instead of a proxy")
@@ -208,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--bundle-dir", default=None, help="where to write the CA bundle (default: confdir)")
     env.add_argument("--rules", metavar="PATH",
                      help="rules.yaml deciding the clients' API keys (default: as mitmdump would find it)")
-    env.set_defaults(func=_env)
+    env.set_defaults(parser=env, func=_env)
 
     # parsed by ccswitch.cli.run itself (every argument goes to mitmdump); listed here for --help
     sub.add_parser("run", add_help=False, help="run mitmdump with ccswitch (--web: mitmweb); other arguments go to it")
@@ -216,17 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     activate = sub.add_parser("activate", help="send an upstream's activation probe now")
     activate.add_argument("name", help="the upstream's name in the rules")
     activate.add_argument("--rules", help="path of rules.yaml (default: as mitmdump would find it)")
-    activate.set_defaults(func=_activate)
+    activate.set_defaults(parser=activate, func=_activate)
 
     from ccswitch.cli import notify_test
     notify = sub.add_parser("notify-test", help="send a test event to every notify hook; print each hook's result")
     notify_test.add_arguments(notify)
-    notify.set_defaults(func=notify_test.run)
+    notify.set_defaults(parser=notify, func=notify_test.run)
 
     from ccswitch.cli.report import add_arguments as report_arguments
     report = sub.add_parser("report", help="daily usage, cost, failovers and errors; charts and report.html with --out")
     report_arguments(report)
-    report.set_defaults(func=_report)
+    report.set_defaults(parser=report, func=_report)
     return parser
 
 
@@ -235,7 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["run"]:
         from ccswitch.cli.run import run
         return run(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:     # said with the command's own usage line, not the top level's
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "port", 0) is None:
         args.port = 8082 if args.reverse else 8080
     return quiet_on_broken_pipe(lambda: args.func(args))

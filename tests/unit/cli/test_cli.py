@@ -353,3 +353,22 @@ def test_a_loop_of_links_is_called_that(tmp_path):
     assert done.returncode == 1
     assert f"{tmp_path / 'one.yaml'}: is a link in a loop of links (it leads back to itself through two.yaml)" \
         in done.stderr and "does not exist" not in done.stderr
+
+
+@pytest.mark.parametrize("command", [["check"], ["env"], ["report"], ["activate", "a"], ["notify-test"], ["init"]])
+def test_an_unknown_option_is_refused_with_the_command_s_own_usage(command):
+    done = cli(*command, "--bogus")
+    assert done.returncode == 2 and done.stdout == ""
+    usage, error = done.stderr.splitlines()[0], done.stderr.splitlines()[-1]
+    assert usage.startswith(f"usage: ccswitch {command[0]} ")
+    assert error == f"ccswitch {command[0]}: error: unrecognized arguments: --bogus"
+
+
+def test_check_notes_a_name_that_reads_as_an_option(tmp_path):
+    rules = tmp_path / "r.yaml"
+    rules.write_text("upstreams: [{name: -lead, protocol: anthropic, base_url: 'https://a.example', api_key: k}]\n"
+                     "routes: {claude: [-lead]}\n")
+    done = cli("check", str(rules))
+    assert done.returncode == 0 and done.stdout.splitlines()[1:] == [
+        "note: upstreams[-lead]: a name starting with '-' reads as an option on a command line: "
+        "`ccswitch activate -- -lead`"]
