@@ -85,7 +85,7 @@ def expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[str
     for i, up in enumerate(ups if isinstance(ups, list) else []):
         if not isinstance(up, dict):
             continue
-        for note in ("unset_headers", "env_secrets"):   # the loader's own notes, not settings
+        for note in ("unset_headers", "unset_vars", "env_secrets"):   # the loader's own notes, not settings
             if note in up:
                 problems.append((f"upstreams[{i}].{note}", "unknown key"))
                 del up[note]
@@ -111,6 +111,7 @@ def expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[str
             if enabled:
                 problems += [(path, not_set(n, env, "set it where ccswitch runs, or set enabled: false"))
                              for n in missing]
+            up["unset_vars"] = [*up.get("unset_vars", []), *(n for n in missing if n not in up.get("unset_vars", []))]
             if key == "api_key":
                 holder[key] = None
             else:

@@ -206,6 +206,7 @@ class Upstream(_Model):
     # set by the loader, not in rules.yaml: the headers of a disabled upstream left out because
     # their ${VAR} is not set (`ccswitch.enable` refuses it, as it does one without its api_key)
     unset_headers: tuple[str, ...] = ()
+    unset_vars: tuple[str, ...] = ()            # the ${VAR}s it names that are not set, to name them
     env_secrets: tuple[SecretStr, ...] = ()     # what ${VAR}s put in its headers: secrets, wherever
 
     def secret_texts(self) -> list[str]:
@@ -222,11 +223,12 @@ class Upstream(_Model):
 
     def lacks(self) -> str | None:
         """What a disabled upstream lacks to be sent anything (its ${VAR}s unset), or None."""
+        unset = ", ".join("${" + name + "}" for name in self.unset_vars)
         if self.auth != "client" and self.api_key is None:
-            return f"{self.name} has no api_key (its environment variable is not set)"
+            return f"{self.name} has no api_key ({unset or 'its environment variable'} is not set where ccswitch runs)"
         if self.unset_headers:
             return (f"{self.name} lacks its header(s) {', '.join(self.unset_headers)} "
-                    "(their environment variables are not set)")
+                    f"({unset or 'their environment variables'} not set where ccswitch runs)")
         return None
 
     @model_validator(mode="before")

@@ -66,6 +66,9 @@ class Commands:
                                           f"0 ends the preference), not {minutes[:20]!r}")
         span = int(count)
         if span == 0:
+            preferred = self.gateway.health.preferred_name()
+            if preferred not in (None, name):     # another's preference is not this one's to end
+                return f"{name} was not preferred ({preferred} is: ccswitch.unuse ends that)"
             return self.unuse()
         health = self.gateway.health
         health.prefer(name, health.clock() + span * 60)
@@ -106,8 +109,8 @@ class Commands:
     def enable(self, name: str) -> str:
         """Switch an upstream on until the next reload."""
         upstream = self._upstream(name)
-        if lacking := upstream.lacks():
-            raise exceptions.CommandError(lacking)
+        if lacking := upstream.lacks():   # a running process's environment is its own: a restart takes a new one
+            raise exceptions.CommandError(f"{lacking}: set it and restart ccswitch")
         self.gateway.health.switch(name, True)
         log.info("ccswitch: %s enabled until the next reload", name)
         return f"{name} enabled until the next reload"

@@ -137,6 +137,8 @@ def test_use_says_until_when_status_shows_the_time_left_and_unuse_ends_it(setup)
     assert gateway.health.preferred_name() is None and "preferring" not in tctx.command(commands.status)[0]
     assert tctx.command(commands.unuse) == "no upstream was preferred"
     tctx.command(commands.use, "a", "5")
+    assert tctx.command(commands.use, "b", "0") == "b was not preferred (a is: ccswitch.unuse ends that)"
+    assert gateway.health.preferred_name() == "a"        # another's 0 leaves it
     assert tctx.command(commands.use, "a", "0") == "no longer preferring a"
 
 
@@ -195,8 +197,10 @@ routes: {{claude: [a, relay]}}
     assert relay.headers == {"x-other": "fixed"} and relay.unset_headers == ("x-relay-user",)
     commands = Commands(gateway)
     with taddons.context(commands) as tctx:
-        with pytest.raises(exceptions.CommandError, match=r"lacks its header\(s\) x-relay-user"):
+        with pytest.raises(exceptions.CommandError) as refused:
             tctx.command(commands.enable, "relay")
+    assert str(refused.value) == ("relay lacks its header(s) x-relay-user (${CCSWITCH_TEST_UNSET_USER} not set where "
+                                  "ccswitch runs): set it and restart ccswitch")
     assert names(gateway) == ["a"]
     from ccswitch.mitm.activator import Activator
     activator = Activator(gateway)

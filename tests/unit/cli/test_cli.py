@@ -249,7 +249,8 @@ def test_activate_refuses_an_upstream_whose_key_variable_is_unset(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "CCSWITCH_TEST_UNSET_KEY"}
     done = cli("activate", "off", "--rules", str(rules), cwd=tmp_path, env=env)
     assert done.returncode == 1
-    assert "off has no api_key (its environment variable is not set): nothing to activate with" in done.stderr
+    assert "off has no api_key (${CCSWITCH_TEST_UNSET_KEY} is not set where ccswitch runs): nothing to activate with" \
+        in done.stderr
 
 
 def test_every_command_refuses_a_rules_file_that_is_not_utf8_without_a_traceback(tmp_path):
