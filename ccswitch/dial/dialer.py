@@ -225,6 +225,8 @@ class Dialer:
             # a stream that broke or went quiet before its commit answered with a status all the same
             attempt.status = result.status if result.status is not None else attempt.status
             attempt.error = result.reason
+            if result.status is not None and not 200 <= result.status < 300:
+                attempt.said = protocols.said_in(result.body)
             if learn and result.counts and result.rate_limited:
                 # an error event under a 2xx head: that head's resets are of windows still serving
                 self._rate_limited(upstream.name, result.reason, result.headers, failover.cooldown,

@@ -40,6 +40,7 @@ class Attempt:
     usage: Usage | None = None      # what the upstream reported, even for a failed attempt
     response_id: str | None = None  # a Responses answer's own id, when it named one
     events: int = 0                 # stream events taken from it (an error event of ours comes after)
+    said: str | None = None         # an error answer's own message (scrubbed), for the live page
     # (monotonic) while it runs: a flow can end, and be described, before its attempt does
     running_since: float | None = None
 

@@ -45,7 +45,8 @@ def attempt_rows(job: Job) -> list[dict[str, Any]]:
         usage = (attempt.usage or Usage()).columns()
         usage.pop("cache_creation_1h_tokens")
         rows.append({"request_id": job.token, "ts": _iso(job.started_at), "n": n, "upstream": attempt.upstream,
-                     "status": attempt.status, "error": _stored(attempt.error, job), "ms": attempt.ms, **usage})
+                     "status": attempt.status, "error": _stored(attempt.error, job), "ms": attempt.ms, **usage,
+                     "said": _stored(attempt.said, job)})     # the live page's, not a ledger column
     return rows
 
 

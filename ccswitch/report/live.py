@@ -148,11 +148,14 @@ def attempt_result(status: int | None, error: str | None) -> str:
     return str(status) if outcome == "ok" or outcome.startswith("http_") else outcome
 
 
-def attempt_why(status: int | None, error: str | None) -> str | None:
+def attempt_why(status: int | None, error: str | None, said: str | None = None) -> str | None:
     """What went wrong with an attempt beyond its `attempt_result` word (a timeout, an overload in
-    the stream, a refused connection), or None when the result says it all."""
-    if not error or error in (CLIENT_CLOSED, KILLED) or error == f"HTTP {status}":
+    the stream, a refused connection, the message of an upstream's error answer), or None when
+    the result says it all."""
+    if not error or error in (CLIENT_CLOSED, KILLED):
         return None
+    if error == f"HTTP {status}":
+        return said
     return error.removeprefix(f"HTTP {status}: ")
 
 
@@ -214,7 +217,7 @@ class LiveBoard:
             at=at, route=route, endpoint=str(row.get("endpoint") or ""), model=row.get("model"),
             upstream_model=row.get("upstream_model"), upstream=upstream or None,
             attempts=tuple((str(a.get("upstream")), attempt_result(a.get("status"), a.get("error")),
-                            attempt_why(a.get("status"), a.get("error"))) for a in attempts),
+                            attempt_why(a.get("status"), a.get("error"), a.get("said"))) for a in attempts),
             status=status, error=error, stream=bool(row.get("stream")), tokens=tokens, cost_usd=usd,
             latency_ms=row.get("latency_ms"), ttfb_ms=row.get("ttfb_ms")))
         self._add_to_slice(self._slice(at), row, tokens, usd, billed, failed_over, is_error(status, error))

@@ -135,6 +135,21 @@ def error_object(body: Any) -> Any:
     return err
 
 
+def said_in(body: bytes, limit: int = 300) -> str | None:
+    """The message of an error answer's body (`error.message`, or a top-level `message`), on one
+    line and at most `limit` characters; None when it has none."""
+    try:
+        parsed = json.loads(body) if body and body.lstrip()[:1] == b"{" else None
+    except ValueError:
+        return None
+    err = error_object(parsed)
+    message = err.get("message") if isinstance(err, dict) else parsed.get("message") if isinstance(parsed, dict) else None
+    if not isinstance(message, str) or not message.strip():
+        return None
+    message = " ".join(message.split())
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
 def dressed_error(body: Any) -> bool:
     """Is a 2xx JSON body an error object with its own words (`error.message`)?"""
     err = error_object(body)

@@ -91,7 +91,7 @@ def test_the_reverse_listener_serves_page_json_and_metrics_with_the_client_key(w
     states = {u["name"]: u["state"] for u in data["upstreams"]}
     assert states == {"relay-a": "cooling", "relay-b": "available"}
     assert [r["upstream"] for r in data["recent"]] == ["relay-b"] * 3
-    assert data["recent"][-1]["attempts"] == [{"upstream": "relay-a", "result": "529", "why": None},
+    assert data["recent"][-1]["attempts"] == [{"upstream": "relay-a", "result": "529", "why": "Overloaded"},
                                               {"upstream": "relay-b", "result": "200", "why": None}]
     assert data["recent"][0]["tokens"]["input"] > 0 and data["today"]["requests"] == 3
     assert data["today"]["failovers"] == 1 and data["today"]["cost_usd"] > 0

@@ -16,6 +16,7 @@ from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.budget import UPSTREAM, SpendBoard
 from ccswitch.routing.health import HealthBoard
 from ccswitch.routing.quota import QuotaBoard
+from ccswitch.wire.protocols import said_in
 from ccswitch.wire.usage import Usage
 from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B, make_job, rules_for
 from tests.support.live_rows import NOON_ISH, TZ, USAGE, finished, note, rules
@@ -65,6 +66,29 @@ def test_an_attempt_that_failed_over_on_an_in_stream_error_says_so_as_the_metric
     assert served["attempts"] == [{"upstream": "a", "result": "stream_error", "why": "stream error: overloaded_error: busy"},
                                   {"upstream": "b", "result": "200", "why": None}]
     assert board.attempts == {("a", "stream_error"): 1, ("b", "ok"): 1}
+
+
+def test_an_attempt_answered_with_an_error_status_says_the_upstream_s_own_message():
+    r = rules()
+    board = LiveBoard(clock=lambda: NOON_ISH)
+    note(board, r, finished(r, Attempt("a", 400, "HTTP 400", 30, said=f"credit balance too low for {KEY_A}"),
+                            Attempt("b", 529, "HTTP 529", 40), Attempt("b", 200, None, 900, USAGE), at=AT_NOON))
+    [served] = live_status(board, [], r, datetime.fromtimestamp(NOON_ISH, UTC))["recent"]
+    assert served["attempts"] == [{"upstream": "a", "result": "400", "why": "credit balance too low for [redacted]"},
+                                  {"upstream": "b", "result": "529", "why": None},
+                                  {"upstream": "b", "result": "200", "why": None}]
+
+
+@pytest.mark.parametrize(("body", "said"), [
+    (b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}', "Overloaded"),
+    (b'{"error":{"message":"Rate limit reached\\nfor gpt-5","type":"requests","code":"rate_limit_exceeded"}}',
+     "Rate limit reached for gpt-5"),
+    (b'{"message":"upstream timed out"}', "upstream timed out"),
+    (b'{"error":"plain"}', None), (b'{"error":{"message":""}}', None), (b"<html>502</html>", None), (b"", None),
+    (b'{"error":{"message":"' + b"x" * 400 + b'"}}', "x" * 299 + "…"),
+])
+def test_an_error_answer_s_message_is_read_from_its_body(body, said):
+    assert said_in(body) == said
 
 
 def test_a_model_without_a_price_has_no_cost_even_when_its_answer_had_no_tokens():
