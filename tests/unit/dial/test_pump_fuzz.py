@@ -18,7 +18,8 @@ from ccswitch.translate import translation_for
 from ccswitch.vocab import Protocol
 from ccswitch.wire.sse import format_event
 from tests.support.helpers import MemorySink, make_job, rules_for
-from tests.unit.translate.test_answer_fuzz import ANTHROPIC, ODD_VALUES, RESPONSES, paths, recorded_events, replaced
+from tests.support.json_places import places, replaced
+from tests.unit.translate.test_answer_fuzz import ANTHROPIC, ODD_VALUES, RESPONSES, recorded_events
 
 CASES = 250
 SSE = [("content-type", "text/event-stream")]
@@ -60,13 +61,13 @@ async def pump(upstream, client: str, events: list[dict]) -> None:
                          ids=lambda v: getattr(v, "protocol", v))
 def test_an_odd_value_in_a_stream_never_escapes_the_pump(upstream, client):
     events = recorded_events(upstream)
-    places = [(i, path) for i, event in enumerate(events) for path in paths(event) if path != ("type",)]
+    spots = [(i, path) for i, event in enumerate(events) for path in places(event) if path != ("type",)]
     rng = random.Random(f"pump-{upstream.protocol}-{client}")
 
     async def every_case() -> None:
         await pump(upstream, client, events)          # the recorded stream itself goes through
         for case in range(CASES):
-            i, path = rng.choice(places)
+            i, path = rng.choice(spots)
             odd = rng.choice(ODD_VALUES)
             try:
                 await pump(upstream, client, [*events[:i], replaced(events[i], path, odd), *events[i + 1:]])

@@ -22,6 +22,7 @@ from ccswitch.vocab import Protocol
 from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.sse import SSEParser, format_event
 from tests.support import FIXTURES
+from tests.support.json_places import places, replaced
 
 CASES = 1500
 ODD_VALUES = [None, "x", "", 7, -1, 1.5, True, [], [1], {}, {"type": "x"}, "\u0000"]
@@ -61,27 +62,6 @@ def whole_answer(upstream: Upstream) -> dict:
     return message
 
 
-def paths(value, prefix=()):
-    """Every place in a JSON value, outermost first."""
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            yield prefix + (key,)
-            yield from paths(inner, prefix + (key,))
-    elif isinstance(value, list):
-        for i, inner in enumerate(value):
-            yield prefix + (i,)
-            yield from paths(inner, prefix + (i,))
-
-
-def replaced(value, path, new):
-    out = copy.deepcopy(value)
-    holder = out
-    for step in path[:-1]:
-        holder = holder[step]
-    holder[path[-1]] = new
-    return out
-
-
 def check_chunks(out: bytes) -> None:
     """What the client gets: SSE data lines, each a chunk the SDK reads, an error or `[DONE]`."""
     for event in SSEParser().feed(out):
@@ -93,11 +73,11 @@ def check_chunks(out: bytes) -> None:
 @pytest.mark.parametrize("upstream", [ANTHROPIC, RESPONSES], ids=lambda u: u.protocol)
 def test_a_stream_with_an_odd_value_anywhere_converts_or_ends_in_an_error(upstream):
     events = recorded_events(upstream)
-    places = [(i, path) for i, event in enumerate(events) for path in paths(event) if path != ("type",)]
+    spots = [(i, path) for i, event in enumerate(events) for path in places(event) if path != ("type",)]
     rng = random.Random(f"stream-{upstream.protocol}")
     translation = translation_for("openai-chat", upstream.protocol)
     for case in range(CASES):
-        i, path = rng.choice(places)
+        i, path = rng.choice(spots)
         odd = rng.choice(ODD_VALUES)
         stream = [*events[:i], replaced(events[i], path, odd), *events[i + 1:]]
         converter = translation.stream(chat_request(True), upstream)
@@ -115,11 +95,11 @@ def test_a_stream_with_an_odd_value_anywhere_converts_or_ends_in_an_error(upstre
 @pytest.mark.parametrize("upstream", [ANTHROPIC, RESPONSES], ids=lambda u: u.protocol)
 def test_a_whole_answer_with_an_odd_value_anywhere_converts(upstream):
     answer = whole_answer(upstream)
-    places = list(paths(answer))
+    spots = list(places(answer))
     rng = random.Random(f"whole-{upstream.protocol}")
     translation = translation_for("openai-chat", upstream.protocol)
     for case in range(CASES):
-        path, odd = rng.choice(places), rng.choice(ODD_VALUES)
+        path, odd = rng.choice(spots), rng.choice(ODD_VALUES)
         body = json.dumps(replaced(answer, path, odd)).encode()
         try:
             done = translation.convert_response(body, chat_request(False), upstream)

@@ -8,7 +8,6 @@ names the case that reproduces it."""
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 
@@ -18,6 +17,7 @@ from ccswitch.config.models import Upstream
 from ccswitch.translate import translation_for
 from ccswitch.vocab import Protocol
 from ccswitch.wire.exchange import ClientRequest, RenderError
+from tests.support.json_places import places, replaced
 
 CASES_PER_PAIR = 1500
 
@@ -88,37 +88,16 @@ CHAT_KEYS = ["messages", "model", "tools", "tool_choice", "response_format", "re
              "logit_bias", "presence_penalty", "frequency_penalty", "store", "safety_identifier"]
 
 
-def _paths(value, here=()):
-    """Every place in a JSON value that can be replaced: object members and array items."""
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            yield here + (key,)
-            yield from _paths(inner, here + (key,))
-    elif isinstance(value, list):
-        for i, inner in enumerate(value):
-            yield here + (i,)
-            yield from _paths(inner, here + (i,))
-
-
-def _replaced(body: dict, path: tuple, value) -> dict:
-    out = copy.deepcopy(body)
-    holder = out
-    for step in path[:-1]:
-        holder = holder[step]
-    holder[path[-1]] = copy.deepcopy(value)
-    return out
-
-
 def mutants(bases: list[dict], keys: list[str], seed: int):
     rng = random.Random(seed)
     for _ in range(CASES_PER_PAIR):
         base = rng.choice(bases)
         if rng.random() < 0.2:
-            yield _replaced(base, (rng.choice(keys),), rng.choice(ODD_VALUES))
+            yield replaced(base, (rng.choice(keys),), rng.choice(ODD_VALUES))
             continue
         body = base
         for _ in range(rng.choice((1, 1, 2, 3))):
-            body = _replaced(body, rng.choice(list(_paths(body))), rng.choice(ODD_VALUES))
+            body = replaced(body, rng.choice(list(places(body))), rng.choice(ODD_VALUES))
         yield body
 
 
