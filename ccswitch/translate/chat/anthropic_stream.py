@@ -55,7 +55,9 @@ class AnthropicChatStream:
         self.json_tool = json_tool      # a forced response_format tool whose input is the content
         self.blocks: dict[int, _Block] = {}
         self.tools = 0                  # tool_use blocks seen = the next dense tool index
-        self.thinking = 0               # thinking blocks seen = the next thinking_blocks index
+        # signed thinking, sent whole in one delta before the finish: an SDK that sets a delta's
+        # unknown field on its message (openai-node) keeps only the last piece of a list sent in pieces
+        self.thinking: list[dict[str, Any]] = []
         self.usage: dict[str, Any] = {}
         self.stop_reason: Any = None
         self.started = False
@@ -180,8 +182,8 @@ class AnthropicChatStream:
 
     def _thinking_block(self, block: dict[str, Any]) -> bytes:
         """Signed thinking for clients that round-trip it (litellm-style `thinking_blocks`)."""
-        j, self.thinking = self.thinking, self.thinking + 1
-        return self._chunk({"thinking_blocks": [{"index": j, **block}]})
+        self.thinking.append({"index": len(self.thinking), **block})
+        return b""
 
     def _on_message_delta(self, data: dict[str, Any]) -> bytes:
         delta = object_of(data.get("delta"))
@@ -193,4 +195,6 @@ class AnthropicChatStream:
 
     def _on_message_stop(self, data: dict[str, Any]) -> bytes:
         out = b"" if self.started else self._role()
+        if self.thinking:
+            out += self._chunk({"thinking_blocks": self.thinking})
         return out + self.writer.finish(finish_reason(self.stop_reason, self.tools), usage_from(self.usage))

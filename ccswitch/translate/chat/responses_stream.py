@@ -87,7 +87,9 @@ class ResponsesStream:
         self.by_output: dict[int, int] = {}      # output_index -> k (for items without an id)
         self.streamed: set[int] = set()          # k that already sent (some) arguments
         self.reasoning_part: tuple | None = None
-        self.n_sealed = 0                        # sealed reasoning items sent: the next one's index
+        # sealed reasoning items, sent whole in one delta before the finish: an SDK that sets a delta's
+        # unknown field on its message (openai-node) keeps only the last piece of a list sent in pieces
+        self.seals: list[dict[str, Any]] = []
         self.shown: set = set()                  # items (id or output index) whose text came as deltas
         self.unkeyed: set[str] = set()           # item types a delta came for naming no item: none sent again whole
         self.outcome: tuple[str, dict[str, Any] | None] | None = None   # (finish_reason, usage)
@@ -215,13 +217,12 @@ class ResponsesStream:
         return [delta for delta in ({"content": text}, {"refusal": refusal}) if next(iter(delta.values()))]
 
     def _sealed(self, item: dict[str, Any]) -> list[dict[str, Any]]:
-        """A reasoning item's seal (`encrypted_content`: whole only on its `.done`), for the
-        client to send back with the message, indexed as the SDK gathers a list's pieces."""
+        """A reasoning item's seal (`encrypted_content`: whole only on its `.done`), kept for the
+        client to send back with the message (indexed, as the SDKs gather a list)."""
         carried = carried_reasoning(item) if self.sealed else None
-        if carried is None:
-            return []
-        j, self.n_sealed = self.n_sealed, self.n_sealed + 1
-        return [{REASONING_ITEMS: [{"index": j, **carried}]}]
+        if carried is not None:
+            self.seals.append({"index": len(self.seals), **carried})
+        return []
 
     def _reasoning(self, kind: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         text = text_of(data.get("delta"))
@@ -276,7 +277,7 @@ class ResponsesStream:
         unsent = self._unsent(response.get("output"))
         reason = finish_reason(response, self.n_calls > 0, kind == "response.incomplete")
         self.outcome = (reason, response_usage(response.get("usage")))
-        return self._start() + unsent
+        return self._start() + unsent + ([{REASONING_ITEMS: self.seals}] if self.seals else [])
 
     def _unsent(self, output: Any) -> list[dict[str, Any]]:
         """What the terminal response's `output` holds that no event before it carried (a relay

@@ -23,6 +23,7 @@ from ccswitch.translate.chat.anthropic_request import NOOP_TOOL, tool_id
 from ccswitch.wire.exchange import ClientRequest, RenderError, Reply
 from ccswitch.wire.sse import Event, SSEParser, format_event
 from tests.support import FIXTURES
+from tests.support.node_sdk import node_message
 
 FIXTURE = FIXTURES / "anthropic" / "thinking_text_two_tools.sse"
 UP = Upstream(name="anth", protocol="anthropic", base_url="https://anthropic.example",
@@ -855,24 +856,25 @@ def test_stream_dense_tool_indices_noarg_tools_and_ignored_events():
     ]
     _conv, outs = run_stream(events)
     empty = [i for i, out in enumerate(outs) if out == b""]
-    assert empty == [1, 2, 3, 5, 8, 9, 11, 12, 13, 14, 15, 16, 18, 22, 23, 24, 25]
+    # the signed blocks wait for the end: sent in pieces, openai-node's message kept only the last
+    assert empty == [1, 2, 3, 5, 6, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 22, 23, 24, 25]
     deltas = [c["choices"][0]["delta"] for out in outs for c in parse_chunks(out)
               if isinstance(c, dict) and c["choices"]]
     assert deltas == [
         {"role": "assistant", "content": ""},
         {"reasoning_content": "hm"},
-        {"thinking_blocks": [{"index": 0, "type": "thinking", "thinking": "hm", "signature": "s1"}]},
         {"content": "Hi"},
-        {"thinking_blocks": [{"index": 1, "type": "redacted_thinking", "data": "R"}]},
         {"tool_calls": [{"index": 0, "id": "t1", "type": "function", "function": {"name": "a", "arguments": ""}}]},
         {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]},
         {"tool_calls": [{"index": 1, "id": "t2", "type": "function", "function": {"name": "b", "arguments": ""}}]},
         {"tool_calls": [{"index": 1, "function": {"arguments": "{\"x\":1}"}}]},
+        {"thinking_blocks": [{"index": 0, "type": "thinking", "thinking": "hm", "signature": "s1"},
+                             {"index": 1, "type": "redacted_thinking", "data": "R"}]},
         {},
     ]
     final = parse_chunks(outs[-1])
-    assert final[0]["choices"][0]["finish_reason"] == "length"  # length wins over tool calls
-    assert final[1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 10, "total_tokens": 13,
+    assert final[1]["choices"][0]["finish_reason"] == "length"  # length wins over tool calls
+    assert final[2]["usage"] == {"prompt_tokens": 3, "completion_tokens": 10, "total_tokens": 13,
                                  "prompt_tokens_details": {"cached_tokens": 0}}
 
 
@@ -937,6 +939,28 @@ def test_a_signature_split_over_two_deltas_comes_back_whole():
               for d in [c["choices"][0]["delta"]] if "thinking_blocks" in d]
     assert blocks == [[{"index": 0, "type": "thinking", "thinking": "hm", "signature": "EqQBCk0Y=="}]]
     assert outs[3] == outs[4] == b""        # a piece of a signature is nothing to send yet
+
+
+def test_every_signed_block_reaches_a_node_client_s_message():
+    """openai-node sets a delta's unknown field on its message: blocks sent one a delta left it
+    only the last, and the next turn went upstream without the redacted one."""
+    _conv, outs = run_stream([
+        SPEC_EXAMPLE[0],
+        ("content_block_start", {"index": 0, "content_block": {"type": "redacted_thinking", "data": "R"}}),
+        ("content_block_stop", {"index": 0}),
+        ("content_block_start", {"index": 1, "content_block": {"type": "thinking", "thinking": ""}}),
+        ("content_block_delta", {"index": 1, "delta": {"type": "thinking_delta", "thinking": "hm"}}),
+        ("content_block_delta", {"index": 1, "delta": {"type": "signature_delta", "signature": "sig"}}),
+        ("content_block_stop", {"index": 1}),
+        *SPEC_EXAMPLE[4:]])
+    chunks = [c for out in outs for c in parse_chunks(out) if isinstance(c, dict)]
+    blocks = [{"index": 0, "type": "redacted_thinking", "data": "R"},
+              {"index": 1, "type": "thinking", "thinking": "hm", "signature": "sig"}]
+    assert node_message(chunks)["thinking_blocks"] == blocks
+    state = ChatCompletionStreamState()          # and the Python SDK's, as before
+    for chunk in chunks:
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    assert state.get_final_completion().choices[0].message.model_dump()["thinking_blocks"] == blocks
 
 
 def test_a_second_message_start_opens_nothing_again_and_keeps_the_first_id_and_model():

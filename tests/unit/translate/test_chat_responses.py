@@ -19,6 +19,7 @@ from ccswitch.vocab import Protocol
 from ccswitch.wire.exchange import ClientRequest, RenderError, Reply
 from ccswitch.wire.sse import SSEParser, format_event
 from tests.support import FIXTURES
+from tests.support.node_sdk import node_message
 
 RECORDED = (FIXTURES / "responses/reasoning_text_two_calls.sse").read_bytes()
 API = Upstream(name="resp", protocol=Protocol.RESPONSES, base_url="https://api.openai.com/v1", api_key="sk-test-key-1")
@@ -940,6 +941,17 @@ def next_turn_input(message: dict, effort: str | None = "medium") -> list:
     """The upstream input of the turn after `message`: it, then each call's result, as SDK users send them."""
     results = [{"role": "tool", "tool_call_id": call["id"], "content": "ok"} for call in message["tool_calls"]]
     return convert(messages=HI + [message] + results, tools=[WEATHER, TIME], reasoning_effort=effort)["input"]
+
+
+def test_every_sealed_item_reaches_a_node_client_s_message():
+    """openai-node sets a delta's unknown field on its message: items sent one a delta left it only the last."""
+    def sealed(n):
+        return ("response.output_item.done", {"output_index": n, "item": {
+            "type": "reasoning", "id": f"rs_{n}", "summary": [], "encrypted_content": f"seal-{n}"}})
+    chunks = run(sse(created(), sealed(0), text_delta("Hi"), sealed(2), completed()),
+                 {"model": "gpt-5", "messages": HI, "stream": True, "reasoning_effort": "medium"})
+    items = node_message([c for c in chunks if isinstance(c, dict)])["reasoning_items"]
+    assert [(item["index"], item["encrypted_content"]) for item in items] == [(0, "seal-0"), (1, "seal-2")]
 
 
 def test_sealed_reasoning_streamed_goes_back_with_the_message_the_sdk_assembled():
