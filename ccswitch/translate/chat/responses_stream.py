@@ -64,14 +64,18 @@ def failure_of(data: Any) -> tuple[str, str, str | None, str | None]:
             err = data["response"].get("error")
         if not isinstance(err, dict) and (data.get("type") == "error" or "message" in data):
             err = data
-    if not isinstance(err, dict):
-        return "upstream response failed", "api_error", None, None
+    if not isinstance(err, dict):     # OpenAI's own word for a failure of the server's
+        response = data.get("response") if isinstance(data, dict) else None
+        status = response.get("status") if isinstance(response, dict) else None
+        said = f"upstream response {status}, without an error" if status in ("failed", "cancelled") else \
+            "upstream response failed"
+        return said, "server_error", None, None
     code = err.get("code") if isinstance(err.get("code"), str) else None
     kind = err.get("type") if isinstance(err.get("type"), str) and err.get("type") != "error" else None
     if kind is None and code in REQUEST_FAULT_CODES:
         kind = "invalid_request_error"
     param = err.get("param") if isinstance(err.get("param"), str) else None
-    return str(err.get("message") or "upstream response failed"), kind or code or "api_error", code, param
+    return str(err.get("message") or "upstream response failed"), kind or code or "server_error", code, param
 
 
 class ResponsesStream:

@@ -320,6 +320,10 @@ def test_non_stream_failed_response_becomes_an_openai_error():
     assert status == 429 and body == {"error": {"message": "slow down", "type": "rate_limit_exceeded",
                                                 "param": None, "code": "rate_limit_exceeded"}}
     assert out.reason == "stream error: slow down"
+    silent = {**failed, "error": None}          # failed, and not a word of why: OpenAI's server_error
+    status, body, _ = reply(json.dumps(silent).encode())
+    assert status >= 500 and body == {"error": {"message": "upstream response failed, without an error",
+                                                "type": "server_error", "param": None, "code": "server_error"}}
 
 
 def test_error_statuses_use_the_openai_shape():
@@ -501,7 +505,8 @@ def test_incomplete(reason, finish):
     (("error", {"code": "rate_limit_exceeded", "message": "slow down", "param": None}),
      {"message": "slow down", "type": "rate_limit_exceeded", "param": None, "code": "rate_limit_exceeded"}),
     (("response.done", {"response": {"status": "cancelled"}}),
-     {"message": "upstream response failed", "type": "api_error", "param": None, "code": "api_error"}),
+     {"message": "upstream response cancelled, without an error", "type": "server_error", "param": None,
+      "code": "server_error"}),
 ])
 def test_in_stream_errors_end_the_stream(event, error):
     stream = ChatToResponses().stream(creq({"model": "m", "stream": True}), API)
