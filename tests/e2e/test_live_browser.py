@@ -121,7 +121,7 @@ def test_the_page_renders_upstreams_and_requests_and_refreshes_with_the_key(prox
     assert gave_up[3] == "client left" and gave_up[13] == "client_closed"   # not "ccswitch": it answered nothing
     assert re.fullmatch(r"\$0\.0*[1-9]\d", newest[12]), newest[12]      # below a cent: two significant digits
     assert oldest[2] == "claude-sonnet-4-5 \u2192 claude-sonnet-4-5-20250929" and oldest[3] == "relay-b"
-    assert oldest[4] == "2 relay-a 529 \u2192 relay-b 200" and oldest[5] == "200"
+    assert oldest[4] == "2 relay-a 529 (Overloaded) \u2192 relay-b 200" and oldest[5] == "200"
     assert newest[4] == "1 relay-b 200" and newest[5] == "200"
     # the refresh ran (status.json with the key as a header) and rendered
     assert parsed.ids["live"].startswith("live, every 2 s (updated "), parsed.ids["live"]
