@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:     # said with the command's own usage line, not the top level's
-        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "port", 0) is None:
         args.port = 8082 if args.reverse else 8080
     return quiet_on_broken_pipe(lambda: args.func(args))

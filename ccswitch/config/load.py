@@ -288,8 +288,9 @@ def is_there(path: Path) -> bool:
 
 def unreadable(path: Path, exc: OSError) -> str:
     """Why the rules file at `path` cannot be read, as a problem line."""
-    if exc.errno == errno.ELOOP:
-        return f"{path}: is a link in a loop of links (it leads back to itself through {os.readlink(path)})"
+    if exc.errno == errno.ELOOP:    # the loop may be a folder's on the way, not the file's own
+        through = f" (it leads back to itself through {os.readlink(path)})" if path.is_symlink() else ""
+        return f"{path}: is a link in a loop of links{through}"
     if path.is_symlink() and not path.exists():
         return f"{path}: is a link to {os.readlink(path)}, which does not exist"
     if path.is_dir():

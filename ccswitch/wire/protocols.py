@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ccswitch.vocab import Protocol
+from ccswitch.wire.redact import scrub_text
 from ccswitch.wire.sse import Event, format_event
 
 
@@ -135,9 +136,10 @@ def error_object(body: Any) -> Any:
     return err
 
 
-def said_in(body: bytes, limit: int = 300) -> str | None:
+def said_in(body: bytes, secrets: list[str], limit: int = 300) -> str | None:
     """The message of an error answer's body (`error.message`, or a top-level `message`), on one
-    line and at most `limit` characters; None when it has none."""
+    line, scrubbed of `secrets` (decoded: a key written in JSON escapes is plain text now) before
+    it is cut to at most `limit` characters; None when it has none."""
     try:
         parsed = json.loads(body) if body and body.lstrip()[:1] == b"{" else None
     except ValueError:
@@ -146,7 +148,7 @@ def said_in(body: bytes, limit: int = 300) -> str | None:
     message = err.get("message") if isinstance(err, dict) else parsed.get("message") if isinstance(parsed, dict) else None
     if not isinstance(message, str) or not message.strip():
         return None
-    message = " ".join(message.split())
+    message = " ".join(scrub_text(message, secrets).split())
     return message if len(message) <= limit else message[: limit - 1] + "…"
 
 

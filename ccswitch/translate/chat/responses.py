@@ -18,6 +18,7 @@ from ccswitch.translate.chat.common import (
     completion,
     include_usage,
     list_of,
+    object_of,
     openai_error,
     text_of,
 )
@@ -177,7 +178,7 @@ def aggregate(body: bytes, model: str, sealed: bool = False) -> dict[str, Any]:
     final: dict[str, Any] = {}
     for event in parse_all(body):
         deltas.extend(stream.step(event))
-        if event.event and event.type in TERMINAL and isinstance((event.json() or {}).get("response"), dict):
+        if event.event and event.type in TERMINAL and isinstance(object_of(event.json()).get("response"), dict):
             final = event.json()["response"]
         if stream.ended:
             break

@@ -224,7 +224,8 @@ class ResponsesStream:
         """A reasoning item's seal (`encrypted_content`: whole only on its `.done`), kept for the
         client to send back with the message (indexed, as the SDKs gather a list)."""
         carried = carried_reasoning(item) if self.sealed else None
-        if carried is not None:
+        # the terminal response lists again what `.done` events gave: each seal once
+        if carried is not None and all(seal["encrypted_content"] != carried["encrypted_content"] for seal in self.seals):
             self.seals.append({"index": len(self.seals), **carried})
         return []
 
@@ -291,7 +292,7 @@ class ResponsesStream:
             if not isinstance(item, dict):
                 continue
             if item.get("type") in ("message", "reasoning"):
-                out += self._whole(item, index)
+                out += self._whole(item, index) + self._sealed(item)
             elif item.get("type") == "function_call":
                 # by call_id before the place: an item streamed without an id may sit elsewhere
                 # in the final list (a relay that leaves reasoning out of it)

@@ -373,3 +373,9 @@ def test_check_notes_a_name_that_reads_as_an_option(tmp_path):
     assert done.returncode == 0 and done.stdout.splitlines()[1:] == [
         "note: upstreams[-lead]: a name starting with '-' reads as an option on a command line: "
         "`ccswitch activate -- -lead`"]
+
+
+def test_an_unknown_option_before_run_is_refused_without_a_traceback():
+    done = cli("--bogus", "run", "--web")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == "ccswitch: error: unrecognized arguments: --bogus --web"

@@ -68,3 +68,15 @@ def test_aliases_that_share_a_few_values_load():
     with pytest.raises(RulesError) as refused:               # 7,381 values: loaded, then judged
         parse_rules(_laughs(4))
     assert "unknown key" in str(refused.value) and "aliases" not in str(refused.value)
+
+
+def test_a_loop_of_links_in_a_folder_on_the_way_is_named_without_following_it(tmp_path):
+    import errno
+    from pathlib import Path
+
+    from ccswitch.config.load import unreadable
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    path = Path(tmp_path / "a" / "rules.yaml")
+    said = unreadable(path, OSError(errno.ELOOP, "Too many levels of symbolic links"))
+    assert said == f"{path}: is a link in a loop of links"

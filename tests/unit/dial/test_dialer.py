@@ -396,6 +396,18 @@ async def test_pass_status_is_returned_without_counting(mock_a, mock_b):
     assert (job.status, job.error) == (400, "HTTP 400")   # not a success: the ledger's error says so
 
 
+async def test_an_error_answer_s_own_words_are_kept_for_the_live_page_scrubbed(mock_a, mock_b):
+    """Passed on (a 400) or failed over (a 529): the attempt keeps what the upstream said, whose
+    echo of its key, cut at the limit or not, never shows."""
+    said = "x" * 285 + " bad key " + KEY_A
+    mock_a.script(status(400, body={"type": "error", "error": {"type": "invalid_request_error", "message": said}}))
+    job, _, _ = await run(two(mock_a, mock_b))
+    assert job.attempts[0].said == "x" * 285 + " bad key [reda…"
+    mock_a.script(status(529, body={"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))
+    job, sink, _ = await run(two(mock_a, mock_b))
+    assert sink.status == 200 and [(a.status, a.said) for a in job.attempts] == [(529, "Overloaded"), (200, None)]
+
+
 async def test_retry_same_upstream_then_switch(mock_a, mock_b):
     mock_a.script(status(408), status(408), status(408))
     job, sink, _ = await run(two(mock_a, mock_b))

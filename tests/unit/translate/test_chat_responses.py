@@ -12,7 +12,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from ccswitch.config.models import Upstream
 from ccswitch.dial.render import render
 from ccswitch.translate import translation_for
-from ccswitch.translate.chat.responses import ChatToResponses, aggregate, completion_from_response
+from ccswitch.translate.chat.responses import ChatToResponses, UpstreamFailed, aggregate, completion_from_response
 from ccswitch.translate.chat.responses_request import build_request
 from ccswitch.translate.chat.responses_stream import fold
 from ccswitch.vocab import Protocol
@@ -957,6 +957,26 @@ def test_every_sealed_item_reaches_a_node_client_s_message():
                  {"model": "gpt-5", "messages": HI, "stream": True, "reasoning_effort": "medium"})
     items = node_message([c for c in chunks if isinstance(c, dict)])["reasoning_items"]
     assert [(item["index"], item["encrypted_content"]) for item in items] == [(0, "seal-0"), (1, "seal-2")]
+
+
+def test_seals_only_the_terminal_response_lists_reach_the_client_once():
+    """A relay that sends the answer only in its terminal response: its seals come as a whole body's
+    would, and a seal both a `.done` and the terminal response gave comes once."""
+    item = {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "seal-1"}
+    done = ("response.completed", {"response": {"status": "completed", "output": [
+        item, {"type": "message", "content": [{"type": "output_text", "text": "Hi"}]}]}})
+    asked = {"model": "gpt-5", "messages": HI, "stream": True, "reasoning_effort": "medium"}
+    items = node_message([c for c in run(sse(created(), done), asked) if isinstance(c, dict)])["reasoning_items"]
+    assert [i["encrypted_content"] for i in items] == ["seal-1"]
+    both = sse(created(), ("response.output_item.done", {"output_index": 0, "item": item}), done)
+    items = node_message([c for c in run(both, asked) if isinstance(c, dict)])["reasoning_items"]
+    assert [i["encrypted_content"] for i in items] == ["seal-1"]
+
+
+def test_a_terminal_event_whose_data_is_no_object_is_an_error_not_an_exception():
+    cut = sse(created(), text_delta("Hi")) + b"event: response.completed\ndata: [1]\n\n"
+    with pytest.raises(UpstreamFailed):
+        aggregate(cut, "gpt-5")
 
 
 def test_sealed_reasoning_streamed_goes_back_with_the_message_the_sdk_assembled():
