@@ -16,10 +16,12 @@ from ccswitch.ledger.reading import LedgerReader
 from ccswitch.report import timeline
 from ccswitch.report.ledger_rows import read_rows, row_moment
 
-# grouped by minute: a day's local bounds need no finer time, and a month of attempts stays small
+# through the requests of the period (their time is indexed, the attempts' is not: a year's ledger
+# is not read whole), grouped by minute: a day's local bounds need no finer time
 _ATTEMPTS_SQL = """
-SELECT substr(ts, 1, 16), upstream, error, count(*) FROM attempts
-WHERE ts >= ? AND ts < ?
+SELECT substr(a.ts, 1, 16), a.upstream, a.error, count(*)
+FROM requests r JOIN attempts a ON a.request_id = r.request_id
+WHERE r.ts >= ? AND r.ts < ?
 GROUP BY 1, 2, 3
 """
 CUT_BY_CLIENT = (CLIENT_CLOSED, KILLED)
@@ -60,7 +62,7 @@ class UpstreamAttempts:
 def read_attempts(reader: LedgerReader, tables: set[str], since: date, until: date,
                   tz: tzinfo | None) -> list[UpstreamAttempts]:
     """Each upstream's attempts in the period's local days, most attempts first."""
-    if "attempts" not in tables:
+    if not {"attempts", "requests"} <= tables:
         return []
     out: dict[str, UpstreamAttempts] = {}
     for minute, upstream, error, n in read_rows(reader, _ATTEMPTS_SQL, since, until):

@@ -67,9 +67,17 @@ def structured_outputs(model: str) -> bool:
     return found is not None and (found[1] >= (4, 5) or found == ("opus", (4, 1)))
 
 
+_CLAUDE_3_OR_OLDER = re.compile(r"claude-(?:instant|2|3)\b")
+
+
 def one_sampling_knob(model: str) -> bool:
-    """Models that refuse `temperature` and `top_p` together (Opus 4.1, Claude 4.5 and later)."""
-    return structured_outputs(model)
+    """Models that refuse `temperature` and `top_p` together (Opus 4.1, Claude 4.5 and later), and
+    a Claude name whose version is not read (`claude-sonnet-latest`, a relay's alias): it may be one."""
+    found = _version(model)
+    if found is not None:
+        return found[1] >= (4, 5) or found == ("opus", (4, 1))
+    low = model.lower()
+    return "claude" in low and _CLAUDE_3_OR_OLDER.search(low) is None
 
 
 def json_tool_mode(body: dict[str, Any], model: str) -> bool:

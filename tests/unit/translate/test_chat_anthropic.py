@@ -337,7 +337,8 @@ def test_sampling_and_dropped_parameters():
 
 
 @pytest.mark.parametrize("model", ["claude-sonnet-4-5", "claude-opus-4-1", "claude-haiku-4-5-20251001",
-                                   "claude-opus-4.7", "anthropic/claude-sonnet-4.5", "claude-mythos-preview"])
+                                   "claude-opus-4.7", "anthropic/claude-sonnet-4.5", "claude-mythos-preview",
+                                   "claude-sonnet-latest", "claude-4.5-sonnet"])
 def test_top_p_goes_alone_and_never_beside_a_temperature_on_models_that_refuse_both(model):
     """Opus 4.1, Claude 4.5 and later refuse the two together (400); OpenAI clients often send both."""
     assert convert({"model": model, "messages": [user()], "top_p": 0.9})["top_p"] == 0.9
@@ -346,7 +347,7 @@ def test_top_p_goes_alone_and_never_beside_a_temperature_on_models_that_refuse_b
 
 
 @pytest.mark.parametrize("model", ["claude-sonnet-4-20250514", "claude-3-7-sonnet-20250219", "claude-3-5-haiku",
-                                   "glm-4.6", "deepseek-chat"])
+                                   "claude-2.1", "glm-4.6", "deepseek-chat"])
 def test_other_models_take_both_temperature_and_top_p(model):
     out = convert({"model": model, "messages": [user()], "temperature": 0.3, "top_p": 0.9})
     assert (out["temperature"], out["top_p"]) == (0.3, 0.9)
