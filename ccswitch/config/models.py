@@ -225,7 +225,8 @@ class Upstream(_Model):
         """What a disabled upstream lacks to be sent anything (its ${VAR}s unset), or None."""
         unset = ", ".join("${" + name + "}" for name in self.unset_vars)
         if self.auth != "client" and self.api_key is None:
-            return f"{self.name} has no api_key ({unset or 'its environment variable'} is not set where ccswitch runs)"
+            verb = "are" if len(self.unset_vars) > 1 else "is"
+            return f"{self.name} has no api_key ({unset or 'its environment variable'} {verb} not set where ccswitch runs)"
         if self.unset_headers:
             return (f"{self.name} lacks its header(s) {', '.join(self.unset_headers)} "
                     f"({unset or 'their environment variables'} not set where ccswitch runs)")

@@ -136,6 +136,7 @@ def test_use_says_until_when_status_shows_the_time_left_and_unuse_ends_it(setup)
     assert tctx.command(commands.unuse) == "no longer preferring a"
     assert gateway.health.preferred_name() is None and "preferring" not in tctx.command(commands.status)[0]
     assert tctx.command(commands.unuse) == "no upstream was preferred"
+    assert tctx.command(commands.use, "b", "0") == "no upstream was preferred"      # 0 with none: as unuse
     tctx.command(commands.use, "a", "5")
     assert tctx.command(commands.use, "b", "0") == "b was not preferred (a is: ccswitch.unuse ends that)"
     assert gateway.health.preferred_name() == "a"        # another's 0 leaves it

@@ -500,6 +500,29 @@ def test_missing_env_var_disabled_upstream_is_fine():
                                   extra="enabled: false\nheaders: {x-t: '${TOKEN_X}', x-k: kept}")
     up = parse(text).upstreams[0]
     assert up.enabled is False and up.api_key is None and up.headers == {"x-k": "kept"}
+    assert up.lacks() == "b has no api_key (${RELAY_B_KEY}, ${TOKEN_X} are not set where ccswitch runs)"
+
+
+def test_a_disabled_upstream_names_each_unset_variable_once():
+    text = "upstreams:\n" + relay("b", extra="enabled: false\nheaders: {x-t: '${TOKEN_X}', x-u: 'u-${TOKEN_X}'}")
+    up = parse(text).upstreams[0]
+    assert up.unset_vars == ("TOKEN_X",)
+    assert up.lacks() == "b lacks its header(s) x-t, x-u (${TOKEN_X} not set where ccswitch runs)"
+
+
+def test_the_loader_s_own_notes_are_refused_as_settings():
+    assert problems("upstreams:\n" + relay("a", extra="unset_vars: [RELAY_A_KEY]")) == [
+        "r.yaml: upstreams[a].unset_vars: unknown key"]
+
+
+def test_a_regular_rules_file_is_read_anew_each_time(tmp_path):
+    """Only what a pipe gave is kept (it cannot be read twice); a file edited since is read as it is now."""
+    from ccswitch.config.load import read_rules_text
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("upstreams: []\n")
+    assert read_rules_text(rules) == "upstreams: []\n"
+    rules.write_text("routes: {}\n")
+    assert read_rules_text(rules) == "routes: {}\n"
 
 
 def test_malformed_env_reference():

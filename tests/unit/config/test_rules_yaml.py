@@ -80,3 +80,19 @@ def test_a_loop_of_links_in_a_folder_on_the_way_is_named_without_following_it(tm
     path = Path(tmp_path / "a" / "rules.yaml")
     said = unreadable(path, OSError(errno.ELOOP, "Too many levels of symbolic links"))
     assert said == f"{path}: is a link in a loop of links"
+
+
+def _values(total: int) -> str:
+    """Rules holding `total` values once expanded, each mapping, list, key and scalar one: 16 around
+    the items of `b`, ten for each alias of `a` (a list of nine), one for each scalar beside them."""
+    aliases, scalars = divmod(total - 16, 10)
+    return "a: &a [x, x, x, x, x, x, x, x, x]\nb: [" + ", ".join(["*a"] * aliases + ["x"] * scalars) \
+        + "]\nupstreams: []\n"
+
+
+def test_100_000_values_once_expanded_load_and_one_more_is_refused():
+    with pytest.raises(RulesError) as loaded:
+        parse_rules(_values(100_000))
+    assert str(loaded.value) == "<rules>: a: unknown key\n<rules>: b: unknown key"      # loaded, then judged
+    with pytest.raises(RulesError, match="more than 100,000 values once their aliases"):
+        parse_rules(_values(100_001))

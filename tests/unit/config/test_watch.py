@@ -366,3 +366,13 @@ def test_an_edit_naming_an_unset_variable_says_a_running_ccswitch_needs_a_restar
     assert not rules_file.reload_if_changed()
     assert "environment variable NOT_SET_ANYWHERE is not set" in caplog.text
     assert "needs a restart with it set" in caplog.text
+
+
+def test_a_rules_path_through_a_loop_of_folder_links_is_a_rules_problem_not_an_os_error(tmp_path):
+    """`--set ccswitch_rules=one/rules.yaml` with `one` a link in a loop: mitmproxy is told an
+    invalid rules file (the watcher reads without a look first, as the commands do not)."""
+    (tmp_path / "one").symlink_to("two")
+    (tmp_path / "two").symlink_to("one")
+    with pytest.raises(RulesError) as refused:
+        RulesFile().open(str(tmp_path / "one" / "rules.yaml"))
+    assert str(refused.value) == f"{tmp_path / 'one' / 'rules.yaml'}: is a link in a loop of links"

@@ -35,3 +35,10 @@ def test_a_key_a_client_sent_as_its_model_or_session_is_not_stored():
     assert refused["model"] == "[redacted]"
     plain = finished(r, Attempt(upstream="a", status=200), model="claude-haiku-4-5")
     assert without_keys(request_row(plain), r)["model"] == "claude-haiku-4-5"
+
+
+def test_an_error_answer_s_own_message_is_kept_for_the_live_page_without_key_text():
+    said = f"credit balance too low for {KEY_A}"
+    job = finished(rules(), Attempt(upstream="a", status=400, error="HTTP 400", said=said),
+                   Attempt(upstream="b", status=200))
+    assert [row["said"] for row in attempt_rows(job)] == ["credit balance too low for [redacted]", None]

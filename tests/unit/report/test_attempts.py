@@ -107,3 +107,39 @@ def test_a_ledger_without_attempts_reports_none(tmp_path):
     conn.execute("DROP TABLE attempts")
     conn.close()
     assert build(path, MAR1, MAR2).attempts == []
+
+
+# one minute of Mar 2 (the period's last local day, 10:00 in Shanghai): alike attempts share a row
+# of the grouped read, and each of them counts
+ONE_MINUTE = [
+    ("2026-03-02T02:00:00.000+00:00", [("relay-a", None, "connection refused"), ("relay-a", None, "connection refused"),
+                                        ("relay-b", 200, None)]),
+    ("2026-03-02T02:00:20.000+00:00", [("relay-a", 429, "HTTP 429"), ("relay-b", 200, None)]),
+    ("2026-03-02T02:00:30.000+00:00", [("relay-a", 200, None)]),
+    ("2026-03-02T02:00:40.000+00:00", [("relay-a", None, "killed")]),         # killed in mitmproxy: cut
+    ("2026-03-02T02:00:50.000+00:00", [("relay-a", None, "killed")]),
+]
+
+
+def test_alike_attempts_in_one_minute_each_count_and_a_killed_flow_is_cut_by_the_client(tmp_path):
+    report = build(make_db(tmp_path, ONE_MINUTE), MAR1, MAR2)
+    relay, other = report.attempts
+    assert (relay.upstream, relay.attempts, relay.failed, relay.cut_by_client) == ("relay-a", 6, 3, 2)
+    assert dict(relay.kinds) == {"connection refused": 2, "HTTP 429": 1}
+    assert (other.upstream, other.attempts, other.failed, other.cut_by_client) == ("relay-b", 2, 0, 0)
+    assert relay.most_common() == "connection refused x2, HTTP 429 x1"        # two kinds: none more
+    failures = json.loads(json.dumps(text.report_json(report)))["attempts_by_upstream"]["relay-a"]["failures"]
+    assert list(failures) == ["connection refused", "HTTP 429"]               # the most common first
+
+
+def test_the_text_table_s_names_and_failures_are_left_aligned_and_its_counts_right(tmp_path):
+    lines = text.attempt_lines(build(make_db(tmp_path), MAR1, MAR2))
+    head, official = lines[0], lines[3]
+    assert official.startswith("anthropic-official  ")
+    assert official.index("stream error: overloaded_error x1") == head.index("Most common failures")
+    assert official.index("33.3") + len("33.3") == head.index("Failed %") + len("Failed %")
+
+
+def test_the_page_has_no_attempts_table_without_attempts(tmp_path):
+    report = build(make_db(tmp_path, []), MAR1, MAR2)
+    assert report.attempts == [] and "Attempts per upstream" not in render_html(report, [])

@@ -86,6 +86,9 @@ def test_an_attempt_answered_with_an_error_status_says_the_upstream_s_own_messag
     (b'{"message":"upstream timed out"}', "upstream timed out"),
     (b'{"error":"plain"}', None), (b'{"error":{"message":""}}', None), (b"<html>502</html>", None), (b"", None),
     (b'{"error":{"message":"' + b"x" * 400 + b'"}}', "x" * 299 + "…"),
+    (b'{"error":{"message":"' + b"x" * 300 + b'"}}', "x" * 300),                # at the limit: whole
+    (b'{"error":{"message":"too\\tmany   spaces\\r\\nhere"}}', "too many spaces here"),
+    (b'{"error":{"message":" \\n\\t "}}', None), (b'{"error":{"message":"cut sh', None),
 ])
 def test_an_error_answer_s_message_is_read_from_its_body(body, said):
     assert said_in(body, []) == said

@@ -249,6 +249,15 @@ def test_table_text(small_db):
     assert "note: 2 count_tokens request(s)" in text
 
 
+def test_activation_probes_name_their_results_left_aligned_and_count_them_right(small_db):
+    conn = connect(str(small_db))
+    insert_activation(conn, "2026-03-01T21:00:00.000+00:00", "anthropic-official", False, 401, "unauthorized")
+    conn.close()
+    head, _, failed, ok = report.activation_lines(_small(small_db))
+    assert failed.startswith("anthropic-official  2026-03-02 05:00  failed (unauthorized)")
+    assert ok.index("ok") == head.index("Last result") and ok.endswith(" 1       1")
+
+
 def test_main_json(small_db, tmp_path, capsys):
     rc = report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(small_db),
                       "--since", "2026-03-01", "--until", "2026-03-02", "--json", "--by", "route"])

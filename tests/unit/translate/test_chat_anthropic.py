@@ -7,6 +7,7 @@ and a recorded stream cut at every byte offset and at random multi-splits.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 
@@ -353,6 +354,12 @@ def test_other_models_take_both_temperature_and_top_p(model):
     assert (out["temperature"], out["top_p"]) == (0.3, 0.9)
 
 
+def test_top_p_beside_a_temperature_is_judged_by_the_model_the_upstream_is_sent():
+    """The client's gpt-4o goes to this upstream as claude-sonnet-4-5 (its `models:`), which refuses both."""
+    out = convert({"model": "gpt-4o", "messages": [user()], "temperature": 0.3, "top_p": 0.9})
+    assert out["temperature"] == 0.3 and "top_p" not in out
+
+
 @pytest.mark.parametrize(("model", "effort", "expected"), [
     ("claude-opus-4-1-20250805", "max", 32000), ("claude-opus-4-20250514", "max", 32000),
     ("claude-opus-4@20250514", "max", 32000), ("claude-opus-4-1", "max", 32000),
@@ -522,6 +529,16 @@ def test_thinking_removes_incompatible_sampling():
 def test_forced_tool_choice_drops_thinking(choice):
     out = chat(user(), tools=[WEATHER, TIME], tool_choice=choice, reasoning_effort="high")
     assert "thinking" not in out and out["max_tokens"] == 16384
+
+
+def test_the_log_says_which_forced_tool_left_thinking_off(caplog):
+    with caplog.at_level(logging.INFO, logger="ccswitch"):
+        convert({"model": "claude-sonnet-4-20250514", "messages": [user()], "response_format": JSON_FORMAT,
+                 "reasoning_effort": "high"})
+        chat(user(), tools=[WEATHER], tool_choice="required", reasoning_effort="high")
+    assert [r.getMessage() for r in caplog.records if "thinking dropped" in r.getMessage()] == [
+        "ccswitch: thinking dropped: response_format travels as a forced tool, which Claude cannot think before",
+        "ccswitch: thinking dropped: tool_choice forces a tool"]
 
 
 SIGNED = {"type": "thinking", "thinking": "Let me look.", "signature": "sig=="}
@@ -717,6 +734,15 @@ def test_non_stream_content_null_only_with_tool_calls():
     assert msg == {"role": "assistant", "content": "", "refusal": None}
 
 
+def test_a_whole_answer_s_thinking_of_another_type_goes_back_as_empty_text():
+    odd = {**MESSAGE, "stop_reason": "end_turn", "content": [
+        {"type": "thinking", "thinking": 7, "signature": ["sig"]}, {"type": "redacted_thinking", "data": {"x": 1}},
+        text("Hi")]}
+    msg = reply_of(odd)["choices"][0]["message"]
+    assert msg["content"] == "Hi" and msg["thinking_blocks"] == [
+        {"type": "thinking", "thinking": "", "signature": ""}, {"type": "redacted_thinking", "data": ""}]
+
+
 @pytest.mark.parametrize("stop_reason, tools, expected", [
     ("end_turn", False, "stop"), ("stop_sequence", False, "stop"), ("max_tokens", False, "length"),
     ("max_tokens", True, "length"),  # length wins: a cut tool call must not look executable
@@ -902,6 +928,13 @@ def test_a_relay_s_bare_error_line_ends_the_stream_with_its_own_words():
     assert parse_chunks(outs[3]) == [{"error": {"message": "Overloaded right now", "type": "overloaded_error",
                                                 "param": None, "code": "overloaded_error"}}]
     assert all(out == b"" for out in outs[4:]) and conv.finish() == b""
+
+
+def test_a_message_id_that_is_no_text_or_number_leaves_the_chat_id_as_made():
+    start = ("message_start", {"message": {"id": {"id": "msg_1"}, "model": "claude-x", "usage": {"input_tokens": 1}}})
+    conv, outs = run_stream([start, *SPEC_EXAMPLE[1:]])
+    ids = {c["id"] for out in outs for c in parse_chunks(out) if isinstance(c, dict)}
+    assert len(ids) == 1 and re.fullmatch(r"chatcmpl-[0-9a-f]{24}", ids.pop())
 
 
 def test_stream_error_event_with_non_json_data():

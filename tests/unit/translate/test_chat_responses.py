@@ -730,6 +730,40 @@ def test_a_cancelled_response_is_a_failure_not_an_empty_answer_and_raw_reasoning
     assert done["choices"][0]["message"]["reasoning_content"] == "think"
 
 
+@pytest.mark.parametrize(("reasoning", "said"), [
+    ({"summary": [{"type": "summary_text", "text": ""}, {"type": "summary_text", "text": "A"}]}, "A"),
+    ({"summary": [{"type": "summary_text", "text": ""}], "content": [{"type": "reasoning_text", "text": "raw"}]},
+     "raw"),                                    # a summary of empty parts is none: the raw text stands
+    ({"summary": [], "content": 7}, None),
+])
+def test_a_whole_answer_s_reasoning_is_its_summary_s_text_else_its_raw_text(reasoning, said):
+    done = completion_from_response({"status": "completed", "output": [
+        {"type": "reasoning", **reasoning},
+        {"type": "message", "content": [{"type": "output_text", "text": "ok"}, {"type": "refusal", "refusal": 7}]}]},
+        "m")
+    message = done["choices"][0]["message"]
+    assert (message.get("reasoning_content"), message["content"], message["refusal"]) == (said, "ok", None)
+
+
+def test_a_stream_s_values_of_another_type_read_as_none():
+    """A delta that is no text marks nothing as sent (the `.done` gives the text); an output index
+    that is a list, content or a summary that is no list, a `response` that is no object: no exception."""
+    chunks = run(sse(created(),
+                     ("response.refusal.delta", {"item_id": "msg_1", "output_index": 0, "delta": 7}),
+                     ("response.output_text.delta", {"item_id": "msg_1", "output_index": 0, "delta": 7}),
+                     ("response.output_item.done", {"output_index": 0, "item": {
+                         "type": "message", "id": "msg_1", "content": [{"type": "output_text", "text": "Hi"}]}}),
+                     ("response.output_item.done", {"output_index": [1], "item": {
+                         "type": "message", "id": "msg_2", "content": 7}}),
+                     ("response.output_item.done", {"output_index": 2, "item": {
+                         "type": "reasoning", "id": "rs_1", "summary": 7,
+                         "content": [{"type": "reasoning_text", "text": "raw"}]}}),
+                     ("response.completed", {"response": 7})))
+    assert deltas(chunks) == [{"role": "assistant", "content": ""}, {"content": "Hi"}, {"reasoning_content": "raw"},
+                              {}, "[DONE]"]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+
+
 def test_the_upstream_s_own_total_tokens_is_kept():
     from ccswitch.translate.chat.responses_stream import response_usage
     assert response_usage({"input_tokens": 10, "output_tokens": 5, "total_tokens": 20})["total_tokens"] == 20

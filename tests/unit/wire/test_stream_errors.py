@@ -4,7 +4,7 @@ type or code, then its message, whichever of the protocols' shapes it comes in."
 import pytest
 
 from ccswitch.vocab import Protocol
-from ccswitch.wire.protocols import Kind, classify_event, in_stream_status, stream_error_message
+from ccswitch.wire.protocols import Kind, classify_event, in_stream_status, is_bare_error, stream_error_message
 from ccswitch.wire.sse import SSEParser
 
 
@@ -44,3 +44,12 @@ def test_a_chat_chunk_with_a_null_error_field_is_content_and_one_with_an_error_i
     chunk = '{"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "hi"}}], "error": %s}'
     assert classify_event(Protocol.CHAT, event("data: " + chunk % "null")) is Kind.CONTENT
     assert classify_event(Protocol.CHAT, event("data: " + chunk % '{"message": "boom"}')) is Kind.ERROR
+
+
+def test_only_an_unnamed_line_with_an_error_object_is_a_bare_error():
+    """The converters end a stream at a bare error before they look at the event's name: a named
+    event is judged by its name, whatever else it carries; the bare line's `error` is an object."""
+    assert is_bare_error(event('data: {"error": {"message": "upstream overloaded"}}'))
+    assert not is_bare_error(event('event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, '
+                                   '"delta": {"type": "text_delta", "text": "hi"}, "error": {"message": "x"}}'))
+    assert not is_bare_error(event('data: {"error": "upstream overloaded"}'))
