@@ -69,14 +69,19 @@ img{max-width:100%;height:auto;border:1px solid #eee;margin:.5rem 0}
 """
 
 
-def _table(head: Iterable[str], rows: Iterable[tuple[str, list[str]]], left_cols: int = 1) -> str:
+def _table(head: Iterable[str], rows: Iterable[tuple[str, list[str]]], left_cols: int = 1,
+           left_last: bool = False) -> str:
+    """`left_cols` columns of text from the left (the first is by the page's style), and the last
+    with `left_last` (a text after the numbers)."""
+    head = list(head)
     left = ' style="text-align:left"'
+    is_left = lambda i: 0 < i < left_cols or (left_last and i == len(head) - 1)
     out = ['<div class="wide"><table><thead><tr>',
-           *(f"<th{left if 0 < i < left_cols else ''}>{escape(h)}</th>" for i, h in enumerate(head)),
+           *(f"<th{left if is_left(i) else ''}>{escape(h)}</th>" for i, h in enumerate(head)),
            "</tr></thead><tbody>"]
     for cls, cells in rows:
         out.append(f'<tr class="{escape(cls)}">' if cls else "<tr>")
-        out += [f'<td style="text-align:left">{escape(c)}</td>' if 0 < i < left_cols else f"<td>{escape(c)}</td>"
+        out += [f'<td style="text-align:left">{escape(c)}</td>' if is_left(i) else f"<td>{escape(c)}</td>"
                 for i, c in enumerate(cells)]
         out.append("</tr>")
     out.append("</tbody></table></div>")
@@ -159,7 +164,7 @@ def render_html(report: Report, charts: list[Path]) -> str:
                               [label.strip(), *cells]) for label, cells in latency_rows(report)]))
     if report.attempts:
         parts.append(f"<h2>{escape(ATTEMPTS_TITLE)}</h2>")
-        parts.append(_table(attempts.COLUMNS, [("", r) for r in attempts.rows(report.attempts)]))
+        parts.append(_table(attempts.COLUMNS, [("", r) for r in attempts.rows(report.attempts)], left_last=True))
     parts.append("<h2>Activation probes</h2>")
     if report.activations:
         parts.append(_table(ACTIVATION_COLUMNS, [("", r) for r in activation_rows(report)], left_cols=3))

@@ -97,8 +97,9 @@ def test_json_and_html_carry_every_failure(tmp_path):
         "failures": {"HTTP 429": 2, "connection refused": 1, "first_byte timeout": 1}}
     assert data["attempts_by_upstream"]["anthropic-official"]["cut_by_client"] == 1
     page = render_html(report, [])
-    assert "<td>relay-a</td><td>4</td><td>4</td><td>100.0</td><td>0</td>" in page
-    assert "connection refused x1 (+1 more)" in page
+    assert ("<td>relay-a</td><td>4</td><td>4</td><td>100.0</td><td>0</td>"
+            '<td style="text-align:left">HTTP 429 x2, connection refused x1 (+1 more)</td>') in page
+    assert '<th style="text-align:left">Most common failures</th>' in page     # a text, after the numbers
 
 
 def test_a_ledger_without_attempts_reports_none(tmp_path):
