@@ -187,13 +187,12 @@ class Dialer:
         probing = self.health.needs_probe(upstream.name) and not self.health.busy_probing(upstream.name)
         if probing:
             self.health.begin_probe(upstream.name)
-        sent_with: list[str] = []       # the keys the request went with, to scrub the answer's words of
+        outgoing: OutgoingRequest | None = None
         try:
             translation = translation_for(job.request.client_protocol, upstream.protocol)
             # no local for the body as converted: this frame lasts as long as the stream
             outgoing = render(upstream, job.request, self._body_for(job, upstream, translation),
                               client_key=job.rules.key_of_client(job.client))
-            sent_with = outgoing.secrets
             # what it is sent of the input, whose sealed reasoning is its own if it serves (read
             # now: a stream's commit lets the request's body go, and nothing here holds it)
             read = _read_by(job, upstream) if upstream.protocol == Protocol.RESPONSES else None
@@ -227,7 +226,7 @@ class Dialer:
             # a stream that broke or went quiet before its commit answered with a status all the same
             attempt.status = result.status if result.status is not None else attempt.status
             attempt.error = result.reason
-            attempt.said = _said(result.status, result.body, sent_with, job)
+            attempt.said = _said(result.status, result.body, outgoing, job)
             if learn and result.counts and result.rate_limited:
                 # an error event under a 2xx head: that head's resets are of windows still serving
                 self._rate_limited(upstream.name, result.reason, result.headers, failover.cooldown,
@@ -250,7 +249,7 @@ class Dialer:
             self._served(job, upstream, read, learn, began)
         else:
             attempt.status = result.status
-            attempt.said = _said(result.status, result.body, sent_with, job)
+            attempt.said = _said(result.status, result.body, outgoing, job)
         return result
 
     def _served(self, job: Job, upstream: Upstream, read: tuple[list[int], set[int]] | None, learn: bool,
@@ -439,9 +438,9 @@ async def _answer(job: Job, sink: Sink, status: int, headers: list[tuple[str, st
     await send_whole(sink, status, headers, body)
 
 
-def _said(status: int | None, body: bytes, sent_with: list[str], job: Job) -> str | None:
-    """An error answer's own message for the live page, scrubbed whole (of the keys it was sent
-    with and every key of the rules) before it is cut: a key cut in two is not found after."""
-    if status is None or 200 <= status < 300:
+def _said(status: int | None, body: bytes, outgoing: OutgoingRequest | None, job: Job) -> str | None:
+    """An error answer's own message for the live page, scrubbed whole before it is cut: a key
+    cut in two is not found after."""
+    if outgoing is None or status is None or 200 <= status < 300:
         return None
-    return protocols.said_in(body, sent_with + job.rules.secret_texts())
+    return protocols.said_in(body, outgoing.every_secret(job.rules))

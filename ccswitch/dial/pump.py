@@ -209,7 +209,7 @@ class Pump:
             if event.event:       # not a comment block
                 if event.not_json():
                     # what it starts with, scrubbed before it is cut as an error event's text is
-                    start = scrub_text(event.data[:4096], self._every_secret())
+                    start = scrub_text(event.data[:4096], self.outgoing.every_secret(self.job.rules))
                     self.broken = f"a stream event that is not JSON: {start[:60]!r}"
                     return True
                 self.events += 1
@@ -218,7 +218,7 @@ class Pump:
             if kind is Kind.ERROR:
                 # every key the rules hold, before the cut: a key cut in two is not found by the
                 # ledger's scrub after it (the text may quote another upstream's key a client pasted)
-                message = scrub_text(protocols.stream_error_message(event), self._every_secret())
+                message = scrub_text(protocols.stream_error_message(event), self.outgoing.every_secret(self.job.rules))
                 self.error = (message[:_ERROR_TEXT], in_stream_status(event.json()))
             elif kind is Kind.TERMINAL:
                 self.terminal = True
@@ -238,11 +238,6 @@ class Pump:
             if kind in (Kind.ERROR, Kind.TERMINAL):
                 return True
         return False
-
-    def _every_secret(self) -> list[str]:
-        """This attempt's own key texts (the client's under `auth: client` too) and every key of the
-        rules: an upstream's text may quote another's, one a client pasted into its prompt."""
-        return self.outgoing.secrets + self.job.rules.secret_texts()
 
     async def _flush(self) -> None:
         """Commit on the first content event; once committed, pass on whatever is held."""

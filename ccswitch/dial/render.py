@@ -37,6 +37,12 @@ class OutgoingRequest:
     secrets: list[str] = field(default_factory=list)  # text to scrub from whatever comes back
     via: Via = field(default_factory=Via)              # its proxy and connection cap
 
+    def every_secret(self, rules) -> list[str]:
+        """Its own key texts (the client's under `auth: client` too) and every key of `rules`: what
+        an upstream's words are scrubbed of before they are cut (they may quote another's key,
+        one a client pasted into its prompt)."""
+        return self.secrets + rules.secret_texts()
+
     def sent_for_good(self) -> None:
         """Its answer reached the client: it will not be sent again, and only `secrets` is still
         read (to scrub the rest of the answer)."""

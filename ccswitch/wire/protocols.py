@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ccswitch.vocab import Protocol
+from ccswitch.wire.exchange import json_or_none
 from ccswitch.wire.redact import scrub_text
 from ccswitch.wire.sse import Event, format_event
 
@@ -140,10 +141,7 @@ def said_in(body: bytes, secrets: list[str], limit: int = 300) -> str | None:
     """The message of an error answer's body (`error.message`, or a top-level `message`), on one
     line, scrubbed of `secrets` (decoded: a key written in JSON escapes is plain text now) before
     it is cut to at most `limit` characters; None when it has none."""
-    try:
-        parsed = json.loads(body) if body and body.lstrip()[:1] == b"{" else None
-    except ValueError:
-        return None
+    parsed = json_or_none(body)
     err = error_object(parsed)
     message = err.get("message") if isinstance(err, dict) else parsed.get("message") if isinstance(parsed, dict) else None
     if not isinstance(message, str) or not message.strip():

@@ -140,7 +140,8 @@ class AnthropicChatStream:
             return self._chunk({"reasoning_content": state.text}) if state.text else b""
         if kind == "redacted_thinking" and block.get("data"):
             self.blocks[index] = _Block("redacted")
-            return self._thinking_block({"type": "redacted_thinking", "data": block["data"]})
+            self._keep_thinking({"type": "redacted_thinking", "data": block["data"]})
+            return b""
         self.blocks[index] = _Block("other")  # server tools, their results, unknown blocks
         return b""
 
@@ -175,15 +176,13 @@ class AnthropicChatStream:
             state.args = True
             return self._chunk({"content": "{}"})
         elif state.kind == "thinking" and state.signature:
-            state.args = True  # emitted once
-            return self._thinking_block({"type": "thinking", "thinking": state.text,
-                                         "signature": state.signature})
+            state.args = True  # kept once
+            self._keep_thinking({"type": "thinking", "thinking": state.text, "signature": state.signature})
         return b""
 
-    def _thinking_block(self, block: dict[str, Any]) -> bytes:
-        """Signed thinking for clients that round-trip it (litellm-style `thinking_blocks`)."""
+    def _keep_thinking(self, block: dict[str, Any]) -> None:
+        """Signed thinking for clients that round-trip it (litellm-style `thinking_blocks`), sent at the end."""
         self.thinking.append({"index": len(self.thinking), **block})
-        return b""
 
     def _on_message_delta(self, data: dict[str, Any]) -> bytes:
         delta = object_of(data.get("delta"))

@@ -129,11 +129,10 @@ def completion_from_response(response: dict[str, Any], model: str, sealed: bool 
         if kind == "reasoning":
             if sealed and (carried := carried_reasoning(item)) is not None:
                 seals.append(carried)
-            parts = [text_of(s.get("text")) for s in list_of(item.get("summary")) if isinstance(s, dict)]
-            if not any(parts):   # raw reasoning text (open-weight models) when there is no summary
-                parts = [text_of(c.get("text")) for c in list_of(item.get("content"))
-                         if isinstance(c, dict) and c.get("type") == "reasoning_text"]
-            parts = [part for part in parts if part]
+            parts = [t for s in list_of(item.get("summary")) if isinstance(s, dict) and (t := text_of(s.get("text")))]
+            if not parts:   # raw reasoning text (open-weight models) when there is no summary
+                parts = [t for c in list_of(item.get("content"))
+                         if isinstance(c, dict) and c.get("type") == "reasoning_text" and (t := text_of(c.get("text")))]
             reasoning.extend(parts)
         elif kind == "message":     # every message item, commentary phase included
             for part in list_of(item.get("content")):

@@ -171,7 +171,8 @@ class ResponsesStream:
             return self._reasoning(kind, data)
         item = data.get("item") if isinstance(data.get("item"), dict) else {}
         if kind == "response.output_item.done" and item.get("type") in ("message", "reasoning"):
-            return self._whole(item, data.get("output_index")) + self._sealed(item)
+            self._keep_seal(item)
+            return self._whole(item, data.get("output_index"))
         if kind == "response.output_item.added" and item.get("type") == "function_call":
             k = self._new_call(item, data.get("output_index"))
             if not text_of(item.get("arguments")):
@@ -220,14 +221,13 @@ class ResponsesStream:
         refusal = "".join(p["refusal"] for p in parts if p.get("type") == "refusal" and isinstance(p.get("refusal"), str))
         return [delta for delta in ({"content": text}, {"refusal": refusal}) if next(iter(delta.values()))]
 
-    def _sealed(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+    def _keep_seal(self, item: dict[str, Any]) -> None:
         """A reasoning item's seal (`encrypted_content`: whole only on its `.done`), kept for the
         client to send back with the message (indexed, as the SDKs gather a list)."""
         carried = carried_reasoning(item) if self.sealed else None
         # the terminal response lists again what `.done` events gave: each seal once
         if carried is not None and all(seal["encrypted_content"] != carried["encrypted_content"] for seal in self.seals):
             self.seals.append({"index": len(self.seals), **carried})
-        return []
 
     def _reasoning(self, kind: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         text = text_of(data.get("delta"))
@@ -292,7 +292,8 @@ class ResponsesStream:
             if not isinstance(item, dict):
                 continue
             if item.get("type") in ("message", "reasoning"):
-                out += self._whole(item, index) + self._sealed(item)
+                self._keep_seal(item)
+                out += self._whole(item, index)
             elif item.get("type") == "function_call":
                 # by call_id before the place: an item streamed without an id may sit elsewhere
                 # in the final list (a relay that leaves reasoning out of it)
