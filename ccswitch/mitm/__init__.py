@@ -21,6 +21,7 @@ from ccswitch.mitm.rules_watcher import RulesWatcher
 from ccswitch.mitm.safety import ClientKeyGate, InterceptScope, ListenSafety
 from ccswitch.mitm.shared_state import SharedStateSync
 from ccswitch.mitm.socket_messages import SocketMessages
+from ccswitch.mitm.unload_guard import UnloadGuard
 from ccswitch.mitm.wrong_listener import WrongListener
 
 
@@ -35,4 +36,4 @@ def make_addons() -> list:
     return [shield, EarlyRefusal(gateway, shield), RulesWatcher(gateway), ListenSafety(gateway), InterceptScope(gateway),
             LivePage(gateway), WrongListener(),
             Router(gateway), SharedStateSync(gateway), ClientKeyGate(gateway), Commands(gateway), Activator(gateway),
-            Notifications(gateway), CollectorTuning(), SocketMessages()]
+            Notifications(gateway), CollectorTuning(), SocketMessages(), UnloadGuard()]

@@ -26,6 +26,11 @@ def hook_task(work: Coroutine[Any, Any, None], name: str) -> asyncio.Task:
     return task
 
 
+def pending() -> list[asyncio.Task]:
+    """The hook tasks still running (a stop's: requests in flight, the ledger's last rows)."""
+    return list(_running)
+
+
 def _finished(task: asyncio.Task) -> None:
     _running.discard(task)
     if not task.cancelled() and task.exception() is not None:   # awaited or not, it is told once
