@@ -169,9 +169,10 @@ class Pump:
                 silent_until = None
             over = self._take(events)
             if self.broken is not None:
-                if self.committed:
-                    await self._flush()     # the good events before it in that read, then the error event
-                ended = self.broken         # before the commit the next upstream is tried, unseen
+                # the good events before it in that read (a commit, on their content), then the error
+                # event; with no content yet, the next upstream is tried, unseen
+                await self._flush()
+                ended = self.broken
                 break
             # the next piece can be minutes away: hold nothing of this one (events parsed to JSON)
             del chunk, events
@@ -240,9 +241,11 @@ class Pump:
         return False
 
     async def _flush(self) -> None:
-        """Commit on the first content event; once committed, pass on whatever is held."""
+        """Commit on the first content event; once committed, pass on whatever is held.  An error
+        behind that event in the same read comes after the commit, as it does a read later: how
+        the upstream's bytes happened to be cut must not decide whether the client sees it."""
         if not self.committed:
-            if (self.content_seen or self.held_size > HOLD_BACK_BYTES) and self.error is None:
+            if self.content_seen or self.held_size > HOLD_BACK_BYTES:
                 await self._commit()
             return
         if self.held:
