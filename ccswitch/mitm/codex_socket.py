@@ -19,7 +19,7 @@ from ccswitch.dial.shutdown import SHUTTING_DOWN
 from ccswitch.dial.ws_bridge import TICKET_HEADER, Ticket, WsBridge
 from ccswitch.dial.ws_errors import Refusal
 from ccswitch.ledger.rows import own_answer_row
-from ccswitch.mitm.flows import attempts_line, redact_credentials
+from ccswitch.mitm.flows import attempts_line, mark_for_a_look, redact_credentials, went_wrong
 from ccswitch.routing.affinity import session_key
 from ccswitch.vocab import Endpoint, Protocol, Route
 from ccswitch.wire.exchange import ClientRequest
@@ -133,7 +133,7 @@ class CodexSockets:
         line = (f"turn {ticket.turns}: " + (made.comment().removeprefix("ccswitch: ") if isinstance(made, Job)
                                              else f"answered {made.status} itself"))
         flow.comment = f"{flow.comment}\n{line}"
-        if isinstance(made, Job) and made.failed_over:
-            flow.marked = ":warning:"
+        if isinstance(made, Job) and went_wrong(made):
+            mark_for_a_look(flow)
         if isinstance(made, Job) and (line := attempts_line(made)) is not None:
             log.info("ccswitch: codex websocket turn %d %s", ticket.turns, line)

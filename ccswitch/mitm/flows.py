@@ -71,19 +71,34 @@ def fit_to_save(flow: http.HTTPFlow) -> None:
 _OWN_WORD = re.compile(r"^ccswitch:", re.MULTILINE)
 
 
+#: the flow's metadata key holding ccswitch's last word in its comment, to be told from a user's note
+SAID = "ccswitch_said"
+
+
 def comment_on(flow: http.HTTPFlow, text: str) -> None:
-    """ccswitch's word on the flow in its comment, after the user's own note (one written in
-    mitmweb on a flow then replayed): each of ccswitch's words replaces the last, never the note."""
-    note = users_note(flow.comment)
-    flow.comment = f"{note}\n{text}" if note and text else note or text
+    """ccswitch's word on the flow in its comment, among the user's own notes (written in mitmweb
+    above or below it, on a flow then replayed): each of ccswitch's words replaces the last, never a note."""
+    text = encodable(text)     # as a `-w` file can hold it, and found again as it is kept
+    above, below = users_notes(flow.comment, flow.metadata.get(SAID))
+    flow.comment = "\n".join(part for part in (above, text, below) if part)
+    if text:
+        flow.metadata[SAID] = text
+    else:
+        flow.metadata.pop(SAID, None)
 
 
-def users_note(comment: str) -> str:
-    """The part of a comment that is not ccswitch's: what comes before its first `ccswitch:` line."""
+def users_notes(comment: str, said: str | None = None) -> tuple[str, str]:
+    """(above, below): the parts of a comment that are not ccswitch's.  ccswitch's is the word it
+    `said` last, where the comment still holds it; else (edited, or a flow saved by an older
+    ccswitch) everything from its first `ccswitch:` line on."""
     if not comment:     # every flow's at first: no search
-        return ""
+        return "", ""
+    if said and (at := comment.rfind(said)) >= 0:
+        end = at + len(said)
+        if comment[at - 1:at] in ("", "\n") and comment[end:end + 1] in ("", "\n"):   # whole lines
+            return comment[:at].rstrip("\n"), comment[end:].strip("\n")
     own = _OWN_WORD.search(comment)
-    return (comment[: own.start()] if own else comment).rstrip("\n")
+    return (comment[: own.start()] if own else comment).rstrip("\n"), ""
 
 
 def answer(flow: http.HTTPFlow, response: http.Response, why: str | None = None) -> None:
@@ -282,6 +297,8 @@ def show_streaming(flow: http.HTTPFlow, job: Job) -> None:
     loopback address, with the attempts so far in its comment."""
     _point_at_upstream(flow, job)
     comment_on(flow, job.comment())
+    if job.failed_over:
+        mark_for_a_look(flow)
 
 
 def _point_at_upstream(flow: http.HTTPFlow, job: Job) -> None:
@@ -295,14 +312,27 @@ def attempts_line(job: Job) -> str | None:
     a: 503 (12 ms) → b: 200 (900 ms)`, `claude-x failed: a: connect timeout (3001 ms)`; the model
     as the client named it (scrubbed of keys, control characters escaped).  None for one served
     by its first upstream, or whose client left."""
-    if job.failed_over:
-        verb = "failed over"
-    elif job.attempts and job.error is not None and job.error not in (CLIENT_CLOSED, KILLED) \
-            and not (job.status is not None and 400 <= job.status < 500 and job.status != 429):
-        verb = "failed"     # the upstream's failure; a 4xx passed on is the client's own mistake
-    else:
+    verb = went_wrong(job)
+    if verb is None:
         return None
     return f"{printable(job.rules.scrub(job.request.model))} {verb}: " + " → ".join(a.describe() for a in job.attempts)
+
+
+def went_wrong(job: Job) -> str | None:
+    """"failed over", "failed" (on its upstream: every attempt, or a stream broken after it began),
+    or None: served by its first upstream, its client gone, or its own mistake passed back."""
+    if job.failed_over:
+        return "failed over"
+    if job.attempts and job.error is not None and job.error not in (CLIENT_CLOSED, KILLED) \
+            and not (job.status is not None and 400 <= job.status < 500 and job.status != 429):
+        return "failed"     # the upstream's failure; a 4xx passed on is the client's own mistake
+    return None
+
+
+def mark_for_a_look(flow: http.HTTPFlow) -> None:
+    """⚠ in mitmweb's list, unless the flow carries a mark of the user's own."""
+    if not flow.marked:
+        flow.marked = WARNING
 
 
 def show_outcome(flow: http.HTTPFlow, job: Job) -> None:
@@ -311,8 +341,8 @@ def show_outcome(flow: http.HTTPFlow, job: Job) -> None:
     that upstream got in the request tab, and the kept copy of a streamed answer."""
     _point_at_upstream(flow, job)
     comment_on(flow, job.comment())
-    if job.failed_over:
-        flow.marked = WARNING
+    if went_wrong(job):
+        mark_for_a_look(flow)
     meta = flow.metadata["ccswitch"]
     meta.update(upstream=job.upstream, upstream_model=job.upstream_model and job.rules.scrub(job.upstream_model),
                 attempts=[a.describe() for a in job.attempts], error=job.error, shown_url=flow.request.url)

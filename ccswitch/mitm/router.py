@@ -21,7 +21,6 @@ from ccswitch.dial.ws_bridge import TICKET_HEADER
 from ccswitch.mitm.codex_socket import CodexSockets
 from ccswitch.mitm.flow_ends import ClientWatch, KilledStreams, client_left, gone_meanwhile, killed
 from ccswitch.mitm.flows import (
-    WARNING,
     HeldBody,
     StreamCopy,
     answer,
@@ -34,6 +33,7 @@ from ccswitch.mitm.flows import (
     flows_are_kept,
     hold_body,
     likely_protocol,
+    mark_for_a_look,
     redact_credentials,
     restore_body,
     show_outcome,
@@ -357,7 +357,7 @@ class Router:
         self.held_bodies.pop(flow.id, None)
         message = "ccswitch failed on this request (an internal error: its log has the details)"
         answer_error(flow, CLIENT_PROTOCOL[match.route], 500, message)
-        flow.marked = WARNING
+        mark_for_a_look(flow)
         self._record_refusal(flow, match, known, 500, message)
 
     async def _run_inline(self, flow: http.HTTPFlow, job: Job) -> None:

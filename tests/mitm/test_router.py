@@ -446,6 +446,39 @@ async def test_finish_writes_comment_display_url_and_forgets_the_job(router):
     assert KEY_A not in json.dumps(flow.get_state(), default=str)
 
 
+@pytest.mark.parametrize(("attempts", "error", "mine", "mark"), [
+    ([("a", 200, None)], None, "", ""),                                   # served at once: no mark
+    ([("a", 503, "HTTP 503"), ("a", 200, None)], None, "", ":warning:"),   # failed over
+    ([("a", 200, None)], "stream ended before its terminal event", "", ":warning:"),   # broke after it began
+    ([("a", 200, None)], "client_closed", "", ""),                        # its client left: nothing wrong upstream
+    ([("a", 503, "HTTP 503"), ("a", 200, None)], None, ":red_circle:", ":red_circle:"),   # the user's own stays
+])
+def test_a_flow_is_marked_for_a_look_when_it_failed_over_or_failed_unless_marked_by_its_user(
+        gateway, attempts, error, mine, mark):
+    from ccswitch.dial.job import Attempt
+    from ccswitch.mitm.flows import show_outcome
+    from tests.support.helpers import make_job
+    job = make_job(gateway.rules)
+    job.attempts = [Attempt(name, status, why, 5) for name, status, why in attempts]
+    job.upstream, job.status, job.error = "a", 200, error
+    flow = messages_flow()
+    flow.metadata["ccswitch"], flow.marked, flow.response = {}, mine, tutils.tresp()
+    show_outcome(flow, job)
+    assert flow.marked == mark
+
+
+async def test_a_running_stream_that_failed_over_is_marked_from_its_first_bytes_on(router):
+    from ccswitch.dial.job import Attempt
+    flow = messages_flow()
+    await router.request(flow)
+    job = router.jobs[flow.id]
+    job.attempts += [Attempt("a", 503, "HTTP 503", 3), Attempt("a", 200, None, 0)]
+    job.upstream = "a"
+    flow.response = tutils.tresp(headers=http.Headers(content_type="text/event-stream"))
+    router.responseheaders(flow)
+    assert flow.marked == ":warning:" and "a: 503" in flow.comment
+
+
 @pytest.mark.parametrize("host,mode", [("api.anthropic.com", "regular"),
                                        ("relay.example", "reverse:https://relay.example")])
 async def test_passthrough_flows_to_api_hosts_are_redacted_once_sent(router, host, mode):

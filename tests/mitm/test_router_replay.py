@@ -241,13 +241,31 @@ async def test_a_replay_keeps_the_user_s_own_note_and_replaces_only_ccswitch_s_w
     assert flow.comment.split("\n")[0] == "only mine" and flow.comment.count("ccswitch:") == 1
 
 
-@pytest.mark.parametrize(("comment", "note"), [
-    ("", ""), ("ccswitch: a: 200 (3 ms)", ""), ("mine", "mine"), ("mine\nccswitch: x", "mine"),
-    ("two\nlines\nccswitch: x\nmore of it", "two\nlines"), ("not ccswitch: x", "not ccswitch: x"),
+async def test_a_note_written_below_ccswitch_s_word_stays_through_replays(served):
+    # mitmweb's comment box takes a note at its end, under ccswitch's line
+    router, _, _ = served
+    flow = await routed_once(router)
+    flow.comment += "\nMY NOTE BELOW: key rotated?\nccswitch: quoted by me"
+    for _ in range(2):
+        await replay(router, flow)
+        flow.live = False
+        own, *notes = flow.comment.split("\n")
+        assert own.startswith("ccswitch: a: 200 (") and notes == ["MY NOTE BELOW: key rotated?", "ccswitch: quoted by me"]
+
+
+@pytest.mark.parametrize(("comment", "said", "notes"), [
+    ("", None, ("", "")), ("ccswitch: a: 200 (3 ms)", None, ("", "")), ("mine", None, ("mine", "")),
+    ("mine\nccswitch: x", None, ("mine", "")), ("two\nlines\nccswitch: x\nmore of it", None, ("two\nlines", "")),
+    ("not ccswitch: x", None, ("not ccswitch: x", "")),
+    # what ccswitch said last, found whole: the notes around it are the user's
+    ("ccswitch: x\nturn 2: y\nbelow", "ccswitch: x\nturn 2: y", ("", "below")),
+    ("above\nccswitch: x\n\nbelow\nccswitch: mine", "ccswitch: x", ("above", "below\nccswitch: mine")),
+    # edited by the user (or only part of a line): from its first `ccswitch:` line on, as before
+    ("ccswitch: x edited\nbelow", "ccswitch: x", ("", "")), ("ab ccswitch: x\nc", "ccswitch: x", ("ab ccswitch: x\nc", "")),
 ])
-def test_a_users_note_is_what_comes_before_ccswitch_s_first_line(comment, note):
-    from ccswitch.mitm.flows import users_note
-    assert users_note(comment) == note
+def test_a_users_notes_are_what_is_not_ccswitch_s_last_word(comment, said, notes):
+    from ccswitch.mitm.flows import users_notes
+    assert users_notes(comment, said) == notes
 
 
 def test_ccswitch_s_word_with_nothing_to_say_leaves_the_note_as_it_was():
