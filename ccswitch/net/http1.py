@@ -357,7 +357,7 @@ class Response:
     async def __anext__(self) -> bytes:
         """Everything received so far, in one piece: a burst of small chunks (one per SSE
         event, typically) costs the pump and the client one write, not one each."""
-        while not self._done:
+        while not self._done or self._deferred is not None:
             if self._deferred is not None:
                 error, self._deferred = self._deferred, None
                 raise error
@@ -379,10 +379,15 @@ class Response:
             raw = parts[0] if len(parts) == 1 else b"".join(parts)
             try:
                 data = self._decoder.feed(raw) if self._decoder else raw
-                if self._done and self._decoder:
-                    data += self._decoder.flush()
             except DecodeError as exc:
                 raise UndecodableBody(str(exc)) from exc
+            if self._done and self._decoder:
+                try:
+                    data += self._decoder.flush()
+                except DecodeError as exc:
+                    # what came whole before a missing end is handed over first, as when it came a
+                    # read earlier: a stream over at its last event has what it needs either way
+                    self._deferred = UndecodableBody(str(exc))
             if data:
                 return data
         raise StopAsyncIteration

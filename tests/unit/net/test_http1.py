@@ -412,6 +412,25 @@ async def test_truncated_and_oversized_compressed_bodies_are_errors_and_empty_on
         assert await get_body(c, server.url) == (200, b"")
 
 
+async def test_what_came_whole_before_a_missing_compressed_end_is_handed_over_before_the_error():
+    """A relay compressing each event with a sync flush that never ends its gzip stream: whether
+    the last events come in one read with the body's end or a read before it, the reader gets
+    them, and the missing end only after (a stream over at its last event never asks for it)."""
+    packer = zlib.compressobj(wbits=31)                       # gzip, flushed, never finished
+    events = b"event: message_stop\ndata: {}\n\n"
+    packed = packer.compress(events) + packer.flush(zlib.Z_SYNC_FLUSH)
+    async with RawServer(ok(packed, "content-encoding: gzip"), ok(packed, "content-encoding: gzip")) as server, \
+            client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        await asyncio.sleep(0.1)                               # the whole body in, end and all: one read
+        chunks = response.aiter_bytes()
+        assert await chunks.__anext__() == events
+        with pytest.raises(http1.UndecodableBody, match="truncated gzip body"):
+            await chunks.__anext__()
+        with pytest.raises(http1.UndecodableBody, match="truncated gzip body"):   # read whole, it is an error
+            await get_body(c, server.url)
+
+
 async def test_a_fast_upstream_is_paused_for_a_slow_reader_and_nothing_is_lost():
     big = bytes(range(256)) * 16 * 1024                  # 4 MiB
     async with RawServer(ok(big)) as server, client() as c:
