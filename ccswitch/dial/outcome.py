@@ -119,7 +119,7 @@ def network_failure(upstream: str, exc: BaseException, action: str, phase: str, 
     elif "name" in text.lower() and ("resolution" in text.lower() or "known" in text.lower()):
         reason = "DNS error"
     elif isinstance(exc, http1.MalformedAnswer):
-        reason = "not an HTTP/1.1 answer"
+        reason = str(exc) or "not an HTTP/1.1 answer"     # ccswitch's words and llhttp's, never the answer's bytes
     elif isinstance(exc, http1.RemoteProtocolError):
         reason = "connection closed"
     elif isinstance(exc, http1.ConnectError) and str(exc):
@@ -205,10 +205,13 @@ def redirect_failure(upstream: str, base_url: str, sent_to: str, status: int, he
     """A 3xx the rules say nothing of: ccswitch follows no redirect, and a client would follow it
     past ccswitch, its prompt with it.  The next upstream is tried; as the last word, a 502 that
     names where it pointed (a retry gets the same)."""
-    where = next((v for k, v in headers if k.lower() == "location"), "")[:200] or "nowhere"
-    return Failure(upstream, status, f"redirected (HTTP {status} to {where}): ccswitch does not follow "
-                   f"redirects{_base_url_advice(base_url, sent_to, where)}", Action.SWITCH, headers, body,
-                   client_status=502, lasting=True)
+    where = next((v for k, v in headers if k.lower() == "location"), "")[:200]
+    if where:
+        reason = (f"redirected (HTTP {status} to {where}): ccswitch does not follow "
+                  f"redirects{_base_url_advice(base_url, sent_to, where)}")
+    else:       # a 304 and the like: pointing nowhere, no base_url to give
+        reason = f"HTTP {status} without a location: no answer to pass on"
+    return Failure(upstream, status, reason, Action.SWITCH, headers, body, client_status=502, lasting=True)
 
 
 def _base_url_advice(base_url: str, sent_to: str, location: str) -> str:

@@ -107,7 +107,7 @@ class Connection(asyncio.Protocol):
 
     # slots: one per open upstream connection, kept alive in the pool between requests
     __slots__ = ("_buffered", "_chunks", "_dirty", "_drain", "_eof", "_eof_fed", "_events", "_failure",
-                 "_head_started", "_headers", "_keep_alive", "_lost", "_parser", "_phase",
+                 "_head_bytes", "_head_started", "_headers", "_keep_alive", "_lost", "_parser", "_phase",
                  "_read_paused", "_unparsed", "_until_close", "_waiter", "_write_paused", "idle_since", "in_use", "key", "origin",
                  "received_any", "reused", "tls", "transport")
 
@@ -137,6 +137,7 @@ class Connection(asyncio.Protocol):
         self._keep_alive = True
         self._head_started = False
         self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0               # of the head's fields: one that came in one read is measured too
         # bytes fed since the parser last gave a head or a piece of body: a head, or a chunked
         # body's framing and trailers (which llhttp gathers for fields ccswitch drops), kept small
         self._unparsed = 0
@@ -196,10 +197,12 @@ class Connection(asyncio.Protocol):
         else:
             self._head_started = True
             self._headers = []
+            self._head_bytes = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._phase is _HEAD:      # not a chunked body's trailers
             self._headers.append((name.lower(), value.rstrip(b" \t")))   # a value ends at its last visible byte
+            self._head_bytes += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
         if self._phase is not _HEAD:
@@ -207,6 +210,9 @@ class Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if not 100 <= status <= 599:  # llhttp takes any three digits
             self._fail(f"not an HTTP/1.1 answer: status {status}")
+            return
+        if self._head_bytes > _MAX_HEADER_BYTES:
+            self._fail(f"the response head is over {_MAX_HEADER_BYTES // 1024} KB")
             return
         if status < 200:              # 100 Continue, 103 Early Hints: the answer follows
             return

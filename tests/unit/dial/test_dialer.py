@@ -1182,6 +1182,10 @@ async def test_an_upstream_s_redirect_is_a_failure_never_passed_on_for_a_client_
     assert body["error"]["message"].startswith("upstream a: redirected (HTTP 301 to https://relay.example")
     # the base_url to give: the Location without the path ccswitch appends (`check` refuses it with)
     assert body["error"]["message"].endswith("; set its base_url to https://relay.example")
+    mock_a.script(status(304))                                   # no location: no base_url to advise
+    job, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url), extra=FAST),
+                             body={"model": "claude-x", "max_tokens": 5, "messages": []})
+    assert sink.status == 502 and job.attempts[0].error == "HTTP 304 without a location: no answer to pass on"
     mock_a.script(status(302, headers=moved))                    # on_status says pass: passed on
     job, sink, _ = await run(rules_for(("a", "anthropic", mock_a.base_url),
                                        extra=FAST.replace("hold_back: 2s}", "hold_back: 2s, on_status: {'3xx': pass}}")))
