@@ -28,6 +28,15 @@ def known_upstream(rules: Rules, name: str) -> Upstream:
         raise exceptions.CommandError(f"no upstream named {name!r} (known: {known})") from None
 
 
+def ccswitch_command(name: str):
+    """mitmproxy's `command.command`, its help on one line: mitmproxy wraps a docstring as it is,
+    so a second line's indent showed as a run of spaces in mitmweb's help."""
+    def register(func):
+        func.__doc__ = " ".join((func.__doc__ or "").split()) or None
+        return command.command(name)(func)
+    return register
+
+
 class Commands:
     """`ccswitch.status`, `.use`, `.reset`, `.enable`, `.disable`: live, in memory."""
 
@@ -37,7 +46,7 @@ class Commands:
     def _upstream(self, name: str) -> Upstream:
         return known_upstream(self.gateway.rules, name)
 
-    @command.command("ccswitch.status")
+    @ccswitch_command("ccswitch.status")
     def status(self) -> Sequence[str]:
         """Each upstream's state, one line each: available, cooling down, full, outside its
         hours, failures, utilization, open and waiting connections, bound sessions.  The lines
@@ -54,7 +63,7 @@ class Commands:
             log.info("%s", line)
         return lines
 
-    @command.command("ccswitch.use")
+    @ccswitch_command("ccswitch.use")
     def use(self, name: str, minutes: str = "30") -> str:
         """Prefer one upstream for its routes for a while (default 30 minutes, at most 525600:
         a year; 0 ends it)."""
@@ -85,7 +94,7 @@ class Commands:
         out_now = f"; it serves nothing now: {detail}" if state != "available" else ""
         return f"preferring {name} for {span} minutes, until {when} (ccswitch.unuse ends it){out_now}"
 
-    @command.command("ccswitch.unuse")
+    @ccswitch_command("ccswitch.unuse")
     def unuse(self) -> str:
         """End the preference set with ccswitch.use."""
         health = self.gateway.health
@@ -96,7 +105,7 @@ class Commands:
         log.info("ccswitch: no longer preferring %s", name)
         return f"no longer preferring {name}"
 
-    @command.command("ccswitch.reset")
+    @ccswitch_command("ccswitch.reset")
     def reset(self, name: str) -> str:
         """Clear an upstream's failures and cooldown."""
         self._upstream(name)
@@ -105,7 +114,7 @@ class Commands:
         log.info("ccswitch: %s reset", name)
         return f"{name}: failures and cooldown cleared"
 
-    @command.command("ccswitch.enable")
+    @ccswitch_command("ccswitch.enable")
     def enable(self, name: str) -> str:
         """Switch an upstream on until the next reload."""
         upstream = self._upstream(name)
@@ -115,7 +124,7 @@ class Commands:
         log.info("ccswitch: %s enabled until the next reload", name)
         return f"{name} enabled until the next reload"
 
-    @command.command("ccswitch.disable")
+    @ccswitch_command("ccswitch.disable")
     def disable(self, name: str) -> str:
         """Switch an upstream off until the next reload."""
         self._upstream(name)

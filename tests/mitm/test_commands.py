@@ -223,3 +223,14 @@ def test_every_command_can_be_run_from_mitmwebs_command_bar():
     assert "ccswitch.notify.test" in names and "ccswitch.status" in names
     for name in names:
         assert re.fullmatch(route.replace("(?P<cmd>", "(?:").removeprefix("/commands/"), name), name
+
+
+def test_every_command_s_help_reads_as_one_line_of_single_spaces(gateway):
+    # mitmproxy wraps a docstring as it is: a second line's indent read "outside its         hours"
+    from ccswitch.mitm.activator import Activator
+    from ccswitch.mitm.notifier import Notifications
+    with taddons.context(Commands(gateway), Activator(gateway), Notifications(gateway)) as tctx:
+        helps = {name: cmd.help for name, cmd in tctx.master.commands.commands.items() if name.startswith("ccswitch.")}
+    assert len(helps) == 8 and all(helps.values()), helps
+    assert not [name for name, text in helps.items() if "  " in text], helps
+    assert "outside its hours" in helps["ccswitch.status"]
