@@ -39,6 +39,14 @@ def as_the_client_sent(flow: http.HTTPFlow) -> str | None:
     return None
 
 
+def replayed_request(flow: http.HTTPFlow) -> tuple[dict | None, str | None]:
+    """(the client's body, its client key's name) of the request a replay replays: what the row
+    of a replay refused before it was read (an edited converted body) knows of it."""
+    meta = flow.metadata["ccswitch"]
+    body, problem = parse_body((meta.get("client_body") or "").encode("utf-8", "replace"))
+    return (None if problem else body), meta.get("client")
+
+
 def _client_model_back(request: http.Request, shown: str | None, client_model: str | None) -> None:
     """The client's model name in an edited body still naming the upstream's (`models:` renamed
     it): the replay is routed afresh, and another upstream knows no model by that name."""

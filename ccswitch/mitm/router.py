@@ -46,7 +46,7 @@ from ccswitch.mitm.held import HELD_COMMENT, Holds
 from ccswitch.mitm.known import Known
 from ccswitch.mitm.lifecycle import hook_task, stopping, take_given_values
 from ccswitch.mitm.planner import Planner
-from ccswitch.mitm.replay import as_the_client_sent
+from ccswitch.mitm.replay import as_the_client_sent, replayed_request
 from ccswitch.mitm.router_options import add_options
 from ccswitch.mitm.scope import answered_early, is_api_flow, replays_routed, route_of, why_unrouted
 from ccswitch.net import http1
@@ -231,7 +231,8 @@ class Router:
             return
         if unreplayable:
             answer_error(flow, CLIENT_PROTOCOL[match.route], 400, unreplayable)
-            self._record_refusal(flow, match, Known(utc_now()), 400, unreplayable)
+            body, client = replayed_request(flow)    # the row names the client and model it replays
+            self._record_refusal(flow, match, Known(utc_now(), body=body, client=client), 400, unreplayable)
             return
         if self.relay is None or self.failed_to_start:   # mitmproxy logged why; not passed on unrouted
             answer_error(flow, CLIENT_PROTOCOL[match.route], 503, NOT_STARTED)

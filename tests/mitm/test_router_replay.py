@@ -173,7 +173,8 @@ async def test_an_edited_replay_of_a_converted_body_is_refused_with_why(served, 
     assert len(dialer.jobs) == 1 and flow.response.status_code == 400
     message = json.loads(flow.response.content)["error"]["message"]
     assert "converted from the client's" in message and "replay the flow unedited" in message
-    assert rows and rows[-1]["status"] == 400
+    # the row names the client and the model of the request it replays, as any refusal's does
+    assert rows and (rows[-1]["status"], rows[-1]["client"], rows[-1]["model"]) == (400, "key-1", "m")
 
 
 async def test_an_unedited_replay_of_a_converted_body_is_the_clients_request(served, gateway):
