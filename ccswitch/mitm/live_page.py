@@ -78,10 +78,11 @@ class LivePage:
         if not self.gateway.rules.client_keys:      # with client keys, the key decides
             foreign = origin_problem(wire.from_wire(flow.request.headers.fields), _OWN_PAGES)
             if foreign is not None:
-                return answer(flow, text_answer(foreign[0], foreign[1] + "\n"))
-        if not allowed:
+                return answer(flow, text_answer(foreign[0], foreign[1] + "\n"), foreign[1])
+        if not allowed:      # a replay too: its key shows as <redacted>
             return answer(flow, text_answer(401, "this page needs a ccswitch client key: send it as x-api-key or "
-                                            "Authorization: Bearer, or open /_ccswitch/?key=YOUR_CLIENT_KEY\n"))
+                                            "Authorization: Bearer, or open /_ccswitch/?key=YOUR_CLIENT_KEY\n"),
+                          "missing or invalid ccswitch client key")
         if flow.request.method not in ("GET", "HEAD"):
             return answer(flow, text_answer(405, "only GET\n", {"allow": "GET, HEAD"}))
         answer(flow, self._serve(path))

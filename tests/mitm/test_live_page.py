@@ -93,6 +93,7 @@ async def test_with_client_keys_the_page_needs_one_and_keeps_no_key_text(chain, 
 async def test_without_the_right_key_it_is_401_saying_how_and_nothing_passes_on(chain, gateway, headers, path):
     flow = await through(chain, flow_on(path=path, headers=headers))
     assert flow.response.status_code == 401 and "?key=" in flow.response.text
+    assert flow.comment == "ccswitch: answered 401 itself: missing or invalid ccswitch client key"   # mitmweb says why
     assert "sk-wrong" not in flow.request.url and "sk-wrong" not in str(flow.request.headers)
     assert "ccswitch" not in flow.metadata and gateway.live.requests == {}
 
