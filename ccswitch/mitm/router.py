@@ -398,8 +398,8 @@ class Router:
         elif not is_api_flow(flow, self.gateway.rules):      # passed on unrouted (e.g. a route with no upstreams)
             return
         # a routed stream from the relay, or an API stream passed through untouched: as it comes
-        keep = ctx.options.ccswitch_keep_stream if self.flows_shown else 0
-        flow.response.stream = StreamCopy(keep) if keep > 0 else True
+        # where flows are shown, a copy (of nothing, with keep_stream 0) that says what was not kept
+        flow.response.stream = StreamCopy(ctx.options.ccswitch_keep_stream) if self.flows_shown else True
 
     def update(self, flows) -> None:
         if self.holds.let_go:

@@ -780,6 +780,23 @@ async def test_a_streamed_body_is_copied_onto_the_flow_only_when_flows_are_shown
         assert (flow.request.raw_content == sent) is kept and not r.held_bodies
 
 
+async def test_a_stream_kept_as_nothing_says_so_where_flows_are_shown(gateway):
+    # keep_stream 0: mitmweb showed "Content is missing" and its download failed, with no word why
+    r = Router(gateway)
+    r.relay = Relay(None)
+    r.started.set()
+    r.relay.port = 4242
+    with taddons.context(ViewAddon(), r) as tctx:
+        tctx.configure(r, ccswitch_keep_stream=0)
+        flow = messages_flow()
+        await r.request(flow)
+        flow.response = tutils.tresp(headers=http.Headers(content_type="text/event-stream"))
+        r.responseheaders(flow)
+        assert flow.response.stream(b"data: 12345\n\n") == b"data: 12345\n\n"
+        r.response(flow)
+    assert flow.response.raw_content == b"" and flow.response.headers["x-ccswitch-kept"] == "first 0 of 13 bytes"
+
+
 async def test_mitmwebs_flow_list_is_never_sent_an_api_requests_key(gateway):
     """mitmweb adds its view after the scripts: at `requestheaders` it broadcasts each new flow."""
     from mitmproxy.addons.view import View
