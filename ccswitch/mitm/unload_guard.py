@@ -18,9 +18,11 @@ import os
 import sys
 from pathlib import Path
 
-from mitmproxy import ctx
+from mitmproxy import ctx, http
 
+from ccswitch.dial.shutdown import RETRY_AFTER
 from ccswitch.mitm import lifecycle
+from ccswitch.mitm.flows import answer_error, likely_protocol
 
 log = logging.getLogger("ccswitch")
 
@@ -71,7 +73,29 @@ class UnloadGuard:
                   "on unrouted, with exit status 1 so that a supervisor starts it again")
         if type(master).__module__.startswith("mitmproxy.tools."):   # mitmdump, mitmweb: not a test's master
             atexit.register(exit_failed)
+        master.addons.add(Closing())     # meanwhile nothing passes on unrouted
         hold_until_stopped(master)
+
+
+#: what a request gets while the proxy stops after ccswitch was unloaded
+CLOSING = "ccswitch was unloaded and the proxy is stopping (a restart brings it back)"
+
+
+class Closing:
+    """Stands in for ccswitch while the proxy stops after an unload (its requests in flight get
+    their grace): every new request, and every CONNECT, gets a 503 in its API's shape."""
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        self._refuse(flow)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        self._refuse(flow)
+
+    @staticmethod
+    def _refuse(flow: http.HTTPFlow) -> None:
+        if flow.response is None:
+            answer_error(flow, likely_protocol(flow.request), 503, CLOSING,
+                         {"retry-after": RETRY_AFTER, "connection": "close"})
 
 
 def hold_until_stopped(master) -> None:

@@ -55,3 +55,34 @@ def test_a_dropped_script_stops_the_proxy_with_status_1_after_its_own_stop(tmp_p
     assert "mitmproxy unloaded ccswitch while running on" in log, log
     with sqlite3.connect(proxy.usage_db) as db:        # its own stop ran: the request's row is written
         assert db.execute("select upstream, status from requests").fetchall() == [("a", 200)]
+
+
+def test_while_it_stops_a_request_in_flight_finishes_and_a_new_one_gets_a_503_not_passed_on(tmp_path):
+    import threading
+    import time
+
+    from tests.support.mock_upstream import stall_after
+    with MockUpstream("A") as upstream:
+        proxy, script = started(tmp_path, upstream)
+        upstream.script(stall_after(0, 3.0))           # the next answer's head, then 3 s before its body
+        answers = []
+        slow = threading.Thread(target=lambda: answers.append(httpx.post(
+            proxy.reverse_url + "/v1/messages", json=BODY, headers={"x-api-key": "k"}, timeout=20, trust_env=False)))
+        try:
+            slow.start()
+            time.sleep(0.5)
+            script.unlink()
+            deadline = time.monotonic() + 10
+            while "unloaded ccswitch" not in proxy.log():
+                assert time.monotonic() < deadline, proxy.log()
+                time.sleep(0.05)
+            r = httpx.post(proxy.reverse_url + "/v1/messages", json=BODY, headers={"x-api-key": "k"}, timeout=10,
+                           trust_env=False)
+            slow.join(20)
+            status = proxy.proc.wait(30)
+        finally:
+            proxy.stop()
+    assert r.status_code == 503 and "ccswitch was unloaded" in r.json()["error"]["message"], r.text
+    assert r.json()["type"] == "error"                              # in the client's API's shape
+    assert [a.status_code for a in answers] == [200] and status == 1
+    assert len(upstream.requests) == 2                            # the first and the slow one: nothing else went
