@@ -166,30 +166,19 @@ async def test_after_the_first_event_idle_applies_before_the_commit_too(mock_a, 
     assert job.attempts[0].error == "idle timeout"
 
 
-def one_read_each(bodies: dict[str, bytes]):
-    """A `connect` to in-memory upstreams, each answering its SSE body whole in one read."""
+async def a_then_b_in_one_read_each(a_body: bytes):
+    """(job, sink, health) of a request to in-memory upstreams a and b, each answering its SSE
+    body whole in one read: a `a_body`, b a whole answer of "from b"."""
+    from ccswitch.net import http1
     from tests.support.memory_upstream import MemoryUpstream
+    bodies = {"a.invalid": a_body, "b.invalid": b"".join(ANTHROPIC).replace(b'"hi"', b'"from b"')}
     upstreams = {host: MemoryUpstream(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                                       b"content-length: %d\r\n\r\n%s" % (len(body), body))
                  for host, body in bodies.items()}
 
     async def connect(protocol_factory, host, port, context):
         return await upstreams[host](protocol_factory, host, port, context)
-    return connect
 
-
-@pytest.mark.parametrize("fault", ["error event", "not JSON"])
-async def test_a_fault_behind_the_first_content_in_the_same_read_comes_after_the_commit(fault):
-    """The first content commits the stream, whether the error behind it comes in the same upstream
-    read or a later one: how the bytes happened to be cut does not decide what the client sees
-    (a's text, then the error event) nor whether another upstream is tried and billed."""
-    from ccswitch.net import http1
-    from tests.unit.dial.test_stream_tail import event
-
-    behind = (event({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}})
-              if fault == "error event" else CUT)
-    connect = one_read_each({"a.invalid": ANTHROPIC[0] + ANTHROPIC[1] + behind,
-                             "b.invalid": b"".join(ANTHROPIC).replace(b'"hi"', b'"from b"')})
     rules = rules_for(("a", "anthropic", "http://a.invalid"), ("b", "anthropic", "http://b.invalid"), extra=FAST)
     health = HealthBoard()
     job, sink, dialer = make_job(rules), MemorySink(), Dialer(health, client=http1.UpstreamClient(connect=connect))
@@ -197,6 +186,19 @@ async def test_a_fault_behind_the_first_content_in_the_same_read_comes_after_the
         await dialer.run(job, sink)
     finally:
         await dialer.aclose()
+    return job, sink, health
+
+
+@pytest.mark.parametrize("fault", ["error event", "not JSON"])
+async def test_a_fault_behind_the_first_content_in_the_same_read_comes_after_the_commit(fault):
+    """The first content commits the stream, whether the error behind it comes in the same upstream
+    read or a later one: how the bytes happened to be cut does not decide what the client sees
+    (a's text, then the error event) nor whether another upstream is tried and billed."""
+    from tests.unit.dial.test_stream_tail import event
+
+    behind = (event({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}})
+              if fault == "error event" else CUT)
+    job, sink, health = await a_then_b_in_one_read_each(ANTHROPIC[0] + ANTHROPIC[1] + behind)
     assert sink.headers["x-ccswitch-upstream"] == "a" and text_of(sink.body) == "hi"
     assert event_types(sink.body) == ["message_start", "content_block_delta", "error"]
     assert len(job.attempts) == 1 and health.get("a").failures == 1
@@ -205,19 +207,10 @@ async def test_a_fault_behind_the_first_content_in_the_same_read_comes_after_the
 
 
 async def test_an_error_before_any_content_in_one_read_still_fails_over_unseen():
-    from ccswitch.net import http1
     from tests.unit.dial.test_stream_tail import event
 
     overloaded = event({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}})
-    connect = one_read_each({"a.invalid": ANTHROPIC[0] + overloaded + ANTHROPIC[1],
-                             "b.invalid": b"".join(ANTHROPIC).replace(b'"hi"', b'"from b"')})
-    rules = rules_for(("a", "anthropic", "http://a.invalid"), ("b", "anthropic", "http://b.invalid"), extra=FAST)
-    health = HealthBoard()
-    job, sink, dialer = make_job(rules), MemorySink(), Dialer(health, client=http1.UpstreamClient(connect=connect))
-    try:
-        await dialer.run(job, sink)
-    finally:
-        await dialer.aclose()
+    job, sink, health = await a_then_b_in_one_read_each(ANTHROPIC[0] + overloaded + ANTHROPIC[1])
     assert sink.headers["x-ccswitch-upstream"] == "b" and text_of(sink.body) == "from b"
     assert job.attempts[0].error == "stream error: overloaded_error: busy" and job.error is None
     assert health.get("a").failures == 1
