@@ -3,7 +3,8 @@
 The usage tables credit a request to the upstream whose answer the client got, so an upstream
 that failed and was rescued by the next one shows nothing there; the ``attempts`` table has
 every try. A try the client cut (it left, or the flow was killed in mitmproxy) is no failure of
-the upstream's and is counted apart.
+the upstream's and is counted apart. ``count_tokens`` requests are left out, as from every figure
+(a relay that has no such endpoint answers each with a 404, and the next upstream is asked).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ccswitch.report.ledger_rows import read_rows, row_moment
 _ATTEMPTS_SQL = """
 SELECT substr(a.ts, 1, 16), a.upstream, a.error, count(*)
 FROM requests r JOIN attempts a ON a.request_id = r.request_id
-WHERE r.ts >= ? AND r.ts < ?
+WHERE r.ts >= ? AND r.ts < ? AND r.endpoint != 'count_tokens'
 GROUP BY 1, 2, 3
 """
 CUT_BY_CLIENT = (CLIENT_CLOSED, KILLED)
@@ -83,7 +84,7 @@ COLUMNS = ("Upstream", "Attempts", "Failed", "Failed %", "Cut by client", "Most 
 
 
 def rows(attempts: list[UpstreamAttempts]) -> list[list[str]]:
-    return [[a.upstream, str(a.attempts), str(a.failed), f"{a.failed_share * 100:.1f}", str(a.cut_by_client),
+    return [[a.upstream, str(a.attempts), str(a.failed), f"{a.failed_share * 100:.1f}%", str(a.cut_by_client),
              a.most_common()] for a in attempts]
 
 

@@ -74,9 +74,9 @@ def test_the_text_report_names_the_failures_of_an_upstream_that_was_rescued(tmp_
     lines = out[out.index("Attempts per upstream"):].splitlines()
     assert lines[1].split() == ["Upstream", "Attempts", "Failed", "Failed", "%", "Cut", "by", "client",
                                 "Most", "common", "failures"]
-    assert lines[3].split() == ["relay-a", "4", "4", "100.0", "0", "HTTP", "429", "x2,", "connection", "refused",
+    assert lines[3].split() == ["relay-a", "4", "4", "100.0%", "0", "HTTP", "429", "x2,", "connection", "refused",
                                 "x1", "(+1", "more)"]
-    assert lines[4].split() == ["anthropic-official", "3", "1", "33.3", "1", "stream", "error:",
+    assert lines[4].split() == ["anthropic-official", "3", "1", "33.3%", "1", "stream", "error:",
                                 "overloaded_error", "x1"]
 
 
@@ -97,7 +97,7 @@ def test_json_and_html_carry_every_failure(tmp_path):
         "failures": {"HTTP 429": 2, "connection refused": 1, "first_byte timeout": 1}}
     assert data["attempts_by_upstream"]["anthropic-official"]["cut_by_client"] == 1
     page = render_html(report, [])
-    assert ("<td>relay-a</td><td>4</td><td>4</td><td>100.0</td><td>0</td>"
+    assert ("<td>relay-a</td><td>4</td><td>4</td><td>100.0%</td><td>0</td>"
             '<td style="text-align:left">HTTP 429 x2, connection refused x1 (+1 more)</td>') in page
     assert '<th style="text-align:left">Most common failures</th>' in page     # a text, after the numbers
 
@@ -138,9 +138,24 @@ def test_the_text_table_s_names_and_failures_are_left_aligned_and_its_counts_rig
     head, official = lines[0], lines[3]
     assert official.startswith("anthropic-official  ")
     assert official.index("stream error: overloaded_error x1") == head.index("Most common failures")
-    assert official.index("33.3") + len("33.3") == head.index("Failed %") + len("Failed %")
+    assert official.index("33.3%") + len("33.3%") == head.index("Failed %") + len("Failed %")
 
 
 def test_the_page_has_no_attempts_table_without_attempts(tmp_path):
     report = build(make_db(tmp_path, []), MAR1, MAR2)
     assert report.attempts == [] and "Attempts per upstream" not in render_html(report, [])
+
+
+def test_count_tokens_requests_are_left_out_as_from_every_figure(tmp_path):
+    # a relay without count_tokens answers each with a 404 and the next upstream is asked: no failure rate
+    path = make_db(tmp_path)
+    conn = connect(str(path))
+    ts = "2026-03-01T05:00:00.000+00:00"
+    insert_request(conn, 99, ts=ts, endpoint="count_tokens", upstream="anthropic-official", attempts=0)
+    for n, (up, st, err) in enumerate([("relay-a", 404, "HTTP 404"), ("anthropic-official", 200, None)], 1):
+        conn.execute("INSERT INTO attempts (request_id, ts, n, upstream, status, error, ms) VALUES (?,?,?,?,?,?,?)",
+                     (f"r99-{ts}", ts, n, up, st, err, 10))
+    conn.close()
+    by_name = {a.upstream: a for a in build(path, MAR1, MAR2).attempts}
+    assert (by_name["relay-a"].attempts, by_name["relay-a"].failed) == (4, 4) and "HTTP 404" not in by_name["relay-a"].kinds
+    assert by_name["anthropic-official"].attempts == 3
