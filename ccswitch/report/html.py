@@ -58,12 +58,18 @@ table{border-collapse:collapse;font-size:.88rem;margin:.5rem 0}
 .wide{overflow-x:auto}
 th,td{padding:.25rem .6rem;border-bottom:1px solid #e5e5e5;white-space:nowrap}
 th{background:#f4f4f4;text-align:right} th:first-child,td:first-child{text-align:left}
-td:first-child,td[style]{white-space:normal;overflow-wrap:anywhere;max-width:16rem}
+td:first-child,th:first-child{position:sticky;left:0;background:#fff;z-index:1}
+th:first-child{background:#f4f4f4}
+tr.active td:first-child{background:#eef6ee}
+td[style]{white-space:normal;overflow-wrap:break-word;min-width:12rem;max-width:24rem}
 td{text-align:right;font-variant-numeric:tabular-nums}
 tr.group td{color:#555;font-size:.82rem} tr.group td:first-child{padding-left:1.6rem}
 tr.total td{font-weight:bold;border-top:2px solid #999}
 tr.active td{background:#eef6ee;font-weight:bold}
 img{max-width:100%;height:auto;border:1px solid #eee;margin:.5rem 0}
+figure{margin:0}
+@media (max-width:720px){figure{overflow-x:auto} figure img{max-width:none;width:720px}
+  .wide{box-shadow:inset -8px 0 8px -8px #999}}
 .notes li{color:#7a3b00;overflow-wrap:anywhere}
 .meta{overflow-wrap:anywhere}
 """
