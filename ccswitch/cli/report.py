@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from datetime import date, timedelta
 from pathlib import Path
@@ -21,6 +23,14 @@ from ccswitch.report.text import activation_lines, render_table, report_json
 from ccswitch.report.timeline import PERIODS, period_start
 
 _UNTIL = object()        # --hours without a day: the --until day, else today (not a str: argparse would parse it)
+
+
+def terminal_columns() -> int | None:
+    """The width the text report's tables fit: the terminal's (or `COLUMNS`), None for a file or a
+    pipe (whole lines, for tools that read them)."""
+    if "COLUMNS" in os.environ or sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
 
 
 def _day(text: str) -> date:
@@ -164,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(cannot_write("--out", out_dir, exc), file=sys.stderr)
             return 1
-    print(json.dumps(report_json(report), indent=2) if args.json else render_table(report))
+    print(json.dumps(report_json(report), indent=2) if args.json else render_table(report, terminal_columns()))
     if written:
         print(written, file=sys.stderr if args.json else sys.stdout)
     return 0

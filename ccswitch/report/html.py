@@ -16,6 +16,7 @@ from ccswitch.report.text import (
     LATENCY_COLUMNS,
     VIEW_HEADS,
     activation_rows,
+    any_renamed,
     block_rows,
     blocks_title,
     fmt_cost,
@@ -23,6 +24,7 @@ from ccswitch.report.text import (
     hit_rows,
     hit_title,
     latency_rows,
+    made_at,
     main_digits,
     main_rows,
     row_cells,
@@ -106,7 +108,7 @@ def _main_rows(report: Report, digits: int) -> list[tuple[str, list[str]]]:
 def _summary_table(report: Report, dim: str) -> str:
     groups = sorted_groups(report.summary[dim])
     digits = summary_digits(report, (t for _, t in groups))
-    if dim == "model":
+    if dim == "model" and any_renamed(report):
         return _table(["Model", "Sent upstream as", *COLUMNS],
                       [("", [short_label(label), sent_as(report.whole, label), *row_cells(t, digits)])
                        for label, t in groups], left_cols=2)
@@ -128,7 +130,8 @@ def render_html(report: Report, charts: list[Path]) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
-        (f'<p class="meta">Times in {escape(report.tz_name)} &middot; database {escape(report.db_path)} '
+        (f'<p class="meta">Times in {escape(report.tz_name)} &middot; made {escape(made_at(report))} '
+         f'&middot; database {escape(report.db_path)} '
          f"&middot; prices as of {escape(report.prices_as_of)} (list price &times; each upstream's "
          "price_multiplier)</p>"),
         '<div class="cards">',

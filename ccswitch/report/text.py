@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 import unicodedata
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -132,20 +133,55 @@ def _padded(text: str, columns: int, left: bool) -> str:
     return text + pad if left else pad + text
 
 
-def _grid(head: str, rows: list[tuple[str, list[str]]], rules_before: set[int] = frozenset(),
-          columns: tuple[str, ...] = COLUMNS, left: int = 1) -> list[str]:
-    """A text table; the first ``left`` columns are left-aligned, the rest right-aligned."""
-    cols = [printable(c) for c in (head, *columns)]
-    cells = [[printable(c) for c in (label, *values)] for label, values in rows]
-    widths = [max(width(c), *(width(r[i]) for r in cells)) if cells else width(c) for i, c in enumerate(cols)]
-    line = lambda row: "  ".join(_padded(c, w, i < left) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
-    sep = "  ".join("-" * w for w in widths)
-    out = [line(cols), sep]
-    for i, row in enumerate(cells):
-        if i in rules_before:
-            out.append(sep)
-        out.append(line(row))
+def column_blocks(widths: list[int], fit: int | None) -> list[list[int]]:
+    """A table's columns in blocks that each fit in ``fit`` terminal columns, each led by the first
+    (the rows' labels): a narrow terminal gets the table in pieces, one under the other, instead of
+    every row wrapped over two lines.  ``fit`` None (a file, a pipe): one block."""
+    every = list(range(len(widths)))
+    if fit is None or sum(widths) + 2 * (len(widths) - 1) <= fit:
+        return [every]
+    blocks, block, used = [], [], widths[0]
+    for i in every[1:]:
+        if block and used + 2 + widths[i] > fit:
+            blocks.append([0, *block])
+            block, used = [], widths[0]
+        block.append(i)
+        used += 2 + widths[i]
+    return [*blocks, [0, *block]]
+
+
+def _table_lines(rows: list[list[str]], is_left, rules_before: set[int] = frozenset(),
+                 fit: int | None = None) -> list[str]:
+    """Lines of a table whose first row is its head (`is_left(i)`: column i is left-aligned), with a
+    rule under the head and before each body row in ``rules_before``; in blocks when ``fit`` asks."""
+    widths = [max(width(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out: list[str] = []
+    for block in column_blocks(widths, fit):
+        shown = {i: widths[i] for i in block}
+        last = block[-1]
+        if fit is not None and len(block) == 2 and is_left(last) and widths[0] + 2 + widths[last] > fit:
+            shown[last] = max(fit - widths[0] - 2, 20)     # a text alone too wide: wrapped within its column
+
+        def lines(row: list[str], block: list[int] = block, shown: dict[int, int] = shown) -> list[str]:
+            pieces = {i: (textwrap.wrap(row[i], shown[i], break_long_words=False) or [""]) if shown[i] < widths[i]
+                      else [row[i]] for i in block}
+            return ["  ".join(_padded(pieces[i][n] if n < len(pieces[i]) else "", shown[i], is_left(i))
+                              for i in block).rstrip() for n in range(max(map(len, pieces.values())))]
+
+        sep = "  ".join("-" * shown[i] for i in block)
+        out += [*([""] if out else []), *lines(rows[0]), sep]
+        for n, row in enumerate(rows[1:]):
+            if n in rules_before:
+                out.append(sep)
+            out += lines(row)
     return out
+
+
+def _grid(head: str, rows: list[tuple[str, list[str]]], rules_before: set[int] = frozenset(),
+          columns: tuple[str, ...] = COLUMNS, left: int = 1, fit: int | None = None) -> list[str]:
+    """A text table; the first ``left`` columns are left-aligned, the rest right-aligned."""
+    table = [[printable(c) for c in (head, *columns)], *([printable(c) for c in (label, *values)] for label, values in rows)]
+    return _table_lines(table, lambda i: i < left, rules_before, fit)
 
 
 # --------------------------------------------------------------------------- the views
@@ -185,24 +221,29 @@ def summary_digits(report: Report, totals: Iterable[Totals]) -> int:
     return max(main_digits(report), table_digits(totals))
 
 
-def main_lines(report: Report) -> list[str]:
+def main_lines(report: Report, fit: int | None = None) -> list[str]:
     rows, idle = main_rows(report)
     digits = main_digits(report)
     cells = [(label, row_cells(span.groups[report.by][g] if g else span.total, digits)) for label, span, g in rows]
     cells.append(("Total", row_cells(report.total, digits)))
-    out = _grid(VIEW_HEADS[report.view], cells, {len(cells) - 1})
+    out = _grid(VIEW_HEADS[report.view], cells, {len(cells) - 1}, fit=fit)
     if idle:
         out.append(f"({idle} {report.view}(s) without requests not shown)")
     return out
 
 
-def summary_lines(report: Report, dim: str) -> list[str]:
+def summary_lines(report: Report, dim: str, fit: int | None = None) -> list[str]:
     groups = sorted_groups(report.summary[dim])
     digits = summary_digits(report, (t for _, t in groups))
-    if dim == "model":          # the client's model, and what it was sent upstream as
+    if dim == "model" and any_renamed(report):      # the client's model, and what it was sent upstream as
         return _grid("Model", [(short_label(label), [sent_as(report.whole, label), *row_cells(t, digits)])
-                               for label, t in groups], columns=("Sent upstream as", *COLUMNS), left=2)
-    return _grid(dim.capitalize(), [(short_label(label), row_cells(t, digits)) for label, t in groups])
+                               for label, t in groups], columns=("Sent upstream as", *COLUMNS), left=2, fit=fit)
+    return _grid(dim.capitalize(), [(short_label(label), row_cells(t, digits)) for label, t in groups], fit=fit)
+
+
+def any_renamed(report: Report) -> bool:
+    """Whether some model was sent upstream under another name (else that column says nothing)."""
+    return any(sent_as(report.whole, label) for label in report.summary["model"])
 
 
 def latency_rows(report: Report) -> list[tuple[str, list[str]]]:
@@ -221,10 +262,10 @@ def latency_rows(report: Report) -> list[tuple[str, list[str]]]:
     return rows
 
 
-def latency_lines(report: Report) -> list[str]:
+def latency_lines(report: Report, fit: int | None = None) -> list[str]:
     rows = latency_rows(report)
     first_total = next(i for i, (label, _) in enumerate(rows) if label == "All")
-    return _grid(VIEW_HEADS[report.view], rows, {first_total}, columns=LATENCY_COLUMNS)
+    return _grid(VIEW_HEADS[report.view], rows, {first_total}, columns=LATENCY_COLUMNS, fit=fit)
 
 
 def block_status(block: BlockSpan, now: datetime) -> str:
@@ -245,37 +286,53 @@ def blocks_title(report: Report) -> str:
     return f"5-hour blocks (claude route, {whose}; times in {report.tz_name})"
 
 
-def block_lines(report: Report) -> list[str]:
+def block_lines(report: Report, fit: int | None = None) -> list[str]:
     rows = block_rows(report)
     if not rows:
         return ["(no claude requests in the period)"]
-    return _grid("Start", [(r[0], r[1:]) for r in rows], columns=BLOCK_COLUMNS[1:], left=2)
+    return _grid("Start", [(r[0], r[1:]) for r in rows], columns=BLOCK_COLUMNS[1:], left=2, fit=fit)
 
 
-def render_table(report: Report) -> str:
+def made_at(report: Report) -> str:
+    """When the report was made, in its zone: a saved one's "active" block or partial day is of then."""
+    return report.now.astimezone(report.tz).strftime("%Y-%m-%d %H:%M")
+
+
+def _prose(text: str, fit: int | None, indent: str = "") -> list[str]:
+    """A line of text, wrapped at word ends where ``fit`` is narrower."""
+    if fit is None or width(text) <= fit:
+        return [text]
+    return textwrap.wrap(text, fit, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False)
+
+
+def render_table(report: Report, fit: int | None = None) -> str:
+    """The text report; ``fit``: the terminal's width, which a table wider than it is fitted to."""
     view = "" if report.view == "day" else f"; by {report.view}"
-    out = [(f"ccswitch usage {report.since} .. {report.until} ({report.tz_name}{view}); "
-            f"database {report.db_path or '?'}; prices as of {report.prices_as_of}"), ""]
-    out += main_lines(report)
+    out = [*_prose(f"ccswitch usage {report.since} .. {report.until} ({report.tz_name}{view}), made "
+                   f"{made_at(report)}; database {report.db_path or '?'}; prices as of {report.prices_as_of}", fit), ""]
+    out += main_lines(report, fit)
     if report.sessions():
-        out.append(f"{report.sessions()} session(s) in the period; Moved = requests answered by another "
-                   "upstream than the one their session was bound to")
+        out += _prose(f"{report.sessions()} session(s) in the period; Moved = requests answered by another "
+                      "upstream than the one their session was bound to", fit)
     if report.blocks is not None:
-        out += ["", blocks_title(report) + ":", *block_lines(report)]
+        out += ["", *_prose(blocks_title(report) + ":", fit), *block_lines(report, fit)]
     dim = report.by or "upstream"
-    out += ["", f"By {dim}:", *summary_lines(report, dim)]
+    out += ["", f"By {dim}:", *summary_lines(report, dim, fit)]
     if report.by != "upstream" and report.hit_upstreams():   # with --by upstream the day rows show it
         out += ["", hit_title(report) + ":"]
-        out += hit_lines(report)
+        out += hit_lines(report, fit)
     if len(report.timings):
-        out += ["", "Latency and time to first byte (successful answers; p50 / p95):", *latency_lines(report)]
+        out += ["", *_prose("Latency and time to first byte (successful answers; p50 / p95):", fit),
+                *latency_lines(report, fit)]
     if attempts.worth_showing(report.attempts):
-        out += ["", ATTEMPTS_TITLE + ":", *attempt_lines(report)]
+        out += ["", *_prose(ATTEMPTS_TITLE + ":", fit), *attempt_lines(report, fit)]
     if report.activations:
         out += ["", "Activation probes:"]
-        out += activation_lines(report)
+        out += activation_lines(report, fit)
     if report.notes:
-        out += ["", *(f"note: {printable(n)}" for n in report.notes)]
+        out.append("")
+        for note in report.notes:
+            out += _prose(f"note: {printable(note)}", fit, indent="  ")
     return "\n".join(out)
 
 
@@ -298,26 +355,23 @@ def hit_title(report: Report) -> str:
     return f"Cache hit % per {report.view} and upstream"
 
 
-def hit_lines(report: Report) -> list[str]:
-    return _grid(report.view.capitalize(), hit_rows(report), columns=tuple(report.hit_upstreams()))
+def hit_lines(report: Report, fit: int | None = None) -> list[str]:
+    return _grid(report.view.capitalize(), hit_rows(report), columns=tuple(report.hit_upstreams()), fit=fit)
 
 
 ATTEMPTS_TITLE = "Attempts per upstream (failovers included; a failure rescued by another upstream counts here)"
 
 
-def _columns(head: tuple[str, ...], body: list[list[str]], left: set[int]) -> list[str]:
-    rows = [list(head), *([printable(c) for c in row] for row in body)]
-    widths = [max(width(r[i]) for r in rows) for i in range(len(head))]
-    fmt = lambda r: "  ".join(_padded(c, w, i in left) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-    return [fmt(rows[0]), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows[1:])]
+def _columns(head: tuple[str, ...], body: list[list[str]], left: set[int], fit: int | None = None) -> list[str]:
+    return _table_lines([list(head), *([printable(c) for c in row] for row in body)], left.__contains__, fit=fit)
 
 
-def activation_lines(report: Report) -> list[str]:
-    return _columns(ACTIVATION_COLUMNS, activation_rows(report), left={0, 1, 2})
+def activation_lines(report: Report, fit: int | None = None) -> list[str]:
+    return _columns(ACTIVATION_COLUMNS, activation_rows(report), left={0, 1, 2}, fit=fit)
 
 
-def attempt_lines(report: Report) -> list[str]:
-    return _columns(attempts.COLUMNS, attempts.rows(report.attempts), left={0, 5})
+def attempt_lines(report: Report, fit: int | None = None) -> list[str]:
+    return _columns(attempts.COLUMNS, attempts.rows(report.attempts), left={0, 5}, fit=fit)
 
 
 # --------------------------------------------------------------------------- JSON

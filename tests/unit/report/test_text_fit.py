@@ -1,0 +1,59 @@
+"""The text report in a terminal narrower than its tables: each table comes in blocks of columns,
+one under the other, each led by the rows' labels (every row was wrapped over two lines, its
+columns out of line); a file or a pipe gets whole lines.  And what the report says of itself: when
+it was made, and no "Sent upstream as" column when no model was renamed."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from ccswitch.report import text
+from ccswitch.report.html import render_html
+from tests.unit.report.test_attempts import MAR1, make_db
+from tests.unit.report.test_views import build, cli
+
+NOW = datetime(2026, 3, 1, 12, 34, tzinfo=UTC)      # 20:34 in the rules' Asia/Shanghai
+
+
+@pytest.mark.parametrize(("widths", "fit", "blocks"), [
+    ([10, 8, 8, 8], None, [[0, 1, 2, 3]]),
+    ([10, 8, 8, 8], 40, [[0, 1, 2, 3]]),              # 10 + 3 × (2 + 8) = 40: fits
+    ([10, 8, 8, 8], 30, [[0, 1, 2], [0, 3]]),
+    ([10, 30, 8], 20, [[0, 1], [0, 2]]),              # a column wider than the rest of the line: alone
+])
+def test_columns_fall_into_blocks_each_led_by_the_labels(widths, fit, blocks):
+    assert text.column_blocks(widths, fit) == blocks
+
+
+@pytest.mark.parametrize("fit", [60, 80])
+def test_a_narrow_terminal_gets_every_table_in_blocks_that_fit_and_nothing_left_out(tmp_path, fit):
+    report = build(make_db(tmp_path), MAR1, MAR1, by="model", now=NOW)
+    whole, fitted = text.render_table(report).splitlines(), text.render_table(report, fit).splitlines()
+    assert max(map(len, whole)) > 100
+    assert not [line for line in fitted if len(line) > fit and " " in line]    # but a path, which is one word
+    # the main table: each figure of its total still there, each head once, each block led by the label
+    main = fitted[:fitted.index("By model:")]
+    totals = [line.split() for line in main if line.startswith("Total")]
+    assert len(totals) >= 2 and sum(len(t) - 1 for t in totals) == len(text.COLUMNS)
+    heads = [line.split() for line in main if line.startswith("Day ")]
+    assert [word for head in heads for word in head[1:]] == " ".join(text.COLUMNS).split()
+
+
+def test_the_command_fits_its_terminal_and_a_pipe_gets_whole_lines(tmp_path, capsys, monkeypatch):
+    db = make_db(tmp_path)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert cli(tmp_path, db, "--since", str(MAR1), "--until", str(MAR1)) == 0     # captured: not a terminal
+    assert max(map(len, capsys.readouterr().out.splitlines())) > 100
+    monkeypatch.setenv("COLUMNS", "60")
+    assert cli(tmp_path, db, "--since", str(MAR1), "--until", str(MAR1)) == 0
+    assert not [line for line in capsys.readouterr().out.splitlines() if len(line) > 60 and " " in line]
+
+
+def test_the_report_says_when_it_was_made_and_no_renaming_column_when_none_was_renamed(tmp_path):
+    report = build(make_db(tmp_path), MAR1, MAR1, by="model", now=NOW)
+    out = text.render_table(report)
+    assert out.splitlines()[0].startswith("ccswitch usage 2026-03-01 .. 2026-03-01 (Asia/Shanghai), made 2026-03-01 20:34;")
+    assert "Sent upstream as" not in out
+    page = render_html(report, [])
+    assert "made 2026-03-01 20:34" in page and "Sent upstream as" not in page
