@@ -19,7 +19,7 @@ import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
-from ccswitch.report.data import Report, Span, Totals, shortened
+from ccswitch.report.data import Report, Span, Totals, shortened, sorted_groups
 from ccswitch.report.latency import LatencyStats, Timing, stats
 from ccswitch.report.text import visible_controls
 
@@ -196,14 +196,22 @@ def chart_tokens(report: Report, path: Path) -> Path:
     return _save(fig, path)
 
 
+def upstream_colors(report: Report, names: list[str]) -> dict[str, tuple]:
+    """One colour per upstream in every chart of a report (the cost and the latency chart name it
+    alike): by its place in the report's summary, costliest first; one the summary lacks, after."""
+    palette = plt.get_cmap("tab10").colors
+    ranked = [name for name, _ in sorted_groups(report.summary["upstream"])]
+    ranked += [name for name in names if name not in ranked]
+    return {name: palette[i % len(palette)] for i, name in enumerate(ranked) if name in names}
+
+
 def chart_cost(report: Report, path: Path) -> Path:
     axis = Axis(report)
     labels = _top_labels(report, "upstream", lambda t: t.cost)
     series = _per_row(axis.spans, "upstream", labels, lambda t: t.cost)
     fig, ax = plt.subplots(figsize=SIZE)
     series = {name: values for name, values in series.items() if any(values)}
-    palette = plt.get_cmap("tab10").colors      # a colour per upstream name, whatever its rank
-    colors = {name: palette[i % 10] for i, name in enumerate(sorted(k for k in series if k != "other"))}
+    colors = upstream_colors(report, [name for name in series if name != "other"])
     _stack(ax, axis, series, {**colors, "other": "#999999"})
     ax.set_title(f"Cost {axis.per_row()} by upstream (list price × price_multiplier)\n{_subtitle(report)}",
                  fontsize=11)
@@ -296,14 +304,14 @@ def chart_latency(report: Report, path: Path) -> Path:
     axis = Axis(report)
     timed = [report.timings.between(s.start, s.end) for s in axis.spans]
     upstreams = report.timings.upstreams()[:MAX_SERIES - 1]
-    palette = plt.get_cmap("tab10").colors
+    colors = upstream_colors(report, upstreams)
     seconds = lambda v: math.nan if v is None else v / 1000
     fig, panels = plt.subplots(2, 1, figsize=(SIZE[0], 7), sharex=True)
     for ax, kind, title in ((panels[0], "latency", "Latency (request start to last byte)"),
                             (panels[1], "ttfb", "Time to first byte")):
-        for i, name in enumerate(upstreams):
+        for name in upstreams:
             values = [seconds(getattr(stats_of(t, name), f"{kind}_p50")) for t in timed]
-            ax.plot(axis.x, values, marker=".", linewidth=1, alpha=0.75, color=palette[i % 10], label=f"{name} p50")
+            ax.plot(axis.x, values, marker=".", linewidth=1, alpha=0.75, color=colors[name], label=f"{name} p50")
         overall = [stats_of(t) for t in timed]
         ax.plot(axis.x, [seconds(getattr(s, f"{kind}_p95")) for s in overall], marker="o", markersize=3,
                 linewidth=1.6, linestyle="--", color="#333333", label="all p95")

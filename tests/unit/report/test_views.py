@@ -425,3 +425,32 @@ def test_money_reads_zero_as_zero_thousands_with_commas_and_tells_near_amounts_a
     assert usd(0.0, 5.0) == ("$0.00", "$5.00")
     assert usd(1234.5) == ("$1,234.50",)
     assert usd(0.001001, 0.001002) == ("$0.001001", "$0.001002")     # the sixth decimal, no fewer
+
+
+def test_an_upstream_has_one_colour_in_every_chart(tmp_path, monkeypatch):
+    """The cost chart coloured upstreams by name, the latency chart by how busy they were: the same
+    upstream had two colours on one page."""
+    import matplotlib.axes
+
+    from ccswitch.report import charts
+    db = make_db(tmp_path, [*(dict(ts=f"2026-03-02T0{h}:00:00.000+00:00", input_tokens=10 ** 6, upstream="relay-a")
+                              for h in (1, 2, 3)),
+                            dict(ts="2026-03-02T04:00:00.000+00:00", input_tokens=10, upstream="anthropic-official")])
+    report = build(db, MAR2, MAR2)
+    drawn: dict[str, set] = {}
+    real_plot, real_bar = matplotlib.axes.Axes.plot, matplotlib.axes.Axes.bar
+
+    def plot(self, *args, **kw):
+        drawn.setdefault(str(kw.get("label", "")).removesuffix(" p50"), set()).add(tuple(kw.get("color") or ()))
+        return real_plot(self, *args, **kw)
+
+    def bar(self, *args, **kw):
+        drawn.setdefault(str(kw.get("label", "")), set()).add(tuple(kw.get("color") or ()))
+        return real_bar(self, *args, **kw)
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", bar)
+    charts.chart_cost(report, tmp_path / "cost.png")
+    charts.chart_latency(report, tmp_path / "latency.png")
+    # relay-a costs most and answered most (first in the latency chart, second by name): one colour each
+    assert len(drawn["relay-a"]) == 1 and len(drawn["anthropic-official"]) == 1
+    assert drawn["relay-a"] != drawn["anthropic-official"]
