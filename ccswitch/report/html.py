@@ -29,7 +29,7 @@ from ccswitch.report.text import (
     main_rows,
     row_cells,
     sent_as,
-    short_label,
+    short_labels,
     summary_digits,
     visible_controls,
 )
@@ -108,12 +108,12 @@ def _main_rows(report: Report, digits: int) -> list[tuple[str, list[str]]]:
 def _summary_table(report: Report, dim: str) -> str:
     groups = sorted_groups(report.summary[dim])
     digits = summary_digits(report, (t for _, t in groups))
+    shown = short_labels(label for label, _ in groups)
     if dim == "model" and any_renamed(report):
         return _table(["Model", "Sent upstream as", *COLUMNS],
-                      [("", [short_label(label), sent_as(report.whole, label), *row_cells(t, digits)])
+                      [("", [shown[label], sent_as(report.whole, label), *row_cells(t, digits)])
                        for label, t in groups], left_cols=2)
-    return _table([dim.capitalize(), *COLUMNS], [("", [short_label(label), *row_cells(t, digits)])
-                                                 for label, t in groups])
+    return _table([dim.capitalize(), *COLUMNS], [("", [shown[label], *row_cells(t, digits)]) for label, t in groups])
 
 
 def _card(value: str, label: str) -> str:

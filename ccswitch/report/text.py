@@ -12,6 +12,7 @@ import math
 import re
 import textwrap
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
@@ -92,6 +93,14 @@ def short_label(label: str, width: int = LABEL_WIDTH) -> str:
     return label[:width - 3 - tail] + "..." + label[-tail:]
 
 
+def short_labels(labels: Iterable[str]) -> dict[str, str]:
+    """Each label as a table shows it: shortened, unless that would show two alike (two model names
+    that differ only in their middle: the version), which are then shown whole."""
+    shown = {label: short_label(label) for label in labels}
+    seen = Counter(shown.values())
+    return {label: label if seen[short] > 1 else short for label, short in shown.items()}
+
+
 def sent_as(span: Span, model: str) -> str:
     """What the client's ``model`` went upstream as, most requests first: '' when always as named."""
     targets = span.sent_as.get(model, {})
@@ -100,10 +109,11 @@ def sent_as(span: Span, model: str) -> str:
     return ", ".join(name for name, _ in sorted(targets.items(), key=lambda kv: (-kv[1].requests, kv[0])))
 
 
-def group_label(span: Span, dim: str, label: str) -> str:
-    """A group row's label; a model that was renamed shows its upstream name(s): 'sonnet -> glm-4.6'."""
+def group_label(span: Span, dim: str, label: str, shown: str | None = None) -> str:
+    """A group row's label (``shown``: as the table shows it); a model that was renamed shows its
+    upstream name(s): 'sonnet -> glm-4.6'."""
     renamed = sent_as(span, label) if dim == "model" else ""
-    return short_label(label) + (f" -> {renamed}" if renamed else "")
+    return (shown or short_label(label)) + (f" -> {renamed}" if renamed else "")
 
 
 COLUMNS = ("Requests", "Input", "Output", "Cache write", "Cache read", "Hit %", "Cost USD", "Failovers", "Errors",
@@ -199,13 +209,14 @@ def main_rows(report: Report) -> tuple[list[tuple[str, Span, str | None]], int]:
     rows (days, hours, weeks, months) had none (those yet to come not counted: they could have none)."""
     out: list[tuple[str, Span, str | None]] = []
     idle = 0
+    shown = short_labels(report.summary.get(report.by, {})) if report.by else {}
     for span in report.rows():
         if not span.total.requests:
             idle += span.start <= report.now
             continue
         out.append((row_label(report, span), span, None))
         if report.by:
-            out += [("  " + group_label(span, report.by, label), span, label)
+            out += [("  " + group_label(span, report.by, label, shown.get(label)), span, label)
                     for label, _ in sorted_groups(span.groups[report.by])]
     return out, idle
 
@@ -235,10 +246,11 @@ def main_lines(report: Report, fit: int | None = None) -> list[str]:
 def summary_lines(report: Report, dim: str, fit: int | None = None) -> list[str]:
     groups = sorted_groups(report.summary[dim])
     digits = summary_digits(report, (t for _, t in groups))
+    shown = short_labels(label for label, _ in groups)
     if dim == "model" and any_renamed(report):      # the client's model, and what it was sent upstream as
-        return _grid("Model", [(short_label(label), [sent_as(report.whole, label), *row_cells(t, digits)])
+        return _grid("Model", [(shown[label], [sent_as(report.whole, label), *row_cells(t, digits)])
                                for label, t in groups], columns=("Sent upstream as", *COLUMNS), left=2, fit=fit)
-    return _grid(dim.capitalize(), [(short_label(label), row_cells(t, digits)) for label, t in groups], fit=fit)
+    return _grid(dim.capitalize(), [(shown[label], row_cells(t, digits)) for label, t in groups], fit=fit)
 
 
 def any_renamed(report: Report) -> bool:

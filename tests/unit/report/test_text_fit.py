@@ -57,3 +57,16 @@ def test_the_report_says_when_it_was_made_and_no_renaming_column_when_none_was_r
     assert "Sent upstream as" not in out
     page = render_html(report, [])
     assert "made 2026-03-01 20:34" in page and "Sent upstream as" not in page
+
+
+def test_two_long_names_that_would_shorten_alike_are_shown_whole(tmp_path):
+    from tests.unit.report.test_views import make_db as make_rows_db
+    opus41, opus45 = "vendor-org/claude-opus-4-1-finetune-05-20260101", "vendor-org/claude-opus-4-5-finetune-05-20260101"
+    other = "vendor-org/some-other-model-with-a-rather-long-name-2026"
+    db = make_rows_db(tmp_path, [dict(ts="2026-03-01T02:00:00.000+00:00", model=m) for m in (opus41, opus45, other)])
+    out = text.render_table(build(db, MAR1, MAR1, by="model", now=NOW))
+    summary = out.split("By model:\n")[1]
+    assert opus41 in summary and opus45 in summary                 # the version is where they differ
+    assert other not in summary and text.short_label(other) in summary      # a long name alone is still shortened
+    assert f"  {opus41}" in out.split("By model:")[0]              # the day's group rows alike
+    assert opus45 in render_html(build(db, MAR1, MAR1, by="model", now=NOW), [])
