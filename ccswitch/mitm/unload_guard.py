@@ -21,8 +21,8 @@ from pathlib import Path
 from mitmproxy import ctx, http
 
 from ccswitch.dial.shutdown import RETRY_AFTER
-from ccswitch.mitm import lifecycle
 from ccswitch.mitm.flows import answer_error, likely_protocol
+from ccswitch.mitm.lifecycle import hook_task, pending, stopping
 
 log = logging.getLogger("ccswitch")
 
@@ -54,7 +54,7 @@ class UnloadGuard:
 
     def done(self) -> None:
         # sync: mitmproxy calls it from synchronous code when it reloads or drops the script
-        if lifecycle.stopping():
+        if stopping():
             return
         try:
             loop = asyncio.get_running_loop()
@@ -102,11 +102,11 @@ def hold_until_stopped(master) -> None:
     """Stop mitmproxy once ccswitch's own stop (requests in flight, the ledger's last rows) is over:
     mitmproxy awaits it at a stop, but not after dropping the script."""
     async def stop() -> None:
-        pending = [task for task in lifecycle.pending() if task is not asyncio.current_task()]
-        if pending:
-            await asyncio.wait(pending, timeout=STOP_WAIT)
+        others = [task for task in pending() if task is not asyncio.current_task()]
+        if others:
+            await asyncio.wait(others, timeout=STOP_WAIT)
         master.shutdown()
-    lifecycle.hook_task(stop(), "stop after unload")
+    hook_task(stop(), "stop after unload")
 
 
 def exit_failed() -> None:
