@@ -276,12 +276,14 @@ def chart_cache_hit(report: Report, path: Path) -> Path:
         return math.nan if t is None or t.cache_hit is None else t.cache_hit * 100
 
     plotted: list[float] = []
-    routes = [r for r in _top_labels(report, "route", lambda t: t.prompt) if report.summary["route"][r].prompt]
-    if len(routes) > 1:
-        for route, color in zip(routes, plt.get_cmap("tab10").colors[1:]):
-            values = [ratio(s.groups["route"].get(route)) for s in axis.spans]
+    # per upstream, as the tables beside it (the busiest, in the colours of the other charts)
+    upstreams = report.hit_upstreams()[:MAX_SERIES - 1]
+    if len(upstreams) > 1:
+        colors = upstream_colors(report, upstreams)
+        for name in upstreams:
+            values = [ratio(s.groups["upstream"].get(name)) for s in axis.spans]
             plotted += values
-            ax.plot(axis.x, values, marker=".", linewidth=1, alpha=0.8, color=color, label=f"route {route}")
+            ax.plot(axis.x, values, marker=".", linewidth=1, alpha=0.8, color=colors[name], label=name)
     values = [ratio(s.total) for s in axis.spans]
     plotted += values
     ax.plot(axis.x, values, marker="o", markersize=4, linewidth=2.2, color="#333333", label="all requests")

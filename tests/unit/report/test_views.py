@@ -451,6 +451,8 @@ def test_an_upstream_has_one_colour_in_every_chart(tmp_path, monkeypatch):
     monkeypatch.setattr(matplotlib.axes.Axes, "bar", bar)
     charts.chart_cost(report, tmp_path / "cost.png")
     charts.chart_latency(report, tmp_path / "latency.png")
+    charts.chart_cache_hit(report, tmp_path / "cache_hit.png")     # per upstream, as the tables beside it
+    assert drawn.keys() >= {"relay-a", "anthropic-official", "all requests"}
     # relay-a costs most and answered most (first in the latency chart, second by name): one colour each
     assert len(drawn["relay-a"]) == 1 and len(drawn["anthropic-official"]) == 1
     assert drawn["relay-a"] != drawn["anthropic-official"]
