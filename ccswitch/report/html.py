@@ -14,6 +14,7 @@ from ccswitch.report.text import (
     BLOCK_COLUMNS,
     COLUMNS,
     LATENCY_COLUMNS,
+    RESCUED,
     VIEW_HEADS,
     activation_rows,
     any_renamed,
@@ -161,6 +162,8 @@ def render_html(report: Report, charts: list[Path]) -> str:
             parts.append("<p>No claude requests in the period.</p>")
     for dim in report.summarised:
         parts.append(f"<h2>By {escape(dim)}</h2>")
+        if dim == "upstream" and report.attempts:
+            parts.append(f'<p class="meta">{escape(RESCUED.strip(" ()").capitalize())}.</p>')
         parts.append(_summary_table(report, dim))
     if report.hit_upstreams():
         parts.append(f"<h2>{escape(hit_title(report).replace(' %', ''))}</h2>")

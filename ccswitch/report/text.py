@@ -330,6 +330,8 @@ def render_table(report: Report, fit: int | None = None) -> str:
         out += ["", *_prose(blocks_title(report) + ":", fit), *block_lines(report, fit)]
     dim = report.by or "upstream"
     out += ["", f"By {dim}:", *summary_lines(report, dim, fit)]
+    if dim == "upstream" and attempts.worth_showing(report.attempts):
+        out += _prose(RESCUED, fit)
     if report.by != "upstream" and report.hit_upstreams():   # with --by upstream the day rows show it
         out += ["", hit_title(report) + ":"]
         out += hit_lines(report, fit)
@@ -372,6 +374,8 @@ def hit_lines(report: Report, fit: int | None = None) -> list[str]:
 
 
 ATTEMPTS_TITLE = "Attempts per upstream (failovers included; a failure rescued by another upstream counts here)"
+#: beside the usage by upstream, which credits a request to the upstream whose answer the client got
+RESCUED = "(a failover counts for the upstream that answered; attempts per upstream, below, has the failures)"
 
 
 def _columns(head: tuple[str, ...], body: list[list[str]], left: set[int], fit: int | None = None) -> list[str]:

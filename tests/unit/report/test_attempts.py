@@ -80,6 +80,14 @@ def test_the_text_report_names_the_failures_of_an_upstream_that_was_rescued(tmp_
                                 "overloaded_error", "x1"]
 
 
+def test_the_usage_by_upstream_says_where_the_failures_of_rescued_upstreams_are(tmp_path):
+    # it credits a failover to the upstream that answered: relay-a looked as if it never failed
+    out = text.render_table(build(make_db(tmp_path), MAR1, MAR2))
+    by_upstream = out.split("By upstream:\n")[1].split("\n\n")[0]
+    assert by_upstream.splitlines()[-1] == text.RESCUED
+    assert "counts for the upstream that answered" in render_html(build(tmp_path / "usage.db", MAR1, MAR2), [])
+
+
 def test_the_table_is_left_out_of_the_text_when_no_attempt_failed(tmp_path):
     ok = [("2026-03-01T02:00:00.000+00:00", [("relay-a", 200, None)]),
           ("2026-03-01T03:00:00.000+00:00", [("relay-a", None, "client_closed")])]
