@@ -212,7 +212,11 @@ def chart_cost(report: Report, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=SIZE)
     series = {name: values for name, values in series.items() if any(values)}
     colors = upstream_colors(report, [name for name in series if name != "other"])
-    _stack(ax, axis, series, {**colors, "other": "#999999"})
+    if "other" in series:       # the legend says how many it holds
+        rest = len(report.summary["upstream"]) - len(labels)
+        series[f"{rest} other upstreams"] = series.pop("other")
+        colors[f"{rest} other upstreams"] = "#999999"
+    _stack(ax, axis, series, colors)
     ax.set_title(f"Cost {axis.per_row()} by upstream (list price × price_multiplier)\n{_subtitle(report)}",
                  fontsize=11)
     ax.set_ylabel(f"cost {axis.per_row()} (USD)")

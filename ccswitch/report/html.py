@@ -7,7 +7,7 @@ from html import escape as _escape
 from pathlib import Path
 
 from ccswitch.report import attempts
-from ccswitch.report.data import Report, sorted_groups
+from ccswitch.report.data import Report, fmt_tokens, sorted_groups
 from ccswitch.report.text import (
     ACTIVATION_COLUMNS,
     ATTEMPTS_TITLE,
@@ -182,7 +182,7 @@ def render_html(report: Report, charts: list[Path]) -> str:
         parts.append(_table(ACTIVATION_COLUMNS, [("", r) for r in activation_rows(report)], left_cols=3))
     else:
         parts.append("<p>No activation probes in this period.</p>")
-    parts.append(f'<p class="meta">Cache write includes 1-hour writes ({escape(str(t.cache_write_1h))} tokens in this '
+    parts.append(f'<p class="meta">Cache write includes 1-hour writes ({escape(fmt_tokens(t.cache_write_1h))} tokens in this '
                  "period). Cache hit = cache read / (input + cache write + cache read). Moved = requests whose "
                  "session was bound to another upstream than the one that answered. Latency runs from the "
                  "request's start to its last byte, first byte to its first; p50 / p95 by nearest rank. "

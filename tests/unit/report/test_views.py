@@ -456,3 +456,20 @@ def test_an_upstream_has_one_colour_in_every_chart(tmp_path, monkeypatch):
     # relay-a costs most and answered most (first in the latency chart, second by name): one colour each
     assert len(drawn["relay-a"]) == 1 and len(drawn["anthropic-official"]) == 1
     assert drawn["relay-a"] != drawn["anthropic-official"]
+
+
+def test_the_cost_chart_s_grey_bar_says_how_many_upstreams_it_holds(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from ccswitch.report import charts
+    db = make_db(tmp_path, [dict(ts="2026-03-02T01:00:00.000+00:00", input_tokens=1000 * (i + 1), upstream=f"up-{i}")
+                            for i in range(10)])
+    labels = []
+    real_bar = matplotlib.axes.Axes.bar
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar",
+                        lambda self, *a, **kw: labels.append(kw.get("label")) or real_bar(self, *a, **kw))
+    charts.chart_cost(build(db, MAR2, MAR2), tmp_path / "cost.png")
+    assert labels[-1] == "3 other upstreams" and len(labels) == charts.MAX_SERIES      # 7 named, then the rest
+    page = render_html(build(make_db(tmp_path, [dict(ts="2026-03-02T01:00:00.000+00:00", cache_creation_tokens=1_264_586,
+                                                     cache_creation_1h_tokens=1_264_586)], "h.db"), MAR2, MAR2), [])
+    assert "1-hour writes (1.26M tokens" in page
