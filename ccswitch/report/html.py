@@ -183,7 +183,8 @@ def render_html(report: Report, charts: list[Path]) -> str:
     else:
         parts.append("<p>No activation probes in this period.</p>")
     parts.append(f'<p class="meta">Cache write includes 1-hour writes ({escape(fmt_tokens(t.cache_write_1h))} tokens in this '
-                 "period). Cache hit = cache read / (input + cache write + cache read). Moved = requests whose "
+                 f"period); output includes {escape(fmt_tokens(t.reasoning))} reasoning tokens. "
+                 "Cache hit = cache read / (input + cache write + cache read). Moved = requests whose "
                  "session was bound to another upstream than the one that answered. Latency runs from the "
                  "request's start to its last byte, first byte to its first; p50 / p95 by nearest rank. "
                  "count_tokens requests are not counted.</p>")

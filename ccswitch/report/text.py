@@ -323,6 +323,8 @@ def render_table(report: Report, fit: int | None = None) -> str:
     out = [*_prose(f"ccswitch usage {report.since} .. {report.until} ({report.tz_name}{view}), made "
                    f"{made_at(report)}; database {report.db_path or '?'}; prices as of {report.prices_as_of}", fit), ""]
     out += main_lines(report, fit)
+    if report.total.reasoning:
+        out.append(f"Output includes {fmt_tokens(report.total.reasoning)} reasoning tokens.")
     if report.sessions():
         out += _prose(f"{report.sessions()} session(s) in the period; Moved = requests answered by another "
                       "upstream than the one their session was bound to", fit)

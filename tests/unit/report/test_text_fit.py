@@ -70,3 +70,11 @@ def test_two_long_names_that_would_shorten_alike_are_shown_whole(tmp_path):
     assert other not in summary and text.short_label(other) in summary      # a long name alone is still shortened
     assert f"  {opus41}" in out.split("By model:")[0]              # the day's group rows alike
     assert opus45 in render_html(build(db, MAR1, MAR1, by="model", now=NOW), [])
+
+
+def test_reasoning_tokens_are_said_in_the_text_and_the_page(tmp_path):
+    from tests.unit.report.test_views import make_db as make_rows_db
+    db = make_rows_db(tmp_path, [dict(ts="2026-03-01T02:00:00.000+00:00", output_tokens=5000, reasoning_tokens=1200)])
+    report = build(db, MAR1, MAR1, now=NOW)
+    assert "Output includes 1.2K reasoning tokens." in text.render_table(report)
+    assert "output includes 1.2K reasoning tokens" in render_html(report, [])
