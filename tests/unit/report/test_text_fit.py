@@ -74,7 +74,7 @@ def test_two_long_names_that_would_shorten_alike_are_shown_whole(tmp_path):
 
 def test_reasoning_tokens_are_said_in_the_text_and_the_page(tmp_path):
     from tests.unit.report.test_views import make_db as make_rows_db
-    db = make_rows_db(tmp_path, [dict(ts="2026-03-01T02:00:00.000+00:00", output_tokens=5000, reasoning_tokens=1200)])
+    db = make_rows_db(tmp_path, [dict(ts="2026-03-01T02:00:00.000+00:00", output_tokens=50_000, reasoning_tokens=12_000)])
     report = build(db, MAR1, MAR1, now=NOW)
-    assert "Output includes 1.2K reasoning tokens." in text.render_table(report)
-    assert "output includes 1.2K reasoning tokens" in render_html(report, [])
+    assert "Output includes 12.0K reasoning tokens." in text.render_table(report)
+    assert "output includes 12.0K reasoning tokens" in render_html(report, [])
