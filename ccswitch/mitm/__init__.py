@@ -33,7 +33,8 @@ def make_addons() -> list:
     # answers its own paths before the router and the gate see them; the gate follows the
     # router: it sees only the flows the router let pass untouched
     shield = KeyShield()
-    return [shield, EarlyRefusal(gateway, shield), RulesWatcher(gateway), ListenSafety(gateway), InterceptScope(gateway),
-            LivePage(gateway), WrongListener(),
+    # the unload guard first: its `load` may refuse a reload before the others load, its `done` is sure to run
+    return [UnloadGuard(), shield, EarlyRefusal(gateway, shield), RulesWatcher(gateway), ListenSafety(gateway),
+            InterceptScope(gateway), LivePage(gateway), WrongListener(),
             Router(gateway), SharedStateSync(gateway), ClientKeyGate(gateway), Commands(gateway), Activator(gateway),
-            Notifications(gateway), CollectorTuning(), SocketMessages(), UnloadGuard()]
+            Notifications(gateway), CollectorTuning(), SocketMessages()]

@@ -27,8 +27,9 @@ def hook_task(work: Coroutine[Any, Any, None], name: str) -> asyncio.Task:
 
 
 def pending() -> list[asyncio.Task]:
-    """The hook tasks still running (a stop's: requests in flight, the ledger's last rows)."""
-    return list(_running)
+    """The hook tasks still running on this loop (a stop's: requests in flight, the ledger's last rows)."""
+    loop = asyncio.get_running_loop()
+    return [task for task in _running if not task.done() and task.get_loop() is loop]
 
 
 def _finished(task: asyncio.Task) -> None:

@@ -139,8 +139,10 @@ class Router:
         # On a reload of the script the new addons take the new requests meanwhile, and the
         # client connections stay open.
         ending = stopping()
-        await self.shutdown.drain(self._in_flight, ctx.options.ccswitch_shutdown_grace, self._cut,
-                                  process_ends=ending)
+        # on a reload (or when mitmproxy dropped the script) these addons are out of its chain: no
+        # flow's end reaches them any more, so what is in flight is the work still running
+        await self.shutdown.drain(self._in_flight if ending else self._working, ctx.options.ccswitch_shutdown_grace,
+                                  self._cut, process_ends=ending)
         proxyserver = ctx.master.addons.get("proxyserver")
         closing = proxyserver is not None and ending
         if closing:   # no new connection while the bridged sockets are told to go
@@ -174,11 +176,21 @@ class Router:
         return [*self.jobs.values(), *(self.sockets.bridge.turning.values() if self.sockets else ())]
 
     def _in_flight(self) -> int:
-        # a job leaves `jobs` when its flow ends, its task a moment before or after; a bridged
-        # socket's turns are jobs of their own, never in `jobs`
-        turns = self.sockets.bridge.running if self.sockets else 0
-        return (max(len(self.jobs), len(self.inline) + (self.relay.running if self.relay else 0)) + turns
-                + len(self.gateway.probes))   # activation probes: their rows, too, go to the ledger
+        # a job leaves `jobs` when its flow ends, its task a moment before or after
+        return max(len(self.jobs), self._dialing()) + self._beside()
+
+    def _working(self) -> int:
+        """What is in flight once these addons are out of mitmproxy's chain (a reload, the script
+        dropped): no flow's end reaches them, so the work that still runs."""
+        return self._dialing() + self._beside()
+
+    def _dialing(self) -> int:
+        return len(self.inline) + (self.relay.running if self.relay else 0)
+
+    def _beside(self) -> int:
+        # a bridged socket's turns are jobs of their own, never in `jobs`; activation probes' rows
+        # go to the ledger too
+        return (self.sockets.bridge.running if self.sockets else 0) + len(self.gateway.probes)
 
     def _cut(self) -> None:
         for task in [*self.inline, *self.gateway.probes]:

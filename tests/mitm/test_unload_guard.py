@@ -1,22 +1,107 @@
+"""The unload guard in process: a reload after the package changed on disk stops ccswitch for a
+restart (and no later load serves); once ccswitch's addons are out of mitmproxy's chain with none
+to follow, a stand-in answers 503 and the proxy stops.  tests/e2e/test_script_unload.py runs it
+in mitmdump."""
+
+import asyncio
+import json
 import logging
 import os
 
-from mitmproxy.test import taddons
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import taddons, tflow
 
 from ccswitch.mitm import unload_guard
-from ccswitch.mitm.unload_guard import UnloadGuard
+from ccswitch.mitm.unload_guard import CLOSING, Closing, UnloadGuard, still_serving
 
 
-def test_a_reload_after_the_package_changed_on_disk_says_a_restart_runs_the_new_code(tmp_path, monkeypatch, caplog):
+@pytest.fixture
+def process(tmp_path, monkeypatch):
+    """A process of its own: the package mark a file of the test's, nothing loaded yet."""
     mark = tmp_path / "__init__.py"
     mark.write_text("")
     monkeypatch.setattr(unload_guard, "PACKAGE_MARK", mark)
-    monkeypatch.setattr(unload_guard, "_loaded_from", [])
+
+    class Fresh(unload_guard._Process):
+        first_load, loaded_from, stopping = True, None, False
+    monkeypatch.setattr(unload_guard, "_Process", Fresh)
+    return mark
+
+
+def test_a_reload_after_the_package_changed_on_disk_is_refused_for_a_restart_and_so_is_every_later_one(
+        process, caplog):
     caplog.set_level(logging.INFO, "ccswitch")
     with taddons.context():
         UnloadGuard().load(None)
         UnloadGuard().load(None)                    # an edit of addon.py alone: the package is the same
-        assert "restart ccswitch" not in caplog.text
-        os.utime(mark, (1, 1))                      # an upgrade rewrote the package
-        UnloadGuard().load(None)
-    assert "restart ccswitch to run the new version" in caplog.text
+        assert not caplog.records
+        os.utime(process, (1, 1))                   # an upgrade rewrote the package
+        for _ in range(2):                          # (the second: pip finished a moment later)
+            with pytest.raises(exceptions.OptionsError, match="ccswitch is stopping"):
+                UnloadGuard().load(None)
+    assert [r.getMessage() for r in caplog.records] == [unload_guard.UPGRADED]
+
+
+class Master:
+    """What `still_serving` reads of mitmproxy's master."""
+
+    def __init__(self, serving: bool) -> None:
+        self.should_exit = asyncio.Event()
+        self.added: list = []
+        self.stopped = False
+        self.serving = serving
+
+    @property
+    def addons(self):
+        master = self
+
+        class Addons:
+            def get(self, name):
+                if name == "router":
+                    return object() if master.serving else None
+                return next((a for a in master.added if type(a).__name__.lower() == name), None)
+
+            def add(self, addon):
+                master.added.append(addon)
+        return Addons()
+
+    def shutdown(self) -> None:
+        self.stopped = True
+
+
+async def test_a_reload_that_serves_again_stops_nothing(process):
+    master = Master(serving=True)
+    still_serving(master, 8)
+    await asyncio.sleep(0.05)
+    assert not master.added and not master.stopped and not unload_guard._Process.stopping
+
+
+async def test_with_none_serving_a_stand_in_refuses_and_the_proxy_stops_once_its_own_stop_is_over(process):
+    from ccswitch.mitm.lifecycle import hook_task
+    own_stop = asyncio.Event()
+    hook_task(own_stop.wait(), "router stop")        # ccswitch's own stop, still under way
+    master = Master(serving=False)
+    still_serving(master, 8)
+    still_serving(master, 8)                         # a second generation dropped: one stand-in, one stop
+    assert [type(a) for a in master.added] == [Closing] and unload_guard._Process.stopping
+    await asyncio.sleep(0.05)
+    assert not master.stopped                        # its requests in flight first
+    own_stop.set()
+    await asyncio.sleep(0.05)
+    assert master.stopped
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/chat/completions"])
+def test_the_stand_in_answers_503_in_the_request_s_api_and_refuses_a_connect(path):
+    with taddons.context():
+        flow = tflow.tflow()
+        flow.request.path = path
+        Closing().request(flow)
+        body = json.loads(flow.response.content)
+        assert flow.response.status_code == 503 and flow.response.headers["connection"] == "close"
+        assert CLOSING in json.dumps(body) and ("type" in body) is (path == "/v1/messages")
+        connect = tflow.tflow()
+        connect.request.method = "CONNECT"
+        Closing().http_connect(connect)
+        assert connect.response.status_code == 503
