@@ -12,17 +12,26 @@ mitmproxy spends.
 The freeze happens once per process, before any request: frozen objects that later become cyclic
 garbage are never collected, so freezing again at a script reload or when the option is turned
 back on would keep the requests in flight at that moment forever.
+
+Large bodies end as cyclic garbage too: mitmproxy type-checks a request's and a response's
+fields (`bytes | None`) by catching a TypeError, whose traceback holds the frame holding the body,
+so each flow's body outlives it until a collection that reaches it.  Those few objects do not
+bring one on, while a body is megabytes: a run of pasted screenshots held a gigabyte.  So every
+BODY_BUDGET bytes of bodies ended, the whole heap is collected once (milliseconds: startup's
+objects are frozen), tuned or not.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 
-from mitmproxy import ctx
+from mitmproxy import ctx, http
 
 from ccswitch.mitm.lifecycle import take_given_values
 
 YOUNG_THRESHOLD = 7000   # new containers between young collections (CPython's default: 700)
+BODY_BUDGET = 32 * 1024 * 1024    # bytes of ended flows' bodies between two full collections
 
 _startup_frozen = False   # per process: survives a reload of the script, which builds a new addon
 
@@ -31,6 +40,7 @@ class CollectorTuning:
     def __init__(self) -> None:
         self._running = False
         self._before: tuple[int, ...] | None = None   # the thresholds to give back
+        self._bodies = 0     # bytes of bodies ended since the last full collection
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -54,6 +64,20 @@ class CollectorTuning:
         else:
             self._untune()
             gc.unfreeze()   # all of it (CPython starts with a few hundred frozen): collected as usual
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._ended(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._ended(flow)
+
+    def _ended(self, flow: http.HTTPFlow) -> None:
+        answer = flow.response.raw_content if flow.response is not None else None
+        self._bodies += len(flow.request.raw_content or b"") + len(answer or b"")
+        if self._bodies >= BODY_BUDGET and gc.get_threshold()[0]:    # (0: the user turned collection off)
+            self._bodies = 0
+            # once this flow, whose answer goes out after the hook, has let go of its body too
+            asyncio.get_running_loop().call_later(0.1, gc.collect)
 
     def done(self) -> None:
         """The thresholds go back; what was frozen at the start stays so (a reload builds a new
