@@ -278,11 +278,12 @@ class Connection(asyncio.Protocol):
             else:
                 self.transport.close()
 
-    async def send(self, data: bytes) -> bool:
-        """Write `data`: `sent`."""
+    async def send(self, *parts: bytes) -> bool:
+        """Write the `parts`, in turn: `sent`."""
         if self._eof:
             raise WriteError("connection closed before the request was sent")
-        self.transport.write(data)
+        for data in parts:
+            self.transport.write(data)
         return not self._write_paused or await self.sent()
 
     async def sent(self) -> bool:

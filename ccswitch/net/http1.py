@@ -54,6 +54,8 @@ __all__ = ["DIRECT", "ConnectError", "ConnectTimeout", "MalformedAnswer", "NoFre
            "WriteError", "open_tcp", "opener", "split_url", "ssl_context_for"]
 
 _BODYLESS_METHODS = frozenset({"GET", "DELETE", "OPTIONS"})
+#: a body at least this long is written after its head rather than copied into one piece with it
+APART_FROM = 256 * 1024
 
 
 def ssl_context_for(*, insecure: bool = False, ca_file: str | None = None,
@@ -182,13 +184,14 @@ class UpstreamClient:
             request, keep_alive = request_head(method, target, extra + list(headers))
         except ValueError as exc:
             raise Unsendable(f"cannot send this request: {exc}") from None
-        wire = request + body if body else request
+        # one write, one system call; a large body goes after its head instead of into a copy with it
+        wire = (request + body,) if len(body) < APART_FROM else (request, body)
         for fresh_retry in (False, True):
             connection = await self._checkout((via.upstream, via.proxy, origin), via.max_connections,
                                               connect_timeout, fresh=fresh_retry, on_slot=on_slot)
             try:
                 connection.expect_answer(keep_alive)
-                if not await connection.send(wire) and (head := await _early_answer(connection)) is not None:
+                if not await connection.send(*wire) and (head := await _early_answer(connection)) is not None:
                     return Response(self, connection, head)
                 head = await _response_head(connection)
                 if head.status_code == 408 and connection.reused and not fresh_retry \

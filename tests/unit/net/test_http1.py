@@ -113,6 +113,26 @@ async def get_body(c: http1.UpstreamClient, url: str, body: bytes = b"{}", **kw)
 
 # ---------------------------------------------------------------------- framing and pooling
 
+@pytest.mark.parametrize("size", [100, http1.APART_FROM])
+async def test_a_small_request_goes_in_one_write_and_a_large_body_after_its_head_uncopied(size, monkeypatch):
+    from ccswitch.net.connection import Connection
+    written, real_send = [], Connection.send
+
+    async def send(self, *parts):
+        written.append(parts)
+        return await real_send(self, *parts)
+    monkeypatch.setattr(Connection, "send", send)
+    body = b"{" + b" " * (size - 2) + b"}"
+    async with RawServer(ok(b"ok")) as server, client() as c:
+        assert await get_body(c, server.url, body) == (200, b"ok")
+        assert server.requests[0][1] == body                   # whole at the upstream either way
+    (parts,) = written
+    if size < http1.APART_FROM:
+        assert len(parts) == 1 and parts[0].endswith(b"\r\n\r\n" + body)
+    else:                                                      # not copied into one piece with its head
+        assert len(parts) == 2 and parts[0].endswith(b"\r\n\r\n") and parts[1] is body
+
+
 async def test_request_framing_host_length_encoding_and_the_clients_headers():
     async with RawServer() as server, client() as c:
         assert await get_body(c, server.url, b'{"a": 1}') == (200, b"default")
