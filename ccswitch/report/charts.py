@@ -26,6 +26,9 @@ from ccswitch.report.text import visible_controls
 SIZE = (10, 4.5)
 DPI = 110
 MAX_SERIES = 8          # more upstreams/routes than this: the smallest go into "other"
+# upstreams' colours: tab10's, then tab20's lighter ones (one colour each for 20 upstreams)
+OTHER = "\0other"       # the key of the rest in a chart's series: no upstream's name
+PALETTE = (*plt.get_cmap("tab10").colors, *plt.get_cmap("tab20").colors[1::2])
 TOKEN_COLORS = {"input": "#4C78A8", "cache write (5 min)": "#F58518", "cache write (1 h)": "#E45756",
                 "cache read": "#72B7B2", "output": "#54A24B"}
 CHART_FILES = ("tokens.png", "cost.png", "requests.png", "cache_hit.png", "latency.png")
@@ -155,7 +158,7 @@ def _per_row(spans: list[Span], dim: str, labels: list[str], value: Callable[[To
             out[label].append(value(groups[label]) if label in groups else 0.0)
         other.append(sum(value(t) for k, t in groups.items() if k not in labels))
     if any(other):
-        out["other"] = other
+        out[OTHER] = other
     return out
 
 
@@ -199,10 +202,9 @@ def chart_tokens(report: Report, path: Path) -> Path:
 def upstream_colors(report: Report, names: list[str]) -> dict[str, tuple]:
     """One colour per upstream in every chart of a report (the cost and the latency chart name it
     alike): by its place in the report's summary, costliest first; one the summary lacks, after."""
-    palette = plt.get_cmap("tab10").colors
     ranked = [name for name, _ in sorted_groups(report.summary["upstream"])]
     ranked += [name for name in names if name not in ranked]
-    return {name: palette[i % len(palette)] for i, name in enumerate(ranked) if name in names}
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(ranked) if name in names}
 
 
 def chart_cost(report: Report, path: Path) -> Path:
@@ -211,11 +213,11 @@ def chart_cost(report: Report, path: Path) -> Path:
     series = _per_row(axis.spans, "upstream", labels, lambda t: t.cost)
     fig, ax = plt.subplots(figsize=SIZE)
     series = {name: values for name, values in series.items() if any(values)}
-    colors = upstream_colors(report, [name for name in series if name != "other"])
-    if "other" in series:       # the legend says how many it holds
-        rest = len(report.summary["upstream"]) - len(labels)
-        series[f"{rest} other upstreams"] = series.pop("other")
-        colors[f"{rest} other upstreams"] = "#999999"
+    colors = upstream_colors(report, [name for name in series if name != OTHER])
+    if OTHER in series:       # the legend says how many it holds
+        rest = sum(1 for name, t in report.summary["upstream"].items() if name not in labels and t.cost)
+        label = f"{rest} other upstream{'s' if rest != 1 else ''}"
+        series[label], colors[label] = series.pop(OTHER), "#999999"
     _stack(ax, axis, series, colors)
     ax.set_title(f"Cost {axis.per_row()} by upstream (list price × price_multiplier)\n{_subtitle(report)}",
                  fontsize=11)

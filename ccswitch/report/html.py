@@ -162,8 +162,9 @@ def render_html(report: Report, charts: list[Path]) -> str:
             parts.append("<p>No claude requests in the period.</p>")
     for dim in report.summarised:
         parts.append(f"<h2>By {escape(dim)}</h2>")
-        if dim == "upstream" and report.attempts:
-            parts.append(f'<p class="meta">{escape(RESCUED.strip(" ()").capitalize())}.</p>')
+        if dim == "upstream" and attempts.worth_showing(report.attempts):
+            note = RESCUED.strip("()")
+            parts.append(f'<p class="meta">{escape(note[:1].upper() + note[1:])}.</p>')
         parts.append(_summary_table(report, dim))
     if report.hit_upstreams():
         parts.append(f"<h2>{escape(hit_title(report).replace(' %', ''))}</h2>")

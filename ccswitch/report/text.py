@@ -23,6 +23,7 @@ from ccswitch.report.latency import LatencyStats
 from ccswitch.report.timeline import period_label, period_start
 
 LABEL_WIDTH = 40        # longer labels (session keys can be long) are shortened in the table, kept whole in JSON
+LONGEST_LABEL = 120     # what two labels that shorten alike may take to tell them apart
 VIEW_HEADS = {"day": "Day", "hour": "Hour", "week": "Week", "month": "Month"}
 
 # --------------------------------------------------------------------------- cells
@@ -94,11 +95,21 @@ def short_label(label: str, width: int = LABEL_WIDTH) -> str:
 
 
 def short_labels(labels: Iterable[str]) -> dict[str, str]:
-    """Each label as a table shows it: shortened, unless that would show two alike (two model names
-    that differ only in their middle: the version), which are then shown whole."""
+    """Each label as a table shows it: shortened, and those that would then read alike (two model
+    names that differ only in their middle: the version) shortened less, up to LONGEST_LABEL."""
     shown = {label: short_label(label) for label in labels}
-    seen = Counter(shown.values())
-    return {label: label if seen[short] > 1 else short for label, short in shown.items()}
+    for room in (*range(LABEL_WIDTH + 10, LONGEST_LABEL + 1, 10), None):
+        seen = Counter(shown.values())
+        alike = sorted(label for label, short in shown.items() if seen[short] > 1)
+        if not alike:
+            break
+        if room is None:      # still alike at the longest: told apart by a number, in the labels' order
+            for short in {shown[label] for label in alike}:
+                same = [label for label in alike if shown[label] == short]
+                shown.update((label, f"{short} ({n})") for n, label in enumerate(same, 1))
+            break
+        shown.update((label, short_label(label, room)) for label in alike)
+    return shown
 
 
 def sent_as(span: Span, model: str) -> str:

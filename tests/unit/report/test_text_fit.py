@@ -78,3 +78,15 @@ def test_reasoning_tokens_are_said_in_the_text_and_the_page(tmp_path):
     report = build(db, MAR1, MAR1, now=NOW)
     assert "Output includes 12.0K reasoning tokens." in text.render_table(report)
     assert "output includes 12.0K reasoning tokens" in render_html(report, [])
+
+
+def test_labels_alike_when_shortened_are_shortened_less_but_not_without_end():
+    head, tail = "m" * 150, "z" * 150
+    one, two, alone = head + "-4-1-" + tail, head + "-4-5-" + tail, "solo-" + "q" * 200
+    shown = text.short_labels([one, two, alone])
+    assert shown[alone] == text.short_label(alone) and len(shown[alone]) == text.LABEL_WIDTH
+    # alike even at the longest (they differ only at their middle): told apart by a number
+    assert (shown[one], shown[two]) == (text.short_label(one, text.LONGEST_LABEL) + " (1)",
+                                        text.short_label(two, text.LONGEST_LABEL) + " (2)")
+    near = [head[:30] + "-4-1-" + tail[:30], head[:30] + "-4-5-" + tail[:30]]    # 65 long: 70 tells them apart
+    assert list(text.short_labels(near).values()) == near

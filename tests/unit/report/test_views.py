@@ -473,3 +473,11 @@ def test_the_cost_chart_s_grey_bar_says_how_many_upstreams_it_holds(tmp_path, mo
     page = render_html(build(make_db(tmp_path, [dict(ts="2026-03-02T01:00:00.000+00:00", cache_creation_tokens=1_264_586,
                                                      cache_creation_1h_tokens=1_264_586)], "h.db"), MAR2, MAR2), [])
     assert "1-hour writes (1.26M tokens" in page
+
+
+def test_twenty_upstreams_have_twenty_colours(tmp_path):
+    from ccswitch.report.charts import upstream_colors
+    db = make_db(tmp_path, [dict(ts="2026-03-02T01:00:00.000+00:00", input_tokens=1000 * (i + 1), upstream=f"up-{i}")
+                            for i in range(20)])
+    colors = upstream_colors(build(db, MAR2, MAR2), [f"up-{i}" for i in range(20)])
+    assert len(set(colors.values())) == 20
