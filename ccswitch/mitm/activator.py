@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from mitmproxy import command, exceptions
+from mitmproxy import exceptions
 
 from ccswitch.activation.history import PastProbe, restore
 from ccswitch.activation.probe import ProbeResult, Schedule, Slot, send_probe
@@ -16,7 +16,7 @@ from ccswitch.clock import ms_since, utc_now
 from ccswitch.config.models import Rules, Upstream
 from ccswitch.dial.shutdown import CUT_BY_SHUTDOWN
 from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
-from ccswitch.mitm.commands import known_upstream
+from ccswitch.mitm.commands import ccswitch_command, known_upstream
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.mitm.lifecycle import hook_task
 from ccswitch.net import http1
@@ -187,7 +187,7 @@ class Activator:
         else:
             log.warning("ccswitch: activation probe for %s failed: %s", upstream.name, result.error)
 
-    @command.command("ccswitch.activate")
+    @ccswitch_command("ccswitch.activate")
     def activate(self, name: str) -> str:
         """Send NAME's activation probe now; the result goes to the event log and the ledger."""
         upstream = known_upstream(self.gateway.rules, name)

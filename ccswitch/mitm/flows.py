@@ -329,10 +329,21 @@ def went_wrong(job: Job) -> str | None:
     return None
 
 
+#: the flow's metadata key saying its ⚠ is ccswitch's (a replay takes only that one off)
+MARKED = "ccswitch_marked"
+
+
 def mark_for_a_look(flow: http.HTTPFlow) -> None:
     """⚠ in mitmweb's list, unless the flow carries a mark of the user's own."""
     if not flow.marked:
         flow.marked = WARNING
+        flow.metadata[MARKED] = True
+
+
+def unmark(flow: http.HTTPFlow) -> None:
+    """ccswitch's ⚠ off (a replay's own attempts say whether it failed over); a user's stays."""
+    if flow.metadata.pop(MARKED, False) and flow.marked == WARNING:
+        flow.marked = ""
 
 
 def show_outcome(flow: http.HTTPFlow, job: Job) -> None:

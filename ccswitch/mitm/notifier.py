@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from mitmproxy import command, ctx, exceptions
+from mitmproxy import ctx, exceptions
 
+from ccswitch.mitm.commands import ccswitch_command
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.mitm.lifecycle import hook_task
 from ccswitch.net import http1
@@ -69,7 +70,7 @@ class Notifications:
         if self.client is not None:
             await self.client.aclose()
 
-    @command.command("ccswitch.notify.test")   # mitmweb runs only names of [a-z.]
+    @ccswitch_command("ccswitch.notify.test")   # mitmweb runs only names of [a-z.]
     def notify_test(self) -> str:
         """Send a test event to every notify hook now; each hook's result goes to the event log."""
         hooks = self.gateway.rules.notify

@@ -7,7 +7,7 @@ import json
 
 from mitmproxy import http
 
-from ccswitch.mitm.flows import WARNING, body_digest
+from ccswitch.mitm.flows import body_digest, unmark
 from ccswitch.routing.admission import parse_body
 
 
@@ -20,8 +20,7 @@ def as_the_client_sent(flow: http.HTTPFlow) -> str | None:
     and lose what does not fit, a Chat request's system prompt among them), else None."""
     meta, request = flow.metadata["ccswitch"], flow.request
     upstream, shown_model = meta.get("upstream"), meta.get("upstream_model")
-    if flow.marked == WARNING:     # the replay's own attempts say whether it failed over
-        flow.marked = ""
+    unmark(flow)
     for key in ("upstream", "upstream_model", "attempts", "error"):    # the original's, not the replay's
         meta.pop(key, None)
     if (url := meta.get("client_url")) and meta.get("shown_url", request.url) == request.url:

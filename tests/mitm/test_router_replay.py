@@ -218,14 +218,18 @@ def test_a_converted_body_is_marked_so_though_no_upstream_answered():
     assert job.upstream is None and flow.metadata["ccswitch"]["shown_protocol"] == "anthropic"
 
 
-async def test_a_replay_of_a_flow_marked_for_its_failover_starts_unmarked(served):
-    # the mark said the original failed over; the replay's own attempts say whether it does
-    from ccswitch.mitm.flows import WARNING
+@pytest.mark.parametrize("whose", ["ccswitch's", "the user's"])
+async def test_a_replay_of_a_flow_marked_for_its_failover_starts_unmarked_but_a_user_s_mark_stays(served, whose):
+    # ccswitch's mark said the original failed over; the replay's own attempts say whether it does
+    from ccswitch.mitm.flows import WARNING, mark_for_a_look
     router, dialer, _ = served
     flow = await routed_once(router)
-    flow.marked = WARNING
+    if whose == "ccswitch's":
+        mark_for_a_look(flow)
+    else:
+        flow.marked = WARNING           # set in mitmweb: the same mark, the user's
     await replay(router, flow)
-    assert len(dialer.jobs) == 2 and flow.marked == ""
+    assert len(dialer.jobs) == 2 and flow.marked == ("" if whose == "ccswitch's" else WARNING)
 
 
 async def test_a_replay_keeps_the_user_s_own_note_and_replaces_only_ccswitch_s_word(served):
