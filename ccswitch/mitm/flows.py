@@ -17,7 +17,7 @@ from mitmproxy.utils.strutils import always_str
 from ccswitch.config.models import Rules
 from ccswitch.dial.job import CLIENT_CLOSED, KILLED, Job
 from ccswitch.dial.render import upstream_url
-from ccswitch.report.text import printable
+from ccswitch.report.terminal import printable
 from ccswitch.routing.classify import classify
 from ccswitch.vocab import CLIENT_PROTOCOL, Protocol
 from ccswitch.wire import protocols

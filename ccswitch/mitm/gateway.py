@@ -25,7 +25,7 @@ from ccswitch.mitm.lifecycle import hook_task
 from ccswitch.net import http1
 from ccswitch.report.live import LiveBoard
 from ccswitch.report.spend import LedgerSpend, RowPrices, ledger_spend
-from ccswitch.report.text import printable
+from ccswitch.report.terminal import printable
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard, period_start
 from ccswitch.routing.events import Events

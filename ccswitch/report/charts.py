@@ -21,7 +21,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
 from ccswitch.report.data import Report, Span, Totals, shortened, sorted_groups
 from ccswitch.report.latency import LatencyStats, Timing, stats
-from ccswitch.report.text import visible_controls
+from ccswitch.report.terminal import visible_controls
 
 SIZE = (10, 4.5)
 DPI = 110

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ccswitch.report import attempts
 from ccswitch.report.data import Report, fmt_tokens, sorted_groups
+from ccswitch.report.terminal import short_labels, visible_controls
 from ccswitch.report.text import (
     ACTIVATION_COLUMNS,
     ATTEMPTS_TITLE,
@@ -30,9 +31,7 @@ from ccswitch.report.text import (
     main_rows,
     row_cells,
     sent_as,
-    short_labels,
     summary_digits,
-    visible_controls,
 )
 
 

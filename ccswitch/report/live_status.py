@@ -17,7 +17,7 @@ from ccswitch.clock import wall_text
 from ccswitch.config.models import Rules
 from ccswitch.dial.job import Job
 from ccswitch.report.live import LiveBoard, Served
-from ccswitch.report.text import visible_controls
+from ccswitch.report.terminal import visible_controls
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard
 from ccswitch.routing.health import HealthBoard

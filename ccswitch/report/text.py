@@ -9,10 +9,6 @@ a "$0.01" total; the HTML headline uses the main table's precision.
 from __future__ import annotations
 
 import math
-import re
-import textwrap
-import unicodedata
-from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
@@ -20,10 +16,9 @@ from ccswitch.money import cost_digits
 from ccswitch.report import attempts
 from ccswitch.report.data import BlockSpan, Report, Span, Totals, fmt_tokens, sorted_groups
 from ccswitch.report.latency import LatencyStats
+from ccswitch.report.terminal import printable, prose, short_label, short_labels, table_lines
 from ccswitch.report.timeline import period_label, period_start
 
-LABEL_WIDTH = 40        # longer labels (session keys can be long) are shortened in the table, kept whole in JSON
-LONGEST_LABEL = 120     # what two labels that shorten alike may take to tell them apart
 VIEW_HEADS = {"day": "Day", "hour": "Hour", "week": "Week", "month": "Month"}
 
 # --------------------------------------------------------------------------- cells
@@ -65,53 +60,6 @@ def fmt_left(left: timedelta) -> str:
     return f"{minutes // 60}h {minutes % 60:02d}m"
 
 
-def printable(text: str) -> str:
-    """Text a terminal shows as it is: a model name or session key is the client's to choose, and
-    its control characters (escape sequences, line breaks) are written as escapes, not obeyed."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
-#: control characters, and those that reorder the text around them: a client's model may carry them
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
-def visible_controls(text: str) -> str:
-    r"""`text` with each control character shown as its escape (`\n`, `\u202e`): a model name
-    `claude-\u202eevil\u202c-sonnet` or `my-odd\nname` must not read as another one on a page,
-    where a line break shows as a blank (`printable`, for a terminal, escapes every character
-    it would not print; a page keeps the rest, emoji sequences' joiners among them)."""
-    return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
-
-
-def short_label(label: str, width: int = LABEL_WIDTH) -> str:
-    """Head and tail of a long label: session keys differ at the end (a UUID) as often as at the start.
-    ASCII dots, so a terminal without UTF-8 prints it too."""
-    if len(label) <= width:
-        return label
-    tail = (width - 3) // 2
-    return label[:width - 3 - tail] + "..." + label[-tail:]
-
-
-def short_labels(labels: Iterable[str]) -> dict[str, str]:
-    """Each label as a table shows it: shortened, and those that would then read alike (two model
-    names that differ only in their middle: the version) shortened less, up to LONGEST_LABEL."""
-    shown = {label: short_label(label) for label in labels}
-    for room in (*range(LABEL_WIDTH + 10, LONGEST_LABEL + 1, 10), None):
-        seen = Counter(shown.values())
-        alike = sorted(label for label, short in shown.items() if seen[short] > 1)
-        if not alike:
-            break
-        if room is None:      # still alike at the longest: told apart by a number, in the labels' order
-            for short in {shown[label] for label in alike}:
-                same = [label for label in alike if shown[label] == short]
-                shown.update((label, f"{short} ({n})") for n, label in enumerate(same, 1))
-            break
-        shown.update((label, short_label(label, room)) for label in alike)
-    return shown
-
-
 def sent_as(span: Span, model: str) -> str:
     """What the client's ``model`` went upstream as, most requests first: '' when always as named."""
     targets = span.sent_as.get(model, {})
@@ -143,66 +91,11 @@ def latency_cells(s: LatencyStats) -> list[str]:
     return [str(s.requests), fmt_ms(s.latency_p50), fmt_ms(s.latency_p95), fmt_ms(s.ttfb_p50), fmt_ms(s.ttfb_p95)]
 
 
-def width(text: str) -> int:
-    """The columns `text` takes in a terminal: a wide character (CJK, most emoji) takes two, a
-    combining mark none; `len` put the columns after such a name out of line."""
-    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
-
-
-def _padded(text: str, columns: int, left: bool) -> str:
-    pad = " " * max(0, columns - width(text))
-    return text + pad if left else pad + text
-
-
-def column_blocks(widths: list[int], fit: int | None) -> list[list[int]]:
-    """A table's columns in blocks that each fit in ``fit`` terminal columns, each led by the first
-    (the rows' labels): a narrow terminal gets the table in pieces, one under the other, instead of
-    every row wrapped over two lines.  ``fit`` None (a file, a pipe): one block."""
-    every = list(range(len(widths)))
-    if fit is None or sum(widths) + 2 * (len(widths) - 1) <= fit:
-        return [every]
-    blocks, block, used = [], [], widths[0]
-    for i in every[1:]:
-        if block and used + 2 + widths[i] > fit:
-            blocks.append([0, *block])
-            block, used = [], widths[0]
-        block.append(i)
-        used += 2 + widths[i]
-    return [*blocks, [0, *block]]
-
-
-def _table_lines(rows: list[list[str]], is_left, rules_before: set[int] = frozenset(),
-                 fit: int | None = None) -> list[str]:
-    """Lines of a table whose first row is its head (`is_left(i)`: column i is left-aligned), with a
-    rule under the head and before each body row in ``rules_before``; in blocks when ``fit`` asks."""
-    widths = [max(width(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out: list[str] = []
-    for block in column_blocks(widths, fit):
-        shown = {i: widths[i] for i in block}
-        last = block[-1]
-        if fit is not None and len(block) == 2 and is_left(last) and widths[0] + 2 + widths[last] > fit:
-            shown[last] = max(fit - widths[0] - 2, 20)     # a text alone too wide: wrapped within its column
-
-        def lines(row: list[str], block: list[int] = block, shown: dict[int, int] = shown) -> list[str]:
-            pieces = {i: (textwrap.wrap(row[i], shown[i], break_long_words=False) or [""]) if shown[i] < widths[i]
-                      else [row[i]] for i in block}
-            return ["  ".join(_padded(pieces[i][n] if n < len(pieces[i]) else "", shown[i], is_left(i))
-                              for i in block).rstrip() for n in range(max(map(len, pieces.values())))]
-
-        sep = "  ".join("-" * shown[i] for i in block)
-        out += [*([""] if out else []), *lines(rows[0]), sep]
-        for n, row in enumerate(rows[1:]):
-            if n in rules_before:
-                out.append(sep)
-            out += lines(row)
-    return out
-
-
 def _grid(head: str, rows: list[tuple[str, list[str]]], rules_before: set[int] = frozenset(),
           columns: tuple[str, ...] = COLUMNS, left: int = 1, fit: int | None = None) -> list[str]:
     """A text table; the first ``left`` columns are left-aligned, the rest right-aligned."""
     table = [[printable(c) for c in (head, *columns)], *([printable(c) for c in (label, *values)] for label, values in rows)]
-    return _table_lines(table, lambda i: i < left, rules_before, fit)
+    return table_lines(table, lambda i: i < left, rules_before, fit)
 
 
 # --------------------------------------------------------------------------- the views
@@ -321,45 +214,38 @@ def made_at(report: Report) -> str:
     return report.now.astimezone(report.tz).strftime("%Y-%m-%d %H:%M")
 
 
-def _prose(text: str, fit: int | None, indent: str = "") -> list[str]:
-    """A line of text, wrapped at word ends where ``fit`` is narrower."""
-    if fit is None or width(text) <= fit:
-        return [text]
-    return textwrap.wrap(text, fit, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False)
-
-
 def render_table(report: Report, fit: int | None = None) -> str:
     """The text report; ``fit``: the terminal's width, which a table wider than it is fitted to."""
     view = "" if report.view == "day" else f"; by {report.view}"
-    out = [*_prose(f"ccswitch usage {report.since} .. {report.until} ({report.tz_name}{view}), made "
+    out = [*prose(f"ccswitch usage {report.since} .. {report.until} ({report.tz_name}{view}), made "
                    f"{made_at(report)}; database {report.db_path or '?'}; prices as of {report.prices_as_of}", fit), ""]
     out += main_lines(report, fit)
     if report.total.reasoning:
         out.append(f"Output includes {fmt_tokens(report.total.reasoning)} reasoning tokens.")
     if report.sessions():
-        out += _prose(f"{report.sessions()} session(s) in the period; Moved = requests answered by another "
+        out += prose(f"{report.sessions()} session(s) in the period; Moved = requests answered by another "
                       "upstream than the one their session was bound to", fit)
     if report.blocks is not None:
-        out += ["", *_prose(blocks_title(report) + ":", fit), *block_lines(report, fit)]
+        out += ["", *prose(blocks_title(report) + ":", fit), *block_lines(report, fit)]
     dim = report.by or "upstream"
     out += ["", f"By {dim}:", *summary_lines(report, dim, fit)]
     if dim == "upstream" and attempts.worth_showing(report.attempts):
-        out += _prose(RESCUED, fit)
+        out += prose(RESCUED, fit)
     if report.by != "upstream" and report.hit_upstreams():   # with --by upstream the day rows show it
         out += ["", hit_title(report) + ":"]
         out += hit_lines(report, fit)
     if len(report.timings):
-        out += ["", *_prose("Latency and time to first byte (successful answers; p50 / p95):", fit),
+        out += ["", *prose("Latency and time to first byte (successful answers; p50 / p95):", fit),
                 *latency_lines(report, fit)]
     if attempts.worth_showing(report.attempts):
-        out += ["", *_prose(ATTEMPTS_TITLE + ":", fit), *attempt_lines(report, fit)]
+        out += ["", *prose(ATTEMPTS_TITLE + ":", fit), *attempt_lines(report, fit)]
     if report.activations:
         out += ["", "Activation probes:"]
         out += activation_lines(report, fit)
     if report.notes:
         out.append("")
         for note in report.notes:
-            out += _prose(f"note: {printable(note)}", fit, indent="  ")
+            out += prose(f"note: {printable(note)}", fit, indent="  ")
     return "\n".join(out)
 
 
@@ -392,7 +278,7 @@ RESCUED = "(a failover counts for the upstream that answered; attempts per upstr
 
 
 def _columns(head: tuple[str, ...], body: list[list[str]], left: set[int], fit: int | None = None) -> list[str]:
-    return _table_lines([list(head), *([printable(c) for c in row] for row in body)], left.__contains__, fit=fit)
+    return table_lines([list(head), *([printable(c) for c in row] for row in body)], left.__contains__, fit=fit)
 
 
 def activation_lines(report: Report, fit: int | None = None) -> list[str]:

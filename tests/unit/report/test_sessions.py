@@ -12,7 +12,7 @@ import pytest
 from ccswitch.cli import report as report_cli
 from ccswitch.config.load import parse_rules
 from ccswitch.ledger import schema
-from ccswitch.report import text
+from ccswitch.report import terminal, text
 from ccswitch.report.data import NO_SESSION, Report, build_report
 from ccswitch.report.html import render_html
 from tests.unit.report.test_report import RULES, insert_request, write_rules
@@ -114,8 +114,8 @@ def test_by_session_groups_each_day_and_sums_the_period(session_db):
 
 def test_by_session_table_shortens_long_keys_and_names_the_rest(session_db):
     out = text.render_table(build(session_db, by="session"))
-    short = text.short_label(LONG)
-    assert len(short) == text.LABEL_WIDTH and short.startswith("user_abab") and short.endswith("123456789abc")
+    short = terminal.short_label(LONG)
+    assert len(short) == terminal.LABEL_WIDTH and short.startswith("user_abab") and short.endswith("123456789abc")
     assert LONG not in out and f"  {short}" in out and "(no session)" in out
     assert "By session:" in out and "3 session(s)" in out
     header = out.splitlines()[2].split()
@@ -205,5 +205,5 @@ def test_wide_characters_in_names_keep_the_columns_in_line():
     # an emoji or CJK name takes two terminal columns: padded by len(), its row's columns shifted
     lines = text._grid("Model", [("🦄-unicorn", ["1", "2"]), ("会话-x", ["3", "4"]), ("plain", ["5", "6"])],
                        columns=("A", "B"))
-    ends = {text.width(line) for line in lines}
-    assert len(ends) == 1 and text.width("🦄会e\u0301") == 5
+    ends = {terminal.width(line) for line in lines}
+    assert len(ends) == 1 and terminal.width("🦄会e\u0301") == 5

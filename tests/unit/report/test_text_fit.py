@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ccswitch.report import text
+from ccswitch.report import terminal, text
 from ccswitch.report.html import render_html
 from tests.unit.report.test_attempts import MAR1, make_db
 from tests.unit.report.test_views import build, cli
@@ -23,7 +23,7 @@ NOW = datetime(2026, 3, 1, 12, 34, tzinfo=UTC)      # 20:34 in the rules' Asia/S
     ([10, 30, 8], 20, [[0, 1], [0, 2]]),              # a column wider than the rest of the line: alone
 ])
 def test_columns_fall_into_blocks_each_led_by_the_labels(widths, fit, blocks):
-    assert text.column_blocks(widths, fit) == blocks
+    assert terminal.column_blocks(widths, fit) == blocks
 
 
 @pytest.mark.parametrize("fit", [60, 80])
@@ -67,7 +67,7 @@ def test_two_long_names_that_would_shorten_alike_are_shown_whole(tmp_path):
     out = text.render_table(build(db, MAR1, MAR1, by="model", now=NOW))
     summary = out.split("By model:\n")[1]
     assert opus41 in summary and opus45 in summary                 # the version is where they differ
-    assert other not in summary and text.short_label(other) in summary      # a long name alone is still shortened
+    assert other not in summary and terminal.short_label(other) in summary      # a long name alone is still shortened
     assert f"  {opus41}" in out.split("By model:")[0]              # the day's group rows alike
     assert opus45 in render_html(build(db, MAR1, MAR1, by="model", now=NOW), [])
 
@@ -83,10 +83,10 @@ def test_reasoning_tokens_are_said_in_the_text_and_the_page(tmp_path):
 def test_labels_alike_when_shortened_are_shortened_less_but_not_without_end():
     head, tail = "m" * 150, "z" * 150
     one, two, alone = head + "-4-1-" + tail, head + "-4-5-" + tail, "solo-" + "q" * 200
-    shown = text.short_labels([one, two, alone])
-    assert shown[alone] == text.short_label(alone) and len(shown[alone]) == text.LABEL_WIDTH
+    shown = terminal.short_labels([one, two, alone])
+    assert shown[alone] == terminal.short_label(alone) and len(shown[alone]) == terminal.LABEL_WIDTH
     # alike even at the longest (they differ only at their middle): told apart by a number
-    assert (shown[one], shown[two]) == (text.short_label(one, text.LONGEST_LABEL) + " (1)",
-                                        text.short_label(two, text.LONGEST_LABEL) + " (2)")
+    assert (shown[one], shown[two]) == (terminal.short_label(one, terminal.LONGEST_LABEL) + " (1)",
+                                        terminal.short_label(two, terminal.LONGEST_LABEL) + " (2)")
     near = [head[:30] + "-4-1-" + tail[:30], head[:30] + "-4-5-" + tail[:30]]    # 65 long: 70 tells them apart
-    assert list(text.short_labels(near).values()) == near
+    assert list(terminal.short_labels(near).values()) == near
