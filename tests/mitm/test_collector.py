@@ -139,3 +139,43 @@ async def test_every_32_mib_of_bodies_ended_the_heap_is_collected_once(collector
         assert left() is None
     finally:
         gc.enable()
+
+
+def flow_with(request: int, answer: int):
+    from mitmproxy.test import tflow, tutils
+    return tflow.tflow(req=tutils.treq(content=b"x" * request), resp=tutils.tresp(content=b"y" * answer))
+
+
+async def collected_after(addon, flow) -> bool:
+    """Whether a cycle made before the flow's end was collected after it (automatic collection off)."""
+    import asyncio
+    garbage = InFlight()
+    left = weakref.ref(garbage)
+    del garbage
+    addon.response(flow)
+    await asyncio.sleep(0.2)
+    return left() is None
+
+
+async def test_bodies_reaching_the_budget_exactly_answers_counted_bring_one_collection_and_count_afresh(collector):
+    addon, _ = collector
+    gc.disable()
+    try:
+        budget = 32 * 1024 * 1024                 # (BODY_BUDGET)
+        assert await collected_after(addon, flow_with(2, budget - 2))          # the answer's bytes count
+        assert not await collected_after(addon, flow_with(budget // 2, 0))     # counted afresh after it
+        assert await collected_after(addon, flow_with(budget // 2, 0))
+    finally:
+        gc.enable()
+
+
+async def test_with_automatic_collection_turned_off_by_the_user_bodies_bring_no_collection(collector):
+    addon, _ = collector
+    before = gc.get_threshold()
+    gc.disable()
+    gc.set_threshold(0)
+    try:
+        assert not await collected_after(addon, flow_with(collector_module.BODY_BUDGET, 0))
+    finally:
+        gc.set_threshold(*before)
+        gc.enable()

@@ -996,3 +996,43 @@ async def test_a_running_stream_s_comments_keep_the_user_s_note(router):
     flow.response = tutils.tresp(headers=http.Headers(content_type="text/event-stream"))
     router.responseheaders(flow)
     assert flow.comment.startswith("mine\nccswitch: a: 200") and flow.comment.count("ccswitch:") == 1
+
+
+async def test_what_a_stop_waits_for_counts_the_relay_s_streams_and_probes_not_flows_whose_end_it_no_longer_sees(
+        router, gateway):
+    forever = asyncio.Event()
+    streaming = asyncio.ensure_future(forever.wait())
+    router.relay._track(streaming)                  # a stream the relay serves, its flow out of `jobs`
+    assert (router._in_flight(), router._working()) == (1, 1)
+    probe = asyncio.ensure_future(forever.wait())
+    gateway.probes.add(probe)                       # an activation probe: its row goes to the ledger
+    assert (router._in_flight(), router._working()) == (2, 2)
+    router.jobs["ended-unseen"] = object()          # a flow whose end these addons no longer see
+    assert (router._in_flight(), router._working()) == (2, 2)
+    forever.set()
+    await asyncio.gather(streaming, probe)
+    gateway.probes.clear()
+    assert (router._in_flight(), router._working()) == (1, 0)
+
+
+async def test_a_reload_s_stop_does_not_wait_its_grace_for_a_job_whose_flow_ended_past_these_addons(router, gateway):
+    # the new addons took the chain over: this flow's response hook never reaches this router
+    class Answering:
+        async def run(self, job, sink):
+            job.status = 200
+            await sink.start(200, [("content-type", "application/json")], 2)
+            await sink.write(b"{}")
+            await sink.end()
+
+        async def aclose(self):
+            pass
+    router.dialer = Answering()
+    gateway.record_job = lambda job: None
+    gateway.close = lambda: None
+    flow = messages_flow({"model": "m", "messages": []})
+    await router.request(flow)
+    assert flow.response.status_code == 200 and flow.id in router.jobs
+    router.relay = None
+    with taddons.context(router) as tctx:
+        tctx.configure(router, ccswitch_shutdown_grace=30)
+        await asyncio.wait_for(router.done(), 5)    # nothing still runs: not 30 s

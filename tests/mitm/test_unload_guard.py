@@ -105,3 +105,58 @@ def test_the_stand_in_answers_503_in_the_request_s_api_and_refuses_a_connect(pat
         connect.request.method = "CONNECT"
         Closing().http_connect(connect)
         assert connect.response.status_code == 503
+
+
+async def test_a_stop_of_the_proxy_itself_brings_no_stand_in(process):
+    master = Master(serving=False)
+    master.should_exit.set()                         # mitmproxy stopping: its addons done, none after
+    still_serving(master, 8)
+    await asyncio.sleep(0.05)
+    assert not master.added and not master.stopped and not unload_guard._Process.stopping
+
+
+def test_the_stand_in_leaves_an_answer_already_given():
+    from mitmproxy import http
+    with taddons.context():
+        flow = tflow.tflow()
+        flow.response = http.Response.make(200, b"served already")
+        Closing().request(flow)
+        assert flow.response.status_code == 200 and flow.response.content == b"served already"
+
+
+async def test_done_looks_after_the_reload_step_whether_ccswitch_still_serves_but_not_when_the_proxy_stops(
+        process, monkeypatch):
+    looked = []
+    monkeypatch.setattr(unload_guard, "still_serving", lambda master, grace: looked.append((master, grace)))
+    with taddons.context() as tctx:
+        tctx.options.add_option("ccswitch_shutdown_grace", float, 8.0, "")
+        UnloadGuard().done()                         # a reload or a dropped script
+        assert not looked                            # not in the step that registers the new addons
+        await asyncio.sleep(0)
+        assert looked == [(tctx.master, 8.0)]
+        tctx.master.should_exit.set()                # mitmproxy itself stopping
+        UnloadGuard().done()
+        await asyncio.sleep(0)
+        assert len(looked) == 1
+
+
+def test_pending_names_only_the_running_loop_s_hook_tasks():
+    from ccswitch.mitm.lifecycle import hook_task, pending
+    elsewhere = asyncio.new_event_loop()
+    try:
+        async def start():
+            return hook_task(asyncio.Event().wait(), "on another loop")
+        stray = elsewhere.run_until_complete(start())
+
+        async def here():
+            own = hook_task(asyncio.sleep(10), "here")
+            try:
+                return pending(), own
+            finally:
+                own.cancel()
+        found, own = asyncio.run(here())
+        assert found == [own] and stray not in found
+    finally:
+        stray.cancel()
+        elsewhere.run_until_complete(asyncio.sleep(0))
+        elsewhere.close()

@@ -155,3 +155,21 @@ def test_the_upstream_that_served_is_the_one_named_not_the_first_candidate():
     job.upstream = "b"
     assert job.served_by().name == "b"
     assert f"{job.request.route} → anthropic" in job.comment()       # what b got was converted
+
+
+def test_an_answer_that_is_no_http_1_1_says_what_was_wrong_with_it():
+    from ccswitch.dial.outcome import network_failure
+    from ccswitch.net import http1
+    said = network_failure("a", http1.MalformedAnswer("the response head is over 64 KB"), "switch", "read")
+    assert said.reason == "the response head is over 64 KB"
+    assert network_failure("a", http1.MalformedAnswer(), "switch", "read").reason == "not an HTTP/1.1 answer"
+
+
+def test_a_redirect_s_reason_names_where_it_pointed_cut_at_200_characters_and_one_pointing_nowhere_says_so():
+    from ccswitch.dial.outcome import redirect_failure
+    far = "https://elsewhere.example/" + "p" * 1000
+    failure = redirect_failure("a", "https://relay.example", "https://relay.example/v1/messages", 302,
+                               [("Location", far)], b"")
+    assert far[:200] in failure.reason and far[:201] not in failure.reason and failure.client_status == 502
+    nowhere = redirect_failure("a", "https://relay.example", "https://relay.example/v1/messages", 304, [], b"")
+    assert nowhere.reason == "HTTP 304 without a location: no answer to pass on" and nowhere.lasting

@@ -127,7 +127,7 @@ async def test_a_small_request_goes_in_one_write_and_a_large_body_after_its_head
         assert await get_body(c, server.url, body) == (200, b"ok")
         assert server.requests[0][1] == body                   # whole at the upstream either way
     (parts,) = written
-    if size < http1.APART_FROM:
+    if size == 100:                                            # a typical request: one write
         assert len(parts) == 1 and parts[0].endswith(b"\r\n\r\n" + body)
     else:                                                      # not copied into one piece with its head
         assert len(parts) == 2 and parts[0].endswith(b"\r\n\r\n") and parts[1] is body
@@ -1028,3 +1028,56 @@ async def test_an_early_answer_that_cannot_be_decoded_gives_its_connection_back(
             assert c.connection_counts().get("up", (0, 0)) == (0, 0)
     finally:
         await c.aclose()
+
+
+async def test_a_compressed_body_coming_in_several_reads_is_decoded_whole_without_error():
+    """Only the body's end finishes the decoder: a piece before it is no truncated stream."""
+    packer = zlib.compressobj(wbits=31)
+    first, second = b"event: a\ndata: {}\n\n", b"event: message_stop\ndata: {}\n\n"
+    head_part = packer.compress(first) + packer.flush(zlib.Z_SYNC_FLUSH)
+    rest = packer.compress(second) + packer.flush()
+
+    async def reply(writer, head, body):
+        writer.write(f"HTTP/1.1 200 OK\r\ncontent-length: {len(head_part) + len(rest)}\r\n"
+                     "content-encoding: gzip\r\n\r\n".encode() + head_part)
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(rest)
+        await writer.drain()
+    async with RawServer(reply) as server, client() as c:
+        response = await c.send("POST", server.url, [], b"{}")
+        assert [chunk async for chunk in response.aiter_bytes()] == [first, second]
+
+
+def test_a_head_of_many_short_fields_is_measured_as_its_bytes_on_the_wire():
+    # 6000 fields of 10 characters are 60,000 without their ": " and line ends, 84,000 with them
+    from ccswitch.net.connection import Connection
+
+    class Transport:
+        def pause_reading(self) -> None: ...
+        def resume_reading(self) -> None: ...
+
+    connection = Connection((None, None, ("http", "relay.invalid", 80)))
+    connection.transport, connection.in_use = Transport(), True
+    connection.expect_answer()
+    connection.data_received(b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-f-%05d: v\r\n" % i for i in range(6000))
+                             + b"content-length: 2\r\n\r\nok")
+    with pytest.raises(http1.MalformedAnswer, match="the response head is over 64 KB"):
+        connection.poll_event()
+
+
+def test_each_head_is_measured_alone_an_early_hints_head_before_the_answer_s_not_added_to_it():
+    from ccswitch.net.connection import Connection, Head
+
+    class Transport:
+        def pause_reading(self) -> None: ...
+        def resume_reading(self) -> None: ...
+
+    fields = b"".join(b"x-filler-%d: %s\r\n" % (i, b"f" * 8000) for i in range(5))     # 40 KB: under 64 KB
+    connection = Connection((None, None, ("http", "relay.invalid", 80)))
+    connection.transport, connection.in_use = Transport(), True
+    connection.expect_answer()
+    connection.data_received(b"HTTP/1.1 103 Early Hints\r\n" + fields + b"\r\n"
+                             + b"HTTP/1.1 200 OK\r\n" + fields + b"content-length: 2\r\n\r\nok")
+    head = connection.poll_event()
+    assert isinstance(head, Head) and head.status_code == 200 and connection.poll_event() == b"ok"

@@ -90,3 +90,57 @@ def test_labels_alike_when_shortened_are_shortened_less_but_not_without_end():
                                         terminal.short_label(two, terminal.LONGEST_LABEL) + " (2)")
     near = [head[:30] + "-4-1-" + tail[:30], head[:30] + "-4-5-" + tail[:30]]    # 65 long: 70 tells them apart
     assert list(terminal.short_labels(near).values()) == near
+
+
+def test_labels_alike_even_at_the_longest_are_numbered_the_same_whatever_order_they_come_in():
+    # the rows come costliest first, which changes from day to day: a name keeps its number
+    head, tail = "m" * 150, "z" * 150
+    one, two = head + "-4-1-" + tail, head + "-4-5-" + tail
+    assert terminal.short_labels([two, one]) == terminal.short_labels([one, two])
+    assert terminal.short_labels([two, one])[one].endswith(" (1)")
+
+
+def test_a_text_column_alone_too_wide_is_wrapped_at_word_ends_to_at_least_20_columns_a_long_word_whole():
+    rows = [["Name", "Note"], ["a" * 30, "word word word word word " + "x" * 30]]
+    assert terminal.table_lines(rows, lambda i: True, fit=40) == [
+        "Name" + " " * 28 + "Note",
+        "-" * 30 + "  " + "-" * 20,
+        "a" * 30 + "  word word word word",
+        " " * 32 + "word",
+        " " * 32 + "x" * 30,
+    ]
+
+
+def test_blocks_of_a_table_come_one_under_the_other_apart_each_with_its_rules():
+    rows = [["L", "A", "B"], ["one", "1" * 10, "2" * 10], ["Total", "3" * 10, "4" * 10]]
+    assert terminal.table_lines(rows, lambda i: i == 0, {1}, fit=18) == [
+        "L" + " " * 15 + "A", "-----  ----------", "one    1111111111", "-----  ----------", "Total  3333333333",
+        "",
+        "L" + " " * 15 + "B", "-----  ----------", "one    2222222222", "-----  ----------", "Total  4444444444",
+    ]
+
+
+def test_a_note_too_wide_is_wrapped_at_spaces_only_its_lines_after_the_first_indented():
+    # a name or a path is never cut: a terminal's copy of it still works
+    said = "note: the relay-a-long-hyphenated-name missed /a/path/longer/than/twenty/columns in a row"
+    assert terminal.prose(said, 24, indent="  ") == [
+        "note: the", "  relay-a-long-hyphenated-name", "  missed", "  /a/path/longer/than/twenty/columns", "  in a row"]
+    assert terminal.prose(said, None) == terminal.prose(said, len(said)) == [said]
+
+
+def test_every_table_fits_the_terminal_the_blocks_and_the_cache_hit_grid_too(tmp_path):
+    from tests.unit.report.test_views import make_db as make_rows_db
+    db = make_rows_db(tmp_path, [dict(ts=f"2026-03-01T0{h}:00:00.000+00:00", input_tokens=1000, cache_read_tokens=9000,
+                                      upstream=up, model="claude-haiku-4-5")
+                                 for h, up in ((1, "relay-a"), (2, "anthropic-official"), (3, "some-third-upstream"))])
+    report = build(db, MAR1, MAR1, by="model", blocks=True, now=NOW)
+    whole = text.render_table(report)
+    assert "5-hour blocks" in whole and "Cache hit % per day and upstream:" in whole
+    assert max(map(len, whole.splitlines())) > 60
+    assert not [line for line in text.render_table(report, 50).splitlines() if len(line) > 50 and " " in line]
+
+
+def test_the_note_on_rescued_failures_comes_only_when_an_attempt_failed(tmp_path):
+    from tests.unit.report.test_views import make_db as make_rows_db
+    clean = make_rows_db(tmp_path, [dict(ts="2026-03-01T02:00:00.000+00:00", attempts=1)])
+    assert text.RESCUED not in text.render_table(build(clean, MAR1, MAR1, now=NOW))
