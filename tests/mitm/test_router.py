@@ -646,18 +646,22 @@ async def test_a_non_streamed_request_cut_by_shutdown_is_a_503_in_client_format_
     assert [(job.status, job.error) for job in recorded] == [(503, "shutdown: not finished within the grace period")]
 
 
-async def test_a_non_streamed_answer_is_recorded_after_the_response_hook_or_at_shutdown(router, gateway, monkeypatch):
-    class Answering:
-        async def run(self, job, sink):
-            job.status = 200
-            await sink.start(200, [("content-type", "application/json")], 2)
-            await sink.write(b"{}")
-            await sink.end()
+class AnsweringDialer:
+    """A dialer that answers every request at once with a 200 `{}`."""
 
-        async def aclose(self):
-            pass
+    async def run(self, job, sink):
+        job.status = 200
+        await sink.start(200, [("content-type", "application/json")], 2)
+        await sink.write(b"{}")
+        await sink.end()
+
+    async def aclose(self):
+        pass
+
+
+async def test_a_non_streamed_answer_is_recorded_after_the_response_hook_or_at_shutdown(router, gateway, monkeypatch):
     recorded = []
-    router.dialer = Answering()
+    router.dialer = AnsweringDialer()
     gateway.record_job = recorded.append
     gateway.close = lambda: None
     sent, unsent, last = (messages_flow({"model": "m", "messages": []}) for _ in range(3))
@@ -1017,16 +1021,7 @@ async def test_what_a_stop_waits_for_counts_the_relay_s_streams_and_probes_not_f
 
 async def test_a_reload_s_stop_does_not_wait_its_grace_for_a_job_whose_flow_ended_past_these_addons(router, gateway):
     # the new addons took the chain over: this flow's response hook never reaches this router
-    class Answering:
-        async def run(self, job, sink):
-            job.status = 200
-            await sink.start(200, [("content-type", "application/json")], 2)
-            await sink.write(b"{}")
-            await sink.end()
-
-        async def aclose(self):
-            pass
-    router.dialer = Answering()
+    router.dialer = AnsweringDialer()
     gateway.record_job = lambda job: None
     gateway.close = lambda: None
     flow = messages_flow({"model": "m", "messages": []})

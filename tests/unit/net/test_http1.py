@@ -595,10 +595,9 @@ async def test_a_response_head_over_64_kb_is_a_protocol_error():
             await c.send("POST", server.url, [], b"{}")
 
 
-@pytest.mark.parametrize(("fields", "refused"), [(16, True), (7, False)])
-def test_a_response_head_over_64_kb_in_one_read_is_refused_too_and_one_under_it_is_not(fields, refused):
-    # measured only between reads, a head that came whole in one read was never measured
-    from ccswitch.net.connection import Connection, Head
+def fed_in_one_read(data: bytes):
+    """A connection awaiting an answer, given `data` whole in one read, as a fast upstream's is."""
+    from ccswitch.net.connection import Connection
 
     class Transport:
         def pause_reading(self) -> None: ...
@@ -607,9 +606,18 @@ def test_a_response_head_over_64_kb_in_one_read_is_refused_too_and_one_under_it_
     connection = Connection((None, None, ("http", "relay.invalid", 80)))
     connection.transport, connection.in_use = Transport(), True
     connection.expect_answer()
-    connection.data_received(b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-filler-%d: %s\r\n" % (i, b"f" * 8000)
-                                                               for i in range(fields))
-                             + b"content-length: 2\r\n\r\nok")
+    connection.data_received(data)
+    return connection
+
+
+@pytest.mark.parametrize(("fields", "refused"), [(16, True), (7, False)])
+def test_a_response_head_over_64_kb_in_one_read_is_refused_too_and_one_under_it_is_not(fields, refused):
+    # measured only between reads, a head that came whole in one read was never measured
+    from ccswitch.net.connection import Head
+
+    connection = fed_in_one_read(b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-filler-%d: %s\r\n" % (i, b"f" * 8000)
+                                                             for i in range(fields))
+                                 + b"content-length: 2\r\n\r\nok")
     if refused:
         with pytest.raises(http1.MalformedAnswer, match="the response head is over 64 KB"):
             connection.poll_event()
@@ -1051,33 +1059,17 @@ async def test_a_compressed_body_coming_in_several_reads_is_decoded_whole_withou
 
 def test_a_head_of_many_short_fields_is_measured_as_its_bytes_on_the_wire():
     # 6000 fields of 10 characters are 60,000 without their ": " and line ends, 84,000 with them
-    from ccswitch.net.connection import Connection
-
-    class Transport:
-        def pause_reading(self) -> None: ...
-        def resume_reading(self) -> None: ...
-
-    connection = Connection((None, None, ("http", "relay.invalid", 80)))
-    connection.transport, connection.in_use = Transport(), True
-    connection.expect_answer()
-    connection.data_received(b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-f-%05d: v\r\n" % i for i in range(6000))
-                             + b"content-length: 2\r\n\r\nok")
+    connection = fed_in_one_read(b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-f-%05d: v\r\n" % i for i in range(6000))
+                                 + b"content-length: 2\r\n\r\nok")
     with pytest.raises(http1.MalformedAnswer, match="the response head is over 64 KB"):
         connection.poll_event()
 
 
 def test_each_head_is_measured_alone_an_early_hints_head_before_the_answer_s_not_added_to_it():
-    from ccswitch.net.connection import Connection, Head
-
-    class Transport:
-        def pause_reading(self) -> None: ...
-        def resume_reading(self) -> None: ...
+    from ccswitch.net.connection import Head
 
     fields = b"".join(b"x-filler-%d: %s\r\n" % (i, b"f" * 8000) for i in range(5))     # 40 KB: under 64 KB
-    connection = Connection((None, None, ("http", "relay.invalid", 80)))
-    connection.transport, connection.in_use = Transport(), True
-    connection.expect_answer()
-    connection.data_received(b"HTTP/1.1 103 Early Hints\r\n" + fields + b"\r\n"
-                             + b"HTTP/1.1 200 OK\r\n" + fields + b"content-length: 2\r\n\r\nok")
+    connection = fed_in_one_read(b"HTTP/1.1 103 Early Hints\r\n" + fields + b"\r\n"
+                                 + b"HTTP/1.1 200 OK\r\n" + fields + b"content-length: 2\r\n\r\nok")
     head = connection.poll_event()
     assert isinstance(head, Head) and head.status_code == 200 and connection.poll_event() == b"ok"
