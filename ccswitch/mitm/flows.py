@@ -59,6 +59,8 @@ def fit_to_save(flow: http.HTTPFlow) -> None:
     """The text ccswitch put on the flow as UTF-8 can hold it: a client's model may carry a lone
     surrogate (JSON allows one), and mitmproxy's `-w` file would leave out a flow holding one."""
     flow.comment = encodable(flow.comment)
+    if (said := flow.metadata.get(SAID)) is not None:    # as the comment holds it, to be found there again
+        flow.metadata[SAID] = encodable(said)
     meta = flow.metadata.get("ccswitch")
     if meta:
         for name, value in meta.items():
@@ -78,7 +80,6 @@ SAID = "ccswitch_said"
 def comment_on(flow: http.HTTPFlow, text: str) -> None:
     """ccswitch's word on the flow in its comment, among the user's own notes (written in mitmweb
     above or below it, on a flow then replayed): each of ccswitch's words replaces the last, never a note."""
-    text = encodable(text)     # as a `-w` file can hold it, and found again as it is kept
     above, below = users_notes(flow.comment, flow.metadata.get(SAID))
     flow.comment = "\n".join(part for part in (above, text, below) if part)
     if text:

@@ -15,7 +15,7 @@ from ccswitch.report.text import (
     BLOCK_COLUMNS,
     COLUMNS,
     LATENCY_COLUMNS,
-    RESCUED,
+    RESCUED_NOTE,
     VIEW_HEADS,
     activation_rows,
     any_renamed,
@@ -162,8 +162,7 @@ def render_html(report: Report, charts: list[Path]) -> str:
     for dim in report.summarised:
         parts.append(f"<h2>By {escape(dim)}</h2>")
         if dim == "upstream" and attempts.worth_showing(report.attempts):
-            note = RESCUED.strip("()")
-            parts.append(f'<p class="meta">{escape(note[:1].upper() + note[1:])}.</p>')
+            parts.append(f'<p class="meta">{escape(RESCUED_NOTE[:1].upper() + RESCUED_NOTE[1:])}.</p>')
         parts.append(_summary_table(report, dim))
     if report.hit_upstreams():
         parts.append(f"<h2>{escape(hit_title(report).replace(' %', ''))}</h2>")

@@ -44,20 +44,24 @@ def short_label(label: str, width: int = LABEL_WIDTH) -> str:
 
 def short_labels(labels: Iterable[str]) -> dict[str, str]:
     """Each label as a table shows it: shortened, and those that would then read alike (two model
-    names that differ only in their middle: the version) shortened less, up to LONGEST_LABEL."""
+    names that differ only in their middle: the version) shortened less, up to LONGEST_LABEL, and
+    past that numbered, in the labels' order."""
     shown = {label: short_label(label) for label in labels}
-    for room in (*range(LABEL_WIDTH + 10, LONGEST_LABEL + 1, 10), None):
-        seen = Counter(shown.values())
-        alike = sorted(label for label, short in shown.items() if seen[short] > 1)
-        if not alike:
-            break
-        if room is None:      # still alike at the longest: told apart by a number, in the labels' order
-            for short in {shown[label] for label in alike}:
-                same = [label for label in alike if shown[label] == short]
-                shown.update((label, f"{short} ({n})") for n, label in enumerate(same, 1))
-            break
+    for room in range(LABEL_WIDTH + 10, LONGEST_LABEL + 1, 10):
+        if not (alike := _alike(shown)):
+            return shown
         shown.update((label, short_label(label, room)) for label in alike)
+    alike = _alike(shown)
+    for short in {shown[label] for label in alike}:
+        same = [label for label in alike if shown[label] == short]
+        shown.update((label, f"{short} ({n})") for n, label in enumerate(same, 1))
     return shown
+
+
+def _alike(shown: dict[str, str]) -> list[str]:
+    """The labels whose shown text another label's shares, in order."""
+    seen = Counter(shown.values())
+    return sorted(label for label, short in shown.items() if seen[short] > 1)
 
 
 def width(text: str) -> int:
@@ -89,7 +93,7 @@ def column_blocks(widths: list[int], fit: int | None) -> list[list[int]]:
 
 
 def table_lines(rows: list[list[str]], is_left, rules_before: set[int] = frozenset(),
-                 fit: int | None = None) -> list[str]:
+                fit: int | None = None) -> list[str]:
     """Lines of a table whose first row is its head (`is_left(i)`: column i is left-aligned), with a
     rule under the head and before each body row in ``rules_before``; in blocks when ``fit`` asks."""
     widths = [max(width(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -99,20 +103,22 @@ def table_lines(rows: list[list[str]], is_left, rules_before: set[int] = frozens
         last = block[-1]
         if fit is not None and len(block) == 2 and is_left(last) and widths[0] + 2 + widths[last] > fit:
             shown[last] = max(fit - widths[0] - 2, 20)     # a text alone too wide: wrapped within its column
-
-        def lines(row: list[str], block: list[int] = block, shown: dict[int, int] = shown) -> list[str]:
-            pieces = {i: (textwrap.wrap(row[i], shown[i], break_long_words=False) or [""]) if shown[i] < widths[i]
-                      else [row[i]] for i in block}
-            return ["  ".join(padded(pieces[i][n] if n < len(pieces[i]) else "", shown[i], is_left(i))
-                              for i in block).rstrip() for n in range(max(map(len, pieces.values())))]
-
         sep = "  ".join("-" * shown[i] for i in block)
-        out += [*([""] if out else []), *lines(rows[0]), sep]
+        out += [*([""] if out else []), *_row_lines(rows[0], shown, widths, is_left), sep]
         for n, row in enumerate(rows[1:]):
             if n in rules_before:
                 out.append(sep)
-            out += lines(row)
+            out += _row_lines(row, shown, widths, is_left)
     return out
+
+
+def _row_lines(row: list[str], shown: dict[int, int], widths: list[int], is_left) -> list[str]:
+    """One row in the columns `shown` (index: the width it gets), a cell given less than its width
+    wrapped at word ends over as many lines as it takes."""
+    pieces = {i: (textwrap.wrap(row[i], room, break_long_words=False) or [""]) if room < widths[i] else [row[i]]
+              for i, room in shown.items()}
+    return ["  ".join(padded(pieces[i][n] if n < len(pieces[i]) else "", room, is_left(i)) for i, room in shown.items())
+            .rstrip() for n in range(max(map(len, pieces.values())))]
 
 
 def prose(text: str, fit: int | None, indent: str = "") -> list[str]:

@@ -274,7 +274,8 @@ def hit_lines(report: Report, fit: int | None = None) -> list[str]:
 
 ATTEMPTS_TITLE = "Attempts per upstream (failovers included; a failure rescued by another upstream counts here)"
 #: beside the usage by upstream, which credits a request to the upstream whose answer the client got
-RESCUED = "(a failover counts for the upstream that answered; attempts per upstream, below, has the failures)"
+RESCUED_NOTE = "a failover counts for the upstream that answered; attempts per upstream, below, has the failures"
+RESCUED = f"({RESCUED_NOTE})"
 
 
 def _columns(head: tuple[str, ...], body: list[list[str]], left: set[int], fit: int | None = None) -> list[str]:
