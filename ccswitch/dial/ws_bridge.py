@@ -71,6 +71,7 @@ class Ticket:
     turns: int = 0
     # its sockets to `websocket: true` upstreams, closed with it
     upstream_sockets: UpstreamSockets = field(default_factory=UpstreamSockets)
+    served: asyncio.Task | None = None      # serving its socket, once the upgrade reached the bridge
 
 
 #: (ticket, turn) -> a job to run, or ccswitch's own answer
@@ -261,7 +262,7 @@ class _Socket:
             if isinstance(frame, dict) and (frame.get("type") == "response.processed" or frame.get("generate") is False):
                 continue        # an acknowledgement or a warm-up: never a turn with a row
             self.ticket.turns += 1
-            self.bridge._refuse(self.ticket, *self.ended_by, model=frame.get("model") if isinstance(frame, dict) else None)
+            self.bridge._refuse(self.ticket, *self.ended_by, frame=frame)
 
     def going_away(self) -> None:
         """The proxy stops: a close frame (1001), so Codex reconnects, rather than a socket cut."""
@@ -286,6 +287,7 @@ class _Socket:
                 self._send(RejectConnection(status_code=403))
                 self.closed = True
                 return
+            self.ticket.served = asyncio.current_task()
             offered = [PerMessageDeflate()] if event.extensions else []
             self._send(AcceptConnection(extensions=offered))
         elif isinstance(event, Ping):
@@ -331,10 +333,10 @@ class _Socket:
             if self.closed:     # ended here (the client gone, a lost chain): the reading ends with it
                 self.writer.close()
 
-    async def _refused(self, status: int, message: str) -> None:
+    async def _refused(self, status: int, message: str, frame: Any = None) -> None:
         assert self.ticket is not None
         self.ticket.turns += 1
-        await self._text(refusal_frame(self.bridge._refuse(self.ticket, status, message)))
+        await self._text(refusal_frame(self.bridge._refuse(self.ticket, status, message, frame=frame)))
 
     async def _frame(self, data: str | bytes) -> None:
         try:
@@ -354,15 +356,14 @@ class _Socket:
                 return
             turn = self.chain.prepare(frame)
         except FrameError as exc:
-            return await self._refused(400, str(exc))
+            return await self._refused(400, str(exc), frame)
         except ChainLost as exc:
             # before any output: Codex opens a new socket and sends its whole input
             log.info("ccswitch: closing a Codex socket whose chain is lost (%s)", exc)
             assert self.ticket is not None
             self.ticket.turns += 1
             self.bridge._refuse(self.ticket, 409, f"conversation state lost ({exc}): the socket is closed for "
-                                "the client to send the whole input again",
-                                model=frame.get("model") if isinstance(frame, dict) else None)
+                                "the client to send the whole input again", frame=frame)
             self._end(1011, "ccswitch: conversation state lost, resend in full",
                       (409, "the socket was closed, its conversation state lost, before this frame's turn: the "
                             "client sends it again in full"))

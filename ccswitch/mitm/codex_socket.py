@@ -5,6 +5,7 @@ request of the codex route (strategy, affinity, budgets, failover) and recorded 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -27,6 +28,10 @@ from ccswitch.wire.ws_chain import Turn, for_upstream
 
 log = logging.getLogger("ccswitch")
 
+#: how long the end of a socket waits for its last turn to end (its last event is out: only the
+#: upstream's body end is to come), so the flow mitmproxy saves next has that turn's line
+LAST_TURN_WAIT = 5.0
+
 #: the handshake's own headers: never sent to an upstream with a turn
 _HANDSHAKE = {"upgrade", "connection", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
               "sec-websocket-protocol", TICKET_HEADER}
@@ -46,6 +51,7 @@ class CodexSockets:
         self.bridge = WsBridge(self._make_job, self._run, router.gateway.record_job, self._comment,
                                refuse=self._refuse, max_message=lambda: ctx.options.ccswitch_max_body)
         self._asked: dict[str, str] = {}   # flow id -> the URL Codex asked for, until it is shown again
+        self._open: dict[str, Ticket] = {}  # flow id -> its socket's ticket, until the socket ends
 
     async def start(self) -> None:
         await self.bridge.start()
@@ -61,6 +67,7 @@ class CodexSockets:
         redact_credentials(flow.request)   # the bridge has its own copy; mitmweb and -w see none
         self._asked[flow.id] = flow.request.url
         self.bridge.register(ticket)
+        self._open[flow.id] = ticket
         flow.metadata["ccswitch"] = {"route": Route.CODEX, "endpoint": Endpoint.WEBSOCKET}
         flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.bridge.port
         flow.request.headers[TICKET_HEADER] = ticket.token
@@ -74,9 +81,18 @@ class CodexSockets:
         """The upgrade reached the bridge (its 101) or never will: the flow shows the URL Codex
         asked for again, not the bridge's loopback address and ticket, for the socket's life."""
         if (token := flow.request.headers.pop(TICKET_HEADER, None)) is not None:
-            self.bridge.forget(token)     # one that never reached the bridge (the client left)
+            if self.bridge.forget(token):     # one that never reached the bridge (the client left)
+                self._open.pop(flow.id, None)
         if (url := self._asked.pop(flow.id, None)) is not None:
             flow.request.url = url
+
+    async def ended(self, flow: http.HTTPFlow) -> None:
+        """The socket's end in mitmproxy: Codex closes on a turn's last event, often before the
+        turn has ended (its upstream's body end, its row, its line in the comment); a moment's
+        wait lets the flow mitmproxy saves or shows next carry that line."""
+        ticket = self._open.pop(flow.id, None)
+        if ticket is not None and ticket.served is not None and not ticket.served.done():
+            await asyncio.wait({ticket.served}, timeout=LAST_TURN_WAIT)
 
     def _make_job(self, ticket: Ticket, turn: Turn) -> Job | Refusal:
         context: SocketContext = ticket.context
@@ -109,14 +125,16 @@ class CodexSockets:
                         job.converted[upstream.name] = shaped
                 return job
             refusal = job
-        return self._refuse(ticket, *refusal, model=model, session=session)
+        return self._refuse(ticket, *refusal, frame=body)
 
     def _refuse(self, ticket: Ticket, status: int, message: str, headers: dict | None = None, *,
-                model: Any = None, session: str | None = None) -> Refusal:
-        """A turn answered with an error frame instead of served: its row, as a refused request's."""
+                frame: Any = None) -> Refusal:
+        """A turn answered with an error frame instead of served: its row, as a refused request's,
+        with the model and session the frame names (the socket's session when it could not be read)."""
         context: SocketContext = ticket.context
-        if session is None:     # a frame that could not be read: the socket's own session, from its upgrade
-            session = session_key(context.headers, None)
+        body = frame if isinstance(frame, dict) else None
+        model = body.get("model") if body is not None else None
+        session = session_key(context.headers, body)
         message = self.router.gateway.rules.scrub(message)   # it may quote the model the client sent
         self.router.gateway.record_own_answer(own_answer_row(
             request_id=f"{context.flow.id}#{ticket.turns}", started_at=utc_now(), route=Route.CODEX,

@@ -269,6 +269,7 @@ class Router:
             self._record_refusal(flow, match, known, status, message)
 
         headers = from_wire(flow.request.headers.fields)   # the bytes as received
+        known.session = session_key(headers, None)    # a refusal's row has the header's, before any body
         client = rules.client_named(client_credential(headers)) if rules.client_keys else None
         if client is None and replays_routed(flow):
             # its key shows as `<redacted>`; a replay is the user's doing (mitmweb, `client_replay`),
@@ -281,7 +282,6 @@ class Router:
         elif refusal := origin_problem(headers):   # the live page posts nothing
             return refuse(*refusal)
         client_name = known.client = client.name if client is not None else None
-        known.session = session_key(headers, None)    # a refusal's row has the header's, before any body
         # nothing is sent upstream until the budget's next period; a request's row keeps its model
         over_budget = self.planner.client_over_budget(client_name)
         if match.endpoint == Endpoint.WEBSOCKET:
@@ -432,7 +432,9 @@ class Router:
         self._finish(flow)
         fit_to_save(flow)
 
-    def websocket_end(self, flow: http.HTTPFlow) -> None:
+    async def websocket_end(self, flow: http.HTTPFlow) -> None:
+        if self.sockets is not None:
+            await self.sockets.ended(flow)      # mitmproxy's `-w` saves it after this hook
         fit_to_save(flow)       # a Codex socket's comment holds each turn's attempts
 
     # ------------------------------------------------------------------ helpers

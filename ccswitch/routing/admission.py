@@ -37,7 +37,10 @@ def head_problem(target: str, headers: list[tuple[str, str]]) -> tuple[int, str]
 def streamed(body: dict, endpoint: str) -> bool:
     """Whether the answer streams: as the body says, but count_tokens answers whole whatever its
     body says (a client's `stream` there, or a user's edit of a copied flow, must not make each
-    upstream's count a failure)."""
+    upstream's count a failure), and a WebSocket streams whatever it carries (its refused
+    upgrade's row is a streamed request's, as its turns' are)."""
+    if endpoint == Endpoint.WEBSOCKET:
+        return True
     return body.get("stream") is True and endpoint != Endpoint.COUNT_TOKENS
 
 

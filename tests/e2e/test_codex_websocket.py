@@ -245,3 +245,39 @@ def test_a_compressed_message_cannot_inflate_past_its_size_in_ccswitch_s_memory(
     assert accepted.extensions == []
     assert [c.code for c in closes] == [1002]                   # protocol error: RSV1 without the extension
     assert rss_kb < 250_000, rss_kb     # its peak: ~95 MB; 490 MB when the 64 MB message was inflated
+
+
+def test_a_socket_closed_on_its_last_event_is_saved_with_that_turn_s_line(tmp_path):
+    """Codex closes the socket on `response.completed`, before the turn has ended (its upstream's
+    body end, its row): the flow mitmproxy's `-w` saves at the socket's end had no line for it."""
+    import socket
+
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
+    from tests.support.mock_upstream import stall_after
+    with MockUpstream("A") as a, MockUpstream("B") as b:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(RULES.replace("{a}", a.base_url).replace("{b}", b.base_url))
+        a.script(stall_after(1000, 1.0))      # every event, then a second before the body's end
+        flows = tmp_path / "flows.mitm"
+        with Proxy(rules, tmp_path, extra_args=("-w", str(flows))) as proxy:
+            ws = WSConnection(ConnectionType.CLIENT)
+            with socket.create_connection(("127.0.0.1", proxy.reverse_port), timeout=10) as sock:
+                sock.sendall(ws.send(Request(host="127.0.0.1", target="/v1/responses")))
+                events: list = []
+                while not any(isinstance(e, AcceptConnection) for e in events):
+                    ws.receive_data(sock.recv(65536))
+                    events += list(ws.events())
+                sock.sendall(ws.send(TextMessage(json.dumps({"type": "response.create", "model": "gpt-5",
+                                                             "input": "hi"}))))
+                texts = ""
+                while '"response.completed"' not in texts:
+                    ws.receive_data(sock.recv(65536))
+                    texts += "".join(e.data for e in ws.events() if isinstance(e, TextMessage))
+                sock.sendall(ws.send(CloseConnection(code=1000)))
+                ws.receive_data(sock.recv(65536))
+            wait_rows(proxy, 1)
+        with open(flows, "rb") as f:
+            [saved] = [fl for fl in io.FlowReader(f).stream() if fl.websocket]
+    assert "turn 1: codex-a: 200" in saved.comment, saved.comment

@@ -85,6 +85,20 @@ async def test_a_wrong_client_key_never_reaches_the_bridge(gateway):
     assert flow.response.status_code == 401 and not router.sockets.bridge._tickets
 
 
+async def test_a_refused_upgrade_s_row_is_a_streamed_request_s(gateway, monkeypatch):
+    # the client asked for a WebSocket (`stream` is 1 for one, interface §5): the 401's row said 0
+    rows = []
+    monkeypatch.setattr(gateway, "record_own_answer", rows.append)
+    router = bridging(gateway)
+    with taddons.context(router):
+        flow = upgrade()
+        flow.request.headers["x-api-key"] = "wrong"
+        await router.request(flow)
+    [row] = rows
+    assert (row["status"], row["endpoint"], row["stream"], row["session"]) == (401, "websocket", True,
+                                                                               "codex-session-1")
+
+
 async def test_an_upgrade_that_never_reached_the_bridge_leaves_no_ticket_behind(gateway):
     router = bridging(gateway)
     with taddons.context(router):
@@ -143,6 +157,23 @@ async def test_a_frame_that_cannot_be_read_keeps_the_socket_s_session_in_its_row
     refusal = router.sockets.bridge._refuse(ticket, 400, "a frame that is not JSON")
     [row] = rows
     assert refusal.status == 400 and (row["status"], row["session"]) == (400, "codex-session-1")
+
+
+async def test_a_refused_frame_s_row_has_the_model_and_session_it_names(gateway, monkeypatch):
+    # a frame read but refused (no model, a lost chain): the upgrade's session header wins over
+    # the frame's `prompt_cache_key` as for a turn served; without the header the frame's is used
+    rows = []
+    monkeypatch.setattr(gateway, "record_own_answer", rows.append)
+    router = bridging(gateway)
+    with taddons.context(router):
+        flow = upgrade()
+        del flow.request.headers["session-id"]
+        await router.request(flow)
+    ticket = router.sockets.bridge._tickets[flow.request.headers[TICKET_HEADER]]
+    router.sockets.bridge._refuse(ticket, 409, "conversation state lost",
+                                  frame={"model": "gpt-5", "prompt_cache_key": "pck-7"})
+    router.sockets.bridge._refuse(ticket, 400, "the frame names no model", frame={"prompt_cache_key": "pck-8"})
+    assert [(r["status"], r["model"], r["session"]) for r in rows] == [(409, "gpt-5", "pck-7"), (400, None, "pck-8")]
 
 
 async def test_a_client_over_its_budget_is_bridged_and_refused_turn_by_turn_with_when_it_resets(tmp_path, monkeypatch):

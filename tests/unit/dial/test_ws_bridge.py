@@ -81,6 +81,12 @@ async def bridge_with(make_job):
     return bridge, done
 
 
+def frame_model(row: dict):
+    """The model of the frame a refusal's row is for (None when it could not be read)."""
+    frame = row.get("frame")
+    return frame.get("model") if isinstance(frame, dict) else None
+
+
 async def recording_bridge(max_message: int):
     """A started bridge whose turns are all refused (503), with a registered ticket: (bridge,
     ticket, the turns' bodies, the refusals as (turn, status, message))."""
@@ -221,7 +227,7 @@ class Dialled:
                                on_done=self.done.append, refuse=self._refuse)
 
     def _refuse(self, ticket, status, message, **row):
-        self.refused.append((ticket.turns, status, message, row.get("model")))
+        self.refused.append((ticket.turns, status, message, frame_model(row)))
         return Refusal(status, message)
 
     def _job(self, ticket, turn):
@@ -337,7 +343,7 @@ async def test_a_frame_whose_chain_is_lost_has_its_row_before_the_socket_closes(
     refused = []
 
     def refuse(ticket, status, message, **row):
-        refused.append((ticket.turns, status, row.get("model")))
+        refused.append((ticket.turns, status, frame_model(row)))
         return Refusal(status, message)
     bridge = WsBridge(lambda ticket, turn: Refusal(500, "unused"), run_job=None, on_done=[].append, refuse=refuse)
     await bridge.start()
@@ -630,6 +636,25 @@ async def test_the_message_limit_counts_bytes_and_a_frame_nested_too_deeply_is_a
                                            ensure_ascii=False)))      # 200 bytes: within the limit, served
         await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
         assert len(turns) == 1 and not client.ws.state.name.endswith("CLOSED")
+    finally:
+        await bridge.stop()
+
+
+async def test_a_frame_refused_once_read_hands_its_row_the_frame():
+    # its model and `prompt_cache_key` belong in the row; the row had neither
+    refused = []
+
+    def refuse(ticket, status, message, **row):
+        refused.append((status, row.get("frame")))
+        return Refusal(status, message)
+    bridge = WsBridge(lambda ticket, turn: Refusal(500, "unused"), run_job=None, on_done=[].append, refuse=refuse)
+    await bridge.start()
+    try:
+        client = await open_socket(bridge)
+        odd = {"type": "response.create", "model": "m", "input": 7, "prompt_cache_key": "pck-1"}
+        client.send(TextMessage(json.dumps(odd)))
+        await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
+        assert refused == [(400, odd)]
     finally:
         await bridge.stop()
 
