@@ -20,7 +20,7 @@ from ccswitch.dial.shutdown import SHUTTING_DOWN
 from ccswitch.dial.ws_bridge import TICKET_HEADER, Ticket, WsBridge
 from ccswitch.dial.ws_errors import Refusal
 from ccswitch.ledger.rows import own_answer_row
-from ccswitch.mitm.flows import attempts_line, mark_for_a_look, redact_credentials, went_wrong
+from ccswitch.mitm.flows import attempts_line, mark_for_a_look, redact_credentials, to_own_server, went_wrong
 from ccswitch.routing.affinity import session_key
 from ccswitch.vocab import Endpoint, Protocol, Route
 from ccswitch.wire.exchange import ClientRequest
@@ -69,7 +69,7 @@ class CodexSockets:
         self.bridge.register(ticket)
         self._open[flow.id] = ticket
         flow.metadata["ccswitch"] = {"route": Route.CODEX, "endpoint": Endpoint.WEBSOCKET}
-        flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.bridge.port
+        to_own_server(flow, self.bridge.port)
         flow.request.headers[TICKET_HEADER] = ticket.token
         # no permessage-deflate between the client and mitmproxy: mitmproxy inflates a whole
         # message in memory before anyone may refuse it, so a compressed megabyte became gigabytes

@@ -10,7 +10,7 @@ import re
 import time
 from functools import lru_cache
 
-from mitmproxy import http
+from mitmproxy import connection, http
 from mitmproxy.net.http import status_codes, url
 from mitmproxy.utils.strutils import always_str
 
@@ -128,6 +128,17 @@ def point_at(request: http.Request, target: str) -> None:
     data = request.data
     data.scheme, data.host, data.path = scheme, host, path
     request.port = port
+
+
+def to_own_server(flow: http.HTTPFlow, port: int) -> None:
+    """Send the flow on to one of ccswitch's own loopback servers (the relay, the WebSocket
+    bridge).  In mitmproxy's upstream mode the flow's server is reached through the mode's proxy,
+    which would refuse a hop to this machine's loopback, or carry it, the client's request and its
+    answer in plain HTTP: the flow gets a server of its own, reached directly (the connection's
+    server, shared by the next requests on it, keeps its proxy)."""
+    flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", port
+    if flow.server_conn.via is not None:
+        flow.server_conn = connection.Server(address=("127.0.0.1", port))
 
 
 @lru_cache(maxsize=512)

@@ -38,6 +38,7 @@ from ccswitch.mitm.flows import (
     restore_body,
     show_outcome,
     show_streaming,
+    to_own_server,
     whole_response,
     without_client_keys,
 )
@@ -339,7 +340,7 @@ class Router:
             self.held_bodies[flow.id] = hold_body(flow.request)
         else:
             drop_body(flow.request)
-        flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.relay.port
+        to_own_server(flow, self.relay.port)
         flow.request.headers[JOB_HEADER] = job.token
         if self.flows_shown:    # until its first bytes the flow points at the relay, with its one-time ticket
             comment_on(flow, "ccswitch: on its way through ccswitch's relay to " + ", then ".join(

@@ -63,9 +63,17 @@ def test_upstream_mode_passes_other_hosts_through_its_proxy_and_routed_requests_
                 with httpx.Client(proxy=through, verify=ssl.create_default_context(cafile=proxy.ca_cert), timeout=20) as client:
                     routed = client.post("https://api.anthropic.com/v1/messages", headers=HEADERS, json={
                         "model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+                    # a stream goes on to ccswitch's relay on this machine: straight, not through
+                    # the mode's proxy (which refused the hop, or carried the prompt in plain HTTP)
+                    streamed = client.post("https://api.anthropic.com/v1/messages", headers=HEADERS, json={
+                        "model": "claude-x", "max_tokens": 5, "stream": True,
+                        "messages": [{"role": "user", "content": "hi"}]})
                 log = proxy.log()
         assert routed.status_code == 200 and routed.headers["x-ccswitch-upstream"] == "a"
+        assert streamed.status_code == 200 and "message_stop" in streamed.text, streamed.text[:500]
+        assert streamed.headers["x-ccswitch-upstream"] == "a"
         assert ("localhost", site_port) in corp.targets and ("127.0.0.1", a.port) in corp.targets
+        assert set(corp.targets) == {("localhost", site_port), ("127.0.0.1", a.port)}, corp.targets
         assert "carries only what ccswitch does not route" not in log
     finally:
         server.shutdown()

@@ -57,6 +57,18 @@ async def test_an_upgrade_is_handed_to_the_bridge_with_a_ticket(gateway):
     assert flow.comment == "ccswitch: Codex WebSocket bridged"
 
 
+async def test_in_upstream_mode_an_upgrade_goes_to_the_bridge_straight_not_through_the_mode_s_proxy(gateway):
+    router = bridging(gateway)
+    router.sockets.bridge.port = 4343
+    with taddons.context(router):
+        flow = upgrade()
+        shared = flow.server_conn
+        shared.via = ("http", ("127.0.0.1", 3128))     # as mitmproxy's upstream mode sets it
+        await router.request(flow)
+    assert flow.server_conn.address == ("127.0.0.1", 4343) and flow.server_conn.via is None
+    assert shared.via == ("http", ("127.0.0.1", 3128))       # the connection's next requests keep it
+
+
 async def test_an_upgrade_while_draining_gets_a_503_not_a_bridge_about_to_close(gateway):
     router = bridging(gateway)
     router.shutdown.draining = True
