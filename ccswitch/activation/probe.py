@@ -124,6 +124,16 @@ class Schedule:
         state.done = ok
         state.next_try = None if ok else now + timedelta(seconds=retry_interval)
 
+    def retries(self, retries: int) -> dict[str, datetime]:
+        """Each upstream's next retry of a failed probe (the soonest, when several wait), for the
+        status: a slot with a try left (its first and `retries` more) that waits for it."""
+        found: dict[str, datetime] = {}
+        for slot, state in self.slots.items():
+            if not state.done and state.next_try is not None and state.tries <= retries:
+                if slot.upstream not in found or state.next_try < found[slot.upstream]:
+                    found[slot.upstream] = state.next_try
+        return found
+
     def gave_up(self, slot: Slot, retries: int) -> bool:
         """The slot failed and has no try left today: its first try and `retries` more all failed."""
         state = self.slots.get(slot)

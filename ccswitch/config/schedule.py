@@ -11,8 +11,8 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from ccswitch.config.models import HourWindow, Upstream
 from ccswitch.config.values import WEEKDAYS, format_hhmm, parse_hhmm
 
-__all__ = ["WEEKDAYS", "describe_next", "format_days", "in_window", "local_now", "next_activation", "schedule_block",
-           "schedule_opens"]
+__all__ = ["WEEKDAYS", "format_days", "in_window", "local_now", "next_activation", "schedule_block",
+           "schedule_opens", "weekday_time"]
 
 _LOOKAHEAD_DAYS = 8
 
@@ -145,7 +145,6 @@ def next_activation(times: Sequence[str], days: frozenset[int], after: datetime)
     return best
 
 
-def describe_next(times: Sequence[str], days: frozenset[int], after: datetime) -> str | None:
-    """Short text for a status line, e.g. "tue 06:00"; None if nothing is scheduled."""
-    nxt = next_activation(times, days, after)
-    return None if nxt is None else f"{WEEKDAYS[nxt.weekday()]} {format_hhmm(nxt.hour * 60 + nxt.minute)}"
+def weekday_time(moment: datetime) -> str:
+    """`tue 06:00`: a moment of the coming week, as a status line shows it."""
+    return f"{WEEKDAYS[moment.weekday()]} {format_hhmm(moment.hour * 60 + moment.minute)}"

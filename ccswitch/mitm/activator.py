@@ -37,7 +37,7 @@ class Activator:
     def __init__(self, gateway: Gateway, clock: Callable[[], datetime] | None = None) -> None:
         self.gateway = gateway
         self.clock = clock or (lambda: utc_now())
-        self.schedule = Schedule()
+        self.schedule = gateway.activations
         self.client: http1.UpstreamClient | None = None
         self._task: asyncio.Task | None = None
 

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from mitmproxy import ctx, exceptions
 
+from ccswitch.activation.probe import Schedule
 from ccswitch.clock import utc_now
 from ccswitch.config.database_url import PostgresURL
 from ccswitch.config.models import ROUTE_PROTOCOLS, Rules
@@ -79,6 +80,7 @@ class Gateway:
         # activation probes in flight: a shutdown waits for them as for requests, since one that
         # reached its upstream and left no row before the ledger closed is sent again after a restart
         self.probes: set[asyncio.Task] = set()
+        self.activations = Schedule()   # which probes fired, failed or wait for a retry (the status shows retries)
         # what the four boards above learn is shared with other instances when the rules name a `state`
         self.boards = Boards(self.health, self.quota, self.sessions, self.spend, self.issued)
         self.state: SharedState = InMemoryState()

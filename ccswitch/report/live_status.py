@@ -97,9 +97,11 @@ def trying(job: Job) -> str | None:
 
 def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, sessions: SessionBindings,
                    now: datetime, spend: SpendBoard | None = None, running: Sequence[Job] = (),
-                   connections: Mapping[str, tuple[int, int]] | None = None) -> list[UpstreamView]:
+                   connections: Mapping[str, tuple[int, int]] | None = None,
+                   retries: Mapping[str, datetime] | None = None) -> list[UpstreamView]:
     """Each upstream's state at `now` (aware, in the rules' time zone), in the rules' order;
-    `running`: the requests under way, `connections`: (open, waiting) by upstream."""
+    `running`: the requests under way, `connections`: (open, waiting) by upstream, `retries`:
+    when a failed activation probe is tried again, by upstream."""
     secrets = rules.secret_texts()
     preferred = health.preferred_name()
     bound = sessions.count_by_upstream()
@@ -127,7 +129,8 @@ def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, session
             budget=tuple(spend.report(UPSTREAM, name)) if spend is not None else (),
             in_flight=on.get(name, 0), connections=connections.get(name, (0, 0)),
             via=upstream.proxy.shown if upstream.proxy is not None else None,
-            activation=next_activation_text(upstream, state, now) if upstream.activate_at else None))
+            activation=(next_activation_text(upstream, state, now, (retries or {}).get(name))
+                        if upstream.activate_at else None)))
     return views
 
 

@@ -125,6 +125,23 @@ async def test_status_json_and_metrics(chain, gateway):
     assert 'ccswitch_upstream_up{upstream="a"} 1' in metrics.response.text
 
 
+async def test_status_json_shows_a_failed_activation_probe_s_retry(chain, gateway):
+    from datetime import timedelta
+
+    from ccswitch.activation.probe import Slot
+    from ccswitch.mitm.activator import Activator
+    gateway.rules_file.rules = gateway.rules.model_copy(update={"upstreams": tuple(
+        u.model_copy(update={"activate_at": ("06:00",)}) for u in gateway.rules.upstreams)})
+    now = datetime.now(gateway.rules.tz)
+    slot = Slot("a", now.date(), "06:00")
+    schedule = Activator(gateway).schedule
+    schedule.started(slot)
+    schedule.finished(slot, False, now, 1)
+    status = await through(chain, flow_on(path="/_ccswitch/status.json", headers=[("x-api-key", CLIENT_KEY)]))
+    [upstream] = json.loads(status.response.content)["upstreams"]
+    assert upstream["activation"] == f"retry {(now + timedelta(seconds=1)):%a %H:%M}".lower()
+
+
 async def test_status_json_and_metrics_say_how_this_instance_s_ledger_and_shared_state_are_doing(
         chain, gateway, monkeypatch):
     # behind a load balancer an operator reads which instance answered, how many rows wait or were

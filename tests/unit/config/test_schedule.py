@@ -10,13 +10,13 @@ from ccswitch.config.load import parse_rules
 from ccswitch.config.models import HourWindow, Upstream
 from ccswitch.config.schedule import (
     WEEKDAYS,
-    describe_next,
     format_days,
     in_window,
     local_now,
     next_activation,
     schedule_block,
     schedule_opens,
+    weekday_time,
 )
 
 UTC = UTC
@@ -241,10 +241,10 @@ def test_next_activation_after_in_other_fixed_offset():
     assert nxt == datetime(2024, 1, 1, 6, 0, tzinfo=timezone(timedelta(hours=-5)))
 
 
-def test_describe_next():
+def test_the_next_activation_as_a_status_line_shows_it():
     after = datetime(2024, 1, 1, 7, 0, tzinfo=BERLIN)
-    assert describe_next(["06:00"], frozenset({1}), after) == "tue 06:00"
-    assert describe_next([], ALL, after) is None
+    assert weekday_time(next_activation(["06:00"], frozenset({1}), after)) == "tue 06:00"
+    assert next_activation([], ALL, after) is None
 
 
 def test_a_naive_clock_value_is_utc_whatever_the_machine_s_zone(monkeypatch):

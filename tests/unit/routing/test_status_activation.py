@@ -41,3 +41,31 @@ def test_a_cooldown_across_a_dst_change_ends_when_it_does_in_elapsed_time():
     health.record_rate_limit("on", "HTTP 429", seconds=3600, reset_known=True)
     state, _, until = upstream_state(RULES.upstream("on"), RULES, health, now)
     assert state == "cooling" and until.timestamp() - now.timestamp() == 3600
+
+
+def test_a_failed_probe_s_retry_shows_when_it_comes_before_the_next_time():
+    from datetime import timedelta
+
+    from ccswitch.activation.probe import Schedule, Slot
+    from ccswitch.routing.status import next_activation_text
+    on = RULES.upstream("on")
+    schedule = Schedule()
+    slot = Slot("on", NOW.date(), "06:00")
+    schedule.started(slot)
+    schedule.finished(slot, False, NOW, 120)            # failed at 05:00: tried again at 05:02
+    retries = schedule.retries(2)
+    assert retries == {"on": NOW + timedelta(seconds=120)}
+    assert line(status_text(RULES, HealthBoard(), NOW, retries=retries), "on").endswith("next activation retry thu 05:02")
+    # a retry later than the next time: the next time; a disabled upstream: none
+    assert next_activation_text(on, "available", NOW, NOW + timedelta(hours=2)) == "thu 06:00"
+    assert next_activation_text(on, "disabled", NOW, NOW + timedelta(seconds=120)) == "none"
+    # its tries used up (the first and 2 retries): no retry waits, though the slot keeps its time
+    for _ in range(2):
+        schedule.started(slot)
+        schedule.finished(slot, False, NOW, 120)
+    assert schedule.gave_up(slot, 2) and schedule.retries(2) == {}
+    # a probe that worked waits for nothing
+    other = Slot("switched", NOW.date(), "06:00")
+    schedule.started(other)
+    schedule.finished(other, True, NOW, 120)
+    assert schedule.retries(2) == {}
