@@ -60,12 +60,12 @@ APART_FROM = 256 * 1024
 
 def ssl_context_for(*, insecure: bool = False, ca_file: str | None = None,
                     ca_dir: str | None = None) -> ssl.SSLContext:
-    """As mitmproxy verifies its own upstreams: certifi's roots unless a CA file or directory is
-    given (its `ssl_verify_upstream_trusted_ca` / `_confdir`); `insecure` verifies nothing."""
+    """certifi's roots, and a CA file or directory given (mitmproxy's `ssl_verify_upstream_trusted_ca`
+    / `_confdir`) besides them: a relay's private CA must not make the official API's public
+    certificate fail (mitmproxy's own upstreams trust the given CA alone); `insecure` verifies nothing."""
+    context = ssl.create_default_context(cafile=certifi.where())
     if ca_file or ca_dir:
-        context = ssl.create_default_context(cafile=ca_file or None, capath=ca_dir or None)
-    else:
-        context = ssl.create_default_context(cafile=certifi.where())
+        context.load_verify_locations(cafile=ca_file or None, capath=ca_dir or None)
     if insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

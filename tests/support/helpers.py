@@ -91,8 +91,9 @@ class MemorySink:
         return b"".join(self.chunks)
 
 
-def localhost_tls_server_context(directory):
-    """(server SSLContext, path of its self-signed certificate) for `localhost`."""
+def localhost_tls_server_context(directory, subject: str = "localhost"):
+    """(server SSLContext, path of its self-signed certificate) for `localhost`; `subject`: its
+    name as an issuer (two certificates with one name are one issuer to a verifier)."""
     import datetime
     import ssl
 
@@ -102,7 +103,7 @@ def localhost_tls_server_context(directory):
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))

@@ -752,11 +752,11 @@ async def test_ours_saying_close_and_a_bodyless_answer_are_each_kept_or_not_as_t
 
 
 @asynccontextmanager
-async def tls_server(directory, body: bytes):
-    """A keep-alive HTTPS server for `localhost` with a self-signed certificate:
-    (URL, certificate path, the connections it served)."""
+async def tls_server(directory, body: bytes, subject: str = "localhost"):
+    """A keep-alive HTTPS server for `localhost` with a self-signed certificate (its issuer named
+    `subject`): (URL, certificate path, the connections it served)."""
     from tests.support.helpers import localhost_tls_server_context
-    context, cert = localhost_tls_server_context(directory)
+    context, cert = localhost_tls_server_context(directory, subject)
     served = []
 
     async def serve(reader, writer):
@@ -817,6 +817,19 @@ async def test_mitmproxys_upstream_tls_options_have_their_meaning(tmp_path):
                 await c.send("GET", url, [])
     with pytest.raises((OSError, ssl.SSLError)):
         http1.ssl_context_for(ca_file=str(tmp_path / "missing.pem"))
+
+
+async def test_a_relay_s_private_ca_is_trusted_beside_the_usual_roots_not_instead_of_them(tmp_path, monkeypatch):
+    # `ssl_verify_upstream_trusted_ca=relay-ca.pem` for a private relay beside the official API:
+    # with the CA file alone, the official API's public certificate failed to verify
+    (tmp_path / "relay").mkdir()
+    (tmp_path / "public").mkdir()
+    async with tls_server(tmp_path / "relay", b"relay", "relay CA") as (relay, relay_ca, _), \
+            tls_server(tmp_path / "public", b"public", "public root") as (public, public_root, _):
+        monkeypatch.setattr(http1.certifi, "where", lambda: str(public_root))     # the usual roots, here
+        async with client(ssl_context=http1.ssl_context_for(ca_file=str(relay_ca))) as c:
+            assert await (await c.send("GET", relay, [])).aread() == b"relay"
+            assert await (await c.send("GET", public, [])).aread() == b"public"
 
 
 async def test_new_tls_settings_are_not_served_by_connections_made_under_the_old_ones(tmp_path):
