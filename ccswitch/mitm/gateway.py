@@ -175,10 +175,18 @@ class Gateway:
         error = await self._try_spend(until)
         if error is None:
             return
+        shared = self.rules.state is not None
         # a warning, not an error: mitmdump exits on an error logged while it starts
-        log.warning("ccswitch: cannot read the spend so far: %s (budgets count from 0 until it can be "
-                    "read; trying again every %d s)", error, SPEND_RETRY)
+        log.warning("ccswitch: cannot read the spend so far: %s (budgets count %s until it can be "
+                    "read; trying again every %d s)", error,
+                    "what the shared state holds" if shared else "from 0", SPEND_RETRY)
         self._spend_reader = hook_task(self._read_spend_later(until), "spend read")
+        if shared:
+            # the other instances' spend is in the shared state: the requests that wait for this
+            # read (those a budget applies to) wait for it to be loaded too, not for nothing
+            async with self._state_lock:     # opened at the start beside this read
+                state = self.state
+            await state.first_look()
 
     async def _read_spend_later(self, until: datetime) -> None:
         while True:

@@ -156,6 +156,10 @@ class SharedState(Protocol):
     async def stop(self) -> None:
         """End, handing on what is still queued if that is quick."""
 
+    async def first_look(self) -> None:
+        """Return once the shared store was first tried (its records merged in, or found out of
+        reach), a few seconds at most; at once when nothing is shared."""
+
     async def claim(self, name: str, until: float) -> bool:
         """Whether this instance tells the occurrence `name` (an `Event.claim`): the first to claim
         it until `until` (epoch seconds) does.  True when nothing is shared, and while the shared
@@ -178,6 +182,9 @@ class InMemoryState:
         boards.listen(None)
 
     async def stop(self) -> None:
+        return None
+
+    async def first_look(self) -> None:
         return None
 
     async def claim(self, name: str, until: float) -> bool:

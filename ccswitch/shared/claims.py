@@ -62,6 +62,9 @@ class Claims:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._first_look.wait(), FIRST_LOOK_WAIT)
 
+    async def first_look(self) -> None:
+        await self._after_first_look()
+
     async def claim(self, name: str, until: float) -> bool:
         """One SET NX per occurrence told: the instance whose claim lands first tells it."""
         await self._after_first_look()

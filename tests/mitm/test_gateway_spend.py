@@ -278,3 +278,33 @@ async def test_a_stop_after_two_quick_reloads_moving_the_ledger_waits_for_both_o
     # every one of them still closing, not only the last reload's
     moved_ledger(tmp_path, caplog, "b", "c").close()
     assert not [t for t in threading.enumerate() if t.name == "ccswitch-ledger-close" and t.is_alive()]
+
+
+async def test_a_start_the_ledger_refuses_counts_the_spend_the_shared_state_holds_before_a_request(
+        tmp_path, monkeypatch, redis_server):
+    # PostgreSQL down, Redis up: an instance starting beside others let requests through over
+    # their budgets until its shared state had loaded (11 of 12 in a tester's run)
+    from tests.mitm.conftest import open_gateway
+    shared = f"state: {redis_server.url(3)}\n" + RULES
+    (tmp_path / "other").mkdir()
+    (tmp_path / "new").mkdir()
+    other, new = open_gateway(tmp_path / "other", shared), open_gateway(tmp_path / "new", shared)
+    noon = at_noon(other)
+    at_noon(new)
+    await other.open_state()
+    try:
+        await eventually(lambda: other.state.up)
+        other.spend.add(CLIENT, "alice", 20.0, noon)            # over her daily $10, told to Redis
+        await eventually(lambda: not other.state._unsent)
+        monkeypatch.setattr(gateway_module, "ledger_spend",
+                            lambda *args, **kw: LedgerSpend(error="connection refused"))
+        new.open_ledger(True)
+        opening = asyncio.ensure_future(new.open_state())       # as the shared-state addon's start
+        await new.start_spend(utc_now())                        # what the first routed request awaits
+        assert new.spend.spent(CLIENT, "alice", "daily") == 20.0
+        await opening
+    finally:
+        new.stop_reading_spend()
+        await new.close_state()
+        await other.close_state()
+        new.close()
