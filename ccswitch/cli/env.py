@@ -27,6 +27,7 @@ import shlex
 import ssl
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ccswitch.cli.rules_file import unset_in
 from ccswitch.config.models import Rules
@@ -39,6 +40,7 @@ SYSTEM_BUNDLES = (Path("/etc/ssl/certs/ca-certificates.crt"), Path("/etc/pki/tls
                   Path("/etc/ssl/cert.pem"))
 LOOPBACK = "127.0.0.1"
 NO_PROXY = "localhost,127.0.0.1,::1"
+DEFAULT_INTERCEPT = Rules.model_fields["intercept"].default     # the hosts ccswitch decrypts without rules
 PROVIDER = "ccswitch"
 OFFICIAL_OPENAI = "https://api.openai.com/v1"
 #: the base-URL variables a client reads, each with the official value that leads through the proxy
@@ -255,6 +257,60 @@ def base_url_unsets(environ: dict[str, str]) -> list[str]:
     return lines
 
 
+def no_proxy_lines(environ: dict[str, str], intercept: tuple[str, ...]) -> list[str]:
+    """NO_PROXY / no_proxy for the clients: this shell's entries kept (a company's hosts) with
+    loopback added, less any entry that would send an intercepted host past ccswitch (said in a
+    comment)."""
+    kept: list[str] = []
+    dropped: list[str] = []
+    for entry in (environ.get("NO_PROXY") or environ.get("no_proxy") or "").split(","):
+        entry = entry.strip()
+        if entry and entry not in kept and entry not in dropped:
+            (dropped if _exempts(entry, intercept) else kept).append(entry)
+    kept += [own for own in NO_PROXY.split(",") if own not in kept]
+    value = ",".join(kept)
+    told = [f"# NO_PROXY: {', '.join(dropped)} left out: clients would reach {', '.join(intercept)} past ccswitch"] \
+        if dropped else []
+    return [*told, _export("NO_PROXY", value), _export("no_proxy", value)]
+
+
+def _exempts(entry: str, hosts: tuple[str, ...]) -> bool:
+    """Whether a NO_PROXY entry (`*`, `host`, `.domain`, `*.domain`, `host:port`) covers one of `hosts`."""
+    name = entry.lower().lstrip("*").lstrip(".")
+    if entry.strip() == "*":
+        return True
+    if name.count(":") == 1:        # host:port (an IPv6 address has more colons)
+        name = name.split(":")[0]
+    return bool(name) and any(host == name or host.endswith("." + name) for host in hosts)
+
+
+def replaced_proxy_lines(environ: dict[str, str], origin: str) -> list[str]:
+    """A comment when the shell's HTTPS_PROXY pointed elsewhere (a company's proxy): the clients
+    go through ccswitch instead, and ccswitch itself reaches upstreams only through the rules'
+    proxies.  Shown without its user name and password; one on this machine (ccswitch on another
+    port, from an earlier `eval`) is replaced without a word."""
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        value = environ.get(name, "").strip()
+        if value and value.rstrip("/") != origin:
+            shown = _without_login(value)
+            if shown.split("://", 1)[1].rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "localhost", "::1"):
+                return []
+            return [f"# {name} was {shown} in this shell: the clients now go through ccswitch, which does not "
+                    f"use that proxy by itself; to reach upstreams through it, write `upstream_proxy: {shown}` "
+                    "in rules.yaml"]
+    return []
+
+
+def _without_login(proxy: str) -> str:
+    parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = parts.hostname or "?"
+    return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}" + (f":{port}" if port else "")
+
+
 def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bundle_dir: Path,
               host: str = LOOPBACK, system_ca: Path | None = None, rules: Rules | None = None,
               environ: dict[str, str] | None = None) -> str:
@@ -292,23 +348,24 @@ def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bund
         ])
 
     keys = client_key_lines(rules) if rules is not None else []
+    shell = os.environ if environ is None else environ
+    exempt = no_proxy_lines(shell, rules.intercept if rules is not None else DEFAULT_INTERCEPT)
     if reverse:
         return "\n".join([
             f"# ccswitch reverse listener at {origin} (plain HTTP on loopback: no proxy, no CA)",
             _export("ANTHROPIC_BASE_URL", origin),
             *_openai_base_url_lines(rules, host, port),
-            _export("NO_PROXY", NO_PROXY),
-            _export("no_proxy", NO_PROXY),
+            *exempt,
             *keys,
         ])
 
     lines = [
         f"# ccswitch as HTTPS proxy at {origin} (Claude Code, Codex CLI)",
+        *replaced_proxy_lines(shell, origin),
         _export("HTTPS_PROXY", origin),
         _export("https_proxy", origin),
-        _export("NO_PROXY", NO_PROXY),
-        _export("no_proxy", NO_PROXY),
-        *base_url_unsets(os.environ if environ is None else environ),
+        *exempt,
+        *base_url_unsets(shell),
     ]
     ca = mitmproxy_ca(confdir)
     if not ca.is_file():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
+from urllib.parse import urlsplit
 
 from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.proxy import mode_specs
@@ -41,9 +43,8 @@ def routed_past_upstream_mode(modes: list[tuple[str, mode_specs.ProxyMode]], rul
     dials what it routes itself, through the rules' proxies: with none set, those go direct."""
     proxies = [f"{mode.scheme}://{mode.address[0]}:{mode.address[1]}" for _, mode in modes
                if isinstance(mode, mode_specs.UpstreamMode)]
-    direct = [u.name for u in rules.upstreams
-              if rules.routes.routes_of(u.name) and u.proxy is None and "proxy" not in u.model_fields_set]
-    if not proxies or "upstream_proxy" in rules.model_fields_set or not direct:
+    direct = going_direct(rules)
+    if not proxies or not direct:
         return None
     # ccswitch reaches a proxy over plain HTTP (CONNECT) or SOCKS only
     write = f"`upstream_proxy: http://{proxies[0].split('://', 1)[1]}`" if proxies[0].startswith(("http:", "https:")) \
@@ -52,6 +53,39 @@ def routed_past_upstream_mode(modes: list[tuple[str, mode_specs.ProxyMode]], rul
             "ccswitch sends the requests it routes itself, through rules.yaml's upstream_proxy or each "
             f"upstream's proxy, and {', '.join(direct)} would go direct. Write {write} (its login as "
             "`http://USER:${VAR}@…`), or `upstream_proxy: direct` to mean it")
+
+
+def going_direct(rules: Rules) -> list[str]:
+    """The routed upstreams reached without a proxy because the rules name none (not `direct`
+    by choice); none at all when the rules set `upstream_proxy`."""
+    if "upstream_proxy" in rules.model_fields_set:
+        return []
+    return [u.name for u in rules.upstreams
+            if rules.routes.routes_of(u.name) and u.proxy is None and "proxy" not in u.model_fields_set]
+
+
+#: the variables other programs take an outgoing proxy from, in the order they are looked at
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
+
+
+def proxy_in_environment(environ: Mapping[str, str], rules: Rules, own_ports: Iterable[int]) -> str | None:
+    """ccswitch's environment names an outgoing proxy (a company's), which ccswitch does not use:
+    what to write instead, or None (no such proxy, ccswitch itself from `ccswitch env`, or the
+    rules decide every upstream's way)."""
+    name, value = next(((n, environ[n].strip()) for n in PROXY_VARIABLES if environ.get(n, "").strip()), (None, ""))
+    if name is None or not (direct := going_direct(rules)):
+        return None
+    parts = urlsplit(value if "://" in value else "http://" + value)
+    try:
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        host, port = parts.hostname or "", None
+    if is_loopback(host) and port in set(own_ports):
+        return None
+    shown = f"{parts.scheme}://{f'[{host}]' if ':' in host else host}" + (f":{port}" if port else "")
+    return (f"{name} in ccswitch's environment names {shown}, which ccswitch does not use: "
+            f"{', '.join(direct)} go direct. Write `upstream_proxy: {shown}` in rules.yaml to reach "
+            "upstreams through it, or `upstream_proxy: direct` to mean it")
 
 
 def parsed_modes(specs: Iterable[str]) -> list[tuple[str, mode_specs.ProxyMode]]:
@@ -124,6 +158,10 @@ class ListenSafety:
             self.check_exposure()
         if updated & {"mode", "ccswitch_rules"} and (note := routed_past_upstream_mode(
                 parsed_modes(ctx.options.mode), self.gateway.rules)):
+            log.warning("ccswitch: %s", note)
+        if updated & {"mode", "listen_port", "ccswitch_rules"} and (note := proxy_in_environment(
+                os.environ, self.gateway.rules,
+                (mode.listen_port(ctx.options.listen_port) for _, mode in parsed_modes(ctx.options.mode)))):
             log.warning("ccswitch: %s", note)
         if "proxyauth" in updated and ctx.options.proxyauth and self._reverse_specs():
             log.warning("ccswitch: mitmproxy's proxyauth also asks every request on %s for "

@@ -315,3 +315,35 @@ def test_the_upstream_mode_warning_comes_only_for_routed_upstreams_that_would_go
     assert "a would go direct" in said and "Write `upstream_proxy: http://proxy.internal:3128`" in said
     explicit = parse_rules(head + ", proxy: direct}\nroutes: {claude: [a]}\n")
     assert routed_past_upstream_mode(modes, explicit) is None     # said so in the rules
+
+
+def test_a_proxy_in_ccswitch_s_environment_is_said_to_go_unused_with_what_to_write():
+    # a user behind a company proxy set HTTPS_PROXY for ccswitch: its requests went direct, unsaid
+    from ccswitch.config.load import parse_rules
+    from ccswitch.mitm.safety import proxy_in_environment
+    rules = parse_rules("upstreams:\n  - {name: a, protocol: anthropic, base_url: 'https://a.example', api_key: k}\n"
+                        "routes: {claude: [a]}\n")
+    said = proxy_in_environment({"https_proxy": "http://alice:s3cret@proxy.corp:3128"}, rules, [8080])
+    assert said.startswith("https_proxy in ccswitch's environment names http://proxy.corp:3128") and "s3cret" not in said
+    assert "a go direct" in said and "Write `upstream_proxy: http://proxy.corp:3128`" in said
+    assert "ALL_PROXY" in proxy_in_environment({"ALL_PROXY": "socks5h://127.0.0.1:1080"}, rules, [8080])
+    assert proxy_in_environment({"HTTPS_PROXY": "http://127.0.0.1:8080"}, rules, [8080]) is None   # ccswitch itself
+    assert proxy_in_environment({}, rules, [8080]) is None
+    decided = parse_rules("upstream_proxy: direct\n" + "upstreams:\n  - {name: a, protocol: anthropic, "
+                          "base_url: 'https://a.example', api_key: k}\nroutes: {claude: [a]}\n")
+    assert proxy_in_environment({"HTTPS_PROXY": "http://proxy.corp:3128"}, decided, [8080]) is None
+
+
+def test_the_start_says_when_ccswitch_s_environment_names_a_proxy_it_does_not_use(tmp_path, caplog, monkeypatch):
+    from ccswitch.mitm.rules_watcher import RulesWatcher
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
+    gateway = Gateway()
+    watcher, safety = RulesWatcher(gateway), ListenSafety(gateway)
+    caplog.set_level(logging.WARNING, logger="ccswitch")
+    with taddons.context(proxyserver.Proxyserver(), proxyauth.ProxyAuth(), watcher, safety) as tctx:
+        tctx.configure(watcher, ccswitch_rules=str(rules))
+        tctx.configure(safety, mode=["regular@8080"])
+    assert "HTTPS_PROXY in ccswitch's environment names http://proxy.corp:3128, which ccswitch does not use" \
+        in caplog.text

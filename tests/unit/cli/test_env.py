@@ -57,7 +57,7 @@ def shell_env(text):
 def test_proxy_exports_and_bundle(confdir, system_ca, tmp_path):
     bundle_dir = tmp_path / "bundles"
     text = env_lines(confdir=confdir, port=8080, reverse=False, codex_toml=False, bundle_dir=bundle_dir,
-                     system_ca=system_ca)
+                     system_ca=system_ca, environ={})
     ex = exports(text)
     bundle = bundle_dir / "ccswitch-ca-bundle.pem"
     assert ex["HTTPS_PROXY"] == "http://127.0.0.1:8080"
@@ -340,3 +340,32 @@ def test_a_base_url_the_shell_already_has_is_unset_for_the_proxy(tmp_path, syste
     reverse = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=False, bundle_dir=tmp_path,
                         environ={"ANTHROPIC_BASE_URL": relay})
     assert "unset" not in reverse and exports(reverse)["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:8082"
+
+
+def test_the_shell_s_no_proxy_is_kept_less_what_would_send_an_intercepted_host_past_ccswitch(tmp_path, system_ca):
+    shell = {"NO_PROXY": "corp.internal, .example.org,.anthropic.com,localhost,chatgpt.com:443"}
+    rules = parse_rules("intercept: [api.anthropic.com, chatgpt.com]\n")
+    for reverse in (False, True):
+        text = env_lines(confdir=tmp_path / "fresh", port=8080, reverse=reverse, codex_toml=False, bundle_dir=tmp_path,
+                         system_ca=system_ca, environ=shell, rules=rules)
+        ex = exports(text)
+        assert ex["NO_PROXY"] == ex["no_proxy"] == "corp.internal,.example.org,localhost,127.0.0.1,::1"
+        assert ("# NO_PROXY: .anthropic.com, chatgpt.com:443 left out: clients would reach api.anthropic.com, "
+                "chatgpt.com past ccswitch") in text.splitlines()
+    everything = env_lines(confdir=tmp_path / "fresh", port=8080, reverse=False, codex_toml=False, bundle_dir=tmp_path,
+                           system_ca=system_ca, environ={"no_proxy": "*"})
+    assert exports(everything)["NO_PROXY"] == "localhost,127.0.0.1,::1" and "# NO_PROXY: * left out" in everything
+
+
+def test_a_company_proxy_the_shell_had_is_named_without_its_login_with_how_ccswitch_can_use_it(tmp_path, system_ca):
+    def told(environ):
+        text = env_lines(confdir=tmp_path / "fresh", port=8080, reverse=False, codex_toml=False, bundle_dir=tmp_path,
+                         system_ca=system_ca, environ=environ)
+        assert exports(text)["HTTPS_PROXY"] == "http://127.0.0.1:8080"
+        return [line for line in text.splitlines() if "in this shell" in line and "PROXY" in line]
+    [line] = told({"HTTPS_PROXY": "http://alice:s3cret@proxy.corp:3128/"})
+    assert line.startswith("# HTTPS_PROXY was http://proxy.corp:3128 in this shell") and "s3cret" not in line
+    assert "`upstream_proxy: http://proxy.corp:3128`" in line
+    assert told({"https_proxy": "http://127.0.0.1:8081"}) == []     # ccswitch on another port, from before
+    assert told({"HTTPS_PROXY": "http://127.0.0.1:8080/"}) == []    # this one
+    assert told({}) == []
