@@ -22,7 +22,7 @@ from mitmproxy.proxy import mode_specs
 from ccswitch.mitm.flows import LIVE_HOST, answer, redact_credentials, without_client_keys
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.safety import beyond_loopback
-from ccswitch.mitm.scope import answered_early
+from ccswitch.mitm.scope import answered_early, host_named
 from ccswitch.report.live_html import CONTENT_SECURITY_POLICY, page_html
 from ccswitch.report.live_status import InstanceView, live_status, upstream_views
 from ccswitch.report.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -47,7 +47,7 @@ def live_path(flow: http.HTTPFlow) -> str | None:
         if path == PREFIX or path.startswith(PREFIX + "/"):
             return path
         return None
-    if flow.request.pretty_host.lower().rstrip(".") == LIVE_HOST:
+    if host_named(flow.request.pretty_host) == LIVE_HOST:
         return path
     return None
 

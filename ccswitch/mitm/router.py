@@ -49,7 +49,7 @@ from ccswitch.mitm.lifecycle import hook_task, stopping, take_given_values
 from ccswitch.mitm.planner import Planner
 from ccswitch.mitm.replay import as_the_client_sent, replayed_request
 from ccswitch.mitm.router_options import add_options
-from ccswitch.mitm.scope import answered_early, is_api_flow, replays_routed, route_of, why_unrouted
+from ccswitch.mitm.scope import answered_early, host_named, is_api_flow, replays_routed, route_of, why_unrouted
 from ccswitch.net import http1
 from ccswitch.routing.admission import (
     body_problem,
@@ -443,7 +443,7 @@ class Router:
     def _unrouted(self, flow: http.HTTPFlow) -> None:
         if (not flow.comment or HELD_COMMENT in flow.comment) and is_api_flow(flow, self.gateway.rules):
             comment_on(flow, f"ccswitch: not routed ({why_unrouted(flow)}): passed on as it came")
-        if ctx.options.ccswitch_offline and flow.request.pretty_host.lower() in self.gateway.rules.intercept:
+        if ctx.options.ccswitch_offline and host_named(flow.request.pretty_host) in self.gateway.rules.intercept:
             message = "ccswitch is offline: this host is not reachable"
             if (meant := meant_path(flow.request.path)) is not None:
                 message += (f" (ccswitch routes {meant}, not {flow.request.path.split('?', 1)[0]}: "

@@ -13,7 +13,7 @@ from mitmproxy.proxy import mode_specs
 from ccswitch.config.models import Rules
 from ccswitch.mitm.flows import LIVE_HOST, answer_error, likely_protocol
 from ccswitch.mitm.gateway import Gateway
-from ccswitch.mitm.scope import answered_early
+from ccswitch.mitm.scope import answered_early, host_named
 from ccswitch.net.addresses import is_loopback
 from ccswitch.wire import headers as wire
 from ccswitch.wire.redact import client_credential, holding, target_without
@@ -281,6 +281,6 @@ class InterceptScope:
         if not isinstance(context.client.proxy_mode, mode_specs.RegularMode | mode_specs.UpstreamMode):
             return
         host = data.client_hello.sni or (context.server.address[0] if context.server.address else "")
-        host = host.lower()
+        host = host_named(host)
         if host not in self.gateway.rules.intercept and host != LIVE_HOST:
             data.ignore_connection = True

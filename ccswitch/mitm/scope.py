@@ -28,11 +28,17 @@ def why_unrouted(flow: http.HTTPFlow) -> str:
     return f"the {match.route} route lists no upstreams"
 
 
+def host_named(name: str) -> str:
+    """A host name as the `intercept` list holds it: lower case, without the root's trailing dot
+    (`api.anthropic.com.` is the same host, and its TLS was decrypted by its SNI, which has none)."""
+    return name.lower().rstrip(".")
+
+
 def is_api_flow(flow: http.HTTPFlow, rules: Rules) -> bool:
     """A flow to an API host: on a reverse listener, or to an `intercept` host; or the replay
     of a flow ccswitch routed, whatever it shows now (the upstream's URL, or an edit)."""
     return (isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
-            or flow.request.pretty_host.lower() in rules.intercept
+            or host_named(flow.request.pretty_host) in rules.intercept
             or replays_routed(flow))
 
 

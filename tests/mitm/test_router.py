@@ -62,6 +62,23 @@ def messages_flow(body=None, key=CLIENT_KEY, host="api.anthropic.com", path="/v1
     return flow
 
 
+async def test_an_intercept_host_with_the_root_s_trailing_dot_is_routed(router, gateway):
+    # its TLS was decrypted (the SNI has no dot), then its request passed on unrouted, key and all
+    flow = messages_flow(host="API.anthropic.com.")
+    await router.request(flow)
+    assert flow.request.port == 4242 and flow.id in router.jobs
+
+
+def test_the_intercept_scope_takes_a_host_named_with_the_root_s_trailing_dot(gateway):
+    from types import SimpleNamespace
+    conn = tflow.tclient_conn()
+    conn.proxy_mode = mode_specs.ProxyMode.parse("regular")
+    data = SimpleNamespace(client_hello=SimpleNamespace(sni=None), ignore_connection=False,
+                           context=SimpleNamespace(client=conn, server=SimpleNamespace(address=("api.openai.com.", 443))))
+    InterceptScope(gateway).tls_clienthello(data)
+    assert not data.ignore_connection
+
+
 async def test_routed_flow_goes_to_the_relay_with_credentials_redacted(router):
     flow = messages_flow()
     await router.request(flow)
