@@ -132,7 +132,7 @@ class RedisState(Claims):
         self._writing = 0          # writes under way (the shutdown waits for them)
         self._task: asyncio.Task | None = None
         self._client: redis.Redis | None = None
-        self._told_down = False
+        self._told_down: str | None = None      # how its outage was last told: unreachable, or a refusal
         self._told_full = False
         self._connected_once = False
         self._first_look = asyncio.Event()    # Redis was tried once: connected, or not (see Claims)
@@ -254,21 +254,25 @@ class RedisState(Claims):
 
     def _went_down(self, exc: BaseException) -> None:
         self._first_look.set()
-        if not self._told_down:
-            self._told_down = True
-            refusal = refused_setting(exc)
-            if refusal is not None:     # no outage: `state:` or Redis needs mending, the wait will not
-                log.warning("ccswitch: shared state: %s refuses ccswitch: %s (%s); serving from this "
-                          "instance's memory and trying again", self.where, refusal, self._describe(exc))
-                return
-            log.warning("ccswitch: shared state: %s is unreachable (%s); serving from this instance's "
-                        "memory and reconnecting", self.where, self._describe(exc))
+        refusal = refused_setting(exc)
+        # told once per kind: an outage that turns into a refusal (Redis back with a password
+        # the URL lacks) is a setting to mend, and said so
+        kind = refusal or "unreachable"
+        if self._told_down == kind:
+            return
+        self._told_down = kind
+        if refusal is not None:     # no outage: `state:` or Redis needs mending, the wait will not
+            log.warning("ccswitch: shared state: %s refuses ccswitch: %s (%s); serving from this "
+                        "instance's memory and trying again", self.where, refusal, self._describe(exc))
+            return
+        log.warning("ccswitch: shared state: %s is unreachable (%s); serving from this instance's "
+                    "memory and reconnecting", self.where, self._describe(exc))
 
     def _came_up(self, merged: int) -> None:
         self._connected_once = True
         self._first_look.set()
         if self._told_down:
-            self._told_down = False
+            self._told_down = None
             log.warning("ccswitch: shared state: %s is reachable again; %d record(s) merged with "
                         "this instance's view", self.where, merged)
         else:

@@ -1068,3 +1068,16 @@ async def test_a_stop_while_redis_hangs_says_it_had_no_answer(own_redis, caplog)
         os.kill(own_redis.proc.pid, signal.SIGCONT)
     said = [r.getMessage() for r in caplog.records if "could not hand the last changes" in r.getMessage()]
     assert len(said) == 1 and said[0].endswith(": no answer within 2 s"), said
+
+
+def test_an_outage_that_turns_into_a_refusal_is_told_again_as_a_setting_to_mend(caplog):
+    # Redis came back with a password the URL lacks: the running instances still said only
+    # "unreachable (Connection refused)", a fresh one said what to mend
+    from redis.exceptions import AuthenticationError, ConnectionError as RedisConnectionError
+    caplog.set_level(logging.WARNING, "ccswitch.state")
+    state = RedisState(RedisURL.parse("redis://127.0.0.1:9/0"))
+    for exc in (RedisConnectionError("Error 111 connecting: Connection refused"),) * 2 + \
+            (AuthenticationError("Authentication required."),) * 2:
+        state._went_down(exc)
+    assert caplog.text.count("is unreachable") == 1 and caplog.text.count("refuses ccswitch") == 1
+    assert "it wants a password, and the state URL has none" in caplog.text
