@@ -1073,7 +1073,8 @@ async def test_a_stop_while_redis_hangs_says_it_had_no_answer(own_redis, caplog)
 def test_an_outage_that_turns_into_a_refusal_is_told_again_as_a_setting_to_mend(caplog):
     # Redis came back with a password the URL lacks: the running instances still said only
     # "unreachable (Connection refused)", a fresh one said what to mend
-    from redis.exceptions import AuthenticationError, ConnectionError as RedisConnectionError
+    from redis.exceptions import AuthenticationError
+    from redis.exceptions import ConnectionError as RedisConnectionError
     caplog.set_level(logging.WARNING, "ccswitch.state")
     state = RedisState(RedisURL.parse("redis://127.0.0.1:9/0"))
     for exc in (RedisConnectionError("Error 111 connecting: Connection refused"),) * 2 + \
