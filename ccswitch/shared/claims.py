@@ -48,11 +48,13 @@ def _told(value: object) -> tuple[str | None, str, float]:
 
 #: how long a claim made while the first connection is still being tried waits for its outcome
 FIRST_LOOK_WAIT = 5.0
+#: occurrences decided through Redis kept in memory before the ended ones are let go
+_DECIDED_KEPT = 1000
 
 
 class Claims:
     """The claims of `RedisState` (whose `_client`, `up`, `instance`, `wall`, `where`,
-    `_describe`, `_told_unshared` and `_first_look` they use)."""
+    `_describe`, `_told_unshared`, `_decided` and `_first_look` they use)."""
 
     async def _after_first_look(self) -> None:
         """Right after the start, before Redis was first tried: a claim waits for that (at most
@@ -66,17 +68,26 @@ class Claims:
         await self._after_first_look()
 
     async def claim(self, name: str, until: float) -> bool:
-        """One SET NX per occurrence told: the instance whose claim lands first tells it."""
+        """One SET NX per occurrence told: the instance whose claim lands first tells it.  An
+        occurrence claimed once through Redis is remembered here until `until`: Redis restarted
+        empty (no persistence) would let every instance claim it again, and tell it again."""
         await self._after_first_look()
         client = self._client
         if not self.up or client is None:
             return True
+        now = self.wall()
+        if self._decided.get(name, 0.0) > now:
+            return False
         try:
-            return bool(await client.set(layout.claim_key(name), self.instance, nx=True,
-                                         px=max(1000, int((until - self.wall()) * 1000))))
+            ours = bool(await client.set(layout.claim_key(name), self.instance, nx=True,
+                                         px=max(1000, int((until - now) * 1000))))
         except OUTAGES as exc:
             log.debug("ccswitch: could not claim %r in %s (%s): told here", name, self.where, self._describe(exc))
             return True
+        if len(self._decided) >= _DECIDED_KEPT:
+            self._decided = {key: end for key, end in self._decided.items() if end > now}
+        self._decided[name] = until
+        return ours
 
     async def claim_state(self, name: str, state: str, episode: str, *, absorbed: bool = False) -> bool:
         """One SET … GET per state told (`state episode time`): the instance that finds another

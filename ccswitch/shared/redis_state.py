@@ -122,6 +122,7 @@ class RedisState(Claims):
         self.dropped = 0           # records dropped because the queue was full
         self.malformed = 0         # published records that could not be read
         self._told_unshared: dict[str, str] = {}     # see Claims: name -> the claim told here
+        self._decided: dict[str, float] = {}          # see Claims: occurrence -> until when it stands
         self._pending: dict[tuple, Change] = {}
         self._unsent: dict[tuple, SpendAdded] = {}    # spend Redis has not acknowledged yet
         # upstreams whose windows a `ccswitch.reset` forgot while Redis was away: its windows carry

@@ -545,6 +545,18 @@ async def test_an_occurrence_is_claimed_once_until_it_ends(redis_url, store):
         assert 0 < await store.pttl("ccswitch:n:budget:k:over") <= 1000
 
 
+async def test_an_occurrence_claimed_before_redis_lost_its_data_is_not_claimed_again(redis_url, store):
+    # Redis restarted empty (no persistence): a budget crossed before was told a second time
+    async with Node(redis_url) as a, Node(redis_url) as b:
+        until = time.time() + 120
+        assert await a.state.claim("budget:k:daily", until) is True
+        assert await b.state.claim("budget:k:daily", until) is False
+        await store.flushdb()
+        assert await b.state.claim("budget:k:daily", until) is False
+        assert await a.state.claim("budget:k:daily", until) is False
+        assert await a.state.claim("budget:k:weekly", until) is True      # another occurrence: news
+
+
 async def test_an_empty_state_claim_is_no_state_of_ours(redis_url, store):
     async with Node(redis_url) as a:
         await store.set("ccswitch:n:health:relay", "")
