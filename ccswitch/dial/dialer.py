@@ -230,7 +230,7 @@ class Dialer:
             if learn and result.counts and result.rate_limited:
                 # an error event under a 2xx head: that head's resets are of windows still serving
                 self._rate_limited(upstream.name, result.reason, result.headers, failover.cooldown,
-                                   refusal=not 200 <= (result.status or 0) < 300)
+                                   refusal=not 200 <= (result.status or 0) < 300, began=began)
             elif learn and result.counts:
                 self.health.record_failure(upstream.name, result.reason, threshold=failover.threshold,
                                            cooldown=failover.cooldown)
@@ -240,7 +240,7 @@ class Dialer:
                 self._served(job, upstream, read, learn, began)
             elif learn and result.rate_limited:
                 self._rate_limited(upstream.name, result.reason or "rate limited", result.limit_headers,
-                                   failover.cooldown, refusal=False)
+                                   failover.cooldown, refusal=False, began=began)
             elif learn and result.ok is False:
                 self.health.record_failure(upstream.name, result.reason or "stream failed",
                                            threshold=failover.threshold, cooldown=failover.cooldown)
@@ -269,8 +269,8 @@ class Dialer:
                 job.rebound_to = upstream.name
 
     def _rate_limited(self, name: str, reason: str, headers: list[tuple[str, str]], cooldown: float, *,
-                      refusal: bool) -> None:
-        cool_rate_limited(self.health, self.quota, name, reason, headers, cooldown, refusal=refusal)
+                      refusal: bool, began: float) -> None:
+        cool_rate_limited(self.health, self.quota, name, reason, headers, cooldown, refusal=refusal, began=began)
 
     async def _send_and_judge(self, job: Job, upstream: Upstream, outgoing: OutgoingRequest,
                               translation, sink: Sink, attempt: Attempt, probing: bool,

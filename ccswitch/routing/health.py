@@ -42,7 +42,7 @@ class UpstreamHealth:
     switched: bool | None = None  # ccswitch.enable / disable until the next reload; None = the rules'
     last_error: str | None = None
     rate_limited: bool = False  # the cooldown lasts until a reset the upstream itself reported
-    limited_since: float = 0.0  # when this instance cooled it down for a rate limit (clock time)
+    cooling_since: float = 0.0  # when this instance began the cooldown under way (clock time)
     outage: str | None = None   # the open outage's episode (its first cooldown's end), until a 2xx
     changed_at: float = 0.0     # epoch of the last change shared with other instances (0: none yet)
     # its last 2xx here (clock time; 0: none): no news while healthy, but in a merge after an
@@ -149,7 +149,7 @@ class HealthBoard:
         `by`: what answered, when not a client's request (` to its activation probe`)."""
         state = self.get(name)
         now = self.clock()
-        if began is not None and state.rate_limited and state.cooling_until > now and began < state.limited_since:
+        if began is not None and state.rate_limited and state.cooling_until > now and began < state.cooling_since:
             return
         state.succeeded = now
         if state.cooling_until:     # failures below the threshold never cooled it down: nothing ends
@@ -180,7 +180,7 @@ class HealthBoard:
             state.cooling_until = max(state.cooling_until, now + at_least)
         elif state.failures >= threshold or was_probe:
             length = max(cooldown, at_least)
-            state.cooling_until = now + length
+            state.cooling_until, state.cooling_since = now + length, now
             state.was_cooling = True
             state.rate_limited = False
             log.warning("ccswitch: upstream %s: cooldown for %s after %d consecutive failure(s) (last: %s)",
@@ -189,19 +189,24 @@ class HealthBoard:
                                     f"{state.failures} consecutive failure(s) (last: {reason})")
         self._share(name, state)
 
-    def record_rate_limit(self, name: str, reason: str, *, seconds: float, reset_known: bool) -> None:
+    def record_rate_limit(self, name: str, reason: str, *, seconds: float, reset_known: bool,
+                          began: float | None = None) -> None:
         """A 429 (or an in-stream rate-limit error): cool down at once, for as long as the
-        upstream said (`reset_known`) or for the configured cooldown."""
+        upstream said (`reset_known`) or for the configured cooldown.  `began`: when its request
+        was sent (clock time)."""
         state = self.get(name)
         state.failures += 1
         state.last_error = reason
         now = self.clock()
         end = now + max(0.0, seconds)
-        if end <= state.cooling_until:
+        # a request sent during a cooldown for failures (the route's last upstream is tried all
+        # the same) that the upstream answers with its reset is the later news: that reset stands
+        later = reset_known and not state.rate_limited and began is not None and began >= state.cooling_since
+        if end <= state.cooling_until and not later:
             # a request under way when a longer cooldown began: that one ends when it was to
             self._share(name, state)
             return
-        state.cooling_until, state.limited_since = end, now
+        state.cooling_until, state.cooling_since = end, now
         state.was_cooling = True
         state.rate_limited = reset_known
         log.warning("ccswitch: upstream %s: rate limited, cooling down for %s%s (%s)", name, seconds_text(seconds),

@@ -34,16 +34,18 @@ def learn_windows(quota: QuotaBoard, events: Events | None, name: str, headers: 
 
 
 def cool_rate_limited(health: HealthBoard, quota: QuotaBoard, name: str, reason: str,
-                      headers: list[tuple[str, str]], cooldown: float, *, refusal: bool) -> None:
+                      headers: list[tuple[str, str]], cooldown: float, *, refusal: bool,
+                      began: float | None = None) -> None:
     """A rate-limited upstream cools down at once: until the reset of the window that rejected,
     when it was reported (here or in the rate-limit headers last seen), else for `cooldown`.
-    `refusal`: the headers are the 429's own, not those of a 2xx whose stream said it later."""
+    `refusal`: the headers are the 429's own, not those of a 2xx whose stream said it later;
+    `began`: when the request was sent (health's clock)."""
     now = quota.clock()
     reset = rejection_reset(headers, now, lone=refusal) if headers else None
     if reset is None:
         full = quota.full(name, 1.0)
         reset = full.resets_at if full is not None else None
     if reset is not None and reset > now:
-        health.record_rate_limit(name, reason, seconds=reset - now, reset_known=True)
+        health.record_rate_limit(name, reason, seconds=reset - now, reset_known=True, began=began)
     else:
-        health.record_rate_limit(name, reason, seconds=cooldown, reset_known=False)
+        health.record_rate_limit(name, reason, seconds=cooldown, reset_known=False, began=began)

@@ -1203,3 +1203,21 @@ async def test_only_a_2xx_responses_answer_leaves_an_id_to_continue(mock_a, mock
     job, sink, _ = await run(responses_pair(mock_a, mock_b), path="/v1/responses", body=body,
                              host="api.openai.com")
     assert sink.status == 200 and job.attempts[-1].response_id is not None
+
+
+async def test_a_429_with_its_reset_to_a_request_sent_while_the_upstream_cooled_down_for_failures_stands(
+        mock_a, mock_b):
+    # the route's last upstream, tried while it cools down after 500s, answers 429 retry-after 20:
+    # it is rate limited until then (the route's own 429 meanwhile), not left to be called again
+    rules = two(mock_a, mock_b, extra=FAST.replace("failover: {", "failover: {threshold: 1, cooldown: 600, "))
+    health = HealthBoard()
+    health.record_failure("a", "HTTP 500", threshold=1, cooldown=600)
+    mock_a.script(status(429, retry_after=20))
+    dialer = Dialer(health, allow_url=loopback_url)
+    try:
+        job = make_job(rules)
+        job.candidates = [rules.upstream("a")]      # the route's last upstream, cooling down
+        await dialer.run(job, MemorySink())
+    finally:
+        await dialer.aclose()
+    assert health.get("a").rate_limited and 15 < health.cooling_until("a") - health.clock() <= 20

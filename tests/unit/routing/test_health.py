@@ -237,3 +237,21 @@ def test_a_2xx_sent_before_a_rate_limit_cooled_it_down_ends_nothing():
         fail(b, cooldown=600)
     b.record_success("a", began)
     assert b.cooling_until("a") is None
+
+
+def test_a_429_to_a_request_sent_during_a_cooldown_for_failures_is_the_later_news():
+    # the route's last upstream is tried while it cools down after 500s: its 429 with a reset was
+    # taken for nothing, so every instance went on calling it, and no route said it was exhausted
+    b, clock = board()
+    for _ in range(3):
+        fail(b, cooldown=600)
+    clock.now += 10
+    b.record_rate_limit("a", "HTTP 429", seconds=20, reset_known=True, began=clock.now - 0.5)
+    assert b.cooling_until("a") == clock.now + 20 and b.get("a").rate_limited
+    # without a known reset, or from a request sent before the cooldown began: as before
+    c, clock_c = board()
+    for _ in range(3):
+        fail(c, cooldown=600)
+    c.record_rate_limit("a", "HTTP 429", seconds=20, reset_known=False, began=clock_c.now)
+    c.record_rate_limit("a", "HTTP 429", seconds=20, reset_known=True, began=clock_c.now - 1)
+    assert c.cooling_until("a") == clock_c.now + 600 and not c.get("a").rate_limited
