@@ -27,10 +27,11 @@ import shlex
 import ssl
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from ccswitch.cli.rules_file import unset_in
 from ccswitch.config.models import Rules
+from ccswitch.net.addresses import is_loopback
+from ccswitch.net.proxy import named_proxy
 from ccswitch.vocab import Route
 
 CA_FILE = "mitmproxy-ca-cert.pem"           # what mitmproxy writes into its confdir on first start
@@ -40,6 +41,7 @@ SYSTEM_BUNDLES = (Path("/etc/ssl/certs/ca-certificates.crt"), Path("/etc/pki/tls
                   Path("/etc/ssl/cert.pem"))
 LOOPBACK = "127.0.0.1"
 NO_PROXY = "localhost,127.0.0.1,::1"
+OWN_PORTS = (8080, 8082)          # ccswitch's default listeners (regular, reverse)
 DEFAULT_INTERCEPT = Rules.model_fields["intercept"].default     # the hosts ccswitch decrypts without rules
 PROVIDER = "ccswitch"
 OFFICIAL_OPENAI = "https://api.openai.com/v1"
@@ -257,58 +259,53 @@ def base_url_unsets(environ: dict[str, str]) -> list[str]:
     return lines
 
 
-def no_proxy_lines(environ: dict[str, str], intercept: tuple[str, ...]) -> list[str]:
-    """NO_PROXY / no_proxy for the clients: this shell's entries kept (a company's hosts) with
-    loopback added, less any entry that would send an intercepted host past ccswitch (said in a
-    comment)."""
+def no_proxy_lines(environ: dict[str, str], intercept: tuple[str, ...] | None) -> list[str]:
+    """NO_PROXY / no_proxy for the clients: this shell's entries kept (a company's hosts; both
+    variables', as tools read one or the other) with loopback added.  For the proxy (`intercept`:
+    the hosts ccswitch decrypts) an entry that would send one of them past ccswitch is left out,
+    said in a comment; an entry with control characters is left out whatever the mode."""
     kept: list[str] = []
     dropped: list[str] = []
-    for entry in (environ.get("NO_PROXY") or environ.get("no_proxy") or "").split(","):
+    unreadable = 0
+    for entry in f"{environ.get('no_proxy', '')},{environ.get('NO_PROXY', '')}".split(","):
         entry = entry.strip()
-        if entry and entry not in kept and entry not in dropped:
-            (dropped if _exempts(entry, intercept) else kept).append(entry)
+        if not entry.isprintable() or " " in entry:
+            unreadable += 1
+        elif entry and entry not in kept and entry not in dropped:
+            (dropped if intercept and _exempts(entry, intercept) else kept).append(entry)
     kept += [own for own in NO_PROXY.split(",") if own not in kept]
     value = ",".join(kept)
-    told = [f"# NO_PROXY: {', '.join(dropped)} left out: clients would reach {', '.join(intercept)} past ccswitch"] \
-        if dropped else []
+    told = [f"# NO_PROXY: {', '.join(dropped)} left out: clients would reach {', '.join(intercept or ())} past "
+            "ccswitch"] if dropped else []
+    if unreadable:
+        told.append(f"# NO_PROXY: {unreadable} entry(ies) with spaces or control characters left out")
     return [*told, _export("NO_PROXY", value), _export("no_proxy", value)]
 
 
 def _exempts(entry: str, hosts: tuple[str, ...]) -> bool:
     """Whether a NO_PROXY entry (`*`, `host`, `.domain`, `*.domain`, `host:port`) covers one of `hosts`."""
-    name = entry.lower().lstrip("*").lstrip(".")
-    if entry.strip() == "*":
+    if entry == "*":
         return True
+    name = entry.lower().lstrip("*").lstrip(".")
     if name.count(":") == 1:        # host:port (an IPv6 address has more colons)
         name = name.split(":")[0]
+    name = name.rstrip(".")
     return bool(name) and any(host == name or host.endswith("." + name) for host in hosts)
 
 
-def replaced_proxy_lines(environ: dict[str, str], origin: str) -> list[str]:
-    """A comment when the shell's HTTPS_PROXY pointed elsewhere (a company's proxy): the clients
-    go through ccswitch instead, and ccswitch itself reaches upstreams only through the rules'
-    proxies.  Shown without its user name and password; one on this machine (ccswitch on another
-    port, from an earlier `eval`) is replaced without a word."""
+def replaced_proxy_lines(environ: dict[str, str], port: int) -> list[str]:
+    """A comment when the shell's HTTPS_PROXY named another proxy (a company's, cntlm's on
+    loopback): the clients go through ccswitch instead, and ccswitch itself reaches upstreams only
+    through the rules' proxies.  Shown without its login; ccswitch's own (this port, or a default
+    one from an earlier `eval`) is replaced without a word."""
     for name in ("HTTPS_PROXY", "https_proxy"):
-        value = environ.get(name, "").strip()
-        if value and value.rstrip("/") != origin:
-            shown = _without_login(value)
-            if shown.split("://", 1)[1].rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "localhost", "::1"):
-                return []
-            return [f"# {name} was {shown} in this shell: the clients now go through ccswitch, which does not "
-                    f"use that proxy by itself; to reach upstreams through it, write `upstream_proxy: {shown}` "
-                    "in rules.yaml"]
+        proxy = named_proxy(environ.get(name, ""))
+        if proxy is None or (is_loopback(proxy.host) and proxy.port in (port, *OWN_PORTS)):
+            continue
+        return [f"# {name} was {proxy.shown} in this shell: the clients now go through ccswitch, which does not "
+                f"use that proxy by itself; to reach upstreams through it, write `upstream_proxy: "
+                f"{proxy.suggestion}` in rules.yaml"]
     return []
-
-
-def _without_login(proxy: str) -> str:
-    parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    host = parts.hostname or "?"
-    return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}" + (f":{port}" if port else "")
 
 
 def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bundle_dir: Path,
@@ -349,22 +346,21 @@ def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bund
 
     keys = client_key_lines(rules) if rules is not None else []
     shell = os.environ if environ is None else environ
-    exempt = no_proxy_lines(shell, rules.intercept if rules is not None else DEFAULT_INTERCEPT)
     if reverse:
         return "\n".join([
             f"# ccswitch reverse listener at {origin} (plain HTTP on loopback: no proxy, no CA)",
             _export("ANTHROPIC_BASE_URL", origin),
             *_openai_base_url_lines(rules, host, port),
-            *exempt,
+            *no_proxy_lines(shell, None),      # no proxy for the clients: the shell's exemptions stay
             *keys,
         ])
 
     lines = [
         f"# ccswitch as HTTPS proxy at {origin} (Claude Code, Codex CLI)",
-        *replaced_proxy_lines(shell, origin),
+        *replaced_proxy_lines(shell, port),
         _export("HTTPS_PROXY", origin),
         _export("https_proxy", origin),
-        *exempt,
+        *no_proxy_lines(shell, rules.intercept if rules is not None else DEFAULT_INTERCEPT),
         *base_url_unsets(shell),
     ]
     ca = mitmproxy_ca(confdir)

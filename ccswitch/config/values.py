@@ -217,7 +217,7 @@ def host_name(v: str) -> str:
     if "*" in v or "?" in v:   # a TLS handshake is matched by its exact name: list each host
         raise ValueError("must be a host name like api.anthropic.com; wildcards are not supported, "
                          "list each host")
-    if not v or any(c in v for c in "/: \t@"):
+    if not v or any(c in v for c in "/:@") or not v.isprintable() or any(c.isspace() for c in v):
         raise ValueError("must be a host name like api.anthropic.com")
     return v
 

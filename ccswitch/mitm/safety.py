@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from urllib.parse import urlsplit
 
 from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.proxy import mode_specs
@@ -15,6 +14,7 @@ from ccswitch.mitm.flows import LIVE_HOST, answer_error, likely_protocol
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.scope import answered_early, host_named
 from ccswitch.net.addresses import is_loopback
+from ccswitch.net.proxy import named_proxy
 from ccswitch.wire import headers as wire
 from ccswitch.wire.redact import client_credential, holding, target_without
 
@@ -70,22 +70,19 @@ PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP
 
 def proxy_in_environment(environ: Mapping[str, str], rules: Rules, own_ports: Iterable[int]) -> str | None:
     """ccswitch's environment names an outgoing proxy (a company's), which ccswitch does not use:
-    what to write instead, or None (no such proxy, ccswitch itself from `ccswitch env`, or the
-    rules decide every upstream's way)."""
-    name, value = next(((n, environ[n].strip()) for n in PROXY_VARIABLES if environ.get(n, "").strip()), (None, ""))
-    if name is None or not (direct := going_direct(rules)):
+    what to write instead, or None (no such proxy, only ccswitch itself from `ccswitch env`, or
+    the rules decide every upstream's way)."""
+    if not (direct := going_direct(rules)):
         return None
-    parts = urlsplit(value if "://" in value else "http://" + value)
-    try:
-        host, port = parts.hostname or "", parts.port
-    except ValueError:
-        host, port = parts.hostname or "", None
-    if is_loopback(host) and port in set(own_ports):
-        return None
-    shown = f"{parts.scheme}://{f'[{host}]' if ':' in host else host}" + (f":{port}" if port else "")
-    return (f"{name} in ccswitch's environment names {shown}, which ccswitch does not use: "
-            f"{', '.join(direct)} go direct. Write `upstream_proxy: {shown}` in rules.yaml to reach "
-            "upstreams through it, or `upstream_proxy: direct` to mean it")
+    ours = set(own_ports)
+    for name in PROXY_VARIABLES:
+        proxy = named_proxy(environ.get(name, ""))
+        if proxy is None or (is_loopback(proxy.host) and proxy.port in ours):
+            continue
+        return (f"{name} in ccswitch's environment names {proxy.shown}, which ccswitch does not use: "
+                f"{', '.join(direct)} go direct. Write `upstream_proxy: {proxy.suggestion}` in rules.yaml to "
+                "reach upstreams through it, or `upstream_proxy: direct` to mean it")
+    return None
 
 
 def parsed_modes(specs: Iterable[str]) -> list[tuple[str, mode_specs.ProxyMode]]:

@@ -84,6 +84,37 @@ class Proxy:
     __str__ = __repr__
 
 
+@dataclass(frozen=True)
+class NamedProxy:
+    """An outgoing proxy as another program's environment names it (`HTTPS_PROXY=…`)."""
+    host: str
+    port: int | None
+    shown: str          # scheme://host:port, never its login
+    suggestion: str     # how rules.yaml would name it (`upstream_proxy: …`)
+
+
+def named_proxy(value: str) -> NamedProxy | None:
+    """`HTTPS_PROXY`'s value, with a scheme or not, a login or not; None when it names no host or a
+    kind of proxy ccswitch cannot use.  The suggestion is `http://` for an `https://` one (ccswitch
+    reaches a proxy over plain HTTP CONNECT), `USER:${VAR}@` where it had a login, `PORT` where it
+    named none."""
+    value = value.strip()
+    if not value or not value.isprintable():
+        return None
+    parts = urlsplit(value if "://" in value else "http://" + value)
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    scheme = "http" if parts.scheme.lower() == "https" else parts.scheme.lower()
+    if not host or scheme not in SCHEMES:
+        return None
+    where = f"[{host}]" if ":" in host else host
+    shown = f"{parts.scheme.lower()}://{where}" + (f":{port}" if port else "")
+    login = "USER:${VAR}@" if parts.username else ""
+    return NamedProxy(host, port, shown, f"{scheme}://{login}{where}:{port if port else 'PORT'}")
+
+
 def parse_proxy(text: str) -> Proxy | None:
     """`direct` -> None; `scheme://[user[:pass]@]host:port` -> Proxy.  Raises ValueError with a
     message that never repeats the text (it may hold a password)."""

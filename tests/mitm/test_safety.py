@@ -325,9 +325,14 @@ def test_a_proxy_in_ccswitch_s_environment_is_said_to_go_unused_with_what_to_wri
                         "routes: {claude: [a]}\n")
     said = proxy_in_environment({"https_proxy": "http://alice:s3cret@proxy.corp:3128"}, rules, [8080])
     assert said.startswith("https_proxy in ccswitch's environment names http://proxy.corp:3128") and "s3cret" not in said
-    assert "a go direct" in said and "Write `upstream_proxy: http://proxy.corp:3128`" in said
+    assert "a go direct" in said and "Write `upstream_proxy: http://USER:${VAR}@proxy.corp:3128`" in said
     assert "ALL_PROXY" in proxy_in_environment({"ALL_PROXY": "socks5h://127.0.0.1:1080"}, rules, [8080])
     assert proxy_in_environment({"HTTPS_PROXY": "http://127.0.0.1:8080"}, rules, [8080]) is None   # ccswitch itself
+    # ccswitch's own in HTTPS_PROXY (an `eval` in this shell) and the company's in HTTP_PROXY
+    said = proxy_in_environment({"HTTPS_PROXY": "http://127.0.0.1:8080", "HTTP_PROXY": "https://proxy.corp"},
+                                rules, [8080])
+    assert said.startswith("HTTP_PROXY in ccswitch's environment names https://proxy.corp")
+    assert "`upstream_proxy: http://proxy.corp:PORT`" in said
     assert proxy_in_environment({}, rules, [8080]) is None
     decided = parse_rules("upstream_proxy: direct\n" + "upstreams:\n  - {name: a, protocol: anthropic, "
                           "base_url: 'https://a.example', api_key: k}\nroutes: {claude: [a]}\n")

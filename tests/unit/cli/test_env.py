@@ -343,18 +343,36 @@ def test_a_base_url_the_shell_already_has_is_unset_for_the_proxy(tmp_path, syste
 
 
 def test_the_shell_s_no_proxy_is_kept_less_what_would_send_an_intercepted_host_past_ccswitch(tmp_path, system_ca):
-    shell = {"NO_PROXY": "corp.internal, .example.org,.anthropic.com,localhost,chatgpt.com:443"}
+    shell = {"NO_PROXY": "corp.internal, .example.org,.anthropic.com,localhost,chatgpt.com.:443",
+             "no_proxy": "build.corp"}            # tools read one or the other: both are kept
     rules = parse_rules("intercept: [api.anthropic.com, chatgpt.com]\n")
-    for reverse in (False, True):
-        text = env_lines(confdir=tmp_path / "fresh", port=8080, reverse=reverse, codex_toml=False, bundle_dir=tmp_path,
-                         system_ca=system_ca, environ=shell, rules=rules)
-        ex = exports(text)
-        assert ex["NO_PROXY"] == ex["no_proxy"] == "corp.internal,.example.org,localhost,127.0.0.1,::1"
-        assert ("# NO_PROXY: .anthropic.com, chatgpt.com:443 left out: clients would reach api.anthropic.com, "
-                "chatgpt.com past ccswitch") in text.splitlines()
+    text = env_lines(confdir=tmp_path / "fresh", port=8080, reverse=False, codex_toml=False, bundle_dir=tmp_path,
+                     system_ca=system_ca, environ=shell, rules=rules)
+    ex = exports(text)
+    assert ex["NO_PROXY"] == ex["no_proxy"] == "build.corp,corp.internal,.example.org,localhost,127.0.0.1,::1"
+    assert ("# NO_PROXY: .anthropic.com, chatgpt.com.:443 left out: clients would reach api.anthropic.com, "
+            "chatgpt.com past ccswitch") in text.splitlines()
     everything = env_lines(confdir=tmp_path / "fresh", port=8080, reverse=False, codex_toml=False, bundle_dir=tmp_path,
                            system_ca=system_ca, environ={"no_proxy": "*"})
     assert exports(everything)["NO_PROXY"] == "localhost,127.0.0.1,::1" and "# NO_PROXY: * left out" in everything
+    # a reverse listener's clients use no proxy: the shell's exemptions (for its other traffic) stay
+    reverse = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=False, bundle_dir=tmp_path,
+                        environ=shell, rules=rules)
+    assert exports(reverse)["NO_PROXY"].startswith("build.corp,corp.internal,.example.org,.anthropic.com,")
+    assert "left out" not in reverse
+
+
+def test_no_proxy_entries_cannot_put_a_command_into_the_text_to_eval(tmp_path, system_ca):
+    # an entry with a line break ended the comment that quoted it, and what followed ran at `eval`
+    marker = tmp_path / "ran"
+    shell = {"NO_PROXY": f"api.anthropic.com:\n$(touch {marker}),corp.internal"}
+    text = env_lines(confdir=tmp_path / "fresh", port=8080, reverse=False, codex_toml=False, bundle_dir=tmp_path,
+                     system_ca=system_ca, environ=shell)
+    subprocess.run([shutil.which("sh"), "-c", 'eval "$CCSW_TEXT"'], check=True,
+                   env={"PATH": os.environ.get("PATH", ""), "CCSW_TEXT": text})
+    assert not marker.exists()
+    assert exports(text)["NO_PROXY"] == "corp.internal,localhost,127.0.0.1,::1"
+    assert "# NO_PROXY: 1 entry(ies) with spaces or control characters left out" in text.splitlines()
 
 
 def test_a_company_proxy_the_shell_had_is_named_without_its_login_with_how_ccswitch_can_use_it(tmp_path, system_ca):
@@ -362,10 +380,16 @@ def test_a_company_proxy_the_shell_had_is_named_without_its_login_with_how_ccswi
         text = env_lines(confdir=tmp_path / "fresh", port=8080, reverse=False, codex_toml=False, bundle_dir=tmp_path,
                          system_ca=system_ca, environ=environ)
         assert exports(text)["HTTPS_PROXY"] == "http://127.0.0.1:8080"
-        return [line for line in text.splitlines() if "in this shell" in line and "PROXY" in line]
+        return [line for line in text.splitlines() if "in this shell" in line and "PROXY" in line.upper()]
     [line] = told({"HTTPS_PROXY": "http://alice:s3cret@proxy.corp:3128/"})
     assert line.startswith("# HTTPS_PROXY was http://proxy.corp:3128 in this shell") and "s3cret" not in line
-    assert "`upstream_proxy: http://proxy.corp:3128`" in line
-    assert told({"https_proxy": "http://127.0.0.1:8081"}) == []     # ccswitch on another port, from before
-    assert told({"HTTPS_PROXY": "http://127.0.0.1:8080/"}) == []    # this one
+    assert "`upstream_proxy: http://USER:${VAR}@proxy.corp:3128`" in line
+    # cntlm or px on this machine is a company proxy too; ccswitch's own ports are not
+    [line] = told({"https_proxy": "http://127.0.0.1:3128"})
+    assert "`upstream_proxy: http://127.0.0.1:3128`" in line
+    # what the rules accept: http:// for an https:// proxy (CONNECT is plain HTTP), a port to fill in
+    [line] = told({"HTTPS_PROXY": "https://proxy.corp"})
+    assert "was https://proxy.corp in this shell" in line and "`upstream_proxy: http://proxy.corp:PORT`" in line
+    assert told({"https_proxy": "http://127.0.0.1:8082"}) == []     # ccswitch's reverse default, from before
+    assert told({"HTTPS_PROXY": "http://[::1]:8080/"}) == []        # this one
     assert told({}) == []

@@ -1193,3 +1193,11 @@ def test_a_variable_named_in_other_letters_case_is_pointed_at_never_its_value():
         "r.yaml: upstreams[a].api_key: environment variable relay_b_key is not set "
         "(set it where ccswitch runs, or set enabled: false; did you mean ${RELAY_B_KEY}?)"], said
     assert "sk-test-secret-value" not in "\n".join(said)
+
+
+@pytest.mark.parametrize("host", ["api.anthropic.com\nevil", "api anthropic.com", "api.\x00anthropic.com"])
+def test_an_intercept_host_with_a_space_or_control_character_inside_is_refused(host):
+    # a line break inside went on into `ccswitch env`'s comments, text a shell evals
+    from ccswitch.config.values import host_name
+    with pytest.raises(ValueError, match="must be a host name"):
+        host_name(host)

@@ -337,3 +337,21 @@ async def test_a_proxy_that_resets_the_connection_is_told_in_words_not_an_errno(
         listener.close()
     assert str(caught.value) == (f"proxy {scheme}://127.0.0.1:{port}: the connection to the proxy failed "
                                  "(Connection reset by peer)")
+
+
+@pytest.mark.parametrize("value,shown,suggestion", [
+    ("http://alice:s3cret@proxy.corp:3128/", "http://proxy.corp:3128", "http://USER:${VAR}@proxy.corp:3128"),
+    ("proxy.corp:3128", "http://proxy.corp:3128", "http://proxy.corp:3128"),
+    ("https://proxy.corp", "https://proxy.corp", "http://proxy.corp:PORT"),
+    ("socks5h://[::1]:1080", "socks5h://[::1]:1080", "socks5h://[::1]:1080"),
+    (" HTTP://Proxy.Corp:8080 ", "http://proxy.corp:8080", "http://proxy.corp:8080")])
+def test_a_proxy_another_program_s_environment_names_is_told_as_the_rules_would_name_it(value, shown, suggestion):
+    from ccswitch.net.proxy import named_proxy
+    proxy = named_proxy(value)
+    assert (proxy.shown, proxy.suggestion) == (shown, suggestion)
+
+
+@pytest.mark.parametrize("value", ["", "socks4://proxy:1080", "http://proxy:99999", "http://pro\nxy:3128", "http://:3128"])
+def test_a_proxy_value_ccswitch_cannot_use_or_read_names_nothing(value):
+    from ccswitch.net.proxy import named_proxy
+    assert named_proxy(value) is None
