@@ -124,12 +124,15 @@ class Schedule:
         state.done = ok
         state.next_try = None if ok else now + timedelta(seconds=retry_interval)
 
-    def retries(self, retries: int) -> dict[str, datetime]:
+    def retries(self, rules: Rules) -> dict[str, datetime]:
         """Each upstream's next retry of a failed probe (the soonest, when several wait), for the
-        status: a slot with a try left (its first and `retries` more) that waits for it."""
+        status: a slot with a try left (its first and `activation.retries` more) that waits for
+        it, of a time the rules still have."""
+        times = {u.name: u.activate_at for u in rules.upstreams}
         found: dict[str, datetime] = {}
         for slot, state in self.slots.items():
-            if not state.done and state.next_try is not None and state.tries <= retries:
+            if not state.done and state.next_try is not None and state.tries <= rules.activation.retries \
+                    and slot.at in times.get(slot.upstream, ()):
                 if slot.upstream not in found or state.next_try < found[slot.upstream]:
                     found[slot.upstream] = state.next_try
         return found

@@ -81,8 +81,9 @@ class CodexSockets:
         """The upgrade reached the bridge (its 101) or never will: the flow shows the URL Codex
         asked for again, not the bridge's loopback address and ticket, for the socket's life."""
         if (token := flow.request.headers.pop(TICKET_HEADER, None)) is not None:
-            if self.bridge.forget(token):     # one that never reached the bridge (the client left)
-                self._open.pop(flow.id, None)
+            self.bridge.forget(token)     # one that never reached the bridge (the client left)
+        if flow.websocket is None:        # no socket (the bridge refused it, the client left): no end to come
+            self._open.pop(flow.id, None)
         if (url := self._asked.pop(flow.id, None)) is not None:
             flow.request.url = url
 

@@ -4,6 +4,7 @@ and the TLS settings of ccswitch's own upstream connections, taken from mitmprox
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import threading
@@ -43,6 +44,7 @@ SPEND_RETRY = 30   # seconds between reads of the spend so far while the ledger 
 #: seconds routed requests wait at start for the spend so far (a budget needs it); a ledger that
 #: has not answered by then (a lock on its table, a pooler queueing the query) is read on meanwhile
 SPEND_WAIT = 15
+STATE_OPEN_WAIT = 5.0   # how long a failed spend read waits for the shared state to be opened
 _LEDGER_CLOSE_WAIT = 12   # seconds a stop waits for a moved-away ledger's close (its own flush waits 10)
 UPSTREAM_TLS_OPTIONS = {"ssl_insecure", "ssl_verify_upstream_trusted_ca", "ssl_verify_upstream_trusted_confdir"}
 
@@ -86,6 +88,7 @@ class Gateway:
         self.state: SharedState = InMemoryState()
         self._state_for: tuple | None = None   # the rules' `state` the running one was opened for
         self._state_lock = asyncio.Lock()
+        self._state_opened = asyncio.Event()   # the start's `open_state` has run (the spend read may wait for it)
         self._closing_ledgers: list[threading.Thread] = []   # ledgers a reload moved away from, closing
         self.price = RowPrices()   # each finished request priced once: for budgets and the live page
         self.ledger: Ledger | None = None
@@ -130,10 +133,12 @@ class Gateway:
                 state = state_for(wanted)
             except StateUnavailable as exc:
                 log.error("ccswitch: %s; state stays %s", exc, self.state.where)
+                self._state_opened.set()
                 return
             await self.state.stop()
             self.state, self._state_for = state, (wanted,)
             await state.start(self.boards)
+            self._state_opened.set()
 
     async def close_state(self) -> None:
         async with self._state_lock:
@@ -184,9 +189,12 @@ class Gateway:
         if shared:
             # the other instances' spend is in the shared state: the requests that wait for this
             # read (those a budget applies to) wait for it to be loaded too, not for nothing
-            async with self._state_lock:     # opened at the start beside this read
-                state = self.state
-            await state.first_look()
+            with contextlib.suppress(TimeoutError):     # opened at the start beside this read
+                await asyncio.wait_for(self._state_opened.wait(), STATE_OPEN_WAIT)
+            await self.state.first_look()
+            if self.state.shared and not self.state.up:
+                log.warning("ccswitch: %s cannot be read either: budgets count from 0 until one of them can",
+                            self.state.where)
 
     async def _read_spend_later(self, until: datetime) -> None:
         while True:
@@ -204,9 +212,10 @@ class Gateway:
         return found.error
 
     def stop_reading_spend(self) -> None:
-        if self._spend_reader is not None:
-            self._spend_reader.cancel()
-            self._spend_reader = None
+        for task in (self._spend_reader, self.first_spend_read):     # the first may wait on the shared state
+            if task is not None:
+                task.cancel()
+        self._spend_reader = None
 
     def _spend_rows(self, until: datetime) -> LedgerSpend:
         """The ledger's priced requests this month before `until`."""

@@ -120,7 +120,7 @@ class LivePage:
     def _views(self, now: datetime, running: list):
         gateway = self.gateway
         return upstream_views(gateway.rules, gateway.health, gateway.quota, gateway.sessions, now, gateway.spend,
-                              running, gateway.connections(), gateway.activations.retries(gateway.rules.activation.retries))
+                              running, gateway.connections(), gateway.activations.retries(gateway.rules))
 
     def _status(self) -> dict:
         rules, running = self.gateway.rules, self.gateway.in_flight()
@@ -138,7 +138,7 @@ class LivePage:
             "ledger_waiting": ledger.pending, "ledger_dropped": ledger.dropped, "ledger_trouble": ledger.trouble}
         return InstanceView(host=socket.gethostname(), pid=os.getpid(),
                             ledger=ledger.backend.label if ledger is not None else None, **shown,
-                            state=state.where, state_shared=state.shared, state_up=getattr(state, "up", True))
+                            state=state.where, state_shared=state.shared, state_up=state.up)
 
 
 def text_answer(status: int, message: str, extra: dict | None = None) -> http.Response:

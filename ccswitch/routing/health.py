@@ -344,7 +344,10 @@ class HealthBoard:
         now = self.clock()
         was_cooling = state.cooling_until > now
         # a cooldown that has ended still matters (the next request probes): never 0, which means none
-        state.cooling_until = max(self._from_epoch(change.cooling_end), 1e-6) if change.cooling_end else 0.0
+        until = max(self._from_epoch(change.cooling_end), 1e-6) if change.cooling_end else 0.0
+        if until != state.cooling_until:     # begun by the other instance by the time it told it
+            state.cooling_since = self._from_epoch(change.at)
+        state.cooling_until = until
         state.failures = change.failures
         state.rate_limited = change.rate_limited
         state.last_error = change.last_error

@@ -149,6 +149,8 @@ class SharedState(Protocol):
     where: str
     #: whether other instances share it (what is told, and claimed, is theirs too)
     shared: bool
+    #: whether it is in step with the shared store now (always, when nothing is shared)
+    up: bool
 
     async def start(self, boards: Boards) -> None:
         """Begin (returns at once: connecting and loading happen in the background)."""
@@ -177,6 +179,7 @@ class InMemoryState:
 
     where = "in memory (this instance only)"
     shared = False
+    up = True
 
     async def start(self, boards: Boards) -> None:
         boards.listen(None)

@@ -72,12 +72,12 @@ class Claims:
         occurrence claimed once through Redis is remembered here until `until`: Redis restarted
         empty (no persistence) would let every instance claim it again, and tell it again."""
         await self._after_first_look()
+        now = self.wall()
+        if self._decided.get(name, 0.0) > now:     # Redis restarting empty, or down meanwhile
+            return False
         client = self._client
         if not self.up or client is None:
             return True
-        now = self.wall()
-        if self._decided.get(name, 0.0) > now:
-            return False
         try:
             ours = bool(await client.set(layout.claim_key(name), self.instance, nx=True,
                                          px=max(1000, int((until - now) * 1000))))

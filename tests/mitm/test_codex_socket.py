@@ -119,7 +119,21 @@ async def test_an_upgrade_that_never_reached_the_bridge_leaves_no_ticket_behind(
         assert router.sockets.bridge._tickets          # held for the bridge: the flow, the client's headers
         flow.error = Error("client disconnected")         # before mitmproxy reached the bridge
         router.error(flow)
-    assert not router.sockets.bridge._tickets
+    assert not router.sockets.bridge._tickets and not router.sockets._open
+
+
+async def test_an_upgrade_the_bridge_answered_without_a_socket_is_let_go(gateway):
+    # its ticket was taken (a 403 for one it did not know, a client gone after the 101): no
+    # websocket_end comes for it, and its flow was held for good
+    from mitmproxy.test import tutils
+    router = bridging(gateway)
+    with taddons.context(router):
+        flow = upgrade()
+        await router.request(flow)
+        router.sockets.bridge._tickets.clear()            # the bridge took the ticket
+        flow.response = tutils.tresp(status_code=403)
+        router.response(flow)
+    assert not router.sockets._open
 
 
 async def test_a_shutdown_waits_for_bridged_turns_and_cuts_them(gateway):

@@ -308,3 +308,38 @@ async def test_a_start_the_ledger_refuses_counts_the_spend_the_shared_state_hold
         await new.close_state()
         await other.close_state()
         new.close()
+
+
+async def test_a_start_with_both_the_ledger_and_the_shared_state_out_of_reach_says_budgets_count_from_0(
+        tmp_path, monkeypatch, caplog):
+    from tests.mitm.conftest import open_gateway
+    from tests.support.redis_server import free_port
+    gateway = open_gateway(tmp_path, f"state: redis://127.0.0.1:{free_port()}/0\n" + RULES)
+    monkeypatch.setattr(gateway_module, "ledger_spend", lambda *args, **kw: LedgerSpend(error="connection refused"))
+    gateway.open_ledger(True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="ccswitch"):
+            opening = asyncio.ensure_future(gateway.open_state())
+            await asyncio.wait_for(gateway.start_spend(utc_now()), 10)
+            await opening
+        assert "cannot be read either: budgets count from 0 until one of them can" in caplog.text
+    finally:
+        gateway.stop_reading_spend()
+        await gateway.close_state()
+        gateway.close()
+
+
+async def test_a_stop_in_the_first_seconds_ends_a_spend_read_waiting_on_the_shared_state(tmp_path, monkeypatch):
+    from tests.mitm.conftest import open_gateway
+    gateway = open_gateway(tmp_path, "state: redis://127.0.0.1:9/0\n" + RULES)   # never opened here
+    monkeypatch.setattr(gateway_module, "ledger_spend", lambda *args, **kw: LedgerSpend(error="connection refused"))
+    gateway.open_ledger(True)
+    try:
+        starting = asyncio.ensure_future(gateway.start_spend(utc_now()))
+        await eventually(lambda: gateway._spend_reader is not gateway.first_spend_read)   # read, failed, waiting
+        reading = gateway.first_spend_read
+        gateway.stop_reading_spend()
+        await asyncio.wait_for(starting, 1)
+        assert reading.cancelled()
+    finally:
+        gateway.close()

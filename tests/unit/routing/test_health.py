@@ -255,3 +255,16 @@ def test_a_429_to_a_request_sent_during_a_cooldown_for_failures_is_the_later_new
     c.record_rate_limit("a", "HTTP 429", seconds=20, reset_known=False, began=clock_c.now)
     c.record_rate_limit("a", "HTTP 429", seconds=20, reset_known=True, began=clock_c.now - 1)
     assert c.cooling_until("a") == clock_c.now + 600 and not c.get("a").rate_limited
+
+
+def test_a_429_to_a_request_sent_before_a_cooldown_learned_from_another_instance_does_not_shorten_it():
+    # the merged cooldown had no start here: a request sent before it counted as the later news
+    import time
+
+    from ccswitch.routing.changes import HealthChange
+    b, clock = board()
+    b.apply(HealthChange("a", 3, time.time() + 600, False, "HTTP 500", "outage-1", time.time()))
+    b.record_rate_limit("a", "HTTP 429", seconds=20, reset_known=True, began=clock.now - 5)
+    assert b.cooling_until("a") > clock.now + 590 and not b.get("a").rate_limited
+    b.record_rate_limit("a", "HTTP 429", seconds=20, reset_known=True, began=clock.now + 1)
+    assert b.cooling_until("a") == clock.now + 20 and b.get("a").rate_limited

@@ -53,8 +53,11 @@ def test_a_failed_probe_s_retry_shows_when_it_comes_before_the_next_time():
     slot = Slot("on", NOW.date(), "06:00")
     schedule.started(slot)
     schedule.finished(slot, False, NOW, 120)            # failed at 05:00: tried again at 05:02
-    retries = schedule.retries(2)
+    rules = RULES.model_copy(update={"activation": RULES.activation.model_copy(update={"retries": 2})})
+    retries = schedule.retries(rules)
     assert retries == {"on": NOW + timedelta(seconds=120)}
+    # a time a reload took away is tried no more: no retry to show
+    assert schedule.retries(rules.model_copy(update={"upstreams": ()})) == {}
     assert line(status_text(RULES, HealthBoard(), NOW, retries=retries), "on").endswith("next activation retry thu 05:02")
     # a retry later than the next time: the next time; a disabled upstream: none
     assert next_activation_text(on, "available", NOW, NOW + timedelta(hours=2)) == "thu 06:00"
@@ -63,9 +66,9 @@ def test_a_failed_probe_s_retry_shows_when_it_comes_before_the_next_time():
     for _ in range(2):
         schedule.started(slot)
         schedule.finished(slot, False, NOW, 120)
-    assert schedule.gave_up(slot, 2) and schedule.retries(2) == {}
+    assert schedule.gave_up(slot, 2) and schedule.retries(rules) == {}
     # a probe that worked waits for nothing
     other = Slot("switched", NOW.date(), "06:00")
     schedule.started(other)
     schedule.finished(other, True, NOW, 120)
-    assert schedule.retries(2) == {}
+    assert schedule.retries(rules) == {}

@@ -555,6 +555,9 @@ async def test_an_occurrence_claimed_before_redis_lost_its_data_is_not_claimed_a
         assert await b.state.claim("budget:k:daily", until) is False
         assert await a.state.claim("budget:k:daily", until) is False
         assert await a.state.claim("budget:k:weekly", until) is True      # another occurrence: news
+        a.state.up = False                                               # Redis away meanwhile
+        assert await a.state.claim("budget:k:daily", until) is False
+        a.state.up = True
 
 
 async def test_an_empty_state_claim_is_no_state_of_ours(redis_url, store):
