@@ -35,6 +35,9 @@ log = logging.getLogger("ccswitch.rules")
 
 #: seconds the file's content must stay the same before a change is applied
 SETTLE = 0.15
+#: ...and before a change that leaves a route with upstreams with none: a file saved half-written
+#: (its `routes:` not yet there) would send those requests on, with the clients' own keys
+EMPTYING_SETTLE = 3.0
 
 #: a check on new rules before they replace the old ones: a reason to refuse them, or None
 Veto = Callable[[Rules], "str | None"]
@@ -79,6 +82,7 @@ class RulesFile:
         self._refused: bytes | None = None      # the content a change of the option just failed on
         self._opened = False    # the rules above are only a default until `open`
         self._settling = Settling(settle, clock)
+        self._emptying: tuple[bytes | None, float] | None = None   # such a change, first read when
         #: why the file's last change is not in force, and since when (wall time), for the live
         #: page: in words without the file's text (it may hold a key); the log has the details
         self.not_applied: tuple[str, float] | None = None
@@ -157,7 +161,13 @@ class RulesFile:
             return False
         if not self._settling.settled(signature):
             return False
-        self._signature = signature   # each outcome below is logged once per content
+        if signature == self._in_force and path == self.path:
+            # back to the rules in force (an edit undone, a file put back): nothing to reload, and
+            # nothing of the running rules goes (the `ccswitch.disable` switches among them)
+            self._signature, self.not_applied, self._emptying = signature, None, None
+            log.info("ccswitch: rules file %s holds the rules in force again", path)
+            return False
+        before, self._signature = self._signature, signature   # each outcome below is logged once per content
         if content is None:
             what = "is a folder now" if path.is_dir() else "cannot be read" if path.exists() else "disappeared"
             log.error("ccswitch: rules file %s %s; keeping the last good rules", path, what)
@@ -184,6 +194,10 @@ class RulesFile:
             log.error("ccswitch: rules edit refused, keeping the last good ones: %s", reason)
             return self._not_applied("the rules file's last edit was refused")
         emptied = _routes_emptied(self.rules, rules)
+        if emptied and self.path is not None and not self._emptied_long_enough(signature, emptied):
+            self._signature = before     # read again: applied once it has stayed so
+            return False
+        self._emptying = None
         self.rules, self.path, self._in_force, self.not_applied = rules, path, signature, None
         log.info("ccswitch: rules reloaded from %s", path)
         for route in emptied:
@@ -191,6 +205,16 @@ class RulesFile:
             log.warning("ccswitch: the %s route lists no upstream since this edit: its requests now go to their "
                         "original destination untouched, with the client's own credentials", route)
         return True
+
+    def _emptied_long_enough(self, signature: bytes | None, emptied: list[str]) -> bool:
+        now = self._settling.clock()
+        if self._emptying is None or self._emptying[0] != signature:
+            self._emptying = (signature, now)
+            log.info("ccswitch: the rules file's edit leaves the %s route%s with no upstream: applied if it "
+                     "stays so for %g s (not a file still being written)", " and ".join(emptied),
+                     "s" * (len(emptied) > 1), EMPTYING_SETTLE)
+            return False
+        return now - self._emptying[1] >= EMPTYING_SETTLE
 
     def _not_applied(self, why: str) -> bool:
         # since the file's content stopped being in force: another bad save keeps that moment

@@ -283,6 +283,16 @@ def test_an_edit_that_leaves_a_route_without_upstreams_is_applied_with_a_warning
     path.write_text(FULL[:FULL.index("routes:")])
     rules_file.reload_if_changed()
     clock.advance(0.25)
+    # a file paused half-written, its routes: still to come, must not be put in force at once
+    assert not rules_file.reload_if_changed() and rules_file.rules.routes.for_route("claude") == ("a", "b")
+    assert "leaves the claude route with no upstream: applied if it stays so for 3 s" in caplog.text
+    clock.advance(1.0)                          # read on, as the watcher does: still held
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
+    assert not rules_file.reload_if_changed()
+    clock.advance(2.0)                          # 3 s and more since: an edit that means it
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
     assert rules_file.reload_if_changed() and rules_file.rules.routes.for_route("claude") == ()
     warned = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert [r.getMessage() for r in warned] == [
@@ -376,3 +386,40 @@ def test_a_rules_path_through_a_loop_of_folder_links_is_a_rules_problem_not_an_o
     with pytest.raises(RulesError) as refused:
         RulesFile().open(str(tmp_path / "one" / "rules.yaml"))
     assert str(refused.value) == f"{tmp_path / 'one' / 'rules.yaml'}: is a link in a loop of links"
+
+
+def test_a_half_written_file_whose_routes_come_after_a_pause_never_empties_them(world):
+    # a writer pausing 1.2 s after the upstreams: the half was applied, requests went on unrouted
+    path, clock, rules_file = world
+    path.write_text(EDITED[:EDITED.index("routes:")])
+    for _ in range(4):
+        clock.advance(0.25)
+        rules_file.reload_if_changed()
+    assert rules_file.rules.routes.for_route("claude") == ("a", "b")
+    path.write_text(EDITED)                    # the rest of the file
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
+    assert rules_file.reload_if_changed() and rules_file.rules.routes.for_route("claude") == ("b", "a")
+
+
+def test_the_file_back_to_the_rules_in_force_is_no_reload(world, caplog):
+    # ccswitch.disable, a bad edit, the old content put back: the reload dropped the switch
+    caplog.set_level(logging.INFO, logger="ccswitch")
+    path, clock, rules_file = world
+    path.write_text(FULL.replace("protocol: anthropic", "protocol: antropic"))
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
+    assert not rules_file.reload_if_changed() and rules_file.not_applied is not None
+    path.write_text(FULL)
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
+    assert not rules_file.reload_if_changed() and rules_file.not_applied is None
+    assert "holds the rules in force again" in caplog.text and "rules reloaded" not in caplog.text
+    path.unlink()                              # deleted and put back as it was
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
+    rules_file.reload_if_changed()
+    path.write_text(FULL)
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
+    assert not rules_file.reload_if_changed() and "rules reloaded" not in caplog.text

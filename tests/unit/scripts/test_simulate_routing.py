@@ -92,7 +92,7 @@ def sim_cooling(health, quota, clock, headers):
 
 def dialer_cooling(health, quota, clock, headers):
     Dialer(health, quota=quota, sessions=SessionBindings(clock))._rate_limited("max-1", "HTTP 429", headers, 600.0,
-                                                                   refusal=True)
+                                                                   refusal=True, began=health.clock())
 
 
 @pytest.mark.parametrize(("strategy", "sticky"), list(itertools.product(sim.STRATEGIES, sim.STICKY)))
