@@ -393,3 +393,18 @@ def test_a_company_proxy_the_shell_had_is_named_without_its_login_with_how_ccswi
     assert told({"https_proxy": "http://127.0.0.1:8082"}) == []     # ccswitch's reverse default, from before
     assert told({"HTTPS_PROXY": "http://[::1]:8080/"}) == []        # this one
     assert told({}) == []
+
+
+def test_a_chat_user_kept_from_openai_base_url_by_the_codex_route_is_told_to_empty_it(tmp_path):
+    # the shipped codex route (auth: client) kept a chat-only user's OPENAI_BASE_URL and key back,
+    # and the comment did not say what would let them through
+    rules = parse_rules("""
+upstreams:
+  - {name: codex-original, protocol: openai-responses, base_url: 'https://api.openai.com/v1', auth: client}
+  - {name: relay-c, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: k}
+routes: {codex: [codex-original], chat: [relay-c]}
+""")
+    text = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=False, bundle_dir=tmp_path, rules=rules,
+                     environ={})
+    [line] = [line for line in text.splitlines() if line.startswith("# OPENAI_BASE_URL not set")]
+    assert "a route you do not use can be emptied (codex: [])" in line
