@@ -51,6 +51,7 @@ from ccswitch.mitm.replay import as_the_client_sent, replayed_request
 from ccswitch.mitm.router_options import add_options
 from ccswitch.mitm.scope import answered_early, host_named, is_api_flow, replays_routed, route_of, why_unrouted
 from ccswitch.net import http1
+from ccswitch.report.terminal import printable
 from ccswitch.routing.admission import (
     body_problem,
     decoded_body,
@@ -61,7 +62,7 @@ from ccswitch.routing.admission import (
     undecodable,
 )
 from ccswitch.routing.affinity import session_key
-from ccswitch.routing.classify import RouteMatch, meant_path
+from ccswitch.routing.classify import RouteMatch, base_url_hint
 from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint
 from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.headers import from_wire
@@ -69,6 +70,8 @@ from ccswitch.wire.redact import client_credential
 from ccswitch.wire.sse import is_event_stream
 
 log = logging.getLogger("ccswitch")
+#: unrouted paths a base-URL hint is logged for, at most (a client can send any)
+HINTED_PATHS = 64
 NOT_STARTED = "ccswitch failed to start (its log says why): nothing is routed"
 #: ccswitch's answer to a new request once the shutdown drains: the next process takes it
 _DRAINING = (503, SHUTTING_DOWN, {"retry-after": RETRY_AFTER, "connection": "close"})
@@ -89,6 +92,7 @@ class Router:
         self.jobs: dict[str, Job] = {}   # flow id -> job, while the flow is live
         self.held_bodies: dict[str, HeldBody] = {}   # flow id -> a streamed request's body, while at the relay
         self.killed_streams = KilledStreams(self._stop_killed)
+        self.hinted: set[str] = set()    # unrouted paths whose base-URL hint the log has had
         self.inline: set[asyncio.Task] = set()   # hooks running the dialer for non-streamed requests
         self.shutdown = Shutdown()
         self.holds = Holds()     # flows stopped by mitmproxy's intercept before they are routed
@@ -441,14 +445,21 @@ class Router:
     # ------------------------------------------------------------------ helpers
 
     def _unrouted(self, flow: http.HTTPFlow) -> None:
-        if (not flow.comment or HELD_COMMENT in flow.comment) and is_api_flow(flow, self.gateway.rules):
-            comment_on(flow, f"ccswitch: not routed ({why_unrouted(flow)}): passed on as it came")
+        api = is_api_flow(flow, self.gateway.rules)
+        hint = base_url_hint(flow.request.path) if api else None
+        hint = printable(hint) if hint else None
+        if (not flow.comment or HELD_COMMENT in flow.comment) and api:
+            comment_on(flow, f"ccswitch: not routed ({why_unrouted(flow)}{'; ' + hint if hint else ''}): "
+                             "passed on as it came")
         if ctx.options.ccswitch_offline and host_named(flow.request.pretty_host) in self.gateway.rules.intercept:
-            message = "ccswitch is offline: this host is not reachable"
-            if (meant := meant_path(flow.request.path)) is not None:
-                message += (f" (ccswitch routes {meant}, not {flow.request.path.split('?', 1)[0]}: "
-                            "check the client's base URL, which should not end in the path the client adds)")
-            answer_error(flow, likely_protocol(flow.request), 404, message)
+            # a 400 for a base URL to mend: Claude Code shows its message, where it reads any 404 as
+            # a model the account lacks
+            answer_error(flow, likely_protocol(flow.request), 400 if hint else 404,
+                         "ccswitch is offline: this host is not reachable" + (f" ({hint})" if hint else ""))
+        elif hint and len(self.hinted) < HINTED_PATHS and flow.request.path not in self.hinted:
+            self.hinted.add(flow.request.path)    # once a path: a client sends it again and again
+            log.warning("ccswitch: %s %s was not routed and went on to %s (%s)", flow.request.method,
+                        printable(flow.request.path.split("?", 1)[0][:200]), printable(flow.request.pretty_host), hint)
 
     def _finish(self, flow: http.HTTPFlow) -> None:
         self.killed_streams.discard(flow.id)

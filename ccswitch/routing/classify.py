@@ -39,10 +39,18 @@ def classify(method: str, path: str, websocket_upgrade: bool = False) -> RouteMa
     return None
 
 
-def meant_path(path: str) -> str | None:
-    """The routed path an unrouted one ends with (`/v1/v1/messages`: a base URL given with the
-    `/v1` the client adds itself), or None."""
+def base_url_hint(path: str) -> str | None:
+    """What the client's base URL most likely gets wrong, for a path ccswitch does not route that
+    a routed one explains: `/v1/v1/messages` (a base URL given with the `/v1` the client adds
+    itself) or `/chat/completions` (one without the `/v1` an OpenAI client leaves to it); None
+    otherwise."""
     bare = path.split("?", 1)[0].rstrip("/")
     if bare in _PATHS:
         return None
-    return max((known for known in _PATHS if bare.endswith(known)), key=len, default=None)
+    if "/v1" + bare in _PATHS:
+        return f"ccswitch routes /v1{bare}, not {bare}: the client's base URL likely lacks its /v1"
+    meant = max((known for known in _PATHS if bare.endswith(known)), key=len, default=None)
+    if meant is None:
+        return None
+    return (f"ccswitch routes {meant}, not {bare[:200]}: check the client's base URL, which should not end "
+            "in the path the client adds")

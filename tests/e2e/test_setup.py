@@ -189,15 +189,22 @@ def test_requests_that_come_as_the_listeners_open_are_answered_and_the_start_goe
             assert "Traceback" not in proxy.log() and "Error logged during startup" not in proxy.log()
 
 
-def test_a_base_url_given_with_the_clients_own_v1_is_named_in_the_offline_404(relay_proxy):
+def test_a_base_url_given_with_the_clients_own_v1_or_without_it_is_named_in_the_offline_answer(relay_proxy):
     """ANTHROPIC_BASE_URL=http://127.0.0.1:PORT/v1 makes Claude Code post to /v1/v1/messages:
-    the 404 says which path ccswitch routes instead of only that the host is not reachable."""
+    the answer says which path ccswitch routes instead of only that the host is not reachable, as a
+    400, which Claude Code shows (a 404 it reads as a model the account lacks)."""
     proxy, a, _ = relay_proxy
     r = httpx.post(proxy.reverse_url + "/v1/v1/messages?beta=true", json=MESSAGE, headers={"x-api-key": "k"},
                    timeout=10, trust_env=False)
-    assert r.status_code == 404
+    assert r.status_code == 400 and r.headers["x-should-retry"] == "false"
     message = r.json()["error"]["message"]
     assert "ccswitch routes /v1/messages, not /v1/v1/messages" in message and "base URL" in message
+    # an OpenAI SDK whose base URL lacks the /v1
+    r = httpx.post(proxy.reverse_url + "/chat/completions", json={"model": "m", "messages": []},
+                   headers={"authorization": "Bearer k"}, timeout=10, trust_env=False)
+    assert r.status_code == 400
+    assert "ccswitch routes /v1/chat/completions, not /chat/completions: the client's base URL likely lacks its /v1" \
+        in r.json()["error"]["message"]
     r = httpx.post(proxy.reverse_url + "/api/hello", json=MESSAGE, timeout=10, trust_env=False)
     assert r.status_code == 404 and "routes" not in r.text           # no near path: no hint
     assert not [req for req in a.requests if req.protocol]

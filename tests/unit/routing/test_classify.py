@@ -2,7 +2,7 @@
 
 import pytest
 
-from ccswitch.routing.classify import classify, meant_path
+from ccswitch.routing.classify import base_url_hint, classify
 
 
 @pytest.mark.parametrize("method, path, route", [
@@ -15,9 +15,18 @@ def test_routes_by_method_and_path(method, path, route):
     assert (match.route if match else None) == route
 
 
-@pytest.mark.parametrize("path, meant", [
-    ("/v1/v1/messages?beta=true", "/v1/messages"), ("/v1/v1/chat/completions", "/v1/chat/completions"),
-    ("/api/v1/responses", "/v1/responses"), ("/v1/messages", None), ("/api/hello", None),
+@pytest.mark.parametrize("path, hint", [
+    ("/v1/v1/messages?beta=true", "ccswitch routes /v1/messages, not /v1/v1/messages: check the client's base URL, "
+                                  "which should not end in the path the client adds"),
+    ("/v1/v1/chat/completions", "ccswitch routes /v1/chat/completions, not /v1/v1/chat/completions: check"),
+    ("/api/v1/responses", "ccswitch routes /v1/responses, not /api/v1/responses: check"),
+    # an OpenAI client whose base URL lacks the /v1 it leaves to the base URL
+    ("/chat/completions", "ccswitch routes /v1/chat/completions, not /chat/completions: the client's base URL "
+                          "likely lacks its /v1"),
+    ("/messages/count_tokens?beta=true", "ccswitch routes /v1/messages/count_tokens, not /messages/count_tokens: "
+                                         "the client's base URL likely lacks its /v1"),
+    ("/v1/messages", None), ("/responses", None), ("/api/hello", None),
 ])
-def test_the_routed_path_an_unrouted_one_ends_with(path, meant):
-    assert meant_path(path) == meant
+def test_what_a_base_url_gets_wrong_for_an_unrouted_path_a_routed_one_explains(path, hint):
+    said = base_url_hint(path)
+    assert said == hint if hint is None else said.startswith(hint)
