@@ -13,6 +13,7 @@ import logging
 import time
 import typing
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from ccswitch.config.models import Upstream
 from ccswitch.dial.job import CLIENT_CLOSED, KILLED, Attempt, Job, marks
@@ -28,7 +29,7 @@ from ccswitch.dial.outcome import (
 )
 from ccswitch.dial.pump import Pump, nothing
 from ccswitch.dial.relay import ClientGone, send_whole
-from ccswitch.dial.render import OutgoingRequest, over_https, render
+from ccswitch.dial.render import OutgoingRequest, over_https, render, upstream_url
 from ccswitch.dial.ws_upstream import TurnResponse, WithoutWebSocket
 from ccswitch.net import http1
 from ccswitch.net.ws_client import HandshakeRefused
@@ -80,6 +81,7 @@ class Dialer:
         self.allow_url = allow_url      # a guard tests install: False refuses the upstream unsent
         self.client = client or http1.UpstreamClient()
         self.without_websocket = WithoutWebSocket()
+        self._told_missing: set[str] = set()    # upstreams whose 404 the log named (`_status_error`)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -397,12 +399,30 @@ class Dialer:
 
     # ------------------------------------------------------------------ answers
 
+    def _status_error(self, status: int, upstream: Upstream, job: Job) -> str:
+        """An error status passed on, as the ledger and the live page say it.  A 404 on the
+        endpoint ccswitch called is almost always a `base_url` that misses part of the upstream's
+        path (`/v1`): said there, and in the log once per upstream (the client sees only the 404)."""
+        if status != 404 or job.request.endpoint == Endpoint.COUNT_TOKENS or upstream.base_url == "original":
+            return f"HTTP {status}"
+        try:
+            path = urlsplit(upstream_url(upstream, job.request)).path
+        except RenderError:
+            return f"HTTP {status}"
+        said = f"HTTP 404 ({upstream.name} has no {path}: check its base_url)"
+        if upstream.name not in self._told_missing:
+            self._told_missing.add(upstream.name)
+            log.warning("ccswitch: upstream %s answered 404 for %s: its base_url (%s) may miss part of the "
+                        "upstream's path, such as /v1", upstream.name, path, upstream.base_url)
+        return said
+
     async def _deliver(self, job: Job, upstream: Upstream, reply: Reply, sink: Sink) -> None:
         translation = translation_for(job.request.client_protocol, upstream.protocol)
         if reply.translated is False and not 200 <= reply.status < 300:
             reply = translation.error_reply(job.request, reply)
         job.upstream, job.status = reply.upstream, reply.status
-        job.error = job.error or (None if 200 <= reply.status < 300 else reply.reason or f"HTTP {reply.status}")
+        job.error = job.error or (None if 200 <= reply.status < 300 else reply.reason or self._status_error(
+            reply.status, upstream, job))
         headers = reply.headers
         if reply.status in (401, 403) and upstream.auth != "client":
             # the key refused is the rules', not the client's: no retry of the client's mends it

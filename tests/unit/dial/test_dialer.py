@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import re
 
 import pytest
@@ -1221,3 +1222,26 @@ async def test_a_429_with_its_reset_to_a_request_sent_while_the_upstream_cooled_
     finally:
         await dialer.aclose()
     assert health.get("a").rate_limited and 15 < health.cooling_until("a") - health.clock() <= 20
+
+
+async def test_a_404_passed_on_names_the_path_the_upstream_lacks_and_its_base_url(mock_a, mock_b, caplog):
+    # a relay's base_url without its /v1: the 404 reached the client, and the ledger and the live
+    # page said only "HTTP 404"
+    caplog.set_level(logging.WARNING, logger="ccswitch")
+    rules = two(mock_a, mock_b)
+    dialer = Dialer(HealthBoard(), allow_url=loopback_url)
+    try:
+        for _ in range(2):
+            mock_a.script(status(404))
+            job, sink = make_job(rules), MemorySink()
+            await dialer.run(job, sink)
+            assert sink.status == 404 and job.upstream == "a"
+            assert job.error == "HTTP 404 (a has no /v1/messages: check its base_url)"
+        assert caplog.text.count("upstream a answered 404 for /v1/messages") == 1       # once an upstream
+        mock_a.script(status(404))
+        mock_b.script(status(404))
+        counting = make_job(rules, path="/v1/messages/count_tokens", body={"model": "claude-x", "messages": []})
+        await dialer.run(counting, MemorySink())       # a relay without count_tokens: a 404 to expect
+        assert "base_url" not in counting.error        # its own word: count_tokens not supported
+    finally:
+        await dialer.aclose()
