@@ -109,7 +109,7 @@ def expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[str
                 holder[key] = value
                 continue
             if enabled:
-                problems += [(path, not_set(n, env, "set it where ccswitch runs, or set enabled: false"))
+                problems += [(path, not_set(n, env, "export it where ccswitch runs, or set enabled: false"))
                              for n in missing]
             up["unset_vars"] = [*up.get("unset_vars", []), *(n for n in missing if n not in up.get("unset_vars", []))]
             if key == "api_key":
@@ -120,7 +120,7 @@ def expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[str
     return problems, {p for p, _ in problems}
 
 
-def not_set(name: str, env: Mapping[str, str], fix: str = "set it where ccswitch runs") -> str:
+def not_set(name: str, env: Mapping[str, str], fix: str = "export it where ccswitch runs") -> str:
     """What to say of a ${VAR} the environment lacks; a variable of the same name in other
     letters' case is named (`${relay_key}` for a set RELAY_KEY), never its value."""
     near = sorted(other for other in env if other.upper() == name.upper() and other != name)

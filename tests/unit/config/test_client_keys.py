@@ -26,8 +26,8 @@ def test_the_plain_list_form_expands_variables_as_the_mapping_form_does():
 
 
 @pytest.mark.parametrize(("text", "said"), [
-    ("['${CK}']", "r.yaml: client_keys[0]: environment variable CK is not set (set it where ccswitch runs)"),
-    ("[{name: m, key: '${CK}'}]", "r.yaml: client_keys[0].key: environment variable CK is not set (set it where "
+    ("['${CK}']", "r.yaml: client_keys[0]: environment variable CK is not set (export it where ccswitch runs)"),
+    ("[{name: m, key: '${CK}'}]", "r.yaml: client_keys[0].key: environment variable CK is not set (export it where "
                                   "ccswitch runs)"),
     ("[ok-key-0001, '${CK']", "r.yaml: client_keys[1]: malformed ${...} reference (use ${NAME}, or $${ for a "
                               "literal ${)"),

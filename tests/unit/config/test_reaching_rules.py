@@ -59,8 +59,8 @@ def test_a_missing_proxy_variable_is_a_problem_even_for_a_disabled_upstream():
     found = problems(up("a", ", enabled: false, proxy: 'http://me:${NOPE}@h:1'"),
                      head="upstream_proxy: 'socks5://${ALSO_MISSING}'")
     assert found == [
-        "r.yaml: upstream_proxy: environment variable ALSO_MISSING is not set (set it where ccswitch runs)",
-        "r.yaml: upstreams[a].proxy: environment variable NOPE is not set (set it where ccswitch runs)"]
+        "r.yaml: upstream_proxy: environment variable ALSO_MISSING is not set (export it where ccswitch runs)",
+        "r.yaml: upstreams[a].proxy: environment variable NOPE is not set (export it where ccswitch runs)"]
 
 
 @pytest.mark.parametrize("proxy, message", [

@@ -489,9 +489,9 @@ def test_missing_env_var_enabled_upstream_is_error():
                                                   extra="headers: {x-t: '${TOKEN_X}'}")
     assert problems(text) == [
         "r.yaml: upstreams[b].api_key: environment variable RELAY_B_KEY is not set "
-        "(set it where ccswitch runs, or set enabled: false)",
+        "(export it where ccswitch runs, or set enabled: false)",
         "r.yaml: upstreams[b].headers.x-t: environment variable TOKEN_X is not set "
-        "(set it where ccswitch runs, or set enabled: false)",
+        "(export it where ccswitch runs, or set enabled: false)",
     ]
 
 
@@ -810,7 +810,7 @@ def test_upstreams_are_named_by_name_in_every_kind_of_problem():
             + relay("relay-a", key="api_key: ${NOPE}", extra="hours: ['nine']\nactivate_at: ['06:00']\nauth: client"))
     assert problems(text) == [
         "r.yaml: upstreams[relay-a].api_key: environment variable NOPE is not set "
-        "(set it where ccswitch runs, or set enabled: false)",
+        "(export it where ccswitch runs, or set enabled: false)",
         "r.yaml: upstreams[0].days: unknown weekday 'funday' (use mon..sun, or a range like mon-fri)",
         "r.yaml: upstreams[relay-a].hours[0]: hours window 'nine': must look like \"09:00-18:00\": one start, one end",
     ]
@@ -868,7 +868,7 @@ HOOKED = """
 
 def test_an_unset_hook_url_is_said_once_and_a_misspelt_event_gets_its_hint():
     assert problems(HOOKED) == [
-        "r.yaml: notify[0].url: environment variable HOOK_URL is not set (set it where ccswitch runs)",
+        "r.yaml: notify[0].url: environment variable HOOK_URL is not set (export it where ccswitch runs)",
         "r.yaml: notify[0].events[0]: 'cooldwn' is not one of 'cooldown', 'recovered', 'full', 'budget', "
         "'exhausted' or 'activation_failed' (did you mean 'cooldown'?)"]
 
@@ -1191,7 +1191,7 @@ def test_a_variable_named_in_other_letters_case_is_pointed_at_never_its_value():
     said = problems(text, {"RELAY_B_KEY": "sk-test-secret-value"})
     assert [p for p in said if "relay_b_key" in p] == [
         "r.yaml: upstreams[a].api_key: environment variable relay_b_key is not set "
-        "(set it where ccswitch runs, or set enabled: false; did you mean ${RELAY_B_KEY}?)"], said
+        "(export it where ccswitch runs, or set enabled: false; did you mean ${RELAY_B_KEY}?)"], said
     assert "sk-test-secret-value" not in "\n".join(said)
 
 

@@ -368,7 +368,7 @@ def test_rules_opened_anew_end_the_word_that_the_last_edit_is_not_in_force(world
 
 
 def test_an_edit_naming_an_unset_variable_says_a_running_ccswitch_needs_a_restart_for_it(world, caplog):
-    # "set it where ccswitch runs" cannot be done for a process already running
+    # "export it where ccswitch runs" cannot be done for a process already running
     path, clock, rules_file = world
     path.write_text(EDITED.replace(f"api_key: '{KEY_A}'", "api_key: '${NOT_SET_ANYWHERE}'", 1))
     rules_file.reload_if_changed()
