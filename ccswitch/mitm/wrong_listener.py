@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from mitmproxy import ctx, http
 from mitmproxy.proxy import mode_specs
 
-from ccswitch.mitm.flows import answer_error, likely_protocol
+from ccswitch.mitm.flows import LIVE_HOST, answer_error, likely_protocol
+from ccswitch.mitm.live_page import PREFIX as PAGE_PREFIX
 from ccswitch.mitm.safety import parsed_modes
 from ccswitch.mitm.scope import answered_early
 
@@ -40,10 +41,16 @@ def reverse_listeners(specs: Iterable[str], default_port: int | None = None) -> 
             if isinstance(mode, mode_specs.ReverseMode)]
 
 
-def wrong_listener_message(host: str, port: int, reverse: list[tuple[int, str]]) -> str:
-    """What a client pointed at the regular listener as its base URL is told to do."""
+def wrong_listener_message(host: str, port: int, reverse: list[tuple[int, str]], path: str = "") -> str:
+    """What a client pointed at the regular listener as its base URL is told to do (a browser
+    asking it for the live page: where that is)."""
     host = f"[{host}]" if ":" in host else host
     proxy = f"http://{host}:{port}"
+    if path.startswith(PAGE_PREFIX):
+        elsewhere = "".join(f", or http://{host}:{r_port}{PAGE_PREFIX}/ (a reverse listener)" for r_port, _ in reverse[:1])
+        return (f"the live page is not served at {proxy}, ccswitch's regular proxy listener: open "
+                f"http://{LIVE_HOST}{PAGE_PREFIX}/ through it (HTTPS_PROXY or the browser's proxy set to {proxy})"
+                f"{elsewhere}")
     said = (f"{proxy} is ccswitch's regular proxy listener, not a base URL: give it to the client as "
             f"HTTPS_PROXY={proxy} (eval \"$(ccswitch env --port {port})\")")
     if reverse:
@@ -70,7 +77,7 @@ class WrongListener:
         if not addressed_to_itself(flow.request.host, flow.request.port, client.sockname, listen_host):
             return
         reverse = reverse_listeners(ctx.options.mode, ctx.options.listen_port)
-        message = wrong_listener_message(flow.request.host, flow.request.port, reverse)
+        message = wrong_listener_message(flow.request.host, flow.request.port, reverse, flow.request.path)
         if flow.request.port not in self._told:
             self._told.add(flow.request.port)
             log.warning("ccswitch: %s %s came to the regular listener as if it were a base URL: %s",

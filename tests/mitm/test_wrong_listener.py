@@ -126,3 +126,18 @@ def test_the_wrong_listener_addon_runs_before_the_router():
     from ccswitch.mitm.router import Router
     kinds = [type(a) for a in make_addons()]
     assert WrongListener in kinds and kinds.index(WrongListener) < kinds.index(Router)
+
+
+def test_a_browser_asking_the_regular_listener_for_the_live_page_is_told_where_it_is():
+    # it got the 421 about base URLs and HTTPS_PROXY, which says nothing of the page
+    said = wrong_listener_message("127.0.0.1", 8080, [(8082, "https://api.anthropic.com")], "/_ccswitch/")
+    assert said == ("the live page is not served at http://127.0.0.1:8080, ccswitch's regular proxy listener: "
+                    "open http://ccswitch/_ccswitch/ through it (HTTPS_PROXY or the browser's proxy set to "
+                    "http://127.0.0.1:8080), or http://127.0.0.1:8082/_ccswitch/ (a reverse listener)")
+    assert "reverse listener" not in wrong_listener_message("127.0.0.1", 8080, [], "/_ccswitch/status.json")
+    addon = WrongListener()
+    with taddons.context(addon) as tctx:
+        tctx.options.mode = ["regular@8080"]
+        flow = flow_at("http://127.0.0.1:8080/_ccswitch/")
+        addon.request(flow)
+    assert flow.response.status_code == 421 and "open http://ccswitch/_ccswitch/" in flow.response.text
