@@ -22,6 +22,7 @@ from ccswitch.mitm.safety import ClientKeyGate, InterceptScope, ListenSafety
 from ccswitch.mitm.shared_state import SharedStateSync
 from ccswitch.mitm.socket_messages import SocketMessages
 from ccswitch.mitm.unload_guard import UnloadGuard
+from ccswitch.mitm.unreachable import UnreachableHost
 from ccswitch.mitm.wrong_listener import WrongListener
 
 
@@ -37,4 +38,4 @@ def make_addons() -> list:
     return [UnloadGuard(), shield, EarlyRefusal(gateway, shield), RulesWatcher(gateway), ListenSafety(gateway),
             InterceptScope(gateway), LivePage(gateway), WrongListener(),
             Router(gateway), SharedStateSync(gateway), ClientKeyGate(gateway), Commands(gateway), Activator(gateway),
-            Notifications(gateway), CollectorTuning(), SocketMessages()]
+            Notifications(gateway), CollectorTuning(), SocketMessages(), UnreachableHost(gateway)]
