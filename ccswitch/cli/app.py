@@ -82,7 +82,7 @@ def _port(text: str) -> int:
 
 
 def _env(args: argparse.Namespace) -> int:
-    from ccswitch.cli.env import env_lines, mitmproxy_ca, unset_client_key
+    from ccswitch.cli.env import LOOPBACK, env_lines, listening, mitmproxy_ca, unset_client_key
     # the clients' shell need not hold the relays' ${VAR} keys: env reads only routes, auth and client_keys
     rules = load_for_command(args.rules, env=MarkedEnv())
     if rules is None:
@@ -97,6 +97,11 @@ def _env(args: argparse.Namespace) -> int:
         return 1
     print(lines)
     failed = 0
+    if not args.codex_toml and not listening(LOOPBACK, args.port):
+        # a client pointed at nothing says so only after minutes of retries (Claude Code: 3)
+        print(f"ccswitch: nothing listens on {LOOPBACK}:{args.port} yet: start ccswitch with its "
+              f"{'reverse' if args.reverse else 'regular'} listener there (ccswitch run), or pass --port with "
+              "the port it listens on", file=sys.stderr)
     ca = mitmproxy_ca(confdir)
     if not args.reverse and not args.codex_toml and not ca.is_file():
         # `eval` drops the comment that says so, and the clients would then refuse ccswitch's certificates

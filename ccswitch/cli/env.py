@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import socket
 import ssl
 import tempfile
 from pathlib import Path
@@ -56,6 +57,15 @@ KEY_VARIABLES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("CODEX_API_KEY", (Route.CODEX,), "Codex CLI"),
     ("OPENAI_API_KEY", (Route.CHAT, Route.CODEX), "OpenAI-SDK tools and Codex's ccswitch provider"),
 )
+
+
+def listening(host: str, port: int) -> bool:
+    """Whether something accepts connections at host:port (a refusal is quick on loopback)."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def mitmproxy_ca(confdir: Path) -> Path:

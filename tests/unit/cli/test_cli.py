@@ -379,3 +379,22 @@ def test_an_unknown_option_before_run_is_refused_without_a_traceback():
     done = cli("--bogus", "run", "--web")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.splitlines()[-1] == "ccswitch: error: unrecognized arguments: --bogus --web"
+
+
+def test_env_says_when_nothing_listens_at_the_port_it_was_given(tmp_path):
+    # a client pointed at a dead port retried for minutes before saying anything
+    import socket
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "mitmproxy-ca-cert.pem").write_text("-----BEGIN CERTIFICATE-----\nX\n-----END CERTIFICATE-----\n")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        dead = free.getsockname()[1]
+    done = cli("env", "--confdir", str(conf), "--port", str(dead))
+    assert done.returncode == 0 and "HTTPS_PROXY" in done.stdout      # the exports all the same
+    assert f"nothing listens on 127.0.0.1:{dead} yet: start ccswitch with its regular listener" in done.stderr
+    with socket.socket() as up:
+        up.bind(("127.0.0.1", 0))
+        up.listen()
+        done = cli("env", "--reverse", "--port", str(up.getsockname()[1]))
+    assert "nothing listens" not in done.stderr
