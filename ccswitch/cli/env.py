@@ -222,9 +222,11 @@ def own_key_to_target(rules: Rules | None, routes: tuple[str, ...]) -> str | Non
         return "no rules were read"
     used, own = _key_holders(rules, routes)
     if own:
-        unused = ("; a route you do not use can be emptied (" + ", ".join(
-            f"{route}: []" for route in used if any(o.endswith(f"({route})") for o in own)) + ")") \
-            if len(routes) > 1 else ""
+        # a route of the client's own key, beside one whose upstreams hold theirs: emptying the
+        # first (if unused) lets the second's clients through
+        blocking = [route for route in used if any(o.endswith(f"({route})") for o in own)]
+        unused = f"; a route you do not use can be emptied ({', '.join(f'{r}: []' for r in blocking)})" \
+            if len(blocking) < len(used) else ""
         return f"auth: client upstream(s) {', '.join(own)} keep the client's own key{unused}"
     if not used:
         return f"no upstream of the {' or '.join(routes)} route takes these requests"

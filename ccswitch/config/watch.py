@@ -122,7 +122,7 @@ class RulesFile:
             raise
         self._settling.forget()
         self.path, self._signature, self._in_force, self._opened = path, signature, signature, True
-        self.rules, self.not_applied = rules, None
+        self.rules, self.not_applied, self._emptying = rules, None, None
         # which file and why, as every command says it: a ./rules.yaml of the current directory wins
         count = len(rules.upstreams)
         log.info("ccswitch: rules loaded from %s; %d upstream%s", rules_origin(option_value, path), count,
@@ -156,6 +156,8 @@ class RulesFile:
             return False
         content = _read(path)
         signature = _signature(content)
+        if self._emptying is not None and self._emptying[0] != signature:
+            self._emptying = None      # that edit is gone: one emptying a route again waits afresh
         if signature == self._signature:
             self._settling.forget()   # changed and changed back: nothing to apply
             return False

@@ -81,7 +81,7 @@ class Dialer:
         self.allow_url = allow_url      # a guard tests install: False refuses the upstream unsent
         self.client = client or http1.UpstreamClient()
         self.without_websocket = WithoutWebSocket()
-        self._told_missing: set[str] = set()    # upstreams whose 404 the log named (`_status_error`)
+        self._told_missing: set[tuple[str, str]] = set()    # (upstream, base_url) whose 404 the log named
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -399,30 +399,34 @@ class Dialer:
 
     # ------------------------------------------------------------------ answers
 
-    def _status_error(self, status: int, upstream: Upstream, job: Job) -> str:
-        """An error status passed on, as the ledger and the live page say it.  A 404 on the
-        endpoint ccswitch called is almost always a `base_url` that misses part of the upstream's
-        path (`/v1`): said there, and in the log once per upstream (the client sees only the 404)."""
-        if status != 404 or job.request.endpoint == Endpoint.COUNT_TOKENS or upstream.base_url == "original":
+    def _status_error(self, reply: Reply, upstream: Upstream, job: Job) -> str:
+        """An error status passed on, as the ledger and the live page say it.  A bare 404 (no API
+        error in its body: those say what is missing, a model most often) on the endpoint
+        ccswitch called is almost always a `base_url` that misses part of the upstream's path
+        (`/v1`): said there, and in the log once per upstream and URL (the client sees only the 404)."""
+        status = reply.status
+        if status != 404 or job.request.endpoint == Endpoint.COUNT_TOKENS or upstream.base_url == "original" \
+                or protocols.error_object(json_or_none(reply.body)) is not None:
             return f"HTTP {status}"
         try:
             path = urlsplit(upstream_url(upstream, job.request)).path
         except RenderError:
             return f"HTTP {status}"
         said = f"HTTP 404 ({upstream.name} has no {path}: check its base_url)"
-        if upstream.name not in self._told_missing:
-            self._told_missing.add(upstream.name)
+        if (upstream.name, upstream.base_url) not in self._told_missing:
+            self._told_missing.add((upstream.name, upstream.base_url))
             log.warning("ccswitch: upstream %s answered 404 for %s: its base_url (%s) may miss part of the "
                         "upstream's path, such as /v1", upstream.name, path, upstream.base_url)
         return said
 
     async def _deliver(self, job: Job, upstream: Upstream, reply: Reply, sink: Sink) -> None:
         translation = translation_for(job.request.client_protocol, upstream.protocol)
+        # judged on the upstream's own body, before it is put in the client's API's words
+        said = None if 200 <= reply.status < 300 else reply.reason or self._status_error(reply, upstream, job)
         if reply.translated is False and not 200 <= reply.status < 300:
             reply = translation.error_reply(job.request, reply)
         job.upstream, job.status = reply.upstream, reply.status
-        job.error = job.error or (None if 200 <= reply.status < 300 else reply.reason or self._status_error(
-            reply.status, upstream, job))
+        job.error = job.error or said
         headers = reply.headers
         if reply.status in (401, 403) and upstream.auth != "client":
             # the key refused is the rules', not the client's: no retry of the client's mends it

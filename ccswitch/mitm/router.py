@@ -12,7 +12,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.flow import Error
 
 from ccswitch.clock import utc_now
-from ccswitch.config.models import Rules
+from ccswitch.config.models import ROUTE_PROTOCOLS, Rules
 from ccswitch.dial.dialer import Dialer
 from ccswitch.dial.job import CLIENT_CLOSED, KILLED, Job
 from ccswitch.dial.relay import JOB_HEADER, BufferSink, Relay, run_guarded
@@ -446,7 +446,9 @@ class Router:
 
     def _unrouted(self, flow: http.HTTPFlow) -> None:
         api = is_api_flow(flow, self.gateway.rules)
-        hint = base_url_hint(flow.request.path) if api else None
+        rules = self.gateway.rules
+        hint = base_url_hint(flow.request.path, [r for r in ROUTE_PROTOCOLS if rules.routes.for_route(r)]) \
+            if api else None
         hint = printable(hint) if hint else None
         if (not flow.comment or HELD_COMMENT in flow.comment) and api:
             comment_on(flow, f"ccswitch: not routed ({why_unrouted(flow)}{'; ' + hint if hint else ''}): "
@@ -456,10 +458,10 @@ class Router:
             # a model the account lacks
             answer_error(flow, likely_protocol(flow.request), 400 if hint else 404,
                          "ccswitch is offline: this host is not reachable" + (f" ({hint})" if hint else ""))
-        elif hint and len(self.hinted) < HINTED_PATHS and flow.request.path not in self.hinted:
-            self.hinted.add(flow.request.path)    # once a path: a client sends it again and again
+        elif hint and len(self.hinted) < HINTED_PATHS and (path := flow.request.path.split("?", 1)[0]) not in self.hinted:
+            self.hinted.add(path)    # once a path: a client sends it again and again
             log.warning("ccswitch: %s %s was not routed and went on to %s (%s)", flow.request.method,
-                        printable(flow.request.path.split("?", 1)[0][:200]), printable(flow.request.pretty_host), hint)
+                        printable(path[:200]), printable(flow.request.pretty_host), hint)
 
     def _finish(self, flow: http.HTTPFlow) -> None:
         self.killed_streams.discard(flow.id)

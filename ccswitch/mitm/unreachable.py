@@ -17,6 +17,8 @@ from ccswitch.mitm.scope import host_named
 from ccswitch.report.terminal import printable
 
 log = logging.getLogger("ccswitch")
+#: mitmproxy's words for a connection given up before it was made, not refused by the host
+CANCELLED = ("connection cancelled",)
 
 
 class UnreachableHost:
@@ -26,9 +28,11 @@ class UnreachableHost:
 
     def server_connect_error(self, data: ServerConnectionHookData) -> None:
         host = host_named(str(data.server.address[0])) if data.server.address else ""
-        if ctx.options.ccswitch_offline or host in self.told or host not in self.gateway.rules.intercept:
-            return
+        error = str(data.server.error or "")
+        if (ctx.options.ccswitch_offline or host in self.told or host not in self.gateway.rules.intercept
+                or error in CANCELLED or data.server.timestamp_start is None):
+            return      # the client left, the proxy stops, an addon killed it unopened: nothing of the host's reach
         self.told.add(host)
         log.warning("ccswitch: %s cannot be reached from here (%s): if this machine reaches only your relays, "
                     "--set ccswitch_offline=true answers the requests ccswitch does not route there at once "
-                    "(clients retry them for many seconds otherwise)", host, printable(str(data.server.error)[:200]))
+                    "(clients retry them for many seconds otherwise)", host, printable(error[:200]))

@@ -41,12 +41,19 @@ def reverse_listeners(specs: Iterable[str], default_port: int | None = None) -> 
             if isinstance(mode, mode_specs.ReverseMode)]
 
 
-def wrong_listener_message(host: str, port: int, reverse: list[tuple[int, str]], path: str = "") -> str:
+def wants_the_page(method: str, path: str, accept: str) -> bool:
+    """A browser asking the regular listener for a page: the live page's path, or its root."""
+    bare = path.split("?", 1)[0]
+    return bare == PAGE_PREFIX or bare.startswith(PAGE_PREFIX + "/") or (
+        method == "GET" and bare == "/" and "text/html" in accept)
+
+
+def wrong_listener_message(host: str, port: int, reverse: list[tuple[int, str]], page: bool = False) -> str:
     """What a client pointed at the regular listener as its base URL is told to do (a browser
-    asking it for the live page: where that is)."""
+    asking it for a page: where the live page is)."""
     host = f"[{host}]" if ":" in host else host
     proxy = f"http://{host}:{port}"
-    if path.startswith(PAGE_PREFIX):
+    if page:
         elsewhere = "".join(f", or http://{host}:{r_port}{PAGE_PREFIX}/ (a reverse listener)" for r_port, _ in reverse[:1])
         return (f"the live page is not served at {proxy}, ccswitch's regular proxy listener: open "
                 f"http://{LIVE_HOST}{PAGE_PREFIX}/ through it (HTTPS_PROXY or the browser's proxy set to {proxy})"
@@ -77,9 +84,10 @@ class WrongListener:
         if not addressed_to_itself(flow.request.host, flow.request.port, client.sockname, listen_host):
             return
         reverse = reverse_listeners(ctx.options.mode, ctx.options.listen_port)
-        message = wrong_listener_message(flow.request.host, flow.request.port, reverse, flow.request.path)
+        page = wants_the_page(flow.request.method, flow.request.path, flow.request.headers.get("accept", ""))
+        message = wrong_listener_message(flow.request.host, flow.request.port, reverse, page)
         if flow.request.port not in self._told:
             self._told.add(flow.request.port)
-            log.warning("ccswitch: %s %s came to the regular listener as if it were a base URL: %s",
-                        flow.request.method, flow.request.path.split("?", 1)[0], message)
+            log.warning("ccswitch: %s %s came to the regular listener as if it were %s: %s", flow.request.method,
+                        flow.request.path.split("?", 1)[0], "a web server" if page else "a base URL", message)
         answer_error(flow, likely_protocol(flow.request), STATUS, message)

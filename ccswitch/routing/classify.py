@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from ccswitch.vocab import Endpoint, Route
@@ -39,18 +40,18 @@ def classify(method: str, path: str, websocket_upgrade: bool = False) -> RouteMa
     return None
 
 
-def base_url_hint(path: str) -> str | None:
+def base_url_hint(path: str, routes: Collection[str]) -> str | None:
     """What the client's base URL most likely gets wrong, for a path ccswitch does not route that
-    a routed one explains: `/v1/v1/messages` (a base URL given with the `/v1` the client adds
-    itself) or `/chat/completions` (one without the `/v1` an OpenAI client leaves to it); None
-    otherwise."""
+    a path of one of `routes` (those listing upstreams) explains: `/v1/v1/messages` (a base URL
+    given with the `/v1` the client adds itself), `/api/v1/responses` (one with a prefix too many)
+    or `/chat/completions` (one without the `/v1` an OpenAI client leaves to it); None otherwise."""
     bare = path.split("?", 1)[0].rstrip("/")
     if bare in _PATHS:
         return None
-    if "/v1" + bare in _PATHS:
+    if "/v1" + bare in _PATHS and _PATHS["/v1" + bare][0] in routes:
         return f"ccswitch routes /v1{bare}, not {bare}: the client's base URL likely lacks its /v1"
-    meant = max((known for known in _PATHS if bare.endswith(known)), key=len, default=None)
+    meant = max((known for known in _PATHS if bare.endswith(known) and _PATHS[known][0] in routes),
+                key=len, default=None)
     if meant is None:
         return None
-    return (f"ccswitch routes {meant}, not {bare[:200]}: check the client's base URL, which should not end "
-            "in the path the client adds")
+    return f"ccswitch routes {meant}, not {bare[:200]}: check the client's base URL"

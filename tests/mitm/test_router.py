@@ -80,14 +80,16 @@ def test_the_intercept_scope_takes_a_host_named_with_the_root_s_trailing_dot(gat
     assert not data.ignore_connection
 
 
-async def test_an_unrouted_path_a_base_url_explains_is_logged_once_with_the_hint(router, caplog):
+async def test_an_unrouted_path_a_base_url_explains_is_logged_once_with_the_hint(gateway, caplog):
     # an OpenAI SDK whose base URL lacks /v1 posts to /chat/completions: it went on to the
     # listener's target and the log said nothing of why
     caplog.set_level(logging.WARNING, logger="ccswitch")
-    for _ in range(2):
-        flow = messages_flow(path="/chat/completions", body={"model": "m", "messages": []})
-        await router.request(flow)
-        assert flow.response is None and flow.id not in router.jobs        # passed on, as the contract says
+    router = router_with_routes(gateway, chat=["a"])
+    with taddons.context(router):
+        for query in ("", "?a=1"):
+            flow = messages_flow(path="/chat/completions" + query, body={"model": "m", "messages": []})
+            await router.request(flow)
+            assert flow.response is None and flow.id not in router.jobs        # passed on, as the contract says
     assert caplog.text.count("was not routed") == 1
     assert ("POST /chat/completions was not routed and went on to api.anthropic.com (ccswitch routes "
             "/v1/chat/completions, not /chat/completions: the client's base URL likely lacks its /v1)") in caplog.text

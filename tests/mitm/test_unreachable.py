@@ -14,9 +14,11 @@ from ccswitch.mitm.unreachable import UnreachableHost
 RULES = "intercept: [api.anthropic.com, api.openai.com]\n"
 
 
-def failed(host: str, error: str = "[Errno -2] Name or service not known") -> ServerConnectionHookData:
+def failed(host: str, error: str = "[Errno -2] Name or service not known", tried: bool = True
+           ) -> ServerConnectionHookData:
     server = connection.Server(address=(host, 443))
     server.error = error
+    server.timestamp_start = 1.0 if tried else None     # mitmproxy sets it as it starts connecting
     return ServerConnectionHookData(server=server, client=tflow.tclient_conn())
 
 
@@ -24,6 +26,8 @@ def test_an_intercept_host_out_of_reach_is_said_once_with_the_offline_option(gat
     addon, router = UnreachableHost(gateway), Router(gateway)     # the router declares ccswitch_offline
     caplog.set_level(logging.WARNING, logger="ccswitch")
     with taddons.context(router, addon) as tctx:
+        addon.server_connect_error(failed("api.anthropic.com", "connection cancelled"))     # the client left
+        addon.server_connect_error(failed("api.anthropic.com", "killed by an addon", tried=False))
         for host in ("api.anthropic.com", "API.anthropic.com.", "github.com", "127.0.0.1"):
             addon.server_connect_error(failed(host))
         said = [r.getMessage() for r in caplog.records]

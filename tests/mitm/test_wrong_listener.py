@@ -4,7 +4,13 @@ import pytest
 from mitmproxy.proxy import mode_specs
 from mitmproxy.test import taddons, tflow, tutils
 
-from ccswitch.mitm.wrong_listener import WrongListener, addressed_to_itself, reverse_listeners, wrong_listener_message
+from ccswitch.mitm.wrong_listener import (
+    WrongListener,
+    addressed_to_itself,
+    reverse_listeners,
+    wants_the_page,
+    wrong_listener_message,
+)
 
 
 def flow_at(url: str, mode: str = "regular@8080", sockname=("127.0.0.1", 8080)):
@@ -130,11 +136,14 @@ def test_the_wrong_listener_addon_runs_before_the_router():
 
 def test_a_browser_asking_the_regular_listener_for_the_live_page_is_told_where_it_is():
     # it got the 421 about base URLs and HTTPS_PROXY, which says nothing of the page
-    said = wrong_listener_message("127.0.0.1", 8080, [(8082, "https://api.anthropic.com")], "/_ccswitch/")
+    said = wrong_listener_message("127.0.0.1", 8080, [(8082, "https://api.anthropic.com")], page=True)
     assert said == ("the live page is not served at http://127.0.0.1:8080, ccswitch's regular proxy listener: "
                     "open http://ccswitch/_ccswitch/ through it (HTTPS_PROXY or the browser's proxy set to "
                     "http://127.0.0.1:8080), or http://127.0.0.1:8082/_ccswitch/ (a reverse listener)")
-    assert "reverse listener" not in wrong_listener_message("127.0.0.1", 8080, [], "/_ccswitch/status.json")
+    assert "reverse listener" not in wrong_listener_message("127.0.0.1", 8080, [], page=True)
+    html = "text/html,application/xhtml+xml"
+    assert wants_the_page("GET", "/_ccswitch/status.json", "") and wants_the_page("GET", "/", html)
+    assert not wants_the_page("GET", "/", "*/*") and not wants_the_page("POST", "/_ccswitchx", html)
     addon = WrongListener()
     with taddons.context(addon) as tctx:
         tctx.options.mode = ["regular@8080"]

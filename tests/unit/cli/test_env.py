@@ -408,3 +408,12 @@ routes: {codex: [codex-original], chat: [relay-c]}
                      environ={})
     [line] = [line for line in text.splitlines() if line.startswith("# OPENAI_BASE_URL not set")]
     assert "a route you do not use can be emptied (codex: [])" in line
+    # no route left to serve them (the shipped chat: []): emptying codex would let nothing through
+    shipped = parse_rules("""
+upstreams:
+  - {name: codex-original, protocol: openai-responses, base_url: 'https://api.openai.com/v1', auth: client}
+routes: {codex: [codex-original], chat: []}
+""")
+    text = env_lines(confdir=tmp_path, port=8082, reverse=True, codex_toml=False, bundle_dir=tmp_path, rules=shipped,
+                     environ={})
+    assert "can be emptied" not in text

@@ -423,3 +423,18 @@ def test_the_file_back_to_the_rules_in_force_is_no_reload(world, caplog):
     rules_file.reload_if_changed()
     clock.advance(0.25)
     assert not rules_file.reload_if_changed() and "rules reloaded" not in caplog.text
+
+
+def test_a_half_written_file_seen_again_long_after_is_held_afresh(world):
+    # the first slow save's half was remembered: the same half read minutes later went in at once
+    path, clock, rules_file = world
+    half = FULL[:FULL.index("routes:")]
+    for _ in range(2):           # the same file saved slowly twice, minutes apart
+        path.write_text(half)
+        rules_file.reload_if_changed()
+        clock.advance(0.25)
+        assert not rules_file.reload_if_changed()          # held
+        path.write_text(FULL)                              # the whole file: the rules in force
+        assert not rules_file.reload_if_changed()
+        clock.advance(300)
+    assert rules_file.rules.routes.for_route("claude") == ("a", "b")

@@ -1224,7 +1224,7 @@ async def test_a_429_with_its_reset_to_a_request_sent_while_the_upstream_cooled_
     assert health.get("a").rate_limited and 15 < health.cooling_until("a") - health.clock() <= 20
 
 
-async def test_a_404_passed_on_names_the_path_the_upstream_lacks_and_its_base_url(mock_a, mock_b, caplog):
+async def test_a_bare_404_passed_on_names_the_path_the_upstream_lacks_and_its_base_url(mock_a, mock_b, caplog):
     # a relay's base_url without its /v1: the 404 reached the client, and the ledger and the live
     # page said only "HTTP 404"
     caplog.set_level(logging.WARNING, logger="ccswitch")
@@ -1232,12 +1232,18 @@ async def test_a_404_passed_on_names_the_path_the_upstream_lacks_and_its_base_ur
     dialer = Dialer(HealthBoard(), allow_url=loopback_url)
     try:
         for _ in range(2):
-            mock_a.script(status(404))
+            mock_a.script(status(404, body="404 page not found"))
             job, sink = make_job(rules), MemorySink()
             await dialer.run(job, sink)
             assert sink.status == 404 and job.upstream == "a"
             assert job.error == "HTTP 404 (a has no /v1/messages: check its base_url)"
         assert caplog.text.count("upstream a answered 404 for /v1/messages") == 1       # once an upstream
+        # an API's own 404 says what is missing (a model, most often): no word of the base_url
+        mock_a.script(status(404, body={"type": "error", "error": {"type": "not_found_error",
+                                                                    "message": "model: claude-x"}}))
+        job = make_job(rules)
+        await dialer.run(job, MemorySink())
+        assert job.error == "HTTP 404"
         mock_a.script(status(404))
         mock_b.script(status(404))
         counting = make_job(rules, path="/v1/messages/count_tokens", body={"model": "claude-x", "messages": []})
