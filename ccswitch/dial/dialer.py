@@ -399,14 +399,14 @@ class Dialer:
 
     # ------------------------------------------------------------------ answers
 
-    def _status_error(self, reply: Reply, upstream: Upstream, job: Job) -> str:
-        """An error status passed on, as the ledger and the live page say it.  A bare 404 (no API
-        error in its body: those say what is missing, a model most often) on the endpoint
-        ccswitch called is almost always a `base_url` that misses part of the upstream's path
-        (`/v1`): said there, and in the log once per upstream and URL (the client sees only the 404)."""
-        status = reply.status
+    def _status_error(self, status: int, upstreams_body: bytes, upstream: Upstream, job: Job) -> str:
+        """An error status passed on (as the client gets it), as the ledger and the live page say
+        it.  A bare 404 (no API error in the upstream's own body: those say what is missing, a
+        model most often) on the endpoint ccswitch called is almost always a `base_url` that misses
+        part of the upstream's path (`/v1`): said there, and in the log once per upstream and URL
+        (the client sees only the 404)."""
         if status != 404 or job.request.endpoint == Endpoint.COUNT_TOKENS or upstream.base_url == "original" \
-                or protocols.error_object(json_or_none(reply.body)) is not None:
+                or protocols.error_object(json_or_none(upstreams_body)) is not None:
             return f"HTTP {status}"
         try:
             path = urlsplit(upstream_url(upstream, job.request)).path
@@ -421,12 +421,12 @@ class Dialer:
 
     async def _deliver(self, job: Job, upstream: Upstream, reply: Reply, sink: Sink) -> None:
         translation = translation_for(job.request.client_protocol, upstream.protocol)
-        # judged on the upstream's own body, before it is put in the client's API's words
-        said = None if 200 <= reply.status < 300 else reply.reason or self._status_error(reply, upstream, job)
+        upstreams_body = reply.body     # before it is put in the client's API's words
         if reply.translated is False and not 200 <= reply.status < 300:
             reply = translation.error_reply(job.request, reply)
         job.upstream, job.status = reply.upstream, reply.status
-        job.error = job.error or said
+        job.error = job.error or (None if 200 <= reply.status < 300 else reply.reason or self._status_error(
+            reply.status, upstreams_body, upstream, job))
         headers = reply.headers
         if reply.status in (401, 403) and upstream.auth != "client":
             # the key refused is the rules', not the client's: no retry of the client's mends it
