@@ -171,15 +171,22 @@ async def test_a_bug_planning_a_turn_is_its_500_frame_and_row(gateway, monkeypat
     assert (row["status"], row["model"], row["endpoint"], row["upstream"]) == (500, "gpt-5", "websocket", None)
 
 
-async def test_a_frame_that_cannot_be_read_keeps_the_socket_s_session_in_its_row(gateway, monkeypatch):
-    # the bridge refuses such a frame before any body is read: its row's session was NULL
+async def bridged_ticket(gateway, monkeypatch, session_header: bool = True):
+    """An upgrade handed to the bridge: (its router, its ticket, the refusals' rows recorded)."""
     rows = []
     monkeypatch.setattr(gateway, "record_own_answer", rows.append)
     router = bridging(gateway)
     with taddons.context(router):
         flow = upgrade()
+        if not session_header:
+            del flow.request.headers["session-id"]
         await router.request(flow)
-    ticket = router.sockets.bridge._tickets[flow.request.headers[TICKET_HEADER]]
+    return router, router.sockets.bridge._tickets[flow.request.headers[TICKET_HEADER]], rows
+
+
+async def test_a_frame_that_cannot_be_read_keeps_the_socket_s_session_in_its_row(gateway, monkeypatch):
+    # the bridge refuses such a frame before any body is read: its row's session was NULL
+    router, ticket, rows = await bridged_ticket(gateway, monkeypatch)
     refusal = router.sockets.bridge._refuse(ticket, 400, "a frame that is not JSON")
     [row] = rows
     assert refusal.status == 400 and (row["status"], row["session"]) == (400, "codex-session-1")
@@ -188,14 +195,7 @@ async def test_a_frame_that_cannot_be_read_keeps_the_socket_s_session_in_its_row
 async def test_a_refused_frame_s_row_has_the_model_and_session_it_names(gateway, monkeypatch):
     # a frame read but refused (no model, a lost chain): the upgrade's session header wins over
     # the frame's `prompt_cache_key` as for a turn served; without the header the frame's is used
-    rows = []
-    monkeypatch.setattr(gateway, "record_own_answer", rows.append)
-    router = bridging(gateway)
-    with taddons.context(router):
-        flow = upgrade()
-        del flow.request.headers["session-id"]
-        await router.request(flow)
-    ticket = router.sockets.bridge._tickets[flow.request.headers[TICKET_HEADER]]
+    router, ticket, rows = await bridged_ticket(gateway, monkeypatch, session_header=False)
     router.sockets.bridge._refuse(ticket, 409, "conversation state lost",
                                   frame={"model": "gpt-5", "prompt_cache_key": "pck-7"})
     router.sockets.bridge._refuse(ticket, 400, "the frame names no model", frame={"prompt_cache_key": "pck-8"})

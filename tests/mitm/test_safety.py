@@ -1,5 +1,6 @@
 """Listening beyond loopback: every client authenticated, at start-up, per peer, per request, per reload."""
 
+import contextlib
 import json
 import logging
 
@@ -280,18 +281,26 @@ def test_the_loopback_note_comes_only_when_a_listener_names_no_host(safety_ctx, 
     assert ("pass --listen-host to change" in caplog.text) is said
 
 
+@contextlib.contextmanager
+def watched_safety(rules_path):
+    """The rules watcher and the listen safety over `rules_path`, in mitmproxy's test context:
+    (its context, the watcher, the safety)."""
+    from ccswitch.mitm.rules_watcher import RulesWatcher
+    gateway = Gateway()
+    watcher, safety = RulesWatcher(gateway), ListenSafety(gateway)
+    with taddons.context(proxyserver.Proxyserver(), proxyauth.ProxyAuth(), watcher, safety) as tctx:
+        tctx.configure(watcher, ccswitch_rules=str(rules_path))
+        yield tctx, watcher, safety
+
+
 def test_upstream_mode_beside_a_rules_file_switched_to_one_without_upstream_proxy_is_told(tmp_path, caplog):
     # `set ccswitch_rules` to a file with no upstream_proxy: the requests ccswitch routes went direct,
     # past the upstream mode's proxy, without the word the same file gave at the start
-    from ccswitch.mitm.rules_watcher import RulesWatcher
     with_proxy, without = tmp_path / "with.yaml", tmp_path / "without.yaml"
     with_proxy.write_text("upstream_proxy: direct\n" + RULES)
     without.write_text(RULES)
-    gateway = Gateway()
-    watcher, safety = RulesWatcher(gateway), ListenSafety(gateway)
     caplog.set_level(logging.WARNING, logger="ccswitch")
-    with taddons.context(proxyserver.Proxyserver(), proxyauth.ProxyAuth(), watcher, safety) as tctx:
-        tctx.configure(watcher, ccswitch_rules=str(with_proxy))
+    with watched_safety(with_proxy) as (tctx, watcher, safety):
         tctx.configure(safety, mode=["upstream:http://127.0.0.1:3128"])
         assert "carries only what ccswitch does not route" not in caplog.text
         tctx.configure(watcher, ccswitch_rules=str(without))
@@ -340,15 +349,11 @@ def test_a_proxy_in_ccswitch_s_environment_is_said_to_go_unused_with_what_to_wri
 
 
 def test_the_start_says_when_ccswitch_s_environment_names_a_proxy_it_does_not_use(tmp_path, caplog, monkeypatch):
-    from ccswitch.mitm.rules_watcher import RulesWatcher
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
-    gateway = Gateway()
-    watcher, safety = RulesWatcher(gateway), ListenSafety(gateway)
     caplog.set_level(logging.WARNING, logger="ccswitch")
-    with taddons.context(proxyserver.Proxyserver(), proxyauth.ProxyAuth(), watcher, safety) as tctx:
-        tctx.configure(watcher, ccswitch_rules=str(rules))
+    with watched_safety(rules) as (tctx, _, safety):
         tctx.configure(safety, mode=["regular@8080"])
     assert "HTTPS_PROXY in ccswitch's environment names http://proxy.corp:3128, which ccswitch does not use" \
         in caplog.text
