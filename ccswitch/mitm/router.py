@@ -66,7 +66,7 @@ from ccswitch.routing.classify import RouteMatch, base_url_hint
 from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint
 from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.headers import from_wire
-from ccswitch.wire.redact import client_credential
+from ccswitch.wire.redact import client_credential, target_without
 from ccswitch.wire.sse import is_event_stream
 
 log = logging.getLogger("ccswitch")
@@ -445,23 +445,31 @@ class Router:
     # ------------------------------------------------------------------ helpers
 
     def _unrouted(self, flow: http.HTTPFlow) -> None:
-        api = is_api_flow(flow, self.gateway.rules)
         rules = self.gateway.rules
-        hint = base_url_hint(flow.request.path, [r for r in ROUTE_PROTOCOLS if rules.routes.for_route(r)]) \
-            if api else None
-        hint = printable(hint) if hint else None
-        if (not flow.comment or HELD_COMMENT in flow.comment) and api:
-            comment_on(flow, f"ccswitch: not routed ({why_unrouted(flow)}{'; ' + hint if hint else ''}): "
+        if not is_api_flow(flow, rules):
+            return self._offline(flow, None)
+        # its path as it may be shown: a client key in it (`/x;key=…`) is taken off by the gate
+        # only after this hook
+        shown = printable(target_without(flow.request.path, rules.secret_texts()))
+        hint = base_url_hint(shown, [r for r in ROUTE_PROTOCOLS if rules.routes.for_route(r)])
+        if not flow.comment or HELD_COMMENT in flow.comment:
+            comment_on(flow, f"ccswitch: not routed ({why_unrouted(flow, shown)}{'; ' + hint if hint else ''}): "
                              "passed on as it came")
-        if ctx.options.ccswitch_offline and host_named(flow.request.pretty_host) in self.gateway.rules.intercept:
-            # a 400 for a base URL to mend: Claude Code shows its message, where it reads any 404 as
-            # a model the account lacks
-            answer_error(flow, likely_protocol(flow.request), 400 if hint else 404,
-                         "ccswitch is offline: this host is not reachable" + (f" ({hint})" if hint else ""))
-        elif hint and len(self.hinted) < HINTED_PATHS and (path := flow.request.path.split("?", 1)[0]) not in self.hinted:
+        if not self._offline(flow, hint) and hint and len(self.hinted) < HINTED_PATHS \
+                and (path := shown.split("?", 1)[0]) not in self.hinted:
             self.hinted.add(path)    # once a path: a client sends it again and again
             log.warning("ccswitch: %s %s was not routed and went on to %s (%s)", flow.request.method,
-                        printable(path[:200]), printable(flow.request.pretty_host), hint)
+                        path[:200], printable(flow.request.pretty_host), hint)
+
+    def _offline(self, flow: http.HTTPFlow, hint: str | None) -> bool:
+        """With `ccswitch_offline`, an unrouted request to an `intercept` host answered at once
+        (True): a 400 for a base URL to mend, whose message Claude Code shows (it reads any 404
+        as a model the account lacks)."""
+        if not ctx.options.ccswitch_offline or host_named(flow.request.pretty_host) not in self.gateway.rules.intercept:
+            return False
+        answer_error(flow, likely_protocol(flow.request), 400 if hint else 404,
+                     "ccswitch is offline: this host is not reachable" + (f" ({hint})" if hint else ""))
+        return True
 
     def _finish(self, flow: http.HTTPFlow) -> None:
         self.killed_streams.discard(flow.id)

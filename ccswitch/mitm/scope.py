@@ -20,11 +20,12 @@ def _classified(flow: http.HTTPFlow) -> RouteMatch | None:
     return classify(flow.request.method, flow.request.path, upgrade)
 
 
-def why_unrouted(flow: http.HTTPFlow) -> str:
-    """Why an API flow goes on as it came, for its comment."""
+def why_unrouted(flow: http.HTTPFlow, shown_path: str) -> str:
+    """Why an API flow goes on as it came, for its comment (`shown_path`: its path as it may be
+    shown, without a key in it)."""
     match = _classified(flow)
     if match is None:
-        return f"no route takes {flow.request.method} {flow.request.path.split('?', 1)[0][:200]}"
+        return f"no route takes {flow.request.method} {shown_path.split('?', 1)[0][:200]}"
     return f"the {match.route} route lists no upstreams"
 
 

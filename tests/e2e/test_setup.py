@@ -199,12 +199,16 @@ def test_a_base_url_given_with_the_clients_own_v1_or_without_it_is_named_in_the_
     assert r.status_code == 400 and r.headers["x-should-retry"] == "false"
     message = r.json()["error"]["message"]
     assert "ccswitch routes /v1/messages, not /v1/v1/messages" in message and "base URL" in message
-    # an OpenAI SDK whose base URL lacks the /v1
+    # a base URL without the /v1 (as an OpenAI client's would need it), on a route with upstreams
+    r = httpx.post(proxy.reverse_url + "/messages", json=MESSAGE, headers={"x-api-key": "k"}, timeout=10,
+                   trust_env=False)
+    assert r.status_code == 400
+    assert "ccswitch routes /v1/messages, not /messages: the client's base URL likely lacks its /v1" \
+        in r.json()["error"]["message"]
+    # the chat route lists no upstream here: /chat/completions is named for nothing
     r = httpx.post(proxy.reverse_url + "/chat/completions", json={"model": "m", "messages": []},
                    headers={"authorization": "Bearer k"}, timeout=10, trust_env=False)
-    assert r.status_code == 400
-    assert "ccswitch routes /v1/chat/completions, not /chat/completions: the client's base URL likely lacks its /v1" \
-        in r.json()["error"]["message"]
+    assert r.status_code == 404 and "routes" not in r.text
     r = httpx.post(proxy.reverse_url + "/api/hello", json=MESSAGE, timeout=10, trust_env=False)
     assert r.status_code == 404 and "routes" not in r.text           # no near path: no hint
     assert not [req for req in a.requests if req.protocol]

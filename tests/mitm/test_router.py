@@ -958,13 +958,26 @@ async def test_an_unrouted_flow_keeps_a_comment_someone_else_wrote(router):
 def test_why_unrouted_names_the_path_without_its_query_and_a_websocket_by_its_route():
     from ccswitch.mitm.scope import why_unrouted
     flow = messages_flow(path="/v1/models?key=sk-secret-in-the-query", method="GET")
-    assert why_unrouted(flow) == "no route takes GET /v1/models"
+    assert why_unrouted(flow, flow.request.path) == "no route takes GET /v1/models"
     flow = messages_flow(path="/v1/" + "x" * 500, method="GET")
-    assert why_unrouted(flow) == "no route takes GET /v1/" + "x" * 196
+    assert why_unrouted(flow, flow.request.path) == "no route takes GET /v1/" + "x" * 196
     # Codex's WebSocket is a GET with an upgrade: the codex route's, not "no route"
     socket = messages_flow(path="/v1/responses", method="GET")
     socket.request.headers["upgrade"] = "websocket"
-    assert why_unrouted(socket) == "the codex route lists no upstreams"
+    assert why_unrouted(socket, socket.request.path) == "the codex route lists no upstreams"
+
+
+@pytest.mark.parametrize("path", ["/p/{key}/q", "/v1/models;key={key}/x", "/v1/v1/messages;key={key}",
+                                  "/chat/completions/{key}"])
+async def test_a_client_key_in_an_unrouted_path_is_in_no_comment_or_log_line(gateway, caplog, path):
+    # the flow's comment (saved by -w, shown in mitmweb) held the key as the path carried it
+    caplog.set_level(logging.INFO, logger="ccswitch")
+    router = router_with_routes(gateway, chat=["a"])
+    with taddons.context(router):
+        flow = messages_flow(path=path.format(key=CLIENT_KEY), method="POST", key=None)
+        await router.request(flow)
+    assert flow.comment.startswith("ccswitch: not routed (") and "%3Credacted%3E" in flow.comment
+    assert CLIENT_KEY not in flow.comment and CLIENT_KEY not in str(flow.metadata) and CLIENT_KEY not in caplog.text
 
 
 async def test_a_count_tokens_body_saying_stream_is_answered_whole_from_the_hook(router):
