@@ -23,7 +23,6 @@ from ccswitch.mitm.flows import LIVE_HOST, answer, redact_credentials, without_c
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.safety import beyond_loopback
 from ccswitch.mitm.scope import answered_early, host_named
-from ccswitch.net.addresses import is_loopback
 from ccswitch.report.live_html import CONTENT_SECURITY_POLICY, page_html
 from ccswitch.report.live_status import InstanceView, live_status, upstream_views
 from ccswitch.report.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -53,22 +52,6 @@ def live_path(flow: http.HTTPFlow) -> str | None:
     return None
 
 
-REBOUND = ("the live page answers only requests addressed to this machine (Host: 127.0.0.1, [::1] or "
-           "localhost): a request naming another host is refused (a web page rebound to this machine)")
-
-
-def names_this_machine(host_header: str | None) -> bool:
-    """Whether a Host header names this machine: `localhost`, a loopback address (a port or not),
-    or none at all (HTTP/1.0)."""
-    if not host_header:
-        return True
-    host = host_header.strip()
-    host = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] if host.count(":") == 1 \
-        else host
-    host = host_named(host)
-    return host in ("localhost", LIVE_HOST) or is_loopback(host)
-
-
 def query_key(path: str) -> list[str]:
     """The `?key=` values of a page URL as typed: a form would read its `+` as a space, but a
     key pasted into the address bar (base64 keys hold `+`) means the character itself."""
@@ -94,11 +77,6 @@ class LivePage:
         without_client_keys(flow, wire.from_wire(flow.request.headers.fields), self.gateway.rules)
         if not self.gateway.rules.client_keys:      # with client keys, the key decides
             foreign = origin_problem(wire.from_wire(flow.request.headers.fields), _OWN_PAGES)
-            if foreign is None and isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode) \
-                    and not names_this_machine(flow.request.host_header):
-                # a site's page whose name was rebound to 127.0.0.1 reads its own origin's paths
-                # with no Origin header: the Host it asked for gives it away
-                foreign = 403, REBOUND
             if foreign is not None:
                 return answer(flow, text_answer(foreign[0], foreign[1] + "\n"), foreign[1])
         if not allowed:      # a replay too: its key shows as <redacted>
