@@ -12,7 +12,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.flow import Error
 
 from ccswitch.clock import utc_now
-from ccswitch.config.models import ROUTE_PROTOCOLS, Rules
+from ccswitch.config.models import Rules
 from ccswitch.dial.dialer import Dialer
 from ccswitch.dial.job import CLIENT_CLOSED, KILLED, Job
 from ccswitch.dial.relay import JOB_HEADER, BufferSink, Relay, run_guarded
@@ -32,7 +32,6 @@ from ccswitch.mitm.flows import (
     fit_to_save,
     flows_are_kept,
     hold_body,
-    likely_protocol,
     mark_for_a_look,
     redact_credentials,
     restore_body,
@@ -43,15 +42,15 @@ from ccswitch.mitm.flows import (
     without_client_keys,
 )
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
-from ccswitch.mitm.held import HELD_COMMENT, Holds
+from ccswitch.mitm.held import Holds
 from ccswitch.mitm.known import Known
 from ccswitch.mitm.lifecycle import hook_task, stopping, take_given_values
 from ccswitch.mitm.planner import Planner
 from ccswitch.mitm.replay import as_the_client_sent, replayed_request
 from ccswitch.mitm.router_options import add_options
-from ccswitch.mitm.scope import answered_early, host_named, is_api_flow, replays_routed, route_of, why_unrouted
+from ccswitch.mitm.scope import answered_early, is_api_flow, replays_routed, route_of
+from ccswitch.mitm.unrouted import Unrouted
 from ccswitch.net import http1
-from ccswitch.report.terminal import printable
 from ccswitch.routing.admission import (
     body_problem,
     decoded_body,
@@ -62,16 +61,14 @@ from ccswitch.routing.admission import (
     undecodable,
 )
 from ccswitch.routing.affinity import session_key
-from ccswitch.routing.classify import RouteMatch, base_url_hint
+from ccswitch.routing.classify import RouteMatch
 from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint
 from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.headers import from_wire
-from ccswitch.wire.redact import client_credential, target_without
+from ccswitch.wire.redact import client_credential
 from ccswitch.wire.sse import is_event_stream
 
 log = logging.getLogger("ccswitch")
-#: unrouted paths a base-URL hint is logged for, at most (a client can send any)
-HINTED_PATHS = 64
 NOT_STARTED = "ccswitch failed to start (its log says why): nothing is routed"
 #: ccswitch's answer to a new request once the shutdown drains: the next process takes it
 _DRAINING = (503, SHUTTING_DOWN, {"retry-after": RETRY_AFTER, "connection": "close"})
@@ -92,7 +89,7 @@ class Router:
         self.jobs: dict[str, Job] = {}   # flow id -> job, while the flow is live
         self.held_bodies: dict[str, HeldBody] = {}   # flow id -> a streamed request's body, while at the relay
         self.killed_streams = KilledStreams(self._stop_killed)
-        self.hinted: set[str] = set()    # unrouted paths whose base-URL hint the log has had
+        self.unrouted = Unrouted(gateway)    # what goes on as it came: its comment, the offline answer
         self.inline: set[asyncio.Task] = set()   # hooks running the dialer for non-streamed requests
         self.shutdown = Shutdown()
         self.holds = Holds()     # flows stopped by mitmproxy's intercept before they are routed
@@ -244,7 +241,7 @@ class Router:
         if gone_meanwhile(flow):
             return
         if match is None or not rules.routes.for_route(match.route):
-            self._unrouted(flow)  # a route with no upstreams is not ours either
+            self.unrouted.passed_on(flow)  # a route with no upstreams is not ours either
             return
         if unreplayable:
             answer_error(flow, CLIENT_PROTOCOL[match.route], 400, unreplayable)
@@ -443,33 +440,6 @@ class Router:
         fit_to_save(flow)       # a Codex socket's comment holds each turn's attempts
 
     # ------------------------------------------------------------------ helpers
-
-    def _unrouted(self, flow: http.HTTPFlow) -> None:
-        rules = self.gateway.rules
-        if not is_api_flow(flow, rules):
-            return self._offline(flow, None)
-        # its path as it may be shown: a client key in it (`/x;key=…`) is taken off by the gate
-        # only after this hook
-        shown = printable(target_without(flow.request.path, rules.secret_texts()))
-        hint = base_url_hint(shown, [r for r in ROUTE_PROTOCOLS if rules.routes.for_route(r)])
-        if not flow.comment or HELD_COMMENT in flow.comment:
-            comment_on(flow, f"ccswitch: not routed ({why_unrouted(flow, shown)}{'; ' + hint if hint else ''}): "
-                             "passed on as it came")
-        if not self._offline(flow, hint) and hint and len(self.hinted) < HINTED_PATHS \
-                and (path := shown.split("?", 1)[0]) not in self.hinted:
-            self.hinted.add(path)    # once a path: a client sends it again and again
-            log.warning("ccswitch: %s %s was not routed and went on to %s (%s)", flow.request.method,
-                        path[:200], printable(flow.request.pretty_host), hint)
-
-    def _offline(self, flow: http.HTTPFlow, hint: str | None) -> bool:
-        """With `ccswitch_offline`, an unrouted request to an `intercept` host answered at once
-        (True): a 400 for a base URL to mend, whose message Claude Code shows (it reads any 404
-        as a model the account lacks)."""
-        if not ctx.options.ccswitch_offline or host_named(flow.request.pretty_host) not in self.gateway.rules.intercept:
-            return False
-        answer_error(flow, likely_protocol(flow.request), 400 if hint else 404,
-                     "ccswitch is offline: this host is not reachable" + (f" ({hint})" if hint else ""))
-        return True
 
     def _finish(self, flow: http.HTTPFlow) -> None:
         self.killed_streams.discard(flow.id)
