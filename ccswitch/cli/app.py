@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:     # said with the command's own usage line, not the top level's
         getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "port", 0) is None:
-        args.port = 8082 if args.reverse else 8080
+        from ccswitch.cli.env import REGULAR_PORT, REVERSE_PORT
+        args.port = REVERSE_PORT if args.reverse else REGULAR_PORT
     return quiet_on_broken_pipe(lambda: args.func(args))
 
 

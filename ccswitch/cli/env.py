@@ -31,8 +31,7 @@ from pathlib import Path
 
 from ccswitch.cli.rules_file import unset_in
 from ccswitch.config.models import Rules
-from ccswitch.net.addresses import is_loopback
-from ccswitch.net.proxy import named_proxy
+from ccswitch.net.proxy import proxy_elsewhere
 from ccswitch.vocab import Route
 
 CA_FILE = "mitmproxy-ca-cert.pem"           # what mitmproxy writes into its confdir on first start
@@ -42,7 +41,8 @@ SYSTEM_BUNDLES = (Path("/etc/ssl/certs/ca-certificates.crt"), Path("/etc/pki/tls
                   Path("/etc/ssl/cert.pem"))
 LOOPBACK = "127.0.0.1"
 NO_PROXY = "localhost,127.0.0.1,::1"
-OWN_PORTS = (8080, 8082)          # ccswitch's default listeners (regular, reverse)
+REGULAR_PORT, REVERSE_PORT = 8080, 8082     # ccswitch's default listeners (`ccswitch env --port`)
+OWN_PORTS = (REGULAR_PORT, REVERSE_PORT)
 DEFAULT_INTERCEPT = Rules.model_fields["intercept"].default     # the hosts ccswitch decrypts without rules
 PROVIDER = "ccswitch"
 OFFICIAL_OPENAI = "https://api.openai.com/v1"
@@ -313,14 +313,12 @@ def replaced_proxy_lines(environ: dict[str, str], port: int) -> list[str]:
     loopback): the clients go through ccswitch instead, and ccswitch itself reaches upstreams only
     through the rules' proxies.  Shown without its login; ccswitch's own (this port, or a default
     one from an earlier `eval`) is replaced without a word."""
-    for name in ("HTTPS_PROXY", "https_proxy"):
-        proxy = named_proxy(environ.get(name, ""))
-        if proxy is None or (is_loopback(proxy.host) and proxy.port in (port, *OWN_PORTS)):
-            continue
-        return [f"# {name} was {proxy.shown} in this shell: the clients now go through ccswitch, which does not "
-                f"use that proxy by itself; to reach upstreams through it, write `upstream_proxy: "
-                f"{proxy.suggestion}` in rules.yaml"]
-    return []
+    if (found := proxy_elsewhere(environ, ("HTTPS_PROXY", "https_proxy"), (port, *OWN_PORTS))) is None:
+        return []
+    name, proxy = found
+    return [f"# {name} was {proxy.shown} in this shell: the clients now go through ccswitch, which does not "
+            f"use that proxy by itself; to reach upstreams through it, write `upstream_proxy: "
+            f"{proxy.suggestion}` in rules.yaml"]
 
 
 def env_lines(*, confdir: Path, port: int, reverse: bool, codex_toml: bool, bundle_dir: Path,

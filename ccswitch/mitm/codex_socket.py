@@ -65,7 +65,7 @@ class CodexSockets:
         kept = [(k, v) for k, v in headers if k.lower() not in _HANDSHAKE]
         ticket = Ticket(context=SocketContext(flow, kept, client, flow.request.url))
         redact_credentials(flow.request)   # the bridge has its own copy; mitmweb and -w see none
-        self._asked[flow.id] = flow.request.url
+        self._asked[flow.id] = flow.request.url    # redacted: the ticket's own URL keeps a `?key=` for the bridge
         self.bridge.register(ticket)
         self._open[flow.id] = ticket
         flow.metadata["ccswitch"] = {"route": Route.CODEX, "endpoint": Endpoint.WEBSOCKET}

@@ -14,7 +14,7 @@ from ccswitch.mitm.flows import LIVE_HOST, answer_error, likely_protocol
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.scope import answered_early, host_named
 from ccswitch.net.addresses import is_loopback
-from ccswitch.net.proxy import named_proxy
+from ccswitch.net.proxy import proxy_elsewhere
 from ccswitch.wire import headers as wire
 from ccswitch.wire.redact import client_credential, holding, target_without
 
@@ -72,17 +72,13 @@ def proxy_in_environment(environ: Mapping[str, str], rules: Rules, own_ports: It
     """ccswitch's environment names an outgoing proxy (a company's), which ccswitch does not use:
     what to write instead, or None (no such proxy, only ccswitch itself from `ccswitch env`, or
     the rules decide every upstream's way)."""
-    if not (direct := going_direct(rules)):
+    if not (direct := going_direct(rules)) or (found := proxy_elsewhere(environ, PROXY_VARIABLES,
+                                                                          set(own_ports))) is None:
         return None
-    ours = set(own_ports)
-    for name in PROXY_VARIABLES:
-        proxy = named_proxy(environ.get(name, ""))
-        if proxy is None or (is_loopback(proxy.host) and proxy.port in ours):
-            continue
-        return (f"{name} in ccswitch's environment names {proxy.shown}, which ccswitch does not use: "
-                f"{', '.join(direct)} go direct. Write `upstream_proxy: {proxy.suggestion}` in rules.yaml to "
-                "reach upstreams through it, or `upstream_proxy: direct` to mean it")
-    return None
+    name, proxy = found
+    return (f"{name} in ccswitch's environment names {proxy.shown}, which ccswitch does not use: "
+            f"{', '.join(direct)} go direct. Write `upstream_proxy: {proxy.suggestion}` in rules.yaml to "
+            "reach upstreams through it, or `upstream_proxy: direct` to mean it")
 
 
 def parsed_modes(specs: Iterable[str]) -> list[tuple[str, mode_specs.ProxyMode]]:

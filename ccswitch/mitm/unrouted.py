@@ -34,8 +34,7 @@ class Unrouted:
 
     def passed_on(self, flow: http.HTTPFlow) -> None:
         rules = self.gateway.rules
-        if not is_api_flow(flow, rules):
-            self._offline(flow, None)
+        if not is_api_flow(flow, rules):     # nor an `intercept` host: nothing offline answers
             return
         # its path as it may be shown: a client key in it (`/x;key=…`) is taken off by the gate
         # only after the router's hook

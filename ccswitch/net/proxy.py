@@ -19,14 +19,14 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from python_socks import ProxyConnectionError, ProxyType
 from python_socks.async_.asyncio import Proxy as SocksClient
 
-from ccswitch.net.addresses import refuse_unencoded_credentials, url_port
+from ccswitch.net.addresses import is_loopback, refuse_unencoded_credentials, url_port
 
 SCHEMES = ("http", "socks5", "socks5h")
 DIRECT = "direct"
@@ -113,6 +113,17 @@ def named_proxy(value: str) -> NamedProxy | None:
     shown = f"{parts.scheme.lower()}://{where}" + (f":{port}" if port else "")
     login = "USER:${VAR}@" if parts.username else ""
     return NamedProxy(host, port, shown, f"{scheme}://{login}{where}:{port if port else 'PORT'}")
+
+
+def proxy_elsewhere(environ: Mapping[str, str], names: Iterable[str],
+                    own_ports: Collection[int]) -> tuple[str, NamedProxy] | None:
+    """The first of the variables `names` in `environ` that names a proxy ccswitch could use other
+    than one of its own listeners (on loopback at one of `own_ports`): (the variable, the proxy)."""
+    for name in names:
+        proxy = named_proxy(environ.get(name, ""))
+        if proxy is not None and not (is_loopback(proxy.host) and proxy.port in own_ports):
+            return name, proxy
+    return None
 
 
 def parse_proxy(text: str) -> Proxy | None:
