@@ -204,8 +204,12 @@ class UpstreamClient:
                     continue
                 return Response(self, connection, head)
             except TransportError as exc:
-                if isinstance(exc, WriteError) and (head := _answer_already_in(connection)) is not None \
-                        and not (connection.reused and head.status_code == 408):   # an idle connection's goodbye
+                try:
+                    head = _answer_already_in(connection) if isinstance(exc, WriteError) else None
+                except TransportError:      # what came back before the write failed is no answer: it says more
+                    self._discard(connection)
+                    raise
+                if head is not None and not (connection.reused and head.status_code == 408):   # an idle connection's goodbye
                     try:
                         return Response(self, connection, head)
                     except BaseException:     # its body cannot be read (UndecodableBody): the slot goes back
@@ -319,13 +323,12 @@ async def _early_answer(connection: Connection) -> Head | None:
 def _answer_already_in(connection: Connection) -> Head | None:
     """The head of an answer that came while the request was still going out: an upstream may
     refuse on the head alone (a 413 for a body over its limit) and hang up without reading the
-    rest.  Its answer is what it meant, not the failed write."""
+    rest.  Its answer is what it meant, not the failed write.  What came that is no HTTP answer
+    (a malformed head) raises at once: it is the upstream's answer too, and waiting for the write
+    to go on would wait on an upstream that has stopped reading."""
     if not connection.received_any:
         return None
-    try:
-        event = connection.poll_event()
-    except TransportError:      # what arrived is not a whole head
-        return None
+    event = connection.poll_event()
     return event if isinstance(event, Head) else None
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import re
+import signal
 import zlib
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 
 import brotli
 import pytest
@@ -911,6 +912,53 @@ async def test_an_answer_on_the_head_from_an_upstream_that_neither_reads_on_nor_
         stop.set()
         server.close()
     assert (status, body) == (413, refusal)
+
+
+@contextmanager
+def loop_must_turn(within: float):
+    """A busy loop that never awaits would hang the test (and every wait_for in it) for good:
+    an alarm breaks into it instead."""
+    def stuck(signum, frame):
+        raise AssertionError(f"the event loop did not turn for {within} s")
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.setitimer(signal.ITIMER_REAL, within)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("pieces", [
+    # both framings at once: refused by the parser, then more of the body comes
+    (b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 20\r\ntransfer-encoding: chunked\r\n\r\n",
+     b"14\r\nrequest too large!!!\r\n0\r\n\r\n"),
+    (b"HTTTP/1.1 413 Too Large\r\n\r\n",),           # no HTTP at all, once
+], ids=["two-framings-then-more", "not-http-once"])
+async def test_a_malformed_answer_while_the_body_still_goes_out_fails_at_once_without_stalling_the_loop(pieces):
+    """An upstream (or a WAF before it) answering a large body on its head alone with something
+    that is no HTTP answer: the upstream stopped reading, so the request cannot finish going out,
+    and that answer is the failure to name, at once, not after the deadline (nor, with more
+    bytes after it, in a loop that never awaits and stops the whole proxy)."""
+    async def answer_on_the_head(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(5)
+        writer.transport.abort()
+
+    server = await asyncio.start_server(answer_on_the_head, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with client() as c:
+            with loop_must_turn(4), pytest.raises(http1.MalformedAnswer):
+                await asyncio.wait_for(c.send("POST", url, [], b"x" * (32 * 1024 * 1024),
+                                              via=http1.Via(None, "up")), 2)
+            assert c.connection_counts() == {"up": (0, 0)}
+    finally:
+        server.close()
 
 
 async def test_a_408_crossing_a_request_on_a_kept_alive_connection_sends_it_again_on_a_new_one():
