@@ -308,6 +308,11 @@ class Connection(asyncio.Protocol):
         self._phase = _HEAD
         self._keep_alive = keep_alive
 
+    def answered_early(self) -> None:
+        """The answer's head came before all of the request went out: an upstream that reads on
+        after it may take the rest of our body for a request of its own, so none goes after."""
+        self._keep_alive = False
+
     def start_next_cycle(self) -> None:
         self._phase = _IDLE
         self._head_started = False

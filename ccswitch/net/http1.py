@@ -209,14 +209,16 @@ class UpstreamClient:
                 except TransportError:      # what came back before the write failed is no answer: it says more
                     self._discard(connection)
                     raise
-                if head is not None and not (connection.reused and head.status_code == 408):   # an idle connection's goodbye
+                goodbye = isinstance(exc, _Goodbye) or (head is not None and connection.reused and head.status_code == 408)
+                if head is not None and not goodbye:
                     try:
                         return Response(self, connection, head)
                     except BaseException:     # its body cannot be read (UndecodableBody): the slot goes back
                         self._discard(connection)
                         raise
                 self._discard(connection)
-                if connection.reused and not connection.received_any and not fresh_retry:
+                # an idle connection's goodbye read nothing of ours, however large: it goes again, as above
+                if connection.reused and (goodbye or not connection.received_any) and not fresh_retry:
                     continue
                 raise
             except BaseException:
@@ -316,8 +318,12 @@ async def _early_answer(connection: Connection) -> Head | None:
         if await connection.sent():
             return None
     if connection.reused and head.status_code == 408:
-        raise WriteError("the upstream closed its idle connection (408) as the request went out")
+        raise _Goodbye("the upstream closed its idle connection (408) as the request went out")
     return head
+
+
+class _Goodbye(WriteError):
+    """A kept-alive connection's 408 as a request went out on it: the request went unread."""
 
 
 def _answer_already_in(connection: Connection) -> Head | None:
@@ -329,7 +335,10 @@ def _answer_already_in(connection: Connection) -> Head | None:
     if not connection.received_any:
         return None
     event = connection.poll_event()
-    return event if isinstance(event, Head) else None
+    if not isinstance(event, Head):
+        return None
+    connection.answered_early()
+    return event
 
 
 class Response:
