@@ -167,6 +167,9 @@ def stream_error_message(event: Event) -> str:
         if isinstance(body.get("message"), str):     # Responses' own `error` event: code and message on top
             code = body.get("code")
             return f"{code}: {body['message']}" if isinstance(code, str) and code else body["message"]
+        response = body.get("response")
+        if isinstance(response, dict) and isinstance(response.get("status"), str):   # the whole response, no error in it
+            return f"{body.get('type') or event.type}: the response {response['status']}, without an error"
     return event.data or event.type
 
 

@@ -20,7 +20,7 @@ from ccswitch.translate.chat.common import (
     object_of,
     text_of,
 )
-from ccswitch.wire.protocols import REQUEST_FAULT_CODES, is_bare_error
+from ccswitch.wire.protocols import Protocol, error_type, in_stream_status, is_bare_error
 from ccswitch.wire.reasoning import REASONING_ITEMS, carried_reasoning
 from ccswitch.wire.sse import Event
 from ccswitch.wire.usage import token_count
@@ -72,8 +72,10 @@ def failure_of(data: Any) -> tuple[str, str, str | None, str | None]:
         return said, "server_error", None, None
     code = err.get("code") if isinstance(err.get("code"), str) else None
     kind = err.get("type") if isinstance(err.get("type"), str) and err.get("type") != "error" else None
-    if kind is None and code in REQUEST_FAULT_CODES:
-        kind = "invalid_request_error"
+    if kind is None and code is not None and (status := in_stream_status({"error": {"code": code}})) < 429:
+        # the request's fault: the type OpenAI's HTTP API gives its status (a rate limit's and a
+        # server's vary with what ran out or broke, and keep their code)
+        kind = error_type(Protocol.CHAT, status)
     param = err.get("param") if isinstance(err.get("param"), str) else None
     return str(err.get("message") or "upstream response failed"), kind or code or "server_error", code, param
 

@@ -22,6 +22,7 @@ def folded(chunks):
     ("invalid_prompt", 400, "invalid_request_error"),
     ("invalid_image_url", 400, "invalid_request_error"),
     ("bio_policy", 400, "invalid_request_error"),
+    ("context_length_exceeded", 400, "invalid_request_error"),
     ("rate_limit_exceeded", 429, "rate_limit_exceeded"),
     ("server_error", 500, "server_error"),
     ("vector_store_timeout", 500, "vector_store_timeout"),

@@ -22,6 +22,10 @@ def event(text: str):
     ('event: error\ndata: {"type": "error", "code": "server_is_overloaded", "message": "Busy"}',
      "server_is_overloaded: Busy"),
     ('event: error\ndata: {"type": "error", "message": "Busy"}', "Busy"),
+    # a failed response without its error: not its whole JSON, cut short in the ledger
+    ('event: response.failed\ndata: {"type": "response.failed", "sequence_number": 4, "response": '
+     '{"id": "resp_1", "status": "failed", "error": null, "output": [], "usage": null}}',
+     "response.failed: the response failed, without an error"),
 ])
 def test_an_error_event_is_named_by_its_type_or_code_and_its_message(text, said):
     assert stream_error_message(event(text)) == said
