@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from ccswitch.clock import utc_now
@@ -61,6 +61,9 @@ class HealthBoard:
         self.on_change: Feed | None = None   # the shared state's hook (None: this instance alone)
         self._switched_at: dict[str, float] = {}
         self._accounts: dict[str, tuple] | None = None   # the rules' upstreams' fingerprints (`sync`)
+        # removed from the rules while cooling down, with their fingerprints: back before the
+        # cooldown's end as the same account, they are still cooling (not a way round a retry-after)
+        self._parked: dict[str, tuple[tuple, UpstreamHealth]] = {}
         self._ways: dict[str, object] = {}    # how each upstream is reached (`sync`)
         self._preferred_at = 0.0
 
@@ -75,9 +78,20 @@ class HealthBoard:
         changed = []
         before, self._accounts = self._accounts or {}, dict(fingerprints)
         ways_before, self._ways = self._ways, dict(ways or {})
+        now = self.clock()
+        self._parked = {name: parked for name, parked in self._parked.items() if parked[1].cooling_until > now}
         for name in list(self._state):
             if name not in fingerprints:   # its hooks were told of a cooldown: they hear it is over
-                self._outage_ended(name, self._state.pop(name), "removed from the rules: no longer watched")
+                old = self._state.pop(name)
+                if old.cooling_until > now and name in before:
+                    self._parked[name] = (before[name], old)
+                self._outage_ended(name, old, "removed from the rules: no longer watched")
+        for name, fp in fingerprints.items():
+            if name not in before and (parked := self._parked.pop(name, None)) is not None and parked[0] == fp:
+                # its hooks heard the outage end at the removal: a new one is theirs to hear of
+                self._state[name] = replace(parked[1], outage=None, switched=None, probing=False)
+                log.info("ccswitch: upstream %s is back in the rules within its cooldown: %s left", name,
+                         seconds_text(parked[1].cooling_until - now))
         if self.preferred is not None and self.preferred[0] not in fingerprints:
             log.info("ccswitch: ccswitch.use %s ends: the rules no longer have it", self.preferred[0])
             self.unprefer()    # not to come back unasked with an upstream of that name added again

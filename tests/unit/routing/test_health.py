@@ -268,3 +268,28 @@ def test_a_429_to_a_request_sent_before_a_cooldown_learned_from_another_instance
     assert b.cooling_until("a") > clock.now + 590 and not b.get("a").rate_limited
     b.record_rate_limit("a", "HTTP 429", seconds=20, reset_known=True, began=clock.now + 1)
     assert b.cooling_until("a") == clock.now + 20 and b.get("a").rate_limited
+
+
+def test_an_upstream_removed_and_put_back_within_its_cooldown_is_still_cooling():
+    # commenting an upstream out and back in (or a tool writing the file in steps) let the next
+    # request through to it 12 s into a 30 s retry-after
+    b, clock = board()
+    accounts = {"a": ("u1", "k", "anthropic"), "b": ("u2", "k", "anthropic")}
+    b.sync(accounts)
+    b.record_rate_limit("a", "HTTP 429", seconds=30, reset_known=True, began=clock.now)
+    for _ in range(3):
+        fail(b, "b", cooldown=30)
+    b.sync({"b": accounts["b"]})
+    b.sync({})
+    clock.now += 12
+    b.sync(accounts)
+    assert b.cooling_until("a") == 1030.0 and b.get("a").rate_limited
+    assert b.cooling_until("b") == 1030.0 and b.get("b").failures == 3
+    # another account under the name, or back after the cooldown's end: a fresh start
+    b.sync({})
+    b.sync({"a": ("u1", "k2", "anthropic")})
+    assert b.cooling_until("a") is None and b.get("a").failures == 0
+    b.sync({})
+    clock.now += 30
+    b.sync(accounts)
+    assert b.cooling_until("b") is None and b.get("b").failures == 0
