@@ -16,6 +16,7 @@ from typing import Any
 from ccswitch.wire.exchange import json_text
 
 REFRESH_MS = 2000
+GIVE_UP_MS = 10_000     # an ask of status.json unanswered this long: the page says it is not updating
 
 STYLE = """
 :root{--fg:#1d232a;--muted:#5d6873;--line:#e3e7eb;--head:#f3f5f7;--bg:#fff;
@@ -209,17 +210,29 @@ SCRIPT = r"""
     fill($("recent"), rows);
   }
 
+  // a ccswitch that hangs (stopped, swapping) refuses nothing: its silence is the news, and
+  // asks are not piled up behind one it does not answer
+  let asking = false, answered = Date.now();
+  const stale = (why) => { const live = $("live"); live.textContent = "not updating (" + why + ")"; live.className = "stale"; };
   async function refresh() {
     if (document.hidden) return;
-    const live = $("live");
+    if (asking) {
+      stale("no answer for " + Math.round((Date.now() - answered) / 1000) + " s");
+      return;
+    }
+    asking = true;
     try {
-      const r = await fetch("/_ccswitch/status.json", {headers, cache: "no-store"});
+      const r = await fetch("/_ccswitch/status.json", {headers, cache: "no-store",
+                                                      signal: AbortSignal.timeout(__GIVE_UP_MS__)});
       if (!r.ok) throw new Error("HTTP " + r.status);
       const data = await r.json();
       render(data);
-      live.textContent = "live, every 2 s (updated " + data.time + ")"; live.className = "muted";
+      answered = Date.now();
+      $("live").textContent = "live, every 2 s (updated " + data.time + ")"; $("live").className = "muted";
     } catch (e) {
-      live.textContent = "not updating (" + e.message + ")"; live.className = "stale";
+      stale(e.name === "TimeoutError" ? "no answer for " + Math.round((Date.now() - answered) / 1000) + " s" : e.message);
+    } finally {
+      asking = false;
     }
   }
 
@@ -228,7 +241,7 @@ SCRIPT = r"""
   $("live").textContent = "as of " + first.time + ", refreshing every 2 s";
   setInterval(refresh, __REFRESH_MS__);
 })();
-""".replace("__REFRESH_MS__", str(REFRESH_MS))
+""".replace("__REFRESH_MS__", str(REFRESH_MS)).replace("__GIVE_UP_MS__", str(GIVE_UP_MS))
 
 BODY = """<body>
 <header><h1>ccswitch</h1><span id="now" class="muted"></span><span id="preferring"></span>

@@ -198,6 +198,34 @@ def test_a_fresh_page_says_how_to_point_a_client_at_ccswitch(tmp_path):
     assert empty.startswith("no requests yet: point a client at ccswitch") and 'eval "$(ccswitch env)"' in empty
 
 
+def test_a_ccswitch_that_hangs_is_said_not_updating_and_is_not_asked_again_and_again(tmp_path):
+    # a stopped (SIGSTOP) ccswitch refuses nothing: its page said "live" for as long as it hung,
+    # asking again every 2 s on top of the unanswered asks
+    from datetime import UTC, datetime
+
+    from ccswitch.report.live import LiveBoard
+    from ccswitch.report.live_html import GIVE_UP_MS, REFRESH_MS, page_html
+    from ccswitch.report.live_status import live_status
+    from tests.support.helpers import rules_for
+    rules = rules_for(("relay-a", "anthropic", "https://a.example"))
+    # a fetch that never answers, but lets itself be given up (a real hanging socket would stop the
+    # browser's virtual clock, which waits for pending network fetches)
+    silent = ("<script>window.asked = 0; window.fetch = (url, options) => { window.asked += 1; "
+              "document.title = 'asked ' + window.asked; return new Promise((_, reject) => "
+              "options && options.signal && options.signal.addEventListener('abort', () => reject(options.signal.reason))); };"
+              "</script>\n")
+    html = page_html(live_status(LiveBoard(), [], rules, datetime.now(UTC)))
+    page = tmp_path / "hung.html"
+    page.write_text(html.replace('<script type="application/json"', silent + '<script type="application/json"', 1))
+    budget = GIVE_UP_MS + 3 * REFRESH_MS
+    dom = browser.dump_dom(page.as_uri(), tmp_path / "profile", budget_ms=budget)
+    parsed = Rows()
+    parsed.feed(dom)
+    assert re.search(r'<span id="live" class="stale">not updating \(no answer for \d+ s\)</span>', dom), parsed.ids.get("live")
+    asked = int(re.search(r"<title>asked (\d+)</title>", dom).group(1))
+    assert asked <= 2 < budget // REFRESH_MS     # the one unanswered, then one more after it was given up
+
+
 def test_the_page_says_when_the_rules_files_last_edit_is_not_in_force(tmp_path):
     # the log said it once, and a user watching the page had no way to know
     from datetime import UTC, datetime
