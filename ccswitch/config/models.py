@@ -408,7 +408,7 @@ def _no_switch(value: Any) -> Any:
 
 class Rules(_Model):
     #: the rules whose secret texts were asked for last, with them (see `secret_texts`)
-    _secrets_of_last: ClassVar[tuple[Rules, list[str]] | None] = None
+    _secrets_of_last: ClassVar[tuple[Rules, list[str], tuple[str, ...]] | None] = None
     version: Annotated[Literal[1], BeforeValidator(_no_switch)] = 1
     timezone: str | None = None
     # a SQLite file (default) or a PostgreSQL URL, see config.database_url
@@ -507,12 +507,20 @@ class Rules(_Model):
         """Every key text the rules hold: each upstream's (keys, secret headers, proxy logins) and
         the client keys.  Built once per rules object (they are frozen; a copy with changes is
         another object), as every finished request asks for them."""
+        return list(self._secrets()[1])
+
+    def upstream_secret_texts(self) -> tuple[str, ...]:
+        """The upstreams' part of `secret_texts`: what a client's request is scrubbed of (a key of
+        `client_keys` it quotes is its own to send)."""
+        return self._secrets()[2]
+
+    def _secrets(self) -> tuple[Rules, list[str], tuple[str, ...]]:
         last = Rules._secrets_of_last
         if last is None or last[0] is not self:
-            texts = [text for upstream in self.upstreams for text in upstream.secret_texts()]
-            texts += [form for key in self.client_key_texts() for form in echo_forms(key)]
-            last = Rules._secrets_of_last = (self, texts)
-        return list(last[1])
+            upstreams = [text for upstream in self.upstreams for text in upstream.secret_texts()]
+            clients = [form for key in self.client_key_texts() for form in echo_forms(key)]
+            last = Rules._secrets_of_last = (self, upstreams + clients, tuple(upstreams))
+        return last
 
     def scrub(self, text: str) -> str:
         """`text` without any key text of the rules: for what a client chose (its model, its

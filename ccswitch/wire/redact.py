@@ -7,6 +7,7 @@ import base64
 import json
 import re
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -205,6 +206,12 @@ def scrub(body: bytes, secrets: list[str]) -> bytes:
         if escapes and any(anchor in body for anchor in escaped.every_anchors):
             body = escaped.every.sub(b"[redacted]", body)
     return body
+
+
+def quotes_a_key(body: bytes, secrets: Sequence[str]) -> bool:
+    """Whether `scrub` may find a key in `body`: the one cheap look a client's request gets (its
+    longest run of letters and digits, which no form of the key lacks)."""
+    return any(len(secret) >= _SHORTEST_SECRET and _escaped(secret).anchor in body for secret in secrets)
 
 
 @lru_cache(maxsize=256)

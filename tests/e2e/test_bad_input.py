@@ -199,6 +199,23 @@ def test_upstream_echoing_its_key_in_a_header_never_reaches_the_client(world, st
     assert UPSTREAM_KEY not in proxy.log()
 
 
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_prompt_quoting_the_upstreams_keys_sends_them_to_no_upstream(world, stream, encoding):
+    """A client that read the rules file (or an .env) and quotes it: each relay would get every
+    other relay's key.  Nor do they stand on the saved flow (test_zz_secrets_appear_nowhere)."""
+    proxy, a, _ = world
+    quoted = {**GOOD, "stream": stream, "messages": [
+        {"role": "user", "content": f"my .env has A={UPSTREAM_KEY} and C={CHAT_KEY}; what do they do?"}]}
+    content = json.dumps(quoted).encode()
+    headers = {"content-encoding": encoding} if encoding else {}
+    r = post(proxy, content=gzip.compress(content) if encoding else content, headers=headers)
+    assert r.status_code == 200, r.text
+    said = a.last().json["messages"][0]["content"]
+    assert said == "my .env has A=[redacted] and C=[redacted]; what do they do?"
+    assert "quoted an upstream's key" in proxy.log()
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_non_ascii_header_bytes_cross_the_proxy_as_they_are(world, stream):
     """Client headers reach the upstream, and upstream headers the client, byte for byte;
