@@ -208,9 +208,11 @@ def scrub(body: bytes, secrets: list[str]) -> bytes:
     return body
 
 
-def quotes_a_key(body: bytes, secrets: Sequence[str]) -> bool:
+def quotes_a_key(body: bytes | str, secrets: Sequence[str]) -> bool:
     """Whether `scrub` may find a key in `body`: the one cheap look a client's request gets (its
     longest run of letters and digits, which no form of the key lacks)."""
+    if isinstance(body, str):     # a text frame: its anchors are letters and digits, the same as text
+        return any(len(secret) >= _SHORTEST_SECRET and _escaped(secret).anchor.decode() in body for secret in secrets)
     return any(len(secret) >= _SHORTEST_SECRET and _escaped(secret).anchor in body for secret in secrets)
 
 
