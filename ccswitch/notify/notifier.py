@@ -34,6 +34,7 @@ Claim = Callable[[str, float], Awaitable[bool]]
 ClaimState = Callable[[str, str, str, bool], Awaitable[bool]]
 #: how long an occurrence with no known end stays claimed
 UNKNOWN_END = 3600.0
+UNSENT_NAMED = 10     # a stop names this many undelivered notifications, then counts the rest
 
 
 class Lane:
@@ -219,10 +220,10 @@ class Notifier:
                     await asyncio.sleep(0.05)
         for lane in [*self.lanes.values(), *self._retiring.values()]:   # a stop must not lose them without a word
             if unsent := lane.unsent():
-                log.warning("ccswitch: stopping with %d notification%s to %s not delivered: %s", len(unsent),
-                            "s" * (len(unsent) != 1), hook_host(lane.hook),
-                            ", ".join(event.kind + (f" ({event.upstream})" if event.upstream else "")
-                                      for event in unsent))
+                named = [event.kind + (f" ({event.upstream})" if event.upstream else "") for event in unsent]
+                more = f", and {len(named) - UNSENT_NAMED} more" if len(named) > UNSENT_NAMED else ""
+                log.warning("ccswitch: stopping with %d notification%s to %s not delivered: %s%s", len(unsent),
+                            "s" * (len(unsent) != 1), hook_host(lane.hook), ", ".join(named[:UNSENT_NAMED]), more)
         if self._claiming:
             log.warning("ccswitch: stopping with %d notification%s not told: the instances' claim on them "
                         "(Redis) had not answered", len(self._claiming), "s" * (len(self._claiming) != 1))

@@ -429,6 +429,19 @@ async def test_a_stop_that_leaves_notifications_undelivered_says_which(caplog):
     assert poster.kinds(FAST) == ["cooldown", "cooldown"]       # the other hook's went out: no line for it
 
 
+async def test_a_stop_that_leaves_many_notifications_undelivered_names_ten_and_counts_the_rest(caplog):
+    # a hook down through a flapping upstream's hundred outages: one line several KB long
+    caplog.set_level(logging.WARNING, "ccswitch.notify")
+    notifier, _ = await started(rules())
+    for n in range(25):
+        notifier.offer(event(episode=str(n)))
+    await settle()
+    await notifier.aclose(grace=0.05)
+    [line] = [r.getMessage() for r in caplog.records if "stopping with" in r.getMessage() and "127.0.0.1:9" in r.getMessage()]
+    assert line.startswith("ccswitch: stopping with 25 notifications to 127.0.0.1:9 not delivered: cooldown (a), ")
+    assert line.count("cooldown (a)") == 10 and line.endswith(", and 15 more")
+
+
 async def test_a_stop_names_the_notification_being_posted_first_and_a_claim_not_answered(caplog):
     caplog.set_level(logging.WARNING, "ccswitch.notify")
     claims = Claims()
