@@ -270,13 +270,16 @@ class SpendBoard:
         if limit is None or self.events is None:
             return
         spent = min(self._spent[(who, name, kind)][1], news_to)
+        # a request begun in a period that ended before it did: no one is refused for that period
+        # any more, so its lines are news of nothing (the ledger and the report have its spend)
+        ended = period_end(kind, start, self.tz) <= self.clock()
         for share in (_WARN_AT, 1.0):
             mark = (who, name, kind, start, share, limit)
             line = limit * share
             if reached(spent, line) and mark not in self._told:
                 self._told.add(mark)
                 self._told = {m for m in self._told if m[3] >= start or m[2] != kind}   # forget past periods
-                if reached(news_from, line) or (share < 1.0 and reached(spent, limit)):
+                if ended or reached(news_from, line) or (share < 1.0 and reached(spent, limit)):
                     continue      # known already, or one step past the whole budget: "reached" says it
                 what = "reached" if share >= 1.0 else f"{share:.0%} of"
                 told_spent, told_limit = usd(spent, limit)

@@ -150,6 +150,21 @@ def test_budget_events_at_80_and_100_percent_once_per_period():
     assert len(seen) == 3 and "80%" in seen[2].reason
 
 
+def test_a_request_begun_before_its_day_ended_is_counted_there_and_not_told_once_the_day_is_over():
+    # a stream from 23:59:52 to 00:00:07 crossed the daily budget: "reached (until 00:00)" came
+    # seven seconds after the budget had reset, about a day in which nothing is refused any more
+    spend, clock, seen = board(datetime(2026, 3, 10, 15, 59, 52, tzinfo=UTC))     # 23:59:52 local
+    began = clock.now
+    spend.add(CLIENT, "alice", 10.0)
+    clock.now = datetime(2026, 3, 10, 16, 0, 7, tzinfo=UTC)
+    spend.add(CLIENT, "alice", 15.0, at=began)
+    assert seen == [] and spend.spent(CLIENT, "alice", "monthly") == 25.0
+    spend.add(CLIENT, "alice", 1.0)                          # the new day: its own lines
+    assert seen == []
+    spend.add(CLIENT, "alice", 16.0)
+    assert [e.reason for e in seen] == ["client alice 80% of its daily budget ($17.00 of $20.00)"]
+
+
 def test_a_budget_reached_exactly_by_a_sum_of_costs_is_reached():
     spend, _, seen = board(datetime(2026, 3, 10, 2, 0, tzinfo=UTC))
     spend.configure(parse_rules(RULES_TEXT.replace("budget: {daily: 20}", "budget: {daily: 1}")))
