@@ -128,8 +128,9 @@ class WebhookPoster:
             if wait is None:
                 result = Delivery(result.host, result.status, result.error, attempt)
                 if not result.ok:
+                    about = event.upstream or (event.client and f"client {event.client}")
                     log.warning("ccswitch: notification %s%s to %s: %s", event.kind,
-                                f" ({event.upstream})" if event.upstream else "", result.host, result.outcome)
+                                f" ({about})" if about else "", result.host, result.outcome)
                 return result
             await self.sleep(wait)
 

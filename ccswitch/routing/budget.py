@@ -285,7 +285,7 @@ class SpendBoard:
                 told_spent, told_limit = usd(spent, limit)
                 episode = f"{who}:{name}:{kind}:{start.isoformat()}:{share}:{limit}"
                 self.events.emit(Event(
-                    kind="budget", upstream=name if who == UPSTREAM else None,
+                    kind="budget", upstream=name if who == UPSTREAM else None, client=name if who == CLIENT else None,
                     reason=f"{who} {name} {what} its {kind} budget ({told_spent} of {told_limit})",
                     until=period_end(kind, start, self.tz).astimezone(UTC),
                     episode=episode, claim=f"budget:{episode}"))

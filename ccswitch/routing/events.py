@@ -32,6 +32,7 @@ class Event:
     #: that moves the claim's last told state to this one, however soon after the last change
     state: str = ""
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
+    client: str | None = None        # the client key a budget event is about (for the log; its reason names it)
 
 
 #: ends within one quarter hour are one occurrence to tell: a per-minute bucket refilled again

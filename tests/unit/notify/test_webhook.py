@@ -75,6 +75,14 @@ async def test_a_500_is_retried_with_backoff_then_reported(client, caplog):
     assert TOKEN not in caplog.text
 
 
+async def test_a_failed_client_budget_notification_names_the_client_in_the_log(client, caplog):
+    # an upstream's said "(relay-a)"; a client key's said nothing of whose budget it was
+    about_carol = Event("budget", None, "client carol reached its daily budget ($0.0070 of $0.0060)", client="carol")
+    with WebhookReceiver(status=404) as receiver:
+        await WebhookPoster(client, sleep=Sleeps()).deliver(hook(receiver), about_carol, [])
+    assert "notification budget (client carol) to 127.0.0.1" in caplog.text
+
+
 async def test_a_final_4xx_is_not_retried(client):
     with WebhookReceiver(status=404) as receiver:
         result = await WebhookPoster(client, sleep=Sleeps()).deliver(hook(receiver), EVENT, [])
