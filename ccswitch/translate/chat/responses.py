@@ -185,9 +185,14 @@ def aggregate(body: bytes, model: str, sealed: bool = False) -> dict[str, Any]:
         raise UpstreamFailed(*stream.failure)
     if stream.outcome is None:
         raise UpstreamFailed("upstream stream ended before its terminal event", status=502)
-    if final.get("output"):      # named by the model `response.created` gave when the last event names none
-        return completion_from_response(final, stream.writer.model, sealed)
     got = fold(deltas)
+    if final.get("output"):      # named by the model `response.created` gave when the last event names none
+        whole = completion_from_response(final, stream.writer.model, sealed)
+        # its citations and logprobs, unless it leaves out what the deltas carried (the stream's
+        # answer has a tool call or text an upstream's final list forgot: so must the whole one)
+        said = whole["choices"][0]["message"]
+        if len(said.get("tool_calls") or ()) >= len(got["tool_calls"]) and len(said.get("content") or "") >= len(got["text"]):
+            return whole
     message = chat_message(got["text"], got["refusal"], got["reasoning"], got["tool_calls"], sealed=got["sealed"])
     reason, usage = stream.outcome
     return completion(final.get("model") or stream.writer.model, message, reason, usage, chat_id(final.get("id")))

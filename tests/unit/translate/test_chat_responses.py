@@ -372,6 +372,28 @@ def test_codex_aggregation_falls_back_to_the_deltas_when_output_is_empty():
     assert from_deltas["choices"] == from_output["choices"] and from_deltas["usage"] == from_output["usage"]
 
 
+@pytest.mark.parametrize("streamed, listed", [
+    ([("response.output_item.added", {"output_index": 0, "item": {"type": "function_call", "id": "fc_1",
+                                                                   "call_id": "call_1", "name": "f"}}),
+      ("response.function_call_arguments.delta", {"item_id": "fc_1", "output_index": 0, "delta": '{"a":1}'})],
+     [{"type": "message", "content": [{"type": "output_text", "text": "ok"}]}]),
+    ([text_delta("hello")], [{"type": "reasoning", "summary": []}]),
+], ids=["a-call-the-list-forgot", "text-the-list-forgot"])
+def test_a_whole_answer_from_a_stream_has_what_its_deltas_carried_when_the_final_list_leaves_it_out(streamed, listed):
+    """A non-streaming client of a Codex upstream (which always streams) got only the final
+    response's list: a tool call or text only its deltas carried was lost, where a streaming
+    client of the same events got it."""
+    done = ("response.completed", {"response": {"status": "completed", "output": listed}})
+    body = sse(created(), *streamed, done)
+    whole = aggregate(body, "gpt-5")
+    message, reason = whole["choices"][0]["message"], whole["choices"][0]["finish_reason"]
+    folded = fold(deltas(run(body))[:-1])
+    assert (message.get("content") or "", [c["function"]["arguments"] for c in message.get("tool_calls") or []]) == \
+        (folded["text"], [c["function"]["arguments"] for c in folded["tool_calls"]])
+    assert reason == ("tool_calls" if folded["tool_calls"] else "stop")
+    assert (message.get("content") or "", len(message.get("tool_calls") or [])) in (("ok", 1), ("hello", 0))
+
+
 def test_an_aggregated_answer_is_named_by_the_upstream_s_model_when_the_last_event_names_none():
     done = ("response.completed", {"response": {"status": "completed", "output": [
         {"type": "message", "content": [{"type": "output_text", "text": "Hi"}]}]}})
