@@ -41,10 +41,11 @@ def usage_from(usage: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 class _Block:
-    __slots__ = ("args", "kind", "signature", "text", "tool")
+    __slots__ = ("args", "kind", "signature", "text", "tool", "whole")
 
     def __init__(self, kind: str, tool: int = -1) -> None:
         self.kind, self.tool, self.args, self.text, self.signature = kind, tool, False, "", ""
+        self.whole = False      # its input came up front: deltas after it would repeat it, in no JSON
 
 
 class AnthropicChatStream:
@@ -120,7 +121,7 @@ class AnthropicChatStream:
                 self.blocks[index] = _Block("other")   # the first is the answer: two would be no JSON
                 return b""
             state = self.blocks[index] = _Block("json")
-            state.args = bool(block.get("input"))
+            state.args = state.whole = bool(block.get("input"))
             return self._chunk({"content": json.dumps(block["input"], ensure_ascii=False)}) if state.args else b""
         if kind == "tool_use":
             k, self.tools = self.tools, self.tools + 1
@@ -128,7 +129,7 @@ class AnthropicChatStream:
             out = self._tool_delta(k, {"id": text_of(block.get("id")), "type": "function",
                                        "function": {"name": text_of(block.get("name")), "arguments": ""}})
             if block.get("input"):  # some compatible upstreams send the whole input up front
-                state.args = True
+                state.args = state.whole = True
                 out += self._tool_delta(k, {"function": {"arguments": json.dumps(block["input"], ensure_ascii=False)}})
             return out
         if kind == "text":
@@ -158,15 +159,19 @@ class AnthropicChatStream:
             return self._chunk({"reasoning_content": delta["thinking"]})
         if kind == "signature_delta" and state.kind == "thinking":
             state.signature += text_of(delta.get("signature"))
-        elif kind == "input_json_delta" and state.kind in ("tool", "json") and text_of(delta.get("partial_json")):
-            state.args = True
+        elif kind == "input_json_delta" and state.kind in ("tool", "json") and text_of(delta.get("partial_json")) \
+                and not state.whole:
+            # blanks alone are no arguments yet: "{}" still follows at the block's end (" {}" is JSON)
+            state.args = state.args or not delta["partial_json"].isspace()
             if state.kind == "json":
                 return self._chunk({"content": delta["partial_json"]})
             return self._tool_delta(state.tool, {"function": {"arguments": delta["partial_json"]}})
         return b""
 
     def _on_content_block_stop(self, data: dict[str, Any]) -> bytes:
-        state = self.blocks.get(key_of(data.get("index")))
+        return self._closed(self.blocks.get(key_of(data.get("index"))))
+
+    def _closed(self, state: _Block | None) -> bytes:
         if state is None or state.args:
             pass
         elif state.kind == "tool":  # a no-argument call streams no JSON at all
@@ -194,6 +199,8 @@ class AnthropicChatStream:
 
     def _on_message_stop(self, data: dict[str, Any]) -> bytes:
         out = b"" if self.started else self._role()
+        # a block an upstream never closed is closed here: a call's "{}", a thinking's signature
+        out += b"".join(self._closed(state) for state in self.blocks.values())
         if self.thinking:
             out += self._chunk({"thinking_blocks": self.thinking})
         return out + self.writer.finish(finish_reason(self.stop_reason, self.tools), usage_from(self.usage))

@@ -1248,3 +1248,49 @@ def test_an_empty_refusal_adds_no_text_block(refusal):
     """Anthropic refuses a text block with no text in it (a client may send back `refusal: ""`)."""
     out = chat(user(), {"role": "assistant", "content": "ok", "refusal": refusal}, user("more"))
     assert out["messages"][1]["content"] == [text("ok")]
+
+
+def folded_calls_and_thinking(events):
+    """The SDK's own accumulation of the converted stream: each call's arguments, and the
+    signed thinking kept for a replay."""
+    _conv, outs = run_stream(events)
+    chunks = [c for out in outs for c in parse_chunks(out) if isinstance(c, dict) and c.get("choices")]
+    state = ChatCompletionStreamState()
+    for chunk in chunks:
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    message = state.get_final_completion().choices[0].message
+    kept = [b for c in chunks for b in c["choices"][0]["delta"].get("thinking_blocks", [])]
+    return [json.loads(call.function.arguments) for call in message.tool_calls or []], kept
+
+
+START = ("message_start", {"message": {"id": "m", "model": "x", "usage": {"input_tokens": 3}}})
+STOP = [("message_delta", {"delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 5}}), ("message_stop", {})]
+
+
+def tool_block(index, **block):
+    return ("content_block_start", {"index": index, "content_block": {"type": "tool_use", "id": f"toolu_{index}",
+                                                                      "name": "f", **block}})
+
+
+def json_delta(index, partial):
+    return ("content_block_delta", {"index": index, "delta": {"type": "input_json_delta", "partial_json": partial}})
+
+
+@pytest.mark.parametrize("events, arguments", [
+    # a compatible relay sending the input up front and again in deltas: `{"a": 1}{"a":1}`, no JSON
+    ([tool_block(0, input={"a": 1}), json_delta(0, '{"a":1}'), ("content_block_stop", {"index": 0})], [{"a": 1}]),
+    # blanks alone are no arguments: " " was a call's arguments
+    ([tool_block(0, input={}), json_delta(0, " "), ("content_block_stop", {"index": 0})], [{}]),
+    # a block never closed before message_stop: its arguments stayed ""
+    ([tool_block(0, input={})], [{}]),
+], ids=["input-up-front-and-in-deltas", "blank-deltas", "never-closed"])
+def test_every_converted_tool_call_has_json_arguments_whatever_a_relay_streams(events, arguments):
+    assert folded_calls_and_thinking([START, *events, *STOP])[0] == arguments
+
+
+def test_signed_thinking_of_a_block_never_closed_is_kept_for_the_replay():
+    events = [START, ("content_block_start", {"index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
+              ("content_block_delta", {"index": 0, "delta": {"type": "thinking_delta", "thinking": "hm"}}),
+              ("content_block_delta", {"index": 0, "delta": {"type": "signature_delta", "signature": "s1"}}),
+              tool_block(1, input={}), json_delta(1, "{}"), ("content_block_stop", {"index": 1}), *STOP]
+    assert folded_calls_and_thinking(events)[1] == [{"index": 0, "type": "thinking", "thinking": "hm", "signature": "s1"}]
