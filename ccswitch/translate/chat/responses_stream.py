@@ -176,6 +176,8 @@ class ResponsesStream:
             self._keep_seal(item)
             return self._whole(item, data.get("output_index"))
         if kind == "response.output_item.added" and item.get("type") == "function_call":
+            if isinstance(item.get("id"), str) and item["id"] in self.calls:
+                return []        # the same item added again (a relay's repeat): one call, not two
             k = self._new_call(item, data.get("output_index"))
             if not text_of(item.get("arguments")):
                 return [self._header(k, item)]

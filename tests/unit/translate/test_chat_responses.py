@@ -1113,3 +1113,12 @@ def test_two_sealed_reasoning_items_streamed_stay_two_in_the_sdk_s_message():
         state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
     message = state.get_final_completion().choices[0].message.model_dump(exclude_none=True)
     assert [item["encrypted_content"] for item in message["reasoning_items"]] == ["SEAL-A", "SEAL-B"]
+
+
+def test_a_function_call_item_added_twice_is_one_call():
+    # a relay repeating `output_item.added`: a second call at index 1, the first left with "" arguments
+    added = ("response.output_item.added", {"output_index": 0, "item": {"type": "function_call", "id": "fc_1",
+                                                                         "call_id": "c1", "name": "f"}})
+    args = ("response.function_call_arguments.delta", {"item_id": "fc_1", "output_index": 0, "delta": "{}"})
+    got = fold(deltas(run(sse(created(), added, added, args, completed())))[:-1])
+    assert [(c["id"], c["function"]["arguments"]) for c in got["tool_calls"]] == [("c1", "{}")]
