@@ -205,7 +205,8 @@ class UpstreamClient:
                 return Response(self, connection, head)
             except TransportError as exc:
                 try:
-                    head = _answer_already_in(connection) if isinstance(exc, WriteError) else None
+                    # (a goodbye's head was read already: what follows it is no answer to look for)
+                    head = _answer_already_in(connection) if type(exc) is WriteError else None
                 except TransportError:      # what came back before the write failed is no answer: it says more
                     self._discard(connection)
                     raise

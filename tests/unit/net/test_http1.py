@@ -1046,6 +1046,35 @@ async def test_a_408_on_a_kept_alive_connection_as_a_large_request_goes_out_send
     assert served == [1, 1]
 
 
+async def test_a_408_goodbye_whose_body_is_broken_sends_the_large_request_again_all_the_same():
+    """What follows a goodbye's head is no answer to this request, broken or not."""
+    served = []
+
+    async def keep_alive_then_broken_goodbye(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        served.append(1)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.transport.abort()
+
+    server = await asyncio.start_server(keep_alive_then_broken_goodbye, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with client() as c:
+            assert await get_body(c, url) == (200, b"ok")
+            async with asyncio.timeout(10):
+                assert await get_body(c, url, b"x" * (32 * 1024 * 1024)) == (200, b"ok")
+    finally:
+        server.close()
+    assert served == [1, 1]
+
+
 async def test_a_body_still_buffered_when_ccswitch_closes_the_connection_is_cut_by_ccswitch_not_malformed():
     async def slow_body(writer, head, body):
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nfirst")
