@@ -63,7 +63,7 @@ class HealthBoard:
         self._accounts: dict[str, tuple] | None = None   # the rules' upstreams' fingerprints (`sync`)
         # removed from the rules while cooling down, with their fingerprints: back before the
         # cooldown's end as the same account, they are still cooling (not a way round a retry-after)
-        self._parked: dict[str, tuple[tuple, UpstreamHealth]] = {}
+        self._parked: dict[str, tuple[tuple, object, UpstreamHealth]] = {}    # (fingerprint, way, health)
         self._ways: dict[str, object] = {}    # how each upstream is reached (`sync`)
         self._preferred_at = 0.0
 
@@ -79,19 +79,23 @@ class HealthBoard:
         before, self._accounts = self._accounts or {}, dict(fingerprints)
         ways_before, self._ways = self._ways, dict(ways or {})
         now = self.clock()
-        self._parked = {name: parked for name, parked in self._parked.items() if parked[1].cooling_until > now}
+        self._parked = {name: parked for name, parked in self._parked.items() if parked[2].cooling_until > now}
         for name in list(self._state):
             if name not in fingerprints:   # its hooks were told of a cooldown: they hear it is over
                 old = self._state.pop(name)
                 if old.cooling_until > now and name in before:
-                    self._parked[name] = (before[name], old)
+                    self._parked[name] = (before[name], ways_before.get(name), old)
                 self._outage_ended(name, old, "removed from the rules: no longer watched")
         for name, fp in fingerprints.items():
-            if name not in before and (parked := self._parked.pop(name, None)) is not None and parked[0] == fp:
+            if name in before or (parked := self._parked.pop(name, None)) is None:
+                continue
+            account, way, health = parked
+            # back as the same account, and not through a mended proxy that caused its cooldown
+            if account == fp and not (way != self._ways.get(name) and _proxys_doing(health.last_error)):
                 # its hooks heard the outage end at the removal: a new one is theirs to hear of
-                self._state[name] = replace(parked[1], outage=None, switched=None, probing=False)
+                self._state[name] = replace(health, outage=None, switched=None, probing=False)
                 log.info("ccswitch: upstream %s is back in the rules within its cooldown: %s left", name,
-                         seconds_text(parked[1].cooling_until - now))
+                         seconds_text(health.cooling_until - now))
         if self.preferred is not None and self.preferred[0] not in fingerprints:
             log.info("ccswitch: ccswitch.use %s ends: the rules no longer have it", self.preferred[0])
             self.unprefer()    # not to come back unasked with an upstream of that name added again

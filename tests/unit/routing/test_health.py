@@ -293,3 +293,16 @@ def test_an_upstream_removed_and_put_back_within_its_cooldown_is_still_cooling()
     clock.now += 30
     b.sync(accounts)
     assert b.cooling_until("b") is None and b.get("b").failures == 0
+
+
+def test_an_upstream_put_back_through_a_mended_proxy_ends_the_cooldown_that_proxy_caused():
+    # as the same change made in place does; the upstream's own cooldown stays
+    b, clock = board()
+    accounts = {"a": ("u1", "k", "anthropic"), "b": ("u2", "k", "anthropic")}
+    b.sync(accounts, {"a": "proxy-old", "b": "proxy-old"})
+    b.record_failure("a", "proxy http://127.0.0.1:3128: authentication failed (407 Proxy Authentication Required)",
+                     threshold=1, cooldown=300)
+    b.record_failure("b", "HTTP 503", threshold=1, cooldown=300)
+    b.sync({}, {})
+    b.sync(accounts, {"a": "proxy-new", "b": "proxy-new"})
+    assert b.cooling_until("a") is None and b.cooling_until("b") == 1300.0
