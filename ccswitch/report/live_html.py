@@ -214,24 +214,28 @@ SCRIPT = r"""
   // asks are not piled up behind one it does not answer
   let asking = false, answered = Date.now();
   const stale = (why) => { const live = $("live"); live.textContent = "not updating (" + why + ")"; live.className = "stale"; };
+  const silence = () => "no answer for " + Math.round((Date.now() - answered) / 1000) + " s";
   async function refresh() {
     if (document.hidden) return;
-    if (asking) {
-      stale("no answer for " + Math.round((Date.now() - answered) / 1000) + " s");
+    if (asking) {      // a slow answer is no silence yet
+      if (Date.now() - answered >= __GIVE_UP_MS__) stale(silence());
       return;
     }
     asking = true;
+    const ask = new AbortController();     // (AbortSignal.timeout: not in every browser a user has)
+    let gaveUp = false;
+    const timer = setTimeout(() => { gaveUp = true; ask.abort(); }, __GIVE_UP_MS__);
     try {
-      const r = await fetch("/_ccswitch/status.json", {headers, cache: "no-store",
-                                                      signal: AbortSignal.timeout(__GIVE_UP_MS__)});
+      const r = await fetch("/_ccswitch/status.json", {headers, cache: "no-store", signal: ask.signal});
       if (!r.ok) throw new Error("HTTP " + r.status);
       const data = await r.json();
       render(data);
       answered = Date.now();
       $("live").textContent = "live, every 2 s (updated " + data.time + ")"; $("live").className = "muted";
     } catch (e) {
-      stale(e.name === "TimeoutError" ? "no answer for " + Math.round((Date.now() - answered) / 1000) + " s" : e.message);
+      stale(gaveUp ? silence() : e.message);
     } finally {
+      clearTimeout(timer);
       asking = false;
     }
   }

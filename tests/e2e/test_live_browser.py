@@ -226,6 +226,26 @@ def test_a_ccswitch_that_hangs_is_said_not_updating_and_is_not_asked_again_and_a
     assert asked <= 2 < budget // REFRESH_MS     # the one unanswered, then one more after it was given up
 
 
+def test_a_slow_answer_is_not_called_silence_before_ten_seconds(tmp_path):
+    # an answer taking 4 s (a busy proxy) had the page say "not updating" at the next tick
+    from datetime import UTC, datetime
+
+    from ccswitch.report.live import LiveBoard
+    from ccswitch.report.live_html import page_html
+    from ccswitch.report.live_status import live_status
+    from tests.support.helpers import rules_for
+    rules = rules_for(("relay-a", "anthropic", "https://a.example"))
+    slow = ("<script>window.fetch = () => new Promise((answer) => setTimeout(() => answer(new Response("
+            "document.getElementById('initial').textContent)), 4000));</script>\n")
+    html = page_html(live_status(LiveBoard(), [], rules, datetime.now(UTC)))
+    page = tmp_path / "slow.html"
+    page.write_text(html.replace('<script type="application/json"', slow + '<script type="application/json"', 1))
+    dom = browser.dump_dom(page.as_uri(), tmp_path / "profile", budget_ms=5000)
+    assert re.search(r'<span id="live" class="muted">as of [^<]*</span>', dom), re.search(r'<span id="live".*?</span>', dom)
+    dom = browser.dump_dom(page.as_uri(), tmp_path / "profile", budget_ms=6500)
+    assert re.search(r'<span id="live" class="muted">live, every 2 s \(updated [^<]*\)</span>', dom)
+
+
 def test_the_page_says_when_the_rules_files_last_edit_is_not_in_force(tmp_path):
     # the log said it once, and a user watching the page had no way to know
     from datetime import UTC, datetime
