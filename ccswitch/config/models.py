@@ -212,14 +212,24 @@ class Upstream(_Model):
     def secret_texts(self) -> list[str]:
         """The key text of this upstream that an answer, a log line or an event may echo: its
         api_key, its credential headers, what every ${VAR} put in a header, its proxy's login."""
+        found = self._keys()
+        found += [value.get_secret_value() for value in self.env_secrets]
+        found += self.proxy.secrets(user=False) if self.proxy is not None else []
+        return [form for text in found for form in echo_forms(text)]
+
+    def key_texts(self) -> list[str]:
+        """Its keys proper (api_key, credential headers), in their echo forms: what a client's
+        prompt is scrubbed of (not a header's ordinary ${VAR}, nor a proxy password that may be
+        a word a prompt uses)."""
+        return [form for text in self._keys() for form in echo_forms(text)]
+
+    def _keys(self) -> list[str]:
         found = [self.api_key.get_secret_value()] if self.api_key else []
         for name, value in self.headers.items():
             low = name.lower()
             if low in CREDENTIAL_HEADERS or any(w in low for w in CREDENTIAL_WORDS):
                 found.append(credential_part(value))
-        found += [value.get_secret_value() for value in self.env_secrets]
-        found += self.proxy.secrets(user=False) if self.proxy is not None else []
-        return [form for text in found for form in echo_forms(text)]
+        return found
 
     def lacks(self) -> str | None:
         """What a disabled upstream lacks to be sent anything (its ${VAR}s unset), or None."""
@@ -509,9 +519,9 @@ class Rules(_Model):
         another object), as every finished request asks for them."""
         return list(self._secrets()[1])
 
-    def upstream_secret_texts(self) -> tuple[str, ...]:
-        """The upstreams' part of `secret_texts`: what a client's request is scrubbed of (a key of
-        `client_keys` it quotes is its own to send)."""
+    def upstream_key_texts(self) -> tuple[str, ...]:
+        """The upstreams' keys (`Upstream.key_texts`): what a client's request is scrubbed of (a
+        key of `client_keys` it quotes is its own to send)."""
         return self._secrets()[2]
 
     def _secrets(self) -> tuple[Rules, list[str], tuple[str, ...]]:
@@ -519,7 +529,8 @@ class Rules(_Model):
         if last is None or last[0] is not self:
             upstreams = [text for upstream in self.upstreams for text in upstream.secret_texts()]
             clients = [form for key in self.client_key_texts() for form in echo_forms(key)]
-            last = Rules._secrets_of_last = (self, upstreams + clients, tuple(upstreams))
+            keys = tuple(dict.fromkeys(text for upstream in self.upstreams for text in upstream.key_texts()))
+            last = Rules._secrets_of_last = (self, upstreams + clients, keys)
         return last
 
     def scrub(self, text: str) -> str:

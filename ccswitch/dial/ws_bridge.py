@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +50,6 @@ from ccswitch.dial.ws_errors import (
 from ccswitch.dial.ws_upstream import UpstreamSockets
 from ccswitch.wire.exchange import client_json
 from ccswitch.wire.protocols import error_object, in_stream_status
-from ccswitch.wire.redact import quotes_a_key, scrub
 from ccswitch.wire.sse import SSEParser
 from ccswitch.wire.ws_chain import Chain, ChainLost, FrameError, Turn
 
@@ -148,11 +147,8 @@ class WsBridge(Serving):
     def __init__(self, make_job: MakeJob, run_job: Callable[[Job, Any], Awaitable[None]],
                  on_done: Callable[[Job], None], on_turn: Callable[[Ticket, Job | Refusal], None] | None = None, *,
                  refuse: Callable[..., Refusal] | None = None,
-                 max_message: Callable[[], int] = lambda: DEFAULT_MAX_MESSAGE,
-                 keys: Callable[[], Sequence[str]] = tuple) -> None:
+                 max_message: Callable[[], int] = lambda: DEFAULT_MAX_MESSAGE) -> None:
         super().__init__()
-        self.keys = keys     # the upstreams' key texts: a frame quoting one sends it to none as it is
-        self._told_quoted_key = False
         self._make_job, self._run_job, self._on_done = make_job, run_job, on_done
         self._on_turn = on_turn
         # a frame refused before it is a turn (not JSON, too large): its row, as a refused request's
@@ -163,17 +159,6 @@ class WsBridge(Serving):
         self._sockets: set[asyncio.Task] = set()
         self.turning: dict[int, Job] = {}      # the turns under way, by id (for the live page)
         self.port = 0
-
-    def without_keys(self, frame: str | bytes, keys: Sequence[str]) -> str | bytes:
-        """A frame quoting an upstream's key (Codex read the rules file or an .env into its
-        prompt): `[redacted]` for every upstream the turn goes to, and in the chain after it."""
-        raw = frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame
-        scrubbed = scrub(raw, list(keys))
-        if scrubbed != raw and not self._told_quoted_key:
-            self._told_quoted_key = True
-            log.warning("ccswitch: a Codex frame quoted an upstream's key from the rules: it is sent as "
-                        "[redacted], to no upstream as it is (said once)")
-        return scrubbed.decode("utf-8", "surrogatepass") if isinstance(frame, str) else scrubbed
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -354,8 +339,6 @@ class _Socket:
         await self._text(refusal_frame(self.bridge._refuse(self.ticket, status, message, frame=frame)))
 
     async def _frame(self, data: str | bytes) -> None:
-        if quotes_a_key(data, keys := self.bridge.keys()):
-            data = self.bridge.without_keys(data, keys)
         try:
             frame = client_json(data)
         except ValueError:

@@ -38,4 +38,4 @@ def make_addons() -> list:
     return [UnloadGuard(), shield, EarlyRefusal(gateway, shield), RulesWatcher(gateway), ListenSafety(gateway),
             InterceptScope(gateway), LivePage(gateway), WrongListener(),
             Router(gateway), SharedStateSync(gateway), ClientKeyGate(gateway), Commands(gateway), Activator(gateway),
-            Notifications(gateway), CollectorTuning(), SocketMessages(), UnreachableHost(gateway)]
+            Notifications(gateway), CollectorTuning(), SocketMessages(gateway), UnreachableHost(gateway)]

@@ -49,8 +49,7 @@ class CodexSockets:
     def __init__(self, router) -> None:
         self.router = router
         self.bridge = WsBridge(self._make_job, self._run, router.gateway.record_job, self._comment,
-                               refuse=self._refuse, max_message=lambda: ctx.options.ccswitch_max_body,
-                               keys=lambda: router.gateway.rules.upstream_secret_texts())
+                               refuse=self._refuse, max_message=lambda: ctx.options.ccswitch_max_body)
         self._asked: dict[str, str] = {}   # flow id -> the URL Codex asked for, until it is shown again
         self._open: dict[str, Ticket] = {}  # flow id -> its socket's ticket, until the socket ends
 

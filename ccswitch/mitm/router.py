@@ -65,7 +65,7 @@ from ccswitch.routing.classify import RouteMatch
 from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint
 from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.headers import from_wire
-from ccswitch.wire.redact import client_credential, quotes_a_key, scrub
+from ccswitch.wire.redact import client_credential, quoted_keys, scrub
 from ccswitch.wire.sse import is_event_stream
 
 log = logging.getLogger("ccswitch")
@@ -308,8 +308,8 @@ class Router:
         sent, raw = raw, decoded_body(encoding, raw, max_body)
         if raw is None:   # a small compressed body can inflate a lot: never inflate past the limit
             return refuse(413, f"request body too large once decoded (over {max_body} bytes)")
-        if quotes_a_key(raw, keys := rules.upstream_secret_texts()):
-            raw = self._without_keys(flow, raw, keys)
+        if found := quoted_keys(raw, rules.upstream_key_texts()):
+            raw = self._without_keys(flow, raw, found)
         body, problem = parse_body(raw)
         if problem:
             if not raw and flow.is_replay == "request":
@@ -378,12 +378,13 @@ class Router:
         mark_for_a_look(flow)
         self._record_refusal(flow, match, known, 500, message)
 
-    def _without_keys(self, flow: http.HTTPFlow, raw: bytes, keys: tuple[str, ...]) -> bytes:
+    def _without_keys(self, flow: http.HTTPFlow, raw: bytes, keys: list[str]) -> bytes:
         """A prompt quoting an upstream's key (a client that read the rules file or an .env) would
         hand it to every upstream tried, the other relays' included: it goes as `[redacted]`,
-        and so it stands on the flow."""
+        and so it stands on the flow (decoded: as the body the upstreams get, not compressed again)."""
         scrubbed = scrub(raw, keys)
         if scrubbed != raw:
+            flow.request.headers.pop("content-encoding", None)
             flow.request.content = scrubbed
             if not self._told_quoted_key:
                 self._told_quoted_key = True

@@ -7,7 +7,6 @@ import base64
 import json
 import re
 import string
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -208,12 +207,20 @@ def scrub(body: bytes, secrets: list[str]) -> bytes:
     return body
 
 
-def quotes_a_key(body: bytes | str, secrets: Sequence[str]) -> bool:
-    """Whether `scrub` may find a key in `body`: the one cheap look a client's request gets (its
-    longest run of letters and digits, which no form of the key lacks)."""
-    if isinstance(body, str):     # a text frame: its anchors are letters and digits, the same as text
-        return any(len(secret) >= _SHORTEST_SECRET and _escaped(secret).anchor.decode() in body for secret in secrets)
-    return any(len(secret) >= _SHORTEST_SECRET and _escaped(secret).anchor in body for secret in secrets)
+def quoted_keys(body: bytes, keys: tuple[str, ...]) -> list[str]:
+    """The keys `scrub` may find in a client's `body`: one look per key for its longest run of
+    letters and digits (its echo forms share it), so that a large body quoting one is scrubbed of
+    that one only.  (A key written wholly in escapes is no prompt's doing, and not looked for.)"""
+    return [key for anchor, group in _by_anchor(keys) if anchor in body for key in group]
+
+
+@lru_cache(maxsize=8)       # one tuple per rules object
+def _by_anchor(keys: tuple[str, ...]) -> tuple[tuple[bytes, tuple[str, ...]], ...]:
+    groups: dict[bytes, list[str]] = {}
+    for key in keys:
+        if len(key) >= _SHORTEST_SECRET:
+            groups.setdefault(_escaped(key).anchor, []).append(key)
+    return tuple((anchor, tuple(group)) for anchor, group in groups.items())
 
 
 @lru_cache(maxsize=256)

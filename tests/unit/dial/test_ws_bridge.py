@@ -87,7 +87,7 @@ def frame_model(row: dict):
     return frame.get("model") if isinstance(frame, dict) else None
 
 
-async def recording_bridge(max_message: int, keys: tuple[str, ...] = ()):
+async def recording_bridge(max_message: int):
     """A started bridge whose turns are all refused (503), with a registered ticket: (bridge,
     ticket, the turns' bodies, the refusals as (turn, status, message))."""
     turns, refusals = [], []
@@ -99,8 +99,7 @@ async def recording_bridge(max_message: int, keys: tuple[str, ...] = ()):
     def refuse(ticket, status, message, **row):
         refusals.append((ticket.turns, status, message))
         return Refusal(status, message)
-    bridge = WsBridge(make_job, run_job=None, on_done=[].append, refuse=refuse, max_message=lambda: max_message,
-                      keys=lambda: keys)
+    bridge = WsBridge(make_job, run_job=None, on_done=[].append, refuse=refuse, max_message=lambda: max_message)
     await bridge.start()
     ticket = Ticket()
     bridge.register(ticket)
@@ -780,24 +779,5 @@ async def test_a_socket_closed_for_a_lost_chain_ends_even_if_the_client_ignores_
         while chunk := await asyncio.wait_for(client.reader.read(65536), 2):   # never answering the close
             rest += chunk
         assert rest                                             # its close frame, then the end
-    finally:
-        await bridge.stop()
-
-
-@pytest.mark.parametrize("deflate", [False, True])
-async def test_a_frame_quoting_an_upstreams_key_sends_it_to_no_upstream(deflate):
-    """Codex read the rules file or an .env into its prompt: each upstream tried would get the
-    others' keys, and the chain would carry them into every later turn."""
-    key = "sk-test-RELAYKEY-0123456789abcdef"
-    bridge, ticket, turns, _ = await recording_bridge(600_000, keys=(key, "sk-test-OTHER-9876543210"))
-    try:
-        client = await Client.connect(bridge.port, ticket.token, deflate=deflate)
-        await client.events(lambda seen: any(isinstance(e, AcceptConnection) for e in seen))
-        frame = json.dumps({"type": "response.create", "model": "m", "input": [
-            {"type": "message", "role": "user", "content": f"the relay's key is {key}, é"}]}, ensure_ascii=False)
-        client.send(TextMessage(frame[:30], message_finished=False))
-        client.send(TextMessage(frame[30:]))
-        await client.events(lambda seen: any(isinstance(e, TextMessage) for e in seen))
-        assert [t["input"][0]["content"] for t in turns] == ["the relay's key is [redacted], é"]
     finally:
         await bridge.stop()
