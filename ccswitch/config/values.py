@@ -71,18 +71,29 @@ class RulesError(Exception):
         super().__init__("\n".join(self.problems))
 
 
+#: the longest duration taken: a year (an endless cooldown or timeout is `ccswitch.disable` or a
+#: large number, and past this the clock arithmetic of cooldowns and probes overflows)
+MAX_DURATION = 366 * 86400.0
+
+
 def parse_duration(value: Any) -> float:
     """``500ms``, ``30s``, ``10m``, ``2h`` or a bare number of seconds -> seconds."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
         if value < 0:
             raise ValueError("duration must not be negative")
-        return float(value)
+        return _at_most_a_year(float(value))
     m = _DURATION_RE.match(value.strip()) if isinstance(value, str) else None
     if m:
-        return float(m.group(1)) * _UNITS[m.group(2)]
+        return _at_most_a_year(float(m.group(1)) * _UNITS[m.group(2)])
     if isinstance(value, str) and value.strip().startswith("-"):
         raise ValueError("duration must not be negative")
     raise ValueError("duration must be a number of seconds or like 500ms, 30s, 10m, 2h")
+
+
+def _at_most_a_year(seconds: float) -> float:
+    if seconds > MAX_DURATION:
+        raise ValueError(f"duration must be at most a year ({MAX_DURATION:.0f} s, or 8784h)")
+    return seconds
 
 
 def parse_hhmm(text: Any, *, allow_24: bool = False) -> int:

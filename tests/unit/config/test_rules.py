@@ -66,6 +66,25 @@ def test_parse_duration_rejects(value):
         parse_duration(value)
 
 
+@pytest.mark.parametrize("value", [float("inf"), 1e300, 1e12, "8785h", 366 * 86400 + 1])
+def test_a_duration_past_a_year_is_refused_not_a_crash_at_the_first_cooldown(value):
+    # `cooldown: .inf` passed `check`, then every request of its route got a 500 (OverflowError
+    # at the first cooldown), and a reload to a sane value kept the endless one
+    with pytest.raises(ValueError, match="at most a year"):
+        parse_duration(value)
+    assert parse_duration("8784h") == parse_duration(366 * 86400) == 366 * 86400.0
+    problems = str(excinfo(lambda: parse(f"failover: {{cooldown: {value!r}}}\n".replace("'", '"').replace("inf", ".inf"))))
+    assert "failover.cooldown" in problems and "at most a year" in problems
+
+
+def excinfo(call):
+    try:
+        call()
+    except Exception as exc:     # the loader's RulesError, naming the field
+        return exc
+    raise AssertionError("the rules were taken")
+
+
 # ----------------------------------------------------------------------------- defaults
 
 def test_empty_file_is_all_defaults(monkeypatch, tmp_path):
