@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -171,7 +172,9 @@ class RulesFile:
             return False
         before, self._signature = self._signature, signature   # each outcome below is logged once per content
         if content is None:
-            what = "is a folder now" if path.is_dir() else "cannot be read" if path.exists() else "disappeared"
+            what = ("is a folder now" if path.is_dir() else
+                    "is no regular file now (a pipe?), not read while ccswitch runs" if path.exists() and not path.is_file()
+                    else "cannot be read" if path.exists() else "disappeared")
             log.error("ccswitch: rules file %s %s; keeping the last good rules", path, what)
             return self._not_applied(f"the rules file {what}")
         if _is_empty(content):
@@ -234,7 +237,12 @@ def _routes_emptied(before: Rules, after: Rules) -> list[str]:
 
 
 def _read(path: Path) -> bytes | None:
+    """The file's content, None when there is none to read now: a pipe (a `mkfifo` put in the
+    file's place) is not read while running, since opening it would stop the proxy until
+    something writes to it (one given at the start, `<(…)`, is read then, once)."""
     try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return None
         return path.read_bytes()
     except OSError:
         return None

@@ -438,3 +438,25 @@ def test_a_half_written_file_seen_again_long_after_is_held_afresh(world):
         assert not rules_file.reload_if_changed()
         clock.advance(300)
     assert rules_file.rules.routes.for_route("claude") == ("a", "b")
+
+
+def test_a_pipe_put_in_the_rules_files_place_is_not_read_and_the_rules_stay(world, caplog):
+    # `mkfifo rules.yaml`: the next look opened it and waited for a writer, stopping the whole
+    # proxy (every request, every timer) for as long as none came
+    import os
+    import threading
+    path, clock, rules_file = world
+    path.unlink()
+    os.mkfifo(path)
+    looked = []
+    looking = threading.Thread(target=lambda: looked.append(rules_file.reload_if_changed()), daemon=True)
+    looking.start()
+    looking.join(5)
+    if looking.is_alive():       # unblock the thread the old code left waiting, then fail
+        with open(path, "wb") as writer:
+            writer.write(b"")
+        pytest.fail("the look at the rules file waited on a pipe")
+    clock.advance(0.25)
+    assert looked == [False] and not rules_file.reload_if_changed()
+    assert "is no regular file now (a pipe?), not read while ccswitch runs; keeping the last good rules" in caplog.text
+    assert rules_file.rules.routes.for_route("claude")
