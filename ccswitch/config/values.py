@@ -165,6 +165,9 @@ def weekday(text: str) -> int | None:
 def header_name(v: str) -> str:
     if not _HEADER_NAME_RE.match(v):
         raise ValueError("invalid header name")
+    if v.lower() in ("content-length", "transfer-encoding"):
+        # the upstream could never be sent a request: ccswitch's client refuses to frame one twice
+        raise ValueError(f"{v} frames each request's body, which ccswitch sets per request: remove it")
     return v
 
 

@@ -498,6 +498,13 @@ def test_header_values_and_keys_must_be_latin1_text():
     assert SECRET not in "".join(p)
 
 
+@pytest.mark.parametrize("name", ["content-length", "Transfer-Encoding"])
+def test_a_header_that_frames_the_body_is_refused_by_the_rules_not_by_every_request(name):
+    # check said OK, then every request to the upstream failed over, its message naming no header
+    p = problems("upstreams:\n" + relay("a", extra=f"headers: {{{name}: '5'}}"))
+    assert len(p) == 1 and f"headers.{name}" in p[0] and "frames each request's body" in p[0] and "remove it" in p[0]
+
+
 def test_env_not_expanded_elsewhere():
     r = parse("upstreams:\n" + relay("a", extra="activation_model: '${M}'"), env={"M": "x"})
     assert r.upstreams[0].activation_model == "${M}"
