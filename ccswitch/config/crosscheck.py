@@ -54,7 +54,8 @@ def _route_lists(data: dict) -> dict[str, tuple[str, list]]:
 
 
 def _unknown_upstream(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    # names are compared as written: one that differs only in case is the one meant
+    close = [k for k in known if k.lower() == name.lower()] or difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     said = repr(name) if len(name) <= 40 else f"(a name of {len(name)} characters, not shown)"   # a key pasted?
     if close:
         return f"unknown upstream {said} (did you mean {close[0]!r}?)"

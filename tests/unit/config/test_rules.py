@@ -386,6 +386,10 @@ def test_route_unknown_upstream_and_duplicates():
                  "r.yaml: routes.claude[1]: unknown upstream 'zz' (the upstreams are: relay-a, night)"]
     assert problems("routes:\n  claude: [x]\n") == [
         "r.yaml: routes.claude[0]: unknown upstream 'x' (no upstream is defined: add it under upstreams)"]
+    # a name that differs only in case is the one meant ('Relay-A' was told 'relay-b', 'RELAY-A' nothing)
+    p = problems("upstreams:\n" + relay("relay-a") + relay("relay-b") + "routes:\n  claude: [Relay-A, RELAY-A]\n")
+    assert [line.split(": ", 2)[2] for line in p] == ["unknown upstream 'Relay-A' (did you mean 'relay-a'?)",
+                                                      "unknown upstream 'RELAY-A' (did you mean 'relay-a'?)"]
 
 
 def test_route_protocol_compatibility():
