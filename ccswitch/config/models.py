@@ -188,8 +188,8 @@ class Upstream(_Model):
     enabled: StrictBool = True
     days: Annotated[frozenset[int], BeforeValidator(parse_days)] = frozenset(range(7))
     hours: Annotated[tuple[HourWindow, ...], AfterValidator(some_hours)] = ()
-    models: dict[str, str] = Field(default_factory=dict)
-    only_models: tuple[str, ...] = ()
+    models: dict[str, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)   # "" would be sent as the model
+    only_models: tuple[Annotated[str, Field(min_length=1)], ...] = ()
     headers: dict[Annotated[str, AfterValidator(header_name)],
                   Annotated[str, BeforeValidator(header_value)]] = Field(default_factory=dict)
     activate_at: Annotated[tuple[Annotated[str, BeforeValidator(activate_time)], ...],

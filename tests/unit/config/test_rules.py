@@ -509,6 +509,14 @@ def test_a_header_that_frames_the_body_is_refused_by_the_rules_not_by_every_requ
     assert len(p) == 1 and f"headers.{name}" in p[0] and "frames each request's body" in p[0] and "remove it" in p[0]
 
 
+def test_an_empty_model_name_is_refused_where_it_would_be_sent_or_matched():
+    # `models: {"claude-*": ""}` sent `"model": ""` upstream; activation_model already refused it
+    assert problems("upstreams:\n" + relay("a", extra="models: {'claude-*': ''}")) == [
+        "r.yaml: upstreams[a].models.claude-*: must not be empty"]
+    assert problems("upstreams:\n" + relay("a", extra="only_models: ['']")) == [
+        "r.yaml: upstreams[a].only_models[0]: must not be empty"]
+
+
 def test_env_not_expanded_elsewhere():
     r = parse("upstreams:\n" + relay("a", extra="activation_model: '${M}'"), env={"M": "x"})
     assert r.upstreams[0].activation_model == "${M}"
