@@ -143,6 +143,8 @@ def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path
     except RecursionError:   # a structure that contains itself (`&x [*x]`)
         raise RulesError(problems + [where("", "invalid YAML: an alias refers to itself")]) from None
     labels.update(upstream_labels(data))
+    for key in [key for key in data if key.startswith("x-")]:
+        del data[key]     # docker-compose's habit: a top-level `x-…` key holds anchors (&name) to merge, no rule
     if "source" in data:
         problems.append(where("source", "unknown key"))
         del data["source"]

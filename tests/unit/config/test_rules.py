@@ -1239,3 +1239,16 @@ def test_an_intercept_host_with_a_space_or_control_character_inside_is_refused(h
     from ccswitch.config.values import host_name
     with pytest.raises(ValueError, match="must be a host name"):
         host_name(host)
+
+
+def test_a_top_level_x_key_holds_anchors_to_merge_as_in_docker_compose():
+    # it was "unknown key (a header? headers go under headers:)"
+    r = parse("""
+        x-relay: &relay {protocol: anthropic, api_key: k-0123456789}
+        upstreams:
+          - {<<: *relay, name: a, base_url: 'https://a.example'}
+          - {<<: *relay, name: b, base_url: 'https://b.example'}
+        routes: {claude: [a, b]}
+        """)
+    assert [(u.name, u.protocol) for u in r.upstreams] == [("a", "anthropic"), ("b", "anthropic")]
+    assert problems("xrelay: 1\n") and problems("x_relay: 1\n")     # only the `x-` prefix
