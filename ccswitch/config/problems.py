@@ -158,6 +158,8 @@ def yaml_problem(e: yaml.MarkedYAMLError) -> str:
     text = _QUOTED.sub(lambda m: f"'{m.group(1)[:3]}…'", text)
     if "alias" in text or " tag " in text:
         text += " (a value starting with *, & or ! needs quotes)"
+    if "flow mapping" in text and "but got '{'" in text:       # `{api_key: ${KEY}}`: `${` opens a mapping
+        text += " (a ${VAR} inside { } needs quotes: api_key: \"${VAR}\")"
     if "'\\t'" in text:
         text += " (indent with spaces: YAML does not allow tabs)"
     elif any(said in text for said in _INDENT_SAID):

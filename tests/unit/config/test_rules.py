@@ -1252,3 +1252,10 @@ def test_a_top_level_x_key_holds_anchors_to_merge_as_in_docker_compose():
         """)
     assert [(u.name, u.protocol) for u in r.upstreams] == [("a", "anthropic"), ("b", "anthropic")]
     assert problems("xrelay: 1\n") and problems("x_relay: 1\n")     # only the `x-` prefix
+
+
+def test_an_unquoted_variable_inside_braces_is_told_to_be_quoted():
+    # `{…, api_key: ${KEY}}`: a bare YAML error with no fix
+    [said] = problems("upstreams:\n  - {name: a, protocol: anthropic, base_url: 'https://a.example', api_key: ${KEY}}\n",
+                      env={"KEY": "k-0123456789"})
+    assert said.startswith("r.yaml: line 2, column 77: ") and said.endswith('(a ${VAR} inside { } needs quotes: api_key: "${VAR}")')
