@@ -46,6 +46,7 @@ from ccswitch.mitm.held import Holds
 from ccswitch.mitm.known import Known
 from ccswitch.mitm.lifecycle import hook_task, stopping, take_given_values
 from ccswitch.mitm.planner import Planner
+from ccswitch.mitm.quoted import QuotedKeys
 from ccswitch.mitm.replay import as_the_client_sent, replayed_request
 from ccswitch.mitm.router_options import add_options
 from ccswitch.mitm.scope import answered_early, is_api_flow, replays_routed, route_of
@@ -65,7 +66,7 @@ from ccswitch.routing.classify import RouteMatch
 from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint
 from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.headers import from_wire
-from ccswitch.wire.redact import client_credential, quoted_keys, scrub
+from ccswitch.wire.redact import client_credential
 from ccswitch.wire.sse import is_event_stream
 
 log = logging.getLogger("ccswitch")
@@ -95,7 +96,7 @@ class Router:
         self.holds = Holds()     # flows stopped by mitmproxy's intercept before they are routed
         self.sockets: CodexSockets | None = None   # Codex's WebSocket bridge, once running
         self.flows_shown = True    # anyone shows or saves flows: bodies are kept on them (streams: a copy)
-        self._told_quoted_key = False
+        self.quoted = QuotedKeys(gateway, "request")    # upstream keys a client quotes: sent as [redacted]
         # set once `running` has loaded the month's spend and opened the relay: mitmproxy opens
         # the listeners first, and a request must neither pass a budget that a ledger being read
         # (PostgreSQL: a connection) holds, nor pass unrouted, nor be sent to a relay not yet listening
@@ -308,8 +309,10 @@ class Router:
         sent, raw = raw, decoded_body(encoding, raw, max_body)
         if raw is None:   # a small compressed body can inflate a lot: never inflate past the limit
             return refuse(413, f"request body too large once decoded (over {max_body} bytes)")
-        if found := quoted_keys(raw, rules.upstream_key_texts()):
-            raw = self._without_keys(flow, raw, found)
+        if (scrubbed := self.quoted.without(raw)) is not None:
+            # on the flow as the upstreams get it: decoded, not compressed again
+            flow.request.headers.pop("content-encoding", None)
+            flow.request.content = raw = scrubbed
         body, problem = parse_body(raw)
         if problem:
             if not raw and flow.is_replay == "request":
@@ -377,20 +380,6 @@ class Router:
         answer_error(flow, CLIENT_PROTOCOL[match.route], 500, message)
         mark_for_a_look(flow)
         self._record_refusal(flow, match, known, 500, message)
-
-    def _without_keys(self, flow: http.HTTPFlow, raw: bytes, keys: list[str]) -> bytes:
-        """A prompt quoting an upstream's key (a client that read the rules file or an .env) would
-        hand it to every upstream tried, the other relays' included: it goes as `[redacted]`,
-        and so it stands on the flow (decoded: as the body the upstreams get, not compressed again)."""
-        scrubbed = scrub(raw, keys)
-        if scrubbed != raw:
-            flow.request.headers.pop("content-encoding", None)
-            flow.request.content = scrubbed
-            if not self._told_quoted_key:
-                self._told_quoted_key = True
-                log.warning("ccswitch: a request quoted an upstream's key from the rules: it is sent (and shown) "
-                            "as [redacted], to no upstream as it is (said once)")
-        return scrubbed
 
     async def _run_inline(self, flow: http.HTTPFlow, job: Job) -> None:
         """The dialer runs in the hook's own task (no task of its own, no wait set: the answer

@@ -13,15 +13,11 @@ into no later turn's input, and onto no saved flow as it is.
 
 from __future__ import annotations
 
-import logging
-
 from mitmproxy import http
 
 from ccswitch.mitm.gateway import Gateway
+from ccswitch.mitm.quoted import QuotedKeys
 from ccswitch.vocab import Endpoint
-from ccswitch.wire.redact import quoted_keys, scrub
-
-log = logging.getLogger("ccswitch")
 
 KEPT_BYTES = 4 * 1024 * 1024
 _TRIM_TO = KEPT_BYTES * 3 // 4      # past the limit, down to this: a trim every few messages, not each
@@ -30,15 +26,14 @@ _SIZE = "ccswitch_socket_bytes"     # flow.metadata: the size of the messages th
 
 class SocketMessages:
     def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self._told_quoted_key = False
+        self.quoted = QuotedKeys(gateway, "Codex frame")
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is None or (flow.metadata.get("ccswitch") or {}).get("endpoint") != Endpoint.WEBSOCKET:
             return
         messages = flow.websocket.messages
-        if messages[-1].from_client and (found := quoted_keys(messages[-1].content, self.gateway.rules.upstream_key_texts())):
-            self._scrub(messages[-1], found)
+        if messages[-1].from_client and (scrubbed := self.quoted.without(messages[-1].content)) is not None:
+            messages[-1].content = scrubbed
         held = flow.metadata.get(_SIZE, 0) + len(messages[-1].content)
         if held > KEPT_BYTES:
             gone = 0
@@ -47,12 +42,3 @@ class SocketMessages:
                 gone += 1
             del messages[:gone]
         flow.metadata[_SIZE] = held
-
-    def _scrub(self, message, keys: list[str]) -> None:
-        scrubbed = scrub(message.content, keys)
-        if scrubbed != message.content:
-            message.content = scrubbed
-            if not self._told_quoted_key:
-                self._told_quoted_key = True
-                log.warning("ccswitch: a Codex frame quoted an upstream's key from the rules: it is sent (and shown) "
-                            "as [redacted], to no upstream as it is (said once)")
