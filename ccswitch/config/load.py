@@ -210,9 +210,14 @@ def load_rules(path: str | Path, env: Mapping[str, str] | None = None) -> Rules:
 
 
 def blank(text: str) -> bool:
-    """Nothing but blank lines and comments: a file cut short or not written yet, not rules (which
-    would route nothing, every request passing through untouched)."""
-    return all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines())
+    """Nothing but blank lines, comments and YAML's document markers: a file cut short or not
+    written yet, not rules (which would route nothing, every request passing through untouched)."""
+    return all(_says_nothing(line) for line in text.splitlines())
+
+
+def _says_nothing(line: str) -> bool:
+    bare = line.strip()
+    return not bare or bare.startswith("#") or bare.split(" #", 1)[0].strip() in ("---", "...")
 
 
 def empty_file(path: Path) -> str:
