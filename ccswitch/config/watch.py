@@ -172,9 +172,7 @@ class RulesFile:
             return False
         before, self._signature = self._signature, signature   # each outcome below is logged once per content
         if content is None:
-            what = ("is a folder now" if path.is_dir() else
-                    "is no regular file now (a pipe?), not read while ccswitch runs" if path.exists() and not path.is_file()
-                    else "cannot be read" if path.exists() else "disappeared")
+            what = _why_unread(path)
             log.error("ccswitch: rules file %s %s; keeping the last good rules", path, what)
             return self._not_applied(f"the rules file {what}")
         if _is_empty(content):
@@ -246,6 +244,16 @@ def _read(path: Path) -> bytes | None:
         return path.read_bytes()
     except OSError:
         return None
+
+
+def _why_unread(path: Path) -> str:
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:     # a link's loop or its missing target is said as `check` says it
+        return unreadable(path, exc).removeprefix(f"{path}: ") if path.is_symlink() else "disappeared"
+    if stat.S_ISDIR(mode):
+        return "is a folder now"
+    return "cannot be read" if stat.S_ISREG(mode) else "is no regular file now (a pipe?), not read while ccswitch runs"
 
 
 def _signature(content: bytes | None) -> bytes | None:

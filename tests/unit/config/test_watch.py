@@ -121,7 +121,8 @@ def test_a_veto_keeps_the_last_good_rules(world, caplog):
     assert rules_file.reload_if_changed() and rules_file.rules.routes.for_route("claude") == ("b", "a")
 
 
-@pytest.mark.parametrize("content", ["", "\n  \n", "# to be written\nversion: 1\n"[:16]])
+@pytest.mark.parametrize("content", ["", "\n  \n", "# to be written\nversion: 1\n"[:16],
+                                     "---\n", "--- # rules\n...\n"])     # YAML's markers alone: "OK (0 upstreams)"
 def test_an_empty_file_at_start_is_refused_as_check_refuses_it(tmp_path, content):
     """Empty rules would route nothing (every request passing through untouched): the start and
     `ccswitch check` say so, as a reload does."""
@@ -460,3 +461,14 @@ def test_a_pipe_put_in_the_rules_files_place_is_not_read_and_the_rules_stay(worl
     assert looked == [False] and not rules_file.reload_if_changed()
     assert "is no regular file now (a pipe?), not read while ccswitch runs; keeping the last good rules" in caplog.text
     assert rules_file.rules.routes.for_route("claude")
+
+
+def test_a_rules_file_turned_into_a_loop_of_links_is_said_so_not_disappeared(world, caplog):
+    import os
+    path, clock, rules_file = world
+    path.unlink()
+    os.symlink(path.name, path)        # a link to itself
+    rules_file.reload_if_changed()
+    clock.advance(0.25)
+    assert not rules_file.reload_if_changed()
+    assert f"rules file {path} is a link in a loop of links" in caplog.text and "disappeared" not in caplog.text
