@@ -54,7 +54,7 @@ def wrong_listener_message(host: str, port: int, reverse: list[tuple[int, str]],
     host = f"[{host}]" if ":" in host else host
     proxy = f"http://{host}:{port}"
     if page:
-        elsewhere = "".join(f", or http://{host}:{r_port}{PAGE_PREFIX}/ (a reverse listener)" for r_port, _ in reverse[:1])
+        elsewhere = f", or http://{host}:{reverse[0][0]}{PAGE_PREFIX}/ (a reverse listener)" if reverse else ""
         return (f"the live page is not served at {proxy}, ccswitch's regular proxy listener: open "
                 f"http://{LIVE_HOST}{PAGE_PREFIX}/ through it (HTTPS_PROXY or the browser's proxy set to {proxy})"
                 f"{elsewhere}")

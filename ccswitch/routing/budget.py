@@ -272,7 +272,8 @@ class SpendBoard:
         spent = min(self._spent[(who, name, kind)][1], news_to)
         # a request begun in a period that ended before it did: no one is refused for that period
         # any more, so its lines are news of nothing (the ledger and the report have its spend)
-        ended = period_end(kind, start, self.tz) <= self.clock()
+        end = period_end(kind, start, self.tz)
+        ended = end <= self.clock()
         for share in (_WARN_AT, 1.0):
             mark = (who, name, kind, start, share, limit)
             line = limit * share
@@ -287,5 +288,5 @@ class SpendBoard:
                 self.events.emit(Event(
                     kind="budget", upstream=name if who == UPSTREAM else None, client=name if who == CLIENT else None,
                     reason=f"{who} {name} {what} its {kind} budget ({told_spent} of {told_limit})",
-                    until=period_end(kind, start, self.tz).astimezone(UTC),
+                    until=end.astimezone(UTC),
                     episode=episode, claim=f"budget:{episode}"))
