@@ -91,6 +91,9 @@ class Job:
     # it has `response.completed`) ends nothing that was asked for
     delivered: bool = False
     killed: bool = False     # its flow was killed in mitmproxy: it ends as if its client left
+    # served through the relay (a stream, or any request of an HTTP/2 client), its row written
+    # there; else answered from the request hook, its row written once that answer is sent
+    relayed: bool = False
     # the attempt under way is not the last: another upstream may take the request if it fails
     may_fail_over: bool = False
 

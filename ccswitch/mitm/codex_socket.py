@@ -14,6 +14,7 @@ from typing import Any
 from mitmproxy import ctx, http
 
 from ccswitch.clock import utc_now
+from ccswitch.config.models import ClientKey
 from ccswitch.dial.job import Job
 from ccswitch.dial.relay import run_guarded
 from ccswitch.dial.shutdown import SHUTTING_DOWN
@@ -41,8 +42,13 @@ _HANDSHAKE = {"upgrade", "connection", "sec-websocket-key", "sec-websocket-versi
 class SocketContext:
     flow: http.HTTPFlow
     headers: list[tuple[str, str]]     # the upgrade's headers, handshake ones left out
-    client: str | None
+    client: str | None                 # the client key's name (as of the last turn: reloads rename)
     url: str
+    key: str | None = None             # the client key it presented, checked anew each turn
+
+
+#: a turn on a socket whose client key the rules no longer hold (a reload revoked or renamed it)
+_KEY_GONE = "missing or invalid ccswitch client key (the rules changed since this WebSocket opened)"
 
 
 class CodexSockets:
@@ -60,10 +66,11 @@ class CodexSockets:
         """True if sockets were open (each was sent its close frame)."""
         return await self.bridge.stop()
 
-    def accept(self, flow: http.HTTPFlow, headers: list[tuple[str, str]], client: str | None) -> None:
+    def accept(self, flow: http.HTTPFlow, headers: list[tuple[str, str]], client: ClientKey | None) -> None:
         """Point the upgrade at the bridge; it answers 101 and serves the socket's turns."""
         kept = [(k, v) for k, v in headers if k.lower() not in _HANDSHAKE]
-        ticket = Ticket(context=SocketContext(flow, kept, client, flow.request.url))
+        ticket = Ticket(context=SocketContext(flow, kept, client and client.name, flow.request.url,
+                                              client and client.get_secret_value()))
         redact_credentials(flow.request)   # the bridge has its own copy; mitmweb and -w see none
         self._asked[flow.id] = flow.request.url    # redacted: the ticket's own URL keeps a `?key=` for the bridge
         self.bridge.register(ticket)
@@ -101,8 +108,14 @@ class CodexSockets:
         model = body.get("model")
         session = session_key(context.headers, body)
         refusal = None
+        # a socket lasts for hours: each turn is let in by the rules of its time, as a request is
+        rules = self.router.gateway.rules
+        client = rules.client_named(context.key) if rules.client_keys else None
+        context.client = client and client.name
         over_budget = self.router.planner.client_over_budget(context.client)
-        if over_budget:
+        if rules.client_keys and client is None:
+            refusal = 401, _KEY_GONE
+        elif over_budget:
             refusal = over_budget
         elif not isinstance(model, str) or not model:
             refusal = 400, "the frame names no model"

@@ -74,8 +74,6 @@ class EarlyRefusal:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or flow.is_replay or not self.answers.port:
             return
-        if flow.request.http_version == "HTTP/2":    # an upload mitmproxy then discards stalls at its flow control
-            return
         length = declared_length(flow.request.headers)
         if length is not None and length <= EARLY_FROM:
             return

@@ -377,6 +377,11 @@ def show_outcome(flow: http.HTTPFlow, job: Job) -> None:
             meta["shown_protocol"] = job.sent_protocol     # converted: no edit of it is the client's request
         flow.request.headers.pop("content-encoding", None)
         flow.request.content = job.sent_body
+    keep_copy(flow)
+
+
+def keep_copy(flow: http.HTTPFlow) -> None:
+    """A streamed answer's kept copy on the flow, for mitmweb and `-w`."""
     if isinstance(flow.response and flow.response.stream, StreamCopy):
         flow.response.stream.keep_on(flow.response)
 

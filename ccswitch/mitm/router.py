@@ -32,6 +32,7 @@ from ccswitch.mitm.flows import (
     fit_to_save,
     flows_are_kept,
     hold_body,
+    keep_copy,
     mark_for_a_look,
     redact_credentials,
     restore_body,
@@ -163,7 +164,7 @@ class Router:
         if self.dialer:
             await self.dialer.aclose()
         for job in self.jobs.values():   # answered from the hook, but mitmproxy ended the flow unsent
-            if not job.request.stream:
+            if not job.relayed:
                 self.gateway.record_job(job)
         self.jobs.clear()
         for job in list(self.unrecorded.values()):   # sent, their rows still a loop turn away
@@ -294,7 +295,7 @@ class Router:
             if self.shutdown.draining:    # the bridge closes its sockets soon: Codex goes on elsewhere
                 return refuse(*_DRAINING)
             if rules.codex_websocket == "bridge" and self.sockets is not None:
-                return self.sockets.accept(flow, headers, client_name)
+                return self.sockets.accept(flow, headers, client)
             # Codex falls back to HTTPS at once: not an error, and no request to record
             answer(flow, error_response(client_protocol, 426, "ccswitch serves Responses over HTTPS, not WebSocket"))
             comment_on(flow, "ccswitch: WebSocket declined (426): Codex goes on over HTTPS")
@@ -338,7 +339,10 @@ class Router:
         redact_credentials(flow.request)
         flow.metadata["ccswitch"] = {"route": match.route, "endpoint": match.endpoint, "model": rules.scrub(model),
                                      "client": client_name, "client_url": flow.request.url}   # for a replay
-        if not req.stream:
+        # an HTTP/2 client's cancel (a stream reset) reaches no hook while the hook runs, but it
+        # ends the relay's connection: its requests go there even when nothing is streamed
+        job.relayed = req.stream or flow.request.is_http2
+        if not job.relayed:
             # nothing to stream: answer from this hook, without the relay hop
             await self._run_inline(flow, job)
             return
@@ -410,7 +414,7 @@ class Router:
             return
         job = self.jobs.get(flow.id)
         if job is not None:
-            if not job.request.stream:
+            if not job.relayed:
                 return      # answered whole from the request hook (an SSE-typed error): sent as it is
             flow.request.headers.pop(JOB_HEADER, None)   # the relay has it: no ticket of ours on view
             if self.flows_shown:        # someone shows or saves flows: worth pointing it at its upstream now
@@ -456,8 +460,9 @@ class Router:
                 self.sockets.settled(flow)
             if is_api_flow(flow, self.gateway.rules):
                 redact_credentials(flow.request)  # passed through: sent already, hide now
+            keep_copy(flow)     # of an API stream passed through
             return
-        if not job.request.stream:
+        if not job.relayed:
             # answered from the request hook: mitmproxy sends that answer once this hook's task
             # gets the connection's event lock back, which is itself a callback queued after this
             # hook: the ledger row and the live counters wait one more turn, so they come after it

@@ -228,3 +228,41 @@ async def test_a_client_over_its_budget_is_bridged_and_refused_turn_by_turn_with
     assert error["type"] == "usage_limit_reached" and error["resets_at"] > 0
     [row] = rows
     assert (row["status"], row["model"], row["endpoint"]) == (429, "gpt-5", "websocket")
+
+
+def next_turn(router, ticket):
+    ticket.turns += 1
+    return router.sockets._make_job(ticket, Turn(body={"model": "gpt-5", "input": []}, input=[], upstream_hint=None))
+
+
+async def test_a_socket_is_let_in_turn_by_turn_by_the_client_keys_the_rules_hold_then(tmp_path, monkeypatch):
+    """A socket lasts for hours: a reload that revokes its key refuses its next turns (401) as it
+    refuses that key's requests, and one that renames it puts the new name on its turns."""
+    from ccswitch.dial.job import Job
+    from tests.mitm.conftest import open_gateway
+    from tests.support.helpers import reload_settled
+    bob, carol = f"{{name: bob, key: '{CLIENT_KEY}'}}", "{name: carol, key: 'another-client-key-0123456789'}"
+    rules = RULES.replace(f'client_keys: ["{CLIENT_KEY}"]', f"client_keys: [{bob}, {carol}]")
+    gateway = open_gateway(tmp_path, rules)
+    router, ticket, rows = await bridged_ticket(gateway, monkeypatch)
+    assert isinstance(made := next_turn(router, ticket), Job) and made.client == "bob"
+    (tmp_path / "rules.yaml").write_text(rules.replace("name: bob", "name: robert"))
+    assert reload_settled(gateway.rules_file)
+    assert isinstance(made := next_turn(router, ticket), Job) and made.client == "robert"
+    (tmp_path / "rules.yaml").write_text(rules.replace(f"{bob}, ", ""))
+    assert reload_settled(gateway.rules_file)
+    made = next_turn(router, ticket)
+    assert isinstance(made, Refusal) and made.status == 401 and "client key" in made.message
+    assert [(r["status"], r["client"]) for r in rows] == [(401, None)]
+
+
+async def test_a_socket_opened_without_client_keys_is_refused_once_the_rules_ask_for_one(tmp_path, monkeypatch):
+    from tests.mitm.conftest import open_gateway
+    from tests.support.helpers import reload_settled
+    open_rules = RULES.replace(f'client_keys: ["{CLIENT_KEY}"]\n', "")
+    gateway = open_gateway(tmp_path, open_rules)
+    router, ticket, _ = await bridged_ticket(gateway, monkeypatch)
+    assert next_turn(router, ticket).client is None
+    (tmp_path / "rules.yaml").write_text(RULES)
+    assert reload_settled(gateway.rules_file)
+    assert next_turn(router, ticket).status == 401

@@ -835,6 +835,29 @@ async def test_a_stream_kept_as_nothing_says_so_where_flows_are_shown(gateway):
     assert flow.response.raw_content == b"" and flow.response.headers["x-ccswitch-kept"] == "first 0 of 13 bytes"
 
 
+async def test_an_api_stream_passed_on_unrouted_keeps_its_copy_where_flows_are_shown(tmp_path):
+    # a route with no upstreams passes Codex's stream on as it is: mitmweb showed "no content"
+    # and the kept megabyte stayed in memory until the flow was dropped
+    from tests.mitm.conftest import open_gateway
+    r = Router(open_gateway(tmp_path, f"""
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}
+routes: {{claude: [a], codex: []}}
+"""))
+    r.relay = Relay(None)
+    r.started.set()
+    with taddons.context(ViewAddon(), r):
+        flow = messages_flow(body={"model": "gpt-5", "stream": True, "input": []}, key=None,
+                             host="api.openai.com", path="/v1/responses")
+        await r.request(flow)
+        assert flow.request.host == "api.openai.com" and flow.id not in r.jobs     # passed on unrouted
+        flow.response = tutils.tresp(headers=http.Headers(content_type="text/event-stream"), content=None)
+        r.responseheaders(flow)
+        flow.response.stream(b"data: {}\n\n")
+        r.response(flow)
+    assert flow.response.raw_content == b"data: {}\n\n" and not flow.response.stream
+
+
 async def test_mitmwebs_flow_list_is_never_sent_an_api_requests_key(gateway):
     """mitmweb adds its view after the scripts: at `requestheaders` it broadcasts each new flow."""
     from mitmproxy.addons.view import View

@@ -21,6 +21,7 @@ async def test_an_answer_set_whole_from_the_hook_is_not_streamed_even_when_sse_t
     await router.request(flow)
     job = router.jobs[flow.id]
     job.request = replace(job.request, stream=False)    # as a non-streamed job answered from the hook
+    job.relayed = False
     router.responseheaders(sse(flow, 529))              # e.g. an upstream's SSE-typed error, passed on
     assert not flow.response.stream
 

@@ -1,0 +1,181 @@
+"""An HTTP/2 client through HTTPS_PROXY (Codex's reqwest speaks it; mitmproxy offers it by ALPN):
+whole and streamed answers, and a stream reset (the client's cancel of one request, its
+connection kept) that ends the upstream request at once."""
+
+import json
+import socket
+import ssl
+import time
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import pytest
+
+from tests.e2e.test_failover import ledger, wait_rows
+from tests.support.helpers import CLIENT_KEY, KEY_A
+from tests.support.mock_upstream import MockUpstream, hang_before_headers, ok
+from tests.support.proxy_process import Proxy
+
+BODY = {"model": "claude-x", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+
+
+class H2Client:
+    """One HTTP/2 connection to api.anthropic.com through the proxy's CONNECT, TLS by its CA."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        raw = socket.create_connection(("127.0.0.1", proxy.regular_port), timeout=10)
+        raw.sendall(b"CONNECT api.anthropic.com:443 HTTP/1.1\r\nHost: api.anthropic.com:443\r\n\r\n")
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+        tls = ssl.create_default_context(cafile=str(proxy.ca_cert))
+        tls.set_alpn_protocols(["h2"])
+        self.sock = tls.wrap_socket(raw, server_hostname="api.anthropic.com")
+        assert self.sock.selected_alpn_protocol() == "h2"
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self._flush()
+        self.status: dict[int, int] = {}
+        self.bodies: dict[int, bytes] = {}
+        self.ended: set[int] = set()
+
+    def _flush(self) -> None:
+        self.sock.sendall(self.conn.data_to_send())
+
+    def post(self, body: dict, timeout: float = 10) -> int:
+        """Sends the request whole, as its flow control lets it (a big body waits for window
+        updates); its answer may come before the body has gone, and is kept for `answer`."""
+        stream_id = self.conn.get_next_available_stream_id()
+        data = json.dumps(body).encode()
+        self.conn.send_headers(stream_id, [
+            (":method", "POST"), (":scheme", "https"), (":authority", "api.anthropic.com"),
+            (":path", "/v1/messages"), ("x-api-key", CLIENT_KEY), ("anthropic-version", "2023-06-01"),
+            ("content-type", "application/json"), ("content-length", str(len(data)))])
+        deadline = time.monotonic() + timeout
+        while True:
+            room = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size)
+            if room:
+                piece, data = data[:room], data[room:]
+                self.conn.send_data(stream_id, piece, end_stream=not data)
+                self._flush()
+            if not data:
+                return stream_id
+            if self._read(stream_id) is not None or time.monotonic() > deadline:
+                assert time.monotonic() <= deadline, f"{len(data)} bytes of the body never had room to go"
+                return stream_id    # answered before its body went whole
+
+    def _read(self, stream_id: int) -> tuple[int, bytes] | None:
+        """One read's events: the stream's whole answer once it has ended."""
+        self.sock.settimeout(0.2)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return None
+        for event in self.conn.receive_data(data):
+            if getattr(event, "stream_id", None) != stream_id:
+                continue
+            if isinstance(event, h2.events.ResponseReceived):
+                self.status[stream_id] = int(dict(event.headers)[b":status"])
+            elif isinstance(event, h2.events.DataReceived):
+                self.bodies[stream_id] = self.bodies.get(stream_id, b"") + event.data
+                self.conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
+            elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                self.ended.add(stream_id)
+        self._flush()
+        if stream_id in self.ended:
+            return self.status.get(stream_id, 0), self.bodies.get(stream_id, b"")
+        return None
+
+    def reset(self, stream_id: int) -> None:
+        self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+        self._flush()
+
+    def answer(self, stream_id: int, timeout: float = 10) -> tuple[int, bytes]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if stream_id in self.ended:
+                return self.status.get(stream_id, 0), self.bodies.get(stream_id, b"")
+            if (whole := self._read(stream_id)) is not None:
+                return whole
+        raise AssertionError(f"no whole answer on stream {stream_id} in {timeout} s")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def upstream_and_proxy(tmp_path):
+    with MockUpstream("A") as a:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(f"""
+failover: {{threshold: 1}}
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{a.base_url}', api_key: '{KEY_A}'}}
+routes: {{claude: [a]}}
+""")
+        with Proxy(rules, tmp_path) as proxy:
+            yield a, proxy
+
+
+def test_an_http2_client_gets_whole_and_streamed_answers_each_with_its_row(upstream_and_proxy):
+    a, proxy = upstream_and_proxy
+    a.script(ok("whole"), ok("streamed"))
+    client = H2Client(proxy)
+    try:
+        status, body = client.answer(client.post(BODY))
+        assert status == 200 and json.loads(body)["content"][0]["text"] == "whole"
+        status, body = client.answer(client.post({**BODY, "stream": True}))
+        assert status == 200 and b"event: content_block_delta" in body
+        assert body.endswith(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+    finally:
+        client.close()
+    wait_rows(proxy, 2)
+    assert ledger(proxy, "SELECT stream, status, error FROM requests ORDER BY ts") == [
+        (0, 200, None), (1, 200, None)]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_http2_stream_reset_ends_its_upstream_request_at_once_and_counts_no_failure(upstream_and_proxy, stream):
+    """The reset reached no hook while a whole answer was awaited inside the request hook: the
+    upstream request ran its 6 s to the end and the row said 200, as if the client had it."""
+    a, proxy = upstream_and_proxy
+    a.script(hang_before_headers(6))
+    client = H2Client(proxy)
+    try:
+        stream_id = client.post({**BODY, "stream": stream})
+        time.sleep(0.5)
+        client.reset(stream_id)      # the client gives up on this request, its connection stays
+        reset_at = time.monotonic()
+        wait_rows(proxy, 1)
+        took = time.monotonic() - reset_at
+        [(status, error)] = ledger(proxy, "SELECT status, error FROM requests")
+        assert error == "client_closed" and took < 3, (status, error, took)
+        # the connection goes on, and no failure was counted (threshold 1 would have cooled `a` down)
+        a.script(ok("after"))
+        status, body = client.answer(client.post(BODY))
+        assert status == 200 and json.loads(body)["content"][0]["text"] == "after"
+    finally:
+        client.close()
+
+
+def test_an_http2_upload_over_the_limit_gets_its_413_not_a_stall(tmp_path):
+    """Answered from its head, its body discarded as it comes (the flow control lets it go on),
+    in the API's format; the connection goes on."""
+    with MockUpstream("A") as a:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(f"""
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{a.base_url}', api_key: '{KEY_A}'}}
+routes: {{claude: [a]}}
+""")
+        with Proxy(rules, tmp_path, extra_args=("--set", "ccswitch_max_body=1500000")) as proxy:
+            client = H2Client(proxy)
+            try:
+                big = {**BODY, "messages": [{"role": "user", "content": "x" * 4_000_000}]}
+                status, body = client.answer(client.post(big, timeout=60))
+                assert status == 413 and json.loads(body)["type"] == "error", (status, body[:300])
+                a.script(ok("after"))
+                assert client.answer(client.post(BODY))[0] == 200
+            finally:
+                client.close()
+            assert a.paths() == ["/v1/messages"]
