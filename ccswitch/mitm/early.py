@@ -158,3 +158,5 @@ class EarlyRefusal:
         self.answers.forget(ticket)
         flow.request.headers.pop(EARLY_HEADER, None)
         flow.request.url = url
+        if flow.request.raw_content is None:    # its body went nowhere as it came: mitmweb shows none
+            flow.request.raw_content = b""     # (its content-length still says what was declared)
