@@ -300,9 +300,11 @@ class Dialer:
             if isinstance(exc, TimeoutError) and not slot:
                 # the whole wait spent in ccswitch's own queue: not the upstream failing
                 exc = http1.NoFreeConnection(http1.no_free_connection(wait, outgoing.via.max_connections))
-            return network_failure(upstream.name, exc, rules.failover.on_network_error,
-                                   "first_byte" if job.request.stream else "total",
-                                   outgoing.via.proxy.shown if outgoing.via.proxy else None)
+            failure = network_failure(upstream.name, exc, rules.failover.on_network_error,
+                                      "first_byte" if job.request.stream else "total",
+                                      outgoing.via.proxy.shown if outgoing.via.proxy else None)
+            failure.reason = rules.scrub(failure.reason)    # a proxy's status line may say anything
+            return failure
         attempt.status = response.status_code
         if self.health.is_current(upstream.name, fingerprint):    # not a replaced key's windows
             learn_windows(self.quota, self.events, upstream.name, response.headers, rules.failover.drain_at)

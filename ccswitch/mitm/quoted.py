@@ -7,10 +7,23 @@ from __future__ import annotations
 
 import logging
 
+from mitmproxy import http
+
 from ccswitch.mitm.gateway import Gateway
-from ccswitch.wire.redact import quoted_keys, scrub
+from ccswitch.routing.admission import decoded_body
+from ccswitch.wire.redact import (
+    CREDENTIAL_HEADERS,
+    is_credential_param,
+    plain_ascii,
+    quoted_keys,
+    scrub,
+    scrub_text,
+)
 
 log = logging.getLogger("ccswitch")
+
+#: what a key quoted in a request's path or query reads instead (`[` and `]` stand in no URL)
+_IN_URL = "%5Bredacted%5D"
 
 
 class QuotedKeys:
@@ -20,12 +33,68 @@ class QuotedKeys:
         self._told = False
 
     def without(self, content: bytes) -> bytes | None:
-        """`content` without the keys it quotes, or None when it quotes none (one cheap look per key)."""
-        found = quoted_keys(content, self.gateway.rules.upstream_key_texts())
+        """`content` (JSON) without the keys it quotes, or None when it quotes none (one cheap look
+        per key).  A key with a letter escaped is one to a JSON reader (the upstream): it is looked
+        for, and scrubbed, with the escapes of ASCII characters written plain."""
+        keys = self.gateway.rules.upstream_key_texts()
+        if not keys:
+            return None
+        content = plain_ascii(content)
+        found = quoted_keys(content, keys)
         if not found or (scrubbed := scrub(content, found)) == content:
             return None
+        self._tell()
+        return scrubbed
+
+    def off_head(self, flow: http.HTTPFlow, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """`headers` (those to go upstream) and the flow's path and headers without the keys they
+        quote (an `x-debug` header, a `?dbg=` parameter).  Not the credentials: they are the
+        client's own for an `auth: client` upstream, left out for the others."""
+        keys = self.gateway.rules.upstream_key_texts()
+        if not keys:
+            return headers
+        head = "\n".join([flow.request.path, *(value for _, value in headers)])
+        found = quoted_keys(head.encode("utf-8", "surrogatepass"), keys)
+        if not found:
+            return headers
+        kept = [(name, value if name.lower() in CREDENTIAL_HEADERS else scrub_text(value, found, "surrogatepass"))
+                for name, value in headers]
+        path = _path_without(flow.request.path, found)
+        if kept == headers and path == flow.request.path:
+            return headers
+        flow.request.path = path
+        request_headers = flow.request.headers
+        for name in {name for (name, value), (_, was) in zip(kept, headers, strict=True) if value != was}:
+            request_headers.set_all(name, [value for n, value in kept if n.lower() == name.lower()])
+        self._tell()
+        return kept
+
+    def off_refused(self, flow: http.HTTPFlow, max_body: int) -> None:
+        """A refused request's body sent nowhere, without the keys it quotes, as the flow shows it
+        (mitmweb, `-w`): decoded as a routed one's is, if it decodes within `max_body`."""
+        raw = flow.request.raw_content
+        if not raw:
+            return
+        encoding = flow.request.headers.get("content-encoding", "")
+        content = decoded_body(encoding, raw, max_body) if encoding else raw
+        if (scrubbed := self.without(content if content is not None else raw)) is not None:
+            if content is not None:
+                flow.request.headers.pop("content-encoding", None)
+            flow.request.content = scrubbed
+
+    def _tell(self) -> None:
         if not self._told:
             self._told = True
             log.warning("ccswitch: a %s quoted an upstream's key from the rules: it is sent (and shown) as "
                         "[redacted], to no upstream as it is (said once)", self.what)
-        return scrubbed
+
+
+def _path_without(path: str, keys: list[str]) -> str:
+    """A request's path and query without `keys`, a credential parameter's value left as it is."""
+    base, mark, query = path.partition("?")
+    pairs = [pair if is_credential_param(pair) else _scrubbed(pair, keys) for pair in query.split("&")] if mark else []
+    return _scrubbed(base, keys) + mark + "&".join(pairs)
+
+
+def _scrubbed(text: str, keys: list[str]) -> str:
+    return scrub_text(text, keys, "surrogatepass").replace("[redacted]", _IN_URL)

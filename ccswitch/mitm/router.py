@@ -272,8 +272,10 @@ class Router:
             message = rules.scrub(message)    # it may quote the model, and the client may send anything as one
             answer_error(flow, client_protocol, status, message, extra)
             self._record_refusal(flow, match, known, status, message)
+            self.quoted.off_refused(flow, ctx.options.ccswitch_max_body)     # sent nowhere, but on view
 
-        headers = from_wire(flow.request.headers.fields)   # the bytes as received
+        # the bytes as received, but the upstreams' keys it may quote (an x-debug header, a ?dbg=)
+        headers = self.quoted.off_head(flow, from_wire(flow.request.headers.fields))
         known.session = session_key(headers, None)    # a refusal's row has the header's, before any body
         client = rules.client_named(client_credential(headers)) if rules.client_keys else None
         if client is None and replays_routed(flow):

@@ -26,12 +26,16 @@ def _query_without(query: str, drop) -> str:
     return "&".join(pair for pair in query.split("&") if not drop(pair))
 
 
+def is_credential_param(pair: str) -> bool:
+    """Whether a query's `name=value` piece is a key-carrying parameter."""
+    return unquote_plus(pair.partition("=")[0]).strip().lower() in CREDENTIAL_PARAMS
+
+
 def without_credential_params(query: str) -> str:
     """The query string without its key-carrying parameters."""
     if not query:
         return query
-    return _query_without(query, lambda pair: unquote_plus(pair.partition("=")[0]).strip().lower()
-                          in CREDENTIAL_PARAMS)
+    return _query_without(query, is_credential_param)
 
 
 def holding(headers: list[tuple[str, str]], texts: list[str]) -> list[bool]:
@@ -210,8 +214,27 @@ def scrub(body: bytes, secrets: list[str]) -> bytes:
 def quoted_keys(body: bytes, keys: tuple[str, ...]) -> list[str]:
     """The keys `scrub` may find in a client's `body`: one look per key for its longest run of
     letters and digits (its echo forms share it), so that a large body quoting one is scrubbed of
-    that one only.  (A key written wholly in escapes is no prompt's doing, and not looked for.)"""
+    that one only.  A letter of that run escaped (`\\u0042`) hides it: `plain_ascii` first."""
     return [key for anchor, group in _by_anchor(keys) if anchor in body for key in group]
+
+
+#: a JSON escape of a backslash (kept, so that the `u` after it is read as a letter) or of an
+#: ASCII character from space to `~`
+_ASCII_ESCAPE = re.compile(rb"\\(?:\\|u00([2-7][0-9A-Fa-f]))")
+_KEPT_ESCAPED = frozenset((0x22, 0x5C, 0x7F))      # `"` and `\` would end or begin a string; DEL
+
+
+def _as_written(match: re.Match[bytes]) -> bytes:
+    code = match.group(1)
+    if code is None or (value := int(code, 16)) in _KEPT_ESCAPED:
+        return match.group(0)
+    return bytes((value,))
+
+
+def plain_ascii(text: bytes) -> bytes:
+    """JSON text with its escapes of printable ASCII characters written as the characters: the
+    same JSON to any reader, in which a key spelt with an escaped letter shows as it is."""
+    return _ASCII_ESCAPE.sub(_as_written, text) if b"\\u00" in text else text
 
 
 @lru_cache(maxsize=8)       # one tuple per rules object
@@ -264,7 +287,10 @@ def scrub_headers(headers: list[tuple[str, str]], secrets: list[str]) -> list[tu
     for name, value in headers:
         if any(s.lower() in name.lower() for s in secrets):
             continue
-        for secret in secrets:
-            value = value.replace(secret, "[redacted]")
+        if "%" in value or "\\" in value or "&#" in value:    # maybe an escaped form (`sk%2D…`)
+            value = scrub_text(value, secrets)
+        else:
+            for secret in secrets:
+                value = value.replace(secret, "[redacted]")
         kept.append((name, value))
     return kept

@@ -199,21 +199,53 @@ def test_upstream_echoing_its_key_in_a_header_never_reaches_the_client(world, st
     assert UPSTREAM_KEY not in proxy.log()
 
 
+def _one_letter_escaped(key: str) -> str:
+    """The key as JSON may spell it with one letter of its longest run escaped (`\\u0042`):
+    any JSON reader, the upstream's among them, reads the key."""
+    at = max(range(len(key)), key=lambda i: key[i].isalnum() and i)
+    return key[:at] + f"\\u{ord(key[at]):04X}" + key[at + 1:]
+
+
+@pytest.mark.parametrize("spelling", ["plain", "escaped"])
 @pytest.mark.parametrize("encoding", [None, "gzip"])
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_a_prompt_quoting_the_upstreams_keys_sends_them_to_no_upstream(world, stream, encoding):
+def test_a_prompt_quoting_the_upstreams_keys_sends_them_to_no_upstream(world, stream, encoding, spelling):
     """A client that read the rules file (or an .env) and quotes it: each relay would get every
     other relay's key.  Nor do they stand on the saved flow (test_zz_secrets_appear_nowhere)."""
     proxy, a, _ = world
     quoted = {**GOOD, "stream": stream, "messages": [
         {"role": "user", "content": f"my .env has A={UPSTREAM_KEY} and C={CHAT_KEY}; what do they do?"}]}
     content = json.dumps(quoted).encode()
+    if spelling == "escaped":
+        content = content.replace(CHAT_KEY.encode(), _one_letter_escaped(CHAT_KEY).encode())
+        assert json.loads(content) == quoted and CHAT_KEY.encode() not in content
     headers = {"content-encoding": encoding} if encoding else {}
     r = post(proxy, content=gzip.compress(content) if encoding else content, headers=headers)
     assert r.status_code == 200, r.text
     said = a.last().json["messages"][0]["content"]
     assert said == "my .env has A=[redacted] and C=[redacted]; what do they do?"
     assert "quoted an upstream's key" in proxy.log()
+
+
+def test_an_upstreams_key_in_a_header_or_the_query_goes_to_no_upstream(world):
+    proxy, a, _ = world
+    r = post(proxy, path=f"/v1/messages?dbg={CHAT_KEY}&beta=true",
+             headers={"x-debug": f"Bearer {UPSTREAM_KEY}", "x-note": "plain"})
+    assert r.status_code == 200, r.text
+    seen = a.last()
+    assert seen.path == "/v1/messages" and seen.query == {"dbg": "[redacted]", "beta": "true"}
+    assert seen.headers["x-debug"] == "Bearer [redacted]" and seen.headers["x-note"] == "plain"
+
+
+@pytest.mark.parametrize(("key", "content_type", "status"), [
+    ("ccsw-not-a-client-key-0000", "application/json", 401), (CLIENT_KEY, "text/plain", 415)])
+def test_a_refused_request_quoting_an_upstreams_key_keeps_it_off_its_flow(world, key, content_type, status):
+    """Sent nowhere, but on the flow mitmweb shows and `-w` saves (test_zz_secrets_appear_nowhere)."""
+    proxy, a, _ = world
+    quoting = json.dumps({**GOOD, "messages": [{"role": "user", "content": f"A={UPSTREAM_KEY}"}]})
+    r = post(proxy, content=quoting, key=key, headers={"content-type": content_type,
+                                                       "x-debug": CHAT_KEY})
+    assert r.status_code == status and a.requests == []
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])

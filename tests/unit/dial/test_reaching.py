@@ -68,6 +68,31 @@ async def test_a_wrong_proxy_password_fails_over_with_a_reason_without_it(mock_a
     assert dialer.health.get("a").failures == 1 and mock_a.requests == []
 
 
+async def test_a_proxys_status_line_quoting_the_rules_keys_is_told_without_them(mock_b):
+    """Its words go to the log, the flow's comment, the client's error and shared health."""
+    key_a, key_b = "sk-test-proxied-a-0123456789", "sk-test-other-b-9876543210"
+
+    async def quoting(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(f"HTTP/1.1 502 Bad ka={key_a} kb={key_b}\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+    server = await asyncio.start_server(quoting, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    rules = parse_rules(f"""{FAST}
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: 'https://api.example.com', api_key: '{key_a}',
+     proxy: 'http://127.0.0.1:{port}'}}
+  - {{name: b, protocol: anthropic, base_url: '{mock_b.base_url}', api_key: '{key_b}'}}
+routes: {{claude: [a, b]}}
+""")
+    async with server:
+        job, sink, dialer = await run(rules)
+    error = job.attempts[0].error
+    assert sink.status == 200 and error == f"proxy http://127.0.0.1:{port}: 502 Bad ka=[redacted] kb=[redacted]"
+    assert dialer.health.get("a").last_error == error and key_a not in job.comment()
+
+
 @pytest.mark.parametrize("kind", ["socks5", "http"])
 async def test_a_proxy_refusing_the_rules_credentials_tells_the_client_not_to_retry(mock_a, kind):
     # a password in rules.yaml no retry mends (Claude Code retried its 502 silently for minutes),

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ccswitch.wire.redact import quoted_keys, scrub
+from ccswitch.wire.redact import plain_ascii, quoted_keys, scrub, scrub_headers
 
 KEY = "sk-E/ee&1\u00e9+b<x>Z'secret9\U0001f600"
 
@@ -135,3 +135,34 @@ def test_the_keys_a_request_may_quote_are_told_by_one_look_each_and_only_they_ar
     assert quoted_keys(body, keys) == [key]
     assert b"9f8e7d6c5b4a" not in scrub(body, quoted_keys(body, keys))
     assert quoted_keys(b'{"p": "sk-test-Relay"}', keys) == [] and quoted_keys(b"", keys) == []
+
+
+@pytest.mark.parametrize(("text", "plain"), [
+    (b'"sk-\\u0042ee"', b'"sk-Bee"'),
+    (b'"\\u0073\\u006B-x"', b'"sk-x"'),
+    (b'"a\\\\u0042"', b'"a\\\\u0042"'),               # an escaped backslash, then the letters u0042
+    (b'"a\\\\\\u0042"', b'"a\\\\B"'),                 # an escaped backslash, then an escaped B
+    (b'"\\u0022 \\u005C \\u007f \\u001b \\u00e9 \\ud83d\\ude00"',    # what must stay escaped
+     b'"\\u0022 \\u005C \\u007f \\u001b \\u00e9 \\ud83d\\ude00"'),
+    (b'"no escapes \\n"', b'"no escapes \\n"'),
+])
+def test_plain_ascii_writes_escaped_printable_ascii_as_itself_and_means_the_same(text, plain):
+    assert plain_ascii(text) == plain
+    assert json.loads(plain) == json.loads(text)
+
+
+def test_a_quoted_key_with_an_escaped_letter_is_found_once_written_plain():
+    key = "sk-test-Relay+9f8e7d6c5b4a"
+    body = b'{"p": "sk-test-Relay+9f8e7\\u0064" "6c5b4a"}'.replace(b'" "', b"")
+    assert json.loads(body)["p"] == key and quoted_keys(body, (key,)) == []
+    assert quoted_keys(plain_ascii(body), (key,)) == [key]
+
+
+def test_an_upstreams_key_echoed_in_a_header_is_scrubbed_in_its_escaped_forms_too():
+    key = "sk-charlie-CCCC5555cccc6666"
+    sent = [("link", "<https://x.example/?k=sk%2dcharlie%2dCCCC5555cccc6666>"),
+            ("x-echo", "sk%2Dcharlie%2DCCCC5555cccc6666"), ("x-own", key),
+            ("x-escaped", "".join(f"\\u{ord(c):04x}" for c in key)), ("x-other", "plain 100%")]
+    assert scrub_headers(sent, [key]) == [("link", "<https://x.example/?k=[redacted]>"), ("x-echo", "[redacted]"),
+                                          ("x-own", "[redacted]"), ("x-escaped", "[redacted]"),
+                                          ("x-other", "plain 100%")]
