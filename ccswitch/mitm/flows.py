@@ -23,7 +23,14 @@ from ccswitch.vocab import CLIENT_PROTOCOL, Protocol
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import encodable
 from ccswitch.wire.headers import to_wire
-from ccswitch.wire.redact import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS, REDACTED, holding, target_without
+from ccswitch.wire.redact import (
+    CREDENTIAL_HEADERS,
+    CREDENTIAL_PARAMS,
+    REDACTED,
+    holding,
+    is_placeholder,
+    target_without,
+)
 
 #: the mark of a flow that failed over
 WARNING = ":warning:"
@@ -206,6 +213,19 @@ def redact_credentials(request: http.Request) -> None:
             query[name] = REDACTED      # all its values, as one
 
 
+def without_placeholders(request: http.Request) -> None:
+    """The credential headers and key-carrying query parameters that show `<redacted>` left out:
+    sent so, the placeholder would be taken for a key."""
+    for name in {name for name, value in request.headers.items(multi=True)
+                 if name.lower() in CREDENTIAL_HEADERS and is_placeholder(value)}:
+        del request.headers[name]
+    if "?" in request.path:
+        query = request.query
+        for name in {name for name, value in query.items(multi=True)
+                     if name.strip().lower() in CREDENTIAL_PARAMS and value == REDACTED}:
+            del query[name]
+
+
 class Hidden:
     """A request's credentials as they came, while the flow shows them `<redacted>`: mitmweb is
     sent a flow at each hook pass, from `requestheaders` on.  `restore` puts back each one still
@@ -314,9 +334,15 @@ def show_streaming(flow: http.HTTPFlow, job: Job) -> None:
 
 
 def _point_at_upstream(flow: http.HTTPFlow, job: Job) -> None:
+    """At the upstream that answered; with none (killed, all failed), at the client's own URL,
+    not the relay's loopback address."""
     if job.upstream:
         point_at(flow.request, upstream_url(job.rules.upstream(job.upstream), job.request))
-        redact_credentials(flow.request)    # a `?key=` kept for `auth: client`
+    elif (url := flow.metadata.get("ccswitch", {}).get("client_url")) is not None:
+        flow.request.url = url
+    else:
+        return
+    redact_credentials(flow.request)    # a `?key=` kept for `auth: client`
 
 
 def attempts_line(job: Job) -> str | None:

@@ -226,7 +226,16 @@ class Router:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or answered_early(flow):
             return
-        unreplayable = as_the_client_sent(flow) if replays_routed(flow) else None
+        await self._request(flow)
+        if flow.response is not None and getattr(ctx.options, "intercept_active", False):
+            # answered here: mitmproxy's intercept addon, whose hook runs after this one, would
+            # stop it now by a filter that matches answers (`~s`), before it shows what became
+            # of it, and once more at its response; that one is the stop the filter means
+            self.holds.let_go.add(flow.id)
+
+    async def _request(self, flow: http.HTTPFlow) -> None:
+        replayed = replays_routed(flow)
+        unreplayable = as_the_client_sent(flow) if replayed else None
         if not self.started.is_set():
             await self.started.wait()
         match = route_of(flow, self.gateway.rules)
@@ -244,7 +253,7 @@ class Router:
         if gone_meanwhile(flow):
             return
         if match is None or not rules.routes.for_route(match.route):
-            self.unrouted.passed_on(flow)  # a route with no upstreams is not ours either
+            self.unrouted.passed_on(flow, replayed)  # a route with no upstreams is not ours either
             return
         if unreplayable:
             answer_error(flow, CLIENT_PROTOCOL[match.route], 400, unreplayable)

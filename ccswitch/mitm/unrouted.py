@@ -13,7 +13,7 @@ import logging
 from mitmproxy import ctx, http
 
 from ccswitch.config.models import ROUTE_PROTOCOLS
-from ccswitch.mitm.flows import answer_error, comment_on, likely_protocol
+from ccswitch.mitm.flows import answer_error, comment_on, likely_protocol, without_placeholders
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.held import HELD_COMMENT
 from ccswitch.mitm.scope import host_named, is_api_flow, why_unrouted
@@ -32,15 +32,19 @@ class Unrouted:
         self.gateway = gateway
         self.hinted: set[str] = set()    # the paths whose base-URL hint the log has had
 
-    def passed_on(self, flow: http.HTTPFlow) -> None:
+    def passed_on(self, flow: http.HTTPFlow, replayed: bool = False) -> None:
+        """`replayed`: a routed flow's replay, edited into a request no route takes: it goes where
+        the flow points, without the credentials it shows as `<redacted>` (ccswitch keeps none)."""
         rules = self.gateway.rules
-        if not is_api_flow(flow, rules):     # nor an `intercept` host: nothing offline answers
+        if replayed:
+            without_placeholders(flow.request)
+        elif not is_api_flow(flow, rules):     # nor an `intercept` host: nothing offline answers
             return
         # its path as it may be shown: a client key in it (`/x;key=…`) is taken off by the gate
         # only after the router's hook
         shown = printable(target_without(flow.request.path, rules.secret_texts()))
         hint = base_url_hint(shown, [r for r in ROUTE_PROTOCOLS if rules.routes.for_route(r)])
-        if not flow.comment or HELD_COMMENT in flow.comment:
+        if replayed or not flow.comment or HELD_COMMENT in flow.comment:    # a replay's is the original's
             comment_on(flow, f"ccswitch: not routed ({why_unrouted(flow, shown)}{'; ' + hint if hint else ''}): "
                              "passed on as it came")
         if not self._offline(flow, hint) and hint and len(self.hinted) < HINTED_PATHS \

@@ -778,9 +778,11 @@ async def test_a_stream_killed_in_mitmproxy_is_stopped_at_the_relay(router, gate
             break
         await asyncio.sleep(0.01)
     assert stopped == [job] and job.killed and not router.jobs[other.id].killed
+    assert flow.request.port == 4242     # on its way to the relay when killed: no upstream answered
     router.response(other)
     router.error(flow)
     assert router.killed_streams.flows == {}
+    assert flow.request.url == "https://api.anthropic.com/v1/messages"    # the client's, not the relay's
 
 
 class ViewAddon:

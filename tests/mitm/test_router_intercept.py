@@ -80,6 +80,20 @@ async def test_an_intercepted_request_is_sent_only_once_resumed_and_as_edited(pr
     assert CLIENT_KEY not in repr(flow.request.headers.fields)
 
 
+async def test_a_filter_matching_answers_stops_a_request_answered_whole_once_at_its_response(proxy):
+    """It stopped twice, first with its answer set but nothing shown of where it came from (the
+    reverse target's URL, no comment); a kill then left it in flight until the shutdown."""
+    from mitmproxy.proxy.layers.http import HttpResponseHook
+    tctx, router, dialer = proxy
+    intercepting(tctx, "~u /v1/messages & ~s")
+    flow = messages_flow(ORIGINAL)
+    await asyncio.wait_for(request_hook(tctx.master, flow), 2)
+    assert flow.response.status_code == 200 and not flow.intercepted and len(dialer.jobs) == 1
+    await tctx.master.addons.handle_lifecycle(HttpResponseHook(flow))
+    assert flow.intercepted and flow.comment.startswith("ccswitch: a: 200")    # its answer, shown
+    flow.resume()
+
+
 async def test_an_intercepted_stream_gets_its_job_once_resumed_with_the_edit(proxy):
     tctx, router, _ = proxy
     intercepting(tctx, "~u /v1/messages")

@@ -95,6 +95,23 @@ async def test_a_replay_routes_what_the_user_edited(served):
     assert again.request.url == "http://127.0.0.1:9/v1/messages/count_tokens"
 
 
+async def test_a_replay_edited_into_a_request_no_route_takes_says_so_and_sends_no_placeholder(served):
+    """It kept the comment of the request it replays, and went with `x-api-key: <redacted>`."""
+    from mitmproxy import ctx
+    router, dialer, _ = served
+    flow = await routed_once(router)
+    flow.request.path, flow.request.method, flow.request.content = "/v1/models", "GET", b""
+    flow.request.headers["cookie"] = "<redacted>"
+    flow.request.headers["x-note"] = "mine"
+    ctx.master.addons.get("clientplayback").start_replay([flow])
+    flow.live = True
+    await router.request(flow)
+    assert len(dialer.jobs) == 1 and flow.response is None       # passed on, not routed
+    assert flow.comment == "ccswitch: not routed (no route takes GET /v1/models): passed on as it came"
+    assert "x-api-key" not in flow.request.headers and "cookie" not in flow.request.headers
+    assert flow.request.headers["x-note"] == "mine"
+
+
 async def test_a_replay_is_not_cut_for_a_client_that_left_long_ago(served):
     router, dialer, recorded = served
     flow = await routed_once(router)
