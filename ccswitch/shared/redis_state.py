@@ -301,8 +301,8 @@ class RedisState(Claims):
             seen.add(record.key)
             merged = boards.merge_in(self._with_unsent(record))
             if merged is not None:
-                better.append(merged)
-        better += [record for record in boards.view() if record.key not in seen]
+                better.append(self._without_unsent(merged))
+        better += [self._without_unsent(record) for record in boards.view() if record.key not in seen]
         self.up = True                   # from here on the boards' records queue up for the writer
         boards.spend.alone = False       # and a budget line is told by the one whose addition crossed it
         late = self._forgotten - forgotten      # reset while the stored records were merged
@@ -350,6 +350,14 @@ class RedisState(Claims):
         """A stored or published spend total plus this instance's own spend not yet in it."""
         if isinstance(record, SpendTotal) and record.key in self._unsent:
             return with_total(self._unsent[record.key], record.usd + self._unsent[record.key].usd)
+        return record
+
+    def _without_unsent(self, record: Change) -> Change:
+        """This instance's spend total for Redis to take, less the spend the writer will still add
+        to it (taken at once: spend added later is in neither).  Written whole, that spend would
+        count twice."""
+        if isinstance(record, SpendTotal) and record.key in self._unsent:
+            return with_total(self._unsent[record.key], record.usd - self._unsent[record.key].usd)
         return record
 
     # ------------------------------------------------------------------ writing

@@ -801,6 +801,26 @@ async def test_a_change_made_while_catching_up_reaches_redis(redis_url, store, m
         assert json.loads(await store.get("ccswitch:h:relay"))["cooling_end"] > time.time()
 
 
+@pytest.mark.parametrize("when", ["while the stored keys are read", "once the view is taken"])
+async def test_spend_made_while_catching_up_is_counted_once_in_redis(redis_url, store, monkeypatch, when):
+    # Redis held no key for the period: the catch-up wrote this instance's total, spend made
+    # during its reads included, and the writer then added that spend again (0.1 counted 0.2,
+    # on every instance).  Spend made after the view is taken is in no total written, only sent.
+    node = Node(redis_url)
+    meanwhile = {"while the stored keys are read": "_load", "once the view is taken": "_came_up"}[when]
+    original = getattr(RedisState, meanwhile)
+
+    def with_a_request_finishing(self, *args):
+        node.spend.add(CLIENT, "k", 0.1)
+        return original(self, *args)
+    monkeypatch.setattr(RedisState, meanwhile, with_a_request_finishing)
+    async with node:
+        await eventually(lambda: not node.state._unsent and not node.state._writing)
+        await asyncio.sleep(0.1)            # the totals Redis answered are applied here too
+        stored = await _stored(store, layout.key_of(node.spend.shared(CLIENT, "k", "daily")))
+    assert float(stored) == 0.1 and node.spend.spent(CLIENT, "k", "daily") == 0.1
+
+
 async def test_a_state_handed_on_never_replaces_one_told_later_elsewhere(redis_url, store):
     async with Node(redis_url) as a:
         later = f"recovered elsewhere {time.time():.3f}"
