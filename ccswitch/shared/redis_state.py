@@ -310,7 +310,9 @@ class RedisState(Claims):
             self._offer(QuotaForget(name))
         self._came_up(len(stored))
         for start in range(0, len(better), BATCH):
-            await self._write(client, better[start:start + BATCH], {}, merge=True, made=self.wall())
+            made = self.wall()
+            totals = await self._write(client, better[start:start + BATCH], {}, merge=True, made=made)
+            await self._tell_totals(client, totals, merge=True, made=made)
         self._forgotten -= forgotten | late
 
     async def _load(self, client: redis.Redis) -> list[Change]:
@@ -391,23 +393,26 @@ class RedisState(Claims):
             self._oldest = self.wall() if self._pending else None
             self._writing += 1
             try:
-                await self._write(client, batch, spend, merge=False, made=made)
-            except BaseException:
-                for key, added in spend.items():     # not acknowledged: sent again (at worst counted twice)
-                    held = self._unsent.get(key)
-                    self._unsent[key] = added if held is None else add_to(held, added)
-                raise
+                try:
+                    totals = await self._write(client, batch, spend, merge=False, made=made)
+                except BaseException:
+                    for key, added in spend.items():     # not acknowledged: sent again (at worst counted twice)
+                        held = self._unsent.get(key)
+                        self._unsent[key] = added if held is None else add_to(held, added)
+                    raise
+                # acknowledged: whatever becomes of the message, sent again it would count twice
+                await self._tell_totals(client, totals, merge=False, made=made)
             finally:
                 self._writing -= 1
 
     async def _write(self, client: redis.Redis, changes: list[Change], spend: dict[tuple, SpendAdded], *,
-                     merge: bool, made: float) -> None:
-        """One MULTI/EXEC with the writes and the message announcing them; the spend totals
-        Redis returned follow in a second message (they are known only once it answered)."""
+                     merge: bool, made: float) -> list[SpendTotal]:
+        """One MULTI/EXEC with the writes and the message announcing them; returns the spend
+        totals Redis answered, for `_tell_totals` (they are known only once it answered)."""
         now = self.wall()
         spend = {key: added for key, added in spend.items() if added.end > now}   # a period that ended is gone
         if not changes and not spend:
-            return
+            return []
         told = [change for change in changes if not isinstance(change, SpendTotal)]
         raise_spend = client.register_script(_RAISE_SPEND) if len(told) < len(changes) else None
         counted: list[tuple[int, SpendAdded | SpendTotal]] = []
@@ -434,6 +439,9 @@ class RedisState(Claims):
                 total = with_total(record, float(results[index]))     # type: ignore[arg-type]
                 totals.append(total)
                 self._apply_total(total, record if isinstance(record, SpendAdded) else None)
+        return totals
+
+    async def _tell_totals(self, client: redis.Redis, totals: list[SpendTotal], *, merge: bool, made: float) -> None:
         if totals:
             await client.publish(self.channel, self._message(totals, merge, made))
 

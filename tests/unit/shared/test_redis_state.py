@@ -639,6 +639,32 @@ async def test_spend_whose_write_failed_is_sent_again():
         [("daily", 0.3), ("monthly", 0.3)]
 
 
+async def test_spend_redis_acknowledged_is_not_sent_again_when_telling_its_totals_fails(
+        redis_url, store, monkeypatch):
+    # the MULTI/EXEC had answered and the PUBLISH of the totals after it timed out: the batch's
+    # spend was queued again and added a second time on reconnection
+    failed, connect = [], RedisState._connect
+
+    def with_the_totals_message_failing_once(self):
+        client = connect(self)
+        publish = client.publish                 # the totals' message (the others go in the MULTI)
+
+        async def publish_or_time_out(channel, message):
+            if not failed:
+                failed.append(message)
+                raise redis.TimeoutError("Timeout reading from 127.0.0.1")
+            return await publish(channel, message)
+        client.publish = publish_or_time_out
+        return client
+    monkeypatch.setattr(RedisState, "_connect", with_the_totals_message_failing_once)
+    async with Node(redis_url, retry=(0.05, 0.1)) as a:
+        a.spend.add(CLIENT, "k", 0.25)
+        await eventually(lambda: failed and a.state.up and not a.state._unsent and not a.state._writing)
+        await asyncio.sleep(0.1)
+        stored = await _stored(store, layout.key_of(a.spend.shared(CLIENT, "k", "daily")))
+    assert float(stored) == 0.25 and a.spend.spent(CLIENT, "k", "daily") == 0.25
+
+
 async def test_a_message_carries_when_its_oldest_record_was_made(redis_url, store):
     clock = [time.time()]
     async with Node(redis_url, wall=lambda: clock[0]) as a:
