@@ -6,7 +6,7 @@ and ``redacted`` give the URL without it.  Parsing never echoes the text it reje
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import SecretStr
 
@@ -39,9 +39,45 @@ class RedisURL(SecretURL):
         db = parts.path.strip("/")
         if db and not db.isdigit():
             raise ValueError("the path of a Redis URL is a database number (redis://host:port/0)")
+        _check_options(parts.scheme.lower(), parts.query)
         return cls(url=SecretStr(text))
 
     @property
     def db(self) -> int:
         path = urlsplit(self.conninfo).path.strip("/")
         return int(path) if path else 0
+
+
+# what ccswitch sets itself and works by: a URL's option would replace it
+_SET_HERE = ("decode_responses", "encoding_errors", "retry")
+
+
+def _check_options(scheme: str, query: str) -> None:
+    """What redis-py would refuse at every connection (sharing that never starts, or fails for
+    ever) is a mistake in the rules: an option's name it does not take, a value it cannot read.
+    Each option is tried alone on a connection made but not opened, its value never repeated."""
+    options = parse_qsl(query)      # as redis-py reads them: an option without a value is none
+    if not options:
+        return
+    try:
+        from redis.asyncio.connection import ConnectionPool
+    except ImportError:         # the package is an extra: the rules' check names it missing
+        return
+    for name, value in options:
+        if name == "db":        # the channel is named after the path's number: instances would not hear each other
+            raise ValueError("the database number goes in the path of a Redis URL (redis://host:port/db), "
+                             "not its query")
+        if name in _SET_HERE:
+            raise ValueError(f"ccswitch sets `{name}` itself: leave it out of the Redis URL's query")
+        try:
+            ConnectionPool.from_url(f"{scheme}://localhost/?{urlencode({name: value})}").make_connection()
+        except TypeError as exc:
+            if "unexpected keyword argument" not in str(exc):
+                raise ValueError(f"redis-py cannot read the value of the option `{name}`") from None
+            if not name.isidentifier():     # no option's name: the text may be anything, even a secret
+                raise ValueError("the query holds an option redis-py does not take (check its "
+                                 "percent-encoding)") from None
+            hint = "TLS options want rediss://" if name.startswith("ssl") else "check its spelling"
+            raise ValueError(f"`{name}` is not an option redis-py takes in a Redis URL ({hint})") from None
+        except Exception:
+            raise ValueError(f"redis-py cannot read the value of the option `{name}`") from None

@@ -204,8 +204,9 @@ class RedisState(Claims):
     async def _supervise(self) -> None:
         pause = self.retry[0]
         while True:
-            client = self._client = self._connect()
-            try:
+            client = None
+            try:       # the client's making too: a URL redis-py refuses must not end sharing unsaid
+                client = self._client = self._connect()
                 await self._session(client)
             except OUTAGES as exc:
                 self._went_down(exc)
@@ -218,7 +219,8 @@ class RedisState(Claims):
                 self._pending.clear()       # merged in from the boards on reconnection
                 self._oldest = None
                 try:
-                    await client.aclose()
+                    if client is not None:
+                        await client.aclose()
                 except OUTAGES:
                     pass
             if self._connected_once:

@@ -54,3 +54,24 @@ def test_a_missing_variable_is_named():
 @pytest.mark.parametrize("text", ["redis://h:6379/0?client_name=ops@team", "redis://me:p%2Fw@h:6379/0"])
 def test_an_at_sign_in_the_query_or_an_encoded_password_is_no_unencoded_credential(text):
     assert parse_rules(f"state: '{text}'\n").state is not None
+
+
+@pytest.mark.parametrize("query, problem", [
+    # redis-py refused these at every connection: sharing never started (its task ended without
+    # a word) or failed for ever with a traceback at each try
+    ("socket_timeout=s3cret", "redis-py cannot read the value of the option `socket_timeout`"),
+    ("foo=1", "`foo` is not an option redis-py takes"),
+    ("ssl_cert_reqs=none", "`ssl_cert_reqs` is not an option redis-py takes"),     # TLS options want rediss://
+    ("retry=3", "ccswitch sets `retry` itself"),
+    ("db=3", "the database number goes in the path"),       # the channel is named after the path's
+])
+def test_a_query_option_redis_py_would_refuse_is_a_rules_problem_naming_the_option(query, problem):
+    with pytest.raises(RulesError) as err:
+        parse_rules(f"state: 'redis://:pw@cache.internal:6379/0?{query}'\n")
+    assert problem in str(err.value) and "s3cret" not in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["redis://h:6379/0?socket_timeout=10&health_check_interval=30",
+                                  "rediss://h:6380/0?ssl_cert_reqs=none", "redis://h:6379/0?"])
+def test_query_options_redis_py_takes_are_kept(text):
+    assert parse_rules(f"state: '{text}'\n").state.conninfo == text

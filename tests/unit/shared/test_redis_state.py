@@ -237,6 +237,23 @@ async def test_redis_down_at_start_is_no_obstacle(caplog):
     assert caplog.text.count("is unreachable") == 1 and not node.state.up
 
 
+async def test_a_client_redis_py_cannot_make_is_an_outage_not_the_end_of_sharing(redis_url, monkeypatch, caplog):
+    # made outside the supervisor's `try`: its error ended the task without a word, sharing never
+    # started and every claim waited for a first look that never came
+    caplog.set_level(logging.WARNING, "ccswitch.state")
+    connect, refused = RedisState._connect, []
+
+    def refused_once(self):
+        if not refused:
+            refused.append(True)
+            raise ValueError("Invalid value for 'socket_timeout' in connection URL.")
+        return connect(self)
+    monkeypatch.setattr(RedisState, "_connect", refused_once)
+    async with Node(redis_url, retry=(0.05, 0.1)) as a:
+        assert a.state._task is not None and not a.state._task.done()
+    assert "Invalid value for 'socket_timeout'" in caplog.text
+
+
 async def test_what_is_queued_at_shutdown_is_handed_on(redis_url, store):
     async with Node(redis_url) as a:
         a.spend.add(CLIENT, "k", 0.75)
