@@ -25,7 +25,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
@@ -176,12 +176,7 @@ class RedisState(Claims):
             self._pending.pop(change.key, None)     # re-queued at the end: writes keep their order
             self._pending[change.key] = change
             if len(self._pending) > self.max_pending:
-                del self._pending[next(iter(self._pending))]
-                self.dropped += 1
-                if not self._told_full:
-                    self._told_full = True
-                    log.warning("ccswitch: %s does not keep up: changes are dropped (other instances "
-                                "learn them later)", self.where)
+                self._drop_oldest()
         else:
             if isinstance(change, QuotaForget):
                 self._forgotten.add(change.upstream)
@@ -189,6 +184,24 @@ class RedisState(Claims):
         if self._oldest is None:
             self._oldest = self.wall()
         self._wake.set()
+
+    def _drop_oldest(self) -> None:
+        """The oldest queued record but a reset (one an upstream at most): the others are merged
+        in from the boards on the next reconnection, a reset is in none of them."""
+        oldest = next((key for key, change in self._pending.items() if not isinstance(change, QuotaForget)), None)
+        if oldest is None:
+            return
+        del self._pending[oldest]
+        self.dropped += 1
+        if not self._told_full:
+            self._told_full = True
+            log.warning("ccswitch: %s does not keep up: changes are dropped (other instances "
+                        "learn them later)", self.where)
+
+    def _keep_resets(self, unwritten: Iterable[Change]) -> None:
+        """Resets Redis did not take (the link lost): written on reconnection, as those made while
+        it was away, before Redis's windows of those upstreams could come back."""
+        self._forgotten.update(change.upstream for change in unwritten if isinstance(change, QuotaForget))
 
     # ------------------------------------------------------------------ connection
 
@@ -216,6 +229,7 @@ class RedisState(Claims):
             finally:
                 self.up = False
                 self.boards.spend.alone = True   # crossings are this instance's own news again
+                self._keep_resets(self._pending.values())
                 self._pending.clear()       # merged in from the boards on reconnection
                 self._oldest = None
                 try:
@@ -401,6 +415,7 @@ class RedisState(Claims):
                     for key, added in spend.items():     # not acknowledged: sent again (at worst counted twice)
                         held = self._unsent.get(key)
                         self._unsent[key] = added if held is None else add_to(held, added)
+                    self._keep_resets(batch)
                     raise
                 # acknowledged: whatever becomes of the message, sent again it would count twice
                 await self._tell_totals(client, totals, merge=False, made=made)

@@ -274,6 +274,18 @@ def test_the_queue_is_bounded_and_keeps_the_newest_record_of_each_thing(caplog):
     assert caplog.text.count("does not keep up") == 1
 
 
+def test_a_full_queue_never_drops_a_reset():
+    # a `ccswitch.reset` dropped was told to no one, and Redis's windows came back on this
+    # instance at its next reconnection; the records dropped instead are merged in then
+    node = _detached()
+    node.state.up, node.state.max_pending = True, 3
+    node.quota.forget("relay")
+    for n in range(5):
+        node.sessions.bind("messages", f"s-{n}", "relay", 600)
+    assert list(node.state._pending) == [("qf", "relay"), ("b", "messages", "s-3"), ("b", "messages", "s-4")]
+    assert node.state.dropped == 3
+
+
 def test_without_the_rules_naming_a_state_nothing_is_shared(monkeypatch):
     assert state_for(None).where.startswith("in memory")
     assert isinstance(state_for(RedisURL.parse("redis://127.0.0.1:6379/3")), RedisState)
@@ -1092,6 +1104,22 @@ async def test_a_reset_made_while_the_records_are_merged_is_told_to_the_others(r
         assert a.quota.full("relay", 0.95) is None
     async with Node(redis_url) as c:
         assert c.quota.full("relay", 0.95) is None
+
+
+async def test_a_reset_the_link_dropped_before_redis_took_it_is_not_undone_on_reconnection(redis_url, forgetful):
+    # queued or being written when the connection died: the queue was emptied (the rest is
+    # merged in from the boards, a reset is in none of them) and Redis's windows came back
+    async with Node(forgetful.url, retry=(0.05, 0.1)) as a, Node(redis_url) as b:
+        full_window(a)
+        await eventually(lambda: b.quota.full("relay", 0.95) is not None)
+        a.quota.forget("relay")                  # ccswitch.reset relay, and at once the link is lost
+        forgetful.cut()
+        await eventually(lambda: not a.state.up)
+        forgetful.mend()
+        await eventually(lambda: a.state.up)
+        await eventually(lambda: b.quota.full("relay", 0.95) is None)
+        await asyncio.sleep(0.2)
+        assert a.quota.full("relay", 0.95) is None
 
 
 async def test_a_reset_replayed_on_one_reconnection_is_not_replayed_on_the_next(redis_url, forgetful):
