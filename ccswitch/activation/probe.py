@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from ccswitch.clock import ms_since, utc_now
 from ccswitch.config.models import Rules, Upstream
-from ccswitch.config.schedule import fire_instant
+from ccswitch.config.schedule import Upcoming, fire_instant
 from ccswitch.config.values import parse_hhmm
 from ccswitch.dial.outcome import transport_text
 from ccswitch.dial.render import render
@@ -94,6 +94,7 @@ class Schedule:
             days = [d for d in (now.date() + timedelta(days=n) for n in (-1, 0, 1))   # -1: a retry past midnight;
                     if d.weekday() in upstream.days]                                   # +1: seen before it comes
             instants = set()
+            missed: list[tuple[datetime, Slot]] = []
             for instant, slot in slot_instants(upstream, days, now.tzinfo):
                 if instant in instants:
                     continue        # two times on one instant (a DST change moved one onto the other): one probe
@@ -107,10 +108,17 @@ class Schedule:
                         continue            # it passed while ccswitch ran, before the upstream or time was on
                     if moment - _utc(instant) > timedelta(seconds=settings.grace):
                         continue            # missed by more than the grace window
-                    out.append((upstream, slot))
+                    missed.append((instant, slot))
                 elif not state.done and state.tries <= settings.retries and state.next_try \
                         and moment >= _utc(state.next_try):
                     out.append((upstream, slot))
+            if missed:
+                # several times passed while ccswitch was not running: one probe opens the window,
+                # for the latest of them; the others are covered by it (a second at once says nothing new)
+                missed.sort(key=lambda pair: _utc(pair[0]))
+                for _, covered in missed[:-1]:
+                    self.slots[covered] = SlotState(done=True)
+                out.append((upstream, missed[-1][1]))
         self.seen = seen
         return out
 
@@ -136,6 +144,17 @@ class Schedule:
                 if slot.upstream not in found or state.next_try < found[slot.upstream]:
                     found[slot.upstream] = state.next_try
         return found
+
+    def upcoming(self, rules: Rules) -> dict[str, Upcoming]:
+        """For the status, each upstream's retry (`retries`) and the times (local day, minute)
+        this process probed or covered: such a time does not come again that day, though a
+        reload moved it (another time zone) to a moment still ahead."""
+        taken: dict[str, set[tuple[date, int]]] = {}
+        for slot in self.slots:
+            taken.setdefault(slot.upstream, set()).add((slot.day, parse_hhmm(slot.at)))
+        retries = self.retries(rules)
+        return {name: Upcoming(retries.get(name), frozenset(taken.get(name, ())))
+                for name in retries.keys() | taken.keys()}
 
     def gave_up(self, slot: Slot, retries: int) -> bool:
         """The slot failed and has no try left today: its first try and `retries` more all failed."""

@@ -6,12 +6,13 @@ Pure: every function takes the time it needs; nothing here reads the wall clock 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from ccswitch.config.models import HourWindow, Upstream
 from ccswitch.config.values import WEEKDAYS, format_hhmm, parse_hhmm
 
-__all__ = ["WEEKDAYS", "format_days", "in_window", "local_now", "next_activation", "schedule_block",
+__all__ = ["WEEKDAYS", "Upcoming", "format_days", "in_window", "local_now", "next_activation", "schedule_block",
            "schedule_opens", "weekday_time"]
 
 _LOOKAHEAD_DAYS = 8
@@ -120,9 +121,11 @@ def fire_instant(day: date, minute: int, tz: tzinfo) -> datetime:
     return wall.replace(tzinfo=tz, fold=0)
 
 
-def next_activation(times: Sequence[str], days: frozenset[int], after: datetime) -> datetime | None:
+def next_activation(times: Sequence[str], days: frozenset[int], after: datetime,
+                    taken: frozenset[tuple[date, int]] = frozenset()) -> datetime | None:
     """Next fire instant strictly after `after` (aware) among the "HH:MM" local times on the
-    allowed weekdays, in after's time zone; None if there is none within 8 days."""
+    allowed weekdays, in after's time zone; None if there is none within 8 days.  `taken`: the
+    (local day, minute) times already probed, which do not fire again that day."""
     tz = after.tzinfo
     if tz is None:
         raise ValueError("`after` must be timezone-aware")
@@ -137,6 +140,8 @@ def next_activation(times: Sequence[str], days: frozenset[int], after: datetime)
         if day.weekday() not in days:
             continue
         for minute in minutes:
+            if (day, minute) in taken:
+                continue
             cand = fire_instant(day, minute, tz)
             if _utc(cand) > after_utc and (best is None or _utc(cand) < _utc(best)):
                 best = cand
@@ -145,6 +150,16 @@ def next_activation(times: Sequence[str], days: frozenset[int], after: datetime)
     return best
 
 
-def weekday_time(moment: datetime) -> str:
-    """`tue 06:00`: a moment of the coming week, as a status line shows it."""
-    return f"{WEEKDAYS[moment.weekday()]} {format_hhmm(moment.hour * 60 + moment.minute)}"
+def weekday_time(moment: datetime, seconds: bool = False) -> str:
+    """`tue 06:00`: a moment of the coming week, as a status line shows it; with `seconds`,
+    `tue 06:02:45` when it is not on the minute (a retry after a `retry-after`)."""
+    text = f"{WEEKDAYS[moment.weekday()]} {format_hhmm(moment.hour * 60 + moment.minute)}"
+    return f"{text}:{moment.second:02d}" if seconds and moment.second else text
+
+
+@dataclass(frozen=True)
+class Upcoming:
+    """What the status needs of an upstream's probes besides its times: when a failed one is
+    tried again, and the (local day, minute) times probed already, which do not come again."""
+    retry: datetime | None = None
+    taken: frozenset[tuple[date, int]] = frozenset()

@@ -166,6 +166,7 @@ class Activator:
         if learn and result.status == 429:
             cool_rate_limited(health, self.gateway.quota, upstream.name, result.error or "HTTP 429",
                               list(result.limits), rules.failover.cooldown, refusal=True)
+        given_up = False
         if slot is not None:
             # a cut probe most likely opened the window: done, here as after a restart (history.restore);
             # a 429's retry waits for the reset it reported (sooner, it would only be refused again)
@@ -173,19 +174,24 @@ class Activator:
             if result.status == 429 and (until := health.cooling_until(upstream.name)) is not None:
                 wait = max(wait, until - health.clock())
             self.schedule.finished(slot, result.ok or cut, self.now(rules), wait)
-            if not result.ok and not cut and self.schedule.gave_up(slot, rules.activation.retries):
+            given_up = not result.ok and not cut and self.schedule.gave_up(slot, rules.activation.retries)
+            if given_up:
                 self.gateway.events.emit(Event(
                     "activation_failed", upstream.name, f"the {slot.at} activation probe of {slot.day} failed "
                     f"{self.schedule.slots[slot].tries} time(s), the last with: {result.error}",
                     episode=f"{slot.day} {slot.at}"))
         if self.gateway.ledger is not None:
             self.gateway.ledger.add("activations", result.row(slot))
+        # which time it was for (two missed ones, or a try and a retry, read alike) and, at the
+        # last try, that the day's probe is given up
+        of = f" ({slot.at}, try {self.schedule.slots[slot].tries})" if slot is not None else ""
         if result.ok:
             if learn:
                 health.record_success(upstream.name, by=" to its activation probe")   # ends a cooldown early
-            log.info("ccswitch: activation probe for %s ok (%d ms)", upstream.name, result.latency_ms)
+            log.info("ccswitch: activation probe for %s%s ok (%d ms)", upstream.name, of, result.latency_ms)
         else:
-            log.warning("ccswitch: activation probe for %s failed: %s", upstream.name, result.error)
+            log.warning("ccswitch: activation probe for %s%s failed: %s%s", upstream.name, of, result.error,
+                        "; no try left for this time today" if slot is not None and given_up else "")
 
     @ccswitch_command("ccswitch.activate")
     def activate(self, name: str) -> str:

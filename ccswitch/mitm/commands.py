@@ -55,7 +55,7 @@ class Commands:
         gateway = self.gateway
         lines = status_text(rules, gateway.health, datetime.now(rules.tz), gateway.quota, gateway.sessions,
                             gateway.spend, gateway.connections(),
-                            gateway.activations.retries(rules)).splitlines()
+                            gateway.activations.upcoming(rules)).splitlines()
         if (not_applied := gateway.rules_file.not_applied) is not None:   # as the live page says it
             since = datetime.fromtimestamp(not_applied[1], rules.tz)
             lines.insert(1, f"{not_applied[0]} (since {since:%H:%M:%S}): the last good rules stay in force; "

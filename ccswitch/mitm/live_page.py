@@ -120,7 +120,7 @@ class LivePage:
     def _views(self, now: datetime, running: list):
         gateway = self.gateway
         return upstream_views(gateway.rules, gateway.health, gateway.quota, gateway.sessions, now, gateway.spend,
-                              running, gateway.connections(), gateway.activations.retries(gateway.rules))
+                              running, gateway.connections(), gateway.activations.upcoming(gateway.rules))
 
     def _status(self) -> dict:
         rules, running = self.gateway.rules, self.gateway.in_flight()

@@ -15,6 +15,7 @@ from typing import Any
 
 from ccswitch.clock import wall_text
 from ccswitch.config.models import Rules
+from ccswitch.config.schedule import Upcoming
 from ccswitch.dial.job import Job
 from ccswitch.report.live import LiveBoard, Served
 from ccswitch.report.terminal import visible_controls
@@ -98,10 +99,10 @@ def trying(job: Job) -> str | None:
 def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, sessions: SessionBindings,
                    now: datetime, spend: SpendBoard | None = None, running: Sequence[Job] = (),
                    connections: Mapping[str, tuple[int, int]] | None = None,
-                   retries: Mapping[str, datetime] | None = None) -> list[UpstreamView]:
+                   probes: Mapping[str, Upcoming] | None = None) -> list[UpstreamView]:
     """Each upstream's state at `now` (aware, in the rules' time zone), in the rules' order;
-    `running`: the requests under way, `connections`: (open, waiting) by upstream, `retries`:
-    when a failed activation probe is tried again, by upstream."""
+    `running`: the requests under way, `connections`: (open, waiting) by upstream, `probes`:
+    its activation probes' retry and the times probed already, by upstream."""
     secrets = rules.secret_texts()
     preferred = health.preferred_name()
     bound = sessions.count_by_upstream()
@@ -129,7 +130,7 @@ def upstream_views(rules: Rules, health: HealthBoard, quota: QuotaBoard, session
             budget=tuple(spend.report(UPSTREAM, name)) if spend is not None else (),
             in_flight=on.get(name, 0), connections=connections.get(name, (0, 0)),
             via=upstream.proxy.shown if upstream.proxy is not None else None,
-            activation=(next_activation_text(upstream, state, now, (retries or {}).get(name))
+            activation=(next_activation_text(upstream, state, now, (probes or {}).get(name))
                         if upstream.activate_at else None)))
     return views
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from ccswitch.clock import wall_text
 from ccswitch.config.models import Rules, Upstream
-from ccswitch.config.schedule import next_activation, schedule_block, schedule_opens, weekday_time
+from ccswitch.config.schedule import Upcoming, next_activation, schedule_block, schedule_opens, weekday_time
 from ccswitch.money import usd
 from ccswitch.routing.affinity import SessionBindings
 from ccswitch.routing.budget import CLIENT, UPSTREAM, SpendBoard
@@ -73,9 +73,9 @@ def connections_text(upstream: Upstream, counts: Mapping[str, tuple[int, int]]) 
 def status_text(rules: Rules, health: HealthBoard, now: datetime, quota: QuotaBoard | None = None,
                 sessions: SessionBindings | None = None, spend: SpendBoard | None = None,
                 connections: Mapping[str, tuple[int, int]] | None = None,
-                retries: Mapping[str, datetime] | None = None) -> str:
-    """`connections`: per upstream, (connections open, requests waiting for one); `retries`: per
-    upstream, when a failed activation probe is tried again."""
+                probes: Mapping[str, Upcoming] | None = None) -> str:
+    """`connections`: per upstream, (connections open, requests waiting for one); `probes`: per
+    upstream, when a failed activation probe is tried again and the times probed already."""
     routes = {u.name: rules.routes.routes_of(u.name) for u in rules.upstreams}
     preferred = health.preferred_name()
     bound = sessions.count_by_upstream() if sessions is not None else {}
@@ -103,8 +103,8 @@ def status_text(rules: Rules, health: HealthBoard, now: datetime, quota: QuotaBo
         if spend is not None:
             parts += [f"budget {line}" for line in spend.report(UPSTREAM, upstream.name)]
         if upstream.activate_at:
-            retry = (retries or {}).get(upstream.name)
-            parts.append(f"next activation {next_activation_text(upstream, kind, now, retry)}")
+            upcoming = (probes or {}).get(upstream.name)
+            parts.append(f"next activation {next_activation_text(upstream, kind, now, upcoming)}")
         lines.append("  " + "; ".join(parts))
     for client in rules.client_keys:
         budgets = spend.report(CLIENT, client.name) if spend is not None else []
@@ -113,12 +113,14 @@ def status_text(rules: Rules, health: HealthBoard, now: datetime, quota: QuotaBo
     return "\n".join(lines)
 
 
-def next_activation_text(upstream: Upstream, state: str, now: datetime, retry: datetime | None = None) -> str:
-    """`tue 06:00`, `retry tue 06:02` when a failed probe's retry comes first, or `none` (a
-    disabled upstream is never probed: no time to show)."""
+def next_activation_text(upstream: Upstream, state: str, now: datetime, probes: Upcoming | None = None) -> str:
+    """`tue 06:00` (a time probed already that day skipped), `retry tue 06:02:45` when a failed
+    probe's retry comes first, or `none` (a disabled upstream is never probed: no time to show)."""
     if state == "disabled":
         return "none"
-    upcoming = next_activation(upstream.activate_at, upstream.days, now)
+    probes = probes or Upcoming()
+    upcoming = next_activation(upstream.activate_at, upstream.days, now, probes.taken)
+    retry = probes.retry
     if retry is not None and (upcoming is None or retry < upcoming):
-        return "retry " + weekday_time(retry.astimezone(now.tzinfo))
+        return "retry " + weekday_time(retry.astimezone(now.tzinfo), seconds=True)
     return weekday_time(upcoming) if upcoming is not None else "none"

@@ -51,13 +51,14 @@ def test_status_shows_a_failed_activation_probe_s_retry(setup):
     from datetime import timedelta
 
     from ccswitch.activation.probe import Slot
+    from ccswitch.config.schedule import weekday_time
     gateway, commands, tctx = setup
     now = datetime.now(gateway.rules.tz)
     slot = Slot("night", now.date(), "06:00")
     gateway.activations.started(slot)
     gateway.activations.finished(slot, False, now, 1)        # the Activator's schedule is the gateway's
     [line] = [line for line in tctx.command(commands.status) if line.strip().startswith("night [")]
-    assert line.endswith(f"next activation retry {(now + timedelta(seconds=1)):%a %H:%M}".lower()), line
+    assert line.endswith(f"next activation retry {weekday_time(now + timedelta(seconds=1), seconds=True)}"), line
 
 
 def test_status_says_when_the_rules_file_s_last_edit_is_not_in_force(setup):

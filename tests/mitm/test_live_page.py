@@ -129,6 +129,7 @@ async def test_status_json_shows_a_failed_activation_probe_s_retry(chain, gatewa
     from datetime import timedelta
 
     from ccswitch.activation.probe import Slot
+    from ccswitch.config.schedule import weekday_time
     from ccswitch.mitm.activator import Activator
     gateway.rules_file.rules = gateway.rules.model_copy(update={"upstreams": tuple(
         u.model_copy(update={"activate_at": ("06:00",)}) for u in gateway.rules.upstreams)})
@@ -139,7 +140,7 @@ async def test_status_json_shows_a_failed_activation_probe_s_retry(chain, gatewa
     schedule.finished(slot, False, now, 1)
     status = await through(chain, flow_on(path="/_ccswitch/status.json", headers=[("x-api-key", CLIENT_KEY)]))
     [upstream] = json.loads(status.response.content)["upstreams"]
-    assert upstream["activation"] == f"retry {(now + timedelta(seconds=1)):%a %H:%M}".lower()
+    assert upstream["activation"] == f"retry {weekday_time(now + timedelta(seconds=1), seconds=True)}"
 
 
 async def test_status_json_and_metrics_say_how_this_instance_s_ledger_and_shared_state_are_doing(

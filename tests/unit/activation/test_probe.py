@@ -61,6 +61,18 @@ def test_late_start_fires_once_within_grace_only():
     assert Schedule().due(r, at(2026, 11, 25, 6, 16)) == []
 
 
+def test_times_missed_together_send_one_probe_for_the_latest():
+    """Two identical probes at once (and two alike log lines) said nothing the one did not."""
+    r, sched = rules('["05:57", "06:00", "06:30"]'), Schedule()
+    due = sched.due(r, at(2026, 11, 25, 6, 9))      # started at 06:09: 05:57 and 06:00 missed
+    assert names(due) == [("relay", "2026-11-25", "06:00")]
+    assert [(s.at, st.done, st.tries) for s, st in sched.slots.items()] == [("05:57", True, 0)]
+    sched.started(due[0][1])
+    sched.finished(due[0][1], True, at(2026, 11, 25, 6, 9), 60)
+    assert sched.due(r, at(2026, 11, 25, 6, 10)) == []
+    assert names(sched.due(r, at(2026, 11, 25, 6, 30))) == [("relay", "2026-11-25", "06:30")]
+
+
 def test_days_and_enabled_are_honoured():
     r = rules(days=", days: [mon]")
     assert Schedule().due(r, at(2026, 11, 25, 6, 0)) == []          # a Wednesday

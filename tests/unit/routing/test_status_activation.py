@@ -47,6 +47,7 @@ def test_a_failed_probe_s_retry_shows_when_it_comes_before_the_next_time():
     from datetime import timedelta
 
     from ccswitch.activation.probe import Schedule, Slot
+    from ccswitch.config.schedule import Upcoming
     from ccswitch.routing.status import next_activation_text
     on = RULES.upstream("on")
     schedule = Schedule()
@@ -58,10 +59,13 @@ def test_a_failed_probe_s_retry_shows_when_it_comes_before_the_next_time():
     assert retries == {"on": NOW + timedelta(seconds=120)}
     # a time a reload took away is tried no more: no retry to show
     assert schedule.retries(rules.model_copy(update={"upstreams": ()})) == {}
-    assert line(status_text(RULES, HealthBoard(), NOW, retries=retries), "on").endswith("next activation retry thu 05:02")
+    assert line(status_text(RULES, HealthBoard(), NOW, probes=schedule.upcoming(rules)), "on").endswith(
+        "next activation retry thu 05:02")
     # a retry later than the next time: the next time; a disabled upstream: none
-    assert next_activation_text(on, "available", NOW, NOW + timedelta(hours=2)) == "thu 06:00"
-    assert next_activation_text(on, "disabled", NOW, NOW + timedelta(seconds=120)) == "none"
+    assert next_activation_text(on, "available", NOW, Upcoming(NOW + timedelta(hours=2))) == "thu 06:00"
+    assert next_activation_text(on, "disabled", NOW, Upcoming(NOW + timedelta(seconds=120))) == "none"
+    # a retry not on the minute (a 429's retry-after) is told to the second
+    assert next_activation_text(on, "available", NOW, Upcoming(NOW + timedelta(seconds=45))) == "retry thu 05:00:45"
     # its tries used up (the first and 2 retries): no retry waits, though the slot keeps its time
     for _ in range(2):
         schedule.started(slot)
@@ -72,3 +76,22 @@ def test_a_failed_probe_s_retry_shows_when_it_comes_before_the_next_time():
     schedule.started(other)
     schedule.finished(other, True, NOW, 120)
     assert schedule.retries(rules) == {}
+
+
+def test_a_time_probed_already_is_not_shown_as_coming_after_a_reload_moved_it_ahead():
+    """Probed at 06:00 UTC; a reload to UTC-1 put 06:00 an hour ahead, but that day's 06:00 has
+    been probed (it fires once a day): the next is the next day's, not one that never comes."""
+    from datetime import timedelta
+
+    from ccswitch.activation.probe import Schedule, Slot
+    schedule = Schedule()
+    slot = Slot("on", NOW.date(), "06:00")
+    schedule.started(slot)
+    schedule.finished(slot, True, NOW.replace(hour=6), 120)
+    west = RULES.model_copy(update={"timezone": "Atlantic/Azores"})      # UTC-1 in December
+    now = (NOW.replace(hour=6, minute=10)).astimezone(west.tz)           # 05:10 there, on the same day
+    assert now.date() == NOW.date() and now.hour == 5
+    text = status_text(west, HealthBoard(), now, probes=schedule.upcoming(west))
+    assert line(text, "on").endswith("next activation fri 06:00"), line(text, "on")
+    assert line(status_text(west, HealthBoard(), now), "on").endswith("next activation thu 06:00")
+    assert now + timedelta(hours=1) > now      # (the time it would have shown: an hour ahead)
