@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ccswitch.cli.out_dir import cannot_write
 from ccswitch.cli.output import quiet_on_broken_pipe
-from ccswitch.cli.rules_file import MarkedEnv, find_announced, load_for_command, load_for_part
+from ccswitch.cli.rules_file import MarkedEnv, find_announced, load_for_command, load_for_part, named_file
 from ccswitch.config.database_url import PostgresURL
 from ccswitch.config.load import BUILT_IN, is_there
 from ccswitch.config.models import Rules
@@ -204,8 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(parser=init, func=_init)
 
     check = sub.add_parser("check", help="validate a rules file; print every problem")
-    check.add_argument("rules", nargs="?", help="path of rules.yaml (default: as mitmdump would find it)")
-    check.add_argument("--rules", dest="rules_option", metavar="RULES", help="the same, as the other commands take it")
+    check.add_argument("rules", nargs="?", type=named_file, help="path of rules.yaml (default: as mitmdump would find it)")
+    check.add_argument("--rules", dest="rules_option", metavar="RULES", type=named_file,
+                       help="the same, as the other commands take it")
     check.set_defaults(parser=check, func=_check)
 
     env = sub.add_parser("env", help="print eval-able exports for Claude Code and Codex CLI")
@@ -214,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--codex-toml", action="store_true", help="print a Codex model_providers block instead")
     env.add_argument("--confdir", default="~/.mitmproxy", help="mitmproxy's confdir (where its CA lives)")
     env.add_argument("--bundle-dir", default=None, help="where to write the CA bundle (default: confdir)")
-    env.add_argument("--rules", metavar="PATH",
+    env.add_argument("--rules", metavar="PATH", type=named_file,
                      help="rules.yaml deciding the clients' API keys (default: as mitmdump would find it)")
     env.set_defaults(parser=env, func=_env)
 
@@ -223,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     activate = sub.add_parser("activate", help="send an upstream's activation probe now")
     activate.add_argument("name", help="the upstream's name in the rules")
-    activate.add_argument("--rules", help="path of rules.yaml (default: as mitmdump would find it)")
+    activate.add_argument("--rules", type=named_file, help="path of rules.yaml (default: as mitmdump would find it)")
     activate.set_defaults(parser=activate, func=_activate)
 
     from ccswitch.cli import notify_test

@@ -7,11 +7,11 @@ import argparse
 import asyncio
 import sys
 
-from ccswitch.cli.rules_file import load_for_part
+from ccswitch.cli.rules_file import load_for_part, named_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rules", metavar="PATH", help="path of rules.yaml (default: as mitmdump would find it)")
+    parser.add_argument("--rules", metavar="PATH", type=named_file, help="path of rules.yaml (default: as mitmdump would find it)")
 
 
 def run(args: argparse.Namespace) -> int:

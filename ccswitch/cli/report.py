@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ccswitch.cli.out_dir import cannot_write
 from ccswitch.cli.output import quiet_on_broken_pipe
-from ccswitch.cli.rules_file import MarkedEnv, find_announced, unset_in
+from ccswitch.cli.rules_file import MarkedEnv, find_announced, named_file, unset_in
 from ccswitch.clock import utc_now
 from ccswitch.config.database_url import PostgresURL, parse_usage_db
 from ccswitch.config.models import Rules
@@ -51,8 +51,9 @@ def _positive(text: str) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rules", metavar="PATH", help="rules.yaml for prices, database and time zone (default: as mitmdump finds it)")
-    p.add_argument("--db", metavar="PATH|URL",
+    p.add_argument("--rules", metavar="PATH", type=named_file,
+                   help="rules.yaml for prices, database and time zone (default: as mitmdump finds it)")
+    p.add_argument("--db", metavar="PATH|URL", type=named_file,
                    help="usage database: a SQLite file or a postgresql:// URL (default: the rules' usage_db)")
     p.add_argument("--days", type=_positive, metavar="N", help="days up to --until (default 30)")
     p.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="first day (days are local to the rules' time zone)")
@@ -69,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also list the 5-hour blocks of the claude route (Claude subscription windows), of "
                         "UPSTREAM's answers only when given")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    p.add_argument("--out", metavar="DIR", help="write PNG charts and report.html into this directory")
+    p.add_argument("--out", metavar="DIR", type=named_file, help="write PNG charts and report.html into this directory")
 
 
 # the days a report can cover: their local midnights, a week or month around them and the few days

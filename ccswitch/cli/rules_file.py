@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -43,6 +44,14 @@ class MarkedEnv(AnyEnv):
 
     def __getitem__(self, key: str) -> str:
         return os.environ.get(key, f"ccswitch-unset-{key}-variable")
+
+
+def named_file(text: str) -> str:
+    """A file named on the command line (`--rules`, `--db`, `--out`): an empty name, as an unset
+    shell variable gives, names none; taken for no name, another file would be used unsaid."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty name (an unset shell variable?)")
+    return text
 
 
 def unset_in(text: str) -> list[str]:

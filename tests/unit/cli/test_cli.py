@@ -398,3 +398,12 @@ def test_env_says_when_nothing_listens_at_the_port_it_was_given(tmp_path):
         up.listen()
         done = cli("env", "--reverse", "--port", str(up.getsockname()[1]))
     assert "nothing listens" not in done.stderr
+
+
+@pytest.mark.parametrize("args", [("check", ""), ("check", "--rules", ""), ("report", "--rules", ""),
+                                  ("report", "--db", ""), ("report", "--out", ""), ("env", "--rules", ""),
+                                  ("activate", "relay", "--rules", ""), ("notify-test", "--rules", "")])
+def test_an_empty_name_is_refused_not_taken_for_none(args):
+    """`ccswitch check "$UNSET"` checked ~/.ccswitch/rules.yaml (or ./rules.yaml) and said OK."""
+    done = cli(*args)
+    assert done.returncode == 2 and "an empty name (an unset shell variable?)" in done.stderr, done.stderr
