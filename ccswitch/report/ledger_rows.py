@@ -29,6 +29,23 @@ def row_moment(text: object, unreadable: list[str]) -> datetime | None:
         return None
 
 
+def minute_sql(column: str) -> str:
+    """SQL for the text a row's time is grouped by: the proxy writes every time as UTC (`+00:00`),
+    whose first 16 characters are its UTC minute; any other form (a hand edit: `Z`, `+09:00`, no
+    offset) is kept whole, for `row_minute` to read as the instant it names, as each row's own
+    time is read (cut to 16 characters, its offset was dropped: a `+09:00` row was counted on one
+    day and its latency on another). Only the proxy's form is tested for, so its rows stay cheap."""
+    return f"CASE WHEN {column} LIKE '%+00:00' THEN substr({column}, 1, 16) ELSE {column} END"
+
+
+def row_minute(text: object, unreadable: list[str]) -> datetime | None:
+    """The UTC minute of a group's `minute_sql` text, or None as `row_moment` says."""
+    moment = row_moment(text, unreadable)
+    if moment is None or not (moment.second or moment.microsecond):     # the proxy's rows: a minute already
+        return moment
+    return moment.replace(second=0, microsecond=0)
+
+
 def _count(column: str) -> str:
     """SQL for a token column as `count_or_zero` reads one: a count below 0 or past `MAX_COUNT`,
     which only a hand edit leaves, counts as 0."""
@@ -42,7 +59,7 @@ def read_rows(reader: LedgerReader, sql: str, since: date, until: date, before: 
 
 
 _REQUESTS_SQL = """
-SELECT substr(ts, 1, 16) AS minute, route, upstream, model, NULLIF(upstream_model, ''), {session}, {client},
+SELECT {minute} AS minute, route, upstream, model, NULLIF(upstream_model, ''), {session}, {client},
        endpoint = 'count_tokens',
        CASE WHEN upstream IS NULL AND error IN ('client_closed', 'killed') THEN error END, count(*),
        sum({input}), sum({output}), sum({cache_write}),
@@ -83,7 +100,7 @@ def _requests_sql(reader: LedgerReader) -> str:
     """The query for the columns this database has (a database older than session affinity,
     read-only so not migrated, reads as requests without a session) in the reader's dialect."""
     has = reader.columns("requests")
-    return _REQUESTS_SQL.format(session="session" if "session" in has else "NULL",
+    return _REQUESTS_SQL.format(minute=minute_sql("ts"), session="session" if "session" in has else "NULL",
                                 client="client" if "client" in has else "NULL",
                                 input=_count("input_tokens"), output=_count("output_tokens"),
                                 cache_write=_count("cache_creation_tokens"), cache_read=_count("cache_read_tokens"),
@@ -126,7 +143,7 @@ def usage_rows(reader: LedgerReader, since: date, until: date, tz: tzinfo | None
     count_tokens row."""
     for (minute, route, upstream, model, sent, session, client, is_count, gone, n, inp, out, cw, cw1h, cr, reas, fo,
          err, moved) in read_rows(reader, _requests_sql(reader), since, until, before):
-        moment = row_moment(minute, unreadable)
+        moment = row_minute(minute, unreadable)
         if moment is None:
             continue
         # a hand edit may leave a fraction: whole tokens, as the writer stores them

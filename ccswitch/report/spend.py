@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 
 from ccswitch.config.database_url import PostgresURL
@@ -87,6 +87,29 @@ _COLUMNS = ("ts", "upstream", "client", "model", "upstream_model", "input_tokens
             "cache_creation_tokens", "cache_creation_1h_tokens", "cache_read_tokens")
 
 
+def _spend_query(have: set[str], since: datetime, until: datetime | None) -> tuple[str, tuple[str, ...]]:
+    """The query for the requests from `since` to before `until` and its bounds. The proxy's
+    times (UTC, `+00:00`) are compared as text; a time written by hand in another form (`+09:00`,
+    `Z`) may name an instant up to 14 hours from what its text says, so such rows are read a day
+    further each side, for the caller to keep those whose instant is in the period."""
+    picked = ", ".join(c if c in have else "NULL" for c in _COLUMNS)
+    first, wide_first = _text_time(since), _text_time(since - _HAND_WRITTEN_MARGIN)
+    query = f"SELECT {picked} FROM requests WHERE upstream IS NOT NULL AND ts >= ? AND (ts >= ? OR {_NOT_UTC})"
+    bounds: tuple[str, ...] = (wide_first, first)
+    if until is not None:
+        query += f" AND ts < ? AND (ts < ? OR {_NOT_UTC})"
+        bounds += (_text_time(until + _HAND_WRITTEN_MARGIN), _text_time(until))
+    return query, bounds
+
+
+_HAND_WRITTEN_MARGIN = timedelta(days=1)            # past the furthest offset, 14 hours
+_NOT_UTC = "ts NOT LIKE '%+00:00'"                  # a time not in the proxy's form
+
+
+def _text_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
 def ledger_spend(target: Path | PostgresURL, rules: Rules, since: datetime, until: datetime | None = None, *,
                  timeout: float = 5.0, per_day: tzinfo | None = None) -> LedgerSpend:
     """Every priced request from `since` to before `until` (aware) in the ledger at `target` (a
@@ -104,26 +127,23 @@ def ledger_spend(target: Path | PostgresURL, rules: Rules, since: datetime, unti
             have = reader.columns("requests")
             if not have:                # a database no ccswitch has written to yet
                 return out
-            picked = ", ".join(c if c in have else "NULL" for c in _COLUMNS)
-            query = f"SELECT {picked} FROM requests WHERE ts >= ? AND upstream IS NOT NULL"
-            bounds = [since.astimezone(UTC).isoformat(timespec="milliseconds")]
-            if until is not None:
-                query += " AND ts < ?"
-                bounds.append(until.astimezone(UTC).isoformat(timespec="milliseconds"))
-            for values in reader.execute(query, tuple(bounds)):
+            query, bounds = _spend_query(have, since, until)
+            for values in reader.execute(query, bounds):
                 row = dict(zip(_COLUMNS, values, strict=True))
+                # a hand edit (`25:00`): one row must not keep the proxy from starting
+                ts = row_moment(row["ts"], unreadable)
+                if ts is None or ts < since or (until is not None and ts >= until):
+                    continue
                 usd = row_cost(pricer, row)
                 if usd is None:
                     if row_totals(row).tokens:     # a refused request's model is nothing to warn of
                         out.unpriced.add(row["upstream_model"] or row["model"] or "(no model)")
                     continue
-                # a hand edit (`25:00`): one row must not keep the proxy from starting
-                if (ts := row_moment(row["ts"], unreadable)) is not None:
-                    out.requests += 1
-                    if sums is None:
-                        out.rows.append((ts, row["upstream"], row["client"], usd))
-                    else:
-                        sums.add(ts, row["upstream"], row["client"], usd)
+                out.requests += 1
+                if sums is None:
+                    out.rows.append((ts, row["upstream"], row["client"], usd))
+                else:
+                    sums.add(ts, row["upstream"], row["client"], usd)
             out.unreadable = len(unreadable)
             if sums is not None:
                 out.rows = sums.rows()

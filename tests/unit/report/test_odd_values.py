@@ -66,3 +66,21 @@ def test_budget_spend_survives_a_time_it_cannot_read_and_counts_no_negative_toke
     spend = ledger_spend(db, parse_rules(RULES, env={"RELAY_A_KEY_FOR_TEST": "k"}), datetime(2026, 3, 1, tzinfo=UTC))
     assert spend.error is None and spend.unreadable == 1 and len(spend.rows) == 2
     assert spend.rows[1][3] > 0 and spend.rows[1][3] < spend.rows[0][3]    # 2 output tokens, no -10M input
+
+
+def test_budget_spend_reads_a_hand_written_offset_as_the_instant_it_names(tmp_path):
+    # the month's bounds were compared with the text: `08:00+09:00` on the 1st (23:00 UTC the day
+    # before) counted in the month, `20:00-05:00` on the last day (01:00 UTC the next) left out
+    db = odd_db(tmp_path)
+    conn = connect(str(db))
+    for n, ts in enumerate(["2026-03-01T08:00:00.000+09:00", "2026-02-28T20:00:00-05:00", "2026-03-31T20:00:00-05:00",
+                            "2026-03-31T23:30:00Z"]):
+        insert_request(conn, 10 + n, ts=ts, upstream="relay-b", model="gpt-4.1", input_tokens=7)
+    conn.commit()
+    conn.close()
+    spend = ledger_spend(db, parse_rules(RULES, env={"RELAY_A_KEY_FOR_TEST": "k"}), datetime(2026, 3, 1, tzinfo=UTC),
+                         datetime(2026, 4, 1, tzinfo=UTC))
+    assert spend.error is None and spend.unreadable == 0
+    assert sorted(ts.isoformat() for ts, *_ in spend.rows) == [
+        "2026-03-01T01:00:00+00:00", "2026-03-01T02:00:00+00:00", "2026-03-01T02:00:00+00:00",
+        "2026-03-31T23:30:00+00:00"]

@@ -562,6 +562,39 @@ def test_a_hand_edited_ledger_never_costs_the_report(tmp_path):
                for note in r.notes), r.notes
 
 
+# Shanghai's June 16 is [06-15T16:00Z, 06-16T16:00Z): each hand-written time below names an instant
+# whose Shanghai day differs from the day its text would give were its offset dropped
+HAND_WRITTEN_TIMES = {
+    "2026-06-16T23:30:00.000+09:00": date(2026, 6, 16),     # 14:30Z: 22:30 on the 16th, not 07:30 on the 17th
+    "2026-06-16T11:30:00-05:00": date(2026, 6, 17),         # 16:30Z: 00:30 on the 17th
+    "2026-06-16 00:30:00+09:00": date(2026, 6, 15),         # 06-15T15:30Z: 23:30 on the 15th
+    "2026-06-16T15:30:00Z": date(2026, 6, 16),              # 23:30 on the 16th
+    "2026-06-16T16:30:00.000+00:00": date(2026, 6, 17),     # as the proxy writes: 00:30 on the 17th
+}
+
+
+def test_a_hand_written_offset_is_read_as_the_instant_it_names_by_every_figure(tmp_path):
+    # the totals took the text's first 16 characters as UTC: a `+09:00` row counted on one day
+    # and its latency (whose parser converts the offset) on another
+    path = tmp_path / "usage.db"
+    conn = connect(str(path))
+    for n, ts in enumerate(HAND_WRITTEN_TIMES):
+        insert_request(conn, n, ts=ts, upstream="relay-a", model="claude-haiku-4-5", input_tokens=10, attempts=2)
+    conn.close()
+    rules = parse_rules(RULES, env={"RELAY_A_KEY_FOR_TEST": "x"})
+    days = [date(2026, 6, 15), date(2026, 6, 16), date(2026, 6, 17)]
+    expected = {day: sum(1 for d in HAND_WRITTEN_TIMES.values() if d == day) for day in days}
+    conn = connect(str(path), readonly=True)
+    r = build_report(conn, rules, days[0], days[-1], hours_day=days[1])
+    one_day = [build_report(conn, rules, day, day) for day in days]
+    conn.close()
+    assert {day: r.daily[day].requests for day in days} == expected
+    assert {day: r.latency(r.by_day[day]).requests for day in days} == expected
+    assert [sum(a.attempts for a in each.attempts) for each in one_day] == [2 * expected[day] for day in days]
+    # the hour of the 16th each falls in: 22:30 and 23:30 local
+    assert [h.label for h in r.hours if h.total.requests] == ["22:00", "23:00"]
+
+
 def test_requests_that_ended_before_an_upstream_answered_are_not_said_to_be_answered_by_ccswitch(tmp_path):
     # "(ccswitch)" is what ccswitch answered itself; a client that left, or a flow killed in
     # mitmweb, was counted there too (the live page says `client left` / `killed`)

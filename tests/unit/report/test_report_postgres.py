@@ -142,6 +142,38 @@ def test_ccswitch_report_reads_a_postgresql_url(both, tmp_path, capsys):
     assert outputs[0] == outputs[1]
 
 
+NO_TOKENS = dict.fromkeys(("input_tokens", "output_tokens", "cache_creation_tokens", "cache_creation_1h_tokens",
+                           "cache_read_tokens", "reasoning_tokens"), 0)
+
+
+def test_a_hand_written_offset_is_read_as_the_same_instant_on_both(tmp_path, postgres_url):
+    from tests.unit.report.test_report import HAND_WRITTEN_TIMES
+    lite, pg = tmp_path / "usage.db", PostgresURL.parse(postgres_url)
+    for target in (lite, pg):
+        ledger = Ledger(target).start()
+        for n, ts in enumerate(HAND_WRITTEN_TIMES):
+            ledger.add("requests", {"request_id": f"h{n}", "ts": ts, "route": "claude", "endpoint": "messages",
+                                    "upstream": "relay-a", "model": "claude-haiku-4-5", "status": 200, "stream": 0,
+                                    "attempts": 1, **NO_TOKENS, "input_tokens": 10, "latency_ms": 900,
+                                    "ttfb_ms": 90})
+            ledger.add("attempts", {"request_id": f"h{n}", "ts": ts, "n": 1, "upstream": "relay-a", "status": 200,
+                                    "ms": 900, **NO_TOKENS})
+        ledger.close()
+    days = sorted(set(HAND_WRITTEN_TIMES.values()))
+    expected = {day: list(HAND_WRITTEN_TIMES.values()).count(day) for day in days}
+    rules = parse_rules(RULES)
+    for target in (lite, pg):
+        with open_reader(target) as reader:
+            r = build_report(reader, rules, days[0], days[-1])
+            one_day = [build_report(reader, rules, day, day) for day in days]
+        assert {day: r.daily[day].requests for day in days} == expected, target
+        assert {day: r.latency(r.by_day[day]).requests for day in days} == expected, target
+        assert [sum(a.attempts for a in each.attempts) for each in one_day] == [expected[day] for day in days]
+    spend = [ledger_spend(target, rules, datetime(2026, 6, 16, 16, tzinfo=UTC), datetime(2026, 6, 17, 16, tzinfo=UTC))
+             for target in (lite, pg)]
+    assert [len(each.rows) for each in spend] == [expected[days[-1]]] * 2
+
+
 @pytest.mark.parametrize("reader", ["owner", "a user with no rights on its tables"])
 @pytest.mark.parametrize("tables", ["another program's", "a ccswitch ledger"])
 def test_a_postgresql_database_says_what_it_holds_whoever_reads_it(postgres_url, postgres_server, tmp_path,
