@@ -20,6 +20,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,8 @@ class Ledger:
             self._pending.append((table, values))
             if not self._stall_told and (held := self._held()) > _STALL_TELL:
                 self._stall_told = True
-                log.warning("ccswitch: the usage ledger %s has not answered a write for %.0f s; keeping %d "
-                            "row(s) in memory meanwhile", self.backend.label, held, self.pending)
+                log.warning("ccswitch: the usage ledger %s has not answered a write for %.0f s; keeping %s "
+                            "in memory meanwhile", self.backend.label, held, self._waiting())
             if len(self._pending) in (1, self.batch):   # woken when work appears or a batch is full
                 self._cond.notify()
 
@@ -248,6 +249,11 @@ class Ledger:
     def pending(self) -> int:
         return len(self._pending) + len(self._hand)
 
+    def _waiting(self, written: Sequence[Row] = ()) -> str:
+        """The rows not yet written (and `written`, a batch just written), as the log tells them."""
+        with self._cond:
+            return rows_told(table for table, _ in (*written, *self._hand, *self._pending))
+
     # ------------------------------------------------------------------ writer thread
 
     def _run(self) -> None:
@@ -282,7 +288,7 @@ class Ledger:
                     self._writing_since, self._stall_told = None, False
             backoff = 0.5
             if self._failing:
-                self._recovered(len(rows))
+                self._recovered(rows)
             if self._taken_files and self.written + self.dropped >= self._taken_rows:
                 log.info("ccswitch: the %d usage row(s) an earlier stop left are written", self._taken_rows)
                 self._forget_taken()
@@ -348,21 +354,21 @@ class Ledger:
             # exits on an error logged while it starts, as a restart during an outage may
             mend = self.backend.refusal(exc)
             if mend is not None:        # no outage to wait out: the rules or the server need mending
-                log.warning("ccswitch: the usage ledger %s refuses ccswitch (%s): check %s; keeping %d "
-                            "row(s) in memory and retrying", self.backend.label, text, mend, self.pending)
+                log.warning("ccswitch: the usage ledger %s refuses ccswitch (%s): check %s; keeping %s "
+                            "in memory and retrying", self.backend.label, text, mend, self._waiting())
             else:
-                log.warning("ccswitch: cannot write the usage ledger %s (%s); keeping %d row(s) in memory "
-                            "and retrying", self.backend.label, text, self.pending)
+                log.warning("ccswitch: cannot write the usage ledger %s (%s); keeping %s in memory "
+                            "and retrying", self.backend.label, text, self._waiting())
             self._failing = text
         elif text != self._failing:
             log.debug("ccswitch: usage ledger %s still failing: %s", self.backend.label, text)
 
-    def _recovered(self, just_written: int) -> None:
+    def _recovered(self, just_written: list[Row]) -> None:
         with self._cond:
             dropped, self._drops_logged = self.dropped, False
         lost = f"; {dropped} row(s) dropped so far" if dropped else ""
-        log.warning("ccswitch: usage ledger %s is writable again; writing the %d row(s) kept meanwhile%s",
-                    self.backend.label, just_written + self.pending, lost)
+        log.warning("ccswitch: usage ledger %s is writable again; writing the %s kept meanwhile%s",
+                    self.backend.label, self._waiting(just_written), lost)
         self._failing = None
 
     def _spills_now(self) -> bool:
@@ -372,6 +378,14 @@ class Ledger:
     def _sleep(self, seconds: float) -> None:
         with self._cond:
             self._cond.wait(seconds)
+
+
+def rows_told(tables: Iterable[str]) -> str:
+    """Rows waiting to be written, by their tables, as a person counts them: `300 request(s) (600
+    rows)`. A request is a row, and so is each of its attempts and each activation probe: the rows
+    alone read as twice the requests or more."""
+    counted = collections.Counter(tables)
+    return f"{counted['requests']} request(s) ({counted.total()} rows)"
 
 
 def storable_text(text: str) -> str:

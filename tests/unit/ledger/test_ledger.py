@@ -66,6 +66,26 @@ def test_add_never_blocks_while_the_database_is_locked(tmp_path, caplog):
     assert [r.levelname for r in caplog.records if "cannot write the usage ledger" in r.getMessage()] == ["WARNING"]
 
 
+def test_the_rows_kept_through_a_lock_are_told_as_requests_and_rows(tmp_path, caplog):
+    # 300 requests of one attempt each were told as "keeping 600 row(s) in memory": requests,
+    # attempts and probes counted together, as if 600 requests waited
+    path = tmp_path / "usage.db"
+    connect(str(path)).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    ledger = Ledger(path, busy_timeout=0.05, max_backoff=0.2)
+    for i in range(300):
+        ledger.add("requests", row(i))
+        ledger.add("attempts", attempt(i))
+    ledger.start()
+    assert wait_for(lambda: "cannot write the usage ledger" in caplog.text)
+    holder.execute("ROLLBACK")
+    assert wait_for(lambda: ledger.pending == 0)
+    ledger.close()
+    assert "keeping 300 request(s) (600 rows) in memory" in caplog.text
+    assert "writing the 300 request(s) (600 rows) kept meanwhile" in caplog.text
+
+
 def _make_read_only(path) -> bool:
     return subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
 

@@ -181,7 +181,7 @@ def test_a_full_buffer_during_an_outage_drops_the_oldest_with_one_line(own_postg
     ledger.close()
     kept = [r[0] for r in query(own_postgres.url, "SELECT request_id FROM requests ORDER BY id")]
     assert kept == [f"r{i}" for i in range(250, 350)]                 # the newest hundred
-    assert "writing the 100 row(s) kept meanwhile; 250 row(s) dropped so far" in caplog.text
+    assert "writing the 100 request(s) (100 rows) kept meanwhile; 250 row(s) dropped so far" in caplog.text
 
 
 def test_a_kept_connection_the_server_closed_meanwhile_is_replaced_without_an_outage(postgres_url, caplog):
