@@ -9,6 +9,7 @@ come back as ``int``, not ``Decimal``), and the few SQL spellings that differ (`
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from decimal import Decimal
@@ -123,10 +124,41 @@ def open_reader(target: Path | PostgresURL, *, timeout: float = 5.0) -> LedgerRe
             raise LedgerReadError(target.scrub(f"cannot connect to {label}: {error_text(exc)}")) from None
         return LedgerReader(conn, schema.POSTGRESQL, label, target.scrub)
     try:
-        conn = schema.connect(str(target), readonly=True, timeout=timeout)
+        conn = _open_sqlite(target, timeout)
     except sqlite3.Error as exc:
         raise LedgerReadError(f"cannot open {label}: {exc}") from None
+    except _UnreadableLog as exc:
+        raise LedgerReadError(f"cannot read {label}: {exc}") from None
     return LedgerReader(conn, schema.SQLITE, label)
+
+
+class _UnreadableLog(Exception):
+    """A WAL database in a folder the user cannot write, with a write-ahead log only a writer reads."""
+
+
+def _open_sqlite(path: Path, timeout: float) -> sqlite3.Connection:
+    """A read-only connection, its first read done: a WAL database (the ledger is one) is read
+    through an index file, ``usage.db-shm``, that SQLite creates beside it, so a user who cannot
+    write in its folder (a ledger the service's user writes, read by another) cannot read it:
+    "unable to open database file" on the first read.  Without ``usage.db-wal`` no writer has it
+    open (the last one to close writes the log into the file and removes it), so the file holds
+    every row: it is read as it stands, without locks.  The rows of a writer that opens it
+    meanwhile are not seen; one that also writes its log into the file during the read (at its
+    close, or once the log is 4 MB) may make the read fail or be off, which reading again mends."""
+    conn = schema.connect(str(path), readonly=True, timeout=timeout)
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return conn
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        folder, log = path.absolute().parent, Path(f"{path}-wal")
+        if exc.sqlite_errorcode != sqlite3.SQLITE_CANTOPEN or os.access(folder, os.W_OK):
+            raise
+        if log.exists():
+            raise _UnreadableLog(f"this user cannot write in {folder}, where SQLite must create {path.name}-shm "
+                                 f"to read the rows {log.name} holds: read it as the user ccswitch writes it as, "
+                                 "or copy both files to a folder of yours") from None
+    return schema.connect(str(path), readonly=True, timeout=timeout, immutable=True)
 
 
 def as_reader(conn: sqlite3.Connection | LedgerReader, label: str = "") -> LedgerReader:

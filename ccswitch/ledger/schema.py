@@ -183,9 +183,13 @@ def columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
-def connect(path: str, *, readonly: bool = False, timeout: float = 5.0) -> sqlite3.Connection:
+def connect(path: str, *, readonly: bool = False, timeout: float = 5.0, immutable: bool = False) -> sqlite3.Connection:
+    """``immutable`` (read-only): the file is read as it stands, without locks or the WAL index
+    (``-shm``), which SQLite creates beside it and so cannot in a folder the user cannot write;
+    right only while no writer has it open (``reading.open_reader`` decides)."""
     if readonly:   # a URI, its path quoted: a `#`, `?` or `%` in a directory name is a name there
-        return sqlite3.connect(Path(path).absolute().as_uri() + "?mode=ro", uri=True, timeout=timeout)
+        mode = "?mode=ro&immutable=1" if immutable else "?mode=ro"
+        return sqlite3.connect(Path(path).absolute().as_uri() + mode, uri=True, timeout=timeout)
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")

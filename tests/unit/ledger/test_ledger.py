@@ -1,9 +1,13 @@
 """The SQLite ledger never blocks or breaks the proxy, and loses nothing it can keep."""
 
+import contextlib
 import logging
+import os
+import shutil
 import sqlite3
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -529,3 +533,55 @@ def test_a_file_that_cannot_be_looked_at_once_opened_is_unavailable_and_left_clo
     with pytest.raises(Unavailable, match="Permission denied"):
         backend.connect()
     assert backend._conn is None
+
+
+@contextlib.contextmanager
+def unwritable(folder: Path):
+    """`folder` as a user who cannot write there sees it: immutable as root (root writes anywhere
+    else), its write bits off otherwise."""
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("root, and no chattr to make a folder unwritable")
+        undo = ["chattr", "-i", str(folder)]
+    else:
+        folder.chmod(0o555)
+        undo = ["chmod", "755", str(folder)]
+    try:
+        assert not os.access(folder, os.W_OK)
+        yield
+    finally:
+        subprocess.run(undo, check=True)
+
+
+def test_a_wal_ledger_in_a_folder_this_user_cannot_write_is_read_as_it_stands(tmp_path):
+    # the service user's ledger, read by another user: SQLite reads a WAL database through an
+    # index file (usage.db-shm) it creates beside it, could not, and the report failed with
+    # "unable to open database file"; with no usage.db-wal no writer has it open, so its file is all of it
+    from ccswitch.ledger.reading import open_reader
+    folder = tmp_path / "ledger"
+    ledger = Ledger(folder / "usage.db").start()
+    ledger.add("requests", row(7))
+    ledger.close()
+    assert sorted(p.name for p in folder.iterdir()) == ["usage.db"]
+    with unwritable(folder), open_reader(folder / "usage.db") as reader:
+        assert list(reader.execute("SELECT request_id FROM requests")) == [("r7",)]
+        assert reader.tables() >= {"requests", "attempts"}
+
+
+def test_a_wal_ledger_being_written_in_a_folder_this_user_cannot_write_says_why_it_cannot_be_read(tmp_path):
+    # its write-ahead log holds rows its file does not yet: reading the file alone would leave them out
+    from ccswitch.ledger.reading import LedgerReadError, open_reader
+    written, folder = tmp_path / "written", tmp_path / "ledger"
+    folder.mkdir()
+    written.mkdir()
+    writer = connect(str(written / "usage.db"))
+    writer.execute("INSERT INTO requests (request_id, ts, route, endpoint) VALUES ('r1', 'x', 'claude', 'messages')")
+    for name in ("usage.db", "usage.db-wal"):      # as a writer that crashed leaves them, without its index
+        shutil.copy(written / name, folder / name)
+    writer.close()
+    with unwritable(folder), pytest.raises(LedgerReadError) as err:
+        open_reader(folder / "usage.db")
+    assert str(err.value) == (
+        f"cannot read {folder / 'usage.db'}: this user cannot write in {folder}, where SQLite must create "
+        f"usage.db-shm to read the rows usage.db-wal holds: read it as the user ccswitch writes it as, "
+        f"or copy both files to a folder of yours")
