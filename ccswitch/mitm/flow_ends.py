@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable
 
 from mitmproxy import http
+from mitmproxy.connection import ConnectionState
 from mitmproxy.flow import Error
 
 
@@ -25,6 +26,12 @@ def client_left(flow: http.HTTPFlow) -> bool:
     """The client has left: gone already, or the flow's error says so (mitmproxy runs the error
     hook before it marks the client's connection closed)."""
     return client_gone(flow) or (flow.error is not None and flow.error.msg.lower().startswith("client disconnected"))
+
+
+def answer_reaches_client(flow: http.HTTPFlow) -> bool:
+    """An answer mitmproxy writes now reaches the client: no error ended the flow, and the
+    client's connection is still open for writing (a replay's answer goes to mitmproxy itself)."""
+    return flow.error is None and (flow.is_replay is not None or bool(flow.client_conn.state & ConnectionState.CAN_WRITE))
 
 
 def gone_meanwhile(flow: http.HTTPFlow) -> bool:

@@ -19,7 +19,14 @@ from ccswitch.dial.relay import JOB_HEADER, BufferSink, Relay, run_guarded
 from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_proxy_connections
 from ccswitch.dial.ws_bridge import TICKET_HEADER
 from ccswitch.mitm.codex_socket import CodexSockets
-from ccswitch.mitm.flow_ends import ClientWatch, KilledStreams, client_left, gone_meanwhile, killed
+from ccswitch.mitm.flow_ends import (
+    ClientWatch,
+    KilledStreams,
+    answer_reaches_client,
+    client_left,
+    gone_meanwhile,
+    killed,
+)
 from ccswitch.mitm.flows import (
     HeldBody,
     StreamCopy,
@@ -88,6 +95,11 @@ class Router:
         self.failed_to_start = False    # the dialer, the relay or the socket bridge did not come up
         self.starting: asyncio.Task | None = None
         self.unrecorded: dict[str, Job] = {}    # answered from the hook, recorded once it is sent
+        # while a stop that ends mitmproxy's client connections drains: the rows of ccswitch's own
+        # answers (a refusal, its 503s), recorded once mitmproxy hands the answer on (`_finish`)
+        # by whether its client can still get it: a connection closed first gets none
+        self.refusals_on_their_way: dict[str, dict] = {}     # flow id -> row
+        self.connections_closing = False
         self.jobs: dict[str, Job] = {}   # flow id -> job, while the flow is live
         self.held_bodies: dict[str, HeldBody] = {}   # flow id -> a streamed request's body, while at the relay
         self.killed_streams = KilledStreams(self._stop_killed)
@@ -144,12 +156,12 @@ class Router:
         # On a reload of the script the new addons take the new requests meanwhile, and the
         # client connections stay open.
         ending = stopping()
+        proxyserver = ctx.master.addons.get("proxyserver")
+        closing = self.connections_closing = proxyserver is not None and ending
         # on a reload (or when mitmproxy dropped the script) these addons are out of its chain: no
         # flow's end reaches them any more, so what is in flight is the work still running
         await self.shutdown.drain(self._in_flight if ending else self._working, ctx.options.ccswitch_shutdown_grace,
                                   self._cut, process_ends=ending)
-        proxyserver = ctx.master.addons.get("proxyserver")
-        closing = proxyserver is not None and ending
         if closing:   # no new connection while the bridged sockets are told to go
             await proxyserver.servers.update([])
         if self.sockets:
@@ -169,6 +181,9 @@ class Router:
         self.jobs.clear()
         for job in list(self.unrecorded.values()):   # sent, their rows still a loop turn away
             self._record_answered(job)
+        for row in self.refusals_on_their_way.values():     # their clients' connections closed first
+            self.gateway.record_own_answer(unanswered(row, CLIENT_CLOSED))
+        self.refusals_on_their_way.clear()
         self.gateway.stop_reading_spend()
         await asyncio.to_thread(self.gateway.close)
 
@@ -381,7 +396,14 @@ class Router:
                         message: str) -> None:
         # a replay keeps its flow's id, and the ledger keeps one row per request_id
         request_id = f"{flow.id}#{secrets.token_urlsafe(6)}" if flow.is_replay else flow.id
-        self.gateway.record_own_answer(known.own_answer_row(request_id, match, status, message))
+        row = known.own_answer_row(request_id, match, status, message)
+        if self.shutdown.draining and self.connections_closing:
+            # the stop closes the client connections at the end of its drain; a request whose hook
+            # ran just before gets its answer written after, to no one (the client saw no answer
+            # and the row said 503): the answer's fate is known when mitmproxy hands it on
+            self.refusals_on_their_way[flow.id] = row
+            return
+        self.gateway.record_own_answer(row)
 
     def _failed_inside(self, flow: http.HTTPFlow, match: RouteMatch, known: Known) -> None:
         """A bug of ccswitch's on the way: the client gets a 500 in its API's shape, the ledger its row."""
@@ -463,6 +485,10 @@ class Router:
     # ------------------------------------------------------------------ helpers
 
     def _finish(self, flow: http.HTTPFlow) -> None:
+        if (refused := self.refusals_on_their_way.pop(flow.id, None)) is not None:
+            # mitmproxy writes the answer right after this hook: it reaches a connection open now
+            gone = KILLED if killed(flow) else CLIENT_CLOSED
+            self.gateway.record_own_answer(refused if answer_reaches_client(flow) else unanswered(refused, gone))
         self.killed_streams.discard(flow.id)
         self.holds.forget(flow)
         job = self.jobs.pop(flow.id, None)
@@ -494,3 +520,8 @@ class Router:
         if (line := attempts_line(job)) is not None:
             log.info("ccswitch: %s %s", job.request.route, line)
 
+
+def unanswered(row: dict, why: str) -> dict:
+    """The row of an answer of ccswitch's own that never reached its client: no status, and
+    why (`client_closed`, `killed`), as a request's whose client left before its answer."""
+    return {**row, "status": None, "error": why}

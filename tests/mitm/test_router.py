@@ -657,6 +657,37 @@ async def test_while_shutting_down_a_new_routed_request_is_a_503_with_retry_afte
     assert (table, row["model"], row["stream"], row["status"]) == ("requests", "m", 1, 503)
 
 
+async def test_a_refusal_as_the_stop_closes_the_connections_is_recorded_by_whether_its_client_got_it(
+        router, gateway, monkeypatch):
+    # under load with keep-alive clients, a request whose hook refused it just before the stop
+    # closed its client's connection got no answer ("Server disconnected without sending a
+    # response"), and its row said 503
+    from mitmproxy.connection import ConnectionState
+    rows = []
+    gateway.ledger = type("Rows", (), {"add": lambda self, table, row: rows.append(row)})()
+    gateway.close = lambda: None
+    monkeypatch.setattr("ccswitch.dial.shutdown.ENDING_WAIT", 0.05)
+    flows = {name: messages_flow({"model": name, "messages": []}) for name in ("sent", "cut", "never handed on")}
+    with taddons.context(router, proxyserver.Proxyserver()) as tctx:
+        tctx.master.should_exit.set()                   # mitmproxy itself stopping
+        tctx.configure(router, ccswitch_shutdown_grace=0)
+        stop = asyncio.ensure_future(router.done())
+        while not router.shutdown.draining:
+            await asyncio.sleep(0)
+        for flow in flows.values():
+            await router.request(flow)
+            assert flow.response.status_code == 503
+        assert rows == []       # not before mitmproxy hands the answer on
+        router.relay = None     # none to stop here
+        flows["cut"].client_conn.state = ConnectionState.CLOSED     # the stop closed it first
+        router.response(flows["sent"])
+        router.response(flows["cut"])
+        await stop
+    assert {row["model"]: (row["status"], row["error"]) for row in rows} == {
+        "sent": (503, "ccswitch is shutting down"), "cut": (None, "client_closed"),
+        "never handed on": (None, "client_closed")}
+
+
 async def test_a_non_streamed_request_cut_by_shutdown_is_a_503_in_client_format_and_recorded(router, gateway):
     import asyncio
 
