@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.flow import Error
@@ -18,11 +17,11 @@ from ccswitch.dial.job import CLIENT_CLOSED, KILLED, Job
 from ccswitch.dial.relay import JOB_HEADER, BufferSink, Relay, run_guarded
 from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_proxy_connections
 from ccswitch.dial.ws_bridge import TICKET_HEADER
+from ccswitch.mitm.answer_rows import AnswerRows
 from ccswitch.mitm.codex_socket import CodexSockets
 from ccswitch.mitm.flow_ends import (
     ClientWatch,
     KilledStreams,
-    answer_reaches_client,
     client_left,
     gone_meanwhile,
     killed,
@@ -94,18 +93,13 @@ class Router:
         self.relay: Relay | None = None
         self.failed_to_start = False    # the dialer, the relay or the socket bridge did not come up
         self.starting: asyncio.Task | None = None
-        self.unrecorded: dict[str, Job] = {}    # answered from the hook, recorded once it is sent
-        # while a stop that ends mitmproxy's client connections drains: the rows of ccswitch's own
-        # answers (a refusal, its 503s), recorded once mitmproxy hands the answer on (`_finish`)
-        # by whether its client can still get it: a connection closed first gets none
-        self.refusals_on_their_way: dict[str, dict] = {}     # flow id -> row
-        self.connections_closing = False
         self.jobs: dict[str, Job] = {}   # flow id -> job, while the flow is live
         self.held_bodies: dict[str, HeldBody] = {}   # flow id -> a streamed request's body, while at the relay
         self.killed_streams = KilledStreams(self._stop_killed)
         self.unrouted = Unrouted(gateway)    # what goes on as it came: its comment, the offline answer
         self.inline: set[asyncio.Task] = set()   # hooks running the dialer for non-streamed requests
         self.shutdown = Shutdown()
+        self.rows = AnswerRows(gateway, self.shutdown)   # the rows of answers given from the request hook
         self.holds = Holds()     # flows stopped by mitmproxy's intercept before they are routed
         self.sockets: CodexSockets | None = None   # Codex's WebSocket bridge, once running
         self.flows_shown = True    # anyone shows or saves flows: bodies are kept on them (streams: a copy)
@@ -157,7 +151,7 @@ class Router:
         # client connections stay open.
         ending = stopping()
         proxyserver = ctx.master.addons.get("proxyserver")
-        closing = self.connections_closing = proxyserver is not None and ending
+        closing = self.rows.connections_closing = proxyserver is not None and ending
         # on a reload (or when mitmproxy dropped the script) these addons are out of its chain: no
         # flow's end reaches them any more, so what is in flight is the work still running
         await self.shutdown.drain(self._in_flight if ending else self._working, ctx.options.ccswitch_shutdown_grace,
@@ -179,17 +173,9 @@ class Router:
             if not job.relayed:
                 self.gateway.record_job(job)
         self.jobs.clear()
-        for job in list(self.unrecorded.values()):   # sent, their rows still a loop turn away
-            self._record_answered(job)
-        for row in self.refusals_on_their_way.values():     # their clients' connections closed first
-            self.gateway.record_own_answer(unanswered(row, CLIENT_CLOSED))
-        self.refusals_on_their_way.clear()
+        self.rows.stop()
         self.gateway.stop_reading_spend()
         await asyncio.to_thread(self.gateway.close)
-
-    def _record_answered(self, job: Job) -> None:
-        if self.unrecorded.pop(job.token, None) is not None:    # else `_stop` recorded it already
-            self.gateway.record_job(job)
 
     def _jobs_in_flight(self) -> list[Job]:
         """The requests under way (for the live page): routed flows' jobs and bridged turns."""
@@ -273,11 +259,11 @@ class Router:
         if unreplayable:
             answer_error(flow, CLIENT_PROTOCOL[match.route], 400, unreplayable)
             body, client = replayed_request(flow)    # the row names the client and model it replays
-            self._record_refusal(flow, match, Known(utc_now(), body=body, client=client), 400, unreplayable)
+            self.rows.refused(flow, match, Known(utc_now(), body=body, client=client), 400, unreplayable)
             return
         if self.relay is None or self.failed_to_start:   # mitmproxy logged why; not passed on unrouted
             answer_error(flow, CLIENT_PROTOCOL[match.route], 503, NOT_STARTED)
-            self._record_refusal(flow, match, Known(utc_now()), 503, NOT_STARTED)
+            self.rows.refused(flow, match, Known(utc_now()), 503, NOT_STARTED)
             return
         known = Known(utc_now())
         try:
@@ -295,7 +281,7 @@ class Router:
         def refuse(status: int, message: str, extra: dict | None = None) -> None:
             message = rules.scrub(message)    # it may quote the model, and the client may send anything as one
             answer_error(flow, client_protocol, status, message, extra)
-            self._record_refusal(flow, match, known, status, message)
+            self.rows.refused(flow, match, known, status, message)
             self.quoted.off_refused(flow, ctx.options.ccswitch_max_body)     # sent nowhere, but on view
 
         # the bytes as received, but the upstreams' keys it may quote (an x-debug header, a ?dbg=)
@@ -392,19 +378,6 @@ class Router:
             job.killed = True
             self.relay.cancel(job)
 
-    def _record_refusal(self, flow: http.HTTPFlow, match: RouteMatch, known: Known, status: int,
-                        message: str) -> None:
-        # a replay keeps its flow's id, and the ledger keeps one row per request_id
-        request_id = f"{flow.id}#{secrets.token_urlsafe(6)}" if flow.is_replay else flow.id
-        row = known.own_answer_row(request_id, match, status, message)
-        if self.shutdown.draining and self.connections_closing:
-            # the stop closes the client connections at the end of its drain; a request whose hook
-            # ran just before gets its answer written after, to no one (the client saw no answer
-            # and the row said 503): the answer's fate is known when mitmproxy hands it on
-            self.refusals_on_their_way[flow.id] = row
-            return
-        self.gateway.record_own_answer(row)
-
     def _failed_inside(self, flow: http.HTTPFlow, match: RouteMatch, known: Known) -> None:
         """A bug of ccswitch's on the way: the client gets a 500 in its API's shape, the ledger its row."""
         if flow.response is not None:   # answered already; its row is written or on its way
@@ -416,7 +389,7 @@ class Router:
         message = "ccswitch failed on this request (an internal error: its log has the details)"
         answer_error(flow, CLIENT_PROTOCOL[match.route], 500, message)
         mark_for_a_look(flow)
-        self._record_refusal(flow, match, known, 500, message)
+        self.rows.refused(flow, match, known, 500, message)
 
     async def _run_inline(self, flow: http.HTTPFlow, job: Job) -> None:
         """The dialer runs in the hook's own task (no task of its own, no wait set: the answer
@@ -485,10 +458,7 @@ class Router:
     # ------------------------------------------------------------------ helpers
 
     def _finish(self, flow: http.HTTPFlow) -> None:
-        if (refused := self.refusals_on_their_way.pop(flow.id, None)) is not None:
-            # mitmproxy writes the answer right after this hook: it reaches a connection open now
-            gone = KILLED if killed(flow) else CLIENT_CLOSED
-            self.gateway.record_own_answer(refused if answer_reaches_client(flow) else unanswered(refused, gone))
+        self.rows.handed_on(flow)
         self.killed_streams.discard(flow.id)
         self.holds.forget(flow)
         job = self.jobs.pop(flow.id, None)
@@ -500,12 +470,7 @@ class Router:
             keep_copy(flow)     # of an API stream passed through
             return
         if not job.relayed:
-            # answered from the request hook: mitmproxy sends that answer once this hook's task
-            # gets the connection's event lock back, which is itself a callback queued after this
-            # hook: the ledger row and the live counters wait one more turn, so they come after it
-            self.unrecorded[job.token] = job
-            loop = asyncio.get_running_loop()
-            loop.call_soon(loop.call_soon, self._record_answered, job)
+            self.rows.answered(job)      # answered from the request hook: its row once that is sent
         elif self.relay and self.relay.forget(job):
             # mitmproxy never delivered it to the relay (e.g. the client left at once)
             job.error = (KILLED if killed(flow) else CLIENT_CLOSED if client_left(flow)
@@ -520,8 +485,3 @@ class Router:
         if (line := attempts_line(job)) is not None:
             log.info("ccswitch: %s %s", job.request.route, line)
 
-
-def unanswered(row: dict, why: str) -> dict:
-    """The row of an answer of ccswitch's own that never reached its client: no status, and
-    why (`client_closed`, `killed`), as a request's whose client left before its answer."""
-    return {**row, "status": None, "error": why}
