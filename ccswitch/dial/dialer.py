@@ -18,9 +18,11 @@ from urllib.parse import urlsplit
 from ccswitch.config.models import Upstream
 from ccswitch.dial.job import CLIENT_CLOSED, KILLED, Attempt, Job, marks
 from ccswitch.dial.outcome import (
+    NOT_ITS_RESPONSE,
     Failure,
     NetworkFailure,
     Streamed,
+    continues_anothers,
     limit_passed_on,
     network_failure,
     redirect_failure,
@@ -394,6 +396,11 @@ class Dialer:
                            counts=False)
         if 300 <= status < 400 and failover.set_for(status) is None:
             return redirect_failure(upstream.name, upstream.base_url, outgoing.url, status, headers, body)
+        if 400 <= status < 500 and continues_anothers(job.request, parsed):
+            # a stored answer ccswitch did not know the issuer of (issued before a restart, or a
+            # moment ago through an instance whose word has not come yet): the next may be it
+            return Failure(upstream.name, status, f"HTTP {status}: {NOT_ITS_RESPONSE}", Action.SWITCH, headers,
+                           body, counts=False)
         action = failover.action_for(status)
         if action == Action.PASS:
             return Reply(upstream.name, status, headers, body)

@@ -223,3 +223,14 @@ def _base_url_advice(base_url: str, sent_to: str, location: str) -> str:
     if appended and target.endswith(appended) and "://" in target:
         return f"; set its base_url to {target[:-len(appended)]}"
     return "; set its base_url to where it points (without the path ccswitch appends)"
+
+
+#: the Responses API's word for a `previous_response_id` another upstream or account issued
+NOT_ITS_RESPONSE = "previous_response_not_found"
+
+
+def continues_anothers(request, parsed) -> bool:
+    """A Responses request continuing a stored answer that this upstream says it did not issue."""
+    err = protocols.error_object(parsed)
+    return (isinstance(err, dict) and err.get("code") == NOT_ITS_RESPONSE
+            and isinstance(request.json, dict) and "previous_response_id" in request.json)

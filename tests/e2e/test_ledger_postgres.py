@@ -3,6 +3,7 @@
 instances' requests; an instance (re)started afterwards starts its budgets from that shared
 ledger, so a client that spent its budget through one instance is refused by the other."""
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -191,6 +192,14 @@ def _server_processes(cluster) -> list[int]:
     return [main, *children]
 
 
+def _signal_each(pids: list[int], signum: int) -> None:
+    """A child that ended meanwhile is gone once the postmaster, continued first, has reaped it."""
+    import os
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
 def _parent(proc: Path) -> int | None:
     try:
         return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -202,7 +211,6 @@ def test_a_stop_while_postgresql_hangs_keeps_the_rows_before_a_supervisor_s_kill
     """A frozen server (it takes the connection and never answers) held a stop's ledger flush for
     its whole 10 s, with no request in flight: `docker stop` kills at 10 s, and the rows were lost.
     The stop now keeps them in a file within seconds; the next start writes them, once each."""
-    import os
     import signal
     with MockUpstream("A") as a:
         rules = one_upstream_rules(tmp_path, own_postgres.url, a)
@@ -211,8 +219,7 @@ def test_a_stop_while_postgresql_hangs_keeps_the_rows_before_a_supervisor_s_kill
             assert ask(proxy, "sk-any") == "a"
             wait_requests(own_postgres.url, 1)
             frozen = _server_processes(own_postgres)
-            for pid in frozen:
-                os.kill(pid, signal.SIGSTOP)
+            _signal_each(frozen, signal.SIGSTOP)
             try:
                 for _ in range(2):
                     assert ask(proxy, "sk-any") == "a"          # answered while the ledger hangs
@@ -221,8 +228,7 @@ def test_a_stop_while_postgresql_hangs_keeps_the_rows_before_a_supervisor_s_kill
                 proxy.stop()
                 took = time.monotonic() - started
             finally:
-                for pid in frozen:
-                    os.kill(pid, signal.SIGCONT)
+                _signal_each(frozen, signal.SIGCONT)
             log = proxy.log()
         finally:
             proxy.stop()

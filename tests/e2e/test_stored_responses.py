@@ -93,3 +93,30 @@ def test_a_follow_up_through_another_instance_goes_to_the_issuer(tmp_path, redis
             assert not any(first_id in key or KEY_A in value or KEY_B in value
                            for key in store.scan_iter("ccswitch:r:*") for value in [store.get(key)])
     store.close()
+
+
+NOT_FOUND = {"error": {"message": "Previous response with id 'resp_elsewhere' not found.",
+                       "type": "invalid_request_error", "param": "previous_response_id",
+                       "code": "previous_response_not_found"}}
+
+
+def test_a_follow_up_whose_issuer_ccswitch_does_not_know_goes_on_until_one_has_it(world):
+    """Issued before a restart, or a moment ago through another instance whose word has not come
+    yet: the upstream tried first answered `previous_response_not_found`, and the client got it."""
+    proxy, a, b = world
+    sdk = client(proxy)
+    for _ in range(30):
+        a.clear(), b.clear()
+        a.script(status(400, body=NOT_FOUND))
+        follow_up = sdk.responses.create(model="gpt-x", input="and then?", previous_response_id="resp_elsewhere")
+        assert follow_up.output_text and len(b.requests) == 1
+        if a.requests:          # resp-a was tried first, and said it has no such response
+            break
+    else:
+        pytest.fail("resp-a was never tried first")
+    a.clear(), b.clear()
+    a.script(status(400, body=NOT_FOUND))
+    b.script(status(400, body=NOT_FOUND))
+    with pytest.raises(openai.BadRequestError) as raised:       # issued by neither: the last word
+        sdk.responses.create(model="gpt-x", input="and then?", previous_response_id="resp_elsewhere")
+    assert raised.value.code == "previous_response_not_found" and len(a.requests) == len(b.requests) == 1
