@@ -73,6 +73,7 @@ def test_a_follow_up_through_another_instance_goes_to_the_issuer(tmp_path, redis
     # the one that served the first request (before: it chose by its strategy, half went astray)
     store = redis.Redis.from_url(redis_url, decode_responses=True)
     with MockUpstream("A") as a, MockUpstream("B") as b:
+        a.stores_responses = b.stores_responses = True    # the other answers previous_response_not_found
         rules = f"state: {redis_url}\n" + RULES.format(a=a.base_url, b=b.base_url, key_a=KEY_A, key_b=KEY_B)
         with instances(rules, tmp_path) as (one, two):
             first_sdk, second_sdk = client(one), client(two)

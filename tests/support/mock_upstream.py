@@ -249,6 +249,10 @@ class MockUpstream:
         self.by_model: dict[str, Behaviour] = {}   # behaviour per request model, after the script
         self.record = True                          # False: keep no request log (benchmarks, soak)
         self.refuse_websocket: int | None = None    # answer WebSocket upgrades with this status
+        # as the Responses API over HTTPS: a `previous_response_id` this mock did not issue is a 400
+        # `previous_response_not_found` (off: any id is taken)
+        self.stores_responses = False
+        self.issued: set[str] = set()
         self.websockets = 0                         # WebSocket connections accepted so far
         self.upgrades_refused = 0                   # and refused (`refuse_websocket`)
         self.requests: list[Recorded] = []
@@ -490,7 +494,15 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, HTML_PAGE, "text/html; charset=utf-8")
         if beh.kind == "error_json_200":
             return self._send(200, P.error_body(proto, 500 if proto in ("responses", "chat") else 529))
+        stored = mock.stores_responses and proto == "responses" and isinstance(js, dict)
+        if stored and js.get("previous_response_id") not in (None, *mock.issued):
+            return self._send(400, {"error": {
+                "message": f"Previous response with id '{js['previous_response_id']}' not found.",
+                "type": "invalid_request_error", "param": "previous_response_id",
+                "code": "previous_response_not_found"}})
         reply = mock._reply(js, beh)
+        if stored:
+            mock.issued.add("resp_" + reply.msg_id[4:])
         if isinstance(js, dict):
             stream = bool(js.get("stream"))
         else:
