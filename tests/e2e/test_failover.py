@@ -11,7 +11,7 @@ from mitmproxy import io
 from ccswitch.dial.dialer import Dialer
 from ccswitch.dial.relay import JOB_HEADER, Relay
 from ccswitch.routing.health import HealthBoard
-from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B, make_job, rules_for
+from tests.support.helpers import CLIENT_KEY, KEY_A, KEY_B, make_job, one_upstream_rules, rules_for
 from tests.support.loopback_guard import loopback_url
 from tests.support.mock_upstream import MockUpstream, slow_stream, status
 from tests.support.proxy_process import Proxy
@@ -179,14 +179,7 @@ def test_non_streamed_client_that_leaves_cancels_the_upstream_and_counts_nothing
     from tests.support.mock_upstream import hang_before_headers
     with MockUpstream("A") as a:
         a.default = hang_before_headers(5)
-        rules = tmp_path / "rules.yaml"
-        rules.write_text(f"""
-failover: {{threshold: 1}}
-upstreams:
-  - {{name: a, protocol: anthropic, base_url: '{a.base_url}', api_key: '{KEY_A}'}}
-routes: {{claude: [a]}}
-""")
-        with Proxy(rules, tmp_path) as proxy:
+        with Proxy(one_upstream_rules(tmp_path, a.base_url, "failover: {threshold: 1}"), tmp_path) as proxy:
             with pytest.raises(httpx.TimeoutException):
                 httpx.post(proxy.reverse_url + "/v1/messages", json={**BODY, "stream": False},
                            headers={"x-api-key": CLIENT_KEY}, timeout=0.5)

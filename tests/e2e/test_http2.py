@@ -14,7 +14,7 @@ import h2.events
 import pytest
 
 from tests.e2e.test_failover import ledger, wait_rows
-from tests.support.helpers import CLIENT_KEY, KEY_A
+from tests.support.helpers import CLIENT_KEY, one_upstream_rules
 from tests.support.mock_upstream import MockUpstream, hang_before_headers, ok
 from tests.support.proxy_process import Proxy
 
@@ -106,14 +106,7 @@ class H2Client:
 @pytest.fixture
 def upstream_and_proxy(tmp_path):
     with MockUpstream("A") as a:
-        rules = tmp_path / "rules.yaml"
-        rules.write_text(f"""
-failover: {{threshold: 1}}
-upstreams:
-  - {{name: a, protocol: anthropic, base_url: '{a.base_url}', api_key: '{KEY_A}'}}
-routes: {{claude: [a]}}
-""")
-        with Proxy(rules, tmp_path) as proxy:
+        with Proxy(one_upstream_rules(tmp_path, a.base_url, "failover: {threshold: 1}"), tmp_path) as proxy:
             yield a, proxy
 
 
@@ -162,12 +155,7 @@ def test_an_http2_upload_over_the_limit_gets_its_413_not_a_stall(tmp_path):
     """Answered from its head, its body discarded as it comes (the flow control lets it go on),
     in the API's format; the connection goes on."""
     with MockUpstream("A") as a:
-        rules = tmp_path / "rules.yaml"
-        rules.write_text(f"""
-upstreams:
-  - {{name: a, protocol: anthropic, base_url: '{a.base_url}', api_key: '{KEY_A}'}}
-routes: {{claude: [a]}}
-""")
+        rules = one_upstream_rules(tmp_path, a.base_url)
         with Proxy(rules, tmp_path, extra_args=("--set", "ccswitch_max_body=1500000")) as proxy:
             client = H2Client(proxy)
             try:

@@ -50,6 +50,18 @@ def rules_for(*upstreams: tuple[str, str, str], routes: dict | None = None, extr
     return parse_rules("\n".join(lines) + "\n" + textwrap.dedent(extra))
 
 
+def one_upstream_rules(folder, base_url: str, head: str = ""):
+    """`rules.yaml` in `folder`: one `anthropic` upstream `a` (KEY_A) at `base_url`, the claude
+    route's only one; `head`: settings above it (`failover: {threshold: 1}`)."""
+    path = folder / "rules.yaml"
+    path.write_text(f"""{head}
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{base_url}', api_key: '{KEY_A}'}}
+routes: {{claude: [a]}}
+""")
+    return path
+
+
 def make_job(rules: Rules, path: str = "/v1/messages", body: dict | None = None,
              headers: list[tuple[str, str]] | None = None, host: str = "api.anthropic.com") -> Job:
     match = classify("POST", path)
