@@ -45,7 +45,7 @@ from ccswitch.vocab import Action, Endpoint, Protocol
 from ccswitch.wire import protocols
 from ccswitch.wire.exchange import UNPARSED, RenderError, Reply, json_or_none
 from ccswitch.wire.reasoning import SealMemory, refuses_foreign_reasoning, seals_in
-from ccswitch.wire.redact import scrub_headers, scrub_json
+from ccswitch.wire.redact import scrub_headers, scrub_json, scrub_text, without_quoted_keys
 from ccswitch.wire.sse import is_event_stream
 from ccswitch.wire.usage import answer_of_body
 
@@ -197,6 +197,10 @@ class Dialer:
             # no local for the body as converted: this frame lasts as long as the stream
             outgoing = render(upstream, job.request, self._body_for(job, upstream, translation),
                               client_key=job.rules.key_of_client(job.client))
+            if upstream.protocol != job.request.client_protocol:
+                # converted: text the client's body held escaped twice (a tool call's arguments,
+                # JSON inside a string) is written once now, a key it quotes readable as such
+                outgoing.body = without_quoted_keys(outgoing.body, job.rules.upstream_key_texts()) or outgoing.body
             # what it is sent of the input, whose sealed reasoning is its own if it serves (read
             # now: a stream's commit lets the request's body go, and nothing here holds it)
             read = _read_by(job, upstream) if upstream.protocol == Protocol.RESPONSES else None
@@ -305,7 +309,8 @@ class Dialer:
             failure = network_failure(upstream.name, exc, rules.failover.on_network_error,
                                       "first_byte" if job.request.stream else "total",
                                       outgoing.via.proxy.shown if outgoing.via.proxy else None)
-            failure.reason = rules.scrub(failure.reason)    # a proxy's status line may say anything
+            # a proxy's status line may say anything, a key in any spelling among it
+            failure.reason = scrub_text(failure.reason, rules.secret_texts())
             return failure
         attempt.status = response.status_code
         if self.health.is_current(upstream.name, fingerprint):    # not a replaced key's windows

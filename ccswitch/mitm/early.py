@@ -24,6 +24,7 @@ from ccswitch.mitm.key_shield import KeyShield
 from ccswitch.mitm.known import Known
 from ccswitch.mitm.lifecycle import hook_task
 from ccswitch.mitm.live_page import live_path, query_key, text_answer
+from ccswitch.mitm.quoted import QuotedKeys
 from ccswitch.mitm.safety import beyond_loopback
 from ccswitch.mitm.scope import EARLY_MARK, route_of
 from ccswitch.routing.admission import body_problem, head_problem, origin_problem
@@ -61,6 +62,7 @@ class EarlyRefusal:
     def __init__(self, gateway: Gateway, shield: KeyShield) -> None:
         self.gateway, self.shield = gateway, shield
         self.answers = EarlyAnswers()
+        self.quoted = QuotedKeys(gateway, "request")    # upstream keys its URL or headers quote
         self._shown: dict[str, tuple[str, str]] = {}    # flow id -> (the URL the client asked, its ticket)
 
     def running(self) -> None:
@@ -139,6 +141,7 @@ class EarlyRefusal:
         ticket = self.answers.register(http_answer(status, response.reason, list(response.headers.fields),
                                                    response.raw_content or b""))
         self.shield.hidden.pop(flow.id, None)      # its keys stay <redacted>: nothing of it goes upstream
+        self.quoted.off_head(flow, wire.from_wire(flow.request.headers.fields))   # nor stands on its flow
         self._shown[flow.id] = (flow.request.url, ticket)
         request = flow.request
         request.headers.pop("expect", None)        # no `100 Continue`: the answer comes before any upload

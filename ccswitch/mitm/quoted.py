@@ -14,10 +14,11 @@ from ccswitch.routing.admission import decoded_body
 from ccswitch.wire.redact import (
     CREDENTIAL_HEADERS,
     is_credential_param,
-    plain_ascii,
+    might_be_spelt,
     quoted_keys,
-    scrub,
     scrub_text,
+    spelt_out,
+    without_quoted_keys,
 )
 
 log = logging.getLogger("ccswitch")
@@ -36,14 +37,8 @@ class QuotedKeys:
         """`content` (JSON) without the keys it quotes, or None when it quotes none (one cheap look
         per key).  A key with a letter escaped is one to a JSON reader (the upstream): it is looked
         for, and scrubbed, with the escapes of ASCII characters written plain."""
-        keys = self.gateway.rules.upstream_key_texts()
-        if not keys:
-            return None
-        content = plain_ascii(content)
-        found = quoted_keys(content, keys)
-        if not found or (scrubbed := scrub(content, found)) == content:
-            return None
-        self._tell()
+        if (scrubbed := without_quoted_keys(content, self.gateway.rules.upstream_key_texts())) is not None:
+            self._tell()
         return scrubbed
 
     def off_head(self, flow: http.HTTPFlow, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -55,9 +50,11 @@ class QuotedKeys:
             return headers
         head = "\n".join([flow.request.path, *(value for _, value in headers)])
         found = quoted_keys(head.encode("utf-8", "surrogatepass"), keys)
+        if not found and might_be_spelt(head):     # letters percent-encoded or escaped: read as decoded
+            found = quoted_keys(spelt_out(head).encode("utf-8", "surrogatepass"), keys)
         if not found:
             return headers
-        kept = [(name, value if name.lower() in CREDENTIAL_HEADERS else scrub_text(value, found, "surrogatepass"))
+        kept = [(name, value if name.lower() in CREDENTIAL_HEADERS else _header_without(value, found))
                 for name, value in headers]
         path = _path_without(flow.request.path, found)
         if kept == headers and path == flow.request.path:
@@ -77,9 +74,12 @@ class QuotedKeys:
             return
         encoding = flow.request.headers.get("content-encoding", "")
         content = decoded_body(encoding, raw, max_body) if encoding else raw
-        if (scrubbed := self.without(content if content is not None else raw)) is not None:
-            if content is not None:
-                flow.request.headers.pop("content-encoding", None)
+        if content is None:
+            # one that inflates past the limit is not looked through, nor left for mitmweb to inflate
+            flow.request.headers.pop("content-encoding", None)
+            flow.request.raw_content = b""
+        elif (scrubbed := self.without(content)) is not None:
+            flow.request.headers.pop("content-encoding", None)
             flow.request.content = scrubbed
 
     def _tell(self) -> None:
@@ -89,11 +89,27 @@ class QuotedKeys:
                         "[redacted], to no upstream as it is (said once)", self.what)
 
 
+def _still_in(text: str, keys: list[str]) -> bool:
+    """A key `scrub` left because no encoder writes it so (its letters percent-encoded)."""
+    return might_be_spelt(text) and any(key in spelt_out(text) for key in keys)
+
+
+def _header_without(value: str, keys: list[str]) -> str:
+    value = scrub_text(value, keys, "surrogatepass")
+    return "[redacted]" if _still_in(value, keys) else value
+
+
 def _path_without(path: str, keys: list[str]) -> str:
     """A request's path and query without `keys`, a credential parameter's value left as it is."""
     base, mark, query = path.partition("?")
-    pairs = [pair if is_credential_param(pair) else _scrubbed(pair, keys) for pair in query.split("&")] if mark else []
-    return _scrubbed(base, keys) + mark + "&".join(pairs)
+    pairs = [pair if is_credential_param(pair) else _pair_without(pair, keys) for pair in query.split("&")] if mark else []
+    base = _scrubbed(base, keys)
+    return ("/" + _IN_URL if _still_in(base, keys) else base) + mark + "&".join(pairs)
+
+
+def _pair_without(pair: str, keys: list[str]) -> str:
+    pair = _scrubbed(pair, keys)
+    return f"{pair.partition('=')[0]}={_IN_URL}" if _still_in(pair, keys) else pair
 
 
 def _scrubbed(text: str, keys: list[str]) -> str:

@@ -4,13 +4,14 @@ upstream key text an upstream echoes back (scrubbed before anything reaches a cl
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import string
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote_plus
+from urllib.parse import parse_qsl, quote, unquote, unquote_plus
 
 #: headers that carry a client's identity; never forwarded unless `auth: client`
 CREDENTIAL_HEADERS = frozenset({
@@ -229,6 +230,33 @@ def _as_written(match: re.Match[bytes]) -> bytes:
     if code is None or (value := int(code, 16)) in _KEPT_ESCAPED:
         return match.group(0)
     return bytes((value,))
+
+
+def without_quoted_keys(content: bytes, keys: tuple[str, ...]) -> bytes | None:
+    """JSON `content` without the `keys` it quotes however JSON spells them (its escapes of ASCII
+    characters written plain, `plain_ascii`), or None when it quotes none."""
+    if not keys or not content:
+        return None
+    content = plain_ascii(content)
+    found = quoted_keys(content, keys)
+    if not found or (scrubbed := scrub(content, found)) == content:
+        return None
+    return scrubbed
+
+
+_ESCAPED_UNIT = re.compile(r"\\u([0-9A-Fa-f]{4})")
+
+
+def might_be_spelt(text: str) -> bool:
+    """Whether `text` may hold a character written otherwise (`%73`, `\\u0073`, `&#115;`)."""
+    return "%" in text or "\\u" in text or "&#" in text
+
+
+def spelt_out(text: str) -> str:
+    """`text` (a URL, a header's value) as a reader may decode it: percent-encoding, JSON's
+    `\\uXXXX` and HTML's character references undone, to look for a key in (not to send)."""
+    text = _ESCAPED_UNIT.sub(lambda m: chr(int(m.group(1), 16)), unquote(text))
+    return html.unescape(text)
 
 
 def plain_ascii(text: bytes) -> bytes:

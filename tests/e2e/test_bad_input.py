@@ -229,12 +229,42 @@ def test_a_prompt_quoting_the_upstreams_keys_sends_them_to_no_upstream(world, st
 
 def test_an_upstreams_key_in_a_header_or_the_query_goes_to_no_upstream(world):
     proxy, a, _ = world
-    r = post(proxy, path=f"/v1/messages?dbg={CHAT_KEY}&beta=true",
-             headers={"x-debug": f"Bearer {UPSTREAM_KEY}", "x-note": "plain"})
+    pct = "".join(f"%{ord(c):02X}" for c in UPSTREAM_KEY)       # every character percent-encoded
+    r = post(proxy, path=f"/v1/messages?dbg={CHAT_KEY}&pct={pct}&beta=true",
+             headers={"x-debug": f"Bearer {UPSTREAM_KEY}", "x-pct": pct, "x-note": "plain"})
     assert r.status_code == 200, r.text
     seen = a.last()
-    assert seen.path == "/v1/messages" and seen.query == {"dbg": "[redacted]", "beta": "true"}
+    assert seen.path == "/v1/messages" and seen.query == {"dbg": "[redacted]", "pct": "[redacted]", "beta": "true"}
     assert seen.headers["x-debug"] == "Bearer [redacted]" and seen.headers["x-note"] == "plain"
+    assert seen.headers["x-pct"] == "[redacted]"
+
+
+def test_a_key_in_a_tool_calls_arguments_goes_to_no_upstream_once_converted(world):
+    """The arguments are JSON inside a JSON string: a key escaped there (`\\/` as PHP writes a
+    slash, a letter as `\\u0073`) was read plain only by the conversion, and sent so."""
+    proxy, a, _ = world
+    escaped = _one_letter_escaped(UPSTREAM_KEY)
+    arguments = json.dumps({"path": "x"}).replace('"x"', f'"{escaped}"')
+    assert json.loads(arguments)["path"] == UPSTREAM_KEY
+    body = {"model": "claude-x", "max_tokens": 5, "messages": [
+        {"role": "user", "content": "read it"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "read", "arguments": arguments}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "done"}],
+        "tools": [{"type": "function", "function": {"name": "read", "parameters": {"type": "object"}}}]}
+    r = post(proxy, path="/v1/chat/completions", content=json.dumps(body))
+    assert r.status_code == 200, r.text
+    [tool_use] = [b for m in a.last().json["messages"] if isinstance(m["content"], list)
+                  for b in m["content"] if b.get("type") == "tool_use"]
+    assert tool_use["input"] == {"path": "[redacted]"}
+
+
+def test_a_head_refused_for_its_size_quoting_a_key_keeps_it_off_its_flow(world):
+    proxy, a, _ = world
+    answer = raw_request(proxy.reverse_port, (
+        f"POST /v1/messages?dbg={UPSTREAM_KEY} HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: {CLIENT_KEY}\r\n"
+        f"x-debug: {CHAT_KEY}\r\ncontent-type: application/json\r\ncontent-length: 40000000\r\n\r\n").encode())
+    assert answer.startswith(b"HTTP/1.1 413") and a.requests == []    # test_zz_secrets_appear_nowhere: its flow
 
 
 @pytest.mark.parametrize(("key", "content_type", "status"), [

@@ -68,13 +68,17 @@ async def test_a_wrong_proxy_password_fails_over_with_a_reason_without_it(mock_a
     assert dialer.health.get("a").failures == 1 and mock_a.requests == []
 
 
-async def test_a_proxys_status_line_quoting_the_rules_keys_is_told_without_them(mock_b):
+@pytest.mark.parametrize("spelling", ["plain", "percent-encoded"])
+async def test_a_proxys_status_line_quoting_the_rules_keys_is_told_without_them(mock_b, spelling):
     """Its words go to the log, the flow's comment, the client's error and shared health."""
+    from urllib.parse import quote
     key_a, key_b = "sk-test-proxied-a-0123456789", "sk-test-other-b-9876543210"
+    said_a, said_b = ((key_a, key_b) if spelling == "plain" else      # no plain key beside it to point at it
+                      (quote(key, safe="").replace("-", "%2D") for key in (key_a, key_b)))
 
     async def quoting(reader, writer):
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(f"HTTP/1.1 502 Bad ka={key_a} kb={key_b}\r\n\r\n".encode())
+        writer.write(f"HTTP/1.1 502 Bad ka={said_a} kb={said_b}\r\n\r\n".encode())
         await writer.drain()
         writer.close()
     server = await asyncio.start_server(quoting, "127.0.0.1", 0)
