@@ -4,7 +4,8 @@
 on both engines, rows as tuples of plain Python values (PostgreSQL's sums of 64-bit columns
 come back as ``int``, not ``Decimal``), and the few SQL spellings that differ (``least``,
 ``count_if``).  Every driver error, on opening or while reading, is raised as
-``LedgerReadError`` with the database named without its password.
+``LedgerReadError`` with the database named without its password.  ``as_text`` reads a
+column as text whatever SQLite holds in it.
 """
 
 from __future__ import annotations
@@ -89,6 +90,14 @@ class LedgerReader:
 
     def _failed(self, doing: str, exc: BaseException) -> LedgerReadError:
         return LedgerReadError(self._scrub(f"cannot {doing} {self.label}: {error_text(exc)}"))
+
+
+def as_text(column: str) -> str:
+    """SQL for ``column`` read as text.  SQLite keeps any value in any column: a BLOB (or a
+    number) another tool or a hand edit left where a name belongs comes back as text, its bytes
+    read as UTF-8 (`schema.lenient_text`), not as bytes no price look-up or report can use.
+    PostgreSQL's text columns hold only text: there the cast changes nothing."""
+    return f"CAST({column} AS TEXT)"
 
 
 def _postgres() -> Any:

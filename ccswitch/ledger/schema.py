@@ -10,7 +10,7 @@ Opening a database for writing runs the missing migrations in order, each in its
 transaction that first looks at the version again (two processes opening an old database at
 once migrate it once).  Columns named in the ledger reference (docs/ledger.md) are never
 renamed or dropped.  A read-only connection does not migrate: readers ask ``columns(conn,
-table)`` for what an older database has.
+table)`` for what an older database has; it reads text that is no UTF-8 with the bytes replaced.
 """
 
 from __future__ import annotations
@@ -183,13 +183,21 @@ def columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
+def lenient_text(raw: bytes) -> str:
+    """A text value as read, its bytes that are no UTF-8 (another tool's, or a hand edit's
+    `CAST(X'..' AS TEXT)`) replaced by U+FFFD: one such row must not fail a whole read."""
+    return raw.decode("utf-8", "replace")
+
+
 def connect(path: str, *, readonly: bool = False, timeout: float = 5.0, immutable: bool = False) -> sqlite3.Connection:
     """``immutable`` (read-only): the file is read as it stands, without locks or the WAL index
     (``-shm``), which SQLite creates beside it and so cannot in a folder the user cannot write;
     right only while no writer has it open (``reading.open_reader`` decides)."""
     if readonly:   # a URI, its path quoted: a `#`, `?` or `%` in a directory name is a name there
         mode = "?mode=ro&immutable=1" if immutable else "?mode=ro"
-        return sqlite3.connect(Path(path).absolute().as_uri() + mode, uri=True, timeout=timeout)
+        conn = sqlite3.connect(Path(path).absolute().as_uri() + mode, uri=True, timeout=timeout)
+        conn.text_factory = lenient_text
+        return conn
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")

@@ -15,7 +15,7 @@ from ccswitch.activation.probe import ProbeResult, Schedule, Slot, send_probe
 from ccswitch.clock import ms_since, utc_now
 from ccswitch.config.models import Rules, Upstream
 from ccswitch.dial.shutdown import CUT_BY_SHUTDOWN
-from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
+from ccswitch.ledger.reading import LedgerReadError, as_text, exists, open_reader
 from ccswitch.mitm.commands import ccswitch_command, known_upstream
 from ccswitch.mitm.gateway import UPSTREAM_TLS_OPTIONS, Gateway, upstream_tls
 from ccswitch.mitm.lifecycle import hook_task
@@ -216,7 +216,8 @@ def seed_from_ledger(schedule: Schedule, rules: Rules, now: datetime) -> list[tu
         with open_reader(target, timeout=1) as reader:
             if "slot" not in reader.columns("activations"):   # none yet, or rows of no slot: nothing to go by
                 return []
-            rows = list(reader.execute("SELECT upstream, slot, ok, error, ts FROM activations "
+            rows = list(reader.execute(f"SELECT {as_text('upstream')}, slot, ok, {as_text('error')}, "
+                                       f"{as_text('ts')} FROM activations "
                                        "WHERE slot IS NOT NULL AND ts >= ? ORDER BY ts, id", (since,)))
     except LedgerReadError as exc:
         log.warning("ccswitch: could not read past activations: %s", exc)

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from datetime import date, tzinfo
 
 from ccswitch.dial.job import CLIENT_CLOSED, KILLED
-from ccswitch.ledger.reading import LedgerReader
+from ccswitch.ledger.reading import LedgerReader, as_text
 from ccswitch.report import timeline
 from ccswitch.report.ledger_rows import minute_sql, read_rows, row_moment
 
 # through the requests of the period (their time is indexed, the attempts' is not: a year's ledger
 # is not read whole), grouped by minute: a day's local bounds need no finer time
 _ATTEMPTS_SQL = f"""
-SELECT {minute_sql("a.ts")}, a.upstream, a.error, count(*)
+SELECT {minute_sql("a.ts")}, {as_text("a.upstream")}, {as_text("a.error")}, count(*)
 FROM requests r JOIN attempts a ON a.request_id = r.request_id
 WHERE r.ts >= ? AND r.ts < ? AND r.endpoint != 'count_tokens'
 GROUP BY 1, 2, 3

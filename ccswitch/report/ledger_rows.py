@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta, tzinfo
 
 from ccswitch.config.models import Rules
-from ccswitch.ledger.reading import LedgerReader
+from ccswitch.ledger.reading import LedgerReader, as_text
 from ccswitch.report import prices, timeline
 from ccswitch.report.latency import Timing, Timings
 from ccswitch.report.ledger_values import MAX_COUNT, ms_or_none
@@ -59,7 +59,7 @@ def read_rows(reader: LedgerReader, sql: str, since: date, until: date, before: 
 
 
 _REQUESTS_SQL = """
-SELECT {minute} AS minute, route, upstream, model, NULLIF(upstream_model, ''), {session}, {client},
+SELECT {minute} AS minute, {route}, {upstream}, {model}, NULLIF({upstream_model}, ''), {session}, {client},
        endpoint = 'count_tokens',
        CASE WHEN upstream IS NULL AND error IN ('client_closed', 'killed') THEN error END, count(*),
        sum({input}), sum({output}), sum({cache_write}),
@@ -88,9 +88,9 @@ def shapeless_times(reader: LedgerReader, since: date, until: date, before: int)
     return [str(ts) for (ts,) in read_rows(reader, _SHAPELESS_TIME_SQL, since, until, before)]
 
 
-# successful answers only (see latency.py)
-_TIMINGS_SQL = """
-SELECT ts, upstream, latency_ms, ttfb_ms FROM requests
+# successful answers only (see latency.py); a time in the range of text is text (every BLOB sorts after it)
+_TIMINGS_SQL = f"""
+SELECT ts, {as_text("upstream")}, latency_ms, ttfb_ms FROM requests
 WHERE ts >= ? AND ts < ? AND endpoint != 'count_tokens' AND upstream IS NOT NULL AND error IS NULL
   AND coalesce(status, 0) BETWEEN 100 AND 399 AND latency_ms IS NOT NULL
 """
@@ -100,8 +100,10 @@ def _requests_sql(reader: LedgerReader) -> str:
     """The query for the columns this database has (a database older than session affinity,
     read-only so not migrated, reads as requests without a session) in the reader's dialect."""
     has = reader.columns("requests")
-    return _REQUESTS_SQL.format(minute=minute_sql("ts"), session="session" if "session" in has else "NULL",
-                                client="client" if "client" in has else "NULL",
+    return _REQUESTS_SQL.format(minute=minute_sql("ts"), route=as_text("route"), upstream=as_text("upstream"),
+                                model=as_text("model"), upstream_model=as_text("upstream_model"),
+                                session=as_text("session") if "session" in has else "NULL",
+                                client=as_text("client") if "client" in has else "NULL",
                                 input=_count("input_tokens"), output=_count("output_tokens"),
                                 cache_write=_count("cache_creation_tokens"), cache_read=_count("cache_read_tokens"),
                                 reasoning=_count("reasoning_tokens"),
@@ -111,8 +113,8 @@ def _requests_sql(reader: LedgerReader) -> str:
                                 errors=reader.count_if("error IS NOT NULL OR coalesce(status, 0) >= 400"),
                                 moved=reader.count_if("affinity = 'moved'") if "affinity" in has else "0")
 
-ACTIVATIONS_SQL = """
-SELECT ts, upstream, ok, status, error FROM activations
+ACTIVATIONS_SQL = f"""
+SELECT ts, {as_text("upstream")}, ok, status, {as_text("error")} FROM activations
 WHERE ts >= ? AND ts < ? ORDER BY ts
 """
 

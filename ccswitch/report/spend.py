@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ccswitch.config.database_url import PostgresURL
 from ccswitch.config.models import Rules
-from ccswitch.ledger.reading import LedgerReadError, exists, open_reader
+from ccswitch.ledger.reading import LedgerReadError, as_text, exists, open_reader
 from ccswitch.report.ledger_rows import Pricer, row_moment
 from ccswitch.report.ledger_values import count_or_zero
 from ccswitch.report.totals import Totals
@@ -85,6 +85,15 @@ def by_day(rows: list[Amount], tz: tzinfo) -> list[Amount]:
 
 _COLUMNS = ("ts", "upstream", "client", "model", "upstream_model", "input_tokens", "output_tokens",
             "cache_creation_tokens", "cache_creation_1h_tokens", "cache_read_tokens")
+_TEXT_COLUMNS = {"ts", "upstream", "client", "model", "upstream_model"}
+
+
+def _picked(column: str, have: set[str]) -> str:
+    """SQL for one of `_COLUMNS`: NULL where an older database lacks it; a name or time as text
+    whatever another tool stored (`as_text`), or one row would cost every budget its month."""
+    if column not in have:
+        return "NULL"
+    return as_text(column) if column in _TEXT_COLUMNS else column
 
 
 def _spend_query(have: set[str], since: datetime, until: datetime | None) -> tuple[str, tuple[str, ...]]:
@@ -92,7 +101,7 @@ def _spend_query(have: set[str], since: datetime, until: datetime | None) -> tup
     times (UTC, `+00:00`) are compared as text; a time written by hand in another form (`+09:00`,
     `Z`) may name an instant up to 14 hours from what its text says, so such rows are read a day
     further each side, for the caller to keep those whose instant is in the period."""
-    picked = ", ".join(c if c in have else "NULL" for c in _COLUMNS)
+    picked = ", ".join(_picked(c, have) for c in _COLUMNS)
     first, wide_first = _text_time(since), _text_time(since - _HAND_WRITTEN_MARGIN)
     query = f"SELECT {picked} FROM requests WHERE upstream IS NOT NULL AND ts >= ? AND (ts >= ? OR {_NOT_UTC})"
     bounds: tuple[str, ...] = (wide_first, first)

@@ -188,6 +188,38 @@ async def test_the_ledger_s_requests_are_counted_as_one_sum_per_local_day(gatewa
     assert gateway.spend.spent(CLIENT, "alice", "daily") == counted[1][2] > 0
 
 
+@pytest.mark.parametrize("model", ["CAST(X'67707480ff' AS TEXT)", "X'636c617564652d736f6e6e65742d342d35'"],
+                         ids=["no-utf8", "blob"])
+async def test_a_model_that_is_no_text_costs_no_budget_the_month_s_spend(gateway, caplog, model):
+    # one such row failed the whole read: every budget counted from $0 (retried every 30 s, failing
+    # the same way); a BLOB raised a TypeError that ended the read's task with an error
+    import sqlite3
+
+    from ccswitch.ledger.writer import Ledger
+    from tests.unit.ledger.test_ledger import row
+    now = at_noon(gateway)
+    today = max(now - timedelta(minutes=5), now.replace(hour=0, minute=0, second=0, microsecond=0))
+    written = Ledger(gateway.rules.usage_db).start()
+    for i, output_tokens in enumerate((1_000_000, 10)):      # $15 at claude-sonnet-4-5's price, and more
+        written.add("requests", {**row(i), "ts": today.isoformat(timespec="milliseconds"), "client": "alice",
+                                 "model": "claude-sonnet-4-5", "output_tokens": output_tokens})
+    written.close()
+    conn = sqlite3.connect(gateway.rules.usage_db)
+    conn.execute(f"UPDATE requests SET model = {model} WHERE output_tokens = 10")
+    conn.commit()
+    conn.close()
+    gateway.open_ledger(True)
+    try:
+        with caplog.at_level(logging.INFO, logger="ccswitch"):
+            await gateway.start_spend(now)      # alice's budget waits for the read
+    finally:
+        gateway.stop_reading_spend()
+        gateway.close()
+    assert gateway.spend.spent(CLIENT, "alice", "daily") >= 15
+    assert "cannot read the spend so far" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def ledger_answering(gateway, monkeypatch, started, wait) -> None:
     """The ledger's spend read answers, after `wait()`, $2.50 that alice spent today a few minutes
     before `started` (but not before midnight: then yesterday's)."""

@@ -1,9 +1,12 @@
 """A ledger row whose numeric column holds text (a hand-edited or foreign database) is read, not a
-traceback: token counts as 0, a latency or first-byte time as missing (as NULL is)."""
+traceback: token counts as 0, a latency or first-byte time as missing (as NULL is).  A text column
+holding bytes that are no UTF-8, or a BLOB, is read as text, the bytes that are no UTF-8 replaced."""
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+
+import pytest
 
 from ccswitch.cli import report as report_cli
 from ccswitch.config.load import parse_rules
@@ -84,3 +87,68 @@ def test_budget_spend_reads_a_hand_written_offset_as_the_instant_it_names(tmp_pa
     assert sorted(ts.isoformat() for ts, *_ in spend.rows) == [
         "2026-03-01T01:00:00+00:00", "2026-03-01T02:00:00+00:00", "2026-03-01T02:00:00+00:00",
         "2026-03-31T23:30:00+00:00"]
+
+
+# what SQLite keeps in a text column besides text: bytes that are no UTF-8 (a hand edit's
+# `CAST(X'..' AS TEXT)`: "gpt" and two stray bytes), and a BLOB another tool wrote (b"gpt-4.1")
+NOT_TEXT = {"no-utf8": "CAST(X'67707480ff' AS TEXT)", "blob": "X'6770742d342e31'"}
+
+
+def with_second_row_set(db, table: str, column: str, sql_value: str):
+    conn = connect(str(db))
+    conn.execute(f"UPDATE {table} SET {column} = {sql_value} WHERE request_id LIKE 'r1-%'")
+    conn.commit()
+    conn.close()
+    return db
+
+
+@pytest.mark.parametrize("column", ["model", "upstream_model", "upstream", "client"])
+@pytest.mark.parametrize("stored", NOT_TEXT)
+def test_budget_spend_reads_a_name_that_is_no_text_as_text(tmp_path, column, stored):
+    # one such row of the month made every budget count from $0
+    db = with_second_row_set(odd_db(tmp_path, input_tokens=1000, client="alice"), "requests", column, NOT_TEXT[stored])
+    spend = ledger_spend(db, parse_rules(RULES, env={"RELAY_A_KEY_FOR_TEST": "k"}), datetime(2026, 3, 1, tzinfo=UTC))
+    assert spend.error is None
+    assert spend.requests >= 1 and spend.rows[0][3] > 0
+    assert not [name for _, upstream, client, _ in spend.rows for name in (upstream, client) if isinstance(name, bytes)]
+
+
+@pytest.mark.parametrize("column", ["model", "upstream_model", "upstream", "route", "session", "client"])
+@pytest.mark.parametrize("stored", NOT_TEXT)
+def test_the_report_reads_a_name_that_is_no_text_as_text(tmp_path, capsys, column, stored):
+    db = with_second_row_set(odd_db(tmp_path), "requests", column, NOT_TEXT[stored])
+    assert report_json(tmp_path, capsys, db)["totals"]["requests"] == 2
+    by = "model" if column == "upstream_model" else column
+    assert report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(db), "--since", "2026-03-01",
+                            "--until", "2026-03-01", "--by", by]) == 0
+    assert ("gpt\ufffd\ufffd" if stored == "no-utf8" else "gpt-4.1") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("stored", NOT_TEXT)
+def test_an_attempt_s_error_that_is_no_text_is_a_failure_kind(tmp_path, capsys, stored):
+    db = odd_db(tmp_path, attempts=2)
+    with_second_row_set(db, "attempts", "error", NOT_TEXT[stored])
+    failures = report_json(tmp_path, capsys, db)["attempts_by_upstream"]["relay-b"]["failures"]
+    assert list(failures) == ["gpt\ufffd\ufffd" if stored == "no-utf8" else "gpt-4.1"]
+
+
+@pytest.mark.parametrize("stored", NOT_TEXT)
+def test_a_hand_written_offset_row_whose_model_is_no_text(tmp_path, capsys, stored):
+    # both at once: `11:00+09:00` is 02:00 UTC on the 1st, its model a BLOB or bytes that are no UTF-8
+    db = odd_db(tmp_path)
+    conn = connect(str(db))
+    insert_request(conn, 10, ts="2026-03-01T11:00:00.000+09:00", upstream="relay-b", model="gpt-4.1", input_tokens=7)
+    conn.execute(f"UPDATE requests SET model = {NOT_TEXT[stored]} WHERE request_id LIKE 'r10-%'")
+    conn.commit()
+    conn.close()
+    spend = ledger_spend(db, parse_rules(RULES, env={"RELAY_A_KEY_FOR_TEST": "k"}), datetime(2026, 3, 1, tzinfo=UTC),
+                         datetime(2026, 4, 1, tzinfo=UTC))
+    assert spend.error is None and spend.unreadable == 0
+    if stored == "blob":        # b"gpt-4.1" is priced as gpt-4.1, on the instant its time names
+        assert sorted(ts.isoformat() for ts, *_ in spend.rows) == ["2026-03-01T02:00:00+00:00"] * 3
+    else:                       # "gpt\ufffd\ufffd" is a model with no price, said so
+        assert spend.unpriced == {"gpt\ufffd\ufffd"} and len(spend.rows) == 2
+    assert report_json(tmp_path, capsys, db)["totals"]["requests"] == 3
+    assert report_cli.main(["--rules", str(write_rules(tmp_path)), "--db", str(db), "--since", "2026-03-01",
+                            "--until", "2026-03-01", "--by", "model"]) == 0
+    assert ("gpt\ufffd\ufffd" if stored == "no-utf8" else "gpt-4.1") in capsys.readouterr().out
