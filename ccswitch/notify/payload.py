@@ -2,12 +2,15 @@
 
 * `json`    — ``{"event", "upstream", "route", "reason", "until", "ts", "id"}`` (ISO times, `until` may be
   null; `id` the same on every retry of one notification)
-* `slack`   — ``{"text": <summary>}`` (an incoming-webhook message)
-* `discord` — ``{"content": <summary>}`` (a webhook message; Discord takes at most 2000 characters)
+* `slack`   — ``{"text": <summary>}`` (an incoming-webhook message), its `&`, `<` and `>` escaped
+* `discord` — ``{"content": <summary>, "allowed_mentions": {"parse": []}}`` (a webhook message;
+  Discord takes at most 2000 characters)
 * `text`    — the summary as text/plain
 
 Every text field is scrubbed of the rules' key text first: the reasons are ccswitch's own
-sentences, but some quote what an upstream answered."""
+sentences, but some quote what an upstream answered.  So a chat message shows the summary as
+text, never as the chat's markup: a quoted `<!channel>` or `@everyone` pings nobody, a quoted
+`<https://…|re-enter your key>` is no link."""
 
 from __future__ import annotations
 
@@ -23,6 +26,10 @@ from ccswitch.wire.redact import scrub_text
 TEST_EVENT = "test"          # the kind `ccswitch notify-test` sends; every hook gets it
 _MAX_REASON = 1000
 _DISCORD_LIMIT = 2000
+# Slack's control characters: it reads `<…>` as a mention or a link, and decodes these three
+# (and only these) for display, so the text reads as it was
+_SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+_NO_MENTIONS = {"parse": []}    # Discord pings nobody, whatever `@everyone` or `<@id>` the text holds
 
 
 def clean(event: Event, secrets: list[str]) -> Event:
@@ -71,15 +78,20 @@ def summary(event: Event) -> str:
     return f"{head}: {event.reason}{until}"
 
 
+def slack_text(text: str) -> str:
+    """`text` as a Slack message shows it, letter for letter."""
+    return text.translate(_SLACK_ESCAPES)
+
+
 def render(event: Event, fmt: str, secrets: list[str]) -> tuple[str, bytes]:
     """(content type, body) of the POST for a hook of format `fmt`."""
     event = clean(event, secrets)
     if fmt == "text":
         return "text/plain; charset=utf-8", summary(event).encode()
     if fmt == "slack":
-        document: dict = {"text": summary(event)}
+        document: dict = {"text": slack_text(summary(event))}
     elif fmt == "discord":
-        document = {"content": shortened(summary(event), _DISCORD_LIMIT)}
+        document = {"content": shortened(summary(event), _DISCORD_LIMIT), "allowed_mentions": _NO_MENTIONS}
     else:
         document = as_json(event)
     return "application/json", json_bytes(document, compact=False)

@@ -131,7 +131,7 @@ def test_the_notify_test_command_reports_each_hook(tmp_path):
         assert done.stdout.splitlines() == [f"hook 1 (discord) 127.0.0.1:{good.port}: ok (HTTP 200)",
                                             f"hook 2 (json) 127.0.0.1:{bad.port}: failed (HTTP 500)"]
         assert good.bodies() == [{"content": "ccswitch test: a test notification: this hook receives "
-                                             "ccswitch's events"}]
+                                             "ccswitch's events", "allowed_mentions": {"parse": []}}]
         assert bad.bodies()[0]["event"] == "test"
         assert "T0KEN" not in done.stdout + done.stderr
         rules.write_text(f"notify:\n  - {{url: '{good.url()}'}}\n")

@@ -4,6 +4,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 from ccswitch.notify.payload import as_json, render, summary
 from ccswitch.routing.events import Event
+from ccswitch.wire.protocols import stream_error_message
+from ccswitch.wire.sse import Event as SSE
 
 KEY = "sk-ant-api03-SECRETSECRETSECRET"
 CLIENT_KEY = "team-client-key-123456"
@@ -45,7 +47,7 @@ def test_slack_discord_and_text_carry_one_summary_line():
            "failure(s) (last: HTTP 503) (until 2026-12-02 18:10:05 UTC)"
     assert summary(cooldown()) == line
     assert json.loads(render(cooldown(), "slack", [])[1]) == {"text": line}
-    assert json.loads(render(cooldown(), "discord", [])[1]) == {"content": line}
+    assert json.loads(render(cooldown(), "discord", [])[1]) == {"content": line, "allowed_mentions": {"parse": []}}
     assert render(cooldown(), "text", []) == ("text/plain; charset=utf-8", line.encode())
 
 
@@ -53,6 +55,28 @@ def test_summary_names_a_route_alone_and_a_bare_event():
     assert summary(Event(kind="exhausted", upstream=None, route="chat", reason="r", ts=TS)) == \
         "ccswitch exhausted: route chat: r"
     assert summary(Event(kind="test", upstream=None, reason="hello", ts=TS)) == "ccswitch test: hello"
+
+
+def cooldown_quoting(said: str) -> Event:
+    """A cooldown whose reason quotes an upstream's in-stream error message."""
+    data = json.dumps({"type": "error", "error": {"type": "overloaded_error", "message": said}})
+    message = stream_error_message(SSE(event="error", data=data, raw=b""))
+    return Event("cooldown", "relay-a", f"cooling down for 60s after 3 consecutive failure(s) (last: stream error: "
+                                        f"{message})", ts=TS)
+
+
+def test_slack_shows_an_upstream_s_markup_as_text():
+    # Slack read the quote as its own markup: a ping of the whole channel and a link dressed as ours
+    text = json.loads(render(cooldown_quoting("<!channel> <https://evil.example/login|re-enter your key> & co"),
+                             "slack", [])[1])["text"]
+    assert "<" not in text and ">" not in text
+    assert text.endswith("&lt;!channel&gt; &lt;https://evil.example/login|re-enter your key&gt; &amp; co)")
+
+
+def test_discord_pings_nobody_an_upstream_names():
+    body = json.loads(render(cooldown_quoting("@everyone <@123456789> re-enter your key"), "discord", [])[1])
+    assert body["allowed_mentions"] == {"parse": []}
+    assert body["content"].endswith("@everyone <@123456789> re-enter your key)")     # shown as it was
 
 
 def test_discord_content_stays_within_its_limit():
