@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,9 @@ from ccswitch.routing.events import Event
 
 log = logging.getLogger("ccswitch.notify")
 
-_MAX_ANSWER = 64 * 1024    # a hook's answer is read (so the connection can be kept), not used
+# a hook's status is its answer; its body is only read to its end so that the connection can be kept,
+# for a second at most: a body slower than that costs the connection, never the notification a retry
+_BODY_WAIT = 1.0
 
 
 def hook_host(hook: NotifyHook) -> str:
@@ -103,18 +106,13 @@ class WebhookPoster:
         try:
             async with asyncio.timeout(hook.timeout):
                 response = await self.client.send("POST", url, headers, body, connect_timeout=hook.timeout)
-                try:
-                    await response.aread(_MAX_ANSWER)
-                except (http1.TransportError, OSError):
-                    pass   # the status is the answer; a body cut short only costs the connection
-                finally:
-                    await response.aclose()
         except TimeoutError:
             return Delivery(host, None, f"no answer within {hook.timeout:g}s")
         except (http1.TransportError, OSError) as exc:     # as the attempts table says it: `connection refused`
             return Delivery(host, None, _safe(transport_text(exc), url))
         except ValueError as exc:
             return Delivery(host, None, _safe(f"{type(exc).__name__}: {exc}", url))
+        await _let_go(response, min(hook.timeout, _BODY_WAIT))
         return Delivery(host, response.status_code, headers=tuple(response.headers))
 
     async def deliver(self, hook: NotifyHook, event: Event, secrets: list[str]) -> Delivery:
@@ -133,6 +131,16 @@ class WebhookPoster:
                                 f" ({about})" if about else "", result.host, result.outcome)
                 return result
             await self.sleep(wait)
+
+
+async def _let_go(response: http1.Response, wait: float) -> None:
+    """Done with an answer whose status is all that counts: its body's end is awaited up to `wait`
+    (the connection goes back to the pool), past that, or cut short, the connection is closed."""
+    try:
+        with contextlib.suppress(OSError):      # a reset: the answer was had all the same
+            await response.finish(wait)
+    finally:
+        await response.aclose()
 
 
 def sample_event() -> Event:

@@ -1,5 +1,6 @@
 """One POST and its retries, against a real loopback receiver through ccswitch's own client."""
 
+import asyncio
 import time
 
 import pytest
@@ -96,6 +97,38 @@ async def test_a_hanging_hook_times_out_within_its_timeout(client):
         result = await WebhookPoster(client).post_once(hook(receiver, timeout=0.3), "text/plain", b"x")
         took = time.monotonic() - began
     assert result.status is None and result.error == "no answer within 0.3s"
+    assert took < 2.0
+
+
+async def answering_200_then(body_end: bytes | None):
+    """A hook that answers 200 with 20 bytes of body announced and two sent, then, after a
+    moment, `body_end` (None: closes the connection, the body cut short); the POSTs it got."""
+    posts: list[bytes] = []
+
+    async def answer(reader, writer):
+        posts.append(await reader.read(65536))
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\nok")
+        await writer.drain()
+        await asyncio.sleep(5 if body_end is not None else 0.05)
+        if body_end is not None:
+            writer.write(body_end)
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook/{TOKEN}", posts
+
+
+@pytest.mark.parametrize("body_end", [b"-" * 18, None], ids=["slow", "cut short"])
+async def test_a_200_is_delivered_once_however_its_body_comes(client, body_end):
+    # a body slower than the timeout made the 200 "no answer within 0.3s", and the hook got it 4 times
+    server, url, posts = await answering_200_then(body_end)
+    try:
+        began = time.monotonic()
+        result = await WebhookPoster(client, sleep=Sleeps()).deliver(NotifyHook(url=url, timeout=0.3), EVENT, [])
+        took = time.monotonic() - began
+    finally:
+        server.close()
+    assert (result.status, result.attempts, len(posts)) == (200, 1, 1)
     assert took < 2.0
 
 
