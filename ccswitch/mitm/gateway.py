@@ -89,7 +89,10 @@ class Gateway:
         self._state_for: tuple | None = None   # the rules' `state` the running one was opened for
         self._state_lock = asyncio.Lock()
         self._state_opened = asyncio.Event()   # the start's `open_state` has run (the spend read may wait for it)
-        self._closing_ledgers: list[threading.Thread] = []   # ledgers a reload moved away from, closing
+        # ledgers a reload moved away from (or the ledger switched off), closing, and the rows those
+        # closed lost: `ledger_rows_dropped` counts on from them
+        self._closing_ledgers: list[tuple[threading.Thread, Ledger]] = []
+        self._dropped_by_closed_ledgers = 0
         self.price = RowPrices()   # each finished request priced once: for budgets and the live page
         self.ledger: Ledger | None = None
         self.live = LiveBoard()   # counters and the last requests since start, for the live page
@@ -254,9 +257,29 @@ class Gateway:
             closing = threading.Thread(target=old.close, kwargs={"successor": self.ledger},
                                        name="ccswitch-ledger-close", daemon=True)
             closing.start()
-            self._closing_ledgers = [t for t in self._closing_ledgers if t.is_alive()] + [closing]
+            self._retire_closed()
+            self._closing_ledgers.append((closing, old))
         if path is not None:
             log.info("ccswitch: usage ledger at %s", path)
+
+    def _retire_closed(self, *, waited: bool = False) -> None:
+        """Forget the ledgers that have closed (all of them once a stop has waited for them),
+        keeping the count of the rows they lost."""
+        still = []
+        for closing, ledger in self._closing_ledgers:
+            if closing.is_alive() and not waited:
+                still.append((closing, ledger))
+            else:
+                self._dropped_by_closed_ledgers += ledger.dropped
+        self._closing_ledgers = still
+
+    @property
+    def ledger_rows_dropped(self) -> int:
+        """Usage rows lost since the start, by every ledger it has had: a Prometheus counter, which
+        must not go back to 0 when the ledger is switched off and on or moved by a reload."""
+        closing = sum(ledger.dropped for _, ledger in self._closing_ledgers)
+        current = self.ledger.dropped if self.ledger is not None else 0
+        return self._dropped_by_closed_ledgers + closing + current
 
     def record_job(self, job: Job) -> None:
         """Every finished routed request passes here: into the ledger and the live counters."""
@@ -296,9 +319,9 @@ class Gateway:
     def close(self) -> None:
         # a ledger a reload moved away from first: what it could not write goes to this one (a stop
         # right after the reload would end the process under it, its rows neither moved nor kept)
-        for closing in self._closing_ledgers:
+        for closing, _ in self._closing_ledgers:
             closing.join(_LEDGER_CLOSE_WAIT)
-        self._closing_ledgers = []
+        self._retire_closed(waited=True)
         if self.ledger is not None:
             self.ledger.close()
             self.ledger = None

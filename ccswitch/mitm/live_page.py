@@ -135,7 +135,8 @@ class LivePage:
     def _instance(self) -> InstanceView:
         ledger, state = self.gateway.ledger, self.gateway.state
         shown = {} if ledger is None else {
-            "ledger_waiting": ledger.pending, "ledger_dropped": ledger.dropped, "ledger_trouble": ledger.trouble}
+            "ledger_waiting": ledger.pending, "ledger_dropped": self.gateway.ledger_rows_dropped,
+            "ledger_trouble": ledger.trouble}
         return InstanceView(host=socket.gethostname(), pid=os.getpid(),
                             ledger=ledger.backend.label if ledger is not None else None, **shown,
                             state=state.where, state_shared=state.shared, state_up=state.up)

@@ -2,6 +2,7 @@
 routed, forwarded or recorded."""
 
 import json
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -161,6 +162,30 @@ async def test_status_json_and_metrics_say_how_this_instance_s_ledger_and_shared
     metrics = (await through(chain, flow_on(path="/_ccswitch/metrics", headers=key))).response.text
     assert "\nccswitch_ledger_ok 0\n" in metrics and "\nccswitch_ledger_rows_waiting 12\n" in metrics
     assert "\nccswitch_ledger_rows_dropped_total 3\n" in metrics and "\nccswitch_shared_state_up 0\n" in metrics
+
+
+def rows_dropped_total(page: LivePage) -> int:
+    return int(re.search(r"^ccswitch_ledger_rows_dropped_total (\d+)$", page._metrics(), re.M).group(1))
+
+
+async def test_the_rows_dropped_counter_goes_on_when_the_ledger_is_reopened(tmp_path):
+    # a new ledger counted from 0: the counter went down with no restart (`rate()` read a reset)
+    from tests.mitm.conftest import open_gateway
+    gateway = open_gateway(tmp_path, RULES + "usage_db: usage.db\n")
+    page = LivePage(gateway)
+    gateway.open_ledger(True)
+    try:
+        gateway.ledger.dropped = 3                  # rows lost in an outage
+        gateway.open_ledger(False)                  # `--set ccswitch_ledger=false` in mitmweb's options...
+        gateway.open_ledger(True)                   # ... and on again
+        assert rows_dropped_total(page) == 3
+        gateway.ledger.dropped = 2
+        gateway.rules_file.rules = gateway.rules.model_copy(update={"usage_db": tmp_path / "other.db"})
+        gateway.open_ledger(True)                   # a reload naming another usage_db
+        assert rows_dropped_total(page) == 5 == page._status()["instance"]["ledger"]["dropped"]
+    finally:
+        gateway.close()
+    assert gateway.ledger_rows_dropped == 5         # the closed ledgers' rows stay counted
 
 
 async def test_the_pages_own_requests_are_never_counted(chain, gateway):
