@@ -55,29 +55,39 @@ _SET_HERE = ("decode_responses", "encoding_errors", "retry")
 def _check_options(scheme: str, query: str) -> None:
     """What redis-py would refuse at every connection (sharing that never starts, or fails for
     ever) is a mistake in the rules: an option's name it does not take, a value it cannot read.
-    Each option is tried alone on a connection made but not opened, its value never repeated."""
+    Read as redis-py reads a URL, the names checked against what its connections take (no
+    connection is made: one made and dropped as the start is refused crashed the interpreter
+    at its exit now and then), the value never repeated."""
     options = parse_qsl(query)      # as redis-py reads them: an option without a value is none
     if not options:
         return
     try:
-        from redis.asyncio.connection import ConnectionPool
+        from redis.asyncio import connection
     except ImportError:         # the package is an extra: the rules' check names it missing
         return
+    taken = _taken_options(connection, scheme == "rediss")
     for name, value in options:
         if name == "db":        # the channel is named after the path's number: instances would not hear each other
             raise ValueError("the database number goes in the path of a Redis URL (redis://host:port/db), "
                              "not its query")
         if name in _SET_HERE:
             raise ValueError(f"ccswitch sets `{name}` itself: leave it out of the Redis URL's query")
-        try:
-            ConnectionPool.from_url(f"{scheme}://localhost/?{urlencode({name: value})}").make_connection()
-        except TypeError as exc:
-            if "unexpected keyword argument" not in str(exc):
-                raise ValueError(f"redis-py cannot read the value of the option `{name}`") from None
+        if name not in taken:
             if not name.isidentifier():     # no option's name: the text may be anything, even a secret
                 raise ValueError("the query holds an option redis-py does not take (check its "
-                                 "percent-encoding)") from None
+                                 "percent-encoding)")
             hint = "TLS options want rediss://" if name.startswith("ssl") else "check its spelling"
-            raise ValueError(f"`{name}` is not an option redis-py takes in a Redis URL ({hint})") from None
-        except Exception:
+            raise ValueError(f"`{name}` is not an option redis-py takes in a Redis URL ({hint})")
+        try:
+            connection.parse_url(f"{scheme}://localhost/?{urlencode({name: value})}")
+        except ValueError:
             raise ValueError(f"redis-py cannot read the value of the option `{name}`") from None
+
+
+def _taken_options(connection, tls: bool) -> frozenset[str]:
+    """The keyword arguments a pool and its connections take (those of a URL among them)."""
+    import inspect
+    classes = [connection.ConnectionPool, connection.AbstractConnection,
+               connection.SSLConnection if tls else connection.Connection]
+    return frozenset(name for cls in classes for name, parameter in inspect.signature(cls.__init__).parameters.items()
+                     if parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL) and name != "self")

@@ -181,21 +181,21 @@ class Gateway:
         of it).  A ledger that cannot be read now (PostgreSQL down) is read in the background once
         it can be; meanwhile budgets count from 0."""
         error = await self._try_spend(until)
-        if error is None:
-            return
         shared = self.rules.state is not None
-        # a warning, not an error: mitmdump exits on an error logged while it starts
-        log.warning("ccswitch: cannot read the spend so far: %s (budgets count %s until it can be "
-                    "read; trying again every %d s)", error,
-                    "what the shared state holds" if shared else "from 0", SPEND_RETRY)
-        self._spend_reader = hook_task(self._read_spend_later(until), "spend read")
+        if error is not None:
+            # a warning, not an error: mitmdump exits on an error logged while it starts
+            log.warning("ccswitch: cannot read the spend so far: %s (budgets count %s until it can be "
+                        "read; trying again every %d s)", error,
+                        "what the shared state holds" if shared else "from 0", SPEND_RETRY)
+            self._spend_reader = hook_task(self._read_spend_later(until), "spend read")
         if shared:
-            # the other instances' spend is in the shared state: the requests that wait for this
-            # read (those a budget applies to) wait for it to be loaded too, not for nothing
+            # the other instances' spend is in the shared state, this ledger holds this one's only:
+            # the requests that wait for this read (those a budget applies to) wait for the shared
+            # spend to be loaded too (a request let in before was judged by this instance's alone)
             with contextlib.suppress(TimeoutError):     # opened at the start beside this read
                 await asyncio.wait_for(self._state_opened.wait(), STATE_OPEN_WAIT)
             await self.state.first_look()
-            if self.state.shared and not self.state.up:
+            if error is not None and self.state.shared and not self.state.up:
                 log.warning("ccswitch: %s cannot be read either: budgets count from 0 until one of them can",
                             self.state.where)
 

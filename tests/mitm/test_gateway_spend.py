@@ -312,12 +312,14 @@ async def test_a_stop_after_two_quick_reloads_moving_the_ledger_waits_for_both_o
     assert not [t for t in threading.enumerate() if t.name == "ccswitch-ledger-close" and t.is_alive()]
 
 
-async def test_a_start_the_ledger_refuses_counts_the_spend_the_shared_state_holds_before_a_request(
-        tmp_path, monkeypatch, redis_server):
+@pytest.mark.parametrize("ledger", ["refuses", "reads"])
+async def test_a_start_counts_the_spend_the_shared_state_holds_before_a_request(
+        tmp_path, monkeypatch, redis_server, ledger):
     # PostgreSQL down, Redis up: an instance starting beside others let requests through over
-    # their budgets until its shared state had loaded (11 of 12 in a tester's run)
+    # their budgets until its shared state had loaded (11 of 12 in a tester's run); with its own
+    # ledger read (SQLite: this instance's spend alone), the first in its first 0.3 s
     from tests.mitm.conftest import open_gateway
-    shared = f"state: {redis_server.url(3)}\n" + RULES
+    shared = f"state: {redis_server.url(3 if ledger == 'refuses' else 5)}\n" + RULES    # a database each
     (tmp_path / "other").mkdir()
     (tmp_path / "new").mkdir()
     other, new = open_gateway(tmp_path / "other", shared), open_gateway(tmp_path / "new", shared)
@@ -328,8 +330,9 @@ async def test_a_start_the_ledger_refuses_counts_the_spend_the_shared_state_hold
         await eventually(lambda: other.state.up)
         other.spend.add(CLIENT, "alice", 20.0, noon)            # over her daily $10, told to Redis
         await eventually(lambda: not other.state._unsent)
-        monkeypatch.setattr(gateway_module, "ledger_spend",
-                            lambda *args, **kw: LedgerSpend(error="connection refused"))
+        if ledger == "refuses":
+            monkeypatch.setattr(gateway_module, "ledger_spend",
+                                lambda *args, **kw: LedgerSpend(error="connection refused"))
         new.open_ledger(True)
         opening = asyncio.ensure_future(new.open_state())       # as the shared-state addon's start
         await new.start_spend(utc_now())                        # what the first routed request awaits
