@@ -88,6 +88,7 @@ class WindowChange:
     rejected: bool
     until: float
     account: str = ""           # `account_digest` of the upstream it is about ("": not said)
+    at: float = 0.0             # when a response last described it (0: an older ccswitch's, not said)
 
     @property
     def key(self) -> tuple:
@@ -96,8 +97,10 @@ class WindowChange:
 
 @dataclass(frozen=True, slots=True)
 class QuotaForget:
-    """Every window of an upstream forgotten (`ccswitch.reset`)."""
+    """Every window of an upstream learnt by `at` forgotten (`ccswitch.reset` at `at`; 0:
+    an older ccswitch's, taken as made when it arrives)."""
     upstream: str
+    at: float = 0.0
 
     @property
     def key(self) -> tuple:
@@ -248,12 +251,12 @@ def merge(local: Change | None, remote: Change) -> Change:
         return remote
     if isinstance(remote, HealthChange):
         return _merge_health(local, remote)   # type: ignore[arg-type]
-    if isinstance(remote, SwitchChange | PreferChange | BindChange | IssueChange):
+    if isinstance(remote, SwitchChange | PreferChange | BindChange | IssueChange | QuotaForget):
         # the newest word on it wins: a session's latest use holds its binding, the last
-        # ccswitch.use / enable / disable stands (a response id has one issuer: either is it)
+        # ccswitch.use / enable / disable / reset stands (a response id has one issuer: either is it)
         return local if local.at >= remote.at else remote      # type: ignore[attr-defined]
     if isinstance(remote, WindowChange):
-        return max(local, remote, key=lambda w: (w.until, w.utilization, w.rejected))   # type: ignore[attr-defined]
+        return max(local, remote, key=lambda w: (w.until, w.utilization, w.rejected, w.at))   # type: ignore[attr-defined]
     if isinstance(remote, SpendTotal):
         return local if local.usd >= remote.usd else remote    # type: ignore[attr-defined]
     return remote

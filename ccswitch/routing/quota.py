@@ -20,6 +20,7 @@ log = logging.getLogger("ccswitch.quota")
 class _Seen:
     window: Window
     until: float        # when it stops counting: its reset, or a while after it was seen
+    at: float           # when a response last described it (here or on another instance)
 
 
 class QuotaBoard:
@@ -30,6 +31,9 @@ class QuotaBoard:
         self.clock = clock
         self.unknown_reset_ttl = unknown_reset_ttl
         self._windows: dict[str, dict[str, _Seen]] = {}
+        # upstream -> when its windows were last forgotten (`ccswitch.reset`): a window learnt
+        # before that, still held by an instance that missed the reset, is not taken back
+        self._forgot: dict[str, float] = {}
         self.on_change: Feed | None = None   # the shared state's hook (None: this instance alone)
 
     def record(self, upstream: str, headers: Headers) -> None:
@@ -46,19 +50,19 @@ class QuotaBoard:
         if status_reported:
             # a fresh overall status supersedes an overall rejection
             if known.pop("unified", None) is not None and self.on_change is not None:
-                notify(self.on_change, WindowChange(upstream, "unified", 0.0, None, False, 0.0))
+                notify(self.on_change, WindowChange(upstream, "unified", 0.0, None, False, 0.0, at=now))
         for window in windows:
             old = known.get(window.name)
             if window.rejected and not (old is not None and old.window.rejected):
                 log.info("ccswitch: upstream %s: its %s window rejects requests%s", upstream, window.name,
                          "" if window.resets_at is None else f" for {window.resets_at - now:.0f}s")
             until = window.resets_at if window.resets_at is not None else now + self.unknown_reset_ttl
-            known[window.name] = _Seen(window, until)
+            known[window.name] = _Seen(window, until, now)
             # only news is shared: a window unchanged since it was last told (a believed-until
             # without a reset moves on with every answer: told again once it moved a quarter)
             if self.on_change is not None and (old is None or old.window != window
                                                or until - old.until > self.unknown_reset_ttl / 4):
-                notify(self.on_change, _shared(upstream, window, until))
+                notify(self.on_change, _shared(upstream, known[window.name]))
 
     def _live(self, upstream: str) -> list[_Seen]:
         known = self._windows.get(upstream)
@@ -100,11 +104,15 @@ class QuotaBoard:
         keep = set(names)
         for name in [name for name in self._windows if name not in keep]:
             del self._windows[name]
+        for name in [name for name in self._forgot if name not in keep]:
+            del self._forgot[name]
 
     def forget(self, upstream: str) -> None:
         """Every window of the upstream forgotten, by every instance (`ccswitch.reset`)."""
+        change = QuotaForget(upstream, self.clock())
         self._windows.pop(upstream, None)
-        notify(self.on_change, QuotaForget(upstream))
+        self._forget(change)
+        notify(self.on_change, change)
 
     def drop(self, upstream: str) -> None:
         """Every window of the upstream forgotten here only: a reload gave it another key, whose
@@ -117,24 +125,40 @@ class QuotaBoard:
 
     def shared(self, upstream: str, window: str) -> WindowChange | None:
         seen = next((s for s in self._live(upstream) if s.window.name == window), None)
-        return None if seen is None else _shared(upstream, seen.window, seen.until)
+        return None if seen is None else _shared(upstream, seen)
+
+    def shared_forget(self, upstream: str) -> QuotaForget | None:
+        """The upstream's last `ccswitch.reset` known here, None if none."""
+        at = self._forgot.get(upstream)
+        return None if at is None else QuotaForget(upstream, at)
 
     def view(self) -> list[WindowChange]:
         """Every live window, as other instances take it."""
-        return [_shared(name, seen.window, seen.until) for name in list(self._windows) for seen in self._live(name)]
+        return [_shared(name, seen) for name in list(self._windows) for seen in self._live(name)]
 
     def apply(self, change: WindowChange | QuotaForget) -> None:
         """Take another instance's record in, without echoing it."""
         if isinstance(change, QuotaForget):
-            self._windows.pop(change.upstream, None)
+            self._forget(change if change.at else QuotaForget(change.upstream, self.clock()))
             return
+        if change.at <= self._forgot.get(change.upstream, float("-inf")):
+            return      # learnt by the upstream's last reset: that reset forgot it
         known = self._windows.setdefault(change.upstream, {})
         if change.until <= self.clock():
             known.pop(change.window, None)
             return
         window = Window(change.window, change.utilization, change.resets_at, change.rejected)
-        known[change.window] = _Seen(window, change.until)
+        known[change.window] = _Seen(window, change.until, change.at)
+
+    def _forget(self, change: QuotaForget) -> None:
+        """The windows learnt by the time of the reset forgotten, and that time kept."""
+        self._forgot[change.upstream] = max(change.at, self._forgot.get(change.upstream, change.at))
+        known = self._windows.get(change.upstream, {})
+        for name in [name for name, seen in known.items() if seen.at <= change.at]:
+            del known[name]
 
 
-def _shared(upstream: str, window: Window, until: float) -> WindowChange:
-    return WindowChange(upstream, window.name, window.utilization, window.resets_at, window.rejected, until)
+def _shared(upstream: str, seen: _Seen) -> WindowChange:
+    window = seen.window
+    return WindowChange(upstream, window.name, window.utilization, window.resets_at, window.rejected, seen.until,
+                        at=seen.at)

@@ -115,6 +115,8 @@ class Boards:
             return self.health.shared_preference()
         if kind == "q":
             return self.quota.shared(key[1], key[2])
+        if kind == "qf":
+            return self.quota.shared_forget(key[1])
         if kind == "b":
             return self.sessions.shared(key[1], key[2])
         if kind == "r":

@@ -4,6 +4,7 @@
     ccswitch:sw:<upstream>                     enable / disable   SWITCH_MEMORY
     ccswitch:use                               ccswitch.use       until the preference ends
     ccswitch:q:<upstream>                      hash: window → JSON, until the latest window's reset
+    ccswitch:qf:<upstream>                     its last ccswitch.reset (JSON)   FORGET_MEMORY from it
     ccswitch:b:<route>:<hash of session>       binding (JSON)     the sticky idle time from its last use
     ccswitch:r:<hash of response id>           its issuer (JSON)  a day (routing.issued.SHARED_FOR)
     ccswitch:s:<who>:<name>:<period>:<start>:<end>   spend (a float, INCRBYFLOAT)   until the period ends
@@ -42,6 +43,9 @@ PREFIX = "ccswitch:"
 HEALTH_MEMORY = 600.0
 #: ccswitch.enable / disable last until the next reload; in Redis at most this long
 SWITCH_MEMORY = 86400.0
+#: a `ccswitch.reset` is kept this long (a week's window and a day): an instance that missed it,
+#: back later with windows learnt before it, drops them instead of writing them back
+FORGET_MEMORY = 8 * 86400.0
 
 
 def channel(db: int) -> str:
@@ -66,8 +70,10 @@ def key_of(change: Change) -> str:
         return f"{PREFIX}sw:{change.upstream}"
     if isinstance(change, PreferChange):
         return f"{PREFIX}use"
-    if isinstance(change, WindowChange | QuotaForget):
+    if isinstance(change, WindowChange):
         return f"{PREFIX}q:{change.upstream}"
+    if isinstance(change, QuotaForget):
+        return f"{PREFIX}qf:{change.upstream}"
     if isinstance(change, BindChange):
         return f"{PREFIX}b:{change.route}:{_session_part(change.session)}"
     if isinstance(change, IssueChange):
@@ -109,7 +115,9 @@ def queue_write(pipe: Any, change: Change, now: float) -> None:
             pipe.pexpireat(key, _ms(change.until), nx=True)
             pipe.pexpireat(key, _ms(change.until), gt=True)
     elif isinstance(change, QuotaForget):
-        pipe.delete(key)
+        pipe.delete(f"{PREFIX}q:{change.upstream}")
+        if change.at + FORGET_MEMORY > now:
+            pipe.set(key, dumps(encode(change)), pxat=_ms(change.at + FORGET_MEMORY))
     elif isinstance(change, BindChange):
         left = change.at + change.ttl - now
         if left <= 0:

@@ -125,9 +125,9 @@ class RedisState(Claims):
         self._decided: dict[str, float] = {}          # see Claims: occurrence -> until when it stands
         self._pending: dict[tuple, Change] = {}
         self._unsent: dict[tuple, SpendAdded] = {}    # spend Redis has not acknowledged yet
-        # upstreams whose windows a `ccswitch.reset` forgot while Redis was away: its windows carry
-        # no time to lose a merge by, so Redis's would come back on reconnection
-        self._forgotten: set[str] = set()
+        # upstream -> when a `ccswitch.reset` forgot its windows while Redis was away (or before
+        # Redis took it): written on reconnection, it is in no board's view
+        self._forgotten: dict[str, float] = {}
         self._oldest: float | None = None             # when the oldest queued record was made
         self._wake = asyncio.Event()
         self._writing = 0          # writes under way (the shutdown waits for them)
@@ -178,8 +178,7 @@ class RedisState(Claims):
             if len(self._pending) > self.max_pending:
                 self._drop_oldest()
         else:
-            if isinstance(change, QuotaForget):
-                self._forgotten.add(change.upstream)
+            self._keep_resets([change])
             return          # unreachable: this instance's view is merged in when it is back
         if self._oldest is None:
             self._oldest = self.wall()
@@ -201,7 +200,9 @@ class RedisState(Claims):
     def _keep_resets(self, unwritten: Iterable[Change]) -> None:
         """Resets Redis did not take (the link lost): written on reconnection, as those made while
         it was away, before Redis's windows of those upstreams could come back."""
-        self._forgotten.update(change.upstream for change in unwritten if isinstance(change, QuotaForget))
+        for change in unwritten:
+            if isinstance(change, QuotaForget):
+                self._forgotten[change.upstream] = max(change.at, self._forgotten.get(change.upstream, change.at))
 
     # ------------------------------------------------------------------ connection
 
@@ -304,13 +305,12 @@ class RedisState(Claims):
         before `up`, would be offered while down, and dropped)."""
         await self._hand_on_told(client)
         stored = await self._load(client)
-        forgotten = set(self._forgotten)     # kept until written: a catch-up may fail midway
-        if forgotten:
-            stored = [record for record in stored
-                      if not (isinstance(record, WindowChange) and record.upstream in forgotten)]
+        forgotten = dict(self._forgotten)     # kept until written: a catch-up may fail midway
         boards = self.boards
         seen: set[tuple] = set()
-        better: list[Change] = [QuotaForget(name) for name in sorted(forgotten)]
+        # first, as the boards took them when they were made (a stored window learnt before one
+        # is not taken back: QuotaBoard.apply); each deletes its upstream's windows in Redis
+        better: list[Change] = [QuotaForget(name, at) for name, at in sorted(forgotten.items())]
         for i, record in enumerate(stored):
             if i % _PARSE_SLICE == _PARSE_SLICE - 1:
                 await asyncio.sleep(0)      # up to the caps (200,000 records): requests go on meanwhile
@@ -318,18 +318,24 @@ class RedisState(Claims):
             merged = boards.merge_in(self._with_unsent(record))
             if merged is not None:
                 better.append(self._without_unsent(merged))
-        better += [self._without_unsent(record) for record in boards.view() if record.key not in seen]
+        reset = {change.upstream for change in better if isinstance(change, QuotaForget)}
+        # an upstream's windows learnt after its reset are written again after it
+        better += [self._without_unsent(record) for record in boards.view() if record.key not in seen
+                   or (isinstance(record, WindowChange) and record.upstream in reset)]
         self.up = True                   # from here on the boards' records queue up for the writer
         boards.spend.alone = False       # and a budget line is told by the one whose addition crossed it
-        late = self._forgotten - forgotten      # reset while the stored records were merged
-        for name in sorted(late):
-            self._offer(QuotaForget(name))
+        # reset while the stored records were merged
+        late = {name: at for name, at in self._forgotten.items() if forgotten.get(name) != at}
+        for name, at in sorted(late.items()):
+            self._offer(QuotaForget(name, at))
         self._came_up(len(stored))
         for start in range(0, len(better), BATCH):
             made = self.wall()
             totals = await self._write(client, better[start:start + BATCH], {}, merge=True, made=made)
             await self._tell_totals(client, totals, merge=True, made=made)
-        self._forgotten -= forgotten | late
+        for name, at in (forgotten | late).items():
+            if self._forgotten.get(name) == at:
+                del self._forgotten[name]
 
     async def _load(self, client: redis.Redis) -> list[Change]:
         claims = layout.claim_key("")       # who tells what: no board's record

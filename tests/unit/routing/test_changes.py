@@ -35,6 +35,8 @@ EXAMPLES = [
     SpendAdded("client", "key-1", "daily", 1_699_920_000.0, 1_700_006_400.0, 0.25),
     SpendTotal("upstream", "relay", "monthly", 1_698_796_800.0, 1_701_388_800.0, 12.5),
     IssueChange("resp_0123abc", "relay", 1_700_000_000.0, account="0123456789abcdef"),
+    QuotaForget("relay", 1_700_000_000.0),
+    WindowChange("relay", "5h", 0.42, 1_700_003_600.0, False, 1_700_003_600.0, at=1_700_000_000.0),
 ]
 
 

@@ -119,16 +119,34 @@ def test_only_news_about_windows_is_shared():
                ("anthropic-ratelimit-unified-5h-reset", str(int(EPOCH + 3600)))]
     a.quota.record("relay", headers)
     a.quota.record("relay", headers)            # the same again: nothing new
-    assert a.sent == [WindowChange("relay", "5h", 0.5, EPOCH + 3600, False, EPOCH + 3600)]
+    assert a.sent == [WindowChange("relay", "5h", 0.5, EPOCH + 3600, False, EPOCH + 3600, at=EPOCH)]
     a.quota.record("relay", [headers[0][:1] + ("0.97",), headers[1]])
     assert a.sent[-1].utilization == 0.97
     for change in a.sent:
         b.boards.apply(change)
     assert b.quota.full("relay", 0.95).name == "5h"
     a.quota.forget("relay")
-    assert a.sent[-1] == QuotaForget("relay")
+    assert a.sent[-1] == QuotaForget("relay", EPOCH)
     b.boards.apply(a.sent[-1])
     assert b.quota.windows("relay") == []
+
+
+def test_a_window_learnt_by_the_time_of_a_reset_is_not_taken_back_one_learnt_after_it_is():
+    # an instance that missed the reset still held the window, and its merge brought it back
+    a, b = pair()
+    headers = [("anthropic-ratelimit-unified-5h-utilization", "0.99"),
+               ("anthropic-ratelimit-unified-5h-reset", str(int(EPOCH + 3600)))]
+    b.quota.record("relay", headers)
+    stale = b.sent[-1]
+    a.tick(5)
+    a.quota.forget("relay")
+    assert a.boards.merge_in(stale) is None and a.quota.full("relay", 0.95) is None
+    a.tick(5)
+    b.quota.record("relay", headers[:1] + [("anthropic-ratelimit-unified-5h-reset", str(int(EPOCH + 3601)))])
+    a.boards.merge_in(b.sent[-1])            # learnt after the reset: it stands
+    assert a.quota.full("relay", 0.95) is not None
+    b.boards.apply(QuotaForget("relay", EPOCH + 5))    # the reset reaches b late: only what was before it goes
+    assert b.quota.full("relay", 0.95) is not None
 
 
 def test_a_window_already_over_is_not_taken_in():

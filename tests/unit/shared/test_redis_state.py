@@ -1188,3 +1188,98 @@ def test_an_outage_that_turns_into_a_refusal_is_told_again_as_a_setting_to_mend(
         state._went_down(exc)
     assert caplog.text.count("is unreachable") == 1 and caplog.text.count("refuses ccswitch") == 1
     assert "it wants a password, and the state URL has none" in caplog.text
+
+
+async def test_a_reset_made_while_redis_was_away_is_not_undone_by_an_instance_that_missed_it(redis_url, store):
+    # the other instance, away too, came back after the reset was written: Redis held no window
+    # of the upstream any more, so its catch-up wrote its own back (and told it): the upstream
+    # "full" again on every instance, and in Redis (scale-out tester)
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    path_a, path_b = ForgetfulPath(port), ForgetfulPath(port)
+    url_a, url_b = await path_a.start(), await path_b.start()
+    try:
+        async with Node(url_a, retry=(0.05, 0.1)) as a, Node(url_b, retry=(0.05, 0.1)) as b:
+            a.quota.record("relay", _full_window())
+            await eventually(lambda: b.quota.full("relay", 0.95) is not None)
+            path_a.cut()
+            path_b.cut()
+            await eventually(lambda: not a.state.up and not b.state.up)
+            a.quota.forget("relay")              # ccswitch.reset relay, while Redis is away
+            path_a.mend()
+            await eventually(lambda: a.state.up)
+            await eventually(lambda: not a.state._forgotten)      # written, and told to no one else
+            path_b.mend()
+            await eventually(lambda: b.state.up)
+            await asyncio.sleep(0.3)
+            assert b.quota.full("relay", 0.95) is None
+            assert a.quota.full("relay", 0.95) is None
+            assert not await store.hgetall("ccswitch:q:relay")
+        async with Node(redis_url) as c:
+            assert c.quota.full("relay", 0.95) is None
+    finally:
+        await path_a.stop()
+        await path_b.stop()
+
+
+async def test_a_window_written_back_from_before_a_reset_is_taken_by_no_instance(redis_url, store, forgetful):
+    # the other instance's catch-up loaded Redis before the reset was written and wrote its
+    # window back after it: the resetting instance merged it in, "full" again (scale-out tester)
+    async with Node(forgetful.url, retry=(0.05, 0.1)) as a, Node(redis_url) as b:
+        await _full_then_away(forgetful, a, b)
+        stale = b.quota.view()[0]
+        a.quota.forget("relay")
+        forgetful.mend()
+        await eventually(lambda: b.quota.full("relay", 0.95) is None)
+        pipe = store.pipeline(transaction=True)          # b's late write-back, as a catch-up does it
+        layout.queue_write(pipe, stale, time.time())
+        pipe.publish(layout.channel(0), json.dumps({"v": 1, "src": "late", "ts": time.time(), "merge": True,
+                                                    "changes": [encode(stale)]}))
+        await pipe.execute()
+        await asyncio.sleep(0.3)
+        assert a.quota.full("relay", 0.95) is None and b.quota.full("relay", 0.95) is None
+    async with Node(redis_url) as c:
+        assert c.quota.full("relay", 0.95) is None
+
+
+async def test_a_reset_made_while_redis_hangs_is_not_undone_when_it_answers_again(own_redis, monkeypatch):
+    # SIGSTOP, reset, SIGCONT: the reset reached the other instance, whose catch-up wrote its
+    # window back, and the resetting instance took it again (scale-out tester)
+    import os
+    import signal
+
+    from ccswitch.shared import redis_state
+    monkeypatch.setattr(redis_state, "PING_EVERY", 0.2)
+    monkeypatch.setattr(redis_state, "COMMAND_TIMEOUT", 0.3)
+    url = own_redis.url()
+    async with Node(url, retry=(0.05, 0.2)) as a, Node(url, retry=(0.05, 0.2)) as b:
+        a.quota.record("relay", _full_window())
+        await eventually(lambda: b.quota.full("relay", 0.95) is not None)
+        os.kill(own_redis.proc.pid, signal.SIGSTOP)
+        try:
+            a.quota.forget("relay")              # ccswitch.reset relay, while Redis hangs
+            await eventually(lambda: not a.state.up and not b.state.up)
+            await asyncio.sleep(0.5)
+        finally:
+            os.kill(own_redis.proc.pid, signal.SIGCONT)
+        await eventually(lambda: a.state.up and b.state.up)
+        await asyncio.sleep(1.0)
+        assert a.quota.full("relay", 0.95) is None and b.quota.full("relay", 0.95) is None
+    async with Node(url) as c:
+        assert c.quota.full("relay", 0.95) is None
+
+
+async def test_a_reset_made_while_redis_was_down_survives_its_restart_empty(own_redis):
+    # kill -9, reset, Redis started empty: the other instance wrote its window back (scale-out tester)
+    url = own_redis.url()
+    async with Node(url, retry=(0.05, 0.2)) as a, Node(url, retry=(0.05, 0.2)) as b:
+        a.quota.record("relay", _full_window())
+        await eventually(lambda: b.quota.full("relay", 0.95) is not None)
+        own_redis.kill()
+        await eventually(lambda: not a.state.up and not b.state.up)
+        a.quota.forget("relay")                  # ccswitch.reset relay, while Redis is down
+        own_redis.start()                        # empty: nothing was saved
+        await eventually(lambda: a.state.up and b.state.up)
+        await asyncio.sleep(1.0)
+        assert a.quota.full("relay", 0.95) is None and b.quota.full("relay", 0.95) is None
+    async with Node(url) as c:
+        assert c.quota.full("relay", 0.95) is None
