@@ -69,8 +69,9 @@ class CodexSockets:
     def accept(self, flow: http.HTTPFlow, headers: list[tuple[str, str]], client: ClientKey | None) -> None:
         """Point the upgrade at the bridge; it answers 101 and serves the socket's turns."""
         kept = [(k, v) for k, v in headers if k.lower() not in _HANDSHAKE]
-        ticket = Ticket(context=SocketContext(flow, kept, client and client.name, flow.request.url,
-                                              client and client.get_secret_value()))
+        key = client.get_secret_value() if client is not None else None
+        ticket = Ticket(context=SocketContext(flow, kept, client.name if client is not None else None,
+                                              flow.request.url, key))
         redact_credentials(flow.request)   # the bridge has its own copy; mitmweb and -w see none
         self._asked[flow.id] = flow.request.url    # redacted: the ticket's own URL keeps a `?key=` for the bridge
         self.bridge.register(ticket)
@@ -111,7 +112,7 @@ class CodexSockets:
         # a socket lasts for hours: each turn is let in by the rules of its time, as a request is
         rules = self.router.gateway.rules
         client = rules.client_named(context.key) if rules.client_keys else None
-        context.client = client and client.name
+        context.client = client.name if client is not None else None
         over_budget = self.router.planner.client_over_budget(context.client)
         if rules.client_keys and client is None:
             refusal = 401, _KEY_GONE

@@ -19,13 +19,7 @@ from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_p
 from ccswitch.dial.ws_bridge import TICKET_HEADER
 from ccswitch.mitm.answer_rows import AnswerRows
 from ccswitch.mitm.codex_socket import CodexSockets
-from ccswitch.mitm.flow_ends import (
-    ClientWatch,
-    KilledStreams,
-    client_left,
-    gone_meanwhile,
-    killed,
-)
+from ccswitch.mitm.flow_ends import ClientWatch, KilledStreams, client_left, gone_meanwhile, killed
 from ccswitch.mitm.flows import (
     HeldBody,
     StreamCopy,
