@@ -29,13 +29,19 @@ def row_moment(text: object, unreadable: list[str]) -> datetime | None:
         return None
 
 
+def in_proxy_form(column: str) -> str:
+    """SQL: the time in `column` is in the form the proxy writes (UTC, `+00:00`), which sorts and
+    cuts as text; another (a hand edit's `Z`, `+09:00`, none) is read as the instant it names."""
+    return f"{column} LIKE '%+00:00'"
+
+
 def minute_sql(column: str) -> str:
     """SQL for the text a row's time is grouped by: the proxy writes every time as UTC (`+00:00`),
     whose first 16 characters are its UTC minute; any other form (a hand edit: `Z`, `+09:00`, no
     offset) is kept whole, for `row_minute` to read as the instant it names, as each row's own
     time is read (cut to 16 characters, its offset was dropped: a `+09:00` row was counted on one
     day and its latency on another). Only the proxy's form is tested for, so its rows stay cheap."""
-    return f"CASE WHEN {column} LIKE '%+00:00' THEN substr({column}, 1, 16) ELSE {column} END"
+    return f"CASE WHEN {in_proxy_form(column)} THEN substr({column}, 1, 16) ELSE {column} END"
 
 
 def row_minute(text: object, unreadable: list[str]) -> datetime | None:

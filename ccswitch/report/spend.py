@@ -11,7 +11,7 @@ from pathlib import Path
 from ccswitch.config.database_url import PostgresURL
 from ccswitch.config.models import Rules
 from ccswitch.ledger.reading import LedgerReadError, as_text, exists, open_reader
-from ccswitch.report.ledger_rows import Pricer, row_moment
+from ccswitch.report.ledger_rows import Pricer, in_proxy_form, row_moment
 from ccswitch.report.ledger_values import count_or_zero
 from ccswitch.report.totals import Totals
 
@@ -112,7 +112,7 @@ def _spend_query(have: set[str], since: datetime, until: datetime | None) -> tup
 
 
 _HAND_WRITTEN_MARGIN = timedelta(days=1)            # past the furthest offset, 14 hours
-_NOT_UTC = "ts NOT LIKE '%+00:00'"                  # a time not in the proxy's form
+_NOT_UTC = f"NOT {in_proxy_form('ts')}"
 
 
 def _text_time(moment: datetime) -> str:

@@ -232,6 +232,12 @@ def _as_written(match: re.Match[bytes]) -> bytes:
     return bytes((value,))
 
 
+def plain_ascii(text: bytes) -> bytes:
+    """JSON text with its escapes of printable ASCII characters written as the characters: the
+    same JSON to any reader, in which a key spelt with an escaped letter shows as it is."""
+    return _ASCII_ESCAPE.sub(_as_written, text) if b"\\u00" in text else text
+
+
 def without_quoted_keys(content: bytes, keys: tuple[str, ...]) -> bytes | None:
     """JSON `content` without the `keys` it quotes however JSON spells them (its escapes of ASCII
     characters written plain, `plain_ascii`), or None when it quotes none."""
@@ -248,8 +254,8 @@ _ESCAPED_UNIT = re.compile(r"\\u([0-9A-Fa-f]{4})")
 
 
 def might_be_spelt(text: str) -> bool:
-    """Whether `text` may hold a character written otherwise (`%73`, `\\u0073`, `&#115;`)."""
-    return "%" in text or "\\u" in text or "&#" in text
+    """Whether `text` may hold a character written otherwise (`%73`, `\\u0073`, `\\/`, `&#115;`)."""
+    return "%" in text or "\\" in text or "&#" in text
 
 
 def spelt_out(text: str) -> str:
@@ -257,12 +263,6 @@ def spelt_out(text: str) -> str:
     `\\uXXXX` and HTML's character references undone, to look for a key in (not to send)."""
     text = _ESCAPED_UNIT.sub(lambda m: chr(int(m.group(1), 16)), unquote(text))
     return html.unescape(text)
-
-
-def plain_ascii(text: bytes) -> bytes:
-    """JSON text with its escapes of printable ASCII characters written as the characters: the
-    same JSON to any reader, in which a key spelt with an escaped letter shows as it is."""
-    return _ASCII_ESCAPE.sub(_as_written, text) if b"\\u00" in text else text
 
 
 @lru_cache(maxsize=8)       # one tuple per rules object
@@ -315,7 +315,7 @@ def scrub_headers(headers: list[tuple[str, str]], secrets: list[str]) -> list[tu
     for name, value in headers:
         if any(s.lower() in name.lower() for s in secrets):
             continue
-        if "%" in value or "\\" in value or "&#" in value:    # maybe an escaped form (`sk%2D…`)
+        if might_be_spelt(value):    # maybe an escaped form (`sk%2D…`)
             value = scrub_text(value, secrets)
         else:
             for secret in secrets:
