@@ -365,9 +365,12 @@ class ClientKey(_Model):
 
     @field_validator("key", mode="after")
     @classmethod
-    def _not_empty(cls, v: SecretStr) -> SecretStr:
+    def _presentable(cls, v: SecretStr) -> SecretStr:
+        # a client's key is read from its header stripped: one with a space or line break at
+        # an end (an env file's) would validate and then let no request in
         if not v.get_secret_value():
             raise ValueError("client key must not be empty")
+        header_value(v.get_secret_value())
         return v
 
     def get_secret_value(self) -> str:

@@ -68,3 +68,13 @@ routes: {claude: [u]}
     echoed = b'{"error": "bad key sk-SLASH%2FSECRET%2BKEY%2Fabc%3D%3D in https://x/?key=ck%2faaaa%2baaaa%3d%3d"}'
     assert scrub(echoed, r.secret_texts()) == b'{"error": "bad key [redacted] in https://x/?key=[redacted]"}'
     assert r.scrub("model-sk-SLASH%2FSECRET%2BKEY%2Fabc%3D%3D") == "model-[redacted]"
+
+
+@pytest.mark.parametrize("value", ["team-key-0001 ", " team-key-0001", "team-key-0001\n", "   "])
+def test_a_key_no_client_could_present_is_refused_not_taken_to_let_nobody_in(value):
+    # a client's key is read from its header stripped: a key padded by an env file would
+    # validate and then answer every request 401
+    with pytest.raises(RulesError) as err:
+        parse_rules("client_keys: ['${TEAM_KEY}']\n", source="r.yaml", env={"TEAM_KEY": value})
+    assert str(err.value).startswith("r.yaml: client_keys[0].key: ") and "must not" in str(err.value)
+    assert "team-key" not in str(err.value)
