@@ -36,6 +36,11 @@ class RedisURL(SecretURL):
         url_port(parts)
         if not parts.hostname:
             raise ValueError("a Redis URL names a host (redis://host:port/db)")
+        if parts.username and parts.password is None:
+            # Redis has no login without a password: this is a password whose ':' was forgotten,
+            # which would be shown wherever the URL is (only a password is masked)
+            raise ValueError("a Redis URL's user name needs a password: a password alone is written "
+                             "redis://:PASSWORD@host (with the ':'), a user's redis://USER:PASSWORD@host")
         db = parts.path.strip("/")
         if db and not db.isdigit():
             raise ValueError("the path of a Redis URL is a database number (redis://host:port/0)")

@@ -75,3 +75,13 @@ def test_a_query_option_redis_py_would_refuse_is_a_rules_problem_naming_the_opti
                                   "rediss://h:6380/0?ssl_cert_reqs=none", "redis://h:6379/0?"])
 def test_query_options_redis_py_takes_are_kept(text):
     assert parse_rules(f"state: '{text}'\n").state.conninfo == text
+
+
+@pytest.mark.parametrize("text", ["redis://${REDIS_PASSWORD}@cache.internal:6379/0",
+                                  "rediss://${REDIS_PASSWORD}@cache.internal/"])
+def test_a_password_whose_colon_was_forgotten_is_refused_not_shown_as_a_user_name(text):
+    # only a password is masked where the URL is shown ("Redis at …"); Redis has no login
+    # without one, so a user name alone is this slip
+    with pytest.raises(RulesError) as err:
+        parse_rules(f"state: '{text}'\n", env={"REDIS_PASSWORD": "s3cr3tPW"})
+    assert "redis://:PASSWORD@host" in str(err.value) and "s3cr3tPW" not in str(err.value)
