@@ -40,7 +40,11 @@ def refuse_unencoded_credentials(text: str, parts: SplitResult) -> None:
     `:` would read as the port.  Told by an `@` past the authority outside a query (no path or
     fragment has one; a database named with one is written `%40`), or in the query when the
     authority's port is no number or the query's text before it is no `key=value` (`?Secret@db`,
-    not `?user=admin@server`).  Raises ValueError (without the text) naming the fix."""
+    not `?user=admin@server`).  Two `@` in the authority: Python ends the user's part at the
+    last, libpq at the first (it would dial a host named after the password's tail, and say so
+    in its error).  Raises ValueError (without the text) naming the fix."""
+    if parts.netloc.count("@") > 1:
+        raise ValueError("an '@' in the user name or password must be percent-encoded (%40)")
     if "@" in parts.netloc:
         return
     rest = text.split("://", 1)[-1][len(parts.netloc):]

@@ -53,6 +53,8 @@ def test_equal_urls_are_the_same_database_and_a_new_password_is_another():
     ("postgresql://me:p w@db.internal/x", "must not contain spaces"),
     ("postgresql://me:p/w@db.internal:5432/x", "must be percent-encoded (%2F, %3F, %23)"),    # was "the port must be …"
     ("postgresql://me:p?w@db.internal:5432/x", "must be percent-encoded (%2F, %3F, %23)"),
+    # libpq ends the password at the first '@': it dialled the host "w@db.internal", naming it
+    ("postgresql://me:p@w@db.internal:5432/x", "must be percent-encoded (%40)"),
     ("", "must be a path or a postgresql:// URL"),
     # libpq refused these at every connection: an outage for ever, `ccswitch check` said OK
     ("postgresql://me:pw@db.internal/x?sslmode=bogus", "sslmode must be one of disable, allow, prefer, require"),
@@ -64,7 +66,7 @@ def test_equal_urls_are_the_same_database_and_a_new_password_is_another():
 def test_a_bad_value_is_refused_without_echoing_it(text, problem):
     with pytest.raises(RulesError) as err:
         parse_rules(f"usage_db: '{text}'\n")
-    assert problem in str(err.value) and not any(part in str(err.value) for part in ("pw", "p/w", "p?w") if text)
+    assert problem in str(err.value) and not any(part in str(err.value) for part in ("pw", "p/w", "p?w", "w@db") if text)
 
 
 def test_a_missing_variable_is_named():

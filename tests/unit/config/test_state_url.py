@@ -37,12 +37,13 @@ def test_tls_and_a_user_and_the_default_database():
     ("redis://:pa/ss@cache.internal:6379/0", "must be percent-encoded (%2F, %3F, %23)"),   # was "the port must be …"
     ("redis://u:pa?ss@cache.internal:6379/0", "must be percent-encoded (%2F, %3F, %23)"),
     ("redis://default:123?abc@cache.internal:6379/0", "must be percent-encoded (%2F, %3F, %23)"),
+    ("redis://u:pa@ss@cache.internal:6379/0", "must be percent-encoded (%40)"),
     ("redis://default:?abc@cache.internal:6379/0", "must be percent-encoded (%2F, %3F, %23)"),
 ])
 def test_what_is_not_a_usable_redis_url_is_refused_without_echoing_it(text, problem):
     with pytest.raises(RulesError) as err:
         parse_rules(f"state: '{text}'\n")
-    assert problem in str(err.value) and not any(part in str(err.value) for part in ("pa ss", "pa/ss", "pa?ss"))
+    assert problem in str(err.value) and not any(part in str(err.value) for part in ("pa ss", "pa/ss", "pa?ss", "ss@"))
 
 
 def test_a_missing_variable_is_named():
