@@ -62,12 +62,19 @@ _SHELL_VARIABLE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 _PASTED_HEADER = re.compile(r"(?i)(?:authorization|x-api-key|api-key)\s*:|bearer\s")
 
 
-def _key_mistake(written: str, value: str, values: list[str]) -> str | None:
-    """An api_key that surely is not the key meant: a variable set to nothing, a shell-style `$NAME`,
-    a key pasted with its header's name or `Bearer ` (sent as `Bearer Bearer …`, refused upstream)."""
+def _set_but_empty(written: str, value: str, values: list[str]) -> str | None:
+    """A credential whose ${VAR} is set to nothing: sent empty, it is refused upstream."""
     if values and not value.strip():
         names = ", ".join(m.group(1) for m in _ENV_RE.finditer(written) if m.group(1))
         return f"environment variable {names} is set but empty (give it the key, or set enabled: false)"
+    return None
+
+
+def _key_mistake(written: str, value: str, values: list[str]) -> str | None:
+    """An api_key that surely is not the key meant: a variable set to nothing, a shell-style `$NAME`,
+    a key pasted with its header's name or `Bearer ` (sent as `Bearer Bearer …`, refused upstream)."""
+    if empty := _set_but_empty(written, value, values):
+        return empty
     if not values and (shell := _SHELL_VARIABLE.fullmatch(written.strip())):
         return f"reads as a shell variable, which ccswitch does not expand: write ${{{shell.group(1)}}}"
     if _PASTED_HEADER.match(value.strip()):
@@ -104,6 +111,8 @@ def expand_upstreams(data: dict, env: Mapping[str, str]) -> tuple[list[tuple[str
             elif not missing:
                 if key != "api_key":    # what a ${VAR} put in a header is a secret, whatever the header
                     up["env_secrets"] = [*up.get("env_secrets", []), *values]
+                    if enabled and (empty := _set_but_empty(holder[key], value, values)):
+                        problems.append((path, empty))
                 elif enabled and (mistake := _key_mistake(holder[key], value, values)):
                     problems.append((path, mistake))
                 holder[key] = value

@@ -470,6 +470,15 @@ def test_api_key_required_unless_client_or_disabled():
     assert parse("upstreams:\n" + relay("a", key="auth: client")).upstreams[0].auth == "client"
 
 
+def test_a_header_whose_variable_is_set_but_empty_is_refused_as_an_api_key_would_be():
+    # `api-key: ${AZURE_KEY}` with AZURE_KEY="" sent an empty credential on every request
+    header = "headers: {api-key: '${AZURE_KEY}'}"
+    assert problems("upstreams:\n" + relay("a", extra=header), env={"AZURE_KEY": ""}) == [
+        "r.yaml: upstreams[a].headers.api-key: environment variable AZURE_KEY is set but empty (give it the key, "
+        "or set enabled: false)"]
+    assert parse("upstreams:\n" + relay("a", extra=header + "\nenabled: false"), env={"AZURE_KEY": ""})
+
+
 def test_all_problems_collected_at_once():
     text = ("timezone: Nowhere/Land\nupstreams:\n" + relay("a", key="api_key: ${NOPE}")
             + relay("a", "openai-chat") + "routes:\n  claude: [ghost]\n  codex: [a]\n")
