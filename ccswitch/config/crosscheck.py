@@ -16,6 +16,7 @@ import re
 from urllib.parse import urlsplit
 
 from ccswitch.config.models import ROUTE_PROTOCOLS, Upstream
+from ccswitch.config.values import shown
 from ccswitch.vocab import Protocol
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -56,13 +57,13 @@ def _route_lists(data: dict) -> dict[str, tuple[str, list]]:
 def _unknown_upstream(name: str, known: list[str]) -> str:
     # names are compared as written: one that differs only in case is the one meant
     close = [k for k in known if k.lower() == name.lower()] or difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    said = repr(name) if len(name) <= 40 else f"(a name of {len(name)} characters, not shown)"   # a key pasted?
+    said = shown(name)
     if close:
         return f"unknown upstream {said} (did you mean {close[0]!r}?)"
     if not known:
         return f"unknown upstream {said} (no upstream is defined: add it under upstreams)"
-    shown = ", ".join(known[:_MAX_KNOWN]) + (", ..." if len(known) > _MAX_KNOWN else "")
-    return f"unknown upstream {said} (the upstreams are: {shown})"
+    listed = ", ".join(known[:_MAX_KNOWN]) + (", ..." if len(known) > _MAX_KNOWN else "")
+    return f"unknown upstream {said} (the upstreams are: {listed})"
 
 
 def _client_auth_with_client_keys(up: Upstream, in_routes: list[str]) -> str:

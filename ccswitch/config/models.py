@@ -43,6 +43,7 @@ from ccswitch.config.database_url import PostgresURL
 from ccswitch.config.state_url import RedisURL
 from ccswitch.config.values import (
     NAME_RE,
+    SHORT_VALUE,
     activate_time,
     distinct_times,
     format_hhmm,
@@ -56,6 +57,7 @@ from ccswitch.config.values import (
     parse_hhmm,
     parse_sticky,
     proxy_setting,
+    shown,
     some_hours,
     state_setting,
     status_key,
@@ -112,7 +114,7 @@ class HourWindow(_Model):
                     raise ValueError('must look like "09:00-18:00": one start, one end')
                 data = {"start_minute": parse_hhmm(start), "end_minute": parse_hhmm(end, allow_24=True)}
             except ValueError as e:
-                raise ValueError(f"hours window {data!r}: {e}") from None
+                raise ValueError(f"hours window {shown(data, SHORT_VALUE)}: {e}") from None
         elif not isinstance(data, (dict, HourWindow)):
             raise ValueError('hours window must look like "09:00-18:00"')
         return data

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel
 
 from ccswitch.config.models import Failover, Routes, Rules, Timeouts, Upstream
+from ccswitch.config.values import SHORT_VALUE, SHOWN_AT_MOST
 
 _FIELD_NAMES = sorted({f for m in (Rules, Failover, Timeouts, Upstream, Routes) for f in m.model_fields} - {"source"})
 _PLAIN_MESSAGES = {
@@ -122,7 +123,9 @@ def message(err: Mapping[str, Any]) -> str:
                                 if elsewhere else "")
     named_by = next((part for part in reversed(err["loc"]) if isinstance(part, str)), None)   # events[0]: events
     if kind in ("list_type", "tuple_type") and named_by in _LISTS_OF_NAMES and isinstance(err.get("input"), str):
-        return f"must be a list, even of one: [{json.dumps(err['input'][:60])}]"
+        given = err["input"]
+        at_most = SHOWN_AT_MOST if named_by in ("only_models", "intercept") else SHORT_VALUE   # names, or times
+        return "must be a list, even of one: " + (f"[{json.dumps(given)}]" if len(given) <= at_most else "[...]")
     if kind == "dict_type" and err.get("input", 0) is None and named_by:
         # `models:` with its entries at its own indentation: YAML reads it empty, the entries beside it
         # (a list's `- item` may stand at its key's indentation: no such slip for lists)

@@ -125,6 +125,19 @@ def _as_written(value: Any) -> str:
     return "null" if value is None else repr(value)
 
 
+SHOWN_AT_MOST = 40    # characters: a longer value in a message may be a key pasted in the wrong place
+
+
+SHORT_VALUE = 20      # characters: no weekday or hours window is longer
+
+
+def shown(value: Any, at_most: int = SHOWN_AT_MOST) -> str:
+    """`value` as the rules file spells it for a message, or only its length when it is long."""
+    if len(str(value)) <= at_most:
+        return _as_written(value)
+    return f"(a value of {len(str(value))} characters, not shown)"
+
+
 def parse_days(value: Any) -> Any:
     if isinstance(value, str):
         value = [value]
@@ -140,7 +153,7 @@ def parse_days(value: Any) -> Any:
         first, sep, last = text.partition("-")
         ends = [weekday(first), weekday(last) if sep else weekday(first)]
         if None in ends:
-            unknown.append(_as_written(item))      # every one at once, not the first alone
+            unknown.append(shown(item, SHORT_VALUE))      # every one at once, not the first alone
             continue
         a, b = ends
         days.update((a + i) % 7 for i in range((b - a) % 7 + 1))

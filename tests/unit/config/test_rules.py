@@ -1177,9 +1177,19 @@ def test_a_short_unknown_key_with_a_space_is_not_shown_though_a_field_is_near_it
            "(a ':' missing after api_key?)" in found
 
 
-def test_the_one_value_list_hint_quotes_only_the_start_of_a_long_value():
-    found = problems("upstreams:\n" + relay("a", extra=f"only_models: {'m' * 100}\n"))
-    assert any(f'must be a list, even of one: ["{"m" * 60}"]' in p for p in found), found
+def test_the_one_value_list_hint_quotes_a_name_not_a_long_value_that_may_be_a_pasted_key():
+    found = problems("upstreams:\n" + relay("a", extra=f"only_models: {'m' * 41}\n"))
+    assert any(p.endswith('must be a list, even of one: [...]') for p in found) and "mmm" not in str(found), found
+    found = problems("upstreams:\n" + relay("a", extra=f"only_models: {'m' * 40}\n"))
+    assert any(f'must be a list, even of one: ["{"m" * 40}"]' in p for p in found), found
+
+
+@pytest.mark.parametrize("field", ["days", "hours"])
+def test_a_key_pasted_into_days_or_hours_is_not_repeated(field):
+    # "No message ever contains a key": protocol and auth hid such a value, these quoted it
+    found = problems("upstreams:\n" + relay("a", extra=f"{field}: {SECRET}\n"))
+    assert found and SECRET not in str(found)
+    assert f"a value of {len(SECRET)} characters, not shown" in str(found) or str(found).endswith("[...]']")
 
 
 def test_an_env_variable_of_blanks_is_set_but_empty():
