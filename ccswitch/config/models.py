@@ -52,6 +52,7 @@ from ccswitch.config.values import (
     header_value,
     hidden,
     host_name,
+    not_a_variable,
     parse_days,
     parse_duration,
     parse_hhmm,
@@ -76,6 +77,7 @@ from ccswitch.wire.redact import (
 )
 
 AuthMode = Literal["x-api-key", "bearer", "client"]
+ModelName = Annotated[str, Field(min_length=1), AfterValidator(not_a_variable)]
 ROUTE_PROTOCOLS: dict[str, frozenset[str]] = {
     Route.CLAUDE: frozenset({Protocol.ANTHROPIC}),
     Route.CODEX: frozenset({Protocol.RESPONSES}),
@@ -190,13 +192,13 @@ class Upstream(_Model):
     enabled: StrictBool = True
     days: Annotated[frozenset[int], BeforeValidator(parse_days)] = frozenset(range(7))
     hours: Annotated[tuple[HourWindow, ...], AfterValidator(some_hours)] = ()
-    models: dict[str, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)   # "" would be sent as the model
-    only_models: tuple[Annotated[str, Field(min_length=1)], ...] = ()
+    models: dict[str, ModelName] = Field(default_factory=dict)   # "" would be sent as the model
+    only_models: tuple[ModelName, ...] = ()
     headers: dict[Annotated[str, AfterValidator(header_name)],
                   Annotated[str, BeforeValidator(header_value)]] = Field(default_factory=dict)
     activate_at: Annotated[tuple[Annotated[str, BeforeValidator(activate_time)], ...],
                            AfterValidator(distinct_times)] = ()
-    activation_model: Annotated[str, Field(min_length=1)] | None = None
+    activation_model: ModelName | None = None
     price_multiplier: Number = Field(default=1.0, ge=0)
     weight: Number = Field(default=1.0, gt=0)   # the `weighted` strategy's share
     budget: Budget | None = None               # USD per day / month; over it the upstream is skipped
@@ -272,9 +274,7 @@ class Upstream(_Model):
         v = v.strip()
         if v == "original":
             return v
-        if "${" in v:
-            raise ValueError("${VAR} is not expanded in base_url (only in api_key, headers and the fields "
-                             "whose docs say so): write the URL itself")
+        not_a_variable(v)
         msg = "must be 'original' or an http(s) URL like https://host[:port][/prefix]"
         try:
             parts = urlsplit(v)

@@ -239,8 +239,17 @@ def parse_sticky(value: Any) -> float:
     return parse_duration(value)
 
 
+def not_a_variable(v: str) -> str:
+    """A field ccswitch does not expand ${VAR} in: taken as written, it would be sent or matched
+    as the text `${VAR}` without a word."""
+    if "${" in v:
+        raise ValueError("${VAR} is not expanded here (only in api_key, headers and the fields whose docs "
+                         "say so): write the value itself")
+    return v
+
+
 def host_name(v: str) -> str:
-    v = v.strip().lower().rstrip(".")
+    v = not_a_variable(v).strip().lower().rstrip(".")
     if "*" in v or "?" in v:   # a TLS handshake is matched by its exact name: list each host
         raise ValueError("must be a host name like api.anthropic.com; wildcards are not supported, "
                          "list each host")

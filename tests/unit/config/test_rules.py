@@ -526,11 +526,6 @@ def test_an_empty_model_name_is_refused_where_it_would_be_sent_or_matched():
         "r.yaml: upstreams[a].only_models[0]: must not be empty"]
 
 
-def test_env_not_expanded_elsewhere():
-    r = parse("upstreams:\n" + relay("a", extra="activation_model: '${M}'"), env={"M": "x"})
-    assert r.upstreams[0].activation_model == "${M}"
-
-
 def test_missing_env_var_enabled_upstream_is_error():
     text = "upstreams:\n" + relay("ok") + relay("b", key="api_key: pre-${RELAY_B_KEY}",
                                                   extra="headers: {x-t: '${TOKEN_X}'}")
@@ -1045,8 +1040,8 @@ routes: {claude: [a, b, c]}
         "r.yaml: upstreams[a].api_key: environment variable EMPTY_KEY is set but empty (give it the key, or set "
         "enabled: false)",
         "r.yaml: upstreams[b].api_key: reads as a shell variable, which ccswitch does not expand: write ${RELAY_KEY}",
-        "r.yaml: upstreams[a].base_url: ${VAR} is not expanded in base_url (only in api_key, headers and the fields "
-        "whose docs say so): write the URL itself"]
+        "r.yaml: upstreams[a].base_url: ${VAR} is not expanded here (only in api_key, headers and the fields "
+        "whose docs say so): write the value itself"]
     assert parse("upstreams:\n  - {name: a, protocol: anthropic, base_url: 'https://r.example', "
                  "api_key: 'sk-$abc-1'}\nroutes: {claude: [a]}\n").upstreams[0].api_key.get_secret_value() == "sk-$abc-1"
 
@@ -1278,3 +1273,21 @@ def test_an_unquoted_variable_inside_braces_is_told_to_be_quoted():
     [said] = problems("upstreams:\n  - {name: a, protocol: anthropic, base_url: 'https://a.example', api_key: ${KEY}}\n",
                       env={"KEY": "k-0123456789"})
     assert said.startswith("r.yaml: line 2, column 77: ") and said.endswith('(a ${VAR} inside { } needs quotes: api_key: "${VAR}")')
+
+
+@pytest.mark.parametrize(("extra", "where"), [
+    ("models: {'*': '${RELAY_MODEL}'}", "upstreams[a].models.*"),
+    ("only_models: ['${MODEL}']", "upstreams[a].only_models[0]"),
+    ("activation_model: '${PROBE_MODEL}'", "upstreams[a].activation_model"),
+])
+def test_a_variable_where_none_is_expanded_is_refused_not_sent_as_its_text(extra, where):
+    # the upstream was sent the model "${RELAY_MODEL}" without a word
+    assert problems("upstreams:\n" + relay("a", extra=extra), env={"RELAY_MODEL": "m", "MODEL": "m"}) == [
+        f"r.yaml: {where}: ${{VAR}} is not expanded here (only in api_key, headers and the fields whose docs "
+        "say so): write the value itself"]
+
+
+def test_a_variable_in_an_intercepted_host_is_refused_not_matched_as_its_text():
+    assert problems("intercept: ['${RELAY_HOST}']\n", env={"RELAY_HOST": "r.example.com"}) == [
+        "r.yaml: intercept[0]: ${VAR} is not expanded here (only in api_key, headers and the fields whose docs "
+        "say so): write the value itself"]
