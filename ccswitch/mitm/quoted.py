@@ -66,16 +66,20 @@ class QuotedKeys:
         self._tell()
         return kept
 
-    def off_refused(self, flow: http.HTTPFlow, max_body: int) -> None:
+    def off_refused(self, flow: http.HTTPFlow, max_body: int, *, read: bool = True) -> None:
         """A refused request's body sent nowhere, without the keys it quotes, as the flow shows it
-        (mitmweb, `-w`): decoded as a routed one's is, if it decodes within `max_body`."""
+        (mitmweb, `-w`): decoded as a routed one's is, if it decodes within `max_body`.  One
+        refused unread (for its client key: anyone may send one, a small one inflating to the
+        limit among them) or past the limit is not looked through, nor left on the flow."""
         raw = flow.request.raw_content
         if not raw:
             return
         encoding = flow.request.headers.get("content-encoding", "")
-        content = decoded_body(encoding, raw, max_body) if encoding else raw
+        if not read or len(raw) > max_body:
+            content = None
+        else:
+            content = decoded_body(encoding, raw, max_body) if encoding else raw
         if content is None:
-            # one that inflates past the limit is not looked through, nor left for mitmweb to inflate
             flow.request.headers.pop("content-encoding", None)
             flow.request.raw_content = b""
         elif (scrubbed := self.without(content)) is not None:

@@ -272,11 +272,14 @@ class Router:
     async def _route(self, flow: http.HTTPFlow, match: RouteMatch, rules: Rules, known: Known) -> None:
         client_protocol = CLIENT_PROTOCOL[match.route]
 
-        def refuse(status: int, message: str, extra: dict | None = None) -> None:
+        looked = False      # once the body was looked through for quoted keys, the flow shows it so
+
+        def refuse(status: int, message: str, extra: dict | None = None, *, read: bool = True) -> None:
             message = rules.scrub(message)    # it may quote the model, and the client may send anything as one
             answer_error(flow, client_protocol, status, message, extra)
             self.rows.refused(flow, match, known, status, message)
-            self.quoted.off_refused(flow, ctx.options.ccswitch_max_body)     # sent nowhere, but on view
+            if not looked:     # sent nowhere, but on view
+                self.quoted.off_refused(flow, ctx.options.ccswitch_max_body, read=read)
 
         # the bytes as received, but the upstreams' keys it may quote (an x-debug header, a ?dbg=)
         headers = self.quoted.off_head(flow, from_wire(flow.request.headers.fields))
@@ -289,7 +292,7 @@ class Router:
         if rules.client_keys:       # a key goes no further, wherever the client put it, refused or not
             headers = without_client_keys(flow, headers, rules)
             if client is None:
-                return refuse(401, "missing or invalid ccswitch client key")
+                return refuse(401, "missing or invalid ccswitch client key", read=False)
         elif refusal := origin_problem(headers):   # the live page posts nothing
             return refuse(*refusal)
         client_name = known.client = client.name if client is not None else None
@@ -320,6 +323,7 @@ class Router:
             # on the flow as the upstreams get it: decoded, not compressed again
             flow.request.headers.pop("content-encoding", None)
             flow.request.content = raw = scrubbed
+        looked = True
         body, problem = parse_body(raw)
         if problem:
             if not raw and flow.is_replay == "request":

@@ -219,17 +219,19 @@ def quoted_keys(body: bytes, keys: tuple[str, ...]) -> list[str]:
     return [key for anchor, group in _by_anchor(keys) if anchor in body for key in group]
 
 
-#: a JSON escape of a backslash (kept, so that the `u` after it is read as a letter) or of an
-#: ASCII character from space to `~`
-_ASCII_ESCAPE = re.compile(rb"\\(?:\\|u00([2-7][0-9A-Fa-f]))")
+#: a JSON escape of an ASCII character from space to `~`, after an even run of backslashes (each
+#: pair an escaped backslash, so the `\\u` is an escape): matched at C speed, a Python call only
+#: for an escape found (a body of Windows paths has thousands of `\\\\`)
+_ASCII_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u00([2-7][0-9A-Fa-f])")
+#: the same one level down: `\\\\u0042` in JSON is `\\u0042` in the string, an escape to a reader of
+#: that string as JSON (a tool call's `arguments`)
+_NESTED_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\\\\\)*)\\\\u00([2-7][0-9A-Fa-f])")
 _KEPT_ESCAPED = frozenset((0x22, 0x5C, 0x7F))      # `"` and `\` would end or begin a string; DEL
 
 
 def _as_written(match: re.Match[bytes]) -> bytes:
-    code = match.group(1)
-    if code is None or (value := int(code, 16)) in _KEPT_ESCAPED:
-        return match.group(0)
-    return bytes((value,))
+    value = int(match.group(2), 16)
+    return match.group(0) if value in _KEPT_ESCAPED else match.group(1) + bytes((value,))
 
 
 def plain_ascii(text: bytes) -> bytes:
@@ -238,16 +240,24 @@ def plain_ascii(text: bytes) -> bytes:
     return _ASCII_ESCAPE.sub(_as_written, text) if b"\\u00" in text else text
 
 
+def _nested_plain_ascii(text: bytes) -> bytes:
+    """`plain_ascii` of the JSON inside JSON strings: to a reader of such a string as JSON (a
+    relay reading a tool call's `arguments`) the same."""
+    return _NESTED_ESCAPE.sub(_as_written, text) if b"\\\\u00" in text else text
+
+
 def without_quoted_keys(content: bytes, keys: tuple[str, ...]) -> bytes | None:
     """JSON `content` without the `keys` it quotes however JSON spells them (its escapes of ASCII
     characters written plain, `plain_ascii`), or None when it quotes none."""
     if not keys or not content:
         return None
-    content = plain_ascii(content)
-    found = quoted_keys(content, keys)
-    if not found or (scrubbed := scrub(content, found)) == content:
-        return None
-    return scrubbed
+    scrubbed = content
+    for reading in (plain_ascii, _nested_plain_ascii):     # the JSON, then JSON in its strings
+        read = reading(scrubbed)
+        if found := quoted_keys(read, keys):
+            if (without := scrub(read, found)) != read:
+                scrubbed = without
+    return scrubbed if scrubbed is not content else None
 
 
 _ESCAPED_UNIT = re.compile(r"\\u([0-9A-Fa-f]{4})")

@@ -61,3 +61,37 @@ def test_a_head_quoting_no_key_is_left_as_it_is(tmp_path):
     flow = tflow.tflow()
     before = from_wire(flow.request.headers.fields)
     assert quoted.off_head(flow, before) is before
+
+
+def test_a_key_with_a_letter_escaped_inside_a_tool_calls_arguments_goes_as_redacted(tmp_path):
+    # `arguments` is JSON in a JSON string: `\\u0066` there is an escaped `f` to a relay that
+    # reads it (as ccswitch's conversion does), sent to an upstream of the client's own API too
+    import json
+    quoted = QuotedKeys(open_gateway(tmp_path, RULES), "request")
+    at = next(i for i, c in enumerate(KEY_A) if c.isalpha())
+    inner = json.dumps({"token": KEY_A[:at] + f"\\u{ord(KEY_A[at]):04x}" + KEY_A[at + 1:], "path": "C:\\\\u0041"})
+    inner = inner.replace("\\\\u", "\\u", 1)      # the key's escape one level down, as a JSON writer wrote it
+    assert json.loads(inner)["token"] == KEY_A
+    body = json.dumps({"model": "m", "tools_said": {"arguments": inner}, "other": KEY_B}).encode()
+    sent = json.loads(quoted.without(body))
+    assert sent["other"] == "[redacted]" and json.loads(sent["tools_said"]["arguments"])["token"] == "[redacted]"
+    assert json.loads(sent["tools_said"]["arguments"])["path"] == json.loads(inner)["path"]
+
+
+@pytest.mark.parametrize("read", [True, False])
+def test_a_refused_body_past_the_limit_or_refused_unread_is_not_looked_through_nor_kept(tmp_path, monkeypatch, read):
+    # refused for its client key, anyone may send one: a small body inflating to the limit held
+    # the event loop for seconds
+    import gzip
+
+    from ccswitch.mitm import quoted as module
+    monkeypatch.setattr(module, "decoded_body", lambda *_: pytest.fail("inflated"))
+    quoted = QuotedKeys(open_gateway(tmp_path, RULES), "request")
+    flow = tflow.tflow()
+    if read:
+        flow.request.raw_content = f'{{"p": "{KEY_A}", "x": "'.encode() + b" " * 200_000 + b'"}'
+    else:
+        flow.request.headers["content-encoding"] = "gzip"
+        flow.request.raw_content = gzip.compress(f'{{"p": "{KEY_A}"}}'.encode())
+    quoted.off_refused(flow, max_body=100_000, read=read)
+    assert flow.request.raw_content == b"" and "content-encoding" not in flow.request.headers

@@ -152,6 +152,19 @@ async def test_wrong_client_key_is_401_in_client_format_and_nothing_forwarded(ro
     assert flow.request.headers["x-api-key"] == "<redacted>"
 
 
+async def test_a_request_refused_for_its_client_key_has_its_body_dropped_unread(router, monkeypatch):
+    # anyone may send one: a small gzip body inflating to the limit held the event loop for seconds
+    import gzip
+
+    from ccswitch.mitm import quoted
+    monkeypatch.setattr(quoted, "decoded_body", lambda *_: pytest.fail("inflated"))
+    flow = messages_flow(key="sk-wrong")
+    flow.request.headers["content-encoding"] = "gzip"
+    flow.request.raw_content = gzip.compress(b'{"model": "m", "p": "' + b"\\\\" * 100_000 + b'"}')
+    await router.request(flow)
+    assert flow.response.status_code == 401 and flow.request.raw_content == b""
+
+
 @pytest.mark.parametrize("upgrade", [False, True])
 async def test_a_client_key_put_where_it_is_not_read_is_off_the_refused_flow_too(gateway, upgrade):
     """A key sent the wrong way is refused (401), and mitmweb and -w do not keep it either."""

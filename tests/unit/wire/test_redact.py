@@ -145,10 +145,22 @@ def test_the_keys_a_request_may_quote_are_told_by_one_look_each_and_only_they_ar
     (b'"\\u0022 \\u005C \\u007f \\u001b \\u00e9 \\ud83d\\ude00"',    # what must stay escaped
      b'"\\u0022 \\u005C \\u007f \\u001b \\u00e9 \\ud83d\\ude00"'),
     (b'"no escapes \\n"', b'"no escapes \\n"'),
+    (b'"\\\\\\\\\\u0041 \\\\\\\\u0041"', b'"\\\\\\\\A \\\\\\\\u0041"'),   # 5 backslashes then u: 2 escaped, one escape
 ])
 def test_plain_ascii_writes_escaped_printable_ascii_as_itself_and_means_the_same(text, plain):
     assert plain_ascii(text) == plain
     assert json.loads(plain) == json.loads(text)
+
+
+def test_plain_ascii_calls_no_python_for_backslashes_and_escapes_it_keeps(monkeypatch):
+    # Claude Code writes a terminal colour as \u001b and Windows paths as \\: a Python call
+    # each, on the event loop, took ~50 ms a megabyte
+    from ccswitch.wire import redact
+    calls = []
+    monkeypatch.setattr(redact, "_as_written", lambda match: calls.append(match) or match.group(0))
+    body = json.dumps({"content": "C:\\Users\\dev\\src\\a.py \x1b[31merror\x1b[0m\n" * 1000}).encode()
+    assert b"\\u001b" in body and body.count(b"\\\\") == 4000
+    assert plain_ascii(body) == body and calls == []
 
 
 def test_a_quoted_key_with_an_escaped_letter_is_found_once_written_plain():
