@@ -219,31 +219,39 @@ def quoted_keys(body: bytes, keys: tuple[str, ...]) -> list[str]:
     return [key for anchor, group in _by_anchor(keys) if anchor in body for key in group]
 
 
-#: a JSON escape of an ASCII character from space to `~`, after an even run of backslashes (each
-#: pair an escaped backslash, so the `\\u` is an escape): matched at C speed, a Python call only
-#: for an escape found (a body of Windows paths has thousands of `\\\\`)
-_ASCII_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u00([2-7][0-9A-Fa-f])")
-#: the same one level down: `\\\\u0042` in JSON is `\\u0042` in the string, an escape to a reader of
-#: that string as JSON (a tool call's `arguments`)
-_NESTED_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\\\\\)*)\\\\u00([2-7][0-9A-Fa-f])")
+#: an escape of an ASCII character from space to `~` (`\u0042`), and the same one level down:
+#: `\\u0042` in JSON is `\u0042` in the string, an escape to a reader of that string as JSON
+#: (a tool call's `arguments`).  Led by a literal, found at C speed; a Python call only for one found
+_ASCII_ESCAPE = re.compile(rb"\\u00([2-7][0-9A-Fa-f])")
+_NESTED_ESCAPE = re.compile(rb"\\\\u00([2-7][0-9A-Fa-f])")
 _KEPT_ESCAPED = frozenset((0x22, 0x5C, 0x7F))      # `"` and `\` would end or begin a string; DEL
 
 
-def _as_written(match: re.Match[bytes]) -> bytes:
-    value = int(match.group(2), 16)
-    return match.group(0) if value in _KEPT_ESCAPED else match.group(1) + bytes((value,))
+def _escapes_written(text: bytes, pattern: re.Pattern[bytes], pairs: int) -> bytes:
+    """`text` with the matches of `pattern` written as their characters where the backslashes
+    before each come in whole escaped pairs (`pairs` of them an escaped backslash at that level):
+    `\\\\u0042` in JSON is a backslash and the letters u0042."""
+    def written(match: re.Match[bytes]) -> bytes:
+        value, at = int(match.group(1), 16), match.start()
+        before = at
+        while before and text[before - 1] == 0x5C:
+            before -= 1
+        if (at - before) % (2 * pairs) or value in _KEPT_ESCAPED:
+            return match.group(0)
+        return bytes((value,))
+    return pattern.sub(written, text)
 
 
 def plain_ascii(text: bytes) -> bytes:
     """JSON text with its escapes of printable ASCII characters written as the characters: the
     same JSON to any reader, in which a key spelt with an escaped letter shows as it is."""
-    return _ASCII_ESCAPE.sub(_as_written, text) if b"\\u00" in text else text
+    return _escapes_written(text, _ASCII_ESCAPE, 1) if b"\\u00" in text else text
 
 
 def _nested_plain_ascii(text: bytes) -> bytes:
     """`plain_ascii` of the JSON inside JSON strings: to a reader of such a string as JSON (a
     relay reading a tool call's `arguments`) the same."""
-    return _NESTED_ESCAPE.sub(_as_written, text) if b"\\\\u00" in text else text
+    return _escapes_written(text, _NESTED_ESCAPE, 2) if b"\\\\u00" in text else text
 
 
 def without_quoted_keys(content: bytes, keys: tuple[str, ...]) -> bytes | None:
