@@ -90,8 +90,9 @@ def plan(rules: Rules, route: str, model: str | None, health: HealthBoard, now: 
             full_end = full_past_cooldown(health, quota, name, rules.failover.drain_at)
             result.blocked.append((name, _full_text(full, rules, now, full_end) if full_end is not None
                                    else f"cooling down until {wall_text(ends, now, seconds=True)}"))
-            back = _back_after(until - health.clock(), full, quota) if health.get(name).rate_limited else None
-            if back is not None:
+            back = (_back_after(until - health.clock(), quota, name, rules.failover.drain_at)
+                    if health.get(name).rate_limited else None)
+            if back is not None:      # its 429 named when: a wait known, not a failure
                 limited.append(back)
                 cooling.append((until, upstream, LIMITED))
             else:
@@ -153,15 +154,14 @@ def _second_chance(out: list[tuple[float, Upstream, str]]) -> list[Upstream]:
     return []
 
 
-def _back_after(cooling_left: float, full, quota: QuotaBoard | None) -> float | None:
-    """Seconds until a rate-limited upstream serves again: its cooldown can end before the window
-    that is full resets (a short retry-after), and it is back only when both are over; None
-    when the full window's reset is unknown."""
-    if full is None:
+def _back_after(cooling_left: float, quota: QuotaBoard | None, name: str, drain_at: float) -> float:
+    """Seconds until a rate-limited upstream serves again: its cooldown (the wait its 429 named)
+    can end before a window it reported full resets (a short retry-after), and it is back only
+    when both are over (a window that named no reset: when it is believed full till)."""
+    full_until = quota.full_until(name, drain_at) if quota is not None else None
+    if full_until is None:
         return cooling_left
-    if full.resets_at is None:
-        return None
-    return max(cooling_left, full.resets_at - quota.clock())
+    return max(cooling_left, full_until - quota.clock())
 
 
 def _order(candidates: list[Upstream], spec: RouteSpec, quota: QuotaBoard | None, session: str | None) -> str:

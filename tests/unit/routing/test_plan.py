@@ -121,6 +121,22 @@ def test_an_upstream_cooling_and_full_with_no_known_reset_is_planned_without_one
     assert dict(plan(rules, "claude", "m", health, NOW, quota=quota).blocked)["b"] == why   # as the page says
 
 
+def test_an_upstream_whose_429_named_its_wait_is_not_called_for_a_full_window_that_named_none():
+    # a 429 with retry-after: 3600 and a window at 100 % without its reset: the plan read the
+    # window's unknown end as no known wait and tried it again on the next request, every request
+    clock = Clock()
+    quota, health = QuotaBoard(clock), HealthBoard(clock)
+    rules = rules_with("[a, b, c]")
+    utilization(quota, "a", 0.99, reset_in=60)
+    utilization(quota, "b", 1.0, reset_in=90)
+    health.record_rate_limit("c", "HTTP 429", seconds=3600, reset_known=True)
+    quota.record("c", [("anthropic-ratelimit-unified-5h-utilization", "1.0")])     # full, no reset header
+    p = plan(rules, "claude", "m", health, NOW, quota=quota)
+    assert p.candidates == [] and p.limited_for == 60
+    p = plan(rules_with("[c]", weights=(1,), names="c"), "claude", "m", health, NOW, quota=quota)
+    assert p.candidates == [] and p.limited_for == 3600
+
+
 def test_weighted_picks_in_proportion_and_a_session_always_draws_the_same():
     rules = rules_with("{upstreams: [a, b, c], strategy: weighted}", weights=(6, 3, 1))
     firsts = Counter(names(plan(rules, "claude", "m", HealthBoard(), NOW, session=f"s{i}"))[0] for i in range(3000))
