@@ -62,7 +62,8 @@ class QuotedKeys:
         flow.request.path = path
         request_headers = flow.request.headers
         for name in {name for (name, value), (_, was) in zip(kept, headers, strict=True) if value != was}:
-            request_headers.set_all(name, [value for n, value in kept if n.lower() == name.lower()])
+            # as bytes: a str would be written as UTF-8, another byte beside the key changed on the flow
+            request_headers.set_all(name, [value.encode("latin-1") for n, value in kept if n.lower() == name.lower()])
         self._tell()
         return kept
 
