@@ -16,7 +16,8 @@ from ccswitch.config.models import ROUTE_PROTOCOLS
 from ccswitch.mitm.flows import answer_error, comment_on, likely_protocol, without_placeholders
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.held import HELD_COMMENT
-from ccswitch.mitm.scope import host_named, is_api_flow, why_unrouted
+from ccswitch.mitm.planner import NO_END_RETRY_AFTER
+from ccswitch.mitm.scope import host_named, is_api_flow, route_of, why_unrouted
 from ccswitch.report.terminal import printable
 from ccswitch.routing.classify import base_url_hint
 from ccswitch.wire.redact import target_without
@@ -56,9 +57,17 @@ class Unrouted:
     def _offline(self, flow: http.HTTPFlow, hint: str | None) -> bool:
         """With `ccswitch_offline`, an unrouted request to an `intercept` host answered at once
         (True): a 400 for a base URL to mend, whose message Claude Code shows (it reads any 404
-        as a model the account lacks)."""
+        as a model the account lacks); for a route that lists no upstream, a 503 it shows at once
+        (`x-should-retry: false`) naming that route."""
         if not ctx.options.ccswitch_offline or host_named(flow.request.pretty_host) not in self.gateway.rules.intercept:
             return False
-        answer_error(flow, likely_protocol(flow.request), 400 if hint else 404,
-                     "ccswitch is offline: this host is not reachable" + (f" ({hint})" if hint else ""))
+        said = "ccswitch is offline: this host is not reachable"
+        if hint:
+            answer_error(flow, likely_protocol(flow.request), 400, f"{said} ({hint})")
+        elif (match := route_of(flow, self.gateway.rules)) is not None:
+            answer_error(flow, likely_protocol(flow.request), 503,
+                         f"{said}, and the {match.route} route lists no upstream (see the rules file)",
+                         {"x-should-retry": "false", "retry-after": str(NO_END_RETRY_AFTER)})
+        else:
+            answer_error(flow, likely_protocol(flow.request), 404, said)
         return True

@@ -76,6 +76,23 @@ routes: {{claude: [claude-a]}}
     assert not [r for r in a.requests if r.protocol]
 
 
+def test_claude_code_offline_with_an_empty_route_says_so_instead_of_blaming_its_model(tmp_path):
+    """Offline, a request of a route that lists no upstream was answered 404, which Claude Code
+    reads as a model the account lacks ("There's an issue with the selected model")."""
+    with MockUpstream("A") as a:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(f"""
+upstreams:
+  - {{name: codex-a, protocol: openai-responses, base_url: '{a.base_url}/v1', api_key: '{KEY_A}'}}
+routes: {{claude: [], codex: [codex-a]}}
+""")
+        done, took = claude_through(rules, tmp_path, CLIENT_KEY)
+    said = done.stdout + done.stderr
+    assert done.returncode != 0 and "selected model" not in said
+    assert "ccswitch is offline" in said and "the claude route lists no upstream" in said
+    assert took < 30, f"Claude Code took {took:.0f} s to give up"
+
+
 def codex_through(rules, tmp_path, runs: int = 1):
     """`codex exec` through ccswitch's HTTPS_PROXY on `rules` (its WebSocket bridged), `runs` times
     in a row: how the last one ended, and how long it took."""
