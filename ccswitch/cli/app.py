@@ -87,8 +87,9 @@ def _env(args: argparse.Namespace) -> int:
     rules = load_for_command(args.rules, env=MarkedEnv())
     if rules is None:
         return 1
-    confdir = Path(args.confdir).expanduser()
-    bundle_dir = Path(args.bundle_dir).expanduser() if args.bundle_dir else confdir
+    # absolute: the lines are eval'd, and a client started in another folder reads them
+    confdir = Path(args.confdir).expanduser().absolute()
+    bundle_dir = Path(args.bundle_dir).expanduser().absolute() if args.bundle_dir is not None else confdir
     try:
         lines = env_lines(confdir=confdir, port=args.port, reverse=args.reverse, codex_toml=args.codex_toml,
                           bundle_dir=bundle_dir, rules=rules)
@@ -213,8 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--reverse", action="store_true", help="base-URL (reverse mode) variables instead of a proxy")
     env.add_argument("--port", type=_port, default=None, help="the proxy's port (default 8080; 8082 with --reverse)")
     env.add_argument("--codex-toml", action="store_true", help="print a Codex model_providers block instead")
-    env.add_argument("--confdir", default="~/.mitmproxy", help="mitmproxy's confdir (where its CA lives)")
-    env.add_argument("--bundle-dir", default=None, help="where to write the CA bundle (default: confdir)")
+    env.add_argument("--confdir", default="~/.mitmproxy", type=named_file, help="mitmproxy's confdir (where its CA lives)")
+    env.add_argument("--bundle-dir", default=None, type=named_file, help="where to write the CA bundle (default: confdir)")
     env.add_argument("--rules", metavar="PATH", type=named_file,
                      help="rules.yaml deciding the clients' API keys (default: as mitmdump would find it)")
     env.set_defaults(parser=env, func=_env)

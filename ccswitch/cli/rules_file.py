@@ -47,7 +47,8 @@ class MarkedEnv(AnyEnv):
 
 
 def named_file(text: str) -> str:
-    """A file named on the command line (`--rules`, `--db`, `--out`): an empty name, as an unset
+    """A file or folder named on the command line (`--rules`, `--db`, `--out`, `env`'s `--confdir`
+    and `--bundle-dir`): an empty name, as an unset
     shell variable gives, names none; taken for no name, another file would be used unsaid."""
     if not text:
         raise argparse.ArgumentTypeError("an empty name (an unset shell variable?)")

@@ -102,6 +102,15 @@ def test_env_prints_evalable_exports(tmp_path):
     assert "ANTHROPIC_BASE_URL=http://127.0.0.1:8082" in done.stdout
 
 
+def test_env_names_the_ca_files_absolutely_for_clients_started_in_another_folder(tmp_path):
+    # eval'd, `--confdir .` exported NODE_EXTRA_CA_CERTS=mitmproxy-ca-cert.pem: found from that folder only
+    (tmp_path / "mitmproxy-ca-cert.pem").write_text("-----BEGIN CERTIFICATE-----\nX\n-----END CERTIFICATE-----\n")
+    done = cli("env", "--confdir", ".", "--bundle-dir", "sub", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"NODE_EXTRA_CA_CERTS={tmp_path / 'mitmproxy-ca-cert.pem'}" in done.stdout
+    assert f"SSL_CERT_FILE={tmp_path / 'sub' / 'ccswitch-ca-bundle.pem'}" in done.stdout
+
+
 def home_env(tmp_path) -> dict:
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
@@ -402,6 +411,7 @@ def test_env_says_when_nothing_listens_at_the_port_it_was_given(tmp_path):
 
 @pytest.mark.parametrize("args", [("check", ""), ("check", "--rules", ""), ("report", "--rules", ""),
                                   ("report", "--db", ""), ("report", "--out", ""), ("env", "--rules", ""),
+                                  ("env", "--confdir", ""), ("env", "--bundle-dir", ""),
                                   ("activate", "relay", "--rules", ""), ("notify-test", "--rules", "")])
 def test_an_empty_name_is_refused_not_taken_for_none(args):
     """`ccswitch check "$UNSET"` checked ~/.ccswitch/rules.yaml (or ./rules.yaml) and said OK."""
