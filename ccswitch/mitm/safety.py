@@ -77,7 +77,7 @@ def proxy_in_environment(environ: Mapping[str, str], rules: Rules, own_ports: It
         return None
     name, proxy = found
     return (f"{name} in ccswitch's environment names {proxy.shown}, which ccswitch does not use: "
-            f"{', '.join(direct)} go direct. Write `upstream_proxy: {proxy.suggestion}` in rules.yaml to "
+            f"{', '.join(direct)} {'goes' if len(direct) == 1 else 'go'} direct. Write `upstream_proxy: {proxy.suggestion}` in rules.yaml to "
             "reach upstreams through it, or `upstream_proxy: direct` to mean it")
 
 
@@ -142,6 +142,7 @@ class ListenSafety:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.own_loopback = False   # True when the user gave no listen host
+        self.said: set[str] = set()     # notes logged: the start configures twice (the script's options, then --set)
         gateway.rules_file.vetoes.append(self.refuse_unprotected)
 
     def configure(self, updated) -> None:
@@ -151,11 +152,11 @@ class ListenSafety:
             self.check_exposure()
         if updated & {"mode", "ccswitch_rules"} and (note := routed_past_upstream_mode(
                 parsed_modes(ctx.options.mode), self.gateway.rules)):
-            log.warning("ccswitch: %s", note)
+            self._note(note)
         if updated & {"mode", "listen_port", "ccswitch_rules"} and (note := proxy_in_environment(
                 os.environ, self.gateway.rules,
                 (mode.listen_port(ctx.options.listen_port) for _, mode in parsed_modes(ctx.options.mode)))):
-            log.warning("ccswitch: %s", note)
+            self._note(note)
         if "proxyauth" in updated and ctx.options.proxyauth and self._reverse_specs():
             log.warning("ccswitch: mitmproxy's proxyauth also asks every request on %s for "
                         "'Authorization: Basic': API clients that send a Bearer token or only x-api-key get "
@@ -175,6 +176,12 @@ class ListenSafety:
         if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
             ctx.options.update(connection_strategy="lazy")
             log.info("ccswitch: connection_strategy forced to lazy (the original host may be unreachable)")
+
+    def _note(self, note: str) -> None:
+        """A note on the setup, logged once while it stays the same."""
+        if note not in self.said:
+            self.said.add(note)
+            log.warning("ccswitch: %s", note)
 
     def running(self) -> None:
         if not self.own_loopback:

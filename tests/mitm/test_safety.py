@@ -334,7 +334,7 @@ def test_a_proxy_in_ccswitch_s_environment_is_said_to_go_unused_with_what_to_wri
                         "routes: {claude: [a]}\n")
     said = proxy_in_environment({"https_proxy": "http://alice:s3cret@proxy.corp:3128"}, rules, [8080])
     assert said.startswith("https_proxy in ccswitch's environment names http://proxy.corp:3128") and "s3cret" not in said
-    assert "a go direct" in said and "Write `upstream_proxy: http://USER:${VAR}@proxy.corp:3128`" in said
+    assert "a goes direct" in said and "Write `upstream_proxy: http://USER:${VAR}@proxy.corp:3128`" in said
     assert "ALL_PROXY" in proxy_in_environment({"ALL_PROXY": "socks5h://127.0.0.1:1080"}, rules, [8080])
     assert proxy_in_environment({"HTTPS_PROXY": "http://127.0.0.1:8080"}, rules, [8080]) is None   # ccswitch itself
     # ccswitch's own in HTTPS_PROXY (an `eval` in this shell) and the company's in HTTP_PROXY
@@ -353,7 +353,10 @@ def test_the_start_says_when_ccswitch_s_environment_names_a_proxy_it_does_not_us
     rules.write_text(RULES)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
     caplog.set_level(logging.WARNING, logger="ccswitch")
-    with watched_safety(rules) as (tctx, _, safety):
+    with watched_safety(rules) as (tctx, watcher, safety):
         tctx.configure(safety, mode=["regular@8080"])
+        tctx.configure(safety, listen_port=8081)    # the start configures again for --set's options
+        tctx.configure(watcher, ccswitch_rules=str(rules))
     assert "HTTPS_PROXY in ccswitch's environment names http://proxy.corp:3128, which ccswitch does not use" \
         in caplog.text
+    assert caplog.text.count("which ccswitch does not use") == 1, caplog.text
