@@ -237,7 +237,7 @@ async def _connect_tunnel(proxy: Proxy, host: str, port: int) -> socket.socket:
                              f"({scrub(status_line[:100], proxy)!r})")
         if parts[1] != "200":
             text = scrub(" ".join(parts[1:]), proxy)
-            why = f"{_AUTH_FAILED} ({text})" if parts[1] == "407" else text
+            why = f"{_AUTH_FAILED} ({text}){_unspoken_schemes(head)}" if parts[1] == "407" else text
             raise ProxyError(f"proxy {proxy.shown}: {why}", credentials=parts[1] == "407")
         if beyond:    # the tunnel's first bytes are the client's to send (TLS, HTTP): nothing can come first
             raise ProxyError(f"proxy {proxy.shown}: sent data past its answer to CONNECT")
@@ -245,6 +245,19 @@ async def _connect_tunnel(proxy: Proxy, host: str, port: int) -> socket.socket:
     except BaseException:
         sock.close()
         raise
+
+
+def _unspoken_schemes(head: bytes) -> str:
+    """What to add to a 407 whose proxy offers no Basic login (a company's NTLM or Negotiate):
+    no password mends that."""
+    schemes = []
+    for line in head.split(b"\n")[1:]:
+        name, sep, value = line.decode("latin-1").partition(":")
+        if sep and name.strip().lower() == "proxy-authenticate" and (scheme := value.strip().split(" ")[0].strip(",")):
+            schemes.append(scheme[:20])
+    if not schemes or any(scheme.lower() == "basic" for scheme in schemes):
+        return ""
+    return f": it asks for {', '.join(dict.fromkeys(schemes))}, and ccswitch logs in to a proxy with Basic only"
 
 
 async def _socket_to(proxy: Proxy) -> socket.socket:

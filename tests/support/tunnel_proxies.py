@@ -161,14 +161,15 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes:
 
 
 class ConnectProxy(_TunnelProxy):
-    """HTTP CONNECT with optional basic auth (407 with Proxy-Authenticate otherwise); with
+    """HTTP CONNECT with optional basic auth (407 with Proxy-Authenticate otherwise: `schemes`); with
     `split`, its 200 comes in two TCP segments (the blank line a moment after the status line);
     with `bare_lf`, its lines end with LF alone."""
     scheme = "http"
 
-    def __init__(self, *, split: bool = False, bare_lf: bool = False, **kwargs) -> None:
+    def __init__(self, *, split: bool = False, bare_lf: bool = False, schemes: tuple[str, ...] = ("Basic realm=\"test\"",),
+                 **kwargs) -> None:
         super().__init__(**kwargs)
-        self.split, self.bare_lf = split, bare_lf
+        self.split, self.bare_lf, self.schemes = split, bare_lf, schemes
 
     def _handshake(self, client: socket.socket) -> socket.socket | None:
         head = b""
@@ -190,8 +191,8 @@ class ConnectProxy(_TunnelProxy):
             user, _, password = base64.b64decode(encoded).decode("latin-1").partition(":")
         if not self._allowed(user, password):
             self._refuse("credentials")
-            client.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
-                           b"proxy-authenticate: Basic realm=\"test\"\r\ncontent-length: 0\r\n\r\n")
+            offered = "".join(f"proxy-authenticate: {scheme}\r\n" for scheme in self.schemes).encode()
+            client.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\n" + offered + b"content-length: 0\r\n\r\n")
             return None
         host, _, port = authority.rpartition(":")
         target = self._dial(host.strip("[]"), int(port))

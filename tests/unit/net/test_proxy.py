@@ -140,6 +140,21 @@ async def test_a_short_proxy_login_is_not_scrubbed_out_of_the_words_around_it():
     assert "407 Proxy Authentication Required" in str(caught.value)
 
 
+async def test_a_407_of_a_proxy_that_offers_no_basic_login_says_what_it_asks_for():
+    # a company's NTLM/Negotiate proxy looked like a wrong password
+    with ConnectProxy(auth=("u", "p"), schemes=("NTLM", "Negotiate")) as proxy:
+        async with client() as c:
+            with pytest.raises(http1.ProxyFailure) as caught:
+                await post(c, "http://127.0.0.1:9", via(proxy.url("DOMAIN%5Cu", "p")))
+    assert str(caught.value).endswith("authentication failed (407 Proxy Authentication Required): it asks for "
+                                      "NTLM, Negotiate, and ccswitch logs in to a proxy with Basic only")
+    with ConnectProxy(auth=("u", "p")) as proxy:
+        async with client() as c:
+            with pytest.raises(http1.ProxyFailure) as caught:
+                await post(c, "http://127.0.0.1:9", via(proxy.url("u", "wrong")))
+    assert str(caught.value).endswith("authentication failed (407 Proxy Authentication Required)")
+
+
 @asynccontextmanager
 async def tls_upstream(directory):
     """An HTTPS server for `localhost` (self-signed): its URL and the client TLS context trusting it."""
