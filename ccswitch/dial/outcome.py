@@ -80,7 +80,8 @@ def NetworkFailure(upstream: str, reason: str, action: str, timeout: bool = Fals
 def network_failure(upstream: str, exc: BaseException, action: str, phase: str, via: str | None = None) -> Failure:
     """Classify a transport exception: refused, reset, DNS, TLS, which timeout, or the proxy's
     own words (its message names it without credentials).  `via`: the proxy the request went
-    through, named beside a timeout waiting for the answer (the proxy's or the upstream's silence)."""
+    through, named beside a timeout waiting for the answer or a connection cut (the proxy's doing
+    or the upstream's: a user behind a proxy cannot tell which otherwise)."""
     if isinstance(exc, http1.Unsendable):
         # what the client sent, not the upstream's doing; the next upstream may be sent other headers
         return Failure(upstream, None, str(exc), Action.SWITCH, counts=False, client_status=400)
@@ -115,13 +116,13 @@ def network_failure(upstream: str, exc: BaseException, action: str, phase: str, 
             or "All connection attempts failed" in text:
         reason = "connection refused"
     elif any(isinstance(e, ConnectionResetError) for e in chain):
-        reason = "connection reset"
+        reason = "connection reset" + (f" (via proxy {via})" if via else "")   # the proxy's doing, or the upstream's
     elif "name" in text.lower() and ("resolution" in text.lower() or "known" in text.lower()):
         reason = "DNS error"
     elif isinstance(exc, http1.MalformedAnswer):
         reason = str(exc) or "not an HTTP/1.1 answer"     # ccswitch's words and llhttp's, never the answer's bytes
     elif isinstance(exc, http1.RemoteProtocolError):
-        reason = "connection closed"
+        reason = "connection closed" + (f" (via proxy {via})" if via else "")
     elif isinstance(exc, http1.ConnectError) and str(exc):
         reason = str(exc)     # ccswitch's own words on what it met (never a header's text)
     else:

@@ -394,3 +394,27 @@ routes: {{claude: [a, b]}}
     assert job.attempts[0].error == (
         f"TLS handshake timeout (through proxy {proxy}, which had opened the tunnel)" if scheme == "https"
         else f"first_byte timeout (via proxy {proxy})")
+
+
+async def test_a_tunnel_the_proxy_closes_names_the_proxy(mock_b):
+    # "connection closed" alone: a user behind a proxy could not tell the proxy's doing from the upstream's
+    async def closing(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(closing, "127.0.0.1", 0)
+    proxy = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    rules = parse_rules(f"""
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: key-a, proxy: '{proxy}'}}
+  - {{name: b, protocol: anthropic, base_url: '{mock_b.base_url}', api_key: key-b}}
+routes: {{claude: [a, b]}}
+""")
+    try:
+        job, sink, _ = await run(rules)
+    finally:
+        server.close()
+    assert sink.status == 200 and job.upstream == "b"
+    assert job.attempts[0].error in (f"connection closed (via proxy {proxy})", f"connection reset (via proxy {proxy})")
