@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from ccswitch.mitm.activator import Activator
 from ccswitch.net.http1 import UpstreamClient
-from tests.support.helpers import KEY_A
+from tests.support.helpers import KEY_A, eventually
 from tests.support.loopback_guard import loopback_url
 from tests.support.mock_upstream import MockUpstream
 
@@ -148,7 +148,7 @@ async def test_the_ledger_read_for_probes_that_already_fired_holds_up_nothing(ga
         await asyncio.sleep(0.1)
         assert ticks == []
         reading.set()
-        await asyncio.sleep(0.1)
+        await eventually(lambda: ticks)                 # the read ends in its thread, then the first tick
         assert ticks == [1]
         activator._task.cancel()
 
@@ -166,14 +166,14 @@ async def test_a_ledger_the_probes_that_fired_cannot_be_read_from_still_lets_pro
     monkeypatch.setattr(activator, "tick", lambda: ticks.append(1) or [])
     with taddons.context(activator):
         activator.running()
-        await asyncio.sleep(0.1)
+        await eventually(lambda: ticks)                 # the read fails in its thread, then the first tick
         assert ticks == [1] and "could not read past activations" in caplog.text
         activator._task.cancel()
 
 
 async def ticks_failing_at(gateway, monkeypatch, failing: set[int]) -> list:
-    """Run the activator's loop, quickly, for 0.2 s with its ticks numbered `failing` raising:
-    the ticks it made."""
+    """Run the activator's loop, quickly, with its ticks numbered `failing` raising, until it made two
+    ticks past the last of them (5 s at most): the ticks it made."""
     from mitmproxy.test import taddons
 
     from ccswitch.mitm import activator as module
@@ -191,7 +191,7 @@ async def ticks_failing_at(gateway, monkeypatch, failing: set[int]) -> list:
     monkeypatch.setattr(activator, "tick", tick)
     with taddons.context(activator):
         activator.running()
-        await asyncio.sleep(0.2)
+        await eventually(lambda: len(ticks) > max(failing) + 1)    # the ledger read in its thread, a tick each 10 ms
         assert not activator._task.done()
         activator._task.cancel()
     return ticks
