@@ -136,8 +136,8 @@ async def test_a_late_starter_loads_what_redis_holds(redis_url):
         a.sessions.bind("messages", "s", "relay", 600)
         a.spend.add(CLIENT, "k", 0.25)
         a.issued.record("resp_1", "relay")
-        await eventually(lambda: not a.state._pending and not a.state._unsent)
-        await asyncio.sleep(0.05)
+        # written: the flush takes the queue at once and only then awaits Redis's answer
+        await eventually(lambda: not a.state._pending and not a.state._unsent and not a.state._writing)
         assert await a.state.claim_state("health:relay", "cooldown", "1") is True    # who tells what: no record
         async with Node(redis_url) as c:
             assert c.health.cooling_until("relay") is not None
