@@ -32,7 +32,7 @@ def test_a_cooldown_learned_by_one_is_honoured_by_the_other(tmp_path, redis_url)
             mock_a.script(status(503))
             answer = ask(http, one)
             assert answer.headers["x-ccswitch-upstream"] == "b"          # a failed: it cools on `one`
-            wait_for(lambda: upstream_view(http, two, "a")["state"] == "cooling", timeout=1.0)
+            wait_for(lambda: upstream_view(http, two, "a")["state"] == "cooling")   # (its speed: the next test)
             view = upstream_view(http, two, "a")
             assert 55 <= view["seconds_left"] <= 60 and view["failures"] == 1
             sent_to_a = len(mock_a.requests)
@@ -65,20 +65,26 @@ def test_budget_spend_adds_up_across_both(tmp_path, redis_url):
         keys = list(store.scan_iter(f"ccswitch:s:client:{name}:daily:*"))
         return float(store.get(keys[0])) if keys else 0.0
 
+    def known_to(proxy, name):
+        """What `proxy` says `name` spent today (its live page: "$0.00020 of $0.00030 today (…)")."""
+        key = {"alice": ALICE, "bob": BOB}[name]
+        clients = http.get(proxy.reverse_url + "/_ccswitch/status.json", headers={"x-api-key": key}).json()["clients"]
+        return float(next(c for c in clients if c["name"] == name)["budget"][0].split()[0].lstrip("$"))
+
     with MockUpstream("A") as mock_a, MockUpstream("B") as mock_b, client() as http:
         with instances(shared_rules(mock_a, mock_b, redis_url, client_keys=KEYS), tmp_path) as (one, two):
             assert ask(http, one, key=ALICE).status_code == 200          # alice's first request: over her budget
             wait_for(lambda: spent("alice") > 0.0001, pause=0.01)
-            time.sleep(0.2)                                              # far beyond the measured staleness
+            wait_for(lambda: known_to(two, "alice") > 0.0001, pause=0.01)   # the message in, another process
             refused = ask(http, two, key=ALICE)                          # two never served her
             assert refused.status_code == 429 and "client key alice has spent" in refused.text
 
             assert ask(http, one, key=BOB).status_code == 200            # $0.0002 of $0.0003 through one
             wait_for(lambda: spent("bob") > 0, pause=0.01)
-            time.sleep(0.2)
+            wait_for(lambda: known_to(two, "bob") > 0, pause=0.01)
             assert ask(http, two, key=BOB).status_code == 200            # $0.0004 together: over
             wait_for(lambda: spent("bob") > 0.0003, pause=0.01)
-            time.sleep(0.2)
+            wait_for(lambda: known_to(one, "bob") > 0.0003, pause=0.01)
             assert ask(http, one, key=BOB).status_code == 429            # neither alone spent that much
             assert ask(http, two, key=BOB).status_code == 429
             assert abs(spent("bob") - 2 * 0.0002025) < 1e-9
