@@ -12,7 +12,7 @@ from ccswitch.dial.ws_upstream import UpstreamSockets, create_frame
 from ccswitch.net import http1
 from ccswitch.wire.sse import SSEParser
 from ccswitch.wire.ws_chain import Chain, Turn
-from tests.support.mock_upstream import cut_after, status
+from tests.support.mock_upstream import cut_after, stall_after, status
 
 
 def user(text):
@@ -122,6 +122,9 @@ async def test_an_error_frame_before_any_event_is_an_http_error_and_the_socket_s
 
 
 async def test_a_turn_left_before_its_end_closes_the_socket(mock_a):
+    # its first event, then nothing: a turn answered whole may be read whole by the first read
+    # (every frame already in), and ends there, its socket fit for the next turn
+    mock_a.script(stall_after(1, 5))
     sockets = UpstreamSockets()
     turn = Chain().prepare({"type": "response.create", "model": "m", "input": []})
     try:
