@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import subprocess
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,11 @@ def test_rows_a_moved_from_ledger_could_not_write_go_to_the_new_one_first(tmp_pa
     rows = sqlite3.connect(good).execute("SELECT request_id FROM requests").fetchall()
     assert sorted(r for (r,) in rows) == ["r0", "r1", "r2", "r3", "r4", "r5"]
     assert f"5 usage row(s) that {bad} did not take go to {good} instead" in caplog.text
+    # the old writer retries on after its close (every 0.1 s: its backoff never grows past the 2 s
+    # that ends a closing writer's tries); the path mended, it writes its rows and ends
+    (tmp_path / "afile").unlink()
+    (tmp_path / "afile").mkdir()
+    assert wait_for(lambda: old.pending == 0)
 
 
 def test_a_successor_closed_first_takes_nothing_and_the_rows_are_kept_for_the_next_start(tmp_path, caplog):
@@ -217,7 +223,7 @@ def test_rows_written_one_by_one_are_not_written_again_after_a_lock(tmp_path, mo
             raise sqlite3.OperationalError("database is locked")
         return real_write(self, rows)
 
-    monkeypatch.setattr(Ledger, "_write", flaky)
+    monkeypatch.setattr(ledger, "_write", types.MethodType(flaky, ledger))     # this ledger's alone (see below)
     ledger.start()
     ledger.close()
     conn = sqlite3.connect(path)
@@ -243,8 +249,10 @@ def test_a_full_buffer_while_a_batch_is_being_written_drops_the_oldest_not_the_b
             raise sqlite3.OperationalError("database is locked")
         return real_write(self, rows)
 
-    monkeypatch.setattr(Ledger, "_write", slow_then_locked)
-    monkeypatch.setattr(Ledger, "_sleep", lambda self, seconds: None)
+    # this ledger's alone: patched on the class, an earlier test's writer still retrying in its
+    # thread took the first (locked) call, and this ledger's batch went in at once (met under load)
+    monkeypatch.setattr(ledger, "_write", types.MethodType(slow_then_locked, ledger))
+    monkeypatch.setattr(ledger, "_sleep", lambda seconds: None)
     ledger.add("requests", row(0))
     ledger.add("requests", row(1))
     ledger.start()
