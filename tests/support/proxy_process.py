@@ -84,18 +84,30 @@ class Proxy:
     def reverse_url(self) -> str:
         return f"http://127.0.0.1:{self.reverse_port}"
 
-    def start(self, timeout: float = 20.0) -> Proxy:
+    def start(self, timeout: float = 20.0, tries: int = 3) -> Proxy:
         self.log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.args, cwd=self.workdir, stdout=self.log_file,
                                      stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if tries > 1 and "address already in use" in self.log():
+                    # a port free when asked may be taken by another process before mitmdump binds it
+                    self.log_file.close()
+                    self._move_to(*free_ports(2))
+                    return self.start(timeout, tries - 1)
                 raise RuntimeError(f"mitmdump exited {self.proc.returncode}:\n{self.log()}")
             if self._listening() and self.ca_cert.exists():
                 return self
             time.sleep(0.05)
         raise RuntimeError("mitmdump did not start:\n" + self.log())
+
+    def _move_to(self, regular: int, reverse: int) -> None:
+        """The listeners on other ports (the arguments edited in place: a test may have edited them too)."""
+        self.args = [re.sub(rf"@{self.regular_port}$", f"@{regular}", arg) if arg.startswith("regular@")
+                     else re.sub(rf"@{self.reverse_port}$", f"@{reverse}", arg) if arg.startswith("reverse:")
+                     else arg for arg in self.args]
+        self.regular_port, self.reverse_port = regular, reverse
 
     def _listening(self) -> bool:
         """Both listeners are up: its log says so, or (quiet) each takes a connection."""
