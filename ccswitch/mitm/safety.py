@@ -76,8 +76,9 @@ def proxy_in_environment(environ: Mapping[str, str], rules: Rules, own_ports: It
                                                                           set(own_ports))) is None:
         return None
     name, proxy = found
+    goes = "goes" if len(direct) == 1 else "go"
     return (f"{name} in ccswitch's environment names {proxy.shown}, which ccswitch does not use: "
-            f"{', '.join(direct)} {'goes' if len(direct) == 1 else 'go'} direct. Write `upstream_proxy: {proxy.suggestion}` in rules.yaml to "
+            f"{', '.join(direct)} {goes} direct. Write `upstream_proxy: {proxy.suggestion}` in rules.yaml to "
             "reach upstreams through it, or `upstream_proxy: direct` to mean it")
 
 
