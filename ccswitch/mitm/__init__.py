@@ -12,6 +12,7 @@ from ccswitch.mitm.collector import CollectorTuning
 from ccswitch.mitm.commands import Commands
 from ccswitch.mitm.early import EarlyRefusal
 from ccswitch.mitm.gateway import Gateway
+from ccswitch.mitm.head_guard import guard_request_heads
 from ccswitch.mitm.key_shield import KeyShield
 from ccswitch.mitm.lifecycle import log_refusals_as_messages
 from ccswitch.mitm.live_page import LivePage
@@ -28,6 +29,7 @@ from ccswitch.mitm.wrong_listener import WrongListener
 
 def make_addons() -> list:
     log_refusals_as_messages()
+    guard_request_heads()
     gateway = Gateway()
     # the shield gives a request its keys back before the others' request hooks (the early
     # refusal reads them from it, at the head, and answers a few from there); the live page

@@ -118,6 +118,45 @@ def proxy_auth_set() -> bool:
     return guards_anything(ctx.options.proxyauth)
 
 
+#: connections one address beyond loopback may hold open at once: a team behind one NAT has far
+#: fewer; a stranger holding thousands (idle, or sending a header line now and then) took every
+#: file the process may open, and no key holder got in
+MAX_CONNECTIONS_PER_PEER = 256
+
+
+class PeerConnections:
+    """The connections each address beyond loopback holds open; one past the limit is closed."""
+
+    def __init__(self, limit: int = MAX_CONNECTIONS_PER_PEER) -> None:
+        self.limit = limit
+        self.open: dict[str, int] = {}
+        self._counted: dict[str, str] = {}      # client id -> its address
+        self._told: set[str] = set()            # addresses over the limit, logged once while they are
+
+    def connected(self, client) -> None:
+        address = str(client.peername[0])
+        if self.open.get(address, 0) >= self.limit:
+            client.error = f"more than {self.limit} connections from one address"
+            if address not in self._told:
+                self._told.add(address)
+                log.warning("ccswitch: %s holds %d connections, the most one address may: its next ones are "
+                            "closed until it holds fewer", address, self.limit)
+            return
+        self.open[address] = self.open.get(address, 0) + 1
+        self._counted[client.id] = address
+
+    def disconnected(self, client) -> None:
+        address = self._counted.pop(client.id, None)
+        if address is None:
+            return
+        if (left := self.open[address] - 1) > 0:
+            self.open[address] = left
+        else:
+            del self.open[address]
+        if left < self.limit:
+            self._told.discard(address)
+
+
 def guards_anything(proxyauth: str | None) -> bool:
     """`any` takes every user and password, and `USER:` a login without a password: neither keeps
     anyone out.  An htpasswd file (`@…`) and LDAP (`ldap:…`, `ldaps:…`) do."""
@@ -144,6 +183,7 @@ class ListenSafety:
         self.gateway = gateway
         self.own_loopback = False   # True when the user gave no listen host
         self.said: set[str] = set()     # notes logged: the start configures twice (the script's options, then --set)
+        self.peers = PeerConnections()
         gateway.rules_file.vetoes.append(self.refuse_unprotected)
 
     def configure(self, updated) -> None:
@@ -205,6 +245,11 @@ class ListenSafety:
             client.error = "ccswitch listens on loopback only"   # a server bound before the rebind
         elif missing_guard(client.proxy_mode, bool(self.gateway.rules.client_keys), proxy_auth_set()):
             client.error = "ccswitch serves clients beyond loopback only with authentication"
+        else:
+            self.peers.connected(client)
+
+    def client_disconnected(self, client) -> None:
+        self.peers.disconnected(client)
 
     def check_exposure(self) -> None:
         found = self._unprotected(self.gateway.rules)

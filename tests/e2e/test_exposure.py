@@ -157,3 +157,50 @@ def test_an_option_value_mitmproxy_cannot_parse_stops_the_start_instead_of_leavi
     log = refusal(tmp_path, rules_text("http://127.0.0.1:9"), "--set", given)
     name = given.partition("=")[0]
     assert f"ccswitch cannot start: Failed to parse option {name}" in log, log[-2000:]
+
+
+def _peak_rss_kb(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_a_head_that_never_ends_is_refused_431_past_its_limit_not_held_in_memory(tmp_path):
+    # mitmproxy buffers a head without limit before any hook runs: a stranger with no key grew
+    # the proxy by a gigabyte with one header, and its log line quoted every byte
+    import socket
+    with MockUpstream("target") as target:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(rules_text(target.base_url))
+        with Proxy(rules, tmp_path) as proxy:
+            before = _peak_rss_kb(proxy.proc.pid)
+            with socket.create_connection(("127.0.0.1", proxy.reverse_port), timeout=10) as s:
+                s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: ")
+                answer = b""
+                try:
+                    for _ in range(64):                        # 64 MiB offered, the head never ended
+                        s.sendall(b"a" * (1 << 20))
+                except OSError:                                # closed on us: refused
+                    pass
+                s.settimeout(10)
+                while chunk := s.recv(65536):
+                    answer += chunk
+            assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+            assert _peak_rss_kb(proxy.proc.pid) - before < 32 * 1024        # far under the 64 MiB offered
+            assert target.paths() == [] and len(proxy.log()) < 100_000
+
+
+def test_a_head_cut_short_is_logged_without_its_bytes(tmp_path):
+    # a client closing mid-head had every byte logged: its key, a proxy login, all of it
+    import socket
+    with MockUpstream("target") as target:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(rules_text(target.base_url))
+        with Proxy(rules, tmp_path) as proxy:
+            with socket.create_connection(("127.0.0.1", proxy.reverse_port), timeout=10) as s:
+                s.sendall(f"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: {CLIENT_KEY}\r\n".encode())
+                time.sleep(0.3)
+            wait_for(proxy, "Client closed connection before completing request headers")
+            assert CLIENT_KEY not in proxy.log()
+            assert "characters of bytes, not shown (a head holds credentials)" in proxy.log()

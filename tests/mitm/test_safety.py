@@ -125,6 +125,33 @@ def test_peers_beyond_loopback_are_checked_whatever_the_listen_host_came_from(sa
     assert not regular.error          # mitmproxy's proxyauth asks it for credentials
 
 
+def test_an_address_beyond_loopback_holds_so_many_connections_at_most(safety_ctx, caplog):
+    # a stranger holding thousands of idle connections took every file the process may open
+    from ccswitch.mitm.safety import MAX_CONNECTIONS_PER_PEER
+    safety, tctx = safety_ctx
+    tctx.configure(safety, listen_host="127.0.0.1")
+    caplog.set_level(logging.WARNING, logger="ccswitch")
+    held = [client("reverse:https://api.anthropic.com") for _ in range(MAX_CONNECTIONS_PER_PEER)]
+    for conn in held:
+        safety.client_connected(conn)
+    assert not any(conn.error for conn in held)
+    extra, other = client("reverse:https://api.anthropic.com"), client("reverse:https://api.anthropic.com")
+    other.peername = ("192.0.2.77", 4000)
+    safety.client_connected(extra)
+    safety.client_connected(other)
+    assert extra.error == f"more than {MAX_CONNECTIONS_PER_PEER} connections from one address" and not other.error
+    safety.client_connected(client("reverse:https://api.anthropic.com"))
+    assert caplog.text.count("the most one address may") == 1          # once while it stays over
+    safety.client_disconnected(extra)                                   # refused: never counted
+    safety.client_disconnected(held[0])
+    again = client("reverse:https://api.anthropic.com")
+    safety.client_connected(again)
+    assert not again.error
+    local = client("regular", peer=("127.0.0.1", 5000))
+    safety.client_connected(local)
+    assert not local.error                                              # loopback is not counted
+
+
 def test_own_loopback_refuses_remote_peers_only_on_the_listeners_it_rebinds(safety_ctx):
     safety, tctx = safety_ctx
     tctx.configure(safety, listen_host="")
