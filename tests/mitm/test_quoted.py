@@ -103,3 +103,27 @@ def test_a_headers_other_bytes_stay_as_they_were_on_the_flow(tmp_path):
     flow.request.headers.fields = (*flow.request.headers.fields, (b"x-debug", b"caf\xe9 " + KEY_A.encode()))
     quoted.off_head(flow, from_wire(flow.request.headers.fields))
     assert dict(flow.request.headers.fields)[b"x-debug"] == b"caf\xe9 [redacted]"     # not UTF-8's \xc3\xa9
+
+
+def test_a_client_whose_own_key_is_an_upstreams_has_its_head_left_as_it_is(tmp_path, caplog):
+    """The credentials are not looked through: a client that sends an upstream's key as its own
+    (the same key in its environment and the rules) costs no scrub of every header."""
+    quoted = QuotedKeys(open_gateway(tmp_path, RULES), "request")
+    flow = tflow.tflow()
+    flow.request.headers["x-api-key"] = KEY_A
+    flow.request.headers["authorization"] = f"Bearer {KEY_B}"
+    before = from_wire(flow.request.headers.fields)
+    path = flow.request.path
+    assert quoted.off_head(flow, before) is before
+    assert flow.request.path == path and flow.request.headers["x-api-key"] == KEY_A
+    assert "quoted an upstream's key" not in caplog.text
+
+
+def test_a_key_spelt_otherwise_beside_an_upstreams_key_as_the_credential_goes_as_redacted(tmp_path):
+    quoted = QuotedKeys(open_gateway(tmp_path, RULES), "request")
+    flow = tflow.tflow()
+    flow.request.headers["x-api-key"] = KEY_A
+    flow.request.headers["x-debug"] = "".join(f"%{ord(c):02X}" for c in KEY_B)
+    headers = quoted.off_head(flow, from_wire(flow.request.headers.fields))
+    assert dict(headers)["x-debug"] == "[redacted]" == flow.request.headers["x-debug"]
+    assert dict(headers)["x-api-key"] == KEY_A == flow.request.headers["x-api-key"]
