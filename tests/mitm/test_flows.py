@@ -58,6 +58,25 @@ def test_a_whole_response_is_what_response_make_builds(status, headers, body):
     assert http.Response.from_state(ours.get_state()).headers.fields == ours.headers.fields
 
 
+def test_a_whole_response_is_the_response_mitmproxy_builds_of_its_fields(monkeypatch):
+    """Built without mitmproxy's check of each field (their types are known): the same object,
+    attribute for attribute, as its constructor's; a status or body of another type is still
+    refused by that check."""
+    monkeypatch.setattr("time.time", lambda: 1234.5)
+    ours = whole_response(201, [("content-type", "application/json"), ("x-a", "b")], b'{"ok":true}')
+    theirs = http.Response(b"HTTP/1.1", 201, b"Created", http.Headers(
+        [(b"content-type", b"application/json"), (b"x-a", b"b"), (b"content-length", b"11")]),
+        b'{"ok":true}', None, 1234.5, 1234.5)
+    assert type(ours) is http.Response and type(ours.data) is http.ResponseData
+    assert vars(ours).keys() == vars(theirs).keys() and ours.data == theirs.data
+    assert list(vars(ours.data).items()) == list(vars(theirs.data).items())     # in the same order
+    assert ours.get_state() == theirs.get_state()
+    with pytest.raises(TypeError):
+        whole_response(200, [], bytearray(b"x"))
+    with pytest.raises(TypeError):
+        whole_response(200.0, [], b"x")
+
+
 @pytest.mark.parametrize("target", ["http://127.0.0.1:4000/v1/messages?beta=true", "https://relay.example/api/v1/messages",
                                     "https://[::1]:8443/openai/v1/responses", "http://up:80/x/y"])
 def test_pointing_a_request_at_a_url_is_what_mitmproxys_url_setter_does(target):
