@@ -70,12 +70,17 @@ def test_a_full_upstream_is_skipped_under_every_strategy_until_its_window_resets
     assert "a" in names(plan(rules_with("[a, b, c]"), "claude", "m", HealthBoard(), NOW, quota=quota))
 
 
-def test_when_everything_is_full_or_rate_limited_with_a_known_reset_ccswitch_answers_429():
+def a_and_b_full(a_reset: float, b_reset: float):
+    """Boards on one clock where a (0.99) and b (1.0) are full until their resets, c free: (quota, health, rules)."""
     clock = Clock()
     quota, health = QuotaBoard(clock), HealthBoard(clock)
-    rules = rules_with("[a, b, c]")
-    utilization(quota, "a", 0.99, reset_in=900)
-    utilization(quota, "b", 1.0, reset_in=300)
+    utilization(quota, "a", 0.99, reset_in=a_reset)
+    utilization(quota, "b", 1.0, reset_in=b_reset)
+    return quota, health, rules_with("[a, b, c]")
+
+
+def test_when_everything_is_full_or_rate_limited_with_a_known_reset_ccswitch_answers_429():
+    quota, health, rules = a_and_b_full(900, 300)
     health.record_rate_limit("c", "HTTP 429", seconds=120, reset_known=True)
     p = plan(rules, "claude", "m", health, NOW, quota=quota)
     assert p.candidates == [] and p.limited_for == 120
@@ -85,11 +90,7 @@ def test_when_everything_is_full_or_rate_limited_with_a_known_reset_ccswitch_ans
 
 
 def test_an_upstream_cooling_and_full_is_back_only_when_both_are_over():
-    clock = Clock()
-    quota, health = QuotaBoard(clock), HealthBoard(clock)
-    rules = rules_with("[a, b, c]")
-    utilization(quota, "a", 0.99, reset_in=60)
-    utilization(quota, "b", 1.0, reset_in=90)
+    quota, health, rules = a_and_b_full(60, 90)
     health.record_rate_limit("c", "HTTP 429", seconds=5, reset_known=True)   # its retry-after
     utilization(quota, "c", 1.0, reset_in=20)                                # but full for 20 s
     p = plan(rules, "claude", "m", health, NOW, quota=quota)
@@ -124,11 +125,7 @@ def test_an_upstream_cooling_and_full_with_no_known_reset_is_planned_without_one
 def test_an_upstream_whose_429_named_its_wait_is_not_called_for_a_full_window_that_named_none():
     # a 429 with retry-after: 3600 and a window at 100 % without its reset: the plan read the
     # window's unknown end as no known wait and tried it again on the next request, every request
-    clock = Clock()
-    quota, health = QuotaBoard(clock), HealthBoard(clock)
-    rules = rules_with("[a, b, c]")
-    utilization(quota, "a", 0.99, reset_in=60)
-    utilization(quota, "b", 1.0, reset_in=90)
+    quota, health, rules = a_and_b_full(60, 90)
     health.record_rate_limit("c", "HTTP 429", seconds=3600, reset_known=True)
     quota.record("c", [("anthropic-ratelimit-unified-5h-utilization", "1.0")])     # full, no reset header
     p = plan(rules, "claude", "m", health, NOW, quota=quota)
