@@ -203,4 +203,24 @@ def test_a_head_cut_short_is_logged_without_its_bytes(tmp_path):
                 time.sleep(0.3)
             wait_for(proxy, "Client closed connection before completing request headers")
             assert CLIENT_KEY not in proxy.log()
-            assert "characters of bytes, not shown (a head holds credentials)" in proxy.log()
+            assert "characters of bytes, not shown: a head holds credentials)" in proxy.log()
+
+
+def test_a_keyless_chunk_size_line_that_never_ends_is_not_held_in_memory(tmp_path):
+    # refused from its head, its body let through to nowhere: but mitmproxy held the chunk-size
+    # line until its line break, without end
+    import socket
+    with MockUpstream("target") as target:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(rules_text(target.base_url))
+        with Proxy(rules, tmp_path) as proxy:
+            before = _peak_rss_kb(proxy.proc.pid)
+            with socket.create_connection(("127.0.0.1", proxy.reverse_port), timeout=10) as s:
+                s.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Transfer-Encoding: chunked\r\n\r\n")
+                try:
+                    for _ in range(64):                        # 64 MiB of one chunk-size line
+                        s.sendall(b"0" * (1 << 20))
+                except OSError:                                # closed on us
+                    pass
+            assert _peak_rss_kb(proxy.proc.pid) - before < 32 * 1024
