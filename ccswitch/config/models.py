@@ -78,6 +78,7 @@ from ccswitch.wire.redact import (
 
 AuthMode = Literal["x-api-key", "bearer", "client"]
 ModelName = Annotated[str, Field(min_length=1), AfterValidator(not_a_variable)]
+ModelGlob = Annotated[str, AfterValidator(not_a_variable)]      # a client's model, or a glob of them
 ROUTE_PROTOCOLS: dict[str, frozenset[str]] = {
     Route.CLAUDE: frozenset({Protocol.ANTHROPIC}),
     Route.CODEX: frozenset({Protocol.RESPONSES}),
@@ -192,7 +193,7 @@ class Upstream(_Model):
     enabled: StrictBool = True
     days: Annotated[frozenset[int], BeforeValidator(parse_days)] = frozenset(range(7))
     hours: Annotated[tuple[HourWindow, ...], AfterValidator(some_hours)] = ()
-    models: dict[str, ModelName] = Field(default_factory=dict)   # "" would be sent as the model
+    models: dict[ModelGlob, ModelName] = Field(default_factory=dict)   # "" would be sent as the model
     only_models: tuple[ModelName, ...] = ()
     headers: dict[Annotated[str, AfterValidator(header_name)],
                   Annotated[str, BeforeValidator(header_value)]] = Field(default_factory=dict)

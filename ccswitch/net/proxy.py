@@ -253,8 +253,11 @@ def _unspoken_schemes(head: bytes) -> str:
     schemes = []
     for line in head.split(b"\n")[1:]:
         name, sep, value = line.decode("latin-1").partition(":")
-        if sep and name.strip().lower() == "proxy-authenticate" and (scheme := value.strip().split(" ")[0].strip(",")):
-            schemes.append(scheme[:20])
+        if sep and name.strip().lower() == "proxy-authenticate":
+            # one header may list several challenges: `Negotiate, Basic realm="corp"`; a part
+            # holding `=` first is a parameter of the one before
+            schemes += [part.split()[0][:20] for part in value.split(",")
+                        if part.strip() and "=" not in part.split()[0]]
     if not schemes or any(scheme.lower() == "basic" for scheme in schemes):
         return ""
     return f": it asks for {', '.join(dict.fromkeys(schemes))}, and ccswitch logs in to a proxy with Basic only"

@@ -1277,6 +1277,7 @@ def test_an_unquoted_variable_inside_braces_is_told_to_be_quoted():
 
 @pytest.mark.parametrize(("extra", "where"), [
     ("models: {'*': '${RELAY_MODEL}'}", "upstreams[a].models.*"),
+    ("models: {'${BIG}': claude-x}", "upstreams[a].models.${BIG}"),
     ("only_models: ['${MODEL}']", "upstreams[a].only_models[0]"),
     ("activation_model: '${PROBE_MODEL}'", "upstreams[a].activation_model"),
 ])

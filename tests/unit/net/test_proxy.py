@@ -148,11 +148,12 @@ async def test_a_407_of_a_proxy_that_offers_no_basic_login_says_what_it_asks_for
                 await post(c, "http://127.0.0.1:9", via(proxy.url("DOMAIN%5Cu", "p")))
     assert str(caught.value).endswith("authentication failed (407 Proxy Authentication Required): it asks for "
                                       "NTLM, Negotiate, and ccswitch logs in to a proxy with Basic only")
-    with ConnectProxy(auth=("u", "p")) as proxy:
-        async with client() as c:
-            with pytest.raises(http1.ProxyFailure) as caught:
-                await post(c, "http://127.0.0.1:9", via(proxy.url("u", "wrong")))
-    assert str(caught.value).endswith("authentication failed (407 Proxy Authentication Required)")
+    for schemes in (('Basic realm="test"',), ('Negotiate, Basic realm="corp", charset="UTF-8"',)):
+        with ConnectProxy(auth=("u", "p"), schemes=schemes) as proxy:
+            async with client() as c:
+                with pytest.raises(http1.ProxyFailure) as caught:
+                    await post(c, "http://127.0.0.1:9", via(proxy.url("u", "wrong")))
+        assert str(caught.value).endswith("authentication failed (407 Proxy Authentication Required)")
 
 
 @asynccontextmanager
