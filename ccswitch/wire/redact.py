@@ -219,53 +219,62 @@ def quoted_keys(body: bytes, keys: tuple[str, ...]) -> list[str]:
     return [key for anchor, group in _by_anchor(keys) if anchor in body for key in group]
 
 
-#: an escape of an ASCII character from space to `~` (`\u0042`), and the same one level down:
-#: `\\u0042` in JSON is `\u0042` in the string, an escape to a reader of that string as JSON
-#: (a tool call's `arguments`).  Led by a literal, found at C speed; a Python call only for one found
+#: an escape of an ASCII character from space to `~` (`\u0042`): led by a literal, found at C
+#: speed; a Python call only for one found
 _ASCII_ESCAPE = re.compile(rb"\\u00([2-7][0-9A-Fa-f])")
-_NESTED_ESCAPE = re.compile(rb"\\\\u00([2-7][0-9A-Fa-f])")
 _KEPT_ESCAPED = frozenset((0x22, 0x5C, 0x7F))      # `"` and `\` would end or begin a string; DEL
 
 
-def _escapes_written(text: bytes, pattern: re.Pattern[bytes], pairs: int) -> bytes:
-    """`text` with the matches of `pattern` written as their characters where the backslashes
-    before each come in whole escaped pairs (`pairs` of them an escaped backslash at that level):
-    `\\\\u0042` in JSON is a backslash and the letters u0042."""
+def plain_ascii(text: bytes) -> bytes:
+    """JSON text with its escapes of printable ASCII characters written as the characters: the
+    same JSON to any reader, in which a key spelt with an escaped letter shows as it is.  An
+    escape follows an even run of backslashes (`\\\\u0042` is a backslash and the letters u0042)."""
+    if b"\\u00" not in text:
+        return text
+
     def written(match: re.Match[bytes]) -> bytes:
         value, at = int(match.group(1), 16), match.start()
         before = at
         while before and text[before - 1] == 0x5C:
             before -= 1
-        if (at - before) % (2 * pairs) or value in _KEPT_ESCAPED:
-            return match.group(0)
-        return bytes((value,))
-    return pattern.sub(written, text)
+        return match.group(0) if (at - before) % 2 or value in _KEPT_ESCAPED else bytes((value,))
+    return _ASCII_ESCAPE.sub(written, text)
 
 
-def plain_ascii(text: bytes) -> bytes:
-    """JSON text with its escapes of printable ASCII characters written as the characters: the
-    same JSON to any reader, in which a key spelt with an escaped letter shows as it is."""
-    return _escapes_written(text, _ASCII_ESCAPE, 1) if b"\\u00" in text else text
-
-
-def _nested_plain_ascii(text: bytes) -> bytes:
-    """`plain_ascii` of the JSON inside JSON strings: to a reader of such a string as JSON (a
-    relay reading a tool call's `arguments`) the same."""
-    return _escapes_written(text, _NESTED_ESCAPE, 2) if b"\\\\u00" in text else text
+@lru_cache(maxsize=4096)
+def _spellings(secret: str) -> tuple[tuple[bytes, ...], re.Pattern[bytes]]:
+    """Texts of which one stands whole in any JSON spelling of the key with one character escaped
+    (its ends, its two longest runs) or every one (its first so escaped); and a pattern of the key
+    as JSON inside a JSON string (a tool call's `arguments`) may spell it, each printable
+    character plain or escaped one level down (`\\\\u0066` in the body, an `f` to a reader of
+    that string as JSON)."""
+    runs = sorted(re.findall(r"[A-Za-z0-9]+", secret), key=len, reverse=True)[:2]
+    gates = {gate.encode() for gate in (secret[:8], secret[-8:], *runs) if gate} | set(_escaped(secret).every_anchors)
+    pattern = b"".join(b"(?:" + re.escape(c.encode()) + rb"|\\\\u00" + _hex(ord(c), 2) + b")"
+                       if 0x20 <= ord(c) < 0x7F and ord(c) not in _KEPT_ESCAPED else re.escape(c.encode())
+                       for c in secret)
+    return tuple(sorted(gates)), re.compile(pattern)
 
 
 def without_quoted_keys(content: bytes, keys: tuple[str, ...]) -> bytes | None:
     """JSON `content` without the `keys` it quotes however JSON spells them (its escapes of ASCII
-    characters written plain, `plain_ascii`), or None when it quotes none."""
+    characters written plain, `plain_ascii`; a character escaped in JSON inside a string, only
+    where a key stands so), or None when it quotes none.  Only a key some text of which stands in
+    `content` is looked for so (a substring search per text): most bodies are read no further."""
     if not keys or not content:
         return None
+    near = tuple(key for key in keys if len(key) >= _SHORTEST_SECRET
+                 and any(gate in content for gate in _spellings(key)[0]))
+    if not near:
+        return None
     scrubbed = content
-    for reading in (plain_ascii, _nested_plain_ascii):     # the JSON, then JSON in its strings
-        read = reading(scrubbed)
-        if found := quoted_keys(read, keys):
-            if (without := scrub(read, found)) != read:
-                scrubbed = without
-    return scrubbed if scrubbed is not content else None
+    read = plain_ascii(content)
+    if (found := quoted_keys(read, near)) and (without := scrub(read, found)) != read:
+        scrubbed = without
+    if b"\\\\u00" in scrubbed:
+        for key in near:
+            scrubbed = _spellings(key)[1].sub(b"[redacted]", scrubbed)
+    return scrubbed if scrubbed != content else None
 
 
 _ESCAPED_UNIT = re.compile(r"\\u([0-9A-Fa-f]{4})")

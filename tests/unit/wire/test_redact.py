@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ccswitch.wire.redact import plain_ascii, quoted_keys, scrub, scrub_headers
+from ccswitch.wire.redact import plain_ascii, quoted_keys, scrub, scrub_headers, without_quoted_keys
 
 KEY = "sk-E/ee&1\u00e9+b<x>Z'secret9\U0001f600"
 
@@ -185,3 +185,26 @@ def test_an_upstreams_key_echoed_in_a_header_is_scrubbed_in_its_escaped_forms_to
     assert scrub_headers(sent, [key]) == [("link", "<https://x.example/?k=[redacted]>"), ("x-echo", "[redacted]"),
                                           ("x-own", "[redacted]"), ("x-escaped", "[redacted]"),
                                           ("x-other", "plain 100%")]
+
+
+NESTED_KEY = "sk-upstream-secret-0002"
+
+
+def test_a_key_escaped_one_level_down_is_scrubbed_and_the_rest_of_the_body_kept_as_written():
+    # the nested pass wrote every `\\u00XX` of the body plain: a user's code quoting "\u0041"
+    # reached the upstream as "A"
+    code = 'print("\\u0041")'
+    arguments = '{"cmd": "echo sk-upstream-secret-000\\u0032"}'
+    body = json.dumps({"input": [{"role": "user", "content": code},
+                                 {"type": "function_call", "arguments": arguments}]}).encode()
+    out = json.loads(without_quoted_keys(body, (NESTED_KEY,)))
+    assert out["input"][0]["content"] == code
+    assert json.loads(out["input"][1]["arguments"])["cmd"] == "echo [redacted]"
+
+
+def test_a_body_holding_no_text_of_any_key_is_read_no_further(monkeypatch):
+    # Claude Code's bodies hold \u001b and Windows paths: no rewriting, no regex, for nothing
+    from ccswitch.wire import redact
+    monkeypatch.setattr(redact, "plain_ascii", lambda text: pytest.fail("read further"))
+    body = json.dumps({"content": "C:\\src\\a.py \x1b[31m\\u0041" * 100}).encode()
+    assert without_quoted_keys(body, (NESTED_KEY, "another-key-0123456789")) is None
