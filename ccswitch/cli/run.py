@@ -116,6 +116,9 @@ def run(args: list[str]) -> int:
               "(it comes with mitmproxy, which ccswitch installs)", file=sys.stderr)
         return 127
     argv = mitm_argv(program, rest)
+    # its log reaches a journal or a file line by line: with no terminal, Python writes stdout
+    # in blocks, and a service's log said nothing until the first requests filled one
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.stdout.flush()
     sys.stderr.flush()
     try:

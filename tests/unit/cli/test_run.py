@@ -94,3 +94,21 @@ def test_missing_program_is_a_message_not_a_traceback(tmp_path, monkeypatch, cap
 def test_the_installed_mitmdump_is_found():
     assert runmod.mitm_program(False) == Path(sys.executable).with_name("mitmdump")
     assert os.access(runmod.mitm_program(False), os.X_OK)
+
+
+@pytest.mark.parametrize("given", [None, "0"])
+def test_mitmdump_writes_its_log_unbuffered_unless_told_otherwise(monkeypatch, given):
+    # under a service (no terminal) its log said nothing until the first requests filled a block
+    started = {}
+
+    def execv(path, argv):
+        started["unbuffered"] = os.environ.get("PYTHONUNBUFFERED")
+        raise OSError("not started in a test")
+    monkeypatch.setenv("PYTHONUNBUFFERED", "restored after the test")
+    if given is None:
+        monkeypatch.delenv("PYTHONUNBUFFERED")
+    else:
+        monkeypatch.setenv("PYTHONUNBUFFERED", given)
+    monkeypatch.setattr(runmod.os, "execv", execv)
+    assert runmod.run(["--mode", "regular@8080"]) == 126
+    assert started["unbuffered"] == (given or "1")
