@@ -97,6 +97,14 @@ def _asked_again(listen: bool) -> Iterator[asyncio.Event]:
     yield again
 
 
+def stop_on_hangup(stop: Callable[[], None]) -> None:
+    """A SIGHUP (the terminal of a foreground `ccswitch run` closed, a `kill -HUP`) stops as a
+    SIGTERM does: its default ended the process at once, a stream in flight cut short and the
+    last rows never written."""
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):   # Windows: none
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, stop)
+
+
 async def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
     """Poll `condition` until it holds (True) or `timeout` seconds pass (False)."""
     deadline = time.monotonic() + timeout

@@ -15,7 +15,7 @@ from ccswitch.config.models import Rules
 from ccswitch.dial.dialer import Dialer
 from ccswitch.dial.job import CLIENT_CLOSED, KILLED, Job
 from ccswitch.dial.relay import JOB_HEADER, BufferSink, Relay, run_guarded
-from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_proxy_connections
+from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_proxy_connections, stop_on_hangup
 from ccswitch.dial.ws_bridge import TICKET_HEADER
 from ccswitch.mitm.answer_rows import AnswerRows
 from ccswitch.mitm.codex_socket import CodexSockets
@@ -113,6 +113,7 @@ class Router:
         # meanwhile: a request let in then (not one routed: those wait for `started`) would find
         # them unset, and the error would end the start.
         self.starting = hook_task(self._start(), "router start")
+        stop_on_hangup(ctx.master.shutdown)
 
     async def _start(self) -> None:
         gateway = self.gateway

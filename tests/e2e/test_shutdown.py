@@ -12,6 +12,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from ccswitch.wire.sse import parse_all
 from tests.support.helpers import KEY_A
@@ -91,14 +92,17 @@ def assert_clean_exit(proxy: Proxy, within: float) -> None:
     assert not [p for p in LOG_PROBLEMS if p in log], log[-3000:]
 
 
-def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones(tmp_path, stop):
+    # SIGHUP: the terminal of a foreground `ccswitch run` closed; its default ended the process
+    # at once, a stream cut short and the last rows lost
     with MockUpstream("A") as a:
         a.default = slow_stream(5, 0.2)           # about a second per answer
         with proxy_for(tmp_path, a, grace=10) as proxy:
             calls = {(api, stream): Call(proxy, api, f"{api}-{stream}", stream)
                      for api in PATHS for stream in (True, False)}
             wait_until(lambda: len(a.requests) == 4)   # all four reached the upstream
-            proxy.proc.send_signal(signal.SIGTERM)
+            proxy.proc.send_signal(stop)
             wait_until(lambda: "ccswitch: shutting down" in proxy.log())
             late = {api: Call(proxy, api, f"late-{api}", api == "chat") for api in PATHS}
 
