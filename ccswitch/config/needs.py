@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 from ccswitch.config.database_url import PostgresURL
@@ -28,7 +29,7 @@ def unmet_needs(rules: Rules, *, ledger: bool = True) -> list[tuple[str, str]]:
 def _ledger_unmet(usage_db: PostgresURL | Path) -> str | None:
     if isinstance(usage_db, PostgresURL):
         if importlib.util.find_spec("psycopg") is None:
-            return "a PostgreSQL usage_db needs psycopg, which is not installed here: pip install 'ccswitch[postgres]'"
+            return f"a PostgreSQL usage_db needs psycopg, which is not installed here: {install_hint('postgres')}"
         return None
     return ledger_unwritable(usage_db)
 
@@ -36,8 +37,20 @@ def _ledger_unmet(usage_db: PostgresURL | Path) -> str | None:
 def redis_missing() -> str | None:
     """What to install for a Redis `state`, or None when it is there."""
     if importlib.util.find_spec("redis") is None:
-        return "a Redis state needs the redis package, which is not installed here: pip install 'ccswitch[redis]'"
+        return f"a Redis state needs the redis package, which is not installed here: {install_hint('redis')}"
     return None
+
+
+#: what each extra of setup.cfg installs
+_EXTRAS = {"redis": "'redis>=5'", "postgres": "'psycopg[binary]>=3.1'"}
+
+
+def install_hint(extra: str) -> str:
+    """How to install an extra into the environment ccswitch runs in: ccswitch is on no package
+    index, so `pip install 'ccswitch[redis]'` from elsewhere finds nothing (a pipx install, a
+    pip of another Python)."""
+    return (f"{sys.executable} -m pip install {_EXTRAS[extra]} (the environment ccswitch runs in; "
+            f"pipx: pipx inject ccswitch {_EXTRAS[extra]}; a checkout: pip install -e '.[{extra}]')")
 
 
 def ledger_unwritable(path: Path) -> str | None:

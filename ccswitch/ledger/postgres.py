@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ccswitch.config.database_url import PostgresURL
+from ccswitch.config.needs import install_hint
 from ccswitch.ledger import schema
 from ccswitch.ledger.backend import VALUE_ERRORS, Backend, Row, Unavailable, insert_sql
 
@@ -49,7 +50,7 @@ def driver() -> Any:
     try:
         import psycopg
     except ImportError:
-        raise DriverMissing("a PostgreSQL usage_db needs psycopg: pip install 'ccswitch[postgres]'") from None
+        raise DriverMissing(f"a PostgreSQL usage_db needs psycopg: {install_hint('postgres')}") from None
     return psycopg
 
 

@@ -5,6 +5,7 @@ are put in force and by `ccswitch check`, not by the commands that only read the
 import importlib.util
 import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,10 +27,15 @@ def no_engines(monkeypatch):
 def test_rules_naming_an_engine_whose_package_is_missing_say_what_to_install(no_engines):
     # else a PostgreSQL ledger kept its rows in memory until the stop, and `check` said OK
     rules = parse_rules("usage_db: postgresql://u:pw@db.internal/usage\nstate: redis://cache.internal:6379/0\n")
+    # ccswitch is on no package index: `pip install 'ccswitch[redis]'` found nothing from a pipx install
+    python = sys.executable
     assert unmet_needs(rules) == [
         ("usage_db", "a PostgreSQL usage_db needs psycopg, which is not installed here: "
-                     "pip install 'ccswitch[postgres]'"),
-        ("state", "a Redis state needs the redis package, which is not installed here: pip install 'ccswitch[redis]'")]
+                     f"{python} -m pip install 'psycopg[binary]>=3.1' (the environment ccswitch runs in; pipx: "
+                     "pipx inject ccswitch 'psycopg[binary]>=3.1'; a checkout: pip install -e '.[postgres]')"),
+        ("state", "a Redis state needs the redis package, which is not installed here: "
+                  f"{python} -m pip install 'redis>=5' (the environment ccswitch runs in; pipx: pipx inject ccswitch "
+                  "'redis>=5'; a checkout: pip install -e '.[redis]')")]
     assert unmet_needs(rules, ledger=False) == [unmet_needs(rules)[1]]     # the ledger off: no database needed
 
 

@@ -166,7 +166,7 @@ def test_a_shared_ledger_whose_driver_is_missing_keeps_its_rows_for_the_next_sta
     ledger = Ledger(PostgresURL.parse("postgresql://u:pw@127.0.0.1:9/db"), spill_dir=tmp_path / "unwritten",
                     max_backoff=0.1).start()
     ledger.add("requests", row(1))
-    assert wait_for(lambda: "pip install 'ccswitch[postgres]'" in caplog.text)
+    assert wait_for(lambda: "pip install 'ccswitch[postgres]'" in caplog.text)   # what the driver's refusal said
     assert ledger.pending == 1
     ledger.close(timeout=5)
     assert "1 usage row(s) could not be written to postgresql://u:***@127.0.0.1:9/db: kept in" in caplog.text
