@@ -197,8 +197,21 @@ def _activate(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def installed_version() -> str:
+    """The version pip installed (setup.cfg's), and mitmproxy's beside it: the two an upgrade changes."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:       # run from a checkout that was never installed
+            return "(not installed)"
+    return f"{of('ccswitch')}, mitmproxy {of('mitmproxy')}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccswitch", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ccswitch {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     init = sub.add_parser("init", help="write ~/.ccswitch/rules.yaml from the shipped example (never overwrites)")

@@ -417,3 +417,10 @@ def test_an_empty_name_is_refused_not_taken_for_none(args):
     """`ccswitch check "$UNSET"` checked ~/.ccswitch/rules.yaml (or ./rules.yaml) and said OK."""
     done = cli(*args)
     assert done.returncode == 2 and "an empty name (an unset shell variable?)" in done.stderr, done.stderr
+
+
+def test_the_version_says_ccswitch_s_and_mitmproxy_s():
+    # an upgrade's check had only `pip show` to tell which was running
+    from importlib.metadata import version
+    done = cli("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"ccswitch {version('ccswitch')}, mitmproxy {version('mitmproxy')}"
