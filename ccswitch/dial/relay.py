@@ -125,7 +125,7 @@ async def run_guarded(run_job, job: Job, sink, shutdown: Shutdown | None = None)
     and so does a job that the shutdown cuts (or that arrives once it is cutting)."""
     try:
         if shutdown is not None and shutdown.cutting:   # it arrived after the grace period
-            await _shutdown_error(job, sink)
+            await _shutdown_error(job, sink, shutdown.cut_reason)
             return
         await run_job(job, sink)
     except ClientGone:
@@ -133,7 +133,7 @@ async def run_guarded(run_job, job: Job, sink, shutdown: Shutdown | None = None)
     except asyncio.CancelledError:
         if shutdown is None or not shutdown.cutting:
             raise
-        await _shutdown_error(job, sink)
+        await _shutdown_error(job, sink, shutdown.cut_reason)
     except Exception as exc:
         await _internal_error(job, sink, exc)
 
@@ -144,8 +144,8 @@ async def _internal_error(job: Job, sink, exc: BaseException) -> None:
     await _end_with_error(job, sink, 500, f"ccswitch internal error: {type(exc).__name__}")
 
 
-async def _shutdown_error(job: Job, sink) -> None:
-    job.error = CUT_BY_SHUTDOWN
+async def _shutdown_error(job: Job, sink, reason: str = CUT_BY_SHUTDOWN) -> None:
+    job.error = reason
     if job.attempts and job.attempts[-1].error == CLIENT_CLOSED:
         job.attempts[-1].error = "shutdown"   # the dialer takes every cancellation for a client gone
     await _end_with_error(job, sink, 503, f"{SHUTTING_DOWN}; the request did not finish in time",

@@ -27,6 +27,8 @@ log = logging.getLogger("ccswitch")
 SHUTTING_DOWN = "ccswitch is shutting down"
 #: the error recorded for a request (or an activation probe) the shutdown cut past its grace period
 CUT_BY_SHUTDOWN = "shutdown: not finished within the grace period"
+#: the same, where a second stop (Ctrl-C again) ended the grace period early
+CUT_WHEN_ASKED_AGAIN = "shutdown: ended at once when asked again to stop"
 RETRY_AFTER = "10"          # seconds: about the time a restart takes
 ENDING_WAIT = 3.0           # how long the endings of cut requests get to reach their clients
 _POLL = 0.02
@@ -38,6 +40,7 @@ class Shutdown:
     def __init__(self) -> None:
         self.draining = False    # new routed requests are refused
         self.cutting = False     # the grace period is over: what still runs is cancelled and ended
+        self.cut_reason = CUT_BY_SHUTDOWN   # what the rows of what it cut say
 
     async def drain(self, in_flight: Callable[[], int], grace: float, cut: Callable[[], None], *,
                     process_ends: bool = False) -> None:
@@ -53,6 +56,7 @@ class Shutdown:
         if not in_flight():
             return
         if again.is_set():
+            self.cut_reason = CUT_WHEN_ASKED_AGAIN
             log.warning("ccswitch: asked again to stop; ending the %d request(s) in flight now", in_flight())
         else:
             log.warning("ccswitch: %d request(s) still in flight after %g s; ending them", in_flight(), grace)

@@ -90,7 +90,8 @@ async def test_the_status_line_names_the_standard_reason(served, status, line):
     assert raw == b"HTTP/1.1 " + line + b"\r\n"
 
 
-async def test_a_stream_cut_by_the_shutdown_ends_with_its_error_event_and_is_recorded(served):
+@pytest.mark.parametrize("again", [False, True])
+async def test_a_stream_cut_by_the_shutdown_ends_with_its_error_event_and_is_recorded(served, again):
     async def endless(job, sink):
         job.status = 200
         await sink.start(200, SSE, None)
@@ -103,6 +104,8 @@ async def test_a_stream_cut_by_the_shutdown_ends_with_its_error_event_and_is_rec
     exchange = await Exchange(relay).send(job.token)
     await exchange.read_until(lambda e: b"ping" in e.body)
     relay.shutdown.cutting = True
+    if again:      # a second stop ended the grace period early: the row does not say it ran out
+        relay.shutdown.cut_reason = "shutdown: ended at once when asked again to stop"
     relay.cut()
     await exchange.read_all()
     assert exchange.response.status_code == 200
@@ -110,7 +113,8 @@ async def test_a_stream_cut_by_the_shutdown_ends_with_its_error_event_and_is_rec
     error = exchange.body.split(b"event: error\ndata: ")[1]
     assert "ccswitch is shutting down" in json.loads(error)["error"]["message"]
     await soon(lambda: recorded)
-    assert recorded == [job] and (job.status, job.error) == (200, "shutdown: not finished within the grace period")
+    assert recorded == [job] and (job.status, job.error) == (200, relay.shutdown.cut_reason)
+    assert job.error.startswith("shutdown: ended at once" if again else "shutdown: not finished within")
 
 
 async def test_a_job_cut_before_it_answered_is_a_503_in_its_format(served):

@@ -23,6 +23,8 @@ async def test_a_second_stop_ends_the_grace_period_at_once(caplog):
     await asyncio.wait_for(drain, 5)
     assert cuts == [1] and shutdown.cutting and time.monotonic() - started < 5
     assert "asked again to stop; ending the 1 request(s) in flight now" in caplog.text
+    # what the rows of the requests it cut say: not a grace period that ran out
+    assert shutdown.cut_reason == "shutdown: ended at once when asked again to stop"
 
 
 async def test_without_a_second_stop_the_requests_get_their_grace_period():
@@ -30,7 +32,7 @@ async def test_without_a_second_stop_the_requests_get_their_grace_period():
     shutdown = Shutdown()
     asyncio.get_running_loop().call_later(0.2, running.clear)
     await shutdown.drain(lambda: len(running), 60, lambda: cuts.append(1))
-    assert cuts == [] and not shutdown.cutting
+    assert cuts == [] and not shutdown.cutting and shutdown.cut_reason == "shutdown: not finished within the grace period"
 
 
 async def test_a_reload_of_the_script_leaves_the_signals_to_mitmproxy():
