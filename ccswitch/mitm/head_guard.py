@@ -30,6 +30,8 @@ _BYTES_REPR = re.compile(r"""(?<!\w)b(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""",
 
 
 class HeadsNotLogged(logging.Filter):
+    """mitmproxy's server lines with the bytes they quote written as their size."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if ("b'" in message or 'b"' in message) and _BYTES_REPR.search(message):
@@ -41,6 +43,8 @@ class HeadsNotLogged(logging.Filter):
 
 # mitmproxy's own, even if a copy of this module patched it before (a reload of the package)
 _original_handle_event = getattr(Http1Server._handle_event, "__wrapped__", Http1Server._handle_event)
+
+
 def _handle_event_capped(self: Http1Server, event: events.Event):
     yield from _original_handle_event(self, event)
     state = getattr(self.state, "__func__", None)
