@@ -82,6 +82,8 @@ def network_failure(upstream: str, exc: BaseException, action: str, phase: str, 
     own words (its message names it without credentials).  `via`: the proxy the request went
     through, named beside a timeout waiting for the answer or a connection cut (the proxy's doing
     or the upstream's: a user behind a proxy cannot tell which otherwise)."""
+    # the proxy's doing or the upstream's: named beside a silence or a cut
+    via_proxy = f" (via proxy {via})" if via else ""
     if isinstance(exc, http1.Unsendable):
         # what the client sent, not the upstream's doing; the next upstream may be sent other headers
         return Failure(upstream, None, str(exc), Action.SWITCH, counts=False, client_status=400)
@@ -100,8 +102,7 @@ def network_failure(upstream: str, exc: BaseException, action: str, phase: str, 
         through = f" (through proxy {exc.through})" if exc.through else ""   # not the upstream's own silence
         return NetworkFailure(upstream, f"connect timeout{through}", action, timeout=True)
     if isinstance(exc, asyncio.TimeoutError):
-        return NetworkFailure(upstream, f"{phase} timeout" + (f" (via proxy {via})" if via else ""), action,
-                              timeout=True)
+        return NetworkFailure(upstream, f"{phase} timeout{via_proxy}", action, timeout=True)
     # it says which encoding and what is wrong with it / with which status the upgrade was refused
     if isinstance(exc, http1.UndecodableBody | HandshakeRefused):
         return NetworkFailure(upstream, str(exc), action)
@@ -116,13 +117,13 @@ def network_failure(upstream: str, exc: BaseException, action: str, phase: str, 
             or "All connection attempts failed" in text:
         reason = "connection refused"
     elif any(isinstance(e, ConnectionResetError) for e in chain):
-        reason = "connection reset" + (f" (via proxy {via})" if via else "")   # the proxy's doing, or the upstream's
+        reason = f"connection reset{via_proxy}"
     elif "name" in text.lower() and ("resolution" in text.lower() or "known" in text.lower()):
         reason = "DNS error"
     elif isinstance(exc, http1.MalformedAnswer):
         reason = str(exc) or "not an HTTP/1.1 answer"     # ccswitch's words and llhttp's, never the answer's bytes
     elif isinstance(exc, http1.RemoteProtocolError):
-        reason = "connection closed" + (f" (via proxy {via})" if via else "")
+        reason = f"connection closed{via_proxy}"
     elif isinstance(exc, http1.ConnectError) and str(exc):
         reason = str(exc)     # ccswitch's own words on what it met (never a header's text)
     else:

@@ -16,7 +16,7 @@ from http import HTTPStatus
 import h11
 
 from ccswitch.dial.job import CLIENT_CLOSED, Job
-from ccswitch.dial.shutdown import CUT_BY_SHUTDOWN, RETRY_AFTER, SHUTTING_DOWN, Serving, Shutdown
+from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Serving, Shutdown
 from ccswitch.wire.headers import to_wire
 from ccswitch.wire.protocols import own_error, stream_error_event
 
@@ -144,7 +144,7 @@ async def _internal_error(job: Job, sink, exc: BaseException) -> None:
     await _end_with_error(job, sink, 500, f"ccswitch internal error: {type(exc).__name__}")
 
 
-async def _shutdown_error(job: Job, sink, reason: str = CUT_BY_SHUTDOWN) -> None:
+async def _shutdown_error(job: Job, sink, reason: str) -> None:
     job.error = reason
     if job.attempts and job.attempts[-1].error == CLIENT_CLOSED:
         job.attempts[-1].error = "shutdown"   # the dialer takes every cancellation for a client gone

@@ -79,10 +79,7 @@ class QuotedKeys:
         if not raw:
             return
         encoding = flow.request.headers.get("content-encoding", "")
-        if not read or len(raw) > max_body:
-            content = None
-        else:
-            content = decoded_body(encoding, raw, max_body) if encoding else raw
+        content = decoded_body(encoding, raw, max_body) if read and len(raw) <= max_body else None
         if content is None:
             flow.request.headers.pop("content-encoding", None)
             flow.request.raw_content = b""

@@ -61,13 +61,12 @@ class Unrouted:
         (`x-should-retry: false`) naming that route."""
         if not ctx.options.ccswitch_offline or host_named(flow.request.pretty_host) not in self.gateway.rules.intercept:
             return False
-        said = "ccswitch is offline: this host is not reachable"
+        said, protocol = "ccswitch is offline: this host is not reachable", likely_protocol(flow.request)
         if hint:
-            answer_error(flow, likely_protocol(flow.request), 400, f"{said} ({hint})")
+            answer_error(flow, protocol, 400, f"{said} ({hint})")
         elif (match := route_of(flow, self.gateway.rules)) is not None:
-            answer_error(flow, likely_protocol(flow.request), 503,
-                         f"{said}, and the {match.route} route lists no upstream (see the rules file)",
+            answer_error(flow, protocol, 503, f"{said}, and the {match.route} route lists no upstream (see the rules file)",
                          {"x-should-retry": "false", "retry-after": str(NO_END_RETRY_AFTER)})
         else:
-            answer_error(flow, likely_protocol(flow.request), 404, said)
+            answer_error(flow, protocol, 404, said)
         return True
