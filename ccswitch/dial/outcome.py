@@ -19,6 +19,9 @@ from ccswitch.wire.headers import OWN_PREFIX, named_by_connection
 _DROP_RESPONSE_HEADERS = frozenset({
     "connection", "keep-alive", "proxy-connection", "transfer-encoding", "content-length",
     "content-encoding", "trailer", "upgrade", "te",
+    # the upstream's other ways to itself (HTTP/3 on its port): not the client's ways to what it
+    # addressed, which may be another host (a route's failover) or ccswitch's own listener
+    "alt-svc",
 })
 MAX_RETRY_AFTER = 30.0
 

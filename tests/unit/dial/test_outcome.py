@@ -45,6 +45,12 @@ def test_headers_the_upstreams_connection_header_names_stay_on_its_hop():
     assert passed == [("request-id", "req_1"), ("content-type", "a/b")]
 
 
+def test_an_upstreams_alternative_services_are_not_passed_on_as_the_clients():
+    # e.g. a relay's `h3=":443"` would send a client of api.anthropic.com, or of ccswitch's own
+    # listener, to that host's port 443 over HTTP/3, past ccswitch
+    assert response_headers([("Alt-Svc", 'h3=":443"; ma=86400'), ("content-type", "a/b")]) == [("content-type", "a/b")]
+
+
 def test_headers_the_clients_connection_header_names_stay_on_its_hop_too():
     from ccswitch.config.models import Upstream
     from ccswitch.dial.render import render
