@@ -20,6 +20,7 @@ from ccswitch.mitm.notifier import Notifications
 from ccswitch.mitm.router import Router
 from ccswitch.mitm.rules_watcher import RulesWatcher
 from ccswitch.mitm.safety import ClientKeyGate, InterceptScope, ListenSafety
+from ccswitch.mitm.send_first import send_answers_first
 from ccswitch.mitm.shared_state import SharedStateSync
 from ccswitch.mitm.socket_messages import SocketMessages
 from ccswitch.mitm.unload_guard import UnloadGuard
@@ -30,6 +31,7 @@ from ccswitch.mitm.wrong_listener import WrongListener
 def make_addons() -> list:
     log_refusals_as_messages()
     guard_request_heads()
+    send_answers_first()
     gateway = Gateway()
     # the shield gives a request its keys back before the others' request hooks (the early
     # refusal reads them from it, at the head, and answers a few from there); the live page

@@ -186,22 +186,24 @@ def restore_body(request: http.Request, held: HeldBody) -> None:
             request.headers.pop(name, None)
 
 
-def whole_response(status: int, headers: list[tuple[str, str]], body: bytes) -> http.Response:
+def whole_response(status: int, headers: list[tuple[str, str]], body: bytes,
+                   kind: type[http.Response] = http.Response) -> http.Response:
     """`http.Response.make(status, body, headers)` for headers without framing (as the dialer's
     buffered answers have), built at once: every non-streamed answer passes here, and `make`
     re-reads the headers to learn what is known already (about half of its cost)."""
     fields = to_wire(headers)
     if any(name.lower() in _FRAMING for name, _ in fields):
-        return http.Response.make(status, body, http.Headers(fields))
+        return kind.make(status, body, http.Headers(fields))
     fields.append((b"content-length", str(len(body)).encode()))
     now = time.time()
     reason = status_codes.RESPONSES.get(status, "").encode()
     if type(status) is not int or type(body) is not bytes:   # mitmproxy's checks say what is wrong
-        return http.Response(b"HTTP/1.1", status, reason, http.Headers(fields), body, None, now, now)
-    return _response(status, reason, http.Headers(fields), body, now)
+        return kind(b"HTTP/1.1", status, reason, http.Headers(fields), body, None, now, now)
+    return _response(kind, status, reason, http.Headers(fields), body, now)
 
 
-def _response(status: int, reason: bytes, headers: http.Headers, body: bytes, now: float) -> http.Response:
+def _response(kind: type[http.Response], status: int, reason: bytes, headers: http.Headers, body: bytes,
+              now: float) -> http.Response:
     """`http.Response(b"HTTP/1.1", status, reason, headers, body, None, now, now)` without its data's
     check of each field's type (mitmproxy's `if __debug__` `__post_init__`: two thirds of building
     an answer, about 20 µs, on every non-streamed answer's way out): each is of its type here by
@@ -210,7 +212,7 @@ def _response(status: int, reason: bytes, headers: http.Headers, body: bytes, no
     data = object.__new__(http.ResponseData)
     vars(data).update(http_version=b"HTTP/1.1", headers=headers, content=body, trailers=None,
                       timestamp_start=now, timestamp_end=now, status_code=status, reason=reason)
-    response = object.__new__(http.Response)
+    response = object.__new__(kind)
     response.data = data
     return response
 

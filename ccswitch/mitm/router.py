@@ -51,6 +51,7 @@ from ccswitch.mitm.quoted import QuotedKeys
 from ccswitch.mitm.replay import as_the_client_sent, replayed_request
 from ccswitch.mitm.router_options import add_options
 from ccswitch.mitm.scope import answered_early, is_api_flow, replays_routed, route_of
+from ccswitch.mitm.send_first import ANSWER_OPTIONS, AnswerTiming
 from ccswitch.mitm.unrouted import Unrouted
 from ccswitch.net import http1
 from ccswitch.routing.admission import (
@@ -96,6 +97,7 @@ class Router:
         self.rows = AnswerRows(gateway, self.shutdown)   # the rows of answers given from the request hook
         self.holds = Holds()     # flows stopped by mitmproxy's intercept before they are routed
         self.sockets: CodexSockets | None = None   # Codex's WebSocket bridge, once running
+        self.answer_timing = AnswerTiming()    # sent before mitmproxy's later passes, where no addon may change it
         self.flows_shown = True    # anyone shows or saves flows: bodies are kept on them (streams: a copy)
         self.quoted = QuotedKeys(gateway, "request")    # upstream keys a client quotes: sent as [redacted]
         # set once `running` has loaded the month's spend and opened the relay: mitmproxy opens
@@ -214,6 +216,8 @@ class Router:
             raise exceptions.OptionsError("ccswitch_keep_stream must be 0 or more bytes (0: keep none)")
         if "ccswitch_ledger" in updated:
             self.gateway.open_ledger(ctx.options.ccswitch_ledger)
+        if updated & ANSWER_OPTIONS:
+            self.answer_timing.configure(ctx.options)
         if updated & {"save_stream_file", "flow_detail"}:
             self.flows_shown = flows_are_kept(ctx.master, ctx.options)
 
@@ -412,7 +416,8 @@ class Router:
             self.inline.discard(hook)
         if self.shutdown.cutting and hook.cancelling():
             hook.uncancel()     # the cut was answered (run_guarded's 503): mitmproxy's task goes on
-        flow.response = whole_response(sink.status, sink.headers, sink.body)
+        kind = self.answer_timing.kind(ctx.master.addons.lookup)
+        flow.response = whole_response(sink.status, sink.headers, sink.body, kind)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if not is_event_stream(flow.response.headers.get("content-type")):
