@@ -185,3 +185,28 @@ async def test_a_held_flow_s_comments_keep_the_user_s_note(proxy):
     killed.kill()
     await asyncio.wait_for(hook, 2)
     assert killed.comment == "mine\nccswitch: killed while held by the intercept: sent nowhere"
+
+
+async def test_review_an_answer_the_intercept_may_stop_is_not_sent_before_the_later_passes(gateway):
+    """Review: the router's options wiring (Router.configure -> AnswerTiming) had no test."""
+    from mitmproxy import http
+    from mitmproxy.addons.modifybody import ModifyBody
+    from mitmproxy.addons.modifyheaders import ModifyHeaders
+    router, dialer = Router(gateway), Answering()
+    router.relay, router.dialer = Relay(None), dialer
+    router.relay.port = 4242
+    router.started.set()
+    gateway.record_job = lambda job: None
+    with taddons.context(ModifyHeaders(), ModifyBody(), router, Intercept()) as tctx:
+        intercepting(tctx, "~u /v1/messages & ~s")
+        flow = messages_flow(ORIGINAL)
+        await asyncio.wait_for(request_hook(tctx.master, flow), 2)
+        assert type(flow.response) is http.Response
+        intercepting(tctx, None)
+        flow = messages_flow(ORIGINAL)
+        await asyncio.wait_for(request_hook(tctx.master, flow), 2)
+        assert type(flow.response).__name__ == "AnswerSentFirst"
+        tctx.options.update(modify_headers=["/~s/x-a/1"])
+        flow = messages_flow(ORIGINAL)
+        await asyncio.wait_for(request_hook(tctx.master, flow), 2)
+        assert type(flow.response) is http.Response
