@@ -89,3 +89,15 @@ def test_a_next_request_cut_short_by_the_client_leaving_does_not_stay_live_forev
     seen, client = drive(AnswerSentFirst, on_hook=on_hook)
     flows = [c.flow for c in seen if isinstance(c, HttpRequestHeadersHook)]
     assert not any(f.live for f in flows), [(f.live, f.error) for f in flows]
+
+
+def test_mitmproxys_own_event_check_on_the_request_body_state_is_kept():
+    # `_original_consume` takes `__wrapped__` to find mitmproxy's function under an earlier copy
+    # of the patch, but mitmproxy's own `@expect(...)` (functools.wraps) sets `__wrapped__` too:
+    # the patch calls the undecorated function and mitmproxy's state-machine check is gone
+    import pytest
+    from mitmproxy.proxy.layers.http import HttpStream
+    send_answers_first()
+    stream = object.__new__(HttpStream)
+    with pytest.raises(AssertionError, match="Unexpected event type"):
+        list(HttpStream.state_consume_request_body(stream, events.Start()))
