@@ -39,6 +39,13 @@ def gone_meanwhile(flow: http.HTTPFlow) -> bool:
     return flow.error is not None or not flow.live or client_gone(flow)
 
 
+def goes_nowhere(flow: http.HTTPFlow) -> None:
+    """A flow the router leaves because its client left is killed, not left to mitmproxy, which
+    would send it on as it came (the client's key and all) unless it has seen the client go."""
+    if flow.error is None and flow.live and not flow.response and client_gone(flow) and flow.killable:
+        flow.kill()
+
+
 class ClientWatch:
     """Cancels `task` once the flow's client has gone or the flow was killed, checked every
     `every` seconds (mitmproxy cancels no hook for either); `fired` tells that cancellation from

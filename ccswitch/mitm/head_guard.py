@@ -42,7 +42,7 @@ class HeadsNotLogged(logging.Filter):
 
 
 # mitmproxy's own, even if a copy of this module patched it before (a reload of the package)
-_original_handle_event = getattr(Http1Server._handle_event, "__wrapped__", Http1Server._handle_event)
+_original_handle_event = getattr(Http1Server._handle_event, "_ccswitch_original", Http1Server._handle_event)
 
 
 def _handle_event_capped(self: Http1Server, event: events.Event):
@@ -58,7 +58,7 @@ def _handle_event_capped(self: Http1Server, event: events.Event):
         yield commands.CloseConnection(self.conn)
 
 
-_handle_event_capped.__wrapped__ = _original_handle_event    # type: ignore[attr-defined]
+_handle_event_capped._ccswitch_original = _original_handle_event    # type: ignore[attr-defined]
 
 
 def guard_request_heads() -> None:

@@ -19,7 +19,7 @@ from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Shutdown, close_p
 from ccswitch.dial.ws_bridge import TICKET_HEADER
 from ccswitch.mitm.answer_rows import AnswerRows
 from ccswitch.mitm.codex_socket import CodexSockets
-from ccswitch.mitm.flow_ends import ClientWatch, KilledStreams, client_left, gone_meanwhile, killed
+from ccswitch.mitm.flow_ends import ClientWatch, KilledStreams, client_left, goes_nowhere, gone_meanwhile, killed
 from ccswitch.mitm.flows import (
     HeldBody,
     StreamCopy,
@@ -244,6 +244,7 @@ class Router:
             await self.holds.hold(flow, f"routed by the {match.route} route ({', '.join(names)})" if names
                                   else f"passed on unrouted (the {match.route} route lists no upstreams)")
             if flow.response or gone_meanwhile(flow):     # answered by the user, killed, or its client left
+                goes_nowhere(flow)
                 return
             match = route_of(flow, self.gateway.rules)      # what the request is now
         rules = self.gateway.rules
@@ -251,6 +252,7 @@ class Router:
             await self.gateway.spend_read_for(rules)     # a reload may have set a budget meanwhile
             rules = self.gateway.rules
         if gone_meanwhile(flow):
+            goes_nowhere(flow)
             return
         if match is None or not rules.routes.for_route(match.route):
             self.unrouted.passed_on(flow, replayed)  # a route with no upstreams is not ours either

@@ -22,6 +22,7 @@ from mitmproxy.proxy.layers.http import (
     HttpStream,
     RequestProtocolError,
     ResponseData,
+    ResponseEndOfMessage,
     ResponseHeaders,
     SendHttp,
 )
@@ -43,7 +44,7 @@ def options_may_change_answers(options) -> str | None:
     passes on: an upstream's `alt-svc`)."""
     if getattr(options, "intercept_active", False) or getattr(options, "intercept", None):   # not in every tool
         return "intercept"            # mitmweb (or `--intercept`) may stop an answer to edit it
-    if options.modify_headers or options.modify_body:
+    if getattr(options, "modify_headers", None) or getattr(options, "modify_body", None):
         return "modify_headers/modify_body"
     return None
 
@@ -83,32 +84,37 @@ class AnswerTiming:
         return http.Response if self.addons_reason is not None else AnswerSentFirst
 
 
-# mitmproxy's own, even if a copy of this module patched them before (a reload of the package)
-_original_consume = getattr(HttpStream.state_consume_request_body, "__wrapped__",
-                            HttpStream.state_consume_request_body)
-_original_send_response = getattr(HttpStream.send_response, "__wrapped__", HttpStream.send_response)
-_original_check_killed = getattr(HttpStream.check_killed, "__wrapped__", HttpStream.check_killed)
+# mitmproxy's own, even if a copy of this module wrapped them before (a reload of the package);
+# not `__wrapped__`: mitmproxy's own decorators (`@expect`) set that one
+_ORIGINAL = "_ccswitch_original"
+_original_consume = getattr(HttpStream.state_consume_request_body, _ORIGINAL, HttpStream.state_consume_request_body)
+_original_send_response = getattr(HttpStream.send_response, _ORIGINAL, HttpStream.send_response)
+_original_check_killed = getattr(HttpStream.check_killed, _ORIGINAL, HttpStream.check_killed)
 
 
-def _sent_first(stream: HttpStream) -> bool:
-    return stream.__dict__.get("_ccswitch_sent_first", False)
-
-
-def _consume_request_body(self: HttpStream, event):
-    steps = _original_consume(self, event)
+def _relay(steps, instead):
+    """The commands of a layer's generator `steps`, each as `instead(command)` gives them (in its
+    place, with it or without it), the replies to it sent back in."""
     reply = None
     while True:
         try:
             command = steps.send(reply)
         except StopIteration as end:
             return end.value
+        for given in instead(command):
+            reply = yield given
+
+
+def _consume_request_body(self: HttpStream, event):
+    def instead(command):
         if isinstance(command, HttpResponseHeadersHook) and _sends_first(self):
             response = self.flow.response
-            self.__dict__["_ccswitch_sent_first"] = True
+            vars(self)["_ccswitch_sent_first"] = True
             yield SendHttp(ResponseHeaders(self.stream_id, response, end_stream=False), self.context.client)
             if response.raw_content:
                 yield SendHttp(ResponseData(self.stream_id, response.raw_content), self.context.client)
-        reply = yield command
+        yield command
+    return (yield from _relay(_original_consume(self, event), instead))
 
 
 def _sends_first(stream: HttpStream) -> bool:
@@ -117,8 +123,18 @@ def _sends_first(stream: HttpStream) -> bool:
             and not (flow.request.is_http2 or flow.request.is_http3))
 
 
+def _sent_first(stream: HttpStream) -> bool:
+    return vars(stream).get("_ccswitch_sent_first", False)
+
+
 def _send_response(self: HttpStream, already_streamed: bool = False):
-    return _original_send_response(self, already_streamed or _sent_first(self))
+    def instead(command):
+        if not (vars(self).get("_ccswitch_client_left") and isinstance(command, SendHttp)
+                and isinstance(command.event, ResponseEndOfMessage)):
+            yield command
+        # else: the client's connection closed with the answer whole; told its end, mitmproxy's
+        # HTTP/1 server would read on what the client sent before it left (a next request)
+    return (yield from _relay(_original_send_response(self, already_streamed or _sent_first(self)), instead))
 
 
 def _check_killed(self: HttpStream, emit_error_hook: bool):
@@ -129,12 +145,13 @@ def _check_killed(self: HttpStream, emit_error_hook: bool):
         queue = self._paused_event_queue
         for left in [e for e in queue if isinstance(e, RequestProtocolError) and e.code is ErrorCode.CLIENT_DISCONNECTED]:
             queue.remove(left)
+            vars(self)["_ccswitch_client_left"] = True
     return _original_check_killed(self, emit_error_hook)
 
 
-_consume_request_body.__wrapped__ = _original_consume           # type: ignore[attr-defined]
-_send_response.__wrapped__ = _original_send_response            # type: ignore[attr-defined]
-_check_killed.__wrapped__ = _original_check_killed              # type: ignore[attr-defined]
+for _wrapper, _original in ((_consume_request_body, _original_consume), (_send_response, _original_send_response),
+                            (_check_killed, _original_check_killed)):
+    setattr(_wrapper, _ORIGINAL, _original)
 
 
 def send_answers_first() -> None:

@@ -93,3 +93,23 @@ async def test_a_client_gone_before_the_commit_keeps_what_the_upstream_counted_i
     row = request_row(job)
     assert row["error"] == CLIENT_CLOSED and row["status"] is None
     assert row["upstream"] == "a" and row["input_tokens"] == 25 and row["cache_read_tokens"] == 100
+
+
+async def test_a_request_whose_client_left_while_the_router_waited_goes_nowhere(tmp_path, mock_a):
+    # left to mitmproxy, it would be sent on as it came, the client's key and all, unless
+    # mitmproxy had seen its client go (it can miss that: a request read after its client's close)
+    gateway = open_gateway(tmp_path, f"""
+upstreams:
+  - {{name: a, protocol: anthropic, base_url: '{mock_a.base_url}', api_key: '{KEY_A}'}}
+routes: {{claude: [a]}}
+""")
+    router = Router(gateway)         # not started yet: its request hook waits
+    with taddons.context(router):
+        flow = messages_flow({"model": "claude-x", "messages": []})
+        hook = asyncio.ensure_future(router.request(flow))
+        await asyncio.sleep(0.05)
+        flow.client_conn.timestamp_end = 1.0      # mitmproxy saw the client close
+        router.started.set()
+        await asyncio.wait_for(hook, 2)
+    assert flow.error is not None and flow.error.msg == "Connection killed." and not flow.live
+    assert flow.response is None and router.jobs == {}

@@ -187,8 +187,8 @@ async def test_a_held_flow_s_comments_keep_the_user_s_note(proxy):
     assert killed.comment == "mine\nccswitch: killed while held by the intercept: sent nowhere"
 
 
-async def test_review_an_answer_the_intercept_may_stop_is_not_sent_before_the_later_passes(gateway):
-    """Review: the router's options wiring (Router.configure -> AnswerTiming) had no test."""
+async def test_an_answer_the_intercept_or_a_modify_option_may_change_waits_for_the_later_passes(gateway):
+    """As the options are set and cleared while ccswitch runs (mitmweb's Intercept filter)."""
     from mitmproxy import http
     from mitmproxy.addons.modifybody import ModifyBody
     from mitmproxy.addons.modifyheaders import ModifyHeaders
