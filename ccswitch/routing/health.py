@@ -201,10 +201,13 @@ class HealthBoard:
             state.cooling_until, state.cooling_since = now + length, now
             state.was_cooling = True
             state.rate_limited = False
-            log.warning("ccswitch: upstream %s: cooldown for %s after %d consecutive failure(s) (last: %s)",
-                        name, seconds_text(length), state.failures, reason)
+            # a failed probe sends it back below the threshold: said so, not read as the threshold met
+            after = (f"its probe after a cooldown failed ({state.failures} consecutive failure(s))"
+                     if state.failures < threshold else f"{state.failures} consecutive failure(s)")
+            log.warning("ccswitch: upstream %s: cooldown for %s after %s (last: %s)",
+                        name, seconds_text(length), after, reason)
             self._announce_cooldown(name, state, length, f"cooling down for {seconds_text(length)} after "
-                                    f"{state.failures} consecutive failure(s) (last: {reason})")
+                                    f"{after} (last: {reason})")
         self._share(name, state)
 
     def record_rate_limit(self, name: str, reason: str, *, seconds: float, reset_known: bool,

@@ -134,6 +134,16 @@ def test_a_cooldown_under_ten_seconds_is_told_as_long_as_it_is_not_rounded_to_no
                                          "rate limited (HTTP 429); cooling down for 1.5s"]
 
 
+def test_a_failed_probe_below_the_threshold_says_so_rather_than_read_as_the_threshold_met(caplog):
+    b, clock, _ = board()
+    b.record_rate_limit("a", "HTTP 429", seconds=1, reset_known=True)
+    clock.now += 2       # the cooldown over: the next request probes it
+    with caplog.at_level("WARNING", logger="ccswitch.health"):
+        b.record_failure("a", "HTTP 503", threshold=100, cooldown=600)
+    assert ("upstream a: cooldown for 600s after its probe after a cooldown failed (2 consecutive failure(s))"
+            " (last: HTTP 503)") in caplog.text
+
+
 def test_seconds_are_never_told_in_scientific_notation():
     from ccswitch.routing.health import seconds_text
     assert [seconds_text(s) for s in (0.00004, 0.05, 0.3, 2.0, 9.99, 300)] == ["0s", "0.05s", "0.3s", "2s", "9.99s", "300s"]
