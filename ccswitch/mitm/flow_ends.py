@@ -42,7 +42,7 @@ def gone_meanwhile(flow: http.HTTPFlow) -> bool:
 def goes_nowhere(flow: http.HTTPFlow) -> None:
     """A flow the router leaves because its client left is killed, not left to mitmproxy, which
     would send it on as it came (the client's key and all) unless it has seen the client go."""
-    if flow.error is None and flow.live and not flow.response and client_gone(flow) and flow.killable:
+    if flow.killable and flow.error is None and not flow.response and client_gone(flow):
         flow.kill()
 
 

@@ -21,6 +21,8 @@ from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.proxy.layers.http._http1 import Http1Connection, Http1Server
 
+from ccswitch.mitm.wrapped import mitmproxys, wrap
+
 #: bytes of a request's unfinished line(s) mitmproxy may hold: far beyond any API client's head
 #: (a browser's cookies through the regular listener included; Node's own limit is 16 KiB)
 MAX_HEAD = 256 * 1024
@@ -41,8 +43,7 @@ class HeadsNotLogged(logging.Filter):
         return True
 
 
-# mitmproxy's own, even if a copy of this module patched it before (a reload of the package)
-_original_handle_event = getattr(Http1Server._handle_event, "_ccswitch_original", Http1Server._handle_event)
+_original_handle_event = mitmproxys(Http1Server, "_handle_event")
 
 
 def _handle_event_capped(self: Http1Server, event: events.Event):
@@ -58,13 +59,9 @@ def _handle_event_capped(self: Http1Server, event: events.Event):
         yield commands.CloseConnection(self.conn)
 
 
-_handle_event_capped._ccswitch_original = _original_handle_event    # type: ignore[attr-defined]
-
-
 def guard_request_heads() -> None:
     """Both, once per process (a script reload calls this again)."""
     server_log = logging.getLogger("mitmproxy.proxy.server")
     if not any(isinstance(f, HeadsNotLogged) for f in server_log.filters):
         server_log.addFilter(HeadsNotLogged())
-    if Http1Server._handle_event is not _handle_event_capped:
-        Http1Server._handle_event = _handle_event_capped
+    wrap(Http1Server, "_handle_event", _handle_event_capped, _original_handle_event)

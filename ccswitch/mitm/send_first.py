@@ -28,6 +28,8 @@ from mitmproxy.proxy.layers.http import (
 )
 from mitmproxy.proxy.layers.http._hooks import HttpResponseHeadersHook
 
+from ccswitch.mitm.wrapped import mitmproxys, wrap
+
 
 class AnswerSentFirst(http.Response):
     """An answer whose head and body go to its HTTP/1 client before its responseheaders pass."""
@@ -84,12 +86,9 @@ class AnswerTiming:
         return http.Response if self.addons_reason is not None else AnswerSentFirst
 
 
-# mitmproxy's own, even if a copy of this module wrapped them before (a reload of the package);
-# not `__wrapped__`: mitmproxy's own decorators (`@expect`) set that one
-_ORIGINAL = "_ccswitch_original"
-_original_consume = getattr(HttpStream.state_consume_request_body, _ORIGINAL, HttpStream.state_consume_request_body)
-_original_send_response = getattr(HttpStream.send_response, _ORIGINAL, HttpStream.send_response)
-_original_check_killed = getattr(HttpStream.check_killed, _ORIGINAL, HttpStream.check_killed)
+_original_consume = mitmproxys(HttpStream, "state_consume_request_body")
+_original_send_response = mitmproxys(HttpStream, "send_response")
+_original_check_killed = mitmproxys(HttpStream, "check_killed")
 
 
 def _relay(steps, instead):
@@ -119,8 +118,7 @@ def _consume_request_body(self: HttpStream, event):
 
 def _sends_first(stream: HttpStream) -> bool:
     flow = stream.flow
-    return (type(flow.response) is AnswerSentFirst and not flow.response.trailers
-            and not (flow.request.is_http2 or flow.request.is_http3))
+    return type(flow.response) is AnswerSentFirst and not (flow.request.is_http2 or flow.request.is_http3)
 
 
 def _sent_first(stream: HttpStream) -> bool:
@@ -149,16 +147,8 @@ def _check_killed(self: HttpStream, emit_error_hook: bool):
     return _original_check_killed(self, emit_error_hook)
 
 
-for _wrapper, _original in ((_consume_request_body, _original_consume), (_send_response, _original_send_response),
-                            (_check_killed, _original_check_killed)):
-    setattr(_wrapper, _ORIGINAL, _original)
-
-
 def send_answers_first() -> None:
     """Once per process (a script reload calls this again)."""
-    if HttpStream.state_consume_request_body is not _consume_request_body:
-        HttpStream.state_consume_request_body = _consume_request_body
-    if HttpStream.send_response is not _send_response:
-        HttpStream.send_response = _send_response
-    if HttpStream.check_killed is not _check_killed:
-        HttpStream.check_killed = _check_killed
+    wrap(HttpStream, "state_consume_request_body", _consume_request_body, _original_consume)
+    wrap(HttpStream, "send_response", _send_response, _original_send_response)
+    wrap(HttpStream, "check_killed", _check_killed, _original_check_killed)

@@ -204,10 +204,9 @@ class HealthBoard:
             # a failed probe sends it back below the threshold: said so, not read as the threshold met
             after = (f"its probe after a cooldown failed ({state.failures} consecutive failure(s))"
                      if state.failures < threshold else f"{state.failures} consecutive failure(s)")
-            log.warning("ccswitch: upstream %s: cooldown for %s after %s (last: %s)",
-                        name, seconds_text(length), after, reason)
-            self._announce_cooldown(name, state, length, f"cooling down for {seconds_text(length)} after "
-                                    f"{after} (last: {reason})")
+            said = f"{seconds_text(length)} after {after} (last: {reason})"
+            log.warning("ccswitch: upstream %s: cooldown for %s", name, said)
+            self._announce_cooldown(name, state, length, f"cooling down for {said}")
         self._share(name, state)
 
     def record_rate_limit(self, name: str, reason: str, *, seconds: float, reset_known: bool,

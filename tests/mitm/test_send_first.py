@@ -201,3 +201,15 @@ def test_the_kind_follows_scripts_loaded_reloaded_and_removed_and_the_options():
     assert timing.kind(registered) is AnswerSentFirst
     timing.configure(SimpleNamespace(modify_headers=["/~s/x-a/1"], modify_body=[]))
     assert timing.kind(registered) is http.Response
+
+
+def test_a_reload_finds_mitmproxys_own_methods_under_the_wrappers():
+    # a script reload imports the package anew: what it wraps must be mitmproxy's, not the old wrapper
+    send_answers_first()
+    import ccswitch.mitm.send_first as first
+    from ccswitch.mitm.wrapped import mitmproxys
+    for name in ("state_consume_request_body", "send_response", "check_killed"):
+        assert getattr(HttpStream, name) is not mitmproxys(HttpStream, name)
+        assert mitmproxys(HttpStream, name) is getattr(first, {"state_consume_request_body": "_original_consume"}.get(
+            name, f"_original_{name}"))
+        assert mitmproxys(HttpStream, name).__module__.startswith("mitmproxy.")
