@@ -16,6 +16,7 @@ from http import HTTPStatus
 import h11
 
 from ccswitch.dial.job import CLIENT_CLOSED, Job
+from ccswitch.dial.relay_pipe import ProxyEnd, RelayPipe
 from ccswitch.dial.shutdown import RETRY_AFTER, SHUTTING_DOWN, Serving, Shutdown
 from ccswitch.wire.headers import to_wire
 from ccswitch.wire.protocols import own_error, stream_error_event
@@ -198,6 +199,17 @@ class Relay(Serving):
         for connection in list(self._connections):   # idle keep-alive connections too
             connection.transport.close()
         await asyncio.sleep(0)    # their connection_lost
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    def link(self) -> tuple[asyncio.StreamReader, ProxyEnd]:
+        """A connection from mitmproxy made in memory (`relay_pipe`): its reader and its writer."""
+        if self._server is None:
+            raise ConnectionRefusedError(f"ccswitch's relay on 127.0.0.1:{self.port} is not listening")
+        pipe = RelayPipe(RelayConnection(self), self.address)
+        return pipe.reader, pipe.proxy_end
 
     def register(self, job: Job) -> None:
         self._jobs[job.token] = job

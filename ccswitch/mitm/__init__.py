@@ -17,6 +17,7 @@ from ccswitch.mitm.key_shield import KeyShield
 from ccswitch.mitm.lifecycle import log_refusals_as_messages
 from ccswitch.mitm.live_page import LivePage
 from ccswitch.mitm.notifier import Notifications
+from ccswitch.mitm.relay_link import link_relays_in_memory
 from ccswitch.mitm.router import Router
 from ccswitch.mitm.rules_watcher import RulesWatcher
 from ccswitch.mitm.safety import ClientKeyGate, InterceptScope, ListenSafety
@@ -32,6 +33,7 @@ def make_addons() -> list:
     log_refusals_as_messages()
     guard_request_heads()
     send_answers_first()
+    link_relays_in_memory()
     gateway = Gateway()
     # the shield gives a request its keys back before the others' request hooks (the early
     # refusal reads them from it, at the head, and answers a few from there); the live page

@@ -48,6 +48,7 @@ from ccswitch.mitm.known import Known
 from ccswitch.mitm.lifecycle import hook_task, stopping, take_given_values
 from ccswitch.mitm.planner import Planner
 from ccswitch.mitm.quoted import QuotedKeys
+from ccswitch.mitm.relay_link import link_relay, unlink_relay
 from ccswitch.mitm.replay import as_the_client_sent, replayed_request
 from ccswitch.mitm.router_options import add_options
 from ccswitch.mitm.scope import answered_early, is_api_flow, replays_routed, route_of
@@ -129,6 +130,7 @@ class Router:
         try:   # the spend so far this month, the relay and the bridge, before the first request is routed
             await gateway.start_spend(utc_now())
             await self.relay.start()
+            link_relay(self.relay.address, self.relay.link)
             sockets = CodexSockets(self)
             await sockets.start()
             self.sockets = sockets
@@ -163,6 +165,7 @@ class Router:
         if closing:
             await close_proxy_connections(proxyserver)
         if self.relay:
+            unlink_relay(self.relay.address)
             await self.relay.stop()
         if self.dialer:
             await self.dialer.aclose()

@@ -1,4 +1,5 @@
-"""The loopback relay on its own: its status line, and how the shutdown ends its jobs."""
+"""The loopback relay on its own: its status line, and how the shutdown ends its jobs; each over a
+loopback socket and over the in-memory connection mitmproxy is given (`Relay.link`)."""
 
 import asyncio
 import json
@@ -15,6 +16,8 @@ SSE = [("content-type", "text/event-stream")]
 class Exchange:
     """A raw HTTP/1.1 client of the relay (what mitmproxy is to it)."""
 
+    in_memory = False     # set by the `served` fixture: connect through `Relay.link`, not a socket
+
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
         self.conn = h11.Connection(h11.CLIENT)
@@ -22,7 +25,10 @@ class Exchange:
         self.body = b""
 
     async def send(self, token: str) -> "Exchange":
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.relay.port)
+        if self.in_memory:
+            self.reader, self.writer = self.relay.link()
+        else:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.relay.port)
         self.writer.write(self.conn.send(h11.Request(method="POST", target="/v1/messages", headers=[
             ("host", "relay"), (JOB_HEADER, token), ("content-length", "0")])))
         self.writer.write(self.conn.send(h11.EndOfMessage()))
@@ -57,10 +63,11 @@ async def soon(condition) -> None:
     raise AssertionError("timed out")
 
 
-@pytest.fixture
-async def served():
+@pytest.fixture(params=["socket", "in memory"])
+async def served(request, monkeypatch):
     """Starts relays: `await served(run_job, recorded)` serves jobs with `run_job` and appends
     each finished job to `recorded`; every relay is stopped after the test."""
+    monkeypatch.setattr(Exchange, "in_memory", request.param == "in memory")
     relays = []
 
     async def make(run_job, recorded):

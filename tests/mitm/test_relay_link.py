@@ -1,0 +1,146 @@
+"""mitmproxy's connections to the relay, made in memory: through mitmproxy's own connection
+handler (its `server_event`, its tasks, its reading loop), with a layer that stands in for its
+HTTP layers and sends one request."""
+
+import asyncio
+
+import pytest
+from mitmproxy import connection, options
+from mitmproxy.proxy import commands, events
+from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.server import ConnectionHandler
+
+from ccswitch.dial.relay import JOB_HEADER, Relay
+from ccswitch.mitm.relay_link import link_relay, link_relays_in_memory, unlink_relay
+from tests.support.helpers import make_job, rules_for
+
+SSE = [("content-type", "text/event-stream")]
+
+
+class OneRequest:
+    """Opens the flow's server, sends it a request once open, keeps what comes back."""
+
+    def __init__(self, server: connection.Server, request: bytes) -> None:
+        self.server, self.request = server, request
+        self.events: list[events.Event] = []
+        self.received = b""
+
+    def handle_event(self, event):
+        self.events.append(event)
+        if isinstance(event, events.Start):
+            yield commands.OpenConnection(self.server)
+        elif isinstance(event, events.OpenConnectionCompleted) and event.reply is None:
+            yield commands.SendData(self.server, self.request)
+        elif isinstance(event, events.DataReceived):
+            self.received += event.data
+
+    def completed(self) -> events.OpenConnectionCompleted | None:
+        return next((e for e in self.events if isinstance(e, events.OpenConnectionCompleted)), None)
+
+
+class Handler(ConnectionHandler):
+    """mitmproxy's connection handler, its hooks noted (and `kill` run in `server_connect`)."""
+
+    def __init__(self, layer: OneRequest, kill: str | None = None) -> None:
+        client = connection.Client(peername=("127.0.0.1", 50000), sockname=("127.0.0.1", 8080), timestamp_start=0)
+        super().__init__(Context(client, options.Options()))
+        self.layer = layer
+        self.hooks: list[str] = []
+        self.kill = kill
+
+    async def handle_hook(self, hook: commands.StartHook) -> None:
+        self.hooks.append(hook.name)
+        if hook.name == "server_connect" and self.kill:
+            hook.args()[0].server.error = self.kill
+
+
+async def until(condition) -> None:
+    for _ in range(300):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture
+async def relay():
+    """A linked relay whose jobs answer with two events; mitmproxy's tasks start eagerly, as under
+    mitmproxy (its entry point sets the eager task factory)."""
+    link_relays_in_memory()
+
+    async def answer(job, sink):
+        await sink.start(200, SSE, None)
+        await sink.write(b"event: ping\ndata: {}\n\n")
+        await sink.write(b"event: pong\ndata: {}\n\n")
+        await sink.end()
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)
+    relay = Relay(answer)
+    await relay.start()
+    link_relay(relay.address, relay.link)
+    yield relay
+    unlink_relay(relay.address)
+    await relay.stop()
+    loop.set_task_factory(None)
+
+
+def request_for(relay: Relay) -> tuple[connection.Server, bytes]:
+    job = make_job(rules_for(("a", "anthropic", "http://127.0.0.1:9")))
+    relay.register(job)
+    head = (f"POST /v1/messages HTTP/1.1\r\nhost: 127.0.0.1\r\n{JOB_HEADER}: {job.token}\r\n"
+            "content-length: 0\r\n\r\n").encode()
+    return connection.Server(address=relay.address), head
+
+
+async def test_a_connection_to_the_relay_is_made_in_memory_with_mitmproxys_hooks_around_it(relay):
+    server, head = request_for(relay)
+    layer = OneRequest(server, head)
+    handler = Handler(layer)
+    await handler.server_event(events.Start())
+    await until(lambda: layer.received.endswith(b"0\r\n\r\n"))
+    assert layer.completed().reply is None
+    assert layer.received.startswith(b"HTTP/1.1 200 OK\r\n") and b"event: pong" in layer.received
+    # no socket of its own: no port on this side
+    assert (server.peername, server.sockname, server.state) == (relay.address, ("127.0.0.1", 0),
+                                                                  connection.ConnectionState.OPEN)
+    assert handler.hooks == ["server_connect", "server_connected"]
+    handler.transports[server].handler.cancel()          # the client left: mitmproxy ends its servers
+    await until(lambda: server not in handler.transports and not relay._connections)
+    assert handler.hooks == ["server_connect", "server_connected", "server_disconnected"]
+    assert server.timestamp_start <= server.timestamp_tcp_setup <= server.timestamp_end
+
+
+async def test_an_addon_killing_the_connection_before_it_opens_is_heard_as_by_mitmproxy(relay):
+    server, head = request_for(relay)
+    layer = OneRequest(server, head)
+    handler = Handler(layer, kill="killed by a script")
+    await handler.server_event(events.Start())
+    await until(layer.completed)
+    assert layer.completed().reply == "Connection killed: killed by a script"
+    assert handler.hooks == ["server_connect", "server_connect_error"] and not relay._connections
+
+
+async def test_a_relay_that_stopped_refuses_the_connection(relay):
+    server, head = request_for(relay)
+    await relay.stop()
+    layer = OneRequest(server, head)
+    handler = Handler(layer)
+    await handler.server_event(events.Start())
+    await until(layer.completed)
+    assert "is not listening" in layer.completed().reply and "is not listening" in server.error
+    assert handler.hooks == ["server_connect", "server_connect_error"]
+
+
+async def test_any_other_server_is_connected_by_mitmproxy_itself(relay):
+    listening = await asyncio.start_server(lambda r, w: w.write(b"hello"), "127.0.0.1", 0)
+    server = connection.Server(address=listening.sockets[0].getsockname()[:2])
+    layer = OneRequest(server, b"")
+    handler = Handler(layer)
+    try:
+        await handler.server_event(events.Start())
+        await until(lambda: layer.received == b"hello")
+        assert server.sockname[1] != 0      # a socket of its own
+    finally:
+        handler.transports[server].handler.cancel()
+        listening.close()
+    await until(lambda: "server_disconnected" in handler.hooks)
