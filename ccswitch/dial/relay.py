@@ -304,6 +304,7 @@ class RelayConnection(asyncio.Protocol):
         self._lost = True
         self._gone()
         self.relay._connections.discard(self)
+        self._sink = None       # it points back here: both go with the job's task, not at a full collection
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 

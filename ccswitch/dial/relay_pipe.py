@@ -23,15 +23,16 @@ BUFFER_LIMIT = 64 * 1024
 class RelayPipe:
     """Both ends of one in-memory connection between mitmproxy and a relay protocol."""
 
-    __slots__ = ("_closed", "_loop", "_protocol", "_relay_reads", "proxy_end", "reader", "relay_end")
+    __slots__ = ("_closed", "_flow", "_loop", "_protocol", "_relay_reads", "proxy_end", "reader", "relay_end")
 
     def __init__(self, protocol: asyncio.Protocol, peername: tuple[str, int]) -> None:
         self._loop = asyncio.get_running_loop()
         self._protocol = protocol
         self._closed = False        # by either end: nothing more is written
         self._relay_reads = True    # until the relay closed its end or lost the connection
-        self.reader = asyncio.StreamReader(limit=BUFFER_LIMIT, loop=self._loop)
-        self.reader.set_transport(_ReadFlow(protocol))
+        self.reader: asyncio.StreamReader | None = asyncio.StreamReader(limit=BUFFER_LIMIT, loop=self._loop)
+        self._flow = _ReadFlow(protocol)
+        self.reader.set_transport(self._flow)
         self.relay_end = RelayEnd(self)
         self.proxy_end = ProxyEnd(self, peername)
         protocol.connection_made(self.relay_end)
@@ -77,23 +78,31 @@ class RelayPipe:
 
     def _lose(self) -> None:
         self._relay_reads = False
-        self._protocol.connection_lost(None)
+        protocol, self._protocol = self._protocol, None
+        protocol.connection_lost(None)
+        # the pipe, its reader and the relay's protocol point at each other: let them go (and
+        # what mitmproxy's reader holds unread) as soon as mitmproxy lets go of its ends, not at
+        # the next full collection
+        self._flow.protocol = None
+        self.reader = None
 
 
 class _ReadFlow:
     """What mitmproxy's reader pauses and resumes (a socket's transport, for a socket's reader):
-    here the relay's writing."""
+    here the relay's writing, until the relay lost the connection."""
 
-    __slots__ = ("_protocol",)
+    __slots__ = ("protocol",)
 
     def __init__(self, protocol: asyncio.Protocol) -> None:
-        self._protocol = protocol
+        self.protocol: asyncio.Protocol | None = protocol
 
     def pause_reading(self) -> None:
-        self._protocol.pause_writing()
+        if self.protocol is not None:
+            self.protocol.pause_writing()
 
     def resume_reading(self) -> None:
-        self._protocol.resume_writing()
+        if self.protocol is not None:
+            self.protocol.resume_writing()
 
 
 class RelayEnd(asyncio.Transport):

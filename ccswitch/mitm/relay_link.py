@@ -11,8 +11,10 @@ process gets the relay's in-memory pipe (`Relay.link`), with the same hooks arou
 same state on the flow's server connection; mitmproxy opens every other connection itself.  The
 relay keeps its socket, which the connections of a reloaded script's relay still reach.
 
-What is left out is mitmproxy's "server connect 127.0.0.1:…" and "server disconnect" lines for
-the hop, which named a port of ccswitch's own.
+Left out: mitmproxy's "server connect 127.0.0.1:…" and "server disconnect" lines for the hop,
+which named a port of ccswitch's own; and mitmproxy's limit of five connections at a time from
+one client connection to one address, which made an HTTP/2 client's sixth concurrent stream wait
+for one of the first five to end (upstreams have ccswitch's own limits, `max_connections`).
 """
 
 from __future__ import annotations
@@ -67,16 +69,20 @@ async def _open_in_memory(handler: ConnectionHandler, command: commands.OpenConn
         await handler.server_event(events.OpenConnectionCompleted(command, f"Connection killed: {err}"))
         return
     server.timestamp_start = time.time()
-    # a connect suspends: mitmproxy records this task as the connection's handler once the task
-    # first does, after which the connection's reader and writer may be set (under mitmproxy's
-    # eager tasks, a task that never suspended would find its entry replaced by that record)
-    await asyncio.sleep(0)
     try:
+        # a connect suspends: mitmproxy records this task as the connection's handler once the
+        # task first does, after which the connection's reader and writer may be set (under
+        # mitmproxy's eager tasks, a task that never suspended would find its entry replaced)
+        await asyncio.sleep(0)
         reader, writer = opener()
-    except OSError as exc:    # the relay stopped (the proxy is shutting down)
-        server.error = str(exc)
+    except (OSError, asyncio.CancelledError) as exc:
+        # the relay stopped (the proxy is shutting down), or the client left meanwhile: heard
+        # as mitmproxy tells of a connect that failed or was cancelled
+        server.error = str(exc) or "connection cancelled"
         await handler.handle_hook(ServerConnectErrorHook(hook_data))
         await handler.server_event(events.OpenConnectionCompleted(command, server.error))
+        if isinstance(exc, asyncio.CancelledError):
+            raise
         return
     server.timestamp_tcp_setup = time.time()
     server.state = ConnectionState.OPEN

@@ -3,6 +3,7 @@ handler (its `server_event`, its tasks, its reading loop), with a layer that sta
 HTTP layers and sends one request."""
 
 import asyncio
+import gc
 
 import pytest
 from mitmproxy import connection, options
@@ -66,7 +67,7 @@ async def until(condition) -> None:
 async def relay():
     """A linked relay whose jobs answer with two events; mitmproxy's tasks start eagerly, as under
     mitmproxy (its entry point sets the eager task factory)."""
-    link_relays_in_memory()
+    link_relays_in_memory()     # for the rest of the process, as under mitmproxy: inert while no relay is linked
 
     async def answer(job, sink):
         await sink.start(200, SSE, None)
@@ -144,3 +145,93 @@ async def test_any_other_server_is_connected_by_mitmproxy_itself(relay):
         handler.transports[server].handler.cancel()
         listening.close()
     await until(lambda: "server_disconnected" in handler.hooks)
+
+
+@pytest.mark.parametrize("in_memory", [False, True], ids=["socket", "in memory"])
+async def test_a_connection_cancelled_while_being_opened_is_heard_as_by_mitmproxy(relay, in_memory):
+    # mitmproxy's own, cancelled while it connects (the client left, a CloseConnection for it),
+    # runs `server_connect_error` and completes the OpenConnection with the cancellation's message
+    server, head = request_for(relay)
+    if not in_memory:     # the same relay, reached by mitmproxy's own open_connection
+        server = connection.Server(address=("127.0.0.2", relay.port))
+    layer = OneRequest(server, head)
+    handler = Handler(layer)
+    await handler.server_event(events.Start())     # eager: the task now waits in its connect
+    task = handler.transports[server].handler
+    assert not task.done()
+    task.cancel("closed by command")
+    await asyncio.wait([task])
+    assert task.cancelled() and handler.hooks == ["server_connect", "server_connect_error"]
+    assert layer.completed().reply == server.error == "closed by command"
+
+
+async def _paused_then_client_gone(in_memory: bool) -> int:
+    """A stream mitmproxy stops reading (the relay pauses), then its client leaves: the bytes
+    live stream readers still hold once the test let go of its own references, with no
+    collection of cycles meanwhile."""
+    async def endless(job, sink):
+        await sink.start(200, SSE, None)
+        while True:
+            await sink.write(b"x" * 16384)
+    relay = Relay(endless)
+    await relay.start()
+    try:
+        server, head = request_for(relay)
+        if in_memory:
+            reader, writer = relay.link()
+        else:
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer.write(head)
+        await until(lambda: any(c._paused for c in relay._connections))
+        writer.close()
+        await until(lambda: not relay._connections and relay.running == 0)
+        del reader, writer
+        return sum(len(o._buffer) for o in gc.get_objects() if isinstance(o, asyncio.StreamReader))
+    finally:
+        await relay.stop()
+
+
+@pytest.mark.parametrize("in_memory", [False, True], ids=["socket", "in memory"])
+async def test_a_closed_hop_lets_go_of_what_mitmproxy_left_unread_at_once(in_memory):
+    gc.collect()
+    gc.disable()
+    try:
+        assert await _paused_then_client_gone(in_memory) == 0
+    finally:
+        gc.enable()
+
+
+class ConcurrentRequests:
+    """An HTTP/2 client's concurrent streams, each routed: a server connection to the relay each."""
+
+    def __init__(self, servers_and_heads) -> None:
+        self.heads = dict(servers_and_heads)
+        self.opened = 0
+
+    def handle_event(self, event):
+        if isinstance(event, events.Start):
+            for server in self.heads:
+                yield commands.OpenConnection(server)
+        elif isinstance(event, events.OpenConnectionCompleted) and event.reply is None:
+            self.opened += 1
+            yield commands.SendData(event.command.connection, self.heads[event.command.connection])
+
+
+@pytest.mark.parametrize("in_memory", [False, True], ids=["socket", "in memory"])
+async def test_a_clients_sixth_concurrent_stream_does_not_wait_for_one_of_the_first_five(relay, in_memory):
+    # mitmproxy holds five connections at a time from one client connection to one address, for
+    # each connection's whole life: over the socket, the sixth waited for one of the five to end
+    if not in_memory:
+        unlink_relay(relay.address)
+    layer = ConcurrentRequests([request_for(relay) for _ in range(6)])
+    handler = Handler(layer)
+    try:
+        await handler.server_event(events.Start())
+        await until(lambda: layer.opened >= 5)
+        await asyncio.sleep(0.2)
+        assert layer.opened == (6 if in_memory else 5)
+    finally:
+        tasks = [io.handler for io in handler.transports.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)

@@ -59,13 +59,14 @@ async def test_what_mitmproxy_writes_reaches_the_relay_a_loop_turn_later_in_orde
 async def test_what_the_relay_writes_mitmproxy_reads_then_the_end_once_it_closes():
     relay = Recorder()
     pipe = RelayPipe(relay, PEER)
+    reader = pipe.reader         # mitmproxy's: the pipe lets go of it once closed
     relay.transport.write(b"HTTP/1.1 200 OK\r\n")
     relay.transport.write(b"\r\n")
     relay.transport.close()
     assert relay.transport.is_closing() and pipe.proxy_end.is_closing()
     relay.transport.write(b"after the close")      # dropped, as a closed transport drops it
-    assert await pipe.reader.read(65535) == b"HTTP/1.1 200 OK\r\n\r\n"
-    assert await pipe.reader.read(65535) == b""
+    assert await reader.read(65535) == b"HTTP/1.1 200 OK\r\n\r\n"
+    assert await reader.read(65535) == b""
     await turn()
     assert relay.seen == ["made", ("lost", None)]
 
@@ -73,6 +74,7 @@ async def test_what_the_relay_writes_mitmproxy_reads_then_the_end_once_it_closes
 async def test_mitmproxy_closing_its_end_loses_the_relay_its_connection_after_what_it_wrote_before():
     relay = Recorder()
     pipe = RelayPipe(relay, PEER)
+    reader = pipe.reader         # mitmproxy's: the pipe lets go of it once closed
     pipe.proxy_end.write(b"GET")
     await pipe.proxy_end.drain()           # mitmproxy drains every writer after each read: never waits
     pipe.proxy_end.close()
@@ -84,7 +86,7 @@ async def test_mitmproxy_closing_its_end_loses_the_relay_its_connection_after_wh
     relay.transport.close()
     await turn()
     assert relay.seen == ["made", b"GET", ("lost", None)]     # lost once
-    assert await pipe.reader.read(65535) == b""
+    assert await reader.read(65535) == b""
 
 
 async def test_the_relay_closing_its_end_reads_nothing_more():
@@ -100,13 +102,14 @@ async def test_the_relay_closing_its_end_reads_nothing_more():
 async def test_mitmproxys_half_close_is_an_end_of_file_that_closes_unless_the_protocol_keeps_it(keep_half_open):
     relay = Recorder(keep_half_open)
     pipe = RelayPipe(relay, PEER)
+    reader = pipe.reader         # mitmproxy's: the pipe lets go of it once closed
     pipe.proxy_end.write(b"x")
     pipe.proxy_end.write_eof()
     await turn()
     if keep_half_open:
         assert relay.seen == ["made", b"x", "eof"] and not pipe.closed
         relay.transport.write(b"still answered")
-        assert await pipe.reader.read(65535) == b"still answered"
+        assert await reader.read(65535) == b"still answered"
     else:
         assert relay.seen == ["made", b"x", "eof", ("lost", None)] and pipe.closed
 
@@ -114,6 +117,7 @@ async def test_mitmproxys_half_close_is_an_end_of_file_that_closes_unless_the_pr
 async def test_a_relay_writing_faster_than_mitmproxy_reads_is_paused_then_resumed():
     relay = Recorder()
     pipe = RelayPipe(relay, PEER)
+    reader = pipe.reader         # mitmproxy's: the pipe lets go of it once closed
     piece = b"x" * 16384
     written = 0
     while "pause" not in relay.seen:
@@ -123,9 +127,22 @@ async def test_a_relay_writing_faster_than_mitmproxy_reads_is_paused_then_resume
     assert written > 2 * BUFFER_LIMIT          # paused beyond twice the limit, as mitmproxy's reader holds it
     read = b""
     while "resume" not in relay.seen:
-        read += await pipe.reader.read(16384)
+        read += await reader.read(16384)
     assert len(read) >= written - BUFFER_LIMIT
     assert relay.seen == ["made", "pause", "resume"]
+
+
+async def test_once_lost_the_pipe_lets_go_of_mitmproxys_reader_and_the_relay():
+    relay = Recorder()
+    pipe = RelayPipe(relay, PEER)
+    reader = pipe.reader
+    relay.transport.write(b"x" * (3 * BUFFER_LIMIT))     # the relay paused, mitmproxy gone
+    pipe.proxy_end.close()
+    await turn()
+    assert relay.seen == ["made", "pause", ("lost", None)]
+    assert pipe.reader is None and pipe._protocol is None
+    await reader.read(-1)            # what mitmproxy still reads resumes nothing
+    assert relay.seen[-1] == ("lost", None)
 
 
 async def test_mitmproxy_is_told_the_relays_address_as_its_peer():
