@@ -15,7 +15,7 @@ import pytest
 
 from tests.e2e.test_failover import ledger, wait_rows
 from tests.support.helpers import CLIENT_KEY, one_upstream_rules
-from tests.support.mock_upstream import MockUpstream, hang_before_headers, ok
+from tests.support.mock_upstream import MockUpstream, hang_before_headers, ok, slow_stream
 from tests.support.proxy_process import Proxy
 
 BODY = {"model": "claude-x", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
@@ -167,3 +167,37 @@ def test_an_http2_upload_over_the_limit_gets_its_413_not_a_stall(tmp_path):
             finally:
                 client.close()
             assert a.paths() == ["/v1/messages"]
+
+
+def test_an_http2_clients_concurrent_streams_all_go_upstream_at_once(upstream_and_proxy):
+    # each stream of the connection takes its own hop to ccswitch's relay; mitmproxy let five such
+    # connections be open at a time from one client connection, so the sixth waited for one to end
+    a, proxy = upstream_and_proxy
+    a.default = slow_stream(20, 0.1)      # about 2 s each
+    client = H2Client(proxy)
+    try:
+        ids = [client.post({**BODY, "stream": True}) for _ in range(8)]
+        started = time.monotonic()
+        upstream_at_once = None     # upstream requests 1.2 s in, long before the first could end
+        ended, bodies = set(), {i: b"" for i in ids}
+        while len(ended) < len(ids) and time.monotonic() < started + 20:
+            if upstream_at_once is None and time.monotonic() > started + 1.2:
+                upstream_at_once = len(a.requests)
+            client.sock.settimeout(0.1)
+            try:
+                data = client.sock.recv(65536)
+            except TimeoutError:
+                continue
+            for event in client.conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    bodies[event.stream_id] += event.data
+                    client.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    ended.add(event.stream_id)
+            client._flush()
+    finally:
+        client.close()
+    assert upstream_at_once == 8, f"{upstream_at_once} of 8 streams reached the upstream before any ended"
+    assert ended == set(ids) and all(body.endswith(b'data: {"type":"message_stop"}\n\n') for body in bodies.values())
+    wait_rows(proxy, 8)
+    assert ledger(proxy, "SELECT status, error FROM requests") == [(200, None)] * 8
