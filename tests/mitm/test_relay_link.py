@@ -13,7 +13,7 @@ from mitmproxy.proxy.server import ConnectionHandler
 
 from ccswitch.dial.relay import JOB_HEADER, Relay
 from ccswitch.mitm.relay_link import link_relay, link_relays_in_memory, unlink_relay
-from tests.support.helpers import make_job, rules_for
+from tests.support.helpers import eventually, make_job, rules_for
 
 SSE = [("content-type", "text/event-stream")]
 
@@ -55,14 +55,6 @@ class Handler(ConnectionHandler):
             hook.args()[0].server.error = self.kill
 
 
-async def until(condition) -> None:
-    for _ in range(300):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("timed out")
-
-
 @pytest.fixture
 async def relay():
     """A linked relay whose jobs answer with two events; mitmproxy's tasks start eagerly, as under
@@ -98,7 +90,7 @@ async def test_a_connection_to_the_relay_is_made_in_memory_with_mitmproxys_hooks
     layer = OneRequest(server, head)
     handler = Handler(layer)
     await handler.server_event(events.Start())
-    await until(lambda: layer.received.endswith(b"0\r\n\r\n"))
+    await eventually(lambda: layer.received.endswith(b"0\r\n\r\n"))
     assert layer.completed().reply is None
     assert layer.received.startswith(b"HTTP/1.1 200 OK\r\n") and b"event: pong" in layer.received
     # no socket of its own: no port on this side
@@ -106,7 +98,7 @@ async def test_a_connection_to_the_relay_is_made_in_memory_with_mitmproxys_hooks
                                                                   connection.ConnectionState.OPEN)
     assert handler.hooks == ["server_connect", "server_connected"]
     handler.transports[server].handler.cancel()          # the client left: mitmproxy ends its servers
-    await until(lambda: server not in handler.transports and not relay._connections)
+    await eventually(lambda: server not in handler.transports and not relay._connections)
     assert handler.hooks == ["server_connect", "server_connected", "server_disconnected"]
     assert server.timestamp_start <= server.timestamp_tcp_setup <= server.timestamp_end
 
@@ -116,7 +108,7 @@ async def test_an_addon_killing_the_connection_before_it_opens_is_heard_as_by_mi
     layer = OneRequest(server, head)
     handler = Handler(layer, kill="killed by a script")
     await handler.server_event(events.Start())
-    await until(layer.completed)
+    await eventually(layer.completed)
     assert layer.completed().reply == "Connection killed: killed by a script"
     assert handler.hooks == ["server_connect", "server_connect_error"] and not relay._connections
 
@@ -127,7 +119,7 @@ async def test_a_relay_that_stopped_refuses_the_connection(relay):
     layer = OneRequest(server, head)
     handler = Handler(layer)
     await handler.server_event(events.Start())
-    await until(layer.completed)
+    await eventually(layer.completed)
     assert "is not listening" in layer.completed().reply and "is not listening" in server.error
     assert handler.hooks == ["server_connect", "server_connect_error"]
 
@@ -139,12 +131,12 @@ async def test_any_other_server_is_connected_by_mitmproxy_itself(relay):
     handler = Handler(layer)
     try:
         await handler.server_event(events.Start())
-        await until(lambda: layer.received == b"hello")
+        await eventually(lambda: layer.received == b"hello")
         assert server.sockname[1] != 0      # a socket of its own
     finally:
         handler.transports[server].handler.cancel()
         listening.close()
-    await until(lambda: "server_disconnected" in handler.hooks)
+    await eventually(lambda: "server_disconnected" in handler.hooks)
 
 
 @pytest.mark.parametrize("in_memory", [False, True], ids=["socket", "in memory"])
@@ -182,9 +174,9 @@ async def _paused_then_client_gone(in_memory: bool) -> int:
         else:
             reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
         writer.write(head)
-        await until(lambda: any(c._paused for c in relay._connections))
+        await eventually(lambda: any(c._paused for c in relay._connections))
         writer.close()
-        await until(lambda: not relay._connections and relay.running == 0)
+        await eventually(lambda: not relay._connections and relay.running == 0)
         del reader, writer
         return sum(len(o._buffer) for o in gc.get_objects() if isinstance(o, asyncio.StreamReader))
     finally:
@@ -227,7 +219,7 @@ async def test_a_clients_sixth_concurrent_stream_does_not_wait_for_one_of_the_fi
     handler = Handler(layer)
     try:
         await handler.server_event(events.Start())
-        await until(lambda: layer.opened >= 5)
+        await eventually(lambda: layer.opened >= 5)
         await asyncio.sleep(0.2)
         assert layer.opened == (6 if in_memory else 5)
     finally:
