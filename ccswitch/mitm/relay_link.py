@@ -9,7 +9,8 @@ hand it another transport, so ccswitch wraps that method: a connection to a rela
 process gets the relay's in-memory pipe (`Relay.link`), with the same hooks around it
 (`server_connect`, `server_connected`, `server_disconnected`, `server_connect_error`) and the
 same state on the flow's server connection; mitmproxy opens every other connection itself.  The
-relay keeps its socket, which the connections of a reloaded script's relay still reach.
+relay still listens on its loopback port (the relay's own tests reach it there, and so would
+mitmproxy, were this wrapper ever not installed).
 
 Left out: mitmproxy's "server connect 127.0.0.1:…" and "server disconnect" lines for the hop,
 which named a port of ccswitch's own; and mitmproxy's limit of five connections at a time from
