@@ -22,10 +22,15 @@ def client_gone(flow: http.HTTPFlow) -> bool:
     return flow.client_conn.timestamp_end is not None and not flow.is_replay
 
 
+#: how mitmproxy's errors begin when the client left: its HTTP/1 connection closed, or an HTTP/2
+#: client cancelled the one request (its stream reset, its connection kept)
+_CLIENT_LEFT = ("client disconnected", "stream reset by client")
+
+
 def client_left(flow: http.HTTPFlow) -> bool:
     """The client has left: gone already, or the flow's error says so (mitmproxy runs the error
     hook before it marks the client's connection closed)."""
-    return client_gone(flow) or (flow.error is not None and flow.error.msg.lower().startswith("client disconnected"))
+    return client_gone(flow) or (flow.error is not None and flow.error.msg.lower().startswith(_CLIENT_LEFT))
 
 
 def answer_reaches_client(flow: http.HTTPFlow) -> bool:

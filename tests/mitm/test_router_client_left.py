@@ -113,3 +113,18 @@ routes: {{claude: [a]}}
         await asyncio.wait_for(hook, 2)
     assert flow.error is not None and flow.error.msg == "Connection killed." and not flow.live
     assert flow.response is None and router.jobs == {}
+
+
+@pytest.mark.parametrize("error,recorded_as", [
+    ("Client disconnected.", CLIENT_CLOSED),
+    ("stream reset by client (CANCEL)", CLIENT_CLOSED),      # an HTTP/2 client's cancel of one request
+    ("HTTP/2 protocol error: invalid frame", "HTTP/2 protocol error: invalid frame"),
+], ids=["http1-close", "http2-reset", "other"])
+async def test_a_flow_that_ends_before_it_reached_the_relay_is_recorded_as_its_client_left(live, error, recorded_as):
+    router, recorded = live
+    flow = messages_flow()
+    await router.request(flow)
+    flow.error = tflow.terr(error)       # mitmproxy ends it before it sent the relay the request
+    router.error(flow)
+    [job] = recorded
+    assert job.error == recorded_as and not job.attempts
