@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 
 import h11
@@ -204,11 +205,12 @@ class Relay(Serving):
     def address(self) -> tuple[str, int]:
         return ("127.0.0.1", self.port)
 
-    def link(self) -> tuple[asyncio.StreamReader, ProxyEnd]:
-        """A connection from mitmproxy made in memory (`relay_pipe`): its reader and its writer."""
+    def link(self, pace: Callable[[], bool] | None = None) -> tuple[asyncio.StreamReader, ProxyEnd]:
+        """A connection from mitmproxy made in memory (`relay_pipe`): its reader and its writer;
+        `pace`: whether mitmproxy's client is too far behind for mitmproxy to read on."""
         if self._server is None:
             raise ConnectionRefusedError(f"ccswitch's relay on 127.0.0.1:{self.port} is not listening")
-        pipe = RelayPipe(RelayConnection(self), self.address)
+        pipe = RelayPipe(RelayConnection(self), self.address, pace)
         return pipe.reader, pipe.proxy_end
 
     def register(self, job: Job) -> None:

@@ -8,16 +8,21 @@ wake of the selector and a receive for each event of a stream); mitmproxy's requ
 reaches the relay one loop turn later, as a socket's would (mitmproxy writes from inside its
 layer, and the relay starts a job on what it reads).  Back-pressure holds too: once mitmproxy's
 reader holds more than `BUFFER_LIMIT` twice over (its client reads slowly), the relay is told to
-pause writing, and to resume once it has read most of it.
+pause writing, and to resume once it has read most of it.  Where mitmproxy itself keeps what
+its client does not take yet without reading slower (an HTTP/2 client's flow-control window),
+`pace` says when to hold mitmproxy's reads back: the reader then fills, and the relay pauses.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 #: mitmproxy reads 64 KiB at a time; the relay is paused beyond twice this (a socket's buffers
 #: and its transport's high-water mark hold about as much)
 BUFFER_LIMIT = 64 * 1024
+#: how often a read held back by `pace` looks again (only while its client is that far behind)
+PACE_POLL = 0.01
 
 
 class RelayPipe:
@@ -25,12 +30,15 @@ class RelayPipe:
 
     __slots__ = ("_closed", "_flow", "_loop", "_protocol", "_relay_reads", "proxy_end", "reader", "relay_end")
 
-    def __init__(self, protocol: asyncio.Protocol, peername: tuple[str, int]) -> None:
+    def __init__(self, protocol: asyncio.Protocol, peername: tuple[str, int],
+                 pace: Callable[[], bool] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._protocol = protocol
         self._closed = False        # by either end: nothing more is written
         self._relay_reads = True    # until the relay closed its end or lost the connection
-        self.reader: asyncio.StreamReader | None = asyncio.StreamReader(limit=BUFFER_LIMIT, loop=self._loop)
+        self.reader: asyncio.StreamReader | None = (
+            asyncio.StreamReader(limit=BUFFER_LIMIT, loop=self._loop) if pace is None
+            else PacedReader(pace, limit=BUFFER_LIMIT, loop=self._loop))
         self._flow = _ReadFlow(protocol)
         self.reader.set_transport(self._flow)
         self.relay_end = RelayEnd(self)
@@ -85,6 +93,19 @@ class RelayPipe:
         # the next full collection
         self._flow.protocol = None
         self.reader = None
+
+
+class PacedReader(asyncio.StreamReader):
+    """mitmproxy's reader of a hop whose client is behind: no read while `behind()` says so."""
+
+    def __init__(self, behind: Callable[[], bool], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._behind = behind
+
+    async def read(self, n: int = -1) -> bytes:
+        while self._behind():
+            await asyncio.sleep(PACE_POLL)
+        return await super().read(n)
 
 
 class _ReadFlow:

@@ -35,9 +35,10 @@ from mitmproxy.proxy.server_hooks import (
     ServerDisconnectedHook,
 )
 
+from ccswitch.mitm.h2_pace import behind, pace_http2_clients
 from ccswitch.mitm.wrapped import mitmproxys, wrap
 
-#: (host, port) -> the relay's opener, `() -> (reader, writer)`, while it runs in this process
+#: (host, port) -> the relay's opener, `(pace) -> (reader, writer)`, while it runs in this process
 _relays: dict[tuple[str, int], Callable] = {}
 
 
@@ -75,7 +76,7 @@ async def _open_in_memory(handler: ConnectionHandler, command: commands.OpenConn
         # task first does, after which the connection's reader and writer may be set (under
         # mitmproxy's eager tasks, a task that never suspended would find its entry replaced)
         await asyncio.sleep(0)
-        reader, writer = opener()
+        reader, writer = opener(behind(handler.client, server))   # an HTTP/2 client far behind holds the hop back
     except (OSError, asyncio.CancelledError) as exc:
         # the relay stopped (the proxy is shutting down), or the client left meanwhile: heard
         # as mitmproxy tells of a connect that failed or was cancelled
@@ -102,3 +103,4 @@ async def _open_in_memory(handler: ConnectionHandler, command: commands.OpenConn
 def link_relays_in_memory() -> None:
     """Make mitmproxy's connections to a linked relay in memory (once per process)."""
     wrap(ConnectionHandler, "open_connection", _open_connection, _original_open_connection)
+    pace_http2_clients()

@@ -5,6 +5,7 @@ connection kept) that ends the upstream request at once."""
 import json
 import socket
 import ssl
+import threading
 import time
 
 import h2.config
@@ -201,3 +202,77 @@ def test_an_http2_clients_concurrent_streams_all_go_upstream_at_once(upstream_an
     assert ended == set(ids) and all(body.endswith(b'data: {"type":"message_stop"}\n\n') for body in bodies.values())
     wait_rows(proxy, 8)
     assert ledger(proxy, "SELECT status, error FROM requests") == [(200, None)] * 8
+
+
+def _fast_big_stream(deltas: int, size: int) -> tuple[socket.socket, list[float]]:
+    """A loopback upstream that answers one streamed Anthropic request with `deltas` text deltas
+    of `size` bytes as fast as its socket takes them; notes when it has written the last."""
+    server = socket.create_server(("127.0.0.1", 0))
+    finished: list[float] = []
+
+    def event(kind: str, data: dict) -> bytes:
+        body = f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+        return b"%x\r\n%s\r\n" % (len(body), body)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            body = head.partition(b"\r\n\r\n")[2]
+            while len(body) < length:
+                body += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            conn.sendall(event("message_start", {"type": "message_start", "message": {
+                "id": "msg_big", "type": "message", "role": "assistant", "model": "claude-x", "content": [],
+                "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}))
+            conn.sendall(event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                       "content_block": {"type": "text", "text": ""}}))
+            delta = event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                  "delta": {"type": "text_delta", "text": "x" * size}})
+            for _ in range(deltas):
+                conn.sendall(delta)
+            conn.sendall(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+            conn.sendall(event("message_delta", {"type": "message_delta", "delta": {
+                "stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": deltas}}))
+            conn.sendall(event("message_stop", {"type": "message_stop"}) + b"0\r\n\r\n")
+            finished.append(time.monotonic())
+            conn.recv(1)      # until ccswitch lets the connection go
+    threading.Thread(target=serve, daemon=True).start()
+    return server, finished
+
+
+def test_an_http2_client_reading_slowly_holds_the_upstream_back(tmp_path):
+    # mitmproxy's HTTP/2 layer keeps what a client's window does not take and reads on: the proxy
+    # held the rest of a long answer read slowly (the upstream done at once); now the hop waits
+    deltas, size = 640, 64 * 1024        # 40 MiB, far beyond the sockets' buffers on the way
+    server, finished = _fast_big_stream(deltas, size)
+    with server, Proxy(one_upstream_rules(tmp_path, f"http://127.0.0.1:{server.getsockname()[1]}"), tmp_path) as proxy:
+        client = H2Client(proxy)
+        try:
+            started = time.monotonic()
+            stream_id = client.post({**BODY, "stream": True})
+            got, ended = 0, False
+            while not ended and time.monotonic() < started + 60:
+                client.sock.settimeout(5)
+                data = client.sock.recv(65536)
+                assert data, "the proxy closed the connection"
+                for event in client.conn.receive_data(data):
+                    if isinstance(event, h2.events.DataReceived) and event.stream_id == stream_id:
+                        got += len(event.data)
+                        client.conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
+                    elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                        ended = isinstance(event, h2.events.StreamEnded)
+                client._flush()
+                time.sleep(0.002)      # a slow reader: a few MB/s
+            took = time.monotonic() - started
+        finally:
+            client.close()
+        wait_rows(proxy, 1)
+        rows = ledger(proxy, "SELECT status, error, output_tokens FROM requests")
+    assert ended and got > deltas * size and rows == [(200, None, deltas)]
+    upstream_done = finished[0] - started
+    assert upstream_done > 0.4 * took, f"the upstream was done after {upstream_done:.1f} s of the client's {took:.1f} s"

@@ -151,3 +151,25 @@ async def test_mitmproxy_is_told_the_relays_address_as_its_peer():
     assert pipe.proxy_end.get_extra_info("sockname") == ("127.0.0.1", 0)     # no port of a socket of its own
     assert pipe.proxy_end.get_extra_info("socket") is None
     assert pipe.relay_end.get_extra_info("peername", "none") == "none"
+
+
+async def test_a_paced_reader_holds_mitmproxys_reads_back_while_its_client_is_behind_and_the_relay_pauses():
+    behind = [True]
+    relay = Recorder()
+    pipe = RelayPipe(relay, PEER, pace=lambda: behind[0])
+    reader = pipe.reader
+    relay.transport.write(b"first")
+    read = asyncio.ensure_future(reader.read(65535))
+    await asyncio.sleep(0.05)
+    assert not read.done()                      # held back: the client has not taken what it was sent
+    while "pause" not in relay.seen:            # the relay writes on until the pipe is full, then pauses
+        relay.transport.write(b"x" * 16384)
+    behind[0] = False                           # the client caught up
+    assert (await asyncio.wait_for(read, 1)).startswith(b"first")
+
+
+async def test_an_unpaced_pipe_reads_at_once():
+    relay = Recorder()
+    pipe = RelayPipe(relay, PEER, pace=None)
+    relay.transport.write(b"at once")
+    assert await asyncio.wait_for(pipe.reader.read(65535), 0.05) == b"at once"
