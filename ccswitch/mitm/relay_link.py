@@ -8,7 +8,9 @@ connection in `ConnectionHandler.open_connection`, with `asyncio.open_connection
 hand it another transport, so ccswitch wraps that method: a connection to a relay of this
 process gets the relay's in-memory pipe (`Relay.link`), with the same hooks around it
 (`server_connect`, `server_connected`, `server_disconnected`, `server_connect_error`) and the
-same state on the flow's server connection; mitmproxy opens every other connection itself.  The
+same state on the flow's server connection (for an HTTP/2 client, a pipe whose reads wait while
+the client is far behind on the stream it serves: `h2_pace`); mitmproxy opens every other
+connection itself.  The
 relay still listens on its loopback port (the relay's own tests reach it there, and so would
 mitmproxy, were this wrapper ever not installed).
 
