@@ -10,9 +10,8 @@ process gets the relay's in-memory pipe (`Relay.link`), with the same hooks arou
 (`server_connect`, `server_connected`, `server_disconnected`, `server_connect_error`) and the
 same state on the flow's server connection (for an HTTP/2 client, a pipe whose reads wait while
 the client is far behind on the stream it serves: `h2_pace`); mitmproxy opens every other
-connection itself.  The
-relay still listens on its loopback port (the relay's own tests reach it there, and so would
-mitmproxy, were this wrapper ever not installed).
+connection itself.  The relay still listens on its loopback port (the relay's own tests reach it
+there, and so would mitmproxy, were this wrapper ever not installed).
 
 Left out: mitmproxy's "server connect 127.0.0.1:…" and "server disconnect" lines for the hop,
 which named a port of ccswitch's own; and mitmproxy's limit of five connections at a time from
