@@ -101,9 +101,16 @@ class PacedReader(asyncio.StreamReader):
     def __init__(self, behind: Callable[[], bool], **kwargs) -> None:
         super().__init__(**kwargs)
         self._behind = behind
+        self._ended = False
+
+    def feed_eof(self) -> None:
+        self._ended = True
+        super().feed_eof()
 
     async def read(self, n: int = -1) -> bytes:
-        while self._behind():
+        # once the relay's end is in there is nothing upstream to hold back, and mitmproxy must
+        # read to it to end the client's stream (a killed one's reset) and the hop
+        while not self._ended and self._behind():
             await asyncio.sleep(PACE_POLL)
         return await super().read(n)
 

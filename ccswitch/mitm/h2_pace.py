@@ -24,22 +24,24 @@ from ccswitch.mitm.wrapped import mitmproxys, wrap
 #: what mitmproxy may keep for one stream of an HTTP/2 client before the hop's reads wait
 BEHIND_LIMIT = 1024 * 1024
 
-#: each HTTP/2 client connection's server layer (its h2 connection), while it lives
-_h2_layer_of: weakref.WeakKeyDictionary[Client, Http2Server] = weakref.WeakKeyDictionary()
+#: each HTTP/2 client connection's server layer (its h2 connection), while it lives: held weakly
+#: both ways, since the layer points at its client (a plain value would keep both for ever)
+_h2_layer_of: weakref.WeakKeyDictionary[Client, weakref.ref[Http2Server]] = weakref.WeakKeyDictionary()
 
 _original_init = mitmproxys(Http2Server, "__init__")
 
 
 def _init(self: Http2Server, context) -> None:
     _original_init(self, context)
-    _h2_layer_of[context.client] = self
+    _h2_layer_of[context.client] = weakref.ref(self)
 
 
 def behind(client: Client, server: Server) -> Callable[[], bool] | None:
     """For a hop to `server` serving an HTTP/2 client: whether mitmproxy keeps more than the limit
     for the stream the hop serves now (a hop may serve the connection's next stream later); None
     for any other client."""
-    h2_layer = _h2_layer_of.get(client)
+    layer_ref = _h2_layer_of.get(client)
+    h2_layer = layer_ref() if layer_ref is not None else None
     if h2_layer is None:
         return None
     http_layer = next((layer for layer in reversed(h2_layer.context.layers) if isinstance(layer, HttpLayer)), None)

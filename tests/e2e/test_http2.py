@@ -15,11 +15,13 @@ import h2.events
 import pytest
 
 from tests.e2e.test_failover import ledger, wait_rows
+from tests.support import REPO
 from tests.support.helpers import CLIENT_KEY, one_upstream_rules
 from tests.support.mock_upstream import MockUpstream, hang_before_headers, ok, slow_stream
 from tests.support.proxy_process import Proxy
 
 BODY = {"model": "claude-x", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+KILLER = ("-s", str(REPO / "tests" / "support" / "flow_killer.py"))
 
 
 class H2Client:
@@ -204,9 +206,10 @@ def test_an_http2_clients_concurrent_streams_all_go_upstream_at_once(upstream_an
     assert ledger(proxy, "SELECT status, error FROM requests") == [(200, None)] * 8
 
 
-def _fast_big_stream(deltas: int, size: int) -> tuple[socket.socket, list[float]]:
+def _fast_big_stream(deltas: int, size: int, gap: float = 0.0) -> tuple[socket.socket, list[float]]:
     """A loopback upstream that answers one streamed Anthropic request with `deltas` text deltas
-    of `size` bytes as fast as its socket takes them; notes when it has written the last."""
+    of `size` bytes, `gap` seconds apart (else as fast as its socket takes them), until its
+    connection goes; notes when it has written the last."""
     server = socket.create_server(("127.0.0.1", 0))
     finished: list[float] = []
 
@@ -225,22 +228,27 @@ def _fast_big_stream(deltas: int, size: int) -> tuple[socket.socket, list[float]
             body = head.partition(b"\r\n\r\n")[2]
             while len(body) < length:
                 body += conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
-            conn.sendall(event("message_start", {"type": "message_start", "message": {
-                "id": "msg_big", "type": "message", "role": "assistant", "model": "claude-x", "content": [],
-                "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}))
-            conn.sendall(event("content_block_start", {"type": "content_block_start", "index": 0,
-                                                       "content_block": {"type": "text", "text": ""}}))
-            delta = event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                  "delta": {"type": "text_delta", "text": "x" * size}})
-            for _ in range(deltas):
-                conn.sendall(delta)
-            conn.sendall(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
-            conn.sendall(event("message_delta", {"type": "message_delta", "delta": {
-                "stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": deltas}}))
-            conn.sendall(event("message_stop", {"type": "message_stop"}) + b"0\r\n\r\n")
-            finished.append(time.monotonic())
-            conn.recv(1)      # until ccswitch lets the connection go
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                             b"transfer-encoding: chunked\r\n\r\n")
+                conn.sendall(event("message_start", {"type": "message_start", "message": {
+                    "id": "msg_big", "type": "message", "role": "assistant", "model": "claude-x", "content": [],
+                    "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}))
+                conn.sendall(event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                           "content_block": {"type": "text", "text": ""}}))
+                delta = event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                      "delta": {"type": "text_delta", "text": "x" * size}})
+                for _ in range(deltas):
+                    conn.sendall(delta)
+                    time.sleep(gap)
+                conn.sendall(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+                conn.sendall(event("message_delta", {"type": "message_delta", "delta": {
+                    "stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": deltas}}))
+                conn.sendall(event("message_stop", {"type": "message_stop"}) + b"0\r\n\r\n")
+                finished.append(time.monotonic())
+                conn.recv(1)      # until ccswitch lets the connection go
+            except OSError:       # ccswitch ended the request (its client left, its flow was killed)
+                pass
     threading.Thread(target=serve, daemon=True).start()
     return server, finished
 
@@ -276,3 +284,40 @@ def test_an_http2_client_reading_slowly_holds_the_upstream_back(tmp_path):
     assert ended and got > deltas * size and rows == [(200, None, deltas)]
     upstream_done = finished[0] - started
     assert upstream_done > 0.4 * took, f"the upstream was done after {upstream_done:.1f} s of the client's {took:.1f} s"
+
+
+def test_a_killed_http2_stream_ends_for_its_client_though_the_client_does_not_read_it(tmp_path):
+    # a client that reads its socket but takes nothing of this stream (no window update), its
+    # flow killed in mitmproxy after 1 s: the hop held back for it must still read the relay's
+    # end, or mitmproxy never resets the stream
+    server, _ = _fast_big_stream(3000, 64 * 1024, gap=0.01)
+    rules = one_upstream_rules(tmp_path, f"http://127.0.0.1:{server.getsockname()[1]}")
+    with server, Proxy(rules, tmp_path, extra_args=KILLER) as proxy:
+        client = H2Client(proxy)
+        try:
+            data = json.dumps({**BODY, "stream": True}).encode()
+            stream_id = client.conn.get_next_available_stream_id()
+            client.conn.send_headers(stream_id, [
+                (":method", "POST"), (":scheme", "https"), (":authority", "api.anthropic.com"),
+                (":path", "/v1/messages"), ("x-api-key", CLIENT_KEY), ("anthropic-version", "2023-06-01"),
+                ("content-type", "application/json"), ("content-length", str(len(data))),
+                ("x-test-kill-after", "1")])
+            client.conn.send_data(stream_id, data, end_stream=True)
+            client._flush()
+            ended, started = False, time.monotonic()
+            while not ended and time.monotonic() < started + 8:
+                client.sock.settimeout(0.2)
+                try:
+                    raw = client.sock.recv(65536)
+                except TimeoutError:
+                    continue
+                assert raw, "the proxy closed the connection"
+                ended = any(isinstance(event, (h2.events.StreamReset, h2.events.StreamEnded))
+                            and event.stream_id == stream_id for event in client.conn.receive_data(raw))
+                client._flush()
+        finally:
+            client.close()
+        wait_rows(proxy, 1)
+        rows = ledger(proxy, "SELECT error FROM requests")
+    assert ended, "the killed stream was never ended for its client"
+    assert rows == [("killed",)]

@@ -1,6 +1,8 @@
 """How far behind an HTTP/2 client is on the stream a relay hop serves, read from mitmproxy's own
 HTTP layer and its HTTP/2 server layer."""
 
+import gc
+import weakref
 from types import SimpleNamespace
 
 from mitmproxy import connection
@@ -11,6 +13,7 @@ from mitmproxy.proxy.layers.http import HttpLayer, HTTPMode
 from mitmproxy.proxy.layers.http._http_h2 import SendH2Data
 from mitmproxy.test import taddons
 
+from ccswitch.mitm import h2_pace
 from ccswitch.mitm.h2_pace import BEHIND_LIMIT, behind, pace_http2_clients
 
 HOP = connection.Server(address=("127.0.0.1", 4242))
@@ -61,3 +64,16 @@ def test_a_client_without_http2_is_never_held():
     h1_client = client(None)
     http_layer_of(h1_client)
     assert behind(h1_client, HOP) is None
+
+
+def test_an_http2_client_gone_leaves_nothing_behind():
+    # the layer points at its client: noted plainly, neither would ever go, nor the layers and
+    # flows behind them, nor what was kept for that client
+    pace_http2_clients()
+    h2_client = client(b"h2")
+    layer = http_layer_of(h2_client)
+    layer.connections[h2_client].h2_conn.stream_buffers[1].append(SendH2Data(b"x" * BEHIND_LIMIT, False))
+    gone_client, gone_layer = weakref.ref(h2_client), weakref.ref(layer)
+    del h2_client, layer
+    gc.collect()
+    assert gone_client() is None and gone_layer() is None, f"{len(h2_pace._h2_layer_of)} kept"

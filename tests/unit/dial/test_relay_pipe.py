@@ -173,3 +173,24 @@ async def test_an_unpaced_pipe_reads_at_once():
     pipe = RelayPipe(relay, PEER, pace=None)
     relay.transport.write(b"at once")
     assert await asyncio.wait_for(pipe.reader.read(65535), 0.05) == b"at once"
+
+
+async def test_a_paced_read_takes_the_relays_end_though_its_client_is_still_behind():
+    # the relay closed its end (the answer ended, or a killed job was cancelled): nothing is left
+    # to hold back, and mitmproxy must read the end to end the client's stream and the hop
+    relay = Recorder()
+    pipe = RelayPipe(relay, PEER, pace=lambda: True)
+    reader = pipe.reader
+    relay.transport.write(b"last piece")
+    relay.transport.close()
+    assert await asyncio.wait_for(reader.read(65535), 1) == b"last piece"
+    assert await asyncio.wait_for(reader.read(65535), 1) == b""
+
+
+async def test_a_paced_read_cancelled_while_its_client_is_behind_ends_with_its_task():
+    pipe = RelayPipe(Recorder(), PEER, pace=lambda: True)
+    read = asyncio.ensure_future(pipe.reader.read(65535))
+    await asyncio.sleep(0.03)
+    read.cancel()
+    await asyncio.sleep(0)
+    assert read.cancelled()
