@@ -126,13 +126,16 @@ def _sent_first(stream: HttpStream) -> bool:
 
 
 def _send_response(self: HttpStream, already_streamed: bool = False):
+    if not _sent_first(self):        # every other answer: mitmproxy's own, unwrapped
+        return (yield from _original_send_response(self, already_streamed))
+
     def instead(command):
         if not (vars(self).get("_ccswitch_client_left") and isinstance(command, SendHttp)
                 and isinstance(command.event, ResponseEndOfMessage)):
             yield command
         # else: the client's connection closed with the answer whole; told its end, mitmproxy's
         # HTTP/1 server would read on what the client sent before it left (a next request)
-    return (yield from _relay(_original_send_response(self, already_streamed or _sent_first(self)), instead))
+    return (yield from _relay(_original_send_response(self, True), instead))
 
 
 def _check_killed(self: HttpStream, emit_error_hook: bool):

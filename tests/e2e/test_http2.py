@@ -16,6 +16,7 @@ import pytest
 
 from tests.e2e.test_failover import ledger, wait_rows
 from tests.support import REPO
+from tests.support import mock_payloads as P
 from tests.support.helpers import CLIENT_KEY, one_upstream_rules
 from tests.support.mock_upstream import MockUpstream, hang_before_headers, ok, slow_stream
 from tests.support.proxy_process import Proxy
@@ -212,10 +213,7 @@ def _fast_big_stream(deltas: int, size: int, gap: float = 0.0) -> tuple[socket.s
     connection goes; notes when it has written the last."""
     server = socket.create_server(("127.0.0.1", 0))
     finished: list[float] = []
-
-    def event(kind: str, data: dict) -> bytes:
-        body = f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
-        return b"%x\r\n%s\r\n" % (len(body), body)
+    events = P.anthropic_events(P.Reply(model="claude-x", deltas=["x" * size] * deltas, output_tokens=deltas))
 
     def serve() -> None:
         conn, _ = server.accept()
@@ -231,20 +229,12 @@ def _fast_big_stream(deltas: int, size: int, gap: float = 0.0) -> tuple[socket.s
             try:
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                              b"transfer-encoding: chunked\r\n\r\n")
-                conn.sendall(event("message_start", {"type": "message_start", "message": {
-                    "id": "msg_big", "type": "message", "role": "assistant", "model": "claude-x", "content": [],
-                    "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}))
-                conn.sendall(event("content_block_start", {"type": "content_block_start", "index": 0,
-                                                           "content_block": {"type": "text", "text": ""}}))
-                delta = event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                      "delta": {"type": "text_delta", "text": "x" * size}})
-                for _ in range(deltas):
-                    conn.sendall(delta)
-                    time.sleep(gap)
-                conn.sendall(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
-                conn.sendall(event("message_delta", {"type": "message_delta", "delta": {
-                    "stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": deltas}}))
-                conn.sendall(event("message_stop", {"type": "message_stop"}) + b"0\r\n\r\n")
+                for event in events:
+                    data = P.sse(event)
+                    conn.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+                    if P.is_delta(event):
+                        time.sleep(gap)
+                conn.sendall(b"0\r\n\r\n")
                 finished.append(time.monotonic())
                 conn.recv(1)      # until ccswitch lets the connection go
             except OSError:       # ccswitch ended the request (its client left, its flow was killed)

@@ -8,6 +8,7 @@ import time
 import httpx
 
 from tests.e2e.test_failover import ledger, wait_rows
+from tests.e2e.test_send_first import raw_request
 from tests.support import REPO
 from tests.support.helpers import CLIENT_KEY, one_upstream_rules
 from tests.support.mock_upstream import MockUpstream, huge_event
@@ -48,11 +49,8 @@ def test_a_client_reading_slowly_gets_a_big_stream_whole(tmp_path):
         a.script(huge_event(2, size))
         proxy = Proxy(one_upstream_rules(tmp_path, a.base_url), tmp_path)
         with proxy:
-            raw = json.dumps(BODY).encode()
             with socket.create_connection(("127.0.0.1", proxy.reverse_port), timeout=10) as s:
-                s.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
-                          b"x-api-key: " + CLIENT_KEY.encode() + b"\r\nanthropic-version: 2023-06-01\r\n"
-                          b"content-length: %d\r\n\r\n" % len(raw) + raw)
+                s.sendall(raw_request(BODY))
                 time.sleep(1)            # the proxy holds what it cannot send meanwhile
                 got = b""
                 while not got.endswith(b"0\r\n\r\n"):

@@ -58,7 +58,7 @@ def test_a_users_script_that_edits_answers_gets_to_before_they_go(tmp_path):
     assert took >= WAIT     # it waited for that script's pass
 
 
-def _request(body: dict) -> bytes:
+def raw_request(body: dict) -> bytes:
     raw = json.dumps(body).encode()
     return (b"POST /v1/messages HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
             b"x-api-key: " + CLIENT_KEY.encode() + b"\r\nanthropic-version: 2023-06-01\r\n"
@@ -75,7 +75,7 @@ def _read_answer(s: socket.socket) -> bytes:
 
 
 def test_a_client_that_leaves_once_it_has_the_whole_answer_leaves_a_clean_row(tmp_path):
-    request = _request(BODY)
+    request = raw_request(BODY)
     with MockUpstream("A", text="hello") as a:
         flows = tmp_path / "flows.mitm"
         proxy = Proxy(one_upstream_rules(tmp_path, a.base_url), tmp_path, extra_args=(*SLOW, "-w", str(flows)))
@@ -105,9 +105,9 @@ def test_a_next_request_its_client_gave_up_on_before_it_was_read_goes_nowhere(tm
                       extra_args=(*SLOW, *RECORDER, "-w", str(flows)), env={"SENT_ON_LOG": str(sent_on)})
         with proxy:
             with socket.create_connection(("127.0.0.1", proxy.reverse_port), timeout=10) as s:
-                s.sendall(_request(BODY))
+                s.sendall(raw_request(BODY))
                 assert _read_answer(s).startswith(b"HTTP/1.1 200")
-                s.sendall(_request({**BODY, "stream": streamed}))
+                s.sendall(raw_request({**BODY, "stream": streamed}))
             time.sleep(4 * WAIT)       # the passes end; whatever would follow has happened
             wait_rows(proxy, 1)
             rows = ledger(proxy, "SELECT status, error FROM requests")
