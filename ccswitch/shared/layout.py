@@ -21,6 +21,8 @@ import hashlib
 import json
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from ccswitch.routing.changes import (
     BindChange,
     Change,
@@ -34,6 +36,7 @@ from ccswitch.routing.changes import (
     WindowChange,
     decode,
     encode,
+    merge,
 )
 from ccswitch.routing.issued import SHARED_FOR
 
@@ -133,6 +136,41 @@ def queue_write(pipe: Any, change: Change, now: float) -> None:
         pipe.pexpireat(key, _ms(change.end))
     else:
         raise TypeError(f"{type(change).__name__} is not written with queue_write")
+
+
+async def newer_words(pipe: Any, changes: list[Change]) -> list[Change]:
+    """Of `changes` (no spend), those that are newer words than what Redis holds on their things
+    (`routing.changes.merge`), their keys watched on the pipeline from here to its MULTI/EXEC:
+    two instances' words on one thing may arrive in either order, a catch-up's write-back after
+    another's write, and Redis must keep the later one (a newcomer takes what it holds)."""
+    if not changes:
+        return []
+    places = [(key_of(change), change.window if isinstance(change, WindowChange) else None) for change in changes]
+    await pipe.watch(*{key for key, _ in places})
+    plain = list({key for key, field in places if field is None})
+    held: dict = dict(zip(plain, await pipe.mget(plain), strict=True)) if plain else {}
+    for key, field in places:
+        if field is not None:
+            try:
+                held[key, field] = await pipe.hget(key, field)
+            except ResponseError:     # another program's key of another type: ours replaces it
+                held[key, field] = None
+    told = []
+    for change, (key, field) in zip(changes, places, strict=True):
+        stored = _record_in(held[key] if field is None else held[key, field])
+        if stored is None or type(stored) is not type(change) or merge(stored, change) is change:
+            told.append(change)
+    return told
+
+
+def _record_in(value: str | None) -> Change | None:
+    """A stored JSON record; None when there is none or ccswitch cannot read it (ours replaces it)."""
+    if value is None:
+        return None
+    try:
+        return decode(json.loads(value))
+    except ValueError:
+        return None
 
 
 def is_hash(key: str) -> bool:

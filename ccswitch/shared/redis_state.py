@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError, WatchError
 
 from ccswitch.config.state_url import RedisURL
 from ccswitch.routing.changes import (
@@ -56,6 +56,9 @@ PING_EVERY = 5.0         # an idle connection is checked this often
 COMMAND_TIMEOUT = 5.0    # seconds Redis has to answer a command
 _PARSE_SLICE = 500     # stored records parsed between two turns of the loop
 STOP_FLUSH = 2.0         # what is still queued at shutdown gets this long
+WATCH_TRIES = 20         # a write is judged again this often when another instance wrote one of its things
+#: what a record no board can take raises (a spend period beyond any date, another program's)
+_UNUSABLE = (ValueError, OverflowError, OSError)
 
 # the larger of the stored spend and this instance's (a Redis that lost its data, see docs/scale-out.md)
 _RAISE_SPEND = """
@@ -315,7 +318,11 @@ class RedisState(Claims):
             if i % _PARSE_SLICE == _PARSE_SLICE - 1:
                 await asyncio.sleep(0)      # up to the caps (200,000 records): requests go on meanwhile
             seen.add(record.key)
-            merged = boards.merge_in(self._with_unsent(record))
+            try:
+                merged = boards.merge_in(self._with_unsent(record))
+            except _UNUSABLE:
+                self._note_malformed(f"key {layout.key_of(record)}")
+                continue
             if merged is not None:
                 better.append(self._without_unsent(merged))
         reset = {change.upstream for change in better if isinstance(change, QuotaForget)}
@@ -414,19 +421,36 @@ class RedisState(Claims):
             made = self._oldest if self._oldest is not None else self.wall()
             self._oldest = self.wall() if self._pending else None
             self._writing += 1
+            handing = asyncio.ensure_future(self._hand_over(client, batch, spend, made))
             try:
+                await asyncio.shield(handing)
+            except asyncio.CancelledError:
+                # the session ends under a write (its reader's connection failed, a stop): Redis may
+                # have run it already, and its spend sent again would count twice, so it is seen
+                # out on its own connection (whose timeout bounds it)
                 try:
-                    totals = await self._write(client, batch, spend, merge=False, made=made)
-                except BaseException:
-                    for key, added in spend.items():     # not acknowledged: sent again (at worst counted twice)
-                        held = self._unsent.get(key)
-                        self._unsent[key] = added if held is None else add_to(held, added)
-                    self._keep_resets(batch)
-                    raise
-                # acknowledged: whatever becomes of the message, sent again it would count twice
-                await self._tell_totals(client, totals, merge=False, made=made)
+                    await asyncio.wait({handing}, timeout=2 * COMMAND_TIMEOUT)
+                finally:
+                    handing.cancel()      # still waiting: its spend is sent again (at worst twice, as a timeout)
+                    if handing.done() and not handing.cancelled():
+                        handing.exception()     # the session's end is what is told
+                raise
             finally:
                 self._writing -= 1
+
+    async def _hand_over(self, client: redis.Redis, batch: list[Change], spend: dict[tuple, SpendAdded],
+                         made: float) -> None:
+        """Write and announce one batch; what Redis did not take is queued to be sent again."""
+        try:
+            totals = await self._write(client, batch, spend, merge=False, made=made)
+        except BaseException:
+            for key, added in spend.items():     # not acknowledged: sent again (at worst counted twice)
+                held = self._unsent.get(key)
+                self._unsent[key] = added if held is None else add_to(held, added)
+            self._keep_resets(batch)
+            raise
+        # acknowledged: whatever becomes of the message, sent again it would count twice
+        await self._tell_totals(client, totals, merge=False, made=made)
 
     async def _write(self, client: redis.Redis, changes: list[Change], spend: dict[tuple, SpendAdded], *,
                      merge: bool, made: float) -> list[SpendTotal]:
@@ -436,22 +460,36 @@ class RedisState(Claims):
         spend = {key: added for key, added in spend.items() if added.end > now}   # a period that ended is gone
         if not changes and not spend:
             return []
-        told = [change for change in changes if not isinstance(change, SpendTotal)]
-        raise_spend = client.register_script(_RAISE_SPEND) if len(told) < len(changes) else None
+        for _ in range(WATCH_TRIES - 1):
+            try:
+                return await self._write_once(client, changes, spend, merge=merge, made=made, now=now)
+            except WatchError:      # another instance wrote one of these meanwhile: judged against its word
+                pass
+        return await self._write_once(client, changes, spend, merge=merge, made=made, now=now)
+
+    async def _write_once(self, client: redis.Redis, changes: list[Change], spend: dict[tuple, SpendAdded], *,
+                          merge: bool, made: float, now: float) -> list[SpendTotal]:
+        raise_spend = client.register_script(_RAISE_SPEND) if any(isinstance(c, SpendTotal) for c in changes) \
+            else None
         counted: list[tuple[int, SpendAdded | SpendTotal]] = []
         async with client.pipeline(transaction=True) as pipe:
+            told = await layout.newer_words(pipe, [change for change in changes if not isinstance(change, SpendTotal)])
+            writing = {id(change) for change in told}
+            pipe.multi()
             for change in changes:
                 if isinstance(change, SpendTotal):
                     counted.append((len(pipe), change))
                     await raise_spend(keys=[layout.key_of(change)],
                                       args=[repr(change.usd), int(change.end * 1000)], client=pipe)
-                else:
+                elif id(change) in writing:
                     layout.queue_write(pipe, change, now)
             for added in spend.values():
                 counted.append((len(pipe), added))
                 layout.queue_write(pipe, added, now)
             if told:
                 pipe.publish(self.channel, self._message(told, merge, made))
+            if not len(pipe):
+                return []       # every word was older than Redis's (the pipeline's exit lets the keys go)
             results = await pipe.execute(raise_on_error=False)
         failed = [result for result in results if isinstance(result, Exception)]
         if failed:
@@ -507,15 +545,14 @@ class RedisState(Claims):
         for item in message["changes"]:
             try:
                 change = decode(item)
-            except ValueError:
+                if merge:
+                    self.boards.merge_in(self._with_unsent(change))
+                elif isinstance(change, SpendTotal):
+                    self._apply_total(change)
+                else:
+                    self.boards.apply(change)
+            except _UNUSABLE:
                 self._note_malformed("a change")
-                continue
-            if merge:
-                self.boards.merge_in(self._with_unsent(change))
-            elif isinstance(change, SpendTotal):
-                self._apply_total(change)
-            else:
-                self.boards.apply(change)
         made = message.get("ts")
         if isinstance(made, int | float) and not isinstance(made, bool):
             self.lag.add(self.wall() - made)

@@ -55,13 +55,6 @@ class Node:
         await self.state.stop()
 
 
-@pytest.fixture
-async def store(redis_url):
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
 async def test_a_cooldown_is_written_with_its_end_as_expiry_and_applied_by_the_other(redis_url, store):
     async with Node(redis_url) as a, Node(redis_url) as b:
         a.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)

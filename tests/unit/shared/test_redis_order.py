@@ -1,0 +1,115 @@
+"""The shared state against a real redis-server when writes cross: a write Redis ran whose answer
+was late, two instances' words on one thing arriving out of order, a catch-up racing another's
+write, and a stored record no board can take."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import redis.asyncio as redis
+from redis.asyncio.client import Pipeline
+
+from ccswitch.routing.budget import CLIENT
+from tests.support.helpers import eventually
+from tests.unit.shared.test_redis_state import Node
+
+
+async def _stored(client: redis.Redis, key: str) -> dict | None:
+    held = await client.get(key)
+    return None if held is None else json.loads(held)
+
+
+async def test_spend_whose_write_redis_ran_is_not_counted_twice_when_the_subscription_fails(redis_url, store,
+                                                                                            monkeypatch):
+    # the session's reader ends it when the subscription's connection is lost (a NAT forgetting
+    # it, Redis dropping a slow subscriber): the write under way on the other connection is seen out
+    real_execute = Pipeline.execute
+    slow = {"once": False, "ran": asyncio.Event()}
+
+    async def answer_late(self, raise_on_error=True):
+        result = await real_execute(self, raise_on_error=raise_on_error)   # Redis has run it
+        if slow["once"] and self.is_transaction:
+            slow["once"] = False
+            slow["ran"].set()
+            await asyncio.sleep(1.0)         # its answer on its way
+        return result
+
+    monkeypatch.setattr(Pipeline, "execute", answer_late)
+    async with Node(redis_url, retry=(0.05, 0.1)) as a:
+        slow["once"] = True
+        a.spend.add(CLIENT, "k", 0.25)
+        await asyncio.wait_for(slow["ran"].wait(), 5)
+        await store.client_kill_filter(_type="pubsub")
+        await asyncio.sleep(1.5)
+        await eventually(lambda: a.state.up and not a.state._unsent and not a.state._writing)
+        keys = [key async for key in store.scan_iter("ccswitch:s:client:k:daily:*")]
+        assert abs(float(await store.get(keys[0])) - 0.25) < 1e-9
+
+
+async def test_redis_keeps_the_later_health_word_when_writes_arrive_out_of_order(redis_url, store):
+    async with Node(redis_url) as a, Node(redis_url) as b:
+        b.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
+        await eventually(lambda: a.health.cooling_until("relay") is not None)
+        gate = asyncio.Event()               # a's writer is behind (a busy loop, a slow round trip)
+        real_flush = a.state._flush
+
+        async def late_flush(client):
+            await gate.wait()
+            await real_flush(client)
+
+        a.state._flush = late_flush
+        a.health.record_failure("relay", "HTTP 502", threshold=1, cooldown=60)    # t1: fails on a
+        await asyncio.sleep(0.01)
+        b.health.record_success("relay")                                         # t2 > t1: b's probe answers
+        await eventually(lambda: a.health.cooling_until("relay") is None)
+        gate.set()                                                               # a's t1 record arrives now
+        await eventually(lambda: not a.state._pending and not a.state._writing)
+        assert (await _stored(store, "ccswitch:h:relay"))["failures"] == 0
+        async with Node(redis_url) as c:          # a newcomer takes what Redis holds
+            assert c.health.cooling_until("relay") is None
+
+
+async def test_a_recovery_written_during_anothers_catch_up_is_not_overwritten(redis_url, store):
+    async with Node(redis_url) as b:
+        b.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)       # t0: b cools it down
+        await eventually(lambda: b.state._pending == {} and not b.state._writing)
+        a = Node(redis_url)
+        # a saw it fail too, a moment later, while it could not reach Redis: its own, newer, cooldown
+        a.health.record_failure("relay", "HTTP 502", threshold=1, cooldown=60)
+        real_load = a.state._load
+
+        async def load_then_b_recovers(client):
+            stored = await real_load(client)
+            b.health.record_success("relay")      # between a's load and its write-back, b's probe answers
+            await eventually(lambda: b.state._pending == {} and not b.state._writing)
+            return stored
+
+        a.state._load = load_then_b_recovers
+        await a.state.start(a.boards)
+        try:
+            await eventually(lambda: a.state.up and a.health.cooling_until("relay") is None
+                             and b.health.cooling_until("relay") is None)
+            await eventually(lambda: not a.state._pending and not a.state._writing)
+            assert (await _stored(store, "ccswitch:h:relay"))["failures"] == 0
+            async with Node(redis_url) as c:
+                assert c.health.cooling_until("relay") is None
+        finally:
+            await a.state.stop()
+
+
+async def test_a_stored_record_no_board_can_take_is_set_aside_like_an_unreadable_one(redis_url, store, caplog):
+    await store.set("ccswitch:s:client:k:daily:1e20:1e20", "1", ex=3600)   # no time: a hand edit, another program
+    node = Node(redis_url, retry=(0.05, 0.1))
+    caplog.set_level(logging.WARNING, "ccswitch.state")
+    await node.state.start(node.boards)
+    try:
+        await eventually(lambda: node.state.up)
+        assert node.state.malformed == 1 and not [r for r in caplog.records if r.exc_info]
+        # and published so by another instance, it is one more unreadable record, not a reconnection
+        node.state.receive(json.dumps({"v": 1, "src": "other", "ts": 0, "merge": False, "changes": [
+            {"t": "spend", "who": "client", "name": "k", "period": "daily", "start": 1e20, "end": 1e20, "usd": 1.0}]}))
+        assert node.state.malformed == 2 and node.state.up
+    finally:
+        await node.state.stop()
