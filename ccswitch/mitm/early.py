@@ -32,13 +32,12 @@ from ccswitch.routing.affinity import session_key
 from ccswitch.routing.classify import RouteMatch
 from ccswitch.vocab import Endpoint
 from ccswitch.wire import headers as wire
-from ccswitch.wire.redact import client_credential
+from ccswitch.wire.redact import NO_CLIENT_KEY, client_credential
 
 log = logging.getLogger("ccswitch")
 
 #: a body declared larger than this (or of unknown length) is judged from the head
 EARLY_FROM = 1 << 20
-_NO_KEY = "missing or invalid ccswitch client key"
 
 
 def declared_length(headers: http.Headers) -> int | None:
@@ -115,13 +114,13 @@ class EarlyRefusal:
         if live_path(flow) is not None:
             if rules.client_keys and (key_ok or any(rules.client_key_ok(k) for k in query_key(path))):
                 return None
-            return ("text", 401, _NO_KEY) if rules.client_keys or beyond else None
+            return ("text", 401, NO_CLIENT_KEY) if rules.client_keys or beyond else None
         if routed is None:
             # passed on unrouted: only beyond loopback does it need a key (the client-key gate)
-            return (likely_protocol(flow.request), 401, _NO_KEY) if beyond and not key_ok else None
+            return (likely_protocol(flow.request), 401, NO_CLIENT_KEY) if beyond and not key_ok else None
         protocol = CLIENT_PROTOCOL[routed.route]
         if rules.client_keys and not key_ok:
-            return protocol, 401, _NO_KEY
+            return protocol, 401, NO_CLIENT_KEY
         if not rules.client_keys and (foreign := origin_problem(headers)):
             return protocol, *foreign
         if routed.endpoint == Endpoint.WEBSOCKET:

@@ -69,7 +69,7 @@ from ccswitch.routing.classify import RouteMatch
 from ccswitch.vocab import CLIENT_PROTOCOL, Endpoint
 from ccswitch.wire.exchange import ClientRequest
 from ccswitch.wire.headers import from_wire
-from ccswitch.wire.redact import client_credential
+from ccswitch.wire.redact import NO_CLIENT_KEY, client_credential
 from ccswitch.wire.sse import is_event_stream
 
 log = logging.getLogger("ccswitch")
@@ -302,7 +302,7 @@ class Router:
         if rules.client_keys:       # a key goes no further, wherever the client put it, refused or not
             headers = without_client_keys(flow, headers, rules)
             if client is None:
-                return refuse(401, "missing or invalid ccswitch client key", read=False)
+                return refuse(401, NO_CLIENT_KEY, read=False)
         elif refusal := origin_problem(headers):   # the live page posts nothing
             return refuse(*refusal)
         client_name = known.client = client.name if client is not None else None

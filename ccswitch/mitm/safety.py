@@ -16,7 +16,7 @@ from ccswitch.mitm.scope import answered_early, host_named
 from ccswitch.net.addresses import is_loopback
 from ccswitch.net.proxy import proxy_elsewhere
 from ccswitch.wire import headers as wire
-from ccswitch.wire.redact import client_credential, holding, target_without
+from ccswitch.wire.redact import NO_CLIENT_KEY, client_credential, holding, target_without
 
 log = logging.getLogger("ccswitch")
 
@@ -295,7 +295,7 @@ class ClientKeyGate:
                 client, ctx.options.listen_host or "127.0.0.1"):
             presented = client_credential(wire.from_wire(flow.request.headers.fields))   # as the router reads it
             if not rules.client_keys or not rules.client_key_ok(presented):   # no keys: nobody passes
-                answer_error(flow, likely_protocol(flow.request), 401, "missing or invalid ccswitch client key")
+                answer_error(flow, likely_protocol(flow.request), 401, NO_CLIENT_KEY)
                 return
         _drop_client_keys(flow.request, rules)
 

@@ -107,6 +107,11 @@ def credential_part(value: str) -> str:
     return rest.strip() if rest and scheme.lower() in ("bearer", "basic", "token") else value
 
 
+#: ccswitch's refusal of a request without one of the rules' client keys: how to send one too
+NO_CLIENT_KEY = ("missing or invalid ccswitch client key: set your client's API key to one of the client_keys "
+                 "in ccswitch's rules")
+
+
 def client_credential(headers: list[tuple[str, str]]) -> str | None:
     """The key a client presented (x-api-key, or a Bearer token)."""
     for name, value in headers:

@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 
+from ccswitch.wire.redact import NO_CLIENT_KEY
 from tests.support.helpers import CLIENT_KEY, KEY_A
 from tests.support.mock_upstream import MockUpstream
 from tests.support.proxy_process import Proxy, free_port
@@ -79,7 +80,7 @@ def test_a_large_upload_without_a_key_is_refused_from_its_head_and_never_held(wo
     assert answer.startswith(b"HTTP/1.1 401")
     body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert body == {"type": "error", "error": {"type": "authentication_error",
-                                               "message": "missing or invalid ccswitch client key"}}
+                                               "message": NO_CLIENT_KEY}}
     assert b"x-should-retry: false" in answer.lower()
     assert rss_kb(proxy.proc.pid) - before < 60_000       # 300 MB went by, not into memory
     assert not a.requests

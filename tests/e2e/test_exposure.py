@@ -14,6 +14,7 @@ import httpx
 import pytest
 from mitmproxy import io
 
+from ccswitch.wire.redact import NO_CLIENT_KEY
 from tests.support.helpers import CLIENT_KEY, KEY_A
 from tests.support.mock_upstream import MockUpstream
 from tests.support.proxy_process import Proxy, free_port
@@ -75,7 +76,7 @@ def test_a_reverse_listener_beyond_loopback_asks_every_request_for_a_client_key(
             with httpx.Client(timeout=30, trust_env=False) as client:
                 keyless = client.get(url + "/admin/secret")
                 assert keyless.status_code == 401
-                assert keyless.json()["error"]["message"] == "missing or invalid ccswitch client key"
+                assert keyless.json()["error"]["message"] == NO_CLIENT_KEY
                 wrong = client.get(url + "/admin/secret", headers={"authorization": "Bearer sk-guess"})
                 assert wrong.status_code == 401 and target.paths() == []   # nothing reached the target
                 routed = client.post(url + "/v1/messages", json=GOOD)

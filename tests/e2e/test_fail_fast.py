@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ccswitch.wire.redact import NO_CLIENT_KEY
 from tests.e2e.test_cli_clients import CLAUDE, CODEX, client_env, run
 from tests.support.helpers import CLIENT_KEY, KEY_A, zone_at_noon
 from tests.support.mock_upstream import MockUpstream, status
@@ -34,7 +35,7 @@ routes: {{claude: [claude-a]}}
 """)
         done, took = claude_through(rules, tmp_path, "ccsw-WRONG-key-0000000000")
     assert done.returncode != 0
-    assert "missing or invalid ccswitch client key" in done.stdout + done.stderr
+    assert NO_CLIENT_KEY in done.stdout + done.stderr     # how to mend it too, as Claude Code shows it
     assert took < 30, f"Claude Code took {took:.0f} s to give up"          # it used to retry for ~3 minutes
     assert not [r for r in a.requests if r.protocol]
 

@@ -13,6 +13,7 @@ from mitmproxy.test import taddons, tflow, tutils
 from ccswitch.config.watch import RulesFile
 from ccswitch.mitm.gateway import Gateway
 from ccswitch.mitm.safety import ClientKeyGate, ListenSafety, guards_anything, unprotected_listeners
+from ccswitch.wire.redact import NO_CLIENT_KEY
 from tests.support.helpers import CLIENT_KEY, KEY_A, reload_settled
 
 RULES = f"""
@@ -211,7 +212,7 @@ def test_unrouted_requests_beyond_loopback_need_a_client_key(gate, mode, peer):
     flow = flow_on(mode, peer=peer)
     gate.request(flow)
     assert flow.response.status_code == 401
-    assert json.loads(flow.response.content)["error"]["message"] == "missing or invalid ccswitch client key"
+    assert json.loads(flow.response.content)["error"]["message"] == NO_CLIENT_KEY
     anthropic = flow_on(mode, peer=peer, path="/v1/models", headers=[("x-api-key", "sk-wrong"),
                                                                       ("anthropic-version", "2023-06-01")])
     gate.request(anthropic)
@@ -272,7 +273,7 @@ def test_an_api_path_of_a_route_with_no_upstreams_is_refused_in_that_routes_form
     flow = flow_on("reverse:http://127.0.0.1:19001@0.0.0.0:8082", path="/v1/responses", method="POST")
     gate.request(flow)
     body = json.loads(flow.response.content)
-    assert flow.response.status_code == 401 and body["error"]["message"] == "missing or invalid ccswitch client key"
+    assert flow.response.status_code == 401 and body["error"]["message"] == NO_CLIENT_KEY
     assert "type" not in body   # OpenAI's shape, not Anthropic's {"type": "error", ...}
 
 
