@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
+from collections.abc import Iterable
 
 from mitmproxy import ctx, exceptions
 
@@ -42,6 +44,10 @@ class RulesWatcher:
                 hook_task(self._apply(), "rules apply")   # held until done, a failure logged
 
     def running(self) -> None:
+        # every addon has declared its options by now: a `ccswitch_…` one still set aside is a typo
+        options = getattr(ctx, "options", None)     # none in a test of the watcher alone
+        for line in misspelt_options(options.deferred, options.keys()) if options is not None else ():
+            log.warning(line)
         self._task = asyncio.get_running_loop().create_task(self._watch())
 
     def done(self) -> None:
@@ -65,6 +71,18 @@ class RulesWatcher:
         await self.gateway.open_state()
         if self.gateway.ledger is not None:
             self.gateway.open_ledger(True)
+
+
+def misspelt_options(deferred: Iterable[str], known: Iterable[str]) -> list[str]:
+    """A warning for each `ccswitch_…` option set (`--set`, mitmproxy's config.yaml) that no addon
+    declares: mitmproxy keeps an unknown option aside without a word, for a script loaded later."""
+    ours = sorted(name for name in known if name.startswith("ccswitch_"))
+    lines = []
+    for name in sorted(name for name in deferred if name.startswith("ccswitch_")):
+        close = difflib.get_close_matches(name, ours, n=1, cutoff=0.75)
+        hint = f"did you mean {close[0]}?" if close else f"ccswitch's are {', '.join(ours)}"
+        lines.append(f"ccswitch: no option is called {name}, so it does nothing: {hint}")
+    return lines
 
 
 def _unmet_here(rules: Rules) -> list[tuple[str, str]]:

@@ -234,3 +234,13 @@ def test_a_base_url_at_the_regular_listener_is_told_at_once_which_url_it_meant(r
     assert refused.value.status_code == 421 and proxy.reverse_url in refused.value.body["message"]
     assert not [req for req in a.requests if req.protocol]
     assert proxy.log().count("came to the regular listener as if it were a base URL") == 1
+
+
+def test_a_misspelt_ccswitch_option_is_told_at_start_with_the_one_meant(tmp_path):
+    # mitmproxy keeps an option no addon declares aside without a word; ccswitch names its own
+    with MockUpstream("A") as a, Proxy(relays_rules(tmp_path, a), tmp_path, launch="run",
+                                       extra_args=("--set", "ccswitch_rule=elsewhere.yaml")) as proxy:
+        r = httpx.post(proxy.reverse_url + "/v1/messages", json=MESSAGE, headers={"x-api-key": "k"},
+                       timeout=30, trust_env=False)
+        assert r.status_code == 200          # started all the same, on the rules it found
+        assert "no option is called ccswitch_rule, so it does nothing: did you mean ccswitch_rules?" in proxy.log()

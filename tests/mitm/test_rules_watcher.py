@@ -8,7 +8,7 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
 from ccswitch.mitm.gateway import Gateway
-from ccswitch.mitm.rules_watcher import RulesWatcher
+from ccswitch.mitm.rules_watcher import RulesWatcher, misspelt_options
 from tests.support.helpers import KEY_A, eventually
 
 RULES = f"""
@@ -91,3 +91,14 @@ async def test_a_refused_rules_file_keeps_the_running_rules_and_their_switches(t
             watcher.done()
             await gateway.close_state()
             gateway.close()
+
+
+def test_only_ccswitch_options_no_addon_declares_are_told_with_the_closest_one():
+    known = ["ccswitch_rules", "ccswitch_ledger", "ccswitch_offline", "listen_host"]
+    assert misspelt_options({"ccswitch_rule": "x", "ccswitch_ledgr": "false", "other_script_option": "1"}, known) == [
+        "ccswitch: no option is called ccswitch_ledgr, so it does nothing: did you mean ccswitch_ledger?",
+        "ccswitch: no option is called ccswitch_rule, so it does nothing: did you mean ccswitch_rules?"]
+    assert misspelt_options({"ccswitch_zzz": "1"}, known) == [
+        "ccswitch: no option is called ccswitch_zzz, so it does nothing: "
+        "ccswitch's are ccswitch_ledger, ccswitch_offline, ccswitch_rules"]
+    assert misspelt_options({}, known) == []
