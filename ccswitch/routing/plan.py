@@ -24,6 +24,7 @@ from ccswitch.vocab import Strategy
 
 #: chat clients ask for thinking with a model-name suffix (the original gateway's convention)
 THINKING_SUFFIX = "-thinking"
+_NOT_SERVING = "not serving model"
 
 
 @dataclass
@@ -41,6 +42,8 @@ class Plan:
         if not self.blocked:
             return f"no upstream is configured for the {route} route"
         reasons = "; ".join(f"{name} is {why}" for name, why in self.blocked)
+        if any(why.startswith(_NOT_SERVING) for _, why in self.blocked):   # no wait mends that one
+            reasons += " (an upstream's only_models in ccswitch's rules name the models it serves)"
         return f"no upstream available for the {route} route: {reasons}"
 
 
@@ -223,7 +226,7 @@ def off_reason(upstream: Upstream, health: HealthBoard, now: datetime, model: st
     if block:
         return block
     if model is not None and not serves_model(upstream, model):
-        return f"not serving model {model!r}"
+        return f"{_NOT_SERVING} {model!r}"
     return None
 
 

@@ -162,6 +162,7 @@ def test_a_model_no_upstream_serves_is_said_at_once(tmp_path):
     status, message, headers = closed_route(tmp_path, f"{opens:%H:%M}-{opens + timedelta(hours=1):%H:%M}",
                                             only_models="haiku-*", night_models="opus-*")
     assert status == 503 and headers == NO_END and "not serving model 'gpt-x'" in message
+    assert message.endswith("(an upstream's only_models in ccswitch's rules name the models it serves)")   # the mend
 
 
 def test_a_client_keys_spent_budget_says_when_it_resets_with_the_zone_of_the_rules(tmp_path):
