@@ -52,11 +52,20 @@ def error_response(protocol: str, status: int, message: str, extra: dict | None 
     return http.Response.make(status, body, http.Headers(to_wire(headers)))
 
 
+#: the last word of each API's paths, to an unrouted path's API
+_LAST_WORDS = {"messages": Protocol.ANTHROPIC, "count_tokens": Protocol.ANTHROPIC, "completions": Protocol.CHAT,
+               "responses": Protocol.RESPONSES}
+
+
 def likely_protocol(request: http.Request) -> Protocol:
-    """The API a request most likely speaks: its path's route, else Anthropic's marks, else OpenAI's."""
+    """The API a request most likely speaks: its path's route, else its path's last word (a base
+    URL gone wrong keeps it), else Anthropic's marks, else OpenAI's."""
     match = classify("POST", request.path)
     if match is not None:
         return CLIENT_PROTOCOL[match.route]
+    last = request.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    if last in _LAST_WORDS:
+        return _LAST_WORDS[last]
     if "anthropic-version" in request.headers or "anthropic" in request.pretty_host:
         return Protocol.ANTHROPIC
     return Protocol.CHAT

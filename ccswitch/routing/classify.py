@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -44,7 +45,8 @@ def base_url_hint(path: str, routes: Collection[str]) -> str | None:
     """What the client's base URL most likely gets wrong, for a path ccswitch does not route that
     a path of one of `routes` (those listing upstreams) explains: `/v1/v1/messages` (a base URL
     given with the `/v1` the client adds itself), `/api/v1/responses` (one with a prefix too many)
-    or `/chat/completions` (one without the `/v1` an OpenAI client leaves to it); None otherwise."""
+    or `/chat/completions` (one without the `/v1` an OpenAI client leaves to it), or a path a
+    letter off one of them; None otherwise."""
     bare = path.split("?", 1)[0].rstrip("/")
     if bare in _PATHS:
         return None
@@ -52,6 +54,9 @@ def base_url_hint(path: str, routes: Collection[str]) -> str | None:
         return f"ccswitch routes /v1{bare}, not {bare}: the client's base URL likely lacks its /v1"
     meant = max((known for known in _PATHS if bare.endswith(known) and _PATHS[known][0] in routes),
                 key=len, default=None)
-    if meant is None:
-        return None
-    return f"ccswitch routes {meant}, not {bare[:200]}: check the client's base URL"
+    if meant is not None:
+        return f"ccswitch routes {meant}, not {bare[:200]}: check the client's base URL"
+    # a letter off (`/v1/message`); the API's other paths (`/v1/models`, `/v1/messages/batches`) are far from all
+    near = difflib.get_close_matches(bare[:200], [known for known in _PATHS if _PATHS[known][0] in routes], n=1,
+                                     cutoff=0.9)
+    return f"ccswitch routes {near[0]}, not {bare[:200]}: check the path" if near else None

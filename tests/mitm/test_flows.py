@@ -4,7 +4,8 @@ what mitmproxy's own setters would have made."""
 import pytest
 from mitmproxy import http
 
-from ccswitch.mitm.flows import point_at, redact_credentials, whole_response
+from ccswitch.mitm.flows import likely_protocol, point_at, redact_credentials, whole_response
+from ccswitch.vocab import Protocol
 from ccswitch.wire.redact import CREDENTIAL_HEADERS, REDACTED
 
 HEADER_SETS = [
@@ -140,3 +141,18 @@ def test_an_error_answer_reads_two_headers_not_every_header_s_values(monkeypatch
     answer_error(flow, "openai-responses", 429, "over budget", {"retry-after": "3600"})   # a day spent
     assert flow.response.status_code == 429
     assert (b"usage_limit_reached" in flow.response.content) is codex
+
+
+@pytest.mark.parametrize("host, path, headers, protocol", [
+    ("api.anthropic.com", "/v1/chat/completions", {}, Protocol.CHAT),          # its route
+    # an unrouted path keeps its API's last word, whatever host the listener points at
+    ("api.anthropic.com", "/chat/completions", {"authorization": "Bearer k"}, Protocol.CHAT),
+    ("api.anthropic.com", "/api/v2/responses?x=1", {}, Protocol.RESPONSES),
+    ("api.openai.com", "/messages/", {}, Protocol.ANTHROPIC),
+    ("api.anthropic.com", "/v1/models", {}, Protocol.ANTHROPIC),                # else the host
+    ("example.com", "/v1/models", {"anthropic-version": "2023-06-01"}, Protocol.ANTHROPIC),
+    ("api.openai.com", "/v1/models", {}, Protocol.CHAT),
+])
+def test_the_api_an_unrouted_request_most_likely_speaks(host, path, headers, protocol):
+    request = http.Request.make("POST", f"https://{host}{path}", b"", headers)
+    assert likely_protocol(request) == protocol

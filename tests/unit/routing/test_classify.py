@@ -27,7 +27,11 @@ ALL = ("claude", "codex", "chat")
                           "likely lacks its /v1"),
     ("/messages/count_tokens?beta=true", "ccswitch routes /v1/messages/count_tokens, not /messages/count_tokens: "
                                          "the client's base URL likely lacks its /v1"),
+    ("/v1/message", "ccswitch routes /v1/messages, not /v1/message: check the path"),
+    ("/v1/chat/completion", "ccswitch routes /v1/chat/completions, not /v1/chat/completion: check the path"),
     ("/v1/messages", None), ("/responses", None), ("/api/hello", None),
+    # the API's own other paths go on without a word
+    ("/v1/models", None), ("/v1/messages/batches", None), ("/v1/complete", None), ("/v1/embeddings", None),
 ])
 def test_what_a_base_url_gets_wrong_for_an_unrouted_path_a_routed_one_explains(path, hint):
     said = base_url_hint(path, ALL)
