@@ -21,8 +21,6 @@ import hashlib
 import json
 from typing import Any
 
-from redis.exceptions import ResponseError
-
 from ccswitch.routing.changes import (
     BindChange,
     Change,
@@ -142,25 +140,21 @@ async def newer_words(pipe: Any, changes: list[Change]) -> list[Change]:
     """Of `changes` (no spend), those that are newer words than what Redis holds on their things
     (`routing.changes.merge`), their keys watched on the pipeline from here to its MULTI/EXEC:
     two instances' words on one thing may arrive in either order, a catch-up's write-back after
-    another's write, and Redis must keep the later one (a newcomer takes what it holds)."""
-    if not changes:
-        return []
-    places = [(key_of(change), change.window if isinstance(change, WindowChange) else None) for change in changes]
-    await pipe.watch(*{key for key, _ in places})
-    plain = list({key for key, field in places if field is None})
-    held: dict = dict(zip(plain, await pipe.mget(plain), strict=True)) if plain else {}
-    for key, field in places:
-        if field is not None:
-            try:
-                held[key, field] = await pipe.hget(key, field)
-            except ResponseError:     # another program's key of another type: ours replaces it
-                held[key, field] = None
-    told = []
-    for change, (key, field) in zip(changes, places, strict=True):
-        stored = _record_in(held[key] if field is None else held[key, field])
-        if stored is None or type(stored) is not type(change) or merge(stored, change) is change:
-            told.append(change)
-    return told
+    another's write, and Redis must keep the later one (a newcomer takes what it holds).  Windows
+    are not weighed: every answer of their upstream tells them again, and a newer reading of a
+    sliding window may reset earlier than the one before, which the merge would take for older."""
+    weighed = [change for change in changes if not isinstance(change, WindowChange)]
+    if not weighed:
+        return changes
+    keys = [key_of(change) for change in weighed]
+    await pipe.watch(*set(keys))
+    held = dict(zip(keys, await pipe.mget(keys), strict=True))
+    older = set()
+    for change, key in zip(weighed, keys, strict=True):
+        stored = _record_in(held[key])
+        if stored is not None and type(stored) is type(change) and merge(stored, change) is not change:
+            older.add(id(change))
+    return [change for change in changes if id(change) not in older]
 
 
 def _record_in(value: str | None) -> Change | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
@@ -113,3 +114,18 @@ async def test_a_stored_record_no_board_can_take_is_set_aside_like_an_unreadable
         assert node.state.malformed == 2 and node.state.up
     finally:
         await node.state.stop()
+
+
+async def test_a_newer_reading_of_a_sliding_window_that_resets_sooner_is_written_and_told(redis_url, store):
+    # x-ratelimit-*: each answer says how long until the window is whole again, which may be
+    # sooner than the reading before said; the newest reading is the one to go by
+    now = time.time()
+    async with Node(redis_url) as a, Node(redis_url) as b:
+        a.quota.record("relay", [("anthropic-ratelimit-unified-5h-utilization", "0.99"),
+                                 ("anthropic-ratelimit-unified-5h-reset", str(int(now + 1800)))])
+        await eventually(lambda: b.quota.full("relay", 0.95) is not None)
+        a.quota.record("relay", [("anthropic-ratelimit-unified-5h-utilization", "0.20"),
+                                 ("anthropic-ratelimit-unified-5h-reset", str(int(now + 600)))])
+        await eventually(lambda: b.quota.full("relay", 0.95) is None)
+        stored = json.loads(await store.hget("ccswitch:q:relay", "5h"))
+        assert stored["utilization"] == 0.2
