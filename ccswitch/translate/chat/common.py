@@ -9,12 +9,15 @@ protocol-independent parts.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Any
 
 from ccswitch.translate.base import wants_usage, whole_body_problem
+from ccswitch.vocab import Protocol
 from ccswitch.wire.exchange import UNPARSED, ClientRequest, RenderError, Reply, array_at, json_bytes, json_or_none
+from ccswitch.wire.protocols import error_type
 from ccswitch.wire.redact import scrub
 from ccswitch.wire.sse import format_event
 
@@ -133,9 +136,23 @@ def openai_error_from(body: bytes, status: int) -> dict[str, Any]:
     err = parsed.get("error") if isinstance(parsed, dict) else None
     if isinstance(err, dict):
         return {"error": openai_error_of(err)}
-    text = body.decode("utf-8", "replace")[:500] if body else f"upstream answered HTTP {status}"
-    kind = "invalid_request_error" if 400 <= status < 500 else "api_error"
-    return {"error": {"message": text, "type": kind, "param": None, "code": None}}
+    return {"error": {"message": _said_plainly(body, status), "type": error_type(Protocol.CHAT, status),
+                      "param": None, "code": None}}
+
+
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _said_plainly(body: bytes, status: int) -> str:
+    """A body that is no API error as a message: its text, a web page (a proxy's or a CDN's
+    error page in front of the upstream) by its words."""
+    text = body.decode("utf-8", "replace")[:4000].strip()
+    if not text:
+        return f"upstream answered HTTP {status}"
+    if text.startswith("<"):
+        words = " ".join(_TAG.sub(" ", text).split())[:200]
+        return f"upstream answered HTTP {status} with a web page" + (f": {words}" if words else "")
+    return text[:500]
 
 
 def openai_error_of(err: dict[str, Any]) -> dict[str, Any]:
@@ -230,6 +247,37 @@ def refuse_what_has_no_counterpart(body: dict[str, Any]) -> None:
         raise RenderError("web_search_options is not supported for this model")
     if body.get("functions") is not None or body.get("function_call") is not None:
         raise RenderError("the legacy functions/function_call parameters are not supported; use tools")
+
+
+#: the kinds of response_format OpenAI takes
+_FORMATS = ("text", "json_object", "json_schema")
+#: the reasoning efforts ccswitch takes: OpenAI's, and the adaptive thinking's xhigh and max
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+
+
+def check_shapes(body: dict[str, Any]) -> None:
+    """What OpenAI refuses with its 400 and a conversion would otherwise leave out or mend
+    unsaid: a `stop` that is no text, a `response_format` of no kind it knows (or a json_schema
+    without its object), a tool's `parameters` that is no schema object, an unknown effort."""
+    stop = body.get("stop")
+    if stop is not None and not isinstance(stop, str) and not (
+            isinstance(stop, list) and all(isinstance(item, str) for item in stop)):
+        raise RenderError("stop must be a string or an array of strings")
+    fmt = body.get("response_format")
+    if fmt is not None:
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind not in _FORMATS:
+            raise RenderError(f"response_format.type must be one of {', '.join(_FORMATS)}, not {json.dumps(kind)[:40]}")
+        if kind == "json_schema" and not isinstance(fmt.get("json_schema"), dict):
+            raise RenderError("response_format json_schema needs its json_schema object (its name and schema)")
+    tools = body.get("tools")
+    for i, tool in enumerate(tools if isinstance(tools, list) else ()):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(fn, dict) and fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
+            raise RenderError(f"tools[{i}].function.parameters must be a JSON Schema object")
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in EFFORTS:
+        raise RenderError(f"reasoning_effort must be one of {', '.join(EFFORTS)}")
 
 
 #: OpenAI's own bounds: a value past them is its 400, never quietly left out

@@ -721,9 +721,20 @@ def test_an_anthropic_context_overflow_carries_openais_code_for_it_and_a_bare_4x
                                       b'"message":"prompt is too long: 250000 tokens > 200000 maximum"}}')
     error = json.loads(ChatToResponses().error_reply(creq({}), too_long).body)["error"]
     assert (error["type"], error["code"]) == ("invalid_request_error", "context_length_exceeded")
-    for status, kind in ((400, "invalid_request_error"), (422, "invalid_request_error"), (502, "api_error")):
+    for status, kind in ((400, "invalid_request_error"), (422, "invalid_request_error"), (502, "server_error")):
         error = json.loads(ChatToResponses().error_reply(creq({}), Reply("x", status, [], b"<html>no</html>")).body)
-        assert error["error"]["type"] == kind and error["error"]["message"] == "<html>no</html>"
+        assert error["error"]["type"] == kind      # OpenAI's type for the status
+        assert error["error"]["message"] == f"upstream answered HTTP {status} with a web page: no"
+
+
+def test_an_error_page_in_front_of_the_upstream_is_told_by_its_words_and_plain_text_as_it_is():
+    page = b"<html><head><title>502 Bad Gateway</title></head>\r\n<body><h1>502 Bad Gateway</h1>nginx</body></html>"
+    said = json.loads(ChatToResponses().error_reply(creq({}), Reply("x", 503, [], page)).body)["error"]
+    assert said["message"] == "upstream answered HTTP 503 with a web page: 502 Bad Gateway 502 Bad Gateway nginx"
+    for body, message in ((b"  no such route\n", "no such route"), (b"", "upstream answered HTTP 503"),
+                          (b"<html></html>", "upstream answered HTTP 503 with a web page")):
+        assert json.loads(ChatToResponses().error_reply(creq({}), Reply("x", 503, [], body)).body)["error"][
+            "message"] == message
 
 
 def test_url_citations_come_back_as_chat_annotations_at_their_place_in_the_whole_text():
