@@ -137,13 +137,15 @@ def queue_write(pipe: Any, change: Change, now: float) -> None:
 
 
 async def newer_words(pipe: Any, changes: list[Change]) -> list[Change]:
-    """Of `changes` (no spend), those that are newer words than what Redis holds on their things
-    (`routing.changes.merge`), their keys watched on the pipeline from here to its MULTI/EXEC:
-    two instances' words on one thing may arrive in either order, a catch-up's write-back after
-    another's write, and Redis must keep the later one (a newcomer takes what it holds).  Windows
-    are not weighed: every answer of their upstream tells them again, and a newer reading of a
-    sliding window may reset earlier than the one before, which the merge would take for older."""
-    weighed = [change for change in changes if not isinstance(change, WindowChange)]
+    """Of `changes` (no spend), those to write: an upstream's health only when it is a newer word
+    than the one Redis holds (`routing.changes.merge`), its key watched on the pipeline from here
+    to its MULTI/EXEC.  Two instances' words on it may arrive in either order, a catch-up's
+    write-back after another's write, and a cooldown Redis kept for an upstream the live
+    instances took back would hold off every newcomer until it ends.  The other records are
+    written as they come: a window is told again by its upstream's every answer (and a newer
+    reading of a sliding window may reset sooner, which the merge takes for older), a binding's
+    new idle time keeps its last use, a deletion leaves nothing to weigh against."""
+    weighed = [change for change in changes if isinstance(change, HealthChange)]
     if not weighed:
         return changes
     keys = [key_of(change) for change in weighed]

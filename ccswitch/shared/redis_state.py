@@ -140,6 +140,7 @@ class RedisState(Claims):
         self._told_full = False
         self._connected_once = False
         self._first_look = asyncio.Event()    # Redis was tried once: connected, or not (see Claims)
+        self._stopping = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -149,6 +150,7 @@ class RedisState(Claims):
         self._task = asyncio.get_running_loop().create_task(self._supervise(), name="ccswitch-shared-state")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self.boards is not None:
             self.boards.listen(None)
         if self.up and self._client is not None and (self._pending or self._unsent or self._writing):
@@ -429,7 +431,8 @@ class RedisState(Claims):
                 # have run it already, and its spend sent again would count twice, so it is seen
                 # out on its own connection (whose timeout bounds it)
                 try:
-                    await asyncio.wait({handing}, timeout=2 * COMMAND_TIMEOUT)
+                    if not self._stopping:    # a stop has its own bound (STOP_FLUSH), spent already
+                        await asyncio.wait({handing}, timeout=2 * COMMAND_TIMEOUT)
                 finally:
                     handing.cancel()      # still waiting: its spend is sent again (at worst twice, as a timeout)
                     if handing.done() and not handing.cancelled():
@@ -463,17 +466,22 @@ class RedisState(Claims):
         for _ in range(WATCH_TRIES - 1):
             try:
                 return await self._write_once(client, changes, spend, merge=merge, made=made, now=now)
-            except WatchError:      # another instance wrote one of these meanwhile: judged against its word
-                pass
-        return await self._write_once(client, changes, spend, merge=merge, made=made, now=now)
+            except WatchError as exc:
+                if (lost := exc.__cause__ or exc.__context__) is not None:
+                    raise lost from None      # redis-py's word for a connection lost while watching
+                # another instance wrote one of these meanwhile: weighed again against its word
+        # a thing written to at every turn: this batch is written as it is, the last word arriving last
+        return await self._write_once(client, changes, spend, merge=merge, made=made, now=now, weigh=False)
 
     async def _write_once(self, client: redis.Redis, changes: list[Change], spend: dict[tuple, SpendAdded], *,
-                          merge: bool, made: float, now: float) -> list[SpendTotal]:
+                          merge: bool, made: float, now: float, weigh: bool = True) -> list[SpendTotal]:
         raise_spend = client.register_script(_RAISE_SPEND) if any(isinstance(c, SpendTotal) for c in changes) \
             else None
         counted: list[tuple[int, SpendAdded | SpendTotal]] = []
         async with client.pipeline(transaction=True) as pipe:
-            told = await layout.newer_words(pipe, [change for change in changes if not isinstance(change, SpendTotal)])
+            told = [change for change in changes if not isinstance(change, SpendTotal)]
+            if weigh:
+                told = await layout.newer_words(pipe, told)
             writing = {id(change) for change in told}
             pipe.multi()
             for change in changes:

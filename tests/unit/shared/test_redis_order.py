@@ -13,6 +13,7 @@ import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
 from ccswitch.routing.budget import CLIENT
+from ccswitch.shared import layout, redis_state
 from tests.support.helpers import eventually
 from tests.unit.shared.test_redis_state import Node
 
@@ -129,3 +130,99 @@ async def test_a_newer_reading_of_a_sliding_window_that_resets_sooner_is_written
         await eventually(lambda: b.quota.full("relay", 0.95) is None)
         stored = json.loads(await store.hget("ccswitch:q:relay", "5h"))
         assert stored["utilization"] == 0.2
+
+
+U = "anthropic-ratelimit-unified-"
+
+
+async def _settled(node: Node) -> None:
+    await eventually(lambda: not node.state._pending and not node.state._writing and not node.state._unsent)
+
+
+async def test_a_cleared_overall_rejection_reaches_redis_and_the_other_instances(redis_url, store):
+    # a window's deletion (a fresh overall status superseding a rejection) is written as it comes
+    async with Node(redis_url) as a, Node(redis_url) as b:
+        now = time.time()
+        a.quota.record("relay", [(U + "status", "rejected"), (U + "reset", str(int(now + 3600)))])
+        await eventually(lambda: b.quota.full("relay", 0.95) is not None)
+        await _settled(a)
+        a.quota.record("relay", [(U + "status", "allowed"), (U + "5h-utilization", "0.2"),
+                                 (U + "5h-reset", str(int(now + 1800)))])
+        await eventually(lambda: b.quota.full("relay", 0.95) is None)
+        await _settled(a)
+        assert await store.hget("ccswitch:q:relay", "unified") is None
+
+
+async def test_sticky_turned_off_by_a_reload_deletes_the_shared_bindings(redis_url, store):
+    async with Node(redis_url) as a, Node(redis_url) as b:
+        for i in range(20):
+            a.sessions.bind("messages", f"session-{i}", "relay", 600)
+        await eventually(lambda: b.sessions.bound("messages", "session-19") == "relay")
+        await _settled(a)
+        a.sessions.sync(["relay"], sticky={"messages": 0})      # the reload: `sticky: off`
+        await asyncio.sleep(0.3)
+        await _settled(a)
+        assert [key async for key in store.scan_iter("ccswitch:b:*")] == []
+
+
+async def test_a_write_that_loses_every_watch_race_is_written_as_it_is_not_told_as_an_outage(
+        redis_url, store, monkeypatch, caplog):
+    node = Node(redis_url, retry=(0.05, 0.1))
+    await node.state.start(node.boards)
+    await eventually(lambda: node.state.up)
+    real, raced = layout.newer_words, []
+
+    async def another_writes_meanwhile(pipe, changes):
+        told = await real(pipe, changes)
+        raced.append(1)
+        await store.set(layout.key_of(changes[0]), "{}", px=60_000)     # between the WATCH and the EXEC
+        return told
+
+    monkeypatch.setattr(layout, "newer_words", another_writes_meanwhile)
+    caplog.set_level(logging.WARNING, "ccswitch.state")
+    try:
+        node.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
+        await eventually(lambda: len(raced) == redis_state.WATCH_TRIES - 1 and not node.state._writing)
+        assert json.loads(await store.get("ccswitch:h:relay"))["failures"] == 1      # written at the last try
+        assert node.state.up and not [r for r in caplog.records if "unreachable" in r.getMessage()]
+    finally:
+        await node.state.stop()
+
+
+async def test_a_write_redis_holds_is_an_outage_at_the_command_timeout_not_a_lost_race(
+        redis_url, store, monkeypatch, caplog):
+    # redis-py raises a timeout while the keys are watched as a WatchError
+    monkeypatch.setattr(redis_state, "COMMAND_TIMEOUT", 1.0)
+    node = Node(redis_url, retry=(0.05, 0.1))
+    await node.state.start(node.boards)
+    await eventually(lambda: node.state.up)
+    caplog.set_level(logging.WARNING, "ccswitch.state")
+    try:
+        await store.execute_command("CLIENT", "PAUSE", "10000", "WRITE")
+        node.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
+        await eventually(lambda: [r for r in caplog.records if "unreachable" in r.getMessage()], timeout=4)
+        assert "TimeoutError" in caplog.text
+    finally:
+        await store.execute_command("CLIENT", "UNPAUSE")
+        await node.state.stop()
+
+
+async def test_a_stop_hands_over_within_its_bound_when_redis_stalls(redis_url, monkeypatch):
+    node = Node(redis_url)
+    await node.state.start(node.boards)
+    await eventually(lambda: node.state.up)
+    stalled = asyncio.Event()
+    real_execute = Pipeline.execute
+
+    async def stall(self, raise_on_error=True):
+        if self.is_transaction:
+            stalled.set()
+            await asyncio.sleep(60)
+        return await real_execute(self, raise_on_error=raise_on_error)
+
+    monkeypatch.setattr(Pipeline, "execute", stall)
+    node.health.record_failure("relay", "HTTP 503", threshold=1, cooldown=60)
+    await asyncio.wait_for(stalled.wait(), 5)
+    began = time.monotonic()
+    await node.state.stop()
+    assert time.monotonic() - began < redis_state.STOP_FLUSH + 1.0
