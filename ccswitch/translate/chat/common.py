@@ -269,7 +269,7 @@ def check_shapes(body: dict[str, Any]) -> None:
         if kind not in _FORMATS:
             raise RenderError(f"response_format.type must be one of {', '.join(_FORMATS)}, not {json.dumps(kind)[:40]}")
         if kind == "json_schema" and not isinstance(fmt.get("json_schema"), dict):
-            raise RenderError("response_format json_schema needs its json_schema object (its name and schema)")
+            raise RenderError("response_format.json_schema must be an object (its name and schema)")
     tools = body.get("tools")
     for i, tool in enumerate(tools if isinstance(tools, list) else ()):
         fn = tool.get("function") if isinstance(tool, dict) else None

@@ -26,7 +26,7 @@ SCHEMA = {"type": "object", "properties": {"x": {"type": "string"}}}
     ({"response_format": {"type": "yaml"}}, 'response_format.type must be one of text, json_object, json_schema, '
                                             'not "yaml"'),
     ({"response_format": "json"}, "response_format.type must be one of text, json_object, json_schema, not null"),
-    ({"response_format": {"type": "json_schema"}}, "response_format json_schema needs its json_schema object"),
+    ({"response_format": {"type": "json_schema"}}, r"response_format\.json_schema must be an object \(its name and schema\)"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]},
      r"tools\[0\]\.function\.parameters must be a JSON Schema object"),
     ({"reasoning_effort": "ultra"}, "reasoning_effort must be one of none, minimal, low, medium, high"),
