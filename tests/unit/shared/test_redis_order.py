@@ -17,6 +17,12 @@ from ccswitch.shared import layout, redis_state
 from tests.support.helpers import eventually
 from tests.unit.shared.test_redis_state import Node
 
+U = "anthropic-ratelimit-unified-"
+
+
+async def _settled(node: Node) -> None:
+    await eventually(lambda: not node.state._pending and not node.state._writing and not node.state._unsent)
+
 
 async def _stored(client: redis.Redis, key: str) -> dict | None:
     held = await client.get(key)
@@ -122,21 +128,12 @@ async def test_a_newer_reading_of_a_sliding_window_that_resets_sooner_is_written
     # sooner than the reading before said; the newest reading is the one to go by
     now = time.time()
     async with Node(redis_url) as a, Node(redis_url) as b:
-        a.quota.record("relay", [("anthropic-ratelimit-unified-5h-utilization", "0.99"),
-                                 ("anthropic-ratelimit-unified-5h-reset", str(int(now + 1800)))])
+        a.quota.record("relay", [(U + "5h-utilization", "0.99"), (U + "5h-reset", str(int(now + 1800)))])
         await eventually(lambda: b.quota.full("relay", 0.95) is not None)
-        a.quota.record("relay", [("anthropic-ratelimit-unified-5h-utilization", "0.20"),
-                                 ("anthropic-ratelimit-unified-5h-reset", str(int(now + 600)))])
+        a.quota.record("relay", [(U + "5h-utilization", "0.20"), (U + "5h-reset", str(int(now + 600)))])
         await eventually(lambda: b.quota.full("relay", 0.95) is None)
         stored = json.loads(await store.hget("ccswitch:q:relay", "5h"))
         assert stored["utilization"] == 0.2
-
-
-U = "anthropic-ratelimit-unified-"
-
-
-async def _settled(node: Node) -> None:
-    await eventually(lambda: not node.state._pending and not node.state._writing and not node.state._unsent)
 
 
 async def test_a_cleared_overall_rejection_reaches_redis_and_the_other_instances(redis_url, store):
