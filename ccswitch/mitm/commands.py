@@ -75,6 +75,10 @@ class Commands:
             raise exceptions.CommandError(f"MINUTES must be a whole number from 0 to {MAX_USE_MINUTES} (a year; "
                                           f"0 ends the preference), not {minutes[:20]!r}")
         span = int(count)
+        if span and not self.gateway.rules.routes.routes_of(name):
+            # it would be tried first on no route: a preference that changes nothing, in place of one that may
+            raise exceptions.CommandError(f"{name} is in no route, so preferring it would change nothing "
+                                          "(the preference in force stays): list it in a route of the rules")
         if span == 0:
             preferred = self.gateway.health.preferred_name()
             if preferred not in (None, name):     # another's preference is not this one's to end
@@ -87,13 +91,14 @@ class Commands:
         # added in UTC: a span across a clock change ends at the right wall time
         until = (now + timedelta(minutes=span)).astimezone(tz)
         when = wall_text(until, now.astimezone(tz))
-        log.info("ccswitch: preferring %s for %d minutes (until %s)", name, span, when)
+        minutes_text = "1 minute" if span == 1 else f"{span} minutes"
+        log.info("ccswitch: preferring %s for %s (until %s)", name, minutes_text, when)
         gateway = self.gateway
         state, detail, _ = upstream_state(upstream, gateway.rules, health, now.astimezone(tz), gateway.quota,
                                           gateway.spend)
         # preferred all the same (it serves again within the span, maybe): said, not a silent no-op
         out_now = f"; it serves nothing now: {detail}" if state != "available" else ""
-        return f"preferring {name} for {span} minutes, until {when} (ccswitch.unuse ends it){out_now}"
+        return f"preferring {name} for {minutes_text}, until {when} (ccswitch.unuse ends it){out_now}"
 
     @ccswitch_command("ccswitch.unuse")
     def unuse(self) -> str:

@@ -18,6 +18,7 @@ upstreams:
   - {{name: b, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}', enabled: false}}
   - {{name: night, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}',
      hours: ["{NIGHT}"], activate_at: ["06:00"]}}
+  - {{name: spare, protocol: anthropic, base_url: 'http://127.0.0.1:9', api_key: '{KEY_A}'}}
 routes: {{claude: [a, b, night]}}
 """
 
@@ -123,13 +124,22 @@ def test_use_of_an_upstream_that_serves_nothing_now_says_so(setup):
     assert "serves nothing" not in tctx.command(commands.use, "a", "5")
 
 
+def test_use_of_an_upstream_in_no_route_is_refused_and_the_preference_in_force_stays(setup):
+    gateway, commands, tctx = setup
+    assert tctx.command(commands.use, "a", "1").startswith("preferring a for 1 minute, until ")
+    with pytest.raises(exceptions.CommandError, match=r"^spare is in no route, so preferring it would change "
+                                                      r"nothing \(the preference in force stays\)"):
+        tctx.command(commands.use, "spare", "5")
+    assert gateway.health.preferred_name() == "a"
+
+
 def test_unknown_upstream_is_a_clear_command_error_that_lists_the_known_ones(setup):
     from ccswitch.mitm.activator import Activator
     gateway, commands, tctx = setup
     activator = Activator(gateway)
     for command, *args in ((commands.reset,), (commands.use, "10"), (commands.disable,), (commands.enable,),
                            (activator.activate,)):
-        with pytest.raises(exceptions.CommandError, match=r"^no upstream named 'zzz' \(known: a, b, night\)$"):
+        with pytest.raises(exceptions.CommandError, match=r"^no upstream named 'zzz' \(known: a, b, night, spare\)$"):
             tctx.command(command, "zzz", *args)
 
 
