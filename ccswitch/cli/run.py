@@ -13,6 +13,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from ccswitch.config.load import find_rules
+from ccswitch.config.values import RulesError
+
 USAGE = """\
 usage: ccswitch run [--web] [ARGS...]
 
@@ -65,15 +68,35 @@ def mitm_argv(program: Path, rest: list[str]) -> list[str]:
 
 def _names_listen_host(args: list[str]) -> bool:
     """Whether the user gave a listen host: on the command line, or in mitmproxy's config.yaml."""
-    confdir = "~/.mitmproxy"
-    for setting in _settings(args):
-        if setting.startswith("listen_host="):
-            return True
-        if setting.startswith("confdir="):
-            confdir = setting.removeprefix("confdir=")
+    if any(setting.startswith("listen_host=") for setting in _settings(args)):
+        return True
     if any(arg == "--listen-host" or arg.startswith("--listen-host=") for arg in args):
         return True
-    return _config_names_listen_host(Path(confdir).expanduser())
+    return _config_names(_confdir(args), "listen_host")
+
+
+def rules_problem(args: list[str]) -> str | None:
+    """Why the proxy would refuse its rules at start, or None.  Told before anything listens:
+    mitmproxy binds its listeners before it finds its script's error, and a client arriving in
+    between gets a refused connection and the log a traceback.  Rules mitmproxy's config.yaml
+    names are left to the proxy."""
+    named = [setting.removeprefix("ccswitch_rules=") for setting in _settings(args)
+             if setting.startswith("ccswitch_rules=")]
+    if not named and _config_names(_confdir(args), "ccswitch_rules"):
+        return None
+    try:
+        find_rules(named[-1] if named else None)
+    except RulesError as exc:
+        return str(exc)
+    return None
+
+
+def _confdir(args: list[str]) -> Path:
+    confdir = "~/.mitmproxy"
+    for setting in _settings(args):
+        if setting.startswith("confdir="):
+            confdir = setting.removeprefix("confdir=")
+    return Path(confdir).expanduser()
 
 
 def _settings(args: list[str]) -> list[str]:
@@ -87,7 +110,8 @@ def _settings(args: list[str]) -> list[str]:
     return found
 
 
-def _config_names_listen_host(confdir: Path) -> bool:
+def _config_names(confdir: Path, option: str) -> bool:
+    """Whether mitmproxy's config.yaml in `confdir` sets `option`."""
     for name in ("config.yaml", "config.yml"):
         try:
             text = (confdir / name).read_text(encoding="utf-8")
@@ -98,7 +122,7 @@ def _config_names_listen_host(confdir: Path) -> bool:
             data = yaml.safe_load(text)
         except yaml.YAMLError:
             return True    # mitmproxy will say what is wrong with it; ccswitch adds nothing
-        return isinstance(data, dict) and bool(data.get("listen_host"))
+        return isinstance(data, dict) and bool(data.get(option))
     return False
 
 
@@ -115,6 +139,9 @@ def run(args: list[str]) -> int:
         print(f"ccswitch run: {name} not found beside {sys.executable} nor on PATH "
               "(it comes with mitmproxy, which ccswitch installs)", file=sys.stderr)
         return 127
+    if (problem := rules_problem(rest)) is not None:
+        print(f"invalid ccswitch rules:\n{problem}", file=sys.stderr)     # as the proxy words it
+        return 1
     argv = mitm_argv(program, rest)
     # its log reaches a journal or a file line by line: with no terminal, Python writes stdout
     # in blocks, and a service's log said nothing until the first requests filled one

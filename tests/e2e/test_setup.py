@@ -244,3 +244,15 @@ def test_a_misspelt_ccswitch_option_is_told_at_start_with_the_one_meant(tmp_path
                        timeout=30, trust_env=False)
         assert r.status_code == 200          # started all the same, on the rules it found
         assert "no option is called ccswitch_rule, so it does nothing: did you mean ccswitch_rules?" in proxy.log()
+
+
+def test_ccswitch_run_on_rules_it_cannot_load_stops_before_it_listens(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("upstreams:\n  - {name: a, protocol: anthropic, base_url: 'https://a.example', "
+                     "api_key: '${CCSW_E2E_UNSET}'}\nroutes: {claude: [a]}\n")
+    env = {k: v for k, v in os.environ.items() if k != "CCSW_E2E_UNSET"}
+    done = subprocess.run([str(CCSWITCH), "run", "--set", f"ccswitch_rules={rules}", "--mode", "regular@0"],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "environment variable CCSW_E2E_UNSET is not set" in done.stderr
+    assert "listening" not in done.stdout + done.stderr and "Traceback" not in done.stdout + done.stderr

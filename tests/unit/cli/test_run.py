@@ -112,3 +112,36 @@ def test_mitmdump_writes_its_log_unbuffered_unless_told_otherwise(monkeypatch, g
     monkeypatch.setattr(runmod.os, "execv", execv)
     assert runmod.run(["--mode", "regular@8080"]) == 126
     assert started["unbuffered"] == (given or "1")
+
+
+def _not_started(path, argv):
+    raise AssertionError(f"started {argv}")
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("upstreams:\n  - {name: a, protocol: anthropic, base_url: 'https://a.example', api_key: '${CCSW_T_UNSET}'}\n"
+     "routes: {claude: [a]}\n", "environment variable CCSW_T_UNSET is not set"),
+    ("routes: {claud: []}\n", "did you mean"),
+])
+def test_rules_the_proxy_would_refuse_stop_the_start_before_anything_listens(tmp_path, monkeypatch, capsys, text,
+                                                                              problem):
+    # mitmproxy binds its listeners before it finds its script's error: a client in between got a
+    # refused connection, the log a traceback
+    monkeypatch.delenv("CCSW_T_UNSET", raising=False)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(text)
+    monkeypatch.setattr(runmod.os, "execv", _not_started)
+    assert runmod.run(["--set", f"ccswitch_rules={rules}", "--mode", "regular@8080"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("invalid ccswitch rules:\n") and problem in err and str(rules) in err
+    assert runmod.run([f"--set=ccswitch_rules={tmp_path / 'missing.yaml'}"]) == 1
+    assert "missing.yaml: no such file" in capsys.readouterr().err
+
+
+def test_rules_mitmproxys_config_file_names_are_left_to_the_proxy(tmp_path, monkeypatch):
+    (tmp_path / "config.yaml").write_text(f"ccswitch_rules: {tmp_path / 'elsewhere.yaml'}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "rules.yaml").write_text("routes: {claud: []}\n")     # what ccswitch would find without it
+    assert runmod.rules_problem(["--set", f"confdir={tmp_path}"]) is None
+    assert "did you mean" in runmod.rules_problem([])
