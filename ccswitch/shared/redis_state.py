@@ -56,7 +56,7 @@ PING_EVERY = 5.0         # an idle connection is checked this often
 COMMAND_TIMEOUT = 5.0    # seconds Redis has to answer a command
 _PARSE_SLICE = 500     # stored records parsed between two turns of the loop
 STOP_FLUSH = 2.0         # what is still queued at shutdown gets this long
-WATCH_TRIES = 20         # a write is judged again this often when another instance wrote one of its things
+WATCH_TRIES = 20         # tries of a write whose health records another instance keeps writing meanwhile
 #: what a record no board can take raises (a spend period beyond any date, another program's)
 _UNUSABLE = (ValueError, OverflowError, OSError)
 

@@ -252,7 +252,7 @@ def refuse_what_has_no_counterpart(body: dict[str, Any]) -> None:
 #: the kinds of response_format OpenAI takes
 _FORMATS = ("text", "json_object", "json_schema")
 #: the reasoning efforts ccswitch takes: OpenAI's, and the adaptive thinking's xhigh and max
-EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
 
 def check_shapes(body: dict[str, Any]) -> None:
@@ -276,8 +276,8 @@ def check_shapes(body: dict[str, Any]) -> None:
         if isinstance(fn, dict) and fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
             raise RenderError(f"tools[{i}].function.parameters must be a JSON Schema object")
     effort = body.get("reasoning_effort")
-    if effort is not None and effort not in EFFORTS:
-        raise RenderError(f"reasoning_effort must be one of {', '.join(EFFORTS)}")
+    if effort is not None and effort not in _EFFORTS:
+        raise RenderError(f"reasoning_effort must be one of {', '.join(_EFFORTS)}")
 
 
 #: OpenAI's own bounds: a value past them is its 400, never quietly left out
