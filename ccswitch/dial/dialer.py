@@ -297,8 +297,11 @@ class Dialer:
             async with asyncio.timeout(wait) as limit:
                 def on_slot() -> None:
                     # the upstream's `wait` runs from when the request has its connection: a wait in
-                    # ccswitch's own queue is not the upstream's time (nor, cut short, its failure)
+                    # ccswitch's own queue is not the upstream's time (nor, cut short, its failure);
+                    # once: the kept-alive connection's resend on a new one is within the same wait
                     nonlocal slot, deadline
+                    if slot:
+                        return
                     slot, deadline = True, time.monotonic() + wait
                     limit.reschedule(asyncio.get_running_loop().time() + wait)
                 response = await self._send(job, upstream, outgoing, timeouts.connect, None if slot else on_slot)

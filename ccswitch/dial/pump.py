@@ -200,7 +200,8 @@ class Pump:
         progress, so it does not put off `idle` (a relay that keeps a committed stream alive with
         pings alone would hold its client for good).  Chat and Responses streams' comments do: a
         reasoning model may send nothing else for minutes."""
-        if self.upstream.protocol != Protocol.ANTHROPIC or self.parser.holds_part:
+        if self.upstream.protocol != Protocol.ANTHROPIC or (self.parser.holds_part
+                                                             and not self.parser.holds_heartbeat_part):
             return False            # (no event at all: line ends alone, a keepalive too)
         return all(not event.event or event.type == "ping" for event in events)
 

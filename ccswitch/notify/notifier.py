@@ -3,8 +3,8 @@
 `Notifier.offer` is an event-bus listener: it runs inside `Events.emit` on the request path,
 so it only filters (does any hook want this kind?), de-duplicates (is this occurrence news?)
 and queues.  Each hook has its own lane — a bounded queue and one worker task — so a hook that
-hangs or fails delays only its own notifications; a full lane drops its oldest event (an
-outage's first notifications matter more than its latest)."""
+hangs or fails delays only its own notifications; a full lane drops its oldest event (the
+newest say where things stand now)."""
 
 from __future__ import annotations
 

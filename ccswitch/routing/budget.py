@@ -132,7 +132,11 @@ class SpendBoard:
             return {key: (period_start(key[2], now, tz), usd) for key, (start, usd) in spent.items()
                     if start == period_start(key[2], now, self.tz)}
         moved = move(self._spent)
-        self.tz, self._spent, self._own, self._told = tz, moved, move(self._own), set()
+        # the lines told in the current periods stay told in them (a zone and an amount changed
+        # away and back tell nothing again)
+        told = {(who, name, kind, period_start(kind, now, tz), share, amount)
+                for who, name, kind, start, share, amount in self._told if start == period_start(kind, now, self.tz)}
+        self.tz, self._spent, self._own, self._told = tz, moved, move(self._own), told
         for (who, name, kind), (start, _) in moved.items():
             self._announce(who, name, kind, start, news_from=math.inf)   # crossed already: told already
 

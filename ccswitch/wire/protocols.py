@@ -80,8 +80,9 @@ def _classify_chat(event: Event) -> Kind:
         return Kind.OTHER
     if body.get("error"):    # some servers send `"error": null` on every chunk
         return Kind.ERROR
-    for choice in body.get("choices") or ():
-        delta = choice.get("delta") or {}
+    for choice in _choices(body):
+        delta = choice.get("delta")
+        delta = delta if isinstance(delta, dict) else {}
         if delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content") \
                 or delta.get("refusal") or choice.get("finish_reason"):
             return Kind.CONTENT
@@ -92,8 +93,13 @@ def chat_finished(event: Event) -> bool:
     """A Chat chunk that gives a choice its `finish_reason`: the answer is complete (only the usage
     chunk and `[DONE]` may follow)."""
     body = event.json()
-    return isinstance(body, dict) and any(isinstance(choice, dict) and choice.get("finish_reason")
-                                          for choice in body.get("choices") or ())
+    return isinstance(body, dict) and any(choice.get("finish_reason") for choice in _choices(body))
+
+
+def _choices(chunk: dict) -> list[dict]:
+    """A Chat chunk's choices that are objects (a relay's odd chunk may hold anything there)."""
+    choices = chunk.get("choices")
+    return [choice for choice in choices if isinstance(choice, dict)] if isinstance(choices, list) else []
 
 
 def chat_done() -> Event:

@@ -119,6 +119,10 @@ def _split_lines(block: bytes) -> tuple[str, str] | None:
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\r\n|\r\n\n|\n\n|\r\r|\r\n\r(?=[^\n])|\n\r(?=[^\n])")
 
 
+#: how a comment or an Anthropic `ping` event begins (its `event:` line, or its data without one)
+_HEARTBEAT_STARTS = (b":", b"event: ping", b"event:ping", b'data: {"type": "ping"', b'data: {"type":"ping"')
+
+
 class SSEParser:
     """Feed bytes, get complete events.  Comment-only blocks are reported as
     events with `event == ""` so their raw bytes can still be forwarded."""
@@ -133,6 +137,13 @@ class SSEParser:
     def holds_part(self) -> bool:
         """Whether a piece of an event is waiting for the rest (line ends alone are none)."""
         return bool(self._buf.strip(b"\r\n"))
+
+    @property
+    def holds_heartbeat_part(self) -> bool:
+        """Whether what waits for the rest is the start of a comment or of a `ping` event (a relay
+        that writes an event's lines apart)."""
+        head = self._buf.lstrip(b"\r\n")[:40]
+        return head.startswith(_HEARTBEAT_STARTS)
 
     def feed(self, chunk: bytes) -> list[Event]:
         if not self._buf and b"\r" not in chunk:

@@ -122,6 +122,9 @@ def later_totals(known: dict | None, later: dict) -> dict:
         if value is None:
             continue
         before = merged.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            merged[key] = later_totals(before, value)     # `cache_creation`'s counts as the others
+            continue
         if before is not None and not isinstance(value, dict | bool):
             # as numbers: some servers write a count as text ("1500")
             earlier, later_count = as_number(before), as_number(value)

@@ -490,3 +490,17 @@ def test_a_ledger_row_that_cost_nothing_opens_no_period():
     spend, _, _ = board(datetime(2026, 3, 10, 2, 0, tzinfo=UTC))
     spend.load([(UPSTREAM, "relay-a", 0.0, datetime(2026, 3, 10, 1, tzinfo=UTC))])
     assert spend.view() == [] and spend.shared(UPSTREAM, "relay-a", "daily") is None
+
+
+def test_a_told_line_is_not_told_again_after_a_zone_and_an_amount_changed_away_and_back():
+    text = ("timezone: {tz}\nupstreams:\n  - {{name: relay-a, protocol: anthropic, base_url: 'http://127.0.0.1:9', "
+            "api_key: k-relay-a-0000, budget: {{daily: {d}}}}}\n")
+    now = datetime(2026, 3, 30, 10, 0, tzinfo=UTC)      # 19:00 in Tokyo, 12:00 in Berlin
+    events, seen = Events(), []
+    events.subscribe(seen.append)
+    board = SpendBoard(lambda: now, events)
+    board.configure(parse_rules(text.format(tz="Asia/Tokyo", d=5)))
+    board.add(UPSTREAM, "relay-a", 6.0)                 # reached: told once
+    board.configure(parse_rules(text.format(tz="Europe/Berlin", d=8)))     # another zone and amount: not reached
+    board.configure(parse_rules(text.format(tz="Asia/Tokyo", d=5)))        # back: the same day, the same line
+    assert [e.episode for e in seen] == ["upstream:relay-a:daily:2026-03-30T00:00:00+09:00:1.0:5.0"]

@@ -199,3 +199,23 @@ def test_a_count_written_as_text_is_not_lowered_by_a_later_zero_either():
         format_event({"type": "message_delta", "usage": {"input_tokens": 0, "output_tokens": 12}}),
     ])
     assert (usage.input_tokens, usage.output_tokens) == (1500, 12)
+
+
+def test_a_zeroed_nested_cache_creation_in_message_delta_does_not_lower_the_1h_writes():
+    # a count nested in `cache_creation` is never lowered either (the 1-hour writes are priced apart)
+    tap = UsageTap("anthropic")
+    stream = b"".join([
+        format_event({"type": "message_start", "message": {"usage": {
+            "input_tokens": 20, "cache_creation_input_tokens": 300, "output_tokens": 1,
+            "cache_creation": {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 100}}}},
+            "message_start"),
+        format_event({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {
+            "input_tokens": 0, "cache_creation_input_tokens": 0, "output_tokens": 31,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}}},
+            "message_delta"),
+    ])
+    for event in SSEParser().feed(stream):
+        tap.feed(event)
+    usage = tap.usage
+    assert (usage.input_tokens, usage.cache_creation_tokens, usage.output_tokens) == (20, 300, 31)
+    assert usage.cache_creation_1h_tokens == 100
