@@ -113,13 +113,15 @@ class Gateway:
 
     def sync_upstreams(self) -> None:
         """After the rules were (re)loaded: what is known of upstreams that keep their name stays,
-        unless another key, URL or protocol makes one another account: its rate-limit windows were
-        the old account's (a spent key swapped for a fresh one must not stay full)."""
+        unless another key, URL or protocol makes one another account: its rate-limit windows and
+        the responses it issued were the old account's (a spent key swapped for a fresh one must
+        not stay full, nor be sent a follow-up it cannot hold)."""
         names, fingerprints = [u.name for u in self.rules.upstreams], self.rules_file.fingerprints()
         self.boards.sync_accounts(fingerprints)   # first: the resets below are the new accounts' news
         self.quota.sync(names)
         for name in self.health.sync(fingerprints, {u.name: u.proxy for u in self.rules.upstreams}):
             self.quota.drop(name)
+            self.issued.forget(name)
         self.sessions.sync(names, {route: self.rules.routes.spec(route).sticky for route in ROUTE_PROTOCOLS},
                            {route: self.rules.routes.for_route(route) for route in ROUTE_PROTOCOLS})
         self.spend.configure(self.rules)

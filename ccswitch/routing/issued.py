@@ -43,6 +43,11 @@ class IssuedResponses:
     def __len__(self) -> int:
         return len(self._issuer)
 
+    def forget(self, upstream: str) -> None:
+        """A reload gave `upstream`'s name another account: what it issued is the old account's, and
+        a request continuing one is routed as any (its entries by age are skipped as stale)."""
+        self._issuer = {rid: held for rid, held in self._issuer.items() if held[0] != upstream}
+
     def _keep(self, response_id: str, upstream: str, at: float) -> None:
         self._issuer[response_id] = (upstream, at)
         heapq.heappush(self._by_age, (at, response_id))

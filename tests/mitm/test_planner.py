@@ -9,7 +9,7 @@ from ccswitch.dial.job import Job
 from ccswitch.mitm.planner import Planner
 from ccswitch.wire.exchange import ClientRequest
 from tests.mitm.conftest import open_gateway
-from tests.support.helpers import KEY_A
+from tests.support.helpers import KEY_A, KEY_B
 
 RULES = f"""
 upstreams:
@@ -227,6 +227,21 @@ def test_a_responses_request_continuing_a_stored_response_is_planned_for_its_iss
     gateway.issued.record("resp_seen", "rb")
     job = Planner(gateway).plan_job(follow_up(endpoint, previous), "f1", None, None, shown=False)
     assert [u.name for u in job.candidates] == first
+
+
+def test_a_follow_up_whose_issuer_now_holds_another_account_is_planned_as_any_request(tmp_path):
+    # docs/rules.md: an answer issued to another account under that upstream's name is routed as any
+    gateway = open_gateway(tmp_path, RESPONSES_RULES)
+    gateway.sync_upstreams()
+    gateway.issued.record("resp_seen", "rb")
+    gateway.issued.record("resp_ra", "ra")
+    (tmp_path / "rules.yaml").write_text(RESPONSES_RULES.replace(f"api_key: '{KEY_A}'}}\nroutes",
+                                                                 f"api_key: '{KEY_B}'}}\nroutes"))
+    assert gateway.rules_file.open(str(tmp_path / "rules.yaml"))
+    gateway.sync_upstreams()          # the reload: rb's name now holds another key
+    job = Planner(gateway).plan_job(follow_up("responses", "resp_seen"), "f1", None, None, shown=False)
+    assert [u.name for u in job.candidates] == ["ra", "rb"]
+    assert gateway.issued.issuer("resp_ra") == "ra"       # the unchanged one keeps what it issued
 
 
 def test_a_follow_up_whose_issuer_is_switched_off_is_told_at_once_why(tmp_path):
