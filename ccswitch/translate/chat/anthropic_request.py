@@ -12,7 +12,7 @@ import logging
 import re
 from typing import Any
 
-from ccswitch.translate.chat.common import check_sampling, check_shapes, refuse_what_has_no_counterpart
+from ccswitch.translate.chat.common import refuse_alike
 from ccswitch.translate.chat.models import (
     adaptive_thinking,
     default_max_tokens,
@@ -334,9 +334,7 @@ def build(body: dict[str, Any], req: ClientRequest, upstream, rules) -> dict[str
         raise RenderError("messages must be a non-empty array")
     if body.get("n") not in (None, 1):
         raise RenderError("n must be 1: an Anthropic upstream returns a single choice")
-    refuse_what_has_no_counterpart(body)
-    check_sampling(body)
-    check_shapes(body)
+    refuse_alike(body)
     model, suffixed = split_model(str(body.get("model") or req.model or ""))
     target = upstream.map_model(model)
 

@@ -237,7 +237,7 @@ def include_usage(req: ClientRequest) -> bool:
     return wants_usage(req.json or {})
 
 
-def refuse_what_has_no_counterpart(body: dict[str, Any]) -> None:
+def _refuse_what_has_no_counterpart(body: dict[str, Any]) -> None:
     """What a client asks for that an Anthropic or Responses upstream cannot give, and that left
     out would change the answer's kind: refused alike for both (a Chat upstream of the same route
     may take it)."""
@@ -255,7 +255,7 @@ _FORMATS = ("text", "json_object", "json_schema")
 _EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
 
-def check_shapes(body: dict[str, Any]) -> None:
+def _check_shapes(body: dict[str, Any]) -> None:
     """What OpenAI refuses with its 400 and a conversion would otherwise leave out or mend
     unsaid: a `stop` that is no text, a `response_format` of no kind it knows (or a json_schema
     without its object), a tool's `parameters` that is no schema object, an unknown effort."""
@@ -284,7 +284,7 @@ def check_shapes(body: dict[str, Any]) -> None:
 _SAMPLING_RANGES = {"temperature": (0, 2), "top_p": (0, 1)}
 
 
-def check_sampling(body: dict[str, Any]) -> None:
+def _check_sampling(body: dict[str, Any]) -> None:
     """`temperature` and `top_p` are numbers within OpenAI's bounds, or absent (null)."""
     for name, (low, high) in _SAMPLING_RANGES.items():
         value = body.get(name)
@@ -292,3 +292,11 @@ def check_sampling(body: dict[str, Any]) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
             raise RenderError(f"{name} must be a number from {low} to {high}, not {json.dumps(value)[:40]}")
+
+
+def refuse_alike(body: dict[str, Any]) -> None:
+    """What a Chat body asks that the conversion to an Anthropic and to a Responses upstream
+    refuse alike, with a RenderError (a 400; a Chat upstream of the route may take it)."""
+    _refuse_what_has_no_counterpart(body)
+    _check_sampling(body)
+    _check_shapes(body)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ccswitch.translate.chat.common import check_sampling, check_shapes, refuse_what_has_no_counterpart
+from ccswitch.translate.chat.common import refuse_alike
 from ccswitch.translate.chat.models import split_model
 from ccswitch.wire.exchange import RenderError, array_at, function_name, object_at
 from ccswitch.wire.reasoning import REASONING_ITEMS, carried_reasoning
@@ -107,9 +107,7 @@ def _reject_unsupported(body: dict[str, Any]) -> None:
     n = body.get("n")
     if n is not None and n != 1:
         raise RenderError("n must be 1: a Responses upstream returns a single choice")
-    refuse_what_has_no_counterpart(body)
-    check_sampling(body)
-    check_shapes(body)
+    refuse_alike(body)
 
 
 # ------------------------------------------------------------------ messages
